@@ -1,0 +1,131 @@
+/*
+ * config.h — the parsed, immutable pgshard configuration.
+ *
+ * A config is built once from an ini file (inih) and never modified; reload
+ * builds a new one and swaps the pointer. Holders take a reference
+ * (pgs_config_ref) so a config lives until the last client that logged in
+ * under it has gone. Parsing never stops at the first problem: every error is
+ * collected with its line so `pgshardctl check` can report them all.
+ *
+ * Sections (see config/pgshard.ini for every key, commented):
+ *   [pgshard]            listener, workers, limits, timeouts, client auth
+ *   [user.NAME]          client users: password, admin
+ *   [database.NAME]      what clients connect to: pooling and routing policy
+ *   [shard.DB.NAME]      one shard: primary, replicas (repeatable), region
+ *   [table.DB.T] [geo.DB] [tenants.DB]  the shard map (routing issue)
+ */
+#ifndef PGSHARD_CONFIG_H
+#define PGSHARD_CONFIG_H
+
+#include "pgshard/common.h"
+
+typedef enum { PGS_AUTH_TRUST, PGS_AUTH_MD5, PGS_AUTH_SCRAM } pgs_auth_method_t;
+typedef enum { PGS_POOL_TRANSACTION, PGS_POOL_SESSION } pgs_pool_mode_t;
+typedef enum { PGS_LOG_TEXT, PGS_LOG_JSON } pgs_log_format_t;
+typedef enum { PGS_RYW_OFF, PGS_RYW_WINDOW, PGS_RYW_SESSION, PGS_RYW_LSN } pgs_ryw_t;
+typedef enum { PGS_FALLBACK_PRIMARY, PGS_FALLBACK_ERROR } pgs_lag_fallback_t;
+typedef enum { PGS_XWRITE_DENY, PGS_XWRITE_ALLOW, PGS_XWRITE_2PC } pgs_cross_writes_t;
+typedef enum { PGS_HASH_XXH3, PGS_HASH_POSTGRES } pgs_hash_fn_t;
+
+/* One server: a libpq conninfo plus the fields pgshard itself needs. */
+typedef struct pgs_node {
+  char *conninfo; /* as written in the config, passed to libpq */
+  char *host;     /* "127.0.0.1" when the conninfo names none */
+  int port;       /* 5432 when the conninfo names none */
+  char *dbname;   /* NULL: the client's database name */
+  char *user;     /* NULL: the client's user name */
+  char *password; /* NULL: the client's password from [user.*] */
+  bool is_primary;
+  int line;
+} pgs_node_t;
+
+typedef struct pgs_shard {
+  char *name;
+  char *region; /* NULL when none */
+  pgs_node_t primary;
+  bool has_primary;
+  pgs_node_t *replicas;
+  int nreplicas;
+  int line;
+} pgs_shard_t;
+
+typedef struct pgs_database {
+  char *name;
+  pgs_pool_mode_t pool_mode;
+  int pool_size;
+  pgs_ryw_t read_your_writes;
+  int ryw_window_ms;
+  int max_replica_lag_ms;
+  int64_t max_replica_lag_bytes;
+  int lag_check_interval_ms;
+  pgs_lag_fallback_t lag_fallback;
+  bool cross_shard_reads;
+  pgs_cross_writes_t cross_shard_writes;
+  pgs_hash_fn_t hash;
+  pgs_shard_t *shards;
+  int nshards;
+  int line;
+} pgs_database_t;
+
+typedef struct pgs_user {
+  char *name;
+  char *password; /* plain text, "md5..." hash or "SCRAM-SHA-256$..." secret */
+  bool admin;
+  int line;
+} pgs_user_t;
+
+typedef struct pgs_config_error {
+  int line; /* 0: not tied to one line */
+  char *message;
+} pgs_config_error_t;
+
+typedef struct pgs_config {
+  char *path;
+  /* [pgshard] */
+  char *listen_host;
+  int listen_port;
+  int workers;
+  char *metrics_listen; /* NULL or "" disables */
+  pgs_log_format_t log_format;
+  bool log_debug;
+  pgs_auth_method_t auth;
+  int max_client_conn;
+  int64_t max_message_size;     /* cap on one client message */
+  int query_wait_timeout_ms;    /* how long a client waits for a pool */
+  int server_connect_timeout_ms;
+  int client_login_timeout_ms;
+  int server_idle_timeout_ms;   /* close pooled servers idle this long */
+  int shutdown_timeout_ms;      /* SIGTERM drain limit */
+
+  pgs_user_t *users;
+  int nusers;
+  pgs_database_t *databases;
+  int ndatabases;
+
+  pgs_config_error_t *errors;
+  int nerrors;
+
+  int refcount; /* atomic; see pgs_config_ref */
+} pgs_config_t;
+
+/* Parse FILE. Always returns a config (never NULL) so the caller can print
+ * every error; the config is usable only when nerrors == 0. */
+pgs_config_t *pgs_config_load(const char *path);
+/* Parse ini text held in memory (tests, fuzzers). */
+pgs_config_t *pgs_config_parse_string(const char *text);
+
+pgs_config_t *pgs_config_ref(pgs_config_t *config);
+void pgs_config_unref(pgs_config_t *config);
+
+const pgs_user_t *pgs_config_find_user(const pgs_config_t *config, const char *name);
+const pgs_database_t *pgs_config_find_database(const pgs_config_t *config, const char *name);
+
+/* Parse a libpq-style "key=value key='quoted value'" conninfo into NODE.
+ * Pure: no libpq. Returns PGS_EINVAL with a message in ERR on bad syntax. */
+pgs_status_t pgs_conninfo_parse(const char *conninfo, pgs_node_t *node, char *err,
+                                size_t errlen) PGS_MUST_USE;
+
+/* True when HOST is on loopback (127.0.0.0/8, ::1, localhost). */
+bool pgs_host_is_loopback(const char *host);
+
+#endif

@@ -1,0 +1,595 @@
+/*
+ * config.c — ini file to immutable pgs_config_t.
+ *
+ * inih calls handler() once per key. The handler validates each value as it
+ * comes and records problems with their line numbers instead of stopping, so
+ * one run of `pgshardctl check` names every mistake. Cross-section checks
+ * (a shard for an unknown database, a database with no shard) run after the
+ * whole file is read. inih does not hand line numbers to the handler in
+ * Debian's build, so the reader below counts them itself.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include <ini.h>
+
+#include "pgshard/config.h"
+
+typedef struct parse_state {
+  pgs_config_t *config;
+  int line; /* line of the key being handled */
+  int next_line;
+  /* section-level bookkeeping */
+  char section[256];
+  int section_line;
+} parse_state_t;
+
+/* Source for the line-counting reader: either a FILE or a string. */
+typedef struct line_source {
+  FILE *file;
+  const char *text;
+  parse_state_t *state;
+} line_source_t;
+
+PGS_PRINTF(3, 4)
+static void config_error(pgs_config_t *config, int line, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  config->errors = pgs_xrealloc(config->errors, sizeof(*config->errors) * (size_t)(config->nerrors + 1));
+  config->errors[config->nerrors].line = line;
+  config->errors[config->nerrors].message = pgs_xstrdup(buf);
+  config->nerrors++;
+}
+
+static char *read_line_cb(char *str, int num, void *stream) {
+  line_source_t *src = stream;
+  int n = 0;
+  if (num <= 1) return NULL;
+  if (src->file) {
+    int c;
+    while (n < num - 1 && (c = fgetc(src->file)) != EOF) {
+      str[n++] = (char)c;
+      if (c == '\n') break;
+    }
+  } else {
+    while (n < num - 1 && *src->text) {
+      char c = *src->text++;
+      str[n++] = c;
+      if (c == '\n') break;
+    }
+  }
+  if (n == 0) return NULL;
+  str[n] = '\0';
+  src->state->line = src->state->next_line;
+  if (str[n - 1] == '\n') src->state->next_line++;
+  return str;
+}
+
+/* ---- value parsers: each records an error and returns false when bad ---- */
+
+static bool parse_int(parse_state_t *st, const char *key, const char *value, int64_t min,
+                      int64_t max, int64_t *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(value, &end, 10);
+  if (errno || end == value || *end != '\0' || v < min || v > max) {
+    config_error(st->config, st->line, "%s: expected an integer between %lld and %lld, got \"%s\"",
+                 key, (long long)min, (long long)max, value);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+static void set_int(parse_state_t *st, const char *key, const char *value, int min, int max,
+                    int *out) {
+  int64_t v;
+  if (parse_int(st, key, value, min, max, &v)) *out = (int)v;
+}
+
+static bool parse_bool(parse_state_t *st, const char *key, const char *value, bool *out) {
+  if (!strcasecmp(value, "true") || !strcasecmp(value, "on") || !strcasecmp(value, "yes") ||
+      !strcmp(value, "1")) {
+    *out = true;
+    return true;
+  }
+  if (!strcasecmp(value, "false") || !strcasecmp(value, "off") || !strcasecmp(value, "no") ||
+      !strcmp(value, "0")) {
+    *out = false;
+    return true;
+  }
+  config_error(st->config, st->line, "%s: expected true or false, got \"%s\"", key, value);
+  return false;
+}
+
+/* Match VALUE against a NULL-terminated list of names; the index is the enum. */
+static bool parse_enum(parse_state_t *st, const char *key, const char *value,
+                       const char *const *names, int *out) {
+  for (int i = 0; names[i]; i++) {
+    if (!strcasecmp(value, names[i])) {
+      *out = i;
+      return true;
+    }
+  }
+  char choices[256] = "";
+  for (int i = 0; names[i]; i++) {
+    if (i) strncat(choices, " | ", sizeof(choices) - strlen(choices) - 1);
+    strncat(choices, names[i], sizeof(choices) - strlen(choices) - 1);
+  }
+  config_error(st->config, st->line, "%s: expected one of %s, got \"%s\"", key, choices, value);
+  return false;
+}
+
+#define PARSE_ENUM(st, key, value, names, field)                                                   \
+  do {                                                                                             \
+    int v_;                                                                                        \
+    if (parse_enum(st, key, value, names, &v_)) field = v_;                                        \
+  } while (0)
+
+static const char *const auth_names[] = {"trust", "md5", "scram-sha-256", NULL};
+static const char *const pool_mode_names[] = {"transaction", "session", NULL};
+static const char *const log_format_names[] = {"text", "json", NULL};
+static const char *const ryw_names[] = {"off", "window", "session", "lsn", NULL};
+static const char *const fallback_names[] = {"primary", "error", NULL};
+static const char *const xwrite_names[] = {"deny", "allow", "2pc", NULL};
+static const char *const hash_names[] = {"xxh3", "postgres", NULL};
+static const char *const allow_deny_names[] = {"deny", "allow", NULL};
+
+/* ---- conninfo ---- */
+
+bool pgs_host_is_loopback(const char *host) {
+  if (host == NULL || *host == '\0') return false;
+  return !strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcasecmp(host, "localhost");
+}
+
+pgs_status_t pgs_conninfo_parse(const char *conninfo, pgs_node_t *node, char *err,
+                                size_t errlen) {
+  const char *p = conninfo;
+  node->host = NULL;
+  node->port = 5432;
+  node->dbname = node->user = node->password = NULL;
+  while (*p) {
+    while (isspace((unsigned char)*p)) p++;
+    if (!*p) break;
+    const char *kstart = p;
+    while (*p && *p != '=' && !isspace((unsigned char)*p)) p++;
+    size_t klen = (size_t)(p - kstart);
+    while (isspace((unsigned char)*p)) p++;
+    if (*p != '=' || klen == 0) {
+      snprintf(err, errlen, "conninfo: expected key=value near \"%.20s\"", kstart);
+      return PGS_EINVAL;
+    }
+    p++;
+    while (isspace((unsigned char)*p)) p++;
+    char value[1024];
+    size_t vlen = 0;
+    if (*p == '\'') {
+      p++;
+      while (*p && *p != '\'') {
+        if (*p == '\\' && p[1]) p++;
+        if (vlen < sizeof(value) - 1) value[vlen++] = *p;
+        p++;
+      }
+      if (*p != '\'') {
+        snprintf(err, errlen, "conninfo: unterminated quoted value");
+        return PGS_EINVAL;
+      }
+      p++;
+    } else {
+      while (*p && !isspace((unsigned char)*p)) {
+        if (*p == '\\' && p[1]) p++;
+        if (vlen < sizeof(value) - 1) value[vlen++] = *p;
+        p++;
+      }
+    }
+    value[vlen] = '\0';
+    if (klen == 4 && !strncmp(kstart, "host", 4)) {
+      free(node->host);
+      node->host = pgs_xstrdup(value);
+    } else if (klen == 4 && !strncmp(kstart, "port", 4)) {
+      char *end;
+      long port = strtol(value, &end, 10);
+      if (*end || port < 1 || port > 65535) {
+        snprintf(err, errlen, "conninfo: bad port \"%s\"", value);
+        return PGS_EINVAL;
+      }
+      node->port = (int)port;
+    } else if (klen == 6 && !strncmp(kstart, "dbname", 6)) {
+      free(node->dbname);
+      node->dbname = pgs_xstrdup(value);
+    } else if (klen == 4 && !strncmp(kstart, "user", 4)) {
+      free(node->user);
+      node->user = pgs_xstrdup(value);
+    } else if (klen == 8 && !strncmp(kstart, "password", 8)) {
+      free(node->password);
+      node->password = pgs_xstrdup(value);
+    }
+  }
+  if (node->host == NULL) node->host = pgs_xstrdup("127.0.0.1");
+  return PGS_OK;
+}
+
+static void node_free(pgs_node_t *node) {
+  free(node->conninfo);
+  free(node->host);
+  free(node->dbname);
+  free(node->user);
+  free(node->password);
+}
+
+/* ---- sections ---- */
+
+static pgs_user_t *get_user(pgs_config_t *config, const char *name, int line) {
+  for (int i = 0; i < config->nusers; i++)
+    if (!strcmp(config->users[i].name, name)) return &config->users[i];
+  config->users = pgs_xrealloc(config->users, sizeof(*config->users) * (size_t)(config->nusers + 1));
+  pgs_user_t *user = &config->users[config->nusers++];
+  memset(user, 0, sizeof(*user));
+  user->name = pgs_xstrdup(name);
+  user->line = line;
+  return user;
+}
+
+static void database_defaults(pgs_database_t *db) {
+  db->pool_mode = PGS_POOL_TRANSACTION;
+  db->pool_size = 20;
+  db->read_your_writes = PGS_RYW_LSN;
+  db->ryw_window_ms = 1000;
+  db->max_replica_lag_ms = 1000;
+  db->max_replica_lag_bytes = 16 * 1024 * 1024;
+  db->lag_check_interval_ms = 100;
+  db->lag_fallback = PGS_FALLBACK_PRIMARY;
+  db->cross_shard_reads = true;
+  db->cross_shard_writes = PGS_XWRITE_DENY;
+  db->hash = PGS_HASH_XXH3;
+}
+
+static pgs_database_t *get_database(pgs_config_t *config, const char *name, int line) {
+  for (int i = 0; i < config->ndatabases; i++)
+    if (!strcmp(config->databases[i].name, name)) return &config->databases[i];
+  config->databases = pgs_xrealloc(config->databases,
+                                   sizeof(*config->databases) * (size_t)(config->ndatabases + 1));
+  pgs_database_t *db = &config->databases[config->ndatabases++];
+  memset(db, 0, sizeof(*db));
+  db->name = pgs_xstrdup(name);
+  db->line = line;
+  database_defaults(db);
+  return db;
+}
+
+static pgs_shard_t *get_shard(pgs_database_t *db, const char *name, int line) {
+  for (int i = 0; i < db->nshards; i++)
+    if (!strcmp(db->shards[i].name, name)) return &db->shards[i];
+  db->shards = pgs_xrealloc(db->shards, sizeof(*db->shards) * (size_t)(db->nshards + 1));
+  pgs_shard_t *shard = &db->shards[db->nshards++];
+  memset(shard, 0, sizeof(*shard));
+  shard->name = pgs_xstrdup(name);
+  shard->line = line;
+  return shard;
+}
+
+static bool valid_name(const char *name) {
+  if (!*name || strlen(name) >= PGS_MAX_NAME) return false;
+  for (const char *p = name; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-') return false;
+  return true;
+}
+
+static void handle_pgshard(parse_state_t *st, const char *key, const char *value) {
+  pgs_config_t *c = st->config;
+  int64_t v64;
+  if (!strcmp(key, "listen")) {
+    const char *colon = strrchr(value, ':');
+    int64_t port;
+    if (!colon || colon == value ||
+        !parse_int(st, key, colon + 1, 1, 65535, &port)) {
+      if (!colon || colon == value)
+        config_error(c, st->line, "listen: expected HOST:PORT, got \"%s\"", value);
+      return;
+    }
+    const char *hs = value, *he = colon;
+    if (*hs == '[' && he > hs && he[-1] == ']') {
+      hs++;
+      he--;
+    }
+    free(c->listen_host);
+    c->listen_host = pgs_xstrndup(hs, (size_t)(he - hs));
+    c->listen_port = (int)port;
+  } else if (!strcmp(key, "workers")) {
+    set_int(st, key, value, 1, 64, &c->workers);
+  } else if (!strcmp(key, "metrics_listen")) {
+    free(c->metrics_listen);
+    c->metrics_listen = pgs_xstrdup(value);
+  } else if (!strcmp(key, "log_format")) {
+    PARSE_ENUM(st, key, value, log_format_names, c->log_format);
+  } else if (!strcmp(key, "log_debug")) {
+    parse_bool(st, key, value, &c->log_debug);
+  } else if (!strcmp(key, "auth")) {
+    PARSE_ENUM(st, key, value, auth_names, c->auth);
+  } else if (!strcmp(key, "max_client_conn")) {
+    set_int(st, key, value, 1, 1000000, &c->max_client_conn);
+  } else if (!strcmp(key, "max_message_size")) {
+    if (parse_int(st, key, value, 1024, (int64_t)1 << 30, &v64)) c->max_message_size = v64;
+  } else if (!strcmp(key, "query_wait_timeout_ms")) {
+    set_int(st, key, value, 1, 86400000, &c->query_wait_timeout_ms);
+  } else if (!strcmp(key, "server_connect_timeout_ms")) {
+    set_int(st, key, value, 1, 3600000, &c->server_connect_timeout_ms);
+  } else if (!strcmp(key, "client_login_timeout_ms")) {
+    set_int(st, key, value, 1, 3600000, &c->client_login_timeout_ms);
+  } else if (!strcmp(key, "server_idle_timeout_ms")) {
+    set_int(st, key, value, 0, 86400000, &c->server_idle_timeout_ms);
+  } else if (!strcmp(key, "shutdown_timeout_ms")) {
+    set_int(st, key, value, 0, 86400000, &c->shutdown_timeout_ms);
+  } else {
+    config_error(c, st->line, "unknown key \"%s\" in [pgshard]", key);
+  }
+}
+
+static void handle_user(parse_state_t *st, const char *name, const char *key, const char *value) {
+  pgs_user_t *user = get_user(st->config, name, st->line);
+  if (!strcmp(key, "password")) {
+    if (strlen(value) >= PGS_MAX_PASSWORD) {
+      config_error(st->config, st->line, "password: longer than %d bytes", PGS_MAX_PASSWORD - 1);
+      return;
+    }
+    free(user->password);
+    user->password = pgs_xstrdup(value);
+  } else if (!strcmp(key, "admin")) {
+    parse_bool(st, key, value, &user->admin);
+  } else {
+    config_error(st->config, st->line, "unknown key \"%s\" in [user.%s]", key, name);
+  }
+}
+
+static void handle_database(parse_state_t *st, const char *name, const char *key,
+                            const char *value) {
+  pgs_database_t *db = get_database(st->config, name, st->line);
+  int64_t v64;
+  if (!strcmp(key, "pool_mode")) {
+    PARSE_ENUM(st, key, value, pool_mode_names, db->pool_mode);
+  } else if (!strcmp(key, "pool_size")) {
+    set_int(st, key, value, 1, 10000, &db->pool_size);
+  } else if (!strcmp(key, "read_your_writes")) {
+    PARSE_ENUM(st, key, value, ryw_names, db->read_your_writes);
+  } else if (!strcmp(key, "ryw_window_ms")) {
+    set_int(st, key, value, 0, 86400000, &db->ryw_window_ms);
+  } else if (!strcmp(key, "max_replica_lag_ms")) {
+    set_int(st, key, value, 0, 86400000, &db->max_replica_lag_ms);
+  } else if (!strcmp(key, "max_replica_lag_bytes")) {
+    if (parse_int(st, key, value, 0, INT64_MAX, &v64)) db->max_replica_lag_bytes = v64;
+  } else if (!strcmp(key, "lag_check_interval_ms")) {
+    set_int(st, key, value, 10, 3600000, &db->lag_check_interval_ms);
+  } else if (!strcmp(key, "lag_fallback")) {
+    PARSE_ENUM(st, key, value, fallback_names, db->lag_fallback);
+  } else if (!strcmp(key, "cross_shard_reads")) {
+    int v;
+    if (parse_enum(st, key, value, allow_deny_names, &v)) db->cross_shard_reads = v == 1;
+  } else if (!strcmp(key, "cross_shard_writes")) {
+    PARSE_ENUM(st, key, value, xwrite_names, db->cross_shard_writes);
+  } else if (!strcmp(key, "hash")) {
+    PARSE_ENUM(st, key, value, hash_names, db->hash);
+  } else {
+    config_error(st->config, st->line, "unknown key \"%s\" in [database.%s]", key, name);
+  }
+}
+
+static void handle_shard(parse_state_t *st, const char *dbname, const char *name, const char *key,
+                         const char *value) {
+  pgs_database_t *db = get_database(st->config, dbname, st->line);
+  pgs_shard_t *shard = get_shard(db, name, st->line);
+  char err[256];
+  if (!strcmp(key, "primary") || !strcmp(key, "replica")) {
+    pgs_node_t node;
+    memset(&node, 0, sizeof(node));
+    if (pgs_conninfo_parse(value, &node, err, sizeof(err)) != PGS_OK) {
+      config_error(st->config, st->line, "%s: %s", key, err);
+      node_free(&node);
+      return;
+    }
+    node.conninfo = pgs_xstrdup(value);
+    node.line = st->line;
+    if (key[0] == 'p') {
+      if (shard->has_primary) {
+        config_error(st->config, st->line, "shard %s.%s: primary given twice", dbname, name);
+        node_free(&node);
+        return;
+      }
+      node.is_primary = true;
+      shard->primary = node;
+      shard->has_primary = true;
+    } else {
+      shard->replicas =
+          pgs_xrealloc(shard->replicas, sizeof(*shard->replicas) * (size_t)(shard->nreplicas + 1));
+      shard->replicas[shard->nreplicas++] = node;
+    }
+  } else if (!strcmp(key, "region")) {
+    free(shard->region);
+    shard->region = pgs_xstrdup(value);
+  } else {
+    config_error(st->config, st->line, "unknown key \"%s\" in [shard.%s.%s]", key, dbname, name);
+  }
+}
+
+/* Split "a.b.c" section names. Returns the number of parts (max 3). */
+static int split_section(const char *section, char parts[3][128]) {
+  int n = 0;
+  const char *p = section;
+  while (n < 3) {
+    const char *dot = strchr(p, '.');
+    size_t len = dot ? (size_t)(dot - p) : strlen(p);
+    if (len >= 128) return -1;
+    memcpy(parts[n], p, len);
+    parts[n][len] = '\0';
+    n++;
+    if (!dot) return n;
+    p = dot + 1;
+  }
+  return -1; /* more than three parts */
+}
+
+static int handler(void *user, const char *section, const char *key, const char *value) {
+  parse_state_t *st = user;
+  char parts[3][128];
+  int n = split_section(section, parts);
+  if (strcmp(section, st->section) != 0) {
+    snprintf(st->section, sizeof(st->section), "%s", section);
+    st->section_line = st->line;
+  }
+  if (n == 1 && !strcmp(parts[0], "pgshard")) {
+    handle_pgshard(st, key, value);
+  } else if (n == 2 && !strcmp(parts[0], "user")) {
+    if (!valid_name(parts[1]))
+      config_error(st->config, st->line, "[%s]: bad user name", section);
+    else
+      handle_user(st, parts[1], key, value);
+  } else if (n == 2 && !strcmp(parts[0], "database")) {
+    if (!valid_name(parts[1]))
+      config_error(st->config, st->line, "[%s]: bad database name", section);
+    else
+      handle_database(st, parts[1], key, value);
+  } else if (n == 3 && !strcmp(parts[0], "shard")) {
+    if (!valid_name(parts[1]) || !valid_name(parts[2]))
+      config_error(st->config, st->line, "[%s]: bad database or shard name", section);
+    else
+      handle_shard(st, parts[1], parts[2], key, value);
+  } else if ((n == 3 && !strcmp(parts[0], "table")) ||
+             (n == 2 && (!strcmp(parts[0], "geo") || !strcmp(parts[0], "tenants")))) {
+    /* The shard map: read by the router (see shardmap.h once routing lands). */
+  } else if (section[0] == '\0') {
+    config_error(st->config, st->line, "key \"%s\" outside any section", key);
+  } else {
+    config_error(st->config, st->line, "unknown section [%s]", section);
+  }
+  return 1;
+}
+
+static void config_defaults(pgs_config_t *c) {
+  c->listen_host = pgs_xstrdup("127.0.0.1");
+  c->listen_port = 6432;
+  c->workers = 2;
+  c->log_format = PGS_LOG_TEXT;
+  c->auth = PGS_AUTH_SCRAM;
+  c->max_client_conn = 10000;
+  c->max_message_size = 64 * 1024 * 1024;
+  c->query_wait_timeout_ms = 120000;
+  c->server_connect_timeout_ms = 5000;
+  c->client_login_timeout_ms = 60000;
+  c->server_idle_timeout_ms = 600000;
+  c->shutdown_timeout_ms = 30000;
+  c->refcount = 1;
+}
+
+static void config_validate(pgs_config_t *c) {
+  for (int i = 0; i < c->nusers; i++) {
+    if (c->users[i].password == NULL && c->auth != PGS_AUTH_TRUST)
+      config_error(c, c->users[i].line, "[user.%s]: no password (auth = %s needs one)",
+                   c->users[i].name, auth_names[c->auth]);
+  }
+  for (int i = 0; i < c->ndatabases; i++) {
+    pgs_database_t *db = &c->databases[i];
+    if (!strcmp(db->name, "pgshard"))
+      config_error(c, db->line, "[database.pgshard]: \"pgshard\" is the admin database");
+    if (db->nshards == 0)
+      config_error(c, db->line, "[database.%s]: no [shard.%s.*] section", db->name, db->name);
+    for (int s = 0; s < db->nshards; s++) {
+      if (!db->shards[s].has_primary)
+        config_error(c, db->shards[s].line, "[shard.%s.%s]: no primary", db->name,
+                     db->shards[s].name);
+    }
+  }
+  if (c->ndatabases == 0) config_error(c, 0, "no [database.*] section");
+}
+
+static pgs_config_t *config_parse(line_source_t *src, const char *path) {
+  pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
+  parse_state_t st;
+  memset(&st, 0, sizeof(st));
+  st.config = c;
+  st.next_line = 1;
+  src->state = &st;
+  config_defaults(c);
+  c->path = path ? pgs_xstrdup(path) : NULL;
+
+  /* Debian's inih exposes its compile-time knobs as globals: long lines
+   * (tenant lists) must not be split, and indented lines are not
+   * continuations. */
+  ini_use_stack = false;
+  ini_max_line = 16384;
+  ini_allow_multiline = false;
+  int rc = ini_parse_stream(read_line_cb, src, handler, &st);
+  if (rc > 0) config_error(c, rc, "syntax error (expected [section] or key = value)");
+  config_validate(c);
+  return c;
+}
+
+pgs_config_t *pgs_config_load(const char *path) {
+  line_source_t src = {0};
+  src.file = fopen(path, "r");
+  if (src.file == NULL) {
+    pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
+    config_defaults(c);
+    c->path = pgs_xstrdup(path);
+    config_error(c, 0, "cannot open %s: %s", path, strerror(errno));
+    return c;
+  }
+  pgs_config_t *c = config_parse(&src, path);
+  fclose(src.file);
+  return c;
+}
+
+pgs_config_t *pgs_config_parse_string(const char *text) {
+  line_source_t src = {0};
+  src.text = text;
+  return config_parse(&src, NULL);
+}
+
+pgs_config_t *pgs_config_ref(pgs_config_t *config) {
+  __atomic_add_fetch(&config->refcount, 1, __ATOMIC_RELAXED);
+  return config;
+}
+
+void pgs_config_unref(pgs_config_t *c) {
+  if (c == NULL || __atomic_sub_fetch(&c->refcount, 1, __ATOMIC_ACQ_REL) != 0) return;
+  free(c->path);
+  free(c->listen_host);
+  free(c->metrics_listen);
+  for (int i = 0; i < c->nusers; i++) {
+    free(c->users[i].name);
+    free(c->users[i].password);
+  }
+  free(c->users);
+  for (int i = 0; i < c->ndatabases; i++) {
+    pgs_database_t *db = &c->databases[i];
+    for (int s = 0; s < db->nshards; s++) {
+      pgs_shard_t *shard = &db->shards[s];
+      free(shard->name);
+      free(shard->region);
+      if (shard->has_primary) node_free(&shard->primary);
+      for (int r = 0; r < shard->nreplicas; r++) node_free(&shard->replicas[r]);
+      free(shard->replicas);
+    }
+    free(db->shards);
+    free(db->name);
+  }
+  free(c->databases);
+  for (int i = 0; i < c->nerrors; i++) free(c->errors[i].message);
+  free(c->errors);
+  free(c);
+}
+
+const pgs_user_t *pgs_config_find_user(const pgs_config_t *config, const char *name) {
+  for (int i = 0; i < config->nusers; i++)
+    if (!strcmp(config->users[i].name, name)) return &config->users[i];
+  return NULL;
+}
+
+const pgs_database_t *pgs_config_find_database(const pgs_config_t *config, const char *name) {
+  for (int i = 0; i < config->ndatabases; i++)
+    if (!strcmp(config->databases[i].name, name)) return &config->databases[i];
+  return NULL;
+}
