@@ -1,0 +1,78 @@
+/*
+ * auth.h — password verification for client logins: md5 and SCRAM-SHA-256
+ * (RFC 5802 / RFC 7677, server side, no channel binding), built on OpenSSL.
+ * Pure computation: the proxy moves the bytes, this module checks them.
+ *
+ * A user's configured password may be plain text, an "md5<32 hex>" hash
+ * (md5 auth only) or a "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>"
+ * secret as PostgreSQL stores it (scram auth only).
+ *
+ * SCRAM exchange, as the proxy drives it:
+ *   pgs_scram_init(&s, password)             -> PGS_OK, or PGS_EUNSUPPORTED when
+ *                                               the stored password cannot do SCRAM
+ *   client sends SASLInitialResponse(client-first-message)
+ *   pgs_scram_server_first(&s, msg, len, out) -> server-first-message in OUT
+ *   client sends SASLResponse(client-final-message)
+ *   pgs_scram_server_final(&s, msg, len, out) -> PGS_OK and server-final ("v=...")
+ *                                               in OUT, or PGS_EAUTH (wrong
+ *                                               password) / PGS_EPROTO (malformed)
+ */
+#ifndef PGSHARD_AUTH_H
+#define PGSHARD_AUTH_H
+
+#include "pgshard/common.h"
+
+#define PGS_SCRAM_KEY_LEN 32     /* SHA-256 */
+#define PGS_SCRAM_NONCE_LEN 18   /* raw bytes of the server's nonce part */
+#define PGS_SCRAM_ITERATIONS 4096
+#define PGS_SCRAM_MAX_MESSAGE 1024
+
+typedef enum {
+  PGS_SCRAM_STATE_INIT,        /* waiting for client-first-message */
+  PGS_SCRAM_STATE_SENT_FIRST,  /* server-first sent, waiting for client-final */
+  PGS_SCRAM_STATE_DONE,        /* verified */
+  PGS_SCRAM_STATE_FAILED,
+} pgs_scram_state_t;
+
+typedef struct pgs_scram {
+  pgs_scram_state_t state;
+  int iterations;
+  uint8_t salt[64];
+  size_t salt_len;
+  uint8_t stored_key[PGS_SCRAM_KEY_LEN];
+  uint8_t server_key[PGS_SCRAM_KEY_LEN];
+  /* Kept between the two round trips for the AuthMessage. */
+  char client_first_bare[PGS_SCRAM_MAX_MESSAGE];
+  char server_first[PGS_SCRAM_MAX_MESSAGE];
+  char nonce[128]; /* client nonce + server nonce, as sent */
+} pgs_scram_t;
+
+/* Prepare a SCRAM exchange for a user whose configured password is PASSWORD
+ * (plain text: a random salt is drawn; SCRAM secret: its salt and keys are
+ * used). PGS_EUNSUPPORTED for an md5 hash. */
+pgs_status_t pgs_scram_init(pgs_scram_t *scram, const char *password) PGS_MUST_USE;
+
+/* Test hook: like pgs_scram_init but with a fixed salt and server nonce, so
+ * RFC test vectors can be checked. */
+pgs_status_t pgs_scram_init_fixed(pgs_scram_t *scram, const char *password, const uint8_t *salt,
+                                  size_t salt_len, int iterations,
+                                  const char *server_nonce) PGS_MUST_USE;
+
+/* Consume client-first-message (MSG, LEN bytes, not NUL-terminated); write a
+ * NUL-terminated server-first-message into OUT (OUTCAP bytes). */
+pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t len, char *out,
+                                    size_t outcap) PGS_MUST_USE;
+
+/* Consume client-final-message; verify the proof; write server-final into OUT. */
+pgs_status_t pgs_scram_server_final(pgs_scram_t *scram, const char *msg, size_t len, char *out,
+                                    size_t outcap) PGS_MUST_USE;
+
+/* md5 auth: true when RESPONSE ("md5" + 32 hex, as sent in PasswordMessage) is
+ * right for USER with configured PASSWORD (plain or "md5..." hash) and SALT. */
+bool pgs_md5_verify(const char *user, const char *password, const uint8_t salt[4],
+                    const char *response);
+
+/* Fill BUF with LEN cryptographically random bytes. */
+pgs_status_t pgs_random_bytes(void *buf, size_t len) PGS_MUST_USE;
+
+#endif
