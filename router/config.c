@@ -21,6 +21,7 @@ typedef struct parse_state {
   pgs_config_t *config;
   int line; /* line of the key being handled */
   int next_line;
+  size_t line_length; /* bytes of the current line read so far */
   /* section-level bookkeeping */
   char section[256];
   int section_line;
@@ -46,9 +47,24 @@ static void config_error(pgs_config_t *config, int line, const char *fmt, ...) {
   config->nerrors++;
 }
 
+/* inih keeps the section name in a 50-byte buffer and silently cuts longer
+ * ones, which would merge two shards whose names differ late, so a header
+ * that long is refused here, where the raw line is still visible. */
+#define INI_MAX_SECTION 50
+
+static void check_section_header(parse_state_t *st, const char *line) {
+  while (isspace((unsigned char)*line)) line++;
+  if (*line != '[') return;
+  const char *close = strchr(line + 1, ']');
+  if (close && close - line - 1 >= INI_MAX_SECTION)
+    config_error(st->config, st->line, "[%.*s]: section name longer than %d characters",
+                 (int)(close - line - 1), line + 1, INI_MAX_SECTION - 1);
+}
+
 static char *read_line_cb(char *str, int num, void *stream) {
   line_source_t *src = stream;
   int n = 0;
+  bool starts_line = src->state->line != src->state->next_line;
   if (num <= 1) return NULL;
   if (src->file) {
     int c;
@@ -67,6 +83,14 @@ static char *read_line_cb(char *str, int num, void *stream) {
   str[n] = '\0';
   src->state->line = src->state->next_line;
   if (str[n - 1] == '\n') src->state->next_line++;
+  if (starts_line) check_section_header(src->state, str);
+
+  /* Past ini_max_line inih parses the rest of the line as a line of its own. */
+  size_t before = starts_line ? 0 : src->state->line_length;
+  src->state->line_length = before + (size_t)n - (str[n - 1] == '\n');
+  if (before < (size_t)ini_max_line && src->state->line_length >= (size_t)ini_max_line)
+    config_error(src->state->config, src->state->line, "line longer than %d characters",
+                 ini_max_line - 1);
   return str;
 }
 
@@ -517,8 +541,10 @@ static pgs_config_t *config_parse(line_source_t *src, const char *path) {
 
   /* Debian's inih exposes its compile-time knobs as globals: long lines
    * (tenant lists) must not be split, and indented lines are not
-   * continuations. */
+   * continuations. The heap line buffer starts at ini_initial_alloc (200)
+   * bytes and grows up to ini_max_line only when ini_allow_realloc is set. */
   ini_use_stack = false;
+  ini_allow_realloc = true;
   ini_max_line = 16384;
   ini_allow_multiline = false;
   int rc = ini_parse_stream(read_line_cb, src, handler, &st);

@@ -1,0 +1,603 @@
+/*
+ * test_config.c — router/config.c through pgs_config_parse_string: the
+ * DESIGN.md example parses to the right values, absent keys take their
+ * defaults, and every kind of mistake is reported with the line it is on.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "pgshard/config.h"
+
+/* The "Config contract" example of DESIGN.md, verbatim. */
+static const char design_example[] =
+    "[pgshard]\n"
+    "listen = 127.0.0.1:6432\n"
+    "workers = 2                        ; event-loop threads\n"
+    "metrics_listen = 127.0.0.1:9930    ; Prometheus text at GET /metrics; empty: off\n"
+    "log_format = text                  ; text | json\n"
+    "auth = scram-sha-256               ; trust | md5 | scram-sha-256\n"
+    "\n"
+    "[user.app]\n"
+    "password = secret\n"
+    "[user.admin]\n"
+    "password = adminpw\n"
+    "admin = true                       ; may use the admin database \"pgshard\"\n"
+    "\n"
+    "[database.app]                     ; clients connect to dbname=app\n"
+    "pool_mode = transaction            ; transaction | session\n"
+    "pool_size = 20                     ; server connections per node and user\n"
+    "read_your_writes = lsn             ; off | window | session | lsn\n"
+    "ryw_window_ms = 1000               ; for window\n"
+    "max_replica_lag_ms = 1000\n"
+    "max_replica_lag_bytes = 16777216\n"
+    "lag_check_interval_ms = 100\n"
+    "lag_fallback = primary             ; primary | error: when no replica qualifies\n"
+    "cross_shard_reads = allow          ; allow | deny\n"
+    "cross_shard_writes = deny          ; deny | allow | 2pc\n"
+    "hash = xxh3                        ; xxh3 | postgres (PARTITION BY HASH compatible)\n"
+    "\n"
+    "[shard.app.s0]                     ; shard s0 of database app\n"
+    "primary = host=127.0.0.1 port=6500 dbname=app user=postgres\n"
+    "replica = host=127.0.0.1 port=6501 dbname=app user=postgres   ; repeatable\n"
+    "region = eu\n"
+    "[shard.app.s1]\n"
+    "primary = host=127.0.0.1 port=6510 dbname=app user=postgres\n"
+    "replica = host=127.0.0.1 port=6511 dbname=app user=postgres\n"
+    "region = us\n"
+    "\n"
+    "[table.app.users]                  ; hash: slots spread evenly over shards\n"
+    "column = id\n"
+    "type = bigint                      ; smallint|int|bigint|text|uuid|date|timestamptz\n"
+    "strategy = hash\n"
+    "[table.app.events]                 ; range: half-open [low, high), open ends allowed\n"
+    "column = id\n"
+    "type = bigint\n"
+    "strategy = range\n"
+    "range = s0: - 1000000\n"
+    "range = s1: 1000000 -\n"
+    "[table.app.profiles]               ; geo: value -> region (via [geo.app]) -> shard with "
+    "that region\n"
+    "column = country\n"
+    "type = text\n"
+    "strategy = geo\n"
+    "[geo.app]\n"
+    "eu = DE FR IT ES NL PL\n"
+    "us = US CA MX\n"
+    "[table.app.invoices]               ; tenant: pinned tenants, others by hash\n"
+    "column = tenant_id\n"
+    "type = bigint\n"
+    "strategy = tenant\n"
+    "[tenants.app]\n"
+    "42 = s1\n";
+
+/* The smallest valid config; error tests append one mistake to it so that
+ * exactly one error is expected. Four lines, so appended text starts on 5. */
+#define MINIMAL                                                                                    \
+  "[user.app]\n"                                                                                   \
+  "password = secret\n"                                                                            \
+  "[shard.app.s0]\n"                                                                               \
+  "primary = port=6500\n"
+
+static void print_errors(const pgs_config_t *c) {
+  for (int i = 0; i < c->nerrors; i++)
+    print_message("  line %d: %s\n", c->errors[i].line, c->errors[i].message);
+}
+
+/* TEXT must give NERRORS errors, the first on LINE with NEEDLE in its message. */
+static void expect_errors(const char *text, int nerrors, int line, const char *needle) {
+  pgs_config_t *c = pgs_config_parse_string(text);
+  assert_non_null(c);
+  if (c->nerrors != nerrors || c->errors[0].line != line ||
+      !strstr(c->errors[0].message, needle)) {
+    print_message("expected %d error(s), the first on line %d containing \"%s\"; got %d:\n",
+                  nerrors, line, needle, c->nerrors);
+    print_errors(c);
+    fail();
+  }
+  pgs_config_unref(c);
+}
+
+static void expect_one_error(const char *text, int line, const char *needle) {
+  expect_errors(text, 1, line, needle);
+}
+
+static void test_design_example(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(design_example);
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  assert_null(c->path);
+
+  assert_string_equal(c->listen_host, "127.0.0.1");
+  assert_int_equal(c->listen_port, 6432);
+  assert_int_equal(c->workers, 2);
+  assert_string_equal(c->metrics_listen, "127.0.0.1:9930");
+  assert_int_equal(c->log_format, PGS_LOG_TEXT);
+  assert_int_equal(c->auth, PGS_AUTH_SCRAM);
+
+  assert_int_equal(c->nusers, 2);
+  const pgs_user_t *app = pgs_config_find_user(c, "app");
+  const pgs_user_t *admin = pgs_config_find_user(c, "admin");
+  assert_non_null(app);
+  assert_non_null(admin);
+  assert_null(pgs_config_find_user(c, "nobody"));
+  assert_string_equal(app->password, "secret");
+  assert_false(app->admin);
+  assert_int_equal(app->line, 9);
+  assert_string_equal(admin->password, "adminpw");
+  assert_true(admin->admin);
+
+  assert_int_equal(c->ndatabases, 1);
+  assert_null(pgs_config_find_database(c, "pgshard"));
+  const pgs_database_t *db = pgs_config_find_database(c, "app");
+  assert_non_null(db);
+  assert_int_equal(db->pool_mode, PGS_POOL_TRANSACTION);
+  assert_int_equal(db->pool_size, 20);
+  assert_int_equal(db->read_your_writes, PGS_RYW_LSN);
+  assert_int_equal(db->ryw_window_ms, 1000);
+  assert_int_equal(db->max_replica_lag_ms, 1000);
+  assert_int_equal(db->max_replica_lag_bytes, 16777216);
+  assert_int_equal(db->lag_check_interval_ms, 100);
+  assert_int_equal(db->lag_fallback, PGS_FALLBACK_PRIMARY);
+  assert_true(db->cross_shard_reads);
+  assert_int_equal(db->cross_shard_writes, PGS_XWRITE_DENY);
+  assert_int_equal(db->hash, PGS_HASH_XXH3);
+
+  assert_int_equal(db->nshards, 2);
+  static const struct {
+    const char *name, *region;
+    int primary_port, replica_port, primary_line, replica_line;
+  } want[] = {{"s0", "eu", 6500, 6501, 28, 29}, {"s1", "us", 6510, 6511, 32, 33}};
+  for (size_t i = 0; i < PGS_ARRAY_LEN(want); i++) {
+    const pgs_shard_t *s = &db->shards[i];
+    assert_string_equal(s->name, want[i].name);
+    assert_string_equal(s->region, want[i].region);
+    assert_true(s->has_primary);
+    assert_true(s->primary.is_primary);
+    assert_string_equal(s->primary.host, "127.0.0.1");
+    assert_int_equal(s->primary.port, want[i].primary_port);
+    assert_string_equal(s->primary.dbname, "app");
+    assert_string_equal(s->primary.user, "postgres");
+    assert_null(s->primary.password);
+    assert_int_equal(s->primary.line, want[i].primary_line);
+    char conninfo[128];
+    snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1 port=%d dbname=app user=postgres",
+             want[i].primary_port);
+    assert_string_equal(s->primary.conninfo, conninfo);
+    assert_int_equal(s->nreplicas, 1);
+    assert_false(s->replicas[0].is_primary);
+    assert_int_equal(s->replicas[0].port, want[i].replica_port);
+    assert_int_equal(s->replicas[0].line, want[i].replica_line);
+    /* The inline comment is not part of the conninfo. */
+    assert_null(strchr(s->replicas[0].conninfo, ';'));
+  }
+  pgs_config_unref(c);
+}
+
+static void test_defaults(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(MINIMAL);
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  assert_string_equal(c->listen_host, "127.0.0.1");
+  assert_int_equal(c->listen_port, 6432);
+  assert_int_equal(c->workers, 2);
+  assert_null(c->metrics_listen);
+  assert_int_equal(c->log_format, PGS_LOG_TEXT);
+  assert_false(c->log_debug);
+  assert_int_equal(c->auth, PGS_AUTH_SCRAM);
+  assert_int_equal(c->max_client_conn, 10000);
+  assert_int_equal(c->max_message_size, 64 * 1024 * 1024);
+  assert_int_equal(c->query_wait_timeout_ms, 120000);
+  assert_int_equal(c->server_connect_timeout_ms, 5000);
+  assert_int_equal(c->client_login_timeout_ms, 60000);
+  assert_int_equal(c->server_idle_timeout_ms, 600000);
+  assert_int_equal(c->shutdown_timeout_ms, 30000);
+  assert_int_equal(c->refcount, 1);
+
+  /* A [shard.DB.*] section alone creates database DB with every default. */
+  const pgs_database_t *db = pgs_config_find_database(c, "app");
+  assert_non_null(db);
+  assert_int_equal(db->pool_mode, PGS_POOL_TRANSACTION);
+  assert_int_equal(db->pool_size, 20);
+  assert_int_equal(db->read_your_writes, PGS_RYW_LSN);
+  assert_int_equal(db->ryw_window_ms, 1000);
+  assert_int_equal(db->max_replica_lag_ms, 1000);
+  assert_int_equal(db->max_replica_lag_bytes, 16 * 1024 * 1024);
+  assert_int_equal(db->lag_check_interval_ms, 100);
+  assert_int_equal(db->lag_fallback, PGS_FALLBACK_PRIMARY);
+  assert_true(db->cross_shard_reads);
+  assert_int_equal(db->cross_shard_writes, PGS_XWRITE_DENY);
+  assert_int_equal(db->hash, PGS_HASH_XXH3);
+
+  /* A conninfo naming only the port: host defaults, the rest follows the client. */
+  assert_int_equal(db->nshards, 1);
+  const pgs_shard_t *s = &db->shards[0];
+  assert_null(s->region);
+  assert_int_equal(s->nreplicas, 0);
+  assert_string_equal(s->primary.host, "127.0.0.1");
+  assert_int_equal(s->primary.port, 6500);
+  assert_null(s->primary.dbname);
+  assert_null(s->primary.user);
+  assert_null(s->primary.password);
+
+  const pgs_user_t *u = pgs_config_find_user(c, "app");
+  assert_non_null(u);
+  assert_false(u->admin);
+  pgs_config_unref(c);
+}
+
+static void test_every_enum_and_value(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(
+      "[pgshard]\n"
+      "listen = [::1]:7000\n"
+      "workers = 64\n"
+      "metrics_listen =\n"
+      "log_format = JSON\n"
+      "log_debug = on\n"
+      "auth = md5\n"
+      "max_client_conn = 5\n"
+      "max_message_size = 1024\n"
+      "query_wait_timeout_ms = 1\n"
+      "server_connect_timeout_ms = 2\n"
+      "client_login_timeout_ms = 3\n"
+      "server_idle_timeout_ms = 0\n"
+      "shutdown_timeout_ms = 0\n"
+      "[user.app]\n"
+      "password = md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+      "admin = no\n"
+      "[database.app]\n"
+      "pool_mode = session\n"
+      "read_your_writes = window\n"
+      "lag_fallback = error\n"
+      "cross_shard_reads = deny\n"
+      "cross_shard_writes = 2pc\n"
+      "hash = postgres\n"
+      "max_replica_lag_bytes = 9223372036854775807\n"
+      "[shard.app.s0]\n"
+      "primary = host=db.example port=1 password='p w' user=u dbname=d\n"
+      "replica = host=r1\n"
+      "replica = host=r2 port=65535\n");
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  assert_string_equal(c->listen_host, "::1");
+  assert_int_equal(c->listen_port, 7000);
+  assert_int_equal(c->workers, 64);
+  assert_string_equal(c->metrics_listen, "");
+  assert_int_equal(c->log_format, PGS_LOG_JSON);
+  assert_true(c->log_debug);
+  assert_int_equal(c->auth, PGS_AUTH_MD5);
+  assert_int_equal(c->max_client_conn, 5);
+  assert_int_equal(c->max_message_size, 1024);
+  assert_int_equal(c->query_wait_timeout_ms, 1);
+  assert_int_equal(c->server_connect_timeout_ms, 2);
+  assert_int_equal(c->client_login_timeout_ms, 3);
+  assert_int_equal(c->server_idle_timeout_ms, 0);
+  assert_int_equal(c->shutdown_timeout_ms, 0);
+
+  const pgs_database_t *db = pgs_config_find_database(c, "app");
+  assert_int_equal(db->pool_mode, PGS_POOL_SESSION);
+  assert_int_equal(db->read_your_writes, PGS_RYW_WINDOW);
+  assert_int_equal(db->lag_fallback, PGS_FALLBACK_ERROR);
+  assert_false(db->cross_shard_reads);
+  assert_int_equal(db->cross_shard_writes, PGS_XWRITE_2PC);
+  assert_int_equal(db->hash, PGS_HASH_POSTGRES);
+  assert_true(db->max_replica_lag_bytes == INT64_MAX);
+
+  const pgs_shard_t *s = &db->shards[0];
+  assert_string_equal(s->primary.host, "db.example");
+  assert_int_equal(s->primary.port, 1);
+  assert_string_equal(s->primary.password, "p w");
+  assert_string_equal(s->primary.user, "u");
+  assert_string_equal(s->primary.dbname, "d");
+  assert_int_equal(s->nreplicas, 2);
+  assert_string_equal(s->replicas[0].host, "r1");
+  assert_int_equal(s->replicas[0].port, 5432);
+  assert_string_equal(s->replicas[1].host, "r2");
+  assert_int_equal(s->replicas[1].port, 65535);
+  pgs_config_unref(c);
+}
+
+static void test_auth_trust_needs_no_password(void **state) {
+  pgs_config_t *c = pgs_config_parse_string("[pgshard]\nauth = trust\n"
+                                            "[user.app]\nadmin = true\n"
+                                            "[shard.app.s0]\nprimary = port=1\n");
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  assert_null(pgs_config_find_user(c, "app")->password);
+  pgs_config_unref(c);
+}
+
+static void test_bad_int(void **state) {
+  expect_one_error(MINIMAL "[pgshard]\nworkers = abc\n", 6, "workers");
+  expect_one_error(MINIMAL "[pgshard]\nworkers = 65\n", 6, "between 1 and 64");
+  expect_one_error(MINIMAL "[pgshard]\nworkers = 0\n", 6, "workers");
+  expect_one_error(MINIMAL "[pgshard]\nworkers = 3x\n", 6, "workers");
+  expect_one_error(MINIMAL "[pgshard]\nmax_message_size = 99999999999999999999\n", 6,
+                   "max_message_size");
+  expect_one_error(MINIMAL "[database.app]\n\npool_size = -1\n", 7, "pool_size");
+  expect_one_error(MINIMAL "[database.app]\nmax_replica_lag_bytes = -1\n", 6,
+                   "max_replica_lag_bytes");
+  expect_one_error(MINIMAL "[pgshard]\nlisten = 127.0.0.1:70000\n", 6, "listen");
+  expect_one_error(MINIMAL "[pgshard]\nlisten = 127.0.0.1\n", 6, "HOST:PORT");
+  expect_one_error(MINIMAL "[pgshard]\nlisten = :6432\n", 6, "HOST:PORT");
+  expect_one_error(MINIMAL "[user.app]\nadmin = maybe\n", 6, "true or false");
+}
+
+static void test_unknown_key(void **state) {
+  expect_one_error(MINIMAL "[pgshard]\nworker = 2\n", 6, "unknown key \"worker\" in [pgshard]");
+  expect_one_error(MINIMAL "[user.app]\n; comment\npasswd = x\n", 7, "unknown key \"passwd\"");
+  expect_one_error(MINIMAL "[database.app]\npool = 1\n", 6, "[database.app]");
+  expect_one_error(MINIMAL "[shard.app.s0]\nhost = x\n", 6, "[shard.app.s0]");
+}
+
+static void test_unknown_section(void **state) {
+  expect_one_error(MINIMAL "[bogus]\nx = 1\n", 6, "unknown section [bogus]");
+  expect_one_error(MINIMAL "[shard.app]\nprimary = port=1\n", 6, "unknown section");
+  expect_one_error(MINIMAL "[shard.a.b.c]\nprimary = port=1\n", 6, "unknown section");
+  expect_one_error(MINIMAL "[user.a b]\npassword = x\n", 6, "bad user name");
+  expect_one_error(MINIMAL "[database.]\npool_size = 1\n", 6, "bad database name");
+  expect_one_error(MINIMAL "[shard.app.s/0]\nprimary = port=1\n", 6, "bad database or shard");
+}
+
+static void test_long_section_name(void **state) {
+  /* inih cuts section names at 49 characters: without the check these two
+   * shards would silently become one, with two primaries. */
+  expect_one_error(MINIMAL "[shard.app.a_shard_name_long_enough_to_pass_inih_limit]\n"
+                           "primary = port=1\n",
+                   5, "longer than 49 characters");
+}
+
+static void test_bad_enum(void **state) {
+  expect_one_error(MINIMAL "[pgshard]\nlog_format = xml\n", 6, "expected one of text | json");
+  expect_one_error(MINIMAL "[pgshard]\nauth = password\n", 6, "trust | md5 | scram-sha-256");
+  expect_one_error(MINIMAL "[database.app]\npool_mode = statement\n", 6, "pool_mode");
+  expect_one_error(MINIMAL "[database.app]\nread_your_writes = always\n", 6, "read_your_writes");
+  expect_one_error(MINIMAL "[database.app]\nlag_fallback = replica\n", 6, "lag_fallback");
+  expect_one_error(MINIMAL "[database.app]\ncross_shard_reads = yes\n", 6, "allow");
+  expect_one_error(MINIMAL "[database.app]\ncross_shard_writes = 3pc\n", 6, "2pc");
+  expect_one_error(MINIMAL "[database.app]\nhash = md5\n", 6, "xxh3 | postgres");
+}
+
+static void test_bad_conninfo(void **state) {
+  expect_one_error(MINIMAL "[shard.app.s0]\nreplica = host=x port=99999\n", 6, "bad port");
+  expect_one_error(MINIMAL "[shard.app.s0]\nreplica = host=x port=abc\n", 6, "bad port");
+  expect_one_error(MINIMAL "[shard.app.s1]\nprimary = port=1\nreplica = port=0\n", 7, "bad port");
+  expect_one_error(MINIMAL "[shard.app.s0]\nreplica = host='x port=1\n", 6, "unterminated");
+  expect_one_error(MINIMAL "[shard.app.s0]\nreplica = host\n", 6, "expected key=value");
+  expect_one_error(MINIMAL "[shard.app.s0]\nprimary = port=2\n", 6, "primary given twice");
+  /* A primary that does not parse also leaves its shard without one. */
+  expect_errors(MINIMAL "[shard.app.s1]\nprimary = port=99999\n", 2, 6, "bad port");
+}
+
+static void test_shard_without_primary(void **state) {
+  /* The error names the line where the shard first appears. */
+  expect_one_error(MINIMAL "[shard.app.s1]\nregion = eu\nreplica = port=7\n", 6,
+                   "[shard.app.s1]: no primary");
+}
+
+static void test_database_without_shard(void **state) {
+  expect_one_error(MINIMAL "[database.other]\npool_size = 5\n", 6,
+                   "[database.other]: no [shard.other.*] section");
+  pgs_config_t *c = pgs_config_parse_string("[user.app]\npassword = x\n");
+  assert_int_equal(c->nerrors, 1);
+  assert_int_equal(c->errors[0].line, 0);
+  assert_non_null(strstr(c->errors[0].message, "no [database.*] section"));
+  pgs_config_unref(c);
+  expect_one_error(MINIMAL "[shard.pgshard.s0]\nprimary = port=1\n", 6, "admin database");
+}
+
+static void test_user_without_password(void **state) {
+  expect_one_error(MINIMAL "[user.bob]\nadmin = true\n", 6, "[user.bob]: no password");
+  expect_one_error("[pgshard]\nauth = md5\n" MINIMAL "[user.bob]\nadmin = false\n", 8,
+                   "auth = md5 needs one");
+  expect_one_error(MINIMAL "[pgshard]\nauth = scram-sha-256\n[user.bob]\nadmin = false\n", 8,
+                   "scram-sha-256");
+  expect_one_error(MINIMAL "[user.app]\npassword = " /* over PGS_MAX_PASSWORD */
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                   "\n",
+                   6, "longer than 1023 bytes");
+}
+
+static void test_key_outside_section(void **state) {
+  expect_one_error("workers = 2\n" MINIMAL, 1, "key \"workers\" outside any section");
+  expect_one_error("; leading comment\n\nauth = md5\n" MINIMAL, 3, "outside any section");
+}
+
+static void test_syntax_error(void **state) {
+  expect_one_error(MINIMAL "[pgshard]\nthis line has no equals sign\n", 6, "syntax error");
+  expect_one_error(MINIMAL "[pgshard\n", 5, "syntax error");
+}
+
+static void test_every_error_collected(void **state) {
+  pgs_config_t *c = pgs_config_parse_string("[pgshard]\n"
+                                            "workers = many\n"
+                                            "log_format = xml\n"
+                                            "[user.bob]\n"
+                                            "admin = 1\n"
+                                            "[database.app]\n"
+                                            "pool_size = 0\n");
+  /* workers, log_format, pool_size, bob's password, app's shards. */
+  assert_int_equal(c->nerrors, 5);
+  int lines[5];
+  for (int i = 0; i < 5; i++) lines[i] = c->errors[i].line;
+  assert_int_equal(lines[0], 2);
+  assert_int_equal(lines[1], 3);
+  assert_int_equal(lines[2], 7);
+  assert_int_equal(lines[3], 5);
+  assert_int_equal(lines[4], 7);
+  pgs_config_unref(c);
+}
+
+static void test_long_lines(void **state) {
+  /* Lines past inih's initial 200-byte buffer are read whole, not split. */
+  char text[20000];
+  char password[301];
+  memset(password, 'p', 300);
+  password[300] = '\0';
+  snprintf(text, sizeof(text),
+           MINIMAL "[shard.app.s1]\n"
+                   "primary = host=h port=7 dbname=d user=u password='%s'\n"
+                   "[geo.app]\n"
+                   "eu = %s\n",
+           password, password);
+  pgs_config_t *c = pgs_config_parse_string(text);
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  const pgs_shard_t *s = &pgs_config_find_database(c, "app")->shards[1];
+  assert_string_equal(s->primary.password, password);
+  assert_int_equal(s->primary.port, 7);
+  pgs_config_unref(c);
+
+  /* A line longer than the parser's limit is an error, never silently cut. */
+  int n = snprintf(text, sizeof(text), MINIMAL "[geo.app]\neu = ");
+  memset(text + n, 'x', 17000);
+  strcpy(text + n + 17000, " = y\n[pgshard]\nworkers = 1\n");
+  c = pgs_config_parse_string(text);
+  print_errors(c);
+  assert_true(c->nerrors >= 1);
+  bool found = false;
+  for (int i = 0; i < c->nerrors; i++)
+    if (c->errors[i].line == 6 && strstr(c->errors[i].message, "line longer than")) found = true;
+  assert_true(found);
+  assert_int_equal(c->workers, 1); /* line counting survived the long line */
+  pgs_config_unref(c);
+}
+
+static void test_crlf_and_missing_final_newline(void **state) {
+  pgs_config_t *c = pgs_config_parse_string("[user.app]\r\npassword = secret\r\n"
+                                            "[shard.app.s0]\r\nprimary = port=6500\r\n"
+                                            "[pgshard]\r\nworkers = x");
+  assert_int_equal(c->nerrors, 1);
+  assert_int_equal(c->errors[0].line, 6);
+  assert_string_equal(pgs_config_find_user(c, "app")->password, "secret");
+  pgs_config_unref(c);
+}
+
+static void test_refcount(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(MINIMAL);
+  assert_ptr_equal(pgs_config_ref(c), c);
+  assert_int_equal(c->refcount, 2);
+  pgs_config_unref(c);
+  assert_int_equal(c->refcount, 1);
+  pgs_config_unref(c); /* frees; LeakSanitizer checks */
+  pgs_config_unref(NULL);
+}
+
+static void test_load_missing_file(void **state) {
+  pgs_config_t *c = pgs_config_load("/nonexistent/pgshard.ini");
+  assert_int_equal(c->nerrors, 1);
+  assert_int_equal(c->errors[0].line, 0);
+  assert_non_null(strstr(c->errors[0].message, "cannot open"));
+  assert_string_equal(c->path, "/nonexistent/pgshard.ini");
+  pgs_config_unref(c);
+}
+
+static void test_conninfo(void **state) {
+  pgs_node_t node;
+  char err[128];
+
+  memset(&node, 0, sizeof(node));
+  assert_int_equal(pgs_conninfo_parse("", &node, err, sizeof(err)), PGS_OK);
+  assert_string_equal(node.host, "127.0.0.1");
+  assert_int_equal(node.port, 5432);
+  assert_null(node.dbname);
+  free(node.host);
+
+  memset(&node, 0, sizeof(node));
+  assert_int_equal(pgs_conninfo_parse("  host = 'db one'  port= 5433 dbname ='my db' "
+                                      "user='o\\'brien' password='a\\\\b' sslmode=require "
+                                      "application_name=x",
+                                      &node, err, sizeof(err)),
+                   PGS_OK);
+  assert_string_equal(node.host, "db one");
+  assert_int_equal(node.port, 5433);
+  assert_string_equal(node.dbname, "my db");
+  assert_string_equal(node.user, "o'brien");
+  assert_string_equal(node.password, "a\\b");
+  free(node.host);
+  free(node.dbname);
+  free(node.user);
+  free(node.password);
+
+  /* An empty quoted value is a value; a later key replaces an earlier one. */
+  memset(&node, 0, sizeof(node));
+  assert_int_equal(pgs_conninfo_parse("password='' host=a host=b", &node, err, sizeof(err)),
+                   PGS_OK);
+  assert_string_equal(node.password, "");
+  assert_string_equal(node.host, "b");
+  free(node.host);
+  free(node.password);
+
+  static const char *const bad[] = {"host", "=x", "host=x port=", "port=0", "port=65536",
+                                    "port=12ab", "host='x", "dbname='a\\'"};
+  for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) {
+    memset(&node, 0, sizeof(node));
+    err[0] = '\0';
+    if (pgs_conninfo_parse(bad[i], &node, err, sizeof(err)) != PGS_EINVAL)
+      fail_msg("conninfo \"%s\" was accepted", bad[i]);
+    assert_true(strlen(err) > 0);
+    free(node.host);
+    free(node.dbname);
+    free(node.user);
+    free(node.password);
+  }
+}
+
+static void test_host_is_loopback(void **state) {
+  assert_true(pgs_host_is_loopback("127.0.0.1"));
+  assert_true(pgs_host_is_loopback("127.1.2.3"));
+  assert_true(pgs_host_is_loopback("::1"));
+  assert_true(pgs_host_is_loopback("localhost"));
+  assert_true(pgs_host_is_loopback("LocalHost"));
+  assert_false(pgs_host_is_loopback(NULL));
+  assert_false(pgs_host_is_loopback(""));
+  assert_false(pgs_host_is_loopback("10.0.0.1"));
+  assert_false(pgs_host_is_loopback("128.0.0.1"));
+  assert_false(pgs_host_is_loopback("::2"));
+  assert_false(pgs_host_is_loopback("db.example.com"));
+  assert_false(pgs_host_is_loopback("localhost.example.com"));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_design_example),
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_every_enum_and_value),
+      cmocka_unit_test(test_auth_trust_needs_no_password),
+      cmocka_unit_test(test_bad_int),
+      cmocka_unit_test(test_unknown_key),
+      cmocka_unit_test(test_unknown_section),
+      cmocka_unit_test(test_long_section_name),
+      cmocka_unit_test(test_bad_enum),
+      cmocka_unit_test(test_bad_conninfo),
+      cmocka_unit_test(test_shard_without_primary),
+      cmocka_unit_test(test_database_without_shard),
+      cmocka_unit_test(test_user_without_password),
+      cmocka_unit_test(test_key_outside_section),
+      cmocka_unit_test(test_syntax_error),
+      cmocka_unit_test(test_every_error_collected),
+      cmocka_unit_test(test_long_lines),
+      cmocka_unit_test(test_crlf_and_missing_final_newline),
+      cmocka_unit_test(test_refcount),
+      cmocka_unit_test(test_load_missing_file),
+      cmocka_unit_test(test_conninfo),
+      cmocka_unit_test(test_host_is_loopback),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
