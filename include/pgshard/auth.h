@@ -45,15 +45,19 @@ typedef struct pgs_scram {
   char client_first_bare[PGS_SCRAM_MAX_MESSAGE];
   char server_first[PGS_SCRAM_MAX_MESSAGE];
   char nonce[128]; /* client nonce + server nonce, as sent */
+  char cbind_flag; /* gs2 flag of client-first ('n' or 'y'), echoed in client-final */
 } pgs_scram_t;
 
 /* Prepare a SCRAM exchange for a user whose configured password is PASSWORD
  * (plain text: a random salt is drawn; SCRAM secret: its salt and keys are
- * used). PGS_EUNSUPPORTED for an md5 hash. */
+ * used). PGS_EUNSUPPORTED for an md5 hash; PGS_EINVAL for an empty password
+ * or a "SCRAM-SHA-256$" secret that does not parse. */
 pgs_status_t pgs_scram_init(pgs_scram_t *scram, const char *password) PGS_MUST_USE;
 
 /* Test hook: like pgs_scram_init but with a fixed salt and server nonce, so
- * RFC test vectors can be checked. */
+ * RFC test vectors can be checked. SALT and ITERATIONS apply to a plain-text
+ * password only (a secret brings its own); SERVER_NONCE is printable ASCII
+ * without ',' and at most 64 characters. */
 pgs_status_t pgs_scram_init_fixed(pgs_scram_t *scram, const char *password, const uint8_t *salt,
                                   size_t salt_len, int iterations,
                                   const char *server_nonce) PGS_MUST_USE;
@@ -66,6 +70,9 @@ pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t 
 /* Consume client-final-message; verify the proof; write server-final into OUT. */
 pgs_status_t pgs_scram_server_final(pgs_scram_t *scram, const char *msg, size_t len, char *out,
                                     size_t outcap) PGS_MUST_USE;
+
+/* Wipe the keys and messages of an exchange (done or abandoned). */
+void pgs_scram_clear(pgs_scram_t *scram);
 
 /* md5 auth: true when RESPONSE ("md5" + 32 hex, as sent in PasswordMessage) is
  * right for USER with configured PASSWORD (plain or "md5..." hash) and SALT. */
