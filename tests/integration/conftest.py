@@ -1,0 +1,425 @@
+"""Fixtures for pgshard's integration tests: a lab cluster and proxies.
+
+One lab cluster serves the whole session: database `app`, shard s0 = a
+primary and one streaming replica, started by `pgshardctl lab up --no-proxy`
+(the only way these tests start PostgreSQL) and removed by `lab down --purge`
+at the end, whatever happened. Each test then starts the proxies it needs with
+the `proxy(**overrides)` factory, which writes a config of its own, runs
+`build/pgshard -c FILE`, and on teardown sends SIGTERM and requires a clean
+exit (status 0, no sanitizer report in the log).
+
+Ports: the lab uses PORT_BASE (primary) and PORT_BASE+1 (replica); proxies
+take free ports from PORT_BASE+10 up to 7899. PORT_BASE defaults to 7700
+(env PGSHARD_IT_PORT_BASE). Everything on disk lives under /tmp, because the
+repository may sit where the postgres user cannot traverse.
+
+Environment:
+  PGSHARD_BUILD          build directory holding pgshard and pgshardctl
+                         (default: <repo>/build)
+  PGSHARD_IT_PORT_BASE   first lab port (default 7700)
+  PGSHARD_IT_KEEP_LAB=1  leave the lab running after the session (debugging)
+"""
+import itertools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pgwire  # noqa: E402
+from support import wait_for  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("PGSHARD_BUILD") or REPO / "build").resolve()
+PGSHARD = BUILD / "pgshard"
+PGSHARDCTL = BUILD / "pgshardctl"
+
+PORT_BASE = int(os.environ.get("PGSHARD_IT_PORT_BASE", "7700"))
+PRIMARY_PORT = PORT_BASE
+REPLICA_PORT = PORT_BASE + 1
+LAB_PROXY_PORT = PORT_BASE + 2  # named in the lab config; never started (--no-proxy)
+PROXY_PORTS = range(PORT_BASE + 10, 7900)
+LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}")
+
+# Every key router/config.c accepts, by section, so overrides land where they
+# belong and a typo fails loudly instead of being ignored.
+PGSHARD_KEYS = {
+    "listen", "workers", "metrics_listen", "log_format", "log_debug", "auth",
+    "max_client_conn", "max_message_size", "query_wait_timeout_ms",
+    "server_connect_timeout_ms", "client_login_timeout_ms",
+    "server_idle_timeout_ms", "shutdown_timeout_ms",
+}
+DATABASE_KEYS = {
+    "pool_mode", "pool_size", "read_your_writes", "ryw_window_ms",
+    "max_replica_lag_ms", "max_replica_lag_bytes", "lag_check_interval_ms",
+    "lag_fallback", "cross_shard_reads", "cross_shard_writes", "hash",
+}
+DEFAULT_USERS = {"app": ("secret", False), "admin": ("adminpw", True)}
+
+SANITIZER_PATTERNS = re.compile(
+    r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|UndefinedBehaviorSanitizer|runtime error")
+
+# Proxies still running if the session dies; killed at session end.
+_ALL_PROXIES = []
+
+
+def port_is_open(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def _port_is_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return not port_is_open(port)
+
+
+_port_cycle = itertools.cycle(PROXY_PORTS)
+
+
+def free_port():
+    """A free port from this suite's range, rotating so that a port just
+    released (TIME_WAIT, a proxy still exiting) is not handed out again."""
+    for _ in range(len(PROXY_PORTS)):
+        port = next(_port_cycle)
+        if _port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {PROXY_PORTS}")
+
+
+# ---------------------------------------------------------------- the lab
+
+class Lab:
+    """The session's cluster: one primary and one replica for database app."""
+
+    def __init__(self):
+        self.root = LAB_ROOT
+        self.dir = LAB_ROOT / "lab"
+        self.config = LAB_ROOT / "lab.ini"
+        self.primary_port = PRIMARY_PORT
+        self.replica_port = REPLICA_PORT
+        self.log = LAB_ROOT / "lab-commands.log"
+
+    def write_config(self):
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        self.config.write_text(f"""\
+; written by tests/integration/conftest.py: the session's lab cluster
+[pgshard]
+listen = 127.0.0.1:{LAB_PROXY_PORT}
+workers = 2
+auth = scram-sha-256
+
+[user.app]
+password = secret
+[user.admin]
+password = adminpw
+admin = true
+
+[database.app]
+pool_mode = transaction
+pool_size = 20
+
+[shard.app.s0]
+primary = host=127.0.0.1 port={self.primary_port} dbname=app user=postgres
+replica = host=127.0.0.1 port={self.replica_port} dbname=app user=postgres
+""")
+
+    def ctl(self, *args, check=True, timeout=180):
+        cmd = [str(PGSHARDCTL), "lab", *args, "-c", str(self.config), "--dir", str(self.dir)]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout)
+        with open(self.log, "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{proc.stdout}[exit {proc.returncode}]\n")
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}")
+        return proc
+
+    def up(self):
+        self.ctl("up", "--no-proxy")
+        for port in (self.primary_port, self.replica_port):
+            wait_for(lambda p=port: self._can_connect(p), 60,
+                     interval=0.2, message=f"lab server on port {port}")
+
+    def down(self):
+        """Stop everything and remove the data. Never raises: it runs in
+        teardown, and a second cleanup path follows it."""
+        problems = []
+        if PGSHARDCTL.exists() and self.config.exists():
+            try:
+                proc = self.ctl("down", "--purge", check=False)
+                if proc.returncode != 0:
+                    problems.append(f"lab down --purge exited {proc.returncode}: {proc.stdout}")
+                    self.ctl("down", check=False)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"lab down failed: {exc!r}")
+        for port in (self.primary_port, self.replica_port):
+            try:
+                wait_for(lambda p=port: not port_is_open(p), 30, interval=0.2,
+                         message=f"port {port} to close after lab down")
+            except AssertionError as exc:
+                problems.append(str(exc))
+        return problems
+
+    @staticmethod
+    def _can_connect(port):
+        with psycopg.connect(host="127.0.0.1", port=port, dbname="app", user="postgres",
+                             connect_timeout=2, autocommit=True) as conn:
+            return conn.execute("select 1").fetchone()[0] == 1
+
+    def connect_primary(self, **kwargs):
+        """A direct autocommit connection to the primary (user postgres, trust)."""
+        kwargs.setdefault("autocommit", True)
+        return psycopg.connect(host="127.0.0.1", port=self.primary_port, dbname="app",
+                               user="postgres", connect_timeout=5, **kwargs)
+
+    def connect_replica(self, **kwargs):
+        kwargs.setdefault("autocommit", True)
+        return psycopg.connect(host="127.0.0.1", port=self.replica_port, dbname="app",
+                               user="postgres", connect_timeout=5, **kwargs)
+
+    def primary_url(self):
+        return f"host=127.0.0.1 port={self.primary_port} dbname=app user=postgres"
+
+
+@pytest.fixture(scope="session")
+def lab():
+    for binary in (PGSHARDCTL,):
+        if not binary.exists():
+            pytest.fail(f"{binary} not built (set PGSHARD_BUILD or run cmake --build)")
+    the_lab = Lab()
+    the_lab.write_config()
+    the_lab.down()  # leftovers from an interrupted run
+    try:
+        the_lab.up()
+        yield the_lab
+    finally:
+        for proxy in _ALL_PROXIES:
+            proxy.kill()
+        if os.environ.get("PGSHARD_IT_KEEP_LAB") == "1":
+            print(f"\nlab left running: {the_lab.config} --dir {the_lab.dir}")
+        else:
+            problems = the_lab.down()
+            shutil.rmtree(the_lab.dir, ignore_errors=True)
+            if problems:
+                pytest.fail("lab teardown: " + "; ".join(problems))
+
+
+@pytest.fixture
+def primary(lab):
+    """A direct autocommit connection to the lab primary, for checks."""
+    conn = lab.connect_primary()
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- proxies
+
+class Proxy:
+    """One `pgshard -c FILE` process with its own config and log."""
+
+    def __init__(self, lab, workdir, overrides):
+        self.lab = lab
+        self.port = free_port()
+        self.workdir = workdir
+        self.config_path = workdir / f"pgshard-{self.port}.ini"
+        self.log_path = workdir / f"pgshard-{self.port}.log"
+        self.pgshard = {"workers": 2, "auth": "scram-sha-256", "shutdown_timeout_ms": 10000}
+        self.database = {"pool_mode": "transaction", "pool_size": 4}
+        self.users = dict(DEFAULT_USERS)
+        self.replica = True
+        self.proc = None
+        self.expected_exit = False  # the test stopped it on purpose
+        self.apply(overrides)
+
+    def apply(self, overrides):
+        for key, value in overrides.items():
+            if key == "users":
+                for name, spec in value.items():
+                    if spec is None:
+                        self.users.pop(name, None)
+                    else:
+                        self.users[name] = spec if isinstance(spec, tuple) else (spec, False)
+            elif key == "replica":
+                self.replica = bool(value)
+            elif key in PGSHARD_KEYS:
+                if key == "listen":
+                    raise ValueError("listen is chosen by the fixture")
+                self.pgshard[key] = value
+            elif key in DATABASE_KEYS:
+                self.database[key] = value
+            else:
+                raise ValueError(f"unknown pgshard config key {key!r}")
+
+    def write_config(self):
+        lines = ["; written by tests/integration/conftest.py", "[pgshard]",
+                 f"listen = 127.0.0.1:{self.port}"]
+        lines += [f"{k} = {v}" for k, v in self.pgshard.items()]
+        for name, (password, admin) in self.users.items():
+            lines += ["", f"[user.{name}]"]
+            if password is not None:
+                lines.append(f"password = {password}")
+            if admin:
+                lines.append("admin = true")
+        lines += ["", "[database.app]"] + [f"{k} = {v}" for k, v in self.database.items()]
+        lines += ["", "[shard.app.s0]",
+                  f"primary = host=127.0.0.1 port={self.lab.primary_port} dbname=app user=postgres"]
+        if self.replica:
+            lines.append(
+                f"replica = host=127.0.0.1 port={self.lab.replica_port} dbname=app user=postgres")
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.config_path)  # a reload never sees half a file
+
+    def start(self):
+        if not PGSHARD.exists():
+            raise AssertionError(f"{PGSHARD} not built")
+        self.write_config()
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(PGSHARD), "-c", str(self.config_path)],
+                                     stdin=subprocess.DEVNULL, stdout=self.log_file,
+                                     stderr=subprocess.STDOUT, env=env)
+        _ALL_PROXIES.append(self)
+        deadline = time.monotonic() + 15
+        while not port_is_open(self.port):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pgshard exited with {self.proc.returncode} at startup:\n"
+                                     + self.log_tail())
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pgshard not listening on {self.port} after 15 s:\n"
+                                     + self.log_tail())
+            time.sleep(0.05)
+        return self
+
+    # -- clients --
+
+    def conninfo(self, user="app", password="secret", dbname="app", **kwargs):
+        params = dict(host="127.0.0.1", port=self.port, dbname=dbname, user=user,
+                      connect_timeout=10)
+        if password is not None:
+            params["password"] = password
+        params.update(kwargs)
+        return make_conninfo(**params)
+
+    def connect(self, user="app", password="secret", dbname="app", autocommit=False, **kwargs):
+        return psycopg.connect(self.conninfo(user, password, dbname, **kwargs),
+                               autocommit=autocommit)
+
+    def raw(self, timeout=5.0):
+        return pgwire.RawConn(self.port, timeout=timeout)
+
+    def assert_alive(self):
+        """The process runs and a fresh client gets an answer."""
+        assert self.proc.poll() is None, f"pgshard exited with {self.proc.returncode}"
+        with self.connect(autocommit=True) as conn:
+            assert conn.execute("select 41 + 1").fetchone()[0] == 42
+
+    # -- control --
+
+    def reconfigure(self, **overrides):
+        """Rewrite the config with OVERRIDES applied and send SIGHUP."""
+        self.apply(overrides)
+        self.write_config()
+        self.proc.send_signal(signal.SIGHUP)
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout):
+        """Wait for the process to exit; the test owns the outcome."""
+        self.expected_exit = True
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines=60):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def shutdown_and_check(self):
+        """SIGTERM, wait, and list every way the exit was not clean."""
+        problems = []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(25)
+            except subprocess.TimeoutExpired:
+                problems.append(f"pgshard on {self.port} still running 25 s after SIGTERM")
+                self.kill()
+            if not problems and self.proc.returncode != 0:
+                problems.append(f"pgshard on {self.port} exited {self.proc.returncode} after SIGTERM")
+        elif not self.expected_exit:
+            problems.append(f"pgshard on {self.port} died during the test "
+                            f"(exit {self.proc.returncode})")
+        self.log_file.close()
+        found = SANITIZER_PATTERNS.search(self.log_text())
+        if found:
+            problems.append(f"sanitizer report in {self.log_path}: {found.group(0)}")
+        if problems:
+            problems.append(f"--- tail of {self.log_path} ---\n{self.log_tail()}")
+        return problems
+
+
+@pytest.fixture
+def proxy(lab, request, tmp_path):
+    """Factory: proxy(**overrides) starts a pgshard and returns its Proxy.
+
+    Overrides are any [pgshard] or [database.app] key (listen excepted),
+    users={name: password | (password, admin) | None}, replica=False."""
+    started = []
+    request.node._pgshard_proxies = started
+
+    def start(**overrides):
+        proxy_ = Proxy(lab, tmp_path, overrides)
+        started.append(proxy_)
+        return proxy_.start()
+
+    yield start
+    problems = []
+    for proxy_ in started:
+        if proxy_.proc is not None:
+            problems += proxy_.shutdown_and_check()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failed test, attach the tail of every proxy log it started."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for proxy_ in getattr(item, "_pgshard_proxies", []):
+            report.sections.append((f"pgshard log {proxy_.log_path}", proxy_.log_tail()))

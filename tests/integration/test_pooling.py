@@ -1,0 +1,196 @@
+"""Pooling: transaction and session modes, pool limits, the wait queue.
+
+The primary's pg_stat_activity is the referee for how many server
+connections pgshard holds; `pool_size` is per node and user in each worker, so
+the ceiling is pool_size * workers (plus the baseline taken before the load).
+"""
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from support import BackendSampler
+
+
+def run_threads(n, target, stack_size=None, join_timeout=180):
+    """Run TARGET(k) in N threads; return the list of exceptions raised."""
+    failures = []
+    lock = threading.Lock()
+
+    def wrapper(k):
+        try:
+            target(k)
+        except BaseException as exc:  # noqa: BLE001
+            with lock:
+                failures.append((k, exc))
+
+    old = threading.stack_size(stack_size) if stack_size else None
+    try:
+        threads = [threading.Thread(target=wrapper, args=(k,), daemon=True) for k in range(n)]
+        for t in threads:
+            t.start()
+    finally:
+        if stack_size:
+            threading.stack_size(old)
+    deadline = time.monotonic() + join_timeout
+    for t in threads:
+        t.join(max(0.1, deadline - time.monotonic()))
+    stuck = sum(1 for t in threads if t.is_alive())
+    if stuck:
+        failures.append((-1, AssertionError(f"{stuck} threads still running after {join_timeout}s")))
+    return failures
+
+
+def test_transaction_pooling_named_prepared_statements(proxy, primary, lab):
+    primary.execute("drop table if exists it_prep")
+    primary.execute("create table it_prep (client int, n int, v int)")
+    pool_size, workers, clients, transactions = 2, 2, 20, 100
+    px = proxy(pool_size=pool_size, workers=workers)
+    server_pids = set()
+    lock = threading.Lock()
+
+    def client(k):
+        with px.connect() as conn:
+            conn.prepare_threshold = 0
+            cur = conn.cursor()
+            pids = set()
+            for i in range(transactions):
+                with conn.transaction():
+                    # Every client's first statement is named _pg3_0 by psycopg,
+                    # each with a different text: the proxy must keep them apart.
+                    cur.execute(f"select %s::int * {k + 1}, pg_backend_pid()", (i,), prepare=True)
+                    value, pid = cur.fetchone()
+                    assert value == i * (k + 1), (k, i, value)
+                    pids.add(pid)
+                    cur.execute("insert into it_prep values (%s, %s, %s)", (k, i, value),
+                                prepare=True)
+            with lock:
+                server_pids.update(pids)
+
+    with BackendSampler(lab) as sampler:
+        failures = run_threads(clients, client)
+    assert not failures, failures[:5]
+    total = primary.execute("select count(*), sum(v) from it_prep").fetchone()
+    expected_sum = sum(i * (k + 1) for k in range(clients) for i in range(transactions))
+    assert total == (clients * transactions, expected_sum)
+    ceiling = pool_size * workers
+    assert len(server_pids) <= ceiling, f"{len(server_pids)} server backends used: {server_pids}"
+    assert sampler.peak <= ceiling + sampler.baseline, sampler
+    assert sampler.peak_busy <= ceiling, sampler
+    primary.execute("drop table it_prep")
+
+
+def test_set_is_tracked_per_client(proxy):
+    # One worker and one server connection: A and B always share it.
+    px = proxy(pool_size=1, workers=1)
+    with px.connect(autocommit=True) as a, px.connect(autocommit=True) as b:
+        default = b.execute("show statement_timeout").fetchone()[0]
+        assert default == "0"
+        a.execute("set statement_timeout = '1234ms'")
+        pids = set()
+        for _ in range(20):
+            with a.transaction():
+                assert a.execute("show statement_timeout").fetchone()[0] == "1234ms"
+                pids.add(a.execute("select pg_backend_pid()").fetchone()[0])
+            with b.transaction():
+                assert b.execute("show statement_timeout").fetchone()[0] == default
+                pids.add(b.execute("select pg_backend_pid()").fetchone()[0])
+            # Outside explicit transactions too.
+            assert a.execute("show statement_timeout").fetchone()[0] == "1234ms"
+            assert b.execute("show statement_timeout").fetchone()[0] == default
+        assert len(pids) == 1, f"pool_size=1 but {len(pids)} server backends: {pids}"
+
+        # The setting takes effect, not just SHOW: A times out, B does not.
+        a.execute("set statement_timeout = '200ms'")
+        with pytest.raises(errors.QueryCanceled):
+            a.execute("select pg_sleep(1)")
+        assert b.execute("select pg_sleep(0.5), 1").fetchone()[1] == 1
+
+        # SET LOCAL ends with its transaction; RESET brings back the default.
+        with b.transaction():
+            b.execute("set local statement_timeout = '5s'")
+            assert b.execute("show statement_timeout").fetchone()[0] == "5s"
+        assert b.execute("show statement_timeout").fetchone()[0] == default
+        a.execute("reset statement_timeout")
+        assert a.execute("show statement_timeout").fetchone()[0] == default
+        a.execute("set search_path = pg_catalog")
+        assert b.execute("show search_path").fetchone()[0] == '"$user", public'
+        assert a.execute("show search_path").fetchone()[0] == "pg_catalog"
+
+
+def test_session_pooling_keeps_session_state(proxy):
+    px = proxy(pool_mode="session", pool_size=2)
+    with px.connect() as conn, px.connect() as other:
+        conn.execute("create temp table it_session (v int)")
+        conn.commit()
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        conn.commit()
+        for i in range(5):
+            conn.execute("insert into it_session values (%s)", (i,))
+            conn.commit()
+            assert conn.execute("select pg_backend_pid()").fetchone()[0] == pid
+            conn.commit()
+        assert conn.execute("select count(*), sum(v) from it_session").fetchone() == (5, 10)
+        conn.commit()
+        conn.execute("prepare it_stmt as select $1::int * 2")
+        conn.commit()
+        assert conn.execute("execute it_stmt(21)").fetchone() == (42,)
+        conn.commit()
+        # The other client has its own session and sees none of it.
+        assert other.execute("select pg_backend_pid()").fetchone()[0] != pid
+        with pytest.raises(errors.UndefinedTable):
+            other.execute("select * from it_session")
+        other.rollback()
+
+
+def test_500_concurrent_clients(proxy, lab):
+    clients, pool_size, workers = 500, 10, 2
+    px = proxy(pool_size=pool_size, workers=workers)
+    barrier = threading.Barrier(clients, timeout=120)
+
+    def client(k):
+        try:
+            conn = psycopg.connect(px.conninfo(connect_timeout=60), autocommit=True)
+        except BaseException:
+            barrier.abort()
+            raise
+        try:
+            barrier.wait()  # all 500 connected at once
+            for _ in range(3):
+                row = conn.execute("select pg_sleep(0.01), %s::int", (k,)).fetchone()
+                assert row[1] == k
+        finally:
+            conn.close()
+
+    with BackendSampler(lab) as sampler:
+        started = time.monotonic()
+        failures = run_threads(clients, client, stack_size=256 * 1024, join_timeout=240)
+        elapsed = time.monotonic() - started
+    assert not failures, f"{len(failures)} clients failed, e.g. {failures[:3]}"
+    assert sampler.peak <= pool_size * workers + sampler.baseline, sampler
+    print(f"500 clients: {elapsed:.1f}s, {sampler}")
+    px.assert_alive()
+
+
+def test_pool_wait_timeout(proxy):
+    px = proxy(pool_size=1, workers=1, query_wait_timeout_ms=500)
+    holder = px.connect()
+    waiter = px.connect(autocommit=True)
+    try:
+        holder.execute("select 1")  # holder now has the only server, in a transaction
+        started = time.monotonic()
+        with pytest.raises(psycopg.Error) as exc:
+            waiter.execute("select 2")
+        elapsed = time.monotonic() - started
+        assert exc.value.sqlstate in ("53300", "08006"), (exc.value.sqlstate, str(exc.value))
+        assert exc.value.diag.message_primary.startswith("pgshard:"), exc.value.diag.message_primary
+        assert 0.3 <= elapsed <= 2.0, f"waited {elapsed:.2f}s for a 500 ms queue timeout"
+        # The holder never noticed.
+        assert holder.execute("select 3").fetchone() == (3,)
+        holder.commit()
+    finally:
+        holder.close()
+        waiter.close()
+    px.assert_alive()
