@@ -5,6 +5,8 @@
 
 #include "pgshard/config.h"
 
+#include "ctl.h"
+
 static int cmd_check(int argc, char **argv) {
   if (argc != 1) {
     fprintf(stderr, "usage: pgshardctl check FILE\n");
@@ -23,8 +25,15 @@ static int cmd_check(int argc, char **argv) {
   return rc;
 }
 
+static void usage(void) {
+  fprintf(stderr,
+          "usage: pgshardctl check FILE\n"
+          "       pgshardctl lab up|status|down|lag -c FILE [--dir DIR] ...  (pgshardctl lab --help)\n");
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "check")) return cmd_check(argc - 2, argv + 2);
-  fprintf(stderr, "usage: pgshardctl check FILE\n");
+  if (argc >= 2 && !strcmp(argv[1], "lab")) return pgs_ctl_lab(argc - 2, argv + 2);
+  usage();
   return 2;
 }
