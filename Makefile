@@ -5,7 +5,7 @@
 BUILD ?= build
 PYTHON := /usr/bin/python3
 DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxhash-dev \
-	libinih-dev libpg-query-dev libssl-dev libcmocka-dev postgresql-15 \
+	libinih-dev libpg-query-dev libprotobuf-c-dev libssl-dev libcmocka-dev postgresql-15 \
 	postgresql-client-15 python3-pytest python3-psycopg pgbouncer \
 	python3-matplotlib procps iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -1,0 +1,350 @@
+/*
+ * proxy.h — the proxy's runtime objects: workers, connection I/O, clients,
+ * servers and pools, and the functions the proxy modules call on each other.
+ *
+ * Threads: the main thread owns signals and config reload; each worker owns
+ * one libuv loop and every client, server and pool on it. Nothing here is
+ * shared between workers except the config (immutable, refcounted) and each
+ * worker's mailbox (mutex + uv_async).
+ *
+ * Bytes flow client.io.in -> (client.c inspects/rewrites) -> server.io out
+ * batch, and server.io.in -> (server.c inspects) -> client.io out batch. Out
+ * batches reference the peer's input buffer and are flushed (or copied into
+ * the connection's own write buffers) before that input is compacted, so an
+ * input buffer is never referenced after the batch that parsed it.
+ */
+#ifndef PGSHARD_PROXY_H
+#define PGSHARD_PROXY_H
+
+#include <uv.h>
+#include <libpq-fe.h>
+
+#include "pgshard/auth.h"
+#include "pgshard/config.h"
+#include "pgshard/proto.h"
+#include "pgshard/session.h"
+#include "pgshard/strmap.h"
+
+typedef struct pgs_worker pgs_worker_t;
+typedef struct pgs_client pgs_client_t;
+typedef struct pgs_server pgs_server_t;
+typedef struct pgs_pool pgs_pool_t;
+
+/* ---- intrusive lists ---- */
+typedef struct pgs_list {
+  struct pgs_list *prev, *next;
+} pgs_list_t;
+
+static inline void pgs_list_init(pgs_list_t *l) { l->prev = l->next = l; }
+static inline bool pgs_list_empty(const pgs_list_t *l) { return l->next == l; }
+static inline void pgs_list_append(pgs_list_t *head, pgs_list_t *node) {
+  node->prev = head->prev;
+  node->next = head;
+  head->prev->next = node;
+  head->prev = node;
+}
+static inline void pgs_list_remove(pgs_list_t *node) {
+  node->prev->next = node->next;
+  node->next->prev = node->prev;
+  node->prev = node->next = node;
+}
+#define pgs_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+uint64_t pgs_now_ms(void);
+
+/* ---- connection I/O (io.c) ---- */
+
+#define PGS_IO_MAX_SEGS 64
+#define PGS_IO_READ_CHUNK 16384
+#define PGS_IO_HIGH_WATER (1024 * 1024) /* queued output that pauses the source */
+
+typedef struct pgs_io pgs_io_t;
+typedef void (*pgs_io_read_cb)(pgs_io_t *io);
+typedef void (*pgs_io_event_cb)(pgs_io_t *io, int status);
+
+typedef struct pgs_io_seg {
+  const uint8_t *ptr; /* NULL: scratch bytes at off */
+  size_t off;
+  size_t len;
+} pgs_io_seg_t;
+
+struct pgs_io {
+  uv_tcp_t tcp;
+  void *owner;
+  pgs_buf_t in;       /* received bytes */
+  size_t in_pos;      /* bytes of in already consumed by the owner */
+  size_t in_want;     /* total bytes the owner needs to make progress */
+  size_t in_max;      /* cap on in (largest message accepted + a read chunk) */
+  pgs_io_seg_t segs[PGS_IO_MAX_SEGS]; /* this batch's output */
+  int nsegs;
+  pgs_buf_t scratch;  /* bytes built for this batch */
+  pgs_buf_t wbuf;     /* in flight in uv_write */
+  pgs_buf_t qbuf;     /* waiting for wbuf to finish */
+  uv_write_t wreq;
+  bool writing;
+  bool reading;
+  bool open;          /* tcp initialised and not closing */
+  bool eof;
+  pgs_io_read_cb on_read;     /* new bytes in in */
+  pgs_io_event_cb on_error;   /* read/write failure or EOF (status < 0) */
+  pgs_io_read_cb on_drained;  /* all queued output written */
+  uv_close_cb on_close;
+};
+
+void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max);
+void pgs_io_free_buffers(pgs_io_t *io);
+int pgs_io_start_reading(pgs_io_t *io);
+void pgs_io_stop_reading(pgs_io_t *io);
+/* Queue LEN bytes at PTR (which must stay valid until pgs_io_flush). */
+void pgs_io_emit(pgs_io_t *io, const void *ptr, size_t len);
+/* Scratch output: build into pgs_io_scratch(io) after noting
+ * mark = pgs_io_scratch_mark(io), then pgs_io_scratch_done(io, mark). */
+static inline pgs_buf_t *pgs_io_scratch(pgs_io_t *io) { return &io->scratch; }
+static inline size_t pgs_io_scratch_mark(pgs_io_t *io) { return io->scratch.len; }
+void pgs_io_scratch_done(pgs_io_t *io, size_t mark);
+bool pgs_io_has_output(const pgs_io_t *io);
+/* Write the batch: synchronously as far as the socket takes it, the rest
+ * copied and queued. Returns 0 or a libuv error. */
+int pgs_io_flush(pgs_io_t *io) PGS_MUST_USE;
+/* Output queued beyond the socket: the source should pause above high water. */
+size_t pgs_io_backlog(const pgs_io_t *io);
+/* Drop consumed input (after the batch that parsed it was flushed). */
+void pgs_io_compact(pgs_io_t *io);
+void pgs_io_close(pgs_io_t *io);
+
+/* ---- clients (client.c) ---- */
+
+typedef enum {
+  PGS_CL_STARTUP,  /* reading the startup packet (maybe after SSLRequest) */
+  PGS_CL_AUTH,     /* password exchange in progress */
+  PGS_CL_LOGIN,    /* authenticated; in pool->waiters until the pool knows the
+                      server's parameters */
+  PGS_CL_IDLE,     /* logged in, no server linked */
+  PGS_CL_WAITING,  /* in pool->waiters for a server */
+  PGS_CL_ACTIVE,   /* linked to client->server */
+  PGS_CL_CLOSING,  /* handles closing; in worker->closing */
+} pgs_client_state_t;
+
+typedef struct pgs_setting {
+  char name[PGS_MAX_NAME];
+  char *sql;    /* statement that establishes it */
+  bool startup; /* from the startup packet: survives RESET ALL */
+} pgs_setting_t;
+
+typedef struct pgs_client_stmt {
+  char server_name[24]; /* "pgs_<16 hex>": same text+types, same name */
+  pgs_buf_t parse_body; /* Parse body after the statement name */
+} pgs_client_stmt_t;
+
+struct pgs_client {
+  pgs_list_t link;      /* worker->clients or worker->closing */
+  pgs_list_t wait_link; /* pool->waiters */
+  pgs_worker_t *worker;
+  pgs_client_state_t state;
+  pgs_io_t io;
+  pgs_config_t *config; /* ref taken at login */
+  const pgs_user_t *user;
+  const pgs_database_t *db;
+  char username[PGS_MAX_NAME];
+  char dbname[PGS_MAX_NAME];
+  char peer[64];
+  pgs_pool_t *pool;
+  pgs_server_t *server;
+  int32_t cancel_pid;
+  int32_t cancel_key;
+  uint64_t created_ms;
+  uint64_t wait_start_ms;
+  /* auth */
+  uint8_t md5_salt[4];
+  pgs_scram_t *scram;
+  /* session state */
+  pgs_setting_t *settings;
+  int nsettings;
+  uint64_t settings_hash; /* 0: no settings */
+  pgs_set_op_t tx_ops[PGS_SESSION_MAX_OPS]; /* SET/RESET awaiting commit */
+  int ntx_ops;
+  bool tx_failed;  /* the transaction holding tx_ops failed or rolled back */
+  bool pinned;     /* session state that cannot move: keep the server */
+  char txstatus;   /* last ReadyForQuery status sent */
+  pgs_strmap_t stmts; /* client statement name -> pgs_client_stmt_t */
+  /* a refused request: discard input up to Sync, then ReadyForQuery */
+  bool skip_until_sync;
+  bool close_after_flush;
+  int pending_closes;
+};
+
+pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener);
+/* The one error path: FATAL ErrorResponse with SQLSTATE, then close. */
+PGS_PRINTF(3, 4)
+void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
+/* Refuse the client's current request (up to its Sync) with an ERROR, keep
+ * the session. */
+PGS_PRINTF(3, 4)
+void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
+/* Pool callbacks. */
+void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server);
+void pgs_client_process(pgs_client_t *client);
+void pgs_client_server_lost(pgs_client_t *client, const char *why);
+void pgs_client_after_ready(pgs_client_t *client, char status);
+void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
+                                  size_t len);
+void pgs_client_close(pgs_client_t *client);
+void pgs_client_cancel(pgs_client_t *client);
+
+/* ---- servers (server.c) ---- */
+
+typedef enum {
+  PGS_SV_CONNECTING, /* libpq handshake; pool->connecting */
+  PGS_SV_IDLE,       /* logged in, no client; pool->idle */
+  PGS_SV_ACTIVE,     /* linked to server->client; pool->active */
+  PGS_SV_RESETTING,  /* no client, running DISCARD ALL; pool->active */
+  PGS_SV_CLOSING,    /* handles closing; worker->closing */
+} pgs_server_state_t;
+
+/* What a request sent to the server will answer with, in order. */
+typedef enum {
+  PGS_EXP_PARSE,    /* ParseComplete */
+  PGS_EXP_BIND,     /* BindComplete */
+  PGS_EXP_DESCRIBE, /* [ParameterDescription] RowDescription | NoData */
+  PGS_EXP_EXECUTE,  /* ... CommandComplete | EmptyQuery | PortalSuspended */
+  PGS_EXP_CLOSE,    /* CloseComplete */
+  PGS_EXP_SYNC,     /* ReadyForQuery */
+  PGS_EXP_QUERY,    /* simple query or function call: ... ReadyForQuery */
+  PGS_EXP_SYNTH_PARSE, /* no server reply: send ParseComplete ourselves */
+  PGS_EXP_SYNTH_CLOSE, /* no server reply: send CloseComplete ourselves */
+} pgs_expect_kind_t;
+
+typedef struct pgs_expect {
+  uint8_t kind;
+  bool internal; /* injected by pgshard: swallow its replies */
+  char stmt[24]; /* PARSE: server statement name, to forget on failure */
+} pgs_expect_t;
+
+struct pgs_server {
+  pgs_list_t link; /* pool list for its state, or worker->closing */
+  pgs_worker_t *worker;
+  pgs_pool_t *pool;
+  pgs_server_state_t state;
+  PGconn *pg;
+  uv_poll_t poll;   /* during the libpq handshake */
+  bool poll_open;
+  pgs_io_t io;      /* after login, on a dup of libpq's socket */
+  pgs_client_t *client;
+  pgs_expect_t *expect;
+  size_t expect_head, expect_len, expect_cap;
+  pgs_strmap_t prepared; /* server statement names prepared on it */
+  char **prepared_order; /* FIFO for eviction */
+  size_t prepared_head, prepared_count;
+  uint64_t settings_hash;
+  char txstatus;
+  bool error_until_sync; /* an error in extended protocol: skipping to Sync */
+  bool internal_failed;  /* an injected query failed */
+  bool dirty;            /* never reuse: close at release */
+  bool needs_discard;    /* run DISCARD ALL before reuse */
+  uint64_t state_since_ms;
+  int32_t backend_pid;
+  int pending_closes;
+  char last_error[256];
+};
+
+#define PGS_SERVER_MAX_PREPARED 2048
+
+void pgs_server_connect(pgs_pool_t *pool);
+/* Append an injected simple query whose replies are swallowed. */
+void pgs_server_inject_query(pgs_server_t *server, const char *sql);
+/* Note an expected reply. */
+void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool internal,
+                       const char *stmt);
+bool pgs_server_expect_idle(const pgs_server_t *server);
+/* Synthetic replies at the head of the queue are emitted to the client. */
+void pgs_server_emit_synthetic(pgs_server_t *server);
+bool pgs_server_has_prepared(pgs_server_t *server, const char *name);
+void pgs_server_add_prepared(pgs_server_t *server, const char *name);
+void pgs_server_forget_prepared(pgs_server_t *server);
+void pgs_server_process(pgs_server_t *server);
+void pgs_server_close(pgs_server_t *server, const char *why);
+int pgs_server_flush(pgs_server_t *server) PGS_MUST_USE;
+
+/* ---- pools (pool.c) ---- */
+
+typedef struct pgs_param {
+  char name[PGS_MAX_NAME];
+  char value[256];
+} pgs_param_t;
+
+#define PGS_MAX_WELCOME_PARAMS 24
+
+struct pgs_pool {
+  pgs_list_t link; /* worker->pools */
+  pgs_worker_t *worker;
+  char dbname[PGS_MAX_NAME];
+  char username[PGS_MAX_NAME];
+  char *conninfo; /* conninfo handed to libpq */
+  pgs_pool_mode_t mode;
+  int size;       /* this worker's share of pool_size */
+  pgs_list_t idle, active, connecting, waiters;
+  int nidle, nactive, nconnecting, nwaiters;
+  pgs_param_t params[PGS_MAX_WELCOME_PARAMS];
+  int nparams;
+  bool have_params;
+  uint64_t last_failure_ms;
+  char last_error[256];
+};
+
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user);
+/* Ask for a server for CLIENT: linked now (pgs_client_on_server) or queued. */
+void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client);
+void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client);
+/* A server is free: hand it to the next waiter or park it idle. */
+void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server);
+void pgs_pool_server_connected(pgs_pool_t *pool, pgs_server_t *server);
+void pgs_pool_server_failed(pgs_pool_t *pool, pgs_server_t *server, const char *error);
+void pgs_pool_set_state(pgs_server_t *server, pgs_server_state_t state);
+void pgs_pool_tick(pgs_pool_t *pool, uint64_t now);
+void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config);
+int pgs_pool_share(int pool_size, int workers, int index);
+void pgs_pool_destroy(pgs_pool_t *pool);
+
+/* ---- workers (worker.c) ---- */
+
+struct pgs_worker {
+  int index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_tcp_t listener;
+  int listen_fd;
+  bool listening;
+  uv_async_t wakeup;
+  uv_timer_t tick;
+  pgs_config_t *config;
+  pgs_list_t clients;
+  pgs_list_t closing;
+  pgs_list_t pools;
+  int nclients;
+  uint32_t next_client;
+  bool draining;
+  bool stopping;
+  uint64_t drain_deadline_ms;
+  /* mailbox, filled by other threads */
+  uv_mutex_t mbox_lock;
+  pgs_config_t *mbox_config;
+  bool mbox_drain;
+  bool mbox_exit;
+  struct {
+    int32_t pid, key;
+  } mbox_cancels[64];
+  int mbox_ncancels;
+};
+
+int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds,
+                      uv_async_t *notify) PGS_MUST_USE;
+void pgs_workers_reload(pgs_config_t *config);
+void pgs_workers_drain(void);
+void pgs_workers_exit(void);
+void pgs_workers_join(void);
+int pgs_workers_running(void);
+/* Route a CancelRequest to the worker that owns PID. */
+void pgs_workers_cancel(int32_t pid, int32_t key);
+int pgs_worker_index_of_pid(int32_t pid);
+
+#endif

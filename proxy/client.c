@@ -1,0 +1,1058 @@
+/*
+ * client.c — one application connection: startup, authentication, and the
+ * stream of requests it sends.
+ *
+ * States (pgs_client_state_t): STARTUP -> AUTH -> [LOGIN] -> IDLE <-> WAITING
+ * <-> ACTIVE -> CLOSING. A client only ever holds a server while ACTIVE; in
+ * transaction pooling it gives it back at the ReadyForQuery that ends each
+ * transaction (server.c decides, see should_release), and asks again when
+ * its next complete message arrives.
+ *
+ * What must survive a change of server is kept here and re-established on
+ * whichever server the client gets:
+ *  - settings: startup parameters and tracked SET/RESET, replayed as one
+ *    injected query when the server's settings differ (settings_hash);
+ *  - named prepared statements: the client's name maps to a server-wide
+ *    name derived from the statement's text and types, prepared on a server
+ *    on first use (an injected Parse) and never twice.
+ * Session state that cannot be replayed pins the client to its server.
+ *
+ * Every failure goes through pgs_client_fail (FATAL, then close) or
+ * pgs_client_refuse (ERROR, the session goes on).
+ */
+#include <stdarg.h>
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "pgshard/log.h"
+#include "pgshard/proxy.h"
+
+#define CLIENT_MAX_STATEMENTS 10000
+#define CLIENT_MAX_AUTH_MESSAGE 4096
+
+static const char *const client_state_names[] = {"startup", "auth",    "login", "idle",
+                                                 "waiting", "active", "closing"};
+
+static void client_set_state(pgs_client_t *client, pgs_client_state_t state) {
+  PGS_ASSERT(client->state != PGS_CL_CLOSING);
+  pgs_debug("client %d (%s@%s): %s -> %s", client->cancel_pid, client->username, client->peer,
+            client_state_names[client->state], client_state_names[state]);
+  client->state = state;
+}
+
+/* ---- freeing ---- */
+
+static void free_stmt(void *p) {
+  pgs_client_stmt_t *stmt = p;
+  pgs_buf_free(&stmt->parse_body);
+  free(stmt);
+}
+
+static void free_settings(pgs_client_t *client) {
+  for (int i = 0; i < client->nsettings; i++) free(client->settings[i].sql);
+  free(client->settings);
+  client->settings = NULL;
+  client->nsettings = 0;
+}
+
+static void clear_tx_ops(pgs_client_t *client) {
+  for (int i = 0; i < client->ntx_ops; i++) free(client->tx_ops[i].sql);
+  client->ntx_ops = 0;
+  client->tx_failed = false;
+}
+
+static void client_closed_cb(uv_handle_t *handle) {
+  pgs_client_t *client = ((pgs_io_t *)handle->data)->owner;
+  pgs_list_remove(&client->link);
+  pgs_io_free_buffers(&client->io);
+  pgs_strmap_free(&client->stmts, free_stmt);
+  free_settings(client);
+  clear_tx_ops(client);
+  free(client->scram);
+  if (client->config) pgs_config_unref(client->config);
+  free(client);
+}
+
+/* Give the server back (or drop it) when its client goes away. */
+static void detach_server(pgs_client_t *client) {
+  pgs_server_t *server = client->server;
+  if (server == NULL) return;
+  if (pgs_server_flush(server) < 0) server->dirty = true;
+  client->server = NULL;
+  server->client = NULL;
+  if (server->state != PGS_SV_ACTIVE) return;
+  if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
+      server->io.writing) {
+    pgs_server_close(server, "client left during a request or transaction");
+    return;
+  }
+  if (client->pinned || server->pool->mode == PGS_POOL_SESSION) {
+    /* Session state (LISTEN, temp tables, advisory locks...) must not leak to
+     * the next client: reset it before the server is reused. */
+    pgs_pool_set_state(server, PGS_SV_RESETTING);
+    pgs_server_inject_query(server, "DISCARD ALL");
+    pgs_server_forget_prepared(server);
+    server->settings_hash = 0;
+    if (pgs_server_flush(server) < 0) pgs_server_close(server, "write failed during reset");
+    return;
+  }
+  pgs_pool_server_free(server->pool, server);
+}
+
+void pgs_client_close(pgs_client_t *client) {
+  if (client->state == PGS_CL_CLOSING) return;
+  if (client->pool && (client->state == PGS_CL_WAITING || client->state == PGS_CL_LOGIN))
+    pgs_pool_cancel_wait(client->pool, client);
+  detach_server(client);
+  client_set_state(client, PGS_CL_CLOSING);
+  pgs_list_remove(&client->link);
+  pgs_list_append(&client->worker->closing, &client->link);
+  client->worker->nclients--;
+  if (client->io.open) {
+    pgs_io_close(&client->io);
+  } else {
+    uv_handle_t fake;
+    fake.data = &client->io;
+    client_closed_cb(&fake);
+  }
+}
+
+static void emit_error(pgs_client_t *client, const char *severity, const char *sqlstate,
+                       const char *message) {
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  pgs_msg_error_raw(pgs_io_scratch(&client->io), severity, sqlstate, message, NULL);
+  pgs_io_scratch_done(&client->io, mark);
+}
+
+static void vformat(char *out, size_t cap, const char *fmt, va_list ap) {
+  int n = snprintf(out, cap, "pgshard: ");
+  vsnprintf(out + n, cap - (size_t)n, fmt, ap);
+}
+
+void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  if (client->state == PGS_CL_CLOSING) return;
+  va_start(ap, fmt);
+  vformat(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  pgs_info("client %d (%s@%s) closed: %s (SQLSTATE %s)", client->cancel_pid, client->username,
+           client->peer, message, sqlstate);
+  emit_error(client, "FATAL", sqlstate, message);
+  if (pgs_io_flush(&client->io) < 0) { /* best effort: we are closing anyway */ }
+  pgs_client_close(client);
+}
+
+static void emit_ready(pgs_client_t *client) {
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  pgs_msg_ready(pgs_io_scratch(&client->io), client->txstatus);
+  pgs_io_scratch_done(&client->io, mark);
+}
+
+void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  if (client->state == PGS_CL_CLOSING) return;
+  va_start(ap, fmt);
+  vformat(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  pgs_info("client %d (%s@%s): refused: %s (SQLSTATE %s)", client->cancel_pid, client->username,
+           client->peer, message, sqlstate);
+  emit_error(client, "ERROR", sqlstate, message);
+  /* A simple query is one request; an extended-protocol request ends at
+   * Sync, and PostgreSQL discards everything up to it after an error. */
+  pgs_io_t *io = &client->io;
+  char type;
+  size_t total;
+  if (pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, io->in.len, &type, &total) ==
+          PGS_OK &&
+      io->in.len - io->in_pos >= total && (type == 'Q' || type == 'F')) {
+    io->in_pos += total;
+    emit_ready(client);
+  } else {
+    client->skip_until_sync = true;
+  }
+  if (client->state == PGS_CL_WAITING) client_set_state(client, PGS_CL_IDLE);
+  if (pgs_io_flush(&client->io) < 0) {
+    pgs_client_close(client);
+    return;
+  }
+  pgs_client_process(client);
+}
+
+/* ---- settings ---- */
+
+static void recompute_settings_hash(pgs_client_t *client) {
+  XXH3_state_t state;
+  if (client->nsettings == 0) {
+    client->settings_hash = 0;
+    return;
+  }
+  XXH3_64bits_reset(&state);
+  for (int i = 0; i < client->nsettings; i++)
+    XXH3_64bits_update(&state, client->settings[i].sql, strlen(client->settings[i].sql) + 1);
+  client->settings_hash = XXH3_64bits_digest(&state);
+  if (client->settings_hash <= 1) client->settings_hash = 2; /* 0, 1 are reserved */
+}
+
+static void put_setting(pgs_client_t *client, const char *name, char *sql, bool startup) {
+  for (int i = 0; i < client->nsettings; i++) {
+    pgs_setting_t *s = &client->settings[i];
+    if (s->startup == startup && !strcasecmp(s->name, name)) {
+      free(s->sql);
+      s->sql = sql;
+      return;
+    }
+  }
+  client->settings =
+      pgs_xrealloc(client->settings, sizeof(*client->settings) * (size_t)(client->nsettings + 1));
+  pgs_setting_t *s = &client->settings[client->nsettings++];
+  snprintf(s->name, sizeof(s->name), "%s", name);
+  s->sql = sql;
+  s->startup = startup;
+}
+
+static void remove_settings(pgs_client_t *client, const char *name) {
+  int j = 0;
+  for (int i = 0; i < client->nsettings; i++) {
+    pgs_setting_t *s = &client->settings[i];
+    if (!s->startup && (name == NULL || !strcasecmp(s->name, name))) {
+      free(s->sql);
+      continue;
+    }
+    client->settings[j++] = *s;
+  }
+  client->nsettings = j;
+}
+
+static char *startup_setting_sql(const char *name, const char *value) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  pgs_buf_put(&b, "SELECT pg_catalog.set_config(E'", 31);
+  for (int pass = 0; pass < 2; pass++) {
+    for (const char *p = pass ? value : name; *p; p++) {
+      if (*p == '\'' || *p == '\\') pgs_buf_put(&b, p, 1);
+      pgs_buf_put(&b, p, 1);
+    }
+    pgs_buf_put(&b, pass ? "', false)" : "', E'", pass ? 9 : 5);
+  }
+  pgs_buf_put_u8(&b, 0);
+  return (char *)b.data;
+}
+
+/* The transaction that held the SETs in tx_ops has ended. */
+static void commit_tx_ops(pgs_client_t *client) {
+  bool reset_startup = false;
+  if (client->ntx_ops == 0) return;
+  if (!client->tx_failed) {
+    for (int i = 0; i < client->ntx_ops; i++) {
+      pgs_set_op_t *op = &client->tx_ops[i];
+      switch (op->kind) {
+      case PGS_SET_OP_SET:
+        put_setting(client, op->name, op->sql, false);
+        op->sql = NULL;
+        break;
+      case PGS_SET_OP_RESET:
+        remove_settings(client, op->name);
+        reset_startup = true;
+        break;
+      case PGS_SET_OP_RESET_ALL:
+        remove_settings(client, NULL);
+        reset_startup = true;
+        break;
+      }
+    }
+    recompute_settings_hash(client);
+    if (client->server) {
+      /* The server ran these statements itself: it now matches, except that
+       * RESET returns startup parameters to the server's own defaults. */
+      bool has_startup = false;
+      for (int i = 0; i < client->nsettings; i++) has_startup |= client->settings[i].startup;
+      client->server->settings_hash = reset_startup && has_startup ? 1 : client->settings_hash;
+    }
+  }
+  clear_tx_ops(client);
+}
+
+static void replay_settings(pgs_client_t *client, pgs_server_t *server) {
+  if (server->settings_hash == client->settings_hash) return;
+  pgs_buf_t sql;
+  pgs_buf_init(&sql);
+  if (server->settings_hash != 0) pgs_buf_put(&sql, "RESET ALL;", 10);
+  for (int i = 0; i < client->nsettings; i++) {
+    pgs_buf_put(&sql, client->settings[i].sql, strlen(client->settings[i].sql));
+    pgs_buf_put(&sql, ";", 1);
+  }
+  pgs_buf_put_u8(&sql, 0);
+  pgs_server_inject_query(server, (const char *)sql.data);
+  pgs_buf_free(&sql);
+  server->settings_hash = client->settings_hash;
+}
+
+/* ---- messages from the server that the client's state depends on ---- */
+
+void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
+                                  size_t len) {
+  if (client->ntx_ops == 0) return;
+  if (type == 'E' || (type == 'C' && len >= 8 && !memcmp(body, "ROLLBACK", 8)))
+    client->tx_failed = true;
+}
+
+void pgs_client_after_ready(pgs_client_t *client, char status) {
+  client->txstatus = status;
+  if (status == 'I') commit_tx_ops(client);
+  else if (status == 'E') client->tx_failed = true;
+}
+
+/* ---- login ---- */
+
+static void send_auth(pgs_client_t *client, int32_t code, const void *data, size_t len) {
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  pgs_msg_auth(pgs_io_scratch(&client->io), code, data, len);
+  pgs_io_scratch_done(&client->io, mark);
+}
+
+static const char *client_override(const pgs_client_t *client, const char *name) {
+  /* Startup settings are stored as set_config SQL; look up by name. */
+  for (int i = 0; i < client->nsettings; i++)
+    if (client->settings[i].startup && !strcasecmp(client->settings[i].name, name))
+      return client->settings[i].sql;
+  return NULL;
+}
+
+static void finish_login(pgs_client_t *client) {
+  pgs_pool_t *pool = client->pool;
+  pgs_buf_t *out = pgs_io_scratch(&client->io);
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  for (int i = 0; i < pool->nparams; i++) {
+    const char *value = pool->params[i].value;
+    const char *sql = client_override(client, pool->params[i].name);
+    char buf[256];
+    if (sql) {
+      /* Extract the value back out of set_config(E'name', E'value', false). */
+      const char *v = strstr(sql, "', E'");
+      const char *e = v ? strstr(v + 5, "', false)") : NULL;
+      if (v && e) {
+        size_t n = 0;
+        for (const char *p = v + 5; p < e && n < sizeof(buf) - 1; p++) {
+          if ((*p == '\'' || *p == '\\') && p + 1 < e && p[1] == *p) p++;
+          buf[n++] = *p;
+        }
+        buf[n] = '\0';
+        value = buf;
+      }
+    }
+    pgs_msg_parameter_status(out, pool->params[i].name, value);
+  }
+  pgs_msg_backend_key(out, client->cancel_pid, client->cancel_key);
+  client->txstatus = 'I';
+  pgs_msg_ready(out, 'I');
+  pgs_io_scratch_done(&client->io, mark);
+  client_set_state(client, PGS_CL_IDLE);
+  pgs_info("client %d (%s@%s) logged in to %s", client->cancel_pid, client->username, client->peer,
+           client->dbname);
+}
+
+static void login_ok(pgs_client_t *client) {
+  send_auth(client, PGS_AUTHREQ_OK, NULL, 0);
+  const pgs_database_t *db = pgs_config_find_database(client->config, client->dbname);
+  if (db == NULL) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_CATALOG, "database \"%s\" does not exist",
+                    client->dbname);
+    return;
+  }
+  if (db->nshards != 1) {
+    pgs_client_fail(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                    "database \"%s\" has %d shards; this build routes to one shard only",
+                    client->dbname, db->nshards);
+    return;
+  }
+  client->db = db;
+  client->pool = pgs_pool_get(client->worker, db, client->user);
+  if (client->pool->have_params) {
+    finish_login(client);
+    if (pgs_io_flush(&client->io) < 0) {
+      pgs_client_close(client);
+      return;
+    }
+    pgs_client_process(client);
+    return;
+  }
+  if (pgs_io_flush(&client->io) < 0) {
+    pgs_client_close(client);
+    return;
+  }
+  client_set_state(client, PGS_CL_LOGIN);
+  pgs_io_stop_reading(&client->io);
+  pgs_pool_request(client->pool, client);
+}
+
+/* options: "-c name=value" or "--name=value", backslash escapes spaces. */
+static bool parse_options(pgs_client_t *client, const char *options) {
+  const char *p = options;
+  while (*p) {
+    char token[1024];
+    size_t n = 0;
+    while (*p == ' ' || *p == '\t') p++;
+    if (!*p) break;
+    while (*p && *p != ' ' && *p != '\t') {
+      if (*p == '\\' && p[1]) p++;
+      if (n < sizeof(token) - 1) token[n++] = *p;
+      p++;
+    }
+    token[n] = '\0';
+    const char *setting;
+    if (!strcmp(token, "-c")) {
+      n = 0;
+      while (*p == ' ' || *p == '\t') p++;
+      while (*p && *p != ' ' && *p != '\t') {
+        if (*p == '\\' && p[1]) p++;
+        if (n < sizeof(token) - 1) token[n++] = *p;
+        p++;
+      }
+      token[n] = '\0';
+      setting = token;
+    } else if (!strncmp(token, "-c", 2)) {
+      setting = token + 2;
+    } else if (!strncmp(token, "--", 2)) {
+      setting = token + 2;
+    } else {
+      return false;
+    }
+    char *eq = strchr(setting, '=');
+    if (eq == NULL || eq == setting || eq - setting >= PGS_MAX_NAME) return false;
+    char name[PGS_MAX_NAME];
+    snprintf(name, sizeof(name), "%.*s", (int)(eq - setting), setting);
+    for (char *c = name; *c; c++)
+      if (*c == '-') *c = '_';
+    put_setting(client, name, startup_setting_sql(name, eq + 1), true);
+  }
+  return true;
+}
+
+static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *startup) {
+  const char *user = pgs_startup_get(startup, "user");
+  const char *database = pgs_startup_get(startup, "database");
+  if (user == NULL || *user == '\0') {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "no PostgreSQL user name specified in startup packet");
+    return;
+  }
+  if (database == NULL || *database == '\0') database = user;
+  snprintf(client->username, sizeof(client->username), "%s", user);
+  snprintf(client->dbname, sizeof(client->dbname), "%s", database);
+  if (pgs_startup_get(startup, "replication")) {
+    pgs_client_fail(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                    "replication connections are not supported");
+    return;
+  }
+  for (int i = 0; i < startup->nparams; i++) {
+    const char *name = startup->names[i];
+    if (!strcmp(name, "user") || !strcmp(name, "database")) continue;
+    if (!strcmp(name, "options")) {
+      if (!parse_options(client, startup->values[i])) {
+        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                        "invalid command-line argument in options: \"%s\"", startup->values[i]);
+        return;
+      }
+      continue;
+    }
+    if (!strncmp(name, "_pq_.", 5)) continue; /* protocol extensions: none supported */
+    if (strlen(name) >= PGS_MAX_NAME) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "startup parameter name too long");
+      return;
+    }
+    put_setting(client, name, startup_setting_sql(name, startup->values[i]), true);
+  }
+  recompute_settings_hash(client);
+
+  client->config = pgs_config_ref(client->worker->config);
+  client->user = pgs_config_find_user(client->config, client->username);
+  if (client->user == NULL) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION, "role \"%s\" does not exist",
+                    client->username);
+    return;
+  }
+  client_set_state(client, PGS_CL_AUTH);
+  switch (client->config->auth) {
+  case PGS_AUTH_TRUST:
+    login_ok(client);
+    return;
+  case PGS_AUTH_MD5:
+    if (pgs_random_bytes(client->md5_salt, 4) != PGS_OK) {
+      pgs_client_fail(client, PGS_SQLSTATE_INTERNAL, "no randomness for the md5 salt");
+      return;
+    }
+    send_auth(client, PGS_AUTHREQ_MD5, client->md5_salt, 4);
+    break;
+  case PGS_AUTH_SCRAM:
+    client->scram = pgs_xcalloc(1, sizeof(*client->scram));
+    if (pgs_scram_init(client->scram, client->user->password ? client->user->password : "") !=
+        PGS_OK) {
+      pgs_client_fail(client, PGS_SQLSTATE_INVALID_PASSWORD,
+                      "password authentication failed for user \"%s\"", client->username);
+      return;
+    }
+    send_auth(client, PGS_AUTHREQ_SASL, "SCRAM-SHA-256\0", 15);
+    break;
+  }
+  if (pgs_io_flush(&client->io) < 0) pgs_client_close(client);
+}
+
+/* Returns bytes consumed, 0 when more are needed; closes the client on error. */
+static size_t handle_startup(pgs_client_t *client) {
+  pgs_io_t *io = &client->io;
+  const uint8_t *p = io->in.data + io->in_pos;
+  size_t avail = io->in.len - io->in_pos;
+  if (avail < 4) {
+    io->in_want = io->in_pos + 4;
+    return 0;
+  }
+  uint32_t len = pgs_get_u32(p);
+  if (len < 8 || len > PGS_MAX_STARTUP_PACKET) {
+    pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid length of startup packet");
+    return 0;
+  }
+  if (avail < len) {
+    io->in_want = io->in_pos + len;
+    return 0;
+  }
+  pgs_startup_t startup;
+  char err[256];
+  /* Parameters point into the buffer: copy the packet so they outlive it. */
+  uint8_t packet[PGS_MAX_STARTUP_PACKET];
+  memcpy(packet, p + 4, len - 4);
+  pgs_status_t st = pgs_startup_parse(packet, len - 4, &startup, err, sizeof(err));
+  if (st == PGS_EUNSUPPORTED) {
+    pgs_client_fail(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", err);
+    return 0;
+  }
+  if (st != PGS_OK) {
+    pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "%s", err);
+    return 0;
+  }
+  io->in_pos += len;
+  switch (startup.code) {
+  case PGS_SSL_REQUEST_CODE:
+  case PGS_GSSENC_REQUEST_CODE:
+    if (io->in_pos != io->in.len) {
+      /* Bytes sent before reading our answer could be a man in the middle. */
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                      "received unencrypted data after SSL request");
+      return 0;
+    }
+    pgs_io_emit(io, "N", 1);
+    if (pgs_io_flush(io) < 0) pgs_client_close(client);
+    return len;
+  case PGS_CANCEL_REQUEST_CODE:
+    pgs_workers_cancel(startup.cancel_pid, startup.cancel_key);
+    pgs_client_close(client);
+    return 0;
+  default:
+    handle_startup_message(client, &startup);
+    return len;
+  }
+}
+
+static void auth_failed(pgs_client_t *client) {
+  pgs_client_fail(client, PGS_SQLSTATE_INVALID_PASSWORD,
+                  "password authentication failed for user \"%s\"", client->username);
+}
+
+static void handle_auth_message(pgs_client_t *client, const uint8_t *body, size_t len) {
+  if (client->config->auth == PGS_AUTH_MD5) {
+    char response[64];
+    if (len == 0 || len > sizeof(response) || body[len - 1] != 0) {
+      auth_failed(client);
+      return;
+    }
+    memcpy(response, body, len);
+    if (!client->user->password ||
+        !pgs_md5_verify(client->username, client->user->password, client->md5_salt, response)) {
+      auth_failed(client);
+      return;
+    }
+    login_ok(client);
+    return;
+  }
+  /* SCRAM-SHA-256 */
+  char out[PGS_SCRAM_MAX_MESSAGE];
+  pgs_reader_t r;
+  pgs_reader_init(&r, body, len);
+  if (client->scram->state == PGS_SCRAM_STATE_INIT) {
+    const char *mech = pgs_read_cstr(&r, NULL);
+    int32_t dlen = pgs_read_i32(&r);
+    if (r.bad || strcmp(mech, "SCRAM-SHA-256") != 0) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                      "client selected an invalid SASL authentication mechanism");
+      return;
+    }
+    if (dlen < 0 || (size_t)dlen != pgs_reader_left(&r)) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "malformed SASL message");
+      return;
+    }
+    const uint8_t *data = pgs_read_bytes(&r, (size_t)dlen);
+    if (pgs_scram_server_first(client->scram, (const char *)data, (size_t)dlen, out,
+                               sizeof(out)) != PGS_OK) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+      return;
+    }
+    send_auth(client, PGS_AUTHREQ_SASL_CONTINUE, out, strlen(out));
+    if (pgs_io_flush(&client->io) < 0) pgs_client_close(client);
+    return;
+  }
+  pgs_status_t st =
+      pgs_scram_server_final(client->scram, (const char *)body, len, out, sizeof(out));
+  if (st == PGS_EAUTH) {
+    auth_failed(client);
+    return;
+  }
+  if (st != PGS_OK) {
+    pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
+    return;
+  }
+  send_auth(client, PGS_AUTHREQ_SASL_FINAL, out, strlen(out));
+  login_ok(client);
+}
+
+static size_t handle_auth(pgs_client_t *client) {
+  pgs_io_t *io = &client->io;
+  char type;
+  size_t total;
+  pgs_status_t st = pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos,
+                                 CLIENT_MAX_AUTH_MESSAGE, &type, &total);
+  if (st == PGS_EAGAIN) {
+    io->in_want = io->in_pos + 5;
+    return 0;
+  }
+  if (st != PGS_OK || type != 'p') {
+    pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                    "expected password response, got message type %d", (unsigned char)type);
+    return 0;
+  }
+  if (io->in.len - io->in_pos < total) {
+    io->in_want = io->in_pos + total;
+    return 0;
+  }
+  const uint8_t *body = io->in.data + io->in_pos + 5;
+  io->in_pos += total;
+  handle_auth_message(client, body, total - 5);
+  return total;
+}
+
+/* ---- requests ---- */
+
+static void statement_server_name(const uint8_t *parse_body, size_t len, char out[24]) {
+  uint64_t h = XXH3_64bits(parse_body, len);
+  snprintf(out, 24, "pgs_%016llx", (unsigned long long)h);
+}
+
+/* Send a Parse for STMT to SERVER unless it already has it. */
+static void ensure_prepared(pgs_server_t *server, pgs_client_stmt_t *stmt, bool internal) {
+  if (pgs_server_has_prepared(server, stmt->server_name)) {
+    if (!internal) {
+      pgs_server_expect(server, PGS_EXP_SYNTH_PARSE, false, NULL);
+      pgs_server_emit_synthetic(server);
+    }
+    return;
+  }
+  pgs_server_add_prepared(server, stmt->server_name);
+  size_t mark = pgs_io_scratch_mark(&server->io);
+  pgs_buf_t *b = pgs_io_scratch(&server->io);
+  size_t start = pgs_msg_begin(b, 'P');
+  pgs_buf_put_cstr(b, stmt->server_name);
+  pgs_buf_put(b, stmt->parse_body.data, stmt->parse_body.len);
+  pgs_msg_end(b, start);
+  pgs_io_scratch_done(&server->io, mark);
+  pgs_server_expect(server, PGS_EXP_PARSE, internal, stmt->server_name);
+}
+
+static void check_session_effects(pgs_client_t *client, const char *sql, size_t len, bool simple) {
+  if (!pgs_session_maybe(sql, len)) return;
+  pgs_session_effects_t fx;
+  pgs_session_analyze(sql, &fx);
+  if (fx.flags & PGS_SESSION_PIN) {
+    if (!client->pinned)
+      pgs_info("client %d (%s@%s): session state, pinned to its server", client->cancel_pid,
+               client->username, client->peer);
+    client->pinned = true;
+  }
+  if ((fx.flags & PGS_SESSION_DROPS_PREPARED) && client->server)
+    pgs_server_forget_prepared(client->server);
+  if (!simple && fx.nops > 0) {
+    /* SET through a prepared statement: we cannot see when it runs. */
+    client->pinned = true;
+  } else {
+    for (int i = 0; i < fx.nops; i++) {
+      if (client->ntx_ops == PGS_SESSION_MAX_OPS) {
+        client->pinned = true;
+        break;
+      }
+      client->tx_ops[client->ntx_ops++] = fx.ops[i];
+      fx.ops[i].sql = NULL;
+    }
+  }
+  pgs_session_effects_free(&fx);
+}
+
+/* One complete client message while linked to SERVER. P points at the whole
+ * message (TOTAL bytes), BODY after its header. */
+static void client_request(pgs_client_t *client, pgs_server_t *server, char type,
+                           const uint8_t *p, size_t total) {
+  const uint8_t *body = p + 5;
+  size_t len = total - 5;
+  pgs_reader_t r;
+  pgs_reader_init(&r, body, len);
+  switch (type) {
+  case 'Q': {
+    size_t qlen;
+    const char *sql = pgs_read_cstr(&r, &qlen);
+    if (sql) check_session_effects(client, sql, qlen, true);
+    pgs_io_emit(&server->io, p, total);
+    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
+    return;
+  }
+  case 'P': {
+    size_t nlen, qlen;
+    const char *name = pgs_read_cstr(&r, &nlen);
+    const char *sql = pgs_read_cstr(&r, &qlen);
+    if (sql) check_session_effects(client, sql, qlen, false);
+    if (r.bad || nlen == 0) {
+      pgs_io_emit(&server->io, p, total); /* unnamed, or malformed: the server judges */
+      pgs_server_expect(server, PGS_EXP_PARSE, false, NULL);
+      return;
+    }
+    if (client->stmts.count >= CLIENT_MAX_STATEMENTS && !pgs_strmap_contains(&client->stmts, name)) {
+      /* Let the server reject it in order: prepare under the client's own
+       * name is not possible here, so report the limit as the server would. */
+      pgs_io_emit(&server->io, p, total);
+      pgs_server_expect(server, PGS_EXP_PARSE, false, NULL);
+      return;
+    }
+    pgs_client_stmt_t *stmt = pgs_xcalloc(1, sizeof(*stmt));
+    const uint8_t *rest = body + nlen + 1;
+    pgs_buf_put(&stmt->parse_body, rest, len - nlen - 1);
+    statement_server_name(stmt->parse_body.data, stmt->parse_body.len, stmt->server_name);
+    pgs_client_stmt_t *old = pgs_strmap_put(&client->stmts, name, stmt);
+    if (old) free_stmt(old);
+    ensure_prepared(server, stmt, false);
+    return;
+  }
+  case 'B':
+  case 'D': {
+    size_t plen = 0, slen;
+    const char *portal = NULL;
+    uint8_t kind = 0;
+    if (type == 'B') {
+      portal = pgs_read_cstr(&r, &plen);
+    } else {
+      kind = pgs_read_u8(&r);
+    }
+    const char *name = pgs_read_cstr(&r, &slen);
+    pgs_client_stmt_t *stmt = NULL;
+    if (!r.bad && slen > 0 && (type == 'B' || kind == 'S'))
+      stmt = pgs_strmap_get(&client->stmts, name);
+    if (stmt == NULL) {
+      /* Unnamed, a portal, or unknown: the server answers (unknown names
+       * fail there with the same error PostgreSQL gives). */
+      pgs_io_emit(&server->io, p, total);
+    } else {
+      ensure_prepared(server, stmt, true);
+      size_t mark = pgs_io_scratch_mark(&server->io);
+      pgs_buf_t *b = pgs_io_scratch(&server->io);
+      size_t start = pgs_msg_begin(b, type);
+      if (type == 'B')
+        pgs_buf_put(b, portal, plen + 1);
+      else
+        pgs_buf_put_u8(b, kind);
+      pgs_buf_put_cstr(b, stmt->server_name);
+      pgs_buf_put(b, r.p, pgs_reader_left(&r));
+      pgs_msg_end(b, start);
+      pgs_io_scratch_done(&server->io, mark);
+    }
+    pgs_server_expect(server, type == 'B' ? PGS_EXP_BIND : PGS_EXP_DESCRIBE, false, NULL);
+    return;
+  }
+  case 'C': {
+    uint8_t kind = pgs_read_u8(&r);
+    size_t slen;
+    const char *name = pgs_read_cstr(&r, &slen);
+    if (!r.bad && kind == 'S' && slen > 0) {
+      /* The server keeps it for the next client that prepares the same
+       * statement; only the client's name goes. */
+      pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, name);
+      if (stmt) free_stmt(stmt);
+      pgs_server_expect(server, PGS_EXP_SYNTH_CLOSE, false, NULL);
+      pgs_server_emit_synthetic(server);
+      return;
+    }
+    pgs_io_emit(&server->io, p, total);
+    pgs_server_expect(server, PGS_EXP_CLOSE, false, NULL);
+    return;
+  }
+  case 'E':
+    pgs_io_emit(&server->io, p, total);
+    pgs_server_expect(server, PGS_EXP_EXECUTE, false, NULL);
+    return;
+  case 'S':
+    pgs_io_emit(&server->io, p, total);
+    pgs_server_expect(server, PGS_EXP_SYNC, false, NULL);
+    return;
+  case 'F':
+    pgs_io_emit(&server->io, p, total);
+    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
+    return;
+  default: /* H Flush, d c f COPY */
+    pgs_io_emit(&server->io, p, total);
+    return;
+  }
+}
+
+void pgs_client_process(pgs_client_t *client) {
+  pgs_io_t *io = &client->io;
+  if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
+  size_t max = (size_t)client->config->max_message_size;
+  for (;;) {
+    pgs_server_t *server = client->server;
+    if (server && pgs_io_backlog(&server->io) > PGS_IO_HIGH_WATER) {
+      pgs_io_stop_reading(io); /* resumed when the server drains */
+      break;
+    }
+    char type;
+    size_t total;
+    const uint8_t *p = io->in.data + io->in_pos;
+    pgs_status_t st = pgs_msg_peek(p, io->in.len - io->in_pos, max, &type, &total);
+    if (st == PGS_EAGAIN) {
+      io->in_want = io->in_pos + 5;
+      break;
+    }
+    if (st == PGS_EPROTO || !pgs_frontend_type_valid(type) || type == 'p') {
+      if (st == PGS_EPROTO)
+        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+      else
+        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
+                        (unsigned char)type);
+      return;
+    }
+    if (st == PGS_ETOOBIG) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                      "message of %zu bytes is over max_message_size (%zu)", total - 1, max);
+      return;
+    }
+    if (io->in.len - io->in_pos < total) {
+      io->in_want = io->in_pos + total;
+      break;
+    }
+    if (type == 'X') {
+      io->in_pos = io->in.len;
+      pgs_client_close(client);
+      return;
+    }
+    if (client->skip_until_sync) {
+      io->in_pos += total;
+      if (type == 'S') {
+        client->skip_until_sync = false;
+        emit_ready(client);
+      }
+      continue;
+    }
+    if (server == NULL) {
+      if (client->worker->draining) {
+        pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+        return;
+      }
+      client_set_state(client, PGS_CL_WAITING);
+      pgs_io_stop_reading(io);
+      if (pgs_io_flush(io) < 0) {
+        pgs_client_close(client);
+        return;
+      }
+      pgs_pool_request(client->pool, client); /* may link now and re-enter */
+      return;
+    }
+    io->in_pos += total;
+    client_request(client, server, type, p, total);
+  }
+  if (client->server && pgs_server_flush(client->server) < 0) {
+    pgs_server_t *server = client->server;
+    pgs_server_close(server, "write to server failed");
+    pgs_client_server_lost(client, "write to server failed");
+    return;
+  }
+  if (pgs_io_flush(io) < 0) {
+    pgs_client_close(client);
+    return;
+  }
+  pgs_io_compact(io);
+  if (!client->server || pgs_io_backlog(&client->server->io) <= PGS_IO_HIGH_WATER)
+    (void)pgs_io_start_reading(io);
+}
+
+void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
+  client->server = server;
+  server->client = client;
+  if (client->state == PGS_CL_LOGIN) {
+    finish_login(client);
+    client_set_state(client, PGS_CL_ACTIVE);
+  } else {
+    client_set_state(client, PGS_CL_ACTIVE);
+  }
+  replay_settings(client, server);
+  if (pgs_server_flush(server) < 0) {
+    pgs_server_close(server, "write to server failed");
+    pgs_client_server_lost(client, "write to server failed");
+    return;
+  }
+  if (server->pool->mode == PGS_POOL_TRANSACTION && pgs_server_expect_idle(server) &&
+      client->io.in_pos == client->io.in.len) {
+    /* Only logging in: nothing to run yet. */
+    client->server = NULL;
+    server->client = NULL;
+    client_set_state(client, PGS_CL_IDLE);
+    pgs_pool_server_free(server->pool, server);
+  }
+  if (pgs_io_flush(&client->io) < 0) {
+    pgs_client_close(client);
+    return;
+  }
+  pgs_client_process(client);
+}
+
+void pgs_client_server_lost(pgs_client_t *client, const char *why) {
+  client->server = NULL;
+  pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "server connection lost: %s", why);
+}
+
+/* ---- cancel ---- */
+
+typedef struct cancel_work {
+  uv_work_t req;
+  PGcancel *cancel;
+} cancel_work_t;
+
+static void cancel_run(uv_work_t *req) {
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  char err[256];
+  if (!PQcancel(w->cancel, err, sizeof(err))) pgs_warn("cancel request failed: %s", err);
+}
+
+static void cancel_done(uv_work_t *req, int status) {
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  PQfreeCancel(w->cancel);
+  free(w);
+}
+
+void pgs_client_cancel(pgs_client_t *client) {
+  pgs_server_t *server = client->server;
+  if (server == NULL || server->pg == NULL || pgs_server_expect_idle(server)) return;
+  cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
+  w->cancel = PQgetCancel(server->pg);
+  if (w->cancel == NULL || uv_queue_work(&client->worker->loop, &w->req, cancel_run, cancel_done)) {
+    if (w->cancel) PQfreeCancel(w->cancel);
+    free(w);
+    return;
+  }
+  pgs_info("client %d: cancel forwarded to server %d", client->cancel_pid, server->backend_pid);
+}
+
+/* ---- I/O callbacks and accept ---- */
+
+static void client_on_read(pgs_io_t *io) {
+  pgs_client_t *client = io->owner;
+  for (;;) {
+    switch (client->state) {
+    case PGS_CL_STARTUP:
+      if (handle_startup(client) == 0) goto done;
+      break;
+    case PGS_CL_AUTH:
+      if (handle_auth(client) == 0) goto done;
+      break;
+    case PGS_CL_IDLE:
+    case PGS_CL_ACTIVE:
+      pgs_client_process(client);
+      return;
+    default:
+      return; /* waiting: input stays buffered */
+    }
+  }
+done:
+  if (client->state != PGS_CL_CLOSING) pgs_io_compact(io);
+}
+
+static void client_on_error(pgs_io_t *io, int status) {
+  pgs_client_t *client = io->owner;
+  if (status != UV_EOF)
+    pgs_info("client %d (%s@%s): connection error: %s", client->cancel_pid, client->username,
+             client->peer, uv_strerror(status));
+  else
+    pgs_debug("client %d (%s@%s): disconnected", client->cancel_pid, client->username,
+              client->peer);
+  if (status == UV_ENOBUFS) {
+    pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "message too large");
+    return;
+  }
+  pgs_client_close(client);
+}
+
+static void client_on_drained(pgs_io_t *io) {
+  pgs_client_t *client = io->owner;
+  if (client->server) pgs_server_process(client->server);
+}
+
+pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
+  pgs_client_t *client = pgs_xcalloc(1, sizeof(*client));
+  client->worker = worker;
+  client->state = PGS_CL_STARTUP;
+  client->created_ms = pgs_now_ms();
+  pgs_list_init(&client->wait_link);
+  pgs_strmap_init(&client->stmts);
+  pgs_io_init(&client->io, client,
+              (size_t)worker->config->max_message_size + 5 + PGS_IO_READ_CHUNK);
+  client->io.on_read = client_on_read;
+  client->io.on_error = client_on_error;
+  client->io.on_drained = client_on_drained;
+  client->io.on_close = client_closed_cb;
+  uv_tcp_init(&worker->loop, &client->io.tcp);
+  client->io.tcp.data = &client->io;
+  client->io.open = true;
+  pgs_list_append(&worker->clients, &client->link);
+  worker->nclients++;
+  if (uv_accept(listener, (uv_stream_t *)&client->io.tcp) != 0) {
+    pgs_client_close(client);
+    return NULL;
+  }
+  uv_tcp_nodelay(&client->io.tcp, 1);
+  struct sockaddr_storage addr;
+  int alen = sizeof(addr);
+  snprintf(client->peer, sizeof(client->peer), "?");
+  if (uv_tcp_getpeername(&client->io.tcp, (struct sockaddr *)&addr, &alen) == 0) {
+    char host[48];
+    if (addr.ss_family == AF_INET6) {
+      uv_ip6_name((struct sockaddr_in6 *)&addr, host, sizeof(host));
+      snprintf(client->peer, sizeof(client->peer), "[%s]:%d", host,
+               ntohs(((struct sockaddr_in6 *)&addr)->sin6_port));
+    } else {
+      uv_ip4_name((struct sockaddr_in *)&addr, host, sizeof(host));
+      snprintf(client->peer, sizeof(client->peer), "%s:%d", host,
+               ntohs(((struct sockaddr_in *)&addr)->sin_port));
+    }
+  }
+  client->cancel_pid =
+      (int32_t)(((uint32_t)worker->index << 24) | (++worker->next_client & 0xffffffu));
+  if (client->cancel_pid == 0) client->cancel_pid = (int32_t)(++worker->next_client & 0xffffffu);
+  if (pgs_random_bytes(&client->cancel_key, sizeof(client->cancel_key)) != PGS_OK) {
+    pgs_client_close(client);
+    return NULL;
+  }
+  if (worker->nclients > worker->config->max_client_conn / worker->config->workers + 1) {
+    pgs_client_fail(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS, "too many clients already");
+    return NULL;
+  }
+  if (pgs_io_start_reading(&client->io) != 0) {
+    pgs_client_close(client);
+    return NULL;
+  }
+  return client;
+}

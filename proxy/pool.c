@@ -1,0 +1,261 @@
+/*
+ * pool.c — server connections for one (database, user) on one worker.
+ *
+ * Every server is on exactly one of the pool's lists, matching its state:
+ * connecting, idle, active (linked to a client, or resetting). Clients that
+ * need a server and find none idle wait in FIFO order in waiters; a freed
+ * server goes straight to the oldest waiter. The pool opens servers lazily
+ * up to its share of pool_size; it never holds more than that.
+ *
+ * The pool also remembers the parameters the server reported at login
+ * (server_version, server_encoding, ...), which every client of the pool is
+ * told at its own login.
+ */
+#include <string.h>
+
+#include "pgshard/log.h"
+#include "pgshard/proxy.h"
+
+int pgs_pool_share(int pool_size, int workers, int index) {
+  int share = pool_size / workers + (index < pool_size % workers ? 1 : 0);
+  return share > 0 ? share : 1;
+}
+
+static void append_conninfo(pgs_buf_t *buf, const char *key, const char *value) {
+  pgs_buf_put(buf, " ", 1);
+  pgs_buf_put(buf, key, strlen(key));
+  pgs_buf_put(buf, "='", 2);
+  for (const char *p = value; *p; p++) {
+    if (*p == '\'' || *p == '\\') pgs_buf_put(buf, "\\", 1);
+    pgs_buf_put(buf, p, 1);
+  }
+  pgs_buf_put(buf, "'", 1);
+}
+
+static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db,
+                            const pgs_user_t *user) {
+  const pgs_node_t *node = &db->shards[0].primary;
+  pgs_buf_t buf;
+  char timeout[32];
+  pgs_buf_init(&buf);
+  pgs_buf_put(&buf, node->conninfo, strlen(node->conninfo));
+  if (node->dbname == NULL) append_conninfo(&buf, "dbname", db->name);
+  if (node->user == NULL) {
+    append_conninfo(&buf, "user", user->name);
+    if (node->password == NULL && user->password && strncmp(user->password, "md5", 3) != 0 &&
+        strncmp(user->password, "SCRAM-SHA-256$", 14) != 0)
+      append_conninfo(&buf, "password", user->password);
+  }
+  /* TLS to servers is not used yet, and libpq must not swap the socket under
+   * our poll handle by retrying without it. */
+  if (strstr(node->conninfo, "sslmode") == NULL) append_conninfo(&buf, "sslmode", "disable");
+  if (strstr(node->conninfo, "gssencmode") == NULL) append_conninfo(&buf, "gssencmode", "disable");
+  snprintf(timeout, sizeof(timeout), "%d", (config->server_connect_timeout_ms + 999) / 1000);
+  append_conninfo(&buf, "connect_timeout", timeout);
+  append_conninfo(&buf, "fallback_application_name", "pgshard");
+  pgs_buf_put_u8(&buf, 0);
+  return (char *)buf.data;
+}
+
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user) {
+  for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
+    pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
+    if (!strcmp(pool->dbname, db->name) && !strcmp(pool->username, user->name)) return pool;
+  }
+  pgs_pool_t *pool = pgs_xcalloc(1, sizeof(*pool));
+  pool->worker = worker;
+  snprintf(pool->dbname, sizeof(pool->dbname), "%s", db->name);
+  snprintf(pool->username, sizeof(pool->username), "%s", user->name);
+  pgs_list_init(&pool->idle);
+  pgs_list_init(&pool->active);
+  pgs_list_init(&pool->connecting);
+  pgs_list_init(&pool->waiters);
+  pgs_pool_apply_config(pool, worker->config);
+  pgs_list_append(&worker->pools, &pool->link);
+  return pool;
+}
+
+void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config) {
+  const pgs_database_t *db = pgs_config_find_database(config, pool->dbname);
+  const pgs_user_t *user = pgs_config_find_user(config, pool->username);
+  if (db == NULL || user == NULL) return; /* gone: existing clients finish on it */
+  free(pool->conninfo);
+  pool->conninfo = build_conninfo(config, db, user);
+  pool->mode = db->pool_mode;
+  pool->size = pgs_pool_share(db->pool_size, config->workers, pool->worker->index);
+}
+
+static pgs_list_t *list_for(pgs_pool_t *pool, pgs_server_state_t state, int **count) {
+  switch (state) {
+  case PGS_SV_CONNECTING:
+    *count = &pool->nconnecting;
+    return &pool->connecting;
+  case PGS_SV_IDLE:
+    *count = &pool->nidle;
+    return &pool->idle;
+  case PGS_SV_ACTIVE:
+  case PGS_SV_RESETTING:
+    *count = &pool->nactive;
+    return &pool->active;
+  case PGS_SV_CLOSING:
+    break;
+  }
+  *count = NULL;
+  return NULL;
+}
+
+static const char *const server_state_names[] = {"connecting", "idle", "active", "resetting",
+                                                 "closing"};
+
+/* The one place a server changes state: moves it between lists. */
+void pgs_pool_set_state(pgs_server_t *server, pgs_server_state_t state) {
+  pgs_pool_t *pool = server->pool;
+  int *count;
+  PGS_ASSERT(server->state != PGS_SV_CLOSING);
+  PGS_ASSERT(state != PGS_SV_CONNECTING);
+  pgs_list_t *from = list_for(pool, server->state, &count);
+  if (from) {
+    pgs_list_remove(&server->link);
+    (*count)--;
+  }
+  pgs_list_t *to = list_for(pool, state, &count);
+  if (to) {
+    if (state == PGS_SV_IDLE)
+      pgs_list_append(&pool->idle, &server->link); /* LIFO reuse takes from the tail */
+    else
+      pgs_list_append(to, &server->link);
+    (*count)++;
+  } else {
+    pgs_list_append(&server->worker->closing, &server->link);
+  }
+  pgs_debug("server %d (%s/%s): %s -> %s", server->backend_pid, pool->dbname, pool->username,
+            server_state_names[server->state], server_state_names[state]);
+  server->state = state;
+  server->state_since_ms = pgs_now_ms();
+}
+
+static int total_servers(const pgs_pool_t *pool) {
+  return pool->nidle + pool->nactive + pool->nconnecting;
+}
+
+static void maybe_connect(pgs_pool_t *pool) {
+  /* One connection attempt per waiting client, within the pool's share. */
+  while (pool->nconnecting < pool->nwaiters && total_servers(pool) < pool->size &&
+         !pool->worker->stopping)
+    pgs_server_connect(pool);
+}
+
+void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client) {
+  if (pool->nidle > 0 && pool->have_params) {
+    pgs_server_t *server = pgs_container_of(pool->idle.prev, pgs_server_t, link);
+    pgs_pool_set_state(server, PGS_SV_ACTIVE);
+    pgs_client_on_server(client, server);
+    return;
+  }
+  client->wait_start_ms = pgs_now_ms();
+  pgs_list_append(&pool->waiters, &client->wait_link);
+  pool->nwaiters++;
+  maybe_connect(pool);
+}
+
+void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client) {
+  if (pgs_list_empty(&client->wait_link)) return;
+  pgs_list_remove(&client->wait_link);
+  pool->nwaiters--;
+}
+
+void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
+  server->client = NULL;
+  if (server->dirty || pool->worker->stopping || total_servers(pool) > pool->size) {
+    pgs_server_close(server, server->dirty ? "not reusable" : "pool shrinking");
+    maybe_connect(pool);
+    return;
+  }
+  if (!pgs_list_empty(&pool->waiters)) {
+    pgs_client_t *client = pgs_container_of(pool->waiters.next, pgs_client_t, wait_link);
+    pgs_pool_cancel_wait(pool, client);
+    pgs_pool_set_state(server, PGS_SV_ACTIVE);
+    pgs_client_on_server(client, server);
+    return;
+  }
+  pgs_pool_set_state(server, PGS_SV_IDLE);
+}
+
+void pgs_pool_server_connected(pgs_pool_t *pool, pgs_server_t *server) {
+  static const char *const names[] = {
+      "application_name", "client_encoding",  "DateStyle",         "default_transaction_read_only",
+      "in_hot_standby",   "integer_datetimes", "IntervalStyle",    "is_superuser",
+      "server_encoding",  "server_version",    "session_authorization", "standard_conforming_strings",
+      "TimeZone",         NULL};
+  pool->nparams = 0;
+  for (int i = 0; names[i] && pool->nparams < PGS_MAX_WELCOME_PARAMS; i++) {
+    const char *value = PQparameterStatus(server->pg, names[i]);
+    if (value == NULL) continue;
+    pgs_param_t *p = &pool->params[pool->nparams++];
+    snprintf(p->name, sizeof(p->name), "%s", names[i]);
+    snprintf(p->value, sizeof(p->value), "%s", value);
+  }
+  pool->have_params = true;
+  pool->last_error[0] = '\0';
+  pgs_pool_server_free(pool, server);
+}
+
+void pgs_pool_server_failed(pgs_pool_t *pool, pgs_server_t *server, const char *error) {
+  snprintf(pool->last_error, sizeof(pool->last_error), "%s", error);
+  pool->last_failure_ms = pgs_now_ms();
+  pgs_server_close(server, error);
+  /* Waiters beyond what the remaining attempts can serve are refused now
+   * rather than left to time out: the server is not answering. */
+  while (pool->nwaiters > pool->nconnecting + pool->nidle + pool->nactive) {
+    pgs_client_t *client = pgs_container_of(pool->waiters.prev, pgs_client_t, wait_link);
+    pgs_pool_cancel_wait(pool, client);
+    if (client->state == PGS_CL_LOGIN)
+      pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                      "cannot connect to the server of database \"%s\": %s", pool->dbname, error);
+    else
+      pgs_client_refuse(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                        "cannot connect to the server of database \"%s\": %s", pool->dbname,
+                        error);
+  }
+}
+
+void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
+  const pgs_config_t *config = pool->worker->config;
+  /* Waiters are in arrival order: stop at the first that may still wait. */
+  while (!pgs_list_empty(&pool->waiters)) {
+    pgs_client_t *client = pgs_container_of(pool->waiters.next, pgs_client_t, wait_link);
+    if (now - client->wait_start_ms < (uint64_t)config->query_wait_timeout_ms) break;
+    pgs_pool_cancel_wait(pool, client);
+    if (client->state == PGS_CL_LOGIN)
+      pgs_client_fail(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS,
+                      "no server connection for database \"%s\" within %d ms (pool_size %d)",
+                      pool->dbname, config->query_wait_timeout_ms, pool->size);
+    else
+      pgs_client_refuse(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS,
+                        "no server connection for database \"%s\" within %d ms (pool_size %d)",
+                        pool->dbname, config->query_wait_timeout_ms, pool->size);
+  }
+  /* Close servers idle too long (oldest first: the head of idle). */
+  while (config->server_idle_timeout_ms > 0 && !pgs_list_empty(&pool->idle)) {
+    pgs_server_t *server = pgs_container_of(pool->idle.next, pgs_server_t, link);
+    if (now - server->state_since_ms < (uint64_t)config->server_idle_timeout_ms) break;
+    pgs_server_close(server, "idle timeout");
+  }
+  /* Connection attempts that take too long. */
+  for (pgs_list_t *l = pool->connecting.next; l != &pool->connecting;) {
+    pgs_server_t *server = pgs_container_of(l, pgs_server_t, link);
+    l = l->next;
+    if (!server->poll_open)
+      pgs_pool_server_failed(pool, server, server->last_error);
+    else if (now - server->state_since_ms > (uint64_t)config->server_connect_timeout_ms)
+      pgs_pool_server_failed(pool, server, "timeout while connecting");
+  }
+  maybe_connect(pool);
+}
+
+void pgs_pool_destroy(pgs_pool_t *pool) {
+  PGS_ASSERT(total_servers(pool) == 0 && pool->nwaiters == 0);
+  pgs_list_remove(&pool->link);
+  free(pool->conninfo);
+  free(pool);
+}

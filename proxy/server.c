@@ -1,0 +1,481 @@
+/*
+ * server.c — one connection to a PostgreSQL server.
+ *
+ * Login is libpq's job (PQconnectStart/PQconnectPoll driven by a uv_poll on
+ * its socket) so every auth method a server may ask for works. Once logged
+ * in, pgshard speaks the protocol on a dup of that socket itself, and the
+ * PGconn is kept only for its cancel key and a polite Terminate at the end.
+ *
+ * The expect queue is the heart of this file: one entry per request sent
+ * (Parse, Bind, Describe, Execute, Close, Sync, Query), in order. Each reply
+ * from the server completes the entry at the head. This is how pgshard knows
+ * when a transaction is over (ReadyForQuery for the last request), how it
+ * swallows replies to requests it injected itself (re-preparing a statement
+ * on a new server, replaying SET, DISCARD ALL), and where to slot replies it
+ * synthesizes (ParseComplete for a statement the server already has). After
+ * an ErrorResponse in extended protocol the server skips everything up to
+ * Sync, and so does the queue.
+ *
+ * States (see pgs_server_state_t) change only through pgs_pool_set_state.
+ */
+#include <string.h>
+#include <unistd.h>
+
+#include "pgshard/log.h"
+#include "pgshard/proxy.h"
+
+#define SERVER_MAX_MESSAGE ((size_t)1 << 30) /* PostgreSQL's own MaxAllocSize */
+
+static void server_free(pgs_server_t *server) {
+  if (server->pg) PQfinish(server->pg);
+  pgs_io_free_buffers(&server->io);
+  pgs_server_forget_prepared(server);
+  pgs_strmap_free(&server->prepared, NULL);
+  free(server->prepared_order);
+  free(server->expect);
+  pgs_list_remove(&server->link);
+  free(server);
+}
+
+static void handle_closed_cb(uv_handle_t *handle) {
+  pgs_server_t *server =
+      handle->type == UV_POLL ? handle->data : ((pgs_io_t *)handle->data)->owner;
+  if (--server->pending_closes == 0 && server->state == PGS_SV_CLOSING) server_free(server);
+}
+
+void pgs_server_close(pgs_server_t *server, const char *why) {
+  if (server->state == PGS_SV_CLOSING) return;
+  pgs_info("server %d (%s/%s): closing: %s", server->backend_pid, server->pool->dbname,
+           server->pool->username, why);
+  if (server->client) {
+    server->client->server = NULL;
+    server->client = NULL;
+  }
+  pgs_pool_set_state(server, PGS_SV_CLOSING);
+  server->pending_closes++; /* held until this function returns */
+  if (server->poll_open) {
+    server->poll_open = false;
+    server->pending_closes++;
+    uv_close((uv_handle_t *)&server->poll, handle_closed_cb);
+  }
+  if (server->io.open) {
+    server->pending_closes++;
+    pgs_io_close(&server->io);
+  }
+  if (--server->pending_closes == 0) server_free(server);
+}
+
+/* ---- the expect queue ---- */
+
+void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool internal,
+                       const char *stmt) {
+  if (server->expect_len == server->expect_cap) {
+    size_t cap = server->expect_cap ? server->expect_cap * 2 : 64;
+    pgs_expect_t *q = pgs_xmalloc(cap * sizeof(*q));
+    for (size_t i = 0; i < server->expect_len; i++)
+      q[i] = server->expect[(server->expect_head + i) % server->expect_cap];
+    free(server->expect);
+    server->expect = q;
+    server->expect_cap = cap;
+    server->expect_head = 0;
+  }
+  pgs_expect_t *e = &server->expect[(server->expect_head + server->expect_len) % server->expect_cap];
+  e->kind = (uint8_t)kind;
+  e->internal = internal;
+  snprintf(e->stmt, sizeof(e->stmt), "%s", stmt ? stmt : "");
+  server->expect_len++;
+}
+
+static pgs_expect_t *expect_front(pgs_server_t *server) {
+  return server->expect_len ? &server->expect[server->expect_head] : NULL;
+}
+
+static void expect_pop(pgs_server_t *server) {
+  PGS_ASSERT(server->expect_len > 0);
+  server->expect_head = (server->expect_head + 1) % server->expect_cap;
+  server->expect_len--;
+}
+
+bool pgs_server_expect_idle(const pgs_server_t *server) { return server->expect_len == 0; }
+
+void pgs_server_emit_synthetic(pgs_server_t *server) {
+  pgs_expect_t *e;
+  while ((e = expect_front(server)) &&
+         (e->kind == PGS_EXP_SYNTH_PARSE || e->kind == PGS_EXP_SYNTH_CLOSE)) {
+    if (!server->error_until_sync && server->client) {
+      pgs_io_t *out = &server->client->io;
+      size_t mark = pgs_io_scratch_mark(out);
+      pgs_msg_empty(pgs_io_scratch(out), e->kind == PGS_EXP_SYNTH_PARSE ? '1' : '3');
+      pgs_io_scratch_done(out, mark);
+    }
+    expect_pop(server);
+  }
+}
+
+void pgs_server_inject_query(pgs_server_t *server, const char *sql) {
+  size_t mark = pgs_io_scratch_mark(&server->io);
+  pgs_msg_query(pgs_io_scratch(&server->io), sql);
+  pgs_io_scratch_done(&server->io, mark);
+  pgs_server_expect(server, PGS_EXP_QUERY, true, NULL);
+}
+
+/* ---- prepared statements cached on this server ---- */
+
+bool pgs_server_has_prepared(pgs_server_t *server, const char *name) {
+  return pgs_strmap_contains(&server->prepared, name);
+}
+
+void pgs_server_add_prepared(pgs_server_t *server, const char *name) {
+  if (pgs_strmap_contains(&server->prepared, name)) return;
+  if (server->prepared_order == NULL)
+    server->prepared_order = pgs_xcalloc(PGS_SERVER_MAX_PREPARED, sizeof(char *));
+  if (server->prepared_count == PGS_SERVER_MAX_PREPARED) {
+    /* Evict the oldest: close it on the server, swallowing the reply. */
+    char *old = server->prepared_order[server->prepared_head];
+    server->prepared_head = (server->prepared_head + 1) % PGS_SERVER_MAX_PREPARED;
+    server->prepared_count--;
+    pgs_strmap_remove(&server->prepared, old);
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_buf_t *b = pgs_io_scratch(&server->io);
+    size_t start = pgs_msg_begin(b, 'C');
+    pgs_buf_put_u8(b, 'S');
+    pgs_buf_put_cstr(b, old);
+    pgs_msg_end(b, start);
+    pgs_io_scratch_done(&server->io, mark);
+    pgs_server_expect(server, PGS_EXP_CLOSE, true, NULL);
+    free(old);
+  }
+  size_t slot = (server->prepared_head + server->prepared_count) % PGS_SERVER_MAX_PREPARED;
+  server->prepared_order[slot] = pgs_xstrdup(name);
+  server->prepared_count++;
+  pgs_strmap_put(&server->prepared, name, server->prepared_order[slot]);
+}
+
+static void forget_one_prepared(pgs_server_t *server, const char *name) {
+  /* Rare (a Parse failed): leave the FIFO slot, drop the lookup entry. */
+  pgs_strmap_remove(&server->prepared, name);
+}
+
+void pgs_server_forget_prepared(pgs_server_t *server) {
+  for (size_t i = 0; i < server->prepared_count; i++)
+    free(server->prepared_order[(server->prepared_head + i) % PGS_SERVER_MAX_PREPARED]);
+  server->prepared_count = server->prepared_head = 0;
+  pgs_strmap_free(&server->prepared, NULL);
+}
+
+/* ---- replies from the server ---- */
+
+static void server_protocol_error(pgs_server_t *server, const char *what) {
+  pgs_client_t *client = server->client;
+  pgs_error("server %d (%s): protocol error: %s", server->backend_pid, server->pool->dbname, what);
+  pgs_server_close(server, what);
+  if (client) pgs_client_server_lost(client, what);
+}
+
+/* Decide what one complete server message does. Returns true to forward it
+ * to the client. */
+static bool server_message(pgs_server_t *server, char type, const uint8_t *body, size_t len) {
+  pgs_expect_t *front = expect_front(server);
+  bool internal = front && front->internal;
+  pgs_client_t *client = server->client;
+
+  switch (type) {
+  case 'Z': {
+    if (len != 1 || front == NULL || (front->kind != PGS_EXP_SYNC && front->kind != PGS_EXP_QUERY)) {
+      server_protocol_error(server, "unexpected ReadyForQuery");
+      return false;
+    }
+    server->txstatus = (char)body[0];
+    server->error_until_sync = false;
+    expect_pop(server);
+    if (internal) {
+      if (server->internal_failed && client) {
+        char why[300];
+        snprintf(why, sizeof(why), "%s", server->last_error);
+        server->internal_failed = false;
+        server->dirty = true;
+        pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                        "could not restore session state on the server: %s", why);
+        return false;
+      }
+      pgs_server_emit_synthetic(server);
+      return false;
+    }
+    return client != NULL;
+  }
+  case '1':
+  case '2':
+  case '3': {
+    static const pgs_expect_kind_t want[] = {PGS_EXP_PARSE, PGS_EXP_BIND, PGS_EXP_CLOSE};
+    if (front == NULL || front->kind != want[type - '1']) {
+      server_protocol_error(server, "unexpected completion message");
+      return false;
+    }
+    expect_pop(server);
+    pgs_server_emit_synthetic(server);
+    return !internal && client != NULL;
+  }
+  case 'T':
+  case 'n':
+    if (front && front->kind == PGS_EXP_DESCRIBE) {
+      expect_pop(server);
+      pgs_server_emit_synthetic(server);
+    }
+    return !internal && client != NULL;
+  case 'C':
+  case 'I':
+  case 's':
+    if (front && front->kind == PGS_EXP_EXECUTE) {
+      expect_pop(server);
+      pgs_server_emit_synthetic(server);
+    }
+    if (client && !internal) pgs_client_on_server_message(client, type, body, len);
+    return !internal && client != NULL;
+  case 'E': {
+    pgs_error_fields_t f;
+    pgs_error_parse(body, len, &f);
+    snprintf(server->last_error, sizeof(server->last_error), "%s (SQLSTATE %s)", f.message,
+             f.sqlstate);
+    if (front == NULL || !strcmp(f.severity, "FATAL") || !strcmp(f.severity, "PANIC")) {
+      /* Not an answer to anything: the server is going away. */
+      server->dirty = true;
+      return client != NULL;
+    }
+    if (front->kind == PGS_EXP_QUERY) {
+      if (internal) server->internal_failed = true;
+    } else {
+      server->error_until_sync = true;
+      if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
+      while ((front = expect_front(server)) && front->kind != PGS_EXP_SYNC) {
+        if (front->kind == PGS_EXP_PARSE && front->stmt[0] && front != NULL)
+          forget_one_prepared(server, front->stmt);
+        expect_pop(server);
+      }
+    }
+    if (client && !internal) pgs_client_on_server_message(client, type, body, len);
+    return !internal && client != NULL;
+  }
+  case 'K':
+  case 'R':
+    server_protocol_error(server, "authentication message after login");
+    return false;
+  case 't': /* ParameterDescription */
+  case 'D': /* DataRow */
+  case 'S': /* ParameterStatus */
+  case 'N': /* NoticeResponse */
+  case 'A': /* NotificationResponse */
+  case 'G': /* CopyInResponse */
+  case 'H': /* CopyOutResponse */
+  case 'W': /* CopyBothResponse */
+  case 'd': /* CopyData */
+  case 'c': /* CopyDone */
+  case 'V': /* FunctionCallResponse */
+    return !internal && client != NULL;
+  default: {
+    char what[64];
+    snprintf(what, sizeof(what), "unknown message type 0x%02x", (unsigned char)type);
+    server_protocol_error(server, what);
+    return false;
+  }
+  }
+}
+
+static bool should_release(pgs_server_t *server) {
+  pgs_client_t *client = server->client;
+  return client && server->state == PGS_SV_ACTIVE && server->expect_len == 0 &&
+         server->txstatus == 'I' && server->pool->mode == PGS_POOL_TRANSACTION && !client->pinned &&
+         !client->skip_until_sync && client->io.in_pos == client->io.in.len;
+}
+
+void pgs_server_process(pgs_server_t *server) {
+  pgs_io_t *in = &server->io;
+  pgs_client_t *client = server->client;
+  while (server->state != PGS_SV_CLOSING) {
+    if (client && pgs_io_backlog(&client->io) > PGS_IO_HIGH_WATER) {
+      pgs_io_stop_reading(in); /* resumed when the client drains */
+      break;
+    }
+    char type;
+    size_t total;
+    const uint8_t *p = in->in.data + in->in_pos;
+    pgs_status_t st = pgs_msg_peek(p, in->in.len - in->in_pos, SERVER_MAX_MESSAGE, &type, &total);
+    if (st == PGS_EAGAIN) {
+      in->in_want = in->in_pos + 5;
+      break;
+    }
+    if (st != PGS_OK) {
+      server_protocol_error(server, "invalid message length");
+      return;
+    }
+    if (in->in.len - in->in_pos < total) {
+      in->in_want = in->in_pos + total;
+      break;
+    }
+    in->in_pos += total;
+    bool forward = server_message(server, type, p + 5, total - 5) && server->client;
+    if (forward) pgs_io_emit(&server->client->io, p, total);
+    if (server->client != client) break; /* the client failed and went away */
+    if (forward && type == 'Z') pgs_client_after_ready(client, (char)p[5]);
+    if (server->client != client || server->state == PGS_SV_CLOSING) break;
+  }
+  if (server->state == PGS_SV_CLOSING) return;
+  client = server->client;
+  if (client) {
+    if (pgs_io_flush(&client->io) < 0) {
+      pgs_client_close(client);
+      return;
+    }
+  }
+  if (server->state == PGS_SV_CLOSING) return;
+  pgs_io_compact(in);
+  if (client && server->client == client && should_release(server)) {
+    client->server = NULL;
+    client->state = PGS_CL_IDLE;
+    pgs_pool_server_free(server->pool, server);
+    if (client->close_after_flush || client->worker->draining) pgs_client_close(client);
+    return;
+  }
+  if (server->state == PGS_SV_RESETTING && server->expect_len == 0) {
+    if (server->txstatus != 'I') {
+      pgs_server_close(server, "reset left a transaction open");
+      return;
+    }
+    pgs_pool_server_free(server->pool, server);
+    return;
+  }
+  if (client == NULL && server->state == PGS_SV_IDLE && server->dirty) {
+    pgs_server_close(server, "server reported a fatal error");
+    return;
+  }
+  if (server->io.open && (!client || pgs_io_backlog(&client->io) <= PGS_IO_HIGH_WATER))
+    pgs_io_start_reading(in);
+}
+
+int pgs_server_flush(pgs_server_t *server) { return pgs_io_flush(&server->io); }
+
+/* ---- I/O callbacks ---- */
+
+static void server_on_read(pgs_io_t *io) { pgs_server_process(io->owner); }
+
+static void server_on_error(pgs_io_t *io, int status) {
+  pgs_server_t *server = io->owner;
+  pgs_client_t *client = server->client;
+  char why[400];
+  if (status == UV_EOF)
+    snprintf(why, sizeof(why), "server closed the connection%s%s",
+             server->last_error[0] ? ": " : "", server->last_error);
+  else
+    snprintf(why, sizeof(why), "server connection error: %s", uv_strerror(status));
+  pgs_server_close(server, why);
+  if (client) pgs_client_server_lost(client, why);
+}
+
+static void server_on_drained(pgs_io_t *io) {
+  pgs_server_t *server = io->owner;
+  if (server->client) pgs_client_process(server->client);
+}
+
+/* ---- login through libpq ---- */
+
+static void connect_failed(pgs_server_t *server) {
+  char error[256];
+  const char *msg = server->pg ? PQerrorMessage(server->pg) : "out of memory";
+  snprintf(error, sizeof(error), "%s", msg);
+  size_t n = strlen(error);
+  while (n > 0 && (error[n - 1] == '\n' || error[n - 1] == ' ')) error[--n] = '\0';
+  pgs_warn("server connect for %s/%s failed: %s", server->pool->dbname, server->pool->username,
+           error);
+  pgs_pool_server_failed(server->pool, server, error);
+}
+
+static void connect_done(pgs_server_t *server) {
+  int fd = PQsocket(server->pg);
+  int copy = dup(fd);
+  if (copy < 0) {
+    connect_failed(server);
+    return;
+  }
+  server->poll_open = false;
+  server->pending_closes++;
+  uv_close((uv_handle_t *)&server->poll, handle_closed_cb);
+  pgs_io_init(&server->io, server, SERVER_MAX_MESSAGE + PGS_IO_READ_CHUNK);
+  server->io.on_read = server_on_read;
+  server->io.on_error = server_on_error;
+  server->io.on_drained = server_on_drained;
+  server->io.on_close = handle_closed_cb;
+  if (uv_tcp_init(&server->worker->loop, &server->io.tcp) != 0 ||
+      uv_tcp_open(&server->io.tcp, copy) != 0) {
+    close(copy);
+    connect_failed(server);
+    return;
+  }
+  server->io.tcp.data = &server->io;
+  server->io.open = true;
+  uv_tcp_nodelay(&server->io.tcp, 1);
+  server->backend_pid = PQbackendPID(server->pg);
+  server->txstatus = 'I';
+  pgs_debug("server %d (%s/%s): logged in", server->backend_pid, server->pool->dbname,
+            server->pool->username);
+  if (pgs_io_start_reading(&server->io) != 0) {
+    connect_failed(server);
+    return;
+  }
+  pgs_pool_server_connected(server->pool, server);
+}
+
+static void poll_cb(uv_poll_t *handle, int status, int events) {
+  pgs_server_t *server = handle->data;
+  if (status < 0) {
+    connect_failed(server);
+    return;
+  }
+  int fd = PQsocket(server->pg);
+  switch (PQconnectPoll(server->pg)) {
+  case PGRES_POLLING_READING:
+    if (PQsocket(server->pg) != fd) break;
+    uv_poll_start(&server->poll, UV_READABLE, poll_cb);
+    return;
+  case PGRES_POLLING_WRITING:
+    if (PQsocket(server->pg) != fd) break;
+    uv_poll_start(&server->poll, UV_WRITABLE, poll_cb);
+    return;
+  case PGRES_POLLING_OK:
+    uv_poll_stop(&server->poll);
+    connect_done(server);
+    return;
+  default:
+    connect_failed(server);
+    return;
+  }
+  /* libpq replaced its socket (it retries with other settings): start over
+   * is not worth it, we disabled what triggers this. */
+  connect_failed(server);
+}
+
+void pgs_server_connect(pgs_pool_t *pool) {
+  pgs_server_t *server = pgs_xcalloc(1, sizeof(*server));
+  server->worker = pool->worker;
+  server->pool = pool;
+  server->state = PGS_SV_CONNECTING;
+  server->state_since_ms = pgs_now_ms();
+  server->txstatus = 'I';
+  pgs_strmap_init(&server->prepared);
+  pgs_list_append(&pool->connecting, &server->link);
+  pool->nconnecting++;
+  server->pg = PQconnectStart(pool->conninfo);
+  if (server->pg == NULL || PQstatus(server->pg) == CONNECTION_BAD) {
+    /* Reported by the pool's next tick: failing here would re-enter the
+     * caller's loop over waiters. */
+    snprintf(server->last_error, sizeof(server->last_error), "%s",
+             server->pg ? PQerrorMessage(server->pg) : "out of memory");
+    server->state_since_ms = 0;
+    return;
+  }
+  if (uv_poll_init_socket(&server->worker->loop, &server->poll, PQsocket(server->pg)) != 0) {
+    server->state_since_ms = 0;
+    return;
+  }
+  server->poll.data = server;
+  server->poll_open = true;
+  uv_poll_start(&server->poll, UV_WRITABLE, poll_cb);
+}

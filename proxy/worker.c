@@ -1,0 +1,265 @@
+/*
+ * worker.c — event-loop threads. Each worker owns a libuv loop, its own
+ * listening socket on the shared address (SO_REUSEPORT: the kernel spreads
+ * connections), its clients, its pools and their servers. Other threads talk
+ * to a worker only through its mailbox: fields under mbox_lock, then
+ * uv_async_send.
+ *
+ * Life of a worker: running -> (SIGTERM) draining: listener closed, clients
+ * closed as soon as they hold no server -> stopping: everything closed, the
+ * loop runs until the last close callback, the thread ends.
+ */
+#include <string.h>
+
+#include "pgshard/log.h"
+#include "pgshard/proxy.h"
+
+#define TICK_MS 50
+
+static pgs_worker_t *workers;
+static int nworkers;
+static uv_async_t *main_notify; /* told when a worker thread ends */
+static int running;             /* worker threads not yet ended (atomic) */
+
+int pgs_workers_running(void) { return __atomic_load_n(&running, __ATOMIC_ACQUIRE); }
+
+uint64_t pgs_now_ms(void) { return uv_hrtime() / 1000000; }
+
+int pgs_worker_index_of_pid(int32_t pid) { return (int)((uint32_t)pid >> 24); }
+
+static void on_connection(uv_stream_t *listener, int status) {
+  pgs_worker_t *worker = listener->data;
+  if (status < 0) {
+    pgs_warn("accept failed: %s", uv_strerror(status));
+    return;
+  }
+  if (worker->draining) return;
+  (void)pgs_client_accept(worker, listener);
+}
+
+static void close_listener(pgs_worker_t *worker) {
+  if (!worker->listening) return;
+  worker->listening = false;
+  uv_close((uv_handle_t *)&worker->listener, NULL);
+}
+
+static void close_pool_servers(pgs_list_t *list) {
+  while (!pgs_list_empty(list)) {
+    pgs_server_t *server = pgs_container_of(list->next, pgs_server_t, link);
+    pgs_client_t *client = server->client;
+    pgs_server_close(server, "shutting down");
+    if (client) pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+  }
+}
+
+static void stop_now(pgs_worker_t *worker) {
+  if (worker->stopping) return;
+  worker->stopping = true;
+  worker->draining = true;
+  close_listener(worker);
+  while (!pgs_list_empty(&worker->clients)) {
+    pgs_client_t *client = pgs_container_of(worker->clients.next, pgs_client_t, link);
+    pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+  }
+  for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
+    pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
+    close_pool_servers(&pool->connecting);
+    close_pool_servers(&pool->idle);
+    close_pool_servers(&pool->active);
+  }
+  uv_timer_stop(&worker->tick);
+  uv_close((uv_handle_t *)&worker->tick, NULL);
+  uv_close((uv_handle_t *)&worker->wakeup, NULL);
+}
+
+static void drain_idle_clients(pgs_worker_t *worker) {
+  for (pgs_list_t *l = worker->clients.next; l != &worker->clients;) {
+    pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
+    l = l->next;
+    if (client->server == NULL && client->io.in_pos == client->io.in.len)
+      pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+  }
+}
+
+static void tick_cb(uv_timer_t *timer) {
+  pgs_worker_t *worker = timer->data;
+  uint64_t now = pgs_now_ms();
+  for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next)
+    pgs_pool_tick(pgs_container_of(l, pgs_pool_t, link), now);
+  uint64_t login_timeout = (uint64_t)worker->config->client_login_timeout_ms;
+  for (pgs_list_t *l = worker->clients.next; l != &worker->clients;) {
+    pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
+    l = l->next;
+    if ((client->state == PGS_CL_STARTUP || client->state == PGS_CL_AUTH) &&
+        now - client->created_ms > login_timeout)
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "login timeout");
+  }
+  if (worker->draining && !worker->stopping) {
+    drain_idle_clients(worker);
+    if (worker->nclients == 0 || now >= worker->drain_deadline_ms) stop_now(worker);
+  }
+}
+
+static void wakeup_cb(uv_async_t *async) {
+  pgs_worker_t *worker = async->data;
+  pgs_config_t *config;
+  bool drain, exit_now;
+  int ncancels;
+  struct {
+    int32_t pid, key;
+  } cancels[PGS_ARRAY_LEN(worker->mbox_cancels)];
+
+  uv_mutex_lock(&worker->mbox_lock);
+  config = worker->mbox_config;
+  worker->mbox_config = NULL;
+  drain = worker->mbox_drain;
+  exit_now = worker->mbox_exit;
+  ncancels = worker->mbox_ncancels;
+  memcpy(cancels, worker->mbox_cancels, sizeof(cancels[0]) * (size_t)ncancels);
+  worker->mbox_ncancels = 0;
+  uv_mutex_unlock(&worker->mbox_lock);
+
+  if (config) {
+    pgs_config_unref(worker->config);
+    worker->config = config;
+    for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next)
+      pgs_pool_apply_config(pgs_container_of(l, pgs_pool_t, link), config);
+  }
+  for (int i = 0; i < ncancels; i++) {
+    for (pgs_list_t *l = worker->clients.next; l != &worker->clients; l = l->next) {
+      pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
+      if (client->cancel_pid == cancels[i].pid && client->cancel_key == cancels[i].key) {
+        pgs_client_cancel(client);
+        break;
+      }
+    }
+  }
+  if (exit_now) {
+    stop_now(worker);
+  } else if (drain && !worker->draining) {
+    worker->draining = true;
+    worker->drain_deadline_ms = pgs_now_ms() + (uint64_t)worker->config->shutdown_timeout_ms;
+    close_listener(worker);
+    drain_idle_clients(worker);
+    if (worker->nclients == 0) stop_now(worker);
+  }
+}
+
+static void worker_main(void *arg) {
+  pgs_worker_t *worker = arg;
+  uv_run(&worker->loop, UV_RUN_DEFAULT);
+  while (!pgs_list_empty(&worker->pools)) {
+    pgs_pool_t *pool = pgs_container_of(worker->pools.next, pgs_pool_t, link);
+    pgs_pool_destroy(pool);
+  }
+  pgs_debug("worker %d stopped", worker->index);
+  __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
+  uv_async_send(main_notify);
+}
+
+static int worker_init(pgs_worker_t *worker, int index, pgs_config_t *config, int fd) {
+  int rc;
+  memset(worker, 0, sizeof(*worker));
+  worker->index = index;
+  worker->config = pgs_config_ref(config);
+  pgs_list_init(&worker->clients);
+  pgs_list_init(&worker->closing);
+  pgs_list_init(&worker->pools);
+  if ((rc = uv_loop_init(&worker->loop)) != 0) goto fail_loop;
+  if ((rc = uv_mutex_init(&worker->mbox_lock)) != 0) goto fail_mutex;
+  if ((rc = uv_async_init(&worker->loop, &worker->wakeup, wakeup_cb)) != 0) goto fail_async;
+  worker->wakeup.data = worker;
+  uv_timer_init(&worker->loop, &worker->tick);
+  worker->tick.data = worker;
+  uv_timer_start(&worker->tick, tick_cb, TICK_MS, TICK_MS);
+  if ((rc = uv_tcp_init(&worker->loop, &worker->listener)) != 0) goto fail_listener;
+  worker->listener.data = worker;
+  worker->listening = true;
+  if ((rc = uv_tcp_open(&worker->listener, fd)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)&worker->listener, 1024, on_connection)) != 0)
+    goto fail_listener;
+  return 0;
+fail_listener:
+  /* Handles on a loop that never ran are closed when the process exits. */
+fail_async:
+  uv_mutex_destroy(&worker->mbox_lock);
+fail_mutex:
+fail_loop:
+  pgs_config_unref(worker->config);
+  return rc;
+}
+
+int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds, uv_async_t *notify) {
+  main_notify = notify;
+  nworkers = nfds;
+  workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));
+  for (int i = 0; i < nfds; i++) {
+    int rc = worker_init(&workers[i], i, config, listen_fds[i]);
+    if (rc != 0) {
+      pgs_error("worker %d: %s", i, uv_strerror(rc));
+      return rc;
+    }
+  }
+  running = nfds;
+  for (int i = 0; i < nfds; i++) {
+    int rc = uv_thread_create(&workers[i].thread, worker_main, &workers[i]);
+    if (rc != 0) {
+      pgs_error("cannot start worker thread: %s", uv_strerror(rc));
+      return rc;
+    }
+  }
+  return 0;
+}
+
+#define MAILBOX(worker, stmt)                                                                      \
+  do {                                                                                             \
+    uv_mutex_lock(&(worker)->mbox_lock);                                                           \
+    stmt;                                                                                          \
+    uv_mutex_unlock(&(worker)->mbox_lock);                                                         \
+    uv_async_send(&(worker)->wakeup);                                                              \
+  } while (0)
+
+void pgs_workers_reload(pgs_config_t *config) {
+  for (int i = 0; i < nworkers; i++) {
+    pgs_worker_t *w = &workers[i];
+    MAILBOX(w, {
+      if (w->mbox_config) pgs_config_unref(w->mbox_config);
+      w->mbox_config = pgs_config_ref(config);
+    });
+  }
+}
+
+void pgs_workers_drain(void) {
+  for (int i = 0; i < nworkers; i++) MAILBOX(&workers[i], workers[i].mbox_drain = true);
+}
+
+void pgs_workers_exit(void) {
+  for (int i = 0; i < nworkers; i++) MAILBOX(&workers[i], workers[i].mbox_exit = true);
+}
+
+void pgs_workers_cancel(int32_t pid, int32_t key) {
+  int index = pgs_worker_index_of_pid(pid);
+  if (index < 0 || index >= nworkers) return;
+  pgs_worker_t *w = &workers[index];
+  MAILBOX(w, {
+    if (w->mbox_ncancels < (int)PGS_ARRAY_LEN(w->mbox_cancels)) {
+      w->mbox_cancels[w->mbox_ncancels].pid = pid;
+      w->mbox_cancels[w->mbox_ncancels].key = key;
+      w->mbox_ncancels++;
+    }
+  });
+}
+
+void pgs_workers_join(void) {
+  for (int i = 0; i < nworkers; i++) {
+    pgs_worker_t *w = &workers[i];
+    uv_thread_join(&w->thread);
+    uv_loop_close(&w->loop);
+    uv_mutex_destroy(&w->mbox_lock);
+    if (w->mbox_config) pgs_config_unref(w->mbox_config);
+    pgs_config_unref(w->config);
+  }
+  free(workers);
+  workers = NULL;
+  nworkers = 0;
+}

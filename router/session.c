@@ -1,0 +1,194 @@
+/*
+ * session.c — classify statements by their effect on session state. See
+ * session.h for why; the rules follow PostgreSQL's own definitions (what
+ * DISCARD ALL resets, which objects are session-scoped).
+ */
+#include <ctype.h>
+#include <string.h>
+#include <strings.h>
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+
+#include "pgshard/session.h"
+
+/* Skip whitespace and comments; return a pointer to the first token. */
+static const char *skip_space(const char *p, const char *end) {
+  while (p < end) {
+    if (isspace((unsigned char)*p)) {
+      p++;
+    } else if (p + 1 < end && p[0] == '-' && p[1] == '-') {
+      while (p < end && *p != '\n') p++;
+    } else if (p + 1 < end && p[0] == '/' && p[1] == '*') {
+      int depth = 0;
+      do {
+        if (p + 1 < end && p[0] == '/' && p[1] == '*') {
+          depth++;
+          p += 2;
+        } else if (p + 1 < end && p[0] == '*' && p[1] == '/') {
+          depth--;
+          p += 2;
+        } else {
+          p++;
+        }
+      } while (p < end && depth > 0);
+    } else {
+      break;
+    }
+  }
+  return p;
+}
+
+static bool has_ci(const char *hay, size_t len, const char *needle) {
+  size_t n = strlen(needle);
+  for (size_t i = 0; i + n <= len; i++)
+    if (strncasecmp(hay + i, needle, n) == 0) return true;
+  return false;
+}
+
+bool pgs_session_maybe(const char *sql, size_t len) {
+  static const char *const first_words[] = {"set",     "reset",   "discard", "deallocate", "listen",
+                                            "prepare", "declare", "create",  "load",       NULL};
+  const char *end = sql + len;
+  const char *p = skip_space(sql, end);
+  const char *w = p;
+  while (p < end && isalpha((unsigned char)*p)) p++;
+  size_t wlen = (size_t)(p - w);
+  for (int i = 0; first_words[i]; i++)
+    if (wlen == strlen(first_words[i]) && strncasecmp(w, first_words[i], wlen) == 0) return true;
+  /* A later statement in a multi-statement query, or a session advisory lock
+   * inside any statement. */
+  const char *semi = memchr(p, ';', (size_t)(end - p));
+  if (semi && skip_space(semi + 1, end) < end && *skip_space(semi + 1, end) != '\0') return true;
+  return memchr(sql, 'y', len) && has_ci(sql, len, "advisory");
+}
+
+/* Session-level advisory lock functions: pg_[try_]advisory_lock[_shared],
+ * not the _xact_ ones that end with the transaction. */
+static bool uses_session_advisory_lock(const char *sql, size_t len) {
+  static const char *const prefixes[] = {"pg_advisory_lock", "pg_try_advisory_lock", NULL};
+  for (int i = 0; prefixes[i]; i++)
+    if (has_ci(sql, len, prefixes[i])) return true;
+  return false;
+}
+
+static bool is_temp(const PgQuery__RangeVar *rel) {
+  return rel && rel->relpersistence && rel->relpersistence[0] == 't';
+}
+
+static pgs_set_op_t *add_op(pgs_session_effects_t *out, pgs_set_op_kind_t kind, const char *name) {
+  if (out->nops == PGS_SESSION_MAX_OPS) return NULL;
+  pgs_set_op_t *op = &out->ops[out->nops++];
+  memset(op, 0, sizeof(*op));
+  op->kind = kind;
+  if (name) {
+    snprintf(op->name, sizeof(op->name), "%s", name);
+    for (char *c = op->name; *c; c++) *c = (char)tolower((unsigned char)*c);
+  }
+  return op;
+}
+
+static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char *text, size_t len,
+                                 pgs_session_effects_t *out) {
+  pgs_set_op_t *op;
+  switch (vs->kind) {
+  case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE:
+  case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT:
+  case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_CURRENT:
+  case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_MULTI:
+    /* SET LOCAL and SET TRANSACTION end with the transaction. */
+    if (vs->is_local || !strcasecmp(vs->name, "TRANSACTION")) return;
+    op = add_op(out, PGS_SET_OP_SET, vs->name);
+    if (op == NULL) {
+      out->flags |= PGS_SESSION_PIN; /* too many to track: keep the server */
+      return;
+    }
+    op->sql = pgs_xstrndup(text, len);
+    return;
+  case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET:
+    if (add_op(out, PGS_SET_OP_RESET, vs->name) == NULL) out->flags |= PGS_SESSION_PIN;
+    return;
+  case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET_ALL:
+    if (add_op(out, PGS_SET_OP_RESET_ALL, NULL) == NULL) out->flags |= PGS_SESSION_PIN;
+    return;
+  default:
+    return;
+  }
+}
+
+static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len,
+                         pgs_session_effects_t *out) {
+  if (node == NULL) return;
+  switch (node->node_case) {
+  case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT:
+    analyze_variable_set(node->variable_set_stmt, text, len, out);
+    break;
+  case PG_QUERY__NODE__NODE_DISCARD_STMT:
+    if (node->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
+      if (add_op(out, PGS_SET_OP_RESET_ALL, NULL) == NULL) out->flags |= PGS_SESSION_PIN;
+      out->flags |= PGS_SESSION_DROPS_PREPARED;
+    }
+    break;
+  case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+    if (node->deallocate_stmt->name == NULL || node->deallocate_stmt->name[0] == '\0')
+      out->flags |= PGS_SESSION_DROPS_PREPARED;
+    break;
+  case PG_QUERY__NODE__NODE_LISTEN_STMT:
+  case PG_QUERY__NODE__NODE_PREPARE_STMT:
+  case PG_QUERY__NODE__NODE_LOAD_STMT:
+    out->flags |= PGS_SESSION_PIN;
+    break;
+  case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+    if (node->declare_cursor_stmt->options & 0x0020 /* CURSOR_OPT_HOLD */)
+      out->flags |= PGS_SESSION_PIN;
+    break;
+  case PG_QUERY__NODE__NODE_CREATE_STMT:
+    if (is_temp(node->create_stmt->relation)) out->flags |= PGS_SESSION_PIN;
+    break;
+  case PG_QUERY__NODE__NODE_CREATE_TABLE_AS_STMT:
+    if (node->create_table_as_stmt->into && is_temp(node->create_table_as_stmt->into->rel))
+      out->flags |= PGS_SESSION_PIN;
+    break;
+  case PG_QUERY__NODE__NODE_CREATE_SEQ_STMT:
+    if (is_temp(node->create_seq_stmt->sequence)) out->flags |= PGS_SESSION_PIN;
+    break;
+  case PG_QUERY__NODE__NODE_VIEW_STMT:
+    if (is_temp(node->view_stmt->view)) out->flags |= PGS_SESSION_PIN;
+    break;
+  default:
+    break;
+  }
+  if (uses_session_advisory_lock(text, len)) out->flags |= PGS_SESSION_PIN;
+}
+
+void pgs_session_analyze(const char *sql, pgs_session_effects_t *out) {
+  memset(out, 0, sizeof(*out));
+  PgQueryProtobufParseResult result = pg_query_parse_protobuf(sql);
+  if (result.error) {
+    out->parse_failed = true;
+    pg_query_free_protobuf_parse_result(result);
+    return;
+  }
+  PgQuery__ParseResult *tree = pg_query__parse_result__unpack(
+      NULL, result.parse_tree.len, (const uint8_t *)result.parse_tree.data);
+  if (tree == NULL) {
+    out->parse_failed = true;
+    pg_query_free_protobuf_parse_result(result);
+    return;
+  }
+  size_t sql_len = strlen(sql);
+  for (size_t i = 0; i < tree->n_stmts; i++) {
+    const PgQuery__RawStmt *raw = tree->stmts[i];
+    size_t start = (size_t)raw->stmt_location;
+    size_t len = raw->stmt_len ? (size_t)raw->stmt_len : sql_len - start;
+    if (start > sql_len || len > sql_len - start) continue;
+    analyze_stmt(raw->stmt, sql + start, len, out);
+  }
+  pg_query__parse_result__free_unpacked(tree, NULL);
+  pg_query_free_protobuf_parse_result(result);
+}
+
+void pgs_session_effects_free(pgs_session_effects_t *out) {
+  for (int i = 0; i < out->nops; i++) free(out->ops[i].sql);
+  out->nops = 0;
+}
