@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -159,14 +160,41 @@ static pgs_status_t ensure_include(const lab_server_t *server) {
   return rc;
 }
 
-static pgs_status_t server_configure(const lab_t *lab, const lab_server_t *server) {
-  size_t len = 1;
-  for (int i = 0; i < server->nhosts; i++) len += strlen(server->hosts[i]) + 1;
-  char *hosts = pgs_xcalloc(1, len);
+/* The server's listen_addresses: its hosts as numeric addresses, each once.
+ * "localhost" and "127.0.0.1" on one port are the same address, and
+ * PostgreSQL would log a failed second bind that looks like a port clash. */
+static char *listen_addresses(const lab_server_t *server) {
+  char **addresses = NULL;
+  int n = 0;
   for (int i = 0; i < server->nhosts; i++) {
-    if (i) strcat(hosts, ",");
-    strcat(hosts, server->hosts[i]);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *list = NULL;
+    char numeric[NI_MAXHOST];
+    if (getaddrinfo(server->hosts[i], NULL, &hints, &list) != 0) list = NULL;
+    for (struct addrinfo *ai = list; ai; ai = ai->ai_next) {
+      if (getnameinfo(ai->ai_addr, ai->ai_addrlen, numeric, sizeof(numeric), NULL, 0,
+                      NI_NUMERICHOST) != 0)
+        continue;
+      bool seen = false;
+      for (int k = 0; k < n && !seen; k++) seen = !strcmp(addresses[k], numeric);
+      if (seen) continue;
+      addresses = pgs_xrealloc(addresses, sizeof(*addresses) * (size_t)(n + 1));
+      addresses[n++] = pgs_xstrdup(numeric);
+    }
+    if (list) freeaddrinfo(list);
   }
+  char *joined = pgs_xstrdup(n ? "" : server->hosts[0]);
+  for (int k = 0; k < n; k++) {
+    char *next = pgs_lab_format("%s%s%s", joined, k ? "," : "", addresses[k]);
+    free(joined);
+    free(addresses[k]);
+    joined = next;
+  }
+  free(addresses);
+  return joined;
+}
+
+static pgs_status_t server_configure(const lab_t *lab, const lab_server_t *server) {
+  char *hosts = listen_addresses(server);
   char *settings = pgs_lab_format(lab_settings, hosts, server->port);
   char *conf = data_file(server->datadir, "pgshard-lab.conf");
   char *hba = data_file(server->datadir, "pg_hba.conf");
@@ -348,14 +376,14 @@ pgs_status_t pgs_lab_server_create_databases(const lab_t *lab, const lab_server_
 /* ---- replicas ---- */
 
 /* Poll SQL (with $1 = NAME when NAME is given) on SERVER until it returns a
- * row, or until LAB_REPLICA_TIMEOUT_S pass. */
+ * row or TIMEOUT_S pass; asks at least once. */
 static bool poll_until_row(const lab_server_t *server, const char *sql, const char *name,
-                           char *err, size_t errlen) {
-  double deadline = pgs_lab_now() + LAB_REPLICA_TIMEOUT_S;
+                           int timeout_s, char *err, size_t errlen) {
+  double deadline = pgs_lab_now() + timeout_s;
   PGconn *conn = NULL;
   const char *params[] = {name};
   bool found = false;
-  while (!found && pgs_lab_now() < deadline) {
+  for (;;) {
     if (conn == NULL)
       conn = pgs_lab_connect(server->hosts[0], server->port, "postgres", err, errlen);
     PGresult *res = conn ? pgs_lab_query(conn, sql, name ? 1 : 0, params, err, errlen) : NULL;
@@ -365,35 +393,59 @@ static bool poll_until_row(const lab_server_t *server, const char *sql, const ch
       conn = NULL;
     }
     PQclear(res);
-    if (!found) pgs_lab_sleep_ms(200);
+    if (found || pgs_lab_now() >= deadline) break;
+    pgs_lab_sleep_ms(200);
   }
   PQfinish(conn);
   return found;
 }
 
-pgs_status_t pgs_lab_server_wait_replica(const lab_t *lab, const lab_server_t *server) {
+static pgs_status_t wait_streaming(const lab_t *lab, const lab_server_t *server) {
   const lab_server_t *upstream = &lab->servers[server->upstream];
   char err[512] = "";
-  if (!poll_until_row(server, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-                      NULL, err, sizeof(err))) {
-    char *server_log = server_file(server, "server.log");
-    pgs_lab_fail("%s %s:%d: not streaming from %s:%d after %d s%s%s; server log (%s):",
-                 server->label, server->hosts[0], server->port, upstream->hosts[0], upstream->port,
-                 LAB_REPLICA_TIMEOUT_S, err[0] ? ": " : "", err, server_log);
-    pgs_lab_print_log(server_log, 0, 4096);
-    free(server_log);
-    return PGS_EIO;
-  }
+  if (poll_until_row(server, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                     NULL, LAB_REPLICA_TIMEOUT_S, err, sizeof(err)))
+    return PGS_OK;
+  char *server_log = server_file(server, "server.log");
+  pgs_lab_fail("%s %s:%d: not streaming from %s:%d after %d s%s%s; server log (%s):",
+               server->label, server->hosts[0], server->port, upstream->hosts[0], upstream->port,
+               LAB_REPLICA_TIMEOUT_S, err[0] ? ": " : "", err, server_log);
+  pgs_lab_print_log(server_log, 0, 4096);
+  free(server_log);
+  return PGS_EIO;
+}
+
+/* Databases created on the primary this run reach the replica by WAL replay,
+ * which `lab lag ... pause` may have stopped: then there is no point waiting. */
+static pgs_status_t wait_databases(const lab_t *lab, const lab_server_t *server) {
+  const lab_server_t *upstream = &lab->servers[server->upstream];
+  const char *exists_sql = "SELECT 1 FROM pg_database WHERE datname = $1";
+  char err[512] = "";
+  bool paused = poll_until_row(server, "SELECT 1 WHERE pg_is_wal_replay_paused()", NULL, 0, err,
+                               sizeof(err));
   for (int i = 0; i < upstream->ndatabases; i++) {
-    if (poll_until_row(server, "SELECT 1 FROM pg_database WHERE datname = $1",
-                       upstream->databases[i], err, sizeof(err)))
+    const char *database = upstream->databases[i];
+    if (poll_until_row(server, exists_sql, database, paused ? 0 : LAB_REPLICA_TIMEOUT_S, err,
+                       sizeof(err)))
       continue;
-    pgs_lab_fail("%s %s:%d: database %s has not replicated after %d s; is WAL replay paused? "
-                 "(pgshardctl lab lag ... resume)",
-                 server->label, server->hosts[0], server->port, upstream->databases[i],
-                 LAB_REPLICA_TIMEOUT_S);
+    if (paused)
+      pgs_lab_fail("%s %s:%d: database %s cannot replicate while WAL replay is paused; "
+                   "resume it with `pgshardctl lab lag ... resume`",
+                   server->label, server->hosts[0], server->port, database);
+    else
+      pgs_lab_fail("%s %s:%d: database %s has not replicated after %d s (a long "
+                   "recovery_min_apply_delay? `pgshardctl lab lag ... resume` clears it)",
+                   server->label, server->hosts[0], server->port, database,
+                   LAB_REPLICA_TIMEOUT_S);
     return PGS_EIO;
   }
+  return PGS_OK;
+}
+
+pgs_status_t pgs_lab_server_wait_replica(const lab_t *lab, const lab_server_t *server) {
+  const lab_server_t *upstream = &lab->servers[server->upstream];
+  if (wait_streaming(lab, server) != PGS_OK || wait_databases(lab, server) != PGS_OK)
+    return PGS_EIO;
   printf("lab: %s %s:%d: streaming from %s:%d\n", server->label, server->hosts[0], server->port,
          upstream->hosts[0], upstream->port);
   return PGS_OK;

@@ -108,7 +108,7 @@ static bool print_node(const lab_t *lab, const lab_node_t *ln, const server_prob
       append_note(notes, sizeof(notes), probe->error);
     } else if (running && server->role == LAB_REPLICA) {
       const server_probe_t *primary = &probes[server->upstream];
-      if (primary->has_lsn && probe->has_lsn)
+      if (primary->has_lsn && !primary->in_recovery && probe->has_lsn && probe->in_recovery)
         snprintf(lag, sizeof(lag), "%" PRIu64,
                  primary->lsn > probe->lsn ? primary->lsn - probe->lsn : 0);
       replica_notes(probe, notes, sizeof(notes));
