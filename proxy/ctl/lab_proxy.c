@@ -57,7 +57,7 @@ __attribute__((noreturn)) static void exec_proxy(const char *binary, const char 
   if (null_fd >= 0) dup2(null_fd, 0);
   dup2(log_fd, 1);
   dup2(log_fd, 2);
-  execl(binary, "pgshard", "-c", config_path, (char *)NULL);
+  execl(binary, binary, "-c", config_path, (char *)NULL);
   fprintf(stderr, "pgshardctl: cannot run %s: %s\n", binary, strerror(errno));
   _exit(127);
 }

@@ -260,7 +260,7 @@ static pgs_status_t wait_accepting(const lab_server_t *server) {
 pgs_status_t pgs_lab_server_ensure(const lab_t *lab, const lab_server_t *server) {
   pgs_status_t rc = pgs_lab_mkdir(lab, server->dir, true);
   if (rc == PGS_OK && !datadir_has(server->datadir, "PG_VERSION")) {
-    if (pgs_lab_server_pid(server->datadir) == 0) rc = check_port_free(server);
+    rc = check_port_free(server); /* before a build that would be wasted */
     if (rc == PGS_OK) rc = server_build(lab, server);
   }
   if (rc == PGS_OK) rc = check_role(server);

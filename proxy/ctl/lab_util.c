@@ -88,7 +88,10 @@ pgs_status_t pgs_lab_mkdir_parents(const char *path) {
     if (*p != '/' && *p != '\0') continue;
     char saved = *p;
     *p = '\0';
-    if (mkdir(copy, 0755) != 0 && errno != EEXIST) {
+    /* chmod: a umask of 077 must not lock the postgres user out. */
+    if (mkdir(copy, 0755) == 0) {
+      chmod(copy, 0755);
+    } else if (errno != EEXIST) {
       pgs_lab_fail("cannot create directory %s: %s", copy, strerror(errno));
       rc = PGS_EIO;
     }
