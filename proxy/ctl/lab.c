@@ -78,13 +78,18 @@ static int parse_options(int argc, char **argv, lab_options_t *opts) {
         option_value(argc, argv, &i, "--config", &opts->config_path) ||
         option_value(argc, argv, &i, "--dir", &opts->dir)) {
       continue;
-    } else if (!strcmp(a, "--no-proxy") && strcmp(opts->verb, "down") && strcmp(opts->verb, "lag")) {
+    } else if (!strcmp(a, "--no-proxy") && strcmp(opts->verb, "down") &&
+               strcmp(opts->verb, "lag")) {
       opts->no_proxy = true;
     } else if (!strcmp(a, "--purge") && !strcmp(opts->verb, "down")) {
       opts->purge = true;
     } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       usage(stdout);
       return 0;
+    } else if (!strcmp(a, "--no-proxy") || !strcmp(a, "--purge")) {
+      fprintf(stderr, "pgshardctl: lab %s does not take %s\n", opts->verb, a);
+      usage(stderr);
+      return 2;
     } else if (a[0] == '-' && !is_number(a)) {
       fprintf(stderr, "pgshardctl: lab %s: unknown option or missing value: %s\n", opts->verb, a);
       usage(stderr);
@@ -143,8 +148,9 @@ static pgs_status_t lab_resolve_user(lab_t *lab) {
   if (geteuid() != 0) return PGS_OK;
   struct passwd *pw = getpwnam("postgres");
   if (pw == NULL) {
-    pgs_lab_fail("running as root, the lab runs PostgreSQL as the postgres OS user, "
-                 "which does not exist: install postgresql-15");
+    pgs_lab_fail(
+        "running as root, the lab runs PostgreSQL as the postgres OS user, "
+        "which does not exist: install postgresql-15");
     return PGS_ENOTFOUND;
   }
   lab->as_postgres = true;
@@ -160,9 +166,10 @@ static pgs_status_t lab_check_tools(const lab_t *lab) {
     char *path = pgs_lab_format("%s/%s", lab->pg_bin, tools[i]);
     bool found = access(path, X_OK) == 0;
     if (!found)
-      pgs_lab_fail("%s not found at %s: install postgresql-15 (or set PGSHARD_PG_BIN to the "
-                   "directory holding its programs)",
-                   tools[i], path);
+      pgs_lab_fail(
+          "%s not found at %s: install postgresql-15 (or set PGSHARD_PG_BIN to the "
+          "directory holding its programs)",
+          tools[i], path);
     free(path);
     if (!found) return PGS_ENOTFOUND;
   }
@@ -201,8 +208,7 @@ static void node_label(const lab_node_t *ln, char *buf, size_t len) {
   if (ln->replica_index < 0)
     snprintf(buf, len, "%s.%s primary", ln->database->name, ln->shard->name);
   else
-    snprintf(buf, len, "%s.%s replica %d", ln->database->name, ln->shard->name,
-             ln->replica_index);
+    snprintf(buf, len, "%s.%s replica %d", ln->database->name, ln->shard->name, ln->replica_index);
 }
 
 /* The server NODE joins, creating it when its port is new; -1 when the
@@ -213,16 +219,18 @@ static int server_for(lab_t *lab, const lab_node_t *ln, int upstream, const char
   if (s < 0) return add_server(lab, ln->node->port, role, upstream, label);
   const lab_server_t *server = &lab->servers[s];
   if (server->role != role) {
-    pgs_lab_fail("%s:%d: %s and %s are both on port %d; one server cannot be a primary and a "
-                 "replica",
-                 lab->config_path, ln->node->line, label, server->label, server->port);
+    pgs_lab_fail(
+        "%s:%d: %s and %s are both on port %d; one server cannot be a primary and a "
+        "replica",
+        lab->config_path, ln->node->line, label, server->label, server->port);
     return -1;
   }
   if (role == LAB_REPLICA && server->upstream != upstream) {
-    pgs_lab_fail("%s:%d: %s shares port %d with %s, which streams from another primary "
-                 "(port %d, not %d)",
-                 lab->config_path, ln->node->line, label, server->port, server->label,
-                 lab->servers[server->upstream].port, lab->servers[upstream].port);
+    pgs_lab_fail(
+        "%s:%d: %s shares port %d with %s, which streams from another primary "
+        "(port %d, not %d)",
+        lab->config_path, ln->node->line, label, server->port, server->label,
+        lab->servers[server->upstream].port, lab->servers[upstream].port);
     return -1;
   }
   return s;
@@ -238,12 +246,13 @@ static pgs_status_t add_node(lab_t *lab, const pgs_database_t *db, const pgs_sha
   node_label(ln, label, sizeof(label));
   int upstream = -1;
   if (replica_index >= 0) {
-    upstream = pgs_host_is_loopback(shard->primary.host) ? find_server(lab, shard->primary.port)
-                                                         : -1;
+    upstream =
+        pgs_host_is_loopback(shard->primary.host) ? find_server(lab, shard->primary.port) : -1;
     if (upstream < 0) {
-      pgs_lab_fail("%s:%d: %s is on loopback but its primary (%s) is not; the lab builds replicas "
-                   "only of primaries it runs",
-                   lab->config_path, node->line, label, shard->primary.host);
+      pgs_lab_fail(
+          "%s:%d: %s is on loopback but its primary (%s) is not; the lab builds replicas "
+          "only of primaries it runs",
+          lab->config_path, node->line, label, shard->primary.host);
       return PGS_ECONFIG;
     }
   }
@@ -343,18 +352,20 @@ static int lock_dir(const char *dir) {
 static pgs_status_t prepare_dir(const lab_t *lab, int *lock_fd) {
   if (pgs_lab_mkdir_parents(lab->dir) != PGS_OK) return PGS_EIO;
   if (!pgs_lab_postgres_can_enter(lab, lab->dir)) {
-    pgs_lab_fail("the postgres OS user cannot reach %s: as root the lab runs PostgreSQL as "
-                 "postgres, which needs search (x) permission on every parent directory; "
-                 "use --dir under /tmp, or chmod o+x the parents",
-                 lab->dir);
+    pgs_lab_fail(
+        "the postgres OS user cannot reach %s: as root the lab runs PostgreSQL as "
+        "postgres, which needs search (x) permission on every parent directory; "
+        "use --dir under /tmp, or chmod o+x the parents",
+        lab->dir);
     return PGS_EIO;
   }
   *lock_fd = lock_dir(lab->dir);
   if (*lock_fd < 0) return PGS_EIO;
   char *info = pgs_lab_format("%s/lab.info", lab->dir);
-  char *text = pgs_lab_format("# A pgshard lab: `pgshardctl lab down --purge` removes this "
-                              "directory.\nconfig = %s\n",
-                              lab->config_path);
+  char *text = pgs_lab_format(
+      "# A pgshard lab: `pgshardctl lab down --purge` removes this "
+      "directory.\nconfig = %s\n",
+      lab->config_path);
   pgs_status_t rc = pgs_lab_write_file(lab, info, text, false);
   free(info);
   free(text);
@@ -427,13 +438,10 @@ static pgs_status_t purge_dir(const lab_t *lab) {
   bool is_lab = pgs_lab_exists(info);
   free(info);
   if (!is_lab && rmdir(lab->dir) != 0 && errno != ENOENT) {
-    pgs_lab_fail("%s has no lab.info, so it may not be a lab directory; not removing it",
-                 lab->dir);
+    pgs_lab_fail("%s has no lab.info, so it may not be a lab directory; not removing it", lab->dir);
     return PGS_EIO;
   }
-  if (pgs_lab_remove_tree(lab->dir) != PGS_OK) return PGS_EIO;
-  printf("lab: removed %s\n", lab->dir);
-  return PGS_OK;
+  return pgs_lab_remove_tree(lab->dir);
 }
 
 static int lab_down(lab_t *lab, bool purge) {
@@ -450,7 +458,8 @@ static int lab_down(lab_t *lab, bool purge) {
   if (rc == PGS_OK && purge) rc = purge_dir(lab);
   close(lock_fd);
   if (rc != PGS_OK) return 1;
-  printf("lab: down: nothing runs from %s\n", lab->dir);
+  printf(purge ? "lab: down: nothing runs, %s removed\n" : "lab: down: nothing runs from %s\n",
+         lab->dir);
   return 0;
 }
 

@@ -27,9 +27,9 @@
 
 #include "pgshard/config.h"
 
-#define LAB_START_TIMEOUT_S 60  /* pg_ctl start/stop, and a server accepting connections */
+#define LAB_START_TIMEOUT_S 60   /* pg_ctl start/stop, and a server accepting connections */
 #define LAB_REPLICA_TIMEOUT_S 60 /* a replica streaming, and databases reaching it */
-#define LAB_PROXY_TIMEOUT_S 10  /* the proxy listening, and stopping on SIGTERM */
+#define LAB_PROXY_TIMEOUT_S 10   /* the proxy listening, and stopping on SIGTERM */
 #define LAB_SUPERUSER "postgres" /* initdb -U; every lab connection logs in as it */
 #define LAB_DEFAULT_PG_BIN "/usr/lib/postgresql/15/bin"
 
@@ -51,14 +51,14 @@ typedef struct lab_node {
 typedef struct lab_server {
   int port;
   lab_role_t role;
-  int upstream;      /* replicas: index of the server they stream from; -1 otherwise */
-  char **hosts;      /* distinct hosts its nodes name: its listen_addresses */
+  int upstream; /* replicas: index of the server they stream from; -1 otherwise */
+  char **hosts; /* distinct hosts its nodes name: its listen_addresses */
   int nhosts;
-  char **databases;  /* primaries: every database its shards' nodes use */
+  char **databases; /* primaries: every database its shards' nodes use */
   int ndatabases;
-  char *dir;         /* DIR/PORT */
-  char *datadir;     /* DIR/PORT/data */
-  char label[160];   /* "app.s0 primary" of its first node, for messages */
+  char *dir;       /* DIR/PORT */
+  char *datadir;   /* DIR/PORT/data */
+  char label[160]; /* "app.s0 primary" of its first node, for messages */
 } lab_server_t;
 
 typedef struct lab {
@@ -74,7 +74,7 @@ typedef struct lab {
   int nnodes;
   lab_server_t *servers;
   int nservers;
-  char **roles;         /* login roles the nodes connect as, other than LAB_SUPERUSER */
+  char **roles; /* login roles the nodes connect as, other than LAB_SUPERUSER */
   int nroles;
 } lab_t;
 

@@ -134,8 +134,9 @@ static pgs_status_t wait_listening(const lab_t *lab, pid_t pid, const char *log,
     pgs_lab_sleep_ms(100);
   }
   terminate(pid);
-  pgs_lab_fail("pgshard (pid %ld) did not listen on %s:%d within %d s and was stopped; its log (%s):",
-               (long)pid, host, port, LAB_PROXY_TIMEOUT_S, log);
+  pgs_lab_fail(
+      "pgshard (pid %ld) did not listen on %s:%d within %d s and was stopped; its log (%s):",
+      (long)pid, host, port, LAB_PROXY_TIMEOUT_S, log);
   pgs_lab_print_log(log, log_start, 4096);
   return PGS_EIO;
 }
@@ -148,9 +149,10 @@ static pgs_status_t check_can_start(const lab_t *lab, const char *binary) {
     return PGS_ENOTFOUND;
   }
   if (pgs_lab_port_accepts(host, lab->config->listen_port)) {
-    pgs_lab_fail("%s:%d (listen in %s) already accepts connections, but not from this lab's "
-                 "pgshard; stop that program or change listen",
-                 host, lab->config->listen_port, lab->config_path);
+    pgs_lab_fail(
+        "%s:%d (listen in %s) already accepts connections, but not from this lab's "
+        "pgshard; stop that program or change listen",
+        host, lab->config->listen_port, lab->config_path);
     return PGS_EIO;
   }
   return PGS_OK;

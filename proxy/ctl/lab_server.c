@@ -82,8 +82,8 @@ static bool datadir_has(const char *datadir, const char *name) {
 static pgs_status_t run_initdb(const lab_t *lab, const lab_server_t *server, const char *target) {
   char *initdb = tool_path(lab, "initdb");
   char *log = server_file(server, "ctl.log");
-  const char *argv[] = {initdb,        "-D",        target,       "-U",     LAB_SUPERUSER, "-E",
-                        "UTF8",        "--no-locale", "--auth=trust", "--no-sync", NULL};
+  const char *argv[] = {initdb, "-D",          target,         "-U",        LAB_SUPERUSER, "-E",
+                        "UTF8", "--no-locale", "--auth=trust", "--no-sync", NULL};
   pgs_status_t rc = pgs_lab_run(lab, log, server->dir, argv);
   free(initdb);
   free(log);
@@ -99,7 +99,7 @@ static pgs_status_t run_basebackup(const lab_t *lab, const lab_server_t *server,
   char *log = server_file(server, "ctl.log");
   char *source = pgs_lab_format("host=%s port=%d user=%s application_name=pgshard_lab_%d",
                                 upstream->hosts[0], upstream->port, LAB_SUPERUSER, server->port);
-  const char *argv[] = {basebackup, "-d", source, "-D",      target,        "-R", "-X",
+  const char *argv[] = {basebackup, "-d", source, "-D",        target,          "-R", "-X",
                         "stream",   "-c", "fast", "--no-sync", "--no-password", NULL};
   pgs_status_t rc = pgs_lab_run(lab, log, server->dir, argv);
   free(basebackup);
@@ -130,10 +130,11 @@ static pgs_status_t server_build(const lab_t *lab, const lab_server_t *server) {
 static pgs_status_t check_role(const lab_server_t *server) {
   bool standby = datadir_has(server->datadir, "standby.signal");
   if (standby == (server->role == LAB_REPLICA)) return PGS_OK;
-  pgs_lab_fail("%s was built as a %s but the config makes %s:%d (%s) a %s; "
-               "run `pgshardctl lab down --purge` to rebuild the lab",
-               server->datadir, standby ? "replica" : "primary", server->hosts[0], server->port,
-               server->label, standby ? "primary" : "replica");
+  pgs_lab_fail(
+      "%s was built as a %s but the config makes %s:%d (%s) a %s; "
+      "run `pgshardctl lab down --purge` to rebuild the lab",
+      server->datadir, standby ? "replica" : "primary", server->hosts[0], server->port,
+      server->label, standby ? "primary" : "replica");
   return PGS_ECONFIG;
 }
 
@@ -211,9 +212,10 @@ static pgs_status_t server_configure(const lab_t *lab, const lab_server_t *serve
 static pgs_status_t check_port_free(const lab_server_t *server) {
   for (int i = 0; i < server->nhosts; i++) {
     if (!pgs_lab_port_in_use(server->hosts[i], server->port)) continue;
-    pgs_lab_fail("port %d on %s (%s) is in use by another program, not this lab's server in %s; "
-                 "stop it or give the node another port",
-                 server->port, server->hosts[i], server->label, server->dir);
+    pgs_lab_fail(
+        "port %d on %s (%s) is in use by another program, not this lab's server in %s; "
+        "stop it or give the node another port",
+        server->port, server->hosts[i], server->label, server->dir);
     return PGS_EIO;
   }
   return PGS_OK;
@@ -225,8 +227,8 @@ static pgs_status_t server_start(const lab_t *lab, const lab_server_t *server) {
   char *server_log = server_file(server, "server.log");
   char timeout[16];
   snprintf(timeout, sizeof(timeout), "%d", LAB_START_TIMEOUT_S);
-  const char *argv[] = {pg_ctl, "start", "-D", server->datadir, "-l", server_log,
-                        "-w",   "-t",    timeout, NULL};
+  const char *argv[] = {pg_ctl,     "start", "-D", server->datadir, "-l",
+                        server_log, "-w",    "-t", timeout,         NULL};
   off_t log_start = pgs_lab_file_size(server_log);
   pgs_status_t rc = pgs_lab_run(lab, log, server->dir, argv);
   if (rc != PGS_OK) {
@@ -319,8 +321,8 @@ static pgs_status_t ensure_object(PGconn *conn, const lab_server_t *server, cons
     bool created = exec_owned(conn, pgs_lab_format(create_fmt, quoted), err, sizeof(err));
     free(quoted);
     if (created) {
-      printf("lab: %s %s:%d: created %s %s\n", server->label, server->hosts[0], server->port,
-             kind, name);
+      printf("lab: %s %s:%d: created %s %s\n", server->label, server->hosts[0], server->port, kind,
+             name);
       return PGS_OK;
     }
   }
@@ -403,12 +405,12 @@ static bool poll_until_row(const lab_server_t *server, const char *sql, const ch
 static pgs_status_t wait_streaming(const lab_t *lab, const lab_server_t *server) {
   const lab_server_t *upstream = &lab->servers[server->upstream];
   char err[512] = "";
-  if (poll_until_row(server, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
-                     NULL, LAB_REPLICA_TIMEOUT_S, err, sizeof(err)))
+  if (poll_until_row(server, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'", NULL,
+                     LAB_REPLICA_TIMEOUT_S, err, sizeof(err)))
     return PGS_OK;
   char *server_log = server_file(server, "server.log");
-  pgs_lab_fail("%s %s:%d: not streaming from %s:%d after %d s%s%s; server log (%s):",
-               server->label, server->hosts[0], server->port, upstream->hosts[0], upstream->port,
+  pgs_lab_fail("%s %s:%d: not streaming from %s:%d after %d s%s%s; server log (%s):", server->label,
+               server->hosts[0], server->port, upstream->hosts[0], upstream->port,
                LAB_REPLICA_TIMEOUT_S, err[0] ? ": " : "", err, server_log);
   pgs_lab_print_log(server_log, 0, 4096);
   free(server_log);
@@ -421,22 +423,23 @@ static pgs_status_t wait_databases(const lab_t *lab, const lab_server_t *server)
   const lab_server_t *upstream = &lab->servers[server->upstream];
   const char *exists_sql = "SELECT 1 FROM pg_database WHERE datname = $1";
   char err[512] = "";
-  bool paused = poll_until_row(server, "SELECT 1 WHERE pg_is_wal_replay_paused()", NULL, 0, err,
-                               sizeof(err));
+  bool paused =
+      poll_until_row(server, "SELECT 1 WHERE pg_is_wal_replay_paused()", NULL, 0, err, sizeof(err));
   for (int i = 0; i < upstream->ndatabases; i++) {
     const char *database = upstream->databases[i];
     if (poll_until_row(server, exists_sql, database, paused ? 0 : LAB_REPLICA_TIMEOUT_S, err,
                        sizeof(err)))
       continue;
     if (paused)
-      pgs_lab_fail("%s %s:%d: database %s cannot replicate while WAL replay is paused; "
-                   "resume it with `pgshardctl lab lag ... resume`",
-                   server->label, server->hosts[0], server->port, database);
+      pgs_lab_fail(
+          "%s %s:%d: database %s cannot replicate while WAL replay is paused; "
+          "resume it with `pgshardctl lab lag ... resume`",
+          server->label, server->hosts[0], server->port, database);
     else
-      pgs_lab_fail("%s %s:%d: database %s has not replicated after %d s (a long "
-                   "recovery_min_apply_delay? `pgshardctl lab lag ... resume` clears it)",
-                   server->label, server->hosts[0], server->port, database,
-                   LAB_REPLICA_TIMEOUT_S);
+      pgs_lab_fail(
+          "%s %s:%d: database %s has not replicated after %d s (a long "
+          "recovery_min_apply_delay? `pgshardctl lab lag ... resume` clears it)",
+          server->label, server->hosts[0], server->port, database, LAB_REPLICA_TIMEOUT_S);
     return PGS_EIO;
   }
   return PGS_OK;
@@ -468,8 +471,7 @@ pgs_status_t pgs_lab_server_stop(const lab_t *lab, const char *server_dir) {
     rc = pgs_lab_run(lab, log, server_dir, argv);
     if (rc == PGS_OK)
       printf("lab: stopped the %s in %s (pid %ld)\n",
-             datadir_has(datadir, "standby.signal") ? "replica" : "primary", server_dir,
-             (long)pid);
+             datadir_has(datadir, "standby.signal") ? "replica" : "primary", server_dir, (long)pid);
     free(pg_ctl);
     free(log);
   }

@@ -404,7 +404,7 @@ static void copy_error(char *err, size_t errlen, const char *message) {
 PGconn *pgs_lab_connect(const char *host, int port, const char *dbname, char *err, size_t errlen) {
   char port_text[16];
   snprintf(port_text, sizeof(port_text), "%d", port);
-  const char *keys[] = {"host",    "port",       "dbname",      "user", "connect_timeout",
+  const char *keys[] = {"host",    "port",       "dbname",           "user", "connect_timeout",
                         "sslmode", "gssencmode", "application_name", NULL};
   const char *values[] = {host,      port_text, dbname,       LAB_SUPERUSER, "5",
                           "disable", "disable", "pgshardctl", NULL};

@@ -28,7 +28,8 @@ static int cmd_check(int argc, char **argv) {
 static void usage(void) {
   fprintf(stderr,
           "usage: pgshardctl check FILE\n"
-          "       pgshardctl lab up|status|down|lag -c FILE [--dir DIR] ...  (pgshardctl lab --help)\n");
+          "       pgshardctl lab up|status|down|lag -c FILE [--dir DIR] ...\n"
+          "       (pgshardctl lab --help for details)\n");
 }
 
 int main(int argc, char **argv) {
