@@ -52,7 +52,7 @@ typedef struct lab_server {
   int port;
   lab_role_t role;
   int upstream; /* replicas: index of the server they stream from; -1 otherwise */
-  char **hosts; /* distinct hosts its nodes name: its listen_addresses */
+  char **hosts; /* distinct hosts its nodes name; listen_addresses resolves them */
   int nhosts;
   char **databases; /* primaries: every database its shards' nodes use */
   int ndatabases;
