@@ -705,6 +705,8 @@ static void client_request(pgs_client_t *client, pgs_server_t *server, char type
   size_t len = total - 5;
   pgs_reader_t r;
   pgs_reader_init(&r, body, len);
+  pgs_debug("client %d -> server %d: '%c' (%zu bytes)", client->cancel_pid, server->backend_pid,
+            type, total);
   switch (type) {
   case 'Q': {
     size_t qlen;

@@ -178,6 +178,9 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
   pgs_expect_t *front = expect_front(server);
   bool internal = front && front->internal;
   pgs_client_t *client = server->client;
+  pgs_debug("server %d -> client %d: '%c' (%zu bytes), expecting %zu, front %d%s",
+            server->backend_pid, client ? client->cancel_pid : 0, type, len + 5,
+            server->expect_len, front ? front->kind : -1, internal ? " internal" : "");
 
   switch (type) {
   case 'Z': {
@@ -198,7 +201,6 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
                         "could not restore session state on the server: %s", why);
         return false;
       }
-      pgs_server_emit_synthetic(server);
       return false;
     }
     return client != NULL;
@@ -212,14 +214,12 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
       return false;
     }
     expect_pop(server);
-    pgs_server_emit_synthetic(server);
     return !internal && client != NULL;
   }
   case 'T':
   case 'n':
     if (front && front->kind == PGS_EXP_DESCRIBE) {
       expect_pop(server);
-      pgs_server_emit_synthetic(server);
     }
     return !internal && client != NULL;
   case 'C':
@@ -227,7 +227,6 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
   case 's':
     if (front && front->kind == PGS_EXP_EXECUTE) {
       expect_pop(server);
-      pgs_server_emit_synthetic(server);
     }
     if (client && !internal) pgs_client_on_server_message(client, type, body, len);
     return !internal && client != NULL;
@@ -314,6 +313,8 @@ void pgs_server_process(pgs_server_t *server) {
     in->in_pos += total;
     bool forward = server_message(server, type, p + 5, total - 5) && server->client;
     if (forward) pgs_io_emit(&server->client->io, p, total);
+    /* Replies pgshard makes up go out once everything before them has. */
+    if (server->state != PGS_SV_CLOSING) pgs_server_emit_synthetic(server);
     if (server->client != client) break; /* the client failed and went away */
     if (forward && type == 'Z') pgs_client_after_ready(client, (char)p[5]);
     if (server->client != client || server->state == PGS_SV_CLOSING) break;
