@@ -51,7 +51,10 @@ static void free_stmt(void *p) {
 }
 
 static void free_settings(pgs_client_t *client) {
-  for (int i = 0; i < client->nsettings; i++) free(client->settings[i].sql);
+  for (int i = 0; i < client->nsettings; i++) {
+    free(client->settings[i].sql);
+    free(client->settings[i].value);
+  }
   free(client->settings);
   client->settings = NULL;
   client->nsettings = 0;
@@ -197,12 +200,15 @@ static void recompute_settings_hash(pgs_client_t *client) {
   if (client->settings_hash <= 1) client->settings_hash = 2; /* 0, 1 are reserved */
 }
 
-static void put_setting(pgs_client_t *client, const char *name, char *sql, bool startup) {
+static void put_setting(pgs_client_t *client, const char *name, char *sql, const char *value) {
+  bool startup = value != NULL;
   for (int i = 0; i < client->nsettings; i++) {
     pgs_setting_t *s = &client->settings[i];
     if (s->startup == startup && !strcasecmp(s->name, name)) {
       free(s->sql);
+      free(s->value);
       s->sql = sql;
+      s->value = value ? pgs_xstrdup(value) : NULL;
       return;
     }
   }
@@ -211,6 +217,7 @@ static void put_setting(pgs_client_t *client, const char *name, char *sql, bool 
   pgs_setting_t *s = &client->settings[client->nsettings++];
   snprintf(s->name, sizeof(s->name), "%s", name);
   s->sql = sql;
+  s->value = value ? pgs_xstrdup(value) : NULL;
   s->startup = startup;
 }
 
@@ -251,7 +258,7 @@ static void commit_tx_ops(pgs_client_t *client) {
       pgs_set_op_t *op = &client->tx_ops[i];
       switch (op->kind) {
       case PGS_SET_OP_SET:
-        put_setting(client, op->name, op->sql, false);
+        put_setting(client, op->name, op->sql, NULL);
         op->sql = NULL;
         break;
       case PGS_SET_OP_RESET:
@@ -314,36 +321,17 @@ static void send_auth(pgs_client_t *client, int32_t code, const void *data, size
   pgs_io_scratch_done(&client->io, mark);
 }
 
-static const char *client_override(const pgs_client_t *client, const char *name) {
-  /* Startup settings are stored as set_config SQL; look up by name. */
-  for (int i = 0; i < client->nsettings; i++)
-    if (client->settings[i].startup && !strcasecmp(client->settings[i].name, name))
-      return client->settings[i].sql;
-  return NULL;
-}
-
 static void finish_login(pgs_client_t *client) {
   pgs_pool_t *pool = client->pool;
   pgs_buf_t *out = pgs_io_scratch(&client->io);
   size_t mark = pgs_io_scratch_mark(&client->io);
+  /* What the server reported at login, except where the client asked for
+   * something else: it will be set on every server it uses. */
   for (int i = 0; i < pool->nparams; i++) {
     const char *value = pool->params[i].value;
-    const char *sql = client_override(client, pool->params[i].name);
-    char buf[256];
-    if (sql) {
-      /* Extract the value back out of set_config(E'name', E'value', false). */
-      const char *v = strstr(sql, "', E'");
-      const char *e = v ? strstr(v + 5, "', false)") : NULL;
-      if (v && e) {
-        size_t n = 0;
-        for (const char *p = v + 5; p < e && n < sizeof(buf) - 1; p++) {
-          if ((*p == '\'' || *p == '\\') && p + 1 < e && p[1] == *p) p++;
-          buf[n++] = *p;
-        }
-        buf[n] = '\0';
-        value = buf;
-      }
-    }
+    for (int j = 0; j < client->nsettings; j++)
+      if (client->settings[j].startup && !strcasecmp(client->settings[j].name, pool->params[i].name))
+        value = client->settings[j].value;
     pgs_msg_parameter_status(out, pool->params[i].name, value);
   }
   pgs_msg_backend_key(out, client->cancel_pid, client->cancel_key);
@@ -427,7 +415,7 @@ static bool parse_options(pgs_client_t *client, const char *options) {
     snprintf(name, sizeof(name), "%.*s", (int)(eq - setting), setting);
     for (char *c = name; *c; c++)
       if (*c == '-') *c = '_';
-    put_setting(client, name, startup_setting_sql(name, eq + 1), true);
+    put_setting(client, name, startup_setting_sql(name, eq + 1), eq + 1);
   }
   return true;
 }
@@ -464,7 +452,7 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
       pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "startup parameter name too long");
       return;
     }
-    put_setting(client, name, startup_setting_sql(name, startup->values[i]), true);
+    put_setting(client, name, startup_setting_sql(name, startup->values[i]), startup->values[i]);
   }
   recompute_settings_hash(client);
 

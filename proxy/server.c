@@ -192,6 +192,10 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
     server->error_until_sync = false;
     expect_pop(server);
     if (internal) {
+      if (server->internal_failed && client == NULL) {
+        server->internal_failed = false;
+        server->dirty = true; /* a reset that failed: do not reuse */
+      }
       if (server->internal_failed && client) {
         char why[300];
         snprintf(why, sizeof(why), "%s", server->last_error);
@@ -333,11 +337,12 @@ void pgs_server_process(pgs_server_t *server) {
     client->server = NULL;
     client->state = PGS_CL_IDLE;
     pgs_pool_server_free(server->pool, server);
-    if (client->close_after_flush || client->worker->draining) pgs_client_close(client);
+    if (client->worker->draining)
+      pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
     return;
   }
   if (server->state == PGS_SV_RESETTING && server->expect_len == 0) {
-    if (server->txstatus != 'I') {
+    if (server->txstatus != 'I' || server->dirty) {
       pgs_server_close(server, "reset left a transaction open");
       return;
     }

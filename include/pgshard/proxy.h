@@ -128,6 +128,7 @@ typedef enum {
 typedef struct pgs_setting {
   char name[PGS_MAX_NAME];
   char *sql;    /* statement that establishes it */
+  char *value;  /* startup parameters: the value as the client sent it */
   bool startup; /* from the startup packet: survives RESET ALL */
 } pgs_setting_t;
 
@@ -169,7 +170,6 @@ struct pgs_client {
   pgs_strmap_t stmts; /* client statement name -> pgs_client_stmt_t */
   /* a refused request: discard input up to Sync, then ReadyForQuery */
   bool skip_until_sync;
-  bool close_after_flush;
   int pending_closes;
 };
 
