@@ -854,12 +854,14 @@ void pgs_client_process(pgs_client_t *client) {
         return;
       }
       client_set_state(client, PGS_CL_WAITING);
-      pgs_io_stop_reading(io);
       if (pgs_io_flush(io) < 0) {
         pgs_client_close(client);
         return;
       }
-      pgs_pool_request(client->pool, client); /* may link now and re-enter */
+      /* Usually a server is idle and this links it and re-enters; only a
+       * client left waiting stops reading (saves two epoll_ctl a query). */
+      pgs_pool_request(client->pool, client);
+      if (client->state == PGS_CL_WAITING) pgs_io_stop_reading(io);
       return;
     }
     io->in_pos += total;
