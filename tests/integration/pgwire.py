@@ -271,7 +271,7 @@ class RawConn:
                 else:
                     raise ProtocolError(f"unsupported authentication request {code}")
             elif kind == "S":
-                name, value = payload.rstrip(b"\0").split(b"\0", 1)
+                name, value = payload.split(b"\0")[:2]
                 self.parameters[name.decode()] = value.decode()
             elif kind == "K":
                 self.backend_key = struct.unpack("!ii", payload)

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+import pgwire
 from support import BackendSampler
 
 
@@ -175,17 +176,24 @@ def test_500_concurrent_clients(proxy, lab):
 
 
 def test_pool_wait_timeout(proxy):
+    """A client queued for a full pool gets 53300/08006 after
+    query_wait_timeout_ms; the client holding the server is unaffected.
+
+    The waiting client speaks the protocol by hand: when an ErrorResponse
+    and the close arrive together, libpq reports only "server closed the
+    connection" and psycopg loses the SQLSTATE."""
     px = proxy(pool_size=1, workers=1, query_wait_timeout_ms=500)
     holder = px.connect()
-    waiter = px.connect(autocommit=True)
+    waiter = px.raw(timeout=10)
     try:
+        waiter.login(user="app", password="secret")
         holder.execute("select 1")  # holder now has the only server, in a transaction
         started = time.monotonic()
-        with pytest.raises(psycopg.Error) as exc:
-            waiter.execute("select 2")
+        waiter.send(pgwire.query("select 2"))
+        fields = waiter.read_error()
         elapsed = time.monotonic() - started
-        assert exc.value.sqlstate in ("53300", "08006"), (exc.value.sqlstate, str(exc.value))
-        assert exc.value.diag.message_primary.startswith("pgshard:"), exc.value.diag.message_primary
+        assert fields.get("C") in ("53300", "08006"), fields
+        assert fields.get("M", "").startswith("pgshard:"), fields
         assert 0.3 <= elapsed <= 2.0, f"waited {elapsed:.2f}s for a 500 ms queue timeout"
         # The holder never noticed.
         assert holder.execute("select 3").fetchone() == (3,)
@@ -193,4 +201,17 @@ def test_pool_wait_timeout(proxy):
     finally:
         holder.close()
         waiter.close()
+    # The same through psycopg: an error that names pgshard, in time.
+    holder = px.connect()
+    try:
+        holder.execute("select 1")
+        with px.connect(autocommit=True) as waiter2:
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as exc:
+                waiter2.execute("select 2")
+            assert time.monotonic() - started <= 2.0
+            assert "pgshard:" in str(exc.value)
+        holder.commit()
+    finally:
+        holder.close()
     px.assert_alive()

@@ -48,11 +48,8 @@ def test_parameter_types(proxy, binary):
         row = cur.fetchone()
         assert row == values
         cur.execute("select pg_typeof(%s)::text, pg_typeof(%s)::text, pg_typeof(%s)::text",
-                    (1, "x", b"y"))
-        types = cur.fetchone()
-        assert types[0] in ("smallint", "integer", "bigint", "numeric")
-        assert types[1] == "text" or types[1] == "unknown"
-        assert types[2] == "bytea"
+                    (2**40, b"y", when))
+        assert cur.fetchone() == ("bigint", "bytea", "timestamp with time zone")
         # A 4 MB bytea parameter and result: messages far larger than a buffer.
         big = bytes(range(256)) * (4 * 4096)
         cur.execute("select %s::bytea, length(%s::bytea)", (big, big))
