@@ -18,6 +18,7 @@
 #define PGSHARD_CONFIG_H
 
 #include "pgshard/common.h"
+#include "pgshard/shardmap.h"
 
 typedef enum { PGS_AUTH_TRUST, PGS_AUTH_MD5, PGS_AUTH_SCRAM } pgs_auth_method_t;
 typedef enum { PGS_POOL_TRANSACTION, PGS_POOL_SESSION } pgs_pool_mode_t;
@@ -64,6 +65,7 @@ typedef struct pgs_database {
   pgs_hash_fn_t hash;
   pgs_shard_t *shards;
   int nshards;
+  pgs_shardmap_t shardmap; /* [table.DB.*], [geo.DB], [tenants.DB] */
   int line;
 } pgs_database_t;
 

@@ -1,0 +1,154 @@
+/*
+ * shardmap.h — the shard map of one database: which tables are sharded, by
+ * which column of which type, with which strategy; and the functions that
+ * turn a key value into a shard. Pure: no I/O.
+ *
+ * Keys are typed by the table's column type and canonically encoded before
+ * hashing, so 42, '42', 42::bigint and a binary int8 42 are the same key:
+ *   smallint/int/bigint  -> int64, encoded as 8 bytes big-endian
+ *   date                 -> days since 2000-01-01 (PostgreSQL's DateADT), 4 bytes BE
+ *   timestamptz          -> microseconds since 2000-01-01 00:00 UTC, 8 bytes BE
+ *   uuid                 -> 16 bytes
+ *   text                 -> its UTF-8 bytes
+ *
+ * Strategies:
+ *   hash    XXH3-64 of the canonical encoding -> one of PGS_HASH_SLOTS slots,
+ *           slots spread evenly over the shards in config order
+ *           (shard = slot * nshards / PGS_HASH_SLOTS); with `hash = postgres`
+ *           PostgreSQL's own partition hash (the type's *hashextended
+ *           function with HASH_PARTITION_SEED, combined as
+ *           compute_partition_hash_value does) modulo nshards, so shard i
+ *           holds what PARTITION BY HASH ... MODULUS n REMAINDER i would.
+ *   range   half-open [low, high) per shard, open ends allowed
+ *   geo     value -> region ([geo.DB]) -> the shards with that region (hash
+ *           within the region when several); a value in no region is
+ *           refused unless [geo.DB] default = REGION
+ *   tenant  [tenants.DB] pins tenants to shards; other tenants by hash. All
+ *           tenant tables of a database share one tenant namespace.
+ */
+#ifndef PGSHARD_SHARDMAP_H
+#define PGSHARD_SHARDMAP_H
+
+#include "pgshard/common.h"
+
+#define PGS_HASH_SLOTS 4096
+#define PGS_KEY_MAX_TEXT 1024 /* longer text keys are refused (22001) */
+
+typedef enum {
+  PGS_TYPE_SMALLINT,
+  PGS_TYPE_INT,
+  PGS_TYPE_BIGINT,
+  PGS_TYPE_TEXT,
+  PGS_TYPE_UUID,
+  PGS_TYPE_DATE,
+  PGS_TYPE_TIMESTAMPTZ,
+} pgs_key_type_t;
+
+typedef enum {
+  PGS_STRATEGY_HASH,
+  PGS_STRATEGY_RANGE,
+  PGS_STRATEGY_GEO,
+  PGS_STRATEGY_TENANT,
+} pgs_strategy_t;
+
+/* A typed key value. Text keys own a copy of their bytes (text[]), so a key
+ * never points into a message buffer. */
+typedef struct pgs_key {
+  pgs_key_type_t type;
+  int64_t i;        /* integers, date (days), timestamptz (microseconds) */
+  uint8_t uuid[16];
+  size_t text_len;
+  char text[PGS_KEY_MAX_TEXT];
+} pgs_key_t;
+
+/* Why a key could not be made or routed: a SQLSTATE and a message without
+ * the "pgshard: " prefix (the proxy adds it). */
+typedef struct pgs_key_error {
+  char sqlstate[6];
+  char message[256];
+} pgs_key_error_t;
+
+typedef struct pgs_range {
+  int shard;    /* index into the database's shards */
+  bool has_low; /* false: open, -infinity */
+  bool has_high;
+  pgs_key_t *low; /* inclusive */
+  pgs_key_t *high; /* exclusive */
+  int line;
+} pgs_range_t;
+
+typedef struct pgs_table {
+  char *name;   /* unqualified table name, as in [table.DB.NAME] */
+  char *column;
+  pgs_key_type_t type;
+  pgs_strategy_t strategy;
+  pgs_range_t *ranges; /* range strategy, sorted by low */
+  int nranges;
+  int line;
+} pgs_table_t;
+
+typedef struct pgs_geo_value {
+  char *value;  /* e.g. "DE" */
+  char *region; /* e.g. "eu" */
+} pgs_geo_value_t;
+
+typedef struct pgs_tenant_pin {
+  pgs_key_t *key; /* typed by the tenant tables' column type */
+  char *raw;      /* as written in the config */
+  int shard;
+  int line;
+} pgs_tenant_pin_t;
+
+/* Everything routing needs for one database, hung off pgs_database_t. */
+typedef struct pgs_shardmap {
+  pgs_table_t *tables;
+  int ntables;
+  pgs_geo_value_t *geo;
+  int ngeo;
+  char *geo_default; /* region for values in no list, or NULL: refuse */
+  pgs_tenant_pin_t *tenants;
+  int ntenants;
+} pgs_shardmap_t;
+
+const char *pgs_key_type_name(pgs_key_type_t type);
+const char *pgs_strategy_name(pgs_strategy_t strategy);
+
+/* Parse a key from its text form (a literal's text, a text-format bind
+ * parameter, a config value). Errors: 22P02 invalid input syntax, 22003 out
+ * of range, 22001 text too long, 22007/22008 bad date/time. */
+pgs_status_t pgs_key_from_text(pgs_key_type_t type, const char *text, size_t len, pgs_key_t *out,
+                               pgs_key_error_t *err) PGS_MUST_USE;
+
+/* Parse a binary-format bind parameter. TYPE_OID is the parameter's type as
+ * declared in Parse (0 when unspecified: then it has the column's type).
+ * Accepts int2/int4/int8 for integer columns, text/varchar/bpchar/name for
+ * text, uuid, date, timestamptz/timestamp. */
+pgs_status_t pgs_key_from_binary(pgs_key_type_t type, uint32_t type_oid, const uint8_t *data,
+                                 size_t len, pgs_key_t *out, pgs_key_error_t *err) PGS_MUST_USE;
+
+/* Canonical encoding (see above); returns its length. CAP >= 8 + text_len. */
+size_t pgs_key_encode(const pgs_key_t *key, uint8_t *buf, size_t cap);
+int pgs_key_compare(const pgs_key_t *a, const pgs_key_t *b);
+/* Text form of a key, as pgshardctl prints it. */
+void pgs_key_format(const pgs_key_t *key, char *buf, size_t cap);
+
+uint64_t pgs_key_hash_xxh3(const pgs_key_t *key);
+uint64_t pgs_key_hash_postgres(const pgs_key_t *key);
+
+struct pgs_database; /* config.h */
+
+const pgs_table_t *pgs_shardmap_find_table(const struct pgs_database *db, const char *name);
+int pgs_shardmap_find_shard(const struct pgs_database *db, const char *name);
+
+/* The shard of KEY in TABLE: its index, or -1 with ERR set (a geo value in
+ * no region: 22023; a range key no range covers: 22023). */
+int pgs_shardmap_route(const struct pgs_database *db, const pgs_table_t *table,
+                       const pgs_key_t *key, pgs_key_error_t *err);
+
+/* The hash slot of KEY (hash strategy, xxh3) and the shard owning a slot. */
+int pgs_shardmap_slot(const pgs_key_t *key);
+int pgs_shardmap_slot_shard(int slot, int nshards);
+
+void pgs_shardmap_free(pgs_shardmap_t *map);
+
+#endif
