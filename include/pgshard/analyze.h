@@ -1,0 +1,132 @@
+/*
+ * analyze.h — statement analysis: what a SQL statement is, which sharded
+ * tables it touches and where their shard keys are. Pure: no I/O.
+ *
+ * Two stages, so the hot path never runs the full parser:
+ *  1. pgs_lex() — a fast single pass over the SQL text that replaces every
+ *     literal with a placeholder $N (N after the statement's own highest $n),
+ *     extracts each literal's value (strings unescaped) and any hint
+ *     comment ("pgshard: shard=NAME" inside a C-style comment), and yields
+ *     the normalised text.
+ *  2. pgs_analyze() — the real PostgreSQL grammar (libpg_query) on the
+ *     normalised text, producing a pgs_plan_t that refers to values only by
+ *     parameter number. Plans are cached by normalised text (pgs_plan_cache,
+ *     a bounded LRU, one per worker), so a statement seen before costs one
+ *     lexer pass and one hash lookup.
+ * The proxy then resolves the plan's parameter numbers to values (a
+ * literal from the lexer, or a Bind parameter in text or binary format),
+ * types them by the table's key type (shardmap.h) and gets shards.
+ */
+#ifndef PGSHARD_ANALYZE_H
+#define PGSHARD_ANALYZE_H
+
+#include "pgshard/common.h"
+
+struct pgs_database;
+struct pgs_table;
+
+/* ---- lexer ---- */
+
+#define PGS_LEX_MAX_LITERALS 4096
+
+typedef struct pgs_literal {
+  uint32_t offset; /* into pgs_lexed_t.values */
+  uint32_t len;
+  bool is_string; /* a quoted string ('...', E'...', $$...$$), else a number */
+} pgs_literal_t;
+
+typedef struct pgs_lexed {
+  char *normalized;     /* malloc'ed, NUL-terminated */
+  size_t normalized_len;
+  uint64_t hash;        /* XXH3 of normalized */
+  int nparams;          /* highest $n in the original text */
+  int nliterals;        /* literal i became $(nparams + 1 + i) */
+  pgs_literal_t *literals;
+  char *values;         /* literal values, back to back, NUL after each */
+  char hint_shard[64];  /* from a pgshard: shard=NAME comment, or "" */
+  int nstatements;      /* top-level statements (';'-separated) */
+} pgs_lexed_t;
+
+/* Reusable: pgs_lex_init once, pgs_lex many times (buffers are kept). */
+void pgs_lex_init(pgs_lexed_t *lx);
+void pgs_lex_free(pgs_lexed_t *lx);
+/* PGS_EINVAL for unterminated quotes/comments (the server will reject it
+ * too), PGS_ETOOBIG over PGS_LEX_MAX_LITERALS. */
+pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) PGS_MUST_USE;
+
+/* ---- plans ---- */
+
+typedef enum {
+  PGS_STMT_READ,        /* SELECT, VALUES, TABLE, SHOW, EXPLAIN (no ANALYZE) */
+  PGS_STMT_WRITE,       /* INSERT/UPDATE/DELETE/MERGE, SELECT FOR UPDATE/SHARE,
+                           SELECT calling functions not known read-only */
+  PGS_STMT_DDL,         /* CREATE/ALTER/DROP/TRUNCATE/GRANT/COMMENT ... */
+  PGS_STMT_BEGIN,       /* BEGIN / START TRANSACTION */
+  PGS_STMT_COMMIT,      /* COMMIT / END / COMMIT PREPARED */
+  PGS_STMT_ROLLBACK,    /* ROLLBACK / ABORT (not TO SAVEPOINT) */
+  PGS_STMT_SESSION,     /* SET/RESET/DISCARD/SAVEPOINT/RELEASE/ROLLBACK TO/
+                           LISTEN/... : goes wherever the session is */
+  PGS_STMT_COPY_FROM,   /* COPY t FROM STDIN */
+  PGS_STMT_COPY_TO,     /* COPY t TO STDOUT / COPY (query) TO STDOUT */
+  PGS_STMT_OTHER,       /* anything else (VACUUM, ANALYZE, CHECKPOINT, DO ...) */
+} pgs_stmt_kind_t;
+
+typedef enum {
+  PGS_TARGET_ANY,     /* touches no sharded table: reference tables only, or
+                         none (SELECT 1): any one shard (reads) / every shard
+                         (writes and DDL) */
+  PGS_TARGET_KEYS,    /* the union of the shards of keys[] */
+  PGS_TARGET_ALL,     /* a sharded table with no usable key: every shard */
+  PGS_TARGET_ROWS,    /* INSERT: rows[] each with its own key, split by shard */
+} pgs_target_t;
+
+/* A key value: parameter number (1-based; see pgs_lexed_t for literals).
+ * negate: written as -$n. array: $n is an array (= ANY($n)), each element
+ * a key. */
+typedef struct pgs_key_ref {
+  const struct pgs_table *table;
+  uint16_t param;
+  bool negate;
+  bool array;
+  uint32_t cast_type_oid; /* an explicit cast on the value ($1::int8), or 0 */
+} pgs_key_ref_t;
+
+typedef struct pgs_plan {
+  pgs_stmt_kind_t kind;
+  pgs_target_t target;
+  bool read_only_tx;       /* BEGIN READ ONLY / START TRANSACTION READ ONLY */
+  int nkeys;
+  pgs_key_ref_t *keys;     /* TARGET_KEYS: the statement touches only these keys' shards */
+  int nrows;               /* TARGET_ROWS: rows[i] is row i's key (table = inserted table) */
+  pgs_key_ref_t *rows;
+  const struct pgs_table *table; /* the sharded table a write/COPY targets, or NULL */
+  const struct pgs_table *all_table; /* TARGET_ALL: a sharded table lacking a key (for messages) */
+  /* Set when the statement must be refused before it runs: */
+  char refuse_sqlstate[6];
+  char refuse_message[256];
+  size_t refcount;         /* owned by the cache; see pgs_plan_cache_get */
+} pgs_plan_t;
+
+/* Analyse one normalised statement for database DB. Never NULL: a statement
+ * libpg_query cannot parse gets kind OTHER, target ANY (the server will
+ * report the syntax error). Parameter numbers run to lx->nparams +
+ * lx->nliterals. */
+pgs_plan_t *pgs_analyze(const struct pgs_database *db, const pgs_lexed_t *lx);
+void pgs_plan_unref(pgs_plan_t *plan);
+
+/* ---- plan cache: bounded LRU keyed by normalised text ---- */
+
+typedef struct pgs_plan_cache pgs_plan_cache_t;
+
+pgs_plan_cache_t *pgs_plan_cache_new(size_t capacity);
+void pgs_plan_cache_free(pgs_plan_cache_t *cache);
+/* The plan for LX in DB, analysing and caching it on a miss. The caller owns
+ * one reference (pgs_plan_unref). The cache is per worker: not thread-safe. */
+pgs_plan_t *pgs_plan_cache_get(pgs_plan_cache_t *cache, const struct pgs_database *db,
+                               const pgs_lexed_t *lx);
+size_t pgs_plan_cache_hits(const pgs_plan_cache_t *cache);
+/* Drop every plan (config reload: plans point into the old config). */
+void pgs_plan_cache_clear(pgs_plan_cache_t *cache);
+size_t pgs_plan_cache_misses(const pgs_plan_cache_t *cache);
+
+#endif
