@@ -56,11 +56,16 @@ bool pgs_session_maybe(const char *sql, size_t len) {
   size_t wlen = (size_t)(p - w);
   for (int i = 0; first_words[i]; i++)
     if (wlen == strlen(first_words[i]) && strncasecmp(w, first_words[i], wlen) == 0) return true;
+  /* SELECT ... INTO TEMP creates a temporary table without saying CREATE. */
+  bool select = (wlen == 6 && strncasecmp(w, "select", 6) == 0) ||
+                (wlen == 4 && strncasecmp(w, "with", 4) == 0) || wlen == 0 /* "(" */;
+  if (select && has_ci(sql, len, "temp") && has_ci(sql, len, "into")) return true;
   /* A later statement in a multi-statement query, or a session advisory lock
-   * inside any statement. */
+   * inside any statement (function names are case-insensitive, so the quick
+   * look for the 'y' of "advisory" takes either case). */
   const char *semi = memchr(p, ';', (size_t)(end - p));
   if (semi && skip_space(semi + 1, end) < end && *skip_space(semi + 1, end) != '\0') return true;
-  return memchr(sql, 'y', len) && has_ci(sql, len, "advisory");
+  return (memchr(sql, 'y', len) || memchr(sql, 'Y', len)) && has_ci(sql, len, "advisory");
 }
 
 /* Session-level advisory lock functions: pg_[try_]advisory_lock[_shared],
@@ -88,6 +93,21 @@ static pgs_set_op_t *add_op(pgs_session_effects_t *out, pgs_set_op_kind_t kind, 
   return op;
 }
 
+/* The statement to keep for replay. Replay joins statements with ';', so one
+ * whose last line holds "--" (a comment, or harmlessly a string) gets its
+ * line ended: otherwise the comment would swallow whatever follows. */
+static char *replay_text(const char *text, size_t len) {
+  const char *nl = memrchr(text, '\n', len);
+  const char *line = nl ? nl + 1 : text;
+  size_t line_len = len - (size_t)(line - text);
+  if (memmem(line, line_len, "--", 2) == NULL) return pgs_xstrndup(text, len);
+  char *sql = pgs_xmalloc(len + 2);
+  memcpy(sql, text, len);
+  sql[len] = '\n';
+  sql[len + 1] = '\0';
+  return sql;
+}
+
 static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char *text, size_t len,
                                  pgs_session_effects_t *out) {
   pgs_set_op_t *op;
@@ -103,7 +123,7 @@ static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char 
       out->flags |= PGS_SESSION_PIN; /* too many to track: keep the server */
       return;
     }
-    op->sql = pgs_xstrndup(text, len);
+    op->sql = replay_text(text, len);
     return;
   case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET:
     if (add_op(out, PGS_SET_OP_RESET, vs->name) == NULL) out->flags |= PGS_SESSION_PIN;
@@ -155,6 +175,14 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
   case PG_QUERY__NODE__NODE_VIEW_STMT:
     if (is_temp(node->view_stmt->view)) out->flags |= PGS_SESSION_PIN;
     break;
+  case PG_QUERY__NODE__NODE_SELECT_STMT: {
+    /* SELECT ... INTO TEMP t; in a UNION the INTO sits on the leftmost arm. */
+    const PgQuery__SelectStmt *select = node->select_stmt;
+    while (select->op != PG_QUERY__SET_OPERATION__SETOP_NONE && select->larg)
+      select = select->larg;
+    if (select->into_clause && is_temp(select->into_clause->rel)) out->flags |= PGS_SESSION_PIN;
+    break;
+  }
   default:
     break;
   }
@@ -182,7 +210,13 @@ void pgs_session_analyze(const char *sql, pgs_session_effects_t *out) {
     size_t start = (size_t)raw->stmt_location;
     size_t len = raw->stmt_len ? (size_t)raw->stmt_len : sql_len - start;
     if (start > sql_len || len > sql_len - start) continue;
-    analyze_stmt(raw->stmt, sql + start, len, out);
+    /* A later statement starts right after the previous ';', and the last
+     * one runs to the end of the string: drop the blanks and comments around
+     * it so that the text kept for replay is the statement alone. */
+    const char *text = skip_space(sql + start, sql + start + len);
+    len -= (size_t)(text - (sql + start));
+    while (len > 0 && isspace((unsigned char)text[len - 1])) len--;
+    analyze_stmt(raw->stmt, text, len, out);
   }
   pg_query__parse_result__free_unpacked(tree, NULL);
   pg_query_free_protobuf_parse_result(result);
