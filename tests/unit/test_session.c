@@ -1,0 +1,342 @@
+/*
+ * test_session.c — router/session.c: the cheap pgs_session_maybe() filter
+ * (both ways: it may let through statements with no effect, never miss one
+ * with an effect), and pgs_session_analyze() on every statement kind that
+ * changes session state under transaction pooling, with the exact setting
+ * names and replay texts it keeps. Run under ASan, the frees are checked too.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "pgshard/session.h"
+
+static bool maybe(const char *sql) { return pgs_session_maybe(sql, strlen(sql)); }
+
+/* ---- pgs_session_maybe ---- */
+
+static void test_maybe_true(void **state) {
+  static const char *const yes[] = {
+      "SET x = 1",
+      "set x = 1",
+      "SeT x = 1",
+      "  \n\t SET x = 1",
+      "-- a comment\nSET x = 1",
+      "-- one\n  -- two\n\tSET x = 1",
+      "/* a comment */ SET x = 1",
+      "/* outer /* nested */ still a comment */SET x = 1",
+      "/**/set/**/x=1",
+      "RESET x",
+      "reset all",
+      "DISCARD ALL",
+      "Deallocate all",
+      "LISTEN channel",
+      "PREPARE p AS SELECT 1",
+      "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+      "CREATE TEMP TABLE t (a int)",
+      "create temporary table t as select 1",
+      "LOAD 'auto_explain'",
+      /* A statement with an effect after the first. */
+      "SELECT 1; SET x = 1",
+      "SELECT 1;SELECT 2",
+      "SELECT 1; -- comment\n SELECT 2",
+      "INSERT INTO t VALUES (1);\n\nLISTEN c",
+      /* Advisory locks, anywhere and in any case. */
+      "SELECT pg_advisory_lock(1)",
+      "select PG_ADVISORY_LOCK(1)",
+      "SELECT Pg_Advisory_Lock_Shared(1)",
+      "UPDATE t SET locked = pg_try_advisory_lock(id) WHERE id = 1",
+      "SELECT pg_advisory_xact_lock(1)", /* let through; analyze decides */
+      /* SELECT ... INTO TEMP creates a table. */
+      "SELECT 1 INTO TEMP t",
+      "select * into temporary t from s",
+      "WITH x AS (SELECT 1) SELECT * INTO TEMP t FROM x",
+      "(SELECT 1 INTO TEMP t)",
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(yes); i++)
+    if (!maybe(yes[i])) fail_msg("pgs_session_maybe(\"%s\") is false", yes[i]);
+}
+
+static void test_maybe_false(void **state) {
+  static const char *const no[] = {
+      "",
+      "   \n",
+      "-- only a comment",
+      "/* SET x = 1 */ SELECT 1",
+      "-- SET x = 1\nSELECT 1",
+      "SELECT 1",
+      "select * from settings",
+      "SETTINGS",       /* not the keyword SET */
+      "RESETS",
+      "UPDATE t SET a = 1",
+      "INSERT INTO t VALUES (1)",
+      "INSERT INTO temp_log VALUES (1)",
+      "SELECT 1 INTO t",
+      /* A trailing ';' alone, or followed only by blanks and comments. */
+      "SELECT 1;",
+      "SELECT 1;   \n\t",
+      "SELECT 1; -- done",
+      "SELECT 1; /* done */ ",
+      "BEGIN",
+      "COMMIT",
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(no); i++)
+    if (maybe(no[i])) fail_msg("pgs_session_maybe(\"%s\") is true", no[i]);
+
+  /* Only LEN bytes are looked at. */
+  static const char two[] = "SELECT 1; SET x = 1";
+  assert_false(pgs_session_maybe(two, 9));
+  assert_true(pgs_session_maybe(two, sizeof(two) - 1));
+  assert_false(pgs_session_maybe("SET", 0));
+}
+
+/* ---- pgs_session_analyze ---- */
+
+/* Analyze SQL; it must parse, give FLAGS and NOPS operations. The caller
+ * checks the operations and frees FX. */
+static void analyze(const char *sql, int flags, int nops, pgs_session_effects_t *fx) {
+  pgs_session_analyze(sql, fx);
+  if (fx->parse_failed) fail_msg("\"%s\" did not parse", sql);
+  if (fx->flags != flags || fx->nops != nops)
+    fail_msg("\"%s\": flags %d and %d op(s), expected flags %d and %d op(s)", sql, fx->flags,
+             fx->nops, flags, nops);
+}
+
+/* SQL has only FLAGS, no operations. */
+static void expect_flags(const char *sql, int flags) {
+  pgs_session_effects_t fx;
+  analyze(sql, flags, 0, &fx);
+  pgs_session_effects_free(&fx);
+}
+
+/* SQL is one SET of NAME, kept for replay as REPLAY. */
+static void expect_set(const char *sql, const char *name, const char *replay) {
+  pgs_session_effects_t fx;
+  analyze(sql, 0, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_SET);
+  assert_string_equal(fx.ops[0].name, name);
+  assert_non_null(fx.ops[0].sql);
+  assert_string_equal(fx.ops[0].sql, replay);
+  pgs_session_effects_free(&fx);
+}
+
+static void test_set(void **state) {
+  expect_set("SET x = 1", "x", "SET x = 1");
+  expect_set("SET x TO 'a'", "x", "SET x TO 'a'");
+  expect_set("SET SESSION x=1", "x", "SET SESSION x=1");
+  expect_set("set Search_Path TO app, public", "search_path", "set Search_Path TO app, public");
+  expect_set("SET application_name TO DEFAULT", "application_name",
+             "SET application_name TO DEFAULT");
+  expect_set("SET myext.Setting = 'v'", "myext.setting", "SET myext.Setting = 'v'");
+  expect_set("SET TIME ZONE 'UTC'", "timezone", "SET TIME ZONE 'UTC'");
+  /* Blanks, comments and the ';' around the statement are not kept. */
+  expect_set("  /* why */ SET x = 1 ;  \n", "x", "SET x = 1");
+  expect_set("-- why\nSET x = 1;", "x", "SET x = 1");
+}
+
+static void test_set_line_comment(void **state) {
+  /* Replay joins statements with ';': a trailing -- comment must not
+   * swallow what comes after it, so its line is ended. */
+  expect_set("SET x = 1 -- because", "x", "SET x = 1 -- because\n");
+  expect_set("SET x = 1 -- because\n;", "x", "SET x = 1 -- because\n");
+  expect_set("SET x = '--'", "x", "SET x = '--'\n"); /* harmless */
+  expect_set("SET search_path = a -- why\n, b", "search_path", "SET search_path = a -- why\n, b");
+}
+
+static void test_set_without_lasting_effect(void **state) {
+  expect_flags("SET LOCAL x = 1", 0);
+  expect_flags("set local search_path to s", 0);
+  expect_flags("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0);
+  expect_flags("SET TRANSACTION READ ONLY", 0);
+}
+
+static void test_reset(void **state) {
+  pgs_session_effects_t fx;
+  analyze("RESET X", 0, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_RESET);
+  assert_string_equal(fx.ops[0].name, "x");
+  assert_null(fx.ops[0].sql);
+  pgs_session_effects_free(&fx);
+
+  analyze("RESET TIME ZONE", 0, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_RESET);
+  assert_string_equal(fx.ops[0].name, "timezone");
+  pgs_session_effects_free(&fx);
+
+  analyze("RESET ALL", 0, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_RESET_ALL);
+  assert_null(fx.ops[0].sql);
+  pgs_session_effects_free(&fx);
+
+  analyze("SET x TO DEFAULT", 0, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_SET);
+  pgs_session_effects_free(&fx);
+}
+
+static void test_discard_and_deallocate(void **state) {
+  pgs_session_effects_t fx;
+  analyze("DISCARD ALL", PGS_SESSION_DROPS_PREPARED, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_RESET_ALL);
+  pgs_session_effects_free(&fx);
+
+  expect_flags("DISCARD PLANS", 0);
+  expect_flags("DISCARD SEQUENCES", 0);
+  expect_flags("DEALLOCATE ALL", PGS_SESSION_DROPS_PREPARED);
+  expect_flags("DEALLOCATE PREPARE ALL", PGS_SESSION_DROPS_PREPARED);
+  expect_flags("deallocate all", PGS_SESSION_DROPS_PREPARED);
+  expect_flags("DEALLOCATE foo", 0);
+  expect_flags("DEALLOCATE PREPARE foo", 0);
+  expect_flags("DEALLOCATE \"all\"", 0); /* a statement named all */
+}
+
+static void test_pins(void **state) {
+  expect_flags("LISTEN channel", PGS_SESSION_PIN);
+  expect_flags("PREPARE p (int) AS SELECT $1", PGS_SESSION_PIN);
+  expect_flags("DECLARE c CURSOR WITH HOLD FOR SELECT 1", PGS_SESSION_PIN);
+  expect_flags("DECLARE c SCROLL CURSOR WITH HOLD FOR SELECT 1", PGS_SESSION_PIN);
+  expect_flags("DECLARE c CURSOR FOR SELECT 1", 0);
+  expect_flags("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1", 0);
+  expect_flags("DECLARE c BINARY SCROLL CURSOR FOR SELECT 1", 0);
+  expect_flags("LOAD 'auto_explain'", PGS_SESSION_PIN);
+  /* Statements that end with their transaction or leave nothing behind. */
+  expect_flags("UNLISTEN *", 0);
+  expect_flags("EXECUTE p(1)", 0);
+  expect_flags("CLOSE c", 0);
+  expect_flags("SELECT 1", 0);
+}
+
+static void test_temporary_objects(void **state) {
+  expect_flags("CREATE TEMP TABLE t (a int)", PGS_SESSION_PIN);
+  expect_flags("CREATE TEMPORARY TABLE t (a int)", PGS_SESSION_PIN);
+  expect_flags("CREATE LOCAL TEMP TABLE t (a int) ON COMMIT DROP", PGS_SESSION_PIN);
+  expect_flags("CREATE TEMP TABLE IF NOT EXISTS t (a int)", PGS_SESSION_PIN);
+  expect_flags("CREATE TEMPORARY TABLE t AS SELECT 1 AS a", PGS_SESSION_PIN);
+  expect_flags("CREATE TEMP SEQUENCE s", PGS_SESSION_PIN);
+  expect_flags("CREATE TEMP VIEW v AS SELECT 1", PGS_SESSION_PIN);
+  expect_flags("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", PGS_SESSION_PIN);
+  expect_flags("SELECT 1 AS a INTO TEMP t", PGS_SESSION_PIN);
+  expect_flags("SELECT 1 AS a INTO TEMPORARY TABLE t UNION SELECT 2", PGS_SESSION_PIN);
+  expect_flags("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x", PGS_SESSION_PIN);
+
+  expect_flags("CREATE TABLE t (a int)", 0);
+  expect_flags("CREATE UNLOGGED TABLE t (a int)", 0);
+  expect_flags("CREATE TABLE t AS SELECT 1 AS a", 0);
+  expect_flags("CREATE SEQUENCE s", 0);
+  expect_flags("CREATE VIEW v AS SELECT 1", 0);
+  expect_flags("CREATE MATERIALIZED VIEW m AS SELECT 1", 0);
+  expect_flags("SELECT 1 AS a INTO t", 0);
+  expect_flags("CREATE INDEX ON t (a)", 0);
+}
+
+static void test_advisory_locks(void **state) {
+  expect_flags("SELECT pg_advisory_lock(1)", PGS_SESSION_PIN);
+  expect_flags("SELECT PG_ADVISORY_LOCK(1)", PGS_SESSION_PIN);
+  expect_flags("SELECT pg_advisory_lock_shared(1, 2)", PGS_SESSION_PIN);
+  expect_flags("SELECT pg_try_advisory_lock(1)", PGS_SESSION_PIN);
+  expect_flags("SELECT pg_try_advisory_lock_shared(1)", PGS_SESSION_PIN);
+  expect_flags("UPDATE t SET ok = pg_try_advisory_lock(id)", PGS_SESSION_PIN);
+  expect_flags("SELECT * FROM t WHERE pg_advisory_lock(t.id) IS NOT NULL", PGS_SESSION_PIN);
+
+  expect_flags("SELECT pg_advisory_xact_lock(1)", 0);
+  expect_flags("SELECT pg_try_advisory_xact_lock(1)", 0);
+  expect_flags("SELECT pg_advisory_xact_lock_shared(1)", 0);
+  expect_flags("SELECT pg_advisory_unlock(1)", 0);
+  expect_flags("SELECT pg_advisory_unlock_all()", 0);
+}
+
+static void test_multi_statement(void **state) {
+  pgs_session_effects_t fx;
+  analyze("SET a=1; SELECT 1; SET b=2", 0, 2, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_SET);
+  assert_string_equal(fx.ops[0].name, "a");
+  assert_string_equal(fx.ops[0].sql, "SET a=1");
+  assert_int_equal(fx.ops[1].kind, PGS_SET_OP_SET);
+  assert_string_equal(fx.ops[1].name, "b");
+  assert_string_equal(fx.ops[1].sql, "SET b=2");
+  pgs_session_effects_free(&fx);
+
+  analyze("SET a = 'x;y';\n  /* next */ RESET b;\nSET LOCAL c = 1; DISCARD ALL",
+          PGS_SESSION_DROPS_PREPARED, 3, &fx);
+  assert_string_equal(fx.ops[0].sql, "SET a = 'x;y'");
+  assert_int_equal(fx.ops[1].kind, PGS_SET_OP_RESET);
+  assert_string_equal(fx.ops[1].name, "b");
+  assert_int_equal(fx.ops[2].kind, PGS_SET_OP_RESET_ALL);
+  pgs_session_effects_free(&fx);
+
+  /* Effects of every statement add up. */
+  analyze("BEGIN; LISTEN c; DEALLOCATE ALL; SET x = 1; COMMIT",
+          PGS_SESSION_PIN | PGS_SESSION_DROPS_PREPARED, 1, &fx);
+  assert_string_equal(fx.ops[0].sql, "SET x = 1");
+  pgs_session_effects_free(&fx);
+}
+
+static void test_too_many_sets(void **state) {
+  /* Past PGS_SESSION_MAX_OPS the client keeps its server instead. */
+  char sql[2048] = "";
+  for (int i = 0; i < PGS_SESSION_MAX_OPS + 3; i++) {
+    char one[32];
+    snprintf(one, sizeof(one), "SET v%d = %d;", i, i);
+    strcat(sql, one);
+  }
+  pgs_session_effects_t fx;
+  analyze(sql, PGS_SESSION_PIN, PGS_SESSION_MAX_OPS, &fx);
+  assert_string_equal(fx.ops[PGS_SESSION_MAX_OPS - 1].sql, "SET v31 = 31");
+  pgs_session_effects_free(&fx);
+}
+
+static void test_parse_failed(void **state) {
+  static const char *const bad[] = {"SELEC 1", "SET x =", "SET", "DISCARD", "SELECT 'unterminated",
+                                    "/* unterminated", "SET a = 1; SELEC 2"};
+  for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) {
+    pgs_session_effects_t fx;
+    pgs_session_analyze(bad[i], &fx);
+    if (!fx.parse_failed) fail_msg("\"%s\" parsed", bad[i]);
+    /* Nothing is reported from a statement list the server will refuse. */
+    assert_int_equal(fx.flags, 0);
+    assert_int_equal(fx.nops, 0);
+    pgs_session_effects_free(&fx);
+  }
+  /* The empty statement list parses to nothing. */
+  expect_flags("", 0);
+  expect_flags(";;", 0);
+  expect_flags("-- nothing", 0);
+}
+
+static void test_effects_free(void **state) {
+  pgs_session_effects_t fx;
+  analyze("SET a = 1; SET b = 2; RESET c", 0, 3, &fx);
+  pgs_session_effects_free(&fx);
+  assert_int_equal(fx.nops, 0);
+  pgs_session_effects_free(&fx); /* again: nothing left to free */
+
+  /* Ops whose sql was taken by the caller (set to NULL) are skipped. */
+  analyze("SET a = 1", 0, 1, &fx);
+  char *taken = fx.ops[0].sql;
+  fx.ops[0].sql = NULL;
+  pgs_session_effects_free(&fx);
+  free(taken);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_maybe_true),
+      cmocka_unit_test(test_maybe_false),
+      cmocka_unit_test(test_set),
+      cmocka_unit_test(test_set_line_comment),
+      cmocka_unit_test(test_set_without_lasting_effect),
+      cmocka_unit_test(test_reset),
+      cmocka_unit_test(test_discard_and_deallocate),
+      cmocka_unit_test(test_pins),
+      cmocka_unit_test(test_temporary_objects),
+      cmocka_unit_test(test_advisory_locks),
+      cmocka_unit_test(test_multi_statement),
+      cmocka_unit_test(test_too_many_sets),
+      cmocka_unit_test(test_parse_failed),
+      cmocka_unit_test(test_effects_free),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
