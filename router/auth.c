@@ -236,6 +236,45 @@ pgs_status_t pgs_scram_init_fixed(pgs_scram_t *scram, const char *password, cons
   return scram_setup(scram, password, salt, salt_len, iterations, server_nonce);
 }
 
+pgs_status_t pgs_scram_make_secret(const char *password, char *out, size_t outcap) {
+  if (out == NULL || outcap == 0) return PGS_EINVAL;
+  out[0] = '\0';
+  if (password == NULL || is_scram_secret(password)) return PGS_EINVAL;
+  if (is_md5_hash(password)) return PGS_EUNSUPPORTED;
+  size_t pwlen = strlen(password);
+  if (pwlen == 0 || pwlen >= PGS_MAX_PASSWORD) return PGS_EINVAL;
+
+  pgs_scram_t scram;
+  memset(&scram, 0, sizeof(scram));
+  scram.salt_len = SCRAM_SALT_LEN;
+  scram.iterations = PGS_SCRAM_ITERATIONS;
+  if (pgs_random_bytes(scram.salt, scram.salt_len) != PGS_OK) return PGS_EIO;
+
+  char salt64[4 * ((SCRAM_SALT_LEN + 2) / 3) + 1];
+  char stored64[4 * ((PGS_SCRAM_KEY_LEN + 2) / 3) + 1], server64[sizeof(stored64)];
+  char secret[PGS_SCRAM_SECRET_SIZE];
+  pgs_status_t status = PGS_EIO;
+  if (derive_keys(&scram, password) &&
+      base64_encode(scram.salt, scram.salt_len, salt64, sizeof(salt64)) &&
+      base64_encode(scram.stored_key, sizeof(scram.stored_key), stored64, sizeof(stored64)) &&
+      base64_encode(scram.server_key, sizeof(scram.server_key), server64, sizeof(server64))) {
+    int n = snprintf(secret, sizeof(secret), SCRAM_SECRET_PREFIX "%d:%s$%s:%s", scram.iterations,
+                     salt64, stored64, server64);
+    if (n < 0 || (size_t)n >= sizeof(secret) || (size_t)n >= outcap) {
+      status = PGS_EINVAL;
+    } else {
+      memcpy(out, secret, (size_t)n + 1);
+      status = PGS_OK;
+    }
+  }
+  /* The keys let whoever holds them pose as the server to this user. */
+  OPENSSL_cleanse(&scram, sizeof(scram));
+  OPENSSL_cleanse(secret, sizeof(secret));
+  OPENSSL_cleanse(stored64, sizeof(stored64));
+  OPENSSL_cleanse(server64, sizeof(server64));
+  return status;
+}
+
 void pgs_scram_clear(pgs_scram_t *scram) {
   OPENSSL_cleanse(scram, sizeof(*scram));
   scram->state = PGS_SCRAM_STATE_FAILED;

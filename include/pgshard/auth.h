@@ -62,6 +62,20 @@ pgs_status_t pgs_scram_init_fixed(pgs_scram_t *scram, const char *password, cons
                                   size_t salt_len, int iterations,
                                   const char *server_nonce) PGS_MUST_USE;
 
+/* Room for any secret pgs_scram_make_secret writes, with its NUL (133
+ * characters and the NUL at 4096 iterations and a 16-byte salt). */
+#define PGS_SCRAM_SECRET_SIZE 160
+
+/* Make a stored secret from the plain-text PASSWORD the way PostgreSQL does
+ * (a random 16-byte salt, PGS_SCRAM_ITERATIONS):
+ * "SCRAM-SHA-256$4096:<salt>$<StoredKey>:<ServerKey>", base64, written with a
+ * NUL into OUT (OUTCAP bytes; PGS_SCRAM_SECRET_SIZE is enough). pgs_scram_init
+ * on the secret accepts the same password as on PASSWORD itself, without
+ * running PBKDF2 per login. PGS_EUNSUPPORTED for an md5 hash; PGS_EINVAL for
+ * an empty or over-long password, one that already is a "SCRAM-SHA-256$"
+ * secret, or OUT too small (OUT then holds ""). */
+pgs_status_t pgs_scram_make_secret(const char *password, char *out, size_t outcap) PGS_MUST_USE;
+
 /* Consume client-first-message (MSG, LEN bytes, not NUL-terminated); write a
  * NUL-terminated server-first-message into OUT (OUTCAP bytes). */
 pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t len, char *out,

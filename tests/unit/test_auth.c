@@ -1,8 +1,9 @@
 /*
  * test_auth.c — router/auth.c: the RFC 7677 SCRAM-SHA-256 vector, whole
  * exchanges against a client side computed here with OpenSSL (plain-text
- * passwords and stored secrets), wrong passwords, every kind of malformed
- * message and misuse of the exchange's states, and md5 verification.
+ * passwords, stored secrets, secrets made by pgs_scram_make_secret), wrong
+ * passwords, every kind of malformed message and misuse of the exchange's
+ * states, and md5 verification.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -228,22 +229,28 @@ static void test_exchange_is_random(void **state) {
   assert_int_equal(pgs_random_bytes(r1, 0), PGS_OK);
 }
 
-/* Make a stored secret the way PostgreSQL does, with the test's own code. */
-static void make_secret(const char *password, char *out) {
-  uint8_t salt[16], salted[32], client_key[32], stored_key[32], server_key[32];
+/* Make a stored secret the way PostgreSQL does, with the test's own code,
+ * from a given 16-byte SALT. */
+static void make_secret_with_salt(const char *password, const uint8_t salt[16], char *out) {
+  uint8_t salted[32], client_key[32], stored_key[32], server_key[32];
   char salt64[32], stored64[48], server64[48];
   unsigned int len;
-  assert_int_equal(pgs_random_bytes(salt, sizeof(salt)), PGS_OK);
-  assert_int_equal(PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, sizeof(salt), 4096,
+  assert_int_equal(PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, 16, 4096,
                                      EVP_sha256(), 32, salted),
                    1);
   hmac(salted, "Client Key", 10, client_key);
   assert_int_equal(EVP_Digest(client_key, 32, stored_key, &len, EVP_sha256(), NULL), 1);
   hmac(salted, "Server Key", 10, server_key);
-  b64(salt, sizeof(salt), salt64);
+  b64(salt, 16, salt64);
   b64(stored_key, 32, stored64);
   b64(server_key, 32, server64);
   sprintf(out, "SCRAM-SHA-256$4096:%s$%s:%s", salt64, stored64, server64);
+}
+
+static void make_secret(const char *password, char *out) {
+  uint8_t salt[16];
+  assert_int_equal(pgs_random_bytes(salt, sizeof(salt)), PGS_OK);
+  make_secret_with_salt(password, salt, out);
 }
 
 static void test_exchange_secret(void **state) {
@@ -257,6 +264,73 @@ static void test_exchange_secret(void **state) {
   /* The secret's text is not a password. */
   assert_int_equal(pgs_scram_init(&scram, secret), PGS_OK);
   assert_int_equal(run_exchange(&scram, secret, "n,,", "biws", NULL), PGS_EAUTH);
+}
+
+/* pgs_scram_make_secret: the secret the test's own code makes from the same
+ * salt, and one pgs_scram_init takes for the password it was made from. */
+static void test_make_secret(void **state) {
+  char secret[PGS_SCRAM_SECRET_SIZE], other[PGS_SCRAM_SECRET_SIZE], expected[256];
+  assert_int_equal(pgs_scram_make_secret("correct horse", secret, sizeof(secret)), PGS_OK);
+
+  char salt64[64], stored64[64], server64[64];
+  assert_int_equal(sscanf(secret, "SCRAM-SHA-256$4096:%63[^$]$%63[^:]:%63s", salt64, stored64,
+                          server64),
+                   3);
+  assert_int_equal(strlen(salt64), 24);
+  assert_int_equal(strlen(stored64), 44);
+  assert_int_equal(strlen(server64), 44);
+  assert_int_equal(strlen(secret), 133);
+  uint8_t salt[64];
+  assert_int_equal(unb64(salt64, salt), 16);
+  make_secret_with_salt("correct horse", salt, expected);
+  assert_string_equal(secret, expected);
+
+  /* A fresh salt each time. */
+  assert_int_equal(pgs_scram_make_secret("correct horse", other, sizeof(other)), PGS_OK);
+  assert_string_not_equal(secret, other);
+
+  pgs_scram_t scram;
+  assert_int_equal(pgs_scram_init(&scram, secret), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "correct horse", "n,,", "biws", NULL), PGS_OK);
+  assert_int_equal(pgs_scram_init(&scram, secret), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "correct horsE", "n,,", "biws", NULL), PGS_EAUTH);
+  assert_int_equal(pgs_scram_init(&scram, secret), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "", "n,,", "biws", NULL), PGS_EAUTH);
+  assert_int_equal(pgs_scram_init(&scram, other), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "correct horse", "y,,", "eSws", NULL), PGS_OK);
+
+  /* "md5abc" is not an md5 hash, so it is a password like any other. */
+  assert_int_equal(pgs_scram_make_secret("md5abc", secret, sizeof(secret)), PGS_OK);
+  assert_int_equal(pgs_scram_init(&scram, secret), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "md5abc", "n,,", "biws", NULL), PGS_OK);
+}
+
+static void test_make_secret_rejects(void **state) {
+  char out[PGS_SCRAM_SECRET_SIZE];
+  strcpy(out, "stale");
+  assert_int_equal(pgs_scram_make_secret(NULL, out, sizeof(out)), PGS_EINVAL);
+  assert_string_equal(out, "");
+  assert_int_equal(pgs_scram_make_secret("", out, sizeof(out)), PGS_EINVAL);
+  assert_int_equal(pgs_scram_make_secret("md5" "0123456789abcdef0123456789abcdef", out,
+                                         sizeof(out)),
+                   PGS_EUNSUPPORTED);
+  assert_int_equal(pgs_scram_make_secret(RFC_SECRET, out, sizeof(out)), PGS_EINVAL);
+  assert_int_equal(pgs_scram_make_secret("SCRAM-SHA-256$", out, sizeof(out)), PGS_EINVAL);
+  assert_string_equal(out, "");
+
+  char huge[PGS_MAX_PASSWORD + 1];
+  memset(huge, 'x', PGS_MAX_PASSWORD);
+  huge[PGS_MAX_PASSWORD] = '\0';
+  assert_int_equal(pgs_scram_make_secret(huge, out, sizeof(out)), PGS_EINVAL);
+
+  /* OUT must hold the 133 characters and the NUL; a short one is left "". */
+  memset(out, 'z', sizeof(out));
+  assert_int_equal(pgs_scram_make_secret("pw", out, 133), PGS_EINVAL);
+  assert_string_equal(out, "");
+  assert_int_equal(pgs_scram_make_secret("pw", out, 134), PGS_OK);
+  assert_int_equal(strlen(out), 133);
+  assert_int_equal(pgs_scram_make_secret("pw", NULL, 134), PGS_EINVAL);
+  assert_int_equal(pgs_scram_make_secret("pw", out, 0), PGS_EINVAL);
 }
 
 static void test_exchange_y_flag_and_extensions(void **state) {
@@ -622,6 +696,8 @@ int main(void) {
       cmocka_unit_test(test_exchange_plain),
       cmocka_unit_test(test_exchange_is_random),
       cmocka_unit_test(test_exchange_secret),
+      cmocka_unit_test(test_make_secret),
+      cmocka_unit_test(test_make_secret_rejects),
       cmocka_unit_test(test_exchange_y_flag_and_extensions),
       cmocka_unit_test(test_wrong_password),
       cmocka_unit_test(test_client_first_malformed),
