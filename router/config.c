@@ -15,6 +15,7 @@
 
 #include <ini.h>
 
+#include "pgshard/auth.h"
 #include "pgshard/config.h"
 
 typedef struct parse_state {
@@ -529,6 +530,21 @@ static void config_validate(pgs_config_t *c) {
   if (c->ndatabases == 0) config_error(c, 0, "no [database.*] section");
 }
 
+/* A SCRAM login checked against a plain-text password runs PBKDF2 (4096
+ * HMACs) for every client, on the event loop; a secret made once here spares
+ * that. pgs_scram_make_secret refuses md5 hashes, secrets and empty
+ * passwords: those users keep no secret and log in exactly as before. */
+static void make_scram_secrets(pgs_config_t *c) {
+  for (int i = 0; i < c->nusers; i++) {
+    pgs_user_t *user = &c->users[i];
+    char secret[PGS_SCRAM_SECRET_SIZE];
+    if (user->password == NULL) continue;
+    if (pgs_scram_make_secret(user->password, secret, sizeof(secret)) == PGS_OK)
+      user->scram_secret = pgs_xstrdup(secret);
+    explicit_bzero(secret, sizeof(secret));
+  }
+}
+
 static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
   parse_state_t st;
@@ -550,6 +566,7 @@ static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   int rc = ini_parse_stream(read_line_cb, src, handler, &st);
   if (rc > 0) config_error(c, rc, "syntax error (expected [section] or key = value)");
   config_validate(c);
+  if (c->nerrors == 0) make_scram_secrets(c);
   return c;
 }
 
@@ -587,6 +604,7 @@ void pgs_config_unref(pgs_config_t *c) {
   for (int i = 0; i < c->nusers; i++) {
     free(c->users[i].name);
     free(c->users[i].password);
+    free(c->users[i].scram_secret);
   }
   free(c->users);
   for (int i = 0; i < c->ndatabases; i++) {

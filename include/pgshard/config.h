@@ -72,6 +72,10 @@ typedef struct pgs_database {
 typedef struct pgs_user {
   char *name;
   char *password; /* plain text, "md5..." hash or "SCRAM-SHA-256$..." secret */
+  /* For a plain-text password: a "SCRAM-SHA-256$..." secret made from it when
+   * the config was loaded, so SCRAM logins do not run PBKDF2 on the event
+   * loop each time. NULL for hashes, secrets and a config with errors. */
+  char *scram_secret;
   bool admin;
   int line;
 } pgs_user_t;

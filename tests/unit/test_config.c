@@ -1,16 +1,19 @@
 /*
  * test_config.c — router/config.c through pgs_config_parse_string: the
  * DESIGN.md example parses to the right values, absent keys take their
- * defaults, and every kind of mistake is reported with the line it is on.
+ * defaults, every kind of mistake is reported with the line it is on, and
+ * plain-text passwords get a SCRAM secret made at load.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
+#include "pgshard/auth.h"
 #include "pgshard/config.h"
 
 /* The "Config contract" example of DESIGN.md, verbatim. */
@@ -311,6 +314,74 @@ static void test_auth_trust_needs_no_password(void **state) {
   pgs_config_unref(c);
 }
 
+#define MD5_HASH "md5" "0123456789abcdef0123456789abcdef"
+#define SCRAM_SECRET                                                                               \
+  "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"     \
+  "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+
+/* Users of every password kind; a plain one gets a secret made at load. */
+static const char scram_users[] = "[user.plain]\npassword = secret\n"
+                                  "[user.hashed]\npassword = " MD5_HASH "\n"
+                                  "[user.scram]\npassword = " SCRAM_SECRET "\n"
+                                  "[user.md5ish]\npassword = md5abc\n"
+                                  "[shard.app.s0]\nprimary = port=6500\n";
+
+static void check_scram_secrets(const pgs_config_t *c) {
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  const pgs_user_t *plain = pgs_config_find_user(c, "plain");
+  assert_string_equal(plain->password, "secret"); /* md5 logins and servers need it */
+  assert_non_null(plain->scram_secret);
+  assert_int_equal(strncmp(plain->scram_secret, "SCRAM-SHA-256$4096:", 19), 0);
+  pgs_scram_t scram;
+  assert_int_equal(pgs_scram_init(&scram, plain->scram_secret), PGS_OK);
+  assert_int_equal(scram.salt_len, 16);
+
+  /* "md5abc" is no md5 hash: a plain password. */
+  assert_non_null(pgs_config_find_user(c, "md5ish")->scram_secret);
+  assert_string_not_equal(pgs_config_find_user(c, "md5ish")->scram_secret, plain->scram_secret);
+
+  assert_string_equal(pgs_config_find_user(c, "hashed")->password, MD5_HASH);
+  assert_null(pgs_config_find_user(c, "hashed")->scram_secret);
+  assert_string_equal(pgs_config_find_user(c, "scram")->password, SCRAM_SECRET);
+  assert_null(pgs_config_find_user(c, "scram")->scram_secret);
+}
+
+static void test_scram_secret(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(scram_users);
+  check_scram_secrets(c);
+  pgs_config_unref(c); /* frees the secrets; LeakSanitizer checks */
+
+  /* The same from a file. */
+  char path[] = "/tmp/test_config_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  assert_non_null(f);
+  assert_true(fputs(scram_users, f) >= 0);
+  assert_int_equal(fclose(f), 0);
+  c = pgs_config_load(path);
+  unlink(path);
+  check_scram_secrets(c);
+  pgs_config_unref(c);
+
+  /* A config with errors is not used: no PBKDF2 is spent on it. */
+  c = pgs_config_parse_string("[user.plain]\npassword = secret\n");
+  assert_int_equal(c->nerrors, 1);
+  assert_null(pgs_config_find_user(c, "plain")->scram_secret);
+  pgs_config_unref(c);
+
+  /* No password (trust) or an empty one: no secret. */
+  c = pgs_config_parse_string("[pgshard]\nauth = trust\n[user.a]\nadmin = true\n"
+                              "[user.b]\npassword =\n[shard.app.s0]\nprimary = port=1\n");
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  assert_null(pgs_config_find_user(c, "a")->scram_secret);
+  assert_string_equal(pgs_config_find_user(c, "b")->password, "");
+  assert_null(pgs_config_find_user(c, "b")->scram_secret);
+  pgs_config_unref(c);
+}
+
 static void test_bad_int(void **state) {
   expect_one_error(MINIMAL "[pgshard]\nworkers = abc\n", 6, "workers");
   expect_one_error(MINIMAL "[pgshard]\nworkers = 65\n", 6, "between 1 and 64");
@@ -570,6 +641,7 @@ int main(void) {
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_every_enum_and_value),
       cmocka_unit_test(test_auth_trust_needs_no_password),
+      cmocka_unit_test(test_scram_secret),
       cmocka_unit_test(test_bad_int),
       cmocka_unit_test(test_unknown_key),
       cmocka_unit_test(test_unknown_section),
