@@ -477,8 +477,11 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
     break;
   case PGS_AUTH_SCRAM:
     client->scram = pgs_xcalloc(1, sizeof(*client->scram));
-    if (pgs_scram_init(client->scram, client->user->password ? client->user->password : "") !=
-        PGS_OK) {
+    /* The secret is computed once per config load, not per login. */
+    const char *secret = client->user->scram_secret  ? client->user->scram_secret
+                         : client->user->password    ? client->user->password
+                                                     : "";
+    if (pgs_scram_init(client->scram, secret) != PGS_OK) {
       pgs_client_fail(client, PGS_SQLSTATE_INVALID_PASSWORD,
                       "password authentication failed for user \"%s\"", client->username);
       return;

@@ -42,8 +42,10 @@ static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db
   if (node->dbname == NULL) append_conninfo(&buf, "dbname", db->name);
   if (node->user == NULL) {
     append_conninfo(&buf, "user", user->name);
-    if (node->password == NULL && user->password && strncmp(user->password, "md5", 3) != 0 &&
-        strncmp(user->password, "SCRAM-SHA-256$", 14) != 0)
+    /* Only a plain-text password can log in to a server for the client;
+     * hashes and secrets stay with pgshard (user->scram_secret is set for
+     * plain-text passwords only). */
+    if (node->password == NULL && user->password && user->scram_secret)
       append_conninfo(&buf, "password", user->password);
   }
   /* TLS to servers is not used yet, and libpq must not swap the socket under
