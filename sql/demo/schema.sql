@@ -1,34 +1,37 @@
 -- schema.sql — the demo schema, run through pgshard by `make demo`:
 --   psql "host=127.0.0.1 port=6432 dbname=app user=app" -f sql/demo/schema.sql
 --
--- DDL goes to every shard. users is sharded by id and orders by user_id, with
--- the same key type, so a user's orders live on the user's shard and joins on
--- the key stay on one shard. countries is not in the shard map: a reference
--- table, written on every shard and read from any one.
+-- Safe to run again: every object is created only when it is missing, so a
+-- second `make demo` keeps the tables (and data.sql then adds nothing).
 --
--- Ids are given by the application, never by a sequence: each shard would
--- hand out the same serial values. There is no foreign key from orders to
--- users because PostgreSQL can only check it within one shard.
+-- The demo has one shard for now (config/demo.ini), so everything below runs
+-- on that shard's primary and reaches its replica by streaming replication.
+-- The tables are already shaped for sharding: users will be sharded by id and
+-- orders by user_id (the same key, so a user's orders live on the user's
+-- shard), and countries, a small table every shard needs, will be a
+-- reference table. That is why ids come from the application rather than a
+-- sequence (each shard would hand out the same values) and why orders has no
+-- foreign key to users (PostgreSQL checks one only within one server).
 
-DROP TABLE IF EXISTS orders;
-DROP TABLE IF EXISTS users;
-DROP TABLE IF EXISTS countries;
+\set ON_ERROR_STOP on
+-- no "already exists, skipping" notices on a second run
+SET client_min_messages = warning;
 
-CREATE TABLE countries (
+CREATE TABLE IF NOT EXISTS countries (
     code   text PRIMARY KEY,          -- ISO 3166 alpha-2
     name   text NOT NULL,
-    region text NOT NULL              -- eu | us, as in [geo.app]
+    region text NOT NULL              -- eu | us
 );
 
-CREATE TABLE users (
+CREATE TABLE IF NOT EXISTS users (
     id         bigint PRIMARY KEY,
     name       text NOT NULL,
     country    text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE orders (
-    user_id    bigint NOT NULL,       -- the shard key: the user's shard
+CREATE TABLE IF NOT EXISTS orders (
+    user_id    bigint NOT NULL,
     id         bigint NOT NULL,
     amount     numeric(10, 2) NOT NULL CHECK (amount >= 0),
     status     text NOT NULL DEFAULT 'new' CHECK (status IN ('new', 'paid', 'shipped', 'cancelled')),
@@ -36,4 +39,4 @@ CREATE TABLE orders (
     PRIMARY KEY (user_id, id)
 );
 
-CREATE INDEX orders_status ON orders (status);
+CREATE INDEX IF NOT EXISTS orders_status ON orders (status);
