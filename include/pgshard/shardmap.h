@@ -59,6 +59,12 @@ typedef struct pgs_key {
   uint8_t uuid[16];
   size_t text_len;
   char text[PGS_KEY_MAX_TEXT];
+  /* timestamptz only: the value carried no time zone (text without one, or
+   * a binary `timestamp` parameter) and was read as UTC. PostgreSQL would
+   * read it in the session's TimeZone, so the two agree only when that is
+   * UTC; the proxy, which sees the session's TimeZone, may refuse such keys
+   * in other sessions. Not part of the key: encode/compare/hash ignore it. */
+  bool zone_assumed;
 } pgs_key_t;
 
 /* Why a key could not be made or routed: a SQLSTATE and a message without
@@ -90,6 +96,8 @@ typedef struct pgs_table {
 typedef struct pgs_geo_value {
   char *value;  /* e.g. "DE" */
   char *region; /* e.g. "eu" */
+  pgs_key_t *key; /* VALUE typed by the geo tables' column type */
+  int line;
 } pgs_geo_value_t;
 
 typedef struct pgs_tenant_pin {
@@ -103,11 +111,15 @@ typedef struct pgs_tenant_pin {
 typedef struct pgs_shardmap {
   pgs_table_t *tables;
   int ntables;
-  pgs_geo_value_t *geo;
+  pgs_geo_value_t *geo; /* sorted by key (binary search) */
   int ngeo;
   char *geo_default; /* region for values in no list, or NULL: refuse */
-  pgs_tenant_pin_t *tenants;
+  pgs_tenant_pin_t *tenants; /* sorted by key (binary search) */
   int ntenants;
+  pgs_key_type_t geo_type;    /* column type shared by the geo tables (text if none) */
+  pgs_key_type_t tenant_type; /* column type shared by the tenant tables (text if none) */
+  int geo_line;     /* first line of [geo.DB], 0 when absent */
+  int tenants_line; /* first line of [tenants.DB], 0 when absent */
 } pgs_shardmap_t;
 
 const char *pgs_key_type_name(pgs_key_type_t type);
@@ -115,7 +127,20 @@ const char *pgs_strategy_name(pgs_strategy_t strategy);
 
 /* Parse a key from its text form (a literal's text, a text-format bind
  * parameter, a config value). Errors: 22P02 invalid input syntax, 22003 out
- * of range, 22001 text too long, 22007/22008 bad date/time. */
+ * of range, 22001 text too long, 22021 a NUL byte in text, 22007/22008/22009
+ * bad date/time, 0A000 a form PostgreSQL reads that pgshard does not.
+ *
+ * What is read is what PostgreSQL reads, to the same value: integers with
+ * blanks and a sign around them; uuids with or without hyphens and braces,
+ * any case; dates and timestamps in ISO 8601 (YYYY-MM-DD, then for
+ * timestamptz ' ' or 'T', H:MM[:SS[.frac]] rounded to microseconds as the
+ * server rounds, and a zone Z/UTC/GMT/+HH[:MM]), 'infinity', '-infinity',
+ * 'epoch', and a trailing BC. Refused with 0A000 although PostgreSQL reads
+ * them: 'now'/'today'/... (they change with the clock), named time zones
+ * (CET, Europe/Berlin: they need the tz database). Other DateStyle forms
+ * ('Jan 8 1999', '1999/01/08') are refused with 22007 and a note that only
+ * ISO is read. A timestamptz without a zone is read as UTC and marked
+ * zone_assumed (see pgs_key_t). */
 pgs_status_t pgs_key_from_text(pgs_key_type_t type, const char *text, size_t len, pgs_key_t *out,
                                pgs_key_error_t *err) PGS_MUST_USE;
 
@@ -126,13 +151,16 @@ pgs_status_t pgs_key_from_text(pgs_key_type_t type, const char *text, size_t len
 pgs_status_t pgs_key_from_binary(pgs_key_type_t type, uint32_t type_oid, const uint8_t *data,
                                  size_t len, pgs_key_t *out, pgs_key_error_t *err) PGS_MUST_USE;
 
-/* Canonical encoding (see above); returns its length. CAP >= 8 + text_len. */
+/* Canonical encoding (see above); returns its length. CAP >= 16 + text_len. */
 size_t pgs_key_encode(const pgs_key_t *key, uint8_t *buf, size_t cap);
 int pgs_key_compare(const pgs_key_t *a, const pgs_key_t *b);
 /* Text form of a key, as pgshardctl prints it. */
 void pgs_key_format(const pgs_key_t *key, char *buf, size_t cap);
 
 uint64_t pgs_key_hash_xxh3(const pgs_key_t *key);
+/* The partition hash PostgreSQL computes for a one-column PARTITION BY HASH
+ * key of this type: the row goes to the partition with REMAINDER equal to
+ * this modulo the MODULUS. */
 uint64_t pgs_key_hash_postgres(const pgs_key_t *key);
 
 struct pgs_database; /* config.h */
@@ -148,6 +176,43 @@ int pgs_shardmap_route(const struct pgs_database *db, const pgs_table_t *table,
 /* The hash slot of KEY (hash strategy, xxh3) and the shard owning a slot. */
 int pgs_shardmap_slot(const pgs_key_t *key);
 int pgs_shardmap_slot_shard(int slot, int nshards);
+
+/* How a key was routed, for `pgshardctl route -v` and debug logs. */
+typedef struct pgs_route_detail {
+  int shard;          /* as pgs_shardmap_route returns */
+  bool hashed;        /* hash, tenant not pinned, geo within a region of several */
+  bool postgres_hash; /* hashed with `hash = postgres` (hash is the partition hash) */
+  uint64_t hash;      /* XXH3-64 or the PostgreSQL partition hash */
+  int slot;           /* xxh3 slot, or -1 */
+  int range;          /* range strategy: index into table->ranges, else -1 */
+  const char *region; /* geo: the value's region (the default one included), else NULL */
+  bool geo_default;   /* geo: the value is in no list; the default region took it */
+  bool pinned;        /* tenant: pinned in [tenants.DB] */
+} pgs_route_detail_t;
+
+/* pgs_shardmap_route, also telling how (DETAIL may be NULL). */
+int pgs_shardmap_route_detail(const struct pgs_database *db, const pgs_table_t *table,
+                              const pgs_key_t *key, pgs_route_detail_t *detail,
+                              pgs_key_error_t *err);
+
+/* The shard an unpinned tenant or a hash-strategy key goes to under DB's
+ * `hash` setting (no table needed: tenants share one namespace). */
+int pgs_shardmap_hash_shard(const struct pgs_database *db, const pgs_key_t *key,
+                            pgs_route_detail_t *detail);
+
+/* Lookups in the sorted geo and tenant lists: the entry for KEY or NULL. */
+const pgs_geo_value_t *pgs_shardmap_find_geo(const pgs_shardmap_t *map, const pgs_key_t *key);
+const pgs_tenant_pin_t *pgs_shardmap_find_tenant(const pgs_shardmap_t *map, const pgs_key_t *key);
+
+/* The shards (indexes, in config order) whose `region` is REGION; returns
+ * how many, filling at most CAP of OUT. */
+int pgs_shardmap_region_shards(const struct pgs_database *db, const char *region, int *out,
+                               int cap);
+
+/* Parse a pgs_key_type_t / pgs_strategy_t name as the config writes it
+ * ("int" and "integer" are the same type). */
+bool pgs_key_type_parse(const char *name, pgs_key_type_t *out);
+bool pgs_strategy_parse(const char *name, pgs_strategy_t *out);
 
 void pgs_shardmap_free(pgs_shardmap_t *map);
 
