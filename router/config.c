@@ -5,7 +5,11 @@
  * comes and records problems with their line numbers instead of stopping, so
  * one run of `pgshardctl check` names every mistake. Cross-section checks
  * (a shard for an unknown database, a database with no shard) run after the
- * whole file is read. inih does not hand line numbers to the handler in
+ * whole file is read, and so does the shard map ([table.DB.T], [geo.DB],
+ * [tenants.DB]): it is kept raw while reading, then typed, sorted and
+ * checked as a whole (ranges cover the key space exactly once, every shard
+ * and region named exists, every bound, geo value and tenant parses as its
+ * column type) into each database's pgs_shardmap_t. inih does not hand line numbers to the handler in
  * Debian's build, so the reader below counts them itself.
  */
 #include <ctype.h>
@@ -18,6 +22,37 @@
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
 
+/* The shard map as written: kept raw while the file is read, because a
+ * table's range bounds are typed by a `type` that may come later in its
+ * section, tenant pins by tables that may come later in the file, and every
+ * shard name may be declared after the line naming it. shardmap_build()
+ * turns these into each database's pgs_shardmap_t once the file is read. */
+typedef struct raw_range {
+  char *spec; /* "SHARD: LOW - HIGH" */
+  int line;
+} raw_range_t;
+
+typedef struct raw_table {
+  char *db;
+  char *name;
+  int line;
+  char *column;
+  bool has_type, has_strategy, bad_type, bad_strategy;
+  pgs_key_type_t type;
+  pgs_strategy_t strategy;
+  raw_range_t *ranges;
+  int nranges;
+} raw_table_t;
+
+/* One `KEY = VALUE` line of [geo.DB] (a region and one of its values, or
+ * default) or of [tenants.DB] (a tenant and its shard). */
+typedef struct raw_entry {
+  char *db;
+  char *key;
+  char *value;
+  int line;
+} raw_entry_t;
+
 typedef struct parse_state {
   pgs_config_t *config;
   int line; /* line of the key being handled */
@@ -26,6 +61,13 @@ typedef struct parse_state {
   /* section-level bookkeeping */
   char section[256];
   int section_line;
+  /* the shard map, raw */
+  raw_table_t *tables;
+  int ntables;
+  raw_entry_t *geo;
+  int ngeo;
+  raw_entry_t *tenants;
+  int ntenants;
 } parse_state_t;
 
 /* Source for the line-counting reader: either a FILE or a string. */
@@ -440,6 +482,114 @@ static void handle_shard(parse_state_t *st, const char *dbname, const char *name
   }
 }
 
+
+/* ---- the shard map: [table.DB.T], [geo.DB], [tenants.DB] ---- */
+
+static raw_table_t *get_raw_table(parse_state_t *st, const char *db, const char *name) {
+  for (int i = 0; i < st->ntables; i++)
+    if (!strcmp(st->tables[i].db, db) && !strcmp(st->tables[i].name, name)) return &st->tables[i];
+  st->tables = pgs_xrealloc(st->tables, sizeof(*st->tables) * (size_t)(st->ntables + 1));
+  raw_table_t *t = &st->tables[st->ntables++];
+  memset(t, 0, sizeof(*t));
+  t->db = pgs_xstrdup(db);
+  t->name = pgs_xstrdup(name);
+  t->line = st->line;
+  return t;
+}
+
+static void handle_table(parse_state_t *st, const char *dbname, const char *name,
+                         const char *key, const char *value) {
+  raw_table_t *t = get_raw_table(st, dbname, name);
+  pgs_config_t *c = st->config;
+  if (!strcmp(key, "column")) {
+    if (t->column) {
+      config_error(c, st->line, "[table.%s.%s]: column given twice", dbname, name);
+    } else if (!*value || strpbrk(value, " \t") || strlen(value) >= PGS_MAX_NAME) {
+      config_error(c, st->line, "column: expected a column name, got \"%s\"", value);
+    } else {
+      t->column = pgs_xstrdup(value);
+    }
+  } else if (!strcmp(key, "type")) {
+    if (t->has_type || t->bad_type) {
+      config_error(c, st->line, "[table.%s.%s]: type given twice", dbname, name);
+    } else if (pgs_key_type_parse(value, &t->type)) {
+      t->has_type = true;
+    } else {
+      t->bad_type = true;
+      config_error(c, st->line,
+                   "type: expected one of smallint | int | bigint | text | uuid | date | "
+                   "timestamptz, got \"%s\"",
+                   value);
+    }
+  } else if (!strcmp(key, "strategy")) {
+    if (t->has_strategy || t->bad_strategy) {
+      config_error(c, st->line, "[table.%s.%s]: strategy given twice", dbname, name);
+    } else if (pgs_strategy_parse(value, &t->strategy)) {
+      t->has_strategy = true;
+    } else {
+      t->bad_strategy = true;
+      config_error(c, st->line, "strategy: expected one of hash | range | geo | tenant, got \"%s\"",
+                   value);
+    }
+  } else if (!strcmp(key, "range")) {
+    t->ranges = pgs_xrealloc(t->ranges, sizeof(*t->ranges) * (size_t)(t->nranges + 1));
+    t->ranges[t->nranges].spec = pgs_xstrdup(value);
+    t->ranges[t->nranges].line = st->line;
+    t->nranges++;
+  } else {
+    config_error(c, st->line, "unknown key \"%s\" in [table.%s.%s]", key, dbname, name);
+  }
+}
+
+static void add_entry(raw_entry_t **list, int *n, const char *db, const char *key,
+                      const char *value, size_t value_len, int line) {
+  *list = pgs_xrealloc(*list, sizeof(**list) * (size_t)(*n + 1));
+  raw_entry_t *e = &(*list)[(*n)++];
+  e->db = pgs_xstrdup(db);
+  e->key = pgs_xstrdup(key);
+  e->value = pgs_xstrndup(value, value_len);
+  e->line = line;
+}
+
+/* [geo.DB]: `REGION = VALUE VALUE ...` (blanks or commas between values),
+ * repeatable; `default = REGION`. One raw entry per value. */
+static void handle_geo(parse_state_t *st, const char *dbname, const char *key,
+                       const char *value) {
+  if (!strcmp(key, "default")) {
+    if (!valid_name(value)) {
+      config_error(st->config, st->line, "default: expected a region name, got \"%s\"", value);
+      return;
+    }
+    add_entry(&st->geo, &st->ngeo, dbname, key, value, strlen(value), st->line);
+    return;
+  }
+  if (!valid_name(key)) {
+    config_error(st->config, st->line, "[geo.%s]: bad region name \"%s\"", dbname, key);
+    return;
+  }
+  int found = 0;
+  for (const char *p = value; *p;) {
+    while (*p == ',' || isspace((unsigned char)*p)) p++;
+    const char *start = p;
+    while (*p && *p != ',' && !isspace((unsigned char)*p)) p++;
+    if (p > start) {
+      add_entry(&st->geo, &st->ngeo, dbname, key, start, (size_t)(p - start), st->line);
+      found++;
+    }
+  }
+  if (!found) config_error(st->config, st->line, "[geo.%s]: region %s lists no value", dbname, key);
+}
+
+/* [tenants.DB]: `TENANT = SHARD`. */
+static void handle_tenant(parse_state_t *st, const char *dbname, const char *key,
+                          const char *value) {
+  if (!valid_name(value)) {
+    config_error(st->config, st->line, "tenant %s: expected a shard name, got \"%s\"", key, value);
+    return;
+  }
+  add_entry(&st->tenants, &st->ntenants, dbname, key, value, strlen(value), st->line);
+}
+
 /* Split "a.b.c" section names. Returns the number of parts (max 3). */
 static int split_section(const char *section, char parts[3][128]) {
   int n = 0;
@@ -482,9 +632,21 @@ static int handler(void *user, const char *section, const char *key, const char 
       config_error(st->config, st->line, "[%s]: bad database or shard name", section);
     else
       handle_shard(st, parts[1], parts[2], key, value);
-  } else if ((n == 3 && !strcmp(parts[0], "table")) ||
-             (n == 2 && (!strcmp(parts[0], "geo") || !strcmp(parts[0], "tenants")))) {
-    /* The shard map: read by the router (see shardmap.h once routing lands). */
+  } else if (n == 3 && !strcmp(parts[0], "table")) {
+    if (!valid_name(parts[1]) || !valid_name(parts[2]))
+      config_error(st->config, st->line, "[%s]: bad database or table name", section);
+    else
+      handle_table(st, parts[1], parts[2], key, value);
+  } else if (n == 2 && !strcmp(parts[0], "geo")) {
+    if (!valid_name(parts[1]))
+      config_error(st->config, st->line, "[%s]: bad database name", section);
+    else
+      handle_geo(st, parts[1], key, value);
+  } else if (n == 2 && !strcmp(parts[0], "tenants")) {
+    if (!valid_name(parts[1]))
+      config_error(st->config, st->line, "[%s]: bad database name", section);
+    else
+      handle_tenant(st, parts[1], key, value);
   } else if (section[0] == '\0') {
     config_error(st->config, st->line, "key \"%s\" outside any section", key);
   } else {
@@ -545,6 +707,436 @@ static void make_scram_secrets(pgs_config_t *c) {
   }
 }
 
+/* ---- the shard map, built and checked once the whole file is read ---- */
+
+static pgs_database_t *find_database(pgs_config_t *c, const char *name) {
+  for (int i = 0; i < c->ndatabases; i++)
+    if (!strcmp(c->databases[i].name, name)) return &c->databases[i];
+  return NULL;
+}
+
+static pgs_key_t *key_dup(const pgs_key_t *key) {
+  pgs_key_t *k = pgs_xmalloc(sizeof(*k));
+  *k = *key;
+  return k;
+}
+
+static char *trim_copy(const char *s, size_t len) {
+  while (len > 0 && isspace((unsigned char)*s)) {
+    s++;
+    len--;
+  }
+  while (len > 0 && isspace((unsigned char)s[len - 1])) len--;
+  return pgs_xstrndup(s, len);
+}
+
+/* A bound as written: 'quoted' (with '' for a quote) or bare; "" is open. */
+static char *unquote_bound(char *bound) {
+  size_t len = strlen(bound);
+  if (len >= 2 && bound[0] == '\'' && bound[len - 1] == '\'') {
+    size_t o = 0;
+    for (size_t i = 1; i + 1 < len; i++) {
+      bound[o++] = bound[i];
+      if (bound[i] == '\'' && bound[i + 1] == '\'') i++;
+    }
+    bound[o] = '\0';
+  }
+  return bound;
+}
+
+/* "SHARD: LOW - HIGH". The separator is a hyphen standing alone between
+ * blanks (so -5, 2024-01-01 and 10:00:00-05 are bounds, not separators); an
+ * empty side is open: "s0: - 100", "s1: 100 -", "s2: -" (everything).
+ * Bounds may be quoted to hold " - ". Returns false with ERR set. */
+static bool split_range_spec(const char *spec, char **shard, char **low, char **high,
+                             bool *quoted_low, bool *quoted_high, char *err, size_t errlen) {
+  const char *colon = strchr(spec, ':');
+  *shard = *low = *high = NULL;
+  if (colon == NULL) {
+    snprintf(err, errlen, "range: expected SHARD: LOW - HIGH, got \"%s\"", spec);
+    return false;
+  }
+  const char *rest = colon + 1;
+  size_t len = strlen(rest);
+  size_t seps[3];
+  int nseps = 0;
+  bool quoted = false;
+  for (size_t i = 0; i < len; i++) {
+    if (rest[i] == '\'') quoted = !quoted;
+    if (quoted || rest[i] != '-') continue;
+    bool alone_before = i == 0 || isspace((unsigned char)rest[i - 1]);
+    bool alone_after = i + 1 == len || isspace((unsigned char)rest[i + 1]);
+    if (alone_before && alone_after && nseps < 3) seps[nseps++] = i;
+  }
+  char *between = NULL;
+  if (nseps == 2) between = trim_copy(rest + seps[0] + 1, seps[1] - seps[0] - 1);
+  bool ok = nseps == 1 || (nseps == 2 && !*between);
+  if (ok) {
+    size_t hi_start = seps[nseps - 1] + 1;
+    *low = trim_copy(rest, seps[0]);
+    *high = trim_copy(rest + hi_start, len - hi_start);
+    /* "- -" is open at both ends; "5 - - 7" is not a range. */
+    if (nseps == 2 && (**low || **high)) ok = false;
+  }
+  free(between);
+  if (!ok) {
+    free(*low);
+    free(*high);
+    *low = *high = NULL;
+    snprintf(err, errlen,
+             "range: expected SHARD: LOW - HIGH with one lone \"-\" between the bounds "
+             "(an empty side is open), got \"%s\"",
+             spec);
+    return false;
+  }
+  *quoted_low = **low == '\'';
+  *quoted_high = **high == '\'';
+  unquote_bound(*low);
+  unquote_bound(*high);
+  *shard = trim_copy(spec, (size_t)(colon - spec));
+  return true;
+}
+
+static void format_bound(const pgs_range_t *r, bool high, char *buf, size_t cap) {
+  if (high ? !r->has_high : !r->has_low)
+    snprintf(buf, cap, "%s", high ? "+infinity" : "-infinity");
+  else
+    pgs_key_format(high ? r->high : r->low, buf, cap);
+}
+
+static int range_order(const void *pa, const void *pb) {
+  const pgs_range_t *a = pa, *b = pb;
+  if (!a->has_low || !b->has_low) return (int)a->has_low - (int)b->has_low;
+  return pgs_key_compare(a->low, b->low);
+}
+
+/* Parse one bound with the column type; false (error recorded) if bad. */
+static bool parse_bound(pgs_config_t *c, const raw_table_t *t, const raw_range_t *raw,
+                        const char *text, pgs_key_t **out) {
+  pgs_key_t key;
+  pgs_key_error_t kerr;
+  if (pgs_key_from_text(t->type, text, strlen(text), &key, &kerr) != PGS_OK) {
+    config_error(c, raw->line, "[table.%s.%s]: range bound \"%s\" is not a %s: %s (%s)", t->db,
+                 t->name, text, pgs_key_type_name(t->type), kerr.message, kerr.sqlstate);
+    return false;
+  }
+  *out = key_dup(&key);
+  return true;
+}
+
+/* The ranges of a range table: typed, sorted, and covering the whole key
+ * space exactly once (first open low, last open high, each high the next
+ * low). */
+static void build_ranges(pgs_config_t *c, const pgs_database_t *db, const raw_table_t *t,
+                         pgs_table_t *table) {
+  table->ranges = pgs_xcalloc((size_t)t->nranges + 1, sizeof(*table->ranges));
+  for (int i = 0; i < t->nranges; i++) {
+    const raw_range_t *raw = &t->ranges[i];
+    char *shard, *low, *high, err[512];
+    bool ql, qh;
+    if (!split_range_spec(raw->spec, &shard, &low, &high, &ql, &qh, err, sizeof(err))) {
+      config_error(c, raw->line, "[table.%s.%s]: %s", t->db, t->name, err);
+      continue;
+    }
+    pgs_range_t r = {.shard = pgs_shardmap_find_shard(db, shard), .line = raw->line};
+    bool ok = true;
+    if (r.shard < 0) {
+      config_error(c, raw->line, "[table.%s.%s]: range on unknown shard %s (no [shard.%s.%s])",
+                   t->db, t->name, shard, t->db, shard);
+      ok = false;
+    }
+    r.has_low = *low || ql;
+    r.has_high = *high || qh;
+    if (r.has_low && !parse_bound(c, t, raw, low, &r.low)) ok = false;
+    if (r.has_high && !parse_bound(c, t, raw, high, &r.high)) ok = false;
+    if (ok && r.has_low && r.has_high && pgs_key_compare(r.low, r.high) >= 0) {
+      config_error(c, raw->line, "[table.%s.%s]: empty range: low %s is not below high %s",
+                   t->db, t->name, low, high);
+      ok = false;
+    }
+    free(shard);
+    free(low);
+    free(high);
+    if (!ok) {
+      free(r.low);
+      free(r.high);
+      continue;
+    }
+    table->ranges[table->nranges++] = r;
+  }
+  if (table->nranges == 0) return;
+  qsort(table->ranges, (size_t)table->nranges, sizeof(*table->ranges), range_order);
+
+  char a[160], b[160];
+  const pgs_range_t *first = &table->ranges[0];
+  if (first->has_low) {
+    format_bound(first, false, a, sizeof(a));
+    config_error(c, first->line,
+                 "[table.%s.%s]: gap: keys below %s are in no range (make the lowest range "
+                 "open: \"SHARD: - %s\")",
+                 t->db, t->name, a, a);
+  }
+  for (int i = 1; i < table->nranges; i++) {
+    const pgs_range_t *prev = &table->ranges[i - 1], *r = &table->ranges[i];
+    int cmp = !prev->has_high || !r->has_low ? 1 : pgs_key_compare(prev->high, r->low);
+    if (cmp > 0) {
+      format_bound(r, false, a, sizeof(a));
+      format_bound(prev, true, b, sizeof(b));
+      config_error(c, r->line,
+                   "[table.%s.%s]: overlap: this range starts at %s, before the range on line "
+                   "%d ends (%s)",
+                   t->db, t->name, a, prev->line, b);
+    } else if (cmp < 0) {
+      format_bound(prev, true, a, sizeof(a));
+      format_bound(r, false, b, sizeof(b));
+      config_error(c, r->line,
+                   "[table.%s.%s]: gap: keys from %s up to %s are in no range (between the "
+                   "ranges on lines %d and %d)",
+                   t->db, t->name, a, b, prev->line, r->line);
+    }
+  }
+  const pgs_range_t *last = &table->ranges[table->nranges - 1];
+  if (last->has_high) {
+    format_bound(last, true, a, sizeof(a));
+    config_error(c, last->line,
+                 "[table.%s.%s]: gap: keys from %s up are in no range (make the highest range "
+                 "open: \"SHARD: %s -\")",
+                 t->db, t->name, a, a);
+  }
+}
+
+static int geo_order(const void *pa, const void *pb) {
+  return pgs_key_compare(((const pgs_geo_value_t *)pa)->key, ((const pgs_geo_value_t *)pb)->key);
+}
+
+static int tenant_order(const void *pa, const void *pb) {
+  return pgs_key_compare(((const pgs_tenant_pin_t *)pa)->key,
+                         ((const pgs_tenant_pin_t *)pb)->key);
+}
+
+/* The column type every table of STRATEGY in DB shares (text when there is
+ * none); tables that differ are an error on the first one that does. */
+static pgs_key_type_t shared_type(pgs_config_t *c, const pgs_database_t *db,
+                                  pgs_strategy_t strategy) {
+  const pgs_table_t *first = NULL;
+  for (int i = 0; i < db->shardmap.ntables; i++) {
+    const pgs_table_t *t = &db->shardmap.tables[i];
+    if (t->strategy != strategy) continue;
+    if (first == NULL) {
+      first = t;
+    } else if (t->type != first->type) {
+      config_error(c, t->line,
+                   "[table.%s.%s]: the %s tables of database %s share one key space, but this "
+                   "one is %s and %s (line %d) is %s",
+                   db->name, t->name, pgs_strategy_name(strategy), db->name,
+                   pgs_key_type_name(t->type), first->name, first->line,
+                   pgs_key_type_name(first->type));
+    }
+  }
+  return first ? first->type : PGS_TYPE_TEXT;
+}
+
+static bool raw_is_for(const raw_entry_t *e, const pgs_database_t *db) {
+  return !strcmp(e->db, db->name);
+}
+
+static void build_geo(pgs_config_t *c, parse_state_t *st, pgs_database_t *db) {
+  pgs_shardmap_t *map = &db->shardmap;
+  map->geo_type = shared_type(c, db, PGS_STRATEGY_GEO);
+  int regions_checked = 0;
+  char **checked = NULL;
+  for (int i = 0; i < st->ngeo; i++) {
+    const raw_entry_t *e = &st->geo[i];
+    if (!raw_is_for(e, db)) continue;
+    if (map->geo_line == 0) map->geo_line = e->line;
+    const char *region = !strcmp(e->key, "default") ? e->value : e->key;
+    bool seen = false;
+    for (int r = 0; r < regions_checked; r++) seen = seen || !strcmp(checked[r], region);
+    if (!seen) {
+      checked = pgs_xrealloc(checked, sizeof(*checked) * (size_t)(regions_checked + 1));
+      checked[regions_checked++] = (char *)region;
+      if (pgs_shardmap_region_shards(db, region, NULL, 0) == 0)
+        config_error(c, e->line,
+                     "[geo.%s]: region %s has no shard (no [shard.%s.*] says region = %s)",
+                     db->name, region, db->name, region);
+    }
+    if (!strcmp(e->key, "default")) {
+      if (map->geo_default) {
+        config_error(c, e->line, "[geo.%s]: default given twice", db->name);
+        continue;
+      }
+      map->geo_default = pgs_xstrdup(e->value);
+      continue;
+    }
+    pgs_key_t key;
+    pgs_key_error_t kerr;
+    if (pgs_key_from_text(map->geo_type, e->value, strlen(e->value), &key, &kerr) != PGS_OK) {
+      config_error(c, e->line, "[geo.%s]: value \"%s\" of region %s is not a %s: %s (%s)",
+                   db->name, e->value, e->key, pgs_key_type_name(map->geo_type), kerr.message,
+                   kerr.sqlstate);
+      continue;
+    }
+    const pgs_geo_value_t *dup = NULL;
+    for (int g = 0; g < map->ngeo && !dup; g++)
+      if (!pgs_key_compare(map->geo[g].key, &key)) dup = &map->geo[g];
+    if (dup) {
+      if (!strcmp(dup->region, e->key))
+        config_error(c, e->line, "[geo.%s]: value %s is listed twice in region %s (line %d)",
+                     db->name, e->value, e->key, dup->line);
+      else
+        config_error(c, e->line,
+                     "[geo.%s]: value %s is listed in two regions: %s (line %d) and %s",
+                     db->name, e->value, dup->region, dup->line, e->key);
+      continue;
+    }
+    map->geo = pgs_xrealloc(map->geo, sizeof(*map->geo) * (size_t)(map->ngeo + 1));
+    pgs_geo_value_t *g = &map->geo[map->ngeo++];
+    g->value = pgs_xstrdup(e->value);
+    g->region = pgs_xstrdup(e->key);
+    g->key = key_dup(&key);
+    g->line = e->line;
+  }
+  free(checked);
+  if (map->ngeo > 1) qsort(map->geo, (size_t)map->ngeo, sizeof(*map->geo), geo_order);
+  for (int i = 0; i < map->ntables; i++) {
+    const pgs_table_t *t = &map->tables[i];
+    if (t->strategy == PGS_STRATEGY_GEO && map->ngeo == 0 && map->geo_default == NULL &&
+        map->geo_line == 0)
+      config_error(c, t->line, "[table.%s.%s]: strategy = geo needs a [geo.%s] section", db->name,
+                   t->name, db->name);
+  }
+}
+
+static void build_tenants(pgs_config_t *c, parse_state_t *st, pgs_database_t *db) {
+  pgs_shardmap_t *map = &db->shardmap;
+  map->tenant_type = shared_type(c, db, PGS_STRATEGY_TENANT);
+  for (int i = 0; i < st->ntenants; i++) {
+    const raw_entry_t *e = &st->tenants[i];
+    if (!raw_is_for(e, db)) continue;
+    if (map->tenants_line == 0) map->tenants_line = e->line;
+    pgs_key_t key;
+    pgs_key_error_t kerr;
+    bool ok = true;
+    if (pgs_key_from_text(map->tenant_type, e->key, strlen(e->key), &key, &kerr) != PGS_OK) {
+      config_error(c, e->line, "[tenants.%s]: tenant \"%s\" is not a %s: %s (%s)", db->name,
+                   e->key, pgs_key_type_name(map->tenant_type), kerr.message, kerr.sqlstate);
+      ok = false;
+    }
+    int shard = pgs_shardmap_find_shard(db, e->value);
+    if (shard < 0) {
+      config_error(c, e->line, "[tenants.%s]: tenant %s pinned on unknown shard %s", db->name,
+                   e->key, e->value);
+      ok = false;
+    }
+    if (!ok) continue;
+    const pgs_tenant_pin_t *dup = NULL;
+    for (int p = 0; p < map->ntenants && !dup; p++)
+      if (!pgs_key_compare(map->tenants[p].key, &key)) dup = &map->tenants[p];
+    if (dup) {
+      config_error(c, e->line, "[tenants.%s]: tenant %s is pinned twice (also as %s on line %d)",
+                   db->name, e->key, dup->raw, dup->line);
+      continue;
+    }
+    map->tenants = pgs_xrealloc(map->tenants, sizeof(*map->tenants) * (size_t)(map->ntenants + 1));
+    pgs_tenant_pin_t *pin = &map->tenants[map->ntenants++];
+    pin->key = key_dup(&key);
+    pin->raw = pgs_xstrdup(e->key);
+    pin->shard = shard;
+    pin->line = e->line;
+  }
+  if (map->ntenants > 1)
+    qsort(map->tenants, (size_t)map->ntenants, sizeof(*map->tenants), tenant_order);
+}
+
+static void shardmap_build(pgs_config_t *c, parse_state_t *st) {
+  for (int i = 0; i < st->ntables; i++) {
+    const raw_table_t *t = &st->tables[i];
+    pgs_database_t *db = find_database(c, t->db);
+    if (db == NULL) {
+      config_error(c, t->line, "[table.%s.%s]: unknown database %s (no [database.%s])", t->db,
+                   t->name, t->db, t->db);
+      continue;
+    }
+    bool ok = !t->bad_type && !t->bad_strategy;
+    if (t->column == NULL) {
+      config_error(c, t->line, "[table.%s.%s]: no column", t->db, t->name);
+      ok = false;
+    }
+    if (!t->has_type && !t->bad_type) {
+      config_error(c, t->line, "[table.%s.%s]: no type", t->db, t->name);
+      ok = false;
+    }
+    if (!t->has_strategy && !t->bad_strategy) {
+      config_error(c, t->line, "[table.%s.%s]: no strategy", t->db, t->name);
+      ok = false;
+    }
+    if (t->has_strategy && t->strategy != PGS_STRATEGY_RANGE && t->nranges > 0) {
+      config_error(c, t->ranges[0].line,
+                   "[table.%s.%s]: range = ... is for strategy = range, not %s", t->db, t->name,
+                   pgs_strategy_name(t->strategy));
+      ok = false;
+    }
+    if (t->has_strategy && t->strategy == PGS_STRATEGY_RANGE && t->nranges == 0) {
+      config_error(c, t->line,
+                   "[table.%s.%s]: strategy = range needs range = SHARD: LOW - HIGH lines", t->db,
+                   t->name);
+      ok = false;
+    }
+    if (!ok) continue;
+    pgs_shardmap_t *map = &db->shardmap;
+    map->tables = pgs_xrealloc(map->tables, sizeof(*map->tables) * (size_t)(map->ntables + 1));
+    pgs_table_t *table = &map->tables[map->ntables++];
+    memset(table, 0, sizeof(*table));
+    table->name = pgs_xstrdup(t->name);
+    table->column = pgs_xstrdup(t->column);
+    table->type = t->type;
+    table->strategy = t->strategy;
+    table->line = t->line;
+    if (t->strategy == PGS_STRATEGY_RANGE) build_ranges(c, db, t, table);
+  }
+  for (int i = 0; i < st->ngeo + st->ntenants; i++) {
+    const raw_entry_t *e = i < st->ngeo ? &st->geo[i] : &st->tenants[i - st->ngeo];
+    if (find_database(c, e->db) == NULL) {
+      /* once per section, not per line */
+      bool reported = false;
+      for (int j = 0; j < i && !reported; j++) {
+        const raw_entry_t *o = j < st->ngeo ? &st->geo[j] : &st->tenants[j - st->ngeo];
+        reported = (j < st->ngeo) == (i < st->ngeo) && !strcmp(o->db, e->db);
+      }
+      if (!reported)
+        config_error(c, e->line, "[%s.%s]: unknown database %s (no [database.%s])",
+                     i < st->ngeo ? "geo" : "tenants", e->db, e->db, e->db);
+    }
+  }
+  for (int i = 0; i < c->ndatabases; i++) {
+    build_geo(c, st, &c->databases[i]);
+    build_tenants(c, st, &c->databases[i]);
+  }
+}
+
+static void raw_entries_free(raw_entry_t *list, int n) {
+  for (int i = 0; i < n; i++) {
+    free(list[i].db);
+    free(list[i].key);
+    free(list[i].value);
+  }
+  free(list);
+}
+
+static void parse_state_free(parse_state_t *st) {
+  for (int i = 0; i < st->ntables; i++) {
+    raw_table_t *t = &st->tables[i];
+    free(t->db);
+    free(t->name);
+    free(t->column);
+    for (int r = 0; r < t->nranges; r++) free(t->ranges[r].spec);
+    free(t->ranges);
+  }
+  free(st->tables);
+  raw_entries_free(st->geo, st->ngeo);
+  raw_entries_free(st->tenants, st->ntenants);
+}
+
 static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
   parse_state_t st;
@@ -566,6 +1158,8 @@ static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   int rc = ini_parse_stream(read_line_cb, src, handler, &st);
   if (rc > 0) config_error(c, rc, "syntax error (expected [section] or key = value)");
   config_validate(c);
+  shardmap_build(c, &st);
+  parse_state_free(&st);
   if (c->nerrors == 0) make_scram_secrets(c);
   return c;
 }
@@ -618,6 +1212,7 @@ void pgs_config_unref(pgs_config_t *c) {
       free(shard->replicas);
     }
     free(db->shards);
+    pgs_shardmap_free(&db->shardmap);
     free(db->name);
   }
   free(c->databases);

@@ -514,6 +514,7 @@ static void test_long_lines(void **state) {
   snprintf(text, sizeof(text),
            MINIMAL "[shard.app.s1]\n"
                    "primary = host=h port=7 dbname=d user=u password='%s'\n"
+                   "region = eu\n"
                    "[geo.app]\n"
                    "eu = %s\n",
            password, password);
