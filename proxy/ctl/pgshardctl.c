@@ -43,7 +43,7 @@ static int cmd_check(int argc, char **argv) {
 static void usage(void) {
   fprintf(stderr,
           "usage: pgshardctl check FILE\n"
-          "       pgshardctl route [-v] FILE DATABASE TABLE KEY|-\n"
+          "       pgshardctl route [-v] [--stdin] FILE DATABASE TABLE [KEY]\n"
           "       pgshardctl diff [--exit-code] OLD NEW\n"
           "       pgshardctl lab up|status|down|lag -c FILE [--dir DIR] ...\n"
           "       (pgshardctl lab --help for details)\n");
