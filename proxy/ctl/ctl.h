@@ -9,7 +9,7 @@
 /* `pgshardctl lab up|status|down|lag ...` (lab.c). */
 int pgs_ctl_lab(int argc, char **argv);
 
-/* `pgshardctl route [-v] FILE DB TABLE KEY|-` (route.c). */
+/* `pgshardctl route [-v] [--stdin] FILE DB TABLE [KEY]` (route.c). */
 int pgs_ctl_route(int argc, char **argv);
 
 /* `pgshardctl diff [--exit-code] OLD NEW` (diff.c). Differs from the rule
