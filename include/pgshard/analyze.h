@@ -33,6 +33,7 @@ typedef struct pgs_literal {
   uint32_t offset; /* into pgs_lexed_t.values */
   uint32_t len;
   bool is_string; /* a quoted string ('...', E'...', $$...$$), else a number */
+  uint32_t placeholder; /* offset of its $N in pgs_lexed_t.normalized */
 } pgs_literal_t;
 
 typedef struct pgs_lexed {
@@ -44,14 +45,26 @@ typedef struct pgs_lexed {
   pgs_literal_t *literals;
   char *values;         /* literal values, back to back, NUL after each */
   char hint_shard[64];  /* from a pgshard: shard=NAME comment, or "" */
-  int nstatements;      /* top-level statements (';'-separated) */
+  int nstatements;      /* top-level statements (';'-separated, empty ones
+                           not counted; a lexical count: the ';' inside a
+                           BEGIN ATOMIC body counts too) */
+  /* Capacities of the buffers above, kept between calls (private). */
+  size_t normalized_cap;
+  size_t values_len;
+  size_t values_cap;
+  int literals_cap;
+  char *scratch; /* renumbering placeholders swaps it with normalized */
+  size_t scratch_cap;
 } pgs_lexed_t;
 
 /* Reusable: pgs_lex_init once, pgs_lex many times (buffers are kept). */
 void pgs_lex_init(pgs_lexed_t *lx);
 void pgs_lex_free(pgs_lexed_t *lx);
-/* PGS_EINVAL for unterminated quotes/comments (the server will reject it
- * too), PGS_ETOOBIG over PGS_LEX_MAX_LITERALS. */
+/* PGS_EINVAL for unterminated quotes/comments, bad escapes in E'...' and
+ * NUL bytes (the server will reject those too), PGS_ETOOBIG over
+ * PGS_LEX_MAX_LITERALS or when parameters and literals together pass 65535.
+ * The normalised text keeps B'...', X'...', N'...' and U&'...' literals
+ * verbatim (they are never keys); every other literal becomes $N. */
 pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) PGS_MUST_USE;
 
 /* ---- plans ---- */
@@ -94,7 +107,8 @@ typedef struct pgs_key_ref {
 typedef struct pgs_plan {
   pgs_stmt_kind_t kind;
   pgs_target_t target;
-  bool read_only_tx;       /* BEGIN READ ONLY / START TRANSACTION READ ONLY */
+  bool read_only_tx;       /* BEGIN READ ONLY / START TRANSACTION READ ONLY
+                              (also SET TRANSACTION READ ONLY, kind SESSION) */
   int nkeys;
   pgs_key_ref_t *keys;     /* TARGET_KEYS: the statement touches only these keys' shards */
   int nrows;               /* TARGET_ROWS: rows[i] is row i's key (table = inserted table) */
@@ -105,12 +119,29 @@ typedef struct pgs_plan {
   char refuse_sqlstate[6];
   char refuse_message[256];
   size_t refcount;         /* owned by the cache; see pgs_plan_cache_get */
+  /* TARGET_KEYS of a statement that inserts rows (several statements, or an
+   * INSERT reading other sharded tables): correct only when every key maps
+   * to one shard; the proxy refuses it (0A000) otherwise, since sending an
+   * INSERT to a shard that does not own its rows would misplace them. */
+  bool same_shard_required;
+  /* COPY_FROM into a sharded table: target ROWS with nrows 0 (the rows come
+   * in CopyData); the key's 0-based position in the COPY column list. -1
+   * otherwise. */
+  int copy_key_column;
+  int nstatements;         /* statements libpg_query found */
+  bool parse_failed;       /* libpg_query rejected it: kind OTHER, target ANY;
+                              such plans are not cached */
 } pgs_plan_t;
 
 /* Analyse one normalised statement for database DB. Never NULL: a statement
  * libpg_query cannot parse gets kind OTHER, target ANY (the server will
  * report the syntax error). Parameter numbers run to lx->nparams +
- * lx->nliterals. */
+ * lx->nliterals. The caller owns the one reference it returns.
+ * A few grammar positions take only a literal (varchar(10), COMMENT ... IS
+ * '...', CREATE FUNCTION ... AS $$...$$, DO $$...$$, COPY ... FROM 'file'):
+ * when the normalised text does not parse, the literals are put back
+ * (quoted) and that text is analysed instead, each literal still referred
+ * to by its parameter number. */
 pgs_plan_t *pgs_analyze(const struct pgs_database *db, const pgs_lexed_t *lx);
 void pgs_plan_unref(pgs_plan_t *plan);
 
@@ -128,5 +159,7 @@ size_t pgs_plan_cache_hits(const pgs_plan_cache_t *cache);
 /* Drop every plan (config reload: plans point into the old config). */
 void pgs_plan_cache_clear(pgs_plan_cache_t *cache);
 size_t pgs_plan_cache_misses(const pgs_plan_cache_t *cache);
+/* Plans held now (at most the capacity; unparseable texts are never kept). */
+size_t pgs_plan_cache_count(const pgs_plan_cache_t *cache);
 
 #endif

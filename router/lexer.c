@@ -1,0 +1,679 @@
+/*
+ * lexer.c — the digest lexer in front of statement analysis (analyze.h).
+ *
+ * One pass over the SQL text, following PostgreSQL 15's scanner (scan.l)
+ * closely enough that the normalised text means what the original meant:
+ * every literal ('...', E'...', $tag$...$tag$, numbers) becomes a
+ * placeholder $N and its value is kept (strings unescaped, numbers as
+ * written); comments are dropped (a "pgshard: shard=NAME" in one is kept as
+ * the hint); runs of blanks and comments become one space; empty statements
+ * and the final ';' go. Two texts that differ only in literal values,
+ * blanks or comments therefore normalise, and hash, the same, which is
+ * what lets the plan cache skip the parser.
+ *
+ * Invariants: the buffers in pgs_lexed_t only grow, so a worker lexing
+ * statements of similar size allocates nothing after the first few;
+ * every output byte is either a consumed input byte (or a space standing
+ * for at least one) or part of a placeholder, and capacity for the rest of
+ * the input plus a placeholder's worth of slack is ensured each time a
+ * placeholder is written.
+ */
+#include <string.h>
+#include <strings.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "pgshard/analyze.h"
+
+#define MAX_PARAM 65535 /* the protocol's limit on bind parameters */
+#define PLACEHOLDER_SLACK 16
+
+/* Character classes, as scan.l defines them. */
+enum {
+  C_SPACE = 1,       /* [ \t\n\r\f\v] */
+  C_IDENT_START = 2, /* [A-Za-z\200-\377_] */
+  C_IDENT_CONT = 4,  /* [A-Za-z\200-\377_0-9\$] */
+  C_DIGIT = 8,
+  C_HEX = 16,
+  C_TAG_CONT = 32, /* dollar-quote tag: [A-Za-z\200-\377_0-9] */
+};
+
+#define ALPHA (C_IDENT_START | C_IDENT_CONT | C_TAG_CONT)
+static const uint8_t char_class[256] = {
+    [' '] = C_SPACE,
+    ['\t'] = C_SPACE,
+    ['\n'] = C_SPACE,
+    ['\r'] = C_SPACE,
+    ['\f'] = C_SPACE,
+    ['\v'] = C_SPACE,
+    ['0' ... '9'] = C_DIGIT | C_HEX | C_IDENT_CONT | C_TAG_CONT,
+    ['a' ... 'f'] = ALPHA | C_HEX,
+    ['g' ... 'z'] = ALPHA,
+    ['A' ... 'F'] = ALPHA | C_HEX,
+    ['G' ... 'Z'] = ALPHA,
+    ['_'] = ALPHA,
+    [0x80 ... 0xFF] = ALPHA,
+    ['$'] = C_IDENT_CONT,
+};
+#undef ALPHA
+
+static inline bool is_class(unsigned char c, int k) { return (char_class[c] & k) != 0; }
+
+/* ---- lexer state ---- */
+
+typedef struct lexer {
+  const char *p;
+  const char *end;
+  pgs_lexed_t *out;
+  size_t len;             /* bytes written to out->normalized */
+  bool after_placeholder; /* an identifier char now would glue onto $N */
+} lexer_t;
+
+static void ensure_out(lexer_t *lx, size_t need) {
+  pgs_lexed_t *o = lx->out;
+  if (need <= o->normalized_cap) return;
+  size_t cap = o->normalized_cap ? o->normalized_cap : 256;
+  while (cap < need) cap *= 2;
+  o->normalized = pgs_xrealloc(o->normalized, cap);
+  o->normalized_cap = cap;
+}
+
+static inline void put(lexer_t *lx, char c) { lx->out->normalized[lx->len++] = c; }
+
+static inline void put_n(lexer_t *lx, const char *s, size_t n) {
+  memcpy(lx->out->normalized + lx->len, s, n);
+  lx->len += n;
+}
+
+static bool last_is_ident(const lexer_t *lx) {
+  return lx->len > 0 && is_class((unsigned char)lx->out->normalized[lx->len - 1], C_IDENT_CONT);
+}
+
+/* Room for the rest of the input plus a placeholder and its separators:
+ * called before writing any byte that stands for no input byte. */
+static inline void keep_room(lexer_t *lx) {
+  ensure_out(lx, lx->len + (size_t)(lx->end - lx->p) + PLACEHOLDER_SLACK);
+}
+
+/* A space that keeps $N from gluing onto an identifier or digit after it. */
+static void put_separator(lexer_t *lx) {
+  keep_room(lx);
+  put(lx, ' ');
+  lx->after_placeholder = false;
+}
+
+static void put_placeholder(lexer_t *lx, int n) {
+  char digits[12];
+  int nd = 0;
+  do {
+    digits[nd++] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n > 0);
+  put(lx, '$');
+  while (nd > 0) put(lx, digits[--nd]);
+  lx->after_placeholder = true;
+}
+
+/* ---- literal values ---- */
+
+static void ensure_values(pgs_lexed_t *o, size_t need) {
+  if (need <= o->values_cap) return;
+  size_t cap = o->values_cap ? o->values_cap : 256;
+  while (cap < need) cap *= 2;
+  o->values = pgs_xrealloc(o->values, cap);
+  o->values_cap = cap;
+}
+
+static pgs_status_t begin_literal(lexer_t *lx, bool is_string) {
+  pgs_lexed_t *o = lx->out;
+  if (o->nliterals >= PGS_LEX_MAX_LITERALS) return PGS_ETOOBIG;
+  if (o->nliterals == o->literals_cap) {
+    int cap = o->literals_cap ? o->literals_cap * 2 : 16;
+    o->literals = pgs_xrealloc(o->literals, (size_t)cap * sizeof(*o->literals));
+    o->literals_cap = cap;
+  }
+  pgs_literal_t *lit = &o->literals[o->nliterals];
+  lit->offset = (uint32_t)o->values_len;
+  lit->len = 0;
+  lit->is_string = is_string;
+  lit->placeholder = 0;
+  return PGS_OK;
+}
+
+/* Close the literal begun last: NUL-terminate its value and write its
+ * placeholder (numbered from 1 for now; renumber() shifts them past the
+ * statement's own $n at the end). */
+static void end_literal(lexer_t *lx) {
+  pgs_lexed_t *o = lx->out;
+  pgs_literal_t *lit = &o->literals[o->nliterals];
+  lit->len = (uint32_t)(o->values_len - lit->offset);
+  o->values[o->values_len++] = '\0';
+  o->nliterals++;
+  keep_room(lx);
+  /* "abc" followed by $1 would read as the identifier abc$1. */
+  if (last_is_ident(lx)) put(lx, ' ');
+  lit->placeholder = (uint32_t)lx->len;
+  put_placeholder(lx, o->nliterals);
+}
+
+static inline void value_byte(pgs_lexed_t *o, char c) { o->values[o->values_len++] = c; }
+
+/* ---- comments and hints ---- */
+
+/* "pgshard: shard=NAME" anywhere in a comment body (case-insensitive
+ * keywords, blanks allowed around ':' and '='). The first hint wins. */
+static void scan_hint(pgs_lexed_t *o, const char *s, size_t n) {
+  if (o->hint_shard[0] != '\0' || n < 14) return;
+  for (size_t i = 0; i + 8 <= n; i++) {
+    if ((s[i] | 0x20) != 'p' || strncasecmp(s + i, "pgshard", 7) != 0) continue;
+    size_t j = i + 7;
+    while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
+    if (j >= n || s[j] != ':') continue;
+    j++;
+    while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
+    if (j + 5 > n || strncasecmp(s + j, "shard", 5) != 0) continue;
+    j += 5;
+    while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
+    if (j >= n || s[j] != '=') continue;
+    j++;
+    while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
+    size_t k = 0;
+    while (j < n && k + 1 < sizeof(o->hint_shard) &&
+           (is_class((unsigned char)s[j], C_TAG_CONT) || s[j] == '-' || s[j] == '.') &&
+           (unsigned char)s[j] < 0x80)
+      o->hint_shard[k++] = s[j++];
+    o->hint_shard[k] = '\0';
+    if (k > 0) return;
+  }
+}
+
+/* At "--": skip to the end of the line (the newline is left). */
+static void skip_line_comment(lexer_t *lx) {
+  const char *start = lx->p + 2;
+  const char *stop = start;
+  while (stop < lx->end && *stop != '\n' && *stop != '\r') stop++;
+  scan_hint(lx->out, start, (size_t)(stop - start));
+  lx->p = stop;
+}
+
+/* At "/ *": skip a block comment, nested as PostgreSQL nests them. */
+static pgs_status_t skip_block_comment(lexer_t *lx) {
+  const char *start = lx->p + 2;
+  const char *q = start;
+  int depth = 1;
+  while (q + 1 < lx->end) {
+    if (q[0] == '/' && q[1] == '*') {
+      depth++;
+      q += 2;
+    } else if (q[0] == '*' && q[1] == '/') {
+      if (--depth == 0) {
+        scan_hint(lx->out, start, (size_t)(q - start));
+        lx->p = q + 2;
+        return PGS_OK;
+      }
+      q += 2;
+    } else {
+      q++;
+    }
+  }
+  return PGS_EINVAL;
+}
+
+/* ---- strings ---- */
+
+/* After a closing quote: PostgreSQL joins 'a' <newline> 'b' into 'ab' when
+ * only blanks and "--" comments, with at least one newline, separate them.
+ * Returns the position after the next opening quote, or NULL. */
+static const char *quote_continue(const char *q, const char *end) {
+  bool newline = false;
+  while (q < end) {
+    if (*q == ' ' || *q == '\t' || *q == '\f') {
+      q++;
+    } else if (*q == '\n' || *q == '\r') {
+      newline = true;
+      q++;
+    } else if (*q == '-' && q + 1 < end && q[1] == '-') {
+      while (q < end && *q != '\n' && *q != '\r') q++;
+    } else {
+      break;
+    }
+  }
+  return newline && q < end && *q == '\'' ? q + 1 : NULL;
+}
+
+/* Copy a quoted token verbatim (B'..', X'..', N'..', U&'..', "ident"),
+ * continuation lines included. P is at the opening quote char Q. */
+static pgs_status_t copy_quoted(lexer_t *lx, const char *token_start, char q) {
+  const char *s = lx->p + 1;
+  for (;;) {
+    const char *close = memchr(s, q, (size_t)(lx->end - s));
+    if (close == NULL) return PGS_EINVAL;
+    s = close + 1;
+    if (s < lx->end && *s == q) { /* doubled quote */
+      s++;
+      continue;
+    }
+    if (q == '\'') {
+      const char *next = quote_continue(s, lx->end);
+      if (next) {
+        s = next;
+        continue;
+      }
+    }
+    break;
+  }
+  if (lx->after_placeholder && is_class((unsigned char)*token_start, C_IDENT_CONT))
+    put_separator(lx);
+  put_n(lx, token_start, (size_t)(s - token_start));
+  lx->after_placeholder = false;
+  lx->p = s;
+  return PGS_OK;
+}
+
+/* A standard-conforming string: backslashes are ordinary, '' is a quote.
+ * P is at the opening quote. */
+static pgs_status_t lex_string(lexer_t *lx) {
+  pgs_lexed_t *o = lx->out;
+  pgs_status_t st = begin_literal(lx, true);
+  if (st != PGS_OK) return st;
+  const char *s = lx->p + 1;
+  for (;;) {
+    const char *close = memchr(s, '\'', (size_t)(lx->end - s));
+    if (close == NULL) return PGS_EINVAL;
+    memcpy(o->values + o->values_len, s, (size_t)(close - s));
+    o->values_len += (size_t)(close - s);
+    s = close + 1;
+    if (s < lx->end && *s == '\'') {
+      value_byte(o, '\'');
+      s++;
+      continue;
+    }
+    const char *next = quote_continue(s, lx->end);
+    if (next == NULL) break;
+    s = next;
+  }
+  lx->p = s;
+  end_literal(lx);
+  return PGS_OK;
+}
+
+static int hex_value(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static void put_utf8(pgs_lexed_t *o, uint32_t cp) {
+  if (cp < 0x80) {
+    value_byte(o, (char)cp);
+  } else if (cp < 0x800) {
+    value_byte(o, (char)(0xC0 | (cp >> 6)));
+    value_byte(o, (char)(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    value_byte(o, (char)(0xE0 | (cp >> 12)));
+    value_byte(o, (char)(0x80 | ((cp >> 6) & 0x3F)));
+    value_byte(o, (char)(0x80 | (cp & 0x3F)));
+  } else {
+    value_byte(o, (char)(0xF0 | (cp >> 18)));
+    value_byte(o, (char)(0x80 | ((cp >> 12) & 0x3F)));
+    value_byte(o, (char)(0x80 | ((cp >> 6) & 0x3F)));
+    value_byte(o, (char)(0x80 | (cp & 0x3F)));
+  }
+}
+
+/* N hex digits at S (exactly N, as \u and \U require), or -1. */
+static int64_t read_hex(const char *s, const char *end, int n) {
+  if (end - s < n) return -1;
+  int64_t v = 0;
+  for (int i = 0; i < n; i++) {
+    int h = hex_value((unsigned char)s[i]);
+    if (h < 0) return -1;
+    v = v * 16 + h;
+  }
+  return v;
+}
+
+/* E'...': backslash escapes (\b \f \n \r \t, octal, \xHH, \uXXXX,
+ * \UXXXXXXXX with UTF-16 surrogate pairs, any other char stands for
+ * itself) and '' both work. P is at the opening quote. A NUL produced by
+ * an escape is refused, as the server refuses it. */
+static pgs_status_t lex_escape_string(lexer_t *lx) {
+  pgs_lexed_t *o = lx->out;
+  pgs_status_t st = begin_literal(lx, true);
+  if (st != PGS_OK) return st;
+  const char *s = lx->p + 1;
+  const char *end = lx->end;
+  uint32_t high_surrogate = 0;
+  for (;;) {
+    if (s >= end) return PGS_EINVAL;
+    unsigned char c = (unsigned char)*s;
+    if (high_surrogate && c != '\\') return PGS_EINVAL;
+    if (c == '\'') {
+      if (s + 1 < end && s[1] == '\'') {
+        value_byte(o, '\'');
+        s += 2;
+        continue;
+      }
+      const char *next = quote_continue(s + 1, end);
+      if (next == NULL) {
+        s++;
+        break;
+      }
+      s = next;
+      continue;
+    }
+    if (c != '\\') {
+      value_byte(o, (char)c);
+      s++;
+      continue;
+    }
+    if (s + 1 >= end) return PGS_EINVAL;
+    unsigned char e = (unsigned char)s[1];
+    s += 2;
+    if (high_surrogate && e != 'u' && e != 'U') return PGS_EINVAL;
+    switch (e) {
+    case 'b':
+      value_byte(o, '\b');
+      break;
+    case 'f':
+      value_byte(o, '\f');
+      break;
+    case 'n':
+      value_byte(o, '\n');
+      break;
+    case 'r':
+      value_byte(o, '\r');
+      break;
+    case 't':
+      value_byte(o, '\t');
+      break;
+    case 'x': {
+      int v = hex_value((unsigned char)(s < end ? *s : 0));
+      if (v < 0) { /* "\x" without a digit is just 'x' */
+        value_byte(o, 'x');
+        break;
+      }
+      s++;
+      int v2 = s < end ? hex_value((unsigned char)*s) : -1;
+      if (v2 >= 0) {
+        v = v * 16 + v2;
+        s++;
+      }
+      if (v == 0) return PGS_EINVAL;
+      value_byte(o, (char)v);
+      break;
+    }
+    case 'u':
+    case 'U': {
+      int n = e == 'u' ? 4 : 8;
+      int64_t cp = read_hex(s, end, n);
+      if (cp < 0) return PGS_EINVAL;
+      s += n;
+      if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (high_surrogate) return PGS_EINVAL;
+        high_surrogate = (uint32_t)cp;
+        break;
+      }
+      if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        if (!high_surrogate) return PGS_EINVAL;
+        cp = 0x10000 + (((int64_t)high_surrogate - 0xD800) << 10) + (cp - 0xDC00);
+        high_surrogate = 0;
+      } else if (high_surrogate) {
+        return PGS_EINVAL;
+      }
+      if (cp == 0 || cp > 0x10FFFF) return PGS_EINVAL;
+      put_utf8(o, (uint32_t)cp);
+      break;
+    }
+    default:
+      if (e >= '0' && e <= '7') {
+        int v = e - '0';
+        for (int i = 0; i < 2 && s < end && *s >= '0' && *s <= '7'; i++) v = v * 8 + (*s++ - '0');
+        v &= 0xFF;
+        if (v == 0) return PGS_EINVAL;
+        value_byte(o, (char)v);
+      } else {
+        value_byte(o, (char)e);
+      }
+      break;
+    }
+  }
+  if (high_surrogate) return PGS_EINVAL;
+  lx->p = s;
+  end_literal(lx);
+  return PGS_OK;
+}
+
+/* At '$' followed by a tag char or '$': a dollar quote if a full opening
+ * delimiter is there. Returns PGS_ENOTFOUND when it is not one (then the
+ * '$' is an ordinary char), PGS_EINVAL when it is never closed. */
+static pgs_status_t lex_dollar_quote(lexer_t *lx) {
+  const char *s = lx->p + 1;
+  if (s < lx->end && *s != '$') {
+    if (!is_class((unsigned char)*s, C_IDENT_START)) return PGS_ENOTFOUND;
+    while (s < lx->end && is_class((unsigned char)*s, C_TAG_CONT)) s++;
+    if (s >= lx->end || *s != '$') return PGS_ENOTFOUND;
+  }
+  if (s >= lx->end) return PGS_ENOTFOUND;
+  size_t delim_len = (size_t)(s + 1 - lx->p); /* "$tag$" */
+  const char *body = s + 1;
+  const char *close = memmem(body, (size_t)(lx->end - body), lx->p, delim_len);
+  if (close == NULL) return PGS_EINVAL;
+  pgs_status_t st = begin_literal(lx, true);
+  if (st != PGS_OK) return st;
+  pgs_lexed_t *o = lx->out;
+  memcpy(o->values + o->values_len, body, (size_t)(close - body));
+  o->values_len += (size_t)(close - body);
+  lx->p = close + delim_len;
+  end_literal(lx);
+  return PGS_OK;
+}
+
+/* ---- numbers and parameters ---- */
+
+/* A number as PostgreSQL 15 reads one: digits, an optional fraction
+ * ("1.", ".5", but "1..2" is 1 then ".."), an optional exponent only when
+ * digits follow the e. "0x1F" is 0 followed by the identifier x1F, as in
+ * PostgreSQL 15. P is at a digit or at a '.' before a digit. */
+static pgs_status_t lex_number(lexer_t *lx) {
+  const char *s = lx->p;
+  const char *end = lx->end;
+  while (s < end && is_class((unsigned char)*s, C_DIGIT)) s++;
+  if (s < end && *s == '.' && !(s + 1 < end && s[1] == '.')) {
+    s++;
+    while (s < end && is_class((unsigned char)*s, C_DIGIT)) s++;
+  }
+  if (s < end && (*s == 'e' || *s == 'E')) {
+    const char *t = s + 1;
+    if (t < end && (*t == '+' || *t == '-')) t++;
+    if (t < end && is_class((unsigned char)*t, C_DIGIT)) {
+      while (t < end && is_class((unsigned char)*t, C_DIGIT)) t++;
+      s = t;
+    }
+  }
+  pgs_status_t st = begin_literal(lx, false);
+  if (st != PGS_OK) return st;
+  pgs_lexed_t *o = lx->out;
+  memcpy(o->values + o->values_len, lx->p, (size_t)(s - lx->p));
+  o->values_len += (size_t)(s - lx->p);
+  lx->p = s;
+  end_literal(lx);
+  return PGS_OK;
+}
+
+/* $n: copied as written; the highest n is the statement's nparams. */
+static pgs_status_t lex_param(lexer_t *lx) {
+  const char *s = lx->p + 1;
+  long n = 0;
+  while (s < lx->end && is_class((unsigned char)*s, C_DIGIT)) {
+    n = n * 10 + (*s - '0');
+    if (n > MAX_PARAM) return PGS_ETOOBIG;
+    s++;
+  }
+  if (n > lx->out->nparams) lx->out->nparams = (int)n;
+  if (lx->after_placeholder) put_separator(lx);
+  put_n(lx, lx->p, (size_t)(s - lx->p));
+  lx->after_placeholder = true; /* a digit now would change the number */
+  lx->p = s;
+  return PGS_OK;
+}
+
+/* ---- renumbering ---- */
+
+/* Literals were numbered $1.. as they came; the statement's own highest $n
+ * is known only at the end. When both exist, shift every placeholder past
+ * nparams (one copy of the output, only for such mixed statements). */
+static void renumber(lexer_t *lx) {
+  pgs_lexed_t *o = lx->out;
+  size_t cap = lx->len + (size_t)o->nliterals * 6 + 1; /* "$65535" at most */
+  if (o->scratch_cap < cap) {
+    o->scratch = pgs_xrealloc(o->scratch, cap);
+    o->scratch_cap = cap;
+  }
+  char *text = o->scratch;
+  size_t in = 0, outlen = 0;
+  for (int i = 0; i < o->nliterals; i++) {
+    pgs_literal_t *lit = &o->literals[i];
+    size_t at = lit->placeholder;
+    memcpy(text + outlen, o->normalized + in, at - in);
+    outlen += at - in;
+    in = at + 1; /* skip '$' and the old digits */
+    while (in < lx->len && o->normalized[in] >= '0' && o->normalized[in] <= '9') in++;
+    lit->placeholder = (uint32_t)outlen;
+    outlen += (size_t)snprintf(text + outlen, cap - outlen, "$%d", o->nparams + 1 + i);
+  }
+  memcpy(text + outlen, o->normalized + in, lx->len - in);
+  outlen += lx->len - in;
+  o->scratch = o->normalized;
+  o->scratch_cap = o->normalized_cap;
+  o->normalized = text;
+  o->normalized_cap = cap;
+  lx->len = outlen;
+}
+
+/* ---- driver ---- */
+
+void pgs_lex_init(pgs_lexed_t *lx) { memset(lx, 0, sizeof(*lx)); }
+
+void pgs_lex_free(pgs_lexed_t *lx) {
+  free(lx->normalized);
+  free(lx->literals);
+  free(lx->values);
+  free(lx->scratch);
+  memset(lx, 0, sizeof(*lx));
+}
+
+pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
+  out->nparams = 0;
+  out->nliterals = 0;
+  out->values_len = 0;
+  out->hint_shard[0] = '\0';
+  out->nstatements = 0;
+  out->normalized_len = 0;
+  out->hash = 0;
+
+  lexer_t lx = {.p = sql, .end = sql + len, .out = out};
+  ensure_out(&lx, len + PLACEHOLDER_SLACK);
+  out->normalized[0] = '\0';
+  /* A value never takes more bytes than its literal did, plus its NUL. */
+  ensure_values(out, 2 * len + 1);
+  /* The parser takes a C string, and no Query message can hold a NUL. */
+  if (memchr(sql, '\0', len) != NULL) return PGS_EINVAL;
+
+  bool pending_space = false;
+  bool statement_open = false; /* a token since the last ';' */
+  pgs_status_t st = PGS_OK;
+  while (lx.p < lx.end && st == PGS_OK) {
+    unsigned char c = (unsigned char)*lx.p;
+    if (is_class(c, C_SPACE)) {
+      pending_space = true;
+      lx.p++;
+      continue;
+    }
+    if (c == '-' && lx.p + 1 < lx.end && lx.p[1] == '-') {
+      skip_line_comment(&lx);
+      pending_space = true;
+      continue;
+    }
+    if (c == '/' && lx.p + 1 < lx.end && lx.p[1] == '*') {
+      st = skip_block_comment(&lx);
+      pending_space = true;
+      continue;
+    }
+    if (c == ';') {
+      if (statement_open) {
+        put(&lx, ';');
+        out->nstatements++;
+        statement_open = false;
+      }
+      lx.after_placeholder = false;
+      pending_space = lx.len > 0;
+      lx.p++;
+      continue;
+    }
+    if (pending_space && lx.len > 0) {
+      put(&lx, ' ');
+      lx.after_placeholder = false;
+    }
+    pending_space = false;
+    statement_open = true;
+
+    unsigned char next = lx.p + 1 < lx.end ? (unsigned char)lx.p[1] : 0;
+    if (c == '\'') {
+      st = lex_string(&lx);
+    } else if ((c == 'e' || c == 'E') && next == '\'') {
+      lx.p++;
+      st = lex_escape_string(&lx);
+    } else if ((c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') &&
+               next == '\'') {
+      const char *start = lx.p++;
+      st = copy_quoted(&lx, start, '\'');
+    } else if ((c == 'u' || c == 'U') && next == '&' && lx.p + 2 < lx.end &&
+               (lx.p[2] == '\'' || lx.p[2] == '"')) {
+      const char *start = lx.p;
+      lx.p += 2;
+      st = copy_quoted(&lx, start, *lx.p);
+    } else if (c == '"') {
+      st = copy_quoted(&lx, lx.p, '"');
+    } else if (c == '$' && is_class(next, C_DIGIT)) {
+      st = lex_param(&lx);
+    } else if (is_class(c, C_DIGIT) || (c == '.' && is_class(next, C_DIGIT))) {
+      st = lex_number(&lx);
+    } else if (c == '$' && (st = lex_dollar_quote(&lx)) != PGS_ENOTFOUND) {
+      /* a dollar-quoted string (or an unterminated one) */
+    } else if (is_class(c, C_IDENT_START)) {
+      st = PGS_OK;
+      const char *s = lx.p + 1;
+      while (s < lx.end && is_class((unsigned char)*s, C_IDENT_CONT)) s++;
+      if (lx.after_placeholder) put_separator(&lx);
+      put_n(&lx, lx.p, (size_t)(s - lx.p));
+      lx.after_placeholder = false;
+      lx.p = s;
+    } else {
+      st = PGS_OK;
+      put(&lx, (char)c);
+      lx.after_placeholder = false;
+      lx.p++;
+    }
+  }
+  if (st != PGS_OK) {
+    out->normalized[0] = '\0';
+    return st;
+  }
+  if (statement_open) out->nstatements++;
+  /* The final ';' (empty statements were never written). */
+  if (lx.len > 0 && out->normalized[lx.len - 1] == ';') lx.len--;
+  if ((size_t)out->nparams + (size_t)out->nliterals > MAX_PARAM) {
+    out->normalized[0] = '\0';
+    return PGS_ETOOBIG;
+  }
+  if (out->nparams > 0 && out->nliterals > 0) renumber(&lx);
+
+  PGS_ASSERT(lx.len < out->normalized_cap);
+  out->normalized[lx.len] = '\0';
+  out->normalized_len = lx.len;
+  out->hash = XXH3_64bits(out->normalized, lx.len);
+  return PGS_OK;
+}
