@@ -37,7 +37,7 @@ typedef struct raw_table {
   char *name;
   int line;
   char *column;
-  bool has_type, has_strategy, bad_type, bad_strategy;
+  bool bad_column, has_type, has_strategy, bad_type, bad_strategy;
   pgs_key_type_t type;
   pgs_strategy_t strategy;
   raw_range_t *ranges;
@@ -502,9 +502,10 @@ static void handle_table(parse_state_t *st, const char *dbname, const char *name
   raw_table_t *t = get_raw_table(st, dbname, name);
   pgs_config_t *c = st->config;
   if (!strcmp(key, "column")) {
-    if (t->column) {
+    if (t->column || t->bad_column) {
       config_error(c, st->line, "[table.%s.%s]: column given twice", dbname, name);
     } else if (!*value || strpbrk(value, " \t") || strlen(value) >= PGS_MAX_NAME) {
+      t->bad_column = true;
       config_error(c, st->line, "column: expected a column name, got \"%s\"", value);
     } else {
       t->column = pgs_xstrdup(value);
@@ -798,10 +799,17 @@ static bool split_range_spec(const char *spec, char **shard, char **low, char **
 }
 
 static void format_bound(const pgs_range_t *r, bool high, char *buf, size_t cap) {
-  if (high ? !r->has_high : !r->has_low)
+  const pgs_key_t *key = high ? r->high : r->low;
+  if (key == NULL) {
     snprintf(buf, cap, "%s", high ? "+infinity" : "-infinity");
-  else
-    pgs_key_format(high ? r->high : r->low, buf, cap);
+  } else if (key->type == PGS_TYPE_TEXT) {
+    /* quoted, so that '' and blanks show */
+    char text[128];
+    pgs_key_format(key, text, sizeof(text));
+    snprintf(buf, cap, "'%s'", text);
+  } else {
+    pgs_key_format(key, buf, cap);
+  }
 }
 
 static int range_order(const void *pa, const void *pb) {
@@ -830,20 +838,25 @@ static bool parse_bound(pgs_config_t *c, const raw_table_t *t, const raw_range_t
 static void build_ranges(pgs_config_t *c, const pgs_database_t *db, const raw_table_t *t,
                          pgs_table_t *table) {
   table->ranges = pgs_xcalloc((size_t)t->nranges + 1, sizeof(*table->ranges));
+  bool all_parsed = true;
   for (int i = 0; i < t->nranges; i++) {
     const raw_range_t *raw = &t->ranges[i];
     char *shard, *low, *high, err[512];
     bool ql, qh;
     if (!split_range_spec(raw->spec, &shard, &low, &high, &ql, &qh, err, sizeof(err))) {
       config_error(c, raw->line, "[table.%s.%s]: %s", t->db, t->name, err);
+      all_parsed = false;
       continue;
     }
     pgs_range_t r = {.shard = pgs_shardmap_find_shard(db, shard), .line = raw->line};
     bool ok = true;
+    /* A range on an unknown shard still covers its keys for the checks
+     * below; it is kept pointing at shard 0 in a config that is unusable
+     * anyway. */
     if (r.shard < 0) {
       config_error(c, raw->line, "[table.%s.%s]: range on unknown shard %s (no [shard.%s.%s])",
                    t->db, t->name, shard, t->db, shard);
-      ok = false;
+      r.shard = 0;
     }
     r.has_low = *low || ql;
     r.has_high = *high || qh;
@@ -860,11 +873,14 @@ static void build_ranges(pgs_config_t *c, const pgs_database_t *db, const raw_ta
     if (!ok) {
       free(r.low);
       free(r.high);
+      all_parsed = false;
       continue;
     }
     table->ranges[table->nranges++] = r;
   }
-  if (table->nranges == 0) return;
+  /* Gaps and overlaps are judged on the whole set only: with a line
+   * missing they would be noise on top of the line's own error. */
+  if (table->nranges == 0 || !all_parsed) return;
   qsort(table->ranges, (size_t)table->nranges, sizeof(*table->ranges), range_order);
 
   char a[160], b[160];
@@ -1057,8 +1073,8 @@ static void shardmap_build(pgs_config_t *c, parse_state_t *st) {
                    t->name, t->db, t->db);
       continue;
     }
-    bool ok = !t->bad_type && !t->bad_strategy;
-    if (t->column == NULL) {
+    bool ok = !t->bad_type && !t->bad_strategy && !t->bad_column;
+    if (t->column == NULL && !t->bad_column) {
       config_error(c, t->line, "[table.%s.%s]: no column", t->db, t->name);
       ok = false;
     }
