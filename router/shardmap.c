@@ -770,7 +770,9 @@ void pgs_key_format(const pgs_key_t *key, char *buf, size_t cap) {
 /* ---- hashing ---- */
 
 uint64_t pgs_key_hash_xxh3(const pgs_key_t *key) {
-  uint8_t buf[PGS_KEY_MAX_TEXT + 16];
+  /* A text key is its own encoding: hash it where it is. */
+  if (key->type == PGS_TYPE_TEXT) return XXH3_64bits(key->text, key->text_len);
+  uint8_t buf[16];
   size_t n = pgs_key_encode(key, buf, sizeof(buf));
   return XXH3_64bits(buf, n);
 }

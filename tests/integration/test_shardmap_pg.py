@@ -255,3 +255,115 @@ def test_binary_size_errors_match_postgres(lab, oid, short, long):
         conn.login(user="postgres", password="", database="app")
         assert bind_error(conn, oid, b"\1" * short) == "08P01"
         assert bind_error(conn, oid, b"\1" * long) == "22P03"
+
+
+# ---- the DBA commands (no server needed) ----
+
+CLI_BASE = """[user.app]
+password = x
+[database.app]
+[shard.app.s0]
+primary = port=1
+region = eu
+[shard.app.s1]
+primary = port=2
+region = us
+[table.app.users]
+column = id
+type = bigint
+strategy = hash
+[table.app.events]
+column = id
+type = bigint
+strategy = range
+range = s0: - 1000000
+range = s1: 1000000 -
+[table.app.profiles]
+column = country
+type = text
+strategy = geo
+[geo.app]
+eu = DE FR
+us = US MX
+[table.app.invoices]
+column = tenant_id
+type = bigint
+strategy = tenant
+[tenants.app]
+42 = s1
+"""
+
+
+def ctl(*args, stdin=None):
+    return subprocess.run([str(PGSHARDCTL), *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_check_reports_every_error_in_line_order(tmp_path):
+    path = tmp_path / "bad.ini"
+    path.write_text(CLI_BASE.replace("range = s1: 1000000 -", "range = s9: 2000000 -")
+                    + "[geo.app]\nasia = JP\n[tenants.app]\n7 = s5\n")
+    proc = ctl("check", path)
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    numbers = [int(line.split(":")[1]) for line in lines]
+    assert numbers == sorted(numbers)
+    text = proc.stdout
+    assert f"{path}:19: [table.app.events]: range on unknown shard s9" in text
+    assert f"{path}:34: [geo.app]: region asia has no shard" in text
+    assert "region asia has no shard" in text
+    assert "tenant 7 pinned on unknown shard s5" in text
+
+
+def test_route_command(tmp_path):
+    path = tmp_path / "map.ini"
+    path.write_text(CLI_BASE)
+    assert ctl("route", path, "app", "events", "999999").stdout == "s0\n"
+    assert ctl("route", path, "app", "events", "1000000").stdout == "s1\n"
+    assert ctl("route", path, "app", "invoices", "+42").stdout == "s1\n"
+    assert ctl("route", path, "app", "events", "--", "-5").stdout == "s0\n"
+    verbose = ctl("route", "-v", path, "app", "users", "42")
+    assert verbose.returncode == 0
+    assert "encoded:  000000000000002a" in verbose.stdout
+    assert "slot:" in verbose.stdout and "hash:     xxh3 0x" in verbose.stdout
+    bad = ctl("route", path, "app", "users", "abc")
+    assert bad.returncode == 1
+    assert '22P02: invalid input syntax for type bigint: "abc"' in bad.stderr
+    refused = ctl("route", path, "app", "profiles", "BR")
+    assert refused.returncode == 1 and "22023" in refused.stderr
+    assert ctl("route", path, "nope", "users", "1").returncode == 1
+    assert ctl("route", path, "app", "nope", "1").returncode == 1
+    assert ctl("route", path, "app").returncode == 2
+    many = ctl("route", "--stdin", path, "app", "events", stdin="1\nx\n2000000\n")
+    assert many.returncode == 1
+    assert many.stdout.splitlines()[0] == "1\ts0"
+    assert many.stdout.splitlines()[1].startswith("x\tERROR 22P02 ")
+    assert many.stdout.splitlines()[2] == "2000000\ts1"
+
+
+def test_diff_command(tmp_path):
+    old = tmp_path / "old.ini"
+    new = tmp_path / "new.ini"
+    old.write_text(CLI_BASE)
+    same = ctl("diff", "--exit-code", old, old)
+    assert same.returncode == 0 and "summary: nothing moves" in same.stdout
+    new.write_text(CLI_BASE.replace("range = s1: 1000000 -", "range = s1: 2000000 -")
+                   .replace("range = s0: - 1000000", "range = s0: - 2000000")
+                   .replace("us = US MX", "us = US\neu = MX")
+                   .replace("42 = s1", "42 = s0")
+                   + "[shard.app.s2]\nprimary = port=3\nregion = eu\n")
+    proc = ctl("diff", old, new)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "shard s2 added" in out
+    assert "users: slots 1366-2047 move s0 -> s1 (682 of 4096 slots)" in out
+    assert "users: slots 2731-4095 move s1 -> s2 (1365 of 4096 slots)" in out
+    assert "events: keys [1000000, 2000000) move s1 -> s0" in out
+    assert "geo.app: MX moves s1 ->" in out
+    assert "tenants.app: tenant 42 moves s1 -> s0 (pinned -> pinned)" in out
+    assert out.splitlines()[-1].startswith("summary: ")
+    assert ctl("diff", "--exit-code", old, new).returncode == 1
+    broken = tmp_path / "broken.ini"
+    broken.write_text(CLI_BASE + "[tenants.app]\n1 = s9\n")
+    assert ctl("diff", old, broken).returncode == 2
+    assert ctl("diff", old).returncode == 2
