@@ -636,9 +636,36 @@ static void test_host_is_loopback(void **state) {
   assert_false(pgs_host_is_loopback("localhost.example.com"));
 }
 
+/* The shard-map half of the DESIGN.md example: four tables, ranges sorted
+ * and typed, geo values typed and sorted, the tenant pin on its shard. */
+static void test_design_example_shard_map(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(design_example);
+  assert_int_equal(c->nerrors, 0);
+  const pgs_database_t *db = pgs_config_find_database(c, "app");
+  const pgs_shardmap_t *map = &db->shardmap;
+  assert_int_equal(map->ntables, 4);
+  const pgs_table_t *events = pgs_shardmap_find_table(db, "events");
+  assert_int_equal(events->strategy, PGS_STRATEGY_RANGE);
+  assert_int_equal(events->nranges, 2);
+  assert_false(events->ranges[0].has_low);
+  assert_int_equal(events->ranges[0].high->i, 1000000);
+  assert_int_equal(events->ranges[1].shard, 1);
+  assert_false(events->ranges[1].has_high);
+  assert_int_equal(pgs_shardmap_find_table(db, "profiles")->strategy, PGS_STRATEGY_GEO);
+  assert_int_equal(map->ngeo, 9);
+  assert_int_equal(map->geo_type, PGS_TYPE_TEXT);
+  assert_null(map->geo_default);
+  assert_int_equal(map->ntenants, 1);
+  assert_int_equal(map->tenants[0].key->i, 42);
+  assert_int_equal(map->tenants[0].shard, 1);
+  assert_int_equal(map->tenant_type, PGS_TYPE_BIGINT);
+  pgs_config_unref(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_design_example),
+      cmocka_unit_test(test_design_example_shard_map),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_every_enum_and_value),
       cmocka_unit_test(test_auth_trust_needs_no_password),
