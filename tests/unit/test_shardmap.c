@@ -1176,11 +1176,26 @@ static void test_config_range_quoting_and_open_forms(void **state) {
 
 /* ---- golden vectors ---- */
 
+/* golden/NAME beside this source file (CMake compiles it by its full
+ * path), or relative to the working directory as ctest runs it. */
+static void golden_path(const char *name, char *buf, size_t cap) {
+  const char *slash = strrchr(__FILE__, '/');
+  snprintf(buf, cap, "%.*sgolden/%s", slash ? (int)(slash - __FILE__ + 1) : 0, __FILE__, name);
+  FILE *f = fopen(buf, "r");
+  if (f)
+    fclose(f);
+  else
+    snprintf(buf, cap, "golden/%s", name);
+}
+
 static void test_golden_vectors(void **state) {
-  pgs_config_t *c = pgs_config_load("golden/golden.ini");
+  char path[4096];
+  golden_path("golden.ini", path, sizeof(path));
+  pgs_config_t *c = pgs_config_load(path);
   print_errors(c);
   assert_int_equal(c->nerrors, 0);
-  FILE *f = fopen("golden/keys.tsv", "r");
+  golden_path("keys.tsv", path, sizeof(path));
+  FILE *f = fopen(path, "r");
   assert_non_null(f);
   char line[4096];
   int rows = 0, bad = 0, lineno = 0;
