@@ -35,8 +35,10 @@
 #include "pgshard/config.h"
 #include "pgshard/shardmap.h"
 
-/* Deeper trees than this are refused (54001) rather than walked. */
-#define MAX_DEPTH 1000
+/* A backstop for the walk below: the tree's depth was checked before it
+ * was unpacked (tree_depth_ok), and the walk enters at most two frames
+ * per level. */
+#define MAX_DEPTH (2 * PGS_ANALYZE_MAX_DEPTH + 16)
 /* Array keys (= ANY($1)) count as this many keys when choosing the
  * narrowest of several AND-ed conditions. */
 #define ARRAY_WEIGHT 1000
@@ -395,6 +397,7 @@ typedef struct ctx {
   bool unknown_function; /* calls a function not known read-only */
   bool locks_rows;       /* FOR UPDATE/SHARE anywhere */
   bool select_into;      /* SELECT ... INTO creates a table */
+  bool modifies;         /* INSERT/UPDATE/DELETE/MERGE anywhere (WITH d AS (DELETE ...)) */
   int insert_ref;        /* the ref of a top-level INSERT, or -1 */
   /* Whole text: */
   const pgs_table_t *table;
@@ -1087,6 +1090,7 @@ static bool is_single_row_select(const PgQuery__SelectStmt *s) {
 }
 
 static void analyse_insert(ctx_t *ctx, scope_t *parent, const PgQuery__InsertStmt *ins, bool top) {
+  ctx->modifies = true;
   if (!enter(ctx)) goto out;
   scope_t sc;
   scope_init(ctx, &sc, parent);
@@ -1191,6 +1195,7 @@ static int add_target(ctx_t *ctx, scope_t *sc, const PgQuery__RangeVar *rv,
 }
 
 static void analyse_update(ctx_t *ctx, scope_t *parent, const PgQuery__UpdateStmt *u) {
+  ctx->modifies = true;
   if (!enter(ctx)) goto out;
   scope_t sc;
   scope_init(ctx, &sc, parent);
@@ -1209,6 +1214,7 @@ out:
 }
 
 static void analyse_delete(ctx_t *ctx, scope_t *parent, const PgQuery__DeleteStmt *d) {
+  ctx->modifies = true;
   if (!enter(ctx)) goto out;
   scope_t sc;
   scope_init(ctx, &sc, parent);
@@ -1227,6 +1233,7 @@ out:
  * that WHEN MATCHED acts on; WHEN NOT MATCHED THEN INSERT creates rows
  * whose keys come from the source, which cannot be routed here. */
 static void analyse_merge(ctx_t *ctx, scope_t *parent, const PgQuery__MergeStmt *m) {
+  ctx->modifies = true;
   if (!enter(ctx)) goto out;
   scope_t sc;
   scope_init(ctx, &sc, parent);
@@ -1424,10 +1431,11 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
   if (n == NULL) return PGS_STMT_OTHER;
   switch (n->node_case) {
   case PG_QUERY__NODE__NODE_SELECT_STMT:
-    ctx->unknown_function = ctx->locks_rows = ctx->select_into = false;
+    ctx->unknown_function = ctx->locks_rows = ctx->select_into = ctx->modifies = false;
     analyse_select(ctx, NULL, n->select_stmt);
     if (ctx->select_into) return PGS_STMT_DDL;
-    return ctx->locks_rows || ctx->unknown_function ? PGS_STMT_WRITE : PGS_STMT_READ;
+    if (ctx->locks_rows || ctx->unknown_function || ctx->modifies) return PGS_STMT_WRITE;
+    return PGS_STMT_READ;
   case PG_QUERY__NODE__NODE_INSERT_STMT:
     analyse_insert(ctx, NULL, n->insert_stmt, top);
     return PGS_STMT_WRITE;
@@ -1630,7 +1638,7 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
   }
   pgs_target_t target = PGS_TARGET_ANY;
   bool rows = false, same_shard = false;
-  if (ctx->too_deep) {
+  if (ctx->too_deep) { /* not expected: tree_depth_ok came first */
     refuse(ctx, "54001", "statement too complex to route");
     target = PGS_TARGET_ALL;
   } else if (unkeyed >= 0) {
@@ -1698,6 +1706,100 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
   return plan;
 }
 
+/* A plan refusing a statement too deep to analyse. */
+static pgs_plan_t *too_complex_plan(void) {
+  pgs_plan_t *plan = pgs_xcalloc(1, sizeof(*plan));
+  plan->kind = PGS_STMT_OTHER;
+  plan->target = PGS_TARGET_ALL;
+  plan->refcount = 1;
+  plan->copy_key_column = -1;
+  memcpy(plan->refuse_sqlstate, "54001", 6);
+  snprintf(plan->refuse_message, sizeof(plan->refuse_message),
+           "pgshard: statement too complex to route");
+  return plan;
+}
+
+static bool read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+  uint64_t r = 0;
+  for (int shift = 0; *p < end && shift < 64; shift += 7) {
+    uint8_t b = *(*p)++;
+    r |= (uint64_t)(b & 0x7F) << shift;
+    if (!(b & 0x80)) {
+      *v = r;
+      return true;
+    }
+  }
+  return false;
+}
+
+static const ProtobufCFieldDescriptor *field_by_id(const ProtobufCMessageDescriptor *d,
+                                                   uint64_t id) {
+  unsigned lo = 0, hi = d->n_fields; /* fields are sorted by number */
+  while (lo < hi) {
+    unsigned mid = (lo + hi) / 2;
+    if (d->fields[mid].id < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < d->n_fields && d->fields[lo].id == id ? &d->fields[lo] : NULL;
+}
+
+/* Whether libpg_query's serialized tree nests at most LIMIT messages deep,
+ * found without recursion: protobuf-c's unpack recurses once per level with
+ * a large frame, so a deep tree must be refused before it is unpacked. */
+static bool tree_depth_ok(const uint8_t *data, size_t len, int limit) {
+  typedef struct frame {
+    const uint8_t *end;
+    const ProtobufCMessageDescriptor *desc;
+  } frame_t;
+  frame_t *stack = pgs_xmalloc(sizeof(*stack) * (size_t)(limit + 1));
+  int depth = 0;
+  stack[0] = (frame_t){data + len, &pg_query__parse_result__descriptor};
+  const uint8_t *p = data;
+  bool ok = true;
+  while (ok) {
+    const uint8_t *end = stack[depth].end;
+    if (p == end) {
+      if (depth == 0) break;
+      depth--;
+      continue;
+    }
+    uint64_t tag, v;
+    if (!read_varint(&p, end, &tag)) break;
+    switch (tag & 7) {
+    case 0:
+      ok = read_varint(&p, end, &v);
+      break;
+    case 1:
+      ok = end - p >= 8;
+      p += ok ? 8 : 0;
+      break;
+    case 5:
+      ok = end - p >= 4;
+      p += ok ? 4 : 0;
+      break;
+    case 2: {
+      ok = read_varint(&p, end, &v) && v <= (uint64_t)(end - p);
+      if (!ok) break;
+      const ProtobufCFieldDescriptor *f = field_by_id(stack[depth].desc, tag >> 3);
+      if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+        ok = depth < limit;
+        if (ok) stack[++depth] = (frame_t){p + v, f->descriptor};
+      } else {
+        p += v;
+      }
+      break;
+    }
+    default:
+      ok = false;
+      break;
+    }
+  }
+  free(stack);
+  return ok;
+}
+
 static pgs_plan_t *parse_failed_plan(void) {
   pgs_plan_t *plan = pgs_xcalloc(1, sizeof(*plan));
   plan->kind = PGS_STMT_OTHER;
@@ -1745,6 +1847,7 @@ static char *restore_literals(const pgs_lexed_t *lx, int32_t *loc) {
 
 pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
   if (lx->normalized == NULL) return parse_failed_plan();
+  if (lx->chain > PGS_ANALYZE_MAX_CHAIN) return too_complex_plan();
   PgQueryProtobufParseResult result = pg_query_parse_protobuf(lx->normalized);
   char *restored = NULL;
   int32_t *loc = NULL;
@@ -1756,6 +1859,13 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
     result = pg_query_parse_protobuf(restored);
   }
   PgQuery__ParseResult *tree = NULL;
+  if (!result.error && !tree_depth_ok((const uint8_t *)result.parse_tree.data,
+                                      result.parse_tree.len, PGS_ANALYZE_MAX_DEPTH)) {
+    pg_query_free_protobuf_parse_result(result);
+    free(restored);
+    free(loc);
+    return too_complex_plan();
+  }
   if (!result.error)
     tree = pg_query__parse_result__unpack(NULL, result.parse_tree.len,
                                           (const uint8_t *)result.parse_tree.data);

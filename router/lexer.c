@@ -37,6 +37,7 @@ enum {
   C_DIGIT = 8,
   C_HEX = 16,
   C_TAG_CONT = 32, /* dollar-quote tag: [A-Za-z\200-\377_0-9] */
+  C_OPERATOR = 64, /* [+\-*\/<>=~!@#%^&|`?] and ':' of "::" */
 };
 
 #define ALPHA (C_IDENT_START | C_IDENT_CONT | C_TAG_CONT)
@@ -55,6 +56,24 @@ static const uint8_t char_class[256] = {
     ['_'] = ALPHA,
     [0x80 ... 0xFF] = ALPHA,
     ['$'] = C_IDENT_CONT,
+    ['+'] = C_OPERATOR,
+    ['-'] = C_OPERATOR,
+    ['*'] = C_OPERATOR,
+    ['/'] = C_OPERATOR,
+    ['<'] = C_OPERATOR,
+    ['>'] = C_OPERATOR,
+    ['='] = C_OPERATOR,
+    ['~'] = C_OPERATOR,
+    ['!'] = C_OPERATOR,
+    ['@'] = C_OPERATOR,
+    ['#'] = C_OPERATOR,
+    ['%'] = C_OPERATOR,
+    ['^'] = C_OPERATOR,
+    ['&'] = C_OPERATOR,
+    ['|'] = C_OPERATOR,
+    ['`'] = C_OPERATOR,
+    ['?'] = C_OPERATOR,
+    [':'] = C_OPERATOR,
 };
 #undef ALPHA
 
@@ -520,6 +539,27 @@ static pgs_status_t lex_param(lexer_t *lx) {
   return PGS_OK;
 }
 
+/* Keywords whose grammar rules are left-recursive, so that a chain of them
+ * nests without parentheses (bison's own stack bounds everything else). */
+static bool chains_left_deep(const char *w, size_t n) {
+  switch (n) {
+  case 2:
+    return strncasecmp(w, "at", 2) == 0;
+  case 4:
+    return strncasecmp(w, "join", 4) == 0;
+  case 5:
+    return strncasecmp(w, "union", 5) == 0;
+  case 6:
+    return strncasecmp(w, "except", 6) == 0;
+  case 7:
+    return strncasecmp(w, "collate", 7) == 0;
+  case 9:
+    return strncasecmp(w, "intersect", 9) == 0;
+  default:
+    return false;
+  }
+}
+
 /* ---- renumbering ---- */
 
 /* Literals were numbered $1.. as they came; the statement's own highest $n
@@ -573,6 +613,7 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
   out->nstatements = 0;
   out->normalized_len = 0;
   out->hash = 0;
+  out->chain = 0;
 
   lexer_t lx = {.p = sql, .end = sql + len, .out = out};
   ensure_out(&lx, len + PLACEHOLDER_SLACK);
@@ -648,11 +689,16 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
       const char *s = lx.p + 1;
       while (s < lx.end && is_class((unsigned char)*s, C_IDENT_CONT)) s++;
       if (lx.after_placeholder) put_separator(&lx);
+      if (chains_left_deep(lx.p, (size_t)(s - lx.p))) out->chain++;
       put_n(&lx, lx.p, (size_t)(s - lx.p));
       lx.after_placeholder = false;
       lx.p = s;
     } else {
       st = PGS_OK;
+      /* The first char of a run of operator chars ("||", "::", "->>"). */
+      if (is_class(c, C_OPERATOR) &&
+          !(lx.len > 0 && is_class((unsigned char)out->normalized[lx.len - 1], C_OPERATOR)))
+        out->chain++;
       put(&lx, (char)c);
       lx.after_placeholder = false;
       lx.p++;

@@ -53,6 +53,12 @@ typedef struct pgs_lexed {
   size_t values_len;
   size_t values_cap;
   int literals_cap;
+  /* Operators and the keywords that chain left-deep (JOIN, UNION,
+   * INTERSECT, EXCEPT, COLLATE, AT): a bound on how deep a parse tree of
+   * the text can be that parentheses do not already limit.
+   * pgs_analyze does not parse texts over PGS_ANALYZE_MAX_CHAIN, since
+   * libpg_query recurses once per level. */
+  int chain;
   char *scratch; /* renumbering placeholders swaps it with normalized */
   size_t scratch_cap;
 } pgs_lexed_t;
@@ -68,6 +74,13 @@ void pgs_lex_free(pgs_lexed_t *lx);
 pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) PGS_MUST_USE;
 
 /* ---- plans ---- */
+
+/* Statements deeper than these are refused (54001, as PostgreSQL refuses
+ * what exceeds its stack depth) instead of analysed: libpg_query and
+ * protobuf-c recurse once per tree level (a few hundred bytes of stack
+ * each), and a worker's stack may be as small as 2 MB. */
+#define PGS_ANALYZE_MAX_CHAIN 3000 /* pgs_lexed_t.chain */
+#define PGS_ANALYZE_MAX_DEPTH 1000 /* nested messages in libpg_query's tree */
 
 typedef enum {
   PGS_STMT_READ,        /* SELECT, VALUES, TABLE, SHOW, EXPLAIN (no ANALYZE) */
