@@ -143,8 +143,17 @@ replica = host=127.0.0.1 port={self.replica_port} dbname=app user=postgres
 
     def ctl(self, *args, check=True, timeout=180):
         cmd = [str(PGSHARDCTL), "lab", *args, "-c", str(self.config), "--dir", str(self.dir)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout)
+        for attempt in range(30):
+            try:
+                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, timeout=timeout)
+                break
+            except OSError:
+                # The binary is being relinked by a concurrent build (EACCES,
+                # ETXTBSY): wait for it rather than leave servers running.
+                if attempt == 29:
+                    raise
+                time.sleep(1)
         with open(self.log, "a") as f:
             f.write(f"$ {' '.join(cmd)}\n{proc.stdout}[exit {proc.returncode}]\n")
         if check and proc.returncode != 0:
@@ -242,7 +251,10 @@ class Proxy:
         self.workdir = workdir
         self.config_path = workdir / f"pgshard-{self.port}.ini"
         self.log_path = workdir / f"pgshard-{self.port}.log"
-        self.pgshard = {"workers": 2, "auth": "scram-sha-256", "shutdown_timeout_ms": 10000}
+        # A queue timeout well under the default two minutes: a pool that
+        # never frees a server fails a test in seconds instead of hanging it.
+        self.pgshard = {"workers": 2, "auth": "scram-sha-256", "shutdown_timeout_ms": 10000,
+                        "query_wait_timeout_ms": 30000}
         self.database = {"pool_mode": "transaction", "pool_size": 4}
         self.users = dict(DEFAULT_USERS)
         self.replica = True

@@ -223,7 +223,8 @@ def test_server_dies_mid_transaction(proxy, primary):
     transaction: that client gets 08006 (or the server's 57P01 relayed), the
     others carry on. The victim speaks by hand to read the SQLSTATE (libpq
     drops it when the error and the close arrive together)."""
-    px = proxy(pool_size=2, auth="trust")
+    # One worker with two servers: victim and bystander each hold one.
+    px = proxy(pool_size=2, workers=1, auth="trust")
     victim = logged_in(px)
     bystander = px.connect()
     try:

@@ -122,7 +122,7 @@ def test_set_is_tracked_per_client(proxy):
 
 
 def test_session_pooling_keeps_session_state(proxy):
-    px = proxy(pool_mode="session", pool_size=2)
+    px = proxy(pool_mode="session", pool_size=2, workers=1)
     with px.connect() as conn, px.connect() as other:
         conn.execute("create temp table it_session (v int)")
         conn.commit()

@@ -146,7 +146,8 @@ def test_parameter_status_from_startup(proxy, primary):
                     assert conn.execute("show timezone").fetchone()[0] == tz
             with a.transaction():
                 assert a.execute("show datestyle").fetchone()[0] == "ISO, DMY"
-                assert a.execute("show search_path").fetchone()[0] == "it_sp, public"
+                # Postgres keeps the text given in options as is.
+                assert a.execute("show search_path").fetchone()[0] == "it_sp,public"
                 assert a.execute("select v from only_here").fetchone() == (7,)
                 assert a.execute("select '2024-02-29 12:00+00'::timestamptz::text"
                                  ).fetchone()[0] == "2024-02-29 12:00:00+00"
