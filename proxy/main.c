@@ -5,11 +5,13 @@
  * Signals: SIGHUP reloads the config (users, pool sizes, policies; the
  * listener and worker count need a restart); SIGTERM drains (stop accepting,
  * let transactions finish, then exit; at most shutdown_timeout_ms); SIGINT
- * exits now.
+ * exits now. They are blocked in every thread and taken by the main thread
+ * with sigtimedwait, so no handler ever runs on a worker.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -20,8 +22,6 @@
 
 static const char *config_path;
 static pgs_config_t *config;
-static uv_signal_t sig_hup, sig_term, sig_int;
-static uv_async_t worker_done;
 static int nworkers;
 
 static void print_config_errors(const pgs_config_t *c) {
@@ -33,7 +33,7 @@ static void print_config_errors(const pgs_config_t *c) {
   }
 }
 
-static int open_listener(const pgs_config_t *c) {
+static int open_listener(const pgs_config_t *c, bool probe) {
   struct sockaddr_storage addr;
   const char *host = c->listen_host;
   if (!strcmp(host, "localhost")) host = "127.0.0.1";
@@ -44,12 +44,22 @@ static int open_listener(const pgs_config_t *c) {
   } else if (uv_ip4_addr(host, c->listen_port, (struct sockaddr_in *)&addr) != 0) {
     return -EINVAL;
   }
+  socklen_t len = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  int one = 1;
+  if (probe) {
+    /* SO_REUSEPORT would let a second pgshard share the port silently: bind
+     * once without it to find out whether anyone holds the address. */
+    int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int rc = bind(fd, (struct sockaddr *)&addr, len) != 0 ? -errno : 0;
+    close(fd);
+    if (rc != 0) return rc;
+  }
   int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
-  int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-  socklen_t len = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
   if (bind(fd, (struct sockaddr *)&addr, len) != 0) {
     int err = errno;
     close(fd);
@@ -58,7 +68,7 @@ static int open_listener(const pgs_config_t *c) {
   return fd;
 }
 
-static void on_sighup(uv_signal_t *handle, int signum) {
+static void reload(void) {
   pgs_config_t *next = pgs_config_load(config_path);
   if (next->nerrors) {
     pgs_error("reload: %s has errors; keeping the running config", config_path);
@@ -76,19 +86,23 @@ static void on_sighup(uv_signal_t *handle, int signum) {
   pgs_info("reloaded %s", config_path);
 }
 
-static void on_sigterm(uv_signal_t *handle, int signum) {
-  pgs_info("SIGTERM: draining (at most %d ms)", config->shutdown_timeout_ms);
-  pgs_workers_drain();
-}
-
-static void on_sigint(uv_signal_t *handle, int signum) {
-  pgs_info("SIGINT: exiting now");
-  pgs_workers_exit();
-}
-
-static void on_worker_done(uv_async_t *handle) {
-  /* uv_async_send coalesces wakeups: ask how many threads are left. */
-  if (pgs_workers_running() == 0) uv_stop(handle->loop);
+/* Take signals until every worker has ended (after a drain or an exit). */
+static void signal_loop(const sigset_t *set) {
+  struct timespec tick = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
+  bool draining = false;
+  while (pgs_workers_running() > 0) {
+    int sig = sigtimedwait(set, NULL, &tick);
+    if (sig == SIGHUP) {
+      reload();
+    } else if (sig == SIGTERM) {
+      if (!draining) pgs_info("SIGTERM: draining (at most %d ms)", config->shutdown_timeout_ms);
+      draining = true;
+      pgs_workers_drain();
+    } else if (sig == SIGINT) {
+      pgs_info("SIGINT: exiting now");
+      pgs_workers_exit();
+    }
+  }
 }
 
 static void usage(FILE *out) {
@@ -141,7 +155,7 @@ int main(int argc, char **argv) {
   nworkers = config->workers;
   int fds[64];
   for (int i = 0; i < nworkers; i++) {
-    fds[i] = open_listener(config);
+    fds[i] = open_listener(config, i == 0);
     if (fds[i] < 0) {
       pgs_error("cannot listen on %s:%d: %s", config->listen_host, config->listen_port,
                 strerror(-fds[i]));
@@ -149,27 +163,19 @@ int main(int argc, char **argv) {
     }
   }
 
-  uv_loop_t *loop = uv_default_loop();
-  uv_async_init(loop, &worker_done, on_worker_done);
-  uv_signal_init(loop, &sig_hup);
-  uv_signal_init(loop, &sig_term);
-  uv_signal_init(loop, &sig_int);
-  uv_signal_start(&sig_hup, on_sighup, SIGHUP);
-  uv_signal_start(&sig_term, on_sigterm, SIGTERM);
-  uv_signal_start(&sig_int, on_sigint, SIGINT);
-  if (pgs_workers_start(config, fds, nworkers, &worker_done) != 0) return 1;
+  /* Block the signals before any thread exists, so every thread inherits
+   * the mask and only sigtimedwait below ever sees them. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  if (pgs_workers_start(config, fds, nworkers) != 0) return 1;
   pgs_info("pgshard %s listening on %s:%d with %d workers", PGS_VERSION, config->listen_host,
            config->listen_port, nworkers);
-
-  /* Run until every worker has ended (drain or exit), then join them. */
-  uv_run(loop, UV_RUN_DEFAULT);
-  uv_close((uv_handle_t *)&sig_hup, NULL);
-  uv_close((uv_handle_t *)&sig_term, NULL);
-  uv_close((uv_handle_t *)&sig_int, NULL);
-  uv_close((uv_handle_t *)&worker_done, NULL);
-  uv_run(loop, UV_RUN_DEFAULT);
+  signal_loop(&set);
   pgs_workers_join();
-  uv_loop_close(loop);
   pgs_config_unref(config);
   pgs_info("pgshard stopped");
   return 0;

@@ -18,7 +18,6 @@
 
 static pgs_worker_t *workers;
 static int nworkers;
-static uv_async_t *main_notify; /* told when a worker thread ends */
 static int running;             /* worker threads not yet ended (atomic) */
 
 int pgs_workers_running(void) { return __atomic_load_n(&running, __ATOMIC_ACQUIRE); }
@@ -154,7 +153,6 @@ static void worker_main(void *arg) {
   }
   pgs_debug("worker %d stopped", worker->index);
   __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
-  uv_async_send(main_notify);
 }
 
 static int worker_init(pgs_worker_t *worker, int index, pgs_config_t *config, int fd) {
@@ -189,8 +187,7 @@ fail_loop:
   return rc;
 }
 
-int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds, uv_async_t *notify) {
-  main_notify = notify;
+int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   nworkers = nfds;
   workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));
   for (int i = 0; i < nfds; i++) {

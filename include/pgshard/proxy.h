@@ -336,8 +336,7 @@ struct pgs_worker {
   int mbox_ncancels;
 };
 
-int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds,
-                      uv_async_t *notify) PGS_MUST_USE;
+int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) PGS_MUST_USE;
 void pgs_workers_reload(pgs_config_t *config);
 void pgs_workers_drain(void);
 void pgs_workers_exit(void);
