@@ -158,6 +158,10 @@ typedef struct pgs_plan {
 pgs_plan_t *pgs_analyze(const struct pgs_database *db, const pgs_lexed_t *lx);
 void pgs_plan_unref(pgs_plan_t *plan);
 
+/* The functions a SELECT may call and still be a read (PGS_STMT_READ),
+ * unqualified or in pg_catalog; analyze.c says why these. Sorted. */
+const char *const *pgs_analyze_read_only_functions(size_t *count);
+
 /* ---- plan cache: bounded LRU keyed by normalised text ---- */
 
 typedef struct pgs_plan_cache pgs_plan_cache_t;

@@ -332,6 +332,21 @@ static void test_select_read_only_functions(void **state) {
   }
 }
 
+static void test_read_only_function_list(void **state) {
+  size_t n;
+  const char *const *names = pgs_analyze_read_only_functions(&n);
+  assert_true(n > 100);
+  char sql[128];
+  for (size_t i = 0; i < n; i++) {
+    if (i > 0 && strcmp(names[i - 1], names[i]) >= 0)
+      fail_msg("not sorted: %s, %s", names[i - 1], names[i]);
+    /* Quoted: a plain call, even for names the grammar treats specially. */
+    snprintf(sql, sizeof(sql), "SELECT \"%s\"(a), pg_catalog.\"%s\"(b)", names[i], names[i]);
+    analyse(sql);
+    if (plan->kind != PGS_STMT_READ) fail_msg("%s is not a read", names[i]);
+  }
+}
+
 static void test_select_unknown_functions_are_writes(void **state) {
   static const char *const sqls[] = {
       "SELECT nextval('s')",
@@ -988,6 +1003,7 @@ int main(void) {
       cmocka_unit_test(test_table_statement),
       cmocka_unit_test(test_select_locking_is_write),
       cmocka_unit_test(test_select_read_only_functions),
+      cmocka_unit_test(test_read_only_function_list),
       cmocka_unit_test(test_select_unknown_functions_are_writes),
       cmocka_unit_test(test_join_on_keys_propagates),
       cmocka_unit_test(test_join_in_where_propagates),
