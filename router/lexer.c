@@ -597,6 +597,11 @@ static void renumber(lexer_t *lx) {
 
 void pgs_lex_init(pgs_lexed_t *lx) { memset(lx, 0, sizeof(*lx)); }
 
+const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param) {
+  int i = param - lx->nparams - 1;
+  return i >= 0 && i < lx->nliterals ? &lx->literals[i] : NULL;
+}
+
 void pgs_lex_free(pgs_lexed_t *lx) {
   free(lx->normalized);
   free(lx->literals);

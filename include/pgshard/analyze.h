@@ -72,6 +72,10 @@ void pgs_lex_free(pgs_lexed_t *lx);
  * The normalised text keeps B'...', X'...', N'...' and U&'...' literals
  * verbatim (they are never keys); every other literal becomes $N. */
 pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) PGS_MUST_USE;
+/* What a plan's parameter number PARAM stands for in LX: a literal (its
+ * value is lx->values + offset, len bytes), or NULL when PARAM is one of the
+ * statement's own $n (a Bind value) or out of range. */
+const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param);
 
 /* ---- plans ---- */
 

@@ -360,6 +360,20 @@ static void test_many_literals_renumbered(void **state) {
   }
 }
 
+static void test_parameter_to_literal(void **state) {
+  assert_int_equal(lex("SELECT * FROM t WHERE a = $2 AND b = 'x' AND c = 10"), PGS_OK);
+  assert_null(pgs_lexed_literal(&lx, 0));
+  assert_null(pgs_lexed_literal(&lx, 1)); /* Bind values */
+  assert_null(pgs_lexed_literal(&lx, 2));
+  const pgs_literal_t *lit = pgs_lexed_literal(&lx, 3);
+  assert_non_null(lit);
+  assert_string_equal(lx.values + lit->offset, "x");
+  lit = pgs_lexed_literal(&lx, 4);
+  assert_non_null(lit);
+  assert_memory_equal(lx.values + lit->offset, "10", lit->len);
+  assert_null(pgs_lexed_literal(&lx, 5));
+}
+
 static void test_cast_syntax_stays(void **state) {
   norm("SELECT '42'::bigint, 7::int, CAST('x' AS text)",
        "SELECT $1::bigint, $2::int, CAST($3 AS text)");
@@ -619,6 +633,7 @@ int main(void) {
       cmocka_unit_test(test_literal_before_param_renumbered),
       cmocka_unit_test(test_placeholder_offsets),
       cmocka_unit_test(test_many_literals_renumbered),
+      cmocka_unit_test(test_parameter_to_literal),
       cmocka_unit_test(test_cast_syntax_stays),
       cmocka_unit_test(test_placeholder_never_glues),
       cmocka_unit_test(test_param_too_large),
