@@ -539,22 +539,31 @@ static pgs_status_t lex_param(lexer_t *lx) {
   return PGS_OK;
 }
 
+/* W (N bytes) is LOWER in any case. c | 0x20 is c's lower case for letters
+ * and, for any other byte, never a lower-case letter. */
+static inline bool word_is(const char *w, const char *lower, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (((unsigned char)w[i] | 0x20) != (unsigned char)lower[i]) return false;
+  return true;
+}
+
 /* Keywords whose grammar rules are left-recursive, so that a chain of them
- * nests without parentheses (bison's own stack bounds everything else). */
-static bool chains_left_deep(const char *w, size_t n) {
-  switch (n) {
-  case 2:
-    return strncasecmp(w, "at", 2) == 0;
-  case 4:
-    return strncasecmp(w, "join", 4) == 0;
-  case 5:
-    return strncasecmp(w, "union", 5) == 0;
-  case 6:
-    return strncasecmp(w, "except", 6) == 0;
-  case 7:
-    return strncasecmp(w, "collate", 7) == 0;
-  case 9:
-    return strncasecmp(w, "intersect", 9) == 0;
+ * nests without parentheses (bison's own stack bounds everything else).
+ * Called for every identifier: the first letter decides before any loop. */
+static inline bool chains_left_deep(const char *w, size_t n) {
+  switch ((unsigned char)w[0] | 0x20) {
+  case 'a':
+    return n == 2 && word_is(w, "at", 2);
+  case 'c':
+    return n == 7 && word_is(w, "collate", 7);
+  case 'e':
+    return n == 6 && word_is(w, "except", 6);
+  case 'i':
+    return n == 9 && word_is(w, "intersect", 9);
+  case 'j':
+    return n == 4 && word_is(w, "join", 4);
+  case 'u':
+    return n == 5 && word_is(w, "union", 5);
   default:
     return false;
   }
