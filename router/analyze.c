@@ -1533,7 +1533,7 @@ static const ProtobufCFieldDescriptor *field_by_id(const ProtobufCMessageDescrip
 /* Whether libpg_query's serialized tree nests at most LIMIT messages deep,
  * found without recursion: protobuf-c's unpack recurses once per level with
  * a large frame, so a deep tree must be refused before it is unpacked. */
-static bool tree_depth_ok(const uint8_t *data, size_t len, int limit) {
+bool pgs_analyze_tree_depth_ok(const uint8_t *data, size_t len, int limit) {
   typedef struct frame {
     const uint8_t *end;
     const ProtobufCMessageDescriptor *desc;
@@ -1644,7 +1644,7 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
     result = pg_query_parse_protobuf(restored);
   }
   PgQuery__ParseResult *tree = NULL;
-  if (!result.error && !tree_depth_ok((const uint8_t *)result.parse_tree.data,
+  if (!result.error && !pgs_analyze_tree_depth_ok((const uint8_t *)result.parse_tree.data,
                                       result.parse_tree.len, PGS_ANALYZE_MAX_DEPTH)) {
     pg_query_free_protobuf_parse_result(result);
     free(restored);

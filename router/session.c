@@ -10,6 +10,7 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
+#include "pgshard/analyze.h"
 #include "pgshard/session.h"
 
 /* Skip whitespace and comments; return a pointer to the first token. */
@@ -189,11 +190,35 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
   if (uses_session_advisory_lock(text, len)) out->flags |= PGS_SESSION_PIN;
 }
 
+/* A statement too deep to parse safely: libpg_query's parser and
+ * protobuf-c's unpack both recurse per tree level, and a left-deep chain of
+ * operators is not bounded by the grammar. Such a statement is not analysed;
+ * the client keeps its server, which is always safe. */
+static bool too_deep_to_parse(const char *sql) {
+  pgs_lexed_t lx;
+  pgs_lex_init(&lx);
+  bool deep = pgs_lex(sql, strlen(sql), &lx) == PGS_OK && lx.chain > PGS_ANALYZE_MAX_CHAIN;
+  pgs_lex_free(&lx);
+  return deep;
+}
+
 void pgs_session_analyze(const char *sql, pgs_session_effects_t *out) {
   memset(out, 0, sizeof(*out));
+  if (too_deep_to_parse(sql)) {
+    out->parse_failed = true;
+    out->flags |= PGS_SESSION_PIN;
+    return;
+  }
   PgQueryProtobufParseResult result = pg_query_parse_protobuf(sql);
   if (result.error) {
     out->parse_failed = true;
+    pg_query_free_protobuf_parse_result(result);
+    return;
+  }
+  if (!pgs_analyze_tree_depth_ok((const uint8_t *)result.parse_tree.data, result.parse_tree.len,
+                                 PGS_ANALYZE_MAX_DEPTH)) {
+    out->parse_failed = true;
+    out->flags |= PGS_SESSION_PIN;
     pg_query_free_protobuf_parse_result(result);
     return;
   }

@@ -86,6 +86,11 @@ const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param);
 #define PGS_ANALYZE_MAX_CHAIN 3000 /* pgs_lexed_t.chain */
 #define PGS_ANALYZE_MAX_DEPTH 1000 /* nested messages in libpg_query's tree */
 
+/* Whether a libpg_query protobuf parse tree nests at most LIMIT messages
+ * deep, checked without recursion. Anything that unpacks a tree of client
+ * SQL must ask first: protobuf-c's unpack recurses once per level. */
+bool pgs_analyze_tree_depth_ok(const uint8_t *data, size_t len, int limit);
+
 typedef enum {
   PGS_STMT_READ,        /* SELECT, VALUES, TABLE, SHOW, EXPLAIN (no ANALYZE) */
   PGS_STMT_WRITE,       /* INSERT/UPDATE/DELETE/MERGE, SELECT FOR UPDATE/SHARE,
