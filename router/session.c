@@ -197,7 +197,9 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
 static bool too_deep_to_parse(const char *sql) {
   pgs_lexed_t lx;
   pgs_lex_init(&lx);
-  bool deep = pgs_lex(sql, strlen(sql), &lx) == PGS_OK && lx.chain > PGS_ANALYZE_MAX_CHAIN;
+  /* A text the lexer gives up on (too many literals, unterminated quotes)
+   * is not parsed either: the lexer stops counting where it stops. */
+  bool deep = pgs_lex(sql, strlen(sql), &lx) != PGS_OK || lx.chain > PGS_ANALYZE_MAX_CHAIN;
   pgs_lex_free(&lx);
   return deep;
 }
