@@ -194,22 +194,33 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
  * protobuf-c's unpack both recurse per tree level, and a left-deep chain of
  * operators is not bounded by the grammar. Such a statement is not analysed;
  * the client keeps its server, which is always safe. */
-static bool too_deep_to_parse(const char *sql) {
+typedef enum { PARSE_OK, PARSE_TOO_DEEP, PARSE_INVALID } parse_check_t;
+
+static parse_check_t check_before_parse(const char *sql) {
   pgs_lexed_t lx;
   pgs_lex_init(&lx);
-  /* A text the lexer gives up on (too many literals, unterminated quotes)
-   * is not parsed either: the lexer stops counting where it stops. */
-  bool deep = pgs_lex(sql, strlen(sql), &lx) != PGS_OK || lx.chain > PGS_ANALYZE_MAX_CHAIN;
+  pgs_status_t st = pgs_lex(sql, strlen(sql), &lx);
+  int chain = lx.chain;
   pgs_lex_free(&lx);
-  return deep;
+  /* Unterminated quotes or comments: the server refuses it, nothing happens.
+   * Too many literals: the lexer stopped counting, so assume the worst. */
+  if (st == PGS_EINVAL) return PARSE_INVALID;
+  if (st != PGS_OK || chain > PGS_ANALYZE_MAX_CHAIN) return PARSE_TOO_DEEP;
+  return PARSE_OK;
 }
 
 void pgs_session_analyze(const char *sql, pgs_session_effects_t *out) {
   memset(out, 0, sizeof(*out));
-  if (too_deep_to_parse(sql)) {
+  switch (check_before_parse(sql)) {
+  case PARSE_INVALID:
+    out->parse_failed = true;
+    return;
+  case PARSE_TOO_DEEP:
     out->parse_failed = true;
     out->flags |= PGS_SESSION_PIN;
     return;
+  case PARSE_OK:
+    break;
   }
   PgQueryProtobufParseResult result = pg_query_parse_protobuf(sql);
   if (result.error) {
