@@ -71,6 +71,37 @@ SANITIZER_PATTERNS = re.compile(
 # Proxies still running if the session dies; killed at session end.
 _ALL_PROXIES = []
 
+# Seconds one test (setup, call and teardown) may take before it is failed:
+# a proxy that never answers must not hang the suite.
+TEST_TIMEOUT = int(os.environ.get("PGSHARD_IT_TEST_TIMEOUT", "150"))
+
+
+class TestTimeout(Exception):
+    """Raised in the main thread by SIGALRM. Not KeyboardInterrupt: psycopg
+    answers that by cancelling and waiting again for the result, which never
+    comes from a hung proxy."""
+
+
+@pytest.fixture(autouse=True)
+def _test_timeout(request):
+    def on_alarm(signum, frame):
+        raise TestTimeout(f"{request.node.nodeid}: still running after {TEST_TIMEOUT}s")
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def pytest_configure(config):
+    """SIGTERM ends the session the orderly way, so that the lab fixture's
+    finalizer still runs `lab down` (CI runners send SIGTERM on timeout)."""
+    def on_term(signum, frame):
+        pytest.exit("SIGTERM: stopping, tearing the lab down", returncode=1)
+    signal.signal(signal.SIGTERM, on_term)
+
 
 def port_is_open(port, host="127.0.0.1"):
     try:
