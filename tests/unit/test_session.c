@@ -288,6 +288,26 @@ static void test_too_many_sets(void **state) {
   pgs_session_effects_free(&fx);
 }
 
+/* A left-deep chain libpg_query and protobuf-c would recurse through until
+ * the stack runs out: never parsed, and the client keeps its server. */
+static void test_too_deep_is_pinned_not_parsed(void **state) {
+  static const char *const ops[] = {" + 1", " || 'x'", " UNION SELECT 1"};
+  for (size_t k = 0; k < PGS_ARRAY_LEN(ops); k++) {
+    size_t n = 30000, oplen = strlen(ops[k]);
+    char *sql = malloc(n * oplen + 64);
+    char *p = sql + sprintf(sql, "SELECT 1");
+    for (size_t i = 0; i < n; i++, p += oplen) memcpy(p, ops[k], oplen);
+    strcpy(p, "; SET a.b = 1");
+    pgs_session_effects_t fx;
+    pgs_session_analyze(sql, &fx);
+    assert_true(fx.parse_failed);
+    assert_int_equal(fx.flags & PGS_SESSION_PIN, PGS_SESSION_PIN);
+    assert_int_equal(fx.nops, 0);
+    pgs_session_effects_free(&fx);
+    free(sql);
+  }
+}
+
 static void test_parse_failed(void **state) {
   static const char *const bad[] = {"SELEC 1", "SET x =", "SET", "DISCARD", "SELECT 'unterminated",
                                     "/* unterminated", "SET a = 1; SELEC 2"};
@@ -336,6 +356,7 @@ int main(void) {
       cmocka_unit_test(test_multi_statement),
       cmocka_unit_test(test_too_many_sets),
       cmocka_unit_test(test_parse_failed),
+      cmocka_unit_test(test_too_deep_is_pinned_not_parsed),
       cmocka_unit_test(test_effects_free),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
