@@ -7,8 +7,8 @@ scale 10, and two poolers are put in front of it with the same settings:
 transaction pooling, 16 server connections, the same auth method:
 
   pgshard    build/pgshard -c pgshard.ini        (workers = 2)
-  PgBouncer  Debian's pgbouncer with pgbouncer.ini (run as postgres: it
-             refuses to run as root)
+  PgBouncer  Debian's pgbouncer with pgbouncer.ini (run as postgres when we
+             are root: it refuses to run as root)
 
 Every cell (-c 1 and -c 16, -M simple and -M extended; pgbench -S, -j 2)
 runs for --duration seconds against each target; each repetition runs the
@@ -144,7 +144,7 @@ primary = host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=postgres
         run(["pgbench", "-i", "-q", "-s", str(self.args.scale), "-h", "127.0.0.1",
              "-p", str(PRIMARY_PORT), "-U", "postgres", "app"], env=env, timeout=1200)
         run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(PRIMARY_PORT), "-U", "postgres",
-             "-d", "app", "-c", "vacuum analyze; checkpoint"], timeout=600)
+             "-d", "app", "-c", "vacuum analyze", "-c", "checkpoint"], timeout=600)
 
     def start_pgshard(self):
         auth = self.args.auth
@@ -202,17 +202,21 @@ log_connections = 0
 log_disconnections = 0
 """)
         cmd = [binary, str(self.bouncer_dir / "pgbouncer.ini")]
+        as_user = {}
         if as_root:
-            # PgBouncer refuses to run as root; its files must be postgres's.
+            # PgBouncer refuses to run as root: run it as postgres (what
+            # `runuser -u postgres` does, but as our own child, so that we
+            # signal and reap it directly). Its files must be postgres's.
             pw = pwd.getpwnam("postgres")
             for path in [self.bouncer_dir, *self.bouncer_dir.iterdir()]:
                 os.chown(path, pw.pw_uid, pw.pw_gid)
-            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+            as_user = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                           env=dict(os.environ, HOME=pw.pw_dir, USER="postgres"))
         log(f"pgbouncer on {PGBOUNCER_PORT} (pool_mode transaction, default_pool_size "
             f"{POOL_SIZE}, auth {auth})")
         self.bouncer_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL)
+                                             stderr=subprocess.DEVNULL, **as_user)
         wait_port(PGBOUNCER_PORT, 15, self.bouncer_proc, "pgbouncer",
                   self.bouncer_dir / "pgbouncer.log")
 
@@ -246,7 +250,7 @@ log_disconnections = 0
 
     def measure(self):
         targets = self.args.targets
-        log(f"warm-up: 1 s per target")
+        log("warm-up: 1 s per target")
         for target in targets:
             self.pgbench(target, 16, "simple", 1)
         cells = [(c, m) for c in CLIENTS for m in MODES]
@@ -368,12 +372,6 @@ log_disconnections = 0
             except subprocess.TimeoutExpired:
                 self.bouncer_proc.kill()
                 self.bouncer_proc.wait()
-        pidfile = self.bouncer_dir / "pgbouncer.pid"
-        if pidfile.exists():  # runuser did not pass the signal on
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-            except (ValueError, ProcessLookupError, PermissionError):
-                pass
         if self.pgshard_proc and self.pgshard_proc.poll() is None:
             self.pgshard_proc.send_signal(signal.SIGTERM)
             try:
