@@ -12,6 +12,8 @@ from decimal import Decimal
 import pytest
 from psycopg import errors
 
+import pgwire
+
 
 def test_simple_and_extended_queries(proxy):
     px = proxy()
@@ -309,3 +311,21 @@ def test_cancel(proxy):
         conn.rollback()
         assert conn.execute("select 3").fetchone() == (3,)
         conn.commit()
+
+
+def test_large_result_with_slow_reader(proxy):
+    """A client that reads a big result slowly makes pgshard stop reading its
+    server (backpressure); the server must be readable again afterwards, for
+    this client and for the next one that gets it from the pool."""
+    px = proxy(pool_size=1, workers=1, auth="trust")
+    for round_ in range(3):
+        with px.raw(timeout=10) as raw:
+            raw.login(user="app", password="secret")
+            raw.send(pgwire.query("select g, repeat('x', 200) from generate_series(1, 100000) g"))
+            time.sleep(0.5)  # let the proxy's buffers toward us fill up
+            rows = raw.read_query_result()
+            assert len(rows) == 100000 and rows[-1][0] == "100000"
+            # The same client, then (after it leaves) the next one.
+            assert raw.simple_query("select 1; select 2") == [["2"]], f"round {round_}"
+        with px.connect(autocommit=True) as conn:
+            assert conn.execute("select %s::int", (round_,)).fetchone() == (round_,)
