@@ -129,21 +129,23 @@ static void emit_error(pgs_client_t *client, const char *severity, const char *s
   pgs_io_scratch_done(&client->io, mark);
 }
 
-static void vformat(char *out, size_t cap, const char *fmt, va_list ap) {
-  int n = snprintf(out, cap, "pgshard: ");
-  vsnprintf(out + n, cap - (size_t)n, fmt, ap);
+/* The error path both failures share: format, log, queue the ErrorResponse. */
+static void report(pgs_client_t *client, const char *severity, const char *sqlstate,
+                   const char *fmt, va_list ap) {
+  char message[1024];
+  int n = snprintf(message, sizeof(message), "pgshard: ");
+  vsnprintf(message + n, sizeof(message) - (size_t)n, fmt, ap);
+  pgs_info("client %d (%s@%s) %s: %s (SQLSTATE %s)", client->cancel_pid, client->username,
+           client->peer, severity[0] == 'F' ? "closed" : "refused", message, sqlstate);
+  emit_error(client, severity, sqlstate, message);
 }
 
 void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
-  char message[1024];
   va_list ap;
   if (client->state == PGS_CL_CLOSING) return;
   va_start(ap, fmt);
-  vformat(message, sizeof(message), fmt, ap);
+  report(client, "FATAL", sqlstate, fmt, ap);
   va_end(ap);
-  pgs_info("client %d (%s@%s) closed: %s (SQLSTATE %s)", client->cancel_pid, client->username,
-           client->peer, message, sqlstate);
-  emit_error(client, "FATAL", sqlstate, message);
   if (pgs_io_flush(&client->io) < 0) { /* best effort: we are closing anyway */ }
   pgs_client_close(client);
 }
@@ -155,15 +157,11 @@ static void emit_ready(pgs_client_t *client) {
 }
 
 void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
-  char message[1024];
   va_list ap;
   if (client->state == PGS_CL_CLOSING) return;
   va_start(ap, fmt);
-  vformat(message, sizeof(message), fmt, ap);
+  report(client, "ERROR", sqlstate, fmt, ap);
   va_end(ap);
-  pgs_info("client %d (%s@%s): refused: %s (SQLSTATE %s)", client->cancel_pid, client->username,
-           client->peer, message, sqlstate);
-  emit_error(client, "ERROR", sqlstate, message);
   /* A simple query is one request; an extended-protocol request ends at
    * Sync, and PostgreSQL discards everything up to it after an error. */
   pgs_io_t *io = &client->io;

@@ -452,21 +452,30 @@ static int parse_iso_datetime(const char *text, size_t len, datetime_fields_t *f
 
 #define ZONE_NOTE "named time zones cannot be read in shard keys (give a numeric offset, Z or UTC)"
 
-static pgs_status_t parse_date(const char *text, size_t len, int64_t *out, pgs_key_error_t *err) {
+/* What date and timestamptz input share: trim, the special words
+ * (infinity, epoch; clock words refused), then the ISO fields. On PGS_OK
+ * either *SPECIAL is true and OUT holds the value, or F holds the fields. */
+static pgs_status_t read_datetime(const char *text, size_t len, pgs_key_type_t type,
+                                  datetime_fields_t *f, int64_t *out, bool *special,
+                                  pgs_key_error_t *err) {
+  bool timestamp = type == PGS_TYPE_TIMESTAMPTZ;
   size_t s = 0, e = len;
   while (s < e && pg_space(text[s])) s++;
   while (e > s && pg_space(text[e - 1])) e--;
-  int special = special_datetime(text + s, e - s, false, out);
-  if (special == 1) return PGS_OK;
-  if (special == -1)
+  int word = special_datetime(text + s, e - s, timestamp, out);
+  *special = word == 1;
+  if (word == 1) return PGS_OK;
+  if (word == -1)
     return datetime_error(err, "0A000",
-                          "date input that depends on the current date cannot be a shard key", text,
-                          len);
+                          timestamp ? "timestamp input that depends on the current time cannot be "
+                                      "a shard key"
+                                    : "date input that depends on the current date cannot be a "
+                                      "shard key",
+                          text, len);
   /* date_in reads the timestamp forms too and keeps only the date. */
-  datetime_fields_t f;
-  switch (parse_iso_datetime(text + s, e - s, &f)) {
+  switch (parse_iso_datetime(text + s, e - s, f)) {
     case 0:
-      break;
+      return PGS_OK;
     case 2:
       return datetime_error(err, "22008", "date/time field value out of range", text, len);
     case 3:
@@ -474,8 +483,15 @@ static pgs_status_t parse_date(const char *text, size_t len, int64_t *out, pgs_k
     case 4:
       return datetime_error(err, "0A000", ZONE_NOTE, text, len);
     default:
-      return syntax_error(err, PGS_TYPE_DATE, text, len, "22007", ISO_NOTE);
+      return syntax_error(err, type, text, len, "22007", ISO_NOTE);
   }
+}
+
+static pgs_status_t parse_date(const char *text, size_t len, int64_t *out, pgs_key_error_t *err) {
+  datetime_fields_t f;
+  bool special;
+  pgs_status_t st = read_datetime(text, len, PGS_TYPE_DATE, &f, out, &special, err);
+  if (st != PGS_OK || special) return st;
   int64_t days = days_from_civil(f.year, f.month, f.day) - DAYS_1970_TO_2000;
   if (days < PG_MIN_DATE || days >= PG_END_DATE)
     return datetime_error(err, "22008", "date out of range", text, len);
@@ -485,29 +501,11 @@ static pgs_status_t parse_date(const char *text, size_t len, int64_t *out, pgs_k
 
 static pgs_status_t parse_timestamptz(const char *text, size_t len, int64_t *out,
                                       bool *zone_assumed, pgs_key_error_t *err) {
-  size_t s = 0, e = len;
-  while (s < e && pg_space(text[s])) s++;
-  while (e > s && pg_space(text[e - 1])) e--;
-  *zone_assumed = false;
-  int special = special_datetime(text + s, e - s, true, out);
-  if (special == 1) return PGS_OK;
-  if (special == -1)
-    return datetime_error(err, "0A000",
-                          "timestamp input that depends on the current time cannot be a shard key",
-                          text, len);
   datetime_fields_t f;
-  switch (parse_iso_datetime(text + s, e - s, &f)) {
-    case 0:
-      break;
-    case 2:
-      return datetime_error(err, "22008", "date/time field value out of range", text, len);
-    case 3:
-      return datetime_error(err, "22009", "time zone displacement out of range", text, len);
-    case 4:
-      return datetime_error(err, "0A000", ZONE_NOTE, text, len);
-    default:
-      return syntax_error(err, PGS_TYPE_TIMESTAMPTZ, text, len, "22007", ISO_NOTE);
-  }
+  bool special;
+  *zone_assumed = false;
+  pgs_status_t st = read_datetime(text, len, PGS_TYPE_TIMESTAMPTZ, &f, out, &special, err);
+  if (st != PGS_OK || special) return st;
   int64_t days = days_from_civil(f.year, f.month, f.day) - DAYS_1970_TO_2000;
   /* tm2timestamp: the date must be in the Julian-day range first. */
   if (days < PG_MIN_DATE || days >= PG_END_DATE)
