@@ -74,6 +74,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   free_settings(client);
   clear_tx_ops(client);
   free(client->scram);
+  free(client->login_values);
   if (client->config) pgs_config_unref(client->config);
   free(client);
 }
@@ -319,19 +320,12 @@ static void send_auth(pgs_client_t *client, int32_t code, const void *data, size
   pgs_io_scratch_done(&client->io, mark);
 }
 
-static void finish_login(pgs_client_t *client) {
+static void finish_login(pgs_client_t *client, const pgs_param_t *params) {
   pgs_pool_t *pool = client->pool;
   pgs_buf_t *out = pgs_io_scratch(&client->io);
   size_t mark = pgs_io_scratch_mark(&client->io);
-  /* What the server reported at login, except where the client asked for
-   * something else: it will be set on every server it uses. */
-  for (int i = 0; i < pool->nparams; i++) {
-    const char *value = pool->params[i].value;
-    for (int j = 0; j < client->nsettings; j++)
-      if (client->settings[j].startup && !strcasecmp(client->settings[j].name, pool->params[i].name))
-        value = client->settings[j].value;
-    pgs_msg_parameter_status(out, pool->params[i].name, value);
-  }
+  for (int i = 0; i < pool->nparams; i++)
+    pgs_msg_parameter_status(out, params[i].name, params[i].value);
   pgs_msg_backend_key(out, client->cancel_pid, client->cancel_key);
   client->txstatus = 'I';
   pgs_msg_ready(out, 'I');
@@ -339,6 +333,84 @@ static void finish_login(pgs_client_t *client) {
   client_set_state(client, PGS_CL_IDLE);
   pgs_info("client %d (%s@%s) logged in to %s", client->cancel_pid, client->username, client->peer,
            client->dbname);
+}
+
+/* Whether the client set, at startup, a parameter PostgreSQL reports: then
+ * its values must come from a server (PostgreSQL normalises them). */
+static bool sets_reported_parameter(const pgs_client_t *client) {
+  for (int i = 0; i < client->nsettings; i++)
+    for (int j = 0; j < client->pool->nparams; j++)
+      if (client->settings[i].startup &&
+          !strcasecmp(client->settings[i].name, client->pool->params[j].name))
+        return true;
+  return false;
+}
+
+static const pgs_welcome_t *find_welcome(const pgs_pool_t *pool, uint64_t hash) {
+  for (int i = 0; i < pool->nwelcome; i++)
+    if (pool->welcome[i].settings_hash == hash) return &pool->welcome[i];
+  return NULL;
+}
+
+/* On the server linked for the login: apply the client's settings and read
+ * back every reported parameter, in one injected query. */
+static void read_login_values(pgs_client_t *client, pgs_server_t *server) {
+  pgs_buf_t sql;
+  pgs_buf_init(&sql);
+  if (server->settings_hash != 0) pgs_buf_put(&sql, "RESET ALL;", 10);
+  for (int i = 0; i < client->nsettings; i++) {
+    pgs_buf_put(&sql, client->settings[i].sql, strlen(client->settings[i].sql));
+    pgs_buf_put(&sql, ";", 1);
+  }
+  pgs_buf_put(&sql, "SELECT ", 7);
+  for (int i = 0; i < client->pool->nparams; i++) {
+    char item[128];
+    int n = snprintf(item, sizeof(item), "%spg_catalog.current_setting('%s', true)", i ? ", " : "",
+                     client->pool->params[i].name);
+    pgs_buf_put(&sql, item, (size_t)n);
+  }
+  pgs_buf_put_u8(&sql, 0);
+  pgs_server_inject_capture(server, (const char *)sql.data);
+  pgs_buf_free(&sql);
+  server->settings_hash = client->settings_hash;
+  client->login_values = pgs_xcalloc((size_t)client->pool->nparams, sizeof(pgs_param_t));
+  memcpy(client->login_values, client->pool->params,
+         sizeof(pgs_param_t) * (size_t)client->pool->nparams);
+}
+
+void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t len) {
+  pgs_reader_t r;
+  if (client->login_values == NULL) return;
+  pgs_reader_init(&r, body, len);
+  int ncols = pgs_read_i16(&r);
+  for (int i = 0; i < ncols && i < client->pool->nparams; i++) {
+    int32_t n = pgs_read_i32(&r);
+    if (n < 0) continue; /* NULL: the server has no such parameter */
+    const uint8_t *v = pgs_read_bytes(&r, (size_t)n);
+    if (v == NULL) return;
+    pgs_param_t *p = &client->login_values[i];
+    snprintf(p->value, sizeof(p->value), "%.*s", (int)n, (const char *)v);
+  }
+}
+
+void pgs_client_login_done(pgs_client_t *client) {
+  pgs_pool_t *pool = client->pool;
+  pgs_welcome_t *w = (pgs_welcome_t *)find_welcome(pool, client->settings_hash);
+  if (w == NULL) {
+    if (pool->nwelcome < PGS_POOL_WELCOME_CACHE) {
+      w = &pool->welcome[pool->nwelcome++];
+    } else {
+      w = &pool->welcome[pool->welcome_next];
+      pool->welcome_next = (pool->welcome_next + 1) % PGS_POOL_WELCOME_CACHE;
+    }
+  }
+  w->settings_hash = client->settings_hash;
+  memcpy(w->params, client->login_values, sizeof(pgs_param_t) * (size_t)pool->nparams);
+  free(client->login_values);
+  client->login_values = NULL;
+  finish_login(client, w->params);
+  client_set_state(client, PGS_CL_ACTIVE);
+  (void)pgs_io_start_reading(&client->io); /* stopped while logging in */
 }
 
 static void login_ok(pgs_client_t *client) {
@@ -357,8 +429,11 @@ static void login_ok(pgs_client_t *client) {
   }
   client->db = db;
   client->pool = pgs_pool_get(client->worker, db, client->user);
-  if (client->pool->have_params) {
-    finish_login(client);
+  const pgs_welcome_t *w = NULL;
+  if (client->pool->have_params &&
+      (!sets_reported_parameter(client) ||
+       (w = find_welcome(client->pool, client->settings_hash)) != NULL)) {
+    finish_login(client, w ? w->params : client->pool->params);
     if (pgs_io_flush(&client->io) < 0) {
       pgs_client_close(client);
       return;
@@ -886,13 +961,22 @@ void pgs_client_process(pgs_client_t *client) {
 void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
   client->server = server;
   server->client = client;
+  (void)pgs_io_start_reading(&server->io); /* whatever its last client left */
   if (client->state == PGS_CL_LOGIN) {
-    finish_login(client);
-    client_set_state(client, PGS_CL_ACTIVE);
+    /* Login finishes when the injected query's row is in
+     * (pgs_client_login_done), unless the values are known by now. */
+    const pgs_welcome_t *w = find_welcome(client->pool, client->settings_hash);
+    if (w || !sets_reported_parameter(client)) {
+      finish_login(client, w ? w->params : client->pool->params);
+      client_set_state(client, PGS_CL_ACTIVE);
+      replay_settings(client, server);
+    } else {
+      read_login_values(client, server);
+    }
   } else {
     client_set_state(client, PGS_CL_ACTIVE);
+    replay_settings(client, server);
   }
-  replay_settings(client, server);
   if (pgs_server_flush(server) < 0) {
     pgs_server_close(server, "write to server failed");
     pgs_client_server_lost(client, "write to server failed");

@@ -82,6 +82,7 @@ void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool intern
   pgs_expect_t *e = &server->expect[(server->expect_head + server->expect_len) % server->expect_cap];
   e->kind = (uint8_t)kind;
   e->internal = internal;
+  e->capture = false;
   snprintf(e->stmt, sizeof(e->stmt), "%s", stmt ? stmt : "");
   server->expect_len++;
 }
@@ -117,6 +118,11 @@ void pgs_server_inject_query(pgs_server_t *server, const char *sql) {
   pgs_msg_query(pgs_io_scratch(&server->io), sql);
   pgs_io_scratch_done(&server->io, mark);
   pgs_server_expect(server, PGS_EXP_QUERY, true, NULL);
+}
+
+void pgs_server_inject_capture(pgs_server_t *server, const char *sql) {
+  pgs_server_inject_query(server, sql);
+  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].capture = true;
 }
 
 /* ---- prepared statements cached on this server ---- */
@@ -190,6 +196,7 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
     }
     server->txstatus = (char)body[0];
     server->error_until_sync = false;
+    bool capture = front->capture;
     expect_pop(server);
     if (internal) {
       if (server->internal_failed && client == NULL) {
@@ -201,10 +208,15 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
         snprintf(why, sizeof(why), "%s", server->last_error);
         server->internal_failed = false;
         server->dirty = true;
-        pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                        "could not restore session state on the server: %s", why);
+        if (client->state == PGS_CL_LOGIN)
+          pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                          "invalid startup parameters: %s", why);
+        else
+          pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                          "could not restore session state on the server: %s", why);
         return false;
       }
+      if (capture && client && client->state == PGS_CL_LOGIN) pgs_client_login_done(client);
       return false;
     }
     return client != NULL;
@@ -262,8 +274,10 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
   case 'R':
     server_protocol_error(server, "authentication message after login");
     return false;
-  case 't': /* ParameterDescription */
   case 'D': /* DataRow */
+    if (internal && front->capture && client) pgs_client_on_login_row(client, body, len);
+    return !internal && client != NULL;
+  case 't': /* ParameterDescription */
   case 'S': /* ParameterStatus */
   case 'N': /* NoticeResponse */
   case 'A': /* NotificationResponse */
@@ -333,6 +347,11 @@ void pgs_server_process(pgs_server_t *server) {
   }
   if (server->state == PGS_SV_CLOSING) return;
   pgs_io_compact(in);
+  /* Read on unless the client is the bottleneck. Decided before a release:
+   * a server parked in the pool with reading stopped would never answer its
+   * next client. */
+  if (server->io.open && (!client || pgs_io_backlog(&client->io) <= PGS_IO_HIGH_WATER))
+    (void)pgs_io_start_reading(in);
   if (client && server->client == client && should_release(server)) {
     client->server = NULL;
     client->state = PGS_CL_IDLE;
@@ -353,8 +372,6 @@ void pgs_server_process(pgs_server_t *server) {
     pgs_server_close(server, "server reported a fatal error");
     return;
   }
-  if (server->io.open && (!client || pgs_io_backlog(&client->io) <= PGS_IO_HIGH_WATER))
-    pgs_io_start_reading(in);
 }
 
 int pgs_server_flush(pgs_server_t *server) { return pgs_io_flush(&server->io); }

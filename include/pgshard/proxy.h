@@ -156,6 +156,7 @@ struct pgs_client {
   uint64_t created_ms;
   uint64_t wait_start_ms;
   /* auth */
+  struct pgs_param *login_values; /* LOGIN: values read from the server */
   uint8_t md5_salt[4];
   pgs_scram_t *scram;
   /* session state */
@@ -188,6 +189,8 @@ void pgs_client_server_lost(pgs_client_t *client, const char *why);
 void pgs_client_after_ready(pgs_client_t *client, char status);
 void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
                                   size_t len);
+void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t len);
+void pgs_client_login_done(pgs_client_t *client);
 void pgs_client_close(pgs_client_t *client);
 void pgs_client_cancel(pgs_client_t *client);
 
@@ -217,6 +220,8 @@ typedef enum {
 typedef struct pgs_expect {
   uint8_t kind;
   bool internal; /* injected by pgshard: swallow its replies */
+  bool capture;  /* internal query whose row holds a logging-in client's
+                    parameter values (see pgs_client_on_login_row) */
   char stmt[24]; /* PARSE: server statement name, to forget on failure */
 } pgs_expect_t;
 
@@ -252,6 +257,7 @@ struct pgs_server {
 void pgs_server_connect(pgs_pool_t *pool);
 /* Append an injected simple query whose replies are swallowed. */
 void pgs_server_inject_query(pgs_server_t *server, const char *sql);
+void pgs_server_inject_capture(pgs_server_t *server, const char *sql);
 /* Note an expected reply. */
 void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool internal,
                        const char *stmt);
@@ -273,6 +279,15 @@ typedef struct pgs_param {
 } pgs_param_t;
 
 #define PGS_MAX_WELCOME_PARAMS 24
+#define PGS_POOL_WELCOME_CACHE 16
+
+/* The parameter values a client with given startup settings is told at
+ * login, as PostgreSQL reports them (read from a server once per settings
+ * combination: "ISO,DMY" is reported as "ISO, DMY"). */
+typedef struct pgs_welcome {
+  uint64_t settings_hash;
+  pgs_param_t params[PGS_MAX_WELCOME_PARAMS];
+} pgs_welcome_t;
 
 struct pgs_pool {
   pgs_list_t link; /* worker->pools */
@@ -287,6 +302,9 @@ struct pgs_pool {
   pgs_param_t params[PGS_MAX_WELCOME_PARAMS];
   int nparams;
   bool have_params;
+  pgs_welcome_t welcome[PGS_POOL_WELCOME_CACHE];
+  int nwelcome;
+  int welcome_next; /* slot replaced next when full */
   uint64_t last_failure_ms;
   char last_error[256];
 };
