@@ -858,20 +858,15 @@ static void client_request(pgs_client_t *client, pgs_server_t *server, char type
     pgs_server_expect(server, PGS_EXP_CLOSE, false, NULL);
     return;
   }
-  case 'E':
+  default:
+    /* Passed through as they are; Flush and COPY data get no reply. */
     pgs_io_emit(&server->io, p, total);
-    pgs_server_expect(server, PGS_EXP_EXECUTE, false, NULL);
-    return;
-  case 'S':
-    pgs_io_emit(&server->io, p, total);
-    pgs_server_expect(server, PGS_EXP_SYNC, false, NULL);
-    return;
-  case 'F':
-    pgs_io_emit(&server->io, p, total);
-    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
-    return;
-  default: /* H Flush, d c f COPY */
-    pgs_io_emit(&server->io, p, total);
+    if (type == 'E' || type == 'S' || type == 'F')
+      pgs_server_expect(server,
+                        type == 'E'   ? PGS_EXP_EXECUTE
+                        : type == 'S' ? PGS_EXP_SYNC
+                                      : PGS_EXP_QUERY /* FunctionCall ends like a query */,
+                        false, NULL);
     return;
   }
 }
