@@ -428,7 +428,7 @@ static void login_ok(pgs_client_t *client) {
     return;
   }
   client->db = db;
-  client->pool = pgs_pool_get(client->worker, db, client->user);
+  client->pool = pgs_pool_get(client->worker, db, client->user, 0);
   const pgs_welcome_t *w = NULL;
   if (client->pool->have_params &&
       (!sets_reported_parameter(client) ||

@@ -1,5 +1,6 @@
 /*
- * pool.c — server connections for one (database, user) on one worker.
+ * pool.c — server connections for one (database, user, shard) on one worker,
+ * all to that shard's primary.
  *
  * Every server is on exactly one of the pool's lists, matching its state:
  * connecting, idle, active (linked to a client, or resetting). Clients that
@@ -33,8 +34,8 @@ static void append_conninfo(pgs_buf_t *buf, const char *key, const char *value) 
 }
 
 static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db,
-                            const pgs_user_t *user) {
-  const pgs_node_t *node = &db->shards[0].primary;
+                            const pgs_user_t *user, int shard) {
+  const pgs_node_t *node = &db->shards[shard].primary;
   pgs_buf_t buf;
   char timeout[32];
   pgs_buf_init(&buf);
@@ -59,15 +60,20 @@ static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db
   return (char *)buf.data;
 }
 
-pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user) {
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
+                         int shard) {
+  PGS_ASSERT(shard >= 0 && shard < db->nshards);
   for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
     pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
-    if (!strcmp(pool->dbname, db->name) && !strcmp(pool->username, user->name)) return pool;
+    if (!strcmp(pool->dbname, db->name) && !strcmp(pool->username, user->name) &&
+        !strcmp(pool->shard, db->shards[shard].name))
+      return pool;
   }
   pgs_pool_t *pool = pgs_xcalloc(1, sizeof(*pool));
   pool->worker = worker;
   snprintf(pool->dbname, sizeof(pool->dbname), "%s", db->name);
   snprintf(pool->username, sizeof(pool->username), "%s", user->name);
+  snprintf(pool->shard, sizeof(pool->shard), "%s", db->shards[shard].name);
   pgs_list_init(&pool->idle);
   pgs_list_init(&pool->active);
   pgs_list_init(&pool->connecting);
@@ -80,9 +86,10 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const p
 void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config) {
   const pgs_database_t *db = pgs_config_find_database(config, pool->dbname);
   const pgs_user_t *user = pgs_config_find_user(config, pool->username);
-  if (db == NULL || user == NULL) return; /* gone: existing clients finish on it */
+  int shard = db ? pgs_shardmap_find_shard(db, pool->shard) : -1;
+  if (shard < 0 || user == NULL) return; /* gone: existing clients finish on it */
   free(pool->conninfo);
-  pool->conninfo = build_conninfo(config, db, user);
+  pool->conninfo = build_conninfo(config, db, user, shard);
   pool->mode = db->pool_mode;
   pool->size = pgs_pool_share(db->pool_size, config->workers, pool->worker->index);
 }

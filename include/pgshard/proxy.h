@@ -294,6 +294,7 @@ struct pgs_pool {
   pgs_worker_t *worker;
   char dbname[PGS_MAX_NAME];
   char username[PGS_MAX_NAME];
+  char shard[PGS_MAX_NAME]; /* by name: shard indexes may change on reload */
   char *conninfo; /* conninfo handed to libpq */
   pgs_pool_mode_t mode;
   int size;       /* this worker's share of pool_size */
@@ -309,7 +310,8 @@ struct pgs_pool {
   char last_error[256];
 };
 
-pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user);
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
+                         int shard);
 /* Ask for a server for CLIENT: linked now (pgs_client_on_server) or queued. */
 void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client);
 void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client);
