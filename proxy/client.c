@@ -44,12 +44,6 @@ static void client_set_state(pgs_client_t *client, pgs_client_state_t state) {
 
 /* ---- freeing ---- */
 
-static void free_stmt(void *p) {
-  pgs_client_stmt_t *stmt = p;
-  pgs_buf_free(&stmt->parse_body);
-  free(stmt);
-}
-
 static void free_settings(pgs_client_t *client) {
   for (int i = 0; i < client->nsettings; i++) {
     free(client->settings[i].sql);
@@ -70,7 +64,9 @@ static void client_closed_cb(uv_handle_t *handle) {
   pgs_client_t *client = ((pgs_io_t *)handle->data)->owner;
   pgs_list_remove(&client->link);
   pgs_io_free_buffers(&client->io);
-  pgs_strmap_free(&client->stmts, free_stmt);
+  pgs_strmap_free(&client->stmts, pgs_client_free_stmt);
+  if (client->steps) pgs_client_routing_free(client);
+  else free(client->startup_tenant);
   free_settings(client);
   clear_tx_ops(client);
   free(client->scram);
@@ -79,13 +75,10 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client);
 }
 
-/* Give the server back (or drop it) when its client goes away. */
-static void detach_server(pgs_client_t *client) {
-  pgs_server_t *server = client->server;
-  if (server == NULL) return;
+/* Give a server back (or drop it) when its client goes away. */
+static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   if (pgs_server_flush(server) < 0) server->dirty = true;
-  client->server = NULL;
-  server->client = NULL;
+  pgs_client_unlink(client, server);
   if (server->state != PGS_SV_ACTIVE) return;
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
       server->io.writing) {
@@ -105,11 +98,21 @@ static void detach_server(pgs_client_t *client) {
   pgs_pool_server_free(server->pool, server);
 }
 
+static void detach_servers(pgs_client_t *client) {
+  for (int i = 0; i < client->nshards; i++)
+    if (client->servers[i]) detach_server(client, client->servers[i]);
+  if (client->server) detach_server(client, client->server);
+}
+
 void pgs_client_close(pgs_client_t *client) {
   if (client->state == PGS_CL_CLOSING) return;
-  if (client->pool && (client->state == PGS_CL_WAITING || client->state == PGS_CL_LOGIN))
-    pgs_pool_cancel_wait(client->pool, client);
-  detach_server(client);
+  if (client->state == PGS_CL_WAITING || client->state == PGS_CL_LOGIN) {
+    pgs_pool_t *pool = client->state == PGS_CL_LOGIN || client->pools == NULL
+                           ? client->pool
+                           : client->pools[client->want_shard];
+    if (pool) pgs_pool_cancel_wait(pool, client);
+  }
+  detach_servers(client);
   client_set_state(client, PGS_CL_CLOSING);
   pgs_list_remove(&client->link);
   pgs_list_append(&client->worker->closing, &client->link);
@@ -153,8 +156,10 @@ void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt
 
 static void emit_ready(pgs_client_t *client) {
   size_t mark = pgs_io_scratch_mark(&client->io);
-  pgs_msg_ready(pgs_io_scratch(&client->io), client->txstatus);
+  char status = client->servers ? pgs_client_ready_status(client) : client->txstatus;
+  pgs_msg_ready(pgs_io_scratch(&client->io), status);
   pgs_io_scratch_done(&client->io, mark);
+  client->txstatus = status;
 }
 
 void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
@@ -163,20 +168,41 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
   va_start(ap, fmt);
   report(client, "ERROR", sqlstate, fmt, ap);
   va_end(ap);
-  /* A simple query is one request; an extended-protocol request ends at
-   * Sync, and PostgreSQL discards everything up to it after an error. */
+  /* The request being worked on ends here. A simple query is one request;
+   * an extended-protocol request ends at Sync, and PostgreSQL discards
+   * everything up to it after an error. */
   pgs_io_t *io = &client->io;
   char type;
   size_t total;
+  if (client->in_tx) client->tx_aborted = true;
   if (pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, io->in.len, &type, &total) ==
           PGS_OK &&
-      io->in.len - io->in_pos >= total && (type == 'Q' || type == 'F')) {
+      io->in.len - io->in_pos >= total) {
+    if (client->planned) {
+      for (int i = 0; i < client->nsteps; i++) {
+        free(client->steps[i].text);
+        client->steps[i].text = NULL;
+      }
+      client->nsteps = client->step_next = 0;
+      client->planned = false;
+    }
     io->in_pos += total;
-    emit_ready(client);
+    if (type == 'Q' || type == 'F') {
+      emit_ready(client);
+    } else if (type == 'S') {
+      client->unit_mask = 0;
+      emit_ready(client);
+    } else {
+      client->unit_failed = true;
+    }
   } else {
-    client->skip_until_sync = true;
+    client->unit_failed = true;
   }
-  if (client->state == PGS_CL_WAITING) client_set_state(client, PGS_CL_IDLE);
+  if (client->state == PGS_CL_WAITING) {
+    bool linked = false;
+    for (int i = 0; i < client->nshards; i++) linked |= client->servers[i] != NULL;
+    client_set_state(client, linked ? PGS_CL_ACTIVE : PGS_CL_IDLE);
+  }
   if (pgs_io_flush(&client->io) < 0) {
     pgs_client_close(client);
     return;
@@ -271,18 +297,23 @@ static void commit_tx_ops(pgs_client_t *client) {
       }
     }
     recompute_settings_hash(client);
-    if (client->server) {
-      /* The server ran these statements itself: it now matches, except that
-       * RESET returns startup parameters to the server's own defaults. */
-      bool has_startup = false;
-      for (int i = 0; i < client->nsettings; i++) has_startup |= client->settings[i].startup;
-      client->server->settings_hash = reset_startup && has_startup ? 1 : client->settings_hash;
-    }
+    /* The servers ran these statements themselves: they now match, except
+     * that RESET returns startup parameters to the server's own defaults.
+     * With several servers, which ran what is not tracked: replay later. */
+    bool has_startup = false;
+    int linked = 0;
+    for (int i = 0; i < client->nsettings; i++) has_startup |= client->settings[i].startup;
+    for (int i = 0; i < client->nshards; i++) linked += client->servers[i] != NULL;
+    for (int i = 0; i < client->nshards; i++)
+      if (client->servers[i])
+        client->servers[i]->settings_hash =
+            (reset_startup && has_startup) || linked > 1 ? 1 : client->settings_hash;
   }
   clear_tx_ops(client);
 }
 
 static void replay_settings(pgs_client_t *client, pgs_server_t *server) {
+  if (client->settings_hash == 0 && server->settings_hash == 0) return;
   if (server->settings_hash == client->settings_hash) return;
   pgs_buf_t sql;
   pgs_buf_init(&sql);
@@ -421,14 +452,17 @@ static void login_ok(pgs_client_t *client) {
                     client->dbname);
     return;
   }
-  if (db->nshards != 1) {
-    pgs_client_fail(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-                    "database \"%s\" has %d shards; this build routes to one shard only",
-                    client->dbname, db->nshards);
+  client->db = db;
+  pgs_key_error_t kerr;
+  if (!pgs_client_startup_tenant(client, &kerr)) {
+    pgs_client_fail(client, kerr.sqlstate, "tenant \"%s\": %s", client->startup_tenant,
+                    kerr.message);
     return;
   }
-  client->db = db;
+  pgs_client_routing_init(client);
   client->pool = pgs_pool_get(client->worker, db, client->user, 0);
+  client->pools[0] = client->pool;
+  client->want_shard = 0;
   const pgs_welcome_t *w = NULL;
   if (client->pool->have_params &&
       (!sets_reported_parameter(client) ||
@@ -448,6 +482,16 @@ static void login_ok(pgs_client_t *client) {
   client_set_state(client, PGS_CL_LOGIN);
   pgs_io_stop_reading(&client->io);
   pgs_pool_request(client->pool, client);
+}
+
+/* pgshard.* settings at startup are pgshard's, not the server's. */
+static bool startup_pgshard_setting(pgs_client_t *client, const char *name, const char *value) {
+  if (strncasecmp(name, "pgshard.", 8) != 0) return false;
+  if (!strcasecmp(name + 8, "tenant")) {
+    free(client->startup_tenant);
+    client->startup_tenant = pgs_xstrdup(value);
+  }
+  return true;
 }
 
 /* options: "-c name=value" or "--name=value", backslash escapes spaces. */
@@ -488,7 +532,8 @@ static bool parse_options(pgs_client_t *client, const char *options) {
     snprintf(name, sizeof(name), "%.*s", (int)(eq - setting), setting);
     for (char *c = name; *c; c++)
       if (*c == '-') *c = '_';
-    put_setting(client, name, startup_setting_sql(name, eq + 1), eq + 1);
+    if (!startup_pgshard_setting(client, name, eq + 1))
+      put_setting(client, name, startup_setting_sql(name, eq + 1), eq + 1);
   }
   return true;
 }
@@ -525,7 +570,8 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
       pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "startup parameter name too long");
       return;
     }
-    put_setting(client, name, startup_setting_sql(name, startup->values[i]), startup->values[i]);
+    if (!startup_pgshard_setting(client, name, startup->values[i]))
+      put_setting(client, name, startup_setting_sql(name, startup->values[i]), startup->values[i]);
   }
   recompute_settings_hash(client);
 
@@ -706,255 +752,11 @@ static size_t handle_auth(pgs_client_t *client) {
   return total;
 }
 
-/* ---- requests ---- */
-
-static void statement_server_name(const uint8_t *parse_body, size_t len, char out[24]) {
-  uint64_t h = XXH3_64bits(parse_body, len);
-  snprintf(out, 24, "pgs_%016llx", (unsigned long long)h);
-}
-
-/* Send a Parse for STMT to SERVER unless it already has it. */
-static void ensure_prepared(pgs_server_t *server, pgs_client_stmt_t *stmt, bool internal) {
-  if (pgs_server_has_prepared(server, stmt->server_name)) {
-    if (!internal) {
-      pgs_server_expect(server, PGS_EXP_SYNTH_PARSE, false, NULL);
-      pgs_server_emit_synthetic(server);
-    }
-    return;
-  }
-  pgs_server_add_prepared(server, stmt->server_name);
-  size_t mark = pgs_io_scratch_mark(&server->io);
-  pgs_buf_t *b = pgs_io_scratch(&server->io);
-  size_t start = pgs_msg_begin(b, 'P');
-  pgs_buf_put_cstr(b, stmt->server_name);
-  pgs_buf_put(b, stmt->parse_body.data, stmt->parse_body.len);
-  pgs_msg_end(b, start);
-  pgs_io_scratch_done(&server->io, mark);
-  pgs_server_expect(server, PGS_EXP_PARSE, internal, stmt->server_name);
-}
-
-static void check_session_effects(pgs_client_t *client, const char *sql, size_t len, bool simple) {
-  if (!pgs_session_maybe(sql, len)) return;
-  pgs_session_effects_t fx;
-  pgs_session_analyze(sql, &fx);
-  if (fx.flags & PGS_SESSION_PIN) {
-    if (!client->pinned)
-      pgs_info("client %d (%s@%s): session state, pinned to its server", client->cancel_pid,
-               client->username, client->peer);
-    client->pinned = true;
-  }
-  if ((fx.flags & PGS_SESSION_DROPS_PREPARED) && client->server)
-    pgs_server_forget_prepared(client->server);
-  if (!simple && fx.nops > 0) {
-    /* SET through a prepared statement: we cannot see when it runs. */
-    client->pinned = true;
-  } else {
-    for (int i = 0; i < fx.nops; i++) {
-      if (client->ntx_ops == PGS_SESSION_MAX_OPS) {
-        client->pinned = true;
-        break;
-      }
-      client->tx_ops[client->ntx_ops++] = fx.ops[i];
-      fx.ops[i].sql = NULL;
-    }
-  }
-  pgs_session_effects_free(&fx);
-}
-
-/* One complete client message while linked to SERVER. P points at the whole
- * message (TOTAL bytes), BODY after its header. */
-static void client_request(pgs_client_t *client, pgs_server_t *server, char type,
-                           const uint8_t *p, size_t total) {
-  const uint8_t *body = p + 5;
-  size_t len = total - 5;
-  pgs_reader_t r;
-  pgs_reader_init(&r, body, len);
-  pgs_debug("client %d -> server %d: '%c' (%zu bytes)", client->cancel_pid, server->backend_pid,
-            type, total);
-  switch (type) {
-  case 'Q': {
-    size_t qlen;
-    const char *sql = pgs_read_cstr(&r, &qlen);
-    if (sql) check_session_effects(client, sql, qlen, true);
-    pgs_io_emit(&server->io, p, total);
-    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
-    return;
-  }
-  case 'P': {
-    size_t nlen, qlen;
-    const char *name = pgs_read_cstr(&r, &nlen);
-    const char *sql = pgs_read_cstr(&r, &qlen);
-    if (sql) check_session_effects(client, sql, qlen, false);
-    if (r.bad || nlen == 0) {
-      pgs_io_emit(&server->io, p, total); /* unnamed, or malformed: the server judges */
-      pgs_server_expect(server, PGS_EXP_PARSE, false, NULL);
-      return;
-    }
-    if (client->stmts.count >= CLIENT_MAX_STATEMENTS && !pgs_strmap_contains(&client->stmts, name)) {
-      /* Let the server reject it in order: prepare under the client's own
-       * name is not possible here, so report the limit as the server would. */
-      pgs_io_emit(&server->io, p, total);
-      pgs_server_expect(server, PGS_EXP_PARSE, false, NULL);
-      return;
-    }
-    pgs_client_stmt_t *stmt = pgs_xcalloc(1, sizeof(*stmt));
-    const uint8_t *rest = body + nlen + 1;
-    pgs_buf_put(&stmt->parse_body, rest, len - nlen - 1);
-    statement_server_name(stmt->parse_body.data, stmt->parse_body.len, stmt->server_name);
-    pgs_client_stmt_t *old = pgs_strmap_put(&client->stmts, name, stmt);
-    if (old) free_stmt(old);
-    ensure_prepared(server, stmt, false);
-    return;
-  }
-  case 'B':
-  case 'D': {
-    size_t plen = 0, slen;
-    const char *portal = NULL;
-    uint8_t kind = 0;
-    if (type == 'B') {
-      portal = pgs_read_cstr(&r, &plen);
-    } else {
-      kind = pgs_read_u8(&r);
-    }
-    const char *name = pgs_read_cstr(&r, &slen);
-    pgs_client_stmt_t *stmt = NULL;
-    if (!r.bad && slen > 0 && (type == 'B' || kind == 'S'))
-      stmt = pgs_strmap_get(&client->stmts, name);
-    if (stmt == NULL) {
-      /* Unnamed, a portal, or unknown: the server answers (unknown names
-       * fail there with the same error PostgreSQL gives). */
-      pgs_io_emit(&server->io, p, total);
-    } else {
-      ensure_prepared(server, stmt, true);
-      size_t mark = pgs_io_scratch_mark(&server->io);
-      pgs_buf_t *b = pgs_io_scratch(&server->io);
-      size_t start = pgs_msg_begin(b, type);
-      if (type == 'B')
-        pgs_buf_put(b, portal, plen + 1);
-      else
-        pgs_buf_put_u8(b, kind);
-      pgs_buf_put_cstr(b, stmt->server_name);
-      pgs_buf_put(b, r.p, pgs_reader_left(&r));
-      pgs_msg_end(b, start);
-      pgs_io_scratch_done(&server->io, mark);
-    }
-    pgs_server_expect(server, type == 'B' ? PGS_EXP_BIND : PGS_EXP_DESCRIBE, false, NULL);
-    return;
-  }
-  case 'C': {
-    uint8_t kind = pgs_read_u8(&r);
-    size_t slen;
-    const char *name = pgs_read_cstr(&r, &slen);
-    if (!r.bad && kind == 'S' && slen > 0) {
-      /* The server keeps it for the next client that prepares the same
-       * statement; only the client's name goes. */
-      pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, name);
-      if (stmt) free_stmt(stmt);
-      pgs_server_expect(server, PGS_EXP_SYNTH_CLOSE, false, NULL);
-      pgs_server_emit_synthetic(server);
-      return;
-    }
-    pgs_io_emit(&server->io, p, total);
-    pgs_server_expect(server, PGS_EXP_CLOSE, false, NULL);
-    return;
-  }
-  default:
-    /* Passed through as they are; Flush and COPY data get no reply. */
-    pgs_io_emit(&server->io, p, total);
-    if (type == 'E' || type == 'S' || type == 'F')
-      pgs_server_expect(server,
-                        type == 'E'   ? PGS_EXP_EXECUTE
-                        : type == 'S' ? PGS_EXP_SYNC
-                                      : PGS_EXP_QUERY /* FunctionCall ends like a query */,
-                        false, NULL);
-    return;
-  }
-}
-
-void pgs_client_process(pgs_client_t *client) {
-  pgs_io_t *io = &client->io;
-  if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
-  size_t max = (size_t)client->config->max_message_size;
-  for (;;) {
-    pgs_server_t *server = client->server;
-    if (server && pgs_io_backlog(&server->io) > PGS_IO_HIGH_WATER) {
-      pgs_io_stop_reading(io); /* resumed when the server drains */
-      break;
-    }
-    char type;
-    size_t total;
-    const uint8_t *p = io->in.data + io->in_pos;
-    pgs_status_t st = pgs_msg_peek(p, io->in.len - io->in_pos, max, &type, &total);
-    if (st == PGS_EAGAIN) {
-      io->in_want = io->in_pos + 5;
-      break;
-    }
-    if (st == PGS_EPROTO || !pgs_frontend_type_valid(type) || type == 'p') {
-      if (st == PGS_EPROTO)
-        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
-      else
-        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
-                        (unsigned char)type);
-      return;
-    }
-    if (st == PGS_ETOOBIG) {
-      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
-                      "message of %zu bytes is over max_message_size (%zu)", total - 1, max);
-      return;
-    }
-    if (io->in.len - io->in_pos < total) {
-      io->in_want = io->in_pos + total;
-      break;
-    }
-    if (type == 'X') {
-      io->in_pos = io->in.len;
-      pgs_client_close(client);
-      return;
-    }
-    if (client->skip_until_sync) {
-      io->in_pos += total;
-      if (type == 'S') {
-        client->skip_until_sync = false;
-        emit_ready(client);
-      }
-      continue;
-    }
-    if (server == NULL) {
-      if (client->worker->draining) {
-        pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
-        return;
-      }
-      client_set_state(client, PGS_CL_WAITING);
-      if (pgs_io_flush(io) < 0) {
-        pgs_client_close(client);
-        return;
-      }
-      /* Usually a server is idle and this links it and re-enters; only a
-       * client left waiting stops reading (saves two epoll_ctl a query). */
-      pgs_pool_request(client->pool, client);
-      if (client->state == PGS_CL_WAITING) pgs_io_stop_reading(io);
-      return;
-    }
-    io->in_pos += total;
-    client_request(client, server, type, p, total);
-  }
-  if (client->server && pgs_server_flush(client->server) < 0) {
-    pgs_server_t *server = client->server;
-    pgs_server_close(server, "write to server failed");
-    pgs_client_server_lost(client, "write to server failed");
-    return;
-  }
-  if (pgs_io_flush(io) < 0) {
-    pgs_client_close(client);
-    return;
-  }
-  pgs_io_compact(io);
-  if (!client->server || pgs_io_backlog(&client->server->io) <= PGS_IO_HIGH_WATER)
-    (void)pgs_io_start_reading(io);
-}
-
 void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
-  client->server = server;
+  int shard = client->want_shard;
+  PGS_ASSERT(client->servers[shard] == NULL);
+  client->servers[shard] = server;
+  server->shard = shard;
   server->client = client;
   (void)pgs_io_start_reading(&server->io); /* whatever its last client left */
   if (client->state == PGS_CL_LOGIN) {
@@ -977,18 +779,12 @@ void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
     pgs_client_server_lost(client, "write to server failed");
     return;
   }
-  if (server->pool->mode == PGS_POOL_TRANSACTION && pgs_server_expect_idle(server) &&
-      client->io.in_pos == client->io.in.len) {
-    /* Only logging in: nothing to run yet. */
-    client->server = NULL;
-    server->client = NULL;
-    client_set_state(client, PGS_CL_IDLE);
-    pgs_pool_server_free(server->pool, server);
-  }
   if (pgs_io_flush(&client->io) < 0) {
     pgs_client_close(client);
     return;
   }
+  /* Only logging in: nothing to run yet, the server goes back. */
+  pgs_client_maybe_release(client);
   pgs_client_process(client);
 }
 
@@ -1016,8 +812,7 @@ static void cancel_done(uv_work_t *req, int status) {
   free(w);
 }
 
-void pgs_client_cancel(pgs_client_t *client) {
-  pgs_server_t *server = client->server;
+static void cancel_server(pgs_client_t *client, pgs_server_t *server) {
   if (server == NULL || server->pg == NULL || pgs_server_expect_idle(server)) return;
   cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
   w->cancel = PQgetCancel(server->pg);
@@ -1027,6 +822,10 @@ void pgs_client_cancel(pgs_client_t *client) {
     return;
   }
   pgs_info("client %d: cancel forwarded to server %d", client->cancel_pid, server->backend_pid);
+}
+
+void pgs_client_cancel(pgs_client_t *client) {
+  for (int i = 0; i < client->nshards; i++) cancel_server(client, client->servers[i]);
 }
 
 /* ---- I/O callbacks and accept ---- */
@@ -1070,7 +869,8 @@ static void client_on_error(pgs_io_t *io, int status) {
 
 static void client_on_drained(pgs_io_t *io) {
   pgs_client_t *client = io->owner;
-  if (client->server) pgs_server_process(client->server);
+  for (int i = 0; i < client->nshards; i++)
+    if (client->servers[i] && client->state != PGS_CL_CLOSING) pgs_server_process(client->servers[i]);
 }
 
 pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {

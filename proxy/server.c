@@ -47,10 +47,7 @@ void pgs_server_close(pgs_server_t *server, const char *why) {
   if (server->state == PGS_SV_CLOSING) return;
   pgs_info("server %d (%s/%s): closing: %s", server->backend_pid, server->pool->dbname,
            server->pool->username, why);
-  if (server->client) {
-    server->client->server = NULL;
-    server->client = NULL;
-  }
+  if (server->client) pgs_client_unlink(server->client, server);
   pgs_pool_set_state(server, PGS_SV_CLOSING);
   server->pending_closes++; /* held until this function returns */
   if (server->poll_open) {
@@ -81,10 +78,16 @@ void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool intern
   }
   pgs_expect_t *e = &server->expect[(server->expect_head + server->expect_len) % server->expect_cap];
   e->kind = (uint8_t)kind;
+  e->flags = 0;
   e->internal = internal;
   e->capture = false;
   snprintf(e->stmt, sizeof(e->stmt), "%s", stmt ? stmt : "");
   server->expect_len++;
+}
+
+void pgs_server_expect_flags(pgs_server_t *server, uint8_t flags) {
+  PGS_ASSERT(server->expect_len > 0);
+  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].flags = flags;
 }
 
 static pgs_expect_t *expect_front(pgs_server_t *server) {
@@ -178,12 +181,22 @@ static void server_protocol_error(pgs_server_t *server, const char *what) {
   if (client) pgs_client_server_lost(client, what);
 }
 
-/* Decide what one complete server message does. Returns true to forward it
- * to the client. */
-static bool server_message(pgs_server_t *server, char type, const uint8_t *body, size_t len) {
+/* What to do with one server message. */
+typedef enum {
+  REPLY_DROP,    /* swallowed */
+  REPLY_FORWARD, /* to the client as it is */
+  REPLY_READY,   /* ReadyForQuery with the client's status over every shard */
+  REPLY_SUM,     /* CommandComplete with the rows of every fan-out part */
+} reply_action_t;
+
+/* Decide what one complete server message does. */
+static reply_action_t server_message(pgs_server_t *server, char type, const uint8_t *body,
+                                     size_t len) {
   pgs_expect_t *front = expect_front(server);
   bool internal = front && front->internal;
+  uint8_t flags = front ? front->flags : 0;
   pgs_client_t *client = server->client;
+  reply_action_t visible = !internal && client ? REPLY_FORWARD : REPLY_DROP;
   pgs_debug("server %d -> client %d: '%c' (%zu bytes), expecting %zu, front %d%s",
             server->backend_pid, client ? client->cancel_pid : 0, type, len + 5,
             server->expect_len, front ? front->kind : -1, internal ? " internal" : "");
@@ -192,7 +205,7 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
   case 'Z': {
     if (len != 1 || front == NULL || (front->kind != PGS_EXP_SYNC && front->kind != PGS_EXP_QUERY)) {
       server_protocol_error(server, "unexpected ReadyForQuery");
-      return false;
+      return REPLY_DROP;
     }
     server->txstatus = (char)body[0];
     server->error_until_sync = false;
@@ -214,12 +227,14 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
         else
           pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
                           "could not restore session state on the server: %s", why);
-        return false;
+        return REPLY_DROP;
       }
       if (capture && client && client->state == PGS_CL_LOGIN) pgs_client_login_done(client);
-      return false;
+      return REPLY_DROP;
     }
-    return client != NULL;
+    if (client == NULL) return REPLY_DROP;
+    if ((flags & PGS_EF_ZHIDE) && !client->step_error) return REPLY_DROP;
+    return REPLY_READY;
   }
   case '1':
   case '2':
@@ -227,25 +242,33 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
     static const pgs_expect_kind_t want[] = {PGS_EXP_PARSE, PGS_EXP_BIND, PGS_EXP_CLOSE};
     if (front == NULL || front->kind != want[type - '1']) {
       server_protocol_error(server, "unexpected completion message");
-      return false;
+      return REPLY_DROP;
     }
     expect_pop(server);
-    return !internal && client != NULL;
+    return flags & PGS_EF_QUIET ? REPLY_DROP : visible;
   }
   case 'T':
   case 'n':
     if (front && front->kind == PGS_EXP_DESCRIBE) {
       expect_pop(server);
     }
-    return !internal && client != NULL;
+    return flags & PGS_EF_QUIET ? REPLY_DROP : visible;
+  case 't': /* ParameterDescription */
+    return flags & PGS_EF_QUIET ? REPLY_DROP : visible;
   case 'C':
   case 'I':
   case 's':
     if (front && front->kind == PGS_EXP_EXECUTE) {
       expect_pop(server);
     }
-    if (client && !internal) pgs_client_on_server_message(client, type, body, len);
-    return !internal && client != NULL;
+    if (visible == REPLY_DROP) return REPLY_DROP;
+    pgs_client_on_server_message(client, type, body, len);
+    if (type == 'C' && (flags & PGS_EF_ACCUM)) {
+      client->fan_sum += pgs_route_tag_count((const char *)body);
+      return REPLY_DROP;
+    }
+    if (type == 'C' && (flags & PGS_EF_SUM)) return REPLY_SUM;
+    return REPLY_FORWARD;
   case 'E': {
     pgs_error_fields_t f;
     pgs_error_parse(body, len, &f);
@@ -254,7 +277,7 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
     if (front == NULL || !strcmp(f.severity, "FATAL") || !strcmp(f.severity, "PANIC")) {
       /* Not an answer to anything: the server is going away. */
       server->dirty = true;
-      return client != NULL;
+      return client != NULL ? REPLY_FORWARD : REPLY_DROP;
     }
     if (front->kind == PGS_EXP_QUERY) {
       if (internal) server->internal_failed = true;
@@ -262,22 +285,23 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
       server->error_until_sync = true;
       if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
       while ((front = expect_front(server)) && front->kind != PGS_EXP_SYNC) {
-        if (front->kind == PGS_EXP_PARSE && front->stmt[0] && front != NULL)
-          forget_one_prepared(server, front->stmt);
+        if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
         expect_pop(server);
       }
     }
-    if (client && !internal) pgs_client_on_server_message(client, type, body, len);
-    return !internal && client != NULL;
+    if (client && (flags & PGS_EF_FWD_ERROR)) visible = REPLY_FORWARD;
+    if (visible == REPLY_DROP) return REPLY_DROP;
+    pgs_client_on_server_message(client, type, body, len);
+    pgs_client_step_failed(client);
+    return REPLY_FORWARD;
   }
   case 'K':
   case 'R':
     server_protocol_error(server, "authentication message after login");
-    return false;
+    return REPLY_DROP;
   case 'D': /* DataRow */
     if (internal && front->capture && client) pgs_client_on_login_row(client, body, len);
-    return !internal && client != NULL;
-  case 't': /* ParameterDescription */
+    return visible;
   case 'S': /* ParameterStatus */
   case 'N': /* NoticeResponse */
   case 'A': /* NotificationResponse */
@@ -287,21 +311,34 @@ static bool server_message(pgs_server_t *server, char type, const uint8_t *body,
   case 'd': /* CopyData */
   case 'c': /* CopyDone */
   case 'V': /* FunctionCallResponse */
-    return !internal && client != NULL;
+    return visible;
   default: {
     char what[64];
     snprintf(what, sizeof(what), "unknown message type 0x%02x", (unsigned char)type);
     server_protocol_error(server, what);
-    return false;
+    return REPLY_DROP;
   }
   }
 }
 
-static bool should_release(pgs_server_t *server) {
-  pgs_client_t *client = server->client;
-  return client && server->state == PGS_SV_ACTIVE && server->expect_len == 0 &&
-         server->txstatus == 'I' && server->pool->mode == PGS_POOL_TRANSACTION && !client->pinned &&
-         !client->skip_until_sync && client->io.in_pos == client->io.in.len;
+/* Queue the client's copy of a message whose content pgshard changes. */
+static void emit_rewritten(pgs_client_t *client, reply_action_t action, const uint8_t *body) {
+  pgs_io_t *out = &client->io;
+  size_t mark = pgs_io_scratch_mark(out);
+  pgs_buf_t *b = pgs_io_scratch(out);
+  if (action == REPLY_READY) {
+    pgs_msg_ready(b, pgs_client_ready_status(client));
+  } else {
+    char tag[128];
+    pgs_route_tag_with_count((const char *)body,
+                             client->fan_sum + pgs_route_tag_count((const char *)body), tag,
+                             sizeof(tag));
+    client->fan_sum = 0;
+    size_t start = pgs_msg_begin(b, 'C');
+    pgs_buf_put_cstr(b, tag);
+    pgs_msg_end(b, start);
+  }
+  pgs_io_scratch_done(out, mark);
 }
 
 void pgs_server_process(pgs_server_t *server) {
@@ -329,12 +366,16 @@ void pgs_server_process(pgs_server_t *server) {
       break;
     }
     in->in_pos += total;
-    bool forward = server_message(server, type, p + 5, total - 5) && server->client;
-    if (forward) pgs_io_emit(&server->client->io, p, total);
+    reply_action_t action = server_message(server, type, p + 5, total - 5);
+    if (server->client == NULL) action = REPLY_DROP;
+    if (action == REPLY_FORWARD)
+      pgs_io_emit(&server->client->io, p, total);
+    else if (action != REPLY_DROP)
+      emit_rewritten(server->client, action, p + 5);
     /* Replies pgshard makes up go out once everything before them has. */
     if (server->state != PGS_SV_CLOSING) pgs_server_emit_synthetic(server);
     if (server->client != client) break; /* the client failed and went away */
-    if (forward && type == 'Z') pgs_client_after_ready(client, (char)p[5]);
+    if (action == REPLY_READY) pgs_client_after_ready(client, pgs_client_ready_status(client));
     if (server->client != client || server->state == PGS_SV_CLOSING) break;
   }
   if (server->state == PGS_SV_CLOSING) return;
@@ -352,12 +393,14 @@ void pgs_server_process(pgs_server_t *server) {
    * next client. */
   if (server->io.open && (!client || pgs_io_backlog(&client->io) <= PGS_IO_HIGH_WATER))
     (void)pgs_io_start_reading(in);
-  if (client && server->client == client && should_release(server)) {
-    client->server = NULL;
-    client->state = PGS_CL_IDLE;
-    pgs_pool_server_free(server->pool, server);
-    if (client->worker->draining)
-      pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+  if (client && server->client == client) {
+    /* Between transactions: every server goes back. A client that waited
+     * for this server's replies before sending elsewhere goes on. */
+    if (pgs_client_maybe_release(client)) return;
+    if (client->blocked) {
+      client->blocked = false;
+      pgs_client_process(client);
+    }
     return;
   }
   if (server->state == PGS_SV_RESETTING && server->expect_len == 0) {

@@ -75,7 +75,7 @@ static void drain_idle_clients(pgs_worker_t *worker) {
   for (pgs_list_t *l = worker->clients.next; l != &worker->clients;) {
     pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
     l = l->next;
-    if (client->server == NULL && client->io.in_pos == client->io.in.len)
+    if (client->state == PGS_CL_IDLE && !client->in_tx && client->io.in_pos == client->io.in.len)
       pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
   }
 }
@@ -121,6 +121,8 @@ static void wakeup_cb(uv_async_t *async) {
   if (config) {
     pgs_config_unref(worker->config);
     worker->config = config;
+    /* Plans point into the old config; its clients analyse without cache. */
+    pgs_plan_cache_clear(worker->plans);
     for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next)
       pgs_pool_apply_config(pgs_container_of(l, pgs_pool_t, link), config);
   }
@@ -160,6 +162,7 @@ static int worker_init(pgs_worker_t *worker, int index, pgs_config_t *config, in
   memset(worker, 0, sizeof(*worker));
   worker->index = index;
   worker->config = pgs_config_ref(config);
+  worker->plans = pgs_plan_cache_new(PGS_WORKER_PLANS);
   pgs_list_init(&worker->clients);
   pgs_list_init(&worker->closing);
   pgs_list_init(&worker->pools);
@@ -183,6 +186,7 @@ fail_async:
   uv_mutex_destroy(&worker->mbox_lock);
 fail_mutex:
 fail_loop:
+  pgs_plan_cache_free(worker->plans);
   pgs_config_unref(worker->config);
   return rc;
 }
@@ -254,6 +258,7 @@ void pgs_workers_join(void) {
     uv_loop_close(&w->loop);
     uv_mutex_destroy(&w->mbox_lock);
     if (w->mbox_config) pgs_config_unref(w->mbox_config);
+    pgs_plan_cache_free(w->plans);
     pgs_config_unref(w->config);
   }
   free(workers);

@@ -109,6 +109,28 @@ static char *replay_text(const char *text, size_t len) {
   return sql;
 }
 
+/* The text of a SET's single constant argument, if it has one. */
+static void set_op_value(pgs_set_op_t *op, const PgQuery__VariableSetStmt *vs) {
+  if (vs->kind != PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE || vs->n_args != 1 ||
+      vs->args[0]->node_case != PG_QUERY__NODE__NODE_A_CONST)
+    return;
+  const PgQuery__AConst *c = vs->args[0]->a_const;
+  switch (c->val_case) {
+  case PG_QUERY__A__CONST__VAL_SVAL:
+    snprintf(op->value, sizeof(op->value), "%s", c->sval->sval);
+    break;
+  case PG_QUERY__A__CONST__VAL_IVAL:
+    snprintf(op->value, sizeof(op->value), "%d", (int)c->ival->ival);
+    break;
+  case PG_QUERY__A__CONST__VAL_FVAL:
+    snprintf(op->value, sizeof(op->value), "%s", c->fval->fval);
+    break;
+  default:
+    return;
+  }
+  op->has_value = true;
+}
+
 static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char *text, size_t len,
                                  pgs_session_effects_t *out) {
   pgs_set_op_t *op;
@@ -118,13 +140,16 @@ static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char 
   case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_CURRENT:
   case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_MULTI:
     /* SET LOCAL and SET TRANSACTION end with the transaction. */
-    if (vs->is_local || !strcasecmp(vs->name, "TRANSACTION")) return;
+    if ((vs->is_local && strncasecmp(vs->name, "pgshard.", 8) != 0) ||
+        !strcasecmp(vs->name, "TRANSACTION"))
+      return;
     op = add_op(out, PGS_SET_OP_SET, vs->name);
     if (op == NULL) {
       out->flags |= PGS_SESSION_PIN; /* too many to track: keep the server */
       return;
     }
     op->sql = replay_text(text, len);
+    set_op_value(op, vs);
     return;
   case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET:
     if (add_op(out, PGS_SET_OP_RESET, vs->name) == NULL) out->flags |= PGS_SESSION_PIN;

@@ -22,6 +22,7 @@
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
 #include "pgshard/proto.h"
+#include "pgshard/route.h"
 #include "pgshard/session.h"
 #include "pgshard/strmap.h"
 
@@ -135,7 +136,48 @@ typedef struct pgs_setting {
 typedef struct pgs_client_stmt {
   char server_name[24]; /* "pgs_<16 hex>": same text+types, same name */
   pgs_buf_t parse_body; /* Parse body after the statement name */
+  /* Routing only: the analysed statement, its literals and declared types. */
+  pgs_plan_t *plan;
+  pgs_lexed_t *lx;
+  uint32_t *type_oids;
+  int ntypes;
 } pgs_client_stmt_t;
+
+/* One thing to do for a client message (request.c): send something to one
+ * shard's server, or reply to the client without a server. A message that
+ * needs several (a fan-out, a Sync closing several servers) becomes several
+ * steps, run in order; a step for another server than the last one waits
+ * until every other server has answered, so replies reach the client in
+ * request order. */
+typedef enum {
+  PGS_STEP_FORWARD,  /* the client's message, to shard (statement names mapped) */
+  PGS_STEP_PARSE,    /* the client's Parse: prepare stmt on shard, visibly */
+  PGS_STEP_QUERY,    /* a Query with text */
+  PGS_STEP_EXEC_SQL, /* text through Parse/Bind/Execute of the unnamed statement */
+  PGS_STEP_SYNC,     /* Sync (internal: its ReadyForQuery is not the client's) */
+  PGS_STEP_REPLY,    /* reply made up by pgshard: type `reply`, 'C' with tag text */
+  PGS_STEP_ERROR,    /* ErrorResponse made up by pgshard: text "SQLSTATE\0message" */
+} pgs_step_op_t;
+
+typedef struct pgs_step {
+  int16_t shard; /* -1: no server */
+  uint8_t op;
+  uint8_t flags; /* PGS_EF_* for the reply */
+  char reply;
+  bool internal;
+  bool drain_all; /* wait until every server has answered, the same one too */
+  bool always;    /* runs even when an earlier part of the message failed */
+  char *text;
+  struct pgs_client_stmt *stmt;
+} pgs_step_t;
+
+/* A portal the client bound: the shards it was bound on, or none when
+ * pgshard answers it itself (transaction control, pgshard settings). */
+typedef struct pgs_portal {
+  uint64_t mask;
+  pgs_stmt_kind_t kind;
+  char *sql; /* local portals: the statement */
+} pgs_portal_t;
 
 struct pgs_client {
   pgs_list_t link;      /* worker->clients or worker->closing */
@@ -169,9 +211,39 @@ struct pgs_client {
   bool pinned;     /* session state that cannot move: keep the server */
   char txstatus;   /* last ReadyForQuery status sent */
   pgs_strmap_t stmts; /* client statement name -> pgs_client_stmt_t */
-  /* a refused request: discard input up to Sync, then ReadyForQuery */
-  bool skip_until_sync;
   int pending_closes;
+  /* routing (request.c) */
+  bool routing;           /* analyse and route (several shards, or a tenant) */
+  int nshards;
+  pgs_server_t **servers; /* per shard: linked server or NULL */
+  pgs_pool_t **pools;     /* per shard, fetched on first use */
+  int cur;                /* shard of client->server, -1 none */
+  int want_shard;         /* the shard whose pool it waits for */
+  int last_shard;         /* where the last routed statement went */
+  uint64_t unit_mask;     /* shards sent extended messages since the last Sync */
+  bool unit_failed;       /* an error in this unit: drop requests until Sync */
+  bool blocked;           /* a step waits for other servers to answer */
+  bool in_tx;             /* a BEGIN pgshard answered, not yet ended */
+  bool tx_aborted;        /* a statement refused inside it: only its end is accepted */
+  uint64_t tx_mask;       /* shards the transaction has begun on */
+  int tx_write_shard;     /* the shard this transaction wrote on, -1 */
+  char *begin_sql;        /* how the client began it, replayed on each shard */
+  int hint_shard;         /* SET pgshard.shard, -1 */
+  pgs_key_t *tenant;      /* SET pgshard.tenant / -c pgshard.tenant */
+  char *startup_tenant;   /* -c pgshard.tenant until login types it */
+  pgs_step_t *steps;
+  int nsteps, step_next, steps_cap;
+  bool planned;           /* steps hold the plan of the message at in_pos */
+  uint64_t fan_sum;       /* rows counted by fan-out parts so far */
+  bool step_error;        /* an error went to the client during this message */
+  pgs_strmap_t portals;   /* portal name -> pgs_portal_t */
+  pgs_lexed_t lx;         /* lexer scratch for simple queries */
+  int *row_shard;         /* route scratch */
+  int row_shard_cap;
+  const uint8_t **pv_data; /* Bind parameter scratch */
+  int32_t *pv_len;
+  int16_t *pv_fmt;
+  int pv_cap;
 };
 
 pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener);
@@ -193,6 +265,20 @@ void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t l
 void pgs_client_login_done(pgs_client_t *client);
 void pgs_client_close(pgs_client_t *client);
 void pgs_client_cancel(pgs_client_t *client);
+/* request.c */
+void pgs_client_routing_init(pgs_client_t *client);
+void pgs_client_routing_free(pgs_client_t *client);
+void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server);
+/* The ReadyForQuery status the client is told: its transaction over every
+ * shard (a failed one anywhere: 'E'; open anywhere: 'T'). */
+char pgs_client_ready_status(const pgs_client_t *client);
+/* A fan-out part's ErrorResponse went to the client / its rows counted. */
+void pgs_client_step_failed(pgs_client_t *client);
+void pgs_client_free_stmt(void *stmt);
+/* Give every server back when the client is between transactions. */
+bool pgs_client_maybe_release(pgs_client_t *client);
+/* Type the tenant a client named at startup (-c pgshard.tenant=...). */
+bool pgs_client_startup_tenant(pgs_client_t *client, pgs_key_error_t *err);
 
 /* ---- servers (server.c) ---- */
 
@@ -217,8 +303,17 @@ typedef enum {
   PGS_EXP_SYNTH_CLOSE, /* no server reply: send CloseComplete ourselves */
 } pgs_expect_kind_t;
 
+/* Reply filters of a fan-out (request.c): */
+#define PGS_EF_QUIET 0x01 /* swallow ParseComplete/BindComplete/CloseComplete/
+                             descriptions: the first part already sent them */
+#define PGS_EF_ACCUM 0x02 /* swallow CommandComplete, counting its rows */
+#define PGS_EF_SUM 0x04   /* CommandComplete with the count of every part */
+#define PGS_EF_ZHIDE 0x08 /* swallow ReadyForQuery unless an error went out */
+#define PGS_EF_FWD_ERROR 0x10 /* internal, but an ErrorResponse goes to the client */
+
 typedef struct pgs_expect {
   uint8_t kind;
+  uint8_t flags; /* PGS_EF_* */
   bool internal; /* injected by pgshard: swallow its replies */
   bool capture;  /* internal query whose row holds a logging-in client's
                     parameter values (see pgs_client_on_login_row) */
@@ -246,6 +341,8 @@ struct pgs_server {
   bool internal_failed;  /* an injected query failed */
   bool dirty;            /* never reuse: close at release */
   bool needs_discard;    /* run DISCARD ALL before reuse */
+  bool need_flush;       /* extended messages sent since the last Sync/Flush */
+  int shard;             /* the client's shard index it is linked as */
   uint64_t state_since_ms;
   int32_t backend_pid;
   int pending_closes;
@@ -261,6 +358,8 @@ void pgs_server_inject_capture(pgs_server_t *server, const char *sql);
 /* Note an expected reply. */
 void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool internal,
                        const char *stmt);
+/* Set flags on the entry added last. */
+void pgs_server_expect_flags(pgs_server_t *server, uint8_t flags);
 bool pgs_server_expect_idle(const pgs_server_t *server);
 /* Synthetic replies at the head of the queue are emitted to the client. */
 void pgs_server_emit_synthetic(pgs_server_t *server);
@@ -327,6 +426,8 @@ void pgs_pool_destroy(pgs_pool_t *pool);
 
 /* ---- workers (worker.c) ---- */
 
+#define PGS_WORKER_PLANS 4096 /* analysed statements cached per worker */
+
 struct pgs_worker {
   int index;
   uv_loop_t loop;
@@ -340,6 +441,7 @@ struct pgs_worker {
   pgs_list_t clients;
   pgs_list_t closing;
   pgs_list_t pools;
+  struct pgs_plan_cache *plans; /* plans for clients on this config */
   int nclients;
   uint32_t next_client;
   bool draining;

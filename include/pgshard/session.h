@@ -35,6 +35,11 @@ typedef struct pgs_set_op {
   pgs_set_op_kind_t kind;
   char name[PGS_MAX_NAME];
   char *sql; /* malloc'ed, for PGS_SET_OP_SET */
+  /* SET name = one constant (string, number or word): its text. Filled for
+   * every SET so pgshard's own settings (pgshard.*) can be read; SET LOCAL
+   * of a pgshard.* setting is reported as a SET. */
+  bool has_value;
+  char value[256];
 } pgs_set_op_t;
 
 typedef struct pgs_session_effects {

@@ -1,0 +1,1258 @@
+/*
+ * request.c — where each client request goes, and how the replies of
+ * several servers reach the client as if they came from one.
+ *
+ * A client holds at most one server per shard (client->servers[]). Each
+ * complete client message is planned into steps (pgs_step_t): "send this to
+ * shard i" or "reply this myself". Steps run in order; a step for another
+ * shard than the previous one first waits until every other server has
+ * answered everything it was sent (a Flush is injected where the extended
+ * protocol would otherwise keep replies back). So at any moment only one
+ * server has replies in flight for the client, and they arrive in request
+ * order with no reordering buffer: pipelining stays at full speed while a
+ * client stays on one shard, and costs a round trip per change of shard.
+ *
+ * Message plans (routing mode: several shards, or a tenant session):
+ *   Query     lexed + analysed (plan cache) + routed (router/route.c):
+ *             ONE/ANY -> that shard; FANOUT -> the same Query on each shard
+ *             in turn (later parts' descriptions swallowed, CommandComplete
+ *             counts summed into the last one, one ReadyForQuery); SPLIT ->
+ *             each shard gets an INSERT of its own rows; REFUSE -> error.
+ *   Parse     remembered (text, plan, literals, declared types) and sent to
+ *             the shard its Bind will pick when that Bind is already in
+ *             the buffer, else to the current shard.
+ *   Bind      routed with its parameter values; the portal remembers its
+ *             shards, so Describe/Execute/Close of it follow.
+ *   Sync      to every shard the unit touched, one ReadyForQuery reported.
+ * Transactions: BEGIN is answered by pgshard and replayed on each shard the
+ * transaction touches (tx_mask); COMMIT/ROLLBACK go to those shards. With
+ * cross_shard_writes = deny a transaction may write on one shard only. A
+ * statement pgshard refuses inside a transaction aborts it, as an error in
+ * PostgreSQL would (tx_aborted: only ROLLBACK/COMMIT are taken).
+ *
+ * Without routing (one shard, no tenant) every step targets shard 0 and
+ * nothing is lexed: the pass-through path of the pooler.
+ */
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "pgshard/log.h"
+#include "pgshard/proxy.h"
+
+#define CLIENT_MAX_STATEMENTS 10000
+#define BIT(i) ((uint64_t)1 << (i))
+
+/* ---- setup ---- */
+
+static void free_portal(void *p) {
+  pgs_portal_t *portal = p;
+  free(portal->sql);
+  free(portal);
+}
+
+void pgs_client_free_stmt(void *p) {
+  pgs_client_stmt_t *stmt = p;
+  pgs_buf_free(&stmt->parse_body);
+  pgs_plan_unref(stmt->plan);
+  if (stmt->lx) {
+    pgs_lex_free(stmt->lx);
+    free(stmt->lx);
+  }
+  free(stmt->type_oids);
+  free(stmt);
+}
+
+void pgs_client_routing_init(pgs_client_t *client) {
+  const pgs_database_t *db = client->db;
+  client->nshards = db->nshards;
+  client->servers = pgs_xcalloc((size_t)db->nshards, sizeof(*client->servers));
+  client->pools = pgs_xcalloc((size_t)db->nshards, sizeof(*client->pools));
+  client->steps_cap = db->nshards + 4;
+  client->steps = pgs_xcalloc((size_t)client->steps_cap, sizeof(*client->steps));
+  client->cur = -1;
+  client->tx_write_shard = -1;
+  client->hint_shard = -1;
+  pgs_strmap_init(&client->portals);
+  pgs_lex_init(&client->lx);
+  client->routing = db->nshards > 1 || client->tenant != NULL;
+}
+
+static void clear_steps(pgs_client_t *client) {
+  for (int i = 0; i < client->nsteps; i++) {
+    free(client->steps[i].text);
+    client->steps[i].text = NULL;
+  }
+  client->nsteps = client->step_next = 0;
+  client->planned = false;
+}
+
+void pgs_client_routing_free(pgs_client_t *client) {
+  if (client->steps) clear_steps(client);
+  free(client->steps);
+  free(client->servers);
+  free(client->pools);
+  pgs_strmap_free(&client->portals, free_portal);
+  pgs_lex_free(&client->lx);
+  free(client->tenant);
+  free(client->startup_tenant);
+  free(client->begin_sql);
+  free(client->row_shard);
+  free(client->pv_data);
+  free(client->pv_len);
+  free(client->pv_fmt);
+}
+
+/* ---- servers held ---- */
+
+void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server) {
+  if (client->servers && server->shard >= 0 && server->shard < client->nshards &&
+      client->servers[server->shard] == server)
+    client->servers[server->shard] = NULL;
+  if (client->server == server) {
+    client->server = NULL;
+    client->cur = -1;
+  }
+  server->client = NULL;
+}
+
+char pgs_client_ready_status(const pgs_client_t *client) {
+  char status = client->in_tx ? 'T' : 'I';
+  if (client->tx_aborted) return 'E';
+  for (int i = 0; i < client->nshards; i++) {
+    const pgs_server_t *s = client->servers[i];
+    if (s == NULL) continue;
+    if (s->txstatus == 'E') return 'E';
+    if (s->txstatus == 'T') status = 'T';
+  }
+  return status;
+}
+
+void pgs_client_step_failed(pgs_client_t *client) { client->step_error = true; }
+
+bool pgs_client_maybe_release(pgs_client_t *client) {
+  pgs_io_t *io = &client->io;
+  if (client->state != PGS_CL_ACTIVE || client->pinned || client->planned || client->in_tx ||
+      client->unit_mask || client->unit_failed || io->in_pos != io->in.len)
+    return false;
+  for (int i = 0; i < client->nshards; i++) {
+    const pgs_server_t *s = client->servers[i];
+    if (s && (s->expect_len || s->txstatus != 'I' || s->pool->mode != PGS_POOL_TRANSACTION ||
+              s->state != PGS_SV_ACTIVE))
+      return false;
+  }
+  for (int i = 0; i < client->nshards; i++) {
+    pgs_server_t *s = client->servers[i];
+    if (s == NULL) continue;
+    pgs_client_unlink(client, s);
+    pgs_pool_server_free(s->pool, s);
+  }
+  client->state = PGS_CL_IDLE;
+  if (client->worker->draining)
+    pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+  return true;
+}
+
+/* Ask SHARD's pool for a server: linked now (pgs_client_on_server re-enters
+ * pgs_client_process) or queued. The caller must return at once. */
+static void request_server(pgs_client_t *client, int shard) {
+  if (client->worker->draining) {
+    pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+    return;
+  }
+  if (client->pools[shard] == NULL)
+    client->pools[shard] = pgs_pool_get(client->worker, client->db, client->user, shard);
+  client->want_shard = shard;
+  client->state = PGS_CL_WAITING;
+  if (pgs_io_flush(&client->io) < 0) {
+    pgs_client_close(client);
+    return;
+  }
+  /* Usually a server is idle and this links it and re-enters; only a
+   * client left waiting stops reading (saves two epoll_ctl a query). */
+  pgs_pool_request(client->pools[shard], client);
+  if (client->state == PGS_CL_WAITING) pgs_io_stop_reading(&client->io);
+}
+
+/* Whether every server but EXCEPT (-1: none excepted) has answered all it
+ * was sent; asks those that hold replies back (extended protocol without
+ * Sync) to flush them. */
+static bool others_drained(pgs_client_t *client, int except) {
+  bool drained = true;
+  for (int i = 0; i < client->nshards; i++) {
+    pgs_server_t *s = client->servers[i];
+    if (s == NULL || i == except || s->expect_len == 0) continue;
+    drained = false;
+    if (s->need_flush) {
+      s->need_flush = false;
+      size_t mark = pgs_io_scratch_mark(&s->io);
+      pgs_msg_empty(pgs_io_scratch(&s->io), 'H');
+      pgs_io_scratch_done(&s->io, mark);
+      if (pgs_server_flush(s) < 0) s->dirty = true;
+    }
+  }
+  return drained;
+}
+
+/* An error earlier in this extended-protocol unit left a server skipping
+ * to Sync: the rest of the unit is dropped, as PostgreSQL would. */
+static bool unit_error(const pgs_client_t *client) {
+  for (int i = 0; i < client->nshards; i++)
+    if (client->servers[i] && client->servers[i]->error_until_sync) return true;
+  return false;
+}
+
+/* ---- prepared statements ---- */
+
+static void statement_server_name(const uint8_t *parse_body, size_t len, char out[24]) {
+  uint64_t h = XXH3_64bits(parse_body, len);
+  snprintf(out, 24, "pgs_%016llx", (unsigned long long)h);
+}
+
+/* Send a Parse for STMT to SERVER unless it already has it. An internal
+ * one (before a Bind or Describe on a server that lacks it) still reports
+ * its error: the client's statement is what failed. */
+static void ensure_prepared(pgs_server_t *server, pgs_client_stmt_t *stmt, bool internal) {
+  if (pgs_server_has_prepared(server, stmt->server_name)) {
+    if (!internal) {
+      pgs_server_expect(server, PGS_EXP_SYNTH_PARSE, false, NULL);
+      pgs_server_emit_synthetic(server);
+    }
+    return;
+  }
+  pgs_server_add_prepared(server, stmt->server_name);
+  size_t mark = pgs_io_scratch_mark(&server->io);
+  pgs_buf_t *b = pgs_io_scratch(&server->io);
+  size_t start = pgs_msg_begin(b, 'P');
+  pgs_buf_put_cstr(b, stmt->server_name);
+  pgs_buf_put(b, stmt->parse_body.data, stmt->parse_body.len);
+  pgs_msg_end(b, start);
+  pgs_io_scratch_done(&server->io, mark);
+  pgs_server_expect(server, PGS_EXP_PARSE, internal, stmt->server_name);
+  if (internal) pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
+}
+
+static void check_session_effects(pgs_client_t *client, const pgs_session_effects_t *fxc,
+                                  bool simple) {
+  pgs_session_effects_t *fx = (pgs_session_effects_t *)fxc;
+  if (fx->flags & PGS_SESSION_PIN) {
+    if (!client->pinned)
+      pgs_info("client %d (%s@%s): session state, pinned to its server", client->cancel_pid,
+               client->username, client->peer);
+    client->pinned = true;
+  }
+  if (fx->flags & PGS_SESSION_DROPS_PREPARED)
+    for (int i = 0; i < client->nshards; i++)
+      if (client->servers[i]) pgs_server_forget_prepared(client->servers[i]);
+  if (!simple && fx->nops > 0) {
+    /* SET through a prepared statement: we cannot see when it runs. */
+    client->pinned = true;
+    return;
+  }
+  for (int i = 0; i < fx->nops; i++) {
+    if (client->ntx_ops == PGS_SESSION_MAX_OPS) {
+      client->pinned = true;
+      break;
+    }
+    client->tx_ops[client->ntx_ops++] = fx->ops[i];
+    fx->ops[i].sql = NULL;
+  }
+}
+
+/* Remember a Parse (BODY after the statement name) as NAME. Returns the
+ * statement, or NULL when the client has too many. */
+static pgs_client_stmt_t *remember_parse(pgs_client_t *client, const char *name,
+                                         const uint8_t *body, size_t len) {
+  pgs_client_stmt_t *old = pgs_strmap_get(&client->stmts, name);
+  if (old && old->parse_body.len == len && !memcmp(old->parse_body.data, body, len))
+    return old; /* the same statement again (an unnamed one, typically) */
+  if (old == NULL && client->stmts.count >= CLIENT_MAX_STATEMENTS) return NULL;
+  pgs_client_stmt_t *stmt = pgs_xcalloc(1, sizeof(*stmt));
+  pgs_buf_put(&stmt->parse_body, body, len);
+  statement_server_name(stmt->parse_body.data, stmt->parse_body.len, stmt->server_name);
+  old = pgs_strmap_put(&client->stmts, name, stmt);
+  if (old) pgs_client_free_stmt(old);
+  return stmt;
+}
+
+/* ---- sending one client message to one server ---- */
+
+/* The client's message P (TOTAL bytes) to SERVER, statement names mapped to
+ * the server's; FLAGS filter its reply. */
+static void forward(pgs_client_t *client, pgs_server_t *server, char type, const uint8_t *p,
+                    size_t total, uint8_t flags) {
+  const uint8_t *body = p + 5;
+  size_t len = total - 5;
+  pgs_reader_t r;
+  pgs_reader_init(&r, body, len);
+  pgs_debug("client %d -> server %d: '%c' (%zu bytes)", client->cancel_pid, server->backend_pid,
+            type, total);
+  pgs_expect_kind_t kind;
+  switch (type) {
+  case 'Q':
+  case 'F': /* FunctionCall ends like a query */
+    kind = PGS_EXP_QUERY;
+    break;
+  case 'P':
+    kind = PGS_EXP_PARSE; /* unnamed without routing, or malformed: the server judges */
+    break;
+  case 'B':
+  case 'D': {
+    size_t plen = 0, slen;
+    const char *portal = NULL;
+    uint8_t dkind = 0;
+    if (type == 'B')
+      portal = pgs_read_cstr(&r, &plen);
+    else
+      dkind = pgs_read_u8(&r);
+    const char *name = pgs_read_cstr(&r, &slen);
+    pgs_client_stmt_t *stmt = NULL;
+    if (!r.bad && (slen > 0 || client->routing) && (type == 'B' || dkind == 'S'))
+      stmt = pgs_strmap_get(&client->stmts, name);
+    kind = type == 'B' ? PGS_EXP_BIND : PGS_EXP_DESCRIBE;
+    if (stmt == NULL) break; /* a portal, or unknown: the server answers */
+    ensure_prepared(server, stmt, true);
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_buf_t *b = pgs_io_scratch(&server->io);
+    size_t start = pgs_msg_begin(b, type);
+    if (type == 'B')
+      pgs_buf_put(b, portal, plen + 1);
+    else
+      pgs_buf_put_u8(b, dkind);
+    pgs_buf_put_cstr(b, stmt->server_name);
+    pgs_buf_put(b, r.p, pgs_reader_left(&r));
+    pgs_msg_end(b, start);
+    pgs_io_scratch_done(&server->io, mark);
+    pgs_server_expect(server, kind, false, NULL);
+    if (flags) pgs_server_expect_flags(server, flags);
+    return;
+  }
+  case 'C':
+    kind = PGS_EXP_CLOSE;
+    break;
+  case 'E':
+    kind = PGS_EXP_EXECUTE;
+    break;
+  case 'S':
+    kind = PGS_EXP_SYNC;
+    break;
+  default:
+    /* Flush and COPY data: no reply. */
+    pgs_io_emit(&server->io, p, total);
+    return;
+  }
+  pgs_io_emit(&server->io, p, total);
+  pgs_server_expect(server, kind, false, NULL);
+  if (flags) pgs_server_expect_flags(server, flags);
+}
+
+/* TEXT through the unnamed statement and portal (COMMIT in an
+ * extended-protocol unit): only the Execute's reply is the client's. */
+static void exec_sql(pgs_server_t *server, const char *text, uint8_t flags) {
+  size_t mark = pgs_io_scratch_mark(&server->io);
+  pgs_buf_t *b = pgs_io_scratch(&server->io);
+  size_t start = pgs_msg_begin(b, 'P');
+  pgs_buf_put_cstr(b, "");
+  pgs_buf_put_cstr(b, text);
+  pgs_buf_put_i16(b, 0);
+  pgs_msg_end(b, start);
+  start = pgs_msg_begin(b, 'B');
+  pgs_buf_put_cstr(b, "");
+  pgs_buf_put_cstr(b, "");
+  pgs_buf_put_i16(b, 0);
+  pgs_buf_put_i16(b, 0);
+  pgs_buf_put_i16(b, 0);
+  pgs_msg_end(b, start);
+  start = pgs_msg_begin(b, 'E');
+  pgs_buf_put_cstr(b, "");
+  pgs_buf_put_i32(b, 0);
+  pgs_msg_end(b, start);
+  pgs_io_scratch_done(&server->io, mark);
+  pgs_server_expect(server, PGS_EXP_PARSE, true, NULL);
+  pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
+  pgs_server_expect(server, PGS_EXP_BIND, true, NULL);
+  pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
+  pgs_server_expect(server, PGS_EXP_EXECUTE, false, NULL);
+  if (flags) pgs_server_expect_flags(server, flags);
+}
+
+/* ---- steps ---- */
+
+static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op) {
+  PGS_ASSERT(client->nsteps < client->steps_cap);
+  pgs_step_t *st = &client->steps[client->nsteps++];
+  memset(st, 0, sizeof(*st));
+  st->shard = (int16_t)shard;
+  st->op = (uint8_t)op;
+  return st;
+}
+
+static void add_reply(pgs_client_t *client, char reply, const char *tag) {
+  pgs_step_t *st = add_step(client, -1, PGS_STEP_REPLY);
+  st->reply = reply;
+  if (tag) st->text = pgs_xstrdup(tag);
+}
+
+PGS_PRINTF(3, 4)
+static void add_error(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  int n = snprintf(message, sizeof(message), "pgshard: ");
+  va_start(ap, fmt);
+  vsnprintf(message + n, sizeof(message) - (size_t)n, fmt, ap);
+  va_end(ap);
+  pgs_step_t *st = add_step(client, -1, PGS_STEP_ERROR);
+  size_t mlen = strlen(message);
+  st->text = pgs_xmalloc(6 + mlen + 1);
+  memcpy(st->text, sqlstate, 5);
+  st->text[5] = '\0';
+  memcpy(st->text + 6, message, mlen + 1);
+  if (client->in_tx) client->tx_aborted = true;
+}
+
+/* The same message (or per-shard TEXTS[shard] for SPLIT) on every shard of
+ * MASK in turn, replies merged: the first part's descriptions, every
+ * part's rows, one CommandComplete counting all, one ReadyForQuery. */
+static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, char **texts,
+                       bool counts) {
+  int n = __builtin_popcountll(mask), k = 0;
+  for (int i = 0; i < client->nshards; i++) {
+    if (!(mask & BIT(i))) continue;
+    pgs_step_t *st = add_step(client, i, op);
+    if (texts) {
+      st->text = texts[i];
+      texts[i] = NULL;
+    }
+    if (n > 1) {
+      st->flags = (uint8_t)(k > 0 ? PGS_EF_QUIET : 0);
+      if (counts) st->flags |= k < n - 1 ? PGS_EF_ACCUM | PGS_EF_ZHIDE : PGS_EF_SUM;
+      st->drain_all = k == 0;
+    }
+    k++;
+  }
+}
+
+static int first_shard(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; }
+
+/* Where a statement that may run anywhere goes. */
+static int default_shard(const pgs_client_t *client) {
+  if (client->cur >= 0) return client->cur;
+  if (client->tx_mask) return first_shard(client->tx_mask);
+  if (client->hint_shard >= 0) return client->hint_shard;
+  return client->last_shard;
+}
+
+/* Shards that hold session state right now (SET goes to all of them). */
+static uint64_t session_mask(const pgs_client_t *client) {
+  uint64_t mask = client->tx_mask;
+  for (int i = 0; i < client->nshards; i++)
+    if (client->servers[i]) mask |= BIT(i);
+  return mask ? mask : BIT(default_shard(client));
+}
+
+/* ---- pgshard's own settings ---- */
+
+static bool set_tenant(pgs_client_t *client, const char *text, pgs_key_error_t *err) {
+  pgs_key_t *key = pgs_xmalloc(sizeof(*key));
+  if (pgs_key_from_text(client->db->shardmap.tenant_type, text, strlen(text), key, err) !=
+          PGS_OK ||
+      pgs_route_tenant_shard(client->db, key, err) < 0) {
+    free(key);
+    return false;
+  }
+  free(client->tenant);
+  client->tenant = key;
+  client->routing = true;
+  return true;
+}
+
+bool pgs_client_startup_tenant(pgs_client_t *client, pgs_key_error_t *err) {
+  if (client->startup_tenant == NULL) return true;
+  return set_tenant(client, client->startup_tenant, err);
+}
+
+/* SET/RESET pgshard.NAME. Returns false with an error step added. */
+static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
+  const char *name = op->name + 8;
+  if (op->kind == PGS_SET_OP_RESET) {
+    if (!strcasecmp(name, "shard")) client->hint_shard = -1;
+    else if (!strcasecmp(name, "tenant") && client->startup_tenant == NULL) {
+      free(client->tenant);
+      client->tenant = NULL;
+    }
+    return true;
+  }
+  if (!op->has_value) {
+    add_error(client, "22023", "SET %s takes one value", op->name);
+    return false;
+  }
+  if (!strcasecmp(name, "shard")) {
+    int shard = pgs_shardmap_find_shard(client->db, op->value);
+    if (shard < 0 && strcasecmp(op->value, "default") != 0 && op->value[0]) {
+      add_error(client, "22023", "unknown shard \"%s\" in database \"%s\"", op->value,
+                client->dbname);
+      return false;
+    }
+    client->hint_shard = shard;
+    return true;
+  }
+  if (!strcasecmp(name, "tenant")) {
+    pgs_key_error_t err;
+    if (!set_tenant(client, op->value, &err)) {
+      add_error(client, err.sqlstate, "tenant \"%s\": %s", op->value, err.message);
+      return false;
+    }
+    return true;
+  }
+  if (!strcasecmp(name, "route") || !strcasecmp(name, "read_your_writes")) {
+    static const char *const routes[] = {"primary", "replica", "auto", NULL};
+    static const char *const ryw[] = {"off", "window", "session", "lsn", NULL};
+    const char *const *ok = !strcasecmp(name, "route") ? routes : ryw;
+    for (int i = 0; ok[i]; i++)
+      if (!strcasecmp(op->value, ok[i])) return true; /* replica routing: not yet */
+    add_error(client, "22023", "invalid value for %s: \"%s\"", op->name, op->value);
+    return false;
+  }
+  add_error(client, "42704", "unrecognized configuration parameter \"%s\"", op->name);
+  return false;
+}
+
+/* Whether FX sets pgshard.* settings; then it must do nothing else. */
+static int pgshard_ops(const pgs_session_effects_t *fx) {
+  int n = 0;
+  for (int i = 0; i < fx->nops; i++)
+    if (!strncasecmp(fx->ops[i].name, "pgshard.", 8)) n++;
+  return n;
+}
+
+/* ---- routing one statement ---- */
+
+static pgs_plan_t *get_plan(pgs_client_t *client, const pgs_lexed_t *lx) {
+  if (client->config == client->worker->config && client->worker->plans)
+    return pgs_plan_cache_get(client->worker->plans, client->db, lx);
+  return pgs_analyze(client->db, lx); /* an old config's client: its own plans */
+}
+
+/* Route PLAN; REFUSE adds the error. Returns false when refused. */
+static bool route(pgs_client_t *client, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+                  const pgs_param_values_t *params, pgs_route_t *out) {
+  pgs_route_session_t session = {.hint_shard = client->hint_shard, .tenant = client->tenant};
+  if (lx && lx->hint_shard[0]) {
+    session.hint_shard = pgs_shardmap_find_shard(client->db, lx->hint_shard);
+    if (session.hint_shard < 0) {
+      add_error(client, "22023", "unknown shard \"%s\" in hint", lx->hint_shard);
+      return false;
+    }
+  }
+  if (plan->nrows > client->row_shard_cap) {
+    client->row_shard_cap = plan->nrows;
+    client->row_shard = pgs_xrealloc(client->row_shard, sizeof(int) * (size_t)plan->nrows);
+  }
+  out->row_shard = client->row_shard;
+  pgs_route_plan(client->db, plan, lx, params, &session, out);
+  if (out->kind == PGS_ROUTE_REFUSE) {
+    add_error(client, out->sqlstate, "%s", out->message);
+    return false;
+  }
+  if (out->kind == PGS_ROUTE_ONE) {
+    /* One transaction writes on one shard unless the policy allows more. */
+    if (client->in_tx && plan->kind == PGS_STMT_WRITE && plan->table) {
+      if (client->tx_write_shard >= 0 && client->tx_write_shard != out->shard &&
+          client->db->cross_shard_writes != PGS_XWRITE_ALLOW) {
+        add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                  "this transaction wrote on shard %s; writing on shard %s too would make it "
+                  "cross-shard (cross_shard_writes = %s)",
+                  client->db->shards[client->tx_write_shard].name,
+                  client->db->shards[out->shard].name,
+                  client->db->cross_shard_writes == PGS_XWRITE_2PC ? "2pc, not supported yet"
+                                                                    : "deny");
+        return false;
+      }
+      client->tx_write_shard = out->shard;
+    }
+    client->last_shard = out->shard;
+  }
+  return true;
+}
+
+/* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
+ * shard it touched, or answered here when it touched none. */
+static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *sql, bool simple) {
+  bool rollback = kind == PGS_STMT_ROLLBACK || client->tx_aborted;
+  const char *tag = rollback ? "ROLLBACK" : "COMMIT";
+  uint64_t mask = client->tx_mask;
+  client->in_tx = client->tx_aborted = false;
+  client->tx_mask = 0;
+  client->tx_write_shard = -1;
+  free(client->begin_sql);
+  client->begin_sql = NULL;
+  if (mask == 0) {
+    add_reply(client, 'C', tag);
+    if (simple) add_reply(client, 'Z', NULL);
+    return;
+  }
+  int first = client->nsteps;
+  add_fanout(client, mask, simple ? PGS_STEP_QUERY : PGS_STEP_EXEC_SQL, NULL, true);
+  for (int i = first; i < client->nsteps; i++) {
+    client->steps[i].text = pgs_xstrdup(rollback ? "ROLLBACK" : sql);
+    client->steps[i].always = true; /* every shard ends, whatever the others said */
+  }
+}
+
+static void plan_begin(pgs_client_t *client, const char *sql, bool simple) {
+  if (!client->in_tx) {
+    client->in_tx = true;
+    client->tx_mask = 0;
+    client->tx_write_shard = -1;
+    free(client->begin_sql);
+    client->begin_sql = pgs_xstrdup(sql);
+  }
+  add_reply(client, 'C', "BEGIN");
+  if (simple) add_reply(client, 'Z', NULL);
+}
+
+/* A simple Query in routing mode. */
+static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
+  pgs_reader_t r;
+  size_t qlen;
+  pgs_reader_init(&r, p + 5, total - 5);
+  const char *sql = pgs_read_cstr(&r, &qlen);
+  if (sql == NULL) {
+    add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server judges */
+    return;
+  }
+  pgs_session_effects_t fx;
+  bool session = pgs_session_maybe(sql, qlen);
+  if (session) {
+    pgs_session_analyze(sql, &fx);
+    int own = pgshard_ops(&fx);
+    if (own > 0) {
+      if (own != fx.nops || fx.flags)
+        add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                  "SET pgshard.* must be a statement of its own");
+      else
+        for (int i = 0; i < fx.nops && apply_pgshard_op(client, &fx.ops[i]); i++) {
+          if (i == fx.nops - 1)
+            add_reply(client, 'C', fx.ops[i].kind == PGS_SET_OP_SET ? "SET" : "RESET");
+        }
+      add_reply(client, 'Z', NULL);
+      pgs_session_effects_free(&fx);
+      return;
+    }
+  }
+  pgs_lexed_t *lx = &client->lx;
+  pgs_plan_t *plan = NULL;
+  if (pgs_lex(sql, qlen, lx) == PGS_OK) plan = get_plan(client, lx);
+  pgs_stmt_kind_t kind = plan ? plan->kind : PGS_STMT_OTHER;
+  bool single = plan && plan->nstatements == 1;
+  pgs_route_t rt;
+  if (client->tx_aborted && !(single && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK))) {
+    add_error(client, "25P02",
+              "current transaction is aborted, commands ignored until end of transaction block");
+    add_reply(client, 'Z', NULL);
+  } else if (single && kind == PGS_STMT_BEGIN) {
+    plan_begin(client, sql, true);
+  } else if (single && client->in_tx && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK)) {
+    plan_tx_end(client, kind, sql, true);
+  } else if (plan == NULL || plan->parse_failed || kind == PGS_STMT_SESSION ||
+             kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
+    /* Syntax errors (the server reports them), SET and friends: wherever
+     * the session is. */
+    uint64_t mask = plan && !plan->parse_failed ? session_mask(client) : BIT(default_shard(client));
+    add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
+    if (session) check_session_effects(client, &fx, true);
+  } else if (!route(client, plan, lx, NULL, &rt)) {
+    add_reply(client, 'Z', NULL);
+  } else if (rt.kind == PGS_ROUTE_SPLIT) {
+    char **texts = pgs_xcalloc((size_t)client->nshards, sizeof(char *));
+    bool ok = true;
+    for (int i = 0; i < client->nshards && ok; i++) {
+      if (!(rt.shards & BIT(i))) continue;
+      pgs_buf_t b;
+      pgs_buf_init(&b);
+      ok = pgs_route_split_insert(lx, rt.row_shard, plan->nrows, i, &b) == PGS_OK;
+      texts[i] = (char *)b.data;
+    }
+    if (ok) {
+      add_fanout(client, rt.shards, PGS_STEP_QUERY, texts, true);
+    } else {
+      add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "cannot split this INSERT's VALUES rows by shard");
+      add_reply(client, 'Z', NULL);
+    }
+    for (int i = 0; i < client->nshards; i++) free(texts[i]);
+    free(texts);
+  } else {
+    uint64_t mask = rt.kind == PGS_ROUTE_FANOUT ? rt.shards
+                    : rt.kind == PGS_ROUTE_ONE  ? BIT(rt.shard)
+                                                : BIT(default_shard(client));
+    add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
+    if (session) check_session_effects(client, &fx, true);
+  }
+  if (session) pgs_session_effects_free(&fx);
+  pgs_plan_unref(plan);
+}
+
+/* ---- extended protocol ---- */
+
+static bool read_bind(pgs_client_t *client, const uint8_t *body, size_t len, const char **portal,
+                      const char **stmt_name, pgs_param_values_t *pv) {
+  pgs_reader_t r;
+  pgs_reader_init(&r, body, len);
+  *portal = pgs_read_cstr(&r, NULL);
+  *stmt_name = pgs_read_cstr(&r, NULL);
+  int nfmt = pgs_read_i16(&r);
+  const uint8_t *fmts = pgs_read_bytes(&r, nfmt > 0 ? (size_t)nfmt * 2 : 0);
+  int n = pgs_read_i16(&r);
+  if (r.bad || nfmt < 0 || n < 0 || (nfmt > 1 && nfmt != n)) return false;
+  if (n > client->pv_cap) {
+    client->pv_cap = n;
+    client->pv_data = pgs_xrealloc(client->pv_data, sizeof(*client->pv_data) * (size_t)n);
+    client->pv_len = pgs_xrealloc(client->pv_len, sizeof(*client->pv_len) * (size_t)n);
+    client->pv_fmt = pgs_xrealloc(client->pv_fmt, sizeof(*client->pv_fmt) * (size_t)n);
+  }
+  for (int i = 0; i < n; i++) {
+    int32_t vlen = pgs_read_i32(&r);
+    client->pv_len[i] = vlen;
+    client->pv_data[i] = vlen >= 0 ? pgs_read_bytes(&r, (size_t)vlen) : NULL;
+    const uint8_t *f = nfmt == 0 ? NULL : fmts + 2 * (nfmt == 1 ? 0 : i);
+    client->pv_fmt[i] = f ? (int16_t)((f[0] << 8) | f[1]) : 0;
+  }
+  if (r.bad) return false;
+  pv->n = n;
+  pv->data = client->pv_data;
+  pv->len = client->pv_len;
+  pv->format = client->pv_fmt;
+  return true;
+}
+
+static pgs_client_stmt_t *find_stmt(pgs_client_t *client, const char *name) {
+  return pgs_strmap_get(&client->stmts, name);
+}
+
+/* The shard the Bind right after a Parse of NAME will pick, if that Bind is
+ * in the buffer already (libpq sends Parse/Bind/Execute/Sync together). */
+static int lookahead_shard(pgs_client_t *client, size_t at, const char *name,
+                           pgs_client_stmt_t *stmt) {
+  pgs_io_t *io = &client->io;
+  char type;
+  size_t total;
+  const uint8_t *p = io->in.data + at;
+  if (at >= io->in.len ||
+      pgs_msg_peek(p, io->in.len - at, (size_t)client->config->max_message_size, &type, &total) !=
+          PGS_OK ||
+      type != 'B' || io->in.len - at < total)
+    return -1;
+  const char *portal, *sname;
+  pgs_param_values_t pv = {0};
+  if (!read_bind(client, p + 5, total - 5, &portal, &sname, &pv) || strcmp(sname, name) != 0)
+    return -1;
+  pv.type_oid = stmt->type_oids;
+  pv.ntypes = stmt->ntypes;
+  pgs_route_session_t session = {.hint_shard = client->hint_shard, .tenant = client->tenant};
+  if (stmt->lx->hint_shard[0]) session.hint_shard = pgs_shardmap_find_shard(client->db, stmt->lx->hint_shard);
+  pgs_route_t rt = {.row_shard = NULL};
+  if (stmt->plan->nrows > 0) return -1;
+  pgs_route_plan(client->db, stmt->plan, stmt->lx, &pv, &session, &rt);
+  return rt.kind == PGS_ROUTE_ONE ? rt.shard : -1;
+}
+
+/* Whether a statement is answered by pgshard itself. */
+static bool stmt_is_local(const pgs_client_t *client, const pgs_client_stmt_t *stmt) {
+  const pgs_plan_t *plan = stmt->plan;
+  if (plan == NULL || plan->nstatements != 1) return false;
+  switch (plan->kind) {
+  case PGS_STMT_BEGIN:
+    return true;
+  case PGS_STMT_COMMIT:
+  case PGS_STMT_ROLLBACK:
+    return client->in_tx || client->tx_mask == 0;
+  default:
+    return false;
+  }
+}
+
+static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
+  pgs_reader_t r;
+  size_t nlen, qlen;
+  pgs_reader_init(&r, p + 5, total - 5);
+  const char *name = pgs_read_cstr(&r, &nlen);
+  const char *sql = pgs_read_cstr(&r, &qlen);
+  int ntypes = pgs_read_i16(&r);
+  if (r.bad || ntypes < 0) {
+    add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server judges */
+    return;
+  }
+  const uint8_t *rest = p + 5 + nlen + 1;
+  pgs_client_stmt_t *stmt = remember_parse(client, name, rest, total - 5 - nlen - 1);
+  if (stmt == NULL) {
+    add_error(client, "53400", "too many prepared statements (%d)", CLIENT_MAX_STATEMENTS);
+    client->unit_failed = true;
+    return;
+  }
+  if (pgs_session_maybe(sql, qlen)) {
+    pgs_session_effects_t fx;
+    pgs_session_analyze(sql, &fx);
+    if (pgshard_ops(&fx) > 0) {
+      add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "SET pgshard.* is taken in a simple query only");
+      client->unit_failed = true;
+      pgs_session_effects_free(&fx);
+      return;
+    }
+    check_session_effects(client, &fx, false);
+    pgs_session_effects_free(&fx);
+  }
+  if (stmt->lx == NULL && stmt->plan == NULL) {
+    stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
+    pgs_lex_init(stmt->lx);
+    if (pgs_lex(sql, qlen, stmt->lx) == PGS_OK) stmt->plan = get_plan(client, stmt->lx);
+    stmt->ntypes = ntypes;
+    stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
+    for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = (uint32_t)pgs_read_i32(&r);
+  }
+  if (stmt_is_local(client, stmt)) {
+    add_reply(client, '1', NULL);
+    return;
+  }
+  int shard = stmt->plan && !stmt->plan->parse_failed
+                  ? lookahead_shard(client, client->io.in_pos + total, name, stmt)
+                  : -1;
+  pgs_step_t *st = add_step(client, shard >= 0 ? shard : default_shard(client), PGS_STEP_PARSE);
+  st->stmt = stmt;
+}
+
+static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
+  pgs_portal_t *portal = pgs_strmap_get(&client->portals, name);
+  if (portal == NULL) {
+    portal = pgs_xcalloc(1, sizeof(*portal));
+    pgs_strmap_put(&client->portals, name, portal);
+  }
+  free(portal->sql);
+  portal->sql = NULL;
+  portal->mask = 0;
+  portal->kind = PGS_STMT_OTHER;
+  return portal;
+}
+
+static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
+  const char *portal_name, *stmt_name;
+  pgs_param_values_t pv = {0};
+  if (!read_bind(client, p + 5, total - 5, &portal_name, &stmt_name, &pv)) {
+    add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server judges */
+    return;
+  }
+  pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
+  pgs_portal_t *portal = put_portal(client, portal_name);
+  if (stmt == NULL || stmt->plan == NULL || stmt->plan->parse_failed) {
+    int shard = default_shard(client);
+    portal->mask = BIT(shard);
+    add_step(client, shard, PGS_STEP_FORWARD);
+    return;
+  }
+  const pgs_plan_t *plan = stmt->plan;
+  if (client->tx_aborted && plan->kind != PGS_STMT_COMMIT && plan->kind != PGS_STMT_ROLLBACK) {
+    add_error(client, "25P02",
+              "current transaction is aborted, commands ignored until end of transaction block");
+    client->unit_failed = true;
+    return;
+  }
+  if (stmt_is_local(client, stmt)) {
+    portal->kind = plan->kind;
+    size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
+    portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
+    add_reply(client, '2', NULL);
+    return;
+  }
+  pgs_route_t rt;
+  pv.type_oid = stmt->type_oids;
+  pv.ntypes = stmt->ntypes;
+  if (plan->kind == PGS_STMT_SESSION || plan->kind == PGS_STMT_COMMIT ||
+      plan->kind == PGS_STMT_ROLLBACK) {
+    portal->mask = session_mask(client);
+  } else if (!route(client, plan, stmt->lx, &pv, &rt)) {
+    client->unit_failed = true;
+    return;
+  } else if (rt.kind == PGS_ROUTE_SPLIT) {
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "a multi-row INSERT whose rows belong to several shards is split only in a simple "
+              "query; send one row per statement or use the simple query protocol");
+    client->unit_failed = true;
+    return;
+  } else {
+    portal->mask = rt.kind == PGS_ROUTE_FANOUT ? rt.shards
+                   : rt.kind == PGS_ROUTE_ONE  ? BIT(rt.shard)
+                                               : BIT(default_shard(client));
+  }
+  portal->kind = plan->kind;
+  add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, false);
+}
+
+/* Describe, Execute or Close of a portal: where it was bound. */
+static void plan_portal_message(pgs_client_t *client, char type, const char *name) {
+  pgs_portal_t *portal = pgs_strmap_get(&client->portals, name);
+  if (portal == NULL) {
+    if (type == 'C') add_reply(client, '3', NULL);
+    else add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server reports it */
+    return;
+  }
+  if (portal->mask == 0 && type != 'E') {
+    /* Answered by pgshard: BEGIN/COMMIT/ROLLBACK. */
+    add_reply(client, type == 'D' ? 'n' : '3', NULL);
+  } else if (portal->mask == 0) {
+    if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, false);
+    else plan_tx_end(client, portal->kind, portal->sql, false);
+  } else {
+    add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, type == 'E');
+  }
+  if (type == 'C') {
+    pgs_portal_t *gone = pgs_strmap_remove(&client->portals, name);
+    if (gone) free_portal(gone);
+  }
+}
+
+static void plan_sync(pgs_client_t *client) {
+  uint64_t mask = client->unit_mask;
+  client->unit_mask = 0;
+  if (!client->in_tx) {
+    pgs_strmap_free(&client->portals, free_portal);
+    pgs_strmap_init(&client->portals);
+  }
+  if (mask == 0) {
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  /* Others first; the current server's ReadyForQuery is the client's. */
+  int last = client->cur >= 0 && (mask & BIT(client->cur)) ? client->cur : 63 - __builtin_clzll(mask);
+  for (int i = 0; i < client->nshards; i++) {
+    if (!(mask & BIT(i)) || i == last) continue;
+    pgs_step_t *st = add_step(client, i, PGS_STEP_SYNC);
+    st->internal = st->always = true;
+  }
+  pgs_step_t *st = add_step(client, last, PGS_STEP_SYNC);
+  st->drain_all = st->always = true;
+}
+
+/* Plan one complete client message at in_pos. */
+static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
+  client->nsteps = client->step_next = 0;
+  client->fan_sum = 0;
+  client->step_error = false;
+  client->planned = true;
+  if (!client->routing) {
+    /* One shard: everything to it, as a pooler would. */
+    if (type == 'P') {
+      pgs_reader_t r;
+      size_t nlen, qlen;
+      pgs_reader_init(&r, p + 5, total - 5);
+      const char *name = pgs_read_cstr(&r, &nlen);
+      const char *sql = pgs_read_cstr(&r, &qlen);
+      if (sql && pgs_session_maybe(sql, qlen)) {
+        pgs_session_effects_t fx;
+        pgs_session_analyze(sql, &fx);
+        check_session_effects(client, &fx, false);
+        pgs_session_effects_free(&fx);
+      }
+      pgs_client_stmt_t *stmt = NULL;
+      if (!r.bad && nlen > 0)
+        stmt = remember_parse(client, name, p + 5 + nlen + 1, total - 5 - nlen - 1);
+      add_step(client, 0, stmt ? PGS_STEP_PARSE : PGS_STEP_FORWARD)->stmt = stmt;
+      return;
+    }
+    if (type == 'Q') {
+      pgs_reader_t r;
+      size_t qlen;
+      pgs_reader_init(&r, p + 5, total - 5);
+      const char *sql = pgs_read_cstr(&r, &qlen);
+      if (sql && pgs_session_maybe(sql, qlen)) {
+        pgs_session_effects_t fx;
+        pgs_session_analyze(sql, &fx);
+        check_session_effects(client, &fx, true);
+        pgs_session_effects_free(&fx);
+      }
+    }
+    if (type == 'C' && p[5] == 'S' && total > 7) {
+      /* The server keeps it for the next client that prepares the same
+       * statement; only the client's name goes. */
+      pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, (const char *)p + 6);
+      if (stmt) pgs_client_free_stmt(stmt);
+      add_reply(client, '3', NULL);
+      return;
+    }
+    if (type == 'S') {
+      plan_sync(client);
+      return;
+    }
+    add_step(client, 0, PGS_STEP_FORWARD);
+    return;
+  }
+  switch (type) {
+  case 'Q':
+    plan_query(client, p, total);
+    return;
+  case 'P':
+    plan_parse(client, p, total);
+    return;
+  case 'B':
+    plan_bind(client, p, total);
+    return;
+  case 'D':
+  case 'C': {
+    const char *name = (const char *)p + 6;
+    if (total < 7 || p[total - 1] != '\0') {
+      add_step(client, default_shard(client), PGS_STEP_FORWARD);
+    } else if (p[5] == 'P') {
+      plan_portal_message(client, type, name);
+    } else if (type == 'C') {
+      pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, name);
+      if (stmt) pgs_client_free_stmt(stmt);
+      add_reply(client, '3', NULL);
+    } else {
+      pgs_client_stmt_t *stmt = find_stmt(client, name);
+      if (stmt && stmt_is_local(client, stmt)) {
+        add_reply(client, 't', NULL);
+        add_reply(client, 'n', NULL);
+      } else {
+        add_step(client, default_shard(client), PGS_STEP_FORWARD);
+      }
+    }
+    return;
+  }
+  case 'E': {
+    size_t nlen = strnlen((const char *)p + 5, total - 5);
+    if (nlen == total - 5) {
+      add_step(client, default_shard(client), PGS_STEP_FORWARD);
+      return;
+    }
+    plan_portal_message(client, 'E', (const char *)p + 5);
+    return;
+  }
+  case 'S':
+    plan_sync(client);
+    return;
+  case 'H':
+    if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD);
+    return;
+  case 'd':
+  case 'c':
+  case 'f':
+    /* COPY data goes where the COPY went. */
+    if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD);
+    return;
+  default:
+    add_step(client, default_shard(client), PGS_STEP_FORWARD);
+    return;
+  }
+}
+
+/* ---- running steps ---- */
+
+typedef enum { STEPS_DONE, STEPS_BLOCKED, STEPS_LEFT } steps_result_t;
+
+static void emit_reply(pgs_client_t *client, const pgs_step_t *st) {
+  pgs_io_t *io = &client->io;
+  size_t mark = pgs_io_scratch_mark(io);
+  pgs_buf_t *b = pgs_io_scratch(io);
+  if (st->op == PGS_STEP_ERROR) {
+    pgs_info("client %d (%s@%s) refused: %s (SQLSTATE %s)", client->cancel_pid, client->username,
+             client->peer, st->text + 6, st->text);
+    pgs_msg_error_raw(b, "ERROR", st->text, st->text + 6, NULL);
+  } else if (st->reply == 'Z') {
+    char status = pgs_client_ready_status(client);
+    pgs_msg_ready(b, status);
+    pgs_io_scratch_done(io, mark);
+    pgs_client_after_ready(client, status);
+    return;
+  } else if (st->reply == 'C') {
+    size_t start = pgs_msg_begin(b, 'C');
+    pgs_buf_put_cstr(b, st->text);
+    pgs_msg_end(b, start);
+  } else if (st->reply == 't') {
+    size_t start = pgs_msg_begin(b, 't');
+    pgs_buf_put_i16(b, 0);
+    pgs_msg_end(b, start);
+  } else {
+    pgs_msg_empty(b, st->reply);
+  }
+  pgs_io_scratch_done(io, mark);
+}
+
+static bool extended_type(char type) {
+  return type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C' || type == 'H';
+}
+
+static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *st, char type,
+                  const uint8_t *p, size_t total) {
+  int shard = st->shard;
+  switch (st->op) {
+  case PGS_STEP_FORWARD:
+    forward(client, server, type, p, total, st->flags);
+    break;
+  case PGS_STEP_PARSE:
+    ensure_prepared(server, st->stmt, false);
+    break;
+  case PGS_STEP_QUERY: {
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_msg_query(pgs_io_scratch(&server->io), st->text);
+    pgs_io_scratch_done(&server->io, mark);
+    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
+    if (st->flags) pgs_server_expect_flags(server, st->flags);
+    break;
+  }
+  case PGS_STEP_EXEC_SQL:
+    exec_sql(server, st->text, st->flags);
+    break;
+  case PGS_STEP_SYNC: {
+    size_t m = pgs_io_scratch_mark(&server->io);
+    pgs_msg_empty(pgs_io_scratch(&server->io), 'S');
+    pgs_io_scratch_done(&server->io, m);
+    pgs_server_expect(server, PGS_EXP_SYNC, st->internal, NULL);
+    break;
+  }
+  default:
+    PGS_ASSERT(false);
+    break;
+  }
+  bool extended = st->op == PGS_STEP_PARSE || st->op == PGS_STEP_EXEC_SQL ||
+                  (st->op == PGS_STEP_FORWARD && extended_type(type));
+  if (extended) {
+    client->unit_mask |= BIT(shard);
+    server->need_flush = type != 'H';
+  } else if (st->op == PGS_STEP_SYNC || st->op == PGS_STEP_QUERY || type == 'Q' || type == 'S' ||
+             type == 'F') {
+    server->need_flush = false;
+  }
+}
+
+/* Run the planned steps of the message P at in_pos. */
+static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
+  while (client->step_next < client->nsteps) {
+    pgs_step_t *st = &client->steps[client->step_next];
+    bool everyone = st->shard < 0 || st->drain_all;
+    if (everyone || st->shard != client->cur) {
+      if (!others_drained(client, everyone ? -1 : st->shard)) return STEPS_BLOCKED;
+      if (client->step_error && client->step_next > 0 && !st->always) {
+        client->step_next = client->nsteps; /* a fan-out part failed: no more parts */
+        break;
+      }
+      if (type != 'S' && type != 'Q' && unit_error(client)) {
+        client->unit_failed = true;
+        client->step_next = client->nsteps;
+        break;
+      }
+    }
+    if (st->shard < 0) {
+      emit_reply(client, st);
+      if (st->op == PGS_STEP_ERROR && type != 'Q') client->unit_failed = true;
+      client->step_next++;
+      continue;
+    }
+    pgs_server_t *server = client->servers[st->shard];
+    if (server == NULL) {
+      request_server(client, st->shard);
+      return STEPS_LEFT;
+    }
+    client->cur = st->shard;
+    client->server = server;
+    if (client->in_tx && !client->tx_aborted && !(client->tx_mask & BIT(st->shard)) &&
+        client->begin_sql && st->op != PGS_STEP_SYNC) {
+      /* The transaction reaches this shard: begin it here too. */
+      pgs_server_inject_query(server, client->begin_sql);
+      client->tx_mask |= BIT(st->shard);
+    }
+    issue(client, server, st, type, p, total);
+    client->step_next++;
+  }
+  return STEPS_DONE;
+}
+
+static bool flush_servers(pgs_client_t *client) {
+  for (int i = 0; i < client->nshards; i++) {
+    pgs_server_t *s = client->servers[i];
+    if (s == NULL || !pgs_io_has_output(&s->io)) continue;
+    if (pgs_server_flush(s) < 0) {
+      pgs_server_close(s, "write to server failed");
+      pgs_client_server_lost(client, "write to server failed");
+      return false;
+    }
+  }
+  return true;
+}
+
+void pgs_client_process(pgs_client_t *client) {
+  pgs_io_t *io = &client->io;
+  if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
+  size_t max = (size_t)client->config->max_message_size;
+  bool blocked = false;
+  for (;;) {
+    pgs_server_t *server = client->server;
+    if (server && pgs_io_backlog(&server->io) > PGS_IO_HIGH_WATER) {
+      pgs_io_stop_reading(io); /* resumed when the server drains */
+      blocked = true;
+      break;
+    }
+    char type;
+    size_t total;
+    const uint8_t *p = io->in.data + io->in_pos;
+    pgs_status_t st = pgs_msg_peek(p, io->in.len - io->in_pos, max, &type, &total);
+    if (st == PGS_EAGAIN) {
+      io->in_want = io->in_pos + 5;
+      break;
+    }
+    if (st == PGS_EPROTO || !pgs_frontend_type_valid(type) || type == 'p') {
+      if (st == PGS_EPROTO)
+        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+      else
+        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
+                        (unsigned char)type);
+      return;
+    }
+    if (st == PGS_ETOOBIG) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                      "message of %zu bytes is over max_message_size (%zu)", total - 1, max);
+      return;
+    }
+    if (io->in.len - io->in_pos < total) {
+      io->in_want = io->in_pos + total;
+      break;
+    }
+    if (type == 'X') {
+      io->in_pos = io->in.len;
+      pgs_client_close(client);
+      return;
+    }
+    if (!client->planned) {
+      if (client->unit_failed && type != 'S') {
+        io->in_pos += total; /* PostgreSQL skips to Sync after an error */
+        continue;
+      }
+      if (type == 'S') client->unit_failed = false;
+      plan_message(client, type, p, total);
+      if (client->state == PGS_CL_CLOSING) return;
+    }
+    steps_result_t r = run_steps(client, type, p, total);
+    if (r == STEPS_LEFT) return; /* waiting for a pool; pgs_client_on_server resumes */
+    if (r == STEPS_BLOCKED) {
+      client->blocked = true;
+      blocked = true;
+      break;
+    }
+    clear_steps(client);
+    io->in_pos += total;
+  }
+  if (!flush_servers(client)) return;
+  if (pgs_io_flush(io) < 0) {
+    pgs_client_close(client);
+    return;
+  }
+  pgs_io_compact(io);
+  if (blocked) {
+    pgs_io_stop_reading(io);
+  } else {
+    (void)pgs_io_start_reading(io);
+    pgs_client_maybe_release(client);
+  }
+}
