@@ -689,6 +689,9 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     uint64_t mask = rt.kind == PGS_ROUTE_FANOUT ? rt.shards
                     : rt.kind == PGS_ROUTE_ONE  ? BIT(rt.shard)
                                                 : BIT(default_shard(client));
+    /* DDL and reference tables are copies on every shard: one shard's
+     * count is the answer, not the sum. */
+    client->fan_copies = plan->target == PGS_TARGET_ANY;
     add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
     if (session) check_session_effects(client, &fx, true);
   }
@@ -835,6 +838,7 @@ static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
   portal->sql = NULL;
   portal->mask = 0;
   portal->kind = PGS_STMT_OTHER;
+  portal->copies = false;
   return portal;
 }
 
@@ -888,6 +892,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
                                                : BIT(default_shard(client));
   }
   portal->kind = plan->kind;
+  portal->copies = plan->target == PGS_TARGET_ANY;
   add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, false);
 }
 
@@ -906,6 +911,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, false);
     else plan_tx_end(client, portal->kind, portal->sql, false);
   } else {
+    client->fan_copies = portal->copies;
     add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, type == 'E');
   }
   if (type == 'C') {
@@ -940,6 +946,7 @@ static void plan_sync(pgs_client_t *client) {
 static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
   client->nsteps = client->step_next = 0;
   client->fan_sum = 0;
+  client->fan_copies = false;
   client->step_error = false;
   client->planned = true;
   if (!client->routing) {

@@ -264,7 +264,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     if (visible == REPLY_DROP) return REPLY_DROP;
     pgs_client_on_server_message(client, type, body, len);
     if (type == 'C' && (flags & PGS_EF_ACCUM)) {
-      client->fan_sum += pgs_route_tag_count((const char *)body);
+      if (!client->fan_copies) client->fan_sum += pgs_route_tag_count((const char *)body);
       return REPLY_DROP;
     }
     if (type == 'C' && (flags & PGS_EF_SUM)) return REPLY_SUM;

@@ -176,6 +176,7 @@ typedef struct pgs_step {
 typedef struct pgs_portal {
   uint64_t mask;
   pgs_stmt_kind_t kind;
+  bool copies; /* fans out to copies (DDL, reference tables) */
   char *sql; /* local portals: the statement */
 } pgs_portal_t;
 
@@ -235,6 +236,8 @@ struct pgs_client {
   int nsteps, step_next, steps_cap;
   bool planned;           /* steps hold the plan of the message at in_pos */
   uint64_t fan_sum;       /* rows counted by fan-out parts so far */
+  bool fan_copies;        /* the fan-out writes copies (DDL, reference tables):
+                             report one shard's count, not the sum */
   bool step_error;        /* an error went to the client during this message */
   pgs_strmap_t portals;   /* portal name -> pgs_portal_t */
   pgs_lexed_t lx;         /* lexer scratch for simple queries */
