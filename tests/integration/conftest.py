@@ -8,9 +8,17 @@ the `proxy(**overrides)` factory, which writes a config of its own, runs
 `build/pgshard -c FILE`, and on teardown sends SIGTERM and requires a clean
 exit (status 0, no sanitizer report in the log).
 
-Ports: the lab uses PORT_BASE (primary) and PORT_BASE+1 (replica); proxies
-take free ports from PORT_BASE+10 up to 7899. PORT_BASE defaults to 7700
-(env PGSHARD_IT_PORT_BASE). Everything on disk lives under /tmp, because the
+A second, sharded lab (`shard_lab`, started only by the tests that ask for
+it) has two shards for database app, s0 (region eu) and s1 (region us), each
+a primary without replicas; `sharded_proxy(**overrides)` starts a pgshard on
+it, with `extra_ini=` text (the [table.app.*], [geo.app], [tenants.app]
+sections) appended to its config. `proxy(lab=shard_lab, extra_ini=...)` does
+the same.
+
+Ports: the lab uses PORT_BASE (primary) and PORT_BASE+1 (replica); the
+sharded lab PORT_BASE-10 (s0) and PORT_BASE-9 (s1); proxies take free ports
+from PORT_BASE+10 up to 7899. PORT_BASE defaults to 7700 (env
+PGSHARD_IT_PORT_BASE). Everything on disk lives under /tmp, because the
 repository may sit where the postgres user cannot traverse.
 
 Environment:
@@ -21,6 +29,7 @@ Environment:
 """
 import itertools
 import os
+from typing import NamedTuple, Optional
 import re
 import shutil
 import signal
@@ -49,6 +58,8 @@ REPLICA_PORT = PORT_BASE + 1
 LAB_PROXY_PORT = PORT_BASE + 2  # named in the lab config; never started (--no-proxy)
 PROXY_PORTS = range(PORT_BASE + 10, 7900)
 LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}")
+SHARD_LAB_PORTS = (PORT_BASE - 10, PORT_BASE - 9)  # s0, s1 primaries of the sharded lab
+SHARD_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-sharded")
 
 # Every key router/config.c accepts, by section, so overrides land where they
 # belong and a typo fails loudly instead of being ignored.
@@ -136,22 +147,63 @@ def free_port():
 
 # ---------------------------------------------------------------- the lab
 
-class Lab:
-    """The session's cluster: one primary and one replica for database app."""
+class LabShard(NamedTuple):
+    """One shard of database app in a lab: its primary's port, its replica's
+    port (None: no replica) and its region (None: none)."""
+    name: str
+    primary_port: int
+    replica_port: Optional[int] = None
+    region: Optional[str] = None
 
-    def __init__(self):
-        self.root = LAB_ROOT
-        self.dir = LAB_ROOT / "lab"
-        self.config = LAB_ROOT / "lab.ini"
-        self.primary_port = PRIMARY_PORT
-        self.replica_port = REPLICA_PORT
-        self.log = LAB_ROOT / "lab-commands.log"
+
+class Lab:
+    """A lab cluster for database app, started by `pgshardctl lab up
+    --no-proxy`. The default is the session's cluster: shard s0 = one primary
+    (PORT_BASE) and one replica (PORT_BASE+1). SHARDS gives another layout."""
+
+    def __init__(self, root=LAB_ROOT, shards=None, title="the session's lab cluster"):
+        self.root = root
+        self.dir = root / "lab"
+        self.config = root / "lab.ini"
+        self.log = root / "lab-commands.log"
+        self.title = title
+        self.shards = list(shards or [LabShard("s0", PRIMARY_PORT, REPLICA_PORT)])
+        # The first shard's servers: what the single-shard tests use.
+        self.primary_port = self.shards[0].primary_port
+        self.replica_port = self.shards[0].replica_port
+
+    def shard(self, name):
+        for shard in self.shards:
+            if shard.name == name:
+                return shard
+        raise KeyError(f"no shard {name} in {self.title}")
+
+    def server_ports(self):
+        ports = []
+        for shard in self.shards:
+            ports.append(shard.primary_port)
+            if shard.replica_port is not None:
+                ports.append(shard.replica_port)
+        return ports
+
+    def shard_sections(self, replicas=True):
+        """[shard.app.*] lines for a config naming this lab's servers."""
+        lines = []
+        for shard in self.shards:
+            lines += ["", f"[shard.app.{shard.name}]", f"primary = host=127.0.0.1 "
+                      f"port={shard.primary_port} dbname=app user=postgres"]
+            if replicas and shard.replica_port is not None:
+                lines.append(f"replica = host=127.0.0.1 port={shard.replica_port} dbname=app "
+                             "user=postgres")
+            if shard.region:
+                lines.append(f"region = {shard.region}")
+        return lines
 
     def write_config(self):
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         self.config.write_text(f"""\
-; written by tests/integration/conftest.py: the session's lab cluster
+; written by tests/integration/conftest.py: {self.title}
 [pgshard]
 listen = 127.0.0.1:{LAB_PROXY_PORT}
 workers = 2
@@ -166,11 +218,7 @@ admin = true
 [database.app]
 pool_mode = transaction
 pool_size = 20
-
-[shard.app.s0]
-primary = host=127.0.0.1 port={self.primary_port} dbname=app user=postgres
-replica = host=127.0.0.1 port={self.replica_port} dbname=app user=postgres
-""")
+""" + "\n".join(self.shard_sections()) + "\n")
 
     def ctl(self, *args, check=True, timeout=180):
         cmd = [str(PGSHARDCTL), "lab", *args, "-c", str(self.config), "--dir", str(self.dir)]
@@ -193,7 +241,7 @@ replica = host=127.0.0.1 port={self.replica_port} dbname=app user=postgres
 
     def up(self):
         self.ctl("up", "--no-proxy")
-        for port in (self.primary_port, self.replica_port):
+        for port in self.server_ports():
             wait_for(lambda p=port: self._can_connect(p), 60,
                      interval=0.2, message=f"lab server on port {port}")
 
@@ -209,7 +257,7 @@ replica = host=127.0.0.1 port={self.replica_port} dbname=app user=postgres
                     self.ctl("down", check=False)
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"lab down failed: {exc!r}")
-        for port in (self.primary_port, self.replica_port):
+        for port in self.server_ports():
             try:
                 wait_for(lambda p=port: not port_is_open(p), 30, interval=0.2,
                          message=f"port {port} to close after lab down")
@@ -223,27 +271,30 @@ replica = host=127.0.0.1 port={self.replica_port} dbname=app user=postgres
                              connect_timeout=2, autocommit=True) as conn:
             return conn.execute("select 1").fetchone()[0] == 1
 
-    def connect_primary(self, **kwargs):
-        """A direct autocommit connection to the primary (user postgres, trust)."""
+    def _connect(self, port, kwargs):
         kwargs.setdefault("autocommit", True)
-        return psycopg.connect(host="127.0.0.1", port=self.primary_port, dbname="app",
-                               user="postgres", connect_timeout=5, **kwargs)
+        return psycopg.connect(host="127.0.0.1", port=port, dbname="app", user="postgres",
+                               connect_timeout=5, **kwargs)
 
-    def connect_replica(self, **kwargs):
-        kwargs.setdefault("autocommit", True)
-        return psycopg.connect(host="127.0.0.1", port=self.replica_port, dbname="app",
-                               user="postgres", connect_timeout=5, **kwargs)
+    def connect_primary(self, shard=None, **kwargs):
+        """A direct autocommit connection to the primary (user postgres,
+        trust) of SHARD (a name; default the first shard)."""
+        port = self.shard(shard).primary_port if shard else self.primary_port
+        return self._connect(port, kwargs)
 
-    def primary_url(self):
-        return f"host=127.0.0.1 port={self.primary_port} dbname=app user=postgres"
+    def connect_replica(self, shard=None, **kwargs):
+        port = self.shard(shard).replica_port if shard else self.replica_port
+        return self._connect(port, kwargs)
+
+    def primary_url(self, shard=None):
+        port = self.shard(shard).primary_port if shard else self.primary_port
+        return f"host=127.0.0.1 port={port} dbname=app user=postgres"
 
 
-@pytest.fixture(scope="session")
-def lab():
-    for binary in (PGSHARDCTL,):
-        if not binary.exists():
-            pytest.fail(f"{binary} not built (set PGSHARD_BUILD or run cmake --build)")
-    the_lab = Lab()
+def _run_lab(the_lab):
+    """Session lifetime of THE_LAB: up, yield, then down (whatever happened)."""
+    if not PGSHARDCTL.exists():
+        pytest.fail(f"{PGSHARDCTL} not built (set PGSHARD_BUILD or run cmake --build)")
     the_lab.write_config()
     the_lab.down()  # leftovers from an interrupted run
     try:
@@ -251,7 +302,8 @@ def lab():
         yield the_lab
     finally:
         for proxy in _ALL_PROXIES:
-            proxy.kill()
+            if proxy.lab is the_lab:
+                proxy.kill()
         if os.environ.get("PGSHARD_IT_KEEP_LAB") == "1":
             print(f"\nlab left running: {the_lab.config} --dir {the_lab.dir}")
         else:
@@ -259,6 +311,21 @@ def lab():
             shutil.rmtree(the_lab.dir, ignore_errors=True)
             if problems:
                 pytest.fail("lab teardown: " + "; ".join(problems))
+
+
+@pytest.fixture(scope="session")
+def lab():
+    yield from _run_lab(Lab())
+
+
+@pytest.fixture(scope="session")
+def shard_lab():
+    """Database app on two shards: s0 (region eu) and s1 (region us), one
+    primary each, no replicas (ports PORT_BASE-10 and PORT_BASE-9)."""
+    yield from _run_lab(Lab(SHARD_LAB_ROOT,
+                            [LabShard("s0", SHARD_LAB_PORTS[0], region="eu"),
+                             LabShard("s1", SHARD_LAB_PORTS[1], region="us")],
+                            title="the sharded lab cluster (2 shards)"))
 
 
 @pytest.fixture
@@ -289,6 +356,7 @@ class Proxy:
         self.database = {"pool_mode": "transaction", "pool_size": 4}
         self.users = dict(DEFAULT_USERS)
         self.replica = True
+        self.extra_ini = ""  # appended verbatim: [table.app.*], [geo.app], [tenants.app] ...
         self.proc = None
         self.expected_exit = False  # the test stopped it on purpose
         self.apply(overrides)
@@ -303,6 +371,8 @@ class Proxy:
                         self.users[name] = spec if isinstance(spec, tuple) else (spec, False)
             elif key == "replica":
                 self.replica = bool(value)
+            elif key == "extra_ini":
+                self.extra_ini = value or ""
             elif key in PGSHARD_KEYS:
                 if key == "listen":
                     raise ValueError("listen is chosen by the fixture")
@@ -323,13 +393,12 @@ class Proxy:
             if admin:
                 lines.append("admin = true")
         lines += ["", "[database.app]"] + [f"{k} = {v}" for k, v in self.database.items()]
-        lines += ["", "[shard.app.s0]",
-                  f"primary = host=127.0.0.1 port={self.lab.primary_port} dbname=app user=postgres"]
-        if self.replica:
-            lines.append(
-                f"replica = host=127.0.0.1 port={self.lab.replica_port} dbname=app user=postgres")
+        lines += self.lab.shard_sections(replicas=self.replica)
+        text = "\n".join(lines) + "\n"
+        if self.extra_ini:
+            text += "\n" + self.extra_ini.strip("\n") + "\n"
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, self.config_path)  # a reload never sees half a file
 
     def start(self):
@@ -435,18 +504,17 @@ class Proxy:
         return problems
 
 
-@pytest.fixture
-def proxy(lab, request, tmp_path):
-    """Factory: proxy(**overrides) starts a pgshard and returns its Proxy.
-
-    Overrides are any [pgshard] or [database.app] key (listen excepted),
-    users={name: password | (password, admin) | None}, replica=False."""
+def _proxy_factory(default_lab, request, tmp_path):
+    """The body of the proxy fixtures: yields start(lab=None, **overrides),
+    then stops every proxy it started and fails the test on an unclean exit."""
     started = []
-    request.node._pgshard_proxies = started
+    # Shared by every proxy factory a test uses, for the failure report.
+    on_node = request.node.__dict__.setdefault("_pgshard_proxies", [])
 
-    def start(**overrides):
-        proxy_ = Proxy(lab, tmp_path, overrides)
+    def start(lab=None, **overrides):
+        proxy_ = Proxy(lab or default_lab, tmp_path, overrides)
         started.append(proxy_)
+        on_node.append(proxy_)
         return proxy_.start()
 
     yield start
@@ -456,6 +524,24 @@ def proxy(lab, request, tmp_path):
             problems += proxy_.shutdown_and_check()
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def proxy(lab, request, tmp_path):
+    """Factory: proxy(**overrides) starts a pgshard and returns its Proxy.
+
+    Overrides are any [pgshard] or [database.app] key (listen excepted),
+    users={name: password | (password, admin) | None}, replica=False,
+    extra_ini=TEXT (appended to the config), lab=ANOTHER_LAB (e.g. shard_lab:
+    its shards, regions included, become the [shard.app.*] sections)."""
+    yield from _proxy_factory(lab, request, tmp_path)
+
+
+@pytest.fixture
+def sharded_proxy(shard_lab, request, tmp_path):
+    """Factory: like `proxy`, on the sharded lab (shards s0/eu and s1/us);
+    pass the shard map as extra_ini=TEXT. Does not start the default lab."""
+    yield from _proxy_factory(shard_lab, request, tmp_path)
 
 
 @pytest.hookimpl(hookwrapper=True)
