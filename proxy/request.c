@@ -977,6 +977,12 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       if (sql && pgs_session_maybe(sql, qlen)) {
         pgs_session_effects_t fx;
         pgs_session_analyze(sql, &fx);
+        if (pgshard_ops(&fx) > 0) {
+          /* SET pgshard.tenant and friends are pgshard's, even on one shard. */
+          pgs_session_effects_free(&fx);
+          plan_query(client, p, total);
+          return;
+        }
         check_session_effects(client, &fx, true);
         pgs_session_effects_free(&fx);
       }
