@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # demo.sh BUILD_DIR — what `make demo` runs once pgshard is built.
 #
-# Starts the lab from config/demo.ini in /tmp/pgshard-demo (real PostgreSQL 15
-# servers and the pgshard proxy; a directory the postgres OS user can reach
-# when this runs as root), loads sql/demo through the proxy, runs
-# sql/demo/workload.sql, shows which server answered which kind of statement
-# and that the replica holds the same rows by streaming replication, and
-# leaves everything running with the client URL printed.
+# Starts the lab from config/demo.ini in /tmp/pgshard-demo (two shards, each
+# a primary and a streaming replica, all real PostgreSQL 15 servers, and the
+# pgshard proxy; a directory the postgres OS user can reach when this runs as
+# root), loads sql/demo through the proxy, runs sql/demo/workload.sql, shows
+# which shard and server answered which statement (against the shard
+# `pgshardctl route` names for its key), that every row is on the shard the
+# map gives it and that each replica holds its primary's rows by streaming
+# replication, and leaves everything running with the client URL printed.
 #
 # Safe to run again: the lab leaves running servers alone, the schema and the
 # data are created only when missing, and the workload removes what it adds.
-# `make demo-down` stops everything.
+# `make demo-down` stops everything. A lab left by a demo with another shard
+# map (rows on a shard this map does not give them) is reported, not changed.
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -144,8 +147,10 @@ NODE_LABEL=()
 NODE_CONN=()
 NODE_ADDR=()
 NODE_ROLE=()
-declare -A LABEL_OF_PORT=()
-add_node() { # LABEL CONNINFO ROLE
+NODE_SHARD=()
+SHARDS=()
+declare -A LABEL_OF_PORT=() SHARD_OF_PORT=()
+add_node() { # LABEL CONNINFO ROLE SHARD
   local host port conn=$2
   host=$(conninfo_get "$2" host 127.0.0.1)
   port=$(conninfo_get "$2" port 5432)
@@ -154,20 +159,32 @@ add_node() { # LABEL CONNINFO ROLE
   NODE_CONN+=("$conn user=$LAB_SUPERUSER")
   NODE_ADDR+=("$host:$port")
   NODE_ROLE+=("$3")
+  NODE_SHARD+=("$4")
   LABEL_OF_PORT[$port]=$1
+  SHARD_OF_PORT[$port]=$4
 }
 while read -r section; do
   shard=${section#"shard.$DEMO_DB."}
+  SHARDS+=("$shard")
   primary=$(ini_first "$section" primary)
-  [ -n "$primary" ] && add_node "$DEMO_DB.$shard primary" "$primary" primary
+  [ -n "$primary" ] && add_node "$DEMO_DB.$shard primary" "$primary" primary "$shard"
   i=0
   while read -r replica; do
     [ -n "$replica" ] || continue
-    add_node "$DEMO_DB.$shard replica $i" "$replica" replica
+    add_node "$DEMO_DB.$shard replica $i" "$replica" replica "$shard"
     i=$((i + 1))
   done < <(ini_get "$section" replica)
 done < <(ini_sections "shard.$DEMO_DB.")
 [ "${#NODE_LABEL[@]}" -gt 0 ] || die "$CONFIG has no [shard.$DEMO_DB.*] section"
+
+# The sharded tables of the demo database ([table.DB.T]) and their keys;
+# every other table is a reference table.
+SHARDED_TABLE=()
+SHARDED_COLUMN=()
+while read -r section; do
+  SHARDED_TABLE+=("${section#"table.$DEMO_DB."}")
+  SHARDED_COLUMN+=("$(ini_first "$section" column)")
+done < <(ini_sections "table.$DEMO_DB.")
 
 # through the proxy, as the demo's client
 proxy_psql() {
@@ -183,6 +200,33 @@ node_psql() {
 
 printf '%spgshard demo%s: %s (%d servers behind one proxy), lab in %s\n' \
   "$bold" "$plain" "$CONFIG" "${#NODE_LABEL[@]}" "$LAB_DIR"
+
+# placement: for every primary and sharded table, "LABEL|TABLE|ROWS|MISPLACED":
+# the rows the primary holds and how many of them have a key that
+# `pgshardctl route` puts on another shard. Tables not created yet are left
+# out.
+placement() {
+  local n t table col rows
+  for n in "${!NODE_LABEL[@]}"; do
+    [ "${NODE_ROLE[$n]}" = primary ] || continue
+    for t in "${!SHARDED_TABLE[@]}"; do
+      table=${SHARDED_TABLE[$t]}
+      col=${SHARDED_COLUMN[$t]}
+      [ "$(node_psql "$n" -qAt -c "SELECT to_regclass('public.\"$table\"') IS NOT NULL")" = t ] || continue
+      # key <TAB> its rows, beside key <TAB> the shard route names for it
+      rows=$(node_psql "$n" -qAt -F $'\t' -c "SELECT \"$col\", count(*) FROM \"$table\" GROUP BY 1 ORDER BY 1")
+      if [ -z "$rows" ]; then
+        echo "${NODE_LABEL[$n]}|$table|0|0"
+        continue
+      fi
+      paste <(printf '%s\n' "$rows") \
+        <(printf '%s\n' "$rows" | cut -f1 | "$CTL" route --stdin "$CONFIG" "$DEMO_DB" "$table") |
+        awk -F'\t' -v shard="${NODE_SHARD[$n]}" -v prefix="${NODE_LABEL[$n]}|$table" '
+          { rows += $2; if ($4 != shard) misplaced += $2 }
+          END { printf "%s|%d|%d\n", prefix, rows, misplaced }'
+    done
+  done
+}
 
 # ---- the lab ----------------------------------------------------------------
 
@@ -200,48 +244,117 @@ done
 
 # ---- schema, data, workload through the proxy --------------------------------
 
+# Rows that a demo with another shard map (such as the earlier one-shard
+# demo) left on a shard this map does not give them would be read twice or
+# never: say so rather than load on top of them.
+step="checking the lab's rows against the shard map"
+placement_now=$(placement)
+stale=$(awk -F'|' '$4 > 0 { printf "%s%s: %d of %d %s rows", sep, $1, $4, $3, $2; sep = "; " }' <<<"$placement_now")
+if [ -n "$stale" ]; then
+  die "$LAB_DIR holds rows on a shard that $CONFIG does not give them ($stale), left by a demo with another shard map. Start afresh: $CTL lab down -c $CONFIG --dir $LAB_DIR --purge && make demo"
+fi
+
 heading "loading $SQL/schema.sql and $SQL/data.sql through pgshard ($PROXY_HOST:$PROXY_PORT)"
 proxy_psql -q -f "$SQL/schema.sql"
-echo "schema: tables countries, users, orders (created if missing)"
-proxy_psql -f "$SQL/data.sql" | sed 's/^/data:   /'
-echo "        (INSERT 0 0 on a second run: the rows are already there)"
+echo "schema: tables countries, users, orders (created if missing; DDL goes to every shard)"
+load_start=$(date +%s%N)
+# data.sql sends one statement a row or user: show each run of equal tags once
+proxy_psql -f "$SQL/data.sql" |
+  awk 'NR > 1 && $0 != prev { printf "%6d x %s\n", n, prev; n = 0 } { prev = $0; n++ }
+       END { if (NR) printf "%6d x %s\n", n, prev }' | sed 's/^/data: /'
+load_ms=$((($(date +%s%N) - load_start) / 1000000))
+printf '%s\n' \
+  "      countries: one INSERT, written on every shard (a reference table); users:" \
+  "      one INSERT per user, to the shard of its id; orders: one INSERT per user" \
+  "      with its 4 orders, to that user's shard. INSERT 0 0 on a second run: the" \
+  "      rows are already there. Loaded in $((load_ms / 1000)).$(printf '%03d' $((load_ms % 1000))) s."
 
-heading "running $SQL/workload.sql through pgshard"
-proxy_psql -q -f "$SQL/workload.sql"
+heading "running $SQL/workload.sql through pgshard (the errors near the end are expected)"
+# stderr too, so that the expected refusals show among the results
+proxy_psql -q -f "$SQL/workload.sql" 2>&1
 
 # ---- where statements went --------------------------------------------------
 
 heading "where statements went: each one asks the server that ran it"
-# Each line: what kind of statement | port | in recovery. Separate
+# Users on both shards (with config/demo.ini, 42 and 999 are on s0, 7 and 1
+# on s1), and the shard `pgshardctl route` names for each.
+PROBE_KEYS=(42 7 999 1)
+declare -A SHARD_OF_KEY=()
+while IFS=$'\t' read -r key shard; do
+  SHARD_OF_KEY[$key]=$shard
+done < <(printf '%s\n' "${PROBE_KEYS[@]}" | "$CTL" route --stdin "$CONFIG" "$DEMO_DB" users)
+# Each statement returns: what it is | where it should go (a shard, "one":
+# any one shard, "every": each shard once) | port | in recovery. Separate
 # statements, and under transaction pooling separate server checkouts.
-routes=$(proxy_psql -qAt -F '|' <<'EOF'
-SELECT 'read, autocommit', inet_server_port(), pg_is_in_recovery();
-BEGIN READ ONLY;
-SELECT 'read, in a READ ONLY transaction', inet_server_port(), pg_is_in_recovery();
-COMMIT;
-WITH w AS (UPDATE users SET name = name WHERE id = 42 RETURNING id)
-SELECT 'write, UPDATE (a data-modifying WITH)', inet_server_port(), pg_is_in_recovery() FROM w;
-BEGIN;
-SELECT 'write transaction, SELECT ... FOR UPDATE', inet_server_port(), pg_is_in_recovery()
-FROM users WHERE id = 42 FOR UPDATE;
-COMMIT;
-SELECT 'read, right after the write', inet_server_port(), pg_is_in_recovery();
-EOF
-)
+probes=""
+for key in "${PROBE_KEYS[@]}"; do
+  want=${SHARD_OF_KEY[$key]}
+  probes+="SELECT 'SELECT ... FROM users WHERE id = $key', '$want', inet_server_port(), pg_is_in_recovery() FROM users WHERE id = $key;
+UPDATE users SET name = name WHERE id = $key
+  RETURNING 'UPDATE users ... WHERE id = $key', '$want', inet_server_port(), pg_is_in_recovery();
+SELECT 'SELECT ... FROM orders WHERE user_id = $key', '$want', inet_server_port(), pg_is_in_recovery() FROM orders WHERE user_id = $key LIMIT 1;
+"
+done
+for shard in "${SHARDS[@]}"; do
+  probes+="/* pgshard: shard=$shard */ SELECT '/* pgshard: shard=$shard */ SELECT ... FROM users', '$shard', inet_server_port(), pg_is_in_recovery() FROM users LIMIT 1;
+"
+done
+probes+="SET pgshard.shard = '${SHARDS[0]}';
+SELECT 'SET pgshard.shard = ''${SHARDS[0]}''; SELECT ... FROM orders', '${SHARDS[0]}', inet_server_port(), pg_is_in_recovery() FROM orders LIMIT 1;
+RESET pgshard.shard;
+SELECT 'SELECT with no table', 'one', inet_server_port(), pg_is_in_recovery();
+SELECT 'SELECT ... FROM countries (reference)', 'one', inet_server_port(), pg_is_in_recovery() FROM countries LIMIT 1;
+UPDATE countries SET name = name WHERE code = 'DE'
+  RETURNING 'UPDATE countries (reference table)', 'every', inet_server_port(), pg_is_in_recovery();
+"
+routes=$(proxy_psql -qAt -F '|' <<<"$probes")
+printf '  %-50s %-11s %s\n' STATEMENT 'SHOULD RUN' 'RAN ON'
 on_replica=0
-while IFS='|' read -r what port recovery; do
+wrong=()
+declare -A EVERY_SEEN=()
+while IFS='|' read -r what want port recovery; do
   [ -n "$what" ] || continue
   [ "$recovery" = t ] && on_replica=$((on_replica + 1))
-  printf '  %-42s -> port %-5s %s\n' "$what" "$port" "(${LABEL_OF_PORT[$port]:-not in $CONFIG}, in recovery: $([ "$recovery" = t ] && echo yes || echo no))"
+  got=${SHARD_OF_PORT[$port]:-}
+  case "$want" in
+    one) want_text="on a shard" ;;
+    every) want_text="every shard"; EVERY_SEEN[$got]=1 ;;
+    *) want_text="on $want" ;;
+  esac
+  if [ -z "$got" ] || { [ "$want" != one ] && [ "$want" != every ] && [ "$want" != "$got" ]; }; then
+    wrong+=("$what: should run $want_text, ran on port $port")
+  fi
+  printf '  %-50s %-11s port %-5s %s\n' "$what" "$want_text" "$port" \
+    "(${LABEL_OF_PORT[$port]:-not in $CONFIG}, in recovery: $([ "$recovery" = t ] && echo yes || echo no))"
 done <<<"$routes"
+[ "${#EVERY_SEEN[@]}" = "${#SHARDS[@]}" ] ||
+  wrong+=("UPDATE countries: should run on all ${#SHARDS[@]} shards, ran on ${#EVERY_SEEN[@]}")
+[ "${#wrong[@]}" = 0 ] || die "statements went to the wrong shard: $(printf '%s; ' "${wrong[@]}")"
+echo "  Each keyed statement ran on the shard 'pgshardctl route $CONFIG $DEMO_DB TABLE KEY' names."
 if [ "$on_replica" = 0 ]; then
-  echo "  Every statement ran on the primary: this proxy serves one shard from its"
-  echo "  primary; reads on replicas (within max_replica_lag_*) arrive with routing."
+  echo "  Every statement ran on a primary: pgshard does not send reads to replicas"
+  echo "  yet (reads within max_replica_lag_* will go there)."
 fi
 
-# ---- the replica has the data -----------------------------------------------
+# ---- every row on its shard -------------------------------------------------
 
-heading "the same rows on every server, asked directly (user $LAB_SUPERUSER, not through pgshard)"
+heading "every row on the shard the map gives it (keys checked with pgshardctl route --stdin)"
+step="checking the rows against the shard map"
+placement_now=$(placement)
+printf '  %-18s %-8s %6s %10s\n' NODE TABLE ROWS MISPLACED
+misplaced=0
+while IFS='|' read -r label table rows bad; do
+  printf '  %-18s %-8s %6s %10s\n' "$label" "$table" "$rows" "$bad"
+  misplaced=$((misplaced + bad))
+done <<<"$placement_now"
+[ "$misplaced" = 0 ] || die "$misplaced rows are on a shard the map in $CONFIG does not give them"
+awk -F'|' '{ total[$2] += $3; per[$2] = per[$2] sep[$2] $3; sep[$2] = " + " }
+  END { for (t in total) printf "  %s: %s = %d rows in all, each on one shard only\n", t, per[t], total[t] }' \
+  <<<"$placement_now" | sort
+
+# ---- the replicas have the data ---------------------------------------------
+
+heading "each replica has its primary's rows, asked directly (user $LAB_SUPERUSER, not through pgshard)"
 primary_lsn=""
 for n in "${!NODE_LABEL[@]}"; do
   if [ "${NODE_ROLE[$n]}" = primary ]; then
@@ -259,12 +372,18 @@ for n in "${!NODE_LABEL[@]}"; do
   fi
 done
 printf '  %-18s %-16s %-11s %7s %7s %9s\n' NODE ADDRESS RECOVERY users orders countries
+declare -A PRIMARY_ROWS=()
 for n in "${!NODE_LABEL[@]}"; do
   step="counting rows on ${NODE_LABEL[$n]} (${NODE_ADDR[$n]})"
   IFS='|' read -r recovery users orders countries < <(node_psql "$n" -qAt -F '|' -c \
     'SELECT pg_is_in_recovery(), (SELECT count(*) FROM users), (SELECT count(*) FROM orders), (SELECT count(*) FROM countries)')
   printf '  %-18s %-16s %-11s %7s %7s %9s\n' "${NODE_LABEL[$n]}" "${NODE_ADDR[$n]}" \
     "$([ "$recovery" = t ] && echo "yes" || echo "no")" "$users" "$orders" "$countries"
+  if [ "${NODE_ROLE[$n]}" = primary ]; then
+    PRIMARY_ROWS[${NODE_SHARD[$n]}]="$users $orders $countries"
+  elif [ "${PRIMARY_ROWS[${NODE_SHARD[$n]}]:-}" != "$users $orders $countries" ]; then
+    die "${NODE_LABEL[$n]} has $users users, $orders orders, $countries countries; its primary ${PRIMARY_ROWS[${NODE_SHARD[$n]}]:-(not counted)}"
+  fi
 done
 for n in "${!NODE_LABEL[@]}"; do
   [ "${NODE_ROLE[$n]}" = primary ] || continue
@@ -276,7 +395,8 @@ for n in "${!NODE_LABEL[@]}"; do
       echo "  ${NODE_LABEL[$n]} streams to a standby from $addr: $state ($sync), replay $lag bytes behind"
     done
 done
-echo "  The replicas were never written to: every row reached them by streaming replication."
+echo "  Each replica holds its own primary's rows, no other shard's: the replicas"
+echo "  were never written to, every row reached them by streaming replication."
 
 # ---- status and how to use it -----------------------------------------------
 

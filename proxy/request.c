@@ -428,6 +428,7 @@ static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, ch
     }
     if (n > 1) {
       st->flags = (uint8_t)(k > 0 ? PGS_EF_QUIET : 0);
+      if (k > 0 && client->fan_copies) st->flags |= PGS_EF_NOROWS; /* the same rows again */
       if (counts) st->flags |= k < n - 1 ? PGS_EF_ACCUM | PGS_EF_ZHIDE : PGS_EF_SUM;
       st->drain_all = k == 0;
     }
@@ -657,6 +658,11 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     plan_begin(client, sql, true);
   } else if (single && client->in_tx && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK)) {
     plan_tx_end(client, kind, sql, true);
+  } else if (plan && plan->refuse_sqlstate[0]) {
+    add_error(client, plan->refuse_sqlstate, "%s",
+              strncmp(plan->refuse_message, "pgshard: ", 9) ? plan->refuse_message
+                                                            : plan->refuse_message + 9);
+    add_reply(client, 'Z', NULL);
   } else if (plan == NULL || plan->parse_failed || kind == PGS_STMT_SESSION ||
              kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
     /* Syntax errors (the server reports them), SET and friends: wherever

@@ -301,7 +301,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     return REPLY_DROP;
   case 'D': /* DataRow */
     if (internal && front->capture && client) pgs_client_on_login_row(client, body, len);
-    return visible;
+    return flags & PGS_EF_NOROWS ? REPLY_DROP : visible;
   case 'S': /* ParameterStatus */
   case 'N': /* NoticeResponse */
   case 'A': /* NotificationResponse */

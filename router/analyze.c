@@ -1273,11 +1273,23 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
   case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
     walk_node(ctx, NULL, n->declare_cursor_stmt->query);
     return PGS_STMT_SESSION;
+  case PG_QUERY__NODE__NODE_PREPARE_STMT: {
+    /* EXECUTE would run it wherever the session is, whatever its
+     * parameters: a statement on a sharded table must be prepared through
+     * the protocol (Parse/Bind), where each Bind is routed. */
+    int before = ctx->nrefs;
+    walk_node(ctx, NULL, n->prepare_stmt->query);
+    if (ctx->nrefs > before)
+      refuse(ctx, "0A000",
+             "SQL PREPARE of a statement on sharded table %s is not supported; use the "
+             "protocol's prepared statements (Parse/Bind), as drivers do",
+             ctx->refs[before].table->name);
+    return PGS_STMT_SESSION;
+  }
   case PG_QUERY__NODE__NODE_DISCARD_STMT:
   case PG_QUERY__NODE__NODE_LISTEN_STMT:
   case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
   case PG_QUERY__NODE__NODE_NOTIFY_STMT:
-  case PG_QUERY__NODE__NODE_PREPARE_STMT:
   case PG_QUERY__NODE__NODE_EXECUTE_STMT:
   case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
   case PG_QUERY__NODE__NODE_FETCH_STMT:

@@ -313,6 +313,7 @@ typedef enum {
 #define PGS_EF_SUM 0x04   /* CommandComplete with the count of every part */
 #define PGS_EF_ZHIDE 0x08 /* swallow ReadyForQuery unless an error went out */
 #define PGS_EF_FWD_ERROR 0x10 /* internal, but an ErrorResponse goes to the client */
+#define PGS_EF_NOROWS 0x20 /* swallow DataRows: a copy's rows, already sent */
 
 typedef struct pgs_expect {
   uint8_t kind;

@@ -4,14 +4,16 @@
 -- Safe to run again: every object is created only when it is missing, so a
 -- second `make demo` keeps the tables (and data.sql then adds nothing).
 --
--- The demo has one shard for now (config/demo.ini), so everything below runs
--- on that shard's primary and reaches its replica by streaming replication.
--- The tables are already shaped for sharding: users will be sharded by id and
--- orders by user_id (the same key, so a user's orders live on the user's
--- shard), and countries, a small table every shard needs, will be a
--- reference table. That is why ids come from the application rather than a
--- sequence (each shard would hand out the same values) and why orders has no
--- foreign key to users (PostgreSQL checks one only within one server).
+-- The demo database is sharded over two shards (config/demo.ini), and pgshard
+-- sends this DDL to every shard's primary; each replica gets it by streaming
+-- replication. users is sharded by id and orders by user_id (the same key,
+-- so a user's orders live on the user's shard and a join on the key stays on
+-- one shard); countries, a small table every shard needs, is not in the
+-- shard map, so it is a reference table: written on every shard, read from
+-- one. That is why ids come from the application rather than a sequence
+-- (each shard would hand out the same values) and why orders has no foreign
+-- key to users (PostgreSQL checks one only within one server, which would
+-- hold here only because the two tables share their shard key).
 
 \set ON_ERROR_STOP on
 -- no "already exists, skipping" notices on a second run

@@ -812,7 +812,7 @@ static void test_session_kinds(void **state) {
       "LISTEN ch",
       "UNLISTEN *",
       "NOTIFY ch, 'x'",
-      "PREPARE p AS SELECT * FROM users WHERE id = $1",
+      "PREPARE p AS SELECT * FROM countries WHERE code = $1",
       "EXECUTE p(1)",
       "DEALLOCATE ALL",
       "FETCH 10 FROM c",
@@ -825,6 +825,17 @@ static void test_session_kinds(void **state) {
     if (plan->kind != PGS_STMT_SESSION || plan->target != PGS_TARGET_ANY)
       fail_msg("not SESSION/ANY: %s", sqls[i]);
   }
+}
+
+/* EXECUTE runs a prepared statement wherever the session is: one on a
+ * sharded table is refused at PREPARE, never run on the wrong shard. */
+static void test_sql_prepare_of_sharded_table_refused(void **state) {
+  analyse("PREPARE p(bigint) AS SELECT * FROM users WHERE id = $1");
+  assert_int_equal(plan->kind, PGS_STMT_SESSION);
+  assert_string_equal(plan->refuse_sqlstate, "0A000");
+  assert_non_null(strstr(plan->refuse_message, "users"));
+  analyse("PREPARE q AS INSERT INTO users (id) VALUES (1)");
+  assert_string_equal(plan->refuse_sqlstate, "0A000");
 }
 
 static void test_set_transaction_read_only(void **state) {
@@ -1052,6 +1063,7 @@ int main(void) {
       cmocka_unit_test(test_begin_read_only),
       cmocka_unit_test(test_transaction_end_kinds),
       cmocka_unit_test(test_session_kinds),
+      cmocka_unit_test(test_sql_prepare_of_sharded_table_refused),
       cmocka_unit_test(test_set_transaction_read_only),
       cmocka_unit_test(test_declare_cursor_keys),
       cmocka_unit_test(test_show_is_read),
