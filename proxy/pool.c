@@ -220,11 +220,12 @@ void pgs_pool_server_failed(pgs_pool_t *pool, pgs_server_t *server, const char *
     pgs_pool_cancel_wait(pool, client);
     if (client->state == PGS_CL_LOGIN)
       pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                      "cannot connect to the server of database \"%s\": %s", pool->dbname, error);
+                      "cannot connect to shard %s of database \"%s\": %s", pool->shard,
+                      pool->dbname, error);
     else
       pgs_client_refuse(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                        "cannot connect to the server of database \"%s\": %s", pool->dbname,
-                        error);
+                        "cannot connect to shard %s of database \"%s\": %s", pool->shard,
+                        pool->dbname, error);
   }
 }
 
@@ -237,12 +238,14 @@ void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
     pgs_pool_cancel_wait(pool, client);
     if (client->state == PGS_CL_LOGIN)
       pgs_client_fail(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS,
-                      "no server connection for database \"%s\" within %d ms (pool_size %d)",
-                      pool->dbname, config->query_wait_timeout_ms, pool->size);
+                      "no server connection for shard %s of database \"%s\" within %d ms "
+                      "(pool_size %d)",
+                      pool->shard, pool->dbname, config->query_wait_timeout_ms, pool->size);
     else
       pgs_client_refuse(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS,
-                        "no server connection for database \"%s\" within %d ms (pool_size %d)",
-                        pool->dbname, config->query_wait_timeout_ms, pool->size);
+                        "no server connection for shard %s of database \"%s\" within %d ms "
+                        "(pool_size %d)",
+                        pool->shard, pool->dbname, config->query_wait_timeout_ms, pool->size);
   }
   /* Close servers idle too long (oldest first: the head of idle). */
   while (config->server_idle_timeout_ms > 0 && !pgs_list_empty(&pool->idle)) {
