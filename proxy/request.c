@@ -382,7 +382,10 @@ static void exec_sql(pgs_server_t *server, const char *text, uint8_t flags) {
 /* ---- steps ---- */
 
 static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op) {
-  PGS_ASSERT(client->nsteps < client->steps_cap);
+  if (client->nsteps == client->steps_cap) { /* not expected: plans fit nshards + 4 */
+    client->steps_cap *= 2;
+    client->steps = pgs_xrealloc(client->steps, sizeof(*client->steps) * (size_t)client->steps_cap);
+  }
   pgs_step_t *st = &client->steps[client->nsteps++];
   memset(st, 0, sizeof(*st));
   st->shard = (int16_t)shard;
