@@ -3,29 +3,45 @@
 
 The lab (`pgshardctl lab up --no-proxy`, ports 7950-7969, data under /tmp)
 starts three PostgreSQL 15 primaries: s0 (7950) and s1 (7951) of the sharded
-database, and one more (7952) for the passthrough database. Table
+database, and one more (7952) that holds the passthrough database (dbname
+app) and the two colocated shards (dbname bench_s0 and bench_s1). Table
 bench_accounts (aid bigint primary key, like pgbench_accounts) gets --rows
-rows: on the sharded side each row is copied straight onto the shard
-`pgshardctl route --stdin` names (hash on aid, the proxy's own config); the
-passthrough server gets all of them. Two pgshard processes (`build/pgshard -c
-FILE`, same workers, pool size per node, auth) are put in front:
+rows: on the sharded and the colocated side each row is copied straight onto
+the shard `pgshardctl route --stdin` names (hash on aid, each proxy's own
+config); the passthrough database gets all of them. Three pgshard processes
+(`build/pgshard -c FILE`, same workers, pool size per node, auth) are put in
+front:
 
-  sharded      127.0.0.1:7955  database app = s0 + s1, [table.app.bench_accounts] hash
-  passthrough  127.0.0.1:7956  database app = one shard (no shard map unless
-               --map-on-passthrough)
+  sharded      127.0.0.1:7955  database app = s0 (7950) + s1 (7951),
+               [table.app.bench_accounts] hash
+  passthrough  127.0.0.1:7956  database app = one shard on 7952 (no shard map
+               unless --map-on-passthrough)
+  colocated    127.0.0.1:7957  database app = s0 (7952, dbname bench_s0) +
+               s1 (7952, dbname bench_s1), the same hash map as sharded
+
+The ratios:
+
+  colocated/passthrough  what routing costs in the proxy: the same single
+                         server, the same rows and the same load, only split
+                         over two shards the proxy must route between
+                         (statement analysis, key extraction, two pools).
+  sharded/passthrough    that plus the effect of a second PostgreSQL server:
+                         on a machine with few cores the two servers share
+                         them, so this mostly measures CPU contention, not the
+                         proxy.
 
 The workload is a pgbench custom script: a random key, a single-key SELECT
 and a single-key UPDATE (autocommit, one statement per round trip). Every
 cell (-M simple, -M extended by default) runs --duration seconds against
-each target; each repetition alternates which target goes first, and the
-median TPS of --reps repetitions is reported with the ratio
-sharded/passthrough. Results: a table on stdout, bench/results/
-pgbench_shard.md and pgbench_shard.json (every run).
+each target; each repetition rotates which target goes first, and the
+median TPS of --reps repetitions is reported per target with both ratios.
+Results: a table on stdout, bench/results/pgbench_shard.md and
+pgbench_shard.json (every run).
 
 Everything started here is stopped in a finally block (proxies by SIGTERM,
 then `lab down --purge`), also on Ctrl-C and SIGTERM.
 
-  /usr/bin/python3 bench/pgbench_shard.py --build build               # default run (~2 min)
+  /usr/bin/python3 bench/pgbench_shard.py --build build               # default run (~2.5 min)
   /usr/bin/python3 bench/pgbench_shard.py --build build --setup-only  # no pgbench runs
 """
 import argparse
@@ -52,8 +68,16 @@ REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = 7950
 S0_PORT, S1_PORT, SOLO_PORT = PORT_BASE, PORT_BASE + 1, PORT_BASE + 2
 LAB_PROXY_PORT = PORT_BASE + 3  # named in the lab config, never started (--no-proxy)
-PROXY_PORTS = {"sharded": PORT_BASE + 5, "passthrough": PORT_BASE + 6}
-TARGETS = ["sharded", "passthrough"]
+PROXY_PORTS = {"sharded": PORT_BASE + 5, "passthrough": PORT_BASE + 6,
+               "colocated": PORT_BASE + 7}
+TARGETS = ["sharded", "passthrough", "colocated"]
+# The colocated shards: two databases on the passthrough server.
+COLOCATED_DBS = {"s0": "bench_s0", "s1": "bench_s1"}
+# Every database holding bench_accounts: name -> (port, dbname).
+SERVER_DBS = {"s0": (S0_PORT, "app"), "s1": (S1_PORT, "app"),
+              "passthrough": (SOLO_PORT, "app"),
+              "colocated s0": (SOLO_PORT, COLOCATED_DBS["s0"]),
+              "colocated s1": (SOLO_PORT, COLOCATED_DBS["s1"])}
 WORK = Path(f"/tmp/pgshard-bench-shard-{PORT_BASE}")
 TABLE = "bench_accounts"
 
@@ -105,6 +129,7 @@ class ShardBench:
         os.chmod(WORK, 0o755)
         self.lab_config.write_text(f"""\
 ; written by bench/pgbench_shard.py: two shards for app, one server for passthrough
+; and for colocated (two databases on that server)
 [pgshard]
 listen = 127.0.0.1:{LAB_PROXY_PORT}
 auth = trust
@@ -121,11 +146,17 @@ primary = host=127.0.0.1 port={S1_PORT} dbname=app user=postgres
 [database.passthrough]
 [shard.passthrough.s0]
 primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
+
+[database.colocated]
+[shard.colocated.s0]
+primary = host=127.0.0.1 port={SOLO_PORT} dbname={COLOCATED_DBS['s0']} user=postgres
+[shard.colocated.s1]
+primary = host=127.0.0.1 port={SOLO_PORT} dbname={COLOCATED_DBS['s1']} user=postgres
 """)
         if self.lab_dir.exists():
             self.lab("down", "--purge", check=False)
-        log(f"lab up: s0 on {S0_PORT}, s1 on {S1_PORT}, passthrough server on {SOLO_PORT}, "
-            f"data in {self.lab_dir}")
+        log(f"lab up: s0 on {S0_PORT}, s1 on {S1_PORT}, passthrough and colocated "
+            f"({', '.join(COLOCATED_DBS.values())}) on {SOLO_PORT}, data in {self.lab_dir}")
         self.lab_started = True
         self.lab("up", "--no-proxy")
         for port in (S0_PORT, S1_PORT, SOLO_PORT):
@@ -164,62 +195,89 @@ primary = host=127.0.0.1 port={S1_PORT} dbname=app user=postgres
 [shard.app.s0]
 primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
 """ + (TABLE_SECTION if self.args.map_on_passthrough else ""))
+        self.config_path("colocated").write_text(
+            "; written by bench/pgbench_shard.py: 2 shards, two databases on one server\n"
+            + common.replace("[pgshard]\n",
+                             f"[pgshard]\nlisten = 127.0.0.1:{PROXY_PORTS['colocated']}\n")
+            + f"""
+[shard.app.s0]
+primary = host=127.0.0.1 port={SOLO_PORT} dbname={COLOCATED_DBS['s0']} user=postgres
+[shard.app.s1]
+primary = host=127.0.0.1 port={SOLO_PORT} dbname={COLOCATED_DBS['s1']} user=postgres
+""" + TABLE_SECTION)
         for target in TARGETS:
             proc = run([str(self.ctl_bin), "check", str(self.config_path(target))], check=False)
             if proc.returncode != 0:
                 raise RuntimeError(f"pgshardctl check {self.config_path(target)}:\n"
                                    f"{proc.stdout}{proc.stderr}")
 
-    def psql(self, port, *sql, timeout=600):
+    def psql(self, port, *sql, dbname="app", timeout=600):
         cmd = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-               "-p", str(port), "-U", "postgres", "-d", "app"]
+               "-p", str(port), "-U", "postgres", "-d", dbname]
         for s in sql:
             cmd += ["-c", s]
         return run(cmd, timeout=timeout).stdout
 
-    def load(self):
-        n = self.args.rows
-        log(f"loading {n} rows into {TABLE}: routed onto s0/s1, all onto the passthrough server")
-        ddl = (f"drop table if exists {TABLE}; create table {TABLE} (aid bigint primary key, "
-               "bid int not null, abalance int not null, filler char(84))")
-        for port in (S0_PORT, S1_PORT, SOLO_PORT):
-            self.psql(port, ddl)
-        keys = [str(k) for k in range(1, n + 1)]
+    def route(self, target, keys):
+        """{key: shard} for KEYS from `pgshardctl route --stdin` on TARGET's config."""
+        n = len(keys)
         proc = subprocess.run([str(self.ctl_bin), "route", "--stdin",
-                               str(self.config_path("sharded")), "app", TABLE],
+                               str(self.config_path(target)), "app", TABLE],
                               input="\n".join(keys) + "\n", capture_output=True, text=True,
                               timeout=600)
         lines = proc.stdout.splitlines()
         if proc.returncode != 0 or len(lines) != n:
-            raise RuntimeError(f"pgshardctl route --stdin: exit {proc.returncode}, "
+            raise RuntimeError(f"pgshardctl route --stdin ({target}): exit {proc.returncode}, "
                                f"{len(lines)} lines for {n} keys: {proc.stderr.strip()}")
-        rows = {"s0": io.StringIO(), "s1": io.StringIO()}
-        everything = io.StringIO()
-        rng = random.Random(1)
+        shards = []
         for key, line in zip(keys, lines):
             k, shard = line.split("\t")
-            if k != key or shard not in rows:
-                raise RuntimeError(f"pgshardctl route --stdin: unexpected line {line!r}")
+            if k != key or shard not in COLOCATED_DBS:
+                raise RuntimeError(f"pgshardctl route --stdin ({target}): unexpected line "
+                                   f"{line!r}")
+            shards.append(shard)
+        return shards
+
+    def load(self):
+        n = self.args.rows
+        log(f"loading {n} rows into {TABLE}: routed onto s0/s1 and onto bench_s0/bench_s1, "
+            "all into the passthrough database")
+        ddl = (f"drop table if exists {TABLE}; create table {TABLE} (aid bigint primary key, "
+               "bid int not null, abalance int not null, filler char(84))")
+        for port, dbname in SERVER_DBS.values():
+            self.psql(port, ddl, dbname=dbname)
+        keys = [str(k) for k in range(1, n + 1)]
+        sharded_route = self.route("sharded", keys)
+        colocated_route = self.route("colocated", keys)
+        data = {name: io.StringIO() for name in SERVER_DBS}
+        rng = random.Random(1)
+        for key, sh, co in zip(keys, sharded_route, colocated_route):
             row = f"{key}\t{(int(key) - 1) // 100000 + 1}\t{rng.randint(-5000, 5000)}\t\n"
-            rows[shard].write(row)
-            everything.write(row)
+            data[sh].write(row)
+            data["colocated " + co].write(row)
+            data["passthrough"].write(row)
+        self.same_split = sharded_route == colocated_route
         copy = f"\\copy {TABLE} (aid, bid, abalance, filler) from stdin"
-        for port, data in ((S0_PORT, rows["s0"]), (S1_PORT, rows["s1"]),
-                           (SOLO_PORT, everything)):
+        for name, (port, dbname) in SERVER_DBS.items():
             proc = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h",
-                                   "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "app",
-                                   "-c", copy], input=data.getvalue(), capture_output=True,
+                                   "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", dbname,
+                                   "-c", copy], input=data[name].getvalue(), capture_output=True,
                                   text=True, timeout=600)
             if proc.returncode != 0:
-                raise RuntimeError(f"COPY into {port}: {proc.stderr.strip()}")
+                raise RuntimeError(f"COPY into {name} ({port}/{dbname}): {proc.stderr.strip()}")
         counts = {}
-        for name, port in (("s0", S0_PORT), ("s1", S1_PORT), ("passthrough", SOLO_PORT)):
-            self.psql(port, "vacuum analyze", "checkpoint")
-            counts[name] = int(self.psql(port, f"select count(*) from {TABLE}").strip())
-        log(f"rows: s0 {counts['s0']}, s1 {counts['s1']}, passthrough {counts['passthrough']}")
-        if counts["s0"] + counts["s1"] != n or counts["passthrough"] != n or not (
-                counts["s0"] and counts["s1"]):
-            raise RuntimeError(f"load: row counts {counts} do not add up to {n} per side")
+        for name, (port, dbname) in SERVER_DBS.items():
+            self.psql(port, "vacuum analyze", "checkpoint", dbname=dbname)
+            counts[name] = int(self.psql(port, f"select count(*) from {TABLE}",
+                                         dbname=dbname).strip())
+        log("rows: " + ", ".join(f"{name} {c}" for name, c in counts.items())
+            + ("" if self.same_split else " (sharded and colocated split the keys differently)"))
+        for a, b in (("s0", "s1"), ("colocated s0", "colocated s1")):
+            if counts[a] + counts[b] != n or not (counts[a] and counts[b]):
+                raise RuntimeError(f"load: row counts {counts}: {a} + {b} do not add up to {n} "
+                                   "or one is empty")
+        if counts["passthrough"] != n:
+            raise RuntimeError(f"load: row counts {counts}: passthrough is not {n}")
         self.counts = counts
         self.script.write_text(f"""\
 \\set aid random(1, {n})
@@ -293,7 +351,8 @@ UPDATE {TABLE} SET abalance = abalance + 1 WHERE aid = :aid;
             f"targets x {self.args.duration}s = about {total // 60}m{total % 60:02d}s")
         for mode in self.args.modes:
             for rep in range(self.args.reps):
-                order = targets if rep % 2 == 0 else targets[::-1]
+                shift = rep % len(targets)
+                order = targets[shift:] + targets[:shift]
                 for target in order:
                     res = self.pgbench(target, mode, self.args.duration)
                     res.update(target=target, mode=mode, rep=rep)
@@ -307,16 +366,16 @@ UPDATE {TABLE} SET abalance = abalance + 1 WHERE aid = :aid;
                                       "error": self.preflight[target]})
 
     def updates_per_server(self):
-        """UPDATEs each server counted (pg_stat_user_tables): both shards
-        must have had a share of the sharded runs' load."""
+        """UPDATEs each database counted (pg_stat_user_tables): both shards
+        of sharded and of colocated must have had a share of the load."""
         time.sleep(1.5)  # statistics are flushed at most once a second
         self.updates = {}
-        for name, port in (("s0", S0_PORT), ("s1", S1_PORT), ("passthrough", SOLO_PORT)):
+        for name, (port, dbname) in SERVER_DBS.items():
             out = self.psql(port, "select coalesce(sum(n_tup_upd), 0) from pg_stat_user_tables"
-                            f" where relname = '{TABLE}'")
+                            f" where relname = '{TABLE}'", dbname=dbname)
             self.updates[name] = int(out.strip())
-        log(f"UPDATEs counted by the servers: s0 {self.updates['s0']}, s1 {self.updates['s1']}, "
-            f"passthrough {self.updates['passthrough']}")
+        log("UPDATEs counted by the servers: "
+            + ", ".join(f"{name} {c}" for name, c in self.updates.items()))
 
     # ---- reporting ----
 
@@ -332,16 +391,19 @@ UPDATE {TABLE} SET abalance = abalance + 1 WHERE aid = :aid;
                 row[target + "_runs"] = values
                 row[target + "_errors"] = errors
             row["sharded/passthrough"] = ratio(row["sharded"], row["passthrough"])
+            row["colocated/passthrough"] = ratio(row["colocated"], row["passthrough"])
             rows.append(row)
         return rows
 
     def report(self, rows):
         out_dir = Path(self.args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        header = ["cell", "sharded TPS (2 shards)", "passthrough TPS (1 shard)",
-                  "sharded/passthrough"]
+        header = ["cell", "sharded TPS (2 servers)", "passthrough TPS (1 shard)",
+                  "colocated TPS (2 dbs, 1 server)", "sharded/passthrough",
+                  "colocated/passthrough"]
         table = [[r["cell"], fmt_tps(r["sharded"]), fmt_tps(r["passthrough"]),
-                  fmt_ratio(r["sharded/passthrough"])] for r in rows]
+                  fmt_tps(r["colocated"]), fmt_ratio(r["sharded/passthrough"]),
+                  fmt_ratio(r["colocated/passthrough"])] for r in rows]
         widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
         print()
         print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
@@ -364,17 +426,23 @@ UPDATE {TABLE} SET abalance = abalance + 1 WHERE aid = :aid;
                 f"{'yes' if self.args.map_on_passthrough else 'no'}. "
                 f"Commit {commit or '?'}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
                 f"{os.cpu_count()} CPUs, {platform.machine()}.")
-        md = ["# pgbench: pgshard over 2 shards vs pgshard over 1 shard", "", meta, "",
+        md = ["# pgbench: pgshard over 2 shards (2 servers; 2 databases on 1 server) vs "
+              "pgshard over 1 shard", "", meta, "",
               "| " + " | ".join(header) + " |",
               "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         md += ["| " + " | ".join(t) + " |" for t in table]
         if errors:
             md += ["", "Errors:", ""] + [f"- {c} {t}: {e}" for c, t, e in errors]
-        md += ["", "Ratio above 1.00: the sharded setup served more transactions per second. "
-               "`n/a`: a target failed in that cell. Raw runs: pgbench_shard.json.", ""]
+        md += ["", "colocated/passthrough: what routing costs in the proxy (the same one "
+               "server, its rows split over two databases the proxy routes between). "
+               "sharded/passthrough: that plus a second PostgreSQL server, which on a machine "
+               "with few cores shares them with the first. Ratio above 1.00: that setup served "
+               "more transactions per second than passthrough. `n/a`: a target failed in that "
+               "cell. Raw runs: pgbench_shard.json.", ""]
         (out_dir / "pgbench_shard.md").write_text("\n".join(md))
         (out_dir / "pgbench_shard.json").write_text(json.dumps(
-            {"meta": meta, "args": vars(self.args), "rows_per_side": getattr(self, "counts", None),
+            {"meta": meta, "args": vars(self.args), "rows_per_db": getattr(self, "counts", None),
+             "same_split_sharded_colocated": getattr(self, "same_split", None),
              "updates_per_server": getattr(self, "updates", None),
              "runs": self.runs, "summary": rows}, indent=2))
         log(f"wrote {out_dir}/pgbench_shard.md, pgbench_shard.json")
@@ -417,7 +485,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build", default=str(REPO / "build"),
                         help="build directory with pgshard and pgshardctl (default: build)")
-    parser.add_argument("--duration", type=int, default=8, help="seconds per run (default 8)")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per run (default 6)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per cell (default 3)")
     parser.add_argument("-c", "--clients", type=int, default=8, help="pgbench clients (default 8)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="pgbench threads (default 2)")
