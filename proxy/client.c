@@ -99,7 +99,7 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
 }
 
 static void detach_servers(pgs_client_t *client) {
-  for (int i = 0; i < client->nshards; i++)
+  for (int i = 0; i < client->nslots; i++)
     if (client->servers[i]) detach_server(client, client->servers[i]);
   if (client->server) detach_server(client, client->server);
 }
@@ -107,10 +107,7 @@ static void detach_servers(pgs_client_t *client) {
 void pgs_client_close(pgs_client_t *client) {
   if (client->state == PGS_CL_CLOSING) return;
   if (client->state == PGS_CL_WAITING || client->state == PGS_CL_LOGIN) {
-    pgs_pool_t *pool = client->state == PGS_CL_LOGIN || client->pools == NULL
-                           ? client->pool
-                           : client->pools[client->want_shard];
-    if (pool) pgs_pool_cancel_wait(pool, client);
+    if (client->wait_pool) pgs_pool_cancel_wait(client->wait_pool, client);
   }
   detach_servers(client);
   client_set_state(client, PGS_CL_CLOSING);
@@ -200,7 +197,7 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
   }
   if (client->state == PGS_CL_WAITING) {
     bool linked = false;
-    for (int i = 0; i < client->nshards; i++) linked |= client->servers[i] != NULL;
+    for (int i = 0; i < client->nslots; i++) linked |= client->servers[i] != NULL;
     client_set_state(client, linked ? PGS_CL_ACTIVE : PGS_CL_IDLE);
   }
   if (pgs_io_flush(&client->io) < 0) {
@@ -303,8 +300,8 @@ static void commit_tx_ops(pgs_client_t *client) {
     bool has_startup = false;
     int linked = 0;
     for (int i = 0; i < client->nsettings; i++) has_startup |= client->settings[i].startup;
-    for (int i = 0; i < client->nshards; i++) linked += client->servers[i] != NULL;
-    for (int i = 0; i < client->nshards; i++)
+    for (int i = 0; i < client->nslots; i++) linked += client->servers[i] != NULL;
+    for (int i = 0; i < client->nslots; i++)
       if (client->servers[i])
         client->servers[i]->settings_hash =
             (reset_startup && has_startup) || linked > 1 ? 1 : client->settings_hash;
@@ -339,7 +336,10 @@ void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t
 
 void pgs_client_after_ready(pgs_client_t *client, char status) {
   client->txstatus = status;
-  if (status == 'I') commit_tx_ops(client);
+  if (status == 'I') {
+    commit_tx_ops(client);
+    pgs_client_tx_done(client);
+  }
   else if (status == 'E') client->tx_failed = true;
 }
 
@@ -460,9 +460,11 @@ static void login_ok(pgs_client_t *client) {
     return;
   }
   pgs_client_routing_init(client);
-  client->pool = pgs_pool_get(client->worker, db, client->user, 0);
-  client->pools[0] = client->pool;
-  client->want_shard = 0;
+  int node;
+  client->want_slot = pgs_client_login_slot(client, &node);
+  client->pool = pgs_pool_get(client->worker, db, client->user, 0, node);
+  client->pools[node] = client->pool;
+  client->wait_pool = client->pool;
   const pgs_welcome_t *w = NULL;
   if (client->pool->have_params &&
       (!sets_reported_parameter(client) ||
@@ -753,10 +755,10 @@ static size_t handle_auth(pgs_client_t *client) {
 }
 
 void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
-  int shard = client->want_shard;
-  PGS_ASSERT(client->servers[shard] == NULL);
-  client->servers[shard] = server;
-  server->shard = shard;
+  int slot = client->want_slot;
+  PGS_ASSERT(client->servers[slot] == NULL);
+  client->servers[slot] = server;
+  server->shard = slot;
   server->client = client;
   (void)pgs_io_start_reading(&server->io); /* whatever its last client left */
   if (client->state == PGS_CL_LOGIN) {
@@ -825,7 +827,7 @@ static void cancel_server(pgs_client_t *client, pgs_server_t *server) {
 }
 
 void pgs_client_cancel(pgs_client_t *client) {
-  for (int i = 0; i < client->nshards; i++) cancel_server(client, client->servers[i]);
+  for (int i = 0; i < client->nslots; i++) cancel_server(client, client->servers[i]);
 }
 
 /* ---- I/O callbacks and accept ---- */
@@ -869,7 +871,7 @@ static void client_on_error(pgs_io_t *io, int status) {
 
 static void client_on_drained(pgs_io_t *io) {
   pgs_client_t *client = io->owner;
-  for (int i = 0; i < client->nshards; i++)
+  for (int i = 0; i < client->nslots; i++)
     if (client->servers[i] && client->state != PGS_CL_CLOSING) pgs_server_process(client->servers[i]);
 }
 

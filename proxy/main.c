@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "pgshard/log.h"
+#include "pgshard/monitor.h"
 #include "pgshard/proxy.h"
 
 static const char *config_path;
@@ -81,6 +82,7 @@ static void reload(void) {
     pgs_warn("reload: listen and workers changes take effect after a restart");
   next->workers = config->workers;
   pgs_workers_reload(next);
+  pgs_monitor_reload(next);
   pgs_config_unref(config);
   config = next;
   pgs_info("reloaded %s", config_path);
@@ -172,9 +174,16 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   if (pgs_workers_start(config, fds, nworkers) != 0) return 1;
+  if (pgs_monitor_start(config) != 0) {
+    pgs_error("cannot start the health monitor");
+    pgs_workers_exit();
+    pgs_workers_join();
+    return 1;
+  }
   pgs_info("pgshard %s listening on %s:%d with %d workers", PGS_VERSION, config->listen_host,
            config->listen_port, nworkers);
   signal_loop(&set);
+  pgs_monitor_stop();
   pgs_workers_join();
   pgs_config_unref(config);
   pgs_info("pgshard stopped");

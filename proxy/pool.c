@@ -33,9 +33,22 @@ static void append_conninfo(pgs_buf_t *buf, const char *key, const char *value) 
   pgs_buf_put(buf, "'", 1);
 }
 
+static const pgs_node_t *shard_node(const pgs_database_t *db, int shard, int index) {
+  const pgs_shard_t *sh = &db->shards[shard];
+  return index == 0 ? &sh->primary : &sh->replicas[index - 1];
+}
+
+/* The node of SHARD whose conninfo is CONNINFO: its index, or -1. */
+static int find_node(const pgs_database_t *db, int shard, const char *conninfo) {
+  const pgs_shard_t *sh = &db->shards[shard];
+  for (int i = 0; i <= sh->nreplicas; i++)
+    if (!strcmp(shard_node(db, shard, i)->conninfo, conninfo)) return i;
+  return -1;
+}
+
 static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db,
-                            const pgs_user_t *user, int shard) {
-  const pgs_node_t *node = &db->shards[shard].primary;
+                            const pgs_user_t *user, int shard, int index) {
+  const pgs_node_t *node = shard_node(db, shard, index);
   pgs_buf_t buf;
   char timeout[32];
   pgs_buf_init(&buf);
@@ -61,12 +74,13 @@ static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db
 }
 
 pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
-                         int shard) {
+                         int shard, int node) {
   PGS_ASSERT(shard >= 0 && shard < db->nshards);
+  const char *conninfo = shard_node(db, shard, node)->conninfo;
   for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
     pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
     if (!strcmp(pool->dbname, db->name) && !strcmp(pool->username, user->name) &&
-        !strcmp(pool->shard, db->shards[shard].name))
+        !strcmp(pool->shard, db->shards[shard].name) && !strcmp(pool->node_conninfo, conninfo))
       return pool;
   }
   pgs_pool_t *pool = pgs_xcalloc(1, sizeof(*pool));
@@ -74,6 +88,9 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const p
   snprintf(pool->dbname, sizeof(pool->dbname), "%s", db->name);
   snprintf(pool->username, sizeof(pool->username), "%s", user->name);
   snprintf(pool->shard, sizeof(pool->shard), "%s", db->shards[shard].name);
+  pool->node_conninfo = pgs_xstrdup(conninfo);
+  pool->node = node;
+  pool->node_up = true; /* until a health snapshot says otherwise */
   pgs_list_init(&pool->idle);
   pgs_list_init(&pool->active);
   pgs_list_init(&pool->connecting);
@@ -87,9 +104,12 @@ void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config) {
   const pgs_database_t *db = pgs_config_find_database(config, pool->dbname);
   const pgs_user_t *user = pgs_config_find_user(config, pool->username);
   int shard = db ? pgs_shardmap_find_shard(db, pool->shard) : -1;
-  if (shard < 0 || user == NULL) return; /* gone: existing clients finish on it */
+  int node = shard >= 0 ? find_node(db, shard, pool->node_conninfo) : -1;
+  if (node < 0 || user == NULL) return; /* gone: existing clients finish on it */
+  pool->node = node;
+  pool->node_up = true; /* until a health snapshot says otherwise */
   free(pool->conninfo);
-  pool->conninfo = build_conninfo(config, db, user, shard);
+  pool->conninfo = build_conninfo(config, db, user, shard, node);
   pool->mode = db->pool_mode;
   pool->size = pgs_pool_share(db->pool_size, config->workers, pool->worker->index);
 }
@@ -265,9 +285,28 @@ void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
   maybe_connect(pool);
 }
 
+void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot) {
+  const pgs_database_t *db = pgs_config_find_database(snapshot->config, pool->dbname);
+  int shard = db ? pgs_shardmap_find_shard(db, pool->shard) : -1;
+  int node = shard >= 0 ? find_node(db, shard, pool->node_conninfo) : -1;
+  const pgs_shard_health_t *sh = node >= 0 ? pgs_snapshot_shard(snapshot, db->name, shard) : NULL;
+  if (sh == NULL || node >= sh->nnodes) return;
+  const pgs_node_state_t *ns = &sh->nodes[node];
+  pool->node_up = ns->up;
+  if (ns->down_epoch != pool->down_epoch) {
+    /* The node went down since these servers were opened: none is reused. */
+    pool->down_epoch = ns->down_epoch;
+    while (!pgs_list_empty(&pool->idle))
+      pgs_server_close(pgs_container_of(pool->idle.next, pgs_server_t, link), "node marked down");
+    for (pgs_list_t *l = pool->active.next; l != &pool->active; l = l->next)
+      pgs_container_of(l, pgs_server_t, link)->dirty = true;
+  }
+}
+
 void pgs_pool_destroy(pgs_pool_t *pool) {
   PGS_ASSERT(total_servers(pool) == 0 && pool->nwaiters == 0);
   pgs_list_remove(&pool->link);
+  free(pool->node_conninfo);
   free(pool->conninfo);
   free(pool);
 }

@@ -68,17 +68,30 @@ void pgs_client_free_stmt(void *p) {
 
 void pgs_client_routing_init(pgs_client_t *client) {
   const pgs_database_t *db = client->db;
-  client->nshards = db->nshards;
-  client->servers = pgs_xcalloc((size_t)db->nshards, sizeof(*client->servers));
-  client->pools = pgs_xcalloc((size_t)db->nshards, sizeof(*client->pools));
-  client->steps_cap = db->nshards + 4;
+  bool replicas = false;
+  client->pool_stride = 1;
+  for (int i = 0; i < db->nshards; i++) {
+    replicas |= db->shards[i].nreplicas > 0;
+    if (db->shards[i].nreplicas + 1 > client->pool_stride)
+      client->pool_stride = db->shards[i].nreplicas + 1;
+  }
+  client->nslots = 2 * db->nshards;
+  client->servers = pgs_xcalloc((size_t)client->nslots, sizeof(*client->servers));
+  client->pools =
+      pgs_xcalloc((size_t)(db->nshards * client->pool_stride), sizeof(*client->pools));
+  client->ryw_commit_ms = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  client->ryw_lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  client->ryw_pref = -1;
+  client->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
+  client->steps_cap = client->nslots + 4;
   client->steps = pgs_xcalloc((size_t)client->steps_cap, sizeof(*client->steps));
   client->cur = -1;
   client->tx_write_shard = -1;
   client->hint_shard = -1;
   pgs_strmap_init(&client->portals);
   pgs_lex_init(&client->lx);
-  client->routing = db->nshards > 1 || client->tenant != NULL;
+  /* Reads go to replicas only if statements are analysed. */
+  client->routing = db->nshards > 1 || client->tenant != NULL || replicas;
 }
 
 static void clear_steps(pgs_client_t *client) {
@@ -95,6 +108,9 @@ void pgs_client_routing_free(pgs_client_t *client) {
   free(client->steps);
   free(client->servers);
   free(client->pools);
+  free(client->ryw_commit_ms);
+  free(client->picked);
+  free(client->ryw_lsn);
   pgs_strmap_free(&client->portals, free_portal);
   pgs_lex_free(&client->lx);
   free(client->tenant);
@@ -109,7 +125,7 @@ void pgs_client_routing_free(pgs_client_t *client) {
 /* ---- servers held ---- */
 
 void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server) {
-  if (client->servers && server->shard >= 0 && server->shard < client->nshards &&
+  if (client->servers && server->shard >= 0 && server->shard < client->nslots &&
       client->servers[server->shard] == server)
     client->servers[server->shard] = NULL;
   if (client->server == server) {
@@ -122,7 +138,7 @@ void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server) {
 char pgs_client_ready_status(const pgs_client_t *client) {
   char status = client->in_tx ? 'T' : 'I';
   if (client->tx_aborted) return 'E';
-  for (int i = 0; i < client->nshards; i++) {
+  for (int i = 0; i < client->nslots; i++) {
     const pgs_server_t *s = client->servers[i];
     if (s == NULL) continue;
     if (s->txstatus == 'E') return 'E';
@@ -138,13 +154,13 @@ bool pgs_client_maybe_release(pgs_client_t *client) {
   if (client->state != PGS_CL_ACTIVE || client->pinned || client->planned || client->in_tx ||
       client->unit_mask || client->unit_failed || io->in_pos != io->in.len)
     return false;
-  for (int i = 0; i < client->nshards; i++) {
+  for (int i = 0; i < client->nslots; i++) {
     const pgs_server_t *s = client->servers[i];
     if (s && (s->expect_len || s->txstatus != 'I' || s->pool->mode != PGS_POOL_TRANSACTION ||
               s->state != PGS_SV_ACTIVE))
       return false;
   }
-  for (int i = 0; i < client->nshards; i++) {
+  for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *s = client->servers[i];
     if (s == NULL) continue;
     pgs_client_unlink(client, s);
@@ -156,16 +172,19 @@ bool pgs_client_maybe_release(pgs_client_t *client) {
   return true;
 }
 
-/* Ask SHARD's pool for a server: linked now (pgs_client_on_server re-enters
- * pgs_client_process) or queued. The caller must return at once. */
-static void request_server(pgs_client_t *client, int shard) {
+/* Ask the pool of NODE (of SLOT's shard) for a server for SLOT: linked now
+ * (pgs_client_on_server re-enters pgs_client_process) or queued. The
+ * caller must return at once. */
+static void request_server(pgs_client_t *client, int slot, int node) {
   if (client->worker->draining) {
     pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
     return;
   }
-  if (client->pools[shard] == NULL)
-    client->pools[shard] = pgs_pool_get(client->worker, client->db, client->user, shard);
-  client->want_shard = shard;
+  int shard = slot / 2;
+  pgs_pool_t **pool = &client->pools[shard * client->pool_stride + node];
+  if (*pool == NULL) *pool = pgs_pool_get(client->worker, client->db, client->user, shard, node);
+  client->want_slot = slot;
+  client->wait_pool = *pool;
   client->state = PGS_CL_WAITING;
   if (pgs_io_flush(&client->io) < 0) {
     pgs_client_close(client);
@@ -173,7 +192,7 @@ static void request_server(pgs_client_t *client, int shard) {
   }
   /* Usually a server is idle and this links it and re-enters; only a
    * client left waiting stops reading (saves two epoll_ctl a query). */
-  pgs_pool_request(client->pools[shard], client);
+  pgs_pool_request(*pool, client);
   if (client->state == PGS_CL_WAITING) pgs_io_stop_reading(&client->io);
 }
 
@@ -182,7 +201,7 @@ static void request_server(pgs_client_t *client, int shard) {
  * Sync) to flush them. */
 static bool others_drained(pgs_client_t *client, int except) {
   bool drained = true;
-  for (int i = 0; i < client->nshards; i++) {
+  for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *s = client->servers[i];
     if (s == NULL || i == except || s->expect_len == 0) continue;
     drained = false;
@@ -200,7 +219,7 @@ static bool others_drained(pgs_client_t *client, int except) {
 /* An error earlier in this extended-protocol unit left a server skipping
  * to Sync: the rest of the unit is dropped, as PostgreSQL would. */
 static bool unit_error(const pgs_client_t *client) {
-  for (int i = 0; i < client->nshards; i++)
+  for (int i = 0; i < client->nslots; i++)
     if (client->servers[i] && client->servers[i]->error_until_sync) return true;
   return false;
 }
@@ -245,7 +264,7 @@ static void check_session_effects(pgs_client_t *client, const pgs_session_effect
     client->pinned = true;
   }
   if (fx->flags & PGS_SESSION_DROPS_PREPARED)
-    for (int i = 0; i < client->nshards; i++)
+    for (int i = 0; i < client->nslots; i++)
       if (client->servers[i]) pgs_server_forget_prepared(client->servers[i]);
   if (!simple && fx->nops > 0) {
     /* SET through a prepared statement: we cannot see when it runs. */
@@ -381,6 +400,8 @@ static void exec_sql(pgs_server_t *server, const char *text, uint8_t flags) {
 
 /* ---- steps ---- */
 
+static int slot_node(const pgs_client_t *client, int slot);
+
 static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op) {
   if (client->nsteps == client->steps_cap) { /* not expected: plans fit nshards + 4 */
     client->steps_cap *= 2;
@@ -389,6 +410,7 @@ static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op) {
   pgs_step_t *st = &client->steps[client->nsteps++];
   memset(st, 0, sizeof(*st));
   st->shard = (int16_t)shard;
+  st->node = (int8_t)(shard >= 0 ? slot_node(client, shard) : -1);
   st->op = (uint8_t)op;
   return st;
 }
@@ -422,7 +444,7 @@ static void add_error(pgs_client_t *client, const char *sqlstate, const char *fm
 static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, char **texts,
                        bool counts) {
   int n = __builtin_popcountll(mask), k = 0;
-  for (int i = 0; i < client->nshards; i++) {
+  for (int i = 0; i < client->nslots; i++) {
     if (!(mask & BIT(i))) continue;
     pgs_step_t *st = add_step(client, i, op);
     if (texts) {
@@ -439,22 +461,214 @@ static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, ch
   }
 }
 
-static int first_shard(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; }
+static int first_bit(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; }
 
-/* Where a statement that may run anywhere goes. */
-static int default_shard(const pgs_client_t *client) {
-  if (client->cur >= 0) return client->cur;
-  if (client->tx_mask) return first_shard(client->tx_mask);
-  if (client->hint_shard >= 0) return client->hint_shard;
-  return client->last_shard;
+/* ---- primaries and replicas ---- */
+
+/* The health of SHARD, or NULL when no snapshot describes the client's
+ * config (then: primaries only). */
+static const pgs_shard_health_t *shard_health(const pgs_client_t *client, int shard) {
+  const pgs_snapshot_t *snap = client->worker->snapshot;
+  if (snap == NULL || snap->config != client->config) return NULL;
+  return pgs_snapshot_shard(snap, client->db->name, shard);
 }
 
-/* Shards that hold session state right now (SET goes to all of them). */
+/* The node writes to SHARD go to (0: its configured primary), or -1. */
+static int writer_node(const pgs_client_t *client, int shard) {
+  const pgs_shard_health_t *h = shard_health(client, shard);
+  if (h == NULL) return 0;
+  if (h->writer < 0 || !h->nodes[h->writer].up) return -1;
+  return h->writer;
+}
+
+/* Whether PLAN may read from a replica (DESIGN.md, "Routing semantics"). */
+static bool replica_eligible(const pgs_client_t *client, const pgs_plan_t *plan) {
+  if (plan == NULL || plan->kind != PGS_STMT_READ || client->pinned || client->route_pref == 1)
+    return false;
+  if (client->in_tx && !client->tx_read_only) return false;
+  return true;
+}
+
+/* A readable replica of SHARD that has replayed what this session must
+ * see, round robin. -1: read-your-writes wants the primary; -2: no replica
+ * is within the lag bounds (lag_fallback decides). */
+static int pick_replica(pgs_client_t *client, int shard) {
+  const pgs_shard_health_t *h = shard_health(client, shard);
+  if (h == NULL) return -1;
+  uint64_t need = 0;
+  pgs_ryw_t ryw = client->ryw_pref >= 0 ? (pgs_ryw_t)client->ryw_pref : client->db->read_your_writes;
+  if (client->route_pref == 2) ryw = PGS_RYW_OFF; /* SET pgshard.route = replica */
+  switch (ryw) {
+  case PGS_RYW_OFF:
+    break;
+  case PGS_RYW_SESSION:
+    if (client->wrote_ever) return -1;
+    break;
+  case PGS_RYW_WINDOW:
+    if (client->wrote_ever &&
+        pgs_now_ms() - client->last_write_ms < (uint64_t)client->db->ryw_window_ms)
+      return -1;
+    break;
+  case PGS_RYW_LSN:
+    if (client->ryw_commit_ms[shard]) {
+      /* The first primary LSN sampled after the commit is at or past it. */
+      const pgs_lsn_sample_t *after =
+          pgs_lsn_history_after(&h->history, client->ryw_commit_ms[shard]);
+      if (after == NULL) return -1;
+      client->ryw_lsn[shard] = after->lsn;
+      client->ryw_commit_ms[shard] = 0;
+    }
+    need = client->ryw_lsn[shard];
+    break;
+  }
+  int n = h->nnodes, start = (int)(client->worker->rr++ % (uint32_t)(n > 0 ? n : 1));
+  bool behind = false;
+  for (int k = 0; k < n; k++) {
+    int i = (start + k) % n;
+    const pgs_node_state_t *node = &h->nodes[i];
+    if (i == h->writer || !node->readable) continue;
+    if (node->lsn < need) {
+      behind = true;
+      continue;
+    }
+    return i;
+  }
+  return behind ? -1 : -2;
+}
+
+/* The slot a statement of PLAN on SHARD runs on — the shard's writer, or a
+ * replica — with the node in client->picked[shard] for a replica. -1 with
+ * an error step when it cannot run anywhere. */
+static int place_quietly(pgs_client_t *client, int shard, const pgs_plan_t *plan, bool quiet) {
+  const pgs_database_t *db = client->db;
+  if (db->shards[shard].nreplicas > 0 && replica_eligible(client, plan)) {
+    /* A replica this transaction or unit already uses stays. */
+    if (client->servers[2 * shard + 1] && ((client->tx_mask | client->unit_mask) & BIT(2 * shard + 1)))
+      return 2 * shard + 1;
+    int r = pick_replica(client, shard);
+    if (r >= 0) {
+      client->picked[shard] = (int8_t)r;
+      return 2 * shard + 1;
+    }
+    if (r == -2 && db->lag_fallback == PGS_FALLBACK_ERROR) {
+      if (quiet) return -1;
+      add_error(client, "55000",
+                "no replica of shard %s is within max_replica_lag_ms = %d and "
+                "max_replica_lag_bytes = %lld (lag_fallback = error)",
+                db->shards[shard].name, db->max_replica_lag_ms,
+                (long long)db->max_replica_lag_bytes);
+      return -1;
+    }
+  }
+  if (writer_node(client, shard) < 0) {
+    if (quiet) return -1;
+    add_error(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+              "shard %s has no primary accepting writes (its servers are down or in recovery)",
+              db->shards[shard].name);
+    return -1;
+  }
+  if (!quiet && plan && plan->kind != PGS_STMT_READ && plan->kind != PGS_STMT_SESSION &&
+      plan->kind != PGS_STMT_BEGIN)
+    client->tx_wrote |= BIT(shard);
+  return 2 * shard;
+}
+
+static int place(pgs_client_t *client, int shard, const pgs_plan_t *plan) {
+  return place_quietly(client, shard, plan, false);
+}
+
+/* The node a step on SLOT takes a server from. */
+static int slot_node(const pgs_client_t *client, int slot) {
+  if (slot & 1) return client->picked[slot / 2];
+  int w = writer_node(client, slot / 2);
+  return w < 0 ? 0 : w;
+}
+
+/* Where a statement that may run anywhere goes (a slot). */
+static int default_slot(const pgs_client_t *client) {
+  if (client->cur >= 0) return client->cur;
+  if (client->tx_mask) return first_bit(client->tx_mask);
+  if (client->hint_shard >= 0) return 2 * client->hint_shard;
+  return 2 * client->last_shard;
+}
+
+/* Slots that hold session state right now (SET goes to all of them). */
 static uint64_t session_mask(const pgs_client_t *client) {
   uint64_t mask = client->tx_mask;
-  for (int i = 0; i < client->nshards; i++)
+  for (int i = 0; i < client->nslots; i++)
     if (client->servers[i]) mask |= BIT(i);
-  return mask ? mask : BIT(default_shard(client));
+  return mask ? mask : BIT(default_slot(client));
+}
+
+/* Writer slots of a mask of shards. */
+static uint64_t writer_slots(uint64_t shards) {
+  uint64_t mask = 0;
+  for (int i = 0; i < 32; i++)
+    if (shards & BIT(i)) mask |= BIT(2 * i);
+  return mask;
+}
+
+void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
+                               const char *why) {
+  bool replica = client->servers && (slot & 1) && slot < client->nslots;
+  bool others_busy = false;
+  for (int i = 0; i < client->nslots && replica; i++)
+    others_busy |= client->servers[i] && client->servers[i]->expect_len > 0;
+  if (!replica || client->in_tx || (client->tx_mask & BIT(slot)) || others_busy ||
+      client->state == PGS_CL_CLOSING) {
+    pgs_client_server_lost(client, why);
+    return;
+  }
+  /* A replica went away outside a transaction: what was running there
+   * failed, the session goes on (the next read picks another replica). */
+  const pgs_database_t *db = client->db;
+  char message[600];
+  snprintf(message, sizeof(message), "pgshard: lost the connection to a replica of shard %s: %s",
+           db->shards[slot / 2].name, why);
+  pgs_info("client %d (%s@%s): %s", client->cancel_pid, client->username, client->peer, message);
+  client->unit_mask &= ~BIT(slot);
+  if (readies == 0 && !open_unit) return; /* it owed nothing: another one next time */
+  pgs_io_t *io = &client->io;
+  for (int i = 0; i < (readies > 0 ? readies : 1); i++) {
+    size_t mark = pgs_io_scratch_mark(io);
+    pgs_msg_error_raw(pgs_io_scratch(io), "ERROR", PGS_SQLSTATE_CONNECTION_FAILURE, message, NULL);
+    if (readies > 0) pgs_msg_ready(pgs_io_scratch(io), pgs_client_ready_status(client));
+    pgs_io_scratch_done(io, mark);
+  }
+  if (open_unit || readies == 0) client->unit_failed = true;
+  if (client->state == PGS_CL_WAITING) return; /* on_server resumes it */
+  client->blocked = false;
+  pgs_client_process(client);
+}
+
+int pgs_client_login_slot(pgs_client_t *client, int *node) {
+  /* Any server of shard 0 can tell the parameters: the writer, else a
+   * replica that is up (a shard without a primary still serves reads). */
+  int w = writer_node(client, 0);
+  const pgs_shard_health_t *h = shard_health(client, 0);
+  if (w >= 0 || h == NULL) {
+    *node = w >= 0 ? w : 0;
+    return 0;
+  }
+  for (int i = 0; i < h->nnodes; i++) {
+    if (h->nodes[i].up) {
+      *node = i;
+      client->picked[0] = (int8_t)i;
+      return 1;
+    }
+  }
+  *node = 0;
+  return 0;
+}
+
+void pgs_client_tx_done(pgs_client_t *client) {
+  if (client->tx_wrote == 0 || client->ryw_commit_ms == NULL) return;
+  uint64_t now = pgs_now_ms();
+  for (int i = 0; i < client->nslots / 2; i++)
+    if (client->tx_wrote & BIT(i)) client->ryw_commit_ms[i] = now;
+  client->wrote_ever = true;
+  client->last_write_ms = now;
+  client->tx_wrote = 0;
 }
 
 /* ---- pgshard's own settings ---- */
@@ -483,6 +697,8 @@ static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
   const char *name = op->name + 8;
   if (op->kind == PGS_SET_OP_RESET) {
     if (!strcasecmp(name, "shard")) client->hint_shard = -1;
+    else if (!strcasecmp(name, "route")) client->route_pref = 0;
+    else if (!strcasecmp(name, "read_your_writes")) client->ryw_pref = -1;
     else if (!strcasecmp(name, "tenant") && client->startup_tenant == NULL) {
       free(client->tenant);
       client->tenant = NULL;
@@ -512,11 +728,17 @@ static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
     return true;
   }
   if (!strcasecmp(name, "route") || !strcasecmp(name, "read_your_writes")) {
-    static const char *const routes[] = {"primary", "replica", "auto", NULL};
+    /* In the order of route_pref and of pgs_ryw_t. */
+    static const char *const routes[] = {"auto", "primary", "replica", NULL};
     static const char *const ryw[] = {"off", "window", "session", "lsn", NULL};
-    const char *const *ok = !strcasecmp(name, "route") ? routes : ryw;
-    for (int i = 0; ok[i]; i++)
-      if (!strcasecmp(op->value, ok[i])) return true; /* replica routing: not yet */
+    bool is_route = !strcasecmp(name, "route");
+    const char *const *ok = is_route ? routes : ryw;
+    for (int i = 0; ok[i]; i++) {
+      if (strcasecmp(op->value, ok[i]) != 0) continue;
+      if (is_route) client->route_pref = i;
+      else client->ryw_pref = i;
+      return true;
+    }
     add_error(client, "22023", "invalid value for %s: \"%s\"", op->name, op->value);
     return false;
   }
@@ -582,6 +804,24 @@ static bool route(pgs_client_t *client, const pgs_plan_t *plan, const pgs_lexed_
   return true;
 }
 
+/* The slots a routed statement runs on: its shard's writer or a replica
+ * (ONE, ANY), every writer (FANOUT). 0 with an error step added when it
+ * cannot run. */
+static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const pgs_plan_t *plan) {
+  if (rt->kind == PGS_ROUTE_FANOUT) {
+    for (int i = 0; i < client->nslots / 2; i++)
+      if ((rt->shards & BIT(i)) && place(client, i, plan) < 0) return 0;
+    return writer_slots(rt->shards);
+  }
+  if (rt->kind == PGS_ROUTE_ANY && client->cur >= 0 &&
+      (plan->kind != PGS_STMT_READ || client->in_tx || (client->cur & 1)))
+    return BIT(client->cur); /* no shard needed: where the session is */
+  if (rt->kind == PGS_ROUTE_ANY && client->tx_mask) return BIT(first_bit(client->tx_mask));
+  int shard = rt->kind == PGS_ROUTE_ONE ? rt->shard : default_slot(client) / 2;
+  int slot = place(client, shard, plan);
+  return slot < 0 ? 0 : BIT(slot);
+}
+
 /* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
  * shard it touched, or answered here when it touched none. */
 static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *sql, bool simple) {
@@ -606,9 +846,10 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
   }
 }
 
-static void plan_begin(pgs_client_t *client, const char *sql, bool simple) {
+static void plan_begin(pgs_client_t *client, const char *sql, bool read_only, bool simple) {
   if (!client->in_tx) {
     client->in_tx = true;
+    client->tx_read_only = read_only;
     client->tx_mask = 0;
     client->tx_write_shard = -1;
     free(client->begin_sql);
@@ -625,7 +866,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_reader_init(&r, p + 5, total - 5);
   const char *sql = pgs_read_cstr(&r, &qlen);
   if (sql == NULL) {
-    add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server judges */
+    add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server judges */
     return;
   }
   pgs_session_effects_t fx;
@@ -658,7 +899,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
               "current transaction is aborted, commands ignored until end of transaction block");
     add_reply(client, 'Z', NULL);
   } else if (single && kind == PGS_STMT_BEGIN) {
-    plan_begin(client, sql, true);
+    plan_begin(client, sql, plan->read_only_tx, true);
   } else if (single && client->in_tx && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK)) {
     plan_tx_end(client, kind, sql, true);
   } else if (plan && plan->refuse_sqlstate[0]) {
@@ -670,39 +911,44 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
              kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
     /* Syntax errors (the server reports them), SET and friends: wherever
      * the session is. */
-    uint64_t mask = plan && !plan->parse_failed ? session_mask(client) : BIT(default_shard(client));
+    uint64_t mask = plan && !plan->parse_failed ? session_mask(client) : BIT(default_slot(client));
     add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
     if (session) check_session_effects(client, &fx, true);
   } else if (!route(client, plan, lx, NULL, &rt)) {
     add_reply(client, 'Z', NULL);
   } else if (rt.kind == PGS_ROUTE_SPLIT) {
-    char **texts = pgs_xcalloc((size_t)client->nshards, sizeof(char *));
-    bool ok = true;
-    for (int i = 0; i < client->nshards && ok; i++) {
+    char **texts = pgs_xcalloc((size_t)client->nslots, sizeof(char *));
+    bool ok = true, placed = true;
+    for (int i = 0; i < client->nslots / 2 && ok && placed; i++) {
       if (!(rt.shards & BIT(i))) continue;
       pgs_buf_t b;
       pgs_buf_init(&b);
       ok = pgs_route_split_insert(lx, rt.row_shard, plan->nrows, i, &b) == PGS_OK;
-      texts[i] = (char *)b.data;
+      texts[2 * i] = (char *)b.data;
+      placed = place(client, i, plan) == 2 * i;
     }
-    if (ok) {
-      add_fanout(client, rt.shards, PGS_STEP_QUERY, texts, true);
+    if (!placed) {
+      add_reply(client, 'Z', NULL);
+    } else if (ok) {
+      add_fanout(client, writer_slots(rt.shards), PGS_STEP_QUERY, texts, true);
     } else {
       add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                 "cannot split this INSERT's VALUES rows by shard");
       add_reply(client, 'Z', NULL);
     }
-    for (int i = 0; i < client->nshards; i++) free(texts[i]);
+    for (int i = 0; i < client->nslots; i++) free(texts[i]);
     free(texts);
   } else {
-    uint64_t mask = rt.kind == PGS_ROUTE_FANOUT ? rt.shards
-                    : rt.kind == PGS_ROUTE_ONE  ? BIT(rt.shard)
-                                                : BIT(default_shard(client));
-    /* DDL and reference tables are copies on every shard: one shard's
-     * count is the answer, not the sum. */
-    client->fan_copies = plan->target == PGS_TARGET_ANY;
-    add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
-    if (session) check_session_effects(client, &fx, true);
+    uint64_t mask = placed_mask(client, &rt, plan);
+    if (mask == 0) {
+      add_reply(client, 'Z', NULL);
+    } else {
+      /* DDL and reference tables are copies on every shard: one shard's
+       * count is the answer, not the sum. */
+      client->fan_copies = plan->target == PGS_TARGET_ANY;
+      add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
+      if (session) check_session_effects(client, &fx, true);
+    }
   }
   if (session) pgs_session_effects_free(&fx);
   pgs_plan_unref(plan);
@@ -747,7 +993,7 @@ static pgs_client_stmt_t *find_stmt(pgs_client_t *client, const char *name) {
 
 /* The shard the Bind right after a Parse of NAME will pick, if that Bind is
  * in the buffer already (libpq sends Parse/Bind/Execute/Sync together). */
-static int lookahead_shard(pgs_client_t *client, size_t at, const char *name,
+static int lookahead_slot(pgs_client_t *client, size_t at, const char *name,
                            pgs_client_stmt_t *stmt) {
   pgs_io_t *io = &client->io;
   char type;
@@ -769,7 +1015,24 @@ static int lookahead_shard(pgs_client_t *client, size_t at, const char *name,
   pgs_route_t rt = {.row_shard = NULL};
   if (stmt->plan->nrows > 0) return -1;
   pgs_route_plan(client->db, stmt->plan, stmt->lx, &pv, &session, &rt);
-  return rt.kind == PGS_ROUTE_ONE ? rt.shard : -1;
+  if (rt.kind != PGS_ROUTE_ONE) return -1;
+  return place_quietly(client, rt.shard, stmt->plan, true); /* the Bind reports errors */
+}
+
+/* Where a Parse or a Describe of a statement goes when its Bind is not in
+ * sight: where the session is; any server of the shard can parse, so a
+ * replica when the shard has no writer. */
+static int parse_slot(pgs_client_t *client) {
+  int slot = default_slot(client);
+  if ((slot & 1) || writer_node(client, slot / 2) >= 0) return slot;
+  const pgs_shard_health_t *h = shard_health(client, slot / 2);
+  for (int i = 0; h && i < h->nnodes; i++) {
+    if (h->nodes[i].up && h->nodes[i].in_recovery) {
+      client->picked[slot / 2] = (int8_t)i;
+      return slot | 1;
+    }
+  }
+  return slot;
 }
 
 /* Whether a statement is answered by pgshard itself. */
@@ -795,7 +1058,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
   const char *sql = pgs_read_cstr(&r, &qlen);
   int ntypes = pgs_read_i16(&r);
   if (r.bad || ntypes < 0) {
-    add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server judges */
+    add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server judges */
     return;
   }
   const uint8_t *rest = p + 5 + nlen + 1;
@@ -830,10 +1093,10 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
     add_reply(client, '1', NULL);
     return;
   }
-  int shard = stmt->plan && !stmt->plan->parse_failed
-                  ? lookahead_shard(client, client->io.in_pos + total, name, stmt)
-                  : -1;
-  pgs_step_t *st = add_step(client, shard >= 0 ? shard : default_shard(client), PGS_STEP_PARSE);
+  int slot = stmt->plan && !stmt->plan->parse_failed
+                 ? lookahead_slot(client, client->io.in_pos + total, name, stmt)
+                 : -1;
+  pgs_step_t *st = add_step(client, slot >= 0 ? slot : parse_slot(client), PGS_STEP_PARSE);
   st->stmt = stmt;
 }
 
@@ -855,13 +1118,13 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   const char *portal_name, *stmt_name;
   pgs_param_values_t pv = {0};
   if (!read_bind(client, p + 5, total - 5, &portal_name, &stmt_name, &pv)) {
-    add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server judges */
+    add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server judges */
     return;
   }
   pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
   pgs_portal_t *portal = put_portal(client, portal_name);
   if (stmt == NULL || stmt->plan == NULL || stmt->plan->parse_failed) {
-    int shard = default_shard(client);
+    int shard = default_slot(client);
     portal->mask = BIT(shard);
     add_step(client, shard, PGS_STEP_FORWARD);
     return;
@@ -875,6 +1138,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   }
   if (stmt_is_local(client, stmt)) {
     portal->kind = plan->kind;
+    portal->read_only = plan->read_only_tx;
     size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
     portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
     add_reply(client, '2', NULL);
@@ -896,9 +1160,11 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     client->unit_failed = true;
     return;
   } else {
-    portal->mask = rt.kind == PGS_ROUTE_FANOUT ? rt.shards
-                   : rt.kind == PGS_ROUTE_ONE  ? BIT(rt.shard)
-                                               : BIT(default_shard(client));
+    portal->mask = placed_mask(client, &rt, plan);
+    if (portal->mask == 0) {
+      client->unit_failed = true;
+      return;
+    }
   }
   portal->kind = plan->kind;
   portal->copies = plan->target == PGS_TARGET_ANY;
@@ -910,14 +1176,14 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
   pgs_portal_t *portal = pgs_strmap_get(&client->portals, name);
   if (portal == NULL) {
     if (type == 'C') add_reply(client, '3', NULL);
-    else add_step(client, default_shard(client), PGS_STEP_FORWARD); /* the server reports it */
+    else add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server reports it */
     return;
   }
   if (portal->mask == 0 && type != 'E') {
     /* Answered by pgshard: BEGIN/COMMIT/ROLLBACK. */
     add_reply(client, type == 'D' ? 'n' : '3', NULL);
   } else if (portal->mask == 0) {
-    if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, false);
+    if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, portal->read_only, false);
     else plan_tx_end(client, portal->kind, portal->sql, false);
   } else {
     client->fan_copies = portal->copies;
@@ -942,13 +1208,14 @@ static void plan_sync(pgs_client_t *client) {
   }
   /* Others first; the current server's ReadyForQuery is the client's. */
   int last = client->cur >= 0 && (mask & BIT(client->cur)) ? client->cur : 63 - __builtin_clzll(mask);
-  for (int i = 0; i < client->nshards; i++) {
+  for (int i = 0; i < client->nslots; i++) {
     if (!(mask & BIT(i)) || i == last) continue;
     pgs_step_t *st = add_step(client, i, PGS_STEP_SYNC);
     st->internal = st->always = true;
   }
-  pgs_step_t *st = add_step(client, last, PGS_STEP_SYNC);
-  st->drain_all = st->always = true;
+  /* Switching to LAST waits for the others' ReadyForQuery, so its own is
+   * reported with every shard's status known. */
+  add_step(client, last, PGS_STEP_SYNC)->always = true;
 }
 
 /* Plan one complete client message at in_pos. */
@@ -1025,7 +1292,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   case 'C': {
     const char *name = (const char *)p + 6;
     if (total < 7 || p[total - 1] != '\0') {
-      add_step(client, default_shard(client), PGS_STEP_FORWARD);
+      add_step(client, default_slot(client), PGS_STEP_FORWARD);
     } else if (p[5] == 'P') {
       plan_portal_message(client, type, name);
     } else if (type == 'C') {
@@ -1038,7 +1305,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         add_reply(client, 't', NULL);
         add_reply(client, 'n', NULL);
       } else {
-        add_step(client, default_shard(client), PGS_STEP_FORWARD);
+        add_step(client, parse_slot(client), PGS_STEP_FORWARD);
       }
     }
     return;
@@ -1046,7 +1313,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   case 'E': {
     size_t nlen = strnlen((const char *)p + 5, total - 5);
     if (nlen == total - 5) {
-      add_step(client, default_shard(client), PGS_STEP_FORWARD);
+      add_step(client, default_slot(client), PGS_STEP_FORWARD);
       return;
     }
     plan_portal_message(client, 'E', (const char *)p + 5);
@@ -1065,7 +1332,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD);
     return;
   default:
-    add_step(client, default_shard(client), PGS_STEP_FORWARD);
+    add_step(client, default_slot(client), PGS_STEP_FORWARD);
     return;
   }
 }
@@ -1173,8 +1440,16 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       continue;
     }
     pgs_server_t *server = client->servers[st->shard];
+    if (server && (st->shard & 1) && server->pool->node != st->node && st->node >= 0 &&
+        server->expect_len == 0 && server->txstatus == 'I' &&
+        !((client->unit_mask | client->tx_mask) & BIT(st->shard))) {
+      /* Another replica was picked for this read: the idle one goes back. */
+      pgs_client_unlink(client, server);
+      pgs_pool_server_free(server->pool, server);
+      server = NULL;
+    }
     if (server == NULL) {
-      request_server(client, st->shard);
+      request_server(client, st->shard, st->node >= 0 ? st->node : 0);
       return STEPS_LEFT;
     }
     client->cur = st->shard;
@@ -1192,7 +1467,7 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
 }
 
 static bool flush_servers(pgs_client_t *client) {
-  for (int i = 0; i < client->nshards; i++) {
+  for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *s = client->servers[i];
     if (s == NULL || !pgs_io_has_output(&s->io)) continue;
     if (pgs_server_flush(s) < 0) {

@@ -432,8 +432,19 @@ static void server_on_error(pgs_io_t *io, int status) {
              server->last_error[0] ? ": " : "", server->last_error);
   else
     snprintf(why, sizeof(why), "server connection error: %s", uv_strerror(status));
+  /* What the client still waits for from it: ReadyForQuery per Sync or
+   * Query sent, and whether a unit without its Sync is in flight. */
+  int slot = server->shard, readies = 0;
+  bool open_unit = false;
+  for (size_t i = 0; i < server->expect_len; i++) {
+    const pgs_expect_t *e = &server->expect[(server->expect_head + i) % server->expect_cap];
+    if (e->internal) continue;
+    bool ends = e->kind == PGS_EXP_SYNC || e->kind == PGS_EXP_QUERY;
+    readies += ends;
+    open_unit = !ends;
+  }
   pgs_server_close(server, why);
-  if (client) pgs_client_server_lost(client, why);
+  if (client) pgs_client_server_lost_at(client, slot, readies, open_unit, why);
 }
 
 static void server_on_drained(pgs_io_t *io) {

@@ -99,6 +99,16 @@ static void tick_cb(uv_timer_t *timer) {
   }
 }
 
+/* A new health snapshot: routing reads it from now on; servers of nodes
+ * marked down since the last one are not reused. */
+static void worker_take_snapshot(pgs_worker_t *worker, pgs_snapshot_t *snapshot) {
+  pgs_snapshot_t *old = worker->snapshot;
+  worker->snapshot = snapshot;
+  for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next)
+    pgs_pool_apply_health(pgs_container_of(l, pgs_pool_t, link), snapshot);
+  if (old) pgs_snapshot_unref(old);
+}
+
 static void wakeup_cb(uv_async_t *async) {
   pgs_worker_t *worker = async->data;
   pgs_config_t *config;
@@ -111,6 +121,8 @@ static void wakeup_cb(uv_async_t *async) {
   uv_mutex_lock(&worker->mbox_lock);
   config = worker->mbox_config;
   worker->mbox_config = NULL;
+  pgs_snapshot_t *snapshot = worker->mbox_snapshot;
+  worker->mbox_snapshot = NULL;
   drain = worker->mbox_drain;
   exit_now = worker->mbox_exit;
   ncancels = worker->mbox_ncancels;
@@ -126,6 +138,7 @@ static void wakeup_cb(uv_async_t *async) {
     for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next)
       pgs_pool_apply_config(pgs_container_of(l, pgs_pool_t, link), config);
   }
+  if (snapshot) worker_take_snapshot(worker, snapshot);
   for (int i = 0; i < ncancels; i++) {
     for (pgs_list_t *l = worker->clients.next; l != &worker->clients; l = l->next) {
       pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
@@ -220,6 +233,18 @@ int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
     uv_async_send(&(worker)->wakeup);                                                              \
   } while (0)
 
+void pgs_workers_publish(pgs_snapshot_t *snapshot) {
+  for (int i = 0; i < nworkers; i++) {
+    pgs_worker_t *w = &workers[i];
+    uv_mutex_lock(&w->mbox_lock);
+    pgs_snapshot_t *old = w->mbox_snapshot;
+    w->mbox_snapshot = pgs_snapshot_ref(snapshot);
+    uv_mutex_unlock(&w->mbox_lock);
+    if (old) pgs_snapshot_unref(old); /* never taken: a newer one replaces it */
+    uv_async_send(&w->wakeup);
+  }
+}
+
 void pgs_workers_reload(pgs_config_t *config) {
   for (int i = 0; i < nworkers; i++) {
     pgs_worker_t *w = &workers[i];
@@ -258,6 +283,8 @@ void pgs_workers_join(void) {
     uv_loop_close(&w->loop);
     uv_mutex_destroy(&w->mbox_lock);
     if (w->mbox_config) pgs_config_unref(w->mbox_config);
+    if (w->mbox_snapshot) pgs_snapshot_unref(w->mbox_snapshot);
+    if (w->snapshot) pgs_snapshot_unref(w->snapshot);
     pgs_plan_cache_free(w->plans);
     pgs_config_unref(w->config);
   }

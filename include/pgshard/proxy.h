@@ -21,6 +21,7 @@
 
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
+#include "pgshard/monitor.h"
 #include "pgshard/proto.h"
 #include "pgshard/route.h"
 #include "pgshard/session.h"
@@ -160,7 +161,8 @@ typedef enum {
 } pgs_step_op_t;
 
 typedef struct pgs_step {
-  int16_t shard; /* -1: no server */
+  int16_t shard; /* slot (see pgs_client_t), -1: no server */
+  int8_t node;   /* the shard node to take a server from when none is linked */
   uint8_t op;
   uint8_t flags; /* PGS_EF_* for the reply */
   char reply;
@@ -177,6 +179,7 @@ typedef struct pgs_portal {
   uint64_t mask;
   pgs_stmt_kind_t kind;
   bool copies; /* fans out to copies (DDL, reference tables) */
+  bool read_only; /* BEGIN READ ONLY */
   char *sql; /* local portals: the statement */
 } pgs_portal_t;
 
@@ -215,18 +218,34 @@ struct pgs_client {
   int pending_closes;
   /* routing (request.c) */
   bool routing;           /* analyse and route (several shards, or a tenant) */
-  int nshards;
-  pgs_server_t **servers; /* per shard: linked server or NULL */
-  pgs_pool_t **pools;     /* per shard, fetched on first use */
-  int cur;                /* shard of client->server, -1 none */
-  int want_shard;         /* the shard whose pool it waits for */
+  /* A slot per shard and role: 2 * shard for the shard's writer, 2 * shard
+   * + 1 for one of its replicas. Steps, servers and the masks below are by
+   * slot. */
+  int nslots;
+  pgs_server_t **servers; /* per slot: linked server or NULL */
+  pgs_pool_t **pools;     /* per shard node (shard * pool_stride + node), on first use */
+  int pool_stride;
+  int cur;                /* slot of client->server, -1 none */
+  int want_slot;          /* the slot it waits for a server for */
+  pgs_pool_t *wait_pool;  /* the pool it waits in */
+  int want_node;
   int last_shard;         /* where the last routed statement went */
-  uint64_t unit_mask;     /* shards sent extended messages since the last Sync */
+  uint64_t unit_mask;     /* slots sent extended messages since the last Sync */
   bool unit_failed;       /* an error in this unit: drop requests until Sync */
   bool blocked;           /* a step waits for other servers to answer */
   bool in_tx;             /* a BEGIN pgshard answered, not yet ended */
   bool tx_aborted;        /* a statement refused inside it: only its end is accepted */
-  uint64_t tx_mask;       /* shards the transaction has begun on */
+  uint64_t tx_mask;       /* slots the transaction has begun on */
+  bool tx_read_only;      /* BEGIN READ ONLY: replicas may serve it */
+  uint64_t tx_wrote;      /* shards written since the last ReadyForQuery 'I' */
+  /* read-your-writes */
+  bool wrote_ever;
+  uint64_t last_write_ms;
+  uint64_t *ryw_commit_ms; /* per shard: when a write there committed, 0 when known */
+  uint64_t *ryw_lsn;       /* per shard: the LSN replicas must have replayed */
+  int route_pref;          /* SET pgshard.route: 0 auto, 1 primary, 2 replica */
+  int8_t *picked;          /* per shard: the replica node chosen for its replica slot */
+  int ryw_pref;            /* SET pgshard.read_your_writes: -1 the database's, else pgs_ryw_t */
   int tx_write_shard;     /* the shard this transaction wrote on, -1 */
   char *begin_sql;        /* how the client began it, replayed on each shard */
   int hint_shard;         /* SET pgshard.shard, -1 */
@@ -261,6 +280,11 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
 void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server);
 void pgs_client_process(pgs_client_t *client);
 void pgs_client_server_lost(pgs_client_t *client, const char *why);
+/* The server of SLOT died with READIES ReadyForQuery owed (OPEN_UNIT: and
+ * a unit without its Sync): a replica outside a transaction costs the
+ * client an ERROR per request, not the session. */
+void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
+                               const char *why);
 void pgs_client_after_ready(pgs_client_t *client, char status);
 void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
                                   size_t len);
@@ -278,6 +302,11 @@ char pgs_client_ready_status(const pgs_client_t *client);
 /* A fan-out part's ErrorResponse went to the client / its rows counted. */
 void pgs_client_step_failed(pgs_client_t *client);
 void pgs_client_free_stmt(void *stmt);
+/* Where a client logs in (reads the server's parameters): a slot of shard
+ * 0 and the node in *NODE. */
+int pgs_client_login_slot(pgs_client_t *client, int *node);
+/* A ReadyForQuery 'I': writes since the last one are committed (read-your-writes). */
+void pgs_client_tx_done(pgs_client_t *client);
 /* Give every server back when the client is between transactions. */
 bool pgs_client_maybe_release(pgs_client_t *client);
 /* Type the tenant a client named at startup (-c pgshard.tenant=...). */
@@ -346,7 +375,7 @@ struct pgs_server {
   bool dirty;            /* never reuse: close at release */
   bool needs_discard;    /* run DISCARD ALL before reuse */
   bool need_flush;       /* extended messages sent since the last Sync/Flush */
-  int shard;             /* the client's shard index it is linked as */
+  int shard;             /* the client's slot it is linked as */
   uint64_t state_since_ms;
   int32_t backend_pid;
   int pending_closes;
@@ -398,6 +427,10 @@ struct pgs_pool {
   char dbname[PGS_MAX_NAME];
   char username[PGS_MAX_NAME];
   char shard[PGS_MAX_NAME]; /* by name: shard indexes may change on reload */
+  char *node_conninfo; /* the node as the config writes it: identifies it */
+  int node;       /* 0: the shard's configured primary, i: replica i - 1 */
+  bool node_up;   /* as the last health snapshot says */
+  uint32_t down_epoch;
   char *conninfo; /* conninfo handed to libpq */
   pgs_pool_mode_t mode;
   int size;       /* this worker's share of pool_size */
@@ -414,7 +447,9 @@ struct pgs_pool {
 };
 
 pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
-                         int shard);
+                         int shard, int node);
+/* A new health snapshot: drop idle servers of a node marked down since. */
+void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot);
 /* Ask for a server for CLIENT: linked now (pgs_client_on_server) or queued. */
 void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client);
 void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client);
@@ -446,6 +481,8 @@ struct pgs_worker {
   pgs_list_t closing;
   pgs_list_t pools;
   struct pgs_plan_cache *plans; /* plans for clients on this config */
+  pgs_snapshot_t *snapshot;     /* node health, from the monitor */
+  uint32_t rr;                  /* round robin over replicas */
   int nclients;
   uint32_t next_client;
   bool draining;
@@ -454,6 +491,7 @@ struct pgs_worker {
   /* mailbox, filled by other threads */
   uv_mutex_t mbox_lock;
   pgs_config_t *mbox_config;
+  pgs_snapshot_t *mbox_snapshot;
   bool mbox_drain;
   bool mbox_exit;
   struct {
@@ -464,6 +502,8 @@ struct pgs_worker {
 
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) PGS_MUST_USE;
 void pgs_workers_reload(pgs_config_t *config);
+/* Hand SNAPSHOT to every worker (each takes a reference). */
+void pgs_workers_publish(pgs_snapshot_t *snapshot);
 void pgs_workers_drain(void);
 void pgs_workers_exit(void);
 void pgs_workers_join(void);

@@ -15,8 +15,17 @@ it, with `extra_ini=` text (the [table.app.*], [geo.app], [tenants.app]
 sections) appended to its config. `proxy(lab=shard_lab, extra_ini=...)` does
 the same.
 
+A replicated lab (`replica_lab`, started only by the tests that ask for it)
+has two shards for database app, s0 and s1, each a primary and two streaming
+replicas; `replica_proxy(**overrides)` starts a pgshard on it that reads from
+the replicas (replica=True unless overridden). `failover_lab` is the same
+layout on its own ports, built fresh for each test that uses it and purged
+afterwards, for tests that stop or promote servers.
+
 Ports: the lab uses PORT_BASE (primary) and PORT_BASE+1 (replica); the
-sharded lab PORT_BASE-10 (s0) and PORT_BASE-9 (s1); proxies take free ports
+sharded lab PORT_BASE-10 (s0) and PORT_BASE-9 (s1); the replicated lab
+PORT_BASE-40 .. PORT_BASE-35 (s0 primary, replica 0, replica 1, then s1's);
+the failover lab PORT_BASE-50 .. PORT_BASE-45 (same order); proxies take free ports
 from PORT_BASE+10 up to 7899. PORT_BASE defaults to 7700 (env
 PGSHARD_IT_PORT_BASE). Everything on disk lives under /tmp, because the
 repository may sit where the postgres user cannot traverse.
@@ -29,7 +38,7 @@ Environment:
 """
 import itertools
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 import re
 import shutil
 import signal
@@ -60,6 +69,11 @@ PROXY_PORTS = range(PORT_BASE + 10, 7900)
 LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}")
 SHARD_LAB_PORTS = (PORT_BASE - 10, PORT_BASE - 9)  # s0, s1 primaries of the sharded lab
 SHARD_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-sharded")
+REPLICA_LAB_BASE = PORT_BASE - 40  # replicated lab: s0 = base, base+1, base+2; s1 = base+3..+5
+REPLICA_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-replicas")
+FAILOVER_LAB_BASE = PORT_BASE - 50  # same layout, rebuilt per test (servers stopped, promoted)
+FAILOVER_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-failover")
+PG_BIN = Path(os.environ.get("PGSHARD_PG_BIN") or "/usr/lib/postgresql/15/bin")
 
 # Every key router/config.c accepts, by section, so overrides land where they
 # belong and a typo fails loudly instead of being ignored.
@@ -149,11 +163,19 @@ def free_port():
 
 class LabShard(NamedTuple):
     """One shard of database app in a lab: its primary's port, its replica's
-    port (None: no replica) and its region (None: none)."""
+    port (None: no replica), its region (None: none) and the ports of any
+    further replicas (config order: replica_port first)."""
     name: str
     primary_port: int
     replica_port: Optional[int] = None
     region: Optional[str] = None
+    more_replica_ports: Tuple[int, ...] = ()
+
+    @property
+    def replica_ports(self):
+        """Every replica's port, in config order (index N of `lab lag`)."""
+        first = () if self.replica_port is None else (self.replica_port,)
+        return first + tuple(self.more_replica_ports)
 
 
 class Lab:
@@ -182,8 +204,7 @@ class Lab:
         ports = []
         for shard in self.shards:
             ports.append(shard.primary_port)
-            if shard.replica_port is not None:
-                ports.append(shard.replica_port)
+            ports.extend(shard.replica_ports)
         return ports
 
     def shard_sections(self, replicas=True):
@@ -192,8 +213,8 @@ class Lab:
         for shard in self.shards:
             lines += ["", f"[shard.app.{shard.name}]", f"primary = host=127.0.0.1 "
                       f"port={shard.primary_port} dbname=app user=postgres"]
-            if replicas and shard.replica_port is not None:
-                lines.append(f"replica = host=127.0.0.1 port={shard.replica_port} dbname=app "
+            for replica_port in (shard.replica_ports if replicas else ()):
+                lines.append(f"replica = host=127.0.0.1 port={replica_port} dbname=app "
                              "user=postgres")
             if shard.region:
                 lines.append(f"region = {shard.region}")
@@ -282,9 +303,104 @@ pool_size = 20
         port = self.shard(shard).primary_port if shard else self.primary_port
         return self._connect(port, kwargs)
 
-    def connect_replica(self, shard=None, **kwargs):
-        port = self.shard(shard).replica_port if shard else self.replica_port
+    def connect_replica(self, shard=None, index=0, **kwargs):
+        """A direct autocommit connection to replica INDEX (config order) of
+        SHARD (default the first shard)."""
+        port = self.shard(shard).replica_ports[index] if shard else \
+            self.shards[0].replica_ports[index]
         return self._connect(port, kwargs)
+
+    def connect_port(self, port, **kwargs):
+        """A direct autocommit connection to this lab's server on PORT."""
+        return self._connect(port, kwargs)
+
+    # -- servers, for replica and failover tests --
+
+    def shard_of_port(self, port):
+        """(shard name, role) of the server on PORT: role "primary" or
+        "replica N"."""
+        for shard in self.shards:
+            if port == shard.primary_port:
+                return shard.name, "primary"
+            if port in shard.replica_ports:
+                return shard.name, f"replica {shard.replica_ports.index(port)}"
+        raise KeyError(f"no server on port {port} in {self.title}")
+
+    def datadir(self, port):
+        """The data directory of the server on PORT (`lab up` keeps each
+        server in DIR/PORT/data, see proxy/ctl/lab_server.c)."""
+        return self.dir / str(port) / "data"
+
+    def pg_ctl(self, port, *args, check=True, timeout=90):
+        """Run pg_ctl ARGS on the server on PORT (as the postgres OS user
+        when root, like the lab does). Returns the CompletedProcess."""
+        cmd = [str(PG_BIN / "pg_ctl"), *args, "-D", str(self.datadir(port))]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout, cwd="/tmp")
+        with open(self.log, "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{proc.stdout}[exit {proc.returncode}]\n")
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}")
+        return proc
+
+    def stop_server(self, port, mode="immediate"):
+        """Stop the server on PORT (pg_ctl stop -m MODE) and wait until its
+        port is closed."""
+        self.pg_ctl(port, "stop", "-m", mode, "-w", "-t", "60")
+        wait_for(lambda: not port_is_open(port), 30, interval=0.05,
+                 message=f"port {port} to close after pg_ctl stop")
+
+    def restart_stopped(self, port, timeout=60):
+        """Start this lab's stopped server on PORT again with `lab up
+        --no-proxy` (idempotent: it starts what is not running and waits for
+        replicas to stream) and wait until PORT takes connections."""
+        self.ctl("up", "--no-proxy")
+
+        def answers():
+            with psycopg.connect(host="127.0.0.1", port=port, dbname="app", user="postgres",
+                                 connect_timeout=10, autocommit=True) as conn:
+                return conn.execute("select 1").fetchone()[0] == 1
+        wait_for(answers, timeout, interval=0.1, message=f"lab server on port {port} to restart")
+
+    def lag(self, shard, index, action, *more):
+        """`pgshardctl lab lag app.SHARD INDEX pause|resume|delay MS`."""
+        return self.ctl("lag", f"app.{shard}", str(index), action, *map(str, more))
+
+    def replay_paused(self, shard, index):
+        with self.connect_replica(shard, index) as conn:
+            return conn.execute("select pg_is_wal_replay_paused()").fetchone()[0]
+
+    def resume_all(self):
+        """Resume WAL replay on every replica (clearing any apply delay) and
+        wait until each has replayed everything its primary had written.
+        Raises when a replica does not catch up within 30 s."""
+        for shard in self.shards:
+            for index in range(len(shard.replica_ports)):
+                self.lag(shard.name, index, "resume")
+        self.wait_caught_up()
+
+    def wait_caught_up(self, timeout=30):
+        """Wait until every running replica has replayed all its primary had
+        committed when called. The lab runs with synchronous_commit = off, and
+        WAL past the last async commit may sit unflushed (never sent) for
+        long, so the target is the flush position after a transaction
+        committed with synchronous_commit = on (which flushes everything
+        before its commit record)."""
+        for shard in self.shards:
+            with self.connect_primary(shard.name) as conn:
+                conn.execute("set synchronous_commit = on")
+                conn.execute("select txid_current()")
+                target = conn.execute("select pg_current_wal_flush_lsn()::text").fetchone()[0]
+            for port in shard.replica_ports:
+                def caught_up(p=port):
+                    with self.connect_port(p) as rconn:
+                        return rconn.execute(
+                            "select pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                            (target,)).fetchone()[0]
+                wait_for(caught_up, timeout, interval=0.05,
+                         message=f"replica on port {port} ({shard.name}) to replay to {target}")
 
     def primary_url(self, shard=None):
         port = self.shard(shard).primary_port if shard else self.primary_port
@@ -328,6 +444,31 @@ def shard_lab():
                             title="the sharded lab cluster (2 shards)"))
 
 
+def _replica_layout(base):
+    """Shards s0 and s1, each a primary and two replicas, on ports BASE ..
+    BASE+5 (s0 primary, its replicas 0 and 1, then s1's)."""
+    return [LabShard("s0", base, base + 1, more_replica_ports=(base + 2,)),
+            LabShard("s1", base + 3, base + 4, more_replica_ports=(base + 5,))]
+
+
+@pytest.fixture(scope="session")
+def replica_lab():
+    """Database app on two shards, s0 and s1, each a primary and two
+    streaming replicas (ports PORT_BASE-40 .. PORT_BASE-35). Tests that pause
+    replay must resume it (lab.resume_all()) before they end."""
+    yield from _run_lab(Lab(REPLICA_LAB_ROOT, _replica_layout(REPLICA_LAB_BASE),
+                            title="the replicated lab cluster (2 shards x primary + 2 replicas)"))
+
+
+@pytest.fixture
+def failover_lab():
+    """The replicated lab's layout on its own ports (PORT_BASE-50 ..
+    PORT_BASE-45), built for one test and purged after it: for tests that
+    stop primaries or promote replicas."""
+    yield from _run_lab(Lab(FAILOVER_LAB_ROOT, _replica_layout(FAILOVER_LAB_BASE),
+                            title="a failover lab cluster (2 shards x primary + 2 replicas)"))
+
+
 @pytest.fixture
 def primary(lab):
     """A direct autocommit connection to the lab primary, for checks."""
@@ -355,7 +496,7 @@ class Proxy:
                         "query_wait_timeout_ms": 30000}
         self.database = {"pool_mode": "transaction", "pool_size": 4}
         self.users = dict(DEFAULT_USERS)
-        self.replica = True
+        self.replica = False  # replicas are opt-in: proxy(replica=True) reads from them
         self.extra_ini = ""  # appended verbatim: [table.app.*], [geo.app], [tenants.app] ...
         self.proc = None
         self.expected_exit = False  # the test stopped it on purpose
@@ -542,6 +683,36 @@ def sharded_proxy(shard_lab, request, tmp_path):
     """Factory: like `proxy`, on the sharded lab (shards s0/eu and s1/us);
     pass the shard map as extra_ini=TEXT. Does not start the default lab."""
     yield from _proxy_factory(shard_lab, request, tmp_path)
+
+
+def _with_replicas(factory):
+    """Wrap a proxy factory generator so that replica=True is the default."""
+    start = next(factory)
+
+    def start_with_replicas(lab=None, **overrides):
+        overrides.setdefault("replica", True)
+        return start(lab=lab, **overrides)
+
+    yield start_with_replicas
+    for _ in factory:  # its teardown: stop the proxies, fail on an unclean exit
+        pass
+
+
+@pytest.fixture
+def replica_proxy(replica_lab, request, tmp_path):
+    """Factory: like `proxy`, on the replicated lab, with its replicas in the
+    config (replica=True unless overridden): replica_proxy(extra_ini=MAP,
+    read_your_writes=..., lag_check_interval_ms=..., max_replica_lag_ms=...,
+    lag_fallback=...). lab=failover_lab points it at another lab. Does not
+    start the default lab."""
+    yield from _with_replicas(_proxy_factory(replica_lab, request, tmp_path))
+
+
+@pytest.fixture
+def failover_proxy(failover_lab, request, tmp_path):
+    """Factory: like `replica_proxy`, on the failover lab. Does not start the
+    replicated lab."""
+    yield from _with_replicas(_proxy_factory(failover_lab, request, tmp_path))
 
 
 @pytest.hookimpl(hookwrapper=True)

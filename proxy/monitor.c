@@ -1,0 +1,870 @@
+/*
+ * monitor.c — the health and lag monitor thread (monitor.h). It owns a libuv
+ * loop, one libpq connection per node of every shard of every database
+ * (PQconnectStart/PQconnectPoll, then PQsendQuery/PQconsumeInput on a
+ * uv_poll), and the health state of every shard (health.h), which nothing
+ * else touches.
+ *
+ * Checks run in rounds, one per lag_check_interval_ms (the smallest over the
+ * databases). A round sends the check to every node whose connection is
+ * idle, connects nodes that are up but have no connection, and reconnects
+ * down nodes whose retry time has come. It ends when every node in it has
+ * answered, or at the next tick: a check still unanswered then failed (the
+ * connection is kept until the node is marked down; a connect attempt fails
+ * only after server_connect_timeout_ms). At its end the results are applied
+ * (the writer first, so replicas are measured against the newest primary
+ * sample), the writer elected, changes logged, and a new snapshot handed to
+ * the workers — every round, since LSNs move every round and
+ * read-your-writes needs them.
+ *
+ * Other threads reach the monitor only through its mailbox (mutex +
+ * uv_async): a new config, or stop.
+ */
+#include <string.h>
+
+#include "pgshard/log.h"
+#include "pgshard/monitor.h"
+#include "pgshard/proxy.h"
+
+#define CHECK_SQL                                                                                  \
+  "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "      \
+  "ELSE pg_current_wal_insert_lsn() END, pg_last_wal_receive_lsn()"
+
+#define MIN_INTERVAL_MS 10
+
+/* A node's monitor connection. */
+typedef enum {
+  MN_CLOSED,     /* no connection: not opened yet, lost, or the node is down
+                    and waits for retry_at_ms */
+  MN_CONNECTING, /* PQconnectPoll in progress, poll follows libpq's socket */
+  MN_IDLE,       /* logged in, no query in flight (poll watches for EOF) */
+  MN_BUSY,       /* the check query in flight since sent_ms */
+} mon_conn_state_t;
+
+static const char *const conn_state_names[] = {"closed", "connecting", "idle", "busy"};
+
+typedef struct mon_node {
+  /* Identity across reloads: (db, shard, conninfo as the config writes it). */
+  char *db;
+  char *shard;
+  char *conninfo;
+  char *connstr; /* what libpq gets (conninfo_build) */
+  char label[160]; /* "app.s0 replica 127.0.0.1:7301", for the log */
+  mon_conn_state_t state;
+  PGconn *pg;
+  uv_poll_t *poll; /* heap: closed asynchronously, freed in its close_cb */
+  int poll_fd;
+  uint64_t connect_start_ms;
+  uint64_t sent_ms;
+  bool in_round;   /* part of the current round */
+  bool has_result; /* answered (or failed) in the current round */
+  pgs_check_result_t result;
+  char last_error[256];
+} mon_node_t;
+
+typedef struct mon_shard {
+  pgs_shard_health_t health; /* nodes[i] is conns[i]'s state */
+  mon_node_t **conns;
+} mon_shard_t;
+
+typedef struct mon_db {
+  char *name;
+  pgs_lag_bounds_t bounds;
+  mon_shard_t *shards;
+  int nshards;
+} mon_db_t;
+
+static struct {
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_timer_t timer;
+  uv_async_t wakeup;
+  uv_mutex_t lock;
+  bool started;
+  /* mailbox, under lock */
+  pgs_config_t *mbox_config;
+  bool mbox_stop;
+  /* the monitor thread's own */
+  pgs_config_t *config;
+  mon_db_t *dbs;
+  int ndbs;
+  int interval_ms;
+  bool round_open;
+  bool round_starting; /* start_round is sending: do not end it yet */
+  int pending;         /* nodes in the round not yet answered */
+  uint64_t seq;
+  bool stopping;
+} mon;
+
+static void poll_cb(uv_poll_t *handle, int status, int events);
+static void finish_round(uint64_t now);
+
+/* ---- snapshots ---- */
+
+pgs_snapshot_t *pgs_snapshot_ref(pgs_snapshot_t *snap) {
+  __atomic_add_fetch(&snap->refcount, 1, __ATOMIC_RELAXED);
+  return snap;
+}
+
+void pgs_snapshot_unref(pgs_snapshot_t *snap) {
+  if (snap == NULL || __atomic_sub_fetch(&snap->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
+  for (int d = 0; d < snap->ndbs; d++) {
+    pgs_health_db_t *db = &snap->dbs[d];
+    for (int s = 0; s < db->nshards; s++) free(db->shards[s].nodes);
+    free(db->shards);
+    free(db->name);
+  }
+  free(snap->dbs);
+  pgs_config_unref(snap->config);
+  free(snap);
+}
+
+const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const char *db,
+                                             int shard) {
+  if (snap == NULL) return NULL;
+  for (int d = 0; d < snap->ndbs; d++) {
+    const pgs_health_db_t *h = &snap->dbs[d];
+    if (strcmp(h->name, db) != 0) continue;
+    return shard >= 0 && shard < h->nshards ? &h->shards[shard] : NULL;
+  }
+  return NULL;
+}
+
+static void publish(uint64_t now) {
+  pgs_snapshot_t *snap = pgs_xcalloc(1, sizeof(*snap));
+  snap->refcount = 1;
+  snap->seq = ++mon.seq;
+  snap->taken_ms = now;
+  snap->config = pgs_config_ref(mon.config);
+  snap->ndbs = mon.ndbs;
+  snap->dbs = pgs_xcalloc((size_t)mon.ndbs, sizeof(*snap->dbs));
+  for (int d = 0; d < mon.ndbs; d++) {
+    const mon_db_t *src = &mon.dbs[d];
+    pgs_health_db_t *dst = &snap->dbs[d];
+    dst->name = pgs_xstrdup(src->name);
+    dst->nshards = src->nshards;
+    dst->shards = pgs_xcalloc((size_t)src->nshards, sizeof(*dst->shards));
+    for (int s = 0; s < src->nshards; s++) {
+      const pgs_shard_health_t *h = &src->shards[s].health;
+      dst->shards[s] = *h; /* history by value */
+      dst->shards[s].nodes = pgs_xmalloc(sizeof(*h->nodes) * (size_t)h->nnodes);
+      memcpy(dst->shards[s].nodes, h->nodes, sizeof(*h->nodes) * (size_t)h->nnodes);
+    }
+  }
+  pgs_workers_publish(snap); /* a reference per worker */
+  pgs_snapshot_unref(snap);
+}
+
+/* ---- conninfo ---- */
+
+static void append_conninfo(pgs_buf_t *buf, const char *key, const char *value) {
+  pgs_buf_put(buf, " ", 1);
+  pgs_buf_put(buf, key, strlen(key));
+  pgs_buf_put(buf, "='", 2);
+  for (const char *p = value; *p; p++) {
+    if (*p == '\'' || *p == '\\') pgs_buf_put(buf, "\\", 1);
+    pgs_buf_put(buf, p, 1);
+  }
+  pgs_buf_put(buf, "'", 1);
+}
+
+/* The node's conninfo completed as the pools complete it (pool.c), with the
+ * monitor's login: a node naming no user logs in as the first [user.*]
+ * whose password is plain text (only those can log in to a server). */
+static char *conninfo_build(const pgs_config_t *config, const pgs_database_t *db,
+                            const pgs_node_t *node) {
+  pgs_buf_t buf;
+  char timeout[32];
+  pgs_buf_init(&buf);
+  pgs_buf_put(&buf, node->conninfo, strlen(node->conninfo));
+  if (node->dbname == NULL) append_conninfo(&buf, "dbname", db->name);
+  if (node->user == NULL) {
+    const pgs_user_t *user = NULL;
+    for (int i = 0; i < config->nusers && user == NULL; i++)
+      if (config->users[i].password && config->users[i].scram_secret) user = &config->users[i];
+    if (user) {
+      append_conninfo(&buf, "user", user->name);
+      if (node->password == NULL) append_conninfo(&buf, "password", user->password);
+    }
+  }
+  /* As in the pools: libpq must not swap its socket by retrying with other
+   * encryption settings. */
+  if (strstr(node->conninfo, "sslmode") == NULL) append_conninfo(&buf, "sslmode", "disable");
+  if (strstr(node->conninfo, "gssencmode") == NULL) append_conninfo(&buf, "gssencmode", "disable");
+  snprintf(timeout, sizeof(timeout), "%d", (config->server_connect_timeout_ms + 999) / 1000);
+  append_conninfo(&buf, "connect_timeout", timeout);
+  append_conninfo(&buf, "application_name", "pgshard monitor");
+  pgs_buf_put_u8(&buf, 0);
+  return (char *)buf.data;
+}
+
+/* ---- connections ---- */
+
+/* The one place a connection changes state. */
+static void set_state(mon_node_t *n, mon_conn_state_t state) {
+  PGS_ASSERT(state == MN_CLOSED || (n->state == MN_CLOSED && state == MN_CONNECTING) ||
+             (n->state == MN_CONNECTING && state == MN_IDLE) ||
+             (n->state == MN_IDLE && state == MN_BUSY) ||
+             (n->state == MN_BUSY && state == MN_IDLE));
+  pgs_debug("monitor %s: %s -> %s", n->label, conn_state_names[n->state], conn_state_names[state]);
+  n->state = state;
+}
+
+static void free_handle_cb(uv_handle_t *handle) { free(handle); }
+
+static void poll_release(mon_node_t *n) {
+  if (n->poll == NULL) return;
+  uv_close((uv_handle_t *)n->poll, free_handle_cb); /* stops it now */
+  n->poll = NULL;
+  n->poll_fd = -1;
+}
+
+static void close_conn(mon_node_t *n) {
+  poll_release(n);
+  if (n->pg) PQfinish(n->pg);
+  n->pg = NULL;
+  if (n->state != MN_CLOSED) set_state(n, MN_CLOSED);
+}
+
+/* Record what node N's part of the round came to. Results outside a round
+ * (a connection lost between rounds) are dropped: the next round finds the
+ * connection closed and tries again. */
+static void node_done(mon_node_t *n, bool ok, bool in_recovery, uint64_t lsn, uint64_t receive,
+                      uint64_t now) {
+  if (!mon.round_open || !n->in_round || n->has_result) return;
+  n->has_result = true;
+  n->result.ok = ok;
+  n->result.in_recovery = in_recovery;
+  n->result.lsn = lsn;
+  n->result.receive_lsn = receive;
+  n->result.sent_ms = n->sent_ms;
+  n->result.done_ms = now;
+  if (--mon.pending == 0 && !mon.round_starting) finish_round(now);
+}
+
+/* Keep libpq's message on one line for the log. */
+static void set_error(mon_node_t *n, const char *why) {
+  size_t len = 0;
+  bool space = false;
+  for (const char *p = why; *p && len + 1 < sizeof(n->last_error); p++) {
+    bool blank = *p == '\n' || *p == '\t' || *p == ' ';
+    if (blank && (space || len == 0)) continue;
+    n->last_error[len++] = blank ? ' ' : *p;
+    space = blank;
+  }
+  while (len > 0 && n->last_error[len - 1] == ' ') len--;
+  n->last_error[len] = '\0';
+}
+
+static void conn_failed(mon_node_t *n, const char *why) {
+  uint64_t now = pgs_now_ms();
+  set_error(n, why && *why ? why : "connection lost");
+  pgs_debug("monitor %s: %s", n->label, n->last_error);
+  if (n->state != MN_BUSY) n->sent_ms = n->connect_start_ms; /* a login that failed */
+  close_conn(n);
+  node_done(n, false, false, 0, 0, now);
+}
+
+/* Watch libpq's current socket for EVENTS; false when it failed. */
+static bool poll_watch(mon_node_t *n, int events) {
+  int fd = PQsocket(n->pg);
+  if (fd < 0) {
+    conn_failed(n, "no socket");
+    return false;
+  }
+  if (n->poll && n->poll_fd != fd) poll_release(n);
+  if (n->poll == NULL) {
+    n->poll = pgs_xcalloc(1, sizeof(*n->poll));
+    int rc = uv_poll_init_socket(&mon.loop, n->poll, fd);
+    if (rc != 0) {
+      free(n->poll);
+      n->poll = NULL;
+      conn_failed(n, uv_strerror(rc));
+      return false;
+    }
+    n->poll->data = n;
+    n->poll_fd = fd;
+  }
+  int rc = uv_poll_start(n->poll, events, poll_cb);
+  if (rc != 0) {
+    conn_failed(n, uv_strerror(rc));
+    return false;
+  }
+  return true;
+}
+
+static void ignore_notice(void *arg, const char *message) {
+  PGS_UNUSED(arg);
+  PGS_UNUSED(message);
+}
+
+static void send_check(mon_node_t *n, uint64_t now) {
+  PGS_ASSERT(n->state == MN_IDLE);
+  if (!PQsendQuery(n->pg, CHECK_SQL)) {
+    conn_failed(n, PQerrorMessage(n->pg));
+    return;
+  }
+  n->sent_ms = now;
+  set_state(n, MN_BUSY);
+  int rc = PQflush(n->pg);
+  if (rc < 0) {
+    conn_failed(n, PQerrorMessage(n->pg));
+    return;
+  }
+  (void)poll_watch(n, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+static void start_connect(mon_node_t *n, uint64_t now) {
+  PGS_ASSERT(n->state == MN_CLOSED && n->pg == NULL);
+  set_state(n, MN_CONNECTING);
+  n->connect_start_ms = now;
+  n->pg = PQconnectStart(n->connstr);
+  if (n->pg == NULL) {
+    conn_failed(n, "out of memory");
+    return;
+  }
+  if (PQstatus(n->pg) == CONNECTION_BAD) {
+    conn_failed(n, PQerrorMessage(n->pg));
+    return;
+  }
+  PQsetNoticeProcessor(n->pg, ignore_notice, NULL);
+  (void)poll_watch(n, UV_WRITABLE);
+}
+
+static void connect_step(mon_node_t *n) {
+  PostgresPollingStatusType status = PQconnectPoll(n->pg);
+  /* libpq may have closed its socket and opened another (the next address
+   * of a host name) that got the same number: epoll dropped the old one
+   * with its close, and libuv would not know. A fresh handle per step of
+   * the login registers whatever socket libpq has now. */
+  poll_release(n);
+  switch (status) {
+  case PGRES_POLLING_READING:
+    (void)poll_watch(n, UV_READABLE);
+    return;
+  case PGRES_POLLING_WRITING:
+    (void)poll_watch(n, UV_WRITABLE);
+    return;
+  case PGRES_POLLING_OK:
+    if (PQsetnonblocking(n->pg, 1) != 0) {
+      conn_failed(n, PQerrorMessage(n->pg));
+      return;
+    }
+    set_state(n, MN_IDLE);
+    pgs_debug("monitor %s: connected (backend %d)", n->label, PQbackendPID(n->pg));
+    if (mon.round_open && n->in_round && !n->has_result)
+      send_check(n, pgs_now_ms());
+    else
+      (void)poll_watch(n, UV_READABLE); /* notice a server that goes away */
+    return;
+  default:
+    conn_failed(n, PQerrorMessage(n->pg));
+    return;
+  }
+}
+
+/* The check's one row: in_recovery, LSN, receive LSN. */
+static bool parse_check(const PGresult *res, bool *in_recovery, uint64_t *lsn, uint64_t *receive,
+                        char *err, size_t errlen) {
+  if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    snprintf(err, errlen, "check failed: %s", PQresultErrorMessage(res));
+    return false;
+  }
+  if (PQntuples(res) != 1 || PQnfields(res) != 3 || PQgetisnull(res, 0, 0) ||
+      PQgetisnull(res, 0, 1)) {
+    snprintf(err, errlen, "check returned no LSN");
+    return false;
+  }
+  *in_recovery = PQgetvalue(res, 0, 0)[0] == 't';
+  if (pgs_lsn_parse(PQgetvalue(res, 0, 1), lsn) != PGS_OK) {
+    snprintf(err, errlen, "check returned a malformed LSN '%s'", PQgetvalue(res, 0, 1));
+    return false;
+  }
+  *receive = 0;
+  if (!PQgetisnull(res, 0, 2) && pgs_lsn_parse(PQgetvalue(res, 0, 2), receive) != PGS_OK)
+    *receive = 0;
+  return true;
+}
+
+static void io_step(mon_node_t *n, int events) {
+  if (events & UV_WRITABLE) {
+    int rc = PQflush(n->pg);
+    if (rc < 0) {
+      conn_failed(n, PQerrorMessage(n->pg));
+      return;
+    }
+    if (rc == 0 && !poll_watch(n, UV_READABLE)) return;
+  }
+  if (!(events & UV_READABLE)) return;
+  if (!PQconsumeInput(n->pg)) {
+    conn_failed(n, PQerrorMessage(n->pg));
+    return;
+  }
+  if (n->state == MN_IDLE) {
+    /* Nothing asked: the server is telling us it goes away. */
+    if (PQstatus(n->pg) == CONNECTION_BAD) conn_failed(n, PQerrorMessage(n->pg));
+    return;
+  }
+  bool got = false, ok = false, in_recovery = false;
+  uint64_t lsn = 0, receive = 0;
+  char err[256] = "";
+  while (!PQisBusy(n->pg)) {
+    PGresult *res = PQgetResult(n->pg);
+    if (res == NULL) {
+      /* The query is over. */
+      uint64_t now = pgs_now_ms();
+      set_state(n, MN_IDLE);
+      if (!got || !ok) set_error(n, got ? err : "check returned nothing");
+      if (PQstatus(n->pg) == CONNECTION_BAD) {
+        conn_failed(n, PQerrorMessage(n->pg));
+        return;
+      }
+      node_done(n, got && ok, in_recovery, lsn, receive, now);
+      return;
+    }
+    if (!got) ok = parse_check(res, &in_recovery, &lsn, &receive, err, sizeof(err));
+    got = true;
+    PQclear(res);
+  }
+  if (PQstatus(n->pg) == CONNECTION_BAD) conn_failed(n, PQerrorMessage(n->pg));
+}
+
+static void poll_cb(uv_poll_t *handle, int status, int events) {
+  mon_node_t *n = handle->data;
+  if (n->state == MN_CLOSED) return;
+  if (status < 0) {
+    /* libuv reports POLLERR (a refused connect, a reset) as UV_EBADF and
+     * stops the handle; libpq has the real reason. */
+    bool libpq_failed = n->state == MN_CONNECTING ? PQconnectPoll(n->pg) == PGRES_POLLING_FAILED
+                                                  : !PQconsumeInput(n->pg);
+    conn_failed(n, libpq_failed ? PQerrorMessage(n->pg) : uv_strerror(status));
+    return;
+  }
+  switch (n->state) {
+  case MN_CONNECTING:
+    connect_step(n);
+    break;
+  case MN_IDLE:
+  case MN_BUSY:
+    io_step(n, events);
+    break;
+  case MN_CLOSED:
+    break;
+  }
+}
+
+/* ---- rounds ---- */
+
+static void start_round(uint64_t now) {
+  mon.round_open = true;
+  mon.round_starting = true;
+  mon.pending = 0;
+  for (int d = 0; d < mon.ndbs; d++) {
+    for (int s = 0; s < mon.dbs[d].nshards; s++) {
+      mon_shard_t *sh = &mon.dbs[d].shards[s];
+      for (int i = 0; i < sh->health.nnodes; i++) {
+        mon_node_t *n = sh->conns[i];
+        const pgs_node_state_t *st = &sh->health.nodes[i];
+        n->has_result = false;
+        n->in_round = false;
+        bool closed_waiting = n->state == MN_CLOSED && !st->up && now < st->retry_at_ms;
+        if (closed_waiting) continue;
+        n->in_round = true;
+        mon.pending++;
+        switch (n->state) {
+        case MN_CLOSED:
+          start_connect(n, now); /* the check follows the login */
+          break;
+        case MN_IDLE:
+          send_check(n, now);
+          break;
+        case MN_CONNECTING: /* still logging in */
+        case MN_BUSY:       /* the last check is still unanswered */
+          break;
+        }
+      }
+    }
+  }
+  mon.round_starting = false;
+  if (mon.pending == 0) finish_round(now);
+}
+
+static const char *node_role(const pgs_shard_health_t *h, int i) {
+  if (i == h->writer) return i == 0 ? "primary" : "promoted primary";
+  return i == 0 ? "configured primary" : "replica";
+}
+
+static void log_changes(const mon_db_t *db, const mon_shard_t *sh,
+                        const pgs_node_state_t *before) {
+  const pgs_shard_health_t *h = &sh->health;
+  for (int i = 0; i < h->nnodes; i++) {
+    const pgs_node_state_t *was = &before[i], *now = &h->nodes[i];
+    const mon_node_t *n = sh->conns[i];
+    if (was->up && !now->up)
+      pgs_error("%s is DOWN after %d failed checks (%s); pooled connections dropped, "
+                "retrying in %d ms",
+                n->label, now->failures, n->last_error, now->retry_backoff_ms);
+    else if (!was->up && now->up)
+      pgs_warn("%s is UP again (%s)", n->label,
+               now->in_recovery ? "in recovery" : "not in recovery");
+    if (was->readable && !now->readable) {
+      if (!now->up || now->failures > 0)
+        pgs_warn("%s leaves the read set: check failed (%s)", n->label, n->last_error);
+      else if (!now->in_recovery)
+        pgs_warn("%s leaves the read set: not in recovery", n->label);
+      else
+        pgs_warn("%s leaves the read set: lag %lld ms, %llu bytes (max_replica_lag_ms = %lld, "
+                 "max_replica_lag_bytes = %lld)",
+                 n->label, (long long)now->lag_ms, (unsigned long long)now->lag_bytes,
+                 (long long)db->bounds.max_lag_ms, (long long)db->bounds.max_lag_bytes);
+    } else if (!was->readable && now->readable) {
+      pgs_info("%s joins the read set: lag %lld ms, %llu bytes", n->label, (long long)now->lag_ms,
+               (unsigned long long)now->lag_bytes);
+    }
+    if (i != h->writer && !now->in_recovery && now->up && was->in_recovery && h->writer >= 0)
+      pgs_error("%s is out of recovery but %s still writes: it takes neither writes nor reads",
+                n->label, sh->conns[h->writer]->label);
+  }
+}
+
+static void finish_round(uint64_t now) {
+  mon.round_open = false;
+  for (int d = 0; d < mon.ndbs; d++) {
+    mon_db_t *db = &mon.dbs[d];
+    for (int s = 0; s < db->nshards; s++) {
+      mon_shard_t *sh = &db->shards[s];
+      pgs_shard_health_t *h = &sh->health;
+      int nn = h->nnodes;
+      /* Unanswered checks failed; a login fails only at its timeout. A
+       * check sent late in the round (right after a login) is given until
+       * the end of the next one rather than failed for a short deadline. */
+      for (int i = 0; i < nn; i++) {
+        mon_node_t *n = sh->conns[i];
+        if (!n->in_round || n->has_result) continue;
+        if (n->state == MN_BUSY && now - n->sent_ms >= (uint64_t)mon.interval_ms / 2) {
+          snprintf(n->last_error, sizeof(n->last_error), "check not answered in %llu ms",
+                   (unsigned long long)(now - n->sent_ms));
+          n->has_result = true;
+          n->result = (pgs_check_result_t){.ok = false, .sent_ms = n->sent_ms, .done_ms = now};
+        } else if (n->state == MN_CONNECTING &&
+                   now - n->connect_start_ms >= (uint64_t)mon.config->server_connect_timeout_ms) {
+          snprintf(n->last_error, sizeof(n->last_error), "timeout while connecting");
+          close_conn(n);
+          n->has_result = true;
+          n->result =
+              (pgs_check_result_t){.ok = false, .sent_ms = n->connect_start_ms, .done_ms = now};
+        }
+      }
+      pgs_node_state_t before[nn > 0 ? nn : 1];
+      memcpy(before, h->nodes, sizeof(*h->nodes) * (size_t)nn);
+      int old_writer = h->writer;
+      /* The writer first: replicas are measured against its new sample. */
+      if (h->writer >= 0 && sh->conns[h->writer]->has_result)
+        pgs_health_apply(h, h->writer, &sh->conns[h->writer]->result, &db->bounds);
+      for (int i = 0; i < nn; i++)
+        if (i != old_writer && sh->conns[i]->has_result)
+          pgs_health_apply(h, i, &sh->conns[i]->result, &db->bounds);
+      char why[256];
+      bool elected = pgs_health_elect(h, why, sizeof(why));
+      log_changes(db, sh, before);
+      if (elected) {
+        const char *shard = sh->conns[0]->shard;
+        if (h->writer < 0)
+          pgs_error("%s.%s: NO PRIMARY: %s", db->name, shard, why);
+        else if (h->writer != 0)
+          pgs_error("%s.%s: PROMOTION: writes now go to %s (%s): %s", db->name, shard,
+                    sh->conns[h->writer]->label, node_role(h, h->writer), why);
+        else
+          pgs_warn("%s.%s: writes go to %s again: %s", db->name, shard,
+                   sh->conns[h->writer]->label, why);
+      }
+      for (int i = 0; i < nn; i++) {
+        sh->conns[i]->in_round = false;
+        /* A node just marked down reconnects at retry_at_ms, not on a hung
+         * line (a reconnect attempt in progress is left to finish). */
+        if (before[i].up && !h->nodes[i].up) close_conn(sh->conns[i]);
+      }
+    }
+  }
+  publish(now);
+}
+
+static void tick_cb(uv_timer_t *timer) {
+  PGS_UNUSED(timer);
+  uint64_t now = pgs_now_ms();
+  if (mon.round_open) finish_round(now);
+  start_round(now);
+}
+
+/* ---- building state from a config ---- */
+
+static void node_free(mon_node_t *n) {
+  close_conn(n);
+  free(n->db);
+  free(n->shard);
+  free(n->conninfo);
+  free(n->connstr);
+  free(n);
+}
+
+static void dbs_free(mon_db_t *dbs, int ndbs, bool free_nodes) {
+  for (int d = 0; d < ndbs; d++) {
+    for (int s = 0; s < dbs[d].nshards; s++) {
+      mon_shard_t *sh = &dbs[d].shards[s];
+      if (free_nodes)
+        for (int i = 0; i < sh->health.nnodes; i++)
+          if (sh->conns[i]) node_free(sh->conns[i]);
+      free(sh->conns);
+      free(sh->health.nodes);
+    }
+    free(dbs[d].shards);
+    free(dbs[d].name);
+  }
+  free(dbs);
+}
+
+static int interval_of(const pgs_config_t *config) {
+  int interval = 0;
+  for (int d = 0; d < config->ndatabases; d++) {
+    int v = config->databases[d].lag_check_interval_ms;
+    if (interval == 0 || v < interval) interval = v;
+  }
+  if (interval == 0) interval = 100;
+  return interval < MIN_INTERVAL_MS ? MIN_INTERVAL_MS : interval;
+}
+
+/* Take the old node matching (db, shard, conninfo) out of OLD, or NULL. */
+static mon_node_t *take_old(mon_db_t *old, int nold, const char *db, const char *shard,
+                            const char *conninfo, pgs_node_state_t *state, int *old_index,
+                            mon_shard_t **old_shard) {
+  for (int d = 0; d < nold; d++) {
+    if (strcmp(old[d].name, db) != 0) continue;
+    for (int s = 0; s < old[d].nshards; s++) {
+      mon_shard_t *sh = &old[d].shards[s];
+      for (int i = 0; i < sh->health.nnodes; i++) {
+        mon_node_t *n = sh->conns[i];
+        if (n == NULL || strcmp(n->shard, shard) != 0 || strcmp(n->conninfo, conninfo) != 0)
+          continue;
+        *state = sh->health.nodes[i];
+        *old_index = i;
+        *old_shard = sh;
+        sh->conns[i] = NULL;
+        return n;
+      }
+    }
+  }
+  return NULL;
+}
+
+static mon_shard_t *find_old_shard(mon_db_t *old, int nold, const char *db, const char *shard) {
+  for (int d = 0; d < nold; d++) {
+    if (strcmp(old[d].name, db) != 0) continue;
+    for (int s = 0; s < old[d].nshards; s++) {
+      mon_shard_t *sh = &old[d].shards[s];
+      for (int i = 0; i < sh->health.nnodes; i++)
+        if (sh->conns[i] && !strcmp(sh->conns[i]->shard, shard)) return sh;
+    }
+  }
+  return NULL;
+}
+
+/* Health and connections for CONFIG; nodes found in OLD (same database,
+ * shard name and conninfo) move over with their state and connection, the
+ * rest of OLD is left for the caller to free. */
+static mon_db_t *dbs_build(const pgs_config_t *config, mon_db_t *old, int nold, int interval) {
+  mon_db_t *dbs = pgs_xcalloc((size_t)(config->ndatabases ? config->ndatabases : 1), sizeof(*dbs));
+  for (int d = 0; d < config->ndatabases; d++) {
+    const pgs_database_t *cdb = &config->databases[d];
+    mon_db_t *db = &dbs[d];
+    db->name = pgs_xstrdup(cdb->name);
+    db->bounds.max_lag_ms = cdb->max_replica_lag_ms;
+    db->bounds.max_lag_bytes = cdb->max_replica_lag_bytes;
+    db->bounds.interval_ms = interval;
+    db->nshards = cdb->nshards;
+    db->shards = pgs_xcalloc((size_t)(cdb->nshards ? cdb->nshards : 1), sizeof(*db->shards));
+    for (int s = 0; s < cdb->nshards; s++) {
+      const pgs_shard_t *cs = &cdb->shards[s];
+      mon_shard_t *sh = &db->shards[s];
+      int nn = 1 + cs->nreplicas;
+      /* Before nodes are taken out of it: the old shard's writer and history. */
+      mon_shard_t *old_sh = find_old_shard(old, nold, cdb->name, cs->name);
+      int old_writer = old_sh ? old_sh->health.writer : -1;
+      int old_history = old_sh ? old_sh->health.history_node : -1;
+      sh->health.nnodes = nn;
+      sh->health.nodes = pgs_xcalloc((size_t)nn, sizeof(*sh->health.nodes));
+      sh->health.writer = 0;
+      sh->health.history_node = 0;
+      sh->conns = pgs_xcalloc((size_t)nn, sizeof(*sh->conns));
+      int writer = -2, history = -2;
+      for (int i = 0; i < nn; i++) {
+        const pgs_node_t *cn = i == 0 ? &cs->primary : &cs->replicas[i - 1];
+        pgs_node_state_t state;
+        int old_index = -1;
+        mon_shard_t *from = NULL;
+        mon_node_t *n = take_old(old, nold, cdb->name, cs->name, cn->conninfo, &state, &old_index,
+                                 &from);
+        if (n == NULL) {
+          n = pgs_xcalloc(1, sizeof(*n));
+          n->db = pgs_xstrdup(cdb->name);
+          n->shard = pgs_xstrdup(cs->name);
+          n->conninfo = pgs_xstrdup(cn->conninfo);
+          n->poll_fd = -1;
+          memset(&state, 0, sizeof(state));
+          state.up = true; /* until checks say otherwise */
+          state.in_recovery = i > 0;
+          state.lag_ms = -1;
+          /* Never checked, never misbehaved: the first check within bounds
+           * makes a replica readable. Later rejoins need every check. */
+          state.good_checks = i > 0 ? PGS_REJOIN_CHECKS - 1 : 0;
+        } else if (from == old_sh) {
+          if (old_index == old_writer) writer = i;
+          if (old_index == old_history) history = i;
+        }
+        free(n->connstr);
+        n->connstr = conninfo_build(config, cdb, cn);
+        snprintf(n->label, sizeof(n->label), "%s.%s %s %s:%d", cdb->name, cs->name,
+                 i == 0 ? "primary" : "replica", cn->host, cn->port);
+        sh->conns[i] = n;
+        sh->health.nodes[i] = state;
+      }
+      if (old_sh && history >= 0) {
+        sh->health.history = old_sh->health.history;
+        sh->health.history_node = history;
+      }
+      if (old_sh) sh->health.writer = writer >= 0 ? writer : (old_writer < 0 ? -1 : 0);
+      if (sh->health.writer >= 0 && sh->health.writer != sh->health.history_node) {
+        memset(&sh->health.history, 0, sizeof(sh->health.history));
+        sh->health.history_node = sh->health.writer;
+      }
+    }
+  }
+  return dbs;
+}
+
+/* ---- the thread ---- */
+
+static void close_all(void) {
+  for (int d = 0; d < mon.ndbs; d++)
+    for (int s = 0; s < mon.dbs[d].nshards; s++)
+      for (int i = 0; i < mon.dbs[d].shards[s].health.nnodes; i++)
+        close_conn(mon.dbs[d].shards[s].conns[i]);
+}
+
+static void apply_config(pgs_config_t *config) {
+  /* The round in progress is abandoned (its answers would be for nodes that
+   * may be gone); the kept connections finish their query and go on. */
+  mon.round_open = false;
+  int interval = interval_of(config);
+  mon_db_t *old = mon.dbs;
+  int nold = mon.ndbs;
+  mon.dbs = dbs_build(config, old, nold, interval);
+  mon.ndbs = config->ndatabases;
+  dbs_free(old, nold, true); /* nodes not taken over */
+  pgs_config_unref(mon.config);
+  mon.config = config;
+  for (int d = 0; d < mon.ndbs; d++)
+    for (int s = 0; s < mon.dbs[d].nshards; s++)
+      for (int i = 0; i < mon.dbs[d].shards[s].health.nnodes; i++)
+        mon.dbs[d].shards[s].conns[i]->in_round = false;
+  /* Workers route on a snapshot of their own config only: give them one now. */
+  publish(pgs_now_ms());
+  mon.interval_ms = interval;
+  uv_timer_start(&mon.timer, tick_cb, 0, (uint64_t)interval);
+  pgs_info("monitor: checking every node each %d ms", interval);
+}
+
+static void wakeup_cb(uv_async_t *async) {
+  PGS_UNUSED(async);
+  uv_mutex_lock(&mon.lock);
+  pgs_config_t *config = mon.mbox_config;
+  mon.mbox_config = NULL;
+  bool stop = mon.mbox_stop;
+  uv_mutex_unlock(&mon.lock);
+  if (mon.stopping) {
+    if (config) pgs_config_unref(config);
+    return;
+  }
+  if (stop) {
+    if (config) pgs_config_unref(config);
+    mon.stopping = true;
+    mon.round_open = false;
+    close_all();
+    uv_timer_stop(&mon.timer);
+    uv_close((uv_handle_t *)&mon.timer, NULL);
+    uv_close((uv_handle_t *)&mon.wakeup, NULL);
+    return;
+  }
+  if (config) apply_config(config);
+}
+
+static void monitor_main(void *arg) {
+  PGS_UNUSED(arg);
+  uv_run(&mon.loop, UV_RUN_DEFAULT);
+  pgs_debug("monitor stopped");
+}
+
+int pgs_monitor_start(pgs_config_t *config) {
+  int rc;
+  PGS_ASSERT(!mon.started);
+  memset(&mon, 0, sizeof(mon));
+  if ((rc = uv_loop_init(&mon.loop)) != 0) goto fail_loop;
+  if ((rc = uv_mutex_init(&mon.lock)) != 0) goto fail_mutex;
+  if ((rc = uv_async_init(&mon.loop, &mon.wakeup, wakeup_cb)) != 0) goto fail_async;
+  if ((rc = uv_timer_init(&mon.loop, &mon.timer)) != 0) goto fail_timer;
+  mon.config = pgs_config_ref(config);
+  mon.interval_ms = interval_of(config);
+  mon.dbs = dbs_build(config, NULL, 0, mon.interval_ms);
+  mon.ndbs = config->ndatabases;
+  /* Routing never starts without a snapshot: every node up, the configured
+   * primaries writing, no replica readable before its first check. */
+  publish(pgs_now_ms());
+  uv_timer_start(&mon.timer, tick_cb, 0, (uint64_t)mon.interval_ms);
+  if ((rc = uv_thread_create(&mon.thread, monitor_main, NULL)) != 0) goto fail_thread;
+  mon.started = true;
+  pgs_info("monitor: checking every node each %d ms", mon.interval_ms);
+  return 0;
+
+fail_thread:
+  dbs_free(mon.dbs, mon.ndbs, true);
+  mon.dbs = NULL;
+  pgs_config_unref(mon.config);
+  mon.config = NULL;
+  uv_close((uv_handle_t *)&mon.timer, NULL);
+fail_timer:
+  uv_close((uv_handle_t *)&mon.wakeup, NULL);
+  uv_run(&mon.loop, UV_RUN_DEFAULT); /* runs the close callbacks */
+fail_async:
+  uv_mutex_destroy(&mon.lock);
+fail_mutex:
+  uv_loop_close(&mon.loop);
+fail_loop:
+  pgs_error("monitor: %s", uv_strerror(rc));
+  return rc;
+}
+
+void pgs_monitor_reload(pgs_config_t *config) {
+  if (!mon.started) return;
+  uv_mutex_lock(&mon.lock);
+  if (mon.mbox_config) pgs_config_unref(mon.mbox_config);
+  mon.mbox_config = pgs_config_ref(config);
+  uv_mutex_unlock(&mon.lock);
+  uv_async_send(&mon.wakeup);
+}
+
+void pgs_monitor_stop(void) {
+  if (!mon.started) return;
+  uv_mutex_lock(&mon.lock);
+  mon.mbox_stop = true;
+  uv_mutex_unlock(&mon.lock);
+  uv_async_send(&mon.wakeup);
+  uv_thread_join(&mon.thread);
+  /* Every handle is closed: the loop ended only after their callbacks. */
+  (void)uv_loop_close(&mon.loop);
+  uv_mutex_destroy(&mon.lock);
+  if (mon.mbox_config) pgs_config_unref(mon.mbox_config);
+  dbs_free(mon.dbs, mon.ndbs, true);
+  pgs_config_unref(mon.config);
+  mon.started = false;
+  mon.dbs = NULL;
+  mon.config = NULL;
+}
