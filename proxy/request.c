@@ -603,7 +603,7 @@ static uint64_t session_mask(const pgs_client_t *client) {
 /* Writer slots of a mask of shards. */
 static uint64_t writer_slots(uint64_t shards) {
   uint64_t mask = 0;
-  for (int i = 0; i < 32; i++)
+  for (int i = 0; i < PGS_MAX_SHARDS; i++)
     if (shards & BIT(i)) mask |= BIT(2 * i);
   return mask;
 }

@@ -68,6 +68,9 @@ static void stop_now(pgs_worker_t *worker) {
   }
   uv_timer_stop(&worker->tick);
   uv_close((uv_handle_t *)&worker->tick, NULL);
+  uv_mutex_lock(&worker->mbox_lock);
+  worker->mbox_closed = true;
+  uv_mutex_unlock(&worker->mbox_lock);
   uv_close((uv_handle_t *)&worker->wakeup, NULL);
 }
 
@@ -225,23 +228,27 @@ int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   return 0;
 }
 
+/* Post to a worker: under its lock, and only while its wakeup handle is
+ * open (stop_now marks it closed under the same lock before closing it). */
 #define MAILBOX(worker, stmt)                                                                      \
   do {                                                                                             \
     uv_mutex_lock(&(worker)->mbox_lock);                                                           \
-    stmt;                                                                                          \
+    if (!(worker)->mbox_closed) {                                                                  \
+      stmt;                                                                                        \
+      uv_async_send(&(worker)->wakeup);                                                            \
+    }                                                                                              \
     uv_mutex_unlock(&(worker)->mbox_lock);                                                         \
-    uv_async_send(&(worker)->wakeup);                                                              \
   } while (0)
 
 void pgs_workers_publish(pgs_snapshot_t *snapshot) {
   for (int i = 0; i < nworkers; i++) {
     pgs_worker_t *w = &workers[i];
-    uv_mutex_lock(&w->mbox_lock);
-    pgs_snapshot_t *old = w->mbox_snapshot;
-    w->mbox_snapshot = pgs_snapshot_ref(snapshot);
-    uv_mutex_unlock(&w->mbox_lock);
+    pgs_snapshot_t *old = NULL;
+    MAILBOX(w, {
+      old = w->mbox_snapshot;
+      w->mbox_snapshot = pgs_snapshot_ref(snapshot);
+    });
     if (old) pgs_snapshot_unref(old); /* never taken: a newer one replaces it */
-    uv_async_send(&w->wakeup);
   }
 }
 

@@ -21,7 +21,6 @@
 
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
-#include "pgshard/route.h"
 
 /* The shard map as written: kept raw while the file is read, because a
  * table's range bounds are typed by a `type` that may come later in its
@@ -685,10 +684,10 @@ static void config_validate(pgs_config_t *c) {
       config_error(c, db->line, "[database.pgshard]: \"pgshard\" is the admin database");
     if (db->nshards == 0)
       config_error(c, db->line, "[database.%s]: no [shard.%s.*] section", db->name, db->name);
-    if (db->nshards > PGS_ROUTE_MAX_SHARDS)
-      config_error(c, db->shards[PGS_ROUTE_MAX_SHARDS].line,
+    if (db->nshards > PGS_MAX_SHARDS)
+      config_error(c, db->shards[PGS_MAX_SHARDS].line,
                    "[database.%s]: %d shards; at most %d are supported", db->name, db->nshards,
-                   PGS_ROUTE_MAX_SHARDS);
+                   PGS_MAX_SHARDS);
     for (int s = 0; s < db->nshards; s++) {
       if (!db->shards[s].has_primary)
         config_error(c, db->shards[s].line, "[shard.%s.%s]: no primary", db->name,

@@ -20,6 +20,10 @@
 #include "pgshard/common.h"
 #include "pgshard/shardmap.h"
 
+/* Shards per database: each has a writer slot and a replica slot in a
+ * client's 64-bit masks (proxy/request.c). */
+#define PGS_MAX_SHARDS 32
+
 typedef enum { PGS_AUTH_TRUST, PGS_AUTH_MD5, PGS_AUTH_SCRAM } pgs_auth_method_t;
 typedef enum { PGS_POOL_TRANSACTION, PGS_POOL_SESSION } pgs_pool_mode_t;
 typedef enum { PGS_LOG_TEXT, PGS_LOG_JSON } pgs_log_format_t;

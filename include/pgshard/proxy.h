@@ -492,6 +492,7 @@ struct pgs_worker {
   uv_mutex_t mbox_lock;
   pgs_config_t *mbox_config;
   pgs_snapshot_t *mbox_snapshot;
+  bool mbox_closed; /* wakeup is closing: post nothing more */
   bool mbox_drain;
   bool mbox_exit;
   struct {
