@@ -254,6 +254,9 @@ static void ensure_prepared(pgs_server_t *server, pgs_client_stmt_t *stmt, bool 
   if (internal) pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
 }
 
+/* Track what a statement does to session state. Whether it drops the
+ * server's prepared statements (DISCARD ALL, DEALLOCATE ALL) is the
+ * caller's business: the server that runs it forgets them (issue()). */
 static void check_session_effects(pgs_client_t *client, const pgs_session_effects_t *fxc,
                                   bool simple) {
   pgs_session_effects_t *fx = (pgs_session_effects_t *)fxc;
@@ -263,9 +266,6 @@ static void check_session_effects(pgs_client_t *client, const pgs_session_effect
                client->username, client->peer);
     client->pinned = true;
   }
-  if (fx->flags & PGS_SESSION_DROPS_PREPARED)
-    for (int i = 0; i < client->nslots; i++)
-      if (client->servers[i]) pgs_server_forget_prepared(client->servers[i]);
   if (!simple && fx->nops > 0) {
     /* SET through a prepared statement: we cannot see when it runs. */
     client->pinned = true;
@@ -859,6 +859,13 @@ static void plan_begin(pgs_client_t *client, const char *sql, bool read_only, bo
   if (simple) add_reply(client, 'Z', NULL);
 }
 
+/* Steps from FIRST on run a statement that drops the server's prepared
+ * statements: each server forgets its list when it is sent. */
+static void mark_drops_prepared(pgs_client_t *client, int first) {
+  for (int i = first; i < client->nsteps; i++)
+    if (client->steps[i].shard >= 0) client->steps[i].forget_prepared = true;
+}
+
 /* A simple Query in routing mode. */
 static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_reader_t r;
@@ -950,6 +957,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
       if (session) check_session_effects(client, &fx, true);
     }
   }
+  if (session && (fx.flags & PGS_SESSION_DROPS_PREPARED)) mark_drops_prepared(client, 0);
   if (session) pgs_session_effects_free(&fx);
   pgs_plan_unref(plan);
 }
@@ -1079,6 +1087,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
       return;
     }
     check_session_effects(client, &fx, false);
+    stmt->drops_prepared = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
     pgs_session_effects_free(&fx);
   }
   if (stmt->lx == NULL && stmt->plan == NULL) {
@@ -1111,6 +1120,7 @@ static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
   portal->mask = 0;
   portal->kind = PGS_STMT_OTHER;
   portal->copies = false;
+  portal->drops_prepared = false;
   return portal;
 }
 
@@ -1123,6 +1133,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   }
   pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
   pgs_portal_t *portal = put_portal(client, portal_name);
+  portal->drops_prepared = stmt && stmt->drops_prepared;
   if (stmt == NULL || stmt->plan == NULL || stmt->plan->parse_failed) {
     int shard = default_slot(client);
     portal->mask = BIT(shard);
@@ -1187,7 +1198,9 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     else plan_tx_end(client, portal->kind, portal->sql, false);
   } else {
     client->fan_copies = portal->copies;
+    int first = client->nsteps;
     add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, type == 'E');
+    if (type == 'E' && portal->drops_prepared) mark_drops_prepared(client, first);
   }
   if (type == 'C') {
     pgs_portal_t *gone = pgs_strmap_remove(&client->portals, name);
@@ -1233,16 +1246,21 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       pgs_reader_init(&r, p + 5, total - 5);
       const char *name = pgs_read_cstr(&r, &nlen);
       const char *sql = pgs_read_cstr(&r, &qlen);
+      bool drops = false;
       if (sql && pgs_session_maybe(sql, qlen)) {
         pgs_session_effects_t fx;
         pgs_session_analyze(sql, &fx);
         check_session_effects(client, &fx, false);
+        drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
         pgs_session_effects_free(&fx);
       }
       pgs_client_stmt_t *stmt = NULL;
       if (!r.bad && nlen > 0)
         stmt = remember_parse(client, name, p + 5 + nlen + 1, total - 5 - nlen - 1);
+      if (stmt) stmt->drops_prepared = drops;
+      /* Without a name the Execute cannot be told apart: forget at Parse. */
       add_step(client, 0, stmt ? PGS_STEP_PARSE : PGS_STEP_FORWARD)->stmt = stmt;
+      if (drops && stmt == NULL) mark_drops_prepared(client, 0);
       return;
     }
     if (type == 'Q') {
@@ -1260,7 +1278,13 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
           return;
         }
         check_session_effects(client, &fx, true);
+        bool drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
         pgs_session_effects_free(&fx);
+        if (drops) {
+          add_step(client, 0, PGS_STEP_FORWARD);
+          mark_drops_prepared(client, 0);
+          return;
+        }
       }
     }
     if (type == 'C' && p[5] == 'S' && total > 7) {
@@ -1276,6 +1300,16 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       return;
     }
     add_step(client, 0, PGS_STEP_FORWARD);
+    if (type == 'B') {
+      /* Bind of DEALLOCATE ALL / DISCARD ALL: its server forgets (the
+       * Execute follows on the same server). */
+      const char *portal_end = memchr(p + 5, '\0', total - 5);
+      if (portal_end && (size_t)(portal_end + 1 - (const char *)p) < total &&
+          memchr(portal_end + 1, '\0', total - (size_t)(portal_end + 1 - (const char *)p))) {
+        pgs_client_stmt_t *stmt = find_stmt(client, portal_end + 1);
+        if (stmt && stmt->drops_prepared) mark_drops_prepared(client, 0);
+      }
+    }
     return;
   }
   switch (type) {
@@ -1405,6 +1439,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     PGS_ASSERT(false);
     break;
   }
+  if (st->forget_prepared) pgs_server_forget_prepared(server);
   bool extended = st->op == PGS_STEP_PARSE || st->op == PGS_STEP_EXEC_SQL ||
                   (st->op == PGS_STEP_FORWARD && extended_type(type));
   if (extended) {

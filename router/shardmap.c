@@ -755,7 +755,7 @@ void pgs_key_format(const pgs_key_t *key, char *buf, size_t cap) {
       int64_t secs = rest / USECS_PER_SEC, usecs = rest % USECS_PER_SEC;
       if (usecs) {
         snprintf(frac, sizeof(frac), ".%06lld", (long long)usecs);
-        for (size_t n = strlen(frac); frac[n - 1] == '0'; n--) frac[n - 1] = '\0';
+        for (size_t n = strlen(frac); n > 1 && frac[n - 1] == '0'; n--) frac[n - 1] = '\0';
       }
       snprintf(buf, cap, "%s %02d:%02d:%02d%s+00%s", date, (int)(secs / 3600),
                (int)(secs / 60 % 60), (int)(secs % 60), frac, bc ? " BC" : "");

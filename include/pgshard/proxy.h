@@ -142,6 +142,7 @@ typedef struct pgs_client_stmt {
   pgs_lexed_t *lx;
   uint32_t *type_oids;
   int ntypes;
+  bool drops_prepared; /* DISCARD ALL / DEALLOCATE ALL */
 } pgs_client_stmt_t;
 
 /* One thing to do for a client message (request.c): send something to one
@@ -169,6 +170,7 @@ typedef struct pgs_step {
   bool internal;
   bool drain_all; /* wait until every server has answered, the same one too */
   bool always;    /* runs even when an earlier part of the message failed */
+  bool forget_prepared; /* the statement drops the server's prepared statements */
   char *text;
   struct pgs_client_stmt *stmt;
 } pgs_step_t;
@@ -180,6 +182,7 @@ typedef struct pgs_portal {
   pgs_stmt_kind_t kind;
   bool copies; /* fans out to copies (DDL, reference tables) */
   bool read_only; /* BEGIN READ ONLY */
+  bool drops_prepared;
   char *sql; /* local portals: the statement */
 } pgs_portal_t;
 

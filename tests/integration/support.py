@@ -21,10 +21,12 @@ def wait_for(predicate, timeout, interval=0.05, message="condition"):
 
 
 def app_backends(conn, where="true"):
-    """Client backends connected to database app, other than CONN itself."""
+    """Client backends connected to database app, other than CONN itself and
+    pgshard's health monitor (one connection per node, not a pool's)."""
     return conn.execute(
         "select pid, state, query, application_name from pg_stat_activity"
         " where datname = 'app' and backend_type = 'client backend'"
+        " and application_name <> 'pgshard monitor'"
         f" and pid <> pg_backend_pid() and ({where})").fetchall()
 
 

@@ -215,3 +215,22 @@ def test_pool_wait_timeout(proxy):
     finally:
         holder.close()
     px.assert_alive()
+
+
+@pytest.mark.parametrize("statement", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_statement_dropping_prepared_statements(proxy, statement):
+    """DEALLOCATE ALL / DISCARD ALL drop every prepared statement of the
+    server that runs them: pgshard must forget them for that server (not
+    for whichever server the client held when it sent the text), or a
+    later Bind names a statement the server no longer has."""
+    px = proxy(workers=1, pool_size=1)
+    with px.connect(autocommit=True) as conn:
+        for i in range(3):
+            assert conn.execute("select %s::int + 1", (i,), prepare=True).fetchone() == (i + 1,)
+        # Extended protocol (a parameter) and simple protocol, by turns.
+        conn.execute(statement)
+        assert conn.execute("select %s::int + 1", (41,), prepare=True).fetchone() == (42,)
+        conn.execute(statement, prepare=True)
+        assert conn.execute("select %s::int + 1", (1,), prepare=True).fetchone() == (2,)
+    with px.connect(autocommit=True) as other:  # the same, only server
+        assert other.execute("select %s::int + 1", (5,), prepare=True).fetchone() == (6,)

@@ -372,7 +372,7 @@ def test_reads_spread_over_replicas_writes_on_primaries(rkv, replica_proxy):
 
 def test_transactions_and_route_settings(rkv, replica_proxy):
     lab = rkv
-    px = replica_proxy(extra_ini=MAP)
+    px = replica_proxy(extra_ini=MAP, log_debug="true")
     wait_replicas_readable(px, lab)
     s0 = lab.shard("s0")
     key = keys_on(px.config_path, "s0", 1)[0]
