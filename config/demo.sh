@@ -311,14 +311,13 @@ routes=$(proxy_psql -qAt -F '|' <<<"$probes")
 printf '  %-50s %-11s %s\n' STATEMENT 'SHOULD RUN' 'RAN ON'
 on_replica=0
 wrong=()
-declare -A EVERY_SEEN=()
 while IFS='|' read -r what want port recovery; do
   [ -n "$what" ] || continue
   [ "$recovery" = t ] && on_replica=$((on_replica + 1))
   got=${SHARD_OF_PORT[$port]:-}
   case "$want" in
     one) want_text="on a shard" ;;
-    every) want_text="every shard"; EVERY_SEEN[$got]=1 ;;
+    every) want_text="every shard" ;;
     *) want_text="on $want" ;;
   esac
   if [ -z "$got" ] || { [ "$want" != one ] && [ "$want" != every ] && [ "$want" != "$got" ]; }; then
@@ -327,14 +326,17 @@ while IFS='|' read -r what want port recovery; do
   printf '  %-50s %-11s port %-5s %s\n' "$what" "$want_text" "$port" \
     "(${LABEL_OF_PORT[$port]:-not in $CONFIG}, in recovery: $([ "$recovery" = t ] && echo yes || echo no))"
 done <<<"$routes"
-[ "${#EVERY_SEEN[@]}" = "${#SHARDS[@]}" ] ||
-  wrong+=("UPDATE countries: should run on all ${#SHARDS[@]} shards, ran on ${#EVERY_SEEN[@]}")
+# A write to a reference table runs on every shard; its RETURNING rows come
+# back once (the copies are the same rows), so the port shows one of them.
+for n in "${!NODE_LABEL[@]}"; do
+  [ "${NODE_ROLE[$n]}" = primary ] || continue
+  c=$(node_psql "$n" -qAt -c "SELECT count(*) FROM countries WHERE code = 'DE'")
+  [ "$c" = 1 ] || wrong+=("countries has no 'DE' row on ${NODE_LABEL[$n]}")
+done
 [ "${#wrong[@]}" = 0 ] || die "statements went to the wrong shard: $(printf '%s; ' "${wrong[@]}")"
 echo "  Each keyed statement ran on the shard 'pgshardctl route $CONFIG $DEMO_DB TABLE KEY' names."
-if [ "$on_replica" = 0 ]; then
-  echo "  Every statement ran on a primary: pgshard does not send reads to replicas"
-  echo "  yet (reads within max_replica_lag_* will go there)."
-fi
+echo "  $on_replica reads ran on replicas (within max_replica_lag_*); writes, and reads a"
+echo "  session must see its own writes in (read_your_writes = lsn), ran on primaries."
 
 # ---- every row on its shard -------------------------------------------------
 
