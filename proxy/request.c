@@ -521,18 +521,20 @@ static int pick_replica(pgs_client_t *client, int shard) {
     need = client->ryw_lsn[shard];
     break;
   }
-  int n = h->nnodes, start = (int)(client->worker->rr++ % (uint32_t)(n > 0 ? n : 1));
+  /* Round robin over the replicas that qualify (not over all nodes: the
+   * writer's turn would fall to the replica after it). */
+  int candidates[64], ncand = 0;
   bool behind = false;
-  for (int k = 0; k < n; k++) {
-    int i = (start + k) % n;
+  for (int i = 0; i < h->nnodes && ncand < 64; i++) {
     const pgs_node_state_t *node = &h->nodes[i];
     if (i == h->writer || !node->readable) continue;
     if (node->lsn < need) {
       behind = true;
       continue;
     }
-    return i;
+    candidates[ncand++] = i;
   }
+  if (ncand > 0) return candidates[client->worker->rr++ % (uint32_t)ncand];
   return behind ? -1 : -2;
 }
 
