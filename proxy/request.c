@@ -492,7 +492,7 @@ static bool replica_eligible(const pgs_client_t *client, const pgs_plan_t *plan)
 /* A readable replica of SHARD that has replayed what this session must
  * see, round robin. -1: read-your-writes wants the primary; -2: no replica
  * is within the lag bounds (lag_fallback decides). */
-static int pick_replica(pgs_client_t *client, int shard) {
+static int pick_replica(pgs_client_t *client, int shard, bool advance) {
   const pgs_shard_health_t *h = shard_health(client, shard);
   if (h == NULL) return -1;
   uint64_t need = 0;
@@ -534,8 +534,11 @@ static int pick_replica(pgs_client_t *client, int shard) {
     }
     candidates[ncand++] = i;
   }
-  if (ncand > 0) return candidates[client->worker->rr++ % (uint32_t)ncand];
-  return behind ? -1 : -2;
+  /* A look ahead (a Parse placed by its Bind) does not advance the turn,
+   * so the Bind picks the same replica. */
+  if (ncand == 0) return behind ? -1 : -2;
+  uint32_t turn = advance ? client->worker->rr++ : client->worker->rr;
+  return candidates[turn % (uint32_t)ncand];
 }
 
 /* The slot a statement of PLAN on SHARD runs on — the shard's writer, or a
@@ -547,7 +550,7 @@ static int place_quietly(pgs_client_t *client, int shard, const pgs_plan_t *plan
     /* A replica this transaction or unit already uses stays. */
     if (client->servers[2 * shard + 1] && ((client->tx_mask | client->unit_mask) & BIT(2 * shard + 1)))
       return 2 * shard + 1;
-    int r = pick_replica(client, shard);
+    int r = pick_replica(client, shard, !quiet);
     if (r >= 0) {
       client->picked[shard] = (int8_t)r;
       return 2 * shard + 1;

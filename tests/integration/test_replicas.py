@@ -346,7 +346,8 @@ def test_reads_spread_over_replicas_writes_on_primaries(rkv, replica_proxy):
         assert all(rec for _, rec in seen), f"{shard.name}: a read not in recovery"
         per_port = {p: sum(1 for q, _ in seen if q == p) for p in ports}
         print(f"\n{shard.name}: 400 reads per replica port: {per_port}")
-        assert min(per_port.values()) >= 40, f"{shard.name}: reads not spread: {per_port}"
+        # Round robin over the replicas in the read set: about half each.
+        assert min(per_port.values()) >= 120, f"{shard.name}: reads not spread: {per_port}"
 
         # Writes: INSERT/UPDATE/DELETE ... RETURNING, SELECT FOR UPDATE/SHARE.
         with px.connect(autocommit=True) as conn:
