@@ -680,6 +680,7 @@ static mon_db_t *dbs_build(const pgs_config_t *config, mon_db_t *old, int nold, 
     db->bounds.max_lag_ms = cdb->max_replica_lag_ms;
     db->bounds.max_lag_bytes = cdb->max_replica_lag_bytes;
     db->bounds.interval_ms = interval;
+    db->bounds.down_failures = cdb->node_down_failures;
     db->nshards = cdb->nshards;
     db->shards = pgs_xcalloc((size_t)(cdb->nshards ? cdb->nshards : 1), sizeof(*db->shards));
     for (int s = 0; s < cdb->nshards; s++) {

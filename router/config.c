@@ -310,6 +310,7 @@ static void database_defaults(pgs_database_t *db) {
   db->max_replica_lag_ms = 1000;
   db->max_replica_lag_bytes = 16 * 1024 * 1024;
   db->lag_check_interval_ms = 100;
+  db->node_down_failures = 3;
   db->lag_fallback = PGS_FALLBACK_PRIMARY;
   db->cross_shard_reads = true;
   db->cross_shard_writes = PGS_XWRITE_DENY;
@@ -431,6 +432,8 @@ static void handle_database(parse_state_t *st, const char *name, const char *key
     if (parse_int(st, key, value, 0, INT64_MAX, &v64)) db->max_replica_lag_bytes = v64;
   } else if (!strcmp(key, "lag_check_interval_ms")) {
     set_int(st, key, value, 10, 3600000, &db->lag_check_interval_ms);
+  } else if (!strcmp(key, "node_down_failures")) {
+    set_int(st, key, value, 1, 1000, &db->node_down_failures);
   } else if (!strcmp(key, "lag_fallback")) {
     PARSE_ENUM(st, key, value, fallback_names, db->lag_fallback);
   } else if (!strcmp(key, "cross_shard_reads")) {

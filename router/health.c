@@ -127,7 +127,8 @@ static void mark_failed(pgs_node_state_t *n, const pgs_check_result_t *r,
   n->readable = false; /* its lag is unknown from now on */
   int base = bounds->interval_ms > 0 ? bounds->interval_ms : 1;
   if (n->up) {
-    if (n->failures < PGS_DOWN_FAILURES) return;
+    if (n->failures < (bounds->down_failures > 0 ? bounds->down_failures : PGS_DOWN_FAILURES))
+      return;
     n->up = false;
     n->down_epoch++;
     n->retry_backoff_ms = base < PGS_RETRY_MAX_MS ? base : PGS_RETRY_MAX_MS;

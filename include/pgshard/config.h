@@ -63,6 +63,7 @@ typedef struct pgs_database {
   int max_replica_lag_ms;
   int64_t max_replica_lag_bytes;
   int lag_check_interval_ms;
+  int node_down_failures; /* failed checks in a row before a node is marked down */
   pgs_lag_fallback_t lag_fallback;
   bool cross_shard_reads;
   pgs_cross_writes_t cross_shard_writes;

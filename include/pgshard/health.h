@@ -20,7 +20,7 @@
 
 #define PGS_LSN_HISTORY 1024   /* primary samples kept per shard */
 #define PGS_REJOIN_CHECKS 3    /* checks within bounds before a replica rejoins */
-#define PGS_DOWN_FAILURES 3    /* failed checks before a node is marked down */
+#define PGS_DOWN_FAILURES 3    /* default of node_down_failures */
 #define PGS_RETRY_MAX_MS 5000  /* backoff cap between reconnects to a down node */
 
 typedef struct pgs_lsn_sample {
@@ -82,6 +82,8 @@ typedef struct pgs_lag_bounds {
   int64_t max_lag_ms;
   int64_t max_lag_bytes;
   int interval_ms; /* lag_check_interval_ms: the base of the reconnect backoff */
+  int down_failures; /* node_down_failures: failed checks in a row that mark a node
+                        down (0: PGS_DOWN_FAILURES) */
 } pgs_lag_bounds_t;
 
 /* A shard: configured primary at nodes[0], replicas after it. */

@@ -39,6 +39,7 @@ static const char design_example[] =
     "max_replica_lag_ms = 1000\n"
     "max_replica_lag_bytes = 16777216\n"
     "lag_check_interval_ms = 100\n"
+    "node_down_failures = 5\n"
     "lag_fallback = primary             ; primary | error: when no replica qualifies\n"
     "cross_shard_reads = allow          ; allow | deny\n"
     "cross_shard_writes = deny          ; deny | allow | 2pc\n"
@@ -145,6 +146,7 @@ static void test_design_example(void **state) {
   assert_int_equal(db->max_replica_lag_ms, 1000);
   assert_int_equal(db->max_replica_lag_bytes, 16777216);
   assert_int_equal(db->lag_check_interval_ms, 100);
+  assert_int_equal(db->node_down_failures, 5);
   assert_int_equal(db->lag_fallback, PGS_FALLBACK_PRIMARY);
   assert_true(db->cross_shard_reads);
   assert_int_equal(db->cross_shard_writes, PGS_XWRITE_DENY);
@@ -211,6 +213,7 @@ static void test_defaults(void **state) {
   assert_int_equal(db->max_replica_lag_ms, 1000);
   assert_int_equal(db->max_replica_lag_bytes, 16 * 1024 * 1024);
   assert_int_equal(db->lag_check_interval_ms, 100);
+  assert_int_equal(db->node_down_failures, 3); /* the default */
   assert_int_equal(db->lag_fallback, PGS_FALLBACK_PRIMARY);
   assert_true(db->cross_shard_reads);
   assert_int_equal(db->cross_shard_writes, PGS_XWRITE_DENY);

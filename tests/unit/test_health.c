@@ -507,6 +507,26 @@ static void test_down_after_failures(void **state) {
   free(f);
 }
 
+/* node_down_failures sets how many failed checks mark a node down. */
+static void test_down_after_configured_failures(void **state) {
+  fixture_t *f = shard_new(2);
+  pgs_lag_bounds_t b = bounds;
+  b.down_failures = 5;
+  pgs_check_result_t fail = failed_result(1000);
+  for (int k = 1; k < 5; k++) {
+    pgs_health_apply(&f->sh, 1, &fail, &b);
+    assert_true(f->nodes[1].up);
+  }
+  pgs_health_apply(&f->sh, 1, &fail, &b);
+  assert_false(f->nodes[1].up);
+  free(f);
+  f = shard_new(2);
+  b.down_failures = 1;
+  pgs_health_apply(&f->sh, 1, &fail, &b);
+  assert_false(f->nodes[1].up);
+  free(f);
+}
+
 static void test_down_epoch_bumped_once(void **state) {
   fixture_t *f = shard_new(1);
   pgs_check_result_t fail = failed_result(1000);
@@ -791,6 +811,7 @@ int main(void) {
       cmocka_unit_test(test_primary_down_replicas_measured_against_last_wal),
       cmocka_unit_test(test_primary_crash_with_unsent_wal),
       cmocka_unit_test(test_down_after_failures),
+      cmocka_unit_test(test_down_after_configured_failures),
       cmocka_unit_test(test_down_epoch_bumped_once),
       cmocka_unit_test(test_backoff_doubles_to_cap),
       cmocka_unit_test(test_success_brings_node_up),
