@@ -39,7 +39,6 @@ static const char design_example[] =
     "max_replica_lag_ms = 1000\n"
     "max_replica_lag_bytes = 16777216\n"
     "lag_check_interval_ms = 100\n"
-    "node_down_failures = 5\n"
     "lag_fallback = primary             ; primary | error: when no replica qualifies\n"
     "cross_shard_reads = allow          ; allow | deny\n"
     "cross_shard_writes = deny          ; deny | allow | 2pc\n"
@@ -146,7 +145,6 @@ static void test_design_example(void **state) {
   assert_int_equal(db->max_replica_lag_ms, 1000);
   assert_int_equal(db->max_replica_lag_bytes, 16777216);
   assert_int_equal(db->lag_check_interval_ms, 100);
-  assert_int_equal(db->node_down_failures, 5);
   assert_int_equal(db->lag_fallback, PGS_FALLBACK_PRIMARY);
   assert_true(db->cross_shard_reads);
   assert_int_equal(db->cross_shard_writes, PGS_XWRITE_DENY);
@@ -263,6 +261,7 @@ static void test_every_enum_and_value(void **state) {
       "cross_shard_writes = 2pc\n"
       "hash = postgres\n"
       "max_replica_lag_bytes = 9223372036854775807\n"
+      "node_down_failures = 1000\n"
       "[shard.app.s0]\n"
       "primary = host=db.example port=1 password='p w' user=u dbname=d\n"
       "replica = host=r1\n"
@@ -292,6 +291,7 @@ static void test_every_enum_and_value(void **state) {
   assert_int_equal(db->cross_shard_writes, PGS_XWRITE_2PC);
   assert_int_equal(db->hash, PGS_HASH_POSTGRES);
   assert_true(db->max_replica_lag_bytes == INT64_MAX);
+  assert_int_equal(db->node_down_failures, 1000);
 
   const pgs_shard_t *s = &db->shards[0];
   assert_string_equal(s->primary.host, "db.example");
