@@ -1028,8 +1028,15 @@ static int lookahead_slot(pgs_client_t *client, size_t at, const char *name,
   pgs_route_t rt = {.row_shard = NULL};
   if (stmt->plan->nrows > 0) return -1;
   pgs_route_plan(client->db, stmt->plan, stmt->lx, &pv, &session, &rt);
-  if (rt.kind != PGS_ROUTE_ONE) return -1;
-  return place_quietly(client, rt.shard, stmt->plan, true); /* the Bind reports errors */
+  /* Where the Bind will go (placed_mask), without reporting errors: the
+   * Bind reports them. */
+  if (rt.kind == PGS_ROUTE_ANY && client->cur >= 0 &&
+      (stmt->plan->kind != PGS_STMT_READ || client->in_tx || (client->cur & 1)))
+    return client->cur;
+  if (rt.kind == PGS_ROUTE_ANY && client->tx_mask) return first_bit(client->tx_mask);
+  if (rt.kind != PGS_ROUTE_ONE && rt.kind != PGS_ROUTE_ANY) return -1;
+  int shard = rt.kind == PGS_ROUTE_ONE ? rt.shard : default_slot(client) / 2;
+  return place_quietly(client, shard, stmt->plan, true);
 }
 
 /* Where a Parse or a Describe of a statement goes when its Bind is not in
