@@ -157,45 +157,15 @@ static void publish(uint64_t now) {
 
 /* ---- conninfo ---- */
 
-static void append_conninfo(pgs_buf_t *buf, const char *key, const char *value) {
-  pgs_buf_put(buf, " ", 1);
-  pgs_buf_put(buf, key, strlen(key));
-  pgs_buf_put(buf, "='", 2);
-  for (const char *p = value; *p; p++) {
-    if (*p == '\'' || *p == '\\') pgs_buf_put(buf, "\\", 1);
-    pgs_buf_put(buf, p, 1);
-  }
-  pgs_buf_put(buf, "'", 1);
-}
-
-/* The node's conninfo completed as the pools complete it (pool.c), with the
+/* The node's conninfo completed as the pools complete it, with the
  * monitor's login: a node naming no user logs in as the first [user.*]
  * whose password is plain text (only those can log in to a server). */
 static char *conninfo_build(const pgs_config_t *config, const pgs_database_t *db,
                             const pgs_node_t *node) {
-  pgs_buf_t buf;
-  char timeout[32];
-  pgs_buf_init(&buf);
-  pgs_buf_put(&buf, node->conninfo, strlen(node->conninfo));
-  if (node->dbname == NULL) append_conninfo(&buf, "dbname", db->name);
-  if (node->user == NULL) {
-    const pgs_user_t *user = NULL;
-    for (int i = 0; i < config->nusers && user == NULL; i++)
-      if (config->users[i].password && config->users[i].scram_secret) user = &config->users[i];
-    if (user) {
-      append_conninfo(&buf, "user", user->name);
-      if (node->password == NULL) append_conninfo(&buf, "password", user->password);
-    }
-  }
-  /* As in the pools: libpq must not swap its socket by retrying with other
-   * encryption settings. */
-  if (strstr(node->conninfo, "sslmode") == NULL) append_conninfo(&buf, "sslmode", "disable");
-  if (strstr(node->conninfo, "gssencmode") == NULL) append_conninfo(&buf, "gssencmode", "disable");
-  snprintf(timeout, sizeof(timeout), "%d", (config->server_connect_timeout_ms + 999) / 1000);
-  append_conninfo(&buf, "connect_timeout", timeout);
-  append_conninfo(&buf, "application_name", "pgshard monitor");
-  pgs_buf_put_u8(&buf, 0);
-  return (char *)buf.data;
+  const pgs_user_t *user = NULL;
+  for (int i = 0; i < config->nusers && user == NULL; i++)
+    if (config->users[i].password && config->users[i].scram_secret) user = &config->users[i];
+  return pgs_node_conninfo(config, db, node, user, "application_name", "pgshard monitor");
 }
 
 /* ---- connections ---- */

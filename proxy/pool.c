@@ -22,17 +22,6 @@ int pgs_pool_share(int pool_size, int workers, int index) {
   return share > 0 ? share : 1;
 }
 
-static void append_conninfo(pgs_buf_t *buf, const char *key, const char *value) {
-  pgs_buf_put(buf, " ", 1);
-  pgs_buf_put(buf, key, strlen(key));
-  pgs_buf_put(buf, "='", 2);
-  for (const char *p = value; *p; p++) {
-    if (*p == '\'' || *p == '\\') pgs_buf_put(buf, "\\", 1);
-    pgs_buf_put(buf, p, 1);
-  }
-  pgs_buf_put(buf, "'", 1);
-}
-
 static const pgs_node_t *shard_node(const pgs_database_t *db, int shard, int index) {
   const pgs_shard_t *sh = &db->shards[shard];
   return index == 0 ? &sh->primary : &sh->replicas[index - 1];
@@ -48,29 +37,8 @@ static int find_node(const pgs_database_t *db, int shard, const char *conninfo) 
 
 static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db,
                             const pgs_user_t *user, int shard, int index) {
-  const pgs_node_t *node = shard_node(db, shard, index);
-  pgs_buf_t buf;
-  char timeout[32];
-  pgs_buf_init(&buf);
-  pgs_buf_put(&buf, node->conninfo, strlen(node->conninfo));
-  if (node->dbname == NULL) append_conninfo(&buf, "dbname", db->name);
-  if (node->user == NULL) {
-    append_conninfo(&buf, "user", user->name);
-    /* Only a plain-text password can log in to a server for the client;
-     * hashes and secrets stay with pgshard (user->scram_secret is set for
-     * plain-text passwords only). */
-    if (node->password == NULL && user->password && user->scram_secret)
-      append_conninfo(&buf, "password", user->password);
-  }
-  /* TLS to servers is not used yet, and libpq must not swap the socket under
-   * our poll handle by retrying without it. */
-  if (strstr(node->conninfo, "sslmode") == NULL) append_conninfo(&buf, "sslmode", "disable");
-  if (strstr(node->conninfo, "gssencmode") == NULL) append_conninfo(&buf, "gssencmode", "disable");
-  snprintf(timeout, sizeof(timeout), "%d", (config->server_connect_timeout_ms + 999) / 1000);
-  append_conninfo(&buf, "connect_timeout", timeout);
-  append_conninfo(&buf, "fallback_application_name", "pgshard");
-  pgs_buf_put_u8(&buf, 0);
-  return (char *)buf.data;
+  return pgs_node_conninfo(config, db, shard_node(db, shard, index), user,
+                           "fallback_application_name", "pgshard");
 }
 
 pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,

@@ -21,6 +21,7 @@
 
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
+#include "pgshard/proto.h"
 
 /* The shard map as written: kept raw while the file is read, because a
  * table's range bounds are typed by a `type` that may come later in its
@@ -1254,4 +1255,37 @@ const pgs_database_t *pgs_config_find_database(const pgs_config_t *config, const
   for (int i = 0; i < config->ndatabases; i++)
     if (!strcmp(config->databases[i].name, name)) return &config->databases[i];
   return NULL;
+}
+
+static void append_conninfo(pgs_buf_t *buf, const char *key, const char *value) {
+  pgs_buf_put(buf, " ", 1);
+  pgs_buf_put(buf, key, strlen(key));
+  pgs_buf_put(buf, "='", 2);
+  for (const char *p = value; *p; p++) {
+    if (*p == '\'' || *p == '\\') pgs_buf_put(buf, "\\", 1);
+    pgs_buf_put(buf, p, 1);
+  }
+  pgs_buf_put(buf, "'", 1);
+}
+
+char *pgs_node_conninfo(const pgs_config_t *config, const pgs_database_t *db,
+                        const pgs_node_t *node, const pgs_user_t *user, const char *app_key,
+                        const char *app_value) {
+  pgs_buf_t buf;
+  char timeout[32];
+  pgs_buf_init(&buf);
+  pgs_buf_put(&buf, node->conninfo, strlen(node->conninfo));
+  if (node->dbname == NULL) append_conninfo(&buf, "dbname", db->name);
+  if (node->user == NULL && user) {
+    append_conninfo(&buf, "user", user->name);
+    if (node->password == NULL && user->password && user->scram_secret)
+      append_conninfo(&buf, "password", user->password);
+  }
+  if (strstr(node->conninfo, "sslmode") == NULL) append_conninfo(&buf, "sslmode", "disable");
+  if (strstr(node->conninfo, "gssencmode") == NULL) append_conninfo(&buf, "gssencmode", "disable");
+  snprintf(timeout, sizeof(timeout), "%d", (config->server_connect_timeout_ms + 999) / 1000);
+  append_conninfo(&buf, "connect_timeout", timeout);
+  append_conninfo(&buf, app_key, app_value);
+  pgs_buf_put_u8(&buf, 0);
+  return (char *)buf.data;
 }

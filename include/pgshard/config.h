@@ -136,6 +136,18 @@ const pgs_database_t *pgs_config_find_database(const pgs_config_t *config, const
 pgs_status_t pgs_conninfo_parse(const char *conninfo, pgs_node_t *node, char *err,
                                 size_t errlen) PGS_MUST_USE;
 
+/* The libpq conninfo pgshard connects to NODE of DB with: the node's own
+ * conninfo, completed with dbname = DB's name and, for a node naming no
+ * user, USER's name and (plain-text passwords only: hashes and secrets stay
+ * with pgshard) password; sslmode/gssencmode disable unless set (TLS to
+ * servers is not used yet, and libpq must not swap the socket under a poll
+ * handle by retrying without it); connect_timeout from the config; and
+ * APP_KEY = APP_VALUE (application_name or fallback_application_name).
+ * USER may be NULL. malloc'ed. */
+char *pgs_node_conninfo(const pgs_config_t *config, const pgs_database_t *db,
+                        const pgs_node_t *node, const pgs_user_t *user, const char *app_key,
+                        const char *app_value);
+
 /* True when HOST is on loopback (127.0.0.0/8, ::1, localhost). */
 bool pgs_host_is_loopback(const char *host);
 

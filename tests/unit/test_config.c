@@ -624,6 +624,30 @@ static void test_conninfo(void **state) {
   }
 }
 
+/* The conninfo pools and the monitor hand to libpq. */
+static void test_node_conninfo(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(
+      "[user.app]\npassword = it's\n"
+      "[database.app]\n"
+      "[shard.app.s0]\nprimary = host=127.0.0.1 port=6500\n"
+      "replica = host=127.0.0.1 port=6501 user=postgres sslmode=require\n");
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  const pgs_database_t *db = &c->databases[0];
+  char *s = pgs_node_conninfo(c, db, &db->shards[0].primary, &c->users[0],
+                              "fallback_application_name", "pgshard");
+  assert_string_equal(s, "host=127.0.0.1 port=6500 dbname='app' user='app' password='it\\'s' "
+                         "sslmode='disable' gssencmode='disable' connect_timeout='5' "
+                         "fallback_application_name='pgshard'");
+  free(s);
+  s = pgs_node_conninfo(c, db, &db->shards[0].replicas[0], &c->users[0], "application_name", "m");
+  assert_null(strstr(s, "password"));     /* the node names its own user */
+  assert_null(strstr(s, "sslmode='disable'")); /* the node chose */
+  assert_non_null(strstr(s, "application_name='m'"));
+  free(s);
+  pgs_config_unref(c);
+}
+
 static void test_host_is_loopback(void **state) {
   assert_true(pgs_host_is_loopback("127.0.0.1"));
   assert_true(pgs_host_is_loopback("127.1.2.3"));
@@ -690,6 +714,7 @@ int main(void) {
       cmocka_unit_test(test_refcount),
       cmocka_unit_test(test_load_missing_file),
       cmocka_unit_test(test_conninfo),
+      cmocka_unit_test(test_node_conninfo),
       cmocka_unit_test(test_host_is_loopback),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
