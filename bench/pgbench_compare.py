@@ -79,6 +79,44 @@ def wait_port(port, timeout, proc=None, what="server", logfile=None):
         time.sleep(0.1)
 
 
+
+def stop_process(name, proc, problems, check_exit=True):
+    """SIGTERM PROC (if running) and wait; a non-zero exit (when CHECK_EXIT)
+    or a kill after 20 s is added to PROBLEMS."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(20)
+        if rc != 0 and check_exit:
+            problems.append(f"{name} exited {rc} on SIGTERM")
+    except subprocess.TimeoutExpired:
+        problems.append(f"{name} did not exit within 20 s of SIGTERM; killed")
+        proc.kill()
+        proc.wait()
+
+
+def release_lab(bench, ports, work, problems):
+    """The end of every benchmark: `lab down --purge` if BENCH started a lab,
+    wait for PORTS to close, remove WORK unless --keep, log PROBLEMS.
+    Returns whether there were none."""
+    if bench.lab_started and bench.ctl_bin.exists():
+        proc = bench.lab("down", "--purge", check=False)
+        if proc.returncode != 0:
+            problems.append(f"lab down --purge: exit {proc.returncode} {proc.stderr.strip()}")
+            bench.lab("down", check=False)
+    for port in ports:
+        deadline = time.monotonic() + 20
+        while port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if port_open(port):
+            problems.append(f"port {port} still open after cleanup")
+    if not bench.args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    for p in problems:
+        log(f"cleanup: {p}")
+    return not problems
+
 def run(cmd, env=None, timeout=None, check=True):
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env, timeout=timeout)
@@ -365,39 +403,9 @@ log_disconnections = 0
 
     def cleanup(self):
         problems = []
-        if self.bouncer_proc and self.bouncer_proc.poll() is None:
-            self.bouncer_proc.send_signal(signal.SIGTERM)
-            try:
-                self.bouncer_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.bouncer_proc.kill()
-                self.bouncer_proc.wait()
-        if self.pgshard_proc and self.pgshard_proc.poll() is None:
-            self.pgshard_proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.pgshard_proc.wait(20)
-                if rc != 0:
-                    problems.append(f"pgshard exited {rc} on SIGTERM")
-            except subprocess.TimeoutExpired:
-                problems.append("pgshard did not exit within 20 s of SIGTERM; killed")
-                self.pgshard_proc.kill()
-                self.pgshard_proc.wait()
-        if self.lab_started and self.ctl_bin.exists():
-            proc = self.lab("down", "--purge", check=False)
-            if proc.returncode != 0:
-                problems.append(f"lab down --purge: exit {proc.returncode} {proc.stderr.strip()}")
-                self.lab("down", check=False)
-        for port in (PRIMARY_PORT, PGSHARD_PORT, PGBOUNCER_PORT):
-            deadline = time.monotonic() + 20
-            while port_open(port) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if port_open(port):
-                problems.append(f"port {port} still open after cleanup")
-        if not self.args.keep:
-            shutil.rmtree(WORK, ignore_errors=True)
-        for p in problems:
-            log(f"cleanup: {p}")
-        return not problems
+        stop_process("pgbouncer", self.bouncer_proc, problems, check_exit=False)
+        stop_process("pgshard", self.pgshard_proc, problems)
+        return release_lab(self, (PRIMARY_PORT, PGSHARD_PORT, PGBOUNCER_PORT), WORK, problems)
 
 
 def ratio(a, b):

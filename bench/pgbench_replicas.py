@@ -66,7 +66,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgbench_compare import (Interrupted, fmt_ratio, fmt_tps, log, port_open,  # noqa: E402
-                             ratio, run, wait_port)
+                             ratio, release_lab, run, stop_process, wait_port)
 
 REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = 7970
@@ -269,18 +269,7 @@ log_disconnections = 0
                   self.bouncer_dir / "pgbouncer.log")
 
     def stop(self, name, problems):
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(20)
-            if rc != 0 and name != "pgbouncer":
-                problems.append(f"{name} exited {rc} on SIGTERM")
-        except subprocess.TimeoutExpired:
-            problems.append(f"{name} did not exit within 20 s of SIGTERM; killed")
-            proc.kill()
-            proc.wait()
+        stop_process(name, self.procs.get(name), problems, check_exit=name != "pgbouncer")
 
     # ---- counting where reads went ----
 
@@ -781,22 +770,7 @@ log_disconnections = 0
             t.join(5)
         for name in ("pgbouncer", "pgshard", "pgshard-lag"):
             self.stop(name, problems)
-        if self.lab_started and self.ctl_bin.exists():
-            proc = self.lab("down", "--purge", check=False)
-            if proc.returncode != 0:
-                problems.append(f"lab down --purge: exit {proc.returncode} {proc.stderr.strip()}")
-                self.lab("down", check=False)
-        for port in ALL_PORTS:
-            deadline = time.monotonic() + 20
-            while port_open(port) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if port_open(port):
-                problems.append(f"port {port} still open after cleanup")
-        if not self.args.keep:
-            shutil.rmtree(WORK, ignore_errors=True)
-        for p in problems:
-            log(f"cleanup: {p}")
-        return not problems
+        return release_lab(self, ALL_PORTS, WORK, problems)
 
 
 def main():

@@ -52,7 +52,6 @@ import os
 import platform
 import random
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -61,8 +60,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgbench_compare import (Interrupted, fmt_ratio, fmt_tps, log, port_open,  # noqa: E402
-                             ratio, run, wait_port)
+from pgbench_compare import (Interrupted, fmt_ratio, fmt_tps, log,  # noqa: E402
+                             ratio, release_lab, run, stop_process, wait_port)
 
 REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = 7950
@@ -453,32 +452,9 @@ UPDATE {TABLE} SET abalance = abalance + 1 WHERE aid = :aid;
     def cleanup(self):
         problems = []
         for target, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    rc = proc.wait(20)
-                    if rc != 0:
-                        problems.append(f"pgshard {target} exited {rc} on SIGTERM")
-                except subprocess.TimeoutExpired:
-                    problems.append(f"pgshard {target} did not exit within 20 s of SIGTERM; killed")
-                    proc.kill()
-                    proc.wait()
-        if self.lab_started and self.ctl_bin.exists():
-            proc = self.lab("down", "--purge", check=False)
-            if proc.returncode != 0:
-                problems.append(f"lab down --purge: exit {proc.returncode} {proc.stderr.strip()}")
-                self.lab("down", check=False)
-        for port in (S0_PORT, S1_PORT, SOLO_PORT, *PROXY_PORTS.values()):
-            deadline = time.monotonic() + 20
-            while port_open(port) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if port_open(port):
-                problems.append(f"port {port} still open after cleanup")
-        if not self.args.keep:
-            shutil.rmtree(WORK, ignore_errors=True)
-        for p in problems:
-            log(f"cleanup: {p}")
-        return not problems
+            stop_process(f"pgshard {target}", proc, problems)
+        return release_lab(self, (S0_PORT, S1_PORT, SOLO_PORT, *PROXY_PORTS.values()), WORK,
+                           problems)
 
 
 def main():
