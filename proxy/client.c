@@ -175,14 +175,7 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
   if (pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, io->in.len, &type, &total) ==
           PGS_OK &&
       io->in.len - io->in_pos >= total) {
-    if (client->planned) {
-      for (int i = 0; i < client->nsteps; i++) {
-        free(client->steps[i].text);
-        client->steps[i].text = NULL;
-      }
-      client->nsteps = client->step_next = 0;
-      client->planned = false;
-    }
+    if (client->planned) pgs_client_clear_steps(client);
     io->in_pos += total;
     if (type == 'Q' || type == 'F') {
       emit_ready(client);

@@ -94,7 +94,7 @@ void pgs_client_routing_init(pgs_client_t *client) {
   client->routing = db->nshards > 1 || client->tenant != NULL || replicas;
 }
 
-static void clear_steps(pgs_client_t *client) {
+void pgs_client_clear_steps(pgs_client_t *client) {
   for (int i = 0; i < client->nsteps; i++) {
     free(client->steps[i].text);
     client->steps[i].text = NULL;
@@ -104,7 +104,7 @@ static void clear_steps(pgs_client_t *client) {
 }
 
 void pgs_client_routing_free(pgs_client_t *client) {
-  if (client->steps) clear_steps(client);
+  if (client->steps) pgs_client_clear_steps(client);
   free(client->steps);
   free(client->servers);
   free(client->pools);
@@ -812,19 +812,25 @@ static bool route(pgs_client_t *client, const pgs_plan_t *plan, const pgs_lexed_
 /* The slots a routed statement runs on: its shard's writer or a replica
  * (ONE, ANY), every writer (FANOUT). 0 with an error step added when it
  * cannot run. */
-static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const pgs_plan_t *plan) {
+static uint64_t placed_mask_quietly(pgs_client_t *client, const pgs_route_t *rt,
+                                    const pgs_plan_t *plan, bool quiet) {
   if (rt->kind == PGS_ROUTE_FANOUT) {
     for (int i = 0; i < client->nslots / 2; i++)
-      if ((rt->shards & BIT(i)) && place(client, i, plan) < 0) return 0;
+      if ((rt->shards & BIT(i)) && place_quietly(client, i, plan, quiet) < 0) return 0;
     return writer_slots(rt->shards);
   }
+  if (rt->kind != PGS_ROUTE_ONE && rt->kind != PGS_ROUTE_ANY) return 0;
   if (rt->kind == PGS_ROUTE_ANY && client->cur >= 0 &&
       (plan->kind != PGS_STMT_READ || client->in_tx || (client->cur & 1)))
     return BIT(client->cur); /* no shard needed: where the session is */
   if (rt->kind == PGS_ROUTE_ANY && client->tx_mask) return BIT(first_bit(client->tx_mask));
   int shard = rt->kind == PGS_ROUTE_ONE ? rt->shard : default_slot(client) / 2;
-  int slot = place(client, shard, plan);
+  int slot = place_quietly(client, shard, plan, quiet);
   return slot < 0 ? 0 : BIT(slot);
+}
+
+static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const pgs_plan_t *plan) {
+  return placed_mask_quietly(client, rt, plan, false);
 }
 
 /* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
@@ -1028,15 +1034,10 @@ static int lookahead_slot(pgs_client_t *client, size_t at, const char *name,
   pgs_route_t rt = {.row_shard = NULL};
   if (stmt->plan->nrows > 0) return -1;
   pgs_route_plan(client->db, stmt->plan, stmt->lx, &pv, &session, &rt);
-  /* Where the Bind will go (placed_mask), without reporting errors: the
-   * Bind reports them. */
-  if (rt.kind == PGS_ROUTE_ANY && client->cur >= 0 &&
-      (stmt->plan->kind != PGS_STMT_READ || client->in_tx || (client->cur & 1)))
-    return client->cur;
-  if (rt.kind == PGS_ROUTE_ANY && client->tx_mask) return first_bit(client->tx_mask);
+  /* Where the Bind will go, without reporting errors: the Bind does. */
   if (rt.kind != PGS_ROUTE_ONE && rt.kind != PGS_ROUTE_ANY) return -1;
-  int shard = rt.kind == PGS_ROUTE_ONE ? rt.shard : default_slot(client) / 2;
-  return place_quietly(client, shard, stmt->plan, true);
+  uint64_t mask = placed_mask_quietly(client, &rt, stmt->plan, true);
+  return mask ? first_bit(mask) : -1;
 }
 
 /* Where a Parse or a Describe of a statement goes when its Bind is not in
@@ -1584,7 +1585,7 @@ void pgs_client_process(pgs_client_t *client) {
       blocked = true;
       break;
     }
-    clear_steps(client);
+    pgs_client_clear_steps(client);
     io->in_pos += total;
   }
   if (!flush_servers(client)) return;

@@ -298,6 +298,8 @@ void pgs_client_cancel(pgs_client_t *client);
 /* request.c */
 void pgs_client_routing_init(pgs_client_t *client);
 void pgs_client_routing_free(pgs_client_t *client);
+/* Forget the planned steps of the message at in_pos. */
+void pgs_client_clear_steps(pgs_client_t *client);
 void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server);
 /* The ReadyForQuery status the client is told: its transaction over every
  * shard (a failed one anywhere: 'E'; open anywhere: 'T'). */
