@@ -7,6 +7,10 @@
  * let transactions finish, then exit; at most shutdown_timeout_ms); SIGINT
  * exits now. They are blocked in every thread and taken by the main thread
  * with sigtimedwait, so no handler ever runs on a worker.
+ *
+ * Before the workers start, the two-phase commit decision log is opened and
+ * the prepared transactions an earlier pgshard left are settled
+ * (twophase.h); its file stays the same across reloads.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +24,7 @@
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
 #include "pgshard/proxy.h"
+#include "pgshard/twophase.h"
 
 static const char *config_path;
 static pgs_config_t *config;
@@ -81,6 +86,7 @@ static void reload(void) {
       next->workers != config->workers)
     pgs_warn("reload: listen and workers changes take effect after a restart");
   next->workers = config->workers;
+  pgs_twophase_reload(next);
   pgs_workers_reload(next);
   pgs_monitor_reload(next);
   pgs_config_unref(config);
@@ -165,6 +171,12 @@ int main(int argc, char **argv) {
     }
   }
 
+  /* Two-phase commit: open the decision log and settle the prepared
+   * transactions an earlier pgshard left before any client can start new
+   * ones. A shard that is down now is settled later by the monitor. */
+  if (pgs_twophase_start(config) != PGS_OK) return 1;
+  (void)pgs_twophase_recover_config(config);
+
   /* Block the signals before any thread exists, so every thread inherits
    * the mask and only sigtimedwait below ever sees them. */
   sigset_t set;
@@ -185,6 +197,7 @@ int main(int argc, char **argv) {
   signal_loop(&set);
   pgs_monitor_stop();
   pgs_workers_join();
+  pgs_twophase_stop();
   pgs_config_unref(config);
   pgs_info("pgshard stopped");
   return 0;

@@ -19,12 +19,20 @@
  *
  * Other threads reach the monitor only through its mailbox (mutex +
  * uv_async): a new config, or stop.
+ *
+ * Two-phase commit recovery (twophase.h): while the decision log is open,
+ * every PGS_TWOPHASE_PASS_MS — and at once when a shard's writer comes back
+ * up or changes — the monitor hands a recovery pass over every shard's
+ * current writer to the libuv thread pool (uv_queue_work). The pass uses
+ * blocking libpq on connections of its own, so the checks on this loop are
+ * never delayed by it; one pass runs at a time.
  */
 #include <string.h>
 
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
 #include "pgshard/proxy.h"
+#include "pgshard/twophase.h"
 
 #define CHECK_SQL                                                                                  \
   "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "      \
@@ -94,6 +102,13 @@ static struct {
   int pending;         /* nodes in the round not yet answered */
   uint64_t seq;
   bool stopping;
+  /* two-phase commit recovery passes */
+  uv_work_t twophase_work;
+  pgs_twophase_target_t *twophase_targets; /* the running pass's */
+  int twophase_ntargets;
+  bool twophase_running;
+  bool twophase_kick;         /* a writer came back: pass at the next tick */
+  uint64_t twophase_next_ms;  /* the next periodic pass */
 } mon;
 
 static void poll_cb(uv_poll_t *handle, int status, int events);
@@ -537,6 +552,10 @@ static void finish_round(uint64_t now) {
       char why[256];
       bool elected = pgs_health_elect(h, why, sizeof(why));
       log_changes(db, sh, before);
+      /* Prepared transactions waiting for this shard can be settled now. */
+      if (h->writer >= 0 && (h->writer != old_writer || !before[h->writer].up) &&
+          h->nodes[h->writer].up)
+        mon.twophase_kick = true;
       if (elected) {
         const char *shard = sh->conns[0]->shard;
         if (h->writer < 0)
@@ -559,11 +578,63 @@ static void finish_round(uint64_t now) {
   publish(now);
 }
 
+/* ---- two-phase commit recovery ---- */
+
+static void twophase_work_cb(uv_work_t *req) {
+  PGS_UNUSED(req);
+  int unsettled = pgs_twophase_recover(mon.twophase_targets, mon.twophase_ntargets, false);
+  if (unsettled) pgs_debug("2pc: %d shard(s) not settled in this pass", unsettled);
+}
+
+static void twophase_after_cb(uv_work_t *req, int status) {
+  PGS_UNUSED(req);
+  PGS_UNUSED(status);
+  pgs_twophase_targets_free(mon.twophase_targets, mon.twophase_ntargets);
+  mon.twophase_targets = NULL;
+  mon.twophase_ntargets = 0;
+  mon.twophase_running = false;
+}
+
+/* Start a recovery pass on the thread pool when one is due: every shard's
+ * current writer (none while it is down: the shard waits for the pass after
+ * it comes back). */
+static void twophase_maybe_pass(uint64_t now) {
+  if (mon.stopping || mon.twophase_running) return;
+  if (!mon.twophase_kick && now < mon.twophase_next_ms) return;
+  if (!pgs_twophase_active()) return;
+  int n = 0;
+  for (int d = 0; d < mon.ndbs; d++) n += mon.dbs[d].nshards;
+  pgs_twophase_target_t *targets = pgs_xcalloc((size_t)(n ? n : 1), sizeof(*targets));
+  int k = 0;
+  for (int d = 0; d < mon.ndbs; d++) {
+    for (int s = 0; s < mon.dbs[d].nshards; s++, k++) {
+      const mon_shard_t *sh = &mon.dbs[d].shards[s];
+      int w = sh->health.writer;
+      targets[k].db = pgs_xstrdup(mon.dbs[d].name);
+      targets[k].shard = pgs_xstrdup(sh->conns[0]->shard);
+      if (w >= 0 && sh->health.nodes[w].up)
+        targets[k].conninfo = pgs_xstrdup(sh->conns[w]->connstr);
+    }
+  }
+  mon.twophase_targets = targets;
+  mon.twophase_ntargets = n;
+  int rc = uv_queue_work(&mon.loop, &mon.twophase_work, twophase_work_cb, twophase_after_cb);
+  if (rc != 0) {
+    pgs_warn("2pc: cannot start a recovery pass: %s", uv_strerror(rc));
+    twophase_after_cb(&mon.twophase_work, rc);
+  } else {
+    mon.twophase_running = true;
+  }
+  mon.twophase_kick = false;
+  mon.twophase_next_ms = now + PGS_TWOPHASE_PASS_MS;
+}
+
 static void tick_cb(uv_timer_t *timer) {
   PGS_UNUSED(timer);
   uint64_t now = pgs_now_ms();
   if (mon.round_open) finish_round(now);
   start_round(now);
+  twophase_maybe_pass(now);
 }
 
 /* ---- building state from a config ---- */
@@ -786,6 +857,8 @@ int pgs_monitor_start(pgs_config_t *config) {
   mon.interval_ms = interval_of(config);
   mon.dbs = dbs_build(config, NULL, 0, mon.interval_ms);
   mon.ndbs = config->ndatabases;
+  /* main.c ran the startup recovery pass just now. */
+  mon.twophase_next_ms = pgs_now_ms() + PGS_TWOPHASE_PASS_MS;
   /* Routing never starts without a snapshot: every node up, the configured
    * primaries writing, no replica readable before its first check. */
   publish(pgs_now_ms());

@@ -42,6 +42,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/twophase.h"
 
 #define CLIENT_MAX_STATEMENTS 10000
 #define BIT(i) ((uint64_t)1 << (i))
@@ -51,12 +52,14 @@
 static void free_portal(void *p) {
   pgs_portal_t *portal = p;
   free(portal->sql);
+  pgs_plan_unref(portal->merge_plan);
   free(portal);
 }
 
 void pgs_client_free_stmt(void *p) {
   pgs_client_stmt_t *stmt = p;
   pgs_buf_free(&stmt->parse_body);
+  pgs_buf_free(&stmt->merge_body);
   pgs_plan_unref(stmt->plan);
   if (stmt->lx) {
     pgs_lex_free(stmt->lx);
@@ -120,6 +123,8 @@ void pgs_client_routing_free(pgs_client_t *client) {
   free(client->pv_data);
   free(client->pv_len);
   free(client->pv_fmt);
+  pgs_fan_free(client->fan);
+  client->fan = NULL;
 }
 
 /* ---- servers held ---- */
@@ -234,24 +239,64 @@ static void statement_server_name(const uint8_t *parse_body, size_t len, char ou
 /* Send a Parse for STMT to SERVER unless it already has it. An internal
  * one (before a Bind or Describe on a server that lacks it) still reports
  * its error: the client's statement is what failed. */
-static void ensure_prepared(pgs_server_t *server, pgs_client_stmt_t *stmt, bool internal) {
-  if (pgs_server_has_prepared(server, stmt->server_name)) {
+static void ensure_prepared_as(pgs_server_t *server, const char *name, const pgs_buf_t *body,
+                               bool internal) {
+  if (pgs_server_has_prepared(server, name)) {
     if (!internal) {
       pgs_server_expect(server, PGS_EXP_SYNTH_PARSE, false, NULL);
       pgs_server_emit_synthetic(server);
     }
     return;
   }
-  pgs_server_add_prepared(server, stmt->server_name);
+  pgs_server_add_prepared(server, name);
   size_t mark = pgs_io_scratch_mark(&server->io);
   pgs_buf_t *b = pgs_io_scratch(&server->io);
   size_t start = pgs_msg_begin(b, 'P');
-  pgs_buf_put_cstr(b, stmt->server_name);
-  pgs_buf_put(b, stmt->parse_body.data, stmt->parse_body.len);
+  pgs_buf_put_cstr(b, name);
+  pgs_buf_put(b, body->data, body->len);
   pgs_msg_end(b, start);
   pgs_io_scratch_done(&server->io, mark);
-  pgs_server_expect(server, PGS_EXP_PARSE, internal, stmt->server_name);
+  pgs_server_expect(server, PGS_EXP_PARSE, internal, name);
   if (internal) pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
+}
+
+static void ensure_prepared(pgs_server_t *server, pgs_client_stmt_t *stmt, bool internal) {
+  ensure_prepared_as(server, stmt->server_name, &stmt->parse_body, internal);
+}
+
+/* The shards' variant of a statement that merges (merge.h): its text
+ * rewritten, the client's parameter types kept. */
+static void build_merge_variant(pgs_client_stmt_t *stmt) {
+  if (stmt->merge_body.len > 0) return;
+  const pgs_buf_t *pb = &stmt->parse_body;
+  size_t qlen = strnlen((const char *)pb->data, pb->len);
+  pgs_merge_shard_sql(stmt->plan->merge, stmt->lx, &stmt->merge_body);
+  if (qlen < pb->len) pgs_buf_put(&stmt->merge_body, pb->data + qlen + 1, pb->len - qlen - 1);
+  statement_server_name(stmt->merge_body.data, stmt->merge_body.len, stmt->merge_name);
+}
+
+/* A Bind's result format codes for the shards' variant: per-column codes
+ * get a text code in front for each hidden column. R is past the
+ * statement name. */
+static void put_bind_rest(pgs_buf_t *b, pgs_reader_t *r, int hidden) {
+  const uint8_t *start = r->p;
+  int nfmt = pgs_read_i16(r);
+  pgs_read_bytes(r, nfmt > 0 ? 2 * (size_t)nfmt : 0);
+  int n = pgs_read_i16(r);
+  for (int i = 0; i < n && !r->bad; i++) {
+    int32_t len = pgs_read_i32(r);
+    if (len > 0) pgs_read_bytes(r, (size_t)len);
+  }
+  const uint8_t *codes = r->p;
+  int nres = pgs_read_i16(r);
+  if (r->bad || hidden == 0 || nres <= 1) {
+    pgs_buf_put(b, start, (size_t)(r->end - start)); /* as it came */
+    return;
+  }
+  pgs_buf_put(b, start, (size_t)(codes - start));
+  pgs_buf_put_i16(b, (int16_t)(nres + hidden));
+  for (int i = 0; i < hidden; i++) pgs_buf_put_i16(b, 0);
+  pgs_buf_put(b, r->p, (size_t)(r->end - r->p));
 }
 
 /* Track what a statement does to session state. Whether it drops the
@@ -302,7 +347,7 @@ static pgs_client_stmt_t *remember_parse(pgs_client_t *client, const char *name,
 /* The client's message P (TOTAL bytes) to SERVER, statement names mapped to
  * the server's; FLAGS filter its reply. */
 static void forward(pgs_client_t *client, pgs_server_t *server, char type, const uint8_t *p,
-                    size_t total, uint8_t flags) {
+                    size_t total, uint16_t flags, bool merged) {
   const uint8_t *body = p + 5;
   size_t len = total - 5;
   pgs_reader_t r;
@@ -333,7 +378,13 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
       stmt = pgs_strmap_get(&client->stmts, name);
     kind = type == 'B' ? PGS_EXP_BIND : PGS_EXP_DESCRIBE;
     if (stmt == NULL) break; /* a portal, or unknown: the server answers */
-    ensure_prepared(server, stmt, true);
+    merged = merged && type == 'B' && stmt->plan && stmt->plan->merge;
+    if (merged) {
+      build_merge_variant(stmt);
+      ensure_prepared_as(server, stmt->merge_name, &stmt->merge_body, true);
+    } else {
+      ensure_prepared(server, stmt, true);
+    }
     size_t mark = pgs_io_scratch_mark(&server->io);
     pgs_buf_t *b = pgs_io_scratch(&server->io);
     size_t start = pgs_msg_begin(b, type);
@@ -341,8 +392,11 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
       pgs_buf_put(b, portal, plen + 1);
     else
       pgs_buf_put_u8(b, dkind);
-    pgs_buf_put_cstr(b, stmt->server_name);
-    pgs_buf_put(b, r.p, pgs_reader_left(&r));
+    pgs_buf_put_cstr(b, merged ? stmt->merge_name : stmt->server_name);
+    if (merged)
+      put_bind_rest(b, &r, stmt->plan->merge->nhidden);
+    else
+      pgs_buf_put(b, r.p, pgs_reader_left(&r));
     pgs_msg_end(b, start);
     pgs_io_scratch_done(&server->io, mark);
     pgs_server_expect(server, kind, false, NULL);
@@ -370,7 +424,7 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
 
 /* TEXT through the unnamed statement and portal (COMMIT in an
  * extended-protocol unit): only the Execute's reply is the client's. */
-static void exec_sql(pgs_server_t *server, const char *text, uint8_t flags) {
+static void exec_sql(pgs_server_t *server, const char *text, uint16_t flags, bool internal) {
   size_t mark = pgs_io_scratch_mark(&server->io);
   pgs_buf_t *b = pgs_io_scratch(&server->io);
   size_t start = pgs_msg_begin(b, 'P');
@@ -394,7 +448,7 @@ static void exec_sql(pgs_server_t *server, const char *text, uint8_t flags) {
   pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
   pgs_server_expect(server, PGS_EXP_BIND, true, NULL);
   pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
-  pgs_server_expect(server, PGS_EXP_EXECUTE, false, NULL);
+  pgs_server_expect(server, PGS_EXP_EXECUTE, internal, NULL);
   if (flags) pgs_server_expect_flags(server, flags);
 }
 
@@ -462,6 +516,23 @@ static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, ch
 }
 
 static int first_bit(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; }
+
+/* The parts of a fan (fanout.c) on SLOTS: sent one after the other without
+ * waiting for replies; the first waits until every earlier request has
+ * been answered. */
+static void add_fan_steps(pgs_client_t *client, uint64_t slots, pgs_step_op_t op,
+                          const char *text) {
+  bool first = true;
+  for (int i = 0; i < client->nslots; i++) {
+    if (!(slots & BIT(i))) continue;
+    pgs_step_t *st = add_step(client, i, op);
+    if (text) st->text = pgs_xstrdup(text);
+    st->flags = PGS_EF_FAN;
+    st->concurrent = st->always = true;
+    st->drain_all = first;
+    first = false;
+  }
+}
 
 /* ---- primaries and replicas ---- */
 
@@ -616,6 +687,20 @@ static uint64_t writer_slots(uint64_t shards) {
 void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
                                const char *why) {
   bool replica = client->servers && (slot & 1) && slot < client->nslots;
+  if (replica && client->fan && (client->fan->slots & BIT(slot)) && !client->in_tx &&
+      !(client->tx_mask & BIT(slot)) && client->state != PGS_CL_CLOSING) {
+    /* A replica running a part of a merged read: the read fails, the
+     * session goes on. */
+    char message[600];
+    snprintf(message, sizeof(message), "lost the connection to a replica of shard %s: %s",
+             client->db->shards[slot / 2].name, why);
+    client->unit_mask &= ~BIT(slot);
+    pgs_fan_part_lost(client, slot, message);
+    if (client->state == PGS_CL_WAITING) return;
+    client->blocked = false;
+    pgs_client_process(client);
+    return;
+  }
   bool others_busy = false;
   for (int i = 0; i < client->nslots && replica; i++)
     others_busy |= client->servers[i] && client->servers[i]->expect_len > 0;
@@ -792,14 +877,12 @@ static bool route(pgs_client_t *client, const pgs_plan_t *plan, const pgs_lexed_
     /* One transaction writes on one shard unless the policy allows more. */
     if (client->in_tx && plan->kind == PGS_STMT_WRITE && plan->table) {
       if (client->tx_write_shard >= 0 && client->tx_write_shard != out->shard &&
-          client->db->cross_shard_writes != PGS_XWRITE_ALLOW) {
+          client->db->cross_shard_writes == PGS_XWRITE_DENY) {
         add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                   "this transaction wrote on shard %s; writing on shard %s too would make it "
-                  "cross-shard (cross_shard_writes = %s)",
+                  "cross-shard (cross_shard_writes = deny)",
                   client->db->shards[client->tx_write_shard].name,
-                  client->db->shards[out->shard].name,
-                  client->db->cross_shard_writes == PGS_XWRITE_2PC ? "2pc, not supported yet"
-                                                                    : "deny");
+                  client->db->shards[out->shard].name);
         return false;
       }
       client->tx_write_shard = out->shard;
@@ -833,6 +916,132 @@ static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const p
   return placed_mask_quietly(client, rt, plan, false);
 }
 
+/* ---- two-phase commit (cross_shard_writes = 2pc) ----
+ *
+ * A transaction that wrote on several shards commits in phases, each a
+ * TWOPC step that runs once every server has answered the steps before it
+ * and plans the next ones:
+ *   'P'  the transaction failed anywhere (a statement's error, a shard in
+ *        'E'): ROLLBACK everywhere. Else PREPARE TRANSACTION 'gid' on each
+ *        shard written, COMMIT on the others.
+ *   'D'  a PREPARE failed (its error went to the client): ROLLBACK
+ *        PREPARED on each. Else the commit is recorded durably in the
+ *        decision log (twophase.h), then COMMIT PREPARED on each.
+ *   'F'  done: "D gid" in the log, the client's CommandComplete and, for a
+ *        simple Query, its ReadyForQuery.
+ * A crash of pgshard or of a shard between the phases leaves prepared
+ * transactions that recovery settles from the log (presumed abort). */
+
+static void add_inject(pgs_client_t *client, int slot, const char *text, uint16_t flags,
+                       bool extended) {
+  pgs_step_t *st = add_step(client, slot, PGS_STEP_INJECT);
+  st->text = pgs_xstrdup(text);
+  st->flags = flags;
+  st->extended = extended;
+  st->internal = st->always = true;
+}
+
+static void add_twopc(pgs_client_t *client, char phase) {
+  pgs_step_t *st = add_step(client, -1, PGS_STEP_TWOPC);
+  st->reply = phase;
+  st->always = true;
+}
+
+/* Commit SLOTS (WRITTEN of them wrote) in two phases; TAG: the client sent
+ * COMMIT (answer "COMMIT"), else the statement's own reply is out. */
+static void plan_twopc(pgs_client_t *client, uint64_t slots, uint64_t written, bool simple,
+                       bool tag) {
+  if (pgs_twophase_new_gid(client->twopc_gid) != PGS_OK) {
+    add_error(client, "58030",
+              "could not start a two-phase commit (the decision log is not usable); the "
+              "transaction is rolled back");
+    client->tx_aborted = false;
+    for (int i = 0; i < client->nslots; i++)
+      if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", PGS_EF_IGNORE_ERROR, !simple);
+    if (simple) add_reply(client, 'Z', NULL);
+    return;
+  }
+  client->twopc_slots = slots;
+  client->twopc_written = written;
+  client->twopc_simple = simple;
+  client->twopc_tag = tag;
+  add_twopc(client, 'P');
+}
+
+/* Each slot of MASK runs a statement naming the gid. */
+static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *verb,
+                            uint16_t flags) {
+  char sql[PGS_GID_MAX + 40];
+  snprintf(sql, sizeof(sql), "%s '%s'", verb, client->twopc_gid);
+  for (int i = 0; i < client->nslots; i++)
+    if (mask & BIT(i)) add_inject(client, i, sql, flags, !client->twopc_simple);
+}
+
+/* A reply of the commit: it goes out even after an error (the error is
+ * what a failed PREPARE sent; the ReadyForQuery must follow). */
+static void add_twopc_reply(pgs_client_t *client, char reply, const char *tag) {
+  add_reply(client, reply, tag);
+  client->steps[client->nsteps - 1].always = true;
+}
+
+static void run_twopc(pgs_client_t *client, char phase) {
+  bool simple = client->twopc_simple;
+  uint64_t slots = client->twopc_slots, written = client->twopc_written;
+  switch (phase) {
+  case 'P': {
+    bool failed = client->step_error;
+    for (int i = 0; i < client->nslots; i++)
+      if ((slots & BIT(i)) && client->servers[i] && client->servers[i]->txstatus == 'E')
+        failed = true;
+    if (failed) {
+      pgs_twophase_record_abort(client->twopc_gid);
+      pgs_twophase_record_done(client->twopc_gid);
+      for (int i = 0; i < client->nslots; i++)
+        if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", PGS_EF_IGNORE_ERROR, !simple);
+      if (!client->step_error && client->twopc_tag) add_twopc_reply(client, 'C', "ROLLBACK");
+      if (simple) add_twopc_reply(client, 'Z', NULL);
+      return;
+    }
+    add_gid_injects(client, written, "PREPARE TRANSACTION", PGS_EF_FWD_ERROR);
+    for (int i = 0; i < client->nslots; i++)
+      if ((slots & ~written) & BIT(i)) add_inject(client, i, "COMMIT", PGS_EF_FWD_ERROR, !simple);
+    add_twopc(client, 'D');
+    return;
+  }
+  case 'D':
+    if (!client->step_error) (void)pgs_twophase_fault("2pc_after_prepare");
+    if (client->step_error || pgs_twophase_record_commit(client->twopc_gid) != PGS_OK) {
+      if (!client->step_error)
+        add_error(client, "58030",
+                  "could not record the commit decision of a two-phase commit; the transaction "
+                  "is rolled back");
+      pgs_twophase_record_abort(client->twopc_gid);
+      add_gid_injects(client, written, "ROLLBACK PREPARED", PGS_EF_IGNORE_ERROR);
+      add_twopc(client, 'F');
+      return;
+    }
+    add_gid_injects(client, written, "COMMIT PREPARED", PGS_EF_FWD_ERROR);
+    add_twopc(client, 'F');
+    return;
+  default:
+    /* An error in COMMIT PREPARED leaves the gid to recovery (decided). */
+    if (client->step_error && pgs_twophase_decision(client->twopc_gid) == PGS_2PC_COMMIT)
+      pgs_twophase_release(client->twopc_gid);
+    else
+      pgs_twophase_record_done(client->twopc_gid);
+    if (!client->step_error && client->twopc_tag) add_twopc_reply(client, 'C', "COMMIT");
+    if (simple) add_twopc_reply(client, 'Z', NULL);
+    client->twopc_gid[0] = '\0';
+    return;
+  }
+}
+
+/* Whether committing MASK's writes needs two phases. */
+static bool needs_twopc(const pgs_client_t *client, uint64_t written_shards) {
+  return client->db->cross_shard_writes == PGS_XWRITE_2PC &&
+         __builtin_popcountll(written_shards) > 1;
+}
+
 /* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
  * shard it touched, or answered here when it touched none. */
 static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *sql, bool simple) {
@@ -847,6 +1056,10 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
   if (mask == 0) {
     add_reply(client, 'C', tag);
     if (simple) add_reply(client, 'Z', NULL);
+    return;
+  }
+  if (!rollback && needs_twopc(client, client->tx_wrote)) {
+    plan_twopc(client, mask, mask & writer_slots(client->tx_wrote), simple, true);
     return;
   }
   int first = client->nsteps;
@@ -875,6 +1088,62 @@ static void plan_begin(pgs_client_t *client, const char *sql, bool read_only, bo
 static void mark_drops_prepared(pgs_client_t *client, int first) {
   for (int i = first; i < client->nsteps; i++)
     if (client->steps[i].shard >= 0) client->steps[i].forget_prepared = true;
+}
+
+/* The slots a merged read runs on: a server of each shard (replicas when
+ * they qualify). 0 with an error step added when a shard cannot serve. */
+static uint64_t fan_slots(pgs_client_t *client, const pgs_route_t *rt, const pgs_plan_t *plan) {
+  uint64_t slots = 0;
+  for (int i = 0; i < client->nslots / 2; i++) {
+    if (!(rt->shards & BIT(i))) continue;
+    int slot = place(client, i, plan);
+    if (slot < 0) return 0;
+    slots |= BIT(slot);
+  }
+  return slots;
+}
+
+/* A simple Query routed MERGE: every shard at once, rows merged. */
+static void plan_fan_query(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t *plan,
+                           const pgs_lexed_t *lx) {
+  int64_t limit, offset;
+  pgs_value_error_t err;
+  uint64_t slots = fan_slots(client, rt, plan);
+  if (slots == 0) {
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  if (pgs_merge_limits(plan->merge, lx, NULL, &limit, &offset, &err) != PGS_OK) {
+    add_error(client, err.sqlstate, "%s", err.message);
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  pgs_buf_t text;
+  pgs_buf_init(&text);
+  if (plan->merge->rewrite) pgs_merge_shard_sql(plan->merge, lx, &text);
+  pgs_fan_start(client, plan, slots, limit, offset, true);
+  add_fan_steps(client, slots, text.len ? PGS_STEP_QUERY : PGS_STEP_FORWARD,
+                text.len ? (const char *)text.data : NULL);
+  pgs_buf_free(&text);
+}
+
+/* A write outside a transaction that spans SHARDS: atomic under 2pc. The
+ * caller plans its steps between the two calls: BEGIN on each slot first,
+ * then the statement, with no ReadyForQuery of its own, then the commit. */
+static bool implicit_twopc(const pgs_client_t *client, const pgs_plan_t *plan, uint64_t shards) {
+  return !client->in_tx && plan->kind == PGS_STMT_WRITE && needs_twopc(client, shards);
+}
+
+static int implicit_twopc_begin(pgs_client_t *client, uint64_t slots) {
+  for (int i = 0; i < client->nslots; i++)
+    if (slots & BIT(i)) add_inject(client, i, "BEGIN", 0, false);
+  return client->nsteps;
+}
+
+static void implicit_twopc_commit(pgs_client_t *client, uint64_t slots, int first) {
+  for (int i = first; i < client->nsteps; i++)
+    client->steps[i].flags = (uint16_t)((client->steps[i].flags & ~PGS_EF_ZHIDE) | PGS_EF_ZDROP);
+  plan_twopc(client, slots, slots, true, false);
 }
 
 /* A simple Query in routing mode. */
@@ -934,6 +1203,8 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     if (session) check_session_effects(client, &fx, true);
   } else if (!route(client, plan, lx, NULL, &rt)) {
     add_reply(client, 'Z', NULL);
+  } else if (rt.kind == PGS_ROUTE_MERGE) {
+    plan_fan_query(client, &rt, plan, lx);
   } else if (rt.kind == PGS_ROUTE_SPLIT) {
     char **texts = pgs_xcalloc((size_t)client->nslots, sizeof(char *));
     bool ok = true, placed = true;
@@ -947,6 +1218,11 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     }
     if (!placed) {
       add_reply(client, 'Z', NULL);
+    } else if (ok && implicit_twopc(client, plan, rt.shards)) {
+      uint64_t slots = writer_slots(rt.shards);
+      int first = implicit_twopc_begin(client, slots);
+      add_fanout(client, slots, PGS_STEP_QUERY, texts, true);
+      implicit_twopc_commit(client, slots, first);
     } else if (ok) {
       add_fanout(client, writer_slots(rt.shards), PGS_STEP_QUERY, texts, true);
     } else {
@@ -964,7 +1240,10 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
       /* DDL and reference tables are copies on every shard: one shard's
        * count is the answer, not the sum. */
       client->fan_copies = plan->target == PGS_TARGET_ANY;
+      bool atomic = rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards);
+      int first = atomic ? implicit_twopc_begin(client, mask) : 0;
       add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
+      if (atomic) implicit_twopc_commit(client, mask, first);
       if (session) check_session_effects(client, &fx, true);
     }
   }
@@ -1134,6 +1413,8 @@ static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
   portal->kind = PGS_STMT_OTHER;
   portal->copies = false;
   portal->drops_prepared = false;
+  pgs_plan_unref(portal->merge_plan);
+  portal->merge_plan = NULL;
   return portal;
 }
 
@@ -1183,6 +1464,32 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
               "query; send one row per statement or use the simple query protocol");
     client->unit_failed = true;
     return;
+  } else if (rt.kind == PGS_ROUTE_MERGE) {
+    pgs_value_error_t err;
+    portal->mask = fan_slots(client, &rt, plan);
+    if (portal->mask == 0) {
+      client->unit_failed = true;
+      return;
+    }
+    if (pgs_merge_limits(plan->merge, stmt->lx, &pv, &portal->limit, &portal->offset, &err) !=
+        PGS_OK) {
+      add_error(client, err.sqlstate, "%s", err.message);
+      client->unit_failed = true;
+      return;
+    }
+    portal->kind = plan->kind;
+    portal->merge_plan = stmt->plan;
+    stmt->plan->refcount++;
+    int first = client->nsteps;
+    add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, false);
+    for (int i = first; i < client->nsteps; i++) client->steps[i].merged = true;
+    return;
+  } else if (rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards)) {
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "a write on several shards in the extended query protocol is made atomic "
+              "(cross_shard_writes = 2pc) only inside a transaction: wrap it in BEGIN/COMMIT");
+    client->unit_failed = true;
+    return;
   } else {
     portal->mask = placed_mask(client, &rt, plan);
     if (portal->mask == 0) {
@@ -1196,7 +1503,8 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
 }
 
 /* Describe, Execute or Close of a portal: where it was bound. */
-static void plan_portal_message(pgs_client_t *client, char type, const char *name) {
+static void plan_portal_message(pgs_client_t *client, char type, const char *name,
+                                int32_t max_rows) {
   pgs_portal_t *portal = pgs_strmap_get(&client->portals, name);
   if (portal == NULL) {
     if (type == 'C') add_reply(client, '3', NULL);
@@ -1209,6 +1517,22 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
   } else if (portal->mask == 0) {
     if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, portal->read_only, false);
     else plan_tx_end(client, portal->kind, portal->sql, false);
+  } else if (portal->merge_plan && type == 'D') {
+    /* Any part describes it; its hidden columns stay hidden. */
+    pgs_step_t *st = add_step(client, first_bit(portal->mask), PGS_STEP_FORWARD);
+    st->flags = PGS_EF_HIDE;
+    st->hide = (int16_t)portal->merge_plan->merge->nhidden;
+  } else if (portal->merge_plan && type == 'E') {
+    if (max_rows != 0) {
+      add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "a cross-shard result cannot be fetched in parts (Execute with a row limit); "
+                "fetch it whole or add a condition on the shard key");
+      client->unit_failed = true;
+    } else {
+      pgs_fan_start(client, portal->merge_plan, portal->mask, portal->limit, portal->offset,
+                    false);
+      add_fan_steps(client, portal->mask, PGS_STEP_FAN_EXEC, NULL);
+    }
   } else {
     client->fan_copies = portal->copies;
     int first = client->nsteps;
@@ -1341,7 +1665,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     if (total < 7 || p[total - 1] != '\0') {
       add_step(client, default_slot(client), PGS_STEP_FORWARD);
     } else if (p[5] == 'P') {
-      plan_portal_message(client, type, name);
+      plan_portal_message(client, type, name, 0);
     } else if (type == 'C') {
       pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, name);
       if (stmt) pgs_client_free_stmt(stmt);
@@ -1363,7 +1687,12 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       add_step(client, default_slot(client), PGS_STEP_FORWARD);
       return;
     }
-    plan_portal_message(client, 'E', (const char *)p + 5);
+    int32_t max_rows = 0;
+    if (total - 5 - nlen - 1 >= 4) {
+      const uint8_t *m = p + 5 + nlen + 1;
+      max_rows = (int32_t)((uint32_t)m[0] << 24 | (uint32_t)m[1] << 16 | (uint32_t)m[2] << 8 | m[3]);
+    }
+    plan_portal_message(client, 'E', (const char *)p + 5, max_rows);
     return;
   }
   case 'S':
@@ -1425,8 +1754,38 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
   int shard = st->shard;
   switch (st->op) {
   case PGS_STEP_FORWARD:
-    forward(client, server, type, p, total, st->flags);
+    forward(client, server, type, p, total, st->flags, st->merged);
+    if (st->hide) pgs_server_expect_hide(server, st->hide);
     break;
+  case PGS_STEP_INJECT:
+    if (st->extended) {
+      /* Inside the client's extended unit: with a Sync of its own, so that
+       * an error (a PREPARE that fails) does not leave the server skipping
+       * what pgshard sends next. */
+      exec_sql(server, st->text, st->flags, true);
+      size_t m = pgs_io_scratch_mark(&server->io);
+      pgs_msg_empty(pgs_io_scratch(&server->io), 'S');
+      pgs_io_scratch_done(&server->io, m);
+      pgs_server_expect(server, PGS_EXP_SYNC, true, NULL);
+    } else {
+      pgs_server_inject_query(server, st->text);
+      if (st->flags) pgs_server_expect_flags(server, st->flags);
+    }
+    break;
+  case PGS_STEP_FAN_EXEC: {
+    /* The merge needs the part's column types: describe it first. */
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_buf_t *b = pgs_io_scratch(&server->io);
+    size_t start = pgs_msg_begin(b, 'D');
+    pgs_buf_put_u8(b, 'P');
+    pgs_buf_put_cstr(b, (const char *)p + 5);
+    pgs_msg_end(b, start);
+    pgs_io_scratch_done(&server->io, mark);
+    pgs_server_expect(server, PGS_EXP_DESCRIBE, true, NULL);
+    pgs_server_expect_flags(server, st->flags);
+    forward(client, server, type, p, total, st->flags, false);
+    break;
+  }
   case PGS_STEP_PARSE:
     ensure_prepared(server, st->stmt, false);
     break;
@@ -1439,7 +1798,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     break;
   }
   case PGS_STEP_EXEC_SQL:
-    exec_sql(server, st->text, st->flags);
+    exec_sql(server, st->text, st->flags, false);
     break;
   case PGS_STEP_SYNC: {
     size_t m = pgs_io_scratch_mark(&server->io);
@@ -1454,11 +1813,13 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
   }
   if (st->forget_prepared) pgs_server_forget_prepared(server);
   bool extended = st->op == PGS_STEP_PARSE || st->op == PGS_STEP_EXEC_SQL ||
+                  st->op == PGS_STEP_FAN_EXEC ||
                   (st->op == PGS_STEP_FORWARD && extended_type(type));
   if (extended) {
     client->unit_mask |= BIT(shard);
     server->need_flush = type != 'H';
-  } else if (st->op == PGS_STEP_SYNC || st->op == PGS_STEP_QUERY || type == 'Q' || type == 'S' ||
+  } else if (st->op == PGS_STEP_SYNC || st->op == PGS_STEP_QUERY || st->op == PGS_STEP_INJECT ||
+             type == 'Q' || type == 'S' ||
              type == 'F') {
     server->need_flush = false;
   }
@@ -1468,18 +1829,30 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
 static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
   while (client->step_next < client->nsteps) {
     pgs_step_t *st = &client->steps[client->step_next];
+    if (client->fan && !st->concurrent) {
+      /* A merged read is in flight: what follows waits for its result
+       * (its parts are asked to flush what they hold). */
+      (void)others_drained(client, -1);
+      return STEPS_BLOCKED;
+    }
     bool everyone = st->shard < 0 || st->drain_all;
-    if (everyone || st->shard != client->cur) {
+    if ((everyone || st->shard != client->cur) && (!st->concurrent || st->drain_all)) {
       if (!others_drained(client, everyone ? -1 : st->shard)) return STEPS_BLOCKED;
       if (client->step_error && client->step_next > 0 && !st->always) {
-        client->step_next = client->nsteps; /* a fan-out part failed: no more parts */
-        break;
+        client->step_next++; /* a fan-out part failed: no more parts */
+        continue;
       }
-      if (type != 'S' && type != 'Q' && unit_error(client)) {
+      if (type != 'S' && type != 'Q' && !st->always && unit_error(client)) {
         client->unit_failed = true;
         client->step_next = client->nsteps;
         break;
       }
+    }
+    if (st->op == PGS_STEP_TWOPC) {
+      char phase = st->reply;
+      client->step_next++;
+      run_twopc(client, phase); /* plans more steps: st may move */
+      continue;
     }
     if (st->shard < 0) {
       emit_reply(client, st);
@@ -1568,6 +1941,14 @@ void pgs_client_process(pgs_client_t *client) {
       io->in_pos = io->in.len;
       pgs_client_close(client);
       return;
+    }
+    if (!client->planned && client->fan) {
+      /* A merged read is in flight: the next message waits for it (it may
+       * fail the unit, and the merge owns the servers' replies). */
+      (void)others_drained(client, -1);
+      client->blocked = true;
+      blocked = true;
+      break;
     }
     if (!client->planned) {
       if (client->unit_failed && type != 'S') {

@@ -81,13 +81,19 @@ void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool intern
   e->flags = 0;
   e->internal = internal;
   e->capture = false;
+  e->hide = 0;
   snprintf(e->stmt, sizeof(e->stmt), "%s", stmt ? stmt : "");
   server->expect_len++;
 }
 
-void pgs_server_expect_flags(pgs_server_t *server, uint8_t flags) {
+void pgs_server_expect_flags(pgs_server_t *server, uint16_t flags) {
   PGS_ASSERT(server->expect_len > 0);
   server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].flags = flags;
+}
+
+void pgs_server_expect_hide(pgs_server_t *server, int16_t hide) {
+  PGS_ASSERT(server->expect_len > 0);
+  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].hide = hide;
 }
 
 static pgs_expect_t *expect_front(pgs_server_t *server) {
@@ -194,7 +200,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
                                      size_t len) {
   pgs_expect_t *front = expect_front(server);
   bool internal = front && front->internal;
-  uint8_t flags = front ? front->flags : 0;
+  uint16_t flags = front ? front->flags : 0;
   pgs_client_t *client = server->client;
   reply_action_t visible = !internal && client ? REPLY_FORWARD : REPLY_DROP;
   pgs_debug("server %d -> client %d: '%c' (%zu bytes), expecting %zu, front %d%s",
@@ -234,6 +240,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     }
     if (client == NULL) return REPLY_DROP;
     if ((flags & PGS_EF_ZHIDE) && !client->step_error) return REPLY_DROP;
+    if (flags & PGS_EF_ZDROP) return REPLY_DROP;
     return REPLY_READY;
   }
   case '1':
@@ -280,7 +287,10 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
       return client != NULL ? REPLY_FORWARD : REPLY_DROP;
     }
     if (front->kind == PGS_EXP_QUERY) {
-      if (internal) server->internal_failed = true;
+      /* An injected query failed: fatal for the session unless its error
+       * is expected or is the client's to see. */
+      if (internal && !(flags & (PGS_EF_IGNORE_ERROR | PGS_EF_FWD_ERROR)))
+        server->internal_failed = true;
     } else {
       server->error_until_sync = true;
       if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
@@ -319,6 +329,10 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     return REPLY_DROP;
   }
   }
+}
+
+static reply_action_t fan_action(pgs_fan_action_t a) {
+  return a == PGS_FAN_FORWARD ? REPLY_FORWARD : a == PGS_FAN_READY ? REPLY_READY : REPLY_DROP;
 }
 
 /* Queue the client's copy of a message whose content pgshard changes. */
@@ -366,8 +380,22 @@ void pgs_server_process(pgs_server_t *server) {
       break;
     }
     in->in_pos += total;
+    const pgs_expect_t *front = expect_front(server);
+    uint16_t front_flags = front ? front->flags : 0;
+    int16_t hide = front ? front->hide : 0;
     reply_action_t action = server_message(server, type, p + 5, total - 5);
     if (server->client == NULL) action = REPLY_DROP;
+    else if (front_flags & PGS_EF_FAN)
+      action = fan_action(pgs_fan_reply(server->client, server->shard, type, p, total));
+    else if ((front_flags & PGS_EF_HIDE) && type == 'T' && action == REPLY_FORWARD) {
+      /* A merged portal described: the shards' hidden columns stay hidden. */
+      pgs_merge_spec_t spec = {.nhidden = hide};
+      pgs_io_t *out = &server->client->io;
+      size_t mark = pgs_io_scratch_mark(out);
+      pgs_merge_client_rowdesc(&spec, p + 5, total - 5, pgs_io_scratch(out));
+      pgs_io_scratch_done(out, mark);
+      action = REPLY_DROP;
+    }
     if (action == REPLY_FORWARD)
       pgs_io_emit(&server->client->io, p, total);
     else if (action != REPLY_DROP)

@@ -33,6 +33,8 @@
 
 #include "pgshard/analyze.h"
 #include "pgshard/config.h"
+#include "pgshard/copy.h"
+#include "pgshard/merge.h"
 #include "pgshard/shardmap.h"
 
 /* A backstop for the walk below: the tree's depth was checked before it
@@ -189,6 +191,7 @@ typedef struct ctx {
   const pgs_table_t *table;
   bool copy_rows;
   int copy_key_column;
+  pgs_copy_options_t *copy; /* the first COPY FROM STDIN's options */
   bool read_only_tx;
   char sqlstate[6];
   char message[256];
@@ -1057,6 +1060,12 @@ static pgs_stmt_kind_t analyse_copy(ctx_t *ctx, const PgQuery__CopyStmt *c) {
     if (t) new_ref(ctx, t, -2); /* every row of every shard */
     return PGS_STMT_COPY_TO;
   }
+  if (!(c->filename && c->filename[0]) && !c->is_program && ctx->copy == NULL) {
+    pgs_copy_literals_t lits = {ctx->text, ctx->lit_loc, ctx->nlit, ctx->lit_base};
+    pgs_key_error_t err;
+    ctx->copy = pgs_copy_options_parse(c, t, &lits, &err);
+    if (err.sqlstate[0]) refuse(ctx, err.sqlstate, "%s", err.message);
+  }
   if (t) {
     int pos = column_position(c->attlist, c->n_attlist, t->column);
     if ((c->filename && c->filename[0]) || c->is_program) {
@@ -1271,8 +1280,10 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
   case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
     return PGS_STMT_READ;
   case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+    /* Routed as the read it is: a cursor lives on one server, so one over
+     * several shards (no merge plan) is refused rather than left on one. */
     walk_node(ctx, NULL, n->declare_cursor_stmt->query);
-    return PGS_STMT_SESSION;
+    return PGS_STMT_READ;
   case PG_QUERY__NODE__NODE_PREPARE_STMT: {
     /* EXECUTE would run it wherever the session is, whatever its
      * parameters: a statement on a sharded table must be prepared through
@@ -1499,6 +1510,8 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
   plan->refcount = 1;
   plan->same_shard_required = same_shard;
   plan->copy_key_column = ctx->copy_rows ? ctx->copy_key_column : -1;
+  plan->copy = ctx->copy;
+  ctx->copy = NULL;
   plan->nstatements = nstatements;
   free(keys.v);
   return plan;
@@ -1609,38 +1622,18 @@ static pgs_plan_t *parse_failed_plan(void) {
 }
 
 /* The normalised text with each literal put back as a literal, and where
- * each now starts. Strings are quoted afresh ('' for '), numbers are
- * written as they were. */
+ * each now starts (pgs_lexed_restore). NULL if the lexer's placeholders
+ * are not where it said. */
 static char *restore_literals(const pgs_lexed_t *lx, int32_t *loc) {
-  size_t cap = lx->normalized_len + 1;
-  for (int i = 0; i < lx->nliterals; i++) cap += 2 * (size_t)lx->literals[i].len + 2;
-  char *text = pgs_xmalloc(cap);
-  size_t in = 0, out = 0;
-  for (int i = 0; i < lx->nliterals; i++) {
-    const pgs_literal_t *lit = &lx->literals[i];
-    size_t at = lit->placeholder;
-    memcpy(text + out, lx->normalized + in, at - in);
-    out += at - in;
-    in = at + 1;
-    while (in < lx->normalized_len && lx->normalized[in] >= '0' && lx->normalized[in] <= '9') in++;
-    loc[i] = (int32_t)out;
-    const char *v = lx->values + lit->offset;
-    if (lit->is_string) {
-      text[out++] = '\'';
-      for (uint32_t j = 0; j < lit->len; j++) {
-        if (v[j] == '\'') text[out++] = '\'';
-        text[out++] = v[j];
-      }
-      text[out++] = '\'';
-    } else {
-      memcpy(text + out, v, lit->len);
-      out += lit->len;
-    }
+  pgs_buf_t text;
+  pgs_buf_init(&text);
+  int next = 0;
+  if (!pgs_lexed_restore(lx, 0, lx->normalized_len, &next, &text, loc)) {
+    pgs_buf_free(&text);
+    return NULL;
   }
-  memcpy(text + out, lx->normalized + in, lx->normalized_len - in);
-  out += lx->normalized_len - in;
-  text[out] = '\0';
-  return text;
+  pgs_buf_put_u8(&text, '\0');
+  return (char *)text.data;
 }
 
 pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
@@ -1654,6 +1647,10 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
     pg_query_free_protobuf_parse_result(result);
     loc = pgs_xmalloc(sizeof(*loc) * (size_t)lx->nliterals);
     restored = restore_literals(lx, loc);
+    if (restored == NULL) {
+      free(loc);
+      return parse_failed_plan();
+    }
     result = pg_query_parse_protobuf(restored);
   }
   PgQuery__ParseResult *tree = NULL;
@@ -1685,6 +1682,9 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
   pgs_stmt_kind_t *kinds = pgs_xmalloc(sizeof(*kinds) * (size_t)(n > 0 ? n : 1));
   for (int i = 0; i < n; i++) kinds[i] = analyse_stmt(&ctx, tree->stmts[i]->stmt, n == 1);
   pgs_plan_t *plan = build_plan(&ctx, combine_kinds(kinds, n), n);
+  /* A single read of sharded tables: how it runs across shards (merge.c). */
+  if (n == 1 && ctx.nrefs > 0 && (plan->kind == PGS_STMT_READ || plan->kind == PGS_STMT_COPY_TO))
+    plan->merge = pgs_merge_analyze(db, lx, tree->stmts[0]->stmt, restored ? loc : NULL);
 
   free(kinds);
   free(ctx.refs);
@@ -1702,5 +1702,9 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
 void pgs_plan_unref(pgs_plan_t *plan) {
   if (plan == NULL) return;
   PGS_ASSERT(plan->refcount > 0);
-  if (--plan->refcount == 0) free(plan);
+  if (--plan->refcount == 0) {
+    pgs_merge_spec_free(plan->merge);
+    pgs_copy_options_free(plan->copy);
+    free(plan);
+  }
 }

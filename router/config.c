@@ -394,6 +394,13 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     set_int(st, key, value, 0, 86400000, &c->server_idle_timeout_ms);
   } else if (!strcmp(key, "shutdown_timeout_ms")) {
     set_int(st, key, value, 0, 86400000, &c->shutdown_timeout_ms);
+  } else if (!strcmp(key, "twophase_log")) {
+    if (value[0] == '\0') {
+      config_error(c, st->line, "twophase_log: must name a file");
+      return;
+    }
+    free(c->twophase_log);
+    c->twophase_log = pgs_xstrdup(value);
   } else {
     config_error(c, st->line, "unknown key \"%s\" in [pgshard]", key);
   }
@@ -673,6 +680,7 @@ static void config_defaults(pgs_config_t *c) {
   c->client_login_timeout_ms = 60000;
   c->server_idle_timeout_ms = 600000;
   c->shutdown_timeout_ms = 30000;
+  c->twophase_log = pgs_xstrdup(PGS_TWOPHASE_LOG_DEFAULT);
   c->refcount = 1;
 }
 
@@ -1161,6 +1169,20 @@ static void parse_state_free(parse_state_t *st) {
   raw_entries_free(st->tenants, st->ntenants);
 }
 
+/* A relative file name in the config names a file beside the config file,
+ * wherever pgshard was started from (the lab starts it in another
+ * directory). A config parsed from a string has no directory: unchanged. */
+static void resolve_beside_config(const pgs_config_t *c, char **file) {
+  const char *slash = c->path ? strrchr(c->path, '/') : NULL;
+  if (*file == NULL || (*file)[0] == '/' || slash == NULL) return;
+  size_t dirlen = (size_t)(slash - c->path) + 1;
+  char *joined = pgs_xmalloc(dirlen + strlen(*file) + 1);
+  memcpy(joined, c->path, dirlen);
+  strcpy(joined + dirlen, *file);
+  free(*file);
+  *file = joined;
+}
+
 static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
   parse_state_t st;
@@ -1182,6 +1204,7 @@ static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   int rc = ini_parse_stream(read_line_cb, src, handler, &st);
   if (rc > 0) config_error(c, rc, "syntax error (expected [section] or key = value)");
   config_validate(c);
+  resolve_beside_config(c, &c->twophase_log);
   shardmap_build(c, &st);
   parse_state_free(&st);
   if (c->nerrors == 0) make_scram_secrets(c);
@@ -1219,6 +1242,7 @@ void pgs_config_unref(pgs_config_t *c) {
   free(c->path);
   free(c->listen_host);
   free(c->metrics_listen);
+  free(c->twophase_log);
   for (int i = 0; i < c->nusers; i++) {
     free(c->users[i].name);
     free(c->users[i].password);

@@ -25,6 +25,7 @@
 #include <xxhash.h>
 
 #include "pgshard/analyze.h"
+#include "pgshard/proto.h"
 
 #define MAX_PARAM 65535 /* the protocol's limit on bind parameters */
 #define PLACEHOLDER_SLACK 16
@@ -87,6 +88,8 @@ typedef struct lexer {
   pgs_lexed_t *out;
   size_t len;             /* bytes written to out->normalized */
   bool after_placeholder; /* an identifier char now would glue onto $N */
+  int depth;              /* parentheses open */
+  uint64_t sort_lists;    /* bit d: an ORDER BY / GROUP BY list is open at depth d */
 } lexer_t;
 
 static void ensure_out(lexer_t *lx, size_t need) {
@@ -107,6 +110,19 @@ static inline void put_n(lexer_t *lx, const char *s, size_t n) {
 
 static bool last_is_ident(const lexer_t *lx) {
   return lx->len > 0 && is_class((unsigned char)lx->out->normalized[lx->len - 1], C_IDENT_CONT);
+}
+
+/* Whether the last word written (one blank before it allowed) is LOWER. */
+static bool last_word_is(const lexer_t *lx, const char *lower, size_t n) {
+  const char *o = lx->out->normalized;
+  size_t end = lx->len;
+  if (end > 0 && o[end - 1] == ' ') end--;
+  if (end < n) return false;
+  size_t start = end - n;
+  if (start > 0 && is_class((unsigned char)o[start - 1], C_IDENT_CONT)) return false;
+  for (size_t i = 0; i < n; i++)
+    if (((unsigned char)o[start + i] | 0x20) != (unsigned char)lower[i]) return false;
+  return true;
 }
 
 /* Room for the rest of the input plus a placeholder and its separators:
@@ -569,6 +585,60 @@ static inline bool chains_left_deep(const char *w, size_t n) {
   }
 }
 
+/* ---- ORDER BY and GROUP BY positions ----
+ *
+ * An integer that is a whole item of an ORDER BY or GROUP BY list names an
+ * output column by its position (ORDER BY 2), which a parameter in its
+ * place would not: such integers are kept as written, so that statements
+ * sorting or grouping by different columns normalise apart and never
+ * share a cached plan (merge.h reads the positions from the plan). Lists
+ * are tracked per parenthesis depth, from ORDER BY / GROUP BY to the
+ * closing parenthesis, the ';' or a keyword that starts another clause at
+ * that depth. Keeping a literal that is not a position is harmless (it is
+ * no key), so the tracking only has to err that way. */
+
+static inline uint64_t depth_bit(int depth) {
+  return depth >= 0 && depth < 64 ? (uint64_t)1 << depth : 0;
+}
+
+/* Called with each word before it is written. */
+static void track_sort_list(lexer_t *lx, const char *w, size_t n) {
+  static const char *const ends[] = {
+      "except", "fetch",  "for",   "from",   "having", "intersect", "into",  "limit", "offset",
+      "on",     "returning", "select", "set", "union", "values",    "where", "window", "with",
+  };
+  uint64_t bit = depth_bit(lx->depth);
+  if (n == 2 && word_is(w, "by", 2)) {
+    if (last_word_is(lx, "order", 5) || last_word_is(lx, "group", 5)) lx->sort_lists |= bit;
+    return;
+  }
+  if (!(lx->sort_lists & bit)) return;
+  for (size_t i = 0; i < PGS_ARRAY_LEN(ends); i++)
+    if (strlen(ends[i]) == n && word_is(w, ends[i], n)) {
+      lx->sort_lists &= ~bit;
+      return;
+    }
+}
+
+/* At a digit: an integer standing alone as an ORDER BY / GROUP BY item
+ * (right after BY or a ',') is copied as written; false otherwise. */
+static bool lex_position(lexer_t *lx) {
+  if (!(lx->sort_lists & depth_bit(lx->depth))) return false;
+  const char *s = lx->p;
+  while (s < lx->end && is_class((unsigned char)*s, C_DIGIT)) s++;
+  /* A fraction, an exponent or a glued identifier: not an integer. */
+  if (s < lx->end && (*s == '.' || is_class((unsigned char)*s, C_IDENT_CONT))) return false;
+  const char *o = lx->out->normalized;
+  size_t end = lx->len;
+  if (end > 0 && o[end - 1] == ' ') end--;
+  if (!(end > 0 && o[end - 1] == ',') && !last_word_is(lx, "by", 2)) return false;
+  if (lx->after_placeholder) put_separator(lx);
+  put_n(lx, lx->p, (size_t)(s - lx->p));
+  lx->after_placeholder = true; /* a digit now would change the number */
+  lx->p = s;
+  return true;
+}
+
 /* ---- renumbering ---- */
 
 /* Literals were numbered $1.. as they came; the statement's own highest $n
@@ -609,6 +679,48 @@ void pgs_lex_init(pgs_lexed_t *lx) { memset(lx, 0, sizeof(*lx)); }
 const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param) {
   int i = param - lx->nparams - 1;
   return i >= 0 && i < lx->nliterals ? &lx->literals[i] : NULL;
+}
+
+void pgs_lexed_put_literal(const pgs_lexed_t *lx, const pgs_literal_t *lit, pgs_buf_t *out) {
+  const char *value = lx->values + lit->offset;
+  if (!lit->is_string) {
+    pgs_buf_put(out, value, lit->len);
+    return;
+  }
+  bool backslash = memchr(value, '\\', lit->len) != NULL;
+  pgs_buf_reserve(out, (size_t)lit->len * 2 + 3);
+  if (backslash) pgs_buf_put_u8(out, 'E');
+  pgs_buf_put_u8(out, '\'');
+  for (uint32_t i = 0; i < lit->len; i++) {
+    char ch = value[i];
+    if (ch == '\'' || (backslash && ch == '\\')) pgs_buf_put_u8(out, (uint8_t)ch);
+    pgs_buf_put_u8(out, (uint8_t)ch);
+  }
+  pgs_buf_put_u8(out, '\'');
+}
+
+bool pgs_lexed_restore(const pgs_lexed_t *lx, size_t from, size_t to, int *next, pgs_buf_t *out,
+                       int32_t *loc) {
+  const char *s = lx->normalized;
+  int i = *next;
+  while (i < lx->nliterals && lx->literals[i].placeholder < from) i++;
+  size_t at = from;
+  for (; i < lx->nliterals && lx->literals[i].placeholder < to; i++) {
+    const pgs_literal_t *lit = &lx->literals[i];
+    size_t p = lit->placeholder;
+    char expect[16];
+    int n = snprintf(expect, sizeof(expect), "$%d", lx->nparams + 1 + i);
+    if (p + (size_t)n > to || memcmp(s + p, expect, (size_t)n) != 0 ||
+        (p + (size_t)n < lx->normalized_len && s[p + n] >= '0' && s[p + n] <= '9'))
+      return false;
+    pgs_buf_put(out, s + at, p - at);
+    if (loc) loc[i] = (int32_t)out->len;
+    pgs_lexed_put_literal(lx, lit, out);
+    at = p + (size_t)n;
+  }
+  pgs_buf_put(out, s + at, to - at);
+  *next = i;
+  return true;
 }
 
 void pgs_lex_free(pgs_lexed_t *lx) {
@@ -664,6 +776,8 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
         statement_open = false;
       }
       lx.after_placeholder = false;
+      lx.depth = 0;
+      lx.sort_lists = 0;
       pending_space = lx.len > 0;
       lx.p++;
       continue;
@@ -694,6 +808,8 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
       st = copy_quoted(&lx, lx.p, '"');
     } else if (c == '$' && is_class(next, C_DIGIT)) {
       st = lex_param(&lx);
+    } else if (is_class(c, C_DIGIT) && lex_position(&lx)) {
+      st = PGS_OK;
     } else if (is_class(c, C_DIGIT) || (c == '.' && is_class(next, C_DIGIT))) {
       st = lex_number(&lx);
     } else if (c == '$' && (st = lex_dollar_quote(&lx)) != PGS_ENOTFOUND) {
@@ -704,6 +820,7 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
       while (s < lx.end && is_class((unsigned char)*s, C_IDENT_CONT)) s++;
       if (lx.after_placeholder) put_separator(&lx);
       if (chains_left_deep(lx.p, (size_t)(s - lx.p))) out->chain++;
+      track_sort_list(&lx, lx.p, (size_t)(s - lx.p));
       put_n(&lx, lx.p, (size_t)(s - lx.p));
       lx.after_placeholder = false;
       lx.p = s;
@@ -713,6 +830,13 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
       if (is_class(c, C_OPERATOR) &&
           !(lx.len > 0 && is_class((unsigned char)out->normalized[lx.len - 1], C_OPERATOR)))
         out->chain++;
+      if (c == '(') {
+        lx.depth++;
+        lx.sort_lists &= depth_bit(lx.depth) - 1; /* none open inside yet */
+      } else if (c == ')') {
+        lx.sort_lists &= depth_bit(lx.depth) - 1; /* those inside close */
+        if (lx.depth > 0) lx.depth--;
+      }
       put(&lx, (char)c);
       lx.after_placeholder = false;
       lx.p++;

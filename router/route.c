@@ -2,7 +2,7 @@
  * route.c — the route decision (route.h): a plan's parameter numbers
  * resolved to values, the values typed and mapped to shards, and the
  * target, the statement kind, the database's policies and the session's
- * hint or tenant turned into ONE / ANY / FANOUT / SPLIT / REFUSE.
+ * hint or tenant turned into ONE / ANY / FANOUT / SPLIT / MERGE / REFUSE.
  *
  * Invariants: nothing here allocates on the routing path (keys and array
  * elements are parsed into fixed buffers on the stack; arrays are capped
@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "pgshard/merge.h"
 #include "pgshard/route.h"
 
 /* Elements of one array key (= ANY($1)); more are refused with 54000, so an
@@ -109,22 +110,36 @@ static const char *shard_name(const pgs_database_t *db, int shard) {
   return shard >= 0 && shard < db->nshards ? db->shards[shard].name : "?";
 }
 
+/* Whether the policy lets a write run on several shards: allow, and 2pc
+ * (the proxy makes such a write atomic with two-phase commit). */
+static bool writes_several(const pgs_database_t *db) {
+  return db->cross_shard_writes == PGS_XWRITE_ALLOW || db->cross_shard_writes == PGS_XWRITE_2PC;
+}
+
 /* A write on the shards in MASK (several of them): the policy decides.
  * WHAT says what the statement does, for the refusal. */
 static void write_several(route_ctx_t *c, uint64_t mask, const char *what) {
-  switch (c->db->cross_shard_writes) {
-  case PGS_XWRITE_ALLOW:
+  if (writes_several(c->db)) {
     route_set(c->out, PGS_ROUTE_FANOUT, mask);
     return;
-  case PGS_XWRITE_2PC:
-    refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-           "%s; cross_shard_writes = 2pc is not supported yet", what);
-    return;
-  case PGS_XWRITE_DENY:
-    break;
   }
   refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
          "%s; cross_shard_writes = deny allows writes on one shard only", what);
+}
+
+/* A read on the shards in MASK (several of them, none forced): merged
+ * when the database allows it and the plan says how (merge.h). WHAT says
+ * why the read spans shards, for the refusal. */
+static void read_several(route_ctx_t *c, const pgs_plan_t *plan, uint64_t mask, const char *what) {
+  if (!c->db->cross_shard_reads)
+    refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s and cross_shard_reads = deny", what);
+  else if (plan->merge == NULL)
+    refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+           "%s; only a single SELECT or COPY ... TO STDOUT can run across shards", what);
+  else if (plan->merge->refuse[0] != '\0')
+    refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s: %s", what, plan->merge->refuse);
+  else
+    route_set(c->out, PGS_ROUTE_MERGE, mask);
 }
 
 /* ---- values ---- */
@@ -454,17 +469,16 @@ static void route_all(route_ctx_t *c, const pgs_plan_t *plan, const pgs_table_t 
   const char *column = t ? t->column : "?";
   char what[192];
   if (is_read(plan->kind)) {
-    refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-           "statement reads sharded table %s without its shard key %s; add a condition on %s "
-           "(cross-shard reads are not supported yet)",
-           name, column, column);
+    snprintf(what, sizeof(what), "statement reads sharded table %s without its shard key %s", name,
+             column);
+    read_several(c, plan, all_shards(db), what);
   } else if (plan->kind == PGS_STMT_WRITE) {
     snprintf(what, sizeof(what), "write to sharded table %s without its shard key %s runs on "
              "every shard", name, column);
     write_several(c, all_shards(db), what);
   } else if (plan->kind == PGS_STMT_COPY_FROM) {
     refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-           "COPY into sharded table %s is not supported yet", name);
+           "COPY reading sharded table %s without its shard key is not supported", name);
   } else {
     route_set(c->out, PGS_ROUTE_FANOUT, all_shards(db));
   }
@@ -503,8 +517,8 @@ static void route_keys(route_ctx_t *c, const pgs_plan_t *plan) {
            "statement inserts rows and its keys are on shards %s; it must stay on one shard",
            names);
   } else if (is_read(plan->kind)) {
-    refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-           "statement reads keys on shards %s; cross-shard reads are not supported yet", names);
+    snprintf(what, sizeof(what), "statement reads keys on shards %s", names);
+    read_several(c, plan, mask, what);
   } else {
     snprintf(what, sizeof(what), "write touches keys on shards %s", names);
     write_several(c, mask, what);
@@ -513,13 +527,11 @@ static void route_keys(route_ctx_t *c, const pgs_plan_t *plan) {
 
 static void route_rows(route_ctx_t *c, const pgs_plan_t *plan) {
   const pgs_database_t *db = c->db;
-  const pgs_table_t *t = plan->table;
   if (plan->nrows == 0) { /* COPY FROM: the rows come later, in CopyData */
     if (c->forced >= 0 || db->nshards == 1)
       route_one(c->out, c->forced >= 0 ? c->forced : 0);
-    else
-      refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-             "COPY into sharded table %s is not supported yet", t ? t->name : "?");
+    else /* every shard is ready for rows; the proxy sends each its own */
+      route_set(c->out, PGS_ROUTE_FANOUT, all_shards(db));
     return;
   }
   uint64_t mask = 0;
@@ -544,7 +556,7 @@ static void route_rows(route_ctx_t *c, const pgs_plan_t *plan) {
     route_one(c->out, c->forced >= 0 ? c->forced : 0);
   } else if (!several(mask)) {
     route_one(c->out, lowest_shard(mask));
-  } else if (db->cross_shard_writes == PGS_XWRITE_ALLOW) {
+  } else if (writes_several(db)) {
     route_set(c->out, PGS_ROUTE_SPLIT, mask);
   } else {
     char names[128], what[192];
@@ -561,10 +573,9 @@ static void route_any(route_ctx_t *c, const pgs_plan_t *plan) {
     route_one(c->out, c->forced >= 0 ? c->forced : 0);
   } else if (is_read(plan->kind)) {
     route_set(c->out, PGS_ROUTE_ANY, all_shards(db));
-  } else if (plan->kind == PGS_STMT_COPY_FROM) {
-    refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-           "COPY into a reference table is not supported yet");
   } else {
+    /* Writes, DDL, COPY into a reference table (every shard gets every
+     * row). */
     route_set(c->out, PGS_ROUTE_FANOUT, all_shards(db));
   }
 }
@@ -813,50 +824,6 @@ static bool skip_parens(scan_t *sc) {
   return false;
 }
 
-/* A literal's value as SQL: numbers as written, strings quoted afresh. */
-static void put_literal(pgs_buf_t *out, const pgs_literal_t *lit, const char *value) {
-  if (!lit->is_string) {
-    pgs_buf_put(out, value, lit->len);
-    return;
-  }
-  bool backslash = memchr(value, '\\', lit->len) != NULL;
-  pgs_buf_reserve(out, (size_t)lit->len * 2 + 3);
-  if (backslash) pgs_buf_put_u8(out, 'E');
-  pgs_buf_put_u8(out, '\'');
-  for (uint32_t i = 0; i < lit->len; i++) {
-    char ch = value[i];
-    if (ch == '\'' || (backslash && ch == '\\')) pgs_buf_put_u8(out, (uint8_t)ch);
-    pgs_buf_put_u8(out, (uint8_t)ch);
-  }
-  pgs_buf_put_u8(out, '\'');
-}
-
-/* Copy normalised text [FROM, TO) to OUT with each literal's placeholder
- * replaced by the literal. *NEXT is the first literal whose placeholder may
- * lie at or after FROM (literals are in text order); false when a
- * placeholder is not where the lexer said. */
-static bool put_text(const pgs_lexed_t *lx, size_t from, size_t to, int *next, pgs_buf_t *out) {
-  const char *s = lx->normalized;
-  int i = *next;
-  while (i < lx->nliterals && lx->literals[i].placeholder < from) i++;
-  size_t at = from;
-  for (; i < lx->nliterals && lx->literals[i].placeholder < to; i++) {
-    const pgs_literal_t *lit = &lx->literals[i];
-    size_t p = lit->placeholder;
-    char expect[16];
-    int n = snprintf(expect, sizeof(expect), "$%d", lx->nparams + 1 + i);
-    if (p + (size_t)n > to || memcmp(s + p, expect, (size_t)n) != 0 ||
-        (p + (size_t)n < lx->normalized_len && s[p + n] >= '0' && s[p + n] <= '9'))
-      return false;
-    pgs_buf_put(out, s + at, p - at);
-    put_literal(out, lit, lx->values + lit->offset);
-    at = p + (size_t)n;
-  }
-  pgs_buf_put(out, s + at, to - at);
-  *next = i;
-  return true;
-}
-
 pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard, int nrows,
                                     int shard, pgs_buf_t *out) {
   const char *s = lx->normalized;
@@ -890,7 +857,7 @@ pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard,
 
   size_t mark = out->len;
   int next = 0;
-  bool ok = put_text(lx, 0, rows_start, &next, out);
+  bool ok = pgs_lexed_restore(lx, 0, rows_start, &next, out, NULL);
   bool first = true;
   sc.pos = rows_start;
   for (int row = 0; row < nrows && ok; row++) {
@@ -907,10 +874,10 @@ pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard,
     if (row_shard[row] != shard) continue;
     if (!first) pgs_buf_put(out, ", ", 2);
     first = false;
-    ok = put_text(lx, start, sc.pos, &next, out);
+    ok = pgs_lexed_restore(lx, start, sc.pos, &next, out, NULL);
   }
   if (ok && first) ok = false; /* no row of SHARD: nothing to send */
-  if (ok) ok = put_text(lx, rows_end, n, &next, out);
+  if (ok) ok = pgs_lexed_restore(lx, rows_end, n, &next, out, NULL);
   if (!ok) {
     out->len = mark;
     return PGS_EINVAL;
@@ -961,4 +928,22 @@ void pgs_route_tag_with_count(const char *tag, uint64_t count, char *out, size_t
     return;
   }
   snprintf(out, cap, "%.*s%llu", (int)(p - tag), tag, (unsigned long long)count);
+}
+
+/* ---- one key at a time (COPY rows) ---- */
+
+int pgs_route_key_shard(const pgs_database_t *db, const pgs_table_t *table, const pgs_key_t *key,
+                        const pgs_route_session_t *session, pgs_key_error_t *err) {
+  pgs_route_t out = {.kind = PGS_ROUTE_ONE, .shard = -1};
+  route_ctx_t c = {.db = db, .forced = -1, .out = &out};
+  const pgs_key_ref_t ref = {.table = table};
+  uint64_t mask = 0;
+  if (db->nshards < 1 || db->nshards > PGS_ROUTE_MAX_SHARDS) {
+    refuse(&out, PGS_SQLSTATE_INTERNAL, "database %s has %d shards", db->name, db->nshards);
+  } else if (session_shard(&c, session) && add_key(&c, &ref, key, &mask)) {
+    return lowest_shard(mask);
+  }
+  snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", out.sqlstate);
+  snprintf(err->message, sizeof(err->message), "%s", out.message);
+  return -1;
 }

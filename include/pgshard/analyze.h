@@ -70,12 +70,31 @@ void pgs_lex_free(pgs_lexed_t *lx);
  * NUL bytes (the server will reject those too), PGS_ETOOBIG over
  * PGS_LEX_MAX_LITERALS or when parameters and literals together pass 65535.
  * The normalised text keeps B'...', X'...', N'...' and U&'...' literals
- * verbatim (they are never keys); every other literal becomes $N. */
+ * verbatim (they are never keys), and integers standing alone as ORDER BY
+ * or GROUP BY items (ORDER BY 2 names an output column, a $N there would
+ * not); every other literal becomes $N. */
 pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) PGS_MUST_USE;
 /* What a plan's parameter number PARAM stands for in LX: a literal (its
  * value is lx->values + offset, len bytes), or NULL when PARAM is one of the
  * statement's own $n (a Bind value) or out of range. */
 const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param);
+
+/* Putting literals back (a shard's text, a text libpg_query parses only
+ * with them). A literal as SQL: a number as written, a string quoted
+ * afresh ('' for ', and E'...' with \\ when it holds a backslash, so it
+ * reads the same whatever standard_conforming_strings says). Appends to
+ * OUT. */
+struct pgs_buf;
+void pgs_lexed_put_literal(const pgs_lexed_t *lx, const pgs_literal_t *lit, struct pgs_buf *out);
+/* Append LX's normalised text [FROM, TO) to OUT with every placeholder of
+ * a literal in it put back as the literal. *NEXT is the first literal whose
+ * placeholder may lie at or after FROM (0 to start; literals are in text
+ * order), advanced past those copied, so consecutive ranges cost one pass.
+ * LOC, when not NULL, gets the offset in OUT of each literal I copied at
+ * LOC[I]. false when a placeholder is not where the lexer wrote it (OUT
+ * then holds part of the range). */
+bool pgs_lexed_restore(const pgs_lexed_t *lx, size_t from, size_t to, int *next,
+                       struct pgs_buf *out, int32_t *loc) PGS_MUST_USE;
 
 /* ---- plans ---- */
 
@@ -151,6 +170,14 @@ typedef struct pgs_plan {
    * otherwise. */
   int copy_key_column;
   int nstatements;         /* statements libpg_query found */
+  /* A single SELECT (or COPY (SELECT ...)/COPY t TO) reading sharded
+   * tables: how it runs on several shards (merge.h), or why it cannot
+   * (spec->refuse). NULL for everything else. Owned by the plan. */
+  struct pgs_merge_spec *merge;
+  /* COPY ... FROM STDIN (sharded or reference table): its options
+   * (copy.h; pgs_copy_spec_resolve reads them with the statement's
+   * literals). NULL for everything else. Owned by the plan. */
+  struct pgs_copy_options *copy;
   bool parse_failed;       /* libpg_query rejected it: kind OTHER, target ANY;
                               such plans are not cached */
 } pgs_plan_t;

@@ -24,6 +24,9 @@
  * client's 64-bit masks (proxy/request.c). */
 #define PGS_MAX_SHARDS 32
 
+/* [pgshard] twophase_log when absent: beside the config file. */
+#define PGS_TWOPHASE_LOG_DEFAULT "pgshard-2pc.log"
+
 typedef enum { PGS_AUTH_TRUST, PGS_AUTH_MD5, PGS_AUTH_SCRAM } pgs_auth_method_t;
 typedef enum { PGS_POOL_TRANSACTION, PGS_POOL_SESSION } pgs_pool_mode_t;
 typedef enum { PGS_LOG_TEXT, PGS_LOG_JSON } pgs_log_format_t;
@@ -107,6 +110,10 @@ typedef struct pgs_config {
   int client_login_timeout_ms;
   int server_idle_timeout_ms;   /* close pooled servers idle this long */
   int shutdown_timeout_ms;      /* SIGTERM drain limit */
+  /* The two-phase commit decision log (twophase.h). A relative path in the
+   * file is taken relative to the config file's directory (as written when
+   * the config was parsed from a string). Read at startup only. */
+  char *twophase_log;
 
   pgs_user_t *users;
   int nusers;

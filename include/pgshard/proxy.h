@@ -21,6 +21,7 @@
 
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
+#include "pgshard/merge.h"
 #include "pgshard/monitor.h"
 #include "pgshard/proto.h"
 #include "pgshard/route.h"
@@ -143,6 +144,11 @@ typedef struct pgs_client_stmt {
   uint32_t *type_oids;
   int ntypes;
   bool drops_prepared; /* DISCARD ALL / DEALLOCATE ALL */
+  /* A read that may run on several shards: the shards' variant of the
+   * statement (merge.h: hidden columns, LIMIT pushed down), prepared under
+   * its own name; built at the first merged Bind. */
+  char merge_name[24];
+  pgs_buf_t merge_body;
 } pgs_client_stmt_t;
 
 /* One thing to do for a client message (request.c): send something to one
@@ -159,18 +165,27 @@ typedef enum {
   PGS_STEP_SYNC,     /* Sync (internal: its ReadyForQuery is not the client's) */
   PGS_STEP_REPLY,    /* reply made up by pgshard: type `reply`, 'C' with tag text */
   PGS_STEP_ERROR,    /* ErrorResponse made up by pgshard: text "SQLSTATE\0message" */
+  PGS_STEP_FAN_EXEC, /* a merged portal's part: Describe (for the merge) + Execute */
+  PGS_STEP_INJECT,   /* text as pgshard's own statement (replies swallowed; flags) */
+  PGS_STEP_TWOPC,    /* a two-phase commit decision, made when the servers have
+                        answered: `reply` is the phase ('P' prepare, 'D' decide,
+                        'F' finish); it plans the steps that follow */
 } pgs_step_op_t;
 
 typedef struct pgs_step {
   int16_t shard; /* slot (see pgs_client_t), -1: no server */
   int8_t node;   /* the shard node to take a server from when none is linked */
   uint8_t op;
-  uint8_t flags; /* PGS_EF_* for the reply */
+  uint16_t flags; /* PGS_EF_* for the reply */
   char reply;
   bool internal;
   bool drain_all; /* wait until every server has answered, the same one too */
   bool always;    /* runs even when an earlier part of the message failed */
   bool forget_prepared; /* the statement drops the server's prepared statements */
+  bool concurrent; /* a part of a fan-out read: runs without waiting for the others */
+  bool extended;   /* INJECT: through Parse/Bind/Execute (inside an extended unit) */
+  bool merged;     /* Bind/Parse of the shards' variant of the statement (merge.h) */
+  int16_t hide;    /* Describe of a merged portal: hidden columns to drop */
   char *text;
   struct pgs_client_stmt *stmt;
 } pgs_step_t;
@@ -184,7 +199,31 @@ typedef struct pgs_portal {
   bool read_only; /* BEGIN READ ONLY */
   bool drops_prepared;
   char *sql; /* local portals: the statement */
+  pgs_plan_t *merge_plan; /* merged over several shards: the plan (ref), its spec */
+  int64_t limit, offset;  /* the Bind's LIMIT/OFFSET values for the merge */
 } pgs_portal_t;
+
+/* A read running on several shards at once, its rows merged (fanout.c).
+ * Replies of its parts never reach the client directly: pgs_fan_reply
+ * decides, and when the last part has finished the merged result goes
+ * out. Steps after it wait until then. */
+typedef struct pgs_fan {
+  pgs_plan_t *plan;    /* ref: the spec is plan->merge */
+  pgs_merge_t *merge;
+  uint64_t slots;      /* slots running a part */
+  uint64_t done;       /* parts finished */
+  bool simple;         /* Query: a part ends at ReadyForQuery */
+  bool copy;           /* COPY ... TO STDOUT: CopyData concatenated */
+  bool sent_head;      /* RowDescription / CopyOutResponse went out */
+  uint64_t copy_rows;
+  pgs_buf_t error;     /* the first ErrorResponse of a part (whole message) */
+} pgs_fan_t;
+
+typedef enum {
+  PGS_FAN_DROP,    /* swallowed (kept by the merge, or not the client's) */
+  PGS_FAN_FORWARD, /* to the client as it is */
+  PGS_FAN_READY,   /* the last part's ReadyForQuery: the merged result is out */
+} pgs_fan_action_t;
 
 struct pgs_client {
   pgs_list_t link;      /* worker->clients or worker->closing */
@@ -265,6 +304,13 @@ struct pgs_client {
   pgs_lexed_t lx;         /* lexer scratch for simple queries */
   int *row_shard;         /* route scratch */
   int row_shard_cap;
+  pgs_fan_t *fan;          /* a merged read in flight */
+  /* A two-phase commit in progress (cross_shard_writes = 2pc). */
+  char twopc_gid[64];      /* PGS_GID_BUF (twophase.h) */
+  uint64_t twopc_slots;    /* slots of the transaction */
+  uint64_t twopc_written;  /* of those, the ones that prepare */
+  bool twopc_simple;       /* a simple Query: pgshard sends the ReadyForQuery */
+  bool twopc_tag;          /* the client said COMMIT: answer "COMMIT" */
   const uint8_t **pv_data; /* Bind parameter scratch */
   int32_t *pv_len;
   int16_t *pv_fmt;
@@ -312,6 +358,16 @@ void pgs_client_free_stmt(void *stmt);
 int pgs_client_login_slot(pgs_client_t *client, int *node);
 /* A ReadyForQuery 'I': writes since the last one are committed (read-your-writes). */
 void pgs_client_tx_done(pgs_client_t *client);
+/* fanout.c */
+pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
+                         int64_t offset, bool simple);
+void pgs_fan_free(pgs_fan_t *fan);
+/* A reply (whole message M of TOTAL bytes) from the server in SLOT to a
+ * part of the client's fan. */
+pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const uint8_t *m,
+                               size_t total);
+/* The server of SLOT, running a part, was lost: the statement fails. */
+void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why);
 /* Give every server back when the client is between transactions. */
 bool pgs_client_maybe_release(pgs_client_t *client);
 /* Type the tenant a client named at startup (-c pgshard.tenant=...). */
@@ -348,13 +404,18 @@ typedef enum {
 #define PGS_EF_ZHIDE 0x08 /* swallow ReadyForQuery unless an error went out */
 #define PGS_EF_FWD_ERROR 0x10 /* internal, but an ErrorResponse goes to the client */
 #define PGS_EF_NOROWS 0x20 /* swallow DataRows: a copy's rows, already sent */
+#define PGS_EF_FAN 0x40    /* a part of the client's fan: pgs_fan_reply decides */
+#define PGS_EF_HIDE 0x80   /* a merged portal's RowDescription: drop `hide` columns */
+#define PGS_EF_ZDROP 0x100 /* swallow ReadyForQuery, error or not (pgshard answers later) */
+#define PGS_EF_IGNORE_ERROR 0x200 /* an injected query whose failure is expected */
 
 typedef struct pgs_expect {
   uint8_t kind;
-  uint8_t flags; /* PGS_EF_* */
+  uint16_t flags; /* PGS_EF_* */
   bool internal; /* injected by pgshard: swallow its replies */
   bool capture;  /* internal query whose row holds a logging-in client's
                     parameter values (see pgs_client_on_login_row) */
+  int16_t hide;  /* PGS_EF_HIDE: hidden columns */
   char stmt[24]; /* PARSE: server statement name, to forget on failure */
 } pgs_expect_t;
 
@@ -397,7 +458,9 @@ void pgs_server_inject_capture(pgs_server_t *server, const char *sql);
 void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool internal,
                        const char *stmt);
 /* Set flags on the entry added last. */
-void pgs_server_expect_flags(pgs_server_t *server, uint8_t flags);
+void pgs_server_expect_flags(pgs_server_t *server, uint16_t flags);
+/* Set the hidden column count on the entry added last (PGS_EF_HIDE). */
+void pgs_server_expect_hide(pgs_server_t *server, int16_t hide);
 bool pgs_server_expect_idle(const pgs_server_t *server);
 /* Synthetic replies at the head of the queue are emitted to the client. */
 void pgs_server_emit_synthetic(pgs_server_t *server);

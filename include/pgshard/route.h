@@ -9,10 +9,15 @@
  *   ANY     no sharded table involved, a read: any one shard will do
  *   FANOUT  the statement runs, unchanged, on each shard of `shards`
  *           (DDL; writes to reference tables; writes without a key or with
- *           keys on several shards when cross_shard_writes = allow)
+ *           keys on several shards when cross_shard_writes = allow or 2pc,
+ *           the proxy making them atomic under 2pc; COPY FROM STDIN, the
+ *           proxy sending each shard its rows)
  *   SPLIT   a multi-row INSERT whose rows belong to several shards
- *           (cross_shard_writes = allow): row_shard[i] is row i's shard;
- *           pgs_route_split_insert builds each shard's statement
+ *           (cross_shard_writes = allow or 2pc): row_shard[i] is row i's
+ *           shard; pgs_route_split_insert builds each shard's statement
+ *   MERGE   a read on each shard of `shards`, the rows merged as
+ *           plan->merge says (merge.h: pgs_merge_shard_sql is each
+ *           shard's text, pgs_merge_limits the run's LIMIT/OFFSET)
  *   REFUSE  sqlstate + message (no "pgshard: " prefix: the proxy adds it)
  *
  * Statement kinds BEGIN/COMMIT/ROLLBACK/SESSION are the proxy's business
@@ -35,6 +40,9 @@ typedef enum {
   PGS_ROUTE_FANOUT,
   PGS_ROUTE_SPLIT,
   PGS_ROUTE_REFUSE,
+  PGS_ROUTE_MERGE,  /* a read on each shard of `shards`, rows merged
+                       (plan->merge says how); also COPY ... TO STDOUT
+                       concatenated */
 } pgs_route_kind_t;
 
 /* Bind parameter values, as the Bind message carries them. */
@@ -59,7 +67,7 @@ typedef struct pgs_route_session {
 typedef struct pgs_route {
   pgs_route_kind_t kind;
   int shard;        /* ONE: the shard; -1 otherwise */
-  uint64_t shards;  /* ONE/FANOUT/SPLIT: bit i set = shard i runs it;
+  uint64_t shards;  /* ONE/FANOUT/SPLIT/MERGE: bit i set = shard i runs it;
                        ANY: every shard (any one will do); REFUSE: 0 */
   int *row_shard;   /* SPLIT: caller-provided array of plan->nrows entries,
                        filled with each row's shard (NULL: not wanted) */
@@ -89,24 +97,30 @@ typedef struct pgs_route {
  * Targets (analyze.h):
  *   plan->refuse_sqlstate set            -> REFUSE with it
  *   ANY, kind READ/SESSION/BEGIN/COMMIT/ROLLBACK/COPY_TO -> ANY
- *   ANY, kind WRITE/DDL/OTHER            -> FANOUT to every shard
- *   ANY, kind COPY_FROM                  -> REFUSE 0A000 (COPY into a reference
- *                                           table is not supported yet) when
- *                                           nshards > 1, else ONE 0
+ *   ANY, kind WRITE/DDL/OTHER/COPY_FROM  -> FANOUT to every shard (COPY into
+ *                                           a reference table: every shard
+ *                                           gets every row)
  *   KEYS -> the union of the keys' shards: one -> ONE; several ->
- *           same_shard_required: REFUSE 0A000; READ/COPY_TO: REFUSE 0A000
- *           (cross-shard reads not supported yet: the message names the
- *           shards); WRITE (and any other kind): cross_shard_writes allow ->
- *           FANOUT to those shards, deny/2pc -> REFUSE 0A000 naming the
- *           policy. No key value at all (every key NULL): READ -> ANY,
- *           WRITE -> ONE shard 0 is wrong, so treat as ALL.
- *   ALL  -> READ/COPY_TO: REFUSE 0A000 "... reads sharded table T without its
- *           shard key C; add a condition on C (cross-shard reads are not
- *           supported yet)"; WRITE: policy as above (FANOUT to all / REFUSE);
- *           DDL/OTHER: FANOUT to all.
- *   ROWS -> COPY_FROM (nrows 0): REFUSE 0A000 (COPY into a sharded table is
- *           not supported yet). INSERT: every row's shard; all one -> ONE;
- *           several -> allow: SPLIT; deny/2pc: REFUSE 0A000.
+ *           same_shard_required: REFUSE 0A000; READ/COPY_TO: a cross-shard
+ *           read (below) over those shards; WRITE (and any other kind):
+ *           cross_shard_writes allow/2pc -> FANOUT to those shards, deny ->
+ *           REFUSE 0A000 naming the policy. No key value at all (every key
+ *           NULL): READ -> ANY, WRITE -> ONE shard 0 is wrong, so treat as
+ *           ALL.
+ *   ALL  -> READ/COPY_TO: a cross-shard read over every shard; WRITE:
+ *           policy as above (FANOUT to all / REFUSE); DDL/OTHER: FANOUT to
+ *           all.
+ *   ROWS -> COPY_FROM (nrows 0): FANOUT to every shard (the proxy splits
+ *           the CopyData rows by key). INSERT: every row's shard; all one ->
+ *           ONE; several -> allow/2pc: SPLIT; deny: REFUSE 0A000.
+ *   A cross-shard read (several shards, no hint or tenant naming one):
+ *           cross_shard_reads = deny -> REFUSE 0A000 ("statement reads
+ *           sharded table T without its shard key C and cross_shard_reads =
+ *           deny", or "... reads keys on shards s0, s1 and ..."); no
+ *           plan->merge (several statements, EXPLAIN, ...) -> REFUSE 0A000;
+ *           plan->merge->refuse set -> REFUSE 0A000, the message ending in
+ *           that text ("...: window functions cannot be merged across
+ *           shards"); otherwise MERGE over those shards.
  *   With only one shard in the database every non-refused outcome is ONE 0.
  *
  * Session:
@@ -127,6 +141,12 @@ void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_
 /* The shard a session tenant maps to (pinned or hashed), or -1 with ERR. */
 int pgs_route_tenant_shard(const pgs_database_t *db, const pgs_key_t *tenant,
                            pgs_key_error_t *err);
+
+/* The shard KEY of TABLE goes to, checked against SESSION (NULL: none) as
+ * pgs_route_plan checks each key of an INSERT row (hint, tenant), or -1
+ * with ERR. COPY FROM routes its rows with it (copy.h). */
+int pgs_route_key_shard(const pgs_database_t *db, const pgs_table_t *table, const pgs_key_t *key,
+                        const pgs_route_session_t *session, pgs_key_error_t *err);
 
 /*
  * SPLIT: the text of the INSERT LX stands for, keeping only the VALUES rows

@@ -36,6 +36,7 @@ static const char lab_settings[] =
     "hot_standby = on\n"
     "hot_standby_feedback = on\n"
     "max_connections = 300\n"
+    "max_prepared_transactions = 64   # cross_shard_writes = 2pc; replicas need as many\n"
     "shared_buffers = 32MB\n"
     "fsync = off\n"
     "synchronous_commit = off\n"

@@ -16,6 +16,7 @@
 
 #include "pgshard/analyze.h"
 #include "pgshard/config.h"
+#include "pgshard/merge.h"
 
 static pgs_table_t tables[] = {
     {.name = "users", .column = "id", .type = PGS_TYPE_BIGINT, .strategy = PGS_STRATEGY_HASH},
@@ -845,8 +846,14 @@ static void test_set_transaction_read_only(void **state) {
 }
 
 static void test_declare_cursor_keys(void **state) {
+  /* A read routed by its key; without one there is no merge plan (a
+   * cursor lives on one server), so the router refuses it. */
   analyse("DECLARE c CURSOR FOR SELECT * FROM users WHERE id = 1");
-  expect(PGS_STMT_SESSION, PGS_TARGET_KEYS, "users:$1");
+  expect(PGS_STMT_READ, PGS_TARGET_KEYS, "users:$1");
+  assert_null(plan->merge);
+  analyse("DECLARE c CURSOR FOR SELECT * FROM users");
+  expect_all(PGS_STMT_READ, "users");
+  assert_null(plan->merge);
 }
 
 static void test_show_is_read(void **state) {
@@ -988,6 +995,41 @@ static void test_plan_refcount(void **state) {
   pgs_plan_unref(NULL);
 }
 
+/* A single read of sharded tables carries its cross-shard merge spec
+ * (merge.c has the details); nothing else does. */
+static void test_merge_spec_attached(void **state) {
+  static const char *const with[] = {
+      "SELECT * FROM users WHERE name = 'x'",
+      "SELECT count(*) FROM users WHERE id IN (1, 2)",
+      "SELECT * FROM users WHERE id = 1",
+      "COPY users TO STDOUT",
+      "COPY (SELECT id FROM orders) TO STDOUT",
+      "SELECT name, row_number() OVER () FROM users",
+      "SELECT name FROM users WHERE d > DATE '2024-01-01' ORDER BY 1", /* literals put back */
+  };
+  static const char *const without[] = {
+      "SELECT * FROM countries",
+      "SELECT 1",
+      "SELECT * FROM users; SELECT 2",
+      "UPDATE users SET x = 1",
+      "SELECT * FROM users FOR UPDATE",
+      "EXPLAIN SELECT * FROM users",
+      "COPY users (id) FROM STDIN",
+      "INSERT INTO users (id) VALUES (1)",
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(with); i++) {
+    analyse(with[i]);
+    if (plan->merge == NULL) fail_msg("%s: no merge spec", with[i]);
+  }
+  for (size_t i = 0; i < PGS_ARRAY_LEN(without); i++) {
+    analyse(without[i]);
+    if (plan->merge != NULL) fail_msg("%s: a merge spec", without[i]);
+  }
+  analyse("SELECT name, row_number() OVER () FROM users");
+  assert_string_equal(plan->merge->refuse, "window functions cannot be merged across shards");
+  assert_string_equal(plan->refuse_sqlstate, ""); /* the route decides: one shard may run it */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_select_by_key_literal),
@@ -1080,6 +1122,7 @@ int main(void) {
       cmocka_unit_test(test_too_complex),
       cmocka_unit_test(test_empty_shard_map),
       cmocka_unit_test(test_plan_refcount),
+      cmocka_unit_test(test_merge_spec_attached),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -199,6 +199,8 @@ static void test_defaults(void **state) {
   assert_int_equal(c->client_login_timeout_ms, 60000);
   assert_int_equal(c->server_idle_timeout_ms, 600000);
   assert_int_equal(c->shutdown_timeout_ms, 30000);
+  /* Parsed from a string: no directory to put it beside. */
+  assert_string_equal(c->twophase_log, "pgshard-2pc.log");
   assert_int_equal(c->refcount, 1);
 
   /* A [shard.DB.*] section alone creates database DB with every default. */
@@ -250,6 +252,7 @@ static void test_every_enum_and_value(void **state) {
       "client_login_timeout_ms = 3\n"
       "server_idle_timeout_ms = 0\n"
       "shutdown_timeout_ms = 0\n"
+      "twophase_log = /var/lib/pgshard/2pc.log\n"
       "[user.app]\n"
       "password = md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
       "admin = no\n"
@@ -282,6 +285,7 @@ static void test_every_enum_and_value(void **state) {
   assert_int_equal(c->client_login_timeout_ms, 3);
   assert_int_equal(c->server_idle_timeout_ms, 0);
   assert_int_equal(c->shutdown_timeout_ms, 0);
+  assert_string_equal(c->twophase_log, "/var/lib/pgshard/2pc.log");
 
   const pgs_database_t *db = pgs_config_find_database(c, "app");
   assert_int_equal(db->pool_mode, PGS_POOL_SESSION);
@@ -399,6 +403,42 @@ static void test_bad_int(void **state) {
   expect_one_error(MINIMAL "[pgshard]\nlisten = 127.0.0.1\n", 6, "HOST:PORT");
   expect_one_error(MINIMAL "[pgshard]\nlisten = :6432\n", 6, "HOST:PORT");
   expect_one_error(MINIMAL "[user.app]\nadmin = maybe\n", 6, "true or false");
+}
+
+static void test_twophase_log_empty(void **state) {
+  expect_one_error(MINIMAL "[pgshard]\ntwophase_log =\n", 6, "twophase_log");
+}
+
+/* A relative twophase_log (and the default) is taken beside the config file,
+ * wherever pgshard runs from; an absolute one is kept. */
+static void test_twophase_log_beside_config(void **state) {
+  char dir[] = "/tmp/pgshard-test-config-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[128];
+  snprintf(path, sizeof(path), "%s/pgshard.ini", dir);
+  static const char *const cases[][2] = {
+      {"", "pgshard-2pc.log"},
+      {"[pgshard]\ntwophase_log = logs/2pc.log\n", "logs/2pc.log"},
+      {"[pgshard]\ntwophase_log = /abs/2pc.log\n", NULL},
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "%s%s", MINIMAL, cases[i][0]);
+    fclose(f);
+    pgs_config_t *c = pgs_config_load(path);
+    print_errors(c);
+    assert_int_equal(c->nerrors, 0);
+    char want[192];
+    if (cases[i][1])
+      snprintf(want, sizeof(want), "%s/%s", dir, cases[i][1]);
+    else
+      snprintf(want, sizeof(want), "/abs/2pc.log");
+    assert_string_equal(c->twophase_log, want);
+    pgs_config_unref(c);
+  }
+  unlink(path);
+  rmdir(dir);
 }
 
 static void test_unknown_key(void **state) {
@@ -698,6 +738,8 @@ int main(void) {
       cmocka_unit_test(test_auth_trust_needs_no_password),
       cmocka_unit_test(test_scram_secret),
       cmocka_unit_test(test_bad_int),
+      cmocka_unit_test(test_twophase_log_empty),
+      cmocka_unit_test(test_twophase_log_beside_config),
       cmocka_unit_test(test_unknown_key),
       cmocka_unit_test(test_unknown_section),
       cmocka_unit_test(test_long_section_name),

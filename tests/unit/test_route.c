@@ -4,7 +4,9 @@
  * strategies, every key type from a literal, a text Bind value and a binary
  * one (all the same key), negation, IN lists and = ANY arrays in text and
  * binary form (including malformed and over-long ones), NULL keys, keyless
- * statements, reference tables, DDL, the cross_shard_writes policies,
+ * statements, cross-shard reads (MERGE, or refused by cross_shard_reads =
+ * deny or by what the merge cannot do), reference tables, COPY FROM, DDL,
+ * the cross_shard_writes policies (2pc routes as allow),
  * multi-row INSERTs (ONE, SPLIT, REFUSE), hints, tenant sessions, a
  * one-shard database, the SPLIT texts (parsed again to check which rows
  * they insert) and the CommandComplete tag helpers.
@@ -19,6 +21,7 @@
 
 #include "pgshard/analyze.h"
 #include "pgshard/config.h"
+#include "pgshard/merge.h"
 #include "pgshard/proto.h"
 #include "pgshard/route.h"
 
@@ -49,6 +52,7 @@ static const char config_text[] =
     "[database.app]\n" SHARDS("app") TABLES("app")
     "[database.appw]\ncross_shard_writes = allow\n" SHARDS("appw") TABLES("appw")
     "[database.app2pc]\ncross_shard_writes = 2pc\n" SHARDS("app2pc") TABLES("app2pc")
+    "[database.appnr]\ncross_shard_reads = deny\n" SHARDS("appnr") TABLES("appnr")
     "[database.one]\n[shard.one.only]\nprimary = port=4\n"
     "[table.one.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n"
     "[table.one.events]\ncolumn = id\ntype = bigint\nstrategy = range\nrange = only: -\n";
@@ -63,7 +67,7 @@ static const char config_text[] =
 #define OID_TIMESTAMPTZ 1184
 
 static pgs_config_t *config;
-static const pgs_database_t *app, *appw, *app2pc, *one;
+static const pgs_database_t *app, *appw, *app2pc, *appnr, *one;
 static pgs_lexed_t lx;
 static pgs_plan_t *plan;
 static pgs_route_t r;
@@ -80,8 +84,9 @@ static int group_setup(void **state) {
   app = pgs_config_find_database(config, "app");
   appw = pgs_config_find_database(config, "appw");
   app2pc = pgs_config_find_database(config, "app2pc");
+  appnr = pgs_config_find_database(config, "appnr");
   one = pgs_config_find_database(config, "one");
-  if (!app || !appw || !app2pc || !one) return -1;
+  if (!app || !appw || !app2pc || !appnr || !one) return -1;
   pgs_lex_init(&lx);
   /* Keys of users on each shard, found through the shard map itself. */
   const pgs_table_t *users = pgs_shardmap_find_table(app, "users");
@@ -186,6 +191,8 @@ static const char *kind_name(pgs_route_kind_t k) {
     return "SPLIT";
   case PGS_ROUTE_REFUSE:
     return "REFUSE";
+  case PGS_ROUTE_MERGE:
+    return "MERGE";
   }
   return "?";
 }
@@ -211,6 +218,14 @@ static void expect_fanout(uint64_t shards) {
   char what[32];
   snprintf(what, sizeof(what), "FANOUT %#llx", (unsigned long long)shards);
   if (r.kind != PGS_ROUTE_FANOUT || r.shards != shards) describe_failure(what);
+}
+
+static void expect_merge(uint64_t shards) {
+  char what[32];
+  snprintf(what, sizeof(what), "MERGE %#llx", (unsigned long long)shards);
+  if (r.kind != PGS_ROUTE_MERGE || r.shards != shards) describe_failure(what);
+  assert_non_null(plan->merge);
+  assert_string_equal(plan->merge->refuse, "");
 }
 
 static void expect_split(uint64_t shards) {
@@ -537,12 +552,21 @@ static void test_in_list_one_shard(void **state) {
   expect_one(2);
 }
 
-static void test_in_list_read_several_refused(void **state) {
-  route(app, sqlf("SELECT * FROM users WHERE id IN (%lld, %lld)", K(0, 0), K(2, 0)));
-  expect_refuse("0A000", "shards s0, s2");
-  assert_non_null(strstr(r.message, "cross-shard reads are not supported yet"));
-  route(appw, sqlf("SELECT * FROM users WHERE id IN (%lld, %lld)", K(0, 0), K(2, 0)));
-  expect_refuse("0A000", "s0, s2"); /* allow is for writes */
+static void test_in_list_read_several_merged(void **state) {
+  const char *sql = sqlf("SELECT * FROM users WHERE id IN (%lld, %lld)", K(0, 0), K(2, 0));
+  route(app, sql);
+  expect_merge(0x5); /* only the shards of the keys */
+  route(appw, sql);
+  expect_merge(0x5);
+  route(appnr, sql);
+  expect_refuse("0A000", NULL);
+  assert_string_equal(r.message,
+                      "statement reads keys on shards s0, s2 and cross_shard_reads = deny");
+  route(app, sqlf("SELECT name, row_number() OVER () FROM users WHERE id IN (%lld, %lld)", K(0, 0),
+                  K(1, 0)));
+  expect_refuse("0A000", NULL);
+  assert_string_equal(r.message, "statement reads keys on shards s0, s1: window functions cannot "
+                                 "be merged across shards");
 }
 
 static void test_in_list_write_policies(void **state) {
@@ -554,7 +578,7 @@ static void test_in_list_write_policies(void **state) {
   expect_refuse("0A000", "cross_shard_writes = deny");
   assert_non_null(strstr(r.message, "s0, s1"));
   route(app2pc, sql);
-  expect_refuse("0A000", "cross_shard_writes = 2pc");
+  expect_fanout(0x3); /* the proxy makes it atomic */
 }
 
 /* ---- = ANY arrays ---- */
@@ -564,7 +588,7 @@ static void test_any_text_array_literal(void **state) {
   expect_one(0);
   route(app, sqlf("SELECT * FROM users WHERE id = ANY('{%lld, \"%lld\"}'::bigint[])", K(0, 0),
                   K(1, 1)));
-  expect_refuse("0A000", "s0, s1");
+  expect_merge(0x3);
   route(appw, sqlf("DELETE FROM users WHERE id = ANY('{%lld,%lld,NULL}')", K(2, 0), K(1, 1)));
   expect_fanout(0x6);
 }
@@ -684,7 +708,7 @@ static void test_any_binary_array(void **state) {
   route_binds(appw, "UPDATE users SET x = 1 WHERE id = ANY($1)", &b);
   expect_fanout(0x5);
   route_binds(app, "SELECT * FROM users WHERE id = ANY($1)", &b);
-  expect_refuse("0A000", "s0, s2");
+  expect_merge(0x5);
   /* int4 elements, typed by the array's element OID. */
   uint8_t a4[32];
   put_be(a4, 1, 4);
@@ -783,7 +807,7 @@ static void test_array_constructor_elements(void **state) {
   bind_text(&b, t1);
   bind_text(&b, t2);
   route_binds(app, "SELECT * FROM users WHERE id = ANY(ARRAY[$1, $2])", &b);
-  expect_refuse("0A000", "s0, s1");
+  expect_merge(0x3);
 }
 
 /* ---- NULL keys ---- */
@@ -820,16 +844,53 @@ static void test_null_key_in_insert(void **state) {
 
 /* ---- statements without keys ---- */
 
-static void test_keyless_read_refused(void **state) {
+static void test_keyless_read_merged(void **state) {
   route(app, "SELECT * FROM users WHERE name = 'x'");
-  expect_refuse("0A000", NULL);
-  assert_string_equal(r.message,
-                      "statement reads sharded table users without its shard key id; add a "
-                      "condition on id (cross-shard reads are not supported yet)");
+  expect_merge(0x7);
   route(app, "SELECT count(*) FROM profiles");
-  expect_refuse("0A000", "sharded table profiles without its shard key country");
+  expect_merge(0x7);
+  route(app, "SELECT name, avg(x) FROM users GROUP BY name ORDER BY 2 DESC LIMIT 3");
+  expect_merge(0x7);
   route(app, "COPY users TO STDOUT");
-  expect_refuse("0A000", "users");
+  expect_merge(0x7);
+  route(app, "COPY (SELECT id, name FROM users WHERE x > 1) TO STDOUT");
+  expect_merge(0x7);
+  route(appw, "SELECT * FROM users");
+  expect_merge(0x7);
+}
+
+static void test_keyless_read_refused(void **state) {
+  route(appnr, "SELECT * FROM users WHERE name = 'x'");
+  expect_refuse("0A000", NULL);
+  assert_string_equal(r.message, "statement reads sharded table users without its shard key id "
+                                 "and cross_shard_reads = deny");
+  route(appnr, "COPY users TO STDOUT");
+  expect_refuse("0A000", "cross_shard_reads = deny");
+  /* What the merge cannot do exactly: its reason ends the message. */
+  route(app, "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 1");
+  expect_refuse("0A000", NULL);
+  assert_string_equal(r.message, "statement reads sharded table users without its shard key id: "
+                                 "HAVING cannot be merged across shards");
+  route(app, "SELECT string_agg(name, ',') FROM users");
+  expect_refuse("0A000", "string_agg() cannot be merged across shards");
+  route(app, "COPY (SELECT * FROM users ORDER BY id) TO STDOUT");
+  expect_refuse("0A000", "COPY (SELECT ... ORDER BY) TO STDOUT cannot be merged");
+  /* No merge at all: several statements, EXPLAIN. */
+  route(app, "SELECT * FROM users; SELECT * FROM events");
+  expect_refuse("0A000", "only a single SELECT or COPY ... TO STDOUT can run across shards");
+  route(app, "EXPLAIN SELECT * FROM users");
+  expect_refuse("0A000", "users without its shard key id; only a single SELECT");
+  /* A hint or a tenant names the one shard: no merge. */
+  pgs_route_session_t s = {.hint_shard = 1};
+  route_with(appnr, "SELECT * FROM users WHERE name = 'x' HAVING true", NULL, &s);
+  expect_one(1);
+  pgs_key_t tenant = {.type = PGS_TYPE_BIGINT, .i = 42};
+  s = (pgs_route_session_t){.hint_shard = -1, .tenant = &tenant};
+  route_with(app, "SELECT name, string_agg(name, ',') FROM users GROUP BY 1", NULL, &s);
+  expect_one(2);
+  /* One shard in the database. */
+  route(one, "SELECT string_agg(name, ',') FROM users");
+  expect_one(0);
 }
 
 static void test_keyless_write_policies(void **state) {
@@ -839,7 +900,7 @@ static void test_keyless_write_policies(void **state) {
   route(appw, "UPDATE users SET x = 1 WHERE name = 'x'");
   expect_fanout(0x7);
   route(app2pc, "DELETE FROM users");
-  expect_refuse("0A000", "2pc");
+  expect_fanout(0x7);
 }
 
 static void test_reference_tables(void **state) {
@@ -855,9 +916,12 @@ static void test_reference_tables(void **state) {
   route(app, "COPY countries TO STDOUT");
   expect_route_any();
   route(app, "COPY countries FROM STDIN");
-  expect_refuse("0A000", "reference table");
+  expect_fanout(0x7); /* every shard gets every row */
   route(app, "COPY users (id, name) FROM STDIN");
-  expect_refuse("0A000", "COPY into sharded table users");
+  expect_fanout(0x7); /* the proxy sends each shard its rows */
+  assert_int_equal(plan->copy_key_column, 0);
+  route(app, "COPY users (name) FROM STDIN");
+  expect_refuse("0A000", "needs a column list naming id");
 }
 
 static void test_ddl_and_other(void **state) {
@@ -946,13 +1010,15 @@ static void test_multi_row_insert_split(void **state) {
   assert_null(plain.row_shard);
 }
 
-static void test_multi_row_insert_refused(void **state) {
+static void test_multi_row_insert_policies(void **state) {
   const char *sql = sqlf("INSERT INTO users (id) VALUES (%lld), (%lld)", K(0, 0), K(2, 0));
   route(app, sql);
   expect_refuse("0A000", "INSERT into users puts rows on shards s0, s2");
   assert_non_null(strstr(r.message, "deny"));
   route(app2pc, sql);
-  expect_refuse("0A000", "2pc");
+  expect_split(0x5);
+  assert_int_equal(row_shard[0], 0);
+  assert_int_equal(row_shard[1], 2);
 }
 
 /* ---- hints ---- */
@@ -1416,7 +1482,7 @@ int main(void) {
       cmocka_unit_test(test_bad_values),
       cmocka_unit_test(test_negated_values),
       cmocka_unit_test(test_in_list_one_shard),
-      cmocka_unit_test(test_in_list_read_several_refused),
+      cmocka_unit_test(test_in_list_read_several_merged),
       cmocka_unit_test(test_in_list_write_policies),
       cmocka_unit_test(test_any_text_array_literal),
       cmocka_unit_test(test_any_text_array_param),
@@ -1429,6 +1495,7 @@ int main(void) {
       cmocka_unit_test(test_array_constructor_elements),
       cmocka_unit_test(test_null_key_in_where),
       cmocka_unit_test(test_null_key_in_insert),
+      cmocka_unit_test(test_keyless_read_merged),
       cmocka_unit_test(test_keyless_read_refused),
       cmocka_unit_test(test_keyless_write_policies),
       cmocka_unit_test(test_reference_tables),
@@ -1439,7 +1506,7 @@ int main(void) {
       cmocka_unit_test(test_writes_with_key),
       cmocka_unit_test(test_multi_row_insert_one_shard),
       cmocka_unit_test(test_multi_row_insert_split),
-      cmocka_unit_test(test_multi_row_insert_refused),
+      cmocka_unit_test(test_multi_row_insert_policies),
       cmocka_unit_test(test_hint_keyless),
       cmocka_unit_test(test_hint_with_keys),
       cmocka_unit_test(test_hint_out_of_range),

@@ -1,0 +1,1917 @@
+/*
+ * merge.c — the analysis half of cross-shard reads (merge.h): from the
+ * parse tree of a SELECT (or COPY ... TO STDOUT) that reads sharded tables,
+ * what each shard runs and how the shards' rows combine into the answer one
+ * PostgreSQL holding every row would give; or, when that cannot be done
+ * exactly, why not (spec->refuse, naming the construct).
+ *
+ * The tree is libpg_query's for the lexer's normalised text, where every
+ * literal is a parameter $N. Nothing in a spec may depend on a literal's
+ * value: the spec is cached with the plan and serves every statement that
+ * normalises to the same text. (ORDER BY 2 is a position, not a value; the
+ * lexer keeps such integers verbatim, so they are part of the text.) So
+ * expressions are compared by structure, parameter numbers included and
+ * locations aside, and a hidden column's text is libpg_query's deparse of
+ * the expression, in which $N stay $N; pgs_merge_shard_sql puts the
+ * literals back on every run. A text the parser took only with its
+ * literals put back (varchar(10), DATE '...') is first given its
+ * parameters again (params_again), so both kinds of text are analysed
+ * alike.
+ *
+ * Columns are numbered as the shards return them: hidden columns first,
+ * then the client's. While the analysis runs, a column is symbolic
+ * (hidden index, or VISIBLE + target index), since how many columns are
+ * hidden is known only at the end.
+ *
+ * Invariant: a spec with refuse set has nothing else set.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+
+#include "pgshard/config.h"
+#include "pgshard/merge.h"
+#include "pgshard/route.h"
+#include "pgshard/shardmap.h"
+
+/* Backstop for the recursive walks (the tree's depth was checked before
+ * it was unpacked; a walk takes two frames per level). */
+#define MAX_DEPTH (2 * PGS_ANALYZE_MAX_DEPTH + 16)
+/* Symbolic columns at or above this are targets; below, hidden columns. */
+#define VISIBLE 0x100000
+/* A resolved ORDER BY / GROUP BY item that needs no column (a constant). */
+#define NO_COLUMN (-1)
+/* Hidden plus visible columns must fit pgs_merge_key_t's int16. */
+#define MAX_COLUMNS 16000
+
+typedef struct target {
+  const PgQuery__Node *expr; /* ResTarget.val */
+  const char *alias;         /* AS name, or NULL */
+  const char *name;          /* output column name (alias, column, function), or NULL */
+  int agg;                   /* pgs_agg_kind_t when a bare aggregate */
+  bool star;                 /* *, t.* or (x).*: any number of columns */
+  int avg_sum, avg_count;    /* AVG: hidden columns */
+} target_t;
+
+typedef struct hidden {
+  char *text; /* deparsed expression, $N kept */
+  int agg;
+  int avg_sum, avg_count;
+} hidden_t;
+
+typedef struct sort_key {
+  int column; /* symbolic */
+  bool desc, nulls_first;
+} sort_key_t;
+
+/* A sharded table in the top-level FROM. */
+typedef struct from_ref {
+  const pgs_table_t *table;
+  const char *name; /* alias or table name */
+} from_ref_t;
+
+/* Two refs whose shard keys a join equates. */
+typedef struct key_edge {
+  int a, b;
+} key_edge_t;
+
+typedef struct an {
+  const pgs_database_t *db;
+  const pgs_lexed_t *lx;
+  const int32_t *lit_loc; /* literals put back: where each starts there */
+  uint32_t *lit_len;      /* ... and how long each is there */
+  pgs_merge_spec_t *spec;
+  bool copy;
+  bool too_deep;
+  /* Top-level WITH names (they hide tables of the same name). */
+  const char **ctes;
+  int nctes;
+  from_ref_t *refs;
+  int nrefs, refs_cap;
+  key_edge_t *edges;
+  int nedges, edges_cap;
+  target_t *targets;
+  int ntargets;
+  int first_star;            /* index of the first star target, or -1 */
+  int32_t first_target_loc;  /* location of the first ResTarget */
+  hidden_t *hidden;
+  int nhidden, hidden_cap;
+  bool grouped;
+  int *group; /* symbolic */
+  int ngroup;
+  sort_key_t *keys;
+  int nkeys;
+  pgs_merge_position_t *positions;
+  int npositions, positions_cap;
+} an_t;
+
+PGS_PRINTF(2, 3)
+static bool refuse(an_t *an, const char *fmt, ...) {
+  pgs_merge_spec_t *spec = an->spec;
+  if (spec->refuse[0] != '\0') return false; /* the first refusal wins */
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(spec->refuse, sizeof(spec->refuse), fmt, ap);
+  va_end(ap);
+  return false;
+}
+
+static bool refused(const an_t *an) { return an->spec->refuse[0] != '\0'; }
+
+/* ---- tree helpers ---- */
+
+static const char *str_of(const PgQuery__Node *n) {
+  return n && n->node_case == PG_QUERY__NODE__NODE_STRING ? n->string->sval : NULL;
+}
+
+static bool is_node(const PgQuery__Node *n, PgQuery__Node__NodeCase c) {
+  return n != NULL && n->node_case == c;
+}
+
+/* Calls VISIT on M and everything below it, depth first, until VISIT
+ * returns true (then so does this). Queries nested in expressions
+ * (SELECT statements) are entered only with INTO_QUERIES. */
+typedef bool (*visit_fn)(an_t *an, const ProtobufCMessage *m, void *arg);
+
+static bool walk(an_t *an, const ProtobufCMessage *m, bool into_queries, visit_fn visit, void *arg,
+                 int depth) {
+  if (m == NULL) return false;
+  if (depth > MAX_DEPTH) {
+    an->too_deep = true;
+    return true;
+  }
+  if (visit(an, m, arg)) return true;
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  if (!into_queries && d == &pg_query__select_stmt__descriptor) return false;
+  const char *base = (const char *)m;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t count = *(const size_t *)(const void *)(base + f->quantifier_offset);
+      ProtobufCMessage *const *items =
+          *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
+      for (size_t j = 0; j < count; j++)
+        if (walk(an, items[j], into_queries, visit, arg, depth + 1)) return true;
+    } else {
+      if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+          *(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
+        continue;
+      if (walk(an, *(ProtobufCMessage *const *)(const void *)(base + f->offset), into_queries,
+               visit, arg, depth + 1))
+        return true;
+    }
+  }
+  return false;
+}
+
+static bool walk_node(an_t *an, const PgQuery__Node *n, bool into_queries, visit_fn visit,
+                      void *arg) {
+  return n != NULL && walk(an, &n->base, into_queries, visit, arg, 0);
+}
+
+/* Whether two parse trees are the same expression: every field equal but
+ * the locations. */
+static bool same_tree(const ProtobufCMessage *a, const ProtobufCMessage *b, int depth) {
+  if (a == NULL || b == NULL) return a == b;
+  if (a->descriptor != b->descriptor || depth > MAX_DEPTH) return false;
+  const ProtobufCMessageDescriptor *d = a->descriptor;
+  const char *pa = (const char *)a, *pb = (const char *)b;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (!strcmp(f->name, "location")) continue;
+    if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+      uint32_t ca = *(const uint32_t *)(const void *)(pa + f->quantifier_offset);
+      uint32_t cb = *(const uint32_t *)(const void *)(pb + f->quantifier_offset);
+      if (ca != cb) return false;
+      if (ca != f->id) continue;
+    }
+    size_t count = 1;
+    const char *va = pa + f->offset, *vb = pb + f->offset;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      count = *(const size_t *)(const void *)(pa + f->quantifier_offset);
+      if (count != *(const size_t *)(const void *)(pb + f->quantifier_offset)) return false;
+      va = *(const char *const *)(const void *)va;
+      vb = *(const char *const *)(const void *)vb;
+    }
+    for (size_t j = 0; j < count; j++) {
+      switch (f->type) {
+      case PROTOBUF_C_TYPE_MESSAGE: {
+        const ProtobufCMessage *ma = ((const ProtobufCMessage *const *)(const void *)va)[j];
+        const ProtobufCMessage *mb = ((const ProtobufCMessage *const *)(const void *)vb)[j];
+        if (!same_tree(ma, mb, depth + 1)) return false;
+        break;
+      }
+      case PROTOBUF_C_TYPE_STRING: {
+        const char *sa = ((const char *const *)(const void *)va)[j];
+        const char *sb = ((const char *const *)(const void *)vb)[j];
+        if (strcmp(sa ? sa : "", sb ? sb : "") != 0) return false;
+        break;
+      }
+      case PROTOBUF_C_TYPE_BYTES: {
+        const ProtobufCBinaryData *ba = &((const ProtobufCBinaryData *)(const void *)va)[j];
+        const ProtobufCBinaryData *bb = &((const ProtobufCBinaryData *)(const void *)vb)[j];
+        if (ba->len != bb->len || (ba->len && memcmp(ba->data, bb->data, ba->len) != 0))
+          return false;
+        break;
+      }
+      case PROTOBUF_C_TYPE_INT64:
+      case PROTOBUF_C_TYPE_SINT64:
+      case PROTOBUF_C_TYPE_SFIXED64:
+      case PROTOBUF_C_TYPE_UINT64:
+      case PROTOBUF_C_TYPE_FIXED64:
+      case PROTOBUF_C_TYPE_DOUBLE:
+        if (memcmp(va + 8 * j, vb + 8 * j, 8) != 0) return false;
+        break;
+      default: /* 32-bit integers, enums, floats and protobuf_c_boolean */
+        if (memcmp(va + 4 * j, vb + 4 * j, 4) != 0) return false;
+        break;
+      }
+    }
+  }
+  return true;
+}
+
+static bool same_node(const PgQuery__Node *a, const PgQuery__Node *b) {
+  return same_tree(a ? &a->base : NULL, b ? &b->base : NULL, 0);
+}
+
+/* The expression N as SQL (libpg_query's deparser), without "SELECT ";
+ * NULL when it cannot be deparsed. malloc'ed. */
+static char *deparse(const PgQuery__Node *n) {
+  PgQuery__ResTarget rt = PG_QUERY__RES_TARGET__INIT;
+  rt.val = (PgQuery__Node *)n;
+  PgQuery__Node rt_node = PG_QUERY__NODE__INIT;
+  rt_node.node_case = PG_QUERY__NODE__NODE_RES_TARGET;
+  rt_node.res_target = &rt;
+  PgQuery__Node *targets[1] = {&rt_node};
+  PgQuery__SelectStmt sel = PG_QUERY__SELECT_STMT__INIT;
+  sel.n_target_list = 1;
+  sel.target_list = targets;
+  sel.limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
+  sel.op = PG_QUERY__SET_OPERATION__SETOP_NONE;
+  PgQuery__Node sel_node = PG_QUERY__NODE__INIT;
+  sel_node.node_case = PG_QUERY__NODE__NODE_SELECT_STMT;
+  sel_node.select_stmt = &sel;
+  PgQuery__RawStmt raw = PG_QUERY__RAW_STMT__INIT;
+  raw.stmt = &sel_node;
+  PgQuery__RawStmt *raws[1] = {&raw};
+  PgQuery__ParseResult pr = PG_QUERY__PARSE_RESULT__INIT;
+  pr.n_stmts = 1;
+  pr.stmts = raws;
+  size_t len = pg_query__parse_result__get_packed_size(&pr);
+  uint8_t *buf = pgs_xmalloc(len ? len : 1);
+  pg_query__parse_result__pack(&pr, buf);
+  PgQueryProtobuf pb = {.len = len, .data = (char *)buf};
+  PgQueryDeparseResult r = pg_query_deparse_protobuf(pb);
+  free(buf);
+  char *text = NULL;
+  if (r.error == NULL && r.query && strncmp(r.query, "SELECT ", 7) == 0)
+    text = pgs_xstrdup(r.query + 7);
+  pg_query_free_deparse_result(r);
+  return text;
+}
+
+/* ---- functions and aggregates ---- */
+
+/* The function's name when it is unqualified or in pg_catalog, else NULL
+ * (another schema's function is the user's own). */
+static const char *catalog_name(const PgQuery__FuncCall *fc) {
+  if (fc->n_funcname == 0) return NULL;
+  const char *name = str_of(fc->funcname[fc->n_funcname - 1]);
+  if (fc->n_funcname == 2) {
+    const char *schema = str_of(fc->funcname[0]);
+    if (schema == NULL || strcmp(schema, "pg_catalog") != 0) return NULL;
+  } else if (fc->n_funcname > 2) {
+    return NULL;
+  }
+  return name;
+}
+
+static const char *last_name(const PgQuery__FuncCall *fc) {
+  const char *name = fc->n_funcname ? str_of(fc->funcname[fc->n_funcname - 1]) : NULL;
+  return name ? name : "?";
+}
+
+/* count, sum, min, max, avg: the aggregates whose partial results merge. */
+static int mergeable_kind(const PgQuery__FuncCall *fc) {
+  static const struct {
+    const char *name;
+    int kind;
+  } aggs[] = {
+      {"count", PGS_AGG_COUNT}, {"sum", PGS_AGG_SUM}, {"min", PGS_AGG_MIN},
+      {"max", PGS_AGG_MAX},     {"avg", PGS_AGG_AVG},
+  };
+  const char *name = catalog_name(fc);
+  if (name == NULL || fc->over != NULL) return -1;
+  for (size_t i = 0; i < PGS_ARRAY_LEN(aggs); i++)
+    if (!strcmp(aggs[i].name, name)) return aggs[i].kind;
+  return -1;
+}
+
+/* PostgreSQL's other built-in aggregates: their partial results do not
+ * combine into the whole one (or pgshard does not combine them). */
+static bool other_aggregate(const char *name) {
+  static const char *const names[] = {
+      "any_value",      "array_agg",     "bit_and",        "bit_or",          "bit_xor",
+      "bool_and",       "bool_or",       "corr",           "covar_pop",       "covar_samp",
+      "cume_dist",      "dense_rank",    "every",          "json_agg",        "json_agg_strict",
+      "json_object_agg", "jsonb_agg",    "jsonb_object_agg", "mode",          "percent_rank",
+      "percentile_cont", "percentile_disc", "range_agg",  "range_intersect_agg", "rank",
+      "regr_avgx",      "regr_avgy",     "regr_count",     "regr_intercept",  "regr_r2",
+      "regr_slope",     "regr_sxx",      "regr_sxy",       "regr_syy",        "stddev",
+      "stddev_pop",     "stddev_samp",   "string_agg",     "var_pop",         "var_samp",
+      "variance",       "xmlagg",
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(names); i++)
+    if (!strcmp(names[i], name)) return true;
+  return false;
+}
+
+/* An aggregate call (not a window function): a known aggregate, or
+ * anything written with aggregate syntax. */
+static bool is_aggregate(const PgQuery__FuncCall *fc) {
+  if (fc->over != NULL) return false;
+  const char *name = catalog_name(fc);
+  return mergeable_kind(fc) >= 0 || (name && other_aggregate(name)) || fc->agg_star ||
+         fc->agg_distinct || fc->n_agg_order > 0 || fc->agg_filter != NULL ||
+         fc->agg_within_group;
+}
+
+static bool visit_window(an_t *an, const ProtobufCMessage *m, void *arg) {
+  return m->descriptor == &pg_query__func_call__descriptor &&
+         ((const PgQuery__FuncCall *)m)->over != NULL;
+}
+
+static bool visit_grouping(an_t *an, const ProtobufCMessage *m, void *arg) {
+  return m->descriptor == &pg_query__grouping_func__descriptor;
+}
+
+static bool visit_aggregate(an_t *an, const ProtobufCMessage *m, void *arg) {
+  if (m->descriptor != &pg_query__func_call__descriptor) return false;
+  const PgQuery__FuncCall *fc = (const PgQuery__FuncCall *)m;
+  if (!is_aggregate(fc)) return false;
+  *(const PgQuery__FuncCall **)arg = fc;
+  return true;
+}
+
+/* The first aggregate call in N (not inside a subquery), or NULL. */
+static const PgQuery__FuncCall *find_aggregate(an_t *an, const PgQuery__Node *n) {
+  const PgQuery__FuncCall *found = NULL;
+  walk_node(an, n, false, visit_aggregate, &found);
+  return found;
+}
+
+/* ---- sharded tables ---- */
+
+static bool is_cte(const an_t *an, const PgQuery__RangeVar *rv) {
+  if (rv->schemaname && rv->schemaname[0]) return false;
+  for (int i = 0; i < an->nctes; i++)
+    if (!strcmp(an->ctes[i], rv->relname)) return true;
+  return false;
+}
+
+static const pgs_table_t *sharded(const an_t *an, const PgQuery__RangeVar *rv) {
+  if (rv == NULL || rv->relname == NULL || is_cte(an, rv)) return NULL;
+  return pgs_shardmap_find_table(an->db, rv->relname);
+}
+
+static bool visit_sharded(an_t *an, const ProtobufCMessage *m, void *arg) {
+  if (m->descriptor != &pg_query__range_var__descriptor) return false;
+  const pgs_table_t *t = sharded(an, (const PgQuery__RangeVar *)m);
+  if (t == NULL) return false;
+  *(const pgs_table_t **)arg = t;
+  return true;
+}
+
+/* A sharded table read anywhere in N (subqueries included), or NULL. */
+static const pgs_table_t *find_sharded(an_t *an, const PgQuery__Node *n) {
+  const pgs_table_t *found = NULL;
+  walk_node(an, n, true, visit_sharded, &found);
+  return found;
+}
+
+/* Refuses when N reads a sharded table: N is a subquery, or holds one. */
+static bool no_sharded_subquery(an_t *an, const PgQuery__Node *n) {
+  const pgs_table_t *t = find_sharded(an, n);
+  if (t) return refuse(an, "a subquery reading sharded table %s cannot be merged across shards",
+                       t->name);
+  return true;
+}
+
+/* Rows that join on a shard key value are on one shard when both tables
+ * map a value to a shard the same way: same strategy and key type
+ * (integers of any width encode alike), and for ranges the same ranges.
+ * Tenant and geo tables share their database's tenant and geo maps. */
+static bool sharded_alike(const pgs_table_t *a, const pgs_table_t *b) {
+  if (a->strategy != b->strategy) return false;
+  bool ia = a->type == PGS_TYPE_SMALLINT || a->type == PGS_TYPE_INT || a->type == PGS_TYPE_BIGINT;
+  bool ib = b->type == PGS_TYPE_SMALLINT || b->type == PGS_TYPE_INT || b->type == PGS_TYPE_BIGINT;
+  if (a->type != b->type && !(ia && ib)) return false;
+  if (a->strategy != PGS_STRATEGY_RANGE) return true;
+  if (a->nranges != b->nranges) return false;
+  for (int i = 0; i < a->nranges; i++) {
+    const pgs_range_t *ra = &a->ranges[i], *rb = &b->ranges[i];
+    if (ra->shard != rb->shard || ra->has_low != rb->has_low || ra->has_high != rb->has_high)
+      return false;
+    if (ra->has_low && pgs_key_compare(ra->low, rb->low) != 0) return false;
+    if (ra->has_high && pgs_key_compare(ra->high, rb->high) != 0) return false;
+  }
+  return true;
+}
+
+/* ---- FROM, WHERE and joins ---- */
+
+static int add_ref(an_t *an, const pgs_table_t *t, const char *name) {
+  if (an->nrefs == an->refs_cap) {
+    an->refs_cap = an->refs_cap ? an->refs_cap * 2 : 4;
+    an->refs = pgs_xrealloc(an->refs, (size_t)an->refs_cap * sizeof(*an->refs));
+  }
+  an->refs[an->nrefs] = (from_ref_t){t, name};
+  return an->nrefs++;
+}
+
+static void add_edge(an_t *an, int a, int b) {
+  if (a == b) return;
+  if (an->nedges == an->edges_cap) {
+    an->edges_cap = an->edges_cap ? an->edges_cap * 2 : 4;
+    an->edges = pgs_xrealloc(an->edges, (size_t)an->edges_cap * sizeof(*an->edges));
+  }
+  an->edges[an->nedges++] = (key_edge_t){a, b};
+}
+
+/* The refs whose shard key column N names: a qualified name the ref it
+ * qualifies; an unqualified one every ref with a key column of that name
+ * (two only when a USING or NATURAL join made them one column). */
+static int key_refs(const an_t *an, const PgQuery__Node *n, int *out, int cap) {
+  if (!is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF)) return 0;
+  const PgQuery__ColumnRef *c = n->column_ref;
+  if (c->n_fields == 0) return 0;
+  const char *col = str_of(c->fields[c->n_fields - 1]);
+  const char *qualifier = c->n_fields > 1 ? str_of(c->fields[c->n_fields - 2]) : NULL;
+  if (col == NULL || (c->n_fields > 1 && qualifier == NULL)) return 0;
+  int count = 0;
+  for (int r = 0; r < an->nrefs && count < cap; r++) {
+    if (strcmp(an->refs[r].table->column, col) != 0) continue;
+    if (qualifier && strcmp(an->refs[r].name, qualifier) != 0) continue;
+    out[count++] = r;
+  }
+  return count;
+}
+
+/* key = key conditions AND-ed at the top of a WHERE or ON clause. */
+static void collect_edges(an_t *an, const PgQuery__Node *n) {
+  if (n == NULL) return;
+  if (n->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+      n->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+    for (size_t i = 0; i < n->bool_expr->n_args; i++) collect_edges(an, n->bool_expr->args[i]);
+    return;
+  }
+  if (n->node_case != PG_QUERY__NODE__NODE_A_EXPR) return;
+  const PgQuery__AExpr *e = n->a_expr;
+  const char *op = e->n_name > 0 ? str_of(e->name[e->n_name - 1]) : NULL;
+  if (e->kind != PG_QUERY__A__EXPR__KIND__AEXPR_OP || op == NULL || strcmp(op, "=") != 0) return;
+  int left[8], right[8];
+  int nl = key_refs(an, e->lexpr, left, 8), nr = key_refs(an, e->rexpr, right, 8);
+  for (int i = 0; i < nl; i++)
+    for (int j = 0; j < nr; j++) add_edge(an, left[i], right[j]);
+}
+
+static void add_from(an_t *an, const PgQuery__Node *n, int depth) {
+  if (n == NULL || refused(an)) return;
+  if (depth > MAX_DEPTH) {
+    an->too_deep = true;
+    return;
+  }
+  switch (n->node_case) {
+  case PG_QUERY__NODE__NODE_RANGE_VAR: {
+    const PgQuery__RangeVar *rv = n->range_var;
+    const pgs_table_t *t = sharded(an, rv);
+    if (t) add_ref(an, t, rv->alias && rv->alias->aliasname ? rv->alias->aliasname : rv->relname);
+    break;
+  }
+  case PG_QUERY__NODE__NODE_JOIN_EXPR: {
+    const PgQuery__JoinExpr *j = n->join_expr;
+    int start = an->nrefs;
+    add_from(an, j->larg, depth + 1);
+    int mid = an->nrefs;
+    add_from(an, j->rarg, depth + 1);
+    int end = an->nrefs;
+    /* USING (key) and NATURAL joins equate same-named key columns. */
+    for (int a = start; a < mid; a++) {
+      for (int b = mid; b < end; b++) {
+        const char *col = an->refs[a].table->column;
+        if (strcmp(col, an->refs[b].table->column) != 0) continue;
+        bool joined = j->is_natural;
+        for (size_t u = 0; u < j->n_using_clause && !joined; u++) {
+          const char *name = str_of(j->using_clause[u]);
+          joined = name && !strcmp(name, col);
+        }
+        if (joined) add_edge(an, a, b);
+      }
+    }
+    if (!no_sharded_subquery(an, j->quals)) return;
+    collect_edges(an, j->quals);
+    break;
+  }
+  case PG_QUERY__NODE__NODE_RANGE_TABLE_SAMPLE: {
+    const PgQuery__RangeTableSample *ts = n->range_table_sample;
+    add_from(an, ts->relation, depth + 1);
+    for (size_t i = 0; i < ts->n_args; i++) no_sharded_subquery(an, ts->args[i]);
+    no_sharded_subquery(an, ts->repeatable);
+    break;
+  }
+  default: /* subqueries, functions, XMLTABLE ... */
+    no_sharded_subquery(an, n);
+    break;
+  }
+}
+
+static int find_set(int *parent, int x) {
+  while (parent[x] != x) x = parent[x] = parent[parent[x]];
+  return x;
+}
+
+/* Each shard's join is the whole join's part on that shard only when
+ * every sharded table is joined to the others on shard keys of tables
+ * sharded alike. */
+static void check_joins(an_t *an) {
+  if (an->nrefs < 2 || refused(an)) return;
+  int *parent = pgs_xmalloc(sizeof(int) * (size_t)an->nrefs);
+  for (int r = 0; r < an->nrefs; r++) parent[r] = r;
+  int unlike = -1; /* an edge between tables sharded differently */
+  for (int e = 0; e < an->nedges; e++) {
+    const key_edge_t *k = &an->edges[e];
+    if (!sharded_alike(an->refs[k->a].table, an->refs[k->b].table)) {
+      if (unlike < 0) unlike = e;
+      continue;
+    }
+    parent[find_set(parent, k->a)] = find_set(parent, k->b);
+  }
+  for (int r = 1; r < an->nrefs; r++) {
+    if (find_set(parent, r) == find_set(parent, 0)) continue;
+    if (unlike >= 0)
+      refuse(an,
+             "a join of sharded tables %s and %s on their shard keys cannot be merged across "
+             "shards: they are not sharded alike",
+             an->refs[an->edges[unlike].a].table->name, an->refs[an->edges[unlike].b].table->name);
+    else
+      refuse(an,
+             "a join of sharded tables %s and %s not on their shard keys cannot be merged across "
+             "shards",
+             an->refs[0].table->name, an->refs[r].table->name);
+    break;
+  }
+  free(parent);
+}
+
+/* ---- target list ---- */
+
+/* The name PostgreSQL gives an output column of expression N
+ * (FigureColname), or NULL for "?column?". */
+static const char *output_name(const PgQuery__Node *n) {
+  if (n == NULL) return NULL;
+  switch (n->node_case) {
+  case PG_QUERY__NODE__NODE_COLUMN_REF: {
+    const PgQuery__ColumnRef *c = n->column_ref;
+    return c->n_fields ? str_of(c->fields[c->n_fields - 1]) : NULL;
+  }
+  case PG_QUERY__NODE__NODE_A_INDIRECTION: {
+    const PgQuery__AIndirection *ind = n->a_indirection;
+    for (size_t i = ind->n_indirection; i > 0; i--) {
+      const char *name = str_of(ind->indirection[i - 1]);
+      if (name) return name;
+      if (is_node(ind->indirection[i - 1], PG_QUERY__NODE__NODE_A_STAR)) return NULL;
+    }
+    return output_name(ind->arg);
+  }
+  case PG_QUERY__NODE__NODE_FUNC_CALL:
+    return last_name(n->func_call);
+  case PG_QUERY__NODE__NODE_TYPE_CAST: {
+    /* The argument's name when it has a strong one, else the type's. */
+    const PgQuery__Node *arg = n->type_cast->arg;
+    const char *name = output_name(arg);
+    if (name && (is_node(arg, PG_QUERY__NODE__NODE_COLUMN_REF) ||
+                 is_node(arg, PG_QUERY__NODE__NODE_FUNC_CALL) ||
+                 is_node(arg, PG_QUERY__NODE__NODE_A_INDIRECTION)))
+      return name;
+    const PgQuery__TypeName *tn = n->type_cast->type_name;
+    return tn && tn->n_names ? str_of(tn->names[tn->n_names - 1]) : name;
+  }
+  case PG_QUERY__NODE__NODE_COLLATE_CLAUSE:
+    return output_name(n->collate_clause->arg);
+  case PG_QUERY__NODE__NODE_CASE_EXPR:
+    return "case";
+  case PG_QUERY__NODE__NODE_COALESCE_EXPR:
+    return "coalesce";
+  case PG_QUERY__NODE__NODE_MIN_MAX_EXPR:
+    return n->min_max_expr->op == PG_QUERY__MIN_MAX_OP__IS_GREATEST ? "greatest" : "least";
+  case PG_QUERY__NODE__NODE_A_ARRAY_EXPR:
+    return "array";
+  case PG_QUERY__NODE__NODE_ROW_EXPR:
+    return "row";
+  case PG_QUERY__NODE__NODE_GROUPING_FUNC:
+    return "grouping";
+  case PG_QUERY__NODE__NODE_A_EXPR:
+    return n->a_expr->kind == PG_QUERY__A__EXPR__KIND__AEXPR_NULLIF ? "nullif" : NULL;
+  case PG_QUERY__NODE__NODE_SUB_LINK: {
+    const PgQuery__SubLink *sl = n->sub_link;
+    if (sl->sub_link_type == PG_QUERY__SUB_LINK_TYPE__EXISTS_SUBLINK) return "exists";
+    if (sl->sub_link_type == PG_QUERY__SUB_LINK_TYPE__ARRAY_SUBLINK) return "array";
+    if (sl->sub_link_type == PG_QUERY__SUB_LINK_TYPE__EXPR_SUBLINK &&
+        is_node(sl->subselect, PG_QUERY__NODE__NODE_SELECT_STMT)) {
+      const PgQuery__SelectStmt *s = sl->subselect->select_stmt;
+      if (s->n_target_list > 0 && is_node(s->target_list[0], PG_QUERY__NODE__NODE_RES_TARGET)) {
+        const PgQuery__ResTarget *rt = s->target_list[0]->res_target;
+        return rt->name && rt->name[0] ? rt->name : output_name(rt->val);
+      }
+    }
+    return NULL;
+  }
+  default:
+    return NULL;
+  }
+}
+
+static bool is_star(const PgQuery__Node *n) {
+  if (is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF)) {
+    const PgQuery__ColumnRef *c = n->column_ref;
+    return c->n_fields > 0 && is_node(c->fields[c->n_fields - 1], PG_QUERY__NODE__NODE_A_STAR);
+  }
+  if (is_node(n, PG_QUERY__NODE__NODE_A_INDIRECTION)) {
+    const PgQuery__AIndirection *ind = n->a_indirection;
+    return ind->n_indirection > 0 &&
+           is_node(ind->indirection[ind->n_indirection - 1], PG_QUERY__NODE__NODE_A_STAR);
+  }
+  return false;
+}
+
+/* What expression N (a select item or a sort key) is to the merge: a bare
+ * mergeable aggregate (*AGG its kind) or an expression without aggregates
+ * (*AGG = NONE). false, refused, for everything else. */
+static bool classify(an_t *an, const PgQuery__Node *n, int *agg) {
+  *agg = PGS_AGG_NONE;
+  if (walk_node(an, n, false, visit_window, NULL))
+    return refuse(an, "window functions cannot be merged across shards");
+  if (walk_node(an, n, false, visit_grouping, NULL))
+    return refuse(an, "GROUPING() cannot be merged across shards");
+  if (is_node(n, PG_QUERY__NODE__NODE_FUNC_CALL) && is_aggregate(n->func_call)) {
+    const PgQuery__FuncCall *fc = n->func_call;
+    const char *name = last_name(fc);
+    int kind = mergeable_kind(fc);
+    if (kind < 0) return refuse(an, "%s() cannot be merged across shards", name);
+    if (fc->agg_distinct)
+      return refuse(an, "%s(DISTINCT ...) cannot be merged across shards", name);
+    if (fc->n_agg_order > 0 || fc->agg_within_group)
+      return refuse(an, "%s() with ORDER BY cannot be merged across shards", name);
+    if (fc->func_variadic || (fc->agg_star ? kind != PGS_AGG_COUNT || fc->n_args != 0
+                                           : fc->n_args != 1))
+      return refuse(an, "%s() with these arguments cannot be merged across shards", name);
+    for (size_t i = 0; i < fc->n_args; i++)
+      if (find_aggregate(an, fc->args[i]))
+        return refuse(an, "nested aggregates cannot be merged across shards");
+    *agg = kind;
+    return true;
+  }
+  const PgQuery__FuncCall *inner = find_aggregate(an, n);
+  if (inner) {
+    const char *name = last_name(inner);
+    if (mergeable_kind(inner) < 0) return refuse(an, "%s() cannot be merged across shards", name);
+    return refuse(an,
+                  "%s() inside an expression cannot be merged across shards; select the "
+                  "aggregate itself",
+                  name);
+  }
+  return true;
+}
+
+/* ---- hidden columns ---- */
+
+static int add_hidden_text(an_t *an, char *text, int agg) {
+  for (int h = 0; h < an->nhidden; h++) {
+    if (an->hidden[h].agg == agg && !strcmp(an->hidden[h].text, text)) {
+      free(text);
+      return h;
+    }
+  }
+  if (an->nhidden == an->hidden_cap) {
+    an->hidden_cap = an->hidden_cap ? an->hidden_cap * 2 : 4;
+    an->hidden = pgs_xrealloc(an->hidden, (size_t)an->hidden_cap * sizeof(*an->hidden));
+  }
+  an->hidden[an->nhidden] = (hidden_t){.text = text, .agg = agg, .avg_sum = -1, .avg_count = -1};
+  return an->nhidden++;
+}
+
+/* avg(x) [FILTER (WHERE c)] as pg_catalog.NAME(x) [FILTER (WHERE c)]. */
+static char *avg_part(const PgQuery__FuncCall *avg, const char *name) {
+  PgQuery__String s_schema = PG_QUERY__STRING__INIT, s_name = PG_QUERY__STRING__INIT;
+  s_schema.sval = (char *)"pg_catalog";
+  s_name.sval = (char *)name;
+  PgQuery__Node n_schema = PG_QUERY__NODE__INIT, n_name = PG_QUERY__NODE__INIT;
+  n_schema.node_case = n_name.node_case = PG_QUERY__NODE__NODE_STRING;
+  n_schema.string = &s_schema;
+  n_name.string = &s_name;
+  PgQuery__Node *funcname[2] = {&n_schema, &n_name};
+  PgQuery__FuncCall fc = *avg;
+  fc.funcname = funcname;
+  fc.n_funcname = 2;
+  PgQuery__Node node = PG_QUERY__NODE__INIT;
+  node.node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
+  node.func_call = &fc;
+  return deparse(&node);
+}
+
+/* The hidden sum(x) and count(x) behind avg(x). */
+static bool avg_parts(an_t *an, const PgQuery__FuncCall *avg, int *sum, int *count) {
+  char *sum_text = avg_part(avg, "sum"), *count_text = avg_part(avg, "count");
+  if (sum_text == NULL || count_text == NULL) {
+    free(sum_text);
+    free(count_text);
+    return refuse(an, "avg() over this expression cannot be merged across shards");
+  }
+  *sum = add_hidden_text(an, sum_text, PGS_AGG_SUM);
+  *count = add_hidden_text(an, count_text, PGS_AGG_COUNT);
+  return true;
+}
+
+/* A hidden column computing N (of aggregate kind AGG): its index, or -1
+ * (refused). */
+static int add_hidden(an_t *an, const PgQuery__Node *n, int agg) {
+  char *text = deparse(n);
+  if (text == NULL) {
+    refuse(an, "an ORDER BY or GROUP BY expression cannot be merged across shards (it cannot be "
+               "written back as SQL)");
+    return -1;
+  }
+  int before = an->nhidden;
+  int h = add_hidden_text(an, text, agg);
+  if (agg == PGS_AGG_AVG && h == before) {
+    int sum, count;
+    if (!avg_parts(an, n->func_call, &sum, &count)) return -1;
+    an->hidden[h].avg_sum = sum;
+    an->hidden[h].avg_count = count;
+  }
+  return h;
+}
+
+/* ---- GROUP BY and ORDER BY items ---- */
+
+static void add_position(an_t *an, const PgQuery__AConst *c) {
+  if (c->location < 0) return;
+  if (an->npositions == an->positions_cap) {
+    an->positions_cap = an->positions_cap ? an->positions_cap * 2 : 4;
+    an->positions =
+        pgs_xrealloc(an->positions, (size_t)an->positions_cap * sizeof(*an->positions));
+  }
+  /* The location is mapped and measured when the spec is built. */
+  an->positions[an->npositions++] = (pgs_merge_position_t){
+      .at = (uint32_t)c->location, .len = 0, .position = c->ival->ival};
+}
+
+/* A single unqualified column name, or NULL. */
+static const char *bare_name(const PgQuery__Node *n) {
+  if (!is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF) || n->column_ref->n_fields != 1) return NULL;
+  return str_of(n->column_ref->fields[0]);
+}
+
+/* Whether N is a constant the grammar allows where a position may stand:
+ * returns true and sets *COLUMN for a position, refuses for other
+ * constants (PostgreSQL rejects them), false for anything else. */
+static bool constant_item(an_t *an, const PgQuery__Node *n, const char *clause, int *column) {
+  if (is_node(n, PG_QUERY__NODE__NODE_A_CONST)) {
+    const PgQuery__AConst *c = n->a_const;
+    if (c->isnull || c->val_case != PG_QUERY__A__CONST__VAL_IVAL) {
+      refuse(an, "non-integer constant in %s", clause);
+      *column = NO_COLUMN;
+      return true;
+    }
+    int p = c->ival->ival;
+    if (p < 1 || (an->first_star < 0 && p > an->ntargets)) {
+      refuse(an, "%s position %d is not in select list", clause, p);
+      *column = NO_COLUMN;
+      return true;
+    }
+    add_position(an, c);
+    *column = VISIBLE + p - 1;
+    return true;
+  }
+  if (is_node(n, PG_QUERY__NODE__NODE_PARAM_REF)) {
+    /* The client's own $n is a value, constant for the statement: it
+     * orders or groups nothing. A literal of the lexer's here was never a
+     * position (the lexer keeps those), so PostgreSQL refuses it. */
+    if (n->param_ref->number > an->lx->nparams) refuse(an, "non-integer constant in %s", clause);
+    *column = NO_COLUMN;
+    return true;
+  }
+  return false;
+}
+
+/* The target an expression is, if it is one whose column is known. */
+static int same_target(const an_t *an, const PgQuery__Node *n) {
+  for (int i = 0; i < an->ntargets; i++) {
+    if (an->first_star >= 0 && i >= an->first_star) break;
+    if (same_node(an->targets[i].expr, n)) return i;
+  }
+  return -1;
+}
+
+/* A GROUP BY item: the column holding its value (symbolic), NO_COLUMN, or
+ * -2 when refused. PostgreSQL resolves a bare name as an input column
+ * first, then as an output name; an output column that is that input
+ * column is the same thing. */
+static int group_item(an_t *an, const PgQuery__Node *n) {
+  int column;
+  if (constant_item(an, n, "GROUP BY", &column)) return refused(an) ? -2 : column;
+  if (find_aggregate(an, n)) {
+    refuse(an, "aggregate functions are not allowed in GROUP BY");
+    return -2;
+  }
+  if (walk_node(an, n, false, visit_window, NULL)) {
+    refuse(an, "window functions cannot be merged across shards");
+    return -2;
+  }
+  const char *name = bare_name(n);
+  if (name) {
+    for (int i = 0; i < an->ntargets; i++) {
+      const target_t *t = &an->targets[i];
+      if (t->star) break;
+      const PgQuery__Node *e = t->expr;
+      if (is_node(e, PG_QUERY__NODE__NODE_COLUMN_REF) && !is_star(e) && output_name(e) &&
+          !strcmp(output_name(e), name))
+        return VISIBLE + i;
+    }
+    for (int i = 0; i < an->ntargets; i++) {
+      const target_t *t = &an->targets[i];
+      if (t->star) break;
+      if (t->alias && !strcmp(t->alias, name) && t->agg == PGS_AGG_NONE) return VISIBLE + i;
+    }
+  }
+  int i = same_target(an, n);
+  if (i >= 0 && an->targets[i].agg == PGS_AGG_NONE) return VISIBLE + i;
+  int h = add_hidden(an, n, PGS_AGG_NONE);
+  return h < 0 ? -2 : h;
+}
+
+/* The column a target stands in when its position is not known (after a
+ * *): a hidden copy. */
+static int target_column(an_t *an, int i) {
+  if (an->first_star < 0 || i < an->first_star) return VISIBLE + i;
+  int h = add_hidden(an, an->targets[i].expr, an->targets[i].agg);
+  return h < 0 ? -2 : h;
+}
+
+/* An ORDER BY item, as PostgreSQL resolves it: a position; a bare name
+ * matching an output column's name; an expression equal to a select
+ * item; else an expression of its own (hidden). Returns the symbolic
+ * column, NO_COLUMN, or -2 when refused. */
+static int sort_item(an_t *an, const PgQuery__Node *n) {
+  int column;
+  if (constant_item(an, n, "ORDER BY", &column)) return refused(an) ? -2 : column;
+  const char *name = bare_name(n);
+  if (name) {
+    for (int i = 0; i < an->ntargets; i++)
+      if (!an->targets[i].star && an->targets[i].name && !strcmp(an->targets[i].name, name))
+        return target_column(an, i);
+  }
+  int agg;
+  if (!classify(an, n, &agg)) return -2;
+  int i = same_target(an, n);
+  if (i >= 0) return VISIBLE + i;
+  int h = add_hidden(an, n, agg);
+  return h < 0 ? -2 : h;
+}
+
+/* ---- LIMIT and OFFSET ---- */
+
+static bool integer_type(const PgQuery__TypeName *tn) {
+  static const char *const names[] = {"int2", "int4", "int8", "numeric"};
+  if (tn == NULL || tn->n_names == 0 || tn->n_array_bounds > 0 || tn->pct_type) return false;
+  const char *name = str_of(tn->names[tn->n_names - 1]);
+  if (name == NULL) return false;
+  if (tn->n_names == 2) {
+    const char *schema = str_of(tn->names[0]);
+    if (schema == NULL || strcmp(schema, "pg_catalog") != 0) return false;
+  } else if (tn->n_names > 2) {
+    return false;
+  }
+  for (size_t i = 0; i < PGS_ARRAY_LEN(names); i++)
+    if (!strcmp(names[i], name)) return true;
+  return false;
+}
+
+/* A LIMIT or OFFSET value: none, NULL/ALL, FETCH FIRST ROW's implicit 1,
+ * or a parameter (a literal of the lexer's or the client's $n), maybe
+ * signed and cast to an integer type. *START is where it starts in the
+ * text (-1 when it is not written). false, refused, for other forms. */
+static bool count_value(an_t *an, const PgQuery__Node *n, const char *clause, int *param,
+                        bool *negate, bool *one, int32_t *start) {
+  if (n == NULL) return true;
+  switch (n->node_case) {
+  case PG_QUERY__NODE__NODE_A_CONST: {
+    const PgQuery__AConst *c = n->a_const;
+    if (*start < 0 || c->location < *start) *start = c->location;
+    if (c->isnull) return true;
+    if (c->val_case == PG_QUERY__A__CONST__VAL_IVAL && c->ival->ival == 1 && c->location < 0) {
+      *one = true; /* FETCH FIRST ROW ONLY */
+      return true;
+    }
+    break;
+  }
+  case PG_QUERY__NODE__NODE_PARAM_REF: {
+    const PgQuery__ParamRef *p = n->param_ref;
+    if (p->number < 1 || p->number > an->lx->nparams + an->lx->nliterals) break;
+    *param = p->number;
+    if (*start < 0 || p->location < *start) *start = p->location;
+    return true;
+  }
+  case PG_QUERY__NODE__NODE_A_EXPR: {
+    const PgQuery__AExpr *e = n->a_expr;
+    const char *op = e->n_name == 1 ? str_of(e->name[0]) : NULL;
+    if (e->kind != PG_QUERY__A__EXPR__KIND__AEXPR_OP || e->lexpr || op == NULL ||
+        (strcmp(op, "-") != 0 && strcmp(op, "+") != 0))
+      break;
+    if (*start < 0 || e->location < *start) *start = e->location;
+    if (op[0] == '-') *negate = !*negate;
+    if (!is_node(e->rexpr, PG_QUERY__NODE__NODE_PARAM_REF)) break;
+    return count_value(an, e->rexpr, clause, param, negate, one, start);
+  }
+  case PG_QUERY__NODE__NODE_TYPE_CAST:
+    if (!integer_type(n->type_cast->type_name)) break;
+    if (n->type_cast->location >= 0 && (*start < 0 || n->type_cast->location < *start))
+      *start = n->type_cast->location;
+    if (is_node(n->type_cast->arg, PG_QUERY__NODE__NODE_TYPE_CAST)) break;
+    return count_value(an, n->type_cast->arg, clause, param, negate, one, start);
+  default:
+    break;
+  }
+  return refuse(an, "%s other than a constant or a parameter cannot be merged across shards",
+                clause);
+}
+
+/* Where a placeholder or literal at offset R of the analysed text is in
+ * the normalised text (they differ when the literals were put back). */
+static uint32_t to_normalized(const an_t *an, int32_t r) {
+  if (an->lit_loc == NULL || r < 0) return (uint32_t)(r < 0 ? 0 : r);
+  const pgs_lexed_t *lx = an->lx;
+  int lo = 0, hi = lx->nliterals - 1, last = -1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (an->lit_loc[mid] <= r) {
+      last = mid;
+      lo = mid + 1;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  if (last < 0) return (uint32_t)r;
+  const pgs_literal_t *lit = &lx->literals[last];
+  uint32_t end = (uint32_t)an->lit_loc[last] + an->lit_len[last];
+  if ((uint32_t)r < end) return lit->placeholder;
+  char digits[16];
+  int n = snprintf(digits, sizeof(digits), "$%d", lx->nparams + 1 + last);
+  return (uint32_t)r - end + lit->placeholder + (uint32_t)n;
+}
+
+/* The normalised text's tokens. NULL when it does not scan. */
+static PgQuery__ScanResult *scan_text(const pgs_lexed_t *lx, PgQueryScanResult *raw) {
+  *raw = pg_query_scan(lx->normalized);
+  if (raw->error) return NULL;
+  return pg_query__scan_result__unpack(NULL, raw->pbuf.len, (const uint8_t *)raw->pbuf.data);
+}
+
+/* The index of the LIMIT / OFFSET / FETCH token whose value starts at
+ * offset AT of the normalised text; for FETCH FIRST ROW ONLY (AT < 0) the
+ * last FETCH. -1 when there is none. */
+static int clause_token(const PgQuery__ScanResult *sr, int32_t at) {
+  int n = (int)sr->n_tokens;
+  if (at < 0) {
+    for (int k = n - 1; k >= 0; k--)
+      if (sr->tokens[k]->token == PG_QUERY__TOKEN__FETCH) return k;
+    return -1;
+  }
+  int k = 0;
+  while (k < n && sr->tokens[k]->start < at) k++;
+  if (k == n || sr->tokens[k]->start != at) return -1;
+  k--;
+  while (k >= 0 && sr->tokens[k]->token == PG_QUERY__TOKEN__ASCII_40) k--; /* ( */
+  if (k < 0) return -1;
+  switch (sr->tokens[k]->token) {
+  case PG_QUERY__TOKEN__LIMIT:
+  case PG_QUERY__TOKEN__OFFSET:
+    return k;
+  case PG_QUERY__TOKEN__FIRST_P:
+  case PG_QUERY__TOKEN__NEXT:
+    return k > 0 && sr->tokens[k - 1]->token == PG_QUERY__TOKEN__FETCH ? k - 1 : -1;
+  default:
+    return -1;
+  }
+}
+
+/* LIMIT, OFFSET and FETCH FIRST: the parameters and where their clauses
+ * stand in the normalised text, one stretch from the first clause to the
+ * end of the text or the parenthesis around them. */
+static void analyse_limits(an_t *an, const PgQuery__SelectStmt *s) {
+  pgs_merge_spec_t *spec = an->spec;
+  if (s->limit_option == PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_WITH_TIES) {
+    refuse(an, "FETCH FIRST ... WITH TIES cannot be merged across shards");
+    return;
+  }
+  int32_t limit_at = -1, offset_at = -1;
+  bool offset_one = false; /* an OFFSET is always written */
+  if (!count_value(an, s->limit_count, "LIMIT", &spec->limit_param, &spec->limit_negate,
+                   &spec->limit_one, &limit_at) ||
+      !count_value(an, s->limit_offset, "OFFSET", &spec->offset_param, &spec->offset_negate,
+                   &offset_one, &offset_at))
+    return;
+  if (offset_one) {
+    refuse(an, "OFFSET other than a constant or a parameter cannot be merged across shards");
+    return;
+  }
+  if (s->limit_count == NULL && s->limit_offset == NULL) return;
+  if (an->copy) return; /* refused later: COPY only concatenates */
+
+  PgQueryScanResult raw;
+  PgQuery__ScanResult *sr = scan_text(an->lx, &raw);
+  int first = -1, other = -1;
+  if (sr) {
+    int kl = s->limit_count ? clause_token(sr, limit_at < 0 ? -1
+                                                             : (int32_t)to_normalized(an, limit_at))
+                            : -1;
+    int ko = s->limit_offset ? clause_token(sr, (int32_t)to_normalized(an, offset_at)) : -1;
+    bool found = (s->limit_count == NULL || kl >= 0) && (s->limit_offset == NULL || ko >= 0);
+    if (found) {
+      first = kl < 0 ? ko : ko < 0 ? kl : kl < ko ? kl : ko;
+      other = kl < 0 ? ko : ko < 0 ? kl : kl < ko ? ko : kl;
+    }
+  }
+  if (first >= 0) {
+    spec->tail_at = (uint32_t)sr->tokens[first]->start;
+    spec->tail_end = (uint32_t)an->lx->normalized_len;
+    int depth = 0;
+    bool other_inside = false;
+    for (size_t k = (size_t)first; k < sr->n_tokens; k++) {
+      const PgQuery__ScanToken *t = sr->tokens[k];
+      if ((int)k == other && depth == 0) other_inside = true;
+      if (t->token == PG_QUERY__TOKEN__ASCII_40) {
+        depth++;
+      } else if (t->token == PG_QUERY__TOKEN__ASCII_41 && depth-- == 0) {
+        spec->tail_end = (uint32_t)t->start;
+        break;
+      }
+    }
+    if (!other_inside) first = -1;
+  }
+  if (first < 0)
+    refuse(an, "LIMIT/OFFSET in this form cannot be merged across shards");
+  if (sr) pg_query__scan_result__free_unpacked(sr, NULL);
+  pg_query_free_scan_result(raw);
+}
+
+/* ---- the statement ---- */
+
+static const char *setop_name(const PgQuery__SelectStmt *s) {
+  switch (s->op) {
+  case PG_QUERY__SET_OPERATION__SETOP_UNION:
+    return s->all ? "UNION ALL" : "UNION";
+  case PG_QUERY__SET_OPERATION__SETOP_INTERSECT:
+    return s->all ? "INTERSECT ALL" : "INTERSECT";
+  default:
+    return s->all ? "EXCEPT ALL" : "EXCEPT";
+  }
+}
+
+static void analyse_targets(an_t *an, const PgQuery__SelectStmt *s) {
+  an->ntargets = (int)s->n_target_list;
+  an->targets = pgs_xcalloc(s->n_target_list ? s->n_target_list : 1, sizeof(*an->targets));
+  an->first_star = -1;
+  an->first_target_loc = -1;
+  for (int i = 0; i < an->ntargets && !refused(an); i++) {
+    target_t *t = &an->targets[i];
+    t->avg_sum = t->avg_count = -1;
+    const PgQuery__Node *n = s->target_list[i];
+    if (!is_node(n, PG_QUERY__NODE__NODE_RES_TARGET)) {
+      refuse(an, "this select list cannot be merged across shards");
+      return;
+    }
+    const PgQuery__ResTarget *rt = n->res_target;
+    if (i == 0) an->first_target_loc = rt->location;
+    t->expr = rt->val;
+    t->alias = rt->name && rt->name[0] ? rt->name : NULL;
+    t->name = t->alias ? t->alias : output_name(rt->val);
+    if (is_star(rt->val)) {
+      t->star = true;
+      if (an->first_star < 0) an->first_star = i;
+      continue;
+    }
+    if (!no_sharded_subquery(an, rt->val)) return;
+    if (!classify(an, rt->val, &t->agg)) return;
+    if (t->agg != PGS_AGG_NONE) an->grouped = true;
+  }
+  /* An avg's sum and count come first among the hidden columns. */
+  for (int i = 0; i < an->ntargets && !refused(an); i++) {
+    target_t *t = &an->targets[i];
+    if (t->agg == PGS_AGG_AVG) avg_parts(an, t->expr->func_call, &t->avg_sum, &t->avg_count);
+  }
+}
+
+static void analyse_group(an_t *an, const PgQuery__SelectStmt *s) {
+  if (s->n_group_clause == 0) return;
+  an->grouped = true;
+  an->group = pgs_xmalloc(sizeof(int) * s->n_group_clause);
+  for (size_t g = 0; g < s->n_group_clause && !refused(an); g++) {
+    const PgQuery__Node *n = s->group_clause[g];
+    if (is_node(n, PG_QUERY__NODE__NODE_GROUPING_SET)) {
+      if (n->grouping_set->kind == PG_QUERY__GROUPING_SET_KIND__GROUPING_SET_EMPTY) continue;
+      refuse(an, "GROUPING SETS, ROLLUP and CUBE cannot be merged across shards");
+      return;
+    }
+    if (!no_sharded_subquery(an, n)) return;
+    int column = group_item(an, n);
+    if (column == -2) return;
+    if (column == NO_COLUMN) continue;
+    bool dup = false;
+    for (int k = 0; k < an->ngroup && !dup; k++) dup = an->group[k] == column;
+    if (!dup) an->group[an->ngroup++] = column;
+  }
+}
+
+static void analyse_sort(an_t *an, const PgQuery__SelectStmt *s) {
+  if (s->n_sort_clause == 0) return;
+  an->keys = pgs_xmalloc(sizeof(*an->keys) * s->n_sort_clause);
+  for (size_t k = 0; k < s->n_sort_clause && !refused(an); k++) {
+    const PgQuery__Node *n = s->sort_clause[k];
+    if (!is_node(n, PG_QUERY__NODE__NODE_SORT_BY)) {
+      refuse(an, "this ORDER BY cannot be merged across shards");
+      return;
+    }
+    const PgQuery__SortBy *sb = n->sort_by;
+    if (sb->sortby_dir == PG_QUERY__SORT_BY_DIR__SORTBY_USING) {
+      refuse(an, "ORDER BY ... USING cannot be merged across shards");
+      return;
+    }
+    if (!no_sharded_subquery(an, sb->node)) return;
+    int column = sort_item(an, sb->node);
+    if (column == -2) return;
+    if (column == NO_COLUMN) continue;
+    bool desc = sb->sortby_dir == PG_QUERY__SORT_BY_DIR__SORTBY_DESC;
+    bool nulls_first = sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_FIRST   ? true
+                       : sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_LAST ? false
+                                                                                        : desc;
+    an->keys[an->nkeys++] = (sort_key_t){column, desc, nulls_first};
+  }
+}
+
+static void analyse_select(an_t *an, const PgQuery__SelectStmt *s) {
+  if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {
+    refuse(an, "%s cannot be merged across shards", setop_name(s));
+    return;
+  }
+  if (s->into_clause) {
+    refuse(an, "SELECT ... INTO cannot be merged across shards");
+    return;
+  }
+  if (s->n_locking_clause > 0) {
+    refuse(an, "SELECT ... FOR UPDATE/SHARE cannot be merged across shards");
+    return;
+  }
+  const PgQuery__WithClause *w = s->with_clause;
+  if (w) {
+    an->ctes = pgs_xmalloc(sizeof(*an->ctes) * (w->n_ctes ? w->n_ctes : 1));
+    for (size_t i = 0; i < w->n_ctes; i++)
+      if (is_node(w->ctes[i], PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR))
+        an->ctes[an->nctes++] = w->ctes[i]->common_table_expr->ctename;
+    /* Inside the bodies a name may still mean the table (WITH users AS
+     * (SELECT ... FROM users)): no name hides a table there. */
+    int nctes = an->nctes;
+    an->nctes = 0;
+    for (size_t i = 0; i < w->n_ctes; i++) {
+      const pgs_table_t *t = find_sharded(an, w->ctes[i]);
+      if (t) {
+        refuse(an, "a WITH query reading sharded table %s cannot be merged across shards",
+               t->name);
+        return;
+      }
+    }
+    an->nctes = nctes;
+  }
+  for (size_t i = 0; i < s->n_from_clause; i++) add_from(an, s->from_clause[i], 0);
+  if (!no_sharded_subquery(an, s->where_clause)) return;
+  collect_edges(an, s->where_clause);
+  check_joins(an);
+  if (refused(an)) return;
+  if (s->having_clause) {
+    refuse(an, "HAVING cannot be merged across shards");
+    return;
+  }
+  if (s->n_window_clause > 0) {
+    refuse(an, "window functions cannot be merged across shards");
+    return;
+  }
+  if (s->n_distinct_clause == 1 &&
+      (s->distinct_clause[0] == NULL ||
+       s->distinct_clause[0]->node_case == PG_QUERY__NODE__NODE__NOT_SET)) {
+    an->spec->distinct = true;
+  } else if (s->n_distinct_clause > 0) {
+    refuse(an, "DISTINCT ON cannot be merged across shards");
+    return;
+  }
+  analyse_targets(an, s);
+  if (refused(an)) return;
+  /* An aggregate in ORDER BY groups the query too. */
+  for (size_t k = 0; k < s->n_sort_clause; k++)
+    if (is_node(s->sort_clause[k], PG_QUERY__NODE__NODE_SORT_BY) &&
+        find_aggregate(an, s->sort_clause[k]->sort_by->node))
+      an->grouped = true;
+  if ((an->grouped || s->n_group_clause > 0) && an->first_star >= 0) {
+    refuse(an, "SELECT * with aggregates or GROUP BY cannot be merged across shards");
+    return;
+  }
+  analyse_group(an, s);
+  if (refused(an)) return;
+  analyse_sort(an, s);
+  if (refused(an)) return;
+  analyse_limits(an, s);
+  if (refused(an) || !an->copy) return;
+  const pgs_merge_spec_t *spec = an->spec;
+  const char *what = an->grouped           ? "aggregates or GROUP BY"
+                     : spec->distinct      ? "DISTINCT"
+                     : s->n_sort_clause    ? "ORDER BY"
+                     : s->limit_count || s->limit_offset ? "LIMIT or OFFSET"
+                                                         : NULL;
+  if (what)
+    refuse(an, "COPY (SELECT ... %s) TO STDOUT cannot be merged across shards; COPY only "
+               "concatenates the shards' rows",
+           what);
+}
+
+/* A DefElem's boolean value: no argument means true (COPY ... HEADER). */
+static bool option_true(const PgQuery__DefElem *d) {
+  const PgQuery__Node *a = d->arg;
+  if (a == NULL) return true;
+  switch (a->node_case) {
+  case PG_QUERY__NODE__NODE_BOOLEAN:
+    return a->boolean->boolval;
+  case PG_QUERY__NODE__NODE_INTEGER:
+    return a->integer->ival != 0;
+  case PG_QUERY__NODE__NODE_STRING:
+    return strcasecmp(a->string->sval, "false") != 0 && strcasecmp(a->string->sval, "off") != 0 &&
+           strcasecmp(a->string->sval, "no") != 0 && strcmp(a->string->sval, "0") != 0;
+  default:
+    return true;
+  }
+}
+
+static void analyse_copy(an_t *an, const PgQuery__CopyStmt *c) {
+  an->copy = true;
+  if (c->is_program || (c->filename && c->filename[0])) {
+    refuse(an, "COPY ... TO a server file or program cannot be merged across shards");
+    return;
+  }
+  for (size_t i = 0; i < c->n_options; i++) {
+    if (!is_node(c->options[i], PG_QUERY__NODE__NODE_DEF_ELEM)) continue;
+    const PgQuery__DefElem *d = c->options[i]->def_elem;
+    if (d->defname && !strcmp(d->defname, "format") && str_of(d->arg) &&
+        !strcasecmp(str_of(d->arg), "binary")) {
+      refuse(an, "COPY ... TO STDOUT in binary format cannot be merged across shards (each "
+                 "shard's output has its own header)");
+      return;
+    }
+    if (d->defname && !strcmp(d->defname, "header") && option_true(d)) {
+      refuse(an, "COPY ... TO STDOUT with HEADER cannot be merged across shards (each shard "
+                 "would send its header line)");
+      return;
+    }
+  }
+  if (c->query == NULL) return; /* COPY table TO STDOUT: every shard's rows */
+  if (!is_node(c->query, PG_QUERY__NODE__NODE_SELECT_STMT)) {
+    refuse(an, "COPY of a data-modifying statement cannot be merged across shards");
+    return;
+  }
+  analyse_select(an, c->query->select_stmt);
+}
+
+/* ---- literals put back: parameters again ---- */
+
+/* The literal whose placeholder is at offset AT of the normalised text,
+ * or -1. */
+static int literal_at(const pgs_lexed_t *lx, uint32_t at) {
+  int lo = 0, hi = lx->nliterals - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (lx->literals[mid].placeholder == at) return mid;
+    if (lx->literals[mid].placeholder < at)
+      lo = mid + 1;
+    else
+      hi = mid - 1;
+  }
+  return -1;
+}
+
+static PgQuery__Node *new_param_ref(int number, int32_t location) {
+  PgQuery__ParamRef *p = pgs_xmalloc(sizeof(*p));
+  pg_query__param_ref__init(p);
+  p->number = number;
+  p->location = location;
+  PgQuery__Node *n = pgs_xmalloc(sizeof(*n));
+  pg_query__node__init(n);
+  n->node_case = PG_QUERY__NODE__NODE_PARAM_REF;
+  n->param_ref = p;
+  return n;
+}
+
+/* An A_Const the parser saw for a literal of the lexer's becomes that
+ * literal's parameter again, as the normalised text has it: $N, or -$N
+ * where the grammar folded a minus into the constant. */
+static void literal_again(an_t *an, PgQuery__Node *n) {
+  const pgs_lexed_t *lx = an->lx;
+  PgQuery__AConst *c = n->a_const;
+  if (c->isnull || c->location < 0 || c->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL ||
+      c->val_case == PG_QUERY__A__CONST__VAL_BSVAL)
+    return;
+  uint32_t at = to_normalized(an, c->location);
+  const char *text = lx->normalized;
+  bool negate = false;
+  if (at < lx->normalized_len && text[at] == '-') {
+    negate = true;
+    at++;
+    while (at < lx->normalized_len && (text[at] == ' ' || text[at] == '(')) at++;
+  }
+  int i = literal_at(lx, at);
+  if (i < 0) return;
+  int32_t location = c->location;
+  PgQuery__Node *param = new_param_ref(lx->nparams + 1 + i, an->lit_loc[i]);
+  pg_query__a__const__free_unpacked(c, NULL);
+  if (!negate) {
+    n->node_case = PG_QUERY__NODE__NODE_PARAM_REF;
+    n->param_ref = param->param_ref;
+    free(param);
+    return;
+  }
+  PgQuery__String *minus = pgs_xmalloc(sizeof(*minus));
+  pg_query__string__init(minus);
+  minus->sval = pgs_xstrdup("-");
+  PgQuery__Node *name = pgs_xmalloc(sizeof(*name));
+  pg_query__node__init(name);
+  name->node_case = PG_QUERY__NODE__NODE_STRING;
+  name->string = minus;
+  PgQuery__AExpr *e = pgs_xmalloc(sizeof(*e));
+  pg_query__a__expr__init(e);
+  e->kind = PG_QUERY__A__EXPR__KIND__AEXPR_OP;
+  e->n_name = 1;
+  e->name = pgs_xmalloc(sizeof(*e->name));
+  e->name[0] = name;
+  e->rexpr = param;
+  e->location = location;
+  n->node_case = PG_QUERY__NODE__NODE_A_EXPR;
+  n->a_expr = e;
+}
+
+static void params_again(an_t *an, ProtobufCMessage *m, int depth) {
+  if (m == NULL || depth > MAX_DEPTH) return;
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  if (d == &pg_query__node__descriptor &&
+      ((PgQuery__Node *)m)->node_case == PG_QUERY__NODE__NODE_A_CONST) {
+    literal_again(an, (PgQuery__Node *)m);
+    return;
+  }
+  char *base = (char *)m;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t count = *(size_t *)(void *)(base + f->quantifier_offset);
+      ProtobufCMessage **items = *(ProtobufCMessage ***)(void *)(base + f->offset);
+      for (size_t j = 0; j < count; j++) params_again(an, items[j], depth + 1);
+    } else {
+      if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+          *(uint32_t *)(void *)(base + f->quantifier_offset) != f->id)
+        continue;
+      params_again(an, *(ProtobufCMessage **)(void *)(base + f->offset), depth + 1);
+    }
+  }
+}
+
+/* A copy of STMT in which every literal is its parameter again. */
+static PgQuery__Node *copy_with_params(an_t *an, const PgQuery__Node *stmt) {
+  const pgs_lexed_t *lx = an->lx;
+  an->lit_len = pgs_xmalloc(sizeof(*an->lit_len) * (size_t)lx->nliterals);
+  pgs_buf_t scratch;
+  pgs_buf_init(&scratch);
+  for (int i = 0; i < lx->nliterals; i++) {
+    scratch.len = 0;
+    pgs_lexed_put_literal(lx, &lx->literals[i], &scratch);
+    an->lit_len[i] = (uint32_t)scratch.len;
+  }
+  pgs_buf_free(&scratch);
+  size_t len = pg_query__node__get_packed_size(stmt);
+  uint8_t *buf = pgs_xmalloc(len ? len : 1);
+  pg_query__node__pack(stmt, buf);
+  PgQuery__Node *copy = pg_query__node__unpack(NULL, len, buf);
+  free(buf);
+  if (copy) params_again(an, &copy->base, 0);
+  return copy;
+}
+
+/* ---- the spec ---- */
+
+static int compare_positions(const void *a, const void *b) {
+  const pgs_merge_position_t *pa = a, *pb = b;
+  return pa->at < pb->at ? -1 : pa->at > pb->at;
+}
+
+static int16_t column_of(const an_t *an, int symbolic) {
+  return (int16_t)(symbolic >= VISIBLE ? an->nhidden + (symbolic - VISIBLE) : symbolic);
+}
+
+static bool is_group_column(const pgs_merge_spec_t *spec, int column) {
+  for (int g = 0; g < spec->ngroup; g++)
+    if (spec->group[g] == column) return true;
+  return false;
+}
+
+/* Whether the shards may stop after limit + offset rows. A grouped
+ * result's first groups are every shard's first groups only when the
+ * ORDER BY orders the groups by their group columns alone: it starts
+ * with every group column (in any order) before any other key. Then the
+ * groups come in one total order everywhere, and a group among the first
+ * limit + offset overall is among the first on each shard that has it.
+ * Otherwise (no ORDER BY, an aggregate first, a group column left out) a
+ * shard could cut a group another shard returns, and the merged group
+ * would miss that shard's rows. */
+static bool limit_pushed(const pgs_merge_spec_t *spec) {
+  if (!spec->grouped) return true;
+  int covered = 0;
+  for (int k = 0; k < spec->nkeys && covered < spec->ngroup; k++) {
+    int c = spec->keys[k].column;
+    if (!is_group_column(spec, c)) return false;
+    bool seen = false;
+    for (int j = 0; j < k && !seen; j++) seen = spec->keys[j].column == c;
+    if (!seen) covered++;
+  }
+  return covered == spec->ngroup;
+}
+
+/* Whether the shards' text replaces the LIMIT/OFFSET tail. */
+static bool tail_rewritten(const pgs_merge_spec_t *spec) {
+  if (spec->tail_at == 0) return false;
+  bool limit = spec->limit_param > 0 || spec->limit_one;
+  return spec->offset_param > 0 || (limit && !limit_pushed(spec));
+}
+
+static void build_spec(an_t *an) {
+  pgs_merge_spec_t *spec = an->spec;
+  const pgs_lexed_t *lx = an->lx;
+  if (an->nhidden + an->ntargets > MAX_COLUMNS) {
+    refuse(an, "a select list of %d columns cannot be merged across shards",
+           an->nhidden + an->ntargets);
+    return;
+  }
+  spec->nhidden = an->nhidden;
+  if (an->nhidden > 0) {
+    if (an->first_target_loc < 0) {
+      refuse(an, "a SELECT without columns cannot be merged across shards with ORDER BY or "
+                 "GROUP BY");
+      return;
+    }
+    pgs_buf_t text;
+    pgs_buf_init(&text);
+    for (int h = 0; h < an->nhidden; h++) {
+      char alias[32];
+      pgs_buf_put(&text, an->hidden[h].text, strlen(an->hidden[h].text));
+      int n = snprintf(alias, sizeof(alias), " AS pgs_h%d, ", h);
+      pgs_buf_put(&text, alias, (size_t)n);
+    }
+    pgs_buf_put_u8(&text, '\0');
+    spec->hidden_text = (char *)text.data;
+    spec->hidden_at = to_normalized(an, an->first_target_loc);
+  }
+  spec->grouped = an->grouped;
+  if (an->grouped) {
+    spec->ncolumns = an->nhidden + an->ntargets;
+    spec->columns = pgs_xcalloc((size_t)spec->ncolumns, sizeof(*spec->columns));
+    for (int h = 0; h < an->nhidden; h++) {
+      pgs_merge_column_t *col = &spec->columns[h];
+      col->agg = (uint8_t)an->hidden[h].agg;
+      col->avg_sum = (int16_t)an->hidden[h].avg_sum;
+      col->avg_count = (int16_t)an->hidden[h].avg_count;
+    }
+    for (int i = 0; i < an->ntargets; i++) {
+      pgs_merge_column_t *col = &spec->columns[an->nhidden + i];
+      col->agg = (uint8_t)an->targets[i].agg;
+      col->avg_sum = (int16_t)an->targets[i].avg_sum;
+      col->avg_count = (int16_t)an->targets[i].avg_count;
+    }
+    spec->ngroup = an->ngroup;
+    spec->group = pgs_xmalloc(sizeof(*spec->group) * (size_t)(an->ngroup ? an->ngroup : 1));
+    for (int g = 0; g < an->ngroup; g++) spec->group[g] = column_of(an, an->group[g]);
+  }
+  spec->nkeys = an->nkeys;
+  if (an->nkeys > 0) {
+    spec->keys = pgs_xmalloc(sizeof(*spec->keys) * (size_t)an->nkeys);
+    for (int k = 0; k < an->nkeys; k++)
+      spec->keys[k] = (pgs_merge_key_t){column_of(an, an->keys[k].column), an->keys[k].desc,
+                                        an->keys[k].nulls_first};
+  }
+  /* Positions move past the hidden columns; without any they stay. */
+  if (an->nhidden > 0 && an->npositions > 0) {
+    spec->positions = pgs_xmalloc(sizeof(*spec->positions) * (size_t)an->npositions);
+    for (int i = 0; i < an->npositions; i++) {
+      pgs_merge_position_t p = an->positions[i];
+      p.at = to_normalized(an, (int32_t)p.at);
+      while (p.at + p.len < lx->normalized_len && lx->normalized[p.at + p.len] >= '0' &&
+             lx->normalized[p.at + p.len] <= '9')
+        p.len++;
+      if (p.len == 0 || p.at < spec->hidden_at || (spec->tail_at && p.at >= spec->tail_at)) {
+        refuse(an, "an ORDER BY or GROUP BY position cannot be merged across shards here");
+        return;
+      }
+      spec->positions[spec->npositions++] = p;
+    }
+    qsort(spec->positions, (size_t)spec->npositions, sizeof(*spec->positions),
+          compare_positions);
+  }
+  spec->rewrite = spec->nhidden > 0 || tail_rewritten(spec);
+}
+
+/* Nothing but the reason stays in a refused spec. */
+static void clear_spec(pgs_merge_spec_t *spec) {
+  char reason[sizeof(spec->refuse)];
+  memcpy(reason, spec->refuse, sizeof(reason));
+  free(spec->hidden_text);
+  free(spec->columns);
+  free(spec->group);
+  free(spec->keys);
+  free(spec->positions);
+  memset(spec, 0, sizeof(*spec));
+  memcpy(spec->refuse, reason, sizeof(reason));
+}
+
+pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t *lx,
+                                    const PgQuery__Node *stmt, const int32_t *lit_loc) {
+  if (stmt == NULL) return NULL;
+  if (stmt->node_case == PG_QUERY__NODE__NODE_COPY_STMT) {
+    if (stmt->copy_stmt->is_from) return NULL;
+  } else if (stmt->node_case != PG_QUERY__NODE__NODE_SELECT_STMT) {
+    return NULL;
+  }
+  an_t an = {.db = db, .lx = lx, .first_star = -1, .first_target_loc = -1};
+  an.spec = pgs_xcalloc(1, sizeof(*an.spec));
+  PgQuery__Node *own = NULL;
+  if (lit_loc != NULL && lx->nliterals > 0) {
+    an.lit_loc = lit_loc;
+    own = copy_with_params(&an, stmt);
+    if (own == NULL) refuse(&an, "statement too complex to merge across shards");
+    stmt = own;
+  }
+  if (!refused(&an)) {
+    if (stmt->node_case == PG_QUERY__NODE__NODE_COPY_STMT)
+      analyse_copy(&an, stmt->copy_stmt);
+    else
+      analyse_select(&an, stmt->select_stmt);
+  }
+  if (an.too_deep) refuse(&an, "statement too complex to merge across shards");
+  if (!refused(&an)) build_spec(&an);
+  if (refused(&an)) clear_spec(an.spec);
+
+  for (int h = 0; h < an.nhidden; h++) free(an.hidden[h].text);
+  free(an.hidden);
+  free(an.targets);
+  free(an.group);
+  free(an.keys);
+  free(an.positions);
+  free(an.refs);
+  free(an.edges);
+  free(an.ctes);
+  free(an.lit_len);
+  if (own) pg_query__node__free_unpacked(own, NULL);
+  return an.spec;
+}
+
+void pgs_merge_spec_free(pgs_merge_spec_t *spec) {
+  if (spec == NULL) return;
+  free(spec->hidden_text);
+  free(spec->columns);
+  free(spec->group);
+  free(spec->keys);
+  free(spec->positions);
+  free(spec);
+}
+
+/* ---- the shards' text ---- */
+
+/* Normalised text [FROM, TO) with its literals put back. */
+static void put_range(const pgs_lexed_t *lx, size_t from, size_t to, int *next, pgs_buf_t *out) {
+  size_t mark = out->len;
+  if (from >= to) return;
+  if (!pgs_lexed_restore(lx, from, to, next, out, NULL)) {
+    /* Not expected: the lexer put the placeholders there. */
+    out->len = mark;
+    pgs_buf_put(out, lx->normalized + from, to - from);
+  }
+}
+
+static bool ident_byte(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '$' || c >= 0x80;
+}
+
+/* Parameter P as SQL: its literal, or $P. */
+static void put_param(const pgs_lexed_t *lx, int p, pgs_buf_t *out) {
+  const pgs_literal_t *lit = pgs_lexed_literal(lx, p);
+  if (lit) {
+    pgs_lexed_put_literal(lx, lit, out);
+  } else {
+    char buf[16];
+    int n = snprintf(buf, sizeof(buf), "$%d", p);
+    pgs_buf_put(out, buf, (size_t)n);
+  }
+}
+
+/* The hidden columns' text with its literals' $N put back (the deparser
+ * quotes strings '...' or E'...' and identifiers "...": a $N inside those,
+ * or glued to an identifier, is no parameter). */
+static void put_hidden(const pgs_lexed_t *lx, const char *s, pgs_buf_t *out) {
+  size_t i = 0, n = strlen(s);
+  while (i < n) {
+    char ch = s[i];
+    if (ch == '\'' || ch == '"') {
+      size_t j = i + 1;
+      while (j < n) {
+        if (ch == '\'' && s[j] == '\\' && i > 0 && (s[i - 1] == 'E' || s[i - 1] == 'e') &&
+            j + 1 < n) {
+          j += 2;
+          continue;
+        }
+        if (s[j] == ch) {
+          if (j + 1 < n && s[j + 1] == ch) {
+            j += 2;
+            continue;
+          }
+          j++;
+          break;
+        }
+        j++;
+      }
+      pgs_buf_put(out, s + i, j - i);
+      i = j;
+    } else if (ch == '$' && i + 1 < n && s[i + 1] >= '0' && s[i + 1] <= '9' &&
+               !(i > 0 && ident_byte((unsigned char)s[i - 1]))) {
+      size_t j = i + 1;
+      long p = 0;
+      while (j < n && s[j] >= '0' && s[j] <= '9' && p <= 65535) p = p * 10 + (s[j++] - '0');
+      put_param(lx, (int)p, out);
+      i = j;
+    } else {
+      pgs_buf_put_u8(out, (uint8_t)ch);
+      i++;
+    }
+  }
+}
+
+/* "(value)::int8" for a LIMIT or OFFSET parameter. */
+static void put_count(const pgs_lexed_t *lx, int param, bool negate, pgs_buf_t *out) {
+  pgs_buf_put(out, negate ? "(-" : "(", negate ? 2 : 1);
+  put_param(lx, param, out);
+  pgs_buf_put(out, ")::int8", 7);
+}
+
+static void put_tail(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_buf_t *out) {
+  bool limit = spec->limit_param > 0 || spec->limit_one;
+  bool offset = spec->offset_param > 0;
+  if (limit_pushed(spec)) {
+    if (limit) {
+      pgs_buf_put(out, "LIMIT ", 6);
+      if (spec->limit_one)
+        pgs_buf_put(out, "1", 1);
+      else
+        put_count(lx, spec->limit_param, spec->limit_negate, out);
+      pgs_buf_put(out, " + ", 3);
+    } else {
+      pgs_buf_put(out, "OFFSET 0 * ", 11);
+    }
+    put_count(lx, spec->offset_param, spec->offset_negate, out);
+    return;
+  }
+  /* Every row of every shard; the parameters stay referenced. */
+  if (spec->limit_param == 0 && !offset) return;
+  pgs_buf_put(out, "OFFSET ", 7);
+  if (spec->limit_param > 0) {
+    pgs_buf_put(out, "0 * ", 4);
+    put_count(lx, spec->limit_param, spec->limit_negate, out);
+    if (offset) pgs_buf_put(out, " + ", 3);
+  }
+  if (offset) {
+    pgs_buf_put(out, "0 * ", 4);
+    put_count(lx, spec->offset_param, spec->offset_negate, out);
+  }
+}
+
+void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_buf_t *out) {
+  size_t len = lx->normalized_len;
+  size_t at = 0;
+  int next = 0;
+  if (spec->refuse[0] == '\0' && spec->rewrite) {
+    if (spec->nhidden > 0 && spec->hidden_text && spec->hidden_at <= len) {
+      put_range(lx, at, spec->hidden_at, &next, out);
+      put_hidden(lx, spec->hidden_text, out);
+      at = spec->hidden_at;
+      for (int i = 0; i < spec->npositions; i++) {
+        const pgs_merge_position_t *p = &spec->positions[i];
+        if (p->at < at || p->at + p->len > len) continue;
+        put_range(lx, at, p->at, &next, out);
+        char buf[16];
+        int n = snprintf(buf, sizeof(buf), "%d", p->position + spec->nhidden);
+        pgs_buf_put(out, buf, (size_t)n);
+        at = p->at + p->len;
+      }
+    }
+    if (tail_rewritten(spec) && spec->tail_at >= at && spec->tail_end <= len &&
+        spec->tail_at <= spec->tail_end) {
+      put_range(lx, at, spec->tail_at, &next, out);
+      put_tail(spec, lx, out);
+      at = spec->tail_end;
+    }
+  }
+  put_range(lx, at, len, &next, out);
+  pgs_buf_put_u8(out, '\0');
+}
+
+/* ---- LIMIT and OFFSET values ---- */
+
+PGS_PRINTF(3, 4)
+static pgs_status_t value_error(pgs_value_error_t *err, const char *sqlstate, const char *fmt,
+                                ...) {
+  snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", sqlstate);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err->message, sizeof(err->message), fmt, ap);
+  va_end(ap);
+  return PGS_EINVAL;
+}
+
+static bool blank(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* An integer as int8in/int4in/int2in read one: blanks around, a sign,
+ * digits. */
+static pgs_status_t parse_integer(const char *s, size_t len, int64_t lo, int64_t hi,
+                                  const char *type, int64_t *out, pgs_value_error_t *err) {
+  size_t i = 0, end = len;
+  while (i < end && blank(s[i])) i++;
+  while (end > i && blank(s[end - 1])) end--;
+  bool neg = false;
+  if (i < end && (s[i] == '-' || s[i] == '+')) neg = s[i++] == '-';
+  if (i == end) goto syntax;
+  uint64_t v = 0;
+  for (; i < end; i++) {
+    if (s[i] < '0' || s[i] > '9') goto syntax;
+    uint64_t d = (uint64_t)(s[i] - '0');
+    if (v > (UINT64_MAX - d) / 10) goto range;
+    v = v * 10 + d;
+  }
+  if (neg ? v > (uint64_t)-(lo + 1) + 1 : v > (uint64_t)hi) goto range;
+  *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+  return PGS_OK;
+syntax:
+  return value_error(err, "22P02", "invalid input syntax for type %s: \"%.*s\"", type,
+                     (int)(len > 100 ? 100 : len), s);
+range:
+  return value_error(err, "22003", "value \"%.*s\" is out of range for type %s",
+                     (int)(len > 100 ? 100 : len), s, type);
+}
+
+/* A numeric or float value converted to bigint: numeric rounds half away
+ * from zero, float half to even (rint), as PostgreSQL's casts do. */
+static pgs_status_t parse_decimal(const char *s, size_t len, bool half_even, int64_t *out,
+                                  pgs_value_error_t *err) {
+  char buf[128];
+  if (len >= sizeof(buf)) len = sizeof(buf) - 1;
+  memcpy(buf, s, len);
+  buf[len] = '\0';
+  char *end;
+  double d = strtod(buf, &end);
+  while (*end && blank(*end)) end++;
+  if (end == buf || *end != '\0' || isnan(d))
+    return value_error(err, "22P02", "invalid input syntax for type numeric: \"%s\"", buf);
+  d = half_even ? rint(d) : round(d);
+  if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+    return value_error(err, "22003", "bigint out of range");
+  *out = (int64_t)d;
+  return PGS_OK;
+}
+
+static bool decimal_syntax(const char *s, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (s[i] == '.' || s[i] == 'e' || s[i] == 'E') return true;
+  return false;
+}
+
+/* Parameter PARAM's value as a count; *ISNULL for SQL NULL. */
+static pgs_status_t read_count(const pgs_lexed_t *lx, const pgs_param_values_t *params, int param,
+                               const char *clause, int64_t *out, bool *isnull,
+                               pgs_value_error_t *err) {
+  *isnull = false;
+  if (param > lx->nparams) {
+    const pgs_literal_t *lit = pgs_lexed_literal(lx, param);
+    if (lit == NULL)
+      return value_error(err, PGS_SQLSTATE_INTERNAL, "%s refers to unknown value $%d", clause,
+                         param);
+    const char *v = lx->values + lit->offset;
+    if (lit->is_string) return parse_integer(v, lit->len, INT64_MIN, INT64_MAX, "bigint", out, err);
+    /* A number literal: an integer, or a numeric cast to bigint. */
+    if (decimal_syntax(v, lit->len)) return parse_decimal(v, lit->len, false, out, err);
+    if (parse_integer(v, lit->len, INT64_MIN, INT64_MAX, "bigint", out, err) != PGS_OK)
+      return value_error(err, "22003", "bigint out of range");
+    return PGS_OK;
+  }
+  if (params == NULL)
+    return value_error(err, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                       "the %s is parameter $%d, but no Bind supplies it", clause, param);
+  if (param > params->n)
+    return value_error(err, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                       "bind message supplies %d parameters, but the statement uses $%d",
+                       params->n, param);
+  int i = param - 1;
+  if (params->len[i] < 0) {
+    *isnull = true;
+    return PGS_OK;
+  }
+  const uint8_t *data = params->data[i];
+  size_t len = (size_t)params->len[i];
+  if (data == NULL && len > 0)
+    return value_error(err, PGS_SQLSTATE_PROTOCOL_VIOLATION, "parameter $%d has no data", param);
+  uint32_t oid = params->type_oid && i < params->ntypes ? params->type_oid[i] : 0;
+  bool binary = params->format && params->format[i] == 1;
+  if (binary) {
+    size_t want = oid == PGS_OID_INT2 ? 2 : oid == PGS_OID_INT4 ? 4 : oid == PGS_OID_INT8 || oid == 0 ? 8 : 0;
+    if (want == 0)
+      return value_error(err, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                         "a binary %s parameter of type %u cannot be read across shards", clause,
+                         oid);
+    if (len != want)
+      return value_error(err, "22P03", "incorrect binary data format in bind parameter %d",
+                         param);
+    if (want == 2)
+      *out = (int16_t)(((uint16_t)data[0] << 8) | data[1]);
+    else if (want == 4)
+      *out = (int32_t)pgs_get_u32(data);
+    else
+      *out = (int64_t)(((uint64_t)pgs_get_u32(data) << 32) | pgs_get_u32(data + 4));
+    return PGS_OK;
+  }
+  const char *s = (const char *)data;
+  switch (oid) {
+  case PGS_OID_INT2:
+    return parse_integer(s, len, INT16_MIN, INT16_MAX, "smallint", out, err);
+  case PGS_OID_INT4:
+    return parse_integer(s, len, INT32_MIN, INT32_MAX, "integer", out, err);
+  case PGS_OID_NUMERIC:
+    return parse_decimal(s, len, false, out, err);
+  case PGS_OID_FLOAT4:
+  case PGS_OID_FLOAT8:
+    return parse_decimal(s, len, true, out, err);
+  default:
+    return parse_integer(s, len, INT64_MIN, INT64_MAX, "bigint", out, err);
+  }
+}
+
+pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx,
+                              const pgs_param_values_t *params, int64_t *limit, int64_t *offset,
+                              pgs_value_error_t *err) {
+  *limit = -1;
+  *offset = 0;
+  int64_t v;
+  bool isnull;
+  if (spec->limit_one) {
+    *limit = 1;
+  } else if (spec->limit_param > 0) {
+    pgs_status_t st = read_count(lx, params, spec->limit_param, "LIMIT", &v, &isnull, err);
+    if (st != PGS_OK) return st;
+    if (!isnull) {
+      if (spec->limit_negate) {
+        if (v == INT64_MIN) return value_error(err, "22003", "bigint out of range");
+        v = -v;
+      }
+      if (v < 0) return value_error(err, "2201W", "LIMIT must not be negative");
+      *limit = v;
+    }
+  }
+  if (spec->offset_param > 0) {
+    pgs_status_t st = read_count(lx, params, spec->offset_param, "OFFSET", &v, &isnull, err);
+    if (st != PGS_OK) return st;
+    if (!isnull) {
+      if (spec->offset_negate) {
+        if (v == INT64_MIN) return value_error(err, "22003", "bigint out of range");
+        v = -v;
+      }
+      if (v < 0) return value_error(err, "2201X", "OFFSET must not be negative");
+      *offset = v;
+    }
+  }
+  return PGS_OK;
+}

@@ -1,0 +1,208 @@
+"""Cross-shard statements through pgshard on the two-shard lab (`shard_lab`):
+reads merged from both shards in the simple and the extended protocol (text
+and binary results, hidden columns, Describe, errors), writes under each
+cross_shard_writes policy, two-phase commit through the proxy, and COPY.
+
+The differential test (test_cross_shard.py) checks merged results against
+one plain PostgreSQL at scale; these tests check the protocol paths one by
+one, each against values computed here.
+"""
+import decimal
+
+import psycopg
+import pytest
+
+MAP = """\
+[table.app.items]
+column = id
+type = bigint
+strategy = hash
+"""
+
+ROWS = 200  # ids 1..200, spread over both shards by hash
+
+
+@pytest.fixture
+def items(shard_lab):
+    """Table items, created directly on both shards (empty); rows are
+    inserted through pgshard by each test."""
+    for shard in ("s0", "s1"):
+        with shard_lab.connect_primary(shard, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS items")
+            conn.execute("CREATE TABLE items (id bigint primary key, grp int, price numeric(10,2),"
+                         " name text, qty int)")
+    yield
+    for shard in ("s0", "s1"):
+        with shard_lab.connect_primary(shard, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS items")
+
+
+def item(i):
+    return (i, i % 7, decimal.Decimal(i * 3) / 4 if i % 11 else None, f"n{i % 13:02d}", i % 5)
+
+
+def load(proxy_):
+    """Every row, one autocommitted INSERT each (any write policy takes it)."""
+    with proxy_.connect(autocommit=True) as conn, conn.cursor() as cur:
+        for i in range(1, ROWS + 1):
+            cur.execute("INSERT INTO items (id, grp, price, name, qty)"
+                        " VALUES (%s, %s, %s, %s, %s)", item(i))
+
+
+def shard_counts(shard_lab):
+    counts = []
+    for shard in ("s0", "s1"):
+        with shard_lab.connect_primary(shard, autocommit=True) as conn:
+            counts.append(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+    return counts
+
+
+def expected_rows():
+    return [item(i) for i in range(1, ROWS + 1)]
+
+
+def q2(price):
+    return None if price is None else price.quantize(decimal.Decimal("0.01"))
+
+
+def test_merged_reads_simple_and_extended(sharded_proxy, shard_lab, items):
+    p = sharded_proxy(extra_ini=MAP)
+    load(p)
+    assert all(c > 0 for c in shard_counts(shard_lab)), "rows must be on both shards"
+    rows = [(i, g, q2(pr), n, q) for (i, g, pr, n, q) in expected_rows()]
+    for binary in (False, True):
+        with p.connect(autocommit=True) as conn:
+            cur = conn.cursor(binary=binary)
+            # Concatenation, count, ORDER BY with LIMIT/OFFSET (hidden column).
+            got = cur.execute("SELECT id FROM items WHERE qty >= %s", (0,)).fetchall()
+            assert sorted(r[0] for r in got) == list(range(1, ROWS + 1))
+            assert cur.execute("SELECT count(*) FROM items").fetchone() == (ROWS,)
+            got = cur.execute("SELECT name, id FROM items ORDER BY price DESC NULLS LAST, id"
+                              " LIMIT %s OFFSET %s", (5, 3)).fetchall()
+            want = sorted(rows, key=lambda r: (r[2] is None, -(r[2] or 0), r[0]))[3:8]
+            assert got == [(r[3], r[0]) for r in want]
+            got = cur.execute("SELECT id FROM items ORDER BY qty, id DESC LIMIT 4").fetchall()
+            want = sorted(rows, key=lambda r: (r[4], -r[0]))[:4]
+            assert got == [(r[0],) for r in want]
+            # GROUP BY with aggregates, avg rewritten to sum/count.
+            got = cur.execute("SELECT grp, count(*), sum(price), min(name), max(id), avg(qty)"
+                              " FROM items GROUP BY grp ORDER BY grp").fetchall()
+            want = []
+            for g in range(7):
+                rs = [r for r in rows if r[1] == g]
+                prices = [r[2] for r in rs if r[2] is not None]
+                avg = decimal.Decimal(sum(r[4] for r in rs)) / len(rs)
+                want.append((g, len(rs), sum(prices), min(r[3] for r in rs),
+                             max(r[0] for r in rs), avg))
+            assert [r[:5] for r in got] == [w[:5] for w in want]
+            for r, w in zip(got, want):
+                assert abs(r[5] - w[5]) < decimal.Decimal("1e-15"), (r, w)
+            # DISTINCT.
+            got = cur.execute("SELECT DISTINCT qty FROM items ORDER BY qty").fetchall()
+            assert got == [(q,) for q in range(5)]
+    # The exact text PostgreSQL prints for avg, through the simple protocol.
+    with p.connect(autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)
+        got = cur.execute("SELECT avg(qty), sum(price), avg(price) FROM items").fetchone()
+        with shard_lab.connect_primary("s0", autocommit=True) as s0:
+            s0.execute("CREATE TEMP TABLE t AS SELECT * FROM items WITH NO DATA")
+            with s0.cursor() as c0:
+                c0.executemany("INSERT INTO t VALUES (%s, %s, %s, %s, %s)", expected_rows())
+            want = s0.execute("SELECT avg(qty), sum(price), avg(price) FROM t").fetchone()
+        assert [str(v) for v in got] == [str(v) for v in want]  # the scale too
+
+
+def test_merged_read_refusals_and_errors(sharded_proxy, items):
+    p = sharded_proxy(extra_ini=MAP)
+    load(p)
+    with p.connect(autocommit=True) as conn:
+        for sql in ("SELECT id, row_number() OVER () FROM items",
+                    "SELECT grp FROM items GROUP BY grp HAVING count(*) > 1",
+                    "SELECT string_agg(name, ',') FROM items",
+                    "SELECT count(DISTINCT grp) FROM items"):
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                conn.execute(sql)
+            assert str(e.value).startswith("pgshard:"), e.value
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # A shard's error fails the statement; the session goes on.
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / (id - 17) FROM items").fetchall()
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (ROWS,)
+        # A portal fetched in parts (named cursor) is refused, never partial.
+        with conn.transaction():
+            cur = conn.cursor(name="c1")
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                cur.execute("SELECT id FROM items")
+                cur.fetchmany(10)
+    with p.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM items WHERE id IN (1, 2, 3, 4, 5, 6)"
+                            ).fetchone() == (6,)
+
+
+def test_cross_shard_reads_deny(sharded_proxy, items):
+    p = sharded_proxy(extra_ini=MAP, cross_shard_reads="deny")
+    load(p)
+    with p.connect(autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("SELECT count(*) FROM items")
+        assert conn.execute("SELECT id FROM items WHERE id = 5").fetchone() == (5,)
+
+
+@pytest.mark.parametrize("policy", ["deny", "allow", "2pc"])
+def test_keyless_update_by_policy(sharded_proxy, shard_lab, items, policy):
+    p = sharded_proxy(extra_ini=MAP, cross_shard_writes=policy)
+    load(p)
+    with p.connect(autocommit=True) as conn:
+        if policy == "deny":
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                conn.execute("UPDATE items SET qty = qty + 100")
+            return
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("UPDATE items SET qty = qty + 100")
+        assert cur.rowcount == ROWS
+        assert conn.execute("SELECT min(qty) FROM items").fetchone() == (100,)
+        # A failure on one shard: under 2pc nothing changes anywhere.
+        with shard_lab.connect_primary("s1", autocommit=True) as s1:
+            s1.execute("ALTER TABLE items ADD CONSTRAINT small CHECK (qty < 150)")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            cur.execute("UPDATE items SET qty = qty + 50")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        if policy == "2pc":
+            assert conn.execute("SELECT max(qty) FROM items").fetchone() == (104,)
+    for shard in ("s0", "s1"):
+        with shard_lab.connect_primary(shard, autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+
+
+def test_two_phase_commit_of_a_transaction(sharded_proxy, shard_lab, items):
+    p = sharded_proxy(extra_ini=MAP, cross_shard_writes="2pc")
+    load(p)
+    with p.connect() as conn:  # psycopg: BEGIN ... COMMIT, extended protocol
+        with conn.cursor() as cur:
+            cur.execute("UPDATE items SET name = 'x' WHERE id = 1")
+            cur.execute("UPDATE items SET name = 'x' WHERE id = 2")
+            cur.execute("UPDATE items SET name = 'x' WHERE id = 3")
+        conn.commit()
+    assert all(c > 0 for c in shard_counts(shard_lab))
+    with p.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM items WHERE name = 'x'").fetchone() == (3,)
+        # Simple protocol: an explicit transaction over both shards.
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("BEGIN")
+        cur.execute("DELETE FROM items WHERE id = 1")
+        cur.execute("DELETE FROM items WHERE id = 2")
+        cur.execute("DELETE FROM items WHERE id = 3")
+        cur.execute("COMMIT")
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (ROWS - 3,)
+        # A transaction that failed on one shard rolls back on every shard.
+        cur.execute("BEGIN")
+        cur.execute("DELETE FROM items WHERE id = 4")
+        cur.execute("DELETE FROM items WHERE id = 5")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            cur.execute("SELECT 1/0 FROM items WHERE id = 6")
+        cur.execute("COMMIT")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (ROWS - 3,)
+    for shard in ("s0", "s1"):
+        with shard_lab.connect_primary(shard, autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
