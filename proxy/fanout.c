@@ -38,9 +38,10 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
   fan->plan = plan;
   fan->slots = slots;
   fan->simple = simple;
-  fan->copy = plan->kind == PGS_STMT_COPY_TO;
-  fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(slots), limit, offset,
-                             FAN_MAX_MERGE_BYTES);
+  fan->copy = plan->kind == PGS_STMT_COPY_TO || plan->kind == PGS_STMT_COPY_FROM;
+  if (plan->merge)
+    fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(slots), limit, offset,
+                               FAN_MAX_MERGE_BYTES);
   pgs_buf_init(&fan->error);
   client->fan = fan;
   return fan;
@@ -49,6 +50,9 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
 void pgs_fan_free(pgs_fan_t *fan) {
   if (fan == NULL) return;
   pgs_merge_free(fan->merge);
+  pgs_copy_split_free(fan->split);
+  for (int i = 0; fan->batch && i < 64; i++) pgs_buf_free(&fan->batch[i]);
+  free(fan->batch);
   pgs_plan_unref(fan->plan);
   pgs_buf_free(&fan->error);
   free(fan);
@@ -91,7 +95,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   } else {
     char tag[48];
     if (fan->copy) {
-      pgs_msg_empty(out, 'c');
+      if (!fan->copy_in) pgs_msg_empty(out, 'c');
       snprintf(tag, sizeof(tag), "COPY %llu", (unsigned long long)fan->copy_rows);
     } else {
       snprintf(tag, sizeof(tag), "SELECT %llu", (unsigned long long)rows);
@@ -130,6 +134,124 @@ static pgs_fan_action_t fan_describe(pgs_client_t *client, pgs_fan_t *fan, const
   return PGS_FAN_DROP;
 }
 
+/* ---- COPY ... FROM STDIN ----
+ *
+ * The COPY runs on every shard (on every shard of a reference table, each
+ * row going to all). Each of the client's CopyData payloads is cut into
+ * rows by the splitter (router/copy.c) and each shard gets one CopyData of
+ * its rows; CopyDone and CopyFail go to every part. The first error — a
+ * row pgshard cannot place, a shard's own error, rows for two shards under
+ * cross_shard_writes = deny — ends the COPY everywhere: the other parts get
+ * a CopyFail (so none of them keeps its rows), the client gets that first
+ * error, and its remaining CopyData is dropped. */
+
+/* Every part still copying gets a CopyFail. */
+static void copy_in_abort(pgs_client_t *client, pgs_fan_t *fan, const char *why) {
+  for (int i = 0; i < client->nslots; i++) {
+    uint64_t bit = UINT64_C(1) << i;
+    pgs_server_t *server = client->servers[i];
+    if (!(fan->slots & bit) || (fan->copy_ended & bit) || server == NULL) continue;
+    fan->copy_ended |= bit;
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_buf_t *b = pgs_io_scratch(&server->io);
+    size_t start = pgs_msg_begin(b, 'f');
+    pgs_buf_put_cstr(b, why);
+    pgs_msg_end(b, start);
+    pgs_io_scratch_done(&server->io, mark);
+    if (pgs_server_flush(server) < 0) server->dirty = true;
+  }
+}
+
+static void copy_in_fail(pgs_client_t *client, pgs_fan_t *fan, const char *sqlstate,
+                         const char *message) {
+  fan_fail(fan, sqlstate, message);
+  copy_in_abort(client, fan, message);
+}
+
+static void copy_row_cb(void *ctx, int shard, const uint8_t *row, size_t len) {
+  pgs_client_t *client = ctx;
+  pgs_fan_t *fan = client->fan;
+  if (fan->error.len > 0) return;
+  if (shard >= 0) {
+    fan->copy_shards |= UINT64_C(1) << shard;
+    if (client->db->cross_shard_writes == PGS_XWRITE_DENY &&
+        __builtin_popcountll(fan->copy_shards) > 1) {
+      copy_in_fail(client, fan, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                   "COPY rows belong to several shards (cross_shard_writes = deny); set "
+                   "cross_shard_writes = allow or 2pc, or copy each shard's rows with a "
+                   "pgshard.shard hint");
+      return;
+    }
+  }
+  for (int i = 0; i < client->nslots; i++) {
+    if (!(fan->slots & (UINT64_C(1) << i)) || (shard >= 0 && i != 2 * shard)) continue;
+    pgs_buf_put(&fan->batch[i], row, len);
+  }
+}
+
+pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
+                                 const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
+                                 pgs_key_error_t *err) {
+  pgs_fan_t *fan = pgs_fan_start(client, plan, slots, -1, 0, true);
+  fan->copy_in = true;
+  fan->batch = pgs_xcalloc(64, sizeof(*fan->batch));
+  if (plan->table) {
+    fan->split = pgs_copy_split_new(spec, client->db, plan->table, plan->copy_key_column,
+                                    spec->ncolumns, (size_t)client->config->max_message_size,
+                                    session, copy_row_cb, client);
+    if (fan->split == NULL) {
+      snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", PGS_SQLSTATE_FEATURE_NOT_SUPPORTED);
+      snprintf(err->message, sizeof(err->message), "cannot split this COPY by shard");
+      client->fan = NULL;
+      pgs_fan_free(fan);
+      return NULL;
+    }
+  }
+  return fan;
+}
+
+/* Each part's batch as one CopyData. */
+static void copy_in_flush(pgs_client_t *client, pgs_fan_t *fan) {
+  for (int i = 0; i < client->nslots; i++) {
+    pgs_buf_t *batch = &fan->batch[i];
+    pgs_server_t *server = client->servers[i];
+    if (batch->len == 0) continue;
+    if (server && fan->error.len == 0) {
+      size_t mark = pgs_io_scratch_mark(&server->io);
+      pgs_buf_t *b = pgs_io_scratch(&server->io);
+      size_t start = pgs_msg_begin(b, 'd');
+      pgs_buf_put(b, batch->data, batch->len);
+      pgs_msg_end(b, start);
+      pgs_io_scratch_done(&server->io, mark);
+    }
+    batch->len = 0;
+  }
+}
+
+void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
+  pgs_fan_t *fan = client->fan;
+  if (fan->error.len > 0) return; /* failed: the rest of the data is dropped */
+  pgs_key_error_t err;
+  pgs_status_t st = PGS_OK;
+  if (fan->split && type == 'd') {
+    st = pgs_copy_split_feed(fan->split, p + 5, total - 5, &err);
+  } else if (fan->split && type == 'c') {
+    st = pgs_copy_split_finish(fan->split, &err);
+  }
+  if (st != PGS_OK) {
+    copy_in_fail(client, fan, err.sqlstate, err.message);
+    return;
+  }
+  if (fan->error.len > 0) return; /* a row the policy refuses */
+  copy_in_flush(client, fan);
+  if (fan->split && type == 'd') return;
+  /* CopyDone, CopyFail, or a reference table's data: to every part. */
+  for (int i = 0; i < client->nslots; i++) {
+    pgs_server_t *server = client->servers[i];
+    if ((fan->slots & (UINT64_C(1) << i)) && server) pgs_io_emit(&server->io, p, total);
+  }
+}
+
 pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const uint8_t *m,
                                size_t total) {
   pgs_fan_t *fan = client->fan;
@@ -153,7 +275,8 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
       return PGS_FAN_DROP;
     }
   }
-  case 'H': /* CopyOutResponse: the first one goes out */
+  case 'G': /* CopyInResponse, CopyOutResponse: the first one goes out */
+  case 'H':
     if (fan->sent_head || fan->error.len > 0) return PGS_FAN_DROP;
     fan->sent_head = true;
     return PGS_FAN_FORWARD;
@@ -161,9 +284,12 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
     return fan->error.len > 0 ? PGS_FAN_DROP : PGS_FAN_FORWARD;
   case 'E':
     if (fan->error.len == 0) pgs_buf_put(&fan->error, m, total);
+    fan->copy_ended |= UINT64_C(1) << slot;
+    if (fan->copy_in) copy_in_abort(client, fan, "a shard failed");
     if (!fan->simple) fan_part_done(client, fan, slot);
     return PGS_FAN_DROP;
   case 'C':
+    fan->copy_ended |= UINT64_C(1) << slot;
     if (fan->copy) fan->copy_rows += pgs_route_tag_count((const char *)m + 5);
     if (!fan->simple) fan_part_done(client, fan, slot);
     return PGS_FAN_DROP;

@@ -1146,6 +1146,42 @@ static void implicit_twopc_commit(pgs_client_t *client, uint64_t slots, int firs
   plan_twopc(client, slots, slots, true, false);
 }
 
+/* COPY ... FROM STDIN routed to several shards (a sharded table without a
+ * hint, or a reference table): on each shard's writer at once, rows split
+ * by key (fanout.c). */
+static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t *plan,
+                         const pgs_lexed_t *lx) {
+  pgs_copy_spec_t spec;
+  pgs_key_error_t err;
+  if (plan->copy == NULL || pgs_copy_spec_resolve(plan->copy, lx, &spec, &err) != PGS_OK) {
+    if (plan->copy == NULL)
+      add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "this COPY cannot be split by shard");
+    else
+      add_error(client, err.sqlstate, "%s", err.message);
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  if (!client->in_tx && needs_twopc(client, rt->shards)) {
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "a COPY into several shards is made atomic (cross_shard_writes = 2pc) only inside "
+              "a transaction: wrap it in BEGIN/COMMIT");
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  uint64_t slots = placed_mask(client, rt, plan);
+  if (slots == 0) {
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  pgs_route_session_t session = {.hint_shard = client->hint_shard, .tenant = client->tenant};
+  if (pgs_fan_start_copy_in(client, plan, slots, &spec, &session, &err) == NULL) {
+    add_error(client, err.sqlstate, "%s", err.message);
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  add_fan_steps(client, slots, PGS_STEP_FORWARD, NULL);
+}
+
 /* A simple Query in routing mode. */
 static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_reader_t r;
@@ -1205,6 +1241,8 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     add_reply(client, 'Z', NULL);
   } else if (rt.kind == PGS_ROUTE_MERGE) {
     plan_fan_query(client, &rt, plan, lx);
+  } else if (rt.kind == PGS_ROUTE_FANOUT && kind == PGS_STMT_COPY_FROM) {
+    plan_copy_in(client, &rt, plan, lx);
   } else if (rt.kind == PGS_ROUTE_SPLIT) {
     char **texts = pgs_xcalloc((size_t)client->nslots, sizeof(char *));
     bool ok = true, placed = true;
@@ -1887,6 +1925,16 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
   return STEPS_DONE;
 }
 
+/* A shard of the COPY in flight has more queued than it takes. */
+static bool copy_backlogged(const pgs_client_t *client) {
+  for (int i = 0; i < client->nslots; i++) {
+    const pgs_server_t *s = client->servers[i];
+    if (s && (client->fan->slots & BIT(i)) && pgs_io_backlog(&s->io) > PGS_IO_HIGH_WATER)
+      return true;
+  }
+  return false;
+}
+
 static bool flush_servers(pgs_client_t *client) {
   for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *s = client->servers[i];
@@ -1941,6 +1989,17 @@ void pgs_client_process(pgs_client_t *client) {
       io->in_pos = io->in.len;
       pgs_client_close(client);
       return;
+    }
+    if (!client->planned && client->fan && client->fan->copy_in &&
+        (type == 'd' || type == 'c' || type == 'f')) {
+      if (copy_backlogged(client)) {
+        pgs_io_stop_reading(io); /* resumed when the shard drains */
+        blocked = true;
+        break;
+      }
+      pgs_fan_copy_message(client, type, p, total);
+      io->in_pos += total;
+      continue;
     }
     if (!client->planned && client->fan) {
       /* A merged read is in flight: the next message waits for it (it may

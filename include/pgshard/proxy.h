@@ -21,6 +21,7 @@
 
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
+#include "pgshard/copy.h"
 #include "pgshard/merge.h"
 #include "pgshard/monitor.h"
 #include "pgshard/proto.h"
@@ -213,7 +214,12 @@ typedef struct pgs_fan {
   uint64_t slots;      /* slots running a part */
   uint64_t done;       /* parts finished */
   bool simple;         /* Query: a part ends at ReadyForQuery */
-  bool copy;           /* COPY ... TO STDOUT: CopyData concatenated */
+  bool copy;           /* COPY: "COPY n" tags summed */
+  bool copy_in;        /* COPY ... FROM STDIN: the client's CopyData split or copied */
+  pgs_copy_split_t *split; /* into a sharded table: rows by key (else every row everywhere) */
+  pgs_buf_t *batch;    /* per slot: rows of the current CopyData for its shard */
+  uint64_t copy_shards; /* shards that got rows */
+  uint64_t copy_ended; /* parts whose COPY ended (CommandComplete or error) */
   bool sent_head;      /* RowDescription / CopyOutResponse went out */
   uint64_t copy_rows;
   pgs_buf_t error;     /* the first ErrorResponse of a part (whole message) */
@@ -366,6 +372,14 @@ void pgs_fan_free(pgs_fan_t *fan);
  * part of the client's fan. */
 pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const uint8_t *m,
                                size_t total);
+/* COPY ... FROM STDIN on every shard of SLOTS: the fan takes the client's
+ * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends. */
+pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
+                                 const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
+                                 pgs_key_error_t *err);
+/* One of the client's COPY messages (P, TOTAL bytes) while a COPY FROM
+ * fan runs: split, copied or dropped (after a failure). */
+void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total);
 /* The server of SLOT, running a part, was lost: the statement fails. */
 void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why);
 /* Give every server back when the client is between transactions. */
