@@ -846,6 +846,13 @@ static int pgshard_ops(const pgs_session_effects_t *fx) {
 
 /* ---- routing one statement ---- */
 
+/* A lexer that cannot read a statement's values cannot route it: the
+ * statement is refused rather than sent to a shard that may not hold its
+ * rows. */
+static const char too_many_literals[] =
+    "statement has more literals and parameters than pgshard can route (65535 in all); "
+    "send it in smaller pieces";
+
 static pgs_plan_t *get_plan(pgs_client_t *client, const pgs_lexed_t *lx) {
   if (client->config == client->worker->config && client->worker->plans)
     return pgs_plan_cache_get(client->worker->plans, client->db, lx);
@@ -1213,7 +1220,15 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   }
   pgs_lexed_t *lx = &client->lx;
   pgs_plan_t *plan = NULL;
-  if (pgs_lex(sql, qlen, lx) == PGS_OK) plan = get_plan(client, lx);
+  pgs_status_t lexed = pgs_lex(sql, qlen, lx);
+  if (lexed == PGS_ETOOBIG) {
+    /* Its keys cannot be read: never guess a shard. */
+    add_error(client, "54000", "%s", too_many_literals);
+    add_reply(client, 'Z', NULL);
+    if (session) pgs_session_effects_free(&fx);
+    return;
+  }
+  if (lexed == PGS_OK) plan = get_plan(client, lx);
   pgs_stmt_kind_t kind = plan ? plan->kind : PGS_STMT_OTHER;
   bool single = plan && plan->nstatements == 1;
   pgs_route_t rt;
@@ -1423,7 +1438,15 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
   if (stmt->lx == NULL && stmt->plan == NULL) {
     stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
     pgs_lex_init(stmt->lx);
-    if (pgs_lex(sql, qlen, stmt->lx) == PGS_OK) stmt->plan = get_plan(client, stmt->lx);
+    pgs_status_t lexed = pgs_lex(sql, qlen, stmt->lx);
+    if (lexed == PGS_OK) stmt->plan = get_plan(client, stmt->lx);
+    if (lexed == PGS_ETOOBIG) {
+      pgs_client_stmt_t *gone = pgs_strmap_remove(&client->stmts, name);
+      if (gone) pgs_client_free_stmt(gone);
+      add_error(client, "54000", "%s", too_many_literals);
+      client->unit_failed = true;
+      return;
+    }
     stmt->ntypes = ntypes;
     stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
     for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = (uint32_t)pgs_read_i32(&r);

@@ -27,7 +27,7 @@ struct pgs_table;
 
 /* ---- lexer ---- */
 
-#define PGS_LEX_MAX_LITERALS 4096
+#define PGS_LEX_MAX_LITERALS 65535 /* as many as Bind parameters may be */
 
 typedef struct pgs_literal {
   uint32_t offset; /* into pgs_lexed_t.values */

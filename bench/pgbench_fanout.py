@@ -1,0 +1,566 @@
+#!/usr/bin/python3
+"""pgbench: cross-shard (fan-out) reads through pgshard over 2 shards vs the
+same reads on ONE plain PostgreSQL holding every row.
+
+The lab (`pgshardctl lab up --no-proxy`, ports 7980-7989, data under /tmp)
+starts three PostgreSQL 15 primaries: s0 (7980) and s1 (7981), the two
+shards of database app, and one more (7982) that holds all the rows in
+database app. Table fan_t (id bigint primary key, grp, score, amount, name,
+created; an index on (score, id)) gets --rows rows: each row is copied onto
+the shard `pgshardctl route --stdin` names for its id (hash), and every row
+into the single server.
+
+Targets, side by side in the same run:
+
+  pgshard  127.0.0.1:7985  pgshard (build/pgshard) over s0 + s1, fan_t hash
+                           on id: the reads below have no key, so each runs
+                           on both shards and pgshard merges the rows
+  direct   127.0.0.1:7982  the single PostgreSQL, no proxy
+  pgshard1 127.0.0.1:7986  (--passthrough) pgshard over the single server as
+                           its one shard: the proxy hop without the fan-out
+
+Workloads (pgbench custom scripts, one statement per transaction):
+
+  count   SELECT count(*) FROM fan_t
+  topn    SELECT id, score, name FROM fan_t ORDER BY score DESC, id DESC LIMIT 20
+  group   SELECT grp, count(*), sum(amount) FROM fan_t WHERE score < 100000
+          GROUP BY grp ORDER BY sum(amount) DESC, grp LIMIT 10
+
+Each cell (workload x -M simple/extended) runs `pgbench -n -f SCRIPT -c N
+-j 2 -T SECS` against every target, repetitions interleaved with the order
+rotated; latency average and TPS come from pgbench's summary, p50/p99 from
+its per-transaction log (-l). Medians over the repetitions; the table gives
+latency RATIOS pgshard / direct (and pgshard / pgshard1 with
+--passthrough): what merging over 2 shards costs against one server that
+has everything.
+
+Before measuring, each query runs once through pgshard and directly: a
+refused query (0A000 until cross-shard reads land) or a different answer
+is reported and pgshard's cells are n/a (the direct runs still happen), and
+the exit status is 1 — no pgbench run against a target that cannot answer.
+
+Bounded: default about 2.5 minutes (3 reps x 3 s), --quick about 30 s.
+Everything started here is stopped in a finally block (proxies by SIGTERM,
+then `lab down --purge`), also on Ctrl-C and SIGTERM.
+
+  /usr/bin/python3 bench/pgbench_fanout.py --build build
+  /usr/bin/python3 bench/pgbench_fanout.py --build build --quick
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pgbench_compare import (Interrupted, fmt_ratio, fmt_tps, log,  # noqa: E402
+                             ratio, release_lab, run, stop_process, wait_port)
+from pgbench_replicas import fmt_ms, loadavg, median_or_none, percentile  # noqa: E402
+from pgbench_shard import ShardBench  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PORT_BASE = 7980
+S0_PORT, S1_PORT, SOLO_PORT = PORT_BASE, PORT_BASE + 1, PORT_BASE + 2
+LAB_PROXY_PORT = PORT_BASE + 3  # named in the lab config, never started (--no-proxy)
+PGSHARD_PORT = PORT_BASE + 5
+PASSTHROUGH_PORT = PORT_BASE + 6
+WORK = Path(f"/tmp/pgshard-bench-fanout-{PORT_BASE}")
+TABLE = "fan_t"
+SHARDS = {"s0": S0_PORT, "s1": S1_PORT}
+
+WORKLOADS = {
+    "count": f"SELECT count(*) FROM {TABLE}",
+    "topn": f"SELECT id, score, name FROM {TABLE} ORDER BY score DESC, id DESC LIMIT 20",
+    "group": (f"SELECT grp, count(*), sum(amount) FROM {TABLE} WHERE score < 100000"
+              " GROUP BY grp ORDER BY sum(amount) DESC, grp LIMIT 10"),
+}
+
+TABLE_SECTION = f"""
+[table.app.{TABLE}]
+column = id
+type = bigint
+strategy = hash
+"""
+
+
+class FanoutBench:
+    # `pgshardctl lab ...` with its retry while pgshardctl is being relinked.
+    lab = ShardBench.lab
+
+    def __init__(self, args):
+        self.args = args
+        self.build = Path(args.build).resolve()
+        self.pgshard_bin = self.build / "pgshard"
+        self.ctl_bin = self.build / "pgshardctl"
+        self.lab_config = WORK / "lab.ini"
+        self.lab_dir = WORK / "lab"
+        self.latency_dir = WORK / "latency"
+        self.lab_started = False
+        self.procs = {}       # target -> Popen (pgshard processes)
+        self.runs = []        # every pgbench run: dict
+        self.preflight = {}   # (target, workload) -> None (ok) or an error
+        self.targets = ["pgshard", "direct"] + (["pgshard1"] if args.passthrough else [])
+
+    def config_path(self, target):
+        return WORK / f"pgshard-{target}.ini"
+
+    def log_path(self, target):
+        return WORK / f"pgshard-{target}.log"
+
+    def port(self, target):
+        return {"pgshard": PGSHARD_PORT, "direct": SOLO_PORT, "pgshard1": PASSTHROUGH_PORT}[target]
+
+    def conninfo(self, target):
+        if target == "direct":
+            return f"host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres connect_timeout=10"
+        return (f"host=127.0.0.1 port={self.port(target)} dbname=app user=app password=secret "
+                "connect_timeout=10")
+
+    # ---- setup ----
+
+    def start_lab(self):
+        WORK.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(WORK, 0o755)
+        self.lab_config.write_text(f"""\
+; written by bench/pgbench_fanout.py: two shards for app, one server with every row
+[pgshard]
+listen = 127.0.0.1:{LAB_PROXY_PORT}
+auth = trust
+
+[user.app]
+password = secret
+
+[database.app]
+[shard.app.s0]
+primary = host=127.0.0.1 port={S0_PORT} dbname=app user=postgres
+[shard.app.s1]
+primary = host=127.0.0.1 port={S1_PORT} dbname=app user=postgres
+
+[database.solo]
+[shard.solo.s0]
+primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
+""")
+        if self.lab_dir.exists():
+            self.lab("down", "--purge", check=False)
+        log(f"lab up: s0 on {S0_PORT}, s1 on {S1_PORT}, the single server on {SOLO_PORT}, "
+            f"data in {self.lab_dir}")
+        self.lab_started = True
+        self.lab("up", "--no-proxy")
+        for port in (S0_PORT, S1_PORT, SOLO_PORT):
+            wait_port(port, 60, what=f"lab server {port}")
+
+    def write_proxy_configs(self):
+        common = f"""\
+[pgshard]
+listen = 127.0.0.1:{{port}}
+workers = {self.args.workers}
+auth = trust
+log_format = text
+max_client_conn = 1000
+
+[user.app]
+password = secret
+
+[database.app]
+pool_mode = transaction
+pool_size = {self.args.pool_size}
+"""
+        self.config_path("pgshard").write_text(
+            "; written by bench/pgbench_fanout.py: 2 shards, reads merged\n"
+            + common.replace("{port}", str(PGSHARD_PORT)) + f"""
+[shard.app.s0]
+primary = host=127.0.0.1 port={S0_PORT} dbname=app user=postgres
+[shard.app.s1]
+primary = host=127.0.0.1 port={S1_PORT} dbname=app user=postgres
+""" + TABLE_SECTION)
+        self.config_path("pgshard1").write_text(
+            "; written by bench/pgbench_fanout.py: the single server as one shard\n"
+            + common.replace("{port}", str(PASSTHROUGH_PORT)) + f"""
+[shard.app.s0]
+primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
+""")
+        for target in ("pgshard", "pgshard1"):
+            proc = run([str(self.ctl_bin), "check", str(self.config_path(target))], check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"pgshardctl check {self.config_path(target)}:\n"
+                                   f"{proc.stdout}{proc.stderr}")
+
+    def psql(self, port, *sql, timeout=600):
+        cmd = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+               "-p", str(port), "-U", "postgres", "-d", "app"]
+        for s in sql:
+            cmd += ["-c", s]
+        return run(cmd, timeout=timeout).stdout
+
+    def route(self, keys):
+        """The shard `pgshardctl route --stdin` names for each of KEYS."""
+        proc = subprocess.run([str(self.ctl_bin), "route", "--stdin",
+                               str(self.config_path("pgshard")), "app", TABLE],
+                              input="\n".join(keys) + "\n", capture_output=True, text=True,
+                              timeout=600)
+        lines = proc.stdout.splitlines()
+        if proc.returncode != 0 or len(lines) != len(keys):
+            raise RuntimeError(f"pgshardctl route --stdin: exit {proc.returncode}, "
+                               f"{len(lines)} lines for {len(keys)} keys: {proc.stderr.strip()}")
+        shards = []
+        for key, line in zip(keys, lines):
+            k, _, shard = line.partition("\t")
+            if k != key or shard not in SHARDS:
+                raise RuntimeError(f"pgshardctl route --stdin: unexpected line {line!r}")
+            shards.append(shard)
+        return shards
+
+    def load(self):
+        n = self.args.rows
+        log(f"loading {n} rows into {TABLE}: routed onto s0/s1, all onto the single server")
+        ddl = (f"drop table if exists {TABLE}; create table {TABLE} (id bigint primary key, "
+               "grp int not null, score int not null, amount numeric(12,2), name text, "
+               "created timestamptz not null); "
+               f"create index {TABLE}_score on {TABLE} (score, id)")
+        for port in (S0_PORT, S1_PORT, SOLO_PORT):
+            self.psql(port, ddl)
+        keys = [str(k) for k in range(1, n + 1)]
+        routed = self.route(keys)
+        rng = random.Random(7)
+        parts = {"s0": [], "s1": [], "solo": []}
+        epoch = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+        for key, shard in zip(keys, routed):
+            amount = "\\N" if rng.random() < 0.02 else f"{rng.randint(-100000, 10000000) / 100:.2f}"
+            created = (epoch + datetime.timedelta(seconds=rng.randint(0, 3 * 10 ** 7))).isoformat()
+            row = (f"{key}\t{rng.randint(0, 99)}\t{rng.randint(0, 10 ** 6)}\t{amount}\t"
+                   f"name-{rng.randint(0, 10 ** 5)}\t{created}\n")
+            parts[shard].append(row)
+            parts["solo"].append(row)
+        copy = f"\\copy {TABLE} (id, grp, score, amount, name, created) from stdin"
+        for name, port in (("s0", S0_PORT), ("s1", S1_PORT), ("solo", SOLO_PORT)):
+            proc = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h",
+                                   "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "app",
+                                   "-c", copy], input="".join(parts[name]), capture_output=True,
+                                  text=True, timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"COPY into {name} ({port}): {proc.stderr.strip()}")
+        counts = {}
+        for name, port in (("s0", S0_PORT), ("s1", S1_PORT), ("solo", SOLO_PORT)):
+            self.psql(port, "vacuum analyze", "checkpoint")
+            counts[name] = int(self.psql(port, f"select count(*) from {TABLE}").strip())
+        log("rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if counts["s0"] + counts["s1"] != n or not (counts["s0"] and counts["s1"]) \
+                or counts["solo"] != n:
+            raise RuntimeError(f"load: row counts {counts} do not add up to {n}")
+        self.counts = counts
+        self.latency_dir.mkdir(parents=True, exist_ok=True)
+        for name, sql in WORKLOADS.items():
+            (WORK / f"{name}.sql").write_text(sql + ";\n")
+
+    def start_proxies(self):
+        for target in self.targets:
+            if target == "direct":
+                continue
+            port = self.port(target)
+            log(f"pgshard {target} on {port} (workers {self.args.workers}, pool_size "
+                f"{self.args.pool_size} per node)")
+            logf = open(self.log_path(target), "ab")
+            self.procs[target] = subprocess.Popen(
+                [str(self.pgshard_bin), "-c", str(self.config_path(target))],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+            wait_port(port, 15, self.procs[target], f"pgshard {target}", self.log_path(target))
+
+    def check_targets(self):
+        """Each query once per target: a target that refuses it or answers
+        differently from the single server gets n/a for that workload, with
+        the reason, instead of a pgbench run that fails for its duration."""
+        for workload, sql in WORKLOADS.items():
+            answers = {}
+            for target in self.targets:
+                proc = run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", self.conninfo(target),
+                            "-c", sql], env=dict(os.environ, PGCONNECT_TIMEOUT="10"),
+                           timeout=60, check=False)
+                if proc.returncode != 0:
+                    self.preflight[(target, workload)] = (
+                        f"refused: {proc.stderr.strip() or proc.stdout.strip()}")
+                else:
+                    answers[target] = proc.stdout
+                    self.preflight[(target, workload)] = None
+            want = answers.get("direct")
+            for target, got in answers.items():
+                if want is not None and got != want:
+                    self.preflight[(target, workload)] = (
+                        f"answered differently from the single server: {got[:200]!r} vs "
+                        f"{want[:200]!r}")
+            for target in self.targets:
+                problem = self.preflight[(target, workload)]
+                log(f"preflight {workload:<5} {target:<8} "
+                    + ("ok" if problem is None else problem.splitlines()[0][:300]))
+
+    # ---- measuring ----
+
+    def pgbench(self, target, workload, mode, duration, latency=True):
+        prefix = self.latency_dir / f"{target}-{workload}-{mode}-{len(self.runs)}"
+        jobs = min(self.args.jobs, self.args.clients)
+        cmd = ["pgbench", "-n", "-M", mode, "-f", str(WORK / f"{workload}.sql"),
+               "-c", str(self.args.clients), "-j", str(jobs), "-T", str(duration)]
+        if latency:
+            cmd += ["-l", f"--log-prefix={prefix}"]
+        if target == "direct":
+            cmd += ["-h", "127.0.0.1", "-p", str(SOLO_PORT), "-U", "postgres", "app"]
+        else:
+            cmd += ["-h", "127.0.0.1", "-p", str(self.port(target)), "-U", "app", "app"]
+        env = dict(os.environ, PGPASSWORD="secret", PGCONNECT_TIMEOUT="10")
+        started = time.monotonic()
+        try:
+            proc = run(cmd, env=env, timeout=duration + 30, check=False)
+        except subprocess.TimeoutExpired:
+            return {"tps": None, "latency_ms": None, "p50_ms": None, "p99_ms": None,
+                    "error": f"pgbench timed out after {duration + 30}s"}
+        out = proc.stdout + proc.stderr
+        tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+        lat = re.search(r"latency average = ([0-9.]+) ms", out)
+        failed = re.search(r"number of failed transactions: (\d+)", out)
+        ok = proc.returncode == 0 and tps and lat
+        result = {"tps": float(tps.group(1)) if ok else None,
+                  "latency_ms": float(lat.group(1)) if ok else None,
+                  "p50_ms": None, "p99_ms": None, "latency_samples": 0,
+                  "seconds": round(time.monotonic() - started, 2), "error": None}
+        if not ok:
+            result["error"] = (f"exit {proc.returncode}: "
+                               + " | ".join(out.strip().splitlines()[-3:]))
+        elif failed and int(failed.group(1)) > 0:
+            result["error"] = f"{failed.group(1)} failed transactions"
+        if latency:
+            samples = []
+            for f in self.latency_dir.glob(f"{prefix.name}.*"):
+                with open(f) as fh:
+                    for line in fh:
+                        fields = line.split()
+                        if len(fields) >= 3 and fields[2].isdigit():
+                            samples.append(int(fields[2]))
+                f.unlink()
+            samples.sort()
+            if samples:
+                result.update(p50_ms=percentile(samples, 50) / 1000.0,
+                              p99_ms=percentile(samples, 99) / 1000.0,
+                              latency_samples=len(samples))
+        return result
+
+    def cells(self):
+        return [(w, m) for w in self.args.workloads for m in self.args.modes]
+
+    def measure(self):
+        cells = self.cells()
+        usable = {c: [t for t in self.targets if self.preflight.get((t, c[0])) is None]
+                  for c in cells}
+        runs = sum(len(v) for v in usable.values()) * self.args.reps
+        total = runs * (self.args.duration + 0.4)
+        log(f"measuring {len(cells)} cells x {self.args.reps} reps over "
+            f"{', '.join(self.targets)} ({runs} runs of {self.args.duration}s) = about "
+            f"{int(total) // 60}m{int(total) % 60:02d}s")
+        if self.args.warmup:
+            for target in self.targets:
+                for workload in self.args.workloads:
+                    if self.preflight.get((target, workload)) is None:
+                        self.pgbench(target, workload, "simple", 1, latency=False)
+                        break
+        for workload, mode in cells:
+            targets = usable[(workload, mode)]
+            for rep in range(self.args.reps):
+                shift = rep % max(1, len(targets))
+                for target in targets[shift:] + targets[:shift]:
+                    res = self.pgbench(target, workload, mode, self.args.duration)
+                    res.update(target=target, workload=workload, mode=mode, rep=rep)
+                    self.runs.append(res)
+                    shown = (f"{res['latency_ms']:.3f} ms avg, {res['tps']:.0f} tps"
+                             if res["error"] is None else res["error"])
+                    log(f"  {workload:<5} -M {mode:<8} rep {rep + 1} {target:<8} {shown}")
+            for target in self.targets:
+                if target not in targets:
+                    self.runs.append({"target": target, "workload": workload, "mode": mode,
+                                      "rep": None, "tps": None, "latency_ms": None,
+                                      "p50_ms": None, "p99_ms": None,
+                                      "error": self.preflight[(target, workload)]})
+
+    # ---- reporting ----
+
+    def summary(self):
+        rows = []
+        for workload, mode in self.cells():
+            row = {"workload": workload, "mode": mode}
+            for target in self.targets:
+                mine = [r for r in self.runs if r["target"] == target
+                        and r["workload"] == workload and r["mode"] == mode]
+                errors = [r["error"] for r in mine if r["error"]]
+                for key in ("latency_ms", "p50_ms", "p99_ms", "tps"):
+                    row[f"{target}_{key}"] = None if errors else \
+                        median_or_none([r[key] for r in mine])
+                row[f"{target}_errors"] = errors
+            for key in ("latency_ms", "p99_ms"):
+                row[f"ratio_{key}"] = ratio(row[f"pgshard_{key}"], row[f"direct_{key}"])
+                if "pgshard1" in self.targets:
+                    row[f"ratio1_{key}"] = ratio(row[f"pgshard_{key}"], row[f"pgshard1_{key}"])
+            rows.append(row)
+        return rows
+
+    def report(self, rows):
+        out_dir = Path(self.args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        header = ["workload", "-M", "direct avg ms", "pgshard avg ms", "avg ratio",
+                  "direct p99 ms", "pgshard p99 ms", "p99 ratio", "direct TPS", "pgshard TPS"]
+        if "pgshard1" in self.targets:
+            header += ["pgshard1 avg ms", "pgshard/pgshard1 avg"]
+        table = []
+        for r in rows:
+            line = [r["workload"], r["mode"], fmt_ms(r["direct_latency_ms"], 3),
+                    fmt_ms(r["pgshard_latency_ms"], 3), fmt_ratio(r["ratio_latency_ms"]),
+                    fmt_ms(r["direct_p99_ms"], 3), fmt_ms(r["pgshard_p99_ms"], 3),
+                    fmt_ratio(r["ratio_p99_ms"]), fmt_tps(r["direct_tps"]),
+                    fmt_tps(r["pgshard_tps"])]
+            if "pgshard1" in self.targets:
+                line += [fmt_ms(r["pgshard1_latency_ms"], 3), fmt_ratio(r["ratio1_latency_ms"])]
+            table.append(line)
+        commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                     check=False).stdout.strip()
+        jobs = min(self.args.jobs, self.args.clients)
+        meta = (f"{self.args.rows} rows in {TABLE} (2 shards: s0 {self.counts['s0']}, s1 "
+                f"{self.counts['s1']}; the single server: all); pgbench -c {self.args.clients} "
+                f"-j {jobs}, {self.args.duration} s per run, median of {self.args.reps} "
+                f"interleaved repetitions; pgshard workers {self.args.workers}, pool_size "
+                f"{self.args.pool_size} per node, transaction pooling, auth trust. Commit "
+                f"{commit or '?'}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
+                f"{os.cpu_count()} CPUs, {platform.machine()}, load average {loadavg()}.")
+        md = ["# pgbench: fan-out reads, pgshard over 2 shards vs one PostgreSQL with every row",
+              "", meta, "", "Queries:", ""]
+        md += [f"- `{w}`: `{WORKLOADS[w]}`" for w in self.args.workloads]
+        md += ["", "| " + " | ".join(header) + " |",
+               "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+        md += ["| " + " | ".join(t) + " |" for t in table]
+        errors = [(r["workload"], r["mode"], t, e) for r in rows for t in self.targets
+                  for e in r[f"{t}_errors"]]
+        if errors:
+            md += ["", "Errors:", ""]
+            seen = set()
+            for w, m, t, e in errors:
+                if (w, t, e) not in seen:
+                    seen.add((w, t, e))
+                    md.append(f"- {w} {t}: {e.splitlines()[0][:300]}")
+        md += ["", "Ratios are pgshard over 2 shards / the single server (latency: above 1.00 "
+               "means pgshard is slower). On a small machine the three servers, the proxy "
+               "and pgbench share the same cores, so 2 shards add processes, not CPU. `n/a`: "
+               "the target failed in that cell (see Errors). Raw runs: pgbench_fanout.json.",
+               ""]
+        print()
+        print("\n".join(md))
+        (out_dir / "pgbench_fanout.md").write_text("\n".join(md))
+        (out_dir / "pgbench_fanout.json").write_text(json.dumps(
+            {"meta": meta, "args": vars(self.args), "rows_per_server": self.counts,
+             "preflight": {f"{t} {w}": e for (t, w), e in self.preflight.items()},
+             "runs": self.runs, "summary": rows}, indent=2))
+        log(f"wrote {out_dir}/pgbench_fanout.md, pgbench_fanout.json")
+        if errors:
+            log(f"FAILED: {len(errors)} run(s) or preflight checks failed; pgshard's first "
+                f"problem: {next((e for _, _, t, e in errors if t != 'direct'), errors[0][3])}"
+                .splitlines()[0][:400])
+        return not errors
+
+    # ---- teardown ----
+
+    def cleanup(self):
+        problems = []
+        for target, proc in self.procs.items():
+            stop_process(f"pgshard {target}", proc, problems)
+        return release_lab(self, (S0_PORT, S1_PORT, SOLO_PORT, PGSHARD_PORT, PASSTHROUGH_PORT),
+                           WORK, problems)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--build", default=str(REPO / "build"),
+                        help="build directory with pgshard and pgshardctl (default: build)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per run (default 3)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per cell (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test (~30 s): 50 000 rows, 1 s runs, 1 rep, no warm-up")
+    parser.add_argument("-c", "--clients", type=int, default=4, help="pgbench clients (default 4)")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="pgbench threads (default 2)")
+    parser.add_argument("--modes", default="simple,extended",
+                        help="pgbench -M modes, comma-separated (default simple,extended)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows in fan_t (default 200000; 50000 with --quick)")
+    parser.add_argument("--workers", type=int, default=2, help="pgshard workers (default 2)")
+    parser.add_argument("--pool-size", type=int, default=8,
+                        help="pgshard pool_size, server connections per node (default 8)")
+    parser.add_argument("--passthrough", action="store_true",
+                        help="also measure pgshard over the single server (1 shard): the "
+                             "proxy hop without the fan-out (adds a third of the time)")
+    parser.add_argument("--setup-only", action="store_true",
+                        help="start the lab, load, start and check the proxies, then clean up")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
+                        help="where to write pgbench_fanout.md/.json")
+    parser.add_argument("--keep", action="store_true", help=f"keep {WORK} (logs) afterwards")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.reps = 1, 1
+        if args.rows is None:
+            args.rows = 50000
+    if args.rows is None:
+        args.rows = 200000
+    args.warmup = not args.quick
+    args.modes = [m for m in args.modes.split(",") if m]
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    if not args.modes or any(m not in ("simple", "extended", "prepared") for m in args.modes):
+        parser.error("--modes: choose from simple,extended,prepared")
+    if not args.workloads or any(w not in WORKLOADS for w in args.workloads):
+        parser.error(f"--workloads: choose from {','.join(WORKLOADS)}")
+    if args.rows < 100 or args.duration < 1 or args.reps < 1 or args.clients < 1 or args.jobs < 1:
+        parser.error("--rows (>= 100), --duration, --reps, -c and -j must be positive")
+
+    bench = FanoutBench(args)
+    for binary in (bench.ctl_bin, bench.pgshard_bin):
+        if not binary.exists():
+            parser.error(f"{binary} not found: build first (cmake --build {args.build})")
+
+    def on_signal(signum, frame):
+        raise Interrupted(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    ok = False
+    started = time.monotonic()
+    try:
+        log(f"load average {loadavg()} on {os.cpu_count()} CPUs")
+        bench.start_lab()
+        bench.write_proxy_configs()
+        bench.load()
+        bench.start_proxies()
+        bench.check_targets()
+        if args.setup_only:
+            ok = True
+            log("--setup-only: lab, load and proxies are up; not measuring")
+        else:
+            bench.measure()
+            ok = bench.report(bench.summary())
+    except (Interrupted, KeyboardInterrupt) as exc:
+        log(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")
+    except Exception as exc:  # noqa: BLE001 - report, clean up, fail
+        log(f"error: {type(exc).__name__}: {exc}")
+        for target in bench.procs:
+            if bench.log_path(target).exists():
+                log(f"pgshard {target} log tail:\n"
+                    + bench.log_path(target).read_text(errors="replace")[-2000:])
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        clean = bench.cleanup()
+    log(f"done in {time.monotonic() - started:.0f}s")
+    return 0 if ok and clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
