@@ -201,14 +201,14 @@ static void request_server(pgs_client_t *client, int slot, int node) {
   if (client->state == PGS_CL_WAITING) pgs_io_stop_reading(&client->io);
 }
 
-/* Whether every server but EXCEPT (-1: none excepted) has answered all it
- * was sent; asks those that hold replies back (extended protocol without
- * Sync) to flush them. */
-static bool others_drained(pgs_client_t *client, int except) {
+/* Whether every server outside MASK has answered all it was sent; asks
+ * those that hold replies back (extended protocol without Sync) to flush
+ * them. */
+static bool outside_drained(pgs_client_t *client, uint64_t mask) {
   bool drained = true;
   for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *s = client->servers[i];
-    if (s == NULL || i == except || s->expect_len == 0) continue;
+    if (s == NULL || (mask & BIT(i)) || s->expect_len == 0) continue;
     drained = false;
     if (s->need_flush) {
       s->need_flush = false;
@@ -219,6 +219,11 @@ static bool others_drained(pgs_client_t *client, int except) {
     }
   }
   return drained;
+}
+
+/* The same for every server but EXCEPT (-1: none excepted). */
+static bool others_drained(pgs_client_t *client, int except) {
+  return outside_drained(client, except >= 0 ? BIT(except) : 0);
 }
 
 /* An error earlier in this extended-protocol unit left a server skipping
@@ -517,22 +522,34 @@ static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, ch
 
 static int first_bit(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; }
 
-/* The parts of a fan (fanout.c) on SLOTS: sent one after the other without
- * waiting for replies; the first waits until every earlier request has
- * been answered. */
+/* Whether a fan sends anything to the client before every part is done:
+ * rows of a plain concatenation, COPY messages. */
+static bool fan_streams(const pgs_fan_t *fan) {
+  const pgs_merge_spec_t *spec = fan->plan->merge;
+  return fan->copy || spec == NULL ||
+         (!spec->grouped && !spec->distinct && spec->nkeys == 0 && spec->nhidden == 0);
+}
+
+/* The parts of the client's fan (fanout.c) on SLOTS: sent one after the
+ * other without waiting for replies. The first waits until every earlier
+ * request has been answered — or, when the fan's output goes out only at
+ * its end (and so after every earlier reply of its own servers), until the
+ * servers outside the fan have. */
 static void add_fan_steps(pgs_client_t *client, uint64_t slots, pgs_step_op_t op,
                           const char *text) {
-  bool first = true;
+  bool first = true, streams = fan_streams(client->fan);
   for (int i = 0; i < client->nslots; i++) {
     if (!(slots & BIT(i))) continue;
     pgs_step_t *st = add_step(client, i, op);
     if (text) st->text = pgs_xstrdup(text);
     st->flags = PGS_EF_FAN;
     st->concurrent = st->always = true;
-    st->drain_all = first;
+    st->drain_all = first && streams;
+    st->drain_others = first && !streams;
     first = false;
   }
 }
+
 
 /* ---- primaries and replicas ---- */
 
@@ -687,6 +704,11 @@ static uint64_t writer_slots(uint64_t shards) {
 void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
                                const char *why) {
   bool replica = client->servers && (slot & 1) && slot < client->nslots;
+  if (client->zlast_pending > 0) {
+    /* Its ReadyForQuery was one of several the client waits for. */
+    pgs_client_server_lost(client, why);
+    return;
+  }
   if (replica && client->fan && (client->fan->slots & BIT(slot)) && !client->in_tx &&
       !(client->tx_mask & BIT(slot)) && client->state != PGS_CL_CLOSING) {
     /* A replica running a part of a merged read: the read fails, the
@@ -1579,8 +1601,11 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, portal->read_only, false);
     else plan_tx_end(client, portal->kind, portal->sql, false);
   } else if (portal->merge_plan && type == 'D') {
-    /* Any part describes it; its hidden columns stay hidden. */
-    pgs_step_t *st = add_step(client, first_bit(portal->mask), PGS_STEP_FORWARD);
+    /* Any part describes it (the one the session is on: no wait); its
+     * hidden columns stay hidden. */
+    int slot = client->cur >= 0 && (portal->mask & BIT(client->cur)) ? client->cur
+                                                                      : first_bit(portal->mask);
+    pgs_step_t *st = add_step(client, slot, PGS_STEP_FORWARD);
     st->flags = PGS_EF_HIDE;
     st->hide = (int16_t)portal->merge_plan->merge->nhidden;
   } else if (portal->merge_plan && type == 'E') {
@@ -1617,16 +1642,21 @@ static void plan_sync(pgs_client_t *client) {
     add_reply(client, 'Z', NULL);
     return;
   }
-  /* Others first; the current server's ReadyForQuery is the client's. */
-  int last = client->cur >= 0 && (mask & BIT(client->cur)) ? client->cur : 63 - __builtin_clzll(mask);
+  /* Every server of the unit at once; the last ReadyForQuery to arrive is
+   * the client's, with every shard's status known by then. Each server's
+   * earlier replies precede its own ReadyForQuery, and servers outside
+   * the unit have answered (a step for another server waited for them). */
+  int n = __builtin_popcountll(mask);
   for (int i = 0; i < client->nslots; i++) {
-    if (!(mask & BIT(i)) || i == last) continue;
+    if (!(mask & BIT(i))) continue;
     pgs_step_t *st = add_step(client, i, PGS_STEP_SYNC);
-    st->internal = st->always = true;
+    st->always = true;
+    if (n > 1) {
+      st->concurrent = true;
+      st->flags = PGS_EF_ZLAST;
+    }
   }
-  /* Switching to LAST waits for the others' ReadyForQuery, so its own is
-   * reported with every shard's status known. */
-  add_step(client, last, PGS_STEP_SYNC)->always = true;
+  if (n > 1) client->zlast_pending = n;
 }
 
 /* Plan one complete client message at in_pos. */
@@ -1866,6 +1896,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     pgs_msg_empty(pgs_io_scratch(&server->io), 'S');
     pgs_io_scratch_done(&server->io, m);
     pgs_server_expect(server, PGS_EXP_SYNC, st->internal, NULL);
+    if (st->flags) pgs_server_expect_flags(server, st->flags);
     break;
   }
   default:
@@ -1896,6 +1927,8 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       (void)others_drained(client, -1);
       return STEPS_BLOCKED;
     }
+    if (st->drain_others && client->fan && !outside_drained(client, client->fan->slots))
+      return STEPS_BLOCKED;
     bool everyone = st->shard < 0 || st->drain_all;
     if ((everyone || st->shard != client->cur) && (!st->concurrent || st->drain_all)) {
       if (!others_drained(client, everyone ? -1 : st->shard)) return STEPS_BLOCKED;

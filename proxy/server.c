@@ -239,6 +239,14 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
       return REPLY_DROP;
     }
     if (client == NULL) return REPLY_DROP;
+    if (flags & PGS_EF_ZLAST) {
+      if (client->zlast_pending > 1) {
+        client->zlast_pending--;
+        return REPLY_DROP;
+      }
+      client->zlast_pending = 0;
+      return REPLY_READY;
+    }
     if ((flags & PGS_EF_ZHIDE) && !client->step_error) return REPLY_DROP;
     if (flags & PGS_EF_ZDROP) return REPLY_DROP;
     return REPLY_READY;

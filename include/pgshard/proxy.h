@@ -184,6 +184,7 @@ typedef struct pgs_step {
   bool always;    /* runs even when an earlier part of the message failed */
   bool forget_prepared; /* the statement drops the server's prepared statements */
   bool concurrent; /* a part of a fan-out read: runs without waiting for the others */
+  bool drain_others; /* first part of a fan: waits for the servers outside it only */
   bool extended;   /* INJECT: through Parse/Bind/Execute (inside an extended unit) */
   bool merged;     /* Bind/Parse of the shards' variant of the statement (merge.h) */
   int16_t hide;    /* Describe of a merged portal: hidden columns to drop */
@@ -311,6 +312,7 @@ struct pgs_client {
   int *row_shard;         /* route scratch */
   int row_shard_cap;
   pgs_fan_t *fan;          /* a merged read in flight */
+  int zlast_pending;       /* PGS_EF_ZLAST ReadyForQuery still to come */
   /* A two-phase commit in progress (cross_shard_writes = 2pc). */
   char twopc_gid[64];      /* PGS_GID_BUF (twophase.h) */
   uint64_t twopc_slots;    /* slots of the transaction */
@@ -422,6 +424,8 @@ typedef enum {
 #define PGS_EF_HIDE 0x80   /* a merged portal's RowDescription: drop `hide` columns */
 #define PGS_EF_ZDROP 0x100 /* swallow ReadyForQuery, error or not (pgshard answers later) */
 #define PGS_EF_IGNORE_ERROR 0x200 /* an injected query whose failure is expected */
+#define PGS_EF_ZLAST 0x400 /* one of several Syncs sent at once: the last
+                              ReadyForQuery to arrive is the client's */
 
 typedef struct pgs_expect {
   uint8_t kind;
