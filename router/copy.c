@@ -322,8 +322,10 @@ static int value_boolean(const value_t *v, const char *name, bool header, pgs_ke
     if (!strcasecmp(s, "false") || !strcasecmp(s, "off")) return 0;
     if (header && !strcasecmp(s, "match")) return 2;
   }
-  set_error(err, "42601", header ? "%s requires a Boolean value or \"match\"" : "%s requires a Boolean value",
-            name);
+  if (header)
+    set_error(err, "42601", "%s requires a Boolean value or \"match\"", name);
+  else
+    set_error(err, "42601", "%s requires a Boolean value", name);
   return -1;
 }
 
@@ -431,7 +433,8 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_
     }
   }
 
-  if (binary && delim.set) return set_error(err, "42601", "cannot specify DELIMITER in BINARY mode");
+  if (binary && delim.set)
+    return set_error(err, "42601", "cannot specify DELIMITER in BINARY mode");
   if (binary && null.set) return set_error(err, "42601", "cannot specify NULL in BINARY mode");
   if (!delim.set) delim.s = csv ? "," : "\t";
   if (!null.set) null.s = csv ? "" : "\\N";
@@ -443,7 +446,8 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_
   if (strchr(delim.s, '\r') || strchr(delim.s, '\n'))
     return set_error(err, "22023", "COPY delimiter cannot be newline or carriage return");
   if (strchr(null.s, '\r') || strchr(null.s, '\n'))
-    return set_error(err, "22023", "COPY null representation cannot use newline or carriage return");
+    return set_error(err, "22023",
+                     "COPY null representation cannot use newline or carriage return");
   if (!csv && strchr("\\.abcdefghijklmnopqrstuvwxyz0123456789", delim.s[0]))
     return set_error(err, "22023", "COPY delimiter cannot be \"%s\"", delim.s);
   if (binary && out->header != PGS_COPY_HEADER_NONE)
@@ -1035,6 +1039,7 @@ static bool place_row(pgs_copy_split_t *s, const uint8_t *row, size_t total, siz
 /* ---- rows ---- */
 
 static void append(pgs_copy_split_t *s, const uint8_t *data, size_t n) {
+  if (n == 0) return;
   if (s->len + n > s->cap) {
     size_t cap = s->cap ? s->cap : 4096;
     while (cap < s->len + n) cap *= 2;

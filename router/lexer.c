@@ -774,6 +774,8 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
         put(&lx, ';');
         out->nstatements++;
         statement_open = false;
+        /* The space written after it stands for no input byte. */
+        keep_room(&lx);
       }
       lx.after_placeholder = false;
       lx.depth = 0;

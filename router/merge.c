@@ -1848,7 +1848,11 @@ static pgs_status_t read_count(const pgs_lexed_t *lx, const pgs_param_values_t *
   uint32_t oid = params->type_oid && i < params->ntypes ? params->type_oid[i] : 0;
   bool binary = params->format && params->format[i] == 1;
   if (binary) {
-    size_t want = oid == PGS_OID_INT2 ? 2 : oid == PGS_OID_INT4 ? 4 : oid == PGS_OID_INT8 || oid == 0 ? 8 : 0;
+    /* Unspecified: PostgreSQL infers bigint for a LIMIT or OFFSET. */
+    size_t want = oid == PGS_OID_INT2                 ? 2
+                  : oid == PGS_OID_INT4               ? 4
+                  : oid == PGS_OID_INT8 || oid == 0 ? 8
+                                                      : 0;
     if (want == 0)
       return value_error(err, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                          "a binary %s parameter of type %u cannot be read across shards", clause,

@@ -2,11 +2,13 @@
  * fuzz_route.c — libFuzzer harness for the route decision: arbitrary Bind
  * values and SQL through pgs_lex, pgs_analyze and pgs_route_plan for a
  * two-shard database with a table of every strategy and several key types,
- * then pgs_route_split_insert for every shard of a SPLIT. It checks what
- * the proxy relies on: a decision is one of the five kinds; ONE names a
- * shard that exists and is in `shards`; SPLIT gives every row a shard of
- * `shards`; REFUSE has a five-character SQLSTATE and a message without the
- * "pgshard: " prefix; a split text is NUL-terminated.
+ * then pgs_route_split_insert for every shard of a SPLIT and the shards'
+ * text and LIMIT/OFFSET of a MERGE. It checks what the proxy relies on: a
+ * decision is one of the six kinds; ONE names a shard that exists and is
+ * in `shards`; SPLIT gives every row a shard of `shards`; MERGE has a
+ * mergeable spec and a NUL-terminated shards' text; REFUSE has a
+ * five-character SQLSTATE and a message without the "pgshard: " prefix; a
+ * split text is NUL-terminated.
  *
  * Input: byte 0 = number of Bind values (low 3 bits) and whether a hint or
  * tenant is set (bits 3-4); then per value: a format byte, a 2-byte length
@@ -22,6 +24,7 @@
 
 #include "pgshard/analyze.h"
 #include "pgshard/config.h"
+#include "pgshard/merge.h"
 #include "pgshard/route.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -116,6 +119,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       pgs_buf_free(&out);
     }
     break;
+  case PGS_ROUTE_MERGE: {
+    /* Every shard's text is a C string; LIMIT/OFFSET come out in range. */
+    if (rt.shards == 0 || rt.shards >> db->nshards) abort();
+    if (plan->merge == NULL || plan->merge->refuse[0] != '\0') abort();
+    pgs_buf_t out;
+    pgs_buf_init(&out);
+    pgs_merge_shard_sql(plan->merge, &lx, &out);
+    if (out.len == 0 || out.data[out.len - 1] != '\0' || strlen((char *)out.data) != out.len - 1)
+      abort();
+    pgs_buf_free(&out);
+    int64_t limit, offset;
+    pgs_value_error_t err;
+    if (pgs_merge_limits(plan->merge, &lx, n || lx.nparams ? &params : NULL, &limit, &offset,
+                         &err) == PGS_OK &&
+        (limit < -1 || offset < 0))
+      abort();
+    break;
+  }
   case PGS_ROUTE_REFUSE:
     if (strlen(rt.sqlstate) != 5 || !strncmp(rt.message, "pgshard: ", 9)) abort();
     break;

@@ -575,6 +575,23 @@ static void test_buffers_reused(void **state) {
   pgs_lex_free(&own);
 }
 
+/* "a;b" normalises to "a; b": the space stands for no input byte, so many
+ * statements without blanks after their ';' must still fit the buffer
+ * (ASan caught it overflowing by one byte per ';'). */
+static void test_many_statements_without_blanks(void **state) {
+  static char sql[9 * 3000 + 1];
+  for (int n = 50; n <= 3000; n = n * 3 / 2) {
+    pgs_lexed_t fresh;
+    pgs_lex_init(&fresh);
+    sql[0] = '\0';
+    for (int i = 0; i < n; i++) strcat(sql + 9 * i, "SELECT c;");
+    assert_int_equal(pgs_lex(sql, strlen(sql), &fresh), PGS_OK);
+    assert_int_equal(fresh.nstatements, n);
+    assert_int_equal(fresh.normalized_len, 9 * (size_t)n + (size_t)(n - 1) - 1);
+    pgs_lex_free(&fresh);
+  }
+}
+
 static void test_chain_counts_left_deep_operators(void **state) {
   assert_int_equal(lex("SELECT a || b || c FROM t JOIN u ON t.x = u.y"), PGS_OK);
   assert_int_equal(lx.chain, 4); /* ||, ||, JOIN, = */
@@ -658,6 +675,7 @@ int main(void) {
       cmocka_unit_test(test_literal_and_parameter_share_a_text),
       cmocka_unit_test(test_buffers_reused),
       cmocka_unit_test(test_chain_counts_left_deep_operators),
+      cmocka_unit_test(test_many_statements_without_blanks),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

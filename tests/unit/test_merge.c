@@ -70,7 +70,10 @@ static pgs_table_t tables[] = {
      .column = "tenant_id",
      .type = PGS_TYPE_BIGINT,
      .strategy = PGS_STRATEGY_TENANT},
-    {.name = "lines", .column = "tenant_id", .type = PGS_TYPE_BIGINT, .strategy = PGS_STRATEGY_TENANT},
+    {.name = "lines",
+     .column = "tenant_id",
+     .type = PGS_TYPE_BIGINT,
+     .strategy = PGS_STRATEGY_TENANT},
 };
 
 static pgs_database_t db;
@@ -625,7 +628,8 @@ static void test_limit_offset(void **state) {
 
 static void test_limit_in_parentheses(void **state) {
   merges("(SELECT name FROM users ORDER BY id LIMIT 5 OFFSET $1)");
-  expect_shard_sql("(SELECT id AS pgs_h0, name FROM users ORDER BY id LIMIT (5)::int8 + ($1)::int8)");
+  expect_shard_sql("(SELECT id AS pgs_h0, name FROM users ORDER BY id LIMIT (5)::int8 + "
+                   "($1)::int8)");
   assert_int_equal(lx.normalized[spec->tail_end], ')');
   merges("(SELECT name FROM users ORDER BY id) LIMIT 5 OFFSET 1");
   expect_shard_sql("(SELECT id AS pgs_h0, name FROM users ORDER BY id) LIMIT (5)::int8 + "
@@ -635,8 +639,8 @@ static void test_limit_in_parentheses(void **state) {
          "OFFSET 3");
   expect_shard_sql("SELECT name FROM users WHERE country IN (SELECT code FROM countries LIMIT 2) "
                    "OFFSET 0 * (3)::int8");
-  merges("SELECT name FROM users WHERE country IN (SELECT code FROM countries FETCH FIRST ROW ONLY) "
-         "OFFSET 3 FETCH FIRST ROW ONLY");
+  merges("SELECT name FROM users WHERE country IN (SELECT code FROM countries FETCH FIRST ROW "
+         "ONLY) OFFSET 3 FETCH FIRST ROW ONLY");
   expect_shard_sql("SELECT name FROM users WHERE country IN (SELECT code FROM countries FETCH "
                    "FIRST ROW ONLY) LIMIT 1 + (3)::int8");
 }
@@ -857,7 +861,8 @@ static void test_refused_constructs(void **state) {
       {"SELECT a, grouping(a) FROM users GROUP BY a", "GROUPING() cannot be merged across shards"},
       {"SELECT DISTINCT ON (country) country, id FROM users ORDER BY country, id",
        "DISTINCT ON cannot be merged across shards"},
-      {"SELECT id FROM users UNION SELECT id FROM countries", "UNION cannot be merged across shards"},
+      {"SELECT id FROM users UNION SELECT id FROM countries",
+       "UNION cannot be merged across shards"},
       {"SELECT id FROM users UNION ALL SELECT id FROM users",
        "UNION ALL cannot be merged across shards"},
       {"SELECT id FROM users INTERSECT SELECT 1", "INTERSECT cannot be merged across shards"},
@@ -1003,9 +1008,9 @@ static void test_literals_put_back(void **state) {
   assert_int_equal(spec->limit_param, 6);
   assert_int_equal(spec->offset_param, 7);
   assert_int_equal(spec->hidden_at, 7);
-  expect_shard_sql("SELECT id - 5 AS pgs_h0, x + (- 3) AS pgs_h1, x::numeric(10,2), name FROM users "
-                   "WHERE d > DATE '2024-01-01' ORDER BY id - 5, x + -3, 4 DESC LIMIT (4)::int8 + "
-                   "(1)::int8");
+  expect_shard_sql("SELECT id - 5 AS pgs_h0, x + (- 3) AS pgs_h1, x::numeric(10,2), name FROM "
+                   "users WHERE d > DATE '2024-01-01' ORDER BY id - 5, x + -3, 4 DESC LIMIT "
+                   "(4)::int8 + (1)::int8");
   expect_limits(NULL, 4, 1);
   /* Equal texts of expressions still compare by parameter. */
   merges("SELECT name::varchar(20), lower(name) FROM users ORDER BY lower(name), 'a' || name");
@@ -1047,7 +1052,8 @@ static void test_positions_in_normalised_text(void **state) {
        "SELECT a FROM users GROUP BY a UNION SELECT $1, $2"},
       {"SELECT string_agg(a, ',' ORDER BY 1) FROM users WHERE b IN (1, 2)",
        "SELECT string_agg(a, $1 ORDER BY 1) FROM users WHERE b IN ($2, $3)"},
-      {"SELECT a FROM users ORDER BY 1; SELECT 1, 2", "SELECT a FROM users ORDER BY 1; SELECT $1, $2"},
+      {"SELECT a FROM users ORDER BY 1; SELECT 1, 2",
+       "SELECT a FROM users ORDER BY 1; SELECT $1, $2"},
       {"SELECT a FROM users ORDER /* x */ BY 1", "SELECT a FROM users ORDER BY 1"},
       {"SELECT a FROM users order by 1 desc, 2 having 3, 4",
        "SELECT a FROM users order by 1 desc, 2 having $1, $2"},
