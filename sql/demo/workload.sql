@@ -7,8 +7,9 @@
 -- 1000001 on s1. Safe to run repeatedly: the rows it adds, it removes again
 -- (and an interrupted run's leftovers do not get in the way of the next).
 --
--- Some statements near the end are refused by pgshard on purpose (reads
--- without a shard key, writes across shards); their errors are expected.
+-- Some statements near the end are refused by pgshard on purpose (writes
+-- across shards under cross_shard_writes = deny, a window function over
+-- every shard); their errors are expected.
 
 \set ON_ERROR_STOP on
 \pset footer off
@@ -43,6 +44,16 @@ SELECT 's1' AS shard, inet_server_port() AS server_port,
 SELECT status, count(*) AS orders, sum(amount) AS amount FROM orders GROUP BY status ORDER BY status;
 RESET pgshard.shard;
 
+\echo '== reads without a shard key run on both shards and are merged into one result'
+SELECT count(*) AS users, min(id) AS lowest_id, max(id) AS highest_id FROM users;
+\echo '-- an IN list whose ids are on both shards (7 on s1, 42 on s0):'
+SELECT id, name FROM users WHERE id IN (7, 42) ORDER BY id;
+\echo '-- the largest orders over both shards (each shard sends its top 5, pgshard merges):'
+SELECT user_id, id, amount FROM orders ORDER BY amount DESC, user_id, id LIMIT 5;
+\echo '-- orders per status over both shards (partial groups merged; avg from sum and count):'
+SELECT status, count(*) AS orders, sum(amount) AS amount, avg(amount) AS average
+FROM orders GROUP BY status ORDER BY status;
+
 \echo '== a write transaction on one shard: a new user (1000001, on s1) and an order, read back inside it'
 BEGIN;
 INSERT INTO users (id, name, country) VALUES (1000001, 'demo visitor', 'NL')
@@ -66,10 +77,8 @@ SELECT id, name, country, inet_server_port() AS server_port FROM users WHERE id 
 \echo '== refused by pgshard, on purpose: each error below is expected (its SQLSTATE, 0A000, follows ERROR:), and the session stays usable'
 \set ON_ERROR_STOP off
 \set VERBOSITY verbose
-\echo '-- a read of a sharded table without its key (cross-shard reads are not supported yet):'
-SELECT count(*) FROM users;
-\echo '-- a read whose keys are on both shards (7 on s1, 42 on s0):'
-SELECT id, name FROM users WHERE id IN (7, 42);
+\echo '-- a window function over every shard (it cannot be merged exactly):'
+SELECT id, rank() OVER (ORDER BY id) FROM users;
 \echo '-- one INSERT with rows on both shards (1000002 on s1, 1000003 on s0; cross_shard_writes = deny):'
 INSERT INTO users (id, name, country) VALUES (1000002, 'visitor 2', 'US'), (1000003, 'visitor 3', 'DE')
     ON CONFLICT (id) DO NOTHING;
