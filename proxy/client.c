@@ -273,7 +273,7 @@ static void commit_tx_ops(pgs_client_t *client) {
       pgs_set_op_t *op = &client->tx_ops[i];
       switch (op->kind) {
       case PGS_SET_OP_SET:
-        put_setting(client, op->name, op->sql, NULL);
+        put_setting(client, op->name, op->sql, op->has_value ? op->value : NULL);
         op->sql = NULL;
         break;
       case PGS_SET_OP_RESET:

@@ -1175,6 +1175,21 @@ static void implicit_twopc_commit(pgs_client_t *client, uint64_t slots, int firs
   plan_twopc(client, slots, slots, true, false);
 }
 
+/* Whether the session's client_encoding (as the client set it at startup
+ * or with SET; the server's default, UTF8 in pgshard's databases,
+ * otherwise) sends keys as UTF-8 bytes. */
+static bool client_encoding_utf8(const pgs_client_t *client) {
+  for (int i = client->nsettings - 1; i >= 0; i--) {
+    const pgs_setting_t *s = &client->settings[i];
+    if (strcasecmp(s->name, "client_encoding") != 0) continue;
+    if (s->value == NULL) return false; /* set to something pgshard did not read */
+    return !strcasecmp(s->value, "UTF8") || !strcasecmp(s->value, "UTF-8") ||
+           !strcasecmp(s->value, "UNICODE") || !strcasecmp(s->value, "SQL_ASCII") ||
+           !strcasecmp(s->value, "DEFAULT");
+  }
+  return true;
+}
+
 /* COPY ... FROM STDIN routed to several shards (a sharded table without a
  * hint, or a reference table): on each shard's writer at once, rows split
  * by key (fanout.c). */
@@ -1194,6 +1209,15 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a COPY into several shards is made atomic (cross_shard_writes = 2pc) only inside "
               "a transaction: wrap it in BEGIN/COMMIT");
+    add_reply(client, 'Z', NULL);
+    return;
+  }
+  if (plan->table && !client_encoding_utf8(client)) {
+    /* Keys are hashed as UTF-8 and rows are cut at ASCII bytes. */
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "COPY into sharded table %s needs client_encoding UTF8 (or SQL_ASCII) to split "
+              "its rows by key",
+              plan->table->name);
     add_reply(client, 'Z', NULL);
     return;
   }

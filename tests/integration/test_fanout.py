@@ -273,6 +273,12 @@ def test_copy_from_refusals(sharded_proxy, shard_lab, items):
             assert "line 3" in str(e.value)
             assert shard_counts(shard_lab) == [0, 0]
             assert conn2.execute("SELECT 1").fetchone() == (1,)
+            # Rows in an encoding whose bytes pgshard would cut wrongly: refused.
+            conn2.execute("SET client_encoding TO 'SJIS'")
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                with cur2.copy("COPY items (id, grp) FROM STDIN") as copy:
+                    copy.write("1\t0\n")
+            conn2.execute("SET client_encoding TO 'UTF8'")
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
