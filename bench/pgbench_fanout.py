@@ -34,6 +34,12 @@ latency RATIOS pgshard / direct (and pgshard / pgshard1 with
 --passthrough): what merging over 2 shards costs against one server that
 has everything.
 
+COPY: `\copy fan_copy FROM file` (--copy-rows rows, default 1,000,000;
+200,000 with --quick; text format, id bigint key + two columns) with psql
+through pgshard, which splits the rows by key over both shards, and into
+the single server; interleaved repetitions, the table empty before each;
+rows/s and the time ratio. Every row's count is checked after each run.
+
 Before measuring, each query runs once through pgshard and directly: a
 refused query (0A000 until cross-shard reads land) or a different answer
 is reported and pgshard's cells are n/a (the direct runs still happen), and
@@ -82,8 +88,15 @@ WORKLOADS = {
               " GROUP BY grp ORDER BY sum(amount) DESC, grp LIMIT 10"),
 }
 
+COPY_TABLE = "fan_copy"
+
 TABLE_SECTION = f"""
 [table.app.{TABLE}]
+column = id
+type = bigint
+strategy = hash
+
+[table.app.{COPY_TABLE}]
 column = id
 type = bigint
 strategy = hash
@@ -171,6 +184,7 @@ password = secret
 [database.app]
 pool_mode = transaction
 pool_size = {self.args.pool_size}
+cross_shard_writes = allow
 """
         self.config_path("pgshard").write_text(
             "; written by bench/pgbench_fanout.py: 2 shards, reads merged\n"
@@ -385,6 +399,58 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
                                       "p50_ms": None, "p99_ms": None,
                                       "error": self.preflight[(target, workload)]})
 
+    def copy_bench(self):
+        """Time psql's \\copy of --copy-rows rows through pgshard and direct."""
+        n = self.args.copy_rows
+        data = WORK / "copy.tsv"
+        with open(data, "w") as f:
+            for base in range(0, n, 100000):
+                f.write("".join(f"{i}\t{i % 97}\tname {i}\n"
+                                for i in range(base + 1, min(n, base + 100000) + 1)))
+        ddl = (f"drop table if exists {COPY_TABLE}; create table {COPY_TABLE} "
+               "(id bigint primary key, grp int not null, name text)")
+        for port in (S0_PORT, S1_PORT, SOLO_PORT):
+            self.psql(port, ddl)
+        self.copies = []
+        log(f"COPY {n} rows: {self.args.reps} interleaved reps through pgshard and direct")
+        for rep in range(self.args.reps):
+            for target in (["pgshard", "direct"] if rep % 2 == 0 else ["direct", "pgshard"]):
+                for port in (S0_PORT, S1_PORT, SOLO_PORT):
+                    self.psql(port, f"truncate {COPY_TABLE}")
+                cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.conninfo(target),
+                       "-c", f"\\copy {COPY_TABLE} (id, grp, name) FROM '{data}'"]
+                t0 = time.monotonic()
+                proc = run(cmd, check=False, timeout=600)
+                secs = time.monotonic() - t0
+                ports = (S0_PORT, S1_PORT) if target == "pgshard" else (SOLO_PORT,)
+                got = sum(int(self.psql(p, f"select count(*) from {COPY_TABLE}").strip())
+                          for p in ports)
+                error = None
+                if proc.returncode != 0:
+                    error = (proc.stderr or proc.stdout).strip()[:300]
+                elif got != n:
+                    error = f"{got} rows after COPY, expected {n}"
+                self.copies.append({"target": target, "rep": rep, "seconds": secs,
+                                    "error": error})
+                log(f"  copy rep {rep + 1} {target:<8} "
+                    + (f"{secs:.2f} s, {n / secs:,.0f} rows/s" if error is None else error))
+
+    def copy_report(self):
+        if not getattr(self, "copies", None):
+            return []
+        n = self.args.copy_rows
+        med = {t: median_or_none([c["seconds"] for c in self.copies
+                                  if c["target"] == t and c["error"] is None])
+               for t in ("pgshard", "direct")}
+        rows = {t: "n/a" if med[t] is None else f"{med[t]:.2f} s ({n / med[t]:,.0f} rows/s)"
+                for t in med}
+        return ["", f"COPY of {n:,} rows (psql \\copy, text format), median of "
+                f"{self.args.reps} interleaved repetitions:", "",
+                "| target | time | ratio |", "|---|---:|---:|",
+                f"| direct (one server) | {rows['direct']} | 1.00 |",
+                f"| pgshard (split over 2 shards) | {rows['pgshard']} | "
+                f"{fmt_ratio(ratio(med['pgshard'], med['direct']))} |"]
+
     # ---- reporting ----
 
     def summary(self):
@@ -439,8 +505,11 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
         md += ["", "| " + " | ".join(header) + " |",
                "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
         md += ["| " + " | ".join(t) + " |" for t in table]
+        md += self.copy_report()
         errors = [(r["workload"], r["mode"], t, e) for r in rows for t in self.targets
                   for e in r[f"{t}_errors"]]
+        errors += [("copy", "-", c["target"], c["error"]) for c in getattr(self, "copies", [])
+                   if c["error"]]
         if errors:
             md += ["", "Errors:", ""]
             seen = set()
@@ -459,7 +528,8 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
         (out_dir / "pgbench_fanout.json").write_text(json.dumps(
             {"meta": meta, "args": vars(self.args), "rows_per_server": self.counts,
              "preflight": {f"{t} {w}": e for (t, w), e in self.preflight.items()},
-             "runs": self.runs, "summary": rows}, indent=2))
+             "runs": self.runs, "summary": rows,
+             "copies": getattr(self, "copies", [])}, indent=2))
         log(f"wrote {out_dir}/pgbench_fanout.md, pgbench_fanout.json")
         if errors:
             log(f"FAILED: {len(errors)} run(s) or preflight checks failed; pgshard's first "
@@ -493,6 +563,9 @@ def main():
                         help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--rows", type=int, default=None,
                         help="rows in fan_t (default 200000; 50000 with --quick)")
+    parser.add_argument("--copy-rows", type=int, default=None,
+                        help="rows in the COPY measurement (default 1000000; 200000 with "
+                             "--quick; 0: skip it)")
     parser.add_argument("--workers", type=int, default=2, help="pgshard workers (default 2)")
     parser.add_argument("--pool-size", type=int, default=8,
                         help="pgshard pool_size, server connections per node (default 8)")
@@ -511,6 +584,8 @@ def main():
             args.rows = 50000
     if args.rows is None:
         args.rows = 200000
+    if args.copy_rows is None:
+        args.copy_rows = 200000 if args.quick else 1000000
     args.warmup = not args.quick
     args.modes = [m for m in args.modes.split(",") if m]
     args.workloads = [w for w in args.workloads.split(",") if w]
@@ -545,6 +620,8 @@ def main():
             log("--setup-only: lab, load and proxies are up; not measuring")
         else:
             bench.measure()
+            if args.copy_rows > 0:
+                bench.copy_bench()
             ok = bench.report(bench.summary())
     except (Interrupted, KeyboardInterrupt) as exc:
         log(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")
