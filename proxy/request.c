@@ -125,6 +125,10 @@ void pgs_client_routing_free(pgs_client_t *client) {
   free(client->pv_fmt);
   pgs_fan_free(client->fan);
   client->fan = NULL;
+  /* A two-phase commit it will not finish: recovery settles it now (the
+   * decision taken, or abort when none was). */
+  if (client->twopc_gid[0]) pgs_twophase_release(client->twopc_gid);
+  client->twopc_gid[0] = '\0';
 }
 
 /* ---- servers held ---- */
@@ -1049,6 +1053,7 @@ static void run_twopc(pgs_client_t *client, char phase) {
       add_twopc(client, 'F');
       return;
     }
+    pgs_twophase_pause("2pc_pause_after_decision");
     add_gid_injects(client, written, "COMMIT PREPARED", PGS_EF_FWD_ERROR);
     add_twopc(client, 'F');
     return;

@@ -434,6 +434,13 @@ bool pgs_twophase_fault(const char *point) {
   _exit(137);
 }
 
+void pgs_twophase_pause(const char *point) {
+  if (tp.fault[0] == '\0' || strcmp(tp.fault, point) != 0) return;
+  pgs_warn("PGSHARD_FAULT=%s: this worker sleeps 3 s (test-only fault injection)",
+          point);
+  uv_sleep(3000);
+}
+
 /* ---- decisions ---- */
 
 pgs_status_t pgs_twophase_new_gid(char out[PGS_GID_BUF]) {

@@ -200,6 +200,11 @@ bool pgs_twophase_is_own_instance(const char *gid);
  *   "2pc_after_decision"  the "C" record is synced, no COMMIT PREPARED sent
  *                         (called inside pgs_twophase_record_commit) */
 bool pgs_twophase_fault(const char *point);
+/* The same knob for a pause: PGSHARD_FAULT naming POINT makes the calling
+ * worker sleep 3 s there (a test stops a shard meanwhile). Point:
+ *   "2pc_pause_after_decision"  the commit is recorded, no COMMIT PREPARED
+ *                               sent yet (called by request.c) */
+void pgs_twophase_pause(const char *point);
 
 /* ---- recovery (proxy/twophase.c) ---- */
 

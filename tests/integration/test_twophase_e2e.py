@@ -11,14 +11,14 @@ way on both shards:
   2pc_after_prepare   every shard prepared, no decision recorded: rolled back
   2pc_after_decision  "C gid" synced, no COMMIT PREPARED sent: committed
 
-Not drafted: a shard lost between the decision and its COMMIT PREPARED
-(needs a way to stop s1 between the phases, e.g. a fault point that sleeps).
-Expected then: s0 commits at once, the flow calls pgs_twophase_release,
-and the monitor's pass commits s1's prepared transaction once s1 is back
-(lab.stop_server / lab.restart_stopped), logging "D gid" after it.
+A shard lost between the decision and its COMMIT PREPARED
+(2pc_pause_after_decision holds the worker 3 s there while the test stops
+s1): the client loses its session, s0 commits, and the monitor's pass
+commits s1's prepared transaction once s1 is back, then logs "D gid".
 """
 import re
 import subprocess
+import threading
 
 import psycopg
 import pytest
@@ -155,3 +155,42 @@ def test_crash_after_decision_commits(twopc_e2e, sharded_proxy, tmp_path, monkey
     wait_for(lambda: f"D {gid}" in log.read_text().splitlines(), 10,
              message=f'"D {gid}" in the decision log')
     px2.assert_alive()
+
+
+def test_shard_lost_after_decision_commits_when_back(twopc_e2e, sharded_proxy, tmp_path,
+                                                     monkeypatch):
+    lab = twopc_e2e
+    log = tmp_path / "decisions.log"
+    monkeypatch.setenv("PGSHARD_FAULT", "2pc_pause_after_decision")
+    px = start_2pc_proxy(sharded_proxy, log)
+    monkeypatch.delenv("PGSHARD_FAULT")
+    outcome = {}
+
+    def client():
+        try:
+            write_everywhere(px)
+            outcome["ok"] = True
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    wait_for(lambda: "C " in log.read_text(), 10, message="a commit decision in the log")
+    s1_port = lab.shard("s1").primary_port
+    lab.stop_server(s1_port)  # while the worker pauses before COMMIT PREPARED
+    thread.join(30)
+    assert not thread.is_alive()
+    # The commit was decided: s1's part is not lost, only late. The client
+    # may have seen its session fail (the outcome reached it as 08006).
+    assert "ok" in outcome or isinstance(outcome.get("error"), psycopg.OperationalError), outcome
+    commits = [r[2:] for r in log.read_text().splitlines() if r.startswith("C ")]
+    assert len(commits) == 1
+    gid = commits[0]
+    lab.restart_stopped(s1_port)
+    wait_for(lambda: not prepared_gids(lab, "s1") and not prepared_gids(lab, "s0"), 30,
+             message="no prepared transaction left on either shard")
+    rows = rows_per_shard(lab)
+    assert sorted(rows["s0"] + rows["s1"]) == IDS
+    wait_for(lambda: f"D {gid}" in log.read_text().splitlines(), 15,
+             message=f'"D {gid}" in the decision log')
+    px.assert_alive()
