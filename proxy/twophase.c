@@ -374,7 +374,10 @@ pgs_status_t pgs_twophase_start(const pgs_config_t *config) {
   const char *fault = getenv("PGSHARD_FAULT");
   if (fault && *fault) {
     snprintf(tp.fault, sizeof(tp.fault), "%s", fault);
-    if (strcmp(fault, "2pc_after_prepare") != 0 && strcmp(fault, "2pc_after_decision") != 0)
+    if (!strcmp(fault, "2pc_pause_after_decision"))
+      pgs_warn("PGSHARD_FAULT=%s: a committing worker will pause there (a test-only setting)",
+               fault);
+    else if (strcmp(fault, "2pc_after_prepare") != 0 && strcmp(fault, "2pc_after_decision") != 0)
       pgs_warn("PGSHARD_FAULT=%s names no fault point", fault);
     else
       pgs_warn("PGSHARD_FAULT=%s: this pgshard will exit there (a test-only setting)", fault);
@@ -436,8 +439,7 @@ bool pgs_twophase_fault(const char *point) {
 
 void pgs_twophase_pause(const char *point) {
   if (tp.fault[0] == '\0' || strcmp(tp.fault, point) != 0) return;
-  pgs_warn("PGSHARD_FAULT=%s: this worker sleeps 3 s (test-only fault injection)",
-          point);
+  pgs_warn("PGSHARD_FAULT=%s: this worker sleeps 3 s (test-only fault injection)", point);
   uv_sleep(3000);
 }
 
