@@ -80,8 +80,10 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   if (pgs_server_flush(server) < 0) server->dirty = true;
   pgs_client_unlink(client, server);
   if (server->state != PGS_SV_ACTIVE) return;
+  /* A server skipping to Sync after an error looks idle but would skip the
+   * next client's first messages too. */
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
-      server->io.writing) {
+      server->io.writing || server->error_until_sync) {
     pgs_server_close(server, "client left during a request or transaction");
     return;
   }
@@ -215,8 +217,10 @@ static void recompute_settings_hash(pgs_client_t *client) {
   if (client->settings_hash <= 1) client->settings_hash = 2; /* 0, 1 are reserved */
 }
 
-static void put_setting(pgs_client_t *client, const char *name, char *sql, const char *value) {
-  bool startup = value != NULL;
+/* SQL establishes setting NAME; VALUE is its value when known (NULL: not
+ * a single constant); STARTUP: from the startup packet. */
+static void put_setting(pgs_client_t *client, const char *name, char *sql, const char *value,
+                        bool startup) {
   for (int i = 0; i < client->nsettings; i++) {
     pgs_setting_t *s = &client->settings[i];
     if (s->startup == startup && !strcasecmp(s->name, name)) {
@@ -242,6 +246,7 @@ static void remove_settings(pgs_client_t *client, const char *name) {
     pgs_setting_t *s = &client->settings[i];
     if (!s->startup && (name == NULL || !strcasecmp(s->name, name))) {
       free(s->sql);
+      free(s->value);
       continue;
     }
     client->settings[j++] = *s;
@@ -273,7 +278,7 @@ static void commit_tx_ops(pgs_client_t *client) {
       pgs_set_op_t *op = &client->tx_ops[i];
       switch (op->kind) {
       case PGS_SET_OP_SET:
-        put_setting(client, op->name, op->sql, op->has_value ? op->value : NULL);
+        put_setting(client, op->name, op->sql, op->has_value ? op->value : NULL, false);
         op->sql = NULL;
         break;
       case PGS_SET_OP_RESET:
@@ -528,7 +533,7 @@ static bool parse_options(pgs_client_t *client, const char *options) {
     for (char *c = name; *c; c++)
       if (*c == '-') *c = '_';
     if (!startup_pgshard_setting(client, name, eq + 1))
-      put_setting(client, name, startup_setting_sql(name, eq + 1), eq + 1);
+      put_setting(client, name, startup_setting_sql(name, eq + 1), eq + 1, true);
   }
   return true;
 }
@@ -566,7 +571,8 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
       return;
     }
     if (!startup_pgshard_setting(client, name, startup->values[i]))
-      put_setting(client, name, startup_setting_sql(name, startup->values[i]), startup->values[i]);
+      put_setting(client, name, startup_setting_sql(name, startup->values[i]), startup->values[i],
+                  true);
   }
   recompute_settings_hash(client);
 

@@ -8,19 +8,25 @@
  * expect entries, so every reply of a part comes here instead of going to
  * the client:
  *   RowDescription  the first describes the merge; in a simple Query it
- *                   also goes to the client (hidden columns dropped)
+ *                   is also the client's (hidden columns dropped): at
+ *                   once when rows stream, else held and sent with them
  *   DataRow         the merge says: pass now (plain concatenation), hold,
  *                   or drop
  *   CommandComplete a part of an Execute is done
  *   ErrorResponse   the first is kept; the statement fails with it
- *   ReadyForQuery   a part of a Query is done
+ *   ReadyForQuery   a part of a Query is done (an Execute's part ends at
+ *                   CommandComplete: its Sync, when the client sent it
+ *                   while the parts ran, is request.c's)
  *   COPY messages   COPY ... TO STDOUT: one CopyOutResponse, every part's
  *                   CopyData, one CopyDone and "COPY n" with the sum
  * When the last part is done the held rows go out merged, then one
  * CommandComplete with the row count (or the error), then — for a Query —
  * the ReadyForQuery of the last part with the status over every shard.
- * Until then request.c holds back every later step, so replies stay in
- * request order. Invariant: client->fan != NULL exactly while parts run.
+ * Until then request.c holds back every later step (but an Execute's
+ * Sync, sent at once), so replies stay in request order. A part whose
+ * server skipped it after an earlier error of the unit (the client has that
+ * error) ends the fan with nothing to report. Invariant: client->fan !=
+ * NULL exactly while parts run.
  */
 #include <string.h>
 
@@ -39,9 +45,13 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
   fan->slots = slots;
   fan->simple = simple;
   fan->copy = plan->kind == PGS_STMT_COPY_TO || plan->kind == PGS_STMT_COPY_FROM;
+  const pgs_merge_spec_t *spec = plan->merge;
+  fan->streams = fan->copy || spec == NULL ||
+                 (!spec->grouped && !spec->distinct && spec->nkeys == 0 && spec->nhidden == 0);
   if (plan->merge)
     fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(slots), limit, offset,
                                FAN_MAX_MERGE_BYTES);
+  pgs_buf_init(&fan->head);
   pgs_buf_init(&fan->error);
   client->fan = fan;
   return fan;
@@ -54,6 +64,7 @@ void pgs_fan_free(pgs_fan_t *fan) {
   for (int i = 0; fan->batch && i < 64; i++) pgs_buf_free(&fan->batch[i]);
   free(fan->batch);
   pgs_plan_unref(fan->plan);
+  pgs_buf_free(&fan->head);
   pgs_buf_free(&fan->error);
   free(fan);
 }
@@ -79,19 +90,28 @@ static void fan_fail_merge(pgs_fan_t *fan) {
            err->message[0] ? err->message : "cross-shard merge failed");
 }
 
-/* Every part is done: the rest of the result, its CommandComplete or the
- * error, into the client's output. */
+/* Every part is done: the rest of the result — the held RowDescription,
+ * the rows, their CommandComplete or the error — into the client's output.
+ * A skipped part leaves nothing to say: the unit's error went out. */
 static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   pgs_io_t *io = &client->io;
   size_t mark = pgs_io_scratch_mark(io);
   pgs_buf_t *out = pgs_io_scratch(io);
   uint64_t rows = 0;
+  client->fan = NULL;
+  if (fan->skipped) {
+    if (!fan->synced) client->unit_failed = true;
+    pgs_fan_free(fan);
+    return;
+  }
+  pgs_buf_put(out, fan->head.data, fan->head.len);
   if (fan->error.len == 0 && !fan->copy && pgs_merge_finish(fan->merge, out, &rows) != PGS_OK)
     fan_fail_merge(fan);
   if (fan->error.len > 0) {
     pgs_buf_put(out, fan->error.data, fan->error.len);
     pgs_client_step_failed(client);
-    if (!fan->simple) client->unit_failed = true; /* skip to Sync, as PostgreSQL */
+    /* Skip to Sync, as PostgreSQL, unless the Sync is out already. */
+    if (!fan->simple && !fan->synced) client->unit_failed = true;
   } else {
     char tag[48];
     if (fan->copy) {
@@ -105,7 +125,6 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     pgs_msg_end(out, start);
   }
   pgs_io_scratch_done(io, mark);
-  client->fan = NULL;
   pgs_fan_free(fan);
 }
 
@@ -117,8 +136,7 @@ static bool fan_part_done(pgs_client_t *client, pgs_fan_t *fan, int slot) {
   return true;
 }
 
-static pgs_fan_action_t fan_describe(pgs_client_t *client, pgs_fan_t *fan, const uint8_t *m,
-                                     size_t total) {
+static pgs_fan_action_t fan_describe(pgs_fan_t *fan, const uint8_t *m, size_t total) {
   if (fan->error.len > 0) return PGS_FAN_DROP;
   if (!pgs_merge_described(fan->merge) &&
       pgs_merge_describe(fan->merge, m + 5, total - 5) != PGS_OK) {
@@ -127,10 +145,10 @@ static pgs_fan_action_t fan_describe(pgs_client_t *client, pgs_fan_t *fan, const
   }
   if (!fan->simple || fan->sent_head) return PGS_FAN_DROP;
   fan->sent_head = true;
-  if (fan->plan->merge->nhidden == 0) return PGS_FAN_FORWARD;
-  size_t mark = pgs_io_scratch_mark(&client->io);
-  pgs_merge_client_rowdesc(fan->plan->merge, m + 5, total - 5, pgs_io_scratch(&client->io));
-  pgs_io_scratch_done(&client->io, mark);
+  if (fan->streams) return PGS_FAN_FORWARD; /* no hidden column */
+  /* Nothing else goes out before the end: sent with the rows, the client
+   * reads the whole result at once. */
+  pgs_merge_client_rowdesc(fan->plan->merge, m + 5, total - 5, &fan->head);
   return PGS_FAN_DROP;
 }
 
@@ -258,7 +276,7 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
   if (fan == NULL || !(fan->slots & (UINT64_C(1) << slot))) return PGS_FAN_DROP;
   switch (type) {
   case 'T':
-    return fan_describe(client, fan, m, total);
+    return fan_describe(fan, m, total);
   case 'D': {
     if (fan->error.len > 0) return PGS_FAN_DROP;
     if (!pgs_merge_described(fan->merge)) {
@@ -320,4 +338,11 @@ void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   pgs_msg_ready(pgs_io_scratch(&client->io), status);
   pgs_io_scratch_done(&client->io, mark);
   pgs_client_after_ready(client, status);
+}
+
+void pgs_fan_part_skipped(pgs_client_t *client, int slot) {
+  pgs_fan_t *fan = client->fan;
+  if (fan == NULL || fan->simple || !(fan->slots & (UINT64_C(1) << slot))) return;
+  fan->skipped = true;
+  fan_part_done(client, fan, slot);
 }

@@ -22,7 +22,9 @@
  *             the shard its Bind will pick when that Bind is already in
  *             the buffer, else to the current shard.
  *   Bind      routed with its parameter values; the portal remembers its
- *             shards, so Describe/Execute/Close of it follow.
+ *             shards, so Describe/Execute/Close of it follow. A merged one
+ *             is bound on one shard at once, on the others with the
+ *             Execute (fanout.c), whose Sync is then sent without waiting.
  *   Sync      to every shard the unit touched, one ReadyForQuery reported.
  * Transactions: BEGIN is answered by pgshard and replayed on each shard the
  * transaction touches (tx_mask); COMMIT/ROLLBACK go to those shards. With
@@ -53,6 +55,8 @@ static void free_portal(void *p) {
   pgs_portal_t *portal = p;
   free(portal->sql);
   pgs_plan_unref(portal->merge_plan);
+  pgs_buf_free(&portal->merge_body);
+  pgs_buf_free(&portal->merge_bind);
   free(portal);
 }
 
@@ -236,6 +240,16 @@ static bool unit_error(const pgs_client_t *client) {
   for (int i = 0; i < client->nslots; i++)
     if (client->servers[i] && client->servers[i]->error_until_sync) return true;
   return false;
+}
+
+/* Whether SERVER skips what it is sent next: an error left it skipping to
+ * a Sync that is not on its way yet. */
+static bool skips_to_sync(const pgs_server_t *server) {
+  if (!server->error_until_sync) return false;
+  for (size_t i = 0; i < server->expect_len; i++)
+    if (server->expect[(server->expect_head + i) % server->expect_cap].kind == PGS_EXP_SYNC)
+      return false;
+  return true;
 }
 
 /* ---- prepared statements ---- */
@@ -526,14 +540,6 @@ static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, ch
 
 static int first_bit(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; }
 
-/* Whether a fan sends anything to the client before every part is done:
- * rows of a plain concatenation, COPY messages. */
-static bool fan_streams(const pgs_fan_t *fan) {
-  const pgs_merge_spec_t *spec = fan->plan->merge;
-  return fan->copy || spec == NULL ||
-         (!spec->grouped && !spec->distinct && spec->nkeys == 0 && spec->nhidden == 0);
-}
-
 /* The parts of the client's fan (fanout.c) on SLOTS: sent one after the
  * other without waiting for replies. The first waits until every earlier
  * request has been answered — or, when the fan's output goes out only at
@@ -541,7 +547,7 @@ static bool fan_streams(const pgs_fan_t *fan) {
  * servers outside the fan have. */
 static void add_fan_steps(pgs_client_t *client, uint64_t slots, pgs_step_op_t op,
                           const char *text) {
-  bool first = true, streams = fan_streams(client->fan);
+  bool first = true, streams = client->fan->streams;
   for (int i = 0; i < client->nslots; i++) {
     if (!(slots & BIT(i))) continue;
     pgs_step_t *st = add_step(client, i, op);
@@ -708,23 +714,34 @@ static uint64_t writer_slots(uint64_t shards) {
 void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
                                const char *why) {
   bool replica = client->servers && (slot & 1) && slot < client->nslots;
-  if (client->zlast_pending > 0) {
-    /* Its ReadyForQuery was one of several the client waits for. */
-    pgs_client_server_lost(client, why);
-    return;
-  }
   if (replica && client->fan && (client->fan->slots & BIT(slot)) && !client->in_tx &&
-      !(client->tx_mask & BIT(slot)) && client->state != PGS_CL_CLOSING) {
+      !(client->tx_mask & BIT(slot)) && client->state != PGS_CL_CLOSING &&
+      (client->zlast_pending == 0 || client->fan->synced)) {
     /* A replica running a part of a merged read: the read fails, the
-     * session goes on. */
+     * session goes on. When the unit's Sync went out with the parts, its
+     * ReadyForQuery will not come: if it was the last one owed, pgshard
+     * answers for it once the read has failed. */
     char message[600];
     snprintf(message, sizeof(message), "lost the connection to a replica of shard %s: %s",
              client->db->shards[slot / 2].name, why);
     client->unit_mask &= ~BIT(slot);
+    bool last_ready = readies > 0 && client->zlast_pending > 0 && --client->zlast_pending == 0;
     pgs_fan_part_lost(client, slot, message);
+    if (last_ready) {
+      char status = pgs_client_ready_status(client);
+      size_t mark = pgs_io_scratch_mark(&client->io);
+      pgs_msg_ready(pgs_io_scratch(&client->io), status);
+      pgs_io_scratch_done(&client->io, mark);
+      pgs_client_after_ready(client, status);
+    }
     if (client->state == PGS_CL_WAITING) return;
     client->blocked = false;
     pgs_client_process(client);
+    return;
+  }
+  if (client->zlast_pending > 0) {
+    /* Its ReadyForQuery was one of several the client waits for. */
+    pgs_client_server_lost(client, why);
     return;
   }
   bool others_busy = false;
@@ -1527,7 +1544,31 @@ static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
   portal->drops_prepared = false;
   pgs_plan_unref(portal->merge_plan);
   portal->merge_plan = NULL;
+  portal->unbound = 0;
   return portal;
+}
+
+/* What the parts of a merged portal bound later are sent: the shards'
+ * statement and the client's Bind P (TOTAL bytes) for it, as forward()
+ * builds them, copied into PORTAL. */
+static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt, const uint8_t *p,
+                             size_t total) {
+  build_merge_variant(stmt);
+  memcpy(portal->merge_name, stmt->merge_name, sizeof(portal->merge_name));
+  portal->merge_body.len = 0;
+  pgs_buf_put(&portal->merge_body, stmt->merge_body.data, stmt->merge_body.len);
+  pgs_reader_t r;
+  size_t plen, slen;
+  pgs_reader_init(&r, p + 5, total - 5);
+  const char *name = pgs_read_cstr(&r, &plen);
+  pgs_read_cstr(&r, &slen);
+  pgs_buf_t *b = &portal->merge_bind;
+  b->len = 0;
+  size_t start = pgs_msg_begin(b, 'B');
+  pgs_buf_put(b, name, plen + 1);
+  pgs_buf_put_cstr(b, stmt->merge_name);
+  put_bind_rest(b, &r, stmt->plan->merge->nhidden);
+  pgs_msg_end(b, start);
 }
 
 static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
@@ -1592,9 +1633,13 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     portal->kind = plan->kind;
     portal->merge_plan = stmt->plan;
     stmt->plan->refcount++;
-    int first = client->nsteps;
-    add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, false);
-    for (int i = first; i < client->nsteps; i++) client->steps[i].merged = true;
+    /* One part binds it now, the session's own when it can (no wait), and
+     * answers the client; the others are sent the Bind with their Execute. */
+    int slot = client->cur >= 0 && (portal->mask & BIT(client->cur)) ? client->cur
+                                                                      : first_bit(portal->mask);
+    portal->unbound = portal->mask & ~BIT(slot);
+    if (portal->unbound) keep_merged_bind(portal, stmt, p, total);
+    add_step(client, slot, PGS_STEP_FORWARD)->merged = true;
     return;
   } else if (rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards)) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
@@ -1630,10 +1675,10 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, portal->read_only, false);
     else plan_tx_end(client, portal->kind, portal->sql, false);
   } else if (portal->merge_plan && type == 'D') {
-    /* Any part describes it (the one the session is on: no wait); its
-     * hidden columns stay hidden. */
-    int slot = client->cur >= 0 && (portal->mask & BIT(client->cur)) ? client->cur
-                                                                      : first_bit(portal->mask);
+    /* Any part it is bound on describes it (the one the session is on: no
+     * wait); its hidden columns stay hidden. */
+    uint64_t bound = portal->mask & ~portal->unbound;
+    int slot = client->cur >= 0 && (bound & BIT(client->cur)) ? client->cur : first_bit(bound);
     pgs_step_t *st = add_step(client, slot, PGS_STEP_FORWARD);
     st->flags = PGS_EF_HIDE;
     st->hide = (int16_t)portal->merge_plan->merge->nhidden;
@@ -1649,9 +1694,10 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
       add_fan_steps(client, portal->mask, PGS_STEP_FAN_EXEC, NULL);
     }
   } else {
+    /* A merged portal is closed where it is bound. */
     client->fan_copies = portal->copies;
     int first = client->nsteps;
-    add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, type == 'E');
+    add_fanout(client, portal->mask & ~portal->unbound, PGS_STEP_FORWARD, NULL, type == 'E');
     if (type == 'E' && portal->drops_prepared) mark_drops_prepared(client, first);
   }
   if (type == 'C') {
@@ -1893,6 +1939,19 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     }
     break;
   case PGS_STEP_FAN_EXEC: {
+    pgs_portal_t *portal = pgs_strmap_get(&client->portals, (const char *)p + 5);
+    if (portal && (portal->unbound & BIT(shard))) {
+      /* Bound here only now: a failure is the fan's, like the Execute's. */
+      portal->unbound &= ~BIT(shard);
+      size_t before = server->expect_len;
+      ensure_prepared_as(server, portal->merge_name, &portal->merge_body, true);
+      if (server->expect_len > before) pgs_server_expect_flags(server, st->flags);
+      size_t mark = pgs_io_scratch_mark(&server->io);
+      pgs_buf_put(pgs_io_scratch(&server->io), portal->merge_bind.data, portal->merge_bind.len);
+      pgs_io_scratch_done(&server->io, mark);
+      pgs_server_expect(server, PGS_EXP_BIND, false, NULL);
+      pgs_server_expect_flags(server, st->flags);
+    }
     /* The merge needs the part's column types: describe it first. */
     size_t mark = pgs_io_scratch_mark(&server->io);
     pgs_buf_t *b = pgs_io_scratch(&server->io);
@@ -1996,6 +2055,13 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       request_server(client, st->shard, st->node >= 0 ? st->node : 0);
       return STEPS_LEFT;
     }
+    if (st->op == PGS_STEP_FAN_EXEC && skips_to_sync(server)) {
+      /* An error earlier in the unit (the client has it) left this server
+       * skipping to Sync: the part would be skipped too. */
+      client->step_next++;
+      pgs_fan_part_skipped(client, st->shard);
+      continue;
+    }
     client->cur = st->shard;
     client->server = server;
     if (client->in_tx && !client->tx_aborted && !(client->tx_mask & BIT(st->shard)) &&
@@ -2086,9 +2152,18 @@ void pgs_client_process(pgs_client_t *client) {
       io->in_pos += total;
       continue;
     }
-    if (!client->planned && client->fan) {
+    if (!client->planned && client->fan && type == 'S' && !client->fan->simple &&
+        !client->fan->synced && __builtin_popcountll(client->unit_mask) > 1) {
+      /* The Sync after a merged Execute goes out at once, to every server
+       * of the unit (plan_sync): each one's ReadyForQuery follows its part,
+       * so the last, the client's, follows the merged result. A failure of
+       * the read has nothing left to skip. */
+      client->fan->synced = true;
+    } else if (!client->planned && (client->fan || client->zlast_pending > 0)) {
       /* A merged read is in flight: the next message waits for it (it may
-       * fail the unit, and the merge owns the servers' replies). */
+       * fail the unit, and the merge owns the servers' replies). So it
+       * does for the ReadyForQuery of Syncs sent at once: until the last
+       * one, a server may still be skipping to its Sync. */
       (void)others_drained(client, -1);
       client->blocked = true;
       blocked = true;

@@ -302,10 +302,15 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     } else {
       server->error_until_sync = true;
       if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
+      /* A fan part queued behind the failed message is skipped too; the
+       * fan hears of it here (its own errors reach it as replies). */
+      bool part_skipped = false;
       while ((front = expect_front(server)) && front->kind != PGS_EXP_SYNC) {
         if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
+        part_skipped |= !(flags & PGS_EF_FAN) && (front->flags & PGS_EF_FAN);
         expect_pop(server);
       }
+      if (part_skipped && client) pgs_fan_part_skipped(client, server->shard);
     }
     if (client && (flags & PGS_EF_FWD_ERROR)) visible = REPLY_FORWARD;
     if (visible == REPLY_DROP) return REPLY_DROP;

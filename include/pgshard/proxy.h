@@ -132,7 +132,7 @@ typedef enum {
 typedef struct pgs_setting {
   char name[PGS_MAX_NAME];
   char *sql;    /* statement that establishes it */
-  char *value;  /* startup parameters: the value as the client sent it */
+  char *value;  /* its value when one constant (startup parameters: as sent), else NULL */
   bool startup; /* from the startup packet: survives RESET ALL */
 } pgs_setting_t;
 
@@ -203,6 +203,14 @@ typedef struct pgs_portal {
   char *sql; /* local portals: the statement */
   pgs_plan_t *merge_plan; /* merged over several shards: the plan (ref), its spec */
   int64_t limit, offset;  /* the Bind's LIMIT/OFFSET values for the merge */
+  /* Merged: the Bind went to one part (its reply is the client's); the
+   * others get it with their Execute, inside the fan, so the Bind costs no
+   * round trip. What they are sent: the shards' statement (name, Parse
+   * body) and Bind, copied (the client may close the statement first). */
+  uint64_t unbound;
+  char merge_name[24];
+  pgs_buf_t merge_body;
+  pgs_buf_t merge_bind;
 } pgs_portal_t;
 
 /* A read running on several shards at once, its rows merged (fanout.c).
@@ -222,7 +230,16 @@ typedef struct pgs_fan {
   uint64_t copy_shards; /* shards that got rows */
   uint64_t copy_ended; /* parts whose COPY ended (CommandComplete or error) */
   bool sent_head;      /* RowDescription / CopyOutResponse went out */
+  bool streams;        /* output goes out before every part is done: rows of a
+                          plain concatenation, COPY messages */
+  bool synced;         /* extended: the unit's Sync went out while the parts
+                          run, so a failure has nothing left to skip */
+  bool skipped;        /* extended: a part's messages were skipped after an
+                          earlier error of the unit (which went out): the fan
+                          reports nothing, as PostgreSQL would */
   uint64_t copy_rows;
+  pgs_buf_t head;      /* a Query's RowDescription for the client, held with
+                          the rows when they go out at the end (one write) */
   pgs_buf_t error;     /* the first ErrorResponse of a part (whole message) */
 } pgs_fan_t;
 
@@ -384,6 +401,9 @@ pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_
 void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total);
 /* The server of SLOT, running a part, was lost: the statement fails. */
 void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why);
+/* An error of an earlier message of the unit (already the client's) made
+ * the server of SLOT skip its part: the fan reports nothing. */
+void pgs_fan_part_skipped(pgs_client_t *client, int slot);
 /* Give every server back when the client is between transactions. */
 bool pgs_client_maybe_release(pgs_client_t *client);
 /* Type the tenant a client named at startup (-c pgshard.tenant=...). */

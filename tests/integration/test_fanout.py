@@ -1,16 +1,20 @@
 """Cross-shard statements through pgshard on the two-shard lab (`shard_lab`):
 reads merged from both shards in the simple and the extended protocol (text
-and binary results, hidden columns, Describe, errors), writes under each
-cross_shard_writes policy, two-phase commit through the proxy, and COPY.
+and binary results, hidden columns, Describe, errors; the extended
+protocol's messages one by one, pipelined and failing on either shard),
+writes under each cross_shard_writes policy, two-phase commit through the
+proxy, and COPY.
 
 The differential test (test_cross_shard.py) checks merged results against
 one plain PostgreSQL at scale; these tests check the protocol paths one by
 one, each against values computed here.
 """
 import decimal
+import struct
 
 import psycopg
 import pytest
+from pgwire import parse_error_fields
 
 MAP = """\
 [table.app.items]
@@ -206,6 +210,144 @@ def test_two_phase_commit_of_a_transaction(sharded_proxy, shard_lab, items):
     for shard in ("s0", "s1"):
         with shard_lab.connect_primary(shard, autocommit=True) as c:
             assert c.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+
+
+# ---------------------------------------------------------------- extended, by hand
+#
+# A merged portal is bound on one part at its Bind (that reply is the
+# client's), on the others with their Execute; the unit's Sync goes out while
+# the parts run. These drive the protocol message by message.
+
+def _m(kind, body=b""):
+    return kind.encode() + struct.pack("!i", len(body) + 4) + body
+
+
+def _parse(sql, name=""):
+    return _m("P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+
+def _bind(*params, portal="", stmt=""):
+    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!hh", 0, len(params))
+    for v in params:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v.encode()
+    return _m("B", body + struct.pack("!h", 0))
+
+
+def _describe(kind, name=""):
+    return _m("D", kind.encode() + name.encode() + b"\0")
+
+
+def _execute(portal=""):
+    return _m("E", portal.encode() + b"\0" + struct.pack("!i", 0))
+
+
+def _close(kind, name=""):
+    return _m("C", kind.encode() + name.encode() + b"\0")
+
+
+SYNC, FLUSH = _m("S"), _m("H")
+
+
+def _replies(raw, until="Z"):
+    """Messages up to and including the first of kind UNTIL, summarized:
+    '1', '2', 'T' (column count), ('D', first value), ('C', tag), ('E', SQLSTATE), 'Z'."""
+    got = []
+    while True:
+        kind, body = raw.read_message()
+        if kind in ("N", "S"):
+            continue
+        if kind == "T":
+            got.append(("T", struct.unpack("!h", body[:2])[0]))
+        elif kind == "D":
+            n = struct.unpack("!i", body[2:6])[0]
+            got.append(("D", None if n < 0 else body[6:6 + n].decode()))
+        elif kind == "C":
+            got.append(("C", body.rstrip(b"\0").decode()))
+        elif kind == "E":
+            got.append(("E", parse_error_fields(body)["C"]))
+        else:
+            got.append(kind)
+        if kind == until:
+            return got
+
+
+TOP3 = "SELECT id FROM items ORDER BY qty DESC, id DESC LIMIT 3"
+
+
+def _top3():
+    rows = sorted(expected_rows(), key=lambda r: (-r[4], -r[0]))[:3]
+    return [("D", str(r[0])) for r in rows]
+
+
+def test_merged_portal_message_by_message(sharded_proxy, shard_lab, items):
+    p = sharded_proxy(extra_ini=MAP)
+    load(p)
+    top = _top3()
+    whole = ["1", "2", ("T", 1)] + top + [("C", "SELECT 3"), "Z"]
+    with p.raw() as raw:
+        raw.login()
+        # Two units at once: each answered whole, in order.
+        unit = _parse(TOP3) + _bind() + _describe("P") + _execute() + SYNC
+        raw.send(unit + unit)
+        assert _replies(raw) == whole
+        assert _replies(raw) == whole
+        # Step by step, waiting on Flush: the Sync comes after the result.
+        raw.send(_parse(TOP3) + _bind() + _describe("P") + FLUSH)
+        assert _replies(raw, until="T") == ["1", "2", ("T", 1)]
+        raw.send(_execute() + FLUSH)
+        assert _replies(raw, until="C") == top + [("C", "SELECT 3")]
+        raw.send(SYNC)
+        assert _replies(raw) == ["Z"]
+        # A Bind that fails (a bad parameter), then a unit that must run.
+        bad = _parse("SELECT id FROM items WHERE qty >= $1::int ORDER BY qty DESC, id DESC"
+                     " LIMIT 3") + _bind("x") + _describe("P") + _execute() + SYNC
+        raw.send(bad + unit)
+        assert _replies(raw) == ["1", ("E", "22P02"), "Z"]
+        assert _replies(raw) == whole
+        # The same, its error read (Flush) before the Execute is sent.
+        raw.send(bad[:bad.index(_execute())] + FLUSH)
+        assert _replies(raw, until="E") == ["1", ("E", "22P02")]
+        raw.send(_execute() + SYNC)
+        assert _replies(raw) == ["Z"]
+        raw.send(unit)
+        assert _replies(raw) == whole
+        # A shard's error in the Execute, the next unit already sent.
+        fail = _parse("SELECT id, 1 / (id - 17) FROM items ORDER BY id") + _bind() + _execute()
+        raw.send(fail + SYNC + unit)
+        assert _replies(raw) == ["1", "2", ("E", "22012"), "Z"]
+        assert _replies(raw) == whole
+        # The statement closed between Bind and Execute; a named portal
+        # executed twice in a transaction, described after, then closed.
+        raw.send(_parse(TOP3, "s1") + _bind(portal="p1", stmt="s1") + _close("S", "s1")
+                 + _execute("p1") + SYNC)
+        assert _replies(raw) == ["1", "2", "3"] + top + [("C", "SELECT 3"), "Z"]
+        assert raw.simple_query("BEGIN") == []
+        raw.send(_parse(TOP3, "s2") + _bind(portal="p2", stmt="s2") + _execute("p2")
+                 + _execute("p2") + _describe("P", "p2") + _close("P", "p2") + SYNC)
+        assert _replies(raw) == (["1", "2"] + top + [("C", "SELECT 3"), ("C", "SELECT 0"),
+                                                     ("T", 1), "3", "Z"])
+        assert raw.simple_query("COMMIT") == []
+    # A Bind that only one shard refuses (a domain checked differently on
+    # each), either shard: one error, nothing else of the statement, and
+    # the session goes on.
+    for strict in ("s0", "s1"):
+        domain = f"qty_{strict}"  # a statement of its own (servers keep theirs prepared)
+        for shard in ("s0", "s1"):
+            with shard_lab.connect_primary(shard, autocommit=True) as c:
+                c.execute(f"DROP DOMAIN IF EXISTS {domain}")
+                c.execute(f"CREATE DOMAIN {domain} AS int CHECK (VALUE > %s)"
+                          % (10 if shard == strict else 0))
+        with p.raw() as raw:
+            raw.login()
+            raw.send(_parse(f"SELECT id FROM items WHERE qty < $1::{domain} ORDER BY id LIMIT 3")
+                     + _bind("5") + _describe("P") + _execute() + SYNC + unit)
+            got = _replies(raw)
+            assert [g for g in got if g[0] == "E"] == [("E", "23514")], (strict, got)
+            assert got[-2:] == [("E", "23514"), "Z"], (strict, got)
+            assert _replies(raw) == whole
+    for shard in ("s0", "s1"):
+        with shard_lab.connect_primary(shard, autocommit=True) as c:
+            c.execute("DROP DOMAIN qty_s0, qty_s1")
 
 
 # ---------------------------------------------------------------- COPY
