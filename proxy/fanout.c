@@ -82,6 +82,7 @@ static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) 
   char text[400];
   snprintf(text, sizeof(text), "pgshard: %s", message);
   pgs_msg_error_raw(&fan->error, "ERROR", sqlstate, text, NULL);
+  fan->own_error = true;
 }
 
 static void fan_fail_merge(pgs_fan_t *fan) {
@@ -110,6 +111,9 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   if (fan->error.len > 0) {
     pgs_buf_put(out, fan->error.data, fan->error.len);
     pgs_client_step_failed(client);
+    /* An error of pgshard's own inside a transaction aborts it, as any
+     * error would in PostgreSQL (no server failed to say so). */
+    if (fan->own_error && client->in_tx) client->tx_aborted = true;
     /* Skip to Sync, as PostgreSQL, unless the Sync is out already. */
     if (!fan->simple && !fan->synced) client->unit_failed = true;
   } else {

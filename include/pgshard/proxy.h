@@ -241,6 +241,7 @@ typedef struct pgs_fan {
   pgs_buf_t head;      /* a Query's RowDescription for the client, held with
                           the rows when they go out at the end (one write) */
   pgs_buf_t error;     /* the first ErrorResponse of a part (whole message) */
+  bool own_error;      /* ... made by pgshard (the merge failed), not a server */
 } pgs_fan_t;
 
 typedef enum {
