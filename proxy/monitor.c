@@ -530,7 +530,8 @@ static void finish_round(uint64_t now) {
           snprintf(n->last_error, sizeof(n->last_error), "check not answered in %llu ms",
                    (unsigned long long)(now - n->sent_ms));
           n->has_result = true;
-          n->result = (pgs_check_result_t){.ok = false, .sent_ms = n->sent_ms, .done_ms = now};
+          n->result = (pgs_check_result_t){
+              .ok = false, .slow = true, .sent_ms = n->sent_ms, .done_ms = now};
         } else if (n->state == MN_CONNECTING &&
                    now - n->connect_start_ms >= (uint64_t)mon.config->server_connect_timeout_ms) {
           snprintf(n->last_error, sizeof(n->last_error), "timeout while connecting");

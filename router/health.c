@@ -122,9 +122,10 @@ static uint64_t best_replica_lsn(const pgs_shard_health_t *sh, int i, const pgs_
 
 static void mark_failed(pgs_node_state_t *n, const pgs_check_result_t *r,
                         const pgs_lag_bounds_t *bounds) {
-  n->failures++;
   n->good_checks = 0;
   n->readable = false; /* its lag is unknown from now on */
+  if (r->slow && n->up && r->done_ms - r->sent_ms < PGS_SLOW_CHECK_DOWN_MS) return;
+  n->failures++;
   int base = bounds->interval_ms > 0 ? bounds->interval_ms : 1;
   if (n->up) {
     if (n->failures < (bounds->down_failures > 0 ? bounds->down_failures : PGS_DOWN_FAILURES))

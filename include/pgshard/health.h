@@ -68,8 +68,15 @@ typedef struct pgs_node_state {
 } pgs_node_state_t;
 
 /* What one check of a node returned. */
+/* A check not answered in time on a connection that is still open counts
+ * toward marking the node down only once it has waited this long: a busy
+ * machine delays answers without the node being gone (its lag is unknown
+ * meanwhile: it leaves the read set). */
+#define PGS_SLOW_CHECK_DOWN_MS 2000
+
 typedef struct pgs_check_result {
   bool ok;             /* the query answered */
+  bool slow;           /* !ok: not answered yet, the connection still open */
   bool in_recovery;
   uint64_t lsn;        /* current LSN (primary) or replay LSN (replica) */
   uint64_t receive_lsn;

@@ -507,6 +507,31 @@ static void test_down_after_failures(void **state) {
   free(f);
 }
 
+/* A check slow to answer on a live connection (a busy machine) takes the
+ * node out of the read set but marks it down only once it has waited
+ * PGS_SLOW_CHECK_DOWN_MS. */
+static void test_slow_checks_do_not_mark_down(void **state) {
+  fixture_t *f = shard_new(2);
+  pgs_check_result_t ok = ok_result(true, 5000, 1000);
+  pgs_health_apply(&f->sh, 1, &ok, &bounds);
+  for (int k = 0; k < 10 * PGS_DOWN_FAILURES; k++) {
+    pgs_check_result_t slow = {.ok = false, .slow = true, .sent_ms = 1000 + 100 * (uint64_t)k,
+                               .done_ms = 1050 + 100 * (uint64_t)k};
+    pgs_health_apply(&f->sh, 1, &slow, &bounds);
+    assert_true(f->nodes[1].up);
+    assert_false(f->nodes[1].readable);
+    assert_int_equal(f->nodes[1].failures, 0);
+  }
+  /* One check outstanding for longer than that counts, and so on. */
+  for (int k = 0; k < PGS_DOWN_FAILURES; k++) {
+    pgs_check_result_t stuck = {.ok = false, .slow = true, .sent_ms = 2000,
+                                .done_ms = 2000 + PGS_SLOW_CHECK_DOWN_MS + 100 * (uint64_t)k};
+    pgs_health_apply(&f->sh, 1, &stuck, &bounds);
+  }
+  assert_false(f->nodes[1].up);
+  free(f);
+}
+
 /* node_down_failures sets how many failed checks mark a node down. */
 static void test_down_after_configured_failures(void **state) {
   fixture_t *f = shard_new(2);
@@ -812,6 +837,7 @@ int main(void) {
       cmocka_unit_test(test_primary_crash_with_unsent_wal),
       cmocka_unit_test(test_down_after_failures),
       cmocka_unit_test(test_down_after_configured_failures),
+      cmocka_unit_test(test_slow_checks_do_not_mark_down),
       cmocka_unit_test(test_down_epoch_bumped_once),
       cmocka_unit_test(test_backoff_doubles_to_cap),
       cmocka_unit_test(test_success_brings_node_up),
