@@ -456,3 +456,39 @@ def test_copy_a_million_rows(sharded_proxy, shard_lab, items):
     ids, per_shard = placement(shard_lab, p.config_path)
     assert len(ids) == n and ids[0] == 1 and ids[-1] == n and len(set(ids)) == n
     assert sum(per_shard.values()) == n
+
+
+@pytest.mark.parametrize("policy", ["deny", "2pc"])
+def test_reference_table_write_under_policy(sharded_proxy, shard_lab, policy):
+    """A table not in the map is written on every shard: under 2pc all or
+    nothing, otherwise each shard on its own (a failure leaves the others
+    changed, and the error says so)."""
+    for shard in ("s0", "s1"):
+        with shard_lab.connect_primary(shard, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS refs")
+            conn.execute("CREATE TABLE refs (code text primary key, n int)")
+            conn.execute("INSERT INTO refs VALUES ('a', 1), ('b', 2)")
+    with shard_lab.connect_primary("s1", autocommit=True) as s1:
+        s1.execute("ALTER TABLE refs ADD CONSTRAINT small CHECK (n < 10)")
+    try:
+        p = sharded_proxy(extra_ini=MAP, cross_shard_writes=policy)
+        with p.connect(autocommit=True) as conn:
+            cur = psycopg.ClientCursor(conn)
+            cur.execute("UPDATE refs SET n = n + 1")
+            assert cur.rowcount == 2  # one shard's count: the rows are copies
+            with pytest.raises(psycopg.errors.CheckViolation):
+                cur.execute("UPDATE refs SET n = n + 10")
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        sums = []
+        for shard in ("s0", "s1"):
+            with shard_lab.connect_primary(shard, autocommit=True) as conn:
+                sums.append(conn.execute("SELECT sum(n) FROM refs").fetchone()[0])
+                assert conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+        if policy == "2pc":
+            assert sums == [5, 5]  # the failed update changed no shard
+        else:
+            assert sums == [25, 5]  # s1 refused; s0, first in turn, kept its change
+    finally:
+        for shard in ("s0", "s1"):
+            with shard_lab.connect_primary(shard, autocommit=True) as conn:
+                conn.execute("DROP TABLE IF EXISTS refs")
