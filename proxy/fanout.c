@@ -336,12 +336,7 @@ void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   fan_fail(fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
   bool simple = fan->simple;
   if (!fan_part_done(client, fan, slot) || !simple) return;
-  /* Its ReadyForQuery will not come: pgshard answers for it. */
-  char status = pgs_client_ready_status(client);
-  size_t mark = pgs_io_scratch_mark(&client->io);
-  pgs_msg_ready(pgs_io_scratch(&client->io), status);
-  pgs_io_scratch_done(&client->io, mark);
-  pgs_client_after_ready(client, status);
+  pgs_client_send_ready(client); /* its own will not come */
 }
 
 void pgs_fan_part_skipped(pgs_client_t *client, int slot) {

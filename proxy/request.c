@@ -162,6 +162,14 @@ char pgs_client_ready_status(const pgs_client_t *client) {
 
 void pgs_client_step_failed(pgs_client_t *client) { client->step_error = true; }
 
+void pgs_client_send_ready(pgs_client_t *client) {
+  char status = pgs_client_ready_status(client);
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  pgs_msg_ready(pgs_io_scratch(&client->io), status);
+  pgs_io_scratch_done(&client->io, mark);
+  pgs_client_after_ready(client, status);
+}
+
 bool pgs_client_maybe_release(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_ACTIVE || client->pinned || client->planned || client->in_tx ||
@@ -727,13 +735,7 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
     client->unit_mask &= ~BIT(slot);
     bool last_ready = readies > 0 && client->zlast_pending > 0 && --client->zlast_pending == 0;
     pgs_fan_part_lost(client, slot, message);
-    if (last_ready) {
-      char status = pgs_client_ready_status(client);
-      size_t mark = pgs_io_scratch_mark(&client->io);
-      pgs_msg_ready(pgs_io_scratch(&client->io), status);
-      pgs_io_scratch_done(&client->io, mark);
-      pgs_client_after_ready(client, status);
-    }
+    if (last_ready) pgs_client_send_ready(client);
     if (client->state == PGS_CL_WAITING) return;
     client->blocked = false;
     pgs_client_process(client);
@@ -1892,10 +1894,8 @@ static void emit_reply(pgs_client_t *client, const pgs_step_t *st) {
              client->peer, st->text + 6, st->text);
     pgs_msg_error_raw(b, "ERROR", st->text, st->text + 6, NULL);
   } else if (st->reply == 'Z') {
-    char status = pgs_client_ready_status(client);
-    pgs_msg_ready(b, status);
     pgs_io_scratch_done(io, mark);
-    pgs_client_after_ready(client, status);
+    pgs_client_send_ready(client);
     return;
   } else if (st->reply == 'C') {
     size_t start = pgs_msg_begin(b, 'C');

@@ -376,6 +376,8 @@ void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server);
 /* The ReadyForQuery status the client is told: its transaction over every
  * shard (a failed one anywhere: 'E'; open anywhere: 'T'). */
 char pgs_client_ready_status(const pgs_client_t *client);
+/* ReadyForQuery with that status, made by pgshard, and what follows it. */
+void pgs_client_send_ready(pgs_client_t *client);
 /* A fan-out part's ErrorResponse went to the client / its rows counted. */
 void pgs_client_step_failed(pgs_client_t *client);
 void pgs_client_free_stmt(void *stmt);
