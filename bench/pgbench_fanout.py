@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgbench_compare import (Interrupted, fmt_ratio, fmt_tps, log,  # noqa: E402
                              ratio, release_lab, run, stop_process, wait_port)
 from pgbench_replicas import fmt_ms, loadavg, median_or_none, percentile  # noqa: E402
-from pgbench_shard import ShardBench  # noqa: E402
+from pgbench_shard import ShardBench, start_two_shard_lab  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = 7980
@@ -139,35 +139,13 @@ class FanoutBench:
     # ---- setup ----
 
     def start_lab(self):
-        WORK.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chmod(WORK, 0o755)
-        self.lab_config.write_text(f"""\
-; written by bench/pgbench_fanout.py: two shards for app, one server with every row
-[pgshard]
-listen = 127.0.0.1:{LAB_PROXY_PORT}
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-[shard.app.s0]
-primary = host=127.0.0.1 port={S0_PORT} dbname=app user=postgres
-[shard.app.s1]
-primary = host=127.0.0.1 port={S1_PORT} dbname=app user=postgres
-
+        start_two_shard_lab(
+            self, WORK, "bench/pgbench_fanout.py: two shards for app, one server with every row",
+            S0_PORT, S1_PORT, SOLO_PORT, LAB_PROXY_PORT, f"""
 [database.solo]
 [shard.solo.s0]
 primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
-""")
-        if self.lab_dir.exists():
-            self.lab("down", "--purge", check=False)
-        log(f"lab up: s0 on {S0_PORT}, s1 on {S1_PORT}, the single server on {SOLO_PORT}, "
-            f"data in {self.lab_dir}")
-        self.lab_started = True
-        self.lab("up", "--no-proxy")
-        for port in (S0_PORT, S1_PORT, SOLO_PORT):
-            wait_port(port, 60, what=f"lab server {port}")
+""", f"the single server on {SOLO_PORT}")
 
     def write_proxy_configs(self):
         common = f"""\

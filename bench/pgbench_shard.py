@@ -88,6 +88,37 @@ strategy = hash
 """
 
 
+def start_two_shard_lab(bench, work, title, s0_port, s1_port, solo_port, lab_proxy_port,
+                        extra_sections, solo_what):
+    """`lab up --no-proxy` for BENCH (its lab_config, lab_dir, lab()): shards
+    s0 and s1 of database app, and a third server on SOLO_PORT whose
+    databases EXTRA_SECTIONS names; waits until the three listen."""
+    work.mkdir(mode=0o755, parents=True, exist_ok=True)
+    os.chmod(work, 0o755)
+    bench.lab_config.write_text(f"""\
+; written by {title}
+[pgshard]
+listen = 127.0.0.1:{lab_proxy_port}
+auth = trust
+
+[user.app]
+password = secret
+
+[database.app]
+[shard.app.s0]
+primary = host=127.0.0.1 port={s0_port} dbname=app user=postgres
+[shard.app.s1]
+primary = host=127.0.0.1 port={s1_port} dbname=app user=postgres
+""" + extra_sections)
+    if bench.lab_dir.exists():
+        bench.lab("down", "--purge", check=False)
+    log(f"lab up: s0 on {s0_port}, s1 on {s1_port}, {solo_what}, data in {bench.lab_dir}")
+    bench.lab_started = True
+    bench.lab("up", "--no-proxy")
+    for port in (s0_port, s1_port, solo_port):
+        wait_port(port, 60, what=f"lab server {port}")
+
+
 class ShardBench:
     def __init__(self, args):
         self.args = args
@@ -124,24 +155,10 @@ class ShardBench:
                 time.sleep(1)
 
     def start_lab(self):
-        WORK.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chmod(WORK, 0o755)
-        self.lab_config.write_text(f"""\
-; written by bench/pgbench_shard.py: two shards for app, one server for passthrough
-; and for colocated (two databases on that server)
-[pgshard]
-listen = 127.0.0.1:{LAB_PROXY_PORT}
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-[shard.app.s0]
-primary = host=127.0.0.1 port={S0_PORT} dbname=app user=postgres
-[shard.app.s1]
-primary = host=127.0.0.1 port={S1_PORT} dbname=app user=postgres
-
+        start_two_shard_lab(
+            self, WORK, "bench/pgbench_shard.py: two shards for app, one server for "
+            "passthrough\n; and for colocated (two databases on that server)",
+            S0_PORT, S1_PORT, SOLO_PORT, LAB_PROXY_PORT, f"""
 [database.passthrough]
 [shard.passthrough.s0]
 primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
@@ -151,15 +168,7 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
 primary = host=127.0.0.1 port={SOLO_PORT} dbname={COLOCATED_DBS['s0']} user=postgres
 [shard.colocated.s1]
 primary = host=127.0.0.1 port={SOLO_PORT} dbname={COLOCATED_DBS['s1']} user=postgres
-""")
-        if self.lab_dir.exists():
-            self.lab("down", "--purge", check=False)
-        log(f"lab up: s0 on {S0_PORT}, s1 on {S1_PORT}, passthrough and colocated "
-            f"({', '.join(COLOCATED_DBS.values())}) on {SOLO_PORT}, data in {self.lab_dir}")
-        self.lab_started = True
-        self.lab("up", "--no-proxy")
-        for port in (S0_PORT, S1_PORT, SOLO_PORT):
-            wait_port(port, 60, what=f"lab server {port}")
+""", f"passthrough and colocated ({', '.join(COLOCATED_DBS.values())}) on {SOLO_PORT}")
 
     def write_proxy_configs(self):
         common = f"""\

@@ -24,6 +24,8 @@
 #include "pgshard/proto.h"
 #include "pgshard/route.h"
 
+#include "binds.h"
+
 /* ---- the database: built by hand ---- */
 
 static pgs_key_t bound_100 = {.type = PGS_TYPE_BIGINT, .i = 100};
@@ -205,50 +207,6 @@ static void expect_shard_sql(const char *want) {
 
 /* ---- Bind values ---- */
 
-typedef struct binds {
-  int n;
-  const uint8_t *data[8];
-  int32_t len[8];
-  int16_t format[8];
-  uint32_t oid[8];
-  uint8_t raw[8][8];
-  pgs_param_values_t values;
-} binds_t;
-
-static void bind_text(binds_t *b, const char *text, uint32_t oid) {
-  b->data[b->n] = (const uint8_t *)text;
-  b->len[b->n] = (int32_t)strlen(text);
-  b->format[b->n] = 0;
-  b->oid[b->n] = oid;
-  b->n++;
-}
-
-static void bind_int(binds_t *b, int64_t v, int bytes, uint32_t oid) {
-  for (int i = 0; i < bytes; i++) b->raw[b->n][i] = (uint8_t)((uint64_t)v >> (8 * (bytes - 1 - i)));
-  b->data[b->n] = b->raw[b->n];
-  b->len[b->n] = bytes;
-  b->format[b->n] = 1;
-  b->oid[b->n] = oid;
-  b->n++;
-}
-
-static void bind_null(binds_t *b) {
-  b->data[b->n] = NULL;
-  b->len[b->n] = -1;
-  b->format[b->n] = 0;
-  b->oid[b->n] = 0;
-  b->n++;
-}
-
-static const pgs_param_values_t *params_of(binds_t *b) {
-  b->values = (pgs_param_values_t){.n = b->n,
-                                   .data = b->data,
-                                   .len = b->len,
-                                   .format = b->format,
-                                   .type_oid = b->oid,
-                                   .ntypes = b->n};
-  return &b->values;
-}
 
 static void expect_limits(const pgs_param_values_t *params, int64_t limit, int64_t offset) {
   int64_t l = -7, o = -7;
@@ -680,8 +638,8 @@ static void test_limit_grouped(void **state) {
 static void test_limit_values_from_binds(void **state) {
   merges("SELECT name FROM users ORDER BY name LIMIT $1 OFFSET $2");
   binds_t b = {0};
-  bind_text(&b, "10", 0);
-  bind_text(&b, " +3", 20);
+  bind_text_typed(&b, "10", 0);
+  bind_text_typed(&b, " +3", 20);
   expect_limits(params_of(&b), 10, 3);
   b = (binds_t){0};
   bind_int(&b, 10, 2, 21); /* int2, as psycopg sends small ints */
@@ -696,8 +654,8 @@ static void test_limit_values_from_binds(void **state) {
   bind_null(&b);
   expect_limits(params_of(&b), -1, 0);
   b = (binds_t){0};
-  bind_text(&b, "2.5", 1700);
-  bind_text(&b, "2.5", 701);
+  bind_text_typed(&b, "2.5", 1700);
+  bind_text_typed(&b, "2.5", 701);
   expect_limits(params_of(&b), 3, 2); /* numeric rounds half away, float8 to even */
   /* Negative, malformed, out of range. */
   b = (binds_t){0};
@@ -706,29 +664,29 @@ static void test_limit_values_from_binds(void **state) {
   expect_limits_error(params_of(&b), "2201W", "LIMIT must not be negative");
   b = (binds_t){0};
   bind_int(&b, 1, 8, 20);
-  bind_text(&b, "-4", 0);
+  bind_text_typed(&b, "-4", 0);
   expect_limits_error(params_of(&b), "2201X", "OFFSET must not be negative");
   b = (binds_t){0};
-  bind_text(&b, "ten", 0);
-  bind_text(&b, "0", 0);
+  bind_text_typed(&b, "ten", 0);
+  bind_text_typed(&b, "0", 0);
   expect_limits_error(params_of(&b), "22P02", "invalid input syntax for type bigint: \"ten\"");
   b = (binds_t){0};
-  bind_text(&b, "40000", 21);
-  bind_text(&b, "0", 0);
+  bind_text_typed(&b, "40000", 21);
+  bind_text_typed(&b, "0", 0);
   expect_limits_error(params_of(&b), "22003", "value \"40000\" is out of range for type smallint");
   b = (binds_t){0};
   bind_int(&b, 1, 4, 20); /* int8 declared, 4 bytes sent */
-  bind_text(&b, "0", 0);
+  bind_text_typed(&b, "0", 0);
   expect_limits_error(params_of(&b), "22P03", "incorrect binary data format in bind parameter 1");
   b = (binds_t){0};
   bind_int(&b, 1, 8, 25);
-  bind_text(&b, "0", 0);
+  bind_text_typed(&b, "0", 0);
   expect_limits_error(params_of(&b), "0A000",
                       "a binary LIMIT parameter of type 25 cannot be read across shards");
   /* Missing Bind values. */
   expect_limits_error(NULL, "08P01", "the LIMIT is parameter $1, but no Bind supplies it");
   b = (binds_t){0};
-  bind_text(&b, "1", 0);
+  bind_text_typed(&b, "1", 0);
   expect_limits_error(params_of(&b), "08P01",
                       "bind message supplies 1 parameters, but the statement uses $2");
   /* Literals and Bind values mixed. */
@@ -736,7 +694,7 @@ static void test_limit_values_from_binds(void **state) {
   assert_int_equal(spec->limit_param, 3);
   assert_int_equal(spec->offset_param, 2);
   b = (binds_t){0};
-  bind_text(&b, "x", 0);
+  bind_text_typed(&b, "x", 0);
   bind_int(&b, -2, 8, 0);
   assert_true(spec->offset_negate == false);
   expect_limits_error(params_of(&b), "2201X", "OFFSET must not be negative");

@@ -25,6 +25,8 @@
 #include "pgshard/proto.h"
 #include "pgshard/route.h"
 
+#include "binds.h"
+
 /* ---- the config: the same shard map in four databases ---- */
 
 #define SHARDS(DB)                                                                          \
@@ -110,48 +112,6 @@ static int group_teardown(void **state) {
 /* ---- helpers ---- */
 
 /* Bind values for one call; binary data points at the caller's bytes. */
-typedef struct binds {
-  int n;
-  const uint8_t *data[8];
-  int32_t len[8];
-  int16_t format[8];
-  uint32_t oid[8];
-  pgs_param_values_t values;
-} binds_t;
-
-static void bind_text(binds_t *b, const char *text) {
-  b->data[b->n] = (const uint8_t *)text;
-  b->len[b->n] = (int32_t)strlen(text);
-  b->format[b->n] = 0;
-  b->oid[b->n] = 0;
-  b->n++;
-}
-
-static void bind_binary(binds_t *b, const void *data, size_t len, uint32_t declared) {
-  b->data[b->n] = data;
-  b->len[b->n] = (int32_t)len;
-  b->format[b->n] = 1;
-  b->oid[b->n] = declared;
-  b->n++;
-}
-
-static void bind_null(binds_t *b) {
-  b->data[b->n] = NULL;
-  b->len[b->n] = -1;
-  b->format[b->n] = 0;
-  b->oid[b->n] = 0;
-  b->n++;
-}
-
-static const pgs_param_values_t *params_of(binds_t *b) {
-  b->values = (pgs_param_values_t){.n = b->n,
-                                   .data = b->data,
-                                   .len = b->len,
-                                   .format = b->format,
-                                   .type_oid = b->oid,
-                                   .ntypes = b->n};
-  return &b->values;
-}
 
 static void put_be(uint8_t *p, uint64_t v, int n) {
   for (int i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
