@@ -26,7 +26,7 @@ Ports: the lab uses PORT_BASE (primary) and PORT_BASE+1 (replica); the
 sharded lab PORT_BASE-10 (s0) and PORT_BASE-9 (s1); the replicated lab
 PORT_BASE-40 .. PORT_BASE-35 (s0 primary, replica 0, replica 1, then s1's);
 the failover lab PORT_BASE-50 .. PORT_BASE-45 (same order); proxies take free ports
-from PORT_BASE+10 up to 7899. PORT_BASE defaults to 7700 (env
+from PORT_BASE+10 to PORT_BASE+199, so suites 300 apart run side by side. PORT_BASE defaults to 7700 (env
 PGSHARD_IT_PORT_BASE). Everything on disk lives under /tmp, because the
 repository may sit where the postgres user cannot traverse.
 
@@ -65,7 +65,7 @@ PORT_BASE = int(os.environ.get("PGSHARD_IT_PORT_BASE", "7700"))
 PRIMARY_PORT = PORT_BASE
 REPLICA_PORT = PORT_BASE + 1
 LAB_PROXY_PORT = PORT_BASE + 2  # named in the lab config; never started (--no-proxy)
-PROXY_PORTS = range(PORT_BASE + 10, 7900)
+PROXY_PORTS = range(PORT_BASE + 10, PORT_BASE + 200)  # below the next suite's labs (PORT_BASE + 250 - 50)
 LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}")
 SHARD_LAB_PORTS = (PORT_BASE - 10, PORT_BASE - 9)  # s0, s1 primaries of the sharded lab
 SHARD_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-sharded")
