@@ -383,16 +383,19 @@ pool_size = 20
 
     def wait_caught_up(self, timeout=30):
         """Wait until every running replica has replayed all its primary had
-        committed when called. The lab runs with synchronous_commit = off, and
-        WAL past the last async commit may sit unflushed (never sent) for
-        long, so the target is the flush position after a transaction
-        committed with synchronous_commit = on (which flushes everything
-        before its commit record)."""
+        committed when called. The lab runs with synchronous_commit = off, so
+        WAL past the last async commit may sit unflushed (never sent) for a
+        while. A transactional WAL message committed with synchronous_commit
+        = on is inserted after every earlier commit record and flushed before
+        the call returns (a transaction that wrote no WAL of its own, such as
+        `select txid_current()`, would commit asynchronously whatever the
+        setting); the target is the end of that message."""
         for shard in self.shards:
             with self.connect_primary(shard.name) as conn:
                 conn.execute("set synchronous_commit = on")
-                conn.execute("select txid_current()")
-                target = conn.execute("select pg_current_wal_flush_lsn()::text").fetchone()[0]
+                target = conn.execute(
+                    "select pg_logical_emit_message(true, 'pgshard-lab', 'caught up?')::text"
+                ).fetchone()[0]
             for port in shard.replica_ports:
                 def caught_up(p=port):
                     with self.connect_port(p) as rconn:
