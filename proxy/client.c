@@ -353,8 +353,10 @@ static void finish_login(pgs_client_t *client, const pgs_param_t *params) {
   pgs_pool_t *pool = client->pool;
   pgs_buf_t *out = pgs_io_scratch(&client->io);
   size_t mark = pgs_io_scratch_mark(&client->io);
-  for (int i = 0; i < pool->nparams; i++)
+  for (int i = 0; i < pool->nparams; i++) {
     pgs_msg_parameter_status(out, params[i].name, params[i].value);
+    pgs_request_on_parameter_status(client, params[i].name, params[i].value);
+  }
   pgs_msg_backend_key(out, client->cancel_pid, client->cancel_key);
   client->txstatus = 'I';
   pgs_msg_ready(out, 'I');

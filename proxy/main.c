@@ -30,7 +30,13 @@ static const char *config_path;
 static pgs_config_t *config;
 static int nworkers;
 
+static void print_config_warnings(const pgs_config_t *c) {
+  for (int i = 0; i < c->nwarnings; i++)
+    pgs_warn("%s:%d: %s", c->path, c->warnings[i].line, c->warnings[i].message);
+}
+
 static void print_config_errors(const pgs_config_t *c) {
+  print_config_warnings(c);
   for (int i = 0; i < c->nerrors; i++) {
     if (c->errors[i].line > 0)
       pgs_error("%s:%d: %s", c->path, c->errors[i].line, c->errors[i].message);
@@ -82,6 +88,7 @@ static void reload(void) {
     pgs_config_unref(next);
     return;
   }
+  print_config_warnings(next);
   if (strcmp(next->listen_host, config->listen_host) || next->listen_port != config->listen_port ||
       next->workers != config->workers)
     pgs_warn("reload: listen and workers changes take effect after a restart");
@@ -158,6 +165,7 @@ int main(int argc, char **argv) {
     print_config_errors(config);
     return 1;
   }
+  print_config_warnings(config);
   signal(SIGPIPE, SIG_IGN);
 
   nworkers = config->workers;

@@ -44,6 +44,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/reserved.h"
 #include "pgshard/twophase.h"
 
 #define CLIENT_MAX_STATEMENTS 10000
@@ -99,6 +100,9 @@ void pgs_client_routing_init(pgs_client_t *client) {
   pgs_lex_init(&client->lx);
   /* Reads go to replicas only if statements are analysed. */
   client->routing = db->nshards > 1 || client->tenant != NULL || replicas;
+  for (int i = 0; i < client->nsettings; i++)
+    if (client->settings[i].startup && client->settings[i].value)
+      pgs_request_on_parameter_status(client, client->settings[i].name, client->settings[i].value);
 }
 
 void pgs_client_clear_steps(pgs_client_t *client) {
@@ -136,6 +140,12 @@ void pgs_client_routing_free(pgs_client_t *client) {
 }
 
 /* ---- servers held ---- */
+
+/* Who a server's unnamed statement belongs to (pgs_server_t.unnamed_owner):
+ * the pid and secret key pgshard gave the client, never reused alike. */
+static uint64_t client_id(const pgs_client_t *client) {
+  return (uint64_t)(uint32_t)client->cancel_pid << 32 | (uint32_t)client->cancel_key;
+}
 
 void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server) {
   if (client->servers && server->shard >= 0 && server->shard < client->nslots &&
@@ -392,7 +402,8 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
     kind = PGS_EXP_QUERY;
     break;
   case 'P':
-    kind = PGS_EXP_PARSE; /* unnamed without routing, or malformed: the server judges */
+    kind = PGS_EXP_PARSE; /* unnamed, without routing */
+    server->unnamed_owner = client_id(client);
     break;
   case 'B':
   case 'D': {
@@ -806,6 +817,56 @@ void pgs_client_tx_done(pgs_client_t *client) {
   client->tx_wrote = 0;
 }
 
+/* ---- standard_conforming_strings ----
+ *
+ * The lexer reads '...' as PostgreSQL does with standard_conforming_strings
+ * on (a backslash is an ordinary character). With it off the server would
+ * read 'a\' OR b = '' as a different statement than pgshard routed, so in
+ * routing mode a session whose servers may read strings the other way is
+ * refused: SET to off, a startup value off, code that may change it, and a
+ * server reporting it off (ParameterStatus: database or role defaults,
+ * functions) until the client sets it on again. */
+
+static const char scs_off_message[] =
+    "standard_conforming_strings is off for this session; pgshard routes statements only as "
+    "PostgreSQL reads them with it on: SET standard_conforming_strings = on";
+
+/* PostgreSQL's spellings of true (parse_bool): anything else is off. */
+static bool bool_value_on(const char *v) {
+  static const char *const on[] = {"on", "true", "yes", "1", "t", "tr", "tru", "y", "ye", NULL};
+  for (int i = 0; on[i]; i++)
+    if (!strcasecmp(v, on[i])) return true;
+  return false;
+}
+
+void pgs_request_on_parameter_status(pgs_client_t *client, const char *name, const char *value) {
+  if (!strcasecmp(name, "standard_conforming_strings")) client->scs_off = !bool_value_on(value);
+}
+
+/* Whether a SET of FX would turn standard_conforming_strings off. */
+static bool sets_scs_off(const pgs_session_effects_t *fx) {
+  for (int i = 0; i < fx->nops; i++) {
+    const pgs_set_op_t *op = &fx->ops[i];
+    if (op->kind == PGS_SET_OP_SET && !strcasecmp(op->name, "standard_conforming_strings") &&
+        !(op->has_value && bool_value_on(op->value)))
+      return true;
+  }
+  return false;
+}
+
+/* Whether code the statement runs (a function call, DO) names
+ * standard_conforming_strings in a string: set_config and DO bodies. */
+static bool code_names_scs(const pgs_plan_t *plan, const pgs_lexed_t *lx) {
+  if (!plan->runs_code || lx == NULL) return false;
+  for (int i = 0; i < lx->nliterals; i++) {
+    const pgs_literal_t *lit = &lx->literals[i];
+    const char *v = lx->values + lit->offset;
+    if (lit->is_string && lit->len >= 27 && strcasestr(v, "standard_conforming_strings"))
+      return true;
+  }
+  return false;
+}
+
 /* ---- pgshard's own settings ---- */
 
 static bool set_tenant(pgs_client_t *client, const char *text, pgs_key_error_t *err) {
@@ -830,11 +891,18 @@ bool pgs_client_startup_tenant(pgs_client_t *client, pgs_key_error_t *err) {
 /* SET/RESET pgshard.NAME. Returns false with an error step added. */
 static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
   const char *name = op->name + 8;
+  if (!strcasecmp(name, "tenant") && client->startup_tenant != NULL) {
+    /* The tenant a connection was opened for is its identity, not a
+     * preference: it cannot be changed or dropped. */
+    add_error(client, "42501", "this session's tenant was fixed when it connected (%s)",
+              "-c pgshard.tenant");
+    return false;
+  }
   if (op->kind == PGS_SET_OP_RESET) {
     if (!strcasecmp(name, "shard")) client->hint_shard = -1;
     else if (!strcasecmp(name, "route")) client->route_pref = 0;
     else if (!strcasecmp(name, "read_your_writes")) client->ryw_pref = -1;
-    else if (!strcasecmp(name, "tenant") && client->startup_tenant == NULL) {
+    else if (!strcasecmp(name, "tenant")) {
       free(client->tenant);
       client->tenant = NULL;
     }
@@ -856,6 +924,10 @@ static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
   }
   if (!strcasecmp(name, "tenant")) {
     pgs_key_error_t err;
+    if (client->scs_off) {
+      add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+      return false;
+    }
     if (!set_tenant(client, op->value, &err)) {
       add_error(client, err.sqlstate, "tenant \"%s\": %s", op->value, err.message);
       return false;
@@ -894,6 +966,10 @@ static int pgshard_ops(const pgs_session_effects_t *fx) {
 /* A lexer that cannot read a statement's values cannot route it: the
  * statement is refused rather than sent to a shard that may not hold its
  * rows. */
+static const char unreadable[] =
+    "cannot read this statement (an unterminated quoted string, identifier or comment, an "
+    "invalid escape, or a NUL byte); it was not sent to any shard";
+
 static const char too_many_literals[] =
     "statement has more literals and parameters than pgshard can route (65535 in all); "
     "send it in smaller pieces";
@@ -908,6 +984,10 @@ static pgs_plan_t *get_plan(pgs_client_t *client, const pgs_lexed_t *lx) {
 static bool route(pgs_client_t *client, const pgs_plan_t *plan, const pgs_lexed_t *lx,
                   const pgs_param_values_t *params, pgs_route_t *out) {
   pgs_route_session_t session = {.hint_shard = client->hint_shard, .tenant = client->tenant};
+  if (client->scs_off || code_names_scs(plan, lx)) {
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+    return false;
+  }
   if (lx && lx->hint_shard[0]) {
     session.hint_shard = pgs_shardmap_find_shard(client->db, lx->hint_shard);
     if (session.hint_shard < 0) {
@@ -1265,8 +1345,10 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   size_t qlen;
   pgs_reader_init(&r, p + 5, total - 5);
   const char *sql = pgs_read_cstr(&r, &qlen);
-  if (sql == NULL) {
-    add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server judges */
+  if (sql == NULL || pgs_reader_left(&r) != 0) {
+    add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Query message: its text must end "
+              "with the message");
+    add_reply(client, 'Z', NULL);
     return;
   }
   pgs_session_effects_t fx;
@@ -1302,7 +1384,12 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_stmt_kind_t kind = plan ? plan->kind : PGS_STMT_OTHER;
   bool single = plan && plan->nstatements == 1;
   pgs_route_t rt;
-  if (client->tx_aborted && !(single && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK))) {
+  if (plan == NULL) {
+    /* What pgshard cannot read it cannot place. */
+    add_error(client, "42601", "%s", unreadable);
+    add_reply(client, 'Z', NULL);
+  } else if (client->tx_aborted &&
+             !(single && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK))) {
     add_error(client, "25P02",
               "current transaction is aborted, commands ignored until end of transaction block");
     add_reply(client, 'Z', NULL);
@@ -1315,18 +1402,21 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
               strncmp(plan->refuse_message, "pgshard: ", 9) ? plan->refuse_message
                                                             : plan->refuse_message + 9);
     add_reply(client, 'Z', NULL);
-  } else if (plan == NULL || plan->parse_failed || kind == PGS_STMT_SESSION ||
-             kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
-    /* Syntax errors (the server reports them), SET and friends: wherever
-     * the session is. */
-    uint64_t mask = plan && !plan->parse_failed ? session_mask(client) : BIT(default_slot(client));
-    add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
+  } else if (session && sets_scs_off(&fx)) {
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+    add_reply(client, 'Z', NULL);
+  } else if (kind == PGS_STMT_SESSION || kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
+    /* SET and friends (no data: they change the session) go wherever the
+     * session is; so does COMMIT or ROLLBACK outside a transaction. */
+    add_fanout(client, session_mask(client), PGS_STEP_FORWARD, NULL, true);
     if (session) check_session_effects(client, &fx, true);
   } else if (!route(client, plan, lx, NULL, &rt)) {
     add_reply(client, 'Z', NULL);
   } else if (rt.kind == PGS_ROUTE_MERGE) {
     plan_fan_query(client, &rt, plan, lx);
-  } else if (rt.kind == PGS_ROUTE_FANOUT && kind == PGS_STMT_COPY_FROM) {
+  } else if (kind == PGS_STMT_COPY_FROM && (rt.kind == PGS_ROUTE_FANOUT || plan->table)) {
+    /* Into a sharded table always through the splitter, even on one shard
+     * (a hint, a tenant): each row's key is checked against it. */
     plan_copy_in(client, &rt, plan, lx);
   } else if (rt.kind == PGS_ROUTE_SPLIT) {
     char **texts = pgs_xcalloc((size_t)client->nslots, sizeof(char *));
@@ -1412,6 +1502,22 @@ static pgs_client_stmt_t *find_stmt(pgs_client_t *client, const char *name) {
   return pgs_strmap_get(&client->stmts, name);
 }
 
+static void forget_stmt(pgs_client_t *client, const char *name) {
+  pgs_client_stmt_t *gone = pgs_strmap_remove(&client->stmts, name);
+  if (gone) pgs_client_free_stmt(gone);
+}
+
+/* PostgreSQL's own words for a statement name nobody prepared (26000):
+ * pgshard says it itself, so that no client's name can reach a statement
+ * some other client prepared on a shared server. */
+static void no_such_statement(pgs_client_t *client, const char *name) {
+  if (name[0])
+    add_error(client, "26000", "prepared statement \"%s\" does not exist", name);
+  else
+    add_error(client, "26000", "unnamed prepared statement does not exist");
+  client->unit_failed = true;
+}
+
 /* The shard the Bind right after a Parse of NAME will pick, if that Bind is
  * in the buffer already (libpq sends Parse/Bind/Execute/Sync together). */
 static int lookahead_slot(pgs_client_t *client, size_t at, const char *name,
@@ -1480,8 +1586,9 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
   const char *name = pgs_read_cstr(&r, &nlen);
   const char *sql = pgs_read_cstr(&r, &qlen);
   int ntypes = pgs_read_i16(&r);
-  if (r.bad || ntypes < 0) {
-    add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server judges */
+  if (r.bad || ntypes < 0 || pgs_reader_left(&r) != (size_t)ntypes * 4) {
+    add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
+    client->unit_failed = true;
     return;
   }
   const uint8_t *rest = p + 5 + nlen + 1;
@@ -1494,9 +1601,13 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
   if (pgs_session_maybe(sql, qlen)) {
     pgs_session_effects_t fx;
     pgs_session_analyze(sql, &fx);
-    if (pgshard_ops(&fx) > 0) {
-      add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-                "SET pgshard.* is taken in a simple query only");
+    if (pgshard_ops(&fx) > 0 || sets_scs_off(&fx)) {
+      if (pgshard_ops(&fx) > 0)
+        add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                  "SET pgshard.* is taken in a simple query only");
+      else
+        add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+      forget_stmt(client, name);
       client->unit_failed = true;
       pgs_session_effects_free(&fx);
       return;
@@ -1510,10 +1621,16 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
     pgs_lex_init(stmt->lx);
     pgs_status_t lexed = pgs_lex(sql, qlen, stmt->lx);
     if (lexed == PGS_OK) stmt->plan = get_plan(client, stmt->lx);
-    if (lexed == PGS_ETOOBIG) {
-      pgs_client_stmt_t *gone = pgs_strmap_remove(&client->stmts, name);
-      if (gone) pgs_client_free_stmt(gone);
-      add_error(client, "54000", "%s", too_many_literals);
+    if (lexed != PGS_OK || stmt->plan->parse_failed) {
+      /* Unreadable: refused here, as the server refuses a Parse it cannot
+       * parse (and the name is then free, as there). */
+      if (lexed == PGS_ETOOBIG)
+        add_error(client, "54000", "%s", too_many_literals);
+      else if (lexed != PGS_OK)
+        add_error(client, "42601", "%s", unreadable);
+      else
+        add_error(client, stmt->plan->refuse_sqlstate, "%s", stmt->plan->refuse_message + 9);
+      forget_stmt(client, name);
       client->unit_failed = true;
       return;
     }
@@ -1525,9 +1642,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
     add_reply(client, '1', NULL);
     return;
   }
-  int slot = stmt->plan && !stmt->plan->parse_failed
-                 ? lookahead_slot(client, client->io.in_pos + total, name, stmt)
-                 : -1;
+  int slot = lookahead_slot(client, client->io.in_pos + total, name, stmt);
   pgs_step_t *st = add_step(client, slot >= 0 ? slot : parse_slot(client), PGS_STEP_PARSE);
   st->stmt = stmt;
 }
@@ -1577,18 +1692,17 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   const char *portal_name, *stmt_name;
   pgs_param_values_t pv = {0};
   if (!read_bind(client, p + 5, total - 5, &portal_name, &stmt_name, &pv)) {
-    add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server judges */
+    add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
+    client->unit_failed = true;
     return;
   }
   pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
-  pgs_portal_t *portal = put_portal(client, portal_name);
-  portal->drops_prepared = stmt && stmt->drops_prepared;
-  if (stmt == NULL || stmt->plan == NULL || stmt->plan->parse_failed) {
-    int shard = default_slot(client);
-    portal->mask = BIT(shard);
-    add_step(client, shard, PGS_STEP_FORWARD);
+  if (stmt == NULL || stmt->plan == NULL) {
+    no_such_statement(client, stmt_name);
     return;
   }
+  pgs_portal_t *portal = put_portal(client, portal_name);
+  portal->drops_prepared = stmt->drops_prepared;
   const pgs_plan_t *plan = stmt->plan;
   if (client->tx_aborted && plan->kind != PGS_STMT_COMMIT && plan->kind != PGS_STMT_ROLLBACK) {
     add_error(client, "25P02",
@@ -1666,8 +1780,15 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
                                 int32_t max_rows) {
   pgs_portal_t *portal = pgs_strmap_get(&client->portals, name);
   if (portal == NULL) {
-    if (type == 'C') add_reply(client, '3', NULL);
-    else add_step(client, default_slot(client), PGS_STEP_FORWARD); /* the server reports it */
+    if (type == 'C') {
+      add_reply(client, '3', NULL); /* closing what does not exist is no error */
+    } else {
+      if (name[0])
+        add_error(client, "34000", "portal \"%s\" does not exist", name);
+      else
+        add_error(client, "34000", "unnamed portal does not exist");
+      client->unit_failed = true;
+    }
     return;
   }
   if (portal->mask == 0 && type != 'E') {
@@ -1736,6 +1857,39 @@ static void plan_sync(pgs_client_t *client) {
   if (n > 1) client->zlast_pending = n;
 }
 
+/* Whether a Describe or Close message P (TOTAL bytes) is one kind byte
+ * ('S' or 'P') and one name ending with the message. */
+static bool target_message_ok(const uint8_t *p, size_t total) {
+  return total >= 7 && (p[5] == 'S' || p[5] == 'P') && p[total - 1] == '\0' &&
+         memchr(p + 6, '\0', total - 6) == p + total - 1;
+}
+
+/* A Query or Parse P naming one of pgshard's own server-side statements
+ * in SQL (reserved.h) is refused: the error step is added. */
+static bool names_reserved_statement(pgs_client_t *client, char type, const uint8_t *p,
+                                     size_t total) {
+  pgs_reader_t r;
+  pgs_reader_init(&r, p + 5, total - 5);
+  if (type == 'P') pgs_read_cstr(&r, NULL);
+  size_t qlen;
+  const char *sql = pgs_read_cstr(&r, &qlen);
+  char name[PGS_MAX_NAME];
+  bool prepares;
+  if (sql == NULL || !pgs_reserved_statement(sql, qlen, name, sizeof(name), &prepares))
+    return false;
+  if (prepares)
+    add_error(client, "42939",
+              "prepared statement names starting with \"%s\" are reserved for pgshard",
+              PGS_RESERVED_PREFIX);
+  else
+    add_error(client, "26000", "prepared statement \"%s\" does not exist", name);
+  if (type == 'Q')
+    add_reply(client, 'Z', NULL);
+  else
+    client->unit_failed = true;
+  return true;
+}
+
 /* Plan one complete client message at in_pos. */
 static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
   client->nsteps = client->step_next = 0;
@@ -1743,6 +1897,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   client->fan_copies = false;
   client->step_error = false;
   client->planned = true;
+  if ((type == 'Q' || type == 'P') && names_reserved_statement(client, type, p, total)) return;
   if (!client->routing) {
     /* One shard: everything to it, as a pooler would. */
     if (type == 'P') {
@@ -1792,11 +1947,16 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         }
       }
     }
+    if ((type == 'C' || type == 'D') && !target_message_ok(p, total)) {
+      add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
+                type == 'D' ? "Describe" : "Close");
+      client->unit_failed = true;
+      return;
+    }
     if (type == 'C' && p[5] == 'S' && total > 7) {
       /* The server keeps it for the next client that prepares the same
        * statement; only the client's name goes. */
-      pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, (const char *)p + 6);
-      if (stmt) pgs_client_free_stmt(stmt);
+      forget_stmt(client, (const char *)p + 6);
       add_reply(client, '3', NULL);
       return;
     }
@@ -1804,17 +1964,36 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       plan_sync(client);
       return;
     }
-    add_step(client, 0, PGS_STEP_FORWARD);
-    if (type == 'B') {
+    if (type == 'B' || (type == 'D' && p[5] == 'S')) {
+      /* A statement name reaches the server only as one the client
+       * prepared (mapped to the server's name by forward()); the unnamed
+       * one only on the server the client parsed it on. */
+      const char *name = (const char *)p + 6;
+      if (type == 'B') {
+        const char *portal_end = memchr(p + 5, '\0', total - 5);
+        name = portal_end && (const uint8_t *)portal_end + 1 < p + total &&
+                       memchr(portal_end + 1, '\0', (size_t)(p + total - (const uint8_t *)portal_end - 1))
+                   ? portal_end + 1
+                   : NULL;
+        if (name == NULL) {
+          add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
+          client->unit_failed = true;
+          return;
+        }
+      }
+      pgs_client_stmt_t *stmt = name[0] ? find_stmt(client, name) : NULL;
+      if (name[0] ? stmt == NULL
+                  : client->server == NULL || client->server->unnamed_owner != client_id(client)) {
+        no_such_statement(client, name);
+        return;
+      }
+      add_step(client, 0, PGS_STEP_FORWARD);
       /* Bind of DEALLOCATE ALL / DISCARD ALL: its server forgets (the
        * Execute follows on the same server). */
-      const char *portal_end = memchr(p + 5, '\0', total - 5);
-      if (portal_end && (size_t)(portal_end + 1 - (const char *)p) < total &&
-          memchr(portal_end + 1, '\0', total - (size_t)(portal_end + 1 - (const char *)p))) {
-        pgs_client_stmt_t *stmt = find_stmt(client, portal_end + 1);
-        if (stmt && stmt->drops_prepared) mark_drops_prepared(client, 0);
-      }
+      if (type == 'B' && stmt && stmt->drops_prepared) mark_drops_prepared(client, 0);
+      return;
     }
+    add_step(client, 0, PGS_STEP_FORWARD);
     return;
   }
   switch (type) {
@@ -1830,8 +2009,10 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   case 'D':
   case 'C': {
     const char *name = (const char *)p + 6;
-    if (total < 7 || p[total - 1] != '\0') {
-      add_step(client, default_slot(client), PGS_STEP_FORWARD);
+    if (!target_message_ok(p, total)) {
+      add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
+                type == 'D' ? "Describe" : "Close");
+      client->unit_failed = true;
     } else if (p[5] == 'P') {
       plan_portal_message(client, type, name, 0);
     } else if (type == 'C') {
@@ -1840,10 +2021,13 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       add_reply(client, '3', NULL);
     } else {
       pgs_client_stmt_t *stmt = find_stmt(client, name);
-      if (stmt && stmt_is_local(client, stmt)) {
+      if (stmt == NULL) {
+        no_such_statement(client, name);
+      } else if (stmt_is_local(client, stmt)) {
         add_reply(client, 't', NULL);
         add_reply(client, 'n', NULL);
       } else {
+        /* Any server describes it alike: where the session is. */
         add_step(client, parse_slot(client), PGS_STEP_FORWARD);
       }
     }
@@ -1851,12 +2035,13 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   }
   case 'E': {
     size_t nlen = strnlen((const char *)p + 5, total - 5);
-    if (nlen == total - 5) {
-      add_step(client, default_slot(client), PGS_STEP_FORWARD);
+    if (nlen == total - 5 || total - 5 - nlen - 1 != 4) {
+      add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Execute message");
+      client->unit_failed = true;
       return;
     }
     int32_t max_rows = 0;
-    if (total - 5 - nlen - 1 >= 4) {
+    {
       const uint8_t *m = p + 5 + nlen + 1;
       max_rows = (int32_t)((uint32_t)m[0] << 24 | (uint32_t)m[1] << 16 | (uint32_t)m[2] << 8 | m[3]);
     }
@@ -1875,8 +2060,18 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     /* COPY data goes where the COPY went. */
     if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD);
     return;
+  case 'F':
+    /* Its function and arguments are not SQL pgshard can route (and a
+     * call may write): refused, like anything else it cannot place. */
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "the FunctionCall message is not routed; call the function in a query "
+              "(SELECT f($1))");
+    add_reply(client, 'Z', NULL);
+    return;
   default:
-    add_step(client, default_slot(client), PGS_STEP_FORWARD);
+    /* pgs_frontend_type_valid let nothing else through. */
+    add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "unexpected message type '%c'", type);
+    add_reply(client, 'Z', NULL);
     return;
   }
 }

@@ -326,6 +326,14 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     if (internal && front->capture && client) pgs_client_on_login_row(client, body, len);
     return flags & PGS_EF_NOROWS ? REPLY_DROP : visible;
   case 'S': /* ParameterStatus */
+    if (client) {
+      pgs_reader_t r;
+      pgs_reader_init(&r, body, len);
+      const char *name = pgs_read_cstr(&r, NULL);
+      const char *value = pgs_read_cstr(&r, NULL);
+      if (!r.bad) pgs_request_on_parameter_status(client, name, value);
+    }
+    return visible;
   case 'N': /* NoticeResponse */
   case 'A': /* NotificationResponse */
   case 'G': /* CopyInResponse */

@@ -186,6 +186,9 @@ typedef struct ctx {
   bool locks_rows;       /* FOR UPDATE/SHARE anywhere */
   bool select_into;      /* SELECT ... INTO creates a table */
   bool modifies;         /* INSERT/UPDATE/DELETE/MERGE anywhere (WITH d AS (DELETE ...)) */
+  bool runs_code;        /* CALL, DO, or a SELECT that is a write only by calling
+                            functions not known read-only: what it writes is unknown */
+  bool copy_write;       /* COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO */
   int insert_ref;        /* the ref of a top-level INSERT, or -1 */
   /* Whole text: */
   const pgs_table_t *table;
@@ -1049,9 +1052,16 @@ out:
   leave(ctx);
 }
 
+static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top);
+
 static pgs_stmt_kind_t analyse_copy(ctx_t *ctx, const PgQuery__CopyStmt *c) {
   if (c->query) {
-    walk_node(ctx, NULL, c->query);
+    /* COPY (UPDATE ... RETURNING ...) TO STDOUT writes: it runs where its
+     * statement would, on a primary. */
+    if (analyse_stmt(ctx, c->query, false) == PGS_STMT_WRITE) {
+      ctx->copy_write = true;
+      return PGS_STMT_WRITE;
+    }
     return PGS_STMT_COPY_TO;
   }
   const pgs_table_t *t = sharded(ctx, c->relation);
@@ -1118,8 +1128,6 @@ static bool option_set(PgQuery__Node *const *options, size_t n, const char *name
   }
   return found;
 }
-
-static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top);
 
 static pgs_stmt_kind_t analyse_explain(ctx_t *ctx, const PgQuery__ExplainStmt *e) {
   bool analyze = false;
@@ -1229,6 +1237,7 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
     ctx->unknown_function = ctx->locks_rows = ctx->select_into = ctx->modifies = false;
     analyse_select(ctx, NULL, n->select_stmt);
     if (ctx->select_into) return PGS_STMT_DDL;
+    if (ctx->unknown_function && !ctx->modifies) ctx->runs_code = true;
     if (ctx->locks_rows || ctx->unknown_function || ctx->modifies) return PGS_STMT_WRITE;
     return PGS_STMT_READ;
   case PG_QUERY__NODE__NODE_INSERT_STMT:
@@ -1244,6 +1253,9 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
     analyse_merge(ctx, NULL, n->merge_stmt);
     return PGS_STMT_WRITE;
   case PG_QUERY__NODE__NODE_CALL_STMT:
+  case PG_QUERY__NODE__NODE_DO_STMT:
+    /* Code: it may write anything, anywhere on the shard it runs on. */
+    ctx->runs_code = true;
     return PGS_STMT_WRITE;
   case PG_QUERY__NODE__NODE_EXPLAIN_STMT:
     return analyse_explain(ctx, n->explain_stmt);
@@ -1259,12 +1271,20 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
         ctx->read_only_tx = read_only;
       return PGS_STMT_BEGIN;
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
-    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED:
-    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_PREPARE:
       return PGS_STMT_COMMIT;
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK:
-    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_PREPARED:
       return PGS_STMT_ROLLBACK;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_PREPARE:
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED:
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_PREPARED:
+      /* A client's own two-phase commit would name one shard's prepared
+       * transaction while its transaction spans the shards pgshard chose:
+       * pgshard runs two-phase commit itself (cross_shard_writes = 2pc). */
+      refuse(ctx, "0A000",
+             "PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are not routed: a "
+             "transaction through pgshard may span shards; use cross_shard_writes = 2pc for "
+             "atomic commits");
+      return PGS_STMT_OTHER;
     default: /* SAVEPOINT, RELEASE, ROLLBACK TO */
       return PGS_STMT_SESSION;
     }
@@ -1495,6 +1515,8 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
   plan->kind = kind;
   plan->target = target;
   plan->read_only_tx = ctx->read_only_tx;
+  plan->runs_code = ctx->runs_code;
+  plan->copy_write = ctx->copy_write;
   plan->nkeys = keys.n;
   plan->keys = keys.n ? space : NULL;
   if (keys.n) memcpy(space, keys.v, sizeof(*keys.v) * (size_t)keys.n);
@@ -1611,13 +1633,21 @@ bool pgs_analyze_tree_depth_ok(const uint8_t *data, size_t len, int limit) {
   return ok;
 }
 
-static pgs_plan_t *parse_failed_plan(void) {
+/* A statement the grammar does not take is refused (42601) rather than
+ * sent anywhere: what pgshard cannot read it cannot place. WHY: the
+ * parser's message, or NULL. */
+static pgs_plan_t *parse_failed_plan(const char *why) {
   pgs_plan_t *plan = pgs_xcalloc(1, sizeof(*plan));
   plan->kind = PGS_STMT_OTHER;
   plan->target = PGS_TARGET_ANY;
   plan->refcount = 1;
   plan->copy_key_column = -1;
   plan->parse_failed = true;
+  memcpy(plan->refuse_sqlstate, "42601", 6);
+  snprintf(plan->refuse_message, sizeof(plan->refuse_message),
+           "pgshard: %s%s; the statement was not sent to any shard",
+           why ? why : "syntax error: statement not understood",
+           why ? " (PostgreSQL 15 grammar)" : "");
   return plan;
 }
 
@@ -1637,7 +1667,7 @@ static char *restore_literals(const pgs_lexed_t *lx, int32_t *loc) {
 }
 
 pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
-  if (lx->normalized == NULL) return parse_failed_plan();
+  if (lx->normalized == NULL) return parse_failed_plan(NULL);
   if (lx->chain > PGS_ANALYZE_MAX_CHAIN) return too_complex_plan();
   PgQueryProtobufParseResult result = pg_query_parse_protobuf(lx->normalized);
   char *restored = NULL;
@@ -1649,7 +1679,7 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
     restored = restore_literals(lx, loc);
     if (restored == NULL) {
       free(loc);
-      return parse_failed_plan();
+      return parse_failed_plan(NULL);
     }
     result = pg_query_parse_protobuf(restored);
   }
@@ -1665,10 +1695,13 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
     tree = pg_query__parse_result__unpack(NULL, result.parse_tree.len,
                                           (const uint8_t *)result.parse_tree.data);
   if (tree == NULL) {
+    char why[160] = "";
+    if (result.error && result.error->message)
+      snprintf(why, sizeof(why), "%s", result.error->message);
     pg_query_free_protobuf_parse_result(result);
     free(restored);
     free(loc);
-    return parse_failed_plan();
+    return parse_failed_plan(why[0] ? why : NULL);
   }
 
   ctx_t ctx = {.db = db, .insert_ref = -1, .copy_key_column = -1};

@@ -91,6 +91,40 @@ static void config_error(pgs_config_t *config, int line, const char *fmt, ...) {
   config->nerrors++;
 }
 
+static void config_warning(pgs_config_t *config, int line, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  config->warnings =
+      pgs_xrealloc(config->warnings, sizeof(*config->warnings) * (size_t)(config->nwarnings + 1));
+  config->warnings[config->nwarnings].line = line;
+  config->warnings[config->nwarnings].message = pgs_xstrdup(buf);
+  config->nwarnings++;
+}
+
+/* A table or column name of the map as PostgreSQL names it: written plain,
+ * it folds to lower case as an unquoted identifier does; in double quotes
+ * ("Users") it keeps its case. Returns a malloc'ed name, or NULL when the
+ * quoted form is malformed. *FOLDED: a plain name changed case. */
+static char *map_identifier(const char *written, bool *folded) {
+  size_t len = strlen(written);
+  *folded = false;
+  if (len >= 2 && written[0] == '"') {
+    if (written[len - 1] != '"' || len == 2 || memchr(written + 1, '"', len - 2)) return NULL;
+    return pgs_xstrndup(written + 1, len - 2);
+  }
+  char *name = pgs_xstrdup(written);
+  for (char *p = name; *p; p++) {
+    if (*p >= 'A' && *p <= 'Z') {
+      *p = (char)(*p - 'A' + 'a');
+      *folded = true;
+    }
+  }
+  return name;
+}
+
 /* inih keeps the section name in a 50-byte buffer and silently cuts longer
  * ones, which would merge two shards whose names differ late, so a header
  * that long is refused here, where the raw line is still visible. */
@@ -347,6 +381,18 @@ static bool valid_name(const char *name) {
   for (const char *p = name; *p; p++)
     if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-') return false;
   return true;
+}
+
+/* A table name in a section: a plain name, or one in double quotes that
+ * keeps its case ([table.app."Users"]). */
+static bool valid_table_name(const char *name) {
+  size_t len = strlen(name);
+  if (len >= 3 && name[0] == '"' && name[len - 1] == '"' && len < PGS_MAX_NAME) {
+    for (size_t i = 1; i + 1 < len; i++)
+      if (name[i] == '"' || (unsigned char)name[i] < 0x20) return false;
+    return true;
+  }
+  return valid_name(name);
 }
 
 static void handle_pgshard(parse_state_t *st, const char *key, const char *value) {
@@ -645,7 +691,7 @@ static int handler(void *user, const char *section, const char *key, const char 
     else
       handle_shard(st, parts[1], parts[2], key, value);
   } else if (n == 3 && !strcmp(parts[0], "table")) {
-    if (!valid_name(parts[1]) || !valid_name(parts[2]))
+    if (!valid_name(parts[1]) || !valid_table_name(parts[2]))
       config_error(st->config, st->line, "[%s]: bad database or table name", section);
     else
       handle_table(st, parts[1], parts[2], key, value);
@@ -1119,8 +1165,26 @@ static void shardmap_build(pgs_config_t *c, parse_state_t *st) {
     map->tables = pgs_xrealloc(map->tables, sizeof(*map->tables) * (size_t)(map->ntables + 1));
     pgs_table_t *table = &map->tables[map->ntables++];
     memset(table, 0, sizeof(*table));
-    table->name = pgs_xstrdup(t->name);
-    table->column = pgs_xstrdup(t->column);
+    bool name_folded, column_folded;
+    table->name = map_identifier(t->name, &name_folded);
+    table->column = map_identifier(t->column, &column_folded);
+    if (table->name == NULL || table->column == NULL) {
+      config_error(c, t->line, "[table.%s.%s]: a quoted name is \"name\", with no quote inside",
+                   t->db, t->name);
+      if (table->name == NULL) table->name = pgs_xstrdup(t->name);
+      if (table->column == NULL) table->column = pgs_xstrdup(t->column);
+    }
+    if (name_folded)
+      config_warning(c, t->line,
+                     "[table.%s.%s]: table name folded to %s, as PostgreSQL folds unquoted names; "
+                     "a table created with the quoted name \"%s\" never matches it: write "
+                     "[table.%s.\"%s\"] for that one",
+                     t->db, t->name, table->name, t->name, t->db, t->name);
+    if (column_folded)
+      config_warning(c, t->line,
+                     "[table.%s.%s]: column %s folded to %s, as PostgreSQL folds unquoted names; "
+                     "write column = \"%s\" for a column created with that quoted name",
+                     t->db, t->name, t->column, table->column, t->column);
     table->type = t->type;
     table->strategy = t->strategy;
     table->line = t->line;
@@ -1266,6 +1330,8 @@ void pgs_config_unref(pgs_config_t *c) {
   free(c->databases);
   for (int i = 0; i < c->nerrors; i++) free(c->errors[i].message);
   free(c->errors);
+  for (int i = 0; i < c->nwarnings; i++) free(c->warnings[i].message);
+  free(c->warnings);
   free(c);
 }
 

@@ -573,6 +573,13 @@ static void route_any(route_ctx_t *c, const pgs_plan_t *plan) {
     route_one(c->out, c->forced >= 0 ? c->forced : 0);
   } else if (is_read(plan->kind)) {
     route_set(c->out, PGS_ROUTE_ANY, all_shards(db));
+  } else if (plan->runs_code) {
+    /* A function, procedure or DO block writes who knows what: on every
+     * shard only when the policy lets one statement write on several. */
+    write_several(c, all_shards(db),
+                  "this statement runs code that may write (CALL, DO, or a function not known "
+                  "read-only) and names no shard key, hint or tenant, so it would run on every "
+                  "shard");
   } else {
     /* Writes, DDL, COPY into a reference table (every shard gets every
      * row). */
@@ -606,9 +613,23 @@ static bool session_shard(route_ctx_t *c, const pgs_route_session_t *session) {
   return true;
 }
 
+static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+                       const pgs_param_values_t *params, const pgs_route_session_t *session,
+                       pgs_route_t *out);
+
 void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
                     const pgs_param_values_t *params, const pgs_route_session_t *session,
                     pgs_route_t *out) {
+  route_plan(db, plan, lx, params, session, out);
+  /* Its rows go out as one COPY stream: from one shard only. */
+  if (plan->copy_write && out->kind != PGS_ROUTE_ONE && out->kind != PGS_ROUTE_REFUSE)
+    refuse(out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+           "COPY of a data-modifying statement must touch one shard; give its shard key");
+}
+
+static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+                       const pgs_param_values_t *params, const pgs_route_session_t *session,
+                       pgs_route_t *out) {
   out->kind = PGS_ROUTE_REFUSE;
   out->shard = -1;
   out->shards = 0;

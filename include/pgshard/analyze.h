@@ -180,6 +180,13 @@ typedef struct pgs_plan {
   struct pgs_copy_options *copy;
   bool parse_failed;       /* libpg_query rejected it: kind OTHER, target ANY;
                               such plans are not cached */
+  /* CALL, DO, or a SELECT whose only write is a call of a function not
+   * known read-only: what it writes is unknown, so without a key, hint or
+   * tenant it runs on every shard and cross_shard_writes decides. */
+  bool runs_code;
+  /* COPY (INSERT/UPDATE/DELETE ... RETURNING) TO STDOUT: kind WRITE, runs
+   * on one shard only (its output cannot be merged). */
+  bool copy_write;
 } pgs_plan_t;
 
 /* Analyse one normalised statement for database DB. Never NULL: a statement

@@ -122,6 +122,10 @@ typedef struct pgs_config {
 
   pgs_config_error_t *errors;
   int nerrors;
+  /* Not errors, but worth a look (pgshardctl check prints them, pgshard
+   * logs them): a map name folded to lower case, say. */
+  pgs_config_error_t *warnings;
+  int nwarnings;
 
   int refcount; /* atomic; see pgs_config_ref */
 } pgs_config_t;

@@ -285,6 +285,7 @@ struct pgs_client {
   int pending_closes;
   /* routing (request.c) */
   bool routing;           /* analyse and route (several shards, or a tenant) */
+  bool scs_off;           /* a server said standard_conforming_strings is off */
   /* A slot per shard and role: 2 * shard for the shard's writer, 2 * shard
    * + 1 for one of its replicas. Steps, servers and the masks below are by
    * slot. */
@@ -409,6 +410,8 @@ void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why);
 void pgs_fan_part_skipped(pgs_client_t *client, int slot);
 /* Give every server back when the client is between transactions. */
 bool pgs_client_maybe_release(pgs_client_t *client);
+/* A ParameterStatus from one of the client's servers (or at login). */
+void pgs_request_on_parameter_status(pgs_client_t *client, const char *name, const char *value);
 /* Type the tenant a client named at startup (-c pgshard.tenant=...). */
 bool pgs_client_startup_tenant(pgs_client_t *client, pgs_key_error_t *err);
 
@@ -482,6 +485,7 @@ struct pgs_server {
   bool dirty;            /* never reuse: close at release */
   bool needs_discard;    /* run DISCARD ALL before reuse */
   bool need_flush;       /* extended messages sent since the last Sync/Flush */
+  uint64_t unnamed_owner; /* the client whose unnamed statement it holds (request.c) */
   int shard;             /* the client's slot it is linked as */
   uint64_t state_since_ms;
   int32_t backend_pid;

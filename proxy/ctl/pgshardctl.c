@@ -34,6 +34,8 @@ static int cmd_check(int argc, char **argv) {
       printf("%s: %s\n", argv[0], sorted[i]->message);
   }
   free(sorted);
+  for (int i = 0; i < config->nwarnings; i++)
+    printf("%s:%d: warning: %s\n", argv[0], config->warnings[i].line, config->warnings[i].message);
   int rc = config->nerrors ? 1 : 0;
   if (rc == 0) printf("%s: OK\n", argv[0]);
   pgs_config_unref(config);

@@ -789,11 +789,8 @@ static void test_transaction_end_kinds(void **state) {
       {"COMMIT", PGS_STMT_COMMIT},
       {"END", PGS_STMT_COMMIT},
       {"COMMIT AND CHAIN", PGS_STMT_COMMIT},
-      {"COMMIT PREPARED 'gid'", PGS_STMT_COMMIT},
-      {"PREPARE TRANSACTION 'gid'", PGS_STMT_COMMIT},
       {"ROLLBACK", PGS_STMT_ROLLBACK},
       {"ABORT", PGS_STMT_ROLLBACK},
-      {"ROLLBACK PREPARED 'gid'", PGS_STMT_ROLLBACK},
       {"SAVEPOINT a", PGS_STMT_SESSION},
       {"RELEASE SAVEPOINT a", PGS_STMT_SESSION},
       {"ROLLBACK TO SAVEPOINT a", PGS_STMT_SESSION},
@@ -801,6 +798,19 @@ static void test_transaction_end_kinds(void **state) {
   for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
     analyse(cases[i].sql);
     if (plan->kind != cases[i].kind) fail_msg("kind %d for %s", plan->kind, cases[i].sql);
+  }
+}
+
+/* A client's own two-phase commit names one shard's prepared transaction:
+ * refused, never taken for COMMIT or ROLLBACK. */
+static void test_client_two_phase_commit_refused(void **state) {
+  static const char *const sqls[] = {"PREPARE TRANSACTION 'gid'", "COMMIT PREPARED 'gid'",
+                                     "ROLLBACK PREPARED 'gid'", "prepare transaction 'x'"};
+  for (size_t i = 0; i < PGS_ARRAY_LEN(sqls); i++) {
+    analyse(sqls[i]);
+    if (plan->kind == PGS_STMT_COMMIT || plan->kind == PGS_STMT_ROLLBACK)
+      fail_msg("%s taken for a transaction end", sqls[i]);
+    assert_string_equal(plan->refuse_sqlstate, "0A000");
   }
 }
 
@@ -863,8 +873,8 @@ static void test_show_is_read(void **state) {
 
 static void test_other_kinds(void **state) {
   static const char *const sqls[] = {
-      "VACUUM users",     "ANALYZE users", "CHECKPOINT",          "DO $$ BEGIN NULL; END $$",
-      "LOCK TABLE users", "CLUSTER users", "REINDEX TABLE users", "ALTER SYSTEM SET x = 1",
+      "VACUUM users",     "ANALYZE users", "CHECKPOINT",          "LOCK TABLE users",
+      "CLUSTER users",    "REINDEX TABLE users", "ALTER SYSTEM SET x = 1",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(sqls); i++) {
     analyse(sqls[i]);
@@ -875,6 +885,22 @@ static void test_other_kinds(void **state) {
 static void test_call_is_write(void **state) {
   analyse("CALL refresh_stats(1)");
   expect(PGS_STMT_WRITE, PGS_TARGET_ANY, "");
+  assert_true(plan->runs_code);
+  /* Code: what it writes is unknown. */
+  analyse("DO $$ BEGIN INSERT INTO users VALUES (3); END $$");
+  expect(PGS_STMT_WRITE, PGS_TARGET_ANY, "");
+  assert_true(plan->runs_code);
+  analyse("SELECT add_user(3)");
+  expect(PGS_STMT_WRITE, PGS_TARGET_ANY, "");
+  assert_true(plan->runs_code);
+  /* A function with a key runs where the key is. */
+  analyse("SELECT add_user(id) FROM users WHERE id = 3");
+  expect(PGS_STMT_WRITE, PGS_TARGET_KEYS, "users:$1");
+  /* Writes of tables are not code. */
+  analyse("INSERT INTO countries VALUES ('DE')");
+  assert_false(plan->runs_code);
+  analyse("SELECT count(*) FROM countries");
+  assert_false(plan->runs_code);
 }
 
 static void test_explain(void **state) {
@@ -946,7 +972,10 @@ static void test_unparseable(void **state) {
     analyse(sqls[i]);
     expect(PGS_STMT_OTHER, PGS_TARGET_ANY, "");
     assert_true(plan->parse_failed);
-    expect_no_refusal();
+    /* Never sent anywhere: refused as the syntax error it is. */
+    assert_string_equal(plan->refuse_sqlstate, "42601");
+    if (strstr(plan->refuse_message, "not sent to any shard") == NULL)
+      fail_msg("%s: %s", sqls[i], plan->refuse_message);
   }
 }
 
@@ -1118,6 +1147,7 @@ int main(void) {
       cmocka_unit_test(test_multi_statement_refusal_wins),
       cmocka_unit_test(test_multi_statement_inserts_must_share_a_shard),
       cmocka_unit_test(test_unparseable),
+      cmocka_unit_test(test_client_two_phase_commit_refused),
       cmocka_unit_test(test_empty_statement),
       cmocka_unit_test(test_too_complex),
       cmocka_unit_test(test_empty_shard_map),
