@@ -1386,7 +1386,10 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_route_t rt;
   if (plan == NULL) {
     /* What pgshard cannot read it cannot place. */
-    add_error(client, "42601", "%s", unreadable);
+    if (client->scs_off)
+      add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+    else
+      add_error(client, "42601", "%s", unreadable);
     add_reply(client, 'Z', NULL);
   } else if (client->tx_aborted &&
              !(single && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK))) {
@@ -2233,7 +2236,9 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
     }
     if (st->shard < 0) {
       emit_reply(client, st);
-      if (st->op == PGS_STEP_ERROR && type != 'Q') client->unit_failed = true;
+      /* An error in an extended unit skips the rest of it; a Query and a
+       * FunctionCall end with their own ReadyForQuery. */
+      if (st->op == PGS_STEP_ERROR && type != 'Q' && type != 'F') client->unit_failed = true;
       client->step_next++;
       continue;
     }

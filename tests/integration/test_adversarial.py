@@ -1,0 +1,410 @@
+"""Fail closed: nothing reaches a shard unless the router placed it.
+
+Each test plays an attacker or a legacy application against the two-shard
+lab (`shard_lab`: s0/eu, s1/us) and checks the outcome on the shards
+themselves, over direct connections: a row is on exactly the shard
+`pgshardctl route` names, or the statement was refused (SQLSTATE and a
+message starting "pgshard:") and no shard has it. After every refusal the
+session must still answer.
+"""
+import struct
+import subprocess
+
+import psycopg
+import pytest
+
+import pgwire
+from conftest import PGSHARDCTL
+from test_sharding import MAP, TABLES, assert_refused, assert_usable, route_one
+
+USERS = "id bigint primary key, v text not null"
+
+
+@pytest.fixture
+def lab2(shard_lab):
+    """Sharded tables users (hash) and invoices (tenant), empty, and a
+    function and a procedure that insert into users, on both shards."""
+    for shard in shard_lab.shards:
+        with shard_lab.connect_primary(shard.name) as conn:
+            for table, (_, _, body) in TABLES.items():
+                conn.execute(f"drop table if exists {table}")
+                conn.execute(f"create table {table} ({body})")
+            conn.execute("create or replace function add_user(k bigint) returns bigint "
+                         "language sql as $$ insert into users values (k, 'by f') returning id $$")
+            conn.execute("create or replace procedure add_user_p(k bigint) language sql "
+                         "as $$ insert into users values (k, 'by p') $$")
+            conn.execute("drop table if exists notes")
+            conn.execute("create table notes (id int primary key, v text)")
+    return shard_lab
+
+
+@pytest.fixture
+def px(sharded_proxy):
+    return sharded_proxy(extra_ini=MAP)
+
+
+def where(lab, table, column, value):
+    """The shards holding a row of TABLE with COLUMN = VALUE."""
+    found = []
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as conn:
+            n = conn.execute(f"select count(*) from {table} where {column} = %s",
+                             (value,)).fetchone()[0]
+            found += [shard.name] * n
+    return found
+
+
+def assert_nowhere(lab, table, column, value):
+    assert where(lab, table, column, value) == [], f"{table}.{column} = {value} was written"
+
+
+def assert_placed(lab, config, table, key, column="id"):
+    expected = route_one(config, table, key)
+    assert where(lab, table, column, key) == [expected]
+
+
+def refused(conn, sql, sqlstate, params=None):
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute(sql, params)
+    message = assert_refused(exc, sqlstate)
+    if not conn.autocommit:
+        conn.rollback()
+    assert_usable(conn)
+    return message
+
+
+def key_on(config, shard, table="users", start=1):
+    for k in range(start, start + 1000):
+        if route_one(config, table, k) == shard:
+            return k
+    raise AssertionError(f"no key of {table} on {shard}")
+
+
+# ---------------------------------------------------------- quoting and lexing
+
+def test_standard_conforming_strings_off_is_refused(lab2, px):
+    """With the setting off, 'it\\'s' is one string to the server and
+    something else to a lexer that assumes on: pgshard refuses the setting
+    rather than read the statement another way than the server."""
+    k = key_on(px.config_path, "s1")
+    with px.connect(autocommit=True) as conn:
+        refused(conn, "set standard_conforming_strings = off", "0A000")
+        refused(conn, "select set_config('standard_conforming_strings', 'off', false)", "0A000")
+        refused(conn, "do $$ begin perform set_config('standard_conforming_strings', 'off', "
+                      "false); end $$", "0A000")
+        assert conn.execute("show standard_conforming_strings").fetchone()[0] == "on"
+        conn.execute("set standard_conforming_strings = on")  # allowed
+    # At startup: every routed statement is refused until it is set on.
+    with px.connect(autocommit=True, options="-c standard_conforming_strings=off") as conn:
+        for sql in (f"insert into users (id, v) values ({k}, 'it\\'s')", "select 1"):
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute(sql)
+            assert_refused(exc, "0A000")
+        assert_nowhere(lab2, "users", "id", k)
+        conn.execute("set standard_conforming_strings = on")
+        conn.execute(f"insert into users (id, v) values ({k}, 'it''s')")
+    assert_placed(lab2, px.config_path, "users", k)
+
+
+def test_scs_off_tenant_injection_refused(lab2, px):
+    """The tenant check and the server must read the same statement."""
+    with lab2.connect_primary(route_one(px.config_path, "invoices", 8)) as conn:
+        conn.execute("insert into invoices values (8, 1, 'tenant 8 secret')")
+    sql = ("select v from invoices where tenant_id = 42 and v = '\\' and v = ' "
+           "or tenant_id = 8 --'")
+    with px.connect(autocommit=True, options="-c pgshard.tenant=42 "
+                                             "-c standard_conforming_strings=off") as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute(sql)
+        assert_refused(exc, "0A000")
+    with px.connect(autocommit=True, options="-c pgshard.tenant=42") as conn:
+        # With the setting on the text is one harmless string comparison.
+        assert conn.execute(sql).fetchall() == []
+        refused(conn, "set standard_conforming_strings to off", "0A000")
+
+
+LITERALS = [
+    ("'plain'", "plain"),
+    ("'it''s'", "it's"),
+    ("E'back\\\\slash \\' q'", "back\\slash ' q"),
+    ("U&'d\\0061t\\+000061'", "data"),
+    ("$$dollar ' quoted$$", "dollar ' quoted"),
+    ("$tag$ $$ nested $tag$", " $$ nested "),
+    ("'/* pgshard: shard=s0 */'", "/* pgshard: shard=s0 */"),
+    ("'-- not a comment'", "-- not a comment"),
+    ("'a' /* c1 /* nested */ c2 */ || 'b'", "ab"),
+    ("'x' -- trailing comment\n", "x"),
+    ("'semi; colon'", "semi; colon"),
+]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_quoting_styles_place_exactly(lab2, px, protocol):
+    """Every quoting style, hints and comments inside literals: each row on
+    exactly its key's shard, its value as written (simple protocol, and
+    extended with the same text as a Parse)."""
+    base = 100 if protocol == "simple" else 200
+    keys = list(range(base, base + len(LITERALS)))
+    with px.connect(autocommit=True) as conn:
+        for k, (literal, _) in zip(keys, LITERALS):
+            sql = f"insert into users (id, v) values ({k}, {literal})"
+            if protocol == "simple":
+                conn.execute(sql)
+            else:
+                conn.execute(sql.replace("%", "%%"), ())  # params: psycopg sends Parse/Bind
+        for k, (_, value) in zip(keys, LITERALS):
+            assert_placed(lab2, px.config_path, "users", k)
+            assert conn.execute("select v from users where id = %s", (k,)).fetchone()[0] == value
+        if protocol == "simple":
+            # Several statements in one string, both keys on s1.
+            a = key_on(px.config_path, "s1", start=400)
+            b = key_on(px.config_path, "s1", start=a + 1)
+            conn.execute(f"insert into users (id, v) values ({a}, 'one; two');"
+                         f" /* ; */ insert into users (id, v) values ({b}, $x$;$x$)")
+            assert where(lab2, "users", "id", a) == ["s1"]
+            assert where(lab2, "users", "id", b) == ["s1"]
+
+
+@pytest.mark.parametrize("sql,sqlstate", [
+    ("selec 1", "42601"),
+    ("insert into users (id, v) values (1, 'unterminated", "42601"),
+    ("select 1 /* unterminated comment", "42601"),
+])
+def test_unreadable_is_refused_not_forwarded(lab2, px, sql, sqlstate):
+    with px.connect(autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute(sql)
+        if sqlstate:
+            assert exc.value.sqlstate == sqlstate
+            assert exc.value.diag.message_primary.startswith("pgshard:")
+        assert_usable(conn)
+    assert_nowhere(lab2, "users", "id", 1)
+
+
+# ---------------------------------------------------------- statement names
+
+def bind(stmt, portal="", params=()):
+    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!h", 0)
+    body += struct.pack("!h", len(params))
+    for p in params:
+        data = str(p).encode()
+        body += struct.pack("!i", len(data)) + data
+    body += struct.pack("!h", 0)
+    return pgwire.message("B", body)
+
+
+def parse(stmt, sql):
+    return pgwire.message("P", stmt.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+
+def execute(portal=""):
+    return pgwire.message("E", portal.encode() + b"\0" + struct.pack("!i", 0))
+
+
+def sync():
+    return pgwire.message("S")
+
+
+def read_until_ready(conn):
+    """Messages up to ReadyForQuery: (types, first error fields or None)."""
+    types, error = [], None
+    while True:
+        kind, payload = conn.read_message()
+        types.append(kind)
+        if kind == "E" and error is None:
+            error = pgwire.parse_error_fields(payload)
+        if kind == "Z":
+            return types, error
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_bind_of_a_statement_never_prepared(lab2, sharded_proxy, lab, shards):
+    """Client B names client A's statement (its own name, and the server's
+    pgs_ name from pg_prepared_statements): 26000 from pgshard, nothing
+    runs, in routing mode (2 shards) and as a plain pooler (1 shard)."""
+    if shards == 2:
+        px = sharded_proxy(extra_ini=MAP, pool_size=1, workers=1)
+        the_lab = lab2
+    else:
+        px = sharded_proxy(lab=lab, pool_size=1, workers=1)
+        the_lab = lab
+        with lab.connect_primary() as conn:
+            conn.execute("drop table if exists users")
+            conn.execute(f"create table users ({USERS})")
+    k = 7001
+    with pgwire.RawConn(px.port) as a:
+        a.login()
+        a.send(parse("ins", "insert into users (id, v) values ($1, 'by A')") + sync())
+        assert read_until_ready(a)[1] is None
+        with pgwire.RawConn(px.port) as b:
+            b.login()
+            names = [r[0] for r in b.simple_query("select name from pg_prepared_statements")]
+            if shards == 1:
+                assert names, "B's server should be the one A prepared on (pool_size = 1)"
+            for name in ["ins", ""] + names:
+                b.send(bind(name, params=(k,)) + execute() + sync())
+                types, error = read_until_ready(b)
+                assert error is not None and error["C"] == "26000", (name, types, error)
+                assert error["M"].startswith("pgshard:")
+            for name in names + ["pgs_0123456789abcdef"]:
+                with pytest.raises(pgwire.ServerError) as exc:
+                    b.simple_query(f"execute {name}({k})")
+                assert exc.value.sqlstate == "26000"
+                with pytest.raises(pgwire.ServerError) as exc:
+                    b.simple_query(f"deallocate {name}")
+                assert exc.value.sqlstate == "26000"
+            with pytest.raises(pgwire.ServerError) as exc:
+                b.simple_query("prepare pgs_mine as select 1")
+            assert exc.value.sqlstate == "42939"
+            assert b.simple_query("select 1") == [["1"]]
+        # A's own statement still works.
+        a.send(bind("ins", params=(k + 1,)) + execute() + sync())
+        assert read_until_ready(a)[1] is None
+    if shards == 2:
+        assert_nowhere(the_lab, "users", "id", k)
+        assert_placed(the_lab, px.config_path, "users", k + 1)
+    else:
+        with the_lab.connect_primary() as conn:
+            assert conn.execute("select count(*) from users where id = %s", (k,)).fetchone()[0] == 0
+            assert conn.execute("select v from users where id = %s", (k + 1,)).fetchone()[0] \
+                == "by A"
+
+
+def test_unknown_portal_and_malformed_messages(lab2, px):
+    with pgwire.RawConn(px.port) as c:
+        c.login()
+        c.send(execute("nope") + sync())
+        types, error = read_until_ready(c)
+        assert error["C"] == "34000" and error["M"].startswith("pgshard:")
+        # A Close whose name has no terminator: a protocol error, no crash.
+        c.send(pgwire.message("C", b"Sabc") + sync())
+        types, error = read_until_ready(c)
+        assert error["C"] == "08P01"
+        c.send(pgwire.message("D", b"Sxyz\0") + sync())
+        types, error = read_until_ready(c)
+        assert error["C"] == "26000"
+        assert c.simple_query("select 2") == [["2"]]
+
+
+def test_function_call_message_refused(lab2, px):
+    with pgwire.RawConn(px.port) as c:
+        c.login()
+        oid = int(c.simple_query("select 'add_user'::regproc::oid")[0][0])
+        arg = b"7002"
+        body = struct.pack("!ih", oid, 0) + struct.pack("!h", 1) + struct.pack("!i", len(arg))
+        body += arg + struct.pack("!h", 0)
+        c.send(pgwire.message("F", body))
+        types, error = read_until_ready(c)
+        assert error["C"] == "0A000" and error["M"].startswith("pgshard:")
+        assert c.simple_query("select 3") == [["3"]]
+    assert_nowhere(lab2, "users", "id", 7002)
+
+
+# ---------------------------------------------------------- writes by code
+
+def test_code_that_writes_obeys_cross_shard_writes(lab2, px):
+    k = key_on(px.config_path, "s1", start=7100)
+    with px.connect(autocommit=True) as conn:
+        refused(conn, f"select add_user({k})", "0A000")
+        refused(conn, f"call add_user_p({k})", "0A000")
+        refused(conn, f"do $$ begin insert into users values ({k}, 'do'); end $$", "0A000")
+        assert_nowhere(lab2, "users", "id", k)
+        # With a hint it runs on that shard only.
+        conn.execute(f"/* pgshard: shard=s1 */ select add_user({k})")
+        assert where(lab2, "users", "id", k) == ["s1"]
+    with px.connect(autocommit=True, options="-c pgshard.tenant=42") as conn:
+        conn.execute(f"call add_user_p({k + 100000})")
+    assert where(lab2, "users", "id", k + 100000) == [route_one(px.config_path, "invoices", 42)]
+
+
+def test_code_runs_everywhere_under_allow(lab2, sharded_proxy):
+    px = sharded_proxy(extra_ini=MAP, cross_shard_writes="allow")
+    with px.connect(autocommit=True) as conn:
+        conn.execute("do $$ begin insert into notes values (1, 'everywhere'); end $$")
+    assert where(lab2, "notes", "id", 1) == ["s0", "s1"]
+
+
+# ---------------------------------------------------------- transactions
+
+def test_client_two_phase_commit_refused(lab2, px):
+    k = key_on(px.config_path, "s0", start=7200)
+    with px.connect() as conn:
+        conn.execute(f"insert into users (id, v) values ({k}, 'tx')")
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("prepare transaction 'mine'")
+        assert_refused(exc, "0A000")
+        conn.rollback()
+        for sql in ("commit prepared 'mine'", "rollback prepared 'mine'"):
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute(sql)
+            assert_refused(exc, "0A000")
+            conn.rollback()
+    assert_nowhere(lab2, "users", "id", k)
+    for shard in lab2.shards:
+        with lab2.connect_primary(shard.name) as conn:
+            assert conn.execute("select count(*) from pg_prepared_xacts where gid = 'mine'"
+                                ).fetchone()[0] == 0
+
+
+def test_copy_of_a_write_is_a_write_on_one_shard(lab2, px):
+    k = key_on(px.config_path, "s1", start=7300)
+    with lab2.connect_primary("s1") as conn:
+        conn.execute("insert into users values (%s, 'old')", (k,))
+    with px.connect(autocommit=True) as conn:
+        with conn.cursor().copy(f"copy (update users set v = 'new' where id = {k} "
+                                f"returning id) to stdout") as copy:
+            rows = [bytes(r) for r in copy]
+        assert b"".join(rows).strip() == str(k).encode()
+        refused(conn, "copy (update users set v = 'all' returning id) to stdout", "0A000")
+    assert where(lab2, "users", "v", "new") == ["s1"]
+    assert_nowhere(lab2, "users", "v", "all")
+
+
+# ---------------------------------------------------------- COPY and tenants
+
+def test_copy_under_hint_goes_through_the_splitter(lab2, px):
+    a = key_on(px.config_path, "s0", start=7400)
+    b = key_on(px.config_path, "s1", start=7400)
+    with px.connect(autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            with conn.cursor().copy("/* pgshard: shard=s0 */ copy users (id, v) from stdin") as cp:
+                cp.write(f"{a}\tmine\n{b}\tnot mine\n")
+        assert exc.value.diag.message_primary.startswith("pgshard:")
+        assert_usable(conn)
+        with conn.cursor().copy("/* pgshard: shard=s0 */ copy users (id, v) from stdin") as cp:
+            cp.write(f"{a}\tmine\n")
+    assert_nowhere(lab2, "users", "id", b)
+    assert where(lab2, "users", "id", a) == ["s0"]
+
+
+def test_tenant_cannot_copy_or_switch_to_another_tenant(lab2, px):
+    with px.connect(autocommit=True, options="-c pgshard.tenant=42") as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            with conn.cursor().copy("copy invoices (tenant_id, id, v) from stdin") as cp:
+                cp.write("42\t1\tmine\n8\t1\tnot mine\n")
+        assert exc.value.sqlstate == "42501"
+        assert_usable(conn)
+        refused(conn, "set pgshard.tenant = '8'", "42501")
+        refused(conn, "reset pgshard.tenant", "42501")
+        refused(conn, "select * from invoices where tenant_id = 8", "42501")
+        with conn.cursor().copy("copy invoices (tenant_id, id, v) from stdin") as cp:
+            cp.write("42\t2\tmine\n")
+    assert_nowhere(lab2, "invoices", "tenant_id", 8)
+    assert where(lab2, "invoices", "id", 2) == [route_one(px.config_path, "invoices", 42)]
+
+
+# ---------------------------------------------------------- the map
+
+def test_map_names_fold_like_identifiers(lab2, sharded_proxy, tmp_path):
+    mixed = MAP.replace("[table.app.users]\ncolumn = id", "[table.app.Users]\ncolumn = ID")
+    px = sharded_proxy(extra_ini=mixed)
+    k = key_on(px.config_path, "s1", start=7500)
+    with px.connect(autocommit=True) as conn:
+        conn.execute(f"insert into USERS (Id, v) values ({k}, 'folded')")
+        # Keyless, the table is known as sharded: merged, not read on one shard.
+        assert conn.execute("select count(*) from Users").fetchone()[0] == 1
+    assert_placed(lab2, px.config_path, "users", k)
+    out = subprocess.run([str(PGSHARDCTL), "check", str(px.config_path)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "warning: [table.app.Users]: table name folded to users" in out.stdout
