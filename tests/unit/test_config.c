@@ -109,6 +109,39 @@ static void expect_one_error(const char *text, int line, const char *needle) {
   expect_errors(text, 1, line, needle);
 }
 
+/* Map names fold like PostgreSQL identifiers: plain ones to lower case
+ * (with a warning naming the fold), quoted ones keep their case. */
+static void test_map_names_fold(void **state) {
+  pgs_config_t *c = pgs_config_parse_string(MINIMAL "[database.app]\n"
+                                                    "[table.app.Users]\ncolumn = ID\n"
+                                                    "type = bigint\nstrategy = hash\n"
+                                                    "[table.app.\"Mixed\"]\ncolumn = \"Key\"\n"
+                                                    "type = bigint\nstrategy = hash\n"
+                                                    "[table.app.plain]\ncolumn = id\n"
+                                                    "type = bigint\nstrategy = hash\n");
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  const pgs_database_t *db = pgs_config_find_database(c, "app");
+  assert_non_null(db);
+  const pgs_table_t *t = pgs_shardmap_find_table(db, "users");
+  assert_non_null(t);
+  assert_string_equal(t->column, "id");
+  assert_null(pgs_shardmap_find_table(db, "Users"));
+  t = pgs_shardmap_find_table(db, "Mixed");
+  assert_non_null(t);
+  assert_string_equal(t->column, "Key");
+  assert_null(pgs_shardmap_find_table(db, "mixed"));
+  assert_non_null(pgs_shardmap_find_table(db, "plain"));
+  /* Two warnings (table and column of Users), none for the others. */
+  assert_int_equal(c->nwarnings, 2);
+  assert_non_null(strstr(c->warnings[0].message, "table name folded to users"));
+  assert_non_null(strstr(c->warnings[1].message, "column ID folded to id"));
+  pgs_config_unref(c);
+  expect_errors(MINIMAL "[database.app]\n[table.app.\"a\"b\"]\ncolumn = id\ntype = bigint\n"
+                           "strategy = hash\n",
+                   3, 7, "bad database or table name");
+}
+
 static void test_design_example(void **state) {
   pgs_config_t *c = pgs_config_parse_string(design_example);
   print_errors(c);
@@ -737,6 +770,7 @@ int main(void) {
       cmocka_unit_test(test_every_enum_and_value),
       cmocka_unit_test(test_auth_trust_needs_no_password),
       cmocka_unit_test(test_scram_secret),
+      cmocka_unit_test(test_map_names_fold),
       cmocka_unit_test(test_bad_int),
       cmocka_unit_test(test_twophase_log_empty),
       cmocka_unit_test(test_twophase_log_beside_config),

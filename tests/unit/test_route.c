@@ -541,6 +541,39 @@ static void test_in_list_write_policies(void **state) {
   expect_fanout(0x3); /* the proxy makes it atomic */
 }
 
+/* Code that may write (a function not known read-only, CALL, DO) and
+ * names no key would run on every shard: cross_shard_writes decides, and a
+ * hint places it on one shard. */
+static void test_code_that_writes(void **state) {
+  static const char *const sqls[] = {"SELECT add_user(3)", "CALL add_user_p(3)",
+                                     "DO $$ BEGIN INSERT INTO users VALUES (3); END $$"};
+  for (size_t i = 0; i < PGS_ARRAY_LEN(sqls); i++) {
+    route(app, sqls[i]);
+    expect_refuse("0A000", "runs code that may write");
+    route(appw, sqls[i]);
+    expect_fanout(0x7);
+    route(app2pc, sqls[i]);
+    expect_fanout(0x7);
+    pgs_route_session_t hint = {.hint_shard = 1};
+    route_with(app, sqls[i], NULL, &hint);
+    expect_one(1);
+  }
+  /* A read-only function is a read; a keyed call runs on its key's shard. */
+  route(app, "SELECT now()");
+  expect_route_any();
+  route(app, sqlf("SELECT add_user(id) FROM users WHERE id = %lld", K(2, 0)));
+  expect_one(2);
+}
+
+/* COPY (UPDATE ... RETURNING) TO is a write whose output is one stream. */
+static void test_copy_of_a_write(void **state) {
+  route(appw, sqlf("COPY (UPDATE users SET x = 1 WHERE id = %lld RETURNING id) TO STDOUT",
+                   K(1, 0)));
+  expect_one(1);
+  route(appw, "COPY (UPDATE users SET x = 1 RETURNING id) TO STDOUT");
+  expect_refuse("0A000", "must touch one shard");
+}
+
 /* ---- = ANY arrays ---- */
 
 static void test_any_text_array_literal(void **state) {
@@ -1444,6 +1477,8 @@ int main(void) {
       cmocka_unit_test(test_in_list_one_shard),
       cmocka_unit_test(test_in_list_read_several_merged),
       cmocka_unit_test(test_in_list_write_policies),
+      cmocka_unit_test(test_code_that_writes),
+      cmocka_unit_test(test_copy_of_a_write),
       cmocka_unit_test(test_any_text_array_literal),
       cmocka_unit_test(test_any_text_array_param),
       cmocka_unit_test(test_any_text_array_escapes),
