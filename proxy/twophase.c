@@ -22,8 +22,9 @@
  *    while a sync runs.
  *  - The file is appended with whole lines; a failed append is cut back to
  *    the last whole line, so a record is either there or not.
- *  - One process holds the log (flock LOCK_EX on the file): gids of this
- *    owner and another instance belong to a process that has ended.
+ *  - One process holds the log (flock LOCK_EX on "<log>.lock", taken when
+ *    the log is first opened and kept until pgs_twophase_stop): gids of
+ *    this owner and another instance belong to a process that has ended.
  *
  * Recovery connects with blocking libpq (bounded by connect_timeout and
  * statement_timeout): at startup from the main thread, later from the
@@ -33,7 +34,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -81,6 +81,7 @@ static struct {
   bool initialized;
   char *path;
   int fd;          /* -1: the log is not open */
+  int lock_fd;     /* "<log>.lock", flocked; -1: not held */
   uint64_t size;   /* bytes in the file: where the next record goes */
   uint64_t owner;  /* the log's, valid while fd >= 0 */
   uint64_t instance;
@@ -92,7 +93,7 @@ static struct {
   bool syncing;
   char fault[64];       /* PGSHARD_FAULT */
   char last_error[256]; /* the last open failure, logged once */
-} tp = {.fd = -1};
+} tp = {.fd = -1, .lock_fd = -1};
 
 /* ---- helpers ---- */
 
@@ -140,19 +141,6 @@ static char *read_all(int fd, size_t *len) {
   return buf;
 }
 
-/* fsync the directory holding PATH, so a rename into it is durable. */
-static int fsync_dir_of(const char *path) {
-  const char *slash = strrchr(path, '/');
-  char *dir = slash ? pgs_xstrndup(path, slash == path ? 1 : (size_t)(slash - path))
-                    : pgs_xstrdup(".");
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  free(dir);
-  if (fd < 0) return -1;
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
-}
-
 /* ---- the log file (callers hold tp.lock) ---- */
 
 /* Append "KIND gid\n". A failed append is cut back to the last whole line. */
@@ -174,16 +162,11 @@ static bool append_locked(char kind, const char *gid) {
   return false;
 }
 
-/* Write a new log holding the header and "C gid" for every gid of COMMITS
- * (keys; when FROM_INDEX, only entries decided COMMIT), sync it and rename
- * it over the log. Returns the new file's descriptor (already locked), or
- * -1 with ERR set. */
+/* Replace the log by one holding the header and "C gid" for every gid of
+ * COMMITS (keys; when FROM_INDEX, only entries decided COMMIT), synced.
+ * Returns the new file's descriptor, or -1 with ERR set. */
 static int rewrite_locked(uint64_t owner, const pgs_strmap_t *commits, bool from_index,
                           uint64_t *size, char *err, size_t errlen) {
-  size_t plen = strlen(tp.path);
-  char *tmp = pgs_xmalloc(plen + 5);
-  memcpy(tmp, tp.path, plen);
-  memcpy(tmp + plen, ".tmp", 5);
   pgs_buf_t buf;
   pgs_buf_init(&buf);
   char header[128];
@@ -196,33 +179,13 @@ static int rewrite_locked(uint64_t owner, const pgs_strmap_t *commits, bool from
       pgs_buf_put_u8(&buf, '\n');
     }
   }
-  int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-  const char *what = "create";
-  if (fd < 0) goto fail;
-  what = "lock";
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) goto fail;
-  what = "write";
-  if (!write_all(fd, (const char *)buf.data, buf.len)) goto fail;
-  what = "sync";
-  if (fsync(fd) != 0) goto fail;
-  what = "rename";
-  if (rename(tmp, tp.path) != 0) goto fail;
-  if (fsync_dir_of(tp.path) != 0)
-    pgs_warn("2pc: cannot sync the directory of %s: %s", tp.path, strerror(errno));
-  *size = buf.len;
-  pgs_buf_free(&buf);
-  free(tmp);
-  return fd;
-
-fail:
-  snprintf(err, errlen, "cannot %s %s: %s", what, tmp, strerror(errno));
+  int fd = pgs_twophase_file_replace(tp.path, (const char *)buf.data, buf.len, err, errlen);
   if (fd >= 0) {
-    close(fd);
-    unlink(tmp);
+    if (err[0]) pgs_warn("2pc: %s", err);
+    *size = buf.len;
   }
   pgs_buf_free(&buf);
-  free(tmp);
-  return -1;
+  return fd;
 }
 
 /* Open the log at tp.path (creating it when CREATE), replay it into the
@@ -230,34 +193,35 @@ fail:
  * not exist and CREATE is false. */
 static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
   PGS_ASSERT(tp.fd < 0);
-  int fd = open(tp.path, O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+  if (!create && access(tp.path, F_OK) != 0 && errno == ENOENT) return PGS_ENOTFOUND;
+  /* The lock comes first: only its holder may read the log and replace it. */
+  bool locked_now = tp.lock_fd < 0;
+  if (locked_now && pgs_twophase_file_lock(tp.path, &tp.lock_fd, err, errlen) != PGS_OK)
+    return PGS_EIO;
+  pgs_status_t rc = PGS_EIO;
+  char *text = NULL;
+  int fd = open(tp.path, O_RDONLY | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
   if (fd < 0) {
-    if (errno == ENOENT && !create) return PGS_ENOTFOUND;
     snprintf(err, errlen, "cannot open %s: %s", tp.path, strerror(errno));
-    return PGS_EIO;
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    snprintf(err, errlen, "%s is in use by another pgshard process (locked)", tp.path);
-    close(fd);
-    return PGS_EIO;
+    goto fail;
   }
   size_t len = 0;
-  char *text = read_all(fd, &len);
+  text = read_all(fd, &len);
+  close(fd);
   if (text == NULL) {
     snprintf(err, errlen, "cannot read %s: %s", tp.path, strerror(errno));
-    close(fd);
-    return PGS_EIO;
+    goto fail;
   }
   pgs_twophase_replay_t replay;
   if (pgs_twophase_replay(text, len, &replay) != PGS_OK) {
     snprintf(err, errlen,
              "%s is not a pgshard 2PC decision log (its first line is not \"%s %d owner=...\")",
              tp.path, PGS_TWOPHASE_LOG_MAGIC, PGS_TWOPHASE_LOG_VERSION);
-    free(text);
-    close(fd);
-    return PGS_ECONFIG;
+    rc = PGS_ECONFIG;
+    goto fail;
   }
   free(text);
+  text = NULL;
   if (replay.malformed)
     pgs_warn("2pc: %s: %d malformed line(s) skipped, the first on line %d", tp.path,
              replay.malformed, replay.first_bad_line);
@@ -265,10 +229,9 @@ static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
   uint64_t owner = replay.has_header ? replay.owner : random_id();
   uint64_t size = 0;
   int nfd = rewrite_locked(owner, &replay.commits, false, &size, err, errlen);
-  close(fd); /* the new file is locked already: the old lock may go */
   if (nfd < 0) {
     pgs_twophase_replay_free(&replay);
-    return PGS_EIO;
+    goto fail;
   }
   tp.fd = nfd;
   tp.size = size;
@@ -291,6 +254,15 @@ static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
   pgs_twophase_replay_free(&replay);
   tp.last_error[0] = '\0';
   return PGS_OK;
+
+fail:
+  /* A lock taken for a log that cannot be used is not kept. */
+  free(text);
+  if (locked_now) {
+    close(tp.lock_fd);
+    tp.lock_fd = -1;
+  }
+  return rc;
 }
 
 /* Open on demand (a worker's first 2PC commit); an error is logged once. */
@@ -426,6 +398,8 @@ void pgs_twophase_stop(void) {
   while (tp.syncing) uv_cond_wait(&tp.synced, &tp.lock);
   if (tp.fd >= 0) close(tp.fd);
   tp.fd = -1;
+  if (tp.lock_fd >= 0) close(tp.lock_fd);
+  tp.lock_fd = -1;
   pgs_strmap_free(&tp.index, entry_free);
   pgs_strmap_free(&tp.warned, NULL);
   tp.nown = 0;

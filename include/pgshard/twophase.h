@@ -27,8 +27,9 @@
  *             earlier instance whose decision is unknown is presumed
  *             aborted; one of this process may still be preparing.
  *   seq       decimal, per process.
- * Only one process holds a log at a time (an exclusive flock), so a gid of
- * this owner and another instance belongs to a process that has ended.
+ * Only one process holds a log at a time (an exclusive flock on the stable
+ * file "<log>.lock" beside it), so a gid of this owner and another instance
+ * belongs to a process that has ended.
  *
  * The log ([pgshard] twophase_log) is a text file, one record a line:
  *   pgshard-2pc-log 1 owner=<16 hex>   header, first line
@@ -135,6 +136,25 @@ typedef struct pgs_twophase_replay {
 pgs_status_t pgs_twophase_replay(const char *text, size_t len,
                                  pgs_twophase_replay_t *out) PGS_MUST_USE;
 void pgs_twophase_replay_free(pgs_twophase_replay_t *replay);
+
+/* ---- the log file (proxy/twophase_file.c) ---- */
+
+/* Make this process the owner of the log at LOG_PATH: an exclusive,
+ * non-blocking flock on "<LOG_PATH>.lock" (created if missing, never
+ * renamed or deleted, unlike the log, which every replacement renames
+ * over). PGS_OK: *LOCK_FD holds the lock until it is closed (at exit).
+ * PGS_EIO with ERR set: another process holds it, or the file cannot be
+ * opened. */
+pgs_status_t pgs_twophase_file_lock(const char *log_path, int *lock_fd, char *err,
+                                    size_t errlen) PGS_MUST_USE;
+/* Replace the log at LOG_PATH by a file holding TEXT: written to a
+ * temporary file of a unique name beside it (mkostemp), synced, renamed
+ * over LOG_PATH. Returns the new log's descriptor, open for appending; ERR
+ * is empty, or says why the directory could not be synced (the rename may
+ * then not survive a crash: worth a warning). -1 with ERR set on failure,
+ * the log untouched and no temporary file left. */
+int pgs_twophase_file_replace(const char *log_path, const char *text, size_t len, char *err,
+                              size_t errlen);
 
 /* ---- the decision log (proxy/twophase.c) ---- */
 

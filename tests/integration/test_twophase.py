@@ -242,10 +242,24 @@ def run_pgshard_expecting_failure(lab, tmp_path, extra, timeout=20, node_user="p
 
 def test_one_pgshard_per_log(twopc, sharded_proxy, tmp_path):
     log = tmp_path / "shared.log"
+    write_log(log, secrets.token_hex(8))
+    inode = log.stat().st_ino
     px = sharded_proxy(cross_shard_writes="2pc", extra_ini=log_ini(log))
+    # Startup compacted the log: a new file was renamed over it. The lock is
+    # on the file beside it, which stays.
+    assert log.stat().st_ino != inode
+    lock = tmp_path / "shared.log.lock"
+    assert lock.exists()
     out = run_pgshard_expecting_failure(twopc, tmp_path, log_ini(log))
     assert "in use by another pgshard process" in out
     px.assert_alive()
+    # Once the holder has ended, the next pgshard takes the log over.
+    assert px.shutdown_and_check() == []
+    px.proc = None
+    px2 = sharded_proxy(cross_shard_writes="2pc", extra_ini=log_ini(log))
+    px2.assert_alive()
+    assert lock.exists()
+    assert sorted(p.name for p in tmp_path.glob("shared.log*")) == ["shared.log", "shared.log.lock"]
 
 
 def test_not_a_log_refused_with_2pc(twopc, tmp_path):
