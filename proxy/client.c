@@ -69,7 +69,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   else free(client->startup_tenant);
   free_settings(client);
   clear_tx_ops(client);
-  free(client->scram);
+  pgs_scram_free(client->scram);
   free(client->login_values);
   if (client->config) pgs_config_unref(client->config);
   free(client);
@@ -724,6 +724,8 @@ static void handle_auth_message(pgs_client_t *client, const uint8_t *body, size_
     pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
     return;
   }
+  /* The keys are of no more use: not kept for the session's life. */
+  pgs_scram_clear(client->scram);
   send_auth(client, PGS_AUTHREQ_SASL_FINAL, out, strlen(out));
   login_ok(client);
 }
