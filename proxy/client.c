@@ -402,9 +402,10 @@ static void read_login_values(pgs_client_t *client, pgs_server_t *server) {
   pgs_server_inject_capture(server, (const char *)sql.data);
   pgs_buf_free(&sql);
   server->settings_hash = client->settings_hash;
-  client->login_values = pgs_xcalloc((size_t)client->pool->nparams, sizeof(pgs_param_t));
+  client->nlogin_values = client->pool->nparams;
+  client->login_values = pgs_xcalloc((size_t)client->nlogin_values, sizeof(pgs_param_t));
   memcpy(client->login_values, client->pool->params,
-         sizeof(pgs_param_t) * (size_t)client->pool->nparams);
+         sizeof(pgs_param_t) * (size_t)client->nlogin_values);
 }
 
 void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t len) {
@@ -412,7 +413,8 @@ void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t l
   if (client->login_values == NULL) return;
   pgs_reader_init(&r, body, len);
   int ncols = pgs_read_i16(&r);
-  for (int i = 0; i < ncols && i < client->pool->nparams; i++) {
+  /* Bounded by what was allocated: the pool's count may have moved since. */
+  for (int i = 0; i < ncols && i < client->nlogin_values; i++) {
     int32_t n = pgs_read_i32(&r);
     if (n < 0) continue; /* NULL: the server has no such parameter */
     const uint8_t *v = pgs_read_bytes(&r, (size_t)n);
@@ -434,9 +436,13 @@ void pgs_client_login_done(pgs_client_t *client) {
     }
   }
   w->settings_hash = client->settings_hash;
-  memcpy(w->params, client->login_values, sizeof(pgs_param_t) * (size_t)pool->nparams);
+  int n = client->nlogin_values < pool->nparams ? client->nlogin_values : pool->nparams;
+  memcpy(w->params, client->login_values, sizeof(pgs_param_t) * (size_t)n);
+  /* Parameters the pool learnt while this login ran: the pool's values. */
+  memcpy(w->params + n, pool->params + n, sizeof(pgs_param_t) * (size_t)(pool->nparams - n));
   free(client->login_values);
   client->login_values = NULL;
+  client->nlogin_values = 0;
   finish_login(client, w->params);
   client_set_state(client, PGS_CL_ACTIVE);
   (void)pgs_io_start_reading(&client->io); /* stopped while logging in */
