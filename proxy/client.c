@@ -69,7 +69,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   else free(client->startup_tenant);
   free_settings(client);
   clear_tx_ops(client);
-  free(client->scram);
+  pgs_scram_free(client->scram);
   free(client->login_values);
   if (client->config) pgs_config_unref(client->config);
   free(client);
@@ -404,9 +404,10 @@ static void read_login_values(pgs_client_t *client, pgs_server_t *server) {
   pgs_server_inject_capture(server, (const char *)sql.data);
   pgs_buf_free(&sql);
   server->settings_hash = client->settings_hash;
-  client->login_values = pgs_xcalloc((size_t)client->pool->nparams, sizeof(pgs_param_t));
+  client->nlogin_values = client->pool->nparams;
+  client->login_values = pgs_xcalloc((size_t)client->nlogin_values, sizeof(pgs_param_t));
   memcpy(client->login_values, client->pool->params,
-         sizeof(pgs_param_t) * (size_t)client->pool->nparams);
+         sizeof(pgs_param_t) * (size_t)client->nlogin_values);
 }
 
 void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t len) {
@@ -414,7 +415,8 @@ void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t l
   if (client->login_values == NULL) return;
   pgs_reader_init(&r, body, len);
   int ncols = pgs_read_i16(&r);
-  for (int i = 0; i < ncols && i < client->pool->nparams; i++) {
+  /* Bounded by what was allocated: the pool's count may have moved since. */
+  for (int i = 0; i < ncols && i < client->nlogin_values; i++) {
     int32_t n = pgs_read_i32(&r);
     if (n < 0) continue; /* NULL: the server has no such parameter */
     const uint8_t *v = pgs_read_bytes(&r, (size_t)n);
@@ -436,9 +438,13 @@ void pgs_client_login_done(pgs_client_t *client) {
     }
   }
   w->settings_hash = client->settings_hash;
-  memcpy(w->params, client->login_values, sizeof(pgs_param_t) * (size_t)pool->nparams);
+  int n = client->nlogin_values < pool->nparams ? client->nlogin_values : pool->nparams;
+  memcpy(w->params, client->login_values, sizeof(pgs_param_t) * (size_t)n);
+  /* Parameters the pool learnt while this login ran: the pool's values. */
+  memcpy(w->params + n, pool->params + n, sizeof(pgs_param_t) * (size_t)(pool->nparams - n));
   free(client->login_values);
   client->login_values = NULL;
+  client->nlogin_values = 0;
   finish_login(client, w->params);
   client_set_state(client, PGS_CL_ACTIVE);
   (void)pgs_io_start_reading(&client->io); /* stopped while logging in */
@@ -726,6 +732,8 @@ static void handle_auth_message(pgs_client_t *client, const uint8_t *body, size_
     pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
     return;
   }
+  /* The keys are of no more use: not kept for the session's life. */
+  pgs_scram_clear(client->scram);
   send_auth(client, PGS_AUTHREQ_SASL_FINAL, out, strlen(out));
   login_ok(client);
 }

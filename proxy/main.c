@@ -183,6 +183,7 @@ int main(int argc, char **argv) {
    * transactions an earlier pgshard left before any client can start new
    * ones. A shard that is down now is settled later by the monitor. */
   if (pgs_twophase_start(config) != PGS_OK) return 1;
+  if (pgs_twophase_check_recovery_user(config) != PGS_OK) return 1;
   (void)pgs_twophase_recover_config(config);
 
   /* Block the signals before any thread exists, so every thread inherits

@@ -608,13 +608,20 @@ static void twophase_maybe_pass(uint64_t now) {
   pgs_twophase_target_t *targets = pgs_xcalloc((size_t)(n ? n : 1), sizeof(*targets));
   int k = 0;
   for (int d = 0; d < mon.ndbs; d++) {
+    /* mon.dbs was built from mon.config: the same databases, shards and
+     * nodes in the same order (dbs_build). */
+    const pgs_database_t *cdb = &mon.config->databases[d];
+    PGS_ASSERT(!strcmp(cdb->name, mon.dbs[d].name) && cdb->nshards == mon.dbs[d].nshards);
     for (int s = 0; s < mon.dbs[d].nshards; s++, k++) {
       const mon_shard_t *sh = &mon.dbs[d].shards[s];
+      const pgs_shard_t *cs = &cdb->shards[s];
       int w = sh->health.writer;
       targets[k].db = pgs_xstrdup(mon.dbs[d].name);
       targets[k].shard = pgs_xstrdup(sh->conns[0]->shard);
+      targets[k].config = pgs_config_ref(mon.config);
+      targets[k].database = cdb;
       if (w >= 0 && sh->health.nodes[w].up)
-        targets[k].conninfo = pgs_xstrdup(sh->conns[w]->connstr);
+        targets[k].node = w == 0 ? &cs->primary : &cs->replicas[w - 1];
     }
   }
   mon.twophase_targets = targets;

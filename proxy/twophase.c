@@ -22,8 +22,9 @@
  *    while a sync runs.
  *  - The file is appended with whole lines; a failed append is cut back to
  *    the last whole line, so a record is either there or not.
- *  - One process holds the log (flock LOCK_EX on the file): gids of this
- *    owner and another instance belong to a process that has ended.
+ *  - One process holds the log (flock LOCK_EX on "<log>.lock", taken when
+ *    the log is first opened and kept until pgs_twophase_stop): gids of
+ *    this owner and another instance belong to a process that has ended.
  *
  * Recovery connects with blocking libpq (bounded by connect_timeout and
  * statement_timeout): at startup from the main thread, later from the
@@ -33,7 +34,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -46,8 +46,16 @@
 #define EXIT_LOG_SYNC_FAILED 74
 
 #define LIST_SQL                                                                                   \
-  "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() "                        \
+  "SELECT gid, owner FROM pg_prepared_xacts WHERE database = current_database() "                  \
   "AND starts_with(gid, '" PGS_GID_PREFIX "') ORDER BY prepared"
+
+/* The recovery login: where it is, who it is, whether it may finish any
+ * user's prepared transaction. */
+#define SESSION_SQL "SELECT pg_is_in_recovery(), current_user, current_setting('is_superuser')"
+
+/* Warnings given once (an unsettleable gid is met at every pass): at most
+ * this many remembered. */
+#define WARNED_MAX 4096
 
 /* A gid the log knows and has not closed. */
 typedef struct entry {
@@ -73,17 +81,19 @@ static struct {
   bool initialized;
   char *path;
   int fd;          /* -1: the log is not open */
+  int lock_fd;     /* "<log>.lock", flocked; -1: not held */
   uint64_t size;   /* bytes in the file: where the next record goes */
   uint64_t owner;  /* the log's, valid while fd >= 0 */
   uint64_t instance;
   uint64_t next_seq;
   pgs_strmap_t index; /* gid -> entry_t */
+  pgs_strmap_t warned; /* keys of warnings given once (first_warning) */
   int nown;           /* entries of this process */
   uint64_t written, synced_upto; /* "C" records appended / known durable */
   bool syncing;
   char fault[64];       /* PGSHARD_FAULT */
   char last_error[256]; /* the last open failure, logged once */
-} tp = {.fd = -1};
+} tp = {.fd = -1, .lock_fd = -1};
 
 /* ---- helpers ---- */
 
@@ -131,19 +141,6 @@ static char *read_all(int fd, size_t *len) {
   return buf;
 }
 
-/* fsync the directory holding PATH, so a rename into it is durable. */
-static int fsync_dir_of(const char *path) {
-  const char *slash = strrchr(path, '/');
-  char *dir = slash ? pgs_xstrndup(path, slash == path ? 1 : (size_t)(slash - path))
-                    : pgs_xstrdup(".");
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  free(dir);
-  if (fd < 0) return -1;
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
-}
-
 /* ---- the log file (callers hold tp.lock) ---- */
 
 /* Append "KIND gid\n". A failed append is cut back to the last whole line. */
@@ -165,16 +162,11 @@ static bool append_locked(char kind, const char *gid) {
   return false;
 }
 
-/* Write a new log holding the header and "C gid" for every gid of COMMITS
- * (keys; when FROM_INDEX, only entries decided COMMIT), sync it and rename
- * it over the log. Returns the new file's descriptor (already locked), or
- * -1 with ERR set. */
+/* Replace the log by one holding the header and "C gid" for every gid of
+ * COMMITS (keys; when FROM_INDEX, only entries decided COMMIT), synced.
+ * Returns the new file's descriptor, or -1 with ERR set. */
 static int rewrite_locked(uint64_t owner, const pgs_strmap_t *commits, bool from_index,
                           uint64_t *size, char *err, size_t errlen) {
-  size_t plen = strlen(tp.path);
-  char *tmp = pgs_xmalloc(plen + 5);
-  memcpy(tmp, tp.path, plen);
-  memcpy(tmp + plen, ".tmp", 5);
   pgs_buf_t buf;
   pgs_buf_init(&buf);
   char header[128];
@@ -187,33 +179,13 @@ static int rewrite_locked(uint64_t owner, const pgs_strmap_t *commits, bool from
       pgs_buf_put_u8(&buf, '\n');
     }
   }
-  int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-  const char *what = "create";
-  if (fd < 0) goto fail;
-  what = "lock";
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) goto fail;
-  what = "write";
-  if (!write_all(fd, (const char *)buf.data, buf.len)) goto fail;
-  what = "sync";
-  if (fsync(fd) != 0) goto fail;
-  what = "rename";
-  if (rename(tmp, tp.path) != 0) goto fail;
-  if (fsync_dir_of(tp.path) != 0)
-    pgs_warn("2pc: cannot sync the directory of %s: %s", tp.path, strerror(errno));
-  *size = buf.len;
-  pgs_buf_free(&buf);
-  free(tmp);
-  return fd;
-
-fail:
-  snprintf(err, errlen, "cannot %s %s: %s", what, tmp, strerror(errno));
+  int fd = pgs_twophase_file_replace(tp.path, (const char *)buf.data, buf.len, err, errlen);
   if (fd >= 0) {
-    close(fd);
-    unlink(tmp);
+    if (err[0]) pgs_warn("2pc: %s", err);
+    *size = buf.len;
   }
   pgs_buf_free(&buf);
-  free(tmp);
-  return -1;
+  return fd;
 }
 
 /* Open the log at tp.path (creating it when CREATE), replay it into the
@@ -221,34 +193,35 @@ fail:
  * not exist and CREATE is false. */
 static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
   PGS_ASSERT(tp.fd < 0);
-  int fd = open(tp.path, O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+  if (!create && access(tp.path, F_OK) != 0 && errno == ENOENT) return PGS_ENOTFOUND;
+  /* The lock comes first: only its holder may read the log and replace it. */
+  bool locked_now = tp.lock_fd < 0;
+  if (locked_now && pgs_twophase_file_lock(tp.path, &tp.lock_fd, err, errlen) != PGS_OK)
+    return PGS_EIO;
+  pgs_status_t rc = PGS_EIO;
+  char *text = NULL;
+  int fd = open(tp.path, O_RDONLY | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
   if (fd < 0) {
-    if (errno == ENOENT && !create) return PGS_ENOTFOUND;
     snprintf(err, errlen, "cannot open %s: %s", tp.path, strerror(errno));
-    return PGS_EIO;
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    snprintf(err, errlen, "%s is in use by another pgshard process (locked)", tp.path);
-    close(fd);
-    return PGS_EIO;
+    goto fail;
   }
   size_t len = 0;
-  char *text = read_all(fd, &len);
+  text = read_all(fd, &len);
+  close(fd);
   if (text == NULL) {
     snprintf(err, errlen, "cannot read %s: %s", tp.path, strerror(errno));
-    close(fd);
-    return PGS_EIO;
+    goto fail;
   }
   pgs_twophase_replay_t replay;
   if (pgs_twophase_replay(text, len, &replay) != PGS_OK) {
     snprintf(err, errlen,
              "%s is not a pgshard 2PC decision log (its first line is not \"%s %d owner=...\")",
              tp.path, PGS_TWOPHASE_LOG_MAGIC, PGS_TWOPHASE_LOG_VERSION);
-    free(text);
-    close(fd);
-    return PGS_ECONFIG;
+    rc = PGS_ECONFIG;
+    goto fail;
   }
   free(text);
+  text = NULL;
   if (replay.malformed)
     pgs_warn("2pc: %s: %d malformed line(s) skipped, the first on line %d", tp.path,
              replay.malformed, replay.first_bad_line);
@@ -256,10 +229,9 @@ static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
   uint64_t owner = replay.has_header ? replay.owner : random_id();
   uint64_t size = 0;
   int nfd = rewrite_locked(owner, &replay.commits, false, &size, err, errlen);
-  close(fd); /* the new file is locked already: the old lock may go */
   if (nfd < 0) {
     pgs_twophase_replay_free(&replay);
-    return PGS_EIO;
+    goto fail;
   }
   tp.fd = nfd;
   tp.size = size;
@@ -282,6 +254,15 @@ static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
   pgs_twophase_replay_free(&replay);
   tp.last_error[0] = '\0';
   return PGS_OK;
+
+fail:
+  /* A lock taken for a log that cannot be used is not kept. */
+  free(text);
+  if (locked_now) {
+    close(tp.lock_fd);
+    tp.lock_fd = -1;
+  }
+  return rc;
 }
 
 /* Open on demand (a worker's first 2PC commit); an error is logged once. */
@@ -369,6 +350,7 @@ pgs_status_t pgs_twophase_start(const pgs_config_t *config) {
       return PGS_ENOMEM;
     }
     pgs_strmap_init(&tp.index);
+    pgs_strmap_init(&tp.warned);
     tp.initialized = true;
   }
   const char *fault = getenv("PGSHARD_FAULT");
@@ -416,7 +398,10 @@ void pgs_twophase_stop(void) {
   while (tp.syncing) uv_cond_wait(&tp.synced, &tp.lock);
   if (tp.fd >= 0) close(tp.fd);
   tp.fd = -1;
+  if (tp.lock_fd >= 0) close(tp.lock_fd);
+  tp.lock_fd = -1;
   pgs_strmap_free(&tp.index, entry_free);
+  pgs_strmap_free(&tp.warned, NULL);
   tp.nown = 0;
   free(tp.path);
   tp.path = NULL;
@@ -625,45 +610,147 @@ static bool exec_ok(PGconn *pg, const char *sql, ExecStatusType want, PGresult *
   return ok;
 }
 
-/* Settle this log's prepared gids on one shard. Gids left prepared (in
- * flight, or a statement failed) go into LEFT. False when the shard could
- * not be settled fully. */
-static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strmap_t *left) {
+/* The monitor's login: the first [user.*] with a plain-text password (only
+ * those can log in to a server). */
+static const pgs_user_t *monitor_user(const pgs_config_t *config) {
+  for (int i = 0; i < config->nusers; i++)
+    if (config->users[i].password && config->users[i].scram_secret) return &config->users[i];
+  return NULL;
+}
+
+/* The login a pass lists prepared transactions with. */
+static const pgs_user_t *listing_user(const pgs_config_t *config) {
+  const pgs_user_t *user = NULL;
+  if (config->twophase_recovery_user)
+    user = pgs_config_find_user(config, config->twophase_recovery_user);
+  return user ? user : monitor_user(config);
+}
+
+/* True the first time KEY is warned about. The set is emptied when it grows
+ * past WARNED_MAX, so a warning can come back, at most that rarely. */
+static bool first_warning(const char *key) {
+  uv_mutex_lock(&tp.lock);
+  bool first = !pgs_strmap_contains(&tp.warned, key);
+  if (first) {
+    if (tp.warned.count >= WARNED_MAX) {
+      pgs_strmap_free(&tp.warned, NULL);
+      pgs_strmap_init(&tp.warned);
+    }
+    pgs_strmap_put(&tp.warned, key, NULL);
+  }
+  uv_mutex_unlock(&tp.lock);
+  return first;
+}
+
+/* Log in to NODE of DB as a pool would log USER in, with recovery's
+ * connect_timeout and statement_timeout. NULL, with libpq's reason in ERR,
+ * when that fails. */
+static PGconn *recovery_connect(const pgs_config_t *config, const pgs_database_t *db,
+                                const pgs_node_t *node, const pgs_user_t *user, char *err,
+                                size_t errlen) {
+  char *base = pgs_node_conninfo(config, db, node, user, "application_name",
+                                 "pgshard 2pc recovery");
+  size_t cilen = strlen(base) + 32;
+  char *ci = pgs_xmalloc(cilen);
+  /* libpq takes the last of a repeated key. */
+  snprintf(ci, cilen, "%s connect_timeout=%d", base, PGS_TWOPHASE_CONNECT_TIMEOUT_S);
+  /* Both may hold a password. */
+  explicit_bzero(base, strlen(base));
+  free(base);
+  PGconn *pg = PQconnectdb(ci);
+  explicit_bzero(ci, cilen);
+  free(ci);
+  char set[64];
+  snprintf(set, sizeof(set), "SET statement_timeout = %d", PGS_TWOPHASE_STATEMENT_TIMEOUT_MS);
+  if (pg == NULL || PQstatus(pg) != CONNECTION_OK || !exec_ok(pg, set, PGRES_COMMAND_OK, NULL)) {
+    one_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
+    if (pg) PQfinish(pg);
+    return NULL;
+  }
+  PQsetNoticeProcessor(pg, ignore_notice, NULL);
+  return pg;
+}
+
+/* A login of one pass on one shard as the owner of some prepared gids:
+ * opened at the first such gid, kept for the others. */
+typedef struct owner_login {
+  PGconn *pg;    /* NULL: recovery cannot log in as the owner, */
+  char why[384]; /* for this reason */
+} owner_login_t;
+
+static void owner_login_free(void *value) {
+  owner_login_t *o = value;
+  if (o->pg) PQfinish(o->pg);
+  free(o);
+}
+
+/* A connection to T's writer logged in as OWNER (a [user.*] of that name,
+ * as pools log it in), from LOGINS or opened now; NULL with WHY set when
+ * there can be none. */
+static PGconn *owner_connect(const pgs_twophase_target_t *t, const char *owner,
+                             pgs_strmap_t *logins, const char **why) {
+  owner_login_t *o = pgs_strmap_get(logins, owner);
+  if (o == NULL) {
+    o = pgs_xcalloc(1, sizeof(*o));
+    const pgs_user_t *user = pgs_config_find_user(t->config, owner);
+    if (user == NULL) {
+      snprintf(o->why, sizeof(o->why), "no [user.%s] to log in as%s", owner,
+               t->config->twophase_recovery_user ? " and twophase_recovery_user is not a superuser"
+                                                 : " and no twophase_recovery_user is set");
+    } else if (t->node->user && strcmp(t->node->user, owner) != 0) {
+      snprintf(o->why, sizeof(o->why), "the node's conninfo logs in as %s, not as %s",
+               t->node->user, owner);
+    } else {
+      char err[256];
+      o->pg = recovery_connect(t->config, t->database, t->node, user, err, sizeof(err));
+      if (o->pg == NULL) snprintf(o->why, sizeof(o->why), "cannot log in as %s: %s", owner, err);
+    }
+    pgs_strmap_put(logins, owner, o);
+  }
+  *why = o->why;
+  return o->pg;
+}
+
+/* Settle this log's prepared gids on one shard. Each is finished by its
+ * owner (pg_prepared_xacts.owner) or a superuser, as PostgreSQL demands:
+ * through the listing login when it is one of them, else logged in as the
+ * owner. Gids left prepared (in flight, a statement failed, the owner out of
+ * reach) go into LEFT. *LISTED: every prepared gid of the shard was looked
+ * at, so one not in LEFT is prepared there no more. False when the shard
+ * could not be settled fully. */
+static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strmap_t *left,
+                          bool *listed) {
   pgs_log_level_t quiet = startup ? PGS_LOG_WARNING : PGS_LOG_DEBUG;
   char msg[512];
-  if (t->conninfo == NULL) {
+  *listed = false;
+  if (t->node == NULL) {
     if (pgs_log_enabled(quiet))
       pgs_log(quiet, "2pc: %s.%s has no writer now: its prepared transactions wait", t->db,
               t->shard);
     return false;
   }
-  size_t cilen = strlen(t->conninfo) + 96;
-  char *ci = pgs_xmalloc(cilen);
-  /* libpq takes the last of a repeated key. */
-  snprintf(ci, cilen, "%s connect_timeout=%d application_name='pgshard 2pc recovery'",
-           t->conninfo, PGS_TWOPHASE_CONNECT_TIMEOUT_S);
-  PGconn *pg = PQconnectdb(ci);
-  free(ci);
   bool ok = true;
   PGresult *res = NULL;
-  if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
+  char *me = NULL;
+  pgs_strmap_t owners;
+  pgs_strmap_init(&owners);
+  PGconn *pg = recovery_connect(t->config, t->database, t->node, listing_user(t->config), msg,
+                                sizeof(msg));
+  if (pg == NULL) {
     if (pgs_log_enabled(quiet))
       pgs_log(quiet, "2pc: cannot reach %s.%s to settle prepared transactions (%s); trying again "
-              "later", t->db, t->shard,
-              one_line(pg ? PQerrorMessage(pg) : "out of memory", msg, sizeof(msg)));
+              "later", t->db, t->shard, msg);
     ok = false;
     goto out;
   }
-  PQsetNoticeProcessor(pg, ignore_notice, NULL);
-  char set[96];
-  snprintf(set, sizeof(set), "SET statement_timeout = %d", PGS_TWOPHASE_STATEMENT_TIMEOUT_MS);
-  if (!exec_ok(pg, set, PGRES_COMMAND_OK, NULL) ||
-      !exec_ok(pg, "SELECT pg_is_in_recovery()", PGRES_TUPLES_OK, &res)) {
+  if (!exec_ok(pg, SESSION_SQL, PGRES_TUPLES_OK, &res) || PQntuples(res) != 1) {
     pgs_warn("2pc: %s.%s: %s", t->db, t->shard, one_line(PQerrorMessage(pg), msg, sizeof(msg)));
     ok = false;
     goto out;
   }
-  bool in_recovery = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+  bool in_recovery = PQgetvalue(res, 0, 0)[0] == 't';
+  me = pgs_xstrdup(PQgetvalue(res, 0, 1));
+  bool superuser = !strcmp(PQgetvalue(res, 0, 2), "on");
   PQclear(res);
   res = NULL;
   if (in_recovery) {
@@ -673,6 +760,13 @@ static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strm
     ok = false;
     goto out;
   }
+  if (t->config->twophase_recovery_user && !superuser) {
+    snprintf(msg, sizeof(msg), "not superuser %s %s.%s", me, t->db, t->shard);
+    if (first_warning(msg))
+      pgs_warn("2pc: twophase_recovery_user = %s logs in to %s.%s as %s, which is not a "
+               "superuser there: other users' prepared transactions are settled as their owners",
+               t->config->twophase_recovery_user, t->db, t->shard, me);
+  }
   if (!exec_ok(pg, LIST_SQL, PGRES_TUPLES_OK, &res)) {
     pgs_warn("2pc: %s.%s: listing prepared transactions: %s", t->db, t->shard,
              one_line(PQerrorMessage(pg), msg, sizeof(msg)));
@@ -680,8 +774,10 @@ static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strm
     goto out;
   }
   uint64_t now = pgs_now_ms();
-  for (int i = 0; i < PQntuples(res); i++) {
+  int i;
+  for (i = 0; i < PQntuples(res); i++) {
     const char *gid = PQgetvalue(res, i, 0);
+    const char *owner = PQgetvalue(res, i, 1);
     const char *why = "";
     action_t act = classify(gid, now, &why);
     if (act == ACT_FOREIGN) {
@@ -693,11 +789,25 @@ static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strm
       pgs_strmap_put(left, gid, NULL);
       continue;
     }
+    PGconn *conn = pg;
+    if (!superuser && strcmp(owner, me) != 0) {
+      const char *reason = "";
+      conn = owner_connect(t, owner, &owners, &reason);
+      if (conn == NULL) {
+        snprintf(msg, sizeof(msg), "%s %s.%s", gid, t->db, t->shard);
+        if (first_warning(msg))
+          pgs_warn("2pc: cannot settle %s on %s.%s, prepared by %s: %s; it stays prepared",
+                   gid, t->db, t->shard, owner, reason);
+        pgs_strmap_put(left, gid, NULL);
+        ok = false;
+        continue;
+      }
+    }
     /* pgs_gid_parse admitted only [a-z0-9_]: no quoting needed. */
     char sql[PGS_GID_MAX + 32];
     bool commit = act == ACT_COMMIT;
     snprintf(sql, sizeof(sql), "%s PREPARED '%s'", commit ? "COMMIT" : "ROLLBACK", gid);
-    PGresult *r = PQexec(pg, sql);
+    PGresult *r = PQexec(conn, sql);
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
       pgs_info("2pc: %s %s on %s.%s (%s)", commit ? "committed" : "rolled back", gid, t->db,
@@ -705,21 +815,26 @@ static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strm
     } else if (state && !strcmp(state, "42704")) {
       pgs_debug("2pc: %s on %s.%s was settled meanwhile", gid, t->db, t->shard);
     } else {
-      pgs_warn("2pc: %s PREPARED %s on %s.%s failed: %s; trying again later",
-               commit ? "COMMIT" : "ROLLBACK", gid, t->db, t->shard,
-               one_line(r ? PQresultErrorMessage(r) : PQerrorMessage(pg), msg, sizeof(msg)));
+      pgs_warn("2pc: %s PREPARED %s on %s.%s (prepared by %s) failed: %s; trying again later",
+               commit ? "COMMIT" : "ROLLBACK", gid, t->db, t->shard, owner,
+               one_line(r ? PQresultErrorMessage(r) : PQerrorMessage(conn), msg, sizeof(msg)));
       pgs_strmap_put(left, gid, NULL);
       ok = false;
     }
     PQclear(r);
+    /* An owner's login lost fails that owner's next gids only; the
+     * listing login lost leaves the rest of the list unseen. */
     if (PQstatus(pg) != CONNECTION_OK) {
       ok = false;
       break;
     }
   }
+  *listed = i == PQntuples(res);
 
 out:
   PQclear(res);
+  pgs_strmap_free(&owners, owner_login_free);
+  free(me);
   if (pg) PQfinish(pg);
   return ok;
 }
@@ -728,7 +843,7 @@ int pgs_twophase_recover(const pgs_twophase_target_t *targets, int ntargets, boo
   if (!pgs_twophase_active()) return 0;
   uv_mutex_lock(&tp.pass_lock);
   /* Decided gids no worker drives, as the pass starts: once every shard
-   * has been reached and none holds one of them any more, it is done. */
+   * has been listed and none holds one of them any more, it is done. */
   pgs_strmap_t candidates, left;
   pgs_strmap_init(&candidates);
   pgs_strmap_init(&left);
@@ -742,12 +857,15 @@ int pgs_twophase_recover(const pgs_twophase_target_t *targets, int ntargets, boo
     }
   uv_mutex_unlock(&tp.lock);
 
-  int unsettled = 0;
-  for (int i = 0; i < ntargets; i++)
-    if (!settle_target(&targets[i], startup, &left)) unsettled++;
+  int unsettled = 0, unlisted = 0;
+  for (int i = 0; i < ntargets; i++) {
+    bool listed = false;
+    if (!settle_target(&targets[i], startup, &left, &listed)) unsettled++;
+    if (!listed) unlisted++;
+  }
 
   uv_mutex_lock(&tp.lock);
-  if (unsettled == 0) {
+  if (unlisted == 0) {
     for (size_t i = 0; i < candidates.nbuckets; i++)
       for (const pgs_strmap_entry_t *e = candidates.buckets[i]; e; e = e->next) {
         const entry_t *en = pgs_strmap_get(&tp.index, e->key);
@@ -768,18 +886,13 @@ void pgs_twophase_targets_free(pgs_twophase_target_t *targets, int ntargets) {
   for (int i = 0; i < ntargets; i++) {
     free(targets[i].db);
     free(targets[i].shard);
-    free(targets[i].conninfo);
+    pgs_config_unref(targets[i].config);
   }
   free(targets);
 }
 
-int pgs_twophase_recover_config(const pgs_config_t *config) {
+int pgs_twophase_recover_config(pgs_config_t *config) {
   if (!pgs_twophase_active()) return 0;
-  /* Logged in as the monitor logs in: a node naming no user uses the first
-   * [user.*] with a plain-text password. */
-  const pgs_user_t *user = NULL;
-  for (int i = 0; i < config->nusers && user == NULL; i++)
-    if (config->users[i].password && config->users[i].scram_secret) user = &config->users[i];
   int n = 0;
   for (int d = 0; d < config->ndatabases; d++) n += config->databases[d].nshards;
   pgs_twophase_target_t *targets = pgs_xcalloc((size_t)(n ? n : 1), sizeof(*targets));
@@ -789,9 +902,9 @@ int pgs_twophase_recover_config(const pgs_config_t *config) {
     for (int s = 0; s < db->nshards; s++, k++) {
       targets[k].db = pgs_xstrdup(db->name);
       targets[k].shard = pgs_xstrdup(db->shards[s].name);
-      if (db->shards[s].has_primary)
-        targets[k].conninfo = pgs_node_conninfo(config, db, &db->shards[s].primary, user,
-                                                "application_name", "pgshard 2pc recovery");
+      targets[k].config = pgs_config_ref(config);
+      targets[k].database = db;
+      if (db->shards[s].has_primary) targets[k].node = &db->shards[s].primary;
     }
   }
   int unsettled = pgs_twophase_recover(targets, n, true);
@@ -800,4 +913,35 @@ int pgs_twophase_recover_config(const pgs_config_t *config) {
              unsettled, PGS_TWOPHASE_PASS_MS);
   pgs_twophase_targets_free(targets, n);
   return unsettled;
+}
+
+pgs_status_t pgs_twophase_check_recovery_user(const pgs_config_t *config) {
+  if (config->twophase_recovery_user == NULL) return PGS_OK;
+  const pgs_user_t *user = pgs_config_find_user(config, config->twophase_recovery_user);
+  PGS_ASSERT(user != NULL); /* the config checked it */
+  pgs_status_t rc = PGS_OK;
+  char msg[512];
+  for (int d = 0; d < config->ndatabases; d++) {
+    const pgs_database_t *db = &config->databases[d];
+    for (int s = 0; s < db->nshards; s++) {
+      const pgs_shard_t *shard = &db->shards[s];
+      if (!shard->has_primary) continue;
+      PGconn *pg = recovery_connect(config, db, &shard->primary, user, msg, sizeof(msg));
+      PGresult *res = NULL;
+      if (pg == NULL || !exec_ok(pg, SESSION_SQL, PGRES_TUPLES_OK, &res) ||
+          PQntuples(res) != 1) {
+        pgs_warn("2pc: cannot check that twophase_recovery_user = %s is a superuser on %s.%s: "
+                 "%s", user->name, db->name, shard->name,
+                 pg ? one_line(PQerrorMessage(pg), msg, sizeof(msg)) : msg);
+      } else if (strcmp(PQgetvalue(res, 0, 2), "on") != 0) {
+        pgs_error("2pc: twophase_recovery_user = %s logs in to %s.%s as %s, which is not a "
+                  "superuser there (finishing other users' prepared transactions needs one)",
+                  user->name, db->name, shard->name, PQgetvalue(res, 0, 1));
+        rc = PGS_ECONFIG;
+      }
+      PQclear(res);
+      if (pg) PQfinish(pg);
+    }
+  }
+  return rc;
 }

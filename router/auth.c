@@ -221,14 +221,19 @@ static pgs_status_t scram_setup(pgs_scram_t *scram, const char *password, const 
 pgs_status_t pgs_scram_init(pgs_scram_t *scram, const char *password) {
   uint8_t salt[SCRAM_SALT_LEN], raw_nonce[PGS_SCRAM_NONCE_LEN];
   char nonce[4 * ((PGS_SCRAM_NONCE_LEN + 2) / 3) + 1];
+  pgs_status_t status = PGS_EIO;
   if (pgs_random_bytes(salt, sizeof(salt)) != PGS_OK ||
       pgs_random_bytes(raw_nonce, sizeof(raw_nonce)) != PGS_OK ||
       !base64_encode(raw_nonce, sizeof(raw_nonce), nonce, sizeof(nonce))) {
     memset(scram, 0, sizeof(*scram));
     scram->state = PGS_SCRAM_STATE_FAILED;
-    return PGS_EIO;
+  } else {
+    status = scram_setup(scram, password, salt, sizeof(salt), PGS_SCRAM_ITERATIONS, nonce);
   }
-  return scram_setup(scram, password, salt, sizeof(salt), PGS_SCRAM_ITERATIONS, nonce);
+  OPENSSL_cleanse(raw_nonce, sizeof(raw_nonce));
+  OPENSSL_cleanse(nonce, sizeof(nonce));
+  OPENSSL_cleanse(salt, sizeof(salt));
+  return status;
 }
 
 pgs_status_t pgs_scram_init_fixed(pgs_scram_t *scram, const char *password, const uint8_t *salt,
@@ -278,6 +283,12 @@ pgs_status_t pgs_scram_make_secret(const char *password, char *out, size_t outca
 void pgs_scram_clear(pgs_scram_t *scram) {
   OPENSSL_cleanse(scram, sizeof(*scram));
   scram->state = PGS_SCRAM_STATE_FAILED;
+}
+
+void pgs_scram_free(pgs_scram_t *scram) {
+  if (scram == NULL) return;
+  pgs_scram_clear(scram);
+  free(scram);
 }
 
 /* ---- message parsing ---- */
@@ -403,40 +414,66 @@ pgs_status_t pgs_scram_server_final(pgs_scram_t *scram, const char *msg, size_t 
   } while (attr != 'p');
   if (value + value_len != c.end) return scram_fail(scram, PGS_EPROTO);
 
+  /* Everything below is wiped on the way out: the proof XOR the client
+   * signature is the ClientKey, which logs in as this user wherever its
+   * StoredKey is kept. */
   uint8_t proof[PGS_SCRAM_KEY_LEN];
+  uint8_t signature[PGS_SCRAM_KEY_LEN], client_key[PGS_SCRAM_KEY_LEN];
+  uint8_t computed_stored[PGS_SCRAM_KEY_LEN];
+  char auth_message[3 * PGS_SCRAM_MAX_MESSAGE];
+  char signature64[4 * ((PGS_SCRAM_KEY_LEN + 2) / 3) + 1];
+  pgs_status_t status = PGS_OK;
   size_t proof_len;
+  int n;
   if (!base64_decode(value, value_len, proof, sizeof(proof), &proof_len) ||
-      proof_len != PGS_SCRAM_KEY_LEN)
-    return scram_fail(scram, PGS_EPROTO);
+      proof_len != PGS_SCRAM_KEY_LEN) {
+    status = PGS_EPROTO;
+    goto out;
+  }
 
   /* AuthMessage = client-first-bare "," server-first "," client-final-without-proof */
-  char auth_message[3 * PGS_SCRAM_MAX_MESSAGE];
   size_t without_proof_len = (size_t)(proof_attr - 1 - msg);
-  int n = snprintf(auth_message, sizeof(auth_message), "%s,%s,%.*s", scram->client_first_bare,
-                   scram->server_first, (int)without_proof_len, msg);
-  if (n < 0 || (size_t)n >= sizeof(auth_message)) return scram_fail(scram, PGS_EPROTO);
+  n = snprintf(auth_message, sizeof(auth_message), "%s,%s,%.*s", scram->client_first_bare,
+               scram->server_first, (int)without_proof_len, msg);
+  if (n < 0 || (size_t)n >= sizeof(auth_message)) {
+    status = PGS_EPROTO;
+    goto out;
+  }
 
   /* ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage); the proof holds
    * when H(ClientKey) is StoredKey. */
-  uint8_t signature[PGS_SCRAM_KEY_LEN], client_key[PGS_SCRAM_KEY_LEN];
-  uint8_t computed_stored[PGS_SCRAM_KEY_LEN];
   if (!hmac_sha256(scram->stored_key, sizeof(scram->stored_key), auth_message, (size_t)n,
-                   signature))
-    return scram_fail(scram, PGS_EIO);
+                   signature)) {
+    status = PGS_EIO;
+    goto out;
+  }
   for (size_t i = 0; i < PGS_SCRAM_KEY_LEN; i++) client_key[i] = proof[i] ^ signature[i];
-  bool hashed = sha256(client_key, sizeof(client_key), computed_stored);
-  OPENSSL_cleanse(client_key, sizeof(client_key));
-  if (!hashed) return scram_fail(scram, PGS_EIO);
-  if (CRYPTO_memcmp(computed_stored, scram->stored_key, PGS_SCRAM_KEY_LEN) != 0)
-    return scram_fail(scram, PGS_EAUTH);
+  if (!sha256(client_key, sizeof(client_key), computed_stored)) {
+    status = PGS_EIO;
+    goto out;
+  }
+  if (CRYPTO_memcmp(computed_stored, scram->stored_key, PGS_SCRAM_KEY_LEN) != 0) {
+    status = PGS_EAUTH;
+    goto out;
+  }
 
-  char signature64[4 * ((PGS_SCRAM_KEY_LEN + 2) / 3) + 1];
   if (!hmac_sha256(scram->server_key, sizeof(scram->server_key), auth_message, (size_t)n,
                    signature) ||
-      !base64_encode(signature, sizeof(signature), signature64, sizeof(signature64)))
-    return scram_fail(scram, PGS_EIO);
+      !base64_encode(signature, sizeof(signature), signature64, sizeof(signature64))) {
+    status = PGS_EIO;
+    goto out;
+  }
   n = snprintf(out, outcap, "v=%s", signature64);
-  if (n < 0 || (size_t)n >= outcap) return scram_fail(scram, PGS_EINVAL);
+  if (n < 0 || (size_t)n >= outcap) status = PGS_EINVAL;
+
+out:
+  OPENSSL_cleanse(proof, sizeof(proof));
+  OPENSSL_cleanse(signature, sizeof(signature));
+  OPENSSL_cleanse(client_key, sizeof(client_key));
+  OPENSSL_cleanse(computed_stored, sizeof(computed_stored));
+  OPENSSL_cleanse(auth_message, sizeof(auth_message));
+  OPENSSL_cleanse(signature64, sizeof(signature64));
+  if (status != PGS_OK) return scram_fail(scram, status);
   scram->state = PGS_SCRAM_STATE_DONE;
   return PGS_OK;
 }

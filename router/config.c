@@ -447,6 +447,10 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     }
     free(c->twophase_log);
     c->twophase_log = pgs_xstrdup(value);
+  } else if (!strcmp(key, "twophase_recovery_user")) {
+    free(c->twophase_recovery_user);
+    c->twophase_recovery_user = value[0] ? pgs_xstrdup(value) : NULL;
+    c->twophase_recovery_user_line = st->line;
   } else {
     config_error(c, st->line, "unknown key \"%s\" in [pgshard]", key);
   }
@@ -753,6 +757,9 @@ static void config_validate(pgs_config_t *c) {
     }
   }
   if (c->ndatabases == 0) config_error(c, 0, "no [database.*] section");
+  if (c->twophase_recovery_user && !pgs_config_find_user(c, c->twophase_recovery_user))
+    config_error(c, c->twophase_recovery_user_line,
+                 "twophase_recovery_user: no [user.%s] section", c->twophase_recovery_user);
 }
 
 /* A SCRAM login checked against a plain-text password runs PBKDF2 (4096
@@ -1307,6 +1314,7 @@ void pgs_config_unref(pgs_config_t *c) {
   free(c->listen_host);
   free(c->metrics_listen);
   free(c->twophase_log);
+  free(c->twophase_recovery_user);
   for (int i = 0; i < c->nusers; i++) {
     free(c->users[i].name);
     free(c->users[i].password);

@@ -85,8 +85,11 @@ pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t 
 pgs_status_t pgs_scram_server_final(pgs_scram_t *scram, const char *msg, size_t len, char *out,
                                     size_t outcap) PGS_MUST_USE;
 
-/* Wipe the keys and messages of an exchange (done or abandoned). */
+/* Wipe the keys, nonces and messages of an exchange (done or abandoned):
+ * every byte zero, state PGS_SCRAM_STATE_FAILED, so it cannot go on. */
 void pgs_scram_clear(pgs_scram_t *scram);
+/* pgs_scram_clear, then free (a heap-allocated exchange; NULL is fine). */
+void pgs_scram_free(pgs_scram_t *scram);
 
 /* md5 auth: true when RESPONSE ("md5" + 32 hex, as sent in PasswordMessage) is
  * right for USER with configured PASSWORD (plain or "md5..." hash) and SALT. */

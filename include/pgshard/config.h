@@ -114,6 +114,11 @@ typedef struct pgs_config {
    * file is taken relative to the config file's directory (as written when
    * the config was parsed from a string). Read at startup only. */
   char *twophase_log;
+  /* [pgshard] twophase_recovery_user: the [user.*] whose login settles 2PC
+   * orphans of every owner (it must be a superuser on the shards: checked
+   * at startup). NULL: each prepared transaction is settled as its owner. */
+  char *twophase_recovery_user;
+  int twophase_recovery_user_line;
 
   pgs_user_t *users;
   int nusers;

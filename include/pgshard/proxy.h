@@ -270,6 +270,7 @@ struct pgs_client {
   uint64_t wait_start_ms;
   /* auth */
   struct pgs_param *login_values; /* LOGIN: values read from the server */
+  int nlogin_values;              /* entries allocated in login_values */
   uint8_t md5_salt[4];
   pgs_scram_t *scram;
   /* session state */

@@ -27,8 +27,9 @@
  *             earlier instance whose decision is unknown is presumed
  *             aborted; one of this process may still be preparing.
  *   seq       decimal, per process.
- * Only one process holds a log at a time (an exclusive flock), so a gid of
- * this owner and another instance belongs to a process that has ended.
+ * Only one process holds a log at a time (an exclusive flock on the stable
+ * file "<log>.lock" beside it), so a gid of this owner and another instance
+ * belongs to a process that has ended.
  *
  * The log ([pgshard] twophase_log) is a text file, one record a line:
  *   pgshard-2pc-log 1 owner=<16 hex>   header, first line
@@ -136,6 +137,25 @@ pgs_status_t pgs_twophase_replay(const char *text, size_t len,
                                  pgs_twophase_replay_t *out) PGS_MUST_USE;
 void pgs_twophase_replay_free(pgs_twophase_replay_t *replay);
 
+/* ---- the log file (proxy/twophase_file.c) ---- */
+
+/* Make this process the owner of the log at LOG_PATH: an exclusive,
+ * non-blocking flock on "<LOG_PATH>.lock" (created if missing, never
+ * renamed or deleted, unlike the log, which every replacement renames
+ * over). PGS_OK: *LOCK_FD holds the lock until it is closed (at exit).
+ * PGS_EIO with ERR set: another process holds it, or the file cannot be
+ * opened. */
+pgs_status_t pgs_twophase_file_lock(const char *log_path, int *lock_fd, char *err,
+                                    size_t errlen) PGS_MUST_USE;
+/* Replace the log at LOG_PATH by a file holding TEXT: written to a
+ * temporary file of a unique name beside it (mkostemp), synced, renamed
+ * over LOG_PATH. Returns the new log's descriptor, open for appending; ERR
+ * is empty, or says why the directory could not be synced (the rename may
+ * then not survive a crash: worth a warning). -1 with ERR set on failure,
+ * the log untouched and no temporary file left. */
+int pgs_twophase_file_replace(const char *log_path, const char *text, size_t len, char *err,
+                              size_t errlen);
+
 /* ---- the decision log (proxy/twophase.c) ---- */
 
 /* Startup, in the main thread before any worker or the monitor runs: reads
@@ -208,11 +228,17 @@ void pgs_twophase_pause(const char *point);
 
 /* ---- recovery (proxy/twophase.c) ---- */
 
-/* One shard's writer to settle prepared transactions on. */
+/* One shard's writer to settle prepared transactions on. Recovery logs in
+ * to NODE as pools do (pgs_node_conninfo): to list, as twophase_recovery_user
+ * when configured, else as the monitor does; to settle a gid, through that
+ * login when it is a superuser or the gid's owner, else as the owner (the
+ * [user.*] of that name). */
 typedef struct pgs_twophase_target {
-  char *db;       /* config database name, for the log */
-  char *shard;    /* shard name, for the log */
-  char *conninfo; /* libpq conninfo of its writer; NULL: it has none now */
+  char *db;                       /* config database name, for the log */
+  char *shard;                    /* shard name, for the log */
+  pgs_config_t *config;           /* a reference (targets_free drops it) */
+  const pgs_database_t *database; /* in config */
+  const pgs_node_t *node;         /* its writer, in config; NULL: it has none now */
 } pgs_twophase_target_t;
 
 /* One recovery pass, blocking (libpq, connect_timeout and statement_timeout
@@ -221,17 +247,24 @@ typedef struct pgs_twophase_target {
  * -> COMMIT PREPARED; an abort decided, or no decision and an earlier
  * instance -> ROLLBACK PREPARED (presumed abort); no decision and this
  * process, within PGS_TWOPHASE_IN_FLIGHT_MS -> left (in flight). Gids of
- * other logs are left alone (logged). Every settlement is logged at info.
- * When every target was reached, decided gids that no target holds any more
- * get their "D". STARTUP makes unreachable shards warnings (else debug).
- * Returns the number of targets that could not be settled fully (down, in
- * recovery, a statement failed). Does nothing (returns 0) without a log.
- * One pass runs at a time. */
+ * other logs are left alone (logged). A gid whose owner recovery cannot log
+ * in as (not a [user.*], no superuser recovery login) is left and warned
+ * about once. Every settlement is logged at info. When every target was
+ * listed, decided gids that no target holds any more get their "D".
+ * STARTUP makes unreachable shards warnings (else debug). Returns the
+ * number of targets that could not be settled fully (down, in recovery, a
+ * statement failed, an owner out of reach). Does nothing (returns 0)
+ * without a log. One pass runs at a time. */
 int pgs_twophase_recover(const pgs_twophase_target_t *targets, int ntargets, bool startup);
-/* The startup pass: every database's configured primaries, logged in as the
- * monitor logs in. Call after pgs_twophase_start, before the workers
- * accept clients. Returns what pgs_twophase_recover returns. */
-int pgs_twophase_recover_config(const pgs_config_t *config);
+/* The startup pass: every database's configured primaries. Call after
+ * pgs_twophase_start, before the workers accept clients. Returns what
+ * pgs_twophase_recover returns. */
+int pgs_twophase_recover_config(pgs_config_t *config);
 void pgs_twophase_targets_free(pgs_twophase_target_t *targets, int ntargets);
+/* Startup: when twophase_recovery_user is set, log in as it to every
+ * database's configured primary and check it is a superuser there.
+ * PGS_ECONFIG (logged) when a primary says it is not; a primary that cannot
+ * be reached is a warning. PGS_OK when the key is not set. */
+pgs_status_t pgs_twophase_check_recovery_user(const pgs_config_t *config) PGS_MUST_USE;
 
 #endif

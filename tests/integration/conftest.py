@@ -81,7 +81,7 @@ PGSHARD_KEYS = {
     "listen", "workers", "metrics_listen", "log_format", "log_debug", "auth",
     "max_client_conn", "max_message_size", "query_wait_timeout_ms",
     "server_connect_timeout_ms", "client_login_timeout_ms",
-    "server_idle_timeout_ms", "shutdown_timeout_ms",
+    "server_idle_timeout_ms", "shutdown_timeout_ms", "twophase_recovery_user",
 }
 DATABASE_KEYS = {
     "pool_mode", "pool_size", "read_your_writes", "ryw_window_ms",
@@ -207,15 +207,17 @@ class Lab:
             ports.extend(shard.replica_ports)
         return ports
 
-    def shard_sections(self, replicas=True):
-        """[shard.app.*] lines for a config naming this lab's servers."""
+    def shard_sections(self, replicas=True, node_user="postgres"):
+        """[shard.app.*] lines for a config naming this lab's servers, logging
+        in as NODE_USER (None: as each client's user, as pgshard does for a
+        node naming no user)."""
+        login = f" user={node_user}" if node_user else ""
         lines = []
         for shard in self.shards:
             lines += ["", f"[shard.app.{shard.name}]", f"primary = host=127.0.0.1 "
-                      f"port={shard.primary_port} dbname=app user=postgres"]
+                      f"port={shard.primary_port} dbname=app{login}"]
             for replica_port in (shard.replica_ports if replicas else ()):
-                lines.append(f"replica = host=127.0.0.1 port={replica_port} dbname=app "
-                             "user=postgres")
+                lines.append(f"replica = host=127.0.0.1 port={replica_port} dbname=app{login}")
             if shard.region:
                 lines.append(f"region = {shard.region}")
         return lines
@@ -500,6 +502,7 @@ class Proxy:
         self.database = {"pool_mode": "transaction", "pool_size": 4}
         self.users = dict(DEFAULT_USERS)
         self.replica = False  # replicas are opt-in: proxy(replica=True) reads from them
+        self.node_user = "postgres"  # node_user=None: nodes log in as each client's user
         self.extra_ini = ""  # appended verbatim: [table.app.*], [geo.app], [tenants.app] ...
         self.proc = None
         self.expected_exit = False  # the test stopped it on purpose
@@ -515,6 +518,8 @@ class Proxy:
                         self.users[name] = spec if isinstance(spec, tuple) else (spec, False)
             elif key == "replica":
                 self.replica = bool(value)
+            elif key == "node_user":
+                self.node_user = value
             elif key == "extra_ini":
                 self.extra_ini = value or ""
             elif key in PGSHARD_KEYS:
@@ -537,7 +542,7 @@ class Proxy:
             if admin:
                 lines.append("admin = true")
         lines += ["", "[database.app]"] + [f"{k} = {v}" for k, v in self.database.items()]
-        lines += self.lab.shard_sections(replicas=self.replica)
+        lines += self.lab.shard_sections(replicas=self.replica, node_user=self.node_user)
         text = "\n".join(lines) + "\n"
         if self.extra_ini:
             text += "\n" + self.extra_ini.strip("\n") + "\n"
@@ -676,6 +681,8 @@ def proxy(lab, request, tmp_path):
 
     Overrides are any [pgshard] or [database.app] key (listen excepted),
     users={name: password | (password, admin) | None}, replica=False,
+    node_user="postgres" (None: the nodes name no user, pgshard logs in as
+    each client's user),
     extra_ini=TEXT (appended to the config), lab=ANOTHER_LAB (e.g. shard_lab:
     its shards, regions included, become the [shard.app.*] sections)."""
     yield from _proxy_factory(lab, request, tmp_path)

@@ -13,7 +13,11 @@ rolled back otherwise (presumed abort), and that nothing else is touched.
 - for a shard that is down at startup, once it is back;
 - gids of another decision log (another pgshard) are never touched;
 - a log is used by one pgshard at a time, and a file that is not a log is
-  refused when a database uses 2pc.
+  refused when a database uses 2pc;
+- a gid prepared by another role is finished as that role (PostgreSQL lets
+  only its owner or a superuser do it), or through twophase_recovery_user,
+  which must be a superuser; an owner recovery cannot log in as is warned
+  about and left prepared.
 
 The end-to-end tests through the proxy's own commit flow (a pgshard killed
 between PREPARE and COMMIT PREPARED with PGSHARD_FAULT) are drafted in
@@ -23,6 +27,7 @@ import re
 import secrets
 import subprocess
 
+import psycopg
 import pytest
 
 from conftest import PGSHARD, free_port
@@ -53,9 +58,11 @@ def prepared_gids(lab, shard):
             "select gid from pg_prepared_xacts where database = current_database()")}
 
 
-def prepare(lab, shard, gid, ids):
-    """Insert rows IDS on SHARD inside a transaction prepared as GID."""
-    with lab.connect_primary(shard) as conn:
+def prepare(lab, shard, gid, ids, user="postgres"):
+    """Insert rows IDS on SHARD inside a transaction prepared as GID by USER
+    (pg_prepared_xacts.owner; the lab trusts every role on loopback)."""
+    with psycopg.connect(host="127.0.0.1", port=lab.shard(shard).primary_port, dbname="app",
+                         user=user, connect_timeout=5, autocommit=True) as conn:
         conn.execute("begin")
         for i in ids:
             conn.execute(f"insert into {TABLE} (id, gid) values (%s, %s)", (i, gid))
@@ -215,16 +222,17 @@ def test_log_created_only_when_needed(twopc, sharded_proxy, tmp_path):
     assert re.fullmatch(r"pgshard-2pc-log 1 owner=[0-9a-f]{16}", first), first
 
 
-def run_pgshard_expecting_failure(lab, tmp_path, extra, timeout=20):
+def run_pgshard_expecting_failure(lab, tmp_path, extra, timeout=20, node_user="postgres"):
     """Run pgshard on a config of its own (cross_shard_writes = 2pc plus
-    EXTRA) that must refuse to start; return its output."""
+    EXTRA, nodes logging in as NODE_USER) that must refuse to start; return
+    its output."""
     port = free_port()
     config = tmp_path / f"refused-{port}.ini"
     config.write_text("\n".join([
         "[pgshard]", f"listen = 127.0.0.1:{port}", "auth = trust", "",
         "[user.app]", "password = secret", "",
         "[database.app]", "cross_shard_writes = 2pc",
-    ] + lab.shard_sections()) + "\n\n" + extra)
+    ] + lab.shard_sections(node_user=node_user)) + "\n\n" + extra)
     proc = subprocess.run([str(PGSHARD), "-c", str(config)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
@@ -234,10 +242,24 @@ def run_pgshard_expecting_failure(lab, tmp_path, extra, timeout=20):
 
 def test_one_pgshard_per_log(twopc, sharded_proxy, tmp_path):
     log = tmp_path / "shared.log"
+    write_log(log, secrets.token_hex(8))
+    inode = log.stat().st_ino
     px = sharded_proxy(cross_shard_writes="2pc", extra_ini=log_ini(log))
+    # Startup compacted the log: a new file was renamed over it. The lock is
+    # on the file beside it, which stays.
+    assert log.stat().st_ino != inode
+    lock = tmp_path / "shared.log.lock"
+    assert lock.exists()
     out = run_pgshard_expecting_failure(twopc, tmp_path, log_ini(log))
     assert "in use by another pgshard process" in out
     px.assert_alive()
+    # Once the holder has ended, the next pgshard takes the log over.
+    assert px.shutdown_and_check() == []
+    px.proc = None
+    px2 = sharded_proxy(cross_shard_writes="2pc", extra_ini=log_ini(log))
+    px2.assert_alive()
+    assert lock.exists()
+    assert sorted(p.name for p in tmp_path.glob("shared.log*")) == ["shared.log", "shared.log.lock"]
 
 
 def test_not_a_log_refused_with_2pc(twopc, tmp_path):
@@ -246,3 +268,95 @@ def test_not_a_log_refused_with_2pc(twopc, tmp_path):
     out = run_pgshard_expecting_failure(twopc, tmp_path, log_ini(log))
     assert "is not a pgshard 2PC decision log" in out
     assert log.read_text() == "hello\n"  # left as it was
+
+
+# Roles of the lab's servers for the tests below, none a superuser but
+# SUPERUSER: OWNER is a [user.*] of pgshard's config, STRANGER is not.
+OWNER = "twopc_owner"
+STRANGER = "twopc_stranger"
+SUPERUSER = "twopc_super"
+
+
+@pytest.fixture
+def roles(twopc):
+    """The sharded lab (as `twopc`) with the roles above, and app (the
+    monitor's login when nodes name no user), on both shards."""
+    for shard in twopc.shards:
+        with twopc.connect_primary(shard.name) as conn:
+            for role, attrs in (("app", "nosuperuser"), (OWNER, "nosuperuser"),
+                                (STRANGER, "nosuperuser"), (SUPERUSER, "superuser")):
+                conn.execute(f"do $$ begin create role {role} login {attrs}; "
+                             "exception when duplicate_object then null; end $$")
+                conn.execute(f"alter role {role} {attrs}")
+            conn.execute(f"grant all on {TABLE} to public")
+    return twopc
+
+
+def test_recovery_settles_as_the_owner(roles, sharded_proxy, tmp_path):
+    """Nodes naming no user: pgshard logs in as each gid's owner, as its
+    pools would log that user in; an owner it has no [user.*] for is left
+    prepared, with a warning naming gid, owner and shard."""
+    lab = roles
+    owner = secrets.token_hex(8)
+    committed = make_gid(owner, OLD_INSTANCE, 1)
+    undecided = make_gid(owner, OLD_INSTANCE, 2)
+    stranger = make_gid(owner, OLD_INSTANCE, 3)
+    for base, shard in ((600, "s0"), (700, "s1")):
+        prepare(lab, shard, committed, [base + 1, base + 2], user=OWNER)
+        prepare(lab, shard, stranger, [base + 4], user=STRANGER)
+    prepare(lab, "s1", undecided, [703], user=OWNER)
+    log = tmp_path / "decisions.log"
+    write_log(log, owner, [("C", committed), ("C", stranger)])
+
+    px = sharded_proxy(extra_ini=log_ini(log), node_user=None, users={OWNER: "ownerpw"})
+
+    assert prepared_gids(lab, "s0") == {stranger}
+    assert prepared_gids(lab, "s1") == {stranger}
+    assert ids_of(lab, "s0", committed) == [601, 602]
+    assert ids_of(lab, "s1", committed) == [701, 702]
+    assert ids_of(lab, "s1", undecided) == []
+    text = px.log_text()
+    for shard in ("s0", "s1"):
+        assert f"2pc: committed {committed} on app.{shard} (decided before a crash)" in text
+        assert (f"2pc: cannot settle {stranger} on app.{shard}, prepared by {STRANGER}: "
+                f"no [user.{STRANGER}] to log in as and no twophase_recovery_user is set") in text
+    assert f"2pc: rolled back {undecided} on app.s1" in text
+    # The settled commit is closed; the one still prepared stays owed.
+    assert log_records(log) == [f"C {committed}", f"C {stranger}", f"D {committed}"] or \
+        log_records(log) == [f"C {stranger}", f"C {committed}", f"D {committed}"]
+    px.assert_alive()
+
+
+def test_recovery_user_settles_every_owner(roles, sharded_proxy, tmp_path):
+    """twophase_recovery_user (a superuser login) finishes the gids of
+    owners the config does not know."""
+    lab = roles
+    owner = secrets.token_hex(8)
+    committed = make_gid(owner, OLD_INSTANCE, 1)
+    undecided = make_gid(owner, OLD_INSTANCE, 2)
+    for base, shard in ((800, "s0"), (900, "s1")):
+        prepare(lab, shard, committed, [base + 1], user=STRANGER)
+        prepare(lab, shard, undecided, [base + 2], user=OWNER)
+    log = tmp_path / "decisions.log"
+    write_log(log, owner, [("C", committed)])
+
+    px = sharded_proxy(extra_ini=log_ini(log), node_user=None,
+                       twophase_recovery_user=SUPERUSER, users={SUPERUSER: "superpw"})
+
+    for base, shard in ((800, "s0"), (900, "s1")):
+        assert prepared_gids(lab, shard) == set()
+        assert ids_of(lab, shard, committed) == [base + 1]
+        assert ids_of(lab, shard, undecided) == []
+    text = px.log_text()
+    assert "cannot settle" not in text
+    assert f"2pc: committed {committed} on app.s1 (decided before a crash)" in text
+    assert log_records(log) == [f"C {committed}", f"D {committed}"]
+    px.assert_alive()
+
+
+def test_recovery_user_must_be_a_superuser(roles, tmp_path):
+    extra = (f"[pgshard]\ntwophase_recovery_user = {OWNER}\n"
+             f"[user.{OWNER}]\npassword = ownerpw\n")
+    out = run_pgshard_expecting_failure(roles, tmp_path, extra, node_user=None)
+    assert (f"twophase_recovery_user = {OWNER} logs in to app.s0 as {OWNER}, which is not a "
+            "superuser there") in out

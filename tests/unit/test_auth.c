@@ -165,6 +165,37 @@ static void test_rfc7677_plain(void **state) {
   assert_int_equal(scram.state, PGS_SCRAM_STATE_FAILED);
 }
 
+/* After a complete exchange the state holds the keys, salt, nonces and
+ * messages; pgs_scram_clear leaves not one byte of them, and the heap
+ * version frees a cleared state (and takes NULL). */
+static void test_clear_wipes_every_byte(void **state) {
+  pgs_scram_t scram;
+  assert_int_equal(pgs_scram_init_fixed(&scram, RFC_PASSWORD, rfc_salt, sizeof(rfc_salt), 4096,
+                                        RFC_SERVER_NONCE),
+                   PGS_OK);
+  rfc_exchange(&scram);
+  static const uint8_t zero[PGS_SCRAM_KEY_LEN];
+  assert_memory_not_equal(scram.stored_key, zero, sizeof(zero));
+  assert_memory_not_equal(scram.server_key, zero, sizeof(zero));
+  assert_true(strlen(scram.nonce) > 0 && strlen(scram.client_first_bare) > 0 &&
+              strlen(scram.server_first) > 0);
+
+  pgs_scram_clear(&scram);
+  pgs_scram_t expect;
+  memset(&expect, 0, sizeof(expect));
+  expect.state = PGS_SCRAM_STATE_FAILED;
+  assert_memory_equal(&scram, &expect, sizeof(scram));
+
+  pgs_scram_t *heap = malloc(sizeof(*heap));
+  assert_non_null(heap);
+  assert_int_equal(pgs_scram_init_fixed(heap, RFC_PASSWORD, rfc_salt, sizeof(rfc_salt), 4096,
+                                        RFC_SERVER_NONCE),
+                   PGS_OK);
+  rfc_exchange(heap);
+  pgs_scram_free(heap);
+  pgs_scram_free(NULL);
+}
+
 static void test_rfc7677_secret(void **state) {
   pgs_scram_t scram;
   /* A secret brings its own salt and iteration count. */
@@ -691,6 +722,7 @@ static void test_md5_verify(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rfc7677_plain),
+      cmocka_unit_test(test_clear_wipes_every_byte),
       cmocka_unit_test(test_rfc7677_secret),
       cmocka_unit_test(test_client_helper_matches_rfc),
       cmocka_unit_test(test_exchange_plain),

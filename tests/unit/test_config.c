@@ -442,6 +442,32 @@ static void test_twophase_log_empty(void **state) {
   expect_one_error(MINIMAL "[pgshard]\ntwophase_log =\n", 6, "twophase_log");
 }
 
+/* twophase_recovery_user names a [user.*] (declared before or after it);
+ * empty or absent: none, each prepared transaction is settled as its owner. */
+static void test_twophase_recovery_user(void **state) {
+  PGS_UNUSED(state);
+  pgs_config_t *c = pgs_config_parse_string(MINIMAL);
+  assert_int_equal(c->nerrors, 0);
+  assert_null(c->twophase_recovery_user);
+  pgs_config_unref(c);
+
+  c = pgs_config_parse_string("[pgshard]\ntwophase_recovery_user = fixer\n" MINIMAL
+                              "[user.fixer]\npassword = pw\n");
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  assert_string_equal(c->twophase_recovery_user, "fixer");
+  assert_non_null(pgs_config_find_user(c, c->twophase_recovery_user));
+  pgs_config_unref(c);
+
+  c = pgs_config_parse_string(MINIMAL "[pgshard]\ntwophase_recovery_user =\n");
+  assert_int_equal(c->nerrors, 0);
+  assert_null(c->twophase_recovery_user);
+  pgs_config_unref(c);
+
+  expect_one_error(MINIMAL "[pgshard]\ntwophase_recovery_user = nobody\n", 6,
+                   "twophase_recovery_user: no [user.nobody]");
+}
+
 /* A relative twophase_log (and the default) is taken beside the config file,
  * wherever pgshard runs from; an absolute one is kept. */
 static void test_twophase_log_beside_config(void **state) {
@@ -773,6 +799,7 @@ int main(void) {
       cmocka_unit_test(test_map_names_fold),
       cmocka_unit_test(test_bad_int),
       cmocka_unit_test(test_twophase_log_empty),
+      cmocka_unit_test(test_twophase_recovery_user),
       cmocka_unit_test(test_twophase_log_beside_config),
       cmocka_unit_test(test_unknown_key),
       cmocka_unit_test(test_unknown_section),
