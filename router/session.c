@@ -205,7 +205,7 @@ static bool calls_session_set_config(const char *text, size_t len) {
 }
 
 bool pgs_session_is_role(const char *name) {
-  return !strcmp(name, "role") || !strcmp(name, "session_authorization");
+  return !strcasecmp(name, "role") || !strcasecmp(name, "session_authorization");
 }
 
 /* Session-level advisory lock functions: pg_[try_]advisory_lock[_shared],

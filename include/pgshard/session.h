@@ -52,6 +52,9 @@ typedef struct pgs_set_op {
    * of a pgshard.* setting is reported as a SET. */
   bool has_value;
   char value[256];
+  /* Set by the proxy: the server reported the parameter's resolved value
+   * (ParameterStatus) after running it, and sql sets exactly that value. */
+  bool reported;
 } pgs_set_op_t;
 
 typedef struct pgs_session_effects {
@@ -64,7 +67,7 @@ typedef struct pgs_session_effects {
 /* Cheap filter: false means the statement certainly has no session effect. */
 bool pgs_session_maybe(const char *sql, size_t len);
 
-/* Whether NAME (lower case, as in pgs_set_op_t) is a role setting: "role"
+/* Whether NAME (any case) is a role setting: "role"
  * or "session_authorization". RESET ALL does not touch them. */
 bool pgs_session_is_role(const char *name);
 
