@@ -103,6 +103,19 @@ def test_next_client_sees_a_fresh_session(proxy, lab, roles, pool_mode):
             assert pid(b) == a_pid, f"{name}: the server was not reused, the test proves nothing"
 
 
+def test_startup_role_in_transaction_pooling(proxy, roles):
+    """A role given at startup is applied with set_config, which the RESET
+    ALL of replay does not undo: the client keeps its server, and DISCARD ALL
+    resets it before the next."""
+    px = proxy(pool_size=1, workers=1)
+    with px.connect(autocommit=True, options="-c role=alice") as a:
+        a_pid = pid(a)
+        assert state(a)[:2] == ("alice", "postgres")
+    with px.connect(autocommit=True) as b:
+        assert state(b) == ("postgres", "postgres", DEFAULT_SEARCH_PATH)
+        assert pid(b) == a_pid
+
+
 def test_set_config_through_extended_protocol(proxy, lab):
     px = proxy(pool_size=1, workers=1)
     with px.connect(autocommit=True) as a:

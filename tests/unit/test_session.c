@@ -227,17 +227,19 @@ static void test_pins(void **state) {
 }
 
 static void test_temporary_objects(void **state) {
-  expect_flags("CREATE TEMP TABLE t (a int)", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("CREATE TEMPORARY TABLE t (a int)", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("CREATE LOCAL TEMP TABLE t (a int) ON COMMIT DROP", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("CREATE TEMP TABLE IF NOT EXISTS t (a int)", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("CREATE TEMPORARY TABLE t AS SELECT 1 AS a", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("CREATE TEMP SEQUENCE s", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("CREATE TEMP VIEW v AS SELECT 1", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("SELECT 1 AS a INTO TEMP t", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("SELECT 1 AS a INTO TEMPORARY TABLE t UNION SELECT 2", PGS_SESSION_PIN | PGS_SESSION_TEMP);
-  expect_flags("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x", PGS_SESSION_PIN | PGS_SESSION_TEMP);
+  /* Pinned, and the server is closed rather than reused. */
+  const int TEMP = PGS_SESSION_PIN | PGS_SESSION_TEMP;
+  expect_flags("CREATE TEMP TABLE t (a int)", TEMP);
+  expect_flags("CREATE TEMPORARY TABLE t (a int)", TEMP);
+  expect_flags("CREATE LOCAL TEMP TABLE t (a int) ON COMMIT DROP", TEMP);
+  expect_flags("CREATE TEMP TABLE IF NOT EXISTS t (a int)", TEMP);
+  expect_flags("CREATE TEMPORARY TABLE t AS SELECT 1 AS a", TEMP);
+  expect_flags("CREATE TEMP SEQUENCE s", TEMP);
+  expect_flags("CREATE TEMP VIEW v AS SELECT 1", TEMP);
+  expect_flags("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", TEMP);
+  expect_flags("SELECT 1 AS a INTO TEMP t", TEMP);
+  expect_flags("SELECT 1 AS a INTO TEMPORARY TABLE t UNION SELECT 2", TEMP);
+  expect_flags("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x", TEMP);
 
   expect_flags("CREATE TABLE t (a int)", 0);
   expect_flags("CREATE UNLOGGED TABLE t (a int)", 0);
