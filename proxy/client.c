@@ -71,6 +71,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   clear_tx_ops(client);
   pgs_scram_free(client->scram);
   free(client->login_values);
+  free(client->startup_options);
   if (client->config) pgs_config_unref(client->config);
   free(client);
 }
@@ -85,6 +86,13 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
       server->io.writing || server->error_until_sync) {
     pgs_server_close(server, "client left during a request or transaction");
+    return;
+  }
+  if (client->temp) {
+    /* Its temporary schema outlives DISCARD ALL, and a server that has one
+     * lets PREPARE TRANSACTION through after temporary tables were used,
+     * where a fresh one refuses it. */
+    pgs_server_close(server, "client made temporary objects");
     return;
   }
   if (client->pinned || server->pool->mode == PGS_POOL_SESSION) {
@@ -240,11 +248,13 @@ static void put_setting(pgs_client_t *client, const char *name, char *sql, const
   s->startup = startup;
 }
 
+/* Forget the client's SETs of NAME; NULL: of everything RESET ALL resets
+ * (role and session authorization stay). */
 static void remove_settings(pgs_client_t *client, const char *name) {
   int j = 0;
   for (int i = 0; i < client->nsettings; i++) {
     pgs_setting_t *s = &client->settings[i];
-    if (!s->startup && (name == NULL || !strcasecmp(s->name, name))) {
+    if (!s->startup && (name ? !strcasecmp(s->name, name) : !pgs_session_is_role(s->name))) {
       free(s->sql);
       free(s->value);
       continue;
@@ -269,6 +279,51 @@ static char *startup_setting_sql(const char *name, const char *value) {
   return (char *)b.data;
 }
 
+/* Whether the server reports NAME's value when it changes (GUC_REPORT):
+ * the parameters the pool's servers reported at login. */
+static bool reported_parameter(const pgs_client_t *client, const char *name) {
+  for (int i = 0; i < client->pool->nparams; i++)
+    if (!strcasecmp(client->pool->params[i].name, name)) return true;
+  return false;
+}
+
+/* The server reported NAME = VALUE (ParameterStatus) while the client's
+ * SETs wait in tx_ops: the last SET of NAME gives exactly that value (SET
+ * datestyle TO ymd after SET datestyle TO iso leaves "ISO, YMD", which its
+ * text alone would not give on another server). A RESET after it decides
+ * instead. The report comes before the ReadyForQuery that commits tx_ops;
+ * when a transaction rolls back, its ops are dropped whatever was reported. */
+static void note_reported(pgs_client_t *client, const uint8_t *body, size_t len) {
+  pgs_reader_t r;
+  pgs_reader_init(&r, body, len);
+  const char *name = pgs_read_cstr(&r, NULL);
+  const char *value = pgs_read_cstr(&r, NULL);
+  if (r.bad || name == NULL || value == NULL) return;
+  for (int i = client->ntx_ops - 1; i >= 0; i--) {
+    pgs_set_op_t *op = &client->tx_ops[i];
+    if (op->kind == PGS_SET_OP_RESET_ALL) return;
+    if (strcasecmp(op->name, name) != 0) continue;
+    if (op->kind != PGS_SET_OP_SET) return;
+    pgs_buf_t b;
+    pgs_buf_init(&b);
+    pgs_buf_put(&b, "SET ", 4);
+    pgs_buf_put(&b, op->name, strlen(op->name));
+    pgs_buf_put(&b, " = E'", 5);
+    for (const char *p = value; *p; p++) {
+      if (*p == '\'' || *p == '\\') pgs_buf_put(&b, p, 1);
+      pgs_buf_put(&b, p, 1);
+    }
+    pgs_buf_put(&b, "'", 1);
+    pgs_buf_put_u8(&b, 0);
+    free(op->sql);
+    op->sql = (char *)b.data;
+    snprintf(op->value, sizeof(op->value), "%s", value);
+    op->has_value = strlen(value) < sizeof(op->value);
+    op->reported = true;
+    return;
+  }
+}
+
 /* The transaction that held the SETs in tx_ops has ended. */
 static void commit_tx_ops(pgs_client_t *client) {
   bool reset_startup = false;
@@ -278,11 +333,18 @@ static void commit_tx_ops(pgs_client_t *client) {
       pgs_set_op_t *op = &client->tx_ops[i];
       switch (op->kind) {
       case PGS_SET_OP_SET:
+        /* A new session authorization ends any SET ROLE. */
+        if (!strcmp(op->name, "session_authorization")) remove_settings(client, "role");
+        /* A reported parameter the server did not report has not changed
+         * (SET datestyle TO iso when it already was): what the client has
+         * is what it had. */
+        if (!op->reported && reported_parameter(client, op->name)) break;
         put_setting(client, op->name, op->sql, op->has_value ? op->value : NULL, false);
         op->sql = NULL;
         break;
       case PGS_SET_OP_RESET:
         remove_settings(client, op->name);
+        if (!strcmp(op->name, "session_authorization")) remove_settings(client, "role");
         reset_startup = true;
         break;
       case PGS_SET_OP_RESET_ALL:
@@ -328,6 +390,10 @@ static void replay_settings(pgs_client_t *client, pgs_server_t *server) {
 void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
                                   size_t len) {
   if (client->ntx_ops == 0) return;
+  if (type == 'S') {
+    note_reported(client, body, len);
+    return;
+  }
   if (type == 'E' || (type == 'C' && len >= 8 && !memcmp(body, "ROLLBACK", 8)))
     client->tx_failed = true;
 }
@@ -450,6 +516,47 @@ void pgs_client_login_done(pgs_client_t *client) {
   (void)pgs_io_start_reading(&client->io); /* stopped while logging in */
 }
 
+/* libpq's options quoting: a backslash before spaces and backslashes. */
+static void put_option_word(pgs_buf_t *b, const char *word) {
+  for (const char *p = word; *p; p++) {
+    if (*p == ' ' || *p == '\t' || *p == '\\') pgs_buf_put(b, "\\", 1);
+    pgs_buf_put(b, p, 1);
+  }
+}
+
+/* Session pooling: the client's server is its own for the whole session,
+ * so its startup parameters become the server's own startup parameters
+ * (RESET and DISCARD ALL return to them, as on a direct connection) instead
+ * of settings replayed with set_config. They leave client->settings and key
+ * the pool. Returns the libpq options, or NULL when there are none. */
+static char *take_startup_options(pgs_client_t *client) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  int j = 0;
+  for (int i = 0; i < client->nsettings; i++) {
+    pgs_setting_t *s = &client->settings[i];
+    if (!s->startup) {
+      client->settings[j++] = *s;
+      continue;
+    }
+    if (b.len) pgs_buf_put(&b, " ", 1);
+    pgs_buf_put(&b, "-c ", 3);
+    put_option_word(&b, s->name);
+    pgs_buf_put(&b, "=", 1);
+    put_option_word(&b, s->value ? s->value : "");
+    free(s->sql);
+    free(s->value);
+  }
+  client->nsettings = j;
+  recompute_settings_hash(client);
+  if (b.len == 0) {
+    pgs_buf_free(&b);
+    return NULL;
+  }
+  pgs_buf_put_u8(&b, 0);
+  return (char *)b.data;
+}
+
 static void login_ok(pgs_client_t *client) {
   send_auth(client, PGS_AUTHREQ_OK, NULL, 0);
   const pgs_database_t *db = pgs_config_find_database(client->config, client->dbname);
@@ -459,6 +566,15 @@ static void login_ok(pgs_client_t *client) {
     return;
   }
   client->db = db;
+  if (db->pool_mode == PGS_POOL_SESSION) {
+    client->startup_options = take_startup_options(client);
+  } else {
+    /* A role given at startup is applied with set_config, which RESET ALL
+     * (replay's first word) does not undo: keep the server, DISCARD ALL it. */
+    for (int i = 0; i < client->nsettings; i++)
+      if (client->settings[i].startup && pgs_session_is_role(client->settings[i].name))
+        client->pinned = true;
+  }
   pgs_key_error_t kerr;
   if (!pgs_client_startup_tenant(client, &kerr)) {
     pgs_client_fail(client, kerr.sqlstate, "tenant \"%s\": %s", client->startup_tenant,
@@ -468,7 +584,7 @@ static void login_ok(pgs_client_t *client) {
   pgs_client_routing_init(client);
   int node;
   client->want_slot = pgs_client_login_slot(client, &node);
-  client->pool = pgs_pool_get(client->worker, db, client->user, 0, node);
+  client->pool = pgs_pool_get(client->worker, db, client->user, 0, node, client->startup_options);
   client->pools[node] = client->pool;
   client->wait_pool = client->pool;
   const pgs_welcome_t *w = NULL;

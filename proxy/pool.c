@@ -11,8 +11,17 @@
  * The pool also remembers the parameters the server reported at login
  * (server_version, server_encoding, ...), which every client of the pool is
  * told at its own login.
+ *
+ * Under session pooling a client's startup parameters are its servers'
+ * startup parameters, so a pool also has those in its key: pools of one node
+ * that differ only by them are siblings, and pool_size bounds the servers of
+ * all of them together. A sibling at the limit makes room by closing an idle
+ * server of another (maybe_connect), or takes a server its owner frees
+ * (pgs_pool_server_free).
  */
 #include <string.h>
+
+#include <libpq-fe.h>
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
@@ -35,21 +44,66 @@ static int find_node(const pgs_database_t *db, int shard, const char *conninfo) 
   return -1;
 }
 
+/* The node's conninfo for USER, with STARTUP_OPTIONS (libpq options, may
+ * be NULL) after any options the node's own conninfo gives. */
 static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db,
-                            const pgs_user_t *user, int shard, int index) {
-  return pgs_node_conninfo(config, db, shard_node(db, shard, index), user,
-                           "fallback_application_name", "pgshard");
+                            const pgs_user_t *user, int shard, int index,
+                            const char *startup_options) {
+  char *conninfo = pgs_node_conninfo(config, db, shard_node(db, shard, index), user,
+                                     "fallback_application_name", "pgshard");
+  if (startup_options == NULL) return conninfo;
+  const char *node_options = NULL;
+  PQconninfoOption *parsed = PQconninfoParse(conninfo, NULL);
+  for (PQconninfoOption *o = parsed; o && o->keyword; o++)
+    if (!strcmp(o->keyword, "options") && o->val && o->val[0]) node_options = o->val;
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  pgs_buf_put(&b, conninfo, strlen(conninfo));
+  pgs_buf_put(&b, " options='", 10);
+  for (int pass = 0; pass < 2; pass++) {
+    const char *text = pass ? startup_options : node_options;
+    if (text == NULL) continue;
+    if (pass && node_options) pgs_buf_put(&b, " ", 1);
+    for (const char *p = text; *p; p++) {
+      if (*p == '\'' || *p == '\\') pgs_buf_put(&b, "\\", 1);
+      pgs_buf_put(&b, p, 1);
+    }
+  }
+  pgs_buf_put(&b, "'", 1);
+  /* PostgreSQL applies options before the startup packet's own parameters,
+   * among them the application_name libpq sends: drop pgshard's fallback
+   * when the client named its own. */
+  if (!strncmp(startup_options, "-c application_name=", 20) ||
+      strstr(startup_options, " -c application_name="))
+    pgs_buf_put(&b, " fallback_application_name=''", 29);
+  pgs_buf_put_u8(&b, 0);
+  if (parsed) PQconninfoFree(parsed);
+  free(conninfo);
+  return (char *)b.data;
+}
+
+/* Whether A and B hold servers of one node for one database and user. */
+static bool same_node(const pgs_pool_t *a, const pgs_pool_t *b) {
+  return !strcmp(a->dbname, b->dbname) && !strcmp(a->username, b->username) &&
+         !strcmp(a->shard, b->shard) && !strcmp(a->node_conninfo, b->node_conninfo);
+}
+
+static bool same_options(const char *a, const char *b) {
+  return a == b || (a && b && !strcmp(a, b));
 }
 
 pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
-                         int shard, int node) {
+                         int shard, int node, const char *startup_options) {
   PGS_ASSERT(shard >= 0 && shard < db->nshards);
   const char *conninfo = shard_node(db, shard, node)->conninfo;
+  bool siblings = false;
   for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
     pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
     if (!strcmp(pool->dbname, db->name) && !strcmp(pool->username, user->name) &&
-        !strcmp(pool->shard, db->shards[shard].name) && !strcmp(pool->node_conninfo, conninfo))
-      return pool;
+        !strcmp(pool->shard, db->shards[shard].name) && !strcmp(pool->node_conninfo, conninfo)) {
+      if (same_options(pool->startup_options, startup_options)) return pool;
+      siblings = true;
+    }
   }
   pgs_pool_t *pool = pgs_xcalloc(1, sizeof(*pool));
   pool->worker = worker;
@@ -57,6 +111,7 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const p
   snprintf(pool->username, sizeof(pool->username), "%s", user->name);
   snprintf(pool->shard, sizeof(pool->shard), "%s", db->shards[shard].name);
   pool->node_conninfo = pgs_xstrdup(conninfo);
+  pool->startup_options = startup_options ? pgs_xstrdup(startup_options) : NULL;
   pool->node = node;
   pool->node_up = true; /* until a health snapshot says otherwise */
   pgs_list_init(&pool->idle);
@@ -65,6 +120,12 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const p
   pgs_list_init(&pool->waiters);
   pgs_pool_apply_config(pool, worker->config);
   pgs_list_append(&worker->pools, &pool->link);
+  if (siblings) {
+    for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
+      pgs_pool_t *other = pgs_container_of(l, pgs_pool_t, link);
+      if (same_node(other, pool)) other->has_siblings = true;
+    }
+  }
   return pool;
 }
 
@@ -77,7 +138,7 @@ void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config) {
   pool->node = node;
   pool->node_up = true; /* until a health snapshot says otherwise */
   free(pool->conninfo);
-  pool->conninfo = build_conninfo(config, db, user, shard, node);
+  pool->conninfo = build_conninfo(config, db, user, shard, node, pool->startup_options);
   pool->mode = db->pool_mode;
   pool->size = pgs_pool_share(db->pool_size, config->workers, pool->worker->index);
 }
@@ -135,11 +196,50 @@ static int total_servers(const pgs_pool_t *pool) {
   return pool->nidle + pool->nactive + pool->nconnecting;
 }
 
+/* Servers of POOL's node for its database and user, siblings included. */
+static int node_servers(const pgs_pool_t *pool) {
+  if (!pool->has_siblings) return total_servers(pool);
+  int n = 0;
+  for (pgs_list_t *l = pool->worker->pools.next; l != &pool->worker->pools; l = l->next) {
+    const pgs_pool_t *other = pgs_container_of(l, pgs_pool_t, link);
+    if (same_node(other, pool)) n += total_servers(other);
+  }
+  return n;
+}
+
+/* A sibling of POOL with clients waiting that no connection attempt serves. */
+static pgs_pool_t *waiting_sibling(const pgs_pool_t *pool) {
+  if (!pool->has_siblings) return NULL;
+  for (pgs_list_t *l = pool->worker->pools.next; l != &pool->worker->pools; l = l->next) {
+    pgs_pool_t *other = pgs_container_of(l, pgs_pool_t, link);
+    if (other != pool && same_node(other, pool) && other->nwaiters > other->nconnecting)
+      return other;
+  }
+  return NULL;
+}
+
+/* Close the oldest idle server of a sibling of POOL, to make room for one of
+ * POOL's own. Returns whether there was one. */
+static bool close_idle_sibling(pgs_pool_t *pool) {
+  if (!pool->has_siblings) return false;
+  for (pgs_list_t *l = pool->worker->pools.next; l != &pool->worker->pools; l = l->next) {
+    pgs_pool_t *other = pgs_container_of(l, pgs_pool_t, link);
+    if (other == pool || !same_node(other, pool) || other->nidle == 0) continue;
+    pgs_server_close(pgs_container_of(other->idle.next, pgs_server_t, link),
+                     "pool_size reached: room for other startup parameters");
+    return true;
+  }
+  return false;
+}
+
 static void maybe_connect(pgs_pool_t *pool) {
-  /* One connection attempt per waiting client, within the pool's share. */
+  /* One connection attempt per waiting client, within the pool's share of
+   * the node's pool_size. */
   while (pool->nconnecting < pool->nwaiters && total_servers(pool) < pool->size &&
-         !pool->worker->stopping)
+         !pool->worker->stopping) {
+    if (node_servers(pool) >= pool->size && !close_idle_sibling(pool)) break;
     pgs_server_connect(pool);
+  }
 }
 
 void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client) {
@@ -163,7 +263,7 @@ void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client) {
 
 void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
   server->client = NULL;
-  if (server->dirty || pool->worker->stopping || total_servers(pool) > pool->size) {
+  if (server->dirty || pool->worker->stopping || node_servers(pool) > pool->size) {
     pgs_server_close(server, server->dirty ? "not reusable" : "pool shrinking");
     maybe_connect(pool);
     return;
@@ -173,6 +273,14 @@ void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
     pgs_pool_cancel_wait(pool, client);
     pgs_pool_set_state(server, PGS_SV_ACTIVE);
     pgs_client_on_server(client, server);
+    return;
+  }
+  pgs_pool_t *sibling = waiting_sibling(pool);
+  if (sibling && node_servers(pool) >= pool->size) {
+    /* Its clients have other startup parameters: they need a server of
+     * their own, in this one's place. */
+    pgs_server_close(server, "pool_size reached: room for other startup parameters");
+    maybe_connect(sibling);
     return;
   }
   pgs_pool_set_state(server, PGS_SV_IDLE);
@@ -275,6 +383,7 @@ void pgs_pool_destroy(pgs_pool_t *pool) {
   PGS_ASSERT(total_servers(pool) == 0 && pool->nwaiters == 0);
   pgs_list_remove(&pool->link);
   free(pool->node_conninfo);
+  free(pool->startup_options);
   free(pool->conninfo);
   free(pool);
 }

@@ -213,7 +213,9 @@ static void request_server(pgs_client_t *client, int slot, int node) {
   }
   int shard = slot / 2;
   pgs_pool_t **pool = &client->pools[shard * client->pool_stride + node];
-  if (*pool == NULL) *pool = pgs_pool_get(client->worker, client->db, client->user, shard, node);
+  if (*pool == NULL)
+    *pool = pgs_pool_get(client->worker, client->db, client->user, shard, node,
+                         client->startup_options);
   client->want_slot = slot;
   client->wait_pool = *pool;
   client->state = PGS_CL_WAITING;
@@ -352,6 +354,7 @@ static void check_session_effects(pgs_client_t *client, const pgs_session_effect
                client->username, client->peer);
     client->pinned = true;
   }
+  if (fx->flags & PGS_SESSION_TEMP) client->temp = true;
   if (!simple && fx->nops > 0) {
     /* SET through a prepared statement: we cannot see when it runs. */
     client->pinned = true;

@@ -325,7 +325,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
   case 'D': /* DataRow */
     if (internal && front->capture && client) pgs_client_on_login_row(client, body, len);
     return flags & PGS_EF_NOROWS ? REPLY_DROP : visible;
-  case 'S': /* ParameterStatus */
+  case 'S': /* ParameterStatus: the value a client's SET came to */
     if (client) {
       pgs_reader_t r;
       pgs_reader_init(&r, body, len);
@@ -333,6 +333,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
       const char *value = pgs_read_cstr(&r, NULL);
       if (!r.bad) pgs_request_on_parameter_status(client, name, value);
     }
+    if (visible == REPLY_FORWARD) pgs_client_on_server_message(client, type, body, len);
     return visible;
   case 'N': /* NoticeResponse */
   case 'A': /* NotificationResponse */

@@ -48,8 +48,9 @@ static bool has_ci(const char *hay, size_t len, const char *needle) {
 }
 
 bool pgs_session_maybe(const char *sql, size_t len) {
-  static const char *const first_words[] = {"set",     "reset",   "discard", "deallocate", "listen",
-                                            "prepare", "declare", "create",  "load",       NULL};
+  static const char *const first_words[] = {"set",     "reset",   "discard", "deallocate",
+                                            "listen",  "prepare", "declare", "create",
+                                            "load",    "do",      NULL};
   const char *end = sql + len;
   const char *p = skip_space(sql, end);
   const char *w = p;
@@ -66,7 +67,145 @@ bool pgs_session_maybe(const char *sql, size_t len) {
    * look for the 'y' of "advisory" takes either case). */
   const char *semi = memchr(p, ';', (size_t)(end - p));
   if (semi && skip_space(semi + 1, end) < end && *skip_space(semi + 1, end) != '\0') return true;
+  /* set_config() may change any setting behind pgshard's back. */
+  if (memchr(sql, '_', len) && has_ci(sql, len, "set_config")) return true;
   return (memchr(sql, 'y', len) || memchr(sql, 'Y', len)) && has_ci(sql, len, "advisory");
+}
+
+/* ---- a token scanner, enough to read set_config()'s arguments ---- */
+
+typedef enum { TOK_END, TOK_WORD, TOK_STRING, TOK_QUOTED, TOK_PUNCT } tok_kind_t;
+
+typedef struct token {
+  tok_kind_t kind;
+  const char *text; /* a word, a punctuation character, or what is between quotes */
+  size_t len;
+} token_t;
+
+static bool word_char(char c) {
+  return isalnum((unsigned char)c) || c == '_' || c == '$' || (unsigned char)c >= 0x80;
+}
+
+/* The end of a quoted run that opened just before P with QUOTE; a doubled
+ * quote stays inside, and so does a backslashed one when ESCAPES. */
+static const char *quoted_end(const char *p, const char *end, char quote, bool escapes) {
+  while (p < end) {
+    if (escapes && *p == '\\' && p + 1 < end) {
+      p += 2;
+    } else if (*p == quote && p + 1 < end && p[1] == quote) {
+      p += 2;
+    } else if (*p == quote) {
+      return p;
+    } else {
+      p++;
+    }
+  }
+  return end;
+}
+
+/* The next token at *PP, skipping blanks and comments. Unterminated quotes
+ * run to the end (the server refuses those anyway). */
+static token_t next_token(const char **pp, const char *end) {
+  const char *p = skip_space(*pp, end);
+  token_t t = {TOK_END, p, 0};
+  if (p >= end) {
+    *pp = p;
+    return t;
+  }
+  if (*p == '\'' || *p == '"') {
+    const char *close = quoted_end(p + 1, end, *p, false);
+    t.kind = *p == '"' ? TOK_QUOTED : TOK_STRING;
+    t.text = p + 1;
+    t.len = (size_t)(close - (p + 1));
+    *pp = close < end ? close + 1 : end;
+    return t;
+  }
+  if (*p == '$' && p + 1 < end && !isdigit((unsigned char)p[1])) {
+    /* A dollar quote: $tag$ ... $tag$. */
+    const char *q = p + 1;
+    while (q < end && *q != '$' && (isalnum((unsigned char)*q) || *q == '_')) q++;
+    if (q < end && *q == '$') {
+      size_t tag = (size_t)(q + 1 - p);
+      const char *close = memmem(q + 1, (size_t)(end - (q + 1)), p, tag);
+      t.kind = TOK_STRING;
+      t.text = q + 1;
+      t.len = (size_t)((close ? close : end) - (q + 1));
+      *pp = close ? close + tag : end;
+      return t;
+    }
+  }
+  if (word_char(*p)) {
+    const char *q = p;
+    while (q < end && word_char(*q)) q++;
+    if (q - p == 1 && (*p == 'e' || *p == 'E') && q < end && *q == '\'') {
+      /* E'...': backslash escapes. */
+      const char *close = quoted_end(q + 1, end, '\'', true);
+      t.kind = TOK_STRING;
+      t.text = q + 1;
+      t.len = (size_t)(close - (q + 1));
+      *pp = close < end ? close + 1 : end;
+      return t;
+    }
+    t.kind = TOK_WORD;
+    t.len = (size_t)(q - p);
+    *pp = q;
+    return t;
+  }
+  t.kind = TOK_PUNCT;
+  t.len = 1;
+  *pp = p + 1;
+  return t;
+}
+
+static bool token_is(const token_t *t, const char *word) {
+  return t->len == strlen(word) && strncasecmp(t->text, word, t->len) == 0;
+}
+
+/* Whether the argument list after "set_config" (at *PP) ends with a third
+ * argument that is the constant true: the change ends with the transaction.
+ * Anything else (a variable, an expression, false) is not provably local. */
+static bool set_config_is_local(const char **pp, const char *end) {
+  static const char *const truths[] = {"true", "t", "on", "yes", "1", NULL};
+  token_t t = next_token(pp, end);
+  if (t.kind != TOK_PUNCT || t.text[0] != '(') return false;
+  int depth = 1, arg = 0, third_tokens = 0;
+  bool third_true = false;
+  while (depth > 0) {
+    t = next_token(pp, end);
+    if (t.kind == TOK_END) return false;
+    if (t.kind == TOK_PUNCT && (t.text[0] == '(' || t.text[0] == '[')) depth++;
+    else if (t.kind == TOK_PUNCT && (t.text[0] == ')' || t.text[0] == ']')) depth--;
+    if (depth == 0) break;
+    if (depth == 1 && t.kind == TOK_PUNCT && t.text[0] == ',') {
+      arg++;
+      continue;
+    }
+    if (arg != 2) continue;
+    third_tokens++;
+    third_true = false;
+    if (t.kind == TOK_WORD && token_is(&t, "true")) third_true = true;
+    for (int i = 0; t.kind == TOK_STRING && truths[i]; i++)
+      third_true |= token_is(&t, truths[i]);
+  }
+  return arg == 2 && third_tokens == 1 && third_true;
+}
+
+/* Whether TEXT calls set_config() other than for the current transaction.
+ * Names inside strings and comments are not calls; one inside a function
+ * body runs when the function does, which no statement analysis can see. */
+static bool calls_session_set_config(const char *text, size_t len) {
+  const char *p = text, *end = text + len;
+  for (;;) {
+    token_t t = next_token(&p, end);
+    if (t.kind == TOK_END) return false;
+    bool named = (t.kind == TOK_WORD && token_is(&t, "set_config")) ||
+                 (t.kind == TOK_QUOTED && t.len == 10 && !memcmp(t.text, "set_config", 10));
+    if (named && !set_config_is_local(&p, end)) return true;
+  }
+}
+
+bool pgs_session_is_role(const char *name) {
+  return !strcasecmp(name, "role") || !strcasecmp(name, "session_authorization");
 }
 
 /* Session-level advisory lock functions: pg_[try_]advisory_lock[_shared],
@@ -77,6 +216,9 @@ static bool uses_session_advisory_lock(const char *sql, size_t len) {
     if (has_ci(sql, len, prefixes[i])) return true;
   return false;
 }
+
+/* A temporary object pins the client, and its server is not reused. */
+#define TEMP_OBJECT (PGS_SESSION_PIN | PGS_SESSION_TEMP)
 
 static bool is_temp(const PgQuery__RangeVar *rel) {
   return rel && rel->relpersistence && rel->relpersistence[0] == 't';
@@ -150,9 +292,15 @@ static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char 
     }
     op->sql = replay_text(text, len);
     set_op_value(op, vs);
+    /* RESET ALL (replay's first word) leaves role and session
+     * authorization: only the client's own server may have them. */
+    if (pgs_session_is_role(op->name)) out->flags |= PGS_SESSION_PIN;
     return;
   case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET:
-    if (add_op(out, PGS_SET_OP_RESET, vs->name) == NULL) out->flags |= PGS_SESSION_PIN;
+    /* RESET ROLE, RESET SESSION AUTHORIZATION: pinned like the SETs, so
+     * that the client's servers agree on what it reset. */
+    op = add_op(out, PGS_SET_OP_RESET, vs->name);
+    if (op == NULL || pgs_session_is_role(op->name)) out->flags |= PGS_SESSION_PIN;
     return;
   case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET_ALL:
     if (add_op(out, PGS_SET_OP_RESET_ALL, NULL) == NULL) out->flags |= PGS_SESSION_PIN;
@@ -171,7 +319,11 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
     break;
   case PG_QUERY__NODE__NODE_DISCARD_STMT:
     if (node->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
-      if (add_op(out, PGS_SET_OP_RESET_ALL, NULL) == NULL) out->flags |= PGS_SESSION_PIN;
+      /* DISCARD ALL is RESET ALL plus SET SESSION AUTHORIZATION DEFAULT
+       * (which drops the role too), among others. */
+      if (add_op(out, PGS_SET_OP_RESET_ALL, NULL) == NULL ||
+          add_op(out, PGS_SET_OP_RESET, "session_authorization") == NULL)
+        out->flags |= PGS_SESSION_PIN;
       out->flags |= PGS_SESSION_DROPS_PREPARED;
     }
     break;
@@ -182,6 +334,7 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
   case PG_QUERY__NODE__NODE_LISTEN_STMT:
   case PG_QUERY__NODE__NODE_PREPARE_STMT:
   case PG_QUERY__NODE__NODE_LOAD_STMT:
+  case PG_QUERY__NODE__NODE_DO_STMT: /* its body may SET anything */
     out->flags |= PGS_SESSION_PIN;
     break;
   case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
@@ -189,30 +342,32 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
       out->flags |= PGS_SESSION_PIN;
     break;
   case PG_QUERY__NODE__NODE_CREATE_STMT:
-    if (is_temp(node->create_stmt->relation)) out->flags |= PGS_SESSION_PIN;
+    if (is_temp(node->create_stmt->relation)) out->flags |= TEMP_OBJECT;
     break;
   case PG_QUERY__NODE__NODE_CREATE_TABLE_AS_STMT:
     if (node->create_table_as_stmt->into && is_temp(node->create_table_as_stmt->into->rel))
-      out->flags |= PGS_SESSION_PIN;
+      out->flags |= TEMP_OBJECT;
     break;
   case PG_QUERY__NODE__NODE_CREATE_SEQ_STMT:
-    if (is_temp(node->create_seq_stmt->sequence)) out->flags |= PGS_SESSION_PIN;
+    if (is_temp(node->create_seq_stmt->sequence)) out->flags |= TEMP_OBJECT;
     break;
   case PG_QUERY__NODE__NODE_VIEW_STMT:
-    if (is_temp(node->view_stmt->view)) out->flags |= PGS_SESSION_PIN;
+    if (is_temp(node->view_stmt->view)) out->flags |= TEMP_OBJECT;
     break;
   case PG_QUERY__NODE__NODE_SELECT_STMT: {
     /* SELECT ... INTO TEMP t; in a UNION the INTO sits on the leftmost arm. */
     const PgQuery__SelectStmt *select = node->select_stmt;
     while (select->op != PG_QUERY__SET_OPERATION__SETOP_NONE && select->larg)
       select = select->larg;
-    if (select->into_clause && is_temp(select->into_clause->rel)) out->flags |= PGS_SESSION_PIN;
+    if (select->into_clause && is_temp(select->into_clause->rel)) out->flags |= TEMP_OBJECT;
     break;
   }
   default:
     break;
   }
   if (uses_session_advisory_lock(text, len)) out->flags |= PGS_SESSION_PIN;
+  if (has_ci(text, len, "set_config") && calls_session_set_config(text, len))
+    out->flags |= PGS_SESSION_PIN;
 }
 
 /* A statement too deep to parse safely: libpg_query's parser and

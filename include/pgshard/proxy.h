@@ -281,6 +281,9 @@ struct pgs_client {
   int ntx_ops;
   bool tx_failed;  /* the transaction holding tx_ops failed or rolled back */
   bool pinned;     /* session state that cannot move: keep the server */
+  bool temp;       /* made temporary objects: its servers are closed, not reused */
+  char *startup_options; /* session pooling: startup parameters as libpq options
+                            ("-c name=value ..."), given to its servers at login */
   char txstatus;   /* last ReadyForQuery status sent */
   pgs_strmap_t stmts; /* client statement name -> pgs_client_stmt_t */
   int pending_closes;
@@ -546,6 +549,12 @@ struct pgs_pool {
   bool node_up;   /* as the last health snapshot says */
   uint32_t down_epoch;
   char *conninfo; /* conninfo handed to libpq */
+  /* Session pooling: the startup parameters its clients sent, as libpq
+   * options; part of the pool's key (NULL: none). Pools of one node that
+   * differ only by these are siblings, and pool_size counts their servers
+   * together (has_siblings). */
+  char *startup_options;
+  bool has_siblings;
   pgs_pool_mode_t mode;
   int size;       /* this worker's share of pool_size */
   pgs_list_t idle, active, connecting, waiters;
@@ -560,8 +569,10 @@ struct pgs_pool {
   char last_error[256];
 };
 
+/* The pool for a node of SHARD; STARTUP_OPTIONS: see pgs_pool_t (NULL or
+ * the client's startup_options). */
 pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
-                         int shard, int node);
+                         int shard, int node, const char *startup_options);
 /* A new health snapshot: drop idle servers of a node marked down since. */
 void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot);
 /* Ask for a server for CLIENT: linked now (pgs_client_on_server) or queued. */

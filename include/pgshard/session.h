@@ -7,13 +7,22 @@
  *  - SET / RESET / RESET ALL / DISCARD ALL are tracked per client and replayed
  *    on whichever server it gets (ops below);
  *  - state that cannot be replayed (LISTEN, SQL-level PREPARE, cursors WITH
- *    HOLD, temporary objects, LOAD, session advisory locks) pins the client to
- *    its server until it disconnects (PGS_SESSION_PIN);
+ *    HOLD, temporary objects, LOAD, session advisory locks) or that pgshard
+ *    cannot see (set_config() not provably local, DO blocks) pins the client
+ *    to its server until it disconnects (PGS_SESSION_PIN); the server is
+ *    reset with DISCARD ALL before its next client;
+ *  - role and session authorization (SET ROLE, SET SESSION AUTHORIZATION and
+ *    their RESETs) are tracked like other settings, for the client's servers
+ *    on other shards, and pin too: RESET ALL, which replay starts with,
+ *    leaves them as they are;
+ *  - temporary objects leave a temporary schema behind that even DISCARD ALL
+ *    keeps (and with it, PostgreSQL's refusal to PREPARE TRANSACTION after
+ *    using it): the server is closed, not reused (PGS_SESSION_TEMP);
  *  - DISCARD ALL and DEALLOCATE ALL drop the server's protocol-level prepared
  *    statements, which pgshard caches per server (PGS_SESSION_DROPS_PREPARED).
  *
  * pgs_session_maybe() is the hot-path filter (a look at the first keyword and
- * a scan for "advisory" and ';'); only statements it flags are parsed with
+ * a scan for "advisory", "set_config" and ';'); only statements it flags are parsed with
  * libpg_query, the real PostgreSQL grammar.
  */
 #ifndef PGSHARD_SESSION_H
@@ -23,12 +32,15 @@
 
 #define PGS_SESSION_PIN 0x1
 #define PGS_SESSION_DROPS_PREPARED 0x2
+#define PGS_SESSION_TEMP 0x4 /* temporary objects: close the server, never reuse it */
 #define PGS_SESSION_MAX_OPS 32
 
 typedef enum {
   PGS_SET_OP_SET,       /* name = the setting, sql = the statement to replay */
   PGS_SET_OP_RESET,     /* RESET name */
-  PGS_SET_OP_RESET_ALL, /* RESET ALL, DISCARD ALL */
+  PGS_SET_OP_RESET_ALL, /* RESET ALL, DISCARD ALL (role and session
+                           authorization stay: DISCARD ALL adds a RESET
+                           session_authorization) */
 } pgs_set_op_kind_t;
 
 typedef struct pgs_set_op {
@@ -40,6 +52,9 @@ typedef struct pgs_set_op {
    * of a pgshard.* setting is reported as a SET. */
   bool has_value;
   char value[256];
+  /* Set by the proxy: the server reported the parameter's resolved value
+   * (ParameterStatus) after running it, and sql sets exactly that value. */
+  bool reported;
 } pgs_set_op_t;
 
 typedef struct pgs_session_effects {
@@ -51,6 +66,10 @@ typedef struct pgs_session_effects {
 
 /* Cheap filter: false means the statement certainly has no session effect. */
 bool pgs_session_maybe(const char *sql, size_t len);
+
+/* Whether NAME (any case) is a role setting: "role"
+ * or "session_authorization". RESET ALL does not touch them. */
+bool pgs_session_is_role(const char *name);
 
 /* Parse SQL (NUL-terminated) and fill OUT. */
 void pgs_session_analyze(const char *sql, pgs_session_effects_t *out);

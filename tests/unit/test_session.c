@@ -56,6 +56,14 @@ static void test_maybe_true(void **state) {
       "select * into temporary t from s",
       "WITH x AS (SELECT 1) SELECT * INTO TEMP t FROM x",
       "(SELECT 1 INTO TEMP t)",
+      /* set_config() and DO blocks change settings pgshard cannot see. */
+      "SELECT set_config('search_path', 'x', false)",
+      "select SET_CONFIG('a', 'b', false)",
+      "SELECT pg_catalog.Set_Config('a', 'b', true)", /* let through; analyze decides */
+      "UPDATE t SET a = set_config('x', a, false)",
+      "DO $$ BEGIN PERFORM 1; END $$",
+      "do 'begin null; end'",
+      "  /* why */ DO LANGUAGE plpgsql $$ BEGIN END $$",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(yes); i++)
     if (!maybe(yes[i])) fail_msg("pgs_session_maybe(\"%s\") is false", yes[i]);
@@ -83,6 +91,11 @@ static void test_maybe_false(void **state) {
       "SELECT 1; /* done */ ",
       "BEGIN",
       "COMMIT",
+      "SELECT current_setting('x')",
+      "SELECT setconfig FROM t",
+      "DOMAIN",
+      "DONE",
+      "SELECT 1 AS do",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(no); i++)
     if (maybe(no[i])) fail_msg("pgs_session_maybe(\"%s\") is true", no[i]);
@@ -179,8 +192,12 @@ static void test_reset(void **state) {
 
 static void test_discard_and_deallocate(void **state) {
   pgs_session_effects_t fx;
-  analyze("DISCARD ALL", PGS_SESSION_DROPS_PREPARED, 1, &fx);
+  /* DISCARD ALL also ends a SET SESSION AUTHORIZATION (and with it the
+   * role), which RESET ALL leaves. */
+  analyze("DISCARD ALL", PGS_SESSION_DROPS_PREPARED, 2, &fx);
   assert_int_equal(fx.ops[0].kind, PGS_SET_OP_RESET_ALL);
+  assert_int_equal(fx.ops[1].kind, PGS_SET_OP_RESET);
+  assert_string_equal(fx.ops[1].name, "session_authorization");
   pgs_session_effects_free(&fx);
 
   expect_flags("DISCARD PLANS", 0);
@@ -210,17 +227,19 @@ static void test_pins(void **state) {
 }
 
 static void test_temporary_objects(void **state) {
-  expect_flags("CREATE TEMP TABLE t (a int)", PGS_SESSION_PIN);
-  expect_flags("CREATE TEMPORARY TABLE t (a int)", PGS_SESSION_PIN);
-  expect_flags("CREATE LOCAL TEMP TABLE t (a int) ON COMMIT DROP", PGS_SESSION_PIN);
-  expect_flags("CREATE TEMP TABLE IF NOT EXISTS t (a int)", PGS_SESSION_PIN);
-  expect_flags("CREATE TEMPORARY TABLE t AS SELECT 1 AS a", PGS_SESSION_PIN);
-  expect_flags("CREATE TEMP SEQUENCE s", PGS_SESSION_PIN);
-  expect_flags("CREATE TEMP VIEW v AS SELECT 1", PGS_SESSION_PIN);
-  expect_flags("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", PGS_SESSION_PIN);
-  expect_flags("SELECT 1 AS a INTO TEMP t", PGS_SESSION_PIN);
-  expect_flags("SELECT 1 AS a INTO TEMPORARY TABLE t UNION SELECT 2", PGS_SESSION_PIN);
-  expect_flags("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x", PGS_SESSION_PIN);
+  /* Pinned, and the server is closed rather than reused. */
+  const int TEMP = PGS_SESSION_PIN | PGS_SESSION_TEMP;
+  expect_flags("CREATE TEMP TABLE t (a int)", TEMP);
+  expect_flags("CREATE TEMPORARY TABLE t (a int)", TEMP);
+  expect_flags("CREATE LOCAL TEMP TABLE t (a int) ON COMMIT DROP", TEMP);
+  expect_flags("CREATE TEMP TABLE IF NOT EXISTS t (a int)", TEMP);
+  expect_flags("CREATE TEMPORARY TABLE t AS SELECT 1 AS a", TEMP);
+  expect_flags("CREATE TEMP SEQUENCE s", TEMP);
+  expect_flags("CREATE TEMP VIEW v AS SELECT 1", TEMP);
+  expect_flags("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", TEMP);
+  expect_flags("SELECT 1 AS a INTO TEMP t", TEMP);
+  expect_flags("SELECT 1 AS a INTO TEMPORARY TABLE t UNION SELECT 2", TEMP);
+  expect_flags("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x", TEMP);
 
   expect_flags("CREATE TABLE t (a int)", 0);
   expect_flags("CREATE UNLOGGED TABLE t (a int)", 0);
@@ -248,6 +267,62 @@ static void test_advisory_locks(void **state) {
   expect_flags("SELECT pg_advisory_unlock_all()", 0);
 }
 
+/* SQL sets role setting NAME: tracked (for replay on other shards' servers)
+ * and pinned (RESET ALL would not undo it on a server handed on). */
+static void expect_role_op(const char *sql, pgs_set_op_kind_t kind, const char *name) {
+  pgs_session_effects_t fx;
+  analyze(sql, PGS_SESSION_PIN, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, kind);
+  assert_string_equal(fx.ops[0].name, name);
+  pgs_session_effects_free(&fx);
+}
+
+static void test_roles(void **state) {
+  expect_role_op("SET ROLE alice", PGS_SET_OP_SET, "role");
+  expect_role_op("set role 'alice'", PGS_SET_OP_SET, "role");
+  expect_role_op("SET ROLE NONE", PGS_SET_OP_SET, "role");
+  expect_role_op("SET SESSION ROLE alice", PGS_SET_OP_SET, "role");
+  expect_role_op("SET role TO DEFAULT", PGS_SET_OP_SET, "role");
+  expect_role_op("SET SESSION AUTHORIZATION alice", PGS_SET_OP_SET, "session_authorization");
+  expect_role_op("SET SESSION SESSION AUTHORIZATION 'alice'", PGS_SET_OP_SET,
+                 "session_authorization");
+  expect_role_op("RESET ROLE", PGS_SET_OP_RESET, "role");
+  expect_role_op("RESET SESSION AUTHORIZATION", PGS_SET_OP_RESET, "session_authorization");
+  expect_role_op("SET SESSION AUTHORIZATION DEFAULT", PGS_SET_OP_SET, "session_authorization");
+  /* Ends with the transaction. */
+  expect_flags("SET LOCAL ROLE alice", 0);
+  expect_flags("SET LOCAL SESSION AUTHORIZATION alice", 0);
+  assert_true(pgs_session_is_role("role"));
+  assert_true(pgs_session_is_role("session_authorization"));
+  assert_false(pgs_session_is_role("search_path"));
+}
+
+static void test_untracked_changes(void **state) {
+  /* set_config() not provably for the transaction only. */
+  expect_flags("SELECT set_config('search_path', 'x', false)", PGS_SESSION_PIN);
+  expect_flags("SELECT pg_catalog.set_config('a', 'b', false)", PGS_SESSION_PIN);
+  expect_flags("SELECT SET_CONFIG('a', 'b', 'off')", PGS_SESSION_PIN);
+  expect_flags("SELECT set_config('a', 'b', $1)", PGS_SESSION_PIN);
+  expect_flags("SELECT set_config('a', 'b', x) FROM t", PGS_SESSION_PIN);
+  expect_flags("SELECT set_config('a', 'b', not false)", PGS_SESSION_PIN);
+  expect_flags("SELECT set_config('a', 'b', true), set_config('c', 'd', false)", PGS_SESSION_PIN);
+  expect_flags("SELECT \"set_config\"('a', 'b', false)", PGS_SESSION_PIN);
+  expect_flags("SELECT set_config(name, setting, false) FROM pg_settings", PGS_SESSION_PIN);
+  /* ... and provably local ones. */
+  expect_flags("SELECT set_config('a', 'b', true)", 0);
+  expect_flags("SELECT set_config('a', 'b,c', TRUE)", 0);
+  expect_flags("SELECT set_config('a', ')', 'on')", 0);
+  expect_flags("SELECT set_config(lower('A'), format('%s', 1), true)", 0);
+  expect_flags("SELECT set_config(E'a\\'', $$b, false$$, 't')", 0);
+  /* Not calls: in strings, comments and column names. */
+  expect_flags("SELECT 'set_config(''a'', ''b'', false)'", 0);
+  expect_flags("SELECT 1 /* set_config('a', 'b', false) */", 0);
+  expect_flags("SELECT set_config_count FROM t", 0);
+  /* DO blocks may do anything. */
+  expect_flags("DO $$ BEGIN SET search_path = x; END $$", PGS_SESSION_PIN);
+  expect_flags("DO LANGUAGE plpgsql 'BEGIN NULL; END'", PGS_SESSION_PIN);
+}
+
 static void test_multi_statement(void **state) {
   pgs_session_effects_t fx;
   analyze("SET a=1; SELECT 1; SET b=2", 0, 2, &fx);
@@ -260,7 +335,7 @@ static void test_multi_statement(void **state) {
   pgs_session_effects_free(&fx);
 
   analyze("SET a = 'x;y';\n  /* next */ RESET b;\nSET LOCAL c = 1; DISCARD ALL",
-          PGS_SESSION_DROPS_PREPARED, 3, &fx);
+          PGS_SESSION_DROPS_PREPARED, 4, &fx);
   assert_string_equal(fx.ops[0].sql, "SET a = 'x;y'");
   assert_int_equal(fx.ops[1].kind, PGS_SET_OP_RESET);
   assert_string_equal(fx.ops[1].name, "b");
@@ -353,6 +428,8 @@ int main(void) {
       cmocka_unit_test(test_pins),
       cmocka_unit_test(test_temporary_objects),
       cmocka_unit_test(test_advisory_locks),
+      cmocka_unit_test(test_roles),
+      cmocka_unit_test(test_untracked_changes),
       cmocka_unit_test(test_multi_statement),
       cmocka_unit_test(test_too_many_sets),
       cmocka_unit_test(test_parse_failed),
