@@ -20,8 +20,10 @@
  * Every failure goes through pgs_client_fail (FATAL, then close) or
  * pgs_client_refuse (ERROR, the session goes on).
  */
+#include <linux/sockios.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -33,7 +35,7 @@
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
  * without the client taking any of it before it is closed. */
-#define CLIENT_STALL_MS 1000
+#define CLIENT_STALL_MS 2000
 
 /* Memory held for every client of the process (max_total_client_memory). */
 static size_t total_held;
@@ -927,7 +929,15 @@ static bool output_stalled(pgs_client_t *client, const pgs_config_t *config, uin
     client->stall_since_ms = 0;
     return false;
   }
+  /* Bytes libuv and the kernel have not delivered: the kernel's part
+   * shrinks as the client reads, even while libuv's waits for the socket
+   * to have room for a large write. */
   size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&io->tcp) + io->qbuf.len;
+  uv_os_fd_t fd;
+  int in_kernel = 0;
+  if (uv_fileno((uv_handle_t *)&io->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &in_kernel) == 0 &&
+      in_kernel > 0)
+    unsent += (size_t)in_kernel;
   if (client->stall_since_ms == 0 || unsent < client->stall_unsent) {
     client->stall_since_ms = now;
     client->stall_unsent = unsent;

@@ -66,7 +66,10 @@ def read_until_ready(raw):
 
 # ---- a client that does not read ----
 
-def test_flood_without_reading_is_bounded(proxy):
+def test_flood_without_reading_is_bounded(proxy, monkeypatch):
+    # Under AddressSanitizer, freed memory waits in a quarantine (256 MB by
+    # default) and would count in VmRSS: keep it small for this measure.
+    monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:quarantine_size_mb=4")
     px = proxy(auth="trust", workers=1)
     # Every message here is answered by pgshard itself: an ErrorResponse
     # for an unknown pgshard.* setting and ReadyForQuery, then a
@@ -248,6 +251,41 @@ def test_max_total_client_memory_counts_every_client(proxy):
     second.send(parse("b9", text) + sync())
     assert [k for k, _ in read_until_ready(second)] == ["1", "Z"]
     second.close()
+    px.assert_alive()
+
+
+def test_unread_output_over_budget_closes_the_client(proxy):
+    """A result far over max_client_memory that the client never reads: the
+    client is closed (FATAL 53200, which it cannot read: the log says so),
+    its server goes back, other clients are served."""
+    px = proxy(auth="trust", max_client_memory=MIB, pool_size=1, workers=1)
+    stuck = login_raw(px)
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    stuck.send(pgwire.query("select repeat('z', 32 * 1024 * 1024)"))
+    wait = time.monotonic()
+    while "does not read its results" not in px.log_text():
+        assert time.monotonic() - wait < 10, "the client was not closed:\n" + px.log_tail()
+        time.sleep(0.1)
+    assert "SQLSTATE 53200" in px.log_text()
+    # The server went back to the pool (pool_size = 1): another client runs.
+    with px.connect(autocommit=True) as other:
+        assert other.execute("select 5").fetchone()[0] == 5
+    assert stuck.closed_within(10)
+    stuck.close()
+    # One that reads the same result slowly is not closed.
+    with login_raw(px, timeout=20) as slow:
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        slow.send(pgwire.query("select length(repeat('z', 8 * 1024 * 1024) || '') as n,"
+                               " repeat('z', 8 * 1024 * 1024)"))
+        got = 0
+        while got < 8 * MIB:
+            chunk = slow.sock.recv(256 * 1024)
+            assert chunk, "closed while reading"
+            slow.buf += chunk
+            got += len(chunk)
+            time.sleep(0.05)  # ~5 MB/s at most: about 1.6 s for the result
+        rows = slow.read_query_result()
+        assert rows[0][0] == str(8 * MIB)
     px.assert_alive()
 
 
