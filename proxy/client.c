@@ -20,8 +20,10 @@
  * Every failure goes through pgs_client_fail (FATAL, then close) or
  * pgs_client_refuse (ERROR, the session goes on).
  */
+#include <linux/sockios.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -31,6 +33,12 @@
 
 #define CLIENT_MAX_STATEMENTS 10000
 #define CLIENT_MAX_AUTH_MESSAGE 4096
+/* How long a client's output backlog may stay over max_client_memory
+ * without the client taking any of it before it is closed. */
+#define CLIENT_STALL_MS 2000
+
+/* Memory held for every client of the process (max_total_client_memory). */
+static size_t total_held;
 
 static const char *const client_state_names[] = {"startup", "auth",    "login", "idle",
                                                  "waiting", "active", "closing"};
@@ -73,6 +81,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client->login_values);
   free(client->startup_options);
   if (client->config) pgs_config_unref(client->config);
+  PGS_ASSERT(client->mem_held == 0); /* everything charged was given back */
   free(client);
 }
 
@@ -400,6 +409,7 @@ void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t
 
 void pgs_client_after_ready(pgs_client_t *client, char status) {
   client->txstatus = status;
+  client->active_ms = pgs_now_ms(); /* idle from now on, unless it sends */
   if (status == 'I') {
     commit_tx_ops(client);
     pgs_client_tx_done(client);
@@ -959,6 +969,7 @@ void pgs_client_cancel(pgs_client_t *client) {
 
 static void client_on_read(pgs_io_t *io) {
   pgs_client_t *client = io->owner;
+  client->active_ms = pgs_now_ms();
   for (;;) {
     switch (client->state) {
     case PGS_CL_STARTUP:
@@ -998,6 +1009,95 @@ static void client_on_drained(pgs_io_t *io) {
   pgs_client_t *client = io->owner;
   for (int i = 0; i < client->nslots; i++)
     if (client->servers[i] && client->state != PGS_CL_CLOSING) pgs_server_process(client->servers[i]);
+  /* A client paused because it did not read its replies goes on. */
+  if ((client->state == PGS_CL_IDLE || client->state == PGS_CL_ACTIVE) && !io->reading)
+    pgs_client_process(client);
+}
+
+/* ---- memory and idleness ---- */
+
+void pgs_client_mem_add(pgs_client_t *client, size_t n) {
+  client->mem_held += n;
+  __atomic_add_fetch(&total_held, n, __ATOMIC_RELAXED);
+}
+
+void pgs_client_mem_sub(pgs_client_t *client, size_t n) {
+  PGS_ASSERT(client->mem_held >= n);
+  client->mem_held -= n;
+  __atomic_sub_fetch(&total_held, n, __ATOMIC_RELAXED);
+}
+
+const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n) {
+  const pgs_config_t *config = client->config;
+  if (client->mem_held + pgs_io_backlog(&client->io) + n > (size_t)config->max_client_memory)
+    return "max_client_memory";
+  if (__atomic_load_n(&total_held, __ATOMIC_RELAXED) + n > (size_t)config->max_total_client_memory)
+    return "max_total_client_memory";
+  return NULL;
+}
+
+/* Waiting for its next request after a ReadyForQuery, with nothing of its
+ * own in flight: what PgBouncer and PostgreSQL call idle. A client that
+ * pgshard stopped reading is waiting for pgshard, not idle. */
+static bool client_idle(const pgs_client_t *client) {
+  if ((client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) || !client->io.reading ||
+      client->planned || client->fan || client->unit_mask || client->zlast_pending > 0)
+    return false;
+  for (int i = 0; i < client->nslots; i++)
+    if (client->servers[i] && client->servers[i]->expect_len > 0) return false;
+  return true;
+}
+
+/* Unsent output over max_client_memory that the client takes none of. */
+static bool output_stalled(pgs_client_t *client, const pgs_config_t *config, uint64_t now) {
+  pgs_io_t *io = &client->io;
+  if (!io->open || pgs_io_backlog(io) <= (size_t)config->max_client_memory) {
+    client->stall_since_ms = 0;
+    return false;
+  }
+  /* Bytes libuv and the kernel have not delivered: the kernel's part
+   * shrinks as the client reads, even while libuv's waits for the socket
+   * to have room for a large write. */
+  size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&io->tcp) + io->qbuf.len;
+  uv_os_fd_t fd;
+  int in_kernel = 0;
+  if (uv_fileno((uv_handle_t *)&io->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &in_kernel) == 0 &&
+      in_kernel > 0)
+    unsent += (size_t)in_kernel;
+  if (client->stall_since_ms == 0 || unsent < client->stall_unsent) {
+    client->stall_since_ms = now;
+    client->stall_unsent = unsent;
+    return false;
+  }
+  return now - client->stall_since_ms >= CLIENT_STALL_MS;
+}
+
+void pgs_client_tick(pgs_client_t *client, uint64_t now) {
+  const pgs_config_t *config = client->worker->config; /* a reload applies at once */
+  if (client->state == PGS_CL_CLOSING) return;
+  if (output_stalled(client, config, now)) {
+    pgs_client_fail(client, PGS_SQLSTATE_OUT_OF_MEMORY,
+                    "client does not read its results: %zu bytes unsent, over max_client_memory "
+                    "(%lld)",
+                    pgs_io_backlog(&client->io), (long long)config->max_client_memory);
+    return;
+  }
+  if (!client_idle(client)) return;
+  uint64_t idle = now > client->active_ms ? now - client->active_ms : 0;
+  bool in_tx = client->txstatus == 'T' || client->txstatus == 'E';
+  if (in_tx && config->idle_transaction_timeout_ms > 0 &&
+      idle >= (uint64_t)config->idle_transaction_timeout_ms) {
+    pgs_client_fail(client, PGS_SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
+                    "terminating connection due to idle-in-transaction timeout "
+                    "(idle_transaction_timeout_ms = %d)",
+                    config->idle_transaction_timeout_ms);
+  } else if (!in_tx && config->client_idle_timeout_ms > 0 &&
+             idle >= (uint64_t)config->client_idle_timeout_ms) {
+    pgs_client_fail(client, PGS_SQLSTATE_IDLE_SESSION_TIMEOUT,
+                    "terminating connection due to client idle timeout "
+                    "(client_idle_timeout_ms = %d)",
+                    config->client_idle_timeout_ms);
+  }
 }
 
 pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
@@ -1005,6 +1105,7 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
   client->worker = worker;
   client->state = PGS_CL_STARTUP;
   client->created_ms = pgs_now_ms();
+  client->active_ms = client->created_ms;
   pgs_list_init(&client->wait_link);
   pgs_strmap_init(&client->stmts);
   pgs_io_init(&client->io, client,

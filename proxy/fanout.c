@@ -33,9 +33,6 @@
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
 
-/* Rows held by one merge at most. */
-#define FAN_MAX_MERGE_BYTES ((size_t)256 << 20)
-
 pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
                          int64_t offset, bool simple) {
   PGS_ASSERT(client->fan == NULL);
@@ -44,13 +41,14 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
   fan->plan = plan;
   fan->slots = slots;
   fan->simple = simple;
+  fan->owner = client;
   fan->copy = plan->kind == PGS_STMT_COPY_TO || plan->kind == PGS_STMT_COPY_FROM;
   const pgs_merge_spec_t *spec = plan->merge;
   fan->streams = fan->copy || spec == NULL ||
                  (!spec->grouped && !spec->distinct && spec->nkeys == 0 && spec->nhidden == 0);
   if (plan->merge)
     fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(slots), limit, offset,
-                               FAN_MAX_MERGE_BYTES);
+                               (size_t)client->config->max_merge_bytes);
   pgs_buf_init(&fan->head);
   pgs_buf_init(&fan->error);
   client->fan = fan;
@@ -59,6 +57,7 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
 
 void pgs_fan_free(pgs_fan_t *fan) {
   if (fan == NULL) return;
+  pgs_client_mem_sub(fan->owner, fan->charged);
   pgs_merge_free(fan->merge);
   pgs_copy_split_free(fan->split);
   for (int i = 0; fan->batch && i < 64; i++) pgs_buf_free(&fan->batch[i]);
@@ -83,6 +82,26 @@ static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) 
   snprintf(text, sizeof(text), "pgshard: %s", message);
   pgs_msg_error_raw(&fan->error, "ERROR", sqlstate, text, NULL);
   fan->own_error = true;
+}
+
+/* The rows the merge holds now, charged to the client's memory; false
+ * (the statement fails) when they go over its budget or the process's. */
+static bool fan_charge(pgs_client_t *client, pgs_fan_t *fan) {
+  size_t held = pgs_merge_held(fan->merge);
+  if (held <= fan->charged) return true;
+  const char *key = pgs_client_mem_refuses(client, held - fan->charged);
+  if (key) {
+    char message[300];
+    snprintf(message, sizeof(message),
+             "out of memory: the rows of this cross-shard result would take what pgshard keeps "
+             "for %s over %s; add a LIMIT or a condition on the shard key",
+             strcmp(key, "max_client_memory") ? "all clients" : "this client", key);
+    fan_fail(fan, PGS_SQLSTATE_OUT_OF_MEMORY, message);
+    return false;
+  }
+  pgs_client_mem_add(client, held - fan->charged);
+  fan->charged = held;
+  return true;
 }
 
 static void fan_fail_merge(pgs_fan_t *fan) {
@@ -292,6 +311,9 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
       return PGS_FAN_FORWARD;
     case PGS_MERGE_FAILED:
       fan_fail_merge(fan);
+      return PGS_FAN_DROP;
+    case PGS_MERGE_HELD:
+      (void)fan_charge(client, fan);
       return PGS_FAN_DROP;
     default:
       return PGS_FAN_DROP;

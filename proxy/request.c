@@ -54,6 +54,7 @@
 
 static void free_portal(void *p) {
   pgs_portal_t *portal = p;
+  if (portal->owner) pgs_client_mem_sub(portal->owner, portal->charged);
   free(portal->sql);
   pgs_plan_unref(portal->merge_plan);
   pgs_buf_free(&portal->merge_body);
@@ -63,6 +64,7 @@ static void free_portal(void *p) {
 
 void pgs_client_free_stmt(void *p) {
   pgs_client_stmt_t *stmt = p;
+  if (stmt->owner) pgs_client_mem_sub(stmt->owner, stmt->charged);
   pgs_buf_free(&stmt->parse_body);
   pgs_buf_free(&stmt->merge_body);
   pgs_plan_unref(stmt->plan);
@@ -370,6 +372,16 @@ static void check_session_effects(pgs_client_t *client, const pgs_session_effect
   }
 }
 
+/* What remembering a statement NAME with a Parse body of LEN bytes costs
+ * the client's memory (max_client_memory): the body, and when routing its
+ * analysis (the lexed text and literals, the shards' variant), estimated
+ * from the text's size. */
+static size_t stmt_charge(const pgs_client_t *client, const char *name, size_t len) {
+  size_t bytes = sizeof(pgs_client_stmt_t) + sizeof(pgs_strmap_entry_t) + strlen(name) + 1 + len;
+  if (client->routing) bytes += sizeof(pgs_lexed_t) + 3 * len;
+  return bytes;
+}
+
 /* Remember a Parse (BODY after the statement name) as NAME. Returns the
  * statement, or NULL when the client has too many. */
 static pgs_client_stmt_t *remember_parse(pgs_client_t *client, const char *name,
@@ -379,6 +391,9 @@ static pgs_client_stmt_t *remember_parse(pgs_client_t *client, const char *name,
     return old; /* the same statement again (an unnamed one, typically) */
   if (old == NULL && client->stmts.count >= CLIENT_MAX_STATEMENTS) return NULL;
   pgs_client_stmt_t *stmt = pgs_xcalloc(1, sizeof(*stmt));
+  stmt->owner = client;
+  stmt->charged = stmt_charge(client, name, len);
+  pgs_client_mem_add(client, stmt->charged);
   pgs_buf_put(&stmt->parse_body, body, len);
   statement_server_name(stmt->parse_body.data, stmt->parse_body.len, stmt->server_name);
   old = pgs_strmap_put(&client->stmts, name, stmt);
@@ -1657,6 +1672,9 @@ static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
   pgs_portal_t *portal = pgs_strmap_get(&client->portals, name);
   if (portal == NULL) {
     portal = pgs_xcalloc(1, sizeof(*portal));
+    portal->owner = client;
+    portal->charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + strlen(name) + 1;
+    pgs_client_mem_add(client, portal->charged);
     pgs_strmap_put(&client->portals, name, portal);
   }
   free(portal->sql);
@@ -1692,6 +1710,11 @@ static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt, cons
   pgs_buf_put_cstr(b, stmt->merge_name);
   put_bind_rest(b, &r, stmt->plan->merge->nhidden);
   pgs_msg_end(b, start);
+  size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + plen + 1 +
+                   portal->merge_body.cap + portal->merge_bind.cap;
+  if (charged > portal->charged) pgs_client_mem_add(portal->owner, charged - portal->charged);
+  else pgs_client_mem_sub(portal->owner, portal->charged - charged);
+  portal->charged = charged;
 }
 
 static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
@@ -2302,6 +2325,42 @@ static bool flush_servers(pgs_client_t *client) {
   return true;
 }
 
+/* The key of the budget (max_client_memory, max_total_client_memory) a
+ * Parse or Bind P of TOTAL bytes would go over with what it makes the
+ * client keep; NULL when it fits. */
+static const char *over_budget(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
+  const char *name = (const char *)p + 5;
+  size_t nlen = strnlen(name, total - 5);
+  if (nlen == total - 5) return NULL; /* malformed: judged where it is planned */
+  if (type == 'B') /* a portal, and for a merge the statement and Bind copied */
+    return client->routing ? pgs_client_mem_refuses(client, sizeof(pgs_portal_t) + 2 * total)
+                           : NULL;
+  if (!client->routing && nlen == 0) return NULL; /* an unnamed statement is not kept */
+  const uint8_t *body = p + 5 + nlen + 1;
+  size_t len = total - 5 - nlen - 1;
+  size_t cost = stmt_charge(client, name, len);
+  pgs_client_stmt_t *old = pgs_strmap_get(&client->stmts, name);
+  if (old && old->parse_body.len == len && !memcmp(old->parse_body.data, body, len)) return NULL;
+  if (old) cost = cost > old->charged ? cost - old->charged : 0;
+  return cost > 0 ? pgs_client_mem_refuses(client, cost) : NULL;
+}
+
+/* The message at in_pos is refused for going over the budget KEY: its
+ * plan is one error (the rest of an extended unit is skipped to Sync). */
+static void plan_over_budget(pgs_client_t *client, const char *key) {
+  client->nsteps = client->step_next = 0;
+  client->fan_sum = 0;
+  client->fan_copies = false;
+  client->step_error = false;
+  client->planned = true;
+  long long limit = strcmp(key, "max_client_memory") ? client->config->max_total_client_memory
+                                                     : client->config->max_client_memory;
+  add_error(client, PGS_SQLSTATE_OUT_OF_MEMORY,
+            "out of memory: this statement would take what pgshard keeps for %s over %s "
+            "(%lld bytes); close prepared statements the session no longer needs",
+            strcmp(key, "max_client_memory") ? "all clients" : "this client", key, limit);
+}
+
 void pgs_client_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
@@ -2314,6 +2373,15 @@ void pgs_client_process(pgs_client_t *client) {
       blocked = true;
       break;
     }
+    /* Replies pgshard makes itself (ReadyForQuery of a bare Sync, SET
+     * pgshard.*, refusals) go out as they are made; a client that does not
+     * read them is not read either until they are written (client.c,
+     * client_on_drained), so what it sends cannot pile up here. */
+    if (io->scratch.len >= PGS_IO_READ_CHUNK && pgs_io_flush(io) < 0) {
+      pgs_client_close(client);
+      return;
+    }
+    if (pgs_io_backlog(io) > PGS_IO_HIGH_WATER) break;
     char type;
     size_t total;
     const uint8_t *p = io->in.data + io->in_pos;
@@ -2378,7 +2446,9 @@ void pgs_client_process(pgs_client_t *client) {
         continue;
       }
       if (type == 'S') client->unit_failed = false;
-      plan_message(client, type, p, total);
+      const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;
+      if (budget) plan_over_budget(client, budget);
+      else plan_message(client, type, p, total);
       if (client->state == PGS_CL_CLOSING) return;
     }
     steps_result_t r = run_steps(client, type, p, total);
@@ -2397,10 +2467,7 @@ void pgs_client_process(pgs_client_t *client) {
     return;
   }
   pgs_io_compact(io);
-  if (blocked) {
-    pgs_io_stop_reading(io);
-  } else {
-    (void)pgs_io_start_reading(io);
-    pgs_client_maybe_release(client);
-  }
+  if (blocked || pgs_io_backlog(io) > PGS_IO_HIGH_WATER) pgs_io_stop_reading(io);
+  else (void)pgs_io_start_reading(io);
+  if (!blocked) pgs_client_maybe_release(client);
 }

@@ -95,6 +95,12 @@ static void tick_cb(uv_timer_t *timer) {
     if ((client->state == PGS_CL_STARTUP || client->state == PGS_CL_AUTH) &&
         now - client->created_ms > login_timeout)
       pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "login timeout");
+    else
+      pgs_client_tick(client, now);
+    /* Closing one client may hand its server to another, which may fail
+     * and leave the list too: then start over (the closed ones are gone). */
+    if (l != &worker->clients && pgs_container_of(l, pgs_client_t, link)->state == PGS_CL_CLOSING)
+      l = worker->clients.next;
   }
   if (worker->draining && !worker->stopping) {
     drain_idle_clients(worker);

@@ -440,6 +440,19 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     set_int(st, key, value, 0, 86400000, &c->server_idle_timeout_ms);
   } else if (!strcmp(key, "shutdown_timeout_ms")) {
     set_int(st, key, value, 0, 86400000, &c->shutdown_timeout_ms);
+  } else if (!strcmp(key, "client_idle_timeout_ms")) {
+    set_int(st, key, value, 0, 86400000, &c->client_idle_timeout_ms);
+  } else if (!strcmp(key, "idle_transaction_timeout_ms")) {
+    set_int(st, key, value, 0, 86400000, &c->idle_transaction_timeout_ms);
+  } else if (!strcmp(key, "max_client_memory")) {
+    if (parse_int(st, key, value, (int64_t)1 << 20, (int64_t)1 << 40, &v64))
+      c->max_client_memory = v64;
+  } else if (!strcmp(key, "max_total_client_memory")) {
+    if (parse_int(st, key, value, (int64_t)1 << 20, (int64_t)1 << 50, &v64))
+      c->max_total_client_memory = v64;
+  } else if (!strcmp(key, "max_merge_bytes")) {
+    if (parse_int(st, key, value, (int64_t)1 << 16, (int64_t)1 << 40, &v64))
+      c->max_merge_bytes = v64;
   } else if (!strcmp(key, "twophase_log")) {
     if (value[0] == '\0') {
       config_error(c, st->line, "twophase_log: must name a file");
@@ -730,6 +743,9 @@ static void config_defaults(pgs_config_t *c) {
   c->client_login_timeout_ms = 60000;
   c->server_idle_timeout_ms = 600000;
   c->shutdown_timeout_ms = 30000;
+  c->max_client_memory = (int64_t)256 << 20;
+  c->max_total_client_memory = (int64_t)4 << 30;
+  c->max_merge_bytes = (int64_t)256 << 20;
   c->twophase_log = pgs_xstrdup(PGS_TWOPHASE_LOG_DEFAULT);
   c->refcount = 1;
 }
@@ -760,6 +776,9 @@ static void config_validate(pgs_config_t *c) {
   if (c->twophase_recovery_user && !pgs_config_find_user(c, c->twophase_recovery_user))
     config_error(c, c->twophase_recovery_user_line,
                  "twophase_recovery_user: no [user.%s] section", c->twophase_recovery_user);
+  if (c->max_total_client_memory < c->max_client_memory)
+    config_error(c, 0, "max_total_client_memory (%lld) is below max_client_memory (%lld)",
+                 (long long)c->max_total_client_memory, (long long)c->max_client_memory);
 }
 
 /* A SCRAM login checked against a plain-text password runs PBKDF2 (4096

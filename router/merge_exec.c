@@ -538,6 +538,8 @@ static size_t held_bytes(const pgs_merge_t *m) {
          m->table_cap * sizeof(uint32_t) + m->digit_bytes;
 }
 
+size_t pgs_merge_held(const pgs_merge_t *m) { return held_bytes(m); }
+
 static bool check_cap(pgs_merge_t *m) {
   if (held_bytes(m) <= m->max_bytes) return true;
   fail(m, "54000",

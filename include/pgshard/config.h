@@ -110,6 +110,14 @@ typedef struct pgs_config {
   int client_login_timeout_ms;
   int server_idle_timeout_ms;   /* close pooled servers idle this long */
   int shutdown_timeout_ms;      /* SIGTERM drain limit */
+  int client_idle_timeout_ms;   /* close a client idle outside a transaction; 0: off */
+  int idle_transaction_timeout_ms; /* close a client idle inside a transaction; 0: off */
+  /* Memory a client may make pgshard hold: its statements, portals and
+   * merge rows, and the output it has not read (per client); the first
+   * three summed over every client (whole process); one merge's rows. */
+  int64_t max_client_memory;
+  int64_t max_total_client_memory;
+  int64_t max_merge_bytes;
   /* The two-phase commit decision log (twophase.h). A relative path in the
    * file is taken relative to the config file's directory (as written when
    * the config was parsed from a string). Read at startup only. */

@@ -167,6 +167,8 @@ typedef enum {
 pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t limit,
                            int64_t offset, size_t max_bytes);
 void pgs_merge_free(pgs_merge_t *m);
+/* Bytes of rows and group state it holds now (what MAX_BYTES bounds). */
+size_t pgs_merge_held(const pgs_merge_t *m);
 
 /* A part's RowDescription (message body): the first fixes column types and
  * formats; a later one with another column count, type or format fails

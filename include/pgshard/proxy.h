@@ -150,6 +150,10 @@ typedef struct pgs_client_stmt {
    * its own name; built at the first merged Bind. */
   char merge_name[24];
   pgs_buf_t merge_body;
+  /* Bytes charged to the client's memory (max_client_memory), given back
+   * when the statement is freed. */
+  struct pgs_client *owner;
+  size_t charged;
 } pgs_client_stmt_t;
 
 /* One thing to do for a client message (request.c): send something to one
@@ -211,6 +215,8 @@ typedef struct pgs_portal {
   char merge_name[24];
   pgs_buf_t merge_body;
   pgs_buf_t merge_bind;
+  struct pgs_client *owner; /* charged `charged` bytes of its memory */
+  size_t charged;
 } pgs_portal_t;
 
 /* A read running on several shards at once, its rows merged (fanout.c).
@@ -242,6 +248,8 @@ typedef struct pgs_fan {
                           the rows when they go out at the end (one write) */
   pgs_buf_t error;     /* the first ErrorResponse of a part (whole message) */
   bool own_error;      /* ... made by pgshard (the merge failed), not a server */
+  pgs_client_t *owner;
+  size_t charged;      /* the merge's rows, charged to the owner's memory */
 } pgs_fan_t;
 
 typedef enum {
@@ -268,6 +276,14 @@ struct pgs_client {
   int32_t cancel_key;
   uint64_t created_ms;
   uint64_t wait_start_ms;
+  uint64_t active_ms;   /* it sent bytes or was sent a ReadyForQuery (idle timeouts) */
+  /* Memory held for it (max_client_memory): statements, portals, merge rows,
+   * counted where they are made and freed. Its unsent output is
+   * io's backlog. While that backlog is over the budget: the unsent bytes
+   * seen last and since when they have not gone down. */
+  size_t mem_held;
+  size_t stall_unsent;
+  uint64_t stall_since_ms;
   /* auth */
   struct pgs_param *login_values; /* LOGIN: values read from the server */
   int nlogin_values;              /* entries allocated in login_values */
@@ -372,6 +388,16 @@ void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t l
 void pgs_client_login_done(pgs_client_t *client);
 void pgs_client_close(pgs_client_t *client);
 void pgs_client_cancel(pgs_client_t *client);
+/* Memory held for a client (statements, portals, merge rows): N bytes more
+ * or fewer, in its count and the process's. */
+void pgs_client_mem_add(pgs_client_t *client, size_t n);
+void pgs_client_mem_sub(pgs_client_t *client, size_t n);
+/* NULL when N more bytes fit the client's budget (its unsent output
+ * counted) and the process's; else the config key that refuses them. */
+const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n);
+/* Worker tick: close the client if it has been idle too long, or has not
+ * read any of an output backlog over its budget for a while. NOW in ms. */
+void pgs_client_tick(pgs_client_t *client, uint64_t now);
 /* request.c */
 void pgs_client_routing_init(pgs_client_t *client);
 void pgs_client_routing_free(pgs_client_t *client);

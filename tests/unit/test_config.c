@@ -232,6 +232,11 @@ static void test_defaults(void **state) {
   assert_int_equal(c->client_login_timeout_ms, 60000);
   assert_int_equal(c->server_idle_timeout_ms, 600000);
   assert_int_equal(c->shutdown_timeout_ms, 30000);
+  assert_int_equal(c->client_idle_timeout_ms, 0);
+  assert_int_equal(c->idle_transaction_timeout_ms, 0);
+  assert_true(c->max_client_memory == (int64_t)256 << 20);
+  assert_true(c->max_total_client_memory == (int64_t)4 << 30);
+  assert_true(c->max_merge_bytes == (int64_t)256 << 20);
   /* Parsed from a string: no directory to put it beside. */
   assert_string_equal(c->twophase_log, "pgshard-2pc.log");
   assert_int_equal(c->refcount, 1);
@@ -285,6 +290,11 @@ static void test_every_enum_and_value(void **state) {
       "client_login_timeout_ms = 3\n"
       "server_idle_timeout_ms = 0\n"
       "shutdown_timeout_ms = 0\n"
+      "client_idle_timeout_ms = 86400000\n"
+      "idle_transaction_timeout_ms = 500\n"
+      "max_client_memory = 1048576\n"
+      "max_total_client_memory = 1125899906842624\n"
+      "max_merge_bytes = 65536\n"
       "twophase_log = /var/lib/pgshard/2pc.log\n"
       "[user.app]\n"
       "password = md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
@@ -318,6 +328,11 @@ static void test_every_enum_and_value(void **state) {
   assert_int_equal(c->client_login_timeout_ms, 3);
   assert_int_equal(c->server_idle_timeout_ms, 0);
   assert_int_equal(c->shutdown_timeout_ms, 0);
+  assert_int_equal(c->client_idle_timeout_ms, 86400000);
+  assert_int_equal(c->idle_transaction_timeout_ms, 500);
+  assert_true(c->max_client_memory == 1048576);
+  assert_true(c->max_total_client_memory == (int64_t)1 << 50);
+  assert_true(c->max_merge_bytes == 65536);
   assert_string_equal(c->twophase_log, "/var/lib/pgshard/2pc.log");
 
   const pgs_database_t *db = pgs_config_find_database(c, "app");
@@ -436,6 +451,20 @@ static void test_bad_int(void **state) {
   expect_one_error(MINIMAL "[pgshard]\nlisten = 127.0.0.1\n", 6, "HOST:PORT");
   expect_one_error(MINIMAL "[pgshard]\nlisten = :6432\n", 6, "HOST:PORT");
   expect_one_error(MINIMAL "[user.app]\nadmin = maybe\n", 6, "true or false");
+}
+
+static void test_memory_and_idle_limits(void **state) {
+  expect_one_error(MINIMAL "[pgshard]\nclient_idle_timeout_ms = -1\n", 6, "client_idle_timeout_ms");
+  expect_one_error(MINIMAL "[pgshard]\nidle_transaction_timeout_ms = 86400001\n", 6,
+                   "idle_transaction_timeout_ms");
+  expect_one_error(MINIMAL "[pgshard]\nmax_client_memory = 1000\n", 6, "max_client_memory");
+  expect_one_error(MINIMAL "[pgshard]\nmax_merge_bytes = 1k\n", 6, "max_merge_bytes");
+  expect_one_error(MINIMAL "[pgshard]\nmax_total_client_memory = 0\n", 6,
+                   "max_total_client_memory");
+  /* A whole-process budget below one client's is a mistake, not a limit. */
+  expect_one_error(MINIMAL "[pgshard]\nmax_client_memory = 4194304\n"
+                           "max_total_client_memory = 2097152\n",
+                   0, "is below max_client_memory");
 }
 
 static void test_twophase_log_empty(void **state) {
@@ -798,6 +827,7 @@ int main(void) {
       cmocka_unit_test(test_scram_secret),
       cmocka_unit_test(test_map_names_fold),
       cmocka_unit_test(test_bad_int),
+      cmocka_unit_test(test_memory_and_idle_limits),
       cmocka_unit_test(test_twophase_log_empty),
       cmocka_unit_test(test_twophase_recovery_user),
       cmocka_unit_test(test_twophase_log_beside_config),

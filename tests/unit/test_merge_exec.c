@@ -328,8 +328,12 @@ static void test_order_int(void **state) {
   describe(m, 3, 2, INT4_TEXT, NULL);
   /* Each part sorted, as the shards return them; ties: part 0 first, then
    * arrival order within a part. */
+  size_t held = pgs_merge_held(m);
   assert_int_equal(feed(m, 1, 2, "-5", "p1a"), PGS_MERGE_HELD);
+  assert_true(pgs_merge_held(m) > held); /* what the proxy charges the client */
+  held = pgs_merge_held(m);
   assert_int_equal(feed(m, 0, 2, "3", "p0a"), PGS_MERGE_HELD);
+  assert_true(pgs_merge_held(m) > held);
   assert_int_equal(feed(m, 2, 2, "3", "p2a"), PGS_MERGE_HELD);
   assert_int_equal(feed(m, 1, 2, "3", "p1b"), PGS_MERGE_HELD);
   assert_int_equal(feed(m, 1, 2, "3", "p1c"), PGS_MERGE_HELD);
