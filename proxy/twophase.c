@@ -112,17 +112,6 @@ static bool any_database_uses_2pc(const pgs_config_t *config) {
   return false;
 }
 
-static bool write_all(int fd, const char *data, size_t len) {
-  while (len > 0) {
-    ssize_t n = write(fd, data, len);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    len -= (size_t)n;
-  }
-  return true;
-}
-
 static char *read_all(int fd, size_t *len) {
   size_t cap = 65536, n = 0;
   char *buf = pgs_xmalloc(cap);
@@ -148,7 +137,7 @@ static bool append_locked(char kind, const char *gid) {
   char line[PGS_GID_MAX + 4];
   if (tp.fd < 0) return false;
   int n = snprintf(line, sizeof(line), "%c %s\n", kind, gid);
-  if (write_all(tp.fd, line, (size_t)n)) {
+  if (pgs_twophase_file_write_all(tp.fd, line, (size_t)n)) {
     tp.size += (uint64_t)n;
     return true;
   }

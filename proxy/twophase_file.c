@@ -38,7 +38,7 @@ static char *with_suffix(const char *path, const char *suffix) {
   return out;
 }
 
-static bool write_all(int fd, const char *data, size_t len) {
+bool pgs_twophase_file_write_all(int fd, const char *data, size_t len) {
   while (len > 0) {
     ssize_t n = write(fd, data, len);
     if (n < 0 && errno == EINTR) continue;
@@ -92,7 +92,7 @@ int pgs_twophase_file_replace(const char *log_path, const char *text, size_t len
   int fd = mkostemp(tmp, O_APPEND | O_CLOEXEC);
   if (fd < 0) goto fail;
   what = "write";
-  if (!write_all(fd, text, len)) goto fail;
+  if (!pgs_twophase_file_write_all(fd, text, len)) goto fail;
   what = "sync";
   if (fsync(fd) != 0) goto fail;
   what = "rename";

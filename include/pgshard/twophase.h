@@ -145,6 +145,8 @@ void pgs_twophase_replay_free(pgs_twophase_replay_t *replay);
  * over). PGS_OK: *LOCK_FD holds the lock until it is closed (at exit).
  * PGS_EIO with ERR set: another process holds it, or the file cannot be
  * opened. */
+/* Write LEN bytes of DATA to FD, across short writes and EINTR. */
+bool pgs_twophase_file_write_all(int fd, const char *data, size_t len);
 pgs_status_t pgs_twophase_file_lock(const char *log_path, int *lock_fd, char *err,
                                     size_t errlen) PGS_MUST_USE;
 /* Replace the log at LOG_PATH by a file holding TEXT: written to a
