@@ -189,6 +189,7 @@ typedef struct ctx {
   bool runs_code;        /* CALL, DO, or a SELECT that is a write only by calling
                             functions not known read-only: what it writes is unknown */
   bool copy_write;       /* COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO */
+  bool cursor;           /* DECLARE CURSOR */
   int insert_ref;        /* the ref of a top-level INSERT, or -1 */
   /* Whole text: */
   const pgs_table_t *table;
@@ -1301,9 +1302,13 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
     return PGS_STMT_READ;
   case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
     /* Routed as the read it is: a cursor lives on one server, so one over
-     * several shards (no merge plan) is refused rather than left on one. */
-    walk_node(ctx, NULL, n->declare_cursor_stmt->query);
-    return PGS_STMT_READ;
+     * several shards (no merge plan) is refused rather than left on one.
+     * A cursor over a SELECT that locks rows or calls code that may write
+     * is a write, like that SELECT. */
+    ctx->cursor = true;
+    return analyse_stmt(ctx, n->declare_cursor_stmt->query, false) == PGS_STMT_WRITE
+               ? PGS_STMT_WRITE
+               : PGS_STMT_READ;
   case PG_QUERY__NODE__NODE_PREPARE_STMT: {
     /* EXECUTE would run it wherever the session is, whatever its
      * parameters: a statement on a sharded table must be prepared through
@@ -1517,6 +1522,7 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
   plan->read_only_tx = ctx->read_only_tx;
   plan->runs_code = ctx->runs_code;
   plan->copy_write = ctx->copy_write;
+  plan->cursor = ctx->cursor;
   plan->nkeys = keys.n;
   plan->keys = keys.n ? space : NULL;
   if (keys.n) memcpy(space, keys.v, sizeof(*keys.v) * (size_t)keys.n);

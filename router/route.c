@@ -621,10 +621,17 @@ void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_
                     const pgs_param_values_t *params, const pgs_route_session_t *session,
                     pgs_route_t *out) {
   route_plan(db, plan, lx, params, session, out);
-  /* Its rows go out as one COPY stream: from one shard only. */
-  if (plan->copy_write && out->kind != PGS_ROUTE_ONE && out->kind != PGS_ROUTE_REFUSE)
+  /* Its rows go out as one COPY stream, or stay in one server's cursor:
+   * from one shard only. */
+  bool several = out->kind != PGS_ROUTE_ONE && out->kind != PGS_ROUTE_ANY &&
+                 out->kind != PGS_ROUTE_REFUSE;
+  if (plan->copy_write && several)
     refuse(out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
            "COPY of a data-modifying statement must touch one shard; give its shard key");
+  else if (plan->cursor && several)
+    refuse(out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+           "a cursor lives on one server: DECLARE one over a single shard (give its shard key "
+           "or a hint)");
 }
 
 static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,

@@ -187,6 +187,9 @@ typedef struct pgs_plan {
   /* COPY (INSERT/UPDATE/DELETE ... RETURNING) TO STDOUT: kind WRITE, runs
    * on one shard only (its output cannot be merged). */
   bool copy_write;
+  /* DECLARE CURSOR: the cursor lives on one server, so the statement runs
+   * on one shard or is refused. */
+  bool cursor;
 } pgs_plan_t;
 
 /* Analyse one normalised statement for database DB. Never NULL: a statement

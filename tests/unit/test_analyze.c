@@ -893,6 +893,11 @@ static void test_call_is_write(void **state) {
   analyse("SELECT add_user(3)");
   expect(PGS_STMT_WRITE, PGS_TARGET_ANY, "");
   assert_true(plan->runs_code);
+  analyse("DECLARE c CURSOR FOR SELECT add_user(3)");
+  expect(PGS_STMT_WRITE, PGS_TARGET_ANY, "");
+  assert_true(plan->runs_code);
+  analyse("DECLARE c CURSOR FOR SELECT now()");
+  expect(PGS_STMT_READ, PGS_TARGET_ANY, "");
   /* A function with a key runs where the key is. */
   analyse("SELECT add_user(id) FROM users WHERE id = 3");
   expect(PGS_STMT_WRITE, PGS_TARGET_KEYS, "users:$1");

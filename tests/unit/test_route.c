@@ -572,6 +572,13 @@ static void test_copy_of_a_write(void **state) {
   expect_one(1);
   route(appw, "COPY (UPDATE users SET x = 1 RETURNING id) TO STDOUT");
   expect_refuse("0A000", "must touch one shard");
+  /* A cursor that locks rows is a write, and lives on one server. */
+  route(appw, sqlf("DECLARE c CURSOR FOR SELECT * FROM users WHERE id = %lld FOR UPDATE",
+                   K(2, 0)));
+  expect_one(2);
+  assert_int_equal(plan->kind, PGS_STMT_WRITE);
+  route(appw, "DECLARE c CURSOR FOR SELECT * FROM users FOR UPDATE");
+  expect_refuse("0A000", "cursor lives on one server");
 }
 
 /* ---- = ANY arrays ---- */
