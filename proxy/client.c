@@ -394,6 +394,16 @@ static void replay_settings(pgs_client_t *client, pgs_server_t *server) {
   server->settings_hash = client->settings_hash;
 }
 
+/* A server that logs in with standard_conforming_strings off (a role or
+ * database default) would read strings otherwise than pgshard routed them:
+ * a routing client, told "on" at login, gets it on there. The next client
+ * replays from RESET ALL (settings_hash 1: unknown). */
+static void force_standard_strings(pgs_client_t *client, pgs_server_t *server) {
+  if (!client->routing || !server->login_scs_off) return;
+  pgs_server_inject_query(server, "SET standard_conforming_strings = on");
+  server->settings_hash = 1;
+}
+
 /* ---- messages from the server that the client's state depends on ---- */
 
 void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
@@ -911,6 +921,7 @@ void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
     client_set_state(client, PGS_CL_ACTIVE);
     replay_settings(client, server);
   }
+  force_standard_strings(client, server);
   if (pgs_server_flush(server) < 0) {
     pgs_server_close(server, "write to server failed");
     pgs_client_server_lost(client, "write to server failed");

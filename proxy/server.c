@@ -541,6 +541,8 @@ static void connect_done(pgs_server_t *server) {
   uv_tcp_nodelay(&server->io.tcp, 1);
   server->backend_pid = PQbackendPID(server->pg);
   server->txstatus = 'I';
+  const char *scs = PQparameterStatus(server->pg, "standard_conforming_strings");
+  server->login_scs_off = scs && strcmp(scs, "on") != 0;
   pgs_debug("server %d (%s/%s): logged in", server->backend_pid, server->pool->dbname,
             server->pool->username);
   if (pgs_io_start_reading(&server->io) != 0) {

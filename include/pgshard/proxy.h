@@ -516,6 +516,7 @@ struct pgs_server {
   bool needs_discard;    /* run DISCARD ALL before reuse */
   bool need_flush;       /* extended messages sent since the last Sync/Flush */
   uint64_t unnamed_owner; /* the client whose unnamed statement it holds (request.c) */
+  bool login_scs_off;     /* logged in with standard_conforming_strings off */
   int shard;             /* the client's slot it is linked as */
   uint64_t state_since_ms;
   int32_t backend_pid;

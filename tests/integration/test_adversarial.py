@@ -9,6 +9,7 @@ session must still answer.
 """
 import struct
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -408,3 +409,32 @@ def test_map_names_fold_like_identifiers(lab2, sharded_proxy, tmp_path):
                          text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "warning: [table.app.Users]: table name folded to users" in out.stdout
+
+
+def test_servers_with_strings_off_by_default_are_set_on(lab2, px):
+    """A role default of standard_conforming_strings = off (any user may set
+    it on its own role) reaches servers that log in later: pgshard sets it
+    on there for a routing client that was told "on", so the tenant check
+    and the server read the same statement."""
+    with lab2.connect_primary(route_one(px.config_path, "invoices", 8)) as conn:
+        conn.execute("insert into invoices values (8, 1, 'tenant 8 secret')")
+    sql = ("select v from invoices where tenant_id = 42 and v = '\\' and v = ' "
+           "or tenant_id = 8 --'")
+    with px.connect(autocommit=True, options="-c pgshard.tenant=42") as conn:
+        assert conn.execute(sql).fetchall() == []  # the pool's servers log in now
+        try:
+            for shard in lab2.shards:
+                with lab2.connect_primary(shard.name) as direct:
+                    direct.execute("alter role postgres set standard_conforming_strings = off")
+                    # Servers logged in since then start with it off.
+                    direct.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                                   "where datname = 'app' and pid <> pg_backend_pid() "
+                                   "and backend_type = 'client backend'")
+            # The pool sees its idle servers close and logs in new ones.
+            time.sleep(1)
+            assert conn.execute(sql).fetchall() == []
+            assert conn.execute("show standard_conforming_strings").fetchone()[0] == "on"
+        finally:
+            for shard in lab2.shards:
+                with lab2.connect_primary(shard.name) as direct:
+                    direct.execute("alter role postgres reset standard_conforming_strings")
