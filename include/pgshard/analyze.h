@@ -34,6 +34,8 @@ typedef struct pgs_literal {
   uint32_t len;
   bool is_string; /* a quoted string ('...', E'...', $$...$$), else a number */
   uint32_t placeholder; /* offset of its $N in pgs_lexed_t.normalized */
+  uint32_t start; /* where it was in the original text: bytes [start, end), */
+  uint32_t end;   /* from its first char (the E of E'...') to its last quote */
 } pgs_literal_t;
 
 typedef struct pgs_lexed {
