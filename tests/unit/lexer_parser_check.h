@@ -30,6 +30,10 @@
  *        same tree as the original, locations aside. This is what checks
  *        the values: a string unescaped or joined wrongly gives another
  *        A_Const.
+ *     4. the scanner finds in the normalised text a PARAM token exactly at
+ *        each literal's placeholder, with its number, and no other
+ *        literal parameter: with 3, the parser reads the normalised text
+ *        as the original with parameters in place of the literals.
  *
  * libpg_query is not quite the server here: its scanner returns "--"
  * comments as tokens, and so no longer joins 'a' -- note <newline> 'b'
@@ -249,6 +253,30 @@ static bool lpc_compare_tokens(const char *blanked, const char *hint, const pgs_
   return ok;
 }
 
+/* Rule 4: the literals' placeholders, as the scanner reads LX->normalized. */
+static bool lpc_check_placeholders(const pgs_lexed_t *lx, char *why, size_t whylen) {
+  PgQuery__ScanResult *sr = lpc_scan(lx->normalized);
+  if (sr == NULL) return lpc_fail(why, whylen, "the normalised text does not scan");
+  bool ok = true;
+  int li = 0;
+  for (size_t i = 0; i < sr->n_tokens && ok; i++) {
+    const PgQuery__ScanToken *t = sr->tokens[i];
+    if (t->token != PG_QUERY__TOKEN__PARAM) continue;
+    int p = atoi(lx->normalized + t->start + 1);
+    if (p <= lx->nparams) continue;
+    if (li >= lx->nliterals || p != lx->nparams + 1 + li ||
+        (uint32_t)t->start != lx->literals[li].placeholder)
+      ok = lpc_fail(why, whylen, "parameter $%d at %d of the normalised text is not literal %d's",
+                    p, t->start, li);
+    li++;
+  }
+  if (ok && li != lx->nliterals)
+    ok = lpc_fail(why, whylen, "%d literal parameters in the normalised text, %d literals", li,
+                  lx->nliterals);
+  pg_query__scan_result__free_unpacked(sr, NULL);
+  return ok;
+}
+
 /* The whole rule on SQL (LEN bytes, NUL-terminated, no NUL inside), with LX
  * as the lexer's state (reused). true when it holds; otherwise false and a
  * reason in WHY. *COMPARED (when not NULL) tells whether both read the
@@ -287,7 +315,8 @@ static bool lpc_check(const char *sql, size_t len, pgs_lexed_t *lx, char *why, s
     if (orig) ok = lpc_fail(why, whylen, "pgs_lex refuses (%d) a text PostgreSQL parses", st);
   } else if (orig && lx->chain <= PGS_ANALYZE_MAX_CHAIN) {
     if (compared) *compared = true;
-    ok = lpc_compare_tokens(blanked, hint, lx, mark, why, whylen);
+    ok = lpc_compare_tokens(blanked, hint, lx, mark, why, whylen) &&
+         lpc_check_placeholders(lx, why, whylen);
     if (ok) {
       pgs_buf_t b;
       pgs_buf_init(&b);

@@ -253,7 +253,7 @@ static void test_generated_statements_agree(void **state) {
   rng_state = 0x9E3779B97F4A7C15ull;
   pgs_buf_t b;
   pgs_buf_init(&b);
-  int parsed = 0, total = 6000;
+  int parsed = 0, total = 10000;
   for (int i = 0; i < total; i++) {
     generate(&b);
     char why[512];
