@@ -182,8 +182,8 @@ static pgs_status_t begin_literal(lexer_t *lx, const char *start, bool is_string
 }
 
 /* Close the literal begun last, which ends where P now is: NUL-terminate
- * its value and write its placeholder (numbered from 1 for now; renumber() shifts them past the
- * statement's own $n at the end). */
+ * its value and write its placeholder (numbered from 1 for now; renumber()
+ * shifts them past the statement's own $n at the end). */
 static void end_literal(lexer_t *lx) {
   pgs_lexed_t *o = lx->out;
   pgs_literal_t *lit = &o->literals[o->nliterals];

@@ -156,10 +156,9 @@ static bool lpc_hint(const char *s, size_t n, char *name, size_t cap) {
     if (j >= n || s[j++] != '=') continue;
     while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
     size_t k = 0;
-    while (j + k < n && (strchr("_.-", s[j + k]) ||
-                         (s[j + k] >= 'a' && s[j + k] <= 'z') ||
-                         (s[j + k] >= 'A' && s[j + k] <= 'Z') ||
-                         (s[j + k] >= '0' && s[j + k] <= '9')) && s[j + k] != '\0')
+    while (j + k < n && s[j + k] != '\0' && strchr("abcdefghijklmnopqrstuvwxyz"
+                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-",
+                                                  s[j + k]))
       k++;
     if (k == 0) continue;
     if (k > cap - 1) k = cap - 1;
@@ -171,7 +170,8 @@ static bool lpc_hint(const char *s, size_t n, char *name, size_t cap) {
 }
 
 static const char *lpc_token_name(int token) {
-  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&pg_query__token__descriptor, token);
+  const ProtobufCEnumValue *v =
+      protobuf_c_enum_descriptor_get_value(&pg_query__token__descriptor, token);
   return v ? v->name : "?";
 }
 

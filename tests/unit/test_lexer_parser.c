@@ -7,12 +7,16 @@
  * numbers in every form, blanks replaced by comments (nested, "--", hints,
  * hints inside literals), several statements in one text, and random
  * splices of quote and comment markers into the result. The seed is fixed,
- * so a failure repeats; the failing text is printed.
+ * so a failure repeats; the failing text is printed. With
+ * LEXER_PARSER_DUMP=DIR set, the generated statements that parse are
+ * written to DIR, as seeds for tests/fuzz/fuzz_lexer_parser.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -254,6 +258,7 @@ static void test_generated_statements_agree(void **state) {
   pgs_buf_t b;
   pgs_buf_init(&b);
   int parsed = 0, total = 10000;
+  const char *dump = getenv("LEXER_PARSER_DUMP");
   for (int i = 0; i < total; i++) {
     generate(&b);
     char why[512];
@@ -265,6 +270,16 @@ static void test_generated_statements_agree(void **state) {
       fail();
     }
     parsed += compared;
+    if (compared && dump) {
+      /* Seeds for fuzz_lexer_parser (tests/fuzz/README.md). */
+      char path[4096];
+      snprintf(path, sizeof(path), "%s/gen%05d", dump, i);
+      FILE *f = fopen(path, "wb");
+      if (f) {
+        fwrite(b.data, 1, b.len, f);
+        fclose(f);
+      }
+    }
   }
   pgs_buf_free(&b);
   print_message("%d of %d generated statements parse and were compared\n", parsed, total);
