@@ -83,6 +83,7 @@ static inline bool is_class(unsigned char c, int k) { return (char_class[c] & k)
 /* ---- lexer state ---- */
 
 typedef struct lexer {
+  const char *sql; /* the original text, for literals' offsets in it */
   const char *p;
   const char *end;
   pgs_lexed_t *out;
@@ -90,6 +91,7 @@ typedef struct lexer {
   bool after_placeholder; /* an identifier char now would glue onto $N */
   int depth;              /* parentheses open */
   uint64_t sort_lists;    /* bit d: an ORDER BY / GROUP BY list is open at depth d */
+  bool item_start;        /* the last token began an item of such a list */
 } lexer_t;
 
 static void ensure_out(lexer_t *lx, size_t need) {
@@ -160,7 +162,9 @@ static void ensure_values(pgs_lexed_t *o, size_t need) {
   o->values_cap = cap;
 }
 
-static pgs_status_t begin_literal(lexer_t *lx, bool is_string) {
+/* Begin a literal whose text starts at START (its quote, or the E before
+ * it, or its first digit). */
+static pgs_status_t begin_literal(lexer_t *lx, const char *start, bool is_string) {
   pgs_lexed_t *o = lx->out;
   if (o->nliterals >= PGS_LEX_MAX_LITERALS) return PGS_ETOOBIG;
   if (o->nliterals == o->literals_cap) {
@@ -173,16 +177,18 @@ static pgs_status_t begin_literal(lexer_t *lx, bool is_string) {
   lit->len = 0;
   lit->is_string = is_string;
   lit->placeholder = 0;
+  lit->start = (uint32_t)(start - lx->sql);
   return PGS_OK;
 }
 
-/* Close the literal begun last: NUL-terminate its value and write its
- * placeholder (numbered from 1 for now; renumber() shifts them past the
- * statement's own $n at the end). */
+/* Close the literal begun last, which ends where P now is: NUL-terminate
+ * its value and write its placeholder (numbered from 1 for now; renumber()
+ * shifts them past the statement's own $n at the end). */
 static void end_literal(lexer_t *lx) {
   pgs_lexed_t *o = lx->out;
   pgs_literal_t *lit = &o->literals[o->nliterals];
   lit->len = (uint32_t)(o->values_len - lit->offset);
+  lit->end = (uint32_t)(lx->p - lx->sql);
   o->values[o->values_len++] = '\0';
   o->nliterals++;
   keep_room(lx);
@@ -258,9 +264,11 @@ static pgs_status_t skip_block_comment(lexer_t *lx) {
 /* ---- strings ---- */
 
 /* After a closing quote: PostgreSQL joins 'a' <newline> 'b' into 'ab' when
- * only blanks and "--" comments, with at least one newline, separate them.
- * Returns the position after the next opening quote, or NULL. */
-static const char *quote_continue(const char *q, const char *end) {
+ * only blanks and "--" comments, with at least one newline, separate them
+ * (a hint in such a comment counts, as in any comment). Returns the
+ * position after the next opening quote, or NULL. */
+static const char *quote_continue(lexer_t *lx, const char *q) {
+  const char *end = lx->end;
   bool newline = false;
   while (q < end) {
     if (*q == ' ' || *q == '\t' || *q == '\f') {
@@ -269,7 +277,9 @@ static const char *quote_continue(const char *q, const char *end) {
       newline = true;
       q++;
     } else if (*q == '-' && q + 1 < end && q[1] == '-') {
+      const char *start = q + 2;
       while (q < end && *q != '\n' && *q != '\r') q++;
+      scan_hint(lx->out, start, (size_t)(q - start));
     } else {
       break;
     }
@@ -278,29 +288,38 @@ static const char *quote_continue(const char *q, const char *end) {
 }
 
 /* Copy a quoted token verbatim (B'..', X'..', N'..', U&'..', "ident"),
- * continuation lines included. P is at the opening quote char Q. */
-static pgs_status_t copy_quoted(lexer_t *lx, const char *token_start, char q) {
+ * continuation lines included. P is at the opening quote char Q. DOUBLED:
+ * Q Q inside stands for Q (not in B'..' and X'..', where '' ends the
+ * string and starts another, as in scan.l's xb and xh states). Between
+ * continued parts only a newline is written: libpg_query, unlike the
+ * server, does not join parts across a "--" comment, and the normalised
+ * text must read the same to both. */
+static pgs_status_t copy_quoted(lexer_t *lx, const char *token_start, char q, bool doubled) {
+  if (lx->after_placeholder && is_class((unsigned char)*token_start, C_IDENT_CONT))
+    put_separator(lx);
+  const char *part = token_start; /* from here on not written yet */
   const char *s = lx->p + 1;
   for (;;) {
     const char *close = memchr(s, q, (size_t)(lx->end - s));
     if (close == NULL) return PGS_EINVAL;
     s = close + 1;
-    if (s < lx->end && *s == q) { /* doubled quote */
+    if (doubled && s < lx->end && *s == q) {
       s++;
       continue;
     }
     if (q == '\'') {
-      const char *next = quote_continue(s, lx->end);
+      const char *next = quote_continue(lx, s);
       if (next) {
+        put_n(lx, part, (size_t)(s - part));
+        put(lx, '\n'); /* stands for at least the newline */
+        part = next - 1;
         s = next;
         continue;
       }
     }
     break;
   }
-  if (lx->after_placeholder && is_class((unsigned char)*token_start, C_IDENT_CONT))
-    put_separator(lx);
-  put_n(lx, token_start, (size_t)(s - token_start));
+  put_n(lx, part, (size_t)(s - part));
   lx->after_placeholder = false;
   lx->p = s;
   return PGS_OK;
@@ -310,7 +329,7 @@ static pgs_status_t copy_quoted(lexer_t *lx, const char *token_start, char q) {
  * P is at the opening quote. */
 static pgs_status_t lex_string(lexer_t *lx) {
   pgs_lexed_t *o = lx->out;
-  pgs_status_t st = begin_literal(lx, true);
+  pgs_status_t st = begin_literal(lx, lx->p, true);
   if (st != PGS_OK) return st;
   const char *s = lx->p + 1;
   for (;;) {
@@ -324,7 +343,7 @@ static pgs_status_t lex_string(lexer_t *lx) {
       s++;
       continue;
     }
-    const char *next = quote_continue(s, lx->end);
+    const char *next = quote_continue(lx, s);
     if (next == NULL) break;
     s = next;
   }
@@ -372,11 +391,11 @@ static int64_t read_hex(const char *s, const char *end, int n) {
 
 /* E'...': backslash escapes (\b \f \n \r \t, octal, \xHH, \uXXXX,
  * \UXXXXXXXX with UTF-16 surrogate pairs, any other char stands for
- * itself) and '' both work. P is at the opening quote. A NUL produced by
- * an escape is refused, as the server refuses it. */
+ * itself) and '' both work. P is at the opening quote (after the E). A NUL
+ * produced by an escape is refused, as the server refuses it. */
 static pgs_status_t lex_escape_string(lexer_t *lx) {
   pgs_lexed_t *o = lx->out;
-  pgs_status_t st = begin_literal(lx, true);
+  pgs_status_t st = begin_literal(lx, lx->p - 1, true);
   if (st != PGS_OK) return st;
   const char *s = lx->p + 1;
   const char *end = lx->end;
@@ -391,7 +410,7 @@ static pgs_status_t lex_escape_string(lexer_t *lx) {
         s += 2;
         continue;
       }
-      const char *next = quote_continue(s + 1, end);
+      const char *next = quote_continue(lx, s + 1);
       if (next == NULL) {
         s++;
         break;
@@ -496,7 +515,7 @@ static pgs_status_t lex_dollar_quote(lexer_t *lx) {
   const char *body = s + 1;
   const char *close = memmem(body, (size_t)(lx->end - body), lx->p, delim_len);
   if (close == NULL) return PGS_EINVAL;
-  pgs_status_t st = begin_literal(lx, true);
+  pgs_status_t st = begin_literal(lx, lx->p, true);
   if (st != PGS_OK) return st;
   pgs_lexed_t *o = lx->out;
   memcpy(o->values + o->values_len, body, (size_t)(close - body));
@@ -510,8 +529,10 @@ static pgs_status_t lex_dollar_quote(lexer_t *lx) {
 
 /* A number as PostgreSQL 15 reads one: digits, an optional fraction
  * ("1.", ".5", but "1..2" is 1 then ".."), an optional exponent only when
- * digits follow the e. "0x1F" is 0 followed by the identifier x1F, as in
- * PostgreSQL 15. P is at a digit or at a '.' before a digit. */
+ * digits follow the e. A number glued to an identifier char ("0x1F",
+ * "1_000", "1e", "$1a") is an error in PostgreSQL 15 ("trailing junk");
+ * here it is the number then the identifier, and the server reports the
+ * error. P is at a digit or at a '.' before a digit. */
 static pgs_status_t lex_number(lexer_t *lx) {
   const char *s = lx->p;
   const char *end = lx->end;
@@ -528,7 +549,7 @@ static pgs_status_t lex_number(lexer_t *lx) {
       s = t;
     }
   }
-  pgs_status_t st = begin_literal(lx, false);
+  pgs_status_t st = begin_literal(lx, lx->p, false);
   if (st != PGS_OK) return st;
   pgs_lexed_t *o = lx->out;
   memcpy(o->values + o->values_len, lx->p, (size_t)(s - lx->p));
@@ -588,31 +609,43 @@ static inline bool chains_left_deep(const char *w, size_t n) {
 /* ---- ORDER BY and GROUP BY positions ----
  *
  * An integer that is a whole item of an ORDER BY or GROUP BY list names an
- * output column by its position (ORDER BY 2), which a parameter in its
+ * output column by its position (ORDER BY 2, GROUP BY DISTINCT 1, ORDER
+ * BY (2): the grammar drops the parentheses), which a parameter in its
  * place would not: such integers are kept as written, so that statements
  * sorting or grouping by different columns normalise apart and never
  * share a cached plan (merge.h reads the positions from the plan). Lists
  * are tracked per parenthesis depth, from ORDER BY / GROUP BY to the
  * closing parenthesis, the ';' or a keyword that starts another clause at
- * that depth. Keeping a literal that is not a position is harmless (it is
- * no key), so the tracking only has to err that way. */
+ * that depth; an item starts after BY, after a ',' of the list, after ALL
+ * or DISTINCT at the start of a GROUP BY list, and inside a '(' that
+ * starts an item. Keeping a literal that is not a position is harmless
+ * (it is no key: it sits in a sort or group expression), so the tracking
+ * only has to err that way. */
 
 static inline uint64_t depth_bit(int depth) {
   return depth >= 0 && depth < 64 ? (uint64_t)1 << depth : 0;
 }
 
-/* Called with each word before it is written. */
-static void track_sort_list(lexer_t *lx, const char *w, size_t n) {
+/* Called with each word before it is written; ITEM_START: the token
+ * before it began an item. */
+static void track_sort_list(lexer_t *lx, const char *w, size_t n, bool item_start) {
   static const char *const ends[] = {
       "except", "fetch",  "for",   "from",   "having", "intersect", "into",  "limit", "offset",
       "on",     "returning", "select", "set", "union", "values",    "where", "window", "with",
   };
   uint64_t bit = depth_bit(lx->depth);
   if (n == 2 && word_is(w, "by", 2)) {
-    if (last_word_is(lx, "order", 5) || last_word_is(lx, "group", 5)) lx->sort_lists |= bit;
+    if (last_word_is(lx, "order", 5) || last_word_is(lx, "group", 5)) {
+      lx->sort_lists |= bit;
+      lx->item_start = true;
+    }
     return;
   }
   if (!(lx->sort_lists & bit)) return;
+  if (item_start && ((n == 3 && word_is(w, "all", 3)) || (n == 8 && word_is(w, "distinct", 8)))) {
+    lx->item_start = true; /* GROUP BY ALL | DISTINCT */
+    return;
+  }
   for (size_t i = 0; i < PGS_ARRAY_LEN(ends); i++)
     if (strlen(ends[i]) == n && word_is(w, ends[i], n)) {
       lx->sort_lists &= ~bit;
@@ -621,17 +654,19 @@ static void track_sort_list(lexer_t *lx, const char *w, size_t n) {
 }
 
 /* At a digit: an integer standing alone as an ORDER BY / GROUP BY item
- * (right after BY or a ',') is copied as written; false otherwise. */
-static bool lex_position(lexer_t *lx) {
-  if (!(lx->sort_lists & depth_bit(lx->depth))) return false;
+ * (ITEM_START: the token before began an item) is copied as written;
+ * false otherwise. */
+static bool lex_position(lexer_t *lx, bool item_start) {
+  if (!item_start || !(lx->sort_lists & depth_bit(lx->depth))) return false;
   const char *s = lx->p;
-  while (s < lx->end && is_class((unsigned char)*s, C_DIGIT)) s++;
+  int64_t value = 0;
+  while (s < lx->end && is_class((unsigned char)*s, C_DIGIT)) {
+    value = value * 10 + (*s++ - '0');
+    /* Past int4 the scanner makes it a float (FCONST), no position. */
+    if (value > INT32_MAX) return false;
+  }
   /* A fraction, an exponent or a glued identifier: not an integer. */
   if (s < lx->end && (*s == '.' || is_class((unsigned char)*s, C_IDENT_CONT))) return false;
-  const char *o = lx->out->normalized;
-  size_t end = lx->len;
-  if (end > 0 && o[end - 1] == ' ') end--;
-  if (!(end > 0 && o[end - 1] == ',') && !last_word_is(lx, "by", 2)) return false;
   if (lx->after_placeholder) put_separator(lx);
   put_n(lx, lx->p, (size_t)(s - lx->p));
   lx->after_placeholder = true; /* a digit now would change the number */
@@ -741,7 +776,7 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
   out->hash = 0;
   out->chain = 0;
 
-  lexer_t lx = {.p = sql, .end = sql + len, .out = out};
+  lexer_t lx = {.sql = sql, .p = sql, .end = sql + len, .out = out};
   ensure_out(&lx, len + PLACEHOLDER_SLACK);
   out->normalized[0] = '\0';
   /* A value never takes more bytes than its literal did, plus its NUL. */
@@ -780,6 +815,7 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
       lx.after_placeholder = false;
       lx.depth = 0;
       lx.sort_lists = 0;
+      lx.item_start = false;
       pending_space = lx.len > 0;
       lx.p++;
       continue;
@@ -790,6 +826,10 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
     }
     pending_space = false;
     statement_open = true;
+    /* Whether this token may be a whole ORDER BY / GROUP BY item; the
+     * branches below say whether the next one may. */
+    bool item_start = lx.item_start;
+    lx.item_start = false;
 
     unsigned char next = lx.p + 1 < lx.end ? (unsigned char)lx.p[1] : 0;
     if (c == '\'') {
@@ -800,17 +840,17 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
     } else if ((c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') &&
                next == '\'') {
       const char *start = lx.p++;
-      st = copy_quoted(&lx, start, '\'');
+      st = copy_quoted(&lx, start, '\'', c == 'n' || c == 'N');
     } else if ((c == 'u' || c == 'U') && next == '&' && lx.p + 2 < lx.end &&
                (lx.p[2] == '\'' || lx.p[2] == '"')) {
       const char *start = lx.p;
       lx.p += 2;
-      st = copy_quoted(&lx, start, *lx.p);
+      st = copy_quoted(&lx, start, *lx.p, true);
     } else if (c == '"') {
-      st = copy_quoted(&lx, lx.p, '"');
+      st = copy_quoted(&lx, lx.p, '"', true);
     } else if (c == '$' && is_class(next, C_DIGIT)) {
       st = lex_param(&lx);
-    } else if (is_class(c, C_DIGIT) && lex_position(&lx)) {
+    } else if (is_class(c, C_DIGIT) && lex_position(&lx, item_start)) {
       st = PGS_OK;
     } else if (is_class(c, C_DIGIT) || (c == '.' && is_class(next, C_DIGIT))) {
       st = lex_number(&lx);
@@ -822,7 +862,7 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
       while (s < lx.end && is_class((unsigned char)*s, C_IDENT_CONT)) s++;
       if (lx.after_placeholder) put_separator(&lx);
       if (chains_left_deep(lx.p, (size_t)(s - lx.p))) out->chain++;
-      track_sort_list(&lx, lx.p, (size_t)(s - lx.p));
+      track_sort_list(&lx, lx.p, (size_t)(s - lx.p), item_start);
       put_n(&lx, lx.p, (size_t)(s - lx.p));
       lx.after_placeholder = false;
       lx.p = s;
@@ -833,8 +873,15 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
           !(lx.len > 0 && is_class((unsigned char)out->normalized[lx.len - 1], C_OPERATOR)))
         out->chain++;
       if (c == '(') {
+        bool item = item_start && (lx.sort_lists & depth_bit(lx.depth));
         lx.depth++;
         lx.sort_lists &= depth_bit(lx.depth) - 1; /* none open inside yet */
+        if (item) { /* ORDER BY (2) is ORDER BY 2 */
+          lx.sort_lists |= depth_bit(lx.depth);
+          lx.item_start = true;
+        }
+      } else if (c == ',') {
+        lx.item_start = (lx.sort_lists & depth_bit(lx.depth)) != 0;
       } else if (c == ')') {
         lx.sort_lists &= depth_bit(lx.depth) - 1; /* those inside close */
         if (lx.depth > 0) lx.depth--;

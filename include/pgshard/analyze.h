@@ -34,6 +34,8 @@ typedef struct pgs_literal {
   uint32_t len;
   bool is_string; /* a quoted string ('...', E'...', $$...$$), else a number */
   uint32_t placeholder; /* offset of its $N in pgs_lexed_t.normalized */
+  uint32_t start; /* where it was in the original text: bytes [start, end), */
+  uint32_t end;   /* from its first char (the E of E'...') to its last quote */
 } pgs_literal_t;
 
 typedef struct pgs_lexed {
@@ -70,9 +72,12 @@ void pgs_lex_free(pgs_lexed_t *lx);
  * NUL bytes (the server will reject those too), PGS_ETOOBIG over
  * PGS_LEX_MAX_LITERALS or when parameters and literals together pass 65535.
  * The normalised text keeps B'...', X'...', N'...' and U&'...' literals
- * verbatim (they are never keys), and integers standing alone as ORDER BY
- * or GROUP BY items (ORDER BY 2 names an output column, a $N there would
- * not); every other literal becomes $N. */
+ * verbatim (they are never keys; parts continued on another line are
+ * joined by a bare newline), and integers standing alone as ORDER BY or
+ * GROUP BY items (ORDER BY 2 names an output column, a $N there would
+ * not); every other literal becomes $N. Whenever the server would parse
+ * the text, the literals are exactly its scanner's string and number
+ * constants but for those (tests/unit/lexer_parser_check.h checks it). */
 pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) PGS_MUST_USE;
 /* What a plan's parameter number PARAM stands for in LX: a literal (its
  * value is lx->values + offset, len bytes), or NULL when PARAM is one of the

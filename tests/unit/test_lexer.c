@@ -110,12 +110,14 @@ static void test_decimals_and_exponents(void **state) {
 }
 
 static void test_exponent_needs_digits(void **state) {
-  /* PostgreSQL 15 reads "1e" as 1 followed by the identifier e. */
+  /* PostgreSQL 15 rejects "1e" (trailing junk after a number); the lexer
+   * reads 1 then the identifier e and leaves the error to the server. */
   norm("SELECT 1e", "SELECT $1 e");
   assert_value(0, "1", false);
 }
 
 static void test_hex_is_not_a_number_in_pg15(void **state) {
+  /* An error in PostgreSQL 15 too ("trailing junk"). */
   norm("SELECT 0x1F", "SELECT $1 x1F");
   assert_int_equal(lx.nliterals, 1);
   assert_value(0, "0", false);
@@ -271,6 +273,36 @@ static void test_unicode_and_national_strings_kept_verbatim(void **state) {
   norm("SELECT U&'d\\0061t' UESCAPE '!', N'abc'", "SELECT U&'d\\0061t' UESCAPE $1, N'abc'");
   assert_int_equal(lx.nliterals, 1);
   assert_value(0, "!", true);
+}
+
+static void test_bit_string_doubled_quote_ends_it(void **state) {
+  /* In B'..' and X'..' scan.l has no '' escape: B'10''01' is B'10' then
+   * the string '01' (found by fuzz_lexer_parser). */
+  norm("SELECT B'10''01', X'1F''2'", "SELECT B'10'$1, X'1F'$2");
+  assert_int_equal(lx.nliterals, 2);
+  assert_value(0, "01", true);
+  assert_value(1, "2", true);
+  norm("SELECT N'it''s', U&'it''s'", "SELECT N'it''s', U&'it''s'");
+}
+
+static void test_verbatim_continuation_loses_its_comment(void **state) {
+  /* The server joins X'a' -- c <newline> 'b' into X'ab'; libpg_query does
+   * not join across the comment, so the normalised text keeps only a
+   * newline between the parts (found by test_lexer_parser). */
+  norm("SELECT X'a' -- c\n'b', B'1'\n  -- d\n'0', N'x'\r\n'y'",
+       "SELECT X'a'\n'b', B'1'\n'0', N'x'\n'y'");
+  assert_int_equal(lx.nliterals, 0);
+}
+
+static void test_hint_in_continuation_comment(void **state) {
+  /* A comment between the parts of a string is a comment all the same. */
+  norm("SELECT 'a' -- pgshard: shard=s1\n'b'", "SELECT $1");
+  assert_value(0, "ab", true);
+  assert_string_equal(lx.hint_shard, "s1");
+  norm("SELECT X'a' -- pgshard: shard=s2\n'b'", "SELECT X'a'\n'b'");
+  assert_string_equal(lx.hint_shard, "s2");
+  norm("SELECT E'a'\n-- pgshard: shard=s3\n'b'", "SELECT $1");
+  assert_string_equal(lx.hint_shard, "s3");
 }
 
 /* ---- dollar quotes ---- */
@@ -468,6 +500,26 @@ static void test_hint_name_is_bounded(void **state) {
   assert_int_equal(strlen(lx.hint_shard), sizeof(lx.hint_shard) - 1);
 }
 
+/* ---- ORDER BY / GROUP BY positions ---- */
+
+static void test_positions_after_all_distinct_and_parentheses(void **state) {
+  /* Whole items name output columns: GROUP BY DISTINCT 1 and ORDER BY (2)
+   * too, since the grammar drops the parentheses (found by
+   * test_lexer_parser). Parts of an expression stay literals. */
+  norm("SELECT a FROM t GROUP BY DISTINCT 1, (2) ORDER BY ((1)) DESC",
+       "SELECT a FROM t GROUP BY DISTINCT 1, (2) ORDER BY ((1)) DESC");
+  assert_int_equal(lx.nliterals, 0);
+  norm("SELECT a FROM t GROUP BY ALL 1", "SELECT a FROM t GROUP BY ALL 1");
+  norm("SELECT a FROM t ORDER BY a + (1), f(2), (SELECT 3)",
+       "SELECT a FROM t ORDER BY a + ($1), f($2), (SELECT $3)");
+  /* Past int4 a number is a float to the scanner, never a position. */
+  norm("SELECT a FROM t ORDER BY 2147483647, 2147483648",
+       "SELECT a FROM t ORDER BY 2147483647, $1");
+  /* ALL and DISTINCT only at the start of the list. */
+  norm("SELECT a FROM t ORDER BY 1 DESC, a = ALL (2)",
+       "SELECT a FROM t ORDER BY 1 DESC, a = ALL ($1)");
+}
+
 /* ---- statements ---- */
 
 static void test_statement_count(void **state) {
@@ -639,6 +691,9 @@ int main(void) {
       cmocka_unit_test(test_escape_string_errors),
       cmocka_unit_test(test_bit_strings_kept_verbatim),
       cmocka_unit_test(test_unicode_and_national_strings_kept_verbatim),
+      cmocka_unit_test(test_bit_string_doubled_quote_ends_it),
+      cmocka_unit_test(test_verbatim_continuation_loses_its_comment),
+      cmocka_unit_test(test_hint_in_continuation_comment),
       cmocka_unit_test(test_dollar_quote),
       cmocka_unit_test(test_dollar_quote_with_tag),
       cmocka_unit_test(test_dollar_quote_tags_must_match),
@@ -665,6 +720,7 @@ int main(void) {
       cmocka_unit_test(test_hint_first_wins_and_is_reset),
       cmocka_unit_test(test_hint_not_in_strings_or_incomplete),
       cmocka_unit_test(test_hint_name_is_bounded),
+      cmocka_unit_test(test_positions_after_all_distinct_and_parentheses),
       cmocka_unit_test(test_statement_count),
       cmocka_unit_test(test_empty_and_comment_only),
       cmocka_unit_test(test_unterminated),
