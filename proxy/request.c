@@ -971,6 +971,15 @@ static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
   return false;
 }
 
+/* Whether SQL may set pgshard.* settings but the grammar did not read it
+ * (say 'a' -- c <newline> 'b', which libpg_query does not join as the
+ * server does): forwarded, the server would take it as a custom setting of
+ * its own and the client would believe a tenant or hint pgshard never
+ * applied. */
+static bool pgshard_unread(const pgs_session_effects_t *fx, const char *sql) {
+  return fx->parse_failed && strcasestr(sql, "pgshard.") != NULL;
+}
+
 /* Whether FX sets pgshard.* settings; then it must do nothing else. */
 static int pgshard_ops(const pgs_session_effects_t *fx) {
   int n = 0;
@@ -1373,6 +1382,14 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   bool session = pgs_session_maybe(sql, qlen);
   if (session) {
     pgs_session_analyze(sql, &fx);
+    if (pgshard_unread(&fx, sql)) {
+      add_error(client, "42601",
+                "cannot read this statement naming pgshard.* settings; pgshard did not apply it "
+                "(write SET pgshard.NAME = 'value' as a statement of its own)");
+      add_reply(client, 'Z', NULL);
+      pgs_session_effects_free(&fx);
+      return;
+    }
     int own = pgshard_ops(&fx);
     if (own > 0) {
       if (own != fx.nops || fx.flags)
@@ -1960,7 +1977,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       if (sql && pgs_session_maybe(sql, qlen)) {
         pgs_session_effects_t fx;
         pgs_session_analyze(sql, &fx);
-        if (pgshard_ops(&fx) > 0) {
+        if (pgshard_ops(&fx) > 0 || pgshard_unread(&fx, sql)) {
           /* SET pgshard.tenant and friends are pgshard's, even on one shard. */
           pgs_session_effects_free(&fx);
           plan_query(client, p, total);

@@ -386,6 +386,9 @@ def test_tenant_cannot_copy_or_switch_to_another_tenant(lab2, px):
         assert exc.value.sqlstate == "42501"
         assert_usable(conn)
         refused(conn, "set pgshard.tenant = '8'", "42501")
+        # A continued string libpg_query does not join: never taken as a
+        # setting pgshard did not apply.
+        refused(conn, "set pgshard.tenant = '4' -- c\n'3'", "42601")
         refused(conn, "reset pgshard.tenant", "42501")
         refused(conn, "select * from invoices where tenant_id = 8", "42501")
         with conn.cursor().copy("copy invoices (tenant_id, id, v) from stdin") as cp:
