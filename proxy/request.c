@@ -36,6 +36,7 @@
  * nothing is lexed: the pass-through path of the pooler.
  */
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -516,7 +517,8 @@ static void exec_sql(pgs_server_t *server, const char *text, uint16_t flags, boo
 
 static int slot_node(const pgs_client_t *client, int slot);
 
-static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op) {
+static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op,
+                            pgs_placed_t placed) {
   if (client->nsteps == client->steps_cap) { /* not expected: plans fit nshards + 4 */
     client->steps_cap *= 2;
     client->steps = pgs_xrealloc(client->steps, sizeof(*client->steps) * (size_t)client->steps_cap);
@@ -526,11 +528,12 @@ static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op) {
   st->shard = (int16_t)shard;
   st->node = (int8_t)(shard >= 0 ? slot_node(client, shard) : -1);
   st->op = (uint8_t)op;
+  st->placed = (uint8_t)placed;
   return st;
 }
 
 static void add_reply(pgs_client_t *client, char reply, const char *tag) {
-  pgs_step_t *st = add_step(client, -1, PGS_STEP_REPLY);
+  pgs_step_t *st = add_step(client, -1, PGS_STEP_REPLY, PGS_PLACED_NONE);
   st->reply = reply;
   if (tag) st->text = pgs_xstrdup(tag);
 }
@@ -543,7 +546,7 @@ static void add_error(pgs_client_t *client, const char *sqlstate, const char *fm
   va_start(ap, fmt);
   vsnprintf(message + n, sizeof(message) - (size_t)n, fmt, ap);
   va_end(ap);
-  pgs_step_t *st = add_step(client, -1, PGS_STEP_ERROR);
+  pgs_step_t *st = add_step(client, -1, PGS_STEP_ERROR, PGS_PLACED_NONE);
   size_t mlen = strlen(message);
   st->text = pgs_xmalloc(6 + mlen + 1);
   memcpy(st->text, sqlstate, 5);
@@ -556,11 +559,11 @@ static void add_error(pgs_client_t *client, const char *sqlstate, const char *fm
  * MASK in turn, replies merged: the first part's descriptions, every
  * part's rows, one CommandComplete counting all, one ReadyForQuery. */
 static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, char **texts,
-                       bool counts) {
+                       bool counts, pgs_placed_t placed) {
   int n = __builtin_popcountll(mask), k = 0;
   for (int i = 0; i < client->nslots; i++) {
     if (!(mask & BIT(i))) continue;
-    pgs_step_t *st = add_step(client, i, op);
+    pgs_step_t *st = add_step(client, i, op, placed);
     if (texts) {
       st->text = texts[i];
       texts[i] = NULL;
@@ -587,7 +590,7 @@ static void add_fan_steps(pgs_client_t *client, uint64_t slots, pgs_step_op_t op
   bool first = true, streams = client->fan->streams;
   for (int i = 0; i < client->nslots; i++) {
     if (!(slots & BIT(i))) continue;
-    pgs_step_t *st = add_step(client, i, op);
+    pgs_step_t *st = add_step(client, i, op, PGS_PLACED_ROUTE);
     if (text) st->text = pgs_xstrdup(text);
     st->flags = PGS_EF_FAN;
     st->concurrent = st->always = true;
@@ -1093,7 +1096,7 @@ static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const p
 
 static void add_inject(pgs_client_t *client, int slot, const char *text, uint16_t flags,
                        bool extended) {
-  pgs_step_t *st = add_step(client, slot, PGS_STEP_INJECT);
+  pgs_step_t *st = add_step(client, slot, PGS_STEP_INJECT, PGS_PLACED_INTERNAL);
   st->text = pgs_xstrdup(text);
   st->flags = flags;
   st->extended = extended;
@@ -1101,7 +1104,7 @@ static void add_inject(pgs_client_t *client, int slot, const char *text, uint16_
 }
 
 static void add_twopc(pgs_client_t *client, char phase) {
-  pgs_step_t *st = add_step(client, -1, PGS_STEP_TWOPC);
+  pgs_step_t *st = add_step(client, -1, PGS_STEP_TWOPC, PGS_PLACED_NONE);
   st->reply = phase;
   st->always = true;
 }
@@ -1223,7 +1226,8 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
     return;
   }
   int first = client->nsteps;
-  add_fanout(client, mask, simple ? PGS_STEP_QUERY : PGS_STEP_EXEC_SQL, NULL, true);
+  add_fanout(client, mask, simple ? PGS_STEP_QUERY : PGS_STEP_EXEC_SQL, NULL, true,
+             PGS_PLACED_SESSION);
   for (int i = first; i < client->nsteps; i++) {
     client->steps[i].text = pgs_xstrdup(rollback ? "ROLLBACK" : sql);
     client->steps[i].always = true; /* every shard ends, whatever the others said */
@@ -1446,7 +1450,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   } else if (kind == PGS_STMT_SESSION || kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
     /* SET and friends (no data: they change the session) go wherever the
      * session is; so does COMMIT or ROLLBACK outside a transaction. */
-    add_fanout(client, session_mask(client), PGS_STEP_FORWARD, NULL, true);
+    add_fanout(client, session_mask(client), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
     if (session) check_session_effects(client, &fx, true);
   } else if (!route(client, plan, lx, NULL, &rt)) {
     add_reply(client, 'Z', NULL);
@@ -1472,10 +1476,10 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     } else if (ok && implicit_twopc(client, plan, rt.shards)) {
       uint64_t slots = writer_slots(rt.shards);
       int first = implicit_twopc_begin(client, slots);
-      add_fanout(client, slots, PGS_STEP_QUERY, texts, true);
+      add_fanout(client, slots, PGS_STEP_QUERY, texts, true, PGS_PLACED_ROUTE);
       implicit_twopc_commit(client, slots, first);
     } else if (ok) {
-      add_fanout(client, writer_slots(rt.shards), PGS_STEP_QUERY, texts, true);
+      add_fanout(client, writer_slots(rt.shards), PGS_STEP_QUERY, texts, true, PGS_PLACED_ROUTE);
     } else {
       add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                 "cannot split this INSERT's VALUES rows by shard");
@@ -1493,7 +1497,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
       client->fan_copies = plan->target == PGS_TARGET_ANY;
       bool atomic = rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards);
       int first = atomic ? implicit_twopc_begin(client, mask) : 0;
-      add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true);
+      add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
       if (atomic) implicit_twopc_commit(client, mask, first);
       if (session) check_session_effects(client, &fx, true);
     }
@@ -1681,7 +1685,9 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
     return;
   }
   int slot = lookahead_slot(client, client->io.in_pos + total, name, stmt);
-  pgs_step_t *st = add_step(client, slot >= 0 ? slot : parse_slot(client), PGS_STEP_PARSE);
+  pgs_step_t *st = slot >= 0 ? add_step(client, slot, PGS_STEP_PARSE, PGS_PLACED_ROUTE)
+                             : add_step(client, parse_slot(client), PGS_STEP_PARSE,
+                                        PGS_PLACED_SESSION);
   st->stmt = stmt;
 }
 
@@ -1770,6 +1776,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   if (plan->kind == PGS_STMT_SESSION || plan->kind == PGS_STMT_COMMIT ||
       plan->kind == PGS_STMT_ROLLBACK) {
     portal->mask = session_mask(client);
+    portal->placed = PGS_PLACED_SESSION;
   } else if (!route(client, plan, stmt->lx, &pv, &rt)) {
     client->unit_failed = true;
     return;
@@ -1801,7 +1808,8 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
                                                                       : first_bit(portal->mask);
     portal->unbound = portal->mask & ~BIT(slot);
     if (portal->unbound) keep_merged_bind(portal, stmt, p, total);
-    add_step(client, slot, PGS_STEP_FORWARD)->merged = true;
+    portal->placed = PGS_PLACED_ROUTE;
+    add_step(client, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE)->merged = true;
     return;
   } else if (rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards)) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
@@ -1811,6 +1819,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     return;
   } else {
     portal->mask = placed_mask(client, &rt, plan);
+    portal->placed = PGS_PLACED_ROUTE;
     if (portal->mask == 0) {
       client->unit_failed = true;
       return;
@@ -1818,7 +1827,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   }
   portal->kind = plan->kind;
   portal->copies = plan->target == PGS_TARGET_ANY;
-  add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, false);
+  add_fanout(client, portal->mask, PGS_STEP_FORWARD, NULL, false, portal->placed);
 }
 
 /* Describe, Execute or Close of a portal: where it was bound. */
@@ -1848,7 +1857,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
      * wait); its hidden columns stay hidden. */
     uint64_t bound = portal->mask & ~portal->unbound;
     int slot = client->cur >= 0 && (bound & BIT(client->cur)) ? client->cur : first_bit(bound);
-    pgs_step_t *st = add_step(client, slot, PGS_STEP_FORWARD);
+    pgs_step_t *st = add_step(client, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE);
     st->flags = PGS_EF_HIDE;
     st->hide = (int16_t)portal->merge_plan->merge->nhidden;
   } else if (portal->merge_plan && type == 'E') {
@@ -1866,7 +1875,8 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     /* A merged portal is closed where it is bound. */
     client->fan_copies = portal->copies;
     int first = client->nsteps;
-    add_fanout(client, portal->mask & ~portal->unbound, PGS_STEP_FORWARD, NULL, type == 'E');
+    add_fanout(client, portal->mask & ~portal->unbound, PGS_STEP_FORWARD, NULL, type == 'E',
+               portal->placed);
     if (type == 'E' && portal->drops_prepared) mark_drops_prepared(client, first);
   }
   if (type == 'C') {
@@ -1893,7 +1903,7 @@ static void plan_sync(pgs_client_t *client) {
   int n = __builtin_popcountll(mask);
   for (int i = 0; i < client->nslots; i++) {
     if (!(mask & BIT(i))) continue;
-    pgs_step_t *st = add_step(client, i, PGS_STEP_SYNC);
+    pgs_step_t *st = add_step(client, i, PGS_STEP_SYNC, PGS_PLACED_SESSION);
     st->always = true;
     if (n > 1) {
       st->concurrent = true;
@@ -1965,7 +1975,8 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         stmt = remember_parse(client, name, p + 5 + nlen + 1, total - 5 - nlen - 1);
       if (stmt) stmt->drops_prepared = drops;
       /* Without a name the Execute cannot be told apart: forget at Parse. */
-      add_step(client, 0, stmt ? PGS_STEP_PARSE : PGS_STEP_FORWARD)->stmt = stmt;
+      add_step(client, 0, stmt ? PGS_STEP_PARSE : PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH)->stmt =
+          stmt;
       if (drops && stmt == NULL) mark_drops_prepared(client, 0);
       return;
     }
@@ -1987,7 +1998,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         bool drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
         pgs_session_effects_free(&fx);
         if (drops) {
-          add_step(client, 0, PGS_STEP_FORWARD);
+          add_step(client, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
           mark_drops_prepared(client, 0);
           return;
         }
@@ -2033,13 +2044,13 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         no_such_statement(client, name);
         return;
       }
-      add_step(client, 0, PGS_STEP_FORWARD);
+      add_step(client, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
       /* Bind of DEALLOCATE ALL / DISCARD ALL: its server forgets (the
        * Execute follows on the same server). */
       if (type == 'B' && stmt && stmt->drops_prepared) mark_drops_prepared(client, 0);
       return;
     }
-    add_step(client, 0, PGS_STEP_FORWARD);
+    add_step(client, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
     return;
   }
   switch (type) {
@@ -2074,7 +2085,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         add_reply(client, 'n', NULL);
       } else {
         /* Any server describes it alike: where the session is. */
-        add_step(client, parse_slot(client), PGS_STEP_FORWARD);
+        add_step(client, parse_slot(client), PGS_STEP_FORWARD, PGS_PLACED_SESSION);
       }
     }
     return;
@@ -2098,13 +2109,13 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     plan_sync(client);
     return;
   case 'H':
-    if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD);
+    if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD, PGS_PLACED_SESSION);
     return;
   case 'd':
   case 'c':
   case 'f':
     /* COPY data goes where the COPY went. */
-    if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD);
+    if (client->cur >= 0) add_step(client, client->cur, PGS_STEP_FORWARD, PGS_PLACED_SESSION);
     return;
   case 'F':
     /* Its function and arguments are not SQL pgshard can route (and a
@@ -2156,6 +2167,22 @@ static bool extended_type(char type) {
   return type == 'P' || type == 'B' || type == 'D' || type == 'E' || type == 'C' || type == 'H';
 }
 
+/* Whether a step may go to a server: in routing mode only with a routing
+ * decision (pgs_placed_t); without routing, a plain pooler's steps. */
+static bool placed_ok(const pgs_client_t *client, const pgs_step_t *st) {
+  switch (st->placed) {
+  case PGS_PLACED_ROUTE:
+  case PGS_PLACED_SESSION:
+  case PGS_PLACED_INTERNAL:
+    return true;
+  case PGS_PLACED_PASSTHROUGH:
+    return !client->routing;
+  default:
+    return false;
+  }
+}
+
+/* The one place where a client's request is handed to a server. */
 static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *st, char type,
                   const uint8_t *p, size_t total) {
   int shard = st->shard;
@@ -2312,6 +2339,16 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       /* The transaction reaches this shard: begin it here too. */
       pgs_server_inject_query(server, client->begin_sql);
       client->tx_mask |= BIT(st->shard);
+    }
+    if (!placed_ok(client, st)) {
+      /* A planning bug, never a guess: nothing is sent. Tests run with
+       * PGSHARD_STRICT=1 and stop here. */
+      pgs_error("client %d: a '%c' message without a routing decision (step %d, placed %d) "
+                "was not sent", client->cancel_pid, type, st->op, st->placed);
+      if (getenv("PGSHARD_STRICT")) abort();
+      pgs_client_fail(client, PGS_SQLSTATE_INTERNAL,
+                      "internal error: a message without a routing decision was not sent");
+      return STEPS_LEFT;
     }
     issue(client, server, st, type, p, total);
     client->step_next++;

@@ -177,8 +177,26 @@ typedef enum {
                         'F' finish); it plans the steps that follow */
 } pgs_step_op_t;
 
+/* Why a step goes to the server it goes to. In routing mode every message
+ * pgshard hands a server has a reason other than NONE and PASSTHROUGH; the
+ * one place that hands messages to servers (request.c, issue) refuses any
+ * other. */
+typedef enum {
+  PGS_PLACED_NONE,        /* no server: a reply pgshard makes itself */
+  PGS_PLACED_ROUTE,       /* the router's decision: a key, hint or tenant, the
+                             policy for several shards, or where a portal so
+                             placed was bound */
+  PGS_PLACED_SESSION,     /* no data: where the session's servers are (SET,
+                             transaction ends, Sync, Flush, COPY data of the
+                             COPY in progress, Describe of a statement, a
+                             Parse whose Bind routes it later) */
+  PGS_PLACED_INTERNAL,    /* pgshard's own statement (BEGIN replay, 2PC) */
+  PGS_PLACED_PASSTHROUGH, /* one shard, nothing routed: a plain pooler */
+} pgs_placed_t;
+
 typedef struct pgs_step {
   int16_t shard; /* slot (see pgs_client_t), -1: no server */
+  uint8_t placed; /* pgs_placed_t */
   int8_t node;   /* the shard node to take a server from when none is linked */
   uint8_t op;
   uint16_t flags; /* PGS_EF_* for the reply */
@@ -200,6 +218,7 @@ typedef struct pgs_step {
  * pgshard answers it itself (transaction control, pgshard settings). */
 typedef struct pgs_portal {
   uint64_t mask;
+  uint8_t placed; /* pgs_placed_t of its Bind */
   pgs_stmt_kind_t kind;
   bool copies; /* fans out to copies (DDL, reference tables) */
   bool read_only; /* BEGIN READ ONLY */

@@ -559,6 +559,9 @@ class Proxy:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        # A message without a routing decision aborts pgshard (the test then
+        # fails on the unclean exit) instead of being refused quietly.
+        env.setdefault("PGSHARD_STRICT", "1")
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(PGSHARD), "-c", str(self.config_path)],
                                      stdin=subprocess.DEVNULL, stdout=self.log_file,
