@@ -1971,8 +1971,21 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         pgs_session_effects_free(&fx);
       }
       pgs_client_stmt_t *stmt = NULL;
-      if (!r.bad && nlen > 0)
+      if (r.bad) {
+        add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
+        client->unit_failed = true;
+        return;
+      }
+      if (nlen > 0) {
         stmt = remember_parse(client, name, p + 5 + nlen + 1, total - 5 - nlen - 1);
+        if (stmt == NULL) {
+          /* Never under the client's own name: a shared server would keep
+           * it for whoever comes next. */
+          add_error(client, "53400", "too many prepared statements (%d)", CLIENT_MAX_STATEMENTS);
+          client->unit_failed = true;
+          return;
+        }
+      }
       if (stmt) stmt->drops_prepared = drops;
       /* Without a name the Execute cannot be told apart: forget at Parse. */
       add_step(client, 0, stmt ? PGS_STEP_PARSE : PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH)->stmt =
