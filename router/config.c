@@ -78,30 +78,30 @@ typedef struct line_source {
   parse_state_t *state;
 } line_source_t;
 
-PGS_PRINTF(3, 4)
-static void config_error(pgs_config_t *config, int line, const char *fmt, ...) {
+/* Append a message about LINE (0: none) to LIST, of N entries. */
+static void add_note(pgs_config_error_t **list, int *n, int line, const char *fmt, va_list ap) {
   char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
   vsnprintf(buf, sizeof(buf), fmt, ap);
-  va_end(ap);
-  config->errors = pgs_xrealloc(config->errors, sizeof(*config->errors) * (size_t)(config->nerrors + 1));
-  config->errors[config->nerrors].line = line;
-  config->errors[config->nerrors].message = pgs_xstrdup(buf);
-  config->nerrors++;
+  *list = pgs_xrealloc(*list, sizeof(**list) * (size_t)(*n + 1));
+  (*list)[*n].line = line;
+  (*list)[*n].message = pgs_xstrdup(buf);
+  (*n)++;
 }
 
-static void config_warning(pgs_config_t *config, int line, const char *fmt, ...) {
-  char buf[512];
+PGS_PRINTF(3, 4)
+static void config_error(pgs_config_t *config, int line, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(buf, sizeof(buf), fmt, ap);
+  add_note(&config->errors, &config->nerrors, line, fmt, ap);
   va_end(ap);
-  config->warnings =
-      pgs_xrealloc(config->warnings, sizeof(*config->warnings) * (size_t)(config->nwarnings + 1));
-  config->warnings[config->nwarnings].line = line;
-  config->warnings[config->nwarnings].message = pgs_xstrdup(buf);
-  config->nwarnings++;
+}
+
+PGS_PRINTF(3, 4)
+static void config_warning(pgs_config_t *config, int line, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  add_note(&config->warnings, &config->nwarnings, line, fmt, ap);
+  va_end(ap);
 }
 
 /* A table or column name of the map as PostgreSQL names it: written plain,
