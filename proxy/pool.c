@@ -46,12 +46,25 @@ static int find_node(const pgs_database_t *db, int shard, const char *conninfo) 
 
 /* The node's conninfo for USER, with STARTUP_OPTIONS (libpq options, may
  * be NULL) after any options the node's own conninfo gives. */
+/* Whether every client of DB routes (several shards, or replicas): its
+ * servers then run with standard_conforming_strings on from login, so no
+ * role or database default, RESET or DISCARD ALL can make a server read a
+ * string otherwise than pgshard's lexer did (request.c refuses a client's
+ * own attempts to turn it off). */
+static bool always_routes(const pgs_database_t *db) {
+  if (db->nshards > 1) return true;
+  for (int i = 0; i < db->nshards; i++)
+    if (db->shards[i].nreplicas > 0) return true;
+  return false;
+}
+
 static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db,
                             const pgs_user_t *user, int shard, int index,
                             const char *startup_options) {
   char *conninfo = pgs_node_conninfo(config, db, shard_node(db, shard, index), user,
                                      "fallback_application_name", "pgshard");
-  if (startup_options == NULL) return conninfo;
+  const char *forced = always_routes(db) ? "-c standard_conforming_strings=on" : NULL;
+  if (startup_options == NULL && forced == NULL) return conninfo;
   const char *node_options = NULL;
   PQconninfoOption *parsed = PQconninfoParse(conninfo, NULL);
   for (PQconninfoOption *o = parsed; o && o->keyword; o++)
@@ -60,11 +73,15 @@ static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db
   pgs_buf_init(&b);
   pgs_buf_put(&b, conninfo, strlen(conninfo));
   pgs_buf_put(&b, " options='", 10);
-  for (int pass = 0; pass < 2; pass++) {
-    const char *text = pass ? startup_options : node_options;
-    if (text == NULL) continue;
-    if (pass && node_options) pgs_buf_put(&b, " ", 1);
-    for (const char *p = text; *p; p++) {
+  /* The node's own options, the client's startup parameters (session
+   * pooling), then pgshard's: a later -c wins. */
+  const char *parts[] = {node_options, startup_options, forced};
+  bool first = true;
+  for (size_t i = 0; i < PGS_ARRAY_LEN(parts); i++) {
+    if (parts[i] == NULL) continue;
+    if (!first) pgs_buf_put(&b, " ", 1);
+    first = false;
+    for (const char *p = parts[i]; *p; p++) {
       if (*p == '\'' || *p == '\\') pgs_buf_put(&b, "\\", 1);
       pgs_buf_put(&b, p, 1);
     }
@@ -73,8 +90,8 @@ static char *build_conninfo(const pgs_config_t *config, const pgs_database_t *db
   /* PostgreSQL applies options before the startup packet's own parameters,
    * among them the application_name libpq sends: drop pgshard's fallback
    * when the client named its own. */
-  if (!strncmp(startup_options, "-c application_name=", 20) ||
-      strstr(startup_options, " -c application_name="))
+  if (startup_options && (!strncmp(startup_options, "-c application_name=", 20) ||
+                          strstr(startup_options, " -c application_name=")))
     pgs_buf_put(&b, " fallback_application_name=''", 29);
   pgs_buf_put_u8(&b, 0);
   if (parsed) PQconninfoFree(parsed);

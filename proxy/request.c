@@ -864,15 +864,9 @@ void pgs_request_on_parameter_status(pgs_client_t *client, const char *name, con
   if (!strcasecmp(name, "standard_conforming_strings")) client->scs_off = !bool_value_on(value);
 }
 
-/* Whether a SET of FX would turn standard_conforming_strings off. */
+/* Whether FX would turn standard_conforming_strings off (SET or SET LOCAL). */
 static bool sets_scs_off(const pgs_session_effects_t *fx) {
-  for (int i = 0; i < fx->nops; i++) {
-    const pgs_set_op_t *op = &fx->ops[i];
-    if (op->kind == PGS_SET_OP_SET && !strcasecmp(op->name, "standard_conforming_strings") &&
-        !(op->has_value && bool_value_on(op->value)))
-      return true;
-  }
-  return false;
+  return (fx->flags & PGS_SESSION_STRINGS_OFF) != 0;
 }
 
 /* Whether code the statement runs (a function call, DO) names

@@ -273,9 +273,34 @@ static void set_op_value(pgs_set_op_t *op, const PgQuery__VariableSetStmt *vs) {
   op->has_value = true;
 }
 
+/* PostgreSQL's spellings of true (parse_bool). */
+static bool bool_text_on(const char *v) {
+  static const char *const on[] = {"on", "true", "yes", "1", "t", "tr", "tru", "y", "ye", NULL};
+  for (int i = 0; on[i]; i++)
+    if (!strcasecmp(v, on[i])) return true;
+  return false;
+}
+
+/* SET [LOCAL] standard_conforming_strings to anything but on: flagged
+ * whatever else is tracked (a SET LOCAL is not), since the proxy must know
+ * before the statement runs (PGS_SESSION_STRINGS_OFF). RESET and DEFAULT
+ * return to the value the session started with. */
+static void check_standard_strings(const PgQuery__VariableSetStmt *vs,
+                                   pgs_session_effects_t *out) {
+  if (vs->name == NULL || strcasecmp(vs->name, "standard_conforming_strings") != 0) return;
+  if (vs->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT ||
+      vs->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET)
+    return;
+  pgs_set_op_t probe;
+  memset(&probe, 0, sizeof(probe));
+  if (vs->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE) set_op_value(&probe, vs);
+  if (!(probe.has_value && bool_text_on(probe.value))) out->flags |= PGS_SESSION_STRINGS_OFF;
+}
+
 static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char *text, size_t len,
                                  pgs_session_effects_t *out) {
   pgs_set_op_t *op;
+  check_standard_strings(vs, out);
   switch (vs->kind) {
   case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE:
   case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT:

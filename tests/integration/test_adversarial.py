@@ -93,6 +93,11 @@ def test_standard_conforming_strings_off_is_refused(lab2, px):
         refused(conn, "select set_config('standard_conforming_strings', 'off', false)", "0A000")
         refused(conn, "do $$ begin perform set_config('standard_conforming_strings', 'off', "
                       "false); end $$", "0A000")
+        refused(conn, "select set_config('standard_conforming_strings', 'off', true)", "0A000")
+        refused(conn, "set local standard_conforming_strings = off", "0A000")
+        # Pipelined after it in one string: refused before anything runs.
+        refused(conn, "begin; set local standard_conforming_strings = off; "
+                      f"insert into users (id, v) values ({k}, 'x'); commit", "0A000")
         assert conn.execute("show standard_conforming_strings").fetchone()[0] == "on"
         conn.execute("set standard_conforming_strings = on")  # allowed
     # At startup: every routed statement is refused until it is set on.
@@ -442,6 +447,11 @@ def test_servers_with_strings_off_by_default_are_set_on(lab2, px):
             time.sleep(1)
             assert conn.execute(sql).fetchall() == []
             assert conn.execute("show standard_conforming_strings").fetchone()[0] == "on"
+            # RESET and DISCARD return to the value the server logged in with.
+            for reset in ("reset standard_conforming_strings", "reset all", "discard all"):
+                conn.execute(reset)
+                assert conn.execute(sql).fetchall() == []
+                assert conn.execute("show standard_conforming_strings").fetchone()[0] == "on"
         finally:
             for shard in lab2.shards:
                 with lab2.connect_primary(shard.name) as direct:

@@ -167,6 +167,34 @@ static void test_set_without_lasting_effect(void **state) {
   expect_flags("SET TRANSACTION READ ONLY", 0);
 }
 
+/* Turning standard_conforming_strings off, even for a transaction, is
+ * flagged; on, RESET and DEFAULT are not. */
+static void test_standard_strings_off(void **state) {
+  static const struct {
+    const char *sql;
+    bool off;
+  } cases[] = {
+      {"SET standard_conforming_strings = off", true},
+      {"SET LOCAL standard_conforming_strings TO false", true},
+      {"set session STANDARD_CONFORMING_STRINGS = 0", true},
+      {"SET standard_conforming_strings = 'no'", true},
+      {"SET standard_conforming_strings FROM CURRENT", true},
+      {"SELECT 1; SET LOCAL standard_conforming_strings = off", true},
+      {"SET standard_conforming_strings = on", false},
+      {"SET LOCAL standard_conforming_strings = 'true'", false},
+      {"SET standard_conforming_strings TO DEFAULT", false},
+      {"RESET standard_conforming_strings", false},
+      {"SET search_path = off", false},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    pgs_session_effects_t fx;
+    pgs_session_analyze(cases[i].sql, &fx);
+    if (((fx.flags & PGS_SESSION_STRINGS_OFF) != 0) != cases[i].off)
+      fail_msg("%s: flagged %d", cases[i].sql, (fx.flags & PGS_SESSION_STRINGS_OFF) != 0);
+    pgs_session_effects_free(&fx);
+  }
+}
+
 static void test_reset(void **state) {
   pgs_session_effects_t fx;
   analyze("RESET X", 0, 1, &fx);
@@ -424,6 +452,7 @@ int main(void) {
       cmocka_unit_test(test_set_line_comment),
       cmocka_unit_test(test_set_without_lasting_effect),
       cmocka_unit_test(test_reset),
+      cmocka_unit_test(test_standard_strings_off),
       cmocka_unit_test(test_discard_and_deallocate),
       cmocka_unit_test(test_pins),
       cmocka_unit_test(test_temporary_objects),
