@@ -195,9 +195,30 @@ typedef enum {
   REPLY_SUM,     /* CommandComplete with the rows of every fan-out part */
 } reply_action_t;
 
+/* After an error in extended protocol the server skips every message up
+ * to the next Sync: so do the replies it owes. A fan part queued behind the
+ * failed message is skipped too; the fan hears of it here (its own errors
+ * reach it as replies). FLAGS: the failed message's. */
+static void skip_to_sync(pgs_server_t *server, uint16_t flags) {
+  pgs_expect_t *front;
+  bool part_skipped = false;
+  while ((front = expect_front(server)) && front->kind != PGS_EXP_SYNC) {
+    if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
+    part_skipped |= !(flags & PGS_EF_FAN) && (front->flags & PGS_EF_FAN);
+    expect_pop(server);
+  }
+  if (part_skipped && server->client) pgs_fan_part_skipped(server->client, server->shard);
+}
+
 /* Decide what one complete server message does. */
 static reply_action_t server_message(pgs_server_t *server, char type, const uint8_t *body,
                                      size_t len) {
+  if (type == 'Z' && server->error_until_sync) {
+    /* Messages sent after the error reached the server were skipped by it
+     * too (a pipelining client kept sending): their replies never come. */
+    pgs_expect_t *failed = expect_front(server);
+    if (failed && failed->kind != PGS_EXP_SYNC) skip_to_sync(server, 0);
+  }
   pgs_expect_t *front = expect_front(server);
   bool internal = front && front->internal;
   uint16_t flags = front ? front->flags : 0;
@@ -301,16 +322,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
         server->internal_failed = true;
     } else {
       server->error_until_sync = true;
-      if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
-      /* A fan part queued behind the failed message is skipped too; the
-       * fan hears of it here (its own errors reach it as replies). */
-      bool part_skipped = false;
-      while ((front = expect_front(server)) && front->kind != PGS_EXP_SYNC) {
-        if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
-        part_skipped |= !(flags & PGS_EF_FAN) && (front->flags & PGS_EF_FAN);
-        expect_pop(server);
-      }
-      if (part_skipped && client) pgs_fan_part_skipped(client, server->shard);
+      skip_to_sync(server, flags);
     }
     if (client && (flags & PGS_EF_FWD_ERROR)) visible = REPLY_FORWARD;
     if (visible == REPLY_DROP) return REPLY_DROP;

@@ -456,3 +456,26 @@ def test_servers_with_strings_off_by_default_are_set_on(lab2, px):
             for shard in lab2.shards:
                 with lab2.connect_primary(shard.name) as direct:
                     direct.execute("alter role postgres reset standard_conforming_strings")
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_messages_sent_after_an_error_reached_the_server(lab2, sharded_proxy, lab, shards):
+    """A pipelining client keeps sending after a statement failed; the
+    server skips those messages up to the Sync and owes no reply for them:
+    one ReadyForQuery, and the session goes on (psycopg's pipeline mode hit
+    "unexpected ReadyForQuery" here when the error came back first)."""
+    px = sharded_proxy(extra_ini=MAP) if shards == 2 else sharded_proxy(lab=lab)
+    with pgwire.RawConn(px.port) as c:
+        c.login()
+        c.send(parse("", "select 1/0") + bind("") + execute())
+        c.send(pgwire.message("H"))  # Flush: the error comes back now
+        kinds = []
+        while "E" not in kinds:
+            kinds.append(c.read_message()[0])
+        c.send(parse("", "select 2") + bind("") + execute() + parse("x", "select 3") + sync())
+        types, error = read_until_ready(c)
+        assert types == ["Z"], types  # nothing for the skipped messages, one ReadyForQuery
+        assert c.simple_query("select 4") == [["4"]]
+        c.send(parse("", "select 5") + bind("") + execute() + sync())
+        types, error = read_until_ready(c)
+        assert error is None and types[-1] == "Z" and "D" in types
