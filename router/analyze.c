@@ -1521,6 +1521,9 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
   plan->target = target;
   plan->read_only_tx = ctx->read_only_tx;
   plan->runs_code = ctx->runs_code;
+  for (int r = 0; r < ctx->nrefs && plan->unkeyed_tenant == NULL; r++)
+    if (!ctx->refs[r].keyed && ctx->refs[r].table->strategy == PGS_STRATEGY_TENANT)
+      plan->unkeyed_tenant = ctx->refs[r].table;
   plan->copy_write = ctx->copy_write;
   plan->cursor = ctx->cursor;
   plan->nkeys = keys.n;

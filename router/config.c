@@ -241,6 +241,7 @@ static const char *const fallback_names[] = {"primary", "error", NULL};
 static const char *const xwrite_names[] = {"deny", "allow", "2pc", NULL};
 static const char *const hash_names[] = {"xxh3", "postgres", NULL};
 static const char *const allow_deny_names[] = {"deny", "allow", NULL};
+static const char *const tenant_isolation_names[] = {"shard", "strict", NULL};
 
 /* ---- conninfo ---- */
 
@@ -512,6 +513,9 @@ static void handle_database(parse_state_t *st, const char *name, const char *key
     if (parse_enum(st, key, value, allow_deny_names, &v)) db->cross_shard_reads = v == 1;
   } else if (!strcmp(key, "cross_shard_writes")) {
     PARSE_ENUM(st, key, value, xwrite_names, db->cross_shard_writes);
+  } else if (!strcmp(key, "tenant_isolation")) {
+    int v;
+    if (parse_enum(st, key, value, tenant_isolation_names, &v)) db->tenant_strict = v == 1;
   } else if (!strcmp(key, "hash")) {
     PARSE_ENUM(st, key, value, hash_names, db->hash);
   } else {

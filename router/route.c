@@ -617,10 +617,39 @@ static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const p
                        const pgs_param_values_t *params, const pgs_route_session_t *session,
                        pgs_route_t *out);
 
+/* tenant_isolation = strict, in a tenant session: only what provably
+ * touches the tenant's own rows runs. Keys of other tenants are refused
+ * on the way already (42501); here, what names no tenant at all. */
+static void tenant_strict(const pgs_database_t *db, const pgs_plan_t *plan, pgs_route_t *out) {
+  switch (plan->kind) {
+  case PGS_STMT_BEGIN:
+  case PGS_STMT_COMMIT:
+  case PGS_STMT_ROLLBACK:
+  case PGS_STMT_SESSION:
+  case PGS_STMT_COPY_FROM: /* each row's key is checked as it streams */
+    return;
+  default:
+    break;
+  }
+  if (plan->unkeyed_tenant)
+    refuse(out, "42501",
+           "tenant_isolation = strict: this statement touches tenant table %s without naming "
+           "the session's tenant (%s = ...)",
+           plan->unkeyed_tenant->name, plan->unkeyed_tenant->column);
+  else if (plan->kind == PGS_STMT_DDL || plan->runs_code ||
+           (plan->kind == PGS_STMT_OTHER && plan->nstatements > 0))
+    refuse(out, "42501",
+           "tenant_isolation = strict: a tenant session runs no DDL, utility statement or code "
+           "that may write (database %s)",
+           db->name);
+}
+
 void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
                     const pgs_param_values_t *params, const pgs_route_session_t *session,
                     pgs_route_t *out) {
   route_plan(db, plan, lx, params, session, out);
+  if (out->kind != PGS_ROUTE_REFUSE && session && session->tenant && db->tenant_strict)
+    tenant_strict(db, plan, out);
   /* Its rows go out as one COPY stream, or stay in one server's cursor:
    * from one shard only. */
   bool several = out->kind != PGS_ROUTE_ONE && out->kind != PGS_ROUTE_ANY &&

@@ -161,6 +161,8 @@ typedef struct pgs_plan {
   pgs_key_ref_t *rows;
   const struct pgs_table *table; /* the sharded table a write/COPY targets, or NULL */
   const struct pgs_table *all_table; /* TARGET_ALL: a sharded table lacking a key (for messages) */
+  const struct pgs_table *unkeyed_tenant; /* a tenant-strategy table the statement touches
+                                             without its key, or NULL */
   /* Set when the statement must be refused before it runs: */
   char refuse_sqlstate[6];
   char refuse_message[256];

@@ -70,6 +70,10 @@ typedef struct pgs_database {
   pgs_lag_fallback_t lag_fallback;
   bool cross_shard_reads;
   pgs_cross_writes_t cross_shard_writes;
+  /* tenant_isolation = strict: in a tenant session a statement must name
+   * the tenant on every tenant table it touches, and may not run DDL or
+   * code (false: shard, the statement runs on the tenant's shard). */
+  bool tenant_strict;
   pgs_hash_fn_t hash;
   pgs_shard_t *shards;
   int nshards;

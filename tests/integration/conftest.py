@@ -88,7 +88,7 @@ PGSHARD_KEYS = {
 DATABASE_KEYS = {
     "pool_mode", "pool_size", "read_your_writes", "ryw_window_ms",
     "max_replica_lag_ms", "max_replica_lag_bytes", "lag_check_interval_ms",
-    "lag_fallback", "cross_shard_reads", "cross_shard_writes", "hash", "node_down_failures",
+    "lag_fallback", "cross_shard_reads", "cross_shard_writes", "tenant_isolation", "hash", "node_down_failures",
 }
 DEFAULT_USERS = {"app": ("secret", False), "admin": ("adminpw", True)}
 

@@ -479,3 +479,33 @@ def test_messages_sent_after_an_error_reached_the_server(lab2, sharded_proxy, la
         c.send(parse("", "select 5") + bind("") + execute() + sync())
         types, error = read_until_ready(c)
         assert error is None and types[-1] == "Z" and "D" in types
+
+
+def test_tenant_isolation_strict(lab2, sharded_proxy):
+    """tenant_isolation = strict: a tenant session sees and changes only rows
+    it names with its own tenant; by default (shard) a keyless statement
+    runs on the tenant's shard and sees every tenant there."""
+    px = sharded_proxy(extra_ini=MAP, tenant_isolation="strict")
+    shard42 = route_one(px.config_path, "invoices", 42)
+    # A tenant sharing tenant 42's shard.
+    neighbour = next(t for t in range(1, 2000)
+                     if t != 42 and route_one(px.config_path, "invoices", t) == shard42)
+    with lab2.connect_primary(shard42) as conn:
+        conn.execute("insert into invoices values (%s, 1, 'neighbour')", (neighbour,))
+        conn.execute("insert into invoices values (42, 1, 'mine')")
+    with px.connect(autocommit=True, options="-c pgshard.tenant=42") as conn:
+        for sql in ("select v from invoices", "select v from invoices where v <> 'x'",
+                    "update invoices set v = 'gone'", "delete from invoices",
+                    "truncate invoices", "select v from invoices where tenant_id = 42 or true",
+                    f"select add_user({neighbour})"):
+            refused(conn, sql, "42501")
+        assert conn.execute("select v from invoices where tenant_id = 42").fetchall() == [
+            ("mine",)]
+        conn.execute("update invoices set v = 'mine too' where tenant_id = 42")
+    with lab2.connect_primary(shard42) as conn:
+        assert conn.execute("select tenant_id, v from invoices order by tenant_id").fetchall() \
+            == sorted([(42, "mine too"), (neighbour, "neighbour")])
+    # Without strict, the documented default: the tenant's shard, every tenant on it.
+    px_default = sharded_proxy(extra_ini=MAP)
+    with px_default.connect(autocommit=True, options="-c pgshard.tenant=42") as conn:
+        assert len(conn.execute("select v from invoices").fetchall()) == 2

@@ -55,6 +55,7 @@ static const char config_text[] =
     "[database.appw]\ncross_shard_writes = allow\n" SHARDS("appw") TABLES("appw")
     "[database.app2pc]\ncross_shard_writes = 2pc\n" SHARDS("app2pc") TABLES("app2pc")
     "[database.appnr]\ncross_shard_reads = deny\n" SHARDS("appnr") TABLES("appnr")
+    "[database.apps]\ntenant_isolation = strict\n" SHARDS("apps") TABLES("apps")
     "[database.one]\n[shard.one.only]\nprimary = port=4\n"
     "[table.one.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n"
     "[table.one.events]\ncolumn = id\ntype = bigint\nstrategy = range\nrange = only: -\n";
@@ -69,7 +70,7 @@ static const char config_text[] =
 #define OID_TIMESTAMPTZ 1184
 
 static pgs_config_t *config;
-static const pgs_database_t *app, *appw, *app2pc, *appnr, *one;
+static const pgs_database_t *app, *appw, *app2pc, *appnr, *apps, *one;
 static pgs_lexed_t lx;
 static pgs_plan_t *plan;
 static pgs_route_t r;
@@ -87,8 +88,9 @@ static int group_setup(void **state) {
   appw = pgs_config_find_database(config, "appw");
   app2pc = pgs_config_find_database(config, "app2pc");
   appnr = pgs_config_find_database(config, "appnr");
+  apps = pgs_config_find_database(config, "apps");
   one = pgs_config_find_database(config, "one");
-  if (!app || !appw || !app2pc || !appnr || !one) return -1;
+  if (!app || !appw || !app2pc || !appnr || !apps || !one) return -1;
   pgs_lex_init(&lx);
   /* Keys of users on each shard, found through the shard map itself. */
   const pgs_table_t *users = pgs_shardmap_find_table(app, "users");
@@ -1080,6 +1082,49 @@ static void test_tenant_session(void **state) {
   expect_one(2);
 }
 
+/* tenant_isolation = strict: only what names the session's tenant on every
+ * tenant table runs; what a shard-wide statement would see or change of
+ * other tenants on the shard is refused. */
+static void test_tenant_session_strict(void **state) {
+  pgs_key_t tenant = {.type = PGS_TYPE_BIGINT, .i = 42};
+  pgs_route_session_t s = {.hint_shard = -1, .tenant = &tenant};
+  static const char *const refused[] = {
+      "SELECT * FROM invoices",
+      "SELECT * FROM invoices WHERE tenant_id = 42 OR true",
+      "SELECT * FROM invoices WHERE tenant_id = 42 UNION SELECT * FROM invoices",
+      "UPDATE invoices SET x = 1",
+      "DELETE FROM invoices WHERE x = 1",
+      "COPY invoices TO STDOUT",
+      "TRUNCATE invoices",
+      "CREATE TABLE t (id int)",
+      "SELECT add_invoice(1)",
+      "DO $$ BEGIN NULL; END $$",
+      "LOCK TABLE invoices",
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(refused); i++) {
+    route_with(apps, refused[i], NULL, &s);
+    expect_refuse("42501", "tenant_isolation = strict");
+  }
+  static const char *const placed[] = {
+      "SELECT * FROM invoices WHERE tenant_id = 42",
+      "UPDATE invoices SET x = 1 WHERE tenant_id = 42 AND x = 2",
+      "INSERT INTO invoices (tenant_id, x) VALUES (42, 1)",
+      "SELECT 1",
+      "SELECT now()",
+      "SELECT * FROM users",
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(placed); i++) {
+    route_with(apps, placed[i], NULL, &s);
+    expect_one(2);
+  }
+  /* Another tenant's key: refused as in every tenant session. */
+  route_with(apps, "SELECT * FROM invoices WHERE tenant_id = 7", NULL, &s);
+  expect_refuse("42501", "not this session's tenant");
+  /* Not a tenant session: no change. */
+  route(apps, "SELECT * FROM invoices");
+  expect_merge(0x7);
+}
+
 static void test_tenant_session_hashed(void **state) {
   pgs_key_t tenant = {.type = PGS_TYPE_BIGINT, .i = 7};
   int want = pgs_shardmap_hash_shard(app, &tenant, NULL);
@@ -1514,6 +1559,7 @@ int main(void) {
       cmocka_unit_test(test_hint_out_of_range),
       cmocka_unit_test(test_tenant_session),
       cmocka_unit_test(test_tenant_session_hashed),
+      cmocka_unit_test(test_tenant_session_strict),
       cmocka_unit_test(test_single_shard_database),
       cmocka_unit_test(test_missing_bind_values),
       cmocka_unit_test(test_join_keys),
