@@ -40,10 +40,26 @@ static const char *skip_space(const char *p, const char *end) {
   return p;
 }
 
+/* Whether HAY holds NEEDLE (lower case) in any case. On the hot path (every
+ * Query's first look), so a cheap test of the first byte comes first. */
 static bool has_ci(const char *hay, size_t len, const char *needle) {
   size_t n = strlen(needle);
+  unsigned char first = (unsigned char)needle[0];
   for (size_t i = 0; i + n <= len; i++)
-    if (strncasecmp(hay + i, needle, n) == 0) return true;
+    if (((unsigned char)hay[i] | 0x20) == first && strncasecmp(hay + i, needle, n) == 0)
+      return true;
+  return false;
+}
+
+/* Whether SQL calls set_config: looked for at each '_' (rare in SQL next
+ * to "set" and "config"). */
+static bool mentions_set_config(const char *sql, size_t len) {
+  for (const char *u = memchr(sql, '_', len); u; u = memchr(u + 1, '_', len - (size_t)(u + 1 - sql))) {
+    size_t at = (size_t)(u - sql);
+    if (at >= 3 && len - at > 6 && strncasecmp(u - 3, "set", 3) == 0 &&
+        strncasecmp(u + 1, "config", 6) == 0)
+      return true;
+  }
   return false;
 }
 
@@ -68,7 +84,7 @@ bool pgs_session_maybe(const char *sql, size_t len) {
   const char *semi = memchr(p, ';', (size_t)(end - p));
   if (semi && skip_space(semi + 1, end) < end && *skip_space(semi + 1, end) != '\0') return true;
   /* set_config() may change any setting behind pgshard's back. */
-  if (memchr(sql, '_', len) && has_ci(sql, len, "set_config")) return true;
+  if (mentions_set_config(sql, len)) return true;
   return (memchr(sql, 'y', len) || memchr(sql, 'Y', len)) && has_ci(sql, len, "advisory");
 }
 
