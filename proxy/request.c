@@ -130,6 +130,8 @@ void pgs_client_routing_free(pgs_client_t *client) {
   free(client->tenant);
   free(client->startup_tenant);
   free(client->begin_sql);
+  pgs_buf_free(&client->tx_replay);
+  free(client->tx_replay_next);
   free(client->row_shard);
   free(client->pv_data);
   free(client->pv_len);
@@ -1210,6 +1212,7 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
   client->tx_write_shard = -1;
   free(client->begin_sql);
   client->begin_sql = NULL;
+  client->tx_replay.len = 0;
   if (mask == 0) {
     add_reply(client, 'C', tag);
     if (simple) add_reply(client, 'Z', NULL);
@@ -1236,6 +1239,7 @@ static void plan_begin(pgs_client_t *client, const char *sql, bool read_only, bo
     client->tx_write_shard = -1;
     free(client->begin_sql);
     client->begin_sql = pgs_xstrdup(sql);
+    client->tx_replay.len = 0;
   }
   add_reply(client, 'C', "BEGIN");
   if (simple) add_reply(client, 'Z', NULL);
@@ -1364,6 +1368,26 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
   add_fan_steps(client, slots, PGS_STEP_FORWARD, NULL);
 }
 
+/* The transaction's SET [LOCAL]/RESET/savepoint statements are replayed on
+ * every shard it reaches later (tx_replay): SET LOCAL ROLE must hold
+ * wherever the transaction goes. Kept once the statement's steps are done.
+ * false with an error step added when there is too much to keep. */
+#define TX_REPLAY_MAX (64 * 1024)
+static bool keep_for_replay(pgs_client_t *client, bool replayable, const char *sql) {
+  if (!client->in_tx || !replayable) return true;
+  size_t len = strlen(sql);
+  if (client->tx_replay.len + len + 1 > TX_REPLAY_MAX) {
+    add_error(client, "54000",
+              "this transaction's SET and SAVEPOINT statements pass %d bytes, more than pgshard "
+              "carries to the shards it reaches later",
+              TX_REPLAY_MAX);
+    return false;
+  }
+  free(client->tx_replay_next);
+  client->tx_replay_next = pgs_xstrndup(sql, len);
+  return true;
+}
+
 /* A simple Query in routing mode. */
 static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_reader_t r;
@@ -1444,6 +1468,10 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   } else if (kind == PGS_STMT_SESSION || kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
     /* SET and friends (no data: they change the session) go wherever the
      * session is; so does COMMIT or ROLLBACK outside a transaction. */
+    if (!keep_for_replay(client, plan->tx_replayable, sql)) {
+      add_reply(client, 'Z', NULL);
+      goto out;
+    }
     add_fanout(client, session_mask(client), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
     if (session) check_session_effects(client, &fx, true);
   } else if (!route(client, plan, lx, NULL, &rt)) {
@@ -1496,6 +1524,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
       if (session) check_session_effects(client, &fx, true);
     }
   }
+out:
   if (session && (fx.flags & PGS_SESSION_DROPS_PREPARED)) mark_drops_prepared(client, 0);
   if (session) pgs_session_effects_free(&fx);
   pgs_plan_unref(plan);
@@ -1771,6 +1800,10 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
       plan->kind == PGS_STMT_ROLLBACK) {
     portal->mask = session_mask(client);
     portal->placed = PGS_PLACED_SESSION;
+    if (plan->tx_replayable) {
+      size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
+      portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
+    }
   } else if (!route(client, plan, stmt->lx, &pv, &rt)) {
     client->unit_failed = true;
     return;
@@ -1867,6 +1900,10 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     }
   } else {
     /* A merged portal is closed where it is bound. */
+    if (type == 'E' && portal->sql && !keep_for_replay(client, true, portal->sql)) {
+      client->unit_failed = true;
+      return;
+    }
     client->fan_copies = portal->copies;
     int first = client->nsteps;
     add_fanout(client, portal->mask & ~portal->unbound, PGS_STEP_FORWARD, NULL, type == 'E',
@@ -2345,6 +2382,12 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
         client->begin_sql && st->op != PGS_STEP_SYNC) {
       /* The transaction reaches this shard: begin it here too. */
       pgs_server_inject_query(server, client->begin_sql);
+      if (client->tx_replay.len) {
+        /* SET LOCAL ROLE and friends hold on this shard too. */
+        pgs_buf_put_u8(&client->tx_replay, 0);
+        pgs_server_inject_query(server, (const char *)client->tx_replay.data);
+        client->tx_replay.len--;
+      }
       client->tx_mask |= BIT(st->shard);
     }
     if (!placed_ok(client, st)) {
@@ -2521,6 +2564,15 @@ void pgs_client_process(pgs_client_t *client) {
     }
     pgs_client_clear_steps(client);
     io->in_pos += total;
+    if (client->tx_replay_next) {
+      if (client->in_tx) {
+        /* On a line of its own: the statement may end in a -- comment. */
+        pgs_buf_put(&client->tx_replay, client->tx_replay_next, strlen(client->tx_replay_next));
+        pgs_buf_put(&client->tx_replay, "\n;", 2);
+      }
+      free(client->tx_replay_next);
+      client->tx_replay_next = NULL;
+    }
   }
   if (!flush_servers(client)) return;
   if (pgs_io_flush(io) < 0) {

@@ -190,6 +190,7 @@ typedef struct ctx {
                             functions not known read-only: what it writes is unknown */
   bool copy_write;       /* COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO */
   bool cursor;           /* DECLARE CURSOR */
+  int not_replayable;    /* statements other than SET/RESET/savepoints */
   int insert_ref;        /* the ref of a top-level INSERT, or -1 */
   /* Whole text: */
   const pgs_table_t *table;
@@ -1419,6 +1420,22 @@ static void walk_node(ctx_t *ctx, scope_t *sc, const PgQuery__Node *n) {
 
 /* ---- putting it together ---- */
 
+/* SET [LOCAL], RESET and savepoints: state of a transaction that a shard
+ * it reaches later must be given too (in order, from its BEGIN). */
+static bool tx_replayable(const PgQuery__Node *n) {
+  if (n == NULL) return false;
+  if (n->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT) return true;
+  if (n->node_case != PG_QUERY__NODE__NODE_TRANSACTION_STMT) return false;
+  switch (n->transaction_stmt->kind) {
+  case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
+  case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_RELEASE:
+  case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_TO:
+    return true;
+  default:
+    return false;
+  }
+}
+
 /* Strongest first: a text of several statements takes the first of these
  * kinds any of them has. */
 static pgs_stmt_kind_t combine_kinds(const pgs_stmt_kind_t *kinds, int n) {
@@ -1526,6 +1543,7 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
       plan->unkeyed_tenant = ctx->refs[r].table;
   plan->copy_write = ctx->copy_write;
   plan->cursor = ctx->cursor;
+  plan->tx_replayable = nstatements > 0 && ctx->not_replayable == 0 && kind == PGS_STMT_SESSION;
   plan->nkeys = keys.n;
   plan->keys = keys.n ? space : NULL;
   if (keys.n) memcpy(space, keys.v, sizeof(*keys.v) * (size_t)keys.n);
@@ -1722,7 +1740,10 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
   }
   int n = (int)tree->n_stmts;
   pgs_stmt_kind_t *kinds = pgs_xmalloc(sizeof(*kinds) * (size_t)(n > 0 ? n : 1));
-  for (int i = 0; i < n; i++) kinds[i] = analyse_stmt(&ctx, tree->stmts[i]->stmt, n == 1);
+  for (int i = 0; i < n; i++) {
+    kinds[i] = analyse_stmt(&ctx, tree->stmts[i]->stmt, n == 1);
+    if (!tx_replayable(tree->stmts[i]->stmt)) ctx.not_replayable++;
+  }
   pgs_plan_t *plan = build_plan(&ctx, combine_kinds(kinds, n), n);
   /* A single read of sharded tables: how it runs across shards (merge.c). */
   if (n == 1 && ctx.nrefs > 0 && (plan->kind == PGS_STMT_READ || plan->kind == PGS_STMT_COPY_TO))

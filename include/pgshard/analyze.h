@@ -197,6 +197,9 @@ typedef struct pgs_plan {
   /* DECLARE CURSOR: the cursor lives on one server, so the statement runs
    * on one shard or is refused. */
   bool cursor;
+  /* Every statement is SET [LOCAL], RESET, SAVEPOINT, RELEASE or ROLLBACK
+   * TO: inside a transaction, replayed on each shard it reaches later. */
+  bool tx_replayable;
 } pgs_plan_t;
 
 /* Analyse one normalised statement for database DB. Never NULL: a statement

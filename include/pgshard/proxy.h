@@ -355,6 +355,11 @@ struct pgs_client {
   int ryw_pref;            /* SET pgshard.read_your_writes: -1 the database's, else pgs_ryw_t */
   int tx_write_shard;     /* the shard this transaction wrote on, -1 */
   char *begin_sql;        /* how the client began it, replayed on each shard */
+  /* Its SET [LOCAL], RESET and savepoints so far, "...;" each, replayed
+   * after begin_sql on each shard it reaches later; the statement being
+   * run is added once its steps are done (tx_replay_next). */
+  pgs_buf_t tx_replay;
+  char *tx_replay_next;
   int hint_shard;         /* SET pgshard.shard, -1 */
   pgs_key_t *tenant;      /* SET pgshard.tenant / -c pgshard.tenant */
   char *startup_tenant;   /* -c pgshard.tenant until login types it */

@@ -509,3 +509,60 @@ def test_tenant_isolation_strict(lab2, sharded_proxy):
     px_default = sharded_proxy(extra_ini=MAP)
     with px_default.connect(autocommit=True, options="-c pgshard.tenant=42") as conn:
         assert len(conn.execute("select v from invoices").fetchall()) == 2
+
+
+def test_role_never_shows_through_on_any_shard(lab2, sharded_proxy):
+    """SET ROLE in a routing session reaches every shard the session uses;
+    the next client of those servers is back to the login role on each."""
+    for shard in lab2.shards:
+        with lab2.connect_primary(shard.name) as conn:
+            conn.execute("do $$ begin if not exists (select from pg_roles where rolname = "
+                         "'adv_alice') then create role adv_alice; end if; end $$")
+    px = sharded_proxy(extra_ini=MAP, pool_size=1, workers=1)
+
+    def who(conn, shard):
+        return conn.execute(f"/* pgshard: shard={shard} */ select current_user").fetchone()[0]
+
+    with px.connect(autocommit=True) as a:
+        a.execute("set role adv_alice")
+        assert who(a, "s0") == "adv_alice"
+        assert who(a, "s1") == "adv_alice"  # replayed on the second shard's server
+    with px.connect(autocommit=True) as b:
+        assert who(b, "s0") == "postgres"
+        assert who(b, "s1") == "postgres"
+        b.execute("begin")
+        b.execute("set local role adv_alice")
+        assert who(b, "s0") == "adv_alice"
+        b.execute("commit")
+        assert who(b, "s0") == "postgres"
+        assert who(b, "s1") == "postgres"
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_transaction_state_follows_to_later_shards(lab2, sharded_proxy, protocol):
+    """SET LOCAL (a role, a timeout) and savepoints hold on every shard a
+    transaction reaches, also those it reaches after them."""
+    for shard in lab2.shards:
+        with lab2.connect_primary(shard.name) as conn:
+            conn.execute("do $$ begin if not exists (select from pg_roles where rolname = "
+                         "'adv_alice') then create role adv_alice; end if; end $$")
+            conn.execute("grant all on users to adv_alice")
+    px = sharded_proxy(extra_ini=MAP, cross_shard_writes="allow")
+    a, b = key_on(px.config_path, "s0", start=8000), key_on(px.config_path, "s1", start=8000)
+    cursor_class = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
+    with psycopg.connect(px.conninfo(), cursor_factory=cursor_class) as conn:
+        conn.execute("set local role adv_alice")
+        conn.execute("set local statement_timeout = 12345")
+        for shard in ("s0", "s1"):
+            row = conn.execute(f"/* pgshard: shard={shard} */ select current_user, "
+                               "current_setting('statement_timeout')").fetchone()
+            assert row == ("adv_alice", "12345ms"), (shard, row)
+        conn.rollback()
+        # A savepoint taken before the transaction reached s1.
+        conn.execute(f"insert into users (id, v) values ({a}, 'kept')")
+        conn.execute("savepoint sp")
+        conn.execute(f"insert into users (id, v) values ({b}, 'undone')")
+        conn.execute("rollback to savepoint sp")
+        conn.commit()
+    assert where(lab2, "users", "id", a) == ["s0"]
+    assert_nowhere(lab2, "users", "id", b)
