@@ -566,3 +566,19 @@ def test_transaction_state_follows_to_later_shards(lab2, sharded_proxy, protocol
         conn.commit()
     assert where(lab2, "users", "id", a) == ["s0"]
     assert_nowhere(lab2, "users", "id", b)
+
+
+def test_failed_set_local_aborts_later_shards_too(lab2, sharded_proxy):
+    """A SET LOCAL that failed aborted the transaction: a shard reached
+    afterwards is aborted alike (25P02), not run outside it."""
+    px = sharded_proxy(extra_ini=MAP)
+    b = key_on(px.config_path, "s1", start=8100)
+    with px.connect() as conn:
+        conn.execute("/* pgshard: shard=s0 */ select 1")
+        with pytest.raises(psycopg.Error):
+            conn.execute("set local role no_such_role_anywhere")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute(f"insert into users (id, v) values ({b}, 'after a failure')")
+        conn.rollback()
+        assert_usable(conn)
+    assert_nowhere(lab2, "users", "id", b)
