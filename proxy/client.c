@@ -178,9 +178,35 @@ static void emit_ready(pgs_client_t *client) {
   client->txstatus = status;
 }
 
+/* A client refused a server goes back to what it holds. */
+static void leave_waiting(pgs_client_t *client) {
+  if (client->state != PGS_CL_WAITING) return;
+  bool linked = false;
+  for (int i = 0; i < client->nslots; i++) linked |= client->servers[i] != NULL;
+  client_set_state(client, linked ? PGS_CL_ACTIVE : PGS_CL_IDLE);
+}
+
 void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
   va_list ap;
   if (client->state == PGS_CL_CLOSING) return;
+  if (client->fan) {
+    /* A part of a cross-shard statement got no server: the statement
+     * fails once the parts sent have answered, and their servers are
+     * released as usual (never left mid-request). */
+    char why[400];
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (pgs_request_fan_unserved(client, sqlstate, why)) {
+      leave_waiting(client);
+      if (pgs_io_flush(&client->io) < 0) {
+        pgs_client_close(client);
+        return;
+      }
+      pgs_client_process(client);
+      return;
+    }
+  }
   va_start(ap, fmt);
   report(client, "ERROR", sqlstate, fmt, ap);
   va_end(ap);
@@ -207,11 +233,7 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
   } else {
     client->unit_failed = true;
   }
-  if (client->state == PGS_CL_WAITING) {
-    bool linked = false;
-    for (int i = 0; i < client->nslots; i++) linked |= client->servers[i] != NULL;
-    client_set_state(client, linked ? PGS_CL_ACTIVE : PGS_CL_IDLE);
-  }
+  leave_waiting(client);
   if (pgs_io_flush(&client->io) < 0) {
     pgs_client_close(client);
     return;

@@ -361,6 +361,24 @@ void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   pgs_client_send_ready(client); /* its own will not come */
 }
 
+void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
+                            const char *why) {
+  pgs_fan_t *fan = client->fan;
+  if (fan == NULL) return;
+  slots &= fan->slots & ~fan->done;
+  if (fan->copy_in) {
+    fan->copy_ended |= slots; /* never started: nothing to fail there */
+    copy_in_fail(client, fan, sqlstate, why);
+  } else {
+    fan_fail(fan, sqlstate, why);
+  }
+  bool simple = fan->simple;
+  fan->done |= slots;
+  if (fan->done != fan->slots) return; /* the parts sent end it when they answer */
+  fan_finish(client, fan);
+  if (simple) pgs_client_send_ready(client); /* no part's will come */
+}
+
 void pgs_fan_part_skipped(pgs_client_t *client, int slot) {
   pgs_fan_t *fan = client->fan;
   if (fan == NULL || fan->simple || !(fan->slots & (UINT64_C(1) << slot))) return;

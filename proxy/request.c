@@ -2179,6 +2179,25 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
 
 /* ---- running steps ---- */
 
+bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const char *why) {
+  pgs_fan_t *fan = client->fan;
+  if (fan == NULL || !client->planned || client->want_slot < 0 ||
+      !(fan->slots & BIT(client->want_slot)) || client->step_next >= client->nsteps)
+    return false;
+  /* The steps left of this message are the fan's parts not yet sent
+   * (add_fan_steps): none of them is sent now. */
+  uint64_t unsent = 0;
+  for (int i = client->step_next; i < client->nsteps; i++) {
+    const pgs_step_t *st = &client->steps[i];
+    if (!st->concurrent || st->shard < 0 || !(fan->slots & BIT(st->shard))) return false;
+    unsent |= BIT(st->shard);
+  }
+  client->step_next = client->nsteps;
+  pgs_fan_parts_unserved(client, unsent, sqlstate, why);
+  return true;
+}
+
+
 typedef enum { STEPS_DONE, STEPS_BLOCKED, STEPS_LEFT } steps_result_t;
 
 static void emit_reply(pgs_client_t *client, const pgs_step_t *st) {

@@ -519,9 +519,16 @@ static void server_on_drained(pgs_io_t *io) {
 static void connect_failed(pgs_server_t *server) {
   char error[256];
   const char *msg = server->pg ? PQerrorMessage(server->pg) : "out of memory";
-  snprintf(error, sizeof(error), "%s", msg);
-  size_t n = strlen(error);
-  while (n > 0 && (error[n - 1] == '\n' || error[n - 1] == ' ')) error[--n] = '\0';
+  /* libpq's message spans lines (the reason, then a hint): one line, so
+   * that logs and the client's error keep the reason. */
+  size_t n = 0;
+  for (const char *c = msg; *c && n + 1 < sizeof(error); c++) {
+    char ch = *c == '\n' || *c == '\t' || *c == '\r' ? ' ' : *c;
+    if (ch == ' ' && (n == 0 || error[n - 1] == ' ')) continue;
+    error[n++] = ch;
+  }
+  while (n > 0 && error[n - 1] == ' ') n--;
+  error[n] = '\0';
   pgs_warn("server connect for %s/%s failed: %s", server->pool->dbname, server->pool->username,
            error);
   pgs_pool_server_failed(server->pool, server, error);

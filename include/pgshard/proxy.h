@@ -459,6 +459,14 @@ pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_
 void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total);
 /* The server of SLOT, running a part, was lost: the statement fails. */
 void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why);
+/* The parts of SLOTS got no server (connect refused, pool timeout) and
+ * were never sent: the statement fails with SQLSTATE/WHY, and ends when
+ * the parts that were sent have answered. */
+void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
+                            const char *why);
+/* A client waiting for a server for a part of its fan was refused one:
+ * handled as the fan's failure (true), or not a fan part (false). */
+bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const char *why);
 /* An error of an earlier message of the unit (already the client's) made
  * the server of SLOT skip its part: the fan reports nothing. */
 void pgs_fan_part_skipped(pgs_client_t *client, int slot);
