@@ -789,6 +789,12 @@ def test_primary_stopped_then_replica_promoted(failover_lab, failover_proxy):
                     return direct.execute("select count(*) from rkv where id = %s",
                                           (k0[0],)).fetchone()[0] == 1
             wait_for(has_row, 15, interval=0.05, message=f"the row on replica {port}")
+        # And pgshard knows it: the session that wrote reads s0 from a
+        # replica again only once the monitor has sampled a primary LSN at or
+        # past its commit (read_your_writes = lsn). Stopped before that, the
+        # primary would be the only place this session may read.
+        wait_for(lambda: served(conn, "s0")[1] is True, 15, interval=0.05,
+                 message="the writing session to read s0 from a replica again")
 
         t_stop = time.monotonic()
         lab.stop_server(s0.primary_port, mode="immediate")
@@ -813,8 +819,8 @@ def test_primary_stopped_then_replica_promoted(failover_lab, failover_proxy):
             f"+{at:.2f}s failed in {took * 1000:.0f} ms: {state} {msg}"
             for at, took, state, msg in attempts))
         # Reads of s0 go on, from its replicas (a new session, then the one
-        # whose writes failed: it committed nothing, so nothing pins it to
-        # the primary); s1 is untouched.
+        # whose writes failed: what it committed before, the replicas have
+        # and pgshard knows they have); s1 is untouched.
         with px.connect(autocommit=True) as fresh:
             for _ in range(10):
                 port, in_recovery = served(fresh, "s0")
