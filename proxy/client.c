@@ -1082,11 +1082,13 @@ static bool client_idle(const pgs_client_t *client) {
 }
 
 /* Unsent output over max_client_memory that the client takes none of. */
-static bool output_stalled(pgs_client_t *client, const pgs_config_t *config, uint64_t now) {
+/* How long (ms) output pgshard holds for the client has not shrunk; 0
+ * when it holds none or it is moving. */
+static uint64_t output_stalled_ms(pgs_client_t *client, uint64_t now) {
   pgs_io_t *io = &client->io;
-  if (!io->open || pgs_io_backlog(io) <= (size_t)config->max_client_memory) {
+  if (!io->open || pgs_io_backlog(io) == 0) {
     client->stall_since_ms = 0;
-    return false;
+    return 0;
   }
   /* Bytes libuv and the kernel have not delivered: the kernel's part
    * shrinks as the client reads, even while libuv's waits for the socket
@@ -1100,19 +1102,26 @@ static bool output_stalled(pgs_client_t *client, const pgs_config_t *config, uin
   if (client->stall_since_ms == 0 || unsent < client->stall_unsent) {
     client->stall_since_ms = now;
     client->stall_unsent = unsent;
-    return false;
+    return 0;
   }
-  return now - client->stall_since_ms >= CLIENT_STALL_MS;
+  return now - client->stall_since_ms;
 }
 
 void pgs_client_tick(pgs_client_t *client, uint64_t now) {
   const pgs_config_t *config = client->worker->config; /* a reload applies at once */
   if (client->state == PGS_CL_CLOSING) return;
-  if (output_stalled(client, config, now)) {
+  uint64_t stalled = output_stalled_ms(client, now);
+  if (stalled >= CLIENT_STALL_MS && pgs_io_backlog(&client->io) > (size_t)config->max_client_memory) {
     pgs_client_fail(client, PGS_SQLSTATE_OUT_OF_MEMORY,
                     "client does not read its results: %zu bytes unsent, over max_client_memory "
                     "(%lld)",
                     pgs_io_backlog(&client->io), (long long)config->max_client_memory);
+    return;
+  }
+  if (config->client_write_timeout_ms > 0 && stalled >= (uint64_t)config->client_write_timeout_ms) {
+    pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                    "client took none of its results for %llu ms (client_write_timeout_ms = %d)",
+                    (unsigned long long)stalled, config->client_write_timeout_ms);
     return;
   }
   if (!client_idle(client)) return;

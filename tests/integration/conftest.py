@@ -82,7 +82,7 @@ PGSHARD_KEYS = {
     "max_client_conn", "max_message_size", "query_wait_timeout_ms",
     "server_connect_timeout_ms", "client_login_timeout_ms",
     "server_idle_timeout_ms", "shutdown_timeout_ms", "twophase_recovery_user",
-    "client_idle_timeout_ms", "idle_transaction_timeout_ms", "max_client_memory",
+    "client_idle_timeout_ms", "idle_transaction_timeout_ms", "client_write_timeout_ms", "max_client_memory",
     "max_total_client_memory", "max_merge_bytes",
 }
 DATABASE_KEYS = {

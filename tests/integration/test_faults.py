@@ -64,3 +64,41 @@ def test_keyless_read_with_a_shard_that_cannot_connect(users, sharded_proxy, pro
         finally:
             lab.restart_stopped(s1_port)
         assert conn.execute("select count(*) from users").fetchone()[0] == 1
+
+
+def test_client_that_stops_reading_is_closed(users, sharded_proxy):
+    """client_write_timeout_ms: a client that takes none of a large result
+    for that long is closed and its server closed with it (the query ends;
+    on a replica it would hold replay back), so the pool's only server is
+    free again. A client reading slowly is not closed."""
+    import pgwire
+    px = sharded_proxy(extra_ini=MAP, pool_size=1, workers=1, client_write_timeout_ms=1000,
+                       query_wait_timeout_ms=20000)
+    big = ("/* pgshard: shard=s0 */ select repeat('x', 1000), g "
+           "from generate_series(1, 3000000) g")
+    with pgwire.RawConn(px.port, timeout=30) as stuck:
+        stuck.login()
+        stuck.send(pgwire.query(big))
+        started = time.monotonic()
+        # Another client of the same pool gets the server once the stuck one
+        # is closed (pool_size = 1).
+        with psycopg.connect(px.conninfo(), autocommit=True) as other:
+            assert other.execute("/* pgshard: shard=s0 */ select 1").fetchone() == (1,)
+        waited = time.monotonic() - started
+        assert waited < 15, f"the stuck client held the server {waited:.1f} s"
+        assert stuck.closed_within(30)
+    assert "client_write_timeout_ms" in px.log_text()
+    # Slow but reading: every row arrives.
+    with pgwire.RawConn(px.port, timeout=30) as slow:
+        slow.login()
+        slow.send(pgwire.query("/* pgshard: shard=s0 */ select repeat('y', 1000), g "
+                               "from generate_series(1, 20000) g"))
+        rows = 0
+        while True:
+            kind, _ = slow.read_message()
+            rows += kind == "D"
+            if rows % 2000 == 0 and kind == "D":
+                time.sleep(0.3)  # pauses well under the timeout
+            if kind == "Z":
+                break
+        assert rows == 20000
