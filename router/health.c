@@ -85,6 +85,13 @@ static bool parse_half(const char **p, char end, uint32_t *out) {
   return n > 0;
 }
 
+uint64_t pgs_lsn_record_end(uint64_t lsn) {
+  const uint64_t page = 8192, short_header = 24, long_header = 40, min_segment = 1 << 20;
+  if (lsn % page == short_header) return lsn - short_header;
+  if (lsn % page == long_header && (lsn - long_header) % min_segment == 0) return lsn - long_header;
+  return lsn;
+}
+
 pgs_status_t pgs_lsn_parse(const char *text, uint64_t *out) {
   uint32_t hi, lo;
   if (text == NULL) return PGS_EINVAL;
@@ -168,7 +175,7 @@ bool pgs_health_apply(pgs_shard_health_t *sh, int i, const pgs_check_result_t *r
   }
 
   if (i == sh->writer) {
-    if (!r->in_recovery) pgs_lsn_history_add(&sh->history, r->sent_ms, r->lsn);
+    if (!r->in_recovery) pgs_lsn_history_add(&sh->history, r->sent_ms, pgs_lsn_record_end(r->lsn));
     n->lag_bytes = 0;
     n->lag_ms = 0;
     n->readable = false;

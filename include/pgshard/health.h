@@ -47,6 +47,11 @@ int64_t pgs_lag_ms(const pgs_lsn_history_t *h, uint64_t replay, uint64_t now);
 
 /* Parse "16/B374D848" (pg_lsn text). PGS_EINVAL when malformed. */
 pgs_status_t pgs_lsn_parse(const char *text, uint64_t *out) PGS_MUST_USE;
+/* A primary's insert position as WAL a replica can replay to: at the start
+ * of a page PostgreSQL reports the position after the page header (24
+ * bytes, 40 at a segment's start), which no record ends at; an idle
+ * primary would otherwise look 24 or 40 bytes ahead of its replicas. */
+uint64_t pgs_lsn_record_end(uint64_t insert_lsn);
 
 /* One node as the workers see it. */
 typedef struct pgs_node_state {

@@ -235,6 +235,22 @@ static void test_apply_replica_lag_values(void **state) {
   free(f);
 }
 
+/* An idle primary reports its insert position after a page header (0/3000028
+ * at a segment's start, here right after initdb): no record ends there, and
+ * a replica that replayed everything (0/3000000) has no lag. */
+static void test_page_header_is_no_lag(void **state) {
+  assert_true(pgs_lsn_record_end(0x3000028) == 0x3000000); /* segment start: 40 */
+  assert_true(pgs_lsn_record_end(0x3002018) == 0x3002000); /* page start: 24 */
+  assert_true(pgs_lsn_record_end(0x3002028) == 0x3002028); /* 40 bytes into a page */
+  assert_true(pgs_lsn_record_end(0x3000148) == 0x3000148);
+  fixture_t *f = shard_new(2);
+  for (uint64_t t = 100; t <= 2000; t += 100) round2(f, t, 0x3000028, 0x3000000);
+  assert_true(f->nodes[1].lag_bytes == 0);
+  assert_int_equal(f->nodes[1].lag_ms, 0);
+  assert_true(f->nodes[1].readable);
+  free(f);
+}
+
 static void test_replica_idle_primary_stays_readable(void **state) {
   fixture_t *f = shard_new(2);
   for (uint64_t t = 100; t <= 1000; t += 100) round2(f, t, 4242, 4242);
@@ -849,6 +865,7 @@ int main(void) {
       cmocka_unit_test(test_elect_none_then_primary_back),
       cmocka_unit_test(test_elect_never_two_writers),
       cmocka_unit_test(test_elect_why_null_cap),
+      cmocka_unit_test(test_page_header_is_no_lag),
       cmocka_unit_test(test_elect_promoted_replica_lag_for_others),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
