@@ -516,9 +516,16 @@ static void server_on_drained(pgs_io_t *io) {
 
 /* ---- login through libpq ---- */
 
-static void connect_failed(pgs_server_t *server) {
+/* WHY: what the event loop saw (libpq has not read the socket's error
+ * yet, so its message ends with "failed:"), or NULL. */
+static void connect_failed_because(pgs_server_t *server, const char *why) {
   char error[256];
+  char joined[512];
   const char *msg = server->pg ? PQerrorMessage(server->pg) : "out of memory";
+  if (why) {
+    snprintf(joined, sizeof(joined), "%s %s", msg, why);
+    msg = joined;
+  }
   /* libpq's message spans lines (the reason, then a hint): one line, so
    * that logs and the client's error keep the reason. */
   size_t n = 0;
@@ -533,6 +540,8 @@ static void connect_failed(pgs_server_t *server) {
            error);
   pgs_pool_server_failed(server->pool, server, error);
 }
+
+static void connect_failed(pgs_server_t *server) { connect_failed_because(server, NULL); }
 
 static void connect_done(pgs_server_t *server) {
   int fd = PQsocket(server->pg);
@@ -574,7 +583,11 @@ static void connect_done(pgs_server_t *server) {
 static void poll_cb(uv_poll_t *handle, int status, int events) {
   pgs_server_t *server = handle->data;
   if (status < 0) {
-    connect_failed(server);
+    /* libpq reads the socket's error (refused, unreachable) when polled. */
+    if (PQconnectPoll(server->pg) == PGRES_POLLING_FAILED)
+      connect_failed(server);
+    else
+      connect_failed_because(server, uv_strerror(status));
     return;
   }
   int fd = PQsocket(server->pg);
