@@ -20,10 +20,8 @@
  * Every failure goes through pgs_client_fail (FATAL, then close) or
  * pgs_client_refuse (ERROR, the session goes on).
  */
-#include <linux/sockios.h>
 #include <stdarg.h>
 #include <string.h>
-#include <sys/ioctl.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -1082,26 +1080,20 @@ static bool client_idle(const pgs_client_t *client) {
 }
 
 /* Unsent output over max_client_memory that the client takes none of. */
-/* How long (ms) output pgshard holds for the client has not shrunk; 0
- * when it holds none or it is moving. */
+/* How long (ms) the client's socket has taken none of the output pgshard
+ * holds for it; 0 when it holds none. Progress is what the socket took
+ * (pgs_io_accepted), not what is left: a client reading slowly while more
+ * rows arrive leaves as much queued, yet takes bytes. */
 static uint64_t output_stalled_ms(pgs_client_t *client, uint64_t now) {
   pgs_io_t *io = &client->io;
   if (!io->open || pgs_io_backlog(io) == 0) {
     client->stall_since_ms = 0;
     return 0;
   }
-  /* Bytes libuv and the kernel have not delivered: the kernel's part
-   * shrinks as the client reads, even while libuv's waits for the socket
-   * to have room for a large write. */
-  size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&io->tcp) + io->qbuf.len;
-  uv_os_fd_t fd;
-  int in_kernel = 0;
-  if (uv_fileno((uv_handle_t *)&io->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &in_kernel) == 0 &&
-      in_kernel > 0)
-    unsent += (size_t)in_kernel;
-  if (client->stall_since_ms == 0 || unsent < client->stall_unsent) {
+  uint64_t accepted = pgs_io_accepted(io);
+  if (client->stall_since_ms == 0 || accepted != client->stall_accepted) {
     client->stall_since_ms = now;
-    client->stall_unsent = unsent;
+    client->stall_accepted = accepted;
     return 0;
   }
   return now - client->stall_since_ms;

@@ -122,6 +122,12 @@ bool pgs_io_has_output(const pgs_io_t *io) { return io->nsegs > 0 || io->writing
 
 size_t pgs_io_backlog(const pgs_io_t *io) { return io->wbuf.len + io->qbuf.len; }
 
+uint64_t pgs_io_accepted(const pgs_io_t *io) {
+  size_t pending = io->qbuf.len;
+  if (io->open) pending += uv_stream_get_write_queue_size((const uv_stream_t *)&io->tcp);
+  return io->queued_total - pending;
+}
+
 static void write_cb(uv_write_t *req, int status);
 
 static int start_write(pgs_io_t *io) {
@@ -166,6 +172,7 @@ int pgs_io_flush(pgs_io_t *io) {
     for (int i = 0; i < io->nsegs; i++) {
       pgs_io_seg_t *s = &io->segs[i];
       pgs_buf_put(&io->qbuf, s->ptr ? s->ptr : io->scratch.data + s->off, s->len);
+      io->queued_total += s->len;
     }
     reset_batch(io);
     return 0;
@@ -191,6 +198,7 @@ int pgs_io_flush(pgs_io_t *io) {
         continue;
       }
       pgs_buf_put(&io->wbuf, bufs[i].base + skip, bufs[i].len - skip);
+      io->queued_total += bufs[i].len - skip;
       skip = 0;
     }
     reset_batch(io);

@@ -84,6 +84,7 @@ struct pgs_io {
   pgs_buf_t scratch;  /* bytes built for this batch */
   pgs_buf_t wbuf;     /* in flight in uv_write */
   pgs_buf_t qbuf;     /* waiting for wbuf to finish */
+  uint64_t queued_total; /* bytes ever put in wbuf or qbuf (see pgs_io_accepted) */
   uv_write_t wreq;
   bool writing;
   bool reading;
@@ -112,6 +113,9 @@ bool pgs_io_has_output(const pgs_io_t *io);
 int pgs_io_flush(pgs_io_t *io) PGS_MUST_USE;
 /* Output queued beyond the socket: the source should pause above high water. */
 size_t pgs_io_backlog(const pgs_io_t *io);
+/* Bytes of the backlog the socket has taken so far (a counter): it stands
+ * still while the peer reads nothing. */
+uint64_t pgs_io_accepted(const pgs_io_t *io);
 /* Drop consumed input (after the batch that parsed it was flushed). */
 void pgs_io_compact(pgs_io_t *io);
 void pgs_io_close(pgs_io_t *io);
@@ -301,7 +305,7 @@ struct pgs_client {
    * io's backlog. While that backlog is over the budget: the unsent bytes
    * seen last and since when they have not gone down. */
   size_t mem_held;
-  size_t stall_unsent;
+  uint64_t stall_accepted;
   uint64_t stall_since_ms;
   /* auth */
   struct pgs_param *login_values; /* LOGIN: values read from the server */
