@@ -854,16 +854,8 @@ static const char scs_off_message[] =
     "standard_conforming_strings is off for this session; pgshard routes statements only as "
     "PostgreSQL reads them with it on: SET standard_conforming_strings = on";
 
-/* PostgreSQL's spellings of true (parse_bool): anything else is off. */
-static bool bool_value_on(const char *v) {
-  static const char *const on[] = {"on", "true", "yes", "1", "t", "tr", "tru", "y", "ye", NULL};
-  for (int i = 0; on[i]; i++)
-    if (!strcasecmp(v, on[i])) return true;
-  return false;
-}
-
 void pgs_request_on_parameter_status(pgs_client_t *client, const char *name, const char *value) {
-  if (!strcasecmp(name, "standard_conforming_strings")) client->scs_off = !bool_value_on(value);
+  if (!strcasecmp(name, "standard_conforming_strings")) client->scs_off = !pgs_session_bool_on(value);
 }
 
 /* Whether FX would turn standard_conforming_strings off (SET or SET LOCAL). */

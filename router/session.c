@@ -289,8 +289,7 @@ static void set_op_value(pgs_set_op_t *op, const PgQuery__VariableSetStmt *vs) {
   op->has_value = true;
 }
 
-/* PostgreSQL's spellings of true (parse_bool). */
-static bool bool_text_on(const char *v) {
+bool pgs_session_bool_on(const char *v) {
   static const char *const on[] = {"on", "true", "yes", "1", "t", "tr", "tru", "y", "ye", NULL};
   for (int i = 0; on[i]; i++)
     if (!strcasecmp(v, on[i])) return true;
@@ -310,7 +309,8 @@ static void check_standard_strings(const PgQuery__VariableSetStmt *vs,
   pgs_set_op_t probe;
   memset(&probe, 0, sizeof(probe));
   if (vs->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE) set_op_value(&probe, vs);
-  if (!(probe.has_value && bool_text_on(probe.value))) out->flags |= PGS_SESSION_STRINGS_OFF;
+  if (!(probe.has_value && pgs_session_bool_on(probe.value)))
+    out->flags |= PGS_SESSION_STRINGS_OFF;
 }
 
 static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char *text, size_t len,

@@ -76,4 +76,8 @@ bool pgs_session_is_role(const char *name);
 void pgs_session_analyze(const char *sql, pgs_session_effects_t *out);
 void pgs_session_effects_free(pgs_session_effects_t *out);
 
+/* Whether V is one of PostgreSQL's spellings of true for a boolean setting
+ * (parse_bool: on, true, yes, 1 and their prefixes t, tr, y ...). */
+bool pgs_session_bool_on(const char *v);
+
 #endif
