@@ -624,7 +624,8 @@ static void login_ok(pgs_client_t *client) {
   pgs_client_routing_init(client);
   int node;
   client->want_slot = pgs_client_login_slot(client, &node);
-  client->pool = pgs_pool_get(client->worker, db, client->user, 0, node, client->startup_options);
+  client->pool = pgs_pool_get(client->worker, client->config, db, client->user, 0, node,
+                              client->startup_options);
   client->pools[node] = client->pool;
   client->wait_pool = client->pool;
   const pgs_welcome_t *w = NULL;

@@ -145,6 +145,29 @@ const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const c
   return NULL;
 }
 
+static bool same_node(const pgs_node_t *a, const pgs_node_t *b) {
+  return a->conninfo == b->conninfo ||
+         (a->conninfo && b->conninfo && !strcmp(a->conninfo, b->conninfo));
+}
+
+const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
+                                                const pgs_database_t *db, int shard) {
+  if (snap == NULL || shard < 0 || shard >= db->nshards) return NULL;
+  const pgs_database_t *sdb = pgs_config_find_database(snap->config, db->name);
+  if (sdb == NULL) return NULL;
+  if (sdb == db) return pgs_snapshot_shard(snap, db->name, shard);
+  const pgs_shard_t *mine = &db->shards[shard];
+  int at = pgs_shardmap_find_shard(sdb, mine->name);
+  if (at < 0) return NULL;
+  const pgs_shard_t *theirs = &sdb->shards[at];
+  if (theirs->nreplicas != mine->nreplicas || theirs->has_primary != mine->has_primary ||
+      !same_node(&theirs->primary, &mine->primary))
+    return NULL;
+  for (int i = 0; i < mine->nreplicas; i++)
+    if (!same_node(&theirs->replicas[i], &mine->replicas[i])) return NULL;
+  return pgs_snapshot_shard(snap, db->name, at);
+}
+
 static void publish(uint64_t now) {
   pgs_snapshot_t *snap = pgs_xcalloc(1, sizeof(*snap));
   snap->refcount = 1;

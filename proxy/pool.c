@@ -109,8 +109,9 @@ static bool same_options(const char *a, const char *b) {
   return a == b || (a && b && !strcmp(a, b));
 }
 
-pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
-                         int shard, int node, const char *startup_options) {
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config,
+                         const pgs_database_t *db, const pgs_user_t *user, int shard, int node,
+                         const char *startup_options) {
   PGS_ASSERT(shard >= 0 && shard < db->nshards);
   const char *conninfo = shard_node(db, shard, node)->conninfo;
   bool siblings = false;
@@ -136,6 +137,13 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const p
   pgs_list_init(&pool->connecting);
   pgs_list_init(&pool->waiters);
   pgs_pool_apply_config(pool, worker->config);
+  if (pool->gone) {
+    /* A node or user the running config dropped, for a client still on the
+     * config that has it (it finishes its transaction there). */
+    pool->conninfo = build_conninfo(config, db, user, shard, node, startup_options);
+    pool->mode = db->pool_mode;
+    pool->size = pgs_pool_share(db->pool_size, config->workers, worker->index);
+  }
   pgs_list_append(&worker->pools, &pool->link);
   if (siblings) {
     for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
@@ -151,7 +159,16 @@ void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config) {
   const pgs_user_t *user = pgs_config_find_user(config, pool->username);
   int shard = db ? pgs_shardmap_find_shard(db, pool->shard) : -1;
   int node = shard >= 0 ? find_node(db, shard, pool->node_conninfo) : -1;
-  if (node < 0 || user == NULL) return; /* gone: existing clients finish on it */
+  if (node < 0 || user == NULL) {
+    /* Gone: clients on an older config finish on it; idle servers go now,
+     * the others when they are freed with nobody waiting. */
+    pool->gone = true;
+    while (!pgs_list_empty(&pool->idle))
+      pgs_server_close(pgs_container_of(pool->idle.next, pgs_server_t, link),
+                       "node or user no longer configured");
+    return;
+  }
+  pool->gone = false;
   pool->node = node;
   pool->node_up = true; /* until a health snapshot says otherwise */
   free(pool->conninfo);
@@ -280,8 +297,11 @@ void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client) {
 
 void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
   server->client = NULL;
-  if (server->dirty || pool->worker->stopping || node_servers(pool) > pool->size) {
-    pgs_server_close(server, server->dirty ? "not reusable" : "pool shrinking");
+  if (server->dirty || pool->worker->stopping || node_servers(pool) > pool->size ||
+      (pool->gone && pgs_list_empty(&pool->waiters))) {
+    pgs_server_close(server, server->dirty ? "not reusable"
+                             : pool->gone  ? "node or user no longer configured"
+                                           : "pool shrinking");
     maybe_connect(pool);
     return;
   }

@@ -128,6 +128,7 @@ void pgs_client_routing_free(pgs_client_t *client) {
   pgs_strmap_free(&client->portals, free_portal);
   pgs_lex_free(&client->lx);
   free(client->tenant);
+  free(client->tenant_text);
   free(client->startup_tenant);
   free(client->begin_sql);
   pgs_buf_free(&client->tx_replay);
@@ -219,7 +220,7 @@ static void request_server(pgs_client_t *client, int slot, int node) {
   int shard = slot / 2;
   pgs_pool_t **pool = &client->pools[shard * client->pool_stride + node];
   if (*pool == NULL)
-    *pool = pgs_pool_get(client->worker, client->db, client->user, shard, node,
+    *pool = pgs_pool_get(client->worker, client->config, client->db, client->user, shard, node,
                          client->startup_options);
   client->want_slot = slot;
   client->wait_pool = *pool;
@@ -605,12 +606,15 @@ static void add_fan_steps(pgs_client_t *client, uint64_t slots, pgs_step_op_t op
 
 /* ---- primaries and replicas ---- */
 
-/* The health of SHARD, or NULL when no snapshot describes the client's
- * config (then: primaries only). */
+/* The health of SHARD, or NULL when no snapshot describes it (then:
+ * primaries only). The snapshot may be of another config than the
+ * client's (a reload the client has not followed yet, or one the monitor
+ * has not checked yet): the shard is then found by its name and nodes. */
 static const pgs_shard_health_t *shard_health(const pgs_client_t *client, int shard) {
   const pgs_snapshot_t *snap = client->worker->snapshot;
-  if (snap == NULL || snap->config != client->config) return NULL;
-  return pgs_snapshot_shard(snap, client->db->name, shard);
+  if (snap == NULL) return NULL;
+  if (snap->config == client->config) return pgs_snapshot_shard(snap, client->db->name, shard);
+  return pgs_snapshot_shard_of(snap, client->db, shard);
 }
 
 /* The node writes to SHARD go to (0: its configured primary), or -1. */
@@ -888,6 +892,10 @@ static bool set_tenant(pgs_client_t *client, const char *text, pgs_key_error_t *
   }
   free(client->tenant);
   client->tenant = key;
+  if (client->tenant_text != text) {
+    free(client->tenant_text);
+    client->tenant_text = pgs_xstrdup(text);
+  }
   client->routing = true;
   return true;
 }
@@ -914,6 +922,8 @@ static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
     else if (!strcasecmp(name, "tenant")) {
       free(client->tenant);
       client->tenant = NULL;
+      free(client->tenant_text);
+      client->tenant_text = NULL;
     }
     return true;
   }
@@ -2480,6 +2490,182 @@ static void plan_over_budget(pgs_client_t *client, const char *key) {
             strcmp(key, "max_client_memory") ? "all clients" : "this client", key, limit);
 }
 
+/* ---- following a reload ----
+ *
+ * A client logs in on the running config and keeps a reference to it. A
+ * reload gives the worker a new one; the client moves to it at the first
+ * message it sends between transactions (nothing in flight, no transaction
+ * open, every server it holds idle), so a transaction always finishes on
+ * the map it began on. Moving means: database and user looked up again by
+ * name, per-shard state (read-your-writes, the shard hint, where the last
+ * statement went) carried over by shard name, the tenant typed again,
+ * every prepared statement analysed again, pools looked up again by names
+ * when next needed. Servers it holds (session pooling, a pinned session)
+ * are kept only when the new map has their node at the same place; if not,
+ * the client stays on its config until it holds none. */
+
+static bool at_tx_boundary(const pgs_client_t *client) {
+  if (client->planned || client->in_tx || client->tx_aborted || client->tx_mask ||
+      client->tx_wrote || client->unit_mask || client->unit_failed || client->fan ||
+      client->zlast_pending || client->twopc_gid[0] || client->pending_closes ||
+      client->state == PGS_CL_WAITING)
+    return false;
+  for (int i = 0; i < client->nslots; i++) {
+    const pgs_server_t *s = client->servers[i];
+    if (s && (s->expect_len || s->txstatus != 'I')) return false;
+  }
+  return true;
+}
+
+/* Whether the servers CLIENT holds have their node at the same slot in DB
+ * (of the worker's config) and the new map has no use for portals. */
+static bool holds_movable(const pgs_client_t *client, const pgs_database_t *db) {
+  bool holds = false;
+  for (int i = 0; i < client->nslots; i++) {
+    const pgs_server_t *s = client->servers[i];
+    if (s == NULL) continue;
+    holds = true;
+    if (s->pool->gone || i >= 2 * db->nshards || pgs_shardmap_find_shard(db, s->pool->shard) != i / 2)
+      return false;
+  }
+  return !holds || client->portals.count == 0;
+}
+
+/* The index in DB of the shard that was OLD_INDEX in OLD, or -1. */
+static int same_shard(const pgs_database_t *old, int old_index, const pgs_database_t *db) {
+  if (old_index < 0 || old_index >= old->nshards) return -1;
+  return pgs_shardmap_find_shard(db, old->shards[old_index].name);
+}
+
+/* A prepared statement of a client that did not route (its Parse was not
+ * analysed), analysed for one that now does. False: it cannot be read. */
+static bool analyse_stmt(pgs_client_t *client, pgs_client_stmt_t *stmt) {
+  const pgs_buf_t *pb = &stmt->parse_body;
+  size_t qlen = strnlen((const char *)pb->data, pb->len);
+  pgs_reader_t r;
+  pgs_reader_init(&r, pb->data + qlen + 1, pb->len - qlen - 1);
+  int ntypes = qlen < pb->len ? pgs_read_i16(&r) : -1;
+  if (ntypes < 0 || r.bad) return false;
+  stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
+  pgs_lex_init(stmt->lx);
+  if (pgs_lex((const char *)pb->data, qlen, stmt->lx) != PGS_OK) return false;
+  stmt->plan = get_plan(client, stmt->lx);
+  if (stmt->plan->parse_failed) return false;
+  stmt->ntypes = ntypes;
+  stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
+  for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = (uint32_t)pgs_read_i32(&r);
+  return !r.bad;
+}
+
+static void reanalyse_stmts(pgs_client_t *client) {
+  pgs_strmap_t *map = &client->stmts;
+  for (size_t b = 0; b < map->nbuckets; b++) {
+    for (pgs_strmap_entry_t *e = map->buckets[b], *next; e; e = next) {
+      next = e->next;
+      pgs_client_stmt_t *stmt = e->value;
+      pgs_buf_free(&stmt->merge_body);
+      stmt->merge_name[0] = '\0';
+      if (stmt->lx) {
+        pgs_plan_unref(stmt->plan);
+        stmt->plan = get_plan(client, stmt->lx);
+      } else if (client->routing && !analyse_stmt(client, stmt)) {
+        /* Unreadable to the new map (the old one did not route): forgotten,
+         * so a Bind of it gets 26000 rather than a guess. */
+        pgs_strmap_remove(map, e->key);
+        pgs_client_free_stmt(stmt);
+      }
+    }
+  }
+}
+
+bool pgs_client_follow_config(pgs_client_t *client) {
+  pgs_config_t *next = client->worker->config;
+  if (client->config == next || !at_tx_boundary(client)) return true;
+  const pgs_database_t *old = client->db;
+  const pgs_database_t *db = pgs_config_find_database(next, client->dbname);
+  const pgs_user_t *user = pgs_config_find_user(next, client->username);
+  if (db == NULL) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_CATALOG,
+                    "database \"%s\" is no longer configured (reload)", client->dbname);
+    return false;
+  }
+  if (user == NULL) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "user \"%s\" is no longer configured (reload)",
+                    client->username);
+    return false;
+  }
+  if (!holds_movable(client, db)) return true; /* its servers keep it on its map */
+  int hint = client->hint_shard >= 0 ? same_shard(old, client->hint_shard, db) : -1;
+  if (client->hint_shard >= 0 && hint < 0) {
+    pgs_client_fail(client, "22023",
+                    "shard \"%s\" set by pgshard.shard is no longer in database \"%s\" (reload)",
+                    old->shards[client->hint_shard].name, client->dbname);
+    return false;
+  }
+
+  /* Per-shard state, by shard name. */
+  int nslots = 2 * db->nshards;
+  pgs_server_t **servers = pgs_xcalloc((size_t)nslots, sizeof(*servers));
+  for (int i = 0; i < client->nslots; i++)
+    if (client->servers[i]) servers[i] = client->servers[i]; /* same slot: holds_movable */
+  uint64_t *commit_ms = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  uint64_t *lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  for (int i = 0; i < old->nshards; i++) {
+    int j = same_shard(old, i, db);
+    if (j < 0) continue;
+    commit_ms[j] = client->ryw_commit_ms[i];
+    lsn[j] = client->ryw_lsn[i];
+  }
+  int last = same_shard(old, client->last_shard, db);
+  free(client->servers);
+  free(client->ryw_commit_ms);
+  free(client->ryw_lsn);
+  free(client->picked);
+  free(client->pools);
+  client->servers = servers;
+  client->ryw_commit_ms = commit_ms;
+  client->ryw_lsn = lsn;
+  client->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
+  client->nslots = nslots;
+  client->pool_stride = 1;
+  bool replicas = false;
+  for (int i = 0; i < db->nshards; i++) {
+    replicas |= db->shards[i].nreplicas > 0;
+    if (db->shards[i].nreplicas + 1 > client->pool_stride)
+      client->pool_stride = db->shards[i].nreplicas + 1;
+  }
+  client->pools =
+      pgs_xcalloc((size_t)(db->nshards * client->pool_stride), sizeof(*client->pools));
+  if (client->steps_cap < nslots + 4) {
+    free(client->steps);
+    client->steps_cap = nslots + 4;
+    client->steps = pgs_xcalloc((size_t)client->steps_cap, sizeof(*client->steps));
+  }
+  client->hint_shard = hint;
+  client->last_shard = last >= 0 ? last : 0;
+  if (client->servers[client->cur >= 0 ? client->cur : 0] == NULL) client->cur = -1;
+  pgs_strmap_free(&client->portals, free_portal);
+  pgs_strmap_init(&client->portals);
+
+  client->db = db;
+  client->user = user;
+  pgs_config_unref(client->config);
+  client->config = pgs_config_ref(next);
+  client->routing = db->nshards > 1 || client->tenant_text != NULL || replicas;
+  if (client->tenant_text) {
+    pgs_key_error_t err;
+    if (!set_tenant(client, client->tenant_text, &err)) {
+      pgs_client_fail(client, err.sqlstate, "tenant \"%s\" after reload: %s", client->tenant_text,
+                      err.message);
+      return false;
+    }
+  }
+  reanalyse_stmts(client);
+  pgs_debug("client %s follows the reloaded config", client->peer);
+  return true;
+}
+
 void pgs_client_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
@@ -2565,6 +2751,7 @@ void pgs_client_process(pgs_client_t *client) {
         continue;
       }
       if (type == 'S') client->unit_failed = false;
+      if (client->config != client->worker->config && !pgs_client_follow_config(client)) return;
       const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;
       if (budget) plan_over_budget(client, budget);
       else plan_message(client, type, p, total);

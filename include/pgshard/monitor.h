@@ -53,6 +53,12 @@ void pgs_snapshot_unref(pgs_snapshot_t *snap);
  * reload in progress) must compare snap->config with it first. */
 const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const char *db,
                                              int shard);
+/* The health of shard SHARD of DB, a database of any config (one that
+ * snap->config replaced, or that replaces it): found by the database's and
+ * shard's names, and only when snap->config gives that shard the same nodes
+ * in the same order (node indexes then agree). NULL otherwise. */
+const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
+                                                const pgs_database_t *db, int shard);
 
 /* Start the monitor thread on CONFIG (call after pgs_workers_start: it
  * publishes). It publishes a first snapshot before returning (every node

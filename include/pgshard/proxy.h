@@ -367,6 +367,7 @@ struct pgs_client {
   int hint_shard;         /* SET pgshard.shard, -1 */
   pgs_key_t *tenant;      /* SET pgshard.tenant / -c pgshard.tenant */
   char *startup_tenant;   /* -c pgshard.tenant until login types it */
+  char *tenant_text;      /* the tenant as set, typed again after a reload */
   pgs_step_t *steps;
   int nsteps, step_next, steps_cap;
   bool planned;           /* steps hold the plan of the message at in_pos */
@@ -429,6 +430,12 @@ void pgs_client_tick(pgs_client_t *client, uint64_t now);
 /* request.c */
 void pgs_client_routing_init(pgs_client_t *client);
 void pgs_client_routing_free(pgs_client_t *client);
+/* A reload happened (client->config is not the worker's): move the client
+ * to the running config if it is between transactions with nothing in
+ * flight; otherwise it stays on its own until such a point. Returns false
+ * when the client was closed (its database or user is no longer
+ * configured, or its tenant or shard hint cannot be placed in the new map). */
+bool pgs_client_follow_config(pgs_client_t *client);
 /* Forget the planned steps of the message at in_pos. */
 void pgs_client_clear_steps(pgs_client_t *client);
 void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server);
@@ -610,6 +617,9 @@ struct pgs_pool {
   char *node_conninfo; /* the node as the config writes it: identifies it */
   int node;       /* 0: the shard's configured primary, i: replica i - 1 */
   bool node_up;   /* as the last health snapshot says */
+  bool gone;      /* the running config no longer has this node or user: only
+                     clients still on an older config use it, and a server
+                     nobody waits for is closed when freed */
   uint32_t down_epoch;
   char *conninfo; /* conninfo handed to libpq */
   /* Session pooling: the startup parameters its clients sent, as libpq
@@ -632,10 +642,12 @@ struct pgs_pool {
   char last_error[256];
 };
 
-/* The pool for a node of SHARD; STARTUP_OPTIONS: see pgs_pool_t (NULL or
- * the client's startup_options). */
-pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_database_t *db, const pgs_user_t *user,
-                         int shard, int node, const char *startup_options);
+/* The pool for a node of SHARD of DB (a database of CONFIG, the client's
+ * config, which may be older than the worker's); STARTUP_OPTIONS: see
+ * pgs_pool_t (NULL or the client's startup_options). */
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config,
+                         const pgs_database_t *db, const pgs_user_t *user, int shard, int node,
+                         const char *startup_options);
 /* A new health snapshot: drop idle servers of a node marked down since. */
 void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot);
 /* Ask for a server for CLIENT: linked now (pgs_client_on_server) or queued. */
