@@ -24,11 +24,11 @@ deps:
 	fi
 
 build: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGS_WERROR=ON
 	cmake --build $(BUILD) -j$$(nproc)
 
 build-asan: deps
-	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPGS_SANITIZE=ON
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPGS_SANITIZE=ON -DPGS_WERROR=ON
 	cmake --build build-asan -j$$(nproc)
 
 unit: build

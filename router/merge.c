@@ -750,7 +750,7 @@ static int add_hidden(an_t *an, const PgQuery__Node *n, int agg) {
   int before = an->nhidden;
   int h = add_hidden_text(an, text, agg);
   if (agg == PGS_AGG_AVG && h == before) {
-    int sum, count;
+    int sum = -1, count = -1;
     if (!avg_parts(an, n->func_call, &sum, &count)) return -1;
     an->hidden[h].avg_sum = sum;
     an->hidden[h].avg_count = count;

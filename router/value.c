@@ -1519,7 +1519,7 @@ static pgs_status_t sum_add_numeric(pgs_sum_t *sum, const numeric_t *x, pgs_valu
     return PGS_OK;
   }
   if (sum->sign != SUM_POS && sum->sign != SUM_NEG) return PGS_OK;
-  numeric_t cur = sum_numeric(sum), r;
+  numeric_t cur = sum_numeric(sum), r = {0};
   int16_t store[ADD_SCRATCH];
   if (numeric_add(&cur, x, &r, store, err) != PGS_OK) return PGS_EINVAL;
   if (r.ndigits > sum->cap) {

@@ -1045,10 +1045,10 @@ static void test_golden_order(void **state) {
   char group[64] = "";
   while (fgets(line, sizeof(line), f)) {
     if (line[0] == '#') continue;
-    char *fld[5];
+    char *fld[5] = {0};
     assert_int_equal(split(line, '\t', fld, 5), 5);
     if (strcmp(fld[0], group) != 0) {
-      snprintf(group, sizeof(group), "%s", fld[0]);
+      snprintf(group, sizeof(group), "%.63s", fld[0]);
       ngroups++;
     }
     if (n == cap) vals = realloc(vals, (size_t)(cap = cap ? cap * 2 : 256) * sizeof(*vals));
@@ -1107,7 +1107,7 @@ static void test_golden_float(void **state) {
   pgs_buf_init(&out);
   while (fgets(line, sizeof(line), f)) {
     if (line[0] == '#') continue;
-    char *fld[3];
+    char *fld[3] = {0};
     assert_int_equal(split(line, '\t', fld, 3), 3);
     bool single = strcmp(fld[0], "float4") == 0;
     uint32_t oid = single ? PGS_OID_FLOAT4 : PGS_OID_FLOAT8;
@@ -1162,7 +1162,7 @@ static void test_golden_sums(void **state) {
   pgs_buf_init(&out);
   while (fgets(line, sizeof(line), f)) {
     if (line[0] == '#') continue;
-    char *fld[8];
+    char *fld[8] = {0};
     assert_int_equal(split(line, '\t', fld, 8), 8);
     const char *type = fld[0];
     /* sum(int2/int4) is int8, sum(int8) numeric; avg is numeric, or float8
