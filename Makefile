@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxha
 	python3-matplotlib procps iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build build-asan test unit integration demo demo-down bench clean format
+.PHONY: all deps build build-asan test test-stress unit integration demo demo-down bench clean format
 
 all: build
 
@@ -40,6 +40,18 @@ integration: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure
 	PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -v -ra tests/integration
+
+# The suites three times over while stress-ng keeps both cores busy.
+test-stress: build
+	@command -v stress-ng >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q stress-ng; }
+	@stress-ng --cpu $$(nproc) --timeout 3h --quiet & stress=$$!; \
+	trap 'kill $$stress 2>/dev/null' EXIT; \
+	for run in 1 2 3; do \
+	  echo "== loaded run $$run of 3"; \
+	  (cd $(BUILD) && ctest --output-on-failure) && \
+	  PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -ra tests/integration || exit 1; \
+	done
 
 demo: build
 	./config/demo.sh $(BUILD)

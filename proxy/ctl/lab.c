@@ -32,6 +32,7 @@ typedef struct lab_options {
   const char *dir;
   bool no_proxy;
   bool purge;
+  int timeout_s; /* wait */
   char **args; /* positional arguments after the verb */
   int nargs;
 } lab_options_t;
@@ -42,6 +43,7 @@ static void usage(FILE *out) {
           "       pgshardctl lab status -c FILE [--dir DIR] [--no-proxy]\n"
           "       pgshardctl lab down   -c FILE [--dir DIR] [--purge]\n"
           "       pgshardctl lab lag    -c FILE [--dir DIR] DB.SHARD N pause|resume|delay MS\n"
+          "       pgshardctl lab wait   -c FILE [--dir DIR] [--timeout SECONDS]\n"
           "DIR defaults to .pgshard-lab/ in the directory holding FILE.\n");
 }
 
@@ -71,15 +73,26 @@ static bool is_number(const char *s) {
 static int parse_options(int argc, char **argv, lab_options_t *opts) {
   memset(opts, 0, sizeof(*opts));
   opts->verb = argv[0];
+  opts->timeout_s = 60;
   opts->args = pgs_xcalloc((size_t)argc, sizeof(char *));
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (option_value(argc, argv, &i, "-c", &opts->config_path) ||
+    const char *timeout;
+    if (!strcmp(opts->verb, "wait") && option_value(argc, argv, &i, "--timeout", &timeout)) {
+      char *end;
+      long v = strtol(timeout, &end, 10);
+      if (end == timeout || *end || v <= 0 || v > 86400) {
+        fprintf(stderr, "pgshardctl: lab wait: --timeout needs seconds (1 to 86400), got \"%s\"\n",
+                timeout);
+        return 2;
+      }
+      opts->timeout_s = (int)v;
+    } else if (option_value(argc, argv, &i, "-c", &opts->config_path) ||
         option_value(argc, argv, &i, "--config", &opts->config_path) ||
         option_value(argc, argv, &i, "--dir", &opts->dir)) {
       continue;
     } else if (!strcmp(a, "--no-proxy") && strcmp(opts->verb, "down") &&
-               strcmp(opts->verb, "lag")) {
+               strcmp(opts->verb, "lag") && strcmp(opts->verb, "wait")) {
       opts->no_proxy = true;
     } else if (!strcmp(a, "--purge") && !strcmp(opts->verb, "down")) {
       opts->purge = true;
@@ -471,11 +484,12 @@ static int lab_run_verb(lab_t *lab, const lab_options_t *opts) {
   if (lab_load_config(lab) != PGS_OK) return 1;
   if (!strcmp(verb, "up")) return lab_resolve_user(lab) == PGS_OK ? lab_up(lab, opts->no_proxy) : 1;
   if (!strcmp(verb, "status")) return pgs_lab_status(lab, !opts->no_proxy);
+  if (!strcmp(verb, "wait")) return pgs_lab_wait(lab, opts->timeout_s);
   return pgs_lab_lag(lab, opts->nargs, opts->args);
 }
 
 int pgs_ctl_lab(int argc, char **argv) {
-  static const char *const verbs[] = {"up", "status", "down", "lag"};
+  static const char *const verbs[] = {"up", "status", "down", "lag", "wait"};
   bool known = false;
   if (argc > 0 && (!strcmp(argv[0], "-h") || !strcmp(argv[0], "--help"))) {
     usage(stdout);

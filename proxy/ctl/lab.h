@@ -119,5 +119,8 @@ const char *pgs_lab_proxy_probe_host(const char *listen_host);
 /* ---- lab_status.c ---- */
 int pgs_lab_status(const lab_t *lab, bool with_proxy);
 int pgs_lab_lag(const lab_t *lab, int argc, char **argv);
+/* Block until every replica has replayed all its primary had committed
+ * when called, or fail after TIMEOUT_S seconds. */
+int pgs_lab_wait(const lab_t *lab, int timeout_s);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * lab_status.c — looking at a lab and steering its replicas: `lab status`
- * (a line per config node and one for the proxy) and `lab lag` (pause, resume
- * or delay WAL replay on one replica, which is how tests get real lag).
+ * (a line per config node and one for the proxy), `lab lag` (pause, resume
+ * or delay WAL replay on one replica, which is how tests get real lag) and
+ * `lab wait` (until every replica has replayed what its primary committed).
  *
  * Both talk to the servers over libpq as the lab superuser and change no file
  * of the lab directory, so neither takes the lock `up` and `down` hold. A
@@ -257,4 +258,89 @@ int pgs_lab_lag(const lab_t *lab, int argc, char **argv) {
   else
     printf("lab: %s: WAL replay resumed, apply delay removed\n", what);
   return 0;
+}
+
+/* ---- wait ---- */
+
+/* The server a replica's stream comes from at the end of its chain. */
+static int root_of(const lab_t *lab, int server) {
+  for (int hops = 0; hops < lab->nservers && lab->servers[server].upstream >= 0; hops++)
+    server = lab->servers[server].upstream;
+  return server;
+}
+
+/*
+ * The target is the end of a transactional WAL message committed with
+ * synchronous_commit = on: it is inserted after every commit record the
+ * primary had written when it was asked, and flushed before the call
+ * returns. The lab's servers run with synchronous_commit = off, so the
+ * primary's flush or insert position alone can miss the last asynchronous
+ * commit (WAL not yet flushed is not yet sent), and a transaction that wrote
+ * no WAL of its own commits asynchronously whatever the setting.
+ */
+static bool primary_target(const lab_server_t *server, char *lsn, size_t cap, char *err,
+                           size_t errlen) {
+  PGconn *conn = pgs_lab_connect(server->hosts[0], server->port, "postgres", err, errlen);
+  if (conn == NULL) return false;
+  PGresult *res = pgs_lab_query(conn, "SET synchronous_commit = on", 0, NULL, err, errlen);
+  PQclear(res);
+  if (res) {
+    res = pgs_lab_query(conn,
+                        "SELECT pg_logical_emit_message(true, 'pgshard-lab', 'wait')::text", 0,
+                        NULL, err, errlen);
+    if (res) snprintf(lsn, cap, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+  }
+  PQfinish(conn);
+  return res != NULL;
+}
+
+static bool replayed(const lab_server_t *server, const char *lsn, char *err, size_t errlen) {
+  PGconn *conn = pgs_lab_connect(server->hosts[0], server->port, "postgres", err, errlen);
+  if (conn == NULL) return false;
+  const char *params[] = {lsn};
+  PGresult *res = pgs_lab_query(conn, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", 1, params,
+                                err, errlen);
+  bool done = res && !strcmp(PQgetvalue(res, 0, 0), "t");
+  if (res && !done) snprintf(err, errlen, "replayed less than %s", lsn);
+  PQclear(res);
+  PQfinish(conn);
+  return done;
+}
+
+int pgs_lab_wait(const lab_t *lab, int timeout_s) {
+  double start = pgs_lab_now();
+  char err[512];
+  char (*targets)[32] = pgs_xcalloc((size_t)(lab->nservers ? lab->nservers : 1), sizeof(*targets));
+  int nreplicas = 0, rc = 0;
+  for (int i = 0; i < lab->nservers && rc == 0; i++) {
+    const lab_server_t *server = &lab->servers[i];
+    if (server->role != LAB_PRIMARY) continue;
+    if (!primary_target(server, targets[i], sizeof(targets[i]), err, sizeof(err))) {
+      pgs_lab_fail("lab wait: %s (port %d): %s", server->label, server->port, err);
+      rc = 1;
+    }
+  }
+  for (int i = 0; i < lab->nservers && rc == 0; i++) {
+    const lab_server_t *server = &lab->servers[i];
+    if (server->role != LAB_REPLICA) continue;
+    const char *target = targets[root_of(lab, i)];
+    if (!target[0]) continue; /* its primary is not one the lab starts */
+    nreplicas++;
+    while (!replayed(server, target, err, sizeof(err))) {
+      if (pgs_lab_now() - start > timeout_s) {
+        pgs_lab_fail("lab wait: %s (port %d) did not replay to %s within %d s: %s", server->label,
+                     server->port, target, timeout_s, err);
+        rc = 1;
+        break;
+      }
+      pgs_lab_sleep_ms(20);
+    }
+  }
+  free(targets);
+  if (rc == 0)
+    printf("lab: wait: %d replica%s replayed what %s primar%s had committed (%.0f ms)\n",
+           nreplicas, nreplicas == 1 ? "" : "s", nreplicas == 1 ? "its" : "their",
+           nreplicas == 1 ? "y" : "ies", (pgs_lab_now() - start) * 1000);
+  return rc;
 }

@@ -386,28 +386,12 @@ pool_size = 20
         self.wait_caught_up()
 
     def wait_caught_up(self, timeout=30):
-        """Wait until every running replica has replayed all its primary had
-        committed when called. The lab runs with synchronous_commit = off, so
-        WAL past the last async commit may sit unflushed (never sent) for a
-        while. A transactional WAL message committed with synchronous_commit
-        = on is inserted after every earlier commit record and flushed before
-        the call returns (a transaction that wrote no WAL of its own, such as
-        `select txid_current()`, would commit asynchronously whatever the
-        setting); the target is the end of that message."""
-        for shard in self.shards:
-            with self.connect_primary(shard.name) as conn:
-                conn.execute("set synchronous_commit = on")
-                target = conn.execute(
-                    "select pg_logical_emit_message(true, 'pgshard-lab', 'caught up?')::text"
-                ).fetchone()[0]
-            for port in shard.replica_ports:
-                def caught_up(p=port):
-                    with self.connect_port(p) as rconn:
-                        return rconn.execute(
-                            "select pg_last_wal_replay_lsn() >= %s::pg_lsn",
-                            (target,)).fetchone()[0]
-                wait_for(caught_up, timeout, interval=0.05,
-                         message=f"replica on port {port} ({shard.name}) to replay to {target}")
+        """Wait until every replica has replayed all its primary had
+        committed when called: `pgshardctl lab wait`, the primitive users'
+        CI has too (how it knows, in proxy/ctl/lab_status.c: the end of a WAL
+        message committed synchronously, since the lab commits
+        asynchronously)."""
+        self.ctl("wait", "--timeout", str(timeout), timeout=timeout + 30)
 
     def primary_url(self, shard=None):
         port = self.shard(shard).primary_port if shard else self.primary_port
