@@ -421,6 +421,8 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
   } else if (!strcmp(key, "metrics_listen")) {
     free(c->metrics_listen);
     c->metrics_listen = pgs_xstrdup(value);
+    if (value[0])
+      config_warning(c, st->line, "metrics_listen: not supported yet (no metrics endpoint is served)");
   } else if (!strcmp(key, "log_format")) {
     PARSE_ENUM(st, key, value, log_format_names, c->log_format);
   } else if (!strcmp(key, "log_debug")) {
@@ -483,6 +485,10 @@ static void handle_user(parse_state_t *st, const char *name, const char *key, co
     user->password = pgs_xstrdup(value);
   } else if (!strcmp(key, "admin")) {
     parse_bool(st, key, value, &user->admin);
+    if (user->admin)
+      config_warning(st->config, st->line,
+                     "admin: not supported yet (there is no admin console: the database "
+                     "\"pgshard\" gets 3D000)");
   } else {
     config_error(st->config, st->line, "unknown key \"%s\" in [user.%s]", key, name);
   }
