@@ -29,7 +29,6 @@
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
 
-#define CLIENT_MAX_STATEMENTS 10000
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
  * without the client taking any of it before it is closed. */

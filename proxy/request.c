@@ -48,7 +48,6 @@
 #include "pgshard/reserved.h"
 #include "pgshard/twophase.h"
 
-#define CLIENT_MAX_STATEMENTS 10000
 #define BIT(i) ((uint64_t)1 << (i))
 
 /* ---- setup ---- */
@@ -393,7 +392,7 @@ static pgs_client_stmt_t *remember_parse(pgs_client_t *client, const char *name,
   pgs_client_stmt_t *old = pgs_strmap_get(&client->stmts, name);
   if (old && old->parse_body.len == len && !memcmp(old->parse_body.data, body, len))
     return old; /* the same statement again (an unnamed one, typically) */
-  if (old == NULL && client->stmts.count >= CLIENT_MAX_STATEMENTS) return NULL;
+  if (old == NULL && client->stmts.count >= PGS_CLIENT_MAX_STATEMENTS) return NULL;
   pgs_client_stmt_t *stmt = pgs_xcalloc(1, sizeof(*stmt));
   stmt->owner = client;
   stmt->charged = stmt_charge(client, name, len);
@@ -1661,7 +1660,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
   const uint8_t *rest = p + 5 + nlen + 1;
   pgs_client_stmt_t *stmt = remember_parse(client, name, rest, total - 5 - nlen - 1);
   if (stmt == NULL) {
-    add_error(client, "53400", "too many prepared statements (%d)", CLIENT_MAX_STATEMENTS);
+    add_error(client, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
     client->unit_failed = true;
     return;
   }
@@ -2014,7 +2013,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         if (stmt == NULL) {
           /* Never under the client's own name: a shared server would keep
            * it for whoever comes next. */
-          add_error(client, "53400", "too many prepared statements (%d)", CLIENT_MAX_STATEMENTS);
+          add_error(client, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
           client->unit_failed = true;
           return;
         }

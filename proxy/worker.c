@@ -213,25 +213,48 @@ fail_loop:
   return rc;
 }
 
+/* What pgs_workers_join frees of a worker whose loop has ended. */
+static void worker_free(pgs_worker_t *w) {
+  uv_loop_close(&w->loop);
+  uv_mutex_destroy(&w->mbox_lock);
+  if (w->mbox_config) pgs_config_unref(w->mbox_config);
+  if (w->mbox_snapshot) pgs_snapshot_unref(w->mbox_snapshot);
+  if (w->snapshot) pgs_snapshot_unref(w->snapshot);
+  pgs_plan_cache_free(w->plans);
+  pgs_config_unref(w->config);
+}
+
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
-  nworkers = nfds;
+  int rc = 0, started = 0;
   workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));
-  for (int i = 0; i < nfds; i++) {
-    int rc = worker_init(&workers[i], i, config, listen_fds[i]);
-    if (rc != 0) {
-      pgs_error("worker %d: %s", i, uv_strerror(rc));
-      return rc;
+  for (nworkers = 0; nworkers < nfds; nworkers++) {
+    if ((rc = worker_init(&workers[nworkers], nworkers, config, listen_fds[nworkers])) != 0) {
+      pgs_error("worker %d: %s", nworkers, uv_strerror(rc));
+      goto unwind;
     }
   }
   running = nfds;
-  for (int i = 0; i < nfds; i++) {
-    int rc = uv_thread_create(&workers[i].thread, worker_main, &workers[i]);
-    if (rc != 0) {
+  for (; started < nfds; started++) {
+    if ((rc = uv_thread_create(&workers[started].thread, worker_main, &workers[started])) != 0) {
       pgs_error("cannot start worker thread: %s", uv_strerror(rc));
-      return rc;
+      goto unwind;
     }
   }
   return 0;
+unwind:
+  /* Every worker set up stops as at exit: those with a thread in it, the
+   * others on this thread (their loop runs just long enough to close). */
+  running = nworkers;
+  pgs_workers_exit();
+  for (int i = 0; i < nworkers; i++) {
+    if (i < started) uv_thread_join(&workers[i].thread);
+    else worker_main(&workers[i]);
+    worker_free(&workers[i]);
+  }
+  free(workers);
+  workers = NULL;
+  nworkers = 0;
+  return rc;
 }
 
 /* Post to a worker: under its lock, and only while its wakeup handle is
@@ -291,15 +314,8 @@ void pgs_workers_cancel(int32_t pid, int32_t key) {
 
 void pgs_workers_join(void) {
   for (int i = 0; i < nworkers; i++) {
-    pgs_worker_t *w = &workers[i];
-    uv_thread_join(&w->thread);
-    uv_loop_close(&w->loop);
-    uv_mutex_destroy(&w->mbox_lock);
-    if (w->mbox_config) pgs_config_unref(w->mbox_config);
-    if (w->mbox_snapshot) pgs_snapshot_unref(w->mbox_snapshot);
-    if (w->snapshot) pgs_snapshot_unref(w->snapshot);
-    pgs_plan_cache_free(w->plans);
-    pgs_config_unref(w->config);
+    uv_thread_join(&workers[i].thread);
+    worker_free(&workers[i]);
   }
   free(workers);
   workers = NULL;

@@ -122,6 +122,8 @@ void pgs_io_close(pgs_io_t *io);
 
 /* ---- clients (client.c) ---- */
 
+#define PGS_CLIENT_MAX_STATEMENTS 10000 /* prepared statements one client may keep */
+
 typedef enum {
   PGS_CL_STARTUP,  /* reading the startup packet (maybe after SSLRequest) */
   PGS_CL_AUTH,     /* password exchange in progress */
