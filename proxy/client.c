@@ -28,6 +28,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/stats.h"
 
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
@@ -126,6 +127,7 @@ void pgs_client_close(pgs_client_t *client) {
     if (client->wait_pool) pgs_pool_cancel_wait(client->wait_pool, client);
   }
   detach_servers(client);
+  pgs_admin_free(client);
   client_set_state(client, PGS_CL_CLOSING);
   pgs_list_remove(&client->link);
   pgs_list_append(&client->worker->closing, &client->link);
@@ -436,7 +438,24 @@ void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t
     client->tx_failed = true;
 }
 
+/* A request ended with a ReadyForQuery of STATUS: into the statistics. */
+static void count_request(pgs_client_t *client, char status) {
+  pgs_db_stats_t *st = client->stats;
+  if (st == NULL || client->request_start_us == 0) return;
+  st->requests++;
+  if (status == 'I') st->transactions++;
+  if (client->request_failed) st->errors++;
+  pgs_hist_add(&st->latency, pgs_now_us() - client->request_start_us);
+  st->bytes_in += client->io.read_total - client->io.counted_in;
+  st->bytes_out += client->io.out_total - client->io.counted_out;
+  client->io.counted_in = client->io.read_total;
+  client->io.counted_out = client->io.out_total;
+  client->request_start_us = 0;
+  client->request_failed = false;
+}
+
 void pgs_client_after_ready(pgs_client_t *client, char status) {
+  count_request(client, status);
   client->txstatus = status;
   client->active_ms = pgs_now_ms(); /* idle from now on, unless it sends */
   if (status == 'I') {
@@ -598,6 +617,15 @@ static char *take_startup_options(pgs_client_t *client) {
 
 static void login_ok(pgs_client_t *client) {
   send_auth(client, PGS_AUTHREQ_OK, NULL, 0);
+  if (!strcmp(client->dbname, "pgshard")) {
+    pgs_admin_login(client);
+    if (client->state != PGS_CL_CLOSING) {
+      client_set_state(client, PGS_CL_IDLE);
+      if (pgs_io_flush(&client->io) < 0) pgs_client_close(client);
+      else pgs_admin_process(client);
+    }
+    return;
+  }
   const pgs_database_t *db = pgs_config_find_database(client->config, client->dbname);
   if (db == NULL) {
     pgs_client_fail(client, PGS_SQLSTATE_INVALID_CATALOG, "database \"%s\" does not exist",
@@ -605,6 +633,7 @@ static void login_ok(pgs_client_t *client) {
     return;
   }
   client->db = db;
+  client->stats = pgs_worker_stats(client->worker, db->name);
   if (db->pool_mode == PGS_POOL_SESSION) {
     client->startup_options = take_startup_options(client);
   } else {

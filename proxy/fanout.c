@@ -32,6 +32,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/stats.h"
 
 pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
                          int64_t offset, bool simple) {
@@ -52,6 +53,7 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
   pgs_buf_init(&fan->head);
   pgs_buf_init(&fan->error);
   client->fan = fan;
+  if (client->stats) client->stats->fanouts++;
   return fan;
 }
 

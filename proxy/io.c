@@ -55,6 +55,7 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   io->in.len += (size_t)nread;
+  io->read_total += (uint64_t)nread;
   io->on_read(io);
 }
 
@@ -173,6 +174,7 @@ int pgs_io_flush(pgs_io_t *io) {
       pgs_io_seg_t *s = &io->segs[i];
       pgs_buf_put(&io->qbuf, s->ptr ? s->ptr : io->scratch.data + s->off, s->len);
       io->queued_total += s->len;
+      io->out_total += s->len;
     }
     reset_batch(io);
     return 0;
@@ -184,6 +186,7 @@ int pgs_io_flush(pgs_io_t *io) {
     bufs[i] = uv_buf_init((char *)(s->ptr ? s->ptr : io->scratch.data + s->off), (unsigned)s->len);
     total += s->len;
   }
+  io->out_total += total;
   int written = uv_try_write((uv_stream_t *)&io->tcp, bufs, (unsigned)io->nsegs);
   if (written == UV_EAGAIN) written = 0;
   if (written < 0) {

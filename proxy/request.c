@@ -46,9 +46,15 @@
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
 #include "pgshard/reserved.h"
+#include "pgshard/stats.h"
 #include "pgshard/twophase.h"
 
 #define BIT(i) ((uint64_t)1 << (i))
+/* One more of FIELD in the client's database statistics (stats.h). */
+#define COUNT(client, field)                                                                       \
+  do {                                                                                             \
+    if ((client)->stats) (client)->stats->field++;                                                 \
+  } while (0)
 
 /* ---- setup ---- */
 
@@ -175,7 +181,10 @@ char pgs_client_ready_status(const pgs_client_t *client) {
   return status;
 }
 
-void pgs_client_step_failed(pgs_client_t *client) { client->step_error = true; }
+void pgs_client_step_failed(pgs_client_t *client) {
+  client->step_error = true;
+  client->request_failed = true;
+}
 
 void pgs_client_send_ready(pgs_client_t *client) {
   char status = pgs_client_ready_status(client);
@@ -555,6 +564,8 @@ static void add_error(pgs_client_t *client, const char *sqlstate, const char *fm
   st->text[5] = '\0';
   memcpy(st->text + 6, message, mlen + 1);
   if (client->in_tx) client->tx_aborted = true;
+  COUNT(client, refusals);
+  client->request_failed = true;
 }
 
 /* The same message (or per-shard TEXTS[shard] for SPLIT) on every shard of
@@ -1153,6 +1164,7 @@ static void run_twopc(pgs_client_t *client, char phase) {
       if ((slots & BIT(i)) && client->servers[i] && client->servers[i]->txstatus == 'E')
         failed = true;
     if (failed) {
+      COUNT(client, twopc_aborts);
       pgs_twophase_record_abort(client->twopc_gid);
       pgs_twophase_record_done(client->twopc_gid);
       for (int i = 0; i < client->nslots; i++)
@@ -1174,11 +1186,13 @@ static void run_twopc(pgs_client_t *client, char phase) {
         add_error(client, "58030",
                   "could not record the commit decision of a two-phase commit; the transaction "
                   "is rolled back");
+      COUNT(client, twopc_aborts);
       pgs_twophase_record_abort(client->twopc_gid);
       add_gid_injects(client, written, "ROLLBACK PREPARED", PGS_EF_IGNORE_ERROR);
       add_twopc(client, 'F');
       return;
     }
+    COUNT(client, twopc_commits);
     pgs_twophase_pause("2pc_pause_after_decision");
     add_gid_injects(client, written, "COMMIT PREPARED", PGS_EF_FWD_ERROR);
     add_twopc(client, 'F');
@@ -2668,6 +2682,10 @@ bool pgs_client_follow_config(pgs_client_t *client) {
 void pgs_client_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
+  if (client->admin) {
+    pgs_admin_process(client);
+    return;
+  }
   size_t max = (size_t)client->config->max_message_size;
   bool blocked = false;
   for (;;) {
@@ -2751,6 +2769,8 @@ void pgs_client_process(pgs_client_t *client) {
       }
       if (type == 'S') client->unit_failed = false;
       if (client->config != client->worker->config && !pgs_client_follow_config(client)) return;
+      if (client->request_start_us == 0) client->request_start_us = pgs_now_us();
+      if (type == 'Q' || type == 'E') COUNT(client, queries);
       const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;
       if (budget) plan_over_budget(client, budget);
       else plan_message(client, type, p, total);

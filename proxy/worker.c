@@ -13,6 +13,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/stats.h"
 
 #define TICK_MS 50
 
@@ -23,6 +24,7 @@ static int running;             /* worker threads not yet ended (atomic) */
 int pgs_workers_running(void) { return __atomic_load_n(&running, __ATOMIC_ACQUIRE); }
 
 uint64_t pgs_now_ms(void) { return uv_hrtime() / 1000000; }
+uint64_t pgs_now_us(void) { return uv_hrtime() / 1000; }
 
 int pgs_worker_index_of_pid(int32_t pid) { return (int)((uint32_t)pid >> 24); }
 
@@ -137,6 +139,9 @@ static void wakeup_cb(uv_async_t *async) {
   ncancels = worker->mbox_ncancels;
   memcpy(cancels, worker->mbox_cancels, sizeof(cancels[0]) * (size_t)ncancels);
   worker->mbox_ncancels = 0;
+  pgs_worker_task_t *tasks = worker->mbox_tasks;
+  worker->mbox_tasks = NULL;
+  worker->mbox_tasks_tail = &worker->mbox_tasks;
   uv_mutex_unlock(&worker->mbox_lock);
 
   if (config) {
@@ -156,6 +161,12 @@ static void wakeup_cb(uv_async_t *async) {
         break;
       }
     }
+  }
+  while (tasks) {
+    pgs_worker_task_t *task = tasks;
+    tasks = task->next;
+    task->run(worker, task->arg);
+    free(task);
   }
   if (exit_now) {
     stop_now(worker);
@@ -188,6 +199,7 @@ static int worker_init(pgs_worker_t *worker, int index, pgs_config_t *config, in
   pgs_list_init(&worker->clients);
   pgs_list_init(&worker->closing);
   pgs_list_init(&worker->pools);
+  worker->mbox_tasks_tail = &worker->mbox_tasks;
   if ((rc = uv_loop_init(&worker->loop)) != 0) goto fail_loop;
   if ((rc = uv_mutex_init(&worker->mbox_lock)) != 0) goto fail_mutex;
   if ((rc = uv_async_init(&worker->loop, &worker->wakeup, wakeup_cb)) != 0) goto fail_async;
@@ -222,6 +234,14 @@ static void worker_free(pgs_worker_t *w) {
   if (w->snapshot) pgs_snapshot_unref(w->snapshot);
   pgs_plan_cache_free(w->plans);
   pgs_config_unref(w->config);
+  for (int i = 0; i < w->nstats; i++) free(w->stats[i]);
+  free(w->stats);
+  /* Tasks posted after its loop ended never ran: their owners gave up. */
+  while (w->mbox_tasks) {
+    pgs_worker_task_t *task = w->mbox_tasks;
+    w->mbox_tasks = task->next;
+    free(task);
+  }
 }
 
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
@@ -293,6 +313,34 @@ void pgs_workers_reload(pgs_config_t *config) {
 
 void pgs_workers_drain(void) {
   for (int i = 0; i < nworkers; i++) MAILBOX(&workers[i], workers[i].mbox_drain = true);
+}
+
+int pgs_workers_count(void) { return nworkers; }
+
+bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg) {
+  if (index < 0 || index >= nworkers) return false;
+  pgs_worker_t *w = &workers[index];
+  pgs_worker_task_t *task = pgs_xcalloc(1, sizeof(*task));
+  task->run = fn;
+  task->arg = arg;
+  bool posted = false;
+  MAILBOX(w, {
+    *w->mbox_tasks_tail = task;
+    w->mbox_tasks_tail = &task->next;
+    posted = true;
+  });
+  if (!posted) free(task);
+  return posted;
+}
+
+pgs_db_stats_t *pgs_worker_stats(pgs_worker_t *worker, const char *db) {
+  for (int i = 0; i < worker->nstats; i++)
+    if (!strcmp(worker->stats[i]->db, db)) return worker->stats[i];
+  worker->stats = pgs_xrealloc(worker->stats, (size_t)(worker->nstats + 1) * sizeof(*worker->stats));
+  pgs_db_stats_t *st = pgs_xcalloc(1, sizeof(*st));
+  snprintf(st->db, sizeof(st->db), "%s", db);
+  worker->stats[worker->nstats++] = st;
+  return st;
 }
 
 void pgs_workers_exit(void) {

@@ -485,10 +485,6 @@ static void handle_user(parse_state_t *st, const char *name, const char *key, co
     user->password = pgs_xstrdup(value);
   } else if (!strcmp(key, "admin")) {
     parse_bool(st, key, value, &user->admin);
-    if (user->admin)
-      config_warning(st->config, st->line,
-                     "admin: not supported yet (there is no admin console: the database "
-                     "\"pgshard\" gets 3D000)");
   } else {
     config_error(st->config, st->line, "unknown key \"%s\" in [user.%s]", key, name);
   }

@@ -55,6 +55,7 @@ static inline void pgs_list_remove(pgs_list_t *node) {
 #define pgs_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 uint64_t pgs_now_ms(void);
+uint64_t pgs_now_us(void);
 
 /* ---- connection I/O (io.c) ---- */
 
@@ -85,6 +86,9 @@ struct pgs_io {
   pgs_buf_t wbuf;     /* in flight in uv_write */
   pgs_buf_t qbuf;     /* waiting for wbuf to finish */
   uint64_t queued_total; /* bytes ever put in wbuf or qbuf (see pgs_io_accepted) */
+  uint64_t read_total;   /* bytes ever read */
+  uint64_t out_total;    /* bytes ever flushed (written or queued) */
+  uint64_t counted_in, counted_out; /* of those, already in the owner's statistics */
   uv_write_t wreq;
   bool writing;
   bool reading;
@@ -292,6 +296,11 @@ struct pgs_client {
   pgs_config_t *config; /* ref taken at login */
   const pgs_user_t *user;
   const pgs_database_t *db;
+  struct pgs_db_stats *stats; /* its database's counters on its worker (NULL before login) */
+  uint64_t request_start_us;  /* first message of the request being served, 0: none */
+  bool request_failed;        /* an error went to the client during that request */
+  bool admin;                 /* a client of the admin console (admin.c) */
+  struct pgs_admin_session *admin_session;
   char username[PGS_MAX_NAME];
   char dbname[PGS_MAX_NAME];
   char peer[64];
@@ -405,6 +414,10 @@ PGS_PRINTF(3, 4)
 void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
 /* Pool callbacks. */
 void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server);
+/* The admin console (admin.c): a client of the database "pgshard". */
+void pgs_admin_login(pgs_client_t *client);
+void pgs_admin_process(pgs_client_t *client);
+void pgs_admin_free(pgs_client_t *client);
 void pgs_client_process(pgs_client_t *client);
 void pgs_client_server_lost(pgs_client_t *client, const char *why);
 /* The server of SLOT died with READIES ReadyForQuery owed (OPEN_UNIT: and
@@ -669,6 +682,14 @@ void pgs_pool_destroy(pgs_pool_t *pool);
 
 #define PGS_WORKER_PLANS 4096 /* analysed statements cached per worker */
 
+/* Work another thread hands a worker: run on the worker's thread. */
+typedef void (*pgs_worker_fn)(pgs_worker_t *worker, void *arg);
+typedef struct pgs_worker_task {
+  struct pgs_worker_task *next;
+  pgs_worker_fn run;
+  void *arg;
+} pgs_worker_task_t;
+
 struct pgs_worker {
   int index;
   uv_loop_t loop;
@@ -701,6 +722,12 @@ struct pgs_worker {
     int32_t pid, key;
   } mbox_cancels[64];
   int mbox_ncancels;
+  pgs_worker_task_t *mbox_tasks; /* in the order posted */
+  pgs_worker_task_t **mbox_tasks_tail;
+  /* what it counts (stats.h), per database, for the admin console and
+   * /metrics: touched by this worker only */
+  struct pgs_db_stats **stats; /* each allocated once: clients keep pointers */
+  int nstats;
 };
 
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) PGS_MUST_USE;
@@ -714,5 +741,11 @@ int pgs_workers_running(void);
 /* Route a CancelRequest to the worker that owns PID. */
 void pgs_workers_cancel(int32_t pid, int32_t key);
 int pgs_worker_index_of_pid(int32_t pid);
+int pgs_workers_count(void);
+/* Run FN(worker, ARG) on worker INDEX's thread. False when that worker no
+ * longer takes work (it is stopping): FN will not run. */
+bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg);
+/* This worker's counters for database DB (made on first use). */
+struct pgs_db_stats *pgs_worker_stats(pgs_worker_t *worker, const char *db);
 
 #endif

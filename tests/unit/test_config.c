@@ -150,11 +150,9 @@ static void test_unsupported_keys_warn(void **state) {
                                             "[database.app]\n[shard.app.s0]\nprimary = port=1\n");
   print_errors(c);
   assert_int_equal(c->nerrors, 0);
-  assert_int_equal(c->nwarnings, 2);
+  assert_int_equal(c->nwarnings, 1);
   assert_int_equal(c->warnings[0].line, 2);
   assert_non_null(strstr(c->warnings[0].message, "metrics_listen: not supported yet"));
-  assert_int_equal(c->warnings[1].line, 5);
-  assert_non_null(strstr(c->warnings[1].message, "admin: not supported yet"));
   pgs_config_unref(c);
 }
 

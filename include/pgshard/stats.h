@@ -1,0 +1,51 @@
+/*
+ * stats.h — what pgshard counts about the requests it serves, per database:
+ * counters and a latency histogram that workers fill without locks (each
+ * worker its own) and the admin console and /metrics merge on demand.
+ *
+ * The histogram keeps every latency in microseconds in one of
+ * PGS_HIST_BUCKETS buckets: exact below 16 µs, then 8 buckets per power of
+ * two, so a percentile read from it is within 1/16 (6.25%) of the true
+ * value; it is 4 KiB per database per worker, and merging is adding.
+ */
+#ifndef PGSHARD_STATS_H
+#define PGSHARD_STATS_H
+
+#include "pgshard/common.h"
+
+#define PGS_HIST_BUCKETS 496 /* 16 exact + 60 powers of two x 8 */
+
+typedef struct pgs_hist {
+  uint64_t count;
+  uint64_t sum; /* of the values, µs */
+  uint64_t buckets[PGS_HIST_BUCKETS];
+} pgs_hist_t;
+
+void pgs_hist_add(pgs_hist_t *h, uint64_t value);
+void pgs_hist_merge(pgs_hist_t *into, const pgs_hist_t *from);
+/* The value at quantile Q (0..1) as the middle of its bucket; 0 when empty. */
+uint64_t pgs_hist_quantile(const pgs_hist_t *h, double q);
+/* The bucket of VALUE and the smallest value past bucket I (its exclusive
+ * upper bound), for exporting cumulative counts. */
+int pgs_hist_bucket(uint64_t value);
+uint64_t pgs_hist_bucket_end(int i);
+
+/* One database's counters on one worker (or merged over all). */
+typedef struct pgs_db_stats {
+  char db[PGS_MAX_NAME];
+  uint64_t requests;     /* client requests answered (Query, or up to Sync) */
+  uint64_t transactions; /* ReadyForQuery 'I' after a request */
+  uint64_t queries;      /* Query and Execute messages */
+  uint64_t bytes_in;     /* from clients */
+  uint64_t bytes_out;    /* to clients */
+  uint64_t errors;       /* requests that sent the client an error */
+  uint64_t refusals;     /* errors pgshard made itself (a statement it refused) */
+  uint64_t fanouts;      /* reads run on several shards and merged */
+  uint64_t twopc_commits;
+  uint64_t twopc_aborts;
+  pgs_hist_t latency;    /* per request, µs, first message to ReadyForQuery */
+} pgs_db_stats_t;
+
+void pgs_db_stats_merge(pgs_db_stats_t *into, const pgs_db_stats_t *from);
+
+#endif

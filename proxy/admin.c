@@ -1,0 +1,1097 @@
+/*
+ * admin.c — the admin console: `psql -d pgshard` as a user with admin =
+ * true. Such a client never gets a server; every statement (admin.h) is
+ * answered here as an ordinary result set, in the simple and the extended
+ * protocol (psql, psycopg, a Grafana Postgres datasource).
+ *
+ * Authorisation is checked at login and again for every statement, against
+ * the running config (a reload that takes admin away takes it at the next
+ * statement): a user without admin = true gets 42501.
+ *
+ * What one worker knows it answers at once (SHOW SHARDS and NODES read the
+ * health snapshot, CONFIG the config). What every worker holds (clients,
+ * servers, pools, statistics) is gathered: a task is posted to each
+ * worker's mailbox, each fills its own part on its own thread, and the last
+ * to finish posts the answer back to the admin client's worker. Meanwhile
+ * the admin client's input waits where it is (its state below), so replies
+ * keep their order.
+ *
+ *   READY ----statement answered locally----> READY
+ *   READY ----statement that gathers--------> GATHERING (input not read)
+ *   GATHERING --every worker answered-------> rows sent, READY, input read on
+ *   any -------client closes----------------> the gather, if any, is let go
+ *                                             (its result is dropped)
+ *
+ * A gather is owned twice (the client's side, the workers' side) and freed
+ * when both have let go, whichever thread is last.
+ */
+#include <ctype.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pgshard/admin.h"
+#include "pgshard/log.h"
+#include "pgshard/monitor.h"
+#include "pgshard/proxy.h"
+#include "pgshard/stats.h"
+
+#define ADMIN_MAX_STATEMENTS 256 /* extended protocol: named statements and portals kept */
+
+#define OID_BOOL 16
+#define OID_INT8 20
+#define OID_TEXT 25
+
+typedef struct admin_column {
+  const char *name;
+  uint32_t oid;
+} admin_column_t;
+
+typedef struct admin_gather admin_gather_t;
+
+typedef struct pgs_admin_session {
+  pgs_strmap_t statements; /* extended protocol: statement name -> text */
+  pgs_strmap_t portals;    /* portal name -> text */
+  bool skip_to_sync;       /* an error in this extended unit */
+  admin_gather_t *gather;  /* GATHERING: the answer it waits for */
+} pgs_admin_session_t;
+
+/* How the answer of a gather goes out. */
+typedef enum {
+  REPLY_SIMPLE,   /* Query: RowDescription, rows, CommandComplete, ReadyForQuery */
+  REPLY_EXECUTE,  /* Execute: rows, CommandComplete */
+} reply_mode_t;
+
+struct admin_gather {
+  int refs;    /* atomic: the client's side and the workers' side */
+  int pending; /* atomic: workers yet to fill their part */
+  int home;    /* the admin client's worker */
+  pgs_client_t *client; /* NULL once it let go (home thread only) */
+  pgs_admin_show_t what;
+  reply_mode_t mode;
+  int nparts;
+  pgs_buf_t *parts; /* per worker */
+  int32_t kill_id;  /* KILL: the client to close (what is PGS_SHOW_COUNT) */
+  bool killed;      /* ... it was found and closed */
+};
+
+/* ---- result sets ---- */
+
+static void put_row_description(pgs_buf_t *b, const admin_column_t *cols, int n) {
+  size_t start = pgs_msg_begin(b, 'T');
+  pgs_buf_put_i16(b, (int16_t)n);
+  for (int i = 0; i < n; i++) {
+    pgs_buf_put_cstr(b, cols[i].name);
+    pgs_buf_put_i32(b, 0); /* table */
+    pgs_buf_put_i16(b, 0); /* column */
+    pgs_buf_put_i32(b, (int32_t)cols[i].oid);
+    pgs_buf_put_i16(b, cols[i].oid == OID_INT8 ? 8 : cols[i].oid == OID_BOOL ? 1 : -1);
+    pgs_buf_put_i32(b, -1); /* typmod */
+    pgs_buf_put_i16(b, 0);  /* text */
+  }
+  pgs_msg_end(b, start);
+}
+
+/* A row being built: values appended one by one. */
+typedef struct row {
+  pgs_buf_t *b;
+  size_t start;
+} row_t;
+
+static row_t row_begin(pgs_buf_t *b, int ncols) {
+  row_t r = {b, pgs_msg_begin(b, 'D')};
+  pgs_buf_put_i16(b, (int16_t)ncols);
+  return r;
+}
+
+static void row_text(row_t *r, const char *value) {
+  if (value == NULL) {
+    pgs_buf_put_i32(r->b, -1);
+    return;
+  }
+  size_t len = strlen(value);
+  pgs_buf_put_i32(r->b, (int32_t)len);
+  pgs_buf_put(r->b, value, len);
+}
+
+PGS_PRINTF(2, 3)
+static void row_format(row_t *r, const char *fmt, ...) {
+  char value[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(value, sizeof(value), fmt, ap);
+  va_end(ap);
+  row_text(r, value);
+}
+
+static void row_int(row_t *r, int64_t v) { row_format(r, "%lld", (long long)v); }
+static void row_bool(row_t *r, bool v) { row_text(r, v ? "t" : "f"); }
+static void row_end(row_t *r) { pgs_msg_end(r->b, r->start); }
+
+static void put_complete(pgs_buf_t *b, const char *tag) {
+  size_t start = pgs_msg_begin(b, 'C');
+  pgs_buf_put_cstr(b, tag);
+  pgs_msg_end(b, start);
+}
+
+/* ---- the columns of each SHOW ---- */
+
+static const admin_column_t shards_cols[] = {
+    {"database", OID_TEXT}, {"shard", OID_TEXT},          {"region", OID_TEXT},
+    {"nodes", OID_INT8},    {"writer", OID_TEXT},         {"readable_replicas", OID_INT8},
+    {"up_nodes", OID_INT8}, {"max_lag_bytes", OID_INT8},  {"max_lag_ms", OID_INT8},
+};
+static const admin_column_t nodes_cols[] = {
+    {"database", OID_TEXT},   {"shard", OID_TEXT},     {"node", OID_INT8},
+    {"role", OID_TEXT},       {"host", OID_TEXT},      {"port", OID_INT8},
+    {"up", OID_BOOL},         {"writer", OID_BOOL},    {"in_read_set", OID_BOOL},
+    {"in_recovery", OID_BOOL}, {"lag_bytes", OID_INT8}, {"lag_ms", OID_INT8},
+    {"failed_checks", OID_INT8}, {"last_check_ms_ago", OID_INT8},
+};
+static const admin_column_t pools_cols[] = {
+    {"database", OID_TEXT},   {"user", OID_TEXT},         {"shard", OID_TEXT},
+    {"node", OID_INT8},       {"cl_active", OID_INT8},    {"cl_waiting", OID_INT8},
+    {"sv_active", OID_INT8},  {"sv_idle", OID_INT8},      {"sv_connecting", OID_INT8},
+    {"pool_size", OID_INT8},  {"maxwait_ms", OID_INT8},   {"pool_mode", OID_TEXT},
+};
+static const admin_column_t clients_cols[] = {
+    {"id", OID_INT8},       {"database", OID_TEXT}, {"user", OID_TEXT},
+    {"address", OID_TEXT},  {"state", OID_TEXT},    {"tx", OID_TEXT},
+    {"servers", OID_INT8},  {"age_s", OID_INT8},    {"idle_ms", OID_INT8},
+    {"worker", OID_INT8},   {"tenant", OID_TEXT},   {"pinned", OID_BOOL},
+};
+static const admin_column_t servers_cols[] = {
+    {"pid", OID_INT8},    {"database", OID_TEXT}, {"user", OID_TEXT},
+    {"shard", OID_TEXT},  {"node", OID_INT8},     {"state", OID_TEXT},
+    {"tx", OID_TEXT},     {"client", OID_INT8},   {"state_ms", OID_INT8},
+    {"worker", OID_INT8},
+};
+static const admin_column_t stats_cols[] = {
+    {"database", OID_TEXT},      {"requests", OID_INT8},      {"transactions", OID_INT8},
+    {"queries", OID_INT8},       {"errors", OID_INT8},        {"refusals", OID_INT8},
+    {"fanouts", OID_INT8},       {"twopc_commits", OID_INT8}, {"twopc_aborts", OID_INT8},
+    {"bytes_in", OID_INT8},      {"bytes_out", OID_INT8},     {"avg_us", OID_INT8},
+    {"p50_us", OID_INT8},        {"p95_us", OID_INT8},        {"p99_us", OID_INT8},
+};
+static const admin_column_t config_cols[] = {
+    {"section", OID_TEXT}, {"key", OID_TEXT}, {"value", OID_TEXT}};
+static const admin_column_t version_cols[] = {{"version", OID_TEXT}};
+static const admin_column_t help_cols[] = {{"command", OID_TEXT}, {"description", OID_TEXT}};
+
+typedef struct show_spec {
+  const admin_column_t *cols;
+  int ncols;
+  bool gathers; /* every worker contributes */
+} show_spec_t;
+
+#define SPEC(cols, gathers) {cols, (int)PGS_ARRAY_LEN(cols), gathers}
+
+static show_spec_t show_spec(pgs_admin_show_t what) {
+  switch (what) {
+  case PGS_SHOW_SHARDS: return (show_spec_t)SPEC(shards_cols, false);
+  case PGS_SHOW_NODES: return (show_spec_t)SPEC(nodes_cols, false);
+  case PGS_SHOW_POOLS: return (show_spec_t)SPEC(pools_cols, true);
+  case PGS_SHOW_CLIENTS: return (show_spec_t)SPEC(clients_cols, true);
+  case PGS_SHOW_SERVERS: return (show_spec_t)SPEC(servers_cols, true);
+  case PGS_SHOW_STATS: return (show_spec_t)SPEC(stats_cols, true);
+  case PGS_SHOW_CONFIG: return (show_spec_t)SPEC(config_cols, false);
+  case PGS_SHOW_VERSION: return (show_spec_t)SPEC(version_cols, false);
+  case PGS_SHOW_HELP:
+  case PGS_SHOW_COUNT: break;
+  }
+  return (show_spec_t)SPEC(help_cols, false);
+}
+
+/* ---- what one worker answers alone ---- */
+
+static const char *yes_no(bool v) { return v ? "true" : "false"; }
+
+static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
+  const pgs_config_t *config = client->worker->config;
+  const pgs_snapshot_t *snap = client->worker->snapshot;
+  uint64_t now = pgs_now_ms();
+  for (int d = 0; d < config->ndatabases; d++) {
+    const pgs_database_t *db = &config->databases[d];
+    for (int s = 0; s < db->nshards; s++) {
+      const pgs_shard_t *sh = &db->shards[s];
+      const pgs_shard_health_t *h = pgs_snapshot_shard_of(snap, db, s);
+      if (!per_node) {
+        int readable = 0, up = 0;
+        int64_t max_bytes = 0, max_ms = 0;
+        for (int i = 0; h && i < h->nnodes; i++) {
+          readable += h->nodes[i].readable;
+          up += h->nodes[i].up;
+          if (i > 0 && (int64_t)h->nodes[i].lag_bytes > max_bytes) max_bytes = (int64_t)h->nodes[i].lag_bytes;
+          if (i > 0 && h->nodes[i].lag_ms > max_ms) max_ms = h->nodes[i].lag_ms;
+        }
+        const pgs_node_t *writer = h == NULL ? &sh->primary
+                                   : h->writer < 0 ? NULL
+                                   : h->writer == 0 ? &sh->primary
+                                                    : &sh->replicas[h->writer - 1];
+        row_t r = row_begin(b, (int)PGS_ARRAY_LEN(shards_cols));
+        row_text(&r, db->name);
+        row_text(&r, sh->name);
+        row_text(&r, sh->region);
+        row_int(&r, 1 + sh->nreplicas);
+        if (writer) row_format(&r, "%s:%d", writer->host, writer->port);
+        else row_text(&r, NULL);
+        row_int(&r, readable);
+        row_int(&r, up);
+        row_int(&r, max_bytes);
+        row_int(&r, max_ms);
+        row_end(&r);
+        continue;
+      }
+      for (int i = 0; i <= sh->nreplicas; i++) {
+        const pgs_node_t *node = i == 0 ? &sh->primary : &sh->replicas[i - 1];
+        const pgs_node_state_t *ns = h && i < h->nnodes ? &h->nodes[i] : NULL;
+        row_t r = row_begin(b, (int)PGS_ARRAY_LEN(nodes_cols));
+        row_text(&r, db->name);
+        row_text(&r, sh->name);
+        row_int(&r, i);
+        row_text(&r, i == 0 ? "primary" : "replica");
+        row_text(&r, node->host);
+        row_int(&r, node->port);
+        if (ns) {
+          row_bool(&r, ns->up);
+          row_bool(&r, h->writer == i);
+          row_bool(&r, ns->readable);
+          row_bool(&r, ns->in_recovery);
+          if (i > 0) row_int(&r, (int64_t)ns->lag_bytes);
+          else row_text(&r, NULL);
+          if (i > 0 && ns->lag_ms >= 0) row_int(&r, ns->lag_ms);
+          else row_text(&r, NULL);
+          row_int(&r, ns->failures);
+          if (ns->checked_ms) row_int(&r, (int64_t)(now - ns->checked_ms));
+          else row_text(&r, NULL);
+        } else {
+          for (int k = 0; k < 8; k++) row_text(&r, NULL);
+        }
+        row_end(&r);
+      }
+    }
+  }
+}
+
+static void config_row(pgs_buf_t *b, const char *section, const char *key, const char *value) {
+  row_t r = row_begin(b, 3);
+  row_text(&r, section);
+  row_text(&r, key);
+  row_text(&r, value);
+  row_end(&r);
+}
+
+PGS_PRINTF(4, 5)
+static void config_rowf(pgs_buf_t *b, const char *section, const char *key, const char *fmt, ...) {
+  char value[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(value, sizeof(value), fmt, ap);
+  va_end(ap);
+  config_row(b, section, key, value);
+}
+
+static void show_config(pgs_client_t *client, pgs_buf_t *b) {
+  const pgs_config_t *c = client->worker->config;
+  static const char *const auths[] = {"trust", "md5", "scram-sha-256"};
+  static const char *const ryws[] = {"off", "window", "session", "lsn"};
+  static const char *const xwrites[] = {"deny", "allow", "2pc"};
+  const char *p = "pgshard";
+  config_row(b, p, "config_file", c->path);
+  config_rowf(b, p, "listen", "%s:%d", c->listen_host, c->listen_port);
+  config_rowf(b, p, "workers", "%d", c->workers);
+  config_row(b, p, "auth", auths[c->auth]);
+  config_row(b, p, "log_format", c->log_format == PGS_LOG_JSON ? "json" : "text");
+  config_rowf(b, p, "max_client_conn", "%d", c->max_client_conn);
+  config_rowf(b, p, "max_message_size", "%lld", (long long)c->max_message_size);
+  config_rowf(b, p, "query_wait_timeout_ms", "%d", c->query_wait_timeout_ms);
+  config_rowf(b, p, "server_connect_timeout_ms", "%d", c->server_connect_timeout_ms);
+  config_rowf(b, p, "client_login_timeout_ms", "%d", c->client_login_timeout_ms);
+  config_rowf(b, p, "server_idle_timeout_ms", "%d", c->server_idle_timeout_ms);
+  config_rowf(b, p, "shutdown_timeout_ms", "%d", c->shutdown_timeout_ms);
+  config_rowf(b, p, "client_idle_timeout_ms", "%d", c->client_idle_timeout_ms);
+  config_rowf(b, p, "client_write_timeout_ms", "%d", c->client_write_timeout_ms);
+  config_rowf(b, p, "idle_transaction_timeout_ms", "%d", c->idle_transaction_timeout_ms);
+  config_rowf(b, p, "max_client_memory", "%lld", (long long)c->max_client_memory);
+  config_rowf(b, p, "max_total_client_memory", "%lld", (long long)c->max_total_client_memory);
+  config_rowf(b, p, "max_merge_bytes", "%lld", (long long)c->max_merge_bytes);
+  config_row(b, p, "twophase_log", c->twophase_log);
+  config_row(b, p, "twophase_recovery_user", c->twophase_recovery_user);
+  for (int i = 0; i < c->nusers; i++) {
+    char section[PGS_MAX_NAME + 8];
+    snprintf(section, sizeof(section), "user.%s", c->users[i].name);
+    config_row(b, section, "admin", yes_no(c->users[i].admin));
+  }
+  for (int d = 0; d < c->ndatabases; d++) {
+    const pgs_database_t *db = &c->databases[d];
+    char section[PGS_MAX_NAME + 12];
+    snprintf(section, sizeof(section), "database.%s", db->name);
+    config_row(b, section, "pool_mode", db->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
+    config_rowf(b, section, "pool_size", "%d", db->pool_size);
+    config_row(b, section, "read_your_writes", ryws[db->read_your_writes]);
+    config_rowf(b, section, "ryw_window_ms", "%d", db->ryw_window_ms);
+    config_rowf(b, section, "max_replica_lag_ms", "%d", db->max_replica_lag_ms);
+    config_rowf(b, section, "max_replica_lag_bytes", "%lld", (long long)db->max_replica_lag_bytes);
+    config_rowf(b, section, "lag_check_interval_ms", "%d", db->lag_check_interval_ms);
+    config_rowf(b, section, "node_down_failures", "%d", db->node_down_failures);
+    config_row(b, section, "lag_fallback",
+               db->lag_fallback == PGS_FALLBACK_ERROR ? "error" : "primary");
+    config_row(b, section, "cross_shard_reads", db->cross_shard_reads ? "allow" : "deny");
+    config_row(b, section, "cross_shard_writes", xwrites[db->cross_shard_writes]);
+    config_row(b, section, "tenant_isolation", db->tenant_strict ? "strict" : "shard");
+    config_row(b, section, "hash", db->hash == PGS_HASH_POSTGRES ? "postgres" : "xxh3");
+    for (int s = 0; s < db->nshards; s++) {
+      const pgs_shard_t *sh = &db->shards[s];
+      char ssection[2 * PGS_MAX_NAME + 12];
+      snprintf(ssection, sizeof(ssection), "shard.%s.%s", db->name, sh->name);
+      config_rowf(b, ssection, "primary", "%s:%d", sh->primary.host, sh->primary.port);
+      for (int i = 0; i < sh->nreplicas; i++)
+        config_rowf(b, ssection, "replica", "%s:%d", sh->replicas[i].host, sh->replicas[i].port);
+      if (sh->region) config_row(b, ssection, "region", sh->region);
+    }
+  }
+}
+
+static void show_help(pgs_buf_t *b) {
+  for (int i = 0; i < PGS_SHOW_COUNT; i++) {
+    char command[32] = "SHOW ";
+    const char *word = pgs_admin_show_word((pgs_admin_show_t)i);
+    for (size_t k = 0; word[k] && k + 6 < sizeof(command); k++)
+      command[5 + k] = (char)toupper((unsigned char)word[k]);
+    row_t r = row_begin(b, 2);
+    row_text(&r, command);
+    row_text(&r, pgs_admin_show_help((pgs_admin_show_t)i));
+    row_end(&r);
+  }
+  static const char *const more[][2] = {
+      {"RELOAD", "read the config file again (refused with its first error if it has any)"},
+      {"KILL client_id", "close a client connection (its id as SHOW CLIENTS gives it)"},
+      {"SHUTDOWN", "stop accepting, let transactions finish, exit (as SIGTERM)"},
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(more); i++) {
+    row_t r = row_begin(b, 2);
+    row_text(&r, more[i][0]);
+    row_text(&r, more[i][1]);
+    row_end(&r);
+  }
+}
+
+/* Rows of a SHOW one worker answers; returns the row count. */
+static int show_local(pgs_client_t *client, pgs_admin_show_t what, pgs_buf_t *b) {
+  size_t before = b->len;
+  switch (what) {
+  case PGS_SHOW_SHARDS: show_nodes(client, b, false); break;
+  case PGS_SHOW_NODES: show_nodes(client, b, true); break;
+  case PGS_SHOW_CONFIG: show_config(client, b); break;
+  case PGS_SHOW_VERSION: {
+    row_t r = row_begin(b, 1);
+    row_format(&r, "pgshard %s", PGS_VERSION);
+    row_end(&r);
+    break;
+  }
+  default: show_help(b); break;
+  }
+  int rows = 0;
+  for (size_t at = before; at < b->len; at += 1 + pgs_get_u32(b->data + at + 1)) rows++;
+  return rows;
+}
+
+/* ---- what every worker contributes ---- */
+
+static const char *client_state_name(const pgs_client_t *c) {
+  switch (c->state) {
+  case PGS_CL_STARTUP: return "startup";
+  case PGS_CL_AUTH: return "auth";
+  case PGS_CL_LOGIN: return "login";
+  case PGS_CL_IDLE: return "idle";
+  case PGS_CL_WAITING: return "waiting";
+  case PGS_CL_ACTIVE: return "active";
+  case PGS_CL_CLOSING: return "closing";
+  }
+  return "?";
+}
+
+static const char *server_state_name(pgs_server_state_t state) {
+  switch (state) {
+  case PGS_SV_CONNECTING: return "connecting";
+  case PGS_SV_IDLE: return "idle";
+  case PGS_SV_ACTIVE: return "active";
+  case PGS_SV_RESETTING: return "resetting";
+  case PGS_SV_CLOSING: return "closing";
+  }
+  return "?";
+}
+
+static void part_clients(pgs_worker_t *w, pgs_buf_t *b) {
+  uint64_t now = pgs_now_ms();
+  for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
+    pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
+    int servers = 0;
+    for (int i = 0; i < c->nslots; i++) servers += c->servers[i] != NULL;
+    row_t r = row_begin(b, (int)PGS_ARRAY_LEN(clients_cols));
+    row_int(&r, c->cancel_pid);
+    row_text(&r, c->dbname[0] ? c->dbname : NULL);
+    row_text(&r, c->username[0] ? c->username : NULL);
+    row_text(&r, c->peer);
+    row_text(&r, c->admin ? "admin" : client_state_name(c));
+    char tx[2] = {c->txstatus ? c->txstatus : 'I', '\0'};
+    row_text(&r, tx);
+    row_int(&r, servers);
+    row_int(&r, (int64_t)((now - c->created_ms) / 1000));
+    row_int(&r, (int64_t)(now - c->active_ms));
+    row_int(&r, w->index);
+    row_text(&r, c->tenant_text);
+    row_bool(&r, c->pinned);
+    row_end(&r);
+  }
+}
+
+static void server_rows(pgs_worker_t *w, pgs_pool_t *pool, pgs_list_t *list, pgs_buf_t *b,
+                        uint64_t now) {
+  for (pgs_list_t *l = list->next; l != list; l = l->next) {
+    pgs_server_t *s = pgs_container_of(l, pgs_server_t, link);
+    row_t r = row_begin(b, (int)PGS_ARRAY_LEN(servers_cols));
+    if (s->backend_pid) row_int(&r, s->backend_pid);
+    else row_text(&r, NULL);
+    row_text(&r, pool->dbname);
+    row_text(&r, pool->username);
+    row_text(&r, pool->shard);
+    row_int(&r, pool->node);
+    row_text(&r, server_state_name(s->state));
+    char tx[2] = {s->txstatus ? s->txstatus : 'I', '\0'};
+    row_text(&r, tx);
+    if (s->client) row_int(&r, s->client->cancel_pid);
+    else row_text(&r, NULL);
+    row_int(&r, (int64_t)(now - s->state_since_ms));
+    row_int(&r, w->index);
+    row_end(&r);
+  }
+}
+
+static void part_servers(pgs_worker_t *w, pgs_buf_t *b) {
+  uint64_t now = pgs_now_ms();
+  for (pgs_list_t *l = w->pools.next; l != &w->pools; l = l->next) {
+    pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
+    server_rows(w, pool, &pool->connecting, b, now);
+    server_rows(w, pool, &pool->idle, b, now);
+    server_rows(w, pool, &pool->active, b, now);
+  }
+}
+
+/* One pool's numbers on one worker, merged by key at home. */
+typedef struct pool_numbers {
+  char db[PGS_MAX_NAME], user[PGS_MAX_NAME], shard[PGS_MAX_NAME];
+  int node;
+  bool session;
+  int64_t cl_active, cl_waiting, sv_active, sv_idle, sv_connecting, size, maxwait_ms;
+} pool_numbers_t;
+
+static void part_pools(pgs_worker_t *w, pgs_buf_t *b) {
+  uint64_t now = pgs_now_ms();
+  for (pgs_list_t *l = w->pools.next; l != &w->pools; l = l->next) {
+    pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
+    pool_numbers_t n;
+    memset(&n, 0, sizeof(n));
+    snprintf(n.db, sizeof(n.db), "%s", pool->dbname);
+    snprintf(n.user, sizeof(n.user), "%s", pool->username);
+    snprintf(n.shard, sizeof(n.shard), "%s", pool->shard);
+    n.node = pool->node;
+    n.session = pool->mode == PGS_POOL_SESSION;
+    for (pgs_list_t *s = pool->active.next; s != &pool->active; s = s->next)
+      n.cl_active += pgs_container_of(s, pgs_server_t, link)->client != NULL;
+    n.cl_waiting = pool->nwaiters;
+    n.sv_active = pool->nactive;
+    n.sv_idle = pool->nidle;
+    n.sv_connecting = pool->nconnecting;
+    /* pool_size as configured (each worker holds a share of it). */
+    const pgs_database_t *db = pgs_config_find_database(w->config, pool->dbname);
+    n.size = db ? db->pool_size : pool->size;
+    if (!pgs_list_empty(&pool->waiters)) {
+      pgs_client_t *oldest = pgs_container_of(pool->waiters.next, pgs_client_t, wait_link);
+      n.maxwait_ms = (int64_t)(now - oldest->wait_start_ms);
+    }
+    pgs_buf_put(b, &n, sizeof(n));
+  }
+}
+
+static void part_stats(pgs_worker_t *w, pgs_buf_t *b) {
+  for (int i = 0; i < w->nstats; i++) pgs_buf_put(b, w->stats[i], sizeof(pgs_db_stats_t));
+}
+
+/* ---- gathering ---- */
+
+static void gather_unref(admin_gather_t *g) {
+  if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
+  for (int i = 0; i < g->nparts; i++) pgs_buf_free(&g->parts[i]);
+  free(g->parts);
+  free(g);
+}
+
+static void admin_process(pgs_client_t *client);
+static void emit_gathered(pgs_client_t *client, admin_gather_t *g);
+
+static void gather_done(pgs_worker_t *home, void *arg) {
+  admin_gather_t *g = arg;
+  pgs_client_t *client = g->client;
+  if (client) {
+    client->admin_session->gather = NULL;
+    g->client = NULL;
+    gather_unref(g); /* the client's side */
+    emit_gathered(client, g);
+    pgs_io_start_reading(&client->io);
+    admin_process(client);
+  }
+  gather_unref(g); /* the workers' side */
+  PGS_UNUSED(home);
+}
+
+static void part_finished(admin_gather_t *g) {
+  if (__atomic_sub_fetch(&g->pending, 1, __ATOMIC_ACQ_REL) > 0) return;
+  if (!pgs_worker_post(g->home, gather_done, g)) gather_unref(g); /* home is stopping */
+}
+
+/* Closes client ID if this worker has it. */
+static bool kill_client(pgs_worker_t *w, int32_t id) {
+  for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
+    pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
+    if (c->cancel_pid != id || c->state == PGS_CL_CLOSING) continue;
+    pgs_info("client %d (%s@%s): killed from the admin console", c->cancel_pid, c->username,
+             c->peer);
+    pgs_client_fail(c, PGS_SQLSTATE_ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command");
+    return true;
+  }
+  return false;
+}
+
+static void gather_part(pgs_worker_t *w, void *arg) {
+  admin_gather_t *g = arg;
+  pgs_buf_t *b = &g->parts[w->index];
+  if (g->kill_id) {
+    g->killed = kill_client(w, g->kill_id);
+    part_finished(g);
+    return;
+  }
+  switch (g->what) {
+  case PGS_SHOW_CLIENTS: part_clients(w, b); break;
+  case PGS_SHOW_SERVERS: part_servers(w, b); break;
+  case PGS_SHOW_POOLS: part_pools(w, b); break;
+  case PGS_SHOW_STATS: part_stats(w, b); break;
+  default: break;
+  }
+  part_finished(g);
+}
+
+/* Ask every worker (or, for KILL_ID, the one that owns that client) for
+ * its part of WHAT; the admin client reads nothing more until gather_done. */
+static void start_gather(pgs_client_t *client, pgs_admin_show_t what, reply_mode_t mode,
+                         int32_t kill_id) {
+  admin_gather_t *g = pgs_xcalloc(1, sizeof(*g));
+  g->kill_id = kill_id;
+  g->refs = 2;
+  g->home = client->worker->index;
+  g->client = client;
+  g->what = what;
+  g->mode = mode;
+  g->nparts = pgs_workers_count();
+  g->parts = pgs_xcalloc((size_t)g->nparts, sizeof(*g->parts));
+  g->pending = kill_id ? 1 : g->nparts;
+  client->admin_session->gather = g;
+  pgs_io_stop_reading(&client->io);
+  if (kill_id) {
+    if (!pgs_worker_post(pgs_worker_index_of_pid(kill_id), gather_part, g)) part_finished(g);
+    return;
+  }
+  for (int i = 0; i < g->nparts; i++)
+    if (!pgs_worker_post(i, gather_part, g)) part_finished(g); /* a stopping worker: no part */
+}
+
+static void emit_pools(pgs_buf_t *out, admin_gather_t *g, int *rows) {
+  pool_numbers_t *all = NULL;
+  int n = 0;
+  for (int i = 0; i < g->nparts; i++) {
+    const pgs_buf_t *b = &g->parts[i];
+    for (size_t at = 0; at + sizeof(pool_numbers_t) <= b->len; at += sizeof(pool_numbers_t)) {
+      pool_numbers_t p;
+      memcpy(&p, b->data + at, sizeof(p));
+      int k = 0;
+      while (k < n && !(strcmp(all[k].db, p.db) == 0 && strcmp(all[k].user, p.user) == 0 &&
+                        strcmp(all[k].shard, p.shard) == 0 && all[k].node == p.node))
+        k++;
+      if (k == n) {
+        all = pgs_xrealloc(all, (size_t)(n + 1) * sizeof(*all));
+        all[n++] = p;
+        continue;
+      }
+      all[k].cl_active += p.cl_active;
+      all[k].cl_waiting += p.cl_waiting;
+      all[k].sv_active += p.sv_active;
+      all[k].sv_idle += p.sv_idle;
+      all[k].sv_connecting += p.sv_connecting;
+      if (p.size > all[k].size) all[k].size = p.size;
+      if (p.maxwait_ms > all[k].maxwait_ms) all[k].maxwait_ms = p.maxwait_ms;
+    }
+  }
+  for (int k = 0; k < n; k++) {
+    row_t r = row_begin(out, (int)PGS_ARRAY_LEN(pools_cols));
+    row_text(&r, all[k].db);
+    row_text(&r, all[k].user);
+    row_text(&r, all[k].shard);
+    row_int(&r, all[k].node);
+    row_int(&r, all[k].cl_active);
+    row_int(&r, all[k].cl_waiting);
+    row_int(&r, all[k].sv_active);
+    row_int(&r, all[k].sv_idle);
+    row_int(&r, all[k].sv_connecting);
+    row_int(&r, all[k].size);
+    row_int(&r, all[k].maxwait_ms);
+    row_text(&r, all[k].session ? "session" : "transaction");
+    row_end(&r);
+  }
+  *rows = n;
+  free(all);
+}
+
+/* Every worker's statistics of each database, merged (stats.h). Also used
+ * by the metrics endpoint through pgs_admin_stats_merged. */
+static pgs_db_stats_t *merge_stats(admin_gather_t *g, int *count) {
+  pgs_db_stats_t *all = NULL;
+  int n = 0;
+  for (int i = 0; i < g->nparts; i++) {
+    const pgs_buf_t *b = &g->parts[i];
+    for (size_t at = 0; at + sizeof(pgs_db_stats_t) <= b->len; at += sizeof(pgs_db_stats_t)) {
+      const pgs_db_stats_t *s = (const pgs_db_stats_t *)(const void *)(b->data + at);
+      int k = 0;
+      while (k < n && strcmp(all[k].db, s->db) != 0) k++;
+      if (k == n) {
+        all = pgs_xrealloc(all, (size_t)(n + 1) * sizeof(*all));
+        memset(&all[n], 0, sizeof(*all));
+        snprintf(all[n].db, sizeof(all[n].db), "%s", s->db);
+        n++;
+      }
+      pgs_db_stats_merge(&all[k], s);
+    }
+  }
+  *count = n;
+  return all;
+}
+
+static void emit_stats(pgs_buf_t *out, admin_gather_t *g, int *rows) {
+  int n;
+  pgs_db_stats_t *all = merge_stats(g, &n);
+  for (int k = 0; k < n; k++) {
+    const pgs_db_stats_t *s = &all[k];
+    row_t r = row_begin(out, (int)PGS_ARRAY_LEN(stats_cols));
+    row_text(&r, s->db);
+    row_int(&r, (int64_t)s->requests);
+    row_int(&r, (int64_t)s->transactions);
+    row_int(&r, (int64_t)s->queries);
+    row_int(&r, (int64_t)s->errors);
+    row_int(&r, (int64_t)s->refusals);
+    row_int(&r, (int64_t)s->fanouts);
+    row_int(&r, (int64_t)s->twopc_commits);
+    row_int(&r, (int64_t)s->twopc_aborts);
+    row_int(&r, (int64_t)s->bytes_in);
+    row_int(&r, (int64_t)s->bytes_out);
+    row_int(&r, s->latency.count ? (int64_t)(s->latency.sum / s->latency.count) : 0);
+    row_int(&r, (int64_t)pgs_hist_quantile(&s->latency, 0.50));
+    row_int(&r, (int64_t)pgs_hist_quantile(&s->latency, 0.95));
+    row_int(&r, (int64_t)pgs_hist_quantile(&s->latency, 0.99));
+    row_end(&r);
+  }
+  *rows = n;
+  free(all);
+}
+
+static void put_error(pgs_client_t *client, const char *sqlstate, const char *message);
+
+static void emit_gathered(pgs_client_t *client, admin_gather_t *g) {
+  show_spec_t spec = show_spec(g->what);
+  pgs_buf_t *out = pgs_io_scratch(&client->io);
+  size_t mark;
+  if (g->kill_id) {
+    if (g->killed) {
+      mark = pgs_io_scratch_mark(&client->io);
+      put_complete(out, "KILL");
+      pgs_io_scratch_done(&client->io, mark);
+    } else {
+      put_error(client, "42704", "no such client");
+    }
+    if (g->mode == REPLY_SIMPLE) {
+      mark = pgs_io_scratch_mark(&client->io);
+      pgs_msg_ready(out, 'I');
+      pgs_io_scratch_done(&client->io, mark);
+      pgs_client_after_ready(client, 'I');
+    }
+    return;
+  }
+  mark = pgs_io_scratch_mark(&client->io);
+  if (g->mode == REPLY_SIMPLE) put_row_description(out, spec.cols, spec.ncols);
+  int rows = 0;
+  if (g->what == PGS_SHOW_POOLS) {
+    emit_pools(out, g, &rows);
+  } else if (g->what == PGS_SHOW_STATS) {
+    emit_stats(out, g, &rows);
+  } else {
+    for (int i = 0; i < g->nparts; i++) {
+      const pgs_buf_t *b = &g->parts[i];
+      pgs_buf_put(out, b->data, b->len);
+      for (size_t at = 0; at < b->len; at += 1 + pgs_get_u32(b->data + at + 1)) rows++;
+    }
+  }
+  char tag[32];
+  snprintf(tag, sizeof(tag), "SHOW %d", rows);
+  put_complete(out, tag);
+  if (g->mode == REPLY_SIMPLE) {
+    pgs_msg_ready(out, 'I');
+    pgs_client_after_ready(client, 'I');
+  }
+  pgs_io_scratch_done(&client->io, mark);
+}
+
+/* ---- commands ---- */
+
+static bool still_admin(pgs_client_t *client) {
+  const pgs_user_t *user = pgs_config_find_user(client->worker->config, client->username);
+  return user && user->admin;
+}
+
+static void put_error(pgs_client_t *client, const char *sqlstate, const char *message) {
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  pgs_msg_error(pgs_io_scratch(&client->io), "ERROR", sqlstate, NULL, "%s", message);
+  pgs_io_scratch_done(&client->io, mark);
+}
+
+
+/* Run CMD. Returns false when it gathers (the answer comes later); else
+ * its reply (without RowDescription unless SIMPLE) is in the output. */
+static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool simple) {
+  pgs_buf_t *out = pgs_io_scratch(&client->io);
+  size_t mark;
+  if (cmd->kind != PGS_ADMIN_EMPTY && cmd->kind != PGS_ADMIN_SET && !still_admin(client)) {
+    put_error(client, PGS_SQLSTATE_INSUFFICIENT_PRIVILEGE,
+              "the admin console needs a user with admin = true");
+    return true;
+  }
+  switch (cmd->kind) {
+  case PGS_ADMIN_EMPTY:
+    mark = pgs_io_scratch_mark(&client->io);
+    pgs_msg_empty(out, 'I');
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  case PGS_ADMIN_SET:
+    mark = pgs_io_scratch_mark(&client->io);
+    put_complete(out, "SET");
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  case PGS_ADMIN_SHOW: {
+    show_spec_t spec = show_spec(cmd->show);
+    if (spec.gathers) {
+      start_gather(client, cmd->show, simple ? REPLY_SIMPLE : REPLY_EXECUTE, 0);
+      return false;
+    }
+    mark = pgs_io_scratch_mark(&client->io);
+    if (simple) put_row_description(out, spec.cols, spec.ncols);
+    int rows = show_local(client, cmd->show, out);
+    char tag[32];
+    snprintf(tag, sizeof(tag), "SHOW %d", rows);
+    put_complete(out, tag);
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  }
+  case PGS_ADMIN_RELOAD: {
+    const char *path = client->worker->config->path;
+    pgs_config_t *next = path ? pgs_config_load(path) : NULL;
+    if (next == NULL || next->nerrors > 0) {
+      char message[600];
+      snprintf(message, sizeof(message), "%s has errors; the running config is kept (line %d: %s)",
+               path ? path : "the config", next && next->nerrors ? next->errors[0].line : 0,
+               next && next->nerrors ? next->errors[0].message : "cannot be read");
+      if (next) pgs_config_unref(next);
+      put_error(client, "F0000", message);
+      return true;
+    }
+    pgs_config_unref(next);
+    pgs_info("admin: RELOAD by %s@%s", client->username, client->peer);
+    kill(getpid(), SIGHUP); /* the signal thread reloads, as for an operator's SIGHUP */
+    mark = pgs_io_scratch_mark(&client->io);
+    put_complete(out, "RELOAD");
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  }
+  case PGS_ADMIN_SHUTDOWN:
+    pgs_info("admin: SHUTDOWN by %s@%s", client->username, client->peer);
+    mark = pgs_io_scratch_mark(&client->io);
+    put_complete(out, "SHUTDOWN");
+    pgs_io_scratch_done(&client->io, mark);
+    kill(getpid(), SIGTERM);
+    return true;
+  case PGS_ADMIN_KILL:
+    if (cmd->client_id <= 0 || cmd->client_id > INT32_MAX || cmd->client_id == client->cancel_pid) {
+      put_error(client, "42704", cmd->client_id == client->cancel_pid
+                                     ? "KILL of the admin session itself: close it instead"
+                                     : "no such client");
+      return true;
+    }
+    start_gather(client, PGS_SHOW_COUNT, simple ? REPLY_SIMPLE : REPLY_EXECUTE,
+                 (int32_t)cmd->client_id);
+    return false;
+  case PGS_ADMIN_EXPLAIN_ROUTE:
+  case PGS_ADMIN_PAUSE:
+  case PGS_ADMIN_RESUME:
+  case PGS_ADMIN_BAN:
+  case PGS_ADMIN_UNBAN:
+    break;
+  }
+  put_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "this admin command is not supported yet");
+  return true;
+}
+
+/* The columns CMD answers with, for Describe: false when it has none. */
+static bool command_columns(const pgs_admin_cmd_t *cmd, show_spec_t *spec) {
+  if (cmd->kind != PGS_ADMIN_SHOW) return false;
+  *spec = show_spec(cmd->show);
+  return true;
+}
+
+/* ---- the protocol ---- */
+
+static void free_text(void *p) { free(p); }
+
+static bool parse_text(pgs_client_t *client, const char *text, size_t len, pgs_admin_cmd_t *cmd) {
+  char err[256];
+  if (pgs_admin_parse(text, len, cmd, err, sizeof(err)) == PGS_OK) return true;
+  put_error(client, PGS_SQLSTATE_SYNTAX_ERROR, err);
+  return false;
+}
+
+/* One extended-protocol message. Returns false when it started a gather. */
+static bool extended_message(pgs_client_t *client, char type, const uint8_t *body, size_t len) {
+  pgs_admin_session_t *as = client->admin_session;
+  pgs_buf_t *out = pgs_io_scratch(&client->io);
+  size_t mark;
+  pgs_reader_t r;
+  pgs_reader_init(&r, body, len);
+  if (type == 'S') {
+    as->skip_to_sync = false;
+    mark = pgs_io_scratch_mark(&client->io);
+    pgs_msg_ready(out, 'I');
+    pgs_io_scratch_done(&client->io, mark);
+    pgs_client_after_ready(client, 'I');
+    return true;
+  }
+  if (type == 'H') return true;
+  if (as->skip_to_sync) return true;
+  size_t nlen = 0, tlen;
+  const char *name = "";
+  char which = 0; /* Describe, Close: 'S' statement or 'P' portal, then the name */
+  if (type == 'D' || type == 'C') {
+    if (len < 2 || body[len - 1] != '\0' || (body[0] != 'S' && body[0] != 'P')) r.bad = true;
+    else which = (char)body[0], name = (const char *)body + 1;
+  } else {
+    name = pgs_read_cstr(&r, &nlen);
+  }
+  switch (type) {
+  case 'P': {
+    const char *text = pgs_read_cstr(&r, &tlen);
+    if (r.bad) break;
+    pgs_admin_cmd_t cmd;
+    if (!parse_text(client, text, tlen, &cmd)) {
+      as->skip_to_sync = true;
+      return true;
+    }
+    if (as->statements.count >= ADMIN_MAX_STATEMENTS && !pgs_strmap_contains(&as->statements, name)) {
+      put_error(client, "53400", "too many prepared statements on the admin console");
+      as->skip_to_sync = true;
+      return true;
+    }
+    free(pgs_strmap_put(&as->statements, name, pgs_xstrdup(text)));
+    mark = pgs_io_scratch_mark(&client->io);
+    pgs_msg_empty(out, '1');
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  }
+  case 'B': {
+    const char *stmt = pgs_read_cstr(&r, &tlen);
+    if (r.bad) break;
+    const char *text = pgs_strmap_get(&as->statements, stmt);
+    if (text == NULL) {
+      put_error(client, "26000", "prepared statement does not exist");
+      as->skip_to_sync = true;
+      return true;
+    }
+    if (as->portals.count >= ADMIN_MAX_STATEMENTS && !pgs_strmap_contains(&as->portals, name)) {
+      put_error(client, "53400", "too many portals on the admin console");
+      as->skip_to_sync = true;
+      return true;
+    }
+    free(pgs_strmap_put(&as->portals, name, pgs_xstrdup(text)));
+    mark = pgs_io_scratch_mark(&client->io);
+    pgs_msg_empty(out, '2');
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  }
+  case 'D': {
+    if (r.bad) break;
+    const char *text = pgs_strmap_get(which == 'S' ? &as->statements : &as->portals, name);
+    if (text == NULL) {
+      put_error(client, which == 'S' ? "26000" : "34000",
+                which == 'S' ? "prepared statement does not exist" : "portal does not exist");
+      as->skip_to_sync = true;
+      return true;
+    }
+    pgs_admin_cmd_t cmd;
+    if (!parse_text(client, text, strlen(text), &cmd)) {
+      as->skip_to_sync = true;
+      return true;
+    }
+    mark = pgs_io_scratch_mark(&client->io);
+    if (which == 'S') {
+      size_t start = pgs_msg_begin(out, 't');
+      pgs_buf_put_i16(out, 0);
+      pgs_msg_end(out, start);
+    }
+    show_spec_t spec;
+    if (command_columns(&cmd, &spec)) put_row_description(out, spec.cols, spec.ncols);
+    else pgs_msg_empty(out, 'n');
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  }
+  case 'E': {
+    if (r.bad) break;
+    const char *text = pgs_strmap_get(&as->portals, name);
+    if (text == NULL) {
+      put_error(client, "34000", "portal does not exist");
+      as->skip_to_sync = true;
+      return true;
+    }
+    pgs_admin_cmd_t cmd;
+    if (!parse_text(client, text, strlen(text), &cmd)) {
+      as->skip_to_sync = true;
+      return true;
+    }
+    return run_command(client, &cmd, false);
+  }
+  case 'C': {
+    if (r.bad) break;
+    free(pgs_strmap_remove(which == 'S' ? &as->statements : &as->portals, name));
+    mark = pgs_io_scratch_mark(&client->io);
+    pgs_msg_empty(out, '3');
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  }
+  default:
+    put_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "this message is not supported on the admin console");
+    as->skip_to_sync = true;
+    return true;
+  }
+  put_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message");
+  as->skip_to_sync = true;
+  return true;
+}
+
+static void admin_process(pgs_client_t *client) {
+  pgs_io_t *io = &client->io;
+  pgs_admin_session_t *as = client->admin_session;
+  size_t max = (size_t)client->worker->config->max_message_size;
+  while (as->gather == NULL && client->state != PGS_CL_CLOSING) {
+    char type;
+    size_t total;
+    const uint8_t *p = io->in.data + io->in_pos;
+    pgs_status_t st = pgs_msg_peek(p, io->in.len - io->in_pos, max, &type, &total);
+    if (st == PGS_EAGAIN) {
+      io->in_want = io->in_pos + 5;
+      break;
+    }
+    if (st != PGS_OK) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+      return;
+    }
+    if (io->in.len - io->in_pos < total) {
+      io->in_want = io->in_pos + total;
+      break;
+    }
+    io->in_pos += total;
+    if (client->request_start_us == 0) client->request_start_us = pgs_now_us();
+    if (type == 'X') {
+      pgs_client_close(client);
+      return;
+    }
+    if (type == 'Q') {
+      size_t len;
+      pgs_reader_t r;
+      pgs_reader_init(&r, p + 5, total - 5);
+      const char *text = pgs_read_cstr(&r, &len);
+      pgs_admin_cmd_t cmd;
+      bool answered = true;
+      if (text == NULL) put_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Query message");
+      else if (parse_text(client, text, len, &cmd)) answered = run_command(client, &cmd, true);
+      if (!answered) break; /* the gather sends the rest */
+      size_t mark = pgs_io_scratch_mark(io);
+      pgs_msg_ready(pgs_io_scratch(io), 'I');
+      pgs_io_scratch_done(io, mark);
+      pgs_client_after_ready(client, 'I');
+      continue;
+    }
+    if (!extended_message(client, type, p + 5, total - 5)) break;
+  }
+  if (pgs_io_flush(io) < 0) {
+    pgs_client_close(client);
+    return;
+  }
+  pgs_io_compact(io);
+}
+
+/* ---- entry points (proxy.h) ---- */
+
+void pgs_admin_login(pgs_client_t *client) {
+  if (client->user == NULL || !client->user->admin) {
+    pgs_client_fail(client, PGS_SQLSTATE_INSUFFICIENT_PRIVILEGE,
+                    "user \"%s\" may not use the admin console (admin = true)", client->username);
+    return;
+  }
+  client->admin = true;
+  client->admin_session = pgs_xcalloc(1, sizeof(*client->admin_session));
+  pgs_strmap_init(&client->admin_session->statements);
+  pgs_strmap_init(&client->admin_session->portals);
+  pgs_buf_t *out = pgs_io_scratch(&client->io);
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  static const char *const params[][2] = {
+      {"server_version", "15.0 (pgshard admin console)"},
+      {"server_encoding", "UTF8"},
+      {"client_encoding", "UTF8"},
+      {"DateStyle", "ISO, MDY"},
+      {"IntervalStyle", "postgres"},
+      {"integer_datetimes", "on"},
+      {"standard_conforming_strings", "on"},
+      {"TimeZone", "UTC"},
+      {"is_superuser", "off"},
+      {"application_name", ""},
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(params); i++)
+    pgs_msg_parameter_status(out, params[i][0], params[i][1]);
+  pgs_msg_parameter_status(out, "session_authorization", client->username);
+  pgs_msg_backend_key(out, client->cancel_pid, client->cancel_key);
+  pgs_msg_ready(out, 'I');
+  pgs_io_scratch_done(&client->io, mark);
+  pgs_client_after_ready(client, 'I');
+  pgs_info("client %d (%s@%s) opened the admin console", client->cancel_pid, client->username,
+           client->peer);
+}
+
+void pgs_admin_process(pgs_client_t *client) { admin_process(client); }
+
+void pgs_admin_free(pgs_client_t *client) {
+  pgs_admin_session_t *as = client->admin_session;
+  if (as == NULL) return;
+  if (as->gather) {
+    as->gather->client = NULL;
+    gather_unref(as->gather); /* the client's side */
+  }
+  pgs_strmap_free(&as->statements, free_text);
+  pgs_strmap_free(&as->portals, free_text);
+  free(as);
+  client->admin_session = NULL;
+}

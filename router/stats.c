@@ -1,0 +1,71 @@
+/*
+ * stats.c — the latency histogram and the merging of per-worker counters
+ * (stats.h). Bucket i < 16 holds exactly the value i; above, a value with
+ * its highest bit at position e (e >= 4) goes to 16 + (e - 4) * 8 + the
+ * three bits below the highest.
+ */
+#include <string.h>
+
+#include "pgshard/stats.h"
+
+int pgs_hist_bucket(uint64_t value) {
+  if (value < 16) return (int)value;
+  int e = 63 - __builtin_clzll(value);
+  int sub = (int)((value >> (e - 3)) & 7);
+  return 16 + (e - 4) * 8 + sub;
+}
+
+/* The smallest value of bucket I. */
+static uint64_t bucket_start(int i) {
+  if (i < 16) return (uint64_t)i;
+  int e = (i - 16) / 8 + 4, sub = (i - 16) % 8;
+  return ((uint64_t)1 << e) | ((uint64_t)sub << (e - 3));
+}
+
+uint64_t pgs_hist_bucket_end(int i) {
+  return i + 1 < PGS_HIST_BUCKETS ? bucket_start(i + 1) : UINT64_MAX;
+}
+
+void pgs_hist_add(pgs_hist_t *h, uint64_t value) {
+  h->count++;
+  h->sum += value;
+  h->buckets[pgs_hist_bucket(value)]++;
+}
+
+void pgs_hist_merge(pgs_hist_t *into, const pgs_hist_t *from) {
+  into->count += from->count;
+  into->sum += from->sum;
+  for (int i = 0; i < PGS_HIST_BUCKETS; i++) into->buckets[i] += from->buckets[i];
+}
+
+uint64_t pgs_hist_quantile(const pgs_hist_t *h, double q) {
+  if (h->count == 0) return 0;
+  if (q < 0) q = 0;
+  if (q > 1) q = 1;
+  /* The rank of the value wanted, 1-based: the smallest with rank/count >= q. */
+  uint64_t rank = (uint64_t)(q * (double)h->count + 0.999999);
+  if (rank == 0) rank = 1;
+  uint64_t seen = 0;
+  for (int i = 0; i < PGS_HIST_BUCKETS; i++) {
+    seen += h->buckets[i];
+    if (seen >= rank) {
+      uint64_t lo = bucket_start(i), hi = pgs_hist_bucket_end(i);
+      return i < 16 ? lo : lo + (hi - lo) / 2;
+    }
+  }
+  return bucket_start(PGS_HIST_BUCKETS - 1);
+}
+
+void pgs_db_stats_merge(pgs_db_stats_t *into, const pgs_db_stats_t *from) {
+  into->requests += from->requests;
+  into->transactions += from->transactions;
+  into->queries += from->queries;
+  into->bytes_in += from->bytes_in;
+  into->bytes_out += from->bytes_out;
+  into->errors += from->errors;
+  into->refusals += from->refusals;
+  into->fanouts += from->fanouts;
+  into->twopc_commits += from->twopc_commits;
+  into->twopc_aborts += from->twopc_aborts;
+  pgs_hist_merge(&into->latency, &from->latency);
+}

@@ -1,0 +1,208 @@
+"""The admin console: `psql -d pgshard` as a user with admin = true.
+
+Every SHOW is checked against state the test made (clients it opened,
+servers its queries took, statistics of the requests it sent, the lab's
+shards and replicas), through psql (simple protocol) and psycopg
+(extended protocol), and every command's authorisation: a user without
+admin = true gets 42501, at login and for each statement after a reload
+takes admin away.
+"""
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+from support import wait_for
+from test_replicas import FAST, wait_replicas_readable
+
+
+def admin(px, **kwargs):
+    return px.connect(user="admin", password="adminpw", dbname="pgshard", autocommit=True,
+                      **kwargs)
+
+
+def rows(conn, sql):
+    cur = conn.execute(sql)
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def psql(px, sql, user="admin", password="adminpw"):
+    env = {"PGPASSWORD": password, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["psql", "-X", "-A", "-F", "|", "-h", "127.0.0.1", "-p", str(px.port),
+                           "-U", user, "-d", "pgshard", "-c", sql],
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_non_admin_users_are_refused(proxy):
+    px = proxy()
+    with pytest.raises(psycopg.OperationalError) as exc:
+        px.connect(dbname="pgshard", autocommit=True)
+    assert "pgshard:" in str(exc.value) and "admin" in str(exc.value)
+    out = psql(px, "show version", user="app", password="secret")
+    assert out.returncode != 0 and "42501" in px.log_text()
+
+
+def test_admin_rights_are_checked_for_every_statement(proxy):
+    px = proxy()
+    conn = admin(px)
+    try:
+        assert rows(conn, "show version")[0]["version"].startswith("pgshard ")
+        # A reload that takes admin away takes it at the next statement.
+        before = px.log_text().count("reloaded ")
+        px.reconfigure(users={"admin": ("adminpw", False)})
+        wait_for(lambda: px.log_text().count("reloaded ") > before, 10, message="the reload")
+        for sql in ("show clients", "show version", "reload", "kill 1", "shutdown"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+                conn.execute(sql)
+            assert str(exc.value).startswith("pgshard:"), exc.value
+        assert px.proc.poll() is None, "a refused SHUTDOWN stopped pgshard"
+    finally:
+        conn.close()
+
+
+def test_show_clients_servers_pools_and_kill(proxy, primary):
+    px = proxy(pool_size=4)
+    apps = [px.connect(autocommit=True) for _ in range(3)]
+    busy = px.connect()
+    try:
+        busy.execute("select 1")  # a transaction holds its server
+        with admin(px) as conn:
+            clients = rows(conn, "show clients")
+            mine = {c.info.backend_pid for c in apps + [busy]}
+            listed = {r["id"]: r for r in clients}
+            assert mine <= set(listed), (mine, listed)
+            for pid in mine:
+                assert listed[pid]["database"] == "app" and listed[pid]["user"] == "app"
+            assert listed[busy.info.backend_pid]["tx"] == "T"
+            assert listed[busy.info.backend_pid]["servers"] == 1
+            assert listed[conn.info.backend_pid]["state"] == "admin"
+
+            servers = rows(conn, "show servers")
+            held = [s for s in servers if s["client"] == busy.info.backend_pid]
+            assert len(held) == 1 and held[0]["state"] == "active" and held[0]["tx"] == "T"
+            # The pid is the server's own: the lab primary lists it.
+            backend = primary.execute("select state from pg_stat_activity where pid = %s",
+                                      (held[0]["pid"],)).fetchone()
+            assert backend == ("idle in transaction",), backend
+
+            pools = rows(conn, "show pools")
+            app_pools = [p for p in pools if p["database"] == "app" and p["user"] == "app"]
+            assert len(app_pools) == 1, pools
+            p = app_pools[0]
+            assert p["cl_active"] == 1 and p["sv_active"] == 1 and p["pool_size"] == 4
+            assert p["sv_active"] + p["sv_idle"] + p["sv_connecting"] == \
+                sum(1 for s in servers if s["database"] == "app")
+            assert p["pool_mode"] == "transaction"
+
+            # KILL closes exactly that client.
+            victim = apps[0]
+            conn.execute(f"kill {victim.info.backend_pid}")
+            with pytest.raises(psycopg.OperationalError):
+                for _ in range(50):
+                    victim.execute("select 1")
+                    time.sleep(0.05)
+            assert apps[1].execute("select 2").fetchone() == (2,)
+            assert victim.info.backend_pid not in {r["id"] for r in rows(conn, "show clients")}
+            with pytest.raises(psycopg.errors.UndefinedObject):
+                conn.execute("kill 999999")
+    finally:
+        busy.close()
+        for c in apps:
+            c.close()
+
+
+def test_show_stats_counts_requests(proxy):
+    px = proxy()
+    with admin(px) as conn:
+        before = {r["database"]: r for r in rows(conn, "show stats")}.get("app")
+    with px.connect(autocommit=True) as app:
+        for i in range(20):
+            app.execute("select %s::int", (i,))
+        with pytest.raises(psycopg.Error):
+            app.execute("select 1/0")
+        with app.transaction():
+            app.execute("select 1")
+            app.execute("select 2")
+    with admin(px) as conn:
+        after = {r["database"]: r for r in rows(conn, "show stats")}["app"]
+    base = before or {k: 0 for k in after}
+    assert after["queries"] - base["queries"] >= 23
+    assert after["errors"] - base["errors"] >= 1
+    # 20 + 1 autocommit statements and one explicit transaction.
+    assert after["transactions"] - base["transactions"] >= 22
+    assert after["bytes_in"] > base["bytes_in"] and after["bytes_out"] > base["bytes_out"]
+    assert 0 < after["p50_us"] <= after["p95_us"] <= after["p99_us"]
+    assert after["avg_us"] > 0
+
+
+def test_show_nodes_and_shards_from_the_monitor(replica_lab, replica_proxy):
+    lab = replica_lab
+    px = replica_proxy(**FAST)
+    wait_replicas_readable(px, lab)
+    with admin(px) as conn:
+        nodes = rows(conn, "show nodes")
+        shards = {r["shard"]: r for r in rows(conn, "show shards")}
+    assert len(nodes) == 6
+    for shard in lab.shards:
+        mine = [n for n in nodes if n["shard"] == shard.name]
+        primary = [n for n in mine if n["role"] == "primary"]
+        assert len(primary) == 1 and primary[0]["port"] == shard.primary_port
+        assert primary[0]["writer"] is True and primary[0]["up"] is True
+        assert primary[0]["in_recovery"] is False
+        replicas = [n for n in mine if n["role"] == "replica"]
+        assert sorted(n["port"] for n in replicas) == sorted(shard.replica_ports)
+        assert all(n["in_recovery"] and n["up"] for n in replicas)
+        s = shards[shard.name]
+        assert s["writer"] == f"127.0.0.1:{shard.primary_port}" and s["nodes"] == 3
+        assert s["up_nodes"] == 3
+
+
+def test_psql_and_extended_protocol_read_the_same_rows(proxy):
+    px = proxy()
+    out = psql(px, "show config")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "section|key|value"
+    assert "database.app|pool_mode|transaction" in lines
+    with admin(px) as conn:
+        extended = rows(conn, "show config")
+        assert {(r["section"], r["key"], r["value"]) for r in extended} >= \
+            {("database.app", "pool_mode", "transaction"), ("pgshard", "workers", "2")}
+        # Prepared (named) statements too, as drivers that prepare everything do.
+        for _ in range(3):
+            assert conn.execute("show version", prepare=True).fetchone()[0].startswith("pgshard")
+        help_rows = rows(conn, "show help")
+        assert any(r["command"] == "SHOW POOLS" for r in help_rows)
+        for bad in ("show nothing", "drop table x", "kill abc"):
+            with pytest.raises(psycopg.errors.SyntaxError) as exc:
+                conn.execute(bad)
+            assert str(exc.value).startswith("pgshard:")
+        assert conn.execute("show version").fetchone()[0].startswith("pgshard")
+
+
+def test_reload_from_the_console(proxy):
+    px = proxy()
+    with admin(px) as conn:
+        before = px.log_text().count("reloaded ")
+        conn.execute("reload")
+        wait_for(lambda: px.log_text().count("reloaded ") > before, 10, message="the reload")
+        # A broken file is refused with its line, the running config kept.
+        good = px.config_path.read_text()
+        px.config_path.write_text(good + "\n[pgshard]\nworkers = many\n")
+        try:
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute("reload")
+            assert "line" in str(exc.value) and "workers" in str(exc.value), exc.value
+        finally:
+            px.config_path.write_text(good)
+        assert conn.execute("show version").fetchone()[0].startswith("pgshard")
+    px.assert_alive()
+
+
+def test_shutdown_from_the_console(proxy):
+    px = proxy()
+    with admin(px) as conn:
+        conn.execute("shutdown")
+    assert px.wait_exit(20) == 0, px.log_tail()
