@@ -10,20 +10,16 @@
  *
  * What one worker knows it answers at once (SHOW SHARDS and NODES read the
  * health snapshot, CONFIG the config). What every worker holds (clients,
- * servers, pools, statistics) is gathered: a task is posted to each
- * worker's mailbox, each fills its own part on its own thread, and the last
- * to finish posts the answer back to the admin client's worker. Meanwhile
- * the admin client's input waits where it is (its state below), so replies
- * keep their order.
+ * servers, pools, statistics) is gathered (gather.c: each worker fills its
+ * part on its own thread, the answer comes back on the admin client's).
+ * Meanwhile the admin client's input waits where it is (its state below),
+ * so replies keep their order.
  *
  *   READY ----statement answered locally----> READY
  *   READY ----statement that gathers--------> GATHERING (input not read)
  *   GATHERING --every worker answered-------> rows sent, READY, input read on
- *   any -------client closes----------------> the gather, if any, is let go
- *                                             (its result is dropped)
- *
- * A gather is owned twice (the client's side, the workers' side) and freed
- * when both have let go, whichever thread is last.
+ *   any -------client closes----------------> the gather, if any, is
+ *                                             cancelled (its answer dropped)
  */
 #include <ctype.h>
 #include <signal.h>
@@ -48,13 +44,13 @@ typedef struct admin_column {
   uint32_t oid;
 } admin_column_t;
 
-typedef struct admin_gather admin_gather_t;
-
 typedef struct pgs_admin_session {
   pgs_strmap_t statements; /* extended protocol: statement name -> text */
   pgs_strmap_t portals;    /* portal name -> text */
   bool skip_to_sync;       /* an error in this extended unit */
-  admin_gather_t *gather;  /* GATHERING: the answer it waits for */
+  pgs_gather_t *gather;    /* GATHERING: the answer it waits for */
+  int gathering;           /* ... for what (pgs_admin_show_t, GATHER_KILL) */
+  int reply_mode;          /* ... and how it goes out (reply_mode_t) */
 } pgs_admin_session_t;
 
 /* How the answer of a gather goes out. */
@@ -62,19 +58,6 @@ typedef enum {
   REPLY_SIMPLE,   /* Query: RowDescription, rows, CommandComplete, ReadyForQuery */
   REPLY_EXECUTE,  /* Execute: rows, CommandComplete */
 } reply_mode_t;
-
-struct admin_gather {
-  int refs;    /* atomic: the client's side and the workers' side */
-  int pending; /* atomic: workers yet to fill their part */
-  int home;    /* the admin client's worker */
-  pgs_client_t *client; /* NULL once it let go (home thread only) */
-  pgs_admin_show_t what;
-  reply_mode_t mode;
-  int nparts;
-  pgs_buf_t *parts; /* per worker */
-  int32_t kill_id;  /* KILL: the client to close (what is PGS_SHOW_COUNT) */
-  bool killed;      /* ... it was found and closed */
-};
 
 /* ---- result sets ---- */
 
@@ -521,35 +504,7 @@ static void part_stats(pgs_worker_t *w, pgs_buf_t *b) {
 
 /* ---- gathering ---- */
 
-static void gather_unref(admin_gather_t *g) {
-  if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
-  for (int i = 0; i < g->nparts; i++) pgs_buf_free(&g->parts[i]);
-  free(g->parts);
-  free(g);
-}
-
-static void admin_process(pgs_client_t *client);
-static void emit_gathered(pgs_client_t *client, admin_gather_t *g);
-
-static void gather_done(pgs_worker_t *home, void *arg) {
-  admin_gather_t *g = arg;
-  pgs_client_t *client = g->client;
-  if (client) {
-    client->admin_session->gather = NULL;
-    g->client = NULL;
-    gather_unref(g); /* the client's side */
-    emit_gathered(client, g);
-    pgs_io_start_reading(&client->io);
-    admin_process(client);
-  }
-  gather_unref(g); /* the workers' side */
-  PGS_UNUSED(home);
-}
-
-static void part_finished(admin_gather_t *g) {
-  if (__atomic_sub_fetch(&g->pending, 1, __ATOMIC_ACQ_REL) > 0) return;
-  if (!pgs_worker_post(g->home, gather_done, g)) gather_unref(g); /* home is stopping */
-}
+#define GATHER_KILL PGS_SHOW_COUNT /* "what" of a KILL: the part says if it closed one */
 
 /* Closes client ID if this worker has it. */
 static bool kill_client(pgs_worker_t *w, int32_t id) {
@@ -565,53 +520,48 @@ static bool kill_client(pgs_worker_t *w, int32_t id) {
   return false;
 }
 
-static void gather_part(pgs_worker_t *w, void *arg) {
-  admin_gather_t *g = arg;
-  pgs_buf_t *b = &g->parts[w->index];
-  if (g->kill_id) {
-    g->killed = kill_client(w, g->kill_id);
-    part_finished(g);
-    return;
-  }
-  switch (g->what) {
+static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) {
+  switch (what) {
   case PGS_SHOW_CLIENTS: part_clients(w, b); break;
   case PGS_SHOW_SERVERS: part_servers(w, b); break;
   case PGS_SHOW_POOLS: part_pools(w, b); break;
   case PGS_SHOW_STATS: part_stats(w, b); break;
+  case GATHER_KILL:
+    if (kill_client(w, (int32_t)param)) pgs_buf_put_u8(b, 1);
+    break;
   default: break;
   }
-  part_finished(g);
 }
 
-/* Ask every worker (or, for KILL_ID, the one that owns that client) for
- * its part of WHAT; the admin client reads nothing more until gather_done. */
-static void start_gather(pgs_client_t *client, pgs_admin_show_t what, reply_mode_t mode,
-                         int32_t kill_id) {
-  admin_gather_t *g = pgs_xcalloc(1, sizeof(*g));
-  g->kill_id = kill_id;
-  g->refs = 2;
-  g->home = client->worker->index;
-  g->client = client;
-  g->what = what;
-  g->mode = mode;
-  g->nparts = pgs_workers_count();
-  g->parts = pgs_xcalloc((size_t)g->nparts, sizeof(*g->parts));
-  g->pending = kill_id ? 1 : g->nparts;
-  client->admin_session->gather = g;
+static void admin_process(pgs_client_t *client);
+static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int mode);
+
+static void gather_done(pgs_gather_t *g, void *owner) {
+  pgs_client_t *client = owner;
+  pgs_admin_session_t *as = client->admin_session;
+  as->gather = NULL;
+  emit_gathered(client, g, as->gathering, as->reply_mode);
+  pgs_io_start_reading(&client->io);
+  admin_process(client);
+}
+
+/* Ask every worker (or, for KILL, the one that owns the client) for its
+ * part of WHAT; the admin client reads nothing more until gather_done. */
+static void start_gather(pgs_client_t *client, int what, reply_mode_t mode, int32_t kill_id) {
+  pgs_admin_session_t *as = client->admin_session;
+  as->gathering = what;
+  as->reply_mode = mode;
   pgs_io_stop_reading(&client->io);
-  if (kill_id) {
-    if (!pgs_worker_post(pgs_worker_index_of_pid(kill_id), gather_part, g)) part_finished(g);
-    return;
-  }
-  for (int i = 0; i < g->nparts; i++)
-    if (!pgs_worker_post(i, gather_part, g)) part_finished(g); /* a stopping worker: no part */
+  int only = what == GATHER_KILL ? pgs_worker_index_of_pid(kill_id) : -1;
+  as->gather =
+      pgs_gather_start(client->worker, only, what, kill_id, gather_part, gather_done, client);
 }
 
-static void emit_pools(pgs_buf_t *out, admin_gather_t *g, int *rows) {
+static void emit_pools(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
   pool_numbers_t *all = NULL;
   int n = 0;
-  for (int i = 0; i < g->nparts; i++) {
-    const pgs_buf_t *b = &g->parts[i];
+  for (int i = 0; i < pgs_gather_nparts(g); i++) {
+    const pgs_buf_t *b = pgs_gather_part(g, i);
     for (size_t at = 0; at + sizeof(pool_numbers_t) <= b->len; at += sizeof(pool_numbers_t)) {
       pool_numbers_t p;
       memcpy(&p, b->data + at, sizeof(p));
@@ -655,11 +605,11 @@ static void emit_pools(pgs_buf_t *out, admin_gather_t *g, int *rows) {
 
 /* Every worker's statistics of each database, merged (stats.h). Also used
  * by the metrics endpoint through pgs_admin_stats_merged. */
-static pgs_db_stats_t *merge_stats(admin_gather_t *g, int *count) {
+static pgs_db_stats_t *merge_stats(pgs_gather_t *g, int *count) {
   pgs_db_stats_t *all = NULL;
   int n = 0;
-  for (int i = 0; i < g->nparts; i++) {
-    const pgs_buf_t *b = &g->parts[i];
+  for (int i = 0; i < pgs_gather_nparts(g); i++) {
+    const pgs_buf_t *b = pgs_gather_part(g, i);
     for (size_t at = 0; at + sizeof(pgs_db_stats_t) <= b->len; at += sizeof(pgs_db_stats_t)) {
       const pgs_db_stats_t *s = (const pgs_db_stats_t *)(const void *)(b->data + at);
       int k = 0;
@@ -677,7 +627,7 @@ static pgs_db_stats_t *merge_stats(admin_gather_t *g, int *count) {
   return all;
 }
 
-static void emit_stats(pgs_buf_t *out, admin_gather_t *g, int *rows) {
+static void emit_stats(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
   int n;
   pgs_db_stats_t *all = merge_stats(g, &n);
   for (int k = 0; k < n; k++) {
@@ -706,19 +656,21 @@ static void emit_stats(pgs_buf_t *out, admin_gather_t *g, int *rows) {
 
 static void put_error(pgs_client_t *client, const char *sqlstate, const char *message);
 
-static void emit_gathered(pgs_client_t *client, admin_gather_t *g) {
-  show_spec_t spec = show_spec(g->what);
+static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int mode) {
+  show_spec_t spec = show_spec((pgs_admin_show_t)what);
   pgs_buf_t *out = pgs_io_scratch(&client->io);
   size_t mark;
-  if (g->kill_id) {
-    if (g->killed) {
+  if (what == GATHER_KILL) {
+    bool killed = false;
+    for (int i = 0; i < pgs_gather_nparts(g); i++) killed |= pgs_gather_part(g, i)->len > 0;
+    if (killed) {
       mark = pgs_io_scratch_mark(&client->io);
       put_complete(out, "KILL");
       pgs_io_scratch_done(&client->io, mark);
     } else {
       put_error(client, "42704", "no such client");
     }
-    if (g->mode == REPLY_SIMPLE) {
+    if (mode == REPLY_SIMPLE) {
       mark = pgs_io_scratch_mark(&client->io);
       pgs_msg_ready(out, 'I');
       pgs_io_scratch_done(&client->io, mark);
@@ -727,15 +679,15 @@ static void emit_gathered(pgs_client_t *client, admin_gather_t *g) {
     return;
   }
   mark = pgs_io_scratch_mark(&client->io);
-  if (g->mode == REPLY_SIMPLE) put_row_description(out, spec.cols, spec.ncols);
+  if (mode == REPLY_SIMPLE) put_row_description(out, spec.cols, spec.ncols);
   int rows = 0;
-  if (g->what == PGS_SHOW_POOLS) {
+  if (what == PGS_SHOW_POOLS) {
     emit_pools(out, g, &rows);
-  } else if (g->what == PGS_SHOW_STATS) {
+  } else if (what == PGS_SHOW_STATS) {
     emit_stats(out, g, &rows);
   } else {
-    for (int i = 0; i < g->nparts; i++) {
-      const pgs_buf_t *b = &g->parts[i];
+    for (int i = 0; i < pgs_gather_nparts(g); i++) {
+      const pgs_buf_t *b = pgs_gather_part(g, i);
       pgs_buf_put(out, b->data, b->len);
       for (size_t at = 0; at < b->len; at += 1 + pgs_get_u32(b->data + at + 1)) rows++;
     }
@@ -743,7 +695,7 @@ static void emit_gathered(pgs_client_t *client, admin_gather_t *g) {
   char tag[32];
   snprintf(tag, sizeof(tag), "SHOW %d", rows);
   put_complete(out, tag);
-  if (g->mode == REPLY_SIMPLE) {
+  if (mode == REPLY_SIMPLE) {
     pgs_msg_ready(out, 'I');
     pgs_client_after_ready(client, 'I');
   }
@@ -834,7 +786,7 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
                                      : "no such client");
       return true;
     }
-    start_gather(client, PGS_SHOW_COUNT, simple ? REPLY_SIMPLE : REPLY_EXECUTE,
+    start_gather(client, GATHER_KILL, simple ? REPLY_SIMPLE : REPLY_EXECUTE,
                  (int32_t)cmd->client_id);
     return false;
   case PGS_ADMIN_EXPLAIN_ROUTE:
@@ -1086,10 +1038,7 @@ void pgs_admin_process(pgs_client_t *client) { admin_process(client); }
 void pgs_admin_free(pgs_client_t *client) {
   pgs_admin_session_t *as = client->admin_session;
   if (as == NULL) return;
-  if (as->gather) {
-    as->gather->client = NULL;
-    gather_unref(as->gather); /* the client's side */
-  }
+  pgs_gather_cancel(as->gather);
   pgs_strmap_free(&as->statements, free_text);
   pgs_strmap_free(&as->portals, free_text);
   free(as);

@@ -745,6 +745,20 @@ int pgs_workers_count(void);
 /* Run FN(worker, ARG) on worker INDEX's thread. False when that worker no
  * longer takes work (it is stopping): FN will not run. */
 bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg);
+/* Asking workers for parts of an answer (gather.c): PART(worker, buffer,
+ * WHAT, PARAM) runs on every worker's thread (ONLY >= 0: that worker's
+ * alone), each filling its own buffer; then DONE(gather, OWNER) runs on
+ * HOME's thread with every part, unless the owner cancelled first (then
+ * never). The gather is freed after DONE returns or at the cancel. */
+typedef struct pgs_gather pgs_gather_t;
+typedef void (*pgs_gather_part_fn)(pgs_worker_t *worker, pgs_buf_t *part, int what,
+                                   int64_t param);
+typedef void (*pgs_gather_done_fn)(pgs_gather_t *gather, void *owner);
+pgs_gather_t *pgs_gather_start(pgs_worker_t *home, int only, int what, int64_t param,
+                               pgs_gather_part_fn part, pgs_gather_done_fn done, void *owner);
+void pgs_gather_cancel(pgs_gather_t *gather);
+int pgs_gather_nparts(const pgs_gather_t *gather);
+const pgs_buf_t *pgs_gather_part(const pgs_gather_t *gather, int i);
 /* This worker's counters for database DB (made on first use). */
 struct pgs_db_stats *pgs_worker_stats(pgs_worker_t *worker, const char *db);
 
