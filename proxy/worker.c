@@ -70,6 +70,8 @@ static void stop_now(pgs_worker_t *worker) {
   }
   uv_timer_stop(&worker->tick);
   uv_close((uv_handle_t *)&worker->tick, NULL);
+  if (worker->metrics_on) uv_close((uv_handle_t *)&worker->metrics, NULL);
+  worker->metrics_on = false;
   uv_mutex_lock(&worker->mbox_lock);
   worker->mbox_closed = true;
   uv_mutex_unlock(&worker->mbox_lock);
@@ -252,6 +254,14 @@ int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
       pgs_error("worker %d: %s", nworkers, uv_strerror(rc));
       goto unwind;
     }
+  }
+  if (config->metrics_listen && config->metrics_listen[0]) {
+    rc = pgs_metrics_start(&workers[0], &workers[0].metrics, config->metrics_listen);
+    if (rc != 0) {
+      pgs_error("metrics_listen %s: %s", config->metrics_listen, uv_strerror(rc));
+      goto unwind;
+    }
+    workers[0].metrics_on = true;
   }
   running = nfds;
   for (; started < nfds; started++) {

@@ -421,8 +421,6 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
   } else if (!strcmp(key, "metrics_listen")) {
     free(c->metrics_listen);
     c->metrics_listen = pgs_xstrdup(value);
-    if (value[0])
-      config_warning(c, st->line, "metrics_listen: not supported yet (no metrics endpoint is served)");
   } else if (!strcmp(key, "log_format")) {
     PARSE_ENUM(st, key, value, log_format_names, c->log_format);
   } else if (!strcmp(key, "log_debug")) {

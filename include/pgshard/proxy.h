@@ -699,6 +699,8 @@ struct pgs_worker {
   bool listening;
   uv_async_t wakeup;
   uv_timer_t tick;
+  uv_tcp_t metrics;  /* worker 0: the metrics_listen socket (metrics.c) */
+  bool metrics_on;
   pgs_config_t *config;
   pgs_list_t clients;
   pgs_list_t closing;
@@ -742,6 +744,8 @@ int pgs_workers_running(void);
 void pgs_workers_cancel(int32_t pid, int32_t key);
 int pgs_worker_index_of_pid(int32_t pid);
 int pgs_workers_count(void);
+/* Serve GET /metrics at ADDRESS (HOST:PORT) on WORKER's loop (metrics.c). */
+int pgs_metrics_start(pgs_worker_t *worker, uv_tcp_t *listener, const char *address);
 /* Run FN(worker, ARG) on worker INDEX's thread. False when that worker no
  * longer takes work (it is stopping): FN will not run. */
 bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg);

@@ -142,20 +142,6 @@ static void test_map_names_fold(void **state) {
                    3, 7, "bad database or table name");
 }
 
-/* Keys of features not built yet are accepted (configs keep working when
- * they land) but never silently: each one warns. */
-static void test_unsupported_keys_warn(void **state) {
-  pgs_config_t *c = pgs_config_parse_string("[pgshard]\nmetrics_listen = 127.0.0.1:9930\n"
-                                            "[user.app]\npassword = x\nadmin = true\n"
-                                            "[database.app]\n[shard.app.s0]\nprimary = port=1\n");
-  print_errors(c);
-  assert_int_equal(c->nerrors, 0);
-  assert_int_equal(c->nwarnings, 1);
-  assert_int_equal(c->warnings[0].line, 2);
-  assert_non_null(strstr(c->warnings[0].message, "metrics_listen: not supported yet"));
-  pgs_config_unref(c);
-}
-
 static void test_design_example(void **state) {
   pgs_config_t *c = pgs_config_parse_string(design_example);
   print_errors(c);
@@ -860,7 +846,6 @@ int main(void) {
       cmocka_unit_test(test_crlf_and_missing_final_newline),
       cmocka_unit_test(test_refcount),
       cmocka_unit_test(test_load_missing_file),
-      cmocka_unit_test(test_unsupported_keys_warn),
       cmocka_unit_test(test_conninfo),
       cmocka_unit_test(test_node_conninfo),
       cmocka_unit_test(test_host_is_loopback),

@@ -1,0 +1,145 @@
+"""Prometheus metrics at GET /metrics (metrics_listen): a real HTTP scrape
+(urllib), parsed line by line as the text format says, cross-checked with
+the admin console's SHOW STATS and SHOW POOLS and with the lab's nodes.
+"""
+import re
+import socket
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from conftest import free_port
+from test_admin import admin, rows
+from test_replicas import FAST, wait_replicas_readable
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(url):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = resp.read().decode()
+    samples, types = [], {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+            continue
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"not a sample line: {line!r}"
+        labels = dict(LABEL.findall(m.group(3) or ""))
+        samples.append((m.group(1), labels, float(m.group(4))))
+    for name, _, _ in samples:
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in types or base in types, f"{name} has no # TYPE"
+    return samples, types
+
+
+def value(samples, name, **labels):
+    found = [v for n, lab, v in samples
+             if n == name and all(lab.get(k) == str(w) for k, w in labels.items())]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def test_scrape_agrees_with_the_admin_console(proxy):
+    port = free_port()
+    px = proxy(metrics_listen=f"127.0.0.1:{port}", pool_size=3)
+    url = f"http://127.0.0.1:{port}/metrics"
+    with px.connect(autocommit=True) as app:
+        for i in range(30):
+            app.execute("select %s::int", (i,))
+        with pytest.raises(psycopg.Error):
+            app.execute("select 1/0")
+        held = px.connect()
+        held.execute("select 1")  # holds a server, idle in transaction
+        try:
+            samples, types = scrape(url)
+            with admin(px) as conn:
+                stats = {r["database"]: r for r in rows(conn, "show stats")}["app"]
+                pools = [p for p in rows(conn, "show pools") if p["database"] == "app"]
+        finally:
+            held.close()
+    assert value(samples, "pgshard_up") == 1
+    assert types["pgshard_requests_total"] == "counter"
+    assert types["pgshard_request_duration_seconds"] == "histogram"
+    requests = value(samples, "pgshard_requests_total", database="app")
+    # SHOW STATS ran after the scrape; nothing else talked to app in between.
+    assert requests == stats["requests"] >= 32
+    assert value(samples, "pgshard_errors_total", database="app") == stats["errors"] >= 1
+    assert value(samples, "pgshard_queries_total", database="app") == stats["queries"]
+    buckets = [(float(lab["le"]), v) for n, lab, v in samples
+               if n == "pgshard_request_duration_seconds_bucket" and lab["database"] == "app"]
+    assert buckets[-1][0] == float("inf") and buckets[-1][1] == requests
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), "buckets not cumulative"
+    assert value(samples, "pgshard_request_duration_seconds_count", database="app") == requests
+    assert value(samples, "pgshard_request_duration_seconds_sum", database="app") > 0
+    # Servers and clients: the transaction held one server while scraped.
+    assert len(pools) == 1
+    active = value(samples, "pgshard_servers", database="app", user="app", shard="s0", node=0,
+                   state="active")
+    assert active >= 1
+    assert value(samples, "pgshard_clients", database="app", state="active") >= 1
+    assert value(samples, "pgshard_node_up", database="app", shard="s0", node=0,
+                 role="primary") == 1
+
+
+def test_only_get_metrics_is_served(proxy):
+    port = free_port()
+    px = proxy(metrics_listen=f"127.0.0.1:{port}")
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+    assert exc.value.code == 404
+    # A request that never ends its head is closed, not kept.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000)
+        s.settimeout(15)
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    samples, _ = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert value(samples, "pgshard_up") == 1
+    px.assert_alive()
+
+
+def test_replica_lag_and_read_set(replica_lab, replica_proxy):
+    lab = replica_lab
+    port = free_port()
+    px = replica_proxy(metrics_listen=f"127.0.0.1:{port}", **FAST)
+    wait_replicas_readable(px, lab)
+    samples, _ = scrape(f"http://127.0.0.1:{port}/metrics")
+    for shard in lab.shards:
+        assert value(samples, "pgshard_node_writer", database="app", shard=shard.name, node=0,
+                     role="primary") == 1
+        for i in (1, 2):
+            assert value(samples, "pgshard_node_up", database="app", shard=shard.name, node=i,
+                         role="replica") == 1
+            assert value(samples, "pgshard_node_writer", database="app", shard=shard.name,
+                         node=i, role="replica") == 0
+            lag = value(samples, "pgshard_replica_lag_bytes", database="app", shard=shard.name,
+                        node=i, role="replica")
+            assert lag >= 0
+    in_set = [v for n, lab_, v in samples if n == "pgshard_node_in_read_set"]
+    assert len(in_set) == 4 and sum(in_set) >= 3
+
+
+def test_a_busy_metrics_port_stops_startup(proxy, request):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        taken = blocker.getsockname()[1]
+        with pytest.raises(AssertionError) as exc:
+            proxy(metrics_listen=f"127.0.0.1:{taken}")
+        assert "metrics_listen" in str(exc.value)
+        assert "address already in use" in str(exc.value)
+        request.node._pgshard_proxies[-1].expected_exit = True  # the exit is the point
+    finally:
+        blocker.close()
