@@ -52,26 +52,21 @@ then `lab down --purge`), also on Ctrl-C and SIGTERM.
   /usr/bin/python3 bench/pgbench_fanout.py --build build
   /usr/bin/python3 bench/pgbench_fanout.py --build build --quick
 """
-import argparse
 import datetime
-import json
 import os
-import platform
 import random
-import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgbench_compare import (Interrupted, fmt_ratio, fmt_tps, log,  # noqa: E402
-                             ratio, release_lab, run, stop_process, wait_port)
-from pgbench_replicas import fmt_ms, loadavg, median_or_none, percentile  # noqa: E402
-from pgbench_shard import ShardBench, start_two_shard_lab  # noqa: E402
+from benchlib import (BenchBase, about, add_client_options, add_output_options,
+                      add_pgshard_options, bench_parser, check_config, connect_args, copy_in,
+                      fmt_ms, fmt_ratio, fmt_tps, hash_table_section, loadavg, log, md_table,
+                      median_or_none, pgshard_ini, split_choices,
+                      psql, ratio, require_binaries, rotated, route_keys, run, run_guarded,
+                      run_pgbench, shard_section, stamp, start_pgshard, start_two_shard_lab,
+                      stop_process, write_results)
 
-REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = 7980
 S0_PORT, S1_PORT, SOLO_PORT = PORT_BASE, PORT_BASE + 1, PORT_BASE + 2
 LAB_PROXY_PORT = PORT_BASE + 3  # named in the lab config, never started (--no-proxy)
@@ -89,35 +84,15 @@ WORKLOADS = {
 }
 
 COPY_TABLE = "fan_copy"
+MODE_CHOICES = ["simple", "extended", "prepared"]  # what --modes may name
 
-TABLE_SECTION = f"""
-[table.app.{TABLE}]
-column = id
-type = bigint
-strategy = hash
-
-[table.app.{COPY_TABLE}]
-column = id
-type = bigint
-strategy = hash
-"""
+TABLE_SECTION = hash_table_section(TABLE, "id") + hash_table_section(COPY_TABLE, "id")
 
 
-class FanoutBench:
-    # `pgshardctl lab ...` with its retry while pgshardctl is being relinked.
-    lab = ShardBench.lab
-
+class FanoutBench(BenchBase):
     def __init__(self, args):
-        self.args = args
-        self.build = Path(args.build).resolve()
-        self.pgshard_bin = self.build / "pgshard"
-        self.ctl_bin = self.build / "pgshardctl"
-        self.lab_config = WORK / "lab.ini"
-        self.lab_dir = WORK / "lab"
+        super().__init__(args, WORK / "lab.ini", WORK / "lab")
         self.latency_dir = WORK / "latency"
-        self.lab_started = False
-        self.procs = {}       # target -> Popen (pgshard processes)
-        self.runs = []        # every pgbench run: dict
         self.preflight = {}   # (target, workload) -> None (ok) or an error
         self.targets = ["pgshard", "direct"] + (["pgshard1"] if args.passthrough else [])
 
@@ -140,74 +115,23 @@ class FanoutBench:
 
     def start_lab(self):
         start_two_shard_lab(
-            self, WORK, "bench/pgbench_fanout.py: two shards for app, one server with every row",
-            S0_PORT, S1_PORT, SOLO_PORT, LAB_PROXY_PORT, f"""
-[database.solo]
-[shard.solo.s0]
-primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
-""", f"the single server on {SOLO_PORT}")
+            self.lab, WORK, "bench/pgbench_fanout.py: two shards for app, one server with every "
+            "row", S0_PORT, S1_PORT, SOLO_PORT, LAB_PROXY_PORT,
+            "\n[database.solo]\n" + shard_section("solo", "s0", SOLO_PORT),
+            f"the single server on {SOLO_PORT}")
 
     def write_proxy_configs(self):
-        common = f"""\
-[pgshard]
-listen = 127.0.0.1:{{port}}
-workers = {self.args.workers}
-auth = trust
-log_format = text
-max_client_conn = 1000
+        def config(target, port, comment, shards):
+            self.config_path(target).write_text(pgshard_ini(
+                f"written by bench/pgbench_fanout.py: {comment}", port, self.args.workers,
+                self.args.pool_size, shards, database_extra="cross_shard_writes = allow\n"))
+            check_config(self.ctl_bin, self.config_path(target))
 
-[user.app]
-password = secret
-
-[database.app]
-pool_mode = transaction
-pool_size = {self.args.pool_size}
-cross_shard_writes = allow
-"""
-        self.config_path("pgshard").write_text(
-            "; written by bench/pgbench_fanout.py: 2 shards, reads merged\n"
-            + common.replace("{port}", str(PGSHARD_PORT)) + f"""
-[shard.app.s0]
-primary = host=127.0.0.1 port={S0_PORT} dbname=app user=postgres
-[shard.app.s1]
-primary = host=127.0.0.1 port={S1_PORT} dbname=app user=postgres
-""" + TABLE_SECTION)
-        self.config_path("pgshard1").write_text(
-            "; written by bench/pgbench_fanout.py: the single server as one shard\n"
-            + common.replace("{port}", str(PASSTHROUGH_PORT)) + f"""
-[shard.app.s0]
-primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
-""")
-        for target in ("pgshard", "pgshard1"):
-            proc = run([str(self.ctl_bin), "check", str(self.config_path(target))], check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"pgshardctl check {self.config_path(target)}:\n"
-                                   f"{proc.stdout}{proc.stderr}")
-
-    def psql(self, port, *sql, timeout=600):
-        cmd = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-               "-p", str(port), "-U", "postgres", "-d", "app"]
-        for s in sql:
-            cmd += ["-c", s]
-        return run(cmd, timeout=timeout).stdout
-
-    def route(self, keys):
-        """The shard `pgshardctl route --stdin` names for each of KEYS."""
-        proc = subprocess.run([str(self.ctl_bin), "route", "--stdin",
-                               str(self.config_path("pgshard")), "app", TABLE],
-                              input="\n".join(keys) + "\n", capture_output=True, text=True,
-                              timeout=600)
-        lines = proc.stdout.splitlines()
-        if proc.returncode != 0 or len(lines) != len(keys):
-            raise RuntimeError(f"pgshardctl route --stdin: exit {proc.returncode}, "
-                               f"{len(lines)} lines for {len(keys)} keys: {proc.stderr.strip()}")
-        shards = []
-        for key, line in zip(keys, lines):
-            k, _, shard = line.partition("\t")
-            if k != key or shard not in SHARDS:
-                raise RuntimeError(f"pgshardctl route --stdin: unexpected line {line!r}")
-            shards.append(shard)
-        return shards
+        config("pgshard", PGSHARD_PORT, "2 shards, reads merged",
+               shard_section("app", "s0", S0_PORT) + shard_section("app", "s1", S1_PORT)
+               + TABLE_SECTION)
+        config("pgshard1", PASSTHROUGH_PORT, "the single server as one shard",
+               shard_section("app", "s0", SOLO_PORT))
 
     def load(self):
         n = self.args.rows
@@ -217,9 +141,9 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
                "created timestamptz not null); "
                f"create index {TABLE}_score on {TABLE} (score, id)")
         for port in (S0_PORT, S1_PORT, SOLO_PORT):
-            self.psql(port, ddl)
+            psql(port, ddl)
         keys = [str(k) for k in range(1, n + 1)]
-        routed = self.route(keys)
+        routed = route_keys(self.ctl_bin, self.config_path("pgshard"), TABLE, keys, SHARDS)
         rng = random.Random(7)
         parts = {"s0": [], "s1": [], "solo": []}
         epoch = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
@@ -232,16 +156,11 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
             parts["solo"].append(row)
         copy = f"\\copy {TABLE} (id, grp, score, amount, name, created) from stdin"
         for name, port in (("s0", S0_PORT), ("s1", S1_PORT), ("solo", SOLO_PORT)):
-            proc = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h",
-                                   "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "app",
-                                   "-c", copy], input="".join(parts[name]), capture_output=True,
-                                  text=True, timeout=600)
-            if proc.returncode != 0:
-                raise RuntimeError(f"COPY into {name} ({port}): {proc.stderr.strip()}")
+            copy_in(port, "app", copy, "".join(parts[name]), f"{name} ({port})")
         counts = {}
         for name, port in (("s0", S0_PORT), ("s1", S1_PORT), ("solo", SOLO_PORT)):
-            self.psql(port, "vacuum analyze", "checkpoint")
-            counts[name] = int(self.psql(port, f"select count(*) from {TABLE}").strip())
+            psql(port, "vacuum analyze", "checkpoint")
+            counts[name] = int(psql(port, f"select count(*) from {TABLE}").strip())
         log("rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if counts["s0"] + counts["s1"] != n or not (counts["s0"] and counts["s1"]) \
                 or counts["solo"] != n:
@@ -258,11 +177,8 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
             port = self.port(target)
             log(f"pgshard {target} on {port} (workers {self.args.workers}, pool_size "
                 f"{self.args.pool_size} per node)")
-            logf = open(self.log_path(target), "ab")
-            self.procs[target] = subprocess.Popen(
-                [str(self.pgshard_bin), "-c", str(self.config_path(target))],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
-            wait_port(port, 15, self.procs[target], f"pgshard {target}", self.log_path(target))
+            start_pgshard(self.procs, f"pgshard {target}", self.pgshard_bin,
+                          self.config_path(target), port, self.log_path(target))
 
     def check_targets(self):
         """Each query once per target: a target that refuses it or answers
@@ -296,50 +212,13 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
     def pgbench(self, target, workload, mode, duration, latency=True):
         prefix = self.latency_dir / f"{target}-{workload}-{mode}-{len(self.runs)}"
         jobs = min(self.args.jobs, self.args.clients)
-        cmd = ["pgbench", "-n", "-M", mode, "-f", str(WORK / f"{workload}.sql"),
-               "-c", str(self.args.clients), "-j", str(jobs), "-T", str(duration)]
-        if latency:
-            cmd += ["-l", f"--log-prefix={prefix}"]
-        if target == "direct":
-            cmd += ["-h", "127.0.0.1", "-p", str(SOLO_PORT), "-U", "postgres", "app"]
-        else:
-            cmd += ["-h", "127.0.0.1", "-p", str(self.port(target)), "-U", "app", "app"]
-        env = dict(os.environ, PGPASSWORD="secret", PGCONNECT_TIMEOUT="10")
-        started = time.monotonic()
-        try:
-            proc = run(cmd, env=env, timeout=duration + 30, check=False)
-        except subprocess.TimeoutExpired:
-            return {"tps": None, "latency_ms": None, "p50_ms": None, "p99_ms": None,
-                    "error": f"pgbench timed out after {duration + 30}s"}
-        out = proc.stdout + proc.stderr
-        tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
-        lat = re.search(r"latency average = ([0-9.]+) ms", out)
-        failed = re.search(r"number of failed transactions: (\d+)", out)
-        ok = proc.returncode == 0 and tps and lat
-        result = {"tps": float(tps.group(1)) if ok else None,
-                  "latency_ms": float(lat.group(1)) if ok else None,
-                  "p50_ms": None, "p99_ms": None, "latency_samples": 0,
-                  "seconds": round(time.monotonic() - started, 2), "error": None}
-        if not ok:
-            result["error"] = (f"exit {proc.returncode}: "
-                               + " | ".join(out.strip().splitlines()[-3:]))
-        elif failed and int(failed.group(1)) > 0:
-            result["error"] = f"{failed.group(1)} failed transactions"
-        if latency:
-            samples = []
-            for f in self.latency_dir.glob(f"{prefix.name}.*"):
-                with open(f) as fh:
-                    for line in fh:
-                        fields = line.split()
-                        if len(fields) >= 3 and fields[2].isdigit():
-                            samples.append(int(fields[2]))
-                f.unlink()
-            samples.sort()
-            if samples:
-                result.update(p50_ms=percentile(samples, 50) / 1000.0,
-                              p99_ms=percentile(samples, 99) / 1000.0,
-                              latency_samples=len(samples))
-        return result
+        return run_pgbench(
+            ["-n", "-M", mode, "-f", str(WORK / f"{workload}.sql"),
+             "-c", str(self.args.clients), "-j", str(jobs), "-T", str(duration)],
+            connect_args(SOLO_PORT, "postgres") if target == "direct"
+            else connect_args(self.port(target), "app"), duration + 30,
+            keys=("tps", "latency_ms", "p50_ms", "p99_ms", "latency_samples", "seconds", "error"),
+            latency_prefix=prefix if latency else None, need_latency_avg=True)
 
     def cells(self):
         return [(w, m) for w in self.args.workloads for m in self.args.modes]
@@ -352,7 +231,7 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
         total = runs * (self.args.duration + 0.4)
         log(f"measuring {len(cells)} cells x {self.args.reps} reps over "
             f"{', '.join(self.targets)} ({runs} runs of {self.args.duration}s) = about "
-            f"{int(total) // 60}m{int(total) % 60:02d}s")
+            f"{about(total)}")
         if self.args.warmup:
             for target in self.targets:
                 for workload in self.args.workloads:
@@ -362,8 +241,7 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
         for workload, mode in cells:
             targets = usable[(workload, mode)]
             for rep in range(self.args.reps):
-                shift = rep % max(1, len(targets))
-                for target in targets[shift:] + targets[:shift]:
+                for target in rotated(targets, rep):
                     res = self.pgbench(target, workload, mode, self.args.duration)
                     res.update(target=target, workload=workload, mode=mode, rep=rep)
                     self.runs.append(res)
@@ -388,20 +266,20 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
         ddl = (f"drop table if exists {COPY_TABLE}; create table {COPY_TABLE} "
                "(id bigint primary key, grp int not null, name text)")
         for port in (S0_PORT, S1_PORT, SOLO_PORT):
-            self.psql(port, ddl)
+            psql(port, ddl)
         self.copies = []
         log(f"COPY {n} rows: {self.args.reps} interleaved reps through pgshard and direct")
         for rep in range(self.args.reps):
-            for target in (["pgshard", "direct"] if rep % 2 == 0 else ["direct", "pgshard"]):
+            for target in rotated(["pgshard", "direct"], rep):
                 for port in (S0_PORT, S1_PORT, SOLO_PORT):
-                    self.psql(port, f"truncate {COPY_TABLE}")
+                    psql(port, f"truncate {COPY_TABLE}")
                 cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.conninfo(target),
                        "-c", f"\\copy {COPY_TABLE} (id, grp, name) FROM '{data}'"]
                 t0 = time.monotonic()
                 proc = run(cmd, check=False, timeout=600)
                 secs = time.monotonic() - t0
                 ports = (S0_PORT, S1_PORT) if target == "pgshard" else (SOLO_PORT,)
-                got = sum(int(self.psql(p, f"select count(*) from {COPY_TABLE}").strip())
+                got = sum(int(psql(p, f"select count(*) from {COPY_TABLE}").strip())
                           for p in ports)
                 error = None
                 if proc.returncode != 0:
@@ -452,7 +330,6 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
 
     def report(self, rows):
         out_dir = Path(self.args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
         header = ["workload", "-M", "direct avg ms", "pgshard avg ms", "avg ratio",
                   "direct p99 ms", "pgshard p99 ms", "p99 ratio", "direct TPS", "pgshard TPS"]
         if "pgshard1" in self.targets:
@@ -467,22 +344,17 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
             if "pgshard1" in self.targets:
                 line += [fmt_ms(r["pgshard1_latency_ms"], 3), fmt_ratio(r["ratio1_latency_ms"])]
             table.append(line)
-        commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                     check=False).stdout.strip()
         jobs = min(self.args.jobs, self.args.clients)
         meta = (f"{self.args.rows} rows in {TABLE} (2 shards: s0 {self.counts['s0']}, s1 "
                 f"{self.counts['s1']}; the single server: all); pgbench -c {self.args.clients} "
                 f"-j {jobs}, {self.args.duration} s per run, median of {self.args.reps} "
                 f"interleaved repetitions; pgshard workers {self.args.workers}, pool_size "
-                f"{self.args.pool_size} per node, transaction pooling, auth trust. Commit "
-                f"{commit or '?'}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, "
-                f"{os.cpu_count()} CPUs, {platform.machine()}, load average {loadavg()}.")
+                f"{self.args.pool_size} per node, transaction pooling, auth trust. {stamp()}, "
+                f"load average {loadavg()}.")
         md = ["# pgbench: fan-out reads, pgshard over 2 shards vs one PostgreSQL with every row",
               "", meta, "", "Queries:", ""]
         md += [f"- `{w}`: `{WORKLOADS[w]}`" for w in self.args.workloads]
-        md += ["", "| " + " | ".join(header) + " |",
-               "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
-        md += ["| " + " | ".join(t) + " |" for t in table]
+        md += ["", *md_table(header, table, left=2)]
         md += self.copy_report()
         errors = [(r["workload"], r["mode"], t, e) for r in rows for t in self.targets
                   for e in r[f"{t}_errors"]]
@@ -502,12 +374,10 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
                ""]
         print()
         print("\n".join(md))
-        (out_dir / "pgbench_fanout.md").write_text("\n".join(md))
-        (out_dir / "pgbench_fanout.json").write_text(json.dumps(
-            {"meta": meta, "args": vars(self.args), "rows_per_server": self.counts,
-             "preflight": {f"{t} {w}": e for (t, w), e in self.preflight.items()},
-             "runs": self.runs, "summary": rows,
-             "copies": getattr(self, "copies", [])}, indent=2))
+        write_results(out_dir, "pgbench_fanout", md, {
+            "meta": meta, "args": vars(self.args), "rows_per_server": self.counts,
+            "preflight": {f"{t} {w}": e for (t, w), e in self.preflight.items()},
+            "runs": self.runs, "summary": rows, "copies": getattr(self, "copies", [])})
         log(f"wrote {out_dir}/pgbench_fanout.md, pgbench_fanout.json")
         if errors:
             log(f"FAILED: {len(errors)} run(s) or preflight checks failed; pgshard's first "
@@ -519,24 +389,17 @@ primary = host=127.0.0.1 port={SOLO_PORT} dbname=app user=postgres
 
     def cleanup(self):
         problems = []
-        for target, proc in self.procs.items():
-            stop_process(f"pgshard {target}", proc, problems)
-        return release_lab(self, (S0_PORT, S1_PORT, SOLO_PORT, PGSHARD_PORT, PASSTHROUGH_PORT),
-                           WORK, problems)
+        for name, proc in self.procs.items():
+            stop_process(name, proc, problems)
+        return self.lab.release((S0_PORT, S1_PORT, SOLO_PORT, PGSHARD_PORT, PASSTHROUGH_PORT),
+                                WORK, self.args.keep, problems)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--build", default=str(REPO / "build"),
-                        help="build directory with pgshard and pgshardctl (default: build)")
-    parser.add_argument("--duration", type=int, default=3, help="seconds per run (default 3)")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per cell (default 3)")
+    parser = bench_parser(__doc__, duration=3)
     parser.add_argument("--quick", action="store_true",
                         help="smoke test (~30 s): 50 000 rows, 1 s runs, 1 rep, no warm-up")
-    parser.add_argument("-c", "--clients", type=int, default=4, help="pgbench clients (default 4)")
-    parser.add_argument("-j", "--jobs", type=int, default=2, help="pgbench threads (default 2)")
-    parser.add_argument("--modes", default="simple,extended",
-                        help="pgbench -M modes, comma-separated (default simple,extended)")
+    add_client_options(parser, clients=4)
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--rows", type=int, default=None,
@@ -544,17 +407,13 @@ def main():
     parser.add_argument("--copy-rows", type=int, default=None,
                         help="rows in the COPY measurement (default 1000000; 200000 with "
                              "--quick; 0: skip it)")
-    parser.add_argument("--workers", type=int, default=2, help="pgshard workers (default 2)")
-    parser.add_argument("--pool-size", type=int, default=8,
-                        help="pgshard pool_size, server connections per node (default 8)")
+    add_pgshard_options(parser, pool_size=8)
     parser.add_argument("--passthrough", action="store_true",
                         help="also measure pgshard over the single server (1 shard): the "
                              "proxy hop without the fan-out (adds a third of the time)")
     parser.add_argument("--setup-only", action="store_true",
                         help="start the lab, load, start and check the proxies, then clean up")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
-                        help="where to write pgbench_fanout.md/.json")
-    parser.add_argument("--keep", action="store_true", help=f"keep {WORK} (logs) afterwards")
+    add_output_options(parser, "pgbench_fanout.md/.json", WORK)
     args = parser.parse_args()
     if args.quick:
         args.duration, args.reps = 1, 1
@@ -565,28 +424,15 @@ def main():
     if args.copy_rows is None:
         args.copy_rows = 200000 if args.quick else 1000000
     args.warmup = not args.quick
-    args.modes = [m for m in args.modes.split(",") if m]
-    args.workloads = [w for w in args.workloads.split(",") if w]
-    if not args.modes or any(m not in ("simple", "extended", "prepared") for m in args.modes):
-        parser.error("--modes: choose from simple,extended,prepared")
-    if not args.workloads or any(w not in WORKLOADS for w in args.workloads):
-        parser.error(f"--workloads: choose from {','.join(WORKLOADS)}")
+    args.modes = split_choices(parser, "--modes", args.modes, MODE_CHOICES)
+    args.workloads = split_choices(parser, "--workloads", args.workloads, list(WORKLOADS))
     if args.rows < 100 or args.duration < 1 or args.reps < 1 or args.clients < 1 or args.jobs < 1:
         parser.error("--rows (>= 100), --duration, --reps, -c and -j must be positive")
 
     bench = FanoutBench(args)
-    for binary in (bench.ctl_bin, bench.pgshard_bin):
-        if not binary.exists():
-            parser.error(f"{binary} not found: build first (cmake --build {args.build})")
+    require_binaries(parser, args.build, bench.ctl_bin, bench.pgshard_bin)
 
-    def on_signal(signum, frame):
-        raise Interrupted(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    ok = False
-    started = time.monotonic()
-    try:
+    def body():
         log(f"load average {loadavg()} on {os.cpu_count()} CPUs")
         bench.start_lab()
         bench.write_proxy_configs()
@@ -594,27 +440,19 @@ def main():
         bench.start_proxies()
         bench.check_targets()
         if args.setup_only:
-            ok = True
             log("--setup-only: lab, load and proxies are up; not measuring")
-        else:
-            bench.measure()
-            if args.copy_rows > 0:
-                bench.copy_bench()
-            ok = bench.report(bench.summary())
-    except (Interrupted, KeyboardInterrupt) as exc:
-        log(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")
-    except Exception as exc:  # noqa: BLE001 - report, clean up, fail
-        log(f"error: {type(exc).__name__}: {exc}")
-        for target in bench.procs:
-            if bench.log_path(target).exists():
-                log(f"pgshard {target} log tail:\n"
-                    + bench.log_path(target).read_text(errors="replace")[-2000:])
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        clean = bench.cleanup()
+            return True
+        bench.measure()
+        if args.copy_rows > 0:
+            bench.copy_bench()
+        return bench.report(bench.summary())
+
+    started = time.monotonic()
+    status = run_guarded(body, bench.cleanup,
+                         [(f"pgshard {t} log tail", bench.log_path(t))
+                          for t in bench.targets if t != "direct"])
     log(f"done in {time.monotonic() - started:.0f}s")
-    return 0 if ok and clean else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -42,21 +42,11 @@ by SIGTERM, then `lab down --purge`), also on Ctrl-C and SIGTERM.
   /usr/bin/python3 bench/pgbench_replicas.py --build build           # ~6.5 minutes
   /usr/bin/python3 bench/pgbench_replicas.py --build build --quick   # smoke test
 """
-import argparse
 import calendar
-import datetime
-import glob
-import json
-import math
 import os
-import platform
-import pwd
 import random
 import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -64,11 +54,13 @@ from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pgbench_compare import (Interrupted, fmt_ratio, fmt_tps, log, port_open,  # noqa: E402
-                             ratio, release_lab, run, stop_process, wait_port)
+from benchlib import (BenchBase, about, add_output_options, add_pgshard_options, bench_parser,
+                      cell_summary, connect_args, fmt_ms, fmt_ratio, fmt_tps, init_pgbench,
+                      loadavg, log, md_table, pgshard_ini, port_open, prepare_work, ratio,
+                      require_binaries, rotated, row_errors, run_guarded, run_pgbench,
+                      shard_section, split_choices, stamp, start_pgbouncer, start_pgshard,
+                      stop_process, text_table, write_results)
 
-REPO = Path(__file__).resolve().parents[1]
 PORT_BASE = 7970
 PRIMARY_PORT = PORT_BASE            # 7970
 REPLICA_PORTS = [PORT_BASE + 1, PORT_BASE + 2]  # 7971, 7972
@@ -91,49 +83,19 @@ TRIAL_TIMEOUT = 10.0
 STATS_FLUSH_WAIT = 11.0       # PGSTAT_IDLE_INTERVAL is 10 s
 
 
-def loadavg():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def percentile(sorted_values, q):
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return None
-    k = math.ceil(q / 100.0 * len(sorted_values)) - 1
-    return sorted_values[max(0, min(len(sorted_values) - 1, k))]
-
-
-def median_or_none(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt_ms(v, digits=2):
-    return f"{v:.{digits}f}" if v is not None else "n/a"
-
-
 def conninfo(port, dbname="app", user="postgres"):
     return f"host=127.0.0.1 port={port} dbname={dbname} user={user} connect_timeout=10"
 
 
-class Bench:
+class Bench(BenchBase):
     def __init__(self, args):
-        self.args = args
-        self.build = Path(args.build).resolve()
-        self.pgshard_bin = self.build / "pgshard"
-        self.ctl_bin = self.build / "pgshardctl"
-        self.config = WORK / "pgshard.ini"          # the lab's config and pgshard's
+        super().__init__(args, WORK / "pgshard.ini", LAB_DIR)
+        self.config = self.lab.config               # the lab's config and pgshard's
         self.lag_config = WORK / "pgshard-lag.ini"  # the lag-exit pgshard
         self.pgshard_log = WORK / "pgshard.log"
         self.lag_log = WORK / "pgshard-lag.log"
         self.bouncer_dir = WORK / "pgbouncer"
         self.latency_dir = WORK / "latency"
-        self.procs = {}           # name -> Popen (pgshard, pgbouncer, pgshard-lag)
-        self.lab_started = False
-        self.runs = []            # every pgbench run
         self.spread = None        # the dedicated reads-spread run
         self.trials = []          # lag-exit trials
         self.lag_meta = {}
@@ -144,51 +106,23 @@ class Bench:
 
     # ---- setup ----
 
-    def lab(self, *verb, check=True, timeout=300):
-        cmd = [str(self.ctl_bin), "lab", *verb, "-c", str(self.config), "--dir", str(LAB_DIR)]
-        return run(cmd, timeout=timeout, check=check)
-
     def write_config(self, path, listen_port, extra=""):
-        replicas = "\n".join(f"replica = host=127.0.0.1 port={p} dbname=app user=postgres"
-                             for p in REPLICA_PORTS)
-        path.write_text(f"""\
-; written by bench/pgbench_replicas.py
-[pgshard]
-listen = 127.0.0.1:{listen_port}
-workers = {self.args.workers}
-auth = trust
-log_format = text
-max_client_conn = 1000
-
-[user.app]
-password = secret
-
-[database.app]
-pool_mode = transaction
-pool_size = {POOL_SIZE}
-{extra}
-[shard.app.s0]
-primary = host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=postgres
-{replicas}
-""")
+        path.write_text(pgshard_ini(
+            "written by bench/pgbench_replicas.py", listen_port, self.args.workers, POOL_SIZE,
+            shard_section("app", "s0", PRIMARY_PORT, replicas=REPLICA_PORTS),
+            database_extra=extra))
 
     def start_lab(self):
         busy = [p for p in ALL_PORTS if port_open(p)]
         if busy:
             raise RuntimeError(f"ports already in use: {busy} (another run of this benchmark?)")
-        WORK.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chmod(WORK, 0o755)
+        prepare_work(WORK)
         self.write_config(self.config, PGSHARD_PORT)
         self.write_config(self.lag_config, LAG_PGSHARD_PORT,
                           f"lag_check_interval_ms = {LAG_INTERVAL_MS}\n"
                           f"max_replica_lag_bytes = {LAG_MAX_BYTES}\n")
-        if LAB_DIR.exists():
-            self.lab("down", "--purge", check=False)
-        log(f"lab up: primary {PRIMARY_PORT}, replicas {REPLICA_PORTS}, data in {LAB_DIR}")
-        self.lab_started = True
-        self.lab("up", "--no-proxy", timeout=600)
-        for port in (PRIMARY_PORT, *REPLICA_PORTS):
-            wait_port(port, 60, what=f"lab server {port}")
+        self.lab.up(f"primary {PRIMARY_PORT}, replicas {REPLICA_PORTS}",
+                    (PRIMARY_PORT, *REPLICA_PORTS), timeout=600)
 
     def sql(self, port, query, params=None, dbname="app"):
         with psycopg.connect(conninfo(port, dbname), autocommit=True) as conn:
@@ -212,61 +146,19 @@ primary = host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=postgres
 
     def init_pgbench(self):
         log(f"pgbench -i -s {self.args.scale} on the primary")
-        run(["pgbench", "-i", "-q", "-s", str(self.args.scale), "-h", "127.0.0.1",
-             "-p", str(PRIMARY_PORT), "-U", "postgres", "app"], timeout=1200)
-        run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(PRIMARY_PORT), "-U", "postgres",
-             "-d", "app", "-c", "vacuum analyze", "-c", "checkpoint"], timeout=600)
+        init_pgbench(PRIMARY_PORT, self.args.scale)
         self.sql(PRIMARY_PORT, "create table bench_lag_writes (id bigserial primary key, pad text)")
         self.wait_replicas()
 
     def start_pgshard(self, name, config, port, logfile):
         log(f"{name} on {port} ({config.name})")
-        logf = open(logfile, "ab")
-        proc = subprocess.Popen([str(self.pgshard_bin), "-c", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
-        logf.close()
-        self.procs[name] = proc
-        wait_port(port, 15, proc, name, logfile)
+        start_pgshard(self.procs, name, self.pgshard_bin, config, port, logfile)
 
     def start_pgbouncer(self):
-        # The same way as bench/pgbench_compare.py, on our own ports.
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        self.bouncer_dir.mkdir(parents=True, exist_ok=True)
-        (self.bouncer_dir / "userlist.txt").write_text('"app" "secret"\n')
-        (self.bouncer_dir / "pgbouncer.ini").write_text(f"""\
-; written by bench/pgbench_replicas.py: the primary only
-[databases]
-app = host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {PGBOUNCER_PORT}
-unix_socket_dir =
-auth_type = trust
-auth_file = {self.bouncer_dir}/userlist.txt
-pool_mode = transaction
-default_pool_size = {POOL_SIZE}
-max_client_conn = 1000
-logfile = {self.bouncer_dir}/pgbouncer.log
-pidfile = {self.bouncer_dir}/pgbouncer.pid
-ignore_startup_parameters = extra_float_digits
-log_connections = 0
-log_disconnections = 0
-""")
-        as_user = {}
-        if os.geteuid() == 0:  # PgBouncer refuses to run as root
-            pw = pwd.getpwnam("postgres")
-            for path in [self.bouncer_dir, *self.bouncer_dir.iterdir()]:
-                os.chown(path, pw.pw_uid, pw.pw_gid)
-            as_user = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                           env=dict(os.environ, HOME=pw.pw_dir, USER="postgres"))
         log(f"pgbouncer on {PGBOUNCER_PORT} (primary only, transaction pooling, "
             f"default_pool_size {POOL_SIZE})")
-        self.procs["pgbouncer"] = subprocess.Popen(
-            [binary, str(self.bouncer_dir / "pgbouncer.ini")], stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
-        wait_port(PGBOUNCER_PORT, 15, self.procs["pgbouncer"], "pgbouncer",
-                  self.bouncer_dir / "pgbouncer.log")
+        start_pgbouncer(self.procs, self.bouncer_dir, PGBOUNCER_PORT, PRIMARY_PORT, POOL_SIZE,
+                        "trust", "written by bench/pgbench_replicas.py: the primary only")
 
     def stop(self, name, problems):
         stop_process(name, self.procs.get(name), problems, check_exit=name != "pgbouncer")
@@ -287,53 +179,18 @@ log_disconnections = 0
 
     def target_args(self, target):
         if target == "direct":
-            return ["-h", "127.0.0.1", "-p", str(PRIMARY_PORT), "-U", "postgres"]
-        port = PGSHARD_PORT if target == "pgshard" else PGBOUNCER_PORT
-        return ["-h", "127.0.0.1", "-p", str(port), "-U", "app"]
+            return connect_args(PRIMARY_PORT, "postgres")
+        return connect_args(PGSHARD_PORT if target == "pgshard" else PGBOUNCER_PORT, "app")
 
     def pgbench(self, target, clients, mode, duration, latency=True):
         self.latency_dir.mkdir(exist_ok=True)
         prefix = self.latency_dir / f"{target}-c{clients}-{mode}-{len(self.runs)}"
-        cmd = ["pgbench", "-n", "-S", "-M", mode, "-c", str(clients),
-               "-j", str(min(clients, 2)), "-T", str(duration)]
-        if latency:
-            cmd += ["-l", f"--log-prefix={prefix}"]
-        cmd += [*self.target_args(target), "app"]
-        env = dict(os.environ, PGPASSWORD="secret", PGCONNECT_TIMEOUT="10")
-        load = loadavg()
-        started = time.monotonic()
-        try:
-            proc = run(cmd, env=env, timeout=duration + 60, check=False)
-        except subprocess.TimeoutExpired:
-            return {"tps": None, "error": f"pgbench timed out after {duration + 60}s",
-                    "loadavg": load}
-        out = proc.stdout + proc.stderr
-        tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
-        xacts = re.search(r"number of transactions actually processed: (\d+)", out)
-        failed = re.search(r"number of failed transactions: (\d+)", out)
-        result = {"tps": float(tps.group(1)) if tps and proc.returncode == 0 else None,
-                  "transactions": int(xacts.group(1)) if xacts else None,
-                  "seconds": round(time.monotonic() - started, 2), "loadavg": load,
-                  "error": None, "p50_ms": None, "p99_ms": None, "latency_samples": 0}
-        if proc.returncode != 0 or not tps:
-            result["error"] = f"exit {proc.returncode}: " + " | ".join(out.strip().splitlines()[-3:])
-        elif failed and int(failed.group(1)) > 0:
-            result["error"] = f"{failed.group(1)} failed transactions"
-        if latency:
-            lat = []
-            for f in glob.glob(f"{prefix}.*"):
-                with open(f) as fh:
-                    for line in fh:
-                        parts = line.split()
-                        if len(parts) >= 3 and parts[2].isdigit():
-                            lat.append(int(parts[2]))
-                os.unlink(f)
-            lat.sort()
-            if lat:
-                result.update(p50_ms=percentile(lat, 50) / 1000.0,
-                              p99_ms=percentile(lat, 99) / 1000.0,
-                              latency_samples=len(lat))
-        return result
+        return run_pgbench(
+            ["-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
+             "-T", str(duration)], self.target_args(target), duration + 60,
+            keys=("tps", "transactions", "seconds", "loadavg", "error", "p50_ms", "p99_ms",
+                  "latency_samples"),
+            latency_prefix=prefix if latency else None)
 
     def measure(self):
         targets = TARGETS
@@ -343,11 +200,10 @@ log_disconnections = 0
         cells = [(c, m) for c in CLIENTS for m in MODES]
         total = len(cells) * self.args.reps * len(targets) * self.args.duration
         log(f"measuring {len(cells)} cells x {self.args.reps} reps x {len(targets)} targets "
-            f"x {self.args.duration}s = about {total // 60}m{total % 60:02d}s")
+            f"x {self.args.duration}s = about {about(total)}")
         for clients, mode in cells:
             for rep in range(self.args.reps):
-                shift = rep % len(targets)
-                for target in targets[shift:] + targets[:shift]:
+                for target in rotated(targets, rep):
                     before = self.commits() if target == "pgshard" else None
                     res = self.pgbench(target, clients, mode, self.args.duration)
                     if before is not None:
@@ -571,25 +427,13 @@ log_disconnections = 0
     # ---- reporting ----
 
     def summary(self):
-        rows = []
-        for clients in CLIENTS:
-            for mode in MODES:
-                row = {"cell": f"-c {clients} {mode}", "clients": clients, "mode": mode}
-                for target in TARGETS:
-                    mine = [r for r in self.runs if r["target"] == target and
-                            r["clients"] == clients and r["mode"] == mode]
-                    errors = [r["error"] for r in mine if r["error"]]
-                    ok = [r for r in mine if r["tps"] is not None]
-                    good = ok and not errors
-                    row[target] = median_or_none([r["tps"] for r in ok]) if good else None
-                    row[target + "_p50"] = median_or_none([r["p50_ms"] for r in ok]) if good else None
-                    row[target + "_p99"] = median_or_none([r["p99_ms"] for r in ok]) if good else None
-                    row[target + "_runs"] = [r["tps"] for r in ok]
-                    row[target + "_errors"] = errors
-                row["pgshard/pgbouncer"] = ratio(row["pgshard"], row["pgbouncer"])
-                row["pgshard/direct"] = ratio(row["pgshard"], row["direct"])
-                row["p99 pgshard/pgbouncer"] = ratio(row["pgshard_p99"], row["pgbouncer_p99"])
-                rows.append(row)
+        rows = cell_summary(self.runs, [(f"-c {c} {m}", {"clients": c, "mode": m})
+                                        for c in CLIENTS for m in MODES], TARGETS,
+                            extra=(("_p50", "p50_ms"), ("_p99", "p99_ms")))
+        for row in rows:
+            row["pgshard/pgbouncer"] = ratio(row["pgshard"], row["pgbouncer"])
+            row["pgshard/direct"] = ratio(row["pgshard"], row["direct"])
+            row["p99 pgshard/pgbouncer"] = ratio(row["pgshard_p99"], row["pgbouncer_p99"])
         return rows
 
     def matrix_commits(self):
@@ -613,28 +457,13 @@ log_disconnections = 0
         s["within_target"] = sum(1 for v in vals if v <= 2 * LAG_INTERVAL_MS)
         return s
 
-    @staticmethod
-    def table(header, rows):
-        widths = [max(len(h), *(len(t[i]) for t in rows)) for i, h in enumerate(header)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-                 "  ".join("-" * w for w in widths)]
-        for t in rows:
-            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(t, widths))))
-        md = ["| " + " | ".join(header) + " |",
-              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        md += ["| " + " | ".join(t) + " |" for t in rows]
-        return lines, md
-
     def report(self, rows):
         out_dir = Path(self.args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
         text, md = [], []
 
         def section(title, header, body, note=None):
-            lines, mdt = self.table(header, body)
-            text.extend(["", title, *lines])
-            md.extend(["", f"## {title}", "", *mdt])
+            text.extend(["", title, *text_table(header, body)])
+            md.extend(["", f"## {title}", "", *md_table(header, body)])
             if note:
                 md.extend(["", note])
 
@@ -656,7 +485,7 @@ log_disconnections = 0
                       fmt_ratio(r["p99 pgshard/pgbouncer"])] for r in rows],
                     "From pgbench's per-transaction log (-l, every transaction). "
                     "p99 below 1.00 in the last column: pgshard's tail is shorter.")
-            errors = [(r["cell"], t, e) for r in rows for t in TARGETS for e in r[t + "_errors"]]
+            errors = row_errors(rows, TARGETS)
             for cell, target, error in errors[:20]:
                 text.append(f"error: {cell} {target}: {error}")
             if errors:
@@ -730,8 +559,6 @@ log_disconnections = 0
             if ls["exited"] < ls["n"]:
                 ok = False
 
-        commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                     check=False).stdout.strip()
         loads = [x["loadavg"][0] for x in self.runs + self.trials if x.get("loadavg")]
         load_note = (f"Load average (1 min) at start {self.loads[0][1][0]}, over the runs "
                      f"{min(loads)}-{max(loads)}, at the end {loadavg()[0]}, on "
@@ -741,23 +568,19 @@ log_disconnections = 0
                 f"{self.args.workers}, pool_size {POOL_SIZE}, transaction pooling, auth trust, "
                 f"primary + 2 replicas, read_your_writes lsn) vs PgBouncer (primary only, "
                 f"transaction pooling, default_pool_size {POOL_SIZE}) vs direct to the "
-                f"primary. Commit {commit or '?'}, "
-                f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {platform.machine()}. "
-                f"{load_note}. The servers, both poolers and pgbench share these cores; "
-                f"other work on the machine moves single runs.")
+                f"primary. {stamp(cpus=False)}. {load_note}. The servers, both poolers and "
+                f"pgbench share these cores; other work on the machine moves single runs.")
         md = ["# pgbench -S: pgshard with 2 replicas vs PgBouncer on the primary", "", meta,
               *md, "", "Raw runs and trials: pgbench_replicas.json.", ""]
         print("\n".join(text))
         print()
         print(meta)
-        (out_dir / "pgbench_replicas.md").write_text("\n".join(md))
-        (out_dir / "pgbench_replicas.json").write_text(json.dumps(
-            {"meta": meta, "args": vars(self.args), "loadavg": self.loads, "runs": self.runs,
-             "summary": rows, "spread": self.spread,
-             "matrix_commits": {str(k): v for k, v in self.matrix_commits()[0].items()},
-             "lag_exit": {"settings": self.lag_meta, "trials": self.trials,
-                          "summary": self.lag_summary() if self.trials else None}},
-            indent=2))
+        write_results(out_dir, "pgbench_replicas", md, {
+            "meta": meta, "args": vars(self.args), "loadavg": self.loads, "runs": self.runs,
+            "summary": rows, "spread": self.spread,
+            "matrix_commits": {str(k): v for k, v in self.matrix_commits()[0].items()},
+            "lag_exit": {"settings": self.lag_meta, "trials": self.trials,
+                         "summary": self.lag_summary() if self.trials else None}})
         log(f"wrote {out_dir}/pgbench_replicas.md and pgbench_replicas.json")
         return ok
 
@@ -770,47 +593,30 @@ log_disconnections = 0
             t.join(5)
         for name in ("pgbouncer", "pgshard", "pgshard-lag"):
             self.stop(name, problems)
-        return release_lab(self, ALL_PORTS, WORK, problems)
+        return self.lab.release(ALL_PORTS, WORK, self.args.keep, problems)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--build", default=str(REPO / "build"),
-                        help="build directory with pgshard and pgshardctl (default: build)")
-    parser.add_argument("--duration", type=int, default=8, help="seconds per run (default 8)")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per cell (default 3)")
+    parser = bench_parser(__doc__, duration=8)
     parser.add_argument("--trials", type=int, default=None,
                         help="lag-exit trials (default 5, 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 s runs, 1 rep, 2 trials")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale (default 10)")
-    parser.add_argument("--workers", type=int, default=2, help="pgshard workers (default 2)")
+    add_pgshard_options(parser)
     parser.add_argument("--parts", default="matrix,spread,lag",
                         help="comma-separated subset of matrix,spread,lag")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"),
-                        help="where to write pgbench_replicas.md/.json")
-    parser.add_argument("--keep", action="store_true",
-                        help=f"keep {WORK} (configs, pgshard logs) afterwards")
+    add_output_options(parser, "pgbench_replicas.md/.json", WORK, "(configs, pgshard logs)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.reps = 2, 1
     if args.trials is None:
         args.trials = 2 if args.quick else 5
-    args.parts = [p for p in args.parts.split(",") if p]
-    if not args.parts or any(p not in ("matrix", "spread", "lag") for p in args.parts):
-        parser.error("--parts: choose from matrix,spread,lag")
+    args.parts = split_choices(parser, "--parts", args.parts, ["matrix", "spread", "lag"])
 
     bench = Bench(args)
-    for binary in (bench.ctl_bin, bench.pgshard_bin):
-        if not binary.exists():
-            parser.error(f"{binary} not found: build first (cmake --build {args.build})")
+    require_binaries(parser, args.build, bench.ctl_bin, bench.pgshard_bin)
 
-    def on_signal(signum, frame):
-        raise Interrupted(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    ok = False
-    try:
+    def body():
         bench.loads.append(("start", loadavg()))
         log(f"load average {loadavg()} on {os.cpu_count()} CPUs")
         bench.start_lab()
@@ -829,19 +635,10 @@ def main():
             bench.stop("pgshard", bench.stop_problems)
             bench.measure_lag_exit()
         bench.loads.append(("end", loadavg()))
-        ok = bench.report(rows)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        log(f"interrupted ({exc or 'Ctrl-C'}): cleaning up")
-    except Exception as exc:  # noqa: BLE001 - report, clean up, fail
-        log(f"error: {type(exc).__name__}: {exc}")
-        for logfile in (bench.pgshard_log, bench.lag_log):
-            if logfile.exists():
-                log(f"{logfile.name} tail:\n" + logfile.read_text(errors="replace")[-2000:])
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        clean = bench.cleanup()
-    return 0 if ok and clean else 1
+        return bench.report(rows)
+
+    return run_guarded(body, bench.cleanup,
+                       [(f"{path.name} tail", path) for path in (bench.pgshard_log, bench.lag_log)])
 
 
 if __name__ == "__main__":
