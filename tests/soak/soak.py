@@ -35,7 +35,9 @@ against the primaries:
 and prints a table (also written as JSON beside the lab). Errors clients get
 while faults happen are expected; they are counted by SQLSTATE class and by
 the fault whose window they fell in. Exit status 1 when any count above is
-not zero or pgshard died, 2 when the soak could not run.
+not zero, pgshard died or did not exit cleanly, or an anomaly was seen (a
+broken config accepted, a stalled reader not closed, a read by key without
+its row, a keyless count(*) short); 2 when the soak could not run.
 
 Environment: SOAK_SECONDS, SOAK_PORT_BASE (5900: lab servers BASE..BASE+3,
 pgshard from BASE+10), SOAK_FAULT_INTERVAL (seconds; default 60, shorter for
@@ -1217,7 +1219,7 @@ def main():
 
         failed = (lost or half or hung_total or leaked_total or prepared_count or data["phantom"]
                   or data["unknown_xfer"] or not proxy_alive or shutdown_problems
-                  or faults.error is not None)
+                  or faults.error is not None or soak.anomalies)
         report.update({
             "acknowledged": soak.acked, "lost": lost, "half_applied": half, "drift": drift,
             "phantom": data["phantom"], "hung": soak.hung, "stuck_threads": stuck,
