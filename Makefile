@@ -2,6 +2,7 @@
 #   make demo   install what is missing, build, start the demo cluster, show it
 #   make test   install what is missing, build, run every test
 #   make bench  pgbench: direct Postgres vs pgshard vs PgBouncer
+#   make soak   mixed load with injected faults for SOAK_SECONDS (default 600), then checks
 BUILD ?= build
 PYTHON := /usr/bin/python3
 DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxhash-dev \
@@ -10,7 +11,7 @@ DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxha
 	python3-matplotlib procps iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build build-asan test test-stress unit integration demo demo-down bench clean format
+.PHONY: all deps build build-asan test test-stress unit integration demo demo-down bench soak clean format
 
 all: build
 
@@ -61,6 +62,10 @@ demo-down:
 
 bench: build
 	$(PYTHON) bench/pgbench_compare.py --build $(abspath $(BUILD))
+
+SOAK_SECONDS ?= 600
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/soak/soak.py
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz
