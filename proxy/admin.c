@@ -28,9 +28,11 @@
 #include <unistd.h>
 
 #include "pgshard/admin.h"
+#include "pgshard/analyze.h"
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
 #include "pgshard/proxy.h"
+#include "pgshard/route.h"
 #include "pgshard/stats.h"
 
 #define ADMIN_MAX_STATEMENTS 256 /* extended protocol: named statements and portals kept */
@@ -160,6 +162,7 @@ static const admin_column_t stats_cols[] = {
 static const admin_column_t config_cols[] = {
     {"section", OID_TEXT}, {"key", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t version_cols[] = {{"version", OID_TEXT}};
+static const admin_column_t explain_cols[] = {{"item", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t help_cols[] = {{"command", OID_TEXT}, {"description", OID_TEXT}};
 
 typedef struct show_spec {
@@ -716,6 +719,184 @@ static void put_error(pgs_client_t *client, const char *sqlstate, const char *me
 }
 
 
+/* ---- EXPLAIN ROUTE ---- */
+
+static void item(pgs_buf_t *b, const char *name, const char *value) {
+  row_t r = row_begin(b, 2);
+  row_text(&r, name);
+  row_text(&r, value);
+  row_end(&r);
+}
+
+static const char *kind_name(pgs_stmt_kind_t kind) {
+  static const char *const names[] = {"read", "write", "ddl", "begin", "commit",
+                                      "rollback", "session", "copy from", "copy to", "other"};
+  return (size_t)kind < PGS_ARRAY_LEN(names) ? names[kind] : "?";
+}
+
+static const char *route_name(pgs_route_kind_t kind) {
+  switch (kind) {
+  case PGS_ROUTE_ONE: return "one shard";
+  case PGS_ROUTE_ANY: return "any one shard (touches no sharded table)";
+  case PGS_ROUTE_FANOUT: return "every shard of the list, each its part";
+  case PGS_ROUTE_SPLIT: return "split: each row to its shard";
+  case PGS_ROUTE_REFUSE: return "refused";
+  case PGS_ROUTE_MERGE: return "every shard of the list, rows merged";
+  }
+  return "?";
+}
+
+/* The shards of MASK, by name. */
+static void shard_names(const pgs_database_t *db, uint64_t mask, char *out, size_t cap) {
+  size_t n = 0;
+  out[0] = '\0';
+  for (int i = 0; i < db->nshards && i < 64; i++) {
+    if (!(mask & ((uint64_t)1 << i))) continue;
+    int w = snprintf(out + n, cap - n, "%s%s", n ? ", " : "", db->shards[i].name);
+    if (w < 0 || (size_t)w >= cap - n) break;
+    n += (size_t)w;
+  }
+}
+
+/* How a key written in the statement maps: value, table, strategy, shard. */
+static void explain_key(pgs_buf_t *b, const pgs_database_t *db, const pgs_lexed_t *lx,
+                        const pgs_key_ref_t *ref) {
+  const pgs_table_t *t = ref->table;
+  char line[512];
+  int lit = (int)ref->param - lx->nparams - 1;
+  if (t == NULL) return;
+  if (lit < 0 || lit >= lx->nliterals) {
+    snprintf(line, sizeof(line), "%s.%s = $%d (%s): decided at Bind", t->name, t->column,
+             ref->param, pgs_strategy_name(t->strategy));
+    item(b, "key", line);
+    return;
+  }
+  const pgs_literal_t *l = &lx->literals[lit];
+  char value[256];
+  snprintf(value, sizeof(value), "%s%.*s", ref->negate ? "-" : "",
+           (int)(l->len > 200 ? 200 : l->len), lx->values + l->offset);
+  const char *text = value;
+  size_t text_len = strlen(value);
+  pgs_key_t key;
+  pgs_key_error_t err;
+  pgs_route_detail_t d;
+  if (ref->array || pgs_key_from_text(t->type, text, text_len, &key, &err) != PGS_OK) {
+    snprintf(line, sizeof(line), "%s.%s = %s (%s)%s", t->name, t->column, text,
+             pgs_strategy_name(t->strategy), ref->array ? ": an array, each element routed" : "");
+    item(b, "key", line);
+    return;
+  }
+  int shard = pgs_shardmap_route_detail(db, t, &key, &d, &err);
+  char how[160] = "";
+  if (d.slot >= 0) snprintf(how, sizeof(how), ", slot %d", d.slot);
+  else if (d.range >= 0) snprintf(how, sizeof(how), ", range %d", d.range);
+  else if (d.region) snprintf(how, sizeof(how), ", region %s%s", d.region, d.geo_default ? " (default)" : "");
+  else if (d.pinned) snprintf(how, sizeof(how), ", pinned tenant");
+  else if (d.postgres_hash) snprintf(how, sizeof(how), ", partition hash");
+  snprintf(line, sizeof(line), "%s.%s = %.64s (%s%s) -> %s", t->name, t->column, text,
+           pgs_strategy_name(t->strategy), how,
+           shard >= 0 ? db->shards[shard].name : err.message);
+  item(b, "key", line);
+}
+
+/* EXPLAIN ROUTE: the router's decision for a statement, without running it
+ * (no session: no tenant, SET pgshard.shard or read-your-writes state). */
+static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_buf_t *b,
+                          int *rows) {
+  const pgs_config_t *config = client->worker->config;
+  const pgs_database_t *db = NULL;
+  if (cmd->arg[0]) db = pgs_config_find_database(config, cmd->arg);
+  else if (config->ndatabases == 1) db = &config->databases[0];
+  if (db == NULL) {
+    put_error(client, PGS_SQLSTATE_INVALID_CATALOG,
+              cmd->arg[0] ? "no such database" : "several databases: say EXPLAIN ROUTE IN db ...");
+    return false;
+  }
+  pgs_lexed_t lx;
+  pgs_lex_init(&lx);
+  if (pgs_lex(cmd->statement, cmd->statement_len, &lx) != PGS_OK) {
+    pgs_lex_free(&lx);
+    put_error(client, PGS_SQLSTATE_SYNTAX_ERROR, "the statement cannot be read");
+    return false;
+  }
+  pgs_plan_t *plan = pgs_analyze(db, &lx);
+  size_t before = b->len;
+  char text[1024];
+  item(b, "database", db->name);
+  item(b, "statement", kind_name(plan->kind));
+  if (plan->parse_failed) {
+    item(b, "route", "refused: PostgreSQL's grammar does not read it (42601)");
+  } else {
+    pgs_route_session_t session = {.hint_shard = -1, .tenant = NULL};
+    if (lx.hint_shard[0]) {
+      session.hint_shard = pgs_shardmap_find_shard(db, lx.hint_shard);
+      item(b, "hint", lx.hint_shard);
+    }
+    pgs_param_values_t none = {0};
+    pgs_route_t rt;
+    memset(&rt, 0, sizeof(rt));
+    int *row_shard = plan->nrows ? pgs_xcalloc((size_t)plan->nrows, sizeof(int)) : NULL;
+    rt.row_shard = row_shard;
+    if (lx.hint_shard[0] && session.hint_shard < 0) {
+      rt.kind = PGS_ROUTE_REFUSE;
+      snprintf(rt.sqlstate, sizeof(rt.sqlstate), "22023");
+      snprintf(rt.message, sizeof(rt.message), "unknown shard \"%s\" in hint", lx.hint_shard);
+    } else if (lx.nparams > 0) {
+      rt.kind = PGS_ROUTE_REFUSE;
+      snprintf(rt.sqlstate, sizeof(rt.sqlstate), "-----");
+      snprintf(rt.message, sizeof(rt.message),
+               "the statement has $n parameters: its route is decided at Bind");
+    } else {
+      pgs_route_plan(db, plan, &lx, &none, &session, &rt);
+    }
+    if (rt.kind == PGS_ROUTE_REFUSE && plan->refuse_sqlstate[0] && !rt.message[0])
+      snprintf(rt.message, sizeof(rt.message), "%s", plan->refuse_message);
+    if (rt.kind == PGS_ROUTE_REFUSE) {
+      snprintf(text, sizeof(text), "refused (%s): %s", rt.sqlstate, rt.message);
+      item(b, "route", text);
+    } else {
+      item(b, "route", route_name(rt.kind));
+      uint64_t mask = rt.kind == PGS_ROUTE_ONE && rt.shard >= 0 ? (uint64_t)1 << rt.shard : rt.shards;
+      shard_names(db, mask, text, sizeof(text));
+      item(b, "shards", text);
+      bool replicas = false;
+      for (int i = 0; i < db->nshards; i++)
+        if ((mask >> i) & 1) replicas |= db->shards[i].nreplicas > 0;
+      if (plan->kind == PGS_STMT_READ && replicas)
+        item(b, "server",
+             "a replica in the read set (within max_replica_lag_*; read_your_writes may keep a "
+             "session that wrote on the primary; lag_fallback when none qualifies); the primary "
+             "inside a read-write transaction");
+      else
+        item(b, "server", "the shard's primary (the node writes go to)");
+      if (rt.kind == PGS_ROUTE_FANOUT || rt.kind == PGS_ROUTE_SPLIT || rt.kind == PGS_ROUTE_MERGE) {
+        if (plan->kind == PGS_STMT_WRITE || plan->kind == PGS_STMT_DDL || plan->runs_code) {
+          static const char *const policy[] = {"deny (refused at run time)", "allow",
+                                               "2pc (two-phase commit)"};
+          item(b, "cross_shard_writes", policy[db->cross_shard_writes]);
+        } else if (!db->cross_shard_reads) {
+          item(b, "cross_shard_reads", "deny (refused at run time)");
+        }
+      }
+    }
+    for (int i = 0; i < plan->nkeys; i++) explain_key(b, db, &lx, &plan->keys[i]);
+    for (int i = 0; i < plan->nrows && i < 20; i++) explain_key(b, db, &lx, &plan->rows[i]);
+    const pgs_table_t *t = plan->table ? plan->table : plan->all_table;
+    if (t && plan->nkeys == 0 && plan->nrows == 0) {
+      snprintf(text, sizeof(text), "%s (%s on %s, no key in the statement)", t->name,
+               pgs_strategy_name(t->strategy), t->column);
+      item(b, "table", text);
+    }
+    free(row_shard);
+  }
+  pgs_plan_unref(plan);
+  pgs_lex_free(&lx);
+  int n = 0;
+  for (size_t at = before; at < b->len; at += 1 + pgs_get_u32(b->data + at + 1)) n++;
+  *rows = n;
+  return true;
+}
+
 /* Run CMD. Returns false when it gathers (the answer comes later); else
  * its reply (without RowDescription unless SIMPLE) is in the output. */
 static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool simple) {
@@ -789,7 +970,20 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
     start_gather(client, GATHER_KILL, simple ? REPLY_SIMPLE : REPLY_EXECUTE,
                  (int32_t)cmd->client_id);
     return false;
-  case PGS_ADMIN_EXPLAIN_ROUTE:
+  case PGS_ADMIN_EXPLAIN_ROUTE: {
+    pgs_buf_t rows_buf;
+    pgs_buf_init(&rows_buf);
+    int rows;
+    if (explain_route(client, cmd, &rows_buf, &rows)) {
+      mark = pgs_io_scratch_mark(&client->io);
+      if (simple) put_row_description(out, explain_cols, (int)PGS_ARRAY_LEN(explain_cols));
+      pgs_buf_put(out, rows_buf.data, rows_buf.len);
+      put_complete(out, "EXPLAIN");
+      pgs_io_scratch_done(&client->io, mark);
+    }
+    pgs_buf_free(&rows_buf);
+    return true;
+  }
   case PGS_ADMIN_PAUSE:
   case PGS_ADMIN_RESUME:
   case PGS_ADMIN_BAN:
@@ -802,6 +996,10 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
 
 /* The columns CMD answers with, for Describe: false when it has none. */
 static bool command_columns(const pgs_admin_cmd_t *cmd, show_spec_t *spec) {
+  if (cmd->kind == PGS_ADMIN_EXPLAIN_ROUTE) {
+    *spec = (show_spec_t)SPEC(explain_cols, false);
+    return true;
+  }
   if (cmd->kind != PGS_ADMIN_SHOW) return false;
   *spec = show_spec(cmd->show);
   return true;

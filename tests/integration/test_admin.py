@@ -13,6 +13,7 @@ import time
 import psycopg
 import pytest
 
+from conftest import PGSHARDCTL
 from support import wait_for
 from test_replicas import FAST, wait_replicas_readable
 
@@ -206,3 +207,49 @@ def test_shutdown_from_the_console(proxy):
     with admin(px) as conn:
         conn.execute("shutdown")
     assert px.wait_exit(20) == 0, px.log_tail()
+
+
+def explain(conn, sql):
+    return [(r["item"], r["value"]) for r in rows(conn, "explain route in app " + sql)]
+
+
+def route_of(config, table, key):
+    out = subprocess.run([str(PGSHARDCTL), "route", str(config), "app", table, str(key)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[-1]
+
+
+def test_explain_route_agrees_with_pgshardctl_route(shard_lab, sharded_proxy):
+    from test_sharding import MAP
+    px = sharded_proxy(extra_ini=MAP)
+    with admin(px) as conn:
+        for key in (1, 42, -7, 123456789):
+            out = dict(explain(conn, f"select * from users where id = {key}"))
+            shard = route_of(px.config_path, "users", key)
+            assert out["route"] == "one shard" and out["shards"] == shard, (key, out)
+            assert out["statement"] == "read"
+            assert f"-> {shard}" in out["key"] and "slot" in out["key"], out
+        out = explain(conn, "insert into events (id, v) values (5, 'a'), (2000000, 'b')")
+        keys = [v for k, v in out if k == "key"]
+        assert len(keys) == 2 and keys[0].endswith("-> s0") and keys[1].endswith("-> s1"), out
+        # Under cross_shard_writes = deny the router refuses it, and says why.
+        assert dict(out)["route"].startswith("refused (0A000)")
+        assert "cross_shard_writes = deny" in dict(out)["route"]
+        out = dict(explain(conn, "select count(*) from users"))
+        assert out["route"] == "every shard of the list, rows merged" and out["shards"] == "s0, s1"
+        out = dict(explain(conn, "update users set v = 'x'"))
+        assert out["statement"] == "write", out
+        assert out.get("cross_shard_writes", "").startswith("deny") or \
+            "cross_shard_writes" in out["route"], out
+        out = dict(explain(conn, "select * from users where id = $1"))
+        assert "decided at Bind" in out["route"]
+        out = dict(explain(conn, "/* pgshard: shard=s1 */ select 1"))
+        assert out["hint"] == "s1" and out["shards"] == "s1"
+        out = dict(explain(conn, "selec * from users"))
+        assert out["route"].startswith("refused") and "42601" in out["route"]
+        with pytest.raises(psycopg.errors.InvalidCatalogName):
+            conn.execute("explain route in nosuchdb select 1")
+        # The extended protocol describes its columns too.
+        cur = conn.execute("explain route in app select 1", prepare=True)
+        assert [d.name for d in cur.description] == ["item", "value"]
