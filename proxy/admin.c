@@ -24,6 +24,7 @@
 #include <ctype.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -132,7 +133,7 @@ static const admin_column_t nodes_cols[] = {
     {"role", OID_TEXT},       {"host", OID_TEXT},      {"port", OID_INT8},
     {"up", OID_BOOL},         {"writer", OID_BOOL},    {"in_read_set", OID_BOOL},
     {"in_recovery", OID_BOOL}, {"lag_bytes", OID_INT8}, {"lag_ms", OID_INT8},
-    {"failed_checks", OID_INT8}, {"last_check_ms_ago", OID_INT8},
+    {"failed_checks", OID_INT8}, {"last_check_ms_ago", OID_INT8}, {"banned", OID_BOOL},
 };
 static const admin_column_t pools_cols[] = {
     {"database", OID_TEXT},   {"user", OID_TEXT},         {"shard", OID_TEXT},
@@ -251,8 +252,9 @@ static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
           row_int(&r, ns->failures);
           if (ns->checked_ms) row_int(&r, (int64_t)(now - ns->checked_ms));
           else row_text(&r, NULL);
+          row_bool(&r, ns->banned);
         } else {
-          for (int k = 0; k < 8; k++) row_text(&r, NULL);
+          for (int k = 0; k < 9; k++) row_text(&r, NULL);
         }
         row_end(&r);
       }
@@ -352,6 +354,9 @@ static void show_help(pgs_buf_t *b) {
   }
   static const char *const more[][2] = {
       {"RELOAD", "read the config file again (refused with its first error if it has any)"},
+      {"EXPLAIN ROUTE [IN db] statement", "where a statement would run, and why"},
+      {"BAN host:port", "take a replica out of the read set until UNBAN"},
+      {"UNBAN host:port", "give a banned replica back to the read set"},
       {"KILL client_id", "close a client connection (its id as SHOW CLIENTS gives it)"},
       {"SHUTDOWN", "stop accepting, let transactions finish, exit (as SIGTERM)"},
   };
@@ -897,6 +902,46 @@ static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_
   return true;
 }
 
+/* BAN / UNBAN host:port: every replica at that address, in any database. */
+static bool ban(pgs_client_t *client, const pgs_admin_cmd_t *cmd) {
+  const pgs_config_t *config = client->worker->config;
+  bool banning = cmd->kind == PGS_ADMIN_BAN;
+  int replicas = 0, primaries = 0;
+  const char *colon = strrchr(cmd->arg, ':');
+  for (int d = 0; colon && d < config->ndatabases; d++) {
+    const pgs_database_t *db = &config->databases[d];
+    for (int s = 0; s < db->nshards; s++) {
+      const pgs_shard_t *sh = &db->shards[s];
+      char name[300];
+      snprintf(name, sizeof(name), "%s:%d", sh->primary.host, sh->primary.port);
+      primaries += !strcmp(name, cmd->arg);
+      for (int i = 0; i < sh->nreplicas; i++) {
+        snprintf(name, sizeof(name), "%s:%d", sh->replicas[i].host, sh->replicas[i].port);
+        replicas += !strcmp(name, cmd->arg);
+      }
+    }
+  }
+  if (replicas == 0) {
+    put_error(client, primaries ? PGS_SQLSTATE_FEATURE_NOT_SUPPORTED : "42704",
+              primaries ? "only replicas can be banned (writes have nowhere else to go)"
+                        : "no replica at that address (BAN host:port, as SHOW NODES gives it)");
+    return true;
+  }
+  char host[256];
+  size_t hlen = (size_t)(colon - cmd->arg);
+  snprintf(host, sizeof(host), "%.*s", (int)(hlen < sizeof(host) ? hlen : sizeof(host) - 1), cmd->arg);
+  if (!pgs_monitor_ban(host, atoi(colon + 1), banning)) {
+    put_error(client, PGS_SQLSTATE_CONFIG_LIMIT, "too many banned replicas");
+    return true;
+  }
+  pgs_info("admin: %s %s by %s@%s", banning ? "BAN" : "UNBAN", cmd->arg, client->username,
+           client->peer);
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  put_complete(pgs_io_scratch(&client->io), banning ? "BAN" : "UNBAN");
+  pgs_io_scratch_done(&client->io, mark);
+  return true;
+}
+
 /* Run CMD. Returns false when it gathers (the answer comes later); else
  * its reply (without RowDescription unless SIMPLE) is in the output. */
 static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool simple) {
@@ -984,10 +1029,11 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
     pgs_buf_free(&rows_buf);
     return true;
   }
-  case PGS_ADMIN_PAUSE:
-  case PGS_ADMIN_RESUME:
   case PGS_ADMIN_BAN:
   case PGS_ADMIN_UNBAN:
+    return ban(client, cmd);
+  case PGS_ADMIN_PAUSE:
+  case PGS_ADMIN_RESUME:
     break;
   }
   put_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "this admin command is not supported yet");

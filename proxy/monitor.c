@@ -92,6 +92,10 @@ static struct {
   /* mailbox, under lock */
   pgs_config_t *mbox_config;
   bool mbox_stop;
+  bool mbox_publish; /* the bans changed: publish now */
+  /* replicas banned from the read set ("host:port"), under lock */
+  char bans[PGS_MONITOR_MAX_BANS][300];
+  int nbans;
   /* the monitor thread's own */
   pgs_config_t *config;
   mon_db_t *dbs;
@@ -187,6 +191,20 @@ static void publish(uint64_t now) {
       dst->shards[s] = *h; /* history by value */
       dst->shards[s].nodes = pgs_xmalloc(sizeof(*h->nodes) * (size_t)h->nnodes);
       memcpy(dst->shards[s].nodes, h->nodes, sizeof(*h->nodes) * (size_t)h->nnodes);
+      /* Banned replicas leave the read set in what workers see only: their
+       * checks and hysteresis go on, so an UNBAN finds them as they are. */
+      const pgs_shard_t *cs = &mon.config->databases[d].shards[s];
+      uv_mutex_lock(&mon.lock);
+      for (int i = 1; i < h->nnodes && i <= cs->nreplicas && mon.nbans > 0; i++) {
+        char name[300];
+        snprintf(name, sizeof(name), "%s:%d", cs->replicas[i - 1].host, cs->replicas[i - 1].port);
+        for (int b = 0; b < mon.nbans; b++) {
+          if (strcmp(mon.bans[b], name) != 0) continue;
+          dst->shards[s].nodes[i].banned = true;
+          dst->shards[s].nodes[i].readable = false;
+        }
+      }
+      uv_mutex_unlock(&mon.lock);
     }
   }
   pgs_workers_publish(snap); /* a reference per worker */
@@ -852,6 +870,8 @@ static void wakeup_cb(uv_async_t *async) {
   pgs_config_t *config = mon.mbox_config;
   mon.mbox_config = NULL;
   bool stop = mon.mbox_stop;
+  bool publish_now = mon.mbox_publish;
+  mon.mbox_publish = false;
   uv_mutex_unlock(&mon.lock);
   if (mon.stopping) {
     if (config) pgs_config_unref(config);
@@ -868,6 +888,7 @@ static void wakeup_cb(uv_async_t *async) {
     return;
   }
   if (config) apply_config(config);
+  else if (publish_now) publish(pgs_now_ms());
 }
 
 static void monitor_main(void *arg) {
@@ -924,6 +945,26 @@ void pgs_monitor_reload(pgs_config_t *config) {
   mon.mbox_config = pgs_config_ref(config);
   uv_mutex_unlock(&mon.lock);
   uv_async_send(&mon.wakeup);
+}
+
+bool pgs_monitor_ban(const char *host, int port, bool banned) {
+  char name[300];
+  snprintf(name, sizeof(name), "%s:%d", host, port);
+  bool ok = true;
+  uv_mutex_lock(&mon.lock);
+  int at = 0;
+  while (at < mon.nbans && strcmp(mon.bans[at], name) != 0) at++;
+  if (banned && at == mon.nbans) {
+    if (mon.nbans < PGS_MONITOR_MAX_BANS) snprintf(mon.bans[mon.nbans++], sizeof(mon.bans[0]), "%s", name);
+    else ok = false;
+  } else if (!banned && at < mon.nbans) {
+    memmove(mon.bans[at], mon.bans[at + 1], sizeof(mon.bans[0]) * (size_t)(mon.nbans - at - 1));
+    mon.nbans--;
+  }
+  mon.mbox_publish = true;
+  uv_mutex_unlock(&mon.lock);
+  if (mon.started) uv_async_send(&mon.wakeup);
+  return ok;
 }
 
 void pgs_monitor_stop(void) {

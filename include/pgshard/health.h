@@ -58,6 +58,7 @@ typedef struct pgs_node_state {
   bool up;            /* reachable (not marked down) */
   bool in_recovery;   /* pg_is_in_recovery() at the last check */
   bool readable;      /* a replica that may take reads now (bounds + hysteresis) */
+  bool banned;        /* an operator took it out of the read set (admin BAN) */
   bool writer;        /* the node writes go to (configured primary, or promoted) */
   uint64_t lsn;       /* replica: replay LSN; primary: current LSN */
   uint64_t receive_lsn;

@@ -70,6 +70,12 @@ int pgs_monitor_start(pgs_config_t *config) PGS_MUST_USE;
  * (database, shard name, conninfo) keep their state and connection; a
  * shard's writer and LSN history follow its nodes. */
 void pgs_monitor_reload(pgs_config_t *config);
+#define PGS_MONITOR_MAX_BANS 64
+/* BAN (BANNED true) or UNBAN the replicas at HOST:PORT: a banned replica
+ * takes no reads, whatever its health, until unbanned (kept across
+ * reloads). The next snapshot, published at once, says so. False when
+ * PGS_MONITOR_MAX_BANS are already banned. */
+bool pgs_monitor_ban(const char *host, int port, bool banned);
 /* Close every connection and join the thread (before pgs_workers_join: it
  * publishes until then). */
 void pgs_monitor_stop(void);

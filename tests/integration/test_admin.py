@@ -253,3 +253,31 @@ def test_explain_route_agrees_with_pgshardctl_route(shard_lab, sharded_proxy):
         # The extended protocol describes its columns too.
         cur = conn.execute("explain route in app select 1", prepare=True)
         assert [d.name for d in cur.description] == ["item", "value"]
+
+
+def test_ban_and_unban_a_replica(replica_lab, replica_proxy):
+    from test_replicas import served
+    lab = replica_lab
+    px = replica_proxy(**FAST)
+    wait_replicas_readable(px, lab)
+    s0 = lab.shard("s0")
+    banned, other = s0.replica_ports
+    with admin(px) as conn, px.connect(autocommit=True) as app:
+        conn.execute(f"ban 127.0.0.1:{banned}")
+        # In effect with the monitor's next snapshot (published at once).
+        def node():
+            return [n for n in rows(conn, "show nodes") if n["port"] == banned][0]
+        wait_for(lambda: node()["banned"] is True, 5, message="SHOW NODES to show the ban")
+        assert node()["in_read_set"] is False
+        wait_for(lambda: all(served(app, "s0")[0] == other for _ in range(10)), 5,
+                 message="reads of s0 to leave the banned replica")
+        ports = {served(app, "s0")[0] for _ in range(30)}
+        assert ports == {other}, ports
+        conn.execute(f"unban 127.0.0.1:{banned}")
+        wait_for(lambda: banned in {served(app, "s0")[0] for _ in range(10)}, 10,
+                 message="reads of s0 to reach the unbanned replica again")
+        assert node()["banned"] is False
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute(f"ban 127.0.0.1:{s0.primary_port}")
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            conn.execute("ban 127.0.0.1:1")
