@@ -52,7 +52,9 @@ typedef struct pgs_admin_session {
   pgs_strmap_t portals;    /* portal name -> text */
   bool skip_to_sync;       /* an error in this extended unit */
   pgs_gather_t *gather;    /* GATHERING: the answer it waits for */
-  int gathering;           /* ... for what (pgs_admin_show_t, GATHER_KILL) */
+  int gathering;           /* ... for what (pgs_admin_show_t, GATHER_KILL, GATHER_PAUSE) */
+  char pause_db[PGS_MAX_NAME]; /* a PAUSE waiting: its database ("": all) */
+  struct pause_timer *pause_timer;
   int reply_mode;          /* ... and how it goes out (reply_mode_t) */
 } pgs_admin_session_t;
 
@@ -357,6 +359,8 @@ static void show_help(pgs_buf_t *b) {
       {"EXPLAIN ROUTE [IN db] statement", "where a statement would run, and why"},
       {"BAN host:port", "take a replica out of the read set until UNBAN"},
       {"UNBAN host:port", "give a banned replica back to the read set"},
+      {"PAUSE [db]", "new transactions wait; answers once running ones have finished"},
+      {"RESUME [db]", "waiting clients go on"},
       {"KILL client_id", "close a client connection (its id as SHOW CLIENTS gives it)"},
       {"SHUTDOWN", "stop accepting, let transactions finish, exit (as SIGTERM)"},
   };
@@ -513,6 +517,8 @@ static void part_stats(pgs_worker_t *w, pgs_buf_t *b) {
 /* ---- gathering ---- */
 
 #define GATHER_KILL PGS_SHOW_COUNT /* "what" of a KILL: the part says if it closed one */
+#define GATHER_PAUSE (PGS_SHOW_COUNT + 1) /* a PAUSE waiting: transactions still running */
+#define PAUSE_POLL_MS 20
 
 /* Closes client ID if this worker has it. */
 static bool kill_client(pgs_worker_t *w, int32_t id) {
@@ -537,6 +543,15 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
   case GATHER_KILL:
     if (kill_client(w, (int32_t)param)) pgs_buf_put_u8(b, 1);
     break;
+  case GATHER_PAUSE:
+    /* A byte per client of a paused database still inside a transaction. */
+    for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
+      pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
+      if (!c->admin && c->db && c->state != PGS_CL_CLOSING && !c->paused &&
+          pgs_paused(c->dbname) && !pgs_client_between_transactions(c))
+        pgs_buf_put_u8(b, 1);
+    }
+    break;
   default: break;
   }
 }
@@ -544,10 +559,42 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
 static void admin_process(pgs_client_t *client);
 static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int mode);
 
+static void start_gather(pgs_client_t *client, int what, reply_mode_t mode, int32_t kill_id);
+
+/* A PAUSE waits: ask again in a moment (the timer is the session's; it
+ * may outlive the client, and then does nothing). */
+typedef struct pause_timer {
+  uv_timer_t timer;
+  pgs_client_t *client; /* NULL once the client has gone */
+} pause_timer_t;
+
+static void pause_timer_closed(uv_handle_t *handle) { free(handle->data); }
+
+static void pause_poll(uv_timer_t *timer) {
+  pause_timer_t *pt = timer->data;
+  if (pt->client) start_gather(pt->client, GATHER_PAUSE, pt->client->admin_session->reply_mode, 0);
+}
+
+static bool pause_still_waits(pgs_client_t *client, pgs_gather_t *g) {
+  pgs_admin_session_t *as = client->admin_session;
+  bool busy = false;
+  for (int i = 0; i < pgs_gather_nparts(g); i++) busy |= pgs_gather_part(g, i)->len > 0;
+  if (!busy || !pgs_paused(as->pause_db[0] ? as->pause_db : "")) return false;
+  if (as->pause_timer == NULL) {
+    as->pause_timer = pgs_xcalloc(1, sizeof(*as->pause_timer));
+    uv_timer_init(&client->worker->loop, &as->pause_timer->timer);
+    as->pause_timer->timer.data = as->pause_timer;
+  }
+  as->pause_timer->client = client;
+  uv_timer_start(&as->pause_timer->timer, pause_poll, PAUSE_POLL_MS, 0);
+  return true;
+}
+
 static void gather_done(pgs_gather_t *g, void *owner) {
   pgs_client_t *client = owner;
   pgs_admin_session_t *as = client->admin_session;
   as->gather = NULL;
+  if (as->gathering == GATHER_PAUSE && pause_still_waits(client, g)) return;
   emit_gathered(client, g, as->gathering, as->reply_mode);
   pgs_io_start_reading(&client->io);
   admin_process(client);
@@ -668,10 +715,22 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
   show_spec_t spec = show_spec((pgs_admin_show_t)what);
   pgs_buf_t *out = pgs_io_scratch(&client->io);
   size_t mark;
-  if (what == GATHER_KILL) {
-    bool killed = false;
+  if (what == GATHER_PAUSE) {
+    mark = pgs_io_scratch_mark(&client->io);
+    if (pgs_paused(client->admin_session->pause_db)) {
+      put_complete(out, "PAUSE");
+      pgs_io_scratch_done(&client->io, mark);
+    } else {
+      pgs_io_scratch_done(&client->io, mark);
+      put_error(client, "55000", "RESUME came before the running transactions finished");
+    }
+  }
+  if (what == GATHER_PAUSE || what == GATHER_KILL) {
+    bool killed = what == GATHER_PAUSE;
     for (int i = 0; i < pgs_gather_nparts(g); i++) killed |= pgs_gather_part(g, i)->len > 0;
-    if (killed) {
+    if (what == GATHER_PAUSE) {
+      /* answered above */
+    } else if (killed) {
       mark = pgs_io_scratch_mark(&client->io);
       put_complete(out, "KILL");
       pgs_io_scratch_done(&client->io, mark);
@@ -1033,8 +1092,29 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
   case PGS_ADMIN_UNBAN:
     return ban(client, cmd);
   case PGS_ADMIN_PAUSE:
-  case PGS_ADMIN_RESUME:
-    break;
+  case PGS_ADMIN_RESUME: {
+    bool pausing = cmd->kind == PGS_ADMIN_PAUSE;
+    if (cmd->arg[0] && pgs_config_find_database(client->worker->config, cmd->arg) == NULL) {
+      put_error(client, PGS_SQLSTATE_INVALID_CATALOG, "no such database");
+      return true;
+    }
+    if (!pgs_pause_set(cmd->arg[0] ? cmd->arg : NULL, pausing)) {
+      put_error(client, PGS_SQLSTATE_CONFIG_LIMIT, "too many paused databases");
+      return true;
+    }
+    pgs_info("admin: %s %s by %s@%s", pausing ? "PAUSE" : "RESUME",
+             cmd->arg[0] ? cmd->arg : "(every database)", client->username, client->peer);
+    if (pausing) {
+      /* Answered once no transaction of a paused database runs. */
+      snprintf(client->admin_session->pause_db, PGS_MAX_NAME, "%.63s", cmd->arg);
+      start_gather(client, GATHER_PAUSE, simple ? REPLY_SIMPLE : REPLY_EXECUTE, 0);
+      return false;
+    }
+    mark = pgs_io_scratch_mark(&client->io);
+    put_complete(out, "RESUME");
+    pgs_io_scratch_done(&client->io, mark);
+    return true;
+  }
   }
   put_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "this admin command is not supported yet");
   return true;
@@ -1283,6 +1363,10 @@ void pgs_admin_free(pgs_client_t *client) {
   pgs_admin_session_t *as = client->admin_session;
   if (as == NULL) return;
   pgs_gather_cancel(as->gather);
+  if (as->pause_timer) {
+    as->pause_timer->client = NULL;
+    uv_close((uv_handle_t *)&as->pause_timer->timer, pause_timer_closed);
+  }
   pgs_strmap_free(&as->statements, free_text);
   pgs_strmap_free(&as->portals, free_text);
   free(as);

@@ -2503,6 +2503,8 @@ static void plan_over_budget(pgs_client_t *client, const char *key) {
             strcmp(key, "max_client_memory") ? "all clients" : "this client", key, limit);
 }
 
+static bool at_tx_boundary(const pgs_client_t *client);
+
 /* ---- following a reload ----
  *
  * A client logs in on the running config and keeps a reference to it. A
@@ -2516,6 +2518,10 @@ static void plan_over_budget(pgs_client_t *client, const char *key) {
  * when next needed. Servers it holds (session pooling, a pinned session)
  * are kept only when the new map has their node at the same place; if not,
  * the client stays on its config until it holds none. */
+
+bool pgs_client_between_transactions(const pgs_client_t *client) {
+  return at_tx_boundary(client);
+}
 
 static bool at_tx_boundary(const pgs_client_t *client) {
   if (client->planned || client->in_tx || client->tx_aborted || client->tx_mask ||
@@ -2769,6 +2775,11 @@ void pgs_client_process(pgs_client_t *client) {
       }
       if (type == 'S') client->unit_failed = false;
       if (client->config != client->worker->config && !pgs_client_follow_config(client)) return;
+      if (pgs_paused(client->dbname) && at_tx_boundary(client)) {
+        client->paused = true; /* RESUME reads it again (worker.c) */
+        blocked = true;
+        break;
+      }
       if (client->request_start_us == 0) client->request_start_us = pgs_now_us();
       if (type == 'Q' || type == 'E') COUNT(client, queries);
       const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;

@@ -331,6 +331,8 @@ struct pgs_client {
   int ntx_ops;
   bool tx_failed;  /* the transaction holding tx_ops failed or rolled back */
   bool pinned;     /* session state that cannot move: keep the server */
+  bool paused;     /* its database is paused (admin PAUSE): it waits, not read,
+                      before its next transaction until RESUME */
   bool temp;       /* made temporary objects: its servers are closed, not reused */
   char *startup_options; /* session pooling: startup parameters as libpq options
                             ("-c name=value ..."), given to its servers at login */
@@ -451,6 +453,9 @@ void pgs_client_routing_free(pgs_client_t *client);
  * when the client was closed (its database or user is no longer
  * configured, or its tenant or shard hint cannot be placed in the new map). */
 bool pgs_client_follow_config(pgs_client_t *client);
+/* Between transactions with nothing in flight (where a reload is followed
+ * and a PAUSE holds a client). */
+bool pgs_client_between_transactions(const pgs_client_t *client);
 /* Forget the planned steps of the message at in_pos. */
 void pgs_client_clear_steps(pgs_client_t *client);
 void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server);
@@ -744,6 +749,12 @@ int pgs_workers_running(void);
 void pgs_workers_cancel(int32_t pid, int32_t key);
 int pgs_worker_index_of_pid(int32_t pid);
 int pgs_workers_count(void);
+/* Admin PAUSE / RESUME of database DB (NULL: every database): a client of
+ * a paused database waits before its next transaction. pgs_paused is cheap
+ * when nothing is paused. RESUME wakes every worker's waiting clients. */
+/* False when too many databases are paused already. */
+bool pgs_pause_set(const char *db, bool paused);
+bool pgs_paused(const char *db);
 /* Serve GET /metrics at ADDRESS (HOST:PORT) on WORKER's loop (metrics.c). */
 int pgs_metrics_start(pgs_worker_t *worker, uv_tcp_t *listener, const char *address);
 /* Run FN(worker, ARG) on worker INDEX's thread. False when that worker no

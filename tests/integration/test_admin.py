@@ -281,3 +281,50 @@ def test_ban_and_unban_a_replica(replica_lab, replica_proxy):
             conn.execute(f"ban 127.0.0.1:{s0.primary_port}")
         with pytest.raises(psycopg.errors.UndefinedObject):
             conn.execute("ban 127.0.0.1:1")
+
+
+def test_pause_waits_for_transactions_and_holds_new_ones(proxy):
+    import threading
+    px = proxy()
+    in_tx = px.connect()
+    later = px.connect(autocommit=True)
+    other = admin(px)
+    try:
+        in_tx.execute("select 1")  # a transaction runs
+        done = {}
+
+        def run(name, conn, sql):
+            t0 = time.monotonic()
+            try:
+                conn.execute(sql)
+                done[name] = time.monotonic() - t0
+            except Exception as exc:  # noqa: BLE001 - reported by the asserts below
+                done[name] = exc
+
+        pauser = admin(px)
+        pause = threading.Thread(target=run, args=("pause", pauser, "pause app"))
+        pause.start()
+        time.sleep(0.5)
+        assert "pause" not in done, "PAUSE returned while a transaction ran"
+        # The running transaction goes on and ends; then PAUSE answers.
+        assert in_tx.execute("select 2").fetchone() == (2,)
+        in_tx.commit()
+        pause.join(10)
+        assert isinstance(done.get("pause"), float), done
+        # A new transaction waits while paused ...
+        held = threading.Thread(target=run, args=("later", later, "select 3"))
+        held.start()
+        time.sleep(0.5)
+        assert "later" not in done, "a statement ran on a paused database"
+        assert rows(other, "show version")  # the console is not paused
+        other.execute("resume app")
+        held.join(10)
+        assert isinstance(done.get("later"), float), done
+        assert later.execute("select 4").fetchone() == (4,)
+        pauser.close()
+        with pytest.raises(psycopg.errors.InvalidCatalogName):
+            other.execute("pause nosuchdb")
+    finally:
+        other.execute("resume")
+        for c in (in_tx, later, other):
+            c.close()
