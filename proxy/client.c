@@ -83,6 +83,8 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client);
 }
 
+static void cancel_server(pgs_client_t *client, pgs_server_t *server);
+
 /* Give a server back (or drop it) when its client goes away. */
 static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   if (pgs_server_flush(server) < 0) server->dirty = true;
@@ -92,6 +94,9 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
    * next client's first messages too. */
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
       server->io.writing || server->error_until_sync) {
+    /* A query still running would run on after the close (a server notices
+     * a closed socket only when it next reads or writes): cancel it. */
+    cancel_server(client, server);
     pgs_server_close(server, "client left during a request or transaction");
     return;
   }
@@ -1145,7 +1150,19 @@ void pgs_client_tick(pgs_client_t *client, uint64_t now) {
                     (unsigned long long)stalled, config->client_write_timeout_ms);
     return;
   }
-  if (!client_idle(client)) return;
+  if (!client_idle(client)) {
+    /* A request running longer than query_timeout_ms (waiting for a pool
+     * included): the client is closed and its servers with it, which ends
+     * the query on every shard (PgBouncer's query_timeout). Best set a
+     * little above the servers' statement_timeout, for network trouble. */
+    uint64_t running_ms =
+        client->request_start_us ? (pgs_now_us() - client->request_start_us) / 1000 : 0;
+    if (config->query_timeout_ms > 0 && running_ms >= (uint64_t)config->query_timeout_ms)
+      pgs_client_fail(client, "57014",
+                      "canceling statement due to query_timeout_ms (%d): it ran %llu ms",
+                      config->query_timeout_ms, (unsigned long long)running_ms);
+    return;
+  }
   uint64_t idle = now > client->active_ms ? now - client->active_ms : 0;
   bool in_tx = client->txstatus == 'T' || client->txstatus == 'E';
   if (in_tx && config->idle_transaction_timeout_ms > 0 &&

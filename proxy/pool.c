@@ -297,10 +297,13 @@ void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client) {
 
 void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
   server->client = NULL;
+  int lifetime = pool->worker->config->server_lifetime_ms;
+  bool too_old = lifetime > 0 && pgs_now_ms() - server->born_ms >= (uint64_t)lifetime;
   if (server->dirty || pool->worker->stopping || node_servers(pool) > pool->size ||
-      (pool->gone && pgs_list_empty(&pool->waiters))) {
+      (pool->gone && pgs_list_empty(&pool->waiters)) || too_old) {
     pgs_server_close(server, server->dirty ? "not reusable"
                              : pool->gone  ? "node or user no longer configured"
+                             : too_old     ? "server_lifetime_ms reached"
                                            : "pool shrinking");
     maybe_connect(pool);
     return;

@@ -619,6 +619,7 @@ void pgs_server_connect(pgs_pool_t *pool) {
   server->pool = pool;
   server->state = PGS_SV_CONNECTING;
   server->state_since_ms = pgs_now_ms();
+  server->born_ms = server->state_since_ms;
   server->txstatus = 'I';
   pgs_strmap_init(&server->prepared);
   pgs_list_append(&pool->connecting, &server->link);

@@ -445,6 +445,10 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     set_int(st, key, value, 0, 86400000, &c->client_idle_timeout_ms);
   } else if (!strcmp(key, "client_write_timeout_ms")) {
     set_int(st, key, value, 0, 86400000, &c->client_write_timeout_ms);
+  } else if (!strcmp(key, "query_timeout_ms")) {
+    set_int(st, key, value, 0, 86400000, &c->query_timeout_ms);
+  } else if (!strcmp(key, "server_lifetime_ms")) {
+    set_int(st, key, value, 0, 86400000, &c->server_lifetime_ms);
   } else if (!strcmp(key, "idle_transaction_timeout_ms")) {
     set_int(st, key, value, 0, 86400000, &c->idle_transaction_timeout_ms);
   } else if (!strcmp(key, "max_client_memory")) {

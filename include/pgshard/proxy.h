@@ -582,6 +582,7 @@ struct pgs_server {
   bool login_scs_off;     /* logged in with standard_conforming_strings off */
   int shard;             /* the client's slot it is linked as */
   uint64_t state_since_ms;
+  uint64_t born_ms; /* when it was opened (server_lifetime_ms) */
   int32_t backend_pid;
   int pending_closes;
   char last_error[256];
