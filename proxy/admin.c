@@ -660,27 +660,14 @@ static void emit_pools(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
   free(all);
 }
 
-/* Every worker's statistics of each database, merged (stats.h). Also used
- * by the metrics endpoint through pgs_admin_stats_merged. */
+/* Every worker's statistics of each database, merged (stats.h). */
 static pgs_db_stats_t *merge_stats(pgs_gather_t *g, int *count) {
   pgs_db_stats_t *all = NULL;
-  int n = 0;
+  *count = 0;
   for (int i = 0; i < pgs_gather_nparts(g); i++) {
     const pgs_buf_t *b = pgs_gather_part(g, i);
-    for (size_t at = 0; at + sizeof(pgs_db_stats_t) <= b->len; at += sizeof(pgs_db_stats_t)) {
-      const pgs_db_stats_t *s = (const pgs_db_stats_t *)(const void *)(b->data + at);
-      int k = 0;
-      while (k < n && strcmp(all[k].db, s->db) != 0) k++;
-      if (k == n) {
-        all = pgs_xrealloc(all, (size_t)(n + 1) * sizeof(*all));
-        memset(&all[n], 0, sizeof(*all));
-        snprintf(all[n].db, sizeof(all[n].db), "%s", s->db);
-        n++;
-      }
-      pgs_db_stats_merge(&all[k], s);
-    }
+    pgs_db_stats_merge_records(b->data, b->len / sizeof(pgs_db_stats_t), &all, count);
   }
-  *count = n;
   return all;
 }
 
@@ -1273,24 +1260,13 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
 static void admin_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   pgs_admin_session_t *as = client->admin_session;
-  size_t max = (size_t)client->worker->config->max_message_size;
   while (as->gather == NULL && client->state != PGS_CL_CLOSING) {
     char type;
     size_t total;
     const uint8_t *p = io->in.data + io->in_pos;
-    pgs_status_t st = pgs_msg_peek(p, io->in.len - io->in_pos, max, &type, &total);
-    if (st == PGS_EAGAIN) {
-      io->in_want = io->in_pos + 5;
-      break;
-    }
-    if (st != PGS_OK) {
-      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
-      return;
-    }
-    if (io->in.len - io->in_pos < total) {
-      io->in_want = io->in_pos + total;
-      break;
-    }
+    pgs_status_t st = pgs_client_next_message(client, &type, &total);
+    if (st == PGS_EAGAIN) break;
+    if (st != PGS_OK) return;
     io->in_pos += total;
     if (client->request_start_us == 0) client->request_start_us = pgs_now_us();
     if (type == 'X') {

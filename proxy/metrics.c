@@ -151,19 +151,7 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
     size_t at = 0;
     uint32_t n;
     const uint8_t *p = records(part, &at, sizeof(pgs_db_stats_t), &n);
-    for (uint32_t k = 0; k < n; k++) {
-      pgs_db_stats_t s;
-      memcpy(&s, p + k * sizeof(s), sizeof(s));
-      int j = 0;
-      while (j < nstats && strcmp(stats[j].db, s.db) != 0) j++;
-      if (j == nstats) {
-        stats = pgs_xrealloc(stats, (size_t)(nstats + 1) * sizeof(*stats));
-        memset(&stats[nstats], 0, sizeof(*stats));
-        snprintf(stats[nstats].db, sizeof(stats[nstats].db), "%s", s.db);
-        nstats++;
-      }
-      pgs_db_stats_merge(&stats[j], &s);
-    }
+    if (p) pgs_db_stats_merge_records(p, n, &stats, &nstats);
     p = records(part, &at, sizeof(pool_record_t), &n);
     for (uint32_t k = 0; k < n; k++) {
       pool_record_t r;

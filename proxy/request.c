@@ -2685,6 +2685,34 @@ bool pgs_client_follow_config(pgs_client_t *client) {
   return true;
 }
 
+pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *total) {
+  pgs_io_t *io = &client->io;
+  size_t max = (size_t)client->worker->config->max_message_size;
+  pgs_status_t st = pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, max, type, total);
+  if (st == PGS_EAGAIN) {
+    io->in_want = io->in_pos + 5;
+    return PGS_EAGAIN;
+  }
+  if (st == PGS_EPROTO || !pgs_frontend_type_valid(*type) || *type == 'p') {
+    if (st == PGS_EPROTO)
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+    else
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
+                      (unsigned char)*type);
+    return PGS_EPROTO;
+  }
+  if (st == PGS_ETOOBIG) {
+    pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                    "message of %zu bytes is over max_message_size (%zu)", *total - 1, max);
+    return PGS_EPROTO;
+  }
+  if (io->in.len - io->in_pos < *total) {
+    io->in_want = io->in_pos + *total;
+    return PGS_EAGAIN;
+  }
+  return PGS_OK;
+}
+
 void pgs_client_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
@@ -2692,7 +2720,6 @@ void pgs_client_process(pgs_client_t *client) {
     pgs_admin_process(client);
     return;
   }
-  size_t max = (size_t)client->config->max_message_size;
   bool blocked = false;
   for (;;) {
     pgs_server_t *server = client->server;
@@ -2713,28 +2740,9 @@ void pgs_client_process(pgs_client_t *client) {
     char type;
     size_t total;
     const uint8_t *p = io->in.data + io->in_pos;
-    pgs_status_t st = pgs_msg_peek(p, io->in.len - io->in_pos, max, &type, &total);
-    if (st == PGS_EAGAIN) {
-      io->in_want = io->in_pos + 5;
-      break;
-    }
-    if (st == PGS_EPROTO || !pgs_frontend_type_valid(type) || type == 'p') {
-      if (st == PGS_EPROTO)
-        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
-      else
-        pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
-                        (unsigned char)type);
-      return;
-    }
-    if (st == PGS_ETOOBIG) {
-      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
-                      "message of %zu bytes is over max_message_size (%zu)", total - 1, max);
-      return;
-    }
-    if (io->in.len - io->in_pos < total) {
-      io->in_want = io->in_pos + total;
-      break;
-    }
+    pgs_status_t st = pgs_client_next_message(client, &type, &total);
+    if (st == PGS_EAGAIN) break;
+    if (st != PGS_OK) return;
     if (type == 'X') {
       io->in_pos = io->in.len;
       pgs_client_close(client);

@@ -8,6 +8,8 @@
 
 #include "pgshard/stats.h"
 
+#include <stdlib.h>
+
 int pgs_hist_bucket(uint64_t value) {
   if (value < 16) return (int)value;
   int e = 63 - __builtin_clzll(value);
@@ -68,4 +70,20 @@ void pgs_db_stats_merge(pgs_db_stats_t *into, const pgs_db_stats_t *from) {
   into->twopc_commits += from->twopc_commits;
   into->twopc_aborts += from->twopc_aborts;
   pgs_hist_merge(&into->latency, &from->latency);
+}
+
+void pgs_db_stats_merge_records(const void *p, size_t count, pgs_db_stats_t **all, int *n) {
+  for (size_t k = 0; k < count; k++) {
+    pgs_db_stats_t s;
+    memcpy(&s, (const char *)p + k * sizeof(s), sizeof(s));
+    int j = 0;
+    while (j < *n && strcmp((*all)[j].db, s.db) != 0) j++;
+    if (j == *n) {
+      *all = pgs_xrealloc(*all, (size_t)(*n + 1) * sizeof(**all));
+      memset(&(*all)[j], 0, sizeof(**all));
+      memcpy((*all)[j].db, s.db, sizeof(s.db));
+      (*n)++;
+    }
+    pgs_db_stats_merge(&(*all)[j], &s);
+  }
 }

@@ -421,6 +421,10 @@ void pgs_admin_login(pgs_client_t *client);
 void pgs_admin_process(pgs_client_t *client);
 void pgs_admin_free(pgs_client_t *client);
 void pgs_client_process(pgs_client_t *client);
+/* The next whole message at the client's in_pos: PGS_OK with *TYPE and
+ * *TOTAL; PGS_EAGAIN when more bytes are needed (in_want set); PGS_EPROTO
+ * when it is malformed or too big (the client was failed). */
+pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *total);
 void pgs_client_server_lost(pgs_client_t *client, const char *why);
 /* The server of SLOT died with READIES ReadyForQuery owed (OPEN_UNIT: and
  * a unit without its Sync): a replica outside a transaction costs the

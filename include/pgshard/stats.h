@@ -47,5 +47,8 @@ typedef struct pgs_db_stats {
 } pgs_db_stats_t;
 
 void pgs_db_stats_merge(pgs_db_stats_t *into, const pgs_db_stats_t *from);
+/* Merge COUNT records stored back to back at P (maybe unaligned) into *ALL
+ * (*N entries, malloc'ed, grown as needed), one entry per database. */
+void pgs_db_stats_merge_records(const void *p, size_t count, pgs_db_stats_t **all, int *n);
 
 #endif
