@@ -537,6 +537,7 @@ class StalledReader(Client):
             return
         deadline = time.monotonic() + 30
         drained = 0
+        tail = b""
         outcome = "not closed"
         while time.monotonic() < deadline:
             raw.sock.settimeout(max(0.1, deadline - time.monotonic()))
@@ -546,18 +547,24 @@ class StalledReader(Client):
                 outcome = "closed"
                 break
             except socket.timeout:
-                outcome = "silent"  # neither closed nor sending: a stuck session
+                # Silent after a whole ReadyForQuery: the query ended before
+                # the stall mattered (a server lost mid-read fails the
+                # request and keeps the session) -- answered, not stuck.
+                # Silent otherwise: a stuck session.
+                outcome = "answered" if tail[-6:-5] == b"Z" and tail[-5:-1] == \
+                    b"\x00\x00\x00\x05" else "silent"
                 break
             if not chunk:
                 outcome = "closed"
                 break
             drained += len(chunk)
+            tail = (tail + chunk)[-6:]
             if drained > 64 << 20:
                 break  # still streaming: it was never cut off
         with self.soak.lock:
             self.soak.stalled_readers[outcome] += 1
         self.close_raw()
-        if outcome != "closed":
+        if outcome not in ("closed", "answered"):
             self.soak.anomaly("stalled reader", f"{outcome} after a {stall:.0f}s stall and "
                               f"{drained} bytes drained ({query[:40]}...)")
 
@@ -1129,8 +1136,9 @@ def main():
              f"{soak.rss[0][2] if soak.rss else '?'} / {end_fds}"),
             ("pgshard alive at the end / clean SIGTERM exit",
              f"{proxy_alive} / {not shutdown_problems}"),
-            ("stalled readers closed / other", f"{soak.stalled_readers['closed']} / "
-             f"{sum(v for k, v in soak.stalled_readers.items() if k != 'closed')}"),
+            ("stalled readers closed / answered first / stuck",
+             f"{soak.stalled_readers['closed']} / {soak.stalled_readers['answered']} / "
+             f"{sum(v for k, v in soak.stalled_readers.items() if k not in ('closed', 'answered'))}"),
             ("anomalies", dict(soak.anomalies) or 0),
             ("after the load, through pgshard", final),
         ]
