@@ -443,14 +443,56 @@ void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t
     client->tx_failed = true;
 }
 
+#define SLOW_LOG_PER_SECOND 100 /* slow-request lines a worker writes per second at most */
+
+/* log_min_duration_ms: a request that took US microseconds. */
+static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
+  pgs_worker_t *w = client->worker;
+  uint64_t second = pgs_now_ms() / 1000;
+  if (second != w->slow_logged_second) {
+    if (w->slow_suppressed > 0)
+      pgs_warn("log_min_duration_ms: %d slow requests not logged in the last second (at most %d "
+               "a second per worker)",
+               w->slow_suppressed, SLOW_LOG_PER_SECOND);
+    w->slow_logged_second = second;
+    w->slow_logged = 0;
+    w->slow_suppressed = 0;
+  }
+  if (w->slow_logged++ >= SLOW_LOG_PER_SECOND) {
+    w->slow_suppressed++;
+    return;
+  }
+  char id[48], client_id[16], ms[32], shards[256] = "", tx[2] = {status, '\0'};
+  snprintf(id, sizeof(id), "c%d.%llu", client->cancel_pid, (unsigned long long)client->request_id);
+  snprintf(client_id, sizeof(client_id), "%d", client->cancel_pid);
+  snprintf(ms, sizeof(ms), "%.3f", (double)us / 1000.0);
+  size_t n = 0;
+  for (int i = 0; i < client->nslots && i < 64 && n < sizeof(shards); i++)
+    if (client->request_slots & ((uint64_t)1 << i))
+      n += (size_t)snprintf(shards + n, sizeof(shards) - n, "%s%s%s", n ? "," : "",
+                            client->db->shards[i / 2].name, (i & 1) ? "(replica)" : "");
+  pgs_log_field_t fields[] = {
+      {"request", id},         {"client", client_id},
+      {"db", client->dbname},  {"user", client->username},
+      {"duration_ms", ms},     {"shards", shards[0] ? shards : NULL},
+      {"tx", tx},              {"error", client->request_failed ? "true" : NULL},
+      {"sql", client->request_text[0] ? client->request_text : NULL},
+  };
+  pgs_log_event(PGS_LOG_INFO, "slow_request", fields, (int)PGS_ARRAY_LEN(fields),
+                "slow request %s: %.3f ms", id, (double)us / 1000.0);
+}
+
 /* A request ended with a ReadyForQuery of STATUS: into the statistics. */
 static void count_request(pgs_client_t *client, char status) {
   pgs_db_stats_t *st = client->stats;
   if (st == NULL || client->request_start_us == 0) return;
+  uint64_t us = pgs_now_us() - client->request_start_us;
+  int slow = client->worker->config->log_min_duration_ms;
+  if (slow >= 0 && us >= (uint64_t)slow * 1000) log_slow_request(client, us, status);
   st->requests++;
   if (status == 'I') st->transactions++;
   if (client->request_failed) st->errors++;
-  pgs_hist_add(&st->latency, pgs_now_us() - client->request_start_us);
+  pgs_hist_add(&st->latency, us);
   st->bytes_in += client->io.read_total - client->io.counted_in;
   st->bytes_out += client->io.out_total - client->io.counted_out;
   client->io.counted_in = client->io.read_total;

@@ -2264,6 +2264,7 @@ static bool placed_ok(const pgs_client_t *client, const pgs_step_t *st) {
 static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *st, char type,
                   const uint8_t *p, size_t total) {
   int shard = st->shard;
+  if (shard >= 0 && shard < 64) client->request_slots |= BIT(shard);
   switch (st->op) {
   case PGS_STEP_FORWARD:
     forward(client, server, type, p, total, st->flags, st->merged);
@@ -2685,6 +2686,37 @@ bool pgs_client_follow_config(pgs_client_t *client) {
   return true;
 }
 
+/* A request starts with message P of TYPE: its number, clock and text for
+ * the statistics and the slow-request log (log_min_duration_ms). */
+static void begin_request(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
+  client->request_start_us = pgs_now_us();
+  client->request_id = ++client->worker->next_request;
+  client->request_slots = 0;
+  client->request_text[0] = '\0';
+  if (client->worker->config->log_min_duration_ms < 0) return;
+  pgs_reader_t r;
+  pgs_reader_init(&r, p + 5, total - 5);
+  size_t len = 0;
+  const char *text = NULL;
+  if (type == 'Q') {
+    text = pgs_read_cstr(&r, &len);
+  } else if (type == 'P' || type == 'B') {
+    const char *first = pgs_read_cstr(&r, &len);   /* statement (P) or portal (B) */
+    const char *second = pgs_read_cstr(&r, &len); /* text (P) or statement (B) */
+    if (type == 'P') {
+      text = second;
+    } else if (first && second) {
+      const pgs_client_stmt_t *stmt = pgs_strmap_get(&client->stmts, second);
+      if (stmt) text = (const char *)stmt->parse_body.data;
+      len = text ? strnlen(text, stmt->parse_body.len) : 0;
+    }
+  }
+  if (text)
+    snprintf(client->request_text, sizeof(client->request_text), "%.*s",
+             (int)(len < sizeof(client->request_text) ? len : sizeof(client->request_text) - 1),
+             text);
+}
+
 pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *total) {
   pgs_io_t *io = &client->io;
   size_t max = (size_t)client->worker->config->max_message_size;
@@ -2788,7 +2820,7 @@ void pgs_client_process(pgs_client_t *client) {
         blocked = true;
         break;
       }
-      if (client->request_start_us == 0) client->request_start_us = pgs_now_us();
+      if (client->request_start_us == 0) begin_request(client, type, p, total);
       if (type == 'Q' || type == 'E') COUNT(client, queries);
       const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;
       if (budget) plan_over_budget(client, budget);

@@ -445,6 +445,8 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     set_int(st, key, value, 0, 86400000, &c->client_idle_timeout_ms);
   } else if (!strcmp(key, "client_write_timeout_ms")) {
     set_int(st, key, value, 0, 86400000, &c->client_write_timeout_ms);
+  } else if (!strcmp(key, "log_min_duration_ms")) {
+    set_int(st, key, value, -1, 86400000, &c->log_min_duration_ms);
   } else if (!strcmp(key, "query_timeout_ms")) {
     set_int(st, key, value, 0, 86400000, &c->query_timeout_ms);
   } else if (!strcmp(key, "server_lifetime_ms")) {
@@ -753,6 +755,7 @@ static void config_defaults(pgs_config_t *c) {
   c->client_login_timeout_ms = 60000;
   c->server_idle_timeout_ms = 600000;
   c->shutdown_timeout_ms = 30000;
+  c->log_min_duration_ms = -1;
   c->max_client_memory = (int64_t)256 << 20;
   c->max_total_client_memory = (int64_t)4 << 30;
   c->max_merge_bytes = (int64_t)256 << 20;

@@ -38,29 +38,61 @@ static size_t json_escape(char *out, size_t cap, const char *in) {
   return n;
 }
 
-void pgs_log(pgs_log_level_t level, const char *fmt, ...) {
-  char message[2048], line[4600], stamp[64];
+static void log_line(pgs_log_level_t level, const char *event, const pgs_log_field_t *fields,
+                     int nfields, const char *message) {
+  char line[8192], stamp[64];
   struct timeval tv;
   struct tm tm;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(message, sizeof(message), fmt, ap);
-  va_end(ap);
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
   size_t sl = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
   snprintf(stamp + sl, sizeof(stamp) - sl, ".%03dZ", (int)(tv.tv_usec / 1000));
-  int n;
+  size_t n;
   if (log_json) {
     char escaped[4200];
     json_escape(escaped, sizeof(escaped), message);
-    n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"pid\":%d,\"msg\":\"%s\"}\n",
-                 stamp, level_names[level], (int)getpid(), escaped);
+    n = (size_t)snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"pid\":%d", stamp,
+                         level_names[level], (int)getpid());
+    if (event && n < sizeof(line))
+      n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"event\":\"%s\"", event);
+    if (n < sizeof(line)) n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"msg\":\"%s\"", escaped);
+    for (int i = 0; i < nfields && n < sizeof(line); i++) {
+      if (fields[i].value == NULL) continue;
+      json_escape(escaped, sizeof(escaped), fields[i].value);
+      n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"%s\":\"%s\"", fields[i].key, escaped);
+    }
+    if (n < sizeof(line)) n += (size_t)snprintf(line + n, sizeof(line) - n, "}\n");
   } else {
-    n = snprintf(line, sizeof(line), "%s [%d] %s: %s\n", stamp, (int)getpid(), level_names[level],
-                 message);
+    n = (size_t)snprintf(line, sizeof(line), "%s [%d] %s: %s", stamp, (int)getpid(),
+                         level_names[level], message);
+    for (int i = 0; i < nfields && n < sizeof(line); i++)
+      if (fields[i].value)
+        n += (size_t)snprintf(line + n, sizeof(line) - n, " %s=%s", fields[i].key, fields[i].value);
+    if (n < sizeof(line)) n += (size_t)snprintf(line + n, sizeof(line) - n, "\n");
   }
-  if (n > (int)sizeof(line) - 1) n = (int)sizeof(line) - 1;
-  ssize_t rc = write(STDERR_FILENO, line, (size_t)n);
+  if (n > sizeof(line) - 1) {
+    n = sizeof(line) - 1;
+    line[n - 1] = '\n';
+  }
+  ssize_t rc = write(STDERR_FILENO, line, n);
   (void)rc;
+}
+
+void pgs_log(pgs_log_level_t level, const char *fmt, ...) {
+  char message[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  log_line(level, NULL, NULL, 0, message);
+}
+
+void pgs_log_event(pgs_log_level_t level, const char *event, const pgs_log_field_t *fields,
+                   int nfields, const char *fmt, ...) {
+  char message[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  log_line(level, event, fields, nfields, message);
 }

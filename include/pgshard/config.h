@@ -117,6 +117,7 @@ typedef struct pgs_config {
   int client_idle_timeout_ms;   /* close a client idle outside a transaction; 0: off */
   int client_write_timeout_ms;  /* close a client that takes none of its output; 0: off */
   int query_timeout_ms;         /* close a client whose request runs this long; 0: off */
+  int log_min_duration_ms;      /* log requests at least this long; -1: off */
   int server_lifetime_ms;       /* close a pooled server this old when it is freed; 0: off */
   int idle_transaction_timeout_ms; /* close a client idle inside a transaction; 0: off */
   /* Memory a client may make pgshard hold: its statements, portals and

@@ -14,6 +14,16 @@ void pgs_log_setup(bool json, bool debug);
 bool pgs_log_enabled(pgs_log_level_t level);
 PGS_PRINTF(2, 3) void pgs_log(pgs_log_level_t level, const char *fmt, ...);
 
+/* A line with named fields: in JSON each is a key of the object (after ts,
+ * level, pid, event, msg); in text they follow the message as key=value. */
+typedef struct pgs_log_field {
+  const char *key;
+  const char *value; /* NULL: left out */
+} pgs_log_field_t;
+PGS_PRINTF(5, 6)
+void pgs_log_event(pgs_log_level_t level, const char *event, const pgs_log_field_t *fields,
+                   int nfields, const char *fmt, ...);
+
 #define pgs_debug(...)                                                                             \
   do {                                                                                             \
     if (pgs_log_enabled(PGS_LOG_DEBUG)) pgs_log(PGS_LOG_DEBUG, __VA_ARGS__);                       \

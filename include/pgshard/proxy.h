@@ -299,6 +299,9 @@ struct pgs_client {
   struct pgs_db_stats *stats; /* its database's counters on its worker (NULL before login) */
   uint64_t request_start_us;  /* first message of the request being served, 0: none */
   bool request_failed;        /* an error went to the client during that request */
+  uint64_t request_id;        /* the request's number on its worker (logs: "c<client>.<n>") */
+  uint64_t request_slots;     /* slots it sent messages to */
+  char request_text[200];     /* its first statement, cut (the slow-request log) */
   bool admin;                 /* a client of the admin console (admin.c) */
   struct pgs_admin_session *admin_session;
   char username[PGS_MAX_NAME];
@@ -720,6 +723,10 @@ struct pgs_worker {
   uint32_t rr;                  /* round robin over replicas */
   int nclients;
   uint32_t next_client;
+  uint64_t next_request;
+  uint64_t slow_logged_second; /* log_min_duration_ms: lines this second, for the cap */
+  int slow_logged;
+  int slow_suppressed;
   bool draining;
   bool stopping;
   uint64_t drain_deadline_ms;

@@ -84,6 +84,7 @@ PGSHARD_KEYS = {
     "server_idle_timeout_ms", "shutdown_timeout_ms", "twophase_recovery_user",
     "client_idle_timeout_ms", "idle_transaction_timeout_ms", "client_write_timeout_ms", "max_client_memory",
     "max_total_client_memory", "max_merge_bytes", "query_timeout_ms", "server_lifetime_ms",
+    "log_min_duration_ms",
 }
 DATABASE_KEYS = {
     "pool_mode", "pool_size", "read_your_writes", "ryw_window_ms",
