@@ -162,6 +162,12 @@ static const admin_column_t stats_cols[] = {
     {"bytes_in", OID_INT8},      {"bytes_out", OID_INT8},     {"avg_us", OID_INT8},
     {"p50_us", OID_INT8},        {"p95_us", OID_INT8},        {"p99_us", OID_INT8},
 };
+static const admin_column_t queries_cols[] = {
+    {"database", OID_TEXT}, {"query", OID_TEXT},    {"calls", OID_INT8},    {"errors", OID_INT8},
+    {"fanouts", OID_INT8},  {"max_shards", OID_INT8}, {"total_ms", OID_INT8}, {"avg_us", OID_INT8},
+    {"p50_us", OID_INT8},   {"p95_us", OID_INT8},   {"p99_us", OID_INT8},
+};
+#define QUERIES_SHOWN 100
 static const admin_column_t config_cols[] = {
     {"section", OID_TEXT}, {"key", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t version_cols[] = {{"version", OID_TEXT}};
@@ -184,6 +190,7 @@ static show_spec_t show_spec(pgs_admin_show_t what) {
   case PGS_SHOW_CLIENTS: return (show_spec_t)SPEC(clients_cols, true);
   case PGS_SHOW_SERVERS: return (show_spec_t)SPEC(servers_cols, true);
   case PGS_SHOW_STATS: return (show_spec_t)SPEC(stats_cols, true);
+  case PGS_SHOW_QUERIES: return (show_spec_t)SPEC(queries_cols, true);
   case PGS_SHOW_CONFIG: return (show_spec_t)SPEC(config_cols, false);
   case PGS_SHOW_VERSION: return (show_spec_t)SPEC(version_cols, false);
   case PGS_SHOW_HELP:
@@ -513,6 +520,58 @@ static void part_pools(pgs_worker_t *w, pgs_buf_t *b) {
   }
 }
 
+static void part_queries(pgs_worker_t *w, pgs_buf_t *b) {
+  if (w->nqueries > 0) pgs_buf_put(b, w->queries, (size_t)w->nqueries * sizeof(*w->queries));
+}
+
+static int by_total_time(const void *a, const void *b) {
+  const pgs_query_stats_t *x = a, *y = b;
+  return x->total_us < y->total_us ? 1 : x->total_us > y->total_us ? -1 : 0;
+}
+
+static void emit_queries(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
+  pgs_query_stats_t *all = NULL;
+  int n = 0;
+  for (int i = 0; i < pgs_gather_nparts(g); i++) {
+    const pgs_buf_t *b = pgs_gather_part(g, i);
+    for (size_t at = 0; at + sizeof(pgs_query_stats_t) <= b->len; at += sizeof(pgs_query_stats_t)) {
+      pgs_query_stats_t *q = pgs_xmalloc(sizeof(*q));
+      memcpy(q, b->data + at, sizeof(*q));
+      int k = 0;
+      while (k < n && !(all[k].hash == q->hash && !strcmp(all[k].db, q->db))) k++;
+      if (k == n) {
+        all = pgs_xrealloc(all, (size_t)(n + 1) * sizeof(*all));
+        all[n++] = *q;
+      } else {
+        if (!strcmp(all[k].text, "(text evicted)")) memcpy(all[k].text, q->text, sizeof(q->text));
+        pgs_query_stats_merge(&all[k], q);
+      }
+      free(q);
+    }
+  }
+  if (n > 1) qsort(all, (size_t)n, sizeof(*all), by_total_time);
+  *rows = 0;
+  for (int k = 0; k < n && *rows < QUERIES_SHOWN; k++) {
+    const pgs_query_stats_t *q = &all[k];
+    if (q->calls == 0) continue; /* seen, not finished yet */
+    (*rows)++;
+    row_t r = row_begin(out, (int)PGS_ARRAY_LEN(queries_cols));
+    row_text(&r, q->db);
+    row_text(&r, q->text);
+    row_int(&r, (int64_t)q->calls);
+    row_int(&r, (int64_t)q->errors);
+    row_int(&r, (int64_t)q->fanouts);
+    row_int(&r, q->max_shards);
+    row_int(&r, (int64_t)(q->total_us / 1000));
+    row_int(&r, (int64_t)(q->total_us / q->calls));
+    row_int(&r, (int64_t)pgs_hist_quantile(&q->latency, 0.50));
+    row_int(&r, (int64_t)pgs_hist_quantile(&q->latency, 0.95));
+    row_int(&r, (int64_t)pgs_hist_quantile(&q->latency, 0.99));
+    row_end(&r);
+  }
+  free(all);
+}
+
 static void part_stats(pgs_worker_t *w, pgs_buf_t *b) {
   for (int i = 0; i < w->nstats; i++) pgs_buf_put(b, w->stats[i], sizeof(pgs_db_stats_t));
 }
@@ -543,6 +602,7 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
   case PGS_SHOW_SERVERS: part_servers(w, b); break;
   case PGS_SHOW_POOLS: part_pools(w, b); break;
   case PGS_SHOW_STATS: part_stats(w, b); break;
+  case PGS_SHOW_QUERIES: part_queries(w, b); break;
   case GATHER_KILL:
     if (kill_client(w, (int32_t)param)) pgs_buf_put_u8(b, 1);
     break;
@@ -742,6 +802,8 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
     emit_pools(out, g, &rows);
   } else if (what == PGS_SHOW_STATS) {
     emit_stats(out, g, &rows);
+  } else if (what == PGS_SHOW_QUERIES) {
+    emit_queries(out, g, &rows);
   } else {
     for (int i = 0; i < pgs_gather_nparts(g); i++) {
       const pgs_buf_t *b = pgs_gather_part(g, i);

@@ -482,6 +482,31 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
                 "slow request %s: %.3f ms", id, (double)us / 1000.0);
 }
 
+/* SHOW QUERIES: the request's statement (routing clients: its normalised
+ * text is known; request.c made its entry when it read it). */
+static void count_query(pgs_client_t *client, uint64_t us) {
+  pgs_worker_t *w = client->worker;
+  if (client->request_query == 0 || w->queries == NULL) return;
+  /* Replaced meanwhile by a newer statement (a full table): counted
+   * without its text. */
+  pgs_query_stats_t *q = pgs_query_stats_get(w->queries, &w->nqueries, client->dbname,
+                                             client->request_query, "(text evicted)");
+  q->calls++;
+  q->total_us += us;
+  if (client->request_failed) q->errors++;
+  int shards = 0;
+  uint64_t seen = 0;
+  for (int i = 0; i < client->nslots && i < 64; i++)
+    if ((client->request_slots >> i) & 1 && !((seen >> (i / 2)) & 1)) {
+      seen |= (uint64_t)1 << (i / 2);
+      shards++;
+    }
+  if (shards > 1) q->fanouts++;
+  if (shards > q->max_shards) q->max_shards = shards;
+  pgs_hist_add(&q->latency, us);
+  client->request_query = 0;
+}
+
 /* A request ended with a ReadyForQuery of STATUS: into the statistics. */
 static void count_request(pgs_client_t *client, char status) {
   pgs_db_stats_t *st = client->stats;
@@ -493,6 +518,7 @@ static void count_request(pgs_client_t *client, char status) {
   if (status == 'I') st->transactions++;
   if (client->request_failed) st->errors++;
   pgs_hist_add(&st->latency, us);
+  count_query(client, us);
   st->bytes_in += client->io.read_total - client->io.counted_in;
   st->bytes_out += client->io.out_total - client->io.counted_out;
   client->io.counted_in = client->io.read_total;

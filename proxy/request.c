@@ -1012,6 +1012,17 @@ static const char too_many_literals[] =
     "statement has more literals and parameters than pgshard can route (65535 in all); "
     "send it in smaller pieces";
 
+/* The request runs LX's statement (the first one counts): SHOW QUERIES
+ * keys it by its normalised text. */
+static void note_query(pgs_client_t *client, const pgs_lexed_t *lx) {
+  if (client->request_query != 0 || client->stats == NULL) return;
+  client->request_query = lx->hash ? lx->hash : 1;
+  pgs_worker_t *w = client->worker;
+  if (w->queries == NULL) w->queries = pgs_xcalloc(PGS_QUERY_STATS_MAX, sizeof(*w->queries));
+  (void)pgs_query_stats_get(w->queries, &w->nqueries, client->dbname, client->request_query,
+                            lx->normalized);
+}
+
 static pgs_plan_t *get_plan(pgs_client_t *client, const pgs_lexed_t *lx) {
   if (client->config == client->worker->config && client->worker->plans)
     return pgs_plan_cache_get(client->worker->plans, client->db, lx);
@@ -1453,6 +1464,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     return;
   }
   if (lexed == PGS_OK) plan = get_plan(client, lx);
+  if (lexed == PGS_OK) note_query(client, lx);
   pgs_stmt_kind_t kind = plan ? plan->kind : PGS_STMT_OTHER;
   bool single = plan && plan->nstatements == 1;
   pgs_route_t rt;
@@ -1787,6 +1799,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     return;
   }
   pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
+  if (stmt && stmt->lx) note_query(client, stmt->lx);
   if (stmt == NULL || stmt->plan == NULL) {
     no_such_statement(client, stmt_name);
     return;
@@ -2693,6 +2706,7 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
   client->request_id = ++client->worker->next_request;
   client->request_slots = 0;
   client->request_text[0] = '\0';
+  client->request_query = 0;
   if (client->worker->config->log_min_duration_ms < 0) return;
   pgs_reader_t r;
   pgs_reader_init(&r, p + 5, total - 5);

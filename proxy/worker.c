@@ -236,6 +236,7 @@ static void worker_free(pgs_worker_t *w) {
   if (w->snapshot) pgs_snapshot_unref(w->snapshot);
   pgs_plan_cache_free(w->plans);
   pgs_config_unref(w->config);
+  free(w->queries);
   for (int i = 0; i < w->nstats; i++) free(w->stats[i]);
   free(w->stats);
   /* Tasks posted after its loop ended never ran: their owners gave up. */

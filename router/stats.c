@@ -4,6 +4,7 @@
  * its highest bit at position e (e >= 4) goes to 16 + (e - 4) * 8 + the
  * three bits below the highest.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "pgshard/stats.h"
@@ -86,4 +87,28 @@ void pgs_db_stats_merge_records(const void *p, size_t count, pgs_db_stats_t **al
     }
     pgs_db_stats_merge(&(*all)[j], &s);
   }
+}
+
+pgs_query_stats_t *pgs_query_stats_get(pgs_query_stats_t *table, int *n, const char *db,
+                                       uint64_t hash, const char *text) {
+  int victim = 0;
+  for (int i = 0; i < *n; i++) {
+    if (table[i].hash == hash && !strcmp(table[i].db, db)) return &table[i];
+    if (table[i].total_us < table[victim].total_us) victim = i;
+  }
+  pgs_query_stats_t *q = *n < PGS_QUERY_STATS_MAX ? &table[(*n)++] : &table[victim];
+  memset(q, 0, sizeof(*q));
+  q->hash = hash;
+  snprintf(q->db, sizeof(q->db), "%s", db);
+  snprintf(q->text, sizeof(q->text), "%s", text);
+  return q;
+}
+
+void pgs_query_stats_merge(pgs_query_stats_t *into, const pgs_query_stats_t *from) {
+  into->calls += from->calls;
+  into->errors += from->errors;
+  into->fanouts += from->fanouts;
+  into->total_us += from->total_us;
+  if (from->max_shards > into->max_shards) into->max_shards = from->max_shards;
+  pgs_hist_merge(&into->latency, &from->latency);
 }

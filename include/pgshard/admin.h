@@ -32,6 +32,7 @@ typedef enum {
   X(CLIENTS, "clients", "every client connection")                                                 \
   X(SERVERS, "servers", "every server connection")                                                 \
   X(STATS, "stats", "requests, transactions, errors and latency per database")                     \
+  X(QUERIES, "queries", "per statement (normalised): calls, shards, errors, latency; top 100")      \
   X(CONFIG, "config", "the running configuration")                                                 \
   X(VERSION, "version", "pgshard's version")                                                       \
   X(HELP, "help", "the admin commands")

@@ -302,6 +302,8 @@ struct pgs_client {
   uint64_t request_id;        /* the request's number on its worker (logs: "c<client>.<n>") */
   uint64_t request_slots;     /* slots it sent messages to */
   char request_text[200];     /* its first statement, cut (the slow-request log) */
+  uint64_t request_query;     /* routing: the hash of its statement's normalised text, 0: none
+                                 (its entry in worker->queries holds the text) */
   bool admin;                 /* a client of the admin console (admin.c) */
   struct pgs_admin_session *admin_session;
   char username[PGS_MAX_NAME];
@@ -747,6 +749,8 @@ struct pgs_worker {
    * /metrics: touched by this worker only */
   struct pgs_db_stats **stats; /* each allocated once: clients keep pointers */
   int nstats;
+  struct pgs_query_stats *queries; /* SHOW QUERIES: PGS_QUERY_STATS_MAX, on first use */
+  int nqueries;
 };
 
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) PGS_MUST_USE;

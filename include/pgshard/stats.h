@@ -47,6 +47,26 @@ typedef struct pgs_db_stats {
 } pgs_db_stats_t;
 
 void pgs_db_stats_merge(pgs_db_stats_t *into, const pgs_db_stats_t *from);
+
+/* One normalised statement (literals as $n: the plan cache's text) on one
+ * worker, for SHOW QUERIES. */
+#define PGS_QUERY_TEXT 256
+#define PGS_QUERY_STATS_MAX 500 /* statements a worker keeps: the least costly goes */
+typedef struct pgs_query_stats {
+  uint64_t hash; /* of the normalised text */
+  char db[PGS_MAX_NAME];
+  char text[PGS_QUERY_TEXT]; /* cut */
+  uint64_t calls, errors, fanouts, total_us;
+  int max_shards; /* most shards one call ran on */
+  pgs_hist_t latency;
+} pgs_query_stats_t;
+
+/* The entry of HASH in DB in TABLE (*N of at most PGS_QUERY_STATS_MAX,
+ * TABLE allocated to that many), made from TEXT when new: it replaces the
+ * entry with the least total time when the table is full. */
+pgs_query_stats_t *pgs_query_stats_get(pgs_query_stats_t *table, int *n, const char *db,
+                                       uint64_t hash, const char *text);
+void pgs_query_stats_merge(pgs_query_stats_t *into, const pgs_query_stats_t *from);
 /* Merge COUNT records stored back to back at P (maybe unaligned) into *ALL
  * (*N entries, malloc'ed, grown as needed), one entry per database. */
 void pgs_db_stats_merge_records(const void *p, size_t count, pgs_db_stats_t **all, int *n);

@@ -328,3 +328,39 @@ def test_pause_waits_for_transactions_and_holds_new_ones(proxy):
         other.execute("resume")
         for c in (in_tx, later, other):
             c.close()
+
+
+def test_show_queries_per_normalised_statement(shard_lab, sharded_proxy):
+    from test_sharding import MAP
+    px = sharded_proxy(extra_ini=MAP)
+    for shard in shard_lab.shards:
+        with shard_lab.connect_primary(shard.name) as direct:
+            direct.execute("drop table if exists users")
+            direct.execute("create table users (id bigint primary key, v text not null)")
+    try:
+        with px.connect(autocommit=True) as app:
+            for i in range(40):
+                app.execute(f"insert into users (id, v) values ({i}, 'v{i}')")
+            for i in range(10):
+                app.execute("select v from users where id = %s", (i,), prepare=True)
+            for _ in range(3):
+                app.execute("select count(*) from users")
+            with pytest.raises(psycopg.Error):
+                app.execute("insert into users (id, v) values (1, 'dup')")
+        with admin(px) as conn:
+            queries = {r["query"]: r for r in rows(conn, "show queries") if r["database"] == "app"}
+        # Literals are $n: forty inserts are one statement.
+        insert = queries["insert into users (id, v) values ($1, $2)"]
+        assert insert["calls"] == 41 and insert["errors"] == 1 and insert["max_shards"] == 1
+        select = queries["select v from users where id = $1"]
+        assert select["calls"] == 10 and select["fanouts"] == 0
+        count = queries["select count(*) from users"]
+        assert count["calls"] == 3 and count["fanouts"] == 3 and count["max_shards"] == 2
+        for q in (insert, select, count):
+            assert 0 < q["p50_us"] <= q["p95_us"] <= q["p99_us"] and q["avg_us"] > 0
+        totals = [r["total_ms"] for r in queries.values()]
+        assert totals == sorted(totals, reverse=True)
+    finally:
+        for shard in shard_lab.shards:
+            with shard_lab.connect_primary(shard.name) as direct:
+                direct.execute("drop table if exists users")
