@@ -78,6 +78,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   pgs_scram_free(client->scram);
   free(client->login_values);
   free(client->startup_options);
+  free(client->request_text);
   if (client->config) pgs_config_unref(client->config);
   PGS_ASSERT(client->mem_held == 0); /* everything charged was given back */
   free(client);
@@ -476,7 +477,7 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
       {"db", client->dbname},  {"user", client->username},
       {"duration_ms", ms},     {"shards", shards[0] ? shards : NULL},
       {"tx", tx},              {"error", client->request_failed ? "true" : NULL},
-      {"sql", client->request_text[0] ? client->request_text : NULL},
+      {"sql", client->request_text && client->request_text[0] ? client->request_text : NULL},
   };
   pgs_log_event(PGS_LOG_INFO, "slow_request", fields, (int)PGS_ARRAY_LEN(fields),
                 "slow request %s: %.3f ms", id, (double)us / 1000.0);

@@ -2705,7 +2705,7 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
   client->request_start_us = pgs_now_us();
   client->request_id = ++client->worker->next_request;
   client->request_slots = 0;
-  client->request_text[0] = '\0';
+  if (client->request_text) client->request_text[0] = '\0';
   client->request_query = 0;
   if (client->worker->config->log_min_duration_ms < 0) return;
   pgs_reader_t r;
@@ -2725,10 +2725,11 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
       len = text ? strnlen(text, stmt->parse_body.len) : 0;
     }
   }
-  if (text)
-    snprintf(client->request_text, sizeof(client->request_text), "%.*s",
-             (int)(len < sizeof(client->request_text) ? len : sizeof(client->request_text) - 1),
-             text);
+  if (text) {
+    if (client->request_text == NULL) client->request_text = pgs_xmalloc(PGS_REQUEST_TEXT_MAX);
+    snprintf(client->request_text, PGS_REQUEST_TEXT_MAX, "%.*s",
+             (int)(len < PGS_REQUEST_TEXT_MAX ? len : PGS_REQUEST_TEXT_MAX - 1), text);
+  }
 }
 
 pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *total) {

@@ -127,6 +127,7 @@ void pgs_io_close(pgs_io_t *io);
 /* ---- clients (client.c) ---- */
 
 #define PGS_CLIENT_MAX_STATEMENTS 10000 /* prepared statements one client may keep */
+#define PGS_REQUEST_TEXT_MAX 200        /* bytes of a statement the slow-request log shows */
 
 typedef enum {
   PGS_CL_STARTUP,  /* reading the startup packet (maybe after SSLRequest) */
@@ -301,7 +302,8 @@ struct pgs_client {
   bool request_failed;        /* an error went to the client during that request */
   uint64_t request_id;        /* the request's number on its worker (logs: "c<client>.<n>") */
   uint64_t request_slots;     /* slots it sent messages to */
-  char request_text[200];     /* its first statement, cut (the slow-request log) */
+  char *request_text;         /* its first statement, cut at REQUEST_TEXT_MAX - 1 bytes (the
+                                 slow-request log; allocated while that log is on) */
   uint64_t request_query;     /* routing: the hash of its statement's normalised text, 0: none
                                  (its entry in worker->queries holds the text) */
   bool admin;                 /* a client of the admin console (admin.c) */
