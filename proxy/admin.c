@@ -35,6 +35,7 @@
 #include "pgshard/proxy.h"
 #include "pgshard/route.h"
 #include "pgshard/stats.h"
+#include "pgshard/twophase.h"
 
 #define ADMIN_MAX_STATEMENTS 256 /* extended protocol: named statements and portals kept */
 
@@ -171,6 +172,8 @@ static const admin_column_t queries_cols[] = {
 static const admin_column_t config_cols[] = {
     {"section", OID_TEXT}, {"key", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t version_cols[] = {{"version", OID_TEXT}};
+static const admin_column_t twophase_cols[] = {
+    {"gid", OID_TEXT}, {"decision", OID_TEXT}, {"driven_by", OID_TEXT}, {"age_ms", OID_INT8}};
 static const admin_column_t explain_cols[] = {{"item", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t help_cols[] = {{"command", OID_TEXT}, {"description", OID_TEXT}};
 
@@ -192,6 +195,7 @@ static show_spec_t show_spec(pgs_admin_show_t what) {
   case PGS_SHOW_STATS: return (show_spec_t)SPEC(stats_cols, true);
   case PGS_SHOW_QUERIES: return (show_spec_t)SPEC(queries_cols, true);
   case PGS_SHOW_CONFIG: return (show_spec_t)SPEC(config_cols, false);
+  case PGS_SHOW_TWOPHASE: return (show_spec_t)SPEC(twophase_cols, false);
   case PGS_SHOW_VERSION: return (show_spec_t)SPEC(version_cols, false);
   case PGS_SHOW_HELP:
   case PGS_SHOW_COUNT: break;
@@ -382,6 +386,19 @@ static void show_help(pgs_buf_t *b) {
   }
 }
 
+static void twophase_row(const char *gid, pgs_twophase_decision_t decision, bool own,
+                         bool released, uint64_t age_ms, void *arg) {
+  static const char *const decisions[] = {"undecided", "commit", "abort"};
+  row_t r = row_begin(arg, (int)PGS_ARRAY_LEN(twophase_cols));
+  row_text(&r, gid);
+  row_text(&r, (size_t)decision < PGS_ARRAY_LEN(decisions) ? decisions[decision] : "?");
+  /* Its worker finishes it, or the recovery pass (a client gone, a shard
+   * down, or a commit from before a restart). */
+  row_text(&r, own && !released ? "client" : "recovery");
+  row_int(&r, (int64_t)age_ms);
+  row_end(&r);
+}
+
 /* Rows of a SHOW one worker answers; returns the row count. */
 static int show_local(pgs_client_t *client, pgs_admin_show_t what, pgs_buf_t *b) {
   size_t before = b->len;
@@ -389,6 +406,7 @@ static int show_local(pgs_client_t *client, pgs_admin_show_t what, pgs_buf_t *b)
   case PGS_SHOW_SHARDS: show_nodes(client, b, false); break;
   case PGS_SHOW_NODES: show_nodes(client, b, true); break;
   case PGS_SHOW_CONFIG: show_config(client, b); break;
+  case PGS_SHOW_TWOPHASE: pgs_twophase_each(twophase_row, b); break;
   case PGS_SHOW_VERSION: {
     row_t r = row_begin(b, 1);
     row_format(&r, "pgshard %s", PGS_VERSION);

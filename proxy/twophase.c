@@ -512,6 +512,19 @@ pgs_twophase_decision_t pgs_twophase_decision(const char *gid) {
   return d;
 }
 
+void pgs_twophase_each(pgs_twophase_each_fn fn, void *arg) {
+  if (!tp.initialized) return;
+  uint64_t now = pgs_now_ms();
+  uv_mutex_lock(&tp.lock);
+  for (size_t b = 0; b < tp.index.nbuckets; b++)
+    for (const pgs_strmap_entry_t *e = tp.index.buckets[b]; e; e = e->next) {
+      const entry_t *en = e->value;
+      fn(e->key, en->decision, en->own, en->released,
+         now > en->since_ms ? now - en->since_ms : 0, arg);
+    }
+  uv_mutex_unlock(&tp.lock);
+}
+
 bool pgs_twophase_is_own_instance(const char *gid) {
   pgs_gid_t g;
   if (!pgs_gid_parse(gid, &g)) return false;

@@ -33,6 +33,7 @@ typedef enum {
   X(SERVERS, "servers", "every server connection")                                                 \
   X(STATS, "stats", "requests, transactions, errors and latency per database")                     \
   X(QUERIES, "queries", "per statement (normalised): calls, shards, errors, latency; top 100")      \
+  X(TWOPHASE, "twophase", "two-phase commits not settled yet: gid, decision, who drives it")        \
   X(CONFIG, "config", "the running configuration")                                                 \
   X(VERSION, "version", "pgshard's version")                                                       \
   X(HELP, "help", "the admin commands")

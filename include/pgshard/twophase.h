@@ -213,6 +213,11 @@ void pgs_twophase_release(const char *gid);
 pgs_twophase_decision_t pgs_twophase_decision(const char *gid);
 /* GID was made by this pgshard process. */
 bool pgs_twophase_is_own_instance(const char *gid);
+/* Every gid the log has not closed (SHOW TWOPHASE): FN is called for each
+ * under the log's lock, so it must not call back into this module. */
+typedef void (*pgs_twophase_each_fn)(const char *gid, pgs_twophase_decision_t decision, bool own,
+                                     bool released, uint64_t age_ms, void *arg);
+void pgs_twophase_each(pgs_twophase_each_fn fn, void *arg);
 
 /* Fault injection for tests. PGSHARD_FAULT (read once at startup) names a
  * point; pgs_twophase_fault(POINT) with that name logs and ends the process

@@ -16,6 +16,7 @@ import pytest
 from conftest import PGSHARDCTL
 from support import wait_for
 from test_replicas import FAST, wait_replicas_readable
+from test_twophase_e2e import start_2pc_proxy, twopc_e2e, write_everywhere  # noqa: F401 (fixture)
 
 
 def admin(px, **kwargs):
@@ -364,3 +365,26 @@ def test_show_queries_per_normalised_statement(shard_lab, sharded_proxy):
         for shard in shard_lab.shards:
             with shard_lab.connect_primary(shard.name) as direct:
                 direct.execute("drop table if exists users")
+
+
+def test_show_twophase_lists_a_commit_in_flight(twopc_e2e, sharded_proxy, tmp_path,
+                                                monkeypatch):
+    import threading
+    log = tmp_path / "decisions.log"
+    monkeypatch.setenv("PGSHARD_FAULT", "2pc_pause_after_decision")  # 3 s before COMMIT PREPARED
+    px = start_2pc_proxy(sharded_proxy, log)
+    monkeypatch.delenv("PGSHARD_FAULT")
+    with admin(px) as conn:
+        assert rows(conn, "show twophase") == []
+        thread = threading.Thread(target=write_everywhere, args=(px,))
+        thread.start()
+        try:
+            wait_for(lambda: "C " in log.read_text(), 10, message="a commit decision in the log")
+            gid = [r[2:] for r in log.read_text().splitlines() if r.startswith("C ")][0]
+            listed = rows(conn, "show twophase")
+            assert [(r["gid"], r["decision"], r["driven_by"]) for r in listed] == \
+                [(gid, "commit", "client")], listed
+        finally:
+            thread.join(30)
+        wait_for(lambda: rows(conn, "show twophase") == [], 10,
+                 message="the settled commit to leave SHOW TWOPHASE")
