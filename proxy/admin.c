@@ -539,7 +539,8 @@ static void part_pools(pgs_worker_t *w, pgs_buf_t *b) {
 }
 
 static void part_queries(pgs_worker_t *w, pgs_buf_t *b) {
-  if (w->nqueries > 0) pgs_buf_put(b, w->queries, (size_t)w->nqueries * sizeof(*w->queries));
+  if (w->queries && w->queries->n > 0)
+    pgs_buf_put(b, w->queries->entries, (size_t)w->queries->n * sizeof(pgs_query_stats_t));
 }
 
 static int by_total_time(const void *a, const void *b) {

@@ -490,8 +490,8 @@ static void count_query(pgs_client_t *client, uint64_t us) {
   if (client->request_query == 0 || w->queries == NULL) return;
   /* Replaced meanwhile by a newer statement (a full table): counted
    * without its text. */
-  pgs_query_stats_t *q = pgs_query_stats_get(w->queries, &w->nqueries, client->dbname,
-                                             client->request_query, "(text evicted)");
+  pgs_query_stats_t *q =
+      pgs_query_stats_get(w->queries, client->dbname, client->request_query, "(text evicted)");
   q->calls++;
   q->total_us += us;
   if (client->request_failed) q->errors++;

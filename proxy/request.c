@@ -1018,9 +1018,8 @@ static void note_query(pgs_client_t *client, const pgs_lexed_t *lx) {
   if (client->request_query != 0 || client->stats == NULL) return;
   client->request_query = lx->hash ? lx->hash : 1;
   pgs_worker_t *w = client->worker;
-  if (w->queries == NULL) w->queries = pgs_xcalloc(PGS_QUERY_STATS_MAX, sizeof(*w->queries));
-  (void)pgs_query_stats_get(w->queries, &w->nqueries, client->dbname, client->request_query,
-                            lx->normalized);
+  if (w->queries == NULL) w->queries = pgs_xcalloc(1, sizeof(*w->queries));
+  (void)pgs_query_stats_get(w->queries, client->dbname, client->request_query, lx->normalized);
 }
 
 static pgs_plan_t *get_plan(pgs_client_t *client, const pgs_lexed_t *lx) {

@@ -89,18 +89,45 @@ void pgs_db_stats_merge_records(const void *p, size_t count, pgs_db_stats_t **al
   }
 }
 
-pgs_query_stats_t *pgs_query_stats_get(pgs_query_stats_t *table, int *n, const char *db,
-                                       uint64_t hash, const char *text) {
-  int victim = 0;
-  for (int i = 0; i < *n; i++) {
-    if (table[i].hash == hash && !strcmp(table[i].db, db)) return &table[i];
-    if (table[i].total_us < table[victim].total_us) victim = i;
+static void index_rebuild(pgs_query_table_t *t) {
+  memset(t->index, 0, sizeof(t->index));
+  t->used = 0;
+  for (int i = 0; i < t->n; i++) {
+    size_t slot = t->entries[i].hash & (PGS_QUERY_INDEX - 1);
+    while (t->index[slot]) slot = (slot + 1) & (PGS_QUERY_INDEX - 1);
+    t->index[slot] = (int16_t)(i + 1);
+    t->used++;
   }
-  pgs_query_stats_t *q = *n < PGS_QUERY_STATS_MAX ? &table[(*n)++] : &table[victim];
+}
+
+pgs_query_stats_t *pgs_query_stats_get(pgs_query_table_t *t, const char *db, uint64_t hash,
+                                       const char *text) {
+  size_t slot = hash & (PGS_QUERY_INDEX - 1);
+  for (; t->index[slot]; slot = (slot + 1) & (PGS_QUERY_INDEX - 1)) {
+    pgs_query_stats_t *q = &t->entries[t->index[slot] - 1];
+    if (q->hash == hash && !strcmp(q->db, db)) return q;
+  }
+  int at;
+  if (t->n < PGS_QUERY_STATS_MAX) {
+    at = t->n++;
+  } else {
+    at = 0;
+    for (int i = 1; i < t->n; i++)
+      if (t->entries[i].total_us < t->entries[at].total_us) at = i;
+  }
+  pgs_query_stats_t *q = &t->entries[at];
   memset(q, 0, sizeof(*q));
   q->hash = hash;
   snprintf(q->db, sizeof(q->db), "%s", db);
   snprintf(q->text, sizeof(q->text), "%s", text);
+  /* A reused entry leaves its old slots pointing at it: lookups of the old
+   * hash pass them by. Rebuilt before the probes get long. */
+  if (t->used >= PGS_QUERY_INDEX * 3 / 4) {
+    index_rebuild(t);
+  } else {
+    t->index[slot] = (int16_t)(at + 1);
+    t->used++;
+  }
   return q;
 }
 

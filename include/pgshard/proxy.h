@@ -751,8 +751,7 @@ struct pgs_worker {
    * /metrics: touched by this worker only */
   struct pgs_db_stats **stats; /* each allocated once: clients keep pointers */
   int nstats;
-  struct pgs_query_stats *queries; /* SHOW QUERIES: PGS_QUERY_STATS_MAX, on first use */
-  int nqueries;
+  struct pgs_query_table *queries; /* SHOW QUERIES (allocated on first use) */
 };
 
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) PGS_MUST_USE;

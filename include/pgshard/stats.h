@@ -61,11 +61,20 @@ typedef struct pgs_query_stats {
   pgs_hist_t latency;
 } pgs_query_stats_t;
 
-/* The entry of HASH in DB in TABLE (*N of at most PGS_QUERY_STATS_MAX,
- * TABLE allocated to that many), made from TEXT when new: it replaces the
- * entry with the least total time when the table is full. */
-pgs_query_stats_t *pgs_query_stats_get(pgs_query_stats_t *table, int *n, const char *db,
-                                       uint64_t hash, const char *text);
+/* A worker's statements: at most PGS_QUERY_STATS_MAX, found by an open-
+ * addressed index on the hash (a lookup per request must not scan). */
+#define PGS_QUERY_INDEX 1024 /* power of two, over twice PGS_QUERY_STATS_MAX */
+typedef struct pgs_query_table {
+  pgs_query_stats_t entries[PGS_QUERY_STATS_MAX];
+  int n;
+  int16_t index[PGS_QUERY_INDEX]; /* entry + 1, 0: empty; may point at an entry reused since */
+  int used;                       /* index slots not empty */
+} pgs_query_table_t;
+
+/* The entry of HASH in DB, made from TEXT when new: when the table is full
+ * it replaces the entry with the least total time. */
+pgs_query_stats_t *pgs_query_stats_get(pgs_query_table_t *table, const char *db, uint64_t hash,
+                                       const char *text);
 void pgs_query_stats_merge(pgs_query_stats_t *into, const pgs_query_stats_t *from);
 /* Merge COUNT records stored back to back at P (maybe unaligned) into *ALL
  * (*N entries, malloc'ed, grown as needed), one entry per database. */

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,11 +78,37 @@ static void test_merge_is_one_histogram(void **state) {
   free(merged);
 }
 
+static void test_query_table(void **state) {
+  pgs_query_table_t *t = calloc(1, sizeof(*t));
+  /* 2000 statements, each costlier than the last: the table keeps 500, and
+   * always finds what it keeps. */
+  for (uint64_t h = 1; h <= 2000; h++) {
+    char text[32];
+    snprintf(text, sizeof(text), "select %llu", (unsigned long long)h);
+    pgs_query_stats_t *q = pgs_query_stats_get(t, "app", h * 0x9e3779b97f4a7c15ULL, text);
+    assert_int_equal(q->calls, 0);
+    q->calls = 1;
+    q->total_us = h;
+    assert_ptr_equal(pgs_query_stats_get(t, "app", h * 0x9e3779b97f4a7c15ULL, "x"), q);
+    assert_string_equal(q->text, text);
+  }
+  assert_int_equal(t->n, PGS_QUERY_STATS_MAX);
+  int kept = 0;
+  for (int i = 0; i < t->n; i++) kept += t->entries[i].total_us > 1000;
+  assert_true(kept >= PGS_QUERY_STATS_MAX - 1); /* the costliest ones */
+  /* Another database's statement of the same text is another entry. */
+  pgs_query_stats_t *other = pgs_query_stats_get(t, "other", 2000 * 0x9e3779b97f4a7c15ULL, "y");
+  assert_int_equal(other->calls, 0);
+  assert_string_equal(other->db, "other");
+  free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buckets_hold_their_values),
       cmocka_unit_test(test_quantiles_within_a_sixteenth),
       cmocka_unit_test(test_merge_is_one_histogram),
+      cmocka_unit_test(test_query_table),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
