@@ -162,6 +162,7 @@ static const admin_column_t stats_cols[] = {
     {"fanouts", OID_INT8},       {"twopc_commits", OID_INT8}, {"twopc_aborts", OID_INT8},
     {"bytes_in", OID_INT8},      {"bytes_out", OID_INT8},     {"avg_us", OID_INT8},
     {"p50_us", OID_INT8},        {"p95_us", OID_INT8},        {"p99_us", OID_INT8},
+    {"error_classes", OID_TEXT},
 };
 static const admin_column_t queries_cols[] = {
     {"database", OID_TEXT}, {"query", OID_TEXT},    {"calls", OID_INT8},    {"errors", OID_INT8},
@@ -772,6 +773,13 @@ static void emit_stats(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
     row_int(&r, (int64_t)pgs_hist_quantile(&s->latency, 0.50));
     row_int(&r, (int64_t)pgs_hist_quantile(&s->latency, 0.95));
     row_int(&r, (int64_t)pgs_hist_quantile(&s->latency, 0.99));
+    char classes[PGS_ERROR_CLASSES * 24] = "";
+    size_t len = 0;
+    for (int k = 0; k < s->nerror_classes && len < sizeof(classes); k++)
+      len += (size_t)snprintf(classes + len, sizeof(classes) - len, "%s%s:%llu", k ? " " : "",
+                              s->error_classes[k].cls,
+                              (unsigned long long)s->error_classes[k].count);
+    row_text(&r, classes);
     row_end(&r);
   }
   *rows = n;

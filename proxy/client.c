@@ -162,6 +162,7 @@ static void report(pgs_client_t *client, const char *severity, const char *sqlst
   vsnprintf(message + n, sizeof(message) - (size_t)n, fmt, ap);
   pgs_info("client %d (%s@%s) %s: %s (SQLSTATE %s)", client->cancel_pid, client->username,
            client->peer, severity[0] == 'F' ? "closed" : "refused", message, sqlstate);
+  if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
   emit_error(client, severity, sqlstate, message);
 }
 
@@ -433,8 +434,24 @@ static void force_standard_strings(pgs_client_t *client, pgs_server_t *server) {
 
 /* ---- messages from the server that the client's state depends on ---- */
 
+void pgs_client_count_error(pgs_client_t *client, const uint8_t *body, size_t len) {
+  if (client->stats == NULL) return;
+  /* The SQLSTATE field ('C') of the ErrorResponse BODY. */
+  const char *sqlstate = NULL;
+  for (size_t at = 0; at + 1 < len && body[at];) {
+    const char *value = (const char *)body + at + 1;
+    size_t vlen = strnlen(value, len - at - 1);
+    if (body[at] == 'C') sqlstate = value;
+    at += 1 + vlen + 1;
+  }
+  pgs_db_stats_error(client->stats, sqlstate);
+}
+
 void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
                                   size_t len) {
+  /* A part of a cross-shard read: the read's one error is counted when it
+   * reaches the client (fanout.c), not each part's. */
+  if (type == 'E' && client->fan == NULL) pgs_client_count_error(client, body, len);
   if (client->ntx_ops == 0) return;
   if (type == 'S') {
     note_reported(client, body, len);

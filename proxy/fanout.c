@@ -131,6 +131,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     fan_fail_merge(fan);
   if (fan->error.len > 0) {
     pgs_buf_put(out, fan->error.data, fan->error.len);
+    if (fan->error.len > 5) pgs_client_count_error(client, fan->error.data + 5, fan->error.len - 5);
     pgs_client_step_failed(client);
     /* An error of pgshard's own inside a transaction aborts it, as any
      * error would in PostgreSQL (no server failed to say so). */

@@ -241,6 +241,12 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
       put(b, "%s{database=\"%s\"} %llu\n", counters[c].name, stats[j].db, (unsigned long long)v);
     }
   }
+  family(b, "pgshard_client_errors_total", "counter",
+         "ErrorResponses clients got, by SQLSTATE class (\"??\": other classes)");
+  for (int j = 0; j < nstats; j++)
+    for (int k = 0; k < stats[j].nerror_classes; k++)
+      put(b, "pgshard_client_errors_total{database=\"%s\",class=\"%s\"} %llu\n", stats[j].db,
+          stats[j].error_classes[k].cls, (unsigned long long)stats[j].error_classes[k].count);
   /* Bucket bounds at powers of two microseconds are bucket edges of the
    * histogram (stats.h): the cumulative counts are exact. */
   family(b, "pgshard_request_duration_seconds", "histogram",

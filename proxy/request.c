@@ -565,6 +565,7 @@ static void add_error(pgs_client_t *client, const char *sqlstate, const char *fm
   memcpy(st->text + 6, message, mlen + 1);
   if (client->in_tx) client->tx_aborted = true;
   COUNT(client, refusals);
+  if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
   client->request_failed = true;
 }
 

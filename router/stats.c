@@ -59,7 +59,35 @@ uint64_t pgs_hist_quantile(const pgs_hist_t *h, double q) {
   return bucket_start(PGS_HIST_BUCKETS - 1);
 }
 
+static void add_error_class(pgs_db_stats_t *st, const char *cls, uint64_t n) {
+  int i = 0;
+  while (i < st->nerror_classes && strcmp(st->error_classes[i].cls, cls) != 0) i++;
+  if (i == st->nerror_classes) {
+    if (st->nerror_classes == PGS_ERROR_CLASSES) {
+      /* Full: the last entry becomes the "??" bucket. */
+      i = PGS_ERROR_CLASSES - 1;
+      memcpy(st->error_classes[i].cls, "??", 3);
+    } else {
+      st->nerror_classes++;
+      memcpy(st->error_classes[i].cls, cls, 3);
+      st->error_classes[i].count = 0;
+    }
+  }
+  st->error_classes[i].count += n;
+}
+
+void pgs_db_stats_error(pgs_db_stats_t *st, const char *sqlstate) {
+  char cls[3] = "??";
+  if (sqlstate && strlen(sqlstate) >= 2) {
+    cls[0] = sqlstate[0];
+    cls[1] = sqlstate[1];
+  }
+  add_error_class(st, cls, 1);
+}
+
 void pgs_db_stats_merge(pgs_db_stats_t *into, const pgs_db_stats_t *from) {
+  for (int i = 0; i < from->nerror_classes && i < PGS_ERROR_CLASSES; i++)
+    add_error_class(into, from->error_classes[i].cls, from->error_classes[i].count);
   into->requests += from->requests;
   into->transactions += from->transactions;
   into->queries += from->queries;

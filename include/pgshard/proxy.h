@@ -442,6 +442,8 @@ void pgs_client_after_ready(pgs_client_t *client, char status);
 void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
                                   size_t len);
 void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t len);
+/* An ErrorResponse (BODY) went to the client: its SQLSTATE class counted. */
+void pgs_client_count_error(pgs_client_t *client, const uint8_t *body, size_t len);
 void pgs_client_login_done(pgs_client_t *client);
 void pgs_client_close(pgs_client_t *client);
 void pgs_client_cancel(pgs_client_t *client);

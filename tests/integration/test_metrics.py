@@ -67,6 +67,8 @@ def test_scrape_agrees_with_the_admin_console(proxy):
         finally:
             held.close()
     assert value(samples, "pgshard_up") == 1
+    # select 1/0: the server's 22012, in class 22.
+    assert value(samples, "pgshard_client_errors_total", database="app", **{"class": "22"}) == 1
     assert types["pgshard_requests_total"] == "counter"
     assert types["pgshard_request_duration_seconds"] == "histogram"
     requests = value(samples, "pgshard_requests_total", database="app")
@@ -143,3 +145,32 @@ def test_a_busy_metrics_port_stops_startup(proxy, request):
         request.node._pgshard_proxies[-1].expected_exit = True  # the exit is the point
     finally:
         blocker.close()
+
+
+def test_errors_by_class_count_each_error_once(shard_lab, sharded_proxy):
+    port = free_port()
+    px = sharded_proxy(metrics_listen=f"127.0.0.1:{port}",
+                       extra_ini="[table.app.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n")
+    for shard in shard_lab.shards:
+        with shard_lab.connect_primary(shard.name) as direct:
+            direct.execute("drop table if exists users")
+            direct.execute("create table users (id bigint primary key)")
+            direct.execute("insert into users values (1), (2)")
+    try:
+        with px.connect(autocommit=True) as app:
+            # A read over both shards failing on each: the client gets one error.
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                app.execute("select 1 / (id - id) from users")
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                app.execute("select * from nosuchtable")
+            with pytest.raises(psycopg.Error):  # refused by pgshard: no key, several shards
+                app.execute("insert into users select 3")
+        samples, _ = scrape(f"http://127.0.0.1:{port}/metrics")
+        classes = {lab["class"]: v for n, lab, v in samples
+                   if n == "pgshard_client_errors_total" and lab["database"] == "app"}
+        assert classes.get("22") == 1 and classes.get("42") == 1, classes
+        assert sum(classes.values()) == 3, classes
+    finally:
+        for shard in shard_lab.shards:
+            with shard_lab.connect_primary(shard.name) as direct:
+                direct.execute("drop table if exists users")
