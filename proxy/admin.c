@@ -775,10 +775,10 @@ static void emit_stats(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
     row_int(&r, (int64_t)pgs_hist_quantile(&s->latency, 0.99));
     char classes[PGS_ERROR_CLASSES * 24] = "";
     size_t len = 0;
-    for (int k = 0; k < s->nerror_classes && len < sizeof(classes); k++)
-      len += (size_t)snprintf(classes + len, sizeof(classes) - len, "%s%s:%llu", k ? " " : "",
-                              s->error_classes[k].cls,
-                              (unsigned long long)s->error_classes[k].count);
+    for (int c = 0; c < s->nerror_classes && len < sizeof(classes); c++)
+      len += (size_t)snprintf(classes + len, sizeof(classes) - len, "%s%s:%llu", c ? " " : "",
+                              s->error_classes[c].cls,
+                              (unsigned long long)s->error_classes[c].count);
     row_text(&r, classes);
     row_end(&r);
   }
