@@ -137,6 +137,7 @@ def test_show_stats_counts_requests(proxy):
     assert after["bytes_in"] > base["bytes_in"] and after["bytes_out"] > base["bytes_out"]
     assert 0 < after["p50_us"] <= after["p95_us"] <= after["p99_us"]
     assert after["avg_us"] > 0
+    assert "22:" in after["error_classes"], after  # 1/0: division_by_zero, class 22
 
 
 def test_show_nodes_and_shards_from_the_monitor(replica_lab, replica_proxy):
