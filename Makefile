@@ -11,14 +11,14 @@ DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxha
 	libinih-dev libpg-query-dev libprotobuf-c-dev libssl-dev libcmocka-dev postgresql-15 \
 	postgresql-client-15 python3-pytest python3-psycopg pgbouncer \
 	python3-matplotlib procps iproute2
-# Only for `make fuzz` (and `make test-tsan`): clang and its sanitizer and
+# Only for `make fuzz`: clang and its sanitizer and
 # libFuzzer runtimes.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 FUZZ_SECONDS ?= 60
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps fuzz-deps build build-asan build-fuzz fuzz test unit integration demo demo-down \
-	bench clean format
+.PHONY: all deps fuzz-deps build build-asan build-fuzz build-tsan fuzz test test-tsan unit \
+	integration demo demo-down bench clean format
 
 all: build
 
@@ -57,6 +57,18 @@ build-fuzz: fuzz-deps
 # (build-fuzz/fuzz-work); prints the executions per harness and in total.
 fuzz: build-fuzz
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh build-fuzz $(FUZZ_HARNESSES)
+
+# ThreadSanitizer (gcc's, from build-essential): pgshard and pgshardctl only.
+build-tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGS_TSAN=ON
+	cmake --build build-tsan --target pgshard pgshardctl -j$$(nproc)
+
+# The integration suite against the TSan build; a report in a proxy's log
+# fails its test (tests/tsan.supp holds the known false positives).
+# TSAN_TESTS narrows it, e.g. TSAN_TESTS=tests/integration/test_pooling.py.
+TSAN_TESTS ?= tests/integration
+test-tsan: build-tsan
+	PGSHARD_BUILD=$(abspath build-tsan) $(PYTHON) -m pytest -v -ra $(TSAN_TESTS)
 
 unit: build
 	cd $(BUILD) && ctest --output-on-failure
