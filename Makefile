@@ -3,20 +3,38 @@
 #   make test   install what is missing, build, run every test
 #   make bench  pgbench: direct Postgres vs pgshard vs PgBouncer
 #   make soak   mixed load with injected faults for SOAK_SECONDS (default 600), then checks
+#   make fuzz   build the libFuzzer harnesses with clang (build-fuzz) and run
+#               each for FUZZ_SECONDS (default 60); fails on any finding
+#   make test-tsan  ThreadSanitizer build (build-tsan), integration tests on it
+#   make test-stress  the suites three times while stress-ng keeps the cores busy
 BUILD ?= build
 PYTHON := /usr/bin/python3
 DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxhash-dev \
 	libinih-dev libpg-query-dev libprotobuf-c-dev libssl-dev libcmocka-dev postgresql-15 \
 	postgresql-client-15 python3-pytest python3-psycopg pgbouncer \
 	python3-matplotlib procps iproute2
+# Only for `make fuzz`: clang and its sanitizer and
+# libFuzzer runtimes.
+FUZZ_PACKAGES := clang libclang-rt-14-dev
+FUZZ_SECONDS ?= 60
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build build-asan test test-stress unit integration demo demo-down bench soak clean format
+.PHONY: all deps fuzz-deps build build-asan build-fuzz build-tsan fuzz test test-tsan \
+	test-stress unit integration demo demo-down bench soak clean format
 
 all: build
 
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+fuzz-deps: deps
+	@missing=""; for p in $(FUZZ_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -31,6 +49,28 @@ build: deps
 build-asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPGS_SANITIZE=ON -DPGS_WERROR=ON
 	cmake --build build-asan -j$$(nproc)
+
+# The harnesses only (target fuzzers), with the router library instrumented.
+build-fuzz: fuzz-deps
+	CC=clang cmake -S . -B build-fuzz -DPGS_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build build-fuzz --target fuzzers -j$$(nproc)
+
+# Every harness in turn, FUZZ_SECONDS each, from a scratch copy of its seeds
+# (build-fuzz/fuzz-work); prints the executions per harness and in total.
+fuzz: build-fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh build-fuzz $(FUZZ_HARNESSES)
+
+# ThreadSanitizer (gcc's, from build-essential): pgshard and pgshardctl only.
+build-tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGS_TSAN=ON
+	cmake --build build-tsan --target pgshard pgshardctl -j$$(nproc)
+
+# The integration suite against the TSan build; a report in a proxy's log
+# fails its test (tests/tsan.supp holds the known false positives).
+# TSAN_TESTS narrows it, e.g. TSAN_TESTS=tests/integration/test_pooling.py.
+TSAN_TESTS ?= tests/integration
+test-tsan: build-tsan
+	PGSHARD_BUILD=$(abspath build-tsan) $(PYTHON) -m pytest -v -ra $(TSAN_TESTS)
 
 unit: build
 	cd $(BUILD) && ctest --output-on-failure
@@ -68,4 +108,4 @@ soak: build
 	SOAK_SECONDS=$(SOAK_SECONDS) PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/soak/soak.py
 
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-fuzz build-tsan

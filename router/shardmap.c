@@ -487,6 +487,13 @@ static pgs_status_t read_datetime(const char *text, size_t len, pgs_key_type_t t
   }
 }
 
+/* PostgreSQL's IS_VALID_JULIAN on an astronomical year and a month: from
+ * 4714-11 BC to 5874898-05, whatever the day. */
+static bool julian_month_valid(int64_t year, int month) {
+  return (year > -4713 || (year == -4713 && month >= 11)) &&
+         (year < 5874898 || (year == 5874898 && month < 6));
+}
+
 static pgs_status_t parse_date(const char *text, size_t len, int64_t *out, pgs_key_error_t *err) {
   datetime_fields_t f;
   bool special;
@@ -506,14 +513,19 @@ static pgs_status_t parse_timestamptz(const char *text, size_t len, int64_t *out
   *zone_assumed = false;
   pgs_status_t st = read_datetime(text, len, PGS_TYPE_TIMESTAMPTZ, &f, out, &special, err);
   if (st != PGS_OK || special) return st;
-  int64_t days = days_from_civil(f.year, f.month, f.day) - DAYS_1970_TO_2000;
-  /* tm2timestamp: the date must be in the Julian-day range first. */
-  if (days < PG_MIN_DATE || days >= PG_END_DATE)
+  /* tm2timestamp, step by step: the local date must be in the Julian-day
+   * range by year and month (IS_VALID_JULIAN: so 4714-11-23 BC 23:00-02,
+   * which is 4714-11-24 BC in UTC, is a timestamp), its microseconds must
+   * fit in 64 bits (years past 294276 do not: days * USECS_PER_DAY would
+   * wrap), and the result moved to UTC must lie in the timestamp range. */
+  if (!julian_month_valid(f.year, f.month))
     return datetime_error(err, "22008", "timestamp out of range", text, len);
-  int64_t t = days * USECS_PER_DAY +
-              ((int64_t)f.hour * 3600 + f.minute * 60 + f.second) * USECS_PER_SEC + f.fsec -
-              f.zone_seconds * USECS_PER_SEC;
-  if (t < PG_MIN_TIMESTAMP || t >= PG_END_TIMESTAMP)
+  int64_t days = days_from_civil(f.year, f.month, f.day) - DAYS_1970_TO_2000;
+  int64_t time = ((int64_t)f.hour * 3600 + f.minute * 60 + f.second) * USECS_PER_SEC + f.fsec;
+  int64_t t;
+  if (__builtin_mul_overflow(days, USECS_PER_DAY, &t) || __builtin_add_overflow(t, time, &t) ||
+      __builtin_sub_overflow(t, f.zone_seconds * USECS_PER_SEC, &t) || t < PG_MIN_TIMESTAMP ||
+      t >= PG_END_TIMESTAMP)
     return datetime_error(err, "22008", "timestamp out of range", text, len);
   *zone_assumed = !f.has_zone;
   *out = t;

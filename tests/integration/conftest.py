@@ -93,8 +93,13 @@ DATABASE_KEYS = {
 }
 DEFAULT_USERS = {"app": ("secret", False), "admin": ("adminpw", True)}
 
+# Any report of a sanitizer pgshard was built with (PGS_SANITIZE, PGS_TSAN):
+# ASan's "ERROR: AddressSanitizer", TSan's "WARNING: ThreadSanitizer: data
+# race", UBSan's "runtime error".
 SANITIZER_PATTERNS = re.compile(
     r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|UndefinedBehaviorSanitizer|runtime error")
+# ThreadSanitizer's known false positives (tests/tsan.supp says why each).
+TSAN_SUPPRESSIONS = REPO / "tests" / "tsan.supp"
 
 # Proxies still running if the session dies; killed at session end.
 _ALL_PROXIES = []
@@ -544,6 +549,10 @@ class Proxy:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        # Under PGS_TSAN: every report is logged and the proxy goes on (the
+        # log is checked at teardown, and TSan's exit status 66 fails it too).
+        env.setdefault("TSAN_OPTIONS", f"suppressions={TSAN_SUPPRESSIONS}:halt_on_error=0:"
+                       "second_deadlock_stack=1:history_size=4")
         # A message without a routing decision aborts pgshard (the test then
         # fails on the unclean exit) instead of being refused quietly.
         env.setdefault("PGSHARD_STRICT", "1")

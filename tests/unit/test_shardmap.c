@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -366,6 +367,47 @@ static void test_timestamptz_special_and_limits(void **state) {
               "timestamp out of range: \"294277-01-01 00:00:00+00\"");
   refused(PGS_TYPE_TIMESTAMPTZ, "294276-12-31 23:00:00-05", "22008");
   refused(PGS_TYPE_TIMESTAMPTZ, "4714-11-23 23:59:59+00 BC", "22008");
+}
+
+/* Where the timestamp range ends, as PostgreSQL 15 draws it (every value
+ * here was checked against a server). Past year 294276 the microseconds
+ * from 2000 no longer fit in 64 bits: such a key is refused as the server
+ * refuses it, never read as a wrapped value (2020000-01-01 wrapped to a
+ * time in the year 268,000 and was routed there). */
+static void test_timestamptz_range_boundaries(void **state) {
+  const int64_t end = INT64_C(9223371331200000000), min = INT64_C(-211813488000000000);
+  /* The upper end: the zone counts, not the local date. */
+  assert_true(int_of(PGS_TYPE_TIMESTAMPTZ, "294277-01-01 00:00:00+01") == end - 3600 * USEC);
+  assert_true(int_of(PGS_TYPE_TIMESTAMPTZ, "294277-01-01 00:59:59.999999+01") == end - 1);
+  const char *past_end[] = {
+      "294276-12-31 24:00:00+00",   "294276-12-31 23:59:60+00",
+      "294277-01-01 01:00:00+01",   "294277-01-08 00:00:00+00", /* in 64 bits, past the end */
+      "294277-01-09 23:59:59+00",   /* the day fits 64 bits, the time of day does not */
+      "294277-01-09 00:00:00-15",   /* the zone does not */
+      "294277-01-09 00:00:00+15",   "294277-01-10 00:00:00+00", /* the day does not */
+      "2020000-01-01 00:00:00+00",  "5874897-12-31 00:00:00+00",
+      "5874898-05-31 00:00:00+00",  "5874898-06-01 00:00:00+00", /* past the Julian days */
+      "9999999-12-31 23:59:59-15:59:59",
+      "9999999-01-01",
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(past_end); i++) {
+    char message[128];
+    snprintf(message, sizeof(message), "timestamp out of range: \"%s\"", past_end[i]);
+    parse_fails(PGS_TYPE_TIMESTAMPTZ, past_end[i], strlen(past_end[i]), "22008", message);
+  }
+  /* The lower end: a local date before 4714-11-24 BC is a timestamp when
+   * its zone brings it into range, as long as its month is November. */
+  assert_true(int_of(PGS_TYPE_TIMESTAMPTZ, "4714-11-24 01:00:00+01 BC") == min);
+  assert_true(int_of(PGS_TYPE_TIMESTAMPTZ, "4714-11-23 23:00:00-02 BC") == min + 3600 * USEC);
+  refused(PGS_TYPE_TIMESTAMPTZ, "4714-11-24 00:00:00+01 BC", "22008");
+  refused(PGS_TYPE_TIMESTAMPTZ, "4714-11-23 23:59:59.999999+00 BC", "22008");
+  refused(PGS_TYPE_TIMESTAMPTZ, "4714-11-01 00:00:00+00 BC", "22008");
+  refused(PGS_TYPE_TIMESTAMPTZ, "4714-11-01 00:00:00-15 BC", "22008");
+  refused(PGS_TYPE_TIMESTAMPTZ, "4714-10-31 23:00:00-15 BC", "22008");
+  refused(PGS_TYPE_TIMESTAMPTZ, "9999-01-01 00:00:00+00 BC", "22008");
+  /* Dates have their own, wider range. */
+  assert_true(int_of(PGS_TYPE_DATE, "2020000-01-01") > 0);
+  refused(PGS_TYPE_DATE, "4714-11-23 BC", "22008");
 }
 
 static void test_timestamptz_errors(void **state) {
@@ -1261,6 +1303,7 @@ int main(void) {
       cmocka_unit_test(test_timestamptz_fractions),
       cmocka_unit_test(test_timestamptz_without_zone),
       cmocka_unit_test(test_timestamptz_special_and_limits),
+      cmocka_unit_test(test_timestamptz_range_boundaries),
       cmocka_unit_test(test_timestamptz_errors),
       cmocka_unit_test(test_binary_integers_same_key),
       cmocka_unit_test(test_binary_bad_sizes_and_types),
