@@ -62,7 +62,7 @@ fuzz: build-fuzz
 
 # ThreadSanitizer (gcc's, from build-essential): pgshard and pgshardctl only.
 build-tsan: deps
-	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGS_TSAN=ON
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGS_TSAN=ON -DPGS_WERROR=ON
 	cmake --build build-tsan --target pgshard pgshardctl -j$$(nproc)
 
 # The integration suite against the TSan build; a report in a proxy's log
