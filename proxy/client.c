@@ -28,6 +28,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/tls.h"
 
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
@@ -702,6 +703,47 @@ static bool parse_options(pgs_client_t *client, const char *options) {
   return true;
 }
 
+/* An SSLRequest is answered 'S' (client_tls other than disable). */
+static bool accepts_tls(const pgs_config_t *config) {
+  return config->client_tls != PGS_CLIENT_TLS_DISABLE && config->tls_ctx != NULL;
+}
+
+static const char *const client_tls_names[] = {"disable", "allow", "require", "verify-ca",
+                                               "verify-full"};
+
+/* client_tls of the client's config: a client without TLS, or without the
+ * certificate it asks for, is refused (28000, as pg_hba.conf would).
+ * The certificate is checked again here, not only in the handshake: the
+ * handshake may have run under an earlier config that did not ask. */
+static bool tls_allows_login(pgs_client_t *client) {
+  pgs_client_tls_t mode = client->config->client_tls;
+  if (mode < PGS_CLIENT_TLS_REQUIRE) return true;
+  const struct ssl_st *ssl = pgs_io_tls_session(&client->io);
+  if (ssl == NULL || !pgs_io_tls_active(&client->io)) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "SSL connection is required (client_tls = %s) for user \"%s\"",
+                    client_tls_names[mode], client->username);
+    return false;
+  }
+  if (mode == PGS_CLIENT_TLS_REQUIRE) return true;
+  if (!pgs_tls_peer_verified(ssl)) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "connection requires a valid client certificate (client_tls = %s)",
+                    client_tls_names[mode]);
+    return false;
+  }
+  char cn[PGS_MAX_NAME];
+  if (mode == PGS_CLIENT_TLS_VERIFY_FULL &&
+      (!pgs_tls_peer_common_name(ssl, cn, sizeof(cn)) || strcmp(cn, client->username) != 0)) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "certificate validation (client_tls = verify-full) failed for user \"%s\": "
+                    "CN mismatch",
+                    client->username);
+    return false;
+  }
+  return true;
+}
+
 static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *startup) {
   const char *user = pgs_startup_get(startup, "user");
   const char *database = pgs_startup_get(startup, "database");
@@ -741,6 +783,7 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
   recompute_settings_hash(client);
 
   client->config = pgs_config_ref(client->worker->config);
+  if (!tls_allows_login(client)) return;
   client->user = pgs_config_find_user(client->config, client->username);
   if (client->user == NULL) {
     pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION, "role \"%s\" does not exist",
@@ -817,6 +860,17 @@ static size_t handle_startup(pgs_client_t *client) {
       pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
                       "received unencrypted data after SSL request");
       return 0;
+    }
+    if (io->tls) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                      "encryption requested on an encrypted connection");
+      return 0;
+    }
+    if (startup.code == PGS_SSL_REQUEST_CODE && accepts_tls(client->worker->config)) {
+      pgs_io_emit(io, "S", 1);
+      if (pgs_io_flush(io) < 0 || pgs_io_tls_accept(io, client->worker->config->tls_ctx) < 0)
+        pgs_client_close(client);
+      return len;
     }
     pgs_io_emit(io, "N", 1);
     if (pgs_io_flush(io) < 0) pgs_client_close(client);
@@ -1025,7 +1079,7 @@ static void client_on_error(pgs_io_t *io, int status) {
   pgs_client_t *client = io->owner;
   if (status != UV_EOF)
     pgs_info("client %d (%s@%s): connection error: %s", client->cancel_pid, client->username,
-             client->peer, uv_strerror(status));
+             client->peer, pgs_io_error_text(io, status));
   else
     pgs_debug("client %d (%s@%s): disconnected", client->cancel_pid, client->username,
               client->peer);
