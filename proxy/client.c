@@ -703,6 +703,15 @@ static bool parse_options(pgs_client_t *client, const char *options) {
   return true;
 }
 
+/* SCRAM channel binding: the tls-server-end-point data of the client's
+ * TLS connection into OUT (may be NULL: only its length); 0 without TLS. */
+static size_t channel_binding(const pgs_client_t *client, uint8_t out[PGS_TLS_MAX_END_POINT]) {
+  uint8_t scratch[PGS_TLS_MAX_END_POINT];
+  const struct ssl_st *ssl = pgs_io_tls_session(&client->io);
+  if (ssl == NULL || !pgs_io_tls_active(&client->io)) return 0;
+  return pgs_tls_server_end_point(ssl, out ? out : scratch);
+}
+
 /* An SSLRequest is answered 'S' (client_tls other than disable). */
 static bool accepts_tls(const pgs_config_t *config) {
   return config->client_tls != PGS_CLIENT_TLS_DISABLE && config->tls_ctx != NULL;
@@ -813,7 +822,10 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
                       "password authentication failed for user \"%s\"", client->username);
       return;
     }
-    send_auth(client, PGS_AUTHREQ_SASL, "SCRAM-SHA-256\0", 15);
+    if (channel_binding(client, NULL) > 0)
+      send_auth(client, PGS_AUTHREQ_SASL, "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0", 34);
+    else
+      send_auth(client, PGS_AUTHREQ_SASL, "SCRAM-SHA-256\0", 15);
     break;
   }
   if (pgs_io_flush(&client->io) < 0) pgs_client_close(client);
@@ -913,9 +925,16 @@ static void handle_auth_message(pgs_client_t *client, const uint8_t *body, size_
   if (client->scram->state == PGS_SCRAM_STATE_INIT) {
     const char *mech = pgs_read_cstr(&r, NULL);
     int32_t dlen = pgs_read_i32(&r);
-    if (r.bad || strcmp(mech, "SCRAM-SHA-256") != 0) {
+    uint8_t cbind[PGS_TLS_MAX_END_POINT];
+    size_t cbind_len = r.bad ? 0 : channel_binding(client, cbind);
+    bool plus = !r.bad && cbind_len > 0 && !strcmp(mech, "SCRAM-SHA-256-PLUS");
+    if (r.bad || (!plus && strcmp(mech, "SCRAM-SHA-256") != 0)) {
       pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
                       "client selected an invalid SASL authentication mechanism");
+      return;
+    }
+    if (pgs_scram_channel_binding(client->scram, plus, cbind, cbind_len) != PGS_OK) {
+      pgs_client_fail(client, PGS_SQLSTATE_INTERNAL, "channel binding failed");
       return;
     }
     if (dlen < 0 || (size_t)dlen != pgs_reader_left(&r)) {

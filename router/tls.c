@@ -85,8 +85,13 @@ SSL_CTX *pgs_tls_server_context(const char *cert, const char *key, const char *c
   *which = PGS_TLS_FILE_KEY;
   if (!readable(key, err, errlen)) goto failed;
   if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    unsigned long code = ERR_peek_last_error();
     pgs_tls_error_text(why, sizeof(why), "not a PEM private key");
-    snprintf(err, errlen, "cannot load private key \"%s\": %s", key, why);
+    if (ERR_GET_LIB(code) == ERR_LIB_X509 && ERR_GET_REASON(code) == X509_R_KEY_VALUES_MISMATCH)
+      snprintf(err, errlen, "private key \"%s\" does not match the certificate \"%s\"", key,
+               cert);
+    else
+      snprintf(err, errlen, "cannot load private key \"%s\": %s", key, why);
     goto failed;
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {

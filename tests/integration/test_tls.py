@@ -292,21 +292,89 @@ def test_plaintext_after_ssl_request_is_never_read(proxy, certs):
         assert conn.execute("select 'unharmed'").fetchone() == ("unharmed",)
 
 
-def test_tls_client_pipelines_and_slow_reader(proxy, certs):
+@pytest.mark.parametrize("side", ["client", "server", "both"])
+def test_slow_reader_and_pipelining(proxy, tls_lab, certs, side):
     """Output over the high-water mark while the client reads nothing: pgshard
-    stops reading the server and resumes (with decrypted input held back)
-    when the client drains."""
-    px = proxy(**tls_keys(certs, "require"))
-    with raw_tls(px, certs) as raw:
+    stops reading the server and resumes when the client drains, with input
+    already decrypted held back meanwhile (client TLS: the client's queued
+    queries; server TLS: the server's rows). Then a thousand queries in one
+    write, each one a transaction given back to the pool and taken again."""
+    client_tls = side in ("client", "both")
+    overrides = tls_keys(certs, "require") if client_tls else {}
+    if side in ("server", "both"):
+        overrides.update(lab=tls_lab, node_options=tls_node(tls_lab))
+    px = proxy(pool_size=1, **overrides)
+    raw = raw_tls(px, certs) if client_tls else px.raw()
+    with raw:
+        raw.sock.settimeout(30)
         raw.login()
         sql = "select i, repeat('z', 1000) from generate_series(1, 20000) i"
-        # Three queries sent at once, read only after a pause.
         raw.send(pgwire.query(sql) * 3)
         time.sleep(1.0)
         for _ in range(3):
             rows = raw.read_query_result()
             assert len(rows) == 20000 and rows[-1][0] == "20000"
+        # About 20 kB sent, 60 kB of answers: both fit the sockets' buffers,
+        # so one thread sends then reads (an SSL socket is not for two).
+        raw.send(b"".join(pgwire.query(f"select {i}") for i in range(1000)))
+        for i in range(1000):
+            assert raw.read_query_result() == [[str(i)]]
         assert raw.simple_query("select 'drained'") == [["drained"]]
+
+
+def test_tls_client_waits_for_a_server(proxy, certs):
+    """A TLS client whose queries arrive while the pool's one server is
+    taken: it waits, not reading; its queries already decrypted are run
+    when the server comes back, the rest read from OpenSSL's buffers."""
+    px = proxy(pool_size=1, **tls_keys(certs, "require"))
+    with px.connect(sslmode="require") as holder:
+        holder.execute("select 'holding the server'")
+        with raw_tls(px, certs) as raw:
+            raw.sock.settimeout(30)
+            raw.login()
+            raw.send(b"".join(pgwire.query(f"select {i}, repeat('k', 100)") for i in range(1500)))
+            time.sleep(0.5)
+            holder.commit()
+            for i in range(1500):
+                assert raw.read_query_result() == [[str(i), "k" * 100]]
+
+
+def test_psycopg_pipeline_over_tls(proxy, certs):
+    px = proxy(**tls_keys(certs, "require"))
+    with px.connect(autocommit=True, sslmode="require") as conn:
+        with conn.pipeline():
+            cursors = [conn.execute("select %s::int, repeat('v', 2000)", (i,)) for i in range(300)]
+        assert [c.fetchone()[0] for c in cursors] == list(range(300))
+
+
+@pytest.mark.parametrize("auth", ["scram-sha-256", "md5"])
+def test_scram_channel_binding(proxy, certs, auth):
+    """Over TLS, SCRAM-SHA-256-PLUS is offered first and libpq binds the
+    login to the connection (tls-server-end-point); in the clear, or with md5,
+    there is nothing to bind to."""
+    px = proxy(auth=auth, **tls_keys(certs, "allow"))
+    if auth == "scram-sha-256":
+        for binding in ("require", "prefer", "disable"):
+            with px.connect(autocommit=True, sslmode="require", channel_binding=binding) as conn:
+                assert conn.execute("select 'bound'").fetchone() == ("bound",)
+        with raw_tls(px, certs) as raw:
+            raw.send(pgwire.startup_packet("app", "app"))
+            kind, payload = raw.read_message()
+            assert kind == "R" and struct.unpack("!i", payload[:4])[0] == 10
+            assert payload[4:].split(b"\0")[:2] == [b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"]
+        with px.raw() as raw:
+            raw.send(pgwire.startup_packet("app", "app"))
+            kind, payload = raw.read_message()
+            assert payload[4:].split(b"\0")[:2] == [b"SCRAM-SHA-256", b""]
+    else:
+        with pytest.raises(psycopg.OperationalError) as exc:
+            px.connect(sslmode="require", channel_binding="require")
+        assert "channel binding" in str(exc.value)
+    with pytest.raises(psycopg.OperationalError) as exc:
+        px.connect(sslmode="disable", channel_binding="require")
+    assert "channel binding" in str(exc.value)
+    with px.connect(autocommit=True, sslmode="require", channel_binding="prefer") as conn:
+        assert conn.execute("select 'prefer'").fetchone() == ("prefer",)
 
 
 # ---------------------------------------------------------------- config
