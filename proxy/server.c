@@ -580,6 +580,12 @@ static void connect_done(pgs_server_t *server) {
   server->io.tcp.data = &server->io;
   server->io.open = true;
   uv_tcp_nodelay(&server->io.tcp, 1);
+  if (PQgssEncInUse(server->pg)) {
+    /* libpq's GSSAPI encryption has no session pgshard could carry on. */
+    connect_failed_because(server, "GSSAPI encryption to servers is not supported "
+                                   "(use sslmode, or gssencmode=disable)");
+    return;
+  }
   if (PQsslInUse(server->pg)) {
     struct ssl_st *ssl = PQsslStruct(server->pg, "OpenSSL");
     if (ssl == NULL || pgs_io_tls_adopt(&server->io, ssl) != 0) {
