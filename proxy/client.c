@@ -717,9 +717,6 @@ static bool accepts_tls(const pgs_config_t *config) {
   return config->client_tls != PGS_CLIENT_TLS_DISABLE && config->tls_ctx != NULL;
 }
 
-static const char *const client_tls_names[] = {"disable", "allow", "require", "verify-ca",
-                                               "verify-full"};
-
 /* client_tls of the client's config: a client without TLS, or without the
  * certificate it asks for, is refused (28000, as pg_hba.conf would).
  * The certificate is checked again here, not only in the handshake: the
@@ -731,14 +728,14 @@ static bool tls_allows_login(pgs_client_t *client) {
   if (ssl == NULL || !pgs_io_tls_active(&client->io)) {
     pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
                     "SSL connection is required (client_tls = %s) for user \"%s\"",
-                    client_tls_names[mode], client->username);
+                    pgs_client_tls_name(mode), client->username);
     return false;
   }
   if (mode == PGS_CLIENT_TLS_REQUIRE) return true;
   if (!pgs_tls_peer_verified(ssl)) {
     pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
                     "connection requires a valid client certificate (client_tls = %s)",
-                    client_tls_names[mode]);
+                    pgs_client_tls_name(mode));
     return false;
   }
   char cn[PGS_MAX_NAME];

@@ -207,11 +207,14 @@ static int start_write(pgs_io_t *io) {
   return rc;
 }
 
+static void tls_lost(pgs_io_t *io);
+
 static void write_cb(uv_write_t *req, int status) {
   pgs_io_t *io = pgs_container_of(req, pgs_io_t, wreq);
   io->writing = false;
   io->wbuf.len = 0;
   if (status < 0) {
+    if (io->tls) tls_lost(io);
     if (status != UV_ECANCELED && io->on_error) io->on_error(io, status);
     return;
   }
@@ -370,6 +373,12 @@ static BIO *bio_new(pgs_io_t *io) {
   return bio;
 }
 
+/* Records of ours were never sent (a write failed or was cancelled): the
+ * session cannot go on, nor be handed back to libpq. */
+static void tls_lost(pgs_io_t *io) {
+  if (io->tls->state == TLS_OPEN || io->tls->state == TLS_HANDSHAKE) io->tls->state = TLS_FAILED;
+}
+
 /* A fatal error of SSL call RET: remembered for pgs_io_error_text. */
 static int tls_failed(pgs_io_t *io, int ret) {
   struct pgs_io_tls *t = io->tls;
@@ -394,6 +403,7 @@ static int tls_send(pgs_io_t *io) {
   if (written == UV_EAGAIN) written = 0;
   if (written < 0) {
     io->wbuf.len = 0;
+    tls_lost(io);
     return written;
   }
   pgs_buf_consume(&io->wbuf, (size_t)written);

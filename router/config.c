@@ -399,6 +399,10 @@ static bool valid_table_name(const char *name) {
   return valid_name(name);
 }
 
+const char *pgs_client_tls_name(pgs_client_tls_t mode) {
+  return (unsigned)mode <= PGS_CLIENT_TLS_VERIFY_FULL ? client_tls_names[mode] : "?";
+}
+
 /* A file name key: "" means none. */
 static void set_file(parse_state_t *st, const char *value, char **file, int *line) {
   free(*file);

@@ -198,6 +198,9 @@ char *pgs_node_conninfo(const pgs_config_t *config, const pgs_database_t *db,
                         const pgs_node_t *node, const pgs_user_t *user, const char *app_key,
                         const char *app_value);
 
+/* client_tls as the config spells it ("verify-full"). */
+const char *pgs_client_tls_name(pgs_client_tls_t mode);
+
 /* True when HOST is on loopback (127.0.0.0/8, ::1, localhost). */
 bool pgs_host_is_loopback(const char *host);
 
