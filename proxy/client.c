@@ -17,6 +17,13 @@
  *    on first use (an injected Parse) and never twice.
  * Session state that cannot be replayed pins the client to its server.
  *
+ * TLS (client_tls): an SSLRequest is answered 'S' and the connection's io
+ * runs the handshake (io.c); from then on this file reads and writes
+ * plaintext as on any connection. Whether a client may log in without TLS,
+ * or without the certificate the mode asks for, is decided at its startup
+ * packet under the config it logs in with; over TLS, SCRAM offers
+ * SCRAM-SHA-256-PLUS bound to the connection's certificate.
+ *
  * Every failure goes through pgs_client_fail (FATAL, then close) or
  * pgs_client_refuse (ERROR, the session goes on).
  */
