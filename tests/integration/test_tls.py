@@ -512,6 +512,16 @@ def test_server_allow_mode_moves_to_tls(proxy, tls_lab):
         assert conn.execute("select 'again'").fetchone() == ("again",)
 
 
+def test_server_prefer_against_a_plain_server(proxy):
+    """sslmode=prefer to a server without TLS: libpq hears 'N' and goes on in
+    the clear on the same socket."""
+    px = proxy(node_options="sslmode=prefer")
+    with px.connect(autocommit=True) as conn:
+        assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+                            ).fetchone() == (False,)
+        assert conn.execute("select count(*) from generate_series(1, 1000)").fetchone() == (1000,)
+
+
 def test_server_plain_refused_and_wrong_certificate(proxy, tls_lab, certs):
     """A node pgshard cannot log in to over TLS gives the client a clean
     08006 naming the shard, not a hang."""
