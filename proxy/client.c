@@ -17,6 +17,13 @@
  *    on first use (an injected Parse) and never twice.
  * Session state that cannot be replayed pins the client to its server.
  *
+ * TLS (client_tls): an SSLRequest is answered 'S' and the connection's io
+ * runs the handshake (io.c); from then on this file reads and writes
+ * plaintext as on any connection. Whether a client may log in without TLS,
+ * or without the certificate the mode asks for, is decided at its startup
+ * packet under the config it logs in with; over TLS, SCRAM offers
+ * SCRAM-SHA-256-PLUS bound to the connection's certificate.
+ *
  * Every failure goes through pgs_client_fail (FATAL, then close) or
  * pgs_client_refuse (ERROR, the session goes on).
  */
@@ -29,6 +36,7 @@
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
 #include "pgshard/stats.h"
+#include "pgshard/tls.h"
 
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
@@ -822,6 +830,53 @@ static bool parse_options(pgs_client_t *client, const char *options) {
   return true;
 }
 
+/* SCRAM channel binding: the tls-server-end-point data of the client's
+ * TLS connection into OUT (may be NULL: only its length); 0 without TLS. */
+static size_t channel_binding(const pgs_client_t *client, uint8_t out[PGS_TLS_MAX_END_POINT]) {
+  uint8_t scratch[PGS_TLS_MAX_END_POINT];
+  const struct ssl_st *ssl = pgs_io_tls_session(&client->io);
+  if (ssl == NULL || !pgs_io_tls_active(&client->io)) return 0;
+  return pgs_tls_server_end_point(ssl, out ? out : scratch);
+}
+
+/* An SSLRequest is answered 'S' (client_tls other than disable). */
+static bool accepts_tls(const pgs_config_t *config) {
+  return config->client_tls != PGS_CLIENT_TLS_DISABLE && config->tls_ctx != NULL;
+}
+
+/* client_tls of the client's config: a client without TLS, or without the
+ * certificate it asks for, is refused (28000, as pg_hba.conf would).
+ * The certificate is checked again here, not only in the handshake: the
+ * handshake may have run under an earlier config that did not ask. */
+static bool tls_allows_login(pgs_client_t *client) {
+  pgs_client_tls_t mode = client->config->client_tls;
+  if (mode < PGS_CLIENT_TLS_REQUIRE) return true;
+  const struct ssl_st *ssl = pgs_io_tls_session(&client->io);
+  if (ssl == NULL || !pgs_io_tls_active(&client->io)) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "SSL connection is required (client_tls = %s) for user \"%s\"",
+                    pgs_client_tls_name(mode), client->username);
+    return false;
+  }
+  if (mode == PGS_CLIENT_TLS_REQUIRE) return true;
+  if (!pgs_tls_peer_verified(ssl)) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "connection requires a valid client certificate (client_tls = %s)",
+                    pgs_client_tls_name(mode));
+    return false;
+  }
+  char cn[PGS_MAX_NAME];
+  if (mode == PGS_CLIENT_TLS_VERIFY_FULL &&
+      (!pgs_tls_peer_common_name(ssl, cn, sizeof(cn)) || strcmp(cn, client->username) != 0)) {
+    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                    "certificate validation (client_tls = verify-full) failed for user \"%s\": "
+                    "CN mismatch",
+                    client->username);
+    return false;
+  }
+  return true;
+}
+
 static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *startup) {
   const char *user = pgs_startup_get(startup, "user");
   const char *database = pgs_startup_get(startup, "database");
@@ -861,6 +916,7 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
   recompute_settings_hash(client);
 
   client->config = pgs_config_ref(client->worker->config);
+  if (!tls_allows_login(client)) return;
   client->user = pgs_config_find_user(client->config, client->username);
   if (client->user == NULL) {
     pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION, "role \"%s\" does not exist",
@@ -890,7 +946,10 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
                       "password authentication failed for user \"%s\"", client->username);
       return;
     }
-    send_auth(client, PGS_AUTHREQ_SASL, "SCRAM-SHA-256\0", 15);
+    if (channel_binding(client, NULL) > 0)
+      send_auth(client, PGS_AUTHREQ_SASL, "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0", 34);
+    else
+      send_auth(client, PGS_AUTHREQ_SASL, "SCRAM-SHA-256\0", 15);
     break;
   }
   if (pgs_io_flush(&client->io) < 0) pgs_client_close(client);
@@ -938,6 +997,17 @@ static size_t handle_startup(pgs_client_t *client) {
                       "received unencrypted data after SSL request");
       return 0;
     }
+    if (io->tls) {
+      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                      "encryption requested on an encrypted connection");
+      return 0;
+    }
+    if (startup.code == PGS_SSL_REQUEST_CODE && accepts_tls(client->worker->config)) {
+      pgs_io_emit(io, "S", 1);
+      if (pgs_io_flush(io) < 0 || pgs_io_tls_accept(io, client->worker->config->tls_ctx) < 0)
+        pgs_client_close(client);
+      return len;
+    }
     pgs_io_emit(io, "N", 1);
     if (pgs_io_flush(io) < 0) pgs_client_close(client);
     return len;
@@ -979,9 +1049,16 @@ static void handle_auth_message(pgs_client_t *client, const uint8_t *body, size_
   if (client->scram->state == PGS_SCRAM_STATE_INIT) {
     const char *mech = pgs_read_cstr(&r, NULL);
     int32_t dlen = pgs_read_i32(&r);
-    if (r.bad || strcmp(mech, "SCRAM-SHA-256") != 0) {
+    uint8_t cbind[PGS_TLS_MAX_END_POINT];
+    size_t cbind_len = r.bad ? 0 : channel_binding(client, cbind);
+    bool plus = !r.bad && cbind_len > 0 && !strcmp(mech, "SCRAM-SHA-256-PLUS");
+    if (r.bad || (!plus && strcmp(mech, "SCRAM-SHA-256") != 0)) {
       pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
                       "client selected an invalid SASL authentication mechanism");
+      return;
+    }
+    if (pgs_scram_channel_binding(client->scram, plus, cbind, cbind_len) != PGS_OK) {
+      pgs_client_fail(client, PGS_SQLSTATE_INTERNAL, "channel binding failed");
       return;
     }
     if (dlen < 0 || (size_t)dlen != pgs_reader_left(&r)) {
@@ -1145,7 +1222,7 @@ static void client_on_error(pgs_io_t *io, int status) {
   pgs_client_t *client = io->owner;
   if (status != UV_EOF)
     pgs_info("client %d (%s@%s): connection error: %s", client->cancel_pid, client->username,
-             client->peer, uv_strerror(status));
+             client->peer, pgs_io_error_text(io, status));
   else
     pgs_debug("client %d (%s@%s): disconnected", client->cancel_pid, client->username,
               client->peer);

@@ -393,7 +393,7 @@ void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
   for (pgs_list_t *l = pool->connecting.next; l != &pool->connecting;) {
     pgs_server_t *server = pgs_container_of(l, pgs_server_t, link);
     l = l->next;
-    if (!server->poll_open)
+    if (server->poll == NULL)
       pgs_pool_server_failed(pool, server, server->last_error);
     else if (now - server->state_since_ms > (uint64_t)config->server_connect_timeout_ms)
       pgs_pool_server_failed(pool, server, "timeout while connecting");

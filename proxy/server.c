@@ -2,9 +2,15 @@
  * server.c — one connection to a PostgreSQL server.
  *
  * Login is libpq's job (PQconnectStart/PQconnectPoll driven by a uv_poll on
- * its socket) so every auth method a server may ask for works. Once logged
- * in, pgshard speaks the protocol on a dup of that socket itself, and the
- * PGconn is kept only for its cancel key and a polite Terminate at the end.
+ * its socket) so every auth method a server may ask for works, and so does
+ * every sslmode of the node's conninfo. libpq may move to another socket
+ * during login (the next host or address, sslmode prefer or allow trying
+ * again): the poll handle follows it. Once logged in, pgshard speaks the
+ * protocol on a dup of that socket itself, and the PGconn is kept for its
+ * cancel key and a polite Terminate at the end. Over TLS, libpq's session
+ * goes on in pgshard's io (pgs_io_tls_adopt): records are read and written
+ * on the dup as plain bytes are, and the session goes back to libpq
+ * (pgs_io_tls_release) before PQfinish says goodbye with it.
  *
  * The expect queue is the heart of this file: one entry per request sent
  * (Parse, Bind, Describe, Execute, Close, Sync, Query), in order. Each reply
@@ -27,6 +33,7 @@
 #define SERVER_MAX_MESSAGE ((size_t)1 << 30) /* PostgreSQL's own MaxAllocSize */
 
 static void server_free(pgs_server_t *server) {
+  pgs_io_tls_release(&server->io);
   if (server->pg) PQfinish(server->pg);
   pgs_io_free_buffers(&server->io);
   pgs_server_forget_prepared(server);
@@ -38,9 +45,21 @@ static void server_free(pgs_server_t *server) {
 }
 
 static void handle_closed_cb(uv_handle_t *handle) {
-  pgs_server_t *server =
-      handle->type == UV_POLL ? handle->data : ((pgs_io_t *)handle->data)->owner;
+  pgs_server_t *server = ((pgs_io_t *)handle->data)->owner;
   if (--server->pending_closes == 0 && server->state == PGS_SV_CLOSING) server_free(server);
+}
+
+static void poll_closed_cb(uv_handle_t *handle) {
+  pgs_server_t *server = handle->data;
+  free(handle);
+  if (--server->pending_closes == 0 && server->state == PGS_SV_CLOSING) server_free(server);
+}
+
+static void poll_close(pgs_server_t *server) {
+  if (server->poll == NULL) return;
+  server->pending_closes++;
+  uv_close((uv_handle_t *)server->poll, poll_closed_cb);
+  server->poll = NULL;
 }
 
 void pgs_server_close(pgs_server_t *server, const char *why) {
@@ -50,11 +69,7 @@ void pgs_server_close(pgs_server_t *server, const char *why) {
   if (server->client) pgs_client_unlink(server->client, server);
   pgs_pool_set_state(server, PGS_SV_CLOSING);
   server->pending_closes++; /* held until this function returns */
-  if (server->poll_open) {
-    server->poll_open = false;
-    server->pending_closes++;
-    uv_close((uv_handle_t *)&server->poll, handle_closed_cb);
-  }
+  poll_close(server);
   if (server->io.open) {
     server->pending_closes++;
     pgs_io_close(&server->io);
@@ -493,7 +508,7 @@ static void server_on_error(pgs_io_t *io, int status) {
     snprintf(why, sizeof(why), "server closed the connection%s%s",
              server->last_error[0] ? ": " : "", server->last_error);
   else
-    snprintf(why, sizeof(why), "server connection error: %s", uv_strerror(status));
+    snprintf(why, sizeof(why), "server connection error: %s", pgs_io_error_text(io, status));
   /* What the client still waits for from it: ReadyForQuery per Sync or
    * Query sent, and whether a unit without its Sync is in flight. */
   int slot = server->shard, readies = 0;
@@ -550,9 +565,7 @@ static void connect_done(pgs_server_t *server) {
     connect_failed(server);
     return;
   }
-  server->poll_open = false;
-  server->pending_closes++;
-  uv_close((uv_handle_t *)&server->poll, handle_closed_cb);
+  poll_close(server);
   pgs_io_init(&server->io, server, SERVER_MAX_MESSAGE + PGS_IO_READ_CHUNK);
   server->io.on_read = server_on_read;
   server->io.on_error = server_on_error;
@@ -567,6 +580,19 @@ static void connect_done(pgs_server_t *server) {
   server->io.tcp.data = &server->io;
   server->io.open = true;
   uv_tcp_nodelay(&server->io.tcp, 1);
+  if (PQgssEncInUse(server->pg)) {
+    /* libpq's GSSAPI encryption has no session pgshard could carry on. */
+    connect_failed_because(server, "GSSAPI encryption to servers is not supported "
+                                   "(use sslmode, or gssencmode=disable)");
+    return;
+  }
+  if (PQsslInUse(server->pg)) {
+    struct ssl_st *ssl = PQsslStruct(server->pg, "OpenSSL");
+    if (ssl == NULL || pgs_io_tls_adopt(&server->io, ssl) != 0) {
+      connect_failed_because(server, "cannot carry on libpq's TLS session");
+      return;
+    }
+  }
   server->backend_pid = PQbackendPID(server->pg);
   server->txstatus = 'I';
   const char *scs = PQparameterStatus(server->pg, "standard_conforming_strings");
@@ -580,6 +606,10 @@ static void connect_done(pgs_server_t *server) {
   pgs_pool_server_connected(server->pool, server);
 }
 
+/* Watch libpq's socket for EVENTS, on a new handle when libpq moved to
+ * another one. False when the socket cannot be watched. */
+static bool poll_watch(pgs_server_t *server, int events);
+
 static void poll_cb(uv_poll_t *handle, int status, int events) {
   pgs_server_t *server = handle->data;
   if (status < 0) {
@@ -590,27 +620,40 @@ static void poll_cb(uv_poll_t *handle, int status, int events) {
       connect_failed_because(server, uv_strerror(status));
     return;
   }
-  int fd = PQsocket(server->pg);
   switch (PQconnectPoll(server->pg)) {
   case PGRES_POLLING_READING:
-    if (PQsocket(server->pg) != fd) break;
-    uv_poll_start(&server->poll, UV_READABLE, poll_cb);
+    if (!poll_watch(server, UV_READABLE)) connect_failed_because(server, "cannot poll its socket");
     return;
   case PGRES_POLLING_WRITING:
-    if (PQsocket(server->pg) != fd) break;
-    uv_poll_start(&server->poll, UV_WRITABLE, poll_cb);
+    if (!poll_watch(server, UV_WRITABLE)) connect_failed_because(server, "cannot poll its socket");
     return;
   case PGRES_POLLING_OK:
-    uv_poll_stop(&server->poll);
+    uv_poll_stop(server->poll);
     connect_done(server);
     return;
   default:
     connect_failed(server);
     return;
   }
-  /* libpq replaced its socket (it retries with other settings): start over
-   * is not worth it, we disabled what triggers this. */
-  connect_failed(server);
+}
+
+static bool poll_watch(pgs_server_t *server, int events) {
+  int fd = PQsocket(server->pg);
+  if (fd < 0) return false;
+  if (server->poll && server->poll_fd != fd) poll_close(server);
+  if (server->poll == NULL) {
+    uv_poll_t *poll = pgs_xmalloc(sizeof(*poll));
+    if (uv_poll_init_socket(&server->worker->loop, poll, fd) != 0) {
+      free(poll);
+      return false;
+    }
+    poll->data = server;
+    server->poll = poll;
+    server->poll_fd = fd;
+  }
+  /* A socket libpq reopened under the same number is watched afresh:
+   * uv_poll_start registers the descriptor again. */
+  return uv_poll_start(server->poll, events, poll_cb) == 0;
 }
 
 void pgs_server_connect(pgs_pool_t *pool) {
@@ -633,11 +676,9 @@ void pgs_server_connect(pgs_pool_t *pool) {
     server->state_since_ms = 0;
     return;
   }
-  if (uv_poll_init_socket(&server->worker->loop, &server->poll, PQsocket(server->pg)) != 0) {
+  if (!poll_watch(server, UV_WRITABLE)) {
+    snprintf(server->last_error, sizeof(server->last_error), "cannot poll the socket");
     server->state_since_ms = 0;
     return;
   }
-  server->poll.data = server;
-  server->poll_open = true;
-  uv_poll_start(&server->poll, UV_WRITABLE, poll_cb);
 }

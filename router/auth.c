@@ -2,8 +2,11 @@
  * auth.c — md5 and SCRAM-SHA-256 password verification, server side.
  *
  * The SCRAM exchange follows RFC 5802 / RFC 7677 the way PostgreSQL's
- * auth-scram.c applies it: no channel binding (gs2 flag "n" or "y", never
- * "p="), no authzid, no mandatory extensions, and the username attribute of
+ * auth-scram.c applies it: channel binding only as SCRAM-SHA-256-PLUS with
+ * tls-server-end-point (gs2 flag "p=tls-server-end-point", offered over TLS;
+ * "n" and "y" otherwise, "y" refused when PLUS was offered, so that a man in
+ * the middle cannot strip the binding), no authzid, no mandatory extensions,
+ * and the username attribute of
  * client-first is ignored because the user was named in the startup packet
  * (libpq sends "n=,"). Every message is length-bounded by
  * PGS_SCRAM_MAX_MESSAGE and parsed with an explicit end pointer, never as a C
@@ -331,6 +334,16 @@ static pgs_status_t scram_fail(pgs_scram_t *scram, pgs_status_t status) {
   return status;
 }
 
+pgs_status_t pgs_scram_channel_binding(pgs_scram_t *scram, bool plus, const uint8_t *data,
+                                       size_t len) {
+  if (len > PGS_SCRAM_MAX_CBIND || (plus && len == 0) || scram->state != PGS_SCRAM_STATE_INIT)
+    return scram_fail(scram, PGS_EINVAL);
+  scram->plus = plus;
+  if (len) memcpy(scram->cbind_data, data, len);
+  scram->cbind_len = len;
+  return PGS_OK;
+}
+
 pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t len, char *out,
                                     size_t outcap) {
   cursor_t c = {msg, msg + len};
@@ -340,11 +353,23 @@ pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t 
   if (scram->state != PGS_SCRAM_STATE_INIT) return scram_fail(scram, PGS_EPROTO);
   if (!message_is_sane(msg, len)) return scram_fail(scram, PGS_EPROTO);
 
-  /* gs2-header: "n,," or "y,,"; "p=" means the client wants channel binding,
-   * which this server never offers (SCRAM-SHA-256-PLUS is not advertised). */
+  /* gs2-header: "n,,", "y,," or "p=tls-server-end-point,,". A client
+   * that picked PLUS must bind; one that did not must not; "y" says it
+   * could, but saw no PLUS offered: when it was, someone removed it. */
   char cbind_flag = *c.p;
-  if (cbind_flag != 'n' && cbind_flag != 'y') return scram_fail(scram, PGS_EPROTO);
-  c.p++;
+  if (cbind_flag == 'p') {
+    static const char type[] = "p=tls-server-end-point";
+    if (!scram->plus || (size_t)(c.end - c.p) < sizeof(type) - 1 ||
+        memcmp(c.p, type, sizeof(type) - 1) != 0)
+      return scram_fail(scram, PGS_EPROTO);
+    c.p += sizeof(type) - 1;
+  } else if (cbind_flag == 'n' || cbind_flag == 'y') {
+    if (scram->plus || (cbind_flag == 'y' && scram->cbind_len > 0))
+      return scram_fail(scram, PGS_EPROTO);
+    c.p++;
+  } else {
+    return scram_fail(scram, PGS_EPROTO);
+  }
   if (c.end - c.p < 2 || c.p[0] != ',' || c.p[1] != ',') return scram_fail(scram, PGS_EPROTO);
   c.p += 2;
 
@@ -393,11 +418,24 @@ pgs_status_t pgs_scram_server_final(pgs_scram_t *scram, const char *msg, size_t 
   if (scram->state != PGS_SCRAM_STATE_SENT_FIRST) return scram_fail(scram, PGS_EPROTO);
   if (!message_is_sane(msg, len)) return scram_fail(scram, PGS_EPROTO);
 
-  /* c=: the gs2 header echoed back, base64: "n,," is "biws", "y,," is "eSws".
-   * It must repeat the flag of client-first, so a "y" cannot be dropped. */
-  const char *expect_cbind = scram->cbind_flag == 'y' ? "eSws" : "biws";
-  if (!read_attribute(&c, 'c', NULL, &value, &value_len) || value_len != 4 ||
-      memcmp(value, expect_cbind, 4) != 0)
+  /* c=: the gs2 header echoed back, base64 ("n,," is "biws", "y,," is
+   * "eSws"), followed for PLUS by the channel binding data: it must repeat
+   * the flag of client-first, so a "y" cannot be dropped, and bind this
+   * very TLS connection. */
+  char expect_cbind[4 * ((sizeof("p=tls-server-end-point,,") + PGS_SCRAM_MAX_CBIND + 2) / 3) + 1];
+  if (scram->cbind_flag == 'p') {
+    uint8_t input[sizeof("p=tls-server-end-point,,") - 1 + PGS_SCRAM_MAX_CBIND];
+    size_t header = sizeof("p=tls-server-end-point,,") - 1;
+    memcpy(input, "p=tls-server-end-point,,", header);
+    memcpy(input + header, scram->cbind_data, scram->cbind_len);
+    if (!base64_encode(input, header + scram->cbind_len, expect_cbind, sizeof(expect_cbind)))
+      return scram_fail(scram, PGS_EINVAL);
+  } else {
+    memcpy(expect_cbind, scram->cbind_flag == 'y' ? "eSws" : "biws", 5);
+  }
+  size_t expect_len = strlen(expect_cbind);
+  if (!read_attribute(&c, 'c', NULL, &value, &value_len) || value_len != expect_len ||
+      CRYPTO_memcmp(value, expect_cbind, expect_len) != 0)
     return scram_fail(scram, PGS_EPROTO);
 
   if (!read_attribute(&c, 'r', NULL, &value, &value_len) || value_len != strlen(scram->nonce) ||

@@ -22,6 +22,7 @@
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
 #include "pgshard/proto.h"
+#include "pgshard/tls.h"
 
 /* The shard map as written: kept raw while the file is read, because a
  * table's range bounds are typed by a `type` that may come later in its
@@ -242,6 +243,8 @@ static const char *const xwrite_names[] = {"deny", "allow", "2pc", NULL};
 static const char *const hash_names[] = {"xxh3", "postgres", NULL};
 static const char *const allow_deny_names[] = {"deny", "allow", NULL};
 static const char *const tenant_isolation_names[] = {"shard", "strict", NULL};
+static const char *const client_tls_names[] = {"disable", "allow", "require", "verify-ca",
+                                               "verify-full", NULL};
 
 /* ---- conninfo ---- */
 
@@ -396,6 +399,17 @@ static bool valid_table_name(const char *name) {
   return valid_name(name);
 }
 
+const char *pgs_client_tls_name(pgs_client_tls_t mode) {
+  return (unsigned)mode <= PGS_CLIENT_TLS_VERIFY_FULL ? client_tls_names[mode] : "?";
+}
+
+/* A file name key: "" means none. */
+static void set_file(parse_state_t *st, const char *value, char **file, int *line) {
+  free(*file);
+  *file = value[0] ? pgs_xstrdup(value) : NULL;
+  *line = st->line;
+}
+
 static void handle_pgshard(parse_state_t *st, const char *key, const char *value) {
   pgs_config_t *c = st->config;
   int64_t v64;
@@ -469,6 +483,18 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     }
     free(c->twophase_log);
     c->twophase_log = pgs_xstrdup(value);
+  } else if (!strcmp(key, "client_tls")) {
+    c->client_tls_line = st->line;
+    if (!strcasecmp(value, "prefer")) /* PgBouncer's spelling of allow */
+      c->client_tls = PGS_CLIENT_TLS_ALLOW;
+    else
+      PARSE_ENUM(st, key, value, client_tls_names, c->client_tls);
+  } else if (!strcmp(key, "tls_cert_file")) {
+    set_file(st, value, &c->tls_cert_file, &c->tls_cert_line);
+  } else if (!strcmp(key, "tls_key_file")) {
+    set_file(st, value, &c->tls_key_file, &c->tls_key_line);
+  } else if (!strcmp(key, "tls_ca_file")) {
+    set_file(st, value, &c->tls_ca_file, &c->tls_ca_line);
   } else if (!strcmp(key, "twophase_recovery_user")) {
     free(c->twophase_recovery_user);
     c->twophase_recovery_user = value[0] ? pgs_xstrdup(value) : NULL;
@@ -1286,6 +1312,45 @@ static void resolve_beside_config(const pgs_config_t *c, char **file) {
   *file = joined;
 }
 
+/* The TLS context clients get, made now so that a file that does not load
+ * is an error at its line, at startup and at reload alike. */
+static void tls_load(pgs_config_t *c) {
+  bool wants = c->client_tls != PGS_CLIENT_TLS_DISABLE;
+  bool verify = c->client_tls >= PGS_CLIENT_TLS_VERIFY_CA;
+  if (wants && (c->tls_cert_file == NULL || c->tls_key_file == NULL)) {
+    config_error(c, c->client_tls_line, "client_tls = %s needs tls_cert_file and tls_key_file",
+                 client_tls_names[c->client_tls]);
+    return;
+  }
+  if (verify && c->tls_ca_file == NULL) {
+    config_error(c, c->client_tls_line,
+                 "client_tls = %s needs tls_ca_file (the CA client certificates come from)",
+                 client_tls_names[c->client_tls]);
+    return;
+  }
+  if (c->tls_cert_file == NULL && c->tls_key_file == NULL) {
+    if (c->tls_ca_file)
+      config_error(c, c->tls_ca_line, "tls_ca_file: needs tls_cert_file and tls_key_file");
+    return;
+  }
+  if (c->tls_cert_file == NULL || c->tls_key_file == NULL) {
+    config_error(c, c->tls_cert_file ? c->tls_cert_line : c->tls_key_line,
+                 "tls_cert_file and tls_key_file go together");
+    return;
+  }
+  char err[512];
+  pgs_tls_file_t which;
+  c->tls_ctx = pgs_tls_server_context(c->tls_cert_file, c->tls_key_file, c->tls_ca_file, verify,
+                                      &which, err, sizeof(err));
+  if (c->tls_ctx == NULL) {
+    static const char *const keys[] = {"tls_cert_file", "tls_key_file", "tls_ca_file"};
+    int line = which == PGS_TLS_FILE_CERT  ? c->tls_cert_line
+               : which == PGS_TLS_FILE_KEY ? c->tls_key_line
+                                           : c->tls_ca_line;
+    config_error(c, line, "%s: %s", keys[which], err);
+  }
+}
+
 static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
   parse_state_t st;
@@ -1308,6 +1373,10 @@ static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   if (rc > 0) config_error(c, rc, "syntax error (expected [section] or key = value)");
   config_validate(c);
   resolve_beside_config(c, &c->twophase_log);
+  resolve_beside_config(c, &c->tls_cert_file);
+  resolve_beside_config(c, &c->tls_key_file);
+  resolve_beside_config(c, &c->tls_ca_file);
+  tls_load(c);
   shardmap_build(c, &st);
   parse_state_free(&st);
   if (c->nerrors == 0) make_scram_secrets(c);
@@ -1347,6 +1416,10 @@ void pgs_config_unref(pgs_config_t *c) {
   free(c->metrics_listen);
   free(c->twophase_log);
   free(c->twophase_recovery_user);
+  free(c->tls_cert_file);
+  free(c->tls_key_file);
+  free(c->tls_ca_file);
+  pgs_tls_context_free(c->tls_ctx);
   for (int i = 0; i < c->nusers; i++) {
     free(c->users[i].name);
     free(c->users[i].password);

@@ -1,6 +1,7 @@
 /*
  * auth.h — password verification for client logins: md5 and SCRAM-SHA-256
- * (RFC 5802 / RFC 7677, server side, no channel binding), built on OpenSSL.
+ * (RFC 5802 / RFC 7677, server side), with SCRAM-SHA-256-PLUS channel
+ * binding (tls-server-end-point, RFC 5929) over TLS, built on OpenSSL.
  * Pure computation: the proxy moves the bytes, this module checks them.
  *
  * A user's configured password may be plain text, an "md5<32 hex>" hash
@@ -10,6 +11,8 @@
  * SCRAM exchange, as the proxy drives it:
  *   pgs_scram_init(&s, password)             -> PGS_OK, or PGS_EUNSUPPORTED when
  *                                               the stored password cannot do SCRAM
+ *   over TLS, SCRAM-SHA-256-PLUS offered too; the client picks one:
+ *   pgs_scram_channel_binding(&s, plus, data, len)
  *   client sends SASLInitialResponse(client-first-message)
  *   pgs_scram_server_first(&s, msg, len, out) -> server-first-message in OUT
  *   client sends SASLResponse(client-final-message)
@@ -26,6 +29,7 @@
 #define PGS_SCRAM_NONCE_LEN 18   /* raw bytes of the server's nonce part */
 #define PGS_SCRAM_ITERATIONS 4096
 #define PGS_SCRAM_MAX_MESSAGE 1024
+#define PGS_SCRAM_MAX_CBIND 64   /* channel binding data: a hash, SHA-512 at most */
 
 typedef enum {
   PGS_SCRAM_STATE_INIT,        /* waiting for client-first-message */
@@ -45,7 +49,12 @@ typedef struct pgs_scram {
   char client_first_bare[PGS_SCRAM_MAX_MESSAGE];
   char server_first[PGS_SCRAM_MAX_MESSAGE];
   char nonce[128]; /* client nonce + server nonce, as sent */
-  char cbind_flag; /* gs2 flag of client-first ('n' or 'y'), echoed in client-final */
+  char cbind_flag; /* gs2 flag of client-first ('n', 'y' or 'p'), echoed in client-final */
+  /* Channel binding: the data of the connection (cbind_len 0: not TLS, the
+   * PLUS mechanism was not offered) and whether the client picked PLUS. */
+  bool plus;
+  uint8_t cbind_data[PGS_SCRAM_MAX_CBIND];
+  size_t cbind_len;
 } pgs_scram_t;
 
 /* Prepare a SCRAM exchange for a user whose configured password is PASSWORD
@@ -61,6 +70,17 @@ pgs_status_t pgs_scram_init(pgs_scram_t *scram, const char *password) PGS_MUST_U
 pgs_status_t pgs_scram_init_fixed(pgs_scram_t *scram, const char *password, const uint8_t *salt,
                                   size_t salt_len, int iterations,
                                   const char *server_nonce) PGS_MUST_USE;
+
+/* After pgs_scram_init, before client-first: the connection's
+ * tls-server-end-point data DATA (LEN bytes; LEN 0: no TLS, only
+ * SCRAM-SHA-256 was offered) and whether the client chose
+ * SCRAM-SHA-256-PLUS. PostgreSQL's rules follow: PLUS needs the gs2 flag
+ * "p=tls-server-end-point" and the same data echoed in client-final; a
+ * flag "y" (the client could bind but thinks the server cannot) is refused
+ * when PLUS was offered, as a downgrade. PGS_EINVAL for PLUS without data
+ * or LEN over PGS_SCRAM_MAX_CBIND. */
+pgs_status_t pgs_scram_channel_binding(pgs_scram_t *scram, bool plus, const uint8_t *data,
+                                       size_t len) PGS_MUST_USE;
 
 /* Room for any secret pgs_scram_make_secret writes, with its NUL (133
  * characters and the NUL at 4096 iterations and a 16-byte salt). */

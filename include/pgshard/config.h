@@ -34,6 +34,16 @@ typedef enum { PGS_RYW_OFF, PGS_RYW_WINDOW, PGS_RYW_SESSION, PGS_RYW_LSN } pgs_r
 typedef enum { PGS_FALLBACK_PRIMARY, PGS_FALLBACK_ERROR } pgs_lag_fallback_t;
 typedef enum { PGS_XWRITE_DENY, PGS_XWRITE_ALLOW, PGS_XWRITE_2PC } pgs_cross_writes_t;
 typedef enum { PGS_HASH_XXH3, PGS_HASH_POSTGRES } pgs_hash_fn_t;
+/* client_tls: PgBouncer's client_tls_sslmode. */
+typedef enum {
+  PGS_CLIENT_TLS_DISABLE,    /* SSLRequest answered 'N' */
+  PGS_CLIENT_TLS_ALLOW,      /* TLS when the client asks for it ("prefer" too) */
+  PGS_CLIENT_TLS_REQUIRE,    /* a client without TLS is refused (28000) */
+  PGS_CLIENT_TLS_VERIFY_CA,  /* require + a client certificate from tls_ca_file */
+  PGS_CLIENT_TLS_VERIFY_FULL /* verify-ca + its CN is the user name */
+} pgs_client_tls_t;
+
+struct ssl_ctx_st;
 
 /* One server: a libpq conninfo plus the fields pgshard itself needs. */
 typedef struct pgs_node {
@@ -135,6 +145,17 @@ typedef struct pgs_config {
    * at startup). NULL: each prepared transaction is settled as its owner. */
   char *twophase_recovery_user;
   int twophase_recovery_user_line;
+  /* TLS with clients: client_tls, and the files its context is made from
+   * (a relative name is beside the config file). tls_ctx is that context
+   * (an OpenSSL SSL_CTX), made when the config is loaded so that a file
+   * that does not load refuses the config at startup and at reload alike;
+   * NULL when no certificate is configured. */
+  pgs_client_tls_t client_tls;
+  char *tls_cert_file;
+  char *tls_key_file;
+  char *tls_ca_file;
+  int client_tls_line, tls_cert_line, tls_key_line, tls_ca_line;
+  struct ssl_ctx_st *tls_ctx;
 
   pgs_user_t *users;
   int nusers;
@@ -171,14 +192,17 @@ pgs_status_t pgs_conninfo_parse(const char *conninfo, pgs_node_t *node, char *er
 /* The libpq conninfo pgshard connects to NODE of DB with: the node's own
  * conninfo, completed with dbname = DB's name and, for a node naming no
  * user, USER's name and (plain-text passwords only: hashes and secrets stay
- * with pgshard) password; sslmode/gssencmode disable unless set (TLS to
- * servers is not used yet, and libpq must not swap the socket under a poll
- * handle by retrying without it); connect_timeout from the config; and
+ * with pgshard) password; sslmode/gssencmode disable unless set (TLS to a
+ * server is what its conninfo asks for, never libpq's "prefer" by
+ * default); connect_timeout from the config; and
  * APP_KEY = APP_VALUE (application_name or fallback_application_name).
  * USER may be NULL. malloc'ed. */
 char *pgs_node_conninfo(const pgs_config_t *config, const pgs_database_t *db,
                         const pgs_node_t *node, const pgs_user_t *user, const char *app_key,
                         const char *app_value);
+
+/* client_tls as the config spells it ("verify-full"). */
+const char *pgs_client_tls_name(pgs_client_tls_t mode);
 
 /* True when HOST is on loopback (127.0.0.0/8, ::1, localhost). */
 bool pgs_host_is_loopback(const char *host);

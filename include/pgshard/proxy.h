@@ -64,6 +64,9 @@ uint64_t pgs_now_us(void);
 #define PGS_IO_HIGH_WATER (1024 * 1024) /* queued output that pauses the source */
 
 typedef struct pgs_io pgs_io_t;
+struct pgs_io_tls; /* io.c */
+struct ssl_ctx_st;
+struct ssl_st;
 typedef void (*pgs_io_read_cb)(pgs_io_t *io);
 typedef void (*pgs_io_event_cb)(pgs_io_t *io, int status);
 
@@ -94,6 +97,7 @@ struct pgs_io {
   bool reading;
   bool open;          /* tcp initialised and not closing */
   bool eof;
+  struct pgs_io_tls *tls; /* NULL: plaintext (see io.c) */
   pgs_io_read_cb on_read;     /* new bytes in in */
   pgs_io_event_cb on_error;   /* read/write failure or EOF (status < 0) */
   pgs_io_read_cb on_drained;  /* all queued output written */
@@ -123,6 +127,22 @@ uint64_t pgs_io_accepted(const pgs_io_t *io);
 /* Drop consumed input (after the batch that parsed it was flushed). */
 void pgs_io_compact(pgs_io_t *io);
 void pgs_io_close(pgs_io_t *io);
+/* What a status given to on_error means (a TLS failure's reason for
+ * UV_EPROTO on a TLS connection). */
+const char *pgs_io_error_text(const pgs_io_t *io, int status);
+/* From now on pgshard is the TLS server of this connection (its SSLRequest
+ * was answered 'S'): the handshake runs on what is read next, then the
+ * owner reads and writes plaintext as before. 0 or a libuv error. */
+int pgs_io_tls_accept(pgs_io_t *io, struct ssl_ctx_st *ctx) PGS_MUST_USE;
+/* Carry on SSL, the session libpq established at login on this
+ * connection's socket (io's tcp is a dup of it). SSL stays libpq's:
+ * pgs_io_tls_release gives it back before PQfinish. 0 or a libuv error. */
+int pgs_io_tls_adopt(pgs_io_t *io, struct ssl_st *ssl) PGS_MUST_USE;
+void pgs_io_tls_release(pgs_io_t *io);
+/* TLS is on and its handshake done. */
+bool pgs_io_tls_active(const pgs_io_t *io);
+/* The SSL of a connection pgshard accepted TLS on, else NULL. */
+struct ssl_st *pgs_io_tls_session(const pgs_io_t *io);
 
 /* ---- clients (client.c) ---- */
 
@@ -575,8 +595,9 @@ struct pgs_server {
   pgs_pool_t *pool;
   pgs_server_state_t state;
   PGconn *pg;
-  uv_poll_t poll;   /* during the libpq handshake */
-  bool poll_open;
+  uv_poll_t *poll;  /* during the libpq handshake, on poll_fd (a new handle
+                       when libpq moves to another socket) */
+  int poll_fd;
   pgs_io_t io;      /* after login, on a dup of libpq's socket */
   pgs_client_t *client;
   pgs_expect_t *expect;

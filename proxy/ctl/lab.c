@@ -32,6 +32,7 @@ typedef struct lab_options {
   const char *dir;
   bool no_proxy;
   bool purge;
+  bool tls; /* up: servers with TLS (lab_tls.c) */
   int timeout_s; /* wait */
   char **args; /* positional arguments after the verb */
   int nargs;
@@ -39,12 +40,14 @@ typedef struct lab_options {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: pgshardctl lab up     -c FILE [--dir DIR] [--no-proxy]\n"
+          "usage: pgshardctl lab up     -c FILE [--dir DIR] [--no-proxy] [--tls]\n"
           "       pgshardctl lab status -c FILE [--dir DIR] [--no-proxy]\n"
           "       pgshardctl lab down   -c FILE [--dir DIR] [--purge]\n"
           "       pgshardctl lab lag    -c FILE [--dir DIR] DB.SHARD N pause|resume|delay MS\n"
           "       pgshardctl lab wait   -c FILE [--dir DIR] [--timeout SECONDS]\n"
-          "DIR defaults to .pgshard-lab/ in the directory holding FILE.\n");
+          "DIR defaults to .pgshard-lab/ in the directory holding FILE.\n"
+          "--tls: the servers take TLS connections only, with a certificate from the\n"
+          "lab's own CA (DIR/tls/ca.crt); kept for the lab's life once made.\n");
 }
 
 /* ---- options ---- */
@@ -96,10 +99,12 @@ static int parse_options(int argc, char **argv, lab_options_t *opts) {
       opts->no_proxy = true;
     } else if (!strcmp(a, "--purge") && !strcmp(opts->verb, "down")) {
       opts->purge = true;
+    } else if (!strcmp(a, "--tls") && !strcmp(opts->verb, "up")) {
+      opts->tls = true;
     } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       usage(stdout);
       return 0;
-    } else if (!strcmp(a, "--no-proxy") || !strcmp(a, "--purge")) {
+    } else if (!strcmp(a, "--no-proxy") || !strcmp(a, "--purge") || !strcmp(a, "--tls")) {
       fprintf(stderr, "pgshardctl: lab %s does not take %s\n", opts->verb, a);
       usage(stderr);
       return 2;
@@ -408,6 +413,7 @@ static int lab_up(lab_t *lab, bool no_proxy) {
   if (rc == PGS_OK) rc = prepare_dir(lab, &lock_fd);
   if (rc == PGS_OK && lab->nservers == 0)
     printf("lab: no node of %s is on loopback; no server to start\n", lab->config_path);
+  if (rc == PGS_OK && lab->tls) rc = pgs_lab_tls_ensure(lab);
   if (rc == PGS_OK) rc = up_servers(lab);
   if (rc == PGS_OK && !no_proxy) rc = pgs_lab_proxy_start(lab);
   if (lock_fd >= 0) close(lock_fd);
@@ -482,6 +488,8 @@ static int lab_run_verb(lab_t *lab, const lab_options_t *opts) {
   const char *verb = opts->verb;
   if (!strcmp(verb, "down")) return lab_down(lab, opts->purge);
   if (lab_load_config(lab) != PGS_OK) return 1;
+  lab->tls = (opts->tls && !strcmp(verb, "up")) || pgs_lab_tls_present(lab);
+  pgs_lab_connect_tls(lab->tls);
   if (!strcmp(verb, "up")) return lab_resolve_user(lab) == PGS_OK ? lab_up(lab, opts->no_proxy) : 1;
   if (!strcmp(verb, "status")) return pgs_lab_status(lab, !opts->no_proxy);
   if (!strcmp(verb, "wait")) return pgs_lab_wait(lab, opts->timeout_s);

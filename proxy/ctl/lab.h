@@ -16,6 +16,7 @@
  *   lab_server.c  one PostgreSQL server: build, configure, start, stop
  *   lab_proxy.c   the pgshard process
  *   lab_util.c    processes, files, pid files, sockets, libpq helpers
+ *   lab_tls.c     a CA and server certificate for `up --tls`
  */
 #ifndef PGSHARD_CTL_LAB_H
 #define PGSHARD_CTL_LAB_H
@@ -76,6 +77,7 @@ typedef struct lab {
   int nservers;
   char **roles; /* login roles the nodes connect as, other than LAB_SUPERUSER */
   int nroles;
+  bool tls;     /* servers take TLS connections only (lab_tls.c) */
 } lab_t;
 
 /* ---- lab_util.c ---- */
@@ -98,6 +100,8 @@ bool pgs_lab_port_in_use(const char *host, int port);
 bool pgs_lab_port_accepts(const char *host, int port);
 void pgs_lab_sleep_ms(int ms);
 double pgs_lab_now(void);
+/* The lab's connections use sslmode=require (ON) or disable. */
+void pgs_lab_connect_tls(bool on);
 PGconn *pgs_lab_connect(const char *host, int port, const char *dbname, char *err, size_t errlen);
 PGresult *pgs_lab_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
                         char *err, size_t errlen);
@@ -109,6 +113,14 @@ pgs_status_t pgs_lab_server_create_databases(const lab_t *lab,
                                              const lab_server_t *server) PGS_MUST_USE;
 pgs_status_t pgs_lab_server_wait_replica(const lab_t *lab, const lab_server_t *server) PGS_MUST_USE;
 pgs_status_t pgs_lab_server_stop(const lab_t *lab, const char *server_dir) PGS_MUST_USE;
+
+/* ---- lab_tls.c ---- */
+/* DIR/tls/NAME (malloc'ed). */
+char *pgs_lab_tls_file(const lab_t *lab, const char *name);
+/* The lab made its TLS material: its servers run with TLS. */
+bool pgs_lab_tls_present(const lab_t *lab);
+/* Make the CA and the server certificate unless they exist. */
+pgs_status_t pgs_lab_tls_ensure(const lab_t *lab) PGS_MUST_USE;
 
 /* ---- lab_proxy.c ---- */
 pgs_status_t pgs_lab_proxy_start(const lab_t *lab) PGS_MUST_USE;

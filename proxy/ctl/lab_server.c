@@ -51,6 +51,20 @@ static const char lab_hba[] =
     "host replication all 127.0.0.0/8 trust\n"
     "host replication all ::1/128     trust\n";
 
+/* A TLS lab (lab_tls.c): TLS connections only. */
+static const char lab_tls_settings[] =
+    "ssl = on\n"
+    "ssl_cert_file = '%s'\n"
+    "ssl_key_file = '%s'\n"
+    "ssl_ca_file = '%s'\n";
+
+static const char lab_tls_hba[] =
+    "# Written by `pgshardctl lab up` (a TLS lab): loopback connections over TLS only.\n"
+    "hostssl all         all 127.0.0.0/8 trust\n"
+    "hostssl all         all ::1/128     trust\n"
+    "hostssl replication all 127.0.0.0/8 trust\n"
+    "hostssl replication all ::1/128     trust\n";
+
 static char *tool_path(const lab_t *lab, const char *tool) {
   return pgs_lab_format("%s/%s", lab->pg_bin, tool);
 }
@@ -198,10 +212,23 @@ static char *listen_addresses(const lab_server_t *server) {
 static pgs_status_t server_configure(const lab_t *lab, const lab_server_t *server) {
   char *hosts = listen_addresses(server);
   char *settings = pgs_lab_format(lab_settings, hosts, server->port);
+  if (lab->tls) {
+    char *cert = pgs_lab_tls_file(lab, "server.crt");
+    char *key = pgs_lab_tls_file(lab, "server.key");
+    char *ca = pgs_lab_tls_file(lab, "ca.crt");
+    char *tls = pgs_lab_format(lab_tls_settings, cert, key, ca);
+    char *both = pgs_lab_format("%s%s", settings, tls);
+    free(settings);
+    settings = both;
+    free(tls);
+    free(cert);
+    free(key);
+    free(ca);
+  }
   char *conf = data_file(server->datadir, "pgshard-lab.conf");
   char *hba = data_file(server->datadir, "pg_hba.conf");
   pgs_status_t rc = pgs_lab_write_file(lab, conf, settings, true);
-  if (rc == PGS_OK) rc = pgs_lab_write_file(lab, hba, lab_hba, true);
+  if (rc == PGS_OK) rc = pgs_lab_write_file(lab, hba, lab->tls ? lab_tls_hba : lab_hba, true);
   if (rc == PGS_OK) rc = ensure_include(server);
   free(hosts);
   free(settings);

@@ -400,6 +400,10 @@ static void copy_error(char *err, size_t errlen, const char *message) {
   while (len > 0 && (err[len - 1] == '\n' || err[len - 1] == ' ')) err[--len] = '\0';
 }
 
+static const char *lab_sslmode = "disable";
+
+void pgs_lab_connect_tls(bool on) { lab_sslmode = on ? "require" : "disable"; }
+
 /* A superuser connection to one lab server; NULL with the reason in ERR. */
 PGconn *pgs_lab_connect(const char *host, int port, const char *dbname, char *err, size_t errlen) {
   char port_text[16];
@@ -407,7 +411,7 @@ PGconn *pgs_lab_connect(const char *host, int port, const char *dbname, char *er
   const char *keys[] = {"host",    "port",       "dbname",           "user", "connect_timeout",
                         "sslmode", "gssencmode", "application_name", NULL};
   const char *values[] = {host,      port_text, dbname,       LAB_SUPERUSER, "5",
-                          "disable", "disable", "pgshardctl", NULL};
+                          lab_sslmode, "disable", "pgshardctl", NULL};
   PGconn *conn = PQconnectdbParams(keys, values, 0);
   if (PQstatus(conn) == CONNECTION_OK) return conn;
   copy_error(err, errlen, PQerrorMessage(conn));

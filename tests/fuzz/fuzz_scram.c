@@ -6,8 +6,11 @@
  * the whole input is client-first. Both run against one exchange prepared
  * once from the RFC 7677 password, salt and server nonce (PBKDF2 per input
  * would starve the fuzzer), so a corpus entry holding the RFC's messages
- * gets past every check to the proof and succeeds. The input is also tried
- * as the body of a stored "SCRAM-SHA-256$" secret and as an md5 response.
+ * gets past every check to the proof and succeeds. Each input runs three
+ * times: without TLS, over TLS with SCRAM-SHA-256 chosen, and with
+ * SCRAM-SHA-256-PLUS chosen (fixed channel binding data). The input is also
+ * tried as the body of a stored "SCRAM-SHA-256$" secret and as an md5
+ * response.
  */
 #include <stdint.h>
 #include <string.h>
@@ -19,7 +22,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const uint8_t rfc_salt[] = {0x5b, 0x6d, 0x99, 0x68, 0x9d, 0x12, 0x35, 0x8e,
                                    0xec, 0xa0, 0x4b, 0x14, 0x12, 0x36, 0xfa, 0x81};
 
-static void try_exchange(const uint8_t *data, size_t size) {
+/* CBIND: 0 no TLS, 1 PLUS offered but not chosen, 2 PLUS chosen. */
+static void try_exchange(const uint8_t *data, size_t size, int cbind) {
+  static const uint8_t end_point[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                        17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+                                        31, 32};
   static pgs_scram_t prepared;
   static bool ready;
   if (!ready) {
@@ -30,6 +37,9 @@ static void try_exchange(const uint8_t *data, size_t size) {
   }
   pgs_scram_t scram = prepared;
   char out[PGS_SCRAM_MAX_MESSAGE];
+  if (cbind > 0 &&
+      pgs_scram_channel_binding(&scram, cbind == 2, end_point, sizeof(end_point)) != PGS_OK)
+    abort();
   const uint8_t *newline = memchr(data, '\n', size);
   size_t first_len = newline ? (size_t)(newline - data) : size;
 
@@ -72,7 +82,7 @@ static void try_secret_and_md5(const uint8_t *data, size_t size) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  try_exchange(data, size);
+  for (int cbind = 0; cbind < 3; cbind++) try_exchange(data, size, cbind);
   try_secret_and_md5(data, size);
   return 0;
 }

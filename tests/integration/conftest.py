@@ -22,8 +22,15 @@ the replicas (replica=True unless overridden). `failover_lab` is the same
 layout on its own ports, built fresh for each test that uses it and purged
 afterwards, for tests that stop or promote servers.
 
+A TLS lab (`tls_lab`, started only by the tests that ask for it) has one
+shard s0, a primary that takes TLS connections only, with a certificate
+from the lab's own CA (`pgshardctl lab up --tls`, CA in tls_lab.ca_file);
+`proxy(lab=tls_lab, node_options="sslmode=verify-full sslrootcert=...")`
+points a pgshard at it (node_options is appended to every node's conninfo).
+
 Ports: the lab uses PORT_BASE (primary) and PORT_BASE+1 (replica); the
-sharded lab PORT_BASE-10 (s0) and PORT_BASE-9 (s1); the replicated lab
+sharded lab PORT_BASE-10 (s0) and PORT_BASE-9 (s1); the TLS lab
+PORT_BASE-20; the replicated lab
 PORT_BASE-40 .. PORT_BASE-35 (s0 primary, replica 0, replica 1, then s1's);
 the failover lab PORT_BASE-50 .. PORT_BASE-45 (same order); proxies take free ports
 from PORT_BASE+10 to PORT_BASE+199, so suites 300 apart run side by side. PORT_BASE defaults to 7700 (env
@@ -69,6 +76,8 @@ PROXY_PORTS = range(PORT_BASE + 10, PORT_BASE + 200)  # below the next suite's l
 LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}")
 SHARD_LAB_PORTS = (PORT_BASE - 10, PORT_BASE - 9)  # s0, s1 primaries of the sharded lab
 SHARD_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-sharded")
+TLS_LAB_PORT = PORT_BASE - 20  # the TLS lab's one primary
+TLS_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-tls")
 REPLICA_LAB_BASE = PORT_BASE - 40  # replicated lab: s0 = base, base+1, base+2; s1 = base+3..+5
 REPLICA_LAB_ROOT = Path(f"/tmp/pgshard-it-{PORT_BASE}-replicas")
 FAILOVER_LAB_BASE = PORT_BASE - 50  # same layout, rebuilt per test (servers stopped, promoted)
@@ -85,6 +94,7 @@ PGSHARD_KEYS = {
     "client_idle_timeout_ms", "idle_transaction_timeout_ms", "client_write_timeout_ms", "max_client_memory",
     "max_total_client_memory", "max_merge_bytes", "query_timeout_ms", "server_lifetime_ms",
     "log_min_duration_ms",
+    "client_tls", "tls_cert_file", "tls_key_file", "tls_ca_file",
 }
 DATABASE_KEYS = {
     "pool_mode", "pool_size", "read_your_writes", "ryw_window_ms",
@@ -191,8 +201,9 @@ class Lab:
     --no-proxy`. The default is the session's cluster: shard s0 = one primary
     (PORT_BASE) and one replica (PORT_BASE+1). SHARDS gives another layout."""
 
-    def __init__(self, root=LAB_ROOT, shards=None, title="the session's lab cluster"):
+    def __init__(self, root=LAB_ROOT, shards=None, title="the session's lab cluster", tls=False):
         self.root = root
+        self.tls = tls  # servers take TLS only (`lab up --tls`); CA in ca_file
         self.dir = root / "lab"
         self.config = root / "lab.ini"
         self.log = root / "lab-commands.log"
@@ -215,11 +226,18 @@ class Lab:
             ports.extend(shard.replica_ports)
         return ports
 
-    def shard_sections(self, replicas=True, node_user="postgres"):
+    @property
+    def ca_file(self):
+        """The CA a TLS lab's server certificates come from."""
+        return self.dir / "tls" / "ca.crt"
+
+    def shard_sections(self, replicas=True, node_user="postgres", node_options=""):
         """[shard.app.*] lines for a config naming this lab's servers, logging
         in as NODE_USER (None: as each client's user, as pgshard does for a
-        node naming no user)."""
+        node naming no user), NODE_OPTIONS appended to each conninfo."""
         login = f" user={node_user}" if node_user else ""
+        if node_options:
+            login += " " + node_options
         lines = []
         for shard in self.shards:
             lines += ["", f"[shard.app.{shard.name}]", f"primary = host=127.0.0.1 "
@@ -271,7 +289,7 @@ pool_size = 20
         return proc
 
     def up(self):
-        self.ctl("up", "--no-proxy")
+        self.ctl("up", "--no-proxy", *(["--tls"] if self.tls else []))
         for port in self.server_ports():
             wait_for(lambda p=port: self._can_connect(p), 60,
                      interval=0.2, message=f"lab server on port {port}")
@@ -432,6 +450,15 @@ def lab():
 
 
 @pytest.fixture(scope="session")
+def tls_lab():
+    """Database app on one shard s0: a primary taking TLS connections only
+    (hostssl), its certificate from the lab's CA (tls_lab.ca_file), port
+    PORT_BASE-20."""
+    yield from _run_lab(Lab(TLS_LAB_ROOT, [LabShard("s0", TLS_LAB_PORT)],
+                            title="the TLS lab cluster (TLS-only primary)", tls=True))
+
+
+@pytest.fixture(scope="session")
 def shard_lab():
     """Database app on two shards: s0 (region eu) and s1 (region us), one
     primary each, no replicas (ports PORT_BASE-10 and PORT_BASE-9)."""
@@ -495,6 +522,7 @@ class Proxy:
         self.users = dict(DEFAULT_USERS)
         self.replica = False  # replicas are opt-in: proxy(replica=True) reads from them
         self.node_user = "postgres"  # node_user=None: nodes log in as each client's user
+        self.node_options = ""  # appended to every node's conninfo (sslmode=...)
         self.extra_ini = ""  # appended verbatim: [table.app.*], [geo.app], [tenants.app] ...
         self.proc = None
         self.expected_exit = False  # the test stopped it on purpose
@@ -512,6 +540,8 @@ class Proxy:
                 self.replica = bool(value)
             elif key == "node_user":
                 self.node_user = value
+            elif key == "node_options":
+                self.node_options = value or ""
             elif key == "extra_ini":
                 self.extra_ini = value or ""
             elif key in PGSHARD_KEYS:
@@ -534,7 +564,8 @@ class Proxy:
             if admin:
                 lines.append("admin = true")
         lines += ["", "[database.app]"] + [f"{k} = {v}" for k, v in self.database.items()]
-        lines += self.lab.shard_sections(replicas=self.replica, node_user=self.node_user)
+        lines += self.lab.shard_sections(replicas=self.replica, node_user=self.node_user,
+                                         node_options=self.node_options)
         text = "\n".join(lines) + "\n"
         if self.extra_ini:
             text += "\n" + self.extra_ini.strip("\n") + "\n"

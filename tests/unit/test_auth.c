@@ -387,6 +387,78 @@ static void test_exchange_y_flag_and_extensions(void **state) {
                    PGS_OK);
 }
 
+/* SCRAM-SHA-256-PLUS: c= is base64("p=tls-server-end-point,," + data). */
+static void cbind_value(const uint8_t *data, size_t len, char *out) {
+  uint8_t input[128];
+  static const char header[] = "p=tls-server-end-point,,";
+  memcpy(input, header, sizeof(header) - 1);
+  memcpy(input + sizeof(header) - 1, data, len);
+  b64(input, sizeof(header) - 1 + len, out);
+}
+
+static void test_channel_binding(void **state) {
+  pgs_scram_t scram;
+  uint8_t data[32], other[32];
+  for (int i = 0; i < 32; i++) {
+    data[i] = (uint8_t)(i * 7 + 1);
+    other[i] = (uint8_t)(i * 7 + 2);
+  }
+  char good[128], wrong[128];
+  cbind_value(data, sizeof(data), good);
+  cbind_value(other, sizeof(other), wrong);
+  static const char plus_gs2[] = "p=tls-server-end-point,,";
+
+  /* PLUS chosen, the connection's data echoed: logged in. */
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "pw", plus_gs2, good, NULL), PGS_OK);
+  /* Another connection's data (a man in the middle relaying): refused. */
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "pw", plus_gs2, wrong, NULL), PGS_EPROTO);
+  /* The header alone, without the data: refused. */
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "pw", plus_gs2, "cD10bHMtc2VydmVyLWVuZC1wb2ludCws", NULL),
+                   PGS_EPROTO);
+  /* Offered over TLS but not chosen: plain SCRAM with "n" still works. */
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, false, data, sizeof(data)), PGS_OK);
+  assert_int_equal(run_exchange(&scram, "pw", "n,,", "biws", NULL), PGS_OK);
+
+  char out[OUT_SIZE];
+  static const char *const refused_first[] = {
+      "y,,n=,r=abc",                       /* could bind, saw no PLUS: it was stripped */
+      "p=tls-unique,,n=,r=abc",            /* another binding type */
+      "p=tls-server-end-point,n=,r=abc",   /* */
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(refused_first); i++) {
+    assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+    assert_int_equal(pgs_scram_channel_binding(&scram, false, data, sizeof(data)), PGS_OK);
+    if (i > 0) assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
+    const char *m = refused_first[i];
+    assert_int_equal(pgs_scram_server_first(&scram, m, strlen(m), out, sizeof(out)), PGS_EPROTO);
+  }
+  /* PLUS chosen but the message does not bind; binding without PLUS. */
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
+  assert_int_equal(pgs_scram_server_first(&scram, "n,,n=,r=abc", 11, out, sizeof(out)),
+                   PGS_EPROTO);
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_server_first(&scram, "p=tls-server-end-point,,n=,r=abc", 32, out,
+                                          sizeof(out)),
+                   PGS_EPROTO);
+  /* PLUS without data, too much data, or after client-first: misuse. */
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, true, NULL, 0), PGS_EINVAL);
+  uint8_t big[PGS_SCRAM_MAX_CBIND + 1] = {0};
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, false, big, sizeof(big)), PGS_EINVAL);
+  assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
+  assert_int_equal(pgs_scram_server_first(&scram, "n,,n=,r=abc", 11, out, sizeof(out)), PGS_OK);
+  assert_int_equal(pgs_scram_channel_binding(&scram, false, data, sizeof(data)), PGS_EINVAL);
+}
+
 static void test_wrong_password(void **state) {
   pgs_scram_t scram;
   char out[OUT_SIZE];
@@ -432,7 +504,7 @@ static void test_client_first_malformed(void **state) {
       "n,",                                   /* */
       "n,,",                                  /* no bare message */
       "x,,n=,r=abc",                          /* unknown flag */
-      "p=tls-server-end-point,,n=,r=abc",     /* channel binding */
+      "p=tls-server-end-point,,n=,r=abc",     /* channel binding, PLUS not chosen */
       "p,,n=,r=abc",                          /* */
       "n,a=admin,n=,r=abc",                   /* authzid */
       "n,x,n=,r=abc",                         /* */
@@ -731,6 +803,7 @@ int main(void) {
       cmocka_unit_test(test_make_secret),
       cmocka_unit_test(test_make_secret_rejects),
       cmocka_unit_test(test_exchange_y_flag_and_extensions),
+      cmocka_unit_test(test_channel_binding),
       cmocka_unit_test(test_wrong_password),
       cmocka_unit_test(test_client_first_malformed),
       cmocka_unit_test(test_client_final_malformed),

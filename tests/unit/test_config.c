@@ -13,6 +13,10 @@
 
 #include <cmocka.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
 
@@ -529,6 +533,131 @@ static void test_twophase_log_beside_config(void **state) {
   rmdir(dir);
 }
 
+/* client_tls and the files it needs: checked with their lines. */
+static void test_client_tls_keys(void **state) {
+  PGS_UNUSED(state);
+  pgs_config_t *c = pgs_config_parse_string(MINIMAL);
+  assert_int_equal(c->client_tls, PGS_CLIENT_TLS_DISABLE);
+  assert_null(c->tls_cert_file);
+  assert_null(c->tls_ctx);
+  pgs_config_unref(c);
+
+  expect_one_error(MINIMAL "[pgshard]\nclient_tls = prefer\n", 6,
+                   "client_tls = allow needs tls_cert_file and tls_key_file");
+  expect_one_error(MINIMAL "[pgshard]\nclient_tls = maybe\n", 6, "expected one of disable");
+  expect_one_error(MINIMAL "[pgshard]\nclient_tls = verify-full\ntls_cert_file = a.crt\n"
+                           "tls_key_file = a.key\n",
+                   6, "needs tls_ca_file");
+  expect_one_error(MINIMAL "[pgshard]\ntls_key_file = a.key\n", 6, "go together");
+  expect_one_error(MINIMAL "[pgshard]\ntls_ca_file = ca.crt\n", 6, "needs tls_cert_file");
+  expect_one_error(MINIMAL "[pgshard]\nclient_tls = require\n"
+                           "tls_cert_file = /nonexistent/pgshard.crt\n"
+                           "tls_key_file = /nonexistent/pgshard.key\n",
+                   7, "tls_cert_file: cannot open \"/nonexistent/pgshard.crt\"");
+  /* Empty: none, as absent. */
+  c = pgs_config_parse_string(MINIMAL "[pgshard]\ntls_cert_file =\ntls_key_file =\n");
+  assert_int_equal(c->nerrors, 0);
+  assert_null(c->tls_cert_file);
+  pgs_config_unref(c);
+}
+
+/* A self-signed certificate and its key, as PEM files DIR/NAME.crt and
+ * DIR/NAME.key. */
+static void write_cert(const char *dir, const char *name) {
+  EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+  X509 *cert = X509_new();
+  assert_non_null(key);
+  assert_non_null(cert);
+  X509_set_version(cert, X509_VERSION_3);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+  X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
+  X509_set_pubkey(cert, key);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN", MBSTRING_ASC,
+                             (const unsigned char *)name, -1, -1, 0);
+  X509_set_issuer_name(cert, X509_get_subject_name(cert));
+  assert_true(X509_sign(cert, key, EVP_sha256()) > 0);
+  char path[256];
+  snprintf(path, sizeof(path), "%s/%s.crt", dir, name);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  assert_int_equal(PEM_write_X509(f, cert), 1);
+  fclose(f);
+  snprintf(path, sizeof(path), "%s/%s.key", dir, name);
+  f = fopen(path, "w");
+  assert_non_null(f);
+  assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
+  fclose(f);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+}
+
+/* The TLS context is made when the config loads, from files beside it; a
+ * key that is not the certificate's, or a file that is not PEM, is an
+ * error at its line. */
+static void test_client_tls_context(void **state) {
+  PGS_UNUSED(state);
+  char dir[] = "/tmp/pgshard-test-tls-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  write_cert(dir, "a");
+  write_cert(dir, "b");
+  char path[128], junk[128];
+  snprintf(path, sizeof(path), "%s/pgshard.ini", dir);
+  snprintf(junk, sizeof(junk), "%s/junk.crt", dir);
+  FILE *f = fopen(junk, "w");
+  assert_non_null(f);
+  fputs("not PEM\n", f);
+  fclose(f);
+  static const struct {
+    const char *keys;
+    int line; /* 0: loads */
+    const char *needle;
+  } cases[] = {
+      {"client_tls = verify-full\ntls_cert_file = a.crt\ntls_key_file = a.key\n"
+       "tls_ca_file = b.crt\n",
+       0, NULL},
+      {"client_tls = require\ntls_cert_file = a.crt\ntls_key_file = b.key\n", 8,
+       "tls_key_file: private key"},
+      {"client_tls = verify-ca\ntls_cert_file = a.crt\ntls_key_file = a.key\n"
+       "tls_ca_file = junk.crt\n",
+       9, "tls_ca_file: cannot load CA certificates"},
+      {"client_tls = allow\ntls_cert_file = junk.crt\ntls_key_file = a.key\n", 7,
+       "tls_cert_file: cannot load certificate"},
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "%s[pgshard]\n%s", MINIMAL, cases[i].keys);
+    fclose(f);
+    pgs_config_t *c = pgs_config_load(path);
+    if (cases[i].line == 0) {
+      print_errors(c);
+      assert_int_equal(c->nerrors, 0);
+      assert_non_null(c->tls_ctx);
+      assert_int_equal(c->client_tls, PGS_CLIENT_TLS_VERIFY_FULL);
+      char want[160];
+      snprintf(want, sizeof(want), "%s/a.crt", dir);
+      assert_string_equal(c->tls_cert_file, want);
+    } else {
+      if (c->nerrors != 1 || c->errors[0].line != cases[i].line ||
+          !strstr(c->errors[0].message, cases[i].needle)) {
+        print_message("case %zu: expected line %d \"%s\"\n", i, cases[i].line, cases[i].needle);
+        print_errors(c);
+        fail();
+      }
+      assert_null(c->tls_ctx);
+    }
+    pgs_config_unref(c);
+  }
+  static const char *const files[] = {"a.crt", "a.key", "b.crt", "b.key", "junk.crt",
+                                      "pgshard.ini"};
+  for (size_t i = 0; i < PGS_ARRAY_LEN(files); i++) {
+    snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
 static void test_unknown_key(void **state) {
   expect_one_error(MINIMAL "[pgshard]\nworker = 2\n", 6, "unknown key \"worker\" in [pgshard]");
   expect_one_error(MINIMAL "[user.app]\n; comment\npasswd = x\n", 7, "unknown key \"passwd\"");
@@ -831,6 +960,8 @@ int main(void) {
       cmocka_unit_test(test_twophase_log_empty),
       cmocka_unit_test(test_twophase_recovery_user),
       cmocka_unit_test(test_twophase_log_beside_config),
+      cmocka_unit_test(test_client_tls_keys),
+      cmocka_unit_test(test_client_tls_context),
       cmocka_unit_test(test_unknown_key),
       cmocka_unit_test(test_unknown_section),
       cmocka_unit_test(test_long_section_name),
