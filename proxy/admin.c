@@ -1069,7 +1069,8 @@ static bool ban(pgs_client_t *client, const pgs_admin_cmd_t *cmd) {
   size_t hlen = (size_t)(colon - cmd->arg);
   snprintf(host, sizeof(host), "%.*s", (int)(hlen < sizeof(host) ? hlen : sizeof(host) - 1), cmd->arg);
   if (!pgs_monitor_ban(host, atoi(colon + 1), banning)) {
-    put_error(client, PGS_SQLSTATE_CONFIG_LIMIT, "too many banned replicas");
+    put_error(client, PGS_SQLSTATE_CONFIG_LIMIT,
+              "cannot ban now: too many banned replicas, or the health monitor is not running");
     return true;
   }
   pgs_info("admin: %s %s by %s@%s", banning ? "BAN" : "UNBAN", cmd->arg, client->username,

@@ -916,7 +916,7 @@ int pgs_monitor_start(pgs_config_t *config) {
   publish(pgs_now_ms());
   uv_timer_start(&mon.timer, tick_cb, 0, (uint64_t)mon.interval_ms);
   if ((rc = uv_thread_create(&mon.thread, monitor_main, NULL)) != 0) goto fail_thread;
-  mon.started = true;
+  __atomic_store_n(&mon.started, true, __ATOMIC_RELEASE);
   pgs_info("monitor: checking every node each %d ms", mon.interval_ms);
   return 0;
 
@@ -951,6 +951,8 @@ bool pgs_monitor_ban(const char *host, int port, bool banned) {
   char name[300];
   snprintf(name, sizeof(name), "%s:%d", host, port);
   bool ok = true;
+  /* Not before the monitor runs (its lock is not made yet) or once stopping. */
+  if (!__atomic_load_n(&mon.started, __ATOMIC_ACQUIRE)) return false;
   uv_mutex_lock(&mon.lock);
   int at = 0;
   while (at < mon.nbans && strcmp(mon.bans[at], name) != 0) at++;
@@ -963,7 +965,7 @@ bool pgs_monitor_ban(const char *host, int port, bool banned) {
   }
   mon.mbox_publish = true;
   uv_mutex_unlock(&mon.lock);
-  if (mon.started) uv_async_send(&mon.wakeup);
+  uv_async_send(&mon.wakeup);
   return ok;
 }
 
@@ -980,7 +982,7 @@ void pgs_monitor_stop(void) {
   if (mon.mbox_config) pgs_config_unref(mon.mbox_config);
   dbs_free(mon.dbs, mon.ndbs, true);
   pgs_config_unref(mon.config);
-  mon.started = false;
+  __atomic_store_n(&mon.started, false, __ATOMIC_RELEASE);
   mon.dbs = NULL;
   mon.config = NULL;
 }

@@ -1364,11 +1364,13 @@ static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   /* Debian's inih exposes its compile-time knobs as globals: long lines
    * (tenant lists) must not be split, and indented lines are not
    * continuations. The heap line buffer starts at ini_initial_alloc (200)
-   * bytes and grows up to ini_max_line only when ini_allow_realloc is set. */
-  ini_use_stack = false;
-  ini_allow_realloc = true;
-  ini_max_line = 16384;
-  ini_allow_multiline = false;
+   * bytes and grows up to ini_max_line only when ini_allow_realloc is set.
+   * Written only when they differ: the first parse (at startup, before any
+   * thread) sets them, and later parses from any thread only read them. */
+  if (ini_use_stack) ini_use_stack = false;
+  if (!ini_allow_realloc) ini_allow_realloc = true;
+  if (ini_max_line != 16384) ini_max_line = 16384;
+  if (ini_allow_multiline) ini_allow_multiline = false;
   int rc = ini_parse_stream(read_line_cb, src, handler, &st);
   if (rc > 0) config_error(c, rc, "syntax error (expected [section] or key = value)");
   config_validate(c);

@@ -74,7 +74,7 @@ void pgs_monitor_reload(pgs_config_t *config);
 /* BAN (BANNED true) or UNBAN the replicas at HOST:PORT: a banned replica
  * takes no reads, whatever its health, until unbanned (kept across
  * reloads). The next snapshot, published at once, says so. False when
- * PGS_MONITOR_MAX_BANS are already banned. */
+ * PGS_MONITOR_MAX_BANS are already banned, or the monitor does not run. */
 bool pgs_monitor_ban(const char *host, int port, bool banned);
 /* Close every connection and join the thread (before pgs_workers_join: it
  * publishes until then). */
