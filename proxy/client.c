@@ -92,6 +92,9 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
    * next client's first messages too. */
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
       server->io.writing || server->error_until_sync) {
+    /* What it runs for the client is of no use any more: cancelled, not
+     * left to run to its end (closing the connection would not stop it). */
+    pgs_server_cancel(server, "its client left");
     pgs_server_close(server, "client left during a request or transaction");
     return;
   }
@@ -963,37 +966,9 @@ void pgs_client_server_lost(pgs_client_t *client, const char *why) {
 
 /* ---- cancel ---- */
 
-typedef struct cancel_work {
-  uv_work_t req;
-  PGcancel *cancel;
-} cancel_work_t;
-
-static void cancel_run(uv_work_t *req) {
-  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
-  char err[256];
-  if (!PQcancel(w->cancel, err, sizeof(err))) pgs_warn("cancel request failed: %s", err);
-}
-
-static void cancel_done(uv_work_t *req, int status) {
-  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
-  PQfreeCancel(w->cancel);
-  free(w);
-}
-
-static void cancel_server(pgs_client_t *client, pgs_server_t *server) {
-  if (server == NULL || server->pg == NULL || pgs_server_expect_idle(server)) return;
-  cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
-  w->cancel = PQgetCancel(server->pg);
-  if (w->cancel == NULL || uv_queue_work(&client->worker->loop, &w->req, cancel_run, cancel_done)) {
-    if (w->cancel) PQfreeCancel(w->cancel);
-    free(w);
-    return;
-  }
-  pgs_info("client %d: cancel forwarded to server %d", client->cancel_pid, server->backend_pid);
-}
-
 void pgs_client_cancel(pgs_client_t *client) {
-  for (int i = 0; i < client->nslots; i++) cancel_server(client, client->servers[i]);
+  for (int i = 0; i < client->nslots; i++)
+    if (client->servers[i]) pgs_server_cancel(client->servers[i], "the client's CancelRequest");
 }
 
 /* ---- I/O callbacks and accept ---- */

@@ -25,8 +25,11 @@
  * Until then request.c holds back every later step (but an Execute's
  * Sync, sent at once), so replies stay in request order. A part whose
  * server skipped it after an earlier error of the unit (the client has that
- * error) ends the fan with nothing to report. Invariant: client->fan !=
- * NULL exactly while parts run.
+ * error) ends the fan with nothing to report. Once the statement has
+ * failed (a part's error, a part lost or never served, the merge) the
+ * parts still running are cancelled: their rows would be dropped, and the
+ * client would wait for them. Invariant: client->fan != NULL exactly while
+ * parts run.
  */
 #include <string.h>
 
@@ -74,6 +77,20 @@ static int fan_part(const pgs_fan_t *fan, int slot) {
   return __builtin_popcountll(below);
 }
 
+/* The statement has failed: the parts still running, but EXCEPT's (the
+ * part whose error it is; -1: none), are cancelled rather than read to
+ * their end. A COPY FROM's parts get CopyFail instead (copy_in_abort). */
+static void fan_stop_parts(pgs_fan_t *fan, int except) {
+  pgs_client_t *client = fan->owner;
+  if (fan->copy_in) return;
+  for (int i = 0; i < client->nslots; i++) {
+    pgs_server_t *server = client->servers[i];
+    if (i == except || server == NULL || !(fan->slots & ~fan->done & (UINT64_C(1) << i)))
+      continue;
+    pgs_server_cancel(server, "another part of its cross-shard statement failed");
+  }
+}
+
 /* The statement fails with an error pgshard makes up (the first error
  * wins: a part's own error may already be kept). */
 static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) {
@@ -82,6 +99,7 @@ static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) 
   snprintf(text, sizeof(text), "pgshard: %s", message);
   pgs_msg_error_raw(&fan->error, "ERROR", sqlstate, text, NULL);
   fan->own_error = true;
+  fan_stop_parts(fan, -1);
 }
 
 /* The rows the merge holds now, charged to the client's memory; false
@@ -327,7 +345,10 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
   case 'd':
     return fan->error.len > 0 ? PGS_FAN_DROP : PGS_FAN_FORWARD;
   case 'E':
-    if (fan->error.len == 0) pgs_buf_put(&fan->error, m, total);
+    if (fan->error.len == 0) {
+      pgs_buf_put(&fan->error, m, total);
+      fan_stop_parts(fan, slot);
+    }
     fan->copy_ended |= UINT64_C(1) << slot;
     if (fan->copy_in) copy_in_abort(client, fan, "a shard failed");
     if (!fan->simple) fan_part_done(client, fan, slot);

@@ -208,6 +208,8 @@ bool pgs_client_maybe_release(pgs_client_t *client) {
   return true;
 }
 
+static bool flush_servers(pgs_client_t *client);
+
 /* Ask the pool of NODE (of SLOT's shard) for a server for SLOT: linked now
  * (pgs_client_on_server re-enters pgs_client_process) or queued. The
  * caller must return at once. */
@@ -216,6 +218,9 @@ static void request_server(pgs_client_t *client, int slot, int node) {
     pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
     return;
   }
+  /* What the other servers were sent goes out now, not once this one is
+   * linked: a fan's parts run while another part waits for its pool. */
+  if (!flush_servers(client)) return;
   int shard = slot / 2;
   pgs_pool_t **pool = &client->pools[shard * client->pool_stride + node];
   if (*pool == NULL)

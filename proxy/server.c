@@ -481,6 +481,43 @@ void pgs_server_process(pgs_server_t *server) {
 
 int pgs_server_flush(pgs_server_t *server) { return pgs_io_flush(&server->io); }
 
+/* ---- cancel ---- */
+
+typedef struct cancel_work {
+  uv_work_t req;
+  PGcancel *cancel;
+} cancel_work_t;
+
+static void cancel_run(uv_work_t *req) {
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  char err[256];
+  if (!PQcancel(w->cancel, err, sizeof(err))) pgs_warn("cancel request failed: %s", err);
+}
+
+static void cancel_done(uv_work_t *req, int status) {
+  PGS_UNUSED(status);
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  PQfreeCancel(w->cancel);
+  free(w);
+}
+
+void pgs_server_cancel(pgs_server_t *server, const char *why) {
+  if (server->pg == NULL || pgs_server_expect_idle(server)) return;
+  cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
+  w->cancel = PQgetCancel(server->pg);
+  if (w->cancel == NULL || uv_queue_work(&server->worker->loop, &w->req, cancel_run, cancel_done)) {
+    if (w->cancel) PQfreeCancel(w->cancel);
+    free(w);
+    return;
+  }
+  /* The statement may end on its own before the cancel lands, and the
+   * cancel then hit whatever the server runs next: never another
+   * client's statement. */
+  server->dirty = true;
+  pgs_info("server %d (%s/%s): cancel sent: %s", server->backend_pid, server->pool->dbname,
+           server->pool->username, why);
+}
+
 /* ---- I/O callbacks ---- */
 
 static void server_on_read(pgs_io_t *io) { pgs_server_process(io->owner); }

@@ -581,6 +581,10 @@ void pgs_server_add_prepared(pgs_server_t *server, const char *name);
 void pgs_server_forget_prepared(pgs_server_t *server);
 void pgs_server_process(pgs_server_t *server);
 void pgs_server_close(pgs_server_t *server, const char *why);
+/* Send the server a CancelRequest when it has requests in flight (WHY for
+ * the log). It is not reused after: the cancel may land after its
+ * statement ended. */
+void pgs_server_cancel(pgs_server_t *server, const char *why);
 int pgs_server_flush(pgs_server_t *server) PGS_MUST_USE;
 
 /* ---- pools (pool.c) ---- */
