@@ -376,10 +376,16 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
 void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   pgs_fan_t *fan = client->fan;
   if (fan == NULL || !(fan->slots & (UINT64_C(1) << slot))) return;
-  fan_fail(fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
+  if (fan->copy_in) {
+    fan->copy_ended |= UINT64_C(1) << slot;
+    copy_in_fail(client, fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
+  } else {
+    fan_fail(fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
+  }
   bool simple = fan->simple;
   if (!fan_part_done(client, fan, slot) || !simple) return;
-  pgs_client_send_ready(client); /* its own will not come */
+  /* Its own will not come (nor, settling, before the others end theirs). */
+  if (client->zlast_pending == 0) pgs_client_send_ready(client);
 }
 
 void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,

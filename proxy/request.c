@@ -761,16 +761,17 @@ static uint64_t writer_slots(uint64_t shards) {
 void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
                                const char *why) {
   bool replica = client->servers && (slot & 1) && slot < client->nslots;
-  if (replica && client->fan && (client->fan->slots & BIT(slot)) && !client->in_tx &&
-      !(client->tx_mask & BIT(slot)) && client->state != PGS_CL_CLOSING &&
-      (client->zlast_pending == 0 || client->fan->synced)) {
-    /* A replica running a part of a merged read: the read fails, the
-     * session goes on. When the unit's Sync went out with the parts, its
-     * ReadyForQuery will not come: if it was the last one owed, pgshard
-     * answers for it once the read has failed. */
+  if (client->servers && slot >= 0 && slot < client->nslots && client->fan &&
+      (client->fan->slots & BIT(slot)) && !client->in_tx && !(client->tx_mask & BIT(slot)) &&
+      client->state != PGS_CL_CLOSING && (client->zlast_pending == 0 || client->fan->synced)) {
+    /* A server running a part of a merged read or of a COPY, outside a
+     * transaction: the statement fails, the session goes on (a COPY's
+     * other parts get CopyFail). When the unit's Sync went out with the
+     * parts, its ReadyForQuery will not come: if it was the last one owed,
+     * pgshard answers for it once the read has failed. */
     char message[600];
-    snprintf(message, sizeof(message), "lost the connection to a replica of shard %s: %s",
-             client->db->shards[slot / 2].name, why);
+    snprintf(message, sizeof(message), "lost the connection to %s of shard %s: %s",
+             replica ? "a replica" : "the primary", client->db->shards[slot / 2].name, why);
     client->unit_mask &= ~BIT(slot);
     bool last_ready = readies > 0 && client->zlast_pending > 0 && --client->zlast_pending == 0;
     pgs_fan_part_lost(client, slot, message);

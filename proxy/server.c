@@ -193,6 +193,8 @@ typedef enum {
   REPLY_FORWARD, /* to the client as it is */
   REPLY_READY,   /* ReadyForQuery with the client's status over every shard */
   REPLY_SUM,     /* CommandComplete with the rows of every fan-out part */
+  REPLY_FATAL,   /* the server is going away: the client's, unless the fan's
+                    (a fan hears of it as the loss of the part) */
 } reply_action_t;
 
 /* After an error in extended protocol the server skips every message up
@@ -313,7 +315,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     if (front == NULL || !strcmp(f.severity, "FATAL") || !strcmp(f.severity, "PANIC")) {
       /* Not an answer to anything: the server is going away. */
       server->dirty = true;
-      return client != NULL ? REPLY_FORWARD : REPLY_DROP;
+      return client != NULL ? REPLY_FATAL : REPLY_DROP;
     }
     if (front->kind == PGS_EXP_QUERY) {
       /* An injected query failed: fatal for the session unless its error
@@ -419,6 +421,8 @@ void pgs_server_process(pgs_server_t *server) {
     int16_t hide = front ? front->hide : 0;
     reply_action_t action = server_message(server, type, p + 5, total - 5);
     if (server->client == NULL) action = REPLY_DROP;
+    else if (action == REPLY_FATAL)
+      action = front_flags & PGS_EF_FAN ? REPLY_DROP : REPLY_FORWARD;
     else if (front_flags & PGS_EF_FAN)
       action = fan_action(pgs_fan_reply(server->client, server->shard, type, p, total));
     else if ((front_flags & PGS_EF_HIDE) && type == 'T' && action == REPLY_FORWARD) {
