@@ -128,6 +128,25 @@ static void fan_fail_merge(pgs_fan_t *fan) {
            err->message[0] ? err->message : "cross-shard merge failed");
 }
 
+/* A COPY FROM whose parts ran in transactions pgshard began (own_tx):
+ * each server still linked commits, or rolls back when the COPY failed.
+ * Their ReadyForQuery are ZLAST ones: the last is the client's. Nothing
+ * but the end of a failed COMMIT reaches the client. */
+static void fan_settle(pgs_client_t *client, pgs_fan_t *fan) {
+  bool failed = fan->error.len > 0;
+  for (int i = 0; i < client->nslots; i++) {
+    pgs_server_t *server = client->servers[i];
+    if (server == NULL || !(fan->slots & (UINT64_C(1) << i))) continue;
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_msg_query(pgs_io_scratch(&server->io), failed ? "ROLLBACK" : "COMMIT");
+    pgs_io_scratch_done(&server->io, mark);
+    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
+    pgs_server_expect_flags(server, PGS_EF_ACCUM | PGS_EF_ZLAST);
+    client->zlast_pending++;
+    if (pgs_server_flush(server) < 0) server->dirty = true;
+  }
+}
+
 /* Every part is done: the rest of the result — the held RowDescription,
  * the rows, their CommandComplete or the error — into the client's output.
  * A skipped part leaves nothing to say: the unit's error went out. */
@@ -166,6 +185,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     pgs_msg_end(out, start);
   }
   pgs_io_scratch_done(io, mark);
+  if (fan->own_tx) fan_settle(client, fan);
   pgs_fan_free(fan);
 }
 
@@ -250,9 +270,10 @@ static void copy_row_cb(void *ctx, int shard, const uint8_t *row, size_t len) {
 
 pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
                                  const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
-                                 pgs_key_error_t *err) {
+                                 bool own_tx, pgs_key_error_t *err) {
   pgs_fan_t *fan = pgs_fan_start(client, plan, slots, -1, 0, true);
   fan->copy_in = true;
+  fan->own_tx = own_tx;
   fan->batch = pgs_xcalloc(64, sizeof(*fan->batch));
   if (plan->table) {
     fan->split = pgs_copy_split_new(spec, client->db, plan->table, plan->copy_key_column,
@@ -363,7 +384,10 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
     if (!fan->simple) fan_part_done(client, fan, slot);
     return PGS_FAN_DROP;
   case 'Z':
-    return fan->simple && fan_part_done(client, fan, slot) ? PGS_FAN_READY : PGS_FAN_DROP;
+    if (!fan->simple || !fan_part_done(client, fan, slot)) return PGS_FAN_DROP;
+    /* The last part: the client's ReadyForQuery, unless its parts'
+     * transactions are still ending (fan_settle). */
+    return client->zlast_pending > 0 ? PGS_FAN_DROP : PGS_FAN_READY;
   case 'N':
   case 'S':
   case 'A':
@@ -403,7 +427,8 @@ void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sq
   fan->done |= slots;
   if (fan->done != fan->slots) return; /* the parts sent end it when they answer */
   fan_finish(client, fan);
-  if (simple) pgs_client_send_ready(client); /* no part's will come */
+  /* No part's will come (nor, settling, before the parts end theirs). */
+  if (simple && client->zlast_pending == 0) pgs_client_send_ready(client);
 }
 
 void pgs_fan_part_skipped(pgs_client_t *client, int slot) {

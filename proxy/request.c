@@ -1294,7 +1294,7 @@ static bool implicit_twopc(const pgs_client_t *client, const pgs_plan_t *plan, u
   return !client->in_tx && plan->kind == PGS_STMT_WRITE && needs_twopc(client, shards);
 }
 
-static int implicit_twopc_begin(pgs_client_t *client, uint64_t slots) {
+static int implicit_begin(pgs_client_t *client, uint64_t slots) {
   for (int i = 0; i < client->nslots; i++)
     if (slots & BIT(i)) add_inject(client, i, "BEGIN", 0, false);
   return client->nsteps;
@@ -1358,10 +1358,21 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
     return;
   }
   pgs_route_session_t session = {.hint_shard = client->hint_shard, .tenant = client->tenant};
-  if (pgs_fan_start_copy_in(client, plan, slots, &spec, &session, &err) == NULL) {
+  /* Outside a transaction each shard's COPY would commit on its own, and a
+   * shard failing after another committed would leave that one's rows:
+   * each part runs in a transaction of pgshard's, ended with the COPY. */
+  bool own_tx = !client->in_tx && __builtin_popcountll(slots) > 1;
+  if (pgs_fan_start_copy_in(client, plan, slots, &spec, &session, own_tx, &err) == NULL) {
     add_error(client, err.sqlstate, "%s", err.message);
     add_reply(client, 'Z', NULL);
     return;
+  }
+  if (own_tx) {
+    /* Sent at once, like the parts (steps before them wait for the fan to
+     * end): the first part waits for every BEGIN to answer. */
+    int first = client->nsteps;
+    (void)implicit_begin(client, slots);
+    for (int i = first; i < client->nsteps; i++) client->steps[i].concurrent = true;
   }
   add_fan_steps(client, slots, PGS_STEP_FORWARD, NULL);
 }
@@ -1495,7 +1506,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
       add_reply(client, 'Z', NULL);
     } else if (ok && implicit_twopc(client, plan, rt.shards)) {
       uint64_t slots = writer_slots(rt.shards);
-      int first = implicit_twopc_begin(client, slots);
+      int first = implicit_begin(client, slots);
       add_fanout(client, slots, PGS_STEP_QUERY, texts, true, PGS_PLACED_ROUTE);
       implicit_twopc_commit(client, slots, first);
     } else if (ok) {
@@ -1516,7 +1527,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
        * count is the answer, not the sum. */
       client->fan_copies = plan->target == PGS_TARGET_ANY;
       bool atomic = rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards);
-      int first = atomic ? implicit_twopc_begin(client, mask) : 0;
+      int first = atomic ? implicit_begin(client, mask) : 0;
       add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
       if (atomic) implicit_twopc_commit(client, mask, first);
       if (session) check_session_effects(client, &fx, true);

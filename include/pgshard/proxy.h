@@ -258,6 +258,9 @@ typedef struct pgs_fan {
   pgs_buf_t *batch;    /* per slot: rows of the current CopyData for its shard */
   uint64_t copy_shards; /* shards that got rows */
   uint64_t copy_ended; /* parts whose COPY ended (CommandComplete or error) */
+  bool own_tx;         /* COPY FROM outside a transaction: each part in one of
+                          pgshard's, ended when every part is (fan_settle), so
+                          that a shard's error leaves no other shard's rows */
   bool sent_head;      /* RowDescription / CopyOutResponse went out */
   bool streams;        /* output goes out before every part is done: rows of a
                           plain concatenation, COPY messages */
@@ -454,10 +457,12 @@ void pgs_fan_free(pgs_fan_t *fan);
 pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const uint8_t *m,
                                size_t total);
 /* COPY ... FROM STDIN on every shard of SLOTS: the fan takes the client's
- * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends. */
+ * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends.
+ * OWN_TX: each part runs in a transaction the caller began on its server,
+ * committed when every part succeeded, else rolled back. */
 pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
                                  const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
-                                 pgs_key_error_t *err);
+                                 bool own_tx, pgs_key_error_t *err);
 /* One of the client's COPY messages (P, TOTAL bytes) while a COPY FROM
  * fan runs: split, copied or dropped (after a failure). */
 void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total);
