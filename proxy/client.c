@@ -28,6 +28,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/twophase.h"
 
 #define CLIENT_MAX_STATEMENTS 10000
 #define CLIENT_MAX_AUTH_MESSAGE 4096
@@ -83,11 +84,29 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client);
 }
 
+/* Whether SERVER runs a statement naming the client's 2PC gid. */
+static bool settles_gid(const pgs_client_t *client, const pgs_server_t *server) {
+  return client->twopc_gid[0] && !strcmp(server->gid, client->twopc_gid) &&
+         !pgs_server_expect_idle(server);
+}
+
 /* Give a server back (or drop it) when its client goes away. */
 static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   if (pgs_server_flush(server) < 0) server->dirty = true;
+  bool settling = settles_gid(client, server);
   pgs_client_unlink(client, server);
   if (server->state != PGS_SV_ACTIVE) return;
+  if (settling && !server->dirty) {
+    /* Its PREPARE TRANSACTION, COMMIT or ROLLBACK PREPARED runs on whatever
+     * pgshard does: the server is kept until it answers, and recovery
+     * leaves the gid alone until then (it would race the server). */
+    pgs_twophase_hold(server->gid);
+    server->gid_held = true;
+    if (client->pinned || client->temp || server->pool->mode == PGS_POOL_SESSION)
+      server->dirty = true; /* its session state is not for another client */
+    pgs_pool_set_state(server, PGS_SV_RESETTING);
+    return;
+  }
   /* A server skipping to Sync after an error looks idle but would skip the
    * next client's first messages too. */
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||

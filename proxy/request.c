@@ -1081,8 +1081,10 @@ static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const p
  *        'E'): ROLLBACK everywhere. Else PREPARE TRANSACTION 'gid' on each
  *        shard written, COMMIT on the others.
  *   'D'  a PREPARE failed (its error went to the client): ROLLBACK
- *        PREPARED on each. Else the commit is recorded durably in the
- *        decision log (twophase.h), then COMMIT PREPARED on each.
+ *        PREPARED on each that prepared. Else the commit is recorded
+ *        durably in the decision log (twophase.h), then COMMIT PREPARED on
+ *        each. When recovery decided abort meanwhile (the PREPAREs took
+ *        over PGS_TWOPHASE_IN_FLIGHT_MS) the rollback is its own.
  *   'F'  done: "D gid" in the log, the client's CommandComplete and, for a
  *        simple Query, its ReadyForQuery.
  * A crash of pgshard or of a shard between the phases leaves prepared
@@ -1129,8 +1131,23 @@ static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *ver
                             uint16_t flags) {
   char sql[PGS_GID_MAX + 40];
   snprintf(sql, sizeof(sql), "%s '%s'", verb, client->twopc_gid);
-  for (int i = 0; i < client->nslots; i++)
-    if (mask & BIT(i)) add_inject(client, i, sql, flags, !client->twopc_simple);
+  for (int i = 0; i < client->nslots; i++) {
+    if (!(mask & BIT(i))) continue;
+    add_inject(client, i, sql, flags, !client->twopc_simple);
+    client->steps[client->nsteps - 1].gid = true;
+  }
+}
+
+/* The slots of MASK whose server prepared the gid: a ROLLBACK PREPARED
+ * elsewhere would only fail (and fill the server's log). */
+static uint64_t prepared_slots(const pgs_client_t *client, uint64_t mask) {
+  uint64_t prepared = 0;
+  for (int i = 0; i < client->nslots; i++) {
+    const pgs_server_t *s = client->servers[i];
+    if ((mask & BIT(i)) && s && s->gid_prepared && !strcmp(s->gid, client->twopc_gid))
+      prepared |= BIT(i);
+  }
+  return prepared;
 }
 
 /* A reply of the commit: it goes out even after an error (the error is
@@ -1158,21 +1175,41 @@ static void run_twopc(pgs_client_t *client, char phase) {
       if (simple) add_twopc_reply(client, 'Z', NULL);
       return;
     }
-    add_gid_injects(client, written, "PREPARE TRANSACTION", PGS_EF_FWD_ERROR);
+    add_gid_injects(client, written, "PREPARE TRANSACTION", PGS_EF_FWD_ERROR | PGS_EF_PREPARE);
     for (int i = 0; i < client->nslots; i++)
       if ((slots & ~written) & BIT(i)) add_inject(client, i, "COMMIT", PGS_EF_FWD_ERROR, !simple);
     add_twopc(client, 'D');
     return;
   }
-  case 'D':
+  case 'D': {
     if (!client->step_error) (void)pgs_twophase_fault("2pc_after_prepare");
-    if (client->step_error || pgs_twophase_record_commit(client->twopc_gid) != PGS_OK) {
-      if (!client->step_error)
-        add_error(client, "58030",
-                  "could not record the commit decision of a two-phase commit; the transaction "
-                  "is rolled back");
-      pgs_twophase_record_abort(client->twopc_gid);
-      add_gid_injects(client, written, "ROLLBACK PREPARED", PGS_EF_IGNORE_ERROR);
+    pgs_status_t rc = client->step_error ? PGS_OK : pgs_twophase_record_commit(client->twopc_gid);
+    /* Decided abort, or settled and forgotten: recovery took the gid over. */
+    bool taken = rc == PGS_EINVAL || rc == PGS_ENOTFOUND;
+    if (client->step_error || rc != PGS_OK) {
+      if (rc != PGS_OK) {
+        if (taken)
+          add_error(client, "40000",
+                    "the two-phase commit took over %d ms to prepare; recovery rolled the "
+                    "transaction back",
+                    PGS_TWOPHASE_IN_FLIGHT_MS);
+        else
+          add_error(client, "58030",
+                    "could not record the commit decision of a two-phase commit; the "
+                    "transaction is rolled back");
+        /* It goes out, and no "COMMIT" after it. */
+        client->steps[client->nsteps - 1].always = true;
+        pgs_client_step_failed(client);
+      }
+      if (taken) {
+        /* Recovery decided abort and rolls the gid back on every shard: the
+         * worker leaves it to it rather than race its ROLLBACK PREPARED. */
+        client->twopc_gid[0] = '\0';
+      } else {
+        pgs_twophase_record_abort(client->twopc_gid);
+        add_gid_injects(client, prepared_slots(client, written), "ROLLBACK PREPARED",
+                        PGS_EF_IGNORE_ERROR);
+      }
       add_twopc(client, 'F');
       return;
     }
@@ -1180,11 +1217,14 @@ static void run_twopc(pgs_client_t *client, char phase) {
     add_gid_injects(client, written, "COMMIT PREPARED", PGS_EF_FWD_ERROR);
     add_twopc(client, 'F');
     return;
+  }
   default:
-    /* An error in COMMIT PREPARED leaves the gid to recovery (decided). */
-    if (client->step_error && pgs_twophase_decision(client->twopc_gid) == PGS_2PC_COMMIT)
+    /* An error in COMMIT PREPARED leaves the gid to recovery (decided), as
+     * does an abort recovery decided (phase 'D' forgot the gid). */
+    if (client->twopc_gid[0] && client->step_error &&
+        pgs_twophase_decision(client->twopc_gid) == PGS_2PC_COMMIT)
       pgs_twophase_release(client->twopc_gid);
-    else
+    else if (client->twopc_gid[0])
       pgs_twophase_record_done(client->twopc_gid);
     if (!client->step_error && client->twopc_tag) add_twopc_reply(client, 'C', "COMMIT");
     if (simple) add_twopc_reply(client, 'Z', NULL);
@@ -2264,6 +2304,10 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     if (st->hide) pgs_server_expect_hide(server, st->hide);
     break;
   case PGS_STEP_INJECT:
+    if (st->gid) {
+      snprintf(server->gid, sizeof(server->gid), "%s", client->twopc_gid);
+      if (st->flags & PGS_EF_PREPARE) server->gid_prepared = false;
+    }
     if (st->extended) {
       /* Inside the client's extended unit: with a Sync of its own, so that
        * an error (a PREPARE that fails) does not leave the server skipping

@@ -23,6 +23,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/twophase.h"
 
 #define SERVER_MAX_MESSAGE ((size_t)1 << 30) /* PostgreSQL's own MaxAllocSize */
 
@@ -43,8 +44,16 @@ static void handle_closed_cb(uv_handle_t *handle) {
   if (--server->pending_closes == 0 && server->state == PGS_SV_CLOSING) server_free(server);
 }
 
+/* A held gid (pgs_twophase_hold) is this server's to settle no more. */
+static void server_unhold(pgs_server_t *server) {
+  if (!server->gid_held) return;
+  server->gid_held = false;
+  pgs_twophase_unhold(server->gid);
+}
+
 void pgs_server_close(pgs_server_t *server, const char *why) {
   if (server->state == PGS_SV_CLOSING) return;
+  server_unhold(server);
   pgs_info("server %d (%s/%s): closing: %s", server->backend_pid, server->pool->dbname,
            server->pool->username, why);
   if (server->client) pgs_client_unlink(server->client, server);
@@ -299,6 +308,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     if (front && front->kind == PGS_EXP_EXECUTE) {
       expect_pop(server);
     }
+    if (type == 'C' && (flags & PGS_EF_PREPARE)) server->gid_prepared = true;
     if (visible == REPLY_DROP) return REPLY_DROP;
     pgs_client_on_server_message(client, type, body, len);
     if (type == 'C' && (flags & PGS_EF_ACCUM)) {
@@ -470,6 +480,7 @@ void pgs_server_process(pgs_server_t *server) {
     return;
   }
   if (server->state == PGS_SV_RESETTING && server->expect_len == 0) {
+    server_unhold(server);
     if (server->txstatus != 'I' || server->dirty) {
       pgs_server_close(server, "reset left a transaction open");
       return;

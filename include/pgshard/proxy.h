@@ -213,6 +213,8 @@ typedef struct pgs_step {
   bool drain_others; /* first part of a fan: waits for the servers outside it only */
   bool extended;   /* INJECT: through Parse/Bind/Execute (inside an extended unit) */
   bool merged;     /* Bind/Parse of the shards' variant of the statement (merge.h) */
+  bool gid;        /* INJECT: names the client's 2PC gid (PREPARE TRANSACTION,
+                      COMMIT or ROLLBACK PREPARED) */
   int16_t hide;    /* Describe of a merged portal: hidden columns to drop */
   char *text;
   struct pgs_client_stmt *stmt;
@@ -523,6 +525,8 @@ typedef enum {
 #define PGS_EF_IGNORE_ERROR 0x200 /* an injected query whose failure is expected */
 #define PGS_EF_ZLAST 0x400 /* one of several Syncs sent at once: the last
                               ReadyForQuery to arrive is the client's */
+#define PGS_EF_PREPARE 0x800 /* PREPARE TRANSACTION of a 2PC: its CommandComplete
+                                sets gid_prepared */
 
 typedef struct pgs_expect {
   uint8_t kind;
@@ -558,6 +562,11 @@ struct pgs_server {
   bool need_flush;       /* extended messages sent since the last Sync/Flush */
   uint64_t unnamed_owner; /* the client whose unnamed statement it holds (request.c) */
   bool login_scs_off;     /* logged in with standard_conforming_strings off */
+  char gid[64];           /* PGS_GID_BUF: the 2PC gid its last statement naming
+                             one named (request.c) */
+  bool gid_prepared;      /* ... and its PREPARE TRANSACTION succeeded */
+  bool gid_held;          /* settling gid for a client that left: recovery
+                             waits for it (pgs_twophase_hold) */
   int shard;             /* the client's slot it is linked as */
   uint64_t state_since_ms;
   int32_t backend_pid;
