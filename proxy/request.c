@@ -2428,6 +2428,14 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       client->step_next++;
       continue;
     }
+    if ((st->flags & PGS_EF_FAN) && client->fan && client->fan->error.len > 0) {
+      /* The statement failed before this part was sent (it waited for a
+       * server): it is not sent, it would only run to its end for nothing. */
+      client->step_next++;
+      pgs_fan_parts_unserved(client, BIT(st->shard), PGS_SQLSTATE_INTERNAL,
+                             "another part of this statement failed");
+      continue;
+    }
     pgs_server_t *server = client->servers[st->shard];
     if (server && (st->shard & 1) && server->pool->node != st->node && st->node >= 0 &&
         server->expect_len == 0 && server->txstatus == 'I' &&
