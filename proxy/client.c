@@ -96,10 +96,11 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   bool settling = settles_gid(client, server);
   pgs_client_unlink(client, server);
   if (server->state != PGS_SV_ACTIVE) return;
-  if (settling && !server->dirty) {
+  if (settling) {
     /* Its PREPARE TRANSACTION, COMMIT or ROLLBACK PREPARED runs on whatever
-     * pgshard does: the server is kept until it answers, and recovery
-     * leaves the gid alone until then (it would race the server). */
+     * pgshard does (it is not cancelled): the server is kept until it
+     * answers, and recovery leaves the gid alone until then (it would race
+     * the server). A dirty one is closed then. */
     pgs_twophase_hold(server->gid);
     server->gid_held = true;
     if (client->pinned || client->temp || server->pool->mode == PGS_POOL_SESSION)
