@@ -37,6 +37,7 @@
 #include "pgshard/proxy.h"
 #include "pgshard/stats.h"
 #include "pgshard/tls.h"
+#include "pgshard/twophase.h"
 
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
@@ -92,20 +93,37 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client);
 }
 
-static void cancel_server(pgs_client_t *client, pgs_server_t *server);
+/* Whether SERVER runs a statement naming the client's 2PC gid. */
+static bool settles_gid(const pgs_client_t *client, const pgs_server_t *server) {
+  return client->twopc_gid[0] && !strcmp(server->gid, client->twopc_gid) &&
+         !pgs_server_expect_idle(server);
+}
 
 /* Give a server back (or drop it) when its client goes away. */
 static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   if (pgs_server_flush(server) < 0) server->dirty = true;
+  bool settling = settles_gid(client, server);
   pgs_client_unlink(client, server);
   if (server->state != PGS_SV_ACTIVE) return;
+  if (settling) {
+    /* Its PREPARE TRANSACTION, COMMIT or ROLLBACK PREPARED runs on whatever
+     * pgshard does (it is not cancelled): the server is kept until it
+     * answers, and recovery leaves the gid alone until then (it would race
+     * the server). A dirty one is closed then. */
+    pgs_twophase_hold(server->gid);
+    server->gid_held = true;
+    if (client->pinned || client->temp || server->pool->mode == PGS_POOL_SESSION)
+      server->dirty = true; /* its session state is not for another client */
+    pgs_pool_set_state(server, PGS_SV_RESETTING);
+    return;
+  }
   /* A server skipping to Sync after an error looks idle but would skip the
    * next client's first messages too. */
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
       server->io.writing || server->error_until_sync) {
-    /* A query still running would run on after the close (a server notices
-     * a closed socket only when it next reads or writes): cancel it. */
-    cancel_server(client, server);
+    /* What it runs for the client is of no use any more: cancelled, not
+     * left to run to its end (closing the connection would not stop it). */
+    pgs_server_cancel(server, "its client left");
     pgs_server_close(server, "client left during a request or transaction");
     return;
   }
@@ -1160,37 +1178,9 @@ void pgs_client_server_lost(pgs_client_t *client, const char *why) {
 
 /* ---- cancel ---- */
 
-typedef struct cancel_work {
-  uv_work_t req;
-  PGcancel *cancel;
-} cancel_work_t;
-
-static void cancel_run(uv_work_t *req) {
-  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
-  char err[256];
-  if (!PQcancel(w->cancel, err, sizeof(err))) pgs_warn("cancel request failed: %s", err);
-}
-
-static void cancel_done(uv_work_t *req, int status) {
-  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
-  PQfreeCancel(w->cancel);
-  free(w);
-}
-
-static void cancel_server(pgs_client_t *client, pgs_server_t *server) {
-  if (server == NULL || server->pg == NULL || pgs_server_expect_idle(server)) return;
-  cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
-  w->cancel = PQgetCancel(server->pg);
-  if (w->cancel == NULL || uv_queue_work(&client->worker->loop, &w->req, cancel_run, cancel_done)) {
-    if (w->cancel) PQfreeCancel(w->cancel);
-    free(w);
-    return;
-  }
-  pgs_info("client %d: cancel forwarded to server %d", client->cancel_pid, server->backend_pid);
-}
-
 void pgs_client_cancel(pgs_client_t *client) {
-  for (int i = 0; i < client->nslots; i++) cancel_server(client, client->servers[i]);
+  for (int i = 0; i < client->nslots; i++)
+    if (client->servers[i]) pgs_server_cancel(client->servers[i], "the client's CancelRequest");
 }
 
 /* ---- I/O callbacks and accept ---- */

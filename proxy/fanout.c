@@ -25,8 +25,11 @@
  * Until then request.c holds back every later step (but an Execute's
  * Sync, sent at once), so replies stay in request order. A part whose
  * server skipped it after an earlier error of the unit (the client has that
- * error) ends the fan with nothing to report. Invariant: client->fan !=
- * NULL exactly while parts run.
+ * error) ends the fan with nothing to report. Once the statement has
+ * failed (a part's error, a part lost or never served, the merge) the
+ * parts still running are cancelled: their rows would be dropped, and the
+ * client would wait for them. Invariant: client->fan != NULL exactly while
+ * parts run.
  */
 #include <string.h>
 
@@ -76,6 +79,20 @@ static int fan_part(const pgs_fan_t *fan, int slot) {
   return __builtin_popcountll(below);
 }
 
+/* The statement has failed: the parts still running, but EXCEPT's (the
+ * part whose error it is; -1: none), are cancelled rather than read to
+ * their end. A COPY FROM's parts get CopyFail instead (copy_in_abort). */
+static void fan_stop_parts(pgs_fan_t *fan, int except) {
+  pgs_client_t *client = fan->owner;
+  if (fan->copy_in) return;
+  for (int i = 0; i < client->nslots; i++) {
+    pgs_server_t *server = client->servers[i];
+    if (i == except || server == NULL || !(fan->slots & ~fan->done & (UINT64_C(1) << i)))
+      continue;
+    pgs_server_cancel(server, "another part of its cross-shard statement failed");
+  }
+}
+
 /* The statement fails with an error pgshard makes up (the first error
  * wins: a part's own error may already be kept). */
 static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) {
@@ -84,6 +101,7 @@ static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) 
   snprintf(text, sizeof(text), "pgshard: %s", message);
   pgs_msg_error_raw(&fan->error, "ERROR", sqlstate, text, NULL);
   fan->own_error = true;
+  fan_stop_parts(fan, -1);
 }
 
 /* The rows the merge holds now, charged to the client's memory; false
@@ -110,6 +128,25 @@ static void fan_fail_merge(pgs_fan_t *fan) {
   const pgs_value_error_t *err = pgs_merge_error(fan->merge);
   fan_fail(fan, err->sqlstate[0] ? err->sqlstate : PGS_SQLSTATE_INTERNAL,
            err->message[0] ? err->message : "cross-shard merge failed");
+}
+
+/* A COPY FROM whose parts ran in transactions pgshard began (own_tx):
+ * each server still linked commits, or rolls back when the COPY failed.
+ * Their ReadyForQuery are ZLAST ones: the last is the client's. Nothing
+ * but the end of a failed COMMIT reaches the client. */
+static void fan_settle(pgs_client_t *client, pgs_fan_t *fan) {
+  bool failed = fan->error.len > 0;
+  for (int i = 0; i < client->nslots; i++) {
+    pgs_server_t *server = client->servers[i];
+    if (server == NULL || !(fan->slots & (UINT64_C(1) << i))) continue;
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_msg_query(pgs_io_scratch(&server->io), failed ? "ROLLBACK" : "COMMIT");
+    pgs_io_scratch_done(&server->io, mark);
+    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
+    pgs_server_expect_flags(server, PGS_EF_ACCUM | PGS_EF_ZLAST);
+    client->zlast_pending++;
+    if (pgs_server_flush(server) < 0) server->dirty = true;
+  }
 }
 
 /* Every part is done: the rest of the result — the held RowDescription,
@@ -151,6 +188,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     pgs_msg_end(out, start);
   }
   pgs_io_scratch_done(io, mark);
+  if (fan->own_tx) fan_settle(client, fan);
   pgs_fan_free(fan);
 }
 
@@ -235,9 +273,10 @@ static void copy_row_cb(void *ctx, int shard, const uint8_t *row, size_t len) {
 
 pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
                                  const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
-                                 pgs_key_error_t *err) {
+                                 bool own_tx, pgs_key_error_t *err) {
   pgs_fan_t *fan = pgs_fan_start(client, plan, slots, -1, 0, true);
   fan->copy_in = true;
+  fan->own_tx = own_tx;
   fan->batch = pgs_xcalloc(64, sizeof(*fan->batch));
   if (plan->table) {
     fan->split = pgs_copy_split_new(spec, client->db, plan->table, plan->copy_key_column,
@@ -330,7 +369,10 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
   case 'd':
     return fan->error.len > 0 ? PGS_FAN_DROP : PGS_FAN_FORWARD;
   case 'E':
-    if (fan->error.len == 0) pgs_buf_put(&fan->error, m, total);
+    if (fan->error.len == 0) {
+      pgs_buf_put(&fan->error, m, total);
+      fan_stop_parts(fan, slot);
+    }
     fan->copy_ended |= UINT64_C(1) << slot;
     if (fan->copy_in) copy_in_abort(client, fan, "a shard failed");
     if (!fan->simple) fan_part_done(client, fan, slot);
@@ -345,7 +387,10 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
     if (!fan->simple) fan_part_done(client, fan, slot);
     return PGS_FAN_DROP;
   case 'Z':
-    return fan->simple && fan_part_done(client, fan, slot) ? PGS_FAN_READY : PGS_FAN_DROP;
+    if (!fan->simple || !fan_part_done(client, fan, slot)) return PGS_FAN_DROP;
+    /* The last part: the client's ReadyForQuery, unless its parts'
+     * transactions are still ending (fan_settle). */
+    return client->zlast_pending > 0 ? PGS_FAN_DROP : PGS_FAN_READY;
   case 'N':
   case 'S':
   case 'A':
@@ -358,10 +403,16 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
 void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   pgs_fan_t *fan = client->fan;
   if (fan == NULL || !(fan->slots & (UINT64_C(1) << slot))) return;
-  fan_fail(fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
+  if (fan->copy_in) {
+    fan->copy_ended |= UINT64_C(1) << slot;
+    copy_in_fail(client, fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
+  } else {
+    fan_fail(fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
+  }
   bool simple = fan->simple;
   if (!fan_part_done(client, fan, slot) || !simple) return;
-  pgs_client_send_ready(client); /* its own will not come */
+  /* Its own will not come (nor, settling, before the others end theirs). */
+  if (client->zlast_pending == 0) pgs_client_send_ready(client);
 }
 
 void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
@@ -379,7 +430,8 @@ void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sq
   fan->done |= slots;
   if (fan->done != fan->slots) return; /* the parts sent end it when they answer */
   fan_finish(client, fan);
-  if (simple) pgs_client_send_ready(client); /* no part's will come */
+  /* No part's will come (nor, settling, before the parts end theirs). */
+  if (simple && client->zlast_pending == 0) pgs_client_send_ready(client);
 }
 
 void pgs_fan_part_skipped(pgs_client_t *client, int slot) {

@@ -113,6 +113,7 @@ static struct {
   bool twophase_running;
   bool twophase_kick;         /* a writer came back: pass at the next tick */
   uint64_t twophase_next_ms;  /* the next periodic pass */
+  uv_timer_t twophase_timer;  /* passes when the checks are further apart */
 } mon;
 
 static void poll_cb(uv_poll_t *handle, int status, int events);
@@ -686,6 +687,13 @@ static void tick_cb(uv_timer_t *timer) {
   twophase_maybe_pass(now);
 }
 
+/* The periodic pass is due every PGS_TWOPHASE_PASS_MS whatever the
+ * lag_check_interval_ms of the checks' tick (an hour, say). */
+static void twophase_tick_cb(uv_timer_t *timer) {
+  PGS_UNUSED(timer);
+  twophase_maybe_pass(pgs_now_ms());
+}
+
 /* ---- building state from a config ---- */
 
 static void node_free(mon_node_t *n) {
@@ -884,6 +892,7 @@ static void wakeup_cb(uv_async_t *async) {
     close_all();
     uv_timer_stop(&mon.timer);
     uv_close((uv_handle_t *)&mon.timer, NULL);
+    uv_close((uv_handle_t *)&mon.twophase_timer, NULL);
     uv_close((uv_handle_t *)&mon.wakeup, NULL);
     return;
   }
@@ -905,6 +914,7 @@ int pgs_monitor_start(pgs_config_t *config) {
   if ((rc = uv_mutex_init(&mon.lock)) != 0) goto fail_mutex;
   if ((rc = uv_async_init(&mon.loop, &mon.wakeup, wakeup_cb)) != 0) goto fail_async;
   if ((rc = uv_timer_init(&mon.loop, &mon.timer)) != 0) goto fail_timer;
+  if ((rc = uv_timer_init(&mon.loop, &mon.twophase_timer)) != 0) goto fail_twophase_timer;
   mon.config = pgs_config_ref(config);
   mon.interval_ms = interval_of(config);
   mon.dbs = dbs_build(config, NULL, 0, mon.interval_ms);
@@ -915,6 +925,8 @@ int pgs_monitor_start(pgs_config_t *config) {
    * primaries writing, no replica readable before its first check. */
   publish(pgs_now_ms());
   uv_timer_start(&mon.timer, tick_cb, 0, (uint64_t)mon.interval_ms);
+  uv_timer_start(&mon.twophase_timer, twophase_tick_cb, PGS_TWOPHASE_PASS_MS,
+                 PGS_TWOPHASE_PASS_MS);
   if ((rc = uv_thread_create(&mon.thread, monitor_main, NULL)) != 0) goto fail_thread;
   __atomic_store_n(&mon.started, true, __ATOMIC_RELEASE);
   pgs_info("monitor: checking every node each %d ms", mon.interval_ms);
@@ -925,6 +937,8 @@ fail_thread:
   mon.dbs = NULL;
   pgs_config_unref(mon.config);
   mon.config = NULL;
+  uv_close((uv_handle_t *)&mon.twophase_timer, NULL);
+fail_twophase_timer:
   uv_close((uv_handle_t *)&mon.timer, NULL);
 fail_timer:
   uv_close((uv_handle_t *)&mon.wakeup, NULL);

@@ -217,6 +217,8 @@ bool pgs_client_maybe_release(pgs_client_t *client) {
   return true;
 }
 
+static bool flush_servers(pgs_client_t *client);
+
 /* Ask the pool of NODE (of SLOT's shard) for a server for SLOT: linked now
  * (pgs_client_on_server re-enters pgs_client_process) or queued. The
  * caller must return at once. */
@@ -225,6 +227,9 @@ static void request_server(pgs_client_t *client, int slot, int node) {
     pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
     return;
   }
+  /* What the other servers were sent goes out now, not once this one is
+   * linked: a fan's parts run while another part waits for its pool. */
+  if (!flush_servers(client)) return;
   int shard = slot / 2;
   pgs_pool_t **pool = &client->pools[shard * client->pool_stride + node];
   if (*pool == NULL)
@@ -771,16 +776,17 @@ static uint64_t writer_slots(uint64_t shards) {
 void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
                                const char *why) {
   bool replica = client->servers && (slot & 1) && slot < client->nslots;
-  if (replica && client->fan && (client->fan->slots & BIT(slot)) && !client->in_tx &&
-      !(client->tx_mask & BIT(slot)) && client->state != PGS_CL_CLOSING &&
-      (client->zlast_pending == 0 || client->fan->synced)) {
-    /* A replica running a part of a merged read: the read fails, the
-     * session goes on. When the unit's Sync went out with the parts, its
-     * ReadyForQuery will not come: if it was the last one owed, pgshard
-     * answers for it once the read has failed. */
+  if (client->servers && slot >= 0 && slot < client->nslots && client->fan &&
+      (client->fan->slots & BIT(slot)) && !client->in_tx && !(client->tx_mask & BIT(slot)) &&
+      client->state != PGS_CL_CLOSING && (client->zlast_pending == 0 || client->fan->synced)) {
+    /* A server running a part of a merged read or of a COPY, outside a
+     * transaction: the statement fails, the session goes on (a COPY's
+     * other parts get CopyFail). When the unit's Sync went out with the
+     * parts, its ReadyForQuery will not come: if it was the last one owed,
+     * pgshard answers for it once the read has failed. */
     char message[600];
-    snprintf(message, sizeof(message), "lost the connection to a replica of shard %s: %s",
-             client->db->shards[slot / 2].name, why);
+    snprintf(message, sizeof(message), "lost the connection to %s of shard %s: %s",
+             replica ? "a replica" : "the primary", client->db->shards[slot / 2].name, why);
     client->unit_mask &= ~BIT(slot);
     bool last_ready = readies > 0 && client->zlast_pending > 0 && --client->zlast_pending == 0;
     pgs_fan_part_lost(client, slot, message);
@@ -1106,8 +1112,10 @@ static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const p
  *        'E'): ROLLBACK everywhere. Else PREPARE TRANSACTION 'gid' on each
  *        shard written, COMMIT on the others.
  *   'D'  a PREPARE failed (its error went to the client): ROLLBACK
- *        PREPARED on each. Else the commit is recorded durably in the
- *        decision log (twophase.h), then COMMIT PREPARED on each.
+ *        PREPARED on each that prepared. Else the commit is recorded
+ *        durably in the decision log (twophase.h), then COMMIT PREPARED on
+ *        each. When recovery decided abort meanwhile (the PREPAREs took
+ *        over PGS_TWOPHASE_IN_FLIGHT_MS) the rollback is its own.
  *   'F'  done: "D gid" in the log, the client's CommandComplete and, for a
  *        simple Query, its ReadyForQuery.
  * A crash of pgshard or of a shard between the phases leaves prepared
@@ -1154,8 +1162,23 @@ static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *ver
                             uint16_t flags) {
   char sql[PGS_GID_MAX + 40];
   snprintf(sql, sizeof(sql), "%s '%s'", verb, client->twopc_gid);
-  for (int i = 0; i < client->nslots; i++)
-    if (mask & BIT(i)) add_inject(client, i, sql, flags, !client->twopc_simple);
+  for (int i = 0; i < client->nslots; i++) {
+    if (!(mask & BIT(i))) continue;
+    add_inject(client, i, sql, flags, !client->twopc_simple);
+    client->steps[client->nsteps - 1].gid = true;
+  }
+}
+
+/* The slots of MASK whose server prepared the gid: a ROLLBACK PREPARED
+ * elsewhere would only fail (and fill the server's log). */
+static uint64_t prepared_slots(const pgs_client_t *client, uint64_t mask) {
+  uint64_t prepared = 0;
+  for (int i = 0; i < client->nslots; i++) {
+    const pgs_server_t *s = client->servers[i];
+    if ((mask & BIT(i)) && s && s->gid_prepared && !strcmp(s->gid, client->twopc_gid))
+      prepared |= BIT(i);
+  }
+  return prepared;
 }
 
 /* A reply of the commit: it goes out even after an error (the error is
@@ -1184,22 +1207,42 @@ static void run_twopc(pgs_client_t *client, char phase) {
       if (simple) add_twopc_reply(client, 'Z', NULL);
       return;
     }
-    add_gid_injects(client, written, "PREPARE TRANSACTION", PGS_EF_FWD_ERROR);
+    add_gid_injects(client, written, "PREPARE TRANSACTION", PGS_EF_FWD_ERROR | PGS_EF_PREPARE);
     for (int i = 0; i < client->nslots; i++)
       if ((slots & ~written) & BIT(i)) add_inject(client, i, "COMMIT", PGS_EF_FWD_ERROR, !simple);
     add_twopc(client, 'D');
     return;
   }
-  case 'D':
+  case 'D': {
     if (!client->step_error) (void)pgs_twophase_fault("2pc_after_prepare");
-    if (client->step_error || pgs_twophase_record_commit(client->twopc_gid) != PGS_OK) {
-      if (!client->step_error)
-        add_error(client, "58030",
-                  "could not record the commit decision of a two-phase commit; the transaction "
-                  "is rolled back");
+    pgs_status_t rc = client->step_error ? PGS_OK : pgs_twophase_record_commit(client->twopc_gid);
+    /* Decided abort, or settled and forgotten: recovery took the gid over. */
+    bool taken = rc == PGS_EINVAL || rc == PGS_ENOTFOUND;
+    if (client->step_error || rc != PGS_OK) {
       COUNT(client, twopc_aborts);
-      pgs_twophase_record_abort(client->twopc_gid);
-      add_gid_injects(client, written, "ROLLBACK PREPARED", PGS_EF_IGNORE_ERROR);
+      if (rc != PGS_OK) {
+        if (taken)
+          add_error(client, "40000",
+                    "the two-phase commit took over %d ms to prepare; recovery rolled the "
+                    "transaction back",
+                    PGS_TWOPHASE_IN_FLIGHT_MS);
+        else
+          add_error(client, "58030",
+                    "could not record the commit decision of a two-phase commit; the "
+                    "transaction is rolled back");
+        /* It goes out, and no "COMMIT" after it. */
+        client->steps[client->nsteps - 1].always = true;
+        pgs_client_step_failed(client);
+      }
+      if (taken) {
+        /* Recovery decided abort and rolls the gid back on every shard: the
+         * worker leaves it to it rather than race its ROLLBACK PREPARED. */
+        client->twopc_gid[0] = '\0';
+      } else {
+        pgs_twophase_record_abort(client->twopc_gid);
+        add_gid_injects(client, prepared_slots(client, written), "ROLLBACK PREPARED",
+                        PGS_EF_IGNORE_ERROR);
+      }
       add_twopc(client, 'F');
       return;
     }
@@ -1208,11 +1251,14 @@ static void run_twopc(pgs_client_t *client, char phase) {
     add_gid_injects(client, written, "COMMIT PREPARED", PGS_EF_FWD_ERROR);
     add_twopc(client, 'F');
     return;
+  }
   default:
-    /* An error in COMMIT PREPARED leaves the gid to recovery (decided). */
-    if (client->step_error && pgs_twophase_decision(client->twopc_gid) == PGS_2PC_COMMIT)
+    /* An error in COMMIT PREPARED leaves the gid to recovery (decided), as
+     * does an abort recovery decided (phase 'D' forgot the gid). */
+    if (client->twopc_gid[0] && client->step_error &&
+        pgs_twophase_decision(client->twopc_gid) == PGS_2PC_COMMIT)
       pgs_twophase_release(client->twopc_gid);
-    else
+    else if (client->twopc_gid[0])
       pgs_twophase_record_done(client->twopc_gid);
     if (!client->step_error && client->twopc_tag) add_twopc_reply(client, 'C', "COMMIT");
     if (simple) add_twopc_reply(client, 'Z', NULL);
@@ -1322,7 +1368,7 @@ static bool implicit_twopc(const pgs_client_t *client, const pgs_plan_t *plan, u
   return !client->in_tx && plan->kind == PGS_STMT_WRITE && needs_twopc(client, shards);
 }
 
-static int implicit_twopc_begin(pgs_client_t *client, uint64_t slots) {
+static int implicit_begin(pgs_client_t *client, uint64_t slots) {
   for (int i = 0; i < client->nslots; i++)
     if (slots & BIT(i)) add_inject(client, i, "BEGIN", 0, false);
   return client->nsteps;
@@ -1386,10 +1432,21 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
     return;
   }
   pgs_route_session_t session = {.hint_shard = client->hint_shard, .tenant = client->tenant};
-  if (pgs_fan_start_copy_in(client, plan, slots, &spec, &session, &err) == NULL) {
+  /* Outside a transaction each shard's COPY would commit on its own, and a
+   * shard failing after another committed would leave that one's rows:
+   * each part runs in a transaction of pgshard's, ended with the COPY. */
+  bool own_tx = !client->in_tx && __builtin_popcountll(slots) > 1;
+  if (pgs_fan_start_copy_in(client, plan, slots, &spec, &session, own_tx, &err) == NULL) {
     add_error(client, err.sqlstate, "%s", err.message);
     add_reply(client, 'Z', NULL);
     return;
+  }
+  if (own_tx) {
+    /* Sent at once, like the parts (steps before them wait for the fan to
+     * end): the first part waits for every BEGIN to answer. */
+    int first = client->nsteps;
+    (void)implicit_begin(client, slots);
+    for (int i = first; i < client->nsteps; i++) client->steps[i].concurrent = true;
   }
   add_fan_steps(client, slots, PGS_STEP_FORWARD, NULL);
 }
@@ -1524,7 +1581,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
       add_reply(client, 'Z', NULL);
     } else if (ok && implicit_twopc(client, plan, rt.shards)) {
       uint64_t slots = writer_slots(rt.shards);
-      int first = implicit_twopc_begin(client, slots);
+      int first = implicit_begin(client, slots);
       add_fanout(client, slots, PGS_STEP_QUERY, texts, true, PGS_PLACED_ROUTE);
       implicit_twopc_commit(client, slots, first);
     } else if (ok) {
@@ -1545,7 +1602,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
        * count is the answer, not the sum. */
       client->fan_copies = plan->target == PGS_TARGET_ANY;
       bool atomic = rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards);
-      int first = atomic ? implicit_twopc_begin(client, mask) : 0;
+      int first = atomic ? implicit_begin(client, mask) : 0;
       add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
       if (atomic) implicit_twopc_commit(client, mask, first);
       if (session) check_session_effects(client, &fx, true);
@@ -2284,6 +2341,10 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     if (st->hide) pgs_server_expect_hide(server, st->hide);
     break;
   case PGS_STEP_INJECT:
+    if (st->gid) {
+      snprintf(server->gid, sizeof(server->gid), "%s", client->twopc_gid);
+      if (st->flags & PGS_EF_PREPARE) server->gid_prepared = false;
+    }
     if (st->extended) {
       /* Inside the client's extended unit: with a Sync of its own, so that
        * an error (a PREPARE that fails) does not leave the server skipping
@@ -2402,6 +2463,14 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
        * FunctionCall end with their own ReadyForQuery. */
       if (st->op == PGS_STEP_ERROR && type != 'Q' && type != 'F') client->unit_failed = true;
       client->step_next++;
+      continue;
+    }
+    if ((st->flags & PGS_EF_FAN) && client->fan && client->fan->error.len > 0) {
+      /* The statement failed before this part was sent (it waited for a
+       * server): it is not sent, it would only run to its end for nothing. */
+      client->step_next++;
+      pgs_fan_parts_unserved(client, BIT(st->shard), PGS_SQLSTATE_INTERNAL,
+                             "another part of this statement failed");
       continue;
     }
     pgs_server_t *server = client->servers[st->shard];

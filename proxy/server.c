@@ -29,6 +29,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/proxy.h"
+#include "pgshard/twophase.h"
 
 #define SERVER_MAX_MESSAGE ((size_t)1 << 30) /* PostgreSQL's own MaxAllocSize */
 
@@ -62,8 +63,16 @@ static void poll_close(pgs_server_t *server) {
   server->poll = NULL;
 }
 
+/* A held gid (pgs_twophase_hold) is this server's to settle no more. */
+static void server_unhold(pgs_server_t *server) {
+  if (!server->gid_held) return;
+  server->gid_held = false;
+  pgs_twophase_unhold(server->gid);
+}
+
 void pgs_server_close(pgs_server_t *server, const char *why) {
   if (server->state == PGS_SV_CLOSING) return;
+  server_unhold(server);
   pgs_info("server %d (%s/%s): closing: %s", server->backend_pid, server->pool->dbname,
            server->pool->username, why);
   if (server->client) pgs_client_unlink(server->client, server);
@@ -208,6 +217,8 @@ typedef enum {
   REPLY_FORWARD, /* to the client as it is */
   REPLY_READY,   /* ReadyForQuery with the client's status over every shard */
   REPLY_SUM,     /* CommandComplete with the rows of every fan-out part */
+  REPLY_FATAL,   /* the server is going away: the client's, unless the fan's
+                    (a fan hears of it as the loss of the part) */
 } reply_action_t;
 
 /* After an error in extended protocol the server skips every message up
@@ -312,6 +323,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     if (front && front->kind == PGS_EXP_EXECUTE) {
       expect_pop(server);
     }
+    if (type == 'C' && (flags & PGS_EF_PREPARE)) server->gid_prepared = true;
     if (visible == REPLY_DROP) return REPLY_DROP;
     pgs_client_on_server_message(client, type, body, len);
     if (type == 'C' && (flags & PGS_EF_ACCUM)) {
@@ -328,7 +340,7 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
     if (front == NULL || !strcmp(f.severity, "FATAL") || !strcmp(f.severity, "PANIC")) {
       /* Not an answer to anything: the server is going away. */
       server->dirty = true;
-      return client != NULL ? REPLY_FORWARD : REPLY_DROP;
+      return client != NULL ? REPLY_FATAL : REPLY_DROP;
     }
     if (front->kind == PGS_EXP_QUERY) {
       /* An injected query failed: fatal for the session unless its error
@@ -434,6 +446,8 @@ void pgs_server_process(pgs_server_t *server) {
     int16_t hide = front ? front->hide : 0;
     reply_action_t action = server_message(server, type, p + 5, total - 5);
     if (server->client == NULL) action = REPLY_DROP;
+    else if (action == REPLY_FATAL)
+      action = front_flags & PGS_EF_FAN ? REPLY_DROP : REPLY_FORWARD;
     else if (front_flags & PGS_EF_FAN)
       action = fan_action(pgs_fan_reply(server->client, server->shard, type, p, total));
     else if ((front_flags & PGS_EF_HIDE) && type == 'T' && action == REPLY_FORWARD) {
@@ -481,6 +495,7 @@ void pgs_server_process(pgs_server_t *server) {
     return;
   }
   if (server->state == PGS_SV_RESETTING && server->expect_len == 0) {
+    server_unhold(server);
     if (server->txstatus != 'I' || server->dirty) {
       pgs_server_close(server, "reset left a transaction open");
       return;
@@ -495,6 +510,43 @@ void pgs_server_process(pgs_server_t *server) {
 }
 
 int pgs_server_flush(pgs_server_t *server) { return pgs_io_flush(&server->io); }
+
+/* ---- cancel ---- */
+
+typedef struct cancel_work {
+  uv_work_t req;
+  PGcancel *cancel;
+} cancel_work_t;
+
+static void cancel_run(uv_work_t *req) {
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  char err[256];
+  if (!PQcancel(w->cancel, err, sizeof(err))) pgs_warn("cancel request failed: %s", err);
+}
+
+static void cancel_done(uv_work_t *req, int status) {
+  PGS_UNUSED(status);
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  PQfreeCancel(w->cancel);
+  free(w);
+}
+
+void pgs_server_cancel(pgs_server_t *server, const char *why) {
+  if (server->pg == NULL || pgs_server_expect_idle(server)) return;
+  cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
+  w->cancel = PQgetCancel(server->pg);
+  if (w->cancel == NULL || uv_queue_work(&server->worker->loop, &w->req, cancel_run, cancel_done)) {
+    if (w->cancel) PQfreeCancel(w->cancel);
+    free(w);
+    return;
+  }
+  /* The statement may end on its own before the cancel lands, and the
+   * cancel then hit whatever the server runs next: never another
+   * client's statement. */
+  server->dirty = true;
+  pgs_info("server %d (%s/%s): cancel sent: %s", server->backend_pid, server->pool->dbname,
+           server->pool->username, why);
+}
 
 /* ---- I/O callbacks ---- */
 

@@ -63,7 +63,9 @@ typedef struct entry {
   bool own;      /* made by this process (else: an undone commit from the log) */
   bool released; /* no worker drives it any more: recovery settles it */
   bool logged;   /* a "C" or "A" went to the log: a "D" must close it */
-  uint64_t since_ms; /* made or decided, for PGS_TWOPHASE_IN_FLIGHT_MS */
+  int held;      /* servers still running a statement on it (pgs_twophase_hold) */
+  uint64_t since_ms; /* made, decided, released or last answered, for
+                        PGS_TWOPHASE_IN_FLIGHT_MS */
 } entry_t;
 
 /* What recovery does with one prepared gid. */
@@ -504,6 +506,23 @@ void pgs_twophase_release(const char *gid) {
   uv_mutex_unlock(&tp.lock);
 }
 
+void pgs_twophase_hold(const char *gid) {
+  uv_mutex_lock(&tp.lock);
+  entry_t *e = pgs_strmap_get(&tp.index, gid);
+  if (e != NULL) e->held++;
+  uv_mutex_unlock(&tp.lock);
+}
+
+void pgs_twophase_unhold(const char *gid) {
+  uv_mutex_lock(&tp.lock);
+  entry_t *e = pgs_strmap_get(&tp.index, gid);
+  if (e != NULL && e->held > 0) {
+    e->held--;
+    e->since_ms = pgs_now_ms();
+  }
+  uv_mutex_unlock(&tp.lock);
+}
+
 pgs_twophase_decision_t pgs_twophase_decision(const char *gid) {
   uv_mutex_lock(&tp.lock);
   const entry_t *e = pgs_strmap_get(&tp.index, gid);
@@ -536,9 +555,16 @@ bool pgs_twophase_is_own_instance(const char *gid) {
 
 /* ---- recovery ---- */
 
-/* An entry a worker still drives: recovery keeps its hands off. */
+/* An entry recovery keeps its hands off: one a worker still drives —
+ * undecided, for PGS_TWOPHASE_IN_FLIGHT_MS (then recovery decides abort);
+ * decided, until the worker is done or gives it up, for it is sending
+ * COMMIT or ROLLBACK PREPARED and recovery would only race it — or one a
+ * server still settles for a worker that gave it up (pgs_twophase_hold). */
 static bool driven(const entry_t *e, uint64_t now) {
-  return e->own && !e->released && now - e->since_ms < PGS_TWOPHASE_IN_FLIGHT_MS;
+  if (!e->own) return false;
+  bool recent = now - e->since_ms < PGS_TWOPHASE_IN_FLIGHT_MS;
+  if (!e->released) return e->decision != PGS_2PC_UNKNOWN || recent;
+  return e->held > 0 && recent;
 }
 
 /* What to do with GID, prepared on some shard; WHY says why, for the log.

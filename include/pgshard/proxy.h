@@ -240,6 +240,8 @@ typedef struct pgs_step {
   bool drain_others; /* first part of a fan: waits for the servers outside it only */
   bool extended;   /* INJECT: through Parse/Bind/Execute (inside an extended unit) */
   bool merged;     /* Bind/Parse of the shards' variant of the statement (merge.h) */
+  bool gid;        /* INJECT: names the client's 2PC gid (PREPARE TRANSACTION,
+                      COMMIT or ROLLBACK PREPARED) */
   int16_t hide;    /* Describe of a merged portal: hidden columns to drop */
   char *text;
   struct pgs_client_stmt *stmt;
@@ -285,6 +287,9 @@ typedef struct pgs_fan {
   pgs_buf_t *batch;    /* per slot: rows of the current CopyData for its shard */
   uint64_t copy_shards; /* shards that got rows */
   uint64_t copy_ended; /* parts whose COPY ended (CommandComplete or error) */
+  bool own_tx;         /* COPY FROM outside a transaction: each part in one of
+                          pgshard's, ended when every part is (fan_settle), so
+                          that a shard's error leaves no other shard's rows */
   bool sent_head;      /* RowDescription / CopyOutResponse went out */
   bool streams;        /* output goes out before every part is done: rows of a
                           plain concatenation, COPY messages */
@@ -514,10 +519,12 @@ void pgs_fan_free(pgs_fan_t *fan);
 pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const uint8_t *m,
                                size_t total);
 /* COPY ... FROM STDIN on every shard of SLOTS: the fan takes the client's
- * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends. */
+ * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends.
+ * OWN_TX: each part runs in a transaction the caller began on its server,
+ * committed when every part succeeded, else rolled back. */
 pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
                                  const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
-                                 pgs_key_error_t *err);
+                                 bool own_tx, pgs_key_error_t *err);
 /* One of the client's COPY messages (P, TOTAL bytes) while a COPY FROM
  * fan runs: split, copied or dropped (after a failure). */
 void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total);
@@ -578,6 +585,8 @@ typedef enum {
 #define PGS_EF_IGNORE_ERROR 0x200 /* an injected query whose failure is expected */
 #define PGS_EF_ZLAST 0x400 /* one of several Syncs sent at once: the last
                               ReadyForQuery to arrive is the client's */
+#define PGS_EF_PREPARE 0x800 /* PREPARE TRANSACTION of a 2PC: its CommandComplete
+                                sets gid_prepared */
 
 typedef struct pgs_expect {
   uint8_t kind;
@@ -614,6 +623,11 @@ struct pgs_server {
   bool need_flush;       /* extended messages sent since the last Sync/Flush */
   uint64_t unnamed_owner; /* the client whose unnamed statement it holds (request.c) */
   bool login_scs_off;     /* logged in with standard_conforming_strings off */
+  char gid[64];           /* PGS_GID_BUF: the 2PC gid its last statement naming
+                             one named (request.c) */
+  bool gid_prepared;      /* ... and its PREPARE TRANSACTION succeeded */
+  bool gid_held;          /* settling gid for a client that left: recovery
+                             waits for it (pgs_twophase_hold) */
   int shard;             /* the client's slot it is linked as */
   uint64_t state_since_ms;
   uint64_t born_ms; /* when it was opened (server_lifetime_ms) */
@@ -643,6 +657,10 @@ void pgs_server_add_prepared(pgs_server_t *server, const char *name);
 void pgs_server_forget_prepared(pgs_server_t *server);
 void pgs_server_process(pgs_server_t *server);
 void pgs_server_close(pgs_server_t *server, const char *why);
+/* Send the server a CancelRequest when it has requests in flight (WHY for
+ * the log). It is not reused after: the cancel may land after its
+ * statement ended. */
+void pgs_server_cancel(pgs_server_t *server, const char *why);
 int pgs_server_flush(pgs_server_t *server) PGS_MUST_USE;
 
 /* ---- pools (pool.c) ---- */

@@ -66,10 +66,11 @@
 /* This process's transactions whose outcome is not settled yet, at most:
  * pgs_twophase_new_gid fails beyond it (the transaction is refused). */
 #define PGS_TWOPHASE_MAX_IN_FLIGHT 65536
-/* A gid of this process that its worker has neither decided nor finished
- * for this long is taken over by recovery (undecided: abort is decided;
- * decided: carried out). A worker that comes back later finds the abort
- * decided and record_commit refuses. */
+/* A gid of this process that its worker has not decided for this long is
+ * taken over by recovery: abort is decided, and the worker, coming back,
+ * finds record_commit refuse and leaves the rollback to recovery. A decided
+ * gid is the worker's until it is done or gives it up (its COMMIT or
+ * ROLLBACK PREPARED are in flight: recovery would race them). */
 #define PGS_TWOPHASE_IN_FLIGHT_MS 60000
 /* The monitor runs a recovery pass this often (and whenever a shard's
  * writer comes back or changes) while the log is open. */
@@ -190,9 +191,10 @@ pgs_status_t pgs_twophase_new_gid(char out[PGS_GID_BUF]) PGS_MUST_USE;
  * deciding at once share one fdatasync). Blocks for the sync. PGS_OK: the
  * commit is decided and durable; send COMMIT PREPARED to every shard.
  * Anything else: no commit was decided (the log could not be written — the
- * partial line is cut off —, the gid is unknown, or recovery already
- * decided abort after PGS_TWOPHASE_IN_FLIGHT_MS): ROLLBACK PREPARED on
- * every shard. If fdatasync itself fails the outcome on disk is unknown,
+ * partial line is cut off —, or recovery took the gid over after
+ * PGS_TWOPHASE_IN_FLIGHT_MS: PGS_EINVAL, abort decided, or PGS_ENOTFOUND,
+ * settled and forgotten). After a log failure: ROLLBACK PREPARED on every
+ * shard that prepared it; after a takeover recovery settles it. If fdatasync itself fails the outcome on disk is unknown,
  * and pgshard exits at once (like PostgreSQL's PANIC on fsync failure)
  * so that recovery, reading what is on disk, settles every shard the same
  * way. Calls pgs_twophase_fault("2pc_after_decision") after the sync. */
@@ -208,6 +210,13 @@ void pgs_twophase_record_done(const char *gid);
  * lost): recovery settles it at its next pass, committing if a commit was
  * decided, rolling back otherwise (an undecided gid is decided abort now). */
 void pgs_twophase_release(const char *gid);
+/* A server still runs a statement naming GID (PREPARE TRANSACTION, COMMIT
+ * or ROLLBACK PREPARED) for a worker that gave it up: recovery leaves GID
+ * alone until every such server has answered (pgs_twophase_unhold) or
+ * PGS_TWOPHASE_IN_FLIGHT_MS has passed, so that it never settles a gid a
+ * server is settling too. */
+void pgs_twophase_hold(const char *gid);
+void pgs_twophase_unhold(const char *gid);
 /* The recorded decision for GID (UNKNOWN: none, including gids of other
  * processes whose decision was never recorded: presumed abort). */
 pgs_twophase_decision_t pgs_twophase_decision(const char *gid);
