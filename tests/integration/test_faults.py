@@ -784,6 +784,27 @@ def test_copy_part_error(users, sharded_proxy):
     assert_usable(px, a, b)
 
 
+def test_copy_in_the_extended_protocol_is_refused(users, sharded_proxy):
+    """COPY FROM STDIN into a sharded table is split by key only from a
+    Query. Through Parse/Bind/Execute it is refused (0A000) at once, not
+    sent to the shards as it is (its rows unchecked on one shard, the
+    client hung with the other waiting), and the session goes on."""
+    lab = users
+    px = faults_proxy(sharded_proxy, cross_shard_writes="allow")
+    a, b = two_keys(px, lab)
+    with connected(px) as raw:
+        raw.send(_parse("copy users (id, v) from stdin") + _bind() + _execute() + SYNC)
+        answer = read_answer(raw)
+        assert answer.sqlstate == "0A000", answer
+        assert answer.message.startswith("pgshard:"), answer
+        assert answer.status == "I", answer
+        # Its data, sent all the same, is dropped.
+        raw.send(pgwire.message("d", copy_rows([100000, 100001])) + pgwire.message("c"))
+        assert ok(raw, "select count(*) from users") == [["2"]]
+    assert ids_present(lab, [100000, 100001]) == set()
+    assert_servers_settle(lab, pool_size=1)
+
+
 # ---- h) a pool timeout for one part of a fan-out
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
