@@ -16,6 +16,7 @@ than pool_size; no prepared transaction is left and every acknowledged
 write is there.
 """
 import os
+import select
 import signal
 import socket
 import struct
@@ -569,6 +570,53 @@ def test_cancel_request_reaches_every_part(users, sharded_proxy, protocol):
         assert time.monotonic() - started < 20
         assert_servers_settle(lab, pool_size=1)
         assert ok(raw, "select count(*) from users", protocol) == [["2"]]
+    assert_usable(px, a, b)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_cancel_request_while_a_part_waits(users, sharded_proxy, protocol):
+    """s0's part of a keyless read sleeps, s1's waits for s1's only server
+    (held by another session). A CancelRequest cancels the one and ends the
+    other's wait: 57014 at once, not after query_wait_timeout_ms. The same
+    for a transaction's statement waiting for s1: 57014, the transaction
+    aborted until ROLLBACK."""
+    lab = users
+    px = faults_proxy(sharded_proxy, cross_shard_writes="allow", query_wait_timeout_ms=30000)
+    a, b = two_keys(px, lab)
+    c, d = new_keys(px)
+    holder = hold_s1(px, b)
+    try:
+        with connected(px, timeout=25) as raw:
+            send(raw, f"select id, pg_sleep(case when id = {a} then 60 else 0 end) from users",
+                 protocol)
+            wait_server(lab, "s0", "active", "%pg_sleep%")
+            started = time.monotonic()
+            cancel_request(px.port, raw.backend_key)
+            answer = read_answer(raw)
+            assert answer.sqlstate == "57014", answer
+            assert answer.status == "I", answer
+            assert time.monotonic() - started < 20
+            assert ok(raw, f"select v from users where id = {a}", protocol) == [["a"]]
+            assert ok(raw, "begin", protocol) == []
+            assert ok(raw, f"insert into users (id, v) values ({c}, 'c')", protocol) == []
+            send(raw, f"insert into users (id, v) values ({d}, 'd')", protocol)
+            started = time.monotonic()
+            # A cancel that comes before the statement waits finds nothing
+            # to cancel (as in PostgreSQL): again until it is answered.
+            for _ in range(20):
+                cancel_request(px.port, raw.backend_key)
+                if select.select([raw.sock], [], [], 0.5)[0]:
+                    break
+            answer = read_answer(raw)
+            assert answer.sqlstate == "57014", answer
+            assert answer.status == "E", answer
+            assert time.monotonic() - started < 20
+            assert ok(raw, "rollback", protocol) == []
+        assert ids_present(lab, [c, d]) == set()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert_servers_settle(lab, pool_size=1)
     assert_usable(px, a, b)
 
 
