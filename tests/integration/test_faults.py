@@ -181,12 +181,14 @@ class Answer:
                 f"kinds={''.join(self.kinds[:40])})")
 
 
-def read_answer(raw):
-    """Messages up to ReadyForQuery. Raises EOFError when the connection
-    closes first, socket.timeout when nothing comes."""
+def read_answer(raw, first=None):
+    """Messages up to ReadyForQuery (FIRST: one read already). Raises
+    EOFError when the connection closes first, socket.timeout when nothing
+    comes."""
     answer = Answer()
     while True:
-        kind, payload = raw.read_message()
+        kind, payload = first or raw.read_message()
+        first = None
         answer.kinds.append(kind)
         if kind == "D":
             count = struct.unpack("!h", payload[:2])[0]
@@ -229,6 +231,19 @@ def cancel_request(port, backend_key):
             s.recv(1)  # pgshard closes it once taken
         except OSError:
             pass
+
+
+def cancel_until_answered(px, raw):
+    """CancelRequests until the statement in flight is answered (one that
+    comes before the statement runs or waits finds nothing to cancel, as in
+    PostgreSQL); returns the answer."""
+    for _ in range(40):
+        cancel_request(px.port, raw.backend_key)
+        while raw.buf or select.select([raw.sock], [], [], 0.5)[0]:
+            kind, payload = raw.read_message()
+            if kind not in ("1", "2"):  # ParseComplete of a Parse sent elsewhere
+                return read_answer(raw, first=(kind, payload))
+    raise AssertionError("no answer to 40 CancelRequests")
 
 
 def connected(px, timeout=20):
@@ -601,13 +616,7 @@ def test_cancel_request_while_a_part_waits(users, sharded_proxy, protocol):
             assert ok(raw, f"insert into users (id, v) values ({c}, 'c')", protocol) == []
             send(raw, f"insert into users (id, v) values ({d}, 'd')", protocol)
             started = time.monotonic()
-            # A cancel that comes before the statement waits finds nothing
-            # to cancel (as in PostgreSQL): again until it is answered.
-            for _ in range(20):
-                cancel_request(px.port, raw.backend_key)
-                if select.select([raw.sock], [], [], 0.5)[0]:
-                    break
-            answer = read_answer(raw)
+            answer = cancel_until_answered(px, raw)
             assert answer.sqlstate == "57014", answer
             assert answer.status == "E", answer
             assert time.monotonic() - started < 20
