@@ -1181,6 +1181,12 @@ void pgs_client_server_lost(pgs_client_t *client, const char *why) {
 void pgs_client_cancel(pgs_client_t *client) {
   for (int i = 0; i < client->nslots; i++)
     if (client->servers[i]) pgs_server_cancel(client->servers[i], "the client's CancelRequest");
+  if (client->state == PGS_CL_WAITING && client->wait_pool) {
+    /* What waits for a server (a fan's part, a statement reaching another
+     * shard) is cancelled too: answered now, not once a server is free. */
+    pgs_pool_cancel_wait(client->wait_pool, client);
+    pgs_client_refuse(client, PGS_SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
+  }
 }
 
 /* ---- I/O callbacks and accept ---- */

@@ -1923,6 +1923,15 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     portal->placed = PGS_PLACED_ROUTE;
     add_step(client, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE)->merged = true;
     return;
+  } else if (plan->kind == PGS_STMT_COPY_FROM && (rt.kind == PGS_ROUTE_FANOUT || plan->table)) {
+    /* Its rows are split by key (plan_copy_in) only from a Query: sent as
+     * it is, its CopyData would go to one shard unchecked, and the parts
+     * after the first would wait for it while it waits for its data. */
+    add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "COPY FROM STDIN into a sharded table, or into several shards, is split by key "
+              "only in a simple query; send it with the simple query protocol");
+    client->unit_failed = true;
+    return;
   } else if (rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards)) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a write on several shards in the extended query protocol is made atomic "

@@ -16,6 +16,7 @@ than pool_size; no prepared transaction is left and every acknowledged
 write is there.
 """
 import os
+import select
 import signal
 import socket
 import struct
@@ -180,12 +181,14 @@ class Answer:
                 f"kinds={''.join(self.kinds[:40])})")
 
 
-def read_answer(raw):
-    """Messages up to ReadyForQuery. Raises EOFError when the connection
-    closes first, socket.timeout when nothing comes."""
+def read_answer(raw, first=None):
+    """Messages up to ReadyForQuery (FIRST: one read already). Raises
+    EOFError when the connection closes first, socket.timeout when nothing
+    comes."""
     answer = Answer()
     while True:
-        kind, payload = raw.read_message()
+        kind, payload = first or raw.read_message()
+        first = None
         answer.kinds.append(kind)
         if kind == "D":
             count = struct.unpack("!h", payload[:2])[0]
@@ -228,6 +231,19 @@ def cancel_request(port, backend_key):
             s.recv(1)  # pgshard closes it once taken
         except OSError:
             pass
+
+
+def cancel_until_answered(px, raw):
+    """CancelRequests until the statement in flight is answered (one that
+    comes before the statement runs or waits finds nothing to cancel, as in
+    PostgreSQL); returns the answer."""
+    for _ in range(40):
+        cancel_request(px.port, raw.backend_key)
+        while raw.buf or select.select([raw.sock], [], [], 0.5)[0]:
+            kind, payload = raw.read_message()
+            if kind not in ("1", "2"):  # ParseComplete of a Parse sent elsewhere
+                return read_answer(raw, first=(kind, payload))
+    raise AssertionError("no answer to 40 CancelRequests")
 
 
 def connected(px, timeout=20):
@@ -572,6 +588,47 @@ def test_cancel_request_reaches_every_part(users, sharded_proxy, protocol):
     assert_usable(px, a, b)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_cancel_request_while_a_part_waits(users, sharded_proxy, protocol):
+    """s0's part of a keyless read sleeps, s1's waits for s1's only server
+    (held by another session). A CancelRequest cancels the one and ends the
+    other's wait: 57014 at once, not after query_wait_timeout_ms. The same
+    for a transaction's statement waiting for s1: 57014, the transaction
+    aborted until ROLLBACK."""
+    lab = users
+    px = faults_proxy(sharded_proxy, cross_shard_writes="allow", query_wait_timeout_ms=30000)
+    a, b = two_keys(px, lab)
+    c, d = new_keys(px)
+    holder = hold_s1(px, b)
+    try:
+        with connected(px, timeout=25) as raw:
+            send(raw, f"select id, pg_sleep(case when id = {a} then 60 else 0 end) from users",
+                 protocol)
+            wait_server(lab, "s0", "active", "%pg_sleep%")
+            started = time.monotonic()
+            cancel_request(px.port, raw.backend_key)
+            answer = read_answer(raw)
+            assert answer.sqlstate == "57014", answer
+            assert answer.status == "I", answer
+            assert time.monotonic() - started < 20
+            assert ok(raw, f"select v from users where id = {a}", protocol) == [["a"]]
+            assert ok(raw, "begin", protocol) == []
+            assert ok(raw, f"insert into users (id, v) values ({c}, 'c')", protocol) == []
+            send(raw, f"insert into users (id, v) values ({d}, 'd')", protocol)
+            started = time.monotonic()
+            answer = cancel_until_answered(px, raw)
+            assert answer.sqlstate == "57014", answer
+            assert answer.status == "E", answer
+            assert time.monotonic() - started < 20
+            assert ok(raw, "rollback", protocol) == []
+        assert ids_present(lab, [c, d]) == set()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert_servers_settle(lab, pool_size=1)
+    assert_usable(px, a, b)
+
+
 # ---- e) two-phase commit participants
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -782,6 +839,27 @@ def test_copy_part_error(users, sharded_proxy):
     assert ids_present(lab, keys + [bad]) == set()
     assert_servers_settle(lab, pool_size=1)
     assert_usable(px, a, b)
+
+
+def test_copy_in_the_extended_protocol_is_refused(users, sharded_proxy):
+    """COPY FROM STDIN into a sharded table is split by key only from a
+    Query. Through Parse/Bind/Execute it is refused (0A000) at once, not
+    sent to the shards as it is (its rows unchecked on one shard, the
+    client hung with the other waiting), and the session goes on."""
+    lab = users
+    px = faults_proxy(sharded_proxy, cross_shard_writes="allow")
+    a, b = two_keys(px, lab)
+    with connected(px) as raw:
+        raw.send(_parse("copy users (id, v) from stdin") + _bind() + _execute() + SYNC)
+        answer = read_answer(raw)
+        assert answer.sqlstate == "0A000", answer
+        assert answer.message.startswith("pgshard:"), answer
+        assert answer.status == "I", answer
+        # Its data, sent all the same, is dropped.
+        raw.send(pgwire.message("d", copy_rows([100000, 100001])) + pgwire.message("c"))
+        assert ok(raw, "select count(*) from users") == [["2"]]
+    assert ids_present(lab, [100000, 100001]) == set()
+    assert_servers_settle(lab, pool_size=1)
 
 
 # ---- h) a pool timeout for one part of a fan-out
