@@ -12,7 +12,7 @@ PYTHON := /usr/bin/python3
 DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxhash-dev \
 	libinih-dev libpg-query-dev libprotobuf-c-dev libssl-dev libcmocka-dev postgresql-15 \
 	postgresql-client-15 python3-pytest python3-psycopg pgbouncer \
-	python3-matplotlib procps iproute2 openssl
+	python3-matplotlib procps iproute2 openssl clang-format
 # Only for `make fuzz`: clang and its sanitizer and
 # libFuzzer runtimes.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
@@ -20,7 +20,7 @@ FUZZ_SECONDS ?= 60
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps fuzz-deps build build-asan build-fuzz build-tsan fuzz test test-tsan \
-	test-stress unit integration demo demo-down bench soak clean format
+	test-stress unit integration demo demo-down bench soak clean format format-check
 
 all: build
 
@@ -78,7 +78,15 @@ unit: build
 integration: build
 	PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -v -ra tests/integration
 
-test: build
+# The C sources as .clang-format writes them (format-check: fail if not).
+C_SOURCES = $(shell find router proxy include tests/unit tests/fuzz -name '*.[ch]')
+format: deps
+	clang-format -i $(C_SOURCES)
+
+format-check: deps
+	clang-format --dry-run -Werror $(C_SOURCES)
+
+test: build format-check
 	cd $(BUILD) && ctest --output-on-failure
 	PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -v -ra tests/integration
 

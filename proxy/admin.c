@@ -49,20 +49,20 @@ typedef struct admin_column {
 } admin_column_t;
 
 typedef struct pgs_admin_session {
-  pgs_strmap_t statements; /* extended protocol: statement name -> text */
-  pgs_strmap_t portals;    /* portal name -> text */
-  bool skip_to_sync;       /* an error in this extended unit */
-  pgs_gather_t *gather;    /* GATHERING: the answer it waits for */
-  int gathering;           /* ... for what (pgs_admin_show_t, GATHER_KILL, GATHER_PAUSE) */
+  pgs_strmap_t statements;     /* extended protocol: statement name -> text */
+  pgs_strmap_t portals;        /* portal name -> text */
+  bool skip_to_sync;           /* an error in this extended unit */
+  pgs_gather_t *gather;        /* GATHERING: the answer it waits for */
+  int gathering;               /* ... for what (pgs_admin_show_t, GATHER_KILL, GATHER_PAUSE) */
   char pause_db[PGS_MAX_NAME]; /* a PAUSE waiting: its database ("": all) */
   struct pause_timer *pause_timer;
-  int reply_mode;          /* ... and how it goes out (reply_mode_t) */
+  int reply_mode; /* ... and how it goes out (reply_mode_t) */
 } pgs_admin_session_t;
 
 /* How the answer of a gather goes out. */
 typedef enum {
-  REPLY_SIMPLE,   /* Query: RowDescription, rows, CommandComplete, ReadyForQuery */
-  REPLY_EXECUTE,  /* Execute: rows, CommandComplete */
+  REPLY_SIMPLE,  /* Query: RowDescription, rows, CommandComplete, ReadyForQuery */
+  REPLY_EXECUTE, /* Execute: rows, CommandComplete */
 } reply_mode_t;
 
 /* ---- result sets ---- */
@@ -127,34 +127,42 @@ static void put_complete(pgs_buf_t *b, const char *tag) {
 /* ---- the columns of each SHOW ---- */
 
 static const admin_column_t shards_cols[] = {
-    {"database", OID_TEXT}, {"shard", OID_TEXT},          {"region", OID_TEXT},
-    {"nodes", OID_INT8},    {"writer", OID_TEXT},         {"readable_replicas", OID_INT8},
-    {"up_nodes", OID_INT8}, {"max_lag_bytes", OID_INT8},  {"max_lag_ms", OID_INT8},
+    {"database", OID_TEXT}, {"shard", OID_TEXT},         {"region", OID_TEXT},
+    {"nodes", OID_INT8},    {"writer", OID_TEXT},        {"readable_replicas", OID_INT8},
+    {"up_nodes", OID_INT8}, {"max_lag_bytes", OID_INT8}, {"max_lag_ms", OID_INT8},
 };
 static const admin_column_t nodes_cols[] = {
-    {"database", OID_TEXT},   {"shard", OID_TEXT},     {"node", OID_INT8},
-    {"role", OID_TEXT},       {"host", OID_TEXT},      {"port", OID_INT8},
-    {"up", OID_BOOL},         {"writer", OID_BOOL},    {"in_read_set", OID_BOOL},
-    {"in_recovery", OID_BOOL}, {"lag_bytes", OID_INT8}, {"lag_ms", OID_INT8},
-    {"failed_checks", OID_INT8}, {"last_check_ms_ago", OID_INT8}, {"banned", OID_BOOL},
+    {"database", OID_TEXT},
+    {"shard", OID_TEXT},
+    {"node", OID_INT8},
+    {"role", OID_TEXT},
+    {"host", OID_TEXT},
+    {"port", OID_INT8},
+    {"up", OID_BOOL},
+    {"writer", OID_BOOL},
+    {"in_read_set", OID_BOOL},
+    {"in_recovery", OID_BOOL},
+    {"lag_bytes", OID_INT8},
+    {"lag_ms", OID_INT8},
+    {"failed_checks", OID_INT8},
+    {"last_check_ms_ago", OID_INT8},
+    {"banned", OID_BOOL},
 };
 static const admin_column_t pools_cols[] = {
-    {"database", OID_TEXT},   {"user", OID_TEXT},         {"shard", OID_TEXT},
-    {"node", OID_INT8},       {"cl_active", OID_INT8},    {"cl_waiting", OID_INT8},
-    {"sv_active", OID_INT8},  {"sv_idle", OID_INT8},      {"sv_connecting", OID_INT8},
-    {"pool_size", OID_INT8},  {"maxwait_ms", OID_INT8},   {"pool_mode", OID_TEXT},
+    {"database", OID_TEXT},  {"user", OID_TEXT},       {"shard", OID_TEXT},
+    {"node", OID_INT8},      {"cl_active", OID_INT8},  {"cl_waiting", OID_INT8},
+    {"sv_active", OID_INT8}, {"sv_idle", OID_INT8},    {"sv_connecting", OID_INT8},
+    {"pool_size", OID_INT8}, {"maxwait_ms", OID_INT8}, {"pool_mode", OID_TEXT},
 };
 static const admin_column_t clients_cols[] = {
-    {"id", OID_INT8},       {"database", OID_TEXT}, {"user", OID_TEXT},
-    {"address", OID_TEXT},  {"state", OID_TEXT},    {"tx", OID_TEXT},
-    {"servers", OID_INT8},  {"age_s", OID_INT8},    {"idle_ms", OID_INT8},
-    {"worker", OID_INT8},   {"tenant", OID_TEXT},   {"pinned", OID_BOOL},
+    {"id", OID_INT8},      {"database", OID_TEXT}, {"user", OID_TEXT},    {"address", OID_TEXT},
+    {"state", OID_TEXT},   {"tx", OID_TEXT},       {"servers", OID_INT8}, {"age_s", OID_INT8},
+    {"idle_ms", OID_INT8}, {"worker", OID_INT8},   {"tenant", OID_TEXT},  {"pinned", OID_BOOL},
 };
 static const admin_column_t servers_cols[] = {
-    {"pid", OID_INT8},    {"database", OID_TEXT}, {"user", OID_TEXT},
-    {"shard", OID_TEXT},  {"node", OID_INT8},     {"state", OID_TEXT},
-    {"tx", OID_TEXT},     {"client", OID_INT8},   {"state_ms", OID_INT8},
-    {"worker", OID_INT8},
+    {"pid", OID_INT8},      {"database", OID_TEXT}, {"user", OID_TEXT}, {"shard", OID_TEXT},
+    {"node", OID_INT8},     {"state", OID_TEXT},    {"tx", OID_TEXT},   {"client", OID_INT8},
+    {"state_ms", OID_INT8}, {"worker", OID_INT8},
 };
 static const admin_column_t stats_cols[] = {
     {"database", OID_TEXT},      {"requests", OID_INT8},      {"transactions", OID_INT8},
@@ -165,9 +173,9 @@ static const admin_column_t stats_cols[] = {
     {"error_classes", OID_TEXT},
 };
 static const admin_column_t queries_cols[] = {
-    {"database", OID_TEXT}, {"query", OID_TEXT},    {"calls", OID_INT8},    {"errors", OID_INT8},
+    {"database", OID_TEXT}, {"query", OID_TEXT},      {"calls", OID_INT8},    {"errors", OID_INT8},
     {"fanouts", OID_INT8},  {"max_shards", OID_INT8}, {"total_ms", OID_INT8}, {"avg_us", OID_INT8},
-    {"p50_us", OID_INT8},   {"p95_us", OID_INT8},   {"p99_us", OID_INT8},
+    {"p50_us", OID_INT8},   {"p95_us", OID_INT8},     {"p99_us", OID_INT8},
 };
 #define QUERIES_SHOWN 100
 static const admin_column_t config_cols[] = {
@@ -184,22 +192,34 @@ typedef struct show_spec {
   bool gathers; /* every worker contributes */
 } show_spec_t;
 
-#define SPEC(cols, gathers) {cols, (int)PGS_ARRAY_LEN(cols), gathers}
+#define SPEC(cols, gathers)                                                                        \
+  { cols, (int)PGS_ARRAY_LEN(cols), gathers }
 
 static show_spec_t show_spec(pgs_admin_show_t what) {
   switch (what) {
-  case PGS_SHOW_SHARDS: return (show_spec_t)SPEC(shards_cols, false);
-  case PGS_SHOW_NODES: return (show_spec_t)SPEC(nodes_cols, false);
-  case PGS_SHOW_POOLS: return (show_spec_t)SPEC(pools_cols, true);
-  case PGS_SHOW_CLIENTS: return (show_spec_t)SPEC(clients_cols, true);
-  case PGS_SHOW_SERVERS: return (show_spec_t)SPEC(servers_cols, true);
-  case PGS_SHOW_STATS: return (show_spec_t)SPEC(stats_cols, true);
-  case PGS_SHOW_QUERIES: return (show_spec_t)SPEC(queries_cols, true);
-  case PGS_SHOW_CONFIG: return (show_spec_t)SPEC(config_cols, false);
-  case PGS_SHOW_TWOPHASE: return (show_spec_t)SPEC(twophase_cols, false);
-  case PGS_SHOW_VERSION: return (show_spec_t)SPEC(version_cols, false);
+  case PGS_SHOW_SHARDS:
+    return (show_spec_t)SPEC(shards_cols, false);
+  case PGS_SHOW_NODES:
+    return (show_spec_t)SPEC(nodes_cols, false);
+  case PGS_SHOW_POOLS:
+    return (show_spec_t)SPEC(pools_cols, true);
+  case PGS_SHOW_CLIENTS:
+    return (show_spec_t)SPEC(clients_cols, true);
+  case PGS_SHOW_SERVERS:
+    return (show_spec_t)SPEC(servers_cols, true);
+  case PGS_SHOW_STATS:
+    return (show_spec_t)SPEC(stats_cols, true);
+  case PGS_SHOW_QUERIES:
+    return (show_spec_t)SPEC(queries_cols, true);
+  case PGS_SHOW_CONFIG:
+    return (show_spec_t)SPEC(config_cols, false);
+  case PGS_SHOW_TWOPHASE:
+    return (show_spec_t)SPEC(twophase_cols, false);
+  case PGS_SHOW_VERSION:
+    return (show_spec_t)SPEC(version_cols, false);
   case PGS_SHOW_HELP:
-  case PGS_SHOW_COUNT: break;
+  case PGS_SHOW_COUNT:
+    break;
   }
   return (show_spec_t)SPEC(help_cols, false);
 }
@@ -223,11 +243,12 @@ static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
         for (int i = 0; h && i < h->nnodes; i++) {
           readable += h->nodes[i].readable;
           up += h->nodes[i].up;
-          if (i > 0 && (int64_t)h->nodes[i].lag_bytes > max_bytes) max_bytes = (int64_t)h->nodes[i].lag_bytes;
+          if (i > 0 && (int64_t)h->nodes[i].lag_bytes > max_bytes)
+            max_bytes = (int64_t)h->nodes[i].lag_bytes;
           if (i > 0 && h->nodes[i].lag_ms > max_ms) max_ms = h->nodes[i].lag_ms;
         }
-        const pgs_node_t *writer = h == NULL ? &sh->primary
-                                   : h->writer < 0 ? NULL
+        const pgs_node_t *writer = h == NULL        ? &sh->primary
+                                   : h->writer < 0  ? NULL
                                    : h->writer == 0 ? &sh->primary
                                                     : &sh->replicas[h->writer - 1];
         row_t r = row_begin(b, (int)PGS_ARRAY_LEN(shards_cols));
@@ -235,8 +256,10 @@ static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
         row_text(&r, sh->name);
         row_text(&r, sh->region);
         row_int(&r, 1 + sh->nreplicas);
-        if (writer) row_format(&r, "%s:%d", writer->host, writer->port);
-        else row_text(&r, NULL);
+        if (writer)
+          row_format(&r, "%s:%d", writer->host, writer->port);
+        else
+          row_text(&r, NULL);
         row_int(&r, readable);
         row_int(&r, up);
         row_int(&r, max_bytes);
@@ -259,13 +282,19 @@ static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
           row_bool(&r, h->writer == i);
           row_bool(&r, ns->readable);
           row_bool(&r, ns->in_recovery);
-          if (i > 0) row_int(&r, (int64_t)ns->lag_bytes);
-          else row_text(&r, NULL);
-          if (i > 0 && ns->lag_ms >= 0) row_int(&r, ns->lag_ms);
-          else row_text(&r, NULL);
+          if (i > 0)
+            row_int(&r, (int64_t)ns->lag_bytes);
+          else
+            row_text(&r, NULL);
+          if (i > 0 && ns->lag_ms >= 0)
+            row_int(&r, ns->lag_ms);
+          else
+            row_text(&r, NULL);
           row_int(&r, ns->failures);
-          if (ns->checked_ms) row_int(&r, (int64_t)(now - ns->checked_ms));
-          else row_text(&r, NULL);
+          if (ns->checked_ms)
+            row_int(&r, (int64_t)(now - ns->checked_ms));
+          else
+            row_text(&r, NULL);
           row_bool(&r, ns->banned);
         } else {
           for (int k = 0; k < 9; k++) row_text(&r, NULL);
@@ -332,7 +361,8 @@ static void show_config(pgs_client_t *client, pgs_buf_t *b) {
     const pgs_database_t *db = &c->databases[d];
     char section[PGS_MAX_NAME + 12];
     snprintf(section, sizeof(section), "database.%s", db->name);
-    config_row(b, section, "pool_mode", db->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
+    config_row(b, section, "pool_mode",
+               db->pool_mode == PGS_POOL_SESSION ? "session" : "transaction");
     config_rowf(b, section, "pool_size", "%d", db->pool_size);
     config_row(b, section, "read_your_writes", ryws[db->read_your_writes]);
     config_rowf(b, section, "ryw_window_ms", "%d", db->ryw_window_ms);
@@ -387,8 +417,8 @@ static void show_help(pgs_buf_t *b) {
   }
 }
 
-static void twophase_row(const char *gid, pgs_twophase_decision_t decision, bool own,
-                         bool released, uint64_t age_ms, void *arg) {
+static void twophase_row(const char *gid, pgs_twophase_decision_t decision, bool own, bool released,
+                         uint64_t age_ms, void *arg) {
   static const char *const decisions[] = {"undecided", "commit", "abort"};
   row_t r = row_begin(arg, (int)PGS_ARRAY_LEN(twophase_cols));
   row_text(&r, gid);
@@ -404,17 +434,27 @@ static void twophase_row(const char *gid, pgs_twophase_decision_t decision, bool
 static int show_local(pgs_client_t *client, pgs_admin_show_t what, pgs_buf_t *b) {
   size_t before = b->len;
   switch (what) {
-  case PGS_SHOW_SHARDS: show_nodes(client, b, false); break;
-  case PGS_SHOW_NODES: show_nodes(client, b, true); break;
-  case PGS_SHOW_CONFIG: show_config(client, b); break;
-  case PGS_SHOW_TWOPHASE: pgs_twophase_each(twophase_row, b); break;
+  case PGS_SHOW_SHARDS:
+    show_nodes(client, b, false);
+    break;
+  case PGS_SHOW_NODES:
+    show_nodes(client, b, true);
+    break;
+  case PGS_SHOW_CONFIG:
+    show_config(client, b);
+    break;
+  case PGS_SHOW_TWOPHASE:
+    pgs_twophase_each(twophase_row, b);
+    break;
   case PGS_SHOW_VERSION: {
     row_t r = row_begin(b, 1);
     row_format(&r, "pgshard %s", PGS_VERSION);
     row_end(&r);
     break;
   }
-  default: show_help(b); break;
+  default:
+    show_help(b);
+    break;
   }
   int rows = 0;
   for (size_t at = before; at < b->len; at += 1 + pgs_get_u32(b->data + at + 1)) rows++;
@@ -425,24 +465,36 @@ static int show_local(pgs_client_t *client, pgs_admin_show_t what, pgs_buf_t *b)
 
 static const char *client_state_name(const pgs_client_t *c) {
   switch (c->state) {
-  case PGS_CL_STARTUP: return "startup";
-  case PGS_CL_AUTH: return "auth";
-  case PGS_CL_LOGIN: return "login";
-  case PGS_CL_IDLE: return "idle";
-  case PGS_CL_WAITING: return "waiting";
-  case PGS_CL_ACTIVE: return "active";
-  case PGS_CL_CLOSING: return "closing";
+  case PGS_CL_STARTUP:
+    return "startup";
+  case PGS_CL_AUTH:
+    return "auth";
+  case PGS_CL_LOGIN:
+    return "login";
+  case PGS_CL_IDLE:
+    return "idle";
+  case PGS_CL_WAITING:
+    return "waiting";
+  case PGS_CL_ACTIVE:
+    return "active";
+  case PGS_CL_CLOSING:
+    return "closing";
   }
   return "?";
 }
 
 static const char *server_state_name(pgs_server_state_t state) {
   switch (state) {
-  case PGS_SV_CONNECTING: return "connecting";
-  case PGS_SV_IDLE: return "idle";
-  case PGS_SV_ACTIVE: return "active";
-  case PGS_SV_RESETTING: return "resetting";
-  case PGS_SV_CLOSING: return "closing";
+  case PGS_SV_CONNECTING:
+    return "connecting";
+  case PGS_SV_IDLE:
+    return "idle";
+  case PGS_SV_ACTIVE:
+    return "active";
+  case PGS_SV_RESETTING:
+    return "resetting";
+  case PGS_SV_CLOSING:
+    return "closing";
   }
   return "?";
 }
@@ -476,8 +528,10 @@ static void server_rows(pgs_worker_t *w, pgs_pool_t *pool, pgs_list_t *list, pgs
   for (pgs_list_t *l = list->next; l != list; l = l->next) {
     pgs_server_t *s = pgs_container_of(l, pgs_server_t, link);
     row_t r = row_begin(b, (int)PGS_ARRAY_LEN(servers_cols));
-    if (s->backend_pid) row_int(&r, s->backend_pid);
-    else row_text(&r, NULL);
+    if (s->backend_pid)
+      row_int(&r, s->backend_pid);
+    else
+      row_text(&r, NULL);
     row_text(&r, pool->dbname);
     row_text(&r, pool->username);
     row_text(&r, pool->shard);
@@ -485,8 +539,10 @@ static void server_rows(pgs_worker_t *w, pgs_pool_t *pool, pgs_list_t *list, pgs
     row_text(&r, server_state_name(s->state));
     char tx[2] = {s->txstatus ? s->txstatus : 'I', '\0'};
     row_text(&r, tx);
-    if (s->client) row_int(&r, s->client->cancel_pid);
-    else row_text(&r, NULL);
+    if (s->client)
+      row_int(&r, s->client->cancel_pid);
+    else
+      row_text(&r, NULL);
     row_int(&r, (int64_t)(now - s->state_since_ms));
     row_int(&r, w->index);
     row_end(&r);
@@ -598,7 +654,7 @@ static void part_stats(pgs_worker_t *w, pgs_buf_t *b) {
 
 /* ---- gathering ---- */
 
-#define GATHER_KILL PGS_SHOW_COUNT /* "what" of a KILL: the part says if it closed one */
+#define GATHER_KILL PGS_SHOW_COUNT        /* "what" of a KILL: the part says if it closed one */
 #define GATHER_PAUSE (PGS_SHOW_COUNT + 1) /* a PAUSE waiting: transactions still running */
 #define PAUSE_POLL_MS 20
 
@@ -618,11 +674,21 @@ static bool kill_client(pgs_worker_t *w, int32_t id) {
 
 static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) {
   switch (what) {
-  case PGS_SHOW_CLIENTS: part_clients(w, b); break;
-  case PGS_SHOW_SERVERS: part_servers(w, b); break;
-  case PGS_SHOW_POOLS: part_pools(w, b); break;
-  case PGS_SHOW_STATS: part_stats(w, b); break;
-  case PGS_SHOW_QUERIES: part_queries(w, b); break;
+  case PGS_SHOW_CLIENTS:
+    part_clients(w, b);
+    break;
+  case PGS_SHOW_SERVERS:
+    part_servers(w, b);
+    break;
+  case PGS_SHOW_POOLS:
+    part_pools(w, b);
+    break;
+  case PGS_SHOW_STATS:
+    part_stats(w, b);
+    break;
+  case PGS_SHOW_QUERIES:
+    part_queries(w, b);
+    break;
   case GATHER_KILL:
     if (kill_client(w, (int32_t)param)) pgs_buf_put_u8(b, 1);
     break;
@@ -630,12 +696,13 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
     /* A byte per client of a paused database still inside a transaction. */
     for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
       pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
-      if (!c->admin && c->db && c->state != PGS_CL_CLOSING && !c->paused &&
-          pgs_paused(c->dbname) && !pgs_client_between_transactions(c))
+      if (!c->admin && c->db && c->state != PGS_CL_CLOSING && !c->paused && pgs_paused(c->dbname) &&
+          !pgs_client_between_transactions(c))
         pgs_buf_put_u8(b, 1);
     }
     break;
-  default: break;
+  default:
+    break;
   }
 }
 
@@ -776,9 +843,9 @@ static void emit_stats(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
     char classes[PGS_ERROR_CLASSES * 24] = "";
     size_t len = 0;
     for (int c = 0; c < s->nerror_classes && len < sizeof(classes); c++)
-      len += (size_t)snprintf(classes + len, sizeof(classes) - len, "%s%s:%llu", c ? " " : "",
-                              s->error_classes[c].cls,
-                              (unsigned long long)s->error_classes[c].count);
+      len +=
+          (size_t)snprintf(classes + len, sizeof(classes) - len, "%s%s:%llu", c ? " " : "",
+                           s->error_classes[c].cls, (unsigned long long)s->error_classes[c].count);
     row_text(&r, classes);
     row_end(&r);
   }
@@ -861,7 +928,6 @@ static void put_error(pgs_client_t *client, const char *sqlstate, const char *me
   pgs_io_scratch_done(&client->io, mark);
 }
 
-
 /* ---- EXPLAIN ROUTE ---- */
 
 static void item(pgs_buf_t *b, const char *name, const char *value) {
@@ -872,19 +938,25 @@ static void item(pgs_buf_t *b, const char *name, const char *value) {
 }
 
 static const char *kind_name(pgs_stmt_kind_t kind) {
-  static const char *const names[] = {"read", "write", "ddl", "begin", "commit",
+  static const char *const names[] = {"read",     "write",   "ddl",       "begin",   "commit",
                                       "rollback", "session", "copy from", "copy to", "other"};
   return (size_t)kind < PGS_ARRAY_LEN(names) ? names[kind] : "?";
 }
 
 static const char *route_name(pgs_route_kind_t kind) {
   switch (kind) {
-  case PGS_ROUTE_ONE: return "one shard";
-  case PGS_ROUTE_ANY: return "any one shard (touches no sharded table)";
-  case PGS_ROUTE_FANOUT: return "every shard of the list, each its part";
-  case PGS_ROUTE_SPLIT: return "split: each row to its shard";
-  case PGS_ROUTE_REFUSE: return "refused";
-  case PGS_ROUTE_MERGE: return "every shard of the list, rows merged";
+  case PGS_ROUTE_ONE:
+    return "one shard";
+  case PGS_ROUTE_ANY:
+    return "any one shard (touches no sharded table)";
+  case PGS_ROUTE_FANOUT:
+    return "every shard of the list, each its part";
+  case PGS_ROUTE_SPLIT:
+    return "split: each row to its shard";
+  case PGS_ROUTE_REFUSE:
+    return "refused";
+  case PGS_ROUTE_MERGE:
+    return "every shard of the list, rows merged";
   }
   return "?";
 }
@@ -931,14 +1003,18 @@ static void explain_key(pgs_buf_t *b, const pgs_database_t *db, const pgs_lexed_
   }
   int shard = pgs_shardmap_route_detail(db, t, &key, &d, &err);
   char how[160] = "";
-  if (d.slot >= 0) snprintf(how, sizeof(how), ", slot %d", d.slot);
-  else if (d.range >= 0) snprintf(how, sizeof(how), ", range %d", d.range);
-  else if (d.region) snprintf(how, sizeof(how), ", region %s%s", d.region, d.geo_default ? " (default)" : "");
-  else if (d.pinned) snprintf(how, sizeof(how), ", pinned tenant");
-  else if (d.postgres_hash) snprintf(how, sizeof(how), ", partition hash");
+  if (d.slot >= 0)
+    snprintf(how, sizeof(how), ", slot %d", d.slot);
+  else if (d.range >= 0)
+    snprintf(how, sizeof(how), ", range %d", d.range);
+  else if (d.region)
+    snprintf(how, sizeof(how), ", region %s%s", d.region, d.geo_default ? " (default)" : "");
+  else if (d.pinned)
+    snprintf(how, sizeof(how), ", pinned tenant");
+  else if (d.postgres_hash)
+    snprintf(how, sizeof(how), ", partition hash");
   snprintf(line, sizeof(line), "%s.%s = %.64s (%s%s) -> %s", t->name, t->column, text,
-           pgs_strategy_name(t->strategy), how,
-           shard >= 0 ? db->shards[shard].name : err.message);
+           pgs_strategy_name(t->strategy), how, shard >= 0 ? db->shards[shard].name : err.message);
   item(b, "key", line);
 }
 
@@ -948,8 +1024,10 @@ static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_
                           int *rows) {
   const pgs_config_t *config = client->worker->config;
   const pgs_database_t *db = NULL;
-  if (cmd->arg[0]) db = pgs_config_find_database(config, cmd->arg);
-  else if (config->ndatabases == 1) db = &config->databases[0];
+  if (cmd->arg[0])
+    db = pgs_config_find_database(config, cmd->arg);
+  else if (config->ndatabases == 1)
+    db = &config->databases[0];
   if (db == NULL) {
     put_error(client, PGS_SQLSTATE_INVALID_CATALOG,
               cmd->arg[0] ? "no such database" : "several databases: say EXPLAIN ROUTE IN db ...");
@@ -999,7 +1077,8 @@ static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_
       item(b, "route", text);
     } else {
       item(b, "route", route_name(rt.kind));
-      uint64_t mask = rt.kind == PGS_ROUTE_ONE && rt.shard >= 0 ? (uint64_t)1 << rt.shard : rt.shards;
+      uint64_t mask =
+          rt.kind == PGS_ROUTE_ONE && rt.shard >= 0 ? (uint64_t)1 << rt.shard : rt.shards;
       shard_names(db, mask, text, sizeof(text));
       item(b, "shards", text);
       bool replicas = false;
@@ -1067,7 +1146,8 @@ static bool ban(pgs_client_t *client, const pgs_admin_cmd_t *cmd) {
   }
   char host[256];
   size_t hlen = (size_t)(colon - cmd->arg);
-  snprintf(host, sizeof(host), "%.*s", (int)(hlen < sizeof(host) ? hlen : sizeof(host) - 1), cmd->arg);
+  snprintf(host, sizeof(host), "%.*s", (int)(hlen < sizeof(host) ? hlen : sizeof(host) - 1),
+           cmd->arg);
   if (!pgs_monitor_ban(host, atoi(colon + 1), banning)) {
     put_error(client, PGS_SQLSTATE_CONFIG_LIMIT,
               "cannot ban now: too many banned replicas, or the health monitor is not running");
@@ -1146,9 +1226,10 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
     return true;
   case PGS_ADMIN_KILL:
     if (cmd->client_id <= 0 || cmd->client_id > INT32_MAX || cmd->client_id == client->cancel_pid) {
-      put_error(client, "42704", cmd->client_id == client->cancel_pid
-                                     ? "KILL of the admin session itself: close it instead"
-                                     : "no such client");
+      put_error(client, "42704",
+                cmd->client_id == client->cancel_pid
+                    ? "KILL of the admin session itself: close it instead"
+                    : "no such client");
       return true;
     }
     start_gather(client, GATHER_KILL, simple ? REPLY_SIMPLE : REPLY_EXECUTE,
@@ -1243,8 +1324,10 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
   const char *name = "";
   char which = 0; /* Describe, Close: 'S' statement or 'P' portal, then the name */
   if (type == 'D' || type == 'C') {
-    if (len < 2 || body[len - 1] != '\0' || (body[0] != 'S' && body[0] != 'P')) r.bad = true;
-    else which = (char)body[0], name = (const char *)body + 1;
+    if (len < 2 || body[len - 1] != '\0' || (body[0] != 'S' && body[0] != 'P'))
+      r.bad = true;
+    else
+      which = (char)body[0], name = (const char *)body + 1;
   } else {
     name = pgs_read_cstr(&r, &nlen);
   }
@@ -1257,7 +1340,8 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
       as->skip_to_sync = true;
       return true;
     }
-    if (as->statements.count >= ADMIN_MAX_STATEMENTS && !pgs_strmap_contains(&as->statements, name)) {
+    if (as->statements.count >= ADMIN_MAX_STATEMENTS &&
+        !pgs_strmap_contains(&as->statements, name)) {
       put_error(client, "53400", "too many prepared statements on the admin console");
       as->skip_to_sync = true;
       return true;
@@ -1309,8 +1393,10 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
       pgs_msg_end(out, start);
     }
     show_spec_t spec;
-    if (command_columns(&cmd, &spec)) put_row_description(out, spec.cols, spec.ncols);
-    else pgs_msg_empty(out, 'n');
+    if (command_columns(&cmd, &spec))
+      put_row_description(out, spec.cols, spec.ncols);
+    else
+      pgs_msg_empty(out, 'n');
     pgs_io_scratch_done(&client->io, mark);
     return true;
   }
@@ -1371,8 +1457,10 @@ static void admin_process(pgs_client_t *client) {
       const char *text = pgs_read_cstr(&r, &len);
       pgs_admin_cmd_t cmd;
       bool answered = true;
-      if (text == NULL) put_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Query message");
-      else if (parse_text(client, text, len, &cmd)) answered = run_command(client, &cmd, true);
+      if (text == NULL)
+        put_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Query message");
+      else if (parse_text(client, text, len, &cmd))
+        answered = run_command(client, &cmd, true);
       if (!answered) break; /* the gather sends the rest */
       size_t mark = pgs_io_scratch_mark(io);
       pgs_msg_ready(pgs_io_scratch(io), 'I');

@@ -47,7 +47,7 @@
 /* Memory held for every client of the process (max_total_client_memory). */
 static size_t total_held;
 
-static const char *const client_state_names[] = {"startup", "auth",    "login", "idle",
+static const char *const client_state_names[] = {"startup", "auth",   "login",  "idle",
                                                  "waiting", "active", "closing"};
 
 static void client_set_state(pgs_client_t *client, pgs_client_state_t state) {
@@ -80,8 +80,10 @@ static void client_closed_cb(uv_handle_t *handle) {
   pgs_list_remove(&client->link);
   pgs_io_free_buffers(&client->io);
   pgs_strmap_free(&client->stmts, pgs_client_free_stmt);
-  if (client->steps) pgs_client_routing_free(client);
-  else free(client->startup_tenant);
+  if (client->steps)
+    pgs_client_routing_free(client);
+  else
+    free(client->startup_tenant);
   free_settings(client);
   clear_tx_ops(client);
   pgs_scram_free(client->scram);
@@ -198,7 +200,8 @@ void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt
   va_start(ap, fmt);
   report(client, "FATAL", sqlstate, fmt, ap);
   va_end(ap);
-  if (pgs_io_flush(&client->io) < 0) { /* best effort: we are closing anyway */ }
+  if (pgs_io_flush(&client->io) < 0) { /* best effort: we are closing anyway */
+  }
   pgs_client_close(client);
 }
 
@@ -495,9 +498,10 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
   uint64_t second = pgs_now_ms() / 1000;
   if (second != w->slow_logged_second) {
     if (w->slow_suppressed > 0)
-      pgs_warn("log_min_duration_ms: %d slow requests not logged in the last second (at most %d "
-               "a second per worker)",
-               w->slow_suppressed, SLOW_LOG_PER_SECOND);
+      pgs_warn(
+          "log_min_duration_ms: %d slow requests not logged in the last second (at most %d "
+          "a second per worker)",
+          w->slow_suppressed, SLOW_LOG_PER_SECOND);
     w->slow_logged_second = second;
     w->slow_logged = 0;
     w->slow_suppressed = 0;
@@ -516,10 +520,14 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
       n += (size_t)snprintf(shards + n, sizeof(shards) - n, "%s%s%s", n ? "," : "",
                             client->db->shards[i / 2].name, (i & 1) ? "(replica)" : "");
   pgs_log_field_t fields[] = {
-      {"request", id},         {"client", client_id},
-      {"db", client->dbname},  {"user", client->username},
-      {"duration_ms", ms},     {"shards", shards[0] ? shards : NULL},
-      {"tx", tx},              {"error", client->request_failed ? "true" : NULL},
+      {"request", id},
+      {"client", client_id},
+      {"db", client->dbname},
+      {"user", client->username},
+      {"duration_ms", ms},
+      {"shards", shards[0] ? shards : NULL},
+      {"tx", tx},
+      {"error", client->request_failed ? "true" : NULL},
       {"sql", client->request_text && client->request_text[0] ? client->request_text : NULL},
   };
   pgs_log_event(PGS_LOG_INFO, "slow_request", fields, (int)PGS_ARRAY_LEN(fields),
@@ -578,8 +586,8 @@ void pgs_client_after_ready(pgs_client_t *client, char status) {
   if (status == 'I') {
     commit_tx_ops(client);
     pgs_client_tx_done(client);
-  }
-  else if (status == 'E') client->tx_failed = true;
+  } else if (status == 'E')
+    client->tx_failed = true;
 }
 
 /* ---- login ---- */
@@ -738,8 +746,10 @@ static void login_ok(pgs_client_t *client) {
     pgs_admin_login(client);
     if (client->state != PGS_CL_CLOSING) {
       client_set_state(client, PGS_CL_IDLE);
-      if (pgs_io_flush(&client->io) < 0) pgs_client_close(client);
-      else pgs_admin_process(client);
+      if (pgs_io_flush(&client->io) < 0)
+        pgs_client_close(client);
+      else
+        pgs_admin_process(client);
     }
     return;
   }
@@ -956,9 +966,9 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
   case PGS_AUTH_SCRAM:
     client->scram = pgs_xcalloc(1, sizeof(*client->scram));
     /* The secret is computed once per config load, not per login. */
-    const char *secret = client->user->scram_secret  ? client->user->scram_secret
-                         : client->user->password    ? client->user->password
-                                                     : "";
+    const char *secret = client->user->scram_secret ? client->user->scram_secret
+                         : client->user->password   ? client->user->password
+                                                    : "";
     if (pgs_scram_init(client->scram, secret) != PGS_OK) {
       pgs_client_fail(client, PGS_SQLSTATE_INVALID_PASSWORD,
                       "password authentication failed for user \"%s\"", client->username);
@@ -1084,8 +1094,8 @@ static void handle_auth_message(pgs_client_t *client, const uint8_t *body, size_
       return;
     }
     const uint8_t *data = pgs_read_bytes(&r, (size_t)dlen);
-    if (pgs_scram_server_first(client->scram, (const char *)data, (size_t)dlen, out,
-                               sizeof(out)) != PGS_OK) {
+    if (pgs_scram_server_first(client->scram, (const char *)data, (size_t)dlen, out, sizeof(out)) !=
+        PGS_OK) {
       pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
       return;
     }
@@ -1185,7 +1195,8 @@ void pgs_client_cancel(pgs_client_t *client) {
     /* What waits for a server (a fan's part, a statement reaching another
      * shard) is cancelled too: answered now, not once a server is free. */
     pgs_pool_cancel_wait(client->wait_pool, client);
-    pgs_client_refuse(client, PGS_SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
+    pgs_client_refuse(client, PGS_SQLSTATE_QUERY_CANCELED,
+                      "canceling statement due to user request");
   }
 }
 
@@ -1232,7 +1243,8 @@ static void client_on_error(pgs_io_t *io, int status) {
 static void client_on_drained(pgs_io_t *io) {
   pgs_client_t *client = io->owner;
   for (int i = 0; i < client->nslots; i++)
-    if (client->servers[i] && client->state != PGS_CL_CLOSING) pgs_server_process(client->servers[i]);
+    if (client->servers[i] && client->state != PGS_CL_CLOSING)
+      pgs_server_process(client->servers[i]);
   /* A client paused because it did not read its replies goes on. */
   if ((client->state == PGS_CL_IDLE || client->state == PGS_CL_ACTIVE) && !io->reading)
     pgs_client_process(client);
@@ -1296,7 +1308,8 @@ void pgs_client_tick(pgs_client_t *client, uint64_t now) {
   const pgs_config_t *config = client->worker->config; /* a reload applies at once */
   if (client->state == PGS_CL_CLOSING) return;
   uint64_t stalled = output_stalled_ms(client, now);
-  if (stalled >= CLIENT_STALL_MS && pgs_io_backlog(&client->io) > (size_t)config->max_client_memory) {
+  if (stalled >= CLIENT_STALL_MS &&
+      pgs_io_backlog(&client->io) > (size_t)config->max_client_memory) {
     pgs_client_fail(client, PGS_SQLSTATE_OUT_OF_MEMORY,
                     "client does not read its results: %zu bytes unsent, over max_client_memory "
                     "(%lld)",

@@ -87,8 +87,7 @@ static void fan_stop_parts(pgs_fan_t *fan, int except) {
   if (fan->copy_in) return;
   for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *server = client->servers[i];
-    if (i == except || server == NULL || !(fan->slots & ~fan->done & (UINT64_C(1) << i)))
-      continue;
+    if (i == except || server == NULL || !(fan->slots & ~fan->done & (UINT64_C(1) << i))) continue;
     pgs_server_cancel(server, "another part of its cross-shard statement failed");
   }
 }
@@ -279,9 +278,9 @@ pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_
   fan->own_tx = own_tx;
   fan->batch = pgs_xcalloc(64, sizeof(*fan->batch));
   if (plan->table) {
-    fan->split = pgs_copy_split_new(spec, client->db, plan->table, plan->copy_key_column,
-                                    spec->ncolumns, (size_t)client->config->max_message_size,
-                                    session, copy_row_cb, client);
+    fan->split =
+        pgs_copy_split_new(spec, client->db, plan->table, plan->copy_key_column, spec->ncolumns,
+                           (size_t)client->config->max_message_size, session, copy_row_cb, client);
     if (fan->split == NULL) {
       snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", PGS_SQLSTATE_FEATURE_NOT_SUPPORTED);
       snprintf(err->message, sizeof(err->message), "cannot split this COPY by shard");

@@ -57,17 +57,17 @@ typedef enum {
 
 struct pgs_io_tls {
   SSL *ssl;
-  BIO *bio;            /* ours, held by ssl */
-  bool owned;          /* accept: SSL_free at the end; adopt: libpq's */
-  BIO *saved_rbio;     /* adopt: libpq's BIOs (a reference each), put back */
+  BIO *bio;        /* ours, held by ssl */
+  bool owned;      /* accept: SSL_free at the end; adopt: libpq's */
+  BIO *saved_rbio; /* adopt: libpq's BIOs (a reference each), put back */
   BIO *saved_wbio;
   tls_state_t state;
-  pgs_buf_t raw;       /* ciphertext read from the socket */
-  size_t raw_pos;      /* of raw, handed to OpenSSL */
+  pgs_buf_t raw;  /* ciphertext read from the socket */
+  size_t raw_pos; /* of raw, handed to OpenSSL */
   uv_idle_t resume;
   bool resume_init;
-  int pending_closes;  /* handles closing before on_close */
-  char error[200];     /* why the session failed (UV_EPROTO) */
+  int pending_closes; /* handles closing before on_close */
+  char error[200];    /* why the session failed (UV_EPROTO) */
 };
 
 void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max) {

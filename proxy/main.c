@@ -56,7 +56,8 @@ static int open_listener(const pgs_config_t *c, bool probe) {
   } else if (uv_ip4_addr(host, c->listen_port, (struct sockaddr_in *)&addr) != 0) {
     return -EINVAL;
   }
-  socklen_t len = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  socklen_t len =
+      addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
   int one = 1;
   if (probe) {
     /* SO_REUSEPORT would let a second pgshard share the port silently: bind

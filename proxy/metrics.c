@@ -79,8 +79,9 @@ static void metrics_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param)
     r.connecting = pool->nconnecting;
     r.waiting = pool->nwaiters;
     if (!pgs_list_empty(&pool->waiters))
-      r.maxwait_ms = (int64_t)(now - pgs_container_of(pool->waiters.next, pgs_client_t,
-                                                      wait_link)->wait_start_ms);
+      r.maxwait_ms =
+          (int64_t)(now -
+                    pgs_container_of(pool->waiters.next, pgs_client_t, wait_link)->wait_start_ms);
     pgs_buf_put(b, &r, sizeof(r));
   }
   clients_record_t *recs = NULL;
@@ -97,9 +98,12 @@ static void metrics_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param)
       snprintf(recs[n].db, sizeof(recs[n].db), "%s", db);
       n++;
     }
-    if (c->state == PGS_CL_WAITING) recs[k].waiting++;
-    else if (c->state == PGS_CL_ACTIVE) recs[k].active++;
-    else recs[k].idle++;
+    if (c->state == PGS_CL_WAITING)
+      recs[k].waiting++;
+    else if (c->state == PGS_CL_ACTIVE)
+      recs[k].active++;
+    else
+      recs[k].idle++;
   }
   put_count(b, n);
   if (n) pgs_buf_put(b, recs, n * sizeof(*recs));
@@ -195,9 +199,12 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
 
   family(b, "pgshard_clients", "gauge", "client connections by state");
   for (int j = 0; j < nclients; j++) {
-    put(b, "pgshard_clients{database=\"%s\",state=\"active\"} %lld\n", clients[j].db, (long long)clients[j].active);
-    put(b, "pgshard_clients{database=\"%s\",state=\"waiting\"} %lld\n", clients[j].db, (long long)clients[j].waiting);
-    put(b, "pgshard_clients{database=\"%s\",state=\"idle\"} %lld\n", clients[j].db, (long long)clients[j].idle);
+    put(b, "pgshard_clients{database=\"%s\",state=\"active\"} %lld\n", clients[j].db,
+        (long long)clients[j].active);
+    put(b, "pgshard_clients{database=\"%s\",state=\"waiting\"} %lld\n", clients[j].db,
+        (long long)clients[j].waiting);
+    put(b, "pgshard_clients{database=\"%s\",state=\"idle\"} %lld\n", clients[j].db,
+        (long long)clients[j].idle);
   }
 
   family(b, "pgshard_servers", "gauge", "server connections by state");
@@ -206,30 +213,42 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
     const char *states[] = {"active", "idle", "connecting"};
     int64_t values[] = {r->active, r->idle, r->connecting};
     for (int k = 0; k < 3; k++)
-      put(b, "pgshard_servers{database=\"%s\",user=\"%s\",shard=\"%s\",node=\"%d\",state=\"%s\"} %lld\n",
+      put(b,
+          "pgshard_servers{database=\"%s\",user=\"%s\",shard=\"%s\",node=\"%d\",state=\"%s\"} "
+          "%lld\n",
           r->db, r->user, r->shard, r->node, states[k], (long long)values[k]);
   }
   family(b, "pgshard_pool_waiting_clients", "gauge", "clients waiting for a server");
   for (int j = 0; j < npools; j++)
-    put(b, "pgshard_pool_waiting_clients{database=\"%s\",user=\"%s\",shard=\"%s\",node=\"%d\"} %lld\n",
+    put(b,
+        "pgshard_pool_waiting_clients{database=\"%s\",user=\"%s\",shard=\"%s\",node=\"%d\"} %lld\n",
         pools[j].db, pools[j].user, pools[j].shard, pools[j].node, (long long)pools[j].waiting);
   family(b, "pgshard_pool_max_wait_seconds", "gauge", "longest current wait for a server");
   for (int j = 0; j < npools; j++)
-    put(b, "pgshard_pool_max_wait_seconds{database=\"%s\",user=\"%s\",shard=\"%s\",node=\"%d\"} %.3f\n",
-        pools[j].db, pools[j].user, pools[j].shard, pools[j].node, (double)pools[j].maxwait_ms / 1000.0);
+    put(b,
+        "pgshard_pool_max_wait_seconds{database=\"%s\",user=\"%s\",shard=\"%s\",node=\"%d\"} "
+        "%.3f\n",
+        pools[j].db, pools[j].user, pools[j].shard, pools[j].node,
+        (double)pools[j].maxwait_ms / 1000.0);
 
   static const struct {
     const char *name, *help;
     size_t offset;
   } counters[] = {
-      {"pgshard_requests_total", "requests answered (a Query, or messages up to Sync)", offsetof(pgs_db_stats_t, requests)},
-      {"pgshard_transactions_total", "transactions ended (ReadyForQuery idle)", offsetof(pgs_db_stats_t, transactions)},
+      {"pgshard_requests_total", "requests answered (a Query, or messages up to Sync)",
+       offsetof(pgs_db_stats_t, requests)},
+      {"pgshard_transactions_total", "transactions ended (ReadyForQuery idle)",
+       offsetof(pgs_db_stats_t, transactions)},
       {"pgshard_queries_total", "Query and Execute messages", offsetof(pgs_db_stats_t, queries)},
-      {"pgshard_errors_total", "requests that sent the client an error", offsetof(pgs_db_stats_t, errors)},
+      {"pgshard_errors_total", "requests that sent the client an error",
+       offsetof(pgs_db_stats_t, errors)},
       {"pgshard_refusals_total", "errors pgshard made itself", offsetof(pgs_db_stats_t, refusals)},
-      {"pgshard_fanouts_total", "reads run on several shards and merged", offsetof(pgs_db_stats_t, fanouts)},
-      {"pgshard_twopc_commits_total", "two-phase commits decided commit", offsetof(pgs_db_stats_t, twopc_commits)},
-      {"pgshard_twopc_aborts_total", "two-phase commits rolled back", offsetof(pgs_db_stats_t, twopc_aborts)},
+      {"pgshard_fanouts_total", "reads run on several shards and merged",
+       offsetof(pgs_db_stats_t, fanouts)},
+      {"pgshard_twopc_commits_total", "two-phase commits decided commit",
+       offsetof(pgs_db_stats_t, twopc_commits)},
+      {"pgshard_twopc_aborts_total", "two-phase commits rolled back",
+       offsetof(pgs_db_stats_t, twopc_aborts)},
       {"pgshard_received_bytes_total", "bytes from clients", offsetof(pgs_db_stats_t, bytes_in)},
       {"pgshard_sent_bytes_total", "bytes to clients", offsetof(pgs_db_stats_t, bytes_out)},
   };

@@ -35,7 +35,7 @@
 #include "pgshard/twophase.h"
 
 #define CHECK_SQL                                                                                  \
-  "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "      \
+  "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "       \
   "ELSE pg_current_wal_insert_lsn() END, pg_last_wal_receive_lsn()"
 
 #define MIN_INTERVAL_MS 10
@@ -56,7 +56,7 @@ typedef struct mon_node {
   char *db;
   char *shard;
   char *conninfo;
-  char *connstr; /* what libpq gets (conninfo_build) */
+  char *connstr;   /* what libpq gets (conninfo_build) */
   char label[160]; /* "app.s0 replica 127.0.0.1:7301", for the log */
   mon_conn_state_t state;
   PGconn *pg;
@@ -111,9 +111,9 @@ static struct {
   pgs_twophase_target_t *twophase_targets; /* the running pass's */
   int twophase_ntargets;
   bool twophase_running;
-  bool twophase_kick;         /* a writer came back: pass at the next tick */
-  uint64_t twophase_next_ms;  /* the next periodic pass */
-  uv_timer_t twophase_timer;  /* passes when the checks are further apart */
+  bool twophase_kick;        /* a writer came back: pass at the next tick */
+  uint64_t twophase_next_ms; /* the next periodic pass */
+  uv_timer_t twophase_timer; /* passes when the checks are further apart */
 } mon;
 
 static void poll_cb(uv_poll_t *handle, int status, int events);
@@ -521,16 +521,16 @@ static const char *node_role(const pgs_shard_health_t *h, int i) {
   return i == 0 ? "configured primary" : "replica";
 }
 
-static void log_changes(const mon_db_t *db, const mon_shard_t *sh,
-                        const pgs_node_state_t *before) {
+static void log_changes(const mon_db_t *db, const mon_shard_t *sh, const pgs_node_state_t *before) {
   const pgs_shard_health_t *h = &sh->health;
   for (int i = 0; i < h->nnodes; i++) {
     const pgs_node_state_t *was = &before[i], *now = &h->nodes[i];
     const mon_node_t *n = sh->conns[i];
     if (was->up && !now->up)
-      pgs_error("%s is DOWN after %d failed checks (%s); pooled connections dropped, "
-                "retrying in %d ms",
-                n->label, now->failures, n->last_error, now->retry_backoff_ms);
+      pgs_error(
+          "%s is DOWN after %d failed checks (%s); pooled connections dropped, "
+          "retrying in %d ms",
+          n->label, now->failures, n->last_error, now->retry_backoff_ms);
     else if (!was->up && now->up)
       pgs_warn("%s is UP again (%s)", n->label,
                now->in_recovery ? "in recovery" : "not in recovery");
@@ -540,10 +540,11 @@ static void log_changes(const mon_db_t *db, const mon_shard_t *sh,
       else if (!now->in_recovery)
         pgs_warn("%s leaves the read set: not in recovery", n->label);
       else
-        pgs_warn("%s leaves the read set: lag %lld ms, %llu bytes (max_replica_lag_ms = %lld, "
-                 "max_replica_lag_bytes = %lld)",
-                 n->label, (long long)now->lag_ms, (unsigned long long)now->lag_bytes,
-                 (long long)db->bounds.max_lag_ms, (long long)db->bounds.max_lag_bytes);
+        pgs_warn(
+            "%s leaves the read set: lag %lld ms, %llu bytes (max_replica_lag_ms = %lld, "
+            "max_replica_lag_bytes = %lld)",
+            n->label, (long long)now->lag_ms, (unsigned long long)now->lag_bytes,
+            (long long)db->bounds.max_lag_ms, (long long)db->bounds.max_lag_bytes);
     } else if (!was->readable && now->readable) {
       pgs_info("%s joins the read set: lag %lld ms, %llu bytes", n->label, (long long)now->lag_ms,
                (unsigned long long)now->lag_bytes);
@@ -607,8 +608,8 @@ static void finish_round(uint64_t now) {
           pgs_error("%s.%s: PROMOTION: writes now go to %s (%s): %s", db->name, shard,
                     sh->conns[h->writer]->label, node_role(h, h->writer), why);
         else
-          pgs_warn("%s.%s: writes go to %s again: %s", db->name, shard,
-                   sh->conns[h->writer]->label, why);
+          pgs_warn("%s.%s: writes go to %s again: %s", db->name, shard, sh->conns[h->writer]->label,
+                   why);
       }
       for (int i = 0; i < nn; i++) {
         sh->conns[i]->in_round = false;
@@ -800,8 +801,8 @@ static mon_db_t *dbs_build(const pgs_config_t *config, mon_db_t *old, int nold, 
         pgs_node_state_t state;
         int old_index = -1;
         mon_shard_t *from = NULL;
-        mon_node_t *n = take_old(old, nold, cdb->name, cs->name, cn->conninfo, &state, &old_index,
-                                 &from);
+        mon_node_t *n =
+            take_old(old, nold, cdb->name, cs->name, cn->conninfo, &state, &old_index, &from);
         if (n == NULL) {
           n = pgs_xcalloc(1, sizeof(*n));
           n->db = pgs_xstrdup(cdb->name);
@@ -896,8 +897,10 @@ static void wakeup_cb(uv_async_t *async) {
     uv_close((uv_handle_t *)&mon.wakeup, NULL);
     return;
   }
-  if (config) apply_config(config);
-  else if (publish_now) publish(pgs_now_ms());
+  if (config)
+    apply_config(config);
+  else if (publish_now)
+    publish(pgs_now_ms());
 }
 
 static void monitor_main(void *arg) {
@@ -925,8 +928,7 @@ int pgs_monitor_start(pgs_config_t *config) {
    * primaries writing, no replica readable before its first check. */
   publish(pgs_now_ms());
   uv_timer_start(&mon.timer, tick_cb, 0, (uint64_t)mon.interval_ms);
-  uv_timer_start(&mon.twophase_timer, twophase_tick_cb, PGS_TWOPHASE_PASS_MS,
-                 PGS_TWOPHASE_PASS_MS);
+  uv_timer_start(&mon.twophase_timer, twophase_tick_cb, PGS_TWOPHASE_PASS_MS, PGS_TWOPHASE_PASS_MS);
   if ((rc = uv_thread_create(&mon.thread, monitor_main, NULL)) != 0) goto fail_thread;
   __atomic_store_n(&mon.started, true, __ATOMIC_RELEASE);
   pgs_info("monitor: checking every node each %d ms", mon.interval_ms);
@@ -971,8 +973,10 @@ bool pgs_monitor_ban(const char *host, int port, bool banned) {
   int at = 0;
   while (at < mon.nbans && strcmp(mon.bans[at], name) != 0) at++;
   if (banned && at == mon.nbans) {
-    if (mon.nbans < PGS_MONITOR_MAX_BANS) snprintf(mon.bans[mon.nbans++], sizeof(mon.bans[0]), "%s", name);
-    else ok = false;
+    if (mon.nbans < PGS_MONITOR_MAX_BANS)
+      snprintf(mon.bans[mon.nbans++], sizeof(mon.bans[0]), "%s", name);
+    else
+      ok = false;
   } else if (!banned && at < mon.nbans) {
     memmove(mon.bans[at], mon.bans[at + 1], sizeof(mon.bans[0]) * (size_t)(mon.nbans - at - 1));
     mon.nbans--;

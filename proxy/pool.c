@@ -109,9 +109,8 @@ static bool same_options(const char *a, const char *b) {
   return a == b || (a && b && !strcmp(a, b));
 }
 
-pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config,
-                         const pgs_database_t *db, const pgs_user_t *user, int shard, int node,
-                         const char *startup_options) {
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config, const pgs_database_t *db,
+                         const pgs_user_t *user, int shard, int node, const char *startup_options) {
   PGS_ASSERT(shard >= 0 && shard < db->nshards);
   const char *conninfo = shard_node(db, shard, node)->conninfo;
   bool siblings = false;
@@ -327,11 +326,20 @@ void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
 }
 
 void pgs_pool_server_connected(pgs_pool_t *pool, pgs_server_t *server) {
-  static const char *const names[] = {
-      "application_name", "client_encoding",  "DateStyle",         "default_transaction_read_only",
-      "in_hot_standby",   "integer_datetimes", "IntervalStyle",    "is_superuser",
-      "server_encoding",  "server_version",    "session_authorization", "standard_conforming_strings",
-      "TimeZone",         NULL};
+  static const char *const names[] = {"application_name",
+                                      "client_encoding",
+                                      "DateStyle",
+                                      "default_transaction_read_only",
+                                      "in_hot_standby",
+                                      "integer_datetimes",
+                                      "IntervalStyle",
+                                      "is_superuser",
+                                      "server_encoding",
+                                      "server_version",
+                                      "session_authorization",
+                                      "standard_conforming_strings",
+                                      "TimeZone",
+                                      NULL};
   pool->nparams = 0;
   for (int i = 0; names[i] && pool->nparams < PGS_MAX_WELCOME_PARAMS; i++) {
     const char *value = PQparameterStatus(server->pg, names[i]);

@@ -93,8 +93,7 @@ void pgs_client_routing_init(pgs_client_t *client) {
   }
   client->nslots = 2 * db->nshards;
   client->servers = pgs_xcalloc((size_t)client->nslots, sizeof(*client->servers));
-  client->pools =
-      pgs_xcalloc((size_t)(db->nshards * client->pool_stride), sizeof(*client->pools));
+  client->pools = pgs_xcalloc((size_t)(db->nshards * client->pool_stride), sizeof(*client->pools));
   client->ryw_commit_ms = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
   client->ryw_lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
   client->ryw_pref = -1;
@@ -619,7 +618,6 @@ static void add_fan_steps(pgs_client_t *client, uint64_t slots, pgs_step_op_t op
   }
 }
 
-
 /* ---- primaries and replicas ---- */
 
 /* The health of SHARD, or NULL when no snapshot describes it (then:
@@ -656,7 +654,8 @@ static int pick_replica(pgs_client_t *client, int shard, bool advance) {
   const pgs_shard_health_t *h = shard_health(client, shard);
   if (h == NULL) return -1;
   uint64_t need = 0;
-  pgs_ryw_t ryw = client->ryw_pref >= 0 ? (pgs_ryw_t)client->ryw_pref : client->db->read_your_writes;
+  pgs_ryw_t ryw =
+      client->ryw_pref >= 0 ? (pgs_ryw_t)client->ryw_pref : client->db->read_your_writes;
   if (client->route_pref == 2) ryw = PGS_RYW_OFF; /* SET pgshard.route = replica */
   switch (ryw) {
   case PGS_RYW_OFF:
@@ -708,7 +707,8 @@ static int place_quietly(pgs_client_t *client, int shard, const pgs_plan_t *plan
   const pgs_database_t *db = client->db;
   if (db->shards[shard].nreplicas > 0 && replica_eligible(client, plan)) {
     /* A replica this transaction or unit already uses stays. */
-    if (client->servers[2 * shard + 1] && ((client->tx_mask | client->unit_mask) & BIT(2 * shard + 1)))
+    if (client->servers[2 * shard + 1] &&
+        ((client->tx_mask | client->unit_mask) & BIT(2 * shard + 1)))
       return 2 * shard + 1;
     int r = pick_replica(client, shard, !quiet);
     if (r >= 0) {
@@ -876,7 +876,8 @@ static const char scs_off_message[] =
     "PostgreSQL reads them with it on: SET standard_conforming_strings = on";
 
 void pgs_request_on_parameter_status(pgs_client_t *client, const char *name, const char *value) {
-  if (!strcasecmp(name, "standard_conforming_strings")) client->scs_off = !pgs_session_bool_on(value);
+  if (!strcasecmp(name, "standard_conforming_strings"))
+    client->scs_off = !pgs_session_bool_on(value);
 }
 
 /* Whether FX would turn standard_conforming_strings off (SET or SET LOCAL). */
@@ -901,8 +902,7 @@ static bool code_names_scs(const pgs_plan_t *plan, const pgs_lexed_t *lx) {
 
 static bool set_tenant(pgs_client_t *client, const char *text, pgs_key_error_t *err) {
   pgs_key_t *key = pgs_xmalloc(sizeof(*key));
-  if (pgs_key_from_text(client->db->shardmap.tenant_type, text, strlen(text), key, err) !=
-          PGS_OK ||
+  if (pgs_key_from_text(client->db->shardmap.tenant_type, text, strlen(text), key, err) != PGS_OK ||
       pgs_route_tenant_shard(client->db, key, err) < 0) {
     free(key);
     return false;
@@ -933,9 +933,12 @@ static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
     return false;
   }
   if (op->kind == PGS_SET_OP_RESET) {
-    if (!strcasecmp(name, "shard")) client->hint_shard = -1;
-    else if (!strcasecmp(name, "route")) client->route_pref = 0;
-    else if (!strcasecmp(name, "read_your_writes")) client->ryw_pref = -1;
+    if (!strcasecmp(name, "shard"))
+      client->hint_shard = -1;
+    else if (!strcasecmp(name, "route"))
+      client->route_pref = 0;
+    else if (!strcasecmp(name, "read_your_writes"))
+      client->ryw_pref = -1;
     else if (!strcasecmp(name, "tenant")) {
       free(client->tenant);
       client->tenant = NULL;
@@ -978,8 +981,10 @@ static bool apply_pgshard_op(pgs_client_t *client, const pgs_set_op_t *op) {
     const char *const *ok = is_route ? routes : ryw;
     for (int i = 0; ok[i]; i++) {
       if (strcasecmp(op->value, ok[i]) != 0) continue;
-      if (is_route) client->route_pref = i;
-      else client->ryw_pref = i;
+      if (is_route)
+        client->route_pref = i;
+      else
+        client->ryw_pref = i;
       return true;
     }
     add_error(client, "22023", "invalid value for %s: \"%s\"", op->name, op->value);
@@ -1158,8 +1163,7 @@ static void plan_twopc(pgs_client_t *client, uint64_t slots, uint64_t written, b
 }
 
 /* Each slot of MASK runs a statement naming the gid. */
-static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *verb,
-                            uint16_t flags) {
+static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *verb, uint16_t flags) {
   char sql[PGS_GID_MAX + 40];
   snprintf(sql, sizeof(sql), "%s '%s'", verb, client->twopc_gid);
   for (int i = 0; i < client->nslots; i++) {
@@ -1478,7 +1482,8 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_reader_init(&r, p + 5, total - 5);
   const char *sql = pgs_read_cstr(&r, &qlen);
   if (sql == NULL || pgs_reader_left(&r) != 0) {
-    add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Query message: its text must end "
+    add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+              "invalid Query message: its text must end "
               "with the message");
     add_reply(client, 'Z', NULL);
     return;
@@ -1670,7 +1675,7 @@ static void no_such_statement(pgs_client_t *client, const char *name) {
 /* The shard the Bind right after a Parse of NAME will pick, if that Bind is
  * in the buffer already (libpq sends Parse/Bind/Execute/Sync together). */
 static int lookahead_slot(pgs_client_t *client, size_t at, const char *name,
-                           pgs_client_stmt_t *stmt) {
+                          pgs_client_stmt_t *stmt) {
   pgs_io_t *io = &client->io;
   char type;
   size_t total;
@@ -1687,7 +1692,8 @@ static int lookahead_slot(pgs_client_t *client, size_t at, const char *name,
   pv.type_oid = stmt->type_oids;
   pv.ntypes = stmt->ntypes;
   pgs_route_session_t session = {.hint_shard = client->hint_shard, .tenant = client->tenant};
-  if (stmt->lx->hint_shard[0]) session.hint_shard = pgs_shardmap_find_shard(client->db, stmt->lx->hint_shard);
+  if (stmt->lx->hint_shard[0])
+    session.hint_shard = pgs_shardmap_find_shard(client->db, stmt->lx->hint_shard);
   pgs_route_t rt = {.row_shard = NULL};
   if (stmt->plan->nrows > 0) return -1;
   pgs_route_plan(client->db, stmt->plan, stmt->lx, &pv, &session, &rt);
@@ -1792,9 +1798,9 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
     return;
   }
   int slot = lookahead_slot(client, client->io.in_pos + total, name, stmt);
-  pgs_step_t *st = slot >= 0 ? add_step(client, slot, PGS_STEP_PARSE, PGS_PLACED_ROUTE)
-                             : add_step(client, parse_slot(client), PGS_STEP_PARSE,
-                                        PGS_PLACED_SESSION);
+  pgs_step_t *st = slot >= 0
+                       ? add_step(client, slot, PGS_STEP_PARSE, PGS_PLACED_ROUTE)
+                       : add_step(client, parse_slot(client), PGS_STEP_PARSE, PGS_PLACED_SESSION);
   st->stmt = stmt;
 }
 
@@ -1842,8 +1848,10 @@ static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt, cons
   pgs_msg_end(b, start);
   size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + plen + 1 +
                    portal->merge_body.cap + portal->merge_bind.cap;
-  if (charged > portal->charged) pgs_client_mem_add(portal->owner, charged - portal->charged);
-  else pgs_client_mem_sub(portal->owner, portal->charged - charged);
+  if (charged > portal->charged)
+    pgs_client_mem_add(portal->owner, charged - portal->charged);
+  else
+    pgs_client_mem_sub(portal->owner, portal->charged - charged);
   portal->charged = charged;
 }
 
@@ -1917,7 +1925,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     /* One part binds it now, the session's own when it can (no wait), and
      * answers the client; the others are sent the Bind with their Execute. */
     int slot = client->cur >= 0 && (portal->mask & BIT(client->cur)) ? client->cur
-                                                                      : first_bit(portal->mask);
+                                                                     : first_bit(portal->mask);
     portal->unbound = portal->mask & ~BIT(slot);
     if (portal->unbound) keep_merged_bind(portal, stmt, p, total);
     portal->placed = PGS_PLACED_ROUTE;
@@ -1971,8 +1979,10 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     /* Answered by pgshard: BEGIN/COMMIT/ROLLBACK. */
     add_reply(client, type == 'D' ? 'n' : '3', NULL);
   } else if (portal->mask == 0) {
-    if (portal->kind == PGS_STMT_BEGIN) plan_begin(client, portal->sql, portal->read_only, false);
-    else plan_tx_end(client, portal->kind, portal->sql, false);
+    if (portal->kind == PGS_STMT_BEGIN)
+      plan_begin(client, portal->sql, portal->read_only, false);
+    else
+      plan_tx_end(client, portal->kind, portal->sql, false);
   } else if (portal->merge_plan && type == 'D') {
     /* Any part it is bound on describes it (the one the session is on: no
      * wait); its hidden columns stay hidden. */
@@ -1988,8 +1998,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
                 "fetch it whole or add a condition on the shard key");
       client->unit_failed = true;
     } else {
-      pgs_fan_start(client, portal->merge_plan, portal->mask, portal->limit, portal->offset,
-                    false);
+      pgs_fan_start(client, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
       add_fan_steps(client, portal->mask, PGS_STEP_FAN_EXEC, NULL);
     }
   } else {
@@ -2106,7 +2115,8 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         if (stmt == NULL) {
           /* Never under the client's own name: a shared server would keep
            * it for whoever comes next. */
-          add_error(client, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
+          add_error(client, "53400", "too many prepared statements (%d)",
+                    PGS_CLIENT_MAX_STATEMENTS);
           client->unit_failed = true;
           return;
         }
@@ -2167,7 +2177,8 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       if (type == 'B') {
         const char *portal_end = memchr(p + 5, '\0', total - 5);
         name = portal_end && (const uint8_t *)portal_end + 1 < p + total &&
-                       memchr(portal_end + 1, '\0', (size_t)(p + total - (const uint8_t *)portal_end - 1))
+                       memchr(portal_end + 1, '\0',
+                              (size_t)(p + total - (const uint8_t *)portal_end - 1))
                    ? portal_end + 1
                    : NULL;
         if (name == NULL) {
@@ -2238,7 +2249,8 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     int32_t max_rows = 0;
     {
       const uint8_t *m = p + 5 + nlen + 1;
-      max_rows = (int32_t)((uint32_t)m[0] << 24 | (uint32_t)m[1] << 16 | (uint32_t)m[2] << 8 | m[3]);
+      max_rows =
+          (int32_t)((uint32_t)m[0] << 24 | (uint32_t)m[1] << 16 | (uint32_t)m[2] << 8 | m[3]);
     }
     plan_portal_message(client, 'E', (const char *)p + 5, max_rows);
     return;
@@ -2290,7 +2302,6 @@ bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const 
   pgs_fan_parts_unserved(client, unsent, sqlstate, why);
   return true;
 }
-
 
 typedef enum { STEPS_DONE, STEPS_BLOCKED, STEPS_LEFT } steps_result_t;
 
@@ -2429,8 +2440,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     client->unit_mask |= BIT(shard);
     server->need_flush = type != 'H';
   } else if (st->op == PGS_STEP_SYNC || st->op == PGS_STEP_QUERY || st->op == PGS_STEP_INJECT ||
-             type == 'Q' || type == 'S' ||
-             type == 'F') {
+             type == 'Q' || type == 'S' || type == 'F') {
     server->need_flush = false;
   }
 }
@@ -2523,8 +2533,10 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
     if (!placed_ok(client, st)) {
       /* A planning bug, never a guess: nothing is sent. Tests run with
        * PGSHARD_STRICT=1 and stop here. */
-      pgs_error("client %d: a '%c' message without a routing decision (step %d, placed %d) "
-                "was not sent", client->cancel_pid, type, st->op, st->placed);
+      pgs_error(
+          "client %d: a '%c' message without a routing decision (step %d, placed %d) "
+          "was not sent",
+          client->cancel_pid, type, st->op, st->placed);
       if (getenv("PGSHARD_STRICT")) abort();
       pgs_client_fail(client, PGS_SQLSTATE_INTERNAL,
                       "internal error: a message without a routing decision was not sent");
@@ -2566,7 +2578,7 @@ static const char *over_budget(pgs_client_t *client, char type, const uint8_t *p
   const char *name = (const char *)p + 5;
   size_t nlen = strnlen(name, total - 5);
   if (nlen == total - 5) return NULL; /* malformed: judged where it is planned */
-  if (type == 'B') /* a portal, and for a merge the statement and Bind copied */
+  if (type == 'B')                    /* a portal, and for a merge the statement and Bind copied */
     return client->routing ? pgs_client_mem_refuses(client, sizeof(pgs_portal_t) + 2 * total)
                            : NULL;
   if (!client->routing && nlen == 0) return NULL; /* an unnamed statement is not kept */
@@ -2611,9 +2623,7 @@ static bool at_tx_boundary(const pgs_client_t *client);
  * are kept only when the new map has their node at the same place; if not,
  * the client stays on its config until it holds none. */
 
-bool pgs_client_between_transactions(const pgs_client_t *client) {
-  return at_tx_boundary(client);
-}
+bool pgs_client_between_transactions(const pgs_client_t *client) { return at_tx_boundary(client); }
 
 static bool at_tx_boundary(const pgs_client_t *client) {
   if (client->planned || client->in_tx || client->tx_aborted || client->tx_mask ||
@@ -2636,7 +2646,8 @@ static bool holds_movable(const pgs_client_t *client, const pgs_database_t *db) 
     const pgs_server_t *s = client->servers[i];
     if (s == NULL) continue;
     holds = true;
-    if (s->pool->gone || i >= 2 * db->nshards || pgs_shardmap_find_shard(db, s->pool->shard) != i / 2)
+    if (s->pool->gone || i >= 2 * db->nshards ||
+        pgs_shardmap_find_shard(db, s->pool->shard) != i / 2)
       return false;
   }
   return !holds || client->portals.count == 0;
@@ -2702,8 +2713,7 @@ bool pgs_client_follow_config(pgs_client_t *client) {
   }
   if (user == NULL) {
     pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
-                    "user \"%s\" is no longer configured (reload)",
-                    client->username);
+                    "user \"%s\" is no longer configured (reload)", client->username);
     return false;
   }
   if (!holds_movable(client, db)) return true; /* its servers keep it on its map */
@@ -2746,8 +2756,7 @@ bool pgs_client_follow_config(pgs_client_t *client) {
     if (db->shards[i].nreplicas + 1 > client->pool_stride)
       client->pool_stride = db->shards[i].nreplicas + 1;
   }
-  client->pools =
-      pgs_xcalloc((size_t)(db->nshards * client->pool_stride), sizeof(*client->pools));
+  client->pools = pgs_xcalloc((size_t)(db->nshards * client->pool_stride), sizeof(*client->pools));
   if (client->steps_cap < nslots + 4) {
     free(client->steps);
     client->steps_cap = nslots + 4;
@@ -2793,7 +2802,7 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
   if (type == 'Q') {
     text = pgs_read_cstr(&r, &len);
   } else if (type == 'P' || type == 'B') {
-    const char *first = pgs_read_cstr(&r, &len);   /* statement (P) or portal (B) */
+    const char *first = pgs_read_cstr(&r, &len);  /* statement (P) or portal (B) */
     const char *second = pgs_read_cstr(&r, &len); /* text (P) or statement (B) */
     if (type == 'P') {
       text = second;
@@ -2813,7 +2822,8 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
 pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *total) {
   pgs_io_t *io = &client->io;
   size_t max = (size_t)client->worker->config->max_message_size;
-  pgs_status_t st = pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, max, type, total);
+  pgs_status_t st =
+      pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, max, type, total);
   if (st == PGS_EAGAIN) {
     io->in_want = io->in_pos + 5;
     return PGS_EAGAIN;
@@ -2916,8 +2926,10 @@ void pgs_client_process(pgs_client_t *client) {
       if (client->request_start_us == 0) begin_request(client, type, p, total);
       if (type == 'Q' || type == 'E') COUNT(client, queries);
       const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;
-      if (budget) plan_over_budget(client, budget);
-      else plan_message(client, type, p, total);
+      if (budget)
+        plan_over_budget(client, budget);
+      else
+        plan_message(client, type, p, total);
       if (client->state == PGS_CL_CLOSING) return;
     }
     steps_result_t r = run_steps(client, type, p, total);
@@ -2945,7 +2957,9 @@ void pgs_client_process(pgs_client_t *client) {
     return;
   }
   pgs_io_compact(io);
-  if (blocked || pgs_io_backlog(io) > PGS_IO_HIGH_WATER) pgs_io_stop_reading(io);
-  else (void)pgs_io_start_reading(io);
+  if (blocked || pgs_io_backlog(io) > PGS_IO_HIGH_WATER)
+    pgs_io_stop_reading(io);
+  else
+    (void)pgs_io_start_reading(io);
   if (!blocked) pgs_client_maybe_release(client);
 }

@@ -100,7 +100,8 @@ void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool intern
     server->expect_cap = cap;
     server->expect_head = 0;
   }
-  pgs_expect_t *e = &server->expect[(server->expect_head + server->expect_len) % server->expect_cap];
+  pgs_expect_t *e =
+      &server->expect[(server->expect_head + server->expect_len) % server->expect_cap];
   e->kind = (uint8_t)kind;
   e->flags = 0;
   e->internal = internal;
@@ -155,7 +156,8 @@ void pgs_server_inject_query(pgs_server_t *server, const char *sql) {
 
 void pgs_server_inject_capture(pgs_server_t *server, const char *sql) {
   pgs_server_inject_query(server, sql);
-  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].capture = true;
+  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].capture =
+      true;
 }
 
 /* ---- prepared statements cached on this server ---- */
@@ -251,12 +253,13 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
   pgs_client_t *client = server->client;
   reply_action_t visible = !internal && client ? REPLY_FORWARD : REPLY_DROP;
   pgs_debug("server %d -> client %d: '%c' (%zu bytes), expecting %zu, front %d%s",
-            server->backend_pid, client ? client->cancel_pid : 0, type, len + 5,
-            server->expect_len, front ? front->kind : -1, internal ? " internal" : "");
+            server->backend_pid, client ? client->cancel_pid : 0, type, len + 5, server->expect_len,
+            front ? front->kind : -1, internal ? " internal" : "");
 
   switch (type) {
   case 'Z': {
-    if (len != 1 || front == NULL || (front->kind != PGS_EXP_SYNC && front->kind != PGS_EXP_QUERY)) {
+    if (len != 1 || front == NULL ||
+        (front->kind != PGS_EXP_SYNC && front->kind != PGS_EXP_QUERY)) {
       server_protocol_error(server, "unexpected ReadyForQuery");
       return REPLY_DROP;
     }
@@ -275,8 +278,8 @@ static reply_action_t server_message(pgs_server_t *server, char type, const uint
         server->internal_failed = false;
         server->dirty = true;
         if (client->state == PGS_CL_LOGIN)
-          pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                          "invalid startup parameters: %s", why);
+          pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "invalid startup parameters: %s",
+                          why);
         else
           pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
                           "could not restore session state on the server: %s", why);
@@ -445,7 +448,8 @@ void pgs_server_process(pgs_server_t *server) {
     uint16_t front_flags = front ? front->flags : 0;
     int16_t hide = front ? front->hide : 0;
     reply_action_t action = server_message(server, type, p + 5, total - 5);
-    if (server->client == NULL) action = REPLY_DROP;
+    if (server->client == NULL)
+      action = REPLY_DROP;
     else if (action == REPLY_FATAL)
       action = front_flags & PGS_EF_FAN ? REPLY_DROP : REPLY_FORWARD;
     else if (front_flags & PGS_EF_FAN)
@@ -634,8 +638,9 @@ static void connect_done(pgs_server_t *server) {
   uv_tcp_nodelay(&server->io.tcp, 1);
   if (PQgssEncInUse(server->pg)) {
     /* libpq's GSSAPI encryption has no session pgshard could carry on. */
-    connect_failed_because(server, "GSSAPI encryption to servers is not supported "
-                                   "(use sslmode, or gssencmode=disable)");
+    connect_failed_because(server,
+                           "GSSAPI encryption to servers is not supported "
+                           "(use sslmode, or gssencmode=disable)");
     return;
   }
   if (PQsslInUse(server->pg)) {

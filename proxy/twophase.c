@@ -60,20 +60,20 @@
 /* A gid the log knows and has not closed. */
 typedef struct entry {
   pgs_twophase_decision_t decision; /* UNKNOWN: this process is still preparing it */
-  bool own;      /* made by this process (else: an undone commit from the log) */
-  bool released; /* no worker drives it any more: recovery settles it */
-  bool logged;   /* a "C" or "A" went to the log: a "D" must close it */
-  int held;      /* servers still running a statement on it (pgs_twophase_hold) */
+  bool own;                         /* made by this process (else: an undone commit from the log) */
+  bool released;                    /* no worker drives it any more: recovery settles it */
+  bool logged;                      /* a "C" or "A" went to the log: a "D" must close it */
+  int held;          /* servers still running a statement on it (pgs_twophase_hold) */
   uint64_t since_ms; /* made, decided, released or last answered, for
                         PGS_TWOPHASE_IN_FLIGHT_MS */
 } entry_t;
 
 /* What recovery does with one prepared gid. */
 typedef enum {
-  ACT_LEAVE,    /* this process's worker is on it */
+  ACT_LEAVE, /* this process's worker is on it */
   ACT_COMMIT,
   ACT_ROLLBACK,
-  ACT_FOREIGN,  /* not this log's gid: never touched */
+  ACT_FOREIGN, /* not this log's gid: never touched */
 } action_t;
 
 static struct {
@@ -82,15 +82,15 @@ static struct {
   uv_mutex_t pass_lock; /* one recovery pass at a time */
   bool initialized;
   char *path;
-  int fd;          /* -1: the log is not open */
-  int lock_fd;     /* "<log>.lock", flocked; -1: not held */
-  uint64_t size;   /* bytes in the file: where the next record goes */
-  uint64_t owner;  /* the log's, valid while fd >= 0 */
+  int fd;         /* -1: the log is not open */
+  int lock_fd;    /* "<log>.lock", flocked; -1: not held */
+  uint64_t size;  /* bytes in the file: where the next record goes */
+  uint64_t owner; /* the log's, valid while fd >= 0 */
   uint64_t instance;
   uint64_t next_seq;
-  pgs_strmap_t index; /* gid -> entry_t */
-  pgs_strmap_t warned; /* keys of warnings given once (first_warning) */
-  int nown;           /* entries of this process */
+  pgs_strmap_t index;            /* gid -> entry_t */
+  pgs_strmap_t warned;           /* keys of warnings given once (first_warning) */
+  int nown;                      /* entries of this process */
   uint64_t written, synced_upto; /* "C" records appended / known durable */
   bool syncing;
   char fault[64];       /* PGSHARD_FAULT */
@@ -233,15 +233,15 @@ static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
     for (const pgs_strmap_entry_t *e = replay.commits.buckets[i]; e; e = e->next) {
       if (pgs_strmap_contains(&tp.index, e->key)) continue;
       entry_t *en = pgs_xcalloc(1, sizeof(*en));
-      *en = (entry_t){.decision = PGS_2PC_COMMIT, .released = true, .logged = true,
-                      .since_ms = now};
+      *en =
+          (entry_t){.decision = PGS_2PC_COMMIT, .released = true, .logged = true, .since_ms = now};
       pgs_strmap_put(&tp.index, e->key, en);
     }
   }
-  pgs_info("2pc: decision log %s%s (owner %016" PRIx64 "): %zu commit(s) to finish; this "
+  pgs_info("2pc: decision log %s%s (owner %016" PRIx64
+           "): %zu commit(s) to finish; this "
            "process is instance %016" PRIx64,
-           tp.path, replay.has_header ? "" : " created", owner, replay.commits.count,
-           tp.instance);
+           tp.path, replay.has_header ? "" : " created", owner, replay.commits.count, tp.instance);
   pgs_twophase_replay_free(&replay);
   tp.last_error[0] = '\0';
   return PGS_OK;
@@ -289,8 +289,10 @@ static void sync_commits_locked(uint64_t upto) {
        * the dirty pages and report success next time). Going on could roll
        * back what a restart would commit; exiting lets recovery settle
        * every shard by what the disk says. */
-      pgs_log(PGS_LOG_FATAL, "2pc: cannot sync %s: %s; exiting so that recovery settles the "
-              "transactions by what is on disk", tp.path, strerror(err));
+      pgs_log(PGS_LOG_FATAL,
+              "2pc: cannot sync %s: %s; exiting so that recovery settles the "
+              "transactions by what is on disk",
+              tp.path, strerror(err));
       _exit(EXIT_LOG_SYNC_FAILED);
     }
     if (target > tp.synced_upto) tp.synced_upto = target;
@@ -316,8 +318,8 @@ static void compact_locked(void) {
   /* Everything decided so far is in the new, synced file. */
   tp.synced_upto = tp.written;
   uv_cond_broadcast(&tp.synced);
-  pgs_info("2pc: decision log %s compacted from %" PRIu64 " to %" PRIu64 " bytes", tp.path,
-           before, size);
+  pgs_info("2pc: decision log %s compacted from %" PRIu64 " to %" PRIu64 " bytes", tp.path, before,
+           size);
 }
 
 static void entry_free(void *value) { free(value); }
@@ -538,8 +540,8 @@ void pgs_twophase_each(pgs_twophase_each_fn fn, void *arg) {
   for (size_t b = 0; b < tp.index.nbuckets; b++)
     for (const pgs_strmap_entry_t *e = tp.index.buckets[b]; e; e = e->next) {
       const entry_t *en = e->value;
-      fn(e->key, en->decision, en->own, en->released,
-         now > en->since_ms ? now - en->since_ms : 0, arg);
+      fn(e->key, en->decision, en->own, en->released, now > en->since_ms ? now - en->since_ms : 0,
+         arg);
     }
   uv_mutex_unlock(&tp.lock);
 }
@@ -676,8 +678,8 @@ static bool first_warning(const char *key) {
 static PGconn *recovery_connect(const pgs_config_t *config, const pgs_database_t *db,
                                 const pgs_node_t *node, const pgs_user_t *user, char *err,
                                 size_t errlen) {
-  char *base = pgs_node_conninfo(config, db, node, user, "application_name",
-                                 "pgshard 2pc recovery");
+  char *base =
+      pgs_node_conninfo(config, db, node, user, "application_name", "pgshard 2pc recovery");
   size_t cilen = strlen(base) + 32;
   char *ci = pgs_xmalloc(cilen);
   /* libpq takes the last of a repeated key. */
@@ -762,12 +764,14 @@ static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strm
   char *me = NULL;
   pgs_strmap_t owners;
   pgs_strmap_init(&owners);
-  PGconn *pg = recovery_connect(t->config, t->database, t->node, listing_user(t->config), msg,
-                                sizeof(msg));
+  PGconn *pg =
+      recovery_connect(t->config, t->database, t->node, listing_user(t->config), msg, sizeof(msg));
   if (pg == NULL) {
     if (pgs_log_enabled(quiet))
-      pgs_log(quiet, "2pc: cannot reach %s.%s to settle prepared transactions (%s); trying again "
-              "later", t->db, t->shard, msg);
+      pgs_log(quiet,
+              "2pc: cannot reach %s.%s to settle prepared transactions (%s); trying again "
+              "later",
+              t->db, t->shard, msg);
     ok = false;
     goto out;
   }
@@ -791,9 +795,10 @@ static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strm
   if (t->config->twophase_recovery_user && !superuser) {
     snprintf(msg, sizeof(msg), "not superuser %s %s.%s", me, t->db, t->shard);
     if (first_warning(msg))
-      pgs_warn("2pc: twophase_recovery_user = %s logs in to %s.%s as %s, which is not a "
-               "superuser there: other users' prepared transactions are settled as their owners",
-               t->config->twophase_recovery_user, t->db, t->shard, me);
+      pgs_warn(
+          "2pc: twophase_recovery_user = %s logs in to %s.%s as %s, which is not a "
+          "superuser there: other users' prepared transactions are settled as their owners",
+          t->config->twophase_recovery_user, t->db, t->shard, me);
   }
   if (!exec_ok(pg, LIST_SQL, PGRES_TUPLES_OK, &res)) {
     pgs_warn("2pc: %s.%s: listing prepared transactions: %s", t->db, t->shard,
@@ -824,8 +829,8 @@ static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strm
       if (conn == NULL) {
         snprintf(msg, sizeof(msg), "%s %s.%s", gid, t->db, t->shard);
         if (first_warning(msg))
-          pgs_warn("2pc: cannot settle %s on %s.%s, prepared by %s: %s; it stays prepared",
-                   gid, t->db, t->shard, owner, reason);
+          pgs_warn("2pc: cannot settle %s on %s.%s, prepared by %s: %s; it stays prepared", gid,
+                   t->db, t->shard, owner, reason);
         pgs_strmap_put(left, gid, NULL);
         ok = false;
         continue;
@@ -956,15 +961,17 @@ pgs_status_t pgs_twophase_check_recovery_user(const pgs_config_t *config) {
       if (!shard->has_primary) continue;
       PGconn *pg = recovery_connect(config, db, &shard->primary, user, msg, sizeof(msg));
       PGresult *res = NULL;
-      if (pg == NULL || !exec_ok(pg, SESSION_SQL, PGRES_TUPLES_OK, &res) ||
-          PQntuples(res) != 1) {
-        pgs_warn("2pc: cannot check that twophase_recovery_user = %s is a superuser on %s.%s: "
-                 "%s", user->name, db->name, shard->name,
-                 pg ? one_line(PQerrorMessage(pg), msg, sizeof(msg)) : msg);
+      if (pg == NULL || !exec_ok(pg, SESSION_SQL, PGRES_TUPLES_OK, &res) || PQntuples(res) != 1) {
+        pgs_warn(
+            "2pc: cannot check that twophase_recovery_user = %s is a superuser on %s.%s: "
+            "%s",
+            user->name, db->name, shard->name,
+            pg ? one_line(PQerrorMessage(pg), msg, sizeof(msg)) : msg);
       } else if (strcmp(PQgetvalue(res, 0, 2), "on") != 0) {
-        pgs_error("2pc: twophase_recovery_user = %s logs in to %s.%s as %s, which is not a "
-                  "superuser there (finishing other users' prepared transactions needs one)",
-                  user->name, db->name, shard->name, PQgetvalue(res, 0, 1));
+        pgs_error(
+            "2pc: twophase_recovery_user = %s logs in to %s.%s as %s, which is not a "
+            "superuser there (finishing other users' prepared transactions needs one)",
+            user->name, db->name, shard->name, PQgetvalue(res, 0, 1));
         rc = PGS_ECONFIG;
       }
       PQclear(res);

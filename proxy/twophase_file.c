@@ -52,8 +52,8 @@ bool pgs_twophase_file_write_all(int fd, const char *data, size_t len) {
 /* fsync the directory holding PATH, so a rename into it is durable. */
 static int fsync_dir_of(const char *path) {
   const char *slash = strrchr(path, '/');
-  char *dir = slash ? pgs_xstrndup(path, slash == path ? 1 : (size_t)(slash - path))
-                    : pgs_xstrdup(".");
+  char *dir =
+      slash ? pgs_xstrndup(path, slash == path ? 1 : (size_t)(slash - path)) : pgs_xstrdup(".");
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   free(dir);
   if (fd < 0) return -1;
@@ -62,8 +62,7 @@ static int fsync_dir_of(const char *path) {
   return rc;
 }
 
-pgs_status_t pgs_twophase_file_lock(const char *log_path, int *lock_fd, char *err,
-                                    size_t errlen) {
+pgs_status_t pgs_twophase_file_lock(const char *log_path, int *lock_fd, char *err, size_t errlen) {
   char *path = with_suffix(log_path, LOCK_SUFFIX);
   pgs_status_t rc = PGS_OK;
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);

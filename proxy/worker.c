@@ -19,7 +19,7 @@
 
 static pgs_worker_t *workers;
 static int nworkers;
-static int running;             /* worker threads not yet ended (atomic) */
+static int running; /* worker threads not yet ended (atomic) */
 
 int pgs_workers_running(void) { return __atomic_load_n(&running, __ATOMIC_ACQUIRE); }
 
@@ -278,8 +278,10 @@ unwind:
   running = nworkers;
   pgs_workers_exit();
   for (int i = 0; i < nworkers; i++) {
-    if (i < started) uv_thread_join(&workers[i].thread);
-    else worker_main(&workers[i]);
+    if (i < started)
+      uv_thread_join(&workers[i].thread);
+    else
+      worker_main(&workers[i]);
     worker_free(&workers[i]);
   }
   free(workers);
@@ -377,7 +379,8 @@ bool pgs_pause_set(const char *db, bool paused) {
     else if (paused && at == npause_dbs)
       snprintf(pause_dbs[npause_dbs++], PGS_MAX_NAME, "%s", db);
     else if (!paused && at < npause_dbs)
-      memmove(pause_dbs[at], pause_dbs[at + 1], sizeof(pause_dbs[0]) * (size_t)(npause_dbs - at - 1)),
+      memmove(pause_dbs[at], pause_dbs[at + 1],
+              sizeof(pause_dbs[0]) * (size_t)(npause_dbs - at - 1)),
           npause_dbs--;
   }
   __atomic_store_n(&pause_count, (pause_all ? 1 : 0) + npause_dbs, __ATOMIC_RELEASE);
@@ -406,7 +409,8 @@ bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg) {
 pgs_db_stats_t *pgs_worker_stats(pgs_worker_t *worker, const char *db) {
   for (int i = 0; i < worker->nstats; i++)
     if (!strcmp(worker->stats[i]->db, db)) return worker->stats[i];
-  worker->stats = pgs_xrealloc(worker->stats, (size_t)(worker->nstats + 1) * sizeof(*worker->stats));
+  worker->stats =
+      pgs_xrealloc(worker->stats, (size_t)(worker->nstats + 1) * sizeof(*worker->stats));
   pgs_db_stats_t *st = pgs_xcalloc(1, sizeof(*st));
   snprintf(st->db, sizeof(st->db), "%s", db);
   worker->stats[worker->nstats++] = st;

@@ -48,8 +48,8 @@ static pgs_status_t fail(char *err, size_t errlen, const char *message, const ch
 }
 
 /* An optional single argument word, copied into cmd->arg. */
-static pgs_status_t optional_arg(cursor_t *c, pgs_admin_cmd_t *cmd, bool required,
-                                 const char *what, char *err, size_t errlen) {
+static pgs_status_t optional_arg(cursor_t *c, pgs_admin_cmd_t *cmd, bool required, const char *what,
+                                 char *err, size_t errlen) {
   const char *w;
   size_t len;
   if (!next_word(c, &w, &len)) {
@@ -59,8 +59,8 @@ static pgs_status_t optional_arg(cursor_t *c, pgs_admin_cmd_t *cmd, bool require
     memcpy(cmd->arg, w, len);
     cmd->arg[len] = '\0';
   }
-  if (!at_end(c)) return fail(err, errlen, "unexpected text after the command:", c->p,
-                              (size_t)(c->end - c->p));
+  if (!at_end(c))
+    return fail(err, errlen, "unexpected text after the command:", c->p, (size_t)(c->end - c->p));
   return PGS_OK;
 }
 
@@ -104,7 +104,8 @@ pgs_status_t pgs_admin_parse(const char *sql, size_t len, pgs_admin_cmd_t *cmd, 
     if (next_word(&c, &in, &il) && word_is(in, il, "in")) {
       const char *db;
       size_t dl;
-      if (!next_word(&c, &db, &dl)) return fail(err, errlen, "EXPLAIN ROUTE IN needs a database", NULL, 0);
+      if (!next_word(&c, &db, &dl))
+        return fail(err, errlen, "EXPLAIN ROUTE IN needs a database", NULL, 0);
       if (dl >= PGS_MAX_NAME) return fail(err, errlen, "name too long:", db, dl);
       memcpy(cmd->arg, db, dl);
       cmd->arg[dl] = '\0';
@@ -139,15 +140,16 @@ pgs_status_t pgs_admin_parse(const char *sql, size_t len, pgs_admin_cmd_t *cmd, 
         return fail(err, errlen, "unexpected text after the command:", c.p, (size_t)(c.end - c.p));
       return PGS_OK;
     }
-    pgs_status_t st = optional_arg(&c, cmd, simple[i].arg == 2,
-                                   cmd->kind == PGS_ADMIN_KILL ? "KILL needs a client id"
-                                                               : "BAN and UNBAN need a node",
-                                   err, errlen);
+    pgs_status_t st = optional_arg(
+        &c, cmd, simple[i].arg == 2,
+        cmd->kind == PGS_ADMIN_KILL ? "KILL needs a client id" : "BAN and UNBAN need a node", err,
+        errlen);
     if (st != PGS_OK || cmd->kind != PGS_ADMIN_KILL) return st;
     char *end;
     errno = 0;
     long long id = strtoll(cmd->arg, &end, 10);
-    if (errno || *end || id < 0) return fail(err, errlen, "KILL needs a client id, not", cmd->arg, strlen(cmd->arg));
+    if (errno || *end || id < 0)
+      return fail(err, errlen, "KILL needs a client id, not", cmd->arg, strlen(cmd->arg));
     cmd->client_id = id;
     return PGS_OK;
   }

@@ -1712,7 +1712,7 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
   }
   PgQuery__ParseResult *tree = NULL;
   if (!result.error && !pgs_analyze_tree_depth_ok((const uint8_t *)result.parse_tree.data,
-                                      result.parse_tree.len, PGS_ANALYZE_MAX_DEPTH)) {
+                                                  result.parse_tree.len, PGS_ANALYZE_MAX_DEPTH)) {
     pg_query_free_protobuf_parse_result(result);
     free(restored);
     free(loc);

@@ -93,8 +93,7 @@ static int base64_value(unsigned char c) {
 /* Strict base64 decode: whole quads, no whitespace, '=' only as final padding.
  * EVP_DecodeBlock is not used because it accepts surrounding whitespace and
  * does not report how much padding it dropped. */
-static bool base64_decode(const char *in, size_t len, uint8_t *out, size_t outcap,
-                          size_t *outlen) {
+static bool base64_decode(const char *in, size_t len, uint8_t *out, size_t outcap, size_t *outlen) {
   size_t pad = 0;
   if (len == 0 || len % 4 != 0) return false;
   if (in[len - 1] == '=') {
@@ -380,8 +379,8 @@ pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t 
   if (!read_attribute(&c, 'n', NULL, &value, &value_len)) return scram_fail(scram, PGS_EPROTO);
   const char *client_nonce;
   size_t client_nonce_len;
-  if (!read_attribute(&c, 'r', NULL, &client_nonce, &client_nonce_len) ||
-      client_nonce_len == 0 || !is_printable(client_nonce, client_nonce_len))
+  if (!read_attribute(&c, 'r', NULL, &client_nonce, &client_nonce_len) || client_nonce_len == 0 ||
+      !is_printable(client_nonce, client_nonce_len))
     return scram_fail(scram, PGS_EPROTO);
   while (c.p < c.end) {
     char attr;
@@ -400,8 +399,8 @@ pgs_status_t pgs_scram_server_first(pgs_scram_t *scram, const char *msg, size_t 
   char salt64[4 * ((sizeof(scram->salt) + 2) / 3) + 1];
   if (!base64_encode(scram->salt, scram->salt_len, salt64, sizeof(salt64)))
     return scram_fail(scram, PGS_EINVAL);
-  int n = snprintf(scram->server_first, sizeof(scram->server_first), "r=%s,s=%s,i=%d",
-                   scram->nonce, salt64, scram->iterations);
+  int n = snprintf(scram->server_first, sizeof(scram->server_first), "r=%s,s=%s,i=%d", scram->nonce,
+                   salt64, scram->iterations);
   if (n < 0 || (size_t)n >= sizeof(scram->server_first) || (size_t)n >= outcap)
     return scram_fail(scram, PGS_EINVAL);
   memcpy(out, scram->server_first, (size_t)n + 1);

@@ -7,8 +7,8 @@
 
 const char *pgs_status_str(pgs_status_t status) {
   switch (status) {
-#define PGS_STATUS_CASE(name, desc)                                          \
-  case PGS_##name:                                                           \
+#define PGS_STATUS_CASE(name, desc)                                                                \
+  case PGS_##name:                                                                                 \
     return desc;
     PGS_STATUS_MAP(PGS_STATUS_CASE)
 #undef PGS_STATUS_CASE

@@ -243,8 +243,8 @@ static const char *const xwrite_names[] = {"deny", "allow", "2pc", NULL};
 static const char *const hash_names[] = {"xxh3", "postgres", NULL};
 static const char *const allow_deny_names[] = {"deny", "allow", NULL};
 static const char *const tenant_isolation_names[] = {"shard", "strict", NULL};
-static const char *const client_tls_names[] = {"disable", "allow", "require", "verify-ca",
-                                               "verify-full", NULL};
+static const char *const client_tls_names[] = {"disable",   "allow",       "require",
+                                               "verify-ca", "verify-full", NULL};
 
 /* ---- conninfo ---- */
 
@@ -253,8 +253,7 @@ bool pgs_host_is_loopback(const char *host) {
   return !strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcasecmp(host, "localhost");
 }
 
-pgs_status_t pgs_conninfo_parse(const char *conninfo, pgs_node_t *node, char *err,
-                                size_t errlen) {
+pgs_status_t pgs_conninfo_parse(const char *conninfo, pgs_node_t *node, char *err, size_t errlen) {
   const char *p = conninfo;
   node->host = NULL;
   node->port = 5432;
@@ -333,7 +332,8 @@ static void node_free(pgs_node_t *node) {
 static pgs_user_t *get_user(pgs_config_t *config, const char *name, int line) {
   for (int i = 0; i < config->nusers; i++)
     if (!strcmp(config->users[i].name, name)) return &config->users[i];
-  config->users = pgs_xrealloc(config->users, sizeof(*config->users) * (size_t)(config->nusers + 1));
+  config->users =
+      pgs_xrealloc(config->users, sizeof(*config->users) * (size_t)(config->nusers + 1));
   pgs_user_t *user = &config->users[config->nusers++];
   memset(user, 0, sizeof(*user));
   user->name = pgs_xstrdup(name);
@@ -416,8 +416,7 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
   if (!strcmp(key, "listen")) {
     const char *colon = strrchr(value, ':');
     int64_t port;
-    if (!colon || colon == value ||
-        !parse_int(st, key, colon + 1, 1, 65535, &port)) {
+    if (!colon || colon == value || !parse_int(st, key, colon + 1, 1, 65535, &port)) {
       if (!colon || colon == value)
         config_error(c, st->line, "listen: expected HOST:PORT, got \"%s\"", value);
       return;
@@ -594,7 +593,6 @@ static void handle_shard(parse_state_t *st, const char *dbname, const char *name
   }
 }
 
-
 /* ---- the shard map: [table.DB.T], [geo.DB], [tenants.DB] ---- */
 
 static raw_table_t *get_raw_table(parse_state_t *st, const char *db, const char *name) {
@@ -609,8 +607,8 @@ static raw_table_t *get_raw_table(parse_state_t *st, const char *db, const char 
   return t;
 }
 
-static void handle_table(parse_state_t *st, const char *dbname, const char *name,
-                         const char *key, const char *value) {
+static void handle_table(parse_state_t *st, const char *dbname, const char *name, const char *key,
+                         const char *value) {
   raw_table_t *t = get_raw_table(st, dbname, name);
   pgs_config_t *c = st->config;
   if (!strcmp(key, "column")) {
@@ -666,8 +664,7 @@ static void add_entry(raw_entry_t **list, int *n, const char *db, const char *ke
 
 /* [geo.DB]: `REGION = VALUE VALUE ...` (blanks or commas between values),
  * repeatable; `default = REGION`. One raw entry per value. */
-static void handle_geo(parse_state_t *st, const char *dbname, const char *key,
-                       const char *value) {
+static void handle_geo(parse_state_t *st, const char *dbname, const char *key, const char *value) {
   if (!strcmp(key, "default")) {
     if (!valid_name(value)) {
       config_error(st->config, st->line, "default: expected a region name, got \"%s\"", value);
@@ -813,8 +810,8 @@ static void config_validate(pgs_config_t *c) {
   }
   if (c->ndatabases == 0) config_error(c, 0, "no [database.*] section");
   if (c->twophase_recovery_user && !pgs_config_find_user(c, c->twophase_recovery_user))
-    config_error(c, c->twophase_recovery_user_line,
-                 "twophase_recovery_user: no [user.%s] section", c->twophase_recovery_user);
+    config_error(c, c->twophase_recovery_user_line, "twophase_recovery_user: no [user.%s] section",
+                 c->twophase_recovery_user);
   if (c->max_total_client_memory < c->max_client_memory)
     config_error(c, 0, "max_total_client_memory (%lld) is below max_client_memory (%lld)",
                  (long long)c->max_total_client_memory, (long long)c->max_client_memory);
@@ -990,8 +987,8 @@ static void build_ranges(pgs_config_t *c, const pgs_database_t *db, const raw_ta
     if (r.has_low && !parse_bound(c, t, raw, low, &r.low)) ok = false;
     if (r.has_high && !parse_bound(c, t, raw, high, &r.high)) ok = false;
     if (ok && r.has_low && r.has_high && pgs_key_compare(r.low, r.high) >= 0) {
-      config_error(c, raw->line, "[table.%s.%s]: empty range: low %s is not below high %s",
-                   t->db, t->name, low, high);
+      config_error(c, raw->line, "[table.%s.%s]: empty range: low %s is not below high %s", t->db,
+                   t->name, low, high);
       ok = false;
     }
     free(shard);
@@ -1053,8 +1050,7 @@ static int geo_order(const void *pa, const void *pb) {
 }
 
 static int tenant_order(const void *pa, const void *pb) {
-  return pgs_key_compare(((const pgs_tenant_pin_t *)pa)->key,
-                         ((const pgs_tenant_pin_t *)pb)->key);
+  return pgs_key_compare(((const pgs_tenant_pin_t *)pa)->key, ((const pgs_tenant_pin_t *)pb)->key);
 }
 
 /* The column type every table of STRATEGY in DB shares (text when there is
@@ -1114,9 +1110,8 @@ static void build_geo(pgs_config_t *c, parse_state_t *st, pgs_database_t *db) {
     pgs_key_t key;
     pgs_key_error_t kerr;
     if (pgs_key_from_text(map->geo_type, e->value, strlen(e->value), &key, &kerr) != PGS_OK) {
-      config_error(c, e->line, "[geo.%s]: value \"%s\" of region %s is not a %s: %s (%s)",
-                   db->name, e->value, e->key, pgs_key_type_name(map->geo_type), kerr.message,
-                   kerr.sqlstate);
+      config_error(c, e->line, "[geo.%s]: value \"%s\" of region %s is not a %s: %s (%s)", db->name,
+                   e->value, e->key, pgs_key_type_name(map->geo_type), kerr.message, kerr.sqlstate);
       continue;
     }
     const pgs_geo_value_t *dup = NULL;
@@ -1127,8 +1122,7 @@ static void build_geo(pgs_config_t *c, parse_state_t *st, pgs_database_t *db) {
         config_error(c, e->line, "[geo.%s]: value %s is listed twice in region %s (line %d)",
                      db->name, e->value, e->key, dup->line);
       else
-        config_error(c, e->line,
-                     "[geo.%s]: value %s is listed in two regions: %s (line %d) and %s",
+        config_error(c, e->line, "[geo.%s]: value %s is listed in two regions: %s (line %d) and %s",
                      db->name, e->value, dup->region, dup->line, e->key);
       continue;
     }
@@ -1161,8 +1155,8 @@ static void build_tenants(pgs_config_t *c, parse_state_t *st, pgs_database_t *db
     pgs_key_error_t kerr;
     bool ok = true;
     if (pgs_key_from_text(map->tenant_type, e->key, strlen(e->key), &key, &kerr) != PGS_OK) {
-      config_error(c, e->line, "[tenants.%s]: tenant \"%s\" is not a %s: %s (%s)", db->name,
-                   e->key, pgs_key_type_name(map->tenant_type), kerr.message, kerr.sqlstate);
+      config_error(c, e->line, "[tenants.%s]: tenant \"%s\" is not a %s: %s (%s)", db->name, e->key,
+                   pgs_key_type_name(map->tenant_type), kerr.message, kerr.sqlstate);
       ok = false;
     }
     int shard = pgs_shardmap_find_shard(db, e->value);

@@ -54,8 +54,8 @@ typedef struct value {
 } value_t;
 
 typedef struct option {
-  char *name;    /* as the grammar gives it: lower case unless quoted */
-  value_t value; /* text owned */
+  char *name;     /* as the grammar gives it: lower case unless quoted */
+  value_t value;  /* text owned */
   uint16_t param; /* VALUE_LITERAL */
   bool negate;    /* VALUE_LITERAL: written as -literal */
   bool names_key; /* VALUE_LIST: the list names the shard key column */
@@ -349,8 +349,7 @@ static pgs_status_t conflicting(pgs_key_error_t *err) {
 }
 
 static pgs_status_t not_a_list(pgs_key_error_t *err, const char *name) {
-  return set_error(err, "22023", "argument to option \"%s\" must be a list of column names",
-                   name);
+  return set_error(err, "22023", "argument to option \"%s\" must be a list of column names", name);
 }
 
 pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_t *lx,
@@ -366,10 +365,10 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_
   for (int i = 0; i < o->n; i++) {
     const option_t *opt = &o->v[i];
     const char *name = opt->name;
-    slot_t *slot = !strcmp(name, "delimiter") ? &delim
-                   : !strcmp(name, "null")    ? &null
-                   : !strcmp(name, "quote")   ? &quote
-                   : !strcmp(name, "escape")  ? &escape
+    slot_t *slot = !strcmp(name, "delimiter")  ? &delim
+                   : !strcmp(name, "null")     ? &null
+                   : !strcmp(name, "quote")    ? &quote
+                   : !strcmp(name, "escape")   ? &escape
                    : !strcmp(name, "encoding") ? &encoding
                                                : NULL;
     value_t v;
@@ -398,8 +397,9 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_
       header_set = true;
       int b = value_boolean(&v, name, true, err);
       if (b < 0) return PGS_EINVAL;
-      out->header = b == 2 ? PGS_COPY_HEADER_MATCH : b == 1 ? PGS_COPY_HEADER_SKIP
-                                                            : PGS_COPY_HEADER_NONE;
+      out->header = b == 2   ? PGS_COPY_HEADER_MATCH
+                    : b == 1 ? PGS_COPY_HEADER_SKIP
+                             : PGS_COPY_HEADER_NONE;
     } else if (slot) {
       if (slot->set) return conflicting(err);
       slot->s = value_string(&v, name, slot->num, err);
@@ -473,8 +473,7 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_
     return set_error(err, "0A000", "CSV quote character must not appear in the NULL specification");
 
   /* What pgshard refuses on top. */
-  if (convert)
-    return set_error(err, "0A000", "COPY option convert_selectively is not supported");
+  if (convert) return set_error(err, "0A000", "COPY option convert_selectively is not supported");
   if (binary && o->table)
     return set_error(err, "0A000",
                      "COPY ... FORMAT binary into sharded table %s is not supported; use text or "
@@ -680,8 +679,8 @@ static step_t step_data(pgs_copy_split_t *s, uint8_t c, size_t off) {
   }
   if (c == '\n' && outside) {
     if (s->eol == EOL_CR || s->eol == EOL_CRNL)
-      return bad_format(s, s->csv ? "unquoted newline found in data"
-                                  : "literal newline found in data");
+      return bad_format(
+          s, s->csv ? "unquoted newline found in data" : "literal newline found in data");
     s->eol = EOL_NL;
     s->term = off;
     return STEP_ROW;
@@ -771,9 +770,10 @@ static char *key_space(pgs_copy_split_t *s, size_t need) {
 }
 
 static int hex_value(uint8_t c) {
-  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                                        : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                                               : -1;
+  return c >= '0' && c <= '9'   ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
 }
 
 static bool is_octal(uint8_t c) { return c >= '0' && c <= '7'; }
@@ -782,8 +782,8 @@ static bool is_octal(uint8_t c) { return c >= '0' && c <= '7'; }
  * CopyReadAttributesText reads it: a backslash takes the next byte, and
  * up to two more octal digits after \0-7, up to two hex digits after \x.
  * *ESCAPED: whether a backslash was seen. */
-static const uint8_t *text_field_end(const pgs_copy_split_t *s, const uint8_t *p,
-                                     const uint8_t *e, bool *escaped) {
+static const uint8_t *text_field_end(const pgs_copy_split_t *s, const uint8_t *p, const uint8_t *e,
+                                     bool *escaped) {
   const uint8_t delim = s->delimiter;
   while (p < e) {
     uint8_t c = *p;
@@ -834,13 +834,26 @@ static size_t text_unescape(const uint8_t *p, const uint8_t *e, char *out, bool 
         }
       } else {
         switch (c) {
-        case 'b': c = '\b'; break;
-        case 'f': c = '\f'; break;
-        case 'n': c = '\n'; break;
-        case 'r': c = '\r'; break;
-        case 't': c = '\t'; break;
-        case 'v': c = '\v'; break;
-        default: break; /* any other byte stands for itself */
+        case 'b':
+          c = '\b';
+          break;
+        case 'f':
+          c = '\f';
+          break;
+        case 'n':
+          c = '\n';
+          break;
+        case 'r':
+          c = '\r';
+          break;
+        case 't':
+          c = '\t';
+          break;
+        case 'v':
+          c = '\v';
+          break;
+        default:
+          break; /* any other byte stands for itself */
         }
       }
     }
@@ -978,8 +991,8 @@ static bool csv_key(pgs_copy_split_t *s, const uint8_t *p, const uint8_t *e, con
     }
     if (is_key) {
       size_t raw = (size_t)(end - start);
-      *key_null = !quoted && raw == s->spec.null_len &&
-                  memcmp(start, s->spec.null_string, raw) == 0;
+      *key_null =
+          !quoted && raw == s->spec.null_len && memcmp(start, s->spec.null_string, raw) == 0;
       *key = out ? out : (const char *)start;
       *key_len = out ? n : raw;
       if (*key_null && s->spec.key_force_not_null) {
@@ -1028,8 +1041,8 @@ static bool place_row(pgs_copy_split_t *s, const uint8_t *row, size_t total, siz
     return fail(s, kerr.sqlstate, true, "%s", kerr.message);
   if (s->ncolumns >= 0 && fields < s->ncolumns)
     return fail(s, "22P04", false, "missing data for column %d of %d", fields + 1, s->ncolumns);
-  int shard = pgs_route_key_shard(s->db, s->table, &s->key, s->has_session ? &s->session : NULL,
-                                  &kerr);
+  int shard =
+      pgs_route_key_shard(s->db, s->table, &s->key, s->has_session ? &s->session : NULL, &kerr);
   if (shard < 0) return fail(s, kerr.sqlstate, true, "%s", kerr.message);
   s->rows++;
   s->cb(s->cb_ctx, shard, row, total);

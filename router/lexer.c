@@ -630,8 +630,8 @@ static inline uint64_t depth_bit(int depth) {
  * before it began an item. */
 static void track_sort_list(lexer_t *lx, const char *w, size_t n, bool item_start) {
   static const char *const ends[] = {
-      "except", "fetch",  "for",   "from",   "having", "intersect", "into",  "limit", "offset",
-      "on",     "returning", "select", "set", "union", "values",    "where", "window", "with",
+      "except", "fetch",     "for",    "from", "having", "intersect", "into",  "limit",  "offset",
+      "on",     "returning", "select", "set",  "union",  "values",    "where", "window", "with",
   };
   uint64_t bit = depth_bit(lx->depth);
   if (n == 2 && word_is(w, "by", 2)) {
@@ -876,7 +876,7 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
         bool item = item_start && (lx.sort_lists & depth_bit(lx.depth));
         lx.depth++;
         lx.sort_lists &= depth_bit(lx.depth) - 1; /* none open inside yet */
-        if (item) { /* ORDER BY (2) is ORDER BY 2 */
+        if (item) {                               /* ORDER BY (2) is ORDER BY 2 */
           lx.sort_lists |= depth_bit(lx.depth);
           lx.item_start = true;
         }

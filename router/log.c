@@ -55,7 +55,8 @@ static void log_line(pgs_log_level_t level, const char *event, const pgs_log_fie
                          level_names[level], (int)getpid());
     if (event && n < sizeof(line))
       n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"event\":\"%s\"", event);
-    if (n < sizeof(line)) n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"msg\":\"%s\"", escaped);
+    if (n < sizeof(line))
+      n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"msg\":\"%s\"", escaped);
     for (int i = 0; i < nfields && n < sizeof(line); i++) {
       if (fields[i].value == NULL) continue;
       json_escape(escaped, sizeof(escaped), fields[i].value);

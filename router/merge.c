@@ -96,8 +96,8 @@ typedef struct an {
   int nedges, edges_cap;
   target_t *targets;
   int ntargets;
-  int first_star;            /* index of the first star target, or -1 */
-  int32_t first_target_loc;  /* location of the first ResTarget */
+  int first_star;           /* index of the first star target, or -1 */
+  int32_t first_target_loc; /* location of the first ResTarget */
   hidden_t *hidden;
   int nhidden, hidden_cap;
   bool grouped;
@@ -317,15 +317,48 @@ static int mergeable_kind(const PgQuery__FuncCall *fc) {
  * combine into the whole one (or pgshard does not combine them). */
 static bool other_aggregate(const char *name) {
   static const char *const names[] = {
-      "any_value",      "array_agg",     "bit_and",        "bit_or",          "bit_xor",
-      "bool_and",       "bool_or",       "corr",           "covar_pop",       "covar_samp",
-      "cume_dist",      "dense_rank",    "every",          "json_agg",        "json_agg_strict",
-      "json_object_agg", "jsonb_agg",    "jsonb_object_agg", "mode",          "percent_rank",
-      "percentile_cont", "percentile_disc", "range_agg",  "range_intersect_agg", "rank",
-      "regr_avgx",      "regr_avgy",     "regr_count",     "regr_intercept",  "regr_r2",
-      "regr_slope",     "regr_sxx",      "regr_sxy",       "regr_syy",        "stddev",
-      "stddev_pop",     "stddev_samp",   "string_agg",     "var_pop",         "var_samp",
-      "variance",       "xmlagg",
+      "any_value",
+      "array_agg",
+      "bit_and",
+      "bit_or",
+      "bit_xor",
+      "bool_and",
+      "bool_or",
+      "corr",
+      "covar_pop",
+      "covar_samp",
+      "cume_dist",
+      "dense_rank",
+      "every",
+      "json_agg",
+      "json_agg_strict",
+      "json_object_agg",
+      "jsonb_agg",
+      "jsonb_object_agg",
+      "mode",
+      "percent_rank",
+      "percentile_cont",
+      "percentile_disc",
+      "range_agg",
+      "range_intersect_agg",
+      "rank",
+      "regr_avgx",
+      "regr_avgy",
+      "regr_count",
+      "regr_intercept",
+      "regr_r2",
+      "regr_slope",
+      "regr_sxx",
+      "regr_sxy",
+      "regr_syy",
+      "stddev",
+      "stddev_pop",
+      "stddev_samp",
+      "string_agg",
+      "var_pop",
+      "var_samp",
+      "variance",
+      "xmlagg",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(names); i++)
     if (!strcmp(names[i], name)) return true;
@@ -338,8 +371,7 @@ static bool is_aggregate(const PgQuery__FuncCall *fc) {
   if (fc->over != NULL) return false;
   const char *name = catalog_name(fc);
   return mergeable_kind(fc) >= 0 || (name && other_aggregate(name)) || fc->agg_star ||
-         fc->agg_distinct || fc->n_agg_order > 0 || fc->agg_filter != NULL ||
-         fc->agg_within_group;
+         fc->agg_distinct || fc->n_agg_order > 0 || fc->agg_filter != NULL || fc->agg_within_group;
 }
 
 static bool visit_window(an_t *an, const ProtobufCMessage *m, void *arg) {
@@ -398,8 +430,9 @@ static const pgs_table_t *find_sharded(an_t *an, const PgQuery__Node *n) {
 /* Refuses when N reads a sharded table: N is a subquery, or holds one. */
 static bool no_sharded_subquery(an_t *an, const PgQuery__Node *n) {
   const pgs_table_t *t = find_sharded(an, n);
-  if (t) return refuse(an, "a subquery reading sharded table %s cannot be merged across shards",
-                       t->name);
+  if (t)
+    return refuse(an, "a subquery reading sharded table %s cannot be merged across shards",
+                  t->name);
   return true;
 }
 
@@ -668,8 +701,8 @@ static bool classify(an_t *an, const PgQuery__Node *n, int *agg) {
       return refuse(an, "%s(DISTINCT ...) cannot be merged across shards", name);
     if (fc->n_agg_order > 0 || fc->agg_within_group)
       return refuse(an, "%s() with ORDER BY cannot be merged across shards", name);
-    if (fc->func_variadic || (fc->agg_star ? kind != PGS_AGG_COUNT || fc->n_args != 0
-                                           : fc->n_args != 1))
+    if (fc->func_variadic ||
+        (fc->agg_star ? kind != PGS_AGG_COUNT || fc->n_args != 0 : fc->n_args != 1))
       return refuse(an, "%s() with these arguments cannot be merged across shards", name);
     for (size_t i = 0; i < fc->n_args; i++)
       if (find_aggregate(an, fc->args[i]))
@@ -743,8 +776,9 @@ static bool avg_parts(an_t *an, const PgQuery__FuncCall *avg, int *sum, int *cou
 static int add_hidden(an_t *an, const PgQuery__Node *n, int agg) {
   char *text = deparse(n);
   if (text == NULL) {
-    refuse(an, "an ORDER BY or GROUP BY expression cannot be merged across shards (it cannot be "
-               "written back as SQL)");
+    refuse(an,
+           "an ORDER BY or GROUP BY expression cannot be merged across shards (it cannot be "
+           "written back as SQL)");
     return -1;
   }
   int before = an->nhidden;
@@ -764,12 +798,11 @@ static void add_position(an_t *an, const PgQuery__AConst *c) {
   if (c->location < 0) return;
   if (an->npositions == an->positions_cap) {
     an->positions_cap = an->positions_cap ? an->positions_cap * 2 : 4;
-    an->positions =
-        pgs_xrealloc(an->positions, (size_t)an->positions_cap * sizeof(*an->positions));
+    an->positions = pgs_xrealloc(an->positions, (size_t)an->positions_cap * sizeof(*an->positions));
   }
   /* The location is mapped and measured when the spec is built. */
-  an->positions[an->npositions++] = (pgs_merge_position_t){
-      .at = (uint32_t)c->location, .len = 0, .position = c->ival->ival};
+  an->positions[an->npositions++] =
+      (pgs_merge_position_t){.at = (uint32_t)c->location, .len = 0, .position = c->ival->ival};
 }
 
 /* A single unqualified column name, or NULL. */
@@ -1038,9 +1071,9 @@ static void analyse_limits(an_t *an, const PgQuery__SelectStmt *s) {
   PgQuery__ScanResult *sr = scan_text(an->lx, &raw);
   int first = -1, other = -1;
   if (sr) {
-    int kl = s->limit_count ? clause_token(sr, limit_at < 0 ? -1
-                                                             : (int32_t)to_normalized(an, limit_at))
-                            : -1;
+    int kl = s->limit_count
+                 ? clause_token(sr, limit_at < 0 ? -1 : (int32_t)to_normalized(an, limit_at))
+                 : -1;
     int ko = s->limit_offset ? clause_token(sr, (int32_t)to_normalized(an, offset_at)) : -1;
     bool found = (s->limit_count == NULL || kl >= 0) && (s->limit_offset == NULL || ko >= 0);
     if (found) {
@@ -1065,8 +1098,7 @@ static void analyse_limits(an_t *an, const PgQuery__SelectStmt *s) {
     }
     if (!other_inside) first = -1;
   }
-  if (first < 0)
-    refuse(an, "LIMIT/OFFSET in this form cannot be merged across shards");
+  if (first < 0) refuse(an, "LIMIT/OFFSET in this form cannot be merged across shards");
   if (sr) pg_query__scan_result__free_unpacked(sr, NULL);
   pg_query_free_scan_result(raw);
 }
@@ -1158,7 +1190,7 @@ static void analyse_sort(an_t *an, const PgQuery__SelectStmt *s) {
     if (column == -2) return;
     if (column == NO_COLUMN) continue;
     bool desc = sb->sortby_dir == PG_QUERY__SORT_BY_DIR__SORTBY_DESC;
-    bool nulls_first = sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_FIRST   ? true
+    bool nulls_first = sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_FIRST  ? true
                        : sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_LAST ? false
                                                                                         : desc;
     an->keys[an->nkeys++] = (sort_key_t){column, desc, nulls_first};
@@ -1191,8 +1223,7 @@ static void analyse_select(an_t *an, const PgQuery__SelectStmt *s) {
     for (size_t i = 0; i < w->n_ctes; i++) {
       const pgs_table_t *t = find_sharded(an, w->ctes[i]);
       if (t) {
-        refuse(an, "a WITH query reading sharded table %s cannot be merged across shards",
-               t->name);
+        refuse(an, "a WITH query reading sharded table %s cannot be merged across shards", t->name);
         return;
       }
     }
@@ -1237,14 +1268,15 @@ static void analyse_select(an_t *an, const PgQuery__SelectStmt *s) {
   analyse_limits(an, s);
   if (refused(an) || !an->copy) return;
   const pgs_merge_spec_t *spec = an->spec;
-  const char *what = an->grouped           ? "aggregates or GROUP BY"
-                     : spec->distinct      ? "DISTINCT"
-                     : s->n_sort_clause    ? "ORDER BY"
+  const char *what = an->grouped                         ? "aggregates or GROUP BY"
+                     : spec->distinct                    ? "DISTINCT"
+                     : s->n_sort_clause                  ? "ORDER BY"
                      : s->limit_count || s->limit_offset ? "LIMIT or OFFSET"
                                                          : NULL;
   if (what)
-    refuse(an, "COPY (SELECT ... %s) TO STDOUT cannot be merged across shards; COPY only "
-               "concatenates the shards' rows",
+    refuse(an,
+           "COPY (SELECT ... %s) TO STDOUT cannot be merged across shards; COPY only "
+           "concatenates the shards' rows",
            what);
 }
 
@@ -1276,13 +1308,15 @@ static void analyse_copy(an_t *an, const PgQuery__CopyStmt *c) {
     const PgQuery__DefElem *d = c->options[i]->def_elem;
     if (d->defname && !strcmp(d->defname, "format") && str_of(d->arg) &&
         !strcasecmp(str_of(d->arg), "binary")) {
-      refuse(an, "COPY ... TO STDOUT in binary format cannot be merged across shards (each "
-                 "shard's output has its own header)");
+      refuse(an,
+             "COPY ... TO STDOUT in binary format cannot be merged across shards (each "
+             "shard's output has its own header)");
       return;
     }
     if (d->defname && !strcmp(d->defname, "header") && option_true(d)) {
-      refuse(an, "COPY ... TO STDOUT with HEADER cannot be merged across shards (each shard "
-                 "would send its header line)");
+      refuse(an,
+             "COPY ... TO STDOUT with HEADER cannot be merged across shards (each shard "
+             "would send its header line)");
       return;
     }
   }
@@ -1473,8 +1507,9 @@ static void build_spec(an_t *an) {
   spec->nhidden = an->nhidden;
   if (an->nhidden > 0) {
     if (an->first_target_loc < 0) {
-      refuse(an, "a SELECT without columns cannot be merged across shards with ORDER BY or "
-                 "GROUP BY");
+      refuse(an,
+             "a SELECT without columns cannot be merged across shards with ORDER BY or "
+             "GROUP BY");
       return;
     }
     pgs_buf_t text;
@@ -1531,8 +1566,7 @@ static void build_spec(an_t *an) {
       }
       spec->positions[spec->npositions++] = p;
     }
-    qsort(spec->positions, (size_t)spec->npositions, sizeof(*spec->positions),
-          compare_positions);
+    qsort(spec->positions, (size_t)spec->npositions, sizeof(*spec->positions), compare_positions);
   }
   spec->rewrite = spec->nhidden > 0 || tail_rewritten(spec);
 }
@@ -1774,7 +1808,7 @@ static pgs_status_t parse_integer(const char *s, size_t len, int64_t lo, int64_t
     if (v > (UINT64_MAX - d) / 10) goto range;
     v = v * 10 + d;
   }
-  if (neg ? v > (uint64_t)-(lo + 1) + 1 : v > (uint64_t)hi) goto range;
+  if (neg ? v > (uint64_t) - (lo + 1) + 1 : v > (uint64_t)hi) goto range;
   *out = neg ? (int64_t)(0 - v) : (int64_t)v;
   return PGS_OK;
 syntax:
@@ -1834,8 +1868,8 @@ static pgs_status_t read_count(const pgs_lexed_t *lx, const pgs_param_values_t *
                        "the %s is parameter $%d, but no Bind supplies it", clause, param);
   if (param > params->n)
     return value_error(err, PGS_SQLSTATE_PROTOCOL_VIOLATION,
-                       "bind message supplies %d parameters, but the statement uses $%d",
-                       params->n, param);
+                       "bind message supplies %d parameters, but the statement uses $%d", params->n,
+                       param);
   int i = param - 1;
   if (params->len[i] < 0) {
     *isnull = true;
@@ -1849,17 +1883,16 @@ static pgs_status_t read_count(const pgs_lexed_t *lx, const pgs_param_values_t *
   bool binary = params->format && params->format[i] == 1;
   if (binary) {
     /* Unspecified: PostgreSQL infers bigint for a LIMIT or OFFSET. */
-    size_t want = oid == PGS_OID_INT2                 ? 2
-                  : oid == PGS_OID_INT4               ? 4
+    size_t want = oid == PGS_OID_INT2               ? 2
+                  : oid == PGS_OID_INT4             ? 4
                   : oid == PGS_OID_INT8 || oid == 0 ? 8
-                                                      : 0;
+                                                    : 0;
     if (want == 0)
       return value_error(err, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                          "a binary %s parameter of type %u cannot be read across shards", clause,
                          oid);
     if (len != want)
-      return value_error(err, "22P03", "incorrect binary data format in bind parameter %d",
-                         param);
+      return value_error(err, "22P03", "incorrect binary data format in bind parameter %d", param);
     if (want == 2)
       *out = (int16_t)(((uint16_t)data[0] << 8) | data[1]);
     else if (want == 4)

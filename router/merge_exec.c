@@ -62,7 +62,7 @@ typedef struct sort_key {
 typedef struct row {
   size_t off;
   uint32_t len;
-  uint32_t vis;  /* where the visible columns start (their length fields
+  uint32_t vis; /* where the visible columns start (their length fields
                     included): the output row is the count and this tail */
   uint32_t part;
   uint64_t hash; /* DISTINCT: of the visible bytes */
@@ -305,8 +305,8 @@ static void plan_roles(pgs_merge_t *m) {
   }
 }
 
-pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t limit,
-                           int64_t offset, size_t max_bytes) {
+pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t limit, int64_t offset,
+                           size_t max_bytes) {
   PGS_ASSERT(spec != NULL && nparts > 0);
   pgs_merge_t *m = pgs_xcalloc(1, sizeof(*m));
   m->spec = spec;
@@ -764,8 +764,7 @@ static bool group_new(pgs_merge_t *m, int part, const uint8_t *body, size_t len,
   for (int c = 0; c < n; c++) {
     const field_t *f = &m->fields[c];
     if (f->len < 0) continue;
-    if (m->role[c] == PGS_AGG_COUNT &&
-        !count_add(m, &cells[c], c, body + f->off, (size_t)f->len))
+    if (m->role[c] == PGS_AGG_COUNT && !count_add(m, &cells[c], c, body + f->off, (size_t)f->len))
       return false;
     if (m->role[c] == PGS_AGG_SUM &&
         !sum_add(m, &sums[m->sum_slot[c]], c, body + f->off, (size_t)f->len))
@@ -925,7 +924,7 @@ static int row_compare(pgs_merge_t *m, uint32_t a, uint32_t b) {
     if (m->int_key[k]) {
       r = (fa[k].i > fb[k].i) - (fa[k].i < fb[k].i);
     } else if (pgs_value_compare(m->oids[c], m->formats[c], ra + fa[k].off, (size_t)fa[k].len,
-                          rb + fb[k].off, (size_t)fb[k].len, &r, &err) != PGS_OK) {
+                                 rb + fb[k].off, (size_t)fb[k].len, &r, &err) != PGS_OK) {
       fail_value(m, &err);
       return 0;
     }
@@ -1031,8 +1030,8 @@ pgs_merge_verdict_t pgs_merge_row(pgs_merge_t *m, int part, const uint8_t *body,
     uint64_t hash = group_hash(m, body);
     size_t slot;
     long gi = group_find(m, body, hash, &slot);
-    bool ok = gi < 0 ? group_new(m, part, body, len, hash, slot)
-                     : group_update(m, (size_t)gi, body);
+    bool ok =
+        gi < 0 ? group_new(m, part, body, len, hash, slot) : group_update(m, (size_t)gi, body);
     return ok && check_cap(m) ? PGS_MERGE_HELD : failed(m);
   }
   }

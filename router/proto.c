@@ -288,8 +288,11 @@ void pgs_error_parse(const uint8_t *body, size_t len, pgs_error_fields_t *out) {
     if (r.bad || field == 0) return;
     const char *value = pgs_read_cstr(&r, NULL);
     if (value == NULL) return;
-    if (field == 'S') out->severity = value;
-    else if (field == 'C') out->sqlstate = value;
-    else if (field == 'M') out->message = value;
+    if (field == 'S')
+      out->severity = value;
+    else if (field == 'C')
+      out->sqlstate = value;
+    else if (field == 'M')
+      out->message = value;
   }
 }

@@ -26,9 +26,9 @@ bool pgs_reserved_statement(const char *sql, size_t len, char *name, size_t cap,
   if (!seen) return false;
   PgQueryProtobufParseResult result = pg_query_parse_protobuf(sql);
   bool found = false;
-  if (result.error == NULL && pgs_analyze_tree_depth_ok((const uint8_t *)result.parse_tree.data,
-                                                        result.parse_tree.len,
-                                                        PGS_ANALYZE_MAX_DEPTH)) {
+  if (result.error == NULL &&
+      pgs_analyze_tree_depth_ok((const uint8_t *)result.parse_tree.data, result.parse_tree.len,
+                                PGS_ANALYZE_MAX_DEPTH)) {
     PgQuery__ParseResult *tree = pg_query__parse_result__unpack(
         NULL, result.parse_tree.len, (const uint8_t *)result.parse_tree.data);
     for (size_t i = 0; tree && i < tree->n_stmts && !found; i++) {

@@ -48,8 +48,8 @@ typedef struct value {
   size_t len;
   bool null;
   bool binary;
-  bool number;   /* an unquoted number literal (its sign is the ref's negate) */
-  uint32_t oid;  /* binary: the type to read it as, 0 for the column's */
+  bool number;  /* an unquoted number literal (its sign is the ref's negate) */
+  uint32_t oid; /* binary: the type to read it as, 0 for the column's */
 } value_t;
 
 /* ---- outcomes ---- */
@@ -156,8 +156,7 @@ static bool resolve(route_ctx_t *c, const pgs_key_ref_t *ref, value_t *v) {
                     ref->table->name, param);
     if (param > p->n)
       return refuse(c->out, PGS_SQLSTATE_PROTOCOL_VIOLATION,
-                    "bind message supplies %d parameters, but the statement uses $%d", p->n,
-                    param);
+                    "bind message supplies %d parameters, but the statement uses $%d", p->n, param);
     int i = param - 1;
     if (p->len[i] < 0) {
       v->null = true;
@@ -261,8 +260,8 @@ static bool add_key(route_ctx_t *c, const pgs_key_ref_t *ref, const pgs_key_t *k
 }
 
 /* One array element (text form, already unescaped, or binary). */
-static bool add_element(route_ctx_t *c, const pgs_key_ref_t *ref, const uint8_t *data,
-                        size_t len, bool binary, uint32_t oid, uint64_t *mask) {
+static bool add_element(route_ctx_t *c, const pgs_key_ref_t *ref, const uint8_t *data, size_t len,
+                        bool binary, uint32_t oid, uint64_t *mask) {
   pgs_key_t key;
   if (!make_key(c, ref, data, len, binary, oid, false, &key)) return false;
   return add_key(c, ref, &key, mask);
@@ -473,8 +472,10 @@ static void route_all(route_ctx_t *c, const pgs_plan_t *plan, const pgs_table_t 
              column);
     read_several(c, plan, all_shards(db), what);
   } else if (plan->kind == PGS_STMT_WRITE) {
-    snprintf(what, sizeof(what), "write to sharded table %s without its shard key %s runs on "
-             "every shard", name, column);
+    snprintf(what, sizeof(what),
+             "write to sharded table %s without its shard key %s runs on "
+             "every shard",
+             name, column);
     write_several(c, all_shards(db), what);
   } else if (plan->kind == PGS_STMT_COPY_FROM) {
     refuse(c->out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
@@ -561,8 +562,8 @@ static void route_rows(route_ctx_t *c, const pgs_plan_t *plan) {
   } else {
     char names[128], what[192];
     shard_names(db, mask, names, sizeof(names));
-    snprintf(what, sizeof(what), "INSERT into %s puts rows on shards %s",
-             plan->rows[0].table->name, names);
+    snprintf(what, sizeof(what), "INSERT into %s puts rows on shards %s", plan->rows[0].table->name,
+             names);
     write_several(c, mask, what);
   }
 }
@@ -652,8 +653,8 @@ void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_
     tenant_strict(db, plan, out);
   /* Its rows go out as one COPY stream, or stay in one server's cursor:
    * from one shard only. */
-  bool several = out->kind != PGS_ROUTE_ONE && out->kind != PGS_ROUTE_ANY &&
-                 out->kind != PGS_ROUTE_REFUSE;
+  bool several =
+      out->kind != PGS_ROUTE_ONE && out->kind != PGS_ROUTE_ANY && out->kind != PGS_ROUTE_REFUSE;
   if (plan->copy_write && several)
     refuse(out, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
            "COPY of a data-modifying statement must touch one shard; give its shard key");
@@ -728,10 +729,9 @@ int pgs_route_tenant_shard(const pgs_database_t *db, const pgs_key_t *tenant,
   }
   if (tenant->type != db->shardmap.tenant_type) {
     snprintf(err->sqlstate, sizeof(err->sqlstate), "42804");
-    snprintf(err->message, sizeof(err->message),
-             "a %s tenant cannot route database %s (tenants are %s)",
-             pgs_key_type_name(tenant->type), db->name,
-             pgs_key_type_name(db->shardmap.tenant_type));
+    snprintf(
+        err->message, sizeof(err->message), "a %s tenant cannot route database %s (tenants are %s)",
+        pgs_key_type_name(tenant->type), db->name, pgs_key_type_name(db->shardmap.tenant_type));
     return -1;
   }
   const pgs_tenant_pin_t *pin = pgs_shardmap_find_tenant(&db->shardmap, tenant);

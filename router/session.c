@@ -54,7 +54,8 @@ static bool has_ci(const char *hay, size_t len, const char *needle) {
 /* Whether SQL calls set_config: looked for at each '_' (rare in SQL next
  * to "set" and "config"). */
 static bool mentions_set_config(const char *sql, size_t len) {
-  for (const char *u = memchr(sql, '_', len); u; u = memchr(u + 1, '_', len - (size_t)(u + 1 - sql))) {
+  for (const char *u = memchr(sql, '_', len); u;
+       u = memchr(u + 1, '_', len - (size_t)(u + 1 - sql))) {
     size_t at = (size_t)(u - sql);
     if (at >= 3 && len - at > 6 && strncasecmp(u - 3, "set", 3) == 0 &&
         strncasecmp(u + 1, "config", 6) == 0)
@@ -64,9 +65,9 @@ static bool mentions_set_config(const char *sql, size_t len) {
 }
 
 bool pgs_session_maybe(const char *sql, size_t len) {
-  static const char *const first_words[] = {"set",     "reset",   "discard", "deallocate",
-                                            "listen",  "prepare", "declare", "create",
-                                            "load",    "do",      NULL};
+  static const char *const first_words[] = {"set",    "reset",   "discard", "deallocate",
+                                            "listen", "prepare", "declare", "create",
+                                            "load",   "do",      NULL};
   const char *end = sql + len;
   const char *p = skip_space(sql, end);
   const char *w = p;
@@ -189,8 +190,10 @@ static bool set_config_is_local(const char **pp, const char *end) {
   while (depth > 0) {
     t = next_token(pp, end);
     if (t.kind == TOK_END) return false;
-    if (t.kind == TOK_PUNCT && (t.text[0] == '(' || t.text[0] == '[')) depth++;
-    else if (t.kind == TOK_PUNCT && (t.text[0] == ')' || t.text[0] == ']')) depth--;
+    if (t.kind == TOK_PUNCT && (t.text[0] == '(' || t.text[0] == '['))
+      depth++;
+    else if (t.kind == TOK_PUNCT && (t.text[0] == ')' || t.text[0] == ']'))
+      depth--;
     if (depth == 0) break;
     if (depth == 1 && t.kind == TOK_PUNCT && t.text[0] == ',') {
       arg++;
@@ -200,8 +203,7 @@ static bool set_config_is_local(const char **pp, const char *end) {
     third_tokens++;
     third_true = false;
     if (t.kind == TOK_WORD && token_is(&t, "true")) third_true = true;
-    for (int i = 0; t.kind == TOK_STRING && truths[i]; i++)
-      third_true |= token_is(&t, truths[i]);
+    for (int i = 0; t.kind == TOK_STRING && truths[i]; i++) third_true |= token_is(&t, truths[i]);
   }
   return arg == 2 && third_tokens == 1 && third_true;
 }
@@ -300,8 +302,7 @@ bool pgs_session_bool_on(const char *v) {
  * whatever else is tracked (a SET LOCAL is not), since the proxy must know
  * before the statement runs (PGS_SESSION_STRINGS_OFF). RESET and DEFAULT
  * return to the value the session started with. */
-static void check_standard_strings(const PgQuery__VariableSetStmt *vs,
-                                   pgs_session_effects_t *out) {
+static void check_standard_strings(const PgQuery__VariableSetStmt *vs, pgs_session_effects_t *out) {
   if (vs->name == NULL || strcasecmp(vs->name, "standard_conforming_strings") != 0) return;
   if (vs->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT ||
       vs->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET)
@@ -309,8 +310,7 @@ static void check_standard_strings(const PgQuery__VariableSetStmt *vs,
   pgs_set_op_t probe;
   memset(&probe, 0, sizeof(probe));
   if (vs->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE) set_op_value(&probe, vs);
-  if (!(probe.has_value && pgs_session_bool_on(probe.value)))
-    out->flags |= PGS_SESSION_STRINGS_OFF;
+  if (!(probe.has_value && pgs_session_bool_on(probe.value))) out->flags |= PGS_SESSION_STRINGS_OFF;
 }
 
 static void analyze_variable_set(const PgQuery__VariableSetStmt *vs, const char *text, size_t len,
@@ -398,8 +398,7 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
   case PG_QUERY__NODE__NODE_SELECT_STMT: {
     /* SELECT ... INTO TEMP t; in a UNION the INTO sits on the leftmost arm. */
     const PgQuery__SelectStmt *select = node->select_stmt;
-    while (select->op != PG_QUERY__SET_OPERATION__SETOP_NONE && select->larg)
-      select = select->larg;
+    while (select->op != PG_QUERY__SET_OPERATION__SETOP_NONE && select->larg) select = select->larg;
     if (select->into_clause && is_temp(select->into_clause->rel)) out->flags |= TEMP_OBJECT;
     break;
   }

@@ -474,16 +474,16 @@ static pgs_status_t read_datetime(const char *text, size_t len, pgs_key_type_t t
                           text, len);
   /* date_in reads the timestamp forms too and keeps only the date. */
   switch (parse_iso_datetime(text + s, e - s, f)) {
-    case 0:
-      return PGS_OK;
-    case 2:
-      return datetime_error(err, "22008", "date/time field value out of range", text, len);
-    case 3:
-      return datetime_error(err, "22009", "time zone displacement out of range", text, len);
-    case 4:
-      return datetime_error(err, "0A000", ZONE_NOTE, text, len);
-    default:
-      return syntax_error(err, type, text, len, "22007", ISO_NOTE);
+  case 0:
+    return PGS_OK;
+  case 2:
+    return datetime_error(err, "22008", "date/time field value out of range", text, len);
+  case 3:
+    return datetime_error(err, "22009", "time zone displacement out of range", text, len);
+  case 4:
+    return datetime_error(err, "0A000", ZONE_NOTE, text, len);
+  default:
+    return syntax_error(err, type, text, len, "22007", ISO_NOTE);
   }
 }
 
@@ -555,18 +555,18 @@ pgs_status_t pgs_key_from_text(pgs_key_type_t type, const char *text, size_t len
                                pgs_key_error_t *err) {
   key_init(out, type);
   switch (type) {
-    case PGS_TYPE_SMALLINT:
-    case PGS_TYPE_INT:
-    case PGS_TYPE_BIGINT:
-      return parse_integer(type, text, len, &out->i, err);
-    case PGS_TYPE_TEXT:
-      return set_text(text, len, out, err);
-    case PGS_TYPE_UUID:
-      return parse_uuid(text, len, out->uuid, err);
-    case PGS_TYPE_DATE:
-      return parse_date(text, len, &out->i, err);
-    case PGS_TYPE_TIMESTAMPTZ:
-      return parse_timestamptz(text, len, &out->i, &out->zone_assumed, err);
+  case PGS_TYPE_SMALLINT:
+  case PGS_TYPE_INT:
+  case PGS_TYPE_BIGINT:
+    return parse_integer(type, text, len, &out->i, err);
+  case PGS_TYPE_TEXT:
+    return set_text(text, len, out, err);
+  case PGS_TYPE_UUID:
+    return parse_uuid(text, len, out->uuid, err);
+  case PGS_TYPE_DATE:
+    return parse_date(text, len, &out->i, err);
+  case PGS_TYPE_TIMESTAMPTZ:
+    return parse_timestamptz(text, len, &out->i, &out->zone_assumed, err);
   }
   return key_error(err, "XX000", "unknown key type %d", (int)type);
 }
@@ -596,67 +596,65 @@ pgs_status_t pgs_key_from_binary(pgs_key_type_t type, uint32_t type_oid, const u
                                  size_t len, pgs_key_t *out, pgs_key_error_t *err) {
   key_init(out, type);
   switch (type) {
-    case PGS_TYPE_SMALLINT:
-    case PGS_TYPE_INT:
-    case PGS_TYPE_BIGINT: {
-      if (type_oid == 0)
-        type_oid = type == PGS_TYPE_SMALLINT ? OID_INT2
-                   : type == PGS_TYPE_INT    ? OID_INT4
-                                             : OID_INT8;
-      size_t want = type_oid == OID_INT2 ? 2 : type_oid == OID_INT4 ? 4 : 8;
-      if (type_oid != OID_INT2 && type_oid != OID_INT4 && type_oid != OID_INT8)
-        return type_mismatch(err, type, type_oid);
-      if (len != want) return size_error(err, len, want);
-      uint64_t raw = read_be(data, want);
-      int64_t v = want == 2 ? (int16_t)raw : want == 4 ? (int32_t)(uint32_t)raw : (int64_t)raw;
-      int64_t lo = type == PGS_TYPE_SMALLINT ? INT16_MIN
-                   : type == PGS_TYPE_INT    ? INT32_MIN
-                                             : INT64_MIN;
-      int64_t hi = type == PGS_TYPE_SMALLINT ? INT16_MAX
-                   : type == PGS_TYPE_INT    ? INT32_MAX
-                                             : INT64_MAX;
-      if (v < lo || v > hi) {
-        char buf[24];
-        int n = snprintf(buf, sizeof(buf), "%lld", (long long)v);
-        return range_error(err, type, buf, (size_t)n);
-      }
-      out->i = v;
-      return PGS_OK;
+  case PGS_TYPE_SMALLINT:
+  case PGS_TYPE_INT:
+  case PGS_TYPE_BIGINT: {
+    if (type_oid == 0)
+      type_oid = type == PGS_TYPE_SMALLINT ? OID_INT2 : type == PGS_TYPE_INT ? OID_INT4 : OID_INT8;
+    size_t want = type_oid == OID_INT2 ? 2 : type_oid == OID_INT4 ? 4 : 8;
+    if (type_oid != OID_INT2 && type_oid != OID_INT4 && type_oid != OID_INT8)
+      return type_mismatch(err, type, type_oid);
+    if (len != want) return size_error(err, len, want);
+    uint64_t raw = read_be(data, want);
+    int64_t v = want == 2 ? (int16_t)raw : want == 4 ? (int32_t)(uint32_t)raw : (int64_t)raw;
+    int64_t lo = type == PGS_TYPE_SMALLINT ? INT16_MIN
+                 : type == PGS_TYPE_INT    ? INT32_MIN
+                                           : INT64_MIN;
+    int64_t hi = type == PGS_TYPE_SMALLINT ? INT16_MAX
+                 : type == PGS_TYPE_INT    ? INT32_MAX
+                                           : INT64_MAX;
+    if (v < lo || v > hi) {
+      char buf[24];
+      int n = snprintf(buf, sizeof(buf), "%lld", (long long)v);
+      return range_error(err, type, buf, (size_t)n);
     }
-    case PGS_TYPE_TEXT:
-      if (type_oid != 0 && type_oid != OID_TEXT && type_oid != OID_VARCHAR &&
-          type_oid != OID_BPCHAR && type_oid != OID_NAME && type_oid != OID_UNKNOWN)
-        return type_mismatch(err, type, type_oid);
-      /* character(n) compares with text after losing its trailing blanks. */
-      if (type_oid == OID_BPCHAR)
-        while (len > 0 && data[len - 1] == ' ') len--;
-      return set_text((const char *)data, len, out, err);
-    case PGS_TYPE_UUID:
-      if (type_oid != 0 && type_oid != OID_UUID) return type_mismatch(err, type, type_oid);
-      if (len != 16) return size_error(err, len, 16);
-      memcpy(out->uuid, data, 16);
-      return PGS_OK;
-    case PGS_TYPE_DATE: {
-      if (type_oid != 0 && type_oid != OID_DATE) return type_mismatch(err, type, type_oid);
-      if (len != 4) return size_error(err, len, 4);
-      int32_t days = (int32_t)(uint32_t)read_be(data, 4);
-      if (days != PG_DATE_NOBEGIN && days != PG_DATE_NOEND &&
-          (days < PG_MIN_DATE || days >= PG_END_DATE))
-        return key_error(err, "22008", "date out of range");
-      out->i = days;
-      return PGS_OK;
-    }
-    case PGS_TYPE_TIMESTAMPTZ: {
-      if (type_oid != 0 && type_oid != OID_TIMESTAMPTZ && type_oid != OID_TIMESTAMP)
-        return type_mismatch(err, type, type_oid);
-      if (len != 8) return size_error(err, len, 8);
-      int64_t t = (int64_t)read_be(data, 8);
-      if (t != PG_TS_NOBEGIN && t != PG_TS_NOEND && (t < PG_MIN_TIMESTAMP || t >= PG_END_TIMESTAMP))
-        return key_error(err, "22008", "timestamp out of range");
-      out->i = t;
-      out->zone_assumed = type_oid == OID_TIMESTAMP;
-      return PGS_OK;
-    }
+    out->i = v;
+    return PGS_OK;
+  }
+  case PGS_TYPE_TEXT:
+    if (type_oid != 0 && type_oid != OID_TEXT && type_oid != OID_VARCHAR &&
+        type_oid != OID_BPCHAR && type_oid != OID_NAME && type_oid != OID_UNKNOWN)
+      return type_mismatch(err, type, type_oid);
+    /* character(n) compares with text after losing its trailing blanks. */
+    if (type_oid == OID_BPCHAR)
+      while (len > 0 && data[len - 1] == ' ') len--;
+    return set_text((const char *)data, len, out, err);
+  case PGS_TYPE_UUID:
+    if (type_oid != 0 && type_oid != OID_UUID) return type_mismatch(err, type, type_oid);
+    if (len != 16) return size_error(err, len, 16);
+    memcpy(out->uuid, data, 16);
+    return PGS_OK;
+  case PGS_TYPE_DATE: {
+    if (type_oid != 0 && type_oid != OID_DATE) return type_mismatch(err, type, type_oid);
+    if (len != 4) return size_error(err, len, 4);
+    int32_t days = (int32_t)(uint32_t)read_be(data, 4);
+    if (days != PG_DATE_NOBEGIN && days != PG_DATE_NOEND &&
+        (days < PG_MIN_DATE || days >= PG_END_DATE))
+      return key_error(err, "22008", "date out of range");
+    out->i = days;
+    return PGS_OK;
+  }
+  case PGS_TYPE_TIMESTAMPTZ: {
+    if (type_oid != 0 && type_oid != OID_TIMESTAMPTZ && type_oid != OID_TIMESTAMP)
+      return type_mismatch(err, type, type_oid);
+    if (len != 8) return size_error(err, len, 8);
+    int64_t t = (int64_t)read_be(data, 8);
+    if (t != PG_TS_NOBEGIN && t != PG_TS_NOEND && (t < PG_MIN_TIMESTAMP || t >= PG_END_TIMESTAMP))
+      return key_error(err, "22008", "timestamp out of range");
+    out->i = t;
+    out->zone_assumed = type_oid == OID_TIMESTAMP;
+    return PGS_OK;
+  }
   }
   return key_error(err, "XX000", "unknown key type %d", (int)type);
 }
@@ -669,25 +667,25 @@ static void write_be(uint8_t *p, uint64_t v, size_t n) {
 
 size_t pgs_key_encode(const pgs_key_t *key, uint8_t *buf, size_t cap) {
   switch (key->type) {
-    case PGS_TYPE_SMALLINT:
-    case PGS_TYPE_INT:
-    case PGS_TYPE_BIGINT:
-    case PGS_TYPE_TIMESTAMPTZ:
-      PGS_ASSERT(cap >= 8);
-      write_be(buf, (uint64_t)key->i, 8);
-      return 8;
-    case PGS_TYPE_DATE:
-      PGS_ASSERT(cap >= 4);
-      write_be(buf, (uint32_t)(int32_t)key->i, 4);
-      return 4;
-    case PGS_TYPE_UUID:
-      PGS_ASSERT(cap >= 16);
-      memcpy(buf, key->uuid, 16);
-      return 16;
-    case PGS_TYPE_TEXT:
-      PGS_ASSERT(cap >= key->text_len);
-      memcpy(buf, key->text, key->text_len);
-      return key->text_len;
+  case PGS_TYPE_SMALLINT:
+  case PGS_TYPE_INT:
+  case PGS_TYPE_BIGINT:
+  case PGS_TYPE_TIMESTAMPTZ:
+    PGS_ASSERT(cap >= 8);
+    write_be(buf, (uint64_t)key->i, 8);
+    return 8;
+  case PGS_TYPE_DATE:
+    PGS_ASSERT(cap >= 4);
+    write_be(buf, (uint32_t)(int32_t)key->i, 4);
+    return 4;
+  case PGS_TYPE_UUID:
+    PGS_ASSERT(cap >= 16);
+    memcpy(buf, key->uuid, 16);
+    return 16;
+  case PGS_TYPE_TEXT:
+    PGS_ASSERT(cap >= key->text_len);
+    memcpy(buf, key->text, key->text_len);
+    return key->text_len;
   }
   return 0;
 }
@@ -696,18 +694,18 @@ size_t pgs_key_encode(const pgs_key_t *key, uint8_t *buf, size_t cap) {
  * mean byte order, whatever the database's collation. */
 int pgs_key_compare(const pgs_key_t *a, const pgs_key_t *b) {
   switch (a->type) {
-    case PGS_TYPE_TEXT: {
-      size_t n = a->text_len < b->text_len ? a->text_len : b->text_len;
-      int c = memcmp(a->text, b->text, n);
-      if (c != 0) return c < 0 ? -1 : 1;
-      return a->text_len < b->text_len ? -1 : a->text_len > b->text_len;
-    }
-    case PGS_TYPE_UUID: {
-      int c = memcmp(a->uuid, b->uuid, 16);
-      return c < 0 ? -1 : c > 0;
-    }
-    default:
-      return a->i < b->i ? -1 : a->i > b->i;
+  case PGS_TYPE_TEXT: {
+    size_t n = a->text_len < b->text_len ? a->text_len : b->text_len;
+    int c = memcmp(a->text, b->text, n);
+    if (c != 0) return c < 0 ? -1 : 1;
+    return a->text_len < b->text_len ? -1 : a->text_len > b->text_len;
+  }
+  case PGS_TYPE_UUID: {
+    int c = memcmp(a->uuid, b->uuid, 16);
+    return c < 0 ? -1 : c > 0;
+  }
+  default:
+    return a->i < b->i ? -1 : a->i > b->i;
   }
 }
 
@@ -722,57 +720,57 @@ static void format_date(int64_t days, char *buf, size_t cap, int *year_bc) {
 void pgs_key_format(const pgs_key_t *key, char *buf, size_t cap) {
   if (cap == 0) return;
   switch (key->type) {
-    case PGS_TYPE_SMALLINT:
-    case PGS_TYPE_INT:
-    case PGS_TYPE_BIGINT:
-      snprintf(buf, cap, "%lld", (long long)key->i);
-      return;
-    case PGS_TYPE_TEXT: {
-      size_t n = key->text_len < cap - 1 ? key->text_len : cap - 1;
-      memcpy(buf, key->text, n);
-      buf[n] = '\0';
-      return;
-    }
-    case PGS_TYPE_UUID: {
-      const uint8_t *u = key->uuid;
-      snprintf(buf, cap, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-               u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12],
-               u[13], u[14], u[15]);
-      return;
-    }
-    case PGS_TYPE_DATE: {
-      if (key->i == PG_DATE_NOEND || key->i == PG_DATE_NOBEGIN) {
-        snprintf(buf, cap, "%s", key->i == PG_DATE_NOEND ? "infinity" : "-infinity");
-        return;
-      }
-      char date[32];
-      int bc;
-      format_date(key->i, date, sizeof(date), &bc);
-      snprintf(buf, cap, "%s%s", date, bc ? " BC" : "");
+  case PGS_TYPE_SMALLINT:
+  case PGS_TYPE_INT:
+  case PGS_TYPE_BIGINT:
+    snprintf(buf, cap, "%lld", (long long)key->i);
+    return;
+  case PGS_TYPE_TEXT: {
+    size_t n = key->text_len < cap - 1 ? key->text_len : cap - 1;
+    memcpy(buf, key->text, n);
+    buf[n] = '\0';
+    return;
+  }
+  case PGS_TYPE_UUID: {
+    const uint8_t *u = key->uuid;
+    snprintf(buf, cap, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+             u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+             u[14], u[15]);
+    return;
+  }
+  case PGS_TYPE_DATE: {
+    if (key->i == PG_DATE_NOEND || key->i == PG_DATE_NOBEGIN) {
+      snprintf(buf, cap, "%s", key->i == PG_DATE_NOEND ? "infinity" : "-infinity");
       return;
     }
-    case PGS_TYPE_TIMESTAMPTZ: {
-      if (key->i == PG_TS_NOEND || key->i == PG_TS_NOBEGIN) {
-        snprintf(buf, cap, "%s", key->i == PG_TS_NOEND ? "infinity" : "-infinity");
-        return;
-      }
-      int64_t days = key->i / USECS_PER_DAY, rest = key->i % USECS_PER_DAY;
-      if (rest < 0) {
-        rest += USECS_PER_DAY;
-        days--;
-      }
-      char date[32], frac[16] = "";
-      int bc;
-      format_date(days, date, sizeof(date), &bc);
-      int64_t secs = rest / USECS_PER_SEC, usecs = rest % USECS_PER_SEC;
-      if (usecs) {
-        snprintf(frac, sizeof(frac), ".%06lld", (long long)usecs);
-        for (size_t n = strlen(frac); n > 1 && frac[n - 1] == '0'; n--) frac[n - 1] = '\0';
-      }
-      snprintf(buf, cap, "%s %02d:%02d:%02d%s+00%s", date, (int)(secs / 3600),
-               (int)(secs / 60 % 60), (int)(secs % 60), frac, bc ? " BC" : "");
+    char date[32];
+    int bc;
+    format_date(key->i, date, sizeof(date), &bc);
+    snprintf(buf, cap, "%s%s", date, bc ? " BC" : "");
+    return;
+  }
+  case PGS_TYPE_TIMESTAMPTZ: {
+    if (key->i == PG_TS_NOEND || key->i == PG_TS_NOBEGIN) {
+      snprintf(buf, cap, "%s", key->i == PG_TS_NOEND ? "infinity" : "-infinity");
       return;
     }
+    int64_t days = key->i / USECS_PER_DAY, rest = key->i % USECS_PER_DAY;
+    if (rest < 0) {
+      rest += USECS_PER_DAY;
+      days--;
+    }
+    char date[32], frac[16] = "";
+    int bc;
+    format_date(days, date, sizeof(date), &bc);
+    int64_t secs = rest / USECS_PER_SEC, usecs = rest % USECS_PER_SEC;
+    if (usecs) {
+      snprintf(frac, sizeof(frac), ".%06lld", (long long)usecs);
+      for (size_t n = strlen(frac); n > 1 && frac[n - 1] == '0'; n--) frac[n - 1] = '\0';
+    }
+    snprintf(buf, cap, "%s %02d:%02d:%02d%s+00%s", date, (int)(secs / 3600), (int)(secs / 60 % 60),
+             (int)(secs % 60), frac, bc ? " BC" : "");
+    return;
+  }
   }
   buf[0] = '\0';
 }
@@ -801,44 +799,44 @@ uint64_t pgs_key_hash_xxh3(const pgs_key_t *key) {
 
 static inline uint32_t rot32(uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }
 
-#define JENKINS_MIX(a, b, c) \
-  do {                       \
-    a -= c;                  \
-    a ^= rot32(c, 4);        \
-    c += b;                  \
-    b -= a;                  \
-    b ^= rot32(a, 6);        \
-    a += c;                  \
-    c -= b;                  \
-    c ^= rot32(b, 8);        \
-    b += a;                  \
-    a -= c;                  \
-    a ^= rot32(c, 16);       \
-    c += b;                  \
-    b -= a;                  \
-    b ^= rot32(a, 19);       \
-    a += c;                  \
-    c -= b;                  \
-    c ^= rot32(b, 4);        \
-    b += a;                  \
+#define JENKINS_MIX(a, b, c)                                                                       \
+  do {                                                                                             \
+    a -= c;                                                                                        \
+    a ^= rot32(c, 4);                                                                              \
+    c += b;                                                                                        \
+    b -= a;                                                                                        \
+    b ^= rot32(a, 6);                                                                              \
+    a += c;                                                                                        \
+    c -= b;                                                                                        \
+    c ^= rot32(b, 8);                                                                              \
+    b += a;                                                                                        \
+    a -= c;                                                                                        \
+    a ^= rot32(c, 16);                                                                             \
+    c += b;                                                                                        \
+    b -= a;                                                                                        \
+    b ^= rot32(a, 19);                                                                             \
+    a += c;                                                                                        \
+    c -= b;                                                                                        \
+    c ^= rot32(b, 4);                                                                              \
+    b += a;                                                                                        \
   } while (0)
 
-#define JENKINS_FINAL(a, b, c) \
-  do {                         \
-    c ^= b;                    \
-    c -= rot32(b, 14);         \
-    a ^= c;                    \
-    a -= rot32(c, 11);         \
-    b ^= a;                    \
-    b -= rot32(a, 25);         \
-    c ^= b;                    \
-    c -= rot32(b, 16);         \
-    a ^= c;                    \
-    a -= rot32(c, 4);          \
-    b ^= a;                    \
-    b -= rot32(a, 14);         \
-    c ^= b;                    \
-    c -= rot32(b, 24);         \
+#define JENKINS_FINAL(a, b, c)                                                                     \
+  do {                                                                                             \
+    c ^= b;                                                                                        \
+    c -= rot32(b, 14);                                                                             \
+    a ^= c;                                                                                        \
+    a -= rot32(c, 11);                                                                             \
+    b ^= a;                                                                                        \
+    b -= rot32(a, 25);                                                                             \
+    c ^= b;                                                                                        \
+    c -= rot32(b, 16);                                                                             \
+    a ^= c;                                                                                        \
+    a -= rot32(c, 4);                                                                              \
+    b ^= a;                                                                                        \
+    b -= rot32(a, 14);                                                                             \
+    c ^= b;                                                                                        \
+    c -= rot32(b, 24);                                                                             \
   } while (0)
 
 static uint32_t le32(const uint8_t *p) {
@@ -866,41 +864,41 @@ static uint64_t pg_hash_bytes_extended(const uint8_t *k, size_t len, uint64_t se
     len -= 12;
   }
   switch (len) {
-    case 11:
-      c += (uint32_t)k[10] << 24;
-      /* fall through */
-    case 10:
-      c += (uint32_t)k[9] << 16;
-      /* fall through */
-    case 9:
-      c += (uint32_t)k[8] << 8;
-      /* fall through */
-    case 8:
-      b += (uint32_t)k[7] << 24;
-      /* fall through */
-    case 7:
-      b += (uint32_t)k[6] << 16;
-      /* fall through */
-    case 6:
-      b += (uint32_t)k[5] << 8;
-      /* fall through */
-    case 5:
-      b += k[4];
-      /* fall through */
-    case 4:
-      a += (uint32_t)k[3] << 24;
-      /* fall through */
-    case 3:
-      a += (uint32_t)k[2] << 16;
-      /* fall through */
-    case 2:
-      a += (uint32_t)k[1] << 8;
-      /* fall through */
-    case 1:
-      a += k[0];
-      break;
-    default:
-      break;
+  case 11:
+    c += (uint32_t)k[10] << 24;
+    /* fall through */
+  case 10:
+    c += (uint32_t)k[9] << 16;
+    /* fall through */
+  case 9:
+    c += (uint32_t)k[8] << 8;
+    /* fall through */
+  case 8:
+    b += (uint32_t)k[7] << 24;
+    /* fall through */
+  case 7:
+    b += (uint32_t)k[6] << 16;
+    /* fall through */
+  case 6:
+    b += (uint32_t)k[5] << 8;
+    /* fall through */
+  case 5:
+    b += k[4];
+    /* fall through */
+  case 4:
+    a += (uint32_t)k[3] << 24;
+    /* fall through */
+  case 3:
+    a += (uint32_t)k[2] << 16;
+    /* fall through */
+  case 2:
+    a += (uint32_t)k[1] << 8;
+    /* fall through */
+  case 1:
+    a += k[0];
+    break;
+  default:
+    break;
   }
   JENKINS_FINAL(a, b, c);
   return (uint64_t)b << 32 | c;
@@ -938,22 +936,22 @@ static uint64_t pg_hash_combine64(uint64_t a, uint64_t b) {
 uint64_t pgs_key_hash_postgres(const pgs_key_t *key) {
   uint64_t h;
   switch (key->type) {
-    case PGS_TYPE_SMALLINT:
-    case PGS_TYPE_INT:
-    case PGS_TYPE_BIGINT:
-    case PGS_TYPE_TIMESTAMPTZ: /* timestamp_hash_extended is hashint8extended */
-      h = pg_hashint8extended(key->i, PG_HASH_PARTITION_SEED);
-      break;
-    case PGS_TYPE_DATE: /* date is an int4 */
-      h = pg_hash_uint32_extended((uint32_t)(int32_t)key->i, PG_HASH_PARTITION_SEED);
-      break;
-    case PGS_TYPE_UUID:
-      h = pg_hash_bytes_extended(key->uuid, 16, PG_HASH_PARTITION_SEED);
-      break;
-    case PGS_TYPE_TEXT: /* hashtextextended under a deterministic collation */
-    default:
-      h = pg_hash_bytes_extended((const uint8_t *)key->text, key->text_len, PG_HASH_PARTITION_SEED);
-      break;
+  case PGS_TYPE_SMALLINT:
+  case PGS_TYPE_INT:
+  case PGS_TYPE_BIGINT:
+  case PGS_TYPE_TIMESTAMPTZ: /* timestamp_hash_extended is hashint8extended */
+    h = pg_hashint8extended(key->i, PG_HASH_PARTITION_SEED);
+    break;
+  case PGS_TYPE_DATE: /* date is an int4 */
+    h = pg_hash_uint32_extended((uint32_t)(int32_t)key->i, PG_HASH_PARTITION_SEED);
+    break;
+  case PGS_TYPE_UUID:
+    h = pg_hash_bytes_extended(key->uuid, 16, PG_HASH_PARTITION_SEED);
+    break;
+  case PGS_TYPE_TEXT: /* hashtextextended under a deterministic collation */
+  default:
+    h = pg_hash_bytes_extended((const uint8_t *)key->text, key->text_len, PG_HASH_PARTITION_SEED);
+    break;
   }
   return pg_hash_combine64(0, h);
 }
@@ -1125,21 +1123,21 @@ int pgs_shardmap_route_detail(const pgs_database_t *db, const pgs_table_t *table
     return -1;
   }
   switch (table->strategy) {
-    case PGS_STRATEGY_HASH:
-      return pgs_shardmap_hash_shard(db, key, detail);
-    case PGS_STRATEGY_RANGE:
-      return route_range(table, key, detail, err);
-    case PGS_STRATEGY_GEO:
-      return route_geo(db, table, key, detail, err);
-    case PGS_STRATEGY_TENANT: {
-      const pgs_tenant_pin_t *pin = pgs_shardmap_find_tenant(&db->shardmap, key);
-      if (pin != NULL) {
-        detail->pinned = true;
-        detail->shard = pin->shard;
-        return pin->shard;
-      }
-      return pgs_shardmap_hash_shard(db, key, detail);
+  case PGS_STRATEGY_HASH:
+    return pgs_shardmap_hash_shard(db, key, detail);
+  case PGS_STRATEGY_RANGE:
+    return route_range(table, key, detail, err);
+  case PGS_STRATEGY_GEO:
+    return route_geo(db, table, key, detail, err);
+  case PGS_STRATEGY_TENANT: {
+    const pgs_tenant_pin_t *pin = pgs_shardmap_find_tenant(&db->shardmap, key);
+    if (pin != NULL) {
+      detail->pinned = true;
+      detail->shard = pin->shard;
+      return pin->shard;
     }
+    return pgs_shardmap_hash_shard(db, key, detail);
+  }
   }
   key_error(err, "XX000", "table %s has an unknown strategy", table->name);
   return -1;

@@ -88,8 +88,7 @@ SSL_CTX *pgs_tls_server_context(const char *cert, const char *key, const char *c
     unsigned long code = ERR_peek_last_error();
     pgs_tls_error_text(why, sizeof(why), "not a PEM private key");
     if (ERR_GET_LIB(code) == ERR_LIB_X509 && ERR_GET_REASON(code) == X509_R_KEY_VALUES_MISMATCH)
-      snprintf(err, errlen, "private key \"%s\" does not match the certificate \"%s\"", key,
-               cert);
+      snprintf(err, errlen, "private key \"%s\" does not match the certificate \"%s\"", key, cert);
     else
       snprintf(err, errlen, "cannot load private key \"%s\": %s", key, why);
     goto failed;
@@ -115,9 +114,8 @@ SSL_CTX *pgs_tls_server_context(const char *cert, const char *key, const char *c
     snprintf(err, errlen, "client certificates are verified, but no CA file is given");
     goto failed;
   }
-  SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
-                                 : SSL_VERIFY_NONE,
-                     NULL);
+  SSL_CTX_set_verify(
+      ctx, verify ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_NONE, NULL);
   ERR_clear_error();
   return ctx;
 

@@ -17,8 +17,8 @@
 #define HEX_DIGITS 16
 
 size_t pgs_gid_format(char out[PGS_GID_BUF], uint64_t owner, uint64_t instance, uint64_t seq) {
-  int n = snprintf(out, PGS_GID_BUF, PGS_GID_PREFIX "%016" PRIx64 "_%016" PRIx64 "_%" PRIu64,
-                   owner, instance, seq);
+  int n = snprintf(out, PGS_GID_BUF, PGS_GID_PREFIX "%016" PRIx64 "_%016" PRIx64 "_%" PRIu64, owner,
+                   instance, seq);
   PGS_ASSERT(n > 0 && n < PGS_GID_BUF);
   return (size_t)n;
 }
@@ -79,8 +79,8 @@ size_t pgs_twophase_log_header(char *out, size_t cap, uint64_t owner) {
 
 static bool parse_header(const char *line, size_t len, uint64_t *owner) {
   char expect[64];
-  int n = snprintf(expect, sizeof(expect), PGS_TWOPHASE_LOG_MAGIC " %d owner=",
-                   PGS_TWOPHASE_LOG_VERSION);
+  int n = snprintf(expect, sizeof(expect),
+                   PGS_TWOPHASE_LOG_MAGIC " %d owner=", PGS_TWOPHASE_LOG_VERSION);
   if (len > 0 && line[len - 1] == '\r') len--;
   if (len != (size_t)n + HEX_DIGITS || memcmp(line, expect, (size_t)n) != 0) return false;
   const char *p = line + n;

@@ -292,8 +292,8 @@ static pgs_status_t parse_int_text(uint32_t oid, const uint8_t *s, size_t len, i
 }
 
 /* An integer-valued type's value in either format, as int64. */
-static pgs_status_t decode_int(uint32_t oid, int format, const uint8_t *p, size_t len,
-                               int64_t *out, pgs_value_error_t *err) {
+static pgs_status_t decode_int(uint32_t oid, int format, const uint8_t *p, size_t len, int64_t *out,
+                               pgs_value_error_t *err) {
   if (format == 0) return parse_int_text(oid, p, len, out, err);
   size_t want = oid == PGS_OID_INT2 ? 2 : oid == PGS_OID_INT8 ? 8 : 4;
   if (len != want) return fail_binary_length(err, oid, len, want);
@@ -492,8 +492,8 @@ static pgs_status_t parse_date_text(const uint8_t *s, size_t len, int64_t *out,
  * for timestamptz), infinities as INT64_MIN / INT64_MAX like the binary
  * format. A timestamptz without an offset would be in the session's time
  * zone, which pgshard does not know, so it is an error. */
-static pgs_status_t parse_timestamp_text(uint32_t oid, const uint8_t *s, size_t len,
-                                         int64_t *out, pgs_value_error_t *err) {
+static pgs_status_t parse_timestamp_text(uint32_t oid, const uint8_t *s, size_t len, int64_t *out,
+                                         pgs_value_error_t *err) {
   const uint8_t *p = s;
   size_t n = len;
   trim(&p, &n);
@@ -954,8 +954,8 @@ static bool sink_put(digit_sink_t *k, int d) {
 /* numeric_in (set_var_from_str): blanks around, sign, digits with one
  * optional point, optional exponent; NaN and the infinities in any case.
  * STORE holds MAX_DIGITS digits. */
-static pgs_status_t numeric_from_text(const uint8_t *s, size_t len, numeric_t *n,
-                                      int16_t *store, pgs_value_error_t *err) {
+static pgs_status_t numeric_from_text(const uint8_t *s, size_t len, numeric_t *n, int16_t *store,
+                                      pgs_value_error_t *err) {
   const uint8_t *p = s;
   size_t len_trimmed = len;
   trim(&p, &len_trimmed);
@@ -1002,8 +1002,8 @@ static pgs_status_t numeric_from_text(const uint8_t *s, size_t len, numeric_t *n
   long dweight = intdigits - 1 + exponent; /* decimal weight of the first digit */
   long dscale = fracdigits - exponent;
   if (dscale < 0) dscale = 0;
-  long weight = dweight >= 0 ? (dweight + DEC_DIGITS) / DEC_DIGITS - 1
-                             : -((-dweight - 1) / DEC_DIGITS + 1);
+  long weight =
+      dweight >= 0 ? (dweight + DEC_DIGITS) / DEC_DIGITS - 1 : -((-dweight - 1) / DEC_DIGITS + 1);
   /* decimal places of the first base-10000 digit above the first digit */
   long pos = (weight + 1) * DEC_DIGITS - (dweight + 1);
   if (dscale > NUMERIC_DSCALE_MAX) goto overflow;
@@ -1034,8 +1034,8 @@ overflow:
 /* numeric_recv: ndigits, weight, sign, dscale, then the digits, each
  * checked as the server does. Digits past dscale are cut (numeric_recv's
  * trunc_var), then the value is stripped. STORE holds MAX_DIGITS digits. */
-static pgs_status_t numeric_from_binary(const uint8_t *p, size_t len, numeric_t *n,
-                                        int16_t *store, pgs_value_error_t *err) {
+static pgs_status_t numeric_from_binary(const uint8_t *p, size_t len, numeric_t *n, int16_t *store,
+                                        pgs_value_error_t *err) {
   memset(n, 0, sizeof(*n));
   n->digits = store;
   if (len < 8) return fail_binary_length(err, PGS_OID_NUMERIC, len, 8);
@@ -1043,7 +1043,8 @@ static pgs_status_t numeric_from_binary(const uint8_t *p, size_t len, numeric_t 
   int weight = (int16_t)get_u16(p + 2);
   int sign = get_u16(p + 4);
   int dscale = get_u16(p + 6);
-  if (len != 8 + 2 * (size_t)nd) return fail_binary_length(err, PGS_OID_NUMERIC, len, 8 + 2 * (size_t)nd);
+  if (len != 8 + 2 * (size_t)nd)
+    return fail_binary_length(err, PGS_OID_NUMERIC, len, 8 + 2 * (size_t)nd);
   if (sign != WIRE_POS && sign != WIRE_NEG && sign != WIRE_NAN && sign != WIRE_PINF &&
       sign != WIRE_NINF)
     return fail_binary(err, PGS_OID_NUMERIC, "invalid sign");
@@ -1328,8 +1329,8 @@ static int bytea_next(bytea_reader_t *r, uint8_t *out) {
   if (r->p == r->end) return 0;
   if (*r->p != '\\') return *out = *r->p++, 1;
   if (r->end - r->p >= 2 && r->p[1] == '\\') return r->p += 2, *out = '\\', 1;
-  if (r->end - r->p >= 4 && r->p[1] >= '0' && r->p[1] <= '3' && r->p[2] >= '0' &&
-      r->p[2] <= '7' && r->p[3] >= '0' && r->p[3] <= '7') {
+  if (r->end - r->p >= 4 && r->p[1] >= '0' && r->p[1] <= '3' && r->p[2] >= '0' && r->p[2] <= '7' &&
+      r->p[3] >= '0' && r->p[3] <= '7') {
     *out = (uint8_t)((r->p[1] - '0') << 6 | (r->p[2] - '0') << 3 | (r->p[3] - '0'));
     r->p += 4;
     return 1;
@@ -1415,8 +1416,7 @@ static size_t bpchar_length(const uint8_t *p, size_t len) {
 }
 
 pgs_status_t pgs_value_compare(uint32_t oid, int format, const uint8_t *a, size_t alen,
-                               const uint8_t *b, size_t blen, int *result,
-                               pgs_value_error_t *err) {
+                               const uint8_t *b, size_t blen, int *result, pgs_value_error_t *err) {
   if (!pgs_value_comparable(oid)) return fail_type(err, "compare", oid);
   if (check_format(format, err) != PGS_OK) return PGS_EINVAL;
   if (is_ordinal(oid)) {
@@ -1496,8 +1496,8 @@ void pgs_sum_free(pgs_sum_t *sum) {
 
 /* The numeric a sum holds, viewing its digits. */
 static numeric_t sum_numeric(const pgs_sum_t *sum) {
-  numeric_t n = {NUM_FINITE, sum->sign == SUM_NEG, sum->weight, sum->dscale, sum->ndigits,
-                 sum->digits};
+  numeric_t n = {NUM_FINITE,  sum->sign == SUM_NEG, sum->weight,
+                 sum->dscale, sum->ndigits,         sum->digits};
   if (sum->sign == SUM_NAN) n.kind = NUM_NAN;
   if (sum->sign == SUM_PINF) n.kind = NUM_PINF;
   if (sum->sign == SUM_NINF) n.kind = NUM_NINF;
@@ -1537,7 +1537,7 @@ static pgs_status_t sum_add_numeric(pgs_sum_t *sum, const numeric_t *x, pgs_valu
 }
 
 static const char *int_range_message(uint32_t oid) {
-  return oid == PGS_OID_INT2 ? "smallint out of range"
+  return oid == PGS_OID_INT2   ? "smallint out of range"
          : oid == PGS_OID_INT4 ? "integer out of range"
                                : "bigint out of range";
 }
@@ -1577,8 +1577,12 @@ pgs_status_t pgs_sum_add(pgs_sum_t *sum, int format, const uint8_t *value, size_
     int64_t x, r;
     if (decode_int(sum->oid, format, value, len, &x, err) != PGS_OK) return PGS_EINVAL;
     /* kept within the sum's own type, so it can always be sent as one */
-    int64_t lo = sum->oid == PGS_OID_INT2 ? INT16_MIN : sum->oid == PGS_OID_INT4 ? INT32_MIN : INT64_MIN;
-    int64_t hi = sum->oid == PGS_OID_INT2 ? INT16_MAX : sum->oid == PGS_OID_INT4 ? INT32_MAX : INT64_MAX;
+    int64_t lo = sum->oid == PGS_OID_INT2   ? INT16_MIN
+                 : sum->oid == PGS_OID_INT4 ? INT32_MIN
+                                            : INT64_MIN;
+    int64_t hi = sum->oid == PGS_OID_INT2   ? INT16_MAX
+                 : sum->oid == PGS_OID_INT4 ? INT32_MAX
+                                            : INT64_MAX;
     if (__builtin_add_overflow(sum->i, x, &r) || r < lo || r > hi)
       return fail(err, "22003", "%s", int_range_message(sum->oid));
     sum->i = r;

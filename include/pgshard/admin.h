@@ -16,13 +16,13 @@ typedef enum {
   PGS_ADMIN_SHOW,          /* SHOW <what> */
   PGS_ADMIN_EXPLAIN_ROUTE, /* EXPLAIN ROUTE [IN db] <statement> */
   PGS_ADMIN_RELOAD,
-  PGS_ADMIN_PAUSE,         /* PAUSE [db] */
-  PGS_ADMIN_RESUME,        /* RESUME [db] */
-  PGS_ADMIN_BAN,           /* BAN node */
-  PGS_ADMIN_UNBAN,         /* UNBAN node */
-  PGS_ADMIN_KILL,          /* KILL client_id */
+  PGS_ADMIN_PAUSE,  /* PAUSE [db] */
+  PGS_ADMIN_RESUME, /* RESUME [db] */
+  PGS_ADMIN_BAN,    /* BAN node */
+  PGS_ADMIN_UNBAN,  /* UNBAN node */
+  PGS_ADMIN_KILL,   /* KILL client_id */
   PGS_ADMIN_SHUTDOWN,
-  PGS_ADMIN_SET,           /* SET ... (ignored) */
+  PGS_ADMIN_SET, /* SET ... (ignored) */
 } pgs_admin_kind_t;
 
 #define PGS_ADMIN_SHOW_MAP(X)                                                                      \
@@ -32,8 +32,8 @@ typedef enum {
   X(CLIENTS, "clients", "every client connection")                                                 \
   X(SERVERS, "servers", "every server connection")                                                 \
   X(STATS, "stats", "requests, transactions, errors and latency per database")                     \
-  X(QUERIES, "queries", "per statement (normalised): calls, shards, errors, latency; top 100")      \
-  X(TWOPHASE, "twophase", "two-phase commits not settled yet: gid, decision, who drives it")        \
+  X(QUERIES, "queries", "per statement (normalised): calls, shards, errors, latency; top 100")     \
+  X(TWOPHASE, "twophase", "two-phase commits not settled yet: gid, decision, who drives it")       \
   X(CONFIG, "config", "the running configuration")                                                 \
   X(VERSION, "version", "pgshard's version")                                                       \
   X(HELP, "help", "the admin commands")
@@ -42,7 +42,7 @@ typedef enum {
 #define PGS_ADMIN_SHOW_ENUM(name, word, help) PGS_SHOW_##name,
   PGS_ADMIN_SHOW_MAP(PGS_ADMIN_SHOW_ENUM)
 #undef PGS_ADMIN_SHOW_ENUM
-  PGS_SHOW_COUNT
+      PGS_SHOW_COUNT
 } pgs_admin_show_t;
 
 typedef struct pgs_admin_cmd {

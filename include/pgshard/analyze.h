@@ -32,22 +32,22 @@ struct pgs_table;
 typedef struct pgs_literal {
   uint32_t offset; /* into pgs_lexed_t.values */
   uint32_t len;
-  bool is_string; /* a quoted string ('...', E'...', $$...$$), else a number */
+  bool is_string;       /* a quoted string ('...', E'...', $$...$$), else a number */
   uint32_t placeholder; /* offset of its $N in pgs_lexed_t.normalized */
-  uint32_t start; /* where it was in the original text: bytes [start, end), */
-  uint32_t end;   /* from its first char (the E of E'...') to its last quote */
+  uint32_t start;       /* where it was in the original text: bytes [start, end), */
+  uint32_t end;         /* from its first char (the E of E'...') to its last quote */
 } pgs_literal_t;
 
 typedef struct pgs_lexed {
-  char *normalized;     /* malloc'ed, NUL-terminated */
+  char *normalized; /* malloc'ed, NUL-terminated */
   size_t normalized_len;
-  uint64_t hash;        /* XXH3 of normalized */
-  int nparams;          /* highest $n in the original text */
-  int nliterals;        /* literal i became $(nparams + 1 + i) */
+  uint64_t hash; /* XXH3 of normalized */
+  int nparams;   /* highest $n in the original text */
+  int nliterals; /* literal i became $(nparams + 1 + i) */
   pgs_literal_t *literals;
-  char *values;         /* literal values, back to back, NUL after each */
-  char hint_shard[64];  /* from a pgshard: shard=NAME comment, or "" */
-  int nstatements;      /* top-level statements (';'-separated, empty ones
+  char *values;        /* literal values, back to back, NUL after each */
+  char hint_shard[64]; /* from a pgshard: shard=NAME comment, or "" */
+  int nstatements;     /* top-level statements (';'-separated, empty ones
                            not counted; a lexical count: the ';' inside a
                            BEGIN ATOMIC body counts too) */
   /* Capacities of the buffers above, kept between calls (private). */
@@ -116,27 +116,27 @@ bool pgs_lexed_restore(const pgs_lexed_t *lx, size_t from, size_t to, int *next,
 bool pgs_analyze_tree_depth_ok(const uint8_t *data, size_t len, int limit);
 
 typedef enum {
-  PGS_STMT_READ,        /* SELECT, VALUES, TABLE, SHOW, EXPLAIN (no ANALYZE) */
-  PGS_STMT_WRITE,       /* INSERT/UPDATE/DELETE/MERGE, SELECT FOR UPDATE/SHARE,
+  PGS_STMT_READ,      /* SELECT, VALUES, TABLE, SHOW, EXPLAIN (no ANALYZE) */
+  PGS_STMT_WRITE,     /* INSERT/UPDATE/DELETE/MERGE, SELECT FOR UPDATE/SHARE,
                            SELECT calling functions not known read-only */
-  PGS_STMT_DDL,         /* CREATE/ALTER/DROP/TRUNCATE/GRANT/COMMENT ... */
-  PGS_STMT_BEGIN,       /* BEGIN / START TRANSACTION */
-  PGS_STMT_COMMIT,      /* COMMIT / END / COMMIT PREPARED */
-  PGS_STMT_ROLLBACK,    /* ROLLBACK / ABORT (not TO SAVEPOINT) */
-  PGS_STMT_SESSION,     /* SET/RESET/DISCARD/SAVEPOINT/RELEASE/ROLLBACK TO/
+  PGS_STMT_DDL,       /* CREATE/ALTER/DROP/TRUNCATE/GRANT/COMMENT ... */
+  PGS_STMT_BEGIN,     /* BEGIN / START TRANSACTION */
+  PGS_STMT_COMMIT,    /* COMMIT / END / COMMIT PREPARED */
+  PGS_STMT_ROLLBACK,  /* ROLLBACK / ABORT (not TO SAVEPOINT) */
+  PGS_STMT_SESSION,   /* SET/RESET/DISCARD/SAVEPOINT/RELEASE/ROLLBACK TO/
                            LISTEN/... : goes wherever the session is */
-  PGS_STMT_COPY_FROM,   /* COPY t FROM STDIN */
-  PGS_STMT_COPY_TO,     /* COPY t TO STDOUT / COPY (query) TO STDOUT */
-  PGS_STMT_OTHER,       /* anything else (VACUUM, ANALYZE, CHECKPOINT, DO ...) */
+  PGS_STMT_COPY_FROM, /* COPY t FROM STDIN */
+  PGS_STMT_COPY_TO,   /* COPY t TO STDOUT / COPY (query) TO STDOUT */
+  PGS_STMT_OTHER,     /* anything else (VACUUM, ANALYZE, CHECKPOINT, DO ...) */
 } pgs_stmt_kind_t;
 
 typedef enum {
-  PGS_TARGET_ANY,     /* touches no sharded table: reference tables only, or
+  PGS_TARGET_ANY,  /* touches no sharded table: reference tables only, or
                          none (SELECT 1): any one shard (reads) / every shard
                          (writes and DDL) */
-  PGS_TARGET_KEYS,    /* the union of the shards of keys[] */
-  PGS_TARGET_ALL,     /* a sharded table with no usable key: every shard */
-  PGS_TARGET_ROWS,    /* INSERT: rows[] each with its own key, split by shard */
+  PGS_TARGET_KEYS, /* the union of the shards of keys[] */
+  PGS_TARGET_ALL,  /* a sharded table with no usable key: every shard */
+  PGS_TARGET_ROWS, /* INSERT: rows[] each with its own key, split by shard */
 } pgs_target_t;
 
 /* A key value: parameter number (1-based; see pgs_lexed_t for literals).
@@ -153,20 +153,20 @@ typedef struct pgs_key_ref {
 typedef struct pgs_plan {
   pgs_stmt_kind_t kind;
   pgs_target_t target;
-  bool read_only_tx;       /* BEGIN READ ONLY / START TRANSACTION READ ONLY
+  bool read_only_tx; /* BEGIN READ ONLY / START TRANSACTION READ ONLY
                               (also SET TRANSACTION READ ONLY, kind SESSION) */
   int nkeys;
-  pgs_key_ref_t *keys;     /* TARGET_KEYS: the statement touches only these keys' shards */
-  int nrows;               /* TARGET_ROWS: rows[i] is row i's key (table = inserted table) */
+  pgs_key_ref_t *keys; /* TARGET_KEYS: the statement touches only these keys' shards */
+  int nrows;           /* TARGET_ROWS: rows[i] is row i's key (table = inserted table) */
   pgs_key_ref_t *rows;
-  const struct pgs_table *table; /* the sharded table a write/COPY targets, or NULL */
+  const struct pgs_table *table;     /* the sharded table a write/COPY targets, or NULL */
   const struct pgs_table *all_table; /* TARGET_ALL: a sharded table lacking a key (for messages) */
   const struct pgs_table *unkeyed_tenant; /* a tenant-strategy table the statement touches
                                              without its key, or NULL */
   /* Set when the statement must be refused before it runs: */
   char refuse_sqlstate[6];
   char refuse_message[256];
-  size_t refcount;         /* owned by the cache; see pgs_plan_cache_get */
+  size_t refcount; /* owned by the cache; see pgs_plan_cache_get */
   /* TARGET_KEYS of a statement that inserts rows (several statements, or an
    * INSERT reading other sharded tables): correct only when every key maps
    * to one shard; the proxy refuses it (0A000) otherwise, since sending an
@@ -176,7 +176,7 @@ typedef struct pgs_plan {
    * in CopyData); the key's 0-based position in the COPY column list. -1
    * otherwise. */
   int copy_key_column;
-  int nstatements;         /* statements libpg_query found */
+  int nstatements; /* statements libpg_query found */
   /* A single SELECT (or COPY (SELECT ...)/COPY t TO) reading sharded
    * tables: how it runs on several shards (merge.h), or why it cannot
    * (spec->refuse). NULL for everything else. Owned by the plan. */
@@ -185,7 +185,7 @@ typedef struct pgs_plan {
    * (copy.h; pgs_copy_spec_resolve reads them with the statement's
    * literals). NULL for everything else. Owned by the plan. */
   struct pgs_copy_options *copy;
-  bool parse_failed;       /* libpg_query rejected it: kind OTHER, target ANY;
+  bool parse_failed; /* libpg_query rejected it: kind OTHER, target ANY;
                               such plans are not cached */
   /* CALL, DO, or a SELECT whose only write is a call of a function not
    * known read-only: what it writes is unknown, so without a key, hint or

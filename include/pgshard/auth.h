@@ -25,16 +25,16 @@
 
 #include "pgshard/common.h"
 
-#define PGS_SCRAM_KEY_LEN 32     /* SHA-256 */
-#define PGS_SCRAM_NONCE_LEN 18   /* raw bytes of the server's nonce part */
+#define PGS_SCRAM_KEY_LEN 32   /* SHA-256 */
+#define PGS_SCRAM_NONCE_LEN 18 /* raw bytes of the server's nonce part */
 #define PGS_SCRAM_ITERATIONS 4096
 #define PGS_SCRAM_MAX_MESSAGE 1024
-#define PGS_SCRAM_MAX_CBIND 64   /* channel binding data: a hash, SHA-512 at most */
+#define PGS_SCRAM_MAX_CBIND 64 /* channel binding data: a hash, SHA-512 at most */
 
 typedef enum {
-  PGS_SCRAM_STATE_INIT,        /* waiting for client-first-message */
-  PGS_SCRAM_STATE_SENT_FIRST,  /* server-first sent, waiting for client-final */
-  PGS_SCRAM_STATE_DONE,        /* verified */
+  PGS_SCRAM_STATE_INIT,       /* waiting for client-first-message */
+  PGS_SCRAM_STATE_SENT_FIRST, /* server-first sent, waiting for client-final */
+  PGS_SCRAM_STATE_DONE,       /* verified */
   PGS_SCRAM_STATE_FAILED,
 } pgs_scram_state_t;
 

@@ -21,17 +21,17 @@
 #define PGS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* name, description */
-#define PGS_STATUS_MAP(X)                                                    \
-  X(OK, "success")                                                           \
-  X(ENOMEM, "out of memory")                                                 \
-  X(EINVAL, "invalid argument")                                              \
-  X(EPROTO, "protocol violation")                                            \
-  X(ETOOBIG, "size over the configured limit")                               \
-  X(EAGAIN, "need more data")                                                \
-  X(ECONFIG, "invalid configuration")                                        \
-  X(EAUTH, "authentication failed")                                          \
-  X(EIO, "input/output error")                                               \
-  X(ENOTFOUND, "not found")                                                  \
+#define PGS_STATUS_MAP(X)                                                                          \
+  X(OK, "success")                                                                                 \
+  X(ENOMEM, "out of memory")                                                                       \
+  X(EINVAL, "invalid argument")                                                                    \
+  X(EPROTO, "protocol violation")                                                                  \
+  X(ETOOBIG, "size over the configured limit")                                                     \
+  X(EAGAIN, "need more data")                                                                      \
+  X(ECONFIG, "invalid configuration")                                                              \
+  X(EAUTH, "authentication failed")                                                                \
+  X(EIO, "input/output error")                                                                     \
+  X(ENOTFOUND, "not found")                                                                        \
   X(EUNSUPPORTED, "not supported")
 
 typedef enum {
@@ -49,9 +49,9 @@ const char *pgs_status_str(pgs_status_t status);
 #define PGS_MAX_PARAMS 64 /* startup parameters a client may send */
 
 #ifdef PGS_DEBUG_ASSERT
-#define PGS_ASSERT(cond)                                                     \
-  do {                                                                       \
-    if (!(cond)) pgs_assert_fail(#cond, __FILE__, __LINE__);                 \
+#define PGS_ASSERT(cond)                                                                           \
+  do {                                                                                             \
+    if (!(cond)) pgs_assert_fail(#cond, __FILE__, __LINE__);                                       \
   } while (0)
 #else
 #define PGS_ASSERT(cond) ((void)0)

@@ -118,17 +118,17 @@ typedef struct pgs_config {
   bool log_debug;
   pgs_auth_method_t auth;
   int max_client_conn;
-  int64_t max_message_size;     /* cap on one client message */
-  int query_wait_timeout_ms;    /* how long a client waits for a pool */
+  int64_t max_message_size;  /* cap on one client message */
+  int query_wait_timeout_ms; /* how long a client waits for a pool */
   int server_connect_timeout_ms;
   int client_login_timeout_ms;
-  int server_idle_timeout_ms;   /* close pooled servers idle this long */
-  int shutdown_timeout_ms;      /* SIGTERM drain limit */
-  int client_idle_timeout_ms;   /* close a client idle outside a transaction; 0: off */
-  int client_write_timeout_ms;  /* close a client that takes none of its output; 0: off */
-  int query_timeout_ms;         /* close a client whose request runs this long; 0: off */
-  int log_min_duration_ms;      /* log requests at least this long; -1: off */
-  int server_lifetime_ms;       /* close a pooled server this old when it is freed; 0: off */
+  int server_idle_timeout_ms;      /* close pooled servers idle this long */
+  int shutdown_timeout_ms;         /* SIGTERM drain limit */
+  int client_idle_timeout_ms;      /* close a client idle outside a transaction; 0: off */
+  int client_write_timeout_ms;     /* close a client that takes none of its output; 0: off */
+  int query_timeout_ms;            /* close a client whose request runs this long; 0: off */
+  int log_min_duration_ms;         /* log requests at least this long; -1: off */
+  int server_lifetime_ms;          /* close a pooled server this old when it is freed; 0: off */
   int idle_transaction_timeout_ms; /* close a client idle inside a transaction; 0: off */
   /* Memory a client may make pgshard hold: its statements, portals and
    * merge rows, and the output it has not read (per client); the first

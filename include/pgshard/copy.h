@@ -46,9 +46,9 @@ typedef enum {
 typedef struct pgs_copy_spec {
   pgs_copy_format_t format;
   pgs_copy_header_t header;
-  char delimiter;          /* default tab (text), ',' (CSV) */
-  char quote;              /* CSV: default '"'; 0 otherwise */
-  char escape;             /* CSV: default the quote; 0 otherwise */
+  char delimiter; /* default tab (text), ',' (CSV) */
+  char quote;     /* CSV: default '"'; 0 otherwise */
+  char escape;    /* CSV: default the quote; 0 otherwise */
   bool freeze;
   bool key_force_not_null; /* CSV: FORCE_NOT_NULL names the shard key column */
   bool key_force_null;     /* CSV: FORCE_NULL names it */

@@ -18,10 +18,10 @@
 
 #include "pgshard/common.h"
 
-#define PGS_LSN_HISTORY 1024   /* primary samples kept per shard */
-#define PGS_REJOIN_CHECKS 3    /* checks within bounds before a replica rejoins */
-#define PGS_DOWN_FAILURES 3    /* default of node_down_failures */
-#define PGS_RETRY_MAX_MS 5000  /* backoff cap between reconnects to a down node */
+#define PGS_LSN_HISTORY 1024  /* primary samples kept per shard */
+#define PGS_REJOIN_CHECKS 3   /* checks within bounds before a replica rejoins */
+#define PGS_DOWN_FAILURES 3   /* default of node_down_failures */
+#define PGS_RETRY_MAX_MS 5000 /* backoff cap between reconnects to a down node */
 
 typedef struct pgs_lsn_sample {
   uint64_t ms;  /* when the check query was sent (monotonic ms) */
@@ -55,19 +55,19 @@ uint64_t pgs_lsn_record_end(uint64_t insert_lsn);
 
 /* One node as the workers see it. */
 typedef struct pgs_node_state {
-  bool up;            /* reachable (not marked down) */
-  bool in_recovery;   /* pg_is_in_recovery() at the last check */
-  bool readable;      /* a replica that may take reads now (bounds + hysteresis) */
-  bool banned;        /* an operator took it out of the read set (admin BAN) */
-  bool writer;        /* the node writes go to (configured primary, or promoted) */
-  uint64_t lsn;       /* replica: replay LSN; primary: current LSN */
+  bool up;          /* reachable (not marked down) */
+  bool in_recovery; /* pg_is_in_recovery() at the last check */
+  bool readable;    /* a replica that may take reads now (bounds + hysteresis) */
+  bool banned;      /* an operator took it out of the read set (admin BAN) */
+  bool writer;      /* the node writes go to (configured primary, or promoted) */
+  uint64_t lsn;     /* replica: replay LSN; primary: current LSN */
   uint64_t receive_lsn;
-  uint64_t lag_bytes; /* replicas: newest primary LSN - replay LSN */
-  int64_t lag_ms;     /* replicas: see above; -1 unknown */
-  uint64_t checked_ms; /* when its last check completed */
-  int failures;       /* consecutive failed checks */
-  int good_checks;    /* consecutive checks within bounds (replicas) */
-  uint32_t down_epoch; /* bumped each time it is marked down: pooled
+  uint64_t lag_bytes;   /* replicas: newest primary LSN - replay LSN */
+  int64_t lag_ms;       /* replicas: see above; -1 unknown */
+  uint64_t checked_ms;  /* when its last check completed */
+  int failures;         /* consecutive failed checks */
+  int good_checks;      /* consecutive checks within bounds (replicas) */
+  uint32_t down_epoch;  /* bumped each time it is marked down: pooled
                           connections from before are dropped */
   uint64_t retry_at_ms; /* down: next reconnect attempt */
   int retry_backoff_ms;
@@ -81,12 +81,12 @@ typedef struct pgs_node_state {
 #define PGS_SLOW_CHECK_DOWN_MS 2000
 
 typedef struct pgs_check_result {
-  bool ok;             /* the query answered */
-  bool slow;           /* !ok: not answered yet, the connection still open */
+  bool ok;   /* the query answered */
+  bool slow; /* !ok: not answered yet, the connection still open */
   bool in_recovery;
-  uint64_t lsn;        /* current LSN (primary) or replay LSN (replica) */
+  uint64_t lsn; /* current LSN (primary) or replay LSN (replica) */
   uint64_t receive_lsn;
-  uint64_t sent_ms;    /* when the query was sent */
+  uint64_t sent_ms; /* when the query was sent */
   uint64_t done_ms;
 } pgs_check_result_t;
 
@@ -94,7 +94,7 @@ typedef struct pgs_check_result {
 typedef struct pgs_lag_bounds {
   int64_t max_lag_ms;
   int64_t max_lag_bytes;
-  int interval_ms; /* lag_check_interval_ms: the base of the reconnect backoff */
+  int interval_ms;   /* lag_check_interval_ms: the base of the reconnect backoff */
   int down_failures; /* node_down_failures: failed checks in a row that mark a node
                         down (0: PGS_DOWN_FAILURES) */
 } pgs_lag_bounds_t;
@@ -103,8 +103,8 @@ typedef struct pgs_lag_bounds {
 typedef struct pgs_shard_health {
   pgs_node_state_t *nodes;
   int nnodes;
-  int writer;             /* index of the node writes go to, -1 none (all down) */
-  int history_node;       /* the node whose LSNs history holds: the writer, or
+  int writer;                /* index of the node writes go to, -1 none (all down) */
+  int history_node;          /* the node whose LSNs history holds: the writer, or
                              the last one while there is none */
   pgs_lsn_history_t history; /* samples of the writer's LSN */
 } pgs_shard_health_t;

@@ -8,7 +8,13 @@
 
 #include "pgshard/common.h"
 
-typedef enum { PGS_LOG_DEBUG, PGS_LOG_INFO, PGS_LOG_WARNING, PGS_LOG_ERROR, PGS_LOG_FATAL } pgs_log_level_t;
+typedef enum {
+  PGS_LOG_DEBUG,
+  PGS_LOG_INFO,
+  PGS_LOG_WARNING,
+  PGS_LOG_ERROR,
+  PGS_LOG_FATAL
+} pgs_log_level_t;
 
 void pgs_log_setup(bool json, bool debug);
 bool pgs_log_enabled(pgs_log_level_t level);

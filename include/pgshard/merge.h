@@ -40,13 +40,13 @@ typedef enum {
 } pgs_agg_kind_t;
 
 typedef struct pgs_merge_column {
-  uint8_t agg;       /* pgs_agg_kind_t */
-  int16_t avg_sum;   /* AVG: the hidden columns holding sum(x) and count(x) */
+  uint8_t agg;     /* pgs_agg_kind_t */
+  int16_t avg_sum; /* AVG: the hidden columns holding sum(x) and count(x) */
   int16_t avg_count;
 } pgs_merge_column_t;
 
 typedef struct pgs_merge_key {
-  int16_t column;   /* column of the shards' rows */
+  int16_t column; /* column of the shards' rows */
   bool desc;
   bool nulls_first; /* as PostgreSQL defaults: NULLS FIRST for DESC, LAST for ASC */
 } pgs_merge_key_t;
@@ -67,32 +67,32 @@ typedef struct pgs_merge_spec {
    * their shard keys" ...). Nothing below is meaningful then. */
   char refuse[256];
   /* The shards' statement (see pgs_merge_shard_sql). */
-  uint32_t hidden_at;   /* offset in the normalised text to insert hidden_text */
-  char *hidden_text;    /* "expr AS pgs_h0, expr AS pgs_h1, " or NULL */
+  uint32_t hidden_at; /* offset in the normalised text to insert hidden_text */
+  char *hidden_text;  /* "expr AS pgs_h0, expr AS pgs_h1, " or NULL */
   int nhidden;
-  uint32_t tail_at;     /* where LIMIT/OFFSET/FETCH start; 0: no such clause */
-  int limit_param;      /* parameter number of the LIMIT/FETCH count; 0: none (or ALL) */
-  int offset_param;     /* parameter number of the OFFSET; 0: none */
+  uint32_t tail_at; /* where LIMIT/OFFSET/FETCH start; 0: no such clause */
+  int limit_param;  /* parameter number of the LIMIT/FETCH count; 0: none (or ALL) */
+  int offset_param; /* parameter number of the OFFSET; 0: none */
   /* How the rows combine. */
-  bool grouped;         /* GROUP BY or aggregates: one row per group */
-  int ncolumns;         /* entries in columns[]: hidden + visible targets
+  bool grouped; /* GROUP BY or aggregates: one row per group */
+  int ncolumns; /* entries in columns[]: hidden + visible targets
                            (0 when not grouped: every column is NONE) */
   pgs_merge_column_t *columns;
-  int ngroup;           /* grouped: the columns that identify a group */
+  int ngroup; /* grouped: the columns that identify a group */
   int16_t *group;
-  bool distinct;        /* SELECT DISTINCT: equal visible rows once */
-  int nkeys;            /* ORDER BY */
+  bool distinct; /* SELECT DISTINCT: equal visible rows once */
+  int nkeys;     /* ORDER BY */
   pgs_merge_key_t *keys;
-  bool rewrite;         /* the shards' text differs from the client's */
+  bool rewrite; /* the shards' text differs from the client's */
   /* What else the shards' text needs (merge.c's own; the executor needs
    * none of it). */
-  uint32_t tail_end;    /* where the LIMIT/OFFSET tail ends: the ')' that
+  uint32_t tail_end; /* where the LIMIT/OFFSET tail ends: the ')' that
                            closes the parentheses it is in, or the end */
-  bool limit_negate;    /* written LIMIT -$n / OFFSET -$n */
+  bool limit_negate; /* written LIMIT -$n / OFFSET -$n */
   bool offset_negate;
-  bool limit_one;       /* FETCH FIRST ROW ONLY: a count of 1 and no value
+  bool limit_one; /* FETCH FIRST ROW ONLY: a count of 1 and no value
                            (limit_param 0) */
-  int npositions;       /* ORDER BY / GROUP BY positions, in text order */
+  int npositions; /* ORDER BY / GROUP BY positions, in text order */
   pgs_merge_position_t *positions;
 } pgs_merge_spec_t;
 
@@ -164,8 +164,8 @@ typedef enum {
  * most MAX_BYTES of rows and group state (then 54000, naming
  * max_merge_bytes). SPEC must outlive the run (the portal holds its plan).
  * Equal group keys and DISTINCT rows are equal bytes, NULL equal to NULL. */
-pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t limit,
-                           int64_t offset, size_t max_bytes);
+pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t limit, int64_t offset,
+                           size_t max_bytes);
 void pgs_merge_free(pgs_merge_t *m);
 /* Bytes of rows and group state it holds now (what MAX_BYTES bounds). */
 size_t pgs_merge_held(const pgs_merge_t *m);

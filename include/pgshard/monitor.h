@@ -37,8 +37,8 @@ typedef struct pgs_health_db {
 
 /* What every worker reads. Immutable once published; refcounted. */
 typedef struct pgs_snapshot {
-  int refcount;     /* atomic */
-  uint64_t seq;     /* increases with every snapshot */
+  int refcount; /* atomic */
+  uint64_t seq; /* increases with every snapshot */
   uint64_t taken_ms;
   pgs_config_t *config; /* the config it describes (a reference) */
   pgs_health_db_t *dbs;
@@ -51,8 +51,7 @@ void pgs_snapshot_unref(pgs_snapshot_t *snap);
  * or NULL when SNAP is NULL or has no such database or shard. Shard and node
  * indexes are those of snap->config: a caller holding another config (a
  * reload in progress) must compare snap->config with it first. */
-const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const char *db,
-                                             int shard);
+const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const char *db, int shard);
 /* The health of shard SHARD of DB, a database of any config (one that
  * snap->config replaced, or that replaces it): found by the database's and
  * shard's names, and only when snap->config gives that shard the same nodes

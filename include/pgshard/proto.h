@@ -123,7 +123,7 @@ typedef struct pgs_startup {
   int32_t cancel_pid;
   int32_t cancel_key;
   int nparams;
-  const char *names[PGS_MAX_PARAMS];  /* point into the parsed packet */
+  const char *names[PGS_MAX_PARAMS]; /* point into the parsed packet */
   const char *values[PGS_MAX_PARAMS];
 } pgs_startup_t;
 

@@ -79,28 +79,28 @@ typedef struct pgs_io_seg {
 struct pgs_io {
   uv_tcp_t tcp;
   void *owner;
-  pgs_buf_t in;       /* received bytes */
-  size_t in_pos;      /* bytes of in already consumed by the owner */
-  size_t in_want;     /* total bytes the owner needs to make progress */
-  size_t in_max;      /* cap on in (largest message accepted + a read chunk) */
+  pgs_buf_t in;                       /* received bytes */
+  size_t in_pos;                      /* bytes of in already consumed by the owner */
+  size_t in_want;                     /* total bytes the owner needs to make progress */
+  size_t in_max;                      /* cap on in (largest message accepted + a read chunk) */
   pgs_io_seg_t segs[PGS_IO_MAX_SEGS]; /* this batch's output */
   int nsegs;
-  pgs_buf_t scratch;  /* bytes built for this batch */
-  pgs_buf_t wbuf;     /* in flight in uv_write */
-  pgs_buf_t qbuf;     /* waiting for wbuf to finish */
-  uint64_t queued_total; /* bytes ever put in wbuf or qbuf (see pgs_io_accepted) */
-  uint64_t read_total;   /* bytes ever read */
-  uint64_t out_total;    /* bytes ever flushed (written or queued) */
+  pgs_buf_t scratch;                /* bytes built for this batch */
+  pgs_buf_t wbuf;                   /* in flight in uv_write */
+  pgs_buf_t qbuf;                   /* waiting for wbuf to finish */
+  uint64_t queued_total;            /* bytes ever put in wbuf or qbuf (see pgs_io_accepted) */
+  uint64_t read_total;              /* bytes ever read */
+  uint64_t out_total;               /* bytes ever flushed (written or queued) */
   uint64_t counted_in, counted_out; /* of those, already in the owner's statistics */
   uv_write_t wreq;
   bool writing;
   bool reading;
-  bool open;          /* tcp initialised and not closing */
+  bool open; /* tcp initialised and not closing */
   bool eof;
-  struct pgs_io_tls *tls; /* NULL: plaintext (see io.c) */
-  pgs_io_read_cb on_read;     /* new bytes in in */
-  pgs_io_event_cb on_error;   /* read/write failure or EOF (status < 0) */
-  pgs_io_read_cb on_drained;  /* all queued output written */
+  struct pgs_io_tls *tls;    /* NULL: plaintext (see io.c) */
+  pgs_io_read_cb on_read;    /* new bytes in in */
+  pgs_io_event_cb on_error;  /* read/write failure or EOF (status < 0) */
+  pgs_io_read_cb on_drained; /* all queued output written */
   uv_close_cb on_close;
 };
 
@@ -150,14 +150,14 @@ struct ssl_st *pgs_io_tls_session(const pgs_io_t *io);
 #define PGS_REQUEST_TEXT_MAX 200        /* bytes of a statement the slow-request log shows */
 
 typedef enum {
-  PGS_CL_STARTUP,  /* reading the startup packet (maybe after SSLRequest) */
-  PGS_CL_AUTH,     /* password exchange in progress */
-  PGS_CL_LOGIN,    /* authenticated; in pool->waiters until the pool knows the
+  PGS_CL_STARTUP, /* reading the startup packet (maybe after SSLRequest) */
+  PGS_CL_AUTH,    /* password exchange in progress */
+  PGS_CL_LOGIN,   /* authenticated; in pool->waiters until the pool knows the
                       server's parameters */
-  PGS_CL_IDLE,     /* logged in, no server linked */
-  PGS_CL_WAITING,  /* in pool->waiters for a server */
-  PGS_CL_ACTIVE,   /* linked to client->server */
-  PGS_CL_CLOSING,  /* handles closing; in worker->closing */
+  PGS_CL_IDLE,    /* logged in, no server linked */
+  PGS_CL_WAITING, /* in pool->waiters for a server */
+  PGS_CL_ACTIVE,  /* linked to client->server */
+  PGS_CL_CLOSING, /* handles closing; in worker->closing */
 } pgs_client_state_t;
 
 typedef struct pgs_setting {
@@ -226,23 +226,23 @@ typedef enum {
 } pgs_placed_t;
 
 typedef struct pgs_step {
-  int16_t shard; /* slot (see pgs_client_t), -1: no server */
+  int16_t shard;  /* slot (see pgs_client_t), -1: no server */
   uint8_t placed; /* pgs_placed_t */
-  int8_t node;   /* the shard node to take a server from when none is linked */
+  int8_t node;    /* the shard node to take a server from when none is linked */
   uint8_t op;
   uint16_t flags; /* PGS_EF_* for the reply */
   char reply;
   bool internal;
-  bool drain_all; /* wait until every server has answered, the same one too */
-  bool always;    /* runs even when an earlier part of the message failed */
+  bool drain_all;       /* wait until every server has answered, the same one too */
+  bool always;          /* runs even when an earlier part of the message failed */
   bool forget_prepared; /* the statement drops the server's prepared statements */
-  bool concurrent; /* a part of a fan-out read: runs without waiting for the others */
-  bool drain_others; /* first part of a fan: waits for the servers outside it only */
-  bool extended;   /* INJECT: through Parse/Bind/Execute (inside an extended unit) */
-  bool merged;     /* Bind/Parse of the shards' variant of the statement (merge.h) */
-  bool gid;        /* INJECT: names the client's 2PC gid (PREPARE TRANSACTION,
+  bool concurrent;      /* a part of a fan-out read: runs without waiting for the others */
+  bool drain_others;    /* first part of a fan: waits for the servers outside it only */
+  bool extended;        /* INJECT: through Parse/Bind/Execute (inside an extended unit) */
+  bool merged;          /* Bind/Parse of the shards' variant of the statement (merge.h) */
+  bool gid;             /* INJECT: names the client's 2PC gid (PREPARE TRANSACTION,
                       COMMIT or ROLLBACK PREPARED) */
-  int16_t hide;    /* Describe of a merged portal: hidden columns to drop */
+  int16_t hide;         /* Describe of a merged portal: hidden columns to drop */
   char *text;
   struct pgs_client_stmt *stmt;
 } pgs_step_t;
@@ -253,10 +253,10 @@ typedef struct pgs_portal {
   uint64_t mask;
   uint8_t placed; /* pgs_placed_t of its Bind */
   pgs_stmt_kind_t kind;
-  bool copies; /* fans out to copies (DDL, reference tables) */
+  bool copies;    /* fans out to copies (DDL, reference tables) */
   bool read_only; /* BEGIN READ ONLY */
   bool drops_prepared;
-  char *sql; /* local portals: the statement */
+  char *sql;              /* local portals: the statement */
   pgs_plan_t *merge_plan; /* merged over several shards: the plan (ref), its spec */
   int64_t limit, offset;  /* the Bind's LIMIT/OFFSET values for the merge */
   /* Merged: the Bind went to one part (its reply is the client's); the
@@ -276,35 +276,35 @@ typedef struct pgs_portal {
  * decides, and when the last part has finished the merged result goes
  * out. Steps after it wait until then. */
 typedef struct pgs_fan {
-  pgs_plan_t *plan;    /* ref: the spec is plan->merge */
+  pgs_plan_t *plan; /* ref: the spec is plan->merge */
   pgs_merge_t *merge;
-  uint64_t slots;      /* slots running a part */
-  uint64_t done;       /* parts finished */
-  bool simple;         /* Query: a part ends at ReadyForQuery */
-  bool copy;           /* COPY: "COPY n" tags summed */
-  bool copy_in;        /* COPY ... FROM STDIN: the client's CopyData split or copied */
+  uint64_t slots;          /* slots running a part */
+  uint64_t done;           /* parts finished */
+  bool simple;             /* Query: a part ends at ReadyForQuery */
+  bool copy;               /* COPY: "COPY n" tags summed */
+  bool copy_in;            /* COPY ... FROM STDIN: the client's CopyData split or copied */
   pgs_copy_split_t *split; /* into a sharded table: rows by key (else every row everywhere) */
-  pgs_buf_t *batch;    /* per slot: rows of the current CopyData for its shard */
-  uint64_t copy_shards; /* shards that got rows */
-  uint64_t copy_ended; /* parts whose COPY ended (CommandComplete or error) */
-  bool own_tx;         /* COPY FROM outside a transaction: each part in one of
+  pgs_buf_t *batch;        /* per slot: rows of the current CopyData for its shard */
+  uint64_t copy_shards;    /* shards that got rows */
+  uint64_t copy_ended;     /* parts whose COPY ended (CommandComplete or error) */
+  bool own_tx;             /* COPY FROM outside a transaction: each part in one of
                           pgshard's, ended when every part is (fan_settle), so
                           that a shard's error leaves no other shard's rows */
-  bool sent_head;      /* RowDescription / CopyOutResponse went out */
-  bool streams;        /* output goes out before every part is done: rows of a
+  bool sent_head;          /* RowDescription / CopyOutResponse went out */
+  bool streams;            /* output goes out before every part is done: rows of a
                           plain concatenation, COPY messages */
-  bool synced;         /* extended: the unit's Sync went out while the parts
+  bool synced;             /* extended: the unit's Sync went out while the parts
                           run, so a failure has nothing left to skip */
-  bool skipped;        /* extended: a part's messages were skipped after an
+  bool skipped;            /* extended: a part's messages were skipped after an
                           earlier error of the unit (which went out): the fan
                           reports nothing, as PostgreSQL would */
   uint64_t copy_rows;
-  pgs_buf_t head;      /* a Query's RowDescription for the client, held with
+  pgs_buf_t head;  /* a Query's RowDescription for the client, held with
                           the rows when they go out at the end (one write) */
-  pgs_buf_t error;     /* the first ErrorResponse of a part (whole message) */
-  bool own_error;      /* ... made by pgshard (the merge failed), not a server */
+  pgs_buf_t error; /* the first ErrorResponse of a part (whole message) */
+  bool own_error;  /* ... made by pgshard (the merge failed), not a server */
   pgs_client_t *owner;
-  size_t charged;      /* the merge's rows, charged to the owner's memory */
+  size_t charged; /* the merge's rows, charged to the owner's memory */
 } pgs_fan_t;
 
 typedef enum {
@@ -342,7 +342,7 @@ struct pgs_client {
   int32_t cancel_key;
   uint64_t created_ms;
   uint64_t wait_start_ms;
-  uint64_t active_ms;   /* it sent bytes or was sent a ReadyForQuery (idle timeouts) */
+  uint64_t active_ms; /* it sent bytes or was sent a ReadyForQuery (idle timeouts) */
   /* Memory held for it (max_client_memory): statements, portals, merge rows,
    * counted where they are made and freed. Its unsent output is
    * io's backlog. While that backlog is over the budget: the unsent bytes
@@ -358,22 +358,22 @@ struct pgs_client {
   /* session state */
   pgs_setting_t *settings;
   int nsettings;
-  uint64_t settings_hash; /* 0: no settings */
+  uint64_t settings_hash;                   /* 0: no settings */
   pgs_set_op_t tx_ops[PGS_SESSION_MAX_OPS]; /* SET/RESET awaiting commit */
   int ntx_ops;
-  bool tx_failed;  /* the transaction holding tx_ops failed or rolled back */
-  bool pinned;     /* session state that cannot move: keep the server */
-  bool paused;     /* its database is paused (admin PAUSE): it waits, not read,
+  bool tx_failed;        /* the transaction holding tx_ops failed or rolled back */
+  bool pinned;           /* session state that cannot move: keep the server */
+  bool paused;           /* its database is paused (admin PAUSE): it waits, not read,
                       before its next transaction until RESUME */
-  bool temp;       /* made temporary objects: its servers are closed, not reused */
+  bool temp;             /* made temporary objects: its servers are closed, not reused */
   char *startup_options; /* session pooling: startup parameters as libpq options
                             ("-c name=value ..."), given to its servers at login */
-  char txstatus;   /* last ReadyForQuery status sent */
-  pgs_strmap_t stmts; /* client statement name -> pgs_client_stmt_t */
+  char txstatus;         /* last ReadyForQuery status sent */
+  pgs_strmap_t stmts;    /* client statement name -> pgs_client_stmt_t */
   int pending_closes;
   /* routing (request.c) */
-  bool routing;           /* analyse and route (several shards, or a tenant) */
-  bool scs_off;           /* a server said standard_conforming_strings is off */
+  bool routing; /* analyse and route (several shards, or a tenant) */
+  bool scs_off; /* a server said standard_conforming_strings is off */
   /* A slot per shard and role: 2 * shard for the shard's writer, 2 * shard
    * + 1 for one of its replicas. Steps, servers and the masks below are by
    * slot. */
@@ -381,19 +381,19 @@ struct pgs_client {
   pgs_server_t **servers; /* per slot: linked server or NULL */
   pgs_pool_t **pools;     /* per shard node (shard * pool_stride + node), on first use */
   int pool_stride;
-  int cur;                /* slot of client->server, -1 none */
-  int want_slot;          /* the slot it waits for a server for */
-  pgs_pool_t *wait_pool;  /* the pool it waits in */
+  int cur;               /* slot of client->server, -1 none */
+  int want_slot;         /* the slot it waits for a server for */
+  pgs_pool_t *wait_pool; /* the pool it waits in */
   int want_node;
-  int last_shard;         /* where the last routed statement went */
-  uint64_t unit_mask;     /* slots sent extended messages since the last Sync */
-  bool unit_failed;       /* an error in this unit: drop requests until Sync */
-  bool blocked;           /* a step waits for other servers to answer */
-  bool in_tx;             /* a BEGIN pgshard answered, not yet ended */
-  bool tx_aborted;        /* a statement refused inside it: only its end is accepted */
-  uint64_t tx_mask;       /* slots the transaction has begun on */
-  bool tx_read_only;      /* BEGIN READ ONLY: replicas may serve it */
-  uint64_t tx_wrote;      /* shards written since the last ReadyForQuery 'I' */
+  int last_shard;     /* where the last routed statement went */
+  uint64_t unit_mask; /* slots sent extended messages since the last Sync */
+  bool unit_failed;   /* an error in this unit: drop requests until Sync */
+  bool blocked;       /* a step waits for other servers to answer */
+  bool in_tx;         /* a BEGIN pgshard answered, not yet ended */
+  bool tx_aborted;    /* a statement refused inside it: only its end is accepted */
+  uint64_t tx_mask;   /* slots the transaction has begun on */
+  bool tx_read_only;  /* BEGIN READ ONLY: replicas may serve it */
+  uint64_t tx_wrote;  /* shards written since the last ReadyForQuery 'I' */
   /* read-your-writes */
   bool wrote_ever;
   uint64_t last_write_ms;
@@ -402,30 +402,30 @@ struct pgs_client {
   int route_pref;          /* SET pgshard.route: 0 auto, 1 primary, 2 replica */
   int8_t *picked;          /* per shard: the replica node chosen for its replica slot */
   int ryw_pref;            /* SET pgshard.read_your_writes: -1 the database's, else pgs_ryw_t */
-  int tx_write_shard;     /* the shard this transaction wrote on, -1 */
-  char *begin_sql;        /* how the client began it, replayed on each shard */
+  int tx_write_shard;      /* the shard this transaction wrote on, -1 */
+  char *begin_sql;         /* how the client began it, replayed on each shard */
   /* Its SET [LOCAL], RESET and savepoints so far, "...;" each, replayed
    * after begin_sql on each shard it reaches later; the statement being
    * run is added once its steps are done (tx_replay_next). */
   pgs_buf_t tx_replay;
   char *tx_replay_next;
-  int hint_shard;         /* SET pgshard.shard, -1 */
-  pgs_key_t *tenant;      /* SET pgshard.tenant / -c pgshard.tenant */
-  char *startup_tenant;   /* -c pgshard.tenant until login types it */
-  char *tenant_text;      /* the tenant as set, typed again after a reload */
+  int hint_shard;       /* SET pgshard.shard, -1 */
+  pgs_key_t *tenant;    /* SET pgshard.tenant / -c pgshard.tenant */
+  char *startup_tenant; /* -c pgshard.tenant until login types it */
+  char *tenant_text;    /* the tenant as set, typed again after a reload */
   pgs_step_t *steps;
   int nsteps, step_next, steps_cap;
-  bool planned;           /* steps hold the plan of the message at in_pos */
-  uint64_t fan_sum;       /* rows counted by fan-out parts so far */
-  bool fan_copies;        /* the fan-out writes copies (DDL, reference tables):
+  bool planned;         /* steps hold the plan of the message at in_pos */
+  uint64_t fan_sum;     /* rows counted by fan-out parts so far */
+  bool fan_copies;      /* the fan-out writes copies (DDL, reference tables):
                              report one shard's count, not the sum */
-  bool step_error;        /* an error went to the client during this message */
-  pgs_strmap_t portals;   /* portal name -> pgs_portal_t */
-  pgs_lexed_t lx;         /* lexer scratch for simple queries */
-  int *row_shard;         /* route scratch */
+  bool step_error;      /* an error went to the client during this message */
+  pgs_strmap_t portals; /* portal name -> pgs_portal_t */
+  pgs_lexed_t lx;       /* lexer scratch for simple queries */
+  int *row_shard;       /* route scratch */
   int row_shard_cap;
-  pgs_fan_t *fan;          /* a merged read in flight */
-  int zlast_pending;       /* PGS_EF_ZLAST ReadyForQuery still to come */
+  pgs_fan_t *fan;    /* a merged read in flight */
+  int zlast_pending; /* PGS_EF_ZLAST ReadyForQuery still to come */
   /* A two-phase commit in progress (cross_shard_writes = 2pc). */
   char twopc_gid[64];      /* PGS_GID_BUF (twophase.h) */
   uint64_t twopc_slots;    /* slots of the transaction */
@@ -464,8 +464,7 @@ void pgs_client_server_lost(pgs_client_t *client, const char *why);
 void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
                                const char *why);
 void pgs_client_after_ready(pgs_client_t *client, char status);
-void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
-                                  size_t len);
+void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body, size_t len);
 void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t len);
 /* An ErrorResponse (BODY) went to the client: its SQLSTATE class counted. */
 void pgs_client_count_error(pgs_client_t *client, const uint8_t *body, size_t len);
@@ -560,42 +559,45 @@ typedef enum {
 
 /* What a request sent to the server will answer with, in order. */
 typedef enum {
-  PGS_EXP_PARSE,    /* ParseComplete */
-  PGS_EXP_BIND,     /* BindComplete */
-  PGS_EXP_DESCRIBE, /* [ParameterDescription] RowDescription | NoData */
-  PGS_EXP_EXECUTE,  /* ... CommandComplete | EmptyQuery | PortalSuspended */
-  PGS_EXP_CLOSE,    /* CloseComplete */
-  PGS_EXP_SYNC,     /* ReadyForQuery */
-  PGS_EXP_QUERY,    /* simple query or function call: ... ReadyForQuery */
+  PGS_EXP_PARSE,       /* ParseComplete */
+  PGS_EXP_BIND,        /* BindComplete */
+  PGS_EXP_DESCRIBE,    /* [ParameterDescription] RowDescription | NoData */
+  PGS_EXP_EXECUTE,     /* ... CommandComplete | EmptyQuery | PortalSuspended */
+  PGS_EXP_CLOSE,       /* CloseComplete */
+  PGS_EXP_SYNC,        /* ReadyForQuery */
+  PGS_EXP_QUERY,       /* simple query or function call: ... ReadyForQuery */
   PGS_EXP_SYNTH_PARSE, /* no server reply: send ParseComplete ourselves */
   PGS_EXP_SYNTH_CLOSE, /* no server reply: send CloseComplete ourselves */
 } pgs_expect_kind_t;
 
 /* Reply filters of a fan-out (request.c): */
-#define PGS_EF_QUIET 0x01 /* swallow ParseComplete/BindComplete/CloseComplete/
+#define PGS_EF_QUIET                                                                               \
+  0x01                            /* swallow ParseComplete/BindComplete/CloseComplete/
                              descriptions: the first part already sent them */
-#define PGS_EF_ACCUM 0x02 /* swallow CommandComplete, counting its rows */
-#define PGS_EF_SUM 0x04   /* CommandComplete with the count of every part */
-#define PGS_EF_ZHIDE 0x08 /* swallow ReadyForQuery unless an error went out */
-#define PGS_EF_FWD_ERROR 0x10 /* internal, but an ErrorResponse goes to the client */
-#define PGS_EF_NOROWS 0x20 /* swallow DataRows: a copy's rows, already sent */
-#define PGS_EF_FAN 0x40    /* a part of the client's fan: pgs_fan_reply decides */
-#define PGS_EF_HIDE 0x80   /* a merged portal's RowDescription: drop `hide` columns */
-#define PGS_EF_ZDROP 0x100 /* swallow ReadyForQuery, error or not (pgshard answers later) */
+#define PGS_EF_ACCUM 0x02         /* swallow CommandComplete, counting its rows */
+#define PGS_EF_SUM 0x04           /* CommandComplete with the count of every part */
+#define PGS_EF_ZHIDE 0x08         /* swallow ReadyForQuery unless an error went out */
+#define PGS_EF_FWD_ERROR 0x10     /* internal, but an ErrorResponse goes to the client */
+#define PGS_EF_NOROWS 0x20        /* swallow DataRows: a copy's rows, already sent */
+#define PGS_EF_FAN 0x40           /* a part of the client's fan: pgs_fan_reply decides */
+#define PGS_EF_HIDE 0x80          /* a merged portal's RowDescription: drop `hide` columns */
+#define PGS_EF_ZDROP 0x100        /* swallow ReadyForQuery, error or not (pgshard answers later) */
 #define PGS_EF_IGNORE_ERROR 0x200 /* an injected query whose failure is expected */
-#define PGS_EF_ZLAST 0x400 /* one of several Syncs sent at once: the last
+#define PGS_EF_ZLAST                                                                               \
+  0x400 /* one of several Syncs sent at once: the last
                               ReadyForQuery to arrive is the client's */
-#define PGS_EF_PREPARE 0x800 /* PREPARE TRANSACTION of a 2PC: its CommandComplete
+#define PGS_EF_PREPARE                                                                             \
+  0x800 /* PREPARE TRANSACTION of a 2PC: its CommandComplete
                                 sets gid_prepared */
 
 typedef struct pgs_expect {
   uint8_t kind;
   uint16_t flags; /* PGS_EF_* */
-  bool internal; /* injected by pgshard: swallow its replies */
-  bool capture;  /* internal query whose row holds a logging-in client's
+  bool internal;  /* injected by pgshard: swallow its replies */
+  bool capture;   /* internal query whose row holds a logging-in client's
                     parameter values (see pgs_client_on_login_row) */
-  int16_t hide;  /* PGS_EF_HIDE: hidden columns */
-  char stmt[24]; /* PARSE: server statement name, to forget on failure */
+  int16_t hide;   /* PGS_EF_HIDE: hidden columns */
+  char stmt[24];  /* PARSE: server statement name, to forget on failure */
 } pgs_expect_t;
 
 struct pgs_server {
@@ -604,10 +606,10 @@ struct pgs_server {
   pgs_pool_t *pool;
   pgs_server_state_t state;
   PGconn *pg;
-  uv_poll_t *poll;  /* during the libpq handshake, on poll_fd (a new handle
+  uv_poll_t *poll; /* during the libpq handshake, on poll_fd (a new handle
                        when libpq moves to another socket) */
   int poll_fd;
-  pgs_io_t io;      /* after login, on a dup of libpq's socket */
+  pgs_io_t io; /* after login, on a dup of libpq's socket */
   pgs_client_t *client;
   pgs_expect_t *expect;
   size_t expect_head, expect_len, expect_cap;
@@ -616,11 +618,11 @@ struct pgs_server {
   size_t prepared_head, prepared_count;
   uint64_t settings_hash;
   char txstatus;
-  bool error_until_sync; /* an error in extended protocol: skipping to Sync */
-  bool internal_failed;  /* an injected query failed */
-  bool dirty;            /* never reuse: close at release */
-  bool needs_discard;    /* run DISCARD ALL before reuse */
-  bool need_flush;       /* extended messages sent since the last Sync/Flush */
+  bool error_until_sync;  /* an error in extended protocol: skipping to Sync */
+  bool internal_failed;   /* an injected query failed */
+  bool dirty;             /* never reuse: close at release */
+  bool needs_discard;     /* run DISCARD ALL before reuse */
+  bool need_flush;        /* extended messages sent since the last Sync/Flush */
   uint64_t unnamed_owner; /* the client whose unnamed statement it holds (request.c) */
   bool login_scs_off;     /* logged in with standard_conforming_strings off */
   char gid[64];           /* PGS_GID_BUF: the 2PC gid its last statement naming
@@ -628,7 +630,7 @@ struct pgs_server {
   bool gid_prepared;      /* ... and its PREPARE TRANSACTION succeeded */
   bool gid_held;          /* settling gid for a client that left: recovery
                              waits for it (pgs_twophase_hold) */
-  int shard;             /* the client's slot it is linked as */
+  int shard;              /* the client's slot it is linked as */
   uint64_t state_since_ms;
   uint64_t born_ms; /* when it was opened (server_lifetime_ms) */
   int32_t backend_pid;
@@ -687,10 +689,10 @@ struct pgs_pool {
   char dbname[PGS_MAX_NAME];
   char username[PGS_MAX_NAME];
   char shard[PGS_MAX_NAME]; /* by name: shard indexes may change on reload */
-  char *node_conninfo; /* the node as the config writes it: identifies it */
-  int node;       /* 0: the shard's configured primary, i: replica i - 1 */
-  bool node_up;   /* as the last health snapshot says */
-  bool gone;      /* the running config no longer has this node or user: only
+  char *node_conninfo;      /* the node as the config writes it: identifies it */
+  int node;                 /* 0: the shard's configured primary, i: replica i - 1 */
+  bool node_up;             /* as the last health snapshot says */
+  bool gone;                /* the running config no longer has this node or user: only
                      clients still on an older config use it, and a server
                      nobody waits for is closed when freed */
   uint32_t down_epoch;
@@ -702,7 +704,7 @@ struct pgs_pool {
   char *startup_options;
   bool has_siblings;
   pgs_pool_mode_t mode;
-  int size;       /* this worker's share of pool_size */
+  int size; /* this worker's share of pool_size */
   pgs_list_t idle, active, connecting, waiters;
   int nidle, nactive, nconnecting, nwaiters;
   pgs_param_t params[PGS_MAX_WELCOME_PARAMS];
@@ -718,9 +720,8 @@ struct pgs_pool {
 /* The pool for a node of SHARD of DB (a database of CONFIG, the client's
  * config, which may be older than the worker's); STARTUP_OPTIONS: see
  * pgs_pool_t (NULL or the client's startup_options). */
-pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config,
-                         const pgs_database_t *db, const pgs_user_t *user, int shard, int node,
-                         const char *startup_options);
+pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config, const pgs_database_t *db,
+                         const pgs_user_t *user, int shard, int node, const char *startup_options);
 /* A new health snapshot: drop idle servers of a node marked down since. */
 void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot);
 /* Ask for a server for CLIENT: linked now (pgs_client_on_server) or queued. */
@@ -757,7 +758,7 @@ struct pgs_worker {
   bool listening;
   uv_async_t wakeup;
   uv_timer_t tick;
-  uv_tcp_t metrics;  /* worker 0: the metrics_listen socket (metrics.c) */
+  uv_tcp_t metrics; /* worker 0: the metrics_listen socket (metrics.c) */
   bool metrics_on;
   pgs_config_t *config;
   pgs_list_t clients;
@@ -824,8 +825,7 @@ bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg);
  * HOME's thread with every part, unless the owner cancelled first (then
  * never). The gather is freed after DONE returns or at the cancel. */
 typedef struct pgs_gather pgs_gather_t;
-typedef void (*pgs_gather_part_fn)(pgs_worker_t *worker, pgs_buf_t *part, int what,
-                                   int64_t param);
+typedef void (*pgs_gather_part_fn)(pgs_worker_t *worker, pgs_buf_t *part, int what, int64_t param);
 typedef void (*pgs_gather_done_fn)(pgs_gather_t *gather, void *owner);
 pgs_gather_t *pgs_gather_start(pgs_worker_t *home, int only, int what, int64_t param,
                                pgs_gather_part_fn part, pgs_gather_done_fn done, void *owner);

@@ -40,7 +40,7 @@ typedef enum {
   PGS_ROUTE_FANOUT,
   PGS_ROUTE_SPLIT,
   PGS_ROUTE_REFUSE,
-  PGS_ROUTE_MERGE,  /* a read on each shard of `shards`, rows merged
+  PGS_ROUTE_MERGE, /* a read on each shard of `shards`, rows merged
                        (plan->merge says how); also COPY ... TO STDOUT
                        concatenated */
 } pgs_route_kind_t;
@@ -139,8 +139,7 @@ void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_
                     pgs_route_t *out);
 
 /* The shard a session tenant maps to (pinned or hashed), or -1 with ERR. */
-int pgs_route_tenant_shard(const pgs_database_t *db, const pgs_key_t *tenant,
-                           pgs_key_error_t *err);
+int pgs_route_tenant_shard(const pgs_database_t *db, const pgs_key_t *tenant, pgs_key_error_t *err);
 
 /* The shard KEY of TABLE goes to, checked against SESSION (NULL: none) as
  * pgs_route_plan checks each key of an INSERT row (hint, tenant), or -1

@@ -32,7 +32,7 @@
 
 #define PGS_SESSION_PIN 0x1
 #define PGS_SESSION_DROPS_PREPARED 0x2
-#define PGS_SESSION_TEMP 0x4 /* temporary objects: close the server, never reuse it */
+#define PGS_SESSION_TEMP 0x4        /* temporary objects: close the server, never reuse it */
 #define PGS_SESSION_STRINGS_OFF 0x8 /* SET [LOCAL] standard_conforming_strings to other than on */
 #define PGS_SESSION_MAX_OPS 32
 

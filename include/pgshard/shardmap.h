@@ -55,7 +55,7 @@ typedef enum {
  * never points into a message buffer. */
 typedef struct pgs_key {
   pgs_key_type_t type;
-  int64_t i;        /* integers, date (days), timestamptz (microseconds) */
+  int64_t i; /* integers, date (days), timestamptz (microseconds) */
   uint8_t uuid[16];
   size_t text_len;
   char text[PGS_KEY_MAX_TEXT];
@@ -78,13 +78,13 @@ typedef struct pgs_range {
   int shard;    /* index into the database's shards */
   bool has_low; /* false: open, -infinity */
   bool has_high;
-  pgs_key_t *low; /* inclusive */
+  pgs_key_t *low;  /* inclusive */
   pgs_key_t *high; /* exclusive */
   int line;
 } pgs_range_t;
 
 typedef struct pgs_table {
-  char *name;   /* unqualified table name, as in [table.DB.NAME] */
+  char *name; /* unqualified table name, as in [table.DB.NAME] */
   char *column;
   pgs_key_type_t type;
   pgs_strategy_t strategy;
@@ -94,8 +94,8 @@ typedef struct pgs_table {
 } pgs_table_t;
 
 typedef struct pgs_geo_value {
-  char *value;  /* e.g. "DE" */
-  char *region; /* e.g. "eu" */
+  char *value;    /* e.g. "DE" */
+  char *region;   /* e.g. "eu" */
   pgs_key_t *key; /* VALUE typed by the geo tables' column type */
   int line;
 } pgs_geo_value_t;
@@ -113,13 +113,13 @@ typedef struct pgs_shardmap {
   int ntables;
   pgs_geo_value_t *geo; /* sorted by key (binary search) */
   int ngeo;
-  char *geo_default; /* region for values in no list, or NULL: refuse */
+  char *geo_default;         /* region for values in no list, or NULL: refuse */
   pgs_tenant_pin_t *tenants; /* sorted by key (binary search) */
   int ntenants;
   pgs_key_type_t geo_type;    /* column type shared by the geo tables (text if none) */
   pgs_key_type_t tenant_type; /* column type shared by the tenant tables (text if none) */
-  int geo_line;     /* first line of [geo.DB], 0 when absent */
-  int tenants_line; /* first line of [tenants.DB], 0 when absent */
+  int geo_line;               /* first line of [geo.DB], 0 when absent */
+  int tenants_line;           /* first line of [tenants.DB], 0 when absent */
 } pgs_shardmap_t;
 
 const char *pgs_key_type_name(pgs_key_type_t type);

@@ -14,7 +14,7 @@
 #include "pgshard/common.h"
 
 #define PGS_HIST_BUCKETS 496 /* 16 exact + 60 powers of two x 8 */
-#define PGS_ERROR_CLASSES 24   /* SQLSTATE classes counted per database */
+#define PGS_ERROR_CLASSES 24 /* SQLSTATE classes counted per database */
 
 typedef struct pgs_hist {
   uint64_t count;
@@ -44,7 +44,7 @@ typedef struct pgs_db_stats {
   uint64_t fanouts;      /* reads run on several shards and merged */
   uint64_t twopc_commits;
   uint64_t twopc_aborts;
-  pgs_hist_t latency;    /* per request, µs, first message to ReadyForQuery */
+  pgs_hist_t latency; /* per request, µs, first message to ReadyForQuery */
   /* ErrorResponses clients got, by SQLSTATE class (its first two
    * characters); classes past PGS_ERROR_CLASSES count as "??". */
   struct {

@@ -81,17 +81,17 @@ pgs_status_t pgs_value_compare(uint32_t oid, int format, const uint8_t *a, size_
  * merging partial sums means adding int8 or numeric values.
  */
 typedef struct pgs_sum {
-  uint32_t oid;     /* the type of the values added */
-  bool any;         /* at least one value added (else the sum is NULL) */
-  int64_t i;        /* int2/int4/int8, kept within the type's own range */
-  double f;         /* float4/float8 */
+  uint32_t oid; /* the type of the values added */
+  bool any;     /* at least one value added (else the sum is NULL) */
+  int64_t i;    /* int2/int4/int8, kept within the type's own range */
+  double f;     /* float4/float8 */
   /* numeric: sign, weight and digits in base 10000 as PostgreSQL keeps them */
-  int sign;         /* 0 positive, 1 negative, 2 NaN, 3 Infinity, 4 -Infinity */
-  int weight;       /* base-10000 exponent of digits[0] */
-  int dscale;       /* decimal digits after the point to display */
+  int sign;   /* 0 positive, 1 negative, 2 NaN, 3 Infinity, 4 -Infinity */
+  int weight; /* base-10000 exponent of digits[0] */
+  int dscale; /* decimal digits after the point to display */
   int ndigits;
-  int16_t *digits;  /* malloc'ed, ndigits of 0..9999, no zero at either end */
-  int cap;          /* digits allocated */
+  int16_t *digits; /* malloc'ed, ndigits of 0..9999, no zero at either end */
+  int cap;         /* digits allocated */
 } pgs_sum_t;
 
 void pgs_sum_init(pgs_sum_t *sum, uint32_t oid);

@@ -32,9 +32,9 @@ typedef struct lab_options {
   const char *dir;
   bool no_proxy;
   bool purge;
-  bool tls; /* up: servers with TLS (lab_tls.c) */
+  bool tls;      /* up: servers with TLS (lab_tls.c) */
   int timeout_s; /* wait */
-  char **args; /* positional arguments after the verb */
+  char **args;   /* positional arguments after the verb */
   int nargs;
 } lab_options_t;
 
@@ -91,8 +91,8 @@ static int parse_options(int argc, char **argv, lab_options_t *opts) {
       }
       opts->timeout_s = (int)v;
     } else if (option_value(argc, argv, &i, "-c", &opts->config_path) ||
-        option_value(argc, argv, &i, "--config", &opts->config_path) ||
-        option_value(argc, argv, &i, "--dir", &opts->dir)) {
+               option_value(argc, argv, &i, "--config", &opts->config_path) ||
+               option_value(argc, argv, &i, "--dir", &opts->dir)) {
       continue;
     } else if (!strcmp(a, "--no-proxy") && strcmp(opts->verb, "down") &&
                strcmp(opts->verb, "lag") && strcmp(opts->verb, "wait")) {

@@ -77,7 +77,7 @@ typedef struct lab {
   int nservers;
   char **roles; /* login roles the nodes connect as, other than LAB_SUPERUSER */
   int nroles;
-  bool tls;     /* servers take TLS connections only (lab_tls.c) */
+  bool tls; /* servers take TLS connections only (lab_tls.c) */
 } lab_t;
 
 /* ---- lab_util.c ---- */

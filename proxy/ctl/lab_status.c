@@ -285,9 +285,8 @@ static bool primary_target(const lab_server_t *server, char *lsn, size_t cap, ch
   PGresult *res = pgs_lab_query(conn, "SET synchronous_commit = on", 0, NULL, err, errlen);
   PQclear(res);
   if (res) {
-    res = pgs_lab_query(conn,
-                        "SELECT pg_logical_emit_message(true, 'pgshard-lab', 'wait')::text", 0,
-                        NULL, err, errlen);
+    res = pgs_lab_query(conn, "SELECT pg_logical_emit_message(true, 'pgshard-lab', 'wait')::text",
+                        0, NULL, err, errlen);
     if (res) snprintf(lsn, cap, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
   }
@@ -299,8 +298,8 @@ static bool replayed(const lab_server_t *server, const char *lsn, char *err, siz
   PGconn *conn = pgs_lab_connect(server->hosts[0], server->port, "postgres", err, errlen);
   if (conn == NULL) return false;
   const char *params[] = {lsn};
-  PGresult *res = pgs_lab_query(conn, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", 1, params,
-                                err, errlen);
+  PGresult *res =
+      pgs_lab_query(conn, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", 1, params, err, errlen);
   bool done = res && !strcmp(PQgetvalue(res, 0, 0), "t");
   if (res && !done) snprintf(err, errlen, "replayed less than %s", lsn);
   PQclear(res);
@@ -311,7 +310,7 @@ static bool replayed(const lab_server_t *server, const char *lsn, char *err, siz
 int pgs_lab_wait(const lab_t *lab, int timeout_s) {
   double start = pgs_lab_now();
   char err[512];
-  char (*targets)[32] = pgs_xcalloc((size_t)(lab->nservers ? lab->nservers : 1), sizeof(*targets));
+  char(*targets)[32] = pgs_xcalloc((size_t)(lab->nservers ? lab->nservers : 1), sizeof(*targets));
   int nreplicas = 0, rc = 0;
   for (int i = 0; i < lab->nservers && rc == 0; i++) {
     const lab_server_t *server = &lab->servers[i];
@@ -339,8 +338,8 @@ int pgs_lab_wait(const lab_t *lab, int timeout_s) {
   }
   free(targets);
   if (rc == 0)
-    printf("lab: wait: %d replica%s replayed what %s primar%s had committed (%.0f ms)\n",
-           nreplicas, nreplicas == 1 ? "" : "s", nreplicas == 1 ? "its" : "their",
+    printf("lab: wait: %d replica%s replayed what %s primar%s had committed (%.0f ms)\n", nreplicas,
+           nreplicas == 1 ? "" : "s", nreplicas == 1 ? "its" : "their",
            nreplicas == 1 ? "y" : "ies", (pgs_lab_now() - start) * 1000);
   return rc;
 }

@@ -69,10 +69,10 @@ static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *is
        X509_gmtime_adj(X509_getm_notAfter(cert), (long)LAB_TLS_DAYS * 86400) &&
        X509_set_pubkey(cert, key);
   X509_NAME *name = ok ? X509_get_subject_name(cert) : NULL;
-  ok = ok && X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
-                                        (const unsigned char *)"pgshard lab", -1, -1, 0) &&
-       X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
-                                  0) &&
+  ok = ok &&
+       X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"pgshard lab", -1,
+                                  -1, 0) &&
+       X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) &&
        X509_set_issuer_name(cert, issuer ? X509_get_subject_name(issuer) : name);
   X509V3_CTX ctx;
   if (ok) X509V3_set_ctx(&ctx, issuer ? issuer : cert, cert, NULL, NULL, 0);

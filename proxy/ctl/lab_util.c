@@ -410,7 +410,7 @@ PGconn *pgs_lab_connect(const char *host, int port, const char *dbname, char *er
   snprintf(port_text, sizeof(port_text), "%d", port);
   const char *keys[] = {"host",    "port",       "dbname",           "user", "connect_timeout",
                         "sslmode", "gssencmode", "application_name", NULL};
-  const char *values[] = {host,      port_text, dbname,       LAB_SUPERUSER, "5",
+  const char *values[] = {host,        port_text, dbname,       LAB_SUPERUSER, "5",
                           lab_sslmode, "disable", "pgshardctl", NULL};
   PGconn *conn = PQconnectdbParams(keys, values, 0);
   if (PQstatus(conn) == CONNECTION_OK) return conn;

@@ -54,31 +54,31 @@ static void print_detail(const pgs_database_t *db, const pgs_table_t *table, con
   printf(" (%zu bytes)\n", n);
   if (key->zone_assumed) printf("note:     no time zone given: read as UTC\n");
   switch (table->strategy) {
-    case PGS_STRATEGY_RANGE: {
-      const pgs_range_t *r = &table->ranges[d->range];
-      char low[160] = "-infinity", high[160] = "+infinity";
-      if (r->has_low) pgs_key_format(r->low, low, sizeof(low));
-      if (r->has_high) pgs_key_format(r->high, high, sizeof(high));
-      printf("range:    [%s, %s) (line %d)\n", low, high, r->line);
-      break;
+  case PGS_STRATEGY_RANGE: {
+    const pgs_range_t *r = &table->ranges[d->range];
+    char low[160] = "-infinity", high[160] = "+infinity";
+    if (r->has_low) pgs_key_format(r->low, low, sizeof(low));
+    if (r->has_high) pgs_key_format(r->high, high, sizeof(high));
+    printf("range:    [%s, %s) (line %d)\n", low, high, r->line);
+    break;
+  }
+  case PGS_STRATEGY_GEO: {
+    int nregion = pgs_shardmap_region_shards(db, d->region, NULL, 0);
+    printf("region:   %s (%s; %d shard%s)\n", d->region,
+           d->geo_default ? "in no list: the default region" : "listed in [geo]", nregion,
+           nregion == 1 ? "" : "s");
+    break;
+  }
+  case PGS_STRATEGY_TENANT:
+    if (d->pinned) {
+      const pgs_tenant_pin_t *pin = pgs_shardmap_find_tenant(&db->shardmap, key);
+      printf("tenant:   pinned in [tenants.%s] (line %d)\n", db->name, pin ? pin->line : 0);
+    } else {
+      printf("tenant:   not pinned: hashed\n");
     }
-    case PGS_STRATEGY_GEO: {
-      int nregion = pgs_shardmap_region_shards(db, d->region, NULL, 0);
-      printf("region:   %s (%s; %d shard%s)\n", d->region,
-             d->geo_default ? "in no list: the default region" : "listed in [geo]", nregion,
-             nregion == 1 ? "" : "s");
-      break;
-    }
-    case PGS_STRATEGY_TENANT:
-      if (d->pinned) {
-        const pgs_tenant_pin_t *pin = pgs_shardmap_find_tenant(&db->shardmap, key);
-        printf("tenant:   pinned in [tenants.%s] (line %d)\n", db->name, pin ? pin->line : 0);
-      } else {
-        printf("tenant:   not pinned: hashed\n");
-      }
-      break;
-    case PGS_STRATEGY_HASH:
-      break;
+    break;
+  case PGS_STRATEGY_HASH:
+    break;
   }
   if (d->hashed && d->postgres_hash) {
     printf("hash:     postgres partition hash %llu (0x%016llx); %llu %% %d = %d\n",

@@ -114,8 +114,7 @@ static void rewrite(char type, const char *portal, size_t plen, uint8_t kind,
 
   char t;
   size_t total;
-  if (pgs_msg_peek(b.data, b.len, SIZE_MAX, &t, &total) != PGS_OK || t != type ||
-      total != b.len)
+  if (pgs_msg_peek(b.data, b.len, SIZE_MAX, &t, &total) != PGS_OK || t != type || total != b.len)
     abort();
   size_t head = type == 'B' ? plen + 1 : 1;
   if (total != 5 + head + sizeof(server_name) + left) abort();

@@ -81,8 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   if (pos >= size) return 0;
   uint8_t oid_choice = data[pos++];
-  for (int i = 0; i < n; i++)
-    types[i] = oids[(oid_choice + i) % (sizeof(oids) / sizeof(oids[0]))];
+  for (int i = 0; i < n; i++) types[i] = oids[(oid_choice + i) % (sizeof(oids) / sizeof(oids[0]))];
 
   if (pgs_lex((const char *)data + pos, size - pos, &lx) != PGS_OK) return 0;
   pgs_plan_t *plan = pgs_analyze(db, &lx);
@@ -91,8 +90,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   pgs_route_session_t session = {.hint_shard = (head & 8) ? 1 : -1};
   if ((head & 16) && pgs_key_from_text(PGS_TYPE_BIGINT, "42", 2, &tenant, &kerr) == PGS_OK)
     session.tenant = &tenant;
-  pgs_param_values_t params = {.n = n, .data = values, .len = lens, .format = formats,
-                               .type_oid = types, .ntypes = (oid_choice & 0x80) ? n : 0};
+  pgs_param_values_t params = {.n = n,
+                               .data = values,
+                               .len = lens,
+                               .format = formats,
+                               .type_oid = types,
+                               .ntypes = (oid_choice & 0x80) ? n : 0};
   int *row_shard = plan->nrows ? malloc(sizeof(int) * (size_t)plan->nrows) : NULL;
   pgs_route_t rt = {.row_shard = row_shard};
   pgs_route_plan(db, plan, &lx, n || lx.nparams ? &params : NULL, &session, &rt);

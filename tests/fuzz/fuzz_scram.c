@@ -24,9 +24,9 @@ static const uint8_t rfc_salt[] = {0x5b, 0x6d, 0x99, 0x68, 0x9d, 0x12, 0x35, 0x8
 
 /* CBIND: 0 no TLS, 1 PLUS offered but not chosen, 2 PLUS chosen. */
 static void try_exchange(const uint8_t *data, size_t size, int cbind) {
-  static const uint8_t end_point[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-                                        17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-                                        31, 32};
+  static const uint8_t end_point[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11,
+                                        12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                                        23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
   static pgs_scram_t prepared;
   static bool ready;
   if (!ready) {
@@ -43,8 +43,8 @@ static void try_exchange(const uint8_t *data, size_t size, int cbind) {
   const uint8_t *newline = memchr(data, '\n', size);
   size_t first_len = newline ? (size_t)(newline - data) : size;
 
-  pgs_status_t status = pgs_scram_server_first(&scram, (const char *)data, first_len, out,
-                                               sizeof(out));
+  pgs_status_t status =
+      pgs_scram_server_first(&scram, (const char *)data, first_len, out, sizeof(out));
   if (status == PGS_OK && strlen(out) >= sizeof(out)) abort();
   if (status == PGS_OK && newline) {
     status = pgs_scram_server_final(&scram, (const char *)newline + 1, size - first_len - 1, out,

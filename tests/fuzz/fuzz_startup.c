@@ -43,8 +43,8 @@ static void check_message(const uint8_t *data, size_t size, const pgs_startup_t 
   pgs_buf_free(&again);
 
   /* What the proxy asks for at login. */
-  static const char *const wanted[] = {"user", "database", "options", "application_name",
-                                       "replication", "client_encoding", ""};
+  static const char *const wanted[] = {
+      "user", "database", "options", "application_name", "replication", "client_encoding", ""};
   for (size_t i = 0; i < PGS_ARRAY_LEN(wanted); i++) {
     const char *v = pgs_startup_get(s, wanted[i]);
     if (v && !inside(data, size, v)) abort();

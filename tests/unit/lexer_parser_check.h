@@ -123,8 +123,8 @@ static void lpc_walk(ProtobufCMessage *m, int ctx, uint8_t *mark, size_t len) {
 static uint8_t *lpc_tree(const char *sql, size_t *n, uint8_t *mark, size_t len) {
   PgQueryProtobufParseResult r = pg_query_parse_protobuf(sql);
   uint8_t *packed = NULL;
-  if (!r.error && pgs_analyze_tree_depth_ok((const uint8_t *)r.parse_tree.data,
-                                            r.parse_tree.len, PGS_ANALYZE_MAX_DEPTH)) {
+  if (!r.error && pgs_analyze_tree_depth_ok((const uint8_t *)r.parse_tree.data, r.parse_tree.len,
+                                            PGS_ANALYZE_MAX_DEPTH)) {
     PgQuery__ParseResult *tree =
         pg_query__parse_result__unpack(NULL, r.parse_tree.len, (const uint8_t *)r.parse_tree.data);
     if (tree) {
@@ -156,9 +156,10 @@ static bool lpc_hint(const char *s, size_t n, char *name, size_t cap) {
     if (j >= n || s[j++] != '=') continue;
     while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
     size_t k = 0;
-    while (j + k < n && s[j + k] != '\0' && strchr("abcdefghijklmnopqrstuvwxyz"
-                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-",
-                                                  s[j + k]))
+    while (j + k < n && s[j + k] != '\0' &&
+           strchr("abcdefghijklmnopqrstuvwxyz"
+                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-",
+                  s[j + k]))
       k++;
     if (k == 0) continue;
     if (k > cap - 1) k = cap - 1;
@@ -178,8 +179,7 @@ static const char *lpc_token_name(int token) {
 static PgQuery__ScanResult *lpc_scan(const char *sql) {
   PgQueryScanResult r = pg_query_scan(sql);
   PgQuery__ScanResult *sr = NULL;
-  if (!r.error)
-    sr = pg_query__scan_result__unpack(NULL, r.pbuf.len, (const uint8_t *)r.pbuf.data);
+  if (!r.error) sr = pg_query__scan_result__unpack(NULL, r.pbuf.len, (const uint8_t *)r.pbuf.data);
   pg_query_free_scan_result(r);
   return sr;
 }
@@ -247,8 +247,8 @@ static bool lpc_compare_tokens(const char *blanked, const char *hint, const pgs_
     ok = lpc_fail(why, whylen, "highest $n %d to the scanner, %d to the lexer", nparams,
                   lx->nparams);
   if (ok && strcmp(hint, lx->hint_shard) != 0)
-    ok = lpc_fail(why, whylen, "hint \"%s\" in the scanner's comments, \"%s\" from the lexer",
-                  hint, lx->hint_shard);
+    ok = lpc_fail(why, whylen, "hint \"%s\" in the scanner's comments, \"%s\" from the lexer", hint,
+                  lx->hint_shard);
   pg_query__scan_result__free_unpacked(sr, NULL);
   return ok;
 }

@@ -384,8 +384,9 @@ static void test_join_in_where_propagates(void **state) {
 }
 
 static void test_join_chain_propagates(void **state) {
-  analyse("SELECT * FROM users u JOIN orders o ON o.user_id = u.id "
-          "JOIN events e ON e.id = o.user_id WHERE u.id = ANY($1)");
+  analyse(
+      "SELECT * FROM users u JOIN orders o ON o.user_id = u.id "
+      "JOIN events e ON e.id = o.user_id WHERE u.id = ANY($1)");
   expect(PGS_STMT_READ, PGS_TARGET_KEYS, "users:$1[] orders:$1[] events:$1[]");
 }
 
@@ -447,12 +448,14 @@ static void test_subquery_without_key(void **state) {
 }
 
 static void test_exists_correlated(void **state) {
-  analyse("SELECT * FROM users u WHERE u.id = 1 AND "
-          "EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id)");
+  analyse(
+      "SELECT * FROM users u WHERE u.id = 1 AND "
+      "EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id)");
   expect(PGS_STMT_READ, PGS_TARGET_KEYS, "users:$1 orders:$1");
   /* The inner WHERE does not restrict the outer rows. */
-  analyse("SELECT * FROM users u WHERE "
-          "EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.user_id = 1)");
+  analyse(
+      "SELECT * FROM users u WHERE "
+      "EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.user_id = 1)");
   expect_all(PGS_STMT_READ, "users");
 }
 
@@ -480,8 +483,9 @@ static void test_cte(void **state) {
   expect(PGS_STMT_READ, PGS_TARGET_KEYS, "users:$1");
   analyse("WITH x AS (SELECT * FROM users) SELECT * FROM x WHERE id = 1");
   expect_all(PGS_STMT_READ, "users");
-  analyse("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 5) "
-          "SELECT * FROM t");
+  analyse(
+      "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 5) "
+      "SELECT * FROM t");
   expect(PGS_STMT_READ, PGS_TARGET_ANY, "");
 }
 
@@ -528,8 +532,9 @@ static void test_insert_key_casts_and_negatives(void **state) {
 }
 
 static void test_insert_returning_and_on_conflict(void **state) {
-  analyse("INSERT INTO users (id, n) VALUES (1, 2) ON CONFLICT (id) "
-          "DO UPDATE SET n = excluded.n + users.n RETURNING *");
+  analyse(
+      "INSERT INTO users (id, n) VALUES (1, 2) ON CONFLICT (id) "
+      "DO UPDATE SET n = excluded.n + users.n RETURNING *");
   expect(PGS_STMT_WRITE, PGS_TARGET_ROWS, "users:$1");
   expect_no_refusal();
   analyse("INSERT INTO users (id) VALUES (1) ON CONFLICT DO NOTHING");
@@ -562,8 +567,9 @@ static void test_insert_key_not_a_value(void **state) {
   for (size_t i = 0; i < PGS_ARRAY_LEN(sqls); i++) {
     analyse(sqls[i]);
     expect_all(PGS_STMT_WRITE, "users");
-    expect_refusal("0A000", "pgshard: INSERT into sharded table users needs a literal or parameter "
-                            "for id in every row");
+    expect_refusal("0A000",
+                   "pgshard: INSERT into sharded table users needs a literal or parameter "
+                   "for id in every row");
   }
 }
 
@@ -576,8 +582,9 @@ static void test_insert_select(void **state) {
 }
 
 static void test_insert_select_single_row(void **state) {
-  analyse("INSERT INTO users (id, name) SELECT $1, $2 "
-          "WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = $1)");
+  analyse(
+      "INSERT INTO users (id, name) SELECT $1, $2 "
+      "WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = $1)");
   expect(PGS_STMT_WRITE, PGS_TARGET_KEYS, "users:$1");
   expect_no_refusal();
   assert_true(plan->same_shard_required);
@@ -600,8 +607,9 @@ static void test_insert_reference_table_reading_sharded(void **state) {
 static void test_insert_reading_unkeyed_sharded_table(void **state) {
   analyse("INSERT INTO users (id, n) VALUES (1, (SELECT count(*) FROM events))");
   expect_all(PGS_STMT_WRITE, "events");
-  expect_refusal("0A000", "pgshard: a statement inserting into sharded table users and reading "
-                          "sharded table events without its shard key is not supported");
+  expect_refusal("0A000",
+                 "pgshard: a statement inserting into sharded table users and reading "
+                 "sharded table events without its shard key is not supported");
 }
 
 static void test_insert_on_conflict_updating_key(void **state) {
@@ -661,8 +669,9 @@ static void test_delete(void **state) {
 }
 
 static void test_merge(void **state) {
-  analyse("MERGE INTO users u USING (SELECT 1 AS x) s ON u.id = $1 "
-          "WHEN MATCHED THEN UPDATE SET name = 'x' WHEN MATCHED THEN DELETE");
+  analyse(
+      "MERGE INTO users u USING (SELECT 1 AS x) s ON u.id = $1 "
+      "WHEN MATCHED THEN UPDATE SET name = 'x' WHEN MATCHED THEN DELETE");
   expect(PGS_STMT_WRITE, PGS_TARGET_KEYS, "users:$1");
   expect_no_refusal();
   analyse(
@@ -873,8 +882,9 @@ static void test_show_is_read(void **state) {
 
 static void test_other_kinds(void **state) {
   static const char *const sqls[] = {
-      "VACUUM users",     "ANALYZE users", "CHECKPOINT",          "LOCK TABLE users",
-      "CLUSTER users",    "REINDEX TABLE users", "ALTER SYSTEM SET x = 1",
+      "VACUUM users",           "ANALYZE users", "CHECKPOINT",
+      "LOCK TABLE users",       "CLUSTER users", "REINDEX TABLE users",
+      "ALTER SYSTEM SET x = 1",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(sqls); i++) {
     analyse(sqls[i]);
@@ -964,8 +974,9 @@ static void test_multi_statement_inserts_must_share_a_shard(void **state) {
   expect_no_refusal();
   analyse("INSERT INTO users (id) VALUES (1); DELETE FROM events");
   expect_all(PGS_STMT_WRITE, "events");
-  expect_refusal("0A000", "pgshard: a statement inserting into sharded table users and reading "
-                          "sharded table events without its shard key is not supported");
+  expect_refusal("0A000",
+                 "pgshard: a statement inserting into sharded table users and reading "
+                 "sharded table events without its shard key is not supported");
 }
 
 /* ---- what cannot be analysed ---- */
@@ -1042,14 +1053,10 @@ static void test_merge_spec_attached(void **state) {
       "SELECT name FROM users WHERE d > DATE '2024-01-01' ORDER BY 1", /* literals put back */
   };
   static const char *const without[] = {
-      "SELECT * FROM countries",
-      "SELECT 1",
-      "SELECT * FROM users; SELECT 2",
-      "UPDATE users SET x = 1",
-      "SELECT * FROM users FOR UPDATE",
-      "EXPLAIN SELECT * FROM users",
-      "COPY users (id) FROM STDIN",
-      "INSERT INTO users (id) VALUES (1)",
+      "SELECT * FROM countries",        "SELECT 1",
+      "SELECT * FROM users; SELECT 2",  "UPDATE users SET x = 1",
+      "SELECT * FROM users FOR UPDATE", "EXPLAIN SELECT * FROM users",
+      "COPY users (id) FROM STDIN",     "INSERT INTO users (id) VALUES (1)",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(with); i++) {
     analyse(with[i]);

@@ -31,7 +31,8 @@
 #define RFC_SERVER_FINAL "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 /* The same password as PostgreSQL would store it (computed independently). */
 #define RFC_SECRET                                                                                 \
-  "SCRAM-SHA-256$4096:" RFC_SALT "$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"                 \
+  "SCRAM-SHA-256$4096:" RFC_SALT                                                                   \
+  "$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"                                                 \
   "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
 
 #define OUT_SIZE 512
@@ -80,9 +81,8 @@ static void client_first(client_t *cl, const char *gs2, const char *nonce, char 
 static void client_final(client_t *cl, const char *client_nonce, const char *server_first,
                          const char *cbind, const char *extension, char *out) {
   char salt64[128];
-  assert_int_equal(sscanf(server_first, "r=%159[^,],s=%127[^,],i=%d", cl->nonce, salt64,
-                          &cl->iterations),
-                   3);
+  assert_int_equal(
+      sscanf(server_first, "r=%159[^,],s=%127[^,],i=%d", cl->nonce, salt64, &cl->iterations), 3);
   assert_memory_equal(cl->nonce, client_nonce, strlen(client_nonce));
   assert_true(strlen(cl->nonce) > strlen(client_nonce));
   cl->salt_len = unb64(salt64, cl->salt);
@@ -143,13 +143,13 @@ static pgs_status_t run_exchange(pgs_scram_t *scram, const char *password, const
 
 static void rfc_exchange(pgs_scram_t *scram) {
   char out[OUT_SIZE];
-  assert_int_equal(pgs_scram_server_first(scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_OK);
+  assert_int_equal(
+      pgs_scram_server_first(scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_OK);
   assert_string_equal(out, RFC_SERVER_FIRST);
-  assert_int_equal(pgs_scram_server_final(scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out,
-                                          sizeof(out)),
-                   PGS_OK);
+  assert_int_equal(
+      pgs_scram_server_final(scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out, sizeof(out)),
+      PGS_OK);
   assert_string_equal(out, RFC_SERVER_FINAL);
   assert_int_equal(scram->state, PGS_SCRAM_STATE_DONE);
 }
@@ -188,9 +188,9 @@ static void test_clear_wipes_every_byte(void **state) {
 
   pgs_scram_t *heap = malloc(sizeof(*heap));
   assert_non_null(heap);
-  assert_int_equal(pgs_scram_init_fixed(heap, RFC_PASSWORD, rfc_salt, sizeof(rfc_salt), 4096,
-                                        RFC_SERVER_NONCE),
-                   PGS_OK);
+  assert_int_equal(
+      pgs_scram_init_fixed(heap, RFC_PASSWORD, rfc_salt, sizeof(rfc_salt), 4096, RFC_SERVER_NONCE),
+      PGS_OK);
   rfc_exchange(heap);
   pgs_scram_free(heap);
   pgs_scram_free(NULL);
@@ -266,9 +266,9 @@ static void make_secret_with_salt(const char *password, const uint8_t salt[16], 
   uint8_t salted[32], client_key[32], stored_key[32], server_key[32];
   char salt64[32], stored64[48], server64[48];
   unsigned int len;
-  assert_int_equal(PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, 16, 4096,
-                                     EVP_sha256(), 32, salted),
-                   1);
+  assert_int_equal(
+      PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, 16, 4096, EVP_sha256(), 32, salted),
+      1);
   hmac(salted, "Client Key", 10, client_key);
   assert_int_equal(EVP_Digest(client_key, 32, stored_key, &len, EVP_sha256(), NULL), 1);
   hmac(salted, "Server Key", 10, server_key);
@@ -304,9 +304,8 @@ static void test_make_secret(void **state) {
   assert_int_equal(pgs_scram_make_secret("correct horse", secret, sizeof(secret)), PGS_OK);
 
   char salt64[64], stored64[64], server64[64];
-  assert_int_equal(sscanf(secret, "SCRAM-SHA-256$4096:%63[^$]$%63[^:]:%63s", salt64, stored64,
-                          server64),
-                   3);
+  assert_int_equal(
+      sscanf(secret, "SCRAM-SHA-256$4096:%63[^$]$%63[^:]:%63s", salt64, stored64, server64), 3);
   assert_int_equal(strlen(salt64), 24);
   assert_int_equal(strlen(stored64), 44);
   assert_int_equal(strlen(server64), 44);
@@ -342,8 +341,9 @@ static void test_make_secret_rejects(void **state) {
   assert_int_equal(pgs_scram_make_secret(NULL, out, sizeof(out)), PGS_EINVAL);
   assert_string_equal(out, "");
   assert_int_equal(pgs_scram_make_secret("", out, sizeof(out)), PGS_EINVAL);
-  assert_int_equal(pgs_scram_make_secret("md5" "0123456789abcdef0123456789abcdef", out,
-                                         sizeof(out)),
+  assert_int_equal(pgs_scram_make_secret("md5"
+                                         "0123456789abcdef0123456789abcdef",
+                                         out, sizeof(out)),
                    PGS_EUNSUPPORTED);
   assert_int_equal(pgs_scram_make_secret(RFC_SECRET, out, sizeof(out)), PGS_EINVAL);
   assert_int_equal(pgs_scram_make_secret("SCRAM-SHA-256$", out, sizeof(out)), PGS_EINVAL);
@@ -383,8 +383,7 @@ static void test_exchange_y_flag_and_extensions(void **state) {
   char out[OUT_SIZE];
   static const char first[] = "n,,n=someone=2Celse,r=abc,x=1,z=";
   assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
-  assert_int_equal(pgs_scram_server_first(&scram, first, strlen(first), out, sizeof(out)),
-                   PGS_OK);
+  assert_int_equal(pgs_scram_server_first(&scram, first, strlen(first), out, sizeof(out)), PGS_OK);
 }
 
 /* SCRAM-SHA-256-PLUS: c= is base64("p=tls-server-end-point,," + data). */
@@ -428,26 +427,26 @@ static void test_channel_binding(void **state) {
 
   char out[OUT_SIZE];
   static const char *const refused_first[] = {
-      "y,,n=,r=abc",                       /* could bind, saw no PLUS: it was stripped */
-      "p=tls-unique,,n=,r=abc",            /* another binding type */
-      "p=tls-server-end-point,n=,r=abc",   /* */
+      "y,,n=,r=abc",                     /* could bind, saw no PLUS: it was stripped */
+      "p=tls-unique,,n=,r=abc",          /* another binding type */
+      "p=tls-server-end-point,n=,r=abc", /* */
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(refused_first); i++) {
     assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
     assert_int_equal(pgs_scram_channel_binding(&scram, false, data, sizeof(data)), PGS_OK);
-    if (i > 0) assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
+    if (i > 0)
+      assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
     const char *m = refused_first[i];
     assert_int_equal(pgs_scram_server_first(&scram, m, strlen(m), out, sizeof(out)), PGS_EPROTO);
   }
   /* PLUS chosen but the message does not bind; binding without PLUS. */
   assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
   assert_int_equal(pgs_scram_channel_binding(&scram, true, data, sizeof(data)), PGS_OK);
-  assert_int_equal(pgs_scram_server_first(&scram, "n,,n=,r=abc", 11, out, sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(pgs_scram_server_first(&scram, "n,,n=,r=abc", 11, out, sizeof(out)), PGS_EPROTO);
   assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
-  assert_int_equal(pgs_scram_server_first(&scram, "p=tls-server-end-point,,n=,r=abc", 32, out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, "p=tls-server-end-point,,n=,r=abc", 32, out, sizeof(out)),
+      PGS_EPROTO);
   /* PLUS without data, too much data, or after client-first: misuse. */
   assert_int_equal(pgs_scram_init(&scram, "pw"), PGS_OK);
   assert_int_equal(pgs_scram_channel_binding(&scram, true, NULL, 0), PGS_EINVAL);
@@ -465,17 +464,17 @@ static void test_wrong_password(void **state) {
   assert_int_equal(pgs_scram_init(&scram, "right"), PGS_OK);
   assert_int_equal(run_exchange(&scram, "wrong", "n,,", "biws", NULL), PGS_EAUTH);
   /* The exchange is over: nothing more is accepted. */
-  assert_int_equal(pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out, sizeof(out)),
+      PGS_EPROTO);
 
   /* A proof that is one bit off. */
   assert_int_equal(pgs_scram_init_fixed(&scram, RFC_PASSWORD, rfc_salt, sizeof(rfc_salt), 4096,
                                         RFC_SERVER_NONCE),
                    PGS_OK);
-  assert_int_equal(pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_OK);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_OK);
   static const char off[] = "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVU=";
   assert_int_equal(pgs_scram_server_final(&scram, off, strlen(off), out, sizeof(out)), PGS_EAUTH);
   assert_int_equal(scram.state, PGS_SCRAM_STATE_FAILED);
@@ -500,29 +499,29 @@ static void expect_first(const char *msg, size_t len, pgs_status_t want) {
 
 static void test_client_first_malformed(void **state) {
   static const char *const bad[] = {
-      "n",                                    /* no gs2 header */
-      "n,",                                   /* */
-      "n,,",                                  /* no bare message */
-      "x,,n=,r=abc",                          /* unknown flag */
-      "p=tls-server-end-point,,n=,r=abc",     /* channel binding, PLUS not chosen */
-      "p,,n=,r=abc",                          /* */
-      "n,a=admin,n=,r=abc",                   /* authzid */
-      "n,x,n=,r=abc",                         /* */
-      "n,,m=ext,n=,r=abc",                    /* mandatory extension */
-      "n,,r=abc",                             /* no username attribute */
-      "n,,n=",                                /* no nonce */
-      "n,,n=,",                               /* */
-      "n,,n=,x=abc",                          /* */
-      "n,,n=,r=",                             /* empty nonce */
-      "n,,n=,r=ab c",                         /* unprintable nonce */
-      "n,,n=,r=ab\x01",                       /* */
-      "n,,n=,r=ab\x80",                       /* */
-      "n,,n=,r=abc,",                         /* empty attribute at the end */
-      "n,,n=,r=abc,,x=1",                     /* */
-      "n,,n=,r=abc,1=x",                      /* extension name not a letter */
-      "n,,n=,r=abc,xy",                       /* extension without '=' */
-      "N,,n=,r=abc",                          /* */
-      " n,,n=,r=abc",                         /* */
+      "n",                                /* no gs2 header */
+      "n,",                               /* */
+      "n,,",                              /* no bare message */
+      "x,,n=,r=abc",                      /* unknown flag */
+      "p=tls-server-end-point,,n=,r=abc", /* channel binding, PLUS not chosen */
+      "p,,n=,r=abc",                      /* */
+      "n,a=admin,n=,r=abc",               /* authzid */
+      "n,x,n=,r=abc",                     /* */
+      "n,,m=ext,n=,r=abc",                /* mandatory extension */
+      "n,,r=abc",                         /* no username attribute */
+      "n,,n=",                            /* no nonce */
+      "n,,n=,",                           /* */
+      "n,,n=,x=abc",                      /* */
+      "n,,n=,r=",                         /* empty nonce */
+      "n,,n=,r=ab c",                     /* unprintable nonce */
+      "n,,n=,r=ab\x01",                   /* */
+      "n,,n=,r=ab\x80",                   /* */
+      "n,,n=,r=abc,",                     /* empty attribute at the end */
+      "n,,n=,r=abc,,x=1",                 /* */
+      "n,,n=,r=abc,1=x",                  /* extension name not a letter */
+      "n,,n=,r=abc,xy",                   /* extension without '=' */
+      "N,,n=,r=abc",                      /* */
+      " n,,n=,r=abc",                     /* */
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) expect_first(bad[i], strlen(bad[i]), PGS_EPROTO);
 
@@ -553,9 +552,9 @@ static void expect_final(const char *msg, size_t len, pgs_status_t want) {
   pgs_scram_t scram;
   char out[OUT_SIZE];
   rfc_init(&scram);
-  assert_int_equal(pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_OK);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_OK);
   out[0] = '\0';
   pgs_status_t got = pgs_scram_server_final(&scram, msg, len, out, sizeof(out));
   if (got != want)
@@ -570,29 +569,29 @@ static void expect_final(const char *msg, size_t len, pgs_status_t want) {
 static void test_client_final_malformed(void **state) {
   static const char *const bad[] = {
       "c=biws",
-      "c=biws,r=" RFC_NONCE,                                /* no proof */
-      "c=biws,r=" RFC_NONCE ",",                            /* */
-      "c=biws,r=" RFC_NONCE ",p=",                          /* empty proof */
-      "r=" RFC_NONCE ",p=" RFC_PROOF,                       /* no channel binding */
-      "c=biws,p=" RFC_PROOF,                                /* no nonce */
-      "c=,r=" RFC_NONCE ",p=" RFC_PROOF,                    /* */
-      "c=eSws,r=" RFC_NONCE ",p=" RFC_PROOF,                /* flag changed */
+      "c=biws,r=" RFC_NONCE,                                             /* no proof */
+      "c=biws,r=" RFC_NONCE ",",                                         /* */
+      "c=biws,r=" RFC_NONCE ",p=",                                       /* empty proof */
+      "r=" RFC_NONCE ",p=" RFC_PROOF,                                    /* no channel binding */
+      "c=biws,p=" RFC_PROOF,                                             /* no nonce */
+      "c=,r=" RFC_NONCE ",p=" RFC_PROOF,                                 /* */
+      "c=eSws,r=" RFC_NONCE ",p=" RFC_PROOF,                             /* flag changed */
       "c=cD10bHMtc2VydmVyLWVuZC1wb2ludCws,r=" RFC_NONCE ",p=" RFC_PROOF, /* binding data */
-      "c=biws,r=" RFC_CLIENT_NONCE ",p=" RFC_PROOF,         /* server part missing */
-      "c=biws,r=" RFC_NONCE "x,p=" RFC_PROOF,               /* nonce extended */
+      "c=biws,r=" RFC_CLIENT_NONCE ",p=" RFC_PROOF,                      /* server part missing */
+      "c=biws,r=" RFC_NONCE "x,p=" RFC_PROOF,                            /* nonce extended */
       "c=biws,r=" RFC_CLIENT_NONCE "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k1,p=" RFC_PROOF, /* wrong */
-      "c=biws,r=" RFC_NONCE ",p=" RFC_PROOF ",x=trailing",  /* proof not last */
-      "c=biws,r=" RFC_NONCE ",p=" RFC_PROOF ",",            /* */
+      "c=biws,r=" RFC_NONCE ",p=" RFC_PROOF ",x=trailing",                     /* proof not last */
+      "c=biws,r=" RFC_NONCE ",p=" RFC_PROOF ",",                               /* */
       "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ",  /* no pad */
       "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndV==", /* 31 bytes */
       "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=AAAA", /* 33+ */
-      "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7And!Q=", /* bad char */
-      "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqm iz7AndVQ=", /* space */
-      "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7An=VQ=", /* inner pad */
-      "c=biws,r=" RFC_NONCE ",1=x,p=" RFC_PROOF,            /* bad extension */
-      "c=biws,r=" RFC_NONCE ",,p=" RFC_PROOF,               /* empty attribute */
-      "c=biws,,r=" RFC_NONCE ",p=" RFC_PROOF,               /* */
-      "x=1,c=biws,r=" RFC_NONCE ",p=" RFC_PROOF,            /* c= not first */
+      "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7And!Q=",     /* bad char */
+      "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqm iz7AndVQ=",     /* space */
+      "c=biws,r=" RFC_NONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7An=VQ=",     /* inner pad */
+      "c=biws,r=" RFC_NONCE ",1=x,p=" RFC_PROOF, /* bad extension */
+      "c=biws,r=" RFC_NONCE ",,p=" RFC_PROOF,    /* empty attribute */
+      "c=biws,,r=" RFC_NONCE ",p=" RFC_PROOF,    /* */
+      "x=1,c=biws,r=" RFC_NONCE ",p=" RFC_PROOF, /* c= not first */
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) expect_final(bad[i], strlen(bad[i]), PGS_EPROTO);
 
@@ -622,47 +621,47 @@ static void test_state_misuse(void **state) {
 
   /* client-final before client-first. */
   rfc_init(&scram);
-  assert_int_equal(pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out, sizeof(out)),
+      PGS_EPROTO);
   assert_int_equal(scram.state, PGS_SCRAM_STATE_FAILED);
 
   /* client-first twice. */
   rfc_init(&scram);
-  assert_int_equal(pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_OK);
-  assert_int_equal(pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
-  assert_int_equal(pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_OK);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out, sizeof(out)),
+      PGS_EPROTO);
 
   /* Anything after a successful exchange. */
   rfc_init(&scram);
   rfc_exchange(&scram);
-  assert_int_equal(pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_final(&scram, RFC_CLIENT_FINAL, strlen(RFC_CLIENT_FINAL), out, sizeof(out)),
+      PGS_EPROTO);
   rfc_init(&scram);
   rfc_exchange(&scram);
-  assert_int_equal(pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_EPROTO);
 
   /* A failed init leaves nothing usable. */
   assert_int_equal(pgs_scram_init(&scram, ""), PGS_EINVAL);
-  assert_int_equal(pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_EPROTO);
 
   /* A cleared exchange likewise. */
   rfc_init(&scram);
   pgs_scram_clear(&scram);
-  assert_int_equal(pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out,
-                                          sizeof(out)),
-                   PGS_EPROTO);
+  assert_int_equal(
+      pgs_scram_server_first(&scram, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out, sizeof(out)),
+      PGS_EPROTO);
 }
 
 static void test_output_too_small(void **state) {
@@ -685,10 +684,15 @@ static void test_output_too_small(void **state) {
 static void test_init_rejects(void **state) {
   pgs_scram_t scram;
   /* An md5 hash cannot do SCRAM. */
-  assert_int_equal(pgs_scram_init(&scram, "md5" "0123456789abcdef0123456789abcdef"),
+  assert_int_equal(pgs_scram_init(&scram,
+                                  "md5"
+                                  "0123456789abcdef0123456789abcdef"),
                    PGS_EUNSUPPORTED);
   /* Not an md5 hash (uppercase, short): a plain-text password like any other. */
-  assert_int_equal(pgs_scram_init(&scram, "md5" "0123456789ABCDEF0123456789ABCDEF"), PGS_OK);
+  assert_int_equal(pgs_scram_init(&scram,
+                                  "md5"
+                                  "0123456789ABCDEF0123456789ABCDEF"),
+                   PGS_OK);
   assert_int_equal(pgs_scram_init(&scram, "md5abc"), PGS_OK);
 
   assert_int_equal(pgs_scram_init(&scram, NULL), PGS_EINVAL);

@@ -99,8 +99,7 @@ static void print_errors(const pgs_config_t *c) {
 static void expect_errors(const char *text, int nerrors, int line, const char *needle) {
   pgs_config_t *c = pgs_config_parse_string(text);
   assert_non_null(c);
-  if (c->nerrors != nerrors || c->errors[0].line != line ||
-      !strstr(c->errors[0].message, needle)) {
+  if (c->nerrors != nerrors || c->errors[0].line != line || !strstr(c->errors[0].message, needle)) {
     print_message("expected %d error(s), the first on line %d containing \"%s\"; got %d:\n",
                   nerrors, line, needle, c->nerrors);
     print_errors(c);
@@ -116,13 +115,14 @@ static void expect_one_error(const char *text, int line, const char *needle) {
 /* Map names fold like PostgreSQL identifiers: plain ones to lower case
  * (with a warning naming the fold), quoted ones keep their case. */
 static void test_map_names_fold(void **state) {
-  pgs_config_t *c = pgs_config_parse_string(MINIMAL "[database.app]\n"
-                                                    "[table.app.Users]\ncolumn = ID\n"
-                                                    "type = bigint\nstrategy = hash\n"
-                                                    "[table.app.\"Mixed\"]\ncolumn = \"Key\"\n"
-                                                    "type = bigint\nstrategy = hash\n"
-                                                    "[table.app.plain]\ncolumn = id\n"
-                                                    "type = bigint\nstrategy = hash\n");
+  pgs_config_t *c = pgs_config_parse_string(MINIMAL
+                                            "[database.app]\n"
+                                            "[table.app.Users]\ncolumn = ID\n"
+                                            "type = bigint\nstrategy = hash\n"
+                                            "[table.app.\"Mixed\"]\ncolumn = \"Key\"\n"
+                                            "type = bigint\nstrategy = hash\n"
+                                            "[table.app.plain]\ncolumn = id\n"
+                                            "type = bigint\nstrategy = hash\n");
   print_errors(c);
   assert_int_equal(c->nerrors, 0);
   const pgs_database_t *db = pgs_config_find_database(c, "app");
@@ -141,9 +141,10 @@ static void test_map_names_fold(void **state) {
   assert_non_null(strstr(c->warnings[0].message, "table name folded to users"));
   assert_non_null(strstr(c->warnings[1].message, "column ID folded to id"));
   pgs_config_unref(c);
-  expect_errors(MINIMAL "[database.app]\n[table.app.\"a\"b\"]\ncolumn = id\ntype = bigint\n"
-                           "strategy = hash\n",
-                   3, 7, "bad database or table name");
+  expect_errors(MINIMAL
+                "[database.app]\n[table.app.\"a\"b\"]\ncolumn = id\ntype = bigint\n"
+                "strategy = hash\n",
+                3, 7, "bad database or table name");
 }
 
 static void test_design_example(void **state) {
@@ -364,26 +365,32 @@ static void test_every_enum_and_value(void **state) {
 }
 
 static void test_auth_trust_needs_no_password(void **state) {
-  pgs_config_t *c = pgs_config_parse_string("[pgshard]\nauth = trust\n"
-                                            "[user.app]\nadmin = true\n"
-                                            "[shard.app.s0]\nprimary = port=1\n");
+  pgs_config_t *c = pgs_config_parse_string(
+      "[pgshard]\nauth = trust\n"
+      "[user.app]\nadmin = true\n"
+      "[shard.app.s0]\nprimary = port=1\n");
   print_errors(c);
   assert_int_equal(c->nerrors, 0);
   assert_null(pgs_config_find_user(c, "app")->password);
   pgs_config_unref(c);
 }
 
-#define MD5_HASH "md5" "0123456789abcdef0123456789abcdef"
+#define MD5_HASH                                                                                   \
+  "md5"                                                                                            \
+  "0123456789abcdef0123456789abcdef"
 #define SCRAM_SECRET                                                                               \
-  "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"     \
+  "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"      \
   "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
 
 /* Users of every password kind; a plain one gets a secret made at load. */
-static const char scram_users[] = "[user.plain]\npassword = secret\n"
-                                  "[user.hashed]\npassword = " MD5_HASH "\n"
-                                  "[user.scram]\npassword = " SCRAM_SECRET "\n"
-                                  "[user.md5ish]\npassword = md5abc\n"
-                                  "[shard.app.s0]\nprimary = port=6500\n";
+static const char scram_users[] =
+    "[user.plain]\npassword = secret\n"
+    "[user.hashed]\npassword = " MD5_HASH
+    "\n"
+    "[user.scram]\npassword = " SCRAM_SECRET
+    "\n"
+    "[user.md5ish]\npassword = md5abc\n"
+    "[shard.app.s0]\nprimary = port=6500\n";
 
 static void check_scram_secrets(const pgs_config_t *c) {
   print_errors(c);
@@ -431,8 +438,9 @@ static void test_scram_secret(void **state) {
   pgs_config_unref(c);
 
   /* No password (trust) or an empty one: no secret. */
-  c = pgs_config_parse_string("[pgshard]\nauth = trust\n[user.a]\nadmin = true\n"
-                              "[user.b]\npassword =\n[shard.app.s0]\nprimary = port=1\n");
+  c = pgs_config_parse_string(
+      "[pgshard]\nauth = trust\n[user.a]\nadmin = true\n"
+      "[user.b]\npassword =\n[shard.app.s0]\nprimary = port=1\n");
   print_errors(c);
   assert_int_equal(c->nerrors, 0);
   assert_null(pgs_config_find_user(c, "a")->scram_secret);
@@ -466,8 +474,9 @@ static void test_memory_and_idle_limits(void **state) {
   expect_one_error(MINIMAL "[pgshard]\nmax_total_client_memory = 0\n", 6,
                    "max_total_client_memory");
   /* A whole-process budget below one client's is a mistake, not a limit. */
-  expect_one_error(MINIMAL "[pgshard]\nmax_client_memory = 4194304\n"
-                           "max_total_client_memory = 2097152\n",
+  expect_one_error(MINIMAL
+                   "[pgshard]\nmax_client_memory = 4194304\n"
+                   "max_total_client_memory = 2097152\n",
                    0, "is below max_client_memory");
 }
 
@@ -545,14 +554,16 @@ static void test_client_tls_keys(void **state) {
   expect_one_error(MINIMAL "[pgshard]\nclient_tls = prefer\n", 6,
                    "client_tls = allow needs tls_cert_file and tls_key_file");
   expect_one_error(MINIMAL "[pgshard]\nclient_tls = maybe\n", 6, "expected one of disable");
-  expect_one_error(MINIMAL "[pgshard]\nclient_tls = verify-full\ntls_cert_file = a.crt\n"
-                           "tls_key_file = a.key\n",
+  expect_one_error(MINIMAL
+                   "[pgshard]\nclient_tls = verify-full\ntls_cert_file = a.crt\n"
+                   "tls_key_file = a.key\n",
                    6, "needs tls_ca_file");
   expect_one_error(MINIMAL "[pgshard]\ntls_key_file = a.key\n", 6, "go together");
   expect_one_error(MINIMAL "[pgshard]\ntls_ca_file = ca.crt\n", 6, "needs tls_cert_file");
-  expect_one_error(MINIMAL "[pgshard]\nclient_tls = require\n"
-                           "tls_cert_file = /nonexistent/pgshard.crt\n"
-                           "tls_key_file = /nonexistent/pgshard.key\n",
+  expect_one_error(MINIMAL
+                   "[pgshard]\nclient_tls = require\n"
+                   "tls_cert_file = /nonexistent/pgshard.crt\n"
+                   "tls_key_file = /nonexistent/pgshard.key\n",
                    7, "tls_cert_file: cannot open \"/nonexistent/pgshard.crt\"");
   /* Empty: none, as absent. */
   c = pgs_config_parse_string(MINIMAL "[pgshard]\ntls_cert_file =\ntls_key_file =\n");
@@ -649,8 +660,8 @@ static void test_client_tls_context(void **state) {
     }
     pgs_config_unref(c);
   }
-  static const char *const files[] = {"a.crt", "a.key", "b.crt", "b.key", "junk.crt",
-                                      "pgshard.ini"};
+  static const char *const files[] = {"a.crt", "a.key",    "b.crt",
+                                      "b.key", "junk.crt", "pgshard.ini"};
   for (size_t i = 0; i < PGS_ARRAY_LEN(files); i++) {
     snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
     unlink(path);
@@ -677,8 +688,9 @@ static void test_unknown_section(void **state) {
 static void test_long_section_name(void **state) {
   /* inih cuts section names at 49 characters: without the check these two
    * shards would silently become one, with two primaries. */
-  expect_one_error(MINIMAL "[shard.app.a_shard_name_long_enough_to_pass_inih_limit]\n"
-                           "primary = port=1\n",
+  expect_one_error(MINIMAL
+                   "[shard.app.a_shard_name_long_enough_to_pass_inih_limit]\n"
+                   "primary = port=1\n",
                    5, "longer than 49 characters");
 }
 
@@ -746,13 +758,14 @@ static void test_syntax_error(void **state) {
 }
 
 static void test_every_error_collected(void **state) {
-  pgs_config_t *c = pgs_config_parse_string("[pgshard]\n"
-                                            "workers = many\n"
-                                            "log_format = xml\n"
-                                            "[user.bob]\n"
-                                            "admin = 1\n"
-                                            "[database.app]\n"
-                                            "pool_size = 0\n");
+  pgs_config_t *c = pgs_config_parse_string(
+      "[pgshard]\n"
+      "workers = many\n"
+      "log_format = xml\n"
+      "[user.bob]\n"
+      "admin = 1\n"
+      "[database.app]\n"
+      "pool_size = 0\n");
   /* workers, log_format, pool_size, bob's password, app's shards. */
   assert_int_equal(c->nerrors, 5);
   int lines[5];
@@ -772,11 +785,12 @@ static void test_long_lines(void **state) {
   memset(password, 'p', 300);
   password[300] = '\0';
   snprintf(text, sizeof(text),
-           MINIMAL "[shard.app.s1]\n"
-                   "primary = host=h port=7 dbname=d user=u password='%s'\n"
-                   "region = eu\n"
-                   "[geo.app]\n"
-                   "eu = %s\n",
+           MINIMAL
+           "[shard.app.s1]\n"
+           "primary = host=h port=7 dbname=d user=u password='%s'\n"
+           "region = eu\n"
+           "[geo.app]\n"
+           "eu = %s\n",
            password, password);
   pgs_config_t *c = pgs_config_parse_string(text);
   print_errors(c);
@@ -802,9 +816,10 @@ static void test_long_lines(void **state) {
 }
 
 static void test_crlf_and_missing_final_newline(void **state) {
-  pgs_config_t *c = pgs_config_parse_string("[user.app]\r\npassword = secret\r\n"
-                                            "[shard.app.s0]\r\nprimary = port=6500\r\n"
-                                            "[pgshard]\r\nworkers = x");
+  pgs_config_t *c = pgs_config_parse_string(
+      "[user.app]\r\npassword = secret\r\n"
+      "[shard.app.s0]\r\nprimary = port=6500\r\n"
+      "[pgshard]\r\nworkers = x");
   assert_int_equal(c->nerrors, 1);
   assert_int_equal(c->errors[0].line, 6);
   assert_string_equal(pgs_config_find_user(c, "app")->password, "secret");
@@ -866,8 +881,8 @@ static void test_conninfo(void **state) {
   free(node.host);
   free(node.password);
 
-  static const char *const bad[] = {"host", "=x", "host=x port=", "port=0", "port=65536",
-                                    "port=12ab", "host='x", "dbname='a\\'"};
+  static const char *const bad[] = {"host",       "=x",        "host=x port=", "port=0",
+                                    "port=65536", "port=12ab", "host='x",      "dbname='a\\'"};
   for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) {
     memset(&node, 0, sizeof(node));
     err[0] = '\0';
@@ -893,12 +908,13 @@ static void test_node_conninfo(void **state) {
   const pgs_database_t *db = &c->databases[0];
   char *s = pgs_node_conninfo(c, db, &db->shards[0].primary, &c->users[0],
                               "fallback_application_name", "pgshard");
-  assert_string_equal(s, "host=127.0.0.1 port=6500 dbname='app' user='app' password='it\\'s' "
-                         "sslmode='disable' gssencmode='disable' connect_timeout='5' "
-                         "fallback_application_name='pgshard'");
+  assert_string_equal(s,
+                      "host=127.0.0.1 port=6500 dbname='app' user='app' password='it\\'s' "
+                      "sslmode='disable' gssencmode='disable' connect_timeout='5' "
+                      "fallback_application_name='pgshard'");
   free(s);
   s = pgs_node_conninfo(c, db, &db->shards[0].replicas[0], &c->users[0], "application_name", "m");
-  assert_null(strstr(s, "password"));     /* the node names its own user */
+  assert_null(strstr(s, "password"));          /* the node names its own user */
   assert_null(strstr(s, "sslmode='disable'")); /* the node chose */
   assert_non_null(strstr(s, "application_name='m'"));
   free(s);

@@ -122,11 +122,12 @@ static void test_options_defaults(void **state) {
   expect_spec("COPY users (id) FROM STDIN (FORMAT 'csv')", PGS_COPY_CSV, ',', "", '"', '"', none);
   expect_spec("COPY users (id) FROM STDIN WITH CSV HEADER DELIMITER ';'", PGS_COPY_CSV, ';', "",
               '"', '"', skip);
-  expect_spec("COPY users (id) FROM STDIN WITH CSV HEADER DELIMITER AS ';' NULL AS 'NA' "
-              "QUOTE AS '''' ESCAPE AS '\\' FORCE NOT NULL id",
-              PGS_COPY_CSV, ';', "NA", '\'', '\\', skip);
-  expect_spec("COPY users (id) FROM STDIN (FORMAT csv, HEADER match, ESCAPE E'\\\\')",
-              PGS_COPY_CSV, ',', "", '"', '\\', match);
+  expect_spec(
+      "COPY users (id) FROM STDIN WITH CSV HEADER DELIMITER AS ';' NULL AS 'NA' "
+      "QUOTE AS '''' ESCAPE AS '\\' FORCE NOT NULL id",
+      PGS_COPY_CSV, ';', "NA", '\'', '\\', skip);
+  expect_spec("COPY users (id) FROM STDIN (FORMAT csv, HEADER match, ESCAPE E'\\\\')", PGS_COPY_CSV,
+              ',', "", '"', '\\', match);
   expect_spec("COPY users (id) FROM STDIN DELIMITER '|' NULL ''", PGS_COPY_TEXT, '|', "", 0, 0,
               none);
   expect_spec("COPY users (id) FROM STDIN USING DELIMITERS '|' WITH NULL AS 'x'", PGS_COPY_TEXT,
@@ -138,19 +139,18 @@ static void test_options_defaults(void **state) {
   expect_spec("COPY users (id) FROM STDIN (HEADER 1)", PGS_COPY_TEXT, '\t', "\\N", 0, 0, skip);
   expect_spec("COPY users (id) FROM STDIN (HEADER 0)", PGS_COPY_TEXT, '\t', "\\N", 0, 0, none);
   expect_spec("COPY users (id) FROM STDIN (HEADER on)", PGS_COPY_TEXT, '\t', "\\N", 0, 0, skip);
-  expect_spec("COPY users (id) FROM STDIN (HEADER 'OFF')", PGS_COPY_TEXT, '\t', "\\N", 0, 0,
-              none);
+  expect_spec("COPY users (id) FROM STDIN (HEADER 'OFF')", PGS_COPY_TEXT, '\t', "\\N", 0, 0, none);
   expect_spec("COPY users (id) FROM STDIN (HEADER true, FORMAT csv)", PGS_COPY_CSV, ',', "", '"',
               '"', skip);
-  expect_spec("COPY users (id) FROM STDIN (HEADER false)", PGS_COPY_TEXT, '\t', "\\N", 0, 0,
-              none);
+  expect_spec("COPY users (id) FROM STDIN (HEADER false)", PGS_COPY_TEXT, '\t', "\\N", 0, 0, none);
   expect_spec("COPY users (id) FROM STDIN (NULL -1)", PGS_COPY_TEXT, '\t', "-1", 0, 0, none);
   expect_spec("COPY users (id) FROM STDIN (NULL 007)", PGS_COPY_TEXT, '\t', "7", 0, 0, none);
   expect_spec("COPY users (id) FROM STDIN (FORMAT csv, DELIMITER 1)", PGS_COPY_CSV, '1', "", '"',
               '"', none);
-  expect_spec("COPY users (id) FROM STDIN (FORMAT csv, ENCODING 'utf-8', FREEZE, "
-              "FORCE_NULL (id), FORCE_NOT_NULL (name))",
-              PGS_COPY_CSV, ',', "", '"', '"', none);
+  expect_spec(
+      "COPY users (id) FROM STDIN (FORMAT csv, ENCODING 'utf-8', FREEZE, "
+      "FORCE_NULL (id), FORCE_NOT_NULL (name))",
+      PGS_COPY_CSV, ',', "", '"', '"', none);
   expect_spec("COPY users (id) FROM STDIN (ENCODING 'UTF8') WHERE id > 5", PGS_COPY_TEXT, '\t',
               "\\N", 0, 0, none);
   /* CSV is a keyword; the literal after WHERE is not an option value */
@@ -449,8 +449,8 @@ typedef enum { CHUNKS_WHOLE, CHUNKS_BYTES, CHUNKS_CUT, CHUNKS_RANDOM } chunking_
 static void run(const setup_t *st, const char *data, size_t len, chunking_t chunking, size_t arg,
                 unsigned seed, got_t *g) {
   memset(g, 0, sizeof(*g));
-  pgs_copy_split_t *s = pgs_copy_split_new(&st->spec, app, st->table, st->key_column,
-                                           st->ncolumns, st->max_row, st->session, collect, g);
+  pgs_copy_split_t *s = pgs_copy_split_new(&st->spec, app, st->table, st->key_column, st->ncolumns,
+                                           st->max_row, st->session, collect, g);
   size_t at = 0;
   g->status = PGS_OK;
   while (at < len && g->status == PGS_OK) {
@@ -621,15 +621,15 @@ static void test_text_key_escapes(void **state) {
   } cases[] = {
       {"plain", "'plain'"},
       {"a\\tb", "E'a\\tb'"},
-      {"\\101\\x42\\103", "'ABC'"},   /* octal and hex */
-      {"\\1011", "'A1'"},             /* octal takes at most three digits */
-      {"\\x4g", "E'\\x04g'"},         /* hex at most two, and only hex digits */
-      {"\\xg", "'xg'"},               /* \x without a digit is x */
-      {"\\q\\\\x", "E'q\\\\x'"},     /* other bytes stand for themselves */
+      {"\\101\\x42\\103", "'ABC'"}, /* octal and hex */
+      {"\\1011", "'A1'"},           /* octal takes at most three digits */
+      {"\\x4g", "E'\\x04g'"},       /* hex at most two, and only hex digits */
+      {"\\xg", "'xg'"},             /* \x without a digit is x */
+      {"\\q\\\\x", "E'q\\\\x'"},    /* other bytes stand for themselves */
       {"\\b\\f\\n\\r\\v", "E'\\b\\f\\n\\r\\013'"},
-      {"x\\\ty", "E'x\\ty'"},         /* an escaped delimiter */
+      {"x\\\ty", "E'x\\ty'"},             /* an escaped delimiter */
       {"\\303\\251t\\xc3\\xa9", "'été'"}, /* escapes making UTF-8 */
-      {"\\\\N", "E'\\\\N'"},           /* not the NULL marker */
+      {"\\\\N", "E'\\\\N'"},              /* not the NULL marker */
       {"", "''"},
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
@@ -848,7 +848,7 @@ static void test_csv_rows(void **state) {
       {"\"cr\r\nlf\",x\n", "E'cr\\r\\nlf'"},
       {"mid\"dle, q\"d,x\n", "'middle, qd'"},
       {" spaced ,x\n", "' spaced '"},
-      {"\"\",x\n", "''"}, /* a quoted empty string is not NULL */
+      {"\"\",x\n", "''"},      /* a quoted empty string is not NULL */
       {"\\.,x\n", "E'\\\\.'"}, /* \. with more on its line is data in CSV */
       {"a\\b,\"multi\nline\nnote\"\n", "E'a\\\\b'"},
   };
@@ -972,8 +972,7 @@ static void test_row_cap(void **state) {
   pgs_key_error_t err;
   assert_int_equal(pgs_copy_split_feed(s, (const uint8_t *)"5\t", 2, &err), PGS_OK);
   assert_int_equal(pgs_copy_split_feed(s, (const uint8_t *)block, sizeof(block), &err), PGS_OK);
-  assert_int_equal(pgs_copy_split_feed(s, (const uint8_t *)block, sizeof(block), &err),
-                   PGS_EINVAL);
+  assert_int_equal(pgs_copy_split_feed(s, (const uint8_t *)block, sizeof(block), &err), PGS_EINVAL);
   assert_string_equal(err.sqlstate, "54000");
   assert_int_equal(g.n, 0);
   pgs_copy_split_free(s);
@@ -1128,10 +1127,10 @@ static void test_throughput(void **state) {
     char *data = malloc(cap);
     size_t len = 0;
     for (int i = 0; i < nrows; i++)
-      len += (size_t)snprintf(data + len, cap - len,
-                              csv ? "%d,\"user %d\",u%d@example.com\n"
-                                  : "%d\tuser %d\tu%d@example.com\n",
-                              i * 13 + 1, i, i);
+      len += (size_t)snprintf(
+          data + len, cap - len,
+          csv ? "%d,\"user %d\",u%d@example.com\n" : "%d\tuser %d\tu%d@example.com\n", i * 13 + 1,
+          i, i);
     int per_shard[4] = {0};
     throughput_rows = 0;
     throughput_bytes = 0;

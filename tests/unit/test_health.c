@@ -44,8 +44,12 @@ static fixture_t *shard_new(int n) {
 }
 
 static pgs_check_result_t ok_result(bool in_recovery, uint64_t lsn, uint64_t now) {
-  pgs_check_result_t r = {.ok = true, .in_recovery = in_recovery, .lsn = lsn,
-                          .receive_lsn = lsn, .sent_ms = now, .done_ms = now + 1};
+  pgs_check_result_t r = {.ok = true,
+                          .in_recovery = in_recovery,
+                          .lsn = lsn,
+                          .receive_lsn = lsn,
+                          .sent_ms = now,
+                          .done_ms = now + 1};
   return r;
 }
 
@@ -80,8 +84,8 @@ static void test_lsn_parse_valid(void **state) {
 
 static void test_lsn_parse_malformed(void **state) {
   static const char *const bad[] = {
-      "", "/", "0/", "/0", "16B374D848", "16/B374D848/1", "16/B374D84G", "x/1",
-      "1/ 2", " 1/2", "1/2 ", "123456789/0", "0/123456789", "-1/0", "+1/0", "0x1/0",
+      "",     "/",    "0/",   "/0",          "16B374D848",  "16/B374D848/1", "16/B374D84G", "x/1",
+      "1/ 2", " 1/2", "1/2 ", "123456789/0", "0/123456789", "-1/0",          "+1/0",        "0x1/0",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) {
     uint64_t v = 42;
@@ -531,7 +535,9 @@ static void test_slow_checks_do_not_mark_down(void **state) {
   pgs_check_result_t ok = ok_result(true, 5000, 1000);
   pgs_health_apply(&f->sh, 1, &ok, &bounds);
   for (int k = 0; k < 10 * PGS_DOWN_FAILURES; k++) {
-    pgs_check_result_t slow = {.ok = false, .slow = true, .sent_ms = 1000 + 100 * (uint64_t)k,
+    pgs_check_result_t slow = {.ok = false,
+                               .slow = true,
+                               .sent_ms = 1000 + 100 * (uint64_t)k,
                                .done_ms = 1050 + 100 * (uint64_t)k};
     pgs_health_apply(&f->sh, 1, &slow, &bounds);
     assert_true(f->nodes[1].up);
@@ -540,7 +546,9 @@ static void test_slow_checks_do_not_mark_down(void **state) {
   }
   /* One check outstanding for longer than that counts, and so on. */
   for (int k = 0; k < PGS_DOWN_FAILURES; k++) {
-    pgs_check_result_t stuck = {.ok = false, .slow = true, .sent_ms = 2000,
+    pgs_check_result_t stuck = {.ok = false,
+                                .slow = true,
+                                .sent_ms = 2000,
                                 .done_ms = 2000 + PGS_SLOW_CHECK_DOWN_MS + 100 * (uint64_t)k};
     pgs_health_apply(&f->sh, 1, &stuck, &bounds);
   }

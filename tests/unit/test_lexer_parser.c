@@ -53,8 +53,27 @@ static void put(pgs_buf_t *b, const char *s) { pgs_buf_put(b, s, strlen(s)); }
 
 /* Text inside a quoted string: SQL's own markers, a hint, a placeholder. */
 static const char *const string_bits[] = {
-    "abc", "42", " ", ";", "--", "/*", "*/", "$$", "$1", "$t$", "\"", "\\", "\\'",
-    "/* pgshard: shard=s9 */", "-- pgshard: shard=s8", "\n", "\t", "é", "a$b", "E'", "U&",
+    "abc",
+    "42",
+    " ",
+    ";",
+    "--",
+    "/*",
+    "*/",
+    "$$",
+    "$1",
+    "$t$",
+    "\"",
+    "\\",
+    "\\'",
+    "/* pgshard: shard=s9 */",
+    "-- pgshard: shard=s8",
+    "\n",
+    "\t",
+    "é",
+    "a$b",
+    "E'",
+    "U&",
 };
 
 static void string_body(pgs_buf_t *b, bool doubled_quotes) {
@@ -73,18 +92,31 @@ static const char *const continuations[] = {
 };
 
 static const char *const escapes[] = {
-    "\\n", "\\t", "\\\\", "\\'", "''", "\\x41", "\\x4", "\\101", "\\7", "\\u00e9",
-    "\\U0001F600", "\\uD83D\\uDE00", "\\q", "\\$", "x", "--", "/*",
+    "\\n",     "\\t",         "\\\\",           "\\'", "''",  "\\x41", "\\x4", "\\101", "\\7",
+    "\\u00e9", "\\U0001F600", "\\uD83D\\uDE00", "\\q", "\\$", "x",     "--",   "/*",
 };
 
 static const char *const numbers[] = {
-    "0", "42", "007", "3.14", ".5", "1.", "1e5", "1E+5", "2.5e-3", ".5e2", "9223372036854775807",
-    "99999999999999999999", "1..2", "4.e1",
+    "0",
+    "42",
+    "007",
+    "3.14",
+    ".5",
+    "1.",
+    "1e5",
+    "1E+5",
+    "2.5e-3",
+    ".5e2",
+    "9223372036854775807",
+    "99999999999999999999",
+    "1..2",
+    "4.e1",
 };
 
 static const char *const verbatim[] = {
-    "B'101'", "b''", "X'1F'", "x'ab'", "N'nat'", "n'it''s'", "U&'d\\0061t'",
-    "U&'d!0061t' UESCAPE '!'", "u&'\\+01F600'", "B'1'\n'0'", "X'a' -- c\n'b'",
+    "B'101'",        "b''",       "X'1F'",          "x'ab'",
+    "N'nat'",        "n'it''s'",  "U&'d\\0061t'",   "U&'d!0061t' UESCAPE '!'",
+    "u&'\\+01F600'", "B'1'\n'0'", "X'a' -- c\n'b'",
 };
 
 static void literal(pgs_buf_t *b, int kind) {
@@ -160,9 +192,23 @@ static const char *const templates[] = {
 
 /* What may replace a blank between tokens. */
 static const char *const blanks[] = {
-    " ", " ", " ", "\n", "\t", "  ", "/**/", "/* c */", "/* a /* nested */ b */", "-- c\n",
-    "/* pgshard: shard=s1 */", "-- pgshard : shard = s2\n", "/* PGSHARD:SHARD=s3.x-y */",
-    "\r\n", "/*'*/", "--'\n", "/*$$*/",
+    " ",
+    " ",
+    " ",
+    "\n",
+    "\t",
+    "  ",
+    "/**/",
+    "/* c */",
+    "/* a /* nested */ b */",
+    "-- c\n",
+    "/* pgshard: shard=s1 */",
+    "-- pgshard : shard = s2\n",
+    "/* PGSHARD:SHARD=s3.x-y */",
+    "\r\n",
+    "/*'*/",
+    "--'\n",
+    "/*$$*/",
 };
 
 static void statement(pgs_buf_t *b) {
@@ -183,8 +229,10 @@ static void statement(pgs_buf_t *b) {
 }
 
 static const char *const splices[] = {
-    "'", "''", "\"", "$", "$$", "$t$", "E'", "U&'", "B'", "N'", "--", "/*", "*/", "\n", ";",
-    " ", "\\", "1", ".", "e", "-- pgshard: shard=sx\n", "'a'\n'b'",
+    "'",        "''", "\"", "$",  "$$", "$t$", "E'",
+    "U&'",      "B'", "N'", "--", "/*", "*/",  "\n",
+    ";",        " ",  "\\", "1",  ".",  "e",   "-- pgshard: shard=sx\n",
+    "'a'\n'b'",
 };
 
 /* One case: one to three statements, then perhaps a few random edits. */

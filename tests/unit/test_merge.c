@@ -197,8 +197,8 @@ static void expect_shard_sql(const char *want) {
   assert_int_equal(strlen((const char *)out.data), out.len - 1);
   assert_memory_equal(out.data, "xy", 2);
   const char *text = (const char *)out.data + 2;
-  if (strcmp(text, want) != 0) fail_msg("%s\n  shard text \"%s\"\n  expected   \"%s\"", last_sql,
-                                        text, want);
+  if (strcmp(text, want) != 0)
+    fail_msg("%s\n  shard text \"%s\"\n  expected   \"%s\"", last_sql, text, want);
   PgQueryParseResult r = pg_query_parse(text);
   if (r.error) fail_msg("shard text does not parse: %s\n  %s", r.error->message, text);
   pg_query_free_parse_result(r);
@@ -206,7 +206,6 @@ static void expect_shard_sql(const char *want) {
 }
 
 /* ---- Bind values ---- */
-
 
 static void expect_limits(const pgs_param_values_t *params, int64_t limit, int64_t offset) {
   int64_t l = -7, o = -7;
@@ -246,8 +245,9 @@ static void test_concatenation(void **state) {
   merges("SELECT u.name, c.name FROM users u JOIN countries c ON c.code = u.country");
   assert_false(spec->rewrite);
   merges("SELECT id, (SELECT name FROM countries c WHERE c.code = u.country) FROM users u");
-  merges("WITH c AS (SELECT code FROM countries) SELECT * FROM users WHERE country IN "
-         "(SELECT code FROM c)");
+  merges(
+      "WITH c AS (SELECT code FROM countries) SELECT * FROM users WHERE country IN "
+      "(SELECT code FROM c)");
   merges("SELECT * FROM users TABLESAMPLE SYSTEM (10)");
   merges("SELECT * FROM ONLY users");
   merges("SELECT id FROM public.users");
@@ -327,8 +327,9 @@ static void test_order_by_expression(void **state) {
   merges("SELECT name FROM users ORDER BY lower(name), length(name) DESC NULLS LAST");
   expect_hidden("lower(name) AS pgs_h0, length(name) AS pgs_h1, ");
   expect_str("keys", keys(), "0AL,1DL");
-  expect_shard_sql("SELECT lower(name) AS pgs_h0, length(name) AS pgs_h1, name FROM users ORDER BY "
-                   "lower(name), length(name) DESC NULLS LAST");
+  expect_shard_sql(
+      "SELECT lower(name) AS pgs_h0, length(name) AS pgs_h1, name FROM users ORDER BY "
+      "lower(name), length(name) DESC NULLS LAST");
   /* The same expression twice is one hidden column. */
   merges("SELECT name FROM users ORDER BY id % $1, name, id % $1 DESC");
   expect_hidden("id % $1 AS pgs_h0, ");
@@ -336,8 +337,9 @@ static void test_order_by_expression(void **state) {
   /* Literals stay parameters in the spec and come back in the text. */
   merges("SELECT name FROM users ORDER BY coalesce(city, 'zz''top'), id * 3");
   expect_hidden("COALESCE(city, $1) AS pgs_h0, id * $2 AS pgs_h1, ");
-  expect_shard_sql("SELECT COALESCE(city, 'zz''top') AS pgs_h0, id * 3 AS pgs_h1, name FROM users "
-                   "ORDER BY coalesce(city, 'zz''top'), id * 3");
+  expect_shard_sql(
+      "SELECT COALESCE(city, 'zz''top') AS pgs_h0, id * 3 AS pgs_h1, name FROM users "
+      "ORDER BY coalesce(city, 'zz''top'), id * 3");
   /* A literal in the select list is another parameter: not the same
    * expression, so hidden (the spec cannot depend on values). */
   merges("SELECT id * 3 FROM users ORDER BY id * 3");
@@ -389,21 +391,24 @@ static void test_aggregates(void **state) {
   expect_str("roles", roles(), "sca");
   assert_int_equal(spec->columns[2].avg_sum, 0);
   assert_int_equal(spec->columns[2].avg_count, 1);
-  expect_shard_sql("SELECT pg_catalog.sum(x) AS pgs_h0, pg_catalog.count(x) AS pgs_h1, avg(x) "
-                   "FROM users");
+  expect_shard_sql(
+      "SELECT pg_catalog.sum(x) AS pgs_h0, pg_catalog.count(x) AS pgs_h1, avg(x) "
+      "FROM users");
   merges("SELECT avg(x) FILTER (WHERE y = 'a'), avg(y), avg(x) FILTER (WHERE y = 'a') FROM users");
-  expect_hidden("pg_catalog.sum(x) FILTER (WHERE y = $1) AS pgs_h0, pg_catalog.count(x) FILTER "
-                "(WHERE y = $1) AS pgs_h1, pg_catalog.sum(y) AS pgs_h2, pg_catalog.count(y) AS "
-                "pgs_h3, pg_catalog.sum(x) FILTER (WHERE y = $2) AS pgs_h4, pg_catalog.count(x) "
-                "FILTER (WHERE y = $2) AS pgs_h5, ");
+  expect_hidden(
+      "pg_catalog.sum(x) FILTER (WHERE y = $1) AS pgs_h0, pg_catalog.count(x) FILTER "
+      "(WHERE y = $1) AS pgs_h1, pg_catalog.sum(y) AS pgs_h2, pg_catalog.count(y) AS "
+      "pgs_h3, pg_catalog.sum(x) FILTER (WHERE y = $2) AS pgs_h4, pg_catalog.count(x) "
+      "FILTER (WHERE y = $2) AS pgs_h5, ");
   expect_str("roles", roles(), "scscscaaa");
   assert_int_equal(spec->columns[8].avg_sum, 4);
   assert_int_equal(spec->columns[8].avg_count, 5);
-  expect_shard_sql("SELECT pg_catalog.sum(x) FILTER (WHERE y = 'a') AS pgs_h0, pg_catalog.count(x) "
-                   "FILTER (WHERE y = 'a') AS pgs_h1, pg_catalog.sum(y) AS pgs_h2, "
-                   "pg_catalog.count(y) AS pgs_h3, pg_catalog.sum(x) FILTER (WHERE y = 'a') AS "
-                   "pgs_h4, pg_catalog.count(x) FILTER (WHERE y = 'a') AS pgs_h5, avg(x) FILTER "
-                   "(WHERE y = 'a'), avg(y), avg(x) FILTER (WHERE y = 'a') FROM users");
+  expect_shard_sql(
+      "SELECT pg_catalog.sum(x) FILTER (WHERE y = 'a') AS pgs_h0, pg_catalog.count(x) "
+      "FILTER (WHERE y = 'a') AS pgs_h1, pg_catalog.sum(y) AS pgs_h2, "
+      "pg_catalog.count(y) AS pgs_h3, pg_catalog.sum(x) FILTER (WHERE y = 'a') AS "
+      "pgs_h4, pg_catalog.count(x) FILTER (WHERE y = 'a') AS pgs_h5, avg(x) FILTER "
+      "(WHERE y = 'a'), avg(y), avg(x) FILTER (WHERE y = 'a') FROM users");
   /* The same avg twice (same parameters) shares its hidden columns. */
   merges("SELECT avg(x), avg(x) AS again FROM users");
   assert_int_equal(spec->nhidden, 2);
@@ -433,8 +438,9 @@ static void test_group_by(void **state) {
   expect_hidden("country AS pgs_h0, city AS pgs_h1, ");
   expect_str("roles", roles(), "nnc");
   expect_str("groups", groups(), "0,1");
-  expect_shard_sql("SELECT country AS pgs_h0, city AS pgs_h1, count(*) FROM users GROUP BY "
-                   "country, city");
+  expect_shard_sql(
+      "SELECT country AS pgs_h0, city AS pgs_h1, count(*) FROM users GROUP BY "
+      "country, city");
   /* A select item that is no group expression: any value of the group. */
   merges("SELECT id, name, count(*) FROM users GROUP BY id");
   expect_str("roles", roles(), "nnc");
@@ -469,13 +475,15 @@ static void test_group_order_avg(void **state) {
   expect_str("keys", keys(), "3DF");
   assert_int_equal(spec->limit_param, 1);
   /* Ordered by an aggregate, not by the groups: no LIMIT on the shards. */
-  expect_shard_sql("SELECT pg_catalog.sum(x) AS pgs_h0, pg_catalog.count(x) AS pgs_h1, country, "
-                   "avg(x) FROM users GROUP BY country ORDER BY 4 DESC OFFSET 0 * (3)::int8");
+  expect_shard_sql(
+      "SELECT pg_catalog.sum(x) AS pgs_h0, pg_catalog.count(x) AS pgs_h1, country, "
+      "avg(x) FROM users GROUP BY country ORDER BY 4 DESC OFFSET 0 * (3)::int8");
   expect_limits(NULL, 3, 0);
   /* ORDER BY aggregates that are not selected: hidden, with their kind. */
   merges("SELECT country FROM users GROUP BY country ORDER BY sum(x) DESC, avg(y), max(z)");
-  expect_hidden("sum(x) AS pgs_h0, avg(y) AS pgs_h1, pg_catalog.sum(y) AS pgs_h2, "
-                "pg_catalog.count(y) AS pgs_h3, max(z) AS pgs_h4, ");
+  expect_hidden(
+      "sum(x) AS pgs_h0, avg(y) AS pgs_h1, pg_catalog.sum(y) AS pgs_h2, "
+      "pg_catalog.count(y) AS pgs_h3, max(z) AS pgs_h4, ");
   expect_str("roles", roles(), "sasc>n");
   assert_int_equal(spec->columns[1].avg_sum, 2);
   assert_int_equal(spec->columns[1].avg_count, 3);
@@ -494,8 +502,9 @@ static void test_group_order_avg(void **state) {
   assert_true(spec->distinct);
   expect_str("roles", roles(), "nc");
   expect_str("keys", keys(), "1AL");
-  expect_shard_sql("SELECT DISTINCT country AS pgs_h0, count(*) FROM users GROUP BY country "
-                   "ORDER BY 2");
+  expect_shard_sql(
+      "SELECT DISTINCT country AS pgs_h0, count(*) FROM users GROUP BY country "
+      "ORDER BY 2");
 }
 
 /* ---- LIMIT, OFFSET, FETCH ---- */
@@ -586,29 +595,36 @@ static void test_limit_offset(void **state) {
 
 static void test_limit_in_parentheses(void **state) {
   merges("(SELECT name FROM users ORDER BY id LIMIT 5 OFFSET $1)");
-  expect_shard_sql("(SELECT id AS pgs_h0, name FROM users ORDER BY id LIMIT (5)::int8 + "
-                   "($1)::int8)");
+  expect_shard_sql(
+      "(SELECT id AS pgs_h0, name FROM users ORDER BY id LIMIT (5)::int8 + "
+      "($1)::int8)");
   assert_int_equal(lx.normalized[spec->tail_end], ')');
   merges("(SELECT name FROM users ORDER BY id) LIMIT 5 OFFSET 1");
-  expect_shard_sql("(SELECT id AS pgs_h0, name FROM users ORDER BY id) LIMIT (5)::int8 + "
-                   "(1)::int8");
+  expect_shard_sql(
+      "(SELECT id AS pgs_h0, name FROM users ORDER BY id) LIMIT (5)::int8 + "
+      "(1)::int8");
   /* Subqueries' own LIMITs are not the statement's. */
-  merges("SELECT name FROM users WHERE country IN (SELECT code FROM countries LIMIT 2) "
-         "OFFSET 3");
-  expect_shard_sql("SELECT name FROM users WHERE country IN (SELECT code FROM countries LIMIT 2) "
-                   "OFFSET 0 * (3)::int8");
-  merges("SELECT name FROM users WHERE country IN (SELECT code FROM countries FETCH FIRST ROW "
-         "ONLY) OFFSET 3 FETCH FIRST ROW ONLY");
-  expect_shard_sql("SELECT name FROM users WHERE country IN (SELECT code FROM countries FETCH "
-                   "FIRST ROW ONLY) LIMIT 1 + (3)::int8");
+  merges(
+      "SELECT name FROM users WHERE country IN (SELECT code FROM countries LIMIT 2) "
+      "OFFSET 3");
+  expect_shard_sql(
+      "SELECT name FROM users WHERE country IN (SELECT code FROM countries LIMIT 2) "
+      "OFFSET 0 * (3)::int8");
+  merges(
+      "SELECT name FROM users WHERE country IN (SELECT code FROM countries FETCH FIRST ROW "
+      "ONLY) OFFSET 3 FETCH FIRST ROW ONLY");
+  expect_shard_sql(
+      "SELECT name FROM users WHERE country IN (SELECT code FROM countries FETCH "
+      "FIRST ROW ONLY) LIMIT 1 + (3)::int8");
 }
 
 static void test_limit_grouped(void **state) {
   /* Ordered by every group column: the first groups are every shard's
    * first groups. */
   merges("SELECT country, city, count(*) FROM users GROUP BY 1, 2 ORDER BY 2, 1 LIMIT 5 OFFSET 1");
-  expect_shard_sql("SELECT country, city, count(*) FROM users GROUP BY 1, 2 ORDER BY 2, 1 LIMIT "
-                   "(5)::int8 + (1)::int8");
+  expect_shard_sql(
+      "SELECT country, city, count(*) FROM users GROUP BY 1, 2 ORDER BY 2, 1 LIMIT "
+      "(5)::int8 + (1)::int8");
   merges("SELECT country, city, count(*) FROM users GROUP BY 1, 2 ORDER BY 1, 2, 3 DESC LIMIT 5");
   assert_false(spec->rewrite);
   merges("SELECT count(*), sum(x) FROM users LIMIT 1");
@@ -616,17 +632,20 @@ static void test_limit_grouped(void **state) {
   /* An aggregate before the group columns: the shards' first groups by
    * their partial counts are not the first overall. */
   merges("SELECT country, count(*) FROM users GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5");
-  expect_shard_sql("SELECT country, count(*) FROM users GROUP BY 1 ORDER BY 2 DESC, 1 OFFSET 0 * "
-                   "(5)::int8");
+  expect_shard_sql(
+      "SELECT country, count(*) FROM users GROUP BY 1 ORDER BY 2 DESC, 1 OFFSET 0 * "
+      "(5)::int8");
   /* Not ordered by every group column: no LIMIT on the shards, the
    * parameters still referenced. */
   merges("SELECT country, city, count(*) FROM users GROUP BY 1, 2 ORDER BY 1 LIMIT $1");
-  expect_shard_sql("SELECT country, city, count(*) FROM users GROUP BY 1, 2 ORDER BY 1 OFFSET 0 * "
-                   "($1)::int8");
+  expect_shard_sql(
+      "SELECT country, city, count(*) FROM users GROUP BY 1, 2 ORDER BY 1 OFFSET 0 * "
+      "($1)::int8");
   assert_true(spec->rewrite);
   merges("SELECT country, count(*) FROM users GROUP BY 1 LIMIT $1 OFFSET $2");
-  expect_shard_sql("SELECT country, count(*) FROM users GROUP BY 1 OFFSET 0 * ($1)::int8 + 0 * "
-                   "($2)::int8");
+  expect_shard_sql(
+      "SELECT country, count(*) FROM users GROUP BY 1 OFFSET 0 * ($1)::int8 + 0 * "
+      "($2)::int8");
   merges("SELECT country, count(*) FROM users GROUP BY 1 OFFSET 2");
   expect_shard_sql("SELECT country, count(*) FROM users GROUP BY 1 OFFSET 0 * (2)::int8");
   merges("SELECT country, count(*) FROM users GROUP BY 1 FETCH FIRST ROW ONLY");
@@ -722,8 +741,9 @@ static void test_colocated_joins(void **state) {
   merges("SELECT * FROM profiles p JOIN sites s ON s.country = p.country");
   merges("SELECT * FROM events e JOIN logs l ON l.event_id = e.id");
   /* Three tables, and a reference table in between. */
-  merges("SELECT * FROM users u JOIN orders o ON o.user_id = u.id JOIN items i ON i.order_id = "
-         "o.user_id JOIN countries c ON c.code = u.country");
+  merges(
+      "SELECT * FROM users u JOIN orders o ON o.user_id = u.id JOIN items i ON i.order_id = "
+      "o.user_id JOIN countries c ON c.code = u.country");
   /* A WITH name hides the table it is named after. */
   merges("WITH users AS (SELECT 1 AS id) SELECT * FROM users, orders");
 }
@@ -962,24 +982,27 @@ static void test_which_plans(void **state) {
 static void test_literals_put_back(void **state) {
   /* DATE '...' and numeric(10,2) take no parameter; the spec is the same
    * as for any other text. */
-  merges("SELECT x::numeric(10,2), name FROM users WHERE d > DATE '2024-01-01' ORDER BY id - 5, "
-         "x + -3, 2 DESC LIMIT 4 OFFSET 1");
+  merges(
+      "SELECT x::numeric(10,2), name FROM users WHERE d > DATE '2024-01-01' ORDER BY id - 5, "
+      "x + -3, 2 DESC LIMIT 4 OFFSET 1");
   assert_int_equal(lx.nliterals, 7);
   expect_hidden("id - $4 AS pgs_h0, x + (- $5) AS pgs_h1, ");
   expect_str("keys", keys(), "0AL,1AL,3DF");
   assert_int_equal(spec->limit_param, 6);
   assert_int_equal(spec->offset_param, 7);
   assert_int_equal(spec->hidden_at, 7);
-  expect_shard_sql("SELECT id - 5 AS pgs_h0, x + (- 3) AS pgs_h1, x::numeric(10,2), name FROM "
-                   "users WHERE d > DATE '2024-01-01' ORDER BY id - 5, x + -3, 4 DESC LIMIT "
-                   "(4)::int8 + (1)::int8");
+  expect_shard_sql(
+      "SELECT id - 5 AS pgs_h0, x + (- 3) AS pgs_h1, x::numeric(10,2), name FROM "
+      "users WHERE d > DATE '2024-01-01' ORDER BY id - 5, x + -3, 4 DESC LIMIT "
+      "(4)::int8 + (1)::int8");
   expect_limits(NULL, 4, 1);
   /* Equal texts of expressions still compare by parameter. */
   merges("SELECT name::varchar(20), lower(name) FROM users ORDER BY lower(name), 'a' || name");
   expect_hidden("$2 || name AS pgs_h0, ");
   expect_str("keys", keys(), "2AL,0AL");
-  expect_shard_sql("SELECT 'a' || name AS pgs_h0, name::varchar(20), lower(name) FROM users ORDER "
-                   "BY lower(name), 'a' || name");
+  expect_shard_sql(
+      "SELECT 'a' || name AS pgs_h0, name::varchar(20), lower(name) FROM users ORDER "
+      "BY lower(name), 'a' || name");
   /* A negative literal alone. */
   merges("SELECT interval '1 day' * x FROM users ORDER BY 1 LIMIT -2");
   assert_true(spec->limit_negate);
@@ -988,8 +1011,9 @@ static void test_literals_put_back(void **state) {
   expect_shard_sql("SELECT name::char(3) FROM users GROUP BY 1 ORDER BY 1 OFFSET 0 * (2)::int8");
   /* Strings quoted afresh, backslashes included. */
   merges("SELECT name::varchar(9) FROM users ORDER BY name || E'\\\\x''y'");
-  expect_shard_sql("SELECT name || E'\\\\x''y' AS pgs_h0, name::varchar(9) FROM users ORDER BY "
-                   "name || E'\\\\x''y'");
+  expect_shard_sql(
+      "SELECT name || E'\\\\x''y' AS pgs_h0, name::varchar(9) FROM users ORDER BY "
+      "name || E'\\\\x''y'");
 }
 
 /* ---- the lexer and the plan cache ---- */

@@ -34,8 +34,8 @@ static void spec_reset(void) {
 }
 
 static void add_key(int column, bool desc, bool nulls_first) {
-  spec_keys[spec.nkeys++] = (pgs_merge_key_t){
-      .column = (int16_t)column, .desc = desc, .nulls_first = nulls_first};
+  spec_keys[spec.nkeys++] =
+      (pgs_merge_key_t){.column = (int16_t)column, .desc = desc, .nulls_first = nulls_first};
 }
 
 /* Grouped over NCOLUMNS columns; AGGS one letter per column: n(one) c(ount)
@@ -610,7 +610,7 @@ static void test_grouped_order_limit(void **state) {
 static void test_ungrouped(void **state) {
   /* SELECT count(*), sum(x), min(x), max(x), avg(x) FROM t: one row per
    * shard, one row out; shard 2 is empty. */
-  static const uint32_t oids[] = {PGS_OID_INT8, PGS_OID_INT8, PGS_OID_INT8, PGS_OID_INT8,
+  static const uint32_t oids[] = {PGS_OID_INT8, PGS_OID_INT8, PGS_OID_INT8,   PGS_OID_INT8,
                                   PGS_OID_INT4, PGS_OID_INT4, PGS_OID_NUMERIC};
   grouped("sccs<>a");
   spec.nhidden = 2;
@@ -728,12 +728,8 @@ static void test_grouped_binary(void **state) {
   describe(m, 2, 4, oids, fmts);
   static const int64_t rows[][5] = {
       /* part, k, count, sum, max */
-      {0, -1, 2, -10, 5},
-      {0, 7, 1, 3, 3},
-      {1, -1, 3, 100, 4},
-      {1, 256, 1, 1, 9},
-      {1, 7, 2, INT64_MIN / 2, 2},
-      {0, 256, 1, -1, -9},
+      {0, -1, 2, -10, 5},          {0, 7, 1, 3, 3},     {1, -1, 3, 100, 4}, {1, 256, 1, 1, 9},
+      {1, 7, 2, INT64_MIN / 2, 2}, {0, 256, 1, -1, -9},
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(rows); i++) {
     row_start(4);
@@ -748,8 +744,7 @@ static void test_binary_numeric_sum_avg(void **state) {
   /* SELECT sum(x), avg(x) FROM t (x int8), results in binary: the shards'
    * numeric partial sums (1+2 and 10+9223372036854775807) added, and the
    * avg computed from them; bytes as numeric_send gives them. */
-  static const uint32_t oids[] = {PGS_OID_NUMERIC, PGS_OID_INT8, PGS_OID_NUMERIC,
-                                  PGS_OID_NUMERIC};
+  static const uint32_t oids[] = {PGS_OID_NUMERIC, PGS_OID_INT8, PGS_OID_NUMERIC, PGS_OID_NUMERIC};
   static const int16_t fmts[] = {1, 1, 1, 1};
   grouped("scsa");
   spec.nhidden = 2;

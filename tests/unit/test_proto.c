@@ -100,8 +100,8 @@ static void test_buf_integers_are_big_endian(void **state) {
   pgs_buf_put_i32(&buf, INT32_MIN);
   pgs_buf_put_cstr(&buf, "ab");
   pgs_buf_put_cstr(&buf, "");
-  static const uint8_t want[] = {0x12, 0x34, 0xff, 0xfe, 1,   2,   3,   4,   0xff, 0xff,
-                                 0xff, 0xff, 0x80, 0,    0,   0,   'a', 'b', 0,    0};
+  static const uint8_t want[] = {0x12, 0x34, 0xff, 0xfe, 1, 2, 3,   4,   0xff, 0xff,
+                                 0xff, 0xff, 0x80, 0,    0, 0, 'a', 'b', 0,    0};
   assert_int_equal(buf.len, sizeof(want));
   assert_memory_equal(buf.data, want, sizeof(want));
 
@@ -144,8 +144,8 @@ static void test_buf_consume(void **state) {
 static void test_msg_error(void **state) {
   pgs_buf_t buf;
   pgs_buf_init(&buf);
-  pgs_msg_error(&buf, "FATAL", PGS_SQLSTATE_PROTOCOL_VIOLATION, "the detail", "bad %s #%d",
-                "thing", 7);
+  pgs_msg_error(&buf, "FATAL", PGS_SQLSTATE_PROTOCOL_VIOLATION, "the detail", "bad %s #%d", "thing",
+                7);
   expect_only_message(&buf, 'E',
                       LIT("SFATAL\0"
                           "VFATAL\0"
@@ -224,7 +224,9 @@ static void test_msg_small_builders(void **state) {
   pgs_msg_query(&buf, "");
 
   size_t offset = 0;
-  expect_message(&buf, &offset, 'S', LIT("server_version\0" "15.1\0"));
+  expect_message(&buf, &offset, 'S',
+                 LIT("server_version\0"
+                     "15.1\0"));
   expect_message(&buf, &offset, 'S', LIT("application_name\0\0"));
   expect_message(&buf, &offset, 'K', LIT("\x00\x00\x30\x39\xff\xff\xff\xfe"));
   expect_message(&buf, &offset, 'K', LIT("\x7f\xff\xff\xff\x80\x00\x00\x00"));
@@ -241,8 +243,7 @@ static void test_msg_small_builders(void **state) {
   pgs_msg_ready(&buf, 'I');
   pgs_msg_empty(&buf, '1');
   pgs_msg_query(&buf, "x");
-  static const uint8_t whole[] = {'Z', 0, 0, 0, 5, 'I', '1', 0, 0, 0, 4,
-                                  'Q', 0, 0, 0, 6, 'x', 0};
+  static const uint8_t whole[] = {'Z', 0, 0, 0, 5, 'I', '1', 0, 0, 0, 4, 'Q', 0, 0, 0, 6, 'x', 0};
   assert_int_equal(buf.len, sizeof(whole));
   assert_memory_equal(buf.data, whole, sizeof(whole));
   pgs_buf_free(&buf);
@@ -260,7 +261,9 @@ static void test_msg_begin_end(void **state) {
   pgs_buf_put(&buf, "abc", 3);
   pgs_msg_end(&buf, start);
   size_t offset = 4;
-  expect_message(&buf, &offset, 'D', LIT("\0\x01\0\0\0\x03" "abc"));
+  expect_message(&buf, &offset, 'D',
+                 LIT("\0\x01\0\0\0\x03"
+                     "abc"));
   assert_int_equal(offset, buf.len);
   pgs_buf_free(&buf);
 }
@@ -268,8 +271,8 @@ static void test_msg_begin_end(void **state) {
 /* ---- reader ---- */
 
 static void test_reader(void **state) {
-  static const uint8_t data[] = {0x01, 0xff, 0xfe, 0x80, 0x00, 0x00, 0x01, 'h', 'i',
-                                 0,    0,    'x',  'y'};
+  static const uint8_t data[] = {0x01, 0xff, 0xfe, 0x80, 0x00, 0x00, 0x01,
+                                 'h',  'i',  0,    0,    'x',  'y'};
   pgs_reader_t r;
   pgs_reader_init(&r, data, sizeof(data));
   assert_int_equal(pgs_reader_left(&r), sizeof(data));
@@ -437,8 +440,7 @@ static void expect_startup(const pgs_buf_t *body, pgs_status_t want, const char 
   char err[256] = "";
   pgs_status_t got = pgs_startup_parse(body->data, body->len, &s, err, sizeof(err));
   if (got != want)
-    fail_msg("startup parse: %s (%s), expected %s", pgs_status_str(got), err,
-             pgs_status_str(want));
+    fail_msg("startup parse: %s (%s), expected %s", pgs_status_str(got), err, pgs_status_str(want));
   if (needle && !strstr(err, needle)) fail_msg("error \"%s\" does not contain \"%s\"", err, needle);
 }
 
@@ -636,8 +638,9 @@ static void test_error_parse(void **state) {
   pgs_buf_free(&buf);
 
   /* As a server sends it: localized S, fields in any order, unknown ones. */
-  static const uint8_t server[] = "SFEHLER\0VERROR\0C42P01\0Mrelation \"t\" does not exist\0"
-                                  "P15\0Fparse_relation.c\0L1392\0Rparser\0\0";
+  static const uint8_t server[] =
+      "SFEHLER\0VERROR\0C42P01\0Mrelation \"t\" does not exist\0"
+      "P15\0Fparse_relation.c\0L1392\0Rparser\0\0";
   pgs_error_parse(server, sizeof(server) - 1, &f);
   assert_string_equal(f.severity, "FEHLER");
   assert_string_equal(f.sqlstate, "42P01");

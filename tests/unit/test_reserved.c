@@ -42,12 +42,12 @@ static void test_found(void **state) {
 static void test_not_found(void **state) {
   static const char *const sqls[] = {
       "SELECT 1",
-      "SELECT pgs_x FROM t",              /* a column, not a statement */
-      "EXECUTE \"PGS_x\"",                /* quoted: keeps its case, never pgshard's */
+      "SELECT pgs_x FROM t", /* a column, not a statement */
+      "EXECUTE \"PGS_x\"",   /* quoted: keeps its case, never pgshard's */
       "EXECUTE mine(1)",
       "DEALLOCATE ALL",
-      "SELECT 'EXECUTE pgs_x'",           /* in a string */
-      "EXECUTE pgs_x(",                   /* does not parse: the server refuses it */
+      "SELECT 'EXECUTE pgs_x'", /* in a string */
+      "EXECUTE pgs_x(",         /* does not parse: the server refuses it */
       "INSERT INTO pgs_table VALUES (1)",
   };
   for (size_t i = 0; i < sizeof(sqls) / sizeof(sqls[0]); i++) {

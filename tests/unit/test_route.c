@@ -29,24 +29,37 @@
 
 /* ---- the config: the same shard map in four databases ---- */
 
-#define SHARDS(DB)                                                                          \
-  "[shard." DB ".s0]\nprimary = port=1\nregion = eu\n"                                      \
-  "[shard." DB ".s1]\nprimary = port=2\nregion = us\n"                                      \
+#define SHARDS(DB)                                                                                 \
+  "[shard." DB                                                                                     \
+  ".s0]\nprimary = port=1\nregion = eu\n"                                                          \
+  "[shard." DB                                                                                     \
+  ".s1]\nprimary = port=2\nregion = us\n"                                                          \
   "[shard." DB ".s2]\nprimary = port=3\nregion = eu\n"
 
-#define TABLES(DB)                                                                          \
-  "[table." DB ".users]\ncolumn = id\ntype = bigint\nstrategy = hash\n"                     \
-  "[table." DB ".events]\ncolumn = id\ntype = bigint\nstrategy = range\n"                   \
-  "range = s0: - 100\nrange = s1: 100 - 1000\nrange = s2: 1000 -\n"                         \
-  "[table." DB ".profiles]\ncolumn = country\ntype = text\nstrategy = geo\n"                \
-  "[geo." DB "]\neu = DE FR\nus = US CA\n"                                                  \
-  "[table." DB ".invoices]\ncolumn = tenant_id\ntype = bigint\nstrategy = tenant\n"         \
-  "[tenants." DB "]\n42 = s2\n"                                                             \
-  "[table." DB ".docs]\ncolumn = id\ntype = uuid\nstrategy = hash\n"                        \
-  "[table." DB ".smalls]\ncolumn = id\ntype = smallint\nstrategy = hash\n"                  \
-  "[table." DB ".ints]\ncolumn = id\ntype = int\nstrategy = hash\n"                         \
-  "[table." DB ".names]\ncolumn = name\ntype = text\nstrategy = hash\n"                     \
-  "[table." DB ".days]\ncolumn = day\ntype = date\nstrategy = hash\n"                       \
+#define TABLES(DB)                                                                                 \
+  "[table." DB                                                                                     \
+  ".users]\ncolumn = id\ntype = bigint\nstrategy = hash\n"                                         \
+  "[table." DB                                                                                     \
+  ".events]\ncolumn = id\ntype = bigint\nstrategy = range\n"                                       \
+  "range = s0: - 100\nrange = s1: 100 - 1000\nrange = s2: 1000 -\n"                                \
+  "[table." DB                                                                                     \
+  ".profiles]\ncolumn = country\ntype = text\nstrategy = geo\n"                                    \
+  "[geo." DB                                                                                       \
+  "]\neu = DE FR\nus = US CA\n"                                                                    \
+  "[table." DB                                                                                     \
+  ".invoices]\ncolumn = tenant_id\ntype = bigint\nstrategy = tenant\n"                             \
+  "[tenants." DB                                                                                   \
+  "]\n42 = s2\n"                                                                                   \
+  "[table." DB                                                                                     \
+  ".docs]\ncolumn = id\ntype = uuid\nstrategy = hash\n"                                            \
+  "[table." DB                                                                                     \
+  ".smalls]\ncolumn = id\ntype = smallint\nstrategy = hash\n"                                      \
+  "[table." DB                                                                                     \
+  ".ints]\ncolumn = id\ntype = int\nstrategy = hash\n"                                             \
+  "[table." DB                                                                                     \
+  ".names]\ncolumn = name\ntype = text\nstrategy = hash\n"                                         \
+  "[table." DB                                                                                     \
+  ".days]\ncolumn = day\ntype = date\nstrategy = hash\n"                                           \
   "[table." DB ".stamps]\ncolumn = at\ntype = timestamptz\nstrategy = hash\n"
 
 static const char config_text[] =
@@ -527,13 +540,14 @@ static void test_in_list_read_several_merged(void **state) {
   route(app, sqlf("SELECT name, row_number() OVER () FROM users WHERE id IN (%lld, %lld)", K(0, 0),
                   K(1, 0)));
   expect_refuse("0A000", NULL);
-  assert_string_equal(r.message, "statement reads keys on shards s0, s1: window functions cannot "
-                                 "be merged across shards");
+  assert_string_equal(r.message,
+                      "statement reads keys on shards s0, s1: window functions cannot "
+                      "be merged across shards");
 }
 
 static void test_in_list_write_policies(void **state) {
-  const char *sql = sqlf("UPDATE users SET x = 1 WHERE id IN (%lld, %lld, %lld)", K(0, 0), K(1, 0),
-                         K(0, 1));
+  const char *sql =
+      sqlf("UPDATE users SET x = 1 WHERE id IN (%lld, %lld, %lld)", K(0, 0), K(1, 0), K(0, 1));
   route(appw, sql);
   expect_fanout(0x3);
   route(app, sql);
@@ -569,14 +583,13 @@ static void test_code_that_writes(void **state) {
 
 /* COPY (UPDATE ... RETURNING) TO is a write whose output is one stream. */
 static void test_copy_of_a_write(void **state) {
-  route(appw, sqlf("COPY (UPDATE users SET x = 1 WHERE id = %lld RETURNING id) TO STDOUT",
-                   K(1, 0)));
+  route(appw,
+        sqlf("COPY (UPDATE users SET x = 1 WHERE id = %lld RETURNING id) TO STDOUT", K(1, 0)));
   expect_one(1);
   route(appw, "COPY (UPDATE users SET x = 1 RETURNING id) TO STDOUT");
   expect_refuse("0A000", "must touch one shard");
   /* A cursor that locks rows is a write, and lives on one server. */
-  route(appw, sqlf("DECLARE c CURSOR FOR SELECT * FROM users WHERE id = %lld FOR UPDATE",
-                   K(2, 0)));
+  route(appw, sqlf("DECLARE c CURSOR FOR SELECT * FROM users WHERE id = %lld FOR UPDATE", K(2, 0)));
   expect_one(2);
   assert_int_equal(plan->kind, PGS_STMT_WRITE);
   route(appw, "DECLARE c CURSOR FOR SELECT * FROM users FOR UPDATE");
@@ -588,8 +601,8 @@ static void test_copy_of_a_write(void **state) {
 static void test_any_text_array_literal(void **state) {
   route(app, sqlf("SELECT * FROM users WHERE id = ANY('{%lld,%lld}')", K(0, 0), K(0, 1)));
   expect_one(0);
-  route(app, sqlf("SELECT * FROM users WHERE id = ANY('{%lld, \"%lld\"}'::bigint[])", K(0, 0),
-                  K(1, 1)));
+  route(app,
+        sqlf("SELECT * FROM users WHERE id = ANY('{%lld, \"%lld\"}'::bigint[])", K(0, 0), K(1, 1)));
   expect_merge(0x3);
   route(appw, sqlf("DELETE FROM users WHERE id = ANY('{%lld,%lld,NULL}')", K(2, 0), K(1, 1)));
   expect_fanout(0x6);
@@ -637,9 +650,8 @@ static void test_any_text_array_escapes(void **state) {
 }
 
 static void test_any_text_array_malformed(void **state) {
-  const char *bad[] = {"{1,2",  "1,2}",      "{1,,2}",   "{{1,2},{3,4}}", "{1,2}x",
-                       "{\"1}", "{1\"2\"}",  "",         "{1,}",          "[1:2={1,2}",
-                       "{,1}",  "{1} {2}"};
+  const char *bad[] = {"{1,2",     "1,2}", "{1,,2}", "{{1,2},{3,4}}", "{1,2}x", "{\"1}",
+                       "{1\"2\"}", "",     "{1,}",   "[1:2={1,2}",    "{,1}",   "{1} {2}"};
   for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) {
     binds_t b = {0};
     bind_text(&b, bad[i]);
@@ -864,15 +876,17 @@ static void test_keyless_read_merged(void **state) {
 static void test_keyless_read_refused(void **state) {
   route(appnr, "SELECT * FROM users WHERE name = 'x'");
   expect_refuse("0A000", NULL);
-  assert_string_equal(r.message, "statement reads sharded table users without its shard key id "
-                                 "and cross_shard_reads = deny");
+  assert_string_equal(r.message,
+                      "statement reads sharded table users without its shard key id "
+                      "and cross_shard_reads = deny");
   route(appnr, "COPY users TO STDOUT");
   expect_refuse("0A000", "cross_shard_reads = deny");
   /* What the merge cannot do exactly: its reason ends the message. */
   route(app, "SELECT name, count(*) FROM users GROUP BY name HAVING count(*) > 1");
   expect_refuse("0A000", NULL);
-  assert_string_equal(r.message, "statement reads sharded table users without its shard key id: "
-                                 "HAVING cannot be merged across shards");
+  assert_string_equal(r.message,
+                      "statement reads sharded table users without its shard key id: "
+                      "HAVING cannot be merged across shards");
   route(app, "SELECT string_agg(name, ',') FROM users");
   expect_refuse("0A000", "string_agg() cannot be merged across shards");
   route(app, "COPY (SELECT * FROM users ORDER BY id) TO STDOUT");

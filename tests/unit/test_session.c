@@ -78,7 +78,7 @@ static void test_maybe_false(void **state) {
       "-- SET x = 1\nSELECT 1",
       "SELECT 1",
       "select * from settings",
-      "SETTINGS",       /* not the keyword SET */
+      "SETTINGS", /* not the keyword SET */
       "RESETS",
       "UPDATE t SET a = 1",
       "INSERT INTO t VALUES (1)",
@@ -412,8 +412,9 @@ static void test_too_deep_is_pinned_not_parsed(void **state) {
 }
 
 static void test_parse_failed(void **state) {
-  static const char *const bad[] = {"SELEC 1", "SET x =", "SET", "DISCARD", "SELECT 'unterminated",
-                                    "/* unterminated", "SET a = 1; SELEC 2"};
+  static const char *const bad[] = {
+      "SELEC 1",         "SET x =",           "SET", "DISCARD", "SELECT 'unterminated",
+      "/* unterminated", "SET a = 1; SELEC 2"};
   for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) {
     pgs_session_effects_t fx;
     pgs_session_analyze(bad[i], &fx);

@@ -87,18 +87,18 @@ static pgs_config_t *load_ok(const char *text) {
 }
 
 /* Two shards in eu, one in us. 12 lines: appended text starts on line 13. */
-#define BASE           \
-  "[user.app]\n"       \
-  "password = x\n"     \
-  "[database.app]\n"   \
-  "[shard.app.s0]\n"   \
-  "primary = port=1\n" \
-  "region = eu\n"      \
-  "[shard.app.s1]\n"   \
-  "primary = port=2\n" \
-  "region = us\n"      \
-  "[shard.app.s2]\n"   \
-  "primary = port=3\n" \
+#define BASE                                                                                       \
+  "[user.app]\n"                                                                                   \
+  "password = x\n"                                                                                 \
+  "[database.app]\n"                                                                               \
+  "[shard.app.s0]\n"                                                                               \
+  "primary = port=1\n"                                                                             \
+  "region = eu\n"                                                                                  \
+  "[shard.app.s1]\n"                                                                               \
+  "primary = port=2\n"                                                                             \
+  "region = us\n"                                                                                  \
+  "[shard.app.s2]\n"                                                                               \
+  "primary = port=3\n"                                                                             \
   "region = eu\n"
 
 /* TEXT must give exactly NERRORS errors, one of them on LINE containing
@@ -380,15 +380,14 @@ static void test_timestamptz_range_boundaries(void **state) {
   assert_true(int_of(PGS_TYPE_TIMESTAMPTZ, "294277-01-01 00:00:00+01") == end - 3600 * USEC);
   assert_true(int_of(PGS_TYPE_TIMESTAMPTZ, "294277-01-01 00:59:59.999999+01") == end - 1);
   const char *past_end[] = {
-      "294276-12-31 24:00:00+00",   "294276-12-31 23:59:60+00",
-      "294277-01-01 01:00:00+01",   "294277-01-08 00:00:00+00", /* in 64 bits, past the end */
-      "294277-01-09 23:59:59+00",   /* the day fits 64 bits, the time of day does not */
-      "294277-01-09 00:00:00-15",   /* the zone does not */
-      "294277-01-09 00:00:00+15",   "294277-01-10 00:00:00+00", /* the day does not */
-      "2020000-01-01 00:00:00+00",  "5874897-12-31 00:00:00+00",
-      "5874898-05-31 00:00:00+00",  "5874898-06-01 00:00:00+00", /* past the Julian days */
-      "9999999-12-31 23:59:59-15:59:59",
-      "9999999-01-01",
+      "294276-12-31 24:00:00+00",        "294276-12-31 23:59:60+00",
+      "294277-01-01 01:00:00+01",        "294277-01-08 00:00:00+00", /* in 64 bits, past the end */
+      "294277-01-09 23:59:59+00", /* the day fits 64 bits, the time of day does not */
+      "294277-01-09 00:00:00-15", /* the zone does not */
+      "294277-01-09 00:00:00+15",        "294277-01-10 00:00:00+00", /* the day does not */
+      "2020000-01-01 00:00:00+00",       "5874897-12-31 00:00:00+00",
+      "5874898-05-31 00:00:00+00",       "5874898-06-01 00:00:00+00", /* past the Julian days */
+      "9999999-12-31 23:59:59-15:59:59", "9999999-01-01",
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(past_end); i++) {
     char message[128];
@@ -714,13 +713,13 @@ static void test_hash_postgres_is_modulo(void **state) {
   pgs_config_unref(c);
 }
 
-#define RANGES               \
-  "[table.app.events]\n"     \
-  "column = id\n"            \
-  "type = bigint\n"          \
-  "strategy = range\n"       \
-  "range = s1: 100 - 1000\n" \
-  "range = s0: - 100\n"      \
+#define RANGES                                                                                     \
+  "[table.app.events]\n"                                                                           \
+  "column = id\n"                                                                                  \
+  "type = bigint\n"                                                                                \
+  "strategy = range\n"                                                                             \
+  "range = s1: 100 - 1000\n"                                                                       \
+  "range = s0: - 100\n"                                                                            \
   "range = s2: 1000 -\n"
 
 static void test_range_edges(void **state) {
@@ -780,14 +779,14 @@ static void test_range_other_types(void **state) {
   pgs_config_unref(c);
 }
 
-#define GEO                \
-  "[table.app.profiles]\n" \
-  "column = country\n"     \
-  "type = text\n"          \
-  "strategy = geo\n"       \
-  "[geo.app]\n"            \
-  "eu = DE FR IT, ES\n"    \
-  "us = US CA\n"           \
+#define GEO                                                                                        \
+  "[table.app.profiles]\n"                                                                         \
+  "column = country\n"                                                                             \
+  "type = text\n"                                                                                  \
+  "strategy = geo\n"                                                                               \
+  "[geo.app]\n"                                                                                    \
+  "eu = DE FR IT, ES\n"                                                                            \
+  "us = US CA\n"                                                                                   \
   "eu = NL\n"
 
 static void test_geo_regions(void **state) {
@@ -842,17 +841,17 @@ static void test_geo_integer_values(void **state) {
   pgs_config_unref(c);
 }
 
-#define TENANTS            \
-  "[table.app.invoices]\n" \
-  "column = tenant_id\n"   \
-  "type = bigint\n"        \
-  "strategy = tenant\n"    \
-  "[table.app.payments]\n" \
-  "column = account\n"     \
-  "type = bigint\n"        \
-  "strategy = tenant\n"    \
-  "[tenants.app]\n"        \
-  "42 = s2\n"              \
+#define TENANTS                                                                                    \
+  "[table.app.invoices]\n"                                                                         \
+  "column = tenant_id\n"                                                                           \
+  "type = bigint\n"                                                                                \
+  "strategy = tenant\n"                                                                            \
+  "[table.app.payments]\n"                                                                         \
+  "column = account\n"                                                                             \
+  "type = bigint\n"                                                                                \
+  "strategy = tenant\n"                                                                            \
+  "[tenants.app]\n"                                                                                \
+  "42 = s2\n"                                                                                      \
   "-7 = s0\n"
 
 static void test_tenant_pins_and_hash(void **state) {

@@ -58,7 +58,8 @@ static void test_quantiles_within_a_sixteenth(void **state) {
 }
 
 static void test_merge_is_one_histogram(void **state) {
-  pgs_db_stats_t *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b)), *all = calloc(1, sizeof(*all));
+  pgs_db_stats_t *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b)),
+                 *all = calloc(1, sizeof(*all));
   for (uint64_t v = 1; v < 5000; v += 7) {
     pgs_hist_add(v % 2 ? &a->latency : &b->latency, v);
     pgs_hist_add(&all->latency, v);

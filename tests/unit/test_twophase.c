@@ -47,15 +47,15 @@ static void test_gid_parse_refuses_near_misses(void **state) {
   static const char *const bad[] = {
       "",
       "pgshard_",
-      "pgshard_0123456789abcdef_fedcba9876543210_",        /* no seq */
-      "pgshard_0123456789abcdef_fedcba9876543210_01",      /* leading zero */
-      "pgshard_0123456789abcdef_fedcba9876543210_1x",      /* trailing junk */
-      "pgshard_0123456789abcdef_fedcba9876543210_1_",      /* trailing _ */
-      "pgshard_0123456789ABCDEF_fedcba9876543210_1",       /* upper case */
-      "pgshard_0123456789abcde_fedcba9876543210_1",        /* 15 digits */
-      "pgshard_0123456789abcdef0_fedcba9876543210_1",      /* 17 digits */
-      "pgshard_0123456789abcdef-fedcba9876543210_1",       /* wrong separator */
-      "PGSHARD_0123456789abcdef_fedcba9876543210_1",       /* prefix case */
+      "pgshard_0123456789abcdef_fedcba9876543210_",   /* no seq */
+      "pgshard_0123456789abcdef_fedcba9876543210_01", /* leading zero */
+      "pgshard_0123456789abcdef_fedcba9876543210_1x", /* trailing junk */
+      "pgshard_0123456789abcdef_fedcba9876543210_1_", /* trailing _ */
+      "pgshard_0123456789ABCDEF_fedcba9876543210_1",  /* upper case */
+      "pgshard_0123456789abcde_fedcba9876543210_1",   /* 15 digits */
+      "pgshard_0123456789abcdef0_fedcba9876543210_1", /* 17 digits */
+      "pgshard_0123456789abcdef-fedcba9876543210_1",  /* wrong separator */
+      "PGSHARD_0123456789abcdef_fedcba9876543210_1",  /* prefix case */
       "xpgshard_0123456789abcdef_fedcba9876543210_1",
       "pgshard_0123456789abcdef_fedcba9876543210_18446744073709551616", /* > UINT64_MAX */
       "pgshard_0123456789abcdef_fedcba9876543210_1'; DROP TABLE x; --",
@@ -113,8 +113,7 @@ static void test_parse_record(void **state) {
   }
   /* A NUL inside the line is not a record either. */
   char with_nul[] = "C pgshard_0123456789abcdef_fedcba9876543210_7\0x";
-  assert_int_equal(pgs_twophase_log_parse_record(with_nul, sizeof(with_nul) - 1, &rec),
-                   PGS_EINVAL);
+  assert_int_equal(pgs_twophase_log_parse_record(with_nul, sizeof(with_nul) - 1, &rec), PGS_EINVAL);
 }
 
 #define H "pgshard-2pc-log 1 owner=0123456789abcdef\n"
@@ -155,7 +154,10 @@ static void test_replay_commits_owed(void **state) {
 
 static void test_replay_repeated_commit_after_compaction(void **state) {
   /* Compaction rewrites owed commits; a later "D" closes them once. */
-  pgs_twophase_replay_t r = replay_ok(H "C " G(1) "\n" "C " G(1) "\n" "D " G(1) "\n");
+  pgs_twophase_replay_t r = replay_ok(H "C " G(
+      1) "\n"
+         "C " G(1) "\n"
+                   "D " G(1) "\n");
   assert_int_equal(r.commits.count, 0);
   assert_int_equal(r.done, 1);
   pgs_twophase_replay_free(&r);
@@ -163,7 +165,9 @@ static void test_replay_repeated_commit_after_compaction(void **state) {
 
 static void test_replay_torn_tail(void **state) {
   /* A crash cut the last write short: that record never counted. */
-  pgs_twophase_replay_t r = replay_ok(H "C " G(1) "\n" "C " G(2));
+  pgs_twophase_replay_t r = replay_ok(H "C " G(
+      1) "\n"
+         "C " G(2));
   assert_true(r.torn_tail);
   assert_int_equal(r.commits.count, 1);
   assert_true(pgs_strmap_contains(&r.commits, G(1)));
@@ -171,7 +175,9 @@ static void test_replay_torn_tail(void **state) {
   pgs_twophase_replay_free(&r);
 
   /* A torn line cut back imperfectly fuses with the next record: skipped. */
-  r = replay_ok(H "C pgshard_0123456789abcdef_00C " G(2) "\n" "C " G(3) "\n");
+  r = replay_ok(H "C pgshard_0123456789abcdef_00C " G(
+      2) "\n"
+         "C " G(3) "\n");
   assert_false(r.torn_tail);
   assert_int_equal(r.malformed, 1);
   assert_int_equal(r.first_bad_line, 2);
@@ -203,9 +209,9 @@ static void test_replay_header(void **state) {
   pgs_twophase_replay_free(&r);
 
   static const char *const bad[] = {
-      "C " G(1) "\n",                                   /* records, no header */
-      "pgshard-2pc-log 1 owner=0123456789abcdef",        /* header without newline */
-      "pgshard-2pc-log 2 owner=0123456789abcdef\n",      /* another version */
+      "C " G(1) "\n",                               /* records, no header */
+      "pgshard-2pc-log 1 owner=0123456789abcdef",   /* header without newline */
+      "pgshard-2pc-log 2 owner=0123456789abcdef\n", /* another version */
       "pgshard-2pc-log 1 owner=0123456789ABCDEF\n",
       "pgshard-2pc-log 1 owner=0123456789abcde\n",
       "pgshard-2pc-log 1 owner=0123456789abcdef0\n",

@@ -189,8 +189,7 @@ static void test_replace_failure_leaves_the_log(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_second_locker_refused_after_compaction, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(test_second_locker_refused_after_compaction, setup, teardown),
       cmocka_unit_test_setup_teardown(test_replace_uses_unique_temporary_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_replace_failure_leaves_the_log, setup, teardown),
   };

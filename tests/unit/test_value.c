@@ -185,8 +185,8 @@ static void expect_sum_error(uint32_t oid, const char *const *values, const char
 
 /* avg of text VALUES whose sum has type SUM_OID (each value counts one),
  * as RESULT_OID in FORMAT, is WANT. */
-static void expect_avg(uint32_t sum_oid, const char *const *values, uint32_t result_oid,
-                       int format, const char *want) {
+static void expect_avg(uint32_t sum_oid, const char *const *values, uint32_t result_oid, int format,
+                       const char *want) {
   pgs_sum_t sum;
   pgs_value_error_t err;
   if (sum_of(&sum, sum_oid, values, &err) != PGS_OK)
@@ -229,7 +229,8 @@ static void test_compare_integers_binary(void **state) {
   expect_order_binary(PGS_OID_OID, a4, 4, b4, 4, 1);   /* 4294967294 > 1 */
   uint8_t a2[] = {0x80, 0x00}, b2[] = {0x7f, 0xff};
   expect_order_binary(PGS_OID_INT2, a2, 2, b2, 2, -1);
-  uint8_t a8[] = {0x80, 0, 0, 0, 0, 0, 0, 0}, b8[] = {0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  uint8_t a8[] = {0x80, 0, 0, 0, 0, 0, 0, 0},
+          b8[] = {0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
   expect_order_binary(PGS_OID_INT8, a8, 8, b8, 8, -1);
   expect_order_binary(PGS_OID_INT8, b8, 8, b8, 8, 0);
   /* wrong widths */
@@ -334,7 +335,8 @@ static void test_compare_numeric_text(void **state) {
   expect_order_text(PGS_OID_NUMERIC, "9999.9999", "10000", -1);
   expect_order_text(PGS_OID_NUMERIC, "10000.0001", "10000", 1);
   expect_order_text(PGS_OID_NUMERIC, "-10000.0001", "-10000", -1);
-  expect_order_text(PGS_OID_NUMERIC, "123456789012345678901234567890", "123456789012345678901234567891", -1);
+  expect_order_text(PGS_OID_NUMERIC, "123456789012345678901234567890",
+                    "123456789012345678901234567891", -1);
   expect_order_text(PGS_OID_NUMERIC, "0.5", "0.49999999999999999999999", 1);
   /* special values: -Infinity < numbers < Infinity < NaN */
   expect_order_text(PGS_OID_NUMERIC, "NaN", "NaN", 0);
@@ -352,7 +354,8 @@ static void test_compare_numeric_text(void **state) {
   expect_order_text(PGS_OID_NUMERIC, "5.", "5", 0);
   expect_order_text(PGS_OID_NUMERIC, " +5 ", "5", 0);
   expect_order_text(PGS_OID_NUMERIC, "000000000000000000000000007", "7", 0);
-  expect_text_error(PGS_OID_NUMERIC, "abc", "22P02", "invalid input syntax for type numeric: \"abc\"");
+  expect_text_error(PGS_OID_NUMERIC, "abc", "22P02",
+                    "invalid input syntax for type numeric: \"abc\"");
   expect_text_error(PGS_OID_NUMERIC, "", "22P02", NULL);
   expect_text_error(PGS_OID_NUMERIC, "-", "22P02", NULL);
   expect_text_error(PGS_OID_NUMERIC, ".", "22P02", NULL);
@@ -479,7 +482,7 @@ static void test_compare_text(void **state) {
     expect_order_text(oids[i], "a", "b", -1);
     expect_order_text(oids[i], "a", "ab", -1); /* shorter first */
     expect_order_text(oids[i], "", "a", -1);
-    expect_order_text(oids[i], "B", "a", -1);      /* C collation: bytes */
+    expect_order_text(oids[i], "B", "a", -1);       /* C collation: bytes */
     expect_order_text(oids[i], "\xc3\xa9", "z", 1); /* é after z */
     expect_order_text(oids[i], "a ", "a", 1);       /* blanks count */
     expect_order_text(oids[i], "same", "same", 0);
@@ -501,7 +504,7 @@ static void test_compare_bytea(void **state) {
   expect_order_text(PGS_OID_BYTEA, "\\x00", "\\x0000", -1);
   expect_order_text(PGS_OID_BYTEA, "\\xff", "\\x0000", 1);
   expect_order_text(PGS_OID_BYTEA, "\\x7f", "\\x80", -1);
-  expect_order_text(PGS_OID_BYTEA, "\\xABCD", "\\xabcd", 0); /* decoded, so case does not count */
+  expect_order_text(PGS_OID_BYTEA, "\\xABCD", "\\xabcd", 0);  /* decoded, so case does not count */
   expect_order_text(PGS_OID_BYTEA, "\\xab cd", "\\xabcd", 0); /* hex_decode skips blanks */
   /* hex (bytea_output = hex) against escape (bytea_output = escape) */
   expect_order_text(PGS_OID_BYTEA, "\\x616263", "abc", 0);
@@ -696,11 +699,13 @@ static void test_compare_unsupported(void **state) {
   uint8_t *x = exact("x", 1);
   assert_int_equal(pgs_value_compare(PGS_OID_INT4, TEXT, x, 1, x, 1, &r, NULL), PGS_EINVAL);
   free(x);
-  uint32_t yes[] = {PGS_OID_BOOL, PGS_OID_INT2, PGS_OID_INT4, PGS_OID_INT8, PGS_OID_OID,
-                    PGS_OID_FLOAT4, PGS_OID_FLOAT8, PGS_OID_NUMERIC, PGS_OID_TEXT,
-                    PGS_OID_VARCHAR, PGS_OID_NAME, PGS_OID_BPCHAR, PGS_OID_DATE, PGS_OID_TIME,
-                    PGS_OID_TIMESTAMP, PGS_OID_TIMESTAMPTZ, PGS_OID_UUID, PGS_OID_BYTEA};
-  for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) assert_true(pgs_value_comparable(yes[i]));
+  uint32_t yes[] = {PGS_OID_BOOL, PGS_OID_INT2,    PGS_OID_INT4,      PGS_OID_INT8,
+                    PGS_OID_OID,  PGS_OID_FLOAT4,  PGS_OID_FLOAT8,    PGS_OID_NUMERIC,
+                    PGS_OID_TEXT, PGS_OID_VARCHAR, PGS_OID_NAME,      PGS_OID_BPCHAR,
+                    PGS_OID_DATE, PGS_OID_TIME,    PGS_OID_TIMESTAMP, PGS_OID_TIMESTAMPTZ,
+                    PGS_OID_UUID, PGS_OID_BYTEA};
+  for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+    assert_true(pgs_value_comparable(yes[i]));
   assert_false(pgs_value_comparable(114));  /* json */
   assert_false(pgs_value_comparable(1266)); /* timetz */
   assert_false(pgs_value_comparable(0));
@@ -838,7 +843,8 @@ static void test_sum_unsupported(void **state) {
   assert_false(pgs_sum_supported(PGS_OID_TEXT));
   expect_sum_error(PGS_OID_INTERVAL, V("1 day"), "0A000",
                    "cannot sum values of type interval (oid 1186) across shards");
-  expect_sum_error(790, V("$1.00"), "0A000", "cannot sum values of type money (oid 790) across shards");
+  expect_sum_error(790, V("$1.00"), "0A000",
+                   "cannot sum values of type money (oid 790) across shards");
 }
 
 /* ---- avg ---- */
@@ -852,7 +858,8 @@ static void test_avg_numeric(void **state) {
   expect_avg(PGS_OID_INT8, V("-1", "-2"), PGS_OID_NUMERIC, TEXT, "-1.5000000000000000");
   expect_avg(PGS_OID_INT8, V("0"), PGS_OID_NUMERIC, TEXT, "0.00000000000000000000");
   expect_avg(PGS_OID_INT8, V("1", "2", "4"), PGS_OID_NUMERIC, TEXT, "2.3333333333333333");
-  expect_avg(PGS_OID_INT8, V("123456789", "987654321"), PGS_OID_NUMERIC, TEXT, "555555555.00000000");
+  expect_avg(PGS_OID_INT8, V("123456789", "987654321"), PGS_OID_NUMERIC, TEXT,
+             "555555555.00000000");
   expect_avg(PGS_OID_INT8, V("2", "2", "2"), PGS_OID_NUMERIC, TEXT, "2.0000000000000000");
   expect_avg(PGS_OID_INT8, V("-1", "0"), PGS_OID_NUMERIC, TEXT, "-0.50000000000000000000");
   expect_avg(PGS_OID_INT8, V("-1", "-1", "-1", "0", "0", "0"), PGS_OID_NUMERIC, TEXT,
@@ -943,7 +950,8 @@ static void test_avg_rounding(void **state) {
   expect_avg(PGS_OID_NUMERIC, V("99999.999999999999999", "0", "0"), PGS_OID_NUMERIC, TEXT,
              "33333.333333333333333");
   /* (2^63 - 1) * 3 / 3 */
-  expect_avg(PGS_OID_NUMERIC, V("9223372036854775807", "9223372036854775807", "9223372036854775806"),
+  expect_avg(PGS_OID_NUMERIC,
+             V("9223372036854775807", "9223372036854775807", "9223372036854775806"),
              PGS_OID_NUMERIC, TEXT, "9223372036854775807");
   /* the largest count */
   pgs_sum_t sum;
@@ -1124,7 +1132,8 @@ static void test_golden_float(void **state) {
     out.len = 0;
     pgs_sum_output(&sum, TEXT, &out);
     if (strcmp(buf_str(&out, TEXT), fld[2]) != 0 && bad++ < 20)
-      print_message("%s %s: \"%s\", expected \"%s\"\n", fld[0], fld[1], buf_str(&out, TEXT), fld[2]);
+      print_message("%s %s: \"%s\", expected \"%s\"\n", fld[0], fld[1], buf_str(&out, TEXT),
+                    fld[2]);
     pgs_sum_free(&sum);
     /* and read the server's text back to the same bits */
     pgs_sum_init(&sum, oid);
@@ -1168,9 +1177,9 @@ static void test_golden_sums(void **state) {
     /* sum(int2/int4) is int8, sum(int8) numeric; avg is numeric, or float8
      * over floats */
     bool fl = !strcmp(type, "float4") || !strcmp(type, "float8");
-    uint32_t sum_oid = fl ? oid_named(type)
-                          : (!strcmp(type, "int2") || !strcmp(type, "int4")) ? PGS_OID_INT8
-                                                                             : PGS_OID_NUMERIC;
+    uint32_t sum_oid = fl                                                 ? oid_named(type)
+                       : (!strcmp(type, "int2") || !strcmp(type, "int4")) ? PGS_OID_INT8
+                                                                          : PGS_OID_NUMERIC;
     uint32_t avg_oid = fl ? PGS_OID_FLOAT8 : PGS_OID_NUMERIC;
     char *parts_text[3], *parts_hex[3], *counts[3];
     assert_int_equal(split(fld[1], ';', parts_text, 3), 3);
@@ -1197,8 +1206,8 @@ static void test_golden_sums(void **state) {
         pgs_sum_output(&sum, outf, &out);
         const char *want = outf ? fld[5] : fld[4];
         if (strcmp(buf_str(&out, outf), want) != 0 && bad++ < 20)
-          print_message("%s sum of %s (format %d->%d): \"%s\", expected \"%s\"\n", type, fld[1],
-                        in, outf, buf_str(&out, outf), want);
+          print_message("%s sum of %s (format %d->%d): \"%s\", expected \"%s\"\n", type, fld[1], in,
+                        outf, buf_str(&out, outf), want);
         out.len = 0;
         if (pgs_value_avg(&sum, count, avg_oid, outf, &out, &err) != PGS_OK)
           fail_msg("%s avg: %s %s", type, err.sqlstate, err.message);
@@ -1224,10 +1233,10 @@ static void test_golden_sums(void **state) {
  * either succeeds or fails with a SQLSTATE, never reads past the value
  * (the buffers are exact, for ASan) and never leaks. */
 static void test_garbage(void **state) {
-  uint32_t oids[] = {PGS_OID_BOOL, PGS_OID_INT2, PGS_OID_INT4, PGS_OID_INT8, PGS_OID_OID,
-                     PGS_OID_FLOAT4, PGS_OID_FLOAT8, PGS_OID_NUMERIC, PGS_OID_TEXT,
-                     PGS_OID_BPCHAR, PGS_OID_DATE, PGS_OID_TIME, PGS_OID_TIMESTAMP,
-                     PGS_OID_TIMESTAMPTZ, PGS_OID_UUID, PGS_OID_BYTEA};
+  uint32_t oids[] = {PGS_OID_BOOL,      PGS_OID_INT2,        PGS_OID_INT4,   PGS_OID_INT8,
+                     PGS_OID_OID,       PGS_OID_FLOAT4,      PGS_OID_FLOAT8, PGS_OID_NUMERIC,
+                     PGS_OID_TEXT,      PGS_OID_BPCHAR,      PGS_OID_DATE,   PGS_OID_TIME,
+                     PGS_OID_TIMESTAMP, PGS_OID_TIMESTAMPTZ, PGS_OID_UUID,   PGS_OID_BYTEA};
   /* bytes that make the parsers go deep before failing */
   static const char alphabet[] = "0123456789+-.eE:\\x{}- BCinfNa\x00\xff";
   uint64_t seed = 0x9E3779B97F4A7C15u;
@@ -1268,8 +1277,10 @@ static void test_garbage(void **state) {
       pgs_sum_output(&sum, format, &out);
       if (oid != PGS_OID_FLOAT4 && oid != PGS_OID_FLOAT8 && oid != PGS_OID_NUMERIC)
         pgs_sum_init(&sum, PGS_OID_INT8), sum.i = 1;
-      (void)!pgs_value_avg(&sum, 3, oid == PGS_OID_FLOAT4 || oid == PGS_OID_FLOAT8 ? PGS_OID_FLOAT8 : PGS_OID_NUMERIC,
-                          format, &out, &err);
+      (void)!pgs_value_avg(
+          &sum, 3,
+          oid == PGS_OID_FLOAT4 || oid == PGS_OID_FLOAT8 ? PGS_OID_FLOAT8 : PGS_OID_NUMERIC, format,
+          &out, &err);
       pgs_buf_free(&out);
       pgs_sum_free(&sum);
     }
