@@ -109,15 +109,19 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   buf->len = io->in.cap - io->in.len;
 }
 
+/* A read that failed or hit EOF: reading stops and the owner is told.
+ * Returns whether it did (nothing was read). */
+static bool read_ended(pgs_io_t *io, ssize_t nread) {
+  if (nread >= 0) return false;
+  if (nread == UV_EOF) io->eof = true;
+  pgs_io_stop_reading(io);
+  io->on_error(io, (int)nread);
+  return true;
+}
+
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pgs_io_t *io = stream->data;
-  if (nread == 0) return;
-  if (nread < 0) {
-    if (nread == UV_EOF) io->eof = true;
-    pgs_io_stop_reading(io);
-    io->on_error(io, (int)nread);
-    return;
-  }
+  if (nread == 0 || read_ended(io, nread)) return;
   io->in.len += (size_t)nread;
   io->read_total += (uint64_t)nread;
   io->on_read(io);
@@ -542,13 +546,7 @@ static void tls_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
 
 static void tls_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pgs_io_t *io = stream->data;
-  if (nread == 0) return;
-  if (nread < 0) {
-    if (nread == UV_EOF) io->eof = true;
-    pgs_io_stop_reading(io);
-    io->on_error(io, (int)nread);
-    return;
-  }
+  if (nread == 0 || read_ended(io, nread)) return;
   struct pgs_io_tls *t = io->tls;
   t->raw.len += (size_t)nread;
   tls_pump(io);
