@@ -346,6 +346,7 @@ static void show_config(pgs_client_t *client, pgs_buf_t *b) {
   config_rowf(b, p, "idle_transaction_timeout_ms", "%d", c->idle_transaction_timeout_ms);
   config_rowf(b, p, "query_timeout_ms", "%d", c->query_timeout_ms);
   config_rowf(b, p, "log_min_duration_ms", "%d", c->log_min_duration_ms);
+  config_row(b, p, "trace_comments", yes_no(c->trace_comments));
   config_rowf(b, p, "server_lifetime_ms", "%d", c->server_lifetime_ms);
   config_rowf(b, p, "max_client_memory", "%lld", (long long)c->max_client_memory);
   config_rowf(b, p, "max_total_client_memory", "%lld", (long long)c->max_total_client_memory);

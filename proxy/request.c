@@ -421,6 +421,28 @@ static pgs_client_stmt_t *remember_parse(pgs_client_t *client, const char *name,
 
 /* The client's message P (TOTAL bytes) to SERVER, statement names mapped to
  * the server's; FLAGS filter its reply. */
+/* trace_comments: a client's simple query reaches the server led by its
+ * request's id, so the server's log and pg_stat_activity name the client
+ * request it ran for. */
+static bool traces(const pgs_client_t *client) {
+  return client->worker->config->trace_comments && client->request_id;
+}
+
+/* A Query of TEXT (LEN bytes with its NUL) led by the request id. */
+static void put_traced_query(pgs_client_t *client, pgs_server_t *server, const char *text,
+                             size_t len) {
+  size_t mark = pgs_io_scratch_mark(&server->io);
+  pgs_buf_t *b = pgs_io_scratch(&server->io);
+  size_t start = pgs_msg_begin(b, 'Q');
+  char comment[64];
+  int n = snprintf(comment, sizeof(comment), "/* pgshard_request=c%d.%llu */ ", client->cancel_pid,
+                   (unsigned long long)client->request_id);
+  pgs_buf_put(b, comment, (size_t)n);
+  pgs_buf_put(b, text, len);
+  pgs_msg_end(b, start);
+  pgs_io_scratch_done(&server->io, mark);
+}
+
 static void forward(pgs_client_t *client, pgs_server_t *server, char type, const uint8_t *p,
                     size_t total, uint16_t flags, bool merged) {
   const uint8_t *body = p + 5;
@@ -493,7 +515,11 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
     pgs_io_emit(&server->io, p, total);
     return;
   }
-  pgs_io_emit(&server->io, p, total);
+  if (type == 'Q' && traces(client)) {
+    put_traced_query(client, server, (const char *)body, len);
+  } else {
+    pgs_io_emit(&server->io, p, total);
+  }
   pgs_server_expect(server, kind, false, NULL);
   if (flags) pgs_server_expect_flags(server, flags);
 }
@@ -2410,9 +2436,13 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     ensure_prepared(server, st->stmt, false);
     break;
   case PGS_STEP_QUERY: {
-    size_t mark = pgs_io_scratch_mark(&server->io);
-    pgs_msg_query(pgs_io_scratch(&server->io), st->text);
-    pgs_io_scratch_done(&server->io, mark);
+    if (!st->internal && traces(client)) {
+      put_traced_query(client, server, st->text, strlen(st->text) + 1);
+    } else {
+      size_t mark = pgs_io_scratch_mark(&server->io);
+      pgs_msg_query(pgs_io_scratch(&server->io), st->text);
+      pgs_io_scratch_done(&server->io, mark);
+    }
     pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
     if (st->flags) pgs_server_expect_flags(server, st->flags);
     break;

@@ -438,6 +438,8 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     PARSE_ENUM(st, key, value, log_format_names, c->log_format);
   } else if (!strcmp(key, "log_debug")) {
     parse_bool(st, key, value, &c->log_debug);
+  } else if (!strcmp(key, "trace_comments")) {
+    parse_bool(st, key, value, &c->trace_comments);
   } else if (!strcmp(key, "auth")) {
     PARSE_ENUM(st, key, value, auth_names, c->auth);
   } else if (!strcmp(key, "max_client_conn")) {

@@ -116,6 +116,7 @@ typedef struct pgs_config {
   char *metrics_listen; /* NULL or "" disables */
   pgs_log_format_t log_format;
   bool log_debug;
+  bool trace_comments; /* a simple Query reaches servers led by its request id, in a comment */
   pgs_auth_method_t auth;
   int max_client_conn;
   int64_t max_message_size;  /* cap on one client message */

@@ -51,3 +51,44 @@ def test_slow_requests_in_text_with_an_error(proxy):
     wait_for(lambda: "slow request" in px.log_text(), 5, message="a slow-request line")
     line = [ln for ln in px.log_text().splitlines() if "slow request" in ln and "1/0" in ln][0]
     assert " error=true" in line and " db=app" in line and " sql=select 1/0" in line, line
+
+
+def test_trace_comments_name_the_request_on_the_server(shard_lab, sharded_proxy):
+    import threading
+    px = sharded_proxy(trace_comments="on", log_min_duration_ms=100,
+                       extra_ini="[table.app.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n")
+    for shard in shard_lab.shards:
+        with shard_lab.connect_primary(shard.name) as direct:
+            direct.execute("drop table if exists users")
+            direct.execute("create table users (id bigint primary key)")
+    try:
+        with px.connect(autocommit=True) as conn:
+            pid = conn.info.backend_pid
+            # A read over both shards (a fan-out) and one hinted read: each
+            # shard's server sees the request id in front of its text.
+            worker = threading.Thread(target=conn.execute,
+                                      args=("select pg_sleep(1), count(*) from users",))
+            worker.start()
+            seen = {}
+
+            def on_both():
+                for shard in shard_lab.shards:
+                    with shard_lab.connect_primary(shard.name) as direct:
+                        rows = direct.execute(
+                            "select query from pg_stat_activity where query like "
+                            "'/* pgshard_request=%pg_sleep%'").fetchall()
+                        if rows:
+                            seen[shard.name] = rows[0][0]
+                return len(seen) == 2
+            wait_for(on_both, 10, message="the traced query on both shards")
+            worker.join(10)
+        ids = {q.split("*/")[0] for q in seen.values()}
+        assert len(ids) == 1 and ids.pop().startswith(f"/* pgshard_request=c{pid}."), seen
+        # The slow-request log names the same request.
+        request = list(seen.values())[0].split("=")[1].split(" ")[0]
+        wait_for(lambda: f"request={request}" in px.log_text(), 5,
+                 message="the slow-request line of the traced request")
+    finally:
+        for shard in shard_lab.shards:
+            with shard_lab.connect_primary(shard.name) as direct:
+                direct.execute("drop table if exists users")
