@@ -122,7 +122,7 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   /* A server skipping to Sync after an error looks idle but would skip the
    * next client's first messages too. */
   if (server->dirty || !pgs_server_expect_idle(server) || server->txstatus != 'I' ||
-      server->io.writing || server->error_until_sync) {
+      server->io.writing || server->replies.skipping) {
     /* What it runs for the client is of no use any more: cancelled, not
      * left to run to its end (closing the connection would not stop it). */
     pgs_server_cancel(server, "its client left");
@@ -140,7 +140,7 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
     /* Session state (LISTEN, temp tables, advisory locks...) must not leak to
      * the next client: reset it before the server is reused. */
     pgs_pool_set_state(server, PGS_SV_RESETTING);
-    pgs_server_inject_query(server, "DISCARD ALL");
+    pgs_server_inject_query(server, "DISCARD ALL", pgs_rule_internal(PGS_ON_ERROR_OWNER));
     pgs_server_forget_prepared(server);
     server->settings_hash = 0;
     if (pgs_server_flush(server) < 0) pgs_server_close(server, "write failed during reset");
@@ -251,11 +251,11 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
   pgs_io_t *io = &client->io;
   char type;
   size_t total;
-  if (client->in_tx) client->tx_aborted = true;
+  pgs_request_tx_failed(client);
   if (pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, io->in.len, &type, &total) ==
           PGS_OK &&
       io->in.len - io->in_pos >= total) {
-    if (client->planned) pgs_client_clear_steps(client);
+    if (pgs_request_planned(client)) pgs_client_clear_steps(client);
     io->in_pos += total;
     if (type == 'Q' || type == 'F') {
       emit_ready(client);
@@ -263,10 +263,10 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
       client->unit_mask = 0;
       emit_ready(client);
     } else {
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     }
   } else {
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   }
   leave_waiting(client);
   if (pgs_io_flush(&client->io) < 0) {
@@ -446,7 +446,7 @@ static void replay_settings(pgs_client_t *client, pgs_server_t *server) {
     pgs_buf_put(&sql, ";", 1);
   }
   pgs_buf_put_u8(&sql, 0);
-  pgs_server_inject_query(server, (const char *)sql.data);
+  pgs_server_inject_query(server, (const char *)sql.data, pgs_rule_internal(PGS_ON_ERROR_OWNER));
   pgs_buf_free(&sql);
   server->settings_hash = client->settings_hash;
 }
@@ -457,7 +457,8 @@ static void replay_settings(pgs_client_t *client, pgs_server_t *server) {
  * replays from RESET ALL (settings_hash 1: unknown). */
 static void force_standard_strings(pgs_client_t *client, pgs_server_t *server) {
   if (!client->routing || !server->login_scs_off) return;
-  pgs_server_inject_query(server, "SET standard_conforming_strings = on");
+  pgs_server_inject_query(server, "SET standard_conforming_strings = on",
+                          pgs_rule_internal(PGS_ON_ERROR_OWNER));
   server->settings_hash = 1;
 }
 
@@ -1277,10 +1278,11 @@ const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n) {
  * pgshard stopped reading is waiting for pgshard, not idle. */
 static bool client_idle(const pgs_client_t *client) {
   if ((client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) || !client->io.reading ||
-      client->planned || client->fan || client->unit_mask || client->zlast_pending > 0)
+      pgs_request_planned(client) || client->fan || client->unit_mask ||
+      client->ex.ready_pending > 0)
     return false;
   for (int i = 0; i < client->nslots; i++)
-    if (client->servers[i] && client->servers[i]->expect_len > 0) return false;
+    if (client->servers[i] && !pgs_server_expect_idle(client->servers[i])) return false;
   return true;
 }
 

@@ -4,7 +4,7 @@
  *
  * A fan is started when request.c plans a merged statement: a simple Query
  * routed MERGE, or the Execute of a portal bound MERGE. Its parts (one per
- * slot) are sent without waiting for each other, with PGS_EF_FAN on their
+ * slot) are sent without waiting for each other, with the fan rule (exchange.h) on their
  * expect entries, so every reply of a part comes here instead of going to
  * the client:
  *   RowDescription  the first describes the merge; in a simple Query it
@@ -141,9 +141,9 @@ static void fan_settle(pgs_client_t *client, pgs_fan_t *fan) {
     size_t mark = pgs_io_scratch_mark(&server->io);
     pgs_msg_query(pgs_io_scratch(&server->io), failed ? "ROLLBACK" : "COMMIT");
     pgs_io_scratch_done(&server->io, mark);
-    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
-    pgs_server_expect_flags(server, PGS_EF_ACCUM | PGS_EF_ZLAST);
-    client->zlast_pending++;
+    pgs_reply_rule_t rule = {.complete = PGS_ON_COMPLETE_COUNT, .ready = PGS_ON_READY_LAST_OF_N};
+    pgs_server_expect(server, PGS_EXP_QUERY, rule, NULL);
+    client->ex.ready_pending++;
     if (pgs_server_flush(server) < 0) server->dirty = true;
   }
 }
@@ -158,7 +158,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   uint64_t rows = 0;
   client->fan = NULL;
   if (fan->skipped) {
-    if (!fan->synced) client->unit_failed = true;
+    if (!fan->synced) pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     pgs_fan_free(fan);
     return;
   }
@@ -171,9 +171,9 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     pgs_client_step_failed(client);
     /* An error of pgshard's own inside a transaction aborts it, as any
      * error would in PostgreSQL (no server failed to say so). */
-    if (fan->own_error && client->in_tx) client->tx_aborted = true;
+    if (fan->own_error) pgs_request_tx_failed(client);
     /* Skip to Sync, as PostgreSQL, unless the Sync is out already. */
-    if (!fan->simple && !fan->synced) client->unit_failed = true;
+    if (!fan->simple && !fan->synced) pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   } else {
     char tag[48];
     if (fan->copy) {
@@ -389,7 +389,7 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
     if (!fan->simple || !fan_part_done(client, fan, slot)) return PGS_FAN_DROP;
     /* The last part: the client's ReadyForQuery, unless its parts'
      * transactions are still ending (fan_settle). */
-    return client->zlast_pending > 0 ? PGS_FAN_DROP : PGS_FAN_READY;
+    return client->ex.ready_pending > 0 ? PGS_FAN_DROP : PGS_FAN_READY;
   case 'N':
   case 'S':
   case 'A':
@@ -411,7 +411,7 @@ void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   bool simple = fan->simple;
   if (!fan_part_done(client, fan, slot) || !simple) return;
   /* Its own will not come (nor, settling, before the others end theirs). */
-  if (client->zlast_pending == 0) pgs_client_send_ready(client);
+  if (client->ex.ready_pending == 0) pgs_client_send_ready(client);
 }
 
 void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
@@ -430,7 +430,7 @@ void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sq
   if (fan->done != fan->slots) return; /* the parts sent end it when they answer */
   fan_finish(client, fan);
   /* No part's will come (nor, settling, before the parts end theirs). */
-  if (simple && client->zlast_pending == 0) pgs_client_send_ready(client);
+  if (simple && client->ex.ready_pending == 0) pgs_client_send_ready(client);
 }
 
 void pgs_fan_part_skipped(pgs_client_t *client, int slot) {

@@ -70,6 +70,9 @@ struct pgs_io_tls {
   char error[200];    /* why the session failed (UV_EPROTO) */
 };
 
+uint64_t pgs_now_ms(void) { return uv_hrtime() / 1000000; }
+uint64_t pgs_now_us(void) { return uv_hrtime() / 1000; }
+
 void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max) {
   memset(io, 0, sizeof(*io));
   io->owner = owner;

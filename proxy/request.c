@@ -50,6 +50,10 @@
 #include "pgshard/twophase.h"
 
 #define BIT(i) ((uint64_t)1 << (i))
+/* pgshard's own statements whose failure is the client's to see, or
+ * expected (exchange.h). */
+#define CLIENT_ERROR pgs_rule_internal(PGS_ON_ERROR_CLIENT)
+#define EXPECTED_ERROR pgs_rule_internal(PGS_ON_ERROR_EXPECTED)
 /* One more of FIELD in the client's database statistics (stats.h). */
 #define COUNT(client, field)                                                                       \
   do {                                                                                             \
@@ -118,7 +122,11 @@ void pgs_client_clear_steps(pgs_client_t *client) {
     client->steps[i].text = NULL;
   }
   client->nsteps = client->step_next = 0;
-  client->planned = false;
+  pgs_request_set(client, PGS_REQ_IDLE);
+  /* A two-phase commit ends with its message's steps; one whose steps were
+   * dropped (the session failed under it) is recovery's now. */
+  if (client->ex.tx == PGS_TX_PREPARING || client->ex.tx == PGS_TX_DECIDED)
+    pgs_request_set_tx(client, PGS_TX_NONE);
 }
 
 void pgs_client_routing_free(pgs_client_t *client) {
@@ -149,6 +157,65 @@ void pgs_client_routing_free(pgs_client_t *client) {
   client->twopc_gid[0] = '\0';
 }
 
+/* ---- states (exchange.h) ----
+ *
+ * The request, unit and transaction states change only here: each change
+ * is checked against the engine's transition table and logged at debug
+ * level. A change the table refuses is an engine bug: logged as an error
+ * (and fatal under PGSHARD_STRICT, as the tests run), and made anyway so
+ * that production behaves as it did before the check. */
+
+static void engine_bug(const pgs_client_t *client, const char *what, const char *from,
+                       const char *to) {
+  pgs_error("client %d: %s state %s -> %s is not a transition of the engine", client->cancel_pid,
+            what, from, to);
+  if (getenv("PGSHARD_STRICT")) abort();
+}
+
+void pgs_request_set(pgs_client_t *client, pgs_req_state_t to) {
+  pgs_req_state_t from = (pgs_req_state_t)client->ex.req;
+  if (from == to) return;
+  if (!pgs_exchange_set_req(&client->ex, to))
+    engine_bug(client, "request", pgs_req_state_name(from), pgs_req_state_name(to));
+  pgs_debug("client %d: request %s -> %s", client->cancel_pid, pgs_req_state_name(from),
+            pgs_req_state_name(to));
+}
+
+void pgs_request_set_unit(pgs_client_t *client, pgs_unit_state_t to) {
+  pgs_unit_state_t from = (pgs_unit_state_t)client->ex.unit;
+  if (from == to) return;
+  if (!pgs_exchange_set_unit(&client->ex, to))
+    engine_bug(client, "unit", pgs_unit_state_name(from), pgs_unit_state_name(to));
+  pgs_debug("client %d: unit %s -> %s", client->cancel_pid, pgs_unit_state_name(from),
+            pgs_unit_state_name(to));
+}
+
+void pgs_request_set_tx(pgs_client_t *client, pgs_tx_state_t to) {
+  pgs_tx_state_t from = (pgs_tx_state_t)client->ex.tx;
+  if (from == to) return;
+  if (!pgs_exchange_set_tx(&client->ex, to))
+    engine_bug(client, "transaction", pgs_tx_state_name(from), pgs_tx_state_name(to));
+  pgs_debug("client %d: transaction %s -> %s", client->cancel_pid, pgs_tx_state_name(from),
+            pgs_tx_state_name(to));
+}
+
+void pgs_request_tx_failed(pgs_client_t *client) {
+  if (client->ex.tx == PGS_TX_OPEN) pgs_request_set_tx(client, PGS_TX_ABORTED);
+}
+
+bool pgs_request_resume(pgs_client_t *client) {
+  switch (client->ex.req) {
+  case PGS_REQ_DRAINING:
+    pgs_request_set(client, PGS_REQ_RUNNING);
+    return true;
+  case PGS_REQ_HELD:
+    pgs_request_set(client, PGS_REQ_IDLE);
+    return true;
+  default:
+    return false;
+  }
+}
+
 /* ---- servers held ---- */
 
 /* Who a server's unnamed statement belongs to (pgs_server_t.unnamed_owner):
@@ -169,8 +236,8 @@ void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server) {
 }
 
 char pgs_client_ready_status(const pgs_client_t *client) {
-  char status = client->in_tx ? 'T' : 'I';
-  if (client->tx_aborted) return 'E';
+  char status = pgs_exchange_in_tx(&client->ex) ? 'T' : 'I';
+  if ((client->ex.tx == PGS_TX_ABORTED)) return 'E';
   for (int i = 0; i < client->nslots; i++) {
     const pgs_server_t *s = client->servers[i];
     if (s == NULL) continue;
@@ -181,7 +248,7 @@ char pgs_client_ready_status(const pgs_client_t *client) {
 }
 
 void pgs_client_step_failed(pgs_client_t *client) {
-  client->step_error = true;
+  client->ex.message_error = true;
   client->request_failed = true;
 }
 
@@ -195,13 +262,14 @@ void pgs_client_send_ready(pgs_client_t *client) {
 
 bool pgs_client_maybe_release(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
-  if (client->state != PGS_CL_ACTIVE || client->pinned || client->planned || client->in_tx ||
-      client->unit_mask || client->unit_failed || io->in_pos != io->in.len)
+  if (client->state != PGS_CL_ACTIVE || client->pinned || pgs_request_planned(client) ||
+      pgs_exchange_in_tx(&client->ex) || client->unit_mask ||
+      (client->ex.unit == PGS_UNIT_SKIP_TO_SYNC) || io->in_pos != io->in.len)
     return false;
   for (int i = 0; i < client->nslots; i++) {
     const pgs_server_t *s = client->servers[i];
-    if (s && (s->expect_len || s->txstatus != 'I' || s->pool->mode != PGS_POOL_TRANSACTION ||
-              s->state != PGS_SV_ACTIVE))
+    if (s && (!pgs_server_expect_idle(s) || s->txstatus != 'I' ||
+              s->pool->mode != PGS_POOL_TRANSACTION || s->state != PGS_SV_ACTIVE))
       return false;
   }
   for (int i = 0; i < client->nslots; i++) {
@@ -254,7 +322,7 @@ static bool outside_drained(pgs_client_t *client, uint64_t mask) {
   bool drained = true;
   for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *s = client->servers[i];
-    if (s == NULL || (mask & BIT(i)) || s->expect_len == 0) continue;
+    if (s == NULL || (mask & BIT(i)) || pgs_server_expect_idle(s)) continue;
     drained = false;
     if (s->need_flush) {
       s->need_flush = false;
@@ -276,18 +344,14 @@ static bool others_drained(pgs_client_t *client, int except) {
  * to Sync: the rest of the unit is dropped, as PostgreSQL would. */
 static bool unit_error(const pgs_client_t *client) {
   for (int i = 0; i < client->nslots; i++)
-    if (client->servers[i] && client->servers[i]->error_until_sync) return true;
+    if (client->servers[i] && client->servers[i]->replies.skipping) return true;
   return false;
 }
 
 /* Whether SERVER skips what it is sent next: an error left it skipping to
  * a Sync that is not on its way yet. */
 static bool skips_to_sync(const pgs_server_t *server) {
-  if (!server->error_until_sync) return false;
-  for (size_t i = 0; i < server->expect_len; i++)
-    if (server->expect[(server->expect_head + i) % server->expect_cap].kind == PGS_EXP_SYNC)
-      return false;
-  return true;
+  return pgs_replies_skips_next(&server->replies);
 }
 
 /* ---- prepared statements ---- */
@@ -301,10 +365,10 @@ static void statement_server_name(const uint8_t *parse_body, size_t len, char ou
  * one (before a Bind or Describe on a server that lacks it) still reports
  * its error: the client's statement is what failed. */
 static void ensure_prepared_as(pgs_server_t *server, const char *name, const pgs_buf_t *body,
-                               bool internal) {
+                               bool internal, bool fan) {
   if (pgs_server_has_prepared(server, name)) {
     if (!internal) {
-      pgs_server_expect(server, PGS_EXP_SYNTH_PARSE, false, NULL);
+      pgs_server_expect(server, PGS_EXP_SYNTH_PARSE, (pgs_reply_rule_t){0}, NULL);
       pgs_server_emit_synthetic(server);
     }
     return;
@@ -317,12 +381,14 @@ static void ensure_prepared_as(pgs_server_t *server, const char *name, const pgs
   pgs_buf_put(b, body->data, body->len);
   pgs_msg_end(b, start);
   pgs_io_scratch_done(&server->io, mark);
-  pgs_server_expect(server, PGS_EXP_PARSE, internal, name);
-  if (internal) pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
+  pgs_reply_rule_t rule = {.internal = internal, .fan = fan};
+  /* A fan's part hears of the failure itself. */
+  if (internal && !fan) rule.error = PGS_ON_ERROR_CLIENT;
+  pgs_server_expect(server, PGS_EXP_PARSE, rule, name);
 }
 
 static void ensure_prepared(pgs_server_t *server, pgs_client_stmt_t *stmt, bool internal) {
-  ensure_prepared_as(server, stmt->server_name, &stmt->parse_body, internal);
+  ensure_prepared_as(server, stmt->server_name, &stmt->parse_body, internal, false);
 }
 
 /* The shards' variant of a statement that merges (merge.h): its text
@@ -444,7 +510,7 @@ static void put_traced_query(pgs_client_t *client, pgs_server_t *server, const c
 }
 
 static void forward(pgs_client_t *client, pgs_server_t *server, char type, const uint8_t *p,
-                    size_t total, uint16_t flags, bool merged) {
+                    size_t total, pgs_reply_rule_t rule, bool merged) {
   const uint8_t *body = p + 5;
   size_t len = total - 5;
   pgs_reader_t r;
@@ -479,7 +545,7 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
     merged = merged && type == 'B' && stmt->plan && stmt->plan->merge;
     if (merged) {
       build_merge_variant(stmt);
-      ensure_prepared_as(server, stmt->merge_name, &stmt->merge_body, true);
+      ensure_prepared_as(server, stmt->merge_name, &stmt->merge_body, true, false);
     } else {
       ensure_prepared(server, stmt, true);
     }
@@ -497,8 +563,7 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
       pgs_buf_put(b, r.p, pgs_reader_left(&r));
     pgs_msg_end(b, start);
     pgs_io_scratch_done(&server->io, mark);
-    pgs_server_expect(server, kind, false, NULL);
-    if (flags) pgs_server_expect_flags(server, flags);
+    pgs_server_expect(server, kind, rule, NULL);
     return;
   }
   case 'C':
@@ -520,13 +585,12 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
   } else {
     pgs_io_emit(&server->io, p, total);
   }
-  pgs_server_expect(server, kind, false, NULL);
-  if (flags) pgs_server_expect_flags(server, flags);
+  pgs_server_expect(server, kind, rule, NULL);
 }
 
 /* TEXT through the unnamed statement and portal (COMMIT in an
  * extended-protocol unit): only the Execute's reply is the client's. */
-static void exec_sql(pgs_server_t *server, const char *text, uint16_t flags, bool internal) {
+static void exec_sql(pgs_server_t *server, const char *text, pgs_reply_rule_t rule, bool internal) {
   size_t mark = pgs_io_scratch_mark(&server->io);
   pgs_buf_t *b = pgs_io_scratch(&server->io);
   size_t start = pgs_msg_begin(b, 'P');
@@ -546,12 +610,10 @@ static void exec_sql(pgs_server_t *server, const char *text, uint16_t flags, boo
   pgs_buf_put_i32(b, 0);
   pgs_msg_end(b, start);
   pgs_io_scratch_done(&server->io, mark);
-  pgs_server_expect(server, PGS_EXP_PARSE, true, NULL);
-  pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
-  pgs_server_expect(server, PGS_EXP_BIND, true, NULL);
-  pgs_server_expect_flags(server, PGS_EF_FWD_ERROR);
-  pgs_server_expect(server, PGS_EXP_EXECUTE, internal, NULL);
-  if (flags) pgs_server_expect_flags(server, flags);
+  pgs_server_expect(server, PGS_EXP_PARSE, pgs_rule_internal(PGS_ON_ERROR_CLIENT), NULL);
+  pgs_server_expect(server, PGS_EXP_BIND, pgs_rule_internal(PGS_ON_ERROR_CLIENT), NULL);
+  rule.internal = internal;
+  pgs_server_expect(server, PGS_EXP_EXECUTE, rule, NULL);
 }
 
 /* ---- steps ---- */
@@ -593,7 +655,7 @@ static void add_error(pgs_client_t *client, const char *sqlstate, const char *fm
   memcpy(st->text, sqlstate, 5);
   st->text[5] = '\0';
   memcpy(st->text + 6, message, mlen + 1);
-  if (client->in_tx) client->tx_aborted = true;
+  pgs_request_tx_failed(client);
   COUNT(client, refusals);
   if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
   client->request_failed = true;
@@ -613,9 +675,14 @@ static void add_fanout(pgs_client_t *client, uint64_t mask, pgs_step_op_t op, ch
       texts[i] = NULL;
     }
     if (n > 1) {
-      st->flags = (uint8_t)(k > 0 ? PGS_EF_QUIET : 0);
-      if (k > 0 && client->fan_copies) st->flags |= PGS_EF_NOROWS; /* the same rows again */
-      if (counts) st->flags |= k < n - 1 ? PGS_EF_ACCUM | PGS_EF_ZHIDE : PGS_EF_SUM;
+      if (k > 0) st->rule.done = PGS_ON_DONE_SWALLOW;
+      if (k > 0 && client->ex.copies) st->rule.rows = PGS_ON_ROWS_SWALLOW; /* the same again */
+      if (counts && k < n - 1) {
+        st->rule.complete = PGS_ON_COMPLETE_COUNT;
+        st->rule.ready = PGS_ON_READY_IF_ERROR;
+      } else if (counts) {
+        st->rule.complete = PGS_ON_COMPLETE_SUM;
+      }
       st->drain_all = k == 0;
     }
     k++;
@@ -636,7 +703,7 @@ static void add_fan_steps(pgs_client_t *client, uint64_t slots, pgs_step_op_t op
     if (!(slots & BIT(i))) continue;
     pgs_step_t *st = add_step(client, i, op, PGS_PLACED_ROUTE);
     if (text) st->text = pgs_xstrdup(text);
-    st->flags = PGS_EF_FAN;
+    st->rule.fan = true;
     st->concurrent = st->always = true;
     st->drain_all = first && streams;
     st->drain_others = first && !streams;
@@ -669,7 +736,7 @@ static int writer_node(const pgs_client_t *client, int shard) {
 static bool replica_eligible(const pgs_client_t *client, const pgs_plan_t *plan) {
   if (plan == NULL || plan->kind != PGS_STMT_READ || client->pinned || client->route_pref == 1)
     return false;
-  if (client->in_tx && !client->tx_read_only) return false;
+  if (pgs_exchange_in_tx(&client->ex) && !client->tx_read_only) return false;
   return true;
 }
 
@@ -803,8 +870,9 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
                                const char *why) {
   bool replica = client->servers && (slot & 1) && slot < client->nslots;
   if (client->servers && slot >= 0 && slot < client->nslots && client->fan &&
-      (client->fan->slots & BIT(slot)) && !client->in_tx && !(client->tx_mask & BIT(slot)) &&
-      client->state != PGS_CL_CLOSING && (client->zlast_pending == 0 || client->fan->synced)) {
+      (client->fan->slots & BIT(slot)) && !pgs_exchange_in_tx(&client->ex) &&
+      !(client->tx_mask & BIT(slot)) && client->state != PGS_CL_CLOSING &&
+      (client->ex.ready_pending == 0 || client->fan->synced)) {
     /* A server running a part of a merged read or of a COPY, outside a
      * transaction: the statement fails, the session goes on (a COPY's
      * other parts get CopyFail). When the unit's Sync went out with the
@@ -814,23 +882,24 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
     snprintf(message, sizeof(message), "lost the connection to %s of shard %s: %s",
              replica ? "a replica" : "the primary", client->db->shards[slot / 2].name, why);
     client->unit_mask &= ~BIT(slot);
-    bool last_ready = readies > 0 && client->zlast_pending > 0 && --client->zlast_pending == 0;
+    bool last_ready =
+        readies > 0 && client->ex.ready_pending > 0 && --client->ex.ready_pending == 0;
     pgs_fan_part_lost(client, slot, message);
     if (last_ready) pgs_client_send_ready(client);
     if (client->state == PGS_CL_WAITING) return;
-    client->blocked = false;
+    (void)pgs_request_resume(client);
     pgs_client_process(client);
     return;
   }
-  if (client->zlast_pending > 0) {
+  if (client->ex.ready_pending > 0) {
     /* Its ReadyForQuery was one of several the client waits for. */
     pgs_client_server_lost(client, why);
     return;
   }
   bool others_busy = false;
   for (int i = 0; i < client->nslots && replica; i++)
-    others_busy |= client->servers[i] && client->servers[i]->expect_len > 0;
-  if (!replica || client->in_tx || (client->tx_mask & BIT(slot)) || others_busy ||
+    others_busy |= client->servers[i] && !pgs_server_expect_idle(client->servers[i]);
+  if (!replica || pgs_exchange_in_tx(&client->ex) || (client->tx_mask & BIT(slot)) || others_busy ||
       client->state == PGS_CL_CLOSING) {
     pgs_client_server_lost(client, why);
     return;
@@ -851,9 +920,9 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
     if (readies > 0) pgs_msg_ready(pgs_io_scratch(io), pgs_client_ready_status(client));
     pgs_io_scratch_done(io, mark);
   }
-  if (open_unit || readies == 0) client->unit_failed = true;
+  if (open_unit || readies == 0) pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   if (client->state == PGS_CL_WAITING) return; /* on_server resumes it */
-  client->blocked = false;
+  (void)pgs_request_resume(client);
   pgs_client_process(client);
 }
 
@@ -1093,7 +1162,7 @@ static bool route(pgs_client_t *client, const pgs_plan_t *plan, const pgs_lexed_
   }
   if (out->kind == PGS_ROUTE_ONE) {
     /* One transaction writes on one shard unless the policy allows more. */
-    if (client->in_tx && plan->kind == PGS_STMT_WRITE && plan->table) {
+    if (pgs_exchange_in_tx(&client->ex) && plan->kind == PGS_STMT_WRITE && plan->table) {
       if (client->tx_write_shard >= 0 && client->tx_write_shard != out->shard &&
           client->db->cross_shard_writes == PGS_XWRITE_DENY) {
         add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
@@ -1122,7 +1191,7 @@ static uint64_t placed_mask_quietly(pgs_client_t *client, const pgs_route_t *rt,
   }
   if (rt->kind != PGS_ROUTE_ONE && rt->kind != PGS_ROUTE_ANY) return 0;
   if (rt->kind == PGS_ROUTE_ANY && client->cur >= 0 &&
-      (plan->kind != PGS_STMT_READ || client->in_tx || (client->cur & 1)))
+      (plan->kind != PGS_STMT_READ || pgs_exchange_in_tx(&client->ex) || (client->cur & 1)))
     return BIT(client->cur); /* no shard needed: where the session is */
   if (rt->kind == PGS_ROUTE_ANY && client->tx_mask) return BIT(first_bit(client->tx_mask));
   int shard = rt->kind == PGS_ROUTE_ONE ? rt->shard : default_slot(client) / 2;
@@ -1139,31 +1208,32 @@ static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const p
  * A transaction that wrote on several shards commits in phases, each a
  * TWOPC step that runs once every server has answered the steps before it
  * and plans the next ones:
- *   'P'  the transaction failed anywhere (a statement's error, a shard in
- *        'E'): ROLLBACK everywhere. Else PREPARE TRANSACTION 'gid' on each
- *        shard written, COMMIT on the others.
- *   'D'  a PREPARE failed (its error went to the client): ROLLBACK
+ *   PREPARE  the transaction failed anywhere (a statement's error, a shard
+ *        in 'E'): ROLLBACK everywhere. Else PREPARE TRANSACTION 'gid' on each
+ *        shard written, COMMIT on the others (transaction: preparing).
+ *   DECIDE  a PREPARE failed (its error went to the client): ROLLBACK
  *        PREPARED on each that prepared. Else the commit is recorded
  *        durably in the decision log (twophase.h), then COMMIT PREPARED on
  *        each. When recovery decided abort meanwhile (the PREPAREs took
- *        over PGS_TWOPHASE_IN_FLIGHT_MS) the rollback is its own.
- *   'F'  done: "D gid" in the log, the client's CommandComplete and, for a
+ *        over PGS_TWOPHASE_IN_FLIGHT_MS) the rollback is its own
+ *        (transaction: decided).
+ *   FINISH  done: "D gid" in the log, the client's CommandComplete and, for a
  *        simple Query, its ReadyForQuery.
  * A crash of pgshard or of a shard between the phases leaves prepared
  * transactions that recovery settles from the log (presumed abort). */
 
-static void add_inject(pgs_client_t *client, int slot, const char *text, uint16_t flags,
+static void add_inject(pgs_client_t *client, int slot, const char *text, pgs_reply_rule_t rule,
                        bool extended) {
   pgs_step_t *st = add_step(client, slot, PGS_STEP_INJECT, PGS_PLACED_INTERNAL);
   st->text = pgs_xstrdup(text);
-  st->flags = flags;
+  st->rule = rule;
   st->extended = extended;
   st->internal = st->always = true;
 }
 
-static void add_twopc(pgs_client_t *client, char phase) {
+static void add_twopc(pgs_client_t *client, pgs_twopc_phase_t phase) {
   pgs_step_t *st = add_step(client, -1, PGS_STEP_TWOPC, PGS_PLACED_NONE);
-  st->reply = phase;
+  st->phase = (uint8_t)phase;
   st->always = true;
 }
 
@@ -1175,9 +1245,8 @@ static void plan_twopc(pgs_client_t *client, uint64_t slots, uint64_t written, b
     add_error(client, "58030",
               "could not start a two-phase commit (the decision log is not usable); the "
               "transaction is rolled back");
-    client->tx_aborted = false;
     for (int i = 0; i < client->nslots; i++)
-      if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", PGS_EF_IGNORE_ERROR, !simple);
+      if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", EXPECTED_ERROR, !simple);
     if (simple) add_reply(client, 'Z', NULL);
     return;
   }
@@ -1185,16 +1254,18 @@ static void plan_twopc(pgs_client_t *client, uint64_t slots, uint64_t written, b
   client->twopc_written = written;
   client->twopc_simple = simple;
   client->twopc_tag = tag;
-  add_twopc(client, 'P');
+  pgs_request_set_tx(client, PGS_TX_PREPARING);
+  add_twopc(client, PGS_2PC_PREPARE);
 }
 
 /* Each slot of MASK runs a statement naming the gid. */
-static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *verb, uint16_t flags) {
+static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *verb,
+                            pgs_reply_rule_t rule) {
   char sql[PGS_GID_MAX + 40];
   snprintf(sql, sizeof(sql), "%s '%s'", verb, client->twopc_gid);
   for (int i = 0; i < client->nslots; i++) {
     if (!(mask & BIT(i))) continue;
-    add_inject(client, i, sql, flags, !client->twopc_simple);
+    add_inject(client, i, sql, rule, !client->twopc_simple);
     client->steps[client->nsteps - 1].gid = true;
   }
 }
@@ -1218,12 +1289,12 @@ static void add_twopc_reply(pgs_client_t *client, char reply, const char *tag) {
   client->steps[client->nsteps - 1].always = true;
 }
 
-static void run_twopc(pgs_client_t *client, char phase) {
+static void run_twopc(pgs_client_t *client, pgs_twopc_phase_t phase) {
   bool simple = client->twopc_simple;
   uint64_t slots = client->twopc_slots, written = client->twopc_written;
   switch (phase) {
-  case 'P': {
-    bool failed = client->step_error;
+  case PGS_2PC_PREPARE: {
+    bool failed = client->ex.message_error;
     for (int i = 0; i < client->nslots; i++)
       if ((slots & BIT(i)) && client->servers[i] && client->servers[i]->txstatus == 'E')
         failed = true;
@@ -1232,23 +1303,27 @@ static void run_twopc(pgs_client_t *client, char phase) {
       pgs_twophase_record_abort(client->twopc_gid);
       pgs_twophase_record_done(client->twopc_gid);
       for (int i = 0; i < client->nslots; i++)
-        if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", PGS_EF_IGNORE_ERROR, !simple);
-      if (!client->step_error && client->twopc_tag) add_twopc_reply(client, 'C', "ROLLBACK");
+        if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", EXPECTED_ERROR, !simple);
+      if (!client->ex.message_error && client->twopc_tag) add_twopc_reply(client, 'C', "ROLLBACK");
       if (simple) add_twopc_reply(client, 'Z', NULL);
       return;
     }
-    add_gid_injects(client, written, "PREPARE TRANSACTION", PGS_EF_FWD_ERROR | PGS_EF_PREPARE);
+    pgs_reply_rule_t prepare = CLIENT_ERROR;
+    prepare.prepares = true;
+    add_gid_injects(client, written, "PREPARE TRANSACTION", prepare);
     for (int i = 0; i < client->nslots; i++)
-      if ((slots & ~written) & BIT(i)) add_inject(client, i, "COMMIT", PGS_EF_FWD_ERROR, !simple);
-    add_twopc(client, 'D');
+      if ((slots & ~written) & BIT(i)) add_inject(client, i, "COMMIT", CLIENT_ERROR, !simple);
+    add_twopc(client, PGS_2PC_DECIDE);
     return;
   }
-  case 'D': {
-    if (!client->step_error) (void)pgs_twophase_fault("2pc_after_prepare");
-    pgs_status_t rc = client->step_error ? PGS_OK : pgs_twophase_record_commit(client->twopc_gid);
+  case PGS_2PC_DECIDE: {
+    pgs_request_set_tx(client, PGS_TX_DECIDED);
+    if (!client->ex.message_error) (void)pgs_twophase_fault("2pc_after_prepare");
+    pgs_status_t rc =
+        client->ex.message_error ? PGS_OK : pgs_twophase_record_commit(client->twopc_gid);
     /* Decided abort, or settled and forgotten: recovery took the gid over. */
     bool taken = rc == PGS_EINVAL || rc == PGS_ENOTFOUND;
-    if (client->step_error || rc != PGS_OK) {
+    if (client->ex.message_error || rc != PGS_OK) {
       COUNT(client, twopc_aborts);
       if (rc != PGS_OK) {
         if (taken)
@@ -1271,28 +1346,29 @@ static void run_twopc(pgs_client_t *client, char phase) {
       } else {
         pgs_twophase_record_abort(client->twopc_gid);
         add_gid_injects(client, prepared_slots(client, written), "ROLLBACK PREPARED",
-                        PGS_EF_IGNORE_ERROR);
+                        EXPECTED_ERROR);
       }
-      add_twopc(client, 'F');
+      add_twopc(client, PGS_2PC_FINISH);
       return;
     }
     COUNT(client, twopc_commits);
     pgs_twophase_pause("2pc_pause_after_decision");
-    add_gid_injects(client, written, "COMMIT PREPARED", PGS_EF_FWD_ERROR);
-    add_twopc(client, 'F');
+    add_gid_injects(client, written, "COMMIT PREPARED", CLIENT_ERROR);
+    add_twopc(client, PGS_2PC_FINISH);
     return;
   }
   default:
     /* An error in COMMIT PREPARED leaves the gid to recovery (decided), as
-     * does an abort recovery decided (phase 'D' forgot the gid). */
-    if (client->twopc_gid[0] && client->step_error &&
+     * does an abort recovery decided (the decide phase forgot the gid). */
+    if (client->twopc_gid[0] && client->ex.message_error &&
         pgs_twophase_decision(client->twopc_gid) == PGS_2PC_COMMIT)
       pgs_twophase_release(client->twopc_gid);
     else if (client->twopc_gid[0])
       pgs_twophase_record_done(client->twopc_gid);
-    if (!client->step_error && client->twopc_tag) add_twopc_reply(client, 'C', "COMMIT");
+    if (!client->ex.message_error && client->twopc_tag) add_twopc_reply(client, 'C', "COMMIT");
     if (simple) add_twopc_reply(client, 'Z', NULL);
     client->twopc_gid[0] = '\0';
+    pgs_request_set_tx(client, PGS_TX_NONE);
     return;
   }
 }
@@ -1306,10 +1382,10 @@ static bool needs_twopc(const pgs_client_t *client, uint64_t written_shards) {
 /* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
  * shard it touched, or answered here when it touched none. */
 static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *sql, bool simple) {
-  bool rollback = kind == PGS_STMT_ROLLBACK || client->tx_aborted;
+  bool rollback = kind == PGS_STMT_ROLLBACK || (client->ex.tx == PGS_TX_ABORTED);
   const char *tag = rollback ? "ROLLBACK" : "COMMIT";
   uint64_t mask = client->tx_mask;
-  client->in_tx = client->tx_aborted = false;
+  pgs_request_set_tx(client, PGS_TX_NONE);
   client->tx_mask = 0;
   client->tx_write_shard = -1;
   free(client->begin_sql);
@@ -1334,8 +1410,8 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
 }
 
 static void plan_begin(pgs_client_t *client, const char *sql, bool read_only, bool simple) {
-  if (!client->in_tx) {
-    client->in_tx = true;
+  if (!pgs_exchange_in_tx(&client->ex)) {
+    pgs_request_set_tx(client, PGS_TX_OPEN);
     client->tx_read_only = read_only;
     client->tx_mask = 0;
     client->tx_write_shard = -1;
@@ -1395,18 +1471,19 @@ static void plan_fan_query(pgs_client_t *client, const pgs_route_t *rt, pgs_plan
  * caller plans its steps between the two calls: BEGIN on each slot first,
  * then the statement, with no ReadyForQuery of its own, then the commit. */
 static bool implicit_twopc(const pgs_client_t *client, const pgs_plan_t *plan, uint64_t shards) {
-  return !client->in_tx && plan->kind == PGS_STMT_WRITE && needs_twopc(client, shards);
+  return !pgs_exchange_in_tx(&client->ex) && plan->kind == PGS_STMT_WRITE &&
+         needs_twopc(client, shards);
 }
 
 static int implicit_begin(pgs_client_t *client, uint64_t slots) {
   for (int i = 0; i < client->nslots; i++)
-    if (slots & BIT(i)) add_inject(client, i, "BEGIN", 0, false);
+    if (slots & BIT(i))
+      add_inject(client, i, "BEGIN", pgs_rule_internal(PGS_ON_ERROR_OWNER), false);
   return client->nsteps;
 }
 
 static void implicit_twopc_commit(pgs_client_t *client, uint64_t slots, int first) {
-  for (int i = first; i < client->nsteps; i++)
-    client->steps[i].flags = (uint16_t)((client->steps[i].flags & ~PGS_EF_ZHIDE) | PGS_EF_ZDROP);
+  for (int i = first; i < client->nsteps; i++) client->steps[i].rule.ready = PGS_ON_READY_DROP;
   plan_twopc(client, slots, slots, true, false);
 }
 
@@ -1440,7 +1517,7 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
     add_reply(client, 'Z', NULL);
     return;
   }
-  if (!client->in_tx && needs_twopc(client, rt->shards)) {
+  if (!pgs_exchange_in_tx(&client->ex) && needs_twopc(client, rt->shards)) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a COPY into several shards is made atomic (cross_shard_writes = 2pc) only inside "
               "a transaction: wrap it in BEGIN/COMMIT");
@@ -1465,7 +1542,7 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
   /* Outside a transaction each shard's COPY would commit on its own, and a
    * shard failing after another committed would leave that one's rows:
    * each part runs in a transaction of pgshard's, ended with the COPY. */
-  bool own_tx = !client->in_tx && __builtin_popcountll(slots) > 1;
+  bool own_tx = !pgs_exchange_in_tx(&client->ex) && __builtin_popcountll(slots) > 1;
   if (pgs_fan_start_copy_in(client, plan, slots, &spec, &session, own_tx, &err) == NULL) {
     add_error(client, err.sqlstate, "%s", err.message);
     add_reply(client, 'Z', NULL);
@@ -1487,7 +1564,7 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
  * false with an error step added when there is too much to keep. */
 #define TX_REPLAY_MAX (64 * 1024)
 static bool keep_for_replay(pgs_client_t *client, bool replayable, const char *sql) {
-  if (!client->in_tx || !replayable) return true;
+  if (!pgs_exchange_in_tx(&client->ex) || !replayable) return true;
   size_t len = strlen(sql);
   if (client->tx_replay.len + len + 1 > TX_REPLAY_MAX) {
     add_error(client, "54000",
@@ -1563,14 +1640,15 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     else
       add_error(client, "42601", "%s", unreadable);
     add_reply(client, 'Z', NULL);
-  } else if (client->tx_aborted &&
+  } else if ((client->ex.tx == PGS_TX_ABORTED) &&
              !(single && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK))) {
     add_error(client, "25P02",
               "current transaction is aborted, commands ignored until end of transaction block");
     add_reply(client, 'Z', NULL);
   } else if (single && kind == PGS_STMT_BEGIN) {
     plan_begin(client, sql, plan->read_only_tx, true);
-  } else if (single && client->in_tx && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK)) {
+  } else if (single && pgs_exchange_in_tx(&client->ex) &&
+             (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK)) {
     plan_tx_end(client, kind, sql, true);
   } else if (plan && plan->refuse_sqlstate[0]) {
     add_error(client, plan->refuse_sqlstate, "%s",
@@ -1631,7 +1709,7 @@ static void plan_query(pgs_client_t *client, const uint8_t *p, size_t total) {
     } else {
       /* DDL and reference tables are copies on every shard: one shard's
        * count is the answer, not the sum. */
-      client->fan_copies = plan->target == PGS_TARGET_ANY;
+      client->ex.copies = plan->target == PGS_TARGET_ANY;
       bool atomic = rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards);
       int first = atomic ? implicit_begin(client, mask) : 0;
       add_fanout(client, mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
@@ -1695,7 +1773,7 @@ static void no_such_statement(pgs_client_t *client, const char *name) {
     add_error(client, "26000", "prepared statement \"%s\" does not exist", name);
   else
     add_error(client, "26000", "unnamed prepared statement does not exist");
-  client->unit_failed = true;
+  pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
 }
 
 /* The shard the Bind right after a Parse of NAME will pick, if that Bind is
@@ -1754,7 +1832,7 @@ static bool stmt_is_local(const pgs_client_t *client, const pgs_client_stmt_t *s
     return true;
   case PGS_STMT_COMMIT:
   case PGS_STMT_ROLLBACK:
-    return client->in_tx || client->tx_mask == 0;
+    return pgs_exchange_in_tx(&client->ex) || client->tx_mask == 0;
   default:
     return false;
   }
@@ -1769,14 +1847,14 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
   int ntypes = pgs_read_i16(&r);
   if (r.bad || ntypes < 0 || pgs_reader_left(&r) != (size_t)ntypes * 4) {
     add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   const uint8_t *rest = p + 5 + nlen + 1;
   pgs_client_stmt_t *stmt = remember_parse(client, name, rest, total - 5 - nlen - 1);
   if (stmt == NULL) {
     add_error(client, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   if (pgs_session_maybe(sql, qlen)) {
@@ -1789,7 +1867,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
       else
         add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
       forget_stmt(client, name);
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       pgs_session_effects_free(&fx);
       return;
     }
@@ -1812,7 +1890,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
       else
         add_error(client, stmt->plan->refuse_sqlstate, "%s", stmt->plan->refuse_message + 9);
       forget_stmt(client, name);
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     stmt->ntypes = ntypes;
@@ -1886,7 +1964,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_param_values_t pv = {0};
   if (!read_bind(client, p + 5, total - 5, &portal_name, &stmt_name, &pv)) {
     add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
@@ -1898,10 +1976,11 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_portal_t *portal = put_portal(client, portal_name);
   portal->drops_prepared = stmt->drops_prepared;
   const pgs_plan_t *plan = stmt->plan;
-  if (client->tx_aborted && plan->kind != PGS_STMT_COMMIT && plan->kind != PGS_STMT_ROLLBACK) {
+  if ((client->ex.tx == PGS_TX_ABORTED) && plan->kind != PGS_STMT_COMMIT &&
+      plan->kind != PGS_STMT_ROLLBACK) {
     add_error(client, "25P02",
               "current transaction is aborted, commands ignored until end of transaction block");
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   if (stmt_is_local(client, stmt)) {
@@ -1924,25 +2003,25 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
       portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
     }
   } else if (!route(client, plan, stmt->lx, &pv, &rt)) {
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_SPLIT) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a multi-row INSERT whose rows belong to several shards is split only in a simple "
               "query; send one row per statement or use the simple query protocol");
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_MERGE) {
     pgs_value_error_t err;
     portal->mask = fan_slots(client, &rt, plan);
     if (portal->mask == 0) {
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     if (pgs_merge_limits(plan->merge, stmt->lx, &pv, &portal->limit, &portal->offset, &err) !=
         PGS_OK) {
       add_error(client, err.sqlstate, "%s", err.message);
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     portal->kind = plan->kind;
@@ -1964,19 +2043,19 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "COPY FROM STDIN into a sharded table, or into several shards, is split by key "
               "only in a simple query; send it with the simple query protocol");
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards)) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a write on several shards in the extended query protocol is made atomic "
               "(cross_shard_writes = 2pc) only inside a transaction: wrap it in BEGIN/COMMIT");
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else {
     portal->mask = placed_mask(client, &rt, plan);
     portal->placed = PGS_PLACED_ROUTE;
     if (portal->mask == 0) {
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
   }
@@ -1997,7 +2076,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
         add_error(client, "34000", "portal \"%s\" does not exist", name);
       else
         add_error(client, "34000", "unnamed portal does not exist");
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     }
     return;
   }
@@ -2015,14 +2094,13 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
     uint64_t bound = portal->mask & ~portal->unbound;
     int slot = client->cur >= 0 && (bound & BIT(client->cur)) ? client->cur : first_bit(bound);
     pgs_step_t *st = add_step(client, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE);
-    st->flags = PGS_EF_HIDE;
-    st->hide = (int16_t)portal->merge_plan->merge->nhidden;
+    st->rule.hide = (int16_t)portal->merge_plan->merge->nhidden;
   } else if (portal->merge_plan && type == 'E') {
     if (max_rows != 0) {
       add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                 "a cross-shard result cannot be fetched in parts (Execute with a row limit); "
                 "fetch it whole or add a condition on the shard key");
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     } else {
       pgs_fan_start(client, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
       add_fan_steps(client, portal->mask, PGS_STEP_FAN_EXEC, NULL);
@@ -2030,10 +2108,10 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
   } else {
     /* A merged portal is closed where it is bound. */
     if (type == 'E' && portal->sql && !keep_for_replay(client, true, portal->sql)) {
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
-    client->fan_copies = portal->copies;
+    client->ex.copies = portal->copies;
     int first = client->nsteps;
     add_fanout(client, portal->mask & ~portal->unbound, PGS_STEP_FORWARD, NULL, type == 'E',
                portal->placed);
@@ -2048,7 +2126,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
 static void plan_sync(pgs_client_t *client) {
   uint64_t mask = client->unit_mask;
   client->unit_mask = 0;
-  if (!client->in_tx) {
+  if (!pgs_exchange_in_tx(&client->ex)) {
     pgs_strmap_free(&client->portals, free_portal);
     pgs_strmap_init(&client->portals);
   }
@@ -2067,10 +2145,10 @@ static void plan_sync(pgs_client_t *client) {
     st->always = true;
     if (n > 1) {
       st->concurrent = true;
-      st->flags = PGS_EF_ZLAST;
+      st->rule.ready = PGS_ON_READY_LAST_OF_N;
     }
   }
-  if (n > 1) client->zlast_pending = n;
+  if (n > 1) client->ex.ready_pending = n;
 }
 
 /* Whether a Describe or Close message P (TOTAL bytes) is one kind byte
@@ -2102,17 +2180,17 @@ static bool names_reserved_statement(pgs_client_t *client, char type, const uint
   if (type == 'Q')
     add_reply(client, 'Z', NULL);
   else
-    client->unit_failed = true;
+    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   return true;
 }
 
 /* Plan one complete client message at in_pos. */
 static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
   client->nsteps = client->step_next = 0;
-  client->fan_sum = 0;
-  client->fan_copies = false;
-  client->step_error = false;
-  client->planned = true;
+  client->ex.sum = 0;
+  client->ex.copies = false;
+  client->ex.message_error = false;
+  pgs_request_set(client, PGS_REQ_RUNNING);
   if ((type == 'Q' || type == 'P') && names_reserved_statement(client, type, p, total)) return;
   if (!client->routing) {
     /* One shard: everything to it, as a pooler would. */
@@ -2133,7 +2211,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       pgs_client_stmt_t *stmt = NULL;
       if (r.bad) {
         add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
-        client->unit_failed = true;
+        pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
         return;
       }
       if (nlen > 0) {
@@ -2143,7 +2221,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
            * it for whoever comes next. */
           add_error(client, "53400", "too many prepared statements (%d)",
                     PGS_CLIENT_MAX_STATEMENTS);
-          client->unit_failed = true;
+          pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
           return;
         }
       }
@@ -2181,7 +2259,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     if ((type == 'C' || type == 'D') && !target_message_ok(p, total)) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
                 type == 'D' ? "Describe" : "Close");
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     if (type == 'C' && p[5] == 'S' && total > 7) {
@@ -2209,7 +2287,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
                    : NULL;
         if (name == NULL) {
           add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
-          client->unit_failed = true;
+          pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
           return;
         }
       }
@@ -2244,7 +2322,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     if (!target_message_ok(p, total)) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
                 type == 'D' ? "Describe" : "Close");
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     } else if (p[5] == 'P') {
       plan_portal_message(client, type, name, 0);
     } else if (type == 'C') {
@@ -2269,7 +2347,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     size_t nlen = strnlen((const char *)p + 5, total - 5);
     if (nlen == total - 5 || total - 5 - nlen - 1 != 4) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Execute message");
-      client->unit_failed = true;
+      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     int32_t max_rows = 0;
@@ -2309,11 +2387,131 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   }
 }
 
+/* ---- a server's replies (server.c reports them here) ---- */
+
+static pgs_exchange_t *owner_exchange(pgs_client_t *client) { return &client->ex; }
+
+/* The client's copy of a message whose content pgshard changes (ACTION,
+ * from verdict V on message M of TOTAL bytes). */
+static void emit_rewritten(pgs_client_t *client, pgs_reply_action_t action, const pgs_verdict_t *v,
+                           const uint8_t *m, size_t total) {
+  pgs_io_t *out = &client->io;
+  size_t mark = pgs_io_scratch_mark(out);
+  pgs_buf_t *b = pgs_io_scratch(out);
+  if (action == PGS_REPLY_READY) {
+    pgs_msg_ready(b, pgs_client_ready_status(client));
+  } else if (action == PGS_REPLY_HIDE) {
+    /* A merged portal described: the shards' hidden columns stay hidden. */
+    pgs_merge_spec_t spec = {.nhidden = v->hide};
+    pgs_merge_client_rowdesc(&spec, m + 5, total - 5, b);
+  } else {
+    char tag[128];
+    pgs_route_tag_with_count((const char *)m + 5, v->count, tag, sizeof(tag));
+    size_t start = pgs_msg_begin(b, 'C');
+    pgs_buf_put_cstr(b, tag);
+    pgs_msg_end(b, start);
+  }
+  pgs_io_scratch_done(out, mark);
+}
+
+/* What the verdict V on SERVER's message M means for the client, and the
+ * action left for its output. */
+static pgs_reply_action_t reply_events(pgs_client_t *client, pgs_server_t *server,
+                                       const pgs_verdict_t *v, char type, const uint8_t *m,
+                                       size_t total) {
+  const uint8_t *body = m + 5;
+  size_t len = total - 5;
+  if (v->events & PGS_RE_RESTORE_FAILED) {
+    char why[300];
+    snprintf(why, sizeof(why), "%s", server->last_error);
+    if (client->state == PGS_CL_LOGIN)
+      pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "invalid startup parameters: %s",
+                      why);
+    else
+      pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                      "could not restore session state on the server: %s", why);
+    return PGS_REPLY_DROP;
+  }
+  if (v->events & PGS_RE_PART_SKIPPED) pgs_fan_part_skipped(client, server->shard);
+  if (server->client != client) return PGS_REPLY_DROP;
+  if (v->events & PGS_RE_LOGIN_ROW) pgs_client_on_login_row(client, body, len);
+  if (v->events & PGS_RE_PARAMETER) pgs_request_on_parameter_status(client, v->name, v->value);
+  if (v->events & PGS_RE_CLIENT_SEES) pgs_client_on_server_message(client, type, body, len);
+  if (v->events & PGS_RE_CLIENT_ERROR) pgs_client_step_failed(client);
+  if ((v->events & PGS_RE_LOGIN_DONE) && client->state == PGS_CL_LOGIN) {
+    pgs_client_login_done(client);
+    return PGS_REPLY_DROP;
+  }
+  if (v->action != PGS_REPLY_FAN) return (pgs_reply_action_t)v->action;
+  pgs_fan_action_t a = pgs_fan_reply(client, server->shard, type, m, total);
+  return a == PGS_FAN_FORWARD ? PGS_REPLY_FORWARD
+         : a == PGS_FAN_READY ? PGS_REPLY_READY
+                              : PGS_REPLY_DROP;
+}
+
+static void owner_reply(pgs_client_t *client, pgs_server_t *server, const pgs_verdict_t *v,
+                        char type, const uint8_t *m, size_t total) {
+  pgs_reply_action_t action = reply_events(client, server, v, type, m, total);
+  if (server->client != client) return; /* the client failed and went away */
+  if (action == PGS_REPLY_FORWARD)
+    pgs_io_emit(&client->io, m, total);
+  else if (action != PGS_REPLY_DROP)
+    emit_rewritten(client, action, v, m, total);
+  /* Replies pgshard makes up go out once everything before them has. */
+  if (server->state != PGS_SV_CLOSING) pgs_server_emit_synthetic(server);
+  if (server->client != client) return;
+  if (action == PGS_REPLY_READY) pgs_client_after_ready(client, pgs_client_ready_status(client));
+}
+
+static void owner_synthetic(pgs_client_t *client, char type) {
+  pgs_io_t *out = &client->io;
+  size_t mark = pgs_io_scratch_mark(out);
+  pgs_msg_empty(pgs_io_scratch(out), type);
+  pgs_io_scratch_done(out, mark);
+}
+
+static bool owner_backlogged(const pgs_client_t *client) {
+  return pgs_io_backlog(&client->io) > PGS_IO_HIGH_WATER;
+}
+
+static bool owner_flush(pgs_client_t *client) {
+  if (pgs_io_flush(&client->io) >= 0) return true;
+  pgs_client_close(client);
+  return false;
+}
+
+/* Between transactions every server goes back; a client that waited for
+ * this server's replies before sending elsewhere goes on. */
+static void owner_settled(pgs_client_t *client) {
+  if (pgs_client_maybe_release(client)) return;
+  if (pgs_request_resume(client)) pgs_client_process(client);
+}
+
+static void owner_lost(pgs_client_t *client, int slot, int readies, bool open_unit,
+                       const char *why) {
+  if (slot < 0)
+    pgs_client_server_lost(client, why);
+  else
+    pgs_client_server_lost_at(client, slot, readies, open_unit, why);
+}
+
+const pgs_server_owner_t pgs_request_server_owner = {
+    .exchange = owner_exchange,
+    .reply = owner_reply,
+    .synthetic = owner_synthetic,
+    .backlogged = owner_backlogged,
+    .flush = owner_flush,
+    .settled = owner_settled,
+    .drained = pgs_client_process,
+    .unlink = pgs_client_unlink,
+    .lost = owner_lost,
+};
+
 /* ---- running steps ---- */
 
 bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const char *why) {
   pgs_fan_t *fan = client->fan;
-  if (fan == NULL || !client->planned || client->want_slot < 0 ||
+  if (fan == NULL || !pgs_request_planned(client) || client->want_slot < 0 ||
       !(fan->slots & BIT(client->want_slot)) || client->step_next >= client->nsteps)
     return false;
   /* The steps left of this message are the fan's parts not yet sent
@@ -2383,26 +2581,24 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
   if (shard >= 0 && shard < 64) client->request_slots |= BIT(shard);
   switch (st->op) {
   case PGS_STEP_FORWARD:
-    forward(client, server, type, p, total, st->flags, st->merged);
-    if (st->hide) pgs_server_expect_hide(server, st->hide);
+    forward(client, server, type, p, total, st->rule, st->merged);
     break;
   case PGS_STEP_INJECT:
     if (st->gid) {
       snprintf(server->gid, sizeof(server->gid), "%s", client->twopc_gid);
-      if (st->flags & PGS_EF_PREPARE) server->gid_prepared = false;
+      if (st->rule.prepares) server->gid_prepared = false;
     }
     if (st->extended) {
       /* Inside the client's extended unit: with a Sync of its own, so that
        * an error (a PREPARE that fails) does not leave the server skipping
        * what pgshard sends next. */
-      exec_sql(server, st->text, st->flags, true);
+      exec_sql(server, st->text, st->rule, true);
       size_t m = pgs_io_scratch_mark(&server->io);
       pgs_msg_empty(pgs_io_scratch(&server->io), 'S');
       pgs_io_scratch_done(&server->io, m);
-      pgs_server_expect(server, PGS_EXP_SYNC, true, NULL);
+      pgs_server_expect(server, PGS_EXP_SYNC, pgs_rule_internal(PGS_ON_ERROR_OWNER), NULL);
     } else {
-      pgs_server_inject_query(server, st->text);
-      if (st->flags) pgs_server_expect_flags(server, st->flags);
+      pgs_server_inject_query(server, st->text, st->rule);
     }
     break;
   case PGS_STEP_FAN_EXEC: {
@@ -2410,14 +2606,11 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     if (portal && (portal->unbound & BIT(shard))) {
       /* Bound here only now: a failure is the fan's, like the Execute's. */
       portal->unbound &= ~BIT(shard);
-      size_t before = server->expect_len;
-      ensure_prepared_as(server, portal->merge_name, &portal->merge_body, true);
-      if (server->expect_len > before) pgs_server_expect_flags(server, st->flags);
+      ensure_prepared_as(server, portal->merge_name, &portal->merge_body, true, true);
       size_t mark = pgs_io_scratch_mark(&server->io);
       pgs_buf_put(pgs_io_scratch(&server->io), portal->merge_bind.data, portal->merge_bind.len);
       pgs_io_scratch_done(&server->io, mark);
-      pgs_server_expect(server, PGS_EXP_BIND, false, NULL);
-      pgs_server_expect_flags(server, st->flags);
+      pgs_server_expect(server, PGS_EXP_BIND, st->rule, NULL);
     }
     /* The merge needs the part's column types: describe it first. */
     size_t mark = pgs_io_scratch_mark(&server->io);
@@ -2427,9 +2620,10 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     pgs_buf_put_cstr(b, (const char *)p + 5);
     pgs_msg_end(b, start);
     pgs_io_scratch_done(&server->io, mark);
-    pgs_server_expect(server, PGS_EXP_DESCRIBE, true, NULL);
-    pgs_server_expect_flags(server, st->flags);
-    forward(client, server, type, p, total, st->flags, false);
+    pgs_reply_rule_t describe = st->rule;
+    describe.internal = true;
+    pgs_server_expect(server, PGS_EXP_DESCRIBE, describe, NULL);
+    forward(client, server, type, p, total, st->rule, false);
     break;
   }
   case PGS_STEP_PARSE:
@@ -2443,19 +2637,19 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
       pgs_msg_query(pgs_io_scratch(&server->io), st->text);
       pgs_io_scratch_done(&server->io, mark);
     }
-    pgs_server_expect(server, PGS_EXP_QUERY, false, NULL);
-    if (st->flags) pgs_server_expect_flags(server, st->flags);
+    pgs_server_expect(server, PGS_EXP_QUERY, st->rule, NULL);
     break;
   }
   case PGS_STEP_EXEC_SQL:
-    exec_sql(server, st->text, st->flags, false);
+    exec_sql(server, st->text, st->rule, false);
     break;
   case PGS_STEP_SYNC: {
     size_t m = pgs_io_scratch_mark(&server->io);
     pgs_msg_empty(pgs_io_scratch(&server->io), 'S');
     pgs_io_scratch_done(&server->io, m);
-    pgs_server_expect(server, PGS_EXP_SYNC, st->internal, NULL);
-    if (st->flags) pgs_server_expect_flags(server, st->flags);
+    pgs_reply_rule_t rule = st->rule;
+    rule.internal = st->internal;
+    pgs_server_expect(server, PGS_EXP_SYNC, rule, NULL);
     break;
   }
   default:
@@ -2490,18 +2684,18 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
     bool everyone = st->shard < 0 || st->drain_all;
     if ((everyone || st->shard != client->cur) && (!st->concurrent || st->drain_all)) {
       if (!others_drained(client, everyone ? -1 : st->shard)) return STEPS_BLOCKED;
-      if (client->step_error && client->step_next > 0 && !st->always) {
+      if (client->ex.message_error && client->step_next > 0 && !st->always) {
         client->step_next++; /* a fan-out part failed: no more parts */
         continue;
       }
       if (type != 'S' && type != 'Q' && !st->always && unit_error(client)) {
-        client->unit_failed = true;
+        pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
         client->step_next = client->nsteps;
         break;
       }
     }
     if (st->op == PGS_STEP_TWOPC) {
-      char phase = st->reply;
+      pgs_twopc_phase_t phase = (pgs_twopc_phase_t)st->phase;
       client->step_next++;
       run_twopc(client, phase); /* plans more steps: st may move */
       continue;
@@ -2510,11 +2704,12 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       emit_reply(client, st);
       /* An error in an extended unit skips the rest of it; a Query and a
        * FunctionCall end with their own ReadyForQuery. */
-      if (st->op == PGS_STEP_ERROR && type != 'Q' && type != 'F') client->unit_failed = true;
+      if (st->op == PGS_STEP_ERROR && type != 'Q' && type != 'F')
+        pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       client->step_next++;
       continue;
     }
-    if ((st->flags & PGS_EF_FAN) && client->fan && client->fan->error.len > 0) {
+    if (st->rule.fan && client->fan && client->fan->error.len > 0) {
       /* The statement failed before this part was sent (it waited for a
        * server): it is not sent, it would only run to its end for nothing. */
       client->step_next++;
@@ -2524,7 +2719,7 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
     }
     pgs_server_t *server = client->servers[st->shard];
     if (server && (st->shard & 1) && server->pool->node != st->node && st->node >= 0 &&
-        server->expect_len == 0 && server->txstatus == 'I' &&
+        pgs_server_expect_idle(server) && server->txstatus == 'I' &&
         !((client->unit_mask | client->tx_mask) & BIT(st->shard))) {
       /* Another replica was picked for this read: the idle one goes back. */
       pgs_client_unlink(client, server);
@@ -2544,18 +2739,17 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
     }
     client->cur = st->shard;
     client->server = server;
-    if (client->in_tx && !client->tx_aborted && !(client->tx_mask & BIT(st->shard)) &&
-        client->begin_sql && st->op != PGS_STEP_SYNC) {
+    if (pgs_exchange_in_tx(&client->ex) && (client->ex.tx != PGS_TX_ABORTED) &&
+        !(client->tx_mask & BIT(st->shard)) && client->begin_sql && st->op != PGS_STEP_SYNC) {
       /* The transaction reaches this shard: begin it here too. */
-      pgs_server_inject_query(server, client->begin_sql);
+      pgs_server_inject_query(server, client->begin_sql, pgs_rule_internal(PGS_ON_ERROR_OWNER));
       if (client->tx_replay.len) {
         /* SET LOCAL ROLE and friends hold on this shard too. */
         pgs_buf_put_u8(&client->tx_replay, 0);
-        pgs_server_inject_query(server, (const char *)client->tx_replay.data);
         /* One that failed where it first ran (the transaction is then
          * aborted) fails here too: this shard's part is aborted alike,
          * and the client's statements there get PostgreSQL's 25P02. */
-        pgs_server_expect_flags(server, PGS_EF_IGNORE_ERROR);
+        pgs_server_inject_query(server, (const char *)client->tx_replay.data, EXPECTED_ERROR);
         client->tx_replay.len--;
       }
       client->tx_mask |= BIT(st->shard);
@@ -2625,10 +2819,10 @@ static const char *over_budget(pgs_client_t *client, char type, const uint8_t *p
  * plan is one error (the rest of an extended unit is skipped to Sync). */
 static void plan_over_budget(pgs_client_t *client, const char *key) {
   client->nsteps = client->step_next = 0;
-  client->fan_sum = 0;
-  client->fan_copies = false;
-  client->step_error = false;
-  client->planned = true;
+  client->ex.sum = 0;
+  client->ex.copies = false;
+  client->ex.message_error = false;
+  pgs_request_set(client, PGS_REQ_RUNNING);
   long long limit = strcmp(key, "max_client_memory") ? client->config->max_total_client_memory
                                                      : client->config->max_client_memory;
   add_error(client, PGS_SQLSTATE_OUT_OF_MEMORY,
@@ -2656,14 +2850,15 @@ static bool at_tx_boundary(const pgs_client_t *client);
 bool pgs_client_between_transactions(const pgs_client_t *client) { return at_tx_boundary(client); }
 
 static bool at_tx_boundary(const pgs_client_t *client) {
-  if (client->planned || client->in_tx || client->tx_aborted || client->tx_mask ||
-      client->tx_wrote || client->unit_mask || client->unit_failed || client->fan ||
-      client->zlast_pending || client->twopc_gid[0] || client->pending_closes ||
+  if (pgs_request_planned(client) || pgs_exchange_in_tx(&client->ex) ||
+      (client->ex.tx == PGS_TX_ABORTED) || client->tx_mask || client->tx_wrote ||
+      client->unit_mask || (client->ex.unit == PGS_UNIT_SKIP_TO_SYNC) || client->fan ||
+      client->ex.ready_pending || client->twopc_gid[0] || client->pending_closes ||
       client->state == PGS_CL_WAITING)
     return false;
   for (int i = 0; i < client->nslots; i++) {
     const pgs_server_t *s = client->servers[i];
-    if (s && (s->expect_len || s->txstatus != 'I')) return false;
+    if (s && (!pgs_server_expect_idle(s) || s->txstatus != 'I')) return false;
   }
   return true;
 }
@@ -2913,7 +3108,7 @@ void pgs_client_process(pgs_client_t *client) {
       pgs_client_close(client);
       return;
     }
-    if (!client->planned && client->fan && client->fan->copy_in &&
+    if (!pgs_request_planned(client) && client->fan && client->fan->copy_in &&
         (type == 'd' || type == 'c' || type == 'f')) {
       if (copy_backlogged(client)) {
         pgs_io_stop_reading(io); /* resumed when the shard drains */
@@ -2924,29 +3119,29 @@ void pgs_client_process(pgs_client_t *client) {
       io->in_pos += total;
       continue;
     }
-    if (!client->planned && client->fan && type == 'S' && !client->fan->simple &&
+    if (!pgs_request_planned(client) && client->fan && type == 'S' && !client->fan->simple &&
         !client->fan->synced && __builtin_popcountll(client->unit_mask) > 1) {
       /* The Sync after a merged Execute goes out at once, to every server
        * of the unit (plan_sync): each one's ReadyForQuery follows its part,
        * so the last, the client's, follows the merged result. A failure of
        * the read has nothing left to skip. */
       client->fan->synced = true;
-    } else if (!client->planned && (client->fan || client->zlast_pending > 0)) {
+    } else if (!pgs_request_planned(client) && (client->fan || client->ex.ready_pending > 0)) {
       /* A merged read is in flight: the next message waits for it (it may
        * fail the unit, and the merge owns the servers' replies). So it
        * does for the ReadyForQuery of Syncs sent at once: until the last
        * one, a server may still be skipping to its Sync. */
       (void)others_drained(client, -1);
-      client->blocked = true;
+      pgs_request_set(client, PGS_REQ_HELD);
       blocked = true;
       break;
     }
-    if (!client->planned) {
-      if (client->unit_failed && type != 'S') {
+    if (!pgs_request_planned(client)) {
+      if ((client->ex.unit == PGS_UNIT_SKIP_TO_SYNC) && type != 'S') {
         io->in_pos += total; /* PostgreSQL skips to Sync after an error */
         continue;
       }
-      if (type == 'S') client->unit_failed = false;
+      if (type == 'S') pgs_request_set_unit(client, PGS_UNIT_CLEAN);
       if (client->config != client->worker->config && !pgs_client_follow_config(client)) return;
       if (pgs_paused(client->dbname) && at_tx_boundary(client)) {
         client->paused = true; /* RESUME reads it again (worker.c) */
@@ -2965,14 +3160,14 @@ void pgs_client_process(pgs_client_t *client) {
     steps_result_t r = run_steps(client, type, p, total);
     if (r == STEPS_LEFT) return; /* waiting for a pool; pgs_client_on_server resumes */
     if (r == STEPS_BLOCKED) {
-      client->blocked = true;
+      pgs_request_set(client, PGS_REQ_DRAINING);
       blocked = true;
       break;
     }
     pgs_client_clear_steps(client);
     io->in_pos += total;
     if (client->tx_replay_next) {
-      if (client->in_tx) {
+      if (pgs_exchange_in_tx(&client->ex)) {
         /* On a line of its own: the statement may end in a -- comment. */
         pgs_buf_put(&client->tx_replay, client->tx_replay_next, strlen(client->tx_replay_next));
         pgs_buf_put(&client->tx_replay, "\n;", 2);

@@ -12,15 +12,13 @@
  * on the dup as plain bytes are, and the session goes back to libpq
  * (pgs_io_tls_release) before PQfinish says goodbye with it.
  *
- * The expect queue is the heart of this file: one entry per request sent
- * (Parse, Bind, Describe, Execute, Close, Sync, Query), in order. Each reply
- * from the server completes the entry at the head. This is how pgshard knows
- * when a transaction is over (ReadyForQuery for the last request), how it
- * swallows replies to requests it injected itself (re-preparing a statement
- * on a new server, replaying SET, DISCARD ALL), and where to slot replies it
- * synthesizes (ParseComplete for a statement the server already has). After
- * an ErrorResponse in extended protocol the server skips everything up to
- * Sync, and so does the queue.
+ * What the server owes is its reply queue (server->replies, exchange.h):
+ * one entry per request sent (Parse, Bind, Describe, Execute, Close, Sync,
+ * Query), in order, each with the rule saying what the client sees of its
+ * replies. Each reply goes through pgs_replies_take, the engine's pure
+ * verdict, and this file only carries the verdict out: the server's own
+ * state (transaction status, never reuse, last error), then the client's
+ * output and the events its session tracks.
  *
  * States (see pgs_server_state_t) change only through pgs_pool_set_state.
  */
@@ -33,6 +31,12 @@
 
 #define SERVER_MAX_MESSAGE ((size_t)1 << 30) /* PostgreSQL's own MaxAllocSize */
 
+/* The client side of every server: what a linked client hears (request.c
+ * registers it at start-up). server.c calls nothing above it. */
+static const pgs_server_owner_t *owner;
+
+void pgs_server_set_owner(const pgs_server_owner_t *ops) { owner = ops; }
+
 static void server_free(pgs_server_t *server) {
   pgs_io_tls_release(&server->io);
   if (server->pg) PQfinish(server->pg);
@@ -40,7 +44,7 @@ static void server_free(pgs_server_t *server) {
   pgs_server_forget_prepared(server);
   pgs_strmap_free(&server->prepared, NULL);
   free(server->prepared_order);
-  free(server->expect);
+  pgs_replies_free(&server->replies);
   pgs_list_remove(&server->link);
   free(server);
 }
@@ -75,7 +79,7 @@ void pgs_server_close(pgs_server_t *server, const char *why) {
   server_unhold(server);
   pgs_info("server %d (%s/%s): closing: %s", server->backend_pid, server->pool->dbname,
            server->pool->username, why);
-  if (server->client) pgs_client_unlink(server->client, server);
+  if (server->client) owner->unlink(server->client, server);
   pgs_pool_set_state(server, PGS_SV_CLOSING);
   server->pending_closes++; /* held until this function returns */
   poll_close(server);
@@ -86,78 +90,35 @@ void pgs_server_close(pgs_server_t *server, const char *why) {
   if (--server->pending_closes == 0) server_free(server);
 }
 
-/* ---- the expect queue ---- */
+/* ---- the replies it owes (exchange.h) ---- */
 
-void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool internal,
+void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, pgs_reply_rule_t rule,
                        const char *stmt) {
-  if (server->expect_len == server->expect_cap) {
-    size_t cap = server->expect_cap ? server->expect_cap * 2 : 64;
-    pgs_expect_t *q = pgs_xmalloc(cap * sizeof(*q));
-    for (size_t i = 0; i < server->expect_len; i++)
-      q[i] = server->expect[(server->expect_head + i) % server->expect_cap];
-    free(server->expect);
-    server->expect = q;
-    server->expect_cap = cap;
-    server->expect_head = 0;
-  }
-  pgs_expect_t *e =
-      &server->expect[(server->expect_head + server->expect_len) % server->expect_cap];
-  e->kind = (uint8_t)kind;
-  e->flags = 0;
-  e->internal = internal;
-  e->capture = false;
-  e->hide = 0;
-  snprintf(e->stmt, sizeof(e->stmt), "%s", stmt ? stmt : "");
-  server->expect_len++;
+  pgs_replies_push(&server->replies, kind, rule, stmt);
 }
 
-void pgs_server_expect_flags(pgs_server_t *server, uint16_t flags) {
-  PGS_ASSERT(server->expect_len > 0);
-  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].flags = flags;
+bool pgs_server_expect_idle(const pgs_server_t *server) {
+  return pgs_replies_pending(&server->replies) == 0;
 }
-
-void pgs_server_expect_hide(pgs_server_t *server, int16_t hide) {
-  PGS_ASSERT(server->expect_len > 0);
-  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].hide = hide;
-}
-
-static pgs_expect_t *expect_front(pgs_server_t *server) {
-  return server->expect_len ? &server->expect[server->expect_head] : NULL;
-}
-
-static void expect_pop(pgs_server_t *server) {
-  PGS_ASSERT(server->expect_len > 0);
-  server->expect_head = (server->expect_head + 1) % server->expect_cap;
-  server->expect_len--;
-}
-
-bool pgs_server_expect_idle(const pgs_server_t *server) { return server->expect_len == 0; }
 
 void pgs_server_emit_synthetic(pgs_server_t *server) {
-  pgs_expect_t *e;
-  while ((e = expect_front(server)) &&
-         (e->kind == PGS_EXP_SYNTH_PARSE || e->kind == PGS_EXP_SYNTH_CLOSE)) {
-    if (!server->error_until_sync && server->client) {
-      pgs_io_t *out = &server->client->io;
-      size_t mark = pgs_io_scratch_mark(out);
-      pgs_msg_empty(pgs_io_scratch(out), e->kind == PGS_EXP_SYNTH_PARSE ? '1' : '3');
-      pgs_io_scratch_done(out, mark);
-    }
-    expect_pop(server);
-  }
+  char type;
+  while ((type = pgs_replies_pop_synthetic(&server->replies)))
+    if (!server->replies.skipping && server->client) owner->synthetic(server->client, type);
 }
 
-void pgs_server_inject_query(pgs_server_t *server, const char *sql) {
+void pgs_server_inject_query(pgs_server_t *server, const char *sql, pgs_reply_rule_t rule) {
   size_t mark = pgs_io_scratch_mark(&server->io);
   pgs_msg_query(pgs_io_scratch(&server->io), sql);
   pgs_io_scratch_done(&server->io, mark);
-  pgs_server_expect(server, PGS_EXP_QUERY, true, NULL);
+  rule.internal = true;
+  pgs_server_expect(server, PGS_EXP_QUERY, rule, NULL);
 }
 
 void pgs_server_inject_capture(pgs_server_t *server, const char *sql) {
-  pgs_server_inject_query(server, sql);
-  server->expect[(server->expect_head + server->expect_len - 1) % server->expect_cap].capture =
-      true;
+  pgs_reply_rule_t rule = pgs_rule_internal(PGS_ON_ERROR_OWNER);
+  rule.capture = true;
+  pgs_server_inject_query(server, sql, rule);
 }
 
 /* ---- prepared statements cached on this server ---- */
@@ -183,7 +144,7 @@ void pgs_server_add_prepared(pgs_server_t *server, const char *name) {
     pgs_buf_put_cstr(b, old);
     pgs_msg_end(b, start);
     pgs_io_scratch_done(&server->io, mark);
-    pgs_server_expect(server, PGS_EXP_CLOSE, true, NULL);
+    pgs_server_expect(server, PGS_EXP_CLOSE, pgs_rule_internal(PGS_ON_ERROR_OWNER), NULL);
     free(old);
   }
   size_t slot = (server->prepared_head + server->prepared_count) % PGS_SERVER_MAX_PREPARED;
@@ -192,8 +153,10 @@ void pgs_server_add_prepared(pgs_server_t *server, const char *name) {
   pgs_strmap_put(&server->prepared, name, server->prepared_order[slot]);
 }
 
-static void forget_one_prepared(pgs_server_t *server, const char *name) {
-  /* Rare (a Parse failed): leave the FIFO slot, drop the lookup entry. */
+/* A Parse that failed or was skipped: the server does not have NAME.
+ * Rare: leave the FIFO slot, drop the lookup entry. */
+static void forget_one_prepared(void *arg, const char *name) {
+  pgs_server_t *server = arg;
   pgs_strmap_remove(&server->prepared, name);
 }
 
@@ -210,220 +173,30 @@ static void server_protocol_error(pgs_server_t *server, const char *what) {
   pgs_client_t *client = server->client;
   pgs_error("server %d (%s): protocol error: %s", server->backend_pid, server->pool->dbname, what);
   pgs_server_close(server, what);
-  if (client) pgs_client_server_lost(client, what);
+  if (client) owner->lost(client, -1, 0, false, what);
 }
 
-/* What to do with one server message. */
-typedef enum {
-  REPLY_DROP,    /* swallowed */
-  REPLY_FORWARD, /* to the client as it is */
-  REPLY_READY,   /* ReadyForQuery with the client's status over every shard */
-  REPLY_SUM,     /* CommandComplete with the rows of every fan-out part */
-  REPLY_FATAL,   /* the server is going away: the client's, unless the fan's
-                    (a fan hears of it as the loss of the part) */
-} reply_action_t;
-
-/* After an error in extended protocol the server skips every message up
- * to the next Sync: so do the replies it owes. A fan part queued behind the
- * failed message is skipped too; the fan hears of it here (its own errors
- * reach it as replies). FLAGS: the failed message's. */
-static void skip_to_sync(pgs_server_t *server, uint16_t flags) {
-  pgs_expect_t *front;
-  bool part_skipped = false;
-  while ((front = expect_front(server)) && front->kind != PGS_EXP_SYNC) {
-    if (front->kind == PGS_EXP_PARSE && front->stmt[0]) forget_one_prepared(server, front->stmt);
-    part_skipped |= !(flags & PGS_EF_FAN) && (front->flags & PGS_EF_FAN);
-    expect_pop(server);
+/* What the verdict V means for the server itself. False when the server
+ * is closing (a protocol error). */
+static bool server_apply(pgs_server_t *server, const pgs_verdict_t *v) {
+  if (v->events & PGS_RE_PROTOCOL) {
+    server_protocol_error(server, v->problem);
+    return false;
   }
-  if (part_skipped && server->client) pgs_fan_part_skipped(server->client, server->shard);
-}
-
-/* Decide what one complete server message does. */
-static reply_action_t server_message(pgs_server_t *server, char type, const uint8_t *body,
-                                     size_t len) {
-  if (type == 'Z' && server->error_until_sync) {
-    /* Messages sent after the error reached the server were skipped by it
-     * too (a pipelining client kept sending): their replies never come. */
-    pgs_expect_t *failed = expect_front(server);
-    if (failed && failed->kind != PGS_EXP_SYNC) skip_to_sync(server, 0);
-  }
-  pgs_expect_t *front = expect_front(server);
-  bool internal = front && front->internal;
-  uint16_t flags = front ? front->flags : 0;
-  pgs_client_t *client = server->client;
-  reply_action_t visible = !internal && client ? REPLY_FORWARD : REPLY_DROP;
-  pgs_debug("server %d -> client %d: '%c' (%zu bytes), expecting %zu, front %d%s",
-            server->backend_pid, client ? client->cancel_pid : 0, type, len + 5, server->expect_len,
-            front ? front->kind : -1, internal ? " internal" : "");
-
-  switch (type) {
-  case 'Z': {
-    if (len != 1 || front == NULL ||
-        (front->kind != PGS_EXP_SYNC && front->kind != PGS_EXP_QUERY)) {
-      server_protocol_error(server, "unexpected ReadyForQuery");
-      return REPLY_DROP;
-    }
-    server->txstatus = (char)body[0];
-    server->error_until_sync = false;
-    bool capture = front->capture;
-    expect_pop(server);
-    if (internal) {
-      if (server->internal_failed && client == NULL) {
-        server->internal_failed = false;
-        server->dirty = true; /* a reset that failed: do not reuse */
-      }
-      if (server->internal_failed && client) {
-        char why[300];
-        snprintf(why, sizeof(why), "%s", server->last_error);
-        server->internal_failed = false;
-        server->dirty = true;
-        if (client->state == PGS_CL_LOGIN)
-          pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "invalid startup parameters: %s",
-                          why);
-        else
-          pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                          "could not restore session state on the server: %s", why);
-        return REPLY_DROP;
-      }
-      if (capture && client && client->state == PGS_CL_LOGIN) pgs_client_login_done(client);
-      return REPLY_DROP;
-    }
-    if (client == NULL) return REPLY_DROP;
-    if (flags & PGS_EF_ZLAST) {
-      if (client->zlast_pending > 1) {
-        client->zlast_pending--;
-        return REPLY_DROP;
-      }
-      client->zlast_pending = 0;
-      return REPLY_READY;
-    }
-    if ((flags & PGS_EF_ZHIDE) && !client->step_error) return REPLY_DROP;
-    if (flags & PGS_EF_ZDROP) return REPLY_DROP;
-    return REPLY_READY;
-  }
-  case '1':
-  case '2':
-  case '3': {
-    static const pgs_expect_kind_t want[] = {PGS_EXP_PARSE, PGS_EXP_BIND, PGS_EXP_CLOSE};
-    if (front == NULL || front->kind != want[type - '1']) {
-      server_protocol_error(server, "unexpected completion message");
-      return REPLY_DROP;
-    }
-    expect_pop(server);
-    return flags & PGS_EF_QUIET ? REPLY_DROP : visible;
-  }
-  case 'T':
-  case 'n':
-    if (front && front->kind == PGS_EXP_DESCRIBE) {
-      expect_pop(server);
-    }
-    return flags & PGS_EF_QUIET ? REPLY_DROP : visible;
-  case 't': /* ParameterDescription */
-    return flags & PGS_EF_QUIET ? REPLY_DROP : visible;
-  case 'C':
-  case 'I':
-  case 's':
-    if (front && front->kind == PGS_EXP_EXECUTE) {
-      expect_pop(server);
-    }
-    if (type == 'C' && (flags & PGS_EF_PREPARE)) server->gid_prepared = true;
-    if (visible == REPLY_DROP) return REPLY_DROP;
-    pgs_client_on_server_message(client, type, body, len);
-    if (type == 'C' && (flags & PGS_EF_ACCUM)) {
-      if (!client->fan_copies) client->fan_sum += pgs_route_tag_count((const char *)body);
-      return REPLY_DROP;
-    }
-    if (type == 'C' && (flags & PGS_EF_SUM)) return REPLY_SUM;
-    return REPLY_FORWARD;
-  case 'E': {
-    pgs_error_fields_t f;
-    pgs_error_parse(body, len, &f);
-    snprintf(server->last_error, sizeof(server->last_error), "%s (SQLSTATE %s)", f.message,
-             f.sqlstate);
-    if (front == NULL || !strcmp(f.severity, "FATAL") || !strcmp(f.severity, "PANIC")) {
-      /* Not an answer to anything: the server is going away. */
-      server->dirty = true;
-      return client != NULL ? REPLY_FATAL : REPLY_DROP;
-    }
-    if (front->kind == PGS_EXP_QUERY) {
-      /* An injected query failed: fatal for the session unless its error
-       * is expected or is the client's to see. */
-      if (internal && !(flags & (PGS_EF_IGNORE_ERROR | PGS_EF_FWD_ERROR)))
-        server->internal_failed = true;
-    } else {
-      server->error_until_sync = true;
-      skip_to_sync(server, flags);
-    }
-    if (client && (flags & PGS_EF_FWD_ERROR)) visible = REPLY_FORWARD;
-    if (visible == REPLY_DROP) return REPLY_DROP;
-    pgs_client_on_server_message(client, type, body, len);
-    pgs_client_step_failed(client);
-    return REPLY_FORWARD;
-  }
-  case 'K':
-  case 'R':
-    server_protocol_error(server, "authentication message after login");
-    return REPLY_DROP;
-  case 'D': /* DataRow */
-    if (internal && front->capture && client) pgs_client_on_login_row(client, body, len);
-    return flags & PGS_EF_NOROWS ? REPLY_DROP : visible;
-  case 'S': /* ParameterStatus: the value a client's SET came to */
-    if (client) {
-      pgs_reader_t r;
-      pgs_reader_init(&r, body, len);
-      const char *name = pgs_read_cstr(&r, NULL);
-      const char *value = pgs_read_cstr(&r, NULL);
-      if (!r.bad) pgs_request_on_parameter_status(client, name, value);
-    }
-    if (visible == REPLY_FORWARD) pgs_client_on_server_message(client, type, body, len);
-    return visible;
-  case 'N': /* NoticeResponse */
-  case 'A': /* NotificationResponse */
-  case 'G': /* CopyInResponse */
-  case 'H': /* CopyOutResponse */
-  case 'W': /* CopyBothResponse */
-  case 'd': /* CopyData */
-  case 'c': /* CopyDone */
-  case 'V': /* FunctionCallResponse */
-    return visible;
-  default: {
-    char what[64];
-    snprintf(what, sizeof(what), "unknown message type 0x%02x", (unsigned char)type);
-    server_protocol_error(server, what);
-    return REPLY_DROP;
-  }
-  }
-}
-
-static reply_action_t fan_action(pgs_fan_action_t a) {
-  return a == PGS_FAN_FORWARD ? REPLY_FORWARD : a == PGS_FAN_READY ? REPLY_READY : REPLY_DROP;
-}
-
-/* Queue the client's copy of a message whose content pgshard changes. */
-static void emit_rewritten(pgs_client_t *client, reply_action_t action, const uint8_t *body) {
-  pgs_io_t *out = &client->io;
-  size_t mark = pgs_io_scratch_mark(out);
-  pgs_buf_t *b = pgs_io_scratch(out);
-  if (action == REPLY_READY) {
-    pgs_msg_ready(b, pgs_client_ready_status(client));
-  } else {
-    char tag[128];
-    pgs_route_tag_with_count((const char *)body,
-                             client->fan_sum + pgs_route_tag_count((const char *)body), tag,
-                             sizeof(tag));
-    client->fan_sum = 0;
-    size_t start = pgs_msg_begin(b, 'C');
-    pgs_buf_put_cstr(b, tag);
-    pgs_msg_end(b, start);
-  }
-  pgs_io_scratch_done(out, mark);
+  if (v->events & PGS_RE_READY) server->txstatus = v->txstatus;
+  if (v->events & PGS_RE_DIRTY) server->dirty = true;
+  if (v->events & PGS_RE_ERROR)
+    snprintf(server->last_error, sizeof(server->last_error), "%s (SQLSTATE %s)", v->error.message,
+             v->error.sqlstate);
+  if (v->events & PGS_RE_GID_PREPARED) server->gid_prepared = true;
+  return true;
 }
 
 void pgs_server_process(pgs_server_t *server) {
   pgs_io_t *in = &server->io;
   pgs_client_t *client = server->client;
   while (server->state != PGS_SV_CLOSING) {
-    if (client && pgs_io_backlog(&client->io) > PGS_IO_HIGH_WATER) {
+    if (client && owner->backlogged(client)) {
       pgs_io_stop_reading(in); /* resumed when the client drains */
       break;
     }
@@ -444,61 +217,36 @@ void pgs_server_process(pgs_server_t *server) {
       break;
     }
     in->in_pos += total;
-    const pgs_expect_t *front = expect_front(server);
-    uint16_t front_flags = front ? front->flags : 0;
-    int16_t hide = front ? front->hide : 0;
-    reply_action_t action = server_message(server, type, p + 5, total - 5);
-    if (server->client == NULL)
-      action = REPLY_DROP;
-    else if (action == REPLY_FATAL)
-      action = front_flags & PGS_EF_FAN ? REPLY_DROP : REPLY_FORWARD;
-    else if (front_flags & PGS_EF_FAN)
-      action = fan_action(pgs_fan_reply(server->client, server->shard, type, p, total));
-    else if ((front_flags & PGS_EF_HIDE) && type == 'T' && action == REPLY_FORWARD) {
-      /* A merged portal described: the shards' hidden columns stay hidden. */
-      pgs_merge_spec_t spec = {.nhidden = hide};
-      pgs_io_t *out = &server->client->io;
-      size_t mark = pgs_io_scratch_mark(out);
-      pgs_merge_client_rowdesc(&spec, p + 5, total - 5, pgs_io_scratch(out));
-      pgs_io_scratch_done(out, mark);
-      action = REPLY_DROP;
+    pgs_verdict_t v;
+    pgs_replies_take(&server->replies, client ? owner->exchange(client) : NULL, type, p + 5,
+                     total - 5, &v);
+    pgs_debug("server %d: '%c' (%zu bytes), action %d, events 0x%x, owing %zu", server->backend_pid,
+              type, total, v.action, v.events, pgs_replies_pending(&server->replies));
+    if (!server_apply(server, &v)) return;
+    if (client == NULL) {
+      pgs_server_emit_synthetic(server); /* popped: nobody to send them to */
+      continue;
     }
-    if (action == REPLY_FORWARD)
-      pgs_io_emit(&server->client->io, p, total);
-    else if (action != REPLY_DROP)
-      emit_rewritten(server->client, action, p + 5);
-    /* Replies pgshard makes up go out once everything before them has. */
-    if (server->state != PGS_SV_CLOSING) pgs_server_emit_synthetic(server);
-    if (server->client != client) break; /* the client failed and went away */
-    if (action == REPLY_READY) pgs_client_after_ready(client, pgs_client_ready_status(client));
+    /* The client's part; it sends the replies pgshard makes up that
+     * follow (pgs_server_emit_synthetic). */
+    owner->reply(client, server, &v, type, p, total);
     if (server->client != client || server->state == PGS_SV_CLOSING) break;
   }
   if (server->state == PGS_SV_CLOSING) return;
   client = server->client;
-  if (client) {
-    if (pgs_io_flush(&client->io) < 0) {
-      pgs_client_close(client);
-      return;
-    }
-  }
+  /* The client's output goes out (false: the client went away); then
+   * reading goes on unless the client is the bottleneck. Decided before a
+   * release: a server parked in the pool with reading stopped would never
+   * answer its next client. */
+  if (client && !owner->flush(client)) return;
   if (server->state == PGS_SV_CLOSING) return;
   pgs_io_compact(in);
-  /* Read on unless the client is the bottleneck. Decided before a release:
-   * a server parked in the pool with reading stopped would never answer its
-   * next client. */
-  if (server->io.open && (!client || pgs_io_backlog(&client->io) <= PGS_IO_HIGH_WATER))
-    (void)pgs_io_start_reading(in);
+  if (server->io.open && (!client || !owner->backlogged(client))) (void)pgs_io_start_reading(in);
   if (client && server->client == client) {
-    /* Between transactions: every server goes back. A client that waited
-     * for this server's replies before sending elsewhere goes on. */
-    if (pgs_client_maybe_release(client)) return;
-    if (client->blocked) {
-      client->blocked = false;
-      pgs_client_process(client);
-    }
+    owner->settled(client);
     return;
   }
-  if (server->state == PGS_SV_RESETTING && server->expect_len == 0) {
+  if (server->state == PGS_SV_RESETTING && pgs_server_expect_idle(server)) {
     server_unhold(server);
     if (server->txstatus != 'I' || server->dirty) {
       pgs_server_close(server, "reset left a transaction open");
@@ -567,22 +315,16 @@ static void server_on_error(pgs_io_t *io, int status) {
     snprintf(why, sizeof(why), "server connection error: %s", pgs_io_error_text(io, status));
   /* What the client still waits for from it: ReadyForQuery per Sync or
    * Query sent, and whether a unit without its Sync is in flight. */
-  int slot = server->shard, readies = 0;
-  bool open_unit = false;
-  for (size_t i = 0; i < server->expect_len; i++) {
-    const pgs_expect_t *e = &server->expect[(server->expect_head + i) % server->expect_cap];
-    if (e->internal) continue;
-    bool ends = e->kind == PGS_EXP_SYNC || e->kind == PGS_EXP_QUERY;
-    readies += ends;
-    open_unit = !ends;
-  }
+  int slot = server->shard;
+  bool open_unit;
+  int readies = pgs_replies_readies_owed(&server->replies, &open_unit);
   pgs_server_close(server, why);
-  if (client) pgs_client_server_lost_at(client, slot, readies, open_unit, why);
+  if (client) owner->lost(client, slot, readies, open_unit, why);
 }
 
 static void server_on_drained(pgs_io_t *io) {
   pgs_server_t *server = io->owner;
-  if (server->client) pgs_client_process(server->client);
+  if (server->client) owner->drained(server->client);
 }
 
 /* ---- login through libpq ---- */
@@ -722,6 +464,7 @@ void pgs_server_connect(pgs_pool_t *pool) {
   server->born_ms = server->state_since_ms;
   server->txstatus = 'I';
   pgs_strmap_init(&server->prepared);
+  pgs_replies_init(&server->replies, forget_one_prepared, server);
   pgs_list_append(&pool->connecting, &server->link);
   pool->nconnecting++;
   server->pg = PQconnectStart(pool->conninfo);

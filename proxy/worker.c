@@ -23,9 +23,6 @@ static int running; /* worker threads not yet ended (atomic) */
 
 int pgs_workers_running(void) { return __atomic_load_n(&running, __ATOMIC_ACQUIRE); }
 
-uint64_t pgs_now_ms(void) { return uv_hrtime() / 1000000; }
-uint64_t pgs_now_us(void) { return uv_hrtime() / 1000; }
-
 int pgs_worker_index_of_pid(int32_t pid) { return (int)((uint32_t)pid >> 24); }
 
 static void on_connection(uv_stream_t *listener, int status) {
@@ -82,7 +79,8 @@ static void drain_idle_clients(pgs_worker_t *worker) {
   for (pgs_list_t *l = worker->clients.next; l != &worker->clients;) {
     pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
     l = l->next;
-    if (client->state == PGS_CL_IDLE && !client->in_tx && client->io.in_pos == client->io.in.len)
+    if (client->state == PGS_CL_IDLE && !pgs_exchange_in_tx(&client->ex) &&
+        client->io.in_pos == client->io.in.len)
       pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
   }
 }
@@ -249,6 +247,7 @@ static void worker_free(pgs_worker_t *w) {
 
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   int rc = 0, started = 0;
+  pgs_server_set_owner(&pgs_request_server_owner);
   workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));
   for (nworkers = 0; nworkers < nfds; nworkers++) {
     if ((rc = worker_init(&workers[nworkers], nworkers, config, listen_fds[nworkers])) != 0) {

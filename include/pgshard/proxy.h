@@ -22,6 +22,7 @@
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
 #include "pgshard/copy.h"
+#include "pgshard/exchange.h"
 #include "pgshard/merge.h"
 #include "pgshard/monitor.h"
 #include "pgshard/proto.h"
@@ -54,6 +55,7 @@ static inline void pgs_list_remove(pgs_list_t *node) {
 }
 #define pgs_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
+/* Monotonic clock (io.c). */
 uint64_t pgs_now_ms(void);
 uint64_t pgs_now_us(void);
 
@@ -202,10 +204,10 @@ typedef enum {
   PGS_STEP_REPLY,    /* reply made up by pgshard: type `reply`, 'C' with tag text */
   PGS_STEP_ERROR,    /* ErrorResponse made up by pgshard: text "SQLSTATE\0message" */
   PGS_STEP_FAN_EXEC, /* a merged portal's part: Describe (for the merge) + Execute */
-  PGS_STEP_INJECT,   /* text as pgshard's own statement (replies swallowed; flags) */
-  PGS_STEP_TWOPC,    /* a two-phase commit decision, made when the servers have
-                        answered: `reply` is the phase ('P' prepare, 'D' decide,
-                        'F' finish); it plans the steps that follow */
+  PGS_STEP_INJECT,   /* text as pgshard's own statement (replies swallowed
+                        unless its rule says otherwise) */
+  PGS_STEP_TWOPC,    /* a two-phase commit phase (`phase`), run when the servers
+                        have answered: it plans the steps that follow */
 } pgs_step_op_t;
 
 /* Why a step goes to the server it goes to. In routing mode every message
@@ -230,8 +232,9 @@ typedef struct pgs_step {
   uint8_t placed; /* pgs_placed_t */
   int8_t node;    /* the shard node to take a server from when none is linked */
   uint8_t op;
-  uint16_t flags; /* PGS_EF_* for the reply */
-  char reply;
+  uint8_t phase;         /* TWOPC: pgs_twopc_phase_t */
+  pgs_reply_rule_t rule; /* what the client sees of the replies */
+  char reply;            /* REPLY: the message type */
   bool internal;
   bool drain_all;       /* wait until every server has answered, the same one too */
   bool always;          /* runs even when an earlier part of the message failed */
@@ -242,7 +245,6 @@ typedef struct pgs_step {
   bool merged;          /* Bind/Parse of the shards' variant of the statement (merge.h) */
   bool gid;             /* INJECT: names the client's 2PC gid (PREPARE TRANSACTION,
                       COMMIT or ROLLBACK PREPARED) */
-  int16_t hide;         /* Describe of a merged portal: hidden columns to drop */
   char *text;
   struct pgs_client_stmt *stmt;
 } pgs_step_t;
@@ -319,6 +321,8 @@ struct pgs_client {
   pgs_worker_t *worker;
   pgs_client_state_t state;
   pgs_io_t io;
+  pgs_exchange_t ex;    /* its request and transaction states, and the reply
+                           bookkeeping of the message served (exchange.h) */
   pgs_config_t *config; /* ref taken at login */
   const pgs_user_t *user;
   const pgs_database_t *db;
@@ -387,10 +391,6 @@ struct pgs_client {
   int want_node;
   int last_shard;     /* where the last routed statement went */
   uint64_t unit_mask; /* slots sent extended messages since the last Sync */
-  bool unit_failed;   /* an error in this unit: drop requests until Sync */
-  bool blocked;       /* a step waits for other servers to answer */
-  bool in_tx;         /* a BEGIN pgshard answered, not yet ended */
-  bool tx_aborted;    /* a statement refused inside it: only its end is accepted */
   uint64_t tx_mask;   /* slots the transaction has begun on */
   bool tx_read_only;  /* BEGIN READ ONLY: replicas may serve it */
   uint64_t tx_wrote;  /* shards written since the last ReadyForQuery 'I' */
@@ -415,17 +415,11 @@ struct pgs_client {
   char *tenant_text;    /* the tenant as set, typed again after a reload */
   pgs_step_t *steps;
   int nsteps, step_next, steps_cap;
-  bool planned;         /* steps hold the plan of the message at in_pos */
-  uint64_t fan_sum;     /* rows counted by fan-out parts so far */
-  bool fan_copies;      /* the fan-out writes copies (DDL, reference tables):
-                             report one shard's count, not the sum */
-  bool step_error;      /* an error went to the client during this message */
   pgs_strmap_t portals; /* portal name -> pgs_portal_t */
   pgs_lexed_t lx;       /* lexer scratch for simple queries */
   int *row_shard;       /* route scratch */
   int row_shard_cap;
-  pgs_fan_t *fan;    /* a merged read in flight */
-  int zlast_pending; /* PGS_EF_ZLAST ReadyForQuery still to come */
+  pgs_fan_t *fan; /* a merged read in flight */
   /* A two-phase commit in progress (cross_shard_writes = 2pc). */
   char twopc_gid[64];      /* PGS_GID_BUF (twophase.h) */
   uint64_t twopc_slots;    /* slots of the transaction */
@@ -482,6 +476,21 @@ const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n);
  * read any of an output backlog over its budget for a while. NOW in ms. */
 void pgs_client_tick(pgs_client_t *client, uint64_t now);
 /* request.c */
+/* The client's request, unit and transaction states (exchange.h) change
+ * only through these: checked against the engine's tables, logged. */
+void pgs_request_set(pgs_client_t *client, pgs_req_state_t to);
+void pgs_request_set_unit(pgs_client_t *client, pgs_unit_state_t to);
+void pgs_request_set_tx(pgs_client_t *client, pgs_tx_state_t to);
+/* A statement failed or was refused in the client's open transaction:
+ * only its end is taken now. */
+void pgs_request_tx_failed(pgs_client_t *client);
+/* A reply the client waited for came: true when it was waiting (draining
+ * or held), and the caller processes it again. */
+bool pgs_request_resume(pgs_client_t *client);
+/* The message at the client's read position is planned. */
+static inline bool pgs_request_planned(const pgs_client_t *client) {
+  return client->ex.req == PGS_REQ_RUNNING || client->ex.req == PGS_REQ_DRAINING;
+}
 void pgs_client_routing_init(pgs_client_t *client);
 void pgs_client_routing_free(pgs_client_t *client);
 /* A reload happened (client->config is not the worker's): move the client
@@ -557,49 +566,6 @@ typedef enum {
   PGS_SV_CLOSING,    /* handles closing; worker->closing */
 } pgs_server_state_t;
 
-/* What a request sent to the server will answer with, in order. */
-typedef enum {
-  PGS_EXP_PARSE,       /* ParseComplete */
-  PGS_EXP_BIND,        /* BindComplete */
-  PGS_EXP_DESCRIBE,    /* [ParameterDescription] RowDescription | NoData */
-  PGS_EXP_EXECUTE,     /* ... CommandComplete | EmptyQuery | PortalSuspended */
-  PGS_EXP_CLOSE,       /* CloseComplete */
-  PGS_EXP_SYNC,        /* ReadyForQuery */
-  PGS_EXP_QUERY,       /* simple query or function call: ... ReadyForQuery */
-  PGS_EXP_SYNTH_PARSE, /* no server reply: send ParseComplete ourselves */
-  PGS_EXP_SYNTH_CLOSE, /* no server reply: send CloseComplete ourselves */
-} pgs_expect_kind_t;
-
-/* Reply filters of a fan-out (request.c): */
-#define PGS_EF_QUIET                                                                               \
-  0x01                            /* swallow ParseComplete/BindComplete/CloseComplete/
-                             descriptions: the first part already sent them */
-#define PGS_EF_ACCUM 0x02         /* swallow CommandComplete, counting its rows */
-#define PGS_EF_SUM 0x04           /* CommandComplete with the count of every part */
-#define PGS_EF_ZHIDE 0x08         /* swallow ReadyForQuery unless an error went out */
-#define PGS_EF_FWD_ERROR 0x10     /* internal, but an ErrorResponse goes to the client */
-#define PGS_EF_NOROWS 0x20        /* swallow DataRows: a copy's rows, already sent */
-#define PGS_EF_FAN 0x40           /* a part of the client's fan: pgs_fan_reply decides */
-#define PGS_EF_HIDE 0x80          /* a merged portal's RowDescription: drop `hide` columns */
-#define PGS_EF_ZDROP 0x100        /* swallow ReadyForQuery, error or not (pgshard answers later) */
-#define PGS_EF_IGNORE_ERROR 0x200 /* an injected query whose failure is expected */
-#define PGS_EF_ZLAST                                                                               \
-  0x400 /* one of several Syncs sent at once: the last
-                              ReadyForQuery to arrive is the client's */
-#define PGS_EF_PREPARE                                                                             \
-  0x800 /* PREPARE TRANSACTION of a 2PC: its CommandComplete
-                                sets gid_prepared */
-
-typedef struct pgs_expect {
-  uint8_t kind;
-  uint16_t flags; /* PGS_EF_* */
-  bool internal;  /* injected by pgshard: swallow its replies */
-  bool capture;   /* internal query whose row holds a logging-in client's
-                    parameter values (see pgs_client_on_login_row) */
-  int16_t hide;   /* PGS_EF_HIDE: hidden columns */
-  char stmt[24];  /* PARSE: server statement name, to forget on failure */
-} pgs_expect_t;
-
 struct pgs_server {
   pgs_list_t link; /* pool list for its state, or worker->closing */
   pgs_worker_t *worker;
@@ -611,15 +577,12 @@ struct pgs_server {
   int poll_fd;
   pgs_io_t io; /* after login, on a dup of libpq's socket */
   pgs_client_t *client;
-  pgs_expect_t *expect;
-  size_t expect_head, expect_len, expect_cap;
+  pgs_replies_t replies; /* what it owes, in order (exchange.h) */
   pgs_strmap_t prepared; /* server statement names prepared on it */
   char **prepared_order; /* FIFO for eviction */
   size_t prepared_head, prepared_count;
   uint64_t settings_hash;
   char txstatus;
-  bool error_until_sync;  /* an error in extended protocol: skipping to Sync */
-  bool internal_failed;   /* an injected query failed */
   bool dirty;             /* never reuse: close at release */
   bool needs_discard;     /* run DISCARD ALL before reuse */
   bool need_flush;        /* extended messages sent since the last Sync/Flush */
@@ -640,17 +603,48 @@ struct pgs_server {
 
 #define PGS_SERVER_MAX_PREPARED 2048
 
+/* What the client a server is linked to hears from it (PgBouncer's sbuf
+ * callbacks are the model): server.c calls nothing above it. request.c
+ * provides them (pgs_request_server_owner), the worker registers them. */
+typedef struct pgs_server_owner {
+  /* The client's reply bookkeeping, for the verdicts (exchange.h). */
+  pgs_exchange_t *(*exchange)(pgs_client_t *client);
+  /* A reply (message M of TOTAL bytes, TYPE) and its verdict V; what the
+   * verdict meant for the server is done. */
+  void (*reply)(pgs_client_t *client, pgs_server_t *server, const pgs_verdict_t *v, char type,
+                const uint8_t *m, size_t total);
+  /* A reply pgshard makes itself for the server ('1' ParseComplete, '3'
+   * CloseComplete), in its place among the replies. */
+  void (*synthetic)(pgs_client_t *client, char type);
+  /* The client's output is over its high water mark: stop reading. */
+  bool (*backlogged)(const pgs_client_t *client);
+  /* Write the client's output; false when the client went away. */
+  bool (*flush)(pgs_client_t *client);
+  /* Every reply read so far is handled (release, or go on). */
+  void (*settled)(pgs_client_t *client);
+  /* The server's output was written: the client may send more. */
+  void (*drained)(pgs_client_t *client);
+  /* The server closes: it is the client's no more. */
+  void (*unlink)(pgs_client_t *client, pgs_server_t *server);
+  /* The server of SLOT was lost with READIES ReadyForQuery owed (OPEN_UNIT:
+   * and a unit without its Sync); SLOT -1: by a protocol error. */
+  void (*lost)(pgs_client_t *client, int slot, int readies, bool open_unit, const char *why);
+} pgs_server_owner_t;
+
+void pgs_server_set_owner(const pgs_server_owner_t *owner);
+/* The client side of servers (request.c). */
+extern const pgs_server_owner_t pgs_request_server_owner;
+
 void pgs_server_connect(pgs_pool_t *pool);
-/* Append an injected simple query whose replies are swallowed. */
-void pgs_server_inject_query(pgs_server_t *server, const char *sql);
+/* Append pgshard's own simple query; RULE (made internal) says what
+ * becomes of its replies. */
+void pgs_server_inject_query(pgs_server_t *server, const char *sql, pgs_reply_rule_t rule);
+/* ... one whose row holds a logging-in client's parameter values. */
 void pgs_server_inject_capture(pgs_server_t *server, const char *sql);
-/* Note an expected reply. */
-void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, bool internal,
+/* Note a reply the server owes for what it was just sent (STMT: a Parse's
+ * server statement name). */
+void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, pgs_reply_rule_t rule,
                        const char *stmt);
-/* Set flags on the entry added last. */
-void pgs_server_expect_flags(pgs_server_t *server, uint16_t flags);
-/* Set the hidden column count on the entry added last (PGS_EF_HIDE). */
-void pgs_server_expect_hide(pgs_server_t *server, int16_t hide);
 bool pgs_server_expect_idle(const pgs_server_t *server);
 /* Synthetic replies at the head of the queue are emitted to the client. */
 void pgs_server_emit_synthetic(pgs_server_t *server);
