@@ -1410,3 +1410,17 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
   }
   return client;
 }
+
+/* ---- what a pool tells a client waiting in it (pool.c) ---- */
+
+static void waiter_unserved(pgs_client_t *client, const char *sqlstate, const char *message) {
+  if (client->state == PGS_CL_LOGIN)
+    pgs_client_fail(client, sqlstate, "%s", message);
+  else
+    pgs_client_refuse(client, sqlstate, "%s", message);
+}
+
+const pgs_pool_waiter_ops_t pgs_client_waiter_ops = {
+    .served = pgs_client_on_server,
+    .unserved = waiter_unserved,
+};

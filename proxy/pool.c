@@ -31,6 +31,12 @@ int pgs_pool_share(int pool_size, int workers, int index) {
   return share > 0 ? share : 1;
 }
 
+/* The clients waiting in pools hear of servers through these (client.c):
+ * pool.c calls nothing above it. */
+static const pgs_pool_waiter_ops_t *waiter;
+
+void pgs_pool_set_waiter_ops(const pgs_pool_waiter_ops_t *ops) { waiter = ops; }
+
 static const pgs_node_t *shard_node(const pgs_database_t *db, int shard, int index) {
   const pgs_shard_t *sh = &db->shards[shard];
   return index == 0 ? &sh->primary : &sh->replicas[index - 1];
@@ -279,7 +285,7 @@ void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client) {
   if (pool->nidle > 0 && pool->have_params) {
     pgs_server_t *server = pgs_container_of(pool->idle.prev, pgs_server_t, link);
     pgs_pool_set_state(server, PGS_SV_ACTIVE);
-    pgs_client_on_server(client, server);
+    waiter->served(client, server);
     return;
   }
   client->wait_start_ms = pgs_now_ms();
@@ -311,7 +317,7 @@ void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
     pgs_client_t *client = pgs_container_of(pool->waiters.next, pgs_client_t, wait_link);
     pgs_pool_cancel_wait(pool, client);
     pgs_pool_set_state(server, PGS_SV_ACTIVE);
-    pgs_client_on_server(client, server);
+    waiter->served(client, server);
     return;
   }
   pgs_pool_t *sibling = waiting_sibling(pool);
@@ -362,14 +368,10 @@ void pgs_pool_server_failed(pgs_pool_t *pool, pgs_server_t *server, const char *
   while (pool->nwaiters > pool->nconnecting + pool->nidle + pool->nactive) {
     pgs_client_t *client = pgs_container_of(pool->waiters.prev, pgs_client_t, wait_link);
     pgs_pool_cancel_wait(pool, client);
-    if (client->state == PGS_CL_LOGIN)
-      pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                      "cannot connect to shard %s of database \"%s\": %s", pool->shard,
-                      pool->dbname, error);
-    else
-      pgs_client_refuse(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                        "cannot connect to shard %s of database \"%s\": %s", pool->shard,
-                        pool->dbname, error);
+    char message[1024];
+    snprintf(message, sizeof(message), "cannot connect to shard %s of database \"%s\": %s",
+             pool->shard, pool->dbname, error);
+    waiter->unserved(client, PGS_SQLSTATE_CONNECTION_FAILURE, message);
   }
 }
 
@@ -380,16 +382,11 @@ void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
     pgs_client_t *client = pgs_container_of(pool->waiters.next, pgs_client_t, wait_link);
     if (now - client->wait_start_ms < (uint64_t)config->query_wait_timeout_ms) break;
     pgs_pool_cancel_wait(pool, client);
-    if (client->state == PGS_CL_LOGIN)
-      pgs_client_fail(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS,
-                      "no server connection for shard %s of database \"%s\" within %d ms "
-                      "(pool_size %d)",
-                      pool->shard, pool->dbname, config->query_wait_timeout_ms, pool->size);
-    else
-      pgs_client_refuse(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS,
-                        "no server connection for shard %s of database \"%s\" within %d ms "
-                        "(pool_size %d)",
-                        pool->shard, pool->dbname, config->query_wait_timeout_ms, pool->size);
+    char message[300];
+    snprintf(message, sizeof(message),
+             "no server connection for shard %s of database \"%s\" within %d ms (pool_size %d)",
+             pool->shard, pool->dbname, config->query_wait_timeout_ms, pool->size);
+    waiter->unserved(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS, message);
   }
   /* Close servers idle too long (oldest first: the head of idle). */
   while (config->server_idle_timeout_ms > 0 && !pgs_list_empty(&pool->idle)) {
@@ -435,3 +432,22 @@ void pgs_pool_destroy(pgs_pool_t *pool) {
   free(pool->conninfo);
   free(pool);
 }
+
+/* ---- what servers tell their pool (server.c) ---- */
+
+static void server_connected(pgs_server_t *server) {
+  pgs_pool_server_connected(server->pool, server);
+}
+
+static void server_failed(pgs_server_t *server, const char *error) {
+  pgs_pool_server_failed(server->pool, server, error);
+}
+
+static void server_free(pgs_server_t *server) { pgs_pool_server_free(server->pool, server); }
+
+const pgs_server_pool_ops_t pgs_pool_server_ops = {
+    .set_state = pgs_pool_set_state,
+    .connected = server_connected,
+    .failed = server_failed,
+    .free = server_free,
+};

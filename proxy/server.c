@@ -20,7 +20,11 @@
  * state (transaction status, never reuse, last error), then the client's
  * output and the events its session tracks.
  *
- * States (see pgs_server_state_t) change only through pgs_pool_set_state.
+ * States (see pgs_server_state_t) change only through the pool's setter
+ * (pgs_pool_set_state): the pool keeps a list per state. server.c calls
+ * nothing above it: the pool and the linked client hear of what happens
+ * through the tables they register (pgs_server_set_pool_ops,
+ * pgs_server_set_owner).
  */
 #include <string.h>
 #include <unistd.h>
@@ -34,8 +38,11 @@
 /* The client side of every server: what a linked client hears (request.c
  * registers it at start-up). server.c calls nothing above it. */
 static const pgs_server_owner_t *owner;
+/* The pool side: where its state and lifecycle events go (pool.c). */
+static const pgs_server_pool_ops_t *pool_ops;
 
 void pgs_server_set_owner(const pgs_server_owner_t *ops) { owner = ops; }
+void pgs_server_set_pool_ops(const pgs_server_pool_ops_t *ops) { pool_ops = ops; }
 
 static void server_free(pgs_server_t *server) {
   pgs_io_tls_release(&server->io);
@@ -80,7 +87,7 @@ void pgs_server_close(pgs_server_t *server, const char *why) {
   pgs_info("server %d (%s/%s): closing: %s", server->backend_pid, server->pool->dbname,
            server->pool->username, why);
   if (server->client) owner->unlink(server->client, server);
-  pgs_pool_set_state(server, PGS_SV_CLOSING);
+  pool_ops->set_state(server, PGS_SV_CLOSING);
   server->pending_closes++; /* held until this function returns */
   poll_close(server);
   if (server->io.open) {
@@ -252,7 +259,7 @@ void pgs_server_process(pgs_server_t *server) {
       pgs_server_close(server, "reset left a transaction open");
       return;
     }
-    pgs_pool_server_free(server->pool, server);
+    pool_ops->free(server);
     return;
   }
   if (client == NULL && server->state == PGS_SV_IDLE && server->dirty) {
@@ -351,7 +358,7 @@ static void connect_failed_because(pgs_server_t *server, const char *why) {
   error[n] = '\0';
   pgs_warn("server connect for %s/%s failed: %s", server->pool->dbname, server->pool->username,
            error);
-  pgs_pool_server_failed(server->pool, server, error);
+  pool_ops->failed(server, error);
 }
 
 static void connect_failed(pgs_server_t *server) { connect_failed_because(server, NULL); }
@@ -402,7 +409,7 @@ static void connect_done(pgs_server_t *server) {
     connect_failed(server);
     return;
   }
-  pgs_pool_server_connected(server->pool, server);
+  pool_ops->connected(server);
 }
 
 /* Watch libpq's socket for EVENTS, on a new handle when libpq moved to

@@ -247,7 +247,10 @@ static void worker_free(pgs_worker_t *w) {
 
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   int rc = 0, started = 0;
+  /* Lower layers report upwards through these: none calls above itself. */
   pgs_server_set_owner(&pgs_request_server_owner);
+  pgs_server_set_pool_ops(&pgs_pool_server_ops);
+  pgs_pool_set_waiter_ops(&pgs_client_waiter_ops);
   workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));
   for (nworkers = 0; nworkers < nfds; nworkers++) {
     if ((rc = worker_init(&workers[nworkers], nworkers, config, listen_fds[nworkers])) != 0) {

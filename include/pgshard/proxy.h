@@ -440,7 +440,7 @@ void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt
  * the session. */
 PGS_PRINTF(3, 4)
 void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
-/* Pool callbacks. */
+/* A server for it from the pool it waited in. */
 void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server);
 /* The admin console (admin.c): a client of the database "pgshard". */
 void pgs_admin_login(pgs_client_t *client);
@@ -632,6 +632,20 @@ typedef struct pgs_server_owner {
 } pgs_server_owner_t;
 
 void pgs_server_set_owner(const pgs_server_owner_t *owner);
+
+/* What a server's pool hears from it (pool.c provides them). */
+typedef struct pgs_server_pool_ops {
+  /* The state setter (the pool keeps a list per state). */
+  void (*set_state)(pgs_server_t *server, pgs_server_state_t state);
+  /* Logged in and ready for clients. */
+  void (*connected)(pgs_server_t *server);
+  /* Login failed (ERROR: why). */
+  void (*failed)(pgs_server_t *server, const char *error);
+  /* Free again (a reset ended well): to the next waiter or idle. */
+  void (*free)(pgs_server_t *server);
+} pgs_server_pool_ops_t;
+
+void pgs_server_set_pool_ops(const pgs_server_pool_ops_t *ops);
 /* The client side of servers (request.c). */
 extern const pgs_server_owner_t pgs_request_server_owner;
 
@@ -710,6 +724,20 @@ struct pgs_pool {
   uint64_t last_failure_ms;
   char last_error[256];
 };
+
+/* What a client waiting in a pool hears from it (client.c provides them):
+ * a server linked to it, or none (SQLSTATE, MESSAGE: at login the client
+ * fails, later its request is refused). */
+typedef struct pgs_pool_waiter_ops {
+  void (*served)(pgs_client_t *client, pgs_server_t *server);
+  void (*unserved)(pgs_client_t *client, const char *sqlstate, const char *message);
+} pgs_pool_waiter_ops_t;
+
+void pgs_pool_set_waiter_ops(const pgs_pool_waiter_ops_t *ops);
+/* The pool side of servers (pool.c), and the client side of pools
+ * (client.c). */
+extern const pgs_server_pool_ops_t pgs_pool_server_ops;
+extern const pgs_pool_waiter_ops_t pgs_client_waiter_ops;
 
 /* The pool for a node of SHARD of DB (a database of CONFIG, the client's
  * config, which may be older than the worker's); STARTUP_OPTIONS: see
