@@ -138,7 +138,8 @@ pool_size = {POOL_SIZE}
         try:
             res = run_pgbench(["-n", "-S", "-M", mode, "-c", str(self.args.clients),
                                "-j", str(min(self.args.clients, 2)), "-T", str(duration)],
-                              connect_args(port, "app"), duration + 60)
+                              connect_args(port, "app"), duration + 60,
+                              keys=("tps", "latency_ms", "seconds", "loadavg", "error"))
         finally:
             if scraper:
                 scraper.stop()

@@ -157,7 +157,8 @@ pool_size = {POOL_SIZE}
     def pgbench(self, target, clients, mode, duration):
         return run_pgbench(["-n", "-S", "-M", mode, "-c", str(clients),
                             "-j", str(min(clients, 2)), "-T", str(duration)],
-                           self.target_args(target), duration + 60)
+                           self.target_args(target), duration + 60,
+                           keys=("tps", "latency_ms", "seconds", "loadavg", "error"))
 
     def measure(self):
         targets = self.args.targets
