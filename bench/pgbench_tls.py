@@ -204,7 +204,8 @@ pool_size = {POOL_SIZE}
         meta = (f"pgbench -S {over}, "
                 f"scale {self.args.scale}, -j up to 2, {self.args.duration} s per run, median "
                 f"of {self.args.reps} interleaved repetitions; transaction pooling, {POOL_SIZE} "
-                f"server connections (TLS to the server too), auth trust; pgshard workers "
+                f"server connections{' (TLS to the server too)' if self.tls else ''}, auth "
+                f"trust; pgshard workers "
                 f"{self.args.workers}. {stamp()}.")
         md = [f"# pgbench {'over TLS' if self.tls else 'without TLS'}: direct Postgres vs "
               "pgshard vs PgBouncer", "", meta, "",
