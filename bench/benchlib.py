@@ -217,16 +217,22 @@ class Lab:
                     raise
                 time.sleep(1)
 
-    def up(self, description, ports, timeout=300, what="lab server {port}"):
+    def up(self, description, ports, timeout=300, what="lab server {port}", tls=False):
         """`lab up --no-proxy` (after purging what a previous run left) and
-        wait until every one of PORTS listens."""
+        wait until every one of PORTS listens. TLS: `--tls`, servers that take
+        TLS connections only, their certificate and CA in tls_file()."""
         if self.dir.exists():
             self("down", "--purge", check=False)
         log(f"lab up: {description}, data in {self.dir}")
         self.started = True
-        self("up", "--no-proxy", timeout=timeout)
+        self("up", "--no-proxy", *(("--tls",) if tls else ()), timeout=timeout)
         for port in ports:
             wait_port(port, 60, what=what.format(port=port))
+
+    def tls_file(self, name):
+        """A file of a TLS lab's material: ca.crt, server.crt, server.key
+        (postgres-owned, 0600)."""
+        return self.dir / "tls" / name
 
     def release(self, ports, work, keep, problems):
         """The end of every benchmark: `lab down --purge` if the lab was
@@ -250,13 +256,15 @@ class Lab:
         return not problems
 
 
-def shard_section(database, shard, port, dbname="app", replicas=()):
+def shard_section(database, shard, port, dbname="app", replicas=(), conninfo_extra=""):
     """A [shard.DATABASE.SHARD] section: the server on PORT (and REPLICAS),
-    user postgres."""
+    user postgres, then CONNINFO_EXTRA (say "sslmode=require") in each
+    conninfo."""
+    extra = f" {conninfo_extra}" if conninfo_extra else ""
     text = (f"[shard.{database}.{shard}]\n"
-            f"primary = host=127.0.0.1 port={port} dbname={dbname} user=postgres\n")
+            f"primary = host=127.0.0.1 port={port} dbname={dbname} user=postgres{extra}\n")
     for replica in replicas:
-        text += f"replica = host=127.0.0.1 port={replica} dbname={dbname} user=postgres\n"
+        text += f"replica = host=127.0.0.1 port={replica} dbname={dbname} user=postgres{extra}\n"
     return text
 
 
@@ -312,9 +320,11 @@ def init_pgbench(port, scale):
 
 # ---- pgshard and PgBouncer ----
 
-def pgshard_ini(comment, port, workers, pool_size, shards, auth="trust", database_extra=""):
-    """A pgshard config: listen on PORT, user app (password secret), database
-    app with transaction pooling and DATABASE_EXTRA, then SHARDS (sections)."""
+def pgshard_ini(comment, port, workers, pool_size, shards, auth="trust", database_extra="",
+                pgshard_extra=""):
+    """A pgshard config: listen on PORT, PGSHARD_EXTRA (lines of [pgshard]),
+    user app (password secret), database app with transaction pooling and
+    DATABASE_EXTRA, then SHARDS (sections)."""
     return f"""\
 ; {comment}
 [pgshard]
@@ -323,6 +333,7 @@ workers = {workers}
 auth = {auth}
 log_format = text
 max_client_conn = 1000
+{pgshard_extra}
 
 [user.app]
 password = secret
@@ -374,10 +385,11 @@ def start_pgshard(procs, name, binary, config, port, logfile):
     wait_port(port, 15, procs[name], name, logfile)
 
 
-def start_pgbouncer(procs, directory, port, server_port, pool_size, auth, comment):
+def start_pgbouncer(procs, directory, port, server_port, pool_size, auth, comment, extra=""):
     """Debian's pgbouncer on PORT in front of database app on SERVER_PORT:
     transaction pooling, DEFAULT_POOL_SIZE, AUTH (trust or md5, user app with
-    password secret), its files in DIRECTORY. Stored as PROCS["pgbouncer"]."""
+    password secret), EXTRA (lines of [pgbouncer]: TLS settings, say), its
+    files in DIRECTORY. Stored as PROCS["pgbouncer"]."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "userlist.txt").write_text('"app" "secret"\n')
@@ -400,7 +412,7 @@ pidfile = {directory}/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
-""")
+{extra}""")
     as_user = {}
     if os.geteuid() == 0:
         # PgBouncer refuses to run as root: run it as postgres (what

@@ -42,6 +42,7 @@
 #define OID_BOOL 16
 #define OID_INT8 20
 #define OID_TEXT 25
+#define OID_FLOAT8 701
 
 typedef struct admin_column {
   const char *name;
@@ -67,6 +68,12 @@ typedef enum {
 
 /* ---- result sets ---- */
 
+/* pg_type.typlen of OID: -1 for text. */
+static int16_t type_len(uint32_t oid) {
+  if (oid == OID_INT8 || oid == OID_FLOAT8) return 8;
+  return oid == OID_BOOL ? 1 : -1;
+}
+
 static void put_row_description(pgs_buf_t *b, const admin_column_t *cols, int n) {
   size_t start = pgs_msg_begin(b, 'T');
   pgs_buf_put_i16(b, (int16_t)n);
@@ -75,7 +82,7 @@ static void put_row_description(pgs_buf_t *b, const admin_column_t *cols, int n)
     pgs_buf_put_i32(b, 0); /* table */
     pgs_buf_put_i16(b, 0); /* column */
     pgs_buf_put_i32(b, (int32_t)cols[i].oid);
-    pgs_buf_put_i16(b, cols[i].oid == OID_INT8 ? 8 : cols[i].oid == OID_BOOL ? 1 : -1);
+    pgs_buf_put_i16(b, type_len(cols[i].oid));
     pgs_buf_put_i32(b, -1); /* typmod */
     pgs_buf_put_i16(b, 0);  /* text */
   }
@@ -146,6 +153,7 @@ static const admin_column_t nodes_cols[] = {
     {"lag_ms", OID_INT8},
     {"failed_checks", OID_INT8},
     {"last_check_ms_ago", OID_INT8},
+    {"check_ms", OID_FLOAT8},
     {"banned", OID_BOOL},
 };
 static const admin_column_t pools_cols[] = {
@@ -295,9 +303,13 @@ static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
             row_int(&r, (int64_t)(now - ns->checked_ms));
           else
             row_text(&r, NULL);
+          if (ns->check.count > 0)
+            row_format(&r, "%.3f", (double)ns->check.last_us / 1000.0);
+          else
+            row_text(&r, NULL);
           row_bool(&r, ns->banned);
         } else {
-          for (int k = 0; k < 9; k++) row_text(&r, NULL);
+          for (int k = 0; k < 10; k++) row_text(&r, NULL);
         }
         row_end(&r);
       }

@@ -141,6 +141,48 @@ static const uint8_t *records(const pgs_buf_t *b, size_t *at, size_t size, uint3
   return p;
 }
 
+/* The health monitor's check latency of every node, from the snapshot
+ * (health.h): each family's lines together, as the text format wants. */
+static void render_checks(pgs_buf_t *b, const pgs_config_t *config, const pgs_snapshot_t *snap) {
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass == 0)
+      family(b, "pgshard_health_check_seconds", "histogram",
+             "health checks that answered: connect (when needed) and lag query");
+    else
+      family(b, "pgshard_health_check_last_seconds", "gauge",
+             "the latest health check that answered");
+    for (int d = 0; d < config->ndatabases; d++) {
+      const pgs_database_t *db = &config->databases[d];
+      for (int s = 0; s < db->nshards; s++) {
+        const pgs_shard_health_t *h = pgs_snapshot_shard_of(snap, db, s);
+        for (int i = 0; h && i < h->nnodes; i++) {
+          const pgs_check_timing_t *t = &h->nodes[i].check;
+          char labels[256];
+          snprintf(labels, sizeof(labels), "database=\"%s\",shard=\"%s\",node=\"%d\",role=\"%s\"",
+                   db->name, db->shards[s].name, i, i == 0 ? "primary" : "replica");
+          if (pass == 1) {
+            if (t->count > 0)
+              put(b, "pgshard_health_check_last_seconds{%s} %.6f\n", labels,
+                  (double)t->last_us / 1e6);
+            continue;
+          }
+          uint64_t cumulative = 0;
+          for (int k = 0; k < PGS_CHECK_BUCKETS; k++) {
+            cumulative += t->buckets[k];
+            put(b, "pgshard_health_check_seconds_bucket{%s,le=\"%g\"} %llu\n", labels,
+                (double)pgs_check_bucket_us[k] / 1e6, (unsigned long long)cumulative);
+          }
+          put(b, "pgshard_health_check_seconds_bucket{%s,le=\"+Inf\"} %llu\n", labels,
+              (unsigned long long)t->count);
+          put(b, "pgshard_health_check_seconds_sum{%s} %.6f\n", labels, (double)t->sum_us / 1e6);
+          put(b, "pgshard_health_check_seconds_count{%s} %llu\n", labels,
+              (unsigned long long)t->count);
+        }
+      }
+    }
+  }
+}
+
 static void render(metrics_conn_t *mc, pgs_gather_t *g) {
   pgs_buf_t *b = &mc->out;
   const pgs_config_t *config = mc->worker->config;
@@ -314,6 +356,7 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
       }
     }
   }
+  render_checks(b, config, snap);
   free(stats);
   free(pools);
   free(clients);

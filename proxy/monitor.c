@@ -64,8 +64,9 @@ typedef struct mon_node {
   int poll_fd;
   uint64_t connect_start_ms;
   uint64_t sent_ms;
-  bool in_round;   /* part of the current round */
-  bool has_result; /* answered (or failed) in the current round */
+  uint64_t check_start_us; /* the check's start: its connect, or its query's send */
+  bool in_round;           /* part of the current round */
+  bool has_result;         /* answered (or failed) in the current round */
   pgs_check_result_t result;
   char last_error[256];
 } mon_node_t;
@@ -266,6 +267,7 @@ static void node_done(mon_node_t *n, bool ok, bool in_recovery, uint64_t lsn, ui
   n->result.receive_lsn = receive;
   n->result.sent_ms = n->sent_ms;
   n->result.done_ms = now;
+  n->result.duration_us = ok ? pgs_now_us() - n->check_start_us : 0;
   if (--mon.pending == 0 && !mon.round_starting) finish_round(now);
 }
 
@@ -500,13 +502,15 @@ static void start_round(uint64_t now) {
         mon.pending++;
         switch (n->state) {
         case MN_CLOSED:
+          n->check_start_us = pgs_now_us();
           start_connect(n, now); /* the check follows the login */
           break;
         case MN_IDLE:
+          n->check_start_us = pgs_now_us();
           send_check(n, now);
           break;
         case MN_CONNECTING: /* still logging in */
-        case MN_BUSY:       /* the last check is still unanswered */
+        case MN_BUSY:       /* the last check is still unanswered (timed from its start) */
           break;
         }
       }

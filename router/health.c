@@ -103,6 +103,25 @@ pgs_status_t pgs_lsn_parse(const char *text, uint64_t *out) {
   return PGS_OK;
 }
 
+/* ---- check latency ---- */
+
+const uint64_t pgs_check_bucket_us[PGS_CHECK_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+};
+
+int pgs_check_bucket(uint64_t us) {
+  int i = 0;
+  while (i < PGS_CHECK_BUCKETS && us > pgs_check_bucket_us[i]) i++;
+  return i;
+}
+
+void pgs_check_timing_add(pgs_check_timing_t *t, uint64_t us) {
+  t->count++;
+  t->sum_us += us;
+  t->last_us = us;
+  t->buckets[pgs_check_bucket(us)]++;
+}
+
 /* ---- applying a check ---- */
 
 static bool within_bounds(const pgs_shard_health_t *sh, const pgs_node_state_t *n,
@@ -162,6 +181,7 @@ bool pgs_health_apply(pgs_shard_health_t *sh, int i, const pgs_check_result_t *r
 
   n->failures = 0;
   n->checked_ms = r->done_ms;
+  pgs_check_timing_add(&n->check, r->duration_us);
   n->in_recovery = r->in_recovery;
   n->lsn = r->lsn;
   n->receive_lsn = r->receive_lsn;

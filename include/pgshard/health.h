@@ -53,6 +53,28 @@ pgs_status_t pgs_lsn_parse(const char *text, uint64_t *out) PGS_MUST_USE;
  * primary would otherwise look 24 or 40 bytes ahead of its replicas. */
 uint64_t pgs_lsn_record_end(uint64_t insert_lsn);
 
+/* How long the checks of one node that answered took, from the start of
+ * the connect (a check that follows a login) or the send of the query to
+ * its answer: a Prometheus histogram with fixed buckets from 0.5 ms to 5 s
+ * (an upper bound counts as inside its bucket, as Prometheus' le), each
+ * bucket counted alone (the export makes them cumulative). A check that
+ * failed has no latency: it is not counted. */
+#define PGS_CHECK_BUCKETS 13
+extern const uint64_t pgs_check_bucket_us[PGS_CHECK_BUCKETS]; /* upper bounds, µs */
+
+typedef struct pgs_check_timing {
+  uint64_t count;
+  uint64_t sum_us;
+  uint64_t last_us;                        /* the latest check's, 0 before the first */
+  uint64_t buckets[PGS_CHECK_BUCKETS + 1]; /* the last: past the largest bound */
+} pgs_check_timing_t;
+
+/* One more check that answered after US microseconds. */
+void pgs_check_timing_add(pgs_check_timing_t *t, uint64_t us);
+/* The bucket of US: the first whose bound is >= US, PGS_CHECK_BUCKETS past
+ * them all. */
+int pgs_check_bucket(uint64_t us);
+
 /* One node as the workers see it. */
 typedef struct pgs_node_state {
   bool up;          /* reachable (not marked down) */
@@ -71,6 +93,7 @@ typedef struct pgs_node_state {
                           connections from before are dropped */
   uint64_t retry_at_ms; /* down: next reconnect attempt */
   int retry_backoff_ms;
+  pgs_check_timing_t check; /* its checks' latency */
 } pgs_node_state_t;
 
 /* What one check of a node returned. */
@@ -88,6 +111,7 @@ typedef struct pgs_check_result {
   uint64_t receive_lsn;
   uint64_t sent_ms; /* when the query was sent */
   uint64_t done_ms;
+  uint64_t duration_us; /* ok: the connect if it needed one, and the query */
 } pgs_check_result_t;
 
 /* Bounds a replica must stay within to take reads. */
@@ -122,7 +146,8 @@ typedef struct pgs_shard_health {
  * out of bounds while the shard has a writer that is up, and within them
  * when it has none (the replica then holds the newest data any node of the
  * shard can serve). Times come from R: sent_ms for primary samples, done_ms
- * as "now" for lags and retries. Returns true when up, readable,
+ * as "now" for lags and retries; a check that answered adds R's duration_us
+ * to the node's check timing. Returns true when up, readable,
  * in_recovery or down_epoch changed (LSNs and lags change every check). */
 bool pgs_health_apply(pgs_shard_health_t *sh, int i, const pgs_check_result_t *r,
                       const pgs_lag_bounds_t *bounds);

@@ -19,6 +19,11 @@
  * login, gets until the end of the next round. A node marked down has its
  * connection closed and is reconnected at retry_at_ms (health.h backoff).
  *
+ * Each check that answers is timed, from its connect when it needed one
+ * (else from the query's send) to the answer, and counted in the node's
+ * check timing (health.h), which the snapshot carries to /metrics and SHOW
+ * NODES.
+ *
  * A round ends when every node in it has answered, or at the next tick; a
  * new snapshot is published after every round (LSNs move every round, and
  * read-your-writes needs them), and at once after a reload.

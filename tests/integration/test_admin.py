@@ -157,6 +157,11 @@ def test_show_nodes_and_shards_from_the_monitor(replica_lab, replica_proxy):
         replicas = [n for n in mine if n["role"] == "replica"]
         assert sorted(n["port"] for n in replicas) == sorted(shard.replica_ports)
         assert all(n["in_recovery"] and n["up"] for n in replicas)
+        # Every node has answered a check (the replicas are readable): its
+        # latency in ms, a float (a check on loopback takes well under 1 ms).
+        for n in mine:
+            assert isinstance(n["check_ms"], float), n
+            assert 0 < n["check_ms"] < 5000, n
         s = shards[shard.name]
         assert s["writer"] == f"127.0.0.1:{shard.primary_port}" and s["nodes"] == 3
         assert s["up_nodes"] == 3

@@ -4,6 +4,7 @@ the admin console's SHOW STATS and SHOW POOLS and with the lab's nodes.
 """
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from conftest import free_port
+from support import wait_for
 from test_admin import admin, rows
 from test_replicas import FAST, wait_replicas_readable
 
@@ -92,6 +94,60 @@ def test_scrape_agrees_with_the_admin_console(proxy):
                  role="primary") == 1
 
 
+def check_histogram(samples, **labels):
+    """The health check histogram of the node LABELS names: (count, sum),
+    after checking that its buckets are cumulative and end at +Inf = count."""
+    name = "pgshard_health_check_seconds"
+    buckets = [(float(lab["le"]), v) for n, lab, v in samples
+               if n == name + "_bucket"
+               and all(lab.get(k) == str(w) for k, w in labels.items())]
+    assert len(buckets) == 14, buckets  # 0.5 ms .. 5 s, then +Inf
+    assert buckets[0][0] == 0.0005 and buckets[-2][0] == 5.0
+    assert buckets[-1][0] == float("inf")
+    assert [b for b, _ in buckets] == sorted(b for b, _ in buckets)
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), "buckets not cumulative"
+    count = value(samples, name + "_count", **labels)
+    assert buckets[-1][1] == count
+    return count, value(samples, name + "_sum", **labels)
+
+
+def test_health_check_latency(proxy):
+    port = free_port()
+    interval_ms = 50
+    px = proxy(metrics_listen=f"127.0.0.1:{port}", lag_check_interval_ms=interval_ms)
+    url = f"http://127.0.0.1:{port}/metrics"
+    node = dict(database="app", shard="s0", node=0, role="primary")
+
+    def answered():
+        # The first check may not have answered yet when pgshard listens.
+        found = scrape(url)
+        return found if value(found[0], "pgshard_health_check_seconds_count", **node) else None
+
+    samples, types = wait_for(answered, 10, message="a first health check")
+    assert types["pgshard_health_check_seconds"] == "histogram"
+    assert types["pgshard_health_check_last_seconds"] == "gauge"
+    first, _ = check_histogram(samples, **node)
+    started = time.monotonic()
+
+    def later():
+        # The monitor checks every interval: a scrape after one has counted more.
+        if time.monotonic() - started <= interval_ms / 1000:
+            return None
+        st = scrape(url)[0]
+        return st if check_histogram(st, **node)[0] > first else None
+    samples = wait_for(later, 10, message="the check count to grow")
+    count, total = check_histogram(samples, **node)
+    assert count > first and total > 0
+    last = value(samples, "pgshard_health_check_last_seconds", **node)
+    assert 0 < last < 5
+    assert total >= last  # the sum holds the last check among others
+    # The console's SHOW NODES shows the same kind of number in ms.
+    with admin(px) as conn:
+        nodes = [n for n in rows(conn, "show nodes") if n["shard"] == "s0" and n["node"] == 0]
+    assert len(nodes) == 1 and nodes[0]["check_ms"] is not None
+    assert 0 < nodes[0]["check_ms"] < 5000
+
+
 def test_only_get_metrics_is_served(proxy):
     port = free_port()
     px = proxy(metrics_listen=f"127.0.0.1:{port}")
@@ -128,6 +184,12 @@ def test_replica_lag_and_read_set(replica_lab, replica_proxy):
             lag = value(samples, "pgshard_replica_lag_bytes", database="app", shard=shard.name,
                         node=i, role="replica")
             assert lag >= 0
+    # Every node's checks are timed (the replicas have answered: readable).
+    for shard in lab.shards:
+        for i in (0, 1, 2):
+            count, total = check_histogram(samples, database="app", shard=shard.name, node=i,
+                                           role="primary" if i == 0 else "replica")
+            assert count >= 1 and total > 0
     in_set = [v for n, lab_, v in samples if n == "pgshard_node_in_read_set"]
     assert len(in_set) == 4 and sum(in_set) >= 3
 

@@ -833,6 +833,65 @@ static void test_elect_promoted_replica_lag_for_others(void **state) {
   free(f);
 }
 
+/* ---- check latency ---- */
+
+static void test_check_bucket_bounds_are_inclusive(void **state) {
+  (void)state;
+  assert_int_equal(pgs_check_bucket(0), 0);
+  assert_int_equal(pgs_check_bucket(500), 0); /* le="0.0005" holds 0.5 ms itself */
+  assert_int_equal(pgs_check_bucket(501), 1);
+  assert_int_equal(pgs_check_bucket(1000), 1);
+  assert_int_equal(pgs_check_bucket(1001), 2);
+  assert_int_equal(pgs_check_bucket(5000000), PGS_CHECK_BUCKETS - 1);
+  assert_int_equal(pgs_check_bucket(5000001), PGS_CHECK_BUCKETS); /* past 5 s */
+  assert_int_equal(pgs_check_bucket(UINT64_MAX), PGS_CHECK_BUCKETS);
+  /* The bounds increase: cumulative counts can be made by adding. */
+  for (int i = 1; i < PGS_CHECK_BUCKETS; i++)
+    assert_true(pgs_check_bucket_us[i] > pgs_check_bucket_us[i - 1]);
+  assert_true(pgs_check_bucket_us[0] == 500 &&
+              pgs_check_bucket_us[PGS_CHECK_BUCKETS - 1] == 5000000);
+}
+
+static void test_check_timing_counts_sum_last(void **state) {
+  (void)state;
+  pgs_check_timing_t t;
+  memset(&t, 0, sizeof(t));
+  pgs_check_timing_add(&t, 300);
+  pgs_check_timing_add(&t, 2000);
+  pgs_check_timing_add(&t, 7000000);
+  assert_true(t.count == 3);
+  assert_true(t.sum_us == 7002300);
+  assert_true(t.last_us == 7000000);
+  assert_true(t.buckets[0] == 1 && t.buckets[2] == 1 && t.buckets[PGS_CHECK_BUCKETS] == 1);
+  uint64_t total = 0;
+  for (int i = 0; i <= PGS_CHECK_BUCKETS; i++) total += t.buckets[i];
+  assert_true(total == t.count);
+}
+
+/* A check that answered is timed; one that failed (or was slow) is not,
+ * and leaves the last latency as it was. */
+static void test_apply_times_answered_checks_only(void **state) {
+  (void)state;
+  fixture_t *f = shard_new(2);
+  pgs_check_result_t p = ok_result(false, 1000, 100);
+  p.duration_us = 1500;
+  pgs_health_apply(&f->sh, 0, &p, &bounds);
+  assert_true(f->nodes[0].check.count == 1 && f->nodes[0].check.last_us == 1500);
+  assert_true(f->nodes[0].check.buckets[2] == 1);
+  pgs_check_result_t bad = failed_result(200);
+  bad.duration_us = 99; /* ignored: a failed check has no latency */
+  pgs_health_apply(&f->sh, 0, &bad, &bounds);
+  bad.slow = true;
+  pgs_health_apply(&f->sh, 0, &bad, &bounds);
+  assert_true(f->nodes[0].check.count == 1 && f->nodes[0].check.last_us == 1500);
+  pgs_check_result_t r = ok_result(true, 1000, 300);
+  r.duration_us = 400;
+  pgs_health_apply(&f->sh, 1, &r, &bounds);
+  assert_true(f->nodes[1].check.count == 1 && f->nodes[1].check.sum_us == 400);
+  assert_true(f->nodes[0].check.count == 1); /* per node */
+  free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lsn_parse_valid),
@@ -875,6 +934,9 @@ int main(void) {
       cmocka_unit_test(test_elect_why_null_cap),
       cmocka_unit_test(test_page_header_is_no_lag),
       cmocka_unit_test(test_elect_promoted_replica_lag_for_others),
+      cmocka_unit_test(test_check_bucket_bounds_are_inclusive),
+      cmocka_unit_test(test_check_timing_counts_sum_last),
+      cmocka_unit_test(test_apply_times_answered_checks_only),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
