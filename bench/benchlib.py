@@ -101,7 +101,7 @@ def bench_parser(doc, duration):
                         help="build directory with pgshard and pgshardctl (default: build)")
     parser.add_argument("--duration", type=int, default=duration,
                         help=f"seconds per run (default {duration})")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per cell (default 3)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per cell (default: the bench's own)")
     return parser
 
 
