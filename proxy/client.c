@@ -97,7 +97,7 @@ static void client_closed_cb(uv_handle_t *handle) {
 
 /* Whether SERVER runs a statement naming the client's 2PC gid. */
 static bool settles_gid(const pgs_client_t *client, const pgs_server_t *server) {
-  return client->twopc_gid[0] && !strcmp(server->gid, client->twopc_gid) &&
+  return client->twopc.gid[0] && !strcmp(server->gid, client->twopc.gid) &&
          !pgs_server_expect_idle(server);
 }
 
@@ -251,11 +251,11 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
   pgs_io_t *io = &client->io;
   char type;
   size_t total;
-  pgs_request_tx_failed(client);
+  pgs_state_tx_failed(client);
   if (pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, io->in.len, &type, &total) ==
           PGS_OK &&
       io->in.len - io->in_pos >= total) {
-    if (pgs_request_planned(client)) pgs_client_clear_steps(client);
+    if (pgs_state_planned(client)) pgs_steps_clear(client);
     io->in_pos += total;
     if (type == 'Q' || type == 'F') {
       emit_ready(client);
@@ -263,10 +263,10 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
       client->unit_mask = 0;
       emit_ready(client);
     } else {
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     }
   } else {
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   }
   leave_waiting(client);
   if (pgs_io_flush(&client->io) < 0) {
@@ -1278,8 +1278,7 @@ const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n) {
  * pgshard stopped reading is waiting for pgshard, not idle. */
 static bool client_idle(const pgs_client_t *client) {
   if ((client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) || !client->io.reading ||
-      pgs_request_planned(client) || client->fan || client->unit_mask ||
-      client->ex.ready_pending > 0)
+      pgs_state_planned(client) || client->fan || client->unit_mask || client->ex.ready_pending > 0)
     return false;
   for (int i = 0; i < client->nslots; i++)
     if (client->servers[i] && !pgs_server_expect_idle(client->servers[i])) return false;

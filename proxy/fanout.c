@@ -158,7 +158,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   uint64_t rows = 0;
   client->fan = NULL;
   if (fan->skipped) {
-    if (!fan->synced) pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    if (!fan->synced) pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     pgs_fan_free(fan);
     return;
   }
@@ -168,12 +168,12 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   if (fan->error.len > 0) {
     pgs_buf_put(out, fan->error.data, fan->error.len);
     if (fan->error.len > 5) pgs_client_count_error(client, fan->error.data + 5, fan->error.len - 5);
-    pgs_client_step_failed(client);
+    pgs_state_message_failed(client);
     /* An error of pgshard's own inside a transaction aborts it, as any
      * error would in PostgreSQL (no server failed to say so). */
-    if (fan->own_error) pgs_request_tx_failed(client);
+    if (fan->own_error) pgs_state_tx_failed(client);
     /* Skip to Sync, as PostgreSQL, unless the Sync is out already. */
-    if (!fan->simple && !fan->synced) pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    if (!fan->simple && !fan->synced) pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   } else {
     char tag[48];
     if (fan->copy) {

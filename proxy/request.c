@@ -116,21 +116,8 @@ void pgs_client_routing_init(pgs_client_t *client) {
       pgs_request_on_parameter_status(client, client->settings[i].name, client->settings[i].value);
 }
 
-void pgs_client_clear_steps(pgs_client_t *client) {
-  for (int i = 0; i < client->nsteps; i++) {
-    free(client->steps[i].text);
-    client->steps[i].text = NULL;
-  }
-  client->nsteps = client->step_next = 0;
-  pgs_request_set(client, PGS_REQ_IDLE);
-  /* A two-phase commit ends with its message's steps; one whose steps were
-   * dropped (the session failed under it) is recovery's now. */
-  if (client->ex.tx == PGS_TX_PREPARING || client->ex.tx == PGS_TX_DECIDED)
-    pgs_request_set_tx(client, PGS_TX_NONE);
-}
-
 void pgs_client_routing_free(pgs_client_t *client) {
-  if (client->steps) pgs_client_clear_steps(client);
+  if (client->steps) pgs_steps_clear(client);
   free(client->steps);
   free(client->servers);
   free(client->pools);
@@ -151,69 +138,7 @@ void pgs_client_routing_free(pgs_client_t *client) {
   free(client->pv_fmt);
   pgs_fan_free(client->fan);
   client->fan = NULL;
-  /* A two-phase commit it will not finish: recovery settles it now (the
-   * decision taken, or abort when none was). */
-  if (client->twopc_gid[0]) pgs_twophase_release(client->twopc_gid);
-  client->twopc_gid[0] = '\0';
-}
-
-/* ---- states (exchange.h) ----
- *
- * The request, unit and transaction states change only here: each change
- * is checked against the engine's transition table and logged at debug
- * level. A change the table refuses is an engine bug: logged as an error
- * (and fatal under PGSHARD_STRICT, as the tests run), and made anyway so
- * that production behaves as it did before the check. */
-
-static void engine_bug(const pgs_client_t *client, const char *what, const char *from,
-                       const char *to) {
-  pgs_error("client %d: %s state %s -> %s is not a transition of the engine", client->cancel_pid,
-            what, from, to);
-  if (getenv("PGSHARD_STRICT")) abort();
-}
-
-void pgs_request_set(pgs_client_t *client, pgs_req_state_t to) {
-  pgs_req_state_t from = (pgs_req_state_t)client->ex.req;
-  if (from == to) return;
-  if (!pgs_exchange_set_req(&client->ex, to))
-    engine_bug(client, "request", pgs_req_state_name(from), pgs_req_state_name(to));
-  pgs_debug("client %d: request %s -> %s", client->cancel_pid, pgs_req_state_name(from),
-            pgs_req_state_name(to));
-}
-
-void pgs_request_set_unit(pgs_client_t *client, pgs_unit_state_t to) {
-  pgs_unit_state_t from = (pgs_unit_state_t)client->ex.unit;
-  if (from == to) return;
-  if (!pgs_exchange_set_unit(&client->ex, to))
-    engine_bug(client, "unit", pgs_unit_state_name(from), pgs_unit_state_name(to));
-  pgs_debug("client %d: unit %s -> %s", client->cancel_pid, pgs_unit_state_name(from),
-            pgs_unit_state_name(to));
-}
-
-void pgs_request_set_tx(pgs_client_t *client, pgs_tx_state_t to) {
-  pgs_tx_state_t from = (pgs_tx_state_t)client->ex.tx;
-  if (from == to) return;
-  if (!pgs_exchange_set_tx(&client->ex, to))
-    engine_bug(client, "transaction", pgs_tx_state_name(from), pgs_tx_state_name(to));
-  pgs_debug("client %d: transaction %s -> %s", client->cancel_pid, pgs_tx_state_name(from),
-            pgs_tx_state_name(to));
-}
-
-void pgs_request_tx_failed(pgs_client_t *client) {
-  if (client->ex.tx == PGS_TX_OPEN) pgs_request_set_tx(client, PGS_TX_ABORTED);
-}
-
-bool pgs_request_resume(pgs_client_t *client) {
-  switch (client->ex.req) {
-  case PGS_REQ_DRAINING:
-    pgs_request_set(client, PGS_REQ_RUNNING);
-    return true;
-  case PGS_REQ_HELD:
-    pgs_request_set(client, PGS_REQ_IDLE);
-    return true;
-  default:
-    return false;
-  }
+  pgs_coordinator_abandon(client);
 }
 
 /* ---- servers held ---- */
@@ -247,11 +172,6 @@ char pgs_client_ready_status(const pgs_client_t *client) {
   return status;
 }
 
-void pgs_client_step_failed(pgs_client_t *client) {
-  client->ex.message_error = true;
-  client->request_failed = true;
-}
-
 void pgs_client_send_ready(pgs_client_t *client) {
   char status = pgs_client_ready_status(client);
   size_t mark = pgs_io_scratch_mark(&client->io);
@@ -262,7 +182,7 @@ void pgs_client_send_ready(pgs_client_t *client) {
 
 bool pgs_client_maybe_release(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
-  if (client->state != PGS_CL_ACTIVE || client->pinned || pgs_request_planned(client) ||
+  if (client->state != PGS_CL_ACTIVE || client->pinned || pgs_state_planned(client) ||
       pgs_exchange_in_tx(&client->ex) || client->unit_mask ||
       (client->ex.unit == PGS_UNIT_SKIP_TO_SYNC) || io->in_pos != io->in.len)
     return false;
@@ -620,46 +540,17 @@ static void exec_sql(pgs_server_t *server, const char *text, pgs_reply_rule_t ru
 
 static int slot_node(const pgs_client_t *client, int slot);
 
+/* A step for SHARD (a slot; -1: no server), taken from the node the slot
+ * is placed on now. */
 static pgs_step_t *add_step(pgs_client_t *client, int shard, pgs_step_op_t op,
                             pgs_placed_t placed) {
-  if (client->nsteps == client->steps_cap) { /* not expected: plans fit nshards + 4 */
-    client->steps_cap *= 2;
-    client->steps = pgs_xrealloc(client->steps, sizeof(*client->steps) * (size_t)client->steps_cap);
-  }
-  pgs_step_t *st = &client->steps[client->nsteps++];
-  memset(st, 0, sizeof(*st));
-  st->shard = (int16_t)shard;
-  st->node = (int8_t)(shard >= 0 ? slot_node(client, shard) : -1);
-  st->op = (uint8_t)op;
-  st->placed = (uint8_t)placed;
+  pgs_step_t *st = pgs_steps_add(client, shard, op, placed);
+  if (shard >= 0) st->node = (int8_t)slot_node(client, shard);
   return st;
 }
 
-static void add_reply(pgs_client_t *client, char reply, const char *tag) {
-  pgs_step_t *st = add_step(client, -1, PGS_STEP_REPLY, PGS_PLACED_NONE);
-  st->reply = reply;
-  if (tag) st->text = pgs_xstrdup(tag);
-}
-
-PGS_PRINTF(3, 4)
-static void add_error(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
-  char message[1024];
-  va_list ap;
-  int n = snprintf(message, sizeof(message), "pgshard: ");
-  va_start(ap, fmt);
-  vsnprintf(message + n, sizeof(message) - (size_t)n, fmt, ap);
-  va_end(ap);
-  pgs_step_t *st = add_step(client, -1, PGS_STEP_ERROR, PGS_PLACED_NONE);
-  size_t mlen = strlen(message);
-  st->text = pgs_xmalloc(6 + mlen + 1);
-  memcpy(st->text, sqlstate, 5);
-  st->text[5] = '\0';
-  memcpy(st->text + 6, message, mlen + 1);
-  pgs_request_tx_failed(client);
-  COUNT(client, refusals);
-  if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
-  client->request_failed = true;
-}
+#define add_reply pgs_steps_reply
+#define add_error pgs_steps_error
 
 /* The same message (or per-shard TEXTS[shard] for SPLIT) on every shard of
  * MASK in turn, replies merged: the first part's descriptions, every
@@ -887,7 +778,7 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
     pgs_fan_part_lost(client, slot, message);
     if (last_ready) pgs_client_send_ready(client);
     if (client->state == PGS_CL_WAITING) return;
-    (void)pgs_request_resume(client);
+    (void)pgs_state_resume(client);
     pgs_client_process(client);
     return;
   }
@@ -920,9 +811,9 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
     if (readies > 0) pgs_msg_ready(pgs_io_scratch(io), pgs_client_ready_status(client));
     pgs_io_scratch_done(io, mark);
   }
-  if (open_unit || readies == 0) pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+  if (open_unit || readies == 0) pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   if (client->state == PGS_CL_WAITING) return; /* on_server resumes it */
-  (void)pgs_request_resume(client);
+  (void)pgs_state_resume(client);
   pgs_client_process(client);
 }
 
@@ -1203,180 +1094,10 @@ static uint64_t placed_mask(pgs_client_t *client, const pgs_route_t *rt, const p
   return placed_mask_quietly(client, rt, plan, false);
 }
 
-/* ---- two-phase commit (cross_shard_writes = 2pc) ----
- *
- * A transaction that wrote on several shards commits in phases, each a
- * TWOPC step that runs once every server has answered the steps before it
- * and plans the next ones:
- *   PREPARE  the transaction failed anywhere (a statement's error, a shard
- *        in 'E'): ROLLBACK everywhere. Else PREPARE TRANSACTION 'gid' on each
- *        shard written, COMMIT on the others (transaction: preparing).
- *   DECIDE  a PREPARE failed (its error went to the client): ROLLBACK
- *        PREPARED on each that prepared. Else the commit is recorded
- *        durably in the decision log (twophase.h), then COMMIT PREPARED on
- *        each. When recovery decided abort meanwhile (the PREPAREs took
- *        over PGS_TWOPHASE_IN_FLIGHT_MS) the rollback is its own
- *        (transaction: decided).
- *   FINISH  done: "D gid" in the log, the client's CommandComplete and, for a
- *        simple Query, its ReadyForQuery.
- * A crash of pgshard or of a shard between the phases leaves prepared
- * transactions that recovery settles from the log (presumed abort). */
-
 static void add_inject(pgs_client_t *client, int slot, const char *text, pgs_reply_rule_t rule,
                        bool extended) {
-  pgs_step_t *st = add_step(client, slot, PGS_STEP_INJECT, PGS_PLACED_INTERNAL);
-  st->text = pgs_xstrdup(text);
-  st->rule = rule;
-  st->extended = extended;
-  st->internal = st->always = true;
-}
-
-static void add_twopc(pgs_client_t *client, pgs_twopc_phase_t phase) {
-  pgs_step_t *st = add_step(client, -1, PGS_STEP_TWOPC, PGS_PLACED_NONE);
-  st->phase = (uint8_t)phase;
-  st->always = true;
-}
-
-/* Commit SLOTS (WRITTEN of them wrote) in two phases; TAG: the client sent
- * COMMIT (answer "COMMIT"), else the statement's own reply is out. */
-static void plan_twopc(pgs_client_t *client, uint64_t slots, uint64_t written, bool simple,
-                       bool tag) {
-  if (pgs_twophase_new_gid(client->twopc_gid) != PGS_OK) {
-    add_error(client, "58030",
-              "could not start a two-phase commit (the decision log is not usable); the "
-              "transaction is rolled back");
-    for (int i = 0; i < client->nslots; i++)
-      if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", EXPECTED_ERROR, !simple);
-    if (simple) add_reply(client, 'Z', NULL);
-    return;
-  }
-  client->twopc_slots = slots;
-  client->twopc_written = written;
-  client->twopc_simple = simple;
-  client->twopc_tag = tag;
-  pgs_request_set_tx(client, PGS_TX_PREPARING);
-  add_twopc(client, PGS_2PC_PREPARE);
-}
-
-/* Each slot of MASK runs a statement naming the gid. */
-static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *verb,
-                            pgs_reply_rule_t rule) {
-  char sql[PGS_GID_MAX + 40];
-  snprintf(sql, sizeof(sql), "%s '%s'", verb, client->twopc_gid);
-  for (int i = 0; i < client->nslots; i++) {
-    if (!(mask & BIT(i))) continue;
-    add_inject(client, i, sql, rule, !client->twopc_simple);
-    client->steps[client->nsteps - 1].gid = true;
-  }
-}
-
-/* The slots of MASK whose server prepared the gid: a ROLLBACK PREPARED
- * elsewhere would only fail (and fill the server's log). */
-static uint64_t prepared_slots(const pgs_client_t *client, uint64_t mask) {
-  uint64_t prepared = 0;
-  for (int i = 0; i < client->nslots; i++) {
-    const pgs_server_t *s = client->servers[i];
-    if ((mask & BIT(i)) && s && s->gid_prepared && !strcmp(s->gid, client->twopc_gid))
-      prepared |= BIT(i);
-  }
-  return prepared;
-}
-
-/* A reply of the commit: it goes out even after an error (the error is
- * what a failed PREPARE sent; the ReadyForQuery must follow). */
-static void add_twopc_reply(pgs_client_t *client, char reply, const char *tag) {
-  add_reply(client, reply, tag);
-  client->steps[client->nsteps - 1].always = true;
-}
-
-static void run_twopc(pgs_client_t *client, pgs_twopc_phase_t phase) {
-  bool simple = client->twopc_simple;
-  uint64_t slots = client->twopc_slots, written = client->twopc_written;
-  switch (phase) {
-  case PGS_2PC_PREPARE: {
-    bool failed = client->ex.message_error;
-    for (int i = 0; i < client->nslots; i++)
-      if ((slots & BIT(i)) && client->servers[i] && client->servers[i]->txstatus == 'E')
-        failed = true;
-    if (failed) {
-      COUNT(client, twopc_aborts);
-      pgs_twophase_record_abort(client->twopc_gid);
-      pgs_twophase_record_done(client->twopc_gid);
-      for (int i = 0; i < client->nslots; i++)
-        if (slots & BIT(i)) add_inject(client, i, "ROLLBACK", EXPECTED_ERROR, !simple);
-      if (!client->ex.message_error && client->twopc_tag) add_twopc_reply(client, 'C', "ROLLBACK");
-      if (simple) add_twopc_reply(client, 'Z', NULL);
-      return;
-    }
-    pgs_reply_rule_t prepare = CLIENT_ERROR;
-    prepare.prepares = true;
-    add_gid_injects(client, written, "PREPARE TRANSACTION", prepare);
-    for (int i = 0; i < client->nslots; i++)
-      if ((slots & ~written) & BIT(i)) add_inject(client, i, "COMMIT", CLIENT_ERROR, !simple);
-    add_twopc(client, PGS_2PC_DECIDE);
-    return;
-  }
-  case PGS_2PC_DECIDE: {
-    pgs_request_set_tx(client, PGS_TX_DECIDED);
-    if (!client->ex.message_error) (void)pgs_twophase_fault("2pc_after_prepare");
-    pgs_status_t rc =
-        client->ex.message_error ? PGS_OK : pgs_twophase_record_commit(client->twopc_gid);
-    /* Decided abort, or settled and forgotten: recovery took the gid over. */
-    bool taken = rc == PGS_EINVAL || rc == PGS_ENOTFOUND;
-    if (client->ex.message_error || rc != PGS_OK) {
-      COUNT(client, twopc_aborts);
-      if (rc != PGS_OK) {
-        if (taken)
-          add_error(client, "40000",
-                    "the two-phase commit took over %d ms to prepare; recovery rolled the "
-                    "transaction back",
-                    PGS_TWOPHASE_IN_FLIGHT_MS);
-        else
-          add_error(client, "58030",
-                    "could not record the commit decision of a two-phase commit; the "
-                    "transaction is rolled back");
-        /* It goes out, and no "COMMIT" after it. */
-        client->steps[client->nsteps - 1].always = true;
-        pgs_client_step_failed(client);
-      }
-      if (taken) {
-        /* Recovery decided abort and rolls the gid back on every shard: the
-         * worker leaves it to it rather than race its ROLLBACK PREPARED. */
-        client->twopc_gid[0] = '\0';
-      } else {
-        pgs_twophase_record_abort(client->twopc_gid);
-        add_gid_injects(client, prepared_slots(client, written), "ROLLBACK PREPARED",
-                        EXPECTED_ERROR);
-      }
-      add_twopc(client, PGS_2PC_FINISH);
-      return;
-    }
-    COUNT(client, twopc_commits);
-    pgs_twophase_pause("2pc_pause_after_decision");
-    add_gid_injects(client, written, "COMMIT PREPARED", CLIENT_ERROR);
-    add_twopc(client, PGS_2PC_FINISH);
-    return;
-  }
-  default:
-    /* An error in COMMIT PREPARED leaves the gid to recovery (decided), as
-     * does an abort recovery decided (the decide phase forgot the gid). */
-    if (client->twopc_gid[0] && client->ex.message_error &&
-        pgs_twophase_decision(client->twopc_gid) == PGS_2PC_COMMIT)
-      pgs_twophase_release(client->twopc_gid);
-    else if (client->twopc_gid[0])
-      pgs_twophase_record_done(client->twopc_gid);
-    if (!client->ex.message_error && client->twopc_tag) add_twopc_reply(client, 'C', "COMMIT");
-    if (simple) add_twopc_reply(client, 'Z', NULL);
-    client->twopc_gid[0] = '\0';
-    pgs_request_set_tx(client, PGS_TX_NONE);
-    return;
-  }
-}
-
-/* Whether committing MASK's writes needs two phases. */
-static bool needs_twopc(const pgs_client_t *client, uint64_t written_shards) {
-  return client->db->cross_shard_writes == PGS_XWRITE_2PC &&
-         __builtin_popcountll(written_shards) > 1;
+  pgs_steps_inject(client, slot, text, rule, extended);
+  client->steps[client->nsteps - 1].node = (int8_t)slot_node(client, slot);
 }
 
 /* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
@@ -1385,7 +1106,7 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
   bool rollback = kind == PGS_STMT_ROLLBACK || (client->ex.tx == PGS_TX_ABORTED);
   const char *tag = rollback ? "ROLLBACK" : "COMMIT";
   uint64_t mask = client->tx_mask;
-  pgs_request_set_tx(client, PGS_TX_NONE);
+  pgs_state_set_tx(client, PGS_TX_NONE);
   client->tx_mask = 0;
   client->tx_write_shard = -1;
   free(client->begin_sql);
@@ -1396,8 +1117,8 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
     if (simple) add_reply(client, 'Z', NULL);
     return;
   }
-  if (!rollback && needs_twopc(client, client->tx_wrote)) {
-    plan_twopc(client, mask, mask & writer_slots(client->tx_wrote), simple, true);
+  if (!rollback && pgs_coordinator_needed(client, client->tx_wrote)) {
+    pgs_coordinator_begin(client, mask, mask & writer_slots(client->tx_wrote), simple, true);
     return;
   }
   int first = client->nsteps;
@@ -1411,7 +1132,7 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
 
 static void plan_begin(pgs_client_t *client, const char *sql, bool read_only, bool simple) {
   if (!pgs_exchange_in_tx(&client->ex)) {
-    pgs_request_set_tx(client, PGS_TX_OPEN);
+    pgs_state_set_tx(client, PGS_TX_OPEN);
     client->tx_read_only = read_only;
     client->tx_mask = 0;
     client->tx_write_shard = -1;
@@ -1472,7 +1193,7 @@ static void plan_fan_query(pgs_client_t *client, const pgs_route_t *rt, pgs_plan
  * then the statement, with no ReadyForQuery of its own, then the commit. */
 static bool implicit_twopc(const pgs_client_t *client, const pgs_plan_t *plan, uint64_t shards) {
   return !pgs_exchange_in_tx(&client->ex) && plan->kind == PGS_STMT_WRITE &&
-         needs_twopc(client, shards);
+         pgs_coordinator_needed(client, shards);
 }
 
 static int implicit_begin(pgs_client_t *client, uint64_t slots) {
@@ -1484,7 +1205,7 @@ static int implicit_begin(pgs_client_t *client, uint64_t slots) {
 
 static void implicit_twopc_commit(pgs_client_t *client, uint64_t slots, int first) {
   for (int i = first; i < client->nsteps; i++) client->steps[i].rule.ready = PGS_ON_READY_DROP;
-  plan_twopc(client, slots, slots, true, false);
+  pgs_coordinator_begin(client, slots, slots, true, false);
 }
 
 /* Whether the session's client_encoding (as the client set it at startup
@@ -1517,7 +1238,7 @@ static void plan_copy_in(pgs_client_t *client, const pgs_route_t *rt, pgs_plan_t
     add_reply(client, 'Z', NULL);
     return;
   }
-  if (!pgs_exchange_in_tx(&client->ex) && needs_twopc(client, rt->shards)) {
+  if (!pgs_exchange_in_tx(&client->ex) && pgs_coordinator_needed(client, rt->shards)) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a COPY into several shards is made atomic (cross_shard_writes = 2pc) only inside "
               "a transaction: wrap it in BEGIN/COMMIT");
@@ -1773,7 +1494,7 @@ static void no_such_statement(pgs_client_t *client, const char *name) {
     add_error(client, "26000", "prepared statement \"%s\" does not exist", name);
   else
     add_error(client, "26000", "unnamed prepared statement does not exist");
-  pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+  pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
 }
 
 /* The shard the Bind right after a Parse of NAME will pick, if that Bind is
@@ -1847,14 +1568,14 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
   int ntypes = pgs_read_i16(&r);
   if (r.bad || ntypes < 0 || pgs_reader_left(&r) != (size_t)ntypes * 4) {
     add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   const uint8_t *rest = p + 5 + nlen + 1;
   pgs_client_stmt_t *stmt = remember_parse(client, name, rest, total - 5 - nlen - 1);
   if (stmt == NULL) {
     add_error(client, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   if (pgs_session_maybe(sql, qlen)) {
@@ -1867,7 +1588,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
       else
         add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
       forget_stmt(client, name);
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       pgs_session_effects_free(&fx);
       return;
     }
@@ -1890,7 +1611,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
       else
         add_error(client, stmt->plan->refuse_sqlstate, "%s", stmt->plan->refuse_message + 9);
       forget_stmt(client, name);
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     stmt->ntypes = ntypes;
@@ -1964,7 +1685,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
   pgs_param_values_t pv = {0};
   if (!read_bind(client, p + 5, total - 5, &portal_name, &stmt_name, &pv)) {
     add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
@@ -1980,7 +1701,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
       plan->kind != PGS_STMT_ROLLBACK) {
     add_error(client, "25P02",
               "current transaction is aborted, commands ignored until end of transaction block");
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
   if (stmt_is_local(client, stmt)) {
@@ -2003,25 +1724,25 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
       portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
     }
   } else if (!route(client, plan, stmt->lx, &pv, &rt)) {
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_SPLIT) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a multi-row INSERT whose rows belong to several shards is split only in a simple "
               "query; send one row per statement or use the simple query protocol");
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_MERGE) {
     pgs_value_error_t err;
     portal->mask = fan_slots(client, &rt, plan);
     if (portal->mask == 0) {
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     if (pgs_merge_limits(plan->merge, stmt->lx, &pv, &portal->limit, &portal->offset, &err) !=
         PGS_OK) {
       add_error(client, err.sqlstate, "%s", err.message);
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     portal->kind = plan->kind;
@@ -2043,19 +1764,19 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "COPY FROM STDIN into a sharded table, or into several shards, is split by key "
               "only in a simple query; send it with the simple query protocol");
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(client, plan, rt.shards)) {
     add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
               "a write on several shards in the extended query protocol is made atomic "
               "(cross_shard_writes = 2pc) only inside a transaction: wrap it in BEGIN/COMMIT");
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else {
     portal->mask = placed_mask(client, &rt, plan);
     portal->placed = PGS_PLACED_ROUTE;
     if (portal->mask == 0) {
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
   }
@@ -2076,7 +1797,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
         add_error(client, "34000", "portal \"%s\" does not exist", name);
       else
         add_error(client, "34000", "unnamed portal does not exist");
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     }
     return;
   }
@@ -2100,7 +1821,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
       add_error(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                 "a cross-shard result cannot be fetched in parts (Execute with a row limit); "
                 "fetch it whole or add a condition on the shard key");
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     } else {
       pgs_fan_start(client, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
       add_fan_steps(client, portal->mask, PGS_STEP_FAN_EXEC, NULL);
@@ -2108,7 +1829,7 @@ static void plan_portal_message(pgs_client_t *client, char type, const char *nam
   } else {
     /* A merged portal is closed where it is bound. */
     if (type == 'E' && portal->sql && !keep_for_replay(client, true, portal->sql)) {
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     client->ex.copies = portal->copies;
@@ -2180,7 +1901,7 @@ static bool names_reserved_statement(pgs_client_t *client, char type, const uint
   if (type == 'Q')
     add_reply(client, 'Z', NULL);
   else
-    pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   return true;
 }
 
@@ -2190,7 +1911,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   client->ex.sum = 0;
   client->ex.copies = false;
   client->ex.message_error = false;
-  pgs_request_set(client, PGS_REQ_RUNNING);
+  pgs_state_set_request(client, PGS_REQ_RUNNING);
   if ((type == 'Q' || type == 'P') && names_reserved_statement(client, type, p, total)) return;
   if (!client->routing) {
     /* One shard: everything to it, as a pooler would. */
@@ -2211,7 +1932,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       pgs_client_stmt_t *stmt = NULL;
       if (r.bad) {
         add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
-        pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+        pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
         return;
       }
       if (nlen > 0) {
@@ -2221,7 +1942,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
            * it for whoever comes next. */
           add_error(client, "53400", "too many prepared statements (%d)",
                     PGS_CLIENT_MAX_STATEMENTS);
-          pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+          pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
           return;
         }
       }
@@ -2259,7 +1980,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     if ((type == 'C' || type == 'D') && !target_message_ok(p, total)) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
                 type == 'D' ? "Describe" : "Close");
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     if (type == 'C' && p[5] == 'S' && total > 7) {
@@ -2287,7 +2008,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
                    : NULL;
         if (name == NULL) {
           add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
-          pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+          pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
           return;
         }
       }
@@ -2322,7 +2043,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     if (!target_message_ok(p, total)) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
                 type == 'D' ? "Describe" : "Close");
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     } else if (p[5] == 'P') {
       plan_portal_message(client, type, name, 0);
     } else if (type == 'C') {
@@ -2347,7 +2068,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     size_t nlen = strnlen((const char *)p + 5, total - 5);
     if (nlen == total - 5 || total - 5 - nlen - 1 != 4) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Execute message");
-      pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
     int32_t max_rows = 0;
@@ -2437,7 +2158,7 @@ static pgs_reply_action_t reply_events(pgs_client_t *client, pgs_server_t *serve
   if (v->events & PGS_RE_LOGIN_ROW) pgs_client_on_login_row(client, body, len);
   if (v->events & PGS_RE_PARAMETER) pgs_request_on_parameter_status(client, v->name, v->value);
   if (v->events & PGS_RE_CLIENT_SEES) pgs_client_on_server_message(client, type, body, len);
-  if (v->events & PGS_RE_CLIENT_ERROR) pgs_client_step_failed(client);
+  if (v->events & PGS_RE_CLIENT_ERROR) pgs_state_message_failed(client);
   if ((v->events & PGS_RE_LOGIN_DONE) && client->state == PGS_CL_LOGIN) {
     pgs_client_login_done(client);
     return PGS_REPLY_DROP;
@@ -2484,7 +2205,7 @@ static bool owner_flush(pgs_client_t *client) {
  * this server's replies before sending elsewhere goes on. */
 static void owner_settled(pgs_client_t *client) {
   if (pgs_client_maybe_release(client)) return;
-  if (pgs_request_resume(client)) pgs_client_process(client);
+  if (pgs_state_resume(client)) pgs_client_process(client);
 }
 
 static void owner_lost(pgs_client_t *client, int slot, int readies, bool open_unit,
@@ -2511,7 +2232,7 @@ const pgs_server_owner_t pgs_request_server_owner = {
 
 bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const char *why) {
   pgs_fan_t *fan = client->fan;
-  if (fan == NULL || !pgs_request_planned(client) || client->want_slot < 0 ||
+  if (fan == NULL || !pgs_state_planned(client) || client->want_slot < 0 ||
       !(fan->slots & BIT(client->want_slot)) || client->step_next >= client->nsteps)
     return false;
   /* The steps left of this message are the fan's parts not yet sent
@@ -2585,7 +2306,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     break;
   case PGS_STEP_INJECT:
     if (st->gid) {
-      snprintf(server->gid, sizeof(server->gid), "%s", client->twopc_gid);
+      snprintf(server->gid, sizeof(server->gid), "%s", client->twopc.gid);
       if (st->rule.prepares) server->gid_prepared = false;
     }
     if (st->extended) {
@@ -2689,7 +2410,7 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
         continue;
       }
       if (type != 'S' && type != 'Q' && !st->always && unit_error(client)) {
-        pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+        pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
         client->step_next = client->nsteps;
         break;
       }
@@ -2697,7 +2418,7 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
     if (st->op == PGS_STEP_TWOPC) {
       pgs_twopc_phase_t phase = (pgs_twopc_phase_t)st->phase;
       client->step_next++;
-      run_twopc(client, phase); /* plans more steps: st may move */
+      pgs_coordinator_run(client, phase); /* plans more steps: st may move */
       continue;
     }
     if (st->shard < 0) {
@@ -2705,7 +2426,7 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       /* An error in an extended unit skips the rest of it; a Query and a
        * FunctionCall end with their own ReadyForQuery. */
       if (st->op == PGS_STEP_ERROR && type != 'Q' && type != 'F')
-        pgs_request_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+        pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       client->step_next++;
       continue;
     }
@@ -2717,6 +2438,7 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
                              "another part of this statement failed");
       continue;
     }
+    if (st->node < 0) st->node = (int8_t)slot_node(client, st->shard); /* placed now */
     pgs_server_t *server = client->servers[st->shard];
     if (server && (st->shard & 1) && server->pool->node != st->node && st->node >= 0 &&
         pgs_server_expect_idle(server) && server->txstatus == 'I' &&
@@ -2822,7 +2544,7 @@ static void plan_over_budget(pgs_client_t *client, const char *key) {
   client->ex.sum = 0;
   client->ex.copies = false;
   client->ex.message_error = false;
-  pgs_request_set(client, PGS_REQ_RUNNING);
+  pgs_state_set_request(client, PGS_REQ_RUNNING);
   long long limit = strcmp(key, "max_client_memory") ? client->config->max_total_client_memory
                                                      : client->config->max_client_memory;
   add_error(client, PGS_SQLSTATE_OUT_OF_MEMORY,
@@ -2850,10 +2572,10 @@ static bool at_tx_boundary(const pgs_client_t *client);
 bool pgs_client_between_transactions(const pgs_client_t *client) { return at_tx_boundary(client); }
 
 static bool at_tx_boundary(const pgs_client_t *client) {
-  if (pgs_request_planned(client) || pgs_exchange_in_tx(&client->ex) ||
+  if (pgs_state_planned(client) || pgs_exchange_in_tx(&client->ex) ||
       (client->ex.tx == PGS_TX_ABORTED) || client->tx_mask || client->tx_wrote ||
       client->unit_mask || (client->ex.unit == PGS_UNIT_SKIP_TO_SYNC) || client->fan ||
-      client->ex.ready_pending || client->twopc_gid[0] || client->pending_closes ||
+      client->ex.ready_pending || client->twopc.gid[0] || client->pending_closes ||
       client->state == PGS_CL_WAITING)
     return false;
   for (int i = 0; i < client->nslots; i++) {
@@ -3108,7 +2830,7 @@ void pgs_client_process(pgs_client_t *client) {
       pgs_client_close(client);
       return;
     }
-    if (!pgs_request_planned(client) && client->fan && client->fan->copy_in &&
+    if (!pgs_state_planned(client) && client->fan && client->fan->copy_in &&
         (type == 'd' || type == 'c' || type == 'f')) {
       if (copy_backlogged(client)) {
         pgs_io_stop_reading(io); /* resumed when the shard drains */
@@ -3119,29 +2841,29 @@ void pgs_client_process(pgs_client_t *client) {
       io->in_pos += total;
       continue;
     }
-    if (!pgs_request_planned(client) && client->fan && type == 'S' && !client->fan->simple &&
+    if (!pgs_state_planned(client) && client->fan && type == 'S' && !client->fan->simple &&
         !client->fan->synced && __builtin_popcountll(client->unit_mask) > 1) {
       /* The Sync after a merged Execute goes out at once, to every server
        * of the unit (plan_sync): each one's ReadyForQuery follows its part,
        * so the last, the client's, follows the merged result. A failure of
        * the read has nothing left to skip. */
       client->fan->synced = true;
-    } else if (!pgs_request_planned(client) && (client->fan || client->ex.ready_pending > 0)) {
+    } else if (!pgs_state_planned(client) && (client->fan || client->ex.ready_pending > 0)) {
       /* A merged read is in flight: the next message waits for it (it may
        * fail the unit, and the merge owns the servers' replies). So it
        * does for the ReadyForQuery of Syncs sent at once: until the last
        * one, a server may still be skipping to its Sync. */
       (void)others_drained(client, -1);
-      pgs_request_set(client, PGS_REQ_HELD);
+      pgs_state_set_request(client, PGS_REQ_HELD);
       blocked = true;
       break;
     }
-    if (!pgs_request_planned(client)) {
+    if (!pgs_state_planned(client)) {
       if ((client->ex.unit == PGS_UNIT_SKIP_TO_SYNC) && type != 'S') {
         io->in_pos += total; /* PostgreSQL skips to Sync after an error */
         continue;
       }
-      if (type == 'S') pgs_request_set_unit(client, PGS_UNIT_CLEAN);
+      if (type == 'S') pgs_state_set_unit(client, PGS_UNIT_CLEAN);
       if (client->config != client->worker->config && !pgs_client_follow_config(client)) return;
       if (pgs_paused(client->dbname) && at_tx_boundary(client)) {
         client->paused = true; /* RESUME reads it again (worker.c) */
@@ -3160,11 +2882,11 @@ void pgs_client_process(pgs_client_t *client) {
     steps_result_t r = run_steps(client, type, p, total);
     if (r == STEPS_LEFT) return; /* waiting for a pool; pgs_client_on_server resumes */
     if (r == STEPS_BLOCKED) {
-      pgs_request_set(client, PGS_REQ_DRAINING);
+      pgs_state_set_request(client, PGS_REQ_DRAINING);
       blocked = true;
       break;
     }
-    pgs_client_clear_steps(client);
+    pgs_steps_clear(client);
     io->in_pos += total;
     if (client->tx_replay_next) {
       if (pgs_exchange_in_tx(&client->ex)) {

@@ -315,6 +315,15 @@ typedef enum {
   PGS_FAN_READY,   /* the last part's ReadyForQuery: the merged result is out */
 } pgs_fan_action_t;
 
+/* A two-phase commit in progress (cross_shard_writes = 2pc, coordinator.c). */
+typedef struct pgs_twopc {
+  char gid[64];     /* PGS_GID_BUF (twophase.h); empty: none */
+  uint64_t slots;   /* slots of the transaction */
+  uint64_t written; /* of those, the ones that prepare */
+  bool simple;      /* a simple Query: pgshard sends the ReadyForQuery */
+  bool tag;         /* the client said COMMIT: answer "COMMIT" */
+} pgs_twopc_t;
+
 struct pgs_client {
   pgs_list_t link;      /* worker->clients or worker->closing */
   pgs_list_t wait_link; /* pool->waiters */
@@ -419,13 +428,8 @@ struct pgs_client {
   pgs_lexed_t lx;       /* lexer scratch for simple queries */
   int *row_shard;       /* route scratch */
   int row_shard_cap;
-  pgs_fan_t *fan; /* a merged read in flight */
-  /* A two-phase commit in progress (cross_shard_writes = 2pc). */
-  char twopc_gid[64];      /* PGS_GID_BUF (twophase.h) */
-  uint64_t twopc_slots;    /* slots of the transaction */
-  uint64_t twopc_written;  /* of those, the ones that prepare */
-  bool twopc_simple;       /* a simple Query: pgshard sends the ReadyForQuery */
-  bool twopc_tag;          /* the client said COMMIT: answer "COMMIT" */
+  pgs_fan_t *fan;          /* a merged read in flight */
+  pgs_twopc_t twopc;       /* a two-phase commit in progress (coordinator.c) */
   const uint8_t **pv_data; /* Bind parameter scratch */
   int32_t *pv_len;
   int16_t *pv_fmt;
@@ -475,22 +479,53 @@ const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n);
 /* Worker tick: close the client if it has been idle too long, or has not
  * read any of an output backlog over its budget for a while. NOW in ms. */
 void pgs_client_tick(pgs_client_t *client, uint64_t now);
-/* request.c */
-/* The client's request, unit and transaction states (exchange.h) change
- * only through these: checked against the engine's tables, logged. */
-void pgs_request_set(pgs_client_t *client, pgs_req_state_t to);
-void pgs_request_set_unit(pgs_client_t *client, pgs_unit_state_t to);
-void pgs_request_set_tx(pgs_client_t *client, pgs_tx_state_t to);
+/* state.c: the client's request, unit and transaction states (exchange.h)
+ * change only through these: checked against the engine's tables, logged. */
+void pgs_state_set_request(pgs_client_t *client, pgs_req_state_t to);
+void pgs_state_set_unit(pgs_client_t *client, pgs_unit_state_t to);
+void pgs_state_set_tx(pgs_client_t *client, pgs_tx_state_t to);
 /* A statement failed or was refused in the client's open transaction:
  * only its end is taken now. */
-void pgs_request_tx_failed(pgs_client_t *client);
+void pgs_state_tx_failed(pgs_client_t *client);
 /* A reply the client waited for came: true when it was waiting (draining
  * or held), and the caller processes it again. */
-bool pgs_request_resume(pgs_client_t *client);
+bool pgs_state_resume(pgs_client_t *client);
 /* The message at the client's read position is planned. */
-static inline bool pgs_request_planned(const pgs_client_t *client) {
+static inline bool pgs_state_planned(const pgs_client_t *client) {
   return client->ex.req == PGS_REQ_RUNNING || client->ex.req == PGS_REQ_DRAINING;
 }
+/* An ErrorResponse went to the client during this message. */
+void pgs_state_message_failed(pgs_client_t *client);
+/* steps.c: a message's plan. A step for SHARD (a slot, -1: no server);
+ * its node is -1 (placed when it runs) unless the planner sets it. */
+pgs_step_t *pgs_steps_add(pgs_client_t *client, int shard, pgs_step_op_t op, pgs_placed_t placed);
+/* A reply pgshard makes itself: REPLY's type, TAG for CommandComplete. */
+void pgs_steps_reply(pgs_client_t *client, char reply, const char *tag);
+/* An ErrorResponse pgshard makes ("pgshard: " and the message); the
+ * transaction, if open, is aborted. */
+PGS_PRINTF(3, 4)
+void pgs_steps_error(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
+/* TEXT as pgshard's own statement on SLOT (EXTENDED: inside an extended
+ * unit, with a Sync of its own); RULE: what becomes of its replies. */
+void pgs_steps_inject(pgs_client_t *client, int slot, const char *text, pgs_reply_rule_t rule,
+                      bool extended);
+/* Forget the planned steps of the message at in_pos. */
+void pgs_steps_clear(pgs_client_t *client);
+/* coordinator.c: two-phase commits. Whether committing writes on
+ * WRITTEN_SHARDS takes two phases (cross_shard_writes = 2pc, several). */
+bool pgs_coordinator_needed(const pgs_client_t *client, uint64_t written_shards);
+/* Commit SLOTS (WRITTEN of them wrote) in two phases: a gid, then the
+ * PREPARE phase as a step. SIMPLE: a simple Query (pgshard sends its
+ * ReadyForQuery); TAG: the client said COMMIT (answer "COMMIT"). */
+void pgs_coordinator_begin(pgs_client_t *client, uint64_t slots, uint64_t written, bool simple,
+                           bool tag);
+/* Run PHASE (a TWOPC step, once every server has answered the steps
+ * before it): it plans the steps that follow. */
+void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase);
+/* The client goes away in the middle of a two-phase commit it will not
+ * finish: the gid is recovery's. */
+void pgs_coordinator_abandon(pgs_client_t *client);
+/* request.c */
 void pgs_client_routing_init(pgs_client_t *client);
 void pgs_client_routing_free(pgs_client_t *client);
 /* A reload happened (client->config is not the worker's): move the client
@@ -502,16 +537,12 @@ bool pgs_client_follow_config(pgs_client_t *client);
 /* Between transactions with nothing in flight (where a reload is followed
  * and a PAUSE holds a client). */
 bool pgs_client_between_transactions(const pgs_client_t *client);
-/* Forget the planned steps of the message at in_pos. */
-void pgs_client_clear_steps(pgs_client_t *client);
 void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server);
 /* The ReadyForQuery status the client is told: its transaction over every
  * shard (a failed one anywhere: 'E'; open anywhere: 'T'). */
 char pgs_client_ready_status(const pgs_client_t *client);
 /* ReadyForQuery with that status, made by pgshard, and what follows it. */
 void pgs_client_send_ready(pgs_client_t *client);
-/* A fan-out part's ErrorResponse went to the client / its rows counted. */
-void pgs_client_step_failed(pgs_client_t *client);
 void pgs_client_free_stmt(void *stmt);
 /* Where a client logs in (reads the server's parameters): a slot of shard
  * 0 and the node in *NODE. */
