@@ -337,8 +337,8 @@ static void build_merge_variant(pgs_client_stmt_t *stmt) {
 }
 
 /* A Bind's result format codes for the shards' variant: per-column codes
- * get a text code in front for each hidden column. BIND is past its
- * statement name (after_names) when only its names were read. */
+ * get a text code in front for each hidden column. Of a BIND of which only
+ * the names were read, the rest goes as it came. */
 static void put_bind_rest(pgs_buf_t *b, const pgs_bind_msg_t *bind, int hidden) {
   int nres = bind->nresults;
   if (hidden == 0 || nres <= 1 || nres + hidden > UINT16_MAX) {
@@ -452,12 +452,10 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
     break;
   case 'B':
   case 'D': {
-    /* Read as planned: a Bind whole when routing, else its names only. */
     pgs_bind_msg_t bind = {0};
     pgs_describe_msg_t describe = {0};
-    bool ok = type == 'B' ? (client->routing ? pgs_bind_read(body, len, &bind)
-                                             : pgs_bind_read_head(body, len, &bind)) == PGS_OK
-                          : pgs_describe_read(body, len, &describe) == PGS_OK;
+    bool ok = (type == 'B' ? pgs_bind_read_head(body, len, &bind)
+                           : pgs_describe_read(body, len, &describe)) == PGS_OK;
     const char *name = type == 'B' ? bind.statement : describe.name;
     size_t slen = type == 'B' ? bind.statement_len : describe.name_len;
     pgs_client_stmt_t *stmt = NULL;
@@ -480,8 +478,10 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
     else
       pgs_buf_put_u8(b, 'S');
     pgs_buf_put_cstr(b, merged ? stmt->merge_name : stmt->server_name);
+    pgs_bind_msg_t whole; /* a merged Bind was read whole when planned (routing) */
     if (merged)
-      put_bind_rest(b, &bind, stmt->plan->merge->nhidden);
+      put_bind_rest(b, pgs_bind_read(body, len, &whole) == PGS_OK ? &whole : &bind,
+                    stmt->plan->merge->nhidden);
     else if (type == 'B')
       pgs_buf_put(b, bind.after_names, bind.after_names_len);
     pgs_msg_end(b, start);
