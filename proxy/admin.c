@@ -1321,8 +1321,6 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
   pgs_admin_session_t *as = client->admin_session;
   pgs_buf_t *out = pgs_io_scratch(&client->io);
   size_t mark;
-  pgs_reader_t r;
-  pgs_reader_init(&r, body, len);
   if (type == 'S') {
     as->skip_to_sync = false;
     mark = pgs_io_scratch_mark(&client->io);
@@ -1333,23 +1331,17 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
   }
   if (type == 'H') return true;
   if (as->skip_to_sync) return true;
-  size_t nlen = 0, tlen;
-  const char *name = "";
-  char which = 0; /* Describe, Close: 'S' statement or 'P' portal, then the name */
-  if (type == 'D' || type == 'C') {
-    if (len < 2 || body[len - 1] != '\0' || (body[0] != 'S' && body[0] != 'P'))
-      r.bad = true;
-    else
-      which = (char)body[0], name = (const char *)body + 1;
-  } else {
-    name = pgs_read_cstr(&r, &nlen);
-  }
+  /* Each message is read whole, as PostgreSQL reads it; malformed: 08P01. */
+  pgs_parse_msg_t parse;
+  pgs_bind_msg_t bind;
+  pgs_describe_msg_t target; /* Describe, Close: 'S' statement or 'P' portal, and its name */
+  pgs_execute_msg_t execute;
   switch (type) {
   case 'P': {
-    const char *text = pgs_read_cstr(&r, &tlen);
-    if (r.bad) break;
+    if (pgs_parse_read(body, len, &parse) != PGS_OK) break;
+    const char *name = parse.name, *text = parse.query;
     pgs_admin_cmd_t cmd;
-    if (!parse_text(client, text, tlen, &cmd)) {
+    if (!parse_text(client, text, parse.query_len, &cmd)) {
       as->skip_to_sync = true;
       return true;
     }
@@ -1366,9 +1358,9 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
     return true;
   }
   case 'B': {
-    const char *stmt = pgs_read_cstr(&r, &tlen);
-    if (r.bad) break;
-    const char *text = pgs_strmap_get(&as->statements, stmt);
+    if (pgs_bind_read(body, len, &bind) != PGS_OK) break;
+    const char *name = bind.portal;
+    const char *text = pgs_strmap_get(&as->statements, bind.statement);
     if (text == NULL) {
       put_error(client, "26000", "prepared statement does not exist");
       as->skip_to_sync = true;
@@ -1386,8 +1378,9 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
     return true;
   }
   case 'D': {
-    if (r.bad) break;
-    const char *text = pgs_strmap_get(which == 'S' ? &as->statements : &as->portals, name);
+    if (pgs_describe_read(body, len, &target) != PGS_OK) break;
+    char which = target.kind;
+    const char *text = pgs_strmap_get(which == 'S' ? &as->statements : &as->portals, target.name);
     if (text == NULL) {
       put_error(client, which == 'S' ? "26000" : "34000",
                 which == 'S' ? "prepared statement does not exist" : "portal does not exist");
@@ -1414,8 +1407,8 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
     return true;
   }
   case 'E': {
-    if (r.bad) break;
-    const char *text = pgs_strmap_get(&as->portals, name);
+    if (pgs_execute_read(body, len, &execute) != PGS_OK) break;
+    const char *text = pgs_strmap_get(&as->portals, execute.portal);
     if (text == NULL) {
       put_error(client, "34000", "portal does not exist");
       as->skip_to_sync = true;
@@ -1429,8 +1422,8 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
     return run_command(client, &cmd, false);
   }
   case 'C': {
-    if (r.bad) break;
-    free(pgs_strmap_remove(which == 'S' ? &as->statements : &as->portals, name));
+    if (pgs_close_read(body, len, &target) != PGS_OK) break;
+    free(pgs_strmap_remove(target.kind == 'S' ? &as->statements : &as->portals, target.name));
     mark = pgs_io_scratch_mark(&client->io);
     pgs_msg_empty(out, '3');
     pgs_io_scratch_done(&client->io, mark);

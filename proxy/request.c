@@ -323,27 +323,18 @@ static void build_merge_variant(pgs_client_stmt_t *stmt) {
 }
 
 /* A Bind's result format codes for the shards' variant: per-column codes
- * get a text code in front for each hidden column. R is past the
- * statement name. */
-static void put_bind_rest(pgs_buf_t *b, pgs_reader_t *r, int hidden) {
-  const uint8_t *start = r->p;
-  int nfmt = pgs_read_i16(r);
-  pgs_read_bytes(r, nfmt > 0 ? 2 * (size_t)nfmt : 0);
-  int n = pgs_read_i16(r);
-  for (int i = 0; i < n && !r->bad; i++) {
-    int32_t len = pgs_read_i32(r);
-    if (len > 0) pgs_read_bytes(r, (size_t)len);
-  }
-  const uint8_t *codes = r->p;
-  int nres = pgs_read_i16(r);
-  if (r->bad || hidden == 0 || nres <= 1) {
-    pgs_buf_put(b, start, (size_t)(r->end - start)); /* as it came */
+ * get a text code in front for each hidden column. Of a BIND of which only
+ * the names were read, the rest goes as it came. */
+static void put_bind_rest(pgs_buf_t *b, const pgs_bind_msg_t *bind, int hidden) {
+  int nres = bind->nresults;
+  if (hidden == 0 || nres <= 1 || nres + hidden > UINT16_MAX) {
+    pgs_buf_put(b, bind->after_names, bind->after_names_len); /* as it came */
     return;
   }
-  pgs_buf_put(b, start, (size_t)(codes - start));
+  pgs_buf_put(b, bind->after_names, (size_t)(bind->params + bind->params_len - bind->after_names));
   pgs_buf_put_i16(b, (int16_t)(nres + hidden));
   for (int i = 0; i < hidden; i++) pgs_buf_put_i16(b, 0);
-  pgs_buf_put(b, r->p, (size_t)(r->end - r->p));
+  pgs_buf_put(b, bind->results, 2 * (size_t)nres);
 }
 
 /* Track what a statement does to session state. Whether it drops the
@@ -433,8 +424,6 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
                     size_t total, pgs_reply_rule_t rule, bool merged) {
   const uint8_t *body = p + 5;
   size_t len = total - 5;
-  pgs_reader_t r;
-  pgs_reader_init(&r, body, len);
   pgs_debug("client %d -> server %d: '%c' (%zu bytes)", client->cancel_pid, server->backend_pid,
             type, total);
   pgs_expect_kind_t kind;
@@ -449,16 +438,14 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
     break;
   case 'B':
   case 'D': {
-    size_t plen = 0, slen;
-    const char *portal = NULL;
-    uint8_t dkind = 0;
-    if (type == 'B')
-      portal = pgs_read_cstr(&r, &plen);
-    else
-      dkind = pgs_read_u8(&r);
-    const char *name = pgs_read_cstr(&r, &slen);
+    pgs_bind_msg_t bind = {0};
+    pgs_describe_msg_t describe = {0};
+    bool ok = (type == 'B' ? pgs_bind_read_head(body, len, &bind)
+                           : pgs_describe_read(body, len, &describe)) == PGS_OK;
+    const char *name = type == 'B' ? bind.statement : describe.name;
+    size_t slen = type == 'B' ? bind.statement_len : describe.name_len;
     pgs_client_stmt_t *stmt = NULL;
-    if (!r.bad && (slen > 0 || client->routing) && (type == 'B' || dkind == 'S'))
+    if (ok && (slen > 0 || client->routing) && (type == 'B' || describe.kind == 'S'))
       stmt = pgs_strmap_get(&client->stmts, name);
     kind = type == 'B' ? PGS_EXP_BIND : PGS_EXP_DESCRIBE;
     if (stmt == NULL) break; /* a portal, or unknown: the server answers */
@@ -473,14 +460,16 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
     pgs_buf_t *b = pgs_io_scratch(&server->io);
     size_t start = pgs_msg_begin(b, type);
     if (type == 'B')
-      pgs_buf_put(b, portal, plen + 1);
+      pgs_buf_put(b, bind.portal, bind.portal_len + 1);
     else
-      pgs_buf_put_u8(b, dkind);
+      pgs_buf_put_u8(b, 'S');
     pgs_buf_put_cstr(b, merged ? stmt->merge_name : stmt->server_name);
+    pgs_bind_msg_t whole; /* a merged Bind was read whole when planned (routing) */
     if (merged)
-      put_bind_rest(b, &r, stmt->plan->merge->nhidden);
-    else
-      pgs_buf_put(b, r.p, pgs_reader_left(&r));
+      put_bind_rest(b, pgs_bind_read(body, len, &whole) == PGS_OK ? &whole : &bind,
+                    stmt->plan->merge->nhidden);
+    else if (type == 'B')
+      pgs_buf_put(b, bind.after_names, bind.after_names_len);
     pgs_msg_end(b, start);
     pgs_io_scratch_done(&server->io, mark);
     pgs_server_expect(server, kind, rule, NULL);
@@ -1446,30 +1435,25 @@ out:
 
 /* ---- extended protocol ---- */
 
-static bool read_bind(pgs_client_t *client, const uint8_t *body, size_t len, const char **portal,
-                      const char **stmt_name, pgs_param_values_t *pv) {
-  pgs_reader_t r;
-  pgs_reader_init(&r, body, len);
-  *portal = pgs_read_cstr(&r, NULL);
-  *stmt_name = pgs_read_cstr(&r, NULL);
-  int nfmt = pgs_read_i16(&r);
-  const uint8_t *fmts = pgs_read_bytes(&r, nfmt > 0 ? (size_t)nfmt * 2 : 0);
-  int n = pgs_read_i16(&r);
-  if (r.bad || nfmt < 0 || n < 0 || (nfmt > 1 && nfmt != n)) return false;
+/* A Bind read whole; its parameter values into PV (the client's arrays). */
+static bool read_bind(pgs_client_t *client, const uint8_t *body, size_t len, pgs_bind_msg_t *bind,
+                      pgs_param_values_t *pv) {
+  if (pgs_bind_read(body, len, bind) != PGS_OK) return false;
+  int n = bind->nparams;
   if (n > client->pv_cap) {
     client->pv_cap = n;
     client->pv_data = pgs_xrealloc(client->pv_data, sizeof(*client->pv_data) * (size_t)n);
     client->pv_len = pgs_xrealloc(client->pv_len, sizeof(*client->pv_len) * (size_t)n);
     client->pv_fmt = pgs_xrealloc(client->pv_fmt, sizeof(*client->pv_fmt) * (size_t)n);
   }
-  for (int i = 0; i < n; i++) {
-    int32_t vlen = pgs_read_i32(&r);
+  const uint8_t *value;
+  int32_t vlen;
+  size_t at = 0;
+  for (int i = 0; pgs_bind_next_value(bind, &at, &value, &vlen); i++) {
+    client->pv_data[i] = value;
     client->pv_len[i] = vlen;
-    client->pv_data[i] = vlen >= 0 ? pgs_read_bytes(&r, (size_t)vlen) : NULL;
-    const uint8_t *f = nfmt == 0 ? NULL : fmts + 2 * (nfmt == 1 ? 0 : i);
-    client->pv_fmt[i] = f ? (int16_t)((f[0] << 8) | f[1]) : 0;
+    client->pv_fmt[i] = pgs_bind_param_format(bind, i);
   }
-  if (r.bad) return false;
   pv->n = n;
   pv->data = client->pv_data;
   pv->len = client->pv_len;
@@ -1510,9 +1494,9 @@ static int lookahead_slot(pgs_client_t *client, size_t at, const char *name,
           PGS_OK ||
       type != 'B' || io->in.len - at < total)
     return -1;
-  const char *portal, *sname;
+  pgs_bind_msg_t bind;
   pgs_param_values_t pv = {0};
-  if (!read_bind(client, p + 5, total - 5, &portal, &sname, &pv) || strcmp(sname, name) != 0)
+  if (!read_bind(client, p + 5, total - 5, &bind, &pv) || strcmp(bind.statement, name) != 0)
     return -1;
   pv.type_oid = stmt->type_oids;
   pv.ntypes = stmt->ntypes;
@@ -1560,19 +1544,16 @@ static bool stmt_is_local(const pgs_client_t *client, const pgs_client_stmt_t *s
 }
 
 static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
-  pgs_reader_t r;
-  size_t nlen, qlen;
-  pgs_reader_init(&r, p + 5, total - 5);
-  const char *name = pgs_read_cstr(&r, &nlen);
-  const char *sql = pgs_read_cstr(&r, &qlen);
-  int ntypes = pgs_read_i16(&r);
-  if (r.bad || ntypes < 0 || pgs_reader_left(&r) != (size_t)ntypes * 4) {
+  pgs_parse_msg_t parse;
+  if (pgs_parse_read(p + 5, total - 5, &parse) != PGS_OK) {
     add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
     pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
-  const uint8_t *rest = p + 5 + nlen + 1;
-  pgs_client_stmt_t *stmt = remember_parse(client, name, rest, total - 5 - nlen - 1);
+  const char *name = parse.name, *sql = parse.query;
+  size_t qlen = parse.query_len;
+  int ntypes = parse.ntypes;
+  pgs_client_stmt_t *stmt = remember_parse(client, name, parse.after_name, parse.after_name_len);
   if (stmt == NULL) {
     add_error(client, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
     pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
@@ -1616,7 +1597,7 @@ static void plan_parse(pgs_client_t *client, const uint8_t *p, size_t total) {
     }
     stmt->ntypes = ntypes;
     stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
-    for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = (uint32_t)pgs_read_i32(&r);
+    for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = pgs_parse_type_oid(&parse, i);
   }
   if (stmt_is_local(client, stmt)) {
     add_reply(client, '1', NULL);
@@ -1651,27 +1632,22 @@ static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
 }
 
 /* What the parts of a merged portal bound later are sent: the shards'
- * statement and the client's Bind P (TOTAL bytes) for it, as forward()
- * builds them, copied into PORTAL. */
-static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt, const uint8_t *p,
-                             size_t total) {
+ * statement and the client's Bind for it, as forward() builds them,
+ * copied into PORTAL. */
+static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt,
+                             const pgs_bind_msg_t *bind) {
   build_merge_variant(stmt);
   memcpy(portal->merge_name, stmt->merge_name, sizeof(portal->merge_name));
   portal->merge_body.len = 0;
   pgs_buf_put(&portal->merge_body, stmt->merge_body.data, stmt->merge_body.len);
-  pgs_reader_t r;
-  size_t plen, slen;
-  pgs_reader_init(&r, p + 5, total - 5);
-  const char *name = pgs_read_cstr(&r, &plen);
-  pgs_read_cstr(&r, &slen);
   pgs_buf_t *b = &portal->merge_bind;
   b->len = 0;
   size_t start = pgs_msg_begin(b, 'B');
-  pgs_buf_put(b, name, plen + 1);
+  pgs_buf_put(b, bind->portal, bind->portal_len + 1);
   pgs_buf_put_cstr(b, stmt->merge_name);
-  put_bind_rest(b, &r, stmt->plan->merge->nhidden);
+  put_bind_rest(b, bind, stmt->plan->merge->nhidden);
   pgs_msg_end(b, start);
-  size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + plen + 1 +
+  size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + bind->portal_len + 1 +
                    portal->merge_body.cap + portal->merge_bind.cap;
   if (charged > portal->charged)
     pgs_client_mem_add(portal->owner, charged - portal->charged);
@@ -1681,13 +1657,14 @@ static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt, cons
 }
 
 static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
-  const char *portal_name, *stmt_name;
+  pgs_bind_msg_t bind;
   pgs_param_values_t pv = {0};
-  if (!read_bind(client, p + 5, total - 5, &portal_name, &stmt_name, &pv)) {
+  if (!read_bind(client, p + 5, total - 5, &bind, &pv)) {
     add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
     pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
     return;
   }
+  const char *portal_name = bind.portal, *stmt_name = bind.statement;
   pgs_client_stmt_t *stmt = find_stmt(client, stmt_name);
   if (stmt && stmt->lx) note_query(client, stmt->lx);
   if (stmt == NULL || stmt->plan == NULL) {
@@ -1753,7 +1730,7 @@ static void plan_bind(pgs_client_t *client, const uint8_t *p, size_t total) {
     int slot = client->cur >= 0 && (portal->mask & BIT(client->cur)) ? client->cur
                                                                      : first_bit(portal->mask);
     portal->unbound = portal->mask & ~BIT(slot);
-    if (portal->unbound) keep_merged_bind(portal, stmt, p, total);
+    if (portal->unbound) keep_merged_bind(portal, stmt, &bind);
     portal->placed = PGS_PLACED_ROUTE;
     add_step(client, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE)->merged = true;
     return;
@@ -1872,11 +1849,11 @@ static void plan_sync(pgs_client_t *client) {
   if (n > 1) client->ex.ready_pending = n;
 }
 
-/* Whether a Describe or Close message P (TOTAL bytes) is one kind byte
- * ('S' or 'P') and one name ending with the message. */
-static bool target_message_ok(const uint8_t *p, size_t total) {
-  return total >= 7 && (p[5] == 'S' || p[5] == 'P') && p[total - 1] == '\0' &&
-         memchr(p + 6, '\0', total - 6) == p + total - 1;
+/* A Describe or Close message P (TOTAL bytes) read into TARGET: one kind
+ * byte ('S' or 'P') and one name ending with the message. */
+static bool read_target(char type, const uint8_t *p, size_t total, pgs_describe_msg_t *target) {
+  return (type == 'D' ? pgs_describe_read(p + 5, total - 5, target)
+                      : pgs_close_read(p + 5, total - 5, target)) == PGS_OK;
 }
 
 /* A Query or Parse P naming one of pgshard's own server-side statements
@@ -1884,10 +1861,15 @@ static bool target_message_ok(const uint8_t *p, size_t total) {
 static bool names_reserved_statement(pgs_client_t *client, char type, const uint8_t *p,
                                      size_t total) {
   pgs_reader_t r;
-  pgs_reader_init(&r, p + 5, total - 5);
-  if (type == 'P') pgs_read_cstr(&r, NULL);
-  size_t qlen;
-  const char *sql = pgs_read_cstr(&r, &qlen);
+  pgs_parse_msg_t parse;
+  size_t qlen = 0;
+  const char *sql = NULL;
+  if (type == 'Q') {
+    pgs_reader_init(&r, p + 5, total - 5);
+    sql = pgs_read_cstr(&r, &qlen);
+  } else if (pgs_parse_read_head(p + 5, total - 5, &parse) == PGS_OK) {
+    sql = parse.query, qlen = parse.query_len;
+  }
   char name[PGS_MAX_NAME];
   bool prepares;
   if (sql == NULL || !pgs_reserved_statement(sql, qlen, name, sizeof(name), &prepares))
@@ -1916,11 +1898,11 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
   if (!client->routing) {
     /* One shard: everything to it, as a pooler would. */
     if (type == 'P') {
-      pgs_reader_t r;
-      size_t nlen, qlen;
-      pgs_reader_init(&r, p + 5, total - 5);
-      const char *name = pgs_read_cstr(&r, &nlen);
-      const char *sql = pgs_read_cstr(&r, &qlen);
+      /* Its name and text; the rest is the server's to judge. */
+      pgs_parse_msg_t parse;
+      bool bad = pgs_parse_read_head(p + 5, total - 5, &parse) != PGS_OK;
+      const char *name = parse.name, *sql = parse.query;
+      size_t qlen = parse.query_len;
       bool drops = false;
       if (sql && pgs_session_maybe(sql, qlen)) {
         pgs_session_effects_t fx;
@@ -1930,13 +1912,13 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         pgs_session_effects_free(&fx);
       }
       pgs_client_stmt_t *stmt = NULL;
-      if (r.bad) {
+      if (bad) {
         add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
         pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
         return;
       }
-      if (nlen > 0) {
-        stmt = remember_parse(client, name, p + 5 + nlen + 1, total - 5 - nlen - 1);
+      if (parse.name_len > 0) {
+        stmt = remember_parse(client, name, parse.after_name, parse.after_name_len);
         if (stmt == NULL) {
           /* Never under the client's own name: a shared server would keep
            * it for whoever comes next. */
@@ -1977,16 +1959,17 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
         }
       }
     }
-    if ((type == 'C' || type == 'D') && !target_message_ok(p, total)) {
+    pgs_describe_msg_t target = {0};
+    if ((type == 'C' || type == 'D') && !read_target(type, p, total, &target)) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
                 type == 'D' ? "Describe" : "Close");
       pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
-    if (type == 'C' && p[5] == 'S' && total > 7) {
+    if (type == 'C' && target.kind == 'S' && target.name_len > 0) {
       /* The server keeps it for the next client that prepares the same
        * statement; only the client's name goes. */
-      forget_stmt(client, (const char *)p + 6);
+      forget_stmt(client, target.name);
       add_reply(client, '3', NULL);
       return;
     }
@@ -1994,23 +1977,20 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       plan_sync(client);
       return;
     }
-    if (type == 'B' || (type == 'D' && p[5] == 'S')) {
+    if (type == 'B' || (type == 'D' && target.kind == 'S')) {
       /* A statement name reaches the server only as one the client
        * prepared (mapped to the server's name by forward()); the unnamed
        * one only on the server the client parsed it on. */
-      const char *name = (const char *)p + 6;
+      const char *name = target.name;
       if (type == 'B') {
-        const char *portal_end = memchr(p + 5, '\0', total - 5);
-        name = portal_end && (const uint8_t *)portal_end + 1 < p + total &&
-                       memchr(portal_end + 1, '\0',
-                              (size_t)(p + total - (const uint8_t *)portal_end - 1))
-                   ? portal_end + 1
-                   : NULL;
-        if (name == NULL) {
+        /* Its names; the rest is the server's to judge. */
+        pgs_bind_msg_t bind;
+        if (pgs_bind_read_head(p + 5, total - 5, &bind) != PGS_OK) {
           add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
           pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
           return;
         }
+        name = bind.statement;
       }
       pgs_client_stmt_t *stmt = name[0] ? find_stmt(client, name) : NULL;
       if (name[0] ? stmt == NULL
@@ -2039,12 +2019,14 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     return;
   case 'D':
   case 'C': {
-    const char *name = (const char *)p + 6;
-    if (!target_message_ok(p, total)) {
+    pgs_describe_msg_t target;
+    bool ok = read_target(type, p, total, &target);
+    const char *name = target.name;
+    if (!ok) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
                 type == 'D' ? "Describe" : "Close");
       pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
-    } else if (p[5] == 'P') {
+    } else if (target.kind == 'P') {
       plan_portal_message(client, type, name, 0);
     } else if (type == 'C') {
       pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, name);
@@ -2065,19 +2047,13 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
     return;
   }
   case 'E': {
-    size_t nlen = strnlen((const char *)p + 5, total - 5);
-    if (nlen == total - 5 || total - 5 - nlen - 1 != 4) {
+    pgs_execute_msg_t execute;
+    if (pgs_execute_read(p + 5, total - 5, &execute) != PGS_OK) {
       add_error(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Execute message");
       pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
-    int32_t max_rows = 0;
-    {
-      const uint8_t *m = p + 5 + nlen + 1;
-      max_rows =
-          (int32_t)((uint32_t)m[0] << 24 | (uint32_t)m[1] << 16 | (uint32_t)m[2] << 8 | m[3]);
-    }
-    plan_portal_message(client, 'E', (const char *)p + 5, max_rows);
+    plan_portal_message(client, 'E', execute.portal, execute.max_rows);
     return;
   }
   case 'S':
@@ -2323,7 +2299,11 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     }
     break;
   case PGS_STEP_FAN_EXEC: {
-    pgs_portal_t *portal = pgs_strmap_get(&client->portals, (const char *)p + 5);
+    pgs_execute_msg_t execute;
+    pgs_status_t read = pgs_execute_read(p + 5, total - 5, &execute);
+    PGS_ASSERT(read == PGS_OK); /* it was read whole when it was planned */
+    (void)read;
+    pgs_portal_t *portal = pgs_strmap_get(&client->portals, execute.portal);
     if (portal && (portal->unbound & BIT(shard))) {
       /* Bound here only now: a failure is the fan's, like the Execute's. */
       portal->unbound &= ~BIT(shard);
@@ -2338,7 +2318,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     pgs_buf_t *b = pgs_io_scratch(&server->io);
     size_t start = pgs_msg_begin(b, 'D');
     pgs_buf_put_u8(b, 'P');
-    pgs_buf_put_cstr(b, (const char *)p + 5);
+    pgs_buf_put_cstr(b, execute.portal);
     pgs_msg_end(b, start);
     pgs_io_scratch_done(&server->io, mark);
     pgs_reply_rule_t describe = st->rule;
@@ -2521,15 +2501,18 @@ static bool flush_servers(pgs_client_t *client) {
  * Parse or Bind P of TOTAL bytes would go over with what it makes the
  * client keep; NULL when it fits. */
 static const char *over_budget(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
-  const char *name = (const char *)p + 5;
-  size_t nlen = strnlen(name, total - 5);
-  if (nlen == total - 5) return NULL; /* malformed: judged where it is planned */
-  if (type == 'B')                    /* a portal, and for a merge the statement and Bind copied */
+  pgs_parse_msg_t parse;
+  pgs_bind_msg_t bind;
+  bool malformed = type == 'B' ? pgs_bind_read_head(p + 5, total - 5, &bind) != PGS_OK
+                               : pgs_parse_read_head(p + 5, total - 5, &parse) != PGS_OK;
+  if (malformed) return NULL; /* judged where it is planned */
+  if (type == 'B')            /* a portal, and for a merge the statement and Bind copied */
     return client->routing ? pgs_client_mem_refuses(client, sizeof(pgs_portal_t) + 2 * total)
                            : NULL;
-  if (!client->routing && nlen == 0) return NULL; /* an unnamed statement is not kept */
-  const uint8_t *body = p + 5 + nlen + 1;
-  size_t len = total - 5 - nlen - 1;
+  const char *name = parse.name;
+  if (!client->routing && parse.name_len == 0) return NULL; /* an unnamed statement is not kept */
+  const uint8_t *body = parse.after_name;
+  size_t len = parse.after_name_len;
   size_t cost = stmt_charge(client, name, len);
   pgs_client_stmt_t *old = pgs_strmap_get(&client->stmts, name);
   if (old && old->parse_body.len == len && !memcmp(old->parse_body.data, body, len)) return NULL;
@@ -2610,20 +2593,18 @@ static int same_shard(const pgs_database_t *old, int old_index, const pgs_databa
  * analysed), analysed for one that now does. False: it cannot be read. */
 static bool analyse_stmt(pgs_client_t *client, pgs_client_stmt_t *stmt) {
   const pgs_buf_t *pb = &stmt->parse_body;
-  size_t qlen = strnlen((const char *)pb->data, pb->len);
-  pgs_reader_t r;
-  pgs_reader_init(&r, pb->data + qlen + 1, pb->len - qlen - 1);
-  int ntypes = qlen < pb->len ? pgs_read_i16(&r) : -1;
-  if (ntypes < 0 || r.bad) return false;
+  pgs_parse_msg_t parse;
+  if (pgs_parse_read_after_name(pb->data, pb->len, &parse) != PGS_OK) return false;
+  int ntypes = parse.ntypes;
   stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
   pgs_lex_init(stmt->lx);
-  if (pgs_lex((const char *)pb->data, qlen, stmt->lx) != PGS_OK) return false;
+  if (pgs_lex(parse.query, parse.query_len, stmt->lx) != PGS_OK) return false;
   stmt->plan = get_plan(client, stmt->lx);
   if (stmt->plan->parse_failed) return false;
   stmt->ntypes = ntypes;
   stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
-  for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = (uint32_t)pgs_read_i32(&r);
-  return !r.bad;
+  for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = pgs_parse_type_oid(&parse, i);
+  return true;
 }
 
 static void reanalyse_stmts(pgs_client_t *client) {
@@ -2746,18 +2727,17 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
   pgs_reader_init(&r, p + 5, total - 5);
   size_t len = 0;
   const char *text = NULL;
+  pgs_parse_msg_t parse;
+  pgs_bind_msg_t bind;
   if (type == 'Q') {
     text = pgs_read_cstr(&r, &len);
-  } else if (type == 'P' || type == 'B') {
-    const char *first = pgs_read_cstr(&r, &len);  /* statement (P) or portal (B) */
-    const char *second = pgs_read_cstr(&r, &len); /* text (P) or statement (B) */
-    if (type == 'P') {
-      text = second;
-    } else if (first && second) {
-      const pgs_client_stmt_t *stmt = pgs_strmap_get(&client->stmts, second);
-      if (stmt) text = (const char *)stmt->parse_body.data;
-      len = text ? strnlen(text, stmt->parse_body.len) : 0;
-    }
+  } else if (type == 'P') {
+    if (pgs_parse_read_head(p + 5, total - 5, &parse) == PGS_OK)
+      text = parse.query, len = parse.query_len;
+  } else if (type == 'B' && pgs_bind_read_head(p + 5, total - 5, &bind) == PGS_OK) {
+    const pgs_client_stmt_t *stmt = pgs_strmap_get(&client->stmts, bind.statement);
+    if (stmt) text = (const char *)stmt->parse_body.data;
+    len = text ? strnlen(text, stmt->parse_body.len) : 0;
   }
   if (text) {
     if (client->request_text == NULL) client->request_text = pgs_xmalloc(PGS_REQUEST_TEXT_MAX);

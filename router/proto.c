@@ -279,6 +279,177 @@ const char *pgs_startup_get(const pgs_startup_t *s, const char *name) {
   return NULL;
 }
 
+/* ---- the extended query protocol's client messages ---- */
+
+/* A count as PostgreSQL reads it (pq_getmsgint: unsigned). */
+static int read_count(pgs_reader_t *r) { return (uint16_t)pgs_read_i16(r); }
+
+/* R's message ends exactly where it was read up to. */
+static bool read_all(const pgs_reader_t *r) { return !r->bad && pgs_reader_left(r) == 0; }
+
+pgs_status_t pgs_parse_read_after_name(const uint8_t *data, size_t len, pgs_parse_msg_t *out) {
+  pgs_reader_t r;
+  memset(out, 0, sizeof(*out));
+  pgs_reader_init(&r, data, len);
+  const char *query = pgs_read_cstr(&r, &out->query_len);
+  const uint8_t *after_query = r.p;
+  int ntypes = read_count(&r);
+  const uint8_t *type_oids = pgs_read_bytes(&r, 4 * (size_t)ntypes);
+  if (!read_all(&r)) {
+    memset(out, 0, sizeof(*out));
+    return PGS_EPROTO;
+  }
+  out->query = query;
+  out->ntypes = ntypes;
+  out->type_oids = type_oids;
+  out->after_name = data;
+  out->after_name_len = len;
+  out->after_query = after_query;
+  out->after_query_len = (size_t)(r.end - after_query);
+  return PGS_OK;
+}
+
+pgs_status_t pgs_parse_read(const uint8_t *body, size_t len, pgs_parse_msg_t *out) {
+  pgs_reader_t r;
+  size_t name_len;
+  pgs_reader_init(&r, body, len);
+  const char *name = pgs_read_cstr(&r, &name_len);
+  if (name == NULL) {
+    memset(out, 0, sizeof(*out));
+    return PGS_EPROTO;
+  }
+  if (pgs_parse_read_after_name(r.p, pgs_reader_left(&r), out) != PGS_OK) return PGS_EPROTO;
+  out->name = name;
+  out->name_len = name_len;
+  return PGS_OK;
+}
+
+pgs_status_t pgs_parse_read_head(const uint8_t *body, size_t len, pgs_parse_msg_t *out) {
+  pgs_reader_t r;
+  memset(out, 0, sizeof(*out));
+  pgs_reader_init(&r, body, len);
+  const char *name = pgs_read_cstr(&r, &out->name_len);
+  const uint8_t *after_name = r.p;
+  const char *query = pgs_read_cstr(&r, &out->query_len);
+  if (r.bad) {
+    memset(out, 0, sizeof(*out));
+    return PGS_EPROTO;
+  }
+  out->name = name;
+  out->query = query;
+  out->after_name = after_name;
+  out->after_name_len = (size_t)(r.end - after_name);
+  out->after_query = r.p;
+  out->after_query_len = pgs_reader_left(&r);
+  return PGS_OK;
+}
+
+uint32_t pgs_parse_type_oid(const pgs_parse_msg_t *m, int i) {
+  PGS_ASSERT(i >= 0 && i < m->ntypes);
+  return pgs_get_u32(m->type_oids + 4 * (size_t)i);
+}
+
+pgs_status_t pgs_bind_read_head(const uint8_t *body, size_t len, pgs_bind_msg_t *out) {
+  pgs_reader_t r;
+  memset(out, 0, sizeof(*out));
+  pgs_reader_init(&r, body, len);
+  const char *portal = pgs_read_cstr(&r, &out->portal_len);
+  const char *statement = pgs_read_cstr(&r, &out->statement_len);
+  if (r.bad) {
+    memset(out, 0, sizeof(*out));
+    return PGS_EPROTO;
+  }
+  out->portal = portal;
+  out->statement = statement;
+  out->after_names = r.p;
+  out->after_names_len = pgs_reader_left(&r);
+  return PGS_OK;
+}
+
+pgs_status_t pgs_bind_read(const uint8_t *body, size_t len, pgs_bind_msg_t *out) {
+  if (pgs_bind_read_head(body, len, out) != PGS_OK) return PGS_EPROTO;
+  pgs_reader_t r;
+  pgs_reader_init(&r, out->after_names, out->after_names_len);
+  out->nformats = read_count(&r);
+  out->formats = pgs_read_bytes(&r, 2 * (size_t)out->nformats);
+  out->nparams = read_count(&r);
+  if (out->nformats > 1 && out->nformats != out->nparams) r.bad = true;
+  out->params = r.p;
+  /* At most 65535 rounds, each reading at least 4 bytes or failing. */
+  for (int i = 0; i < out->nparams && !r.bad; i++) {
+    int32_t n = pgs_read_i32(&r);
+    if (n < -1)
+      r.bad = true;
+    else if (n > 0)
+      pgs_read_bytes(&r, (size_t)n);
+  }
+  out->params_len = (size_t)(r.p - out->params);
+  out->nresults = read_count(&r);
+  out->results = pgs_read_bytes(&r, 2 * (size_t)out->nresults);
+  if (!read_all(&r)) {
+    memset(out, 0, sizeof(*out));
+    return PGS_EPROTO;
+  }
+  return PGS_OK;
+}
+
+bool pgs_bind_next_value(const pgs_bind_msg_t *m, size_t *at, const uint8_t **value, int32_t *len) {
+  /* M was checked when read; these bounds only keep a misuse inside it. */
+  if (*at >= m->params_len || m->params_len - *at < 4) return false;
+  const uint8_t *p = m->params + *at;
+  int32_t n = (int32_t)pgs_get_u32(p);
+  if (n > 0 && (size_t)n > m->params_len - *at - 4) return false;
+  *value = n >= 0 ? p + 4 : NULL;
+  *len = n >= 0 ? n : -1;
+  *at += 4 + (n > 0 ? (size_t)n : 0);
+  return true;
+}
+
+int16_t pgs_bind_param_format(const pgs_bind_msg_t *m, int i) {
+  PGS_ASSERT(i >= 0 && i < m->nparams);
+  if (m->nformats == 0) return 0;
+  const uint8_t *f = m->formats + 2 * (m->nformats == 1 ? 0 : (size_t)i);
+  return (int16_t)(((uint16_t)f[0] << 8) | f[1]);
+}
+
+static pgs_status_t read_target(const uint8_t *body, size_t len, pgs_describe_msg_t *out) {
+  pgs_reader_t r;
+  memset(out, 0, sizeof(*out));
+  pgs_reader_init(&r, body, len);
+  char kind = (char)pgs_read_u8(&r);
+  const char *name = pgs_read_cstr(&r, &out->name_len);
+  if (!read_all(&r) || (kind != 'S' && kind != 'P')) {
+    memset(out, 0, sizeof(*out));
+    return PGS_EPROTO;
+  }
+  out->kind = kind;
+  out->name = name;
+  return PGS_OK;
+}
+
+pgs_status_t pgs_describe_read(const uint8_t *body, size_t len, pgs_describe_msg_t *out) {
+  return read_target(body, len, out);
+}
+
+pgs_status_t pgs_close_read(const uint8_t *body, size_t len, pgs_close_msg_t *out) {
+  return read_target(body, len, out);
+}
+
+pgs_status_t pgs_execute_read(const uint8_t *body, size_t len, pgs_execute_msg_t *out) {
+  pgs_reader_t r;
+  memset(out, 0, sizeof(*out));
+  pgs_reader_init(&r, body, len);
+  const char *portal = pgs_read_cstr(&r, &out->portal_len);
+  int32_t max_rows = pgs_read_i32(&r);
+  if (!read_all(&r)) {
+    memset(out, 0, sizeof(*out));
+    return PGS_EPROTO;
+  }
+  out->portal = portal;
+  out->max_rows = max_rows;
+  return PGS_OK;
+}
+
 void pgs_error_parse(const uint8_t *body, size_t len, pgs_error_fields_t *out) {
   pgs_reader_t r;
   out->severity = out->sqlstate = out->message = "";

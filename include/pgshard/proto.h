@@ -1,6 +1,7 @@
 /*
  * proto.h — the PostgreSQL v3 wire-protocol codec: growable byte buffers,
- * message builders, a bounds-checked reader, framing and the startup packet.
+ * message builders, a bounds-checked reader, framing, the startup packet and
+ * typed readers of the extended query protocol's client messages.
  * No I/O and no knowledge of connections: the proxy feeds it bytes and sends
  * what it builds.
  *
@@ -133,6 +134,94 @@ typedef struct pgs_startup {
 pgs_status_t pgs_startup_parse(const uint8_t *body, size_t len, pgs_startup_t *out, char *err,
                                size_t errlen) PGS_MUST_USE;
 const char *pgs_startup_get(const pgs_startup_t *s, const char *name);
+
+/* ---- the extended query protocol's client messages ----
+ *
+ * Each reader takes one message body (after type and length) and checks it
+ * as PostgreSQL's postgres.c does: strings end inside the body, counts are
+ * unsigned 16-bit (pq_getmsgint), a Bind's parameter format count is 0, 1 or
+ * its parameter count, a value's length is -1 (NULL) or a length that fits,
+ * and the body is consumed exactly. Malformed: PGS_EPROTO and *OUT zeroed.
+ * Nothing is copied or allocated: pointers point into the body, which must
+ * outlive them. What PostgreSQL checks against the statement (how many
+ * parameters, result columns, which format codes exist) is not checked. */
+
+/* Parse: statement name, query text, declared parameter types. */
+typedef struct pgs_parse_msg {
+  const char *name; /* "" for the unnamed statement */
+  size_t name_len;
+  const char *query; /* NUL-terminated in the body */
+  size_t query_len;
+  int ntypes;                /* 0..65535 */
+  const uint8_t *type_oids;  /* ntypes OIDs, 4 bytes each: pgs_parse_type_oid() */
+  const uint8_t *after_name; /* the body after the name's NUL: text, count, OIDs */
+  size_t after_name_len;
+  const uint8_t *after_query; /* the count and OIDs as they came */
+  size_t after_query_len;
+} pgs_parse_msg_t;
+
+pgs_status_t pgs_parse_read(const uint8_t *body, size_t len, pgs_parse_msg_t *out) PGS_MUST_USE;
+/* The same for a Parse body without its statement name (what a proxy keeps
+ * of a Parse, to send it again under a name of its own): name is NULL,
+ * after_name is DATA. */
+pgs_status_t pgs_parse_read_after_name(const uint8_t *data, size_t len,
+                                       pgs_parse_msg_t *out) PGS_MUST_USE;
+/* Only the name and the text, for a proxy that passes the rest on for the
+ * server to judge: ntypes and type_oids stay 0/NULL, after_query is the
+ * rest unread. */
+pgs_status_t pgs_parse_read_head(const uint8_t *body, size_t len,
+                                 pgs_parse_msg_t *out) PGS_MUST_USE;
+/* Declared type I (0 <= I < ntypes); 0 means unspecified. */
+uint32_t pgs_parse_type_oid(const pgs_parse_msg_t *m, int i);
+
+/* Bind: portal, statement, parameter formats and values, result formats. */
+typedef struct pgs_bind_msg {
+  const char *portal; /* "" for the unnamed portal */
+  size_t portal_len;
+  const char *statement;
+  size_t statement_len;
+  const uint8_t *after_names; /* the body after the statement name's NUL */
+  size_t after_names_len;
+  int nformats;           /* 0 (all text), 1 (for all) or nparams */
+  const uint8_t *formats; /* nformats int16 codes: pgs_bind_param_format() */
+  int nparams;            /* 0..65535 */
+  const uint8_t *params;  /* nparams values: int32 length (-1: NULL), bytes */
+  size_t params_len;      /* their bytes: the result format count follows */
+  int nresults;           /* result format codes, 0..65535 */
+  const uint8_t *results; /* nresults int16 codes, as they came */
+} pgs_bind_msg_t;
+
+pgs_status_t pgs_bind_read(const uint8_t *body, size_t len, pgs_bind_msg_t *out) PGS_MUST_USE;
+/* Only the two names, for a proxy that passes the rest on for the server to
+ * judge: the counts stay 0 and after_names is the rest unread. */
+pgs_status_t pgs_bind_read_head(const uint8_t *body, size_t len, pgs_bind_msg_t *out) PGS_MUST_USE;
+/* The parameter values of M (from pgs_bind_read) in order. Start with
+ * *AT = 0; each call gives the next value in *VALUE and *LEN (NULL and -1
+ * for SQL NULL) and moves *AT past it. False after the last. */
+bool pgs_bind_next_value(const pgs_bind_msg_t *m, size_t *at, const uint8_t **value, int32_t *len);
+/* The format code of parameter I (0 <= I < nparams): no codes mean text,
+ * one code applies to every parameter, else each has its own. */
+int16_t pgs_bind_param_format(const pgs_bind_msg_t *m, int i);
+
+/* Describe and Close: 'S' a prepared statement or 'P' a portal, its name. */
+typedef struct pgs_target_msg {
+  char kind; /* 'S' or 'P'; any other is malformed */
+  const char *name;
+  size_t name_len;
+} pgs_describe_msg_t, pgs_close_msg_t;
+
+pgs_status_t pgs_describe_read(const uint8_t *body, size_t len,
+                               pgs_describe_msg_t *out) PGS_MUST_USE;
+pgs_status_t pgs_close_read(const uint8_t *body, size_t len, pgs_close_msg_t *out) PGS_MUST_USE;
+
+/* Execute: a portal and the most rows to return (0 or less: all). */
+typedef struct pgs_execute_msg {
+  const char *portal;
+  size_t portal_len;
+  int32_t max_rows;
+} pgs_execute_msg_t;
+
+pgs_status_t pgs_execute_read(const uint8_t *body, size_t len, pgs_execute_msg_t *out) PGS_MUST_USE;
 
 /* Fields of an ErrorResponse/NoticeResponse body, for logging and checks. */
 typedef struct pgs_error_fields {

@@ -16,7 +16,12 @@
  *
  * Oracles beyond the sanitizers: every string read lies inside its message
  * and has the length reported; a failed read returns zero or NULL; no read
- * moves past the end. A statement the session filter could not parse has
+ * moves past the end. The typed readers of Parse, Bind, Describe, Close
+ * and Execute accept exactly what the field-by-field reading here (which
+ * follows postgres.c: unsigned counts, format count 0, 1 or the parameter
+ * count, value lengths of -1 or more, nothing left over) accepts; what they
+ * accept points inside the body and reads back the same fields, what they
+ * refuse leaves a zeroed result; their head readers accept it too. A statement the session filter could not parse has
  * no operations and no effect but a pin; one it neither parsed nor pinned
  * is refused by PostgreSQL's grammar (libpg_query) too.
  */
@@ -79,20 +84,109 @@ static void analyze_sql(const char *sql, size_t len) {
 }
 
 /* Bind: portal, statement, parameter formats, parameter values, result
- * formats. */
-static void read_bind(pgs_reader_t *r, const uint8_t *body, size_t len) {
+ * formats. Whether PostgreSQL would take it. */
+static bool read_bind(pgs_reader_t *r, const uint8_t *body, size_t len, int *nvalues) {
+  bool ok = true;
   read_cstr(r, body, len, NULL);
   read_cstr(r, body, len, NULL);
-  int16_t nformats = pgs_read_i16(r);
+  int nformats = (uint16_t)pgs_read_i16(r);
   for (int i = 0; i < nformats && !r->bad; i++) pgs_read_i16(r);
-  int16_t nparams = pgs_read_i16(r);
+  int nparams = (uint16_t)pgs_read_i16(r);
+  if (nformats > 1 && nformats != nparams) ok = false;
   for (int i = 0; i < nparams && !r->bad; i++) {
     int32_t vlen = pgs_read_i32(r);
+    if (vlen < -1) ok = false;
     if (vlen > 0 && pgs_read_bytes(r, (size_t)vlen) == NULL && !r->bad) abort();
   }
-  int16_t nresults = pgs_read_i16(r);
+  int nresults = (uint16_t)pgs_read_i16(r);
   for (int i = 0; i < nresults && !r->bad; i++) pgs_read_i16(r);
   check_reader(r, body, len);
+  *nvalues = nparams;
+  return ok && !r->bad && pgs_reader_left(r) == 0;
+}
+
+static void check_inside(const void *p, size_t n, const uint8_t *body, size_t len) {
+  const uint8_t *q = p;
+  if (q == NULL || q < body || q > body + len || n > (size_t)(body + len - q)) abort();
+}
+
+static void check_zeroed(const void *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (((const uint8_t *)p)[i]) abort();
+}
+
+/* The typed readers on a body the field-by-field reading took (OK) or
+ * refused; NVALUES is the Bind's parameter count it read. */
+static void typed(char type, const uint8_t *body, size_t len, bool ok, int nvalues) {
+  switch (type) {
+  case 'P': {
+    pgs_parse_msg_t m, head;
+    if ((pgs_parse_read(body, len, &m) == PGS_OK) != ok) abort();
+    if (!ok) {
+      check_zeroed(&m, sizeof(m));
+      return;
+    }
+    check_inside(m.name, m.name_len + 1, body, len);
+    check_inside(m.query, m.query_len + 1, body, len);
+    check_inside(m.type_oids, 4 * (size_t)m.ntypes, body, len);
+    if (m.after_name + m.after_name_len != body + len ||
+        m.after_query + m.after_query_len != body + len)
+      abort();
+    for (int i = 0; i < m.ntypes; i++) (void)pgs_parse_type_oid(&m, i);
+    if (pgs_parse_read_head(body, len, &head) != PGS_OK || head.query != m.query ||
+        head.after_name != m.after_name)
+      abort();
+    break;
+  }
+  case 'B': {
+    pgs_bind_msg_t m, head;
+    if ((pgs_bind_read(body, len, &m) == PGS_OK) != ok) abort();
+    if (!ok) {
+      check_zeroed(&m, sizeof(m));
+      return;
+    }
+    if (m.nparams != nvalues) abort();
+    check_inside(m.portal, m.portal_len + 1, body, len);
+    check_inside(m.statement, m.statement_len + 1, body, len);
+    check_inside(m.formats, 2 * (size_t)m.nformats, body, len);
+    check_inside(m.params, m.params_len, body, len);
+    check_inside(m.results, 2 * (size_t)m.nresults, body, len);
+    size_t at = 0;
+    const uint8_t *value;
+    int32_t vlen;
+    int n = 0;
+    while (pgs_bind_next_value(&m, &at, &value, &vlen)) {
+      if (vlen < 0 ? value != NULL : value == NULL) abort();
+      if (value) check_inside(value, (size_t)vlen, body, len);
+      (void)pgs_bind_param_format(&m, n);
+      n++;
+    }
+    if (n != m.nparams || at != m.params_len) abort();
+    if (pgs_bind_read_head(body, len, &head) != PGS_OK || head.statement != m.statement ||
+        head.after_names != m.after_names)
+      abort();
+    break;
+  }
+  case 'D':
+  case 'C': {
+    pgs_describe_msg_t m;
+    pgs_status_t st =
+        type == 'D' ? pgs_describe_read(body, len, &m) : pgs_close_read(body, len, &m);
+    if ((st == PGS_OK) != ok) abort();
+    if (!ok) check_zeroed(&m, sizeof(m));
+    if (ok && (m.name != (const char *)body + 1 || m.name_len + 2 != len)) abort();
+    break;
+  }
+  case 'E': {
+    pgs_execute_msg_t m;
+    if ((pgs_execute_read(body, len, &m) == PGS_OK) != ok) abort();
+    if (!ok) check_zeroed(&m, sizeof(m));
+    if (ok && (m.portal != (const char *)body || m.portal_len + 5 != len)) abort();
+    break;
+  }
+  default:
+    break;
+  }
 }
 
 /* What the proxy sends the server for a Bind or Describe of a prepared
@@ -147,9 +241,10 @@ static void message(char type, const uint8_t *body, size_t len) {
     read_cstr(&r, body, len, NULL);
     s = read_cstr(&r, body, len, &n);
     if (s) analyze_sql(s, n);
-    int16_t ntypes = pgs_read_i16(&r);
+    int ntypes = (uint16_t)pgs_read_i16(&r);
     for (int i = 0; i < ntypes && !r.bad; i++) pgs_read_i32(&r);
     check_reader(&r, body, len);
+    typed(type, body, len, !r.bad && pgs_reader_left(&r) == 0, 0);
     break;
   }
   case 'B':
@@ -161,17 +256,23 @@ static void message(char type, const uint8_t *body, size_t len) {
     s = read_cstr(&r, body, len, &slen);
     if (!r.bad && slen > 0 && (type == 'B' || kind == 'S')) rewrite(type, portal, plen, kind, &r);
     if (type == 'B') {
+      int nvalues = 0;
       pgs_reader_init(&r, body, len);
-      read_bind(&r, body, len);
+      bool ok = read_bind(&r, body, len, &nvalues);
+      typed(type, body, len, ok, nvalues);
+    } else {
+      typed(type, body, len, !r.bad && pgs_reader_left(&r) == 0 && (kind == 'S' || kind == 'P'), 0);
     }
     break;
   case 'C':
-    pgs_read_u8(&r);
+    kind = pgs_read_u8(&r);
     read_cstr(&r, body, len, NULL);
+    typed(type, body, len, !r.bad && pgs_reader_left(&r) == 0 && (kind == 'S' || kind == 'P'), 0);
     break;
   case 'E':
     read_cstr(&r, body, len, NULL);
     pgs_read_i32(&r);
+    typed(type, body, len, !r.bad && pgs_reader_left(&r) == 0, 0);
     break;
   case 'p': { /* SASLInitialResponse: mechanism, length, data */
     read_cstr(&r, body, len, NULL);

@@ -7,12 +7,14 @@ shards and replicas), through psql (simple protocol) and psycopg
 admin = true gets 42501, at login and for each statement after a reload
 takes admin away.
 """
+import struct
 import subprocess
 import time
 
 import psycopg
 import pytest
 
+import pgwire
 from conftest import PGSHARDCTL
 from support import wait_for
 from test_replicas import FAST, wait_replicas_readable
@@ -188,6 +190,51 @@ def test_psql_and_extended_protocol_read_the_same_rows(proxy):
                 conn.execute(bad)
             assert str(exc.value).startswith("pgshard:")
         assert conn.execute("show version").fetchone()[0].startswith("pgshard")
+
+
+def test_console_reads_extended_messages_whole(proxy):
+    """The console answers the extended protocol itself, so it reads each
+    message as PostgreSQL would: one that breaks the framing is 08P01 (the
+    rest of the unit skipped to Sync), and the session goes on."""
+    px = proxy()
+
+    def until_ready(c):
+        types, error = [], None
+        while True:
+            kind, payload = c.read_message()
+            types.append(kind)
+            if kind == "E" and error is None:
+                error = pgwire.parse_error_fields(payload)
+            if kind == "Z":
+                return types, error
+
+    parse = pgwire.message("P", b"v\0show version\0" + struct.pack("!h", 0))
+    bind = pgwire.message("B", b"\0v\0" + struct.pack("!hhh", 0, 0, 0))
+    execute = pgwire.message("E", b"\0" + struct.pack("!i", 0))
+    sync = pgwire.message("S")
+    with pgwire.RawConn(px.port) as c:
+        c.login(user="admin", password="adminpw", database="pgshard")
+        c.send(parse + sync)
+        assert until_ready(c)[1] is None
+        malformed = [
+            pgwire.message("P", b"w\0show version\0" + struct.pack("!hi", 2, 25)),
+            pgwire.message("P", b"w\0show version\0" + struct.pack("!h", 0) + b"x"),
+            pgwire.message("B", b"\0v\0" + struct.pack("!hhhh", 2, 0, 0, 1) +
+                           struct.pack("!i", -1) + struct.pack("!h", 0)),
+            pgwire.message("B", b"\0v\0" + struct.pack("!hhhh", 0, 0, 0, 0)),
+            pgwire.message("D", b"Sv\0x\0"),
+            pgwire.message("C", b"Qv\0"),
+            pgwire.message("E", b"\0"),
+        ]
+        for m in malformed:
+            c.send(m + execute + sync)
+            types, error = until_ready(c)
+            assert error is not None and error["C"] == "08P01", (m, types, error)
+            assert error["M"] == "pgshard: invalid message", (m, error)
+            assert "D" not in types, (m, types)  # the Execute after it was skipped
+            c.send(bind + execute + sync)
+            types, error = until_ready(c)
+            assert error is None and "D" in types, (m, types, error)
 
 
 def test_reload_from_the_console(proxy):

@@ -297,6 +297,79 @@ def test_unknown_portal_and_malformed_messages(lab2, sharded_proxy, lab, shards)
         assert c.simple_query("select 2") == [["2"]]
 
 
+def bind_body(stmt, formats, values, results=(), tail=b""):
+    """A Bind of the unnamed portal, written field by field: VALUES are
+    bytes, None (NULL) or an int (a length with no value after it)."""
+    body = b"\0" + stmt.encode() + b"\0" + struct.pack("!H", len(formats))
+    body += b"".join(struct.pack("!h", f) for f in formats)
+    body += struct.pack("!H", len(values))
+    for v in values:
+        if v is None:
+            body += struct.pack("!i", -1)
+        elif isinstance(v, int):
+            body += struct.pack("!i", v)
+        else:
+            body += struct.pack("!i", len(v)) + v
+    body += struct.pack("!H", len(results)) + b"".join(struct.pack("!h", f) for f in results)
+    return pgwire.message("B", body + tail)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_malformed_extended_messages(lab2, sharded_proxy, lab, shards):
+    """Parse, Bind, Describe and Execute that break the protocol's framing:
+    08P01 and the session goes on. Routing (2 shards), pgshard reads each
+    message whole and says so itself; as a plain pooler (1 shard) it reads
+    the names it maps and leaves the rest for the server to judge, whose
+    words reach the client."""
+    px = sharded_proxy(extra_ini=MAP) if shards == 2 else sharded_proxy(lab=lab)
+    three = "select $1::int + $2::int + $3::int"
+    one_oid = struct.pack("!hi", 2, 23)  # two types declared, one sent
+    cases = [
+        # (messages, pgshard's message when routing, the server's otherwise)
+        (pgwire.message("P", b"\0" + three.encode() + b"\0" + one_oid),
+         "invalid Parse message", "insufficient data left in message"),
+        (pgwire.message("P", b"\0select 1\0" + struct.pack("!h", 0) + b"x"),
+         "invalid Parse message", "invalid message format"),
+        (bind_body("s", [0, 0], [b"1", b"2", b"3"]),
+         "invalid Bind message", "bind message has 2 parameter formats but 3 parameters"),
+        (bind_body("s", [], [b"1", -2, b"3"]),
+         "invalid Bind message", "insufficient data left in message"),
+        (bind_body("s", [], [b"1", b"2", b"3"], tail=b"\0"),
+         "invalid Bind message", "invalid message format"),
+        (bind_body("s", [], [b"1", b"2", 1000]),
+         "invalid Bind message", "insufficient data left in message"),
+        (pgwire.message("E", b"\0" + b"\0\0\0"),
+         "invalid Execute message", "insufficient data left in message"),
+        # Describe and Close are read in both modes: pgshard maps the name.
+        (pgwire.message("D", b"Xs\0"), "invalid Describe message", None),
+        (pgwire.message("D", b"Ss\0t\0"), "invalid Describe message", None),
+        (pgwire.message("C", b"S"), "invalid Close message", None),
+    ]
+    with pgwire.RawConn(px.port) as c:
+        c.login()
+        c.send(parse("s", three) + sync())
+        assert read_until_ready(c)[1] is None
+        for messages, ours, servers in cases:
+            c.send(messages + sync())
+            types, error = read_until_ready(c)
+            assert error is not None and error["C"] == "08P01", (messages, types, error)
+            if shards == 2 or servers is None:
+                assert error["M"] == "pgshard: " + ours, (messages, error)
+            else:
+                assert error["M"] == servers, (messages, error)
+            # Well-formed, the same statement binds and runs.
+            c.send(bind_body("s", [], [b"1", b"2", b"3"]) + execute() + sync())
+            types, error = read_until_ready(c)
+            assert error is None and "D" in types, (messages, types, error)
+        # Counts are unsigned, as PostgreSQL reads them: 0x8000 NULL values
+        # frame well, and the statement's own count is what refuses them.
+        c.send(bind_body("s", [], [None] * 0x8000) + execute() + sync())
+        types, error = read_until_ready(c)
+        assert error is not None and error["C"] == "08P01", (types, error)
+        assert "supplies 32768 parameters" in error["M"], error
+        assert c.simple_query("select 2") == [["2"]]
+
+
 def test_function_call_message_refused(lab2, px):
     with pgwire.RawConn(px.port) as c:
         c.login()

@@ -3,12 +3,16 @@
  * compaction, every builder checked byte for byte against messages written
  * out by hand here, the reader's bounds, framing with pgs_msg_peek, the set
  * of frontend message types, the startup packet in all its kinds and
- * malformations, and ErrorResponse parsing.
+ * malformations, ErrorResponse parsing, and the readers of Parse, Bind,
+ * Describe, Close and Execute: well-formed messages from the builders,
+ * every truncation and a byte too many (each read from a heap block of its
+ * exact size, so the sanitizer build catches a read outside it), counts.
  */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -667,6 +671,495 @@ static void test_error_parse(void **state) {
   assert_string_equal(f.message, "");
 }
 
+/* ---- extended-protocol client messages ---- */
+
+/* A copy of LEN bytes of DATA at the very end of a heap block, so that any
+ * read past them (even of the first byte when LEN is 0) is an
+ * AddressSanitizer report in the sanitizer build. Freed by free_tight(). */
+static uint8_t *tight_copy(const uint8_t *data, size_t len) {
+  uint8_t *block = malloc(len + 1);
+  assert_non_null(block);
+  if (len) memcpy(block + 1, data, len);
+  return block + 1;
+}
+
+static void free_tight(uint8_t *copy) { free(copy - 1); }
+
+/* P lies in [BODY, BODY + LEN] with N bytes from it. */
+static void assert_inside(const void *p, size_t n, const uint8_t *body, size_t len) {
+  assert_non_null(p);
+  const uint8_t *q = p;
+  assert_true(q >= body && q <= body + len && n <= (size_t)(body + len - q));
+}
+
+static bool all_zero(const void *p, size_t n) {
+  const uint8_t *b = p;
+  for (size_t i = 0; i < n; i++)
+    if (b[i]) return false;
+  return true;
+}
+
+/* The readers under one signature, each checking what it gives: on
+ * success every pointer inside the body, on failure a zeroed result. */
+static pgs_status_t check_parse(const uint8_t *body, size_t len) {
+  pgs_parse_msg_t m;
+  pgs_status_t st = pgs_parse_read(body, len, &m);
+  if (st != PGS_OK) {
+    assert_true(all_zero(&m, sizeof(m)));
+    return st;
+  }
+  assert_inside(m.name, m.name_len + 1, body, len);
+  assert_int_equal(strlen(m.name), m.name_len);
+  assert_inside(m.query, m.query_len + 1, body, len);
+  assert_int_equal(strlen(m.query), m.query_len);
+  assert_inside(m.type_oids, 4 * (size_t)m.ntypes, body, len);
+  assert_ptr_equal(m.after_name, (const uint8_t *)m.name + m.name_len + 1);
+  assert_ptr_equal(m.after_name + m.after_name_len, body + len);
+  assert_ptr_equal(m.after_query, (const uint8_t *)m.query + m.query_len + 1);
+  assert_int_equal(m.after_query_len, 2 + 4 * (size_t)m.ntypes);
+  assert_ptr_equal(m.type_oids, m.after_query + 2);
+  return st;
+}
+
+static pgs_status_t check_bind(const uint8_t *body, size_t len) {
+  pgs_bind_msg_t m;
+  pgs_status_t st = pgs_bind_read(body, len, &m);
+  if (st != PGS_OK) {
+    assert_true(all_zero(&m, sizeof(m)));
+    return st;
+  }
+  assert_inside(m.portal, m.portal_len + 1, body, len);
+  assert_inside(m.statement, m.statement_len + 1, body, len);
+  assert_ptr_equal(m.after_names, (const uint8_t *)m.statement + m.statement_len + 1);
+  assert_ptr_equal(m.after_names + m.after_names_len, body + len);
+  assert_true(m.nformats == 0 || m.nformats == 1 || m.nformats == m.nparams);
+  assert_inside(m.formats, 2 * (size_t)m.nformats, body, len);
+  assert_inside(m.params, m.params_len, body, len);
+  assert_inside(m.results, 2 * (size_t)m.nresults, body, len);
+  assert_ptr_equal(m.results + 2 * (size_t)m.nresults, body + len);
+  size_t at = 0;
+  int n = 0;
+  const uint8_t *value;
+  int32_t vlen;
+  while (pgs_bind_next_value(&m, &at, &value, &vlen)) {
+    if (vlen == -1)
+      assert_null(value);
+    else
+      assert_inside(value, (size_t)vlen, body, len);
+    n++;
+  }
+  assert_int_equal(n, m.nparams);
+  assert_int_equal(at, m.params_len);
+  return st;
+}
+
+static pgs_status_t check_target(const uint8_t *body, size_t len, bool close) {
+  pgs_describe_msg_t m;
+  pgs_status_t st = close ? pgs_close_read(body, len, &m) : pgs_describe_read(body, len, &m);
+  if (st != PGS_OK) {
+    assert_true(all_zero(&m, sizeof(m)));
+    return st;
+  }
+  assert_true(m.kind == 'S' || m.kind == 'P');
+  assert_ptr_equal(m.name, (const char *)body + 1);
+  assert_int_equal(m.name_len + 2, len);
+  return st;
+}
+
+static pgs_status_t check_describe(const uint8_t *body, size_t len) {
+  return check_target(body, len, false);
+}
+
+static pgs_status_t check_close(const uint8_t *body, size_t len) {
+  return check_target(body, len, true);
+}
+
+static pgs_status_t check_execute(const uint8_t *body, size_t len) {
+  pgs_execute_msg_t m;
+  pgs_status_t st = pgs_execute_read(body, len, &m);
+  if (st != PGS_OK) {
+    assert_true(all_zero(&m, sizeof(m)));
+    return st;
+  }
+  assert_ptr_equal(m.portal, (const char *)body);
+  assert_int_equal(m.portal_len + 5, len);
+  return st;
+}
+
+typedef pgs_status_t (*check_fn)(const uint8_t *body, size_t len);
+
+/* What CHECK says of LEN bytes of DATA read from a block of their own. */
+static pgs_status_t check_tight(check_fn check, const uint8_t *data, size_t len) {
+  uint8_t *copy = tight_copy(data, len);
+  pgs_status_t st = check(copy, len);
+  free_tight(copy);
+  return st;
+}
+
+/* The message in BUF (one, from the builders) is well-formed for CHECK;
+ * every proper prefix of its body, and the body with a byte more, is not. */
+static void expect_exact(check_fn check, const pgs_buf_t *buf) {
+  assert_true(buf->len >= 5);
+  assert_int_equal(pgs_get_u32(buf->data + 1) + 1, buf->len);
+  const uint8_t *body = buf->data + 5;
+  size_t len = buf->len - 5;
+  assert_int_equal(check_tight(check, body, len), PGS_OK);
+  for (size_t n = 0; n < len; n++) assert_int_equal(check_tight(check, body, n), PGS_EPROTO);
+  uint8_t *longer = malloc(len + 1);
+  assert_non_null(longer);
+  memcpy(longer, body, len);
+  for (int extra = 0; extra < 256; extra += 0x41) { /* a NUL, 'A', 0x82, 0xc3 */
+    longer[len] = (uint8_t)extra;
+    assert_int_equal(check_tight(check, longer, len + 1), PGS_EPROTO);
+  }
+  free(longer);
+}
+
+static void put_parse(pgs_buf_t *b, const char *name, const char *query, int ntypes,
+                      const uint32_t *oids) {
+  size_t start = pgs_msg_begin(b, 'P');
+  pgs_buf_put_cstr(b, name);
+  pgs_buf_put_cstr(b, query);
+  pgs_buf_put_i16(b, (int16_t)(uint16_t)ntypes);
+  for (int i = 0; i < ntypes; i++) pgs_buf_put_i32(b, (int32_t)(oids ? oids[i] : 0));
+  pgs_msg_end(b, start);
+}
+
+/* A Bind of NPARAMS values VALUES (NULL for SQL NULL), text of each. */
+static void put_bind(pgs_buf_t *b, const char *portal, const char *statement, int nformats,
+                     const int16_t *formats, int nparams, const char *const *values, int nresults,
+                     const int16_t *results) {
+  size_t start = pgs_msg_begin(b, 'B');
+  pgs_buf_put_cstr(b, portal);
+  pgs_buf_put_cstr(b, statement);
+  pgs_buf_put_i16(b, (int16_t)(uint16_t)nformats);
+  for (int i = 0; i < nformats; i++) pgs_buf_put_i16(b, formats[i]);
+  pgs_buf_put_i16(b, (int16_t)(uint16_t)nparams);
+  for (int i = 0; i < nparams; i++) {
+    const char *v = values ? values[i] : NULL;
+    pgs_buf_put_i32(b, v ? (int32_t)strlen(v) : -1);
+    if (v) pgs_buf_put(b, v, strlen(v));
+  }
+  pgs_buf_put_i16(b, (int16_t)(uint16_t)nresults);
+  for (int i = 0; i < nresults; i++) pgs_buf_put_i16(b, results[i]);
+  pgs_msg_end(b, start);
+}
+
+static void put_target(pgs_buf_t *b, char type, char kind, const char *name) {
+  size_t start = pgs_msg_begin(b, type);
+  pgs_buf_put_u8(b, (uint8_t)kind);
+  pgs_buf_put_cstr(b, name);
+  pgs_msg_end(b, start);
+}
+
+static void put_execute(pgs_buf_t *b, const char *portal, int32_t max_rows) {
+  size_t start = pgs_msg_begin(b, 'E');
+  pgs_buf_put_cstr(b, portal);
+  pgs_buf_put_i32(b, max_rows);
+  pgs_msg_end(b, start);
+}
+
+static void test_parse_read(void **state) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  static const uint32_t oids[] = {20, 25, 0, 0xfffffffeu};
+  put_parse(&b, "s1", "select $1::int8, $2", 4, oids);
+  pgs_parse_msg_t m;
+  assert_int_equal(pgs_parse_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_string_equal(m.name, "s1");
+  assert_int_equal(m.name_len, 2);
+  assert_string_equal(m.query, "select $1::int8, $2");
+  assert_int_equal(m.query_len, 19);
+  assert_int_equal(m.ntypes, 4);
+  for (int i = 0; i < 4; i++) assert_int_equal(pgs_parse_type_oid(&m, i), oids[i]);
+  assert_ptr_equal(m.after_name, b.data + 5 + 3);
+  assert_int_equal(m.after_name_len, 20 + 2 + 16);
+  assert_int_equal(m.after_query_len, 2 + 16);
+  expect_exact(check_parse, &b);
+
+  /* What a proxy keeps (the body after the name) reads the same. */
+  pgs_parse_msg_t kept;
+  assert_int_equal(pgs_parse_read_after_name(m.after_name, m.after_name_len, &kept), PGS_OK);
+  assert_null(kept.name);
+  assert_ptr_equal(kept.query, m.query);
+  assert_int_equal(kept.ntypes, 4);
+  assert_ptr_equal(kept.type_oids, m.type_oids);
+  assert_ptr_equal(kept.after_query, m.after_query);
+  assert_int_equal(pgs_parse_read_after_name(m.after_name, m.after_name_len - 1, &kept),
+                   PGS_EPROTO);
+  assert_true(all_zero(&kept, sizeof(kept)));
+
+  /* Unnamed, no types. */
+  b.len = 0;
+  put_parse(&b, "", "", 0, NULL);
+  assert_int_equal(pgs_parse_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_string_equal(m.name, "");
+  assert_string_equal(m.query, "");
+  assert_int_equal(m.ntypes, 0);
+  assert_int_equal(m.after_query_len, 2);
+  expect_exact(check_parse, &b);
+  pgs_buf_free(&b);
+}
+
+static void test_parse_read_counts(void **state) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  pgs_parse_msg_t m;
+  /* Counts are unsigned as PostgreSQL reads them: 0x8000 and 0xffff types
+   * are that many, when the OIDs are there. */
+  static const int counts[] = {0x8000, 0xffff};
+  for (size_t c = 0; c < 2; c++) {
+    b.len = 0;
+    put_parse(&b, "big", "select 1", counts[c], NULL);
+    assert_int_equal(check_tight(check_parse, b.data + 5, b.len - 5), PGS_OK);
+    assert_int_equal(pgs_parse_read(b.data + 5, b.len - 5, &m), PGS_OK);
+    assert_int_equal(m.ntypes, counts[c]);
+    assert_int_equal(pgs_parse_type_oid(&m, counts[c] - 1), 0);
+    /* One OID short. */
+    assert_int_equal(check_tight(check_parse, b.data + 5, b.len - 5 - 4), PGS_EPROTO);
+  }
+  /* A count claiming more OIDs than there are, or fewer. */
+  b.len = 0;
+  static const uint32_t two[] = {23, 23};
+  put_parse(&b, "", "select $1, $2", 2, two);
+  uint8_t *count = b.data + 5 + 1 + 14;
+  count[1] = 3;
+  assert_int_equal(check_tight(check_parse, b.data + 5, b.len - 5), PGS_EPROTO);
+  count[1] = 1;
+  assert_int_equal(check_tight(check_parse, b.data + 5, b.len - 5), PGS_EPROTO);
+  count[0] = 0xff, count[1] = 0xff; /* -1 as a signed count */
+  assert_int_equal(check_tight(check_parse, b.data + 5, b.len - 5), PGS_EPROTO);
+  /* Strings without their NUL. */
+  static const uint8_t no_query_end[] = {'s', 0, 's', 'e', 'l'};
+  assert_int_equal(check_tight(check_parse, no_query_end, sizeof(no_query_end)), PGS_EPROTO);
+  static const uint8_t no_name_end[] = {'s', '1'};
+  assert_int_equal(check_tight(check_parse, no_name_end, sizeof(no_name_end)), PGS_EPROTO);
+  pgs_buf_free(&b);
+}
+
+static void test_parse_read_head(void **state) {
+  pgs_parse_msg_t m;
+  /* Name and text only; the rest is anyone's. */
+  static const uint8_t body[] = {'n', 0, 'q', 0, 0xff, 0xff, 'x'};
+  uint8_t *copy = tight_copy(body, sizeof(body));
+  assert_int_equal(pgs_parse_read_head(copy, sizeof(body), &m), PGS_OK);
+  assert_string_equal(m.name, "n");
+  assert_string_equal(m.query, "q");
+  assert_int_equal(m.ntypes, 0);
+  assert_null(m.type_oids);
+  assert_ptr_equal(m.after_name, copy + 2);
+  assert_int_equal(m.after_name_len, 5);
+  assert_ptr_equal(m.after_query, copy + 4);
+  assert_int_equal(m.after_query_len, 3);
+  assert_int_equal(pgs_parse_read(copy, sizeof(body), &m), PGS_EPROTO);
+  /* Up to the text's NUL. */
+  assert_int_equal(pgs_parse_read_head(copy, 4, &m), PGS_OK);
+  assert_int_equal(m.after_query_len, 0);
+  for (size_t n = 0; n < 4; n++) {
+    free_tight(copy);
+    copy = tight_copy(body, n);
+    assert_int_equal(pgs_parse_read_head(copy, n, &m), PGS_EPROTO);
+    assert_true(all_zero(&m, sizeof(m)));
+  }
+  free_tight(copy);
+}
+
+static void test_bind_read(void **state) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  static const char *const values[] = {"42", NULL, "", "text"};
+  static const int16_t formats[] = {1, 0, 1, 0};
+  static const int16_t results[] = {1, 0, 1};
+  put_bind(&b, "p1", "s1", 4, formats, 4, values, 3, results);
+  pgs_bind_msg_t m;
+  assert_int_equal(pgs_bind_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_string_equal(m.portal, "p1");
+  assert_int_equal(m.portal_len, 2);
+  assert_string_equal(m.statement, "s1");
+  assert_int_equal(m.statement_len, 2);
+  assert_ptr_equal(m.after_names, b.data + 5 + 6);
+  assert_int_equal(m.nformats, 4);
+  assert_int_equal(m.nparams, 4);
+  assert_int_equal(m.params_len, 4 * 4 + 2 + 4);
+  assert_int_equal(m.nresults, 3);
+  assert_ptr_equal(m.results, b.data + b.len - 6);
+  for (int i = 0; i < 4; i++) assert_int_equal(pgs_bind_param_format(&m, i), formats[i]);
+  size_t at = 0;
+  const uint8_t *value;
+  int32_t vlen;
+  for (int i = 0; i < 4; i++) {
+    assert_true(pgs_bind_next_value(&m, &at, &value, &vlen));
+    if (values[i] == NULL) {
+      assert_int_equal(vlen, -1);
+      assert_null(value);
+    } else {
+      assert_int_equal(vlen, strlen(values[i]));
+      assert_non_null(value); /* an empty value is not NULL */
+      assert_memory_equal(value, values[i], (size_t)vlen);
+    }
+  }
+  assert_false(pgs_bind_next_value(&m, &at, &value, &vlen));
+  expect_exact(check_bind, &b);
+
+  /* No formats: all text. One format: all of them. */
+  b.len = 0;
+  put_bind(&b, "", "", 0, NULL, 2, values, 0, NULL);
+  assert_int_equal(pgs_bind_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_int_equal(pgs_bind_param_format(&m, 0), 0);
+  assert_int_equal(pgs_bind_param_format(&m, 1), 0);
+  expect_exact(check_bind, &b);
+  b.len = 0;
+  static const int16_t binary[] = {1};
+  put_bind(&b, "", "s", 1, binary, 3, values, 1, binary);
+  assert_int_equal(pgs_bind_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  for (int i = 0; i < 3; i++) assert_int_equal(pgs_bind_param_format(&m, i), 1);
+  expect_exact(check_bind, &b);
+
+  /* Nothing but the names and three zero counts. */
+  b.len = 0;
+  put_bind(&b, "", "", 0, NULL, 0, NULL, 0, NULL);
+  assert_int_equal(pgs_bind_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_int_equal(m.params_len, 0);
+  at = 0;
+  assert_false(pgs_bind_next_value(&m, &at, &value, &vlen));
+  expect_exact(check_bind, &b);
+  pgs_buf_free(&b);
+}
+
+static void test_bind_read_counts(void **state) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  static const char *const values[] = {"1", "2", "3"};
+  static const int16_t formats[] = {0, 1, 0};
+  /* A format count other than 0, 1 or the parameter count. */
+  put_bind(&b, "", "s", 2, formats, 3, values, 0, NULL);
+  assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5), PGS_EPROTO);
+  b.len = 0;
+  put_bind(&b, "", "s", 3, formats, 2, values, 0, NULL);
+  assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5), PGS_EPROTO);
+  b.len = 0;
+  put_bind(&b, "", "s", 3, formats, 0, NULL, 0, NULL);
+  assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5), PGS_EPROTO);
+
+  /* 0xffff NULL parameters with one format: unsigned counts, as in
+   * PostgreSQL, and 0xffff result formats. */
+  b.len = 0;
+  static const int16_t text[] = {0};
+  put_bind(&b, "", "s", 1, text, 0xffff, NULL, 0, NULL);
+  b.len -= 2; /* the result count, put again with its codes */
+  pgs_buf_put_i16(&b, (int16_t)0xffff);
+  for (int i = 0; i < 0xffff; i++) pgs_buf_put_i16(&b, 1);
+  pgs_msg_end(&b, 1);
+  pgs_bind_msg_t m;
+  assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5), PGS_OK);
+  assert_int_equal(pgs_bind_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_int_equal(m.nparams, 0xffff);
+  assert_int_equal(m.nresults, 0xffff);
+  assert_int_equal(m.params_len, 4 * 0xffff);
+  assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5 - 1), PGS_EPROTO);
+
+  /* Value lengths: -1 is NULL, below it malformed (though the message
+   * would be whole without a value), beyond the body too. */
+  static const int32_t lengths[] = {-1, -2, INT32_MIN, 4, 7, 0x7fffffff};
+  for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+    b.len = 0;
+    size_t start = pgs_msg_begin(&b, 'B');
+    pgs_buf_put(&b, "\0\0", 2);
+    pgs_buf_put_i16(&b, 0);
+    pgs_buf_put_i16(&b, 1);
+    pgs_buf_put_i32(&b, lengths[i]);
+    if (lengths[i] > 0) pgs_buf_put(&b, "abcd", 4); /* what claims 7 or more is short */
+    pgs_buf_put_i16(&b, 0);
+    pgs_msg_end(&b, start);
+    assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5),
+                     lengths[i] == -1 || lengths[i] == 4 ? PGS_OK : PGS_EPROTO);
+  }
+  /* More result codes claimed than sent, and a negative-looking count. */
+  b.len = 0;
+  static const int16_t results[] = {0, 1};
+  put_bind(&b, "", "", 0, NULL, 0, NULL, 2, results);
+  b.data[b.len - 5] = 3;
+  assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5), PGS_EPROTO);
+  b.data[b.len - 6] = 0xff, b.data[b.len - 5] = 0xff;
+  assert_int_equal(check_tight(check_bind, b.data + 5, b.len - 5), PGS_EPROTO);
+  pgs_buf_free(&b);
+}
+
+static void test_bind_read_head(void **state) {
+  pgs_bind_msg_t m;
+  /* The names only: what follows them is not read. */
+  static const uint8_t body[] = {'p', 0, 's', 0, 0x7f, 0x7f};
+  uint8_t *copy = tight_copy(body, sizeof(body));
+  assert_int_equal(pgs_bind_read_head(copy, sizeof(body), &m), PGS_OK);
+  assert_string_equal(m.portal, "p");
+  assert_string_equal(m.statement, "s");
+  assert_ptr_equal(m.after_names, copy + 4);
+  assert_int_equal(m.after_names_len, 2);
+  assert_int_equal(m.nparams, 0);
+  assert_int_equal(m.nresults, 0);
+  assert_int_equal(pgs_bind_read(copy, sizeof(body), &m), PGS_EPROTO);
+  for (size_t n = 0; n < 4; n++) {
+    free_tight(copy);
+    copy = tight_copy(body, n);
+    assert_int_equal(pgs_bind_read_head(copy, n, &m), PGS_EPROTO);
+    assert_true(all_zero(&m, sizeof(m)));
+  }
+  free_tight(copy);
+}
+
+static void test_describe_close_read(void **state) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  static const char kinds[] = {'S', 'P'};
+  for (int k = 0; k < 2; k++) {
+    b.len = 0;
+    put_target(&b, 'D', kinds[k], "name");
+    pgs_describe_msg_t d;
+    assert_int_equal(pgs_describe_read(b.data + 5, b.len - 5, &d), PGS_OK);
+    assert_int_equal(d.kind, kinds[k]);
+    assert_string_equal(d.name, "name");
+    assert_int_equal(d.name_len, 4);
+    expect_exact(check_describe, &b);
+    b.len = 0;
+    put_target(&b, 'C', kinds[k], "");
+    pgs_close_msg_t c;
+    assert_int_equal(pgs_close_read(b.data + 5, b.len - 5, &c), PGS_OK);
+    assert_int_equal(c.kind, kinds[k]);
+    assert_string_equal(c.name, "");
+    expect_exact(check_close, &b);
+  }
+  /* Only 'S' and 'P'; one name ending with the message. */
+  static const uint8_t portal_kind_lower[] = {'p', 'x', 0};
+  static const uint8_t no_kind[] = {0};
+  static const uint8_t two_names[] = {'S', 'a', 0, 'b', 0};
+  assert_int_equal(check_tight(check_describe, portal_kind_lower, 3), PGS_EPROTO);
+  assert_int_equal(check_tight(check_close, portal_kind_lower, 3), PGS_EPROTO);
+  assert_int_equal(check_tight(check_describe, no_kind, 1), PGS_EPROTO);
+  assert_int_equal(check_tight(check_describe, two_names, 5), PGS_EPROTO);
+  assert_int_equal(check_tight(check_close, two_names, 5), PGS_EPROTO);
+  assert_int_equal(check_tight(check_close, two_names, 3), PGS_OK);
+  pgs_buf_free(&b);
+}
+
+static void test_execute_read(void **state) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  put_execute(&b, "cur", 100);
+  pgs_execute_msg_t m;
+  assert_int_equal(pgs_execute_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_string_equal(m.portal, "cur");
+  assert_int_equal(m.portal_len, 3);
+  assert_int_equal(m.max_rows, 100);
+  expect_exact(check_execute, &b);
+  b.len = 0;
+  put_execute(&b, "", -1); /* as every row */
+  assert_int_equal(pgs_execute_read(b.data + 5, b.len - 5, &m), PGS_OK);
+  assert_string_equal(m.portal, "");
+  assert_int_equal(m.max_rows, -1);
+  expect_exact(check_execute, &b);
+  pgs_buf_free(&b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buf_growth),
@@ -687,6 +1180,14 @@ int main(void) {
       cmocka_unit_test(test_startup_malformed),
       cmocka_unit_test(test_startup_unsupported_versions),
       cmocka_unit_test(test_error_parse),
+      cmocka_unit_test(test_parse_read),
+      cmocka_unit_test(test_parse_read_counts),
+      cmocka_unit_test(test_parse_read_head),
+      cmocka_unit_test(test_bind_read),
+      cmocka_unit_test(test_bind_read_counts),
+      cmocka_unit_test(test_bind_read_head),
+      cmocka_unit_test(test_describe_close_read),
+      cmocka_unit_test(test_execute_read),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
