@@ -32,7 +32,10 @@
 #include "pgshard/analyze.h"
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
-#include "pgshard/proxy.h"
+#include "pgshard/client.h"
+#include "pgshard/console.h"
+#include "pgshard/request.h"
+#include "pgshard/worker.h"
 #include "pgshard/route.h"
 #include "pgshard/stats.h"
 #include "pgshard/twophase.h"
@@ -710,7 +713,7 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
     for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
       pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
       if (!c->admin && c->db && c->state != PGS_CL_CLOSING && !c->paused && pgs_paused(c->dbname) &&
-          !pgs_client_between_transactions(c))
+          !pgs_request_between_transactions(c))
         pgs_buf_put_u8(b, 1);
     }
     break;
@@ -1447,7 +1450,7 @@ static void admin_process(pgs_client_t *client) {
     char type;
     size_t total;
     const uint8_t *p = io->in.data + io->in_pos;
-    pgs_status_t st = pgs_client_next_message(client, &type, &total);
+    pgs_status_t st = pgs_request_next_message(client, &type, &total);
     if (st == PGS_EAGAIN) break;
     if (st != PGS_OK) return;
     io->in_pos += total;

@@ -33,8 +33,16 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "pgshard/accounting.h"
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/client.h"
+#include "pgshard/console.h"
+#include "pgshard/pool.h"
+#include "pgshard/request.h"
+#include "pgshard/server.h"
+#include "pgshard/state.h"
+#include "pgshard/steps.h"
+#include "pgshard/worker.h"
 #include "pgshard/stats.h"
 #include "pgshard/tls.h"
 #include "pgshard/twophase.h"
@@ -45,7 +53,6 @@
 #define CLIENT_STALL_MS 2000
 
 /* Memory held for every client of the process (max_total_client_memory). */
-static size_t total_held;
 
 static const char *const client_state_names[] = {"startup", "auth",   "login",  "idle",
                                                  "waiting", "active", "closing"};
@@ -79,9 +86,9 @@ static void client_closed_cb(uv_handle_t *handle) {
   pgs_client_t *client = ((pgs_io_t *)handle->data)->owner;
   pgs_list_remove(&client->link);
   pgs_io_free_buffers(&client->io);
-  pgs_strmap_free(&client->stmts, pgs_client_free_stmt);
+  pgs_strmap_free(&client->stmts, pgs_request_free_stmt);
   if (client->steps)
-    pgs_client_routing_free(client);
+    pgs_request_free(client);
   else
     free(client->startup_tenant);
   free_settings(client);
@@ -105,7 +112,7 @@ static bool settles_gid(const pgs_client_t *client, const pgs_server_t *server) 
 static void detach_server(pgs_client_t *client, pgs_server_t *server) {
   if (pgs_server_flush(server) < 0) server->dirty = true;
   bool settling = settles_gid(client, server);
-  pgs_client_unlink(client, server);
+  pgs_request_unlink(client, server);
   if (server->state != PGS_SV_ACTIVE) return;
   if (settling) {
     /* Its PREPARE TRANSACTION, COMMIT or ROLLBACK PREPARED runs on whatever
@@ -207,7 +214,7 @@ void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt
 
 static void emit_ready(pgs_client_t *client) {
   size_t mark = pgs_io_scratch_mark(&client->io);
-  char status = client->servers ? pgs_client_ready_status(client) : client->txstatus;
+  char status = client->servers ? pgs_request_ready_status(client) : client->txstatus;
   pgs_msg_ready(pgs_io_scratch(&client->io), status);
   pgs_io_scratch_done(&client->io, mark);
   client->txstatus = status;
@@ -464,24 +471,11 @@ static void force_standard_strings(pgs_client_t *client, pgs_server_t *server) {
 
 /* ---- messages from the server that the client's state depends on ---- */
 
-void pgs_client_count_error(pgs_client_t *client, const uint8_t *body, size_t len) {
-  if (client->stats == NULL) return;
-  /* The SQLSTATE field ('C') of the ErrorResponse BODY. */
-  const char *sqlstate = NULL;
-  for (size_t at = 0; at + 1 < len && body[at];) {
-    const char *value = (const char *)body + at + 1;
-    size_t vlen = strnlen(value, len - at - 1);
-    if (body[at] == 'C') sqlstate = value;
-    at += 1 + vlen + 1;
-  }
-  pgs_db_stats_error(client->stats, sqlstate);
-}
-
 void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body,
                                   size_t len) {
   /* A part of a cross-shard read: the read's one error is counted when it
    * reaches the client (fanout.c), not each part's. */
-  if (type == 'E' && client->fan == NULL) pgs_client_count_error(client, body, len);
+  if (type == 'E' && client->fan == NULL) pgs_account_error(client, body, len);
   if (client->ntx_ops == 0) return;
   if (type == 'S') {
     note_reported(client, body, len);
@@ -528,7 +522,7 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
       {"duration_ms", ms},
       {"shards", shards[0] ? shards : NULL},
       {"tx", tx},
-      {"error", client->request_failed ? "true" : NULL},
+      {"error", client->ex.request_failed ? "true" : NULL},
       {"sql", client->request_text && client->request_text[0] ? client->request_text : NULL},
   };
   pgs_log_event(PGS_LOG_INFO, "slow_request", fields, (int)PGS_ARRAY_LEN(fields),
@@ -546,7 +540,7 @@ static void count_query(pgs_client_t *client, uint64_t us) {
       pgs_query_stats_get(w->queries, client->dbname, client->request_query, "(text evicted)");
   q->calls++;
   q->total_us += us;
-  if (client->request_failed) q->errors++;
+  if (client->ex.request_failed) q->errors++;
   int shards = 0;
   uint64_t seen = 0;
   for (int i = 0; i < client->nslots && i < 64; i++)
@@ -569,7 +563,7 @@ static void count_request(pgs_client_t *client, char status) {
   if (slow >= 0 && us >= (uint64_t)slow * 1000) log_slow_request(client, us, status);
   st->requests++;
   if (status == 'I') st->transactions++;
-  if (client->request_failed) st->errors++;
+  if (client->ex.request_failed) st->errors++;
   pgs_hist_add(&st->latency, us);
   count_query(client, us);
   st->bytes_in += client->io.read_total - client->io.counted_in;
@@ -577,7 +571,7 @@ static void count_request(pgs_client_t *client, char status) {
   client->io.counted_in = client->io.read_total;
   client->io.counted_out = client->io.out_total;
   client->request_start_us = 0;
-  client->request_failed = false;
+  client->ex.request_failed = false;
 }
 
 void pgs_client_after_ready(pgs_client_t *client, char status) {
@@ -586,7 +580,7 @@ void pgs_client_after_ready(pgs_client_t *client, char status) {
   client->active_ms = pgs_now_ms(); /* idle from now on, unless it sends */
   if (status == 'I') {
     commit_tx_ops(client);
-    pgs_client_tx_done(client);
+    pgs_request_tx_done(client);
   } else if (status == 'E')
     client->tx_failed = true;
 }
@@ -772,14 +766,14 @@ static void login_ok(pgs_client_t *client) {
         client->pinned = true;
   }
   pgs_key_error_t kerr;
-  if (!pgs_client_startup_tenant(client, &kerr)) {
+  if (!pgs_request_startup_tenant(client, &kerr)) {
     pgs_client_fail(client, kerr.sqlstate, "tenant \"%s\": %s", client->startup_tenant,
                     kerr.message);
     return;
   }
-  pgs_client_routing_init(client);
+  pgs_request_init(client);
   int node;
-  client->want_slot = pgs_client_login_slot(client, &node);
+  client->want_slot = pgs_request_login_slot(client, &node);
   client->pool = pgs_pool_get(client->worker, client->config, db, client->user, 0, node,
                               client->startup_options);
   client->pools[node] = client->pool;
@@ -1178,7 +1172,7 @@ void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
     return;
   }
   /* Only logging in: nothing to run yet, the server goes back. */
-  pgs_client_maybe_release(client);
+  pgs_request_maybe_release(client);
   pgs_client_process(client);
 }
 
@@ -1251,27 +1245,16 @@ static void client_on_drained(pgs_io_t *io) {
     pgs_client_process(client);
 }
 
-/* ---- memory and idleness ---- */
+/* ---- serving ---- */
 
-void pgs_client_mem_add(pgs_client_t *client, size_t n) {
-  client->mem_held += n;
-  __atomic_add_fetch(&total_held, n, __ATOMIC_RELAXED);
+void pgs_client_process(pgs_client_t *client) {
+  if (client->admin)
+    pgs_admin_process(client);
+  else
+    pgs_request_process(client);
 }
 
-void pgs_client_mem_sub(pgs_client_t *client, size_t n) {
-  PGS_ASSERT(client->mem_held >= n);
-  client->mem_held -= n;
-  __atomic_sub_fetch(&total_held, n, __ATOMIC_RELAXED);
-}
-
-const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n) {
-  const pgs_config_t *config = client->config;
-  if (client->mem_held + pgs_io_backlog(&client->io) + n > (size_t)config->max_client_memory)
-    return "max_client_memory";
-  if (__atomic_load_n(&total_held, __ATOMIC_RELAXED) + n > (size_t)config->max_total_client_memory)
-    return "max_total_client_memory";
-  return NULL;
-}
+/* ---- idleness ---- */
 
 /* Waiting for its next request after a ReadyForQuery, with nothing of its
  * own in flight: what PgBouncer and PostgreSQL call idle. A client that

@@ -28,7 +28,9 @@
 #include <string.h>
 
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/coordinator.h"
+#include "pgshard/state.h"
+#include "pgshard/steps.h"
 #include "pgshard/stats.h"
 #include "pgshard/twophase.h"
 

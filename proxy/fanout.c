@@ -33,8 +33,13 @@
  */
 #include <string.h>
 
+#include "pgshard/accounting.h"
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/client.h"
+#include "pgshard/fanout.h"
+#include "pgshard/request.h"
+#include "pgshard/server.h"
+#include "pgshard/state.h"
 #include "pgshard/stats.h"
 
 pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
@@ -62,7 +67,7 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
 
 void pgs_fan_free(pgs_fan_t *fan) {
   if (fan == NULL) return;
-  pgs_client_mem_sub(fan->owner, fan->charged);
+  pgs_account_mem_sub(fan->owner, fan->charged);
   pgs_merge_free(fan->merge);
   pgs_copy_split_free(fan->split);
   for (int i = 0; fan->batch && i < 64; i++) pgs_buf_free(&fan->batch[i]);
@@ -108,7 +113,7 @@ static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) 
 static bool fan_charge(pgs_client_t *client, pgs_fan_t *fan) {
   size_t held = pgs_merge_held(fan->merge);
   if (held <= fan->charged) return true;
-  const char *key = pgs_client_mem_refuses(client, held - fan->charged);
+  const char *key = pgs_account_mem_refuses(client, held - fan->charged);
   if (key) {
     char message[300];
     snprintf(message, sizeof(message),
@@ -118,7 +123,7 @@ static bool fan_charge(pgs_client_t *client, pgs_fan_t *fan) {
     fan_fail(fan, PGS_SQLSTATE_OUT_OF_MEMORY, message);
     return false;
   }
-  pgs_client_mem_add(client, held - fan->charged);
+  pgs_account_mem_add(client, held - fan->charged);
   fan->charged = held;
   return true;
 }
@@ -167,7 +172,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     fan_fail_merge(fan);
   if (fan->error.len > 0) {
     pgs_buf_put(out, fan->error.data, fan->error.len);
-    if (fan->error.len > 5) pgs_client_count_error(client, fan->error.data + 5, fan->error.len - 5);
+    if (fan->error.len > 5) pgs_account_error(client, fan->error.data + 5, fan->error.len - 5);
     pgs_state_message_failed(client);
     /* An error of pgshard's own inside a transaction aborts it, as any
      * error would in PostgreSQL (no server failed to say so). */
@@ -399,9 +404,9 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
   }
 }
 
-void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
+bool pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   pgs_fan_t *fan = client->fan;
-  if (fan == NULL || !(fan->slots & (UINT64_C(1) << slot))) return;
+  if (fan == NULL || !(fan->slots & (UINT64_C(1) << slot))) return false;
   if (fan->copy_in) {
     fan->copy_ended |= UINT64_C(1) << slot;
     copy_in_fail(client, fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
@@ -409,15 +414,15 @@ void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
     fan_fail(fan, PGS_SQLSTATE_CONNECTION_FAILURE, why);
   }
   bool simple = fan->simple;
-  if (!fan_part_done(client, fan, slot) || !simple) return;
+  if (!fan_part_done(client, fan, slot) || !simple) return false;
   /* Its own will not come (nor, settling, before the others end theirs). */
-  if (client->ex.ready_pending == 0) pgs_client_send_ready(client);
+  return client->ex.ready_pending == 0;
 }
 
-void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
+bool pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
                             const char *why) {
   pgs_fan_t *fan = client->fan;
-  if (fan == NULL) return;
+  if (fan == NULL) return false;
   slots &= fan->slots & ~fan->done;
   if (fan->copy_in) {
     fan->copy_ended |= slots; /* never started: nothing to fail there */
@@ -427,10 +432,10 @@ void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sq
   }
   bool simple = fan->simple;
   fan->done |= slots;
-  if (fan->done != fan->slots) return; /* the parts sent end it when they answer */
+  if (fan->done != fan->slots) return false; /* the parts sent end it when they answer */
   fan_finish(client, fan);
   /* No part's will come (nor, settling, before the parts end theirs). */
-  if (simple && client->ex.ready_pending == 0) pgs_client_send_ready(client);
+  return simple && client->ex.ready_pending == 0;
 }
 
 void pgs_fan_part_skipped(pgs_client_t *client, int slot) {

@@ -15,7 +15,7 @@
  */
 #include <string.h>
 
-#include "pgshard/proxy.h"
+#include "pgshard/worker.h"
 
 struct pgs_gather {
   int refs;    /* atomic: the owner's side and the workers' side */

@@ -37,7 +37,7 @@
 #include <openssl/ssl.h>
 
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/io.h"
 #include "pgshard/tls.h"
 
 /* Ciphertext kept unread (a partial record, or input OpenSSL could not yet

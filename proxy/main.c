@@ -23,7 +23,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
-#include "pgshard/proxy.h"
+#include "pgshard/worker.h"
 #include "pgshard/twophase.h"
 
 static const char *config_path;
@@ -196,7 +196,7 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   if (pgs_workers_start(config, fds, nworkers) != 0) return 1;
-  if (pgs_monitor_start(config) != 0) {
+  if (pgs_monitor_start(config, pgs_workers_publish) != 0) {
     pgs_error("cannot start the health monitor");
     pgs_workers_exit();
     pgs_workers_join();

@@ -20,7 +20,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
-#include "pgshard/proxy.h"
+#include "pgshard/worker.h"
 #include "pgshard/stats.h"
 
 #define METRICS_MAX_REQUEST 8192

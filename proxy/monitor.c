@@ -29,9 +29,11 @@
  */
 #include <string.h>
 
+#include <libpq-fe.h>
+
 #include "pgshard/log.h"
+#include "pgshard/io.h"
 #include "pgshard/monitor.h"
-#include "pgshard/proxy.h"
 #include "pgshard/twophase.h"
 
 #define CHECK_SQL                                                                                  \
@@ -90,6 +92,7 @@ static struct {
   uv_async_t wakeup;
   uv_mutex_t lock;
   bool started;
+  pgs_publish_fn publish; /* where snapshots go */
   /* mailbox, under lock */
   pgs_config_t *mbox_config;
   bool mbox_stop;
@@ -121,58 +124,6 @@ static void poll_cb(uv_poll_t *handle, int status, int events);
 static void finish_round(uint64_t now);
 
 /* ---- snapshots ---- */
-
-pgs_snapshot_t *pgs_snapshot_ref(pgs_snapshot_t *snap) {
-  __atomic_add_fetch(&snap->refcount, 1, __ATOMIC_RELAXED);
-  return snap;
-}
-
-void pgs_snapshot_unref(pgs_snapshot_t *snap) {
-  if (snap == NULL || __atomic_sub_fetch(&snap->refcount, 1, __ATOMIC_ACQ_REL) > 0) return;
-  for (int d = 0; d < snap->ndbs; d++) {
-    pgs_health_db_t *db = &snap->dbs[d];
-    for (int s = 0; s < db->nshards; s++) free(db->shards[s].nodes);
-    free(db->shards);
-    free(db->name);
-  }
-  free(snap->dbs);
-  pgs_config_unref(snap->config);
-  free(snap);
-}
-
-const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const char *db,
-                                             int shard) {
-  if (snap == NULL) return NULL;
-  for (int d = 0; d < snap->ndbs; d++) {
-    const pgs_health_db_t *h = &snap->dbs[d];
-    if (strcmp(h->name, db) != 0) continue;
-    return shard >= 0 && shard < h->nshards ? &h->shards[shard] : NULL;
-  }
-  return NULL;
-}
-
-static bool same_node(const pgs_node_t *a, const pgs_node_t *b) {
-  return a->conninfo == b->conninfo ||
-         (a->conninfo && b->conninfo && !strcmp(a->conninfo, b->conninfo));
-}
-
-const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
-                                                const pgs_database_t *db, int shard) {
-  if (snap == NULL || shard < 0 || shard >= db->nshards) return NULL;
-  const pgs_database_t *sdb = pgs_config_find_database(snap->config, db->name);
-  if (sdb == NULL) return NULL;
-  if (sdb == db) return pgs_snapshot_shard(snap, db->name, shard);
-  const pgs_shard_t *mine = &db->shards[shard];
-  int at = pgs_shardmap_find_shard(sdb, mine->name);
-  if (at < 0) return NULL;
-  const pgs_shard_t *theirs = &sdb->shards[at];
-  if (theirs->nreplicas != mine->nreplicas || theirs->has_primary != mine->has_primary ||
-      !same_node(&theirs->primary, &mine->primary))
-    return NULL;
-  for (int i = 0; i < mine->nreplicas; i++)
-    if (!same_node(&theirs->replicas[i], &mine->replicas[i])) return NULL;
-  return pgs_snapshot_shard(snap, db->name, at);
-}
 
 static void publish(uint64_t now) {
   pgs_snapshot_t *snap = pgs_xcalloc(1, sizeof(*snap));
@@ -209,7 +160,7 @@ static void publish(uint64_t now) {
       uv_mutex_unlock(&mon.lock);
     }
   }
-  pgs_workers_publish(snap); /* a reference per worker */
+  mon.publish(snap); /* a reference per worker */
   pgs_snapshot_unref(snap);
 }
 
@@ -913,10 +864,11 @@ static void monitor_main(void *arg) {
   pgs_debug("monitor stopped");
 }
 
-int pgs_monitor_start(pgs_config_t *config) {
+int pgs_monitor_start(pgs_config_t *config, pgs_publish_fn publish_fn) {
   int rc;
   PGS_ASSERT(!mon.started);
   memset(&mon, 0, sizeof(mon));
+  mon.publish = publish_fn;
   if ((rc = uv_loop_init(&mon.loop)) != 0) goto fail_loop;
   if ((rc = uv_mutex_init(&mon.lock)) != 0) goto fail_mutex;
   if ((rc = uv_async_init(&mon.loop, &mon.wakeup, wakeup_cb)) != 0) goto fail_async;

@@ -24,7 +24,8 @@
 #include <libpq-fe.h>
 
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/pool.h"
+#include "pgshard/server.h"
 
 int pgs_pool_share(int pool_size, int workers, int index) {
   int share = pool_size / workers + (index < pool_size % workers ? 1 : 0);

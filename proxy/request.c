@@ -43,8 +43,17 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "pgshard/accounting.h"
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/client.h"
+#include "pgshard/coordinator.h"
+#include "pgshard/fanout.h"
+#include "pgshard/pool.h"
+#include "pgshard/request.h"
+#include "pgshard/server.h"
+#include "pgshard/state.h"
+#include "pgshard/steps.h"
+#include "pgshard/worker.h"
 #include "pgshard/reserved.h"
 #include "pgshard/stats.h"
 #include "pgshard/twophase.h"
@@ -64,7 +73,7 @@
 
 static void free_portal(void *p) {
   pgs_portal_t *portal = p;
-  if (portal->owner) pgs_client_mem_sub(portal->owner, portal->charged);
+  if (portal->owner) pgs_account_mem_sub(portal->owner, portal->charged);
   free(portal->sql);
   pgs_plan_unref(portal->merge_plan);
   pgs_buf_free(&portal->merge_body);
@@ -72,9 +81,9 @@ static void free_portal(void *p) {
   free(portal);
 }
 
-void pgs_client_free_stmt(void *p) {
+void pgs_request_free_stmt(void *p) {
   pgs_client_stmt_t *stmt = p;
-  if (stmt->owner) pgs_client_mem_sub(stmt->owner, stmt->charged);
+  if (stmt->owner) pgs_account_mem_sub(stmt->owner, stmt->charged);
   pgs_buf_free(&stmt->parse_body);
   pgs_buf_free(&stmt->merge_body);
   pgs_plan_unref(stmt->plan);
@@ -86,7 +95,7 @@ void pgs_client_free_stmt(void *p) {
   free(stmt);
 }
 
-void pgs_client_routing_init(pgs_client_t *client) {
+void pgs_request_init(pgs_client_t *client) {
   const pgs_database_t *db = client->db;
   bool replicas = false;
   client->pool_stride = 1;
@@ -116,7 +125,7 @@ void pgs_client_routing_init(pgs_client_t *client) {
       pgs_request_on_parameter_status(client, client->settings[i].name, client->settings[i].value);
 }
 
-void pgs_client_routing_free(pgs_client_t *client) {
+void pgs_request_free(pgs_client_t *client) {
   if (client->steps) pgs_steps_clear(client);
   free(client->steps);
   free(client->servers);
@@ -149,7 +158,7 @@ static uint64_t client_id(const pgs_client_t *client) {
   return (uint64_t)(uint32_t)client->cancel_pid << 32 | (uint32_t)client->cancel_key;
 }
 
-void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server) {
+void pgs_request_unlink(pgs_client_t *client, pgs_server_t *server) {
   if (client->servers && server->shard >= 0 && server->shard < client->nslots &&
       client->servers[server->shard] == server)
     client->servers[server->shard] = NULL;
@@ -160,7 +169,7 @@ void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server) {
   server->client = NULL;
 }
 
-char pgs_client_ready_status(const pgs_client_t *client) {
+char pgs_request_ready_status(const pgs_client_t *client) {
   char status = pgs_exchange_in_tx(&client->ex) ? 'T' : 'I';
   if ((client->ex.tx == PGS_TX_ABORTED)) return 'E';
   for (int i = 0; i < client->nslots; i++) {
@@ -172,15 +181,15 @@ char pgs_client_ready_status(const pgs_client_t *client) {
   return status;
 }
 
-void pgs_client_send_ready(pgs_client_t *client) {
-  char status = pgs_client_ready_status(client);
+void pgs_request_send_ready(pgs_client_t *client) {
+  char status = pgs_request_ready_status(client);
   size_t mark = pgs_io_scratch_mark(&client->io);
   pgs_msg_ready(pgs_io_scratch(&client->io), status);
   pgs_io_scratch_done(&client->io, mark);
   pgs_client_after_ready(client, status);
 }
 
-bool pgs_client_maybe_release(pgs_client_t *client) {
+bool pgs_request_maybe_release(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_ACTIVE || client->pinned || pgs_state_planned(client) ||
       pgs_exchange_in_tx(&client->ex) || client->unit_mask ||
@@ -195,7 +204,7 @@ bool pgs_client_maybe_release(pgs_client_t *client) {
   for (int i = 0; i < client->nslots; i++) {
     pgs_server_t *s = client->servers[i];
     if (s == NULL) continue;
-    pgs_client_unlink(client, s);
+    pgs_request_unlink(client, s);
     pgs_pool_server_free(s->pool, s);
   }
   client->state = PGS_CL_IDLE;
@@ -207,7 +216,7 @@ bool pgs_client_maybe_release(pgs_client_t *client) {
 static bool flush_servers(pgs_client_t *client);
 
 /* Ask the pool of NODE (of SLOT's shard) for a server for SLOT: linked now
- * (pgs_client_on_server re-enters pgs_client_process) or queued. The
+ * (pgs_client_on_server re-enters pgs_request_process) or queued. The
  * caller must return at once. */
 static void request_server(pgs_client_t *client, int slot, int node) {
   if (client->worker->draining) {
@@ -386,11 +395,11 @@ static pgs_client_stmt_t *remember_parse(pgs_client_t *client, const char *name,
   pgs_client_stmt_t *stmt = pgs_xcalloc(1, sizeof(*stmt));
   stmt->owner = client;
   stmt->charged = stmt_charge(client, name, len);
-  pgs_client_mem_add(client, stmt->charged);
+  pgs_account_mem_add(client, stmt->charged);
   pgs_buf_put(&stmt->parse_body, body, len);
   statement_server_name(stmt->parse_body.data, stmt->parse_body.len, stmt->server_name);
   old = pgs_strmap_put(&client->stmts, name, stmt);
-  if (old) pgs_client_free_stmt(old);
+  if (old) pgs_request_free_stmt(old);
   return stmt;
 }
 
@@ -616,7 +625,7 @@ static int writer_node(const pgs_client_t *client, int shard) {
 static bool replica_eligible(const pgs_client_t *client, const pgs_plan_t *plan) {
   if (plan == NULL || plan->kind != PGS_STMT_READ || client->pinned || client->route_pref == 1)
     return false;
-  if (pgs_exchange_in_tx(&client->ex) && !client->tx_read_only) return false;
+  if (pgs_exchange_in_tx(&client->ex) && !client->ex.tx_read_only) return false;
   return true;
 }
 
@@ -746,8 +755,8 @@ static uint64_t writer_slots(uint64_t shards) {
   return mask;
 }
 
-void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
-                               const char *why) {
+void pgs_request_server_lost(pgs_client_t *client, int slot, int readies, bool open_unit,
+                             const char *why) {
   bool replica = client->servers && (slot & 1) && slot < client->nslots;
   if (client->servers && slot >= 0 && slot < client->nslots && client->fan &&
       (client->fan->slots & BIT(slot)) && !pgs_exchange_in_tx(&client->ex) &&
@@ -764,11 +773,11 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
     client->unit_mask &= ~BIT(slot);
     bool last_ready =
         readies > 0 && client->ex.ready_pending > 0 && --client->ex.ready_pending == 0;
-    pgs_fan_part_lost(client, slot, message);
-    if (last_ready) pgs_client_send_ready(client);
+    if (pgs_fan_part_lost(client, slot, message)) pgs_request_send_ready(client);
+    if (last_ready) pgs_request_send_ready(client);
     if (client->state == PGS_CL_WAITING) return;
     (void)pgs_state_resume(client);
-    pgs_client_process(client);
+    pgs_request_process(client);
     return;
   }
   if (client->ex.ready_pending > 0) {
@@ -797,16 +806,16 @@ void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool
   for (int i = 0; i < (readies > 0 ? readies : 1); i++) {
     size_t mark = pgs_io_scratch_mark(io);
     pgs_msg_error_raw(pgs_io_scratch(io), "ERROR", PGS_SQLSTATE_CONNECTION_FAILURE, message, NULL);
-    if (readies > 0) pgs_msg_ready(pgs_io_scratch(io), pgs_client_ready_status(client));
+    if (readies > 0) pgs_msg_ready(pgs_io_scratch(io), pgs_request_ready_status(client));
     pgs_io_scratch_done(io, mark);
   }
   if (open_unit || readies == 0) pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
   if (client->state == PGS_CL_WAITING) return; /* on_server resumes it */
   (void)pgs_state_resume(client);
-  pgs_client_process(client);
+  pgs_request_process(client);
 }
 
-int pgs_client_login_slot(pgs_client_t *client, int *node) {
+int pgs_request_login_slot(pgs_client_t *client, int *node) {
   /* Any server of shard 0 can tell the parameters: the writer, else a
    * replica that is up (a shard without a primary still serves reads). */
   int w = writer_node(client, 0);
@@ -826,7 +835,7 @@ int pgs_client_login_slot(pgs_client_t *client, int *node) {
   return 0;
 }
 
-void pgs_client_tx_done(pgs_client_t *client) {
+void pgs_request_tx_done(pgs_client_t *client) {
   if (client->tx_wrote == 0 || client->ryw_commit_ms == NULL) return;
   uint64_t now = pgs_now_ms();
   for (int i = 0; i < client->nslots / 2; i++)
@@ -892,7 +901,7 @@ static bool set_tenant(pgs_client_t *client, const char *text, pgs_key_error_t *
   return true;
 }
 
-bool pgs_client_startup_tenant(pgs_client_t *client, pgs_key_error_t *err) {
+bool pgs_request_startup_tenant(pgs_client_t *client, pgs_key_error_t *err) {
   if (client->startup_tenant == NULL) return true;
   return set_tenant(client, client->startup_tenant, err);
 }
@@ -1122,7 +1131,7 @@ static void plan_tx_end(pgs_client_t *client, pgs_stmt_kind_t kind, const char *
 static void plan_begin(pgs_client_t *client, const char *sql, bool read_only, bool simple) {
   if (!pgs_exchange_in_tx(&client->ex)) {
     pgs_state_set_tx(client, PGS_TX_OPEN);
-    client->tx_read_only = read_only;
+    client->ex.tx_read_only = read_only;
     client->tx_mask = 0;
     client->tx_write_shard = -1;
     free(client->begin_sql);
@@ -1467,7 +1476,7 @@ static pgs_client_stmt_t *find_stmt(pgs_client_t *client, const char *name) {
 
 static void forget_stmt(pgs_client_t *client, const char *name) {
   pgs_client_stmt_t *gone = pgs_strmap_remove(&client->stmts, name);
-  if (gone) pgs_client_free_stmt(gone);
+  if (gone) pgs_request_free_stmt(gone);
 }
 
 /* PostgreSQL's own words for a statement name nobody prepared (26000):
@@ -1616,7 +1625,7 @@ static pgs_portal_t *put_portal(pgs_client_t *client, const char *name) {
     portal = pgs_xcalloc(1, sizeof(*portal));
     portal->owner = client;
     portal->charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + strlen(name) + 1;
-    pgs_client_mem_add(client, portal->charged);
+    pgs_account_mem_add(client, portal->charged);
     pgs_strmap_put(&client->portals, name, portal);
   }
   free(portal->sql);
@@ -1650,9 +1659,9 @@ static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt,
   size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + bind->portal_len + 1 +
                    portal->merge_body.cap + portal->merge_bind.cap;
   if (charged > portal->charged)
-    pgs_client_mem_add(portal->owner, charged - portal->charged);
+    pgs_account_mem_add(portal->owner, charged - portal->charged);
   else
-    pgs_client_mem_sub(portal->owner, portal->charged - charged);
+    pgs_account_mem_sub(portal->owner, portal->charged - charged);
   portal->charged = charged;
 }
 
@@ -2030,7 +2039,7 @@ static void plan_message(pgs_client_t *client, char type, const uint8_t *p, size
       plan_portal_message(client, type, name, 0);
     } else if (type == 'C') {
       pgs_client_stmt_t *stmt = pgs_strmap_remove(&client->stmts, name);
-      if (stmt) pgs_client_free_stmt(stmt);
+      if (stmt) pgs_request_free_stmt(stmt);
       add_reply(client, '3', NULL);
     } else {
       pgs_client_stmt_t *stmt = find_stmt(client, name);
@@ -2096,7 +2105,7 @@ static void emit_rewritten(pgs_client_t *client, pgs_reply_action_t action, cons
   size_t mark = pgs_io_scratch_mark(out);
   pgs_buf_t *b = pgs_io_scratch(out);
   if (action == PGS_REPLY_READY) {
-    pgs_msg_ready(b, pgs_client_ready_status(client));
+    pgs_msg_ready(b, pgs_request_ready_status(client));
   } else if (action == PGS_REPLY_HIDE) {
     /* A merged portal described: the shards' hidden columns stay hidden. */
     pgs_merge_spec_t spec = {.nhidden = v->hide};
@@ -2157,7 +2166,7 @@ static void owner_reply(pgs_client_t *client, pgs_server_t *server, const pgs_ve
   /* Replies pgshard makes up go out once everything before them has. */
   if (server->state != PGS_SV_CLOSING) pgs_server_emit_synthetic(server);
   if (server->client != client) return;
-  if (action == PGS_REPLY_READY) pgs_client_after_ready(client, pgs_client_ready_status(client));
+  if (action == PGS_REPLY_READY) pgs_client_after_ready(client, pgs_request_ready_status(client));
 }
 
 static void owner_synthetic(pgs_client_t *client, char type) {
@@ -2180,8 +2189,8 @@ static bool owner_flush(pgs_client_t *client) {
 /* Between transactions every server goes back; a client that waited for
  * this server's replies before sending elsewhere goes on. */
 static void owner_settled(pgs_client_t *client) {
-  if (pgs_client_maybe_release(client)) return;
-  if (pgs_state_resume(client)) pgs_client_process(client);
+  if (pgs_request_maybe_release(client)) return;
+  if (pgs_state_resume(client)) pgs_request_process(client);
 }
 
 static void owner_lost(pgs_client_t *client, int slot, int readies, bool open_unit,
@@ -2189,7 +2198,7 @@ static void owner_lost(pgs_client_t *client, int slot, int readies, bool open_un
   if (slot < 0)
     pgs_client_server_lost(client, why);
   else
-    pgs_client_server_lost_at(client, slot, readies, open_unit, why);
+    pgs_request_server_lost(client, slot, readies, open_unit, why);
 }
 
 const pgs_server_owner_t pgs_request_server_owner = {
@@ -2199,8 +2208,8 @@ const pgs_server_owner_t pgs_request_server_owner = {
     .backlogged = owner_backlogged,
     .flush = owner_flush,
     .settled = owner_settled,
-    .drained = pgs_client_process,
-    .unlink = pgs_client_unlink,
+    .drained = pgs_request_process,
+    .unlink = pgs_request_unlink,
     .lost = owner_lost,
 };
 
@@ -2220,7 +2229,7 @@ bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const 
     unsent |= BIT(st->shard);
   }
   client->step_next = client->nsteps;
-  pgs_fan_parts_unserved(client, unsent, sqlstate, why);
+  if (pgs_fan_parts_unserved(client, unsent, sqlstate, why)) pgs_request_send_ready(client);
   return true;
 }
 
@@ -2236,7 +2245,7 @@ static void emit_reply(pgs_client_t *client, const pgs_step_t *st) {
     pgs_msg_error_raw(b, "ERROR", st->text, st->text + 6, NULL);
   } else if (st->reply == 'Z') {
     pgs_io_scratch_done(io, mark);
-    pgs_client_send_ready(client);
+    pgs_request_send_ready(client);
     return;
   } else if (st->reply == 'C') {
     size_t start = pgs_msg_begin(b, 'C');
@@ -2414,8 +2423,9 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       /* The statement failed before this part was sent (it waited for a
        * server): it is not sent, it would only run to its end for nothing. */
       client->step_next++;
-      pgs_fan_parts_unserved(client, BIT(st->shard), PGS_SQLSTATE_INTERNAL,
-                             "another part of this statement failed");
+      if (pgs_fan_parts_unserved(client, BIT(st->shard), PGS_SQLSTATE_INTERNAL,
+                                 "another part of this statement failed"))
+        pgs_request_send_ready(client);
       continue;
     }
     if (st->node < 0) st->node = (int8_t)slot_node(client, st->shard); /* placed now */
@@ -2424,7 +2434,7 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
         pgs_server_expect_idle(server) && server->txstatus == 'I' &&
         !((client->unit_mask | client->tx_mask) & BIT(st->shard))) {
       /* Another replica was picked for this read: the idle one goes back. */
-      pgs_client_unlink(client, server);
+      pgs_request_unlink(client, server);
       pgs_pool_server_free(server->pool, server);
       server = NULL;
     }
@@ -2507,7 +2517,7 @@ static const char *over_budget(pgs_client_t *client, char type, const uint8_t *p
                                : pgs_parse_read_head(p + 5, total - 5, &parse) != PGS_OK;
   if (malformed) return NULL; /* judged where it is planned */
   if (type == 'B')            /* a portal, and for a merge the statement and Bind copied */
-    return client->routing ? pgs_client_mem_refuses(client, sizeof(pgs_portal_t) + 2 * total)
+    return client->routing ? pgs_account_mem_refuses(client, sizeof(pgs_portal_t) + 2 * total)
                            : NULL;
   const char *name = parse.name;
   if (!client->routing && parse.name_len == 0) return NULL; /* an unnamed statement is not kept */
@@ -2517,7 +2527,7 @@ static const char *over_budget(pgs_client_t *client, char type, const uint8_t *p
   pgs_client_stmt_t *old = pgs_strmap_get(&client->stmts, name);
   if (old && old->parse_body.len == len && !memcmp(old->parse_body.data, body, len)) return NULL;
   if (old) cost = cost > old->charged ? cost - old->charged : 0;
-  return cost > 0 ? pgs_client_mem_refuses(client, cost) : NULL;
+  return cost > 0 ? pgs_account_mem_refuses(client, cost) : NULL;
 }
 
 /* The message at in_pos is refused for going over the budget KEY: its
@@ -2552,7 +2562,7 @@ static bool at_tx_boundary(const pgs_client_t *client);
  * are kept only when the new map has their node at the same place; if not,
  * the client stays on its config until it holds none. */
 
-bool pgs_client_between_transactions(const pgs_client_t *client) { return at_tx_boundary(client); }
+bool pgs_request_between_transactions(const pgs_client_t *client) { return at_tx_boundary(client); }
 
 static bool at_tx_boundary(const pgs_client_t *client) {
   if (pgs_state_planned(client) || pgs_exchange_in_tx(&client->ex) ||
@@ -2622,13 +2632,13 @@ static void reanalyse_stmts(pgs_client_t *client) {
         /* Unreadable to the new map (the old one did not route): forgotten,
          * so a Bind of it gets 26000 rather than a guess. */
         pgs_strmap_remove(map, e->key);
-        pgs_client_free_stmt(stmt);
+        pgs_request_free_stmt(stmt);
       }
     }
   }
 }
 
-bool pgs_client_follow_config(pgs_client_t *client) {
+bool pgs_request_follow_config(pgs_client_t *client) {
   pgs_config_t *next = client->worker->config;
   if (client->config == next || !at_tx_boundary(client)) return true;
   const pgs_database_t *old = client->db;
@@ -2746,7 +2756,7 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
   }
 }
 
-pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *total) {
+pgs_status_t pgs_request_next_message(pgs_client_t *client, char *type, size_t *total) {
   pgs_io_t *io = &client->io;
   size_t max = (size_t)client->worker->config->max_message_size;
   pgs_status_t st =
@@ -2775,13 +2785,10 @@ pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *t
   return PGS_OK;
 }
 
-void pgs_client_process(pgs_client_t *client) {
+void pgs_request_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
-  if (client->admin) {
-    pgs_admin_process(client);
-    return;
-  }
+  PGS_ASSERT(!client->admin); /* the console's clients go to admin.c (client.c) */
   bool blocked = false;
   for (;;) {
     pgs_server_t *server = client->server;
@@ -2802,7 +2809,7 @@ void pgs_client_process(pgs_client_t *client) {
     char type;
     size_t total;
     const uint8_t *p = io->in.data + io->in_pos;
-    pgs_status_t st = pgs_client_next_message(client, &type, &total);
+    pgs_status_t st = pgs_request_next_message(client, &type, &total);
     if (st == PGS_EAGAIN) break;
     if (st != PGS_OK) return;
     if (type == 'X') {
@@ -2844,7 +2851,7 @@ void pgs_client_process(pgs_client_t *client) {
         continue;
       }
       if (type == 'S') pgs_state_set_unit(client, PGS_UNIT_CLEAN);
-      if (client->config != client->worker->config && !pgs_client_follow_config(client)) return;
+      if (client->config != client->worker->config && !pgs_request_follow_config(client)) return;
       if (pgs_paused(client->dbname) && at_tx_boundary(client)) {
         client->paused = true; /* RESUME reads it again (worker.c) */
         blocked = true;
@@ -2888,5 +2895,5 @@ void pgs_client_process(pgs_client_t *client) {
     pgs_io_stop_reading(io);
   else
     (void)pgs_io_start_reading(io);
-  if (!blocked) pgs_client_maybe_release(client);
+  if (!blocked) pgs_request_maybe_release(client);
 }

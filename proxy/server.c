@@ -29,8 +29,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
+
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/server.h"
 #include "pgshard/twophase.h"
 
 #define SERVER_MAX_MESSAGE ((size_t)1 << 30) /* PostgreSQL's own MaxAllocSize */

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/state.h"
 
 static void engine_bug(const pgs_client_t *client, const char *what, const char *from,
                        const char *to) {
@@ -66,5 +66,5 @@ bool pgs_state_resume(pgs_client_t *client) {
 
 void pgs_state_message_failed(pgs_client_t *client) {
   client->ex.message_error = true;
-  client->request_failed = true;
+  client->ex.request_failed = true;
 }

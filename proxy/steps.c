@@ -9,7 +9,8 @@
 #include <string.h>
 
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/state.h"
+#include "pgshard/steps.h"
 #include "pgshard/stats.h"
 
 pgs_step_t *pgs_steps_add(pgs_client_t *client, int shard, pgs_step_op_t op, pgs_placed_t placed) {
@@ -48,7 +49,7 @@ void pgs_steps_error(pgs_client_t *client, const char *sqlstate, const char *fmt
   pgs_state_tx_failed(client);
   if (client->stats) client->stats->refusals++;
   if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
-  client->request_failed = true;
+  client->ex.request_failed = true;
 }
 
 void pgs_steps_inject(pgs_client_t *client, int slot, const char *text, pgs_reply_rule_t rule,

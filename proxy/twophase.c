@@ -38,8 +38,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
+
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/io.h"
 #include "pgshard/twophase.h"
 
 /* Exit status when a decision cannot be made durable (sysexits EX_IOERR). */

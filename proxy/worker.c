@@ -12,7 +12,11 @@
 #include <string.h>
 
 #include "pgshard/log.h"
-#include "pgshard/proxy.h"
+#include "pgshard/client.h"
+#include "pgshard/pool.h"
+#include "pgshard/request.h"
+#include "pgshard/server.h"
+#include "pgshard/worker.h"
 #include "pgshard/stats.h"
 
 #define TICK_MS 50

@@ -19,6 +19,8 @@
 #define PGS_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 #define PGS_UNUSED(x) ((void)(x))
 #define PGS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+/* The struct of TYPE whose MEMBER is at PTR. */
+#define pgs_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /* name, description */
 #define PGS_STATUS_MAP(X)                                                                          \

@@ -187,14 +187,16 @@ typedef enum {
 } pgs_twopc_phase_t;
 
 typedef struct pgs_exchange {
-  uint8_t req;        /* pgs_req_state_t */
-  uint8_t unit;       /* pgs_unit_state_t */
-  uint8_t tx;         /* pgs_tx_state_t */
-  bool message_error; /* an ErrorResponse went to the client during this message */
-  bool copies;        /* the fan-out writes copies (DDL, reference tables):
+  uint8_t req;         /* pgs_req_state_t */
+  uint8_t unit;        /* pgs_unit_state_t */
+  uint8_t tx;          /* pgs_tx_state_t */
+  bool message_error;  /* an ErrorResponse went to the client during this message */
+  bool request_failed; /* ... during the request (up to its ReadyForQuery) */
+  bool tx_read_only;   /* the open transaction began READ ONLY: replicas may serve it */
+  bool copies;         /* the fan-out writes copies (DDL, reference tables):
                          report one shard's count, not the sum */
-  int ready_pending;  /* PGS_ON_READY_LAST_OF_N ReadyForQuery still to come */
-  uint64_t sum;       /* rows counted by fan-out parts so far */
+  int ready_pending;   /* PGS_ON_READY_LAST_OF_N ReadyForQuery still to come */
+  uint64_t sum;        /* rows counted by fan-out parts so far */
 } pgs_exchange_t;
 
 const char *pgs_req_state_name(pgs_req_state_t state);

@@ -2,7 +2,7 @@
  * monitor.h — the health and lag monitor: one thread that checks every node
  * of every database each lag_check_interval_ms over non-blocking libpq
  * connections, feeds the results through health.h, and publishes an
- * immutable snapshot to every worker (pgs_workers_publish), which reads it
+ * immutable snapshot to every worker (the publish function it is given), which reads it
  * without locks.
  *
  * Each check is one query:
@@ -33,43 +33,16 @@
 
 #include "pgshard/config.h"
 #include "pgshard/health.h"
-
-typedef struct pgs_health_db {
-  char *name;
-  pgs_shard_health_t *shards; /* in the config's shard order */
-  int nshards;
-} pgs_health_db_t;
-
-/* What every worker reads. Immutable once published; refcounted. */
-typedef struct pgs_snapshot {
-  int refcount; /* atomic */
-  uint64_t seq; /* increases with every snapshot */
-  uint64_t taken_ms;
-  pgs_config_t *config; /* the config it describes (a reference) */
-  pgs_health_db_t *dbs;
-  int ndbs;
-} pgs_snapshot_t;
-
-pgs_snapshot_t *pgs_snapshot_ref(pgs_snapshot_t *snap);
-void pgs_snapshot_unref(pgs_snapshot_t *snap);
-/* The health of shard SHARD (in the order of snap->config) of database DB,
- * or NULL when SNAP is NULL or has no such database or shard. Shard and node
- * indexes are those of snap->config: a caller holding another config (a
- * reload in progress) must compare snap->config with it first. */
-const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const char *db, int shard);
-/* The health of shard SHARD of DB, a database of any config (one that
- * snap->config replaced, or that replaces it): found by the database's and
- * shard's names, and only when snap->config gives that shard the same nodes
- * in the same order (node indexes then agree). NULL otherwise. */
-const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
-                                                const pgs_database_t *db, int shard);
+#include "pgshard/snapshot.h"
 
 /* Start the monitor thread on CONFIG (call after pgs_workers_start: it
  * publishes). It publishes a first snapshot before returning (every node
  * "up", replicas not readable until their first check within bounds, the
  * configured primaries writers), so routing never starts without one.
  * Returns 0 or a libuv error. */
-int pgs_monitor_start(pgs_config_t *config) PGS_MUST_USE;
+/* Where snapshots go (the workers; each takes a reference). */
+typedef void (*pgs_publish_fn)(pgs_snapshot_t *snapshot);
+int pgs_monitor_start(pgs_config_t *config, pgs_publish_fn publish) PGS_MUST_USE;
 /* Switch to a new config (takes its own reference). Nodes matching by
  * (database, shard name, conninfo) keep their state and connection; a
  * shard's writer and LSN history follow its nodes. */

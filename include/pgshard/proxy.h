@@ -1,6 +1,12 @@
 /*
- * proxy.h — the proxy's runtime objects: workers, connection I/O, clients,
- * servers and pools, and the functions the proxy modules call on each other.
+ * proxy.h — the proxy's runtime objects: workers, clients, servers and
+ * pools, their steps, portals and fans, and the tables lower modules report
+ * upwards through. Types only: each module's functions are declared in its
+ * own header (io.h, client.h, request.h, state.h, steps.h, coordinator.h,
+ * fanout.h, server.h, pool.h, worker.h, console.h), and a module includes
+ * the headers of the modules it calls, so the includes show the layers:
+ * worker -> client -> request -> {fanout, coordinator} -> steps -> state,
+ * and request -> pool -> server -> io.
  *
  * Threads: the main thread owns signals and config reload; each worker owns
  * one libuv loop and every client, server and pool on it. Nothing here is
@@ -22,6 +28,7 @@
 #include "pgshard/auth.h"
 #include "pgshard/config.h"
 #include "pgshard/copy.h"
+#include "pgshard/io.h"
 #include "pgshard/exchange.h"
 #include "pgshard/merge.h"
 #include "pgshard/monitor.h"
@@ -53,98 +60,6 @@ static inline void pgs_list_remove(pgs_list_t *node) {
   node->next->prev = node->prev;
   node->prev = node->next = node;
 }
-#define pgs_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
-/* Monotonic clock (io.c). */
-uint64_t pgs_now_ms(void);
-uint64_t pgs_now_us(void);
-
-/* ---- connection I/O (io.c) ---- */
-
-#define PGS_IO_MAX_SEGS 64
-#define PGS_IO_READ_CHUNK 16384
-#define PGS_IO_HIGH_WATER (1024 * 1024) /* queued output that pauses the source */
-
-typedef struct pgs_io pgs_io_t;
-struct pgs_io_tls; /* io.c */
-struct ssl_ctx_st;
-struct ssl_st;
-typedef void (*pgs_io_read_cb)(pgs_io_t *io);
-typedef void (*pgs_io_event_cb)(pgs_io_t *io, int status);
-
-typedef struct pgs_io_seg {
-  const uint8_t *ptr; /* NULL: scratch bytes at off */
-  size_t off;
-  size_t len;
-} pgs_io_seg_t;
-
-struct pgs_io {
-  uv_tcp_t tcp;
-  void *owner;
-  pgs_buf_t in;                       /* received bytes */
-  size_t in_pos;                      /* bytes of in already consumed by the owner */
-  size_t in_want;                     /* total bytes the owner needs to make progress */
-  size_t in_max;                      /* cap on in (largest message accepted + a read chunk) */
-  pgs_io_seg_t segs[PGS_IO_MAX_SEGS]; /* this batch's output */
-  int nsegs;
-  pgs_buf_t scratch;                /* bytes built for this batch */
-  pgs_buf_t wbuf;                   /* in flight in uv_write */
-  pgs_buf_t qbuf;                   /* waiting for wbuf to finish */
-  uint64_t queued_total;            /* bytes ever put in wbuf or qbuf (see pgs_io_accepted) */
-  uint64_t read_total;              /* bytes ever read */
-  uint64_t out_total;               /* bytes ever flushed (written or queued) */
-  uint64_t counted_in, counted_out; /* of those, already in the owner's statistics */
-  uv_write_t wreq;
-  bool writing;
-  bool reading;
-  bool open; /* tcp initialised and not closing */
-  bool eof;
-  struct pgs_io_tls *tls;    /* NULL: plaintext (see io.c) */
-  pgs_io_read_cb on_read;    /* new bytes in in */
-  pgs_io_event_cb on_error;  /* read/write failure or EOF (status < 0) */
-  pgs_io_read_cb on_drained; /* all queued output written */
-  uv_close_cb on_close;
-};
-
-void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max);
-void pgs_io_free_buffers(pgs_io_t *io);
-int pgs_io_start_reading(pgs_io_t *io);
-void pgs_io_stop_reading(pgs_io_t *io);
-/* Queue LEN bytes at PTR (which must stay valid until pgs_io_flush). */
-void pgs_io_emit(pgs_io_t *io, const void *ptr, size_t len);
-/* Scratch output: build into pgs_io_scratch(io) after noting
- * mark = pgs_io_scratch_mark(io), then pgs_io_scratch_done(io, mark). */
-static inline pgs_buf_t *pgs_io_scratch(pgs_io_t *io) { return &io->scratch; }
-static inline size_t pgs_io_scratch_mark(pgs_io_t *io) { return io->scratch.len; }
-void pgs_io_scratch_done(pgs_io_t *io, size_t mark);
-bool pgs_io_has_output(const pgs_io_t *io);
-/* Write the batch: synchronously as far as the socket takes it, the rest
- * copied and queued. Returns 0 or a libuv error. */
-int pgs_io_flush(pgs_io_t *io) PGS_MUST_USE;
-/* Output queued beyond the socket: the source should pause above high water. */
-size_t pgs_io_backlog(const pgs_io_t *io);
-/* Bytes of the backlog the socket has taken so far (a counter): it stands
- * still while the peer reads nothing. */
-uint64_t pgs_io_accepted(const pgs_io_t *io);
-/* Drop consumed input (after the batch that parsed it was flushed). */
-void pgs_io_compact(pgs_io_t *io);
-void pgs_io_close(pgs_io_t *io);
-/* What a status given to on_error means (a TLS failure's reason for
- * UV_EPROTO on a TLS connection). */
-const char *pgs_io_error_text(const pgs_io_t *io, int status);
-/* From now on pgshard is the TLS server of this connection (its SSLRequest
- * was answered 'S'): the handshake runs on what is read next, then the
- * owner reads and writes plaintext as before. 0 or a libuv error. */
-int pgs_io_tls_accept(pgs_io_t *io, struct ssl_ctx_st *ctx) PGS_MUST_USE;
-/* Carry on SSL, the session libpq established at login on this
- * connection's socket (io's tcp is a dup of it). SSL stays libpq's:
- * pgs_io_tls_release gives it back before PQfinish. 0 or a libuv error. */
-int pgs_io_tls_adopt(pgs_io_t *io, struct ssl_st *ssl) PGS_MUST_USE;
-void pgs_io_tls_release(pgs_io_t *io);
-/* TLS is on and its handshake done. */
-bool pgs_io_tls_active(const pgs_io_t *io);
-/* The SSL of a connection pgshard accepted TLS on, else NULL. */
-struct ssl_st *pgs_io_tls_session(const pgs_io_t *io);
 
 /* ---- clients (client.c) ---- */
 
@@ -337,7 +252,6 @@ struct pgs_client {
   const pgs_database_t *db;
   struct pgs_db_stats *stats; /* its database's counters on its worker (NULL before login) */
   uint64_t request_start_us;  /* first message of the request being served, 0: none */
-  bool request_failed;        /* an error went to the client during that request */
   uint64_t request_id;        /* the request's number on its worker (logs: "c<client>.<n>") */
   uint64_t request_slots;     /* slots it sent messages to */
   char *request_text;         /* its first statement, cut at REQUEST_TEXT_MAX - 1 bytes (the
@@ -401,7 +315,6 @@ struct pgs_client {
   int last_shard;     /* where the last routed statement went */
   uint64_t unit_mask; /* slots sent extended messages since the last Sync */
   uint64_t tx_mask;   /* slots the transaction has begun on */
-  bool tx_read_only;  /* BEGIN READ ONLY: replicas may serve it */
   uint64_t tx_wrote;  /* shards written since the last ReadyForQuery 'I' */
   /* read-your-writes */
   bool wrote_ever;
@@ -435,157 +348,6 @@ struct pgs_client {
   int16_t *pv_fmt;
   int pv_cap;
 };
-
-pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener);
-/* The one error path: FATAL ErrorResponse with SQLSTATE, then close. */
-PGS_PRINTF(3, 4)
-void pgs_client_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
-/* Refuse the client's current request (up to its Sync) with an ERROR, keep
- * the session. */
-PGS_PRINTF(3, 4)
-void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
-/* A server for it from the pool it waited in. */
-void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server);
-/* The admin console (admin.c): a client of the database "pgshard". */
-void pgs_admin_login(pgs_client_t *client);
-void pgs_admin_process(pgs_client_t *client);
-void pgs_admin_free(pgs_client_t *client);
-void pgs_client_process(pgs_client_t *client);
-/* The next whole message at the client's in_pos: PGS_OK with *TYPE and
- * *TOTAL; PGS_EAGAIN when more bytes are needed (in_want set); PGS_EPROTO
- * when it is malformed or too big (the client was failed). */
-pgs_status_t pgs_client_next_message(pgs_client_t *client, char *type, size_t *total);
-void pgs_client_server_lost(pgs_client_t *client, const char *why);
-/* The server of SLOT died with READIES ReadyForQuery owed (OPEN_UNIT: and
- * a unit without its Sync): a replica outside a transaction costs the
- * client an ERROR per request, not the session. */
-void pgs_client_server_lost_at(pgs_client_t *client, int slot, int readies, bool open_unit,
-                               const char *why);
-void pgs_client_after_ready(pgs_client_t *client, char status);
-void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t *body, size_t len);
-void pgs_client_on_login_row(pgs_client_t *client, const uint8_t *body, size_t len);
-/* An ErrorResponse (BODY) went to the client: its SQLSTATE class counted. */
-void pgs_client_count_error(pgs_client_t *client, const uint8_t *body, size_t len);
-void pgs_client_login_done(pgs_client_t *client);
-void pgs_client_close(pgs_client_t *client);
-void pgs_client_cancel(pgs_client_t *client);
-/* Memory held for a client (statements, portals, merge rows): N bytes more
- * or fewer, in its count and the process's. */
-void pgs_client_mem_add(pgs_client_t *client, size_t n);
-void pgs_client_mem_sub(pgs_client_t *client, size_t n);
-/* NULL when N more bytes fit the client's budget (its unsent output
- * counted) and the process's; else the config key that refuses them. */
-const char *pgs_client_mem_refuses(const pgs_client_t *client, size_t n);
-/* Worker tick: close the client if it has been idle too long, or has not
- * read any of an output backlog over its budget for a while. NOW in ms. */
-void pgs_client_tick(pgs_client_t *client, uint64_t now);
-/* state.c: the client's request, unit and transaction states (exchange.h)
- * change only through these: checked against the engine's tables, logged. */
-void pgs_state_set_request(pgs_client_t *client, pgs_req_state_t to);
-void pgs_state_set_unit(pgs_client_t *client, pgs_unit_state_t to);
-void pgs_state_set_tx(pgs_client_t *client, pgs_tx_state_t to);
-/* A statement failed or was refused in the client's open transaction:
- * only its end is taken now. */
-void pgs_state_tx_failed(pgs_client_t *client);
-/* A reply the client waited for came: true when it was waiting (draining
- * or held), and the caller processes it again. */
-bool pgs_state_resume(pgs_client_t *client);
-/* The message at the client's read position is planned. */
-static inline bool pgs_state_planned(const pgs_client_t *client) {
-  return client->ex.req == PGS_REQ_RUNNING || client->ex.req == PGS_REQ_DRAINING;
-}
-/* An ErrorResponse went to the client during this message. */
-void pgs_state_message_failed(pgs_client_t *client);
-/* steps.c: a message's plan. A step for SHARD (a slot, -1: no server);
- * its node is -1 (placed when it runs) unless the planner sets it. */
-pgs_step_t *pgs_steps_add(pgs_client_t *client, int shard, pgs_step_op_t op, pgs_placed_t placed);
-/* A reply pgshard makes itself: REPLY's type, TAG for CommandComplete. */
-void pgs_steps_reply(pgs_client_t *client, char reply, const char *tag);
-/* An ErrorResponse pgshard makes ("pgshard: " and the message); the
- * transaction, if open, is aborted. */
-PGS_PRINTF(3, 4)
-void pgs_steps_error(pgs_client_t *client, const char *sqlstate, const char *fmt, ...);
-/* TEXT as pgshard's own statement on SLOT (EXTENDED: inside an extended
- * unit, with a Sync of its own); RULE: what becomes of its replies. */
-void pgs_steps_inject(pgs_client_t *client, int slot, const char *text, pgs_reply_rule_t rule,
-                      bool extended);
-/* Forget the planned steps of the message at in_pos. */
-void pgs_steps_clear(pgs_client_t *client);
-/* coordinator.c: two-phase commits. Whether committing writes on
- * WRITTEN_SHARDS takes two phases (cross_shard_writes = 2pc, several). */
-bool pgs_coordinator_needed(const pgs_client_t *client, uint64_t written_shards);
-/* Commit SLOTS (WRITTEN of them wrote) in two phases: a gid, then the
- * PREPARE phase as a step. SIMPLE: a simple Query (pgshard sends its
- * ReadyForQuery); TAG: the client said COMMIT (answer "COMMIT"). */
-void pgs_coordinator_begin(pgs_client_t *client, uint64_t slots, uint64_t written, bool simple,
-                           bool tag);
-/* Run PHASE (a TWOPC step, once every server has answered the steps
- * before it): it plans the steps that follow. */
-void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase);
-/* The client goes away in the middle of a two-phase commit it will not
- * finish: the gid is recovery's. */
-void pgs_coordinator_abandon(pgs_client_t *client);
-/* request.c */
-void pgs_client_routing_init(pgs_client_t *client);
-void pgs_client_routing_free(pgs_client_t *client);
-/* A reload happened (client->config is not the worker's): move the client
- * to the running config if it is between transactions with nothing in
- * flight; otherwise it stays on its own until such a point. Returns false
- * when the client was closed (its database or user is no longer
- * configured, or its tenant or shard hint cannot be placed in the new map). */
-bool pgs_client_follow_config(pgs_client_t *client);
-/* Between transactions with nothing in flight (where a reload is followed
- * and a PAUSE holds a client). */
-bool pgs_client_between_transactions(const pgs_client_t *client);
-void pgs_client_unlink(pgs_client_t *client, pgs_server_t *server);
-/* The ReadyForQuery status the client is told: its transaction over every
- * shard (a failed one anywhere: 'E'; open anywhere: 'T'). */
-char pgs_client_ready_status(const pgs_client_t *client);
-/* ReadyForQuery with that status, made by pgshard, and what follows it. */
-void pgs_client_send_ready(pgs_client_t *client);
-void pgs_client_free_stmt(void *stmt);
-/* Where a client logs in (reads the server's parameters): a slot of shard
- * 0 and the node in *NODE. */
-int pgs_client_login_slot(pgs_client_t *client, int *node);
-/* A ReadyForQuery 'I': writes since the last one are committed (read-your-writes). */
-void pgs_client_tx_done(pgs_client_t *client);
-/* fanout.c */
-pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
-                         int64_t offset, bool simple);
-void pgs_fan_free(pgs_fan_t *fan);
-/* A reply (whole message M of TOTAL bytes) from the server in SLOT to a
- * part of the client's fan. */
-pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const uint8_t *m,
-                               size_t total);
-/* COPY ... FROM STDIN on every shard of SLOTS: the fan takes the client's
- * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends.
- * OWN_TX: each part runs in a transaction the caller began on its server,
- * committed when every part succeeded, else rolled back. */
-pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
-                                 const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
-                                 bool own_tx, pgs_key_error_t *err);
-/* One of the client's COPY messages (P, TOTAL bytes) while a COPY FROM
- * fan runs: split, copied or dropped (after a failure). */
-void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total);
-/* The server of SLOT, running a part, was lost: the statement fails. */
-void pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why);
-/* The parts of SLOTS got no server (connect refused, pool timeout) and
- * were never sent: the statement fails with SQLSTATE/WHY, and ends when
- * the parts that were sent have answered. */
-void pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
-                            const char *why);
-/* A client waiting for a server for a part of its fan was refused one:
- * handled as the fan's failure (true), or not a fan part (false). */
-bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const char *why);
-/* An error of an earlier message of the unit (already the client's) made
- * the server of SLOT skip its part: the fan reports nothing. */
-void pgs_fan_part_skipped(pgs_client_t *client, int slot);
-/* Give every server back when the client is between transactions. */
-bool pgs_client_maybe_release(pgs_client_t *client);
-/* A ParameterStatus from one of the client's servers (or at login). */
-void pgs_request_on_parameter_status(pgs_client_t *client, const char *name, const char *value);
-/* Type the tenant a client named at startup (-c pgshard.tenant=...). */
-bool pgs_client_startup_tenant(pgs_client_t *client, pgs_key_error_t *err);
 
 /* ---- servers (server.c) ---- */
 
@@ -662,8 +424,6 @@ typedef struct pgs_server_owner {
   void (*lost)(pgs_client_t *client, int slot, int readies, bool open_unit, const char *why);
 } pgs_server_owner_t;
 
-void pgs_server_set_owner(const pgs_server_owner_t *owner);
-
 /* What a server's pool hears from it (pool.c provides them). */
 typedef struct pgs_server_pool_ops {
   /* The state setter (the pool keeps a list per state). */
@@ -675,34 +435,6 @@ typedef struct pgs_server_pool_ops {
   /* Free again (a reset ended well): to the next waiter or idle. */
   void (*free)(pgs_server_t *server);
 } pgs_server_pool_ops_t;
-
-void pgs_server_set_pool_ops(const pgs_server_pool_ops_t *ops);
-/* The client side of servers (request.c). */
-extern const pgs_server_owner_t pgs_request_server_owner;
-
-void pgs_server_connect(pgs_pool_t *pool);
-/* Append pgshard's own simple query; RULE (made internal) says what
- * becomes of its replies. */
-void pgs_server_inject_query(pgs_server_t *server, const char *sql, pgs_reply_rule_t rule);
-/* ... one whose row holds a logging-in client's parameter values. */
-void pgs_server_inject_capture(pgs_server_t *server, const char *sql);
-/* Note a reply the server owes for what it was just sent (STMT: a Parse's
- * server statement name). */
-void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, pgs_reply_rule_t rule,
-                       const char *stmt);
-bool pgs_server_expect_idle(const pgs_server_t *server);
-/* Synthetic replies at the head of the queue are emitted to the client. */
-void pgs_server_emit_synthetic(pgs_server_t *server);
-bool pgs_server_has_prepared(pgs_server_t *server, const char *name);
-void pgs_server_add_prepared(pgs_server_t *server, const char *name);
-void pgs_server_forget_prepared(pgs_server_t *server);
-void pgs_server_process(pgs_server_t *server);
-void pgs_server_close(pgs_server_t *server, const char *why);
-/* Send the server a CancelRequest when it has requests in flight (WHY for
- * the log). It is not reused after: the cancel may land after its
- * statement ended. */
-void pgs_server_cancel(pgs_server_t *server, const char *why);
-int pgs_server_flush(pgs_server_t *server) PGS_MUST_USE;
 
 /* ---- pools (pool.c) ---- */
 
@@ -764,32 +496,6 @@ typedef struct pgs_pool_waiter_ops {
   void (*unserved)(pgs_client_t *client, const char *sqlstate, const char *message);
 } pgs_pool_waiter_ops_t;
 
-void pgs_pool_set_waiter_ops(const pgs_pool_waiter_ops_t *ops);
-/* The pool side of servers (pool.c), and the client side of pools
- * (client.c). */
-extern const pgs_server_pool_ops_t pgs_pool_server_ops;
-extern const pgs_pool_waiter_ops_t pgs_client_waiter_ops;
-
-/* The pool for a node of SHARD of DB (a database of CONFIG, the client's
- * config, which may be older than the worker's); STARTUP_OPTIONS: see
- * pgs_pool_t (NULL or the client's startup_options). */
-pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config, const pgs_database_t *db,
-                         const pgs_user_t *user, int shard, int node, const char *startup_options);
-/* A new health snapshot: drop idle servers of a node marked down since. */
-void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot);
-/* Ask for a server for CLIENT: linked now (pgs_client_on_server) or queued. */
-void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client);
-void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client);
-/* A server is free: hand it to the next waiter or park it idle. */
-void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server);
-void pgs_pool_server_connected(pgs_pool_t *pool, pgs_server_t *server);
-void pgs_pool_server_failed(pgs_pool_t *pool, pgs_server_t *server, const char *error);
-void pgs_pool_set_state(pgs_server_t *server, pgs_server_state_t state);
-void pgs_pool_tick(pgs_pool_t *pool, uint64_t now);
-void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config);
-int pgs_pool_share(int pool_size, int workers, int index);
-void pgs_pool_destroy(pgs_pool_t *pool);
-
 /* ---- workers (worker.c) ---- */
 
 #define PGS_WORKER_PLANS 4096 /* analysed statements cached per worker */
@@ -848,44 +554,5 @@ struct pgs_worker {
   int nstats;
   struct pgs_query_table *queries; /* SHOW QUERIES (allocated on first use) */
 };
-
-int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) PGS_MUST_USE;
-void pgs_workers_reload(pgs_config_t *config);
-/* Hand SNAPSHOT to every worker (each takes a reference). */
-void pgs_workers_publish(pgs_snapshot_t *snapshot);
-void pgs_workers_drain(void);
-void pgs_workers_exit(void);
-void pgs_workers_join(void);
-int pgs_workers_running(void);
-/* Route a CancelRequest to the worker that owns PID. */
-void pgs_workers_cancel(int32_t pid, int32_t key);
-int pgs_worker_index_of_pid(int32_t pid);
-int pgs_workers_count(void);
-/* Admin PAUSE / RESUME of database DB (NULL: every database): a client of
- * a paused database waits before its next transaction. pgs_paused is cheap
- * when nothing is paused. RESUME wakes every worker's waiting clients. */
-/* False when too many databases are paused already. */
-bool pgs_pause_set(const char *db, bool paused);
-bool pgs_paused(const char *db);
-/* Serve GET /metrics at ADDRESS (HOST:PORT) on WORKER's loop (metrics.c). */
-int pgs_metrics_start(pgs_worker_t *worker, uv_tcp_t *listener, const char *address);
-/* Run FN(worker, ARG) on worker INDEX's thread. False when that worker no
- * longer takes work (it is stopping): FN will not run. */
-bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg);
-/* Asking workers for parts of an answer (gather.c): PART(worker, buffer,
- * WHAT, PARAM) runs on every worker's thread (ONLY >= 0: that worker's
- * alone), each filling its own buffer; then DONE(gather, OWNER) runs on
- * HOME's thread with every part, unless the owner cancelled first (then
- * never). The gather is freed after DONE returns or at the cancel. */
-typedef struct pgs_gather pgs_gather_t;
-typedef void (*pgs_gather_part_fn)(pgs_worker_t *worker, pgs_buf_t *part, int what, int64_t param);
-typedef void (*pgs_gather_done_fn)(pgs_gather_t *gather, void *owner);
-pgs_gather_t *pgs_gather_start(pgs_worker_t *home, int only, int what, int64_t param,
-                               pgs_gather_part_fn part, pgs_gather_done_fn done, void *owner);
-void pgs_gather_cancel(pgs_gather_t *gather);
-int pgs_gather_nparts(const pgs_gather_t *gather);
-const pgs_buf_t *pgs_gather_part(const pgs_gather_t *gather, int i);
-/* This worker's counters for database DB (made on first use). */
-struct pgs_db_stats *pgs_worker_stats(pgs_worker_t *worker, const char *db);
 
 #endif

@@ -1,0 +1,20 @@
+/*
+ * accounting.h — what a client is charged (memory budgets) and counted
+ * (errors by SQLSTATE class): accounting.c.
+ */
+#ifndef PGSHARD_ACCOUNTING_H
+#define PGSHARD_ACCOUNTING_H
+
+#include "pgshard/proxy.h"
+
+/* An ErrorResponse (BODY) went to the client: its SQLSTATE class counted. */
+void pgs_account_error(pgs_client_t *client, const uint8_t *body, size_t len);
+/* Memory held for a client (statements, portals, merge rows): N bytes more
+ * or fewer, in its count and the process's. */
+void pgs_account_mem_add(pgs_client_t *client, size_t n);
+void pgs_account_mem_sub(pgs_client_t *client, size_t n);
+/* NULL when N more bytes fit the client's budget (its unsent output
+ * counted) and the process's; else the config key that refuses them. */
+const char *pgs_account_mem_refuses(const pgs_client_t *client, size_t n);
+
+#endif

@@ -1,0 +1,38 @@
+/*
+ * server.h — one connection to a PostgreSQL server (server.c): login through
+ * libpq, then the replies it owes and their verdicts.
+ */
+#ifndef PGSHARD_SERVER_H
+#define PGSHARD_SERVER_H
+
+#include "pgshard/proxy.h"
+
+void pgs_server_set_owner(const pgs_server_owner_t *owner);
+
+void pgs_server_set_pool_ops(const pgs_server_pool_ops_t *ops);
+
+void pgs_server_connect(pgs_pool_t *pool);
+/* Append pgshard's own simple query; RULE (made internal) says what
+ * becomes of its replies. */
+void pgs_server_inject_query(pgs_server_t *server, const char *sql, pgs_reply_rule_t rule);
+/* ... one whose row holds a logging-in client's parameter values. */
+void pgs_server_inject_capture(pgs_server_t *server, const char *sql);
+/* Note a reply the server owes for what it was just sent (STMT: a Parse's
+ * server statement name). */
+void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, pgs_reply_rule_t rule,
+                       const char *stmt);
+bool pgs_server_expect_idle(const pgs_server_t *server);
+/* Synthetic replies at the head of the queue are emitted to the client. */
+void pgs_server_emit_synthetic(pgs_server_t *server);
+bool pgs_server_has_prepared(pgs_server_t *server, const char *name);
+void pgs_server_add_prepared(pgs_server_t *server, const char *name);
+void pgs_server_forget_prepared(pgs_server_t *server);
+void pgs_server_process(pgs_server_t *server);
+void pgs_server_close(pgs_server_t *server, const char *why);
+/* Send the server a CancelRequest when it has requests in flight (WHY for
+ * the log). It is not reused after: the cancel may land after its
+ * statement ended. */
+void pgs_server_cancel(pgs_server_t *server, const char *why);
+int pgs_server_flush(pgs_server_t *server) PGS_MUST_USE;
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * accounting.c — what a client is charged and counted: the memory held for
+ * it (statements, portals, merged rows) against max_client_memory and, for
+ * every client together, max_total_client_memory; and the errors it is
+ * sent, by SQLSTATE class, in its database's statistics. A leaf: it calls
+ * nothing else of the proxy.
+ */
+#include <string.h>
+
+#include "pgshard/accounting.h"
+#include "pgshard/stats.h"
+
+/* Bytes held for every client of the process (atomic: workers share it). */
+static size_t total_held;
+
+void pgs_account_mem_add(pgs_client_t *client, size_t n) {
+  client->mem_held += n;
+  __atomic_add_fetch(&total_held, n, __ATOMIC_RELAXED);
+}
+
+void pgs_account_mem_sub(pgs_client_t *client, size_t n) {
+  PGS_ASSERT(client->mem_held >= n);
+  client->mem_held -= n;
+  __atomic_sub_fetch(&total_held, n, __ATOMIC_RELAXED);
+}
+
+const char *pgs_account_mem_refuses(const pgs_client_t *client, size_t n) {
+  const pgs_config_t *config = client->config;
+  if (client->mem_held + pgs_io_backlog(&client->io) + n > (size_t)config->max_client_memory)
+    return "max_client_memory";
+  if (__atomic_load_n(&total_held, __ATOMIC_RELAXED) + n > (size_t)config->max_total_client_memory)
+    return "max_total_client_memory";
+  return NULL;
+}
+
+void pgs_account_error(pgs_client_t *client, const uint8_t *body, size_t len) {
+  if (client->stats == NULL) return;
+  /* The SQLSTATE field ('C') of the ErrorResponse BODY. */
+  const char *sqlstate = NULL;
+  for (size_t at = 0; at + 1 < len && body[at];) {
+    const char *value = (const char *)body + at + 1;
+    size_t vlen = strnlen(value, len - at - 1);
+    if (body[at] == 'C') sqlstate = value;
+    at += 1 + vlen + 1;
+  }
+  pgs_db_stats_error(client->stats, sqlstate);
+}
