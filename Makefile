@@ -20,7 +20,7 @@ FUZZ_SECONDS ?= 60
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps fuzz-deps build build-asan build-fuzz build-tsan fuzz test test-tsan \
-	test-stress unit integration demo demo-down bench soak clean format format-check
+	test-stress layers unit integration demo demo-down bench soak clean format format-check
 
 all: build
 
@@ -86,7 +86,11 @@ format: deps
 format-check: deps
 	clang-format --dry-run -Werror $(C_SOURCES)
 
-test: build format-check
+# proxy/ is a one-way graph of modules: a call cycle fails the build's tests.
+layers: build
+	$(PYTHON) tests/tools/callgraph.py $(BUILD) --strict
+
+test: build format-check layers
 	cd $(BUILD) && ctest --output-on-failure
 	PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -v -ra tests/integration
 

@@ -45,3 +45,14 @@ void pgs_account_error(pgs_client_t *client, const uint8_t *body, size_t len) {
   }
   pgs_db_stats_error(client->stats, sqlstate);
 }
+
+pgs_db_stats_t *pgs_account_db_stats(pgs_worker_t *worker, const char *db) {
+  for (int i = 0; i < worker->nstats; i++)
+    if (!strcmp(worker->stats[i]->db, db)) return worker->stats[i];
+  worker->stats =
+      pgs_xrealloc(worker->stats, (size_t)(worker->nstats + 1) * sizeof(*worker->stats));
+  pgs_db_stats_t *st = pgs_xcalloc(1, sizeof(*st));
+  snprintf(st->db, sizeof(st->db), "%s", db);
+  worker->stats[worker->nstats++] = st;
+  return st;
+}

@@ -35,10 +35,12 @@
 #include "pgshard/client.h"
 #include "pgshard/console.h"
 #include "pgshard/request.h"
-#include "pgshard/worker.h"
 #include "pgshard/route.h"
 #include "pgshard/stats.h"
 #include "pgshard/twophase.h"
+#include "pgshard/gather.h"
+#include "pgshard/mailbox.h"
+#include "pgshard/pause.h"
 
 #define ADMIN_MAX_STATEMENTS 256 /* extended protocol: named statements and portals kept */
 
@@ -68,6 +70,22 @@ typedef enum {
   REPLY_SIMPLE,  /* Query: RowDescription, rows, CommandComplete, ReadyForQuery */
   REPLY_EXECUTE, /* Execute: rows, CommandComplete */
 } reply_mode_t;
+
+/* The client connection's side (client.c), registered at start-up: this
+ * file calls nothing above it. */
+static const pgs_session_ops_t *connection;
+
+void pgs_admin_set_session_ops(const pgs_session_ops_t *ops) { connection = ops; }
+
+PGS_PRINTF(3, 4)
+static void session_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  connection->fail(client, sqlstate, message);
+}
 
 /* ---- result sets ---- */
 
@@ -681,8 +699,8 @@ static bool kill_client(pgs_worker_t *w, int32_t id) {
     if (c->cancel_pid != id || c->state == PGS_CL_CLOSING) continue;
     pgs_info("client %d (%s@%s): killed from the admin console", c->cancel_pid, c->username,
              c->peer);
-    pgs_client_fail(c, PGS_SQLSTATE_ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command");
+    session_fail(c, PGS_SQLSTATE_ADMIN_SHUTDOWN,
+                 "terminating connection due to administrator command");
     return true;
   }
   return false;
@@ -773,7 +791,7 @@ static void start_gather(pgs_client_t *client, int what, reply_mode_t mode, int3
   as->gathering = what;
   as->reply_mode = mode;
   pgs_io_stop_reading(&client->io);
-  int only = what == GATHER_KILL ? pgs_worker_index_of_pid(kill_id) : -1;
+  int only = what == GATHER_KILL ? pgs_mailbox_index_of_pid(kill_id) : -1;
   as->gather =
       pgs_gather_start(client->worker, only, what, kill_id, gather_part, gather_done, client);
 }
@@ -901,7 +919,7 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
       mark = pgs_io_scratch_mark(&client->io);
       pgs_msg_ready(out, 'I');
       pgs_io_scratch_done(&client->io, mark);
-      pgs_client_after_ready(client, 'I');
+      connection->after_ready(client, 'I');
     }
     return;
   }
@@ -926,7 +944,7 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
   put_complete(out, tag);
   if (mode == REPLY_SIMPLE) {
     pgs_msg_ready(out, 'I');
-    pgs_client_after_ready(client, 'I');
+    connection->after_ready(client, 'I');
   }
   pgs_io_scratch_done(&client->io, mark);
 }
@@ -1329,7 +1347,7 @@ static bool extended_message(pgs_client_t *client, char type, const uint8_t *bod
     mark = pgs_io_scratch_mark(&client->io);
     pgs_msg_ready(out, 'I');
     pgs_io_scratch_done(&client->io, mark);
-    pgs_client_after_ready(client, 'I');
+    connection->after_ready(client, 'I');
     return true;
   }
   if (type == 'H') return true;
@@ -1456,7 +1474,7 @@ static void admin_process(pgs_client_t *client) {
     io->in_pos += total;
     if (client->request_start_us == 0) client->request_start_us = pgs_now_us();
     if (type == 'X') {
-      pgs_client_close(client);
+      connection->close(client);
       return;
     }
     if (type == 'Q') {
@@ -1474,13 +1492,13 @@ static void admin_process(pgs_client_t *client) {
       size_t mark = pgs_io_scratch_mark(io);
       pgs_msg_ready(pgs_io_scratch(io), 'I');
       pgs_io_scratch_done(io, mark);
-      pgs_client_after_ready(client, 'I');
+      connection->after_ready(client, 'I');
       continue;
     }
     if (!extended_message(client, type, p + 5, total - 5)) break;
   }
   if (pgs_io_flush(io) < 0) {
-    pgs_client_close(client);
+    connection->close(client);
     return;
   }
   pgs_io_compact(io);
@@ -1490,8 +1508,8 @@ static void admin_process(pgs_client_t *client) {
 
 void pgs_admin_login(pgs_client_t *client) {
   if (client->user == NULL || !client->user->admin) {
-    pgs_client_fail(client, PGS_SQLSTATE_INSUFFICIENT_PRIVILEGE,
-                    "user \"%s\" may not use the admin console (admin = true)", client->username);
+    session_fail(client, PGS_SQLSTATE_INSUFFICIENT_PRIVILEGE,
+                 "user \"%s\" may not use the admin console (admin = true)", client->username);
     return;
   }
   client->admin = true;
@@ -1518,7 +1536,7 @@ void pgs_admin_login(pgs_client_t *client) {
   pgs_msg_backend_key(out, client->cancel_pid, client->cancel_key);
   pgs_msg_ready(out, 'I');
   pgs_io_scratch_done(&client->io, mark);
-  pgs_client_after_ready(client, 'I');
+  connection->after_ready(client, 'I');
   pgs_info("client %d (%s@%s) opened the admin console", client->cancel_pid, client->username,
            client->peer);
 }

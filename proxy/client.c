@@ -42,10 +42,10 @@
 #include "pgshard/server.h"
 #include "pgshard/state.h"
 #include "pgshard/steps.h"
-#include "pgshard/worker.h"
 #include "pgshard/stats.h"
 #include "pgshard/tls.h"
 #include "pgshard/twophase.h"
+#include "pgshard/mailbox.h"
 
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
@@ -755,7 +755,7 @@ static void login_ok(pgs_client_t *client) {
     return;
   }
   client->db = db;
-  client->stats = pgs_worker_stats(client->worker, db->name);
+  client->stats = pgs_account_db_stats(client->worker, db->name);
   if (db->pool_mode == PGS_POOL_SESSION) {
     client->startup_options = take_startup_options(client);
   } else {
@@ -1035,7 +1035,7 @@ static size_t handle_startup(pgs_client_t *client) {
     if (pgs_io_flush(io) < 0) pgs_client_close(client);
     return len;
   case PGS_CANCEL_REQUEST_CODE:
-    pgs_workers_cancel(startup.cancel_pid, startup.cancel_key);
+    pgs_mailbox_cancel(startup.cancel_pid, startup.cancel_key);
     pgs_client_close(client);
     return 0;
   default:
@@ -1405,4 +1405,20 @@ static void waiter_unserved(pgs_client_t *client, const char *sqlstate, const ch
 const pgs_pool_waiter_ops_t pgs_client_waiter_ops = {
     .served = pgs_client_on_server,
     .unserved = waiter_unserved,
+};
+
+/* ---- what the layers serving its requests ask of the client ---- */
+
+static void session_fail(pgs_client_t *client, const char *sqlstate, const char *message) {
+  pgs_client_fail(client, sqlstate, "%s", message);
+}
+
+const pgs_session_ops_t pgs_client_session_ops = {
+    .fail = session_fail,
+    .close = pgs_client_close,
+    .after_ready = pgs_client_after_ready,
+    .server_lost = pgs_client_server_lost,
+    .login_row = pgs_client_on_login_row,
+    .login_done = pgs_client_login_done,
+    .server_message = pgs_client_on_server_message,
 };

@@ -35,9 +35,7 @@
 
 #include "pgshard/accounting.h"
 #include "pgshard/log.h"
-#include "pgshard/client.h"
 #include "pgshard/fanout.h"
-#include "pgshard/request.h"
 #include "pgshard/server.h"
 #include "pgshard/state.h"
 #include "pgshard/stats.h"

@@ -15,7 +15,8 @@
  */
 #include <string.h>
 
-#include "pgshard/worker.h"
+#include "pgshard/gather.h"
+#include "pgshard/mailbox.h"
 
 struct pgs_gather {
   int refs;    /* atomic: the owner's side and the workers' side */
@@ -51,7 +52,7 @@ static void gather_done(pgs_worker_t *home, void *arg) {
 
 static void part_finished(pgs_gather_t *g) {
   if (__atomic_sub_fetch(&g->pending, 1, __ATOMIC_ACQ_REL) > 0) return;
-  if (!pgs_worker_post(g->home, gather_done, g)) {
+  if (!pgs_mailbox_post(g->home, gather_done, g)) {
     /* The home worker is stopping: its owner goes with it and cancels (or
      * already has) on that thread; only the workers' side is let go here. */
     gather_unref(g);
@@ -74,12 +75,12 @@ pgs_gather_t *pgs_gather_start(pgs_worker_t *home, int only, int what, int64_t p
   g->owner = owner;
   g->what = what;
   g->param = param;
-  g->nparts = pgs_workers_count();
+  g->nparts = pgs_mailbox_count();
   g->parts = pgs_xcalloc((size_t)g->nparts, sizeof(*g->parts));
   g->pending = only >= 0 ? 1 : g->nparts;
   for (int i = 0; i < g->nparts; i++) {
     if (only >= 0 && i != only) continue;
-    if (!pgs_worker_post(i, gather_part, g)) part_finished(g); /* stopping: no part */
+    if (!pgs_mailbox_post(i, gather_part, g)) part_finished(g); /* stopping: no part */
   }
   if (only >= g->nparts || only < -1) part_finished(g); /* no such worker: nothing to ask */
   return g;

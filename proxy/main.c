@@ -25,6 +25,7 @@
 #include "pgshard/monitor.h"
 #include "pgshard/worker.h"
 #include "pgshard/twophase.h"
+#include "pgshard/mailbox.h"
 
 static const char *config_path;
 static pgs_config_t *config;
@@ -95,7 +96,7 @@ static void reload(void) {
     pgs_warn("reload: listen and workers changes take effect after a restart");
   next->workers = config->workers;
   pgs_twophase_reload(next);
-  pgs_workers_reload(next);
+  pgs_mailbox_reload(next);
   pgs_monitor_reload(next);
   pgs_config_unref(config);
   config = next;
@@ -113,10 +114,10 @@ static void signal_loop(const sigset_t *set) {
     } else if (sig == SIGTERM) {
       if (!draining) pgs_info("SIGTERM: draining (at most %d ms)", config->shutdown_timeout_ms);
       draining = true;
-      pgs_workers_drain();
+      pgs_mailbox_drain();
     } else if (sig == SIGINT) {
       pgs_info("SIGINT: exiting now");
-      pgs_workers_exit();
+      pgs_mailbox_exit();
     }
   }
 }
@@ -196,9 +197,9 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   if (pgs_workers_start(config, fds, nworkers) != 0) return 1;
-  if (pgs_monitor_start(config, pgs_workers_publish) != 0) {
+  if (pgs_monitor_start(config, pgs_mailbox_publish) != 0) {
     pgs_error("cannot start the health monitor");
-    pgs_workers_exit();
+    pgs_mailbox_exit();
     pgs_workers_join();
     return 1;
   }

@@ -20,8 +20,10 @@
 
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
-#include "pgshard/worker.h"
 #include "pgshard/stats.h"
+#include "pgshard/gather.h"
+#include "pgshard/mailbox.h"
+#include "pgshard/metrics.h"
 
 #define METRICS_MAX_REQUEST 8192
 #define METRICS_TIMEOUT_MS 10000
@@ -237,7 +239,7 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
   family(b, "pgshard_up", "gauge", "1 while pgshard answers");
   put(b, "pgshard_up 1\n");
   family(b, "pgshard_workers", "gauge", "event-loop threads");
-  put(b, "pgshard_workers %d\n", pgs_workers_count());
+  put(b, "pgshard_workers %d\n", pgs_mailbox_count());
 
   family(b, "pgshard_clients", "gauge", "client connections by state");
   for (int j = 0; j < nclients; j++) {

@@ -53,10 +53,10 @@
 #include "pgshard/server.h"
 #include "pgshard/state.h"
 #include "pgshard/steps.h"
-#include "pgshard/worker.h"
 #include "pgshard/reserved.h"
 #include "pgshard/stats.h"
 #include "pgshard/twophase.h"
+#include "pgshard/pause.h"
 
 #define BIT(i) ((uint64_t)1 << (i))
 /* pgshard's own statements whose failure is the client's to see, or
@@ -68,6 +68,22 @@
   do {                                                                                             \
     if ((client)->stats) (client)->stats->field++;                                                 \
   } while (0)
+
+/* The client connection's side (client.c), registered at start-up: this
+ * file calls nothing above it. */
+static const pgs_session_ops_t *connection;
+
+void pgs_request_set_session_ops(const pgs_session_ops_t *ops) { connection = ops; }
+
+PGS_PRINTF(3, 4)
+static void session_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  connection->fail(client, sqlstate, message);
+}
 
 /* ---- setup ---- */
 
@@ -186,7 +202,7 @@ void pgs_request_send_ready(pgs_client_t *client) {
   size_t mark = pgs_io_scratch_mark(&client->io);
   pgs_msg_ready(pgs_io_scratch(&client->io), status);
   pgs_io_scratch_done(&client->io, mark);
-  pgs_client_after_ready(client, status);
+  connection->after_ready(client, status);
 }
 
 bool pgs_request_maybe_release(pgs_client_t *client) {
@@ -208,8 +224,7 @@ bool pgs_request_maybe_release(pgs_client_t *client) {
     pgs_pool_server_free(s->pool, s);
   }
   client->state = PGS_CL_IDLE;
-  if (client->worker->draining)
-    pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+  if (client->worker->draining) session_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
   return true;
 }
 
@@ -220,7 +235,7 @@ static bool flush_servers(pgs_client_t *client);
  * caller must return at once. */
 static void request_server(pgs_client_t *client, int slot, int node) {
   if (client->worker->draining) {
-    pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+    session_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
     return;
   }
   /* What the other servers were sent goes out now, not once this one is
@@ -235,7 +250,7 @@ static void request_server(pgs_client_t *client, int slot, int node) {
   client->wait_pool = *pool;
   client->state = PGS_CL_WAITING;
   if (pgs_io_flush(&client->io) < 0) {
-    pgs_client_close(client);
+    connection->close(client);
     return;
   }
   /* Usually a server is idle and this links it and re-enters; only a
@@ -782,7 +797,7 @@ void pgs_request_server_lost(pgs_client_t *client, int slot, int readies, bool o
   }
   if (client->ex.ready_pending > 0) {
     /* Its ReadyForQuery was one of several the client waits for. */
-    pgs_client_server_lost(client, why);
+    connection->server_lost(client, why);
     return;
   }
   bool others_busy = false;
@@ -790,7 +805,7 @@ void pgs_request_server_lost(pgs_client_t *client, int slot, int readies, bool o
     others_busy |= client->servers[i] && !pgs_server_expect_idle(client->servers[i]);
   if (!replica || pgs_exchange_in_tx(&client->ex) || (client->tx_mask & BIT(slot)) || others_busy ||
       client->state == PGS_CL_CLOSING) {
-    pgs_client_server_lost(client, why);
+    connection->server_lost(client, why);
     return;
   }
   /* A replica went away outside a transaction: what was running there
@@ -2131,21 +2146,20 @@ static pgs_reply_action_t reply_events(pgs_client_t *client, pgs_server_t *serve
     char why[300];
     snprintf(why, sizeof(why), "%s", server->last_error);
     if (client->state == PGS_CL_LOGIN)
-      pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "invalid startup parameters: %s",
-                      why);
+      session_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "invalid startup parameters: %s", why);
     else
-      pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                      "could not restore session state on the server: %s", why);
+      session_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                   "could not restore session state on the server: %s", why);
     return PGS_REPLY_DROP;
   }
   if (v->events & PGS_RE_PART_SKIPPED) pgs_fan_part_skipped(client, server->shard);
   if (server->client != client) return PGS_REPLY_DROP;
-  if (v->events & PGS_RE_LOGIN_ROW) pgs_client_on_login_row(client, body, len);
+  if (v->events & PGS_RE_LOGIN_ROW) connection->login_row(client, body, len);
   if (v->events & PGS_RE_PARAMETER) pgs_request_on_parameter_status(client, v->name, v->value);
-  if (v->events & PGS_RE_CLIENT_SEES) pgs_client_on_server_message(client, type, body, len);
+  if (v->events & PGS_RE_CLIENT_SEES) connection->server_message(client, type, body, len);
   if (v->events & PGS_RE_CLIENT_ERROR) pgs_state_message_failed(client);
   if ((v->events & PGS_RE_LOGIN_DONE) && client->state == PGS_CL_LOGIN) {
-    pgs_client_login_done(client);
+    connection->login_done(client);
     return PGS_REPLY_DROP;
   }
   if (v->action != PGS_REPLY_FAN) return (pgs_reply_action_t)v->action;
@@ -2166,7 +2180,7 @@ static void owner_reply(pgs_client_t *client, pgs_server_t *server, const pgs_ve
   /* Replies pgshard makes up go out once everything before them has. */
   if (server->state != PGS_SV_CLOSING) pgs_server_emit_synthetic(server);
   if (server->client != client) return;
-  if (action == PGS_REPLY_READY) pgs_client_after_ready(client, pgs_request_ready_status(client));
+  if (action == PGS_REPLY_READY) connection->after_ready(client, pgs_request_ready_status(client));
 }
 
 static void owner_synthetic(pgs_client_t *client, char type) {
@@ -2182,7 +2196,7 @@ static bool owner_backlogged(const pgs_client_t *client) {
 
 static bool owner_flush(pgs_client_t *client) {
   if (pgs_io_flush(&client->io) >= 0) return true;
-  pgs_client_close(client);
+  connection->close(client);
   return false;
 }
 
@@ -2196,7 +2210,7 @@ static void owner_settled(pgs_client_t *client) {
 static void owner_lost(pgs_client_t *client, int slot, int readies, bool open_unit,
                        const char *why) {
   if (slot < 0)
-    pgs_client_server_lost(client, why);
+    connection->server_lost(client, why);
   else
     pgs_request_server_lost(client, slot, readies, open_unit, why);
 }
@@ -2474,8 +2488,8 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
           "was not sent",
           client->cancel_pid, type, st->op, st->placed);
       if (getenv("PGSHARD_STRICT")) abort();
-      pgs_client_fail(client, PGS_SQLSTATE_INTERNAL,
-                      "internal error: a message without a routing decision was not sent");
+      session_fail(client, PGS_SQLSTATE_INTERNAL,
+                   "internal error: a message without a routing decision was not sent");
       return STEPS_LEFT;
     }
     issue(client, server, st, type, p, total);
@@ -2500,7 +2514,7 @@ static bool flush_servers(pgs_client_t *client) {
     if (s == NULL || !pgs_io_has_output(&s->io)) continue;
     if (pgs_server_flush(s) < 0) {
       pgs_server_close(s, "write to server failed");
-      pgs_client_server_lost(client, "write to server failed");
+      connection->server_lost(client, "write to server failed");
       return false;
     }
   }
@@ -2645,21 +2659,21 @@ bool pgs_request_follow_config(pgs_client_t *client) {
   const pgs_database_t *db = pgs_config_find_database(next, client->dbname);
   const pgs_user_t *user = pgs_config_find_user(next, client->username);
   if (db == NULL) {
-    pgs_client_fail(client, PGS_SQLSTATE_INVALID_CATALOG,
-                    "database \"%s\" is no longer configured (reload)", client->dbname);
+    session_fail(client, PGS_SQLSTATE_INVALID_CATALOG,
+                 "database \"%s\" is no longer configured (reload)", client->dbname);
     return false;
   }
   if (user == NULL) {
-    pgs_client_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
-                    "user \"%s\" is no longer configured (reload)", client->username);
+    session_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                 "user \"%s\" is no longer configured (reload)", client->username);
     return false;
   }
   if (!holds_movable(client, db)) return true; /* its servers keep it on its map */
   int hint = client->hint_shard >= 0 ? same_shard(old, client->hint_shard, db) : -1;
   if (client->hint_shard >= 0 && hint < 0) {
-    pgs_client_fail(client, "22023",
-                    "shard \"%s\" set by pgshard.shard is no longer in database \"%s\" (reload)",
-                    old->shards[client->hint_shard].name, client->dbname);
+    session_fail(client, "22023",
+                 "shard \"%s\" set by pgshard.shard is no longer in database \"%s\" (reload)",
+                 old->shards[client->hint_shard].name, client->dbname);
     return false;
   }
 
@@ -2714,8 +2728,8 @@ bool pgs_request_follow_config(pgs_client_t *client) {
   if (client->tenant_text) {
     pgs_key_error_t err;
     if (!set_tenant(client, client->tenant_text, &err)) {
-      pgs_client_fail(client, err.sqlstate, "tenant \"%s\" after reload: %s", client->tenant_text,
-                      err.message);
+      session_fail(client, err.sqlstate, "tenant \"%s\" after reload: %s", client->tenant_text,
+                   err.message);
       return false;
     }
   }
@@ -2767,15 +2781,15 @@ pgs_status_t pgs_request_next_message(pgs_client_t *client, char *type, size_t *
   }
   if (st == PGS_EPROTO || !pgs_frontend_type_valid(*type) || *type == 'p') {
     if (st == PGS_EPROTO)
-      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+      session_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
     else
-      pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
-                      (unsigned char)*type);
+      session_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
+                   (unsigned char)*type);
     return PGS_EPROTO;
   }
   if (st == PGS_ETOOBIG) {
-    pgs_client_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
-                    "message of %zu bytes is over max_message_size (%zu)", *total - 1, max);
+    session_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                 "message of %zu bytes is over max_message_size (%zu)", *total - 1, max);
     return PGS_EPROTO;
   }
   if (io->in.len - io->in_pos < *total) {
@@ -2802,7 +2816,7 @@ void pgs_request_process(pgs_client_t *client) {
      * read them is not read either until they are written (client.c,
      * client_on_drained), so what it sends cannot pile up here. */
     if (io->scratch.len >= PGS_IO_READ_CHUNK && pgs_io_flush(io) < 0) {
-      pgs_client_close(client);
+      connection->close(client);
       return;
     }
     if (pgs_io_backlog(io) > PGS_IO_HIGH_WATER) break;
@@ -2814,7 +2828,7 @@ void pgs_request_process(pgs_client_t *client) {
     if (st != PGS_OK) return;
     if (type == 'X') {
       io->in_pos = io->in.len;
-      pgs_client_close(client);
+      connection->close(client);
       return;
     }
     if (!pgs_state_planned(client) && client->fan && client->fan->copy_in &&
@@ -2887,7 +2901,7 @@ void pgs_request_process(pgs_client_t *client) {
   }
   if (!flush_servers(client)) return;
   if (pgs_io_flush(io) < 0) {
-    pgs_client_close(client);
+    connection->close(client);
     return;
   }
   pgs_io_compact(io);

@@ -13,21 +13,23 @@
 
 #include "pgshard/log.h"
 #include "pgshard/client.h"
+#include "pgshard/console.h"
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
 #include "pgshard/server.h"
 #include "pgshard/worker.h"
 #include "pgshard/stats.h"
+#include "pgshard/mailbox.h"
+#include "pgshard/metrics.h"
+#include "pgshard/pause.h"
 
 #define TICK_MS 50
 
-static pgs_worker_t *workers;
+static pgs_worker_t *workers; /* also the mailbox's (mailbox.c) */
 static int nworkers;
 static int running; /* worker threads not yet ended (atomic) */
 
 int pgs_workers_running(void) { return __atomic_load_n(&running, __ATOMIC_ACQUIRE); }
-
-int pgs_worker_index_of_pid(int32_t pid) { return (int)((uint32_t)pid >> 24); }
 
 static void on_connection(uv_stream_t *listener, int status) {
   pgs_worker_t *worker = listener->data;
@@ -249,12 +251,34 @@ static void worker_free(pgs_worker_t *w) {
   }
 }
 
+/* On each worker after a RESUME: its waiting clients of databases no
+ * longer paused go on. */
+static void resume_clients(pgs_worker_t *w, void *arg) {
+  PGS_UNUSED(arg);
+  for (pgs_list_t *l = w->clients.next; l != &w->clients;) {
+    pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
+    l = l->next;
+    if (!c->paused || pgs_paused(c->dbname)) continue;
+    c->paused = false;
+    (void)pgs_io_start_reading(&c->io);
+    pgs_client_process(c);
+  }
+}
+
+/* RESUME (pause.c): every worker's waiting clients go on. */
+static void resume_all(void) {
+  for (int i = 0; i < nworkers; i++) (void)pgs_mailbox_post(i, resume_clients, NULL);
+}
+
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   int rc = 0, started = 0;
   /* Lower layers report upwards through these: none calls above itself. */
   pgs_server_set_owner(&pgs_request_server_owner);
   pgs_server_set_pool_ops(&pgs_pool_server_ops);
   pgs_pool_set_waiter_ops(&pgs_client_waiter_ops);
+  pgs_request_set_session_ops(&pgs_client_session_ops);
+  pgs_admin_set_session_ops(&pgs_client_session_ops);
+  pgs_pause_on_resume(resume_all);
   workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));
   for (nworkers = 0; nworkers < nfds; nworkers++) {
     if ((rc = worker_init(&workers[nworkers], nworkers, config, listen_fds[nworkers])) != 0) {
@@ -262,6 +286,7 @@ int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
       goto unwind;
     }
   }
+  pgs_mailbox_register(workers, nworkers);
   if (config->metrics_listen && config->metrics_listen[0]) {
     rc = pgs_metrics_start(&workers[0], &workers[0].metrics, config->metrics_listen);
     if (rc != 0) {
@@ -282,7 +307,8 @@ unwind:
   /* Every worker set up stops as at exit: those with a thread in it, the
    * others on this thread (their loop runs just long enough to close). */
   running = nworkers;
-  pgs_workers_exit();
+  pgs_mailbox_register(workers, nworkers);
+  pgs_mailbox_exit();
   for (int i = 0; i < nworkers; i++) {
     if (i < started)
       uv_thread_join(&workers[i].thread);
@@ -290,161 +316,17 @@ unwind:
       worker_main(&workers[i]);
     worker_free(&workers[i]);
   }
+  pgs_mailbox_register(NULL, 0);
   free(workers);
   workers = NULL;
   nworkers = 0;
   return rc;
 }
 
-/* Post to a worker: under its lock, and only while its wakeup handle is
- * open (stop_now marks it closed under the same lock before closing it). */
-#define MAILBOX(worker, stmt)                                                                      \
-  do {                                                                                             \
-    uv_mutex_lock(&(worker)->mbox_lock);                                                           \
-    if (!(worker)->mbox_closed) {                                                                  \
-      stmt;                                                                                        \
-      uv_async_send(&(worker)->wakeup);                                                            \
-    }                                                                                              \
-    uv_mutex_unlock(&(worker)->mbox_lock);                                                         \
-  } while (0)
-
-void pgs_workers_publish(pgs_snapshot_t *snapshot) {
-  for (int i = 0; i < nworkers; i++) {
-    pgs_worker_t *w = &workers[i];
-    pgs_snapshot_t *old = NULL;
-    MAILBOX(w, {
-      old = w->mbox_snapshot;
-      w->mbox_snapshot = pgs_snapshot_ref(snapshot);
-    });
-    if (old) pgs_snapshot_unref(old); /* never taken: a newer one replaces it */
-  }
-}
-
-void pgs_workers_reload(pgs_config_t *config) {
-  for (int i = 0; i < nworkers; i++) {
-    pgs_worker_t *w = &workers[i];
-    MAILBOX(w, {
-      if (w->mbox_config) pgs_config_unref(w->mbox_config);
-      w->mbox_config = pgs_config_ref(config);
-    });
-  }
-}
-
-void pgs_workers_drain(void) {
-  for (int i = 0; i < nworkers; i++) MAILBOX(&workers[i], workers[i].mbox_drain = true);
-}
-
-int pgs_workers_count(void) { return nworkers; }
-
-/* ---- PAUSE / RESUME ---- */
-
-static uv_mutex_t pause_lock;
-static uv_once_t pause_once = UV_ONCE_INIT;
-static int pause_count; /* atomic: paused entries (the fast path reads it) */
-static bool pause_all;
-static char pause_dbs[16][PGS_MAX_NAME];
-static int npause_dbs;
-
-static void pause_init(void) { uv_mutex_init(&pause_lock); }
-
-bool pgs_paused(const char *db) {
-  if (__atomic_load_n(&pause_count, __ATOMIC_ACQUIRE) == 0) return false;
-  uv_mutex_lock(&pause_lock);
-  bool paused = pause_all;
-  for (int i = 0; i < npause_dbs && !paused; i++) paused = !strcmp(pause_dbs[i], db);
-  uv_mutex_unlock(&pause_lock);
-  return paused;
-}
-
-/* On each worker after a RESUME: its waiting clients of databases no
- * longer paused go on. */
-static void resume_clients(pgs_worker_t *w, void *arg) {
-  PGS_UNUSED(arg);
-  for (pgs_list_t *l = w->clients.next; l != &w->clients;) {
-    pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
-    l = l->next;
-    if (!c->paused || pgs_paused(c->dbname)) continue;
-    c->paused = false;
-    (void)pgs_io_start_reading(&c->io);
-    pgs_client_process(c);
-  }
-}
-
-bool pgs_pause_set(const char *db, bool paused) {
-  uv_once(&pause_once, pause_init);
-  bool ok = true;
-  uv_mutex_lock(&pause_lock);
-  if (db == NULL) {
-    pause_all = paused;
-    if (!paused) npause_dbs = 0; /* RESUME with no name resumes everything */
-  } else {
-    int at = 0;
-    while (at < npause_dbs && strcmp(pause_dbs[at], db) != 0) at++;
-    if (paused && at == npause_dbs && npause_dbs == (int)PGS_ARRAY_LEN(pause_dbs))
-      ok = false;
-    else if (paused && at == npause_dbs)
-      snprintf(pause_dbs[npause_dbs++], PGS_MAX_NAME, "%s", db);
-    else if (!paused && at < npause_dbs)
-      memmove(pause_dbs[at], pause_dbs[at + 1],
-              sizeof(pause_dbs[0]) * (size_t)(npause_dbs - at - 1)),
-          npause_dbs--;
-  }
-  __atomic_store_n(&pause_count, (pause_all ? 1 : 0) + npause_dbs, __ATOMIC_RELEASE);
-  uv_mutex_unlock(&pause_lock);
-  if (!paused)
-    for (int i = 0; i < nworkers; i++) (void)pgs_worker_post(i, resume_clients, NULL);
-  return ok;
-}
-
-bool pgs_worker_post(int index, pgs_worker_fn fn, void *arg) {
-  if (index < 0 || index >= nworkers) return false;
-  pgs_worker_t *w = &workers[index];
-  pgs_worker_task_t *task = pgs_xcalloc(1, sizeof(*task));
-  task->run = fn;
-  task->arg = arg;
-  bool posted = false;
-  MAILBOX(w, {
-    *w->mbox_tasks_tail = task;
-    w->mbox_tasks_tail = &task->next;
-    posted = true;
-  });
-  if (!posted) free(task);
-  return posted;
-}
-
-pgs_db_stats_t *pgs_worker_stats(pgs_worker_t *worker, const char *db) {
-  for (int i = 0; i < worker->nstats; i++)
-    if (!strcmp(worker->stats[i]->db, db)) return worker->stats[i];
-  worker->stats =
-      pgs_xrealloc(worker->stats, (size_t)(worker->nstats + 1) * sizeof(*worker->stats));
-  pgs_db_stats_t *st = pgs_xcalloc(1, sizeof(*st));
-  snprintf(st->db, sizeof(st->db), "%s", db);
-  worker->stats[worker->nstats++] = st;
-  return st;
-}
-
-void pgs_workers_exit(void) {
-  for (int i = 0; i < nworkers; i++) MAILBOX(&workers[i], workers[i].mbox_exit = true);
-}
-
-void pgs_workers_cancel(int32_t pid, int32_t key) {
-  int index = pgs_worker_index_of_pid(pid);
-  if (index < 0 || index >= nworkers) return;
-  pgs_worker_t *w = &workers[index];
-  MAILBOX(w, {
-    if (w->mbox_ncancels < (int)PGS_ARRAY_LEN(w->mbox_cancels)) {
-      w->mbox_cancels[w->mbox_ncancels].pid = pid;
-      w->mbox_cancels[w->mbox_ncancels].key = key;
-      w->mbox_ncancels++;
-    }
-  });
-}
-
 void pgs_workers_join(void) {
-  for (int i = 0; i < nworkers; i++) {
-    uv_thread_join(&workers[i].thread);
-    worker_free(&workers[i]);
-  }
+  for (int i = 0; i < nworkers; i++) uv_thread_join(&workers[i].thread);
+  pgs_mailbox_register(NULL, 0);
+  for (int i = 0; i < nworkers; i++) worker_free(&workers[i]);
   free(workers);
   workers = NULL;
   nworkers = 0;

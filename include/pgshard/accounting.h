@@ -17,4 +17,8 @@ void pgs_account_mem_sub(pgs_client_t *client, size_t n);
  * counted) and the process's; else the config key that refuses them. */
 const char *pgs_account_mem_refuses(const pgs_client_t *client, size_t n);
 
+/* WORKER's counters for database DB (made on first use; kept until the
+ * worker ends: clients keep pointers). */
+struct pgs_db_stats *pgs_account_db_stats(pgs_worker_t *worker, const char *db);
+
 #endif

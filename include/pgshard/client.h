@@ -41,6 +41,8 @@ void pgs_client_cancel(pgs_client_t *client);
 /* Worker tick: close the client if it has been idle too long, or has not
  * read any of an output backlog over its budget for a while. NOW in ms. */
 void pgs_client_tick(pgs_client_t *client, uint64_t now);
+/* The client side of request.c and admin.c (their session table). */
+extern const pgs_session_ops_t pgs_client_session_ops;
 /* The client side of pools (pool.c's waiter table). */
 extern const pgs_pool_waiter_ops_t pgs_client_waiter_ops;
 

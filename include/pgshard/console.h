@@ -11,4 +11,7 @@ void pgs_admin_login(pgs_client_t *client);
 void pgs_admin_process(pgs_client_t *client);
 void pgs_admin_free(pgs_client_t *client);
 
+/* Where admin.c reaches the client connection (client.c's table). */
+void pgs_admin_set_session_ops(const pgs_session_ops_t *ops);
+
 #endif

@@ -349,6 +349,25 @@ struct pgs_client {
   int pv_cap;
 };
 
+/* What the client connection does for the layers that serve its requests
+ * (request.c, admin.c): client.c provides them and the worker registers
+ * them, so that neither calls up into client.c. */
+typedef struct pgs_session_ops {
+  /* The one error path: FATAL ErrorResponse with SQLSTATE and MESSAGE
+   * ("pgshard: " is put in front), then close. */
+  void (*fail)(pgs_client_t *client, const char *sqlstate, const char *message);
+  void (*close)(pgs_client_t *client);
+  /* A ReadyForQuery with STATUS went out: the request is over. */
+  void (*after_ready)(pgs_client_t *client, char status);
+  /* A server the session cannot do without was lost (WHY). */
+  void (*server_lost)(pgs_client_t *client, const char *why);
+  /* Login: a row of the server's parameter values, and its end. */
+  void (*login_row)(pgs_client_t *client, const uint8_t *body, size_t len);
+  void (*login_done)(pgs_client_t *client);
+  /* A result or status of the client's own that its session tracks. */
+  void (*server_message)(pgs_client_t *client, char type, const uint8_t *body, size_t len);
+} pgs_session_ops_t;
+
 /* ---- servers (server.c) ---- */
 
 typedef enum {

@@ -43,4 +43,7 @@ bool pgs_request_startup_tenant(pgs_client_t *client, pgs_key_error_t *err);
 /* The client side of servers (server.c's owner table). */
 extern const pgs_server_owner_t pgs_request_server_owner;
 
+/* Where request.c reaches the client connection (client.c's table). */
+void pgs_request_set_session_ops(const pgs_session_ops_t *ops);
+
 #endif
