@@ -97,6 +97,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client->login_values);
   free(client->startup_options);
   free(client->request_text);
+  free(client->request_trace);
   if (client->config) pgs_config_unref(client->config);
   PGS_ASSERT(client->mem_held == 0); /* everything charged was given back */
   free(client);
@@ -524,6 +525,8 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
       {"tx", tx},
       {"error", client->ex.request_failed ? "true" : NULL},
       {"sql", client->request_text && client->request_text[0] ? client->request_text : NULL},
+      {"traceparent",
+       client->request_trace && client->request_trace[0] ? client->request_trace : NULL},
   };
   pgs_log_event(PGS_LOG_INFO, "slow_request", fields, (int)PGS_ARRAY_LEN(fields),
                 "slow request %s: %.3f ms", id, (double)us / 1000.0);

@@ -55,6 +55,7 @@
 #include "pgshard/steps.h"
 #include "pgshard/reserved.h"
 #include "pgshard/stats.h"
+#include "pgshard/trace.h"
 #include "pgshard/twophase.h"
 #include "pgshard/pause.h"
 
@@ -2745,6 +2746,7 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
   client->request_id = ++client->worker->next_request;
   client->request_slots = 0;
   if (client->request_text) client->request_text[0] = '\0';
+  if (client->request_trace) client->request_trace[0] = '\0';
   client->request_query = 0;
   if (client->worker->config->log_min_duration_ms < 0) return;
   pgs_reader_t r;
@@ -2767,6 +2769,13 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
     if (client->request_text == NULL) client->request_text = pgs_xmalloc(PGS_REQUEST_TEXT_MAX);
     snprintf(client->request_text, PGS_REQUEST_TEXT_MAX, "%.*s",
              (int)(len < PGS_REQUEST_TEXT_MAX ? len : PGS_REQUEST_TEXT_MAX - 1), text);
+    /* A W3C trace context in a comment: logged with the request (the
+     * comment itself goes on to the server with the text). */
+    char trace[PGS_TRACEPARENT_BUF];
+    if (pgs_traceparent_find(text, len, trace)) {
+      if (client->request_trace == NULL) client->request_trace = pgs_xmalloc(PGS_TRACEPARENT_BUF);
+      memcpy(client->request_trace, trace, sizeof(trace));
+    }
   }
 }
 

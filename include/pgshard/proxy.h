@@ -256,6 +256,8 @@ struct pgs_client {
   uint64_t request_slots;     /* slots it sent messages to */
   char *request_text;         /* its first statement, cut at REQUEST_TEXT_MAX - 1 bytes (the
                                  slow-request log; allocated while that log is on) */
+  char *request_trace;        /* a W3C traceparent its statement carried in a comment
+                                 (trace.h; allocated when one is first seen) */
   uint64_t request_query;     /* routing: the hash of its statement's normalised text, 0: none
                                  (its entry in worker->queries holds the text) */
   bool admin;                 /* a client of the admin console (admin.c) */

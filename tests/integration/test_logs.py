@@ -92,3 +92,55 @@ def test_trace_comments_name_the_request_on_the_server(shard_lab, sharded_proxy)
         for shard in shard_lab.shards:
             with shard_lab.connect_primary(shard.name) as direct:
                 direct.execute("drop table if exists users")
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_client_traceparent_reaches_the_server_and_the_log(shard_lab, sharded_proxy):
+    """sqlcommenter style: a W3C traceparent in a comment of the client's
+    statement goes on to the shard with the statement, and the slow-request
+    line carries it; an invalid one is not logged."""
+    import threading
+    px = sharded_proxy(log_format="json", log_min_duration_ms=100,
+                       extra_ini="[table.app.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n")
+    for shard in shard_lab.shards:
+        with shard_lab.connect_primary(shard.name) as direct:
+            direct.execute("drop table if exists users")
+            direct.execute("create table users (id bigint primary key)")
+    try:
+        with px.connect(autocommit=True) as conn:
+            # Extended protocol (a parameter): the text is in the Parse.
+            sql = ("select pg_sleep(0.6), count(*) from users where id = %s "
+                   f"/*controller='orders',traceparent='{TRACEPARENT}'*/")
+            worker = threading.Thread(target=conn.execute, args=(sql, (7,)))
+            worker.start()
+            seen = {}
+
+            def on_a_shard():
+                for shard in shard_lab.shards:
+                    with shard_lab.connect_primary(shard.name) as direct:
+                        rows = direct.execute(
+                            "select query from pg_stat_activity where query like "
+                            "'select pg_sleep(0.6)%traceparent=%'").fetchall()
+                        if rows:
+                            seen[shard.name] = rows[0][0]
+                return bool(seen)
+            wait_for(on_a_shard, 10, message="the statement with its comment on a shard")
+            worker.join(10)
+            assert len(seen) == 1, seen  # routed by its key: one shard
+            assert TRACEPARENT in list(seen.values())[0]
+            conn.execute("select pg_sleep(0.2) /* traceparent='00-bad' */")
+
+        def slow():
+            return [e for e in json_lines(px) if e.get("event") == "slow_request"]
+        wait_for(lambda: len(slow()) >= 2, 5, message="two slow-request lines")
+        traced = [e for e in slow() if "count(*)" in e.get("sql", "")]
+        assert len(traced) == 1 and traced[0]["traceparent"] == TRACEPARENT, slow()
+        assert traced[0]["shards"] == list(seen)[0]
+        untraced = [e for e in slow() if "00-bad" in e.get("sql", "")]
+        assert len(untraced) == 1 and "traceparent" not in untraced[0], untraced
+    finally:
+        for shard in shard_lab.shards:
+            with shard_lab.connect_primary(shard.name) as direct:
+                direct.execute("drop table if exists users")
