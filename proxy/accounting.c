@@ -5,6 +5,7 @@
  * sent, by SQLSTATE class, in its database's statistics. A leaf: it calls
  * nothing else of the proxy.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "pgshard/accounting.h"
@@ -33,8 +34,14 @@ const char *pgs_account_mem_refuses(const pgs_client_t *client, size_t n) {
   return NULL;
 }
 
+void pgs_account_sqlstate(pgs_client_t *client, const char *sqlstate) {
+  /* The request's first error is the one its log line names. */
+  if (sqlstate && client->request_sqlstate[0] == '\0')
+    snprintf(client->request_sqlstate, sizeof(client->request_sqlstate), "%.5s", sqlstate);
+  if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
+}
+
 void pgs_account_error(pgs_client_t *client, const uint8_t *body, size_t len) {
-  if (client->stats == NULL) return;
   /* The SQLSTATE field ('C') of the ErrorResponse BODY. */
   const char *sqlstate = NULL;
   for (size_t at = 0; at + 1 < len && body[at];) {
@@ -43,7 +50,7 @@ void pgs_account_error(pgs_client_t *client, const uint8_t *body, size_t len) {
     if (body[at] == 'C') sqlstate = value;
     at += 1 + vlen + 1;
   }
-  pgs_db_stats_error(client->stats, sqlstate);
+  pgs_account_sqlstate(client, sqlstate);
 }
 
 pgs_db_stats_t *pgs_account_db_stats(pgs_worker_t *worker, const char *db) {

@@ -98,6 +98,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client->startup_options);
   free(client->request_text);
   free(client->request_trace);
+  free(client->request_shard_us);
   if (client->config) pgs_config_unref(client->config);
   PGS_ASSERT(client->mem_held == 0); /* everything charged was given back */
   free(client);
@@ -198,7 +199,7 @@ static void report(pgs_client_t *client, const char *severity, const char *sqlst
   vsnprintf(message + n, sizeof(message) - (size_t)n, fmt, ap);
   pgs_info("client %d (%s@%s) %s: %s (SQLSTATE %s)", client->cancel_pid, client->username,
            client->peer, severity[0] == 'F' ? "closed" : "refused", message, sqlstate);
-  if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
+  pgs_account_sqlstate(client, sqlstate);
   emit_error(client, severity, sqlstate, message);
 }
 
@@ -510,11 +511,20 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
   snprintf(id, sizeof(id), "c%d.%llu", client->cancel_pid, (unsigned long long)client->request_id);
   snprintf(client_id, sizeof(client_id), "%d", client->cancel_pid);
   snprintf(ms, sizeof(ms), "%.3f", (double)us / 1000.0);
-  size_t n = 0;
-  for (int i = 0; i < client->nslots && i < 64 && n < sizeof(shards); i++)
-    if (client->request_slots & ((uint64_t)1 << i))
-      n += (size_t)snprintf(shards + n, sizeof(shards) - n, "%s%s%s", n ? "," : "",
-                            client->db->shards[i / 2].name, (i & 1) ? "(replica)" : "");
+  char shard_ms[512] = "";
+  size_t n = 0, t = 0;
+  for (int i = 0; i < client->nslots && i < 64 && n < sizeof(shards); i++) {
+    if (!(client->request_slots & ((uint64_t)1 << i))) continue;
+    const char *name = client->db->shards[i / 2].name, *role = (i & 1) ? "(replica)" : "";
+    n += (size_t)snprintf(shards + n, sizeof(shards) - n, "%s%s%s", n ? "," : "", name, role);
+    /* Its time there: from the first message sent to its last ReadyForQuery. */
+    const uint64_t *at = client->request_shard_us && i < client->request_shard_cap
+                             ? &client->request_shard_us[2 * i]
+                             : NULL;
+    if (at && at[0] && at[1] >= at[0] && t < sizeof(shard_ms))
+      t += (size_t)snprintf(shard_ms + t, sizeof(shard_ms) - t, "%s%s%s=%.3f", t ? "," : "", name,
+                            role, (double)(at[1] - at[0]) / 1000.0);
+  }
   pgs_log_field_t fields[] = {
       {"request", id},
       {"client", client_id},
@@ -522,8 +532,10 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
       {"user", client->username},
       {"duration_ms", ms},
       {"shards", shards[0] ? shards : NULL},
+      {"shard_ms", shard_ms[0] ? shard_ms : NULL},
       {"tx", tx},
       {"error", client->ex.request_failed ? "true" : NULL},
+      {"sqlstate", client->request_sqlstate[0] ? client->request_sqlstate : NULL},
       {"sql", client->request_text && client->request_text[0] ? client->request_text : NULL},
       {"traceparent",
        client->request_trace && client->request_trace[0] ? client->request_trace : NULL},

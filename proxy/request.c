@@ -2172,6 +2172,9 @@ static pgs_reply_action_t reply_events(pgs_client_t *client, pgs_server_t *serve
 
 static void owner_reply(pgs_client_t *client, pgs_server_t *server, const pgs_verdict_t *v,
                         char type, const uint8_t *m, size_t total) {
+  if ((v->events & PGS_RE_READY) && client->request_shard_us && server->shard >= 0 &&
+      server->shard < client->request_shard_cap)
+    client->request_shard_us[2 * server->shard + 1] = pgs_now_us();
   pgs_reply_action_t action = reply_events(client, server, v, type, m, total);
   if (server->client != client) return; /* the client failed and went away */
   if (action == PGS_REPLY_FORWARD)
@@ -2300,6 +2303,9 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
                   const uint8_t *p, size_t total) {
   int shard = st->shard;
   if (shard >= 0 && shard < 64) client->request_slots |= BIT(shard);
+  if (client->request_shard_us && shard < client->request_shard_cap &&
+      client->request_shard_us[2 * shard] == 0)
+    client->request_shard_us[2 * shard] = pgs_now_us();
   switch (st->op) {
   case PGS_STEP_FORWARD:
     forward(client, server, type, p, total, st->rule, st->merged);
@@ -2747,8 +2753,21 @@ static void begin_request(pgs_client_t *client, char type, const uint8_t *p, siz
   client->request_slots = 0;
   if (client->request_text) client->request_text[0] = '\0';
   if (client->request_trace) client->request_trace[0] = '\0';
+  client->request_sqlstate[0] = '\0';
   client->request_query = 0;
-  if (client->worker->config->log_min_duration_ms < 0) return;
+  if (client->worker->config->log_min_duration_ms < 0) {
+    free(client->request_shard_us);
+    client->request_shard_us = NULL;
+    client->request_shard_cap = 0;
+    return;
+  }
+  if (client->request_shard_cap < client->nslots) {
+    free(client->request_shard_us);
+    client->request_shard_cap = client->nslots;
+    client->request_shard_us = pgs_xmalloc(2 * sizeof(uint64_t) * (size_t)client->nslots);
+  }
+  if (client->request_shard_us)
+    memset(client->request_shard_us, 0, 2 * sizeof(uint64_t) * (size_t)client->request_shard_cap);
   pgs_reader_t r;
   pgs_reader_init(&r, p + 5, total - 5);
   size_t len = 0;

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "pgshard/accounting.h"
 #include "pgshard/log.h"
 #include "pgshard/state.h"
 #include "pgshard/steps.h"
@@ -48,7 +49,7 @@ void pgs_steps_error(pgs_client_t *client, const char *sqlstate, const char *fmt
   memcpy(st->text + 6, message, mlen + 1);
   pgs_state_tx_failed(client);
   if (client->stats) client->stats->refusals++;
-  if (client->stats) pgs_db_stats_error(client->stats, sqlstate);
+  pgs_account_sqlstate(client, sqlstate);
   client->ex.request_failed = true;
 }
 

@@ -17,6 +17,9 @@ void pgs_account_mem_sub(pgs_client_t *client, size_t n);
  * counted) and the process's; else the config key that refuses them. */
 const char *pgs_account_mem_refuses(const pgs_client_t *client, size_t n);
 
+/* An error with SQLSTATE went to the client: counted by class, and the
+ * first of its request remembered for the request's log line. */
+void pgs_account_sqlstate(pgs_client_t *client, const char *sqlstate);
 /* WORKER's counters for database DB (made on first use; kept until the
  * worker ends: clients keep pointers). */
 struct pgs_db_stats *pgs_account_db_stats(pgs_worker_t *worker, const char *db);

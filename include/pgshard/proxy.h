@@ -256,11 +256,16 @@ struct pgs_client {
   uint64_t request_slots;     /* slots it sent messages to */
   char *request_text;         /* its first statement, cut at REQUEST_TEXT_MAX - 1 bytes (the
                                  slow-request log; allocated while that log is on) */
-  char *request_trace;        /* a W3C traceparent its statement carried in a comment
+  char request_sqlstate[6];   /* the first error it sent the client, "" none */
+  uint64_t *request_shard_us; /* slow-request log: per slot, when the request first
+                                 reached it and when its last ReadyForQuery there came
+                                 (2 per slot, request_shard_cap slots) */
+  int request_shard_cap;
+  char *request_trace;    /* a W3C traceparent its statement carried in a comment
                                  (trace.h; allocated when one is first seen) */
-  uint64_t request_query;     /* routing: the hash of its statement's normalised text, 0: none
+  uint64_t request_query; /* routing: the hash of its statement's normalised text, 0: none
                                  (its entry in worker->queries holds the text) */
-  bool admin;                 /* a client of the admin console (admin.c) */
+  bool admin;             /* a client of the admin console (admin.c) */
   struct pgs_admin_session *admin_session;
   char username[PGS_MAX_NAME];
   char dbname[PGS_MAX_NAME];

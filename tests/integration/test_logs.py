@@ -39,6 +39,11 @@ def test_slow_requests_in_json(shard_lab, sharded_proxy):
     assert "error" not in first
     assert second["sql"].endswith("select pg_sleep(0.2)") and second["shards"] == "s1"
     assert first["request"] != second["request"]
+    # Each shard's time: from the first message sent there to its last
+    # ReadyForQuery, within the request's duration.
+    name, ms = second["shard_ms"].split("=")
+    assert name == "s1" and 200 <= float(ms) <= float(second["duration_ms"]), second
+    assert "sqlstate" not in first
 
 
 def test_slow_requests_in_text_with_an_error(proxy):
@@ -51,6 +56,7 @@ def test_slow_requests_in_text_with_an_error(proxy):
     wait_for(lambda: "slow request" in px.log_text(), 5, message="a slow-request line")
     line = [ln for ln in px.log_text().splitlines() if "slow request" in ln and "1/0" in ln][0]
     assert " error=true" in line and " db=app" in line and " sql=select 1/0" in line, line
+    assert " sqlstate=22012" in line, line
 
 
 def test_trace_comments_name_the_request_on_the_server(shard_lab, sharded_proxy):
