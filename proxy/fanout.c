@@ -134,7 +134,7 @@ static void fan_fail_merge(pgs_fan_t *fan) {
 
 /* A COPY FROM whose parts ran in transactions pgshard began (own_tx):
  * each server still linked commits, or rolls back when the COPY failed.
- * Their ReadyForQuery are ZLAST ones: the last is the client's. Nothing
+ * Their ReadyForQuery are last-of-n ones: the last is the client's. Nothing
  * but the end of a failed COMMIT reaches the client. */
 static void fan_settle(pgs_client_t *client, pgs_fan_t *fan) {
   bool failed = fan->error.len > 0;
