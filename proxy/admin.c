@@ -77,16 +77,6 @@ static const pgs_session_ops_t *connection;
 
 void pgs_admin_set_session_ops(const pgs_session_ops_t *ops) { connection = ops; }
 
-PGS_PRINTF(3, 4)
-static void session_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
-  char message[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(message, sizeof(message), fmt, ap);
-  va_end(ap);
-  connection->fail(client, sqlstate, message);
-}
-
 /* ---- result sets ---- */
 
 /* pg_type.typlen of OID: -1 for text. */
@@ -699,8 +689,8 @@ static bool kill_client(pgs_worker_t *w, int32_t id) {
     if (c->cancel_pid != id || c->state == PGS_CL_CLOSING) continue;
     pgs_info("client %d (%s@%s): killed from the admin console", c->cancel_pid, c->username,
              c->peer);
-    session_fail(c, PGS_SQLSTATE_ADMIN_SHUTDOWN,
-                 "terminating connection due to administrator command");
+    pgs_session_fail(connection, c, PGS_SQLSTATE_ADMIN_SHUTDOWN,
+                     "terminating connection due to administrator command");
     return true;
   }
   return false;
@@ -1508,8 +1498,8 @@ static void admin_process(pgs_client_t *client) {
 
 void pgs_admin_login(pgs_client_t *client) {
   if (client->user == NULL || !client->user->admin) {
-    session_fail(client, PGS_SQLSTATE_INSUFFICIENT_PRIVILEGE,
-                 "user \"%s\" may not use the admin console (admin = true)", client->username);
+    pgs_session_fail(connection, client, PGS_SQLSTATE_INSUFFICIENT_PRIVILEGE,
+                     "user \"%s\" may not use the admin console (admin = true)", client->username);
     return;
   }
   client->admin = true;

@@ -76,16 +76,6 @@ static const pgs_session_ops_t *connection;
 
 void pgs_request_set_session_ops(const pgs_session_ops_t *ops) { connection = ops; }
 
-PGS_PRINTF(3, 4)
-static void session_fail(pgs_client_t *client, const char *sqlstate, const char *fmt, ...) {
-  char message[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(message, sizeof(message), fmt, ap);
-  va_end(ap);
-  connection->fail(client, sqlstate, message);
-}
-
 /* ---- setup ---- */
 
 static void free_portal(void *p) {
@@ -225,7 +215,8 @@ bool pgs_request_maybe_release(pgs_client_t *client) {
     pgs_pool_server_free(s->pool, s);
   }
   client->state = PGS_CL_IDLE;
-  if (client->worker->draining) session_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+  if (client->worker->draining)
+    pgs_session_fail(connection, client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
   return true;
 }
 
@@ -236,7 +227,7 @@ static bool flush_servers(pgs_client_t *client);
  * caller must return at once. */
 static void request_server(pgs_client_t *client, int slot, int node) {
   if (client->worker->draining) {
-    session_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
+    pgs_session_fail(connection, client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
     return;
   }
   /* What the other servers were sent goes out now, not once this one is
@@ -2147,10 +2138,11 @@ static pgs_reply_action_t reply_events(pgs_client_t *client, pgs_server_t *serve
     char why[300];
     snprintf(why, sizeof(why), "%s", server->last_error);
     if (client->state == PGS_CL_LOGIN)
-      session_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "invalid startup parameters: %s", why);
+      pgs_session_fail(connection, client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                       "invalid startup parameters: %s", why);
     else
-      session_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
-                   "could not restore session state on the server: %s", why);
+      pgs_session_fail(connection, client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                       "could not restore session state on the server: %s", why);
     return PGS_REPLY_DROP;
   }
   if (v->events & PGS_RE_PART_SKIPPED) pgs_fan_part_skipped(client, server->shard);
@@ -2495,8 +2487,8 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
           "was not sent",
           client->cancel_pid, type, st->op, st->placed);
       if (getenv("PGSHARD_STRICT")) abort();
-      session_fail(client, PGS_SQLSTATE_INTERNAL,
-                   "internal error: a message without a routing decision was not sent");
+      pgs_session_fail(connection, client, PGS_SQLSTATE_INTERNAL,
+                       "internal error: a message without a routing decision was not sent");
       return STEPS_LEFT;
     }
     issue(client, server, st, type, p, total);
@@ -2666,21 +2658,21 @@ bool pgs_request_follow_config(pgs_client_t *client) {
   const pgs_database_t *db = pgs_config_find_database(next, client->dbname);
   const pgs_user_t *user = pgs_config_find_user(next, client->username);
   if (db == NULL) {
-    session_fail(client, PGS_SQLSTATE_INVALID_CATALOG,
-                 "database \"%s\" is no longer configured (reload)", client->dbname);
+    pgs_session_fail(connection, client, PGS_SQLSTATE_INVALID_CATALOG,
+                     "database \"%s\" is no longer configured (reload)", client->dbname);
     return false;
   }
   if (user == NULL) {
-    session_fail(client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
-                 "user \"%s\" is no longer configured (reload)", client->username);
+    pgs_session_fail(connection, client, PGS_SQLSTATE_INVALID_AUTHORIZATION,
+                     "user \"%s\" is no longer configured (reload)", client->username);
     return false;
   }
   if (!holds_movable(client, db)) return true; /* its servers keep it on its map */
   int hint = client->hint_shard >= 0 ? same_shard(old, client->hint_shard, db) : -1;
   if (client->hint_shard >= 0 && hint < 0) {
-    session_fail(client, "22023",
-                 "shard \"%s\" set by pgshard.shard is no longer in database \"%s\" (reload)",
-                 old->shards[client->hint_shard].name, client->dbname);
+    pgs_session_fail(connection, client, "22023",
+                     "shard \"%s\" set by pgshard.shard is no longer in database \"%s\" (reload)",
+                     old->shards[client->hint_shard].name, client->dbname);
     return false;
   }
 
@@ -2735,8 +2727,8 @@ bool pgs_request_follow_config(pgs_client_t *client) {
   if (client->tenant_text) {
     pgs_key_error_t err;
     if (!set_tenant(client, client->tenant_text, &err)) {
-      session_fail(client, err.sqlstate, "tenant \"%s\" after reload: %s", client->tenant_text,
-                   err.message);
+      pgs_session_fail(connection, client, err.sqlstate, "tenant \"%s\" after reload: %s",
+                       client->tenant_text, err.message);
       return false;
     }
   }
@@ -2809,15 +2801,16 @@ pgs_status_t pgs_request_next_message(pgs_client_t *client, char *type, size_t *
   }
   if (st == PGS_EPROTO || !pgs_frontend_type_valid(*type) || *type == 'p') {
     if (st == PGS_EPROTO)
-      session_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+      pgs_session_fail(connection, client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                       "invalid message length");
     else
-      session_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type %d",
-                   (unsigned char)*type);
+      pgs_session_fail(connection, client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                       "invalid frontend message type %d", (unsigned char)*type);
     return PGS_EPROTO;
   }
   if (st == PGS_ETOOBIG) {
-    session_fail(client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
-                 "message of %zu bytes is over max_message_size (%zu)", *total - 1, max);
+    pgs_session_fail(connection, client, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+                     "message of %zu bytes is over max_message_size (%zu)", *total - 1, max);
     return PGS_EPROTO;
   }
   if (io->in.len - io->in_pos < *total) {

@@ -22,6 +22,8 @@
 #ifndef PGSHARD_PROXY_H
 #define PGSHARD_PROXY_H
 
+#include <stdarg.h>
+
 #include <uv.h>
 #include <libpq-fe.h>
 
@@ -374,6 +376,18 @@ typedef struct pgs_session_ops {
   /* A result or status of the client's own that its session tracks. */
   void (*server_message)(pgs_client_t *client, char type, const uint8_t *body, size_t len);
 } pgs_session_ops_t;
+
+/* OPS->fail with a message formatted from FMT. */
+PGS_PRINTF(4, 5)
+static inline void pgs_session_fail(const pgs_session_ops_t *ops, pgs_client_t *client,
+                                    const char *sqlstate, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(message, sizeof(message), fmt, ap);
+  va_end(ap);
+  ops->fail(client, sqlstate, message);
+}
 
 /* ---- servers (server.c) ---- */
 
