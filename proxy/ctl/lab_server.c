@@ -14,6 +14,9 @@
  * already running is never reconfigured or restarted.
  */
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <string.h>
@@ -77,12 +80,28 @@ static char *data_file(const char *datadir, const char *name) {
   return pgs_lab_format("%s/%s", datadir, name);
 }
 
-/* The postmaster running on DATADIR, or 0. */
+/* The postmaster running on DATADIR, or 0. The pid in postmaster.pid is
+ * that postmaster when that process works in DATADIR (a postmaster chdirs
+ * to its data directory): a pid reused by another process does not. No
+ * clock is compared, so a wall clock stepped since the server started (a
+ * busy virtual machine catching up) cannot make a running server look
+ * stale. */
 pid_t pgs_lab_server_pid(const char *datadir) {
   char *path = data_file(datadir, "postmaster.pid");
-  pid_t pid = pgs_lab_pidfile_process(path);
+  FILE *f = fopen(path, "re");
   free(path);
-  return pid;
+  long pid = 0;
+  if (f == NULL) return 0;
+  if (fscanf(f, "%ld", &pid) != 1) pid = 0;
+  fclose(f);
+  if (pid <= 0) return 0;
+  char link[64], cwd[PATH_MAX];
+  snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
+  ssize_t n = readlink(link, cwd, sizeof(cwd) - 1);
+  char *real = realpath(datadir, NULL);
+  bool ours = n > 0 && real != NULL && (size_t)n == strlen(real) && !memcmp(cwd, real, (size_t)n);
+  free(real);
+  return ours ? (pid_t)pid : 0;
 }
 
 static bool datadir_has(const char *datadir, const char *name) {
