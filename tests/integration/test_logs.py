@@ -1,11 +1,42 @@
 """The slow-request log (log_min_duration_ms), in JSON and text: each line
 names the request, its client (the id the client was given as its backend
 pid), database, user, duration, the shards it ran on and its statement."""
+import contextlib
 import json
 
 import psycopg
 
 from support import wait_for
+
+
+USERS_MAP = "[table.app.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n"
+
+
+@contextlib.contextmanager
+def users_on_every_shard(lab):
+    """An empty sharded table users on every shard, dropped afterwards."""
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as direct:
+            direct.execute("drop table if exists users")
+            direct.execute("create table users (id bigint primary key)")
+    try:
+        yield
+    finally:
+        for shard in lab.shards:
+            with lab.connect_primary(shard.name) as direct:
+                direct.execute("drop table if exists users")
+
+
+def statements_on_shards(lab, like):
+    """Per shard name, the first statement pg_stat_activity shows LIKE."""
+    seen = {}
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as direct:
+            rows = direct.execute("select query from pg_stat_activity where query like %s",
+                                  (like,)).fetchall()
+            if rows:
+                seen[shard.name] = rows[0][0]
+    return seen
 
 
 def json_lines(px):
@@ -18,7 +49,7 @@ def json_lines(px):
 
 def test_slow_requests_in_json(shard_lab, sharded_proxy):
     px = sharded_proxy(log_format="json", log_min_duration_ms=150,
-                       extra_ini="[table.app.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n")
+                       extra_ini=USERS_MAP)
     with px.connect(autocommit=True) as conn:
         conn.execute("select 1")  # fast: not logged
         conn.execute("select pg_sleep(0.3)")
@@ -62,12 +93,8 @@ def test_slow_requests_in_text_with_an_error(proxy):
 def test_trace_comments_name_the_request_on_the_server(shard_lab, sharded_proxy):
     import threading
     px = sharded_proxy(trace_comments="on", log_min_duration_ms=100,
-                       extra_ini="[table.app.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n")
-    for shard in shard_lab.shards:
-        with shard_lab.connect_primary(shard.name) as direct:
-            direct.execute("drop table if exists users")
-            direct.execute("create table users (id bigint primary key)")
-    try:
+                       extra_ini=USERS_MAP)
+    with users_on_every_shard(shard_lab):
         with px.connect(autocommit=True) as conn:
             pid = conn.info.backend_pid
             # A read over both shards (a fan-out) and one hinted read: each
@@ -78,13 +105,7 @@ def test_trace_comments_name_the_request_on_the_server(shard_lab, sharded_proxy)
             seen = {}
 
             def on_both():
-                for shard in shard_lab.shards:
-                    with shard_lab.connect_primary(shard.name) as direct:
-                        rows = direct.execute(
-                            "select query from pg_stat_activity where query like "
-                            "'/* pgshard_request=%pg_sleep%'").fetchall()
-                        if rows:
-                            seen[shard.name] = rows[0][0]
+                seen.update(statements_on_shards(shard_lab, "/* pgshard_request=%pg_sleep%"))
                 return len(seen) == 2
             wait_for(on_both, 10, message="the traced query on both shards")
             worker.join(10)
@@ -94,10 +115,7 @@ def test_trace_comments_name_the_request_on_the_server(shard_lab, sharded_proxy)
         request = list(seen.values())[0].split("=")[1].split(" ")[0]
         wait_for(lambda: f"request={request}" in px.log_text(), 5,
                  message="the slow-request line of the traced request")
-    finally:
-        for shard in shard_lab.shards:
-            with shard_lab.connect_primary(shard.name) as direct:
-                direct.execute("drop table if exists users")
+
 
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -109,12 +127,8 @@ def test_a_client_traceparent_reaches_the_server_and_the_log(shard_lab, sharded_
     line carries it; an invalid one is not logged."""
     import threading
     px = sharded_proxy(log_format="json", log_min_duration_ms=100,
-                       extra_ini="[table.app.users]\ncolumn = id\ntype = bigint\nstrategy = hash\n")
-    for shard in shard_lab.shards:
-        with shard_lab.connect_primary(shard.name) as direct:
-            direct.execute("drop table if exists users")
-            direct.execute("create table users (id bigint primary key)")
-    try:
+                       extra_ini=USERS_MAP)
+    with users_on_every_shard(shard_lab):
         with px.connect(autocommit=True) as conn:
             # Extended protocol (a parameter): the text is in the Parse.
             sql = ("select pg_sleep(0.6), count(*) from users where id = %s "
@@ -124,13 +138,7 @@ def test_a_client_traceparent_reaches_the_server_and_the_log(shard_lab, sharded_
             seen = {}
 
             def on_a_shard():
-                for shard in shard_lab.shards:
-                    with shard_lab.connect_primary(shard.name) as direct:
-                        rows = direct.execute(
-                            "select query from pg_stat_activity where query like "
-                            "'select pg_sleep(0.6)%traceparent=%'").fetchall()
-                        if rows:
-                            seen[shard.name] = rows[0][0]
+                seen.update(statements_on_shards(shard_lab, "select pg_sleep(0.6)%traceparent=%"))
                 return bool(seen)
             wait_for(on_a_shard, 10, message="the statement with its comment on a shard")
             worker.join(10)
@@ -146,7 +154,4 @@ def test_a_client_traceparent_reaches_the_server_and_the_log(shard_lab, sharded_
         assert traced[0]["shards"] == list(seen)[0]
         untraced = [e for e in slow() if "00-bad" in e.get("sql", "")]
         assert len(untraced) == 1 and "traceparent" not in untraced[0], untraced
-    finally:
-        for shard in shard_lab.shards:
-            with shard_lab.connect_primary(shard.name) as direct:
-                direct.execute("drop table if exists users")
+
