@@ -528,7 +528,7 @@ static void part_clients(pgs_worker_t *w, pgs_buf_t *b) {
   for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
     pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
     int servers = 0;
-    for (int i = 0; i < c->nslots; i++) servers += c->servers[i] != NULL;
+    for (int i = 0; i < c->session.nslots; i++) servers += c->servers[i] != NULL;
     row_t r = row_begin(b, (int)PGS_ARRAY_LEN(clients_cols));
     row_int(&r, c->cancel_pid);
     row_text(&r, c->dbname[0] ? c->dbname : NULL);
@@ -541,8 +541,8 @@ static void part_clients(pgs_worker_t *w, pgs_buf_t *b) {
     row_int(&r, (int64_t)((now - c->created_ms) / 1000));
     row_int(&r, (int64_t)(now - c->active_ms));
     row_int(&r, w->index);
-    row_text(&r, c->tenant_text);
-    row_bool(&r, c->pinned);
+    row_text(&r, c->session.tenant_text);
+    row_bool(&r, c->session.pinned);
     row_end(&r);
   }
 }
@@ -720,8 +720,8 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
     /* A byte per client of a paused database still inside a transaction. */
     for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
       pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
-      if (!c->admin && c->db && c->state != PGS_CL_CLOSING && !c->paused && pgs_paused(c->dbname) &&
-          !pgs_request_between_transactions(c))
+      if (!c->admin && c->session.db && c->state != PGS_CL_CLOSING && !c->paused &&
+          pgs_paused(c->dbname) && !pgs_request_between_transactions(c))
         pgs_buf_put_u8(b, 1);
     }
     break;

@@ -40,8 +40,6 @@
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
 #include "pgshard/server.h"
-#include "pgshard/state.h"
-#include "pgshard/steps.h"
 #include "pgshard/stats.h"
 #include "pgshard/tls.h"
 #include "pgshard/twophase.h"
@@ -77,8 +75,8 @@ static void free_settings(pgs_client_t *client) {
 }
 
 static void clear_tx_ops(pgs_client_t *client) {
-  for (int i = 0; i < client->ntx_ops; i++) free(client->tx_ops[i].sql);
-  client->ntx_ops = 0;
+  for (int i = 0; i < client->session.ntx_ops; i++) free(client->session.tx_ops[i].sql);
+  client->session.ntx_ops = 0;
   client->tx_failed = false;
 }
 
@@ -86,11 +84,11 @@ static void client_closed_cb(uv_handle_t *handle) {
   pgs_client_t *client = ((pgs_io_t *)handle->data)->owner;
   pgs_list_remove(&client->link);
   pgs_io_free_buffers(&client->io);
-  pgs_strmap_free(&client->stmts, pgs_request_free_stmt);
-  if (client->steps)
+  pgs_strmap_free(&client->session.stmts, pgs_session_free_stmt);
+  if (client->session.steps)
     pgs_request_free(client);
   else
-    free(client->startup_tenant);
+    free(client->session.startup_tenant);
   free_settings(client);
   clear_tx_ops(client);
   pgs_scram_free(client->scram);
@@ -106,7 +104,7 @@ static void client_closed_cb(uv_handle_t *handle) {
 
 /* Whether SERVER runs a statement naming the client's 2PC gid. */
 static bool settles_gid(const pgs_client_t *client, const pgs_server_t *server) {
-  return client->twopc.gid[0] && !strcmp(server->gid, client->twopc.gid) &&
+  return client->session.twopc.gid[0] && !strcmp(server->gid, client->session.twopc.gid) &&
          !pgs_server_expect_idle(server);
 }
 
@@ -123,7 +121,7 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
      * the server). A dirty one is closed then. */
     pgs_twophase_hold(server->gid);
     server->gid_held = true;
-    if (client->pinned || client->temp || server->pool->mode == PGS_POOL_SESSION)
+    if (client->session.pinned || client->session.temp || server->pool->mode == PGS_POOL_SESSION)
       server->dirty = true; /* its session state is not for another client */
     pgs_pool_set_state(server, PGS_SV_RESETTING);
     return;
@@ -138,14 +136,14 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
     pgs_server_close(server, "client left during a request or transaction");
     return;
   }
-  if (client->temp) {
+  if (client->session.temp) {
     /* Its temporary schema outlives DISCARD ALL, and a server that has one
      * lets PREPARE TRANSACTION through after temporary tables were used,
      * where a fresh one refuses it. */
     pgs_server_close(server, "client made temporary objects");
     return;
   }
-  if (client->pinned || server->pool->mode == PGS_POOL_SESSION) {
+  if (client->session.pinned || server->pool->mode == PGS_POOL_SESSION) {
     /* Session state (LISTEN, temp tables, advisory locks...) must not leak to
      * the next client: reset it before the server is reused. */
     pgs_pool_set_state(server, PGS_SV_RESETTING);
@@ -159,7 +157,7 @@ static void detach_server(pgs_client_t *client, pgs_server_t *server) {
 }
 
 static void detach_servers(pgs_client_t *client) {
-  for (int i = 0; i < client->nslots; i++)
+  for (int i = 0; i < client->session.nslots; i++)
     if (client->servers[i]) detach_server(client, client->servers[i]);
   if (client->server) detach_server(client, client->server);
 }
@@ -226,7 +224,7 @@ static void emit_ready(pgs_client_t *client) {
 static void leave_waiting(pgs_client_t *client) {
   if (client->state != PGS_CL_WAITING) return;
   bool linked = false;
-  for (int i = 0; i < client->nslots; i++) linked |= client->servers[i] != NULL;
+  for (int i = 0; i < client->session.nslots; i++) linked |= client->servers[i] != NULL;
   client_set_state(client, linked ? PGS_CL_ACTIVE : PGS_CL_IDLE);
 }
 
@@ -260,22 +258,22 @@ void pgs_client_refuse(pgs_client_t *client, const char *sqlstate, const char *f
   pgs_io_t *io = &client->io;
   char type;
   size_t total;
-  pgs_state_tx_failed(client);
+  pgs_session_tx_failed(&client->session);
   if (pgs_msg_peek(io->in.data + io->in_pos, io->in.len - io->in_pos, io->in.len, &type, &total) ==
           PGS_OK &&
       io->in.len - io->in_pos >= total) {
-    if (pgs_state_planned(client)) pgs_steps_clear(client);
+    if (pgs_session_planned(&client->session)) pgs_steps_clear(&client->session);
     io->in_pos += total;
     if (type == 'Q' || type == 'F') {
       emit_ready(client);
     } else if (type == 'S') {
-      client->unit_mask = 0;
+      client->session.unit_mask = 0;
       emit_ready(client);
     } else {
-      pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_session_set_unit(&client->session, PGS_UNIT_SKIP_TO_SYNC);
     }
   } else {
-    pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    pgs_session_set_unit(&client->session, PGS_UNIT_SKIP_TO_SYNC);
   }
   leave_waiting(client);
   if (pgs_io_flush(&client->io) < 0) {
@@ -374,8 +372,8 @@ static void note_reported(pgs_client_t *client, const uint8_t *body, size_t len)
   const char *name = pgs_read_cstr(&r, NULL);
   const char *value = pgs_read_cstr(&r, NULL);
   if (r.bad || name == NULL || value == NULL) return;
-  for (int i = client->ntx_ops - 1; i >= 0; i--) {
-    pgs_set_op_t *op = &client->tx_ops[i];
+  for (int i = client->session.ntx_ops - 1; i >= 0; i--) {
+    pgs_set_op_t *op = &client->session.tx_ops[i];
     if (op->kind == PGS_SET_OP_RESET_ALL) return;
     if (strcasecmp(op->name, name) != 0) continue;
     if (op->kind != PGS_SET_OP_SET) return;
@@ -402,10 +400,10 @@ static void note_reported(pgs_client_t *client, const uint8_t *body, size_t len)
 /* The transaction that held the SETs in tx_ops has ended. */
 static void commit_tx_ops(pgs_client_t *client) {
   bool reset_startup = false;
-  if (client->ntx_ops == 0) return;
+  if (client->session.ntx_ops == 0) return;
   if (!client->tx_failed) {
-    for (int i = 0; i < client->ntx_ops; i++) {
-      pgs_set_op_t *op = &client->tx_ops[i];
+    for (int i = 0; i < client->session.ntx_ops; i++) {
+      pgs_set_op_t *op = &client->session.tx_ops[i];
       switch (op->kind) {
       case PGS_SET_OP_SET:
         /* A new session authorization ends any SET ROLE. */
@@ -435,8 +433,8 @@ static void commit_tx_ops(pgs_client_t *client) {
     bool has_startup = false;
     int linked = 0;
     for (int i = 0; i < client->nsettings; i++) has_startup |= client->settings[i].startup;
-    for (int i = 0; i < client->nslots; i++) linked += client->servers[i] != NULL;
-    for (int i = 0; i < client->nslots; i++)
+    for (int i = 0; i < client->session.nslots; i++) linked += client->servers[i] != NULL;
+    for (int i = 0; i < client->session.nslots; i++)
       if (client->servers[i])
         client->servers[i]->settings_hash =
             (reset_startup && has_startup) || linked > 1 ? 1 : client->settings_hash;
@@ -465,7 +463,7 @@ static void replay_settings(pgs_client_t *client, pgs_server_t *server) {
  * a routing client, told "on" at login, gets it on there. The next client
  * replays from RESET ALL (settings_hash 1: unknown). */
 static void force_standard_strings(pgs_client_t *client, pgs_server_t *server) {
-  if (!client->routing || !server->login_scs_off) return;
+  if (!client->session.routing || !server->login_scs_off) return;
   pgs_server_inject_query(server, "SET standard_conforming_strings = on",
                           pgs_rule_internal(PGS_ON_ERROR_OWNER));
   server->settings_hash = 1;
@@ -478,7 +476,7 @@ void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t
   /* A part of a cross-shard read: the read's one error is counted when it
    * reaches the client (fanout.c), not each part's. */
   if (type == 'E' && client->fan == NULL) pgs_account_error(client, body, len);
-  if (client->ntx_ops == 0) return;
+  if (client->session.ntx_ops == 0) return;
   if (type == 'S') {
     note_reported(client, body, len);
     return;
@@ -513,9 +511,9 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
   snprintf(ms, sizeof(ms), "%.3f", (double)us / 1000.0);
   char shard_ms[512] = "";
   size_t n = 0, t = 0;
-  for (int i = 0; i < client->nslots && i < 64 && n < sizeof(shards); i++) {
+  for (int i = 0; i < client->session.nslots && i < 64 && n < sizeof(shards); i++) {
     if (!(client->request_slots & ((uint64_t)1 << i))) continue;
-    const char *name = client->db->shards[i / 2].name, *role = (i & 1) ? "(replica)" : "";
+    const char *name = client->session.db->shards[i / 2].name, *role = (i & 1) ? "(replica)" : "";
     n += (size_t)snprintf(shards + n, sizeof(shards) - n, "%s%s%s", n ? "," : "", name, role);
     /* Its time there: from the first message sent to its last ReadyForQuery. */
     const uint64_t *at = client->request_shard_us && i < client->request_shard_cap
@@ -534,7 +532,7 @@ static void log_slow_request(pgs_client_t *client, uint64_t us, char status) {
       {"shards", shards[0] ? shards : NULL},
       {"shard_ms", shard_ms[0] ? shard_ms : NULL},
       {"tx", tx},
-      {"error", client->ex.request_failed ? "true" : NULL},
+      {"error", client->session.ex.request_failed ? "true" : NULL},
       {"sqlstate", client->request_sqlstate[0] ? client->request_sqlstate : NULL},
       {"sql", client->request_text && client->request_text[0] ? client->request_text : NULL},
       {"traceparent",
@@ -555,10 +553,10 @@ static void count_query(pgs_client_t *client, uint64_t us) {
       pgs_query_stats_get(w->queries, client->dbname, client->request_query, "(text evicted)");
   q->calls++;
   q->total_us += us;
-  if (client->ex.request_failed) q->errors++;
+  if (client->session.ex.request_failed) q->errors++;
   int shards = 0;
   uint64_t seen = 0;
-  for (int i = 0; i < client->nslots && i < 64; i++)
+  for (int i = 0; i < client->session.nslots && i < 64; i++)
     if ((client->request_slots >> i) & 1 && !((seen >> (i / 2)) & 1)) {
       seen |= (uint64_t)1 << (i / 2);
       shards++;
@@ -578,7 +576,7 @@ static void count_request(pgs_client_t *client, char status) {
   if (slow >= 0 && us >= (uint64_t)slow * 1000) log_slow_request(client, us, status);
   st->requests++;
   if (status == 'I') st->transactions++;
-  if (client->ex.request_failed) st->errors++;
+  if (client->session.ex.request_failed) st->errors++;
   pgs_hist_add(&st->latency, us);
   count_query(client, us);
   st->bytes_in += client->io.read_total - client->io.counted_in;
@@ -586,7 +584,7 @@ static void count_request(pgs_client_t *client, char status) {
   client->io.counted_in = client->io.read_total;
   client->io.counted_out = client->io.out_total;
   client->request_start_us = 0;
-  client->ex.request_failed = false;
+  client->session.ex.request_failed = false;
 }
 
 void pgs_client_after_ready(pgs_client_t *client, char status) {
@@ -595,7 +593,7 @@ void pgs_client_after_ready(pgs_client_t *client, char status) {
   client->active_ms = pgs_now_ms(); /* idle from now on, unless it sends */
   if (status == 'I') {
     commit_tx_ops(client);
-    pgs_request_tx_done(client);
+    pgs_session_tx_done(&client->session, pgs_now_ms());
   } else if (status == 'E')
     client->tx_failed = true;
 }
@@ -614,7 +612,7 @@ static void finish_login(pgs_client_t *client, const pgs_param_t *params) {
   size_t mark = pgs_io_scratch_mark(&client->io);
   for (int i = 0; i < pool->nparams; i++) {
     pgs_msg_parameter_status(out, params[i].name, params[i].value);
-    pgs_request_on_parameter_status(client, params[i].name, params[i].value);
+    pgs_session_on_parameter_status(&client->session, params[i].name, params[i].value);
   }
   pgs_msg_backend_key(out, client->cancel_pid, client->cancel_key);
   client->txstatus = 'I';
@@ -769,7 +767,7 @@ static void login_ok(pgs_client_t *client) {
                     client->dbname);
     return;
   }
-  client->db = db;
+  client->session.db = db;
   client->stats = pgs_account_db_stats(client->worker, db->name);
   if (db->pool_mode == PGS_POOL_SESSION) {
     client->startup_options = take_startup_options(client);
@@ -778,17 +776,17 @@ static void login_ok(pgs_client_t *client) {
      * (replay's first word) does not undo: keep the server, DISCARD ALL it. */
     for (int i = 0; i < client->nsettings; i++)
       if (client->settings[i].startup && pgs_session_is_role(client->settings[i].name))
-        client->pinned = true;
+        client->session.pinned = true;
   }
   pgs_key_error_t kerr;
-  if (!pgs_request_startup_tenant(client, &kerr)) {
-    pgs_client_fail(client, kerr.sqlstate, "tenant \"%s\": %s", client->startup_tenant,
+  if (!pgs_session_startup_tenant(&client->session, &kerr)) {
+    pgs_client_fail(client, kerr.sqlstate, "tenant \"%s\": %s", client->session.startup_tenant,
                     kerr.message);
     return;
   }
   pgs_request_init(client);
   int node;
-  client->want_slot = pgs_request_login_slot(client, &node);
+  client->want_slot = pgs_session_login_slot(&client->session, &node);
   client->pool = pgs_pool_get(client->worker, client->config, db, client->user, 0, node,
                               client->startup_options);
   client->pools[node] = client->pool;
@@ -818,8 +816,8 @@ static void login_ok(pgs_client_t *client) {
 static bool startup_pgshard_setting(pgs_client_t *client, const char *name, const char *value) {
   if (strncasecmp(name, "pgshard.", 8) != 0) return false;
   if (!strcasecmp(name + 8, "tenant")) {
-    free(client->startup_tenant);
-    client->startup_tenant = pgs_xstrdup(value);
+    free(client->session.startup_tenant);
+    client->session.startup_tenant = pgs_xstrdup(value);
   }
   return true;
 }
@@ -1158,6 +1156,7 @@ void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
   int slot = client->want_slot;
   PGS_ASSERT(client->servers[slot] == NULL);
   client->servers[slot] = server;
+  client->session.linked |= (uint64_t)1 << slot;
   server->shard = slot;
   server->client = client;
   (void)pgs_io_start_reading(&server->io); /* whatever its last client left */
@@ -1199,7 +1198,7 @@ void pgs_client_server_lost(pgs_client_t *client, const char *why) {
 /* ---- cancel ---- */
 
 void pgs_client_cancel(pgs_client_t *client) {
-  for (int i = 0; i < client->nslots; i++)
+  for (int i = 0; i < client->session.nslots; i++)
     if (client->servers[i]) pgs_server_cancel(client->servers[i], "the client's CancelRequest");
   if (client->state == PGS_CL_WAITING && client->wait_pool) {
     /* What waits for a server (a fan's part, a statement reaching another
@@ -1252,7 +1251,7 @@ static void client_on_error(pgs_io_t *io, int status) {
 
 static void client_on_drained(pgs_io_t *io) {
   pgs_client_t *client = io->owner;
-  for (int i = 0; i < client->nslots; i++)
+  for (int i = 0; i < client->session.nslots; i++)
     if (client->servers[i] && client->state != PGS_CL_CLOSING)
       pgs_server_process(client->servers[i]);
   /* A client paused because it did not read its replies goes on. */
@@ -1276,9 +1275,10 @@ void pgs_client_process(pgs_client_t *client) {
  * pgshard stopped reading is waiting for pgshard, not idle. */
 static bool client_idle(const pgs_client_t *client) {
   if ((client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) || !client->io.reading ||
-      pgs_state_planned(client) || client->fan || client->unit_mask || client->ex.ready_pending > 0)
+      pgs_session_planned(&client->session) || client->fan || client->session.unit_mask ||
+      client->session.ex.ready_pending > 0)
     return false;
-  for (int i = 0; i < client->nslots; i++)
+  for (int i = 0; i < client->session.nslots; i++)
     if (client->servers[i] && !pgs_server_expect_idle(client->servers[i])) return false;
   return true;
 }
@@ -1358,7 +1358,7 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
   client->created_ms = pgs_now_ms();
   client->active_ms = client->created_ms;
   pgs_list_init(&client->wait_link);
-  pgs_strmap_init(&client->stmts);
+  pgs_strmap_init(&client->session.stmts);
   pgs_io_init(&client->io, client,
               (size_t)worker->config->max_message_size + 5 + PGS_IO_READ_CHUNK);
   client->io.on_read = client_on_read;

@@ -37,11 +37,10 @@
 #include "pgshard/log.h"
 #include "pgshard/fanout.h"
 #include "pgshard/server.h"
-#include "pgshard/state.h"
 #include "pgshard/stats.h"
 
-pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
-                         int64_t offset, bool simple) {
+static pgs_fan_t *fan_new(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
+                          int64_t offset, bool simple) {
   PGS_ASSERT(client->fan == NULL);
   pgs_fan_t *fan = pgs_xcalloc(1, sizeof(*fan));
   plan->refcount++;
@@ -50,9 +49,7 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
   fan->simple = simple;
   fan->owner = client;
   fan->copy = plan->kind == PGS_STMT_COPY_TO || plan->kind == PGS_STMT_COPY_FROM;
-  const pgs_merge_spec_t *spec = plan->merge;
-  fan->streams = fan->copy || spec == NULL ||
-                 (!spec->grouped && !spec->distinct && spec->nkeys == 0 && spec->nhidden == 0);
+  fan->streams = pgs_plan_streams(plan);
   if (plan->merge)
     fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(slots), limit, offset,
                                (size_t)client->config->max_merge_bytes);
@@ -88,7 +85,7 @@ static int fan_part(const pgs_fan_t *fan, int slot) {
 static void fan_stop_parts(pgs_fan_t *fan, int except) {
   pgs_client_t *client = fan->owner;
   if (fan->copy_in) return;
-  for (int i = 0; i < client->nslots; i++) {
+  for (int i = 0; i < client->session.nslots; i++) {
     pgs_server_t *server = client->servers[i];
     if (i == except || server == NULL || !(fan->slots & ~fan->done & (UINT64_C(1) << i))) continue;
     pgs_server_cancel(server, "another part of its cross-shard statement failed");
@@ -138,7 +135,7 @@ static void fan_fail_merge(pgs_fan_t *fan) {
  * but the end of a failed COMMIT reaches the client. */
 static void fan_settle(pgs_client_t *client, pgs_fan_t *fan) {
   bool failed = fan->error.len > 0;
-  for (int i = 0; i < client->nslots; i++) {
+  for (int i = 0; i < client->session.nslots; i++) {
     pgs_server_t *server = client->servers[i];
     if (server == NULL || !(fan->slots & (UINT64_C(1) << i))) continue;
     size_t mark = pgs_io_scratch_mark(&server->io);
@@ -146,7 +143,7 @@ static void fan_settle(pgs_client_t *client, pgs_fan_t *fan) {
     pgs_io_scratch_done(&server->io, mark);
     pgs_reply_rule_t rule = {.complete = PGS_ON_COMPLETE_COUNT, .ready = PGS_ON_READY_LAST_OF_N};
     pgs_server_expect(server, PGS_EXP_QUERY, rule, NULL);
-    client->ex.ready_pending++;
+    client->session.ex.ready_pending++;
     if (pgs_server_flush(server) < 0) server->dirty = true;
   }
 }
@@ -161,7 +158,7 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   uint64_t rows = 0;
   client->fan = NULL;
   if (fan->skipped) {
-    if (!fan->synced) pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    if (!fan->synced) pgs_session_set_unit(&client->session, PGS_UNIT_SKIP_TO_SYNC);
     pgs_fan_free(fan);
     return;
   }
@@ -171,12 +168,12 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
   if (fan->error.len > 0) {
     pgs_buf_put(out, fan->error.data, fan->error.len);
     if (fan->error.len > 5) pgs_account_error(client, fan->error.data + 5, fan->error.len - 5);
-    pgs_state_message_failed(client);
+    pgs_session_message_failed(&client->session);
     /* An error of pgshard's own inside a transaction aborts it, as any
      * error would in PostgreSQL (no server failed to say so). */
-    if (fan->own_error) pgs_state_tx_failed(client);
+    if (fan->own_error) pgs_session_tx_failed(&client->session);
     /* Skip to Sync, as PostgreSQL, unless the Sync is out already. */
-    if (!fan->simple && !fan->synced) pgs_state_set_unit(client, PGS_UNIT_SKIP_TO_SYNC);
+    if (!fan->simple && !fan->synced) pgs_session_set_unit(&client->session, PGS_UNIT_SKIP_TO_SYNC);
   } else {
     char tag[48];
     if (fan->copy) {
@@ -231,7 +228,7 @@ static pgs_fan_action_t fan_describe(pgs_fan_t *fan, const uint8_t *m, size_t to
 
 /* Every part still copying gets a CopyFail. */
 static void copy_in_abort(pgs_client_t *client, pgs_fan_t *fan, const char *why) {
-  for (int i = 0; i < client->nslots; i++) {
+  for (int i = 0; i < client->session.nslots; i++) {
     uint64_t bit = UINT64_C(1) << i;
     pgs_server_t *server = client->servers[i];
     if (!(fan->slots & bit) || (fan->copy_ended & bit) || server == NULL) continue;
@@ -258,7 +255,7 @@ static void copy_row_cb(void *ctx, int shard, const uint8_t *row, size_t len) {
   if (fan->error.len > 0) return;
   if (shard >= 0) {
     fan->copy_shards |= UINT64_C(1) << shard;
-    if (client->db->cross_shard_writes == PGS_XWRITE_DENY &&
+    if (client->session.db->cross_shard_writes == PGS_XWRITE_DENY &&
         __builtin_popcountll(fan->copy_shards) > 1) {
       copy_in_fail(client, fan, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                    "COPY rows belong to several shards (cross_shard_writes = deny); set "
@@ -267,37 +264,29 @@ static void copy_row_cb(void *ctx, int shard, const uint8_t *row, size_t len) {
       return;
     }
   }
-  for (int i = 0; i < client->nslots; i++) {
+  for (int i = 0; i < client->session.nslots; i++) {
     if (!(fan->slots & (UINT64_C(1) << i)) || (shard >= 0 && i != 2 * shard)) continue;
     pgs_buf_put(&fan->batch[i], row, len);
   }
 }
 
-pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
-                                 const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
-                                 bool own_tx, pgs_key_error_t *err) {
-  pgs_fan_t *fan = pgs_fan_start(client, plan, slots, -1, 0, true);
+pgs_fan_t *pgs_fan_start(pgs_client_t *client, const pgs_fan_order_t *order) {
+  pgs_plan_t *plan = order->plan;
+  pgs_fan_t *fan = fan_new(client, plan, order->slots, order->limit, order->offset, order->simple);
+  if (!order->copy_in) return fan;
   fan->copy_in = true;
-  fan->own_tx = own_tx;
+  fan->own_tx = order->own_tx;
   fan->batch = pgs_xcalloc(64, sizeof(*fan->batch));
-  if (plan->table) {
-    fan->split =
-        pgs_copy_split_new(spec, client->db, plan->table, plan->copy_key_column, spec->ncolumns,
-                           (size_t)client->config->max_message_size, session, copy_row_cb, client);
-    if (fan->split == NULL) {
-      snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", PGS_SQLSTATE_FEATURE_NOT_SUPPORTED);
-      snprintf(err->message, sizeof(err->message), "cannot split this COPY by shard");
-      client->fan = NULL;
-      pgs_fan_free(fan);
-      return NULL;
-    }
-  }
+  if (plan->table)
+    fan->split = pgs_copy_split_new(
+        &order->spec, client->session.db, plan->table, plan->copy_key_column, order->spec.ncolumns,
+        (size_t)client->config->max_message_size, &order->route, copy_row_cb, client);
   return fan;
 }
 
 /* Each part's batch as one CopyData. */
 static void copy_in_flush(pgs_client_t *client, pgs_fan_t *fan) {
-  for (int i = 0; i < client->nslots; i++) {
+  for (int i = 0; i < client->session.nslots; i++) {
     pgs_buf_t *batch = &fan->batch[i];
     pgs_server_t *server = client->servers[i];
     if (batch->len == 0) continue;
@@ -331,7 +320,7 @@ void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, siz
   copy_in_flush(client, fan);
   if (fan->split && type == 'd') return;
   /* CopyDone, CopyFail, or a reference table's data: to every part. */
-  for (int i = 0; i < client->nslots; i++) {
+  for (int i = 0; i < client->session.nslots; i++) {
     pgs_server_t *server = client->servers[i];
     if ((fan->slots & (UINT64_C(1) << i)) && server) pgs_io_emit(&server->io, p, total);
   }
@@ -392,7 +381,7 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
     if (!fan->simple || !fan_part_done(client, fan, slot)) return PGS_FAN_DROP;
     /* The last part: the client's ReadyForQuery, unless its parts'
      * transactions are still ending (fan_settle). */
-    return client->ex.ready_pending > 0 ? PGS_FAN_DROP : PGS_FAN_READY;
+    return client->session.ex.ready_pending > 0 ? PGS_FAN_DROP : PGS_FAN_READY;
   case 'N':
   case 'S':
   case 'A':
@@ -414,7 +403,7 @@ bool pgs_fan_part_lost(pgs_client_t *client, int slot, const char *why) {
   bool simple = fan->simple;
   if (!fan_part_done(client, fan, slot) || !simple) return false;
   /* Its own will not come (nor, settling, before the others end theirs). */
-  return client->ex.ready_pending == 0;
+  return client->session.ex.ready_pending == 0;
 }
 
 bool pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sqlstate,
@@ -433,7 +422,7 @@ bool pgs_fan_parts_unserved(pgs_client_t *client, uint64_t slots, const char *sq
   if (fan->done != fan->slots) return false; /* the parts sent end it when they answer */
   fan_finish(client, fan);
   /* No part's will come (nor, settling, before the parts end theirs). */
-  return simple && client->ex.ready_pending == 0;
+  return simple && client->session.ex.ready_pending == 0;
 }
 
 void pgs_fan_part_skipped(pgs_client_t *client, int slot) {

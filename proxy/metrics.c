@@ -90,8 +90,8 @@ static void metrics_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param)
   uint32_t n = 0;
   for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
     pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
-    if (c->db == NULL && !c->admin) continue; /* still logging in */
-    const char *db = c->admin ? "pgshard" : c->db->name;
+    if (c->session.db == NULL && !c->admin) continue; /* still logging in */
+    const char *db = c->admin ? "pgshard" : c->session.db->name;
     uint32_t k = 0;
     while (k < n && strcmp(recs[k].db, db) != 0) k++;
     if (k == n) {

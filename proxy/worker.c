@@ -85,7 +85,7 @@ static void drain_idle_clients(pgs_worker_t *worker) {
   for (pgs_list_t *l = worker->clients.next; l != &worker->clients;) {
     pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
     l = l->next;
-    if (client->state == PGS_CL_IDLE && !pgs_exchange_in_tx(&client->ex) &&
+    if (client->state == PGS_CL_IDLE && !pgs_exchange_in_tx(&client->session.ex) &&
         client->io.in_pos == client->io.in.len)
       pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
   }

@@ -7,20 +7,17 @@
 
 #include "pgshard/proxy.h"
 
-pgs_fan_t *pgs_fan_start(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
-                         int64_t offset, bool simple);
+/* The fan ORDER (planner.h) names: a read on several shards at once, rows
+ * merged; or COPY ... FROM STDIN on each, which takes the client's
+ * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends
+ * (own_tx: each part runs in a transaction begun on its server, committed
+ * when every part succeeded, else rolled back). */
+pgs_fan_t *pgs_fan_start(pgs_client_t *client, const pgs_fan_order_t *order);
 void pgs_fan_free(pgs_fan_t *fan);
 /* A reply (whole message M of TOTAL bytes) from the server in SLOT to a
  * part of the client's fan. */
 pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const uint8_t *m,
                                size_t total);
-/* COPY ... FROM STDIN on every shard of SLOTS: the fan takes the client's
- * CopyData, CopyDone and CopyFail (pgs_fan_copy_message) until it ends.
- * OWN_TX: each part runs in a transaction the caller began on its server,
- * committed when every part succeeded, else rolled back. */
-pgs_fan_t *pgs_fan_start_copy_in(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots,
-                                 const pgs_copy_spec_t *spec, const pgs_route_session_t *session,
-                                 bool own_tx, pgs_key_error_t *err);
 /* One of the client's COPY messages (P, TOTAL bytes) while a COPY FROM
  * fan runs: split, copied or dropped (after a failure). */
 void pgs_fan_copy_message(pgs_client_t *client, char type, const uint8_t *p, size_t total);

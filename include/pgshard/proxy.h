@@ -1,12 +1,12 @@
 /*
  * proxy.h — the proxy's runtime objects: workers, clients, servers and
- * pools, their steps, portals and fans, and the tables lower modules report
- * upwards through. Types only: each module's functions are declared in its
- * own header (io.h, client.h, request.h, state.h, steps.h, coordinator.h,
- * fanout.h, server.h, pool.h, worker.h, console.h), and a module includes
- * the headers of the modules it calls, so the includes show the layers:
- * worker -> client -> request -> {fanout, coordinator} -> steps -> state,
- * and request -> pool -> server -> io.
+ * pools, their fans, and the tables lower modules report upwards through
+ * (a client's session, steps and portals are the planner's: planner.h).
+ * Types only: each module's functions are declared in its own header (io.h,
+ * client.h, request.h, coordinator.h, fanout.h, server.h, pool.h,
+ * worker.h, console.h), and a module includes the headers of the modules
+ * it calls, so the includes show the layers: worker -> client -> request
+ * -> {fanout, coordinator}, and request -> pool -> server -> io.
  *
  * Threads: the main thread owns signals and config reload; each worker owns
  * one libuv loop and every client, server and pool on it. Nothing here is
@@ -34,6 +34,7 @@
 #include "pgshard/exchange.h"
 #include "pgshard/merge.h"
 #include "pgshard/monitor.h"
+#include "pgshard/planner.h"
 #include "pgshard/proto.h"
 #include "pgshard/route.h"
 #include "pgshard/session.h"
@@ -65,8 +66,7 @@ static inline void pgs_list_remove(pgs_list_t *node) {
 
 /* ---- clients (client.c) ---- */
 
-#define PGS_CLIENT_MAX_STATEMENTS 10000 /* prepared statements one client may keep */
-#define PGS_REQUEST_TEXT_MAX 200        /* bytes of a statement the slow-request log shows */
+#define PGS_REQUEST_TEXT_MAX 200 /* bytes of a statement the slow-request log shows */
 
 typedef enum {
   PGS_CL_STARTUP, /* reading the startup packet (maybe after SSLRequest) */
@@ -85,110 +85,6 @@ typedef struct pgs_setting {
   char *value;  /* its value when one constant (startup parameters: as sent), else NULL */
   bool startup; /* from the startup packet: survives RESET ALL */
 } pgs_setting_t;
-
-typedef struct pgs_client_stmt {
-  char server_name[24]; /* "pgs_<16 hex>": same text+types, same name */
-  pgs_buf_t parse_body; /* Parse body after the statement name */
-  /* Routing only: the analysed statement, its literals and declared types. */
-  pgs_plan_t *plan;
-  pgs_lexed_t *lx;
-  uint32_t *type_oids;
-  int ntypes;
-  bool drops_prepared; /* DISCARD ALL / DEALLOCATE ALL */
-  /* A read that may run on several shards: the shards' variant of the
-   * statement (merge.h: hidden columns, LIMIT pushed down), prepared under
-   * its own name; built at the first merged Bind. */
-  char merge_name[24];
-  pgs_buf_t merge_body;
-  /* Bytes charged to the client's memory (max_client_memory), given back
-   * when the statement is freed. */
-  struct pgs_client *owner;
-  size_t charged;
-} pgs_client_stmt_t;
-
-/* One thing to do for a client message (request.c): send something to one
- * shard's server, or reply to the client without a server. A message that
- * needs several (a fan-out, a Sync closing several servers) becomes several
- * steps, run in order; a step for another server than the last one waits
- * until every other server has answered, so replies reach the client in
- * request order. */
-typedef enum {
-  PGS_STEP_FORWARD,  /* the client's message, to shard (statement names mapped) */
-  PGS_STEP_PARSE,    /* the client's Parse: prepare stmt on shard, visibly */
-  PGS_STEP_QUERY,    /* a Query with text */
-  PGS_STEP_EXEC_SQL, /* text through Parse/Bind/Execute of the unnamed statement */
-  PGS_STEP_SYNC,     /* Sync (internal: its ReadyForQuery is not the client's) */
-  PGS_STEP_REPLY,    /* reply made up by pgshard: type `reply`, 'C' with tag text */
-  PGS_STEP_ERROR,    /* ErrorResponse made up by pgshard: text "SQLSTATE\0message" */
-  PGS_STEP_FAN_EXEC, /* a merged portal's part: Describe (for the merge) + Execute */
-  PGS_STEP_INJECT,   /* text as pgshard's own statement (replies swallowed
-                        unless its rule says otherwise) */
-  PGS_STEP_TWOPC,    /* a two-phase commit phase (`phase`), run when the servers
-                        have answered: it plans the steps that follow */
-} pgs_step_op_t;
-
-/* Why a step goes to the server it goes to. In routing mode every message
- * pgshard hands a server has a reason other than NONE and PASSTHROUGH; the
- * one place that hands messages to servers (request.c, issue) refuses any
- * other. */
-typedef enum {
-  PGS_PLACED_NONE,        /* no server: a reply pgshard makes itself */
-  PGS_PLACED_ROUTE,       /* the router's decision: a key, hint or tenant, the
-                             policy for several shards, or where a portal so
-                             placed was bound */
-  PGS_PLACED_SESSION,     /* no data: where the session's servers are (SET,
-                             transaction ends, Sync, Flush, COPY data of the
-                             COPY in progress, Describe of a statement, a
-                             Parse whose Bind routes it later) */
-  PGS_PLACED_INTERNAL,    /* pgshard's own statement (BEGIN replay, 2PC) */
-  PGS_PLACED_PASSTHROUGH, /* one shard, nothing routed: a plain pooler */
-} pgs_placed_t;
-
-typedef struct pgs_step {
-  int16_t shard;  /* slot (see pgs_client_t), -1: no server */
-  uint8_t placed; /* pgs_placed_t */
-  int8_t node;    /* the shard node to take a server from when none is linked */
-  uint8_t op;
-  uint8_t phase;         /* TWOPC: pgs_twopc_phase_t */
-  pgs_reply_rule_t rule; /* what the client sees of the replies */
-  char reply;            /* REPLY: the message type */
-  bool internal;
-  bool drain_all;       /* wait until every server has answered, the same one too */
-  bool always;          /* runs even when an earlier part of the message failed */
-  bool forget_prepared; /* the statement drops the server's prepared statements */
-  bool concurrent;      /* a part of a fan-out read: runs without waiting for the others */
-  bool drain_others;    /* first part of a fan: waits for the servers outside it only */
-  bool extended;        /* INJECT: through Parse/Bind/Execute (inside an extended unit) */
-  bool merged;          /* Bind/Parse of the shards' variant of the statement (merge.h) */
-  bool gid;             /* INJECT: names the client's 2PC gid (PREPARE TRANSACTION,
-                      COMMIT or ROLLBACK PREPARED) */
-  char *text;
-  struct pgs_client_stmt *stmt;
-} pgs_step_t;
-
-/* A portal the client bound: the shards it was bound on, or none when
- * pgshard answers it itself (transaction control, pgshard settings). */
-typedef struct pgs_portal {
-  uint64_t mask;
-  uint8_t placed; /* pgs_placed_t of its Bind */
-  pgs_stmt_kind_t kind;
-  bool copies;    /* fans out to copies (DDL, reference tables) */
-  bool read_only; /* BEGIN READ ONLY */
-  bool drops_prepared;
-  char *sql;              /* local portals: the statement */
-  pgs_plan_t *merge_plan; /* merged over several shards: the plan (ref), its spec */
-  int64_t limit, offset;  /* the Bind's LIMIT/OFFSET values for the merge */
-  /* Merged: the Bind went to one part (its reply is the client's); the
-   * others get it with their Execute, inside the fan, so the Bind costs no
-   * round trip. What they are sent: the shards' statement (name, Parse
-   * body) and Bind, copied (the client may close the statement first). */
-  uint64_t unbound;
-  char merge_name[24];
-  pgs_buf_t merge_body;
-  pgs_buf_t merge_bind;
-  struct pgs_client *owner; /* charged `charged` bytes of its memory */
-  size_t charged;
-} pgs_portal_t;
 
 /* A read running on several shards at once, its rows merged (fanout.c).
  * Replies of its parts never reach the client directly: pgs_fan_reply
@@ -232,26 +128,17 @@ typedef enum {
   PGS_FAN_READY,   /* the last part's ReadyForQuery: the merged result is out */
 } pgs_fan_action_t;
 
-/* A two-phase commit in progress (cross_shard_writes = 2pc, coordinator.c). */
-typedef struct pgs_twopc {
-  char gid[64];     /* PGS_GID_BUF (twophase.h); empty: none */
-  uint64_t slots;   /* slots of the transaction */
-  uint64_t written; /* of those, the ones that prepare */
-  bool simple;      /* a simple Query: pgshard sends the ReadyForQuery */
-  bool tag;         /* the client said COMMIT: answer "COMMIT" */
-} pgs_twopc_t;
-
 struct pgs_client {
   pgs_list_t link;      /* worker->clients or worker->closing */
   pgs_list_t wait_link; /* pool->waiters */
   pgs_worker_t *worker;
   pgs_client_state_t state;
   pgs_io_t io;
-  pgs_exchange_t ex;    /* its request and transaction states, and the reply
-                           bookkeeping of the message served (exchange.h) */
+  /* What planning knows of it (planner.h): its database, statements,
+   * portals, transaction, plan, and the states of its requests. */
+  pgs_session_t session;
   pgs_config_t *config; /* ref taken at login */
   const pgs_user_t *user;
-  const pgs_database_t *db;
   struct pgs_db_stats *stats; /* its database's counters on its worker (NULL before login) */
   uint64_t request_start_us;  /* first message of the request being served, 0: none */
   uint64_t request_id;        /* the request's number on its worker (logs: "c<client>.<n>") */
@@ -294,68 +181,23 @@ struct pgs_client {
   /* session state */
   pgs_setting_t *settings;
   int nsettings;
-  uint64_t settings_hash;                   /* 0: no settings */
-  pgs_set_op_t tx_ops[PGS_SESSION_MAX_OPS]; /* SET/RESET awaiting commit */
-  int ntx_ops;
-  bool tx_failed;        /* the transaction holding tx_ops failed or rolled back */
-  bool pinned;           /* session state that cannot move: keep the server */
-  bool paused;           /* its database is paused (admin PAUSE): it waits, not read,
-                      before its next transaction until RESUME */
-  bool temp;             /* made temporary objects: its servers are closed, not reused */
-  char *startup_options; /* session pooling: startup parameters as libpq options
-                            ("-c name=value ..."), given to its servers at login */
-  char txstatus;         /* last ReadyForQuery status sent */
-  pgs_strmap_t stmts;    /* client statement name -> pgs_client_stmt_t */
+  uint64_t settings_hash; /* 0: no settings */
+  bool tx_failed;         /* the transaction holding session.tx_ops failed or rolled back */
+  bool paused;            /* its database is paused (admin PAUSE): it waits, not read,
+                             before its next transaction until RESUME */
+  char *startup_options;  /* session pooling: startup parameters as libpq options
+                             ("-c name=value ..."), given to its servers at login */
+  char txstatus;          /* last ReadyForQuery status sent */
   int pending_closes;
-  /* routing (request.c) */
-  bool routing; /* analyse and route (several shards, or a tenant) */
-  bool scs_off; /* a server said standard_conforming_strings is off */
-  /* A slot per shard and role: 2 * shard for the shard's writer, 2 * shard
-   * + 1 for one of its replicas. Steps, servers and the masks below are by
-   * slot. */
-  int nslots;
+  /* Its servers, by slot (planner.h: 2 * shard the writer, 2 * shard + 1
+   * a replica); session.linked has a bit for each that is set. */
   pgs_server_t **servers; /* per slot: linked server or NULL */
   pgs_pool_t **pools;     /* per shard node (shard * pool_stride + node), on first use */
   int pool_stride;
-  int cur;               /* slot of client->server, -1 none */
   int want_slot;         /* the slot it waits for a server for */
   pgs_pool_t *wait_pool; /* the pool it waits in */
   int want_node;
-  int last_shard;     /* where the last routed statement went */
-  uint64_t unit_mask; /* slots sent extended messages since the last Sync */
-  uint64_t tx_mask;   /* slots the transaction has begun on */
-  uint64_t tx_wrote;  /* shards written since the last ReadyForQuery 'I' */
-  /* read-your-writes */
-  bool wrote_ever;
-  uint64_t last_write_ms;
-  uint64_t *ryw_commit_ms; /* per shard: when a write there committed, 0 when known */
-  uint64_t *ryw_lsn;       /* per shard: the LSN replicas must have replayed */
-  int route_pref;          /* SET pgshard.route: 0 auto, 1 primary, 2 replica */
-  int8_t *picked;          /* per shard: the replica node chosen for its replica slot */
-  int ryw_pref;            /* SET pgshard.read_your_writes: -1 the database's, else pgs_ryw_t */
-  int tx_write_shard;      /* the shard this transaction wrote on, -1 */
-  char *begin_sql;         /* how the client began it, replayed on each shard */
-  /* Its SET [LOCAL], RESET and savepoints so far, "...;" each, replayed
-   * after begin_sql on each shard it reaches later; the statement being
-   * run is added once its steps are done (tx_replay_next). */
-  pgs_buf_t tx_replay;
-  char *tx_replay_next;
-  int hint_shard;       /* SET pgshard.shard, -1 */
-  pgs_key_t *tenant;    /* SET pgshard.tenant / -c pgshard.tenant */
-  char *startup_tenant; /* -c pgshard.tenant until login types it */
-  char *tenant_text;    /* the tenant as set, typed again after a reload */
-  pgs_step_t *steps;
-  int nsteps, step_next, steps_cap;
-  pgs_strmap_t portals; /* portal name -> pgs_portal_t */
-  pgs_lexed_t lx;       /* lexer scratch for simple queries */
-  int *row_shard;       /* route scratch */
-  int row_shard_cap;
-  pgs_fan_t *fan;          /* a merged read in flight */
-  pgs_twopc_t twopc;       /* a two-phase commit in progress (coordinator.c) */
-  const uint8_t **pv_data; /* Bind parameter scratch */
-  int32_t *pv_len;
-  int16_t *pv_fmt;
-  int pv_cap;
+  pgs_fan_t *fan; /* a merged read in flight */
 };
 
 /* What the client connection does for the layers that serve its requests

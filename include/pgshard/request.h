@@ -25,21 +25,11 @@ void pgs_request_unlink(pgs_client_t *client, pgs_server_t *server);
 char pgs_request_ready_status(const pgs_client_t *client);
 /* ReadyForQuery with that status, made by pgshard, and what follows it. */
 void pgs_request_send_ready(pgs_client_t *client);
-void pgs_request_free_stmt(void *stmt);
-/* Where a client logs in (reads the server's parameters): a slot of shard
- * 0 and the node in *NODE. */
-int pgs_request_login_slot(pgs_client_t *client, int *node);
-/* A ReadyForQuery 'I': writes since the last one are committed (read-your-writes). */
-void pgs_request_tx_done(pgs_client_t *client);
 /* A client waiting for a server for a part of its fan was refused one:
  * handled as the fan's failure (true), or not a fan part (false). */
 bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const char *why);
 /* Give every server back when the client is between transactions. */
 bool pgs_request_maybe_release(pgs_client_t *client);
-/* A ParameterStatus from one of the client's servers (or at login). */
-void pgs_request_on_parameter_status(pgs_client_t *client, const char *name, const char *value);
-/* Type the tenant a client named at startup (-c pgshard.tenant=...). */
-bool pgs_request_startup_tenant(pgs_client_t *client, pgs_key_error_t *err);
 /* The client side of servers (server.c's owner table). */
 extern const pgs_server_owner_t pgs_request_server_owner;
 

@@ -1,0 +1,1936 @@
+/*
+ * planner.c — a client message and its session become steps (planner.h has
+ * the plans message by message). Pure: what it needs of the running proxy
+ * comes through the session's operations table, and what it decides is
+ * data (steps, a fan to start, state changes through the setters below),
+ * which request.c carries out.
+ *
+ * Layout: the session's states (setters checked against exchange.c's
+ * tables), steps, statements and portals, placement over primaries and
+ * replicas, pgshard's own settings, then the plans: Query, Parse, Bind,
+ * Describe/Execute/Close of portals, Sync, and the pass-through pooler's.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "pgshard/log.h"
+#include "pgshard/merge.h"
+#include "pgshard/planner.h"
+#include "pgshard/reserved.h"
+#include "pgshard/shardmap.h"
+
+#define BIT(i) ((uint64_t)1 << (i))
+
+/* ---- states ---- */
+
+static void engine_bug(const pgs_session_t *s, const char *what, const char *from, const char *to) {
+  pgs_error("client %d: %s state %s -> %s is not a transition of the engine", s->id, what, from,
+            to);
+  if (getenv("PGSHARD_STRICT")) abort();
+}
+
+void pgs_session_set_request(pgs_session_t *s, pgs_req_state_t to) {
+  pgs_req_state_t from = (pgs_req_state_t)s->ex.req;
+  if (from == to) return;
+  if (!pgs_exchange_set_req(&s->ex, to))
+    engine_bug(s, "request", pgs_req_state_name(from), pgs_req_state_name(to));
+  pgs_debug("client %d: request %s -> %s", s->id, pgs_req_state_name(from), pgs_req_state_name(to));
+}
+
+void pgs_session_set_unit(pgs_session_t *s, pgs_unit_state_t to) {
+  pgs_unit_state_t from = (pgs_unit_state_t)s->ex.unit;
+  if (from == to) return;
+  if (!pgs_exchange_set_unit(&s->ex, to))
+    engine_bug(s, "unit", pgs_unit_state_name(from), pgs_unit_state_name(to));
+  pgs_debug("client %d: unit %s -> %s", s->id, pgs_unit_state_name(from), pgs_unit_state_name(to));
+}
+
+void pgs_session_set_tx(pgs_session_t *s, pgs_tx_state_t to) {
+  pgs_tx_state_t from = (pgs_tx_state_t)s->ex.tx;
+  if (from == to) return;
+  if (!pgs_exchange_set_tx(&s->ex, to))
+    engine_bug(s, "transaction", pgs_tx_state_name(from), pgs_tx_state_name(to));
+  pgs_debug("client %d: transaction %s -> %s", s->id, pgs_tx_state_name(from),
+            pgs_tx_state_name(to));
+}
+
+void pgs_session_tx_failed(pgs_session_t *s) {
+  if (s->ex.tx == PGS_TX_OPEN) pgs_session_set_tx(s, PGS_TX_ABORTED);
+}
+
+bool pgs_session_resume(pgs_session_t *s) {
+  switch (s->ex.req) {
+  case PGS_REQ_DRAINING:
+    pgs_session_set_request(s, PGS_REQ_RUNNING);
+    return true;
+  case PGS_REQ_HELD:
+    pgs_session_set_request(s, PGS_REQ_IDLE);
+    return true;
+  default:
+    return false;
+  }
+}
+
+void pgs_session_message_failed(pgs_session_t *s) {
+  s->ex.message_error = true;
+  s->ex.request_failed = true;
+}
+
+/* ---- steps ---- */
+
+pgs_step_t *pgs_steps_add(pgs_session_t *s, int slot, pgs_step_op_t op, pgs_placed_t placed) {
+  if (s->nsteps == s->steps_cap) { /* not expected: plans fit nslots + 4 */
+    s->steps_cap *= 2;
+    s->steps = pgs_xrealloc(s->steps, sizeof(*s->steps) * (size_t)s->steps_cap);
+  }
+  pgs_step_t *st = &s->steps[s->nsteps++];
+  memset(st, 0, sizeof(*st));
+  st->shard = (int16_t)slot;
+  st->node = -1; /* the planner places it, or it is placed when it runs */
+  st->op = (uint8_t)op;
+  st->placed = (uint8_t)placed;
+  return st;
+}
+
+void pgs_steps_reply(pgs_session_t *s, char reply, const char *tag) {
+  pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_REPLY, PGS_PLACED_NONE);
+  st->reply = reply;
+  if (tag) st->text = pgs_xstrdup(tag);
+}
+
+void pgs_steps_error(pgs_session_t *s, const char *sqlstate, const char *fmt, ...) {
+  char message[1024];
+  va_list ap;
+  int n = snprintf(message, sizeof(message), "pgshard: ");
+  va_start(ap, fmt);
+  vsnprintf(message + n, sizeof(message) - (size_t)n, fmt, ap);
+  va_end(ap);
+  pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_ERROR, PGS_PLACED_NONE);
+  size_t mlen = strlen(message);
+  st->text = pgs_xmalloc(6 + mlen + 1);
+  memcpy(st->text, sqlstate, 5);
+  st->text[5] = '\0';
+  memcpy(st->text + 6, message, mlen + 1);
+  pgs_session_tx_failed(s);
+  s->ops->refused(s->ctx, sqlstate);
+  s->ex.request_failed = true;
+}
+
+void pgs_steps_inject(pgs_session_t *s, int slot, const char *text, pgs_reply_rule_t rule,
+                      bool extended) {
+  pgs_step_t *st = pgs_steps_add(s, slot, PGS_STEP_INJECT, PGS_PLACED_INTERNAL);
+  st->text = pgs_xstrdup(text);
+  st->rule = rule;
+  st->extended = extended;
+  st->internal = st->always = true;
+}
+
+void pgs_steps_clear(pgs_session_t *s) {
+  for (int i = 0; i < s->nsteps; i++) {
+    free(s->steps[i].text);
+    s->steps[i].text = NULL;
+  }
+  s->nsteps = s->step_next = 0;
+  pgs_plan_unref(s->fan_order.plan);
+  s->fan_order.plan = NULL;
+  pgs_session_set_request(s, PGS_REQ_IDLE);
+  /* A two-phase commit ends with its message's steps; one whose steps were
+   * dropped (the session failed under it) is recovery's now. */
+  if (s->ex.tx == PGS_TX_PREPARING || s->ex.tx == PGS_TX_DECIDED)
+    pgs_session_set_tx(s, PGS_TX_NONE);
+}
+
+#define add_reply pgs_steps_reply
+#define add_error pgs_steps_error
+
+/* A new message's plan starts empty. */
+static void begin_plan(pgs_session_t *s) {
+  s->nsteps = s->step_next = 0;
+  s->ex.sum = 0;
+  s->ex.copies = false;
+  s->ex.message_error = false;
+  pgs_session_set_request(s, PGS_REQ_RUNNING);
+}
+
+static void charge(pgs_session_t *s, size_t add, size_t sub) { s->ops->charge(s->ctx, add, sub); }
+
+/* ---- the session ---- */
+
+/* Reads go to replicas only if statements are analysed. */
+static bool routes(const pgs_session_t *s, const pgs_database_t *db) {
+  bool replicas = false;
+  for (int i = 0; i < db->nshards; i++) replicas |= db->shards[i].nreplicas > 0;
+  return db->nshards > 1 || s->tenant != NULL || s->tenant_text != NULL || replicas;
+}
+
+void pgs_session_init(pgs_session_t *s, const pgs_database_t *db) {
+  s->db = db;
+  s->nslots = 2 * db->nshards;
+  s->ryw_commit_ms = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  s->ryw_lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  s->ryw_pref = -1;
+  s->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
+  s->steps_cap = s->nslots + 4;
+  s->steps = pgs_xcalloc((size_t)s->steps_cap, sizeof(*s->steps));
+  s->cur = -1;
+  s->tx_write_shard = -1;
+  s->hint_shard = -1;
+  pgs_strmap_init(&s->portals);
+  pgs_lex_init(&s->lx);
+  s->routing = routes(s, db);
+}
+
+void pgs_session_free(pgs_session_t *s) {
+  if (s->steps) pgs_steps_clear(s);
+  free(s->steps);
+  s->steps = NULL;
+  free(s->ryw_commit_ms);
+  free(s->picked);
+  free(s->ryw_lsn);
+  pgs_strmap_free(&s->portals, pgs_session_free_portal);
+  pgs_lex_free(&s->lx);
+  free(s->tenant);
+  free(s->tenant_text);
+  free(s->startup_tenant);
+  free(s->begin_sql);
+  pgs_buf_free(&s->tx_replay);
+  free(s->tx_replay_next);
+  free(s->row_shard);
+  free(s->param_data);
+  free(s->param_len);
+  free(s->param_fmt);
+}
+
+bool pgs_session_needs_twopc(const pgs_session_t *s, uint64_t written_shards) {
+  return s->db->cross_shard_writes == PGS_XWRITE_2PC && __builtin_popcountll(written_shards) > 1;
+}
+
+/* Commit SLOTS (WRITTEN of them wrote) in two phases (the proxy's
+ * coordinator runs them); TAG: the client sent COMMIT (answer "COMMIT"),
+ * else the statement's own reply is out. */
+static void twopc_begin(pgs_session_t *s, uint64_t slots, uint64_t written, bool simple, bool tag) {
+  s->twopc.gid[0] = '\0'; /* named when it prepares */
+  s->twopc.slots = slots;
+  s->twopc.written = written;
+  s->twopc.simple = simple;
+  s->twopc.tag = tag;
+  pgs_session_set_tx(s, PGS_TX_PREPARING);
+  pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_TWOPC, PGS_PLACED_NONE);
+  st->phase = (uint8_t)PGS_2PC_PREPARE;
+  st->always = true;
+}
+
+bool pgs_plan_streams(const pgs_plan_t *plan) {
+  const pgs_merge_spec_t *spec = plan->merge;
+  return plan->kind == PGS_STMT_COPY_TO || plan->kind == PGS_STMT_COPY_FROM || spec == NULL ||
+         (!spec->grouped && !spec->distinct && spec->nkeys == 0 && spec->nhidden == 0);
+}
+
+/* The proxy runs PLAN on SLOTS at once (a fan), before the steps. */
+static void order_fan(pgs_session_t *s, pgs_plan_t *plan, uint64_t slots, int64_t limit,
+                      int64_t offset, bool simple) {
+  PGS_ASSERT(s->fan_order.plan == NULL);
+  plan->refcount++;
+  s->fan_order = (pgs_fan_order_t){
+      .plan = plan, .slots = slots, .limit = limit, .offset = offset, .simple = simple};
+}
+
+/* ---- statements and portals ---- */
+
+void pgs_session_free_portal(void *p) {
+  pgs_portal_t *portal = p;
+  if (portal->owner) charge(portal->owner, 0, portal->charged);
+  free(portal->sql);
+  pgs_plan_unref(portal->merge_plan);
+  pgs_buf_free(&portal->merge_body);
+  pgs_buf_free(&portal->merge_bind);
+  free(portal);
+}
+
+void pgs_session_free_stmt(void *p) {
+  pgs_client_stmt_t *stmt = p;
+  if (stmt->owner) charge(stmt->owner, 0, stmt->charged);
+  pgs_buf_free(&stmt->parse_body);
+  pgs_buf_free(&stmt->merge_body);
+  pgs_plan_unref(stmt->plan);
+  if (stmt->lx) {
+    pgs_lex_free(stmt->lx);
+    free(stmt->lx);
+  }
+  free(stmt->type_oids);
+  free(stmt);
+}
+
+static void statement_server_name(const uint8_t *parse_body, size_t len, char out[24]) {
+  uint64_t h = XXH3_64bits(parse_body, len);
+  snprintf(out, 24, "pgs_%016llx", (unsigned long long)h);
+}
+
+/* The shards' variant of a statement that merges (merge.h): its text
+ * rewritten, the client's parameter types kept. */
+void pgs_stmt_merge_variant(pgs_client_stmt_t *stmt) {
+  if (stmt->merge_body.len > 0) return;
+  const pgs_buf_t *pb = &stmt->parse_body;
+  size_t qlen = strnlen((const char *)pb->data, pb->len);
+  pgs_merge_shard_sql(stmt->plan->merge, stmt->lx, &stmt->merge_body);
+  if (qlen < pb->len) pgs_buf_put(&stmt->merge_body, pb->data + qlen + 1, pb->len - qlen - 1);
+  statement_server_name(stmt->merge_body.data, stmt->merge_body.len, stmt->merge_name);
+}
+
+/* A Bind's result format codes for the shards' variant: per-column codes
+ * get a text code in front for each hidden column. Of a BIND of which only
+ * the names were read, the rest goes as it came. */
+void pgs_bind_put_rest(pgs_buf_t *b, const pgs_bind_msg_t *bind, int hidden) {
+  int nres = bind->nresults;
+  if (hidden == 0 || nres <= 1 || nres + hidden > UINT16_MAX) {
+    pgs_buf_put(b, bind->after_names, bind->after_names_len); /* as it came */
+    return;
+  }
+  pgs_buf_put(b, bind->after_names, (size_t)(bind->params + bind->params_len - bind->after_names));
+  pgs_buf_put_i16(b, (int16_t)(nres + hidden));
+  for (int i = 0; i < hidden; i++) pgs_buf_put_i16(b, 0);
+  pgs_buf_put(b, bind->results, 2 * (size_t)nres);
+}
+
+/* Track what a statement does to session state. Whether it drops the
+ * server's prepared statements (DISCARD ALL, DEALLOCATE ALL) is the
+ * caller's business: the server that runs it forgets them (issue()). */
+static void check_session_effects(pgs_session_t *s, const pgs_session_effects_t *fxc, bool simple) {
+  pgs_session_effects_t *fx = (pgs_session_effects_t *)fxc;
+  if (fx->flags & PGS_SESSION_PIN) {
+    if (!s->pinned)
+      pgs_info("client %d (%s@%s): session state, pinned to its server", s->id, s->user, s->peer);
+    s->pinned = true;
+  }
+  if (fx->flags & PGS_SESSION_TEMP) s->temp = true;
+  if (!simple && fx->nops > 0) {
+    /* SET through a prepared statement: we cannot see when it runs. */
+    s->pinned = true;
+    return;
+  }
+  for (int i = 0; i < fx->nops; i++) {
+    if (s->ntx_ops == PGS_SESSION_MAX_OPS) {
+      s->pinned = true;
+      break;
+    }
+    s->tx_ops[s->ntx_ops++] = fx->ops[i];
+    fx->ops[i].sql = NULL;
+  }
+}
+
+/* What remembering a statement NAME with a Parse body of LEN bytes costs
+ * the client's memory (max_client_memory): the body, and when routing its
+ * analysis (the lexed text and literals, the shards' variant), estimated
+ * from the text's size. */
+static size_t stmt_charge(const pgs_session_t *s, const char *name, size_t len) {
+  size_t bytes = sizeof(pgs_client_stmt_t) + sizeof(pgs_strmap_entry_t) + strlen(name) + 1 + len;
+  if (s->routing) bytes += sizeof(pgs_lexed_t) + 3 * len;
+  return bytes;
+}
+
+/* Remember a Parse (BODY after the statement name) as NAME. Returns the
+ * statement, or NULL when the client has too many. */
+static pgs_client_stmt_t *remember_parse(pgs_session_t *s, const char *name, const uint8_t *body,
+                                         size_t len) {
+  pgs_client_stmt_t *old = pgs_strmap_get(&s->stmts, name);
+  if (old && old->parse_body.len == len && !memcmp(old->parse_body.data, body, len))
+    return old; /* the same statement again (an unnamed one, typically) */
+  if (old == NULL && s->stmts.count >= PGS_CLIENT_MAX_STATEMENTS) return NULL;
+  pgs_client_stmt_t *stmt = pgs_xcalloc(1, sizeof(*stmt));
+  stmt->owner = s;
+  stmt->charged = stmt_charge(s, name, len);
+  charge(s, stmt->charged, 0);
+  pgs_buf_put(&stmt->parse_body, body, len);
+  statement_server_name(stmt->parse_body.data, stmt->parse_body.len, stmt->server_name);
+  old = pgs_strmap_put(&s->stmts, name, stmt);
+  if (old) pgs_session_free_stmt(old);
+  return stmt;
+}
+
+/* ---- steps ---- */
+
+/* A step for SHARD (a slot; -1: no server), taken from the node the slot
+ * is placed on now. */
+static pgs_step_t *add_step(pgs_session_t *s, int shard, pgs_step_op_t op, pgs_placed_t placed) {
+  pgs_step_t *st = pgs_steps_add(s, shard, op, placed);
+  if (shard >= 0) st->node = (int8_t)pgs_session_slot_node(s, shard);
+  return st;
+}
+
+/* The same message (or per-shard TEXTS[shard] for SPLIT) on every shard of
+ * MASK in turn, replies merged: the first part's descriptions, every
+ * part's rows, one CommandComplete counting all, one ReadyForQuery. */
+static void add_fanout(pgs_session_t *s, uint64_t mask, pgs_step_op_t op, char **texts, bool counts,
+                       pgs_placed_t placed) {
+  int n = __builtin_popcountll(mask), k = 0;
+  for (int i = 0; i < s->nslots; i++) {
+    if (!(mask & BIT(i))) continue;
+    pgs_step_t *st = add_step(s, i, op, placed);
+    if (texts) {
+      st->text = texts[i];
+      texts[i] = NULL;
+    }
+    if (n > 1) {
+      if (k > 0) st->rule.done = PGS_ON_DONE_SWALLOW;
+      if (k > 0 && s->ex.copies) st->rule.rows = PGS_ON_ROWS_SWALLOW; /* the same again */
+      if (counts && k < n - 1) {
+        st->rule.complete = PGS_ON_COMPLETE_COUNT;
+        st->rule.ready = PGS_ON_READY_IF_ERROR;
+      } else if (counts) {
+        st->rule.complete = PGS_ON_COMPLETE_SUM;
+      }
+      st->drain_all = k == 0;
+    }
+    k++;
+  }
+}
+
+static int first_bit(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; }
+
+/* The parts of the client's fan (fanout.c) on SLOTS: sent one after the
+ * other without waiting for replies. The first waits until every earlier
+ * request has been answered — or, when the fan's output goes out only at
+ * its end (and so after every earlier reply of its own servers), until the
+ * servers outside the fan have. */
+static void add_fan_steps(pgs_session_t *s, uint64_t slots, pgs_step_op_t op, const char *text) {
+  bool first = true, streams = pgs_plan_streams(s->fan_order.plan);
+  for (int i = 0; i < s->nslots; i++) {
+    if (!(slots & BIT(i))) continue;
+    pgs_step_t *st = add_step(s, i, op, PGS_PLACED_ROUTE);
+    if (text) st->text = pgs_xstrdup(text);
+    st->rule.fan = true;
+    st->concurrent = st->always = true;
+    st->drain_all = first && streams;
+    st->drain_others = first && !streams;
+    first = false;
+  }
+}
+
+/* ---- primaries and replicas ---- */
+
+/* The health of SHARD, or NULL when no snapshot describes it (then:
+ * primaries only). The snapshot may be of another config than the
+ * client's (a reload the client has not followed yet, or one the monitor
+ * has not checked yet): the shard is then found by its name and nodes. */
+static const pgs_shard_health_t *shard_health(const pgs_session_t *s, int shard) {
+  return s->ops->health(s->ctx, shard);
+}
+
+/* The node writes to SHARD go to (0: its configured primary), or -1. */
+static int writer_node(const pgs_session_t *s, int shard) {
+  const pgs_shard_health_t *h = shard_health(s, shard);
+  if (h == NULL) return 0;
+  if (h->writer < 0 || !h->nodes[h->writer].up) return -1;
+  return h->writer;
+}
+
+/* Whether PLAN may read from a replica (DESIGN.md, "Routing semantics"). */
+static bool replica_eligible(const pgs_session_t *s, const pgs_plan_t *plan) {
+  if (plan == NULL || plan->kind != PGS_STMT_READ || s->pinned || s->route_pref == 1) return false;
+  if (pgs_exchange_in_tx(&s->ex) && !s->ex.tx_read_only) return false;
+  return true;
+}
+
+/* A readable replica of SHARD that has replayed what this session must
+ * see, round robin. -1: read-your-writes wants the primary; -2: no replica
+ * is within the lag bounds (lag_fallback decides). */
+static int pick_replica(pgs_session_t *s, int shard, bool advance) {
+  const pgs_shard_health_t *h = shard_health(s, shard);
+  if (h == NULL) return -1;
+  uint64_t need = 0;
+  pgs_ryw_t ryw = s->ryw_pref >= 0 ? (pgs_ryw_t)s->ryw_pref : s->db->read_your_writes;
+  if (s->route_pref == 2) ryw = PGS_RYW_OFF; /* SET pgshard.route = replica */
+  switch (ryw) {
+  case PGS_RYW_OFF:
+    break;
+  case PGS_RYW_SESSION:
+    if (s->wrote_ever) return -1;
+    break;
+  case PGS_RYW_WINDOW:
+    if (s->wrote_ever && s->ops->now_ms() - s->last_write_ms < (uint64_t)s->db->ryw_window_ms)
+      return -1;
+    break;
+  case PGS_RYW_LSN:
+    if (s->ryw_commit_ms[shard]) {
+      /* The first primary LSN sampled after the commit is at or past it. */
+      const pgs_lsn_sample_t *after = pgs_lsn_history_after(&h->history, s->ryw_commit_ms[shard]);
+      if (after == NULL) return -1;
+      s->ryw_lsn[shard] = after->lsn;
+      s->ryw_commit_ms[shard] = 0;
+    }
+    need = s->ryw_lsn[shard];
+    break;
+  }
+  /* Round robin over the replicas that qualify (not over all nodes: the
+   * writer's turn would fall to the replica after it). */
+  int candidates[64], ncand = 0;
+  bool behind = false;
+  for (int i = 0; i < h->nnodes && ncand < 64; i++) {
+    const pgs_node_state_t *node = &h->nodes[i];
+    if (i == h->writer || !node->readable) continue;
+    if (node->lsn < need) {
+      behind = true;
+      continue;
+    }
+    candidates[ncand++] = i;
+  }
+  /* A look ahead (a Parse placed by its Bind) does not advance the turn,
+   * so the Bind picks the same replica. */
+  if (ncand == 0) return behind ? -1 : -2;
+  uint32_t turn = s->ops->turn(s->ctx, advance);
+  return candidates[turn % (uint32_t)ncand];
+}
+
+/* The slot a statement of PLAN on SHARD runs on — the shard's writer, or a
+ * replica — with the node in s->picked[shard] for a replica. -1 with
+ * an error step when it cannot run anywhere. */
+static int place_quietly(pgs_session_t *s, int shard, const pgs_plan_t *plan, bool quiet) {
+  const pgs_database_t *db = s->db;
+  if (db->shards[shard].nreplicas > 0 && replica_eligible(s, plan)) {
+    /* A replica this transaction or unit already uses stays. */
+    if ((s->linked & BIT(2 * shard + 1)) && ((s->tx_mask | s->unit_mask) & BIT(2 * shard + 1)))
+      return 2 * shard + 1;
+    int r = pick_replica(s, shard, !quiet);
+    if (r >= 0) {
+      s->picked[shard] = (int8_t)r;
+      return 2 * shard + 1;
+    }
+    if (r == -2 && db->lag_fallback == PGS_FALLBACK_ERROR) {
+      if (quiet) return -1;
+      add_error(s, "55000",
+                "no replica of shard %s is within max_replica_lag_ms = %d and "
+                "max_replica_lag_bytes = %lld (lag_fallback = error)",
+                db->shards[shard].name, db->max_replica_lag_ms,
+                (long long)db->max_replica_lag_bytes);
+      return -1;
+    }
+  }
+  if (writer_node(s, shard) < 0) {
+    if (quiet) return -1;
+    add_error(s, PGS_SQLSTATE_CONNECTION_FAILURE,
+              "shard %s has no primary accepting writes (its servers are down or in recovery)",
+              db->shards[shard].name);
+    return -1;
+  }
+  if (!quiet && plan && plan->kind != PGS_STMT_READ && plan->kind != PGS_STMT_SESSION &&
+      plan->kind != PGS_STMT_BEGIN)
+    s->tx_wrote |= BIT(shard);
+  return 2 * shard;
+}
+
+static int place(pgs_session_t *s, int shard, const pgs_plan_t *plan) {
+  return place_quietly(s, shard, plan, false);
+}
+
+/* The node a step on SLOT takes a server from. */
+int pgs_session_slot_node(const pgs_session_t *s, int slot) {
+  if (slot & 1) return s->picked[slot / 2];
+  int w = writer_node(s, slot / 2);
+  return w < 0 ? 0 : w;
+}
+
+/* Where a statement that may run anywhere goes (a slot). */
+static int default_slot(const pgs_session_t *s) {
+  if (s->cur >= 0) return s->cur;
+  if (s->tx_mask) return first_bit(s->tx_mask);
+  if (s->hint_shard >= 0) return 2 * s->hint_shard;
+  return 2 * s->last_shard;
+}
+
+/* Slots that hold session state right now (SET goes to all of them). */
+static uint64_t session_mask(const pgs_session_t *s) {
+  uint64_t mask = s->tx_mask;
+  for (int i = 0; i < s->nslots; i++) mask |= s->linked;
+  return mask ? mask : BIT(default_slot(s));
+}
+
+/* Writer slots of a mask of shards. */
+static uint64_t writer_slots(uint64_t shards) {
+  uint64_t mask = 0;
+  for (int i = 0; i < PGS_MAX_SHARDS; i++)
+    if (shards & BIT(i)) mask |= BIT(2 * i);
+  return mask;
+}
+
+int pgs_session_login_slot(pgs_session_t *s, int *node) {
+  /* Any server of shard 0 can tell the parameters: the writer, else a
+   * replica that is up (a shard without a primary still serves reads). */
+  int w = writer_node(s, 0);
+  const pgs_shard_health_t *h = shard_health(s, 0);
+  if (w >= 0 || h == NULL) {
+    *node = w >= 0 ? w : 0;
+    return 0;
+  }
+  for (int i = 0; i < h->nnodes; i++) {
+    if (h->nodes[i].up) {
+      *node = i;
+      s->picked[0] = (int8_t)i;
+      return 1;
+    }
+  }
+  *node = 0;
+  return 0;
+}
+
+void pgs_session_tx_done(pgs_session_t *s, uint64_t now) {
+  if (s->tx_wrote == 0 || s->ryw_commit_ms == NULL) return;
+  for (int i = 0; i < s->nslots / 2; i++)
+    if (s->tx_wrote & BIT(i)) s->ryw_commit_ms[i] = now;
+  s->wrote_ever = true;
+  s->last_write_ms = now;
+  s->tx_wrote = 0;
+}
+
+/* ---- standard_conforming_strings ----
+ *
+ * The lexer reads '...' as PostgreSQL does with standard_conforming_strings
+ * on (a backslash is an ordinary character). With it off the server would
+ * read 'a\' OR b = '' as a different statement than pgshard routed, so in
+ * routing mode a session whose servers may read strings the other way is
+ * refused: SET to off, a startup value off, code that may change it, and a
+ * server reporting it off (ParameterStatus: database or role defaults,
+ * functions) until the client sets it on again. */
+
+static const char scs_off_message[] =
+    "standard_conforming_strings is off for this session; pgshard routes statements only as "
+    "PostgreSQL reads them with it on: SET standard_conforming_strings = on";
+
+void pgs_session_on_parameter_status(pgs_session_t *s, const char *name, const char *value) {
+  if (!strcasecmp(name, "standard_conforming_strings")) s->scs_off = !pgs_session_bool_on(value);
+}
+
+/* Whether FX would turn standard_conforming_strings off (SET or SET LOCAL). */
+static bool sets_scs_off(const pgs_session_effects_t *fx) {
+  return (fx->flags & PGS_SESSION_STRINGS_OFF) != 0;
+}
+
+/* Whether code the statement runs (a function call, DO) names
+ * standard_conforming_strings in a string: set_config and DO bodies. */
+static bool code_names_scs(const pgs_plan_t *plan, const pgs_lexed_t *lx) {
+  if (!plan->runs_code || lx == NULL) return false;
+  for (int i = 0; i < lx->nliterals; i++) {
+    const pgs_literal_t *lit = &lx->literals[i];
+    const char *v = lx->values + lit->offset;
+    if (lit->is_string && lit->len >= 27 && strcasestr(v, "standard_conforming_strings"))
+      return true;
+  }
+  return false;
+}
+
+/* ---- pgshard's own settings ---- */
+
+/* TEXT typed as DB's tenant key, which DB's map places; NULL with *ERR
+ * set when it is not one. */
+static pgs_key_t *typed_tenant(const pgs_database_t *db, const char *text, pgs_key_error_t *err) {
+  pgs_key_t *key = pgs_xmalloc(sizeof(*key));
+  if (pgs_key_from_text(db->shardmap.tenant_type, text, strlen(text), key, err) != PGS_OK ||
+      pgs_route_tenant_shard(db, key, err) < 0) {
+    free(key);
+    return NULL;
+  }
+  return key;
+}
+
+/* KEY (typed from TEXT) is the session's tenant now. */
+static void take_tenant(pgs_session_t *s, pgs_key_t *key, const char *text) {
+  free(s->tenant);
+  s->tenant = key;
+  if (s->tenant_text != text) {
+    free(s->tenant_text);
+    s->tenant_text = pgs_xstrdup(text);
+  }
+  s->routing = true;
+}
+
+static bool set_tenant(pgs_session_t *s, const char *text, pgs_key_error_t *err) {
+  pgs_key_t *key = typed_tenant(s->db, text, err);
+  if (key) take_tenant(s, key, text);
+  return key != NULL;
+}
+
+bool pgs_session_startup_tenant(pgs_session_t *s, pgs_key_error_t *err) {
+  if (s->startup_tenant == NULL) return true;
+  return set_tenant(s, s->startup_tenant, err);
+}
+
+/* SET/RESET pgshard.NAME. Returns false with an error step added. */
+static bool apply_pgshard_op(pgs_session_t *s, const pgs_set_op_t *op) {
+  const char *name = op->name + 8;
+  if (!strcasecmp(name, "tenant") && s->startup_tenant != NULL) {
+    /* The tenant a connection was opened for is its identity, not a
+     * preference: it cannot be changed or dropped. */
+    add_error(s, "42501", "this session's tenant was fixed when it connected (%s)",
+              "-c pgshard.tenant");
+    return false;
+  }
+  if (op->kind == PGS_SET_OP_RESET) {
+    if (!strcasecmp(name, "shard"))
+      s->hint_shard = -1;
+    else if (!strcasecmp(name, "route"))
+      s->route_pref = 0;
+    else if (!strcasecmp(name, "read_your_writes"))
+      s->ryw_pref = -1;
+    else if (!strcasecmp(name, "tenant")) {
+      free(s->tenant);
+      s->tenant = NULL;
+      free(s->tenant_text);
+      s->tenant_text = NULL;
+    }
+    return true;
+  }
+  if (!op->has_value) {
+    add_error(s, "22023", "SET %s takes one value", op->name);
+    return false;
+  }
+  if (!strcasecmp(name, "shard")) {
+    int shard = pgs_shardmap_find_shard(s->db, op->value);
+    if (shard < 0 && strcasecmp(op->value, "default") != 0 && op->value[0]) {
+      add_error(s, "22023", "unknown shard \"%s\" in database \"%s\"", op->value, s->dbname);
+      return false;
+    }
+    s->hint_shard = shard;
+    return true;
+  }
+  if (!strcasecmp(name, "tenant")) {
+    pgs_key_error_t err;
+    if (s->scs_off) {
+      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+      return false;
+    }
+    if (!set_tenant(s, op->value, &err)) {
+      add_error(s, err.sqlstate, "tenant \"%s\": %s", op->value, err.message);
+      return false;
+    }
+    return true;
+  }
+  if (!strcasecmp(name, "route") || !strcasecmp(name, "read_your_writes")) {
+    /* In the order of route_pref and of pgs_ryw_t. */
+    static const char *const routes[] = {"auto", "primary", "replica", NULL};
+    static const char *const ryw[] = {"off", "window", "session", "lsn", NULL};
+    bool is_route = !strcasecmp(name, "route");
+    const char *const *ok = is_route ? routes : ryw;
+    for (int i = 0; ok[i]; i++) {
+      if (strcasecmp(op->value, ok[i]) != 0) continue;
+      if (is_route)
+        s->route_pref = i;
+      else
+        s->ryw_pref = i;
+      return true;
+    }
+    add_error(s, "22023", "invalid value for %s: \"%s\"", op->name, op->value);
+    return false;
+  }
+  add_error(s, "42704", "unrecognized configuration parameter \"%s\"", op->name);
+  return false;
+}
+
+/* Whether SQL may set pgshard.* settings but the grammar did not read it
+ * (say 'a' -- c <newline> 'b', which libpg_query does not join as the
+ * server does): forwarded, the server would take it as a custom setting of
+ * its own and the client would believe a tenant or hint pgshard never
+ * applied. */
+static bool pgshard_unread(const pgs_session_effects_t *fx, const char *sql) {
+  return fx->parse_failed && strcasestr(sql, "pgshard.") != NULL;
+}
+
+/* Whether FX sets pgshard.* settings; then it must do nothing else. */
+static int pgshard_ops(const pgs_session_effects_t *fx) {
+  int n = 0;
+  for (int i = 0; i < fx->nops; i++)
+    if (!strncasecmp(fx->ops[i].name, "pgshard.", 8)) n++;
+  return n;
+}
+
+/* ---- routing one statement ---- */
+
+/* A lexer that cannot read a statement's values cannot route it: the
+ * statement is refused rather than sent to a shard that may not hold its
+ * rows. */
+static const char unreadable[] =
+    "cannot read this statement (an unterminated quoted string, identifier or comment, an "
+    "invalid escape, or a NUL byte); it was not sent to any shard";
+
+static const char too_many_literals[] =
+    "statement has more literals and parameters than pgshard can route (65535 in all); "
+    "send it in smaller pieces";
+
+/* The request runs LX's statement (the first one counts): SHOW QUERIES
+ * keys it by its normalised text. */
+static void note_query(pgs_session_t *s, const pgs_lexed_t *lx) { s->ops->note_query(s->ctx, lx); }
+
+static pgs_plan_t *get_plan(pgs_session_t *s, const pgs_lexed_t *lx) {
+  return s->ops->analyze(s->ctx, lx);
+}
+
+/* Route PLAN; REFUSE adds the error. Returns false when refused. */
+static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+                  const pgs_param_values_t *params, pgs_route_t *out) {
+  pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
+  if (s->scs_off || code_names_scs(plan, lx)) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+    return false;
+  }
+  if (lx && lx->hint_shard[0]) {
+    session.hint_shard = pgs_shardmap_find_shard(s->db, lx->hint_shard);
+    if (session.hint_shard < 0) {
+      add_error(s, "22023", "unknown shard \"%s\" in hint", lx->hint_shard);
+      return false;
+    }
+  }
+  if (plan->nrows > s->row_shard_cap) {
+    s->row_shard_cap = plan->nrows;
+    s->row_shard = pgs_xrealloc(s->row_shard, sizeof(int) * (size_t)plan->nrows);
+  }
+  out->row_shard = s->row_shard;
+  pgs_route_plan(s->db, plan, lx, params, &session, out);
+  if (out->kind == PGS_ROUTE_REFUSE) {
+    add_error(s, out->sqlstate, "%s", out->message);
+    return false;
+  }
+  if (out->kind == PGS_ROUTE_ONE) {
+    /* One transaction writes on one shard unless the policy allows more. */
+    if (pgs_exchange_in_tx(&s->ex) && plan->kind == PGS_STMT_WRITE && plan->table) {
+      if (s->tx_write_shard >= 0 && s->tx_write_shard != out->shard &&
+          s->db->cross_shard_writes == PGS_XWRITE_DENY) {
+        add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                  "this transaction wrote on shard %s; writing on shard %s too would make it "
+                  "cross-shard (cross_shard_writes = deny)",
+                  s->db->shards[s->tx_write_shard].name, s->db->shards[out->shard].name);
+        return false;
+      }
+      s->tx_write_shard = out->shard;
+    }
+    s->last_shard = out->shard;
+  }
+  return true;
+}
+
+/* The slots a routed statement runs on: its shard's writer or a replica
+ * (ONE, ANY), every writer (FANOUT). 0 with an error step added when it
+ * cannot run. */
+static uint64_t placed_mask_quietly(pgs_session_t *s, const pgs_route_t *rt, const pgs_plan_t *plan,
+                                    bool quiet) {
+  if (rt->kind == PGS_ROUTE_FANOUT) {
+    for (int i = 0; i < s->nslots / 2; i++)
+      if ((rt->shards & BIT(i)) && place_quietly(s, i, plan, quiet) < 0) return 0;
+    return writer_slots(rt->shards);
+  }
+  if (rt->kind != PGS_ROUTE_ONE && rt->kind != PGS_ROUTE_ANY) return 0;
+  if (rt->kind == PGS_ROUTE_ANY && s->cur >= 0 &&
+      (plan->kind != PGS_STMT_READ || pgs_exchange_in_tx(&s->ex) || (s->cur & 1)))
+    return BIT(s->cur); /* no shard needed: where the session is */
+  if (rt->kind == PGS_ROUTE_ANY && s->tx_mask) return BIT(first_bit(s->tx_mask));
+  int shard = rt->kind == PGS_ROUTE_ONE ? rt->shard : default_slot(s) / 2;
+  int slot = place_quietly(s, shard, plan, quiet);
+  return slot < 0 ? 0 : BIT(slot);
+}
+
+static uint64_t placed_mask(pgs_session_t *s, const pgs_route_t *rt, const pgs_plan_t *plan) {
+  return placed_mask_quietly(s, rt, plan, false);
+}
+
+static void add_inject(pgs_session_t *s, int slot, const char *text, pgs_reply_rule_t rule,
+                       bool extended) {
+  pgs_steps_inject(s, slot, text, rule, extended);
+  s->steps[s->nsteps - 1].node = (int8_t)pgs_session_slot_node(s, slot);
+}
+
+/* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
+ * shard it touched, or answered here when it touched none. */
+static void plan_tx_end(pgs_session_t *s, pgs_stmt_kind_t kind, const char *sql, bool simple) {
+  bool rollback = kind == PGS_STMT_ROLLBACK || (s->ex.tx == PGS_TX_ABORTED);
+  const char *tag = rollback ? "ROLLBACK" : "COMMIT";
+  uint64_t mask = s->tx_mask;
+  pgs_session_set_tx(s, PGS_TX_NONE);
+  s->tx_mask = 0;
+  s->tx_write_shard = -1;
+  free(s->begin_sql);
+  s->begin_sql = NULL;
+  s->tx_replay.len = 0;
+  if (mask == 0) {
+    add_reply(s, 'C', tag);
+    if (simple) add_reply(s, 'Z', NULL);
+    return;
+  }
+  if (!rollback && pgs_session_needs_twopc(s, s->tx_wrote)) {
+    twopc_begin(s, mask, mask & writer_slots(s->tx_wrote), simple, true);
+    return;
+  }
+  int first = s->nsteps;
+  add_fanout(s, mask, simple ? PGS_STEP_QUERY : PGS_STEP_EXEC_SQL, NULL, true, PGS_PLACED_SESSION);
+  for (int i = first; i < s->nsteps; i++) {
+    s->steps[i].text = pgs_xstrdup(rollback ? "ROLLBACK" : sql);
+    s->steps[i].always = true; /* every shard ends, whatever the others said */
+  }
+}
+
+static void plan_begin(pgs_session_t *s, const char *sql, bool read_only, bool simple) {
+  if (!pgs_exchange_in_tx(&s->ex)) {
+    pgs_session_set_tx(s, PGS_TX_OPEN);
+    s->ex.tx_read_only = read_only;
+    s->tx_mask = 0;
+    s->tx_write_shard = -1;
+    free(s->begin_sql);
+    s->begin_sql = pgs_xstrdup(sql);
+    s->tx_replay.len = 0;
+  }
+  add_reply(s, 'C', "BEGIN");
+  if (simple) add_reply(s, 'Z', NULL);
+}
+
+/* Steps from FIRST on run a statement that drops the server's prepared
+ * statements: each server forgets its list when it is sent. */
+static void mark_drops_prepared(pgs_session_t *s, int first) {
+  for (int i = first; i < s->nsteps; i++)
+    if (s->steps[i].shard >= 0) s->steps[i].forget_prepared = true;
+}
+
+/* The slots a merged read runs on: a server of each shard (replicas when
+ * they qualify). 0 with an error step added when a shard cannot serve. */
+static uint64_t fan_slots(pgs_session_t *s, const pgs_route_t *rt, const pgs_plan_t *plan) {
+  uint64_t slots = 0;
+  for (int i = 0; i < s->nslots / 2; i++) {
+    if (!(rt->shards & BIT(i))) continue;
+    int slot = place(s, i, plan);
+    if (slot < 0) return 0;
+    slots |= BIT(slot);
+  }
+  return slots;
+}
+
+/* A simple Query routed MERGE: every shard at once, rows merged. */
+static void plan_fan_query(pgs_session_t *s, const pgs_route_t *rt, pgs_plan_t *plan,
+                           const pgs_lexed_t *lx) {
+  int64_t limit, offset;
+  pgs_value_error_t err;
+  uint64_t slots = fan_slots(s, rt, plan);
+  if (slots == 0) {
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  if (pgs_merge_limits(plan->merge, lx, NULL, &limit, &offset, &err) != PGS_OK) {
+    add_error(s, err.sqlstate, "%s", err.message);
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  pgs_buf_t text;
+  pgs_buf_init(&text);
+  if (plan->merge->rewrite) pgs_merge_shard_sql(plan->merge, lx, &text);
+  order_fan(s, plan, slots, limit, offset, true);
+  add_fan_steps(s, slots, text.len ? PGS_STEP_QUERY : PGS_STEP_FORWARD,
+                text.len ? (const char *)text.data : NULL);
+  pgs_buf_free(&text);
+}
+
+/* A write outside a transaction that spans SHARDS: atomic under 2pc. The
+ * caller plans its steps between the two calls: BEGIN on each slot first,
+ * then the statement, with no ReadyForQuery of its own, then the commit. */
+static bool implicit_twopc(const pgs_session_t *s, const pgs_plan_t *plan, uint64_t shards) {
+  return !pgs_exchange_in_tx(&s->ex) && plan->kind == PGS_STMT_WRITE &&
+         pgs_session_needs_twopc(s, shards);
+}
+
+static int implicit_begin(pgs_session_t *s, uint64_t slots) {
+  for (int i = 0; i < s->nslots; i++)
+    if (slots & BIT(i)) add_inject(s, i, "BEGIN", pgs_rule_internal(PGS_ON_ERROR_OWNER), false);
+  return s->nsteps;
+}
+
+static void implicit_twopc_commit(pgs_session_t *s, uint64_t slots, int first) {
+  for (int i = first; i < s->nsteps; i++) s->steps[i].rule.ready = PGS_ON_READY_DROP;
+  twopc_begin(s, slots, slots, true, false);
+}
+
+/* COPY ... FROM STDIN routed to several shards (a sharded table without a
+ * hint, or a reference table): on each shard's writer at once, rows split
+ * by key (fanout.c). */
+static void plan_copy_in(pgs_session_t *s, const pgs_route_t *rt, pgs_plan_t *plan,
+                         const pgs_lexed_t *lx) {
+  pgs_copy_spec_t spec;
+  pgs_key_error_t err;
+  if (plan->copy == NULL || pgs_copy_spec_resolve(plan->copy, lx, &spec, &err) != PGS_OK) {
+    if (plan->copy == NULL)
+      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "this COPY cannot be split by shard");
+    else
+      add_error(s, err.sqlstate, "%s", err.message);
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  if (!pgs_exchange_in_tx(&s->ex) && pgs_session_needs_twopc(s, rt->shards)) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "a COPY into several shards is made atomic (cross_shard_writes = 2pc) only inside "
+              "a transaction: wrap it in BEGIN/COMMIT");
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  if (plan->table && !s->ops->keys_utf8(s->ctx)) {
+    /* Keys are hashed as UTF-8 and rows are cut at ASCII bytes. */
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "COPY into sharded table %s needs client_encoding UTF8 (or SQL_ASCII) to split "
+              "its rows by key",
+              plan->table->name);
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  uint64_t slots = placed_mask(s, rt, plan);
+  if (slots == 0) {
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
+  /* Outside a transaction each shard's COPY would commit on its own, and a
+   * shard failing after another committed would leave that one's rows:
+   * each part runs in a transaction of pgshard's, ended with the COPY. */
+  bool own_tx = !pgs_exchange_in_tx(&s->ex) && __builtin_popcountll(slots) > 1;
+  order_fan(s, plan, slots, -1, 0, true);
+  s->fan_order.copy_in = true;
+  s->fan_order.own_tx = own_tx;
+  s->fan_order.spec = spec;
+  s->fan_order.route = session;
+  if (own_tx) {
+    /* Sent at once, like the parts (steps before them wait for the fan to
+     * end): the first part waits for every BEGIN to answer. */
+    int first = s->nsteps;
+    (void)implicit_begin(s, slots);
+    for (int i = first; i < s->nsteps; i++) s->steps[i].concurrent = true;
+  }
+  add_fan_steps(s, slots, PGS_STEP_FORWARD, NULL);
+}
+
+/* The transaction's SET [LOCAL]/RESET/savepoint statements are replayed on
+ * every shard it reaches later (tx_replay): SET LOCAL ROLE must hold
+ * wherever the transaction goes. Kept once the statement's steps are done.
+ * false with an error step added when there is too much to keep. */
+#define TX_REPLAY_MAX (64 * 1024)
+static bool keep_for_replay(pgs_session_t *s, bool replayable, const char *sql) {
+  if (!pgs_exchange_in_tx(&s->ex) || !replayable) return true;
+  size_t len = strlen(sql);
+  if (s->tx_replay.len + len + 1 > TX_REPLAY_MAX) {
+    add_error(s, "54000",
+              "this transaction's SET and SAVEPOINT statements pass %d bytes, more than pgshard "
+              "carries to the shards it reaches later",
+              TX_REPLAY_MAX);
+    return false;
+  }
+  free(s->tx_replay_next);
+  s->tx_replay_next = pgs_xstrndup(sql, len);
+  return true;
+}
+
+/* A simple Query in routing mode. */
+static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
+  pgs_reader_t r;
+  size_t qlen;
+  pgs_reader_init(&r, p + 5, total - 5);
+  const char *sql = pgs_read_cstr(&r, &qlen);
+  if (sql == NULL || pgs_reader_left(&r) != 0) {
+    add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION,
+              "invalid Query message: its text must end "
+              "with the message");
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  pgs_session_effects_t fx;
+  bool session = pgs_session_maybe(sql, qlen);
+  if (session) {
+    pgs_session_analyze(sql, &fx);
+    if (pgshard_unread(&fx, sql)) {
+      add_error(s, "42601",
+                "cannot read this statement naming pgshard.* settings; pgshard did not apply it "
+                "(write SET pgshard.NAME = 'value' as a statement of its own)");
+      add_reply(s, 'Z', NULL);
+      pgs_session_effects_free(&fx);
+      return;
+    }
+    int own = pgshard_ops(&fx);
+    if (own > 0) {
+      if (own != fx.nops || fx.flags)
+        add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                  "SET pgshard.* must be a statement of its own");
+      else
+        for (int i = 0; i < fx.nops && apply_pgshard_op(s, &fx.ops[i]); i++) {
+          if (i == fx.nops - 1)
+            add_reply(s, 'C', fx.ops[i].kind == PGS_SET_OP_SET ? "SET" : "RESET");
+        }
+      add_reply(s, 'Z', NULL);
+      pgs_session_effects_free(&fx);
+      return;
+    }
+  }
+  pgs_lexed_t *lx = &s->lx;
+  pgs_plan_t *plan = NULL;
+  pgs_status_t lexed = pgs_lex(sql, qlen, lx);
+  if (lexed == PGS_ETOOBIG) {
+    /* Its keys cannot be read: never guess a shard. */
+    add_error(s, "54000", "%s", too_many_literals);
+    add_reply(s, 'Z', NULL);
+    if (session) pgs_session_effects_free(&fx);
+    return;
+  }
+  if (lexed == PGS_OK) plan = get_plan(s, lx);
+  if (lexed == PGS_OK) note_query(s, lx);
+  pgs_stmt_kind_t kind = plan ? plan->kind : PGS_STMT_OTHER;
+  bool single = plan && plan->nstatements == 1;
+  pgs_route_t rt;
+  if (plan == NULL) {
+    /* What pgshard cannot read it cannot place. */
+    if (s->scs_off)
+      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+    else
+      add_error(s, "42601", "%s", unreadable);
+    add_reply(s, 'Z', NULL);
+  } else if ((s->ex.tx == PGS_TX_ABORTED) &&
+             !(single && (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK))) {
+    add_error(s, "25P02",
+              "current transaction is aborted, commands ignored until end of transaction block");
+    add_reply(s, 'Z', NULL);
+  } else if (single && kind == PGS_STMT_BEGIN) {
+    plan_begin(s, sql, plan->read_only_tx, true);
+  } else if (single && pgs_exchange_in_tx(&s->ex) &&
+             (kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK)) {
+    plan_tx_end(s, kind, sql, true);
+  } else if (plan && plan->refuse_sqlstate[0]) {
+    add_error(s, plan->refuse_sqlstate, "%s",
+              strncmp(plan->refuse_message, "pgshard: ", 9) ? plan->refuse_message
+                                                            : plan->refuse_message + 9);
+    add_reply(s, 'Z', NULL);
+  } else if (session && sets_scs_off(&fx)) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+    add_reply(s, 'Z', NULL);
+  } else if (kind == PGS_STMT_SESSION || kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
+    /* SET and friends (no data: they change the session) go wherever the
+     * session is; so does COMMIT or ROLLBACK outside a transaction. */
+    if (!keep_for_replay(s, plan->tx_replayable, sql)) {
+      add_reply(s, 'Z', NULL);
+      goto out;
+    }
+    add_fanout(s, session_mask(s), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
+    if (session) check_session_effects(s, &fx, true);
+  } else if (!route(s, plan, lx, NULL, &rt)) {
+    add_reply(s, 'Z', NULL);
+  } else if (rt.kind == PGS_ROUTE_MERGE) {
+    plan_fan_query(s, &rt, plan, lx);
+  } else if (kind == PGS_STMT_COPY_FROM && (rt.kind == PGS_ROUTE_FANOUT || plan->table)) {
+    /* Into a sharded table always through the splitter, even on one shard
+     * (a hint, a tenant): each row's key is checked against it. */
+    plan_copy_in(s, &rt, plan, lx);
+  } else if (rt.kind == PGS_ROUTE_SPLIT) {
+    char **texts = pgs_xcalloc((size_t)s->nslots, sizeof(char *));
+    bool ok = true, placed = true;
+    for (int i = 0; i < s->nslots / 2 && ok && placed; i++) {
+      if (!(rt.shards & BIT(i))) continue;
+      pgs_buf_t b;
+      pgs_buf_init(&b);
+      ok = pgs_route_split_insert(lx, rt.row_shard, plan->nrows, i, &b) == PGS_OK;
+      texts[2 * i] = (char *)b.data;
+      placed = place(s, i, plan) == 2 * i;
+    }
+    if (!placed) {
+      add_reply(s, 'Z', NULL);
+    } else if (ok && implicit_twopc(s, plan, rt.shards)) {
+      uint64_t slots = writer_slots(rt.shards);
+      int first = implicit_begin(s, slots);
+      add_fanout(s, slots, PGS_STEP_QUERY, texts, true, PGS_PLACED_ROUTE);
+      implicit_twopc_commit(s, slots, first);
+    } else if (ok) {
+      add_fanout(s, writer_slots(rt.shards), PGS_STEP_QUERY, texts, true, PGS_PLACED_ROUTE);
+    } else {
+      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "cannot split this INSERT's VALUES rows by shard");
+      add_reply(s, 'Z', NULL);
+    }
+    for (int i = 0; i < s->nslots; i++) free(texts[i]);
+    free(texts);
+  } else {
+    uint64_t mask = placed_mask(s, &rt, plan);
+    if (mask == 0) {
+      add_reply(s, 'Z', NULL);
+    } else {
+      /* DDL and reference tables are copies on every shard: one shard's
+       * count is the answer, not the sum. */
+      s->ex.copies = plan->target == PGS_TARGET_ANY;
+      bool atomic = rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(s, plan, rt.shards);
+      int first = atomic ? implicit_begin(s, mask) : 0;
+      add_fanout(s, mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
+      if (atomic) implicit_twopc_commit(s, mask, first);
+      if (session) check_session_effects(s, &fx, true);
+    }
+  }
+out:
+  if (session && (fx.flags & PGS_SESSION_DROPS_PREPARED)) mark_drops_prepared(s, 0);
+  if (session) pgs_session_effects_free(&fx);
+  pgs_plan_unref(plan);
+}
+
+/* ---- extended protocol ---- */
+
+/* A Bind read whole; its parameter values into PV (the client's arrays). */
+static bool read_bind(pgs_session_t *s, const uint8_t *body, size_t len, pgs_bind_msg_t *bind,
+                      pgs_param_values_t *pv) {
+  if (pgs_bind_read(body, len, bind) != PGS_OK) return false;
+  int n = bind->nparams;
+  if (n > s->param_cap) {
+    s->param_cap = n;
+    s->param_data = pgs_xrealloc(s->param_data, sizeof(*s->param_data) * (size_t)n);
+    s->param_len = pgs_xrealloc(s->param_len, sizeof(*s->param_len) * (size_t)n);
+    s->param_fmt = pgs_xrealloc(s->param_fmt, sizeof(*s->param_fmt) * (size_t)n);
+  }
+  const uint8_t *value;
+  int32_t vlen;
+  size_t at = 0;
+  for (int i = 0; pgs_bind_next_value(bind, &at, &value, &vlen); i++) {
+    s->param_data[i] = value;
+    s->param_len[i] = vlen;
+    s->param_fmt[i] = pgs_bind_param_format(bind, i);
+  }
+  pv->n = n;
+  pv->data = s->param_data;
+  pv->len = s->param_len;
+  pv->format = s->param_fmt;
+  return true;
+}
+
+static pgs_client_stmt_t *find_stmt(pgs_session_t *s, const char *name) {
+  return pgs_strmap_get(&s->stmts, name);
+}
+
+static void forget_stmt(pgs_session_t *s, const char *name) {
+  pgs_client_stmt_t *gone = pgs_strmap_remove(&s->stmts, name);
+  if (gone) pgs_session_free_stmt(gone);
+}
+
+/* PostgreSQL's own words for a statement name nobody prepared (26000):
+ * pgshard says it itself, so that no client's name can reach a statement
+ * some other client prepared on a shared server. */
+static void no_such_statement(pgs_session_t *s, const char *name) {
+  if (name[0])
+    add_error(s, "26000", "prepared statement \"%s\" does not exist", name);
+  else
+    add_error(s, "26000", "unnamed prepared statement does not exist");
+  pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+}
+
+/* The shard the Bind right after a Parse of NAME will pick, if that Bind is
+ * in the buffer already (libpq sends Parse/Bind/Execute/Sync together). */
+static int lookahead_slot(pgs_session_t *s, const uint8_t *p, size_t len, const char *name,
+                          pgs_client_stmt_t *stmt) {
+  char type;
+  size_t total;
+  if (len == 0 || pgs_msg_peek(p, len, s->max_message_size, &type, &total) != PGS_OK ||
+      type != 'B' || len < total)
+    return -1;
+  pgs_bind_msg_t bind;
+  pgs_param_values_t pv = {0};
+  if (!read_bind(s, p + 5, total - 5, &bind, &pv) || strcmp(bind.statement, name) != 0) return -1;
+  pv.type_oid = stmt->type_oids;
+  pv.ntypes = stmt->ntypes;
+  pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
+  if (stmt->lx->hint_shard[0])
+    session.hint_shard = pgs_shardmap_find_shard(s->db, stmt->lx->hint_shard);
+  pgs_route_t rt = {.row_shard = NULL};
+  if (stmt->plan->nrows > 0) return -1;
+  pgs_route_plan(s->db, stmt->plan, stmt->lx, &pv, &session, &rt);
+  /* Where the Bind will go, without reporting errors: the Bind does. */
+  if (rt.kind != PGS_ROUTE_ONE && rt.kind != PGS_ROUTE_ANY) return -1;
+  uint64_t mask = placed_mask_quietly(s, &rt, stmt->plan, true);
+  return mask ? first_bit(mask) : -1;
+}
+
+/* Where a Parse or a Describe of a statement goes when its Bind is not in
+ * sight: where the session is; any server of the shard can parse, so a
+ * replica when the shard has no writer. */
+static int parse_slot(pgs_session_t *s) {
+  int slot = default_slot(s);
+  if ((slot & 1) || writer_node(s, slot / 2) >= 0) return slot;
+  const pgs_shard_health_t *h = shard_health(s, slot / 2);
+  for (int i = 0; h && i < h->nnodes; i++) {
+    if (h->nodes[i].up && h->nodes[i].in_recovery) {
+      s->picked[slot / 2] = (int8_t)i;
+      return slot | 1;
+    }
+  }
+  return slot;
+}
+
+/* Whether a statement is answered by pgshard itself. */
+static bool stmt_is_local(const pgs_session_t *s, const pgs_client_stmt_t *stmt) {
+  const pgs_plan_t *plan = stmt->plan;
+  if (plan == NULL || plan->nstatements != 1) return false;
+  switch (plan->kind) {
+  case PGS_STMT_BEGIN:
+    return true;
+  case PGS_STMT_COMMIT:
+  case PGS_STMT_ROLLBACK:
+    return pgs_exchange_in_tx(&s->ex) || s->tx_mask == 0;
+  default:
+    return false;
+  }
+}
+
+static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const uint8_t *ahead,
+                       size_t ahead_len) {
+  pgs_parse_msg_t parse;
+  if (pgs_parse_read(p + 5, total - 5, &parse) != PGS_OK) {
+    add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  }
+  const char *name = parse.name, *sql = parse.query;
+  size_t qlen = parse.query_len;
+  int ntypes = parse.ntypes;
+  pgs_client_stmt_t *stmt = remember_parse(s, name, parse.after_name, parse.after_name_len);
+  if (stmt == NULL) {
+    add_error(s, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  }
+  if (pgs_session_maybe(sql, qlen)) {
+    pgs_session_effects_t fx;
+    pgs_session_analyze(sql, &fx);
+    if (pgshard_ops(&fx) > 0 || sets_scs_off(&fx)) {
+      if (pgshard_ops(&fx) > 0)
+        add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                  "SET pgshard.* is taken in a simple query only");
+      else
+        add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
+      forget_stmt(s, name);
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      pgs_session_effects_free(&fx);
+      return;
+    }
+    check_session_effects(s, &fx, false);
+    stmt->drops_prepared = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
+    pgs_session_effects_free(&fx);
+  }
+  if (stmt->lx == NULL && stmt->plan == NULL) {
+    stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
+    pgs_lex_init(stmt->lx);
+    pgs_status_t lexed = pgs_lex(sql, qlen, stmt->lx);
+    if (lexed == PGS_OK) stmt->plan = get_plan(s, stmt->lx);
+    if (lexed != PGS_OK || stmt->plan->parse_failed) {
+      /* Unreadable: refused here, as the server refuses a Parse it cannot
+       * parse (and the name is then free, as there). */
+      if (lexed == PGS_ETOOBIG)
+        add_error(s, "54000", "%s", too_many_literals);
+      else if (lexed != PGS_OK)
+        add_error(s, "42601", "%s", unreadable);
+      else
+        add_error(s, stmt->plan->refuse_sqlstate, "%s", stmt->plan->refuse_message + 9);
+      forget_stmt(s, name);
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      return;
+    }
+    stmt->ntypes = ntypes;
+    stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
+    for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = pgs_parse_type_oid(&parse, i);
+  }
+  if (stmt_is_local(s, stmt)) {
+    add_reply(s, '1', NULL);
+    return;
+  }
+  int slot = lookahead_slot(s, ahead, ahead_len, name, stmt);
+  pgs_step_t *st = slot >= 0 ? add_step(s, slot, PGS_STEP_PARSE, PGS_PLACED_ROUTE)
+                             : add_step(s, parse_slot(s), PGS_STEP_PARSE, PGS_PLACED_SESSION);
+  st->stmt = stmt;
+}
+
+static pgs_portal_t *put_portal(pgs_session_t *s, const char *name) {
+  pgs_portal_t *portal = pgs_strmap_get(&s->portals, name);
+  if (portal == NULL) {
+    portal = pgs_xcalloc(1, sizeof(*portal));
+    portal->owner = s;
+    portal->charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + strlen(name) + 1;
+    charge(s, portal->charged, 0);
+    pgs_strmap_put(&s->portals, name, portal);
+  }
+  free(portal->sql);
+  portal->sql = NULL;
+  portal->mask = 0;
+  portal->kind = PGS_STMT_OTHER;
+  portal->copies = false;
+  portal->drops_prepared = false;
+  pgs_plan_unref(portal->merge_plan);
+  portal->merge_plan = NULL;
+  portal->unbound = 0;
+  return portal;
+}
+
+/* What the parts of a merged portal bound later are sent: the shards'
+ * statement and the client's Bind for it, as forward() builds them,
+ * copied into PORTAL. */
+static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt,
+                             const pgs_bind_msg_t *bind) {
+  pgs_stmt_merge_variant(stmt);
+  memcpy(portal->merge_name, stmt->merge_name, sizeof(portal->merge_name));
+  portal->merge_body.len = 0;
+  pgs_buf_put(&portal->merge_body, stmt->merge_body.data, stmt->merge_body.len);
+  pgs_buf_t *b = &portal->merge_bind;
+  b->len = 0;
+  size_t start = pgs_msg_begin(b, 'B');
+  pgs_buf_put(b, bind->portal, bind->portal_len + 1);
+  pgs_buf_put_cstr(b, stmt->merge_name);
+  pgs_bind_put_rest(b, bind, stmt->plan->merge->nhidden);
+  pgs_msg_end(b, start);
+  size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + bind->portal_len + 1 +
+                   portal->merge_body.cap + portal->merge_bind.cap;
+  if (charged > portal->charged)
+    charge(portal->owner, charged - portal->charged, 0);
+  else
+    charge(portal->owner, 0, portal->charged - charged);
+  portal->charged = charged;
+}
+
+static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
+  pgs_bind_msg_t bind;
+  pgs_param_values_t pv = {0};
+  if (!read_bind(s, p + 5, total - 5, &bind, &pv)) {
+    add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  }
+  const char *portal_name = bind.portal, *stmt_name = bind.statement;
+  pgs_client_stmt_t *stmt = find_stmt(s, stmt_name);
+  if (stmt && stmt->lx) note_query(s, stmt->lx);
+  if (stmt == NULL || stmt->plan == NULL) {
+    no_such_statement(s, stmt_name);
+    return;
+  }
+  pgs_portal_t *portal = put_portal(s, portal_name);
+  portal->drops_prepared = stmt->drops_prepared;
+  const pgs_plan_t *plan = stmt->plan;
+  if ((s->ex.tx == PGS_TX_ABORTED) && plan->kind != PGS_STMT_COMMIT &&
+      plan->kind != PGS_STMT_ROLLBACK) {
+    add_error(s, "25P02",
+              "current transaction is aborted, commands ignored until end of transaction block");
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  }
+  if (stmt_is_local(s, stmt)) {
+    portal->kind = plan->kind;
+    portal->read_only = plan->read_only_tx;
+    size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
+    portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
+    add_reply(s, '2', NULL);
+    return;
+  }
+  pgs_route_t rt;
+  pv.type_oid = stmt->type_oids;
+  pv.ntypes = stmt->ntypes;
+  if (plan->kind == PGS_STMT_SESSION || plan->kind == PGS_STMT_COMMIT ||
+      plan->kind == PGS_STMT_ROLLBACK) {
+    portal->mask = session_mask(s);
+    portal->placed = PGS_PLACED_SESSION;
+    if (plan->tx_replayable) {
+      size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
+      portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
+    }
+  } else if (!route(s, plan, stmt->lx, &pv, &rt)) {
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  } else if (rt.kind == PGS_ROUTE_SPLIT) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "a multi-row INSERT whose rows belong to several shards is split only in a simple "
+              "query; send one row per statement or use the simple query protocol");
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  } else if (rt.kind == PGS_ROUTE_MERGE) {
+    pgs_value_error_t err;
+    portal->mask = fan_slots(s, &rt, plan);
+    if (portal->mask == 0) {
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      return;
+    }
+    if (pgs_merge_limits(plan->merge, stmt->lx, &pv, &portal->limit, &portal->offset, &err) !=
+        PGS_OK) {
+      add_error(s, err.sqlstate, "%s", err.message);
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      return;
+    }
+    portal->kind = plan->kind;
+    portal->merge_plan = stmt->plan;
+    stmt->plan->refcount++;
+    /* One part binds it now, the session's own when it can (no wait), and
+     * answers the client; the others are sent the Bind with their Execute. */
+    int slot = s->cur >= 0 && (portal->mask & BIT(s->cur)) ? s->cur : first_bit(portal->mask);
+    portal->unbound = portal->mask & ~BIT(slot);
+    if (portal->unbound) keep_merged_bind(portal, stmt, &bind);
+    portal->placed = PGS_PLACED_ROUTE;
+    add_step(s, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE)->merged = true;
+    return;
+  } else if (plan->kind == PGS_STMT_COPY_FROM && (rt.kind == PGS_ROUTE_FANOUT || plan->table)) {
+    /* Its rows are split by key (plan_copy_in) only from a Query: sent as
+     * it is, its CopyData would go to one shard unchecked, and the parts
+     * after the first would wait for it while it waits for its data. */
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "COPY FROM STDIN into a sharded table, or into several shards, is split by key "
+              "only in a simple query; send it with the simple query protocol");
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  } else if (rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(s, plan, rt.shards)) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "a write on several shards in the extended query protocol is made atomic "
+              "(cross_shard_writes = 2pc) only inside a transaction: wrap it in BEGIN/COMMIT");
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  } else {
+    portal->mask = placed_mask(s, &rt, plan);
+    portal->placed = PGS_PLACED_ROUTE;
+    if (portal->mask == 0) {
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      return;
+    }
+  }
+  portal->kind = plan->kind;
+  portal->copies = plan->target == PGS_TARGET_ANY;
+  add_fanout(s, portal->mask, PGS_STEP_FORWARD, NULL, false, portal->placed);
+}
+
+/* Describe, Execute or Close of a portal: where it was bound. */
+static void plan_portal_message(pgs_session_t *s, char type, const char *name, int32_t max_rows) {
+  pgs_portal_t *portal = pgs_strmap_get(&s->portals, name);
+  if (portal == NULL) {
+    if (type == 'C') {
+      add_reply(s, '3', NULL); /* closing what does not exist is no error */
+    } else {
+      if (name[0])
+        add_error(s, "34000", "portal \"%s\" does not exist", name);
+      else
+        add_error(s, "34000", "unnamed portal does not exist");
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    }
+    return;
+  }
+  if (portal->mask == 0 && type != 'E') {
+    /* Answered by pgshard: BEGIN/COMMIT/ROLLBACK. */
+    add_reply(s, type == 'D' ? 'n' : '3', NULL);
+  } else if (portal->mask == 0) {
+    if (portal->kind == PGS_STMT_BEGIN)
+      plan_begin(s, portal->sql, portal->read_only, false);
+    else
+      plan_tx_end(s, portal->kind, portal->sql, false);
+  } else if (portal->merge_plan && type == 'D') {
+    /* Any part it is bound on describes it (the one the session is on: no
+     * wait); its hidden columns stay hidden. */
+    uint64_t bound = portal->mask & ~portal->unbound;
+    int slot = s->cur >= 0 && (bound & BIT(s->cur)) ? s->cur : first_bit(bound);
+    pgs_step_t *st = add_step(s, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE);
+    st->rule.hide = (int16_t)portal->merge_plan->merge->nhidden;
+  } else if (portal->merge_plan && type == 'E') {
+    if (max_rows != 0) {
+      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "a cross-shard result cannot be fetched in parts (Execute with a row limit); "
+                "fetch it whole or add a condition on the shard key");
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    } else {
+      order_fan(s, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
+      add_fan_steps(s, portal->mask, PGS_STEP_FAN_EXEC, NULL);
+    }
+  } else {
+    /* A merged portal is closed where it is bound. */
+    if (type == 'E' && portal->sql && !keep_for_replay(s, true, portal->sql)) {
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      return;
+    }
+    s->ex.copies = portal->copies;
+    int first = s->nsteps;
+    add_fanout(s, portal->mask & ~portal->unbound, PGS_STEP_FORWARD, NULL, type == 'E',
+               portal->placed);
+    if (type == 'E' && portal->drops_prepared) mark_drops_prepared(s, first);
+  }
+  if (type == 'C') {
+    pgs_portal_t *gone = pgs_strmap_remove(&s->portals, name);
+    if (gone) pgs_session_free_portal(gone);
+  }
+}
+
+static void plan_sync(pgs_session_t *s) {
+  uint64_t mask = s->unit_mask;
+  s->unit_mask = 0;
+  if (!pgs_exchange_in_tx(&s->ex)) {
+    pgs_strmap_free(&s->portals, pgs_session_free_portal);
+    pgs_strmap_init(&s->portals);
+  }
+  if (mask == 0) {
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+  /* Every server of the unit at once; the last ReadyForQuery to arrive is
+   * the client's, with every shard's status known by then. Each server's
+   * earlier replies precede its own ReadyForQuery, and servers outside
+   * the unit have answered (a step for another server waited for them). */
+  int n = __builtin_popcountll(mask);
+  for (int i = 0; i < s->nslots; i++) {
+    if (!(mask & BIT(i))) continue;
+    pgs_step_t *st = add_step(s, i, PGS_STEP_SYNC, PGS_PLACED_SESSION);
+    st->always = true;
+    if (n > 1) {
+      st->concurrent = true;
+      st->rule.ready = PGS_ON_READY_LAST_OF_N;
+    }
+  }
+  if (n > 1) s->ex.ready_pending = n;
+}
+
+/* A Describe or Close message P (TOTAL bytes) read into TARGET: one kind
+ * byte ('S' or 'P') and one name ending with the message. */
+static bool read_target(char type, const uint8_t *p, size_t total, pgs_describe_msg_t *target) {
+  return (type == 'D' ? pgs_describe_read(p + 5, total - 5, target)
+                      : pgs_close_read(p + 5, total - 5, target)) == PGS_OK;
+}
+
+/* A Query or Parse P naming one of pgshard's own server-side statements
+ * in SQL (reserved.h) is refused: the error step is added. */
+static bool names_reserved_statement(pgs_session_t *s, char type, const uint8_t *p, size_t total) {
+  pgs_reader_t r;
+  pgs_parse_msg_t parse;
+  size_t qlen = 0;
+  const char *sql = NULL;
+  if (type == 'Q') {
+    pgs_reader_init(&r, p + 5, total - 5);
+    sql = pgs_read_cstr(&r, &qlen);
+  } else if (pgs_parse_read_head(p + 5, total - 5, &parse) == PGS_OK) {
+    sql = parse.query, qlen = parse.query_len;
+  }
+  char name[PGS_MAX_NAME];
+  bool prepares;
+  if (sql == NULL || !pgs_reserved_statement(sql, qlen, name, sizeof(name), &prepares))
+    return false;
+  if (prepares)
+    add_error(s, "42939", "prepared statement names starting with \"%s\" are reserved for pgshard",
+              PGS_RESERVED_PREFIX);
+  else
+    add_error(s, "26000", "prepared statement \"%s\" does not exist", name);
+  if (type == 'Q')
+    add_reply(s, 'Z', NULL);
+  else
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+  return true;
+}
+
+/* Plan one complete client message at in_pos. */
+void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t total,
+                      const uint8_t *ahead, size_t ahead_len) {
+  begin_plan(s);
+  if ((type == 'Q' || type == 'P') && names_reserved_statement(s, type, p, total)) return;
+  if (!s->routing) {
+    /* One shard: everything to it, as a pooler would. */
+    if (type == 'P') {
+      /* Its name and text; the rest is the server's to judge. */
+      pgs_parse_msg_t parse;
+      bool bad = pgs_parse_read_head(p + 5, total - 5, &parse) != PGS_OK;
+      const char *name = parse.name, *sql = parse.query;
+      size_t qlen = parse.query_len;
+      bool drops = false;
+      if (sql && pgs_session_maybe(sql, qlen)) {
+        pgs_session_effects_t fx;
+        pgs_session_analyze(sql, &fx);
+        check_session_effects(s, &fx, false);
+        drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
+        pgs_session_effects_free(&fx);
+      }
+      pgs_client_stmt_t *stmt = NULL;
+      if (bad) {
+        add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Parse message");
+        pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+        return;
+      }
+      if (parse.name_len > 0) {
+        stmt = remember_parse(s, name, parse.after_name, parse.after_name_len);
+        if (stmt == NULL) {
+          /* Never under the client's own name: a shared server would keep
+           * it for whoever comes next. */
+          add_error(s, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
+          pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+          return;
+        }
+      }
+      if (stmt) stmt->drops_prepared = drops;
+      /* Without a name the Execute cannot be told apart: forget at Parse. */
+      add_step(s, 0, stmt ? PGS_STEP_PARSE : PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH)->stmt = stmt;
+      if (drops && stmt == NULL) mark_drops_prepared(s, 0);
+      return;
+    }
+    if (type == 'Q') {
+      pgs_reader_t r;
+      size_t qlen;
+      pgs_reader_init(&r, p + 5, total - 5);
+      const char *sql = pgs_read_cstr(&r, &qlen);
+      if (sql && pgs_session_maybe(sql, qlen)) {
+        pgs_session_effects_t fx;
+        pgs_session_analyze(sql, &fx);
+        if (pgshard_ops(&fx) > 0 || pgshard_unread(&fx, sql)) {
+          /* SET pgshard.tenant and friends are pgshard's, even on one shard. */
+          pgs_session_effects_free(&fx);
+          plan_query(s, p, total);
+          return;
+        }
+        check_session_effects(s, &fx, true);
+        bool drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
+        pgs_session_effects_free(&fx);
+        if (drops) {
+          add_step(s, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
+          mark_drops_prepared(s, 0);
+          return;
+        }
+      }
+    }
+    pgs_describe_msg_t target = {0};
+    if ((type == 'C' || type == 'D') && !read_target(type, p, total, &target)) {
+      add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
+                type == 'D' ? "Describe" : "Close");
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      return;
+    }
+    if (type == 'C' && target.kind == 'S' && target.name_len > 0) {
+      /* The server keeps it for the next client that prepares the same
+       * statement; only the client's name goes. */
+      forget_stmt(s, target.name);
+      add_reply(s, '3', NULL);
+      return;
+    }
+    if (type == 'S') {
+      plan_sync(s);
+      return;
+    }
+    if (type == 'B' || (type == 'D' && target.kind == 'S')) {
+      /* A statement name reaches the server only as one the client
+       * prepared (mapped to the server's name by forward()); the unnamed
+       * one only on the server the client parsed it on. */
+      const char *name = target.name;
+      if (type == 'B') {
+        /* Its names; the rest is the server's to judge. */
+        pgs_bind_msg_t bind;
+        if (pgs_bind_read_head(p + 5, total - 5, &bind) != PGS_OK) {
+          add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
+          pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+          return;
+        }
+        name = bind.statement;
+      }
+      pgs_client_stmt_t *stmt = name[0] ? find_stmt(s, name) : NULL;
+      if (name[0] ? stmt == NULL : !s->ops->owns_unnamed(s->ctx)) {
+        no_such_statement(s, name);
+        return;
+      }
+      add_step(s, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
+      /* Bind of DEALLOCATE ALL / DISCARD ALL: its server forgets (the
+       * Execute follows on the same server). */
+      if (type == 'B' && stmt && stmt->drops_prepared) mark_drops_prepared(s, 0);
+      return;
+    }
+    add_step(s, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
+    return;
+  }
+  switch (type) {
+  case 'Q':
+    plan_query(s, p, total);
+    return;
+  case 'P':
+    plan_parse(s, p, total, ahead, ahead_len);
+    return;
+  case 'B':
+    plan_bind(s, p, total);
+    return;
+  case 'D':
+  case 'C': {
+    pgs_describe_msg_t target;
+    bool ok = read_target(type, p, total, &target);
+    const char *name = target.name;
+    if (!ok) {
+      add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid %s message",
+                type == 'D' ? "Describe" : "Close");
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    } else if (target.kind == 'P') {
+      plan_portal_message(s, type, name, 0);
+    } else if (type == 'C') {
+      pgs_client_stmt_t *stmt = pgs_strmap_remove(&s->stmts, name);
+      if (stmt) pgs_session_free_stmt(stmt);
+      add_reply(s, '3', NULL);
+    } else {
+      pgs_client_stmt_t *stmt = find_stmt(s, name);
+      if (stmt == NULL) {
+        no_such_statement(s, name);
+      } else if (stmt_is_local(s, stmt)) {
+        add_reply(s, 't', NULL);
+        add_reply(s, 'n', NULL);
+      } else {
+        /* Any server describes it alike: where the session is. */
+        add_step(s, parse_slot(s), PGS_STEP_FORWARD, PGS_PLACED_SESSION);
+      }
+    }
+    return;
+  }
+  case 'E': {
+    pgs_execute_msg_t execute;
+    if (pgs_execute_read(p + 5, total - 5, &execute) != PGS_OK) {
+      add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Execute message");
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+      return;
+    }
+    plan_portal_message(s, 'E', execute.portal, execute.max_rows);
+    return;
+  }
+  case 'S':
+    plan_sync(s);
+    return;
+  case 'H':
+    if (s->cur >= 0) add_step(s, s->cur, PGS_STEP_FORWARD, PGS_PLACED_SESSION);
+    return;
+  case 'd':
+  case 'c':
+  case 'f':
+    /* COPY data goes where the COPY went. */
+    if (s->cur >= 0) add_step(s, s->cur, PGS_STEP_FORWARD, PGS_PLACED_SESSION);
+    return;
+  case 'F':
+    /* Its function and arguments are not SQL pgshard can route (and a
+     * call may write): refused, like anything else it cannot place. */
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "the FunctionCall message is not routed; call the function in a query "
+              "(SELECT f($1))");
+    add_reply(s, 'Z', NULL);
+    return;
+  default:
+    /* pgs_frontend_type_valid let nothing else through. */
+    add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "unexpected message type '%c'", type);
+    add_reply(s, 'Z', NULL);
+    return;
+  }
+}
+
+/* The message at in_pos is refused for going over the budget KEY: its
+ * plan is one error (the rest of an extended unit is skipped to Sync). */
+void pgs_plan_over_budget(pgs_session_t *s, const char *key, long long limit) {
+  begin_plan(s);
+  add_error(s, PGS_SQLSTATE_OUT_OF_MEMORY,
+            "out of memory: this statement would take what pgshard keeps for %s over %s "
+            "(%lld bytes); close prepared statements the session no longer needs",
+            strcmp(key, "max_client_memory") ? "all clients" : "this client", key, limit);
+}
+
+/* The index in DB of the shard that was OLD_INDEX in OLD, or -1. */
+static int same_shard(const pgs_database_t *old, int old_index, const pgs_database_t *db) {
+  if (old_index < 0 || old_index >= old->nshards) return -1;
+  return pgs_shardmap_find_shard(db, old->shards[old_index].name);
+}
+
+/* A prepared statement of a client that did not route (its Parse was not
+ * analysed), analysed for one that now does. False: it cannot be read. */
+static bool analyse_stmt(pgs_session_t *s, pgs_client_stmt_t *stmt) {
+  const pgs_buf_t *pb = &stmt->parse_body;
+  pgs_parse_msg_t parse;
+  if (pgs_parse_read_after_name(pb->data, pb->len, &parse) != PGS_OK) return false;
+  int ntypes = parse.ntypes;
+  stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
+  pgs_lex_init(stmt->lx);
+  if (pgs_lex(parse.query, parse.query_len, stmt->lx) != PGS_OK) return false;
+  stmt->plan = get_plan(s, stmt->lx);
+  if (stmt->plan->parse_failed) return false;
+  stmt->ntypes = ntypes;
+  stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
+  for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = pgs_parse_type_oid(&parse, i);
+  return true;
+}
+
+static void reanalyse_stmts(pgs_session_t *s) {
+  pgs_strmap_t *map = &s->stmts;
+  for (size_t b = 0; b < map->nbuckets; b++) {
+    for (pgs_strmap_entry_t *e = map->buckets[b], *next; e; e = next) {
+      next = e->next;
+      pgs_client_stmt_t *stmt = e->value;
+      pgs_buf_free(&stmt->merge_body);
+      stmt->merge_name[0] = '\0';
+      if (stmt->lx) {
+        pgs_plan_unref(stmt->plan);
+        stmt->plan = get_plan(s, stmt->lx);
+      } else if (s->routing && !analyse_stmt(s, stmt)) {
+        /* Unreadable to the new map (the old one did not route): forgotten,
+         * so a Bind of it gets 26000 rather than a guess. */
+        pgs_strmap_remove(map, e->key);
+        pgs_session_free_stmt(stmt);
+      }
+    }
+  }
+}
+size_t pgs_plan_cost(const pgs_session_t *s, char type, const uint8_t *p, size_t total) {
+  pgs_parse_msg_t parse;
+  pgs_bind_msg_t bind;
+  bool malformed = type == 'B' ? pgs_bind_read_head(p + 5, total - 5, &bind) != PGS_OK
+                               : pgs_parse_read_head(p + 5, total - 5, &parse) != PGS_OK;
+  if (malformed) return 0; /* judged where it is planned */
+  if (type == 'B')         /* a portal, and for a merge the statement and Bind copied */
+    return s->routing ? sizeof(pgs_portal_t) + 2 * total : 0;
+  const char *name = parse.name;
+  if (!s->routing && parse.name_len == 0) return 0; /* an unnamed statement is not kept */
+  const uint8_t *body = parse.after_name;
+  size_t len = parse.after_name_len;
+  size_t cost = stmt_charge(s, name, len);
+  const pgs_client_stmt_t *old = pgs_strmap_get(&s->stmts, name);
+  if (old && old->parse_body.len == len && !memcmp(old->parse_body.data, body, len)) return 0;
+  if (old) cost = cost > old->charged ? cost - old->charged : 0;
+  return cost;
+}
+
+/* ---- a reload ---- */
+
+bool pgs_session_move(pgs_session_t *s, const pgs_database_t *db, char sqlstate[6], char *message,
+                      size_t cap) {
+  const pgs_database_t *old = s->db;
+  int hint = s->hint_shard >= 0 ? same_shard(old, s->hint_shard, db) : -1;
+  if (s->hint_shard >= 0 && hint < 0) {
+    snprintf(sqlstate, 6, "22023");
+    snprintf(message, cap,
+             "shard \"%s\" set by pgshard.shard is no longer in database \"%s\" (reload)",
+             old->shards[s->hint_shard].name, s->dbname);
+    return false;
+  }
+  pgs_key_t *tenant = NULL;
+  if (s->tenant_text) {
+    pgs_key_error_t why;
+    tenant = typed_tenant(db, s->tenant_text, &why);
+    if (tenant == NULL) {
+      snprintf(sqlstate, 6, "%s", why.sqlstate);
+      snprintf(message, cap, "tenant \"%s\" after reload: %s", s->tenant_text, why.message);
+      return false;
+    }
+  }
+  /* Per-shard state, by shard name. */
+  int nslots = 2 * db->nshards;
+  uint64_t *commit_ms = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  uint64_t *lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  for (int i = 0; i < old->nshards; i++) {
+    int j = same_shard(old, i, db);
+    if (j < 0) continue;
+    commit_ms[j] = s->ryw_commit_ms[i];
+    lsn[j] = s->ryw_lsn[i];
+  }
+  int last = same_shard(old, s->last_shard, db);
+  free(s->ryw_commit_ms);
+  free(s->ryw_lsn);
+  free(s->picked);
+  s->ryw_commit_ms = commit_ms;
+  s->ryw_lsn = lsn;
+  s->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
+  s->nslots = nslots;
+  if (s->steps_cap < nslots + 4) {
+    free(s->steps);
+    s->steps_cap = nslots + 4;
+    s->steps = pgs_xcalloc((size_t)s->steps_cap, sizeof(*s->steps));
+  }
+  s->hint_shard = hint;
+  s->last_shard = last >= 0 ? last : 0;
+  if (!(s->linked & BIT(s->cur >= 0 ? s->cur : 0))) s->cur = -1;
+  pgs_strmap_free(&s->portals, pgs_session_free_portal);
+  pgs_strmap_init(&s->portals);
+  s->db = db;
+  s->routing = routes(s, db);
+  if (tenant) take_tenant(s, tenant, s->tenant_text);
+  reanalyse_stmts(s);
+  return true;
+}
