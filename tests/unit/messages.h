@@ -11,7 +11,7 @@
 #include "pgshard/proto.h"
 
 static inline void put_parse(pgs_buf_t *b, const char *name, const char *query, int ntypes,
-                      const uint32_t *oids) {
+                             const uint32_t *oids) {
   size_t start = pgs_msg_begin(b, 'P');
   pgs_buf_put_cstr(b, name);
   pgs_buf_put_cstr(b, query);
@@ -22,8 +22,8 @@ static inline void put_parse(pgs_buf_t *b, const char *name, const char *query, 
 
 /* A Bind of NPARAMS values VALUES (NULL for SQL NULL), text of each. */
 static inline void put_bind(pgs_buf_t *b, const char *portal, const char *statement, int nformats,
-                     const int16_t *formats, int nparams, const char *const *values, int nresults,
-                     const int16_t *results) {
+                            const int16_t *formats, int nparams, const char *const *values,
+                            int nresults, const int16_t *results) {
   size_t start = pgs_msg_begin(b, 'B');
   pgs_buf_put_cstr(b, portal);
   pgs_buf_put_cstr(b, statement);
