@@ -39,20 +39,23 @@
 #include "pgshard/server.h"
 #include "pgshard/stats.h"
 
-static pgs_fan_t *fan_new(pgs_client_t *client, pgs_plan_t *plan, uint64_t slots, int64_t limit,
-                          int64_t offset, bool simple) {
+static pgs_fan_t *fan_new(pgs_client_t *client, const pgs_fan_order_t *order) {
   PGS_ASSERT(client->fan == NULL);
   pgs_fan_t *fan = pgs_xcalloc(1, sizeof(*fan));
+  pgs_plan_t *plan = order->plan;
   plan->refcount++;
   fan->plan = plan;
-  fan->slots = slots;
-  fan->simple = simple;
+  fan->slots = order->slots;
+  fan->simple = order->simple;
   fan->owner = client;
   fan->copy = plan->kind == PGS_STMT_COPY_TO || plan->kind == PGS_STMT_COPY_FROM;
-  fan->streams = pgs_plan_streams(plan);
+  fan->streams = pgs_plan_streams(plan) && order->portal == NULL;
+  fan->portal = order->portal;
+  fan->max_rows = order->max_rows;
+  fan->declare = order->declare;
   if (plan->merge)
-    fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(slots), limit, offset,
-                               (size_t)client->config->max_merge_bytes);
+    fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(fan->slots), order->limit,
+                               order->offset, (size_t)client->config->max_merge_bytes);
   pgs_buf_init(&fan->head);
   pgs_buf_init(&fan->error);
   client->fan = fan;
@@ -70,6 +73,7 @@ void pgs_fan_free(pgs_fan_t *fan) {
   pgs_plan_unref(fan->plan);
   pgs_buf_free(&fan->head);
   pgs_buf_free(&fan->error);
+  pgs_buf_free(&fan->rows);
   free(fan);
 }
 
@@ -106,7 +110,7 @@ static void fan_fail(pgs_fan_t *fan, const char *sqlstate, const char *message) 
 /* The rows the merge holds now, charged to the client's memory; false
  * (the statement fails) when they go over its budget or the process's. */
 static bool fan_charge(pgs_client_t *client, pgs_fan_t *fan) {
-  size_t held = pgs_merge_held(fan->merge);
+  size_t held = pgs_merge_held(fan->merge) + fan->rows.cap;
   if (held <= fan->charged) return true;
   const char *key = pgs_account_mem_refuses(client, held - fan->charged);
   if (key) {
@@ -121,6 +125,23 @@ static bool fan_charge(pgs_client_t *client, pgs_fan_t *fan) {
   pgs_account_mem_add(client, held - fan->charged);
   fan->charged = held;
   return true;
+}
+
+/* A row of a result fetched in parts, kept whole (DataRow M of TOTAL
+ * bytes): bounded like the merge's own rows (max_merge_bytes) and charged
+ * alike. */
+static void fan_gather(pgs_client_t *client, pgs_fan_t *fan, const uint8_t *m, size_t total) {
+  if (fan->rows.len + total > (size_t)client->config->max_merge_bytes) {
+    char message[300];
+    snprintf(message, sizeof(message),
+             "a cross-shard result fetched in parts is gathered whole first, and this one is over "
+             "max_merge_bytes (%lld); add a LIMIT or a condition on the shard key",
+             (long long)client->config->max_merge_bytes);
+    fan_fail(fan, "54000", message);
+    return;
+  }
+  pgs_buf_put(&fan->rows, m, total);
+  (void)fan_charge(client, fan);
 }
 
 static void fan_fail_merge(pgs_fan_t *fan) {
@@ -162,8 +183,10 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     pgs_fan_free(fan);
     return;
   }
-  pgs_buf_put(out, fan->head.data, fan->head.len);
-  if (fan->error.len == 0 && !fan->copy && pgs_merge_finish(fan->merge, out, &rows) != PGS_OK)
+  /* A cursor's RowDescription goes out with each FETCH, not now. */
+  if (!fan->declare) pgs_buf_put(out, fan->head.data, fan->head.len);
+  pgs_buf_t *result = fan->portal ? &fan->rows : out;
+  if (fan->error.len == 0 && !fan->copy && pgs_merge_finish(fan->merge, result, &rows) != PGS_OK)
     fan_fail_merge(fan);
   if (fan->error.len > 0) {
     pgs_buf_put(out, fan->error.data, fan->error.len);
@@ -172,8 +195,20 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     /* An error of pgshard's own inside a transaction aborts it, as any
      * error would in PostgreSQL (no server failed to say so). */
     if (fan->own_error) pgs_session_tx_failed(&client->session);
+    if (fan->declare) pgs_session_drop_cursor(&client->session, fan->portal);
     /* Skip to Sync, as PostgreSQL, unless the Sync is out already. */
     if (!fan->simple && !fan->synced) pgs_session_set_unit(&client->session, PGS_UNIT_SKIP_TO_SYNC);
+  } else if (fan->portal) {
+    /* Gathered: the portal hands its rows out, the first ones now; a
+     * cursor's with each FETCH. */
+    pgs_portal_gathered(fan->portal, &fan->rows, fan->declare ? &fan->head : NULL);
+    if (fan->declare) {
+      size_t start = pgs_msg_begin(out, 'C');
+      pgs_buf_put_cstr(out, "DECLARE CURSOR");
+      pgs_msg_end(out, start);
+    } else {
+      (void)pgs_portal_fetch(fan->portal, fan->max_rows, PGS_FETCH_EXECUTE, out);
+    }
   } else {
     char tag[48];
     if (fan->copy) {
@@ -206,7 +241,7 @@ static pgs_fan_action_t fan_describe(pgs_fan_t *fan, const uint8_t *m, size_t to
     fan_fail_merge(fan);
     return PGS_FAN_DROP;
   }
-  if (!fan->simple || fan->sent_head) return PGS_FAN_DROP;
+  if ((!fan->simple && !fan->declare) || fan->sent_head) return PGS_FAN_DROP;
   fan->sent_head = true;
   if (fan->streams) return PGS_FAN_FORWARD; /* no hidden column */
   /* Nothing else goes out before the end: sent with the rows, the client
@@ -272,7 +307,7 @@ static void copy_row_cb(void *ctx, int shard, const uint8_t *row, size_t len) {
 
 pgs_fan_t *pgs_fan_start(pgs_client_t *client, const pgs_fan_order_t *order) {
   pgs_plan_t *plan = order->plan;
-  pgs_fan_t *fan = fan_new(client, plan, order->slots, order->limit, order->offset, order->simple);
+  pgs_fan_t *fan = fan_new(client, order);
   if (!order->copy_in) return fan;
   fan->copy_in = true;
   fan->own_tx = order->own_tx;
@@ -341,7 +376,9 @@ pgs_fan_action_t pgs_fan_reply(pgs_client_t *client, int slot, char type, const 
     }
     switch (pgs_merge_row(fan->merge, fan_part(fan, slot), m + 5, total - 5)) {
     case PGS_MERGE_PASS:
-      return PGS_FAN_FORWARD;
+      if (fan->portal == NULL) return PGS_FAN_FORWARD;
+      fan_gather(client, fan, m, total);
+      return PGS_FAN_DROP;
     case PGS_MERGE_FAILED:
       fan_fail_merge(fan);
       return PGS_FAN_DROP;

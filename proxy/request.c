@@ -453,7 +453,8 @@ static void forward(pgs_client_t *client, pgs_server_t *server, char type, const
 }
 
 /* TEXT through the unnamed statement and portal (COMMIT in an
- * extended-protocol unit): only the Execute's reply is the client's. */
+ * extended-protocol unit): only the Execute's reply is the client's. A
+ * fan's part (RULE.fan) is described too, and every reply is the fan's. */
 static void exec_sql(pgs_server_t *server, const char *text, pgs_reply_rule_t rule, bool internal) {
   size_t mark = pgs_io_scratch_mark(&server->io);
   pgs_buf_t *b = pgs_io_scratch(&server->io);
@@ -469,13 +470,22 @@ static void exec_sql(pgs_server_t *server, const char *text, pgs_reply_rule_t ru
   pgs_buf_put_i16(b, 0);
   pgs_buf_put_i16(b, 0);
   pgs_msg_end(b, start);
+  if (rule.fan) {
+    start = pgs_msg_begin(b, 'D');
+    pgs_buf_put_u8(b, 'P');
+    pgs_buf_put_cstr(b, "");
+    pgs_msg_end(b, start);
+  }
   start = pgs_msg_begin(b, 'E');
   pgs_buf_put_cstr(b, "");
   pgs_buf_put_i32(b, 0);
   pgs_msg_end(b, start);
   pgs_io_scratch_done(&server->io, mark);
-  pgs_server_expect(server, PGS_EXP_PARSE, pgs_rule_internal(PGS_ON_ERROR_CLIENT), NULL);
-  pgs_server_expect(server, PGS_EXP_BIND, pgs_rule_internal(PGS_ON_ERROR_CLIENT), NULL);
+  pgs_reply_rule_t head = pgs_rule_internal(PGS_ON_ERROR_CLIENT);
+  if (rule.fan) head = (pgs_reply_rule_t){.fan = true, .internal = true};
+  pgs_server_expect(server, PGS_EXP_PARSE, head, NULL);
+  pgs_server_expect(server, PGS_EXP_BIND, head, NULL);
+  if (rule.fan) pgs_server_expect(server, PGS_EXP_DESCRIBE, head, NULL);
   rule.internal = internal;
   pgs_server_expect(server, PGS_EXP_EXECUTE, rule, NULL);
 }
@@ -694,6 +704,12 @@ static void emit_reply(pgs_client_t *client, const pgs_step_t *st) {
     pgs_info("client %d (%s@%s) refused: %s (SQLSTATE %s)", client->cancel_pid, client->username,
              client->peer, st->text + 6, st->text);
     pgs_msg_error_raw(b, "ERROR", st->text, st->text + 6, NULL);
+  } else if (st->op == PGS_STEP_ROWS) {
+    pgs_strmap_t *map =
+        st->fetch == PGS_FETCH_EXECUTE ? &client->session.portals : &client->session.cursors;
+    pgs_portal_t *portal = pgs_strmap_get(map, st->text);
+    PGS_ASSERT(portal && portal->gathered); /* planned so, nothing ran in between */
+    (void)pgs_portal_fetch(portal, st->rows, (pgs_fetch_t)st->fetch, b);
   } else if (st->reply == 'Z') {
     pgs_io_scratch_done(io, mark);
     pgs_request_send_ready(client);
@@ -787,7 +803,19 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     pgs_reply_rule_t describe = st->rule;
     describe.internal = true;
     pgs_server_expect(server, PGS_EXP_DESCRIBE, describe, NULL);
-    forward(client, server, type, p, total, st->rule, false);
+    if (client->fan && client->fan->portal) {
+      /* Gathered: each part runs whole, whatever the client's row limit. */
+      mark = pgs_io_scratch_mark(&server->io);
+      b = pgs_io_scratch(&server->io);
+      start = pgs_msg_begin(b, 'E');
+      pgs_buf_put_cstr(b, execute.portal);
+      pgs_buf_put_i32(b, 0);
+      pgs_msg_end(b, start);
+      pgs_io_scratch_done(&server->io, mark);
+      pgs_server_expect(server, PGS_EXP_EXECUTE, st->rule, NULL);
+    } else {
+      forward(client, server, type, p, total, st->rule, false);
+    }
     break;
   }
   case PGS_STEP_PARSE:
@@ -805,6 +833,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     break;
   }
   case PGS_STEP_EXEC_SQL:
+  case PGS_STEP_FAN_SQL:
     exec_sql(server, st->text, st->rule, false);
     break;
   case PGS_STEP_SYNC: {
@@ -822,7 +851,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
   }
   if (st->forget_prepared) pgs_server_forget_prepared(server);
   bool extended = st->op == PGS_STEP_PARSE || st->op == PGS_STEP_EXEC_SQL ||
-                  st->op == PGS_STEP_FAN_EXEC ||
+                  st->op == PGS_STEP_FAN_EXEC || st->op == PGS_STEP_FAN_SQL ||
                   (st->op == PGS_STEP_FORWARD && extended_type(type));
   if (extended) {
     client->session.unit_mask |= BIT(shard);

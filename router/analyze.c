@@ -182,16 +182,20 @@ typedef struct ctx {
   int depth;
   bool too_deep;
   /* Per statement: */
-  bool unknown_function; /* calls a function not known read-only */
-  bool locks_rows;       /* FOR UPDATE/SHARE anywhere */
-  bool select_into;      /* SELECT ... INTO creates a table */
-  bool modifies;         /* INSERT/UPDATE/DELETE/MERGE anywhere (WITH d AS (DELETE ...)) */
-  bool runs_code;        /* CALL, DO, or a SELECT that is a write only by calling
+  bool unknown_function;     /* calls a function not known read-only */
+  bool locks_rows;           /* FOR UPDATE/SHARE anywhere */
+  bool select_into;          /* SELECT ... INTO creates a table */
+  bool modifies;             /* INSERT/UPDATE/DELETE/MERGE anywhere (WITH d AS (DELETE ...)) */
+  bool runs_code;            /* CALL, DO, or a SELECT that is a write only by calling
                             functions not known read-only: what it writes is unknown */
-  bool copy_write;       /* COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO */
-  bool cursor;           /* DECLARE CURSOR */
-  int not_replayable;    /* statements other than SET/RESET/savepoints */
-  int insert_ref;        /* the ref of a top-level INSERT, or -1 */
+  bool copy_write;           /* COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO */
+  bool cursor;               /* DECLARE CURSOR */
+  pgs_cursor_op_t cursor_op; /* the last SQL cursor statement (one statement: the plan's) */
+  char cursor_name[64];
+  bool cursor_hold, cursor_scroll, fetch_forward;
+  int64_t fetch_count;
+  int not_replayable; /* statements other than SET/RESET/savepoints */
+  int insert_ref;     /* the ref of a top-level INSERT, or -1 */
   /* Whole text: */
   const pgs_table_t *table;
   bool copy_rows;
@@ -1301,15 +1305,34 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
   }
   case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
     return PGS_STMT_READ;
-  case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
-    /* Routed as the read it is: a cursor lives on one server, so one over
-     * several shards (no merge plan) is refused rather than left on one.
-     * A cursor over a SELECT that locks rows or calls code that may write
-     * is a write, like that SELECT. */
+  case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT: {
+    /* Routed as the read it is: on one shard the cursor lives on its
+     * server; on several pgshard gathers its rows (planner.c). A cursor
+     * over a SELECT that locks rows or calls code that may write is a
+     * write, like that SELECT. */
+    const PgQuery__DeclareCursorStmt *d = n->declare_cursor_stmt;
     ctx->cursor = true;
-    return analyse_stmt(ctx, n->declare_cursor_stmt->query, false) == PGS_STMT_WRITE
-               ? PGS_STMT_WRITE
-               : PGS_STMT_READ;
+    ctx->cursor_op = PGS_CURSOR_DECLARE;
+    snprintf(ctx->cursor_name, sizeof(ctx->cursor_name), "%s", d->portalname ? d->portalname : "");
+    ctx->cursor_hold = (d->options & 0x0020) != 0;   /* CURSOR_OPT_HOLD */
+    ctx->cursor_scroll = (d->options & 0x0002) != 0; /* CURSOR_OPT_SCROLL */
+    return analyse_stmt(ctx, d->query, false) == PGS_STMT_WRITE ? PGS_STMT_WRITE : PGS_STMT_READ;
+  }
+  case PG_QUERY__NODE__NODE_FETCH_STMT: {
+    const PgQuery__FetchStmt *f = n->fetch_stmt;
+    ctx->cursor_op = f->ismove ? PGS_CURSOR_MOVE : PGS_CURSOR_FETCH;
+    snprintf(ctx->cursor_name, sizeof(ctx->cursor_name), "%s", f->portalname ? f->portalname : "");
+    /* FETCH -n and FETCH 0 are FORWARD in the grammar, but not forward. */
+    ctx->fetch_forward =
+        f->direction == PG_QUERY__FETCH_DIRECTION__FETCH_FORWARD && f->how_many > 0;
+    ctx->fetch_count = f->how_many >= INT64_MAX / 2 ? -1 : f->how_many; /* FETCH_ALL: LONG_MAX */
+    return PGS_STMT_SESSION;
+  }
+  case PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT:
+    ctx->cursor_op = PGS_CURSOR_CLOSE;
+    snprintf(ctx->cursor_name, sizeof(ctx->cursor_name), "%s",
+             n->close_portal_stmt->portalname ? n->close_portal_stmt->portalname : "");
+    return PGS_STMT_SESSION;
   case PG_QUERY__NODE__NODE_PREPARE_STMT: {
     /* EXECUTE would run it wherever the session is, whatever its
      * parameters: a statement on a sharded table must be prepared through
@@ -1329,8 +1352,6 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
   case PG_QUERY__NODE__NODE_NOTIFY_STMT:
   case PG_QUERY__NODE__NODE_EXECUTE_STMT:
   case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
-  case PG_QUERY__NODE__NODE_FETCH_STMT:
-  case PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT:
   case PG_QUERY__NODE__NODE_CONSTRAINTS_SET_STMT:
   case PG_QUERY__NODE__NODE_LOAD_STMT:
     return PGS_STMT_SESSION;
@@ -1543,6 +1564,14 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
       plan->unkeyed_tenant = ctx->refs[r].table;
   plan->copy_write = ctx->copy_write;
   plan->cursor = ctx->cursor;
+  if (nstatements == 1) {
+    plan->cursor_op = ctx->cursor_op;
+    memcpy(plan->cursor_name, ctx->cursor_name, sizeof(plan->cursor_name));
+    plan->cursor_hold = ctx->cursor_hold;
+    plan->cursor_scroll = ctx->cursor_scroll;
+    plan->fetch_forward = ctx->fetch_forward;
+    plan->fetch_count = ctx->fetch_count;
+  }
   plan->tx_replayable = nstatements > 0 && ctx->not_replayable == 0 && kind == PGS_STMT_SESSION;
   plan->nkeys = keys.n;
   plan->keys = keys.n ? space : NULL;

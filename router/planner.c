@@ -10,6 +10,7 @@
  * replicas, pgshard's own settings, then the plans: Query, Parse, Bind,
  * Describe/Execute/Close of portals, Sync, and the pass-through pooler's.
  */
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,6 +183,7 @@ void pgs_session_init(pgs_session_t *s, const pgs_database_t *db) {
   s->tx_write_shard = -1;
   s->hint_shard = -1;
   pgs_strmap_init(&s->portals);
+  pgs_strmap_init(&s->cursors);
   pgs_lex_init(&s->lx);
   s->routing = routes(s, db);
 }
@@ -194,6 +196,7 @@ void pgs_session_free(pgs_session_t *s) {
   free(s->picked);
   free(s->ryw_lsn);
   pgs_strmap_free(&s->portals, pgs_session_free_portal);
+  pgs_strmap_free(&s->cursors, pgs_session_free_portal);
   pgs_lex_free(&s->lx);
   free(s->tenant);
   free(s->tenant_text);
@@ -243,9 +246,62 @@ static void order_fan(pgs_session_t *s, pgs_plan_t *plan, uint64_t slots, int64_
 
 /* ---- statements and portals ---- */
 
+/* Let PORTAL's gathered rows go. */
+static void drop_gathered(pgs_portal_t *portal) {
+  if (portal->owner && portal->rows_charged) charge(portal->owner, 0, portal->rows_charged);
+  portal->charged -= portal->rows_charged;
+  portal->rows_charged = 0;
+  pgs_buf_free(&portal->rows);
+  pgs_buf_free(&portal->head);
+  portal->rows_pos = 0;
+  portal->gathered = false;
+}
+
+void pgs_portal_gathered(pgs_portal_t *portal, pgs_buf_t *rows, pgs_buf_t *head) {
+  drop_gathered(portal);
+  portal->rows = *rows;
+  pgs_buf_init(rows);
+  if (head) {
+    portal->head = *head;
+    pgs_buf_init(head);
+  }
+  portal->gathered = true;
+  portal->rows_charged = portal->rows.cap + portal->head.cap;
+  portal->charged += portal->rows_charged;
+  if (portal->owner) charge(portal->owner, portal->rows_charged, 0);
+}
+
+uint64_t pgs_portal_fetch(pgs_portal_t *portal, int64_t max_rows, pgs_fetch_t how, pgs_buf_t *out) {
+  uint64_t n = 0;
+  const pgs_buf_t *rows = &portal->rows;
+  if (how == PGS_FETCH_FETCH || how == PGS_FETCH_DESCRIBE)
+    pgs_buf_put(out, portal->head.data, portal->head.len);
+  if (how == PGS_FETCH_DESCRIBE) return 0;
+  while (portal->rows_pos + 5 <= rows->len && (max_rows <= 0 || n < (uint64_t)max_rows)) {
+    size_t total = 1 + (size_t)pgs_get_u32(rows->data + portal->rows_pos + 1);
+    if (how != PGS_FETCH_MOVE) pgs_buf_put(out, rows->data + portal->rows_pos, total);
+    portal->rows_pos += total;
+    n++;
+  }
+  if (how == PGS_FETCH_EXECUTE && max_rows > 0 && n == (uint64_t)max_rows) {
+    pgs_msg_empty(out, 's'); /* PortalSuspended: PostgreSQL too says so at the limit */
+    return n;
+  }
+  static const char *const verbs[] = {"SELECT", "FETCH", "FETCH", "MOVE", ""};
+  char tag[48];
+  snprintf(tag, sizeof(tag), "%s %llu", verbs[how], (unsigned long long)n);
+  size_t start = pgs_msg_begin(out, 'C');
+  pgs_buf_put_cstr(out, tag);
+  pgs_msg_end(out, start);
+  return n;
+}
+
 void pgs_session_free_portal(void *p) {
   pgs_portal_t *portal = p;
   if (portal->owner) charge(portal->owner, 0, portal->charged);
+  pgs_buf_free(&portal->rows);
+  pgs_buf_free(&portal->head);
+  pgs_plan_unref(portal->cursor_plan);
   free(portal->sql);
   pgs_plan_unref(portal->merge_plan);
   pgs_buf_free(&portal->merge_body);
@@ -399,7 +455,8 @@ static int first_bit(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; 
  * its end (and so after every earlier reply of its own servers), until the
  * servers outside the fan have. */
 static void add_fan_steps(pgs_session_t *s, uint64_t slots, pgs_step_op_t op, const char *text) {
-  bool first = true, streams = pgs_plan_streams(s->fan_order.plan);
+  bool first = true;
+  bool streams = pgs_plan_streams(s->fan_order.plan) && s->fan_order.portal == NULL;
   for (int i = 0; i < s->nslots; i++) {
     if (!(slots & BIT(i))) continue;
     pgs_step_t *st = add_step(s, i, op, PGS_PLACED_ROUTE);
@@ -843,10 +900,41 @@ static void add_inject(pgs_session_t *s, int slot, const char *text, pgs_reply_r
 
 /* COMMIT or ROLLBACK (KIND) of the transaction pgshard began: to every
  * shard it touched, or answered here when it touched none. */
+/* The transaction ends (ROLLBACK: in failure): its cursors close, but those
+ * WITH HOLD it committed. */
+static void end_cursors(pgs_session_t *s, bool rollback) {
+  pgs_strmap_t *map = &s->cursors;
+  for (size_t b = 0; b < map->nbuckets; b++) {
+    for (pgs_strmap_entry_t *e = map->buckets[b], *next; e; e = next) {
+      next = e->next;
+      pgs_portal_t *cursor = e->value;
+      if (cursor->hold && !(rollback && cursor->in_tx)) {
+        cursor->in_tx = false;
+        continue;
+      }
+      pgs_strmap_remove(map, e->key);
+      pgs_session_free_portal(cursor);
+    }
+  }
+}
+
+void pgs_session_drop_cursor(pgs_session_t *s, pgs_portal_t *cursor) {
+  pgs_strmap_t *map = &s->cursors;
+  for (size_t b = 0; b < map->nbuckets; b++) {
+    for (pgs_strmap_entry_t *e = map->buckets[b]; e; e = e->next) {
+      if (e->value != cursor) continue;
+      pgs_strmap_remove(map, e->key);
+      pgs_session_free_portal(cursor);
+      return;
+    }
+  }
+}
+
 static void plan_tx_end(pgs_session_t *s, pgs_stmt_kind_t kind, const char *sql, bool simple) {
   bool rollback = kind == PGS_STMT_ROLLBACK || (s->ex.tx == PGS_TX_ABORTED);
   const char *tag = rollback ? "ROLLBACK" : "COMMIT";
   uint64_t mask = s->tx_mask;
+  end_cursors(s, rollback);
   pgs_session_set_tx(s, PGS_TX_NONE);
   s->tx_mask = 0;
   s->tx_write_shard = -1;
@@ -1023,6 +1111,178 @@ static bool keep_for_replay(pgs_session_t *s, bool replayable, const char *sql) 
   return true;
 }
 
+/* ---- SQL cursors ----
+ *
+ * A cursor over one shard lives on that shard's server: DECLARE goes there
+ * and FETCH, MOVE and CLOSE follow it (pgshard remembers where). A cursor
+ * over several shards cannot live on any one server: its query runs
+ * whole on each shard at DECLARE (a fan whose merged rows are gathered,
+ * bounded by max_merge_bytes), and FETCH and MOVE are answered from what
+ * was gathered, forward only. Either closes with its transaction unless
+ * declared WITH HOLD. */
+
+/* Where the query of "DECLARE name ... CURSOR ... FOR query" starts in SQL
+ * (LEN bytes): after the first FOR that is a word of its own outside
+ * quotes and comments. 0 when there is none. */
+static size_t declare_query_start(const char *sql, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    char c = sql[i];
+    if (c == '"') {
+      for (i++; i < len && !(sql[i] == '"' && (i + 1 >= len || sql[i + 1] != '"')); i++)
+        if (sql[i] == '"') i++; /* "" inside a quoted name */
+      i++;
+    } else if (c == '-' && i + 1 < len && sql[i + 1] == '-') {
+      while (i < len && sql[i] != '\n') i++;
+    } else if (c == '/' && i + 1 < len && sql[i + 1] == '*') {
+      int depth = 0;
+      do {
+        if (i + 1 < len && sql[i] == '/' && sql[i + 1] == '*') {
+          depth++;
+          i += 2;
+        } else if (i + 1 < len && sql[i] == '*' && sql[i + 1] == '/') {
+          depth--;
+          i += 2;
+        } else {
+          i++;
+        }
+      } while (i < len && depth > 0);
+    } else if (isalpha((unsigned char)c) || c == '_') {
+      size_t start = i;
+      while (i < len && (isalnum((unsigned char)sql[i]) || sql[i] == '_' || sql[i] == '$')) i++;
+      if (i - start == 3 && !strncasecmp(sql + start, "for", 3)) return i;
+    } else if (c == '\'' || c == '(' || c == ';') {
+      return 0; /* not in a DECLARE's head */
+    } else {
+      i++;
+    }
+  }
+  return 0;
+}
+
+/* A new cursor entry NAME (declared in the open transaction or not). */
+static pgs_portal_t *put_cursor(pgs_session_t *s, const char *name, bool hold) {
+  pgs_portal_t *cursor = pgs_xcalloc(1, sizeof(*cursor));
+  cursor->owner = s;
+  cursor->charged = sizeof(*cursor) + sizeof(pgs_strmap_entry_t) + strlen(name) + 1;
+  charge(s, cursor->charged, 0);
+  cursor->hold = hold;
+  cursor->in_tx = pgs_exchange_in_tx(&s->ex);
+  pgs_portal_t *old = pgs_strmap_put(&s->cursors, name, cursor);
+  if (old) pgs_session_free_portal(old);
+  return cursor;
+}
+
+/* The query of the DECLARE in SQL (QLEN bytes; the query from *AT) lexed
+ * into LX and analysed (*INNER, a reference) when it is a merged read over
+ * several shards: the cursor is then gathered. False otherwise (the DECLARE goes where its
+ * query routes, as any statement). */
+static bool declare_gathers(pgs_session_t *s, const char *sql, size_t qlen, pgs_lexed_t *lx,
+                            pgs_plan_t **inner, size_t *at) {
+  *at = declare_query_start(sql, qlen);
+  *inner = NULL;
+  if (*at == 0 || pgs_lex(sql + *at, qlen - *at, lx) != PGS_OK) return false;
+  *inner = get_plan(s, lx);
+  const pgs_plan_t *q = *inner;
+  if (q->parse_failed || q->kind != PGS_STMT_READ || q->merge == NULL || lx->hint_shard[0] ||
+      q->nrows > 0 || lx->nparams > 0)
+    return false;
+  pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
+  pgs_route_t probe = {.row_shard = NULL};
+  pgs_route_plan(s->db, q, lx, NULL, &session, &probe);
+  return probe.kind == PGS_ROUTE_MERGE;
+}
+
+/* DECLARE (PLAN) of a cursor over several shards: its query runs whole on
+ * each, in a Query (SIMPLE) or through the unnamed statement, and the
+ * merged rows are gathered in the cursor. False when it is not gathered. */
+static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const pgs_plan_t *plan,
+                         bool simple) {
+  pgs_lexed_t lx;
+  pgs_lex_init(&lx);
+  pgs_plan_t *inner = NULL;
+  size_t at;
+  bool gathered = declare_gathers(s, sql, qlen, &lx, &inner, &at);
+  pgs_route_t rt;
+  int64_t limit, offset;
+  pgs_value_error_t err;
+  uint64_t slots = 0;
+  if (!gathered) goto out;
+  if (!route(s, inner, &lx, NULL, &rt)) goto refused;
+  if (!plan->cursor_hold && !pgs_exchange_in_tx(&s->ex)) {
+    add_error(s, "25P01", "DECLARE CURSOR can only be used in transaction blocks");
+    goto refused;
+  }
+  if (pgs_strmap_get(&s->cursors, plan->cursor_name)) {
+    add_error(s, "42P03", "cursor \"%s\" already exists", plan->cursor_name);
+    goto refused;
+  }
+  slots = fan_slots(s, &rt, inner);
+  if (slots == 0) goto refused;
+  if (pgs_merge_limits(inner->merge, &lx, NULL, &limit, &offset, &err) != PGS_OK) {
+    add_error(s, err.sqlstate, "%s", err.message);
+    goto refused;
+  }
+  pgs_buf_t text;
+  pgs_buf_init(&text);
+  if (inner->merge->rewrite)
+    pgs_merge_shard_sql(inner->merge, &lx, &text);
+  else
+    pgs_buf_put(&text, sql + at, qlen - at);
+  pgs_buf_put_u8(&text, 0);
+  order_fan(s, inner, slots, limit, offset, simple);
+  s->fan_order.portal = put_cursor(s, plan->cursor_name, plan->cursor_hold);
+  s->fan_order.declare = true;
+  add_fan_steps(s, slots, simple ? PGS_STEP_QUERY : PGS_STEP_FAN_SQL, (const char *)text.data);
+  pgs_buf_free(&text);
+  goto out;
+refused:
+  if (simple) add_reply(s, 'Z', NULL);
+out:
+  pgs_plan_unref(inner);
+  pgs_lex_free(&lx);
+  return gathered;
+}
+
+/* FETCH, MOVE or CLOSE of a cursor pgshard gathered (PLAN's), answered
+ * here; or of one on one shard, sent there. False when pgshard does not
+ * know the cursor (the session's servers are asked, as any SET). */
+static bool plan_cursor_op(pgs_session_t *s, const pgs_plan_t *plan) {
+  pgs_portal_t *cursor =
+      plan->cursor_name[0] ? pgs_strmap_get(&s->cursors, plan->cursor_name) : NULL;
+  if (plan->cursor_op == PGS_CURSOR_CLOSE && plan->cursor_name[0] == '\0') {
+    /* CLOSE ALL: pgshard's, and each server's. */
+    pgs_strmap_free(&s->cursors, pgs_session_free_portal);
+    pgs_strmap_init(&s->cursors);
+    return false;
+  }
+  if (cursor == NULL) return false;
+  if (cursor->mask) { /* on one shard's server */
+    add_fanout(s, cursor->mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
+  } else if (plan->cursor_op == PGS_CURSOR_CLOSE) {
+    add_reply(s, 'C', "CLOSE CURSOR");
+    add_reply(s, 'Z', NULL);
+  } else if (!plan->fetch_forward) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "cursor \"%s\" runs over several shards and fetches forward only (FETCH n, NEXT, "
+              "ALL)",
+              plan->cursor_name);
+    add_reply(s, 'Z', NULL);
+    return true;
+  } else {
+    pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_ROWS, PGS_PLACED_NONE);
+    st->text = pgs_xstrdup(plan->cursor_name);
+    st->rows = plan->fetch_count < 0 ? 0 : plan->fetch_count;
+    st->fetch = plan->cursor_op == PGS_CURSOR_MOVE ? PGS_FETCH_MOVE : PGS_FETCH_FETCH;
+    add_reply(s, 'Z', NULL);
+  }
+  if (plan->cursor_op == PGS_CURSOR_CLOSE) {
+    pgs_strmap_remove(&s->cursors, plan->cursor_name);
+    pgs_session_free_portal(cursor);
+  }
+  return true;
+}
+
 /* A simple Query in routing mode. */
 static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
   pgs_reader_t r;
@@ -1103,6 +1363,14 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
   } else if (session && sets_scs_off(&fx)) {
     add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
     add_reply(s, 'Z', NULL);
+  } else if (single &&
+             (plan->cursor_op == PGS_CURSOR_FETCH || plan->cursor_op == PGS_CURSOR_MOVE ||
+              plan->cursor_op == PGS_CURSOR_CLOSE) &&
+             plan_cursor_op(s, plan)) {
+    /* A cursor pgshard knows: planned. */
+  } else if (single && plan->cursor_op == PGS_CURSOR_DECLARE &&
+             plan_declare(s, sql, qlen, plan, true)) {
+    /* Over several shards: gathered. */
   } else if (kind == PGS_STMT_SESSION || kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
     /* SET and friends (no data: they change the session) go wherever the
      * session is; so does COMMIT or ROLLBACK outside a transaction. */
@@ -1158,6 +1426,8 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       bool atomic = rt.kind == PGS_ROUTE_FANOUT && implicit_twopc(s, plan, rt.shards);
       int first = atomic ? implicit_begin(s, mask) : 0;
       add_fanout(s, mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
+      if (single && plan->cursor_op == PGS_CURSOR_DECLARE) /* FETCH follows it there */
+        put_cursor(s, plan->cursor_name, plan->cursor_hold)->mask = mask;
       if (atomic) implicit_twopc_commit(s, mask, first);
       if (session) check_session_effects(s, &fx, true);
     }
@@ -1357,7 +1627,10 @@ static pgs_portal_t *put_portal(pgs_session_t *s, const char *name) {
   portal->drops_prepared = false;
   pgs_plan_unref(portal->merge_plan);
   portal->merge_plan = NULL;
+  pgs_plan_unref(portal->cursor_plan);
+  portal->cursor_plan = NULL;
   portal->unbound = 0;
+  drop_gathered(portal);
   return portal;
 }
 
@@ -1418,6 +1691,46 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
     portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
     add_reply(s, '2', NULL);
     return;
+  }
+  pgs_portal_t *cursor = plan->cursor_op == PGS_CURSOR_FETCH ||
+                                 plan->cursor_op == PGS_CURSOR_MOVE ||
+                                 plan->cursor_op == PGS_CURSOR_CLOSE
+                             ? pgs_strmap_get(&s->cursors, plan->cursor_name)
+                             : NULL;
+  if (cursor && cursor->mask == 0) {
+    /* Of a cursor pgshard gathered: answered at its Execute. */
+    portal->kind = plan->kind;
+    portal->cursor_plan = stmt->plan;
+    stmt->plan->refcount++;
+    add_reply(s, '2', NULL);
+    return;
+  }
+  if (cursor) {
+    /* Of a cursor on one shard's server: there. */
+    portal->kind = plan->kind;
+    portal->mask = cursor->mask;
+    portal->placed = PGS_PLACED_ROUTE;
+    add_fanout(s, portal->mask, PGS_STEP_FORWARD, NULL, false, portal->placed);
+    return;
+  }
+  if (plan->cursor_op == PGS_CURSOR_DECLARE && bind.nparams == 0) {
+    /* A cursor over several shards: declared (gathered) at its Execute. */
+    const char *text = (const char *)stmt->parse_body.data;
+    size_t qlen = strnlen(text, stmt->parse_body.len), at;
+    pgs_lexed_t lx;
+    pgs_plan_t *inner;
+    pgs_lex_init(&lx);
+    bool gathers = declare_gathers(s, text, qlen, &lx, &inner, &at);
+    pgs_plan_unref(inner);
+    pgs_lex_free(&lx);
+    if (gathers) {
+      portal->kind = plan->kind;
+      portal->sql = pgs_xstrndup(text, qlen);
+      portal->cursor_plan = stmt->plan;
+      stmt->plan->refcount++;
+      add_reply(s, '2', NULL);
+      return;
+    }
   }
   pgs_route_t rt;
   pv.type_oid = stmt->type_oids;
@@ -1489,11 +1802,71 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
   portal->kind = plan->kind;
   portal->copies = plan->target == PGS_TARGET_ANY;
   add_fanout(s, portal->mask, PGS_STEP_FORWARD, NULL, false, portal->placed);
+  if (plan->cursor_op == PGS_CURSOR_DECLARE && portal->placed == PGS_PLACED_ROUTE)
+    put_cursor(s, plan->cursor_name, plan->cursor_hold)->mask = portal->mask; /* FETCH: there */
+}
+
+/* Describe, Execute (TYPE) or Close of PORTAL, a SQL cursor statement on a
+ * cursor pgshard gathers: answered here (a DECLARE's Execute gathers). */
+static void plan_local_cursor(pgs_session_t *s, pgs_portal_t *portal, char type) {
+  const pgs_plan_t *plan = portal->cursor_plan;
+  pgs_portal_t *cursor = pgs_strmap_get(&s->cursors, plan->cursor_name);
+  if (type == 'C' || (type == 'D' && (plan->cursor_op != PGS_CURSOR_FETCH || cursor == NULL))) {
+    add_reply(s, type == 'D' ? 'n' : '3', NULL);
+    return;
+  }
+  if (plan->cursor_op == PGS_CURSOR_DECLARE) {
+    if (!plan_declare(s, portal->sql, strlen(portal->sql), plan, false)) {
+      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "this cursor's query no longer runs over several shards; declare it again");
+      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    }
+    return;
+  }
+  if (cursor == NULL || cursor->mask) {
+    add_error(s, "34000", "cursor \"%s\" does not exist", plan->cursor_name);
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  }
+  if (plan->cursor_op == PGS_CURSOR_CLOSE) {
+    add_reply(s, 'C', "CLOSE CURSOR");
+    pgs_session_drop_cursor(s, cursor);
+    return;
+  }
+  if (type == 'E' && !plan->fetch_forward) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "cursor \"%s\" runs over several shards and fetches forward only (FETCH n, NEXT, "
+              "ALL)",
+              plan->cursor_name);
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  }
+  pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_ROWS, PGS_PLACED_NONE);
+  st->text = pgs_xstrdup(plan->cursor_name);
+  st->rows = plan->fetch_count < 0 ? 0 : plan->fetch_count;
+  st->fetch = type == 'D'                          ? PGS_FETCH_DESCRIBE
+              : plan->cursor_op == PGS_CURSOR_MOVE ? PGS_FETCH_MOVE
+                                                   : PGS_FETCH_ROWS;
 }
 
 /* Describe, Execute or Close of a portal: where it was bound. */
 static void plan_portal_message(pgs_session_t *s, char type, const char *name, int32_t max_rows) {
   pgs_portal_t *portal = pgs_strmap_get(&s->portals, name);
+  pgs_portal_t *cursor = portal ? NULL : pgs_strmap_get(&s->cursors, name);
+  if (cursor && type != 'E') {
+    /* A SQL cursor is a portal too: described or closed by name. */
+    if (cursor->mask) {
+      add_fanout(s, cursor->mask, PGS_STEP_FORWARD, NULL, false, PGS_PLACED_ROUTE);
+    } else if (type == 'D') {
+      pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_ROWS, PGS_PLACED_NONE);
+      st->text = pgs_xstrdup(name);
+      st->fetch = PGS_FETCH_DESCRIBE;
+    } else {
+      add_reply(s, '3', NULL);
+    }
+    if (type == 'C') pgs_session_drop_cursor(s, cursor);
+    return;
+  }
   if (portal == NULL) {
     if (type == 'C') {
       add_reply(s, '3', NULL); /* closing what does not exist is no error */
@@ -1506,7 +1879,9 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
     }
     return;
   }
-  if (portal->mask == 0 && type != 'E') {
+  if (portal->mask == 0 && portal->cursor_plan) {
+    plan_local_cursor(s, portal, type);
+  } else if (portal->mask == 0 && type != 'E') {
     /* Answered by pgshard: BEGIN/COMMIT/ROLLBACK. */
     add_reply(s, type == 'D' ? 'n' : '3', NULL);
   } else if (portal->mask == 0) {
@@ -1521,16 +1896,21 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
     int slot = s->cur >= 0 && (bound & BIT(s->cur)) ? s->cur : first_bit(bound);
     pgs_step_t *st = add_step(s, slot, PGS_STEP_FORWARD, PGS_PLACED_ROUTE);
     st->rule.hide = (int16_t)portal->merge_plan->merge->nhidden;
+  } else if (portal->merge_plan && type == 'E' && portal->gathered) {
+    /* Fetched in parts: the next ones are pgshard's to hand out. */
+    pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_ROWS, PGS_PLACED_NONE);
+    st->text = pgs_xstrdup(name);
+    st->rows = max_rows;
+    st->fetch = PGS_FETCH_EXECUTE;
   } else if (portal->merge_plan && type == 'E') {
-    if (max_rows != 0) {
-      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-                "a cross-shard result cannot be fetched in parts (Execute with a row limit); "
-                "fetch it whole or add a condition on the shard key");
-      pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
-    } else {
-      order_fan(s, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
-      add_fan_steps(s, portal->mask, PGS_STEP_FAN_EXEC, NULL);
+    /* With a row limit (a driver's fetch size), the parts run whole and
+     * the merged rows are gathered in the portal, handed out in parts. */
+    order_fan(s, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
+    if (max_rows > 0) {
+      s->fan_order.portal = portal;
+      s->fan_order.max_rows = max_rows;
     }
+    add_fan_steps(s, portal->mask, PGS_STEP_FAN_EXEC, NULL);
   } else {
     /* A merged portal is closed where it is bound. */
     if (type == 'E' && portal->sql && !keep_for_replay(s, true, portal->sql)) {

@@ -150,6 +150,14 @@ typedef struct pgs_key_ref {
   uint32_t cast_type_oid; /* an explicit cast on the value ($1::int8), or 0 */
 } pgs_key_ref_t;
 
+typedef enum {
+  PGS_CURSOR_NONE,
+  PGS_CURSOR_DECLARE,
+  PGS_CURSOR_FETCH,
+  PGS_CURSOR_MOVE,
+  PGS_CURSOR_CLOSE,
+} pgs_cursor_op_t;
+
 typedef struct pgs_plan {
   pgs_stmt_kind_t kind;
   pgs_target_t target;
@@ -194,9 +202,18 @@ typedef struct pgs_plan {
   /* COPY (INSERT/UPDATE/DELETE ... RETURNING) TO STDOUT: kind WRITE, runs
    * on one shard only (its output cannot be merged). */
   bool copy_write;
-  /* DECLARE CURSOR: the cursor lives on one server, so the statement runs
-   * on one shard or is refused. */
+  /* DECLARE CURSOR: its query runs on one shard, where the cursor then
+   * lives, or on several with its rows gathered by pgshard (planner.h). */
   bool cursor;
+  /* SQL cursors, a statement of its own: DECLARE, FETCH/MOVE, CLOSE. */
+  pgs_cursor_op_t cursor_op;
+  char cursor_name[64]; /* CLOSE: "" is CLOSE ALL */
+  bool cursor_hold;     /* DECLARE ... WITH HOLD */
+  bool cursor_scroll;   /* DECLARE ... SCROLL */
+  /* FETCH/MOVE: forward COUNT rows (-1: ALL); other directions (BACKWARD,
+   * ABSOLUTE, RELATIVE, PRIOR, ...) are not forward. */
+  bool fetch_forward;
+  int64_t fetch_count;
   /* Every statement is SET [LOCAL], RESET, SAVEPOINT, RELEASE or ROLLBACK
    * TO: inside a transaction, replayed on each shard it reaches later. */
   bool tx_replayable;

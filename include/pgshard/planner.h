@@ -103,6 +103,10 @@ typedef enum {
                         unless its rule says otherwise) */
   PGS_STEP_TWOPC,    /* a two-phase commit phase (`phase`), run when the servers
                         have answered: it plans the steps that follow */
+  PGS_STEP_ROWS,     /* the next `rows` rows (0: all) of the gathered portal or
+                        cursor named `text` (pgs_portal_fetch, `fetch` how) */
+  PGS_STEP_FAN_SQL,  /* a fan's part in the extended protocol: text through the
+                        unnamed statement and portal, described (for the merge) */
 } pgs_step_op_t;
 
 /* Why a step goes to the server it goes to. In routing mode every message
@@ -140,6 +144,8 @@ typedef struct pgs_step {
   bool merged;          /* Bind/Parse of the shards' variant of the statement (merge.h) */
   bool gid;             /* INJECT: names the session's 2PC gid (PREPARE TRANSACTION,
                            COMMIT or ROLLBACK PREPARED) */
+  uint8_t fetch;        /* ROWS: pgs_fetch_t */
+  int64_t rows;         /* ROWS: how many, 0 all */
   char *text;
   struct pgs_client_stmt *stmt;
 } pgs_step_t;
@@ -153,9 +159,12 @@ typedef struct pgs_portal {
   bool copies;    /* fans out to copies (DDL, reference tables) */
   bool read_only; /* BEGIN READ ONLY */
   bool drops_prepared;
-  char *sql;              /* local portals: the statement */
-  pgs_plan_t *merge_plan; /* merged over several shards: the plan (ref), its spec */
-  int64_t limit, offset;  /* the Bind's LIMIT/OFFSET values for the merge */
+  char *sql;               /* local portals: the statement */
+  pgs_plan_t *cursor_plan; /* a local portal of a SQL cursor statement on a cursor
+                              over several shards (DECLARE, FETCH, MOVE, CLOSE):
+                              its plan, a reference */
+  pgs_plan_t *merge_plan;  /* merged over several shards: the plan (ref), its spec */
+  int64_t limit, offset;   /* the Bind's LIMIT/OFFSET values for the merge */
   /* Merged: the Bind went to one part (its reply is the client's); the
    * others get it with their Execute, inside the fan, so the Bind costs no
    * round trip. What they are sent: the shards' statement (name, Parse
@@ -164,9 +173,30 @@ typedef struct pgs_portal {
   char merge_name[24];
   pgs_buf_t merge_body;
   pgs_buf_t merge_bind;
+  /* Gathered: a merged result fetched in parts (Execute with a row limit,
+   * FETCH from a cursor) is read whole from the shards once and handed
+   * out from here: DataRow messages, the next at rows_pos; for a cursor
+   * its RowDescription in head. */
+  bool gathered;
+  bool hold;  /* a cursor WITH HOLD: it outlives its transaction */
+  bool in_tx; /* a cursor declared in the open transaction */
+  pgs_buf_t rows;
+  size_t rows_pos;
+  pgs_buf_t head;
   struct pgs_session *owner; /* charged `charged` bytes of its memory */
   size_t charged;
+  size_t rows_charged; /* of which the gathered rows */
 } pgs_portal_t;
+
+/* How gathered rows go out (pgs_portal_fetch). */
+typedef enum {
+  PGS_FETCH_EXECUTE,  /* Execute: rows, then PortalSuspended when the limit was
+                        reached, else CommandComplete "SELECT n" */
+  PGS_FETCH_FETCH,    /* SQL FETCH: the RowDescription, rows, CommandComplete "FETCH n" */
+  PGS_FETCH_ROWS,     /* SQL FETCH as a portal (extended protocol): rows, "FETCH n" */
+  PGS_FETCH_MOVE,     /* SQL MOVE: no rows, CommandComplete "MOVE n" */
+  PGS_FETCH_DESCRIBE, /* a cursor's Describe: its RowDescription only */
+} pgs_fetch_t;
 
 /* A two-phase commit in progress (cross_shard_writes = 2pc): planned here,
  * its phases run by the proxy's coordinator (coordinator.c). */
@@ -187,6 +217,12 @@ typedef struct pgs_fan_order {
   int64_t limit, offset;
   bool simple;
   bool copy_in; /* COPY FROM STDIN: rows split by key (spec, route) */
+  /* Gathered into PORTAL (a merged portal's first Execute with a row
+   * limit): the parts run whole, then its first MAX_ROWS rows go out. */
+  struct pgs_portal *portal;
+  int64_t max_rows;
+  bool declare; /* PORTAL is a cursor being declared: nothing goes out but
+                   "DECLARE CURSOR" */
   bool own_tx;  /* each part in a transaction of pgshard's, ended with the COPY */
   pgs_copy_spec_t spec;
   pgs_route_session_t route;
@@ -233,6 +269,9 @@ typedef struct pgs_session {
   int ntx_ops;
   pgs_strmap_t stmts;   /* client statement name -> pgs_client_stmt_t */
   pgs_strmap_t portals; /* portal name -> pgs_portal_t */
+  /* SQL cursors declared through pgshard: on one shard (mask: its slot),
+   * or over several, gathered (pgs_portal_t.gathered). */
+  pgs_strmap_t cursors;
   /* The plan of the message being served. */
   pgs_step_t *steps;
   int nsteps, step_next, steps_cap;
@@ -365,6 +404,14 @@ void pgs_session_free_stmt(void *stmt);
 void pgs_session_free_portal(void *portal);
 /* STMT's variant for the shards of a merged read (merge.h), built once. */
 void pgs_stmt_merge_variant(pgs_client_stmt_t *stmt);
+/* The next MAX_ROWS rows (0: all) of gathered PORTAL into OUT, then what
+ * ends them as HOW says (pgs_fetch_t). Returns the rows handed out. */
+uint64_t pgs_portal_fetch(pgs_portal_t *portal, int64_t max_rows, pgs_fetch_t how, pgs_buf_t *out);
+/* PORTAL's gathered rows are ROWS, and a cursor's RowDescription HEAD
+ * (NULL: none), both taken over and charged to its session. */
+void pgs_portal_gathered(pgs_portal_t *portal, pgs_buf_t *rows, pgs_buf_t *head);
+/* A cursor whose DECLARE failed is forgotten. */
+void pgs_session_drop_cursor(pgs_session_t *s, pgs_portal_t *cursor);
 /* BIND's rest after its names for the shards' variant: HIDDEN text result
  * codes in front when it has per-column codes. */
 void pgs_bind_put_rest(pgs_buf_t *b, const pgs_bind_msg_t *bind, int hidden);

@@ -118,6 +118,12 @@ typedef struct pgs_fan {
                           the rows when they go out at the end (one write) */
   pgs_buf_t error; /* the first ErrorResponse of a part (whole message) */
   bool own_error;  /* ... made by pgshard (the merge failed), not a server */
+  /* Gathered for PORTAL (fetched in parts): every row kept in `rows`
+   * (DataRow messages), the first max_rows sent at the end. */
+  pgs_portal_t *portal;
+  int64_t max_rows;
+  bool declare; /* PORTAL is a cursor being declared */
+  pgs_buf_t rows;
   pgs_client_t *owner;
   size_t charged; /* the merge's rows, charged to the owner's memory */
 } pgs_fan_t;

@@ -132,12 +132,15 @@ def test_merged_read_refusals_and_errors(sharded_proxy, items):
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1 / (id - 17) FROM items").fetchall()
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (ROWS,)
-        # A portal fetched in parts (named cursor) is refused, never partial.
+        # A result fetched in parts (a named cursor): gathered whole, handed
+        # out in parts, never partial.
         with conn.transaction():
             cur = conn.cursor(name="c1")
-            with pytest.raises(psycopg.errors.FeatureNotSupported):
-                cur.execute("SELECT id FROM items")
-                cur.fetchmany(10)
+            cur.execute("SELECT id FROM items ORDER BY id")
+            first = cur.fetchmany(10)
+            rest = cur.fetchall()
+            assert [r[0] for r in first + rest] == sorted(
+                r[0] for r in conn.execute("SELECT id FROM items").fetchall())
     with p.connect(autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM items WHERE id IN (1, 2, 3, 4, 5, 6)"
                             ).fetchone() == (6,)

@@ -530,7 +530,7 @@ static void test_pipelined_units(void **state) {
 }
 
 /* A merged portal: bound on one part at once, on the others with their
- * Execute; a row limit cannot be honoured over several shards. */
+ * Execute. */
 static void test_merged_portal(void **state) {
   fixture_t *f = open_session("app");
   pgs_buf_t b;
@@ -555,22 +555,183 @@ static void test_merged_portal(void **state) {
   assert_sent(f, 0, PGS_STEP_FORWARD, bound, PGS_PLACED_ROUTE);
   run(f, 'D');
   b.len = 0;
-  put_execute(&b, "p", 10);
-  plan(f, &b);
-  assert_error(f, 0, "0A000");
-  run(f, 'E');
-  pgs_session_set_unit(&f->s, PGS_UNIT_CLEAN);
-  b.len = 0;
   put_execute(&b, "p", 0);
   plan(f, &b);
   assert_non_null(f->s.fan_order.plan);
   assert_false(f->s.fan_order.simple);
+  assert_null(f->s.fan_order.portal); /* whole: the rows stream out */
   assert_int_equal(f->s.nsteps, 2);
   assert_sent(f, 0, PGS_STEP_FAN_EXEC, 0, PGS_PLACED_ROUTE);
   assert_sent(f, 1, PGS_STEP_FAN_EXEC, 2, PGS_PLACED_ROUTE);
   assert_true(step(f, 0)->drain_all); /* plain concatenation: streams */
   run(f, 'E');
   pgs_buf_free(&b);
+  close_session(f);
+}
+
+/* A DataRow of one int4 column holding V. */
+static void put_row(pgs_buf_t *b, int v) {
+  char text[16];
+  int n = snprintf(text, sizeof(text), "%d", v);
+  size_t start = pgs_msg_begin(b, 'D');
+  pgs_buf_put_i16(b, 1);
+  pgs_buf_put_i32(b, n);
+  pgs_buf_put(b, text, (size_t)n);
+  pgs_msg_end(b, start);
+}
+
+/* The types of the messages in B, as a string ("DDs"). */
+static void message_types(const pgs_buf_t *b, char *out, size_t cap) {
+  size_t n = 0;
+  for (size_t at = 0; at + 5 <= b->len && n + 1 < cap; at += 1 + pgs_get_u32(b->data + at + 1))
+    out[n++] = (char)b->data[at];
+  out[n] = '\0';
+}
+
+/* A merged portal fetched in parts (a driver's fetch size): the first
+ * Execute with a row limit gathers the whole result through a fan; the
+ * next ones are answered from the gathered rows, PortalSuspended between
+ * chunks, as PostgreSQL answers them. */
+static void test_merged_portal_in_parts(void **state) {
+  fixture_t *f = open_session("app");
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  msg_parse(&b, "all", "select id from users order by id", 0);
+  plan(f, &b);
+  run(f, 'P');
+  b.len = 0;
+  msg_bind(&b, "p", "all", NULL);
+  plan(f, &b);
+  run(f, 'B');
+  b.len = 0;
+  put_execute(&b, "p", 2);
+  plan(f, &b);
+  pgs_portal_t *portal = pgs_strmap_get(&f->s.portals, "p");
+  assert_ptr_equal(f->s.fan_order.portal, portal);
+  assert_int_equal(f->s.fan_order.max_rows, 2);
+  assert_false(f->s.fan_order.declare);
+  assert_true(step(f, 0)->drain_others); /* gathered: out only at its end */
+  run(f, 'E');
+  /* The fan (the proxy's) gathered 5 rows and sent the first 2. */
+  pgs_buf_t rows, out;
+  pgs_buf_init(&rows);
+  pgs_buf_init(&out);
+  for (int i = 1; i <= 5; i++) put_row(&rows, i);
+  long long before = f->proxy.mem;
+  pgs_portal_gathered(portal, &rows, NULL);
+  assert_true(f->proxy.mem > before); /* charged to the session */
+  assert_int_equal(pgs_portal_fetch(portal, 2, PGS_FETCH_EXECUTE, &out), 2);
+  char types[16];
+  message_types(&out, types, sizeof(types));
+  assert_string_equal(types, "DDs");
+  /* The next Execute: no server, the next rows. */
+  b.len = 0;
+  put_execute(&b, "p", 2);
+  plan(f, &b);
+  assert_int_equal(f->s.nsteps, 1);
+  assert_int_equal(step(f, 0)->op, PGS_STEP_ROWS);
+  assert_int_equal(step(f, 0)->shard, -1);
+  assert_int_equal(step(f, 0)->rows, 2);
+  assert_string_equal(step(f, 0)->text, "p");
+  assert_null(f->s.fan_order.plan);
+  run(f, 'E');
+  out.len = 0;
+  assert_int_equal(pgs_portal_fetch(portal, 2, PGS_FETCH_EXECUTE, &out), 2);
+  out.len = 0;
+  assert_int_equal(pgs_portal_fetch(portal, 2, PGS_FETCH_EXECUTE, &out), 1);
+  message_types(&out, types, sizeof(types));
+  assert_string_equal(types, "DC"); /* the last chunk's count, as PostgreSQL */
+  assert_non_null(memmem(out.data, out.len, "SELECT 1", 9));
+  /* Bound again: the gathered rows go, and their charge. */
+  b.len = 0;
+  msg_bind(&b, "p", "all", NULL);
+  plan(f, &b);
+  run(f, 'B');
+  assert_false(portal->gathered);
+  assert_int_equal(f->proxy.mem, before);
+  pgs_buf_free(&out);
+  pgs_buf_free(&b);
+  close_session(f);
+}
+
+/* SQL cursors: one over several shards is gathered at DECLARE and FETCH is
+ * answered from it; one over one shard lives there and FETCH follows it;
+ * either ends with its transaction unless WITH HOLD. */
+static void test_sql_cursors(void **state) {
+  fixture_t *f = open_session("app");
+  plan_query(f, "declare c cursor for select id from users order by id");
+  assert_error(f, 0, "25P01"); /* WITHOUT HOLD needs a transaction */
+  run(f, 'Q');
+  plan_query(f, "begin");
+  run(f, 'Q');
+  plan_query(f, "declare c cursor for select id from users order by id");
+  assert_non_null(f->s.fan_order.plan);
+  assert_true(f->s.fan_order.declare && f->s.fan_order.simple);
+  pgs_portal_t *cursor = pgs_strmap_get(&f->s.cursors, "c");
+  assert_ptr_equal(f->s.fan_order.portal, cursor);
+  assert_int_equal(f->s.nsteps, 2);
+  assert_sent(f, 0, PGS_STEP_QUERY, 0, PGS_PLACED_ROUTE); /* the query itself */
+  assert_sent(f, 1, PGS_STEP_QUERY, 2, PGS_PLACED_ROUTE);
+  assert_string_equal(step(f, 0)->text, " select id from users order by id");
+  run(f, 'Q');
+  pgs_buf_t rows, head, out;
+  pgs_buf_init(&rows);
+  pgs_buf_init(&head);
+  pgs_buf_init(&out);
+  for (int i = 1; i <= 3; i++) put_row(&rows, i);
+  pgs_msg_empty(&head, 'T'); /* stands for its RowDescription */
+  pgs_portal_gathered(cursor, &rows, &head);
+  plan_query(f, "fetch 2 from c");
+  assert_int_equal(f->s.nsteps, 2);
+  assert_int_equal(step(f, 0)->op, PGS_STEP_ROWS);
+  assert_int_equal(step(f, 0)->fetch, PGS_FETCH_FETCH);
+  assert_int_equal(step(f, 0)->rows, 2);
+  assert_reply(f, 1, 'Z', NULL);
+  run(f, 'Q');
+  char types[16];
+  assert_int_equal(pgs_portal_fetch(cursor, 2, PGS_FETCH_FETCH, &out), 2);
+  message_types(&out, types, sizeof(types));
+  assert_string_equal(types, "TDDC");
+  plan_query(f, "move all in c");
+  assert_int_equal(step(f, 0)->fetch, PGS_FETCH_MOVE);
+  assert_int_equal(step(f, 0)->rows, 0);
+  run(f, 'Q');
+  plan_query(f, "fetch prior from c");
+  assert_error(f, 0, "0A000");
+  run(f, 'Q');
+  assert_int_equal(f->s.ex.tx, PGS_TX_ABORTED); /* an error aborts it, as in PostgreSQL */
+  plan_query(f, "rollback");
+  run(f, 'Q');
+  assert_null(pgs_strmap_get(&f->s.cursors, "c"));
+
+  /* WITH HOLD outside a transaction; CLOSE answered by pgshard. */
+  plan_query(f, "declare h cursor with hold for select id from users");
+  assert_true(f->s.fan_order.declare);
+  run(f, 'Q');
+  plan_query(f, "close h");
+  assert_reply(f, 0, 'C', "CLOSE CURSOR");
+  run(f, 'Q');
+  assert_null(pgs_strmap_get(&f->s.cursors, "h"));
+
+  /* Over one shard: DECLARE goes there, FETCH follows it. */
+  plan_query(f, "begin");
+  run(f, 'Q');
+  char sql[128];
+  snprintf(sql, sizeof(sql), "declare one cursor for select * from users where id = %s",
+           key_text[1]);
+  plan_query(f, sql);
+  assert_null(f->s.fan_order.plan);
+  assert_sent(f, 0, PGS_STEP_FORWARD, 2, PGS_PLACED_ROUTE);
+  run(f, 'Q');
+  f->s.linked |= BIT(0);
+  plan_query(f, "fetch 1 from one");
+  assert_int_equal(f->s.nsteps, 1);
+  assert_sent(f, 0, PGS_STEP_FORWARD, 2, PGS_PLACED_ROUTE);
+  run(f, 'Q');
+  plan_query(f, "commit");
+  run(f, 'Q');
+  assert_null(pgs_strmap_get(&f->s.cursors, "one"));
+  pgs_buf_free(&out);
   close_session(f);
 }
 
@@ -799,6 +960,8 @@ int main(void) {
       cmocka_unit_test(test_replica_placement),
       cmocka_unit_test(test_over_budget),
       cmocka_unit_test(test_move_to_reloaded_map),
+      cmocka_unit_test(test_merged_portal_in_parts),
+      cmocka_unit_test(test_sql_cursors),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
