@@ -42,6 +42,10 @@
 
 #define MIN_INTERVAL_MS 10
 
+/* How often a primary is asked for its sharded tables' columns (what an
+ * INSERT without a column list is given, planner.c), with its check. */
+#define LAYOUT_INTERVAL_MS 1000
+
 /* A node's monitor connection. */
 typedef enum {
   MN_CLOSED,     /* no connection: not opened yet, lost, or the node is down
@@ -71,6 +75,14 @@ typedef struct mon_node {
   bool has_result;         /* answered (or failed) in the current round */
   pgs_check_result_t result;
   char last_error[256];
+  /* Its database's sharded tables' columns (a primary's answer): the
+   * query asking for them (NULL: no sharded table), the answer per table
+   * in the config's order (NULL: not known), when last asked. */
+  char *layout_sql;
+  char **layout;
+  int ntables;
+  uint64_t layout_ms;
+  bool layout_pending; /* asked with the check in flight */
 } mon_node_t;
 
 typedef struct mon_shard {
@@ -125,6 +137,27 @@ static void finish_round(uint64_t now);
 
 /* ---- snapshots ---- */
 
+/* Each table's columns as every shard's writer has them; NULL where one
+ * has none yet or two differ (a change rolling out): then not known. */
+static void publish_layouts(const mon_db_t *src, pgs_health_db_t *dst) {
+  const mon_node_t *first = src->nshards > 0 ? src->shards[0].conns[0] : NULL;
+  dst->ntables = first ? first->ntables : 0;
+  if (dst->ntables == 0) return;
+  dst->columns = pgs_xcalloc((size_t)dst->ntables, sizeof(char *));
+  for (int t = 0; t < dst->ntables; t++) {
+    const char *agreed = NULL;
+    bool known = true;
+    for (int s = 0; s < src->nshards && known; s++) {
+      const mon_shard_t *sh = &src->shards[s];
+      const mon_node_t *w = sh->health.writer >= 0 ? sh->conns[sh->health.writer] : NULL;
+      const char *cols = w && w->ntables == dst->ntables ? w->layout[t] : NULL;
+      known = cols != NULL && (agreed == NULL || !strcmp(agreed, cols));
+      agreed = cols;
+    }
+    if (known && agreed) dst->columns[t] = pgs_xstrdup(agreed);
+  }
+}
+
 static void publish(uint64_t now) {
   pgs_snapshot_t *snap = pgs_xcalloc(1, sizeof(*snap));
   snap->refcount = 1;
@@ -139,6 +172,7 @@ static void publish(uint64_t now) {
     dst->name = pgs_xstrdup(src->name);
     dst->nshards = src->nshards;
     dst->shards = pgs_xcalloc((size_t)src->nshards, sizeof(*dst->shards));
+    publish_layouts(src, dst);
     for (int s = 0; s < src->nshards; s++) {
       const pgs_shard_health_t *h = &src->shards[s].health;
       dst->shards[s] = *h; /* history by value */
@@ -280,7 +314,22 @@ static void ignore_notice(void *arg, const char *message) {
 
 static void send_check(mon_node_t *n, uint64_t now) {
   PGS_ASSERT(n->state == MN_IDLE);
-  if (!PQsendQuery(n->pg, CHECK_SQL)) {
+  n->layout_pending = n->layout_sql && !n->result.in_recovery && n->result.ok &&
+                      now - n->layout_ms >= LAYOUT_INTERVAL_MS;
+  char sql[sizeof(CHECK_SQL) + 8];
+  const char *text = CHECK_SQL;
+  pgs_buf_t both;
+  pgs_buf_init(&both);
+  if (n->layout_pending) {
+    n->layout_ms = now;
+    snprintf(sql, sizeof(sql), "%s; ", CHECK_SQL);
+    pgs_buf_put(&both, sql, strlen(sql));
+    pgs_buf_put(&both, n->layout_sql, strlen(n->layout_sql) + 1);
+    text = (const char *)both.data;
+  }
+  int sent = PQsendQuery(n->pg, text);
+  pgs_buf_free(&both);
+  if (!sent) {
     conn_failed(n, PQerrorMessage(n->pg));
     return;
   }
@@ -366,6 +415,17 @@ static bool parse_check(const PGresult *res, bool *in_recovery, uint64_t *lsn, u
   return true;
 }
 
+/* The columns of each sharded table, one row each in the config's order
+ * (NULL: no such table there). */
+static void parse_layout(mon_node_t *n, const PGresult *res) {
+  if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != n->ntables || PQnfields(res) != 1)
+    return; /* asked again next time */
+  for (int t = 0; t < n->ntables; t++) {
+    free(n->layout[t]);
+    n->layout[t] = PQgetisnull(res, t, 0) ? NULL : pgs_xstrdup(PQgetvalue(res, t, 0));
+  }
+}
+
 static void io_step(mon_node_t *n, int events) {
   if (events & UV_WRITABLE) {
     int rc = PQflush(n->pg);
@@ -386,6 +446,7 @@ static void io_step(mon_node_t *n, int events) {
     return;
   }
   bool got = false, ok = false, in_recovery = false;
+  int results = 0;
   uint64_t lsn = 0, receive = 0;
   char err[256] = "";
   while (!PQisBusy(n->pg)) {
@@ -403,6 +464,7 @@ static void io_step(mon_node_t *n, int events) {
       return;
     }
     if (!got) ok = parse_check(res, &in_recovery, &lsn, &receive, err, sizeof(err));
+    if (results++ == 1 && n->layout_pending) parse_layout(n, res);
     got = true;
     PQclear(res);
   }
@@ -658,7 +720,47 @@ static void node_free(mon_node_t *n) {
   free(n->shard);
   free(n->conninfo);
   free(n->connstr);
+  for (int t = 0; t < n->ntables; t++) free(n->layout[t]);
+  free(n->layout);
+  free(n->layout_sql);
   free(n);
+}
+
+/* The query asking a primary for DB's sharded tables' columns, one row per
+ * table in the config's order: the names PostgreSQL would list for
+ * INSERT without a column list, quoted as needed. NULL: no sharded table. */
+static char *layout_sql_build(const pgs_database_t *db) {
+  if (db->shardmap.ntables == 0) return NULL;
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  static const char head[] =
+      "SELECT (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM "
+      "pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(t) AND attnum > 0 AND "
+      "NOT attisdropped) FROM unnest(ARRAY[";
+  pgs_buf_put(&b, head, sizeof(head) - 1);
+  for (int t = 0; t < db->shardmap.ntables; t++) {
+    if (t > 0) pgs_buf_put_u8(&b, ',');
+    pgs_buf_put_u8(&b, '\'');
+    for (const char *c = db->shardmap.tables[t].name; *c; c++) {
+      if (*c == '\'') pgs_buf_put_u8(&b, '\'');
+      pgs_buf_put_u8(&b, (uint8_t)*c);
+    }
+    pgs_buf_put_u8(&b, '\'');
+  }
+  static const char tail[] = "]::text[]) WITH ORDINALITY AS x(t, n) ORDER BY n";
+  pgs_buf_put(&b, tail, sizeof(tail));
+  return (char *)b.data;
+}
+
+/* N asks for DB's layout (the tables' order may have changed: forgotten). */
+static void node_layout_reset(mon_node_t *n, const pgs_database_t *db) {
+  for (int t = 0; t < n->ntables; t++) free(n->layout[t]);
+  free(n->layout);
+  free(n->layout_sql);
+  n->layout_sql = layout_sql_build(db);
+  n->ntables = db->shardmap.ntables;
+  n->layout = n->ntables ? pgs_xcalloc((size_t)n->ntables, sizeof(char *)) : NULL;
+  n->layout_ms = 0;
 }
 
 static void dbs_free(mon_db_t *dbs, int ndbs, bool free_nodes) {
@@ -777,6 +879,7 @@ static mon_db_t *dbs_build(const pgs_config_t *config, mon_db_t *old, int nold, 
         }
         free(n->connstr);
         n->connstr = conninfo_build(config, cdb, cn);
+        node_layout_reset(n, cdb);
         snprintf(n->label, sizeof(n->label), "%s.%s %s %s:%d", cdb->name, cs->name,
                  i == 0 ? "primary" : "replica", cn->host, cn->port);
         sh->conns[i] = n;

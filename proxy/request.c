@@ -134,6 +134,11 @@ static bool session_owns_unnamed(void *ctx) {
   return client->server && client->server->unnamed_owner == client_id(client);
 }
 
+static const char *session_columns(void *ctx, const char *table) {
+  const pgs_client_t *client = ctx;
+  return pgs_snapshot_columns(client->worker->snapshot, client->session.db->name, table);
+}
+
 static const pgs_planner_ops_t planner_ops = {
     .health = session_health,
     .turn = session_turn,
@@ -144,6 +149,7 @@ static const pgs_planner_ops_t planner_ops = {
     .keys_utf8 = session_keys_utf8,
     .owns_unnamed = session_owns_unnamed,
     .now_ms = pgs_now_ms,
+    .columns = session_columns,
 };
 
 /* The servers and pools of a client of DB (per slot, per shard node). */
@@ -1271,7 +1277,10 @@ void pgs_request_process(pgs_client_t *client) {
       }
       if (client->state == PGS_CL_CLOSING) return;
     }
-    steps_result_t r = run_steps(client, type, p, total);
+    /* What the steps send: the client's message, or pgshard's rewrite. */
+    const pgs_buf_t *m = &client->session.message;
+    bool rewritten = client->session.rewritten;
+    steps_result_t r = run_steps(client, type, rewritten ? m->data : p, rewritten ? m->len : total);
     if (r == STEPS_LEFT) return; /* waiting for a pool; pgs_client_on_server resumes */
     if (r == STEPS_BLOCKED) {
       pgs_session_set_request(&client->session, PGS_REQ_DRAINING);

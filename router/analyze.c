@@ -68,9 +68,9 @@ static const char *const read_only_functions[] = {
     "current_setting", "date", "date_part", "date_trunc", "daterange", "decode", "degrees",
     "dense_rank", "div", "encode", "every", "exp", "extract", "first_value", "float4", "float8",
     "floor", "format", "format_type", "gen_random_uuid", "generate_series", "generate_subscripts",
-    "greatest", "has_column_privilege", "has_database_privilege", "has_schema_privilege",
-    "has_table_privilege", "inet_client_addr", "inet_client_port", "inet_server_addr",
-    "inet_server_port", "initcap", "int2", "int4",
+    "greatest", "has_column_privilege", "has_database_privilege", "has_function_privilege",
+    "has_schema_privilege", "has_sequence_privilege", "has_table_privilege", "inet_client_addr",
+    "inet_client_port", "inet_server_addr", "inet_server_port", "initcap", "int2", "int4",
     "int4range", "int8", "int8range", "interval", "is_normalized", "isempty", "isfinite",
     "json_agg", "json_array_elements", "json_array_elements_text", "json_array_length",
     "json_build_array", "json_build_object", "json_each", "json_each_text", "json_extract_path",
@@ -86,19 +86,25 @@ static const char *const read_only_functions[] = {
     "make_interval", "make_time", "make_timestamp", "make_timestamptz", "max", "md5", "min", "mod",
     "mode", "normalize", "now", "nth_value", "ntile", "nullif", "num_nonnulls", "num_nulls",
     "numeric", "numrange", "obj_description", "octet_length", "overlaps", "overlay", "percent_rank",
-    "percentile_cont", "percentile_disc", "pg_backend_pid", "pg_column_size", "pg_database_size",
-    "pg_get_constraintdef", "pg_get_indexdef", "pg_get_viewdef", "pg_indexes_size",
-    "pg_is_in_recovery", "pg_last_wal_replay_lsn", "pg_postmaster_start_time", "pg_relation_size",
-    "pg_size_pretty", "pg_sleep", "pg_table_size", "pg_total_relation_size", "pg_typeof",
-    "phraseto_tsquery", "pi", "plainto_tsquery", "position", "power", "quote_ident",
+    "percentile_cont", "percentile_disc", "pg_backend_pid", "pg_collation_is_visible",
+    "pg_column_is_updatable", "pg_column_size", "pg_database_size", "pg_describe_object",
+    "pg_encoding_to_char", "pg_function_is_visible", "pg_get_constraintdef", "pg_get_expr",
+    "pg_get_function_arguments", "pg_get_function_identity_arguments", "pg_get_function_result",
+    "pg_get_indexdef", "pg_get_keywords", "pg_get_partkeydef", "pg_get_ruledef",
+    "pg_get_serial_sequence", "pg_get_triggerdef", "pg_get_userbyid", "pg_get_viewdef",
+    "pg_indexes_size", "pg_is_in_recovery", "pg_last_wal_replay_lsn", "pg_postmaster_start_time",
+    "pg_relation_is_updatable", "pg_relation_size", "pg_size_pretty", "pg_sleep",
+    "pg_table_is_visible", "pg_table_size", "pg_total_relation_size", "pg_type_is_visible",
+    "pg_typeof", "phraseto_tsquery", "pi", "plainto_tsquery", "position", "power", "quote_ident",
     "quote_literal", "quote_nullable", "radians", "random", "rank", "regexp_match",
     "regexp_matches", "regexp_replace", "regexp_split_to_array", "regexp_split_to_table", "repeat",
     "replace", "reverse", "right", "round", "row_number", "row_to_json", "rpad", "rtrim",
-    "setweight", "sha224", "sha256", "sha384", "sha512", "sign", "similar_to_escape", "sin",
-    "split_part", "sqrt", "starts_with", "statement_timestamp", "stddev", "stddev_pop",
-    "stddev_samp", "string_agg", "string_to_array", "strpos", "substr", "substring", "sum", "tan",
-    "text", "timeofday", "timestamp", "timestamptz", "timezone", "to_char", "to_date", "to_json",
-    "to_jsonb", "to_number", "to_regclass", "to_timestamp", "to_tsquery", "to_tsvector",
+    "setweight", "sha224", "sha256", "sha384", "sha512", "shobj_description", "sign",
+    "similar_to_escape", "sin", "split_part", "sqrt", "starts_with", "statement_timestamp",
+    "stddev", "stddev_pop", "stddev_samp", "string_agg", "string_to_array", "strpos", "substr",
+    "substring", "sum", "tan", "text", "timeofday", "timestamp", "timestamptz", "timezone",
+    "to_char", "to_date", "to_json", "to_jsonb", "to_number", "to_regclass", "to_regnamespace",
+    "to_regproc", "to_regtype", "to_timestamp", "to_tsquery", "to_tsvector",
     "transaction_timestamp", "translate", "trunc", "ts_headline", "ts_rank", "ts_rank_cd",
     "tsrange", "tstzrange", "unnest", "upper", "upper_inc", "upper_inf", "uuid", "var_pop",
     "var_samp", "variance", "version", "websearch_to_tsquery", "width_bucket", "xmlagg",
@@ -182,14 +188,16 @@ typedef struct ctx {
   int depth;
   bool too_deep;
   /* Per statement: */
-  bool unknown_function;     /* calls a function not known read-only */
-  bool locks_rows;           /* FOR UPDATE/SHARE anywhere */
-  bool select_into;          /* SELECT ... INTO creates a table */
-  bool modifies;             /* INSERT/UPDATE/DELETE/MERGE anywhere (WITH d AS (DELETE ...)) */
-  bool runs_code;            /* CALL, DO, or a SELECT that is a write only by calling
+  bool unknown_function; /* calls a function not known read-only */
+  bool locks_rows;       /* FOR UPDATE/SHARE anywhere */
+  bool select_into;      /* SELECT ... INTO creates a table */
+  bool modifies;         /* INSERT/UPDATE/DELETE/MERGE anywhere (WITH d AS (DELETE ...)) */
+  bool runs_code;        /* CALL, DO, or a SELECT that is a write only by calling
                             functions not known read-only: what it writes is unknown */
-  bool copy_write;           /* COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO */
-  bool cursor;               /* DECLARE CURSOR */
+  bool copy_write;       /* COPY (INSERT/UPDATE/DELETE/MERGE ... RETURNING) TO */
+  bool cursor;           /* DECLARE CURSOR */
+  const pgs_table_t *needs_columns; /* see pgs_plan_t */
+  bool notifies;
   pgs_cursor_op_t cursor_op; /* the last SQL cursor statement (one statement: the plan's) */
   char cursor_name[64];
   bool cursor_hold, cursor_scroll, fetch_forward;
@@ -914,6 +922,9 @@ static void analyse_insert(ctx_t *ctx, scope_t *parent, const PgQuery__InsertStm
     if (sel && !values && !single) {
       refuse(ctx, "0A000", "INSERT ... SELECT into sharded table %s is not supported", t->name);
     } else if (pos < 0) {
+      if (ins->n_cols == 0 && (values || single) && top && ctx->sqlstate[0] == '\0' &&
+          ins->with_clause == NULL)
+        ctx->needs_columns = t; /* this refusal is the first, and its only one */
       refuse(ctx, "0A000", "INSERT into sharded table %s needs a column list naming %s", t->name,
              t->column);
     } else {
@@ -1346,10 +1357,12 @@ static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top
              ctx->refs[before].table->name);
     return PGS_STMT_SESSION;
   }
-  case PG_QUERY__NODE__NODE_DISCARD_STMT:
   case PG_QUERY__NODE__NODE_LISTEN_STMT:
   case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
   case PG_QUERY__NODE__NODE_NOTIFY_STMT:
+    ctx->notifies = true;
+    return PGS_STMT_SESSION;
+  case PG_QUERY__NODE__NODE_DISCARD_STMT:
   case PG_QUERY__NODE__NODE_EXECUTE_STMT:
   case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
   case PG_QUERY__NODE__NODE_CONSTRAINTS_SET_STMT:
@@ -1564,6 +1577,8 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
       plan->unkeyed_tenant = ctx->refs[r].table;
   plan->copy_write = ctx->copy_write;
   plan->cursor = ctx->cursor;
+  if (nstatements == 1) plan->needs_columns = ctx->needs_columns;
+  plan->notifies = nstatements == 1 && ctx->notifies;
   if (nstatements == 1) {
     plan->cursor_op = ctx->cursor_op;
     memcpy(plan->cursor_name, ctx->cursor_name, sizeof(plan->cursor_name));

@@ -153,6 +153,8 @@ void pgs_steps_clear(pgs_session_t *s) {
 /* A new message's plan starts empty. */
 static void begin_plan(pgs_session_t *s) {
   s->nsteps = s->step_next = 0;
+  s->rewritten = false;
+  s->message.len = 0;
   s->ex.sum = 0;
   s->ex.copies = false;
   s->ex.message_error = false;
@@ -205,6 +207,7 @@ void pgs_session_free(pgs_session_t *s) {
   pgs_buf_free(&s->tx_replay);
   free(s->tx_replay_next);
   free(s->row_shard);
+  pgs_buf_free(&s->message);
   free(s->param_data);
   free(s->param_len);
   free(s->param_fmt);
@@ -1111,6 +1114,112 @@ static bool keep_for_replay(pgs_session_t *s, bool replayable, const char *sql) 
   return true;
 }
 
+/* ---- INSERT without a column list ----
+ *
+ * INSERT INTO t VALUES (...) into a sharded table: pgshard names t's
+ * columns in the catalog's order (read by the monitor) and plans the
+ * statement as if the client had: it routes by the key's value, and the
+ * shard runs the statement with the list. A list gone stale (a column
+ * dropped or renamed since) fails on the server, never places a row by the
+ * wrong value. */
+
+/* A word of SQL at I (letters, digits, _ and $ after a letter or _):
+ * its end, or I when there is none. */
+static size_t word_end(const char *sql, size_t len, size_t i) {
+  if (i >= len || !(isalpha((unsigned char)sql[i]) || sql[i] == '_')) return i;
+  while (i < len && (isalnum((unsigned char)sql[i]) || sql[i] == '_' || sql[i] == '$')) i++;
+  return i;
+}
+
+static size_t skip_blanks(const char *sql, size_t len, size_t i) {
+  for (;;) {
+    while (i < len && isspace((unsigned char)sql[i])) i++;
+    if (i + 1 < len && sql[i] == '-' && sql[i + 1] == '-') {
+      while (i < len && sql[i] != '\n') i++;
+    } else if (i + 1 < len && sql[i] == '/' && sql[i + 1] == '*') {
+      int depth = 0;
+      do {
+        if (i + 1 < len && sql[i] == '/' && sql[i + 1] == '*') {
+          depth++;
+          i += 2;
+        } else if (i + 1 < len && sql[i] == '*' && sql[i + 1] == '/') {
+          depth--;
+          i += 2;
+        } else {
+          i++;
+        }
+      } while (i < len && depth > 0);
+    } else {
+      return i;
+    }
+  }
+}
+
+/* A name at I (a word or a "quoted" one): its end, or I. */
+static size_t name_end(const char *sql, size_t len, size_t i) {
+  if (i < len && sql[i] == '"') {
+    for (i++; i < len; i++) {
+      if (sql[i] != '"') continue;
+      if (i + 1 < len && sql[i + 1] == '"') {
+        i++;
+        continue;
+      }
+      return i + 1;
+    }
+    return 0; /* unterminated */
+  }
+  return word_end(sql, len, i);
+}
+
+static bool word_is(const char *sql, size_t at, size_t end, const char *word) {
+  return end - at == strlen(word) && !strncasecmp(sql + at, word, end - at);
+}
+
+/* Where "INSERT INTO name [AS alias]" ends in SQL: the column list goes
+ * there. 0 when SQL does not start so. */
+static size_t insert_columns_at(const char *sql, size_t len) {
+  size_t i = skip_blanks(sql, len, 0), e = word_end(sql, len, i);
+  if (!word_is(sql, i, e, "insert")) return 0;
+  i = skip_blanks(sql, len, e), e = word_end(sql, len, i);
+  if (!word_is(sql, i, e, "into")) return 0;
+  i = skip_blanks(sql, len, e);
+  for (;;) { /* schema.table */
+    e = name_end(sql, len, i);
+    if (e <= i) return 0;
+    size_t dot = skip_blanks(sql, len, e);
+    if (dot >= len || sql[dot] != '.') break;
+    i = skip_blanks(sql, len, dot + 1);
+  }
+  size_t at = e; /* right after the table's name */
+  i = skip_blanks(sql, len, e), e = name_end(sql, len, i);
+  if (word_is(sql, i, e, "as")) { /* INSERT's alias always has AS */
+    i = skip_blanks(sql, len, e), e = name_end(sql, len, i);
+    return e > i ? e : 0;
+  }
+  return at;
+}
+
+/* The INSERT in SQL (QLEN bytes) with the columns of TABLE named: into
+ * OUT. False when the columns are not known or the text is not read. */
+static bool insert_with_columns(pgs_session_t *s, const char *sql, size_t qlen,
+                                const pgs_table_t *table, pgs_buf_t *out) {
+  const char *columns = s->ops->columns ? s->ops->columns(s->ctx, table->name) : NULL;
+  size_t at = columns ? insert_columns_at(sql, qlen) : 0;
+  if (at == 0) return false;
+  pgs_buf_put(out, sql, at);
+  pgs_buf_put(out, " (", 2);
+  pgs_buf_put(out, columns, strlen(columns));
+  pgs_buf_put(out, ")", 1);
+  pgs_buf_put(out, sql + at, qlen - at);
+  pgs_buf_put_u8(out, 0);
+  return true;
+}
+
+/* LISTEN, UNLISTEN and NOTIFY go to one shard's primary, the first shard's,
+ * whatever shard the session is on: a notification reaches every listener
+ * of its channel, as on one PostgreSQL. */
+#define NOTIFY_SLOT 0
+
 /* ---- SQL cursors ----
  *
  * A cursor over one shard lives on that shard's server: DECLARE goes there
@@ -1283,6 +1392,21 @@ static bool plan_cursor_op(pgs_session_t *s, const pgs_plan_t *plan) {
   return true;
 }
 
+static void forget_stmt(pgs_session_t *s, const char *name);
+
+/* DEALLOCATE NAME (FX: a statement of its own) of a statement the client
+ * prepared through the protocol: the server knows it under pgshard's name
+ * (shared with other clients), so pgshard forgets the client's name and
+ * answers, as PostgreSQL would (a SQL PREPAREd one goes to the server).
+ * True when answered. */
+static bool forget_deallocated(pgs_session_t *s, const pgs_session_effects_t *fx, bool simple) {
+  if (fx->deallocate[0] == '\0' || pgs_strmap_get(&s->stmts, fx->deallocate) == NULL) return false;
+  forget_stmt(s, fx->deallocate);
+  add_reply(s, 'C', "DEALLOCATE");
+  if (simple) add_reply(s, 'Z', NULL);
+  return true;
+}
+
 /* A simple Query in routing mode. */
 static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
   pgs_reader_t r;
@@ -1305,6 +1429,10 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
                 "cannot read this statement naming pgshard.* settings; pgshard did not apply it "
                 "(write SET pgshard.NAME = 'value' as a statement of its own)");
       add_reply(s, 'Z', NULL);
+      pgs_session_effects_free(&fx);
+      return;
+    }
+    if (forget_deallocated(s, &fx, true)) {
       pgs_session_effects_free(&fx);
       return;
     }
@@ -1335,6 +1463,20 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
   }
   if (lexed == PGS_OK) plan = get_plan(s, lx);
   if (lexed == PGS_OK) note_query(s, lx);
+  if (plan && plan->needs_columns && !s->rewritten) {
+    /* INSERT INTO t VALUES: planned with t's columns named. */
+    pgs_buf_t *m = &s->message;
+    size_t start = pgs_msg_begin(m, 'Q');
+    if (insert_with_columns(s, sql, qlen, plan->needs_columns, m)) {
+      pgs_msg_end(m, start);
+      s->rewritten = true;
+      pgs_plan_unref(plan);
+      if (session) pgs_session_effects_free(&fx);
+      plan_query(s, m->data, m->len);
+      return;
+    }
+    m->len = 0;
+  }
   pgs_stmt_kind_t kind = plan ? plan->kind : PGS_STMT_OTHER;
   bool single = plan && plan->nstatements == 1;
   pgs_route_t rt;
@@ -1378,7 +1520,10 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       add_reply(s, 'Z', NULL);
       goto out;
     }
-    add_fanout(s, session_mask(s), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
+    if (plan->notifies)
+      add_fanout(s, BIT(NOTIFY_SLOT), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
+    else
+      add_fanout(s, session_mask(s), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
     if (session) check_session_effects(s, &fx, true);
   } else if (!route(s, plan, lx, NULL, &rt)) {
     add_reply(s, 'Z', NULL);
@@ -1600,6 +1745,22 @@ static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const u
     stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
     for (int i = 0; i < ntypes; i++) stmt->type_oids[i] = pgs_parse_type_oid(&parse, i);
   }
+  if (stmt->plan->needs_columns && !s->rewritten) {
+    /* INSERT INTO t VALUES: prepared with t's columns named. */
+    pgs_buf_t *m = &s->message;
+    size_t start = pgs_msg_begin(m, 'P');
+    pgs_buf_put(m, name, strlen(name) + 1);
+    if (insert_with_columns(s, sql, qlen, stmt->plan->needs_columns, m)) {
+      const uint8_t *rest = (const uint8_t *)sql + qlen + 1; /* its parameter types */
+      pgs_buf_put(m, rest, (size_t)(p + total - rest));
+      pgs_msg_end(m, start);
+      s->rewritten = true;
+      forget_stmt(s, name);
+      plan_parse(s, m->data, m->len, ahead, ahead_len);
+      return;
+    }
+    m->len = 0;
+  }
   if (stmt_is_local(s, stmt)) {
     add_reply(s, '1', NULL);
     return;
@@ -1737,8 +1898,8 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
   pv.ntypes = stmt->ntypes;
   if (plan->kind == PGS_STMT_SESSION || plan->kind == PGS_STMT_COMMIT ||
       plan->kind == PGS_STMT_ROLLBACK) {
-    portal->mask = session_mask(s);
-    portal->placed = PGS_PLACED_SESSION;
+    portal->mask = plan->notifies ? BIT(NOTIFY_SLOT) : session_mask(s);
+    portal->placed = plan->notifies ? PGS_PLACED_ROUTE : PGS_PLACED_SESSION;
     if (plan->tx_replayable) {
       size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
       portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
@@ -2048,6 +2209,10 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
           /* SET pgshard.tenant and friends are pgshard's, even on one shard. */
           pgs_session_effects_free(&fx);
           plan_query(s, p, total);
+          return;
+        }
+        if (forget_deallocated(s, &fx, true)) {
+          pgs_session_effects_free(&fx);
           return;
         }
         check_session_effects(s, &fx, true);

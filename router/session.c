@@ -371,6 +371,8 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
   case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
     if (node->deallocate_stmt->name == NULL || node->deallocate_stmt->name[0] == '\0')
       out->flags |= PGS_SESSION_DROPS_PREPARED;
+    else
+      snprintf(out->deallocate, sizeof(out->deallocate), "%s", node->deallocate_stmt->name);
     break;
   case PG_QUERY__NODE__NODE_LISTEN_STMT:
   case PG_QUERY__NODE__NODE_PREPARE_STMT:
@@ -476,6 +478,7 @@ void pgs_session_analyze(const char *sql, pgs_session_effects_t *out) {
     while (len > 0 && isspace((unsigned char)text[len - 1])) len--;
     analyze_stmt(raw->stmt, text, len, out);
   }
+  if (tree->n_stmts != 1) out->deallocate[0] = '\0'; /* one statement of its own only */
   pg_query__parse_result__free_unpacked(tree, NULL);
   pg_query_free_protobuf_parse_result(result);
 }

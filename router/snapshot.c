@@ -19,6 +19,8 @@ void pgs_snapshot_unref(pgs_snapshot_t *snap) {
     pgs_health_db_t *db = &snap->dbs[d];
     for (int s = 0; s < db->nshards; s++) free(db->shards[s].nodes);
     free(db->shards);
+    for (int t = 0; t < db->ntables; t++) free(db->columns[t]);
+    free(db->columns);
     free(db->name);
   }
   free(snap->dbs);
@@ -58,4 +60,17 @@ const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
   for (int i = 0; i < mine->nreplicas; i++)
     if (!same_node(&theirs->replicas[i], &mine->replicas[i])) return NULL;
   return pgs_snapshot_shard(snap, db->name, at);
+}
+
+const char *pgs_snapshot_columns(const pgs_snapshot_t *snap, const char *db, const char *table) {
+  if (snap == NULL) return NULL;
+  for (int d = 0; d < snap->ndbs && d < snap->config->ndatabases; d++) {
+    const pgs_health_db_t *h = &snap->dbs[d];
+    if (strcmp(h->name, db) != 0) continue;
+    const pgs_shardmap_t *map = &snap->config->databases[d].shardmap;
+    for (int t = 0; t < map->ntables && t < h->ntables; t++)
+      if (!strcmp(map->tables[t].name, table)) return h->columns[t];
+    return NULL;
+  }
+  return NULL;
 }

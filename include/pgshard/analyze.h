@@ -205,6 +205,13 @@ typedef struct pgs_plan {
   /* DECLARE CURSOR: its query runs on one shard, where the cursor then
    * lives, or on several with its rows gathered by pgshard (planner.h). */
   bool cursor;
+  /* Refused only for want of a column list: INSERT INTO t VALUES (...) (or
+   * SELECT without FROM) into this sharded table; with the table's columns
+   * named (the catalog's order) it would route (planner.c rewrites it). */
+  const struct pgs_table *needs_columns;
+  /* LISTEN, UNLISTEN or NOTIFY, a statement of its own: on one shard for
+   * every session (planner.c), so that notifications meet their listeners. */
+  bool notifies;
   /* SQL cursors, a statement of its own: DECLARE, FETCH/MOVE, CLOSE. */
   pgs_cursor_op_t cursor_op;
   char cursor_name[64]; /* CLOSE: "" is CLOSE ALL */

@@ -249,6 +249,9 @@ typedef struct pgs_planner_ops {
    * session's own (pass-through). */
   bool (*owns_unnamed)(void *ctx);
   uint64_t (*now_ms)(void);
+  /* The columns of sharded TABLE in the catalog's order, as a column list
+   * ("id, name, \"Mixed\""), or NULL when not known (yet). */
+  const char *(*columns)(void *ctx, const char *table);
 } pgs_planner_ops_t;
 
 typedef struct pgs_session {
@@ -276,6 +279,10 @@ typedef struct pgs_session {
   pgs_step_t *steps;
   int nsteps, step_next, steps_cap;
   pgs_fan_order_t fan_order;
+  /* The message as planned when pgshard rewrote it (an INSERT given its
+   * column list): what the steps send instead of the client's. */
+  bool rewritten;
+  pgs_buf_t message;
   pgs_twopc_t twopc;
   /* Where it is. */
   int nslots;

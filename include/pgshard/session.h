@@ -63,6 +63,10 @@ typedef struct pgs_session_effects {
   int nops;
   pgs_set_op_t ops[PGS_SESSION_MAX_OPS];
   bool parse_failed; /* libpg_query rejected it: the server will too */
+  /* The text is one statement, DEALLOCATE [PREPARE] NAME: NAME (else ""). A
+   * statement the client prepared through the protocol is the proxy's to
+   * forget: the server knows it by another name. */
+  char deallocate[64];
 } pgs_session_effects_t;
 
 /* Cheap filter: false means the statement certainly has no session effect. */

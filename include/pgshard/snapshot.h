@@ -14,6 +14,11 @@ typedef struct pgs_health_db {
   char *name;
   pgs_shard_health_t *shards; /* in the config's shard order */
   int nshards;
+  /* Its sharded tables' columns in the catalog's order, a column list per
+   * table in the config's order, NULL where not known (every shard's
+   * writer must agree). */
+  char **columns;
+  int ntables;
 } pgs_health_db_t;
 
 /* What every worker reads. Immutable once published; refcounted. */
@@ -39,5 +44,9 @@ const pgs_shard_health_t *pgs_snapshot_shard(const pgs_snapshot_t *snap, const c
  * in the same order (node indexes then agree). NULL otherwise. */
 const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
                                                 const pgs_database_t *db, int shard);
+
+/* The columns of sharded TABLE of database DB (names, as the snapshot's
+ * config has them), or NULL when not known. */
+const char *pgs_snapshot_columns(const pgs_snapshot_t *snap, const char *db, const char *table);
 
 #endif

@@ -55,6 +55,7 @@ typedef struct proxy {
   char last_refusal[6];
   long long mem;
   bool owns_unnamed;
+  const char *columns;
 } proxy_t;
 
 static uint64_t fake_now = 1000;
@@ -78,6 +79,10 @@ static void fake_refused(void *ctx, const char *sqlstate) {
 static bool fake_keys_utf8(void *ctx) { return true; }
 static bool fake_owns_unnamed(void *ctx) { return ((proxy_t *)ctx)->owns_unnamed; }
 static uint64_t fake_now_ms(void) { return fake_now; }
+/* The catalog's columns of users ("id, name"), when known. */
+static const char *fake_columns(void *ctx, const char *table) {
+  return ((proxy_t *)ctx)->columns && !strcmp(table, "users") ? ((proxy_t *)ctx)->columns : NULL;
+}
 
 static pgs_planner_ops_t ops = {
     .health = fake_health,
@@ -89,6 +94,7 @@ static pgs_planner_ops_t ops = {
     .keys_utf8 = fake_keys_utf8,
     .owns_unnamed = fake_owns_unnamed,
     .now_ms = fake_now_ms,
+    .columns = fake_columns,
 };
 
 typedef struct fixture {
@@ -919,6 +925,71 @@ static void test_move_to_reloaded_map(void **state) {
   pgs_config_unref(next);
 }
 
+/* The text of the Query in the session's rewritten message. */
+static const char *rewritten_sql(fixture_t *f) {
+  assert_true(f->s.rewritten);
+  assert_int_equal(f->s.message.data[0], 'Q');
+  return (const char *)f->s.message.data + 5;
+}
+
+/* INSERT INTO t VALUES without a column list: planned (and sent) with the
+ * catalog's columns named, once they are known; refused before. */
+static void test_insert_without_columns(void **state) {
+  fixture_t *f = open_session("app");
+  char sql[160];
+  snprintf(sql, sizeof(sql), "insert into users values (%s, 'x')", key_text[1]);
+  plan_query(f, sql);
+  assert_error(f, 0, "0A000"); /* the columns are not known yet */
+  assert_false(f->s.rewritten);
+  run(f, 'Q');
+  f->proxy.columns = "id, name";
+  plan_query(f, sql);
+  assert_int_equal(f->s.nsteps, 1);
+  assert_sent(f, 0, PGS_STEP_FORWARD, 2, PGS_PLACED_ROUTE);
+  snprintf(sql, sizeof(sql), "insert into users (id, name) values (%s, 'x')", key_text[1]);
+  assert_string_equal(rewritten_sql(f), sql);
+  run(f, 'Q');
+  /* Aliases, quotes, schemas, comments and SELECT without FROM. */
+  static const char *const shapes[][2] = {
+      {"INSERT INTO users AS u VALUES (%s, 'y')", "INSERT INTO users AS u (id, name) VALUES"},
+      {"insert /* c */ into public . \"users\" values (%s, 'y')",
+       "insert /* c */ into public . \"users\" (id, name) values"},
+      {"insert into users select %s, 'y'", "insert into users (id, name) select"},
+  };
+  for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+    snprintf(sql, sizeof(sql), shapes[i][0], key_text[0]);
+    plan_query(f, sql);
+    assert_sent(f, 0, PGS_STEP_FORWARD, 0, PGS_PLACED_ROUTE);
+    assert_memory_equal(rewritten_sql(f), shapes[i][1], strlen(shapes[i][1]));
+    run(f, 'Q');
+  }
+  /* No values to route by: refused as before. */
+  plan_query(f, "insert into users default values");
+  assert_int_equal(step(f, 0)->op, PGS_STEP_ERROR);
+  assert_false(f->s.rewritten);
+  run(f, 'Q');
+  /* The extended protocol: the statement is prepared with the list, and
+   * its Bind routes by the key. */
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  msg_parse(&b, "ins", "insert into users values ($1, 'p')", 20);
+  plan(f, &b);
+  const pgs_client_stmt_t *stmt = pgs_strmap_get(&f->s.stmts, "ins");
+  assert_non_null(stmt);
+  assert_string_equal((const char *)stmt->parse_body.data,
+                      "insert into users (id, name) values ($1, 'p')");
+  assert_int_equal(stmt->ntypes, 1);
+  assert_int_equal(stmt->type_oids[0], 20);
+  run(f, 'P');
+  b.len = 0;
+  msg_bind(&b, "", "ins", key_text[1]);
+  plan(f, &b);
+  assert_sent(f, 0, PGS_STEP_FORWARD, 2, PGS_PLACED_ROUTE);
+  run(f, 'B');
+  pgs_buf_free(&b);
+  close_session(f);
+}
+
 static int group_setup(void **state) {
   config = pgs_config_parse_string(config_text);
   for (int i = 0; i < config->nerrors; i++)
@@ -962,6 +1033,7 @@ int main(void) {
       cmocka_unit_test(test_move_to_reloaded_map),
       cmocka_unit_test(test_merged_portal_in_parts),
       cmocka_unit_test(test_sql_cursors),
+      cmocka_unit_test(test_insert_without_columns),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -2,7 +2,8 @@
  * test_snapshot.c — the health snapshot's lookups (snapshot.h): a shard by
  * database and index in the snapshot's own config, and a shard of another
  * config (a reload not yet followed) found by names only when its nodes are
- * the same, in the same order; references counted.
+ * the same, in the same order; the sharded tables' columns; references
+ * counted.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -92,9 +93,36 @@ static void test_lookups(void **state) {
   pgs_config_unref(other);
 }
 
+/* The sharded tables' columns the monitor publishes: by database and table
+ * name; NULL where not known. */
+static void test_columns(void **state) {
+  pgs_config_t *config =
+      pgs_config_parse_string(HEAD
+                              "[shard.app.s0]\nprimary = host=127.0.0.1 port=6500\n"
+                              "[table.app.users]\ncolumn = id\ntype = bigint\n"
+                              "strategy = hash\n"
+                              "[table.app.orders]\ncolumn = id\ntype = bigint\n"
+                              "strategy = hash\n");
+  assert_non_null(config);
+  assert_int_equal(config->nerrors, 0);
+  pgs_snapshot_t *snap = snapshot_of(config);
+  pgs_health_db_t *h = &snap->dbs[0];
+  h->ntables = 2;
+  h->columns = calloc(2, sizeof(char *));
+  h->columns[0] = strdup("id, name");
+  assert_string_equal(pgs_snapshot_columns(snap, "app", "users"), "id, name");
+  assert_null(pgs_snapshot_columns(snap, "app", "orders")); /* not known */
+  assert_null(pgs_snapshot_columns(snap, "app", "ghosts"));
+  assert_null(pgs_snapshot_columns(snap, "other", "users"));
+  assert_null(pgs_snapshot_columns(NULL, "app", "users"));
+  pgs_snapshot_unref(snap); /* frees the columns too (ASan: no leak) */
+  pgs_config_unref(config);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lookups),
+      cmocka_unit_test(test_columns),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
