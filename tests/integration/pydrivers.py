@@ -10,8 +10,6 @@ a replica) sees them at once.
 """
 import subprocess
 
-import pytest
-
 from conftest import PGSHARDCTL
 
 MAP = """\
@@ -44,8 +42,13 @@ def make_tables(lab, tables=None):
 
 
 def start_proxy(replica_proxy, pool_mode, **overrides):
-    """A pgshard on the replicated lab with MAP in POOL_MODE."""
+    """A pgshard on the replicated lab with MAP in POOL_MODE. Session
+    pooling holds a server per client and node for the whole session, and
+    pool_size is split over the workers: its pools are made large enough
+    for a test's few clients wherever they land."""
     overrides.setdefault("extra_ini", MAP)
+    if pool_mode == "session":
+        overrides.setdefault("pool_size", 12)
     return replica_proxy(pool_mode=pool_mode, **overrides)
 
 
@@ -102,9 +105,3 @@ def assert_placed(px, lab, keys):
     routed = route_keys(px, keys)
     for key in keys:
         assert shards_holding(lab, key) == [routed[key]], f"key {key}"
-
-
-@pytest.fixture
-def lab_tables(replica_lab):
-    """The replicated lab with empty users and plans on every shard."""
-    return make_tables(replica_lab)
