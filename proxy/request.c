@@ -26,6 +26,7 @@
  * rule. The servers' replies come back through the owner table
  * (pgs_request_server_owner) and the engine's verdict (exchange.h).
  */
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +112,18 @@ static void session_refused(void *ctx, const char *sqlstate) {
   pgs_account_sqlstate(client, sqlstate);
 }
 
+/* Whether VALUE names the encoding CLEAN as PostgreSQL reads an encoding
+ * name (clean_encoding_name): letters and digits only, in any case. So
+ * "'utf-8'", which asyncpg sends at startup quotes included, is utf8. */
+static bool encoding_is(const char *value, const char *clean) {
+  for (const char *p = value;; p++) {
+    if (*p && !isalnum((unsigned char)*p)) continue;
+    if (tolower((unsigned char)*p) != *clean) return false;
+    if (*p == '\0') return true;
+    clean++;
+  }
+}
+
 /* Whether the session's client_encoding (as the client set it at startup
  * or with SET; the server's default, UTF8 in pgshard's databases,
  * otherwise) sends keys as UTF-8 bytes. */
@@ -120,9 +133,8 @@ static bool session_keys_utf8(void *ctx) {
     const pgs_setting_t *s = &client->settings[i];
     if (strcasecmp(s->name, "client_encoding") != 0) continue;
     if (s->value == NULL) return false; /* set to something pgshard did not read */
-    return !strcasecmp(s->value, "UTF8") || !strcasecmp(s->value, "UTF-8") ||
-           !strcasecmp(s->value, "UNICODE") || !strcasecmp(s->value, "SQL_ASCII") ||
-           !strcasecmp(s->value, "DEFAULT");
+    return encoding_is(s->value, "utf8") || encoding_is(s->value, "unicode") ||
+           encoding_is(s->value, "sqlascii") || !strcasecmp(s->value, "DEFAULT");
   }
   return true;
 }
