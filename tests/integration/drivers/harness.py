@@ -146,7 +146,7 @@ class DriverRun:
         each named in the test with the reason)."""
         k = self.keys
         expected = {"connect", "crud", "merged", "ref", "tx1", "tx2", "prepared", "types_text",
-                    "unique", "refused", "copy", "cursor_key", "cursor_keyless",
+                    "types_binary", "unique", "refused", "copy", "cursor_key", "cursor_keyless",
                     "notify"} - set(skip)
         for name in sorted(expected):
             assert name in out, f"no record for check {name}: {sorted(out)}"
