@@ -67,7 +67,7 @@ class DriverRun:
     pgshard in front of the replicated lab, and keys for every role (ROLES
     plus EXTRA_ROLES)."""
 
-    def __init__(self, lab, replica_proxy, pool_mode, extra_roles=None):
+    def __init__(self, lab, replica_proxy, pool_mode, extra_roles=None, **overrides):
         self.lab = lab
         lab.resume_all()
         for shard in lab.shards:
@@ -76,8 +76,12 @@ class DriverRun:
                 conn.execute(f"create table users ({USERS})")
                 conn.execute(f"create table ref ({REF})")
         lab.wait_caught_up()
-        self.px = replica_proxy(extra_ini=MAP, pool_mode=pool_mode, cross_shard_writes="2pc")
-        self.deny = replica_proxy(extra_ini=MAP, pool_mode=pool_mode, cross_shard_writes="deny")
+        # pool_size 8: 4 servers per node and worker, room for a program's
+        # main connection, a LISTEN (which pins its server) and a NOTIFY
+        # landing on one worker in session pooling.
+        overrides = dict(extra_ini=MAP, pool_mode=pool_mode, pool_size=8, **overrides)
+        self.px = replica_proxy(cross_shard_writes="2pc", **overrides)
+        self.deny = replica_proxy(cross_shard_writes="deny", **overrides)
         self.keys = self._pick_keys({**ROLES, **(extra_roles or {})})
 
     def _pick_keys(self, roles):
