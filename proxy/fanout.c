@@ -65,6 +65,11 @@ static pgs_fan_t *fan_new(pgs_client_t *client, const pgs_fan_order_t *order) {
 
 void pgs_fan_free(pgs_fan_t *fan) {
   if (fan == NULL) return;
+  if (fan->portal) {
+    /* Gathered into: freed here when the client closed it meanwhile. */
+    fan->portal->busy = false;
+    if (fan->portal->closed) pgs_session_free_portal(fan->portal);
+  }
   pgs_account_mem_sub(fan->owner, fan->charged);
   pgs_merge_free(fan->merge);
   pgs_copy_split_free(fan->split);
@@ -195,7 +200,10 @@ static void fan_finish(pgs_client_t *client, pgs_fan_t *fan) {
     /* An error of pgshard's own inside a transaction aborts it, as any
      * error would in PostgreSQL (no server failed to say so). */
     if (fan->own_error) pgs_session_tx_failed(&client->session);
-    if (fan->declare) pgs_session_drop_cursor(&client->session, fan->portal);
+    if (fan->declare) { /* a failed DECLARE leaves no cursor */
+      pgs_session_drop_cursor(&client->session, fan->portal);
+      fan->portal = NULL;
+    }
     /* Skip to Sync, as PostgreSQL, unless the Sync is out already. */
     if (!fan->simple && !fan->synced) pgs_session_set_unit(&client->session, PGS_UNIT_SKIP_TO_SYNC);
   } else if (fan->portal) {

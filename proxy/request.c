@@ -723,8 +723,8 @@ static void emit_reply(pgs_client_t *client, const pgs_step_t *st) {
              client->peer, st->text + 6, st->text);
     pgs_msg_error_raw(b, "ERROR", st->text, st->text + 6, NULL);
   } else if (st->op == PGS_STEP_ROWS) {
-    pgs_strmap_t *map =
-        st->fetch == PGS_FETCH_EXECUTE ? &client->session.portals : &client->session.cursors;
+    bool portal_named = st->fetch == PGS_FETCH_EXECUTE || st->fetch == PGS_FETCH_MOVE_PORTAL;
+    pgs_strmap_t *map = portal_named ? &client->session.portals : &client->session.cursors;
     pgs_portal_t *portal = pgs_strmap_get(map, st->text);
     PGS_ASSERT(portal && portal->gathered); /* planned so, nothing ran in between */
     (void)pgs_portal_fetch(portal, st->rows, (pgs_fetch_t)st->fetch, b);

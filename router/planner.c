@@ -282,7 +282,8 @@ uint64_t pgs_portal_fetch(pgs_portal_t *portal, int64_t max_rows, pgs_fetch_t ho
   if (how == PGS_FETCH_DESCRIBE) return 0;
   while (portal->rows_pos + 5 <= rows->len && (max_rows <= 0 || n < (uint64_t)max_rows)) {
     size_t total = 1 + (size_t)pgs_get_u32(rows->data + portal->rows_pos + 1);
-    if (how != PGS_FETCH_MOVE) pgs_buf_put(out, rows->data + portal->rows_pos, total);
+    if (how != PGS_FETCH_MOVE && how != PGS_FETCH_MOVE_PORTAL)
+      pgs_buf_put(out, rows->data + portal->rows_pos, total);
     portal->rows_pos += total;
     n++;
   }
@@ -290,7 +291,7 @@ uint64_t pgs_portal_fetch(pgs_portal_t *portal, int64_t max_rows, pgs_fetch_t ho
     pgs_msg_empty(out, 's'); /* PortalSuspended: PostgreSQL too says so at the limit */
     return n;
   }
-  static const char *const verbs[] = {"SELECT", "FETCH", "FETCH", "MOVE", ""};
+  static const char *const verbs[] = {"SELECT", "FETCH", "FETCH", "MOVE", "", "MOVE"};
   char tag[48];
   snprintf(tag, sizeof(tag), "%s %llu", verbs[how], (unsigned long long)n);
   size_t start = pgs_msg_begin(out, 'C');
@@ -1341,6 +1342,7 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
   pgs_buf_put_u8(&text, 0);
   order_fan(s, inner, slots, limit, offset, simple);
   s->fan_order.portal = put_cursor(s, plan->cursor_name, plan->cursor_hold);
+  s->fan_order.portal->busy = true;
   s->fan_order.declare = true;
   add_fan_steps(s, slots, simple ? PGS_STEP_QUERY : PGS_STEP_FAN_SQL, (const char *)text.data);
   pgs_buf_free(&text);
@@ -1351,6 +1353,32 @@ out:
   pgs_plan_unref(inner);
   pgs_lex_free(&lx);
   return gathered;
+}
+
+/* FETCH or MOVE (PLAN) of a protocol portal by its name (asyncpg's
+ * Cursor.forward() sends SQL MOVE on its portal): where the portal was
+ * bound, or answered from its gathered rows. False when the session has
+ * no such portal. */
+static bool plan_portal_by_name(pgs_session_t *s, const pgs_plan_t *plan) {
+  pgs_portal_t *portal =
+      plan->cursor_name[0] ? pgs_strmap_get(&s->portals, plan->cursor_name) : NULL;
+  if (portal == NULL || plan->cursor_op == PGS_CURSOR_CLOSE || portal->mask == 0) return false;
+  if (portal->gathered && plan->cursor_op == PGS_CURSOR_MOVE && plan->fetch_forward) {
+    pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_ROWS, PGS_PLACED_NONE);
+    st->text = pgs_xstrdup(plan->cursor_name);
+    st->rows = plan->fetch_count < 0 ? 0 : plan->fetch_count;
+    st->fetch = PGS_FETCH_MOVE_PORTAL;
+  } else if (portal->merge_plan) {
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "portal \"%s\" runs over several shards: fetch it with Execute, or MOVE forward "
+              "once it has been executed",
+              plan->cursor_name);
+  } else {
+    add_fanout(s, portal->mask, PGS_STEP_FORWARD, NULL, true, portal->placed);
+    return true;
+  }
+  add_reply(s, 'Z', NULL);
+  return true;
 }
 
 /* FETCH, MOVE or CLOSE of a cursor pgshard gathered (PLAN's), answered
@@ -1365,7 +1393,7 @@ static bool plan_cursor_op(pgs_session_t *s, const pgs_plan_t *plan) {
     pgs_strmap_init(&s->cursors);
     return false;
   }
-  if (cursor == NULL) return false;
+  if (cursor == NULL) return plan_portal_by_name(s, plan);
   if (cursor->mask) { /* on one shard's server */
     add_fanout(s, cursor->mask, PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
   } else if (plan->cursor_op == PGS_CURSOR_CLOSE) {
@@ -2068,6 +2096,7 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
      * the merged rows are gathered in the portal, handed out in parts. */
     order_fan(s, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
     if (max_rows > 0) {
+      portal->busy = true;
       s->fan_order.portal = portal;
       s->fan_order.max_rows = max_rows;
     }
@@ -2090,11 +2119,21 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
   }
 }
 
+static void close_portal(void *p) {
+  pgs_portal_t *portal = p;
+  if (portal->busy)
+    portal->closed = true;
+  else
+    pgs_session_free_portal(portal);
+}
+
 static void plan_sync(pgs_session_t *s) {
   uint64_t mask = s->unit_mask;
   s->unit_mask = 0;
   if (!pgs_exchange_in_tx(&s->ex)) {
-    pgs_strmap_free(&s->portals, pgs_session_free_portal);
+    /* The transaction's portals end; one a fan still gathers into (its
+     * Sync went out with the parts) is the fan's to free. */
+    pgs_strmap_free(&s->portals, close_portal);
     pgs_strmap_init(&s->portals);
   }
   if (mask == 0) {

@@ -180,6 +180,9 @@ typedef struct pgs_portal {
   bool gathered;
   bool hold;  /* a cursor WITH HOLD: it outlives its transaction */
   bool in_tx; /* a cursor declared in the open transaction */
+  bool busy;  /* a fan gathers into it: the fan frees it if it is closed
+                  (`closed`, out of the session's map) meanwhile */
+  bool closed;
   pgs_buf_t rows;
   size_t rows_pos;
   pgs_buf_t head;
@@ -190,12 +193,13 @@ typedef struct pgs_portal {
 
 /* How gathered rows go out (pgs_portal_fetch). */
 typedef enum {
-  PGS_FETCH_EXECUTE,  /* Execute: rows, then PortalSuspended when the limit was
+  PGS_FETCH_EXECUTE,     /* Execute: rows, then PortalSuspended when the limit was
                         reached, else CommandComplete "SELECT n" */
-  PGS_FETCH_FETCH,    /* SQL FETCH: the RowDescription, rows, CommandComplete "FETCH n" */
-  PGS_FETCH_ROWS,     /* SQL FETCH as a portal (extended protocol): rows, "FETCH n" */
-  PGS_FETCH_MOVE,     /* SQL MOVE: no rows, CommandComplete "MOVE n" */
-  PGS_FETCH_DESCRIBE, /* a cursor's Describe: its RowDescription only */
+  PGS_FETCH_FETCH,       /* SQL FETCH: the RowDescription, rows, CommandComplete "FETCH n" */
+  PGS_FETCH_ROWS,        /* SQL FETCH as a portal (extended protocol): rows, "FETCH n" */
+  PGS_FETCH_MOVE,        /* SQL MOVE: no rows, CommandComplete "MOVE n" */
+  PGS_FETCH_DESCRIBE,    /* a cursor's Describe: its RowDescription only */
+  PGS_FETCH_MOVE_PORTAL, /* SQL MOVE on a protocol portal: as MOVE, from `portals` */
 } pgs_fetch_t;
 
 /* A two-phase commit in progress (cross_shard_writes = 2pc): planned here,

@@ -79,13 +79,11 @@ def test_keyless_reads_merged(px, lab_tables):
             assert len(rows["s0"]) == 5 and len(rows["s1"]) == 5
             rows = await conn.fetch("select count(*), sum(amount) from users")
             assert [tuple(r) for r in rows] == [(10, sum(Decimal(k) / 4 for k in keys))]
-            # fetchrow and fetchval read one row with Execute's row limit 1,
-            # which pgshard refuses today on a merged (keyless) result.
-            for call in (conn.fetchrow, conn.fetchval):
-                with pytest.raises(asyncpg.FeatureNotSupportedError) as exc:
-                    await call("select count(*) from users")
-                assert exc.value.sqlstate == "0A000"
-                assert exc.value.args[0].startswith("pgshard:")
+            # fetchrow and fetchval read one row with Execute's row limit 1:
+            # the merged result is gathered and its first row handed out.
+            assert await conn.fetchval("select count(*) from users") == 10
+            first = await conn.fetchrow("select id, name from users order by id")
+            assert tuple(first) == (min(keys), f"n{min(keys)}")
             assert await conn.fetchval("select count(*) from users where id = $1", keys[0]) == 1
             top = await conn.fetch("select id, name from users order by id desc limit $1", 3)
             assert [tuple(r) for r in top] == [(k, f"n{k}") for k in sorted(keys, reverse=True)[:3]]
@@ -355,8 +353,9 @@ async def _chunks(data, size=1000):
 
 def test_cursors(px, lab_tables):
     """asyncpg's cursors are portals read with Execute row limits inside a
-    transaction: on one shard they stream; over several (a merged result)
-    pgshard refuses them today with 0A000 and the session goes on."""
+    transaction: on one shard they stream; over several pgshard gathers the
+    merged result and hands it out in the same chunks; Cursor.forward() is
+    SQL MOVE."""
     key = keys_on(px, "s1", 1)[0]
     other = keys_on(px, "s0", 1)[0]
 
@@ -373,14 +372,13 @@ def test_cursors(px, lab_tables):
                 assert got == list(range(1000))
                 cur = await conn.cursor("select unnest(tags) from users where id = $1", key)
                 assert [r[0] for r in await cur.fetch(10)] == [str(i) for i in range(10)]
-                assert [r[0] for r in await cur.fetch(3)] == ["10", "11", "12"]
+                assert await cur.forward(5) == 5
+                assert [r[0] for r in await cur.fetch(3)] == ["15", "16", "17"]
                 assert await cur.fetchrow() is not None
-            with pytest.raises(asyncpg.FeatureNotSupportedError) as exc:
-                async with conn.transaction():
-                    async for _ in conn.cursor("select id from users order by id", prefetch=1):
-                        pass
-            assert exc.value.sqlstate == "0A000"
-            assert exc.value.args[0].startswith("pgshard:")
+            async with conn.transaction():
+                got = [r["id"] async for r in conn.cursor("select id from users order by id",
+                                                          prefetch=1)]
+                assert got == sorted([key, other])
             assert (await conn.fetch("select count(*) from users"))[0][0] == 2
         finally:
             await conn.close()

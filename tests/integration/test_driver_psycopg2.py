@@ -334,25 +334,27 @@ def test_named_cursor_on_one_shard(replica_proxy, lab_tables, pool_mode):
         conn.close()
 
 
-def test_named_cursor_keyless_refused(px, lab_tables):
-    """Over a keyless query a cursor is refused today (it lives on one
-    server and cannot be merged): 0A000, and the session stays usable."""
-    key = keys_on(px, "s0", 1)[0]
+def test_named_cursor_keyless(px, lab_tables):
+    """Over a keyless query a named cursor (DECLARE/FETCH FORWARD itersize)
+    gives every shard's rows in the query's order; also WITH HOLD in
+    autocommit, as Django declares it."""
+    keys = keys_on(px, "s0", 3) + keys_on(px, "s1", 3)
     conn = connect(px, autocommit=True)
     try:
         with conn.cursor() as cur:
-            cur.execute("insert into users (id, name) values (%s, 'k')", (key,))
+            for k in keys:
+                cur.execute("insert into users (id, name) values (%s, %s)", (k, f"n{k}"))
         conn.autocommit = False
         with conn.cursor("everywhere") as cur:
-            with pytest.raises(psycopg2.errors.FeatureNotSupported) as exc:
-                cur.execute("select id, name from users order by id")
-                cur.fetchall()
-            assert exc.value.pgcode == "0A000"
-            assert exc.value.diag.message_primary.startswith("pgshard:")
-        conn.rollback()
-        assert one(conn, "select name from users where id = %s", (key,)) == ("k",)
-        assert one(conn, "select count(*) from users") == (1,)
+            cur.itersize = 2
+            cur.execute("select id, name from users order by id")
+            assert list(cur) == [(k, f"n{k}") for k in sorted(keys)]
         conn.commit()
+        conn.autocommit = True
+        with conn.cursor("held", withhold=True) as cur:
+            cur.execute("select id from users order by id desc")
+            assert cur.fetchmany(4) == [(k,) for k in sorted(keys, reverse=True)[:4]]
+        assert one(conn, "select count(*) from users") == (6,)
     finally:
         conn.close()
 
