@@ -186,6 +186,7 @@ void pgs_session_init(pgs_session_t *s, const pgs_database_t *db) {
   s->hint_shard = -1;
   pgs_strmap_init(&s->portals);
   pgs_strmap_init(&s->cursors);
+  pgs_strmap_init(&s->portal_set_ops);
   pgs_lex_init(&s->lx);
   s->routing = routes(s, db);
 }
@@ -199,6 +200,9 @@ void pgs_session_free(pgs_session_t *s) {
   free(s->ryw_lsn);
   pgs_strmap_free(&s->portals, pgs_session_free_portal);
   pgs_strmap_free(&s->cursors, pgs_session_free_portal);
+  pgs_strmap_free(&s->portal_set_ops, pgs_set_ops_free);
+  pgs_set_ops_free(s->unnamed_set_ops);
+  s->unnamed_set_ops = NULL;
   pgs_lex_free(&s->lx);
   free(s->tenant);
   free(s->tenant_text);
@@ -306,6 +310,7 @@ void pgs_session_free_portal(void *p) {
   pgs_buf_free(&portal->rows);
   pgs_buf_free(&portal->head);
   pgs_plan_unref(portal->cursor_plan);
+  pgs_set_ops_free(portal->set_ops);
   free(portal->sql);
   pgs_plan_unref(portal->merge_plan);
   pgs_buf_free(&portal->merge_body);
@@ -324,6 +329,7 @@ void pgs_session_free_stmt(void *p) {
     free(stmt->lx);
   }
   free(stmt->type_oids);
+  pgs_set_ops_free(stmt->set_ops);
   free(stmt);
 }
 
@@ -361,7 +367,44 @@ void pgs_bind_put_rest(pgs_buf_t *b, const pgs_bind_msg_t *bind, int hidden) {
 /* Track what a statement does to session state. Whether it drops the
  * server's prepared statements (DISCARD ALL, DEALLOCATE ALL) is the
  * caller's business: the server that runs it forgets them (issue()). */
-static void check_session_effects(pgs_session_t *s, const pgs_session_effects_t *fxc, bool simple) {
+void pgs_set_ops_free(void *p) {
+  pgs_set_ops_t *o = p;
+  if (o == NULL) return;
+  for (int i = 0; i < o->n; i++) free(o->ops[i].sql);
+  free(o);
+}
+
+static pgs_set_ops_t *set_ops_copy(const pgs_set_ops_t *o) {
+  if (o == NULL) return NULL;
+  pgs_set_ops_t *c = pgs_xmalloc(sizeof(*c) + sizeof(c->ops[0]) * (size_t)o->n);
+  c->n = o->n;
+  for (int i = 0; i < o->n; i++) {
+    c->ops[i] = o->ops[i];
+    if (o->ops[i].sql) c->ops[i].sql = pgs_xstrdup(o->ops[i].sql);
+  }
+  return c;
+}
+
+/* A prepared SET runs: the session takes its statements, as a simple
+ * Query's (awaiting the end of the transaction in tx_ops). */
+static void set_ops_apply(pgs_session_t *s, const pgs_set_ops_t *o) {
+  for (int i = 0; o && i < o->n; i++) {
+    if (s->ntx_ops == PGS_SESSION_MAX_OPS) {
+      s->pinned = true; /* more than it can replay: the server stays */
+      return;
+    }
+    pgs_set_op_t *op = &s->tx_ops[s->ntx_ops++];
+    *op = o->ops[i];
+    if (op->sql) op->sql = pgs_xstrdup(op->sql);
+  }
+}
+
+/* Track what a statement does to session state: pinned for state that
+ * cannot be replayed; its SET/RESET statements taken now (SIMPLE: a
+ * Query, sent now) or, prepared, into *KEEP to be taken when it runs
+ * (KEEP NULL: pinned, pgshard cannot see when). */
+static void check_session_effects(pgs_session_t *s, const pgs_session_effects_t *fxc, bool simple,
+                                  pgs_set_ops_t **keep) {
   pgs_session_effects_t *fx = (pgs_session_effects_t *)fxc;
   if (fx->flags & PGS_SESSION_PIN) {
     if (!s->pinned)
@@ -370,8 +413,18 @@ static void check_session_effects(pgs_session_t *s, const pgs_session_effects_t 
   }
   if (fx->flags & PGS_SESSION_TEMP) s->temp = true;
   if (!simple && fx->nops > 0) {
-    /* SET through a prepared statement: we cannot see when it runs. */
-    s->pinned = true;
+    if (keep == NULL) {
+      s->pinned = true;
+      return;
+    }
+    pgs_set_ops_t *o = pgs_xmalloc(sizeof(*o) + sizeof(o->ops[0]) * (size_t)fx->nops);
+    o->n = fx->nops;
+    for (int i = 0; i < fx->nops; i++) {
+      o->ops[i] = fx->ops[i];
+      fx->ops[i].sql = NULL;
+    }
+    pgs_set_ops_free(*keep);
+    *keep = o;
     return;
   }
   for (int i = 0; i < fx->nops; i++) {
@@ -1552,7 +1605,7 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       add_fanout(s, BIT(NOTIFY_SLOT), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
     else
       add_fanout(s, session_mask(s), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
-    if (session) check_session_effects(s, &fx, true);
+    if (session) check_session_effects(s, &fx, true, NULL);
   } else if (!route(s, plan, lx, NULL, &rt)) {
     add_reply(s, 'Z', NULL);
   } else if (rt.kind == PGS_ROUTE_MERGE) {
@@ -1602,7 +1655,7 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       if (single && plan->cursor_op == PGS_CURSOR_DECLARE) /* FETCH follows it there */
         put_cursor(s, plan->cursor_name, plan->cursor_hold)->mask = mask;
       if (atomic) implicit_twopc_commit(s, mask, first);
-      if (session) check_session_effects(s, &fx, true);
+      if (session) check_session_effects(s, &fx, true, NULL);
     }
   }
 out:
@@ -1747,7 +1800,7 @@ static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const u
       pgs_session_effects_free(&fx);
       return;
     }
-    check_session_effects(s, &fx, false);
+    check_session_effects(s, &fx, false, &stmt->set_ops);
     stmt->drops_prepared = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
     pgs_session_effects_free(&fx);
   }
@@ -1818,6 +1871,8 @@ static pgs_portal_t *put_portal(pgs_session_t *s, const char *name) {
   portal->merge_plan = NULL;
   pgs_plan_unref(portal->cursor_plan);
   portal->cursor_plan = NULL;
+  pgs_set_ops_free(portal->set_ops);
+  portal->set_ops = NULL;
   portal->unbound = 0;
   drop_gathered(portal);
   return portal;
@@ -1865,6 +1920,7 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
   }
   pgs_portal_t *portal = put_portal(s, portal_name);
   portal->drops_prepared = stmt->drops_prepared;
+  portal->set_ops = set_ops_copy(stmt->set_ops); /* taken at its Execute */
   const pgs_plan_t *plan = stmt->plan;
   if ((s->ex.tx == PGS_TX_ABORTED) && plan->kind != PGS_STMT_COMMIT &&
       plan->kind != PGS_STMT_ROLLBACK) {
@@ -2108,6 +2164,7 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
       return;
     }
     s->ex.copies = portal->copies;
+    if (type == 'E') set_ops_apply(s, portal->set_ops); /* a prepared SET runs now */
     int first = s->nsteps;
     add_fanout(s, portal->mask & ~portal->unbound, PGS_STEP_FORWARD, NULL, type == 'E',
                portal->placed);
@@ -2135,6 +2192,8 @@ static void plan_sync(pgs_session_t *s) {
      * Sync went out with the parts) is the fan's to free. */
     pgs_strmap_free(&s->portals, close_portal);
     pgs_strmap_init(&s->portals);
+    pgs_strmap_free(&s->portal_set_ops, pgs_set_ops_free);
+    pgs_strmap_init(&s->portal_set_ops);
   }
   if (mask == 0) {
     add_reply(s, 'Z', NULL);
@@ -2193,6 +2252,22 @@ static bool names_reserved_statement(pgs_session_t *s, char type, const uint8_t 
   return true;
 }
 
+/* Pass-through: PORTAL is bound from a statement whose SETs are OPS (NULL:
+ * none), taken when it is executed. False, with the error planned, when
+ * the session has too many such portals to keep. */
+static bool bind_set_ops(pgs_session_t *s, const char *portal, const pgs_set_ops_t *ops) {
+  pgs_set_ops_free(pgs_strmap_remove(&s->portal_set_ops, portal));
+  if (ops == NULL) return true;
+  if (s->portal_set_ops.count >= PGS_CLIENT_MAX_STATEMENTS) {
+    add_error(s, "53400", "too many portals bound from SET statements (%d)",
+              PGS_CLIENT_MAX_STATEMENTS);
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return false;
+  }
+  pgs_strmap_put(&s->portal_set_ops, portal, set_ops_copy(ops));
+  return true;
+}
+
 /* Plan one complete client message at in_pos. */
 void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t total,
                       const uint8_t *ahead, size_t ahead_len) {
@@ -2207,10 +2282,11 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
       const char *name = parse.name, *sql = parse.query;
       size_t qlen = parse.query_len;
       bool drops = false;
+      pgs_set_ops_t *set_ops = NULL;
       if (sql && pgs_session_maybe(sql, qlen)) {
         pgs_session_effects_t fx;
         pgs_session_analyze(sql, &fx);
-        check_session_effects(s, &fx, false);
+        check_session_effects(s, &fx, false, &set_ops);
         drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
         pgs_session_effects_free(&fx);
       }
@@ -2227,10 +2303,15 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
            * it for whoever comes next. */
           add_error(s, "53400", "too many prepared statements (%d)", PGS_CLIENT_MAX_STATEMENTS);
           pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+          pgs_set_ops_free(set_ops);
           return;
         }
       }
       if (stmt) stmt->drops_prepared = drops;
+      /* Its SETs are the session's when a portal bound from it runs. */
+      pgs_set_ops_t **keep = stmt ? &stmt->set_ops : &s->unnamed_set_ops;
+      pgs_set_ops_free(*keep);
+      *keep = set_ops;
       /* Without a name the Execute cannot be told apart: forget at Parse. */
       add_step(s, 0, stmt ? PGS_STEP_PARSE : PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH)->stmt = stmt;
       if (drops && stmt == NULL) mark_drops_prepared(s, 0);
@@ -2254,7 +2335,7 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
           pgs_session_effects_free(&fx);
           return;
         }
-        check_session_effects(s, &fx, true);
+        check_session_effects(s, &fx, true, NULL);
         bool drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
         pgs_session_effects_free(&fx);
         if (drops) {
@@ -2287,9 +2368,9 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
        * prepared (mapped to the server's name by forward()); the unnamed
        * one only on the server the client parsed it on. */
       const char *name = target.name;
+      pgs_bind_msg_t bind = {0};
       if (type == 'B') {
         /* Its names; the rest is the server's to judge. */
-        pgs_bind_msg_t bind;
         if (pgs_bind_read_head(p + 5, total - 5, &bind) != PGS_OK) {
           add_error(s, PGS_SQLSTATE_PROTOCOL_VIOLATION, "invalid Bind message");
           pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
@@ -2302,11 +2383,21 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
         no_such_statement(s, name);
         return;
       }
+      if (type == 'B' && !bind_set_ops(s, bind.portal, stmt ? stmt->set_ops : s->unnamed_set_ops))
+        return;
       add_step(s, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
       /* Bind of DEALLOCATE ALL / DISCARD ALL: its server forgets (the
        * Execute follows on the same server). */
       if (type == 'B' && stmt && stmt->drops_prepared) mark_drops_prepared(s, 0);
       return;
+    }
+    if (type == 'E' && s->portal_set_ops.count > 0) {
+      pgs_execute_msg_t execute;
+      if (pgs_execute_read(p + 5, total - 5, &execute) == PGS_OK)
+        set_ops_apply(s, pgs_strmap_get(&s->portal_set_ops, execute.portal));
+    }
+    if (type == 'C' && target.kind == 'P') {
+      pgs_set_ops_free(pgs_strmap_remove(&s->portal_set_ops, target.name));
     }
     add_step(s, 0, PGS_STEP_FORWARD, PGS_PLACED_PASSTHROUGH);
     return;

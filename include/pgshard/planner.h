@@ -64,6 +64,14 @@
 
 struct pgs_session;
 
+/* The SET/RESET statements a prepared statement runs: the session takes
+ * them when it is executed (an Execute of a portal bound from it), as it
+ * takes a simple Query's when it is sent. */
+typedef struct pgs_set_ops {
+  int n;
+  pgs_set_op_t ops[];
+} pgs_set_ops_t;
+
 typedef struct pgs_client_stmt {
   char server_name[24]; /* "pgs_<16 hex>": same text+types, same name */
   pgs_buf_t parse_body; /* Parse body after the statement name */
@@ -72,7 +80,8 @@ typedef struct pgs_client_stmt {
   pgs_lexed_t *lx;
   uint32_t *type_oids;
   int ntypes;
-  bool drops_prepared; /* DISCARD ALL / DEALLOCATE ALL */
+  bool drops_prepared;    /* DISCARD ALL / DEALLOCATE ALL */
+  pgs_set_ops_t *set_ops; /* its SET/RESET statements, or NULL */
   /* A read that may run on several shards: the shards' variant of the
    * statement (merge.h: hidden columns, LIMIT pushed down), prepared under
    * its own name; built at the first merged Bind. */
@@ -160,6 +169,7 @@ typedef struct pgs_portal {
   bool read_only; /* BEGIN READ ONLY */
   bool drops_prepared;
   char *sql;               /* local portals: the statement */
+  pgs_set_ops_t *set_ops;  /* its statement's SET/RESET, taken at its Execute */
   pgs_plan_t *cursor_plan; /* a local portal of a SQL cursor statement on a cursor
                               over several shards (DECLARE, FETCH, MOVE, CLOSE):
                               its plan, a reference */
@@ -276,6 +286,10 @@ typedef struct pgs_session {
   int ntx_ops;
   pgs_strmap_t stmts;   /* client statement name -> pgs_client_stmt_t */
   pgs_strmap_t portals; /* portal name -> pgs_portal_t */
+  /* Pass-through (no portal is kept): the SETs of the last unnamed Parse,
+   * and of the portals bound from SET statements (name -> pgs_set_ops_t). */
+  pgs_set_ops_t *unnamed_set_ops;
+  pgs_strmap_t portal_set_ops;
   /* SQL cursors declared through pgshard: on one shard (mask: its slot),
    * or over several, gathered (pgs_portal_t.gathered). */
   pgs_strmap_t cursors;
@@ -412,6 +426,7 @@ bool pgs_plan_streams(const pgs_plan_t *plan);
 /* ---- statements and portals ---- */
 
 void pgs_session_free_stmt(void *stmt);
+void pgs_set_ops_free(void *set_ops);
 void pgs_session_free_portal(void *portal);
 /* STMT's variant for the shards of a merged read (merge.h), built once. */
 void pgs_stmt_merge_variant(pgs_client_stmt_t *stmt);

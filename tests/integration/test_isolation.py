@@ -173,6 +173,32 @@ def test_replay_gives_the_resolved_setting(proxy, lab):
             assert a.execute(check).fetchone() == direct.execute(check).fetchone(), statements
 
 
+def test_prepared_set_is_tracked_not_pinned(proxy, lab):
+    """A SET sent as a prepared statement (pgJDBC's setup SETs, psycopg's
+    prepared ones): pgshard takes it when its portal is executed, replays it
+    wherever the client goes, and keeps it from the next client on the same
+    server, without holding the server for the client (one server for two
+    clients here: the second would wait forever behind a pinned first). A
+    failed transaction's prepared SET is dropped, as PostgreSQL drops it."""
+    px = proxy(pool_size=1, workers=1)
+    with lab.connect_primary() as direct, px.connect(autocommit=True) as a, \
+            px.connect(autocommit=True) as b:
+        default = direct.execute("show datestyle").fetchone()[0]
+        a.execute("SET datestyle TO 'SQL, DMY'", prepare=True)
+        a.execute("SET intervalstyle TO postgres_verbose", prepare=True)
+        assert b.execute("show datestyle").fetchone()[0] == default
+        assert b.execute("show intervalstyle").fetchone()[0] == "postgres"
+        assert pid(a) == pid(b)  # one server, shared: nobody is pinned
+        assert a.execute(DATE_SQL).fetchone() == ("08/01/1999", "SQL, DMY")
+        assert a.execute("select (interval '1 day')::text").fetchone()[0] == "@ 1 day"
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with a.transaction():
+                a.execute("SET datestyle TO german", prepare=True)
+                a.execute("select 1/0")
+        assert b.execute("show datestyle").fetchone()[0] == default
+        assert a.execute("show datestyle").fetchone()[0] == "SQL, DMY"
+
+
 def connect_env(monkeypatch, env, connect):
     """CONNECT() with environment ENV for libpq (PGDATESTYLE ...)."""
     with monkeypatch.context() as m:

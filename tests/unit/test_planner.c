@@ -1000,6 +1000,77 @@ static void test_insert_without_columns(void **state) {
   close_session(f);
 }
 
+/* A SET through the extended protocol (pgJDBC's setup SETs): taken by the
+ * session when its portal is executed, as a Query's SET is when sent; the
+ * session is not pinned. Pass-through and routing alike. */
+static void test_prepared_set(void **state) {
+  for (int routing = 0; routing < 2; routing++) {
+    fixture_t *f = open_session(routing ? "app" : "one");
+    f->proxy.owns_unnamed = true;
+    pgs_buf_t b;
+    pgs_buf_init(&b);
+    msg_parse(&b, "", "SET extra_float_digits = 3", 0);
+    plan(f, &b);
+    run(f, 'P');
+    assert_false(f->s.pinned);
+    assert_int_equal(f->s.ntx_ops, 0); /* not run yet */
+    b.len = 0;
+    msg_bind(&b, "", "", NULL);
+    plan(f, &b);
+    run(f, 'B');
+    assert_int_equal(f->s.ntx_ops, 0);
+    b.len = 0;
+    put_execute(&b, "", 0);
+    plan(f, &b);
+    assert_int_equal(f->s.nsteps, 1);
+    assert_int_equal(step(f, 0)->op, PGS_STEP_FORWARD);
+    run(f, 'E');
+    assert_int_equal(f->s.ntx_ops, 1);
+    assert_string_equal(f->s.tx_ops[0].name, "extra_float_digits");
+    assert_string_equal(f->s.tx_ops[0].sql, "SET extra_float_digits = 3");
+    assert_false(f->s.pinned);
+    /* A named statement, bound to a named portal, executed twice. */
+    b.len = 0;
+    msg_parse(&b, "tz", "SET TIME ZONE 'UTC'", 0);
+    plan(f, &b);
+    run(f, 'P');
+    b.len = 0;
+    msg_bind(&b, "p", "tz", NULL);
+    plan(f, &b);
+    run(f, 'B');
+    b.len = 0;
+    put_execute(&b, "p", 0);
+    plan(f, &b);
+    run(f, 'E');
+    assert_int_equal(f->s.ntx_ops, 2);
+    /* A portal of another statement under the same name takes nothing. */
+    b.len = 0;
+    msg_parse(&b, "q", "select 1", 0);
+    plan(f, &b);
+    run(f, 'P');
+    b.len = 0;
+    msg_bind(&b, "p", "q", NULL);
+    plan(f, &b);
+    run(f, 'B');
+    b.len = 0;
+    put_execute(&b, "p", 0);
+    plan(f, &b);
+    run(f, 'E');
+    assert_int_equal(f->s.ntx_ops, 2);
+    assert_false(f->s.pinned);
+    for (int i = 0; i < f->s.ntx_ops; i++) free(f->s.tx_ops[i].sql);
+    f->s.ntx_ops = 0;
+    /* State that cannot be replayed still pins. */
+    b.len = 0;
+    msg_parse(&b, "", "LISTEN ch", 0);
+    plan(f, &b);
+    run(f, 'P');
+    assert_true(f->s.pinned);
+    pgs_buf_free(&b);
+    close_session(f);
+  }
+}
+
 static int group_setup(void **state) {
   config = pgs_config_parse_string(config_text);
   for (int i = 0; i < config->nerrors; i++)
@@ -1044,6 +1115,7 @@ int main(void) {
       cmocka_unit_test(test_merged_portal_in_parts),
       cmocka_unit_test(test_sql_cursors),
       cmocka_unit_test(test_insert_without_columns),
+      cmocka_unit_test(test_prepared_set),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -337,9 +337,8 @@ public class DriverCheck {
   /* Every connection but the one check_pinning opens says the server is
    * 9.0 or later: pgJDBC then sends extra_float_digits and application_name
    * as startup parameters. Without it, it sends them as two SETs through
-   * the extended protocol, and pgshard pins a session that SETs through a
-   * prepared statement to its servers (transaction pooling then pools
-   * nothing for it). */
+   * the extended protocol, which pgshard takes when they run (check
+   * "pinning": neither way pins the session). */
   static final String TUNED = "assumeMinServerVersion=9.0";
 
   static Connection connect(String u, String params) throws Exception {
