@@ -1186,27 +1186,7 @@ static size_t word_end(const char *sql, size_t len, size_t i) {
 }
 
 static size_t skip_blanks(const char *sql, size_t len, size_t i) {
-  for (;;) {
-    while (i < len && isspace((unsigned char)sql[i])) i++;
-    if (i + 1 < len && sql[i] == '-' && sql[i + 1] == '-') {
-      while (i < len && sql[i] != '\n') i++;
-    } else if (i + 1 < len && sql[i] == '/' && sql[i + 1] == '*') {
-      int depth = 0;
-      do {
-        if (i + 1 < len && sql[i] == '/' && sql[i + 1] == '*') {
-          depth++;
-          i += 2;
-        } else if (i + 1 < len && sql[i] == '*' && sql[i + 1] == '/') {
-          depth--;
-          i += 2;
-        } else {
-          i++;
-        }
-      } while (i < len && depth > 0);
-    } else {
-      return i;
-    }
-  }
+  return i >= len ? i : (size_t)(pgs_session_skip_space(sql + i, sql + len) - sql);
 }
 
 /* A name at I (a word or a "quoted" one): its end, or I. */
@@ -1288,37 +1268,12 @@ static bool insert_with_columns(pgs_session_t *s, const char *sql, size_t qlen,
  * (LEN bytes): after the first FOR that is a word of its own outside
  * quotes and comments. 0 when there is none. */
 static size_t declare_query_start(const char *sql, size_t len) {
-  size_t i = 0;
+  size_t i = skip_blanks(sql, len, 0);
   while (i < len) {
-    char c = sql[i];
-    if (c == '"') {
-      for (i++; i < len && !(sql[i] == '"' && (i + 1 >= len || sql[i + 1] != '"')); i++)
-        if (sql[i] == '"') i++; /* "" inside a quoted name */
-      i++;
-    } else if (c == '-' && i + 1 < len && sql[i + 1] == '-') {
-      while (i < len && sql[i] != '\n') i++;
-    } else if (c == '/' && i + 1 < len && sql[i + 1] == '*') {
-      int depth = 0;
-      do {
-        if (i + 1 < len && sql[i] == '/' && sql[i + 1] == '*') {
-          depth++;
-          i += 2;
-        } else if (i + 1 < len && sql[i] == '*' && sql[i + 1] == '/') {
-          depth--;
-          i += 2;
-        } else {
-          i++;
-        }
-      } while (i < len && depth > 0);
-    } else if (isalpha((unsigned char)c) || c == '_') {
-      size_t start = i;
-      while (i < len && (isalnum((unsigned char)sql[i]) || sql[i] == '_' || sql[i] == '$')) i++;
-      if (i - start == 3 && !strncasecmp(sql + start, "for", 3)) return i;
-    } else if (c == '\'' || c == '(' || c == ';') {
-      return 0; /* not in a DECLARE's head */
-    } else {
-      i++;
-    }
+    size_t e = name_end(sql, len, i);
+    if (e <= i) return 0; /* not a word or a name: not in a DECLARE's head */
+    if (word_is(sql, i, e, "for")) return e;
+    i = skip_blanks(sql, len, e);
   }
   return 0;
 }

@@ -13,8 +13,7 @@
 #include "pgshard/analyze.h"
 #include "pgshard/session.h"
 
-/* Skip whitespace and comments; return a pointer to the first token. */
-static const char *skip_space(const char *p, const char *end) {
+const char *pgs_session_skip_space(const char *p, const char *end) {
   while (p < end) {
     if (isspace((unsigned char)*p)) {
       p++;
@@ -38,6 +37,10 @@ static const char *skip_space(const char *p, const char *end) {
     }
   }
   return p;
+}
+
+static const char *skip_space(const char *p, const char *end) {
+  return pgs_session_skip_space(p, end);
 }
 
 /* Whether HAY holds NEEDLE (lower case) in any case. On the hot path (every

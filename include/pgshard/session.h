@@ -69,6 +69,11 @@ typedef struct pgs_session_effects {
   char deallocate[64];
 } pgs_session_effects_t;
 
+/* The first byte at or after P (before END) that is not whitespace or in a
+ * comment (-- to the end of the line, nested slash-star), as PostgreSQL's
+ * scanner skips them. */
+const char *pgs_session_skip_space(const char *p, const char *end);
+
 /* Cheap filter: false means the statement certainly has no session effect. */
 bool pgs_session_maybe(const char *sql, size_t len);
 

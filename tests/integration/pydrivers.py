@@ -8,9 +8,8 @@ table (a copy on every shard). Tables are created directly on every
 primary and the replicas are waited for, so that a read through pgshard (on
 a replica) sees them at once.
 """
-import subprocess
 
-from conftest import PGSHARDCTL
+from test_sharding import route_many
 
 MAP = """\
 [table.app.users]
@@ -58,17 +57,8 @@ def url(px, user="app", password="secret"):
 
 def route_keys(px, keys, table="users"):
     """{key: shard} as `pgshardctl route` (the proxy's own router) says."""
-    keys = [str(k) for k in keys]
-    proc = subprocess.run([str(PGSHARDCTL), "route", "--stdin", str(px.config_path), "app", table],
-                          input="".join(k + "\n" for k in keys), capture_output=True,
-                          text=True, timeout=60)
-    lines = proc.stdout.splitlines()
-    assert len(lines) == len(keys), f"pgshardctl route: {proc.stderr}"
-    out = {}
-    for key, line in zip(keys, lines):
-        assert line.startswith(key + "\t"), (key, line)
-        out[int(key)] = line[len(key) + 1:]
-    return out
+    keys = list(keys)
+    return dict(zip(keys, route_many(px.config_path, table, [str(k) for k in keys])))
 
 
 def keys_on(px, shard, n, start=1):

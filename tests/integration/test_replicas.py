@@ -18,15 +18,14 @@ with `-s` to see them.
 """
 import random
 import re
-import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import PGSHARDCTL
 from support import wait_for
+from test_sharding import route_many
 
 MAP = """\
 [table.app.rkv]
@@ -55,17 +54,8 @@ def hint(shard):
 
 def route_keys(config, keys):
     """{key: shard} for KEYS of table rkv, as `pgshardctl route` says."""
-    keys = [str(k) for k in keys]
-    proc = subprocess.run([str(PGSHARDCTL), "route", "--stdin", str(config), "app", "rkv"],
-                          input="".join(k + "\n" for k in keys), capture_output=True,
-                          text=True, timeout=60)
-    lines = proc.stdout.splitlines()
-    assert len(lines) == len(keys), f"pgshardctl route: {proc.stderr}"
-    out = {}
-    for key, line in zip(keys, lines):
-        assert line.startswith(key + "\t"), (key, line)
-        out[int(key)] = line[len(key) + 1:]
-    return out
+    keys = list(keys)
+    return dict(zip(keys, route_many(config, "rkv", [str(k) for k in keys])))
 
 
 def keys_on(config, shard, n, start=1):

@@ -18,7 +18,7 @@ import json
 import subprocess
 from decimal import Decimal
 
-from conftest import PGSHARDCTL
+from test_sharding import route_many
 
 POOL_MODES = ["transaction", "session"]
 
@@ -53,12 +53,7 @@ DATA = bytes(range(256))
 
 def route(config, keys):
     """The shard of each of KEYS of table users, as `pgshardctl route` says."""
-    proc = subprocess.run([str(PGSHARDCTL), "route", "--stdin", str(config), "app", "users"],
-                          input="".join(f"{k}\n" for k in keys), capture_output=True,
-                          text=True, timeout=60)
-    lines = proc.stdout.splitlines()
-    assert len(lines) == len(keys), f"pgshardctl route: {proc.stderr}"
-    return [line.split("\t", 1)[1] for line in lines]
+    return route_many(config, "users", [str(k) for k in keys])
 
 
 class DriverRun:
