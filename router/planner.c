@@ -6,9 +6,11 @@
  * which request.c carries out.
  *
  * Layout: the session's states (setters checked against exchange.c's
- * tables), steps, statements and portals, placement over primaries and
- * replicas, pgshard's own settings, then the plans: Query, Parse, Bind,
- * Describe/Execute/Close of portals, Sync, and the pass-through pooler's.
+ * tables), steps, statements and portals (gathered rows, prepared SETs),
+ * placement over primaries and replicas, pgshard's own settings, routing
+ * one statement, transactions, COPY, INSERT without a column list, SQL
+ * cursors, then the plans: Query, Parse, Bind, Describe/Execute/Close of
+ * portals, Sync, the pass-through pooler's, and a reload's move.
  */
 #include <ctype.h>
 #include <stdarg.h>

@@ -33,7 +33,17 @@
  *             shards, so Describe/Execute/Close of it follow. A merged one
  *             is bound on one shard at once, on the others with the
  *             Execute, whose Sync is then sent without waiting.
+ *   Execute   where its portal was bound; a merged portal's runs as a fan,
+ *             and with a row limit the fan gathers the merged rows into
+ *             the portal, which answers the next Executes itself.
  *   Sync      to every shard the unit touched, one ReadyForQuery reported.
+ * Statements planned specially: INSERT INTO t VALUES without a column
+ * list (planned with t's columns named: the message is rewritten);
+ * DECLARE/FETCH/MOVE/CLOSE (a cursor on one shard is followed there; one
+ * over several is gathered at DECLARE and answered by pgshard); LISTEN,
+ * UNLISTEN and NOTIFY (the first shard's primary); DEALLOCATE of a
+ * protocol statement (answered); SET/RESET (tracked: a Query's when sent,
+ * a prepared statement's when its portal runs); SET pgshard.* (answered).
  * Transactions: BEGIN is answered by pgshard and replayed on each shard the
  * transaction touches (tx_mask, when the proxy runs a step there);
  * COMMIT/ROLLBACK go to those shards, in two phases when they wrote on
