@@ -9,6 +9,8 @@ primary and the replicas are waited for, so that a read through pgshard (on
 a replica) sees them at once.
 """
 
+import pytest
+
 from test_sharding import route_many
 
 MAP = """\
@@ -95,3 +97,15 @@ def assert_placed(px, lab, keys):
     routed = route_keys(px, keys)
     for key in keys:
         assert shards_holding(lab, key) == [routed[key]], f"key {key}"
+
+
+@pytest.fixture
+def lab_tables(replica_lab):
+    """The replicated lab with empty users and plans on every shard."""
+    return make_tables(replica_lab)
+
+
+@pytest.fixture(params=POOL_MODES)
+def px(request, replica_proxy, lab_tables):
+    """pgshard in front of it, in each pool mode."""
+    return start_proxy(replica_proxy, request.param)

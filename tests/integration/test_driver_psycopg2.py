@@ -19,19 +19,8 @@ import psycopg2.errorcodes
 import psycopg2.extensions
 import pytest
 
-from pydrivers import (POOL_MODES, assert_placed, keys_on, make_tables, rows_by_shard,
-                       shards_holding, start_proxy, url)
-
-
-@pytest.fixture
-def lab_tables(replica_lab):
-    """The replicated lab with empty users and plans on every shard."""
-    return make_tables(replica_lab)
-
-
-@pytest.fixture(params=POOL_MODES)
-def px(request, replica_proxy, lab_tables):
-    return start_proxy(replica_proxy, request.param)
+from pydrivers import (POOL_MODES, assert_placed, keys_on, lab_tables, px,  # noqa: F401
+                       rows_by_shard, shards_holding, start_proxy, url)
 
 
 def connect(px, autocommit=False):

@@ -20,17 +20,8 @@ from decimal import Decimal
 
 from test_sharding import route_many
 
-POOL_MODES = ["transaction", "session"]
+from pydrivers import MAP, POOL_MODES, USERS  # noqa: F401 (POOL_MODES: for the tests)
 
-MAP = """\
-[table.app.users]
-column = id
-type = bigint
-strategy = hash
-"""
-
-USERS = ("id bigint primary key, name text, tags text[], at timestamptz,"
-         " amount numeric, data bytea")
 REF = "k int primary key, v text"  # ref: not in the map, a copy on every shard
 
 # Keys by role: (shard, how many). One key unless a count is given.
