@@ -97,7 +97,7 @@ static void fan_stop_parts(pgs_fan_t *fan, int except) {
   for (int i = 0; i < client->session.nslots; i++) {
     pgs_server_t *server = client->servers[i];
     if (i == except || server == NULL || !(fan->slots & ~fan->done & (UINT64_C(1) << i))) continue;
-    pgs_server_cancel(server, "another part of its cross-shard statement failed");
+    pgs_server_cancel_part(server, "another part of its cross-shard statement failed");
   }
 }
 

@@ -944,6 +944,8 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       request_server(client, st->shard, st->node >= 0 ? st->node : 0);
       return STEPS_LEFT;
     }
+    if (server->cancelling)
+      return STEPS_BLOCKED; /* the cancel must not hit what is sent now (cancel_done) */
     if (st->op == PGS_STEP_FAN_EXEC && skips_to_sync(server)) {
       /* An error earlier in the unit (the client has it) left this server
        * skipping to Sync: the part would be skipped too. */

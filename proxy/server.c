@@ -176,6 +176,82 @@ void pgs_server_forget_prepared(pgs_server_t *server) {
   pgs_strmap_free(&server->prepared, NULL);
 }
 
+/* ---- cancel ---- */
+
+typedef struct cancel_work {
+  uv_work_t req;
+  PGcancel *cancel;
+  pgs_server_t *server; /* kept (pending_closes) until the cancel is done */
+} cancel_work_t;
+
+static void cancel_run(uv_work_t *req) {
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  char err[256];
+  if (!PQcancel(w->cancel, err, sizeof(err))) pgs_warn("cancel request failed: %s", err);
+}
+
+static void cancel_done(uv_work_t *req, int status) {
+  PGS_UNUSED(status);
+  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
+  pgs_server_t *server = w->server;
+  PQfreeCancel(w->cancel);
+  free(w);
+  /* PQcancel returned: the postmaster has signalled the backend, which
+   * handles the signal before it reads anything more from us. */
+  server->cancelling = false;
+  if (--server->pending_closes == 0 && server->state == PGS_SV_CLOSING) {
+    server_free(server);
+    return;
+  }
+  if (server->state != PGS_SV_CLOSING && server->client) owner->drained(server->client);
+}
+
+void pgs_server_cancel(pgs_server_t *server, const char *why) {
+  server->cancel_why = NULL;
+  if (server->pg == NULL || server->cancelling || pgs_server_expect_idle(server)) return;
+  cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
+  w->cancel = PQgetCancel(server->pg);
+  w->server = server;
+  if (w->cancel == NULL || uv_queue_work(&server->worker->loop, &w->req, cancel_run, cancel_done)) {
+    if (w->cancel) PQfreeCancel(w->cancel);
+    free(w);
+    return;
+  }
+  server->cancelling = true;
+  server->pending_closes++;
+  /* The statement may end on its own before the cancel lands, and the
+   * cancel then hit whatever the server runs next: never another
+   * client's statement. */
+  server->dirty = true;
+  pgs_info("server %d (%s/%s): cancel sent: %s", server->backend_pid, server->pool->dbname,
+           server->pool->username, why);
+}
+
+/* The front of what SERVER owes is a fan part's (or, ANY: a part is
+ * owed at all). */
+static bool owes_fan_part(pgs_server_t *server, bool any) {
+  pgs_replies_t *q = &server->replies;
+  size_t n = any ? q->len : q->len > 0;
+  for (size_t i = 0; i < n; i++)
+    if (q->ring[(q->head + i) % q->cap].rule.fan) return true;
+  return false;
+}
+
+void pgs_server_cancel_part(pgs_server_t *server, const char *why) {
+  if (owes_fan_part(server, false))
+    pgs_server_cancel(server, why);
+  else if (owes_fan_part(server, true))
+    server->cancel_why = why; /* server_cancel_when_at_part */
+}
+
+/* A cancel put off until the server runs the part: now, or never. */
+static void server_cancel_when_at_part(pgs_server_t *server) {
+  if (owes_fan_part(server, false))
+    pgs_server_cancel(server, server->cancel_why);
+  else if (!owes_fan_part(server, true))
+    server->cancel_why = NULL;
+}
+
 /* ---- replies from the server ---- */
 
 static void server_protocol_error(pgs_server_t *server, const char *what) {
@@ -240,6 +316,7 @@ void pgs_server_process(pgs_server_t *server) {
      * follow (pgs_server_emit_synthetic). */
     owner->reply(client, server, &v, type, p, total);
     if (server->client != client || server->state == PGS_SV_CLOSING) break;
+    if (server->cancel_why) server_cancel_when_at_part(server);
   }
   if (server->state == PGS_SV_CLOSING) return;
   client = server->client;
@@ -271,43 +348,6 @@ void pgs_server_process(pgs_server_t *server) {
 }
 
 int pgs_server_flush(pgs_server_t *server) { return pgs_io_flush(&server->io); }
-
-/* ---- cancel ---- */
-
-typedef struct cancel_work {
-  uv_work_t req;
-  PGcancel *cancel;
-} cancel_work_t;
-
-static void cancel_run(uv_work_t *req) {
-  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
-  char err[256];
-  if (!PQcancel(w->cancel, err, sizeof(err))) pgs_warn("cancel request failed: %s", err);
-}
-
-static void cancel_done(uv_work_t *req, int status) {
-  PGS_UNUSED(status);
-  cancel_work_t *w = pgs_container_of(req, cancel_work_t, req);
-  PQfreeCancel(w->cancel);
-  free(w);
-}
-
-void pgs_server_cancel(pgs_server_t *server, const char *why) {
-  if (server->pg == NULL || pgs_server_expect_idle(server)) return;
-  cancel_work_t *w = pgs_xcalloc(1, sizeof(*w));
-  w->cancel = PQgetCancel(server->pg);
-  if (w->cancel == NULL || uv_queue_work(&server->worker->loop, &w->req, cancel_run, cancel_done)) {
-    if (w->cancel) PQfreeCancel(w->cancel);
-    free(w);
-    return;
-  }
-  /* The statement may end on its own before the cancel lands, and the
-   * cancel then hit whatever the server runs next: never another
-   * client's statement. */
-  server->dirty = true;
-  pgs_info("server %d (%s/%s): cancel sent: %s", server->backend_pid, server->pool->dbname,
-           server->pool->username, why);
-}
 
 /* ---- I/O callbacks ---- */
 

@@ -265,6 +265,9 @@ struct pgs_server {
   uint64_t settings_hash;
   char txstatus;
   bool dirty;             /* never reuse: close at release */
+  bool cancelling;        /* a CancelRequest is on its way: nothing more is sent
+                             to it until the postmaster has signalled it */
+  const char *cancel_why; /* cancel its fan part once it runs it (the log's why) */
   bool needs_discard;     /* run DISCARD ALL before reuse */
   bool need_flush;        /* extended messages sent since the last Sync/Flush */
   uint64_t unnamed_owner; /* the client whose unnamed statement it holds (request.c) */

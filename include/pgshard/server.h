@@ -31,8 +31,15 @@ void pgs_server_process(pgs_server_t *server);
 void pgs_server_close(pgs_server_t *server, const char *why);
 /* Send the server a CancelRequest when it has requests in flight (WHY for
  * the log). It is not reused after: the cancel may land after its
- * statement ended. */
+ * statement ended. Until the postmaster has signalled the backend
+ * (server->cancelling), nothing more is sent to it: the cancel hits what
+ * it runs now or nothing, never a statement sent after. */
 void pgs_server_cancel(pgs_server_t *server, const char *why);
+/* Cancel the part of a merged read the server runs: at once when it runs
+ * it, else once the replies before it (the client's own messages of the
+ * unit, which must not fail for it) are in; not at all when the part ends
+ * first. */
+void pgs_server_cancel_part(pgs_server_t *server, const char *why);
 int pgs_server_flush(pgs_server_t *server) PGS_MUST_USE;
 
 #endif
