@@ -795,6 +795,15 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
       pgs_server_inject_query(server, st->text, st->rule);
     }
     break;
+  case PGS_STEP_BIND_VARIANT: {
+    const pgs_variant_t *v = st->variant;
+    ensure_prepared_as(server, v->name, &v->body, true, false);
+    size_t mark = pgs_io_scratch_mark(&server->io);
+    pgs_buf_put(pgs_io_scratch(&server->io), v->bind.data, v->bind.len);
+    pgs_io_scratch_done(&server->io, mark);
+    pgs_server_expect(server, PGS_EXP_BIND, st->rule, NULL);
+    break;
+  }
   case PGS_STEP_FAN_EXEC: {
     pgs_execute_msg_t execute;
     pgs_status_t read = pgs_execute_read(p + 5, total - 5, &execute);
@@ -870,6 +879,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
   if (st->forget_prepared) pgs_server_forget_prepared(server);
   bool extended = st->op == PGS_STEP_PARSE || st->op == PGS_STEP_EXEC_SQL ||
                   st->op == PGS_STEP_FAN_EXEC || st->op == PGS_STEP_FAN_SQL ||
+                  st->op == PGS_STEP_BIND_VARIANT ||
                   (st->op == PGS_STEP_FORWARD && extended_type(type));
   if (extended) {
     client->session.unit_mask |= BIT(shard);
@@ -985,6 +995,9 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
                        "internal error: a message without a routing decision was not sent");
       return STEPS_LEFT;
     }
+    /* A count over shards starts from nothing: its first part waited for
+     * every earlier reply (drain_all). */
+    if (st->rule.complete == PGS_ON_COMPLETE_COUNT && st->drain_all) client->session.ex.sum = 0;
     issue(client, server, st, type, p, total);
     client->session.step_next++;
   }

@@ -234,6 +234,9 @@ static void take_error(pgs_replies_t *q, pgs_exchange_t *ex, const pgs_expect_t 
     return;
   }
   pgs_reply_rule_t rule = front->rule;
+  /* A counted statement that failed has no sum to report. */
+  if (ex && (rule.complete == PGS_ON_COMPLETE_COUNT || rule.complete == PGS_ON_COMPLETE_SUM))
+    ex->sum = 0;
   if (front->kind == PGS_EXP_QUERY) {
     /* pgshard's own query failed: fatal for the session unless its error
      * is expected or is the client's to see. */

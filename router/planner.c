@@ -138,6 +138,13 @@ void pgs_steps_clear(pgs_session_t *s) {
   for (int i = 0; i < s->nsteps; i++) {
     free(s->steps[i].text);
     s->steps[i].text = NULL;
+    pgs_variant_t *v = s->steps[i].variant;
+    if (v) {
+      pgs_buf_free(&v->body);
+      pgs_buf_free(&v->bind);
+      free(v);
+      s->steps[i].variant = NULL;
+    }
   }
   s->nsteps = s->step_next = 0;
   pgs_plan_unref(s->fan_order.plan);
@@ -157,7 +164,9 @@ static void begin_plan(pgs_session_t *s) {
   s->nsteps = s->step_next = 0;
   s->rewritten = false;
   s->message.len = 0;
-  s->ex.sum = 0;
+  /* Not the sum of counts: the last part of the message before may still
+   * be running (its Execute's Sync is planned meanwhile). It starts from 0
+   * when the first part of a count is sent (request.c). */
   s->ex.copies = false;
   s->ex.message_error = false;
   pgs_session_set_request(s, PGS_REQ_RUNNING);
@@ -1860,6 +1869,102 @@ static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt,
   portal->charged = charged;
 }
 
+/* The variant of STMT's INSERT that SHARD gets: its rows, their
+ * parameters numbered afresh (types and values picked from the client's),
+ * bound as BIND's portal. False when the text cannot be split. */
+static bool split_variant(pgs_session_t *s, const pgs_client_stmt_t *stmt,
+                          const pgs_bind_msg_t *bind, const pgs_route_t *rt, int shard,
+                          pgs_variant_t *v) {
+  pgs_buf_t text;
+  pgs_buf_init(&text);
+  int nparams = bind->nparams, nused = 0;
+  int *old_of = pgs_xcalloc((size_t)(nparams > 0 ? nparams : 1), sizeof(int));
+  bool ok =
+      pgs_route_split_insert(stmt->lx, rt->row_shard, stmt->plan->nrows, shard, &text) == PGS_OK &&
+      pgs_route_renumber_params((const char *)text.data, text.len - 1, nparams, old_of, &nused,
+                                &v->body) == PGS_OK;
+  pgs_buf_free(&text);
+  if (!ok) {
+    free(old_of);
+    return false;
+  }
+  /* Parse body: the text, then the types of the parameters it keeps. */
+  pgs_buf_put_u8(&v->body, '\0');
+  pgs_buf_put_i16(&v->body, (int16_t)nused);
+  for (int k = 0; k < nused; k++) {
+    int old = old_of[k] - 1;
+    pgs_buf_put_i32(&v->body, old < stmt->ntypes ? (int32_t)stmt->type_oids[old] : 0);
+  }
+  statement_server_name(v->body.data, v->body.len, v->name);
+  /* Bind: the same portal and result formats; the parameters kept. */
+  pgs_buf_t *b = &v->bind;
+  size_t start = pgs_msg_begin(b, 'B');
+  pgs_buf_put(b, bind->portal, bind->portal_len + 1);
+  pgs_buf_put_cstr(b, v->name);
+  if (bind->nformats <= 1) {
+    pgs_buf_put_i16(b, (int16_t)bind->nformats);
+    if (bind->nformats == 1) pgs_buf_put(b, bind->formats, 2);
+  } else {
+    pgs_buf_put_i16(b, (int16_t)nused);
+    for (int k = 0; k < nused; k++) pgs_buf_put(b, bind->formats + 2 * (old_of[k] - 1), 2);
+  }
+  pgs_buf_put_i16(b, (int16_t)nused);
+  for (int k = 0; k < nused; k++) {
+    int old = old_of[k] - 1;
+    pgs_buf_put_i32(b, s->param_len[old]);
+    if (s->param_len[old] > 0) pgs_buf_put(b, s->param_data[old], (size_t)s->param_len[old]);
+  }
+  pgs_buf_put_i16(b, (int16_t)bind->nresults);
+  pgs_buf_put(b, bind->results, 2 * (size_t)bind->nresults);
+  pgs_msg_end(b, start);
+  free(old_of);
+  return true;
+}
+
+/* The Bind of a multi-row INSERT whose rows go to several shards: each
+ * shard's writer is bound its own variant (its rows only); the portal is
+ * then a write on those shards (Execute's counts summed, one BindComplete
+ * for the client). */
+static void plan_split_bind(pgs_session_t *s, const pgs_client_stmt_t *stmt,
+                            const pgs_bind_msg_t *bind, const pgs_route_t *rt,
+                            pgs_portal_t *portal) {
+  pgs_variant_t *variants = pgs_xcalloc((size_t)s->nslots, sizeof(*variants));
+  uint64_t mask = 0;
+  bool ok = true;
+  for (int i = 0; i < s->nslots / 2 && ok; i++) {
+    if (!(rt->shards & BIT(i))) continue;
+    if (place(s, i, stmt->plan) != 2 * i) {
+      ok = false; /* refused (read-only, no writer): the step says why */
+      break;
+    }
+    ok = split_variant(s, stmt, bind, rt, i, &variants[2 * i]);
+    if (!ok)
+      add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "cannot split this INSERT's VALUES rows by shard");
+    mask |= BIT(2 * i);
+  }
+  if (ok) {
+    portal->kind = stmt->plan->kind;
+    portal->mask = mask;
+    portal->placed = PGS_PLACED_ROUTE;
+    int first = s->nsteps;
+    add_fanout(s, mask, PGS_STEP_BIND_VARIANT, NULL, false, PGS_PLACED_ROUTE);
+    for (int i = first; i < s->nsteps; i++) {
+      pgs_variant_t *v = pgs_xcalloc(1, sizeof(*v));
+      *v = variants[s->steps[i].shard];
+      memset(&variants[s->steps[i].shard], 0, sizeof(*v));
+      s->steps[i].variant = v;
+    }
+  } else {
+    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+  }
+  for (int i = 0; i < s->nslots; i++) {
+    pgs_buf_free(&variants[i].body);
+    pgs_buf_free(&variants[i].bind);
+  }
+  free(variants);
+}
+
 static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
   pgs_bind_msg_t bind;
   pgs_param_values_t pv = {0};
@@ -1948,11 +2053,14 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
   } else if (!route(s, plan, stmt->lx, &pv, &rt)) {
     pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
     return;
-  } else if (rt.kind == PGS_ROUTE_SPLIT) {
+  } else if (rt.kind == PGS_ROUTE_SPLIT && implicit_twopc(s, plan, rt.shards)) {
     add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-              "a multi-row INSERT whose rows belong to several shards is split only in a simple "
-              "query; send one row per statement or use the simple query protocol");
+              "a write on several shards in the extended query protocol is made atomic "
+              "(cross_shard_writes = 2pc) only inside a transaction: wrap it in BEGIN/COMMIT");
     pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    return;
+  } else if (rt.kind == PGS_ROUTE_SPLIT) {
+    plan_split_bind(s, stmt, &bind, &rt, portal);
     return;
   } else if (rt.kind == PGS_ROUTE_MERGE) {
     pgs_value_error_t err;

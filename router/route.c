@@ -943,6 +943,55 @@ pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard,
   return PGS_OK;
 }
 
+/* Past a number or an identifier at POS (a '$' inside either is part of
+ * it: a$1, 1$ are not parameters). */
+static void skip_word(scan_t *sc) {
+  while (sc->pos < sc->len && ident_char((unsigned char)sc->s[sc->pos])) sc->pos++;
+}
+
+pgs_status_t pgs_route_renumber_params(const char *sql, size_t len, int nparams, int *old_of,
+                                       int *nused, pgs_buf_t *out) {
+  scan_t sc = {.s = sql, .len = len, .pos = 0};
+  size_t mark = out->len, at = 0;
+  int *new_of = NULL; /* old number - 1 -> new number, 0 unseen */
+  int used = 0;
+  if (nparams > 0) new_of = pgs_xcalloc((size_t)nparams, sizeof(int));
+  while (sc.pos < len) {
+    if (skip_quoted(&sc)) continue;
+    unsigned char ch = (unsigned char)sql[sc.pos];
+    if (ch != '$') {
+      if (ident_char(ch))
+        skip_word(&sc);
+      else
+        sc.pos++;
+      continue;
+    }
+    size_t start = sc.pos++;
+    long n = 0;
+    while (sc.pos < len && sql[sc.pos] >= '0' && sql[sc.pos] <= '9' && n <= nparams)
+      n = n * 10 + (sql[sc.pos++] - '0');
+    if (sc.pos == start + 1) continue; /* a lone '$' (an operator's) */
+    if (n < 1 || n > nparams || (sc.pos < len && ident_char((unsigned char)sql[sc.pos]))) {
+      free(new_of);
+      out->len = mark;
+      return PGS_EINVAL;
+    }
+    if (new_of[n - 1] == 0) {
+      new_of[n - 1] = ++used;
+      old_of[used - 1] = (int)n;
+    }
+    char number[16];
+    int w = snprintf(number, sizeof(number), "$%d", new_of[n - 1]);
+    pgs_buf_put(out, sql + at, start - at);
+    pgs_buf_put(out, number, (size_t)w);
+    at = sc.pos;
+  }
+  pgs_buf_put(out, sql + at, len - at);
+  free(new_of);
+  *nused = used;
+  return PGS_OK;
+}
+
 /* ---- CommandComplete tags ---- */
 
 /* The tags whose last word is a row count (INSERT's is "INSERT oid rows"). */

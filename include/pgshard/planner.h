@@ -110,23 +110,35 @@ typedef struct pgs_client_stmt {
  * until every other server has answered, so replies reach the client in
  * request order. */
 typedef enum {
-  PGS_STEP_FORWARD,  /* the client's message, to shard (statement names mapped) */
-  PGS_STEP_PARSE,    /* the client's Parse: prepare stmt on shard, visibly */
-  PGS_STEP_QUERY,    /* a Query with text */
-  PGS_STEP_EXEC_SQL, /* text through Parse/Bind/Execute of the unnamed statement */
-  PGS_STEP_SYNC,     /* Sync (internal: its ReadyForQuery is not the client's) */
-  PGS_STEP_REPLY,    /* reply made up by pgshard: type `reply`, 'C' with tag text */
-  PGS_STEP_ERROR,    /* ErrorResponse made up by pgshard: text "SQLSTATE\0message" */
-  PGS_STEP_FAN_EXEC, /* a merged portal's part: Describe (for the merge) + Execute */
-  PGS_STEP_INJECT,   /* text as pgshard's own statement (replies swallowed
+  PGS_STEP_FORWARD,      /* the client's message, to shard (statement names mapped) */
+  PGS_STEP_PARSE,        /* the client's Parse: prepare stmt on shard, visibly */
+  PGS_STEP_QUERY,        /* a Query with text */
+  PGS_STEP_EXEC_SQL,     /* text through Parse/Bind/Execute of the unnamed statement */
+  PGS_STEP_SYNC,         /* Sync (internal: its ReadyForQuery is not the client's) */
+  PGS_STEP_REPLY,        /* reply made up by pgshard: type `reply`, 'C' with tag text */
+  PGS_STEP_ERROR,        /* ErrorResponse made up by pgshard: text "SQLSTATE\0message" */
+  PGS_STEP_FAN_EXEC,     /* a merged portal's part: Describe (for the merge) + Execute */
+  PGS_STEP_INJECT,       /* text as pgshard's own statement (replies swallowed
                         unless its rule says otherwise) */
-  PGS_STEP_TWOPC,    /* a two-phase commit phase (`phase`), run when the servers
+  PGS_STEP_TWOPC,        /* a two-phase commit phase (`phase`), run when the servers
                         have answered: it plans the steps that follow */
-  PGS_STEP_ROWS,     /* the next `rows` rows (0: all) of the gathered portal or
+  PGS_STEP_ROWS,         /* the next `rows` rows (0: all) of the gathered portal or
                         cursor named `text` (pgs_portal_fetch, `fetch` how) */
-  PGS_STEP_FAN_SQL,  /* a fan's part in the extended protocol: text through the
+  PGS_STEP_FAN_SQL,      /* a fan's part in the extended protocol: text through the
                         unnamed statement and portal, described (for the merge) */
+  PGS_STEP_BIND_VARIANT, /* the client's Bind as `variant` says for this shard */
 } pgs_step_op_t;
+
+/* A shard's own form of the client's statement and Bind: a multi-row
+ * INSERT split by shard in the extended protocol keeps that shard's rows
+ * and their parameters, numbered afresh. NAME is prepared from BODY (a
+ * Parse body: text, parameter types) unless the server has it; then BIND
+ * (a whole Bind message naming it) is sent. */
+typedef struct pgs_variant {
+  char name[24];
+  pgs_buf_t body;
+  pgs_buf_t bind;
+} pgs_variant_t;
 
 /* Why a step goes to the server it goes to. In routing mode every message
  * pgshard hands a server has a reason other than NONE and PASSTHROUGH; the
@@ -167,6 +179,7 @@ typedef struct pgs_step {
   int64_t rows;         /* ROWS: how many, 0 all */
   char *text;
   struct pgs_client_stmt *stmt;
+  pgs_variant_t *variant; /* BIND_VARIANT: owned */
 } pgs_step_t;
 
 /* A portal the client bound: the shards it was bound on, or none when

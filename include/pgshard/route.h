@@ -159,6 +159,16 @@ int pgs_route_key_shard(const pgs_database_t *db, const pgs_table_t *table, cons
 pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard, int nrows,
                                     int shard, pgs_buf_t *out) PGS_MUST_USE;
 
+/*
+ * The parameters of SQL (LEN bytes, literals quoted: a split INSERT's text)
+ * numbered afresh from $1 in the order they first appear, appended to OUT:
+ * OLD_OF[k-1] is the old number of new parameter $k (room for NPARAMS),
+ * *NUSED how many there are. PGS_EINVAL, OUT as it was, for a $n outside
+ * 1..NPARAMS or glued to a name.
+ */
+pgs_status_t pgs_route_renumber_params(const char *sql, size_t len, int nparams, int *old_of,
+                                       int *nused, pgs_buf_t *out) PGS_MUST_USE;
+
 /* Rewrite a CommandComplete tag with a new row count: "INSERT 0 5" + 7 ->
  * "INSERT 0 7", "UPDATE 3" + 9 -> "UPDATE 9". Tags without a count are
  * copied, cut to CAP. Returns the count a tag carries (0 when none; a count

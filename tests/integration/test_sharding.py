@@ -444,6 +444,83 @@ def test_multi_row_insert_across_shards_denied(tables, px):
     assert count_on(lab, "s1", "select array_agg(id order by id) from users") == sorted(s1)
 
 
+def test_multi_row_insert_extended_split(tables, sharded_proxy):
+    """The same multi-row INSERT with parameters (extended protocol, as
+    pgJDBC's reWriteBatchedInserts sends it): each shard is bound its own
+    rows, their parameters numbered afresh; text and binary values, NULLs,
+    literals among the parameters, a literal that looks like one."""
+    lab = tables
+    px = sharded_proxy(extra_ini=MAP, cross_shard_writes="allow")
+    keys = (keys_on(px.config_path, "users", "s0", range(300, 600), 4)
+            + keys_on(px.config_path, "users", "s1", range(300, 600), 5))
+    random.Random(5).shuffle(keys)
+    expected = {}
+    with px.connect(autocommit=True) as conn:
+        # Every other row's value is a literal (one says '$1'), the rest %s.
+        rows, params = [], []
+        for i, k in enumerate(keys):
+            if i % 3 == 0:
+                rows.append(f"({k}, '$1 multi-{k}')")
+                expected[k] = (str(k), f"$1 multi-{k}")
+            elif i % 3 == 1:
+                rows.append("(%b, %s)")
+                params += [Int8(k), f"bin-{k}"]
+                expected[k] = (str(k), f"bin-{k}")
+            else:
+                rows.append("(%s, coalesce(%s, 'null-' || %s))")
+                params += [k, None, k]
+                expected[k] = (str(k), f"null-{k}")
+        cur = conn.execute("insert into users (id, v) values " + ", ".join(rows), params)
+        assert cur.statusmessage == f"INSERT 0 {len(keys)}"
+        # A write on both shards in the extended protocol: its count is both
+        # shards' (the Sync, planned while the last part ran, once reset it).
+        cur = conn.execute("update users set v = v where id = any(%s)", (keys,))
+        assert (cur.statusmessage, cur.rowcount) == (f"UPDATE {len(keys)}", len(keys))
+        # Prepared once, bound again with rows spread otherwise, RETURNING.
+        more = (keys_on(px.config_path, "users", "s0", range(600, 900), 2)
+                + keys_on(px.config_path, "users", "s1", range(600, 900), 2))
+        sql = "insert into users (id, v) values (%s, %s), (%s, %s) returning id"
+        got = []
+        for a, b in ((more[0], more[2]), (more[1], more[3])):
+            cur = conn.execute(sql, (a, f"p-{a}", b, f"p-{b}"), prepare=True)
+            got += [r[0] for r in cur.fetchall()]
+            expected[a], expected[b] = (str(a), f"p-{a}"), (str(b), f"p-{b}")
+        assert sorted(got) == sorted(more)
+        assert_usable(conn)
+        # Inside a transaction: both shards' parts commit with it.
+        a = keys_on(px.config_path, "users", "s0", range(900, 1000), 1)[0]
+        b = keys_on(px.config_path, "users", "s1", range(900, 1000), 1)[0]
+        with conn.transaction():
+            conn.execute("insert into users (id, v) values (%s, %s), (%s, %s)", (a, "tx", b, "tx"))
+            expected[a], expected[b] = (str(a), "tx"), (str(b), "tx")
+    problems, counts = placement_problems(lab, px.config_path, "users", expected)
+    assert not problems, "\n".join(problems)
+    assert sum(counts.values()) == len(expected)
+
+
+def test_multi_row_insert_extended_split_2pc(tables, sharded_proxy):
+    """Under cross_shard_writes = 2pc the split is a transaction's (its
+    COMMIT prepares both shards); outside one it is refused, nothing
+    written."""
+    lab = tables
+    px = sharded_proxy(extra_ini=MAP, cross_shard_writes="2pc")
+    a = keys_on(px.config_path, "users", "s0", range(1000, 1100), 1)[0]
+    b = keys_on(px.config_path, "users", "s1", range(1000, 1100), 1)[0]
+    sql = "insert into users (id, v) values (%s, %s), (%s, %s)"
+    with px.connect(autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute(sql, (a, "auto", b, "auto"))
+        assert_refused(exc, "0A000")
+        assert_usable(conn)
+        with conn.transaction():
+            cur = conn.execute(sql, (a, "2pc", b, "2pc"))
+            assert cur.statusmessage == "INSERT 0 2"
+    problems, counts = placement_problems(lab, px.config_path, "users",
+                                          {a: (str(a), "2pc"), b: (str(b), "2pc")})
+    assert not problems, "\n".join(problems)
+    assert counts == {"s0": 1, "s1": 1}
+
+
 # ---------------------------------------------------------------- tenant sessions
 
 def test_tenant_session(tables, px):

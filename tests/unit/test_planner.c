@@ -343,6 +343,63 @@ static void test_fanout_counts(void **state) {
   close_session(f);
 }
 
+/* A multi-row INSERT with parameters whose rows go to both shards
+ * (pgJDBC's reWriteBatchedInserts): each shard's writer is bound its own
+ * variant, rows and parameters renumbered, types and formats picked from
+ * the client's; one BindComplete; the Execute's counts summed. */
+static void test_split_bind(void **state) {
+  fixture_t *f = open_session("appw");
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  uint32_t oids[4] = {20, 25, 20, 25};
+  put_parse(&b, "ins", "insert into users (id, name) values ($1, $2), ($3, $4)", 4, oids);
+  plan(f, &b);
+  run(f, 'P');
+  b.len = 0;
+  const char *values[4] = {key_text[1], "one", key_text[0], NULL};
+  const int16_t formats[4] = {0, 0, 0, 1};
+  put_bind(&b, "p", "ins", 4, formats, 4, values, 0, NULL);
+  plan(f, &b);
+  assert_int_equal(f->s.nsteps, 2);
+  for (int shard = 0; shard < 2; shard++) {
+    const pgs_step_t *st = step(f, shard);
+    assert_sent(f, shard, PGS_STEP_BIND_VARIANT, 2 * shard, PGS_PLACED_ROUTE);
+    assert_int_equal(st->rule.done, shard == 0 ? PGS_ON_DONE_FORWARD : PGS_ON_DONE_SWALLOW);
+    const pgs_variant_t *v = st->variant;
+    assert_non_null(v);
+    /* Shard 1 has the first row ($1, $2), shard 0 the second ($3, $4 as $1, $2). */
+    const char *want = "insert into users (id, name) values ($1, $2)";
+    assert_string_equal((const char *)v->body.data, want);
+    const uint8_t *types = v->body.data + strlen(want) + 1;
+    assert_int_equal(types[1], 2); /* two parameters: int8, text */
+    assert_int_equal(types[5], 20);
+    assert_int_equal(types[9], 25);
+    assert_memory_equal(v->bind.data + 5, "p", 2);
+    assert_memory_equal(v->bind.data + 7, v->name, strlen(v->name) + 1);
+    const uint8_t *rest = v->bind.data + 7 + strlen(v->name) + 1;
+    assert_int_equal(rest[1], 2);                  /* two format codes */
+    assert_int_equal(rest[5], shard == 0 ? 1 : 0); /* shard 0's second is the binary NULL's */
+    assert_int_equal(rest[7], 2);                  /* two values */
+    size_t klen = strlen(key_text[shard]);
+    assert_int_equal(rest[11], klen);
+    assert_memory_equal(rest + 12, key_text[shard], klen);
+  }
+  assert_int_equal(f->s.portals.count, 1);
+  run(f, 'B');
+  b.len = 0;
+  put_execute(&b, "p", 0);
+  plan(f, &b);
+  assert_int_equal(f->s.nsteps, 2);
+  assert_int_equal(step(f, 0)->rule.complete, PGS_ON_COMPLETE_COUNT);
+  assert_true(step(f, 0)->drain_all);
+  assert_int_equal(step(f, 1)->rule.complete, PGS_ON_COMPLETE_SUM);
+  run(f, 'E');
+  plan_empty(f, 'S');
+  run(f, 'S');
+  pgs_buf_free(&b);
+  close_session(f);
+}
+
 /* A keyless read: a fan ordered on every shard at once, rows merged. */
 static void test_merged_read(void **state) {
   fixture_t *f = open_session("app");
@@ -1102,6 +1159,7 @@ int main(void) {
       cmocka_unit_test(test_passthrough),
       cmocka_unit_test(test_routed_by_key),
       cmocka_unit_test(test_fanout_counts),
+      cmocka_unit_test(test_split_bind),
       cmocka_unit_test(test_merged_read),
       cmocka_unit_test(test_deferred_begin),
       cmocka_unit_test(test_twopc_commit),

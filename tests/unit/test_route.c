@@ -1379,7 +1379,7 @@ static void test_split_keeps_prefix_and_suffix(void **state) {
 }
 
 static void test_split_bind_params_stay(void **state) {
-  /* As the proxy never does (it splits simple Queries only), but defined. */
+  /* The proxy then numbers them afresh (test_renumber_params). */
   binds_t b = {0};
   char t0[24], t1[24];
   snprintf(t0, sizeof(t0), "%lld", K(0, 0));
@@ -1389,6 +1389,41 @@ static void test_split_bind_params_stay(void **state) {
   route_binds(appw, "INSERT INTO users (id, name) VALUES ($1, 'a'), ($2, 'b')", &b);
   expect_split(0x3);
   assert_string_equal(split_for(1), "INSERT INTO users (id, name) VALUES ($2, 'b')");
+}
+
+/* renumber_params: SQL's parameters from $1 in order of appearance; the
+ * text as it came otherwise, and OUT unchanged on an error. */
+static void renumber(const char *sql, int nparams, const char *want, const int *old_of, int nused) {
+  pgs_buf_t out;
+  pgs_buf_init(&out);
+  pgs_buf_put(&out, "x", 1);
+  int got_old[16] = {0}, got_n = -1;
+  pgs_status_t st = pgs_route_renumber_params(sql, strlen(sql), nparams, got_old, &got_n, &out);
+  if (want == NULL) {
+    assert_int_equal(st, PGS_EINVAL);
+    assert_int_equal(out.len, 1);
+  } else {
+    assert_int_equal(st, PGS_OK);
+    assert_int_equal(out.len, 1 + strlen(want));
+    assert_memory_equal(out.data + 1, want, strlen(want));
+    assert_int_equal(got_n, nused);
+    for (int i = 0; i < nused; i++) assert_int_equal(got_old[i], old_of[i]);
+  }
+  pgs_buf_free(&out);
+}
+
+static void test_renumber_params(void **state) {
+  (void)state;
+  renumber("VALUES ($3, 'a$1', $1), ($3, $10)", 10, "VALUES ($1, 'a$1', $2), ($1, $3)",
+           (const int[]){3, 1, 10}, 3);
+  /* Names holding '$', quoted names, comments, E'' strings, an operator. */
+  renumber("SELECT a$1, \"b$2\", E'a\\\\'' $2', 1 /* $1 */ -- $1\n $$ $2", 2,
+           "SELECT a$1, \"b$2\", E'a\\\\'' $2', 1 /* $1 */ -- $1\n $$ $1", (const int[]){2}, 1);
+  renumber("VALUES (1, 'x')", 0, "VALUES (1, 'x')", NULL, 0);
+  renumber("VALUES ($0)", 2, NULL, NULL, 0);
+  renumber("VALUES ($3)", 2, NULL, NULL, 0);
+  renumber("VALUES ($1x)", 2, NULL, NULL, 0);
+  renumber("VALUES ($99999999999999999999)", 2, NULL, NULL, 0);
 }
 
 /* split_insert on a lexed text, with a row_shard of the caller's. */
@@ -1586,6 +1621,7 @@ int main(void) {
       cmocka_unit_test(test_split_quotes_and_backslashes),
       cmocka_unit_test(test_split_keeps_prefix_and_suffix),
       cmocka_unit_test(test_split_bind_params_stay),
+      cmocka_unit_test(test_renumber_params),
       cmocka_unit_test(test_split_identifiers_with_dollar),
       cmocka_unit_test(test_split_finds_the_right_values),
       cmocka_unit_test(test_split_errors),
