@@ -1302,23 +1302,115 @@ static pgs_portal_t *put_cursor(pgs_session_t *s, const char *name, bool hold) {
   return cursor;
 }
 
+/* The Bind BODY read into BIND, its values into PV (the session's arrays,
+ * valid until the next Bind is read). */
+static bool read_bind(pgs_session_t *s, const uint8_t *body, size_t len, pgs_bind_msg_t *bind,
+                      pgs_param_values_t *pv) {
+  if (pgs_bind_read(body, len, bind) != PGS_OK) return false;
+  int n = bind->nparams;
+  if (n > s->param_cap) {
+    s->param_cap = n;
+    s->param_data = pgs_xrealloc(s->param_data, sizeof(*s->param_data) * (size_t)n);
+    s->param_len = pgs_xrealloc(s->param_len, sizeof(*s->param_len) * (size_t)n);
+    s->param_fmt = pgs_xrealloc(s->param_fmt, sizeof(*s->param_fmt) * (size_t)n);
+  }
+  const uint8_t *value;
+  int32_t vlen;
+  size_t at = 0;
+  for (int i = 0; pgs_bind_next_value(bind, &at, &value, &vlen); i++) {
+    s->param_data[i] = value;
+    s->param_len[i] = vlen;
+    s->param_fmt[i] = pgs_bind_param_format(bind, i);
+  }
+  pv->n = n;
+  pv->data = s->param_data;
+  pv->len = s->param_len;
+  pv->format = s->param_fmt;
+  return true;
+}
+
+/* PORTAL (named NAME_LEN bytes) is charged what it holds now. */
+static void charge_portal(pgs_portal_t *portal, size_t name_len) {
+  size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + name_len + 1 +
+                   portal->merge_body.cap + portal->merge_bind.cap;
+  if (charged > portal->charged)
+    charge(portal->owner, charged - portal->charged, 0);
+  else
+    charge(portal->owner, 0, portal->charged - charged);
+  portal->charged = charged;
+}
+
+/* The parameter values a DECLARE's portal BOUND was bound with (kept by
+ * keep_declare_bind), into PV; *TYPES (the caller frees it) their
+ * declared types. */
+static const pgs_param_values_t *declare_params(pgs_session_t *s, const pgs_portal_t *bound,
+                                                pgs_param_values_t *pv, uint32_t **types) {
+  pgs_bind_msg_t bind;
+  if (!read_bind(s, bound->merge_bind.data + 5, bound->merge_bind.len - 5, &bind, pv)) return NULL;
+  const pgs_buf_t *body = &bound->merge_body;
+  size_t qlen = strnlen((const char *)body->data, body->len);
+  pgs_reader_t r;
+  pgs_reader_init(&r, body->data + qlen + 1, body->len - qlen - 1);
+  int n = pgs_read_i16(&r);
+  *types = pgs_xcalloc(n > 0 ? (size_t)n : 1, sizeof(uint32_t));
+  for (int i = 0; i < n && !r.bad; i++) (*types)[i] = (uint32_t)pgs_read_i32(&r);
+  pv->type_oid = *types;
+  pv->ntypes = r.bad ? 0 : n;
+  return pv;
+}
+
+/* A DECLARE over several shards bound with parameters: what its parts are
+ * sent at its Execute, kept in PORTAL as a merged portal keeps its own —
+ * the query (its shards' variant, QUERY of QLEN bytes when not rewritten)
+ * prepared with the client's parameter types, and a Bind of it with the
+ * client's values whose rows come in text (they are gathered, and FETCH
+ * asks for its own formats). */
+static void keep_declare_bind(pgs_portal_t *portal, const pgs_client_stmt_t *stmt,
+                              const pgs_bind_msg_t *bind, const pgs_plan_t *inner,
+                              const pgs_lexed_t *lx, const char *query, size_t qlen) {
+  pgs_buf_t *body = &portal->merge_body;
+  body->len = 0;
+  if (inner->merge->rewrite) {
+    pgs_merge_shard_sql(inner->merge, lx, body);
+  } else {
+    pgs_buf_put(body, query, qlen);
+    pgs_buf_put_u8(body, '\0');
+  }
+  const pgs_buf_t *pb = &stmt->parse_body;
+  size_t plen = strnlen((const char *)pb->data, pb->len);
+  if (plen < pb->len) pgs_buf_put(body, pb->data + plen + 1, pb->len - plen - 1);
+  statement_server_name(body->data, body->len, portal->merge_name);
+  pgs_buf_t *b = &portal->merge_bind;
+  b->len = 0;
+  size_t start = pgs_msg_begin(b, 'B');
+  pgs_buf_put(b, bind->portal, bind->portal_len + 1);
+  pgs_buf_put_cstr(b, portal->merge_name);
+  pgs_buf_put_i16(b, (int16_t)bind->nformats);
+  pgs_buf_put(b, bind->formats, 2 * (size_t)bind->nformats);
+  pgs_buf_put_i16(b, (int16_t)bind->nparams);
+  pgs_buf_put(b, bind->params, bind->params_len);
+  pgs_buf_put_i16(b, 0);
+  pgs_msg_end(b, start);
+  charge_portal(portal, bind->portal_len);
+}
+
 /* The query of the DECLARE in SQL (QLEN bytes; the query from *AT) lexed
  * into LX and analysed (*INNER, a reference) when it is a merged read over
  * several shards: the cursor is then gathered. False otherwise (the DECLARE goes where its
  * query routes, as any statement). */
 static bool declare_gathers(pgs_session_t *s, const char *sql, size_t qlen, pgs_lexed_t *lx,
-                            pgs_plan_t **inner, size_t *at) {
+                            pgs_plan_t **inner, size_t *at, const pgs_param_values_t *params) {
   *at = declare_query_start(sql, qlen);
   *inner = NULL;
   if (*at == 0 || pgs_lex(sql + *at, qlen - *at, lx) != PGS_OK) return false;
   *inner = get_plan(s, lx);
   const pgs_plan_t *q = *inner;
   if (q->parse_failed || q->kind != PGS_STMT_READ || q->merge == NULL || lx->hint_shard[0] ||
-      q->nrows > 0 || lx->nparams > 0)
+      q->nrows > 0 || (lx->nparams > 0 && (params == NULL || params->n < lx->nparams)))
     return false;
   pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
   pgs_route_t probe = {.row_shard = NULL};
-  pgs_route_plan(s->db, q, lx, NULL, &session, &probe);
+  pgs_route_plan(s->db, q, lx, params, &session, &probe);
   return probe.kind == PGS_ROUTE_MERGE;
 }
 
@@ -1326,18 +1418,22 @@ static bool declare_gathers(pgs_session_t *s, const char *sql, size_t qlen, pgs_
  * each, in a Query (SIMPLE) or through the unnamed statement, and the
  * merged rows are gathered in the cursor. False when it is not gathered. */
 static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const pgs_plan_t *plan,
-                         bool simple) {
+                         bool simple, pgs_portal_t *bound) {
   pgs_lexed_t lx;
   pgs_lex_init(&lx);
   pgs_plan_t *inner = NULL;
   size_t at;
-  bool gathered = declare_gathers(s, sql, qlen, &lx, &inner, &at);
+  pgs_param_values_t pv = {0};
+  uint32_t *types = NULL;
+  const pgs_param_values_t *params =
+      bound && bound->merge_bind.len > 0 ? declare_params(s, bound, &pv, &types) : NULL;
+  bool gathered = declare_gathers(s, sql, qlen, &lx, &inner, &at, params);
   pgs_route_t rt;
   int64_t limit, offset;
   pgs_value_error_t err;
   uint64_t slots = 0;
   if (!gathered) goto out;
-  if (!route(s, inner, &lx, NULL, &rt)) goto refused;
+  if (!route(s, inner, &lx, params, &rt)) goto refused;
   if (!plan->cursor_hold && !pgs_exchange_in_tx(&s->ex)) {
     add_error(s, "25P01", "DECLARE CURSOR can only be used in transaction blocks");
     goto refused;
@@ -1348,9 +1444,20 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
   }
   slots = fan_slots(s, &rt, inner);
   if (slots == 0) goto refused;
-  if (pgs_merge_limits(inner->merge, &lx, NULL, &limit, &offset, &err) != PGS_OK) {
+  if (pgs_merge_limits(inner->merge, &lx, params, &limit, &offset, &err) != PGS_OK) {
     add_error(s, err.sqlstate, "%s", err.message);
     goto refused;
+  }
+  if (params) {
+    /* Each part is bound the query with the client's values, then run
+     * whole (PGS_STEP_FAN_EXEC on the DECLARE's portal). */
+    order_fan(s, inner, slots, limit, offset, false);
+    s->fan_order.portal = put_cursor(s, plan->cursor_name, plan->cursor_hold);
+    s->fan_order.portal->busy = true;
+    s->fan_order.declare = true;
+    bound->unbound = slots;
+    add_fan_steps(s, slots, PGS_STEP_FAN_EXEC, NULL);
+    goto out;
   }
   pgs_buf_t text;
   pgs_buf_init(&text);
@@ -1369,6 +1476,7 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
 refused:
   if (simple) add_reply(s, 'Z', NULL);
 out:
+  free(types);
   pgs_plan_unref(inner);
   pgs_lex_free(&lx);
   return gathered;
@@ -1558,7 +1666,7 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
              plan_cursor_op(s, plan)) {
     /* A cursor pgshard knows: planned. */
   } else if (single && plan->cursor_op == PGS_CURSOR_DECLARE &&
-             plan_declare(s, sql, qlen, plan, true)) {
+             plan_declare(s, sql, qlen, plan, true, NULL)) {
     /* Over several shards: gathered. */
   } else if (kind == PGS_STMT_SESSION || kind == PGS_STMT_COMMIT || kind == PGS_STMT_ROLLBACK) {
     /* SET and friends (no data: they change the session) go wherever the
@@ -1633,31 +1741,6 @@ out:
 /* ---- extended protocol ---- */
 
 /* A Bind read whole; its parameter values into PV (the client's arrays). */
-static bool read_bind(pgs_session_t *s, const uint8_t *body, size_t len, pgs_bind_msg_t *bind,
-                      pgs_param_values_t *pv) {
-  if (pgs_bind_read(body, len, bind) != PGS_OK) return false;
-  int n = bind->nparams;
-  if (n > s->param_cap) {
-    s->param_cap = n;
-    s->param_data = pgs_xrealloc(s->param_data, sizeof(*s->param_data) * (size_t)n);
-    s->param_len = pgs_xrealloc(s->param_len, sizeof(*s->param_len) * (size_t)n);
-    s->param_fmt = pgs_xrealloc(s->param_fmt, sizeof(*s->param_fmt) * (size_t)n);
-  }
-  const uint8_t *value;
-  int32_t vlen;
-  size_t at = 0;
-  for (int i = 0; pgs_bind_next_value(bind, &at, &value, &vlen); i++) {
-    s->param_data[i] = value;
-    s->param_len[i] = vlen;
-    s->param_fmt[i] = pgs_bind_param_format(bind, i);
-  }
-  pv->n = n;
-  pv->data = s->param_data;
-  pv->len = s->param_len;
-  pv->format = s->param_fmt;
-  return true;
-}
-
 static pgs_client_stmt_t *find_stmt(pgs_session_t *s, const char *name) {
   return pgs_strmap_get(&s->stmts, name);
 }
@@ -1860,13 +1943,7 @@ static void keep_merged_bind(pgs_portal_t *portal, pgs_client_stmt_t *stmt,
   pgs_buf_put_cstr(b, stmt->merge_name);
   pgs_bind_put_rest(b, bind, stmt->plan->merge->nhidden);
   pgs_msg_end(b, start);
-  size_t charged = sizeof(*portal) + sizeof(pgs_strmap_entry_t) + bind->portal_len + 1 +
-                   portal->merge_body.cap + portal->merge_bind.cap;
-  if (charged > portal->charged)
-    charge(portal->owner, charged - portal->charged, 0);
-  else
-    charge(portal->owner, 0, portal->charged - charged);
-  portal->charged = charged;
+  charge_portal(portal, bind->portal_len);
 }
 
 /* The variant of STMT's INSERT that SHARD gets: its rows, their
@@ -2020,28 +2097,31 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
     add_fanout(s, portal->mask, PGS_STEP_FORWARD, NULL, false, portal->placed);
     return;
   }
-  if (plan->cursor_op == PGS_CURSOR_DECLARE && bind.nparams == 0) {
-    /* A cursor over several shards: declared (gathered) at its Execute. */
+  pv.type_oid = stmt->type_oids;
+  pv.ntypes = stmt->ntypes;
+  if (plan->cursor_op == PGS_CURSOR_DECLARE) {
+    /* A cursor over several shards: declared (gathered) at its Execute,
+     * with the values bound now. */
     const char *text = (const char *)stmt->parse_body.data;
     size_t qlen = strnlen(text, stmt->parse_body.len), at;
     pgs_lexed_t lx;
     pgs_plan_t *inner;
     pgs_lex_init(&lx);
-    bool gathers = declare_gathers(s, text, qlen, &lx, &inner, &at);
-    pgs_plan_unref(inner);
-    pgs_lex_free(&lx);
+    bool gathers = declare_gathers(s, text, qlen, &lx, &inner, &at, &pv);
     if (gathers) {
       portal->kind = plan->kind;
       portal->sql = pgs_xstrndup(text, qlen);
       portal->cursor_plan = stmt->plan;
       stmt->plan->refcount++;
+      if (bind.nparams > 0)
+        keep_declare_bind(portal, stmt, &bind, inner, &lx, text + at, qlen - at);
       add_reply(s, '2', NULL);
-      return;
     }
+    pgs_plan_unref(inner);
+    pgs_lex_free(&lx);
+    if (gathers) return;
   }
   pgs_route_t rt;
-  pv.type_oid = stmt->type_oids;
-  pv.ntypes = stmt->ntypes;
   if (plan->kind == PGS_STMT_SESSION || plan->kind == PGS_STMT_COMMIT ||
       plan->kind == PGS_STMT_ROLLBACK) {
     portal->mask = plan->notifies ? BIT(NOTIFY_SLOT) : session_mask(s);
@@ -2126,7 +2206,7 @@ static void plan_local_cursor(pgs_session_t *s, pgs_portal_t *portal, char type)
     return;
   }
   if (plan->cursor_op == PGS_CURSOR_DECLARE) {
-    if (!plan_declare(s, portal->sql, strlen(portal->sql), plan, false)) {
+    if (!plan_declare(s, portal->sql, strlen(portal->sql), plan, false, portal)) {
       add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                 "this cursor's query no longer runs over several shards; declare it again");
       pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);

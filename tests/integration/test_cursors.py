@@ -224,3 +224,38 @@ def test_psycopg_server_cursor_over_shards(px):
             conn.cursor(name="pc3").execute("select nope from users")
         conn.rollback()
         assert conn.execute("select count(*) from users").fetchone() == (2 * N,)
+
+
+def test_psycopg_server_cursor_with_parameters(px):
+    """psycopg 3 binds a named cursor's values: DECLARE ... $1 through the
+    extended protocol. Over several shards each shard runs the query with
+    the client's values (text and binary, LIMIT among them) and the merged
+    rows are gathered; with a key value it is one shard's cursor."""
+    want = [(i, f"v{i:05d}") for i in px.ids]
+    with px.connect() as conn:
+        cur = conn.cursor(name="pp1")
+        cur.itersize = 7
+        cur.execute("select id, v from users where id > %s and v <> %s order by id desc limit %s",
+                    (px.ids[10], "none", 25))
+        assert [d.name for d in cur.description] == ["id", "v"]
+        assert list(cur) == sorted(want[11:], reverse=True)[:25]
+        cur.close()
+        cur = conn.cursor(name="pp2")
+        cur.execute("select count(*), min(v) from users where id %% %b = 0",
+                    (psycopg.types.numeric.Int8(2),))
+        evens = [r for r in want if r[0] % 2 == 0]
+        assert cur.fetchall() == [(len(evens), min(v for _, v in evens))]
+        cur.close()
+        # A key: the cursor lives on that shard's server, FETCH follows it.
+        key = px.shard_ids["s1"][3]
+        cur = conn.cursor(name="pp3")
+        cur.execute("select id, v from users where id = %s", (key,))
+        assert cur.fetchall() == [(key, f"v{key:05d}")]
+        cur.close()
+        conn.commit()
+        # A value of the wrong type fails the DECLARE; the session goes on.
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            conn.cursor(name="pp4").execute("select id from users where id > %s::int",
+                                            ("x",))
+        conn.rollback()
+        assert conn.execute("select count(*) from users").fetchone() == (2 * N,)
