@@ -198,6 +198,8 @@ typedef struct ctx {
   bool cursor;           /* DECLARE CURSOR */
   const pgs_table_t *needs_columns; /* see pgs_plan_t */
   bool notifies;
+  bool advisory;             /* calls advisory lock functions (see pgs_plan_t) */
+  bool other_code;           /* calls other functions not known read-only */
   pgs_cursor_op_t cursor_op; /* the last SQL cursor statement (one statement: the plan's) */
   char cursor_name[64];
   bool cursor_hold, cursor_scroll, fetch_forward;
@@ -385,15 +387,25 @@ static uint32_t type_oid(const PgQuery__TypeName *tn) {
   return 0;
 }
 
+/* pg_[try_]advisory_[xact_]lock[_shared], pg_advisory_unlock[_shared|_all]. */
+static bool advisory_function(const char *name) {
+  return !strncmp(name, "pg_advisory_", 12) || !strncmp(name, "pg_try_advisory_", 16);
+}
+
 static void check_function(ctx_t *ctx, const PgQuery__FuncCall *fc) {
   if (fc->n_funcname == 0) return;
   const char *name = str_of(fc->funcname[fc->n_funcname - 1]);
-  bool known = name && function_is_read_only(name);
-  if (known && fc->n_funcname > 1) {
+  bool catalog = true;
+  if (fc->n_funcname > 1) {
     const char *schema = str_of(fc->funcname[fc->n_funcname - 2]);
-    known = schema && !strcmp(schema, "pg_catalog");
+    catalog = schema && !strcmp(schema, "pg_catalog");
   }
-  if (!known) ctx->unknown_function = true;
+  if (name && catalog && function_is_read_only(name)) return;
+  ctx->unknown_function = true;
+  if (name && catalog && advisory_function(name))
+    ctx->advisory = true;
+  else
+    ctx->other_code = true;
 }
 
 /* ---- values: what a key may be compared with ---- */
@@ -1247,16 +1259,44 @@ static bool is_ddl(PgQuery__Node__NodeCase c) {
   }
 }
 
+/* SELECT pg_advisory_unlock_all() and nothing else (asyncpg's pool
+ * resets a released connection with it): it changes nothing but the
+ * session's own advisory locks, so it runs where the session is, as SET
+ * does (a client that took a session lock is pinned to where it did). */
+static bool unlocks_all(const PgQuery__SelectStmt *s) {
+  if (s->n_target_list != 1 || s->n_from_clause || s->where_clause || s->with_clause ||
+      s->op != PG_QUERY__SET_OPERATION__SETOP_NONE || s->n_group_clause || s->having_clause ||
+      s->n_sort_clause || s->limit_count || s->limit_offset || s->n_locking_clause ||
+      s->n_distinct_clause || s->into_clause || s->n_values_lists)
+    return false;
+  const PgQuery__Node *t = s->target_list[0];
+  if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET || t->res_target->val == NULL ||
+      t->res_target->val->node_case != PG_QUERY__NODE__NODE_FUNC_CALL)
+    return false;
+  const PgQuery__FuncCall *fc = t->res_target->val->func_call;
+  if (fc->n_args || fc->agg_star || fc->over || fc->n_funcname == 0 || fc->n_funcname > 2)
+    return false;
+  const char *name = str_of(fc->funcname[fc->n_funcname - 1]);
+  const char *schema = fc->n_funcname > 1 ? str_of(fc->funcname[0]) : "pg_catalog";
+  return name && schema && !strcmp(name, "pg_advisory_unlock_all") && !strcmp(schema, "pg_catalog");
+}
+
 static pgs_stmt_kind_t analyse_stmt(ctx_t *ctx, const PgQuery__Node *n, bool top) {
   if (n == NULL) return PGS_STMT_OTHER;
   switch (n->node_case) {
-  case PG_QUERY__NODE__NODE_SELECT_STMT:
+  case PG_QUERY__NODE__NODE_SELECT_STMT: {
     ctx->unknown_function = ctx->locks_rows = ctx->select_into = ctx->modifies = false;
+    ctx->advisory = ctx->other_code = false;
+    int before = ctx->nrefs;
     analyse_select(ctx, NULL, n->select_stmt);
     if (ctx->select_into) return PGS_STMT_DDL;
+    if (ctx->advisory && top && ctx->nrefs == before && !ctx->other_code && !ctx->locks_rows &&
+        !ctx->modifies)
+      return PGS_STMT_SESSION; /* advisory locks: on the first shard (planner.c) */
     if (ctx->unknown_function && !ctx->modifies) ctx->runs_code = true;
     if (ctx->locks_rows || ctx->unknown_function || ctx->modifies) return PGS_STMT_WRITE;
     return PGS_STMT_READ;
+  }
   case PG_QUERY__NODE__NODE_INSERT_STMT:
     analyse_insert(ctx, NULL, n->insert_stmt, top);
     return PGS_STMT_WRITE;
@@ -1579,6 +1619,7 @@ static pgs_plan_t *build_plan(ctx_t *ctx, pgs_stmt_kind_t kind, int nstatements)
   plan->cursor = ctx->cursor;
   if (nstatements == 1) plan->needs_columns = ctx->needs_columns;
   plan->notifies = nstatements == 1 && ctx->notifies;
+  plan->advisory = nstatements == 1 && ctx->advisory && plan->kind == PGS_STMT_SESSION;
   if (nstatements == 1) {
     plan->cursor_op = ctx->cursor_op;
     memcpy(plan->cursor_name, ctx->cursor_name, sizeof(plan->cursor_name));
@@ -1785,7 +1826,11 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
   int n = (int)tree->n_stmts;
   pgs_stmt_kind_t *kinds = pgs_xmalloc(sizeof(*kinds) * (size_t)(n > 0 ? n : 1));
   for (int i = 0; i < n; i++) {
-    kinds[i] = analyse_stmt(&ctx, tree->stmts[i]->stmt, n == 1);
+    const PgQuery__Node *stmt = tree->stmts[i]->stmt;
+    kinds[i] = stmt && stmt->node_case == PG_QUERY__NODE__NODE_SELECT_STMT &&
+                       unlocks_all(stmt->select_stmt)
+                   ? PGS_STMT_SESSION
+                   : analyse_stmt(&ctx, stmt, n == 1);
     if (!tx_replayable(tree->stmts[i]->stmt)) ctx.not_replayable++;
   }
   pgs_plan_t *plan = build_plan(&ctx, combine_kinds(kinds, n), n);

@@ -1262,7 +1262,8 @@ static bool insert_with_columns(pgs_session_t *s, const char *sql, size_t qlen,
 
 /* LISTEN, UNLISTEN and NOTIFY go to one shard's primary, the first shard's,
  * whatever shard the session is on: a notification reaches every listener
- * of its channel, as on one PostgreSQL. */
+ * of its channel, as on one PostgreSQL. So do advisory lock functions
+ * (plan->advisory): clients locking the same key meet there. */
 #define NOTIFY_SLOT 0
 
 /* ---- SQL cursors ----
@@ -1675,7 +1676,10 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       add_reply(s, 'Z', NULL);
       goto out;
     }
-    if (plan->notifies)
+    /* Each server does the same: one answers (SELECT
+     * pg_advisory_unlock_all() has a row). */
+    s->ex.copies = true;
+    if (plan->notifies || plan->advisory)
       add_fanout(s, BIT(NOTIFY_SLOT), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_ROUTE);
     else
       add_fanout(s, session_mask(s), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
@@ -2124,8 +2128,9 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
   pgs_route_t rt;
   if (plan->kind == PGS_STMT_SESSION || plan->kind == PGS_STMT_COMMIT ||
       plan->kind == PGS_STMT_ROLLBACK) {
-    portal->mask = plan->notifies ? BIT(NOTIFY_SLOT) : session_mask(s);
-    portal->placed = plan->notifies ? PGS_PLACED_ROUTE : PGS_PLACED_SESSION;
+    bool first_shard = plan->notifies || plan->advisory;
+    portal->mask = first_shard ? BIT(NOTIFY_SLOT) : session_mask(s);
+    portal->placed = first_shard ? PGS_PLACED_ROUTE : PGS_PLACED_SESSION;
     if (plan->tx_replayable) {
       size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
       portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
@@ -2190,7 +2195,9 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
     }
   }
   portal->kind = plan->kind;
-  portal->copies = plan->target == PGS_TARGET_ANY;
+  /* Copies: DDL and reference tables, and session statements (each server
+   * does the same; one answers). */
+  portal->copies = plan->target == PGS_TARGET_ANY || portal->placed == PGS_PLACED_SESSION;
   add_fanout(s, portal->mask, PGS_STEP_FORWARD, NULL, false, portal->placed);
   if (plan->cursor_op == PGS_CURSOR_DECLARE && portal->placed == PGS_PLACED_ROUTE)
     put_cursor(s, plan->cursor_name, plan->cursor_hold)->mask = portal->mask; /* FETCH: there */

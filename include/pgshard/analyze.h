@@ -212,6 +212,11 @@ typedef struct pgs_plan {
   /* LISTEN, UNLISTEN or NOTIFY, a statement of its own: on one shard for
    * every session (planner.c), so that notifications meet their listeners. */
   bool notifies;
+  /* A SELECT whose only code that may write is advisory lock functions
+   * (pg_advisory_lock, pg_try_advisory_xact_lock, pg_advisory_unlock ...),
+   * a statement of its own: on the first shard's primary for every
+   * session, so that clients locking the same key meet there. */
+  bool advisory;
   /* SQL cursors, a statement of its own: DECLARE, FETCH/MOVE, CLOSE. */
   pgs_cursor_op_t cursor_op;
   char cursor_name[64]; /* CLOSE: "" is CLOSE ALL */

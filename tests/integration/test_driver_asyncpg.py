@@ -397,29 +397,31 @@ def test_listen_notify(px):
     run(main())
 
 
-class _NoAdvisoryReset(asyncpg.Connection):
-    """asyncpg's pool resets a released connection with `SELECT
-    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`.
-    pgshard refuses that today under cross_shard_writes = deny (0A000:
-    pg_advisory_unlock_all() is a function not known read-only, so without
-    a key it would run on every shard), and every release fails. This
-    connection class leaves that call out of the reset, the workaround
-    until pgshard sends it where the session's servers are."""
-
-    def _get_reset_query(self):
-        return "\n".join(line for line in super()._get_reset_query().splitlines()
-                         if "pg_advisory_unlock_all" not in line)
+def advisory_locks(lab):
+    """Advisory locks held on the shards' primaries."""
+    held = 0
+    for shard in ("s0", "s1"):
+        with lab.connect_primary(shard) as conn:
+            held += conn.execute("select count(*) from pg_locks where locktype = 'advisory'"
+                                 ).fetchone()[0]
+    return held
 
 
 def test_pool(px, lab_tables):
-    """asyncpg's own pool (with the reset workaround above): connections
-    acquired, used on both shards and released, concurrently."""
+    """asyncpg's own pool: connections acquired, used on both shards and
+    released, concurrently. Each release runs asyncpg's reset, `SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`: it runs
+    where the session's servers are (under cross_shard_writes = deny too)
+    and releases a session advisory lock taken through the pool."""
     keys = keys_on(px, "s0", 3) + keys_on(px, "s1", 3)
 
     async def main():
-        pool = await asyncpg.create_pool(url(px), min_size=2, max_size=3, timeout=10,
-                                         connection_class=_NoAdvisoryReset)
+        pool = await asyncpg.create_pool(url(px), min_size=2, max_size=3, timeout=10)
         try:
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("select pg_try_advisory_lock(4242)") is True
+                assert advisory_locks(lab_tables) == 1
+            assert advisory_locks(lab_tables) == 0
             async def one(key):
                 async with pool.acquire() as conn:
                     await conn.execute("insert into users (id, name) values ($1, 'p')", key)

@@ -114,3 +114,38 @@ def test_deallocate_of_a_protocol_statement(px):
         # DEALLOCATE of a name nobody prepared is the server's error, as ever.
         with pytest.raises(psycopg.errors.InvalidSqlStatementName):
             conn.execute("deallocate nobody")
+
+
+def test_advisory_locks_meet_on_one_shard(px, shard_lab):
+    """Advisory lock functions go to the first shard's primary whatever
+    shard a session is on, so two clients locking one key contend as on
+    one PostgreSQL (under cross_shard_writes = deny: a lock is no write).
+    A session lock pins its client until released; a transaction lock ends
+    with the transaction; pg_advisory_unlock_all() runs where the session
+    is. Extended protocol too."""
+    def held():
+        with shard_lab.connect_primary("s0") as c:
+            return c.execute("select count(*) from pg_locks where locktype = 'advisory'"
+                             ).fetchone()[0]
+
+    with px.connect(autocommit=True) as a, px.connect(autocommit=True) as b:
+        a.execute("insert into users (id, v) values (%s, 'a')", (px.k1[0],))  # a on s1
+        b.execute(f"insert into users (id, v) values ({px.k0[0]}, 'b')")  # b on s0
+        assert a.execute("select pg_advisory_lock(%s)", (77,)).fetchone() == ("",)
+        assert b.execute("select pg_try_advisory_lock(77)").fetchone() == (False,)
+        assert held() == 1
+        assert a.execute("select pg_advisory_unlock(77)").fetchone() == (True,)
+        assert b.execute("select pg_try_advisory_lock(%s)", (77,)).fetchone() == (True,)
+        assert a.execute("select pg_try_advisory_lock(77)").fetchone() == (False,)
+        assert b.execute("select pg_advisory_unlock_all()").fetchone() == ("",)
+        assert held() == 0
+        # A transaction lock, in a transaction that writes on s1.
+        with a.transaction():
+            a.execute("insert into users (id, v) values (%s, 'tx')", (px.k1[1],))
+            assert a.execute("select pg_try_advisory_xact_lock(78)").fetchone() == (True,)
+            assert b.execute("select pg_try_advisory_xact_lock(78)").fetchone() == (False,)
+        assert b.execute("select pg_try_advisory_xact_lock(78)").fetchone() == (True,)
+        assert held() == 0
+        # With anything else that may write it is code that may write: refused.
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute("select pg_advisory_lock(79), nextval('x')")
