@@ -22,6 +22,11 @@
  * (no copy); only a row cut by a chunk boundary is assembled in `buf`,
  * which is kept between rows and never grows past max_row. Nothing is
  * allocated per row. After an error the splitter only repeats it.
+ *
+ * The binary format (CopyFromBinaryOneRow) is read from `buf`: each chunk
+ * is appended, every complete tuple reported from there, and what is left
+ * (one partial tuple, at most max_row) moved to its start; how far it was
+ * read is kept, so a tuple cut anywhere is read once.
  */
 #include <stdarg.h>
 #include <string.h>
@@ -474,11 +479,6 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_
 
   /* What pgshard refuses on top. */
   if (convert) return set_error(err, "0A000", "COPY option convert_selectively is not supported");
-  if (binary && o->table)
-    return set_error(err, "0A000",
-                     "COPY ... FORMAT binary into sharded table %s is not supported; use text or "
-                     "csv",
-                     o->table->name);
   size_t null_len = strlen(null.s);
   if (null_len > PGS_COPY_MAX_NULL)
     return set_error(err, "0A000", "COPY NULL strings longer than %d bytes are not supported",
@@ -565,13 +565,21 @@ struct pgs_copy_split {
   char *key_text;
   size_t key_cap;
   pgs_key_t key;
+
+  /* Binary format: everything not yet reported is in buf (len bytes);
+   * bin_pos is how far it has been read, in bin_state. */
+  int bin_state;
+  size_t bin_pos;
+  int bin_nfields, bin_field;
+  int32_t bin_flen;
+  size_t bin_key_off;
+  int32_t bin_key_len;
 };
 
 pgs_copy_split_t *pgs_copy_split_new(const pgs_copy_spec_t *spec, const pgs_database_t *db,
                                      const pgs_table_t *table, int key_column, int ncolumns,
                                      size_t max_row, const pgs_route_session_t *session,
                                      pgs_copy_row_cb cb, void *cb_ctx) {
-  PGS_ASSERT(spec->format != PGS_COPY_BINARY);
   PGS_ASSERT(key_column >= 0 && (ncolumns < 0 || key_column < ncolumns));
   pgs_copy_split_t *s = pgs_xcalloc(1, sizeof(*s));
   s->spec = *spec;
@@ -1099,10 +1107,163 @@ static pgs_status_t failed(pgs_copy_split_t *s, pgs_key_error_t *err) {
   return PGS_EINVAL;
 }
 
+/* ---- binary format: CopyFromBinaryOneRow ----
+ *
+ * The header (signature, flags, extension) and the trailer (a field count
+ * of -1) go to every shard; each tuple (int16 field count, then per field
+ * an int32 length, -1 for NULL, and its bytes) to its key's shard. The
+ * bytes are kept in buf until reported; bin_pos says how far they have
+ * been read, so a tuple cut anywhere is read once. */
+
+enum { BIN_HEADER, BIN_COUNT, BIN_LEN, BIN_DATA };
+
+static const uint8_t binary_signature[11] = {'P',  'G',  'C',  'O',  'P', 'Y',
+                                             '\n', 0377, '\r', '\n', 0};
+
+static uint32_t read_u32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The tuple ROW (TOTAL bytes, in buf) is complete: its key placed, it is
+ * reported. */
+static bool place_binary_row(pgs_copy_split_t *s, const uint8_t *row, size_t total) {
+  if (s->bin_key_len < 0)
+    return fail(s, "23502", false, "null value in shard key column \"%s\" of relation \"%s\"",
+                s->table->column, s->table->name);
+  const uint8_t *key = row + s->bin_key_off;
+  size_t klen = (size_t)s->bin_key_len;
+  /* An integer key is sent as its column's type: its width says which. */
+  uint32_t oid = 0;
+  if (s->table->type == PGS_TYPE_SMALLINT || s->table->type == PGS_TYPE_INT ||
+      s->table->type == PGS_TYPE_BIGINT)
+    oid = klen == 2 ? 21 : klen == 4 ? 23 : klen == 8 ? 20 : 0;
+  pgs_key_error_t kerr;
+  if (pgs_key_from_binary(s->table->type, oid, key, klen, &s->key, &kerr) != PGS_OK)
+    return fail(s, kerr.sqlstate, true, "%s", kerr.message);
+  int shard =
+      pgs_route_key_shard(s->db, s->table, &s->key, s->has_session ? &s->session : NULL, &kerr);
+  if (shard < 0) return fail(s, kerr.sqlstate, true, "%s", kerr.message);
+  s->rows++;
+  s->cb(s->cb_ctx, shard, row, total);
+  s->line++;
+  return true;
+}
+
+/* One step of the reader at POS (START: where the current tuple or the
+ * header starts): false when more bytes are needed or it failed (then
+ * s->failed). *DONE: a tuple, the header or the trailer ended at *POS. */
+static bool binary_step(pgs_copy_split_t *s, size_t start, size_t *pos, bool *done) {
+  const uint8_t *b = s->buf;
+  size_t avail = s->len - *pos;
+  *done = false;
+  switch (s->bin_state) {
+  case BIN_HEADER: {
+    if (avail < 19) return false;
+    if (memcmp(b, binary_signature, sizeof(binary_signature)) != 0)
+      return fail(s, "22P04", false, "COPY file signature not recognized");
+    uint32_t flags = read_u32(b + 11), ext = read_u32(b + 15);
+    if (flags & (1u << 16)) return fail(s, "22P04", false, "invalid COPY file header (WITH OIDS)");
+    if ((flags & 0xFFFF0000u) != 0)
+      return fail(s, "22P04", false, "unrecognized critical flags in COPY file header");
+    if (ext > s->max_row) return fail(s, "22P04", false, "invalid COPY file header (wrong length)");
+    if (avail < 19 + (size_t)ext) return false;
+    s->cb(s->cb_ctx, -1, b, 19 + (size_t)ext);
+    *pos = 19 + (size_t)ext;
+    s->bin_state = BIN_COUNT;
+    *done = true;
+    return true;
+  }
+  case BIN_COUNT: {
+    if (avail < 2) return false;
+    int16_t n = (int16_t)(b[*pos] << 8 | b[*pos + 1]);
+    if (n == -1) { /* the trailer: every shard's data ends with it */
+      s->cb(s->cb_ctx, -1, b + *pos, 2);
+      s->marker_seen = true;
+      if (avail > 2) return fail(s, "22P04", false, "received copy data after EOF marker");
+      *pos += 2;
+      *done = true;
+      return true;
+    }
+    if (s->ncolumns >= 0 && n != s->ncolumns)
+      return fail(s, "22P04", false, "row field count is %d, expected %d", n, s->ncolumns);
+    if (n <= s->key_column)
+      return fail(s, "22P04", false, "missing data for column \"%s\"", s->table->column);
+    s->bin_nfields = n;
+    s->bin_field = 0;
+    *pos += 2;
+    s->bin_state = BIN_LEN;
+    return true;
+  }
+  case BIN_LEN: {
+    if (avail < 4) return false;
+    int32_t flen = (int32_t)read_u32(b + *pos);
+    if (flen < -1) return fail(s, "22P04", false, "invalid field size");
+    *pos += 4;
+    if (flen > 0 && *pos - start + (size_t)flen > s->max_row) return too_long(s);
+    if (s->bin_field == s->key_column) {
+      s->bin_key_off = *pos - start;
+      s->bin_key_len = flen;
+    }
+    s->bin_flen = flen;
+    if (flen > 0) {
+      s->bin_state = BIN_DATA;
+      return true;
+    }
+    break;
+  }
+  default: /* BIN_DATA */
+    if (avail < (size_t)s->bin_flen) return false;
+    *pos += (size_t)s->bin_flen;
+    break;
+  }
+  /* A field ended: the next one, or the tuple is complete. */
+  s->bin_state = ++s->bin_field < s->bin_nfields ? BIN_LEN : BIN_COUNT;
+  if (s->bin_state == BIN_COUNT) {
+    if (!place_binary_row(s, b + start, *pos - start)) return false;
+    *done = true;
+  }
+  return true;
+}
+
+/* Read what buf holds from bin_pos; report what is complete and keep the
+ * rest (a part of one tuple, or of the header) at the start of buf. */
+static bool binary_read(pgs_copy_split_t *s) {
+  size_t start = 0, pos = s->bin_pos;
+  bool done;
+  while (!s->marker_seen && binary_step(s, start, &pos, &done))
+    if (done) start = pos;
+  if (s->failed) return false;
+  if (s->bin_state != BIN_HEADER && s->len - start > s->max_row) return too_long(s);
+  memmove(s->buf, s->buf + start, s->len - start);
+  s->len -= start;
+  s->bin_pos = pos - start;
+  return true;
+}
+
+static pgs_status_t binary_feed(pgs_copy_split_t *s, const uint8_t *data, size_t len,
+                                pgs_key_error_t *err) {
+  size_t need = s->len + len;
+  if (need > s->cap) {
+    size_t cap = s->cap ? s->cap : 4096;
+    while (cap < need) cap *= 2;
+    s->buf = pgs_xrealloc(s->buf, cap);
+    s->cap = cap;
+  }
+  memcpy(s->buf + s->len, data, len);
+  s->len += len;
+  if (!binary_read(s)) return failed(s, err);
+  return PGS_OK;
+}
+
 pgs_status_t pgs_copy_split_feed(pgs_copy_split_t *s, const uint8_t *data, size_t len,
                                  pgs_key_error_t *err) {
   if (s->failed) return failed(s, err);
+  if (s->spec.format == PGS_COPY_BINARY && s->marker_seen && len > 0) {
+    fail(s, "22P04", false, "received copy data after EOF marker");
+    return failed(s, err);
+  }
   if (s->marker_seen || s->finished || len == 0) return PGS_OK;
+  if (s->spec.format == PGS_COPY_BINARY) return binary_feed(s, data, len, err);
   const uint8_t *p = data, *end = data + len;
   const uint8_t *row = data; /* where the current row's bytes in this chunk start */
   const bool *special = s->special;
@@ -1154,6 +1315,19 @@ pgs_status_t pgs_copy_split_finish(pgs_copy_split_t *s, pgs_key_error_t *err) {
   if (s->failed) return failed(s, err);
   if (s->marker_seen || s->finished) return PGS_OK;
   s->finished = true;
+  if (s->spec.format == PGS_COPY_BINARY) {
+    /* Without a trailer the data may end between tuples, as PostgreSQL
+     * takes it; not inside the header or a tuple. */
+    if (s->bin_state == BIN_HEADER) {
+      fail(s, "22P04", false, "COPY file signature not recognized");
+      return failed(s, err);
+    }
+    if (s->len > 0) {
+      fail(s, "22P04", false, "unexpected EOF in COPY data");
+      return failed(s, err);
+    }
+    return PGS_OK;
+  }
   /* End of data: PostgreSQL reads the byte after the last as '\0' where it
    * looks ahead, and takes what is left of the line as a line. */
   switch (s->state) {

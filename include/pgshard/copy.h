@@ -12,8 +12,7 @@
  *  2. At the COPY, pgs_copy_spec_resolve turns the options and the
  *     statement's literals into a pgs_copy_spec_t, checked as PostgreSQL's
  *     ProcessCopyOptions checks them (same SQLSTATEs and messages), plus
- *     what pgshard refuses: FORMAT binary and ENCODING other than UTF8 into
- *     a sharded table.
+ *     what pgshard refuses: ENCODING other than UTF8 into a sharded table.
  *  3. pgs_copy_split_* take the CopyData payloads in whatever pieces they
  *     arrive and report each complete row with its shard. Reference tables
  *     need no splitter: every byte goes to every shard unchanged.
@@ -22,7 +21,9 @@
  * (text: backslash quotes the next byte, newline included; CSV: quotes,
  * ESCAPE, the end-of-data marker `\.`; \n, \r\n or \r line ends, fixed by
  * the first line, with PostgreSQL's errors for mixed ones), since a row cut
- * in the wrong place would put keys on the wrong shard.
+ * in the wrong place would put keys on the wrong shard. Binary tuples are
+ * found as CopyFromBinaryOneRow finds them (a field count, then each
+ * field's length and bytes).
  */
 #ifndef PGSHARD_COPY_H
 #define PGSHARD_COPY_H
@@ -93,8 +94,8 @@ bool pgs_copy_options_have_literals(const pgs_copy_options_t *options);
  * The spec of OPTIONS, literal values taken from LX (the statement's lexed
  * text; NULL is fine when no option is a literal). PGS_EINVAL with ERR
  * when PostgreSQL would refuse the options (42601, 22023, 0A000 as it
- * does) or pgshard does: FORMAT binary or an ENCODING other than UTF8 into
- * a sharded table, the undocumented convert_selectively, a NULL string
+ * does) or pgshard does: an ENCODING other than UTF8 into a sharded table,
+ * the undocumented convert_selectively, a NULL string
  * longer than PGS_COPY_MAX_NULL (all 0A000).
  */
 pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *options, const pgs_lexed_t *lx,
@@ -103,7 +104,8 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *options, const pgs_
 /* ---- the splitter ---- */
 
 /* One row: SHARD is its shard, or -1 for the header line (send it to every
- * shard: each shard's COPY skips or matches it). ROW includes its line
+ * shard: each shard's COPY skips or matches it) and, in binary, the
+ * header and the trailer. ROW includes its line
  * terminator, except for a last row the data ended without one (nothing
  * follows such a row). ROW points into the caller's chunk when the row
  * arrived whole, else into the splitter's buffer: valid during the call. */
@@ -112,8 +114,9 @@ typedef void (*pgs_copy_row_cb)(void *ctx, int shard, const uint8_t *row, size_t
 typedef struct pgs_copy_split pgs_copy_split_t;
 
 /*
- * A splitter for COPY into sharded TABLE of DB with SPEC (text or CSV;
- * binary is refused by pgs_copy_spec_resolve). KEY_COLUMN: the key's
+ * A splitter for COPY into sharded TABLE of DB with SPEC (text, CSV or
+ * binary: tuples as CopyFromBinaryOneRow reads them, the key decoded as
+ * pgs_key_from_binary does, an integer key's type by its width). KEY_COLUMN: the key's
  * 0-based position in the COPY column list (pgs_plan_t.copy_key_column);
  * NCOLUMNS: the columns in that list, or -1 when unknown (then only the
  * key's presence is checked, not the field count). MAX_ROW: the longest row

@@ -284,10 +284,10 @@ def test_errors_and_refusals(px, lab_tables):
 
 @pytest.mark.parametrize("pool_mode", POOL_MODES)
 def test_copy(replica_proxy, lab_tables, pool_mode):
-    """asyncpg's copy_records_to_table sends COPY ... FORMAT binary, which a
-    sharded table refuses (pgshard splits text and CSV only); copy_to_table
-    with format csv is split by key. Rows for two shards need 2pc (inside
-    a transaction)."""
+    """copy_to_table with format csv is split by key, and so is
+    copy_records_to_table's COPY ... FORMAT binary (each tuple to its key's
+    shard, the header and trailer to both). Rows for two shards need 2pc
+    (inside a transaction)."""
     px = start_proxy(replica_proxy, pool_mode, cross_shard_writes="2pc")
     keys = list(range(1, 201))
     csv = "".join(f"{k},name {k},\"{{a,b}}\",2024-01-01 00:00:00+00,{k}.5,\\x0102\n"
@@ -296,11 +296,6 @@ def test_copy(replica_proxy, lab_tables, pool_mode):
     async def main():
         conn = await connect(px)
         try:
-            with pytest.raises(asyncpg.FeatureNotSupportedError) as exc:
-                async with conn.transaction():
-                    await conn.copy_records_to_table("users", records=[(1, "x")],
-                                                     columns=["id", "name"])
-            assert exc.value.args[0].startswith("pgshard:")
             async with conn.transaction():
                 tag = await conn.copy_to_table(
                     "users", source=_chunks(csv), format="csv",
@@ -311,6 +306,15 @@ def test_copy(replica_proxy, lab_tables, pool_mode):
             assert sorted(rows["s0"] + rows["s1"]) == keys and rows["s0"] and rows["s1"]
             row = await conn.fetchrow("select tags, amount, data from users where id = 7")
             assert tuple(row) == (["a", "b"], Decimal("7.5"), b"\x01\x02")
+            binary = [(k, f"bin {k}", ["c"], Decimal("1.25")) for k in range(501, 531)]
+            async with conn.transaction():
+                tag = await conn.copy_records_to_table(
+                    "users", records=binary, columns=["id", "name", "tags", "amount"])
+            assert tag == f"COPY {len(binary)}"
+            assert_placed(px, lab_tables, [r[0] for r in binary])
+            row = await conn.fetchrow("select name, tags, amount from users where id = 517")
+            assert tuple(row) == ("bin 517", ["c"], Decimal("1.25"))
+            keys.extend(r[0] for r in binary)
             # Reference table rows go to every shard.
             async with conn.transaction():
                 await conn.copy_to_table("plans", source=_chunks(b"1\tfree\n2\tpro\n"),

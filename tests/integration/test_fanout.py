@@ -374,13 +374,15 @@ def placement(shard_lab, config, table="items"):
     return sorted(ids), {s: len(v) for s, v in on.items()}
 
 
-@pytest.mark.parametrize("fmt", ["text", "csv"])
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
 def test_copy_from_splits_rows_by_key(sharded_proxy, shard_lab, items, fmt):
     p = sharded_proxy(extra_ini=MAP, cross_shard_writes="allow")
     rows = expected_rows()
     with p.connect(autocommit=True) as conn, conn.cursor() as cur:
-        opts = "(FORMAT csv, HEADER true)" if fmt == "csv" else ""
+        opts = {"csv": "(FORMAT csv, HEADER true)", "binary": "(FORMAT binary)"}.get(fmt, "")
         with cur.copy(f"COPY items (id, grp, price, name, qty) FROM STDIN {opts}") as copy:
+            if fmt == "binary":  # each shard gets the header, its tuples, the trailer
+                copy.set_types(["int8", "int4", "numeric", "text", "int4"])
             if fmt == "csv":  # psycopg's write_row writes the text format: CSV by hand
                 copy.write("id,grp,price,name,qty\r\n")
                 for r in rows:

@@ -237,11 +237,6 @@ static const option_error_t option_errors[] = {
     {"(delimiter)", "42601", "delimiter requires a parameter"},
     {"(null)", "42601", "null requires a parameter"},
     /* pgshard's own refusals (sharded table) */
-    {"(format binary)", "0A000",
-     "COPY ... FORMAT binary into sharded table users is not supported; use text or csv"},
-    {"(FORMAT 'binary')", "0A000",
-     "COPY ... FORMAT binary into sharded table users is not supported; use text or csv"},
-    {"", "0A000", NULL}, /* COPY BINARY users ..., below */
     {"(encoding 'latin1')", "0A000",
      "COPY ENCODING 'latin1' into sharded table users is not supported; only UTF8 is"},
     {"(convert_selectively (id))", "0A000", "COPY option convert_selectively is not supported"},
@@ -251,10 +246,7 @@ static void test_options_errors(void **state) {
   char sql[512];
   for (size_t i = 0; i < PGS_ARRAY_LEN(option_errors); i++) {
     const option_error_t *e = &option_errors[i];
-    if (e->message == NULL)
-      snprintf(sql, sizeof(sql), "COPY BINARY users (id, b) FROM STDIN");
-    else
-      snprintf(sql, sizeof(sql), "COPY users (id, b) FROM STDIN %s", e->options);
+    snprintf(sql, sizeof(sql), "COPY users (id, b) FROM STDIN %s", e->options);
     pgs_copy_spec_t spec;
     pgs_key_error_t err;
     if (spec_of(sql, &spec, &err) == PGS_OK) fail_msg("%s: accepted", sql);
@@ -317,7 +309,9 @@ static void test_options_cached_plan(void **state) {
        PGS_COPY_HEADER_SKIP},
       {"COPY users (id) FROM STDIN (FORMAT 'text', HEADER 0)", NULL, '\t', PGS_COPY_TEXT,
        PGS_COPY_HEADER_NONE},
-      {"COPY users (id) FROM STDIN (FORMAT 'binary', HEADER 0)", "0A000", 0, 0, 0},
+      {"COPY users (id) FROM STDIN (FORMAT 'binary', HEADER 0)", NULL, '\t', PGS_COPY_BINARY,
+       PGS_COPY_HEADER_NONE},
+      {"COPY users (id) FROM STDIN (FORMAT 'binary', HEADER 1)", "0A000", 0, 0, 0},
       {"COPY users (id) FROM STDIN (FORMAT 'csv', HEADER 7)", "42601", 0, 0, 0},
   };
   pgs_plan_cache_t *cache = pgs_plan_cache_new(16);
@@ -366,9 +360,9 @@ static void test_options_plan_fields(void **state) {
   assert_false(pgs_copy_options_have_literals(plan->copy));
   pgs_plan_unref(plan);
   /* Invalid options without literals refuse the plan itself. */
-  plan = analyse("COPY users (id) FROM STDIN (FORMAT binary)");
+  plan = analyse("COPY users (id) FROM STDIN (FORMAT binary, HEADER)");
   assert_string_equal(plan->refuse_sqlstate, "0A000");
-  assert_non_null(strstr(plan->refuse_message, "FORMAT binary into sharded table users"));
+  assert_non_null(strstr(plan->refuse_message, "cannot specify HEADER in BINARY mode"));
   pgs_plan_unref(plan);
   plan = analyse("COPY users (id) FROM STDIN (FORMAT xml)");
   assert_string_equal(plan->refuse_sqlstate, "22023");
@@ -912,6 +906,167 @@ static void test_csv_rows(void **state) {
   got_free(&g);
 }
 
+/* ---- binary format ---- */
+
+typedef struct bin {
+  char data[8192];
+  size_t len;
+} bin_t;
+
+static void bin_put(bin_t *b, const void *p, size_t n) {
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+}
+static void bin_i16(bin_t *b, int16_t v) {
+  uint8_t x[2] = {(uint8_t)((uint16_t)v >> 8), (uint8_t)v};
+  bin_put(b, x, 2);
+}
+static void bin_i32(bin_t *b, int32_t v) {
+  uint8_t x[4] = {(uint8_t)((uint32_t)v >> 24), (uint8_t)((uint32_t)v >> 16),
+                  (uint8_t)((uint32_t)v >> 8), (uint8_t)v};
+  bin_put(b, x, 4);
+}
+static void bin_header(bin_t *b, int32_t flags, int32_t ext) {
+  bin_put(b, "PGCOPY\n\377\r\n\0", 11);
+  bin_i32(b, flags);
+  bin_i32(b, ext);
+  for (int i = 0; i < ext; i++) bin_put(b, "e", 1);
+}
+/* A tuple (id, name): the key in WIDTH bytes (0: NULL), a text name. */
+static void bin_row(bin_t *b, int64_t id, int width, const char *name) {
+  bin_i16(b, 2);
+  if (width == 0) {
+    bin_i32(b, -1);
+  } else {
+    bin_i32(b, width);
+    for (int i = width - 1; i >= 0; i--) {
+      uint8_t byte = (uint8_t)((uint64_t)id >> (8 * i));
+      bin_put(b, &byte, 1);
+    }
+  }
+  bin_i32(b, (int32_t)strlen(name));
+  bin_put(b, name, strlen(name));
+}
+
+static void test_binary_rows(void **state) {
+  setup_t st = setup_for("COPY users (id, name) FROM STDIN (FORMAT binary)");
+  assert_int_equal(st.spec.format, PGS_COPY_BINARY);
+  bin_t b = {.len = 0};
+  bin_header(&b, 0, 3);
+  size_t header = b.len;
+  const int64_t ids[] = {1, 2, 3, 40, 50, 600, 7000};
+  size_t start[8];
+  for (int i = 0; i < 7; i++) {
+    start[i] = b.len;
+    bin_row(&b, ids[i], i == 3 ? 4 : i == 4 ? 2 : 8, i == 5 ? "" : "a name");
+  }
+  start[7] = b.len;
+  bin_i16(&b, -1);
+  got_t g;
+  split_all_ways(&st, b.data, b.len, &g);
+  expect_ok(&g);
+  assert_true(g.ended);
+  assert_int_equal(g.rows, 7);
+  assert_int_equal(g.n, 9); /* header, 7 tuples, trailer */
+  assert_int_equal(g.shard[0], -1);
+  assert_int_equal(g.len[0], header);
+  for (int i = 0; i < 7; i++) {
+    char key[32];
+    snprintf(key, sizeof(key), "%lld", (long long)ids[i]);
+    assert_int_equal(g.shard[1 + i], insert_shard(users, key));
+    assert_int_equal(g.len[1 + i], start[i + 1] - start[i]);
+    assert_memory_equal(g.bytes + g.off[1 + i], b.data + start[i], g.len[1 + i]);
+  }
+  assert_int_equal(g.shard[8], -1);
+  assert_int_equal(g.len[8], 2);
+  got_free(&g);
+  /* Without the trailer the data may end between tuples. */
+  split_all_ways(&st, b.data, b.len - 2, &g);
+  expect_ok(&g);
+  assert_int_equal(g.rows, 7);
+  got_free(&g);
+  /* A text key. */
+  setup_t names_st = setup_for("COPY names (name, n) FROM STDIN (FORMAT binary)");
+  bin_t t = {.len = 0};
+  bin_header(&t, 0, 0);
+  bin_i16(&t, 2);
+  bin_i32(&t, 5);
+  bin_put(&t, "alice", 5);
+  bin_i32(&t, -1);
+  split_all_ways(&names_st, t.data, t.len, &g);
+  expect_ok(&g);
+  assert_int_equal(g.shard[1], insert_shard(names, "'alice'"));
+  got_free(&g);
+}
+
+static void test_binary_errors(void **state) {
+  setup_t st = setup_for("COPY users (id, name) FROM STDIN (FORMAT binary)");
+  struct {
+    const char *what;
+    const char *sqlstate, *message;
+  } cases[] = {
+      {"signature", "22P04", "COPY file signature not recognized"},
+      {"oids", "22P04", "invalid COPY file header (WITH OIDS)"},
+      {"critical", "22P04", "unrecognized critical flags in COPY file header"},
+      {"count", "22P04", "row field count is 3, expected 2"},
+      {"null key", "23502", "null value in shard key column \"id\""},
+      {"field size", "22P04", "invalid field size"},
+      {"key width", "08P01", "insufficient data left in message"},
+      {"truncated", "22P04", "unexpected EOF in COPY data"},
+      {"after trailer", "22P04", "received copy data after EOF marker"},
+      {"empty", "22P04", "COPY file signature not recognized"},
+  };
+  for (size_t c = 0; c < PGS_ARRAY_LEN(cases); c++) {
+    bin_t b = {.len = 0};
+    const char *what = cases[c].what;
+    if (!strcmp(what, "signature")) {
+      bin_put(&b, "PGCOPY\n\377\r\n\1", 11);
+      bin_i32(&b, 0);
+      bin_i32(&b, 0);
+    } else if (!strcmp(what, "oids")) {
+      bin_header(&b, 1 << 16, 0);
+    } else if (!strcmp(what, "critical")) {
+      bin_header(&b, 1 << 20, 0);
+    } else if (strcmp(what, "empty") != 0) {
+      bin_header(&b, 0, 0);
+      bin_row(&b, 1, 8, "x");
+    }
+    if (!strcmp(what, "count")) {
+      bin_i16(&b, 3);
+    } else if (!strcmp(what, "null key")) {
+      bin_row(&b, 0, 0, "x");
+    } else if (!strcmp(what, "field size")) {
+      bin_i16(&b, 2);
+      bin_i32(&b, -2);
+    } else if (!strcmp(what, "key width")) {
+      bin_row(&b, 5, 3, "x");
+    } else if (!strcmp(what, "truncated")) {
+      bin_row(&b, 2, 8, "x");
+      b.len -= 1;
+    } else if (!strcmp(what, "after trailer")) {
+      bin_i16(&b, -1);
+      bin_row(&b, 2, 8, "x");
+    }
+    got_t g;
+    run(&st, b.data, b.len, CHUNKS_WHOLE, 0, 0, &g);
+    if (g.status == PGS_OK) fail_msg("%s: accepted", what);
+    expect_error(&g, cases[c].sqlstate, cases[c].message);
+    got_free(&g);
+  }
+  /* A tuple over the row cap: 54000, whole or in pieces. */
+  st.max_row = 64;
+  bin_t b = {.len = 0};
+  bin_header(&b, 0, 0);
+  char name[100];
+  memset(name, 'n', sizeof(name) - 1);
+  name[sizeof(name) - 1] = '\0';
+  bin_row(&b, 1, 8, name);
+  got_t g;
+  run(&st, b.data, b.len, CHUNKS_BYTES, 0, 0, &g);
+  expect_error(&g, "54000", "row longer than 64 bytes");
+  got_free(&g);
+}
+
 static void test_csv_marker(void **state) {
   setup_t st = setup_for("COPY names (name) FROM STDIN (FORMAT csv)");
   got_t g;
@@ -1171,6 +1326,8 @@ int main(void) {
       cmocka_unit_test(test_header),
       cmocka_unit_test(test_csv_rows),
       cmocka_unit_test(test_csv_marker),
+      cmocka_unit_test(test_binary_rows),
+      cmocka_unit_test(test_binary_errors),
       cmocka_unit_test(test_row_cap),
       cmocka_unit_test(test_zero_copy),
       cmocka_unit_test(test_range_and_uuid_tables),
