@@ -568,8 +568,10 @@ static void collect_edges(an_t *an, const PgQuery__Node *n) {
 }
 
 /* USING (key) and NATURAL joins equate same-named key columns; an
- * outer join's nullable side may have NULL keys. The join's left refs
- * are [START, MID), its right ones [MID, END). */
+ * outer join's nullable side may have NULL keys, and the side it keeps
+ * whole must read sharded tables: rows of a side every shard has (no
+ * sharded table) would come from each shard unmatched. The join's left
+ * refs are [START, MID), its right ones [MID, END). */
 static void join_keys(an_t *an, const PgQuery__JoinExpr *j, int start, int mid, int end) {
   for (int a = start; a < mid; a++) {
     for (int b = mid; b < end; b++) {
@@ -591,6 +593,11 @@ static void join_keys(an_t *an, const PgQuery__JoinExpr *j, int start, int mid, 
                j->jointype == PG_QUERY__JOIN_TYPE__JOIN_FULL;
   for (int r = start; r < end; r++)
     if (r < mid ? left : right) an->refs[r].nullable = true;
+  if ((right && start == mid && mid < end) || (left && mid == end && start < mid))
+    refuse(an,
+           "an outer join keeping every row of a side without sharded tables, joined to "
+           "sharded table %s, cannot be merged across shards: each shard would return them",
+           an->refs[start].table->name);
 }
 
 static void add_subquery_source(an_t *an, const PgQuery__Node *n);

@@ -499,6 +499,32 @@ static void test_where_refused(void **state) {
       NOT_ON_KEYS("orders", "items"));
 }
 
+/* ---- outer joins with tables every shard has ---- */
+
+static void test_outer_join_keeping_reference_rows(void **state) {
+  static const char keeps[] =
+      "an outer join keeping every row of a side without sharded tables, joined to sharded "
+      "table users, cannot be merged across shards: each shard would return them";
+  refused(
+      "SELECT c.code, count(u.id) FROM countries c LEFT JOIN users u ON u.country = c.code "
+      "GROUP BY 1",
+      keeps);
+  refused("SELECT * FROM users u RIGHT JOIN countries c ON u.country = c.code", keeps);
+  refused("SELECT * FROM users u FULL JOIN countries c ON u.country = c.code", keeps);
+  refused("SELECT * FROM (SELECT 1 AS x) v LEFT JOIN users u ON u.id = v.x", keeps);
+  refused(
+      "SELECT count(*) FROM (SELECT c.code FROM countries c LEFT JOIN users u ON u.country = "
+      "c.code) s",
+      keeps);
+  /* The sharded side kept whole, or an inner join: whole on each shard. */
+  merges("SELECT * FROM users u LEFT JOIN countries c ON u.country = c.code");
+  merges("SELECT * FROM countries c RIGHT JOIN users u ON u.country = c.code");
+  merges("SELECT * FROM countries c JOIN users u ON u.country = c.code");
+  merges(
+      "SELECT * FROM countries c LEFT JOIN regions r ON r.id = c.region JOIN users u ON "
+      "u.country = c.code");
+}
+
 /* ---- limits, routing ---- */
 
 static void test_too_many_levels(void **state) {
@@ -548,6 +574,7 @@ int main(void) {
       cmocka_unit_test(test_cte_refused),
       cmocka_unit_test(test_where_correlated),
       cmocka_unit_test(test_where_refused),
+      cmocka_unit_test(test_outer_join_keeping_reference_rows),
       cmocka_unit_test(test_too_many_levels),
       cmocka_unit_test(test_route),
   };
