@@ -68,11 +68,34 @@ typedef struct sort_key {
   bool desc, nulls_first;
 } sort_key_t;
 
-/* A sharded table in the top-level FROM. */
+/* Shard key names a source in FROM exposes at most (a subquery may
+ * select several). */
+#define MAX_SOURCE_KEYS 8
+
+/* A sharded table in a query level's FROM, or a subquery or WITH query
+ * there that runs per shard (subqueries and WITH queries below): its
+ * rows, like a table's, are on the shard of their key. */
 typedef struct from_ref {
-  const pgs_table_t *table;
-  const char *name; /* alias or table name */
+  const pgs_table_t *table; /* the table, or one the source reads (they are sharded alike) */
+  const char *name;         /* alias or table name */
+  const char *keys[MAX_SOURCE_KEYS]; /* its columns holding the shard key */
+  int nkeys;
+  bool nullable; /* on the nullable side of an outer join: its key may be NULL */
 } from_ref_t;
+
+/* A WITH query, and a sharded table its body reads (NULL: none). */
+typedef struct cte_def {
+  const PgQuery__CommonTableExpr *cte;
+  const pgs_table_t *reads;
+} cte_def_t;
+
+/* The WITH names one query level binds, and the enclosing levels'. */
+typedef struct cte_scope {
+  const struct cte_scope *parent;
+  const cte_def_t *defs;
+  int ndefs;
+  bool recursive;
+} cte_scope_t;
 
 /* Two refs whose shard keys a join equates. */
 typedef struct key_edge {
@@ -87,9 +110,9 @@ typedef struct an {
   pgs_merge_spec_t *spec;
   bool copy;
   bool too_deep;
-  /* Top-level WITH names (they hide tables of the same name). */
-  const char **ctes;
-  int nctes;
+  /* WITH names visible here (they hide tables of the same name). */
+  cte_scope_t ctes;
+  cte_def_t *cte_defs; /* this level's own, ctes.defs */
   from_ref_t *refs;
   int nrefs, refs_cap;
   key_edge_t *edges;
@@ -107,6 +130,14 @@ typedef struct an {
   int nkeys;
   pgs_merge_position_t *positions;
   int npositions, positions_cap;
+  /* Query levels: the top level's SELECT, or a subquery's (subqueries
+   * and WITH queries below), the level around it for the names it may
+   * correlate to (NULL: none), the top level's analysis and how many
+   * levels it has opened and how deep this one is. */
+  const PgQuery__SelectStmt *stmt;
+  const struct an *outer;
+  struct an *root;
+  int nlevels, level_depth;
 } an_t;
 
 PGS_PRINTF(2, 3)
@@ -400,11 +431,24 @@ static const PgQuery__FuncCall *find_aggregate(an_t *an, const PgQuery__Node *n)
 
 /* ---- sharded tables ---- */
 
+/* The WITH query RV names, innermost level first (*SCOPE its level's
+ * names, *INDEX its place there), or NULL. */
+static const cte_def_t *find_cte(const an_t *an, const PgQuery__RangeVar *rv,
+                                 const cte_scope_t **scope, int *index) {
+  if (rv->relname == NULL || (rv->schemaname && rv->schemaname[0])) return NULL;
+  for (const cte_scope_t *sc = &an->ctes; sc; sc = sc->parent) {
+    for (int i = 0; i < sc->ndefs; i++) {
+      if (strcmp(sc->defs[i].cte->ctename, rv->relname) != 0) continue;
+      if (scope) *scope = sc;
+      if (index) *index = i;
+      return &sc->defs[i];
+    }
+  }
+  return NULL;
+}
+
 static bool is_cte(const an_t *an, const PgQuery__RangeVar *rv) {
-  if (rv->schemaname && rv->schemaname[0]) return false;
-  for (int i = 0; i < an->nctes; i++)
-    if (!strcmp(an->ctes[i], rv->relname)) return true;
-  return false;
+  return find_cte(an, rv, NULL, NULL) != NULL;
 }
 
 static const pgs_table_t *sharded(const an_t *an, const PgQuery__RangeVar *rv) {
@@ -414,7 +458,10 @@ static const pgs_table_t *sharded(const an_t *an, const PgQuery__RangeVar *rv) {
 
 static bool visit_sharded(an_t *an, const ProtobufCMessage *m, void *arg) {
   if (m->descriptor != &pg_query__range_var__descriptor) return false;
-  const pgs_table_t *t = sharded(an, (const PgQuery__RangeVar *)m);
+  /* A WITH query reads what its body reads. (A name bound by a WITH
+   * inside N is taken for the table: at worst a refusal.) */
+  const cte_def_t *cte = find_cte(an, (const PgQuery__RangeVar *)m, NULL, NULL);
+  const pgs_table_t *t = cte ? cte->reads : sharded(an, (const PgQuery__RangeVar *)m);
   if (t == NULL) return false;
   *(const pgs_table_t **)arg = t;
   return true;
@@ -464,7 +511,7 @@ static int add_ref(an_t *an, const pgs_table_t *t, const char *name) {
     an->refs_cap = an->refs_cap ? an->refs_cap * 2 : 4;
     an->refs = pgs_xrealloc(an->refs, (size_t)an->refs_cap * sizeof(*an->refs));
   }
-  an->refs[an->nrefs] = (from_ref_t){t, name};
+  an->refs[an->nrefs] = (from_ref_t){.table = t, .name = name, .keys = {t->column}, .nkeys = 1};
   return an->nrefs++;
 }
 
@@ -475,6 +522,12 @@ static void add_edge(an_t *an, int a, int b) {
     an->edges = pgs_xrealloc(an->edges, (size_t)an->edges_cap * sizeof(*an->edges));
   }
   an->edges[an->nedges++] = (key_edge_t){a, b};
+}
+
+static bool ref_key_named(const from_ref_t *ref, const char *col) {
+  for (int k = 0; k < ref->nkeys; k++)
+    if (!strcmp(ref->keys[k], col)) return true;
+  return false;
 }
 
 /* The refs whose shard key column N names: a qualified name the ref it
@@ -489,7 +542,7 @@ static int key_refs(const an_t *an, const PgQuery__Node *n, int *out, int cap) {
   if (col == NULL || (c->n_fields > 1 && qualifier == NULL)) return 0;
   int count = 0;
   for (int r = 0; r < an->nrefs && count < cap; r++) {
-    if (strcmp(an->refs[r].table->column, col) != 0) continue;
+    if (!ref_key_named(&an->refs[r], col)) continue;
     if (qualifier && strcmp(an->refs[r].name, qualifier) != 0) continue;
     out[count++] = r;
   }
@@ -514,6 +567,42 @@ static void collect_edges(an_t *an, const PgQuery__Node *n) {
     for (int j = 0; j < nr; j++) add_edge(an, left[i], right[j]);
 }
 
+/* USING (key) and NATURAL joins equate same-named key columns; an
+ * outer join's nullable side may have NULL keys, and the side it keeps
+ * whole must read sharded tables: rows of a side every shard has (no
+ * sharded table) would come from each shard unmatched. The join's left
+ * refs are [START, MID), its right ones [MID, END). */
+static void join_keys(an_t *an, const PgQuery__JoinExpr *j, int start, int mid, int end) {
+  for (int a = start; a < mid; a++) {
+    for (int b = mid; b < end; b++) {
+      for (int k = 0; k < an->refs[a].nkeys; k++) {
+        const char *col = an->refs[a].keys[k];
+        if (!ref_key_named(&an->refs[b], col)) continue;
+        bool joined = j->is_natural;
+        for (size_t u = 0; u < j->n_using_clause && !joined; u++) {
+          const char *name = str_of(j->using_clause[u]);
+          joined = name && !strcmp(name, col);
+        }
+        if (joined) add_edge(an, a, b);
+      }
+    }
+  }
+  bool left = j->jointype == PG_QUERY__JOIN_TYPE__JOIN_RIGHT ||
+              j->jointype == PG_QUERY__JOIN_TYPE__JOIN_FULL;
+  bool right = j->jointype == PG_QUERY__JOIN_TYPE__JOIN_LEFT ||
+               j->jointype == PG_QUERY__JOIN_TYPE__JOIN_FULL;
+  for (int r = start; r < end; r++)
+    if (r < mid ? left : right) an->refs[r].nullable = true;
+  if ((right && start == mid && mid < end) || (left && mid == end && start < mid))
+    refuse(an,
+           "an outer join keeping every row of a side without sharded tables, joined to "
+           "sharded table %s, cannot be merged across shards: each shard would return them",
+           an->refs[start].table->name);
+}
+
+static void add_subquery_source(an_t *an, const PgQuery__Node *n);
+static void add_cte_source(an_t *an, const PgQuery__RangeVar *rv);
+
 static void add_from(an_t *an, const PgQuery__Node *n, int depth) {
   if (n == NULL || refused(an)) return;
   if (depth > MAX_DEPTH) {
@@ -524,7 +613,10 @@ static void add_from(an_t *an, const PgQuery__Node *n, int depth) {
   case PG_QUERY__NODE__NODE_RANGE_VAR: {
     const PgQuery__RangeVar *rv = n->range_var;
     const pgs_table_t *t = sharded(an, rv);
-    if (t) add_ref(an, t, rv->alias && rv->alias->aliasname ? rv->alias->aliasname : rv->relname);
+    if (t)
+      add_ref(an, t, rv->alias && rv->alias->aliasname ? rv->alias->aliasname : rv->relname);
+    else
+      add_cte_source(an, rv);
     break;
   }
   case PG_QUERY__NODE__NODE_JOIN_EXPR: {
@@ -534,23 +626,14 @@ static void add_from(an_t *an, const PgQuery__Node *n, int depth) {
     int mid = an->nrefs;
     add_from(an, j->rarg, depth + 1);
     int end = an->nrefs;
-    /* USING (key) and NATURAL joins equate same-named key columns. */
-    for (int a = start; a < mid; a++) {
-      for (int b = mid; b < end; b++) {
-        const char *col = an->refs[a].table->column;
-        if (strcmp(col, an->refs[b].table->column) != 0) continue;
-        bool joined = j->is_natural;
-        for (size_t u = 0; u < j->n_using_clause && !joined; u++) {
-          const char *name = str_of(j->using_clause[u]);
-          joined = name && !strcmp(name, col);
-        }
-        if (joined) add_edge(an, a, b);
-      }
-    }
+    join_keys(an, j, start, mid, end);
     if (!no_sharded_subquery(an, j->quals)) return;
     collect_edges(an, j->quals);
     break;
   }
+  case PG_QUERY__NODE__NODE_RANGE_SUBSELECT:
+    add_subquery_source(an, n);
+    break;
   case PG_QUERY__NODE__NODE_RANGE_TABLE_SAMPLE: {
     const PgQuery__RangeTableSample *ts = n->range_table_sample;
     add_from(an, ts->relation, depth + 1);
@@ -600,6 +683,578 @@ static void check_joins(an_t *an) {
     break;
   }
   free(parent);
+}
+
+/* ---- subqueries and WITH queries run per shard ----
+ *
+ * Every shard runs the whole statement, subqueries included, over its own
+ * rows. A subquery in FROM, or a WITH query named there, is exact when its
+ * rows over all the data are the union of its rows on each shard: it reads
+ * sharded tables joined on their keys (check_joins), has no LIMIT/OFFSET
+ * and no window function, and groups (GROUP BY, DISTINCT, aggregates) only
+ * by a shard key, so that no group spans shards. Such a source is a ref
+ * like a table: a column it selects that is a key of its tables is its key,
+ * so joins on that column are colocated. A subquery in WHERE is exact when
+ * every row it can match lives on the shard of the outer row it is asked
+ * about: EXISTS or NOT EXISTS whose WHERE equates the key of its tables
+ * with an outer table's key, and key IN (SELECT key ...) of a source as
+ * above. NOT IN is not: a NULL the subquery returns on one shard changes
+ * the answer on the others.
+ *
+ * Each subquery is a query level of its own (an_t, OUTER the level around
+ * it). A name correlates to an outer level only when it is qualified, since
+ * an unqualified one may be a column of the subquery's own tables; a
+ * qualifier belongs to the innermost level whose FROM binds it.
+ */
+
+/* Query levels one statement may open (a WITH query is analysed where it
+ * is used, so its uses multiply), and how deep they may nest. */
+#define MAX_LEVELS 512
+#define MAX_LEVEL_DEPTH 64
+
+/* What a subquery or WITH query is as a source of rows. */
+typedef struct source {
+  const pgs_table_t *table; /* a sharded table of its FROM; NULL: none */
+  int nkeys;                /* its output columns holding a shard key */
+  const char *key_name[MAX_SOURCE_KEYS];
+  int key_pos[MAX_SOURCE_KEYS]; /* 0-based output position; -1 after a * */
+} source_t;
+
+static const char *output_name(const PgQuery__Node *n);
+static bool is_star(const PgQuery__Node *n);
+static const char *bare_name(const PgQuery__Node *n);
+static const char *setop_name(const PgQuery__SelectStmt *s);
+static bool where_subqueries(an_t *an, const PgQuery__Node *n);
+
+/* The WITH queries of W, bound at AN's level. A body sees the WITH
+ * queries before it; under RECURSIVE it sees every one, whose reads are
+ * not known yet: there each body is read without this WITH's names, and
+ * one body reading a sharded table counts for all. */
+static void record_with(an_t *an, const PgQuery__WithClause *w) {
+  an->cte_defs = pgs_xcalloc(w->n_ctes ? w->n_ctes : 1, sizeof(*an->cte_defs));
+  an->ctes.defs = an->cte_defs;
+  an->ctes.recursive = w->recursive;
+  int count = 0;
+  for (size_t i = 0; i < w->n_ctes; i++)
+    if (is_node(w->ctes[i], PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR))
+      an->cte_defs[count++].cte = w->ctes[i]->common_table_expr;
+  const pgs_table_t *any = NULL;
+  for (int i = 0; i < count; i++) {
+    an->ctes.ndefs = w->recursive ? 0 : i;
+    an->cte_defs[i].reads = find_sharded(an, an->cte_defs[i].cte->ctequery);
+    if (any == NULL) any = an->cte_defs[i].reads;
+  }
+  if (w->recursive)
+    for (int i = 0; i < count; i++) an->cte_defs[i].reads = any;
+  an->ctes.ndefs = count;
+}
+
+/* Opens SUB, the level of S inside AN's analysis: OUTER the level its
+ * correlated names may reach, CTES the WITH names it sees. false, refused,
+ * past the limits. level_close(AN, SUB) either way. */
+static bool level_open(an_t *an, an_t *sub, const PgQuery__SelectStmt *s, const an_t *outer,
+                       const cte_scope_t *ctes) {
+  an_t *root = an->root ? an->root : an;
+  *sub = (an_t){.db = an->db,
+                .lx = an->lx,
+                .lit_loc = an->lit_loc,
+                .lit_len = an->lit_len,
+                .spec = an->spec,
+                .copy = an->copy,
+                .ctes = {.parent = ctes},
+                .first_star = -1,
+                .first_target_loc = -1,
+                .stmt = s,
+                .outer = outer,
+                .root = root,
+                .level_depth = an->level_depth + 1};
+  if (++root->nlevels > MAX_LEVELS || sub->level_depth > MAX_LEVEL_DEPTH)
+    return refuse(an, "statement too complex to merge across shards");
+  if (s->with_clause) record_with(sub, s->with_clause);
+  return true;
+}
+
+static void level_close(an_t *an, an_t *sub) {
+  if (sub->too_deep) an->too_deep = true;
+  free(sub->refs);
+  free(sub->edges);
+  free(sub->cte_defs);
+}
+
+PGS_PRINTF(4, 5)
+static bool refuse_source(an_t *an, const char *kind, const PgQuery__SelectStmt *s, const char *fmt,
+                          ...) {
+  char reason[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof(reason), fmt, ap);
+  va_end(ap);
+  const pgs_table_t *t = NULL;
+  walk(an, &s->base, true, visit_sharded, &t, 0);
+  return refuse(an, "%s reading sharded table %s cannot be merged across shards: %s", kind,
+                t ? t->name : "?", reason);
+}
+
+/* ---- names across levels ---- */
+
+/* Whether FROM item N binds the name Q (when unsure, yes: then no outer
+ * level is taken for it). */
+static bool from_binds(const PgQuery__Node *n, const char *q, int depth) {
+  if (n == NULL) return false;
+  if (depth > MAX_DEPTH) return true;
+  switch (n->node_case) {
+  case PG_QUERY__NODE__NODE_RANGE_VAR: {
+    const PgQuery__RangeVar *rv = n->range_var;
+    const char *name = rv->alias && rv->alias->aliasname ? rv->alias->aliasname : rv->relname;
+    return name && !strcmp(name, q);
+  }
+  case PG_QUERY__NODE__NODE_RANGE_SUBSELECT: {
+    const PgQuery__Alias *alias = n->range_subselect->alias;
+    return alias && alias->aliasname && !strcmp(alias->aliasname, q);
+  }
+  case PG_QUERY__NODE__NODE_JOIN_EXPR: {
+    const PgQuery__JoinExpr *j = n->join_expr;
+    if (j->alias && j->alias->aliasname && !strcmp(j->alias->aliasname, q)) return true;
+    return from_binds(j->larg, q, depth + 1) || from_binds(j->rarg, q, depth + 1);
+  }
+  case PG_QUERY__NODE__NODE_RANGE_TABLE_SAMPLE:
+    return from_binds(n->range_table_sample->relation, q, depth + 1);
+  case PG_QUERY__NODE__NODE_RANGE_FUNCTION: {
+    const PgQuery__Alias *alias = n->range_function->alias;
+    return alias == NULL || alias->aliasname == NULL || !strcmp(alias->aliasname, q);
+  }
+  default:
+    return true;
+  }
+}
+
+static bool level_binds(const an_t *an, const char *q) {
+  if (an->stmt == NULL) return true;
+  for (size_t i = 0; i < an->stmt->n_from_clause; i++)
+    if (from_binds(an->stmt->from_clause[i], q, 0)) return true;
+  return false;
+}
+
+/* The ref whose shard key column N names, as seen from AN: unqualified,
+ * one of AN's own; qualified, one of the innermost level that binds the
+ * qualifier. -1 when N is no such column; else *LEVEL is the ref's level. */
+static int resolve_key(const an_t *an, const PgQuery__Node *n, const an_t **level) {
+  if (!is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF) || n->column_ref->n_fields == 0) return -1;
+  const PgQuery__ColumnRef *c = n->column_ref;
+  int found[8];
+  if (c->n_fields == 1) {
+    if (key_refs(an, n, found, 8) == 0) return -1;
+    *level = an;
+    return found[0];
+  }
+  const char *qualifier = str_of(c->fields[c->n_fields - 2]);
+  if (qualifier == NULL) return -1;
+  for (const an_t *l = an; l; l = l->outer) {
+    if (!level_binds(l, qualifier)) continue;
+    if (key_refs(l, n, found, 8) == 0) return -1;
+    *level = l;
+    return found[0];
+  }
+  return -1;
+}
+
+/* Whether N is the shard key column of a ref of AN's own FROM that no
+ * outer join makes NULL (keys are never NULL in a table). */
+static bool own_key(const an_t *an, const PgQuery__Node *n) {
+  int found[8];
+  int count = key_refs(an, n, found, 8);
+  for (int i = 0; i < count; i++)
+    if (!an->refs[found[i]].nullable) return true;
+  return false;
+}
+
+/* A GROUP BY item of S as an expression: a position is the select item it
+ * names. NULL when it is another constant or a position past a *. */
+static const PgQuery__Node *position_item(const PgQuery__SelectStmt *s, const PgQuery__Node *n) {
+  if (!is_node(n, PG_QUERY__NODE__NODE_A_CONST)) return n;
+  const PgQuery__AConst *c = n->a_const;
+  if (c->isnull || c->val_case != PG_QUERY__A__CONST__VAL_IVAL) return NULL;
+  int p = c->ival->ival;
+  if (p < 1 || (size_t)p > s->n_target_list) return NULL;
+  for (int i = 0; i < p; i++)
+    if (!is_node(s->target_list[i], PG_QUERY__NODE__NODE_RES_TARGET) ||
+        is_star(s->target_list[i]->res_target->val))
+      return NULL;
+  return s->target_list[p - 1]->res_target->val;
+}
+
+/* A DISTINCT ON item, resolved as PostgreSQL resolves an ORDER BY item: a
+ * bare name is an output column's first. */
+static const PgQuery__Node *distinct_on_item(const PgQuery__SelectStmt *s, const PgQuery__Node *n) {
+  const char *name = bare_name(n);
+  for (size_t i = 0; name && i < s->n_target_list; i++) {
+    if (!is_node(s->target_list[i], PG_QUERY__NODE__NODE_RES_TARGET)) continue;
+    const PgQuery__ResTarget *rt = s->target_list[i]->res_target;
+    const char *out = rt->name && rt->name[0] ? rt->name : output_name(rt->val);
+    if (!is_star(rt->val) && out && !strcmp(out, name)) return rt->val;
+  }
+  return position_item(s, n);
+}
+
+/* Whether a select item * or q.* includes the key of a ref of AN that no
+ * outer join makes NULL. */
+static bool star_has_key(const an_t *an, const PgQuery__Node *n) {
+  if (!is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF)) return false;
+  const PgQuery__ColumnRef *c = n->column_ref;
+  const char *qualifier = c->n_fields > 1 ? str_of(c->fields[c->n_fields - 2]) : NULL;
+  for (int r = 0; r < an->nrefs; r++) {
+    const from_ref_t *ref = &an->refs[r];
+    if (ref->nullable || ref->nkeys == 0) continue;
+    if (c->n_fields == 1 || (qualifier && !strcmp(qualifier, ref->name))) return true;
+  }
+  return false;
+}
+
+/* ---- what a subquery is as a source ---- */
+
+static void add_source_key(source_t *src, const char *name, int pos) {
+  if (name == NULL || src->nkeys == MAX_SOURCE_KEYS) return;
+  src->key_name[src->nkeys] = name;
+  src->key_pos[src->nkeys++] = pos;
+}
+
+/* The output columns of S (analysed as SUB) that hold a shard key. */
+static void source_keys(const an_t *sub, const PgQuery__SelectStmt *s, source_t *src) {
+  bool after_star = false;
+  for (size_t i = 0; i < s->n_target_list; i++) {
+    if (!is_node(s->target_list[i], PG_QUERY__NODE__NODE_RES_TARGET)) return;
+    const PgQuery__ResTarget *rt = s->target_list[i]->res_target;
+    if (is_star(rt->val)) {
+      /* The keys of the refs it spans, by their names. */
+      after_star = true;
+      const PgQuery__ColumnRef *c =
+          is_node(rt->val, PG_QUERY__NODE__NODE_COLUMN_REF) ? rt->val->column_ref : NULL;
+      const char *qualifier = c && c->n_fields > 1 ? str_of(c->fields[c->n_fields - 2]) : NULL;
+      for (int r = 0; c && r < sub->nrefs; r++) {
+        const from_ref_t *ref = &sub->refs[r];
+        if (ref->nullable || (c->n_fields > 1 && !(qualifier && !strcmp(qualifier, ref->name))))
+          continue;
+        for (int k = 0; k < ref->nkeys; k++) add_source_key(src, ref->keys[k], -1);
+      }
+      continue;
+    }
+    if (!own_key(sub, rt->val)) continue;
+    add_source_key(src, rt->name && rt->name[0] ? rt->name : output_name(rt->val),
+                   after_star ? -1 : (int)i);
+  }
+}
+
+static bool reads_nothing(an_t *an, PgQuery__Node *const *items, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!no_sharded_subquery(an, items[i])) return false;
+  return true;
+}
+
+/* What S reads outside its FROM and WHERE: no sharded table. */
+static bool rest_reads_nothing(an_t *sub, const PgQuery__SelectStmt *s) {
+  return reads_nothing(sub, s->target_list, s->n_target_list) &&
+         reads_nothing(sub, s->distinct_clause, s->n_distinct_clause) &&
+         reads_nothing(sub, s->group_clause, s->n_group_clause) &&
+         no_sharded_subquery(sub, s->having_clause) &&
+         reads_nothing(sub, s->window_clause, s->n_window_clause) &&
+         reads_nothing(sub, s->sort_clause, s->n_sort_clause) &&
+         no_sharded_subquery(sub, s->limit_offset) && no_sharded_subquery(sub, s->limit_count);
+}
+
+/* S's FROM and WHERE as level SUB: its refs, the joins between them and
+ * the subqueries of its WHERE. false: refused. */
+static bool level_from_where(an_t *sub, const PgQuery__SelectStmt *s) {
+  for (size_t i = 0; i < s->n_from_clause && !refused(sub); i++)
+    add_from(sub, s->from_clause[i], 0);
+  if (refused(sub) || !where_subqueries(sub, s->where_clause)) return false;
+  collect_edges(sub, s->where_clause);
+  check_joins(sub);
+  return !refused(sub);
+}
+
+static bool any_window(an_t *an, PgQuery__Node *const *items, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (walk_node(an, items[i], false, visit_window, NULL)) return true;
+  return false;
+}
+
+static bool any_aggregate(an_t *an, PgQuery__Node *const *items, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (find_aggregate(an, items[i])) return true;
+  return false;
+}
+
+/* The rules that make S (analysed as SUB, with sharded tables) the union
+ * of its rows on each shard. */
+static bool source_rules(an_t *sub, const PgQuery__SelectStmt *s, const char *kind) {
+  const from_ref_t *first = &sub->refs[0];
+  const char *key = first->nkeys ? first->keys[0] : first->table->column;
+  if (s->limit_count || s->limit_offset)
+    return refuse_source(sub, kind, s, "it has LIMIT or OFFSET");
+  if (s->n_window_clause > 0 || any_window(sub, s->target_list, s->n_target_list) ||
+      any_window(sub, s->sort_clause, s->n_sort_clause))
+    return refuse_source(sub, kind, s, "it has window functions");
+  if (s->n_group_clause > 0 || s->having_clause ||
+      any_aggregate(sub, s->target_list, s->n_target_list) ||
+      any_aggregate(sub, s->sort_clause, s->n_sort_clause)) {
+    bool by_key = false;
+    for (size_t g = 0; g < s->n_group_clause && !by_key; g++) {
+      const PgQuery__Node *item = position_item(s, s->group_clause[g]);
+      by_key = item && !is_node(item, PG_QUERY__NODE__NODE_GROUPING_SET) && own_key(sub, item);
+    }
+    if (!by_key && s->n_group_clause > 0)
+      return refuse_source(sub, kind, s, "its GROUP BY does not include the shard key %s", key);
+    if (!by_key)
+      return refuse_source(sub, kind, s, "it aggregates without GROUP BY the shard key %s", key);
+  }
+  if (s->n_distinct_clause == 1 &&
+      (s->distinct_clause[0] == NULL ||
+       s->distinct_clause[0]->node_case == PG_QUERY__NODE__NODE__NOT_SET)) {
+    bool by_key = false;
+    for (size_t i = 0; i < s->n_target_list && !by_key; i++) {
+      const PgQuery__Node *n = s->target_list[i];
+      if (!is_node(n, PG_QUERY__NODE__NODE_RES_TARGET)) continue;
+      by_key = is_star(n->res_target->val) ? star_has_key(sub, n->res_target->val)
+                                           : own_key(sub, n->res_target->val);
+    }
+    if (!by_key)
+      return refuse_source(sub, kind, s, "its DISTINCT does not include the shard key %s", key);
+  } else if (s->n_distinct_clause > 0) {
+    bool by_key = false;
+    for (size_t i = 0; i < s->n_distinct_clause && !by_key; i++) {
+      const PgQuery__Node *item = distinct_on_item(s, s->distinct_clause[i]);
+      by_key = item && own_key(sub, item);
+    }
+    if (!by_key)
+      return refuse_source(sub, kind, s, "its DISTINCT ON does not include the shard key %s", key);
+  }
+  return true;
+}
+
+static bool source_of(an_t *an, const PgQuery__SelectStmt *s, const an_t *outer,
+                      const cte_scope_t *ctes, const char *kind, source_t *src);
+
+/* A set operation: UNION ALL of parts that each read sharded tables; UNION,
+ * INTERSECT and EXCEPT when both sides have a shard key at the same place
+ * (equal rows are then on one shard). */
+static bool setop_source(an_t *an, const PgQuery__SelectStmt *s, const an_t *outer,
+                         const cte_scope_t *ctes, const char *kind, source_t *src) {
+  an_t sub; /* for the WITH of the whole operation */
+  source_t left = {0}, right = {0};
+  bool ok = level_open(an, &sub, s, outer, ctes);
+  if (ok && (s->limit_count || s->limit_offset))
+    ok = refuse_source(&sub, kind, s, "it has LIMIT or OFFSET");
+  if (ok)
+    ok = source_of(&sub, s->larg, outer, &sub.ctes, kind, &left) &&
+         source_of(&sub, s->rarg, outer, &sub.ctes, kind, &right) &&
+         reads_nothing(&sub, s->sort_clause, s->n_sort_clause);
+  if (ok && (left.table == NULL || right.table == NULL))
+    ok = refuse_source(&sub, kind, s,
+                       "a side of its %s reads no sharded table (every shard would return it)",
+                       setop_name(s));
+  if (ok) {
+    src->table = left.table;
+    for (int a = 0; a < left.nkeys && sharded_alike(left.table, right.table); a++)
+      for (int b = 0; b < right.nkeys; b++)
+        if (left.key_pos[a] >= 0 && left.key_pos[a] == right.key_pos[b]) {
+          add_source_key(src, left.key_name[a], left.key_pos[a]);
+          break;
+        }
+    if (src->nkeys == 0 && !(s->op == PG_QUERY__SET_OPERATION__SETOP_UNION && s->all))
+      ok = refuse_source(&sub, kind, s, "its %s has no shard key at the same place on both sides",
+                         setop_name(s));
+  }
+  level_close(an, &sub);
+  return ok;
+}
+
+/* S, a subquery (KIND names it) in a FROM or an IN, as a source of rows:
+ * false, refused, when it is not the union of its rows on each shard; else
+ * SRC says which sharded tables it reads (none: it is the same on every
+ * shard) and which of its columns hold their keys. OUTER is the level its
+ * correlated names may reach, CTES the WITH names it sees. */
+static bool source_of(an_t *an, const PgQuery__SelectStmt *s, const an_t *outer,
+                      const cte_scope_t *ctes, const char *kind, source_t *src) {
+  *src = (source_t){0};
+  if (s == NULL) return false;
+  if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE)
+    return setop_source(an, s, outer, ctes, kind, src);
+  an_t sub;
+  bool ok = level_open(an, &sub, s, outer, ctes) && level_from_where(&sub, s);
+  if (ok && sub.nrefs > 0) ok = source_rules(&sub, s, kind);
+  if (ok) ok = rest_reads_nothing(&sub, s);
+  if (ok && sub.nrefs > 0) {
+    src->table = sub.refs[0].table;
+    source_keys(&sub, s, src);
+  }
+  level_close(an, &sub);
+  return ok;
+}
+
+/* Column names given to a source (FROM s AS x (a, b) or WITH x (a, b)):
+ * the key at position POS is renamed, or lost when its position is not
+ * known. */
+static const char *renamed(const char *name, int pos, PgQuery__Node *const *cols, size_t ncols) {
+  if (name == NULL || ncols == 0) return name;
+  if (pos < 0) return NULL;
+  return (size_t)pos < ncols ? str_of(cols[pos]) : name;
+}
+
+static void add_source(an_t *an, const source_t *src, const char *name, PgQuery__Node *const *cols,
+                       size_t ncols, const PgQuery__Alias *alias) {
+  int r = add_ref(an, src->table, name);
+  from_ref_t *ref = &an->refs[r];
+  ref->nkeys = 0;
+  for (int k = 0; k < src->nkeys; k++) {
+    const char *key = renamed(src->key_name[k], src->key_pos[k], cols, ncols);
+    if (alias) key = renamed(key, src->key_pos[k], alias->colnames, alias->n_colnames);
+    if (key) ref->keys[ref->nkeys++] = key;
+  }
+}
+
+/* (SELECT ...) AS alias in FROM. */
+static void add_subquery_source(an_t *an, const PgQuery__Node *n) {
+  const PgQuery__RangeSubselect *rs = n->range_subselect;
+  if (find_sharded(an, rs->subquery) == NULL) return;
+  /* LATERAL: each row it is joined to is on one shard, its rows on all. */
+  if (rs->lateral || !is_node(rs->subquery, PG_QUERY__NODE__NODE_SELECT_STMT)) {
+    no_sharded_subquery(an, n);
+    return;
+  }
+  source_t src;
+  if (!source_of(an, rs->subquery->select_stmt, an->outer, &an->ctes, "a subquery", &src) ||
+      src.table == NULL)
+    return;
+  const char *name = rs->alias && rs->alias->aliasname ? rs->alias->aliasname : "";
+  add_source(an, &src, name, NULL, 0, rs->alias);
+}
+
+/* A WITH query named in FROM: its body, analysed where it is defined. */
+static void add_cte_source(an_t *an, const PgQuery__RangeVar *rv) {
+  const cte_scope_t *scope;
+  int index;
+  const cte_def_t *def = find_cte(an, rv, &scope, &index);
+  if (def == NULL || def->reads == NULL) return;
+  const PgQuery__CommonTableExpr *cte = def->cte;
+  if (scope->recursive) {
+    refuse(an, "a recursive WITH query reading sharded table %s cannot be merged across shards",
+           def->reads->name);
+    return;
+  }
+  if (!is_node(cte->ctequery, PG_QUERY__NODE__NODE_SELECT_STMT)) {
+    refuse(an, "a data-modifying WITH query cannot be merged across shards");
+    return;
+  }
+  cte_scope_t before = {.parent = scope->parent, .defs = scope->defs, .ndefs = index};
+  source_t src;
+  if (!source_of(an, cte->ctequery->select_stmt, NULL, &before, "a WITH query", &src) ||
+      src.table == NULL)
+    return;
+  const char *name = rv->alias && rv->alias->aliasname ? rv->alias->aliasname : rv->relname;
+  add_source(an, &src, name, cte->aliascolnames, cte->n_aliascolnames, rv->alias);
+}
+
+/* ---- subqueries in WHERE ---- */
+
+/* Whether a conjunct of N equates the key of one of SUB's refs with the
+ * key of a ref of an outer level sharded alike. */
+static bool correlated_on_key(const an_t *sub, const PgQuery__Node *n) {
+  if (n == NULL) return false;
+  if (is_node(n, PG_QUERY__NODE__NODE_BOOL_EXPR) &&
+      n->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+    for (size_t i = 0; i < n->bool_expr->n_args; i++)
+      if (correlated_on_key(sub, n->bool_expr->args[i])) return true;
+    return false;
+  }
+  if (!is_node(n, PG_QUERY__NODE__NODE_A_EXPR)) return false;
+  const PgQuery__AExpr *e = n->a_expr;
+  const char *op = e->n_name > 0 ? str_of(e->name[e->n_name - 1]) : NULL;
+  if (e->kind != PG_QUERY__A__EXPR__KIND__AEXPR_OP || op == NULL || strcmp(op, "=") != 0)
+    return false;
+  const an_t *left_level = NULL, *right_level = NULL;
+  int left = resolve_key(sub, e->lexpr, &left_level);
+  int right = resolve_key(sub, e->rexpr, &right_level);
+  if (left < 0 || right < 0 || (left_level == sub) == (right_level == sub)) return false;
+  return sharded_alike(left_level->refs[left].table, right_level->refs[right].table);
+}
+
+/* EXISTS (SELECT ...) or NOT EXISTS: its rows are confined to the outer
+ * row's shard by a key equality in its WHERE, so whatever it computes
+ * there (aggregates, LIMIT) is exact. */
+static bool exists_on_key(an_t *an, const PgQuery__SubLink *sl) {
+  const PgQuery__SelectStmt *s = sl->subselect->select_stmt;
+  if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE) return no_sharded_subquery(an, sl->subselect);
+  an_t sub;
+  bool ok = level_open(an, &sub, s, an, &an->ctes) && level_from_where(&sub, s);
+  if (ok && sub.nrefs > 0 && !correlated_on_key(&sub, s->where_clause))
+    ok = no_sharded_subquery(an, sl->subselect);
+  if (ok) ok = rest_reads_nothing(&sub, s);
+  level_close(an, &sub);
+  return ok && !refused(an);
+}
+
+/* key IN (SELECT key ...): the subquery is a source whose only column is
+ * a shard key sharded like the outer one. */
+static bool in_on_key(an_t *an, const PgQuery__SubLink *sl) {
+  const an_t *level = NULL;
+  int r = resolve_key(an, sl->testexpr, &level);
+  if (r < 0) return no_sharded_subquery(an, sl->subselect);
+  source_t src;
+  if (!source_of(an, sl->subselect->select_stmt, an, &an->ctes, "a subquery", &src)) return false;
+  bool first_is_key = false;
+  for (int k = 0; k < src.nkeys; k++) first_is_key |= src.key_pos[k] == 0;
+  if (src.table == NULL || !first_is_key || !sharded_alike(src.table, level->refs[r].table))
+    return no_sharded_subquery(an, sl->subselect);
+  return true;
+}
+
+static bool not_in(an_t *an, const pgs_table_t *t) {
+  return refuse(an,
+                "NOT IN (SELECT ...) reading sharded table %s cannot be merged across shards: a "
+                "NULL it returns on one shard changes the answer on all (use NOT EXISTS)",
+                t->name);
+}
+
+/* The subqueries of a WHERE clause N at AN's level: those that are
+ * conjuncts (under AND) run per shard when exact (above); every other
+ * subquery must read no sharded table. false: refused. */
+static bool where_subqueries(an_t *an, const PgQuery__Node *n) {
+  if (n == NULL) return !refused(an);
+  if (is_node(n, PG_QUERY__NODE__NODE_BOOL_EXPR) &&
+      n->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+    for (size_t i = 0; i < n->bool_expr->n_args; i++)
+      if (!where_subqueries(an, n->bool_expr->args[i])) return false;
+    return true;
+  }
+  const PgQuery__SubLink *sl = NULL;
+  bool negated = false;
+  if (is_node(n, PG_QUERY__NODE__NODE_SUB_LINK)) {
+    sl = n->sub_link;
+  } else if (is_node(n, PG_QUERY__NODE__NODE_BOOL_EXPR) &&
+             n->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__NOT_EXPR &&
+             n->bool_expr->n_args == 1 &&
+             is_node(n->bool_expr->args[0], PG_QUERY__NODE__NODE_SUB_LINK)) {
+    sl = n->bool_expr->args[0]->sub_link;
+    negated = true;
+  }
+  const pgs_table_t *t = sl ? find_sharded(an, sl->subselect) : NULL;
+  if (t == NULL || !is_node(sl->subselect, PG_QUERY__NODE__NODE_SELECT_STMT))
+    return no_sharded_subquery(an, n);
+  if (!no_sharded_subquery(an, sl->testexpr)) return false;
+  const char *op = sl->n_oper_name > 0 ? str_of(sl->oper_name[sl->n_oper_name - 1]) : NULL;
+  switch (sl->sub_link_type) {
+  case PG_QUERY__SUB_LINK_TYPE__EXISTS_SUBLINK:
+    return exists_on_key(an, sl);
+  case PG_QUERY__SUB_LINK_TYPE__ANY_SUBLINK:
+    if (sl->n_oper_name > 0 && (op == NULL || strcmp(op, "=") != 0)) break;
+    return negated ? not_in(an, t) : in_on_key(an, sl);
+  case PG_QUERY__SUB_LINK_TYPE__ALL_SUBLINK: /* x <> ALL (SELECT ...) is NOT IN */
+    if (negated || op == NULL || strcmp(op, "<>") != 0) break;
+    return not_in(an, t);
+  default:
+    break;
+  }
+  return no_sharded_subquery(an, n);
 }
 
 /* ---- target list ---- */
@@ -1210,27 +1865,12 @@ static void analyse_select(an_t *an, const PgQuery__SelectStmt *s) {
     refuse(an, "SELECT ... FOR UPDATE/SHARE cannot be merged across shards");
     return;
   }
-  const PgQuery__WithClause *w = s->with_clause;
-  if (w) {
-    an->ctes = pgs_xmalloc(sizeof(*an->ctes) * (w->n_ctes ? w->n_ctes : 1));
-    for (size_t i = 0; i < w->n_ctes; i++)
-      if (is_node(w->ctes[i], PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR))
-        an->ctes[an->nctes++] = w->ctes[i]->common_table_expr->ctename;
-    /* Inside the bodies a name may still mean the table (WITH users AS
-     * (SELECT ... FROM users)): no name hides a table there. */
-    int nctes = an->nctes;
-    an->nctes = 0;
-    for (size_t i = 0; i < w->n_ctes; i++) {
-      const pgs_table_t *t = find_sharded(an, w->ctes[i]);
-      if (t) {
-        refuse(an, "a WITH query reading sharded table %s cannot be merged across shards", t->name);
-        return;
-      }
-    }
-    an->nctes = nctes;
-  }
+  /* WITH queries are analysed where they are used (subqueries and WITH
+   * queries run per shard). */
+  an->stmt = s;
+  if (s->with_clause) record_with(an, s->with_clause);
   for (size_t i = 0; i < s->n_from_clause; i++) add_from(an, s->from_clause[i], 0);
-  if (!no_sharded_subquery(an, s->where_clause)) return;
+  if (!where_subqueries(an, s->where_clause)) return;
   collect_edges(an, s->where_clause);
   check_joins(an);
   if (refused(an)) return;
@@ -1619,7 +2259,7 @@ pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t 
   free(an.positions);
   free(an.refs);
   free(an.edges);
-  free(an.ctes);
+  free(an.cte_defs);
   free(an.lit_len);
   if (own) pg_query__node__free_unpacked(own, NULL);
   return an.spec;

@@ -111,7 +111,9 @@ typedef struct pgs_merge_spec {
  * avg(x), with or without FILTER; GROUP BY; DISTINCT; ORDER BY; LIMIT,
  * OFFSET and FETCH FIRST n ROWS ONLY of a constant or parameter; joins of
  * sharded tables on their shard keys when they are sharded alike;
- * reference tables anywhere. COPY merges only by concatenation (no
+ * reference tables anywhere; subqueries and WITH queries in FROM that are
+ * the union of their rows on each shard, and EXISTS / NOT EXISTS / key IN
+ * (SELECT key ...) correlated on the shard key (merge.c says which). COPY merges only by concatenation (no
  * ORDER BY, aggregates, GROUP BY, DISTINCT or LIMIT; no HEADER, no binary
  * format, only TO STDOUT).
  */
