@@ -128,9 +128,11 @@ typedef struct an {
   bool regroup;      /* DISTINCT aggregates: the shards group by their x too */
   cond_t *conds;     /* HAVING */
   int nconds, conds_cap;
+  int32_t *same; /* literal pairs that must be written alike (add_same) */
+  int nsame, same_cap;
   sort_key_t *keys;
   int nkeys;
-  int distinct_on; /* leading keys that are the DISTINCT ON expressions */
+  int distinct_on; /* the last keys that are the DISTINCT ON expressions */
   pgs_merge_position_t *positions;
   int npositions, positions_cap;
 } an_t;
@@ -200,11 +202,24 @@ static bool walk_node(an_t *an, const PgQuery__Node *n, bool into_queries, visit
   return n != NULL && walk(an, &n->base, into_queries, visit, arg, 0);
 }
 
+static void add_same(an_t *an, int a, int b);
+
 /* Whether two parse trees are the same expression: every field equal but
- * the locations. */
-static bool same_tree(const ProtobufCMessage *a, const ProtobufCMessage *b, int depth) {
+ * the locations. With AN, two literals of the lexer's (parameters past the
+ * client's) match too, and the pair is noted (add_same): the expressions
+ * are the same only when those literals are written alike, which each run
+ * checks (pgs_merge_limits). */
+static bool same_tree(an_t *an, const ProtobufCMessage *a, const ProtobufCMessage *b, int depth) {
   if (a == NULL || b == NULL) return a == b;
   if (a->descriptor != b->descriptor || depth > MAX_DEPTH) return false;
+  if (an && a->descriptor == &pg_query__param_ref__descriptor) {
+    int pa = ((const PgQuery__ParamRef *)a)->number, pb = ((const PgQuery__ParamRef *)b)->number;
+    if (pa > an->lx->nparams && pb > an->lx->nparams) {
+      if (pa != pb) add_same(an, pa, pb);
+      return true;
+    }
+    return pa == pb;
+  }
   const ProtobufCMessageDescriptor *d = a->descriptor;
   const char *pa = (const char *)a, *pb = (const char *)b;
   for (unsigned i = 0; i < d->n_fields; i++) {
@@ -229,7 +244,7 @@ static bool same_tree(const ProtobufCMessage *a, const ProtobufCMessage *b, int 
       case PROTOBUF_C_TYPE_MESSAGE: {
         const ProtobufCMessage *ma = ((const ProtobufCMessage *const *)(const void *)va)[j];
         const ProtobufCMessage *mb = ((const ProtobufCMessage *const *)(const void *)vb)[j];
-        if (!same_tree(ma, mb, depth + 1)) return false;
+        if (!same_tree(an, ma, mb, depth + 1)) return false;
         break;
       }
       case PROTOBUF_C_TYPE_STRING: {
@@ -263,7 +278,22 @@ static bool same_tree(const ProtobufCMessage *a, const ProtobufCMessage *b, int 
 }
 
 static bool same_node(const PgQuery__Node *a, const PgQuery__Node *b) {
-  return same_tree(a ? &a->base : NULL, b ? &b->base : NULL, 0);
+  return same_tree(NULL, a ? &a->base : NULL, b ? &b->base : NULL, 0);
+}
+
+/* same_node, literals of the lexer's aside (same_tree). */
+static bool same_node_but_literals(an_t *an, const PgQuery__Node *a, const PgQuery__Node *b) {
+  int before = an->nsame;
+  if (same_tree(an, a ? &a->base : NULL, b ? &b->base : NULL, 0)) return true;
+  an->nsame = before;
+  return false;
+}
+
+/* Whether N is GROUP BY item G (as written, or the select item it names),
+ * literals of the lexer's aside. */
+static bool is_group_node(an_t *an, const group_node_t *g, const PgQuery__Node *n) {
+  return same_node_but_literals(an, g->expr, n) ||
+         (g->target && same_node_but_literals(an, g->target, n));
 }
 
 /* The expression N as SQL (libpg_query's deparser), without "SELECT ";
@@ -1248,6 +1278,20 @@ static bool visit_sublink(an_t *an, const ProtobufCMessage *m, void *arg) {
   return m->descriptor == &pg_query__sub_link__descriptor;
 }
 
+static void add_same(an_t *an, int a, int b) {
+  for (int i = 0; i < an->nsame; i++)
+    if ((an->same[2 * i] == a && an->same[2 * i + 1] == b) ||
+        (an->same[2 * i] == b && an->same[2 * i + 1] == a))
+      return;
+  if (an->nsame == an->same_cap) {
+    an->same_cap = an->same_cap ? an->same_cap * 2 : 4;
+    an->same = pgs_xrealloc(an->same, sizeof(*an->same) * 2 * (size_t)an->same_cap);
+  }
+  an->same[2 * an->nsame] = a;
+  an->same[2 * an->nsame + 1] = b;
+  an->nsame++;
+}
+
 static int add_cond(an_t *an, cond_t c) {
   if (an->nconds == an->conds_cap) {
     an->conds_cap = an->conds_cap ? an->conds_cap * 2 : 8;
@@ -1344,9 +1388,8 @@ static bool having_operand(an_t *an, const PgQuery__Node *n, const PgQuery__Node
                   "the aggregate itself",
                   last_name(inner));
   for (int g = 0; g < an->ngroup_nodes; g++) {
-    const group_node_t *gn = &an->group_nodes[g];
-    if (same_node(gn->expr, n) || (gn->target && same_node(gn->target, n))) {
-      *column = gn->column;
+    if (is_group_node(an, &an->group_nodes[g], n)) {
+      *column = an->group_nodes[g].column;
       return true;
     }
   }
@@ -1466,9 +1509,11 @@ static void analyse_having(an_t *an, const PgQuery__SelectStmt *s) {
 
 /* ---- DISTINCT ON ---- */
 
-/* The DISTINCT ON expressions must be the first ORDER BY keys (in any
- * order); those the ORDER BY leaves out are sorted on after it, as
- * PostgreSQL does. Then the key is the first distinct_on sort keys. */
+/* The shards run DISTINCT ON as written (PostgreSQL checks that it
+ * matches the start of the ORDER BY); the merge sorts by the ORDER BY,
+ * then by the DISTINCT ON expressions (as PostgreSQL does when the ORDER
+ * BY names only some of them; else they change nothing), so rows of equal
+ * keys are next to each other, and keeps the first of each. */
 static void analyse_distinct_on(an_t *an, const PgQuery__SelectStmt *s) {
   if (an->grouped) {
     refuse(an, "DISTINCT ON with aggregates or GROUP BY cannot be merged across shards");
@@ -1476,7 +1521,6 @@ static void analyse_distinct_on(an_t *an, const PgQuery__SelectStmt *s) {
   }
   int n = (int)s->n_distinct_clause, non = 0;
   int *on = pgs_xmalloc(sizeof(int) * (size_t)n);
-  bool *seen = pgs_xcalloc((size_t)n, sizeof(bool));
   for (int i = 0; i < n && !refused(an); i++) {
     const PgQuery__Node *item = s->distinct_clause[i];
     if (is_node(item, PG_QUERY__NODE__NODE_PARAM_REF) &&
@@ -1496,27 +1540,12 @@ static void analyse_distinct_on(an_t *an, const PgQuery__SelectStmt *s) {
     for (int k = 0; k < non && !dup; k++) dup = on[k] == column;
     if (!dup) on[non++] = column;
   }
-  int prefix = 0, covered = 0;
-  for (int k = 0; k < an->nkeys && covered < non && !refused(an); k++) {
-    int i = 0;
-    while (i < non && on[i] != an->keys[k].column) i++;
-    if (i == non) break;
-    if (!seen[i]) seen[i] = true, covered++;
-    prefix = k + 1;
+  if (!refused(an)) {
+    an->keys = pgs_xrealloc(an->keys, sizeof(*an->keys) * (size_t)(an->nkeys + non));
+    for (int i = 0; i < non; i++) an->keys[an->nkeys++] = (sort_key_t){on[i], false, false};
+    an->distinct_on = non;
   }
-  if (!refused(an) && covered < non) {
-    if (prefix < an->nkeys) {
-      refuse(an, "SELECT DISTINCT ON expressions must match initial ORDER BY expressions");
-    } else {
-      an->keys = pgs_xrealloc(an->keys, sizeof(*an->keys) * (size_t)(an->nkeys + non));
-      for (int i = 0; i < non; i++)
-        if (!seen[i]) an->keys[an->nkeys++] = (sort_key_t){on[i], false, false};
-      prefix = an->nkeys;
-    }
-  }
-  an->distinct_on = prefix;
   free(on);
-  free(seen);
 }
 
 /* ---- DISTINCT aggregates ---- */
@@ -1535,9 +1564,7 @@ static bool grouped_expr(an_t *an, const ProtobufCMessage *m, int depth) {
   if (d == &pg_query__node__descriptor) {
     const PgQuery__Node *n = (const PgQuery__Node *)m;
     for (int g = 0; g < an->ngroup_nodes; g++)
-      if (same_node(an->group_nodes[g].expr, n) ||
-          (an->group_nodes[g].target && same_node(an->group_nodes[g].target, n)))
-        return true;
+      if (is_group_node(an, &an->group_nodes[g], n)) return true;
     if (is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF)) return false;
     if (is_node(n, PG_QUERY__NODE__NODE_FUNC_CALL) && is_aggregate(n->func_call)) return true;
   }
@@ -2096,6 +2123,11 @@ static void build_spec(an_t *an) {
     }
   }
   spec->distinct_on = an->distinct_on;
+  if (an->nsame > 0) {
+    spec->nsame = an->nsame;
+    spec->same = pgs_xmalloc(sizeof(*spec->same) * 2 * (size_t)an->nsame);
+    memcpy(spec->same, an->same, sizeof(*spec->same) * 2 * (size_t)an->nsame);
+  }
   spec->nkeys = an->nkeys;
   if (an->nkeys > 0) {
     spec->keys = pgs_xmalloc(sizeof(*spec->keys) * (size_t)an->nkeys);
@@ -2134,6 +2166,7 @@ static void clear_spec(pgs_merge_spec_t *spec) {
   free(spec->positions);
   free(spec->having);
   free(spec->group_text);
+  free(spec->same);
   memset(spec, 0, sizeof(*spec));
   memcpy(spec->refuse, reason, sizeof(reason));
 }
@@ -2171,6 +2204,7 @@ pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t 
   free(an.group);
   free(an.group_nodes);
   free(an.conds);
+  free(an.same);
   free(an.keys);
   free(an.positions);
   free(an.refs);
@@ -2190,6 +2224,7 @@ void pgs_merge_spec_free(pgs_merge_spec_t *spec) {
   free(spec->positions);
   free(spec->having);
   free(spec->group_text);
+  free(spec->same);
   free(spec);
 }
 
@@ -2519,6 +2554,16 @@ pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *l
                               pgs_value_error_t *err) {
   *limit = -1;
   *offset = 0;
+  for (int i = 0; i < spec->nsame; i++) {
+    const pgs_literal_t *a = pgs_lexed_literal(lx, spec->same[2 * i]);
+    const pgs_literal_t *b = pgs_lexed_literal(lx, spec->same[2 * i + 1]);
+    if (a && b && a->is_string == b->is_string && a->len == b->len &&
+        memcmp(lx->values + a->offset, lx->values + b->offset, a->len) == 0)
+      continue;
+    return value_error(err, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                       "an expression that is its GROUP BY expression but for a literal cannot "
+                       "be merged across shards with HAVING or a DISTINCT aggregate");
+  }
   int64_t v;
   bool isnull;
   if (spec->limit_one) {

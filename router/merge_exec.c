@@ -23,7 +23,8 @@
  * ORDER BY (a natural merge sort: each part arrives sorted, so k parts are
  * k runs and sorting costs n log k comparisons; only the first
  * OFFSET+LIMIT rows are ever merged past their run), DISTINCT ON (the
- * first of each run of equal keys), OFFSET, LIMIT, hidden columns cut off.
+ * first of each run of equal DISTINCT ON keys, the last sort keys), OFFSET,
+ * LIMIT, hidden columns cut off.
  *
  * Values are equal as PostgreSQL's = says wherever rows or groups are
  * matched: numeric, float and bpchar columns by value (hashed on a
@@ -1325,7 +1326,7 @@ static bool same_key(pgs_merge_t *m, uint32_t a, uint32_t b) {
   const sort_key_t *fb = &m->keyf[(size_t)b * (size_t)spec->nkeys];
   const uint8_t *ra = m->arena.data + m->rows[a].off;
   const uint8_t *rb = m->arena.data + m->rows[b].off;
-  for (int k = 0; k < spec->distinct_on; k++)
+  for (int k = spec->nkeys - spec->distinct_on; k < spec->nkeys; k++)
     if (!same_value(m, spec->keys[k].column, ra + fa[k].off, fa[k].len, rb + fb[k].off, fb[k].len))
       return false;
   return true;

@@ -126,9 +126,9 @@ typedef struct pgs_merge_spec {
   bool distinct; /* SELECT DISTINCT: equal visible rows once */
   int nkeys;     /* ORDER BY */
   pgs_merge_key_t *keys;
-  int distinct_on; /* DISTINCT ON: the first distinct_on keys are its
-                      expressions; after the sort only the first row of
-                      each run of equal keys stays */
+  int distinct_on; /* DISTINCT ON: the last distinct_on keys are its
+                      expressions (after the ORDER BY's); after the sort
+                      only the first row of each run of equal keys stays */
   bool rewrite;    /* the shards' text differs from the client's */
   /* What else the shards' text needs (merge.c's own; the executor needs
    * none of it). */
@@ -147,6 +147,10 @@ typedef struct pgs_merge_spec {
   uint32_t group_at;  /* where group_text goes; 0: nowhere */
   char *group_text;   /* DISTINCT aggregates: the shards also group by their
                          arguments (hidden columns, by position) */
+  int nsame;          /* pairs of literals (parameter numbers, in same[]) that
+                         must be written alike: an expression matched its
+                         GROUP BY expression but for them */
+  int32_t *same;
 } pgs_merge_spec_t;
 
 /*
@@ -200,7 +204,8 @@ void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pg
  * Bind parameters (text or binary int8/int4; Parse-declared types in
  * PARAMS). *LIMIT = -1 for none/ALL/NULL, *OFFSET = 0 for none/NULL.
  * PGS_EINVAL with ERR (22P02, or 2201W/2201X for negative values, as
- * PostgreSQL says) when a value is not a valid count.
+ * PostgreSQL says) when a value is not a valid count, or (0A000) when
+ * the run's literals do not fit the spec (spec->same).
  */
 struct pgs_param_values;
 pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx,

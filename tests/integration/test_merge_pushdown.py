@@ -214,6 +214,10 @@ def test_count_distinct(env):
                " HAVING count(DISTINCT t) >= %s ORDER BY g", (3,))
     check(env, "SELECT t FROM mp GROUP BY t ORDER BY count(DISTINCT g), t")
     check(env, "SELECT min(DISTINCT v), max(DISTINCT t) FROM mp")
+    # A select item and its GROUP BY expression written with a literal each.
+    check(env, "SELECT v %% 5, count(DISTINCT t), count(*) FROM mp GROUP BY v %% 5 ORDER BY 1")
+    check(env, "SELECT d - 1, count(DISTINCT g) FROM mp GROUP BY d - 1 HAVING d - 1 > %s"
+               " ORDER BY 1", (datetime.date(2024, 1, 3),))
 
 
 def test_distinct_on(env):
@@ -224,6 +228,7 @@ def test_distinct_on(env):
     check(env, "SELECT DISTINCT ON (t, g) t, g, id FROM mp ORDER BY t DESC, g, id LIMIT 5",
           expect_rows=5)
     check(env, "SELECT DISTINCT ON (g) id FROM mp WHERE v > %s ORDER BY g, id", (2,))
+    check(env, "SELECT DISTINCT ON (v / 3) v / 3, id FROM mp ORDER BY v / 3 DESC, id LIMIT 4")
     # The ORDER BY names only some of the expressions: the rest follow.
     check(env, "SELECT DISTINCT ON (g, t) g, t FROM mp ORDER BY g", ordered=False)
     # A numeric key, equal by value across shards: the first row of the key

@@ -1109,11 +1109,13 @@ static void test_distinct_aggregates_cap(void **state) {
 /* ---- DISTINCT ON ---- */
 
 static void test_distinct_on(void **state) {
-  /* SELECT DISTINCT ON (g) g, id FROM t ORDER BY g, id DESC: each shard
-   * sends its first row of each g; the first overall stays. */
+  /* SELECT DISTINCT ON (g) id, g FROM t ORDER BY g, id DESC: each shard
+   * sends its first row of each g; the first overall stays. The sort keys
+   * are the ORDER BY's, then DISTINCT ON's. */
   spec.distinct_on = 1;
   add_key(1, false, false);
   add_key(0, true, false);
+  add_key(1, false, false);
   static const uint32_t oids[] = {PGS_OID_INT4, PGS_OID_TEXT};
   pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
   describe(m, 2, 2, oids, NULL);
@@ -1126,12 +1128,14 @@ static void test_distinct_on(void **state) {
   expect_rows(m, 4, 0, "12|a;4|b;3|c;8|NULL");
   pgs_merge_free(m);
 
-  /* With OFFSET 1 LIMIT 2, and a numeric key: 1.0 and 1.00 are one. */
+  /* DISTINCT ON (n) ... ORDER BY n, id OFFSET 1 LIMIT 2, n numeric and
+   * hidden: 1.0 and 1.00 are one key. */
   spec_reset();
   spec.distinct_on = 1;
   spec.nhidden = 1;
   add_key(0, false, false);
   add_key(1, false, false);
+  add_key(0, false, false);
   static const uint32_t oids2[] = {PGS_OID_NUMERIC, PGS_OID_INT4};
   m = pgs_merge_new(&spec, 2, 2, 1, BIG);
   describe(m, 2, 2, oids2, NULL);
@@ -1143,6 +1147,23 @@ static void test_distinct_on(void **state) {
   feed(m, 1, 2, "3", "6");
   /* keys 0.5 (3), 1 (2), 2 (1), 3 (6) */
   expect_rows(m, 2, 0, "2;1");
+  pgs_merge_free(m);
+
+  /* DISTINCT ON (a, b) ... ORDER BY a: sorted by a, then b. */
+  spec_reset();
+  spec.distinct_on = 2;
+  add_key(0, false, false);
+  add_key(0, false, false);
+  add_key(1, false, false);
+  static const uint32_t oids3[] = {PGS_OID_TEXT, PGS_OID_INT4, PGS_OID_INT4};
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 3, oids3, NULL);
+  feed(m, 0, 3, "a", "2", "10");
+  feed(m, 0, 3, "a", "1", "11");
+  feed(m, 1, 3, "a", "1", "12");
+  feed(m, 1, 3, "b", NULL, "13");
+  feed(m, 0, 3, "b", NULL, "14");
+  expect_rows(m, 3, 0, "a|1|11;a|2|10;b|NULL|14");
   pgs_merge_free(m);
 
   /* A spec whose key is longer than its sort keys cannot run. */
