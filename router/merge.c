@@ -23,6 +23,22 @@
  * (hidden index, or VISIBLE + target index), since how many columns are
  * hidden is known only at the end.
  *
+ * Where the shards must run more than the client's statement:
+ *  - HAVING: each shard keeps every partial group ("HAVING true OR ..."
+ *    still makes the server check the condition and type its parameters);
+ *    the aggregates the condition reads and its constants are hidden
+ *    columns, a constant as "CASE WHEN false THEN other operand ELSE
+ *    constant END" so the server types it as the comparison would.
+ *  - count/sum/avg(DISTINCT x): each shard also groups by x (GROUP BY the
+ *    hidden column's position), so its rows hold one value of x each and
+ *    the other aggregates are partial over finer groups, which still
+ *    combine.
+ *  - DISTINCT ON runs on the shards as written; the merge keeps the first
+ *    row of each key.
+ * Expressions equal to GROUP BY items but for their literals (which are
+ * numbered apart) match them only when those literals are written alike:
+ * the spec lists such pairs and every run checks them.
+ *
  * Invariant: a spec with refuse set has nothing else set.
  */
 #include <math.h>
@@ -53,7 +69,7 @@ typedef struct target {
   const char *alias;         /* AS name, or NULL */
   const char *name;          /* output column name (alias, column, function), or NULL */
   int agg;                   /* pgs_agg_kind_t when a bare aggregate */
-  bool distinct;             /* count/sum(DISTINCT x) */
+  bool distinct;             /* count/sum/avg(DISTINCT x) */
   bool star;                 /* *, t.* or (x).*: any number of columns */
   int avg_sum, avg_count;    /* AVG: hidden columns */
   int distinct_arg;          /* DISTINCT: the hidden column holding x */

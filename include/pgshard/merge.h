@@ -187,12 +187,15 @@ void pgs_merge_spec_free(pgs_merge_spec_t *spec);
 /*
  * The text each shard runs for SPEC, from LX (the statement the spec was
  * made from): hidden_text inserted, ORDER BY / GROUP BY positions moved
- * past the hidden columns, the LIMIT/OFFSET tail replaced (LIMIT l OFFSET
+ * past the hidden columns, "true OR" after HAVING, group_text (the DISTINCT
+ * aggregates' arguments) after GROUP BY or as a GROUP BY of its own, the
+ * LIMIT/OFFSET tail replaced (LIMIT l OFFSET
  * o -> LIMIT (l)::int8 + (o)::int8; OFFSET o alone -> OFFSET 0 *
  * (o)::int8, so a Bind parameter stays referenced; LIMIT l alone
  * unchanged; when grouped and the ORDER BY does not cover every group
- * column, a shard's first rows are not the groups that come first, so no
- * LIMIT goes down: OFFSET 0 * (l)::int8 + 0 * (o)::int8), and every literal
+ * column, or with HAVING or DISTINCT aggregates, a shard's first rows are
+ * not the groups that come first, so no LIMIT goes down: OFFSET 0 *
+ * (l)::int8 + 0 * (o)::int8), and every literal
  * put back as the client wrote it (strings quoted afresh); the statement's
  * own $n stay. Appends a NUL-terminated text to OUT (the NUL counted, as
  * pgs_buf_put_cstr).
