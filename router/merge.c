@@ -23,6 +23,22 @@
  * (hidden index, or VISIBLE + target index), since how many columns are
  * hidden is known only at the end.
  *
+ * Where the shards must run more than the client's statement:
+ *  - HAVING: each shard keeps every partial group ("HAVING true OR ..."
+ *    still makes the server check the condition and type its parameters);
+ *    the aggregates the condition reads and its constants are hidden
+ *    columns, a constant as "CASE WHEN false THEN other operand ELSE
+ *    constant END" so the server types it as the comparison would.
+ *  - count/sum/avg(DISTINCT x): each shard also groups by x (GROUP BY the
+ *    hidden column's position), so its rows hold one value of x each and
+ *    the other aggregates are partial over finer groups, which still
+ *    combine.
+ *  - DISTINCT ON runs on the shards as written; the merge keeps the first
+ *    row of each key.
+ * Expressions equal to GROUP BY items but for their literals (which are
+ * numbered apart) match them only when those literals are written alike:
+ * the spec lists such pairs and every run checks them.
+ *
  * Invariant: a spec with refuse set has nothing else set.
  */
 #include <math.h>
@@ -53,15 +69,34 @@ typedef struct target {
   const char *alias;         /* AS name, or NULL */
   const char *name;          /* output column name (alias, column, function), or NULL */
   int agg;                   /* pgs_agg_kind_t when a bare aggregate */
+  bool distinct;             /* count/sum/avg(DISTINCT x) */
   bool star;                 /* *, t.* or (x).*: any number of columns */
   int avg_sum, avg_count;    /* AVG: hidden columns */
+  int distinct_arg;          /* DISTINCT: the hidden column holding x */
 } target_t;
 
 typedef struct hidden {
   char *text; /* deparsed expression, $N kept */
   int agg;
+  bool distinct; /* count/sum(DISTINCT x): distinct_arg holds x */
   int avg_sum, avg_count;
+  int distinct_arg;
+  bool arg;                  /* the x of a DISTINCT aggregate: the shards group by it */
+  bool constant;             /* a HAVING constant */
+  const PgQuery__Node *sort; /* an ORDER BY expression of its own, or NULL */
 } hidden_t;
+
+/* A HAVING node as pgs_merge_cond_t, its columns symbolic. */
+typedef struct cond {
+  int kind, op, nargs, left, right;
+} cond_t;
+
+/* A GROUP BY item, for HAVING: the expression it is (as written, and the
+ * select item it names) and its column (symbolic). */
+typedef struct group_node {
+  const PgQuery__Node *expr, *target;
+  int column;
+} group_node_t;
 
 typedef struct sort_key {
   int column; /* symbolic */
@@ -126,8 +161,17 @@ typedef struct an {
   bool grouped;
   int *group; /* symbolic */
   int ngroup;
+  group_node_t *group_nodes;
+  int ngroup_nodes;
+  bool group_clause; /* GROUP BY names something besides () */
+  bool regroup;      /* DISTINCT aggregates: the shards group by their x too */
+  cond_t *conds;     /* HAVING */
+  int nconds, conds_cap;
+  int32_t *same; /* literal pairs that must be written alike (add_same) */
+  int nsame, same_cap;
   sort_key_t *keys;
   int nkeys;
+  int distinct_on; /* the last keys that are the DISTINCT ON expressions */
   pgs_merge_position_t *positions;
   int npositions, positions_cap;
   /* Query levels: the top level's SELECT, or a subquery's (subqueries
@@ -205,11 +249,24 @@ static bool walk_node(an_t *an, const PgQuery__Node *n, bool into_queries, visit
   return n != NULL && walk(an, &n->base, into_queries, visit, arg, 0);
 }
 
+static void add_same(an_t *an, int a, int b);
+
 /* Whether two parse trees are the same expression: every field equal but
- * the locations. */
-static bool same_tree(const ProtobufCMessage *a, const ProtobufCMessage *b, int depth) {
+ * the locations. With AN, two literals of the lexer's (parameters past the
+ * client's) match too, and the pair is noted (add_same): the expressions
+ * are the same only when those literals are written alike, which each run
+ * checks (pgs_merge_limits). */
+static bool same_tree(an_t *an, const ProtobufCMessage *a, const ProtobufCMessage *b, int depth) {
   if (a == NULL || b == NULL) return a == b;
   if (a->descriptor != b->descriptor || depth > MAX_DEPTH) return false;
+  if (an && a->descriptor == &pg_query__param_ref__descriptor) {
+    int pa = ((const PgQuery__ParamRef *)a)->number, pb = ((const PgQuery__ParamRef *)b)->number;
+    if (pa > an->lx->nparams && pb > an->lx->nparams) {
+      if (pa != pb) add_same(an, pa, pb);
+      return true;
+    }
+    return pa == pb;
+  }
   const ProtobufCMessageDescriptor *d = a->descriptor;
   const char *pa = (const char *)a, *pb = (const char *)b;
   for (unsigned i = 0; i < d->n_fields; i++) {
@@ -234,7 +291,7 @@ static bool same_tree(const ProtobufCMessage *a, const ProtobufCMessage *b, int 
       case PROTOBUF_C_TYPE_MESSAGE: {
         const ProtobufCMessage *ma = ((const ProtobufCMessage *const *)(const void *)va)[j];
         const ProtobufCMessage *mb = ((const ProtobufCMessage *const *)(const void *)vb)[j];
-        if (!same_tree(ma, mb, depth + 1)) return false;
+        if (!same_tree(an, ma, mb, depth + 1)) return false;
         break;
       }
       case PROTOBUF_C_TYPE_STRING: {
@@ -268,7 +325,22 @@ static bool same_tree(const ProtobufCMessage *a, const ProtobufCMessage *b, int 
 }
 
 static bool same_node(const PgQuery__Node *a, const PgQuery__Node *b) {
-  return same_tree(a ? &a->base : NULL, b ? &b->base : NULL, 0);
+  return same_tree(NULL, a ? &a->base : NULL, b ? &b->base : NULL, 0);
+}
+
+/* same_node, literals of the lexer's aside (same_tree). */
+static bool same_node_but_literals(an_t *an, const PgQuery__Node *a, const PgQuery__Node *b) {
+  int before = an->nsame;
+  if (same_tree(an, a ? &a->base : NULL, b ? &b->base : NULL, 0)) return true;
+  an->nsame = before;
+  return false;
+}
+
+/* Whether N is GROUP BY item G (as written, or the select item it names),
+ * literals of the lexer's aside. */
+static bool is_group_node(an_t *an, const group_node_t *g, const PgQuery__Node *n) {
+  return same_node_but_literals(an, g->expr, n) ||
+         (g->target && same_node_but_literals(an, g->target, n));
 }
 
 /* The expression N as SQL (libpg_query's deparser), without "SELECT ";
@@ -1339,10 +1411,13 @@ static bool is_star(const PgQuery__Node *n) {
 }
 
 /* What expression N (a select item or a sort key) is to the merge: a bare
- * mergeable aggregate (*AGG its kind) or an expression without aggregates
- * (*AGG = NONE). false, refused, for everything else. */
-static bool classify(an_t *an, const PgQuery__Node *n, int *agg) {
+ * mergeable aggregate (*AGG its kind; *DISTINCT for count, sum or avg of
+ * DISTINCT x: min and max of DISTINCT x are min and max) or an
+ * expression without aggregates (*AGG = NONE). false, refused, for
+ * everything else. */
+static bool classify(an_t *an, const PgQuery__Node *n, int *agg, bool *distinct) {
   *agg = PGS_AGG_NONE;
+  *distinct = false;
   if (walk_node(an, n, false, visit_window, NULL))
     return refuse(an, "window functions cannot be merged across shards");
   if (walk_node(an, n, false, visit_grouping, NULL))
@@ -1352,8 +1427,6 @@ static bool classify(an_t *an, const PgQuery__Node *n, int *agg) {
     const char *name = last_name(fc);
     int kind = mergeable_kind(fc);
     if (kind < 0) return refuse(an, "%s() cannot be merged across shards", name);
-    if (fc->agg_distinct)
-      return refuse(an, "%s(DISTINCT ...) cannot be merged across shards", name);
     if (fc->n_agg_order > 0 || fc->agg_within_group)
       return refuse(an, "%s() with ORDER BY cannot be merged across shards", name);
     if (fc->func_variadic ||
@@ -1363,6 +1436,7 @@ static bool classify(an_t *an, const PgQuery__Node *n, int *agg) {
       if (find_aggregate(an, fc->args[i]))
         return refuse(an, "nested aggregates cannot be merged across shards");
     *agg = kind;
+    *distinct = fc->agg_distinct && kind != PGS_AGG_MIN && kind != PGS_AGG_MAX;
     return true;
   }
   const PgQuery__FuncCall *inner = find_aggregate(an, n);
@@ -1390,8 +1464,32 @@ static int add_hidden_text(an_t *an, char *text, int agg) {
     an->hidden_cap = an->hidden_cap ? an->hidden_cap * 2 : 4;
     an->hidden = pgs_xrealloc(an->hidden, (size_t)an->hidden_cap * sizeof(*an->hidden));
   }
-  an->hidden[an->nhidden] = (hidden_t){.text = text, .agg = agg, .avg_sum = -1, .avg_count = -1};
+  an->hidden[an->nhidden] =
+      (hidden_t){.text = text, .agg = agg, .avg_sum = -1, .avg_count = -1, .distinct_arg = -1};
   return an->nhidden++;
+}
+
+static int add_hidden(an_t *an, const PgQuery__Node *n, int agg);
+
+/* The hidden column holding x for count/sum/avg(DISTINCT x) (FC): the
+ * shards group by it, so each of their rows holds one value of x; -1
+ * when refused. */
+static int distinct_arg(an_t *an, const PgQuery__FuncCall *fc) {
+  int h = add_hidden(an, fc->args[0], PGS_AGG_NONE);
+  if (h < 0) return -1;
+  an->hidden[h].arg = true;
+  an->regroup = true;
+  return h;
+}
+
+/* Hidden column H is FC, count or sum of DISTINCT x. */
+static bool mark_distinct(an_t *an, int h, const PgQuery__FuncCall *fc) {
+  if (an->hidden[h].distinct) return true;
+  int arg = distinct_arg(an, fc);
+  if (arg < 0) return false;
+  an->hidden[h].distinct = true;
+  an->hidden[h].distinct_arg = arg;
+  return true;
 }
 
 /* avg(x) [FILTER (WHERE c)] as pg_catalog.NAME(x) [FILTER (WHERE c)]. */
@@ -1423,6 +1521,8 @@ static bool avg_parts(an_t *an, const PgQuery__FuncCall *avg, int *sum, int *cou
   }
   *sum = add_hidden_text(an, sum_text, PGS_AGG_SUM);
   *count = add_hidden_text(an, count_text, PGS_AGG_COUNT);
+  if (avg->agg_distinct && (!mark_distinct(an, *sum, avg) || !mark_distinct(an, *count, avg)))
+    return false;
   return true;
 }
 
@@ -1444,6 +1544,9 @@ static int add_hidden(an_t *an, const PgQuery__Node *n, int agg) {
     an->hidden[h].avg_sum = sum;
     an->hidden[h].avg_count = count;
   }
+  if ((agg == PGS_AGG_COUNT || agg == PGS_AGG_SUM) && n->func_call->agg_distinct &&
+      !mark_distinct(an, h, n->func_call))
+    return -1;
   return h;
 }
 
@@ -1566,11 +1669,14 @@ static int sort_item(an_t *an, const PgQuery__Node *n) {
         return target_column(an, i);
   }
   int agg;
-  if (!classify(an, n, &agg)) return -2;
+  bool distinct;
+  if (!classify(an, n, &agg, &distinct)) return -2;
   int i = same_target(an, n);
   if (i >= 0) return VISIBLE + i;
   int h = add_hidden(an, n, agg);
-  return h < 0 ? -2 : h;
+  if (h < 0) return -2;
+  if (agg == PGS_AGG_NONE && !an->hidden[h].sort) an->hidden[h].sort = n;
+  return h;
 }
 
 /* ---- LIMIT and OFFSET ---- */
@@ -1795,13 +1901,20 @@ static void analyse_targets(an_t *an, const PgQuery__SelectStmt *s) {
       continue;
     }
     if (!no_sharded_subquery(an, rt->val)) return;
-    if (!classify(an, rt->val, &t->agg)) return;
+    if (!classify(an, rt->val, &t->agg, &t->distinct)) return;
     if (t->agg != PGS_AGG_NONE) an->grouped = true;
   }
-  /* An avg's sum and count come first among the hidden columns. */
+  /* An avg's sum and count come first among the hidden columns, then the
+   * arguments of DISTINCT aggregates. */
   for (int i = 0; i < an->ntargets && !refused(an); i++) {
     target_t *t = &an->targets[i];
+    t->distinct_arg = -1;
     if (t->agg == PGS_AGG_AVG) avg_parts(an, t->expr->func_call, &t->avg_sum, &t->avg_count);
+  }
+  for (int i = 0; i < an->ntargets && !refused(an); i++) {
+    target_t *t = &an->targets[i];
+    if (t->distinct && t->agg != PGS_AGG_AVG)
+      t->distinct_arg = distinct_arg(an, t->expr->func_call);
   }
 }
 
@@ -1809,6 +1922,7 @@ static void analyse_group(an_t *an, const PgQuery__SelectStmt *s) {
   if (s->n_group_clause == 0) return;
   an->grouped = true;
   an->group = pgs_xmalloc(sizeof(int) * s->n_group_clause);
+  an->group_nodes = pgs_xmalloc(sizeof(*an->group_nodes) * s->n_group_clause);
   for (size_t g = 0; g < s->n_group_clause && !refused(an); g++) {
     const PgQuery__Node *n = s->group_clause[g];
     if (is_node(n, PG_QUERY__NODE__NODE_GROUPING_SET)) {
@@ -1816,13 +1930,365 @@ static void analyse_group(an_t *an, const PgQuery__SelectStmt *s) {
       refuse(an, "GROUPING SETS, ROLLUP and CUBE cannot be merged across shards");
       return;
     }
+    an->group_clause = true;
     if (!no_sharded_subquery(an, n)) return;
     int column = group_item(an, n);
     if (column == -2) return;
     if (column == NO_COLUMN) continue;
+    const PgQuery__Node *target = column >= VISIBLE ? an->targets[column - VISIBLE].expr : NULL;
+    an->group_nodes[an->ngroup_nodes++] = (group_node_t){n, target, column};
     bool dup = false;
     for (int k = 0; k < an->ngroup && !dup; k++) dup = an->group[k] == column;
     if (!dup) an->group[an->ngroup++] = column;
+  }
+}
+
+/* ---- HAVING ---- */
+
+static bool visit_sublink(an_t *an, const ProtobufCMessage *m, void *arg) {
+  return m->descriptor == &pg_query__sub_link__descriptor;
+}
+
+static void add_same(an_t *an, int a, int b) {
+  for (int i = 0; i < an->nsame; i++)
+    if ((an->same[2 * i] == a && an->same[2 * i + 1] == b) ||
+        (an->same[2 * i] == b && an->same[2 * i + 1] == a))
+      return;
+  if (an->nsame == an->same_cap) {
+    an->same_cap = an->same_cap ? an->same_cap * 2 : 4;
+    an->same = pgs_xrealloc(an->same, sizeof(*an->same) * 2 * (size_t)an->same_cap);
+  }
+  an->same[2 * an->nsame] = a;
+  an->same[2 * an->nsame + 1] = b;
+  an->nsame++;
+}
+
+static int add_cond(an_t *an, cond_t c) {
+  if (an->nconds == an->conds_cap) {
+    an->conds_cap = an->conds_cap ? an->conds_cap * 2 : 8;
+    an->conds = pgs_xrealloc(an->conds, (size_t)an->conds_cap * sizeof(*an->conds));
+  }
+  an->conds[an->nconds] = c;
+  return an->nconds++;
+}
+
+static int add_logic(an_t *an, int kind, size_t nargs) {
+  if (nargs > INT16_MAX) {
+    refuse(an, "HAVING with this many conditions cannot be merged across shards");
+    return -1;
+  }
+  return add_cond(an, (cond_t){.kind = kind, .nargs = (int)nargs});
+}
+
+/* A constant: a literal (a parameter of the lexer's), the client's $n,
+ * NULL, true/false, maybe signed and cast. */
+static bool constant(const PgQuery__Node *n) {
+  if (n == NULL) return false;
+  switch (n->node_case) {
+  case PG_QUERY__NODE__NODE_PARAM_REF:
+  case PG_QUERY__NODE__NODE_A_CONST:
+    return true;
+  case PG_QUERY__NODE__NODE_TYPE_CAST:
+    return constant(n->type_cast->arg);
+  case PG_QUERY__NODE__NODE_A_EXPR: {
+    const PgQuery__AExpr *e = n->a_expr;
+    const char *op = e->n_name == 1 ? str_of(e->name[0]) : NULL;
+    return e->kind == PG_QUERY__A__EXPR__KIND__AEXPR_OP && e->lexpr == NULL && op &&
+           (!strcmp(op, "-") || !strcmp(op, "+")) && constant(e->rexpr);
+  }
+  default:
+    return false;
+  }
+}
+
+/* The column holding HAVING operand N, compared with PARTNER (NULL when
+ * none): an aggregate (a select item or a hidden column), a GROUP BY
+ * expression, or a constant. A constant comes back from the shards as a
+ * hidden column "CASE WHEN false THEN partner ELSE constant END": the
+ * server types an untyped literal or parameter against the other operand
+ * as the comparison does (count(*) > '5' compares bigints). false,
+ * refused, for anything else. */
+static bool having_operand(an_t *an, const PgQuery__Node *n, const PgQuery__Node *partner,
+                           int *column) {
+  if (n == NULL) return refuse(an, "HAVING in this form cannot be merged across shards");
+  if (is_node(n, PG_QUERY__NODE__NODE_A_CONST) && n->a_const->isnull) {
+    *column = PGS_COND_NULL;
+    return true;
+  }
+  if (constant(n)) {
+    char *text = deparse(n);
+    if (text && partner && !is_node(n, PG_QUERY__NODE__NODE_TYPE_CAST)) {
+      char *other = deparse(partner);
+      char *both = NULL;
+      if (other) {
+        size_t len = strlen(text) + strlen(other) + 48;
+        both = pgs_xmalloc(len);
+        snprintf(both, len, "CASE WHEN false THEN (%s) ELSE (%s) END", other, text);
+      }
+      free(other);
+      free(text);
+      text = both;
+    }
+    if (text == NULL)
+      return refuse(an,
+                    "a HAVING constant cannot be merged across shards (it cannot be written "
+                    "back as SQL)");
+    int h = add_hidden_text(an, text, PGS_AGG_NONE);
+    an->hidden[h].constant = true;
+    *column = h;
+    return true;
+  }
+  if (is_node(n, PG_QUERY__NODE__NODE_FUNC_CALL) && is_aggregate(n->func_call)) {
+    int agg;
+    bool distinct;
+    if (!classify(an, n, &agg, &distinct)) return false;
+    int i = same_target(an, n);
+    if (i >= 0 && an->targets[i].agg == agg) {
+      *column = VISIBLE + i;
+      return true;
+    }
+    int h = add_hidden(an, n, agg);
+    if (h < 0) return false;
+    *column = h;
+    return true;
+  }
+  const PgQuery__FuncCall *inner = find_aggregate(an, n);
+  if (inner)
+    return refuse(an,
+                  "HAVING with %s() inside an expression cannot be merged across shards; compare "
+                  "the aggregate itself",
+                  last_name(inner));
+  for (int g = 0; g < an->ngroup_nodes; g++) {
+    if (is_group_node(an, &an->group_nodes[g], n)) {
+      *column = an->group_nodes[g].column;
+      return true;
+    }
+  }
+  return refuse(an,
+                "HAVING with an expression that is not an aggregate, a GROUP BY expression or a "
+                "constant cannot be merged across shards");
+}
+
+static bool having_compare(an_t *an, const PgQuery__Node *l, int op, const PgQuery__Node *r) {
+  int lc, rc;
+  if (!having_operand(an, l, r, &lc) || !having_operand(an, r, l, &rc)) return false;
+  add_cond(an, (cond_t){.kind = PGS_COND_CMP, .op = op, .left = lc, .right = rc});
+  return true;
+}
+
+/* x BETWEEN lo AND hi: x >= lo AND x <= hi. */
+static bool having_between(an_t *an, const PgQuery__Node *x, const PgQuery__Node *lo,
+                           const PgQuery__Node *hi) {
+  add_logic(an, PGS_COND_AND, 2);
+  return having_compare(an, x, PGS_CMP_GE, lo) && having_compare(an, x, PGS_CMP_LE, hi);
+}
+
+static int compare_op(const char *op) {
+  static const struct {
+    const char *name;
+    int op;
+  } ops[] = {{"=", PGS_CMP_EQ},  {"<>", PGS_CMP_NE}, {"!=", PGS_CMP_NE}, {"<", PGS_CMP_LT},
+             {"<=", PGS_CMP_LE}, {">", PGS_CMP_GT},  {">=", PGS_CMP_GE}};
+  for (size_t i = 0; op && i < PGS_ARRAY_LEN(ops); i++)
+    if (!strcmp(ops[i].name, op)) return ops[i].op;
+  return -1;
+}
+
+/* HAVING condition N into an->conds (prefix order). */
+static bool having_cond(an_t *an, const PgQuery__Node *n, int depth) {
+  if (depth > MAX_DEPTH) {
+    an->too_deep = true;
+    return false;
+  }
+  if (is_node(n, PG_QUERY__NODE__NODE_BOOL_EXPR)) {
+    const PgQuery__BoolExpr *b = n->bool_expr;
+    int kind = b->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR  ? PGS_COND_AND
+               : b->boolop == PG_QUERY__BOOL_EXPR_TYPE__OR_EXPR ? PGS_COND_OR
+                                                                : PGS_COND_NOT;
+    if (add_logic(an, kind, b->n_args) < 0) return false;
+    for (size_t i = 0; i < b->n_args; i++)
+      if (!having_cond(an, b->args[i], depth + 1)) return false;
+    return true;
+  }
+  if (is_node(n, PG_QUERY__NODE__NODE_NULL_TEST)) {
+    const PgQuery__NullTest *t = n->null_test;
+    if (t->nulltesttype == PG_QUERY__NULL_TEST_TYPE__IS_NOT_NULL) add_logic(an, PGS_COND_NOT, 1);
+    int c;
+    if (!having_operand(an, (const PgQuery__Node *)t->arg, NULL, &c)) return false;
+    add_cond(an, (cond_t){.kind = PGS_COND_IS_NULL, .left = c, .right = PGS_COND_NULL});
+    return true;
+  }
+  if (is_node(n, PG_QUERY__NODE__NODE_A_EXPR)) {
+    const PgQuery__AExpr *e = n->a_expr;
+    const char *op = e->n_name == 1 ? str_of(e->name[0]) : NULL;
+    const PgQuery__List *list =
+        is_node(e->rexpr, PG_QUERY__NODE__NODE_LIST) ? e->rexpr->list : NULL;
+    switch (e->kind) {
+    case PG_QUERY__A__EXPR__KIND__AEXPR_OP:
+      if (compare_op(op) < 0 || e->lexpr == NULL) break;
+      return having_compare(an, e->lexpr, compare_op(op), e->rexpr);
+    case PG_QUERY__A__EXPR__KIND__AEXPR_IN: {
+      /* x IN (a, b): x = a OR x = b; NOT IN: x <> a AND x <> b. */
+      int cmp = compare_op(op);
+      if (list == NULL || (cmp != PGS_CMP_EQ && cmp != PGS_CMP_NE)) break;
+      if (add_logic(an, cmp == PGS_CMP_EQ ? PGS_COND_OR : PGS_COND_AND, list->n_items) < 0)
+        return false;
+      for (size_t i = 0; i < list->n_items; i++)
+        if (!having_compare(an, e->lexpr, cmp, list->items[i])) return false;
+      return true;
+    }
+    case PG_QUERY__A__EXPR__KIND__AEXPR_BETWEEN:
+    case PG_QUERY__A__EXPR__KIND__AEXPR_NOT_BETWEEN:
+    case PG_QUERY__A__EXPR__KIND__AEXPR_BETWEEN_SYM:
+    case PG_QUERY__A__EXPR__KIND__AEXPR_NOT_BETWEEN_SYM: {
+      if (list == NULL || list->n_items != 2) break;
+      const PgQuery__Node *lo = list->items[0], *hi = list->items[1];
+      bool negate = e->kind == PG_QUERY__A__EXPR__KIND__AEXPR_NOT_BETWEEN ||
+                    e->kind == PG_QUERY__A__EXPR__KIND__AEXPR_NOT_BETWEEN_SYM;
+      bool symmetric = e->kind == PG_QUERY__A__EXPR__KIND__AEXPR_BETWEEN_SYM ||
+                       e->kind == PG_QUERY__A__EXPR__KIND__AEXPR_NOT_BETWEEN_SYM;
+      if (negate) add_logic(an, PGS_COND_NOT, 1);
+      if (!symmetric) return having_between(an, e->lexpr, lo, hi);
+      /* SYMMETRIC: either bound may be the lower one. */
+      add_logic(an, PGS_COND_OR, 2);
+      return having_between(an, e->lexpr, lo, hi) && having_between(an, e->lexpr, hi, lo);
+    }
+    default:
+      break;
+    }
+  }
+  const PgQuery__FuncCall *inner = find_aggregate(an, n);
+  if (inner && mergeable_kind(inner) < 0)
+    return refuse(an, "%s() cannot be merged across shards", last_name(inner));
+  return refuse(an,
+                "HAVING with this condition cannot be merged across shards (only comparisons, "
+                "BETWEEN, IN lists, IS [NOT] NULL, AND, OR and NOT)");
+}
+
+static void analyse_having(an_t *an, const PgQuery__SelectStmt *s) {
+  if (s->having_clause == NULL) return;
+  if (walk_node(an, s->having_clause, true, visit_sublink, NULL)) {
+    refuse(an, "HAVING with a subquery cannot be merged across shards");
+    return;
+  }
+  if (walk_node(an, s->having_clause, false, visit_window, NULL)) {
+    refuse(an, "window functions cannot be merged across shards");
+    return;
+  }
+  having_cond(an, s->having_clause, 0);
+}
+
+/* ---- DISTINCT ON ---- */
+
+/* The shards run DISTINCT ON as written (PostgreSQL checks that it
+ * matches the start of the ORDER BY); the merge sorts by the ORDER BY,
+ * then by the DISTINCT ON expressions (as PostgreSQL does when the ORDER
+ * BY names only some of them; else they change nothing), so rows of equal
+ * keys are next to each other, and keeps the first of each. */
+static void analyse_distinct_on(an_t *an, const PgQuery__SelectStmt *s) {
+  if (an->grouped) {
+    refuse(an, "DISTINCT ON with aggregates or GROUP BY cannot be merged across shards");
+    return;
+  }
+  int n = (int)s->n_distinct_clause, non = 0;
+  int *on = pgs_xmalloc(sizeof(int) * (size_t)n);
+  for (int i = 0; i < n && !refused(an); i++) {
+    const PgQuery__Node *item = s->distinct_clause[i];
+    if (is_node(item, PG_QUERY__NODE__NODE_PARAM_REF) &&
+        item->param_ref->number > an->lx->nparams) {
+      /* The lexer keeps ORDER BY and GROUP BY positions, not these. */
+      refuse(an, "DISTINCT ON (position) cannot be merged across shards; write the expression");
+      break;
+    }
+    if (!no_sharded_subquery(an, item)) break;
+    int column = sort_item(an, item);
+    if (column == -2) break;
+    if (column == NO_COLUMN) {
+      refuse(an, "DISTINCT ON a constant cannot be merged across shards");
+      break;
+    }
+    bool dup = false;
+    for (int k = 0; k < non && !dup; k++) dup = on[k] == column;
+    if (!dup) on[non++] = column;
+  }
+  if (!refused(an)) {
+    an->keys = pgs_xrealloc(an->keys, sizeof(*an->keys) * (size_t)(an->nkeys + non));
+    for (int i = 0; i < non; i++) an->keys[an->nkeys++] = (sort_key_t){on[i], false, false};
+    an->distinct_on = non;
+  }
+  free(on);
+}
+
+/* ---- DISTINCT aggregates ---- */
+
+/* Whether expression M is made of GROUP BY expressions, aggregates and
+ * constants only: once the shards group by a DISTINCT aggregate's x as
+ * well, they would take a column that is none of those (which PostgreSQL
+ * refuses), so pgshard must. */
+static bool grouped_expr(an_t *an, const ProtobufCMessage *m, int depth) {
+  if (m == NULL) return true;
+  if (depth > MAX_DEPTH) {
+    an->too_deep = true;
+    return false;
+  }
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  if (d == &pg_query__node__descriptor) {
+    const PgQuery__Node *n = (const PgQuery__Node *)m;
+    for (int g = 0; g < an->ngroup_nodes; g++)
+      if (is_group_node(an, &an->group_nodes[g], n)) return true;
+    if (is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF)) return false;
+    if (is_node(n, PG_QUERY__NODE__NODE_FUNC_CALL) && is_aggregate(n->func_call)) return true;
+  }
+  const char *base = (const char *)m;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t count = *(const size_t *)(const void *)(base + f->quantifier_offset);
+      ProtobufCMessage *const *items =
+          *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
+      for (size_t j = 0; j < count; j++)
+        if (!grouped_expr(an, items[j], depth + 1)) return false;
+    } else {
+      if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+          *(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
+        continue;
+      if (!grouped_expr(an, *(ProtobufCMessage *const *)(const void *)(base + f->offset),
+                        depth + 1))
+        return false;
+    }
+  }
+  return true;
+}
+
+/* What regrouping by the DISTINCT aggregates' arguments needs: every
+ * other column a GROUP BY expression or made of them; without GROUP BY
+ * (one group, which pgshard makes up when no shard sends a row) nothing
+ * but aggregates, whose values over no rows pgshard knows. */
+static void check_regroup(an_t *an) {
+  if (!an->regroup || refused(an)) return;
+  for (int i = 0; i < an->ntargets && !refused(an); i++) {
+    const target_t *t = &an->targets[i];
+    if (t->agg != PGS_AGG_NONE) continue;
+    if (!an->group_clause)
+      refuse(an,
+             "count/sum/avg(DISTINCT ...) without GROUP BY cannot be merged across shards beside "
+             "a select item that is not an aggregate");
+    else if (!grouped_expr(an, &t->expr->base, 0))
+      refuse(an,
+             "count/sum/avg(DISTINCT ...) cannot be merged across shards beside a select item "
+             "that is not an aggregate or a GROUP BY expression");
+  }
+  for (int h = 0; h < an->nhidden && !refused(an); h++) {
+    const hidden_t *hc = &an->hidden[h];
+    if (hc->constant && !an->group_clause)
+      refuse(an,
+             "HAVING with a constant beside count/sum/avg(DISTINCT ...) and no GROUP BY cannot "
+             "be merged across shards");
+    else if (hc->sort && !grouped_expr(an, &hc->sort->base, 0))
+      refuse(an,
+             "count/sum/avg(DISTINCT ...) cannot be merged across shards with an ORDER BY "
+             "expression that is not an aggregate or a GROUP BY expression");
   }
 }
 
@@ -1874,42 +2340,45 @@ static void analyse_select(an_t *an, const PgQuery__SelectStmt *s) {
   collect_edges(an, s->where_clause);
   check_joins(an);
   if (refused(an)) return;
-  if (s->having_clause) {
-    refuse(an, "HAVING cannot be merged across shards");
-    return;
-  }
   if (s->n_window_clause > 0) {
     refuse(an, "window functions cannot be merged across shards");
     return;
   }
+  bool distinct_on = false;
   if (s->n_distinct_clause == 1 &&
       (s->distinct_clause[0] == NULL ||
        s->distinct_clause[0]->node_case == PG_QUERY__NODE__NODE__NOT_SET)) {
     an->spec->distinct = true;
   } else if (s->n_distinct_clause > 0) {
-    refuse(an, "DISTINCT ON cannot be merged across shards");
-    return;
+    distinct_on = true;
   }
   analyse_targets(an, s);
   if (refused(an)) return;
-  /* An aggregate in ORDER BY groups the query too. */
+  /* An aggregate in ORDER BY, or HAVING, groups the query too. */
   for (size_t k = 0; k < s->n_sort_clause; k++)
     if (is_node(s->sort_clause[k], PG_QUERY__NODE__NODE_SORT_BY) &&
         find_aggregate(an, s->sort_clause[k]->sort_by->node))
       an->grouped = true;
+  if (s->having_clause) an->grouped = true;
   if ((an->grouped || s->n_group_clause > 0) && an->first_star >= 0) {
     refuse(an, "SELECT * with aggregates or GROUP BY cannot be merged across shards");
     return;
   }
   analyse_group(an, s);
   if (refused(an)) return;
+  analyse_having(an, s);
+  if (refused(an)) return;
   analyse_sort(an, s);
+  if (refused(an)) return;
+  if (distinct_on) analyse_distinct_on(an, s);
+  check_regroup(an);
   if (refused(an)) return;
   analyse_limits(an, s);
   if (refused(an) || !an->copy) return;
   const pgs_merge_spec_t *spec = an->spec;
   const char *what = an->grouped                         ? "aggregates or GROUP BY"
                      : spec->distinct                    ? "DISTINCT"
+                     : distinct_on                       ? "DISTINCT ON"
                      : s->n_sort_clause                  ? "ORDER BY"
                      : s->limit_count || s->limit_offset ? "LIMIT or OFFSET"
                                                          : NULL;
@@ -2118,6 +2587,10 @@ static bool is_group_column(const pgs_merge_spec_t *spec, int column) {
  * would miss that shard's rows. */
 static bool limit_pushed(const pgs_merge_spec_t *spec) {
   if (!spec->grouped) return true;
+  /* HAVING drops merged groups, and shards grouping by a DISTINCT
+   * aggregate's x send several rows per group: the first rows are not
+   * the first groups then. */
+  if (spec->nhaving > 0 || spec->group_text) return false;
   int covered = 0;
   for (int k = 0; k < spec->nkeys && covered < spec->ngroup; k++) {
     int c = spec->keys[k].column;
@@ -2134,6 +2607,102 @@ static bool tail_rewritten(const pgs_merge_spec_t *spec) {
   if (spec->tail_at == 0) return false;
   bool limit = spec->limit_param > 0 || spec->limit_one;
   return spec->offset_param > 0 || (limit && !limit_pushed(spec));
+}
+
+/* Where the shards' text takes "true OR " (after the HAVING keyword) and
+ * the grouping by DISTINCT aggregates' arguments (after GROUP BY, or a
+ * GROUP BY clause of its own before HAVING, WINDOW, ORDER BY, LIMIT ...),
+ * found among the SELECT's own tokens: from its first select item on, at
+ * that parenthesis depth, to the end or the parenthesis that closes it. */
+static void place_clauses(an_t *an, bool having) {
+  pgs_merge_spec_t *spec = an->spec;
+  const pgs_lexed_t *lx = an->lx;
+  bool regroup = an->regroup;
+  if (!having && !regroup) return;
+  if (an->first_target_loc < 0) {
+    refuse(an, "a SELECT without columns cannot be merged across shards with HAVING");
+    return;
+  }
+  uint32_t from = to_normalized(an, an->first_target_loc);
+  PgQueryScanResult raw;
+  PgQuery__ScanResult *sr = scan_text(lx, &raw);
+  uint32_t group_by = 0, before = (uint32_t)lx->normalized_len;
+  bool placed = false; /* BEFORE is the first clause after WHERE */
+  int depth = 0;
+  for (size_t k = 0; sr && k < sr->n_tokens; k++) {
+    const PgQuery__ScanToken *t = sr->tokens[k];
+    if ((uint32_t)t->start < from) continue;
+    if (t->token == PG_QUERY__TOKEN__ASCII_40) {
+      depth++;
+      continue;
+    }
+    if (t->token == PG_QUERY__TOKEN__ASCII_41 && depth-- == 0) {
+      if (!placed) before = (uint32_t)t->start;
+      break;
+    }
+    if (depth > 0) continue;
+    bool end = false;
+    switch (t->token) {
+    case PG_QUERY__TOKEN__GROUP_P:
+      if (k + 1 < sr->n_tokens && sr->tokens[k + 1]->token == PG_QUERY__TOKEN__BY) {
+        size_t b = k + 1;
+        if (b + 1 < sr->n_tokens && (sr->tokens[b + 1]->token == PG_QUERY__TOKEN__DISTINCT ||
+                                     sr->tokens[b + 1]->token == PG_QUERY__TOKEN__ALL))
+          b++;
+        group_by = (uint32_t)sr->tokens[b]->end;
+      }
+      break;
+    case PG_QUERY__TOKEN__HAVING:
+      if (!placed) before = (uint32_t)t->start;
+      placed = true;
+      spec->having_at = (uint32_t)t->end;
+      break;
+    case PG_QUERY__TOKEN__WINDOW:
+    case PG_QUERY__TOKEN__ORDER:
+    case PG_QUERY__TOKEN__LIMIT:
+    case PG_QUERY__TOKEN__OFFSET:
+    case PG_QUERY__TOKEN__FETCH:
+    case PG_QUERY__TOKEN__FOR:
+    case PG_QUERY__TOKEN__UNION:
+    case PG_QUERY__TOKEN__INTERSECT:
+    case PG_QUERY__TOKEN__EXCEPT:
+    case PG_QUERY__TOKEN__ASCII_59: /* ; */
+      if (!placed) before = (uint32_t)t->start;
+      end = true;
+      break;
+    default:
+      break;
+    }
+    if (end) break;
+  }
+  if (sr) pg_query__scan_result__free_unpacked(sr, NULL);
+  pg_query_free_scan_result(raw);
+  if (having && spec->having_at == 0) {
+    refuse(an, "HAVING in this form cannot be merged across shards");
+    return;
+  }
+  if (!regroup) return;
+  /* GROUP BY the arguments' hidden columns, by position. */
+  pgs_buf_t text;
+  pgs_buf_init(&text);
+  if (group_by)
+    pgs_buf_put_u8(&text, ' ');
+  else if (before > 0 && lx->normalized[before - 1] == ' ')
+    pgs_buf_put(&text, "GROUP BY ", 9);
+  else
+    pgs_buf_put(&text, " GROUP BY ", 10);
+  bool first = true;
+  for (int h = 0; h < an->nhidden; h++) {
+    if (!an->hidden[h].arg) continue;
+    char num[16];
+    int n = snprintf(num, sizeof(num), first ? "%d" : ", %d", h + 1);
+    pgs_buf_put(&text, num, (size_t)n);
+    first = false;
+  }
+  pgs_buf_put(&text, group_by ? "," : " ", 1);
+  pgs_buf_put_u8(&text, '\0');
+  spec->group_text = (char *)text.data;
+  spec->group_at = group_by ? group_by : before;
 }
 
 static void build_spec(an_t *an) {
@@ -2164,25 +2733,56 @@ static void build_spec(an_t *an) {
     spec->hidden_text = (char *)text.data;
     spec->hidden_at = to_normalized(an, an->first_target_loc);
   }
+  place_clauses(an, an->nconds > 0);
+  if (refused(an)) return;
   spec->grouped = an->grouped;
   if (an->grouped) {
     spec->ncolumns = an->nhidden + an->ntargets;
     spec->columns = pgs_xcalloc((size_t)spec->ncolumns, sizeof(*spec->columns));
     for (int h = 0; h < an->nhidden; h++) {
       pgs_merge_column_t *col = &spec->columns[h];
-      col->agg = (uint8_t)an->hidden[h].agg;
-      col->avg_sum = (int16_t)an->hidden[h].avg_sum;
-      col->avg_count = (int16_t)an->hidden[h].avg_count;
+      const hidden_t *hc = &an->hidden[h];
+      col->agg = (uint8_t)hc->agg;
+      col->avg_sum = (int16_t)hc->avg_sum;
+      col->avg_count = (int16_t)hc->avg_count;
+      col->distinct = hc->distinct;
+      col->distinct_arg = (int16_t)(hc->distinct ? hc->distinct_arg : -1);
     }
     for (int i = 0; i < an->ntargets; i++) {
       pgs_merge_column_t *col = &spec->columns[an->nhidden + i];
-      col->agg = (uint8_t)an->targets[i].agg;
-      col->avg_sum = (int16_t)an->targets[i].avg_sum;
-      col->avg_count = (int16_t)an->targets[i].avg_count;
+      const target_t *t = &an->targets[i];
+      col->agg = (uint8_t)t->agg;
+      col->avg_sum = (int16_t)t->avg_sum;
+      col->avg_count = (int16_t)t->avg_count;
+      col->distinct = t->distinct && t->agg != PGS_AGG_AVG;
+      col->distinct_arg = (int16_t)(col->distinct ? t->distinct_arg : -1);
     }
     spec->ngroup = an->ngroup;
     spec->group = pgs_xmalloc(sizeof(*spec->group) * (size_t)(an->ngroup ? an->ngroup : 1));
     for (int g = 0; g < an->ngroup; g++) spec->group[g] = column_of(an, an->group[g]);
+    spec->one_group = !an->group_clause;
+    if (an->nconds > 0) {
+      spec->nhaving = an->nconds;
+      spec->having = pgs_xmalloc(sizeof(*spec->having) * (size_t)an->nconds);
+      for (int i = 0; i < an->nconds; i++) {
+        const cond_t *c = &an->conds[i];
+        bool operands = c->kind == PGS_COND_CMP || c->kind == PGS_COND_IS_NULL;
+        spec->having[i] = (pgs_merge_cond_t){
+            .kind = (uint8_t)c->kind,
+            .op = (uint8_t)c->op,
+            .nargs = (int16_t)c->nargs,
+            .left = operands && c->left != PGS_COND_NULL ? column_of(an, c->left) : PGS_COND_NULL,
+            .right =
+                operands && c->right != PGS_COND_NULL ? column_of(an, c->right) : PGS_COND_NULL,
+        };
+      }
+    }
+  }
+  spec->distinct_on = an->distinct_on;
+  if (an->nsame > 0) {
+    spec->nsame = an->nsame;
+    spec->same = pgs_xmalloc(sizeof(*spec->same) * 2 * (size_t)an->nsame);
+    memcpy(spec->same, an->same, sizeof(*spec->same) * 2 * (size_t)an->nsame);
   }
   spec->nkeys = an->nkeys;
   if (an->nkeys > 0) {
@@ -2200,7 +2800,7 @@ static void build_spec(an_t *an) {
       while (p.at + p.len < lx->normalized_len && lx->normalized[p.at + p.len] >= '0' &&
              lx->normalized[p.at + p.len] <= '9')
         p.len++;
-      if (p.len == 0 || p.at < spec->hidden_at || (spec->tail_at && p.at >= spec->tail_at)) {
+      if (p.len == 0 || (spec->tail_at && p.at >= spec->tail_at)) {
         refuse(an, "an ORDER BY or GROUP BY position cannot be merged across shards here");
         return;
       }
@@ -2208,7 +2808,7 @@ static void build_spec(an_t *an) {
     }
     qsort(spec->positions, (size_t)spec->npositions, sizeof(*spec->positions), compare_positions);
   }
-  spec->rewrite = spec->nhidden > 0 || tail_rewritten(spec);
+  spec->rewrite = spec->nhidden > 0 || tail_rewritten(spec) || spec->having_at || spec->group_text;
 }
 
 /* Nothing but the reason stays in a refused spec. */
@@ -2220,6 +2820,9 @@ static void clear_spec(pgs_merge_spec_t *spec) {
   free(spec->group);
   free(spec->keys);
   free(spec->positions);
+  free(spec->having);
+  free(spec->group_text);
+  free(spec->same);
   memset(spec, 0, sizeof(*spec));
   memcpy(spec->refuse, reason, sizeof(reason));
 }
@@ -2255,6 +2858,9 @@ pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t 
   free(an.hidden);
   free(an.targets);
   free(an.group);
+  free(an.group_nodes);
+  free(an.conds);
+  free(an.same);
   free(an.keys);
   free(an.positions);
   free(an.refs);
@@ -2272,6 +2878,9 @@ void pgs_merge_spec_free(pgs_merge_spec_t *spec) {
   free(spec->group);
   free(spec->keys);
   free(spec->positions);
+  free(spec->having);
+  free(spec->group_text);
+  free(spec->same);
   free(spec);
 }
 
@@ -2384,31 +2993,70 @@ static void put_tail(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_bu
   }
 }
 
+/* One change the shards' text makes to the client's, at offset AT of the
+ * normalised text: insertions (hidden columns, the DISTINCT aggregates'
+ * grouping, HAVING's "true OR ") take nothing; a position and the
+ * LIMIT/OFFSET tail replace [at, end). */
+typedef enum { EDIT_HIDDEN, EDIT_GROUP, EDIT_HAVING, EDIT_POSITION, EDIT_TAIL } edit_kind_t;
+
+typedef struct edit {
+  uint32_t at, end;
+  int kind;
+  int index; /* EDIT_POSITION: which */
+} edit_t;
+
+static int compare_edits(const void *a, const void *b) {
+  const edit_t *ea = a, *eb = b;
+  if (ea->at != eb->at) return ea->at < eb->at ? -1 : 1;
+  return (ea->kind > eb->kind) - (ea->kind < eb->kind); /* insertions first */
+}
+
 void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_buf_t *out) {
   size_t len = lx->normalized_len;
   size_t at = 0;
   int next = 0;
   if (spec->refuse[0] == '\0' && spec->rewrite) {
-    if (spec->nhidden > 0 && spec->hidden_text && spec->hidden_at <= len) {
-      put_range(lx, at, spec->hidden_at, &next, out);
-      put_hidden(lx, spec->hidden_text, out);
-      at = spec->hidden_at;
-      for (int i = 0; i < spec->npositions; i++) {
-        const pgs_merge_position_t *p = &spec->positions[i];
-        if (p->at < at || p->at + p->len > len) continue;
-        put_range(lx, at, p->at, &next, out);
+    edit_t *edits = pgs_xmalloc(sizeof(*edits) * (size_t)(spec->npositions + 4));
+    int n = 0;
+    if (spec->nhidden > 0 && spec->hidden_text)
+      edits[n++] = (edit_t){spec->hidden_at, spec->hidden_at, EDIT_HIDDEN, 0};
+    if (spec->group_text) edits[n++] = (edit_t){spec->group_at, spec->group_at, EDIT_GROUP, 0};
+    if (spec->having_at) edits[n++] = (edit_t){spec->having_at, spec->having_at, EDIT_HAVING, 0};
+    if (spec->nhidden > 0)
+      for (int i = 0; i < spec->npositions; i++)
+        edits[n++] = (edit_t){spec->positions[i].at, spec->positions[i].at + spec->positions[i].len,
+                              EDIT_POSITION, i};
+    if (tail_rewritten(spec) && spec->tail_at <= spec->tail_end)
+      edits[n++] = (edit_t){spec->tail_at, spec->tail_end, EDIT_TAIL, 0};
+    qsort(edits, (size_t)n, sizeof(*edits), compare_edits);
+    for (int i = 0; i < n; i++) {
+      const edit_t *e = &edits[i];
+      if (e->at < at || e->end > len) continue; /* not expected: a spec of another text */
+      put_range(lx, at, e->at, &next, out);
+      switch (e->kind) {
+      case EDIT_HIDDEN:
+        put_hidden(lx, spec->hidden_text, out);
+        break;
+      case EDIT_GROUP:
+        pgs_buf_put(out, spec->group_text, strlen(spec->group_text));
+        break;
+      case EDIT_HAVING:
+        pgs_buf_put(out, " true OR", 8);
+        break;
+      case EDIT_POSITION: {
         char buf[16];
-        int n = snprintf(buf, sizeof(buf), "%d", p->position + spec->nhidden);
-        pgs_buf_put(out, buf, (size_t)n);
-        at = p->at + p->len;
+        int k =
+            snprintf(buf, sizeof(buf), "%d", spec->positions[e->index].position + spec->nhidden);
+        pgs_buf_put(out, buf, (size_t)k);
+        break;
       }
+      case EDIT_TAIL:
+        put_tail(spec, lx, out);
+        break;
+      }
+      at = e->end;
     }
-    if (tail_rewritten(spec) && spec->tail_at >= at && spec->tail_end <= len &&
-        spec->tail_at <= spec->tail_end) {
-      put_range(lx, at, spec->tail_at, &next, out);
-      put_tail(spec, lx, out);
-      at = spec->tail_end;
-    }
+    free(edits);
   }
   put_range(lx, at, len, &next, out);
   pgs_buf_put_u8(out, '\0');
@@ -2562,6 +3210,16 @@ pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *l
                               pgs_value_error_t *err) {
   *limit = -1;
   *offset = 0;
+  for (int i = 0; i < spec->nsame; i++) {
+    const pgs_literal_t *a = pgs_lexed_literal(lx, spec->same[2 * i]);
+    const pgs_literal_t *b = pgs_lexed_literal(lx, spec->same[2 * i + 1]);
+    if (a && b && a->is_string == b->is_string && a->len == b->len &&
+        memcmp(lx->values + a->offset, lx->values + b->offset, a->len) == 0)
+      continue;
+    return value_error(err, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+                       "an expression that is its GROUP BY expression but for a literal cannot "
+                       "be merged across shards with HAVING or a DISTINCT aggregate");
+  }
   int64_t v;
   bool isnull;
   if (spec->limit_one) {

@@ -14,13 +14,21 @@
  *    ORDER BY the arrival order is the result's order and rows outside the
  *    OFFSET/LIMIT window are dropped at once.
  *  - GROUP: one state per group (found by a hash of the group columns'
- *    bytes): the first row's bytes for plain columns, counts, running sums,
- *    the current min/max value. At the end each group becomes a row in the
- *    arena, and from there on it is HOLD's pipeline.
- * The pipeline at the end is PostgreSQL's order: groups, DISTINCT, ORDER BY
- * (a natural merge sort: each part arrives sorted, so k parts are k runs and
- * sorting costs n log k comparisons; only the first OFFSET+LIMIT rows are
- * ever merged past their run), OFFSET, LIMIT, hidden columns cut off.
+ *    values): the first row's bytes for plain columns, counts, running sums,
+ *    the current min/max value, and for count/sum(DISTINCT x) the values of
+ *    x already counted (one table for every group, keyed by group, column
+ *    and value). At the end each group becomes a row in the arena, HAVING
+ *    keeps it or not, and from there on it is HOLD's pipeline.
+ * The pipeline at the end is PostgreSQL's order: groups, HAVING, DISTINCT,
+ * ORDER BY (a natural merge sort: each part arrives sorted, so k parts are
+ * k runs and sorting costs n log k comparisons; only the first
+ * OFFSET+LIMIT rows are ever merged past their run), DISTINCT ON (the
+ * first of each run of equal DISTINCT ON keys, the last sort keys), OFFSET,
+ * LIMIT, hidden columns cut off.
+ *
+ * Values are equal as PostgreSQL's = says wherever rows or groups are
+ * matched: numeric, float and bpchar columns by value (hashed on a
+ * canonical form, pgs_value_hash), other types by their bytes.
  *
  * Invariants: every byte of a row is bounds-checked before anything is
  * read from it; everything held (arena, row table, group states, hash
@@ -80,6 +88,15 @@ typedef struct group {
   uint32_t part; /* the part its first row came from */
 } group_t;
 
+/* A value of x a DISTINCT aggregate (column) has counted for a group. */
+typedef struct seen {
+  uint64_t hash;
+  size_t off;  /* its bytes in the arena */
+  int32_t len; /* -1: NULL */
+  uint32_t group;
+  int32_t column;
+} dvalue_t;
+
 struct pgs_merge {
   const pgs_merge_spec_t *spec; /* outlives the run (the plan holds it) */
   int nparts;
@@ -98,6 +115,11 @@ struct pgs_merge {
   int16_t *formats;
   field_t *fields; /* scratch: the columns of the row at hand */
   bool *int_key;   /* per ORDER BY key: an integer column (sort_key_t.i) */
+
+  /* Per column: equal values may differ in bytes (numeric 1.0, 1.00);
+   * and whether a visible column is such (DISTINCT). */
+  bool *by_value;
+  bool visible_by_value;
 
   /* What each column merges by (GROUP): the spec's agg, with the columns an
    * avg reads promoted to SUM/COUNT; and the index of its running sum. */
@@ -126,6 +148,12 @@ struct pgs_merge {
   uint32_t *table;
   size_t table_cap, table_used;
   bool table_rows;
+
+  /* DISTINCT aggregates: the values counted, and their own table. */
+  dvalue_t *dvalues;
+  size_t ndvalues, dvalues_cap;
+  uint32_t *dvalue_table;
+  size_t dvalue_table_cap;
 };
 
 /* ---- failures ---- */
@@ -140,7 +168,12 @@ static void release_rows(pgs_merge_t *m) {
   free(m->rows);
   free(m->keyf);
   free(m->table);
+  free(m->dvalues);
+  free(m->dvalue_table);
   pgs_buf_free(&m->arena);
+  m->dvalues = NULL;
+  m->dvalue_table = NULL;
+  m->ndvalues = m->dvalues_cap = m->dvalue_table_cap = 0;
   m->sums = NULL;
   m->cells = NULL;
   m->groups = NULL;
@@ -265,6 +298,30 @@ static const char *agg_name(int agg) {
 
 /* ---- lifecycle ---- */
 
+/* Whether the HAVING node at *AT and its operands are a well-formed tree
+ * over the spec's columns; *AT moves past them. */
+static bool having_fits(const pgs_merge_spec_t *spec, int *at, int depth) {
+  if (*at >= spec->nhaving || depth > spec->nhaving) return false;
+  const pgs_merge_cond_t *c = &spec->having[(*at)++];
+  switch (c->kind) {
+  case PGS_COND_AND:
+  case PGS_COND_OR:
+  case PGS_COND_NOT:
+    if (c->nargs < 1 || (c->kind == PGS_COND_NOT && c->nargs != 1)) return false;
+    for (int i = 0; i < c->nargs; i++)
+      if (!having_fits(spec, at, depth + 1)) return false;
+    return true;
+  case PGS_COND_CMP:
+    if (c->op > PGS_CMP_GE) return false;
+    if (c->right != PGS_COND_NULL && (c->right < 0 || c->right >= spec->ncolumns)) return false;
+    /* fall through */
+  case PGS_COND_IS_NULL:
+    return c->left == PGS_COND_NULL || (c->left >= 0 && c->left < spec->ncolumns);
+  default:
+    return false;
+  }
+}
+
 /* Roles: which columns keep a running sum or count. An avg's sum and count
  * columns are hidden columns the analysis marks SUM and COUNT; NONE there
  * is taken to mean the same, anything else is a spec that cannot work. */
@@ -303,6 +360,18 @@ static void plan_roles(pgs_merge_t *m) {
       return;
     }
   }
+  for (int c = 0; c < n; c++) {
+    if (!spec->columns[c].distinct) continue;
+    int a = spec->columns[c].distinct_arg;
+    if ((m->role[c] != PGS_AGG_COUNT && m->role[c] != PGS_AGG_SUM) || a < 0 || a >= n ||
+        m->role[a] != PGS_AGG_NONE) {
+      fail(m, PGS_SQLSTATE_INTERNAL, "merge spec: DISTINCT column %d reads column %d", c, a);
+      return;
+    }
+  }
+  int at = 0;
+  if (spec->nhaving > 0 && (!having_fits(spec, &at, 0) || at != spec->nhaving))
+    fail(m, PGS_SQLSTATE_INTERNAL, "merge spec: a HAVING condition that does not fit");
 }
 
 pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t limit, int64_t offset,
@@ -327,6 +396,9 @@ pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t lim
     return m;
   }
   if (spec->grouped) plan_roles(m);
+  if (spec->distinct_on < 0 || spec->distinct_on > spec->nkeys)
+    fail(m, PGS_SQLSTATE_INTERNAL, "merge spec: DISTINCT ON over %d of %d sort keys",
+         spec->distinct_on, spec->nkeys);
   return m;
 }
 
@@ -337,6 +409,7 @@ void pgs_merge_free(pgs_merge_t *m) {
   free(m->formats);
   free(m->fields);
   free(m->int_key);
+  free(m->by_value);
   free(m->role);
   free(m->sum_slot);
   free(m);
@@ -406,6 +479,14 @@ static bool check_columns(pgs_merge_t *m) {
       break;
     }
     }
+    if (ok && spec->columns[c].distinct &&
+        !pgs_value_comparable(m->oids[spec->columns[c].distinct_arg])) {
+      /* Values of x are told apart by type: only those pgshard knows. */
+      fail(m, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+           "cannot merge %s(DISTINCT ...) over type %s across shards", agg_name(m->role[c]),
+           type_name(m->oids[spec->columns[c].distinct_arg], buf, sizeof(buf)));
+      return false;
+    }
     if (!ok) {
       /* Name what the client asked for: an avg's hidden sum or count is
        * the avg's failure. */
@@ -416,6 +497,18 @@ static bool check_columns(pgs_merge_t *m) {
           what = PGS_AGG_AVG;
       fail(m, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "cannot merge %s over type %s across shards",
            agg_name(what), type_name(oid, buf, sizeof(buf)));
+      return false;
+    }
+  }
+  for (int i = 0; i < spec->nhaving; i++) {
+    const pgs_merge_cond_t *h = &spec->having[i];
+    if (h->kind != PGS_COND_CMP || h->left == PGS_COND_NULL || h->right == PGS_COND_NULL) continue;
+    uint32_t a = m->oids[h->left], b = m->oids[h->right];
+    if (!pgs_value_comparable_with(a, b)) {
+      char buf2[32];
+      fail(m, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+           "HAVING cannot compare values of types %s and %s across shards",
+           type_name(a, buf, sizeof(buf)), type_name(b, buf2, sizeof(buf2)));
       return false;
     }
   }
@@ -472,6 +565,11 @@ pgs_status_t pgs_merge_describe(pgs_merge_t *m, const uint8_t *body, size_t len)
   for (int k = 0; k < spec->nkeys; k++) {
     uint32_t oid = m->oids[spec->keys[k].column];
     m->int_key[k] = oid == PGS_OID_INT2 || oid == PGS_OID_INT4 || oid == PGS_OID_INT8;
+  }
+  m->by_value = pgs_xcalloc((size_t)(n ? n : 1), sizeof(*m->by_value));
+  for (int c = 0; c < n; c++) {
+    m->by_value[c] = !pgs_value_bytes_equal(m->oids[c]);
+    if (c >= spec->nhidden && m->by_value[c]) m->visible_by_value = true;
   }
   return PGS_OK;
 
@@ -535,7 +633,8 @@ static size_t held_bytes(const pgs_merge_t *m) {
   return m->arena.len + m->nrows * (sizeof(row_t) + (size_t)spec->nkeys * sizeof(sort_key_t)) +
          m->ngroups * (sizeof(group_t) + (size_t)m->ncols * sizeof(cell_t) +
                        (size_t)m->nsums * sizeof(pgs_sum_t)) +
-         m->table_cap * sizeof(uint32_t) + m->digit_bytes;
+         m->table_cap * sizeof(uint32_t) + m->digit_bytes + m->ndvalues * sizeof(dvalue_t) +
+         m->dvalue_table_cap * sizeof(uint32_t);
 }
 
 size_t pgs_merge_held(const pgs_merge_t *m) { return held_bytes(m); }
@@ -556,6 +655,40 @@ static bool in_window(pgs_merge_t *m) {
   }
   if (m->limit >= 0 && m->sent >= (uint64_t)m->limit) return false;
   m->sent++;
+  return true;
+}
+
+/* ---- values as = sees them ---- */
+
+/* Whether values A and B (length -1: NULL) of column C are equal as
+ * grouping and DISTINCT see them. false with m->failed when one does not
+ * parse. */
+static bool same_value(pgs_merge_t *m, int c, const uint8_t *a, int32_t alen, const uint8_t *b,
+                       int32_t blen) {
+  if (alen < 0 || blen < 0) return alen < 0 && blen < 0;
+  if (!m->by_value[c]) return alen == blen && (alen == 0 || memcmp(a, b, (size_t)alen) == 0);
+  bool equal;
+  pgs_value_error_t err;
+  if (pgs_value_equal(m->oids[c], m->formats[c], a, (size_t)alen, b, (size_t)blen, &equal, &err) !=
+      PGS_OK) {
+    fail_value(m, &err);
+    return false;
+  }
+  return equal;
+}
+
+/* *H mixed with value V (length -1: NULL) of column C so that equal values
+ * mix alike. false with m->failed when it does not parse. */
+static bool mix_value(pgs_merge_t *m, int c, const uint8_t *v, int32_t len, uint64_t *h) {
+  if (len < 0 || !m->by_value[c]) {
+    *h = XXH3_64bits_withSeed(v, len > 0 ? (size_t)len : 0, *h ^ (uint64_t)(uint32_t)len);
+    return true;
+  }
+  pgs_value_error_t err;
+  if (pgs_value_hash(m->oids[c], m->formats[c], v, (size_t)len, *h, h, &err) != PGS_OK) {
+    fail_value(m, &err);
+    return false;
+  }
   return true;
 }
 
@@ -593,10 +726,24 @@ static void table_reset(pgs_merge_t *m, bool rows) {
 
 static uint64_t visible_hash(const uint8_t *p, size_t n) { return XXH3_64bits(p, n); }
 
-/* Whether a row with visible bytes P[0..N) and HASH is held already;
- * *SLOT is where it goes if not. */
-static bool distinct_seen(const pgs_merge_t *m, const uint8_t *p, size_t n, uint64_t hash,
-                          size_t *slot) {
+/* Whether held row R's visible columns equal, value by value, those of
+ * the row at hand (bytes BODY, columns in m->fields). */
+static bool row_same(pgs_merge_t *m, const row_t *r, const uint8_t *body) {
+  const uint8_t *p = m->arena.data + r->off + r->vis;
+  for (int c = m->spec->nhidden; c < m->ncols; c++) {
+    int32_t len = (int32_t)pgs_get_u32(p);
+    p += 4;
+    const field_t *f = &m->fields[c];
+    if (!same_value(m, c, p, len, body + f->off, f->len)) return false;
+    if (len > 0) p += len;
+  }
+  return true;
+}
+
+/* Whether a row with visible bytes P[0..N) (BODY and m->fields: the whole
+ * row) and HASH is held already; *SLOT is where it goes if not. */
+static bool distinct_seen(pgs_merge_t *m, const uint8_t *body, const uint8_t *p, size_t n,
+                          uint64_t hash, size_t *slot) {
   size_t mask = m->table_cap - 1;
   for (size_t s = hash & mask;; s = (s + 1) & mask) {
     uint32_t e = m->table[s];
@@ -605,9 +752,13 @@ static bool distinct_seen(const pgs_merge_t *m, const uint8_t *p, size_t n, uint
       return false;
     }
     const row_t *r = &m->rows[e - 1];
-    if (r->hash == hash && r->len - r->vis == n &&
-        memcmp(m->arena.data + r->off + r->vis, p, n) == 0)
+    if (r->hash != hash) continue;
+    if (m->visible_by_value) {
+      if (row_same(m, r, body)) return true;
+      if (m->failed) return false;
+    } else if (r->len - r->vis == n && memcmp(m->arena.data + r->off + r->vis, p, n) == 0) {
       return true;
+    }
   }
 }
 
@@ -622,8 +773,14 @@ static bool hold_row(pgs_merge_t *m, int part, const uint8_t *body, size_t len, 
   size_t slot = 0;
   if (distinct) {
     table_reserve(m);
-    hash = visible_hash(body + vis, len - vis);
-    if (distinct_seen(m, body + vis, len - vis, hash, &slot)) return false;
+    if (m->visible_by_value) {
+      hash = 0x9e3779b97f4a7c15ull;
+      for (int c = spec->nhidden; c < m->ncols; c++)
+        if (!mix_value(m, c, body + m->fields[c].off, m->fields[c].len, &hash)) return false;
+    } else {
+      hash = visible_hash(body + vis, len - vis);
+    }
+    if (distinct_seen(m, body, body + vis, len - vis, hash, &slot) || m->failed) return false;
   }
   PGS_ASSERT(m->nrows < UINT32_MAX - 1);
   if (m->nrows == m->rows_cap) {
@@ -672,20 +829,22 @@ static bool hold_row(pgs_merge_t *m, int part, const uint8_t *body, size_t len, 
 
 /* ---- groups ---- */
 
-static uint64_t group_hash(const pgs_merge_t *m, const uint8_t *body) {
+/* The hash of the row at hand's group (columns in m->fields); false with
+ * m->failed when a value does not parse. */
+static bool group_hash(pgs_merge_t *m, const uint8_t *body, uint64_t *hash) {
   const pgs_merge_spec_t *spec = m->spec;
   uint64_t h = 0x9e3779b97f4a7c15ull;
   for (int g = 0; g < spec->ngroup; g++) {
     const field_t *f = &m->fields[spec->group[g]];
-    h = XXH3_64bits_withSeed(body + f->off, f->len > 0 ? (size_t)f->len : 0,
-                             h ^ (uint64_t)(uint32_t)f->len);
+    if (!mix_value(m, spec->group[g], body + f->off, f->len, &h)) return false;
   }
-  return h;
+  *hash = h;
+  return true;
 }
 
 /* The group of the row at hand (columns in m->fields), or -1 with *SLOT
- * where a new one goes. */
-static long group_find(const pgs_merge_t *m, const uint8_t *body, uint64_t hash, size_t *slot) {
+ * where a new one goes (or m->failed). */
+static long group_find(pgs_merge_t *m, const uint8_t *body, uint64_t hash, size_t *slot) {
   const pgs_merge_spec_t *spec = m->spec;
   size_t mask = m->table_cap - 1;
   for (size_t s = hash & mask;; s = (s + 1) & mask) {
@@ -700,10 +859,10 @@ static long group_find(const pgs_merge_t *m, const uint8_t *body, uint64_t hash,
     for (; g < spec->ngroup; g++) {
       int c = spec->group[g];
       const field_t *f = &m->fields[c];
-      if (cells[c].len != f->len) break;
-      if (f->len > 0 && memcmp(m->arena.data + cells[c].off, body + f->off, (size_t)f->len) != 0)
+      if (!same_value(m, c, m->arena.data + cells[c].off, cells[c].len, body + f->off, f->len))
         break;
     }
+    if (m->failed) return -1;
     if (g == spec->ngroup) return (long)(e - 1);
   }
 }
@@ -732,6 +891,79 @@ static bool count_add(pgs_merge_t *m, cell_t *cell, int c, const uint8_t *value,
     return false;
   }
   return true;
+}
+
+/* Room for one more value in the DISTINCT aggregates' table. */
+static void dvalue_reserve(pgs_merge_t *m) {
+  if ((m->ndvalues + 1) * 2 <= m->dvalue_table_cap) return;
+  size_t cap = m->dvalue_table_cap ? m->dvalue_table_cap * 2 : 64;
+  uint32_t *t = pgs_xcalloc(cap, sizeof(*t));
+  for (size_t i = 0; i < m->ndvalues; i++) {
+    size_t s = m->dvalues[i].hash & (cap - 1);
+    while (t[s]) s = (s + 1) & (cap - 1);
+    t[s] = (uint32_t)(i + 1);
+  }
+  free(m->dvalue_table);
+  m->dvalue_table = t;
+  m->dvalue_table_cap = cap;
+}
+
+/* The row at hand for DISTINCT aggregate column C of group GI: 1 when
+ * its x is new to the group (and now remembered), 0 when that x was
+ * counted already or the row counts nothing (a NULL sum, a zero count:
+ * x NULL, or no row of x passed the aggregate's FILTER on that shard),
+ * -1 when it failed. */
+static int distinct_new(pgs_merge_t *m, size_t gi, int c, const uint8_t *body) {
+  const field_t *f = &m->fields[c];
+  if (f->len < 0) return 0;
+  if (m->role[c] == PGS_AGG_COUNT) {
+    int64_t v;
+    pgs_value_error_t err;
+    if (pgs_value_int8(m->oids[c], m->formats[c], body + f->off, (size_t)f->len, &v, &err) !=
+        PGS_OK) {
+      fail_value(m, &err);
+      return -1;
+    }
+    if (v == 0) return 0;
+  }
+  int a = m->spec->columns[c].distinct_arg;
+  const field_t *x = &m->fields[a];
+  uint64_t hash = ((uint64_t)gi * 0x9e3779b97f4a7c15ull) ^ (uint64_t)c;
+  if (!mix_value(m, a, body + x->off, x->len, &hash)) return -1;
+  if (m->ndvalues >= UINT32_MAX - 1) {
+    fail(m, "54000", "too many values of DISTINCT aggregates to merge across shards");
+    return -1;
+  }
+  dvalue_reserve(m);
+  if (m->ndvalues == m->dvalues_cap) {
+    m->dvalues_cap = m->dvalues_cap ? m->dvalues_cap * 2 : 32;
+    m->dvalues = pgs_xrealloc(m->dvalues, m->dvalues_cap * sizeof(*m->dvalues));
+  }
+  size_t mask = m->dvalue_table_cap - 1, s = hash & mask;
+  for (;; s = (s + 1) & mask) {
+    uint32_t e = m->dvalue_table[s];
+    if (!e) break;
+    const dvalue_t *v = &m->dvalues[e - 1];
+    if (v->hash != hash || v->group != gi || v->column != c) continue;
+    if (same_value(m, a, m->arena.data + v->off, v->len, body + x->off, x->len)) return 0;
+    if (m->failed) return -1;
+  }
+  m->dvalues[m->ndvalues] = (dvalue_t){
+      .hash = hash, .off = m->arena.len, .len = x->len, .group = (uint32_t)gi, .column = c};
+  if (x->len > 0) pgs_buf_put(&m->arena, body + x->off, (size_t)x->len);
+  m->dvalue_table[s] = (uint32_t)++m->ndvalues;
+  return 1;
+}
+
+/* Whether the row at hand counts in column C of group GI: it does unless
+ * C is a DISTINCT aggregate that has counted its x (*FAILED then says
+ * whether that failed). */
+static bool counts(pgs_merge_t *m, size_t gi, int c, const uint8_t *body, bool *failed) {
+  *failed = false;
+  if (!m->spec->columns[c].distinct) return true;
+  int r = distinct_new(m, gi, c, body);
+  *failed = r < 0;
+  return r > 0;
 }
 
 static bool group_new(pgs_merge_t *m, int part, const uint8_t *body, size_t len, uint64_t hash,
@@ -763,7 +995,12 @@ static bool group_new(pgs_merge_t *m, int part, const uint8_t *body, size_t len,
   }
   for (int c = 0; c < n; c++) {
     const field_t *f = &m->fields[c];
-    if (f->len < 0) continue;
+    bool failed;
+    if (f->len < 0 || (m->role[c] != PGS_AGG_COUNT && m->role[c] != PGS_AGG_SUM)) continue;
+    if (!counts(m, gi, c, body, &failed)) {
+      if (failed) return false;
+      continue;
+    }
     if (m->role[c] == PGS_AGG_COUNT && !count_add(m, &cells[c], c, body + f->off, (size_t)f->len))
       return false;
     if (m->role[c] == PGS_AGG_SUM &&
@@ -782,12 +1019,16 @@ static bool group_update(pgs_merge_t *m, size_t gi, const uint8_t *body) {
     if (f->len < 0) continue; /* NULL never changes an aggregate */
     const uint8_t *v = body + f->off;
     size_t vlen = (size_t)f->len;
+    bool failed;
     switch (m->role[c]) {
     case PGS_AGG_COUNT:
-      if (!count_add(m, &cells[c], c, v, vlen)) return false;
+      if (counts(m, gi, c, body, &failed) && !count_add(m, &cells[c], c, v, vlen)) return false;
+      if (failed) return false;
       break;
     case PGS_AGG_SUM:
-      if (!sum_add(m, &sums[m->sum_slot[c]], c, v, vlen)) return false;
+      if (counts(m, gi, c, body, &failed) && !sum_add(m, &sums[m->sum_slot[c]], c, v, vlen))
+        return false;
+      if (failed) return false;
       break;
     case PGS_AGG_MIN:
     case PGS_AGG_MAX: {
@@ -831,8 +1072,67 @@ static void arena_copy(pgs_buf_t *b, size_t off, size_t len) {
   b->len += len;
 }
 
+/* ---- HAVING ---- */
+
+/* The HAVING node at *AT over the merged row ROW (its columns in
+ * m->fields): 1 true, 0 false, -1 NULL, in SQL's three-valued logic; *AT
+ * moves past the node and its operands. 0 with m->failed when two values
+ * do not compare. */
+static int having_eval(pgs_merge_t *m, const uint8_t *row, int *at) {
+  const pgs_merge_cond_t *c = &m->spec->having[(*at)++];
+  switch (c->kind) {
+  case PGS_COND_AND:
+  case PGS_COND_OR: {
+    /* Every operand is read, to move past it. */
+    int decides = c->kind == PGS_COND_AND ? 0 : 1, r = !decides;
+    for (int i = 0; i < c->nargs; i++) {
+      int v = having_eval(m, row, at);
+      if (v == decides)
+        r = v;
+      else if (v < 0 && r != decides)
+        r = -1;
+    }
+    return r;
+  }
+  case PGS_COND_NOT: {
+    int v = having_eval(m, row, at);
+    return v < 0 ? -1 : !v;
+  }
+  case PGS_COND_IS_NULL:
+    return c->left == PGS_COND_NULL || m->fields[c->left].len < 0;
+  case PGS_COND_CMP: {
+    if (c->left == PGS_COND_NULL || c->right == PGS_COND_NULL) return -1;
+    const field_t *a = &m->fields[c->left], *b = &m->fields[c->right];
+    if (a->len < 0 || b->len < 0) return -1;
+    int r;
+    pgs_value_error_t err;
+    if (pgs_value_compare_mixed(m->oids[c->left], m->formats[c->left], row + a->off, (size_t)a->len,
+                                m->oids[c->right], m->formats[c->right], row + b->off,
+                                (size_t)b->len, &r, &err) != PGS_OK) {
+      fail_value(m, &err);
+      return 0;
+    }
+    switch (c->op) {
+    case PGS_CMP_EQ:
+      return r == 0;
+    case PGS_CMP_NE:
+      return r != 0;
+    case PGS_CMP_LT:
+      return r < 0;
+    case PGS_CMP_LE:
+      return r <= 0;
+    case PGS_CMP_GT:
+      return r > 0;
+    default:
+      return r >= 0;
+    }
+  }
+  }
+  return 0;
+}
+
 /* Each group's final row, in the order groups were first seen, as a held
- * row (DISTINCT applied here). */
+ * row (HAVING and DISTINCT applied here). */
 static bool groups_to_rows(pgs_merge_t *m) {
   const pgs_merge_spec_t *spec = m->spec;
   int n = m->ncols;
@@ -891,6 +1191,15 @@ static bool groups_to_rows(pgs_merge_t *m) {
       }
     }
     size_t len = m->arena.len - base;
+    if (spec->nhaving > 0) {
+      int at = 0;
+      int keep = having_eval(m, m->arena.data + base, &at);
+      if (m->failed) return false;
+      if (keep != 1) {
+        m->arena.len = base;
+        continue;
+      }
+    }
     if (!hold_row(m, (int)m->groups[gi].part, m->arena.data + base, len, spec->distinct, true)) {
       if (m->failed) return false;
       m->arena.len = base; /* a duplicate */
@@ -986,6 +1295,43 @@ static size_t sort_rows(pgs_merge_t *m, uint32_t *idx, size_t n, size_t keep, ui
 
 /* ---- rows in, result out ---- */
 
+/* The row at hand (columns in m->fields) into its group. */
+static bool group_row(pgs_merge_t *m, int part, const uint8_t *body, size_t len) {
+  table_reserve(m);
+  uint64_t hash;
+  if (!group_hash(m, body, &hash)) return false;
+  size_t slot;
+  long gi = group_find(m, body, hash, &slot);
+  if (m->failed) return false;
+  return gi < 0 ? group_new(m, part, body, len, hash, slot) : group_update(m, (size_t)gi, body);
+}
+
+/* Aggregates without GROUP BY are one group even over no rows (count 0,
+ * the others NULL): made up from a row of NULLs when no shard sent one. */
+static bool one_group(pgs_merge_t *m) {
+  pgs_buf_t row;
+  pgs_buf_init(&row);
+  pgs_buf_put_i16(&row, (int16_t)m->ncols);
+  for (int c = 0; c < m->ncols; c++) pgs_buf_put_i32(&row, -1);
+  bool ok = parse_row(m, row.data, row.len, m->fields) && group_row(m, 0, row.data, row.len) &&
+            check_cap(m);
+  pgs_buf_free(&row);
+  return ok;
+}
+
+/* Whether held rows A and B have equal DISTINCT ON keys. */
+static bool same_key(pgs_merge_t *m, uint32_t a, uint32_t b) {
+  const pgs_merge_spec_t *spec = m->spec;
+  const sort_key_t *fa = &m->keyf[(size_t)a * (size_t)spec->nkeys];
+  const sort_key_t *fb = &m->keyf[(size_t)b * (size_t)spec->nkeys];
+  const uint8_t *ra = m->arena.data + m->rows[a].off;
+  const uint8_t *rb = m->arena.data + m->rows[b].off;
+  for (int k = spec->nkeys - spec->distinct_on; k < spec->nkeys; k++)
+    if (!same_value(m, spec->keys[k].column, ra + fa[k].off, fa[k].len, rb + fb[k].off, fb[k].len))
+      return false;
+  return true;
+}
+
 /* The merge has failed: nothing it holds is needed any more. */
 static pgs_merge_verdict_t failed(pgs_merge_t *m) {
   release_rows(m);
@@ -1026,13 +1372,7 @@ pgs_merge_verdict_t pgs_merge_row(pgs_merge_t *m, int part, const uint8_t *body,
     return check_cap(m) ? PGS_MERGE_HELD : failed(m);
   case MODE_GROUP: {
     if (!parse_row(m, body, len, m->fields)) return failed(m);
-    table_reserve(m);
-    uint64_t hash = group_hash(m, body);
-    size_t slot;
-    long gi = group_find(m, body, hash, &slot);
-    bool ok =
-        gi < 0 ? group_new(m, part, body, len, hash, slot) : group_update(m, (size_t)gi, body);
-    return ok && check_cap(m) ? PGS_MERGE_HELD : failed(m);
+    return group_row(m, part, body, len) && check_cap(m) ? PGS_MERGE_HELD : failed(m);
   }
   }
   return PGS_MERGE_FAILED;
@@ -1047,6 +1387,11 @@ pgs_status_t pgs_merge_finish(pgs_merge_t *m, pgs_buf_t *out, uint64_t *rows) {
   if (m->mode == MODE_PASS) {
     *rows = m->sent;
     return PGS_OK;
+  }
+  if (m->mode == MODE_GROUP && spec->one_group && m->ngroups == 0 && m->described &&
+      m->limit != 0 && !one_group(m)) {
+    release_rows(m);
+    return PGS_EINVAL;
   }
   if (m->mode == MODE_GROUP && !groups_to_rows(m)) {
     release_rows(m);
@@ -1074,7 +1419,15 @@ pgs_status_t pgs_merge_finish(pgs_merge_t *m, pgs_buf_t *out, uint64_t *rows) {
     for (size_t i = 0; i < n; i++) at[m->rows[i].part + 1]++;
     for (int p = 0; p < m->nparts; p++) at[p + 1] += at[p];
     for (size_t i = 0; i < n; i++) idx[at[m->rows[i].part]++] = (uint32_t)i;
-    end = sort_rows(m, idx, n, keep > SIZE_MAX ? SIZE_MAX : (size_t)keep, tmp, bounds, next);
+    /* DISTINCT ON drops rows after the sort: every one is sorted then. */
+    uint64_t sorted = spec->distinct_on > 0 ? UINT64_MAX : keep;
+    end = sort_rows(m, idx, n, sorted > SIZE_MAX ? SIZE_MAX : (size_t)sorted, tmp, bounds, next);
+    if (spec->distinct_on > 0 && !m->failed) {
+      size_t w = 0;
+      for (size_t i = 0; i < end && !m->failed; i++)
+        if (w == 0 || !same_key(m, idx[w - 1], idx[i])) idx[w++] = idx[i];
+      end = w;
+    }
     if (m->failed) {
       free(block);
       release_rows(m);

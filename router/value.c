@@ -30,6 +30,9 @@
 #include <stdarg.h>
 #include <string.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "pgshard/value.h"
 
 #define NBASE 10000
@@ -1465,6 +1468,233 @@ pgs_status_t pgs_value_compare(uint32_t oid, int format, const uint8_t *a, size_
     *result = bytes_cmp(a, alen, b, blen);
     return PGS_OK;
   }
+}
+
+/* ---- equality and cross-type comparison ---- */
+
+bool pgs_value_bytes_equal(uint32_t oid) {
+  switch (oid) {
+  case PGS_OID_NUMERIC:
+  case PGS_OID_FLOAT4:
+  case PGS_OID_FLOAT8:
+  case PGS_OID_BPCHAR:
+    return false;
+  }
+  return true;
+}
+
+pgs_status_t pgs_value_hash(uint32_t oid, int format, const uint8_t *a, size_t alen, uint64_t seed,
+                            uint64_t *hash, pgs_value_error_t *err) {
+  if (check_format(format, err) != PGS_OK) return PGS_EINVAL;
+  switch (oid) {
+  case PGS_OID_NUMERIC: {
+    int16_t store[MAX_DIGITS];
+    numeric_t n;
+    if (decode_numeric(format, a, alen, &n, store, err) != PGS_OK) return PGS_EINVAL;
+    /* Stripped, so equal values have equal digits; the display scale is
+     * what differs between 1.0 and 1.00 and is left out. */
+    uint64_t head = (uint64_t)n.kind;
+    size_t ndigits = 0;
+    if (n.kind == NUM_FINITE) {
+      head |= (uint64_t)n.neg << 4 | (uint64_t)(uint32_t)n.weight << 8;
+      ndigits = (size_t)n.ndigits;
+    }
+    *hash = XXH3_64bits_withSeed(n.digits, ndigits * sizeof(int16_t),
+                                 seed ^ XXH3_64bits(&head, sizeof(head)));
+    return PGS_OK;
+  }
+  case PGS_OID_FLOAT4:
+  case PGS_OID_FLOAT8: {
+    double v;
+    if (decode_float(oid, format, a, alen, &v, err) != PGS_OK) return PGS_EINVAL;
+    if (v == 0) v = 0; /* -0 */
+    uint64_t bits;
+    if (isnan(v))
+      bits = UINT64_C(0x7ff8000000000000);
+    else
+      memcpy(&bits, &v, sizeof(bits));
+    *hash = XXH3_64bits_withSeed(&bits, sizeof(bits), seed);
+    return PGS_OK;
+  }
+  case PGS_OID_BPCHAR:
+    *hash = XXH3_64bits_withSeed(a, bpchar_length(a, alen), seed);
+    return PGS_OK;
+  default:
+    *hash = XXH3_64bits_withSeed(a, alen, seed);
+    return PGS_OK;
+  }
+}
+
+pgs_status_t pgs_value_equal(uint32_t oid, int format, const uint8_t *a, size_t alen,
+                             const uint8_t *b, size_t blen, bool *equal, pgs_value_error_t *err) {
+  if (pgs_value_bytes_equal(oid)) {
+    *equal = alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
+    return PGS_OK;
+  }
+  if (check_format(format, err) != PGS_OK) return PGS_EINVAL;
+  if (oid == PGS_OID_BPCHAR) {
+    size_t la = bpchar_length(a, alen), lb = bpchar_length(b, blen);
+    *equal = la == lb && (la == 0 || memcmp(a, b, la) == 0);
+    return PGS_OK;
+  }
+  if (oid == PGS_OID_NUMERIC) {
+    int16_t sa[MAX_DIGITS], sb[MAX_DIGITS];
+    numeric_t x, y;
+    if (decode_numeric(format, a, alen, &x, sa, err) != PGS_OK ||
+        decode_numeric(format, b, blen, &y, sb, err) != PGS_OK)
+      return PGS_EINVAL;
+    *equal = numeric_cmp(&x, &y) == 0;
+    return PGS_OK;
+  }
+  double x, y;
+  if (decode_float(oid, format, a, alen, &x, err) != PGS_OK ||
+      decode_float(oid, format, b, blen, &y, err) != PGS_OK)
+    return PGS_EINVAL;
+  *equal = float_cmp(x, y) == 0;
+  return PGS_OK;
+}
+
+/* How a type takes part in a comparison with another type. */
+typedef enum {
+  CLASS_OTHER,   /* only with itself */
+  CLASS_INT,     /* int2, int4, int8: exactly, as int64 */
+  CLASS_NUMERIC, /* with integers exactly; with floats as float8 */
+  CLASS_FLOAT,   /* float4, float8: as float8 */
+  CLASS_TEXT,    /* text, varchar, name, bpchar: as text */
+} compare_class_t;
+
+static compare_class_t compare_class(uint32_t oid) {
+  switch (oid) {
+  case PGS_OID_INT2:
+  case PGS_OID_INT4:
+  case PGS_OID_INT8:
+    return CLASS_INT;
+  case PGS_OID_NUMERIC:
+    return CLASS_NUMERIC;
+  case PGS_OID_FLOAT4:
+  case PGS_OID_FLOAT8:
+    return CLASS_FLOAT;
+  case PGS_OID_TEXT:
+  case PGS_OID_VARCHAR:
+  case PGS_OID_NAME:
+  case PGS_OID_BPCHAR:
+    return CLASS_TEXT;
+  }
+  return CLASS_OTHER;
+}
+
+static bool number_class(compare_class_t c) {
+  return c == CLASS_INT || c == CLASS_NUMERIC || c == CLASS_FLOAT;
+}
+
+bool pgs_value_comparable_with(uint32_t a, uint32_t b) {
+  if (!pgs_value_comparable(a) || !pgs_value_comparable(b)) return false;
+  if (a == b) return a != PGS_OID_BYTEA; /* bytea's two formats: not mixed here */
+  compare_class_t ca = compare_class(a), cb = compare_class(b);
+  return (number_class(ca) && number_class(cb)) || (ca == CLASS_TEXT && cb == CLASS_TEXT);
+}
+
+/* A number of any numeric type as a double, as PostgreSQL's casts to
+ * float8 make it (numeric through its text, as numeric_float8). */
+static pgs_status_t number_double(uint32_t oid, int format, const uint8_t *p, size_t len,
+                                  double *out, pgs_value_error_t *err) {
+  switch (compare_class(oid)) {
+  case CLASS_INT: {
+    int64_t v;
+    if (decode_int(oid, format, p, len, &v, err) != PGS_OK) return PGS_EINVAL;
+    *out = (double)v;
+    return PGS_OK;
+  }
+  case CLASS_FLOAT:
+    return decode_float(oid, format, p, len, out, err);
+  default: {
+    if (format == 0) return parse_float_text(PGS_OID_FLOAT8, p, len, out, err);
+    int16_t store[MAX_DIGITS];
+    numeric_t n;
+    if (decode_numeric(format, p, len, &n, store, err) != PGS_OK) return PGS_EINVAL;
+    pgs_buf_t text;
+    pgs_buf_init(&text);
+    put_numeric_text(&n, &text);
+    pgs_status_t st = parse_float_text(PGS_OID_FLOAT8, text.data, text.len, out, err);
+    pgs_buf_free(&text);
+    return st;
+  }
+  }
+}
+
+/* A number of an integer type or numeric as a numeric; STORE holds
+ * MAX_DIGITS digits. */
+static pgs_status_t number_numeric(uint32_t oid, int format, const uint8_t *p, size_t len,
+                                   numeric_t *out, int16_t *store, pgs_value_error_t *err) {
+  if (oid == PGS_OID_NUMERIC) return decode_numeric(format, p, len, out, store, err);
+  int64_t v;
+  if (decode_int(oid, format, p, len, &v, err) != PGS_OK) return PGS_EINVAL;
+  numeric_from_int64(v, out, store);
+  return PGS_OK;
+}
+
+pgs_status_t pgs_value_compare_mixed(uint32_t aoid, int aformat, const uint8_t *a, size_t alen,
+                                     uint32_t boid, int bformat, const uint8_t *b, size_t blen,
+                                     int *result, pgs_value_error_t *err) {
+  if (aoid == boid && aformat == bformat)
+    return pgs_value_compare(aoid, aformat, a, alen, b, blen, result, err);
+  if (!pgs_value_comparable_with(aoid, boid)) {
+    const char *na = type_name(aoid), *nb = type_name(boid);
+    if (na && nb)
+      return fail(err, "0A000", "cannot compare values of types %s and %s across shards", na, nb);
+    return fail(err, "0A000", "cannot compare values of types oid %u and oid %u across shards",
+                aoid, boid);
+  }
+  if (check_format(aformat, err) != PGS_OK || check_format(bformat, err) != PGS_OK)
+    return PGS_EINVAL;
+  compare_class_t ca = compare_class(aoid), cb = compare_class(boid);
+  if (ca == CLASS_TEXT) {
+    /* A text value's binary form is its text; bpchar meets the others as
+     * text, without its trailing blanks (the cast rtrims). */
+    size_t la = aoid == PGS_OID_BPCHAR && boid != PGS_OID_BPCHAR ? bpchar_length(a, alen) : alen;
+    size_t lb = boid == PGS_OID_BPCHAR && aoid != PGS_OID_BPCHAR ? bpchar_length(b, blen) : blen;
+    return pgs_value_compare(aoid == boid ? aoid : PGS_OID_TEXT, 0, a, la, b, lb, result, err);
+  }
+  if (ca == CLASS_FLOAT || cb == CLASS_FLOAT) {
+    double x, y;
+    if (number_double(aoid, aformat, a, alen, &x, err) != PGS_OK ||
+        number_double(boid, bformat, b, blen, &y, err) != PGS_OK)
+      return PGS_EINVAL;
+    *result = float_cmp(x, y);
+    return PGS_OK;
+  }
+  if (ca == CLASS_INT && cb == CLASS_INT) {
+    int64_t x, y;
+    if (decode_int(aoid, aformat, a, alen, &x, err) != PGS_OK ||
+        decode_int(boid, bformat, b, blen, &y, err) != PGS_OK)
+      return PGS_EINVAL;
+    *result = (x > y) - (x < y);
+    return PGS_OK;
+  }
+  if (number_class(ca)) {
+    int16_t sa[MAX_DIGITS], sb[MAX_DIGITS];
+    numeric_t x, y;
+    if (number_numeric(aoid, aformat, a, alen, &x, sa, err) != PGS_OK ||
+        number_numeric(boid, bformat, b, blen, &y, sb, err) != PGS_OK)
+      return PGS_EINVAL;
+    *result = numeric_cmp(&x, &y);
+    return PGS_OK;
+  }
+  /* One type in two formats. */
+  if (is_ordinal(aoid)) {
+    int64_t x, y;
+    if (decode_ordinal(aoid, aformat, a, alen, &x, err) != PGS_OK ||
+        decode_ordinal(boid, bformat, b, blen, &y, err) != PGS_OK)
+      return PGS_EINVAL;
+    *result = (x > y) - (x < y);
+    return PGS_OK;
+  }
+  uint8_t x[16], y[16]; /* uuid */
+  if (decode_uuid(aformat, a, alen, x, err) != PGS_OK ||
+      decode_uuid(bformat, b, blen, y, err) != PGS_OK)
+    return PGS_EINVAL;
+  *result = bytes_cmp(x, 16, y, 16);
+  return PGS_OK;
 }
 
 /* ---- sums ---- */

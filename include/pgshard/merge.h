@@ -9,11 +9,14 @@
  *     columns put first in its target list (sort and group expressions the
  *     client did not select, sum/count behind an avg) and LIMIT/OFFSET
  *     pushed down as LIMIT limit+offset — and how the shards' rows combine:
- *     concatenation; GROUP BY / aggregates (count, sum, min, max, avg)
- *     merged per group; DISTINCT; ORDER BY (any number of keys, ASC/DESC,
- *     NULLS FIRST/LAST, by position, by output name or by expression);
- *     then OFFSET and LIMIT once. Cached with the plan (normalised text:
- *     literals are $N there, so one spec serves every value).
+ *     concatenation; GROUP BY / aggregates (count, sum, min, max, avg,
+ *     and count/sum/avg(DISTINCT x), for which the shards group by x as
+ *     well) merged per group; HAVING over the merged groups; DISTINCT;
+ *     ORDER BY (any number of keys, ASC/DESC, NULLS FIRST/LAST, by
+ *     position, by output name or by expression); DISTINCT ON (the first
+ *     row of each key in that order); then OFFSET and LIMIT once. Cached
+ *     with the plan (normalised text: literals are $N there, so one spec
+ *     serves every value).
  *  2. The executor (router/merge_exec.c, one per statement run): fed each
  *     shard's RowDescription and DataRows, it says which rows go to the
  *     client at once (plain concatenation streams, zero copy) and builds
@@ -41,9 +44,44 @@ typedef enum {
 
 typedef struct pgs_merge_column {
   uint8_t agg;     /* pgs_agg_kind_t */
+  bool distinct;   /* COUNT/SUM of DISTINCT x: the shards group by x too, so
+                      each of their rows holds one value of x (column
+                      distinct_arg); a value counts once per group */
   int16_t avg_sum; /* AVG: the hidden columns holding sum(x) and count(x) */
   int16_t avg_count;
+  int16_t distinct_arg; /* DISTINCT: the hidden column holding x */
 } pgs_merge_column_t;
+
+/* HAVING, evaluated on each merged group's row: a tree in prefix order
+ * (a node's operands follow it). Three-valued, as SQL: a group stays only
+ * when the root is true. */
+typedef enum {
+  PGS_COND_AND,     /* nargs conditions, all true */
+  PGS_COND_OR,      /* nargs conditions, one true */
+  PGS_COND_NOT,     /* one condition */
+  PGS_COND_CMP,     /* left op right, by value (pgs_value_compare_mixed) */
+  PGS_COND_IS_NULL, /* left IS NULL */
+} pgs_cond_kind_t;
+
+typedef enum {
+  PGS_CMP_EQ,
+  PGS_CMP_NE,
+  PGS_CMP_LT,
+  PGS_CMP_LE,
+  PGS_CMP_GT,
+  PGS_CMP_GE,
+} pgs_cmp_op_t;
+
+/* An operand that is the constant NULL (no column holds it). */
+#define PGS_COND_NULL (-1)
+
+typedef struct pgs_merge_cond {
+  uint8_t kind;  /* pgs_cond_kind_t */
+  uint8_t op;    /* CMP: pgs_cmp_op_t */
+  int16_t nargs; /* AND, OR: how many conditions follow as its operands */
+  int16_t left;  /* CMP, IS_NULL: columns of the shards' rows, or PGS_COND_NULL */
+  int16_t right;
+} pgs_merge_cond_t;
 
 typedef struct pgs_merge_key {
   int16_t column; /* column of the shards' rows */
@@ -80,10 +118,18 @@ typedef struct pgs_merge_spec {
   pgs_merge_column_t *columns;
   int ngroup; /* grouped: the columns that identify a group */
   int16_t *group;
+  bool one_group; /* grouped without GROUP BY: one row even when no shard
+                     sends one (they send none when DISTINCT aggregates
+                     make them group by x) */
+  int nhaving;    /* HAVING: the condition's nodes, 0 when none */
+  pgs_merge_cond_t *having;
   bool distinct; /* SELECT DISTINCT: equal visible rows once */
   int nkeys;     /* ORDER BY */
   pgs_merge_key_t *keys;
-  bool rewrite; /* the shards' text differs from the client's */
+  int distinct_on; /* DISTINCT ON: the last distinct_on keys are its
+                      expressions (after the ORDER BY's); after the sort
+                      only the first row of each run of equal keys stays */
+  bool rewrite;    /* the shards' text differs from the client's */
   /* What else the shards' text needs (merge.c's own; the executor needs
    * none of it). */
   uint32_t tail_end; /* where the LIMIT/OFFSET tail ends: the ')' that
@@ -92,8 +138,19 @@ typedef struct pgs_merge_spec {
   bool offset_negate;
   bool limit_one; /* FETCH FIRST ROW ONLY: a count of 1 and no value
                            (limit_param 0) */
-  int npositions; /* ORDER BY / GROUP BY positions, in text order */
+  int npositions; /* ORDER BY / GROUP BY / DISTINCT ON positions, in text order */
   pgs_merge_position_t *positions;
+  uint32_t having_at; /* where "true OR " goes: after the HAVING keyword, so
+                         the shards keep every partial group but still check
+                         the condition (and infer its parameters' types); 0:
+                         no HAVING */
+  uint32_t group_at;  /* where group_text goes; 0: nowhere */
+  char *group_text;   /* DISTINCT aggregates: the shards also group by their
+                         arguments (hidden columns, by position) */
+  int nsame;          /* pairs of literals (parameter numbers, in same[]) that
+                         must be written alike: an expression matched its
+                         GROUP BY expression but for them */
+  int32_t *same;
 } pgs_merge_spec_t;
 
 /*
@@ -108,7 +165,12 @@ typedef struct pgs_merge_spec {
  *
  * What merges: target lists of plain expressions, `*` (without
  * aggregates or GROUP BY) and count(*), count(x), sum(x), min(x), max(x),
- * avg(x), with or without FILTER; GROUP BY; DISTINCT; ORDER BY; LIMIT,
+ * avg(x), count/sum/avg(DISTINCT x), with or without FILTER; GROUP BY;
+ * HAVING of comparisons, BETWEEN, IN lists, IS [NOT] NULL, AND, OR and NOT
+ * over those aggregates, GROUP BY expressions and constants (the
+ * constants come back from the shards as hidden columns, typed as
+ * PostgreSQL types them against the other operand); DISTINCT; DISTINCT
+ * ON with its ORDER BY; ORDER BY; LIMIT,
  * OFFSET and FETCH FIRST n ROWS ONLY of a constant or parameter; joins of
  * sharded tables on their shard keys when they are sharded alike;
  * reference tables anywhere; subqueries and WITH queries in FROM that are
@@ -127,12 +189,15 @@ void pgs_merge_spec_free(pgs_merge_spec_t *spec);
 /*
  * The text each shard runs for SPEC, from LX (the statement the spec was
  * made from): hidden_text inserted, ORDER BY / GROUP BY positions moved
- * past the hidden columns, the LIMIT/OFFSET tail replaced (LIMIT l OFFSET
+ * past the hidden columns, "true OR" after HAVING, group_text (the DISTINCT
+ * aggregates' arguments) after GROUP BY or as a GROUP BY of its own, the
+ * LIMIT/OFFSET tail replaced (LIMIT l OFFSET
  * o -> LIMIT (l)::int8 + (o)::int8; OFFSET o alone -> OFFSET 0 *
  * (o)::int8, so a Bind parameter stays referenced; LIMIT l alone
  * unchanged; when grouped and the ORDER BY does not cover every group
- * column, a shard's first rows are not the groups that come first, so no
- * LIMIT goes down: OFFSET 0 * (l)::int8 + 0 * (o)::int8), and every literal
+ * column, or with HAVING or DISTINCT aggregates, a shard's first rows are
+ * not the groups that come first, so no LIMIT goes down: OFFSET 0 *
+ * (l)::int8 + 0 * (o)::int8), and every literal
  * put back as the client wrote it (strings quoted afresh); the statement's
  * own $n stay. Appends a NUL-terminated text to OUT (the NUL counted, as
  * pgs_buf_put_cstr).
@@ -144,7 +209,8 @@ void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pg
  * Bind parameters (text or binary int8/int4; Parse-declared types in
  * PARAMS). *LIMIT = -1 for none/ALL/NULL, *OFFSET = 0 for none/NULL.
  * PGS_EINVAL with ERR (22P02, or 2201W/2201X for negative values, as
- * PostgreSQL says) when a value is not a valid count.
+ * PostgreSQL says) when a value is not a valid count, or (0A000) when
+ * the run's literals do not fit the spec (spec->same).
  */
 struct pgs_param_values;
 pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx,
@@ -165,7 +231,10 @@ typedef enum {
 /* A run over NPARTS shards with LIMIT (-1: none) and OFFSET, holding at
  * most MAX_BYTES of rows and group state (then 54000, naming
  * max_merge_bytes). SPEC must outlive the run (the portal holds its plan).
- * Equal group keys and DISTINCT rows are equal bytes, NULL equal to NULL. */
+ * Group keys, DISTINCT rows and DISTINCT aggregates' values are equal as
+ * PostgreSQL's = says (numeric 1.0 and 1.00, float -0 and 0 are one; other
+ * types by their bytes), NULL equal to NULL; a group or row shows the
+ * first of its equal values that arrived. */
 pgs_merge_t *pgs_merge_new(const pgs_merge_spec_t *spec, int nparts, int64_t limit, int64_t offset,
                            size_t max_bytes);
 void pgs_merge_free(pgs_merge_t *m);

@@ -73,6 +73,35 @@ pgs_status_t pgs_value_compare(uint32_t oid, int format, const uint8_t *a, size_
                                pgs_value_error_t *err) PGS_MUST_USE;
 
 /*
+ * Equality as grouping and DISTINCT see it (PostgreSQL's = of the type):
+ * whether equal values of type OID always have equal bytes in one format
+ * (not so for numeric 1.0 and 1.00, float -0 and 0, bpchar with trailing
+ * blanks); a hash that equal non-NULL values share (from SEED); and
+ * whether two values of OID in FORMAT are equal (numeric and floats by
+ * value, NaN equal to NaN; bpchar without trailing blanks; other types
+ * by their bytes). PGS_EINVAL with ERR when a value does not parse.
+ */
+bool pgs_value_bytes_equal(uint32_t oid);
+pgs_status_t pgs_value_hash(uint32_t oid, int format, const uint8_t *a, size_t alen, uint64_t seed,
+                            uint64_t *hash, pgs_value_error_t *err) PGS_MUST_USE;
+pgs_status_t pgs_value_equal(uint32_t oid, int format, const uint8_t *a, size_t alen,
+                             const uint8_t *b, size_t blen, bool *equal,
+                             pgs_value_error_t *err) PGS_MUST_USE;
+
+/*
+ * Comparing values of two types, each in its own format, as PostgreSQL's
+ * cross-type operators do: integers with each other exactly, integers
+ * with numeric exactly, any number with a float as float8 (numeric read
+ * as float8in reads its text), text, varchar, name and bpchar as text
+ * (bpchar without its trailing blanks); one type in two formats by value.
+ * pgs_value_comparable_with says which pairs; others are 0A000.
+ */
+bool pgs_value_comparable_with(uint32_t a, uint32_t b);
+pgs_status_t pgs_value_compare_mixed(uint32_t aoid, int aformat, const uint8_t *a, size_t alen,
+                                     uint32_t boid, int bformat, const uint8_t *b, size_t blen,
+                                     int *result, pgs_value_error_t *err) PGS_MUST_USE;
+
+/*
  * A running sum of values of one type, the way PostgreSQL's sum() and
  * avg() accumulate: int2/int4/int8 and numeric exactly (arbitrary
  * precision decimal, display scale = the largest input's, as numeric_add),

@@ -1024,6 +1024,92 @@ class Gen:
         q.keyed = True
         return q
 
+    # -- what the shards run differently: HAVING, DISTINCT aggregates, DISTINCT ON --
+
+    def having_condition(self, q, table):
+        """One HAVING condition: an aggregate (selected or not) against
+        literals of its type."""
+        cols = list(table.cols.values())
+        r = self.rng.random()
+        if r < 0.3:
+            q.add(f"count(*) {self.pick(['>', '>=', '<', '<>'])} ")
+            q.lit(self.pick([1, 2, 5, 20, 100, 400]))
+            return
+        if r < 0.6:
+            c = self.pick([c for c in cols if c.kind in SUMMABLE])
+            fn = self.pick(["sum", "avg", "min", "max"])
+            v = self.sample_value(table, c.name)
+            lo, hi = sorted([v * self.pick([1, 2, 10, 50]), v * self.pick([-1, 0, 3, 100])])
+            if self.chance(0.5):
+                q.add(f"{fn}({c.name}) BETWEEN ").lit(lo).add(" AND ").lit(hi)
+            else:
+                q.add(f"{fn}({c.name}) {self.pick(['>', '<=', '='])} ").lit(hi)
+            return
+        c = self.pick([c for c in cols if c.kind in MINMAXABLE and c.kind != "float"])
+        fn = self.pick(["min", "max"])
+        if self.chance(0.2):
+            q.add(f"{fn}({c.name}) IS {self.pick(['', 'NOT '])}NULL")
+            return
+        q.add(f"{fn}({c.name}) {self.pick(['<', '>=', '<>'])} ").lit(self.sample_value(table,
+                                                                               c.name))
+
+    def q_pushdown(self):
+        t = self.pick(SHARDED)
+        keys = self.group_keys(t, "")
+        names = ", ".join(k for k, _ in keys)
+        r = self.rng.random()
+        q = Query("merged-having")
+        if r < 0.4:
+            aggs = self.agg_items(t, "", self.rng.randint(0, 2))
+            q.add(f"SELECT {names}" + "".join(", " + s for s, _ in aggs) + f" FROM {t.name}")
+            self.where(q, t, "", p=0.4, keys=False)
+            q.add(f" GROUP BY {names} HAVING ")
+            n = self.pick([1, 1, 2, 3])
+            joiner = self.pick([" AND ", " OR "])
+            for i in range(n):
+                q.add(joiner if i else "").add("NOT (" if self.chance(0.15) else "(")
+                self.having_condition(q, t)
+                q.add(")")
+        elif r < 0.75:
+            q.category = "merged-count-distinct"
+            cols = list(t.cols.values())
+            c = self.pick(cols)
+            fn = "count"
+            if c.kind in SUMMABLE and self.chance(0.5):
+                fn = self.pick(["sum", "avg", "count"])
+            items = [f"{fn}(DISTINCT {c.name})"] + \
+                [s for s, _ in self.agg_items(t, "", self.rng.randint(0, 2))]
+            self.rng.shuffle(items)
+            grouped = self.chance(0.6)
+            q.add("SELECT " + (names + ", " if grouped else "") + ", ".join(items))
+            q.add(f" FROM {t.name}")
+            self.where(q, t, "", p=0.5, keys=False)
+            if grouped:
+                q.add(f" GROUP BY {names}")
+        else:
+            q.category = "merged-distinct-on"
+            key = keys[0][0]
+            items = self.column_items(t, "", self.rng.randint(1, 3))
+            q.add(f"SELECT DISTINCT ON ({key}) {key}")
+            for sql, _, alias, _ in items:
+                q.add(", " + sql + (f" AS {alias}" if alias else ""))
+            q.add(f" FROM {t.name}")
+            self.where(q, t, "", p=0.5, keys=False)
+            order = [key + self.order_suffix()]
+            if self.chance(0.5):
+                c = self.pick([c for c in t.cols.values() if c.kind in MINMAXABLE])
+                order.append(c.name + self.order_suffix())
+            order += [u + self.order_suffix() for u in t.uid]
+            q.add(" ORDER BY " + ", ".join(order))
+            q.compare = "ordered"
+            if self.chance(0.4):
+                self.limit_clause(q)
+            return q
+        if q.category != "merged-count-distinct" or grouped:
+            q.add(f" ORDER BY {names}")
+        q.compare = "ordered"
+        return q
+
     # -- constructs that must be refused --
 
     def q_refuse(self):
@@ -1050,12 +1136,15 @@ class Gen:
             self.where(q, t, "", p=0.5, keys=False)
             q.add(tail + (f" ORDER BY {u} LIMIT 50" if "GROUP BY" not in tail else ""))
         elif kind == "having":
+            # What HAVING still cannot merge: subqueries, aggregates in
+            # expressions.
             q.add(f"SELECT {g}, count(*) FROM {t.name}")
             self.where(q, t, "", p=0.4, keys=False)
             q.add(f" GROUP BY {g} HAVING ").add(self.pick([
-                "count(*) > ", f"sum({n}) < ", f"min({n}) >= "]))
+                "count(*) > (SELECT count(*) FROM xs_ref WHERE grp > ", f"sum({n}) * 2 < (",
+                f"min({n}) + 1 >= ("]))
             q.lit(self.pick([1, 5, 50, 0]))
-            q.add(f" ORDER BY {g}")
+            q.add(f") ORDER BY {g}")
         elif kind == "string_agg":
             c = self.pick([c.name for c in t.cols.values() if c.kind == "text"])
             q.add(self.pick([
@@ -1077,10 +1166,11 @@ class Gen:
             if "GROUP BY" not in q.sql:
                 self.where(q, t, "", p=0.4, keys=False)
         elif kind == "count-distinct":
+            # Beside a constant without GROUP BY, or with an ORDER BY.
             q.add(self.pick([
-                f"SELECT count(DISTINCT {g}) FROM {t.name}",
-                f"SELECT {g}, count(DISTINCT {n}) FROM {t.name} GROUP BY {g} ORDER BY {g}",
-                f"SELECT sum(DISTINCT {n}) FROM {t.name}",
+                f"SELECT 1 AS one, count(DISTINCT {g}) FROM {t.name}",
+                f"SELECT count(DISTINCT {n} ORDER BY {n}) FROM {t.name}",
+                f"SELECT 'x' AS x, sum(DISTINCT {n}) FROM {t.name}",
             ]))
             if "GROUP BY" not in q.sql:
                 self.where(q, t, "", p=0.4, keys=False)
@@ -1096,9 +1186,10 @@ class Gen:
             if "GROUP BY" not in q.sql:
                 self.where(q, t, "", p=0.4, keys=False)
         elif kind == "distinct-on":
-            q.add(f"SELECT DISTINCT ON ({g}) {g}, {u} FROM {t.name}")
+            # Over groups.
+            q.add(f"SELECT DISTINCT ON ({g}) {g}, count(*) FROM {t.name}")
             self.where(q, t, "", p=0.4, keys=False)
-            q.add(f" ORDER BY {g}, {u}")
+            q.add(f" GROUP BY {g} ORDER BY {g}")
         elif kind == "set-operation":
             other = self.pick([x for x in SHARDED if x is not t] + [REF])
             both = "grp" in other.cols and "grp" in t.cols
@@ -1147,7 +1238,7 @@ class Gen:
     FAMILIES = [
         ("q_rows", 28), ("q_aggregate", 14), ("q_group", 20), ("q_distinct", 7),
         ("q_ref_join", 8), ("q_colocated", 8), ("q_three_way", 1), ("q_ref_subquery", 1),
-        ("q_reference", 1), ("q_keyed", 4), ("q_refuse", 11),
+        ("q_reference", 1), ("q_keyed", 4), ("q_refuse", 11), ("q_pushdown", 8),
     ]
 
     def one(self):

@@ -134,6 +134,10 @@ static void refused(const char *sql, const char *message) {
   assert_null(spec->columns);
   assert_null(spec->keys);
   assert_null(spec->group);
+  assert_null(spec->having);
+  assert_null(spec->group_text);
+  assert_null(spec->same);
+  assert_int_equal(spec->distinct_on, 0);
   assert_false(spec->rewrite);
 }
 
@@ -778,6 +782,233 @@ static void test_joins_refused(void **state) {
           "across shards: they are not sharded alike");
 }
 
+/* ---- HAVING ---- */
+
+/* The HAVING tree in prefix order: & and, | or, ! not, "c OP c" for a
+ * comparison (N for the constant NULL), "c?" for IS NULL. */
+static const char *having(void) {
+  static const char *const ops[] = {"=", "<>", "<", "<=", ">", ">="};
+  static char buf[512];
+  buf[0] = '\0';
+  for (int i = 0; i < spec->nhaving; i++) {
+    const pgs_merge_cond_t *c = &spec->having[i];
+    size_t len = strlen(buf);
+    char l[8], r[8];
+    snprintf(l, sizeof(l), c->left == PGS_COND_NULL ? "N" : "%d", c->left);
+    snprintf(r, sizeof(r), c->right == PGS_COND_NULL ? "N" : "%d", c->right);
+    switch (c->kind) {
+    case PGS_COND_AND:
+    case PGS_COND_OR:
+    case PGS_COND_NOT:
+      snprintf(buf + len, sizeof(buf) - len, "%s%c%d", i ? " " : "", "&|!"[c->kind], c -> nargs);
+      break;
+    case PGS_COND_CMP:
+      snprintf(buf + len, sizeof(buf) - len, "%s%s%s%s", i ? " " : "", l, ops[c->op], r);
+      break;
+    default:
+      snprintf(buf + len, sizeof(buf) - len, "%s%s?", i ? " " : "", l);
+      break;
+    }
+  }
+  return buf;
+}
+
+static void test_having(void **state) {
+  /* The constant comes back typed as the comparison types it. */
+  merges("SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > 1");
+  expect_hidden("CASE WHEN false THEN (count(*)) ELSE ($1) END AS pgs_h0, ");
+  expect_str("roles", roles(), "nnc");
+  expect_str("groups", groups(), "1");
+  expect_str("having", having(), "2>0");
+  assert_false(spec->one_group);
+  expect_shard_sql(
+      "SELECT CASE WHEN false THEN (count(*)) ELSE (1) END AS pgs_h0, country, count(*) FROM "
+      "users GROUP BY country HAVING true OR count(*) > 1");
+  /* Aggregates not selected are hidden columns (an avg's sum and count
+   * too); a constant on the left; AND, OR, NOT. */
+  merges(
+      "SELECT country FROM users GROUP BY country HAVING sum(x) >= 10 AND (5 < avg(x) OR NOT "
+      "max(name) = 'bob')");
+  expect_str("having", having(), "&2 0>=1 |2 2<3 !1 6=7");
+  expect_str("roles", roles(), "snnasc>nn");
+  expect_hidden(
+      "sum(x) AS pgs_h0, CASE WHEN false THEN (sum(x)) ELSE ($1) END AS pgs_h1, CASE WHEN false "
+      "THEN (avg(x)) ELSE ($2) END AS pgs_h2, avg(x) AS pgs_h3, pg_catalog.sum(x) AS pgs_h4, "
+      "pg_catalog.count(x) AS pgs_h5, max(name) AS pgs_h6, CASE WHEN false THEN (max(name)) ELSE "
+      "($3) END AS pgs_h7, ");
+  expect_shard_sql(
+      "SELECT sum(x) AS pgs_h0, CASE WHEN false THEN (sum(x)) ELSE (10) END AS pgs_h1, CASE "
+      "WHEN false THEN (avg(x)) ELSE (5) END AS pgs_h2, avg(x) AS pgs_h3, pg_catalog.sum(x) AS "
+      "pgs_h4, pg_catalog.count(x) AS pgs_h5, max(name) AS pgs_h6, CASE WHEN false THEN "
+      "(max(name)) ELSE ('bob') END AS pgs_h7, country FROM users GROUP BY country HAVING true "
+      "OR sum(x) >= 10 AND (5 < avg(x) OR NOT max(name) = 'bob')");
+  /* A selected aggregate is its select item; group columns (as written
+   * or through their position) and NULL. */
+  merges(
+      "SELECT lower(city), count(*) AS n FROM users GROUP BY 1 HAVING count(*) <> 2 AND "
+      "lower(city) IS NOT NULL AND count(*) > NULL");
+  expect_str("having", having(), "&3 2<>0 !1 1? 2>N");
+  merges("SELECT city FROM users GROUP BY city HAVING city = 'x' OR city IS NULL");
+  expect_str("having", having(), "|2 1=0 1?");
+  expect_hidden("CASE WHEN false THEN (city) ELSE ($1) END AS pgs_h0, ");
+  /* BETWEEN (SYMMETRIC, NOT) and IN lists. */
+  merges("SELECT city FROM users GROUP BY city HAVING count(*) BETWEEN 2 AND 5");
+  expect_str("having", having(), "&2 0>=1 0<=2");
+  merges("SELECT city FROM users GROUP BY city HAVING count(*) NOT BETWEEN SYMMETRIC 5 AND 2");
+  expect_str("having", having(), "!1 |2 &2 0>=1 0<=2 &2 0>=2 0<=1");
+  merges("SELECT city FROM users GROUP BY city HAVING min(x) IN (1, 2) AND max(x) NOT IN (3)");
+  expect_str("having", having(), "&2 |2 0=1 0=2 &1 3<>4");
+  /* Typed constants stay as written; the client's $n come back too. */
+  merges("SELECT city FROM users GROUP BY city HAVING max(d) > DATE '2024-01-01' AND sum(x) < $1");
+  expect_shard_sql(
+      "SELECT max(d) AS pgs_h0, '2024-01-01'::date AS pgs_h1, sum(x) AS pgs_h2, CASE WHEN false "
+      "THEN (sum(x)) ELSE ($1) END AS pgs_h3, city FROM users GROUP BY city HAVING true OR "
+      "max(d) > DATE '2024-01-01' AND sum(x) < $1");
+  /* count(DISTINCT) in HAVING. */
+  merges("SELECT city FROM users GROUP BY city HAVING count(DISTINCT country) > 1");
+  expect_str("having", having(), "0>2");
+  assert_true(spec->columns[0].distinct);
+  assert_int_equal(spec->columns[0].distinct_arg, 1);
+  /* Without GROUP BY: one group, whatever the shards send. */
+  merges("SELECT count(*) FROM users HAVING count(*) > 0");
+  assert_true(spec->grouped);
+  assert_true(spec->one_group);
+  assert_int_equal(spec->ngroup, 0);
+  merges("SELECT 1 FROM users HAVING min(x) IS NULL");
+  assert_true(spec->grouped);
+  expect_str("roles", roles(), "<n");
+  /* HAVING drops groups: no LIMIT on the shards. */
+  merges("SELECT country, count(*) FROM users GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 3");
+  expect_shard_sql(
+      "SELECT CASE WHEN false THEN (count(*)) ELSE (1) END AS pgs_h0, country, count(*) FROM "
+      "users GROUP BY 2 HAVING true OR count(*) > 1 ORDER BY 2 OFFSET 0 * (3)::int8");
+  /* In parentheses, with a WITH query. */
+  merges("(SELECT country FROM users GROUP BY country HAVING count(*) > 1) ORDER BY 1");
+  expect_shard_sql(
+      "(SELECT count(*) AS pgs_h0, CASE WHEN false THEN (count(*)) ELSE (1) END AS pgs_h1, "
+      "country FROM users GROUP BY country HAVING true OR count(*) > 1) ORDER BY 3");
+}
+
+/* ---- DISTINCT aggregates ---- */
+
+static void test_distinct_aggregates(void **state) {
+  /* The shards group by x too: one row per value of x. */
+  merges("SELECT count(DISTINCT country) FROM users");
+  expect_hidden("country AS pgs_h0, ");
+  expect_str("roles", roles(), "nc");
+  assert_true(spec->columns[1].distinct);
+  assert_int_equal(spec->columns[1].distinct_arg, 0);
+  assert_false(spec->columns[0].distinct);
+  assert_true(spec->one_group);
+  expect_shard_sql("SELECT country AS pgs_h0, count(DISTINCT country) FROM users GROUP BY 1 ");
+  /* Beside other aggregates, which combine over the finer groups. */
+  merges(
+      "SELECT city, count(DISTINCT country), count(*), sum(x) FROM users WHERE x > 0 GROUP BY "
+      "city ORDER BY city LIMIT 3");
+  expect_str("roles", roles(), "nnccs");
+  expect_str("groups", groups(), "1");
+  assert_false(spec->one_group);
+  expect_shard_sql(
+      "SELECT country AS pgs_h0, city, count(DISTINCT country), count(*), sum(x) FROM users "
+      "WHERE x > 0 GROUP BY 1, city ORDER BY city OFFSET 0 * (3)::int8");
+  /* sum and avg of DISTINCT x; min and max of DISTINCT x are min and max. */
+  merges(
+      "SELECT sum(DISTINCT x), avg(DISTINCT x), min(DISTINCT x) FROM users GROUP BY DISTINCT "
+      "city");
+  expect_hidden(
+      "pg_catalog.sum(DISTINCT x) AS pgs_h0, pg_catalog.count(DISTINCT x) AS pgs_h1, x AS "
+      "pgs_h2, city AS pgs_h3, ");
+  expect_str("roles", roles(), "scnnsa<");
+  assert_true(spec->columns[0].distinct && spec->columns[1].distinct);
+  assert_true(spec->columns[4].distinct);
+  assert_false(spec->columns[5].distinct);
+  assert_false(spec->columns[6].distinct);
+  assert_int_equal(spec->columns[4].distinct_arg, 2);
+  expect_shard_sql(
+      "SELECT pg_catalog.sum(DISTINCT x) AS pgs_h0, pg_catalog.count(DISTINCT x) AS pgs_h1, x AS "
+      "pgs_h2, city AS pgs_h3, sum(DISTINCT x), avg(DISTINCT x), min(DISTINCT x) FROM users "
+      "GROUP BY DISTINCT 3, city");
+  merges("SELECT min(DISTINCT x) FROM users");
+  expect_hidden(NULL);
+  assert_false(spec->rewrite);
+  /* Two DISTINCT aggregates, FILTER, ORDER BY an aggregate. */
+  merges(
+      "SELECT count(DISTINCT x) FILTER (WHERE x > 1), count(DISTINCT name) FROM users "
+      "ORDER BY 2");
+  expect_hidden("x AS pgs_h0, name AS pgs_h1, ");
+  expect_shard_sql(
+      "SELECT x AS pgs_h0, name AS pgs_h1, count(DISTINCT x) FILTER (WHERE x > 1), count(DISTINCT "
+      "name) FROM users GROUP BY 1, 2 ORDER BY 4");
+  merges("SELECT city FROM users GROUP BY city ORDER BY count(DISTINCT x) DESC, city");
+  expect_hidden("count(DISTINCT x) AS pgs_h0, x AS pgs_h1, ");
+  expect_shard_sql(
+      "SELECT count(DISTINCT x) AS pgs_h0, x AS pgs_h1, city FROM users GROUP BY 2, city ORDER "
+      "BY count(DISTINCT x) DESC, city");
+  /* Expressions of group columns are fine. */
+  merges("SELECT lower(city), count(DISTINCT x) FROM users GROUP BY city");
+  /* ... written with literals: the same expression when they are written
+   * alike, which each run checks. */
+  merges("SELECT x % 10, count(DISTINCT y) FROM users GROUP BY x % 10");
+  assert_int_equal(spec->nsame, 1);
+  assert_int_equal(spec->same[0] + spec->same[1], 3); /* $1 and $2 */
+  expect_limits(NULL, -1, 0);
+  merges("SELECT x % 10, count(DISTINCT y) FROM users GROUP BY x % 3");
+  assert_int_equal(spec->nsame, 1);
+  expect_limits_error(NULL, "0A000",
+                      "an expression that is its GROUP BY expression but for a literal cannot be "
+                      "merged across shards with HAVING or a DISTINCT aggregate");
+  merges(
+      "SELECT date_trunc('month', d) FROM users GROUP BY date_trunc('month', d) HAVING "
+      "date_trunc('month', d) > '2024-01-01'");
+  expect_str("having", having(), "0>1");
+  assert_int_equal(spec->nsame, 1);
+  expect_limits(NULL, -1, 0);
+  /* The client's own parameters must be the same ones. */
+  merges("SELECT date_trunc($1, d), count(DISTINCT y) FROM users GROUP BY date_trunc($1, d)");
+  assert_int_equal(spec->nsame, 0);
+  merges("SELECT city, count(DISTINCT x) FROM users GROUP BY 1 ORDER BY lower(city)");
+  merges("SELECT 1, count(DISTINCT x) FROM users GROUP BY city");
+}
+
+/* ---- DISTINCT ON ---- */
+
+static void test_distinct_on(void **state) {
+  /* The shards run it as written; the merge sorts by the ORDER BY, then by
+   * the DISTINCT ON expressions, and keeps the first row of each key. */
+  merges("SELECT DISTINCT ON (country) country, id FROM users ORDER BY country, id DESC");
+  assert_int_equal(spec->distinct_on, 1);
+  expect_str("keys", keys(), "0AL,1DF,0AL");
+  assert_false(spec->rewrite);
+  assert_false(spec->distinct);
+  /* Without ORDER BY; the ORDER BY naming only some of them. */
+  merges("SELECT DISTINCT ON (country, city) id FROM users");
+  expect_hidden("country AS pgs_h0, city AS pgs_h1, ");
+  expect_str("keys", keys(), "0AL,1AL");
+  assert_int_equal(spec->distinct_on, 2);
+  merges("SELECT DISTINCT ON (city, country) id, city FROM users ORDER BY city DESC");
+  expect_str("keys", keys(), "2DF,2AL,0AL");
+  assert_int_equal(spec->distinct_on, 2);
+  /* Expressions with literals: each its own hidden column, equal values. */
+  merges("SELECT DISTINCT ON (x / 100) x / 100, id FROM users ORDER BY x / 100 DESC, id");
+  expect_hidden("x / $3 AS pgs_h0, x / $1 AS pgs_h1, ");
+  expect_str("keys", keys(), "0DF,3AL,1AL");
+  expect_shard_sql(
+      "SELECT DISTINCT ON (x / 100) x / 100 AS pgs_h0, x / 100 AS pgs_h1, x / 100, id FROM "
+      "users ORDER BY x / 100 DESC, id");
+  /* Positions move past hidden columns. */
+  merges("SELECT DISTINCT ON (country) country, id FROM users ORDER BY 1, x LIMIT 3 OFFSET 1");
+  expect_str("keys", keys(), "1AL,0AL,1AL");
+  assert_int_equal(spec->distinct_on, 1);
+  expect_shard_sql(
+      "SELECT DISTINCT ON (country) x AS pgs_h0, country, id FROM users ORDER BY 2, x LIMIT "
+      "(3)::int8 + (1)::int8");
+  merges("SELECT DISTINCT ON (lower(name)) * FROM users ORDER BY lower(name), id");
+  expect_hidden("lower(name) AS pgs_h0, id AS pgs_h1, ");
+  assert_int_equal(spec->distinct_on, 1);
+  /* Whether it matches the ORDER BY is the shards' to say (42P10). */
+  merges("SELECT DISTINCT ON (country) country, id FROM users ORDER BY id, country");
+}
+
 /* ---- what cannot be merged ---- */
 
 static void test_refused_constructs(void **state) {
@@ -792,8 +1023,49 @@ static void test_refused_constructs(void **state) {
        "window functions cannot be merged across shards"},
       {"SELECT name FROM users ORDER BY rank() OVER (ORDER BY x)",
        "window functions cannot be merged across shards"},
-      {"SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > 1",
-       "HAVING cannot be merged across shards"},
+      {"SELECT country, count(*) FROM users GROUP BY country HAVING count(*) > "
+       "(SELECT count(*) FROM countries)",
+       "HAVING with a subquery cannot be merged across shards"},
+      {"SELECT country FROM users GROUP BY country HAVING country IN (SELECT code FROM orders)",
+       "HAVING with a subquery cannot be merged across shards"},
+      {"SELECT country FROM users GROUP BY country HAVING rank() OVER (ORDER BY country) > 1",
+       "window functions cannot be merged across shards"},
+      {"SELECT country FROM users GROUP BY country HAVING count(*) + 1 > 2",
+       "HAVING with count() inside an expression cannot be merged across shards; compare the "
+       "aggregate itself"},
+      {"SELECT country FROM users GROUP BY country HAVING string_agg(name, ',') = 'a'",
+       "string_agg() cannot be merged across shards"},
+      {"SELECT country FROM users GROUP BY country HAVING lower(country) = 'de'",
+       "HAVING with an expression that is not an aggregate, a GROUP BY expression or a "
+       "constant cannot be merged across shards"},
+      {"SELECT country FROM users GROUP BY country HAVING country LIKE 'D%'",
+       "HAVING with this condition cannot be merged across shards (only comparisons, BETWEEN, "
+       "IN lists, IS [NOT] NULL, AND, OR and NOT)"},
+      {"SELECT country FROM users GROUP BY country HAVING bool_or(x > 1)",
+       "bool_or() cannot be merged across shards"},
+      {"SELECT country FROM users GROUP BY country HAVING count(*) > 1 IS TRUE",
+       "HAVING with this condition cannot be merged across shards (only comparisons, BETWEEN, "
+       "IN lists, IS [NOT] NULL, AND, OR and NOT)"},
+      {"SELECT FROM users HAVING count(*) > 1",
+       "a SELECT without columns cannot be merged across shards with ORDER BY or GROUP BY"},
+      {"SELECT x, count(DISTINCT country) FROM users",
+       "count/sum/avg(DISTINCT ...) without GROUP BY cannot be merged across shards beside a "
+       "select item that is not an aggregate"},
+      {"SELECT 1, count(DISTINCT country) FROM users",
+       "count/sum/avg(DISTINCT ...) without GROUP BY cannot be merged across shards beside a "
+       "select item that is not an aggregate"},
+      {"SELECT date_trunc($1, d), count(DISTINCT y) FROM users GROUP BY date_trunc($2, d)",
+       "count/sum/avg(DISTINCT ...) cannot be merged across shards beside a select item that is "
+       "not an aggregate or a GROUP BY expression"},
+      {"SELECT city, name, count(DISTINCT country) FROM users GROUP BY city",
+       "count/sum/avg(DISTINCT ...) cannot be merged across shards beside a select item that is "
+       "not an aggregate or a GROUP BY expression"},
+      {"SELECT city, count(DISTINCT country) FROM users GROUP BY city ORDER BY name",
+       "count/sum/avg(DISTINCT ...) cannot be merged across shards with an ORDER BY expression "
+       "that is not an aggregate or a GROUP BY expression"},
+      {"SELECT count(DISTINCT country) FROM users HAVING count(DISTINCT country) > 1",
+       "HAVING with a constant beside count/sum/avg(DISTINCT ...) and no GROUP BY cannot be "
+       "merged across shards"},
       {"SELECT string_agg(name, ',') FROM users", "string_agg() cannot be merged across shards"},
       {"SELECT country, array_agg(id ORDER BY id) FROM users GROUP BY 1",
        "array_agg() cannot be merged across shards"},
@@ -810,10 +1082,8 @@ static void test_refused_constructs(void **state) {
        "mode() cannot be merged across shards"},
       {"SELECT name FROM users GROUP BY name ORDER BY string_agg(city, ',')",
        "string_agg() cannot be merged across shards"},
-      {"SELECT count(DISTINCT country) FROM users",
-       "count(DISTINCT ...) cannot be merged across shards"},
-      {"SELECT sum(DISTINCT x) FROM users", "sum(DISTINCT ...) cannot be merged across shards"},
-      {"SELECT avg(DISTINCT x) FROM users", "avg(DISTINCT ...) cannot be merged across shards"},
+      {"SELECT count(DISTINCT x ORDER BY x) FROM users",
+       "count() with ORDER BY cannot be merged across shards"},
       {"SELECT max(x ORDER BY y) FROM users", "max() with ORDER BY cannot be merged across shards"},
       {"SELECT count(*) + 1 FROM users",
        "count() inside an expression cannot be merged across shards; select the aggregate "
@@ -837,8 +1107,14 @@ static void test_refused_constructs(void **state) {
       {"SELECT a, count(*) FROM users GROUP BY GROUPING SETS ((a), ())",
        "GROUPING SETS, ROLLUP and CUBE cannot be merged across shards"},
       {"SELECT a, grouping(a) FROM users GROUP BY a", "GROUPING() cannot be merged across shards"},
-      {"SELECT DISTINCT ON (country) country, id FROM users ORDER BY country, id",
-       "DISTINCT ON cannot be merged across shards"},
+      {"SELECT DISTINCT ON (country) country, count(*) FROM users GROUP BY country",
+       "DISTINCT ON with aggregates or GROUP BY cannot be merged across shards"},
+      {"SELECT DISTINCT ON ($1) country FROM users",
+       "DISTINCT ON a constant cannot be merged across shards"},
+      {"SELECT DISTINCT ON (1) country, id FROM users ORDER BY 1",
+       "DISTINCT ON (position) cannot be merged across shards; write the expression"},
+      {"SELECT DISTINCT ON (country) country FROM users ORDER BY country, rank() OVER ()",
+       "window functions cannot be merged across shards"},
       {"SELECT id FROM users UNION SELECT id FROM countries",
        "UNION cannot be merged across shards"},
       {"SELECT id FROM users UNION ALL SELECT id FROM users",
@@ -1124,11 +1400,14 @@ static void test_route_merge(void **state) {
   pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_MERGE);
   assert_int_equal(r.shards, 0x3);
-  analyse("SELECT country, count(*) FROM users GROUP BY 1 HAVING count(*) > 2");
+  merges("SELECT country, count(*) FROM users GROUP BY 1 HAVING count(*) > 2");
+  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  assert_int_equal(r.kind, PGS_ROUTE_MERGE);
+  analyse("SELECT country FROM users GROUP BY 1 HAVING count(*) > (SELECT 2)");
   pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_REFUSE);
   assert_string_equal(r.sqlstate, "0A000");
-  assert_non_null(strstr(r.message, "HAVING cannot be merged across shards"));
+  assert_non_null(strstr(r.message, "HAVING with a subquery cannot be merged across shards"));
   db.cross_shard_reads = false;
   merges("SELECT country, count(*) FROM users GROUP BY 1");
   pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
@@ -1152,6 +1431,9 @@ int main(void) {
       cmocka_unit_test(test_limit_in_parentheses),
       cmocka_unit_test(test_limit_grouped),
       cmocka_unit_test(test_limit_values_from_binds),
+      cmocka_unit_test(test_having),
+      cmocka_unit_test(test_distinct_aggregates),
+      cmocka_unit_test(test_distinct_on),
       cmocka_unit_test(test_colocated_joins),
       cmocka_unit_test(test_joins_refused),
       cmocka_unit_test(test_refused_constructs),

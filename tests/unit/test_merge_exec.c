@@ -27,6 +27,7 @@ static pgs_merge_key_t spec_keys[8];
 
 static void spec_reset(void) {
   memset(&spec, 0, sizeof(spec));
+  memset(spec_keys, 0, sizeof(spec_keys));
   memset(spec_columns, 0, sizeof(spec_columns));
   spec.columns = spec_columns;
   spec.group = spec_group;
@@ -847,6 +848,481 @@ static void test_distinct_hidden_and_grouped(void **state) {
   pgs_merge_free(m);
 }
 
+/* ---- HAVING ---- */
+
+static pgs_merge_cond_t spec_having[32];
+
+static void having_node(int kind, int op, int nargs, int left, int right) {
+  spec.having = spec_having;
+  spec_having[spec.nhaving++] = (pgs_merge_cond_t){
+      .kind = (uint8_t)kind,
+      .op = (uint8_t)op,
+      .nargs = (int16_t)nargs,
+      .left = (int16_t)left,
+      .right = (int16_t)right,
+  };
+}
+
+static void test_having(void **state) {
+  /* SELECT g, count(*) FROM t GROUP BY g HAVING count(*) > 1: the shards
+   * send the constant back as hidden column 0 (bigint, as the server typed
+   * it against count(*)). */
+  static const uint32_t oids[] = {PGS_OID_INT8, PGS_OID_TEXT, PGS_OID_INT8};
+  grouped("nnc");
+  spec.nhidden = 1;
+  add_group(1);
+  having_node(PGS_COND_CMP, PGS_CMP_GT, 0, 2, 0);
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 3, oids, NULL);
+  feed(m, 0, 3, "1", "a", "1");
+  feed(m, 0, 3, "1", "b", "1");
+  feed(m, 0, 3, "1", "c", "5");
+  feed(m, 1, 3, "1", "a", "1");
+  feed(m, 1, 3, "1", "d", "1");
+  /* Each shard's partial groups would all fail or pass on their own. */
+  expect_rows(m, 2, 0, "a|2;c|5");
+  pgs_merge_free(m);
+
+  /* HAVING sum(x) >= 2.5 AND (min(s) IS NULL OR NOT max(s) = 'q') over
+   * sum bigint against a numeric constant (hidden 0), min/max of text
+   * against a text constant (hidden 1): three-valued logic. */
+  static const uint32_t oids2[] = {PGS_OID_NUMERIC, PGS_OID_TEXT, PGS_OID_TEXT,
+                                   PGS_OID_INT8,    PGS_OID_TEXT, PGS_OID_TEXT};
+  spec_reset();
+  grouped("nnns<>");
+  spec.nhidden = 2;
+  add_group(2);
+  having_node(PGS_COND_AND, 0, 2, 0, 0);
+  having_node(PGS_COND_CMP, PGS_CMP_GE, 0, 3, 0);
+  having_node(PGS_COND_OR, 0, 2, 0, 0);
+  having_node(PGS_COND_IS_NULL, 0, 0, 4, PGS_COND_NULL);
+  having_node(PGS_COND_NOT, 0, 1, 0, 0);
+  having_node(PGS_COND_CMP, PGS_CMP_EQ, 0, 5, 1);
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 6, oids2, NULL);
+  feed(m, 0, 6, "2.5", "q", "a", "1", "q", "q"); /* a: 3, q..z */
+  feed(m, 1, 6, "2.5", "q", "a", "2", "z", "z");
+  feed(m, 0, 6, "2.5", "q", "b", "2", "q", "q");   /* b: 2 < 2.5 */
+  feed(m, 1, 6, "2.5", "q", "c", "3", "q", "q");   /* c: max = q */
+  feed(m, 0, 6, "2.5", "q", "d", "9", NULL, NULL); /* d: min NULL */
+  feed(m, 1, 6, "2.5", "q", "e", NULL, "r", "r");  /* e: sum NULL: unknown */
+  add_key(2, false, false);
+  expect_rows(m, 2, 0, "a|3|q|z;d|9|NULL|NULL");
+  pgs_merge_free(m);
+
+  /* NOT (sum > NULL) is unknown too; count(*) BETWEEN 2 AND 3 over
+   * int8 against int4 constants. */
+  static const uint32_t oids3[] = {PGS_OID_INT4, PGS_OID_INT4, PGS_OID_TEXT, PGS_OID_INT8};
+  spec_reset();
+  grouped("nnnc");
+  spec.nhidden = 2;
+  add_group(2);
+  having_node(PGS_COND_OR, 0, 2, 0, 0);
+  having_node(PGS_COND_NOT, 0, 1, 0, 0);
+  having_node(PGS_COND_CMP, PGS_CMP_GT, 0, 3, PGS_COND_NULL);
+  having_node(PGS_COND_AND, 0, 2, 0, 0);
+  having_node(PGS_COND_CMP, PGS_CMP_GE, 0, 3, 0);
+  having_node(PGS_COND_CMP, PGS_CMP_LE, 0, 3, 1);
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 4, oids3, NULL);
+  feed(m, 0, 4, "2", "3", "a", "1");
+  feed(m, 1, 4, "2", "3", "b", "2");
+  feed(m, 1, 4, "2", "3", "a", "2");
+  feed(m, 0, 4, "2", "3", "c", "4");
+  expect_rows(m, 2, 0, "a|3;b|2");
+  pgs_merge_free(m);
+}
+
+static void test_having_one_group(void **state) {
+  /* SELECT count(*) FROM t HAVING count(*) > 2 (no GROUP BY): one group,
+   * kept or not. */
+  static const uint32_t oids[] = {PGS_OID_INT8, PGS_OID_INT8};
+  for (int want = 0; want < 2; want++) {
+    spec_reset();
+    grouped("nc");
+    spec.nhidden = 1;
+    spec.one_group = true;
+    having_node(PGS_COND_CMP, PGS_CMP_GT, 0, 1, 0);
+    pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+    describe(m, 2, 2, oids, NULL);
+    feed(m, 0, 2, "2", want ? "2" : "1");
+    feed(m, 1, 2, "2", "1");
+    expect_rows(m, (uint64_t)want, 0, want ? "3" : "");
+    pgs_merge_free(m);
+  }
+  /* No shard sent a row (they grouped by a DISTINCT aggregate's x): the
+   * one group is made up, count 0, the others NULL. */
+  static const uint32_t oids2[] = {PGS_OID_INT4, PGS_OID_INT8, PGS_OID_INT8, PGS_OID_INT8};
+  spec_reset();
+  grouped("nccs");
+  spec.nhidden = 1;
+  spec.one_group = true;
+  spec_columns[1].distinct = true;
+  spec_columns[1].distinct_arg = 0;
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 4, oids2, NULL);
+  expect_rows(m, 1, 0, "0|0|NULL");
+  pgs_merge_free(m);
+  /* ... but not with LIMIT 0, nor with GROUP BY. */
+  m = pgs_merge_new(&spec, 2, 0, 0, BIG);
+  describe(m, 2, 4, oids2, NULL);
+  expect_rows(m, 0, 0, "");
+  pgs_merge_free(m);
+  spec.one_group = false;
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 4, oids2, NULL);
+  expect_rows(m, 0, 0, "");
+  pgs_merge_free(m);
+}
+
+static void test_having_errors(void **state) {
+  /* A comparison pgshard cannot make: refused when the types are known. */
+  static const uint32_t oids[] = {PGS_OID_DATE, PGS_OID_TIMESTAMP};
+  grouped("<>");
+  spec.one_group = true;
+  having_node(PGS_COND_CMP, PGS_CMP_GT, 0, 0, 1);
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  assert_int_equal(describe_with(m, 2, oids, NULL), PGS_EINVAL);
+  expect_error(m, "0A000",
+               "HAVING cannot compare values of types date and timestamp without time zone "
+               "across shards");
+  pgs_merge_free(m);
+  /* A tree that does not fit its spec. */
+  spec_reset();
+  grouped("nc");
+  having_node(PGS_COND_AND, 0, 2, 0, 0);
+  having_node(PGS_COND_IS_NULL, 0, 0, 1, PGS_COND_NULL);
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  expect_error(m, "XX000", "merge spec: a HAVING condition that does not fit");
+  pgs_merge_free(m);
+  spec_reset();
+  grouped("nc");
+  having_node(PGS_COND_CMP, PGS_CMP_EQ, 0, 1, 2);
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  expect_error(m, "XX000", NULL);
+  pgs_merge_free(m);
+  /* A value that does not parse fails the merge when it is compared. */
+  static const uint32_t oids2[] = {PGS_OID_NUMERIC, PGS_OID_INT8};
+  spec_reset();
+  grouped("nc");
+  spec.nhidden = 1;
+  spec.one_group = true;
+  having_node(PGS_COND_CMP, PGS_CMP_LT, 0, 1, 0);
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 2, oids2, NULL);
+  feed(m, 0, 2, "1.x", "2");
+  expect_finish_fails(m);
+  expect_error(m, "22P02", "invalid input syntax for type numeric: \"1.x\"");
+  pgs_merge_free(m);
+}
+
+/* ---- DISTINCT aggregates ---- */
+
+static void test_distinct_aggregates(void **state) {
+  /* SELECT g, count(DISTINCT x), count(*), sum(DISTINCT x) FROM t GROUP
+   * BY g (x numeric): the shards group by x too and send x first. */
+  static const uint32_t oids[] = {PGS_OID_NUMERIC, PGS_OID_TEXT, PGS_OID_INT8, PGS_OID_INT8,
+                                  PGS_OID_NUMERIC};
+  grouped("nncss");
+  spec.nhidden = 1;
+  add_group(1);
+  spec_columns[2].distinct = spec_columns[4].distinct = true;
+  spec_columns[2].distinct_arg = spec_columns[4].distinct_arg = 0;
+  add_key(1, false, false);
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 5, oids, NULL);
+  feed(m, 0, 5, "1.0", "a", "1", "3", "1.0");
+  feed(m, 0, 5, "2", "a", "1", "1", "2");
+  feed(m, 0, 5, NULL, "a", "0", "2", NULL);
+  feed(m, 1, 5, "1.00", "a", "1", "4", "1.00"); /* 1.0 again */
+  feed(m, 1, 5, "3", "b", "1", "1", "3");
+  feed(m, 1, 5, "2", "c", "1", "1", "2"); /* 2 in another group counts */
+  expect_rows(m, 3, 0, "a|2|10|3.0;b|1|1|3;c|1|1|2");
+  pgs_merge_free(m);
+
+  /* count(DISTINCT x) FILTER (WHERE ...): a shard whose rows of x all
+   * failed the filter sends 0; another shard may still count x. And
+   * avg(DISTINCT x) from its hidden sum and count of DISTINCT x. */
+  static const uint32_t oids2[] = {PGS_OID_INT8, PGS_OID_INT8, PGS_OID_INT4, PGS_OID_INT8,
+                                   PGS_OID_NUMERIC};
+  spec_reset();
+  grouped("scnca");
+  spec.nhidden = 3;
+  spec.one_group = true;
+  spec_columns[0].distinct = spec_columns[1].distinct = spec_columns[3].distinct = true;
+  spec_columns[0].distinct_arg = spec_columns[1].distinct_arg = spec_columns[3].distinct_arg = 2;
+  spec_columns[4].avg_sum = 0;
+  spec_columns[4].avg_count = 1;
+  m = pgs_merge_new(&spec, 3, -1, 0, BIG);
+  describe(m, 3, 5, oids2, NULL);
+  /* x, then count(DISTINCT x) FILTER (WHERE y > 0) */
+  feed(m, 0, 5, "5", "1", "5", "0", "5.0000000000000000");
+  feed(m, 1, 5, "5", "1", "5", "1", "5.0000000000000000");
+  feed(m, 2, 5, "5", "1", "5", "1", "5.0000000000000000");
+  feed(m, 0, 5, "2", "1", "2", "1", "2.0000000000000000");
+  feed(m, 2, 5, "7", "1", "7", "0", "7.0000000000000000");
+  /* avg(DISTINCT x) over 5, 2, 7 = 14 / 3 */
+  expect_rows(m, 1, 0, "2|4.6666666666666667");
+  pgs_merge_free(m);
+}
+
+static void test_distinct_aggregates_cap(void **state) {
+  /* Every value of x counted is held, and bounded. */
+  static const uint32_t oids[] = {PGS_OID_INT4, PGS_OID_INT8};
+  grouped("nc");
+  spec.nhidden = 1;
+  spec.one_group = true;
+  spec_columns[1].distinct = true;
+  spec_columns[1].distinct_arg = 0;
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, 16384);
+  describe(m, 2, 2, oids, NULL);
+  pgs_merge_verdict_t v = PGS_MERGE_HELD;
+  int i = 0;
+  for (; i < 100000 && v == PGS_MERGE_HELD; i++) {
+    char x[16];
+    snprintf(x, sizeof(x), "%d", i);
+    v = feed(m, i % 2, 2, x, "1");
+  }
+  assert_int_equal(v, PGS_MERGE_FAILED);
+  assert_true(i > 100 && i < 16384 / 16);
+  expect_error(m, "54000", NULL);
+  pgs_merge_free(m);
+  /* Under the cap: one group, and what it held counted. */
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 2, oids, NULL);
+  for (i = 0; i < 3000; i++) {
+    char x[16];
+    snprintf(x, sizeof(x), "%d", i % 1000);
+    assert_int_equal(feed(m, i % 2, 2, x, "1"), PGS_MERGE_HELD);
+  }
+  assert_true(pgs_merge_held(m) > 1000 * 24);
+  expect_rows(m, 1, 0, "1000");
+  pgs_merge_free(m);
+  /* x of a type pgshard cannot tell apart by value. */
+  static const uint32_t interval[] = {PGS_OID_INTERVAL, PGS_OID_INT8};
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  assert_int_equal(describe_with(m, 2, interval, NULL), PGS_EINVAL);
+  expect_error(m, "0A000", "cannot merge count(DISTINCT ...) over type interval across shards");
+  pgs_merge_free(m);
+}
+
+/* ---- DISTINCT ON ---- */
+
+static void test_distinct_on(void **state) {
+  /* SELECT DISTINCT ON (g) id, g FROM t ORDER BY g, id DESC: each shard
+   * sends its first row of each g; the first overall stays. The sort keys
+   * are the ORDER BY's, then DISTINCT ON's. */
+  spec.distinct_on = 1;
+  add_key(1, false, false);
+  add_key(0, true, false);
+  add_key(1, false, false);
+  static const uint32_t oids[] = {PGS_OID_INT4, PGS_OID_TEXT};
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 2, oids, NULL);
+  feed(m, 0, 2, "9", "a");
+  feed(m, 0, 2, "4", "b");
+  feed(m, 0, 2, "1", NULL);
+  feed(m, 1, 2, "12", "a");
+  feed(m, 1, 2, "3", "c");
+  feed(m, 1, 2, "8", NULL);
+  expect_rows(m, 4, 0, "12|a;4|b;3|c;8|NULL");
+  pgs_merge_free(m);
+
+  /* DISTINCT ON (n) ... ORDER BY n, id OFFSET 1 LIMIT 2, n numeric and
+   * hidden: 1.0 and 1.00 are one key. */
+  spec_reset();
+  spec.distinct_on = 1;
+  spec.nhidden = 1;
+  add_key(0, false, false);
+  add_key(1, false, false);
+  add_key(0, false, false);
+  static const uint32_t oids2[] = {PGS_OID_NUMERIC, PGS_OID_INT4};
+  m = pgs_merge_new(&spec, 2, 2, 1, BIG);
+  describe(m, 2, 2, oids2, NULL);
+  feed(m, 0, 2, "0.5", "7");
+  feed(m, 0, 2, "1.00", "5");
+  feed(m, 0, 2, "2", "1");
+  feed(m, 1, 2, "0.50", "3");
+  feed(m, 1, 2, "1.0", "2");
+  feed(m, 1, 2, "3", "6");
+  /* keys 0.5 (3), 1 (2), 2 (1), 3 (6) */
+  expect_rows(m, 2, 0, "2;1");
+  pgs_merge_free(m);
+
+  /* DISTINCT ON (a, b) ... ORDER BY a: sorted by a, then b. */
+  spec_reset();
+  spec.distinct_on = 2;
+  add_key(0, false, false);
+  add_key(0, false, false);
+  add_key(1, false, false);
+  static const uint32_t oids3[] = {PGS_OID_TEXT, PGS_OID_INT4, PGS_OID_INT4};
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 3, oids3, NULL);
+  feed(m, 0, 3, "a", "2", "10");
+  feed(m, 0, 3, "a", "1", "11");
+  feed(m, 1, 3, "a", "1", "12");
+  feed(m, 1, 3, "b", NULL, "13");
+  feed(m, 0, 3, "b", NULL, "14");
+  expect_rows(m, 3, 0, "a|1|11;a|2|10;b|NULL|14");
+  pgs_merge_free(m);
+
+  /* A spec whose key is longer than its sort keys cannot run. */
+  spec_reset();
+  spec.distinct_on = 2;
+  add_key(0, false, false);
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  expect_error(m, "XX000", "merge spec: DISTINCT ON over 2 of 1 sort keys");
+  pgs_merge_free(m);
+}
+
+/* ---- equal values in other forms ---- */
+
+static void test_group_keys_by_value(void **state) {
+  /* GROUP BY n, f, c (numeric, float8, bpchar): 1.0 = 1.00, -0 = 0,
+   * 'a ' = 'a'; the first form seen is the one shown. */
+  static const uint32_t oids[] = {PGS_OID_NUMERIC, PGS_OID_FLOAT8, PGS_OID_BPCHAR, PGS_OID_INT8};
+  grouped("nnnc");
+  add_group(0);
+  add_group(1);
+  add_group(2);
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 4, oids, NULL);
+  feed(m, 0, 4, "1.0", "-0", "a ", "1");
+  feed(m, 1, 4, "1.00", "0", "a", "2");
+  feed(m, 1, 4, "1.000", "0", "b", "4");
+  feed(m, 0, 4, "NaN", "NaN", "b", "8");
+  feed(m, 1, 4, "NaN", "NaN", "b ", "16");
+  feed(m, 0, 4, "-0.0", "1e0", NULL, "32");
+  feed(m, 1, 4, "0", "1", NULL, "64");
+  expect_rows(m, 4, 0, "1.0|-0|a |3;1.000|0|b|4;NaN|NaN|b|24;-0.0|1e0|NULL|96");
+  pgs_merge_free(m);
+
+  /* In binary: numeric 1.0 (dscale 1) and 1.00 (dscale 2), float8 -0 and 0. */
+  static const uint32_t oids2[] = {PGS_OID_NUMERIC, PGS_OID_FLOAT8, PGS_OID_INT8};
+  static const int16_t fmts[] = {1, 1, 1};
+  spec_reset();
+  grouped("nnc");
+  add_group(0);
+  add_group(1);
+  hex_mask = 0x3;
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 3, oids2, fmts);
+  row_start(3);
+  row_hex(
+      "0001000000000001"
+      "0001");
+  row_hex("8000000000000000");
+  row_int8(1);
+  row_feed(m, 0);
+  row_start(3);
+  row_hex(
+      "0001000000000002"
+      "0001");
+  row_hex("0000000000000000");
+  row_int8(2);
+  row_feed(m, 1);
+  expect_rows(m, 1, 0x4, "\\x00010000000000010001|\\x8000000000000000|3");
+  pgs_merge_free(m);
+}
+
+static void test_distinct_by_value(void **state) {
+  /* SELECT DISTINCT n, s: numeric by value, text by bytes. */
+  static const uint32_t oids[] = {PGS_OID_NUMERIC, PGS_OID_TEXT};
+  spec.distinct = true;
+  pgs_merge_t *m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 2, oids, NULL);
+  assert_int_equal(feed(m, 0, 2, "2.50", "x"), PGS_MERGE_HELD);
+  assert_int_equal(feed(m, 1, 2, "2.5", "x"), PGS_MERGE_DROP);
+  assert_int_equal(feed(m, 1, 2, "2.5", "x "), PGS_MERGE_HELD);
+  assert_int_equal(feed(m, 0, 2, NULL, "x"), PGS_MERGE_HELD);
+  assert_int_equal(feed(m, 1, 2, NULL, "x"), PGS_MERGE_DROP);
+  assert_int_equal(feed(m, 1, 2, "-0", "x"), PGS_MERGE_HELD);
+  assert_int_equal(feed(m, 0, 2, "0.000", "x"), PGS_MERGE_DROP);
+  expect_rows(m, 4, 0, "2.50|x;2.5|x ;NULL|x;-0|x");
+  pgs_merge_free(m);
+  /* A value that does not parse fails rather than guess. */
+  m = pgs_merge_new(&spec, 2, -1, 0, BIG);
+  describe(m, 2, 2, oids, NULL);
+  assert_int_equal(feed(m, 0, 2, "one", "x"), PGS_MERGE_FAILED);
+  expect_error(m, "22P02", NULL);
+  pgs_merge_free(m);
+}
+
+static void test_value_equality_and_mixed_compare(void **state) {
+  pgs_value_error_t err;
+  bool eq;
+  uint64_t h1, h2;
+#define S(x) (const uint8_t *)(x), strlen(x)
+  assert_int_equal(pgs_value_equal(PGS_OID_NUMERIC, 0, S("1.0"), S("1.000"), &eq, &err), PGS_OK);
+  assert_true(eq);
+  assert_int_equal(pgs_value_hash(PGS_OID_NUMERIC, 0, S("1.0"), 7, &h1, &err), PGS_OK);
+  assert_int_equal(pgs_value_hash(PGS_OID_NUMERIC, 0, S("01.000"), 7, &h2, &err), PGS_OK);
+  assert_true(h1 == h2);
+  assert_int_equal(pgs_value_hash(PGS_OID_NUMERIC, 0, S("1.01"), 7, &h2, &err), PGS_OK);
+  assert_true(h1 != h2);
+  assert_int_equal(pgs_value_hash(PGS_OID_NUMERIC, 0, S("-0.00"), 7, &h1, &err), PGS_OK);
+  assert_int_equal(pgs_value_hash(PGS_OID_NUMERIC, 0, S("0"), 7, &h2, &err), PGS_OK);
+  assert_true(h1 == h2);
+  assert_int_equal(pgs_value_hash(PGS_OID_FLOAT4, 0, S("-0"), 1, &h1, &err), PGS_OK);
+  assert_int_equal(pgs_value_hash(PGS_OID_FLOAT4, 0, S("0"), 1, &h2, &err), PGS_OK);
+  assert_true(h1 == h2);
+  assert_int_equal(pgs_value_equal(PGS_OID_TEXT, 0, S("a"), S("a "), &eq, &err), PGS_OK);
+  assert_false(eq);
+  assert_int_equal(pgs_value_equal(PGS_OID_BPCHAR, 0, S("a"), S("a  "), &eq, &err), PGS_OK);
+  assert_true(eq);
+  assert_int_equal(pgs_value_equal(PGS_OID_NUMERIC, 0, S("x"), S("1"), &eq, &err), PGS_EINVAL);
+  assert_string_equal(err.sqlstate, "22P02");
+  assert_true(pgs_value_bytes_equal(PGS_OID_TEXT) && pgs_value_bytes_equal(PGS_OID_INT8));
+  assert_false(pgs_value_bytes_equal(PGS_OID_NUMERIC) || pgs_value_bytes_equal(PGS_OID_FLOAT8));
+
+  /* Across types, as the server's cross-type operators. */
+  static const struct {
+    uint32_t a;
+    const char *x;
+    uint32_t b;
+    const char *y;
+    int want;
+  } cases[] = {
+      {PGS_OID_INT8, "3", PGS_OID_NUMERIC, "2.5", 1},
+      {PGS_OID_INT8, "9223372036854775807", PGS_OID_NUMERIC, "9223372036854775806.9", 1},
+      {PGS_OID_INT4, "-2", PGS_OID_INT8, "-2", 0},
+      {PGS_OID_INT2, "7", PGS_OID_FLOAT8, "7.5", -1},
+      {PGS_OID_NUMERIC, "0.1", PGS_OID_FLOAT8, "0.1", 0},
+      {PGS_OID_NUMERIC, "NaN", PGS_OID_INT8, "5", 1},
+      {PGS_OID_FLOAT4, "NaN", PGS_OID_FLOAT8, "Infinity", 1},
+      {PGS_OID_TEXT, "b", PGS_OID_VARCHAR, "ab", 1},
+      {PGS_OID_BPCHAR, "a  ", PGS_OID_TEXT, "a", 0},
+      {PGS_OID_BPCHAR, "a  ", PGS_OID_BPCHAR, "a", 0},
+  };
+  for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
+    int r = 9;
+    assert_true(pgs_value_comparable_with(cases[i].a, cases[i].b));
+    if (pgs_value_compare_mixed(cases[i].a, 0, S(cases[i].x), cases[i].b, 0, S(cases[i].y), &r,
+                                &err) != PGS_OK)
+      fail_msg("case %zu: %s", i, err.message);
+    if ((r > 0) - (r < 0) != cases[i].want) fail_msg("case %zu: %d", i, r);
+  }
+  /* One type in two formats: int8 text 5 against binary 5. */
+  int r = 9;
+  static const uint8_t five[8] = {0, 0, 0, 0, 0, 0, 0, 5};
+  assert_int_equal(
+      pgs_value_compare_mixed(PGS_OID_INT8, 0, S("5"), PGS_OID_INT8, 1, five, 8, &r, &err), PGS_OK);
+  assert_int_equal(r, 0);
+  assert_int_equal(
+      pgs_value_compare_mixed(PGS_OID_DATE, 1, five, 4, PGS_OID_DATE, 0, S("2000-01-01"), &r, &err),
+      PGS_OK);
+  assert_int_equal(r, 0);
+  assert_false(pgs_value_comparable_with(PGS_OID_DATE, PGS_OID_TIMESTAMP));
+  assert_false(pgs_value_comparable_with(PGS_OID_TEXT, PGS_OID_INT4));
+  assert_false(pgs_value_comparable_with(PGS_OID_INTERVAL, PGS_OID_INTERVAL));
+  assert_int_equal(
+      pgs_value_compare_mixed(PGS_OID_TEXT, 0, S("1"), PGS_OID_INT4, 0, S("1"), &r, &err),
+      PGS_EINVAL);
+  assert_string_equal(err.sqlstate, "0A000");
+  assert_string_equal(err.message, "cannot compare values of types text and integer across shards");
+#undef S
+}
+
 /* ---- failures ---- */
 
 static void test_error_column_count(void **state) {
@@ -1159,6 +1635,15 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_binary_numeric_sum_avg, setup, teardown),
       cmocka_unit_test_setup_teardown(test_distinct, setup, teardown),
       cmocka_unit_test_setup_teardown(test_distinct_hidden_and_grouped, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_having, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_having_one_group, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_having_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_distinct_aggregates, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_distinct_aggregates_cap, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_distinct_on, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_group_keys_by_value, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_distinct_by_value, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_value_equality_and_mixed_compare, setup, teardown),
       cmocka_unit_test_setup_teardown(test_error_column_count, setup, teardown),
       cmocka_unit_test_setup_teardown(test_error_malformed_rows, setup, teardown),
       cmocka_unit_test_setup_teardown(test_error_cap, setup, teardown),
