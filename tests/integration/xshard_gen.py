@@ -1110,6 +1110,60 @@ class Gen:
         q.compare = "ordered"
         return q
 
+    def q_subquery(self):
+        """Subqueries and WITH queries that are whole on each shard: a
+        derived table or CTE grouped by (or filtering) colocated tables,
+        joined on the key, and EXISTS / IN correlated on the key; NOT IN and
+        a derived table with LIMIT must be refused."""
+        r = self.rng.random()
+        q = Query("pushed-subquery")
+        lim = self.pick([0, 2, 5, 9])
+        if r < 0.2:
+            q.add("SELECT count(*), sum(c), max(s) FROM (SELECT order_id, count(*) AS c,"
+                  " sum(qty) AS s FROM xs_items WHERE qty > ").lit(lim)
+            q.add(" GROUP BY order_id) d WHERE d.c > ").lit(self.pick([0, 1, 2]))
+            q.compare = "ordered"
+        elif r < 0.35:
+            key = self.pick(["o.cat", "o.grp", "o.flag"])
+            q.add(f"SELECT {key}, count(*), sum(d.n), max(d.p) FROM xs_orders o JOIN"
+                  " (SELECT order_id, count(*) AS n, max(price) AS p FROM xs_items GROUP BY"
+                  " order_id) d ON d.order_id = o.id WHERE o.qty > ").lit(self.pick([10, 200]))
+            q.add(f" GROUP BY {key} ORDER BY {key} NULLS FIRST")
+            q.compare = "ordered"
+        elif r < 0.5:
+            g = self.pick(["grp", "cat", "sm"])
+            q.add(f"WITH f AS (SELECT id, {g}, amt, qty FROM xs_orders WHERE qty > ").lit(
+                self.pick([50, 250, 400]))
+            q.add(f") SELECT {g}, count(*), sum(amt), avg(qty) FROM f GROUP BY {g}"
+                  f" ORDER BY {g} NULLS FIRST")
+            q.compare = "ordered"
+        elif r < 0.65:
+            neg = "NOT " if self.chance(0.4) else ""
+            q.add(f"SELECT count(*), sum(o.qty), min(o.id) FROM xs_orders o WHERE {neg}EXISTS"
+                  " (SELECT 1 FROM xs_items i WHERE i.order_id = o.id AND i.qty > ").lit(lim)
+            q.add(")")
+            q.compare = "ordered"
+        elif r < 0.78:
+            q.add("SELECT o.id, o.cat, o.amt FROM xs_orders o WHERE o.id IN (SELECT order_id"
+                  " FROM xs_items WHERE price > ").lit(self.pick([10, 100, 500]))
+            q.add(") ORDER BY o.id LIMIT ").lit(self.pick([5, 20, 100]))
+            q.compare = "ordered"
+        elif r < 0.88:
+            q.add("SELECT v.status, count(*), sum(v.total) FROM xs_invoices v WHERE EXISTS"
+                  " (SELECT 1 FROM xs_lines l WHERE l.tenant_id = v.tenant_id AND"
+                  " l.invoice_id = v.id AND l.units > ").lit(self.pick([1, 3, 5]))
+            q.add(") GROUP BY v.status ORDER BY v.status NULLS FIRST")
+            q.compare = "ordered"
+        elif r < 0.94:
+            q.refuse = "not-in-subquery"
+            q.add("SELECT count(*) FROM xs_orders o WHERE o.id NOT IN (SELECT order_id FROM"
+                  " xs_items WHERE qty > ").lit(lim).add(")")
+        else:
+            q.refuse = "subquery-with-limit"
+            q.add("SELECT count(*), sum(c) FROM (SELECT order_id, count(*) AS c FROM xs_items"
+                  " GROUP BY order_id ORDER BY 2 DESC LIMIT ").lit(self.pick([3, 10])).add(") d")
+        return q
+
     # -- constructs that must be refused --
 
     def q_refuse(self):
@@ -1239,6 +1293,7 @@ class Gen:
         ("q_rows", 28), ("q_aggregate", 14), ("q_group", 20), ("q_distinct", 7),
         ("q_ref_join", 8), ("q_colocated", 8), ("q_three_way", 1), ("q_ref_subquery", 1),
         ("q_reference", 1), ("q_keyed", 4), ("q_refuse", 11), ("q_pushdown", 8),
+        ("q_subquery", 6),
     ]
 
     def one(self):
