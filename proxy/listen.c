@@ -199,8 +199,15 @@ static void drop_connection(listener_t *l) {
   free_batch(l);
 }
 
-/* Lost or never made (WHY): a new connection after a backoff. */
-static void listener_lost(listener_t *l, const char *why) {
+/* Lost or never made (WHY, which may be libpq's: copied before the
+ * connection goes): a new connection after a backoff. */
+static void listener_lost(listener_t *l, const char *reason) {
+  char why[256];
+  size_t n = 0;
+  for (const char *c = reason; *c && n + 1 < sizeof(why); c++) /* libpq's lines: one */
+    why[n++] = *c == '\n' ? ' ' : *c;
+  while (n > 0 && why[n - 1] == ' ') n--;
+  why[n] = '\0';
   bool was_up = l->state == LS_READY || l->state == LS_BUSY;
   drop_connection(l);
   l->backoff_ms = l->backoff_ms ? l->backoff_ms * 2 : RETRY_MIN_MS;
@@ -225,11 +232,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
       return;
     }
     if (st != PGRES_POLLING_OK) {
-      char why[256];
-      snprintf(why, sizeof(why), "%s", PQerrorMessage(l->pg));
-      for (char *c = why; *c; c++)
-        if (*c == '\n') *c = ' ';
-      listener_lost(l, why);
+      listener_lost(l, PQerrorMessage(l->pg));
       settle(db); /* waiters do not wait for a listener that is down */
       return;
     }
