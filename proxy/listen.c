@@ -903,6 +903,9 @@ void pgs_listen_tick(pgs_worker_t *worker, uint64_t now) {
     uint64_t timeout = (uint64_t)worker->config->server_connect_timeout_ms;
     for (int i = 0; i < db->nlisteners; i++) {
       listener_t *l = db->listeners[i];
+      int writer = writer_node(l);
+      if (l->state == LS_DOWN && writer >= 0 && writer != l->node)
+        l->retry_at_ms = now; /* a promotion: no backoff for the new primary */
       if (l->state == LS_DOWN && now >= l->retry_at_ms) {
         if (db->channels.count > 0) {
           if (l->backoff_ms) l->reconnects++;
@@ -910,8 +913,8 @@ void pgs_listen_tick(pgs_worker_t *worker, uint64_t now) {
         }
       } else if (l->state == LS_CONNECTING && timeout > 0 && now - l->state_since_ms > timeout) {
         listener_lost(l, "connection timed out (server_connect_timeout_ms)");
-      } else if ((l->state == LS_READY || l->state == LS_BUSY) && writer_node(l) >= 0 &&
-                 writer_node(l) != l->node) {
+      } else if ((l->state == LS_READY || l->state == LS_BUSY) && writer >= 0 &&
+                 writer != l->node) {
         pgs_info("listener %s/%s: the shard's primary moved: listening there", db->name, l->shard);
         drop_connection(l);
         listener_set_state(l, LS_DOWN);

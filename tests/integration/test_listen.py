@@ -13,10 +13,12 @@ Notifications held for a client inside a long transaction are capped
 Session pooling passes LISTEN through to the client's own server.
 """
 import time
+import urllib.request
 
 import psycopg
 import pytest
 
+from conftest import free_port
 from support import wait_for
 from test_sharding import MAP, keys_on
 
@@ -58,8 +60,9 @@ class Inbox:
     are read while the connection runs a statement: wait() runs `select 1`
     until enough came."""
 
-    def __init__(self, conn):
+    def __init__(self, conn, pump="select 1"):
         self.conn = conn
+        self.pump = pump
         self.got = []
         self.notices = []
         conn.add_notify_handler(self.got.append)
@@ -73,7 +76,7 @@ class Inbox:
     def wait(self, want, timeout=5.0):
         deadline = time.monotonic() + timeout
         while len(self.got) < want and time.monotonic() < deadline:
-            self.conn.execute("select 1")
+            self.conn.execute(self.pump)
             time.sleep(0.02)
         return self.pairs()
 
@@ -82,7 +85,7 @@ class Inbox:
         before = len(self.got)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self.conn.execute("select 1")
+            self.conn.execute(self.pump)
             time.sleep(0.05)
         return self.pairs()[before:]
 
@@ -105,7 +108,9 @@ def test_listen_holds_no_server(tables, sharded_proxy):
     """One worker, one server per shard: a listening client that kept a
     server would starve everyone else. It keeps none, and still gets what
     other clients NOTIFY."""
-    px = start(sharded_proxy, workers=1, pool_size=1, query_wait_timeout_ms=3000)
+    port = free_port()
+    px = start(sharded_proxy, workers=1, pool_size=1, query_wait_timeout_ms=3000,
+               metrics_listen=f"127.0.0.1:{port}")
     with px.connect(autocommit=True) as a, px.connect(autocommit=True) as b:
         inbox = Inbox(a)
         a.execute("listen orders")
@@ -133,6 +138,13 @@ def test_listen_holds_no_server(tables, sharded_proxy):
         listeners = admin_rows(px, "show listeners")
         assert sorted(r["shard"] for r in listeners) == ["s0", "s1"], listeners
         assert all(r["state"] == "ready" and r["channels"] == 1 for r in listeners), listeners
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for shard in ("s0", "s1"):
+            assert f'pgshard_listen_connections{{database="app",shard="{shard}"}} 1' in text
+            assert f'pgshard_listen_channels{{database="app",shard="{shard}"}} 1' in text
+        # Both NOTIFYs went to s0's primary.
+        assert 'pgshard_notifications_total{database="app",shard="s0"} 2' in text
 
 
 def test_trigger_on_another_shard(px):
@@ -358,7 +370,8 @@ def test_notify_refused_by_prepare(px2pc):
         b.execute("notify twopc, 'never'")
         with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
             b.execute("commit")
-        assert "NOTIFY" in str(err.value)
+        assert "cannot PREPARE a transaction that has executed LISTEN, UNLISTEN, or NOTIFY" \
+            in str(err.value)
         assert b.execute("select 1").fetchone() == (1,)
         for shard, key in (("s0", px.k0[3]), ("s1", px.k1[3])):
             with px.lab.connect_primary(shard) as conn:
@@ -385,3 +398,30 @@ def test_session_pooling_passes_through(tables, sharded_proxy):
         assert inbox.wait(1) == [("sess", "direct")]
         assert listener_backends(px.lab, "s0") == []
         assert admin_rows(px, "show listeners") == []
+
+
+def test_listener_follows_a_promotion(failover_lab, failover_proxy):
+    """s0's primary stops and a replica is promoted: pgshard's listener of s0
+    moves to the new primary, and what is raised there arrives."""
+    lab = failover_lab
+    px = failover_proxy(extra_ini="[table.app.users]\ncolumn = id\ntype = bigint\n"
+                        "strategy = hash\n", lag_check_interval_ms=50)
+    s0 = lab.shard("s0")
+    promoted = s0.replica_ports[0]
+    with px.connect(autocommit=True) as a:
+        inbox = Inbox(a, pump="/* pgshard: shard=s1 */ select 1")
+        a.execute("listen moved")
+        assert len(listener_backends(lab, "s0")) == 1
+        lab.stop_server(s0.primary_port, mode="immediate")
+        with lab.connect_port(promoted) as direct:
+            assert direct.execute("select pg_promote(true, 30)").fetchone()[0] is True
+        with lab.connect_port(promoted, autocommit=True) as direct:
+            deadline = time.monotonic() + 20
+            i = 0
+            while not inbox.got and time.monotonic() < deadline:
+                i += 1
+                direct.execute("select pg_notify('moved', %s)", (f"try {i}",))
+                inbox.wait(1, timeout=0.2)
+            assert inbox.got, "nothing raised on the promoted primary arrived"
+            assert direct.execute("select count(*) from pg_stat_activity where"
+                                  " application_name = 'pgshard_listen'").fetchone()[0] == 1
