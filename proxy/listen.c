@@ -745,6 +745,7 @@ static void settle(listen_db_t *db) {
 /* ---- what the client's session tells ---- */
 
 static void put_complete(pgs_client_t *client, const char *tag) {
+  if (tag == NULL) return; /* quiet: a server answers */
   size_t mark = pgs_io_scratch_mark(&client->io);
   size_t start = pgs_msg_begin(pgs_io_scratch(&client->io), 'C');
   pgs_buf_put_cstr(pgs_io_scratch(&client->io), tag);
@@ -778,8 +779,9 @@ static pgs_listen_result_t listen_confirmed(pgs_listen_client_t *lc, const char 
 }
 
 pgs_listen_result_t pgs_listen_step(pgs_client_t *client, char what, const char *channel,
-                                    char txstatus) {
-  const char *tag = what == 'L' ? "LISTEN" : "UNLISTEN";
+                                    char txstatus, bool quiet) {
+  const char *tag = quiet ? NULL : what == 'L' ? "LISTEN" : "UNLISTEN";
+  if (txstatus == 'E' && quiet) return PGS_LISTEN_DONE; /* the server refuses the statement */
   if (txstatus == 'E') {
     size_t mark = pgs_io_scratch_mark(&client->io);
     pgs_msg_error_raw(pgs_io_scratch(&client->io), "ERROR", "25P02",

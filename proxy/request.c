@@ -931,8 +931,8 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
     if (st->op == PGS_STEP_LISTEN) {
       /* Transaction pooling's LISTEN/UNLISTEN: the proxy's listeners, not
        * a server (listen.c); a LISTEN may wait until they confirm it. */
-      pgs_listen_result_t r =
-          pgs_listen_step(client, st->reply, st->text, pgs_request_ready_status(client));
+      pgs_listen_result_t r = pgs_listen_step(client, st->reply, st->text,
+                                              pgs_request_ready_status(client), st->internal);
       if (r == PGS_LISTEN_WAIT) return STEPS_BLOCKED;
       if (r == PGS_LISTEN_FAILED) { /* as an error step of pgshard's */
         pgs_account_sqlstate(client, "25P02");

@@ -1276,39 +1276,59 @@ static const pgs_set_op_t *listen_op(const pgs_set_op_t *ops, int n) {
   return NULL;
 }
 
-static const pgs_set_op_t *set_ops_listen(const pgs_set_ops_t *o) {
-  return o ? listen_op(o->ops, o->n) : NULL;
+/* FX is one LISTEN or UNLISTEN statement: its op, else NULL. */
+static const pgs_set_op_t *listen_statement(const pgs_session_effects_t *fx) {
+  return fx->nstatements == 1 && fx->nops == 1 && pgs_set_op_is_listen(fx->ops[0].kind)
+             ? &fx->ops[0]
+             : NULL;
 }
 
-/* The step of OP (then the ReadyForQuery of a SIMPLE query). */
-static void plan_listen(pgs_session_t *s, const pgs_set_op_t *op, bool simple) {
+/* A prepared statement's (or portal's) ops O are one LISTEN or UNLISTEN. */
+static const pgs_set_op_t *set_ops_listen(const pgs_set_ops_t *o) {
+  return o && o->n == 1 && pgs_set_op_is_listen(o->ops[0].kind) ? &o->ops[0] : NULL;
+}
+
+/* The step of OP (then the ReadyForQuery of a SIMPLE query). QUIET: the
+ * statement that has it goes to a server, which answers it (an UNLISTEN in
+ * a multi-statement query, DISCARD ALL). */
+static void plan_listen(pgs_session_t *s, const pgs_set_op_t *op, bool simple, bool quiet) {
   pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_LISTEN, PGS_PLACED_NONE);
   st->reply = op->kind == PGS_SET_OP_LISTEN ? 'L' : op->kind == PGS_SET_OP_UNLISTEN ? 'U' : '*';
   st->text = pgs_xstrdup(op->name);
+  st->internal = quiet;
   if (simple) add_reply(s, 'Z', NULL);
 }
 
 /* A simple Query whose effects are FX: true when it is a LISTEN or
- * UNLISTEN that transaction pooling answers (its steps are planned). */
+ * UNLISTEN that transaction pooling answers, or a query it refuses (its
+ * steps are planned). An UNLISTEN among other statements (asyncpg's pool
+ * reset: "CLOSE ALL; UNLISTEN *; RESET ALL"), or DISCARD ALL, gives up the
+ * client's channels with a quiet step, and the query goes on to the
+ * servers (where it does nothing to listeners): false. */
 static bool plan_listen_query(pgs_session_t *s, const pgs_session_effects_t *fx) {
-  const pgs_set_op_t *op = listen_op(fx->ops, fx->nops);
-  if (op == NULL || !listens_locally(s)) return false;
-  if (fx->nstatements != 1) {
+  if (!listens_locally(s) || listen_op(fx->ops, fx->nops) == NULL) return false;
+  const pgs_set_op_t *op = listen_statement(fx);
+  if (op) {
+    plan_listen(s, op, true, false);
+    return true;
+  }
+  for (int i = 0; i < fx->nops; i++) {
+    if (fx->ops[i].kind != PGS_SET_OP_LISTEN) continue;
     add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
-              "LISTEN and UNLISTEN must be statements of their own in transaction pooling "
-              "(pgshard answers them itself)");
+              "LISTEN must be a statement of its own in transaction pooling (pgshard answers "
+              "it itself)");
     add_reply(s, 'Z', NULL);
     return true;
   }
-  plan_listen(s, op, true);
-  return true;
+  for (int i = 0; i < fx->nops; i++)
+    if (pgs_set_op_is_listen(fx->ops[i].kind)) plan_listen(s, &fx->ops[i], false, true);
+  return false;
 }
 
 /* A prepared LISTEN or UNLISTEN (FX) that transaction pooling answers
  * when it runs does not pin the session. */
 static void listen_prepared(const pgs_session_t *s, pgs_session_effects_t *fx) {
-  if (listens_locally(s) && fx->nstatements == 1 && listen_op(fx->ops, fx->nops))
-    fx->flags &= ~PGS_SESSION_PIN;
+  if (listens_locally(s) && listen_statement(fx)) fx->flags &= ~PGS_SESSION_PIN;
 }
 
 /* ---- SQL cursors ----
@@ -2148,7 +2168,7 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
     /* Answered by pgshard: BEGIN/COMMIT/ROLLBACK. */
     add_reply(s, type == 'D' ? 'n' : '3', NULL);
   } else if (portal->mask == 0 && set_ops_listen(portal->set_ops)) {
-    plan_listen(s, set_ops_listen(portal->set_ops), false);
+    plan_listen(s, set_ops_listen(portal->set_ops), false, false);
   } else if (portal->mask == 0) {
     if (portal->kind == PGS_STMT_BEGIN)
       plan_begin(s, portal->sql, portal->read_only, false);
@@ -2419,7 +2439,7 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
         ops = pgs_strmap_get(&s->portal_set_ops, execute.portal);
       if (listens_locally(s) && set_ops_listen(ops)) {
         /* Bound on the server, where it never runs: pgshard's to do. */
-        plan_listen(s, set_ops_listen(ops), false);
+        plan_listen(s, set_ops_listen(ops), false, false);
         return;
       }
       set_ops_apply(s, ops);

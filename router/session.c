@@ -388,6 +388,7 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
       if (add_op(out, PGS_SET_OP_RESET_ALL, NULL) == NULL ||
           add_op(out, PGS_SET_OP_RESET, "session_authorization") == NULL)
         out->flags |= PGS_SESSION_PIN;
+      add_channel_op(out, PGS_SET_OP_UNLISTEN_ALL, NULL); /* and UNLISTEN * */
       out->flags |= PGS_SESSION_DROPS_PREPARED;
     }
     break;

@@ -29,9 +29,10 @@ void pgs_listen_set_ops(const pgs_listen_ops_t *ops);
 /* The client's LISTEN ('L'), UNLISTEN ('U') of CHANNEL or UNLISTEN * ('*')
  * (a PGS_STEP_LISTEN), with TXSTATUS the status its ReadyForQuery would
  * have now: between transactions it applies at once, inside one at its
- * COMMIT, in a failed one it is refused (25P02). */
+ * COMMIT, in a failed one it is refused (25P02). QUIET: a server answers
+ * the statement (an UNLISTEN among others, DISCARD ALL): no reply. */
 pgs_listen_result_t pgs_listen_step(pgs_client_t *client, char what, const char *channel,
-                                    char txstatus);
+                                    char txstatus, bool quiet);
 /* A result the client is sent (TYPE, BODY): an error or a ROLLBACK means
  * the LISTENs of its transaction will not apply. */
 void pgs_listen_client_message(pgs_client_t *client, char type, const uint8_t *body, size_t len);

@@ -221,6 +221,16 @@ def test_unlisten_star_and_disconnect(px):
         b.execute("notify one, '3'")
         b.execute("notify two, '4'")
         assert inbox.quiet() == []
+        # asyncpg's pool reset, and DISCARD ALL: UNLISTEN * among others.
+        for reset in ("CLOSE ALL; UNLISTEN *; RESET ALL", "DISCARD ALL"):
+            a.execute("listen one")
+            b.execute("notify one, 'before reset'")
+            assert inbox.wait(3)[-1] == ("one", "before reset")
+            a.execute(reset)
+            b.execute("notify one, 'after reset'")
+            assert inbox.quiet() == [], reset
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute("select 1; listen one")  # LISTEN is pgshard's: alone only
         # The listeners give the channels up once no client listens.
         def channels():
             return [r["channels"] for r in admin_rows(px, "show listeners")]

@@ -1103,11 +1103,25 @@ static void test_listen(void **state) {
     run(f, 'Q');
     assert_false(f->s.pinned);
     assert_int_equal(f->s.ntx_ops, 0);
-    /* Only as statements of their own. */
+    /* LISTEN only as a statement of its own. */
     plan_query(f, "LISTEN a; SELECT 1");
     assert_error(f, 0, "0A000");
     assert_reply(f, 1, 'Z', NULL);
     run(f, 'Q');
+    /* An UNLISTEN among other statements (asyncpg's pool reset), and
+     * DISCARD ALL: the channels go quietly, the query to the server. */
+    plan_query(f, "CLOSE ALL; UNLISTEN *; RESET ALL");
+    assert_listen(f, 0, '*', "");
+    assert_true(step(f, 0)->internal);
+    assert_sent(f, 1, PGS_STEP_FORWARD, 0, routing ? PGS_PLACED_SESSION : PGS_PLACED_PASSTHROUGH);
+    run(f, 'Q');
+    plan_query(f, "DISCARD ALL");
+    assert_listen(f, 0, '*', "");
+    assert_true(step(f, 0)->internal);
+    assert_int_equal(step(f, 1)->op, PGS_STEP_FORWARD);
+    run(f, 'Q');
+    for (int i = 0; i < f->s.ntx_ops; i++) free(f->s.tx_ops[i].sql);
+    f->s.ntx_ops = 0;
     plan_query(f, "NOTIFY orders, 'x'");
     assert_sent(f, 0, PGS_STEP_FORWARD, 0, routing ? PGS_PLACED_ROUTE : PGS_PLACED_PASSTHROUGH);
     run(f, 'Q');
@@ -1134,6 +1148,7 @@ static void test_listen(void **state) {
     plan(f, &b);
     assert_int_equal(f->s.nsteps, 1);
     assert_listen(f, 0, 'L', "Mixed");
+    assert_false(step(f, 0)->internal); /* answered by pgshard */
     run(f, 'E');
     assert_false(f->s.pinned);
     assert_int_equal(f->s.ntx_ops, 0);

@@ -222,7 +222,8 @@ static void test_discard_and_deallocate(void **state) {
   pgs_session_effects_t fx;
   /* DISCARD ALL also ends a SET SESSION AUTHORIZATION (and with it the
    * role), which RESET ALL leaves. */
-  analyze("DISCARD ALL", PGS_SESSION_DROPS_PREPARED, 2, &fx);
+  analyze("DISCARD ALL", PGS_SESSION_DROPS_PREPARED, 3, &fx);
+  assert_int_equal(fx.ops[2].kind, PGS_SET_OP_UNLISTEN_ALL); /* it is UNLISTEN * too */
   assert_int_equal(fx.ops[0].kind, PGS_SET_OP_RESET_ALL);
   assert_int_equal(fx.ops[1].kind, PGS_SET_OP_RESET);
   assert_string_equal(fx.ops[1].name, "session_authorization");
@@ -361,7 +362,7 @@ static void test_multi_statement(void **state) {
   pgs_session_effects_free(&fx);
 
   analyze("SET a = 'x;y';\n  /* next */ RESET b;\nSET LOCAL c = 1; DISCARD ALL",
-          PGS_SESSION_DROPS_PREPARED, 4, &fx);
+          PGS_SESSION_DROPS_PREPARED, 5, &fx);
   assert_string_equal(fx.ops[0].sql, "SET a = 'x;y'");
   assert_int_equal(fx.ops[1].kind, PGS_SET_OP_RESET);
   assert_string_equal(fx.ops[1].name, "b");
