@@ -27,12 +27,16 @@
  * and goes out right after the ReadyForQuery that ends the transaction.
  * Over the cap they are dropped — PostgreSQL never drops, but pgshard
  * must not grow without bound — and the client is told once, with a
- * WARNING notice, when it next gets its notifications. A LISTEN inside a
- * transaction applies at its COMMIT and is dropped at its ROLLBACK (any
- * error in the transaction drops it too, even one rolled back to a
- * savepoint). A LISTEN outside one is answered once every listener that is
- * up has confirmed the channel, so that a NOTIFY committed after the
- * answer reaches the client.
+ * WARNING notice, when it next gets its notifications. A LISTEN is
+ * answered once every listener that is up has confirmed the channel, so
+ * that a NOTIFY committed after the answer reaches the client. Inside a
+ * transaction LISTEN and UNLISTEN apply at its COMMIT and are dropped at
+ * its ROLLBACK (any error in the transaction counts as one, even one
+ * rolled back to a savepoint); a channel new to the client is listened on
+ * from the LISTEN already ("provisional"), so that the COMMIT finds it
+ * confirmed, and what arrives on it before the transaction ends is not
+ * handed over. An UNLISTEN in a statement a server runs (DISCARD ALL, a
+ * multi-statement query) is applied quietly, without an answer.
  *
  * A lost listener (server restart, pg_terminate_backend) reconnects with
  * backoff and LISTENs every channel again; notifications raised while it
