@@ -135,8 +135,9 @@ struct pgs_listen_client {
   names_t channels; /* it listens on */
   /* Its transaction's LISTEN/UNLISTEN, applied at COMMIT (ops 'L', 'U',
    * '*'), and the channels its LISTENs listen on already, given up at
-   * ROLLBACK; any error in the transaction counts as a ROLLBACK (even one
-   * rolled back to a savepoint). */
+   * ROLLBACK; any error in the transaction counts as a ROLLBACK, and so
+   * does a ROLLBACK TO SAVEPOINT (its tag is "ROLLBACK"): savepoints are
+   * not followed. */
   names_t pending;
   char *pending_ops;
   names_t provisional;

@@ -435,3 +435,29 @@ def test_listener_follows_a_promotion(failover_lab, failover_proxy):
             assert inbox.got, "nothing raised on the promoted primary arrived"
             assert direct.execute("select count(*) from pg_stat_activity where"
                                   " application_name = 'pgshard_listen'").fetchone()[0] == 1
+
+
+def test_one_shard_pass_through(proxy):
+    """One shard, no replicas: the pass-through pooler. LISTEN is pgshard's
+    there too — a simple query, or a Parse and Bind the server gets and an
+    Execute it does not — and holds no server."""
+    px = proxy(pool_size=2)
+    with px.connect(autocommit=True) as a, px.connect(autocommit=True) as b:
+        inbox = Inbox(a)
+        a.execute("listen simple")
+        with a.pipeline():
+            a.execute('listen "Piped"')
+        a.execute("begin")
+        a.execute("listen rolled_back")
+        a.execute("rollback")
+        b.execute("notify simple, '1'")
+        b.execute('notify "Piped", \'2\'')
+        b.execute("notify rolled_back, '3'")
+        assert sorted(inbox.wait(2)) == [("Piped", "2"), ("simple", "1")]
+        assert inbox.quiet(0.3) == []
+        clients = admin_rows(px, "show clients")
+        assert clients and not any(c["pinned"] for c in clients), clients
+        # One listening connection, with the two channels committed.
+        wait_for(lambda: [r["channels"] for r in admin_rows(px, "show listeners")] == [2], 5,
+                 message="one listener with two channels")
+        assert len(listener_backends(px.lab, "s0")) == 1
