@@ -687,7 +687,9 @@ static void notify_client(pgs_listen_client_t *lc, const uint8_t *m, size_t len)
   pgs_client_t *c = lc->client;
   size_t cap = (size_t)c->config->max_notify_queue_bytes;
   if (client_between(c) && lc->queue.len == 0) {
-    if (pgs_io_backlog(&c->io) + len > cap) { /* it does not read what it is sent */
+    /* Its output not yet written (this burst's included) stays under the
+     * cap too: a client that does not read makes pgshard hold no more. */
+    if (pgs_io_backlog(&c->io) + c->io.scratch.len + len > cap) {
       lc->dropped++;
       return;
     }
