@@ -18,6 +18,7 @@ import urllib.request
 import psycopg
 import pytest
 
+import pgwire
 from conftest import free_port
 from support import wait_for
 from test_sharding import MAP, keys_on
@@ -461,3 +462,50 @@ def test_one_shard_pass_through(proxy):
         wait_for(lambda: [r["channels"] for r in admin_rows(px, "show listeners")] == [2], 5,
                  message="one listener with two channels")
         assert len(listener_backends(px.lab, "s0")) == 1
+
+
+def test_a_client_that_does_not_read(tables, sharded_proxy):
+    """An idle client that reads nothing while ~60 MB of notifications
+    arrive: pgshard holds at most max_notify_queue_bytes of output for it
+    (its RSS does not follow the flood), drops the rest, and says so with
+    the next notification once the client reads again."""
+    import socket
+    px = start(sharded_proxy, workers=1, max_notify_queue_bytes=65536)
+
+    def rss_kb():
+        with open(f"/proc/{px.proc.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+    with px.raw(timeout=30) as raw:
+        raw.login()
+        raw.simple_query("listen flood")
+        before = rss_kb()
+        with px.lab.connect_primary("s0", autocommit=True) as s0:
+            for _ in range(6):
+                s0.execute("select pg_notify('flood', repeat('x', 1000) || g)"
+                           " from generate_series(1, 10000) g")
+        wait_for(lambda: sum(r["notifications"] for r in admin_rows(px, "show listeners"))
+                 >= 60000, 60, message="pgshard to receive the flood")
+        grown = rss_kb() - before
+        assert grown < 16 * 1024, f"pgshard grew by {grown} kB for a client that reads nothing"
+        # It reads what was kept (the socket's buffers and pgshard's cap).
+        raw.sock.settimeout(1.0)
+        kept = 0
+        try:
+            while True:
+                kind, _ = raw.read_message()
+                assert kind == "A"
+                kept += 1
+        except socket.timeout:
+            pass
+        assert 0 < kept < 60000, kept
+        raw.sock.settimeout(10)
+        with px.lab.connect_primary("s1", autocommit=True) as s1:
+            s1.execute("select pg_notify('flood', 'after')")
+        kind, payload = raw.read_message()
+        assert kind == "N", (kind, payload)
+        fields = pgwire.ServerError(pgwire.parse_error_fields(payload))
+        assert fields.sqlstate == "01000" and "dropped" in fields.message, payload
+        assert f"{60000 - kept} notifications" in fields.message, (kept, fields.message)
+        kind, payload = raw.read_message()
+        assert kind == "A" and payload.endswith(b"flood\0after\0"), payload
