@@ -487,7 +487,10 @@ def test_a_client_that_does_not_read(tables, sharded_proxy):
         wait_for(lambda: sum(r["notifications"] for r in admin_rows(px, "show listeners"))
                  >= 60000, 60, message="pgshard to receive the flood")
         grown = rss_kb() - before
-        assert grown < 16 * 1024, f"pgshard grew by {grown} kB for a client that reads nothing"
+        with open(f"/proc/{px.proc.pid}/maps") as maps:
+            sanitized = "libasan" in maps.read()  # its quarantine keeps what is freed
+        if not sanitized:
+            assert grown < 16 * 1024, f"pgshard grew by {grown} kB for a client that reads nothing"
         # It reads what was kept (the socket's buffers and pgshard's cap).
         raw.sock.settimeout(1.0)
         kept = 0
