@@ -39,6 +39,7 @@
 #include "pgshard/stats.h"
 #include "pgshard/twophase.h"
 #include "pgshard/gather.h"
+#include "pgshard/listen.h"
 #include "pgshard/mailbox.h"
 #include "pgshard/pause.h"
 
@@ -202,6 +203,12 @@ static const admin_column_t config_cols[] = {
 static const admin_column_t version_cols[] = {{"version", OID_TEXT}};
 static const admin_column_t twophase_cols[] = {
     {"gid", OID_TEXT}, {"decision", OID_TEXT}, {"driven_by", OID_TEXT}, {"age_ms", OID_INT8}};
+static const admin_column_t listeners_cols[] = {
+    {"database", OID_TEXT}, {"shard", OID_TEXT},         {"state", OID_TEXT},
+    {"pid", OID_INT8},      {"user", OID_TEXT},          {"channels", OID_INT8},
+    {"clients", OID_INT8},  {"notifications", OID_INT8}, {"reconnects", OID_INT8},
+    {"worker", OID_INT8},
+};
 static const admin_column_t explain_cols[] = {{"item", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t help_cols[] = {{"command", OID_TEXT}, {"description", OID_TEXT}};
 
@@ -234,6 +241,8 @@ static show_spec_t show_spec(pgs_admin_show_t what) {
     return (show_spec_t)SPEC(config_cols, false);
   case PGS_SHOW_TWOPHASE:
     return (show_spec_t)SPEC(twophase_cols, false);
+  case PGS_SHOW_LISTENERS:
+    return (show_spec_t)SPEC(listeners_cols, true);
   case PGS_SHOW_VERSION:
     return (show_spec_t)SPEC(version_cols, false);
   case PGS_SHOW_HELP:
@@ -374,6 +383,7 @@ static void show_config(pgs_client_t *client, pgs_buf_t *b) {
   config_rowf(b, p, "max_client_memory", "%lld", (long long)c->max_client_memory);
   config_rowf(b, p, "max_total_client_memory", "%lld", (long long)c->max_total_client_memory);
   config_rowf(b, p, "max_merge_bytes", "%lld", (long long)c->max_merge_bytes);
+  config_rowf(b, p, "max_notify_queue_bytes", "%lld", (long long)c->max_notify_queue_bytes);
   config_row(b, p, "twophase_log", c->twophase_log);
   config_row(b, p, "twophase_recovery_user", c->twophase_recovery_user);
   for (int i = 0; i < c->nusers; i++) {
@@ -696,8 +706,38 @@ static bool kill_client(pgs_worker_t *w, int32_t id) {
   return false;
 }
 
+/* SHOW LISTENERS: a row per listener of the worker (listen.c). */
+typedef struct listener_rows {
+  pgs_buf_t *b;
+  int worker;
+} listener_rows_t;
+
+static void listener_row(void *arg, const pgs_listener_info_t *info) {
+  listener_rows_t *lr = arg;
+  row_t r = row_begin(lr->b, (int)PGS_ARRAY_LEN(listeners_cols));
+  row_text(&r, info->database);
+  row_text(&r, info->shard);
+  row_text(&r, info->state);
+  if (info->backend_pid)
+    row_int(&r, info->backend_pid);
+  else
+    row_text(&r, NULL);
+  row_text(&r, info->user);
+  row_int(&r, info->channels);
+  row_int(&r, info->clients);
+  row_int(&r, (int64_t)info->notifications);
+  row_int(&r, (int64_t)info->reconnects);
+  row_int(&r, lr->worker);
+  row_end(&r);
+}
+
 static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) {
   switch (what) {
+  case PGS_SHOW_LISTENERS: {
+    listener_rows_t lr = {.b = b, .worker = w->index};
+    pgs_listen_each(w, listener_row, &lr);
+    break;
+  }
   case PGS_SHOW_CLIENTS:
     part_clients(w, b);
     break;

@@ -37,6 +37,7 @@
 #include "pgshard/log.h"
 #include "pgshard/client.h"
 #include "pgshard/console.h"
+#include "pgshard/listen.h"
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
 #include "pgshard/server.h"
@@ -169,6 +170,7 @@ void pgs_client_close(pgs_client_t *client) {
   }
   detach_servers(client);
   pgs_admin_free(client);
+  pgs_listen_client_gone(client);
   client_set_state(client, PGS_CL_CLOSING);
   pgs_list_remove(&client->link);
   pgs_list_append(&client->worker->closing, &client->link);
@@ -424,6 +426,10 @@ static void commit_tx_ops(pgs_client_t *client) {
         remove_settings(client, NULL);
         reset_startup = true;
         break;
+      case PGS_SET_OP_LISTEN:
+      case PGS_SET_OP_UNLISTEN:
+      case PGS_SET_OP_UNLISTEN_ALL:
+        break; /* not settings: never among tx_ops (planner.c) */
       }
     }
     recompute_settings_hash(client);
@@ -476,6 +482,7 @@ void pgs_client_on_server_message(pgs_client_t *client, char type, const uint8_t
   /* A part of a cross-shard read: the read's one error is counted when it
    * reaches the client (fanout.c), not each part's. */
   if (type == 'E' && client->fan == NULL) pgs_account_error(client, body, len);
+  pgs_listen_client_message(client, type, body, len);
   if (client->session.ntx_ops == 0) return;
   if (type == 'S') {
     note_reported(client, body, len);
@@ -596,6 +603,8 @@ void pgs_client_after_ready(pgs_client_t *client, char status) {
     pgs_session_tx_done(&client->session, pgs_now_ms());
   } else if (status == 'E')
     client->tx_failed = true;
+  /* The transaction's LISTENs, and the notifications held for it. */
+  pgs_listen_after_ready(client, status);
 }
 
 /* ---- login ---- */

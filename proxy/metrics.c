@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "pgshard/listen.h"
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
 #include "pgshard/stats.h"
@@ -56,7 +57,27 @@ typedef struct clients_record {
   int64_t active, waiting, idle; /* holding a server, waiting for one, neither */
 } clients_record_t;
 
-/* A part: u32 count then the records, for stats, pools, clients in turn. */
+/* LISTEN/NOTIFY: a worker's listening connections of one shard. */
+typedef struct listen_record {
+  char db[PGS_MAX_NAME], shard[PGS_MAX_NAME];
+  int64_t up, channels;
+  uint64_t notifications;
+} listen_record_t;
+
+static void listen_row(void *arg, const pgs_listener_info_t *info) {
+  pgs_buf_t *recs = arg;
+  listen_record_t r;
+  memset(&r, 0, sizeof(r));
+  snprintf(r.db, sizeof(r.db), "%s", info->database);
+  snprintf(r.shard, sizeof(r.shard), "%s", info->shard);
+  r.up = !strcmp(info->state, "ready") || !strcmp(info->state, "busy");
+  r.channels = info->channels;
+  r.notifications = info->notifications;
+  pgs_buf_put(recs, &r, sizeof(r));
+}
+
+/* A part: u32 count then the records, for stats, pools, clients, listeners
+ * in turn. */
 static void put_count(pgs_buf_t *b, uint32_t n) { pgs_buf_put(b, &n, sizeof(n)); }
 
 static void metrics_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) {
@@ -110,6 +131,12 @@ static void metrics_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param)
   put_count(b, n);
   if (n) pgs_buf_put(b, recs, n * sizeof(*recs));
   free(recs);
+  pgs_buf_t listens;
+  pgs_buf_init(&listens);
+  pgs_listen_each(w, listen_row, &listens);
+  put_count(b, (uint32_t)(listens.len / sizeof(listen_record_t)));
+  pgs_buf_put(b, listens.data, listens.len);
+  pgs_buf_free(&listens);
 }
 
 /* ---- the text ---- */
@@ -194,6 +221,8 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
   int npools = 0;
   clients_record_t *clients = NULL;
   int nclients = 0;
+  listen_record_t *listens = NULL;
+  int nlistens = 0;
   for (int i = 0; i < pgs_gather_nparts(g); i++) {
     const pgs_buf_t *part = pgs_gather_part(g, i);
     size_t at = 0;
@@ -234,6 +263,23 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
       clients[j].waiting += r.waiting;
       clients[j].idle += r.idle;
     }
+    p = records(part, &at, sizeof(listen_record_t), &n);
+    for (uint32_t k = 0; k < n; k++) {
+      listen_record_t r;
+      memcpy(&r, p + k * sizeof(r), sizeof(r));
+      int j = 0;
+      while (j < nlistens &&
+             !(strcmp(listens[j].db, r.db) == 0 && strcmp(listens[j].shard, r.shard) == 0))
+        j++;
+      if (j == nlistens) {
+        listens = pgs_xrealloc(listens, (size_t)(nlistens + 1) * sizeof(*listens));
+        listens[nlistens++] = r;
+        continue;
+      }
+      listens[j].up += r.up;
+      listens[j].channels += r.channels;
+      listens[j].notifications += r.notifications;
+    }
   }
 
   family(b, "pgshard_up", "gauge", "1 while pgshard answers");
@@ -262,6 +308,22 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
           "%lld\n",
           r->db, r->user, r->shard, r->node, states[k], (long long)values[k]);
   }
+  family(b, "pgshard_listen_connections", "gauge",
+         "LISTEN/NOTIFY: pgshard's listening connections that are up (one per worker)");
+  for (int j = 0; j < nlistens; j++)
+    put(b, "pgshard_listen_connections{database=\"%s\",shard=\"%s\"} %lld\n", listens[j].db,
+        listens[j].shard, (long long)listens[j].up);
+  family(b, "pgshard_listen_channels", "gauge",
+         "LISTEN/NOTIFY: channels LISTENed on pgshard's connections, summed over workers");
+  for (int j = 0; j < nlistens; j++)
+    put(b, "pgshard_listen_channels{database=\"%s\",shard=\"%s\"} %lld\n", listens[j].db,
+        listens[j].shard, (long long)listens[j].channels);
+  family(b, "pgshard_notifications_total", "counter",
+         "LISTEN/NOTIFY: notifications pgshard's listening connections received");
+  for (int j = 0; j < nlistens; j++)
+    put(b, "pgshard_notifications_total{database=\"%s\",shard=\"%s\"} %llu\n", listens[j].db,
+        listens[j].shard, (unsigned long long)listens[j].notifications);
+  free(listens);
   family(b, "pgshard_pool_waiting_clients", "gauge", "clients waiting for a server");
   for (int j = 0; j < npools; j++)
     put(b,

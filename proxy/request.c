@@ -37,6 +37,7 @@
 #include "pgshard/client.h"
 #include "pgshard/coordinator.h"
 #include "pgshard/fanout.h"
+#include "pgshard/listen.h"
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
 #include "pgshard/server.h"
@@ -680,6 +681,19 @@ static void owner_lost(pgs_client_t *client, int slot, int readies, bool open_un
     pgs_request_server_lost(client, slot, readies, open_unit, why);
 }
 
+/* What listen.c asks: a LISTEN that waited for the listeners goes on. */
+static void listen_resume(pgs_client_t *client) {
+  if (client->state == PGS_CL_CLOSING) return;
+  if (pgs_session_resume(&client->session)) pgs_request_process(client);
+}
+
+static void listen_close(pgs_client_t *client) { connection->close(client); }
+
+const pgs_listen_ops_t pgs_request_listen_ops = {
+    .resume = listen_resume,
+    .close = listen_close,
+};
+
 const pgs_server_owner_t pgs_request_server_owner = {
     .exchange = owner_exchange,
     .reply = owner_reply,
@@ -736,6 +750,9 @@ static void emit_reply(pgs_client_t *client, const pgs_step_t *st) {
     size_t start = pgs_msg_begin(b, 'C');
     pgs_buf_put_cstr(b, st->text);
     pgs_msg_end(b, start);
+    /* A ROLLBACK pgshard answers (the transaction reached no server) drops
+     * the LISTENs of the transaction, as one a server answers does. */
+    pgs_listen_client_message(client, 'C', (const uint8_t *)st->text, strlen(st->text) + 1);
   } else if (st->reply == 't') {
     size_t start = pgs_msg_begin(b, 't');
     pgs_buf_put_i16(b, 0);
@@ -919,6 +936,20 @@ static steps_result_t run_steps(pgs_client_t *client, char type, const uint8_t *
       pgs_twopc_phase_t phase = (pgs_twopc_phase_t)st->phase;
       client->session.step_next++;
       pgs_coordinator_run(client, phase); /* plans more steps: st may move */
+      continue;
+    }
+    if (st->op == PGS_STEP_LISTEN) {
+      /* Transaction pooling's LISTEN/UNLISTEN: the proxy's listeners, not
+       * a server (listen.c); a LISTEN may wait until they confirm it. */
+      pgs_listen_result_t r = pgs_listen_step(client, st->reply, st->text,
+                                              pgs_request_ready_status(client), st->internal);
+      if (r == PGS_LISTEN_WAIT) return STEPS_BLOCKED;
+      if (r == PGS_LISTEN_FAILED) { /* as an error step of pgshard's */
+        pgs_account_sqlstate(client, "25P02");
+        client->session.ex.request_failed = true;
+        if (type != 'Q') pgs_session_set_unit(&client->session, PGS_UNIT_SKIP_TO_SYNC);
+      }
+      client->session.step_next++;
       continue;
     }
     if (st->shard < 0) {

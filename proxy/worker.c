@@ -14,6 +14,7 @@
 #include "pgshard/log.h"
 #include "pgshard/client.h"
 #include "pgshard/console.h"
+#include "pgshard/listen.h"
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
 #include "pgshard/server.h"
@@ -65,6 +66,7 @@ static void stop_now(pgs_worker_t *worker) {
     pgs_client_t *client = pgs_container_of(worker->clients.next, pgs_client_t, link);
     pgs_client_fail(client, PGS_SQLSTATE_ADMIN_SHUTDOWN, "shutting down");
   }
+  pgs_listen_stop(worker);
   for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
     pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
     close_pool_servers(&pool->connecting);
@@ -110,6 +112,7 @@ static void tick_cb(uv_timer_t *timer) {
     if (l != &worker->clients && pgs_container_of(l, pgs_client_t, link)->state == PGS_CL_CLOSING)
       l = worker->clients.next;
   }
+  pgs_listen_tick(worker, now);
   if (worker->draining && !worker->stopping) {
     drain_idle_clients(worker);
     if (worker->nclients == 0 || now >= worker->drain_deadline_ms) stop_now(worker);
@@ -277,6 +280,7 @@ int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   pgs_server_set_pool_ops(&pgs_pool_server_ops);
   pgs_pool_set_waiter_ops(&pgs_client_waiter_ops);
   pgs_request_set_session_ops(&pgs_client_session_ops);
+  pgs_listen_set_ops(&pgs_request_listen_ops);
   pgs_admin_set_session_ops(&pgs_client_session_ops);
   pgs_pause_on_resume(resume_all);
   workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));

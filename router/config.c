@@ -477,6 +477,8 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
   } else if (!strcmp(key, "max_merge_bytes")) {
     if (parse_int(st, key, value, (int64_t)1 << 16, (int64_t)1 << 40, &v64))
       c->max_merge_bytes = v64;
+  } else if (!strcmp(key, "max_notify_queue_bytes")) {
+    if (parse_int(st, key, value, 1024, (int64_t)1 << 40, &v64)) c->max_notify_queue_bytes = v64;
   } else if (!strcmp(key, "twophase_log")) {
     if (value[0] == '\0') {
       config_error(c, st->line, "twophase_log: must name a file");
@@ -784,6 +786,7 @@ static void config_defaults(pgs_config_t *c) {
   c->max_client_memory = (int64_t)256 << 20;
   c->max_total_client_memory = (int64_t)4 << 30;
   c->max_merge_bytes = (int64_t)256 << 20;
+  c->max_notify_queue_bytes = (int64_t)1 << 20;
   c->twophase_log = pgs_xstrdup(PGS_TWOPHASE_LOG_DEFAULT);
   c->refcount = 1;
 }

@@ -400,6 +400,7 @@ static pgs_set_ops_t *set_ops_copy(const pgs_set_ops_t *o) {
  * Query's (awaiting the end of the transaction in tx_ops). */
 static void set_ops_apply(pgs_session_t *s, const pgs_set_ops_t *o) {
   for (int i = 0; o && i < o->n; i++) {
+    if (pgs_set_op_is_listen(o->ops[i].kind)) continue; /* not a setting */
     if (s->ntx_ops == PGS_SESSION_MAX_OPS) {
       s->pinned = true; /* more than it can replay: the server stays */
       return;
@@ -439,6 +440,7 @@ static void check_session_effects(pgs_session_t *s, const pgs_session_effects_t 
     return;
   }
   for (int i = 0; i < fx->nops; i++) {
+    if (pgs_set_op_is_listen(fx->ops[i].kind)) continue; /* not a setting */
     if (s->ntx_ops == PGS_SESSION_MAX_OPS) {
       s->pinned = true;
       break;
@@ -868,7 +870,7 @@ static bool pgshard_unread(const pgs_session_effects_t *fx, const char *sql) {
 static int pgshard_ops(const pgs_session_effects_t *fx) {
   int n = 0;
   for (int i = 0; i < fx->nops; i++)
-    if (!strncasecmp(fx->ops[i].name, "pgshard.", 8)) n++;
+    if (!pgs_set_op_is_listen(fx->ops[i].kind) && !strncasecmp(fx->ops[i].name, "pgshard.", 8)) n++;
   return n;
 }
 
@@ -1260,11 +1262,84 @@ static bool insert_with_columns(pgs_session_t *s, const char *sql, size_t qlen,
   return true;
 }
 
-/* LISTEN, UNLISTEN and NOTIFY go to one shard's primary, the first shard's,
- * whatever shard the session is on: a notification reaches every listener
- * of its channel, as on one PostgreSQL. So do advisory lock functions
- * (plan->advisory): clients locking the same key meet there. */
+/* NOTIFY goes to one shard's primary, the first shard's, whatever shard
+ * the session is on (so do LISTEN and UNLISTEN in session pooling): a
+ * notification reaches every listener of its channel, as on one
+ * PostgreSQL. So do advisory lock functions (plan->advisory): clients
+ * locking the same key meet there. */
 #define NOTIFY_SLOT 0
+
+/* In transaction pooling LISTEN and UNLISTEN are pgshard's own: the proxy
+ * keeps each client's channels and listens on every shard's primary for
+ * all of them (proxy/listen.c), so that a notification raised on any
+ * shard reaches the clients of its channel, and no client keeps a server.
+ * The statement reaches no server: a LISTEN step registers it (inside a
+ * transaction: at its COMMIT) and answers it, in pass-through mode too. */
+static bool listens_locally(const pgs_session_t *s) {
+  return s->db->pool_mode == PGS_POOL_TRANSACTION;
+}
+
+/* The LISTEN or UNLISTEN among N ops, or NULL. */
+static const pgs_set_op_t *listen_op(const pgs_set_op_t *ops, int n) {
+  for (int i = 0; i < n; i++)
+    if (pgs_set_op_is_listen(ops[i].kind)) return &ops[i];
+  return NULL;
+}
+
+/* FX is one LISTEN or UNLISTEN statement: its op, else NULL. */
+static const pgs_set_op_t *listen_statement(const pgs_session_effects_t *fx) {
+  return fx->nstatements == 1 && fx->nops == 1 && pgs_set_op_is_listen(fx->ops[0].kind)
+             ? &fx->ops[0]
+             : NULL;
+}
+
+/* A prepared statement's (or portal's) ops O are one LISTEN or UNLISTEN. */
+static const pgs_set_op_t *set_ops_listen(const pgs_set_ops_t *o) {
+  return o && o->n == 1 && pgs_set_op_is_listen(o->ops[0].kind) ? &o->ops[0] : NULL;
+}
+
+/* The step of OP (then the ReadyForQuery of a SIMPLE query). QUIET: the
+ * statement that has it goes to a server, which answers it (an UNLISTEN in
+ * a multi-statement query, DISCARD ALL). */
+static void plan_listen(pgs_session_t *s, const pgs_set_op_t *op, bool simple, bool quiet) {
+  pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_LISTEN, PGS_PLACED_NONE);
+  st->reply = op->kind == PGS_SET_OP_LISTEN ? 'L' : op->kind == PGS_SET_OP_UNLISTEN ? 'U' : '*';
+  st->text = pgs_xstrdup(op->name);
+  st->internal = quiet;
+  if (simple) add_reply(s, 'Z', NULL);
+}
+
+/* A simple Query whose effects are FX: true when it is a LISTEN or
+ * UNLISTEN that transaction pooling answers, or a query it refuses (its
+ * steps are planned). An UNLISTEN among other statements (asyncpg's pool
+ * reset: "CLOSE ALL; UNLISTEN *; RESET ALL"), or DISCARD ALL, gives up the
+ * client's channels with a quiet step, and the query goes on to the
+ * servers (where it does nothing to listeners): false. */
+static bool plan_listen_query(pgs_session_t *s, const pgs_session_effects_t *fx) {
+  if (!listens_locally(s) || listen_op(fx->ops, fx->nops) == NULL) return false;
+  const pgs_set_op_t *op = listen_statement(fx);
+  if (op) {
+    plan_listen(s, op, true, false);
+    return true;
+  }
+  for (int i = 0; i < fx->nops; i++) {
+    if (fx->ops[i].kind != PGS_SET_OP_LISTEN) continue;
+    add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+              "LISTEN must be a statement of its own in transaction pooling (pgshard answers "
+              "it itself)");
+    add_reply(s, 'Z', NULL);
+    return true;
+  }
+  for (int i = 0; i < fx->nops; i++)
+    if (pgs_set_op_is_listen(fx->ops[i].kind)) plan_listen(s, &fx->ops[i], false, true);
+  return false;
+}
+
+/* A prepared LISTEN or UNLISTEN (FX) that transaction pooling answers
+ * when it runs does not pin the session. */
+static void listen_prepared(const pgs_session_t *s, pgs_session_effects_t *fx) {
+  if (listens_locally(s) && listen_statement(fx)) fx->flags &= ~PGS_SESSION_PIN;
+}
 
 /* ---- SQL cursors ----
  *
@@ -1606,6 +1681,10 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       pgs_session_effects_free(&fx);
       return;
     }
+    if (plan_listen_query(s, &fx)) {
+      pgs_session_effects_free(&fx);
+      return;
+    }
   }
   pgs_lexed_t *lx = &s->lx;
   pgs_plan_t *plan = NULL;
@@ -1811,6 +1890,7 @@ static int parse_slot(pgs_session_t *s) {
 static bool stmt_is_local(const pgs_session_t *s, const pgs_client_stmt_t *stmt) {
   const pgs_plan_t *plan = stmt->plan;
   if (plan == NULL || plan->nstatements != 1) return false;
+  if (listens_locally(s) && set_ops_listen(stmt->set_ops)) return true;
   switch (plan->kind) {
   case PGS_STMT_BEGIN:
     return true;
@@ -1853,6 +1933,7 @@ static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const u
       pgs_session_effects_free(&fx);
       return;
     }
+    listen_prepared(s, &fx);
     check_session_effects(s, &fx, false, &stmt->set_ops);
     stmt->drops_prepared = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
     pgs_session_effects_free(&fx);
@@ -2281,6 +2362,8 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
   } else if (portal->mask == 0 && type != 'E') {
     /* Answered by pgshard: BEGIN/COMMIT/ROLLBACK. */
     add_reply(s, type == 'D' ? 'n' : '3', NULL);
+  } else if (portal->mask == 0 && set_ops_listen(portal->set_ops)) {
+    plan_listen(s, set_ops_listen(portal->set_ops), false, false);
   } else if (portal->mask == 0) {
     if (portal->kind == PGS_STMT_BEGIN)
       plan_begin(s, portal->sql, portal->read_only, false);
@@ -2438,6 +2521,7 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
       if (sql && pgs_session_maybe(sql, qlen)) {
         pgs_session_effects_t fx;
         pgs_session_analyze(sql, &fx);
+        listen_prepared(s, &fx);
         check_session_effects(s, &fx, false, &set_ops);
         drops = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
         pgs_session_effects_free(&fx);
@@ -2483,7 +2567,7 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
           plan_query(s, p, total);
           return;
         }
-        if (forget_deallocated(s, &fx, true)) {
+        if (forget_deallocated(s, &fx, true) || plan_listen_query(s, &fx)) {
           pgs_session_effects_free(&fx);
           return;
         }
@@ -2545,8 +2629,15 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
     }
     if (type == 'E' && s->portal_set_ops.count > 0) {
       pgs_execute_msg_t execute;
+      const pgs_set_ops_t *ops = NULL;
       if (pgs_execute_read(p + 5, total - 5, &execute) == PGS_OK)
-        set_ops_apply(s, pgs_strmap_get(&s->portal_set_ops, execute.portal));
+        ops = pgs_strmap_get(&s->portal_set_ops, execute.portal);
+      if (listens_locally(s) && set_ops_listen(ops)) {
+        /* Bound on the server, where it never runs: pgshard's to do. */
+        plan_listen(s, set_ops_listen(ops), false, false);
+        return;
+      }
+      set_ops_apply(s, ops);
     }
     if (type == 'C' && target.kind == 'P') {
       pgs_set_ops_free(pgs_strmap_remove(&s->portal_set_ops, target.name));

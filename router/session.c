@@ -68,9 +68,9 @@ static bool mentions_set_config(const char *sql, size_t len) {
 }
 
 bool pgs_session_maybe(const char *sql, size_t len) {
-  static const char *const first_words[] = {"set",    "reset",   "discard", "deallocate",
-                                            "listen", "prepare", "declare", "create",
-                                            "load",   "do",      NULL};
+  static const char *const first_words[] = {"set",    "reset",   "discard",  "deallocate",
+                                            "listen", "prepare", "declare",  "create",
+                                            "load",   "do",      "unlisten", NULL};
   const char *end = sql + len;
   const char *p = skip_space(sql, end);
   const char *w = p;
@@ -257,6 +257,26 @@ static pgs_set_op_t *add_op(pgs_session_effects_t *out, pgs_set_op_kind_t kind, 
   return op;
 }
 
+/* LISTEN or UNLISTEN of CHANNEL (NULL: *): the name as the parser left it,
+ * folded and cut to NAMEDATALEN - 1 bytes as PostgreSQL does (quoted names
+ * keep their case). */
+static void add_channel_op(pgs_session_effects_t *out, pgs_set_op_kind_t kind,
+                           const char *channel) {
+  pgs_set_op_t *op = add_op(out, kind, NULL);
+  if (op == NULL) {
+    out->flags |= PGS_SESSION_PIN;
+    return;
+  }
+  if (channel == NULL) return;
+  size_t n = strlen(channel);
+  if (n >= sizeof(op->name)) {
+    n = sizeof(op->name) - 1;
+    while (n > 0 && ((unsigned char)channel[n] & 0xC0) == 0x80) n--; /* whole characters */
+  }
+  memcpy(op->name, channel, n);
+  op->name[n] = '\0';
+}
+
 /* The statement to keep for replay. Replay joins statements with ';', so one
  * whose last line holds "--" (a comment, or harmlessly a string) gets its
  * line ended: otherwise the comment would swallow whatever follows. */
@@ -368,6 +388,7 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
       if (add_op(out, PGS_SET_OP_RESET_ALL, NULL) == NULL ||
           add_op(out, PGS_SET_OP_RESET, "session_authorization") == NULL)
         out->flags |= PGS_SESSION_PIN;
+      add_channel_op(out, PGS_SET_OP_UNLISTEN_ALL, NULL); /* and UNLISTEN * */
       out->flags |= PGS_SESSION_DROPS_PREPARED;
     }
     break;
@@ -378,6 +399,16 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
       snprintf(out->deallocate, sizeof(out->deallocate), "%s", node->deallocate_stmt->name);
     break;
   case PG_QUERY__NODE__NODE_LISTEN_STMT:
+    /* Pins in session pooling; transaction pooling takes its op instead. */
+    add_channel_op(out, PGS_SET_OP_LISTEN, node->listen_stmt->conditionname);
+    out->flags |= PGS_SESSION_PIN;
+    break;
+  case PG_QUERY__NODE__NODE_UNLISTEN_STMT: {
+    const char *channel = node->unlisten_stmt->conditionname; /* "" (protobuf's NULL): * */
+    bool all = channel == NULL || channel[0] == '\0';
+    add_channel_op(out, all ? PGS_SET_OP_UNLISTEN_ALL : PGS_SET_OP_UNLISTEN, all ? NULL : channel);
+    break;
+  }
   case PG_QUERY__NODE__NODE_PREPARE_STMT:
   case PG_QUERY__NODE__NODE_LOAD_STMT:
   case PG_QUERY__NODE__NODE_DO_STMT: /* its body may SET anything */
@@ -482,6 +513,7 @@ void pgs_session_analyze(const char *sql, pgs_session_effects_t *out) {
     analyze_stmt(raw->stmt, text, len, out);
   }
   if (tree->n_stmts != 1) out->deallocate[0] = '\0'; /* one statement of its own only */
+  out->nstatements = (int)tree->n_stmts;
   pg_query__parse_result__free_unpacked(tree, NULL);
   pg_query_free_protobuf_parse_result(result);
 }

@@ -34,6 +34,7 @@ typedef enum {
   X(STATS, "stats", "requests, transactions, errors and latency per database")                     \
   X(QUERIES, "queries", "per statement (normalised): calls, shards, errors, latency; top 100")     \
   X(TWOPHASE, "twophase", "two-phase commits not settled yet: gid, decision, who drives it")       \
+  X(LISTENERS, "listeners", "LISTEN/NOTIFY: pgshard's listening connections and their channels")   \
   X(CONFIG, "config", "the running configuration")                                                 \
   X(VERSION, "version", "pgshard's version")                                                       \
   X(HELP, "help", "the admin commands")

@@ -137,6 +137,7 @@ typedef struct pgs_config {
   int64_t max_client_memory;
   int64_t max_total_client_memory;
   int64_t max_merge_bytes;
+  int64_t max_notify_queue_bytes; /* notifications held per client (proxy/listen.c) */
   /* The two-phase commit decision log (twophase.h). A relative path in the
    * file is taken relative to the config file's directory (as written when
    * the config was parsed from a string). Read at startup only. */

@@ -40,8 +40,10 @@
  * Statements planned specially: INSERT INTO t VALUES without a column
  * list (planned with t's columns named: the message is rewritten);
  * DECLARE/FETCH/MOVE/CLOSE (a cursor on one shard is followed there; one
- * over several is gathered at DECLARE and answered by pgshard); LISTEN,
- * UNLISTEN and NOTIFY (the first shard's primary); DEALLOCATE of a
+ * over several is gathered at DECLARE and answered by pgshard); NOTIFY
+ * (the first shard's primary); LISTEN and UNLISTEN (transaction pooling:
+ * a LISTEN step, in pass-through too; session pooling: the first shard's
+ * primary); DEALLOCATE of a
  * protocol statement (answered); SET/RESET (tracked: a Query's when sent,
  * a prepared statement's when its portal runs); SET pgshard.* (answered).
  * Transactions: BEGIN is answered by pgshard and replayed on each shard the
@@ -127,6 +129,9 @@ typedef enum {
   PGS_STEP_FAN_SQL,      /* a fan's part in the extended protocol: text through the
                         unnamed statement and portal, described (for the merge) */
   PGS_STEP_BIND_VARIANT, /* the client's Bind as `variant` says for this shard */
+  PGS_STEP_LISTEN,       /* transaction pooling: LISTEN ('L' in `reply`), UNLISTEN ('U')
+                        of channel `text`, or UNLISTEN * ('*'), done by the proxy's
+                        listeners (proxy/listen.c), which answer it */
 } pgs_step_op_t;
 
 /* A shard's own form of the client's statement and Bind: a multi-row

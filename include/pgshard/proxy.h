@@ -44,6 +44,7 @@ typedef struct pgs_worker pgs_worker_t;
 typedef struct pgs_client pgs_client_t;
 typedef struct pgs_server pgs_server_t;
 typedef struct pgs_pool pgs_pool_t;
+typedef struct pgs_listen_client pgs_listen_client_t;
 
 /* ---- intrusive lists ---- */
 typedef struct pgs_list {
@@ -203,7 +204,8 @@ struct pgs_client {
   int want_slot;         /* the slot it waits for a server for */
   pgs_pool_t *wait_pool; /* the pool it waits in */
   int want_node;
-  pgs_fan_t *fan; /* a merged read in flight */
+  pgs_fan_t *fan;              /* a merged read in flight */
+  pgs_listen_client_t *listen; /* its channels and held notifications (listen.c), or NULL */
 };
 
 /* What the client connection does for the layers that serve its requests
@@ -443,7 +445,8 @@ struct pgs_worker {
    * /metrics: touched by this worker only */
   struct pgs_db_stats **stats; /* each allocated once: clients keep pointers */
   int nstats;
-  struct pgs_query_table *queries; /* SHOW QUERIES (allocated on first use) */
+  struct pgs_query_table *queries;    /* SHOW QUERIES (allocated on first use) */
+  struct pgs_listen_registry *listen; /* LISTEN/NOTIFY of its clients (listen.c), or NULL */
 };
 
 #endif

@@ -32,6 +32,8 @@ bool pgs_request_fan_unserved(pgs_client_t *client, const char *sqlstate, const 
 bool pgs_request_maybe_release(pgs_client_t *client);
 /* The client side of servers (server.c's owner table). */
 extern const pgs_server_owner_t pgs_request_server_owner;
+/* What the LISTEN/NOTIFY listeners ask of a client (listen.c's table). */
+extern const struct pgs_listen_ops pgs_request_listen_ops;
 
 /* Where request.c reaches the client connection (client.c's table). */
 void pgs_request_set_session_ops(const pgs_session_ops_t *ops);

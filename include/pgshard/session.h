@@ -42,7 +42,19 @@ typedef enum {
   PGS_SET_OP_RESET_ALL, /* RESET ALL, DISCARD ALL (role and session
                            authorization stay: DISCARD ALL adds a RESET
                            session_authorization) */
+  /* Not settings: LISTEN name, UNLISTEN name, UNLISTEN * (name = the
+   * channel as PostgreSQL folds it). Transaction pooling answers them
+   * itself (planner.c, proxy/listen.c); they never join the replayed
+   * settings. */
+  PGS_SET_OP_LISTEN,
+  PGS_SET_OP_UNLISTEN,
+  PGS_SET_OP_UNLISTEN_ALL,
 } pgs_set_op_kind_t;
+
+static inline bool pgs_set_op_is_listen(pgs_set_op_kind_t kind) {
+  return kind == PGS_SET_OP_LISTEN || kind == PGS_SET_OP_UNLISTEN ||
+         kind == PGS_SET_OP_UNLISTEN_ALL;
+}
 
 typedef struct pgs_set_op {
   pgs_set_op_kind_t kind;
@@ -63,6 +75,7 @@ typedef struct pgs_session_effects {
   int nops;
   pgs_set_op_t ops[PGS_SESSION_MAX_OPS];
   bool parse_failed; /* libpg_query rejected it: the server will too */
+  int nstatements;   /* statements in the text */
   /* The text is one statement, DEALLOCATE [PREPARE] NAME: NAME (else ""). A
    * statement the client prepared through the protocol is the proxy's to
    * forget: the server knows it by another name. */

@@ -92,7 +92,8 @@ PGSHARD_KEYS = {
     "server_connect_timeout_ms", "client_login_timeout_ms",
     "server_idle_timeout_ms", "shutdown_timeout_ms", "twophase_recovery_user",
     "client_idle_timeout_ms", "idle_transaction_timeout_ms", "client_write_timeout_ms", "max_client_memory",
-    "max_total_client_memory", "max_merge_bytes", "query_timeout_ms", "server_lifetime_ms",
+    "max_total_client_memory", "max_merge_bytes", "max_notify_queue_bytes", "query_timeout_ms",
+    "server_lifetime_ms",
     "log_min_duration_ms", "trace_comments",
     "client_tls", "tls_cert_file", "tls_key_file", "tls_ca_file",
 }

@@ -1,10 +1,11 @@
 """Statements drivers send about the session itself, on two shards.
 
-LISTEN, UNLISTEN and NOTIFY go to one shard's primary (the first shard's)
-whatever shard a session is on, so a notification reaches every listener of
-its channel as on one PostgreSQL: sent in autocommit, at the COMMIT of a
-transaction that wrote on the other shard, never after a ROLLBACK, and
-through the extended protocol. DEALLOCATE of a statement the client
+NOTIFY goes to one shard's primary (the first shard's) whatever shard a
+session is on, and pgshard itself listens there (and on every other shard)
+for its transaction-pooled clients (test_listen.py has the rest), so a
+notification reaches every listener of its channel as on one PostgreSQL:
+sent in autocommit, at the COMMIT of a transaction that wrote on the other
+shard, never after a ROLLBACK, and through the extended protocol. DEALLOCATE of a statement the client
 prepared through the protocol (PHP's PDO sends it when a statement object
 goes away) is answered by pgshard, which knows the statement under its own
 name on the servers: it must not fail, nor abort the transaction around it.
@@ -37,7 +38,7 @@ def notifications(conn, want, timeout=3.0):
     conn.add_notify_handler(lambda n: got.append((n.channel, n.payload)))
     deadline = time.monotonic() + timeout
     while len(got) < want and time.monotonic() < deadline:
-        conn.execute("select 1")  # the listener's server sends them with its answers
+        conn.execute("select 1")  # psycopg reads them while it runs a statement
         time.sleep(0.05)
     return got
 

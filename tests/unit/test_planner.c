@@ -41,7 +41,8 @@ static const char config_text[] =
     "[database.one]\n[shard.one.only]\nprimary = port=3\n"
     "[database.repl]\nread_your_writes = session\n"
     "[shard.repl.s0]\nprimary = port=4\nreplica = port=5\n"
-    "[shard.repl.s1]\nprimary = port=6\nreplica = port=7\n" TABLES("repl");
+    "[shard.repl.s1]\nprimary = port=6\nreplica = port=7\n" TABLES("repl")
+    "[database.sess]\npool_mode = session\n" SHARDS("sess") TABLES("sess");
 
 static pgs_config_t *config;
 static int64_t key_on[2]; /* a users.id on shard 0 and one on shard 1 */
@@ -1119,13 +1120,118 @@ static void test_prepared_set(void **state) {
     f->s.ntx_ops = 0;
     /* State that cannot be replayed still pins. */
     b.len = 0;
-    msg_parse(&b, "", "LISTEN ch", 0);
+    msg_parse(&b, "", "LOAD 'auto_explain'", 0);
     plan(f, &b);
     run(f, 'P');
     assert_true(f->s.pinned);
     pgs_buf_free(&b);
     close_session(f);
   }
+}
+
+static void assert_listen(fixture_t *f, int i, char what, const char *channel) {
+  const pgs_step_t *st = step(f, i);
+  assert_int_equal(st->op, PGS_STEP_LISTEN);
+  assert_int_equal(st->shard, -1);
+  assert_int_equal(st->placed, PGS_PLACED_NONE);
+  assert_int_equal(st->reply, what);
+  assert_string_equal(st->text, channel);
+}
+
+/* Transaction pooling: LISTEN and UNLISTEN reach no server, in a simple
+ * query or through the protocol, routing or pass-through: a LISTEN step
+ * (the proxy's listeners) with the channel as PostgreSQL folds it. The
+ * session is not pinned; NOTIFY still goes to the first shard's primary.
+ * Session pooling passes LISTEN through and pins, as before. */
+static void test_listen(void **state) {
+  for (int routing = 0; routing < 2; routing++) {
+    fixture_t *f = open_session(routing ? "app" : "one");
+    f->proxy.owns_unnamed = true;
+    plan_query(f, "LISTEN Orders");
+    assert_int_equal(f->s.nsteps, 2);
+    assert_listen(f, 0, 'L', "orders");
+    assert_reply(f, 1, 'Z', NULL);
+    run(f, 'Q');
+    plan_query(f, "unlisten \"Orders\"");
+    assert_listen(f, 0, 'U', "Orders");
+    run(f, 'Q');
+    plan_query(f, "UNLISTEN *");
+    assert_listen(f, 0, '*', "");
+    run(f, 'Q');
+    assert_false(f->s.pinned);
+    assert_int_equal(f->s.ntx_ops, 0);
+    /* LISTEN only as a statement of its own. */
+    plan_query(f, "LISTEN a; SELECT 1");
+    assert_error(f, 0, "0A000");
+    assert_reply(f, 1, 'Z', NULL);
+    run(f, 'Q');
+    /* An UNLISTEN among other statements (asyncpg's pool reset), and
+     * DISCARD ALL: the channels go quietly, the query to the server. */
+    plan_query(f, "CLOSE ALL; UNLISTEN *; RESET ALL");
+    assert_listen(f, 0, '*', "");
+    assert_true(step(f, 0)->internal);
+    assert_sent(f, 1, PGS_STEP_FORWARD, 0, routing ? PGS_PLACED_SESSION : PGS_PLACED_PASSTHROUGH);
+    run(f, 'Q');
+    plan_query(f, "DISCARD ALL");
+    assert_listen(f, 0, '*', "");
+    assert_true(step(f, 0)->internal);
+    assert_int_equal(step(f, 1)->op, PGS_STEP_FORWARD);
+    run(f, 'Q');
+    for (int i = 0; i < f->s.ntx_ops; i++) free(f->s.tx_ops[i].sql);
+    f->s.ntx_ops = 0;
+    plan_query(f, "NOTIFY orders, 'x'");
+    assert_sent(f, 0, PGS_STEP_FORWARD, 0, routing ? PGS_PLACED_ROUTE : PGS_PLACED_PASSTHROUGH);
+    run(f, 'Q');
+    /* Parse, Bind, Describe, Execute: only the Execute does it. */
+    pgs_buf_t b;
+    pgs_buf_init(&b);
+    msg_parse(&b, "l", "LISTEN \"Mixed\"", 0);
+    plan(f, &b);
+    if (routing)
+      assert_reply(f, 0, '1', NULL); /* answered: the statement stays pgshard's */
+    else
+      assert_sent(f, 0, PGS_STEP_PARSE, 0, PGS_PLACED_PASSTHROUGH); /* harmless until run */
+    run(f, 'P');
+    b.len = 0;
+    msg_bind(&b, "p", "l", NULL);
+    plan(f, &b);
+    if (routing)
+      assert_reply(f, 0, '2', NULL);
+    else
+      assert_sent(f, 0, PGS_STEP_FORWARD, 0, PGS_PLACED_PASSTHROUGH);
+    run(f, 'B');
+    b.len = 0;
+    put_execute(&b, "p", 0);
+    plan(f, &b);
+    assert_int_equal(f->s.nsteps, 1);
+    assert_listen(f, 0, 'L', "Mixed");
+    assert_false(step(f, 0)->internal); /* answered by pgshard */
+    run(f, 'E');
+    assert_false(f->s.pinned);
+    assert_int_equal(f->s.ntx_ops, 0);
+    plan_empty(f, 'S');
+    run(f, 'S');
+    pgs_buf_free(&b);
+    if (routing) {
+      /* Inside a transaction: a step too (the proxy keeps it for the
+       * COMMIT); a ROLLBACK that reached no server is pgshard's. */
+      plan_query(f, "BEGIN");
+      run(f, 'Q');
+      plan_query(f, "LISTEN t");
+      assert_listen(f, 0, 'L', "t");
+      run(f, 'Q');
+      plan_query(f, "ROLLBACK");
+      assert_reply(f, 0, 'C', "ROLLBACK");
+      run(f, 'Q');
+    }
+    close_session(f);
+  }
+  fixture_t *f = open_session("sess");
+  plan_query(f, "LISTEN orders");
+  assert_sent(f, 0, PGS_STEP_FORWARD, 0, PGS_PLACED_ROUTE);
+  assert_true(f->s.pinned);
+  run(f, 'Q');
+  close_session(f);
 }
 
 static int group_setup(void **state) {
@@ -1157,6 +1263,7 @@ static int group_teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_passthrough),
+      cmocka_unit_test(test_listen),
       cmocka_unit_test(test_routed_by_key),
       cmocka_unit_test(test_fanout_counts),
       cmocka_unit_test(test_split_bind),

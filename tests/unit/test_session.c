@@ -222,7 +222,8 @@ static void test_discard_and_deallocate(void **state) {
   pgs_session_effects_t fx;
   /* DISCARD ALL also ends a SET SESSION AUTHORIZATION (and with it the
    * role), which RESET ALL leaves. */
-  analyze("DISCARD ALL", PGS_SESSION_DROPS_PREPARED, 2, &fx);
+  analyze("DISCARD ALL", PGS_SESSION_DROPS_PREPARED, 3, &fx);
+  assert_int_equal(fx.ops[2].kind, PGS_SET_OP_UNLISTEN_ALL); /* it is UNLISTEN * too */
   assert_int_equal(fx.ops[0].kind, PGS_SET_OP_RESET_ALL);
   assert_int_equal(fx.ops[1].kind, PGS_SET_OP_RESET);
   assert_string_equal(fx.ops[1].name, "session_authorization");
@@ -239,7 +240,6 @@ static void test_discard_and_deallocate(void **state) {
 }
 
 static void test_pins(void **state) {
-  expect_flags("LISTEN channel", PGS_SESSION_PIN);
   expect_flags("PREPARE p (int) AS SELECT $1", PGS_SESSION_PIN);
   expect_flags("DECLARE c CURSOR WITH HOLD FOR SELECT 1", PGS_SESSION_PIN);
   expect_flags("DECLARE c SCROLL CURSOR WITH HOLD FOR SELECT 1", PGS_SESSION_PIN);
@@ -248,7 +248,6 @@ static void test_pins(void **state) {
   expect_flags("DECLARE c BINARY SCROLL CURSOR FOR SELECT 1", 0);
   expect_flags("LOAD 'auto_explain'", PGS_SESSION_PIN);
   /* Statements that end with their transaction or leave nothing behind. */
-  expect_flags("UNLISTEN *", 0);
   expect_flags("EXECUTE p(1)", 0);
   expect_flags("CLOSE c", 0);
   expect_flags("SELECT 1", 0);
@@ -363,7 +362,7 @@ static void test_multi_statement(void **state) {
   pgs_session_effects_free(&fx);
 
   analyze("SET a = 'x;y';\n  /* next */ RESET b;\nSET LOCAL c = 1; DISCARD ALL",
-          PGS_SESSION_DROPS_PREPARED, 4, &fx);
+          PGS_SESSION_DROPS_PREPARED, 5, &fx);
   assert_string_equal(fx.ops[0].sql, "SET a = 'x;y'");
   assert_int_equal(fx.ops[1].kind, PGS_SET_OP_RESET);
   assert_string_equal(fx.ops[1].name, "b");
@@ -372,9 +371,50 @@ static void test_multi_statement(void **state) {
 
   /* Effects of every statement add up. */
   analyze("BEGIN; LISTEN c; DEALLOCATE ALL; SET x = 1; COMMIT",
-          PGS_SESSION_PIN | PGS_SESSION_DROPS_PREPARED, 1, &fx);
-  assert_string_equal(fx.ops[0].sql, "SET x = 1");
+          PGS_SESSION_PIN | PGS_SESSION_DROPS_PREPARED, 2, &fx);
+  assert_int_equal(fx.ops[0].kind, PGS_SET_OP_LISTEN);
+  assert_string_equal(fx.ops[1].sql, "SET x = 1");
+  assert_int_equal(fx.nstatements, 5);
   pgs_session_effects_free(&fx);
+}
+
+/* LISTEN pins (session pooling keeps the server; transaction pooling
+ * answers it from the op), UNLISTEN leaves nothing: each names its
+ * channel as PostgreSQL folds it, cut to NAMEDATALEN - 1 bytes. */
+static void expect_channel(const char *sql, int flags, pgs_set_op_kind_t kind,
+                           const char *channel) {
+  pgs_session_effects_t fx;
+  analyze(sql, flags, 1, &fx);
+  assert_int_equal(fx.ops[0].kind, kind);
+  assert_true(pgs_set_op_is_listen(fx.ops[0].kind));
+  assert_string_equal(fx.ops[0].name, channel);
+  assert_null(fx.ops[0].sql);
+  assert_int_equal(fx.nstatements, 1);
+  pgs_session_effects_free(&fx);
+}
+
+static void test_listen_channels(void **state) {
+  (void)state;
+  expect_channel("LISTEN channel", PGS_SESSION_PIN, PGS_SET_OP_LISTEN, "channel");
+  expect_channel("listen Orders", PGS_SESSION_PIN, PGS_SET_OP_LISTEN, "orders");
+  expect_channel("LISTEN \"Orders\"", PGS_SESSION_PIN, PGS_SET_OP_LISTEN, "Orders");
+  expect_channel("LISTEN \"a\"\"b\"", PGS_SESSION_PIN, PGS_SET_OP_LISTEN, "a\"b");
+  expect_channel("UNLISTEN Orders", 0, PGS_SET_OP_UNLISTEN, "orders");
+  expect_channel("unlisten *", 0, PGS_SET_OP_UNLISTEN_ALL, "");
+  /* 70 letters: the first 63 (quoted or not, as PostgreSQL truncates). */
+  char sql[128], want[64];
+  memset(want, 'x', 63);
+  want[63] = '\0';
+  snprintf(sql, sizeof(sql), "LISTEN %s1234567", want);
+  expect_channel(sql, PGS_SESSION_PIN, PGS_SET_OP_LISTEN, want);
+  snprintf(sql, sizeof(sql), "LISTEN \"%s1234567\"", want);
+  expect_channel(sql, PGS_SESSION_PIN, PGS_SET_OP_LISTEN, want);
+  /* A character PostgreSQL would not cut in two: dropped whole. */
+  memset(want, 'y', 62);
+  want[62] = '\0';
+  snprintf(sql, sizeof(sql), "LISTEN \"%s\xc3\xa9tail\"", want);
+  expect_channel(sql, PGS_SESSION_PIN, PGS_SET_OP_LISTEN, want);
+  assert_true(pgs_session_maybe("UNLISTEN *", 10));
 }
 
 static void test_too_many_sets(void **state) {
@@ -460,6 +500,7 @@ int main(void) {
       cmocka_unit_test(test_advisory_locks),
       cmocka_unit_test(test_roles),
       cmocka_unit_test(test_untracked_changes),
+      cmocka_unit_test(test_listen_channels),
       cmocka_unit_test(test_multi_statement),
       cmocka_unit_test(test_too_many_sets),
       cmocka_unit_test(test_parse_failed),
