@@ -145,6 +145,7 @@ typedef struct an {
   pgs_merge_spec_t *spec;
   bool copy;
   bool too_deep;
+  bool walk_skip; /* set by a visitor: walk does not go below this node */
   /* WITH names visible here (they hide tables of the same name). */
   cte_scope_t ctes;
   cte_def_t *cte_defs; /* this level's own, ctes.defs */
@@ -209,7 +210,8 @@ static bool is_node(const PgQuery__Node *n, PgQuery__Node__NodeCase c) {
 
 /* Calls VISIT on M and everything below it, depth first, until VISIT
  * returns true (then so does this). Queries nested in expressions
- * (SELECT statements) are entered only with INTO_QUERIES. */
+ * (SELECT statements) are entered only with INTO_QUERIES. A visitor that
+ * sets an->walk_skip keeps the walk out of what is below the node. */
 typedef bool (*visit_fn)(an_t *an, const ProtobufCMessage *m, void *arg);
 
 static bool walk(an_t *an, const ProtobufCMessage *m, bool into_queries, visit_fn visit, void *arg,
@@ -220,6 +222,10 @@ static bool walk(an_t *an, const ProtobufCMessage *m, bool into_queries, visit_f
     return true;
   }
   if (visit(an, m, arg)) return true;
+  if (an->walk_skip) {
+    an->walk_skip = false;
+    return false;
+  }
   const ProtobufCMessageDescriptor *d = m->descriptor;
   if (!into_queries && d == &pg_query__select_stmt__descriptor) return false;
   const char *base = (const char *)m;
@@ -2225,40 +2231,19 @@ static void analyse_distinct_on(an_t *an, const PgQuery__SelectStmt *s) {
  * constants only: once the shards group by a DISTINCT aggregate's x as
  * well, they would take a column that is none of those (which PostgreSQL
  * refuses), so pgshard must. */
-static bool grouped_expr(an_t *an, const ProtobufCMessage *m, int depth) {
-  if (m == NULL) return true;
-  if (depth > MAX_DEPTH) {
-    an->too_deep = true;
-    return false;
-  }
-  const ProtobufCMessageDescriptor *d = m->descriptor;
-  if (d == &pg_query__node__descriptor) {
-    const PgQuery__Node *n = (const PgQuery__Node *)m;
-    for (int g = 0; g < an->ngroup_nodes; g++)
-      if (is_group_node(an, &an->group_nodes[g], n)) return true;
-    if (is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF)) return false;
-    if (is_node(n, PG_QUERY__NODE__NODE_FUNC_CALL) && is_aggregate(n->func_call)) return true;
-  }
-  const char *base = (const char *)m;
-  for (unsigned i = 0; i < d->n_fields; i++) {
-    const ProtobufCFieldDescriptor *f = &d->fields[i];
-    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t count = *(const size_t *)(const void *)(base + f->quantifier_offset);
-      ProtobufCMessage *const *items =
-          *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
-      for (size_t j = 0; j < count; j++)
-        if (!grouped_expr(an, items[j], depth + 1)) return false;
-    } else {
-      if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-          *(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
-        continue;
-      if (!grouped_expr(an, *(ProtobufCMessage *const *)(const void *)(base + f->offset),
-                        depth + 1))
-        return false;
-    }
-  }
-  return true;
+static bool visit_ungrouped(an_t *an, const ProtobufCMessage *m, void *arg) {
+  (void)arg;
+  if (m->descriptor != &pg_query__node__descriptor) return false;
+  const PgQuery__Node *n = (const PgQuery__Node *)m;
+  bool whole = is_node(n, PG_QUERY__NODE__NODE_FUNC_CALL) && is_aggregate(n->func_call);
+  for (int g = 0; g < an->ngroup_nodes && !whole; g++)
+    whole = is_group_node(an, &an->group_nodes[g], n);
+  an->walk_skip = whole;
+  return !whole && is_node(n, PG_QUERY__NODE__NODE_COLUMN_REF);
+}
+
+static bool grouped_expr(an_t *an, const ProtobufCMessage *m) {
+  return m == NULL || !walk(an, m, true, visit_ungrouped, NULL, 0);
 }
 
 /* What regrouping by the DISTINCT aggregates' arguments needs: every
@@ -2274,7 +2259,7 @@ static void check_regroup(an_t *an) {
       refuse(an,
              "count/sum/avg(DISTINCT ...) without GROUP BY cannot be merged across shards beside "
              "a select item that is not an aggregate");
-    else if (!grouped_expr(an, &t->expr->base, 0))
+    else if (!grouped_expr(an, &t->expr->base))
       refuse(an,
              "count/sum/avg(DISTINCT ...) cannot be merged across shards beside a select item "
              "that is not an aggregate or a GROUP BY expression");
@@ -2285,7 +2270,7 @@ static void check_regroup(an_t *an) {
       refuse(an,
              "HAVING with a constant beside count/sum/avg(DISTINCT ...) and no GROUP BY cannot "
              "be merged across shards");
-    else if (hc->sort && !grouped_expr(an, &hc->sort->base, 0))
+    else if (hc->sort && !grouped_expr(an, &hc->sort->base))
       refuse(an,
              "count/sum/avg(DISTINCT ...) cannot be merged across shards with an ORDER BY "
              "expression that is not an aggregate or a GROUP BY expression");
