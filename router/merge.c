@@ -33,6 +33,7 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
+#include "pgshard/collate.h"
 #include "pgshard/config.h"
 #include "pgshard/merge.h"
 #include "pgshard/route.h"
@@ -58,7 +59,8 @@ typedef struct target {
 } target_t;
 
 typedef struct hidden {
-  char *text; /* deparsed expression, $N kept */
+  char *text;                /* deparsed expression, $N kept */
+  const PgQuery__Node *expr; /* the expression (NULL: an avg's part) */
   int agg;
   int avg_sum, avg_count;
 } hidden_t;
@@ -82,8 +84,9 @@ typedef struct key_edge {
 typedef struct an {
   const pgs_database_t *db;
   const pgs_lexed_t *lx;
-  const int32_t *lit_loc; /* literals put back: where each starts there */
-  uint32_t *lit_len;      /* ... and how long each is there */
+  const int32_t *lit_loc;            /* literals put back: where each starts there */
+  const PgQuery__SelectStmt *select; /* the SELECT analysed */
+  uint32_t *lit_len;                 /* ... and how long each is there */
   pgs_merge_spec_t *spec;
   bool copy;
   bool too_deep;
@@ -783,6 +786,7 @@ static int add_hidden(an_t *an, const PgQuery__Node *n, int agg) {
   }
   int before = an->nhidden;
   int h = add_hidden_text(an, text, agg);
+  if (an->hidden[h].expr == NULL) an->hidden[h].expr = n;
   if (agg == PGS_AGG_AVG && h == before) {
     int sum = -1, count = -1;
     if (!avg_parts(an, n->func_call, &sum, &count)) return -1;
@@ -1198,6 +1202,7 @@ static void analyse_sort(an_t *an, const PgQuery__SelectStmt *s) {
 }
 
 static void analyse_select(an_t *an, const PgQuery__SelectStmt *s) {
+  an->select = s;
   if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {
     refuse(an, "%s cannot be merged across shards", setop_name(s));
     return;
@@ -1496,6 +1501,31 @@ static bool tail_rewritten(const pgs_merge_spec_t *spec) {
   return spec->offset_param > 0 || (limit && !limit_pushed(spec));
 }
 
+/* The expression in symbolic column COLUMN: a target's, or the one a
+ * hidden column computes; NULL when a star stands there or before it (a
+ * position then counts the star's columns). */
+static const PgQuery__Node *column_expr(const an_t *an, int column) {
+  if (column < VISIBLE) return an->hidden[column].expr;
+  int i = column - VISIBLE;
+  if (i >= an->ntargets || (an->first_star >= 0 && i >= an->first_star)) return NULL;
+  return an->targets[i].expr;
+}
+
+/* Where the collation of each ORDER BY key and min/max column comes
+ * from: read when the shards' columns turn out to be text. */
+static void add_collations(an_t *an) {
+  pgs_merge_spec_t *spec = an->spec;
+  if (an->select == NULL || (an->nkeys == 0 && !spec->grouped)) return;
+  spec->collations = pgs_collate_spec_new(an->select, spec->nkeys, spec->ncolumns);
+  for (int k = 0; k < an->nkeys; k++)
+    pgs_collate_source_of(&spec->collations->keys[k], column_expr(an, an->keys[k].column));
+  for (int c = 0; c < spec->ncolumns; c++) {
+    if (spec->columns[c].agg != PGS_AGG_MIN && spec->columns[c].agg != PGS_AGG_MAX) continue;
+    int symbolic = c < an->nhidden ? c : VISIBLE + (c - an->nhidden);
+    pgs_collate_source_of(&spec->collations->columns[c], column_expr(an, symbolic));
+  }
+}
+
 static void build_spec(an_t *an) {
   pgs_merge_spec_t *spec = an->spec;
   const pgs_lexed_t *lx = an->lx;
@@ -1551,6 +1581,7 @@ static void build_spec(an_t *an) {
       spec->keys[k] = (pgs_merge_key_t){column_of(an, an->keys[k].column), an->keys[k].desc,
                                         an->keys[k].nulls_first};
   }
+  add_collations(an);
   /* Positions move past the hidden columns; without any they stay. */
   if (an->nhidden > 0 && an->npositions > 0) {
     spec->positions = pgs_xmalloc(sizeof(*spec->positions) * (size_t)an->npositions);
@@ -1575,6 +1606,7 @@ static void build_spec(an_t *an) {
 static void clear_spec(pgs_merge_spec_t *spec) {
   char reason[sizeof(spec->refuse)];
   memcpy(reason, spec->refuse, sizeof(reason));
+  pgs_collate_spec_free(spec->collations);
   free(spec->hidden_text);
   free(spec->columns);
   free(spec->group);
@@ -1627,6 +1659,7 @@ pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t 
 
 void pgs_merge_spec_free(pgs_merge_spec_t *spec) {
   if (spec == NULL) return;
+  pgs_collate_spec_free(spec->collations);
   free(spec->hidden_text);
   free(spec->columns);
   free(spec->group);
