@@ -765,3 +765,21 @@ pgs_status_t pgs_collate_resolve(const pgs_collcat_t *cat, const pgs_collate_spe
   if (oid == PGS_OID_NAME) return PGS_OK;
   return collator_of(cat, &cat->deflt, utf8, out, why, cap);
 }
+
+bool pgs_collate_nondeterministic(const pgs_collcat_t *cat, const pgs_collate_spec_t *spec,
+                                  const pgs_collate_source_t *src, char *name, size_t cap) {
+  if (cat == NULL) return false;
+  const pgs_collation_t *found = NULL;
+  if (src->kind == PGS_COLLSRC_NAMED) {
+    found = find_collation(cat, src->schema, src->name);
+  } else if (src->kind == PGS_COLLSRC_DERIVED) {
+    for (int i = 0; i < src->ninputs && found == NULL; i++) {
+      const pgs_collation_t *e = NULL;
+      if (input_collation(cat, spec, &src->inputs[i], &e) == COL_NAMED) found = e;
+      if (found && found->deterministic) found = NULL;
+    }
+  }
+  if (found == NULL || found->deterministic) return false;
+  snprintf(name, cap, "%s", found->name);
+  return true;
+}

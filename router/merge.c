@@ -1511,18 +1511,22 @@ static const PgQuery__Node *column_expr(const an_t *an, int column) {
   return an->targets[i].expr;
 }
 
-/* Where the collation of each ORDER BY key and min/max column comes
- * from: read when the shards' columns turn out to be text. */
+/* Where the collation of each ORDER BY key, min/max column, group column
+ * and DISTINCT column comes from: read when the shards' columns turn out
+ * to be text. */
 static void add_collations(an_t *an) {
   pgs_merge_spec_t *spec = an->spec;
-  if (an->select == NULL || (an->nkeys == 0 && !spec->grouped)) return;
-  spec->collations = pgs_collate_spec_new(an->select, spec->nkeys, spec->ncolumns);
+  if (an->select == NULL || (an->nkeys == 0 && !spec->grouped && !spec->distinct)) return;
+  int ncolumns = an->nhidden + an->ntargets;
+  spec->collations = pgs_collate_spec_new(an->select, spec->nkeys, ncolumns);
   for (int k = 0; k < an->nkeys; k++)
     pgs_collate_source_of(&spec->collations->keys[k], column_expr(an, an->keys[k].column));
-  for (int c = 0; c < spec->ncolumns; c++) {
-    if (spec->columns[c].agg != PGS_AGG_MIN && spec->columns[c].agg != PGS_AGG_MAX) continue;
+  for (int c = 0; c < ncolumns; c++) {
+    int agg = spec->grouped ? spec->columns[c].agg : PGS_AGG_NONE;
+    bool compared = agg == PGS_AGG_MIN || agg == PGS_AGG_MAX ||
+                    (spec->distinct && c >= an->nhidden) || is_group_column(spec, c);
     int symbolic = c < an->nhidden ? c : VISIBLE + (c - an->nhidden);
-    pgs_collate_source_of(&spec->collations->columns[c], column_expr(an, symbolic));
+    if (compared) pgs_collate_source_of(&spec->collations->columns[c], column_expr(an, symbolic));
   }
 }
 

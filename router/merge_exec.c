@@ -456,8 +456,16 @@ static bool collator_for(pgs_merge_t *m, const pgs_collate_source_t *src, int c,
   return false;
 }
 
+static bool is_group_column(const pgs_merge_spec_t *spec, int c) {
+  for (int g = 0; g < spec->ngroup; g++)
+    if (spec->group[g] == c) return true;
+  return false;
+}
+
 /* Each text ORDER BY key's and min/max's collator, once the columns'
- * types are known. */
+ * types are known. Groups and DISTINCT compare bytes: right for a
+ * deterministic collation (equal strings are equal bytes), refused for
+ * one known not to be. */
 static bool resolve_collations(pgs_merge_t *m) {
   const pgs_merge_spec_t *spec = m->spec;
   const pgs_collate_spec_t *cs = spec->collations;
@@ -468,14 +476,25 @@ static bool resolve_collations(pgs_merge_t *m) {
       if (!collator_for(m, &cs->keys[k], spec->keys[k].column, "ORDER BY", &m->key_coll[k]))
         return false;
   }
-  if (spec->grouped && cs->ncolumns == m->ncols) {
+  if (cs->ncolumns != m->ncols) return true; /* a star: no column is compared */
+  if (spec->grouped)
     m->col_coll = pgs_xcalloc((size_t)(m->ncols ? m->ncols : 1), sizeof(*m->col_coll));
-    for (int c = 0; c < m->ncols; c++) {
-      int agg = spec->columns[c].agg;
-      if ((agg == PGS_AGG_MIN || agg == PGS_AGG_MAX) &&
-          !collator_for(m, &cs->columns[c], c, agg == PGS_AGG_MIN ? "min()" : "max()",
+  for (int c = 0; c < m->ncols; c++) {
+    int agg = spec->grouped ? spec->columns[c].agg : PGS_AGG_NONE;
+    if (agg == PGS_AGG_MIN || agg == PGS_AGG_MAX) {
+      if (!collator_for(m, &cs->columns[c], c, agg == PGS_AGG_MIN ? "min()" : "max()",
                         &m->col_coll[c]))
         return false;
+      continue;
+    }
+    bool group = is_group_column(spec, c);
+    char name[100];
+    if ((group || (spec->distinct && c >= spec->nhidden)) && pgs_collate_type(m->oids[c]) &&
+        pgs_collate_nondeterministic(m->cat, cs, &cs->columns[c], name, sizeof(name))) {
+      fail(m, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+           "%s: collation \"%s\" (non-deterministic) cannot be compared across shards",
+           group ? "GROUP BY" : "DISTINCT", name);
+      return false;
     }
   }
   return true;

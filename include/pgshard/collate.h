@@ -172,4 +172,10 @@ pgs_status_t pgs_collate_resolve(const pgs_collcat_t *cat, const pgs_collate_spe
                                  const pgs_collate_source_t *src, uint32_t oid, bool utf8,
                                  const pgs_collator_t **out, char *why, size_t cap) PGS_MUST_USE;
 
+/* Whether a value whose collation comes from SRC is known to compare under
+ * a non-deterministic collation on CAT (then strings that differ in bytes
+ * may be equal, and grouping by bytes is wrong): its name into NAME. */
+bool pgs_collate_nondeterministic(const pgs_collcat_t *cat, const pgs_collate_spec_t *spec,
+                                  const pgs_collate_source_t *src, char *name, size_t cap);
+
 #endif

@@ -39,7 +39,8 @@ DDL = """create table coll_words (
   id bigint primary key,
   w text collate "en_US",
   c text,
-  i text collate "und-x-icu")"""
+  i text collate "und-x-icu",
+  ci text collate coll_nd)"""
 EN_DDL = """create table coll_words (
   id bigint primary key,
   w text,
@@ -80,6 +81,10 @@ def ensure_en_us(conn):
     return True
 
 
+ND = ("create collation if not exists coll_nd (provider = icu, locale = 'und-u-ks-level2', "
+      "deterministic = false)")
+
+
 def load(conn, rows, columns="id, w, c"):
     with conn.cursor() as cur:
         for row_id, w in rows:
@@ -101,6 +106,7 @@ def _drop_all(lab):
     for shard in lab.shards:
         with lab.connect_primary(shard.name) as conn:
             conn.execute("drop table if exists coll_words")
+            conn.execute("drop collation if exists coll_nd")
             conn.execute(f"drop database if exists {EN_DB} with (force)")
     with lab.connect_primary("s0") as conn:
         conn.execute(f"drop database if exists {PLAIN} with (force)")
@@ -122,11 +128,13 @@ def coll(shard_lab, tmp_path_factory):
                 conn.execute(f"create database {EN_DB} locale 'en_US.utf8' template template0")
                 if ensure_en_us(conn):
                     created.append((shard.primary_port, "app"))
+                conn.execute(ND)
                 conn.execute(DDL)
             with connect_db(lab, shard.primary_port, EN_DB) as conn:
                 conn.execute(EN_DDL)
         with connect_db(lab, lab.shard("s0").primary_port, PLAIN) as conn:
             ensure_en_us(conn)
+            conn.execute(ND)
             conn.execute(DDL)
             load(conn, ROWS)
         with connect_db(lab, lab.shard("s0").primary_port, EN_PLAIN) as conn:
@@ -281,6 +289,14 @@ def test_refused_collations(coll, mode):
         assert refusal(conn, "select w from coll_words order by lower(w)", (), mode) == (
             "0A000", "pgshard: ORDER BY: an expression over a column with collation \"en_US\" "
             "has a collation pgshard cannot tell; name one with COLLATE")
+        # Groups and DISTINCT compare bytes: right for deterministic
+        # collations, refused for a non-deterministic one.
+        nd = "pgshard: {}: collation \"coll_nd\" (non-deterministic) cannot be compared " \
+            "across shards"
+        assert refusal(conn, "select ci, count(*) from coll_words group by ci", (), mode) == (
+            "0A000", nd.format("GROUP BY"))
+        assert refusal(conn, "select distinct ci from coll_words", (), mode) == (
+            "0A000", nd.format("DISTINCT"))
         # The session goes on; an ICU column in another order is fine, and
         # a non-text key never asks.
         assert run(conn, "select count(*) from coll_words where i is null", (), mode) == [

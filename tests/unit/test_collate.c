@@ -177,6 +177,7 @@ static void test_c_utf8_is_byte_order(void **state) {
   "public\tusers\tname\tpg_catalog\ten_US\tc\tt\ten_US.utf8\n"                                     \
   "public\tusers\ticu\tpg_catalog\tund-x-icu\ti\tt\tund\n"                                         \
   "public\tusers\tsys\tpg_catalog\tC\tc\tt\tC\n"                                                   \
+  "public\tusers\tci\tpublic\tnd\ti\tf\tund\n"                                                     \
   "public\tcountries\tname\tpg_catalog\tde_DE\tc\tt\tde_DE.utf8\n"
 #define LIST                                                                                       \
   "pg_catalog\tC\tc\tt\tC\n"                                                                       \
@@ -413,19 +414,23 @@ static void test_disagreement(void **state) {
 
 static pgs_buf_t body, out;
 
-static void rowdesc(int n, uint32_t oid) {
+/* A RowDescription of N columns of type OID, but column INT8_AT (-1: none)
+ * of int8. */
+static void rowdesc_with(int n, uint32_t oid, int int8_at) {
   body.len = 0;
   pgs_buf_put_i16(&body, (int16_t)n);
   for (int i = 0; i < n; i++) {
     pgs_buf_put_cstr(&body, "c");
     pgs_buf_put_i32(&body, 0);
     pgs_buf_put_i16(&body, 0);
-    pgs_buf_put_i32(&body, (int32_t)oid);
+    pgs_buf_put_i32(&body, (int32_t)(i == int8_at ? PGS_OID_INT8 : oid));
     pgs_buf_put_i16(&body, -1);
     pgs_buf_put_i32(&body, -1);
     pgs_buf_put_i16(&body, 0);
   }
 }
+
+static void rowdesc(int n, uint32_t oid) { rowdesc_with(n, oid, -1); }
 
 static void feed(pgs_merge_t *m, int part, int n, const char *const *values) {
   body.len = 0;
@@ -535,6 +540,26 @@ static void test_merge_by_collation(void **state) {
   describe_refused(run(NULL, "SELECT name FROM users ORDER BY name", -1, 1),
                    "ORDER BY: the collations of the shards' columns are not known yet (pgshard "
                    "reads them from the shards' catalogs); try again");
+  /* Groups and DISTINCT compare bytes: refused for a non-deterministic
+   * collation, fine for the others. */
+  m = run(cat, "SELECT ci, count(*) FROM users GROUP BY ci", -1, 2);
+  rowdesc_with(2, PGS_OID_TEXT, 1);
+  describe_refused(m,
+                   "GROUP BY: collation \"nd\" (non-deterministic) cannot be compared across "
+                   "shards");
+  describe_refused(run(cat, "SELECT DISTINCT lower(ci) FROM users", -1, 1),
+                   "DISTINCT: collation \"nd\" (non-deterministic) cannot be compared across "
+                   "shards");
+  describe_refused(run(cat, "SELECT DISTINCT email COLLATE nd FROM users", -1, 1),
+                   "DISTINCT: collation \"nd\" (non-deterministic) cannot be compared across "
+                   "shards");
+  m = run(cat, "SELECT DISTINCT name, icu FROM users", -1, 2);
+  describe_ok(m);
+  pgs_merge_free(m);
+  m = run(cat, "SELECT name, count(*) FROM users GROUP BY name", -1, 2);
+  rowdesc_with(2, PGS_OID_TEXT, 1);
+  describe_ok(m);
+  pgs_merge_free(m);
   /* ... and never for other types; nor without collations at all. */
   m = run(NULL, "SELECT id FROM users ORDER BY lower(name)", -1, 2);
   rowdesc(2, PGS_OID_INT8);
