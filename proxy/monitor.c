@@ -481,22 +481,22 @@ static void parse_layout(mon_node_t *n, const PGresult *res) {
 }
 
 /* The database's collations (collate.h): one row of encoding, default
- * provider, datcollate, daticulocale, the columns with other collations,
- * pg_collation's mark and the list (NULL: unchanged). */
+ * provider, datcollate, daticulocale, glibc version, the columns with
+ * other collations, pg_collation's mark and the list (NULL: unchanged). */
 static void parse_collations(mon_node_t *n, const PGresult *res) {
-  if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 7 ||
-      PQgetisnull(res, 0, 5))
+  if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 8 ||
+      PQgetisnull(res, 0, 6))
     return; /* asked again next time */
-  bool fresh_list = !PQgetisnull(res, 0, 6);
+  bool fresh_list = !PQgetisnull(res, 0, 7);
   if (!fresh_list && n->coll_list == NULL) return; /* answered as known, but it is not */
   pgs_buf_t db;
   pgs_buf_init(&db);
-  for (int f = 0; f < 4; f++) {
+  for (int f = 0; f < 5; f++) {
     const char *v = PQgetisnull(res, 0, f) ? "" : PQgetvalue(res, 0, f);
     pgs_buf_put(&db, v, strlen(v));
-    pgs_buf_put_u8(&db, f < 3 ? '\t' : '\n');
+    pgs_buf_put_u8(&db, f < 4 ? '\t' : '\n');
   }
-  const char *columns = PQgetisnull(res, 0, 4) ? "" : PQgetvalue(res, 0, 4);
+  const char *columns = PQgetisnull(res, 0, 5) ? "" : PQgetvalue(res, 0, 5);
   pgs_buf_put(&db, columns, strlen(columns) + 1);
   bool changed = fresh_list || n->coll_db == NULL || strcmp(n->coll_db, (char *)db.data) != 0;
   if (changed) {
@@ -508,8 +508,8 @@ static void parse_collations(mon_node_t *n, const PGresult *res) {
   }
   if (fresh_list) {
     free(n->coll_list);
-    n->coll_list = pgs_xstrdup(PQgetvalue(res, 0, 6));
-    snprintf(n->coll_mark, sizeof(n->coll_mark), "%s", PQgetvalue(res, 0, 5));
+    n->coll_list = pgs_xstrdup(PQgetvalue(res, 0, 7));
+    snprintf(n->coll_mark, sizeof(n->coll_mark), "%s", PQgetvalue(res, 0, 6));
   }
 }
 

@@ -9,6 +9,7 @@
  * next. A catalog is immutable once built; its strings point into copies
  * of the shards' answers it owns.
  */
+#include <gnu/libc-version.h>
 #include <locale.h>
 #include <stdarg.h>
 #include <string.h>
@@ -336,7 +337,8 @@ typedef struct column_entry {
 struct pgs_collcat {
   int refcount; /* atomic */
   const char *encoding;
-  pgs_collation_t deflt; /* the database's default */
+  const char *libc_version; /* the shards' glibc ("": not known) */
+  pgs_collation_t deflt;    /* the database's default */
   pgs_collation_t *collations;
   int ncollations; /* sorted by name, then schema */
   column_entry_t *columns;
@@ -456,14 +458,16 @@ pgs_collcat_t *pgs_collcat_build(const char *const *dbs, const char *const *list
   }
   bool ok = ndb[0] >= 1;
   char *f[8];
-  if (ok && split_fields(dblines[0][0], f, 4)) {
+  if (ok && split_fields(dblines[0][0], f, 5)) {
+    /* A default by ICU or the builtin provider has its locale apart. */
     cat->encoding = f[0];
+    cat->libc_version = f[4];
     cat->deflt = (pgs_collation_t){.schema = "pg_catalog",
                                    .name = "default",
-                                   .provider = f[1][0] == 'i' ? 'i' : 'c',
+                                   .provider = f[1][0],
                                    .deterministic = true,
-                                   .locale = f[1][0] == 'i' ? f[3] : f[2]};
-    ok = strlen(f[1]) == 1 && (f[1][0] == 'c' || f[1][0] == 'i');
+                                   .locale = f[1][0] == 'c' ? f[2] : f[3]};
+    ok = strlen(f[1]) == 1;
   } else {
     ok = false;
   }
@@ -527,12 +531,18 @@ pgs_collcat_t *pgs_collcat_build(const char *const *dbs, const char *const *list
 
 char *pgs_collcat_query(const char *known) {
   static const char head[] =
-      "SELECT pg_catalog.getdatabaseencoding(), d.datlocprovider, d.datcollate, d.daticulocale, "
+      "SELECT pg_catalog.getdatabaseencoding(), "
+      "coalesce(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c'), d.datcollate, "
+      "coalesce(pg_catalog.to_jsonb(d) ->> 'daticulocale', pg_catalog.to_jsonb(d) ->> "
+      "'datlocale'), coalesce((SELECT pg_catalog.pg_collation_actual_version(v.oid) FROM "
+      "pg_catalog.pg_collation v WHERE v.collprovider = 'c' AND v.collcollate !~* "
+      "'^(c|posix)($|\\.)' LIMIT 1), pg_catalog.to_jsonb(d) ->> 'datcollversion'), "
       "(SELECT pg_catalog.string_agg(x.line, E'\\n' ORDER BY x.line) FROM (SELECT "
       "n.nspname || E'\\t' || c.relname || E'\\t' || a.attname || E'\\t' || cn.nspname || "
       "E'\\t' || co.collname || E'\\t' || co.collprovider::text || E'\\t' || CASE WHEN "
       "co.collisdeterministic THEN 't' ELSE 'f' END || E'\\t' || "
-      "coalesce(co.collcollate, co.colliculocale, '') AS line "
+      "coalesce(co.collcollate, pg_catalog.to_jsonb(co) ->> 'colliculocale', "
+      "pg_catalog.to_jsonb(co) ->> 'colllocale', '') AS line "
       "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
       "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
       "JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation "
@@ -546,7 +556,8 @@ char *pgs_collcat_query(const char *known) {
       "' THEN NULL ELSE (SELECT coalesce(pg_catalog.string_agg(z.line, E'\\n'), '') FROM "
       "(SELECT cn.nspname || E'\\t' || co.collname || E'\\t' || co.collprovider::text || E'\\t' "
       "|| CASE WHEN co.collisdeterministic THEN 't' ELSE 'f' END || E'\\t' || "
-      "coalesce(co.collcollate, co.colliculocale, '') AS line "
+      "coalesce(co.collcollate, pg_catalog.to_jsonb(co) ->> 'colliculocale', "
+      "pg_catalog.to_jsonb(co) ->> 'colllocale', '') AS line "
       "FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace cn "
       "ON cn.oid = co.collnamespace WHERE co.collencoding IN (-1, "
       "pg_catalog.pg_char_to_encoding(pg_catalog.getdatabaseencoding()))) z) END "
@@ -677,10 +688,21 @@ static pgs_status_t collator_of(const pgs_collcat_t *cat, const pgs_collation_t 
     return refuse(why, cap, "%s (ICU) cannot be compared across shards", name);
   if (!c->deterministic)
     return refuse(why, cap, "%s (non-deterministic) cannot be compared across shards", name);
+  /* libc's C and C.UTF-8, and the builtin provider's C and C.UTF-8: code
+   * point order. */
+  if ((c->provider == 'c' || c->provider == 'b') && pgs_collate_locale_is_bytes(c->locale))
+    return PGS_OK;
   if (c->provider != 'c')
     return refuse(why, cap, "%s (provider '%c') cannot be compared across shards", name,
                   c->provider);
-  if (pgs_collate_locale_is_bytes(c->locale)) return PGS_OK;
+  /* glibc's collations change between versions (2.28 most of all): the
+   * shards' order is this machine's only with the same glibc. */
+  if (strcmp(cat->libc_version, gnu_get_libc_version()) != 0)
+    return refuse(why, cap,
+                  "%s cannot be compared across shards: they sort with glibc %s, pgshard with "
+                  "%s",
+                  name, cat->libc_version[0] ? cat->libc_version : "(unknown)",
+                  gnu_get_libc_version());
   if (strcmp(cat->encoding, "UTF8") != 0 || !utf8)
     return refuse(why, cap,
                   "%s cannot be compared across shards unless the database's encoding and the "

@@ -18,7 +18,8 @@
  *     locale (strcoll_l, ties broken by strcmp, as PostgreSQL's
  *     varstr_cmp). ICU and non-deterministic collations cannot be
  *     compared here (pgshard does not link ICU): refused, as is a libc
- *     locale this machine cannot load.
+ *     locale this machine cannot load, or when the shards' glibc is not
+ *     this machine's (its collations change between versions).
  *
  * The derivation follows PostgreSQL's rules where they are simple: an
  * explicit COLLATE wins; a column (maybe cast to a text type, or under
@@ -139,7 +140,7 @@ typedef struct pgs_collcat pgs_collcat_t;
 /*
  * The catalog agreed by N shards' writers from their answers to the
  * monitor's query (pgs_collcat_query): DBS[i] the database part ("encoding
- * TAB provider TAB collate TAB icu-locale", a newline, then one line per
+ * TAB provider TAB collate TAB icu-locale TAB glibc version", a newline, then one line per
  * column with a collation other than the default: "schema TAB table TAB
  * column TAB coll-schema TAB coll-name TAB provider TAB t|f TAB locale"),
  * LISTS[i] the pg_collation part (lines "schema TAB name TAB provider TAB
@@ -153,7 +154,8 @@ pgs_collcat_t *pgs_collcat_ref(pgs_collcat_t *cat);
 void pgs_collcat_unref(pgs_collcat_t *cat);
 
 /* The query a writer answers with one row: encoding, default provider,
- * datcollate, daticulocale, the columns part, a mark of pg_collation's
+ * datcollate, daticulocale, the server's glibc version (of its libc
+ * collations), the columns part, a mark of pg_collation's
  * state (it changes when a collation is created, dropped or altered),
  * and the collation list unless the mark is KNOWN ("" for none).
  * malloc'ed. */

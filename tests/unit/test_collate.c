@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <gnu/libc-version.h>
 
 #include "pgshard/analyze.h"
 #include "pgshard/collate.h"
@@ -172,7 +173,9 @@ static void test_c_utf8_is_byte_order(void **state) {
 
 /* ---- the catalog ---- */
 
-#define HEAD_C "UTF8\tc\tC\t\n"
+/* A database part's first line: "@V" stands for this machine's glibc
+ * version (the shards' must be pgshard's). */
+#define HEAD_C "UTF8\tc\tC\t\t@V\n"
 #define COLUMNS                                                                                    \
   "public\tusers\tname\tpg_catalog\ten_US\tc\tt\ten_US.utf8\n"                                     \
   "public\tusers\ticu\tpg_catalog\tund-x-icu\ti\tt\tund\n"                                         \
@@ -191,9 +194,24 @@ static void test_c_utf8_is_byte_order(void **state) {
   "public\ttwice\tc\tt\ten_US.utf8\n"                                                              \
   "other\ttwice\tc\tt\tsv_SE.utf8\n"
 
+/* S with "@V" replaced by glibc's version; malloc'ed (NULL for NULL). */
+static char *with_version(const char *s) {
+  if (s == NULL) return NULL;
+  const char *at = strstr(s, "@V");
+  if (at == NULL) return strdup(s);
+  const char *v = gnu_get_libc_version();
+  char *out = malloc(strlen(s) + strlen(v) + 1);
+  sprintf(out, "%.*s%s%s", (int)(at - s), s, v, at + 2);
+  return out;
+}
+
 static pgs_collcat_t *two_shards(const char *db0, const char *db1, const char *l0, const char *l1) {
-  const char *dbs[] = {db0, db1}, *lists[] = {l0, l1};
-  return pgs_collcat_build(dbs, lists, 2);
+  char *d0 = with_version(db0), *d1 = with_version(db1);
+  const char *dbs[] = {d0, d1}, *lists[] = {l0, l1};
+  pgs_collcat_t *cat = pgs_collcat_build(dbs, lists, 2);
+  free(d0);
+  free(d1);
+  return cat;
 }
 
 static void test_catalog_agreement(void **state) {
@@ -205,8 +223,9 @@ static void test_catalog_agreement(void **state) {
   /* Not every shard answered, or their databases differ. */
   assert_null(two_shards(HEAD_C, NULL, LIST, LIST));
   assert_null(two_shards(HEAD_C, HEAD_C, LIST, NULL));
-  assert_null(two_shards(HEAD_C, "UTF8\tc\ten_US.utf8\t\n", LIST, LIST));
-  assert_null(two_shards(HEAD_C, "LATIN1\tc\tC\t\n", LIST, LIST));
+  assert_null(two_shards(HEAD_C, "UTF8\tc\ten_US.utf8\t\t@V\n", LIST, LIST));
+  assert_null(two_shards(HEAD_C, "LATIN1\tc\tC\t\t@V\n", LIST, LIST));
+  assert_null(two_shards(HEAD_C, "UTF8\tc\tC\t\t1.0\n", LIST, LIST));
   assert_null(two_shards("UTF8\tc\tC\n", "UTF8\tc\tC\n", LIST, LIST));
   /* A column line that does not read: nothing is sure. */
   assert_null(
@@ -365,7 +384,7 @@ static void test_derivation(void **state) {
   expect(NULL, "SELECT id FROM users ORDER BY name COLLATE ucs_basic", 0, "C");
 
   /* No column with a collation of its own: every column has the default. */
-  cat = two_shards("UTF8\tc\ten_US.UTF-8\t\n", "UTF8\tc\ten_US.UTF-8\t\n", LIST, LIST);
+  cat = two_shards("UTF8\tc\ten_US.UTF-8\t\t@V\n", "UTF8\tc\ten_US.UTF-8\t\t@V\n", LIST, LIST);
   expect(cat, "SELECT * FROM users ORDER BY 2", 0, "en_US.UTF-8");
   expect(cat, "SELECT u.id FROM users u, (SELECT 'a' AS k) s ORDER BY s.k", 0, "en_US.UTF-8");
   expect(cat, "SELECT id FROM users ORDER BY lower(name)", 0, "en_US.UTF-8");
@@ -373,16 +392,32 @@ static void test_derivation(void **state) {
   expect(cat, "SELECT id FROM users ORDER BY name COLLATE \"C\"", 0, "C");
   pgs_collcat_unref(cat);
   /* The database's default by ICU, or C.UTF-8. */
-  cat = two_shards("UTF8\ti\t\tund-x-icu\n", "UTF8\ti\t\tund-x-icu\n", LIST, LIST);
+  cat = two_shards("UTF8\ti\t\tund-x-icu\t@V\n", "UTF8\ti\t\tund-x-icu\t@V\n", LIST, LIST);
   expect(cat, "SELECT id FROM users ORDER BY email", 0,
          "! the database's default collation \"und-x-icu\" (ICU) cannot be compared across "
          "shards");
   expect(cat, "SELECT id FROM users ORDER BY email COLLATE \"en_US\"", 0, "en_US.utf8");
   pgs_collcat_unref(cat);
-  cat = two_shards("UTF8\tc\tC.UTF-8\t\n", "UTF8\tc\tC.UTF-8\t\n", LIST, LIST);
+  cat = two_shards("UTF8\tc\tC.UTF-8\t\t\n", "UTF8\tc\tC.UTF-8\t\t\n", LIST, LIST);
   expect(cat, "SELECT id FROM users ORDER BY email", 0, "C");
   pgs_collcat_unref(cat);
-  cat = two_shards("SQL_ASCII\tc\ten_US\t\n", "SQL_ASCII\tc\ten_US\t\n", LIST, LIST);
+  /* Shards with another glibc sort differently: only byte order is sure. */
+  cat = two_shards("UTF8\tc\ten_US.utf8\t\t2.27\n" COLUMNS, "UTF8\tc\ten_US.utf8\t\t2.27\n" COLUMNS,
+                   LIST, LIST);
+  char want[200];
+  snprintf(want, sizeof(want),
+           "! collation \"en_US\" cannot be compared across shards: they sort with glibc 2.27, "
+           "pgshard with %s",
+           gnu_get_libc_version());
+  expect(cat, "SELECT id FROM users ORDER BY name", 0, want);
+  expect(cat, "SELECT id FROM users ORDER BY sys", 0, "C");
+  expect(cat, "SELECT id FROM users ORDER BY email COLLATE \"C\"", 0, "C");
+  pgs_collcat_unref(cat);
+  /* PostgreSQL 17's builtin provider: C and C.UTF-8 are code point order. */
+  cat = two_shards("UTF8\tb\t\tC.UTF-8\t\n", "UTF8\tb\t\tC.UTF-8\t\n", LIST, LIST);
+  expect(cat, "SELECT id FROM users ORDER BY email", 0, "C");
+  pgs_collcat_unref(cat);
+  cat = two_shards("SQL_ASCII\tc\ten_US\t\t@V\n", "SQL_ASCII\tc\ten_US\t\t@V\n", LIST, LIST);
   expect(cat, "SELECT id FROM users ORDER BY email", 0,
          "! the database's default collation \"en_US\" cannot be compared across shards unless "
          "the database's encoding and the client's are UTF8");
