@@ -49,8 +49,21 @@
 
 /* Collations (what a merged ORDER BY or min/max over text compares by,
  * collate.h) are asked with the same check, as often, from every writer,
- * and from every node with its first check (before its role is known, so
- * the first snapshots have them). */
+ * and from a configured primary with its first check (so the first
+ * snapshots have them). A check counts when its own result comes: the
+ * catalog queries after it never make it late. */
+
+/* The answer to the check in flight, as far as it has come: its results
+ * (the check's, then the layout's and the collations' when asked) may
+ * arrive over several reads. */
+typedef struct mon_reply {
+  int results;  /* results read so far */
+  bool checked; /* the check's came: node_done was told */
+  bool ok;      /* the check's: a row that parsed */
+  bool in_recovery;
+  uint64_t lsn, receive;
+  char err[256];
+} mon_reply_t;
 
 /* A node's monitor connection. */
 typedef enum {
@@ -79,6 +92,7 @@ typedef struct mon_node {
   uint64_t check_start_us; /* the check's start: its connect, or its query's send */
   bool in_round;           /* part of the current round */
   bool has_result;         /* answered (or failed) in the current round */
+  mon_reply_t reply;       /* MN_BUSY: the answer so far */
   pgs_check_result_t result;
   char last_error[256];
   /* Its database's sharded tables' columns (a primary's answer): the
@@ -93,6 +107,7 @@ typedef struct mon_node {
    * asked with the check in flight, its database part and collation list
    * as last answered (NULL: none yet), pg_collation's mark, and the answer's
    * number (from mon.coll_seq, new with every change). */
+  bool configured_primary; /* its shard's first node in the config */
   uint64_t coll_ms;
   bool coll_pending;
   char *coll_db;
@@ -295,6 +310,7 @@ static void node_done(mon_node_t *n, bool ok, bool in_recovery, uint64_t lsn, ui
   n->result.receive_lsn = receive;
   n->result.sent_ms = n->sent_ms;
   n->result.done_ms = now;
+  n->result.slow = false;
   n->result.duration_us = ok ? pgs_now_us() - n->check_start_us : 0;
   if (--mon.pending == 0 && !mon.round_starting) finish_round(now);
 }
@@ -359,7 +375,7 @@ static void send_check(mon_node_t *n, uint64_t now) {
   PGS_ASSERT(n->state == MN_IDLE);
   n->layout_pending = n->layout_sql && !n->result.in_recovery && n->result.ok &&
                       now - n->layout_ms >= LAYOUT_INTERVAL_MS;
-  n->coll_pending = (!n->result.ok || !n->result.in_recovery) &&
+  n->coll_pending = (n->result.ok ? !n->result.in_recovery : n->configured_primary) &&
                     (n->coll_ms == 0 || now - n->coll_ms >= LAYOUT_INTERVAL_MS);
   const char *text = CHECK_SQL;
   pgs_buf_t both;
@@ -388,6 +404,7 @@ static void send_check(mon_node_t *n, uint64_t now) {
     return;
   }
   n->sent_ms = now;
+  memset(&n->reply, 0, sizeof(n->reply));
   set_state(n, MN_BUSY);
   int rc = PQflush(n->pg);
   if (rc < 0) {
@@ -511,6 +528,9 @@ static void parse_collations(mon_node_t *n, const PGresult *res) {
     n->coll_list = pgs_xstrdup(PQgetvalue(res, 0, 7));
     snprintf(n->coll_mark, sizeof(n->coll_mark), "%s", PQgetvalue(res, 0, 6));
   }
+  /* The check it came with was published already: the workers need not
+   * wait a round for it. */
+  if (changed) publish(pgs_now_ms());
 }
 
 static void io_step(mon_node_t *n, int events) {
@@ -532,29 +552,35 @@ static void io_step(mon_node_t *n, int events) {
     if (PQstatus(n->pg) == CONNECTION_BAD) conn_failed(n, PQerrorMessage(n->pg));
     return;
   }
-  bool got = false, ok = false, in_recovery = false;
-  int results = 0;
-  uint64_t lsn = 0, receive = 0;
-  char err[256] = "";
+  mon_reply_t *r = &n->reply;
   while (!PQisBusy(n->pg)) {
     PGresult *res = PQgetResult(n->pg);
     if (res == NULL) {
       /* The query is over. */
-      uint64_t now = pgs_now_ms();
       set_state(n, MN_IDLE);
-      if (!got || !ok) set_error(n, got ? err : "check returned nothing");
       if (PQstatus(n->pg) == CONNECTION_BAD) {
         conn_failed(n, PQerrorMessage(n->pg));
         return;
       }
-      node_done(n, got && ok, in_recovery, lsn, receive, now);
+      if (!r->checked) {
+        set_error(n, "check returned nothing");
+        node_done(n, false, false, 0, 0, pgs_now_ms());
+      }
       return;
     }
-    if (!got) ok = parse_check(res, &in_recovery, &lsn, &receive, err, sizeof(err));
-    int at = results++;
+    int at = r->results++;
     if (at == 1 && n->layout_pending) parse_layout(n, res);
     if (at == 1 + n->layout_pending && n->coll_pending) parse_collations(n, res);
-    got = true;
+    if (at == 0) {
+      /* The check's answer counts now, whatever follows it. */
+      r->ok = parse_check(res, &r->in_recovery, &r->lsn, &r->receive, r->err, sizeof(r->err));
+      r->checked = true;
+      PQclear(res);
+      if (!r->ok) set_error(n, r->err);
+      node_done(n, r->ok, r->in_recovery, r->lsn, r->receive, pgs_now_ms());
+      if (n->pg == NULL) return; /* the round it ended closed the connection */
+      continue;
+    }
     PQclear(res);
   }
   if (PQstatus(n->pg) == CONNECTION_BAD) conn_failed(n, PQerrorMessage(n->pg));
@@ -600,6 +626,9 @@ static void start_round(uint64_t now) {
         n->in_round = false;
         bool closed_waiting = n->state == MN_CLOSED && !st->up && now < st->retry_at_ms;
         if (closed_waiting) continue;
+        /* Its last check answered, the catalog queries sent with it still
+         * run: it sits this round out (its health stays as it is). */
+        if (n->state == MN_BUSY && n->reply.checked) continue;
         n->in_round = true;
         mon.pending++;
         switch (n->state) {
@@ -972,6 +1001,7 @@ static mon_db_t *dbs_build(const pgs_config_t *config, mon_db_t *old, int nold, 
         free(n->connstr);
         n->connstr = conninfo_build(config, cdb, cn);
         node_layout_reset(n, cdb);
+        n->configured_primary = i == 0;
         snprintf(n->label, sizeof(n->label), "%s.%s %s %s:%d", cdb->name, cs->name,
                  i == 0 ? "primary" : "replica", cn->host, cn->port);
         sh->conns[i] = n;
