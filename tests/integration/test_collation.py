@@ -53,6 +53,11 @@ def shard_map(db):
 column = id
 type = bigint
 strategy = hash
+
+[table.{db}.coll_late]
+column = id
+type = bigint
+strategy = hash
 """
 
 
@@ -105,7 +110,7 @@ class Coll:
 def _drop_all(lab):
     for shard in lab.shards:
         with lab.connect_primary(shard.name) as conn:
-            conn.execute("drop table if exists coll_words")
+            conn.execute("drop table if exists coll_words, coll_late")
             conn.execute("drop collation if exists coll_nd")
             conn.execute(f"drop database if exists {EN_DB} with (force)")
     with lab.connect_primary("s0") as conn:
@@ -303,3 +308,37 @@ def test_refused_collations(coll, mode):
             (len(ROWS),)]
         assert run(conn, "select id from coll_words order by id desc limit %s", (2,), mode) == [
             (903,), (902,)]
+
+
+def test_a_collation_changed_later_is_read_again(coll):
+    """A table made while pgshard runs, its column's collation changed
+    after: pgshard reads the shards' catalogs again (about once a second)
+    and sorts as the server does once it has."""
+    lab = coll.lab
+    ddl = "create table coll_late (id bigint primary key, w text)"
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as conn:
+            conn.execute(ddl)
+    with coll.px.connect(autocommit=True) as conn, coll.plain() as plain:
+        plain.execute("drop table if exists coll_late")
+        plain.execute(ddl)
+        for row_id, w in ROWS:
+            for c in (conn, plain):
+                c.execute("insert into coll_late (id, w) values (%s, %s)", (row_id, w))
+        sql = "select w from coll_late order by w"
+
+        def same():
+            want = run(plain, sql, (), "simple")
+            try:
+                return run(conn, sql, (), "simple") == want
+            except psycopg.errors.FeatureNotSupported:
+                return False
+        wait_for(same, 20, interval=0.1, message="pgshard sorting coll_late as the server")
+        alter = 'alter table coll_late alter column w type text collate "en_US"'
+        plain.execute(alter)
+        for shard in lab.shards:
+            with lab.connect_primary(shard.name) as direct:
+                direct.execute(alter)
+        wait_for(same, 20, interval=0.1,
+                 message="pgshard sorting coll_late by its new collation as the server")
+        assert run(plain, sql, (), "simple") != run(plain, sql + ' collate "C"', (), "simple")
