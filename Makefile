@@ -12,7 +12,7 @@ PYTHON := /usr/bin/python3
 DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxhash-dev \
 	libinih-dev libpg-query-dev libprotobuf-c-dev libssl-dev libcmocka-dev postgresql-15 \
 	postgresql-client-15 python3-pytest python3-psycopg pgbouncer \
-	python3-matplotlib procps iproute2 openssl clang-format
+	python3-matplotlib procps iproute2 openssl clang-format locales-all
 # Only for `make fuzz`: clang and its sanitizer and
 # libFuzzer runtimes.
 FUZZ_PACKAGES := clang libclang-rt-14-dev

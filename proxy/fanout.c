@@ -37,6 +37,7 @@
 #include "pgshard/log.h"
 #include "pgshard/fanout.h"
 #include "pgshard/server.h"
+#include "pgshard/snapshot.h"
 #include "pgshard/stats.h"
 
 static pgs_fan_t *fan_new(pgs_client_t *client, const pgs_fan_order_t *order) {
@@ -53,9 +54,14 @@ static pgs_fan_t *fan_new(pgs_client_t *client, const pgs_fan_order_t *order) {
   fan->portal = order->portal;
   fan->max_rows = order->max_rows;
   fan->declare = order->declare;
-  if (plan->merge)
+  if (plan->merge) {
     fan->merge = pgs_merge_new(plan->merge, __builtin_popcountll(fan->slots), order->limit,
                                order->offset, (size_t)client->config->max_merge_bytes);
+    /* Text sorts by the shards' collations, as their catalogs say. */
+    pgs_merge_collate(fan->merge,
+                      pgs_snapshot_collations(client->worker->snapshot, client->session.db->name),
+                      client->session.ops->keys_utf8(client->session.ctx));
+  }
   pgs_buf_init(&fan->head);
   pgs_buf_init(&fan->error);
   client->fan = fan;

@@ -31,6 +31,7 @@
 
 #include <libpq-fe.h>
 
+#include "pgshard/collate.h"
 #include "pgshard/log.h"
 #include "pgshard/io.h"
 #include "pgshard/monitor.h"
@@ -45,6 +46,24 @@
 /* How often a primary is asked for its sharded tables' columns (what an
  * INSERT without a column list is given, planner.c), with its check. */
 #define LAYOUT_INTERVAL_MS 1000
+
+/* Collations (what a merged ORDER BY or min/max over text compares by,
+ * collate.h) are asked with the same check, as often, from every writer,
+ * and from a configured primary with its first check (so the first
+ * snapshots have them). A check counts when its own result comes: the
+ * catalog queries after it never make it late. */
+
+/* The answer to the check in flight, as far as it has come: its results
+ * (the check's, then the layout's and the collations' when asked) may
+ * arrive over several reads. */
+typedef struct mon_reply {
+  int results;  /* results read so far */
+  bool checked; /* the check's came: node_done was told */
+  bool ok;      /* the check's: a row that parsed */
+  bool in_recovery;
+  uint64_t lsn, receive;
+  char err[256];
+} mon_reply_t;
 
 /* A node's monitor connection. */
 typedef enum {
@@ -73,6 +92,7 @@ typedef struct mon_node {
   uint64_t check_start_us; /* the check's start: its connect, or its query's send */
   bool in_round;           /* part of the current round */
   bool has_result;         /* answered (or failed) in the current round */
+  mon_reply_t reply;       /* MN_BUSY: the answer so far */
   pgs_check_result_t result;
   char last_error[256];
   /* Its database's sharded tables' columns (a primary's answer): the
@@ -83,6 +103,17 @@ typedef struct mon_node {
   int ntables;
   uint64_t layout_ms;
   bool layout_pending; /* asked with the check in flight */
+  /* Its database's collations (collate.h): when last asked, whether
+   * asked with the check in flight, its database part and collation list
+   * as last answered (NULL: none yet), pg_collation's mark, and the answer's
+   * number (from mon.coll_seq, new with every change). */
+  bool configured_primary; /* its shard's first node in the config */
+  uint64_t coll_ms;
+  bool coll_pending;
+  char *coll_db;
+  char *coll_list;
+  char coll_mark[PGS_COLLCAT_MARK_MAX];
+  uint64_t coll_seq;
 } mon_node_t;
 
 typedef struct mon_shard {
@@ -95,6 +126,8 @@ typedef struct mon_db {
   pgs_lag_bounds_t bounds;
   mon_shard_t *shards;
   int nshards;
+  pgs_collcat_t *collcat; /* from its writers' collation answers */
+  uint64_t collcat_sig;   /* of the answers it was built from */
 } mon_db_t;
 
 static struct {
@@ -121,6 +154,7 @@ static struct {
   bool round_starting; /* start_round is sending: do not end it yet */
   int pending;         /* nodes in the round not yet answered */
   uint64_t seq;
+  uint64_t coll_seq; /* numbers the nodes' collation answers */
   bool stopping;
   /* two-phase commit recovery passes */
   uv_work_t twophase_work;
@@ -158,6 +192,29 @@ static void publish_layouts(const mon_db_t *src, pgs_health_db_t *dst) {
   }
 }
 
+/* The database's collations as every shard's writer has them, rebuilt
+ * only when one of their answers changed; NULL while one has none. */
+static void publish_collations(mon_db_t *src, pgs_health_db_t *dst) {
+  int n = src->nshards;
+  const char *dbs[n > 0 ? n : 1], *lists[n > 0 ? n : 1];
+  bool all = n > 0;
+  uint64_t sig = 0x9e3779b97f4a7c15u;
+  for (int s = 0; s < n; s++) {
+    const mon_shard_t *sh = &src->shards[s];
+    const mon_node_t *w = sh->health.writer >= 0 ? sh->conns[sh->health.writer] : NULL;
+    dbs[s] = w ? w->coll_db : NULL;
+    lists[s] = w ? w->coll_list : NULL;
+    all = all && dbs[s] && lists[s];
+    sig = (sig ^ (w ? w->coll_seq : 0)) * 0x100000001b3u + (uint64_t)s;
+  }
+  if (sig != src->collcat_sig) {
+    pgs_collcat_unref(src->collcat);
+    src->collcat = all ? pgs_collcat_build(dbs, lists, n) : NULL;
+    src->collcat_sig = sig;
+  }
+  dst->collations = pgs_collcat_ref(src->collcat);
+}
+
 static void publish(uint64_t now) {
   pgs_snapshot_t *snap = pgs_xcalloc(1, sizeof(*snap));
   snap->refcount = 1;
@@ -173,6 +230,7 @@ static void publish(uint64_t now) {
     dst->nshards = src->nshards;
     dst->shards = pgs_xcalloc((size_t)src->nshards, sizeof(*dst->shards));
     publish_layouts(src, dst);
+    publish_collations(&mon.dbs[d], dst);
     for (int s = 0; s < src->nshards; s++) {
       const pgs_shard_health_t *h = &src->shards[s].health;
       dst->shards[s] = *h; /* history by value */
@@ -252,6 +310,7 @@ static void node_done(mon_node_t *n, bool ok, bool in_recovery, uint64_t lsn, ui
   n->result.receive_lsn = receive;
   n->result.sent_ms = n->sent_ms;
   n->result.done_ms = now;
+  n->result.slow = false;
   n->result.duration_us = ok ? pgs_now_us() - n->check_start_us : 0;
   if (--mon.pending == 0 && !mon.round_starting) finish_round(now);
 }
@@ -316,15 +375,26 @@ static void send_check(mon_node_t *n, uint64_t now) {
   PGS_ASSERT(n->state == MN_IDLE);
   n->layout_pending = n->layout_sql && !n->result.in_recovery && n->result.ok &&
                       now - n->layout_ms >= LAYOUT_INTERVAL_MS;
-  char sql[sizeof(CHECK_SQL) + 8];
+  n->coll_pending = (n->result.ok ? !n->result.in_recovery : n->configured_primary) &&
+                    (n->coll_ms == 0 || now - n->coll_ms >= LAYOUT_INTERVAL_MS);
   const char *text = CHECK_SQL;
   pgs_buf_t both;
   pgs_buf_init(&both);
-  if (n->layout_pending) {
-    n->layout_ms = now;
-    snprintf(sql, sizeof(sql), "%s; ", CHECK_SQL);
-    pgs_buf_put(&both, sql, strlen(sql));
-    pgs_buf_put(&both, n->layout_sql, strlen(n->layout_sql) + 1);
+  if (n->layout_pending || n->coll_pending) {
+    pgs_buf_put(&both, CHECK_SQL, sizeof(CHECK_SQL) - 1);
+    if (n->layout_pending) {
+      n->layout_ms = now;
+      pgs_buf_put(&both, "; ", 2);
+      pgs_buf_put(&both, n->layout_sql, strlen(n->layout_sql));
+    }
+    if (n->coll_pending) {
+      n->coll_ms = now;
+      char *sql = pgs_collcat_query(n->coll_mark);
+      pgs_buf_put(&both, "; ", 2);
+      pgs_buf_put(&both, sql, strlen(sql));
+      free(sql);
+    }
+    pgs_buf_put_u8(&both, '\0');
     text = (const char *)both.data;
   }
   int sent = PQsendQuery(n->pg, text);
@@ -334,6 +404,7 @@ static void send_check(mon_node_t *n, uint64_t now) {
     return;
   }
   n->sent_ms = now;
+  memset(&n->reply, 0, sizeof(n->reply));
   set_state(n, MN_BUSY);
   int rc = PQflush(n->pg);
   if (rc < 0) {
@@ -426,6 +497,42 @@ static void parse_layout(mon_node_t *n, const PGresult *res) {
   }
 }
 
+/* The database's collations (collate.h): one row of encoding, default
+ * provider, datcollate, daticulocale, glibc version, the columns with
+ * other collations, pg_collation's mark and the list (NULL: unchanged). */
+static void parse_collations(mon_node_t *n, const PGresult *res) {
+  if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 8 ||
+      PQgetisnull(res, 0, 6))
+    return; /* asked again next time */
+  bool fresh_list = !PQgetisnull(res, 0, 7);
+  if (!fresh_list && n->coll_list == NULL) return; /* answered as known, but it is not */
+  pgs_buf_t db;
+  pgs_buf_init(&db);
+  for (int f = 0; f < 5; f++) {
+    const char *v = PQgetisnull(res, 0, f) ? "" : PQgetvalue(res, 0, f);
+    pgs_buf_put(&db, v, strlen(v));
+    pgs_buf_put_u8(&db, f < 4 ? '\t' : '\n');
+  }
+  const char *columns = PQgetisnull(res, 0, 5) ? "" : PQgetvalue(res, 0, 5);
+  pgs_buf_put(&db, columns, strlen(columns) + 1);
+  bool changed = fresh_list || n->coll_db == NULL || strcmp(n->coll_db, (char *)db.data) != 0;
+  if (changed) {
+    free(n->coll_db);
+    n->coll_db = (char *)db.data;
+    n->coll_seq = ++mon.coll_seq;
+  } else {
+    pgs_buf_free(&db);
+  }
+  if (fresh_list) {
+    free(n->coll_list);
+    n->coll_list = pgs_xstrdup(PQgetvalue(res, 0, 7));
+    snprintf(n->coll_mark, sizeof(n->coll_mark), "%s", PQgetvalue(res, 0, 6));
+  }
+  /* The check it came with was published already: the workers need not
+   * wait a round for it. */
+  if (changed) publish(pgs_now_ms());
+}
+
 static void io_step(mon_node_t *n, int events) {
   if (events & UV_WRITABLE) {
     int rc = PQflush(n->pg);
@@ -445,27 +552,35 @@ static void io_step(mon_node_t *n, int events) {
     if (PQstatus(n->pg) == CONNECTION_BAD) conn_failed(n, PQerrorMessage(n->pg));
     return;
   }
-  bool got = false, ok = false, in_recovery = false;
-  int results = 0;
-  uint64_t lsn = 0, receive = 0;
-  char err[256] = "";
+  mon_reply_t *r = &n->reply;
   while (!PQisBusy(n->pg)) {
     PGresult *res = PQgetResult(n->pg);
     if (res == NULL) {
       /* The query is over. */
-      uint64_t now = pgs_now_ms();
       set_state(n, MN_IDLE);
-      if (!got || !ok) set_error(n, got ? err : "check returned nothing");
       if (PQstatus(n->pg) == CONNECTION_BAD) {
         conn_failed(n, PQerrorMessage(n->pg));
         return;
       }
-      node_done(n, got && ok, in_recovery, lsn, receive, now);
+      if (!r->checked) {
+        set_error(n, "check returned nothing");
+        node_done(n, false, false, 0, 0, pgs_now_ms());
+      }
       return;
     }
-    if (!got) ok = parse_check(res, &in_recovery, &lsn, &receive, err, sizeof(err));
-    if (results++ == 1 && n->layout_pending) parse_layout(n, res);
-    got = true;
+    int at = r->results++;
+    if (at == 1 && n->layout_pending) parse_layout(n, res);
+    if (at == 1 + n->layout_pending && n->coll_pending) parse_collations(n, res);
+    if (at == 0) {
+      /* The check's answer counts now, whatever follows it. */
+      r->ok = parse_check(res, &r->in_recovery, &r->lsn, &r->receive, r->err, sizeof(r->err));
+      r->checked = true;
+      PQclear(res);
+      if (!r->ok) set_error(n, r->err);
+      node_done(n, r->ok, r->in_recovery, r->lsn, r->receive, pgs_now_ms());
+      if (n->pg == NULL) return; /* the round it ended closed the connection */
+      continue;
+    }
     PQclear(res);
   }
   if (PQstatus(n->pg) == CONNECTION_BAD) conn_failed(n, PQerrorMessage(n->pg));
@@ -511,6 +626,9 @@ static void start_round(uint64_t now) {
         n->in_round = false;
         bool closed_waiting = n->state == MN_CLOSED && !st->up && now < st->retry_at_ms;
         if (closed_waiting) continue;
+        /* Its last check answered, the catalog queries sent with it still
+         * run: it sits this round out (its health stays as it is). */
+        if (n->state == MN_BUSY && n->reply.checked) continue;
         n->in_round = true;
         mon.pending++;
         switch (n->state) {
@@ -723,6 +841,8 @@ static void node_free(mon_node_t *n) {
   for (int t = 0; t < n->ntables; t++) free(n->layout[t]);
   free(n->layout);
   free(n->layout_sql);
+  free(n->coll_db);
+  free(n->coll_list);
   free(n);
 }
 
@@ -775,6 +895,7 @@ static void dbs_free(mon_db_t *dbs, int ndbs, bool free_nodes) {
     }
     free(dbs[d].shards);
     free(dbs[d].name);
+    pgs_collcat_unref(dbs[d].collcat);
   }
   free(dbs);
 }
@@ -880,6 +1001,7 @@ static mon_db_t *dbs_build(const pgs_config_t *config, mon_db_t *old, int nold, 
         free(n->connstr);
         n->connstr = conninfo_build(config, cdb, cn);
         node_layout_reset(n, cdb);
+        n->configured_primary = i == 0;
         snprintf(n->label, sizeof(n->label), "%s.%s %s %s:%d", cdb->name, cs->name,
                  i == 0 ? "primary" : "replica", cn->host, cn->port);
         sh->conns[i] = n;

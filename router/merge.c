@@ -49,6 +49,7 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
+#include "pgshard/collate.h"
 #include "pgshard/config.h"
 #include "pgshard/merge.h"
 #include "pgshard/route.h"
@@ -76,7 +77,8 @@ typedef struct target {
 } target_t;
 
 typedef struct hidden {
-  char *text; /* deparsed expression, $N kept */
+  char *text;                /* deparsed expression, $N kept */
+  const PgQuery__Node *expr; /* the expression (NULL: an avg's part) */
   int agg;
   bool distinct; /* count/sum(DISTINCT x): distinct_arg holds x */
   int avg_sum, avg_count;
@@ -140,8 +142,9 @@ typedef struct key_edge {
 typedef struct an {
   const pgs_database_t *db;
   const pgs_lexed_t *lx;
-  const int32_t *lit_loc; /* literals put back: where each starts there */
-  uint32_t *lit_len;      /* ... and how long each is there */
+  const int32_t *lit_loc;            /* literals put back: where each starts there */
+  const PgQuery__SelectStmt *select; /* the SELECT analysed */
+  uint32_t *lit_len;                 /* ... and how long each is there */
   pgs_merge_spec_t *spec;
   bool copy;
   bool too_deep;
@@ -1544,6 +1547,7 @@ static int add_hidden(an_t *an, const PgQuery__Node *n, int agg) {
   }
   int before = an->nhidden;
   int h = add_hidden_text(an, text, agg);
+  if (an->hidden[h].expr == NULL) an->hidden[h].expr = n;
   if (agg == PGS_AGG_AVG && h == before) {
     int sum = -1, count = -1;
     if (!avg_parts(an, n->func_call, &sum, &count)) return -1;
@@ -2304,6 +2308,7 @@ static void analyse_sort(an_t *an, const PgQuery__SelectStmt *s) {
 }
 
 static void analyse_select(an_t *an, const PgQuery__SelectStmt *s) {
+  an->select = s;
   if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {
     refuse(an, "%s cannot be merged across shards", setop_name(s));
     return;
@@ -2690,6 +2695,35 @@ static void place_clauses(an_t *an, bool having) {
   spec->group_at = group_by ? group_by : before;
 }
 
+/* The expression in symbolic column COLUMN: a target's, or the one a
+ * hidden column computes; NULL when a star stands there or before it (a
+ * position then counts the star's columns). */
+static const PgQuery__Node *column_expr(const an_t *an, int column) {
+  if (column < VISIBLE) return an->hidden[column].expr;
+  int i = column - VISIBLE;
+  if (i >= an->ntargets || (an->first_star >= 0 && i >= an->first_star)) return NULL;
+  return an->targets[i].expr;
+}
+
+/* Where the collation of each ORDER BY key, min/max column, group column
+ * and DISTINCT column comes from: read when the shards' columns turn out
+ * to be text. */
+static void add_collations(an_t *an) {
+  pgs_merge_spec_t *spec = an->spec;
+  if (an->select == NULL || (an->nkeys == 0 && !spec->grouped && !spec->distinct)) return;
+  int ncolumns = an->nhidden + an->ntargets;
+  spec->collations = pgs_collate_spec_new(an->select, spec->nkeys, ncolumns);
+  for (int k = 0; k < an->nkeys; k++)
+    pgs_collate_source_of(&spec->collations->keys[k], column_expr(an, an->keys[k].column));
+  for (int c = 0; c < ncolumns; c++) {
+    int agg = spec->grouped ? spec->columns[c].agg : PGS_AGG_NONE;
+    bool compared = agg == PGS_AGG_MIN || agg == PGS_AGG_MAX ||
+                    (spec->distinct && c >= an->nhidden) || is_group_column(spec, c);
+    int symbolic = c < an->nhidden ? c : VISIBLE + (c - an->nhidden);
+    if (compared) pgs_collate_source_of(&spec->collations->columns[c], column_expr(an, symbolic));
+  }
+}
+
 static void build_spec(an_t *an) {
   pgs_merge_spec_t *spec = an->spec;
   const pgs_lexed_t *lx = an->lx;
@@ -2776,6 +2810,7 @@ static void build_spec(an_t *an) {
       spec->keys[k] = (pgs_merge_key_t){column_of(an, an->keys[k].column), an->keys[k].desc,
                                         an->keys[k].nulls_first};
   }
+  add_collations(an);
   /* Positions move past the hidden columns; without any they stay. */
   if (an->nhidden > 0 && an->npositions > 0) {
     spec->positions = pgs_xmalloc(sizeof(*spec->positions) * (size_t)an->npositions);
@@ -2800,6 +2835,7 @@ static void build_spec(an_t *an) {
 static void clear_spec(pgs_merge_spec_t *spec) {
   char reason[sizeof(spec->refuse)];
   memcpy(reason, spec->refuse, sizeof(reason));
+  pgs_collate_spec_free(spec->collations);
   free(spec->hidden_text);
   free(spec->columns);
   free(spec->group);
@@ -2858,6 +2894,7 @@ pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t 
 
 void pgs_merge_spec_free(pgs_merge_spec_t *spec) {
   if (spec == NULL) return;
+  pgs_collate_spec_free(spec->collations);
   free(spec->hidden_text);
   free(spec->columns);
   free(spec->group);

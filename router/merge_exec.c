@@ -41,6 +41,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "pgshard/collate.h"
 #include "pgshard/merge.h"
 
 typedef enum {
@@ -120,6 +121,14 @@ struct pgs_merge {
    * and whether a visible column is such (DISTINCT). */
   bool *by_value;
   bool visible_by_value;
+  /* Collations (pgs_merge_collate): whether text follows them, the
+   * catalog they are found in, and per ORDER BY key and per column (its
+   * min/max) the collator, NULL for byte order (arrays NULL: all bytes). */
+  bool collate;
+  bool utf8;
+  struct pgs_collcat *cat;
+  const pgs_collator_t **key_coll;
+  const pgs_collator_t **col_coll;
 
   /* What each column merges by (GROUP): the spec's agg, with the columns an
    * avg reads promoted to SUM/COUNT; and the index of its running sum. */
@@ -410,6 +419,9 @@ void pgs_merge_free(pgs_merge_t *m) {
   free(m->fields);
   free(m->int_key);
   free(m->by_value);
+  free(m->key_coll);
+  free(m->col_coll);
+  pgs_collcat_unref(m->cat);
   free(m->role);
   free(m->sum_slot);
   free(m);
@@ -418,6 +430,14 @@ void pgs_merge_free(pgs_merge_t *m) {
 const pgs_value_error_t *pgs_merge_error(const pgs_merge_t *m) { return &m->err; }
 
 bool pgs_merge_described(const pgs_merge_t *m) { return m->described; }
+
+void pgs_merge_collate(pgs_merge_t *m, struct pgs_collcat *cat, bool utf8) {
+  PGS_ASSERT(!m->described);
+  pgs_collcat_unref(m->cat);
+  m->collate = true;
+  m->cat = pgs_collcat_ref(cat);
+  m->utf8 = utf8;
+}
 
 /* ---- RowDescription ---- */
 
@@ -515,6 +535,63 @@ static bool check_columns(pgs_merge_t *m) {
   return true;
 }
 
+/* The collator of a text value of column C whose collation comes from
+ * SRC: into *OUT; false (the merge failed, naming WHAT) when it cannot be
+ * known or compared here. */
+static bool collator_for(pgs_merge_t *m, const pgs_collate_source_t *src, int c, const char *what,
+                         const pgs_collator_t **out) {
+  char why[sizeof(m->err.message) - 32];
+  if (pgs_collate_resolve(m->cat, m->spec->collations, src, m->oids[c], m->utf8, out, why,
+                          sizeof(why)) == PGS_OK)
+    return true;
+  fail(m, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s: %s", what, why);
+  return false;
+}
+
+static bool is_group_column(const pgs_merge_spec_t *spec, int c) {
+  for (int g = 0; g < spec->ngroup; g++)
+    if (spec->group[g] == c) return true;
+  return false;
+}
+
+/* Each text ORDER BY key's and min/max's collator, once the columns'
+ * types are known. Groups and DISTINCT compare bytes: right for a
+ * deterministic collation (equal strings are equal bytes), refused for
+ * one known not to be. */
+static bool resolve_collations(pgs_merge_t *m) {
+  const pgs_merge_spec_t *spec = m->spec;
+  const pgs_collate_spec_t *cs = spec->collations;
+  if (!m->collate || cs == NULL) return true;
+  if (cs->nkeys == spec->nkeys && spec->nkeys > 0) {
+    m->key_coll = pgs_xcalloc((size_t)spec->nkeys, sizeof(*m->key_coll));
+    for (int k = 0; k < spec->nkeys; k++)
+      if (!collator_for(m, &cs->keys[k], spec->keys[k].column, "ORDER BY", &m->key_coll[k]))
+        return false;
+  }
+  if (cs->ncolumns != m->ncols) return true; /* a star: no column is compared */
+  if (spec->grouped)
+    m->col_coll = pgs_xcalloc((size_t)(m->ncols ? m->ncols : 1), sizeof(*m->col_coll));
+  for (int c = 0; c < m->ncols; c++) {
+    int agg = spec->grouped ? spec->columns[c].agg : PGS_AGG_NONE;
+    if (agg == PGS_AGG_MIN || agg == PGS_AGG_MAX) {
+      if (!collator_for(m, &cs->columns[c], c, agg == PGS_AGG_MIN ? "min()" : "max()",
+                        &m->col_coll[c]))
+        return false;
+      continue;
+    }
+    bool group = is_group_column(spec, c);
+    char name[100];
+    if ((group || (spec->distinct && c >= spec->nhidden)) && pgs_collate_type(m->oids[c]) &&
+        pgs_collate_nondeterministic(m->cat, cs, &cs->columns[c], name, sizeof(name))) {
+      fail(m, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
+           "%s: collation \"%s\" (non-deterministic) cannot be compared across shards",
+           group ? "GROUP BY" : "DISTINCT", name);
+      return false;
+    }
+  }
+  return true;
+}
+
 pgs_status_t pgs_merge_describe(pgs_merge_t *m, const uint8_t *body, size_t len) {
   if (m->failed) return PGS_EINVAL;
   pgs_reader_t r;
@@ -559,7 +636,7 @@ pgs_status_t pgs_merge_describe(pgs_merge_t *m, const uint8_t *body, size_t len)
   m->oids = oids;
   m->formats = formats;
   m->fields = pgs_xmalloc((size_t)(n ? n : 1) * sizeof(*m->fields));
-  if (!check_columns(m)) return PGS_EINVAL;
+  if (!check_columns(m) || !resolve_collations(m)) return PGS_EINVAL;
   const pgs_merge_spec_t *spec = m->spec;
   m->int_key = pgs_xcalloc((size_t)(spec->nkeys ? spec->nkeys : 1), sizeof(*m->int_key));
   for (int k = 0; k < spec->nkeys; k++) {
@@ -1035,8 +1112,12 @@ static bool group_update(pgs_merge_t *m, size_t gi, const uint8_t *body) {
       if (cells[c].len >= 0) {
         int r;
         pgs_value_error_t err;
-        if (pgs_value_compare(m->oids[c], m->formats[c], v, vlen, m->arena.data + cells[c].off,
-                              (size_t)cells[c].len, &r, &err) != PGS_OK) {
+        if (m->col_coll && m->col_coll[c]) {
+          r = pgs_collate_compare(m->col_coll[c], m->oids[c], v, vlen, m->arena.data + cells[c].off,
+                                  (size_t)cells[c].len);
+        } else if (pgs_value_compare(m->oids[c], m->formats[c], v, vlen,
+                                     m->arena.data + cells[c].off, (size_t)cells[c].len, &r,
+                                     &err) != PGS_OK) {
           fail_value(m, &err);
           return false;
         }
@@ -1232,6 +1313,9 @@ static int row_compare(pgs_merge_t *m, uint32_t a, uint32_t b) {
     pgs_value_error_t err;
     if (m->int_key[k]) {
       r = (fa[k].i > fb[k].i) - (fa[k].i < fb[k].i);
+    } else if (m->key_coll && m->key_coll[k]) {
+      r = pgs_collate_compare(m->key_coll[k], m->oids[c], ra + fa[k].off, (size_t)fa[k].len,
+                              rb + fb[k].off, (size_t)fb[k].len);
     } else if (pgs_value_compare(m->oids[c], m->formats[c], ra + fa[k].off, (size_t)fa[k].len,
                                  rb + fb[k].off, (size_t)fb[k].len, &r, &err) != PGS_OK) {
       fail_value(m, &err);

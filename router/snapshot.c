@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "pgshard/collate.h"
 #include "pgshard/shardmap.h"
 #include "pgshard/snapshot.h"
 
@@ -21,6 +22,7 @@ void pgs_snapshot_unref(pgs_snapshot_t *snap) {
     free(db->shards);
     for (int t = 0; t < db->ntables; t++) free(db->columns[t]);
     free(db->columns);
+    pgs_collcat_unref(db->collations);
     free(db->name);
   }
   free(snap->dbs);
@@ -60,6 +62,13 @@ const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
   for (int i = 0; i < mine->nreplicas; i++)
     if (!same_node(&theirs->replicas[i], &mine->replicas[i])) return NULL;
   return pgs_snapshot_shard(snap, db->name, at);
+}
+
+struct pgs_collcat *pgs_snapshot_collations(const pgs_snapshot_t *snap, const char *db) {
+  if (snap == NULL) return NULL;
+  for (int d = 0; d < snap->ndbs; d++)
+    if (!strcmp(snap->dbs[d].name, db)) return snap->dbs[d].collations;
+  return NULL;
 }
 
 const char *pgs_snapshot_columns(const pgs_snapshot_t *snap, const char *db, const char *table) {

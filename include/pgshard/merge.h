@@ -130,6 +130,9 @@ typedef struct pgs_merge_spec {
                       expressions (after the ORDER BY's); after the sort
                       only the first row of each run of equal keys stays */
   bool rewrite;    /* the shards' text differs from the client's */
+  /* Where each ORDER BY key's and MIN/MAX column's collation comes from
+   * (collate.h), for text; NULL: byte order. */
+  struct pgs_collate_spec *collations;
   /* What else the shards' text needs (merge.c's own; the executor needs
    * none of it). */
   uint32_t tail_end; /* where the LIMIT/OFFSET tail ends: the ')' that
@@ -272,5 +275,16 @@ pgs_merge_verdict_t pgs_merge_row(pgs_merge_t *m, int part, const uint8_t *body,
 pgs_status_t pgs_merge_finish(pgs_merge_t *m, pgs_buf_t *out, uint64_t *rows) PGS_MUST_USE;
 
 const pgs_value_error_t *pgs_merge_error(const pgs_merge_t *m);
+
+/* Text in the run compares as the server does (collate.h): by the
+ * collation of each ORDER BY key and min/max, found in CAT, the
+ * database's catalog as the shards have it (NULL: not known yet; a
+ * reference is kept while the run lives), for a client receiving text as
+ * UTF-8 (UTF8). Called before the first RowDescription; without it text
+ * compares in byte order (the C collation). A collation that cannot be
+ * known or compared here fails the merge when the columns turn out to be
+ * text (0A000, naming it). */
+struct pgs_collcat;
+void pgs_merge_collate(pgs_merge_t *m, struct pgs_collcat *cat, bool utf8);
 
 #endif

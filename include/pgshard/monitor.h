@@ -24,6 +24,13 @@
  * check timing (health.h), which the snapshot carries to /metrics and SHOW
  * NODES.
  *
+ * About once a second a writer's check carries queries for its database's
+ * catalog: the sharded tables' columns (what INSERT without a column list
+ * gets) and its collations (collate.h, what merged text sorts by; a
+ * configured primary is asked with its first check too). A check counts
+ * when its own result arrives; a node still reading those answers at the
+ * next round sits it out.
+ *
  * A round ends when every node in it has answered, or at the next tick; a
  * new snapshot is published after every round (LSNs move every round, and
  * read-your-writes needs them), and at once after a reload.

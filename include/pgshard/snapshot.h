@@ -19,6 +19,9 @@ typedef struct pgs_health_db {
    * writer must agree). */
   char **columns;
   int ntables;
+  /* Its collations as every shard's writer has them (collate.h); NULL
+   * while not known. A reference. */
+  struct pgs_collcat *collations;
 } pgs_health_db_t;
 
 /* What every worker reads. Immutable once published; refcounted. */
@@ -48,5 +51,8 @@ const pgs_shard_health_t *pgs_snapshot_shard_of(const pgs_snapshot_t *snap,
 /* The columns of sharded TABLE of database DB (names, as the snapshot's
  * config has them), or NULL when not known. */
 const char *pgs_snapshot_columns(const pgs_snapshot_t *snap, const char *db, const char *table);
+
+/* The collations of database DB (collate.h), or NULL when not known. */
+struct pgs_collcat *pgs_snapshot_collations(const pgs_snapshot_t *snap, const char *db);
 
 #endif

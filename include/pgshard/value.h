@@ -12,8 +12,9 @@
  *
  * Text formats are those of PostgreSQL 15 with its default output settings
  * (DateStyle ISO, IntervalStyle postgres, extra_float_digits 1, bytea hex).
- * Text columns compare bytewise (the C collation: the lab's databases are
- * initialised --no-locale); bpchar ignores trailing blanks, as PostgreSQL.
+ * Text columns compare bytewise (the C collation; the merge compares text
+ * under other collations with collate.h); bpchar ignores trailing blanks,
+ * as PostgreSQL.
  */
 #ifndef PGSHARD_VALUE_H
 #define PGSHARD_VALUE_H
