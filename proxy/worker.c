@@ -19,6 +19,7 @@
 #include "pgshard/request.h"
 #include "pgshard/server.h"
 #include "pgshard/worker.h"
+#include "pgshard/snapshot.h"
 #include "pgshard/stats.h"
 #include "pgshard/mailbox.h"
 #include "pgshard/metrics.h"
@@ -40,6 +41,36 @@ static void on_connection(uv_stream_t *listener, int status) {
   }
   if (worker->draining) return;
   (void)pgs_client_accept(worker, listener);
+}
+
+/* A worker takes connections once the monitor has told it each
+ * database's collations (a merged text ORDER BY needs them, and would be
+ * refused "not known yet" before), or after ACCEPT_WAIT_MS whatever it
+ * knows (a shard down at start): until then the port is closed, as a
+ * server's is while it starts. */
+#define ACCEPT_WAIT_MS 2000
+
+static bool knows_collations(const pgs_worker_t *worker) {
+  const pgs_config_t *c = worker->config;
+  if (worker->snapshot == NULL) return false;
+  for (int i = 0; i < c->ndatabases; i++)
+    if (pgs_snapshot_collations(worker->snapshot, c->databases[i].name) == NULL) return false;
+  return true;
+}
+
+static void maybe_accept(pgs_worker_t *worker, uint64_t now) {
+  if (worker->accepting || !worker->listening || worker->draining) return;
+  if (!knows_collations(worker) && now - worker->started_ms < ACCEPT_WAIT_MS) return;
+  int rc = uv_listen((uv_stream_t *)&worker->listener, 1024, on_connection);
+  if (rc != 0) {
+    pgs_error("worker %d: cannot listen: %s", worker->index, uv_strerror(rc));
+    return;
+  }
+  worker->accepting = true;
+  if (worker->index == 0)
+    pgs_info("accepting connections after %llu ms%s",
+             (unsigned long long)(now - worker->started_ms),
+             knows_collations(worker) ? "" : " (some databases' collations are not known yet)");
 }
 
 static void close_listener(pgs_worker_t *worker) {
@@ -113,6 +144,7 @@ static void tick_cb(uv_timer_t *timer) {
       l = worker->clients.next;
   }
   pgs_listen_tick(worker, now);
+  maybe_accept(worker, now);
   if (worker->draining && !worker->stopping) {
     drain_idle_clients(worker);
     if (worker->nclients == 0 || now >= worker->drain_deadline_ms) stop_now(worker);
@@ -161,7 +193,10 @@ static void wakeup_cb(uv_async_t *async) {
     for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next)
       pgs_pool_apply_config(pgs_container_of(l, pgs_pool_t, link), config);
   }
-  if (snapshot) worker_take_snapshot(worker, snapshot);
+  if (snapshot) {
+    worker_take_snapshot(worker, snapshot);
+    maybe_accept(worker, pgs_now_ms());
+  }
   for (int i = 0; i < ncancels; i++) {
     for (pgs_list_t *l = worker->clients.next; l != &worker->clients; l = l->next) {
       pgs_client_t *client = pgs_container_of(l, pgs_client_t, link);
@@ -219,9 +254,8 @@ static int worker_init(pgs_worker_t *worker, int index, pgs_config_t *config, in
   if ((rc = uv_tcp_init(&worker->loop, &worker->listener)) != 0) goto fail_listener;
   worker->listener.data = worker;
   worker->listening = true;
-  if ((rc = uv_tcp_open(&worker->listener, fd)) != 0 ||
-      (rc = uv_listen((uv_stream_t *)&worker->listener, 1024, on_connection)) != 0)
-    goto fail_listener;
+  if ((rc = uv_tcp_open(&worker->listener, fd)) != 0) goto fail_listener;
+  worker->started_ms = pgs_now_ms(); /* it listens from maybe_accept */
   return 0;
 fail_listener:
   /* Handles on a loop that never ran are closed when the process exits. */

@@ -408,6 +408,8 @@ struct pgs_worker {
   uv_tcp_t listener;
   int listen_fd;
   bool listening;
+  bool accepting;      /* the listener takes connections (worker.c, maybe_accept) */
+  uint64_t started_ms; /* when the worker started */
   uv_async_t wakeup;
   uv_timer_t tick;
   uv_tcp_t metrics; /* worker 0: the metrics_listen socket (metrics.c) */
