@@ -1531,26 +1531,11 @@ pgs_status_t pgs_value_equal(uint32_t oid, int format, const uint8_t *a, size_t 
     *equal = alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
     return PGS_OK;
   }
-  if (check_format(format, err) != PGS_OK) return PGS_EINVAL;
-  if (oid == PGS_OID_BPCHAR) {
-    size_t la = bpchar_length(a, alen), lb = bpchar_length(b, blen);
-    *equal = la == lb && (la == 0 || memcmp(a, b, la) == 0);
-    return PGS_OK;
-  }
-  if (oid == PGS_OID_NUMERIC) {
-    int16_t sa[MAX_DIGITS], sb[MAX_DIGITS];
-    numeric_t x, y;
-    if (decode_numeric(format, a, alen, &x, sa, err) != PGS_OK ||
-        decode_numeric(format, b, blen, &y, sb, err) != PGS_OK)
-      return PGS_EINVAL;
-    *equal = numeric_cmp(&x, &y) == 0;
-    return PGS_OK;
-  }
-  double x, y;
-  if (decode_float(oid, format, a, alen, &x, err) != PGS_OK ||
-      decode_float(oid, format, b, blen, &y, err) != PGS_OK)
-    return PGS_EINVAL;
-  *equal = float_cmp(x, y) == 0;
+  /* numeric, float, bpchar: equal as the order says (bpchar without its
+   * trailing blanks, bytewise). */
+  int cmp;
+  if (pgs_value_compare(oid, format, a, alen, b, blen, &cmp, err) != PGS_OK) return PGS_EINVAL;
+  *equal = cmp == 0;
   return PGS_OK;
 }
 
