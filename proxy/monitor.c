@@ -193,7 +193,10 @@ static void publish_layouts(const mon_db_t *src, pgs_health_db_t *dst) {
 }
 
 /* The database's collations as every shard's writer has them, rebuilt
- * only when one of their answers changed; NULL while one has none. */
+ * when one of their answers changed and every writer has answered; NULL
+ * until then. While a shard has no writer, or a new one (a promoted
+ * replica) has not answered yet, the last ones stay: a physical replica's
+ * catalog is its primary's. */
 static void publish_collations(mon_db_t *src, pgs_health_db_t *dst) {
   int n = src->nshards;
   const char *dbs[n > 0 ? n : 1], *lists[n > 0 ? n : 1];
@@ -207,9 +210,9 @@ static void publish_collations(mon_db_t *src, pgs_health_db_t *dst) {
     all = all && dbs[s] && lists[s];
     sig = (sig ^ (w ? w->coll_seq : 0)) * 0x100000001b3u + (uint64_t)s;
   }
-  if (sig != src->collcat_sig) {
+  if (sig != src->collcat_sig && all) {
     pgs_collcat_unref(src->collcat);
-    src->collcat = all ? pgs_collcat_build(dbs, lists, n) : NULL;
+    src->collcat = pgs_collcat_build(dbs, lists, n);
     src->collcat_sig = sig;
   }
   dst->collations = pgs_collcat_ref(src->collcat);

@@ -829,6 +829,10 @@ def test_primary_stopped_then_replica_promoted(failover_lab, failover_proxy):
                 assert row[2] in s0.replica_ports, row
             assert fresh.execute(INSERT + " returning inet_server_port()",
                                  (k1[0], "s1 fine")).fetchone() == (s1.primary_port,)
+            # A text ORDER BY over both shards still merges: the collations
+            # pgshard read from the primary stay known while it is down.
+            rows = fresh.execute("select v, id from rkv order by v, id").fetchall()
+            assert rows == sorted(rows) and ("before", k0[0]) in rows, rows
         # The session survives a refused write (DESIGN: refusals leave it usable).
         assert not conn.closed, "the session was closed by a refused write"
         for _ in range(10):
