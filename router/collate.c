@@ -18,6 +18,7 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include "pgshard/collate.h"
+#include "pgshard/pbwalk.h"
 #include "pgshard/value.h"
 
 /* ---- collators ---- */
@@ -226,37 +227,24 @@ static bool add_input(pgs_collate_source_t *src, const PgQuery__ColumnRef *c) {
   return true;
 }
 
-/* The columns M reads, depth first; false when something in it decides
- * the collation in a way pgshard does not follow (an inner COLLATE, a
- * subquery, a row). */
-static bool scan_inputs(pgs_collate_source_t *src, const ProtobufCMessage *m, int depth) {
-  if (m == NULL) return true;
-  if (depth > 200) return false;
+/* scan_inputs' visitor: a column is an input; an inner COLLATE, a
+ * subquery or a row decides the collation in a way pgshard does not
+ * follow (the walk stops, and so does a column it cannot note). */
+static pgs_walk_t scan_input(const ProtobufCMessage *m, void *arg) {
   const ProtobufCMessageDescriptor *d = m->descriptor;
   if (d == &pg_query__collate_clause__descriptor || d == &pg_query__sub_link__descriptor ||
       d == &pg_query__select_stmt__descriptor)
-    return false;
-  if (d == &pg_query__column_ref__descriptor) return add_input(src, (const PgQuery__ColumnRef *)m);
-  const char *base = (const char *)m;
-  for (unsigned i = 0; i < d->n_fields; i++) {
-    const ProtobufCFieldDescriptor *f = &d->fields[i];
-    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t count = *(const size_t *)(const void *)(base + f->quantifier_offset);
-      ProtobufCMessage *const *items =
-          *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
-      for (size_t j = 0; j < count; j++)
-        if (!scan_inputs(src, items[j], depth + 1)) return false;
-    } else {
-      if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-          *(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
-        continue;
-      if (!scan_inputs(src, *(ProtobufCMessage *const *)(const void *)(base + f->offset),
-                       depth + 1))
-        return false;
-    }
-  }
-  return true;
+    return PGS_WALK_STOP;
+  if (d == &pg_query__column_ref__descriptor)
+    return add_input(arg, (const PgQuery__ColumnRef *)m) ? PGS_WALK_SKIP : PGS_WALK_STOP;
+  return PGS_WALK_ON;
+}
+
+/* The columns M reads, depth first; false when something in it decides
+ * the collation in a way pgshard does not follow (an inner COLLATE, a
+ * subquery, a row). */
+static bool scan_inputs(pgs_collate_source_t *src, const ProtobufCMessage *m) {
+  return !pgs_pb_walk(m, 200, scan_input, src, NULL);
 }
 
 /* A cast to a type with a collation keeps its argument's collation (or
@@ -323,7 +311,7 @@ void pgs_collate_source_of(pgs_collate_source_t *src, const PgQuery__Node *n) {
     if (!add_input(src, n->column_ref)) src->kind = PGS_COLLSRC_UNSURE;
     return;
   }
-  if (!scan_inputs(src, &n->base, 0)) src->kind = PGS_COLLSRC_UNSURE;
+  if (!scan_inputs(src, &n->base)) src->kind = PGS_COLLSRC_UNSURE;
 }
 
 /* ---- the catalog ---- */

@@ -52,6 +52,7 @@
 #include "pgshard/collate.h"
 #include "pgshard/config.h"
 #include "pgshard/merge.h"
+#include "pgshard/pbwalk.h"
 #include "pgshard/route.h"
 #include "pgshard/shardmap.h"
 
@@ -217,45 +218,33 @@ static bool is_node(const PgQuery__Node *n, PgQuery__Node__NodeCase c) {
  * sets an->walk_skip keeps the walk out of what is below the node. */
 typedef bool (*visit_fn)(an_t *an, const ProtobufCMessage *m, void *arg);
 
-static bool walk(an_t *an, const ProtobufCMessage *m, bool into_queries, visit_fn visit, void *arg,
-                 int depth) {
-  if (m == NULL) return false;
-  if (depth > MAX_DEPTH) {
-    an->too_deep = true;
-    return true;
+typedef struct walk_ctx {
+  an_t *an;
+  bool into_queries;
+  visit_fn visit;
+  void *arg;
+} walk_ctx_t;
+
+static pgs_walk_t walk_step(const ProtobufCMessage *m, void *arg) {
+  walk_ctx_t *w = arg;
+  if (w->visit(w->an, m, w->arg)) return PGS_WALK_STOP;
+  if (w->an->walk_skip) {
+    w->an->walk_skip = false;
+    return PGS_WALK_SKIP;
   }
-  if (visit(an, m, arg)) return true;
-  if (an->walk_skip) {
-    an->walk_skip = false;
-    return false;
-  }
-  const ProtobufCMessageDescriptor *d = m->descriptor;
-  if (!into_queries && d == &pg_query__select_stmt__descriptor) return false;
-  const char *base = (const char *)m;
-  for (unsigned i = 0; i < d->n_fields; i++) {
-    const ProtobufCFieldDescriptor *f = &d->fields[i];
-    if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
-    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t count = *(const size_t *)(const void *)(base + f->quantifier_offset);
-      ProtobufCMessage *const *items =
-          *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
-      for (size_t j = 0; j < count; j++)
-        if (walk(an, items[j], into_queries, visit, arg, depth + 1)) return true;
-    } else {
-      if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-          *(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
-        continue;
-      if (walk(an, *(ProtobufCMessage *const *)(const void *)(base + f->offset), into_queries,
-               visit, arg, depth + 1))
-        return true;
-    }
-  }
-  return false;
+  if (!w->into_queries && m->descriptor == &pg_query__select_stmt__descriptor) return PGS_WALK_SKIP;
+  return PGS_WALK_ON;
+}
+
+static bool walk(an_t *an, const ProtobufCMessage *m, bool into_queries, visit_fn visit,
+                 void *arg) {
+  walk_ctx_t w = {an, into_queries, visit, arg};
+  return pgs_pb_walk(m, MAX_DEPTH, walk_step, &w, &an->too_deep);
 }
 
 static bool walk_node(an_t *an, const PgQuery__Node *n, bool into_queries, visit_fn visit,
                       void *arg) {
-  return n != NULL && walk(an, &n->base, into_queries, visit, arg, 0);
+  return n != NULL && walk(an, &n->base, into_queries, visit, arg);
 }
 
 static void add_same(an_t *an, int a, int b);
@@ -871,7 +860,7 @@ static bool refuse_source(an_t *an, const char *kind, const PgQuery__SelectStmt 
   vsnprintf(reason, sizeof(reason), fmt, ap);
   va_end(ap);
   const pgs_table_t *t = NULL;
-  walk(an, &s->base, true, visit_sharded, &t, 0);
+  walk(an, &s->base, true, visit_sharded, &t);
   return refuse(an, "%s reading sharded table %s cannot be merged across shards: %s", kind,
                 t ? t->name : "?", reason);
 }
@@ -2247,7 +2236,7 @@ static bool visit_ungrouped(an_t *an, const ProtobufCMessage *m, void *arg) {
 }
 
 static bool grouped_expr(an_t *an, const ProtobufCMessage *m) {
-  return m == NULL || !walk(an, m, true, visit_ungrouped, NULL, 0);
+  return m == NULL || !walk(an, m, true, visit_ungrouped, NULL);
 }
 
 /* What regrouping by the DISTINCT aggregates' arguments needs: every
