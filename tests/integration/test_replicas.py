@@ -447,7 +447,11 @@ def test_lagging_replica_leaves_and_rejoins(rkv, replica_proxy, replicas_resumed
             time.sleep(0.02)
     errors = [r for r in records + later if r[3]]
     assert not errors, f"reads failed: {errors[:3]}"
-    before = [r for r in records if t_pause < r[0] and r[1] < writer.first_commit]
+    # Reads it took after the pause while still within the bound (until the
+    # first commit its lag is nil; up to the bound it is allowed): a window
+    # of bound_ms, where a few ms before the first commit was too narrow
+    # for two reading threads on a busy machine.
+    before = [r for r in records if t_pause < r[0] and r[1] < t_exceed]
     assert any(port == lagging for _, _, port, _ in before), \
         "the replica took no reads before it lagged: the test proves nothing"
     on_lagging = [t1 for _, t1, port, _ in records if port == lagging]
