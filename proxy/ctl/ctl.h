@@ -6,6 +6,8 @@
 #ifndef PGSHARD_CTL_H
 #define PGSHARD_CTL_H
 
+#include "pgshard/config.h"
+
 /* `pgshardctl lab up|status|down|lag ...` (lab.c). */
 int pgs_ctl_lab(int argc, char **argv);
 
@@ -18,7 +20,21 @@ int pgs_ctl_route(int argc, char **argv);
  * or usage. */
 int pgs_ctl_diff(int argc, char **argv);
 
-struct pgs_config;
+/* `pgshardctl reshard VERB OLD NEW ...` (reshard.c). */
+int pgs_ctl_reshard(int argc, char **argv);
+
+/* The shard owning keys from LOW (NULL: -infinity) upward in range table T
+ * of DB, or -1 (diff.c). */
+int pgs_ctl_range_owner(const pgs_database_t *db, const pgs_table_t *t, const pgs_key_t *low);
+/* The shard VALUE (as written in a config) routes to in DB as a tenant or
+ * geo value (STRATEGY), with D's region set for geo; -1 when refused or not
+ * of DB's type (diff.c). */
+int pgs_ctl_probe_route(const pgs_database_t *db, pgs_strategy_t strategy, const char *value,
+                        pgs_route_detail_t *d);
+/* Undo COPY text format's backslash escapes of one field in place (LEN
+ * updated) (reshard_copy.c). */
+void pgs_ctl_copy_unescape(char *text, size_t *len);
+
 /* Loads FILE; prints every error with its line on stderr and returns NULL
  * when it has any (route.c). */
 struct pgs_config *pgs_ctl_load_config(const char *path);

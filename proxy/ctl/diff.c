@@ -140,8 +140,7 @@ static bool diff_hash_space(const char *label, const pgs_database_t *old, const 
 
 /* ---- ranges ---- */
 
-/* The shard owning keys from LOW (NULL: -infinity) upward in a range table. */
-static int range_owner(const pgs_database_t *db, const pgs_table_t *t, const pgs_key_t *low) {
+int pgs_ctl_range_owner(const pgs_database_t *db, const pgs_table_t *t, const pgs_key_t *low) {
   if (low == NULL) return t->nranges > 0 && !t->ranges[0].has_low ? t->ranges[0].shard : -1;
   pgs_key_error_t err;
   return pgs_shardmap_route(db, t, low, &err);
@@ -172,11 +171,12 @@ static void diff_ranges(const pgs_database_t *old, const pgs_table_t *ot, const 
       bounds[unique++] = bounds[i];
   for (int seg = 0; seg <= unique;) {
     const pgs_key_t *low = seg == 0 ? NULL : bounds[seg - 1];
-    const char *a = shard_name(old, range_owner(old, ot, low));
-    const char *b = shard_name(new, range_owner(new, nt, low));
+    const char *a = shard_name(old, pgs_ctl_range_owner(old, ot, low));
+    const char *b = shard_name(new, pgs_ctl_range_owner(new, nt, low));
     int end = seg + 1;
-    while (end <= unique && !strcmp(a, shard_name(old, range_owner(old, ot, bounds[end - 1]))) &&
-           !strcmp(b, shard_name(new, range_owner(new, nt, bounds[end - 1]))))
+    while (end <= unique &&
+           !strcmp(a, shard_name(old, pgs_ctl_range_owner(old, ot, bounds[end - 1]))) &&
+           !strcmp(b, shard_name(new, pgs_ctl_range_owner(new, nt, bounds[end - 1]))))
       end++;
     if (strcmp(a, b) != 0) {
       char lo[160] = "-infinity", hi[160] = "+infinity";
@@ -202,10 +202,8 @@ static pgs_table_t probe_table(const pgs_database_t *db, pgs_strategy_t strategy
   return t;
 }
 
-/* The shard VALUE (as written in a config) routes to in DB, with REGION set
- * for geo; -1 when refused or not of DB's type. */
-static int probe_route(const pgs_database_t *db, pgs_strategy_t strategy, const char *value,
-                       pgs_route_detail_t *d) {
+int pgs_ctl_probe_route(const pgs_database_t *db, pgs_strategy_t strategy, const char *value,
+                        pgs_route_detail_t *d) {
   pgs_table_t t = probe_table(db, strategy);
   pgs_key_t key;
   pgs_key_error_t err;
@@ -223,8 +221,8 @@ static bool has_strategy(const pgs_database_t *db, pgs_strategy_t strategy) {
 static void diff_geo_value(const pgs_database_t *old, const pgs_database_t *new, const char *value,
                            diff_totals_t *tot) {
   pgs_route_detail_t da, db_;
-  int a = probe_route(old, PGS_STRATEGY_GEO, value, &da);
-  int b = probe_route(new, PGS_STRATEGY_GEO, value, &db_);
+  int a = pgs_ctl_probe_route(old, PGS_STRATEGY_GEO, value, &da);
+  int b = pgs_ctl_probe_route(new, PGS_STRATEGY_GEO, value, &db_);
   const char *ra = a >= 0 ? da.region : "none", *rb = b >= 0 ? db_.region : "none";
   if (a >= 0 && b >= 0 && !strcmp(shard_name(old, a), shard_name(new, b))) {
     if (strcmp(ra, rb) != 0) {
@@ -292,8 +290,8 @@ static void diff_tenants(const pgs_database_t *old, const pgs_database_t *new, d
         seen = !pgs_key_compare(maps[0]->tenants[j].key, maps[1]->tenants[i].key);
       if (seen) continue;
       pgs_route_detail_t da, db_;
-      int a = probe_route(old, PGS_STRATEGY_TENANT, raw, &da);
-      int b = probe_route(new, PGS_STRATEGY_TENANT, raw, &db_);
+      int a = pgs_ctl_probe_route(old, PGS_STRATEGY_TENANT, raw, &da);
+      int b = pgs_ctl_probe_route(new, PGS_STRATEGY_TENANT, raw, &db_);
       if (!strcmp(shard_name(old, a), shard_name(new, b))) continue;
       printf("  tenants.%s: tenant %s moves %s -> %s (%s -> %s)\n", new->name, raw,
              shard_name(old, a), shard_name(new, b), da.pinned ? "pinned" : "hashed",

@@ -1,0 +1,481 @@
+/*
+ * reshard_cut.c — the verbs that end a resharding: cutover, cleanup, abort.
+ *
+ * cutover, in order (any failure before the switch releases the hold and
+ * leaves the OLD map serving; rerun it):
+ *   1. every move streaming, its streamer connected, lag under the bound
+ *   2. RESHARD HOLD NEW on pgshard's console: statements whose shards
+ *      differ under NEW wait; it answers once transactions open before it
+ *      have ended, so no write to a moving key is in flight from here on
+ *   3. a marker (pg_logical_emit_message) into each source's WAL, awaited
+ *      in every target's state: the targets have every change before it
+ *   4. sequences of the moving tables set on the targets at least as far
+ *      as on the sources; targets' replicas replayed up to the targets'
+ *      current WAL (a read after the switch may go to one)
+ *   5. OLD's file gets NEW's text (OLD kept as OLD.pre-reshard-ID), RELOAD
+ *   6. phase switched, RESHARD RELEASE: the held statements run on NEW
+ *   7. slots and publications dropped (the streamers have stopped)
+ * cleanup: after cutover, the moved rows deleted from the sources.
+ * abort: before cutover, everything start made removed; the sources were
+ * never changed.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "pgshard/pgoutput.h"
+#include "reshard.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) continue;
+}
+
+static PGconn *source_conn(const rs_plan_t *plan, const rs_source_t *src) {
+  return rs_connect(&src->shard->primary, plan->old_db->name, false);
+}
+
+static PGconn *target_conn(const rs_plan_t *plan, const rs_move_t *m) {
+  return rs_connect(&m->target->primary, plan->new_db->name, false);
+}
+
+/* Every move's state; false after printing when one cannot be read. */
+static bool read_states(const rs_plan_t *plan, rs_state_t *states) {
+  for (int i = 0; i < plan->nmoves; i++) {
+    PGconn *conn = target_conn(plan, &plan->moves[i]);
+    bool ok = conn && rs_state_read(conn, plan, &plan->moves[i], &states[i]);
+    PQfinish(conn);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+static bool all_in_phase(const rs_plan_t *plan, const rs_state_t *states, const char *a,
+                         const char *b) {
+  for (int i = 0; i < plan->nmoves; i++)
+    if (!states[i].found || (strcmp(states[i].phase, a) != 0 && (!b || strcmp(states[i].phase, b))))
+      return false;
+  return true;
+}
+
+static bool set_phase(const rs_plan_t *plan, const char *phase) {
+  for (int i = 0; i < plan->nmoves; i++) {
+    const rs_move_t *m = &plan->moves[i];
+    PGconn *conn = target_conn(plan, m);
+    const char *params[] = {plan->id, m->source->name, phase};
+    bool ok = conn && rs_exec(conn, "setting the phase",
+                              "update pgshard.reshard_move set phase = $3, updated_at = now() "
+                              "where reshard_id = $1 and source = $2",
+                              3, params);
+    PQfinish(conn);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/* Drop SRC's slot (stopping its walsender) and its publication. */
+static bool drop_replication(const rs_plan_t *plan, const rs_source_t *src) {
+  PGconn *conn = source_conn(plan, src);
+  const char *slot[] = {src->slot}, *pub[] = {src->publication};
+  bool ok = conn && rs_exec(conn, "stopping the slot's walsender",
+                            "select pg_terminate_backend(active_pid) from pg_replication_slots "
+                            "where slot_name = $1 and active_pid is not null",
+                            1, slot);
+  /* A terminated walsender lets go of its slot a moment later. */
+  for (int i = 0; ok && i < 100; i++) {
+    PGresult *res = rs_query(conn, "dropping the slot",
+                             "select pg_drop_replication_slot(slot_name) from "
+                             "pg_replication_slots where slot_name = $1 and not active",
+                             1, slot);
+    PQclear(res);
+    PGresult *left = rs_query(conn, "looking for the slot",
+                              "select 1 from pg_replication_slots where slot_name = $1", 1, slot);
+    bool gone = left && PQntuples(left) == 0;
+    PQclear(left);
+    if (gone) break;
+    if (i == 99) ok = false, fprintf(stderr, "pgshardctl: slot %s stays in use\n", src->slot);
+    sleep_ms(50);
+  }
+  PGresult *res = ok ? rs_query(conn, "looking for the publication",
+                                "select 1 from pg_publication where pubname = $1", 1, pub)
+                     : NULL;
+  if (res && PQntuples(res) > 0) {
+    char q[200], sql[300];
+    snprintf(sql, sizeof(sql), "drop publication %s", rs_ident(src->publication, q, sizeof(q)));
+    ok = rs_exec(conn, "dropping the publication", sql, 0, NULL);
+  }
+  PQclear(res);
+  PQfinish(conn);
+  return ok;
+}
+
+/* ---- pgshard's console ---- */
+
+static PGconn *console_connect(const rs_plan_t *plan, const rs_options_t *opt) {
+  char conninfo[1024];
+  if (opt->admin) {
+    snprintf(conninfo, sizeof(conninfo), "%s", opt->admin);
+  } else {
+    const pgs_config_t *c = plan->old_config;
+    const pgs_user_t *admin = NULL;
+    for (int i = 0; i < c->nusers && !admin; i++)
+      if (c->users[i].admin) admin = &c->users[i];
+    if (admin == NULL) {
+      fprintf(stderr, "pgshardctl: OLD has no admin user: give --admin CONNINFO\n");
+      return NULL;
+    }
+    const char *host = c->listen_host && strcmp(c->listen_host, "0.0.0.0") &&
+                               strcmp(c->listen_host, "*") && strcmp(c->listen_host, "::")
+                           ? c->listen_host
+                           : "127.0.0.1";
+    snprintf(conninfo, sizeof(conninfo), "host=%s port=%d dbname=pgshard user=%s%s%s", host,
+             c->listen_port, admin->name,
+             admin->password && strncmp(admin->password, "md5", 3) &&
+                     strncmp(admin->password, "SCRAM-SHA-256$", 14)
+                 ? " password="
+                 : "",
+             admin->password && strncmp(admin->password, "md5", 3) &&
+                     strncmp(admin->password, "SCRAM-SHA-256$", 14)
+                 ? admin->password
+                 : "");
+  }
+  PGconn *conn = PQconnectdb(conninfo);
+  if (PQstatus(conn) != CONNECTION_OK) {
+    fprintf(stderr, "pgshardctl: pgshard's console: %s", PQerrorMessage(conn));
+    PQfinish(conn);
+    return NULL;
+  }
+  return conn;
+}
+
+static bool console(PGconn *conn, const char *fmt, ...) PGS_PRINTF(2, 3);
+static bool console(PGconn *conn, const char *fmt, ...) {
+  char sql[PATH_MAX + 128];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(sql, sizeof(sql), fmt, ap);
+  va_end(ap);
+  return rs_exec(conn, sql, sql, 0, NULL);
+}
+
+/* ---- cutover ---- */
+
+static bool check_ready(const rs_plan_t *plan, const rs_state_t *states, const rs_options_t *opt) {
+  for (int s = 0; s < plan->nsources; s++) {
+    const rs_source_t *src = &plan->sources[s];
+    PGconn *conn = source_conn(plan, src);
+    const char *params[] = {src->slot};
+    PGresult *res = conn ? rs_query(conn, "reading the source",
+                                    "select pg_current_wal_lsn(), coalesce((select active from "
+                                    "pg_replication_slots where slot_name = $1), false)",
+                                    1, params)
+                         : NULL;
+    bool ok = res != NULL;
+    uint64_t current = 0;
+    if (ok) current = rs_lsn(PQgetvalue(res, 0, 0));
+    if (ok && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+      fprintf(stderr,
+              "pgshardctl: no streamer is connected to slot %s on %s: is `pgshardctl "
+              "reshard start` running?\n",
+              src->slot, src->shard->name);
+      ok = false;
+    }
+    PQclear(res);
+    PQfinish(conn);
+    for (int i = 0; ok && i < src->nmoves; i++) {
+      const rs_state_t *st = &states[src->moves[i]];
+      long long lag = current > st->applied_lsn ? (long long)(current - st->applied_lsn) : 0;
+      if (st->error[0]) {
+        fprintf(stderr, "pgshardctl: move %s -> %s stopped: %s\n", src->shard->name,
+                plan->moves[src->moves[i]].target->name, st->error);
+        ok = false;
+      } else if (lag > opt->max_lag_bytes) {
+        fprintf(stderr,
+                "pgshardctl: move %s -> %s lags %lld bytes (bound %lld): try again when "
+                "it has caught up\n",
+                src->shard->name, plan->moves[src->moves[i]].target->name, lag, opt->max_lag_bytes);
+        ok = false;
+      }
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/* Write the cut marker into every source and wait until every target has
+ * applied it. */
+static bool mark_and_wait(const rs_plan_t *plan, double deadline) {
+  uint8_t rnd[8];
+  if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) memset(rnd, 7, sizeof(rnd));
+  char token[40];
+  snprintf(token, sizeof(token), "cut-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+           rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+  for (int s = 0; s < plan->nsources; s++) {
+    PGconn *conn = source_conn(plan, &plan->sources[s]);
+    const char *params[] = {RS_MESSAGE_PREFIX, token};
+    bool ok = conn && rs_exec(conn, "writing the cut marker",
+                              "select pg_logical_emit_message(true, $1, $2)", 2, params);
+    PQfinish(conn);
+    if (!ok) return false;
+  }
+  rs_state_t *states = pgs_xcalloc((size_t)plan->nmoves, sizeof(*states));
+  bool ok = false;
+  while (!ok && now_s() < deadline) {
+    if (!read_states(plan, states)) break;
+    ok = true;
+    for (int i = 0; i < plan->nmoves; i++) ok = ok && !strcmp(states[i].cut_token, token);
+    if (!ok) sleep_ms(10);
+  }
+  if (!ok) fprintf(stderr, "pgshardctl: the targets did not apply the cut marker in time\n");
+  free(states);
+  return ok;
+}
+
+/* Each moving table's sequences: on the target at least where they are on
+ * its sources. */
+static bool carry_sequences(const rs_plan_t *plan) {
+  for (int i = 0; i < plan->nmoves; i++) {
+    const rs_move_t *m = &plan->moves[i];
+    PGconn *sconn = rs_connect(&m->source->primary, plan->old_db->name, false);
+    PGconn *tconn = sconn ? target_conn(plan, m) : NULL;
+    bool ok = tconn != NULL;
+    for (int t = 0; ok && t < m->ntables; t++) {
+      const char *params[] = {m->tables[t]};
+      PGresult *res = rs_query(
+          sconn, "reading sequences",
+          "select s, (select last_value from pg_sequences q where "
+          "format('%I.%I', q.schemaname, q.sequencename)::regclass = s::regclass) from "
+          "(select pg_get_serial_sequence(quote_ident($1), attname) s from pg_attribute where "
+          "attrelid = to_regclass(quote_ident($1)) and attnum > 0 and not attisdropped) x "
+          "where s is not null",
+          1, params);
+      ok = res != NULL;
+      for (int r = 0; ok && r < PQntuples(res); r++) {
+        if (PQgetisnull(res, r, 1)) continue; /* never used */
+        const char *p2[] = {PQgetvalue(res, r, 0), PQgetvalue(res, r, 1)};
+        ok = rs_exec(tconn, "carrying a sequence",
+                     "select setval($1::regclass, greatest($2::bigint, (select coalesce("
+                     "last_value, 1) from pg_sequences q where format('%I.%I', q.schemaname, "
+                     "q.sequencename)::regclass = $1::regclass)))",
+                     2, p2);
+      }
+      PQclear(res);
+    }
+    PQfinish(sconn);
+    PQfinish(tconn);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+/* The targets' replicas have replayed what the targets had now. */
+static bool replicas_caught_up(const rs_plan_t *plan, double deadline) {
+  for (int i = 0; i < plan->nmoves; i++) {
+    PGconn *conn = target_conn(plan, &plan->moves[i]);
+    PGresult *res = conn ? rs_query(conn, "reading the target's position",
+                                    "select pg_current_wal_lsn()::text", 0, NULL)
+                         : NULL;
+    bool ok = false;
+    if (res) {
+      const char *params[] = {PQgetvalue(res, 0, 0)};
+      while (!ok && now_s() < deadline) {
+        PGresult *r2 = rs_query(conn, "reading the target's replicas",
+                                "select coalesce(bool_and(replay_lsn >= $1::pg_lsn), true) "
+                                "from pg_stat_replication where application_name <> "
+                                "'pgshardctl reshard'",
+                                1, params);
+        ok = r2 && !strcmp(PQgetvalue(r2, 0, 0), "t");
+        PQclear(r2);
+        if (!ok) sleep_ms(10);
+      }
+      if (!ok)
+        fprintf(stderr, "pgshardctl: the replicas of %s did not catch up in time\n",
+                plan->moves[i].target->name);
+    }
+    PQclear(res);
+    PQfinish(conn);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return NULL;
+  size_t cap = 8192, n = 0, got;
+  char *buf = pgs_xmalloc(cap);
+  while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+    n += got;
+    if (n == cap) buf = pgs_xrealloc(buf, cap *= 2);
+  }
+  fclose(f);
+  *len = n;
+  return buf;
+}
+
+static bool write_file(const char *path, const char *text, size_t len) {
+  char tmp[PATH_MAX];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  FILE *f = fopen(tmp, "wb");
+  bool ok = f && fwrite(text, 1, len, f) == len;
+  if (f && fclose(f) != 0) ok = false;
+  if (ok && rename(tmp, path) != 0) ok = false;
+  if (!ok) fprintf(stderr, "pgshardctl: writing %s: %s\n", path, strerror(errno));
+  return ok;
+}
+
+/* OLD's file gets NEW's text; OLD is kept beside it. */
+static bool switch_file(const rs_plan_t *plan) {
+  size_t olen, nlen;
+  char *old = read_file(plan->old_path, &olen), *new = read_file(plan->new_path, &nlen);
+  bool ok = old && new;
+  if (ok && !(olen == nlen && !memcmp(old, new, olen))) {
+    char backup[PATH_MAX];
+    snprintf(backup, sizeof(backup), "%s.pre-reshard-%s", plan->old_path, plan->id);
+    ok = (access(backup, F_OK) == 0 || write_file(backup, old, olen)) &&
+         write_file(plan->old_path, new, nlen);
+  }
+  free(old);
+  free(new);
+  return ok;
+}
+
+int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
+  rs_state_t *states = pgs_xcalloc((size_t)plan->nmoves + 1, sizeof(*states));
+  int rc = 1;
+  PGconn *admin = NULL;
+  if (!read_states(plan, states)) goto out;
+  if (all_in_phase(plan, states, "switched", "cleaned")) {
+    printf("reshard %s: already cut over\n", plan->id);
+    rc = 0;
+    goto out;
+  }
+  if (!all_in_phase(plan, states, "streaming", "switched")) {
+    fprintf(stderr, "pgshardctl: every move must be streaming first (see status)\n");
+    goto out;
+  }
+  if (!check_ready(plan, states, opt) || (admin = console_connect(plan, opt)) == NULL) goto out;
+  char new_path[PATH_MAX];
+  if (realpath(plan->new_path, new_path) == NULL) {
+    fprintf(stderr, "pgshardctl: %s: %s\n", plan->new_path, strerror(errno));
+    goto out;
+  }
+  double t0 = now_s(), deadline = t0 + opt->timeout_ms / 1000.0;
+  if (!console(admin, "RESHARD HOLD '%s' %d", new_path, 3 * opt->timeout_ms)) goto out;
+  double held = now_s();
+  bool ok = mark_and_wait(plan, deadline) && carry_sequences(plan) &&
+            replicas_caught_up(plan, deadline) && now_s() < deadline && switch_file(plan) &&
+            console(admin, "RELOAD") && set_phase(plan, "switched");
+  bool released = console(admin, "RESHARD RELEASE");
+  double t1 = now_s();
+  if (!ok) {
+    fprintf(stderr, "pgshardctl: cutover failed; the old map still serves (rerun cutover)\n");
+    goto out;
+  }
+  printf("reshard %s: cut over in %.0f ms (statements on moving keys held %.0f ms)\n", plan->id,
+         (t1 - t0) * 1000, (t1 - held) * 1000);
+  if (!released) fprintf(stderr, "pgshardctl: RESHARD RELEASE failed: it releases itself\n");
+  rc = 0;
+  for (int s = 0; s < plan->nsources; s++)
+    if (!drop_replication(plan, &plan->sources[s])) rc = 1;
+out:
+  PQfinish(admin);
+  free(states);
+  return rc;
+}
+
+/* ---- cleanup ---- */
+
+int rs_verb_cleanup(const rs_plan_t *plan) {
+  rs_state_t *states = pgs_xcalloc((size_t)plan->nmoves + 1, sizeof(*states));
+  int rc = 1;
+  if (!read_states(plan, states)) goto out;
+  if (!all_in_phase(plan, states, "switched", "cleaned")) {
+    fprintf(stderr, "pgshardctl: cleanup comes after cutover (see status)\n");
+    goto out;
+  }
+  rc = 0;
+  for (int s = 0; s < plan->nsources && rc == 0; s++) {
+    const rs_source_t *src = &plan->sources[s];
+    if (!drop_replication(plan, src)) {
+      rc = 1;
+      break;
+    }
+    PGconn *conn = source_conn(plan, src);
+    bool ok = conn && rs_exec(conn, "cleanup", "begin", 0, NULL);
+    for (int t = 0; ok && t < src->ntables; t++) {
+      long long n = rs_delete_routed(conn, plan->new_db, src->tables[t], src->shard->name, true);
+      ok = n >= 0;
+      if (ok) printf("cleanup %s: %lld rows of %s deleted\n", src->shard->name, n, src->tables[t]);
+    }
+    ok = ok && rs_exec(conn, "cleanup", "commit", 0, NULL);
+    PQfinish(conn);
+    if (!ok) rc = 1;
+  }
+  if (rc == 0 && !set_phase(plan, "cleaned")) rc = 1;
+  if (rc == 0) printf("reshard %s: cleaned\n", plan->id);
+out:
+  free(states);
+  return rc;
+}
+
+/* ---- abort ---- */
+
+int rs_verb_abort(const rs_plan_t *plan, const rs_options_t *opt) {
+  rs_state_t *states = pgs_xcalloc((size_t)plan->nmoves + 1, sizeof(*states));
+  int rc = 1;
+  if (!read_states(plan, states)) goto out;
+  for (int i = 0; i < plan->nmoves; i++)
+    if (states[i].found &&
+        (!strcmp(states[i].phase, "switched") || !strcmp(states[i].phase, "cleaned"))) {
+      fprintf(stderr,
+              "pgshardctl: the new map serves already (cut over): to undo, reshard "
+              "back from NEW to OLD\n");
+      goto out;
+    }
+  /* A hold left by a failed cutover goes (best effort: pgshard may be down;
+   * it releases itself anyway). */
+  PGconn *admin = opt->admin || plan->old_config ? console_connect(plan, opt) : NULL;
+  if (admin) (void)console(admin, "RESHARD RELEASE");
+  PQfinish(admin);
+  rc = 0;
+  for (int s = 0; s < plan->nsources; s++)
+    if (!drop_replication(plan, &plan->sources[s])) rc = 1;
+  for (int i = 0; rc == 0 && i < plan->nmoves; i++) {
+    const rs_move_t *m = &plan->moves[i];
+    PGconn *conn = target_conn(plan, m);
+    bool ok = conn && rs_exec(conn, "abort", "begin", 0, NULL);
+    long long total = 0;
+    for (int t = 0; ok && t < m->ntables && states[i].found; t++) {
+      long long n = rs_delete_routed(conn, plan->old_db, m->tables[t], m->source->name, false);
+      ok = n >= 0;
+      total += n;
+    }
+    const char *params[] = {plan->id, m->source->name};
+    ok = ok &&
+         (!states[i].found ||
+          rs_exec(conn, "abort",
+                  "delete from pgshard.reshard_move where reshard_id = $1 and source = $2", 2,
+                  params)) &&
+         rs_exec(conn, "abort", "commit", 0, NULL);
+    if (ok)
+      printf("abort %s -> %s: %lld copied rows deleted\n", m->source->name, m->target->name, total);
+    PQfinish(conn);
+    if (!ok) rc = 1;
+  }
+  if (rc == 0) printf("reshard %s: aborted; the old map serves as before\n", plan->id);
+out:
+  free(states);
+  return rc;
+}

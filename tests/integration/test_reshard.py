@@ -1,0 +1,249 @@
+"""`pgshardctl reshard`: moving rows between shards while clients write.
+
+The lab here has three shards for database app (s0, s1, s2; primaries on
+PORT_BASE-60 .. -58, s2 with a streaming replica on PORT_BASE-57); the old
+map serves s0 and s1 only (`old_view`), the new one adds s2. Every check of
+where a row is reads the shards directly.
+
+The load is pgbench through pgshard: each transaction adds 1 to one row of
+`counters` chosen at random and reads it back. Every row exists before the
+move, so after it the sum of n over the shards must equal the sum before
+plus the transactions pgbench reports as done (every acknowledged write
+present, none applied twice), and each row must be exactly on the shard the
+new map names.
+"""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import (PGSHARDCTL, PORT_BASE, Lab, LabShard, _run_lab)
+from support import wait_for
+
+RESHARD_LAB_ROOT = f"/tmp/pgshard-it-{PORT_BASE}-reshard"
+S0, S1, S2, S2_REPLICA = PORT_BASE - 60, PORT_BASE - 59, PORT_BASE - 58, PORT_BASE - 57
+
+TENANTS_OLD = """\
+[table.app.counters]
+column = tenant_id
+type = bigint
+strategy = tenant
+
+[table.app.events]
+column = id
+type = bigint
+strategy = range
+range = s0: - 1000
+range = s1: 1000 -
+
+[tenants.app]
+1 = s0
+2 = s0
+3 = s1
+4 = s1
+"""
+
+
+@pytest.fixture(scope="module")
+def reshard_lab():
+    from pathlib import Path
+    yield from _run_lab(Lab(Path(RESHARD_LAB_ROOT),
+                            [LabShard("s0", S0), LabShard("s1", S1),
+                             LabShard("s2", S2, S2_REPLICA)],
+                            title="the resharding lab (3 shards, s2 replicated)"))
+
+
+@pytest.fixture
+def old_view(reshard_lab):
+    """The same lab as the old map sees it: s0 and s1 only."""
+    view = Lab(reshard_lab.root, [reshard_lab.shard("s0"), reshard_lab.shard("s1")],
+               title="the resharding lab's old map")
+    return view
+
+
+@pytest.fixture
+def tables(reshard_lab):
+    """counters (tenant) and events (range) on every shard, empty; and no
+    resharding state or replication objects left by another test."""
+    for shard in reshard_lab.shards:
+        with reshard_lab.connect_primary(shard.name) as conn:
+            conn.autocommit = True
+            for (slot,) in conn.execute("select slot_name from pg_replication_slots"
+                                        " where slot_name like 'pgshard_%'").fetchall():
+                conn.execute("select pg_terminate_backend(active_pid) from pg_replication_slots"
+                             " where slot_name = %s and active_pid is not null", (slot,))
+                wait_for(lambda s=slot: conn.execute(
+                    "select not active from pg_replication_slots where slot_name = %s",
+                    (s,)).fetchone()[0], 10, message="slot released")
+                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+            for (pub,) in conn.execute("select pubname from pg_publication").fetchall():
+                conn.execute(f'drop publication "{pub}"')
+            conn.execute("drop schema if exists pgshard cascade")
+            conn.execute("drop table if exists counters, events")
+            conn.execute("create table counters (tenant_id bigint not null, k int not null,"
+                         " n bigint not null default 0, note text, primary key (tenant_id, k))")
+            conn.execute("create table events (id bigint primary key, v text)")
+    yield
+
+
+def ctl(*args, check=True, timeout=120):
+    proc = subprocess.run([str(PGSHARDCTL), "reshard", *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"reshard {' '.join(map(str, args))}: {proc.stdout}"
+    return proc
+
+
+def new_config(px, reshard_lab, old_map, new_map, path):
+    """PX's config with shard s2 added and OLD_MAP replaced by NEW_MAP."""
+    text = px.config_path.read_text()
+    assert old_map.strip() in text
+    s2 = reshard_lab.shard("s2")
+    text = text.replace(old_map.strip(), new_map.strip())
+    text += (f"\n[shard.app.s2]\nprimary = host=127.0.0.1 port={s2.primary_port} dbname=app"
+             f" user=postgres\nreplica = host=127.0.0.1 port={s2.replica_port} dbname=app"
+             " user=postgres\n")
+    path.write_text(text)
+    return path
+
+
+def rows_on(lab, shard, table="counters"):
+    with lab.connect_primary(shard) as conn:
+        return conn.execute(f"select count(*), coalesce(sum(n), 0) from {table}").fetchone() \
+            if table == "counters" else conn.execute(f"select count(*) from {table}").fetchone()
+
+
+def tenant_rows(lab, shard, tenant):
+    with lab.connect_primary(shard) as conn:
+        return conn.execute("select count(*) from counters where tenant_id = %s",
+                            (tenant,)).fetchone()[0]
+
+
+def state_rows(lab, shard):
+    with lab.connect_primary(shard) as conn:
+        if conn.execute("select to_regclass('pgshard.reshard_move')").fetchone()[0] is None:
+            return []
+        return conn.execute("select source, target, phase, error from pgshard.reshard_move"
+                            " order by source").fetchall()
+
+
+def replication_objects(lab):
+    found = []
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as conn:
+            found += conn.execute("select slot_name from pg_replication_slots where slot_name"
+                                  " like 'pgshard_%'").fetchall()
+            found += conn.execute("select pubname from pg_publication").fetchall()
+    return found
+
+
+def start_streamer(old, new, log):
+    return subprocess.Popen([str(PGSHARDCTL), "reshard", "start", str(old), str(new)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_streaming(lab, targets, proc=None, timeout=60):
+    def streaming():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"reshard start exited {proc.returncode}")
+        for target in targets:
+            rows = state_rows(lab, target)
+            if not rows or any(r[2] != "streaming" for r in rows):
+                return False
+        return True
+    wait_for(streaming, timeout, interval=0.1, message="every move streaming")
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def populate(px, tenants=(1, 2, 3, 4), keys=50):
+    with px.connect(autocommit=True) as conn:
+        for t in tenants:
+            with conn.cursor() as cur:
+                cur.executemany("insert into counters (tenant_id, k, n) values (%s, %s, 0)",
+                                [(t, k) for k in range(1, keys + 1)])
+
+
+TENANTS_NEW = TENANTS_OLD.replace("1 = s0", "1 = s2")
+
+
+def test_plan_lists_moves_rows_and_prerequisites(reshard_lab, old_view, sharded_proxy, tables,
+                                                  tmp_path):
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini")
+    out = ctl("plan", px.config_path, new).stdout
+    assert re.search(r"move s0 -> s2: counters \(50 rows\)", out), out
+    assert "ready" in out and "not ready" not in out, out
+    # Without the table on the target, plan says what to create first.
+    with reshard_lab.connect_primary("s2") as conn:
+        conn.execute("drop table counters")
+    proc = ctl("plan", px.config_path, new, check=False)
+    assert proc.returncode == 1
+    assert "table counters does not exist on target s2" in proc.stdout, proc.stdout
+
+
+def test_start_copies_and_streams_then_abort_leaves_nothing(reshard_lab, old_view, sharded_proxy,
+                                                          tables, tmp_path):
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini")
+    before = {s: rows_on(reshard_lab, s) for s in ("s0", "s1")}
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s2"], streamer)
+        assert tenant_rows(reshard_lab, "s2", 1) == 50  # copied
+        assert tenant_rows(reshard_lab, "s2", 2) == 0   # not moving
+        # Changes through pgshard (old map: tenant 1 on s0) reach s2.
+        with px.connect(autocommit=True) as conn:
+            conn.execute("update counters set n = n + 5, note = 'upd' where tenant_id = 1"
+                         " and k <= 10")
+            conn.execute("delete from counters where tenant_id = 1 and k = 50")
+            conn.execute("insert into counters (tenant_id, k, n) values (1, 51, 7)")
+            conn.execute("update counters set n = n + 1 where tenant_id = 2")
+
+        def applied():
+            with reshard_lab.connect_primary("s2") as conn:
+                return conn.execute(
+                    "select count(*), sum(n), count(*) filter (where note = 'upd')"
+                    " from counters where tenant_id = 1").fetchone() == (50, 57, 10)
+        wait_for(applied, 20, message="the changes applied on s2")
+        out = ctl("status", px.config_path, new).stdout
+        assert re.search(r"s0\s+s2\s+streaming\s+50\s+\d+", out), out
+        assert "connected" in out, out
+        # Killed while streaming, a rerun goes on from where it was.
+        streamer.kill()
+        streamer.wait()
+        with px.connect(autocommit=True) as conn:
+            conn.execute("update counters set n = n + 100 where tenant_id = 1 and k = 1")
+        with open(tmp_path / "start2.log", "w") as log:
+            streamer = start_streamer(px.config_path, new, log)
+        wait_for(lambda: reshard_lab.connect_primary("s2").execute(
+            "select n from counters where tenant_id = 1 and k = 1").fetchone() == (105,), 20,
+            message="the change made while no streamer ran")
+        with reshard_lab.connect_primary("s2") as conn:
+            assert conn.execute("select count(*), sum(n) from counters where tenant_id = 1"
+                                ).fetchone() == (50, 157)
+        # Abort: the copies go, the source is as the writes left it, nothing
+        # of the move stays.
+        out = ctl("abort", px.config_path, new, "--admin",
+                  px.conninfo(user="admin", password="adminpw", dbname="pgshard")).stdout
+        assert "aborted" in out, out
+        streamer.wait(20)
+    finally:
+        stop(streamer)
+    assert tenant_rows(reshard_lab, "s2", 1) == 0
+    assert replication_objects(reshard_lab) == []
+    assert state_rows(reshard_lab, "s2") == []
+    after = {s: rows_on(reshard_lab, s) for s in ("s0", "s1")}
+    assert after["s0"][0] == before["s0"][0]  # 100 rows: tenant 1's 50 and tenant 2's 50
+    assert after["s0"][1] == before["s0"][1] + 57 + 100 + 50
+    assert after["s1"] == before["s1"]
