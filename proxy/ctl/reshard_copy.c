@@ -393,6 +393,14 @@ static bool copy_run(copy_ctx_t *ctx, PGconn *sconn, PGconn *repl) {
     ok = copy_table(ctx, sconn, src->tables[k]);
     if (!ok) fprintf(stderr, "pgshardctl: %s\n", ctx->error);
   }
+  /* For tests: a window in which the copy has run but not committed. */
+  const char *pause = getenv("PGSHARD_RESHARD_TEST_COPY_PAUSE_MS");
+  if (ok && pause) {
+    printf("copy %s: pausing before commit (test)\n", src->shard->name);
+    fflush(stdout);
+    struct timespec ts = {atoi(pause) / 1000, (long)(atoi(pause) % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
   for (int i = 0; i < ctx->ntargets && ok; i++) {
     copy_target_t *t = &ctx->targets[i];
     char rows[32];

@@ -247,3 +247,38 @@ def test_start_copies_and_streams_then_abort_leaves_nothing(reshard_lab, old_vie
     assert after["s0"][0] == before["s0"][0]  # 100 rows: tenant 1's 50 and tenant 2's 50
     assert after["s0"][1] == before["s0"][1] + 57 + 100 + 50
     assert after["s1"] == before["s1"]
+
+
+def test_killed_during_copy_then_rerun(reshard_lab, old_view, sharded_proxy, tables, tmp_path):
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini")
+    env = dict(os.environ, PGSHARD_RESHARD_TEST_COPY_PAUSE_MS="60000")
+    log_path = tmp_path / "start.log"
+    with open(log_path, "w") as log:
+        streamer = subprocess.Popen([str(PGSHARDCTL), "reshard", "start", str(px.config_path),
+                                     str(new)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: "s0: pausing before commit" in log_path.read_text(), 30,
+                 message="the copy from s0 to pause before its commit")
+        streamer.kill()  # the streamers (children) follow their parent
+        streamer.wait()
+        # Nothing of an uncommitted copy is visible; the state says copying.
+        wait_for(lambda: tenant_rows(reshard_lab, "s2", 1) == 0 and
+                 ("s0", "s2", "copying", None) in state_rows(reshard_lab, "s2"), 10,
+                 message="the killed copy rolled back")
+        with px.connect(autocommit=True) as conn:
+            conn.execute("update counters set n = n + 3 where tenant_id = 1")
+        with open(tmp_path / "start2.log", "w") as log:
+            streamer = start_streamer(px.config_path, new, log)
+        wait_streaming(reshard_lab, ["s1", "s2"], streamer)
+        with reshard_lab.connect_primary("s2") as conn:
+            assert conn.execute("select count(*), sum(n) from counters where tenant_id = 1"
+                                ).fetchone() == (50, 150)
+        ctl("abort", px.config_path, new)
+        streamer.wait(20)
+    finally:
+        stop(streamer)
+    assert replication_objects(reshard_lab) == []
+    assert tenant_rows(reshard_lab, "s2", 1) == 0
+    assert tenant_rows(reshard_lab, "s0", 1) == 50
