@@ -690,8 +690,9 @@ static int verb_plan(const rs_plan_t *plan) {
 
 /* One source's streamer, in a child process: copy if not done, then
  * stream. Exit status as rs_stream_source. */
-static int run_source(const rs_plan_t *plan, const rs_source_t *src) {
+static int run_source(const rs_plan_t *plan, const rs_source_t *src, pid_t parent) {
   prctl(PR_SET_PDEATHSIG, SIGTERM); /* a killed `start` takes its streamers along */
+  if (getppid() != parent) return 1; /* ... also when it died before that */
   PGconn *repl = rs_connect(&src->shard->primary, src->old_db->name, true);
   if (repl == NULL) return 1;
   int rc = rs_copy_source(plan, src, repl) ? rs_stream_source(plan, src, repl) : 1;
@@ -712,10 +713,10 @@ static int verb_start(const rs_plan_t *plan) {
   }
   if (!state_create(plan)) return 1;
   fflush(stdout);
-  pid_t *pids = pgs_xcalloc((size_t)plan->nsources, sizeof(*pids));
+  pid_t *pids = pgs_xcalloc((size_t)plan->nsources, sizeof(*pids)), parent = getpid();
   for (int s = 0; s < plan->nsources; s++) {
     pids[s] = fork();
-    if (pids[s] == 0) _exit(run_source(plan, &plan->sources[s]));
+    if (pids[s] == 0) _exit(run_source(plan, &plan->sources[s], parent));
     if (pids[s] < 0) {
       fprintf(stderr, "pgshardctl: fork: %s\n", strerror(errno));
       return 1;

@@ -282,3 +282,145 @@ def test_killed_during_copy_then_rerun(reshard_lab, old_view, sharded_proxy, tab
     assert replication_objects(reshard_lab) == []
     assert tenant_rows(reshard_lab, "s2", 1) == 0
     assert tenant_rows(reshard_lab, "s0", 1) == 50
+
+
+PGBENCH = os.environ.get("PGSHARD_PGBENCH", "/usr/lib/postgresql/15/bin/pgbench")
+
+# Moves: (name, old map, new map, table, key column, keys and where they go)
+RANGES_OLD = TENANTS_OLD
+RANGES_NEW = TENANTS_OLD.replace("range = s0: - 1000\n",
+                                 "range = s0: - 500\nrange = s2: 500 - 1000\n")
+
+
+def run_load(px, tmp_path, script, seconds):
+    """pgbench through PX running SCRIPT for SECONDS, 4 clients, a log line
+    per transaction. Returns the Popen."""
+    (tmp_path / "load.sql").write_text(script)
+    env = dict(os.environ, PGPASSWORD="secret")
+    return subprocess.Popen(
+        [PGBENCH, "-n", "-c", "4", "-j", "2", "-T", str(seconds), "-M", "simple",
+         "-f", str(tmp_path / "load.sql"), "-l", "--log-prefix", str(tmp_path / "pgbench"),
+         "-h", "127.0.0.1", "-p", str(px.port), "-U", "app", "app"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+
+
+def load_result(proc, tmp_path):
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    assert failed is None or int(failed.group(1)) == 0, out
+    assert "aborted" not in out, out
+    latencies = []
+    for log in tmp_path.glob("pgbench.*"):
+        for line in log.read_text().splitlines():
+            fields = line.split()
+            latencies.append(int(fields[2]) / 1000.0)  # ms
+    latencies.sort()
+    assert len(latencies) == done
+    return done, latencies
+
+
+COUNTERS_LOAD = """\
+\\set t random(1, 4)
+\\set k random(1, 50)
+update counters set n = n + 1 where tenant_id = :t and k = :k;
+select n from counters where tenant_id = :t and k = :k;
+"""
+
+EVENTS_LOAD = """\
+\\set id random(1, 1999)
+update events set n = n + 1 where id = :id;
+select n from events where id = :id;
+"""
+
+
+def shard_sums(lab, table):
+    """(rows, sum of n) on each shard of the lab."""
+    out = {}
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as conn:
+            out[shard.name] = conn.execute(f"select count(*), coalesce(sum(n), 0) from {table}"
+                                           ).fetchone()
+    return out
+
+
+def misplaced(lab, new_path, table, column):
+    """Rows of TABLE not on the shard the map in NEW_PATH names (keys routed
+    by `pgshardctl route --stdin`), and keys present on several shards."""
+    keys, where = [], {}
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as conn:
+            for (key,) in conn.execute(f"select {column} from {table}").fetchall():
+                keys.append(str(key))
+                where.setdefault(str(key), []).append(shard.name)
+    proc = subprocess.run([str(PGSHARDCTL), "route", "--stdin", str(new_path), "app", table],
+                          input="\n".join(sorted(set(keys))) + "\n", stdout=subprocess.PIPE,
+                          text=True, check=True)
+    routed = dict(line.split("\t") for line in proc.stdout.splitlines())
+    return [(k, shards, routed[k]) for k, shards in where.items()
+            if table != "counters" and shards != [routed[k]]] + \
+        [(k, shards, routed[k]) for k, shards in where.items()
+         if table == "counters" and set(shards) != {routed[k]}]
+
+
+@pytest.mark.parametrize("move", ["tenant", "range"])
+def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path, move):
+    old_map, new_map = (TENANTS_OLD, TENANTS_NEW) if move == "tenant" else (RANGES_OLD, RANGES_NEW)
+    table, column, script = (("counters", "tenant_id", COUNTERS_LOAD) if move == "tenant"
+                             else ("events", "id", EVENTS_LOAD))
+    px = sharded_proxy(lab=old_view, extra_ini=old_map)
+    if move == "tenant":
+        populate(px)
+    else:
+        for shard in reshard_lab.shards:
+            with reshard_lab.connect_primary(shard.name) as conn:
+                conn.execute("alter table events add column n bigint not null default 0")
+        with px.connect(autocommit=True) as conn:
+            with conn.cursor() as cur:
+                cur.executemany("insert into events (id, v) values (%s, 'e')",
+                                [(i,) for i in range(1, 2000)])
+    new = new_config(px, reshard_lab, old_map, new_map, tmp_path / "new.ini")
+    before = shard_sums(reshard_lab, table)
+    rows_before = sum(c for c, _ in before.values())
+    sum_before = sum(s for _, s in before.values())
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s1", "s2"], streamer)
+        load = run_load(px, tmp_path, script, 8)
+        time.sleep(3)
+        out = ctl("cutover", px.config_path, new).stdout
+        held = float(re.search(r"held (\d+) ms", out).group(1))
+        done, latencies = load_result(load, tmp_path)
+        streamer.wait(30)  # the streamers end once their moves are switched
+        assert streamer.returncode == 0, (tmp_path / "start.log").read_text()
+        # The new map serves: pgshard's own file is NEW now.
+        assert px.config_path.read_text() == new.read_text()
+        out = ctl("cleanup", px.config_path, new).stdout
+        assert "cleaned" in out, out
+    finally:
+        stop(streamer)
+    after = shard_sums(reshard_lab, table)
+    assert sum(c for c, _ in after.values()) == rows_before, after
+    assert sum(s for _, s in after.values()) == sum_before + done, (before, after, done)
+    assert misplaced(reshard_lab, new, table, column) == []
+    assert replication_objects(reshard_lab) == []
+    moved_rows = after["s2"][0]
+    assert moved_rows == (50 if move == "tenant" else 500)
+    p99 = latencies[int(len(latencies) * 0.99)]
+    print(f"\n{move}: {done} transactions, {moved_rows} rows moved, statements held {held:.0f} ms,"
+          f" load latency max {latencies[-1]:.1f} ms p99 {p99:.1f} ms")
+    # New statements follow the new map through pgshard.
+    with px.connect(autocommit=True) as conn:
+        if move == "tenant":
+            conn.execute("insert into counters (tenant_id, k, n) values (1, 1000, 0)")
+        else:
+            conn.execute("insert into events (id, v) values (777777, 'x')")
+            conn.execute("insert into events (id, v) values (600, 'y') on conflict (id) do"
+                         " update set v = 'y'")
+    with reshard_lab.connect_primary("s2") as conn:
+        if move == "tenant":
+            assert conn.execute("select count(*) from counters where k = 1000").fetchone() == (1,)
+        else:
+            assert conn.execute("select v from events where id = 600").fetchone() == ("y",)
