@@ -18,6 +18,11 @@ int pgs_ctl_route(int argc, char **argv);
  * or usage. */
 int pgs_ctl_diff(int argc, char **argv);
 
+/* `pgshardctl reshard slots OLD NEW [DB]` (slots.c): prints the [slots.DB]
+ * section for NEW rebalanced from OLD's slot table. Takes the arguments
+ * after "slots"; 0 printed, 2 usage or an invalid config. */
+int pgs_ctl_reshard_slots(int argc, char **argv);
+
 struct pgs_config;
 /* Loads FILE; prints every error with its line on stderr and returns NULL
  * when it has any (route.c). */

@@ -56,6 +56,8 @@ int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "route")) return pgs_ctl_route(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "diff")) return pgs_ctl_diff(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "lab")) return pgs_ctl_lab(argc - 2, argv + 2);
+  /* TEMPORARY, hidden: `slots` until reshard.c dispatches `reshard slots` to it. */
+  if (argc >= 2 && !strcmp(argv[1], "slots")) return pgs_ctl_reshard_slots(argc - 2, argv + 2);
   usage();
   return 2;
 }
