@@ -188,7 +188,7 @@ int pgs_shardmap_slot_owner(const struct pgs_database *db, int slot);
  * than its share; each shard ends with PGS_HASH_SLOTS / NEW_N slots or one
  * more (the shards holding the most keep the extra ones); what a shard gives
  * up (the highest of its slots) and a removed shard's slots go to the
- * shards with the fewest, in runs of consecutive slots. Fills OUT
+ * shards lacking most (the emptiest), in runs of consecutive slots. Fills OUT
  * (PGS_HASH_SLOTS entries, indexes into NEW_NAMES) and returns how many
  * slots change shard (by name), or -1 when NEW_N is not positive. Pure. */
 int pgs_shardmap_rebalance_slots(const struct pgs_database *old, const char *const *new_names,
