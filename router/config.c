@@ -9,7 +9,10 @@
  * [tenants.DB]): it is kept raw while reading, then typed, sorted and
  * checked as a whole (ranges cover the key space exactly once, every shard
  * and region named exists, every bound, geo value and tenant parses as its
- * column type) into each database's pgs_shardmap_t. inih does not hand line numbers to the handler in
+ * column type) into each database's pgs_shardmap_t. [slots.DB] becomes the
+ * database's slot table the same way (every slot given to one shard exactly
+ * once); without it the table is the default layout, so routing is always
+ * one lookup. inih does not hand line numbers to the handler in
  * Debian's build, so the reader below counts them itself.
  */
 #include <ctype.h>
@@ -47,7 +50,8 @@ typedef struct raw_table {
 } raw_table_t;
 
 /* One `KEY = VALUE` line of [geo.DB] (a region and one of its values, or
- * default) or of [tenants.DB] (a tenant and its shard). */
+ * default), of [tenants.DB] (a tenant and its shard) or of [slots.DB] (a
+ * shard and its slot ranges). */
 typedef struct raw_entry {
   char *db;
   char *key;
@@ -70,6 +74,8 @@ typedef struct parse_state {
   int ngeo;
   raw_entry_t *tenants;
   int ntenants;
+  raw_entry_t *slots;
+  int nslots;
 } parse_state_t;
 
 /* Source for the line-counting reader: either a FILE or a string. */
@@ -704,6 +710,17 @@ static void handle_tenant(parse_state_t *st, const char *dbname, const char *key
   add_entry(&st->tenants, &st->ntenants, dbname, key, value, strlen(value), st->line);
 }
 
+/* [slots.DB]: `SHARD = RANGES`, repeatable (a long list may go on several
+ * lines); the ranges are read once the file is (build_slots). */
+static void handle_slots(parse_state_t *st, const char *dbname, const char *key,
+                         const char *value) {
+  if (!valid_name(key)) {
+    config_error(st->config, st->line, "[slots.%s]: bad shard name \"%s\"", dbname, key);
+    return;
+  }
+  add_entry(&st->slots, &st->nslots, dbname, key, value, strlen(value), st->line);
+}
+
 /* Split "a.b.c" section names. Returns the number of parts (max 3). */
 static int split_section(const char *section, char parts[3][128]) {
   int n = 0;
@@ -761,6 +778,11 @@ static int handler(void *user, const char *section, const char *key, const char 
       config_error(st->config, st->line, "[%s]: bad database name", section);
     else
       handle_tenant(st, parts[1], key, value);
+  } else if (n == 2 && !strcmp(parts[0], "slots")) {
+    if (!valid_name(parts[1]))
+      config_error(st->config, st->line, "[%s]: bad database name", section);
+    else
+      handle_slots(st, parts[1], key, value);
   } else if (section[0] == '\0') {
     config_error(st->config, st->line, "key \"%s\" outside any section", key);
   } else {
@@ -1190,6 +1212,140 @@ static void build_tenants(pgs_config_t *c, parse_state_t *st, pgs_database_t *db
     qsort(map->tenants, (size_t)map->ntenants, sizeof(*map->tenants), tenant_order);
 }
 
+/* ---- [slots.DB]: the xxh3 slot table ---- */
+
+/* A slot number at *P, blanks around it skipped. */
+static bool read_slot_number(const char **p, long *out) {
+  const char *s = *p;
+  while (isspace((unsigned char)*s)) s++;
+  const char *digits = s;
+  long v = 0;
+  while (isdigit((unsigned char)*s) && s - digits < 9) v = v * 10 + (*s++ - '0');
+  if (s == digits || isdigit((unsigned char)*s)) return false;
+  while (isspace((unsigned char)*s)) s++;
+  *p = s;
+  *out = v;
+  return true;
+}
+
+/* The next "N" or "N-M" of a [slots.DB] value at *P, and whether another
+ * follows (after a comma). False on anything else. */
+static bool next_slot_range(const char **p, long *lo, long *hi, bool *more) {
+  if (!read_slot_number(p, lo)) return false;
+  *hi = *lo;
+  if (**p == '-') {
+    ++*p;
+    if (!read_slot_number(p, hi)) return false;
+  }
+  *more = **p == ',';
+  if (*more) ++*p;
+  return *more || **p == '\0';
+}
+
+/* Gives the slots of one [slots.DB] line to its shard in DB's table;
+ * LINE_OF says which line gave each slot so far (0: none). */
+static void slots_read_line(pgs_config_t *c, pgs_database_t *db, const raw_entry_t *e,
+                            int *line_of) {
+  int shard = pgs_shardmap_find_shard(db, e->key);
+  if (shard < 0) {
+    config_error(c, e->line, "[slots.%s]: unknown shard %s (no [shard.%s.%s])", db->name, e->key,
+                 db->name, e->key);
+    return;
+  }
+  const char *p = e->value;
+  bool more = true, overlap_reported = false;
+  while (more) {
+    long lo, hi;
+    if (!next_slot_range(&p, &lo, &hi, &more)) {
+      config_error(c, e->line,
+                   "[slots.%s]: %s: expected slot ranges like 0-1364, 2731-2800, got \"%s\"",
+                   db->name, e->key, e->value);
+      return;
+    }
+    if (hi >= PGS_HASH_SLOTS || lo > hi) {
+      if (lo == hi)
+        config_error(c, e->line, "[slots.%s]: %s: slot %ld is not one of 0-%d", db->name, e->key,
+                     lo, PGS_HASH_SLOTS - 1);
+      else
+        config_error(c, e->line, "[slots.%s]: %s: %ld-%ld is not a range of slots 0-%d", db->name,
+                     e->key, lo, hi, PGS_HASH_SLOTS - 1);
+      return;
+    }
+    for (long slot = lo; slot <= hi; slot++) {
+      if (line_of[slot] == 0) {
+        line_of[slot] = e->line;
+        db->slot_shard[slot] = (int16_t)shard;
+      } else if (!overlap_reported) {
+        config_error(c, e->line,
+                     "[slots.%s]: slot %ld is given twice: to %s here and to %s on line %d",
+                     db->name, slot, e->key, db->shards[db->slot_shard[slot]].name, line_of[slot]);
+        overlap_reported = true;
+      }
+    }
+  }
+}
+
+/* Every slot no line gave, as compact ranges, in one error. */
+static void slots_check_gaps(pgs_config_t *c, const pgs_database_t *db, const int *line_of) {
+  char gaps[200] = "";
+  bool any = false, cut = false;
+  for (int slot = 0; slot < PGS_HASH_SLOTS; slot++) {
+    if (line_of[slot]) continue;
+    int end = slot;
+    while (end + 1 < PGS_HASH_SLOTS && !line_of[end + 1]) end++;
+    char range[32];
+    if (end > slot)
+      snprintf(range, sizeof(range), "%d-%d", slot, end);
+    else
+      snprintf(range, sizeof(range), "%d", slot);
+    size_t used = strlen(gaps);
+    if (!cut && used + strlen(range) + 8 < sizeof(gaps)) {
+      snprintf(gaps + used, sizeof(gaps) - used, "%s%s", any ? ", " : "", range);
+    } else if (!cut) {
+      snprintf(gaps + used, sizeof(gaps) - used, ", ...");
+      cut = true;
+    }
+    any = true;
+    slot = end;
+  }
+  if (any)
+    config_error(c, db->slots_line,
+                 "[slots.%s]: slots %s are on no shard (every slot 0-%d must be given to one)",
+                 db->name, gaps, PGS_HASH_SLOTS - 1);
+}
+
+/* DB's slot table: [slots.DB] read and checked, or the default layout. */
+static void build_slots(pgs_config_t *c, parse_state_t *st, pgs_database_t *db) {
+  int *line_of = pgs_xcalloc(PGS_HASH_SLOTS, sizeof(*line_of));
+  db->slot_shard = pgs_xcalloc(PGS_HASH_SLOTS, sizeof(*db->slot_shard));
+  for (int i = 0; i < st->nslots; i++) {
+    if (!raw_is_for(&st->slots[i], db)) continue;
+    if (db->slots_line == 0) db->slots_line = st->slots[i].line;
+    slots_read_line(c, db, &st->slots[i], line_of);
+  }
+  if (db->slots_line && db->hash != PGS_HASH_XXH3)
+    config_error(c, db->slots_line,
+                 "[slots.%s]: a slot table is for hash = xxh3, but database %s has hash = %s",
+                 db->name, db->name, hash_names[db->hash]);
+  if (db->slots_line) slots_check_gaps(c, db, line_of);
+  /* The default layout, also under what a broken section left unset. */
+  for (int slot = 0; slot < PGS_HASH_SLOTS; slot++)
+    if (!line_of[slot]) db->slot_shard[slot] = (int16_t)pgs_shardmap_slot_shard(slot, db->nshards);
+  free(line_of);
+}
+
+/* [slots.X] for a database X that does not exist: one error per X. */
+static void slots_check_databases(pgs_config_t *c, const parse_state_t *st) {
+  for (int i = 0; i < st->nslots; i++) {
+    const raw_entry_t *e = &st->slots[i];
+    bool reported = false;
+    for (int j = 0; j < i && !reported; j++) reported = !strcmp(st->slots[j].db, e->db);
+    if (!reported && find_database(c, e->db) == NULL)
+      config_error(c, e->line, "[slots.%s]: unknown database %s (no [database.%s])", e->db, e->db,
+                   e->db);
+  }
+}
+
 static void shardmap_build(pgs_config_t *c, parse_state_t *st) {
   for (int i = 0; i < st->ntables; i++) {
     const raw_table_t *t = &st->tables[i];
@@ -1268,9 +1424,11 @@ static void shardmap_build(pgs_config_t *c, parse_state_t *st) {
                      i < st->ngeo ? "geo" : "tenants", e->db, e->db, e->db);
     }
   }
+  slots_check_databases(c, st);
   for (int i = 0; i < c->ndatabases; i++) {
     build_geo(c, st, &c->databases[i]);
     build_tenants(c, st, &c->databases[i]);
+    build_slots(c, st, &c->databases[i]);
   }
 }
 
@@ -1295,6 +1453,7 @@ static void parse_state_free(parse_state_t *st) {
   free(st->tables);
   raw_entries_free(st->geo, st->ngeo);
   raw_entries_free(st->tenants, st->ntenants);
+  raw_entries_free(st->slots, st->nslots);
 }
 
 /* A relative file name in the config names a file beside the config file,
@@ -1439,6 +1598,7 @@ void pgs_config_unref(pgs_config_t *c) {
     }
     free(db->shards);
     pgs_shardmap_free(&db->shardmap);
+    free(db->slot_shard);
     free(db->name);
   }
   free(c->databases);

@@ -15,6 +15,8 @@
  *     seed and hash_combine64), written from the algorithm's description and
  *     checked against a real server (tests/unit/golden, tests/integration).
  *  3. Routing a typed key through a table's strategy.
+ *  4. Rebalancing a database's xxh3 slot table for a new list of shards,
+ *     moving as few slots as balance allows (pgshardctl reshard slots).
  * Nothing here allocates on the routing path.
  */
 #include <ctype.h>
@@ -966,6 +968,10 @@ int pgs_shardmap_slot_shard(int slot, int nshards) {
   return (int)((int64_t)slot * nshards / PGS_HASH_SLOTS);
 }
 
+int pgs_shardmap_slot_owner(const pgs_database_t *db, int slot) {
+  return db->slot_shard ? db->slot_shard[slot] : pgs_shardmap_slot_shard(slot, db->nshards);
+}
+
 const pgs_table_t *pgs_shardmap_find_table(const pgs_database_t *db, const char *name) {
   for (int i = 0; i < db->shardmap.ntables; i++)
     if (!strcmp(db->shardmap.tables[i].name, name)) return &db->shardmap.tables[i];
@@ -1037,7 +1043,7 @@ int pgs_shardmap_hash_shard(const pgs_database_t *db, const pgs_key_t *key,
   } else {
     detail->hash = pgs_key_hash_xxh3(key);
     detail->slot = (int)(detail->hash % PGS_HASH_SLOTS);
-    detail->shard = pgs_shardmap_slot_shard(detail->slot, db->nshards);
+    detail->shard = pgs_shardmap_slot_owner(db, detail->slot);
   }
   return detail->shard;
 }
@@ -1088,8 +1094,9 @@ static int route_geo(const pgs_database_t *db, const pgs_table_t *table, const p
     key_error(err, "22023", "region %s of [geo.%s] has no shard", region, db->name);
     return -1;
   }
-  /* Several shards in the region: spread over them by xxh3 slot, the way
-   * hash tables spread over all shards. */
+  /* Several shards in the region: spread over them by xxh3 slot, in the
+   * default layout over the region's shards (never by [slots.DB], which
+   * is for the database's whole shard list). */
   int pick = 0;
   if (n > 1) {
     d->hashed = true;
@@ -1173,4 +1180,95 @@ void pgs_shardmap_free(pgs_shardmap_t *map) {
   }
   free(map->tenants);
   memset(map, 0, sizeof(*map));
+}
+
+/* ---- rebalancing the slot table ---- */
+
+typedef struct slot_count {
+  int shard;
+  int count;
+} slot_count_t;
+
+/* Most slots first, config order among equals. */
+static int by_count_desc(const void *pa, const void *pb) {
+  const slot_count_t *a = pa, *b = pb;
+  if (a->count != b->count) return a->count > b->count ? -1 : 1;
+  return a->shard - b->shard;
+}
+
+/* Each new shard's share of the slots: PGS_HASH_SLOTS / N, one more for the
+ * PGS_HASH_SLOTS % N shards that keep the most (they then give up least). */
+static void slot_quotas(const int *count, int n, int *quota) {
+  slot_count_t *order = pgs_xcalloc((size_t)n, sizeof(*order));
+  for (int i = 0; i < n; i++) order[i] = (slot_count_t){i, count[i]};
+  qsort(order, (size_t)n, sizeof(*order), by_count_desc);
+  for (int i = 0; i < n; i++) quota[order[i].shard] = PGS_HASH_SLOTS / n + (i < PGS_HASH_SLOTS % n);
+  free(order);
+}
+
+/* Gives the free slots of OUT (-1) to the shards under quota: the one
+ * lacking most first (config order among equals), each its whole lack as
+ * the next free slots in slot order, so they arrive in runs. */
+static void fill_free_slots(int16_t *out, int *count, const int *quota, int n) {
+  int next = 0;
+  for (;;) {
+    int pick = -1;
+    for (int i = 0; i < n; i++)
+      if (quota[i] > count[i] && (pick < 0 || quota[i] - count[i] > quota[pick] - count[pick]))
+        pick = i;
+    if (pick < 0) return;
+    while (count[pick] < quota[pick] && next < PGS_HASH_SLOTS) {
+      if (out[next] < 0) {
+        out[next] = (int16_t)pick;
+        count[pick]++;
+      }
+      next++;
+    }
+    if (count[pick] < quota[pick]) return; /* cannot happen: quotas sum to the slots */
+  }
+}
+
+/* OLD's owner of each slot as an index into NEW_NAMES (-1: a removed shard);
+ * counts what each new shard keeps. */
+static void keep_slots(const pgs_database_t *old, const char *const *new_names, int new_n,
+                       int16_t *out, int *count) {
+  int *to = pgs_xcalloc((size_t)old->nshards + 1, sizeof(*to));
+  for (int o = 0; o < old->nshards; o++) {
+    to[o] = -1;
+    for (int i = 0; i < new_n && to[o] < 0; i++)
+      if (!strcmp(old->shards[o].name, new_names[i])) to[o] = i;
+  }
+  for (int slot = 0; slot < PGS_HASH_SLOTS; slot++) {
+    int o = pgs_shardmap_slot_owner(old, slot);
+    out[slot] = (int16_t)(o >= 0 && o < old->nshards ? to[o] : -1);
+    if (out[slot] >= 0) count[out[slot]]++;
+  }
+  free(to);
+}
+
+int pgs_shardmap_rebalance_slots(const pgs_database_t *old, const char *const *new_names, int new_n,
+                                 int16_t *out) {
+  if (new_n <= 0) return -1;
+  int *count = pgs_xcalloc((size_t)new_n, sizeof(*count));
+  int *quota = pgs_xcalloc((size_t)new_n, sizeof(*quota));
+  keep_slots(old, new_names, new_n, out, count);
+  slot_quotas(count, new_n, quota);
+  /* A shard over its share gives up its highest slots. */
+  for (int slot = PGS_HASH_SLOTS - 1; slot >= 0; slot--) {
+    int s = out[slot];
+    if (s >= 0 && count[s] > quota[s]) {
+      out[slot] = -1;
+      count[s]--;
+    }
+  }
+  fill_free_slots(out, count, quota, new_n);
+  int moved = 0;
+  for (int slot = 0; slot < PGS_HASH_SLOTS; slot++) {
+    int o = pgs_shardmap_slot_owner(old, slot);
+    const char *was = o >= 0 && o < old->nshards ? old->shards[o].name : "";
+    moved += strcmp(was, new_names[out[slot]]) != 0;
+  }
+  free(count);
+  free(quota);
+  return moved;
 }

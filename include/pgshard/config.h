@@ -13,6 +13,7 @@
  *   [database.NAME]      what clients connect to: pooling and routing policy
  *   [shard.DB.NAME]      one shard: primary, replicas (repeatable), region
  *   [table.DB.T] [geo.DB] [tenants.DB]  the shard map (routing issue)
+ *   [slots.DB]           which shard owns each xxh3 hash slot (optional)
  */
 #ifndef PGSHARD_CONFIG_H
 #define PGSHARD_CONFIG_H
@@ -88,6 +89,13 @@ typedef struct pgs_database {
   pgs_shard_t *shards;
   int nshards;
   pgs_shardmap_t shardmap; /* [table.DB.*], [geo.DB], [tenants.DB] */
+  /* The xxh3 slot table: the shard (index) of each of the PGS_HASH_SLOTS
+   * slots, as [slots.DB] gives it, else the default layout
+   * (pgs_shardmap_slot_shard). Always filled by the parser; NULL only in a
+   * database built by hand (tests, benchmarks), which routes by the default
+   * layout. Geo hashing within a region does not use it. */
+  int16_t *slot_shard;
+  int slots_line; /* first line of [slots.DB], 0 when absent */
   int line;
 } pgs_database_t;
 

@@ -13,8 +13,10 @@
  *
  * Strategies:
  *   hash    XXH3-64 of the canonical encoding -> one of PGS_HASH_SLOTS slots,
- *           slots spread evenly over the shards in config order
- *           (shard = slot * nshards / PGS_HASH_SLOTS); with `hash = postgres`
+ *           each slot owned by the shard the database's slot table says:
+ *           [slots.DB] when given, else slots spread evenly over the shards
+ *           in config order (shard = slot * nshards / PGS_HASH_SLOTS), the
+ *           default layout; with `hash = postgres`
  *           PostgreSQL's own partition hash (the type's *hashextended
  *           function with HASH_PARTITION_SEED, combined as
  *           compute_partition_hash_value does) modulo nshards, so shard i
@@ -173,9 +175,24 @@ int pgs_shardmap_find_shard(const struct pgs_database *db, const char *name);
 int pgs_shardmap_route(const struct pgs_database *db, const pgs_table_t *table,
                        const pgs_key_t *key, pgs_key_error_t *err);
 
-/* The hash slot of KEY (hash strategy, xxh3) and the shard owning a slot. */
+/* The hash slot of KEY (hash strategy, xxh3); the shard owning a slot in
+ * the default layout over NSHARDS shards (also how geo spreads a region's
+ * keys over its shards); the shard owning a slot in DB's slot table. */
 int pgs_shardmap_slot(const pgs_key_t *key);
 int pgs_shardmap_slot_shard(int slot, int nshards);
+int pgs_shardmap_slot_owner(const struct pgs_database *db, int slot);
+
+/* A slot table for a database whose shards are NEW_NAMES (NEW_N of them, in
+ * config order) made from OLD's slot table, moving as few slots as it can:
+ * a slot stays on its shard while that shard still exists and holds no more
+ * than its share; each shard ends with PGS_HASH_SLOTS / NEW_N slots or one
+ * more (the shards holding the most keep the extra ones); what a shard gives
+ * up (the highest of its slots) and a removed shard's slots go to the
+ * shards lacking most (the emptiest), in runs of consecutive slots. Fills OUT
+ * (PGS_HASH_SLOTS entries, indexes into NEW_NAMES) and returns how many
+ * slots change shard (by name), or -1 when NEW_N is not positive. Pure. */
+int pgs_shardmap_rebalance_slots(const struct pgs_database *old, const char *const *new_names,
+                                 int new_n, int16_t *out);
 
 /* How a key was routed, for `pgshardctl route -v` and debug logs. */
 typedef struct pgs_route_detail {

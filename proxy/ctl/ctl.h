@@ -35,6 +35,11 @@ int pgs_ctl_probe_route(const pgs_database_t *db, pgs_strategy_t strategy, const
  * updated) (reshard_copy.c). */
 void pgs_ctl_copy_unescape(char *text, size_t *len);
 
+/* `pgshardctl reshard slots OLD NEW [DB]` (slots.c): prints the [slots.DB]
+ * section for NEW rebalanced from OLD's slot table. Takes the arguments
+ * after "slots"; 0 printed, 2 usage or an invalid config. */
+int pgs_ctl_reshard_slots(int argc, char **argv);
+
 /* Loads FILE; prints every error with its line on stderr and returns NULL
  * when it has any (route.c). */
 struct pgs_config *pgs_ctl_load_config(const char *path);

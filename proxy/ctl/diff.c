@@ -4,7 +4,8 @@
  *
  * Shards are matched by name (a shard is where its name says, whatever its
  * servers), tables by database and name. For every table in both configs:
- *   hash    xxh3: the slot ranges whose shard changes, with slot counts;
+ *   hash    xxh3: the slot ranges whose shard changes (from the two slot
+ *           tables, [slots.DB] or the default layout), with slot counts;
  *           postgres: the partition-hash residues whose shard changes;
  *           a changed hash function: the share of keys expected to move
  *   range   the key intervals whose shard changes (from both bound sets)
@@ -61,8 +62,44 @@ static double hash_share(const pgs_database_t *db, const char *name) {
     return (double)n / db->nshards;
   }
   for (int slot = 0; slot < PGS_HASH_SLOTS; slot++)
-    n += !strcmp(db->shards[pgs_shardmap_slot_shard(slot, db->nshards)].name, name);
+    n += !strcmp(db->shards[pgs_shardmap_slot_owner(db, slot)].name, name);
   return (double)n / PGS_HASH_SLOTS;
+}
+
+/* The xxh3 slot tables of OLD and NEW: the runs of slots that change
+ * shard, the total, and how many each shard receives. */
+static bool diff_slot_tables(const char *label, const pgs_database_t *old,
+                             const pgs_database_t *new, diff_totals_t *tot) {
+  long moved = 0;
+  int arriving[PGS_MAX_SHARDS] = {0}; /* a valid config has no more shards */
+  for (int slot = 0; slot < PGS_HASH_SLOTS;) {
+    const char *a = old->shards[pgs_shardmap_slot_owner(old, slot)].name;
+    int to = pgs_shardmap_slot_owner(new, slot);
+    const char *b = new->shards[to].name;
+    int end = slot + 1;
+    while (end < PGS_HASH_SLOTS &&
+           !strcmp(a, old->shards[pgs_shardmap_slot_owner(old, end)].name) &&
+           !strcmp(b, new->shards[pgs_shardmap_slot_owner(new, end)].name))
+      end++;
+    if (strcmp(a, b) != 0) {
+      printf("  %s: slots %d-%d move %s -> %s (%d of %d slots)\n", label, slot, end - 1, a, b,
+             end - slot, PGS_HASH_SLOTS);
+      moved += end - slot;
+      arriving[to] += end - slot;
+    }
+    slot = end;
+  }
+  if (moved) {
+    printf("  %s: %ld of %d slots move (%.1f%% of keys)\n", label, moved, PGS_HASH_SLOTS,
+           100.0 * (double)moved / PGS_HASH_SLOTS);
+    printf("  %s: moving slots go to", label);
+    for (int i = 0; i < new->nshards; i++)
+      if (arriving[i]) printf(" %s (%d)", new->shards[i].name, arriving[i]);
+    printf("\n");
+    tot->hash_tables_moving++;
+    tot->slots_moved += moved;
+  }
+  return moved > 0;
 }
 
 /* The hash space of LABEL (a hash table, or a database's unpinned tenants)
@@ -84,31 +121,7 @@ static bool diff_hash_space(const char *label, const pgs_database_t *old, const 
     tot->hash_tables_moving++;
     return true;
   }
-  if (new->hash == PGS_HASH_XXH3) {
-    long moved = 0;
-    for (int slot = 0; slot < PGS_HASH_SLOTS;) {
-      const char *a = old->shards[pgs_shardmap_slot_shard(slot, old->nshards)].name;
-      const char *b = new->shards[pgs_shardmap_slot_shard(slot, new->nshards)].name;
-      int end = slot + 1;
-      while (end < PGS_HASH_SLOTS &&
-             !strcmp(a, old->shards[pgs_shardmap_slot_shard(end, old->nshards)].name) &&
-             !strcmp(b, new->shards[pgs_shardmap_slot_shard(end, new->nshards)].name))
-        end++;
-      if (strcmp(a, b) != 0) {
-        printf("  %s: slots %d-%d move %s -> %s (%d of %d slots)\n", label, slot, end - 1, a, b,
-               end - slot, PGS_HASH_SLOTS);
-        moved += end - slot;
-      }
-      slot = end;
-    }
-    if (moved) {
-      printf("  %s: %ld of %d slots move (%.1f%% of keys)\n", label, moved, PGS_HASH_SLOTS,
-             100.0 * (double)moved / PGS_HASH_SLOTS);
-      tot->hash_tables_moving++;
-      tot->slots_moved += moved;
-    }
-    return moved > 0;
-  }
+  if (new->hash == PGS_HASH_XXH3) return diff_slot_tables(label, old, new, tot);
   /* postgres: shard = hash % n, so residues modulo lcm(n_old, n_new) tell. */
   long l = (long)old->nshards / gcd(old->nshards, new->nshards) * new->nshards;
   long moved = 0;

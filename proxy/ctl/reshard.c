@@ -164,10 +164,6 @@ char **rs_table_columns(PGconn *conn, const char *table, const char *key_column,
 
 /* ---- the plan ---- */
 
-static int slot_owner(const pgs_database_t *db, int slot) {
-  return pgs_shardmap_slot_shard(slot, db->nshards);
-}
-
 static long gcd_long(long a, long b) {
   while (b) {
     long t = a % b;
@@ -185,8 +181,8 @@ static void hash_targets(const pgs_database_t *old, const pgs_database_t *new, c
     for (int i = 0; i < new->nshards; i++) mark[i] = true;
   } else if (new->hash == PGS_HASH_XXH3) {
     for (int slot = 0; slot < PGS_HASH_SLOTS; slot++)
-      if (!strcmp(old->shards[slot_owner(old, slot)].name, source))
-        mark[slot_owner(new, slot)] = true;
+      if (!strcmp(old->shards[pgs_shardmap_slot_owner(old, slot)].name, source))
+        mark[pgs_shardmap_slot_owner(new, slot)] = true;
   } else {
     long l = (long)old->nshards / gcd_long(old->nshards, new->nshards) * new->nshards;
     for (long r = 0; r < l; r++)
@@ -691,7 +687,7 @@ static int verb_plan(const rs_plan_t *plan) {
 /* One source's streamer, in a child process: copy if not done, then
  * stream. Exit status as rs_stream_source. */
 static int run_source(const rs_plan_t *plan, const rs_source_t *src, pid_t parent) {
-  prctl(PR_SET_PDEATHSIG, SIGTERM); /* a killed `start` takes its streamers along */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);  /* a killed `start` takes its streamers along */
   if (getppid() != parent) return 1; /* ... also when it died before that */
   PGconn *repl = rs_connect(&src->shard->primary, src->old_db->name, true);
   if (repl == NULL) return 1;
@@ -802,6 +798,7 @@ static void reshard_usage(FILE *out) {
 }
 
 int pgs_ctl_reshard(int argc, char **argv) {
+  if (argc >= 1 && !strcmp(argv[0], "slots")) return pgs_ctl_reshard_slots(argc - 1, argv + 1);
   if (argc < 3) {
     reshard_usage(argc >= 1 && (!strcmp(argv[0], "-h") || !strcmp(argv[0], "--help")) ? stdout
                                                                                       : stderr);

@@ -89,8 +89,12 @@ static void print_detail(const pgs_database_t *db, const pgs_table_t *table, con
                       ? pgs_shardmap_region_shards(db, d->region, NULL, 0)
                       : db->nshards;
     printf("hash:     xxh3 0x%016llx\n", (unsigned long long)d->hash);
-    printf("slot:     %d of %d (spread over %d shard%s)\n", d->slot, PGS_HASH_SLOTS, nspread,
-           nspread == 1 ? "" : "s");
+    if (table->strategy != PGS_STRATEGY_GEO && db->slots_line)
+      printf("slot:     %d of %d (owned by %s in [slots.%s], line %d)\n", d->slot, PGS_HASH_SLOTS,
+             db->shards[d->shard].name, db->name, db->slots_line);
+    else
+      printf("slot:     %d of %d (spread over %d shard%s)\n", d->slot, PGS_HASH_SLOTS, nspread,
+             nspread == 1 ? "" : "s");
   }
 }
 

@@ -25,6 +25,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (pgs_config_find_database(config, db->name) != db) abort();
     for (int s = 0; s < db->nshards; s++)
       if (db->shards[s].has_primary && db->shards[s].primary.host == NULL) abort();
+    /* The slot table is always there, every entry a shard of DB. */
+    if (db->slot_shard == NULL) abort();
+    for (int slot = 0; slot < PGS_HASH_SLOTS && db->nshards > 0; slot++)
+      if (db->slot_shard[slot] < 0 || db->slot_shard[slot] >= db->nshards) abort();
   }
   for (int i = 0; i < config->nerrors; i++)
     if (config->errors[i].message == NULL || config->errors[i].line < 0) abort();
