@@ -1,5 +1,5 @@
 """The xxh3 slot table ([slots.DB]) end to end through pgshardctl alone (no
-server): `pgshardctl slots OLD NEW` (the hidden spelling of `reshard slots`)
+server): `pgshardctl reshard slots OLD NEW`
 prints the section that grows a database from 2 to 3 shards moving only a
 third of the keys, all to the new shard; appended to NEW, `check` accepts
 it, `diff` reports exactly those moves, and `route` of 2000 keys under OLD
@@ -53,7 +53,7 @@ def route_many(config, table, keys):
 
 
 def slot_section(old, new, *db):
-    """The [slots.app] text `pgshardctl slots OLD NEW` prints, and its
+    """The [slots.app] text `pgshardctl reshard slots OLD NEW` prints, and its
     {shard: set of slots}."""
     proc = ctl("reshard", "slots", old, new, *db)
     assert proc.returncode == 0, proc.stderr
