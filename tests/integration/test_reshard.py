@@ -39,6 +39,11 @@ strategy = range
 range = s0: - 1000
 range = s1: 1000 -
 
+[table.app.users]
+column = id
+type = bigint
+strategy = hash
+
 [tenants.app]
 1 = s0
 2 = s0
@@ -82,10 +87,13 @@ def tables(reshard_lab):
             for (pub,) in conn.execute("select pubname from pg_publication").fetchall():
                 conn.execute(f'drop publication "{pub}"')
             conn.execute("drop schema if exists pgshard cascade")
-            conn.execute("drop table if exists counters, events")
+            conn.execute("drop table if exists counters, events, users")
             conn.execute("create table counters (tenant_id bigint not null, k int not null,"
                          " n bigint not null default 0, note text, primary key (tenant_id, k))")
-            conn.execute("create table events (id bigint primary key, v text)")
+            conn.execute("create table events (id bigint primary key, v text,"
+                         " n bigint not null default 0)")
+            conn.execute("create table users (id bigint primary key, name text,"
+                         " n bigint not null default 0)")
     yield
 
 
@@ -97,8 +105,9 @@ def ctl(*args, check=True, timeout=120):
     return proc
 
 
-def new_config(px, reshard_lab, old_map, new_map, path):
-    """PX's config with shard s2 added and OLD_MAP replaced by NEW_MAP."""
+def new_config(px, reshard_lab, old_map, new_map, path, slots=False):
+    """PX's config with shard s2 added and OLD_MAP replaced by NEW_MAP (and
+    with SLOTS, the slot table `reshard slots` computes appended)."""
     text = px.config_path.read_text()
     assert old_map.strip() in text
     s2 = reshard_lab.shard("s2")
@@ -107,6 +116,10 @@ def new_config(px, reshard_lab, old_map, new_map, path):
              f" user=postgres\nreplica = host=127.0.0.1 port={s2.replica_port} dbname=app"
              " user=postgres\n")
     path.write_text(text)
+    if slots:
+        section = ctl("slots", px.config_path, path).stdout
+        assert "[slots.app]" in section, section
+        path.write_text(text + "\n" + section)
     return path
 
 
@@ -287,7 +300,6 @@ def test_killed_during_copy_then_rerun(reshard_lab, old_view, sharded_proxy, tab
 PGBENCH = os.environ.get("PGSHARD_PGBENCH", "/usr/lib/postgresql/15/bin/pgbench")
 
 # Moves: (name, old map, new map, table, key column, keys and where they go)
-RANGES_OLD = TENANTS_OLD
 RANGES_NEW = TENANTS_OLD.replace("range = s0: - 1000\n",
                                  "range = s0: - 500\nrange = s2: 500 - 1000\n")
 
@@ -364,30 +376,38 @@ def misplaced(lab, new_path, table, column):
          if table == "counters" and set(shards) != {routed[k]}]
 
 
-@pytest.mark.parametrize("move", ["tenant", "range"])
+USERS_LOAD = """\
+\\set id random(1, 2000)
+update users set n = n + 1 where id = :id;
+select n from users where id = :id;
+"""
+
+MOVES = {  # old map, new map, table, its key column, the load, rows that go to s2
+    "tenant": (TENANTS_OLD, TENANTS_NEW, "counters", "tenant_id", COUNTERS_LOAD, 50),
+    "range": (TENANTS_OLD, RANGES_NEW, "events", "id", EVENTS_LOAD, 500),
+    "hash": (TENANTS_OLD, TENANTS_OLD, "users", "id", USERS_LOAD, None),
+}
+
+
+@pytest.mark.parametrize("move", ["tenant", "range", "hash"])
 def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path, move):
-    old_map, new_map = (TENANTS_OLD, TENANTS_NEW) if move == "tenant" else (RANGES_OLD, RANGES_NEW)
-    table, column, script = (("counters", "tenant_id", COUNTERS_LOAD) if move == "tenant"
-                             else ("events", "id", EVENTS_LOAD))
+    old_map, new_map, table, column, script, to_s2 = MOVES[move]
     px = sharded_proxy(lab=old_view, extra_ini=old_map)
     if move == "tenant":
         populate(px)
     else:
-        for shard in reshard_lab.shards:
-            with reshard_lab.connect_primary(shard.name) as conn:
-                conn.execute("alter table events add column n bigint not null default 0")
         with px.connect(autocommit=True) as conn:
             with conn.cursor() as cur:
-                cur.executemany("insert into events (id, v) values (%s, 'e')",
-                                [(i,) for i in range(1, 2000)])
-    new = new_config(px, reshard_lab, old_map, new_map, tmp_path / "new.ini")
+                cur.executemany(f"insert into {table} (id) values (%s)",
+                                [(i,) for i in range(1, 2000 if move == "range" else 2001)])
+    new = new_config(px, reshard_lab, old_map, new_map, tmp_path / "new.ini", slots=True)
     before = shard_sums(reshard_lab, table)
     rows_before = sum(c for c, _ in before.values())
     sum_before = sum(s for _, s in before.values())
     with open(tmp_path / "start.log", "w") as log:
         streamer = start_streamer(px.config_path, new, log)
     try:
-        wait_streaming(reshard_lab, ["s1", "s2"], streamer)
+        wait_streaming(reshard_lab, ["s2"], streamer)
         load = run_load(px, tmp_path, script, 8)
         time.sleep(3)
         out = ctl("cutover", px.config_path, new).stdout
@@ -407,7 +427,10 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
     assert misplaced(reshard_lab, new, table, column) == []
     assert replication_objects(reshard_lab) == []
     moved_rows = after["s2"][0]
-    assert moved_rows == (50 if move == "tenant" else 500)
+    if to_s2 is not None:
+        assert moved_rows == to_s2
+    else:  # xxh3 from 2 to 3 shards with a slot table: a third, all to s2
+        assert 2000 * 0.25 < moved_rows < 2000 * 0.42, after
     p99 = latencies[int(len(latencies) * 0.99)]
     print(f"\n{move}: {done} transactions, {moved_rows} rows moved, statements held {held:.0f} ms,"
           f" load latency max {latencies[-1]:.1f} ms p99 {p99:.1f} ms")
@@ -415,12 +438,10 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
     with px.connect(autocommit=True) as conn:
         if move == "tenant":
             conn.execute("insert into counters (tenant_id, k, n) values (1, 1000, 0)")
-        else:
-            conn.execute("insert into events (id, v) values (777777, 'x')")
-            conn.execute("insert into events (id, v) values (600, 'y') on conflict (id) do"
-                         " update set v = 'y'")
+        elif move == "range":
+            conn.execute("update events set v = 'y' where id = 600")
     with reshard_lab.connect_primary("s2") as conn:
         if move == "tenant":
             assert conn.execute("select count(*) from counters where k = 1000").fetchone() == (1,)
-        else:
+        elif move == "range":
             assert conn.execute("select v from events where id = 600").fetchone() == ("y",)
