@@ -357,8 +357,12 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   PGconn *admin = NULL;
   if (!read_states(plan, states)) goto out;
   if (all_in_phase(plan, states, "switched", "cleaned")) {
-    printf("reshard %s: already cut over\n", plan->id);
+    /* A rerun after a cutover died past the switch: finish its last steps. */
+    if ((admin = console_connect(plan, opt)) != NULL) (void)console(admin, "RESHARD RELEASE");
     rc = 0;
+    for (int s = 0; s < plan->nsources; s++)
+      if (!drop_replication(plan, &plan->sources[s])) rc = 1;
+    printf("reshard %s: already cut over\n", plan->id);
     goto out;
   }
   if (!all_in_phase(plan, states, "streaming", "switched")) {

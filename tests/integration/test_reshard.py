@@ -409,7 +409,15 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
     try:
         wait_streaming(reshard_lab, ["s2"], streamer)
         load = run_load(px, tmp_path, script, 8)
-        time.sleep(3)
+        lag_bytes, lag_s = [], []
+        for _ in range(6):  # the streamers' lag while the load runs (status)
+            time.sleep(0.5)
+            for line in ctl("status", px.config_path, new).stdout.splitlines():
+                fields = line.split()
+                if len(fields) >= 7 and fields[2] == "streaming":
+                    lag_bytes.append(int(fields[5]))
+                    lag_s.append(float(fields[6]))
+        assert lag_bytes, "status showed no streaming move"
         out = ctl("cutover", px.config_path, new).stdout
         held = float(re.search(r"held (\d+) ms", out).group(1))
         done, latencies = load_result(load, tmp_path)
@@ -433,7 +441,8 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
         assert 2000 * 0.25 < moved_rows < 2000 * 0.42, after
     p99 = latencies[int(len(latencies) * 0.99)]
     print(f"\n{move}: {done} transactions, {moved_rows} rows moved, statements held {held:.0f} ms,"
-          f" load latency max {latencies[-1]:.1f} ms p99 {p99:.1f} ms")
+          f" load latency max {latencies[-1]:.1f} ms p99 {p99:.1f} ms; lag during the move"
+          f" max {max(lag_bytes)} bytes, {max(lag_s):.2f} s")
     # New statements follow the new map through pgshard.
     with px.connect(autocommit=True) as conn:
         if move == "tenant":
