@@ -184,6 +184,14 @@ static bool check_ready(const rs_plan_t *plan, const rs_state_t *states, const r
     bool ok = res != NULL;
     uint64_t current = 0;
     if (ok) current = rs_lsn(PQgetvalue(res, 0, 0));
+    for (int i = 0; ok && i < src->nmoves; i++) {
+      const rs_state_t *st = &states[src->moves[i]];
+      if (st->error[0]) {
+        fprintf(stderr, "pgshardctl: move %s -> %s stopped: %s\n", src->shard->name,
+                plan->moves[src->moves[i]].target->name, st->error);
+        ok = false;
+      }
+    }
     if (ok && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
       fprintf(stderr,
               "pgshardctl: no streamer is connected to slot %s on %s: is `pgshardctl "
@@ -196,11 +204,7 @@ static bool check_ready(const rs_plan_t *plan, const rs_state_t *states, const r
     for (int i = 0; ok && i < src->nmoves; i++) {
       const rs_state_t *st = &states[src->moves[i]];
       long long lag = current > st->applied_lsn ? (long long)(current - st->applied_lsn) : 0;
-      if (st->error[0]) {
-        fprintf(stderr, "pgshardctl: move %s -> %s stopped: %s\n", src->shard->name,
-                plan->moves[src->moves[i]].target->name, st->error);
-        ok = false;
-      } else if (lag > opt->max_lag_bytes) {
+      if (lag > opt->max_lag_bytes) {
         fprintf(stderr,
                 "pgshardctl: move %s -> %s lags %lld bytes (bound %lld): try again when "
                 "it has caught up\n",

@@ -454,3 +454,67 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
             assert conn.execute("select count(*) from counters where k = 1000").fetchone() == (1,)
         elif move == "range":
             assert conn.execute("select v from events where id = 600").fetchone() == ("y",)
+
+
+def test_refused_before_starting_without_a_replica_identity(reshard_lab, old_view, sharded_proxy,
+                                                            tables, tmp_path):
+    """A table whose rows could not be found again on the target by an
+    update or delete (no replica identity carrying the shard key) is refused
+    by plan and start, before anything is created."""
+    nopk = "\n[table.app.logs]\ncolumn = id\ntype = bigint\nstrategy = hash\n"
+    for shard in reshard_lab.shards:
+        with reshard_lab.connect_primary(shard.name) as conn:
+            conn.execute("drop table if exists logs")
+            conn.execute("create table logs (id bigint not null, line text)")
+    try:
+        px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD + nopk)
+        new = new_config(px, reshard_lab, TENANTS_OLD + nopk, TENANTS_NEW + nopk,
+                         tmp_path / "new.ini", slots=True)
+        for verb in ("plan", "start"):
+            proc = ctl(verb, px.config_path, new, check=False)
+            assert proc.returncode == 1, proc.stdout
+            assert "table logs on s0 has no replica identity with its shard key id" \
+                in proc.stdout, proc.stdout
+        assert replication_objects(reshard_lab) == []
+        assert state_rows(reshard_lab, "s2") == []
+        # A primary key without the shard key is no better.
+        for shard in reshard_lab.shards:
+            with reshard_lab.connect_primary(shard.name) as conn:
+                conn.execute("alter table logs add column seq serial primary key")
+        proc = ctl("plan", px.config_path, new, check=False)
+        assert "table logs on s0 has no replica identity with its shard key id" in proc.stdout
+        # REPLICA IDENTITY FULL is enough.
+        for shard in reshard_lab.shards:
+            with reshard_lab.connect_primary(shard.name) as conn:
+                conn.execute("alter table logs replica identity full")
+        proc = ctl("plan", px.config_path, new, check=False)
+        assert proc.returncode == 0, proc.stdout
+    finally:
+        for shard in reshard_lab.shards:
+            with reshard_lab.connect_primary(shard.name) as conn:
+                conn.execute("drop table if exists logs")
+
+
+def test_truncate_on_the_source_stops_the_move(reshard_lab, old_view, sharded_proxy, tables,
+                                               tmp_path):
+    """What the streamer cannot apply faithfully stops it, with the reason in
+    status: here a TRUNCATE of a moving table made directly on the source."""
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s2"], streamer)
+        with reshard_lab.connect_primary("s0") as conn:
+            conn.execute("truncate counters")
+        # s0's streamer stops (s1's goes on: its moves are fine).
+        wait_for(lambda: "TRUNCATE of a moving table on s0" in
+                 ctl("status", px.config_path, new).stdout, 30, message="the error in status")
+        proc = ctl("cutover", px.config_path, new, check=False)
+        assert proc.returncode == 1 and "stopped: TRUNCATE" in proc.stdout, proc.stdout
+        ctl("abort", px.config_path, new)
+        assert streamer.wait(30) == 1
+    finally:
+        stop(streamer)
+    assert replication_objects(reshard_lab) == []
