@@ -780,3 +780,34 @@ def test_health_follows_a_reload_that_adds_and_reorders_shards(replica_lab, repl
                 (shard.primary_port, True)
     finally:
         old.close()
+
+
+def test_a_session_holding_a_replica_the_reload_removes_gives_it_back(replica_lab, replica_proxy):
+    """Under session pooling a session keeps the replica server its reads
+    went to; a reload that takes that replica out of the config (the
+    operator stops reads there) gives the server back at the session's next
+    statement, and its reads go to the replica that stays."""
+    lab = replica_lab
+    px = replica_proxy(pool_mode="session", **FAST)
+    wait_replicas_readable(px, lab)
+    conn = px.connect(autocommit=True)
+    try:
+        port, in_recovery = served(conn, "s0")
+        assert in_recovery is True
+        with lab.connect_port(port) as direct:
+            pids = [r[0] for r in app_backends(direct, "application_name = 'pgshard'")]
+        assert pids, "the session's replica server"
+        edit_and_reload(px, lambda text: text.replace(
+            f"replica = host=127.0.0.1 port={port} dbname=app user=postgres\n", ""))
+        stays = set(lab.shard("s0").replica_ports) - {port}
+        answers = [served(conn, "s0") for _ in range(10)]
+        assert all(p != port for p, _ in answers), answers
+        wait_for(lambda: served(conn, "s0")[0] in stays, 10, interval=0.02,
+                 message="the session's reads to go to the replica that stays")
+
+        def closed():
+            with lab.connect_port(port) as direct:
+                return not app_backends(direct, "application_name = 'pgshard'")
+        wait_for(closed, 5, message="the server of the removed replica to be closed")
+    finally:
+        conn.close()
