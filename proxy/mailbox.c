@@ -52,6 +52,21 @@ void pgs_mailbox_reload(pgs_config_t *config) {
   }
 }
 
+bool pgs_mailbox_wait_reloaded(int timeout_ms) {
+  for (int waited = 0;; waited++) {
+    bool taken = true;
+    for (int i = 0; i < nworkers && taken; i++) {
+      pgs_worker_t *w = &workers[i];
+      uv_mutex_lock(&w->mbox_lock);
+      taken = w->mbox_closed || w->mbox_config == NULL;
+      uv_mutex_unlock(&w->mbox_lock);
+    }
+    if (taken) return true;
+    if (waited >= timeout_ms) return false;
+    uv_sleep(1);
+  }
+}
+
 void pgs_mailbox_drain(void) {
   for (int i = 0; i < nworkers; i++) MAILBOX(&workers[i], workers[i].mbox_drain = true);
 }

@@ -82,6 +82,8 @@ static int open_listener(const pgs_config_t *c, bool probe) {
   return fd;
 }
 
+#define RELOAD_WAIT_MS 2000
+
 static void reload(void) {
   pgs_config_t *next = pgs_config_load(config_path);
   if (next->nerrors) {
@@ -100,6 +102,11 @@ static void reload(void) {
   pgs_monitor_reload(next);
   pgs_config_unref(config);
   config = next;
+  /* Logged once every worker runs it (a worker takes it between two
+   * callbacks): whatever a client sends after this line is read on the new
+   * config, at its next transaction boundary. */
+  if (!pgs_mailbox_wait_reloaded(RELOAD_WAIT_MS))
+    pgs_warn("reload: a worker has not taken the new config after %d ms", RELOAD_WAIT_MS);
   pgs_info("reloaded %s", config_path);
 }
 

@@ -1088,8 +1088,16 @@ static bool at_tx_boundary(const pgs_client_t *client);
  * statement went) carried over by shard name, the tenant typed again,
  * every prepared statement analysed again, pools looked up again by names
  * when next needed. Servers it holds (session pooling, a pinned session)
- * are kept only when the new map has their node at the same place; if not,
- * the client stays on its config until it holds none. */
+ * keep the session's state, so they go with it to the slots of their
+ * shards' names in the new map, even one opened with a conninfo the new
+ * config changed: like PgBouncer's, such a server is closed once released,
+ * which under session pooling is at the client's disconnect. Routing
+ * follows the new map meanwhile. A replica's server of a node the new
+ * config dropped is given back instead (reads go to the replicas the
+ * monitor checks), and a client holding a primary's server of a shard the
+ * new map dropped is closed: its session cannot go on. Protocol portals,
+ * and SQL cursors where slots change, name their servers' old slots: the
+ * client stays on its config until it has none. */
 
 bool pgs_request_between_transactions(const pgs_client_t *client) { return at_tx_boundary(client); }
 
@@ -1108,19 +1116,54 @@ static bool at_tx_boundary(const pgs_client_t *client) {
   return true;
 }
 
-/* Whether the servers CLIENT holds have their node at the same slot in DB
- * (of the worker's config) and the new map has no use for portals. */
+/* The slot in DB (of the worker's config) for the server CLIENT holds at
+ * SLOT: that of its shard's name, primary or replica alike; -1 when DB has
+ * no such shard. */
+static int slot_in(const pgs_database_t *db, const pgs_server_t *server, int slot) {
+  int shard = pgs_shardmap_find_shard(db, server->pool->shard);
+  return shard < 0 ? -1 : 2 * shard + slot % 2;
+}
+
+/* Whether CLIENT can take the servers it holds to DB now (see above). */
 static bool holds_movable(const pgs_client_t *client, const pgs_database_t *db) {
-  bool holds = false;
+  bool holds = false, same_slots = true;
   for (int i = 0; i < client->session.nslots; i++) {
     const pgs_server_t *s = client->servers[i];
     if (s == NULL) continue;
     holds = true;
-    if (s->pool->gone || i >= 2 * db->nshards ||
-        pgs_shardmap_find_shard(db, s->pool->shard) != i / 2)
-      return false;
+    same_slots = same_slots && slot_in(db, s, i) == i;
   }
-  return !holds || client->session.portals.count == 0;
+  return !holds ||
+         (client->session.portals.count == 0 && (same_slots || client->session.cursors.count == 0));
+}
+
+/* Give back the servers CLIENT holds that DB has no use for (replicas'
+ * of nodes or shards it dropped). False when it holds a primary's server
+ * of a shard DB dropped: the client has been closed. */
+static bool drop_unmovable(pgs_client_t *client, const pgs_database_t *db) {
+  for (int i = 0; i < client->session.nslots; i++) {
+    pgs_server_t *s = client->servers[i];
+    if (s == NULL) continue;
+    int j = slot_in(db, s, i);
+    if (j >= 0 && !(s->pool->gone && (i & 1))) {
+      if (s->pool->gone)
+        pgs_info(
+            "client %d (%s@%s): keeps its server of shard %s, of a conninfo the reload "
+            "changed, until it releases it",
+            client->cancel_pid, client->username, client->peer, s->pool->shard);
+      continue;
+    }
+    if (!(i & 1)) {
+      pgs_session_fail(connection, client, PGS_SQLSTATE_ADMIN_SHUTDOWN,
+                       "shard \"%s\" that this session's state is on is no longer in database "
+                       "\"%s\" (reload); connect again",
+                       s->pool->shard, client->dbname);
+      return false;
+    }
+    pgs_request_unlink(client, s);
+    pgs_pool_server_free(s->pool, s);
+  }
+  return true;
 }
 
 bool pgs_request_follow_config(pgs_client_t *client) {
@@ -1138,7 +1181,8 @@ bool pgs_request_follow_config(pgs_client_t *client) {
                      "user \"%s\" is no longer configured (reload)", client->username);
     return false;
   }
-  if (!holds_movable(client, db)) return true; /* its servers keep it on its map */
+  if (!holds_movable(client, db)) return true; /* its portals keep it on its map */
+  if (!drop_unmovable(client, db)) return false;
   int held = client->session.nslots;
   char sqlstate[6], message[640];
   pgs_config_t *old_config = client->config;
@@ -1150,12 +1194,22 @@ bool pgs_request_follow_config(pgs_client_t *client) {
   }
   client->config = pgs_config_ref(next);
   pgs_config_unref(old_config);
-  /* Servers at the same slots (holds_movable), pools looked up again by
-   * names when next needed. */
+  /* Servers to the slots of their shards (holds_movable, drop_unmovable),
+   * pools looked up again by names when next needed. */
   pgs_server_t **servers = client->servers;
   pgs_pool_t **pools = client->pools;
   alloc_servers(client, db);
-  for (int i = 0; i < held && i < 2 * db->nshards; i++) client->servers[i] = servers[i];
+  client->session.linked = 0;
+  client->session.cur = -1;
+  for (int i = 0; i < held; i++) {
+    pgs_server_t *s = servers[i];
+    if (s == NULL) continue;
+    int j = slot_in(db, s, i);
+    client->servers[j] = s;
+    s->shard = j;
+    client->session.linked |= BIT(j);
+    if (s == client->server) client->session.cur = j;
+  }
   free(servers);
   free(pools);
   client->user = user;

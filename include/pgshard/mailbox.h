@@ -14,6 +14,9 @@ int pgs_mailbox_count(void);
 void pgs_mailbox_publish(pgs_snapshot_t *snapshot);
 /* A reload: CONFIG to every worker (each takes a reference). */
 void pgs_mailbox_reload(pgs_config_t *config);
+/* Wait until every worker still running has taken the config posted last
+ * (at most TIMEOUT_MS); false if one has not by then. */
+bool pgs_mailbox_wait_reloaded(int timeout_ms);
 void pgs_mailbox_drain(void);
 void pgs_mailbox_exit(void);
 /* Route a CancelRequest to the worker that owns PID. */
