@@ -362,6 +362,7 @@ static void show_config(pgs_client_t *client, pgs_buf_t *b) {
   static const char *const xwrites[] = {"deny", "allow", "2pc"};
   const char *p = "pgshard";
   config_row(b, p, "config_file", c->path);
+  config_rowf(b, p, "reloads", "%llu", (unsigned long long)pgs_mailbox_reloads());
   config_rowf(b, p, "listen", "%s:%d", c->listen_host, c->listen_port);
   config_rowf(b, p, "workers", "%d", c->workers);
   config_row(b, p, "auth", auths[c->auth]);

@@ -67,6 +67,12 @@ bool pgs_mailbox_wait_reloaded(int timeout_ms) {
   }
 }
 
+static uint64_t reloads; /* atomic */
+
+void pgs_mailbox_note_reloaded(void) { __atomic_add_fetch(&reloads, 1, __ATOMIC_RELEASE); }
+
+uint64_t pgs_mailbox_reloads(void) { return __atomic_load_n(&reloads, __ATOMIC_ACQUIRE); }
+
 void pgs_mailbox_drain(void) {
   for (int i = 0; i < nworkers; i++) MAILBOX(&workers[i], workers[i].mbox_drain = true);
 }

@@ -107,6 +107,8 @@ static void reload(void) {
    * config, at its next transaction boundary. */
   if (!pgs_mailbox_wait_reloaded(RELOAD_WAIT_MS))
     pgs_warn("reload: a worker has not taken the new config after %d ms", RELOAD_WAIT_MS);
+  else
+    pgs_mailbox_note_reloaded();
   pgs_info("reloaded %s", config_path);
 }
 

@@ -17,6 +17,10 @@ void pgs_mailbox_reload(pgs_config_t *config);
 /* Wait until every worker still running has taken the config posted last
  * (at most TIMEOUT_MS); false if one has not by then. */
 bool pgs_mailbox_wait_reloaded(int timeout_ms);
+/* Reloads every worker has taken since start (SHOW CONFIG's `reloads`: a
+ * client that saw it grow knows its next statements use the new config). */
+void pgs_mailbox_note_reloaded(void);
+uint64_t pgs_mailbox_reloads(void);
 void pgs_mailbox_drain(void);
 void pgs_mailbox_exit(void);
 /* Route a CancelRequest to the worker that owns PID. */

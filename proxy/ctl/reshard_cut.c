@@ -169,6 +169,32 @@ static bool console(PGconn *conn, const char *fmt, ...) {
   return rs_exec(conn, sql, sql, 0, NULL);
 }
 
+/* SHOW CONFIG's `reloads`: reloads every worker of pgshard has taken; -1
+ * when it cannot be read. */
+static long long console_reloads(PGconn *conn) {
+  PGresult *res = rs_query(conn, "SHOW CONFIG", "SHOW CONFIG", 0, NULL);
+  long long n = -1;
+  for (int i = 0; res && i < PQntuples(res); i++)
+    for (int c = 0; c + 1 < PQnfields(res); c++)
+      if (!strcmp(PQgetvalue(res, i, c), "reloads")) n = atoll(PQgetvalue(res, i, c + 1));
+  PQclear(res);
+  return n;
+}
+
+/* RELOAD, answered once sent; then wait until every worker runs it. */
+static bool reload_and_wait(PGconn *conn, double deadline) {
+  long long before = console_reloads(conn);
+  if (before < 0 || !console(conn, "RELOAD")) return false;
+  while (now_s() < deadline) {
+    long long n = console_reloads(conn);
+    if (n < 0) return false;
+    if (n > before) return true;
+    sleep_ms(5);
+  }
+  fprintf(stderr, "pgshardctl: pgshard did not finish reloading in time\n");
+  return false;
+}
+
 /* ---- cutover ---- */
 
 static bool check_ready(const rs_plan_t *plan, const rs_state_t *states, const rs_options_t *opt) {
@@ -384,7 +410,7 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   double held = now_s();
   bool ok = mark_and_wait(plan, deadline) && carry_sequences(plan) &&
             replicas_caught_up(plan, deadline) && now_s() < deadline && switch_file(plan) &&
-            console(admin, "RELOAD") && set_phase(plan, "switched");
+            reload_and_wait(admin, deadline + 5) && set_phase(plan, "switched");
   bool released = console(admin, "RESHARD RELEASE");
   double t1 = now_s();
   if (!ok) {
