@@ -81,13 +81,11 @@ PGconn *rs_connect(const pgs_node_t *node, const char *dbname, bool replication)
                         "options",
                         replication ? "replication" : NULL,
                         NULL};
-  const char *values[] = {node->conninfo,
-                          node->dbname ? node->dbname : dbname,
-                          "pgshardctl reshard",
-                          "10",
-                          "-c client_min_messages=warning",
-                          replication ? "database" : NULL,
-                          NULL};
+  const char *values[] = {node->conninfo, node->dbname ? node->dbname : dbname,
+                          "pgshardctl reshard", "10",
+                          /* durable progress, and WAL sent at each commit (the cut waits) */
+                          "-c client_min_messages=warning -c synchronous_commit=on",
+                          replication ? "database" : NULL, NULL};
   /* The first dbname expands the node's conninfo; the second names the
    * database when the conninfo does not (a later key wins only when set). */
   if (node->dbname) keys[1] = "fallback_application_name", values[1] = "pgshardctl";

@@ -50,15 +50,21 @@ static PGconn *target_conn(const rs_plan_t *plan, const rs_move_t *m) {
   return rs_connect(&m->target->primary, plan->new_db->name, false);
 }
 
-/* Every move's state; false after printing when one cannot be read. */
-static bool read_states(const rs_plan_t *plan, rs_state_t *states) {
+/* Every move's state, on CONNS (a connection to each move's target) or
+ * on connections of its own (CONNS NULL); false after printing when one
+ * cannot be read. */
+static bool read_states_on(const rs_plan_t *plan, PGconn **conns, rs_state_t *states) {
   for (int i = 0; i < plan->nmoves; i++) {
-    PGconn *conn = target_conn(plan, &plan->moves[i]);
+    PGconn *conn = conns ? conns[i] : target_conn(plan, &plan->moves[i]);
     bool ok = conn && rs_state_read(conn, plan, &plan->moves[i], &states[i]);
-    PQfinish(conn);
+    if (conns == NULL) PQfinish(conn);
     if (!ok) return false;
   }
   return true;
+}
+
+static bool read_states(const rs_plan_t *plan, rs_state_t *states) {
+  return read_states_on(plan, NULL, states);
 }
 
 static bool all_in_phase(const rs_plan_t *plan, const rs_state_t *states, const char *a,
@@ -118,6 +124,26 @@ static bool drop_replication(const rs_plan_t *plan, const rs_source_t *src) {
   PQclear(res);
   PQfinish(conn);
   return ok;
+}
+
+/* Wait (at most SECONDS) for SRC's streamer to leave its slot by itself:
+ * it does within a second of seeing its moves switched. */
+static bool wait_slot_idle(const rs_plan_t *plan, const rs_source_t *src, double seconds) {
+  PGconn *conn = source_conn(plan, src);
+  const char *params[] = {src->slot};
+  double until = now_s() + seconds;
+  bool idle = false;
+  while (conn && !idle && now_s() < until) {
+    PGresult *res = rs_query(conn, "looking at the slot",
+                             "select coalesce((select not active from pg_replication_slots where "
+                             "slot_name = $1), true)",
+                             1, params);
+    idle = res && !strcmp(PQgetvalue(res, 0, 0), "t");
+    PQclear(res);
+    if (!idle) sleep_ms(20);
+  }
+  PQfinish(conn);
+  return conn != NULL;
 }
 
 /* ---- pgshard's console ---- */
@@ -260,16 +286,22 @@ static bool mark_and_wait(const rs_plan_t *plan, double deadline) {
     if (!ok) return false;
   }
   rs_state_t *states = pgs_xcalloc((size_t)plan->nmoves, sizeof(*states));
-  bool ok = false;
-  while (!ok && now_s() < deadline) {
-    if (!read_states(plan, states)) break;
-    ok = true;
-    for (int i = 0; i < plan->nmoves; i++) ok = ok && !strcmp(states[i].cut_token, token);
-    if (!ok) sleep_ms(10);
+  PGconn **conns = pgs_xcalloc((size_t)plan->nmoves, sizeof(*conns));
+  bool ok = true;
+  for (int i = 0; i < plan->nmoves && ok; i++) ok = (conns[i] = target_conn(plan, &plan->moves[i]));
+  bool applied = false;
+  while (ok && !applied && now_s() < deadline) {
+    if (!read_states_on(plan, conns, states)) break;
+    applied = true;
+    for (int i = 0; i < plan->nmoves; i++) applied = applied && !strcmp(states[i].cut_token, token);
+    if (!applied) sleep_ms(2);
   }
-  if (!ok) fprintf(stderr, "pgshardctl: the targets did not apply the cut marker in time\n");
+  if (ok && !applied)
+    fprintf(stderr, "pgshardctl: the targets did not apply the cut marker in time\n");
+  for (int i = 0; i < plan->nmoves; i++) PQfinish(conns[i]);
+  free(conns);
   free(states);
-  return ok;
+  return applied;
 }
 
 /* Each moving table's sequences: on the target at least where they are on
@@ -327,7 +359,7 @@ static bool replicas_caught_up(const rs_plan_t *plan, double deadline) {
                                 1, params);
         ok = r2 && !strcmp(PQgetvalue(r2, 0, 0), "t");
         PQclear(r2);
-        if (!ok) sleep_ms(10);
+        if (!ok) sleep_ms(2);
       }
       if (!ok)
         fprintf(stderr, "pgshardctl: the replicas of %s did not catch up in time\n",
@@ -422,7 +454,8 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   if (!released) fprintf(stderr, "pgshardctl: RESHARD RELEASE failed: it releases itself\n");
   rc = 0;
   for (int s = 0; s < plan->nsources; s++)
-    if (!drop_replication(plan, &plan->sources[s])) rc = 1;
+    if (!wait_slot_idle(plan, &plan->sources[s], 5.0) || !drop_replication(plan, &plan->sources[s]))
+      rc = 1;
 out:
   PQfinish(admin);
   free(states);

@@ -480,6 +480,19 @@ static bool tick(stream_t *s, bool *done) {
   return true;
 }
 
+/* Whether every move of S is switched (or gone): the stream ending then
+ * is the cutover's doing, not a failure. */
+static bool stream_switched(stream_t *s) {
+  for (int i = 0; i < s->ntargets; i++) {
+    rs_state_t st;
+    target_t *t = &s->targets[i];
+    if (t->conn == NULL || t->open || !rs_state_read(t->conn, s->plan, t->move, &st)) return false;
+    if (st.found && strcmp(st.phase, "switched") != 0 && strcmp(st.phase, "cleaned") != 0)
+      return false;
+  }
+  return true;
+}
+
 static bool start_replication(stream_t *s) {
   char q[200], sql[400];
   snprintf(sql, sizeof(sql),
@@ -559,6 +572,7 @@ int rs_stream_source(const rs_plan_t *plan, const rs_source_t *src, PGconn *repl
     fflush(stdout);
     rc = stream_loop(&s);
   }
+  if (rc != 0 && stream_switched(&s)) rc = 0; /* cutover took the slot away: done */
   if (rc != 0 && s.error[0]) {
     fprintf(stderr, "pgshardctl: stream %s: %s\n", src->shard->name, s.error);
     for (int i = 0; i < s.ntargets; i++) {
