@@ -439,18 +439,26 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   }
   double t0 = now_s(), deadline = t0 + opt->timeout_ms / 1000.0;
   if (!console(admin, "RESHARD HOLD '%s' %d", new_path, 3 * opt->timeout_ms)) goto out;
-  double held = now_s();
-  bool ok = mark_and_wait(plan, deadline) && carry_sequences(plan) &&
-            replicas_caught_up(plan, deadline) && now_s() < deadline && switch_file(plan) &&
-            reload_and_wait(admin, deadline + 5) && set_phase(plan, "switched");
+  /* Each step's end, for the report: hold answered, marker applied,
+   * sequences, replicas, file and reload, phase, release. */
+  double at[7] = {now_s()};
+  bool ok = mark_and_wait(plan, deadline) && (at[1] = now_s()) && carry_sequences(plan) &&
+            (at[2] = now_s()) && replicas_caught_up(plan, deadline) && (at[3] = now_s()) &&
+            now_s() < deadline && switch_file(plan) && reload_and_wait(admin, deadline + 5) &&
+            (at[4] = now_s()) && set_phase(plan, "switched") && (at[5] = now_s());
   bool released = console(admin, "RESHARD RELEASE");
-  double t1 = now_s();
+  at[6] = now_s();
   if (!ok) {
     fprintf(stderr, "pgshardctl: cutover failed; the old map still serves (rerun cutover)\n");
     goto out;
   }
-  printf("reshard %s: cut over in %.0f ms (statements on moving keys held %.0f ms)\n", plan->id,
-         (t1 - t0) * 1000, (t1 - held) * 1000);
+  printf(
+      "reshard %s: cut over; statements on moving keys held %.0f ms (hold %.0f, marker "
+      "%.0f, sequences %.0f, replicas %.0f, switch and reload %.0f, phase %.0f, release "
+      "%.0f)\n",
+      plan->id, (at[6] - t0) * 1000, (at[0] - t0) * 1000, (at[1] - at[0]) * 1000,
+      (at[2] - at[1]) * 1000, (at[3] - at[2]) * 1000, (at[4] - at[3]) * 1000,
+      (at[5] - at[4]) * 1000, (at[6] - at[5]) * 1000);
   if (!released) fprintf(stderr, "pgshardctl: RESHARD RELEASE failed: it releases itself\n");
   rc = 0;
   for (int s = 0; s < plan->nsources; s++)
