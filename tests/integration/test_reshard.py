@@ -420,6 +420,7 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
         assert lag_bytes, "status showed no streaming move"
         out = ctl("cutover", px.config_path, new).stdout
         held = float(re.search(r"held (\d+) ms", out).group(1))
+        cut_report = out.strip().splitlines()[-1]
         done, latencies = load_result(load, tmp_path)
         streamer.wait(30)  # the streamers end once their moves are switched
         assert streamer.returncode == 0, (tmp_path / "start.log").read_text()
@@ -442,7 +443,7 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
     p99 = latencies[int(len(latencies) * 0.99)]
     print(f"\n{move}: {done} transactions, {moved_rows} rows moved, statements held {held:.0f} ms,"
           f" load latency max {latencies[-1]:.1f} ms p99 {p99:.1f} ms; lag during the move"
-          f" max {max(lag_bytes)} bytes, {max(lag_s):.2f} s")
+          f" max {max(lag_bytes)} bytes, {max(lag_s):.2f} s\n  {cut_report}")
     # New statements follow the new map through pgshard.
     with px.connect(autocommit=True) as conn:
         if move == "tenant":
