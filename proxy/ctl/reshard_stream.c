@@ -18,9 +18,11 @@
  *   Delete     key of the old row -> DELETE there by identity
  *   Message    a cut marker (pgshard_reshard, written by `cutover`)
  *   Truncate   stops the streamer: it would empty the target's own rows
- *   Commit     on each target touched: its state row gets applied_lsn =
- *              the commit's end (and the marker), in the same transaction
- *              as the rows, then COMMIT
+ *   Commit     joins the batch; when the batch is flushed (nothing more
+ *              ready, or 1000 transactions, or 50 ms, or a marker), each
+ *              target touched gets applied_lsn = the batch's end (and the
+ *              marker) in its state row, in the same transaction as the
+ *              rows, then COMMIT
  * A target opens its transaction (BEGIN) at its first change. A target
  * whose applied_lsn is already past a transaction's commit skips it, so
  * a transaction resent after a crash is applied once. The slot is told
@@ -44,6 +46,8 @@
 
 #define PG_EPOCH_UNIX_S 946684800LL
 #define TICK_S 1.0
+#define BATCH_MAX_TXNS 1000
+#define BATCH_MAX_S 0.05
 
 typedef struct rel {
   uint32_t relid;
@@ -77,6 +81,11 @@ typedef struct stream {
   uint64_t final_lsn;
   char cut[64];
   uint64_t confirmed; /* every target has everything before it */
+  int batch_txns;     /* source transactions applied but not yet committed */
+  double batch_start;
+  uint64_t batch_lsn; /* the end of the batch's last one */
+  char batch_at[32];  /* its commit time (unix seconds) */
+  char batch_cut[64]; /* a cut marker in the batch */
   char error[1024];
 } stream_t;
 
@@ -362,22 +371,24 @@ static bool on_change(stream_t *s, const pgs_lr_msg_t *m) {
   return apply_on(s, from, 'D', r, ident, NULL) && apply_on(s, to, 'I', r, NULL, &m->new_tuple);
 }
 
-/* Commit: every open target records the position (and a cut marker) with
- * its rows, and commits. A marker opens every target. */
-static bool on_commit(stream_t *s, const pgs_lr_msg_t *m) {
-  bool skip;
-  for (int i = 0; i < s->ntargets && s->cut[0]; i++)
-    if (!open_target(s, &s->targets[i], &skip) && !skip) return false;
-  char lsn[32], at[64];
-  pgs_lsn_format(m->end_lsn, lsn, sizeof(lsn));
-  snprintf(at, sizeof(at), "%.6f", (double)m->commit_time / 1e6 + (double)PG_EPOCH_UNIX_S);
+/* The batch: source transactions applied in one target transaction each
+ * while more of the stream is ready, so a busy source costs a round trip
+ * per change rather than four per transaction. Flushed when the stream has
+ * nothing ready, at BATCH_MAX_TXNS or BATCH_MAX_S, and at a cut marker.
+ * Every open target records the batch's end (and the marker) with its rows
+ * and commits; only then is the position confirmed to the slot. */
+static bool flush_batch(stream_t *s) {
+  if (s->batch_txns == 0) return true;
+  char lsn[32];
+  pgs_lsn_format(s->batch_lsn, lsn, sizeof(lsn));
   for (int i = 0; i < s->ntargets; i++) {
     target_t *t = &s->targets[i];
     if (!t->open) continue;
     char rows[32];
     snprintf(rows, sizeof(rows), "%lld", t->rows);
-    const char *params[] = {s->plan->id, s->src->shard->name,      lsn, at,
-                            rows,        s->cut[0] ? s->cut : NULL};
+    const char *params[] = {s->plan->id, s->src->shard->name,
+                            lsn,         s->batch_at,
+                            rows,        s->batch_cut[0] ? s->batch_cut : NULL};
     PGresult *res = PQexecParams(
         t->conn,
         "update pgshard.reshard_move set applied_lsn = $3, applied_commit_at = to_timestamp($4), "
@@ -391,11 +402,29 @@ static bool on_commit(stream_t *s, const pgs_lr_msg_t *m) {
     PQclear(res);
     if (!ok) return fail(s, "committing on %s: %s", t->move->target->name, PQerrorMessage(t->conn));
     t->open = false;
-    t->applied = t->recorded = m->end_lsn;
+    t->applied = t->recorded = s->batch_lsn;
   }
-  s->confirmed = m->end_lsn;
+  s->confirmed = s->batch_lsn;
+  s->batch_txns = 0;
+  s->batch_cut[0] = '\0';
+  return true;
+}
+
+/* Commit of a source transaction: it joins the batch. A marker opens
+ * every target (each records it) and flushes at once. */
+static bool on_commit(stream_t *s, const pgs_lr_msg_t *m) {
+  bool skip;
+  for (int i = 0; i < s->ntargets && s->cut[0]; i++)
+    if (!open_target(s, &s->targets[i], &skip) && !skip) return false;
+  if (s->batch_txns++ == 0) s->batch_start = now_s();
+  s->batch_lsn = m->end_lsn;
+  snprintf(s->batch_at, sizeof(s->batch_at), "%.6f",
+           (double)m->commit_time / 1e6 + (double)PG_EPOCH_UNIX_S);
+  if (s->cut[0]) snprintf(s->batch_cut, sizeof(s->batch_cut), "%s", s->cut);
   s->in_tx = false;
   s->cut[0] = '\0';
+  if (s->batch_cut[0] || s->batch_txns >= BATCH_MAX_TXNS || now_s() - s->batch_start >= BATCH_MAX_S)
+    return flush_batch(s);
   return true;
 }
 
@@ -513,7 +542,7 @@ static bool on_frame(stream_t *s, const uint8_t *buf, size_t len) {
     return fail(s, "a malformed replication message from %s", s->src->shard->name);
   if (f.kind == 'k') {
     /* Between transactions, every commit before the server's end was sent. */
-    if (!s->in_tx && f.wal_end > s->confirmed) s->confirmed = f.wal_end;
+    if (!s->in_tx && s->batch_txns == 0 && f.wal_end > s->confirmed) s->confirmed = f.wal_end;
     return !f.reply_requested || send_status(s, false);
   }
   return on_message(s, f.payload, f.payload_len);
@@ -530,6 +559,7 @@ static int stream_loop(stream_t *s) {
       PQfreemem(buf);
       if (!ok) return 1;
     } else if (n == 0) {
+      if (!flush_batch(s)) return 1; /* nothing more ready: commit what was applied */
       struct pollfd pfd = {.fd = PQsocket(s->repl), .events = POLLIN};
       (void)poll(&pfd, 1, 200);
       if (!PQconsumeInput(s->repl))
