@@ -26,12 +26,14 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pgshard/admin.h"
 #include "pgshard/analyze.h"
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
+#include "pgshard/moves.h"
 #include "pgshard/client.h"
 #include "pgshard/console.h"
 #include "pgshard/request.h"
@@ -209,6 +211,17 @@ static const admin_column_t listeners_cols[] = {
     {"clients", OID_INT8},  {"notifications", OID_INT8}, {"reconnects", OID_INT8},
     {"worker", OID_INT8},
 };
+/* SHOW RESHARD: a row per move (kind 'move'), and while RESHARD HOLD holds
+ * a row per database it holds (kind 'hold'); the other kind's columns are
+ * NULL. */
+static const admin_column_t reshard_cols[] = {
+    {"kind", OID_TEXT},       {"reshard_id", OID_TEXT},    {"database", OID_TEXT},
+    {"source", OID_TEXT},     {"target", OID_TEXT},        {"tables", OID_TEXT},
+    {"phase", OID_TEXT},      {"rows_copied", OID_INT8},   {"rows_applied", OID_INT8},
+    {"lag_bytes", OID_INT8},  {"lag_seconds", OID_FLOAT8}, {"error", OID_TEXT},
+    {"held_since", OID_TEXT}, {"held_ms", OID_INT8},       {"release_in_ms", OID_INT8},
+    {"new_config", OID_TEXT}, {"waiting", OID_INT8},
+};
 static const admin_column_t explain_cols[] = {{"item", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t help_cols[] = {{"command", OID_TEXT}, {"description", OID_TEXT}};
 
@@ -243,6 +256,8 @@ static show_spec_t show_spec(pgs_admin_show_t what) {
     return (show_spec_t)SPEC(twophase_cols, false);
   case PGS_SHOW_LISTENERS:
     return (show_spec_t)SPEC(listeners_cols, true);
+  case PGS_SHOW_RESHARD:
+    return (show_spec_t)SPEC(reshard_cols, true);
   case PGS_SHOW_VERSION:
     return (show_spec_t)SPEC(version_cols, false);
   case PGS_SHOW_HELP:
@@ -335,6 +350,72 @@ static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
       }
     }
   }
+}
+
+/* ---- SHOW RESHARD ---- */
+
+static double wall_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* How far the target's apply is behind the source: the source's writer's
+ * current WAL position (the monitor's last check) minus the move's
+ * applied_lsn; -1 when either is not known. */
+static int64_t move_lag_bytes(const pgs_snapshot_t *snap, const char *dbname, const pgs_move_t *m) {
+  const pgs_database_t *db = pgs_config_find_database(snap->config, dbname);
+  int source = db && m->source ? pgs_shardmap_find_shard(db, m->source) : -1;
+  const pgs_shard_health_t *h = source >= 0 ? pgs_snapshot_shard(snap, dbname, source) : NULL;
+  if (h == NULL || h->writer < 0 || !m->has_applied_lsn) return -1;
+  const pgs_node_state_t *w = &h->nodes[h->writer];
+  if (!w->up || w->lsn == 0) return -1;
+  uint64_t current = pgs_lsn_record_end(w->lsn);
+  return current > m->applied_lsn ? (int64_t)(current - m->applied_lsn) : 0;
+}
+
+static void move_row(pgs_buf_t *b, const pgs_snapshot_t *snap, const char *dbname,
+                     const pgs_move_t *m, double now) {
+  row_t r = row_begin(b, (int)PGS_ARRAY_LEN(reshard_cols));
+  row_text(&r, "move");
+  row_text(&r, m->reshard_id);
+  row_text(&r, m->database);
+  row_text(&r, m->source);
+  row_text(&r, m->target);
+  char tables[512] = "";
+  size_t n = 0;
+  for (int t = 0; t < m->ntables && n < sizeof(tables); t++)
+    n += (size_t)snprintf(tables + n, sizeof(tables) - n, "%s%s", t ? ", " : "", m->tables[t]);
+  row_text(&r, tables);
+  row_text(&r, m->phase_name);
+  row_int(&r, m->rows_copied);
+  row_int(&r, m->rows_applied);
+  int64_t lag = move_lag_bytes(snap, dbname, m);
+  if (lag < 0)
+    row_text(&r, NULL);
+  else
+    row_int(&r, lag);
+  if (lag < 0 || (lag > 0 && m->applied_commit_at < 0))
+    row_text(&r, NULL);
+  else
+    row_format(&r, "%.3f",
+               lag > 0 && now > m->applied_commit_at ? now - m->applied_commit_at : 0.0);
+  row_text(&r, m->error);
+  for (int k = 0; k < 5; k++) row_text(&r, NULL);
+  row_end(&r);
+}
+
+/* The rows of SHOW RESHARD: the moves the snapshot has, then the hold. */
+static int emit_reshard(pgs_client_t *client, pgs_buf_t *out, pgs_gather_t *g) {
+  PGS_UNUSED(g);
+  const pgs_snapshot_t *snap = client->worker->snapshot;
+  double now = wall_seconds();
+  int rows = 0;
+  for (int d = 0; snap && d < snap->ndbs; d++) {
+    for (int i = 0; i < snap->dbs[d].nmoves; i++, rows++)
+      move_row(out, snap, snap->dbs[d].name, &snap->dbs[d].moves[i], now);
+  }
+  return rows;
 }
 
 static void config_row(pgs_buf_t *b, const char *section, const char *key, const char *value) {
@@ -962,6 +1043,8 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
     emit_stats(out, g, &rows);
   } else if (what == PGS_SHOW_QUERIES) {
     emit_queries(out, g, &rows);
+  } else if (what == PGS_SHOW_RESHARD) {
+    rows = emit_reshard(client, out, g);
   } else {
     for (int i = 0; i < pgs_gather_nparts(g); i++) {
       const pgs_buf_t *b = pgs_gather_part(g, i);
@@ -1316,6 +1399,9 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
   case PGS_ADMIN_BAN:
   case PGS_ADMIN_UNBAN:
     return ban(client, cmd);
+  case PGS_ADMIN_RESHARD_HOLD:
+  case PGS_ADMIN_RESHARD_RELEASE:
+    break;
   case PGS_ADMIN_PAUSE:
   case PGS_ADMIN_RESUME: {
     bool pausing = cmd->kind == PGS_ADMIN_PAUSE;
