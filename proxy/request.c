@@ -38,6 +38,7 @@
 #include "pgshard/coordinator.h"
 #include "pgshard/fanout.h"
 #include "pgshard/listen.h"
+#include "pgshard/moves.h"
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
 #include "pgshard/server.h"
@@ -152,6 +153,13 @@ static const char *session_columns(void *ctx, const char *table) {
   return pgs_snapshot_columns(client->worker->snapshot, client->session.db->name, table);
 }
 
+/* The moves of a resharding in the client's database, from the snapshot
+ * (shards are matched by name: it may be of another config). */
+static const pgs_move_t *session_moves(void *ctx, int *n) {
+  const pgs_client_t *client = ctx;
+  return pgs_moves_of(client->worker->snapshot, client->session.db->name, n);
+}
+
 static const pgs_planner_ops_t planner_ops = {
     .health = session_health,
     .turn = session_turn,
@@ -163,6 +171,7 @@ static const pgs_planner_ops_t planner_ops = {
     .owns_unnamed = session_owns_unnamed,
     .now_ms = pgs_now_ms,
     .columns = session_columns,
+    .moves = session_moves,
 };
 
 /* The servers and pools of a client of DB (per slot, per shard node). */

@@ -24,6 +24,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/merge.h"
+#include "pgshard/moves.h"
 #include "pgshard/planner.h"
 #include "pgshard/reserved.h"
 #include "pgshard/shardmap.h"
@@ -895,6 +896,19 @@ static pgs_plan_t *get_plan(pgs_session_t *s, const pgs_lexed_t *lx) {
   return s->ops->analyze(s->ctx, lx);
 }
 
+/* Whether a resharding copies rows into a shard the statement reaches
+ * without routing them by key (moves.h): then refused, the error added. */
+static bool moving_rows(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+                        const pgs_route_t *rt) {
+  int n = 0;
+  const pgs_move_t *moves = s->ops->moves ? s->ops->moves(s->ctx, &n) : NULL;
+  char message[512];
+  if (moves == NULL || !pgs_moves_refuse(moves, n, s->db, plan, lx, rt, message, sizeof(message)))
+    return false;
+  add_error(s, "55000", "%s", message);
+  return true;
+}
+
 /* Route PLAN; REFUSE adds the error. Returns false when refused. */
 static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
                   const pgs_param_values_t *params, pgs_route_t *out) {
@@ -920,6 +934,7 @@ static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *l
     add_error(s, out->sqlstate, "%s", out->message);
     return false;
   }
+  if (moving_rows(s, plan, lx, out)) return false;
   if (out->kind == PGS_ROUTE_ONE) {
     /* One transaction writes on one shard unless the policy allows more. */
     if (pgs_exchange_in_tx(&s->ex) && plan->kind == PGS_STMT_WRITE && plan->table) {

@@ -294,6 +294,9 @@ typedef struct pgs_planner_ops {
   /* The columns of sharded TABLE in the catalog's order, as a column list
    * ("id, name, \"Mixed\""), or NULL when not known (yet). */
   const char *(*columns)(void *ctx, const char *table);
+  /* The moves of a resharding under way in the session's database
+   * (moves.h), *N of them; NULL when none. May be NULL. */
+  const struct pgs_move *(*moves)(void *ctx, int *n);
 } pgs_planner_ops_t;
 
 typedef struct pgs_session {
