@@ -26,12 +26,15 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pgshard/admin.h"
 #include "pgshard/analyze.h"
+#include "pgshard/hold.h"
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
+#include "pgshard/moves.h"
 #include "pgshard/client.h"
 #include "pgshard/console.h"
 #include "pgshard/request.h"
@@ -62,6 +65,8 @@ typedef struct pgs_admin_session {
   pgs_gather_t *gather;        /* GATHERING: the answer it waits for */
   int gathering;               /* ... for what (pgs_admin_show_t, GATHER_KILL, GATHER_PAUSE) */
   char pause_db[PGS_MAX_NAME]; /* a PAUSE waiting: its database ("": all) */
+  uint64_t hold_gen;           /* a RESHARD HOLD waiting: its hold (hold.h) */
+  uint64_t release_ms;         /* a RESHARD RELEASE waiting for a RELOAD: since when */
   struct pause_timer *pause_timer;
   int reply_mode; /* ... and how it goes out (reply_mode_t) */
 } pgs_admin_session_t;
@@ -209,6 +214,17 @@ static const admin_column_t listeners_cols[] = {
     {"clients", OID_INT8},  {"notifications", OID_INT8}, {"reconnects", OID_INT8},
     {"worker", OID_INT8},
 };
+/* SHOW RESHARD: a row per move (kind 'move'), and while RESHARD HOLD holds
+ * a row per database it holds (kind 'hold'); the other kind's columns are
+ * NULL. */
+static const admin_column_t reshard_cols[] = {
+    {"kind", OID_TEXT},       {"reshard_id", OID_TEXT},    {"database", OID_TEXT},
+    {"source", OID_TEXT},     {"target", OID_TEXT},        {"tables", OID_TEXT},
+    {"phase", OID_TEXT},      {"rows_copied", OID_INT8},   {"rows_applied", OID_INT8},
+    {"lag_bytes", OID_INT8},  {"lag_seconds", OID_FLOAT8}, {"error", OID_TEXT},
+    {"held_since", OID_TEXT}, {"held_ms", OID_INT8},       {"release_in_ms", OID_INT8},
+    {"new_config", OID_TEXT}, {"waiting", OID_INT8},
+};
 static const admin_column_t explain_cols[] = {{"item", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t help_cols[] = {{"command", OID_TEXT}, {"description", OID_TEXT}};
 
@@ -243,6 +259,8 @@ static show_spec_t show_spec(pgs_admin_show_t what) {
     return (show_spec_t)SPEC(twophase_cols, false);
   case PGS_SHOW_LISTENERS:
     return (show_spec_t)SPEC(listeners_cols, true);
+  case PGS_SHOW_RESHARD:
+    return (show_spec_t)SPEC(reshard_cols, true);
   case PGS_SHOW_VERSION:
     return (show_spec_t)SPEC(version_cols, false);
   case PGS_SHOW_HELP:
@@ -335,6 +353,133 @@ static void show_nodes(pgs_client_t *client, pgs_buf_t *b, bool per_node) {
       }
     }
   }
+}
+
+/* ---- SHOW RESHARD ---- */
+
+static double wall_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* How far the target's apply is behind the source: the source's writer's
+ * current WAL position (the monitor's last check) minus the move's
+ * applied_lsn; -1 when either is not known. */
+static int64_t move_lag_bytes(const pgs_snapshot_t *snap, const char *dbname, const pgs_move_t *m) {
+  const pgs_database_t *db = pgs_config_find_database(snap->config, dbname);
+  int source = db && m->source ? pgs_shardmap_find_shard(db, m->source) : -1;
+  const pgs_shard_health_t *h = source >= 0 ? pgs_snapshot_shard(snap, dbname, source) : NULL;
+  if (h == NULL || h->writer < 0 || !m->has_applied_lsn) return -1;
+  const pgs_node_state_t *w = &h->nodes[h->writer];
+  if (!w->up || w->lsn == 0) return -1;
+  uint64_t current = pgs_lsn_record_end(w->lsn);
+  return current > m->applied_lsn ? (int64_t)(current - m->applied_lsn) : 0;
+}
+
+static void move_row(pgs_buf_t *b, const pgs_snapshot_t *snap, const char *dbname,
+                     const pgs_move_t *m, double now) {
+  row_t r = row_begin(b, (int)PGS_ARRAY_LEN(reshard_cols));
+  row_text(&r, "move");
+  row_text(&r, m->reshard_id);
+  row_text(&r, m->database);
+  row_text(&r, m->source);
+  row_text(&r, m->target);
+  char tables[512] = "";
+  size_t n = 0;
+  for (int t = 0; t < m->ntables && n < sizeof(tables); t++)
+    n += (size_t)snprintf(tables + n, sizeof(tables) - n, "%s%s", t ? ", " : "", m->tables[t]);
+  row_text(&r, tables);
+  row_text(&r, m->phase_name);
+  row_int(&r, m->rows_copied);
+  row_int(&r, m->rows_applied);
+  int64_t lag = move_lag_bytes(snap, dbname, m);
+  if (lag < 0)
+    row_text(&r, NULL);
+  else
+    row_int(&r, lag);
+  if (lag < 0 || (lag > 0 && m->applied_commit_at < 0))
+    row_text(&r, NULL);
+  else
+    row_format(&r, "%.3f",
+               lag > 0 && now > m->applied_commit_at ? now - m->applied_commit_at : 0.0);
+  row_text(&r, m->error);
+  for (int k = 0; k < 5; k++) row_text(&r, NULL);
+  row_end(&r);
+}
+
+/* A worker's part of SHOW RESHARD: a record per client it holds. */
+typedef struct held_client {
+  char db[PGS_MAX_NAME];
+} held_client_t;
+
+static void part_reshard(pgs_worker_t *w, pgs_buf_t *b) {
+  for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
+    pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
+    if (!c->reshard_held || c->state == PGS_CL_CLOSING) continue;
+    held_client_t h;
+    memset(&h, 0, sizeof(h));
+    snprintf(h.db, sizeof(h.db), "%s", c->dbname);
+    pgs_buf_put(b, &h, sizeof(h));
+  }
+}
+
+/* The clients held, of database DB (NULL: any), over every worker's part. */
+static int64_t held_clients(pgs_gather_t *g, const char *db) {
+  int64_t n = 0;
+  for (int i = 0; i < pgs_gather_nparts(g); i++) {
+    const pgs_buf_t *b = pgs_gather_part(g, i);
+    for (size_t at = 0; at + sizeof(held_client_t) <= b->len; at += sizeof(held_client_t))
+      n += db == NULL || !strcmp(((const held_client_t *)(b->data + at))->db, db);
+  }
+  return n;
+}
+
+/* A row of the hold: DB held (NULL: the hold holds no database). */
+static void hold_row(pgs_buf_t *b, const pgs_hold_info_t *hold, const char *db, int64_t waiting) {
+  uint64_t now = pgs_now_ms();
+  row_t r = row_begin(b, (int)PGS_ARRAY_LEN(reshard_cols));
+  row_text(&r, "hold");
+  row_text(&r, NULL);
+  row_text(&r, db);
+  for (int k = 0; k < 3; k++) row_text(&r, NULL);
+  row_text(&r, "held");
+  for (int k = 0; k < 5; k++) row_text(&r, NULL);
+  time_t since = (time_t)hold->since;
+  struct tm tm;
+  char when[64];
+  gmtime_r(&since, &tm);
+  size_t n = strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+  snprintf(when + n, sizeof(when) - n, ".%03d+00", (int)((hold->since - (double)since) * 1000));
+  row_text(&r, when);
+  row_int(&r, (int64_t)(now - hold->since_ms));
+  row_int(&r, hold->deadline_ms > now ? (int64_t)(hold->deadline_ms - now) : 0);
+  row_text(&r, hold->path);
+  row_int(&r, waiting);
+  row_end(&r);
+}
+
+/* The rows of SHOW RESHARD: the moves the snapshot has, then the hold (a
+ * row per database it holds). */
+static int emit_reshard(pgs_client_t *client, pgs_buf_t *out, pgs_gather_t *g) {
+  const pgs_snapshot_t *snap = client->worker->snapshot;
+  double now = wall_seconds();
+  int rows = 0;
+  for (int d = 0; snap && d < snap->ndbs; d++) {
+    for (int i = 0; i < snap->dbs[d].nmoves; i++, rows++)
+      move_row(out, snap, snap->dbs[d].name, &snap->dbs[d].moves[i], now);
+  }
+  pgs_hold_info_t hold;
+  if (pgs_hold_info(&hold)) {
+    for (int i = 0; i < hold.ndbs; i++, rows++)
+      hold_row(out, &hold, hold.dbs[i], held_clients(g, hold.dbs[i]));
+    if (hold.ndbs == 0) {
+      hold_row(out, &hold, NULL, held_clients(g, NULL));
+      rows++;
+    }
+    free(hold.dbs);
+  }
+  return rows;
 }
 
 static void config_row(pgs_buf_t *b, const char *section, const char *key, const char *value) {
@@ -440,6 +585,10 @@ static void show_help(pgs_buf_t *b) {
       {"BAN host:port", "take a replica out of the read set until UNBAN"},
       {"UNBAN host:port", "give a banned replica back to the read set"},
       {"PAUSE [db]", "new transactions wait; answers once running ones have finished"},
+      {"RESHARD HOLD 'new.ini' [timeout_ms]",
+       "statements that would run on other shards under new.ini wait; answers once open "
+       "transactions have finished"},
+      {"RESHARD RELEASE", "held statements go on (on the config a RELOAD before it loaded)"},
       {"RESUME [db]", "waiting clients go on"},
       {"KILL client_id", "close a client connection (its id as SHOW CLIENTS gives it)"},
       {"SHUTDOWN", "stop accepting, let transactions finish, exit (as SIGTERM)"},
@@ -691,6 +840,12 @@ static void part_stats(pgs_worker_t *w, pgs_buf_t *b) {
 
 #define GATHER_KILL PGS_SHOW_COUNT        /* "what" of a KILL: the part says if it closed one */
 #define GATHER_PAUSE (PGS_SHOW_COUNT + 1) /* a PAUSE waiting: transactions still running */
+/* A RESHARD HOLD waiting for the transactions open at HOLD; a RESHARD
+ * RELEASE waiting (RELEASE_WAIT_MS at most) for a RELOAD asked before it to
+ * reach the workers. */
+#define GATHER_HOLD (PGS_SHOW_COUNT + 2)
+#define GATHER_RELEASE (PGS_SHOW_COUNT + 3)
+#define RELEASE_WAIT_MS 5000
 #define PAUSE_POLL_MS 20
 
 /* Closes client ID if this worker has it. */
@@ -754,6 +909,9 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
   case PGS_SHOW_QUERIES:
     part_queries(w, b);
     break;
+  case PGS_SHOW_RESHARD:
+    part_reshard(w, b);
+    break;
   case GATHER_KILL:
     if (kill_client(w, (int32_t)param)) pgs_buf_put_u8(b, 1);
     break;
@@ -766,6 +924,17 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
         pgs_buf_put_u8(b, 1);
     }
     break;
+  case GATHER_HOLD:
+    /* A byte per client of a held database inside a transaction (or a
+     * statement) that began before the hold: the hold's own run on. */
+    for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
+      pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
+      if (!c->admin && c->session.db && c->state != PGS_CL_CLOSING && !c->reshard_held &&
+          c->tx_hold != (uint64_t)param && pgs_hold_database((uint64_t)param, c->dbname) &&
+          !pgs_request_between_transactions(c))
+        pgs_buf_put_u8(b, 1);
+    }
+    break;
   default:
     break;
   }
@@ -774,7 +943,7 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
 static void admin_process(pgs_client_t *client);
 static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int mode);
 
-static void start_gather(pgs_client_t *client, int what, reply_mode_t mode, int32_t kill_id);
+static void start_gather(pgs_client_t *client, int what, reply_mode_t mode, int64_t param);
 
 /* A PAUSE waits: ask again in a moment (the timer is the session's; it
  * may outlive the client, and then does nothing). */
@@ -787,14 +956,22 @@ static void pause_timer_closed(uv_handle_t *handle) { free(handle->data); }
 
 static void pause_poll(uv_timer_t *timer) {
   pause_timer_t *pt = timer->data;
-  if (pt->client) start_gather(pt->client, GATHER_PAUSE, pt->client->admin_session->reply_mode, 0);
+  pgs_admin_session_t *as = pt->client ? pt->client->admin_session : NULL;
+  if (as)
+    start_gather(pt->client, as->gathering, as->reply_mode,
+                 as->gathering == GATHER_HOLD ? (int64_t)as->hold_gen : 0);
 }
 
 static bool pause_still_waits(pgs_client_t *client, pgs_gather_t *g) {
   pgs_admin_session_t *as = client->admin_session;
   bool busy = false;
   for (int i = 0; i < pgs_gather_nparts(g); i++) busy |= pgs_gather_part(g, i)->len > 0;
-  if (!busy || !pgs_paused(as->pause_db[0] ? as->pause_db : "")) return false;
+  if (as->gathering == GATHER_RELEASE)
+    busy = pgs_hold_reloads_pending() && pgs_now_ms() - as->release_ms < RELEASE_WAIT_MS;
+  bool waiting = as->gathering == GATHER_HOLD    ? pgs_hold_gen() == as->hold_gen
+                 : as->gathering == GATHER_PAUSE ? pgs_paused(as->pause_db[0] ? as->pause_db : "")
+                                                 : true;
+  if (!busy || !waiting) return false;
   if (as->pause_timer == NULL) {
     as->pause_timer = pgs_xcalloc(1, sizeof(*as->pause_timer));
     uv_timer_init(&client->worker->loop, &as->pause_timer->timer);
@@ -809,7 +986,10 @@ static void gather_done(pgs_gather_t *g, void *owner) {
   pgs_client_t *client = owner;
   pgs_admin_session_t *as = client->admin_session;
   as->gather = NULL;
-  if (as->gathering == GATHER_PAUSE && pause_still_waits(client, g)) return;
+  if ((as->gathering == GATHER_PAUSE || as->gathering == GATHER_HOLD ||
+       as->gathering == GATHER_RELEASE) &&
+      pause_still_waits(client, g))
+    return;
   emit_gathered(client, g, as->gathering, as->reply_mode);
   pgs_io_start_reading(&client->io);
   admin_process(client);
@@ -817,14 +997,14 @@ static void gather_done(pgs_gather_t *g, void *owner) {
 
 /* Ask every worker (or, for KILL, the one that owns the client) for its
  * part of WHAT; the admin client reads nothing more until gather_done. */
-static void start_gather(pgs_client_t *client, int what, reply_mode_t mode, int32_t kill_id) {
+static void start_gather(pgs_client_t *client, int what, reply_mode_t mode, int64_t param) {
   pgs_admin_session_t *as = client->admin_session;
   as->gathering = what;
   as->reply_mode = mode;
   pgs_io_stop_reading(&client->io);
-  int only = what == GATHER_KILL ? pgs_mailbox_index_of_pid(kill_id) : -1;
+  int only = what == GATHER_KILL ? pgs_mailbox_index_of_pid((int32_t)param) : -1;
   as->gather =
-      pgs_gather_start(client->worker, only, what, kill_id, gather_part, gather_done, client);
+      pgs_gather_start(client->worker, only, what, param, gather_part, gather_done, client);
 }
 
 static void emit_pools(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
@@ -920,6 +1100,36 @@ static void emit_stats(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
 
 static void put_error(pgs_client_t *client, const char *sqlstate, const char *message);
 
+/* RESHARD HOLD answered once the transactions open at HOLD have ended (an
+ * error if the hold ended first); RESHARD RELEASE once the RELOADs asked
+ * before it have reached the workers (or RELEASE_WAIT_MS went by). */
+static void emit_hold(pgs_client_t *client, int what) {
+  pgs_admin_session_t *as = client->admin_session;
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  if (what == GATHER_RELEASE) {
+    if (pgs_hold_reloads_pending())
+      pgs_warn(
+          "admin: RESHARD RELEASE: a RELOAD asked before it has not reached the workers "
+          "after %d ms; releasing anyway",
+          RELEASE_WAIT_MS);
+    bool held = pgs_hold_end("RESHARD RELEASE");
+    pgs_info("admin: RESHARD RELEASE by %s@%s%s", client->username, client->peer,
+             held ? "" : " (nothing was held)");
+    put_complete(pgs_io_scratch(&client->io), "RESHARD RELEASE");
+    pgs_io_scratch_done(&client->io, mark);
+    return;
+  }
+  if (pgs_hold_gen() == as->hold_gen) {
+    put_complete(pgs_io_scratch(&client->io), "RESHARD HOLD");
+    pgs_io_scratch_done(&client->io, mark);
+    return;
+  }
+  pgs_io_scratch_done(&client->io, mark);
+  put_error(client, "55000",
+            "the hold ended (RESHARD RELEASE or its timeout) before the transactions open at "
+            "RESHARD HOLD finished");
+}
+
 static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int mode) {
   show_spec_t spec = show_spec((pgs_admin_show_t)what);
   pgs_buf_t *out = pgs_io_scratch(&client->io);
@@ -933,6 +1143,16 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
       pgs_io_scratch_done(&client->io, mark);
       put_error(client, "55000", "RESUME came before the running transactions finished");
     }
+  }
+  if (what == GATHER_HOLD || what == GATHER_RELEASE) {
+    emit_hold(client, what);
+    if (mode == REPLY_SIMPLE) {
+      mark = pgs_io_scratch_mark(&client->io);
+      pgs_msg_ready(out, 'I');
+      pgs_io_scratch_done(&client->io, mark);
+      connection->after_ready(client, 'I');
+    }
+    return;
   }
   if (what == GATHER_PAUSE || what == GATHER_KILL) {
     bool killed = what == GATHER_PAUSE;
@@ -963,6 +1183,8 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
     emit_stats(out, g, &rows);
   } else if (what == PGS_SHOW_QUERIES) {
     emit_queries(out, g, &rows);
+  } else if (what == PGS_SHOW_RESHARD) {
+    rows = emit_reshard(client, out, g);
   } else {
     for (int i = 0; i < pgs_gather_nparts(g); i++) {
       const pgs_buf_t *b = pgs_gather_part(g, i);
@@ -1226,6 +1448,31 @@ static bool ban(pgs_client_t *client, const pgs_admin_cmd_t *cmd) {
   return true;
 }
 
+/* RESHARD HOLD 'path' [timeout_ms]: the new config loaded as RELOAD loads
+ * one (an error, and nothing held, if it has errors); answered once the
+ * transactions open now have ended (hold.h). */
+static bool reshard_hold(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool simple) {
+  pgs_config_t *next = pgs_config_load(cmd->path);
+  if (next == NULL || next->nerrors > 0) {
+    char message[1400];
+    snprintf(message, sizeof(message), "%s has errors; nothing is held (line %d: %s)", cmd->path,
+             next && next->nerrors ? next->errors[0].line : 0,
+             next && next->nerrors ? next->errors[0].message : "cannot be read");
+    if (next) pgs_config_unref(next);
+    put_error(client, "F0000", message);
+    return true;
+  }
+  int64_t timeout = cmd->timeout_ms > 0 ? cmd->timeout_ms : PGS_HOLD_TIMEOUT_MS;
+  int held = 0;
+  uint64_t gen = pgs_hold_begin(next, client->worker->config, cmd->path, timeout, &held);
+  pgs_config_unref(next);
+  pgs_info("admin: RESHARD HOLD %s (%d database(s) whose map changes, at most %lld ms) by %s@%s",
+           cmd->path, held, (long long)timeout, client->username, client->peer);
+  client->admin_session->hold_gen = gen;
+  start_gather(client, GATHER_HOLD, simple ? REPLY_SIMPLE : REPLY_EXECUTE, (int64_t)gen);
+  return false;
+}
+
 /* Run CMD. Returns false when it gathers (the answer comes later); else
  * its reply (without RowDescription unless SIMPLE) is in the output. */
 static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool simple) {
@@ -1276,6 +1523,7 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
     }
     pgs_config_unref(next);
     pgs_info("admin: RELOAD by %s@%s", client->username, client->peer);
+    pgs_hold_reload_ask();  /* a RESHARD RELEASE after it waits for it */
     kill(getpid(), SIGHUP); /* the signal thread reloads, as for an operator's SIGHUP */
     mark = pgs_io_scratch_mark(&client->io);
     put_complete(out, "RELOAD");
@@ -1317,6 +1565,13 @@ static bool run_command(pgs_client_t *client, const pgs_admin_cmd_t *cmd, bool s
   case PGS_ADMIN_BAN:
   case PGS_ADMIN_UNBAN:
     return ban(client, cmd);
+  case PGS_ADMIN_RESHARD_HOLD:
+    return reshard_hold(client, cmd, simple);
+  case PGS_ADMIN_RESHARD_RELEASE:
+    /* Clients it wakes must find the config a RELOAD before it asked for. */
+    client->admin_session->release_ms = pgs_now_ms();
+    start_gather(client, GATHER_RELEASE, simple ? REPLY_SIMPLE : REPLY_EXECUTE, 0);
+    return false;
   case PGS_ADMIN_PAUSE:
   case PGS_ADMIN_RESUME: {
     bool pausing = cmd->kind == PGS_ADMIN_PAUSE;

@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "pgshard/hold.h"
 #include "pgshard/log.h"
 #include "pgshard/monitor.h"
 #include "pgshard/worker.h"
@@ -119,7 +120,9 @@ static void signal_loop(const sigset_t *set) {
   while (pgs_workers_running() > 0) {
     int sig = sigtimedwait(set, NULL, &tick);
     if (sig == SIGHUP) {
+      uint64_t asked = pgs_hold_reloads_asked(); /* RELOADs this one serves */
       reload();
+      pgs_hold_reloads_done(asked);
     } else if (sig == SIGTERM) {
       if (!draining) pgs_info("SIGTERM: draining (at most %d ms)", config->shutdown_timeout_ms);
       draining = true;

@@ -35,6 +35,7 @@
 #include "pgshard/log.h"
 #include "pgshard/io.h"
 #include "pgshard/monitor.h"
+#include "pgshard/moves.h"
 #include "pgshard/twophase.h"
 
 #define CHECK_SQL                                                                                  \
@@ -46,6 +47,17 @@
 /* How often a primary is asked for its sharded tables' columns (what an
  * INSERT without a column list is given, planner.c), with its check. */
 #define LAYOUT_INTERVAL_MS 1000
+
+/* A resharding's moves (moves.h) are read from every writer as often, last
+ * in the check's text (the table may be missing, and an error ends the
+ * statements after it). Until the table is known to exist, the writer is
+ * asked whether it does instead, so a database never resharded costs its
+ * server no error a second. */
+#define MOVES_SQL                                                                                  \
+  "SELECT reshard_id, database, source, target, tables::text, phase, rows_copied, rows_applied, "  \
+  "applied_lsn::text, extract(epoch from applied_commit_at)::float8, error, "                      \
+  "extract(epoch from updated_at)::float8 FROM pgshard.reshard_move ORDER BY reshard_id, source"
+#define MOVES_PROBE_SQL "SELECT pg_catalog.to_regclass('pgshard.reshard_move') IS NOT NULL"
 
 /* Collations (what a merged ORDER BY or min/max over text compares by,
  * collate.h) are asked with the same check, as often, from every writer,
@@ -114,6 +126,17 @@ typedef struct mon_node {
   char *coll_list;
   char coll_mark[PGS_COLLCAT_MARK_MAX];
   uint64_t coll_seq;
+  /* A resharding's moves on it (pgshard.reshard_move, a writer's): whether
+   * that table exists (-1 not known yet: probed), when last asked, whether
+   * asked with the check in flight, the rows as last read (moves_read: read
+   * at least once), and the last error logged (not again until another). */
+  int moves_table;
+  uint64_t moves_ms;
+  bool moves_pending;
+  bool moves_read;
+  pgs_move_t *moves;
+  int nmoves;
+  char moves_error[160];
 } mon_node_t;
 
 typedef struct mon_shard {
@@ -218,6 +241,24 @@ static void publish_collations(mon_db_t *src, pgs_health_db_t *dst) {
   dst->collations = pgs_collcat_ref(src->collcat);
 }
 
+/* The moves of the database: each shard's as its writer read them (or, while
+ * a new writer has not read them yet, another node of the shard that has:
+ * a physical replica's table is its primary's), the rows naming DB->name. */
+static int publish_moves(const mon_db_t *src, pgs_health_db_t *dst) {
+  for (int s = 0; s < src->nshards; s++) {
+    const mon_shard_t *sh = &src->shards[s];
+    const mon_node_t *from = NULL;
+    if (sh->health.writer >= 0 && sh->conns[sh->health.writer]->moves_read)
+      from = sh->conns[sh->health.writer];
+    for (int i = 0; i < sh->health.nnodes && from == NULL; i++)
+      if (sh->conns[i]->moves_read) from = sh->conns[i];
+    for (int m = 0; from && m < from->nmoves; m++)
+      if (from->moves[m].database && !strcmp(from->moves[m].database, src->name))
+        pgs_moves_append(&dst->moves, &dst->nmoves, &from->moves[m]);
+  }
+  return dst->nmoves;
+}
+
 static void publish(uint64_t now) {
   pgs_snapshot_t *snap = pgs_xcalloc(1, sizeof(*snap));
   snap->refcount = 1;
@@ -234,6 +275,7 @@ static void publish(uint64_t now) {
     dst->shards = pgs_xcalloc((size_t)src->nshards, sizeof(*dst->shards));
     publish_layouts(src, dst);
     publish_collations(&mon.dbs[d], dst);
+    snap->nmoves += publish_moves(src, dst);
     for (int s = 0; s < src->nshards; s++) {
       const pgs_shard_health_t *h = &src->shards[s].health;
       dst->shards[s] = *h; /* history by value */
@@ -380,10 +422,12 @@ static void send_check(mon_node_t *n, uint64_t now) {
                       now - n->layout_ms >= LAYOUT_INTERVAL_MS;
   n->coll_pending = (n->result.ok ? !n->result.in_recovery : n->configured_primary) &&
                     (n->coll_ms == 0 || now - n->coll_ms >= LAYOUT_INTERVAL_MS);
+  n->moves_pending = n->result.ok && !n->result.in_recovery &&
+                     (n->moves_ms == 0 || now - n->moves_ms >= LAYOUT_INTERVAL_MS);
   const char *text = CHECK_SQL;
   pgs_buf_t both;
   pgs_buf_init(&both);
-  if (n->layout_pending || n->coll_pending) {
+  if (n->layout_pending || n->coll_pending || n->moves_pending) {
     pgs_buf_put(&both, CHECK_SQL, sizeof(CHECK_SQL) - 1);
     if (n->layout_pending) {
       n->layout_ms = now;
@@ -396,6 +440,12 @@ static void send_check(mon_node_t *n, uint64_t now) {
       pgs_buf_put(&both, "; ", 2);
       pgs_buf_put(&both, sql, strlen(sql));
       free(sql);
+    }
+    if (n->moves_pending) {
+      n->moves_ms = now;
+      const char *sql = n->moves_table == 1 ? MOVES_SQL : MOVES_PROBE_SQL;
+      pgs_buf_put(&both, "; ", 2);
+      pgs_buf_put(&both, sql, strlen(sql));
     }
     pgs_buf_put_u8(&both, '\0');
     text = (const char *)both.data;
@@ -536,6 +586,80 @@ static void parse_collations(mon_node_t *n, const PGresult *res) {
   if (changed) publish(pgs_now_ms());
 }
 
+static void moves_clear(mon_node_t *n) {
+  pgs_moves_free(n->moves, n->nmoves);
+  n->moves = NULL;
+  n->nmoves = 0;
+}
+
+static const char *field(const PGresult *res, int row, int col) {
+  return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+/* One row of pgshard.reshard_move (MOVES_SQL's columns) into M; false when
+ * it does not read (its tables are not a text[]). */
+static bool parse_move(const PGresult *res, int row, pgs_move_t *m) {
+  memset(m, 0, sizeof(*m));
+  m->reshard_id = (char *)field(res, row, 0);
+  m->database = (char *)field(res, row, 1);
+  m->source = (char *)field(res, row, 2);
+  m->target = (char *)field(res, row, 3);
+  if (!pgs_moves_parse_array(field(res, row, 4), &m->tables, &m->ntables)) return false;
+  m->phase_name = (char *)field(res, row, 5);
+  m->phase = pgs_move_phase_parse(m->phase_name);
+  m->rows_copied = field(res, row, 6) ? strtoll(field(res, row, 6), NULL, 10) : 0;
+  m->rows_applied = field(res, row, 7) ? strtoll(field(res, row, 7), NULL, 10) : 0;
+  m->has_applied_lsn =
+      field(res, row, 8) && pgs_lsn_parse(field(res, row, 8), &m->applied_lsn) == PGS_OK;
+  m->applied_commit_at = field(res, row, 9) ? strtod(field(res, row, 9), NULL) : -1;
+  m->error = (char *)field(res, row, 10);
+  m->updated_at = field(res, row, 11) ? strtod(field(res, row, 11), NULL) : -1;
+  return true;
+}
+
+/* The answer to the probe (does pgshard.reshard_move exist?) or to
+ * MOVES_SQL. A missing table or schema is no move; another error keeps the
+ * rows read before (fail closed) and is logged once. */
+static void parse_moves(mon_node_t *n, const PGresult *res) {
+  bool probe = n->moves_table != 1;
+  if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (state && (!strcmp(state, "42P01") || !strcmp(state, "3F000"))) {
+      n->moves_table = 0;
+      moves_clear(n);
+      n->moves_read = true;
+      return;
+    }
+    char why[sizeof(n->moves_error)];
+    snprintf(why, sizeof(why), "%s", PQresultErrorMessage(res));
+    why[strcspn(why, "\n")] = '\0';
+    if (strcmp(why, n->moves_error) != 0)
+      pgs_warn("monitor %s: cannot read pgshard.reshard_move: %s", n->label, why);
+    snprintf(n->moves_error, sizeof(n->moves_error), "%s", why);
+    return;
+  }
+  n->moves_error[0] = '\0';
+  if (probe) {
+    bool exists = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+    n->moves_table = exists;
+    if (exists) n->moves_ms = 0; /* its rows with the next check */
+    if (!exists) moves_clear(n);
+    n->moves_read = n->moves_read || !exists;
+    return;
+  }
+  if (PQnfields(res) != 12) return;
+  moves_clear(n);
+  for (int r = 0; r < PQntuples(res); r++) {
+    pgs_move_t m;
+    if (parse_move(res, r, &m)) {
+      pgs_moves_append(&n->moves, &n->nmoves, &m);
+      for (int t = 0; t < m.ntables; t++) free(m.tables[t]);
+      free(m.tables);
+    }
+  }
+  n->moves_read = true;
+}
+
 static void io_step(mon_node_t *n, int events) {
   if (events & UV_WRITABLE) {
     int rc = PQflush(n->pg);
@@ -574,6 +698,7 @@ static void io_step(mon_node_t *n, int events) {
     int at = r->results++;
     if (at == 1 && n->layout_pending) parse_layout(n, res);
     if (at == 1 + n->layout_pending && n->coll_pending) parse_collations(n, res);
+    if (at == 1 + n->layout_pending + n->coll_pending && n->moves_pending) parse_moves(n, res);
     if (at == 0) {
       /* The check's answer counts now, whatever follows it. */
       r->ok = parse_check(res, &r->in_recovery, &r->lsn, &r->receive, r->err, sizeof(r->err));
@@ -846,6 +971,7 @@ static void node_free(mon_node_t *n) {
   free(n->layout_sql);
   free(n->coll_db);
   free(n->coll_list);
+  moves_clear(n);
   free(n);
 }
 
@@ -990,6 +1116,7 @@ static mon_db_t *dbs_build(const pgs_config_t *config, mon_db_t *old, int nold, 
           n->shard = pgs_xstrdup(cs->name);
           n->conninfo = pgs_xstrdup(cn->conninfo);
           n->poll_fd = -1;
+          n->moves_table = -1;
           memset(&state, 0, sizeof(state));
           state.up = true; /* until checks say otherwise */
           state.in_recovery = i > 0;

@@ -37,7 +37,9 @@
 #include "pgshard/client.h"
 #include "pgshard/coordinator.h"
 #include "pgshard/fanout.h"
+#include "pgshard/hold.h"
 #include "pgshard/listen.h"
+#include "pgshard/moves.h"
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
 #include "pgshard/server.h"
@@ -152,6 +154,30 @@ static const char *session_columns(void *ctx, const char *table) {
   return pgs_snapshot_columns(client->worker->snapshot, client->session.db->name, table);
 }
 
+/* The moves of a resharding in the client's database, from the snapshot
+ * (shards are matched by name: it may be of another config). */
+static const pgs_move_t *session_moves(void *ctx, int *n) {
+  const pgs_client_t *client = ctx;
+  return pgs_moves_of(client->worker->snapshot, client->session.db->name, n);
+}
+
+/* The database a statement must route alike in, for a transaction (or a
+ * statement) that began under a cutover hold (hold.h): while the hold
+ * lasts, the new map's (a statement routed otherwise there waits); once it
+ * has ended and a reload has come, the workers' (a statement routed
+ * otherwise there is told to retry: its transaction stays on the old map).
+ * NULL for every other transaction: the fast path. */
+static const pgs_database_t *session_hold(void *ctx) {
+  pgs_client_t *client = ctx;
+  if (client->tx_hold == 0) return NULL;
+  uint64_t gen = pgs_hold_gen();
+  client->hold_stale = gen != client->tx_hold;
+  if (!client->hold_stale) return pgs_hold_database(gen, client->dbname);
+  if (client->config == client->worker->config) return NULL;
+  const pgs_database_t *now = pgs_config_find_database(client->worker->config, client->dbname);
+  return now && !pgs_moves_same_map(client->session.db, now) ? now : NULL;
+}
+
 static const pgs_planner_ops_t planner_ops = {
     .health = session_health,
     .turn = session_turn,
@@ -163,6 +189,8 @@ static const pgs_planner_ops_t planner_ops = {
     .owns_unnamed = session_owns_unnamed,
     .now_ms = pgs_now_ms,
     .columns = session_columns,
+    .moves = session_moves,
+    .hold = session_hold,
 };
 
 /* The servers and pools of a client of DB (per slot, per shard node). */
@@ -1217,6 +1245,42 @@ bool pgs_request_follow_config(pgs_client_t *client) {
   return true;
 }
 
+/* ---- the cutover hold (hold.h) ----
+ *
+ * A transaction (or a statement outside one) that begins while a hold is
+ * active is marked with its generation; only statements so marked are
+ * held, so the transactions open at RESHARD HOLD run to their end. A held
+ * message stays unread at in_pos: its plan is dropped and it is planned
+ * again when the workers wake the client (worker.c). */
+
+/* At a transaction boundary: the next transaction is the active hold's
+ * (0: none). Without routing (one shard, nothing analysed) a client of a
+ * held database waits there, as for PAUSE. True when it waits. */
+static bool hold_starts(pgs_client_t *client) {
+  uint64_t gen = pgs_hold_gen();
+  if (client->tx_hold == gen || !at_tx_boundary(client)) return false;
+  client->tx_hold = gen;
+  if (gen == 0 || client->session.routing || pgs_hold_database(gen, client->dbname) == NULL)
+    return false;
+  client->reshard_held = true;
+  return true;
+}
+
+/* The planner said the message routes otherwise under the map of
+ * session_hold: while the hold lasts it waits, nothing of its plan run;
+ * after, it fails with 40001. True when it waits. */
+static bool hold_message(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
+  pgs_steps_clear(&client->session);
+  client->session.held = false;
+  if (client->hold_stale) {
+    pgs_plan_cutover_retry(&client->session, type, p, total);
+    return false;
+  }
+  client->reshard_held = true;
+  pgs_debug("client %d: its statement waits for the cutover hold", client->cancel_pid);
+  return true;
+}
+
 /* A request starts with message P of TYPE: its number, clock and text for
  * the statistics and the slow-request log (log_min_duration_ms). */
 static void begin_request(pgs_client_t *client, char type, const uint8_t *p, size_t total) {
@@ -1303,7 +1367,8 @@ pgs_status_t pgs_request_next_message(pgs_client_t *client, char *type, size_t *
 void pgs_request_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
-  PGS_ASSERT(!client->admin); /* the console's clients go to admin.c (client.c) */
+  PGS_ASSERT(!client->admin);       /* the console's clients go to admin.c (client.c) */
+  if (client->reshard_held) return; /* the workers wake it when the hold ends */
   bool blocked = false;
   for (;;) {
     pgs_server_t *server = client->server;
@@ -1374,8 +1439,14 @@ void pgs_request_process(pgs_client_t *client) {
         blocked = true;
         break;
       }
+      if (hold_starts(client)) {
+        blocked = true;
+        break;
+      }
+      bool woken = client->reshard_woken; /* counted when it first came */
+      client->reshard_woken = false;
       if (client->request_start_us == 0) begin_request(client, type, p, total);
-      if (type == 'Q' || type == 'E') COUNT(client, queries);
+      if ((type == 'Q' || type == 'E') && !woken) COUNT(client, queries);
       const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;
       if (budget) {
         long long limit = strcmp(budget, "max_client_memory")
@@ -1385,6 +1456,10 @@ void pgs_request_process(pgs_client_t *client) {
       } else {
         pgs_plan_message(&client->session, type, p, total, p + total,
                          io->in.len - io->in_pos - total);
+        if (client->session.held && hold_message(client, type, p, total)) {
+          blocked = true;
+          break;
+        }
         start_ordered_fan(client);
       }
       if (client->state == PGS_CL_CLOSING) return;

@@ -14,6 +14,7 @@
 #include "pgshard/log.h"
 #include "pgshard/client.h"
 #include "pgshard/console.h"
+#include "pgshard/hold.h"
 #include "pgshard/listen.h"
 #include "pgshard/pool.h"
 #include "pgshard/request.h"
@@ -144,6 +145,7 @@ static void tick_cb(uv_timer_t *timer) {
       l = worker->clients.next;
   }
   pgs_listen_tick(worker, now);
+  pgs_hold_tick(now);
   maybe_accept(worker, now);
   if (worker->draining && !worker->stopping) {
     drain_idle_clients(worker);
@@ -226,6 +228,7 @@ static void wakeup_cb(uv_async_t *async) {
 static void worker_main(void *arg) {
   pgs_worker_t *worker = arg;
   uv_run(&worker->loop, UV_RUN_DEFAULT);
+  pgs_hold_thread_done();
   while (!pgs_list_empty(&worker->pools)) {
     pgs_pool_t *pool = pgs_container_of(worker->pools.next, pgs_pool_t, link);
     pgs_pool_destroy(pool);
@@ -307,6 +310,29 @@ static void resume_all(void) {
   for (int i = 0; i < nworkers; i++) (void)pgs_mailbox_post(i, resume_clients, NULL);
 }
 
+/* On each worker once a cutover hold has ended (hold.c): the clients it
+ * held plan their message again (after the config a RELOAD posted before,
+ * which the mailbox hands over first). */
+static void release_clients(pgs_worker_t *w, void *arg) {
+  PGS_UNUSED(arg);
+  for (pgs_list_t *l = w->clients.next; l != &w->clients;) {
+    pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
+    l = l->next;
+    if (!c->reshard_held || c->state == PGS_CL_CLOSING) continue;
+    c->reshard_held = false;
+    c->reshard_woken = true;
+    (void)pgs_io_start_reading(&c->io);
+    pgs_client_process(c);
+    /* As in tick_cb: the next one may have closed meanwhile. */
+    if (l != &w->clients && pgs_container_of(l, pgs_client_t, link)->state == PGS_CL_CLOSING)
+      l = w->clients.next;
+  }
+}
+
+static void release_all(void) {
+  for (int i = 0; i < nworkers; i++) (void)pgs_mailbox_post(i, release_clients, NULL);
+}
+
 int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   int rc = 0, started = 0;
   /* Lower layers report upwards through these: none calls above itself. */
@@ -317,6 +343,7 @@ int pgs_workers_start(pgs_config_t *config, int *listen_fds, int nfds) {
   pgs_listen_set_ops(&pgs_request_listen_ops);
   pgs_admin_set_session_ops(&pgs_client_session_ops);
   pgs_pause_on_resume(resume_all);
+  pgs_hold_on_release(release_all);
   workers = pgs_xcalloc((size_t)nfds, sizeof(*workers));
   for (nworkers = 0; nworkers < nfds; nworkers++) {
     if ((rc = worker_init(&workers[nworkers], nworkers, config, listen_fds[nworkers])) != 0) {

@@ -64,6 +64,49 @@ static pgs_status_t optional_arg(cursor_t *c, pgs_admin_cmd_t *cmd, bool require
   return PGS_OK;
 }
 
+/* RESHARD HOLD '<path>' [timeout_ms] | RESHARD RELEASE, after RESHARD. */
+static pgs_status_t parse_reshard(cursor_t *c, pgs_admin_cmd_t *cmd, char *err, size_t errlen) {
+  static const char usage[] = "RESHARD HOLD '<new config file>' [timeout_ms] or RESHARD RELEASE";
+  const char *w;
+  size_t wl;
+  if (!next_word(c, &w, &wl)) return fail(err, errlen, usage, NULL, 0);
+  if (word_is(w, wl, "release")) {
+    cmd->kind = PGS_ADMIN_RESHARD_RELEASE;
+    if (!at_end(c))
+      return fail(err, errlen, "unexpected text after the command:", c->p, (size_t)(c->end - c->p));
+    return PGS_OK;
+  }
+  if (!word_is(w, wl, "hold")) return fail(err, errlen, usage, NULL, 0);
+  cmd->kind = PGS_ADMIN_RESHARD_HOLD;
+  skip_blanks(c);
+  if (c->p == c->end || *c->p != '\'') return fail(err, errlen, usage, NULL, 0);
+  size_t n = 0;
+  for (c->p++;; c->p++) {
+    if (c->p == c->end) return fail(err, errlen, "unterminated quoted path", NULL, 0);
+    if (*c->p == '\'' && (c->p + 1 == c->end || c->p[1] != '\'')) break;
+    if (*c->p == '\'') c->p++; /* '' is a quote */
+    if (n + 1 >= sizeof(cmd->path)) return fail(err, errlen, "path too long", NULL, 0);
+    cmd->path[n++] = *c->p;
+  }
+  c->p++;
+  cmd->path[n] = '\0';
+  if (n == 0) return fail(err, errlen, usage, NULL, 0);
+  if (next_word(c, &w, &wl)) {
+    char digits[24];
+    char *end;
+    snprintf(digits, sizeof(digits), "%.*s", (int)(wl < sizeof(digits) ? wl : sizeof(digits) - 1),
+             w);
+    errno = 0;
+    long long ms = strtoll(digits, &end, 10);
+    if (errno || *end || ms <= 0 || wl >= sizeof(digits))
+      return fail(err, errlen, "RESHARD HOLD's timeout is a number of milliseconds, not", w, wl);
+    cmd->timeout_ms = ms;
+  }
+  if (!at_end(c))
+    return fail(err, errlen, "unexpected text after the command:", c->p, (size_t)(c->end - c->p));
+  return PGS_OK;
+}
+
 pgs_status_t pgs_admin_parse(const char *sql, size_t len, pgs_admin_cmd_t *cmd, char *err,
                              size_t errlen) {
   memset(cmd, 0, sizeof(*cmd));
@@ -122,6 +165,7 @@ pgs_status_t pgs_admin_parse(const char *sql, size_t len, pgs_admin_cmd_t *cmd, 
     cmd->kind = PGS_ADMIN_SET;
     return PGS_OK;
   }
+  if (word_is(w, wl, "reshard")) return parse_reshard(&c, cmd, err, errlen);
   static const struct {
     const char *word;
     pgs_admin_kind_t kind;

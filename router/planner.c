@@ -24,6 +24,7 @@
 
 #include "pgshard/log.h"
 #include "pgshard/merge.h"
+#include "pgshard/moves.h"
 #include "pgshard/planner.h"
 #include "pgshard/reserved.h"
 #include "pgshard/shardmap.h"
@@ -169,6 +170,7 @@ static void begin_plan(pgs_session_t *s) {
    * when the first part of a count is sent (request.c). */
   s->ex.copies = false;
   s->ex.message_error = false;
+  s->held = false;
   pgs_session_set_request(s, PGS_REQ_RUNNING);
 }
 
@@ -895,6 +897,68 @@ static pgs_plan_t *get_plan(pgs_session_t *s, const pgs_lexed_t *lx) {
   return s->ops->analyze(s->ctx, lx);
 }
 
+/* Whether a resharding copies rows into a shard the statement reaches
+ * without routing them by key (moves.h): then refused, the error added. */
+static bool moving_rows(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+                        const pgs_route_t *rt) {
+  int n = 0;
+  const pgs_move_t *moves = s->ops->moves ? s->ops->moves(s->ctx, &n) : NULL;
+  char message[512];
+  if (moves == NULL || !pgs_moves_refuse(moves, n, s->db, plan, lx, rt, message, sizeof(message)))
+    return false;
+  add_error(s, "55000", "%s", message);
+  return true;
+}
+
+static pgs_key_t *typed_tenant(const pgs_database_t *db, const char *text, pgs_key_error_t *err);
+static int same_shard(const pgs_database_t *old, int old_index, const pgs_database_t *db);
+
+/* Whether the statement (PLAN of LX with PARAMS, routed RT with SESSION in
+ * the session's database) runs on the same shards, by name, in NEXT: its
+ * hint and tenant taken there by name and value, PLAN analysed again
+ * there. A COPY into a sharded table splits its rows later: the table must
+ * route alike. */
+static bool same_shards_in(pgs_session_t *s, const pgs_database_t *next, const pgs_plan_t *plan,
+                           const pgs_lexed_t *lx, const pgs_param_values_t *params,
+                           const pgs_route_session_t *session, const pgs_route_t *rt) {
+  pgs_route_session_t there = {.hint_shard = -1, .tenant = NULL};
+  if (session->hint_shard >= 0 &&
+      (there.hint_shard = same_shard(s->db, session->hint_shard, next)) < 0)
+    return false;
+  pgs_key_t *tenant = NULL;
+  if (session->tenant) {
+    pgs_key_error_t err;
+    tenant = s->tenant_text ? typed_tenant(next, s->tenant_text, &err) : NULL;
+    if (tenant == NULL) return false;
+    there.tenant = tenant;
+  }
+  pgs_plan_t *other = pgs_analyze(next, lx);
+  int *rows = other->nrows ? pgs_xcalloc((size_t)other->nrows, sizeof(int)) : NULL;
+  pgs_route_t there_rt = {.row_shard = rows};
+  pgs_route_plan(next, other, lx, params, &there, &there_rt);
+  bool same =
+      other->nrows == plan->nrows && pgs_moves_same_route(s->db, rt, next, &there_rt, plan->nrows);
+  if (same && plan->kind == PGS_STMT_COPY_FROM && plan->table)
+    same = pgs_moves_same_table(s->db, plan->table, next,
+                                pgs_shardmap_find_table(next, plan->table->name));
+  free(rows);
+  free(tenant);
+  pgs_plan_unref(other);
+  return same;
+}
+
+/* RESHARD HOLD (hold.h): the statement waits when it would run on other
+ * shards under the new map. No error, no step: s->held, and the proxy
+ * plans the message again once the hold ends. */
+static bool held_for_cutover(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+                             const pgs_param_values_t *params, const pgs_route_session_t *session,
+                             const pgs_route_t *rt) {
+  const pgs_database_t *next = s->ops->hold ? s->ops->hold(s->ctx) : NULL;
+  if (next == NULL || lx == NULL) return false;
+  s->held = !same_shards_in(s, next, plan, lx, params, session, rt);
+  return s->held;
+}
+
 /* Route PLAN; REFUSE adds the error. Returns false when refused. */
 static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
                   const pgs_param_values_t *params, pgs_route_t *out) {
@@ -920,6 +984,8 @@ static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *l
     add_error(s, out->sqlstate, "%s", out->message);
     return false;
   }
+  if (moving_rows(s, plan, lx, out) || held_for_cutover(s, plan, lx, params, &session, out))
+    return false;
   if (out->kind == PGS_ROUTE_ONE) {
     /* One transaction writes on one shard unless the policy allows more. */
     if (pgs_exchange_in_tx(&s->ex) && plan->kind == PGS_STMT_WRITE && plan->table) {
@@ -1550,7 +1616,7 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
   pgs_buf_free(&text);
   goto out;
 refused:
-  if (simple) add_reply(s, 'Z', NULL);
+  if (simple && !s->held) add_reply(s, 'Z', NULL);
 out:
   free(types);
   pgs_plan_unref(inner);
@@ -1764,7 +1830,7 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       add_fanout(s, session_mask(s), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
     if (session) check_session_effects(s, &fx, true, NULL);
   } else if (!route(s, plan, lx, NULL, &rt)) {
-    add_reply(s, 'Z', NULL);
+    if (!s->held) add_reply(s, 'Z', NULL);
   } else if (rt.kind == PGS_ROUTE_MERGE) {
     plan_fan_query(s, &rt, plan, lx);
   } else if (kind == PGS_STMT_COPY_FROM && (rt.kind == PGS_ROUTE_FANOUT || plan->table)) {
@@ -1844,6 +1910,23 @@ static void no_such_statement(pgs_session_t *s, const char *name) {
   pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
 }
 
+/* Whether the Bind of STMT with PV (SESSION's routing) will wait for a
+ * cutover hold: its Parse waits with it, so that once the hold ends the
+ * whole unit is planned on the map then in force. */
+static bool bind_held(pgs_session_t *s, const pgs_client_stmt_t *stmt, const pgs_param_values_t *pv,
+                      const pgs_route_session_t *session) {
+  if (s->ops->hold == NULL || s->ops->hold(s->ctx) == NULL || stmt->plan->refuse_sqlstate[0])
+    return false;
+  int n = stmt->plan->nrows;
+  int *rows = n ? pgs_xcalloc((size_t)n, sizeof(int)) : NULL;
+  pgs_route_t rt = {.row_shard = rows};
+  pgs_route_plan(s->db, stmt->plan, stmt->lx, pv, session, &rt);
+  bool held =
+      rt.kind != PGS_ROUTE_REFUSE && held_for_cutover(s, stmt->plan, stmt->lx, pv, session, &rt);
+  free(rows);
+  return held;
+}
+
 /* The shard the Bind right after a Parse of NAME will pick, if that Bind is
  * in the buffer already (libpq sends Parse/Bind/Execute/Sync together). */
 static int lookahead_slot(pgs_session_t *s, const uint8_t *p, size_t len, const char *name,
@@ -1861,6 +1944,7 @@ static int lookahead_slot(pgs_session_t *s, const uint8_t *p, size_t len, const 
   pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
   if (stmt->lx->hint_shard[0])
     session.hint_shard = pgs_shardmap_find_shard(s->db, stmt->lx->hint_shard);
+  if (bind_held(s, stmt, &pv, &session)) return -1;
   pgs_route_t rt = {.row_shard = NULL};
   if (stmt->plan->nrows > 0) return -1;
   pgs_route_plan(s->db, stmt->plan, stmt->lx, &pv, &session, &rt);
@@ -1981,6 +2065,7 @@ static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const u
     return;
   }
   int slot = lookahead_slot(s, ahead, ahead_len, name, stmt);
+  if (s->held) return; /* its Bind waits for a cutover hold: so does it */
   pgs_step_t *st = slot >= 0 ? add_step(s, slot, PGS_STEP_PARSE, PGS_PLACED_ROUTE)
                              : add_step(s, parse_slot(s), PGS_STEP_PARSE, PGS_PLACED_SESSION);
   st->stmt = stmt;
@@ -2217,7 +2302,7 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
       portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
     }
   } else if (!route(s, plan, stmt->lx, &pv, &rt)) {
-    pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
+    if (!s->held) pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_SPLIT && implicit_twopc(s, plan, rt.shards)) {
     add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
@@ -2720,6 +2805,17 @@ void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t tota
     add_reply(s, 'Z', NULL);
     return;
   }
+}
+
+void pgs_plan_cutover_retry(pgs_session_t *s, char type, const uint8_t *p, size_t total) {
+  begin_plan(s);
+  pgs_parse_msg_t parse;
+  if (type == 'P' && pgs_parse_read_head(p + 5, total - 5, &parse) == PGS_OK)
+    forget_stmt(s, parse.name); /* remembered when it first waited */
+  add_error(s, "40001",
+            "the shard map changed during this transaction (resharding cutover); retry the "
+            "transaction");
+  if (type == 'Q') add_reply(s, 'Z', NULL);
 }
 
 /* The message at in_pos is refused for going over the budget KEY: its

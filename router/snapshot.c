@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pgshard/collate.h"
+#include "pgshard/moves.h"
 #include "pgshard/shardmap.h"
 #include "pgshard/snapshot.h"
 
@@ -23,6 +24,7 @@ void pgs_snapshot_unref(pgs_snapshot_t *snap) {
     for (int t = 0; t < db->ntables; t++) free(db->columns[t]);
     free(db->columns);
     pgs_collcat_unref(db->collations);
+    pgs_moves_free(db->moves, db->nmoves);
     free(db->name);
   }
   free(snap->dbs);

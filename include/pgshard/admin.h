@@ -1,7 +1,8 @@
 /*
  * admin.h — the admin console's statements, read without I/O: `psql -d
  * pgshard` as a user with admin = true sends SHOW ..., EXPLAIN ROUTE ...,
- * RELOAD, PAUSE, RESUME, BAN, UNBAN, KILL, SHUTDOWN (DESIGN.md,
+ * RELOAD, PAUSE, RESUME, BAN, UNBAN, KILL, SHUTDOWN, RESHARD HOLD '<new
+ * config>' [timeout_ms], RESHARD RELEASE (DESIGN.md,
  * "Operations"); proxy/admin.c runs them. Keywords are case-insensitive, a
  * trailing semicolon and surrounding blanks are allowed; SET statements
  * (drivers send them at connect) are accepted and do nothing.
@@ -22,7 +23,9 @@ typedef enum {
   PGS_ADMIN_UNBAN,  /* UNBAN node */
   PGS_ADMIN_KILL,   /* KILL client_id */
   PGS_ADMIN_SHUTDOWN,
-  PGS_ADMIN_SET, /* SET ... (ignored) */
+  PGS_ADMIN_SET,             /* SET ... (ignored) */
+  PGS_ADMIN_RESHARD_HOLD,    /* RESHARD HOLD 'path' [timeout_ms] */
+  PGS_ADMIN_RESHARD_RELEASE, /* RESHARD RELEASE */
 } pgs_admin_kind_t;
 
 #define PGS_ADMIN_SHOW_MAP(X)                                                                      \
@@ -35,6 +38,7 @@ typedef enum {
   X(QUERIES, "queries", "per statement (normalised): calls, shards, errors, latency; top 100")     \
   X(TWOPHASE, "twophase", "two-phase commits not settled yet: gid, decision, who drives it")       \
   X(LISTENERS, "listeners", "LISTEN/NOTIFY: pgshard's listening connections and their channels")   \
+  X(RESHARD, "reshard", "resharding: each move (phase, rows, lag) and the cutover hold")           \
   X(CONFIG, "config", "the running configuration")                                                 \
   X(VERSION, "version", "pgshard's version")                                                       \
   X(HELP, "help", "the admin commands")
@@ -52,6 +56,8 @@ typedef struct pgs_admin_cmd {
   char arg[PGS_MAX_NAME * 2 + 2]; /* the database (PAUSE, RESUME, EXPLAIN ROUTE IN), node
                                      (BAN, UNBAN: "db.shard.index" or host:port) */
   int64_t client_id;              /* KILL */
+  char path[1024];                /* RESHARD HOLD: the new config's path ('' quotes undone) */
+  int64_t timeout_ms;             /* RESHARD HOLD: 0 when not given */
   const char *statement;          /* EXPLAIN ROUTE: the rest of the text (points into it) */
   size_t statement_len;
 } pgs_admin_cmd_t;

@@ -294,6 +294,14 @@ typedef struct pgs_planner_ops {
   /* The columns of sharded TABLE in the catalog's order, as a column list
    * ("id, name, \"Mixed\""), or NULL when not known (yet). */
   const char *(*columns)(void *ctx, const char *table);
+  /* The moves of a resharding under way in the session's database
+   * (moves.h), *N of them; NULL when none. May be NULL. */
+  const struct pgs_move *(*moves)(void *ctx, int *n);
+  /* While a cutover hold applies to the session's next statement
+   * (hold.h), the new map's database: a statement that would run on
+   * other shards there waits (pgs_session_t.held). NULL otherwise (the fast
+   * path). May be NULL. */
+  const pgs_database_t *(*hold)(void *ctx);
 } pgs_planner_ops_t;
 
 typedef struct pgs_session {
@@ -307,6 +315,8 @@ typedef struct pgs_session {
   pgs_exchange_t ex; /* the request, unit and transaction states, and the reply
                         bookkeeping of the message served (exchange.h) */
   bool routing;      /* analyse and route (several shards, or a tenant, or replicas) */
+  bool held;         /* the message waits for the cutover hold to end (ops->hold):
+                        nothing is planned, it is planned again then */
   bool scs_off;      /* a server said standard_conforming_strings is off */
   bool pinned;       /* session state that cannot move: keep the servers */
   bool temp;         /* made temporary objects: its servers are closed, not reused */
@@ -427,6 +437,11 @@ void pgs_steps_clear(pgs_session_t *s);
  * follows). The plan is s->steps, and s->fan_order when a fan must start first. */
 void pgs_plan_message(pgs_session_t *s, char type, const uint8_t *p, size_t total,
                       const uint8_t *ahead, size_t ahead_len);
+/* The message (TYPE) waited for a cutover hold inside a transaction (or an
+ * extended unit) that stays on the map it began on, and the map has
+ * changed: its plan is one error, 40001 (the client retries the
+ * transaction). */
+void pgs_plan_cutover_retry(pgs_session_t *s, char type, const uint8_t *p, size_t total);
 /* The message is refused for going over the memory budget KEY (LIMIT
  * bytes): its plan is one error. */
 void pgs_plan_over_budget(pgs_session_t *s, const char *key, long long limit);

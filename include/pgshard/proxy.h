@@ -192,6 +192,13 @@ struct pgs_client {
   bool tx_failed;         /* the transaction holding session.tx_ops failed or rolled back */
   bool paused;            /* its database is paused (admin PAUSE): it waits, not read,
                              before its next transaction until RESUME */
+  bool reshard_held;      /* its message at in_pos waits for the cutover hold to end
+                             (hold.h): not read, not processed until the workers wake it */
+  bool reshard_woken;     /* ... and was woken: planned again (not counted again) */
+  uint64_t tx_hold;       /* the hold generation its transaction (or statement) began
+                             under, 0 none: only those are held (hold.h) */
+  bool hold_stale;        /* that hold has ended: a statement routed otherwise on the
+                             workers' reloaded map fails with 40001 (request.c) */
   char *startup_options;  /* session pooling: startup parameters as libpq options
                              ("-c name=value ..."), given to its servers at login */
   char txstatus;          /* last ReadyForQuery status sent */

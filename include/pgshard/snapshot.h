@@ -22,6 +22,10 @@ typedef struct pgs_health_db {
   /* Its collations as every shard's writer has them (collate.h); NULL
    * while not known. A reference. */
   struct pgs_collcat *collations;
+  /* The moves of a resharding under way, as its shards' writers have them
+   * in pgshard.reshard_move (moves.h): every row naming this database. */
+  struct pgs_move *moves;
+  int nmoves;
 } pgs_health_db_t;
 
 /* What every worker reads. Immutable once published; refcounted. */
@@ -32,6 +36,7 @@ typedef struct pgs_snapshot {
   pgs_config_t *config; /* the config it describes (a reference) */
   pgs_health_db_t *dbs;
   int ndbs;
+  int nmoves; /* over every database: 0, the routing fast path, when none */
 } pgs_snapshot_t;
 
 pgs_snapshot_t *pgs_snapshot_ref(pgs_snapshot_t *snap);

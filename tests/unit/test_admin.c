@@ -83,11 +83,37 @@ static void test_explain_route(void **state) {
   assert_int_equal(parse("explain select 1", &cmd, err), PGS_EINVAL);
 }
 
+static void test_reshard(void **state) {
+  pgs_admin_cmd_t cmd;
+  char err[256];
+  assert_int_equal(parse("reshard hold '/etc/pgshard/new.ini'", &cmd, err), PGS_OK);
+  assert_int_equal(cmd.kind, PGS_ADMIN_RESHARD_HOLD);
+  assert_string_equal(cmd.path, "/etc/pgshard/new.ini");
+  assert_int_equal(cmd.timeout_ms, 0);
+  assert_int_equal(parse("  RESHARD HOLD 'it''s here.ini'  2500 ; ", &cmd, err), PGS_OK);
+  assert_string_equal(cmd.path, "it's here.ini");
+  assert_int_equal(cmd.timeout_ms, 2500);
+  assert_int_equal(parse("reshard release;", &cmd, err), PGS_OK);
+  assert_int_equal(cmd.kind, PGS_ADMIN_RESHARD_RELEASE);
+  assert_int_equal(parse("reshard hold new.ini", &cmd, err), PGS_EINVAL);
+  assert_int_equal(parse("reshard hold ''", &cmd, err), PGS_EINVAL);
+  assert_int_equal(parse("reshard hold 'x.ini", &cmd, err), PGS_EINVAL);
+  assert_non_null(strstr(err, "unterminated"));
+  assert_int_equal(parse("reshard hold 'x.ini' soon", &cmd, err), PGS_EINVAL);
+  assert_non_null(strstr(err, "milliseconds"));
+  assert_int_equal(parse("reshard hold 'x.ini' 0", &cmd, err), PGS_EINVAL);
+  assert_int_equal(parse("reshard hold 'x.ini' 10 20", &cmd, err), PGS_EINVAL);
+  assert_int_equal(parse("reshard release now", &cmd, err), PGS_EINVAL);
+  assert_int_equal(parse("reshard", &cmd, err), PGS_EINVAL);
+  assert_int_equal(parse("reshard start", &cmd, err), PGS_EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_show),
       cmocka_unit_test(test_commands),
       cmocka_unit_test(test_explain_route),
+      cmocka_unit_test(test_reshard),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "pgshard/moves.h"
 #include "pgshard/planner.h"
 #include "pgshard/shardmap.h"
 
@@ -57,6 +58,9 @@ typedef struct proxy {
   long long mem;
   bool owns_unnamed;
   const char *columns;
+  const pgs_move_t *moves; /* a resharding's moves (moves.h) */
+  int nmoves;
+  const pgs_database_t *hold; /* a cutover hold's new map (hold.h) */
 } proxy_t;
 
 static uint64_t fake_now = 1000;
@@ -85,6 +89,12 @@ static const char *fake_columns(void *ctx, const char *table) {
   return ((proxy_t *)ctx)->columns && !strcmp(table, "users") ? ((proxy_t *)ctx)->columns : NULL;
 }
 
+static const pgs_move_t *fake_moves(void *ctx, int *n) {
+  *n = ((proxy_t *)ctx)->nmoves;
+  return ((proxy_t *)ctx)->moves;
+}
+static const pgs_database_t *fake_hold(void *ctx) { return ((proxy_t *)ctx)->hold; }
+
 static pgs_planner_ops_t ops = {
     .health = fake_health,
     .turn = fake_turn,
@@ -96,6 +106,8 @@ static pgs_planner_ops_t ops = {
     .owns_unnamed = fake_owns_unnamed,
     .now_ms = fake_now_ms,
     .columns = fake_columns,
+    .moves = fake_moves,
+    .hold = fake_hold,
 };
 
 typedef struct fixture {
@@ -1234,6 +1246,87 @@ static void test_listen(void **state) {
   close_session(f);
 }
 
+/* A resharding: while rows of users move into s1, a statement reaching s1
+ * without its key is refused (55000), one by key is not; under a cutover
+ * hold whose map swaps the shards (every key moves), a statement by key
+ * waits (held, nothing planned), its Parse with it when its Bind is in
+ * sight, while a read over both shards and one touching no sharded table
+ * go on; a transaction that must retry gets 40001. */
+static void test_reshard(void **state) {
+  fixture_t *f = open_session("appw");
+  char *tables[] = {"users"};
+  pgs_move_t move = {.reshard_id = "0011223344556677",
+                     .database = "appw",
+                     .source = "s0",
+                     .target = "s1",
+                     .tables = tables,
+                     .ntables = 1,
+                     .phase = PGS_MOVE_STREAMING};
+  f->proxy.moves = &move;
+  f->proxy.nmoves = 1;
+  plan_query(f, "update users set name = 'x'");
+  assert_int_equal(f->s.nsteps, 2);
+  assert_error(f, 0, "55000");
+  assert_non_null(strstr(f->s.steps[0].text + 6, "table \"users\" has rows moving"));
+  assert_reply(f, 1, 'Z', NULL);
+  run(f, 'Q');
+  char sql[128];
+  snprintf(sql, sizeof(sql), "update users set name = 'x' where id = %s", key_text[1]);
+  plan_query(f, sql);
+  assert_sent(f, 0, PGS_STEP_FORWARD, 2, PGS_PLACED_ROUTE);
+  run(f, 'Q');
+  f->proxy.moves = NULL;
+  f->proxy.nmoves = 0;
+
+  pgs_config_t *next = pgs_config_parse_string(
+      "[user.app]\npassword = x\n[database.appw]\ncross_shard_writes = allow\n"
+      "[shard.appw.s1]\nprimary = port=2\n[shard.appw.s0]\nprimary = port=1\n" TABLES("appw"));
+  assert_int_equal(next->nerrors, 0);
+  f->proxy.hold = pgs_config_find_database(next, "appw");
+  snprintf(sql, sizeof(sql), "select * from users where id = %s", key_text[0]);
+  plan_query(f, sql);
+  assert_true(f->s.held);
+  assert_int_equal(f->s.nsteps, 0);
+  assert_int_equal(f->proxy.refused, 1); /* the 55000 only */
+  pgs_steps_clear(&f->s);
+  plan_query(f, "select count(*) from users");
+  assert_false(f->s.held);
+  assert_int_equal(f->s.nsteps, 2); /* a merged read: a fan over both */
+  run(f, 'Q');
+  plan_query(f, "select 1");
+  assert_false(f->s.held);
+  run(f, 'Q');
+  /* Parse, Bind, Execute, Sync at once: the Parse waits for its Bind. */
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  msg_parse(&b, "", "select * from users where id = $1", 20);
+  msg_bind(&b, "", "", key_text[1]);
+  plan(f, &b);
+  assert_true(f->s.held);
+  assert_int_equal(f->s.nsteps, 0);
+  pgs_steps_clear(&f->s);
+  /* Released on a changed map inside its transaction: 40001. */
+  f->proxy.hold = NULL;
+  plan_query(f, "begin");
+  run(f, 'Q');
+  pgs_buf_t q;
+  pgs_buf_init(&q);
+  pgs_msg_query(&q, sql);
+  pgs_plan_cutover_retry(&f->s, 'Q', q.data, q.len);
+  assert_int_equal(f->s.nsteps, 2);
+  assert_error(f, 0, "40001");
+  assert_non_null(strstr(f->s.steps[0].text + 6, "retry the transaction"));
+  assert_reply(f, 1, 'Z', NULL);
+  assert_int_equal(f->s.ex.tx, PGS_TX_ABORTED);
+  run(f, 'Q');
+  plan_query(f, "rollback");
+  run(f, 'Q');
+  pgs_buf_free(&q);
+  pgs_buf_free(&b);
+  close_session(f);
+  pgs_config_unref(next);
+}
+
 static int group_setup(void **state) {
   config = pgs_config_parse_string(config_text);
   for (int i = 0; i < config->nerrors; i++)
@@ -1281,6 +1374,7 @@ int main(void) {
       cmocka_unit_test(test_sql_cursors),
       cmocka_unit_test(test_insert_without_columns),
       cmocka_unit_test(test_prepared_set),
+      cmocka_unit_test(test_reshard),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
