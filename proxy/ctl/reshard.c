@@ -160,6 +160,43 @@ char **rs_table_columns(PGconn *conn, const char *table, const char *key_column,
   return cols;
 }
 
+PGconn *rs_console_connect(const rs_plan_t *plan, const rs_options_t *opt) {
+  char conninfo[1024];
+  if (opt->admin) {
+    snprintf(conninfo, sizeof(conninfo), "%s", opt->admin);
+  } else {
+    const pgs_config_t *c = plan->old_config;
+    const pgs_user_t *admin = NULL;
+    for (int i = 0; i < c->nusers && !admin; i++)
+      if (c->users[i].admin) admin = &c->users[i];
+    if (admin == NULL) {
+      fprintf(stderr, "pgshardctl: OLD has no admin user: give --admin CONNINFO\n");
+      return NULL;
+    }
+    const char *host = c->listen_host && strcmp(c->listen_host, "0.0.0.0") &&
+                               strcmp(c->listen_host, "*") && strcmp(c->listen_host, "::")
+                           ? c->listen_host
+                           : "127.0.0.1";
+    snprintf(conninfo, sizeof(conninfo), "host=%s port=%d dbname=pgshard user=%s%s%s", host,
+             c->listen_port, admin->name,
+             admin->password && strncmp(admin->password, "md5", 3) &&
+                     strncmp(admin->password, "SCRAM-SHA-256$", 14)
+                 ? " password="
+                 : "",
+             admin->password && strncmp(admin->password, "md5", 3) &&
+                     strncmp(admin->password, "SCRAM-SHA-256$", 14)
+                 ? admin->password
+                 : "");
+  }
+  PGconn *conn = PQconnectdb(conninfo);
+  if (PQstatus(conn) != CONNECTION_OK) {
+    fprintf(stderr, "pgshardctl: pgshard's console: %s", PQerrorMessage(conn));
+    PQfinish(conn);
+    return NULL;
+  }
+  return conn;
+}
+
 /* ---- the plan ---- */
 
 static long gcd_long(long a, long b) {
@@ -682,6 +719,51 @@ static int verb_plan(const rs_plan_t *plan) {
 
 /* ---- start ---- */
 
+/* Rows copied into a shard pgshard serves would be seen twice by its
+ * fan-outs, and changed twice by its cross-shard writes, unless pgshard
+ * refuses those first (it reads the moves from the targets about once a
+ * second): before copying into such a shard, wait until pgshard's SHOW
+ * RESHARD lists every such move. */
+static bool proxy_sees_moves(const rs_plan_t *plan, const rs_options_t *opt) {
+  bool needed = false;
+  for (int i = 0; i < plan->nmoves; i++)
+    needed |= pgs_shardmap_find_shard(plan->old_db, plan->moves[i].target->name) >= 0;
+  if (!needed) return true;
+  PGconn *conn = rs_console_connect(plan, opt);
+  if (conn == NULL) {
+    fprintf(stderr,
+            "pgshardctl: rows move into a shard pgshard serves: it must know before "
+            "they are copied (give --admin CONNINFO of its console)\n");
+    return false;
+  }
+  bool seen = false;
+  for (int tries = 0; !seen && tries < 300; tries++) {
+    PGresult *res = rs_query(conn, "SHOW RESHARD", "SHOW RESHARD", 0, NULL);
+    if (res == NULL) break;
+    int cid = PQfnumber(res, "reshard_id"), csrc = PQfnumber(res, "source"),
+        ctgt = PQfnumber(res, "target");
+    seen = cid >= 0 && csrc >= 0 && ctgt >= 0;
+    for (int i = 0; seen && i < plan->nmoves; i++) {
+      const rs_move_t *m = &plan->moves[i];
+      if (pgs_shardmap_find_shard(plan->old_db, m->target->name) < 0) continue;
+      bool listed = false;
+      for (int r = 0; r < PQntuples(res) && !listed; r++)
+        listed = !strcmp(PQgetvalue(res, r, cid), plan->id) &&
+                 !strcmp(PQgetvalue(res, r, csrc), m->source->name) &&
+                 !strcmp(PQgetvalue(res, r, ctgt), m->target->name);
+      seen = listed;
+    }
+    PQclear(res);
+    if (!seen) {
+      struct timespec ts = {0, 50 * 1000000L};
+      nanosleep(&ts, NULL);
+    }
+  }
+  PQfinish(conn);
+  if (!seen) fprintf(stderr, "pgshardctl: pgshard's SHOW RESHARD does not list the moves\n");
+  return seen;
+}
+
 /* One source's streamer, in a child process: copy if not done, then
  * stream. Exit status as rs_stream_source. */
 static int run_source(const rs_plan_t *plan, const rs_source_t *src, pid_t parent) {
@@ -694,7 +776,7 @@ static int run_source(const rs_plan_t *plan, const rs_source_t *src, pid_t paren
   return rc;
 }
 
-static int verb_start(const rs_plan_t *plan) {
+static int verb_start(const rs_plan_t *plan, const rs_options_t *opt) {
   if (plan->nmoves == 0) {
     printf("reshard %s: nothing moves\n", plan->id);
     return 0;
@@ -705,7 +787,7 @@ static int verb_start(const rs_plan_t *plan) {
     PQfinish(conn);
     if (!ok) return 1;
   }
-  if (!state_create(plan)) return 1;
+  if (!state_create(plan) || !proxy_sees_moves(plan, opt)) return 1;
   fflush(stdout);
   pid_t *pids = pgs_xcalloc((size_t)plan->nsources, sizeof(*pids)), parent = getpid();
   for (int s = 0; s < plan->nsources; s++) {
@@ -824,7 +906,7 @@ int pgs_ctl_reshard(int argc, char **argv) {
     if (!strcmp(verb, "plan"))
       rc = verb_plan(&plan);
     else if (!strcmp(verb, "start"))
-      rc = verb_start(&plan);
+      rc = verb_start(&plan, &opt);
     else if (!strcmp(verb, "status"))
       rc = verb_status(&plan);
     else if (!strcmp(verb, "cutover"))

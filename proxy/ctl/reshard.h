@@ -73,6 +73,9 @@ typedef struct rs_options {
 /* ---- reshard.c ---- */
 
 void rs_plan_free(rs_plan_t *plan);
+/* pgshard's admin console: --admin, else OLD's listen address as its first
+ * admin user (NULL after printing why). */
+PGconn *rs_console_connect(const rs_plan_t *plan, const rs_options_t *opt);
 /* An LSN's text (pg_lsn) as a number; 0 when it is not one. */
 uint64_t rs_lsn(const char *text);
 

@@ -148,43 +148,6 @@ static bool wait_slot_idle(const rs_plan_t *plan, const rs_source_t *src, double
 
 /* ---- pgshard's console ---- */
 
-static PGconn *console_connect(const rs_plan_t *plan, const rs_options_t *opt) {
-  char conninfo[1024];
-  if (opt->admin) {
-    snprintf(conninfo, sizeof(conninfo), "%s", opt->admin);
-  } else {
-    const pgs_config_t *c = plan->old_config;
-    const pgs_user_t *admin = NULL;
-    for (int i = 0; i < c->nusers && !admin; i++)
-      if (c->users[i].admin) admin = &c->users[i];
-    if (admin == NULL) {
-      fprintf(stderr, "pgshardctl: OLD has no admin user: give --admin CONNINFO\n");
-      return NULL;
-    }
-    const char *host = c->listen_host && strcmp(c->listen_host, "0.0.0.0") &&
-                               strcmp(c->listen_host, "*") && strcmp(c->listen_host, "::")
-                           ? c->listen_host
-                           : "127.0.0.1";
-    snprintf(conninfo, sizeof(conninfo), "host=%s port=%d dbname=pgshard user=%s%s%s", host,
-             c->listen_port, admin->name,
-             admin->password && strncmp(admin->password, "md5", 3) &&
-                     strncmp(admin->password, "SCRAM-SHA-256$", 14)
-                 ? " password="
-                 : "",
-             admin->password && strncmp(admin->password, "md5", 3) &&
-                     strncmp(admin->password, "SCRAM-SHA-256$", 14)
-                 ? admin->password
-                 : "");
-  }
-  PGconn *conn = PQconnectdb(conninfo);
-  if (PQstatus(conn) != CONNECTION_OK) {
-    fprintf(stderr, "pgshardctl: pgshard's console: %s", PQerrorMessage(conn));
-    PQfinish(conn);
-    return NULL;
-  }
-  return conn;
-}
-
 static bool console(PGconn *conn, const char *fmt, ...) PGS_PRINTF(2, 3);
 static bool console(PGconn *conn, const char *fmt, ...) {
   char sql[PATH_MAX + 128];
@@ -420,7 +383,7 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   if (!read_states(plan, states)) goto out;
   if (all_in_phase(plan, states, "switched", "cleaned")) {
     /* A rerun after a cutover died past the switch: finish its last steps. */
-    if ((admin = console_connect(plan, opt)) != NULL) (void)console(admin, "RESHARD RELEASE");
+    if ((admin = rs_console_connect(plan, opt)) != NULL) (void)console(admin, "RESHARD RELEASE");
     rc = 0;
     for (int s = 0; s < plan->nsources; s++)
       if (!drop_replication(plan, &plan->sources[s])) rc = 1;
@@ -431,7 +394,7 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
     fprintf(stderr, "pgshardctl: every move must be streaming first (see status)\n");
     goto out;
   }
-  if (!check_ready(plan, states, opt) || (admin = console_connect(plan, opt)) == NULL) goto out;
+  if (!check_ready(plan, states, opt) || (admin = rs_console_connect(plan, opt)) == NULL) goto out;
   char new_path[PATH_MAX];
   if (realpath(plan->new_path, new_path) == NULL) {
     fprintf(stderr, "pgshardctl: %s: %s\n", plan->new_path, strerror(errno));
@@ -521,7 +484,7 @@ int rs_verb_abort(const rs_plan_t *plan, const rs_options_t *opt) {
     }
   /* A hold left by a failed cutover goes (best effort: pgshard may be down;
    * it releases itself anyway). */
-  PGconn *admin = opt->admin || plan->old_config ? console_connect(plan, opt) : NULL;
+  PGconn *admin = opt->admin || plan->old_config ? rs_console_connect(plan, opt) : NULL;
   if (admin) (void)console(admin, "RESHARD RELEASE");
   PQfinish(admin);
   rc = 0;

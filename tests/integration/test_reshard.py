@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 
+import psycopg
 import pytest
 
 from conftest import (PGSHARDCTL, PORT_BASE, Lab, LabShard, _run_lab)
@@ -105,14 +106,14 @@ def ctl(*args, check=True, timeout=120):
     return proc
 
 
-def new_config(px, reshard_lab, old_map, new_map, path, slots=False):
+def new_config(px, reshard_lab, old_map, new_map, path, slots=False, add_s2=True):
     """PX's config with shard s2 added and OLD_MAP replaced by NEW_MAP (and
     with SLOTS, the slot table `reshard slots` computes appended)."""
     text = px.config_path.read_text()
     assert old_map.strip() in text
     s2 = reshard_lab.shard("s2")
     text = text.replace(old_map.strip(), new_map.strip())
-    text += (f"\n[shard.app.s2]\nprimary = host=127.0.0.1 port={s2.primary_port} dbname=app"
+    text += "" if not add_s2 else (f"\n[shard.app.s2]\nprimary = host=127.0.0.1 port={s2.primary_port} dbname=app"
              f" user=postgres\nreplica = host=127.0.0.1 port={s2.replica_port} dbname=app"
              " user=postgres\n")
     path.write_text(text)
@@ -280,6 +281,20 @@ def test_killed_during_copy_then_rerun(reshard_lab, old_view, sharded_proxy, tab
         wait_for(lambda: tenant_rows(reshard_lab, "s2", 1) == 0 and
                  ("s0", "s2", "copying", None) in state_rows(reshard_lab, "s2"), 10,
                  message="the killed copy rolled back")
+        # Abort from the copying phase: nothing left, the source as it was.
+        ctl("abort", px.config_path, new)
+        assert replication_objects(reshard_lab) == []
+        assert state_rows(reshard_lab, "s2") == []
+        assert tenant_rows(reshard_lab, "s0", 1) == 50
+        # Killed again, then rerun to the end of the copy.
+        with open(log_path, "w") as log:
+            streamer = subprocess.Popen([str(PGSHARDCTL), "reshard", "start",
+                                         str(px.config_path), str(new)], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+        wait_for(lambda: "s0: pausing before commit" in log_path.read_text(), 30,
+                 message="the copy from s0 to pause before its commit")
+        streamer.kill()
+        streamer.wait()
         with px.connect(autocommit=True) as conn:
             conn.execute("update counters set n = n + 3 where tenant_id = 1")
         with open(tmp_path / "start2.log", "w") as log:
@@ -519,3 +534,48 @@ def test_truncate_on_the_source_stops_the_move(reshard_lab, old_view, sharded_pr
     finally:
         stop(streamer)
     assert replication_objects(reshard_lab) == []
+
+
+def test_move_into_a_serving_shard(reshard_lab, old_view, sharded_proxy, tables, tmp_path):
+    """Tenant 2 from s0 to s1, which serves already: while its rows are on
+    both, pgshard refuses what would see or change them twice (a fan-out),
+    keyed statements run throughout, and the cut leaves them on s1 only."""
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new_map = TENANTS_OLD.replace("2 = s0", "2 = s1")
+    new = new_config(px, reshard_lab, TENANTS_OLD, new_map, tmp_path / "new.ini", add_s2=False)
+    before = shard_sums(reshard_lab, "counters")
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s1"], streamer)
+        assert tenant_rows(reshard_lab, "s1", 2) == 50  # copies: on both shards now
+        with px.connect(autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute("select count(*) from counters")
+            assert exc.value.sqlstate == "55000", exc.value
+            assert 'pgshard: table "counters" has rows moving from shard s0 to s1' \
+                in str(exc.value)
+            # The session goes on; keyed statements run.
+            conn.execute("update counters set n = n + 1 where tenant_id = 2 and k = 1")
+            assert conn.execute("select n from counters where tenant_id = 2 and k = 1"
+                                ).fetchone() == (1,)
+        load = run_load(px, tmp_path, COUNTERS_LOAD, 4)
+        time.sleep(1.5)
+        out = ctl("cutover", px.config_path, new).stdout
+        assert "cut over" in out, out
+        done, _ = load_result(load, tmp_path)
+        streamer.wait(30)
+        ctl("cleanup", px.config_path, new)
+    finally:
+        stop(streamer)
+    after = shard_sums(reshard_lab, "counters")
+    assert sum(c for c, _ in after.values()) == sum(c for c, _ in before.values())
+    assert sum(s for _, s in after.values()) == 1 + done
+    assert tenant_rows(reshard_lab, "s0", 2) == 0
+    assert tenant_rows(reshard_lab, "s1", 2) == 50
+    # Once cleaned up, the fan-out runs again, and counts each row once.
+    def fan_out():
+        with px.connect(autocommit=True) as conn:
+            return conn.execute("select count(*) from counters").fetchone() == (200,)
+    wait_for(fan_out, 10, message="the fan-out allowed after cleanup")
