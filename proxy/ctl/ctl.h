@@ -26,6 +26,10 @@ int pgs_ctl_reshard(int argc, char **argv);
 /* The shard owning keys from LOW (NULL: -infinity) upward in range table T
  * of DB, or -1 (diff.c). */
 int pgs_ctl_range_owner(const pgs_database_t *db, const pgs_table_t *t, const pgs_key_t *low);
+/* The bounds of range tables A and B together, sorted, each once (N of
+ * them): every bound of either map cuts the key space into segments that
+ * each maps to one shard. Caller frees the array (diff.c). */
+const pgs_key_t **pgs_ctl_range_bounds(const pgs_table_t *a, const pgs_table_t *b, int *n);
 /* The shard VALUE (as written in a config) routes to in DB as a tenant or
  * geo value (STRATEGY), with D's region set for geo; -1 when refused or not
  * of DB's type (diff.c). */

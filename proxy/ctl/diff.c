@@ -163,25 +163,31 @@ static int key_order(const void *pa, const void *pb) {
   return pgs_key_compare(*(const pgs_key_t *const *)pa, *(const pgs_key_t *const *)pb);
 }
 
-static void diff_ranges(const pgs_database_t *old, const pgs_table_t *ot, const pgs_database_t *new,
-                        const pgs_table_t *nt, diff_totals_t *tot) {
-  /* Every bound of either config cuts the key space into segments that each
-   * config maps to one shard; adjacent segments moving alike are merged. */
-  int n = 0;
+const pgs_key_t **pgs_ctl_range_bounds(const pgs_table_t *a, const pgs_table_t *b, int *n) {
+  int count = 0;
   const pgs_key_t **bounds =
-      pgs_xcalloc((size_t)(2 * (ot->nranges + nt->nranges)) + 1, sizeof(*bounds));
-  const pgs_table_t *tables[2] = {ot, nt};
+      pgs_xcalloc((size_t)(2 * (a->nranges + b->nranges)) + 1, sizeof(*bounds));
+  const pgs_table_t *tables[2] = {a, b};
   for (int k = 0; k < 2; k++) {
     for (int i = 0; i < tables[k]->nranges; i++) {
-      if (tables[k]->ranges[i].has_low) bounds[n++] = tables[k]->ranges[i].low;
-      if (tables[k]->ranges[i].has_high) bounds[n++] = tables[k]->ranges[i].high;
+      if (tables[k]->ranges[i].has_low) bounds[count++] = tables[k]->ranges[i].low;
+      if (tables[k]->ranges[i].has_high) bounds[count++] = tables[k]->ranges[i].high;
     }
   }
-  qsort(bounds, (size_t)n, sizeof(*bounds), key_order);
+  qsort(bounds, (size_t)count, sizeof(*bounds), key_order);
   int unique = 0;
-  for (int i = 0; i < n; i++)
+  for (int i = 0; i < count; i++)
     if (unique == 0 || pgs_key_compare(bounds[unique - 1], bounds[i]) != 0)
       bounds[unique++] = bounds[i];
+  *n = unique;
+  return bounds;
+}
+
+static void diff_ranges(const pgs_database_t *old, const pgs_table_t *ot, const pgs_database_t *new,
+                        const pgs_table_t *nt, diff_totals_t *tot) {
+  /* Adjacent segments moving alike are merged. */
+  int unique;
+  const pgs_key_t **bounds = pgs_ctl_range_bounds(ot, nt, &unique);
   for (int seg = 0; seg <= unique;) {
     const pgs_key_t *low = seg == 0 ? NULL : bounds[seg - 1];
     const char *a = shard_name(old, pgs_ctl_range_owner(old, ot, low));

@@ -40,6 +40,7 @@
 #include "ctl.h"
 #include "pgshard/health.h"
 #include "pgshard/pgoutput.h"
+#include "lab.h"
 #include "reshard.h"
 #include "reshard_sql.h"
 
@@ -228,16 +229,8 @@ static void hash_targets(const pgs_database_t *old, const pgs_database_t *new, c
 static void range_targets(const pgs_database_t *old, const pgs_table_t *ot,
                           const pgs_database_t *new, const pgs_table_t *nt, const char *source,
                           bool *mark) {
-  int n = 0;
-  const pgs_key_t **bounds =
-      pgs_xcalloc((size_t)(2 * (ot->nranges + nt->nranges)) + 1, sizeof(*bounds));
-  const pgs_table_t *tables[2] = {ot, nt};
-  for (int k = 0; k < 2; k++) {
-    for (int i = 0; i < tables[k]->nranges; i++) {
-      if (tables[k]->ranges[i].has_low) bounds[n++] = tables[k]->ranges[i].low;
-      if (tables[k]->ranges[i].has_high) bounds[n++] = tables[k]->ranges[i].high;
-    }
-  }
+  int n;
+  const pgs_key_t **bounds = pgs_ctl_range_bounds(ot, nt, &n);
   /* Every segment between bounds starts at one of them (or -infinity). */
   for (int i = -1; i < n; i++) {
     int a = pgs_ctl_range_owner(old, ot, i < 0 ? NULL : bounds[i]);
@@ -755,8 +748,7 @@ static bool proxy_sees_moves(const rs_plan_t *plan, const rs_options_t *opt) {
     }
     PQclear(res);
     if (!seen) {
-      struct timespec ts = {0, 50 * 1000000L};
-      nanosleep(&ts, NULL);
+      pgs_lab_sleep_ms(50);
     }
   }
   PQfinish(conn);

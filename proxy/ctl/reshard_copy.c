@@ -23,6 +23,7 @@
 #include "ctl.h"
 #include "pgshard/copy.h"
 #include "pgshard/pgoutput.h"
+#include "lab.h"
 #include "reshard.h"
 
 #define DELETE_BATCH 5000
@@ -45,12 +46,6 @@ void pgs_ctl_copy_unescape(char *text, size_t *len) {
     text[o++] = c;
   }
   *len = o;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* ---- deleting by route ---- */
@@ -245,15 +240,15 @@ static bool copy_table(copy_ctx_t *ctx, PGconn *sconn, const char *name) {
     pgs_key_error_t kerr;
     char *chunk;
     int n;
-    double last = now_s();
+    double last = pgs_lab_now();
     while ((n = PQgetCopyData(sconn, &chunk, 0)) > 0) {
       if (ok && pgs_copy_split_feed(split, (const uint8_t *)chunk, (size_t)n, &kerr) != PGS_OK) {
         snprintf(ctx->error, sizeof(ctx->error), "table %s: %s", name, kerr.message);
         ok = false;
       }
       PQfreemem(chunk);
-      if (now_s() - last > 1.0) {
-        last = now_s();
+      if (pgs_lab_now() - last > 1.0) {
+        last = pgs_lab_now();
         for (int i = 0; i < ctx->ntargets; i++)
           (void)progress(&ctx->targets[i], ctx->plan,
                          "update pgshard.reshard_move set rows_copied = $3, updated_at = now() "
@@ -388,7 +383,7 @@ static bool copy_run(copy_ctx_t *ctx, PGconn *sconn, PGconn *repl) {
       ok =
           rs_delete_routed(t->conn, plan->old_db, t->move->tables[k], src->shard->name, false) >= 0;
   }
-  double started = now_s();
+  double started = pgs_lab_now();
   for (int k = 0; k < src->ntables && ok; k++) {
     ok = copy_table(ctx, sconn, src->tables[k]);
     if (!ok) fprintf(stderr, "pgshardctl: %s\n", ctx->error);
@@ -398,8 +393,7 @@ static bool copy_run(copy_ctx_t *ctx, PGconn *sconn, PGconn *repl) {
   if (ok && pause) {
     printf("copy %s: pausing before commit (test)\n", src->shard->name);
     fflush(stdout);
-    struct timespec ts = {atoi(pause) / 1000, (long)(atoi(pause) % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    pgs_lab_sleep_ms(atoi(pause));
   }
   for (int i = 0; i < ctx->ntargets && ok; i++) {
     copy_target_t *t = &ctx->targets[i];
@@ -414,7 +408,7 @@ static bool copy_run(copy_ctx_t *ctx, PGconn *sconn, PGconn *repl) {
          rs_exec(t->conn, "committing the copy", "commit", 0, NULL);
   }
   (void)rs_exec(sconn, "ending the snapshot", ok ? "commit" : "rollback", 0, NULL);
-  double took = now_s() - started;
+  double took = pgs_lab_now() - started;
   for (int i = 0; i < ctx->ntargets && ok; i++)
     printf("copy %s -> %s: %lld rows in %.2f s (%.0f rows/s), streaming from %s\n",
            src->shard->name, ctx->targets[i].move->target->name, ctx->targets[i].rows, took,

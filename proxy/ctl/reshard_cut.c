@@ -29,18 +29,8 @@
 
 #include "ctl.h"
 #include "pgshard/pgoutput.h"
+#include "lab.h"
 #include "reshard.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) continue;
-}
 
 static PGconn *source_conn(const rs_plan_t *plan, const rs_source_t *src) {
   return rs_connect(&src->shard->primary, plan->old_db->name, false);
@@ -111,7 +101,7 @@ static bool drop_replication(const rs_plan_t *plan, const rs_source_t *src) {
     PQclear(left);
     if (gone) break;
     if (i == 99) ok = false, fprintf(stderr, "pgshardctl: slot %s stays in use\n", src->slot);
-    sleep_ms(50);
+    pgs_lab_sleep_ms(50);
   }
   PGresult *res = ok ? rs_query(conn, "looking for the publication",
                                 "select 1 from pg_publication where pubname = $1", 1, pub)
@@ -131,16 +121,16 @@ static bool drop_replication(const rs_plan_t *plan, const rs_source_t *src) {
 static bool wait_slot_idle(const rs_plan_t *plan, const rs_source_t *src, double seconds) {
   PGconn *conn = source_conn(plan, src);
   const char *params[] = {src->slot};
-  double until = now_s() + seconds;
+  double until = pgs_lab_now() + seconds;
   bool idle = false;
-  while (conn && !idle && now_s() < until) {
+  while (conn && !idle && pgs_lab_now() < until) {
     PGresult *res = rs_query(conn, "looking at the slot",
                              "select coalesce((select not active from pg_replication_slots where "
                              "slot_name = $1), true)",
                              1, params);
     idle = res && !strcmp(PQgetvalue(res, 0, 0), "t");
     PQclear(res);
-    if (!idle) sleep_ms(20);
+    if (!idle) pgs_lab_sleep_ms(20);
   }
   PQfinish(conn);
   return conn != NULL;
@@ -174,11 +164,11 @@ static long long console_reloads(PGconn *conn) {
 static bool reload_and_wait(PGconn *conn, double deadline) {
   long long before = console_reloads(conn);
   if (before < 0 || !console(conn, "RELOAD")) return false;
-  while (now_s() < deadline) {
+  while (pgs_lab_now() < deadline) {
     long long n = console_reloads(conn);
     if (n < 0) return false;
     if (n > before) return true;
-    sleep_ms(5);
+    pgs_lab_sleep_ms(5);
   }
   fprintf(stderr, "pgshardctl: pgshard did not finish reloading in time\n");
   return false;
@@ -253,11 +243,11 @@ static bool mark_and_wait(const rs_plan_t *plan, double deadline) {
   bool ok = true;
   for (int i = 0; i < plan->nmoves && ok; i++) ok = (conns[i] = target_conn(plan, &plan->moves[i]));
   bool applied = false;
-  while (ok && !applied && now_s() < deadline) {
+  while (ok && !applied && pgs_lab_now() < deadline) {
     if (!read_states_on(plan, conns, states)) break;
     applied = true;
     for (int i = 0; i < plan->nmoves; i++) applied = applied && !strcmp(states[i].cut_token, token);
-    if (!applied) sleep_ms(2);
+    if (!applied) pgs_lab_sleep_ms(2);
   }
   if (ok && !applied)
     fprintf(stderr, "pgshardctl: the targets did not apply the cut marker in time\n");
@@ -314,7 +304,7 @@ static bool replicas_caught_up(const rs_plan_t *plan, double deadline) {
     bool ok = false;
     if (res) {
       const char *params[] = {PQgetvalue(res, 0, 0)};
-      while (!ok && now_s() < deadline) {
+      while (!ok && pgs_lab_now() < deadline) {
         PGresult *r2 = rs_query(conn, "reading the target's replicas",
                                 "select coalesce(bool_and(replay_lsn >= $1::pg_lsn), true) "
                                 "from pg_stat_replication where application_name <> "
@@ -322,7 +312,7 @@ static bool replicas_caught_up(const rs_plan_t *plan, double deadline) {
                                 1, params);
         ok = r2 && !strcmp(PQgetvalue(r2, 0, 0), "t");
         PQclear(r2);
-        if (!ok) sleep_ms(2);
+        if (!ok) pgs_lab_sleep_ms(2);
       }
       if (!ok)
         fprintf(stderr, "pgshardctl: the replicas of %s did not catch up in time\n",
@@ -400,17 +390,18 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
     fprintf(stderr, "pgshardctl: %s: %s\n", plan->new_path, strerror(errno));
     goto out;
   }
-  double t0 = now_s(), deadline = t0 + opt->timeout_ms / 1000.0;
+  double t0 = pgs_lab_now(), deadline = t0 + opt->timeout_ms / 1000.0;
   if (!console(admin, "RESHARD HOLD '%s' %d", new_path, 3 * opt->timeout_ms)) goto out;
   /* Each step's end, for the report: hold answered, marker applied,
    * sequences, replicas, file and reload, phase, release. */
-  double at[7] = {now_s()};
-  bool ok = mark_and_wait(plan, deadline) && (at[1] = now_s()) && carry_sequences(plan) &&
-            (at[2] = now_s()) && replicas_caught_up(plan, deadline) && (at[3] = now_s()) &&
-            now_s() < deadline && switch_file(plan) && reload_and_wait(admin, deadline + 5) &&
-            (at[4] = now_s()) && set_phase(plan, "switched") && (at[5] = now_s());
+  double at[7] = {pgs_lab_now()};
+  bool ok = mark_and_wait(plan, deadline) && (at[1] = pgs_lab_now()) && carry_sequences(plan) &&
+            (at[2] = pgs_lab_now()) && replicas_caught_up(plan, deadline) &&
+            (at[3] = pgs_lab_now()) && pgs_lab_now() < deadline && switch_file(plan) &&
+            reload_and_wait(admin, deadline + 5) && (at[4] = pgs_lab_now()) &&
+            set_phase(plan, "switched") && (at[5] = pgs_lab_now());
   bool released = console(admin, "RESHARD RELEASE");
-  at[6] = now_s();
+  at[6] = pgs_lab_now();
   if (!ok) {
     fprintf(stderr, "pgshardctl: cutover failed; the old map still serves (rerun cutover)\n");
     goto out;

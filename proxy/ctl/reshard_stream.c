@@ -42,6 +42,7 @@
 
 #include "ctl.h"
 #include "pgshard/pgoutput.h"
+#include "lab.h"
 #include "reshard.h"
 
 #define PG_EPOCH_UNIX_S 946684800LL
@@ -88,12 +89,6 @@ typedef struct stream {
   char batch_cut[64]; /* a cut marker in the batch */
   char error[1024];
 } stream_t;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int64_t pg_now_us(void) {
   struct timespec ts;
@@ -416,14 +411,15 @@ static bool on_commit(stream_t *s, const pgs_lr_msg_t *m) {
   bool skip;
   for (int i = 0; i < s->ntargets && s->cut[0]; i++)
     if (!open_target(s, &s->targets[i], &skip) && !skip) return false;
-  if (s->batch_txns++ == 0) s->batch_start = now_s();
+  if (s->batch_txns++ == 0) s->batch_start = pgs_lab_now();
   s->batch_lsn = m->end_lsn;
   snprintf(s->batch_at, sizeof(s->batch_at), "%.6f",
            (double)m->commit_time / 1e6 + (double)PG_EPOCH_UNIX_S);
   if (s->cut[0]) snprintf(s->batch_cut, sizeof(s->batch_cut), "%s", s->cut);
   s->in_tx = false;
   s->cut[0] = '\0';
-  if (s->batch_cut[0] || s->batch_txns >= BATCH_MAX_TXNS || now_s() - s->batch_start >= BATCH_MAX_S)
+  if (s->batch_cut[0] || s->batch_txns >= BATCH_MAX_TXNS ||
+      pgs_lab_now() - s->batch_start >= BATCH_MAX_S)
     return flush_batch(s);
   return true;
 }
@@ -569,8 +565,8 @@ static int stream_loop(stream_t *s) {
                   PQerrorMessage(s->repl)),
              1;
     }
-    if (now_s() - last >= TICK_S) {
-      last = now_s();
+    if (pgs_lab_now() - last >= TICK_S) {
+      last = pgs_lab_now();
       bool done;
       if (!send_status(s, false) || !tick(s, &done)) return 1;
       if (done) return 0;
