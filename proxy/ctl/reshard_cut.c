@@ -176,7 +176,52 @@ static bool reload_and_wait(PGconn *conn, double deadline) {
 
 /* ---- cutover ---- */
 
+/* TABLE's columns on CONN, "name type" lines in name order (caller
+ * frees; NULL after printing the error). */
+static char *table_shape(PGconn *conn, const char *table) {
+  const char *params[] = {table};
+  PGresult *res = rs_query(conn, "reading the table's columns",
+                           "select coalesce(string_agg(attname || ' ' || format_type(atttypid, "
+                           "atttypmod), E'\\n' order by attname), '') from pg_attribute where "
+                           "attrelid = to_regclass(quote_ident($1)) and attnum > 0 and not "
+                           "attisdropped",
+                           1, params);
+  char *shape = res ? pgs_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
+  PQclear(res);
+  return shape;
+}
+
+/* Each moving table has the same columns on the target as on its source:
+ * DDL made during the move (through pgshard, it reached the old map's
+ * shards only) must be made on the target before the target serves. */
+static bool same_columns(const rs_plan_t *plan) {
+  bool ok = true;
+  for (int i = 0; i < plan->nmoves && ok; i++) {
+    const rs_move_t *m = &plan->moves[i];
+    PGconn *sconn = rs_connect(&m->source->primary, plan->old_db->name, false);
+    PGconn *tconn = sconn ? target_conn(plan, m) : NULL;
+    ok = tconn != NULL;
+    for (int t = 0; ok && t < m->ntables; t++) {
+      char *a = table_shape(sconn, m->tables[t]), *b = table_shape(tconn, m->tables[t]);
+      ok = a && b;
+      if (ok && strcmp(a, b) != 0) {
+        fprintf(stderr,
+                "pgshardctl: table %s has other columns on %s than on %s (DDL during the "
+                "move?): make them the same, then cut over\n",
+                m->tables[t], m->target->name, m->source->name);
+        ok = false;
+      }
+      free(a);
+      free(b);
+    }
+    PQfinish(sconn);
+    PQfinish(tconn);
+  }
+  return ok;
+}
+
 static bool check_ready(const rs_plan_t *plan, const rs_state_t *states, const rs_options_t *opt) {
+  if (!same_columns(plan)) return false;
   for (int s = 0; s < plan->nsources; s++) {
     const rs_source_t *src = &plan->sources[s];
     PGconn *conn = source_conn(plan, src);

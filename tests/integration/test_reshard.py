@@ -579,3 +579,37 @@ def test_move_into_a_serving_shard(reshard_lab, old_view, sharded_proxy, tables,
         with px.connect(autocommit=True) as conn:
             return conn.execute("select count(*) from counters").fetchone() == (200,)
     wait_for(fan_out, 10, message="the fan-out allowed after cleanup")
+
+
+def test_ddl_during_the_move_must_reach_the_target_before_cutover(reshard_lab, old_view,
+                                                                  sharded_proxy, tables, tmp_path):
+    """DDL through pgshard reaches the old map's shards only; the new shard
+    would serve a table without the column. Cutover refuses until the target
+    has the same columns, then the rows written with the column move too."""
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s2"], streamer)
+        with px.connect(autocommit=True) as conn:
+            conn.execute("alter table counters add column extra int")
+        proc = ctl("cutover", px.config_path, new, check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert "table counters has other columns on s2 than on s0" in proc.stdout, proc.stdout
+        with reshard_lab.connect_primary("s2") as conn:
+            conn.execute("alter table counters add column extra int")
+        with px.connect(autocommit=True) as conn:
+            conn.execute("update counters set extra = 7 where tenant_id = 1 and k = 3")
+        out = ctl("cutover", px.config_path, new).stdout
+        assert "cut over" in out, out
+        streamer.wait(30)
+        ctl("cleanup", px.config_path, new)
+    finally:
+        stop(streamer)
+    with px.connect(autocommit=True) as conn:
+        assert conn.execute("select extra from counters where tenant_id = 1 and k = 3"
+                            ).fetchone() == (7,)
+    assert tenant_rows(reshard_lab, "s2", 1) == 50
+    assert tenant_rows(reshard_lab, "s0", 1) == 0
