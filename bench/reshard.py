@@ -52,6 +52,7 @@ SIGTERM.
   /usr/bin/python3 bench/reshard.py --build build --rows 200000    # ~1.5 minutes
 """
 import argparse
+import datetime
 import io
 import os
 import random
@@ -65,9 +66,9 @@ from pathlib import Path
 
 from benchlib import (REPO, BenchBase, add_output_options, add_pgshard_options,
                       check_config, copy_in, connect_args, fmt_ms, hash_table_section, loadavg,
-                      log, md_table, percentile, pgshard_ini, prepare_work, psql,
+                      fmt_tps, log, percentile, pgshard_ini, prepare_work, psql,
                       require_binaries, route_keys, run, run_guarded, shard_section, stamp,
-                      start_pgshard, stop_process, text_table, write_results)
+                      start_pgshard, stop_process, write_results)
 
 PORT_BASE = 7600
 S0_PORT, S1_PORT, S2_PORT = PORT_BASE, PORT_BASE + 1, PORT_BASE + 2
@@ -114,6 +115,9 @@ class ReshardBench(BenchBase):
 
     def start_lab(self):
         prepare_work(WORK)
+        for path in WORK.iterdir():  # what a --keep run left, but the lab (purged by up)
+            if path.is_file():
+                path.unlink()
         replicas = () if self.args.no_replica else (S2_REPLICA_PORT,)
         self.lab.config.write_text(f"""\
 ; written by bench/reshard.py: shards s0, s1, s2 of app (s2 replicated)
@@ -359,6 +363,7 @@ select n from {TABLE} where id = :id;
             "held_ms": int(m.group(1)),
             "steps_ms": {s: int(v) for s, v in zip(steps, m.groups()[1:])},
             "wall_ms": round((self.times["cut_end"] - self.times["cut_start"]) * 1000, 1)}
+        self.hold_window()
         if self.procs["pgbench"].poll() is not None:
             self.fail("pgbench had ended before the cutover ended: the cut was not under load")
         # The streamers end once their moves are switched.
@@ -388,33 +393,78 @@ select n from {TABLE} where id = :id;
         log(f"cleanup: {self.data['cleanup']['deleted']:,} rows deleted from the sources in "
             f"{self.data['cleanup']['seconds']:.1f} s")
 
+    def hold_window(self):
+        """When pgshard began and ended the hold: its log's RESHARD HOLD and
+        RESHARD RELEASE lines (UTC, milliseconds)."""
+        def at(stamp):
+            return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        hold = release = None
+        for line in self.pgshard_log.read_text(errors="replace").splitlines():
+            m = re.match(r"(\S+Z) \[\d+\] \w+: admin: RESHARD HOLD ", line)
+            if m:
+                hold = at(m.group(1))
+            m = re.match(r"(\S+Z) \[\d+\] \w+: RESHARD RELEASE: the hold of .* ends after "
+                         r"(\d+) ms", line)
+            if m:
+                release = at(m.group(1))
+        cut = self.data["cutover"]
+        if hold is None or release is None or not hold <= release:
+            log("pgshard's log has no RESHARD HOLD ... RELEASE pair: no hold window")
+            return
+        self.times["hold"], self.times["release"] = hold, release
+        cut["pgshard_hold_ms"] = round((release - hold) * 1000)
+        cut["pre_hold_ms"] = round((hold - self.times["cut_start"]) * 1000)
+        cut["post_release_ms"] = round((self.times["cut_end"] - release) * 1000)
+        log(f"pgshard held from +{cut['pre_hold_ms']} ms to "
+            f"+{cut['pre_hold_ms'] + cut['pgshard_hold_ms']} ms of the {cut['wall_ms']:.0f} ms "
+            "cutover command")
+
     def summarise_lag(self):
-        streaming = [r for s in self.status_samples for r in s["rows"]
-                     if r["phase"] == "streaming" and s["t"] >= self.times["copy_done"]]
-        failed = [s for s in self.status_samples if s["rc"] != 0]
+        """Lag over the status samples taken once every move streamed; a
+        status call that failed then is a failure (before, while `start`
+        creates its state, it is only counted)."""
+        after = [s for s in self.status_samples if s["t"] >= self.times["copy_done"]]
+        streaming = [r for s in after for r in s["rows"] if r["phase"] == "streaming"]
+        failed = [s for s in after if s["rc"] != 0]
         lag_b = [r["lag_bytes"] for r in streaming]
         lag_s = [r["lag_s"] for r in streaming]
         took = [s["took_s"] for s in self.status_samples]
+        last = {}
+        for s in after:
+            for r in s["rows"]:
+                if r["phase"] == "streaming":
+                    last[f"{r['source']} -> {r['target']}"] = {
+                        "lag_bytes": r["lag_bytes"], "lag_s": r["lag_s"]}
         self.data["lag"] = {
-            "samples": len({s["t"] for s in self.status_samples
-                            if s["t"] >= self.times["copy_done"]}),
-            "rows": len(streaming),
+            "samples": len(after), "rows": len(streaming),
             "bytes_max": max(lag_b) if lag_b else None,
             "bytes_median": statistics.median(lag_b) if lag_b else None,
             "s_max": max(lag_s) if lag_s else None,
             "s_median": statistics.median(lag_s) if lag_s else None,
-            "status_failures": len(failed),
+            "last_before_cutover": last,
+            "status_failures_streaming": len(failed),
+            "status_failures_copying": sum(1 for s in self.status_samples
+                                           if s["rc"] != 0 and s not in after),
             "status_took_s_median": statistics.median(took) if took else None}
+        self.data["status_samples"] = [
+            {**s, "t": round(s["t"] - self.times["reshard_start"], 3)}
+            for s in self.status_samples]
         if not lag_b:
             self.fail("no status sample showed a streaming move")
         if failed:
-            self.fail(f"{len(failed)} reshard status calls failed: "
+            self.fail(f"{len(failed)} reshard status calls failed while streaming: "
                       + failed[0].get("output", "")[-300:])
         lag = self.data["lag"]
+        if lag["status_failures_copying"]:
+            first = next(s for s in self.status_samples if s["rc"] != 0)
+            log(f"note: {lag['status_failures_copying']} reshard status calls failed while "
+                "`start` was copying: " + first.get("output", "").splitlines()[0][:200])
         if lag_b:
             log(f"lag while streaming ({lag['samples']} samples): bytes max {lag['bytes_max']:,} "
                 f"median {lag['bytes_median']:,.0f}; seconds max {lag['s_max']:.1f} "
-                f"median {lag['s_median']:.1f}")
+                f"median {lag['s_median']:.1f}; last before the cutover: "
+                + ", ".join(f"{m} {v['lag_bytes']:,} bytes {v['lag_s']:.1f} s"
+                            for m, v in last.items()))
 
     # ---- what pgbench saw ----
 
@@ -487,6 +537,8 @@ select n from {TABLE} where id = :id;
                            "tps": round(ended / (b - a), 1) if b > a else None,
                            **stats([x for x in tx if a <= x[0] < b])})
         cut = stats([x for x in tx if t["cut_start"] <= x[0] <= t["cut_end"]])
+        hold = (stats([x for x in tx if t["hold"] <= x[0] <= t["release"]])
+                if "hold" in t else None)
         overlapping = stats([x for x in tx if x[0] <= t["cut_end"] and x[1] >= t["cut_start"]])
         per_second = {}
         for x in tx:
@@ -494,11 +546,13 @@ select n from {TABLE} where id = :id;
             n, mx = per_second.get(sec, (0, 0.0))
             per_second[sec] = (n + 1, max(mx, x[2]))
         self.data["latency"] = {
-            "overall": stats(tx), "cut_window": cut, "overlapping_cut": overlapping,
+            "overall": stats(tx), "cut_window": cut, "hold_window": hold,
+            "overlapping_cut": overlapping,
             "phases": phases,
             "per_second": [{"s": s, "tps": n, "max_ms": round(mx, 2)}
                            for s, (n, mx) in sorted(per_second.items())],
-            "times": {k: round(v - first, 3) for k, v in t.items()}}
+            "times": {k: round(v - first, 3) for k, v in t.items()},
+            "first_transaction_epoch": first}
 
     # ---- correctness ----
 
@@ -576,38 +630,49 @@ select n from {TABLE} where id = :id;
         lag = d["lag"]
         rows = []
         for c in d["copy"]["moves"]:
-            rows.append([f"copy {c['source']} -> {c['target']}",
-                         f"{c['rows']:,} rows in {c['seconds']:.2f} s = {c['rows_per_s']:,.0f} rows/s"])
-        rows.append(["copy phase (wall)",
-                     f"{d['copy']['rows']:,} rows in {d['copy']['wall_s']:.2f} s = "
-                     f"{d['copy']['rows_per_s_wall']:,} rows/s"])
+            rows.append([f"copy {c['source']} -> {c['target']}", f"{c['rows_per_s']:,.0f} rows/s",
+                         f"{c['rows']:,} rows in {c['seconds']:.2f} s"])
+        rows.append(["copy phase, wall clock", f"{d['copy']['rows_per_s_wall']:,} rows/s",
+                     f"{d['copy']['rows']:,} rows in {d['copy']['wall_s']:.2f} s (launch of "
+                     "`reshard start` to its last copy line)"])
         if lag["bytes_max"] is not None:
-            rows.append(["lag while streaming, bytes",
-                         f"max {lag['bytes_max']:,}, median {lag['bytes_median']:,.0f} "
-                         f"({lag['samples']} samples, every 0.5 s)"])
-            rows.append(["lag while streaming, s",
-                         f"max {lag['s_max']:.1f}, median {lag['s_median']:.1f}"])
+            rows.append(["lag while streaming, bytes", f"{lag['bytes_max']:,} max",
+                         f"median {lag['bytes_median']:,.0f} ({lag['samples']} status samples "
+                         f"over {a.stream_seconds:g} s)"])
+            rows.append(["lag while streaming, seconds", f"{lag['s_max']:.1f} max",
+                         f"median {lag['s_median']:.1f}"])
+            rows.append(["lag at the last sample before the cutover",
+                         f"{max(v['lag_s'] for v in lag['last_before_cutover'].values()):.1f} s",
+                         ", ".join(f"{m}: {v['lag_bytes']:,} bytes, {v['lag_s']:.1f} s"
+                                   for m, v in lag["last_before_cutover"].items())])
         steps = ", ".join(f"{k} {v}" for k, v in cut["steps_ms"].items())
-        rows.append(["cutover: held on moving keys", f"{cut['held_ms']} ms ({steps})"])
-        rows.append(["cutover command (wall)", f"{cut['wall_ms']:.0f} ms"])
-        o, w = lat["overall"], lat["cut_window"]
-        rows.append(["latency, all transactions",
-                     f"p50 {fmt_ms(o['p50_ms'])} ms, p99 {fmt_ms(o['p99_ms'])} ms, "
-                     f"max {fmt_ms(o['max_ms'])} ms ({o['n']:,} transactions)"])
-        rows.append(["latency, started in the cut window",
-                     f"p50 {fmt_ms(w['p50_ms'])} ms, p99 {fmt_ms(w['p99_ms'])} ms, "
-                     f"max {fmt_ms(w['max_ms'])} ms ({w['n']:,} transactions)"])
+        rows.append(["cutover: moving keys held", f"{cut['held_ms']} ms", steps])
+        rows.append(["cutover command, wall clock", f"{cut['wall_ms']:.0f} ms",
+                     f"{cut['pre_hold_ms']:.0f} ms before the hold, {cut['post_release_ms']:.0f}"
+                     " ms after the release (pgshard's log)"
+                     if cut.get("pre_hold_ms") is not None else "hold not found in pgshard's log"])
+
+        def lat_row(name, s):
+            return [name, f"{fmt_ms(s['p99_ms'])} ms p99",
+                    f"max {fmt_ms(s['max_ms'])} ms, p50 {fmt_ms(s['p50_ms'])} ms, "
+                    f"{s['n']:,} transactions"]
+        rows.append(lat_row("latency, all transactions", lat["overall"]))
+        rows.append(lat_row("latency, started in the cutover command", lat["cut_window"]))
+        if lat.get("hold_window"):
+            rows.append(lat_row("latency, started during the hold", lat["hold_window"]))
         for p in lat["phases"]:
-            rows.append([f"TPS {p['phase']}",
-                         f"{p['tps']:,.0f} over {p['seconds']:.1f} s (p99 {fmt_ms(p['p99_ms'])} "
-                         f"ms, max {fmt_ms(p['max_ms'])} ms)" if p["tps"] is not None else "n/a"])
-        rows.append(["cleanup", f"{d['cleanup']['deleted']:,} rows deleted in "
-                                f"{d['cleanup']['seconds']:.1f} s"])
+            rows.append([f"TPS {p['phase']}", fmt_tps(p["tps"]),
+                         f"over {p['seconds']:.1f} s; p99 {fmt_ms(p['p99_ms'])} ms, "
+                         f"max {fmt_ms(p['max_ms'])} ms"])
+        rows.append(["cleanup", f"{d['cleanup']['seconds']:.1f} s",
+                     f"{d['cleanup']['deleted']:,} rows deleted from the sources"])
         rows.append(["checks", "passed" if not self.failures else
-                     f"FAILED: {len(self.failures)}"])
-        header = ["measure", "value"]
+                     f"{len(self.failures)} FAILED", ""])
+        header = ["measure", "value", "detail"]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
         print()
-        print("\n".join(text_table(header, rows)))
+        for r in [header, ["-" * w for w in widths], *rows]:
+            print(f"{r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2]}".rstrip())
         for f in self.failures:
             print(f"FAILED: {f}")
 
@@ -623,7 +688,8 @@ select n from {TABLE} where id = :id;
                 f"Load average {la.get('start')} at the start, {la.get('cutover')} at the "
                 f"cutover, {la.get('end_of_load')} at the end of the load.")
         md = ["# Resharding under load: 2 shards to 3 (pgshardctl reshard)", "", meta, "",
-              *md_table(header, rows), ""]
+              "| " + " | ".join(header) + " |", "|---|---:|---|",
+              *("| " + " | ".join(r) + " |" for r in rows), ""]
         if self.failures:
             md += ["Failed checks:", ""] + [f"- {f}" for f in self.failures] + [""]
         md += ["Checks: pgbench exit 0 and no failed transaction; sum(n) over the shards = "
@@ -664,7 +730,7 @@ def main():
                         help="rows in users (default 1000000)")
     parser.add_argument("--duration", type=int, default=None,
                         help="pgbench -T: spans load before, copy, streaming, cutover and "
-                             "after (default 40 + rows/10000 s)")
+                             "after (default 30 + rows/20000 s)")
     parser.add_argument("--before", type=float, default=5,
                         help="seconds of load before reshard start (default 5)")
     parser.add_argument("--stream-seconds", type=float, default=5,
@@ -682,7 +748,7 @@ def main():
                         help="results file stem (default reshard)")
     args = parser.parse_args()
     if args.duration is None:
-        args.duration = 40 + args.rows // 10000
+        args.duration = 30 + args.rows // 20000
     if args.rows < 1000 or args.duration < 1 or args.clients < 1 or args.jobs < 1:
         parser.error("--rows must be at least 1000; --duration, -c and -j positive")
 

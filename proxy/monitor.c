@@ -56,7 +56,8 @@
 #define MOVES_SQL                                                                                  \
   "SELECT reshard_id, database, source, target, tables::text, phase, rows_copied, rows_applied, "  \
   "applied_lsn::text, extract(epoch from applied_commit_at)::float8, error, "                      \
-  "extract(epoch from updated_at)::float8 FROM pgshard.reshard_move ORDER BY reshard_id, source"
+  "extract(epoch from updated_at)::float8, mirror FROM pgshard.reshard_move "                      \
+  "ORDER BY reshard_id, source, target"
 #define MOVES_PROBE_SQL "SELECT pg_catalog.to_regclass('pgshard.reshard_move') IS NOT NULL"
 
 /* Collations (what a merged ORDER BY or min/max over text compares by,
@@ -254,7 +255,7 @@ static int publish_moves(const mon_db_t *src, pgs_health_db_t *dst) {
       if (sh->conns[i]->moves_read) from = sh->conns[i];
     for (int m = 0; from && m < from->nmoves; m++)
       if (from->moves[m].database && !strcmp(from->moves[m].database, src->name))
-        pgs_moves_append(&dst->moves, &dst->nmoves, &from->moves[m]);
+        pgs_moves_add(&dst->moves, &dst->nmoves, &from->moves[m]);
   }
   return dst->nmoves;
 }
@@ -614,6 +615,7 @@ static bool parse_move(const PGresult *res, int row, pgs_move_t *m) {
   m->applied_commit_at = field(res, row, 9) ? strtod(field(res, row, 9), NULL) : -1;
   m->error = (char *)field(res, row, 10);
   m->updated_at = field(res, row, 11) ? strtod(field(res, row, 11), NULL) : -1;
+  m->mirror = field(res, row, 12) && field(res, row, 12)[0] == 't';
   return true;
 }
 
@@ -647,7 +649,7 @@ static void parse_moves(mon_node_t *n, const PGresult *res) {
     n->moves_read = n->moves_read || !exists;
     return;
   }
-  if (PQnfields(res) != 12) return;
+  if (PQnfields(res) != 13) return;
   moves_clear(n);
   for (int r = 0; r < PQntuples(res); r++) {
     pgs_move_t m;

@@ -83,18 +83,38 @@ void pgs_moves_append(pgs_move_t **moves, int *n, const pgs_move_t *move) {
   for (int i = 0; i < move->ntables; i++) m->tables[i] = pgs_xstrdup(move->tables[i]);
 }
 
-void pgs_moves_free(pgs_move_t *moves, int n) {
-  for (int i = 0; i < n; i++) {
-    pgs_move_t *m = &moves[i];
-    free(m->reshard_id);
-    free(m->database);
-    free(m->source);
-    free(m->target);
-    free(m->phase_name);
-    free(m->error);
-    for (int t = 0; t < m->ntables; t++) free(m->tables[t]);
-    free(m->tables);
+static void move_free(pgs_move_t *m) {
+  free(m->reshard_id);
+  free(m->database);
+  free(m->source);
+  free(m->target);
+  free(m->phase_name);
+  free(m->error);
+  for (int t = 0; t < m->ntables; t++) free(m->tables[t]);
+  free(m->tables);
+}
+
+static bool same_name(const char *a, const char *b) { return a && b ? !strcmp(a, b) : a == b; }
+
+void pgs_moves_add(pgs_move_t **moves, int *n, const pgs_move_t *move) {
+  for (int i = 0; i < *n; i++) {
+    pgs_move_t *m = &(*moves)[i];
+    if (!same_name(m->reshard_id, move->reshard_id) || !same_name(m->source, move->source) ||
+        !same_name(m->target, move->target))
+      continue;
+    if (m->mirror && !move->mirror) {
+      move_free(m);
+      pgs_move_t *last = &(*moves)[--*n];
+      if (m != last) *m = *last;
+      pgs_moves_append(moves, n, move);
+    }
+    return;
   }
+  pgs_moves_append(moves, n, move);
+}
+
+void pgs_moves_free(pgs_move_t *moves, int n) {
+  for (int i = 0; i < n; i++) move_free(&moves[i]);
   free(moves);
 }
 

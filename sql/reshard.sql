@@ -16,7 +16,13 @@
 --   cleaned    the source's copies are deleted; slot and publication gone
 -- An aborted move's row is deleted.
 --
--- pgshardctl runs this file (idempotent) on every target before a move.
+-- Each source also keeps a copy of its moves' rows (mirror = true), a
+-- second or so behind, so that a pgshard that serves only the old map's
+-- shards sees every move (SHOW RESHARD) although a new target is not one of
+-- its servers. The target's row is the truth; pgshardctl reads only those.
+--
+-- pgshardctl runs this file (idempotent) on every source and target
+-- before a move.
 CREATE SCHEMA IF NOT EXISTS pgshard;
 
 CREATE TABLE IF NOT EXISTS pgshard.reshard_move (
@@ -39,5 +45,6 @@ CREATE TABLE IF NOT EXISTS pgshard.reshard_move (
     cut_token         text,         -- the last cutover marker applied (pg_logical_emit_message)
     error             text,         -- why the streamer stopped, until a rerun clears it
     updated_at        timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (reshard_id, source)
+    mirror            boolean     NOT NULL DEFAULT false,  -- a source's copy of the target's row
+    PRIMARY KEY (reshard_id, source, target)
 );

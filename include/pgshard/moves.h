@@ -49,6 +49,7 @@ typedef struct pgs_move {
   double applied_commit_at; /* seconds since the epoch; < 0: NULL */
   char *error;              /* NULL: none */
   double updated_at;        /* seconds since the epoch; < 0: NULL */
+  bool mirror;              /* the source's copy of the target's row */
 } pgs_move_t;
 
 pgs_move_phase_t pgs_move_phase_parse(const char *name);
@@ -61,6 +62,10 @@ bool pgs_moves_parse_array(const char *text, char ***out, int *n);
 
 /* MOVE copied (deep) to the end of *MOVES (*N entries). */
 void pgs_moves_append(pgs_move_t **moves, int *n, const pgs_move_t *move);
+/* The same, unless *MOVES has the move (reshard_id, source, target)
+ * already: then a target's row replaces a source's mirror of it, and a
+ * mirror is dropped. */
+void pgs_moves_add(pgs_move_t **moves, int *n, const pgs_move_t *move);
 void pgs_moves_free(pgs_move_t *moves, int n);
 
 /* The moves published for database DB in SNAP (*N of them), NULL when

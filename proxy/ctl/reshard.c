@@ -488,15 +488,63 @@ static PGconn *connect_source(const rs_source_t *src) {
   return rs_connect(&src->shard->primary, src->old_db->name, false);
 }
 
+bool rs_state_mirror(PGconn *tconn, PGconn *sconn, const rs_plan_t *plan, const rs_move_t *move) {
+  const char *params[] = {plan->id, move->source->name, move->target->name};
+  PGresult *res = rs_query(tconn, "reading the move for its mirror",
+                           "select database, tables::text, phase, slot_name, publication, "
+                           "consistent_lsn::text, applied_lsn::text, applied_commit_at::text, "
+                           "rows_copied::text, rows_applied::text, error from "
+                           "pgshard.reshard_move where reshard_id = $1 and source = $2 and "
+                           "target = $3 and not mirror",
+                           3, params);
+  if (res == NULL) return false;
+  bool ok;
+  if (PQntuples(res) == 0) {
+    ok = rs_exec(sconn, "removing the move's mirror",
+                 "delete from pgshard.reshard_move where reshard_id = $1 and source = $2 and "
+                 "target = $3 and mirror",
+                 3, params);
+  } else {
+    const char *v[14] = {plan->id, move->source->name, move->target->name};
+    for (int c = 0; c < 11; c++) v[3 + c] = PQgetisnull(res, 0, c) ? NULL : PQgetvalue(res, 0, c);
+    ok = rs_exec(sconn, "mirroring the move",
+                 "insert into pgshard.reshard_move (reshard_id, source, target, database, tables, "
+                 "phase, slot_name, publication, consistent_lsn, applied_lsn, applied_commit_at, "
+                 "rows_copied, rows_applied, error, mirror) values ($1, $2, $3, $4, $5, $6, $7, "
+                 "$8, $9, $10, $11, $12, $13, $14, true) on conflict (reshard_id, source, target) "
+                 "do update set tables = excluded.tables, phase = excluded.phase, "
+                 "consistent_lsn = excluded.consistent_lsn, applied_lsn = excluded.applied_lsn, "
+                 "applied_commit_at = excluded.applied_commit_at, rows_copied = "
+                 "excluded.rows_copied, rows_applied = excluded.rows_applied, error = "
+                 "excluded.error, updated_at = now() where pgshard.reshard_move.mirror",
+                 14, v);
+  }
+  PQclear(res);
+  return ok;
+}
+
+bool rs_mirror_all(const rs_plan_t *plan) {
+  bool ok = true;
+  for (int i = 0; i < plan->nmoves; i++) {
+    const rs_move_t *m = &plan->moves[i];
+    PGconn *tconn = connect_target(m);
+    PGconn *sconn = tconn ? rs_connect(&m->source->primary, plan->old_db->name, false) : NULL;
+    ok = sconn && rs_state_mirror(tconn, sconn, plan, m) && ok;
+    PQfinish(tconn);
+    PQfinish(sconn);
+  }
+  return ok;
+}
+
 bool rs_state_read(PGconn *conn, const rs_plan_t *plan, const rs_move_t *move, rs_state_t *out) {
   memset(out, 0, sizeof(*out));
-  const char *params[] = {plan->id, move->source->name};
+  const char *params[] = {plan->id, move->source->name, move->target->name};
   PGresult *res = rs_query(conn, "reading the move's state",
                            "select phase, consistent_lsn, applied_lsn, rows_copied, rows_applied, "
                            "applied_commit_at, cut_token, error from pgshard.reshard_move "
                            "where to_regclass('pgshard.reshard_move') is not null and "
-                           "reshard_id = $1 and source = $2",
-                           2, params);
+                           "reshard_id = $1 and source = $2 and target = $3 and not mirror",
+                           3, params);
   if (res == NULL) return false;
   if (PQntuples(res) == 1) {
     out->found = true;
@@ -517,7 +565,7 @@ void rs_state_error(PGconn *conn, const rs_plan_t *plan, const rs_move_t *move, 
   const char *params[] = {plan->id, move->source->name, error};
   (void)rs_exec(conn, "recording the move's error",
                 "update pgshard.reshard_move set error = $3, updated_at = now() "
-                "where reshard_id = $1 and source = $2",
+                "where reshard_id = $1 and source = $2 and not mirror",
                 3, params);
 }
 
@@ -544,17 +592,24 @@ static char *tables_array(const rs_move_t *m) {
 /* The state row of every move, created (phase copying) when missing;
  * another unfinished reshard of the database refuses. */
 static bool state_create(const rs_plan_t *plan) {
+  for (int i = 0; i < plan->nsources; i++) {
+    PGconn *conn = connect_source(&plan->sources[i]);
+    bool ok = conn && rs_exec(conn, "creating pgshard.reshard_move", RESHARD_SQL, 0, NULL);
+    PQfinish(conn);
+    if (!ok) return false;
+  }
   for (int i = 0; i < plan->nmoves; i++) {
     const rs_move_t *m = &plan->moves[i];
     PGconn *conn = connect_target(m);
     if (conn == NULL) return false;
     bool ok = rs_exec(conn, "creating pgshard.reshard_move", RESHARD_SQL, 0, NULL);
     const char *p1[] = {plan->id, m->new_db->name};
-    PGresult *res = ok ? rs_query(conn, "reading pgshard.reshard_move",
-                                  "select distinct reshard_id from pgshard.reshard_move where "
-                                  "database = $2 and reshard_id <> $1 and phase <> 'cleaned'",
-                                  2, p1)
-                       : NULL;
+    PGresult *res =
+        ok ? rs_query(conn, "reading pgshard.reshard_move",
+                      "select distinct reshard_id from pgshard.reshard_move where "
+                      "database = $2 and reshard_id <> $1 and phase <> 'cleaned' and not mirror",
+                      2, p1)
+           : NULL;
     if (res && PQntuples(res) > 0) {
       fprintf(stderr,
               "pgshardctl: shard %s has another resharding of database %s in progress (id %s): "
@@ -572,7 +627,7 @@ static bool state_create(const rs_plan_t *plan) {
     ok = ok && rs_exec(conn, "recording the move",
                        "insert into pgshard.reshard_move (reshard_id, database, source, target, "
                        "tables, phase, slot_name, publication) values ($1, $2, $3, $4, $5, "
-                       "'copying', $6, $7) on conflict (reshard_id, source) do update set "
+                       "'copying', $6, $7) on conflict (reshard_id, source, target) do update set "
                        "tables = excluded.tables, updated_at = now()",
                        7, p2);
     free(tables);
@@ -779,7 +834,7 @@ static int verb_start(const rs_plan_t *plan, const rs_options_t *opt) {
     PQfinish(conn);
     if (!ok) return 1;
   }
-  if (!state_create(plan) || !proxy_sees_moves(plan, opt)) return 1;
+  if (!state_create(plan) || !rs_mirror_all(plan) || !proxy_sees_moves(plan, opt)) return 1;
   fflush(stdout);
   pid_t *pids = pgs_xcalloc((size_t)plan->nsources, sizeof(*pids)), parent = getpid();
   for (int s = 0; s < plan->nsources; s++) {

@@ -91,6 +91,11 @@ PGresult *rs_query(PGconn *conn, const char *what, const char *sql, int nparams,
                    const char *const *params);
 /* MOVE's state row on its target (CONN), into OUT. */
 bool rs_state_read(PGconn *conn, const rs_plan_t *plan, const rs_move_t *move, rs_state_t *out);
+/* Copy MOVE's row from its target (TCONN) to its source (SCONN) as a
+ * mirror (deleting the mirror when the row is gone); every move's with
+ * connections of its own (rs_mirror_all). */
+bool rs_state_mirror(PGconn *tconn, PGconn *sconn, const rs_plan_t *plan, const rs_move_t *move);
+bool rs_mirror_all(const rs_plan_t *plan);
 /* Set MOVE's error column (or clear it: NULL), autocommit on CONN. */
 void rs_state_error(PGconn *conn, const rs_plan_t *plan, const rs_move_t *move, const char *error);
 /* The shard NAME's index in DB for the key in TEXT of TABLE, or -1 after

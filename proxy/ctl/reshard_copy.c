@@ -252,7 +252,7 @@ static bool copy_table(copy_ctx_t *ctx, PGconn *sconn, const char *name) {
         for (int i = 0; i < ctx->ntargets; i++)
           (void)progress(&ctx->targets[i], ctx->plan,
                          "update pgshard.reshard_move set rows_copied = $3, updated_at = now() "
-                         "where reshard_id = $1 and source = $2");
+                         "where reshard_id = $1 and source = $2 and not mirror");
       }
     }
     if (ok && pgs_copy_split_finish(split, &kerr) != PGS_OK) {
@@ -358,7 +358,7 @@ static bool copy_run(copy_ctx_t *ctx, PGconn *sconn, PGconn *repl) {
                   "update pgshard.reshard_move set phase = 'copying', rows_copied = $3, "
                   "consistent_lsn = null, applied_lsn = null, error = null, copy_started_at = "
                   "now(), copy_finished_at = null, updated_at = now() "
-                  "where reshard_id = $1 and source = $2"))
+                  "where reshard_id = $1 and source = $2 and not mirror"))
       return false;
   if (!drop_slot(sconn, src->slot) || !publish(sconn, src)) return false;
   char q[200], sql[300];
@@ -403,11 +403,13 @@ static bool copy_run(copy_ctx_t *ctx, PGconn *sconn, PGconn *repl) {
     ok = rs_exec(t->conn, "finishing the copy",
                  "update pgshard.reshard_move set phase = 'streaming', consistent_lsn = $3, "
                  "applied_lsn = $3, rows_copied = $4, copy_finished_at = now(), error = null, "
-                 "updated_at = now() where reshard_id = $1 and source = $2",
+                 "updated_at = now() where reshard_id = $1 and source = $2 and not mirror",
                  4, params) &&
          rs_exec(t->conn, "committing the copy", "commit", 0, NULL);
   }
   (void)rs_exec(sconn, "ending the snapshot", ok ? "commit" : "rollback", 0, NULL);
+  for (int i = 0; i < ctx->ntargets && ok; i++)
+    ok = rs_state_mirror(ctx->targets[i].progress, sconn, plan, ctx->targets[i].move);
   double took = pgs_lab_now() - started;
   for (int i = 0; i < ctx->ntargets && ok; i++)
     printf("copy %s -> %s: %lld rows in %.2f s (%.0f rows/s), streaming from %s\n",
@@ -437,7 +439,9 @@ bool rs_copy_source(const rs_plan_t *plan, const rs_source_t *src, PGconn *repl)
       for (int i = 0; i < ctx.ntargets; i++)
         if (ctx.targets[i].progress)
           rs_state_error(ctx.targets[i].progress, plan, ctx.targets[i].move,
-                         ctx.error[0] ? ctx.error : "the copy failed (see pgshardctl's output)");
+                         ctx.error[0] ? ctx.error : "the copy failed (see pgshardctl's output)"),
+              (void)(sconn &&
+                     rs_state_mirror(ctx.targets[i].progress, sconn, plan, ctx.targets[i].move));
     }
   }
   for (int i = 0; i < src->nmoves; i++) {

@@ -72,12 +72,12 @@ static bool set_phase(const rs_plan_t *plan, const char *phase) {
     const char *params[] = {plan->id, m->source->name, phase};
     bool ok = conn && rs_exec(conn, "setting the phase",
                               "update pgshard.reshard_move set phase = $3, updated_at = now() "
-                              "where reshard_id = $1 and source = $2",
+                              "where reshard_id = $1 and source = $2 and not mirror",
                               3, params);
     PQfinish(conn);
     if (!ok) return false;
   }
-  return true;
+  return rs_mirror_all(plan);
 }
 
 /* Drop SRC's slot (stopping its walsender) and its publication. */
@@ -538,16 +538,17 @@ int rs_verb_abort(const rs_plan_t *plan, const rs_options_t *opt) {
     }
     const char *params[] = {plan->id, m->source->name};
     ok = ok &&
-         (!states[i].found ||
-          rs_exec(conn, "abort",
-                  "delete from pgshard.reshard_move where reshard_id = $1 and source = $2", 2,
-                  params)) &&
+         (!states[i].found || rs_exec(conn, "abort",
+                                      "delete from pgshard.reshard_move where reshard_id = $1 and "
+                                      "source = $2 and not mirror",
+                                      2, params)) &&
          rs_exec(conn, "abort", "commit", 0, NULL);
     if (ok)
       printf("abort %s -> %s: %lld copied rows deleted\n", m->source->name, m->target->name, total);
     PQfinish(conn);
     if (!ok) rc = 1;
   }
+  if (rc == 0 && !rs_mirror_all(plan)) rc = 1; /* the sources' copies go too */
   if (rc == 0) printf("reshard %s: aborted; the old map serves as before\n", plan->id);
 out:
   free(states);

@@ -74,6 +74,7 @@ typedef struct stream {
   const rs_plan_t *plan;
   const rs_source_t *src;
   PGconn *repl;
+  PGconn *mirror; /* the source, for its copies of the targets' rows */
   target_t *targets;
   int ntargets;
   rel_t *rels;
@@ -388,7 +389,7 @@ static bool flush_batch(stream_t *s) {
         t->conn,
         "update pgshard.reshard_move set applied_lsn = $3, applied_commit_at = to_timestamp($4), "
         "rows_applied = rows_applied + $5, cut_token = coalesce($6, cut_token), "
-        "updated_at = now() where reshard_id = $1 and source = $2",
+        "updated_at = now() where reshard_id = $1 and source = $2 and not mirror",
         6, NULL, params, NULL, NULL, 0);
     bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     PQclear(res);
@@ -488,7 +489,7 @@ static bool tick(stream_t *s, bool *done) {
       const char *params[] = {s->plan->id, s->src->shard->name, lsn};
       if (!rs_exec(t->conn, "recording the position",
                    "update pgshard.reshard_move set applied_lsn = greatest(applied_lsn, $3), "
-                   "updated_at = now() where reshard_id = $1 and source = $2",
+                   "updated_at = now() where reshard_id = $1 and source = $2 and not mirror",
                    3, params))
         return fail(s, "recording the position on %s", t->move->target->name);
       t->recorded = s->confirmed;
@@ -499,6 +500,8 @@ static bool tick(stream_t *s, bool *done) {
       *done = false;
       continue;
     }
+    if (!rs_state_mirror(t->conn, s->mirror, s->plan, t->move))
+      return fail(s, "mirroring the state on %s", s->src->shard->name);
     if (!rs_state_read(t->conn, s->plan, t->move, &st)) return fail(s, "reading the state");
     if (st.found && !strcmp(st.phase, "streaming")) *done = false;
   }
@@ -577,7 +580,8 @@ static int stream_loop(stream_t *s) {
 int rs_stream_source(const rs_plan_t *plan, const rs_source_t *src, PGconn *repl) {
   stream_t s = {.plan = plan, .src = src, .repl = repl, .ntargets = src->nmoves};
   s.targets = pgs_xcalloc((size_t)src->nmoves, sizeof(*s.targets));
-  bool ok = true;
+  s.mirror = rs_connect(&src->shard->primary, plan->old_db->name, false);
+  bool ok = s.mirror != NULL;
   for (int i = 0; i < src->nmoves && ok; i++) {
     target_t *t = &s.targets[i];
     t->move = &plan->moves[src->moves[i]];
@@ -606,9 +610,11 @@ int rs_stream_source(const rs_plan_t *plan, const rs_source_t *src, PGconn *repl
       if (t->conn == NULL) continue;
       if (t->open) PQclear(PQexec(t->conn, "rollback"));
       rs_state_error(t->conn, plan, t->move, s.error);
+      if (s.mirror) (void)rs_state_mirror(t->conn, s.mirror, plan, t->move);
     }
   }
   for (int i = 0; i < s.ntargets; i++) PQfinish(s.targets[i].conn);
+  PQfinish(s.mirror);
   free(s.targets);
   for (int i = 0; i < s.nrels; i++) rel_clear(&s.rels[i]);
   free(s.rels);

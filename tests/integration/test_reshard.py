@@ -233,6 +233,18 @@ def test_start_copies_and_streams_then_abort_leaves_nothing(reshard_lab, old_vie
         out = ctl("status", px.config_path, new).stdout
         assert re.search(r"s0\s+s2\s+streaming\s+50\s+\d+", out), out
         assert "connected" in out, out
+        # pgshard, which serves s0 and s1 only, sees the move into s2 too (the
+        # source's mirror of the state).
+        def show_reshard():
+            with px.connect(user="admin", password="adminpw", dbname="pgshard",
+                            autocommit=True) as admin:
+                cur = admin.execute("SHOW RESHARD")
+                cols = [d.name for d in cur.description]
+                return [dict(zip(cols, r)) for r in cur.fetchall() if r[0] == "move"]
+        rows = wait_for(lambda: [r for r in show_reshard() if r["source"] == "s0" and
+                                 r["target"] == "s2" and r["phase"] == "streaming"], 10,
+                        message="SHOW RESHARD to list the move s0 -> s2")
+        assert rows[0]["rows_copied"] == 50 and rows[0]["tables"] == "counters", rows
         # Killed while streaming, a rerun goes on from where it was.
         streamer.kill()
         streamer.wait()

@@ -157,6 +157,37 @@ static void test_parse_array(void **state) {
   assert_int_equal(pgs_move_phase_parse("paused?"), PGS_MOVE_UNKNOWN);
 }
 
+/* A source's mirror of a move and the target's row of it make one move:
+ * the target's, whichever comes first; other moves are kept apart. */
+static void test_add_prefers_the_targets_row(void **state) {
+  (void)state;
+  pgs_move_t *moves = NULL;
+  int n = 0;
+  pgs_move_t mirror = {.reshard_id = "r1",
+                       .source = "s0",
+                       .target = "s1",
+                       .phase_name = "copying",
+                       .rows_copied = 5,
+                       .mirror = true};
+  pgs_move_t real = mirror;
+  real.mirror = false;
+  real.rows_copied = 7;
+  pgs_move_t other = mirror;
+  other.target = "s2";
+  pgs_moves_add(&moves, &n, &mirror);
+  pgs_moves_add(&moves, &n, &other);
+  pgs_moves_add(&moves, &n, &real);
+  pgs_moves_add(&moves, &n, &mirror); /* after the real one: dropped */
+  assert_int_equal(n, 2);
+  int s1 = !strcmp(moves[0].target, "s1") ? 0 : 1;
+  assert_string_equal(moves[s1].target, "s1");
+  assert_false(moves[s1].mirror);
+  assert_int_equal(moves[s1].rows_copied, 7);
+  assert_string_equal(moves[1 - s1].target, "s2");
+  assert_true(moves[1 - s1].mirror);
+  pgs_moves_free(moves, n);
+}
+
 static void test_refusals(void **state) {
   pgs_move_t moving = move_of("s1", PGS_MOVE_STREAMING, invoices_only, 1);
   /* Fan-outs naming the table: reads, writes, DDL. */
@@ -250,9 +281,8 @@ static void test_same_route(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_parse_array),
-      cmocka_unit_test(test_refusals),
-      cmocka_unit_test(test_same_map),
+      cmocka_unit_test(test_parse_array), cmocka_unit_test(test_add_prefers_the_targets_row),
+      cmocka_unit_test(test_refusals),    cmocka_unit_test(test_same_map),
       cmocka_unit_test(test_same_route),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
