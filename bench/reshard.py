@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Resharding under load: an xxh3 table grown from 2 shards to 3 while pgbench writes.
 
-The lab (`pgshardctl lab up --no-proxy`, ports 7600-7609, data under
+The lab (`pgshardctl lab up --no-proxy`, ports 7600-7605, data under
 /tmp/pgshard-bench-reshard-7600) starts three PostgreSQL 15 primaries of
 database app, s0 (7600), s1 (7601) and s2 (7602), s2 with a streaming
 replica (7603) unless --no-replica; the lab sets wal_level = logical.
@@ -48,8 +48,8 @@ Everything started here is stopped in a finally block (pgbench, the
 streamer, pgshard by SIGTERM, then `lab down --purge`), also on Ctrl-C and
 SIGTERM.
 
-  /usr/bin/python3 bench/reshard.py --build build                  # 1,000,000 rows, ~3 minutes
-  /usr/bin/python3 bench/reshard.py --build build --rows 200000    # ~1.5 minutes
+  /usr/bin/python3 bench/reshard.py --build build                  # 1,000,000 rows, ~2 minutes
+  /usr/bin/python3 bench/reshard.py --build build --rows 100000    # ~1 minute
 """
 import argparse
 import datetime
@@ -65,8 +65,8 @@ import time
 from pathlib import Path
 
 from benchlib import (REPO, BenchBase, add_output_options, add_pgshard_options,
-                      check_config, copy_in, connect_args, fmt_ms, hash_table_section, loadavg,
-                      fmt_tps, log, percentile, pgshard_ini, prepare_work, psql,
+                      check_config, connect_args, copy_in, fmt_ms, fmt_tps, hash_table_section,
+                      loadavg, log, percentile, pgshard_ini, prepare_work, psql,
                       require_binaries, route_keys, run, run_guarded, shard_section, stamp,
                       start_pgshard, stop_process, write_results)
 
@@ -398,7 +398,7 @@ select n from {TABLE} where id = :id;
         RESHARD RELEASE lines (UTC, milliseconds)."""
         def at(stamp):
             return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-        hold = release = None
+        hold = release = reported = None
         for line in self.pgshard_log.read_text(errors="replace").splitlines():
             m = re.match(r"(\S+Z) \[\d+\] \w+: admin: RESHARD HOLD ", line)
             if m:
@@ -406,13 +406,14 @@ select n from {TABLE} where id = :id;
             m = re.match(r"(\S+Z) \[\d+\] \w+: RESHARD RELEASE: the hold of .* ends after "
                          r"(\d+) ms", line)
             if m:
-                release = at(m.group(1))
+                release, reported = at(m.group(1)), int(m.group(2))
         cut = self.data["cutover"]
         if hold is None or release is None or not hold <= release:
             log("pgshard's log has no RESHARD HOLD ... RELEASE pair: no hold window")
             return
         self.times["hold"], self.times["release"] = hold, release
         cut["pgshard_hold_ms"] = round((release - hold) * 1000)
+        cut["pgshard_reported_hold_ms"] = reported
         cut["pre_hold_ms"] = round((hold - self.times["cut_start"]) * 1000)
         cut["post_release_ms"] = round((self.times["cut_end"] - release) * 1000)
         log(f"pgshard held from +{cut['pre_hold_ms']} ms to "
@@ -648,8 +649,9 @@ select n from {TABLE} where id = :id;
         steps = ", ".join(f"{k} {v}" for k, v in cut["steps_ms"].items())
         rows.append(["cutover: moving keys held", f"{cut['held_ms']} ms", steps])
         rows.append(["cutover command, wall clock", f"{cut['wall_ms']:.0f} ms",
-                     f"{cut['pre_hold_ms']:.0f} ms before the hold, {cut['post_release_ms']:.0f}"
-                     " ms after the release (pgshard's log)"
+                     f"{cut['pre_hold_ms']:.0f} ms before the hold, "
+                     f"{cut['pgshard_reported_hold_ms']} ms held (pgshard's log), "
+                     f"{cut['post_release_ms']:.0f} ms after the release"
                      if cut.get("pre_hold_ms") is not None else "hold not found in pgshard's log"])
 
         def lat_row(name, s):
@@ -684,7 +686,8 @@ select n from {TABLE} where id = :id;
                 f"-M {a.mode} -T {a.duration} (update n + 1, then read it, one random id), "
                 f"transaction pooling, pool_size {a.pool_size} per node, workers {a.workers}; "
                 f"{a.before} s of load before `reshard start`, cutover after "
-                f"{a.stream_seconds} s of streaming. {stamp()}; build {self.build}. "
+                f"{a.stream_seconds} s of streaming. {stamp()}; build {self.build} "
+                f"(pgshard built {built(self.pgshard_bin)}, pgshardctl {built(self.ctl_bin)}). "
                 f"Load average {la.get('start')} at the start, {la.get('cutover')} at the "
                 f"cutover, {la.get('end_of_load')} at the end of the load.")
         md = ["# Resharding under load: 2 shards to 3 (pgshardctl reshard)", "", meta, "",
@@ -720,6 +723,11 @@ select n from {TABLE} where id = :id;
             stop_process(name, proc, problems, check_exit=(name == "pgshard"))
         return self.lab.release((*SHARD_PORTS.values(), S2_REPLICA_PORT, PROXY_PORT), WORK,
                                 self.args.keep, problems)
+
+
+def built(binary):
+    """BINARY's modification time: which tree a build is can differ from HEAD."""
+    return datetime.datetime.fromtimestamp(binary.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
 
 
 def main():
