@@ -386,7 +386,10 @@ def test_fanout_part_server_killed_mid_rows(users, sharded_proxy, protocol):
         assert "s1" in answer.message, answer
         assert answer.status == "I"
         assert len(answer.rows) < 2 * 300000 - 1, "the read did not fail"
-        assert time.monotonic() - started < 20
+        # A bound for a hang, not a speed check: reading the rows that came
+        # first in Python takes most of it, and 20 s was seen on a machine
+        # running two suites and a benchmark.
+        assert time.monotonic() - started < 60
         assert ok(raw, "select 1", protocol) == [["1"]]
         assert_servers_settle(lab, pool_size=1)
         assert ok(raw, "select count(*) from users", protocol) == [["2"]]
