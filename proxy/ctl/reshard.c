@@ -538,13 +538,18 @@ bool rs_mirror_all(const rs_plan_t *plan) {
 
 bool rs_state_read(PGconn *conn, const rs_plan_t *plan, const rs_move_t *move, rs_state_t *out) {
   memset(out, 0, sizeof(*out));
+  /* No table yet (start has not created it): no state, not an error. */
+  PGresult *res = rs_query(conn, "looking for pgshard.reshard_move",
+                           "select to_regclass('pgshard.reshard_move') is not null", 0, NULL);
+  bool exists = res && !strcmp(PQgetvalue(res, 0, 0), "t");
+  PQclear(res);
+  if (res == NULL || !exists) return res != NULL;
   const char *params[] = {plan->id, move->source->name, move->target->name};
-  PGresult *res = rs_query(conn, "reading the move's state",
-                           "select phase, consistent_lsn, applied_lsn, rows_copied, rows_applied, "
-                           "applied_commit_at, cut_token, error from pgshard.reshard_move "
-                           "where to_regclass('pgshard.reshard_move') is not null and "
-                           "reshard_id = $1 and source = $2 and target = $3 and not mirror",
-                           3, params);
+  res = rs_query(conn, "reading the move's state",
+                 "select phase, consistent_lsn, applied_lsn, rows_copied, rows_applied, "
+                 "applied_commit_at, cut_token, error from pgshard.reshard_move "
+                 "where reshard_id = $1 and source = $2 and target = $3 and not mirror",
+                 3, params);
   if (res == NULL) return false;
   if (PQntuples(res) == 1) {
     out->found = true;
@@ -920,7 +925,8 @@ static void reshard_usage(FILE *out) {
           "Options: --database DB (when several databases change)\n"
           "         --admin CONNINFO (cutover, abort: pgshard's admin console; default\n"
           "           OLD's listen address as its first admin user, dbname=pgshard)\n"
-          "         --max-lag-bytes N (cutover: refuse above; default 16777216)\n"
+          "         --max-lag-bytes N, --max-lag-seconds S (cutover: hold only once every\n"
+          "           move lags less; default 16777216 and 1), --wait-ms N (for that; 60000)\n"
           "         --timeout-ms N (cutover: the longest write hold; default 10000)\n");
 }
 
@@ -931,7 +937,10 @@ int pgs_ctl_reshard(int argc, char **argv) {
                                                                                       : stderr);
     return argc >= 1 && (!strcmp(argv[0], "-h") || !strcmp(argv[0], "--help")) ? 0 : 2;
   }
-  rs_options_t opt = {.max_lag_bytes = 16 * 1024 * 1024, .timeout_ms = 10000};
+  rs_options_t opt = {.max_lag_bytes = 16 * 1024 * 1024,
+                      .max_lag_seconds = 1.0,
+                      .wait_ms = 60000,
+                      .timeout_ms = 10000};
   for (int i = 3; i < argc; i++) {
     if (!strcmp(argv[i], "--database") && i + 1 < argc) {
       opt.database = argv[++i];
@@ -939,6 +948,10 @@ int pgs_ctl_reshard(int argc, char **argv) {
       opt.admin = argv[++i];
     } else if (!strcmp(argv[i], "--max-lag-bytes") && i + 1 < argc) {
       opt.max_lag_bytes = atoll(argv[++i]);
+    } else if (!strcmp(argv[i], "--max-lag-seconds") && i + 1 < argc) {
+      opt.max_lag_seconds = atof(argv[++i]);
+    } else if (!strcmp(argv[i], "--wait-ms") && i + 1 < argc) {
+      opt.wait_ms = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc) {
       opt.timeout_ms = atoi(argv[++i]);
     } else {

@@ -64,9 +64,11 @@ typedef struct rs_state {
 
 /* Options of the verbs. */
 typedef struct rs_options {
-  const char *database; /* --database */
-  const char *admin;    /* --admin CONNINFO of pgshard's console */
-  long long max_lag_bytes;
+  const char *database;    /* --database */
+  const char *admin;       /* --admin CONNINFO of pgshard's console */
+  long long max_lag_bytes; /* cutover: hold only once every move lags less */
+  double max_lag_seconds;
+  int wait_ms; /* cutover: how long to wait for that */
   int timeout_ms;
 } rs_options_t;
 

@@ -220,8 +220,13 @@ static bool same_columns(const rs_plan_t *plan) {
   return ok;
 }
 
-static bool check_ready(const rs_plan_t *plan, const rs_state_t *states, const rs_options_t *opt) {
-  if (!same_columns(plan)) return false;
+/* The worst lag in bytes over the moves, from their STATES and each
+ * source's position now. False after printing when a source cannot be
+ * read. Sets *LISTENING false when a source has no streamer on its slot. */
+static bool worst_lag(const rs_plan_t *plan, const rs_state_t *states, long long *bytes,
+                      bool *listening) {
+  *bytes = 0;
+  *listening = true;
   for (int s = 0; s < plan->nsources; s++) {
     const rs_source_t *src = &plan->sources[s];
     PGconn *conn = source_conn(plan, src);
@@ -232,49 +237,28 @@ static bool check_ready(const rs_plan_t *plan, const rs_state_t *states, const r
                                     1, params)
                          : NULL;
     bool ok = res != NULL;
-    uint64_t current = 0;
-    if (ok) current = rs_lsn(PQgetvalue(res, 0, 0));
-    for (int i = 0; ok && i < src->nmoves; i++) {
-      const rs_state_t *st = &states[src->moves[i]];
-      if (st->error[0]) {
-        fprintf(stderr, "pgshardctl: move %s -> %s stopped: %s\n", src->shard->name,
-                plan->moves[src->moves[i]].target->name, st->error);
-        ok = false;
-      }
-    }
-    if (ok && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
-      fprintf(stderr,
-              "pgshardctl: no streamer is connected to slot %s on %s: is `pgshardctl "
-              "reshard start` running?\n",
-              src->slot, src->shard->name);
-      ok = false;
-    }
+    uint64_t current = ok ? rs_lsn(PQgetvalue(res, 0, 0)) : 0;
+    if (ok && strcmp(PQgetvalue(res, 0, 1), "t") != 0) *listening = false;
     PQclear(res);
     PQfinish(conn);
-    for (int i = 0; ok && i < src->nmoves; i++) {
-      const rs_state_t *st = &states[src->moves[i]];
-      long long lag = current > st->applied_lsn ? (long long)(current - st->applied_lsn) : 0;
-      if (lag > opt->max_lag_bytes) {
-        fprintf(stderr,
-                "pgshardctl: move %s -> %s lags %lld bytes (bound %lld): try again when "
-                "it has caught up\n",
-                src->shard->name, plan->moves[src->moves[i]].target->name, lag, opt->max_lag_bytes);
-        ok = false;
-      }
-    }
     if (!ok) return false;
+    for (int i = 0; i < src->nmoves; i++) {
+      const rs_state_t *st = &states[src->moves[i]];
+      long long b = current > st->applied_lsn ? (long long)(current - st->applied_lsn) : 0;
+      if (b > *bytes) *bytes = b;
+    }
   }
   return true;
 }
 
 /* Write the cut marker into every source and wait until every target has
  * applied it. */
-static bool mark_and_wait(const rs_plan_t *plan, double deadline) {
+static bool mark_and_wait(const rs_plan_t *plan, const char *kind, double deadline) {
   uint8_t rnd[8];
   if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) memset(rnd, 7, sizeof(rnd));
   char token[40];
-  snprintf(token, sizeof(token), "cut-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
-           rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+  snprintf(token, sizeof(token), "%s-%02x%02x%02x%02x%02x%02x%02x%02x", kind, rnd[0], rnd[1],
+           rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
   for (int s = 0; s < plan->nsources; s++) {
     PGconn *conn = source_conn(plan, &plan->sources[s]);
     const char *params[] = {RS_MESSAGE_PREFIX, token};
@@ -300,6 +284,47 @@ static bool mark_and_wait(const rs_plan_t *plan, double deadline) {
   free(conns);
   free(states);
   return applied;
+}
+
+/* Before the hold: no move stopped, a streamer on every slot, the same
+ * columns on both sides; then wait (at most --wait-ms) until the moves
+ * have caught up: under --max-lag-bytes, and a probe marker written into
+ * each source's WAL applied on every target within --max-lag-seconds. The
+ * cut's own marker then waits for little, inside the hold. */
+static bool check_ready(const rs_plan_t *plan, rs_state_t *states, const rs_options_t *opt) {
+  for (int i = 0; i < plan->nmoves; i++)
+    if (states[i].error[0]) {
+      fprintf(stderr, "pgshardctl: move %s -> %s stopped: %s\n", plan->moves[i].source->name,
+              plan->moves[i].target->name, states[i].error);
+      return false;
+    }
+  if (!same_columns(plan)) return false;
+  double until = pgs_lab_now() + opt->wait_ms / 1000.0;
+  long long bytes = 0;
+  double took = 0;
+  bool listening = true;
+  while (pgs_lab_now() < until) {
+    if (!read_states(plan, states) || !worst_lag(plan, states, &bytes, &listening)) return false;
+    if (!listening) {
+      fprintf(stderr,
+              "pgshardctl: a source's slot has no streamer: is `pgshardctl reshard "
+              "start` running?\n");
+      return false;
+    }
+    if (bytes > opt->max_lag_bytes) {
+      pgs_lab_sleep_ms(200);
+      continue;
+    }
+    double t = pgs_lab_now();
+    bool applied = mark_and_wait(plan, "probe", until);
+    took = pgs_lab_now() - t;
+    if (applied && took <= opt->max_lag_seconds) return true;
+  }
+  fprintf(stderr,
+          "pgshardctl: the moves have not caught up in %d ms (lag %lld bytes; a marker took "
+          "%.1f s to apply; bounds %lld bytes, %.1f s): try again later\n",
+          opt->wait_ms, bytes, took, opt->max_lag_bytes, opt->max_lag_seconds);
+  return false;
 }
 
 /* Each moving table's sequences: on the target at least where they are on
@@ -440,11 +465,11 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   /* Each step's end, for the report: hold answered, marker applied,
    * sequences, replicas, file and reload, phase, release. */
   double at[7] = {pgs_lab_now()};
-  bool ok = mark_and_wait(plan, deadline) && (at[1] = pgs_lab_now()) && carry_sequences(plan) &&
-            (at[2] = pgs_lab_now()) && replicas_caught_up(plan, deadline) &&
-            (at[3] = pgs_lab_now()) && pgs_lab_now() < deadline && switch_file(plan) &&
-            reload_and_wait(admin, deadline + 5) && (at[4] = pgs_lab_now()) &&
-            set_phase(plan, "switched") && (at[5] = pgs_lab_now());
+  bool ok = mark_and_wait(plan, "cut", deadline) && (at[1] = pgs_lab_now()) &&
+            carry_sequences(plan) && (at[2] = pgs_lab_now()) &&
+            replicas_caught_up(plan, deadline) && (at[3] = pgs_lab_now()) &&
+            pgs_lab_now() < deadline && switch_file(plan) && reload_and_wait(admin, deadline + 5) &&
+            (at[4] = pgs_lab_now()) && set_phase(plan, "switched") && (at[5] = pgs_lab_now());
   bool released = console(admin, "RESHARD RELEASE");
   at[6] = pgs_lab_now();
   if (!ok) {
