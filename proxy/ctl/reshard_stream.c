@@ -22,7 +22,9 @@
  *              ready, or 1000 transactions, or 50 ms, or a marker), each
  *              target touched gets applied_lsn = the batch's end (and the
  *              marker) in its state row, in the same transaction as the
- *              rows, then COMMIT
+ *              rows, then COMMIT once every answer has been checked
+ * A batch's statements go to a target pipelined (libpq pipeline mode): one
+ * round trip for all of them, a second for the COMMIT.
  * A target opens its transaction (BEGIN) at its first change. A target
  * whose applied_lsn is already past a transaction's commit skips it, so
  * a transaction resent after a crash is applied once. The slot is told
@@ -48,6 +50,7 @@
 #define PG_EPOCH_UNIX_S 946684800LL
 #define TICK_S 1.0
 #define BATCH_MAX_TXNS 1000
+#define BATCH_MAX_STATEMENTS 2000 /* queued on one target: answers stay small */
 #define BATCH_MAX_S 0.05
 
 typedef struct rel {
@@ -66,8 +69,13 @@ typedef struct target {
   PGconn *conn;
   uint64_t applied;  /* its state's applied_lsn */
   uint64_t recorded; /* the last applied_lsn written while idle */
-  bool open;         /* BEGIN sent in the current source transaction */
+  bool open;         /* BEGIN sent: a batch's transaction, in pipeline mode */
   long long rows;
+  /* What each statement sent in the batch must answer, in order: its name
+   * for errors, whether it must have changed a row. */
+  const char **expect_what;
+  bool *expect_row;
+  int nexpect, expect_cap;
 } target_t;
 
 typedef struct stream {
@@ -99,6 +107,7 @@ static int64_t pg_now_us(void) {
 
 static bool fail(stream_t *s, const char *fmt, ...) PGS_PRINTF(2, 3);
 static bool fail(stream_t *s, const char *fmt, ...) {
+  if (s->error[0]) return false; /* the first error is the one to report */
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(s->error, sizeof(s->error), fmt, ap);
@@ -184,18 +193,67 @@ static target_t *target_of(stream_t *s, int shard, bool *stays) {
 
 /* ---- applying ---- */
 
-/* T's transaction for the current source transaction; false when T has it
- * already (skip) or on failure (S failed). */
+/* Queue STATEMENT (text parameters) on T's pipeline, expecting WHAT (and
+ * a changed row when ONE_ROW) when the batch is read back. */
+static bool send_on(stream_t *s, target_t *t, const char *sql, int nparams, const Oid *types,
+                    const char *const *values, const char *what, bool one_row) {
+  if (!PQsendQueryParams(t->conn, sql, nparams, types, values, NULL, NULL, 0))
+    return fail(s, "%s on %s: %s", what, t->move->target->name, PQerrorMessage(t->conn));
+  if (t->nexpect == t->expect_cap) {
+    t->expect_cap = t->expect_cap ? 2 * t->expect_cap : 64;
+    t->expect_what = pgs_xrealloc(t->expect_what, sizeof(*t->expect_what) * (size_t)t->expect_cap);
+    t->expect_row = pgs_xrealloc(t->expect_row, sizeof(*t->expect_row) * (size_t)t->expect_cap);
+  }
+  t->expect_what[t->nexpect] = what;
+  t->expect_row[t->nexpect++] = one_row;
+  return true;
+}
+
+/* T's transaction for the current batch: pipeline mode and BEGIN, queued.
+ * False when T has the source transaction already (skip) or on failure. */
 static bool open_target(stream_t *s, target_t *t, bool *skip) {
   *skip = t->applied > s->final_lsn;
   if (*skip || t->open) return !*skip;
-  PGresult *res = PQexec(t->conn, "begin");
-  bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-  PQclear(res);
-  if (!ok) return fail(s, "BEGIN on %s: %s", t->move->target->name, PQerrorMessage(t->conn));
+  if (!PQenterPipelineMode(t->conn))
+    return fail(s, "pipeline mode on %s: %s", t->move->target->name, PQerrorMessage(t->conn));
   t->open = true;
   t->rows = 0;
-  return true;
+  t->nexpect = 0;
+  return send_on(s, t, "begin", 0, NULL, NULL, "BEGIN", false);
+}
+
+/* Sync T's pipeline and read every answer in order: the first error or
+ * row-less UPDATE/DELETE fails S. Leaves pipeline mode. */
+static bool read_back(stream_t *s, target_t *t) {
+  bool ok = PQpipelineSync(t->conn) == 1;
+  if (!ok) fail(s, "sync on %s: %s", t->move->target->name, PQerrorMessage(t->conn));
+  for (int i = 0; ok && i < t->nexpect; i++) {
+    PGresult *res = PQgetResult(t->conn);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK)
+      ok = fail(s, "%s on %s: %s", t->expect_what[i], t->move->target->name,
+                res ? PQresultErrorMessage(res) : PQerrorMessage(t->conn));
+    else if (t->expect_row[i] && atoll(PQcmdTuples(res)) == 0)
+      ok = fail(s,
+                "%s on %s found no row: the target is not what the copy and the stream "
+                "made it",
+                t->expect_what[i], t->move->target->name);
+    PQclear(res);
+    PQclear(PQgetResult(t->conn)); /* the NULL after each statement's answer */
+  }
+  /* Whatever is left (after an error: aborted answers), then the sync. */
+  for (int guard = 0; guard < 2 * t->nexpect + 4; guard++) {
+    PGresult *res = PQgetResult(t->conn);
+    ExecStatusType st = PQresultStatus(res);
+    PQclear(res);
+    if (st == PGRES_PIPELINE_SYNC) break;
+  }
+  t->nexpect = 0;
+  t->open = false;
+  if (!PQexitPipelineMode(t->conn) && ok)
+    ok = fail(s, "leaving pipeline mode on %s: %s", t->move->target->name, PQerrorMessage(t->conn));
+  if (!ok) PQclear(PQexec(t->conn, "rollback"));
+  return ok;
 }
 
 typedef struct sqlbuf {
@@ -242,7 +300,8 @@ static void sql_free(sqlbuf_t *b) {
   free(b->types);
 }
 
-/* Text parameters need NUL-terminated values: copies made here. */
+/* Text parameters need NUL-terminated values: copies made here (libpq
+ * has them in its buffer once sent). */
 static bool run_sql(stream_t *s, target_t *t, sqlbuf_t *b, const char *what, bool one_row) {
   char **copies = pgs_xcalloc((size_t)b->nparams + 1, sizeof(*copies));
   for (int i = 0; i < b->nparams; i++)
@@ -250,16 +309,7 @@ static bool run_sql(stream_t *s, target_t *t, sqlbuf_t *b, const char *what, boo
       copies[i] = pgs_xstrndup(b->values[i], (size_t)b->lengths[i]);
       b->values[i] = copies[i];
     }
-  PGresult *res = PQexecParams(t->conn, b->text, b->nparams, b->types, b->values, NULL, NULL, 0);
-  bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-  if (!ok)
-    fail(s, "%s on %s: %s", what, t->move->target->name, PQresultErrorMessage(res));
-  else if (one_row && atoll(PQcmdTuples(res)) == 0)
-    ok = fail(s,
-              "%s on %s found no row: the target is not what the copy and the stream "
-              "made it",
-              what, t->move->target->name);
-  PQclear(res);
+  bool ok = send_on(s, t, b->text, b->nparams, b->types, b->values, what, one_row);
   rs_free_strings(copies, b->nparams);
   t->rows++;
   return ok;
@@ -377,6 +427,7 @@ static bool flush_batch(stream_t *s) {
   if (s->batch_txns == 0) return true;
   char lsn[32];
   pgs_lsn_format(s->batch_lsn, lsn, sizeof(lsn));
+  bool ok = true;
   for (int i = 0; i < s->ntargets; i++) {
     target_t *t = &s->targets[i];
     if (!t->open) continue;
@@ -385,21 +436,25 @@ static bool flush_batch(stream_t *s) {
     const char *params[] = {s->plan->id, s->src->shard->name,
                             lsn,         s->batch_at,
                             rows,        s->batch_cut[0] ? s->batch_cut : NULL};
-    PGresult *res = PQexecParams(
-        t->conn,
-        "update pgshard.reshard_move set applied_lsn = $3, applied_commit_at = to_timestamp($4), "
-        "rows_applied = rows_applied + $5, cut_token = coalesce($6, cut_token), "
-        "updated_at = now() where reshard_id = $1 and source = $2 and not mirror",
-        6, NULL, params, NULL, NULL, 0);
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    res = ok ? PQexec(t->conn, "commit") : NULL;
-    ok = ok && PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    if (!ok) return fail(s, "committing on %s: %s", t->move->target->name, PQerrorMessage(t->conn));
-    t->open = false;
-    t->applied = t->recorded = s->batch_lsn;
+    ok = ok &&
+         send_on(s, t,
+                 "update pgshard.reshard_move set applied_lsn = $3, applied_commit_at = "
+                 "to_timestamp($4), rows_applied = rows_applied + $5, cut_token = coalesce($6, "
+                 "cut_token), updated_at = now() where reshard_id = $1 and source = $2 and not "
+                 "mirror",
+                 6, NULL, params, "recording the position", true);
+    /* Every answer checked before COMMIT: an UPDATE or DELETE that found no
+     * row leaves nothing of the batch behind. */
+    if (!read_back(s, t)) ok = false;
+    if (ok) {
+      PGresult *res = PQexec(t->conn, "commit");
+      if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        ok = fail(s, "COMMIT on %s: %s", t->move->target->name, PQerrorMessage(t->conn));
+      PQclear(res);
+    }
+    if (ok) t->applied = t->recorded = s->batch_lsn;
   }
+  if (!ok) return false;
   s->confirmed = s->batch_lsn;
   s->batch_txns = 0;
   s->batch_cut[0] = '\0';
@@ -419,7 +474,9 @@ static bool on_commit(stream_t *s, const pgs_lr_msg_t *m) {
   if (s->cut[0]) snprintf(s->batch_cut, sizeof(s->batch_cut), "%s", s->cut);
   s->in_tx = false;
   s->cut[0] = '\0';
-  if (s->batch_cut[0] || s->batch_txns >= BATCH_MAX_TXNS ||
+  bool full = false;
+  for (int i = 0; i < s->ntargets; i++) full |= s->targets[i].nexpect >= BATCH_MAX_STATEMENTS;
+  if (s->batch_cut[0] || full || s->batch_txns >= BATCH_MAX_TXNS ||
       pgs_lab_now() - s->batch_start >= BATCH_MAX_S)
     return flush_batch(s);
   return true;
@@ -485,7 +542,7 @@ static bool tick(stream_t *s, bool *done) {
   pgs_lsn_format(s->confirmed, lsn, sizeof(lsn));
   for (int i = 0; i < s->ntargets; i++) {
     target_t *t = &s->targets[i];
-    if (!s->in_tx && s->confirmed > t->recorded) {
+    if (!s->in_tx && !t->open && s->confirmed > t->recorded) {
       const char *params[] = {s->plan->id, s->src->shard->name, lsn};
       if (!rs_exec(t->conn, "recording the position",
                    "update pgshard.reshard_move set applied_lsn = greatest(applied_lsn, $3), "
@@ -608,12 +665,19 @@ int rs_stream_source(const rs_plan_t *plan, const rs_source_t *src, PGconn *repl
     for (int i = 0; i < s.ntargets; i++) {
       target_t *t = &s.targets[i];
       if (t->conn == NULL) continue;
-      if (t->open) PQclear(PQexec(t->conn, "rollback"));
+      if (t->open) { /* a batch never read back: its answers, then roll back */
+        (void)read_back(&s, t);
+        PQclear(PQexec(t->conn, "rollback"));
+      }
       rs_state_error(t->conn, plan, t->move, s.error);
       if (s.mirror) (void)rs_state_mirror(t->conn, s.mirror, plan, t->move);
     }
   }
-  for (int i = 0; i < s.ntargets; i++) PQfinish(s.targets[i].conn);
+  for (int i = 0; i < s.ntargets; i++) {
+    PQfinish(s.targets[i].conn);
+    free(s.targets[i].expect_what);
+    free(s.targets[i].expect_row);
+  }
   PQfinish(s.mirror);
   free(s.targets);
   for (int i = 0; i < s.nrels; i++) rel_clear(&s.rels[i]);

@@ -625,3 +625,37 @@ def test_ddl_during_the_move_must_reach_the_target_before_cutover(reshard_lab, o
                             ).fetchone() == (7,)
     assert tenant_rows(reshard_lab, "s2", 1) == 50
     assert tenant_rows(reshard_lab, "s0", 1) == 0
+
+
+def test_a_target_changed_behind_the_move_stops_it(reshard_lab, old_view, sharded_proxy, tables,
+                                                   tmp_path):
+    """An update the stream carries that finds no row on the target (someone
+    changed the target directly) stops the streamer with the reason, and
+    nothing of that batch is applied (fail closed); after abort the source
+    still has every row."""
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s2"], streamer)
+        with reshard_lab.connect_primary("s2") as conn:
+            conn.execute("delete from counters where tenant_id = 1 and k = 7")
+        with px.connect(autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute("update counters set n = 11 where tenant_id = 1 and k = 6")
+                conn.execute("update counters set n = 12 where tenant_id = 1 and k = 7")
+        wait_for(lambda: "UPDATE on s2 found no row" in ctl("status", px.config_path, new).stdout,
+                 30, message="the error in status")
+        with reshard_lab.connect_primary("s2") as conn:
+            assert conn.execute("select n from counters where tenant_id = 1 and k = 6"
+                                ).fetchone() == (0,)  # the batch rolled back
+        ctl("abort", px.config_path, new)
+        assert streamer.wait(30) == 1
+    finally:
+        stop(streamer)
+    assert replication_objects(reshard_lab) == []
+    with reshard_lab.connect_primary("s0") as conn:
+        assert conn.execute("select count(*), sum(n) from counters where tenant_id = 1"
+                            ).fetchone() == (50, 23)
