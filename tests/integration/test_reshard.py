@@ -33,6 +33,11 @@ column = tenant_id
 type = bigint
 strategy = tenant
 
+[table.app.orders]
+column = tenant_id
+type = bigint
+strategy = tenant
+
 [table.app.events]
 column = id
 type = bigint
@@ -88,13 +93,15 @@ def tables(reshard_lab):
             for (pub,) in conn.execute("select pubname from pg_publication").fetchall():
                 conn.execute(f'drop publication "{pub}"')
             conn.execute("drop schema if exists pgshard cascade")
-            conn.execute("drop table if exists counters, events, users")
+            conn.execute("drop table if exists counters, events, users, orders")
             conn.execute("create table counters (tenant_id bigint not null, k int not null,"
                          " n bigint not null default 0, note text, primary key (tenant_id, k))")
             conn.execute("create table events (id bigint primary key, v text,"
                          " n bigint not null default 0)")
             conn.execute("create table users (id bigint primary key, name text,"
                          " n bigint not null default 0)")
+            conn.execute("create table orders (tenant_id bigint not null, id bigserial,"
+                         " item text, primary key (tenant_id, id))")
     yield
 
 
@@ -413,13 +420,17 @@ MOVES = {  # old map, new map, table, its key column, the load, rows that go to 
     "tenant": (TENANTS_OLD, TENANTS_NEW, "counters", "tenant_id", COUNTERS_LOAD, 50),
     "range": (TENANTS_OLD, RANGES_NEW, "events", "id", EVENTS_LOAD, 500),
     "hash": (TENANTS_OLD, TENANTS_OLD, "users", "id", USERS_LOAD, None),
+    # hash = postgres (PARTITION BY HASH): from modulus 2 to 3, keys move
+    # between the old shards too, so pgshard refuses fan-outs meanwhile.
+    "postgres": (TENANTS_OLD, TENANTS_OLD, "users", "id", USERS_LOAD, None),
 }
 
 
-@pytest.mark.parametrize("move", ["tenant", "range", "hash"])
+@pytest.mark.parametrize("move", ["tenant", "range", "hash", "postgres"])
 def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path, move):
     old_map, new_map, table, column, script, to_s2 = MOVES[move]
-    px = sharded_proxy(lab=old_view, extra_ini=old_map)
+    px = sharded_proxy(lab=old_view, extra_ini=old_map,
+                       **({"hash": "postgres"} if move == "postgres" else {}))
     if move == "tenant":
         populate(px)
     else:
@@ -427,14 +438,16 @@ def test_move_under_load(reshard_lab, old_view, sharded_proxy, tables, tmp_path,
             with conn.cursor() as cur:
                 cur.executemany(f"insert into {table} (id) values (%s)",
                                 [(i,) for i in range(1, 2000 if move == "range" else 2001)])
-    new = new_config(px, reshard_lab, old_map, new_map, tmp_path / "new.ini", slots=True)
+    new = new_config(px, reshard_lab, old_map, new_map, tmp_path / "new.ini",
+                     slots=move != "postgres")
     before = shard_sums(reshard_lab, table)
     rows_before = sum(c for c, _ in before.values())
     sum_before = sum(s for _, s in before.values())
     with open(tmp_path / "start.log", "w") as log:
         streamer = start_streamer(px.config_path, new, log)
     try:
-        wait_streaming(reshard_lab, ["s2"], streamer)
+        wait_streaming(reshard_lab, ["s0", "s1", "s2"] if move == "postgres" else ["s2"],
+                       streamer)
         load = run_load(px, tmp_path, script, 8)
         lag_bytes, lag_s = [], []
         for _ in range(6):  # the streamers' lag while the load runs (status)
@@ -659,3 +672,38 @@ def test_a_target_changed_behind_the_move_stops_it(reshard_lab, old_view, sharde
     with reshard_lab.connect_primary("s0") as conn:
         assert conn.execute("select count(*), sum(n) from counters where tenant_id = 1"
                             ).fetchone() == (50, 23)
+
+
+def test_sequences_follow_the_moved_rows(reshard_lab, old_view, sharded_proxy, tables, tmp_path):
+    """Ids from a shard's own sequence (bigserial) move with their rows; the
+    target's sequence is set past them at cutover, so the moved tenant's next
+    inserts on its new shard do not collide."""
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    with px.connect(autocommit=True) as conn:
+        for i in range(30):
+            conn.execute("insert into orders (tenant_id, item) values (1, %s)", (f"i{i}",))
+            conn.execute("insert into orders (tenant_id, item) values (2, %s)", (f"j{i}",))
+    with reshard_lab.connect_primary("s0") as conn:
+        last = conn.execute("select last_value from orders_id_seq").fetchone()[0]
+    assert last == 60
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s2"], streamer)
+        with px.connect(autocommit=True) as conn:  # still on s0: its sequence goes on
+            conn.execute("insert into orders (tenant_id, item) values (1, 'during')")
+        ctl("cutover", px.config_path, new)
+        streamer.wait(30)
+        ctl("cleanup", px.config_path, new)
+    finally:
+        stop(streamer)
+    with reshard_lab.connect_primary("s2") as conn:
+        assert conn.execute("select count(*), max(id) from orders where tenant_id = 1"
+                            ).fetchone() == (31, 61)
+        assert conn.execute("select last_value from orders_id_seq").fetchone()[0] >= 61
+    with px.connect(autocommit=True) as conn:
+        for i in range(5):  # on s2 now, with ids after the moved ones
+            conn.execute("insert into orders (tenant_id, item) values (1, %s)", (f"after{i}",))
+        assert conn.execute("select count(*), count(distinct id) from orders where tenant_id = 1"
+                            ).fetchone() == (36, 36)
