@@ -251,7 +251,7 @@ def test_start_copies_and_streams_then_abort_leaves_nothing(reshard_lab, old_vie
         rows = wait_for(lambda: [r for r in show_reshard() if r["source"] == "s0" and
                                  r["target"] == "s2" and r["phase"] == "streaming"], 10,
                         message="SHOW RESHARD to list the move s0 -> s2")
-        assert rows[0]["rows_copied"] == 50 and rows[0]["tables"] == "counters", rows
+        assert rows[0]["rows_copied"] == 50 and rows[0]["tables"] == "counters, orders", rows
         # Killed while streaming, a rerun goes on from where it was.
         streamer.kill()
         streamer.wait()
