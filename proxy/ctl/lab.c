@@ -9,8 +9,9 @@
  * interleave. `up` is idempotent: it builds what is missing, starts what is
  * stopped and leaves running servers alone. Primaries come first, then the
  * roles and databases on them, then replicas (so a fresh base backup already
- * holds every database), then the proxy. `down` needs no config: it stops the
- * proxy, then every server it finds in DIR, replicas before primaries.
+ * holds every database), then the proxy or proxies (lab_proxy.c). `down`
+ * needs no config: it stops every proxy, then every server it finds in DIR,
+ * replicas before primaries.
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -33,6 +34,7 @@ typedef struct lab_options {
   bool no_proxy;
   bool purge;
   bool tls;      /* up: servers with TLS (lab_tls.c) */
+  int proxies;   /* up: --proxies N; 0 when not given (one proxy) */
   int timeout_s; /* wait */
   char **args;   /* positional arguments after the verb */
   int nargs;
@@ -40,14 +42,17 @@ typedef struct lab_options {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: pgshardctl lab up     -c FILE [--dir DIR] [--no-proxy] [--tls]\n"
+          "usage: pgshardctl lab up     -c FILE [--dir DIR] [--no-proxy] [--tls] [--proxies N]\n"
           "       pgshardctl lab status -c FILE [--dir DIR] [--no-proxy]\n"
           "       pgshardctl lab down   -c FILE [--dir DIR] [--purge]\n"
           "       pgshardctl lab lag    -c FILE [--dir DIR] DB.SHARD N pause|resume|delay MS\n"
           "       pgshardctl lab wait   -c FILE [--dir DIR] [--timeout SECONDS]\n"
           "DIR defaults to .pgshard-lab/ in the directory holding FILE.\n"
           "--tls: the servers take TLS connections only, with a certificate from the\n"
-          "lab's own CA (DIR/tls/ca.crt); kept for the lab's life once made.\n");
+          "lab's own CA (DIR/tls/ca.crt); kept for the lab's life once made.\n"
+          "--proxies N: run N pgshard (1 to %d, default 1), proxy I on FILE's listen\n"
+          "port + I; up stops any proxy beyond N, status lists and down stops them all.\n",
+          LAB_MAX_PROXIES);
 }
 
 /* ---- options ---- */
@@ -80,7 +85,7 @@ static int parse_options(int argc, char **argv, lab_options_t *opts) {
   opts->args = pgs_xcalloc((size_t)argc, sizeof(char *));
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    const char *timeout;
+    const char *timeout, *proxies;
     if (!strcmp(opts->verb, "wait") && option_value(argc, argv, &i, "--timeout", &timeout)) {
       char *end;
       long v = strtol(timeout, &end, 10);
@@ -94,6 +99,20 @@ static int parse_options(int argc, char **argv, lab_options_t *opts) {
                option_value(argc, argv, &i, "--config", &opts->config_path) ||
                option_value(argc, argv, &i, "--dir", &opts->dir)) {
       continue;
+    } else if (option_value(argc, argv, &i, "--proxies", &proxies)) {
+      char *end;
+      long v = strtol(proxies, &end, 10);
+      if (strcmp(opts->verb, "up") != 0) {
+        fprintf(stderr, "pgshardctl: lab %s does not take --proxies\n", opts->verb);
+        usage(stderr);
+        return 2;
+      }
+      if (end == proxies || *end || v < 1 || v > LAB_MAX_PROXIES) {
+        fprintf(stderr, "pgshardctl: lab up: --proxies needs a number from 1 to %d, got \"%s\"\n",
+                LAB_MAX_PROXIES, proxies);
+        return 2;
+      }
+      opts->proxies = (int)v;
     } else if (!strcmp(a, "--no-proxy") && strcmp(opts->verb, "down") &&
                strcmp(opts->verb, "lag") && strcmp(opts->verb, "wait")) {
       opts->no_proxy = true;
@@ -115,6 +134,10 @@ static int parse_options(int argc, char **argv, lab_options_t *opts) {
     } else {
       opts->args[opts->nargs++] = argv[i];
     }
+  }
+  if (opts->proxies && opts->no_proxy) {
+    fprintf(stderr, "pgshardctl: lab up: --proxies and --no-proxy exclude each other\n");
+    return 2;
   }
   bool down = !strcmp(opts->verb, "down");
   if (opts->config_path == NULL && !(down && opts->dir)) {
@@ -489,6 +512,7 @@ static int lab_run_verb(lab_t *lab, const lab_options_t *opts) {
   if (!strcmp(verb, "down")) return lab_down(lab, opts->purge);
   if (lab_load_config(lab) != PGS_OK) return 1;
   lab->tls = (opts->tls && !strcmp(verb, "up")) || pgs_lab_tls_present(lab);
+  lab->proxies = opts->proxies;
   pgs_lab_connect_tls(lab->tls);
   if (!strcmp(verb, "up")) return lab_resolve_user(lab) == PGS_OK ? lab_up(lab, opts->no_proxy) : 1;
   if (!strcmp(verb, "status")) return pgs_lab_status(lab, !opts->no_proxy);

@@ -9,12 +9,13 @@
  * hosts are listed (server == -1) but never started or stopped.
  *
  * On disk, the lab directory DIR holds lab.info (marks it as a lab), the
- * proxy's pgshard.pid and pgshard.log, and one directory per server, DIR/PORT
+ * proxy's pgshard.pid and pgshard.log (pgshard-I.pid, .log and .ini for the
+ * other proxies of `up --proxies N`), and one directory per server, DIR/PORT
  * (see lab_server.c). Files:
  *   lab.c         CLI, model, up and down
  *   lab_status.c  status and lag
  *   lab_server.c  one PostgreSQL server: build, configure, start, stop
- *   lab_proxy.c   the pgshard process
+ *   lab_proxy.c   the pgshard processes
  *   lab_util.c    processes, files, pid files, sockets, libpq helpers
  *   lab_tls.c     a CA and server certificate for `up --tls`
  */
@@ -31,6 +32,7 @@
 #define LAB_START_TIMEOUT_S 60   /* pg_ctl start/stop, and a server accepting connections */
 #define LAB_REPLICA_TIMEOUT_S 60 /* a replica streaming, and databases reaching it */
 #define LAB_PROXY_TIMEOUT_S 10   /* the proxy listening, and stopping on SIGTERM */
+#define LAB_MAX_PROXIES 16       /* `up --proxies N`: 1 to this many pgshard */
 #define LAB_SUPERUSER "postgres" /* initdb -U; every lab connection logs in as it */
 #define LAB_DEFAULT_PG_BIN "/usr/lib/postgresql/15/bin"
 
@@ -77,7 +79,8 @@ typedef struct lab {
   int nservers;
   char **roles; /* login roles the nodes connect as, other than LAB_SUPERUSER */
   int nroles;
-  bool tls; /* servers take TLS connections only (lab_tls.c) */
+  bool tls;    /* servers take TLS connections only (lab_tls.c) */
+  int proxies; /* up: how many pgshard to leave running (--proxies; 0 means 1) */
 } lab_t;
 
 /* ---- lab_util.c ---- */
@@ -123,9 +126,18 @@ bool pgs_lab_tls_present(const lab_t *lab);
 pgs_status_t pgs_lab_tls_ensure(const lab_t *lab) PGS_MUST_USE;
 
 /* ---- lab_proxy.c ---- */
+/* Start proxies 0 to lab->proxies - 1 that are not running; stop the others. */
 pgs_status_t pgs_lab_proxy_start(const lab_t *lab) PGS_MUST_USE;
+/* Stop every proxy that has a pid file. */
 pgs_status_t pgs_lab_proxy_stop(const lab_t *lab) PGS_MUST_USE;
-pid_t pgs_lab_proxy_pid(const lab_t *lab);
+/* Proxy INDEX's DIR/pgshard.EXT (INDEX 0) or DIR/pgshard-INDEX.EXT (malloc'ed). */
+char *pgs_lab_proxy_file(const lab_t *lab, int index, const char *ext);
+/* The port proxy INDEX listens on: the config's listen port + INDEX. */
+int pgs_lab_proxy_port(const lab_t *lab, int index);
+/* Proxy INDEX's live process, or 0. */
+pid_t pgs_lab_proxy_pid(const lab_t *lab, int index);
+/* Proxy INDEX has a pid file, live or stale: the lab started it. */
+bool pgs_lab_proxy_known(const lab_t *lab, int index);
 const char *pgs_lab_proxy_probe_host(const char *listen_host);
 
 /* ---- lab_status.c ---- */

@@ -1,6 +1,6 @@
 /*
  * lab_status.c — looking at a lab and steering its replicas: `lab status`
- * (a line per config node and one for the proxy), `lab lag` (pause, resume
+ * (a line per config node and one per proxy), `lab lag` (pause, resume
  * or delay WAL replay on one replica, which is how tests get real lag) and
  * `lab wait` (until every replica has replayed what its primary committed).
  *
@@ -122,17 +122,26 @@ static bool print_node(const lab_t *lab, const lab_node_t *ln, const server_prob
   return running;
 }
 
-static bool print_proxy(const lab_t *lab) {
-  char address[300], notes[512];
+/* Proxy INDEX's line; returns whether it runs. */
+static bool print_proxy(const lab_t *lab, int index) {
+  char name[32], address[300], notes[512];
   const char *host = pgs_lab_proxy_probe_host(lab->config->listen_host);
-  pid_t pid = pgs_lab_proxy_pid(lab);
-  format_address(lab->config->listen_host, lab->config->listen_port, address, sizeof(address));
-  if (pid > 0)
-    snprintf(notes, sizeof(notes), "pid %ld, %s", (long)pid,
-             pgs_lab_port_accepts(host, lab->config->listen_port) ? "listening" : "NOT LISTENING");
+  int port = pgs_lab_proxy_port(lab, index);
+  pid_t pid = pgs_lab_proxy_pid(lab, index);
+  if (index == 0)
+    snprintf(name, sizeof(name), "pgshard");
   else
-    snprintf(notes, sizeof(notes), "no live pid in %s/pgshard.pid", lab->dir);
-  printf("%-20s %-10s %-22s %-8s %-8s %-10s %s\n", "pgshard", "proxy", address,
+    snprintf(name, sizeof(name), "pgshard-%d", index);
+  format_address(lab->config->listen_host, port, address, sizeof(address));
+  if (pid > 0) {
+    snprintf(notes, sizeof(notes), "pid %ld, %s", (long)pid,
+             pgs_lab_port_accepts(host, port) ? "listening" : "NOT LISTENING");
+  } else {
+    char *path = pgs_lab_proxy_file(lab, index, "pid");
+    snprintf(notes, sizeof(notes), "no live pid in %s", path);
+    free(path);
+  }
+  printf("%-20s %-10s %-22s %-8s %-8s %-10s %s\n", name, "proxy", address,
          pid > 0 ? "running" : "stopped", "-", "-", notes);
   return pid > 0;
 }
@@ -148,7 +157,10 @@ int pgs_lab_status(const lab_t *lab, bool with_proxy) {
   printf("%-20s %-10s %-22s %-8s %-8s %-10s %s\n", "NODE", "ROLE", "ADDRESS", "STATE", "RECOVERY",
          "LAG_BYTES", "NOTES");
   for (int i = 0; i < lab->nnodes; i++) all_running &= print_node(lab, &lab->nodes[i], probes);
-  if (with_proxy) all_running &= print_proxy(lab);
+  /* Proxy 0 always (a lab runs one unless told otherwise), then every other
+   * proxy `up --proxies N` started, as its pid file tells. */
+  for (int i = 0; with_proxy && i < LAB_MAX_PROXIES; i++)
+    if (i == 0 || pgs_lab_proxy_known(lab, i)) all_running &= print_proxy(lab, i);
   free(probes);
   return all_running ? 0 : 1;
 }
