@@ -1100,6 +1100,14 @@ static void emit_stats(pgs_buf_t *out, pgs_gather_t *g, int *rows) {
 
 static void put_error(pgs_client_t *client, const char *sqlstate, const char *message);
 
+/* ReadyForQuery (idle) to the console client, and what follows one. */
+static void send_ready(pgs_client_t *client, pgs_buf_t *out) {
+  size_t mark = pgs_io_scratch_mark(&client->io);
+  pgs_msg_ready(out, 'I');
+  pgs_io_scratch_done(&client->io, mark);
+  connection->after_ready(client, 'I');
+}
+
 /* RESHARD HOLD answered once the transactions open at HOLD have ended (an
  * error if the hold ended first); RESHARD RELEASE once the RELOADs asked
  * before it have reached the workers (or RELEASE_WAIT_MS went by). */
@@ -1146,12 +1154,7 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
   }
   if (what == GATHER_HOLD || what == GATHER_RELEASE) {
     emit_hold(client, what);
-    if (mode == REPLY_SIMPLE) {
-      mark = pgs_io_scratch_mark(&client->io);
-      pgs_msg_ready(out, 'I');
-      pgs_io_scratch_done(&client->io, mark);
-      connection->after_ready(client, 'I');
-    }
+    if (mode == REPLY_SIMPLE) send_ready(client, out);
     return;
   }
   if (what == GATHER_PAUSE || what == GATHER_KILL) {
@@ -1166,12 +1169,7 @@ static void emit_gathered(pgs_client_t *client, pgs_gather_t *g, int what, int m
     } else {
       put_error(client, "42704", "no such client");
     }
-    if (mode == REPLY_SIMPLE) {
-      mark = pgs_io_scratch_mark(&client->io);
-      pgs_msg_ready(out, 'I');
-      pgs_io_scratch_done(&client->io, mark);
-      connection->after_ready(client, 'I');
-    }
+    if (mode == REPLY_SIMPLE) send_ready(client, out);
     return;
   }
   mark = pgs_io_scratch_mark(&client->io);
