@@ -195,6 +195,23 @@ def populate(px, tenants=(1, 2, 3, 4), keys=50):
 TENANTS_NEW = TENANTS_OLD.replace("1 = s0", "1 = s2")
 
 
+def tenant_move_streaming(sharded_proxy, reshard_lab, old_view, tmp_path):
+    """A pgshard on the old map with tenants 1-4 populated, and tenant 1's
+    move to s2 (slot table appended) started and streaming. Returns the
+    proxy, NEW's path and the `reshard start` process (the caller stops it)."""
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s2"], streamer)
+    except BaseException:
+        stop(streamer)
+        raise
+    return px, new, streamer
+
+
 def test_plan_lists_moves_rows_and_prerequisites(reshard_lab, old_view, sharded_proxy, tables,
                                                   tmp_path):
     px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
@@ -540,13 +557,8 @@ def test_truncate_on_the_source_stops_the_move(reshard_lab, old_view, sharded_pr
                                                tmp_path):
     """What the streamer cannot apply faithfully stops it, with the reason in
     status: here a TRUNCATE of a moving table made directly on the source."""
-    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
-    populate(px)
-    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
-    with open(tmp_path / "start.log", "w") as log:
-        streamer = start_streamer(px.config_path, new, log)
+    px, new, streamer = tenant_move_streaming(sharded_proxy, reshard_lab, old_view, tmp_path)
     try:
-        wait_streaming(reshard_lab, ["s2"], streamer)
         with reshard_lab.connect_primary("s0") as conn:
             conn.execute("truncate counters")
         # s0's streamer stops (s1's goes on: its moves are fine).
@@ -611,13 +623,8 @@ def test_ddl_during_the_move_must_reach_the_target_before_cutover(reshard_lab, o
     """DDL through pgshard reaches the old map's shards only; the new shard
     would serve a table without the column. Cutover refuses until the target
     has the same columns, then the rows written with the column move too."""
-    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
-    populate(px)
-    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
-    with open(tmp_path / "start.log", "w") as log:
-        streamer = start_streamer(px.config_path, new, log)
+    px, new, streamer = tenant_move_streaming(sharded_proxy, reshard_lab, old_view, tmp_path)
     try:
-        wait_streaming(reshard_lab, ["s2"], streamer)
         with px.connect(autocommit=True) as conn:
             conn.execute("alter table counters add column extra int")
         proc = ctl("cutover", px.config_path, new, check=False)
@@ -646,13 +653,8 @@ def test_a_target_changed_behind_the_move_stops_it(reshard_lab, old_view, sharde
     changed the target directly) stops the streamer with the reason, and
     nothing of that batch is applied (fail closed); after abort the source
     still has every row."""
-    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
-    populate(px)
-    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini", slots=True)
-    with open(tmp_path / "start.log", "w") as log:
-        streamer = start_streamer(px.config_path, new, log)
+    px, new, streamer = tenant_move_streaming(sharded_proxy, reshard_lab, old_view, tmp_path)
     try:
-        wait_streaming(reshard_lab, ["s2"], streamer)
         with reshard_lab.connect_primary("s2") as conn:
             conn.execute("delete from counters where tenant_id = 1 and k = 7")
         with px.connect(autocommit=True) as conn:
