@@ -1,9 +1,12 @@
 """Pooling: transaction and session modes, pool limits, the wait queue.
 
 The primary's pg_stat_activity is the referee for how many server
-connections pgshard holds; `pool_size` is per node and user in each worker, so
-the ceiling is pool_size * workers (plus the baseline taken before the load).
+connections pgshard holds; `pool_size` is per node and user for the whole
+process (a worker's pool grows past its share while the process has room), so
+pool_size * workers is a loose ceiling (plus the baseline taken before the load).
 """
+import os
+import subprocess
 import threading
 import time
 
@@ -234,3 +237,43 @@ def test_statement_dropping_prepared_statements(proxy, statement):
         assert conn.execute("select %s::int + 1", (1,), prepare=True).fetchone() == (2,)
     with px.connect(autocommit=True) as other:  # the same, only server
         assert other.execute("select %s::int + 1", (5,), prepare=True).fetchone() == (6,)
+
+
+def test_pgbench_prepared_across_workers_never_hangs(proxy, lab):
+    """pool_size is one limit for the whole process, not a fixed share per
+    worker: with a share of 5 servers per worker, pgbench -M prepared -c 10
+    -j 2 on pool_size 10 hung. One pgbench thread's client waited for a
+    server in a synchronous PQprepare (on a worker whose share was taken)
+    while that thread's other clients sat idle in transaction holding the
+    branch row lock, every other client blocked on it, and a server of the
+    other worker idle. With -C every transaction is a new connection that
+    prepares again: before the fix nearly every run hung."""
+    init = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p",
+                           str(lab.primary_port), "-U", "postgres", "app"],
+                          capture_output=True, text=True, timeout=300)
+    assert init.returncode == 0, init.stderr
+    pool_size = 10
+    px = proxy(pool_size=pool_size, workers=2)
+    env = dict(os.environ, PGPASSWORD="secret")
+    for i in range(6):
+        args = ["pgbench", "-n", "-M", "prepared", "-c", "10", "-j", "2", "-T", "2",
+                "-h", "127.0.0.1", "-p", str(px.port), "-U", "app", "app"]
+        if i % 2 == 0:
+            args.insert(2, "-C")  # a new connection (and new prepares) per transaction
+        started = time.monotonic()
+        try:
+            res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=12)
+        except subprocess.TimeoutExpired:
+            with px.connect(autocommit=True, user="admin", password="adminpw",
+                            dbname="pgshard") as admin:
+                pools = admin.execute("SHOW POOLS").fetchall()
+            pytest.fail(f"run {i} ({' '.join(args[1:8])}) hung; SHOW POOLS: {pools}")
+        output = res.stdout + res.stderr
+        assert res.returncode == 0, f"run {i}: {output}"
+        assert "number of transactions actually processed" in output, output
+        assert time.monotonic() - started < 12
+    # The limit is the process's: never more servers than pool_size.
+    with px.connect(autocommit=True, user="admin", password="adminpw", dbname="pgshard") as admin:
+        cur = admin.execute("SHOW SERVERS")
+        assert len(cur.fetchall()) <= pool_size
+    px.assert_alive()
