@@ -679,6 +679,8 @@ static const char *server_state_name(pgs_server_state_t state) {
     return "resetting";
   case PGS_SV_CLOSING:
     return "closing";
+  case PGS_SV_MOVING:
+    return "moving";
   }
   return "?";
 }

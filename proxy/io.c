@@ -29,8 +29,10 @@
  * a pass on an idle handle (tls->resume), which pgs_io_close closes with
  * the socket before the owner's on_close runs.
  */
+#include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -78,11 +80,14 @@ void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max) {
   io->owner = owner;
   io->in_max = in_max;
   io->tcp.data = io;
+  io->detached_fd = -1;
 }
 
 static void tls_free(pgs_io_t *io);
 
 void pgs_io_free_buffers(pgs_io_t *io) {
+  if (io->detached_fd >= 0) close(io->detached_fd);
+  io->detached_fd = -1;
   if (io->tls) tls_free(io);
   pgs_buf_free(&io->in);
   pgs_buf_free(&io->scratch);
@@ -313,6 +318,59 @@ void pgs_io_close(pgs_io_t *io) {
   io->open = false;
   pgs_io_stop_reading(io);
   uv_close((uv_handle_t *)&io->tcp, io->on_close);
+}
+
+static void tls_handle_closed(uv_handle_t *handle);
+static bool tls_has_input(const pgs_io_t *io);
+
+bool pgs_io_quiet(const pgs_io_t *io) {
+  if (!io->open || io->eof || io->writing || io->nsegs > 0 || io->wbuf.len > 0 ||
+      io->qbuf.len > 0 || io->in_pos < io->in.len)
+    return false;
+  return io->tls == NULL || (io->tls->state == TLS_OPEN && !tls_has_input(io));
+}
+
+/* The handle goes; the socket stays, as a dup (the handle's own descriptor
+ * closes with it). DONE becomes on_close: the owner sets its own again
+ * after attach. */
+int pgs_io_detach(pgs_io_t *io, uv_close_cb done) {
+  PGS_ASSERT(pgs_io_quiet(io) && io->detached_fd < 0);
+  uv_os_fd_t fd;
+  int rc = uv_fileno((const uv_handle_t *)&io->tcp, &fd);
+  if (rc != 0) return rc;
+  int copy = dup(fd);
+  if (copy < 0) return -errno;
+  io->detached_fd = copy;
+  io->on_close = done;
+  pgs_io_stop_reading(io);
+  io->open = false;
+  struct pgs_io_tls *t = io->tls;
+  if (t && t->resume_init) {
+    /* The idle handle belongs to this loop too: attach makes a new one. */
+    t->resume_init = false;
+    t->pending_closes = 2;
+    uv_close((uv_handle_t *)&t->resume, tls_handle_closed);
+    uv_close((uv_handle_t *)&io->tcp, tls_handle_closed);
+    return 0;
+  }
+  uv_close((uv_handle_t *)&io->tcp, done);
+  return 0;
+}
+
+int pgs_io_attach(pgs_io_t *io, uv_loop_t *loop) {
+  PGS_ASSERT(!io->open && io->detached_fd >= 0);
+  int fd = io->detached_fd;
+  io->detached_fd = -1;
+  int rc = uv_tcp_init(loop, &io->tcp);
+  if (rc != 0) {
+    close(fd);
+    return rc;
+  }
+  io->tcp.data = io;
+  io->open = true; /* a handle to close, socket or not */
+  rc = uv_tcp_open(&io->tcp, fd);
+  if (rc != 0) close(fd);
+  return rc;
 }
 
 const char *pgs_io_error_text(const pgs_io_t *io, int status) {

@@ -1,22 +1,41 @@
 /*
- * pool.c — server connections for one (database, user, shard) on one worker,
- * all to that shard's primary.
+ * pool.c — server connections for one (database, user, shard node), shared
+ * by the worker threads.
  *
- * Every server is on exactly one of the pool's lists, matching its state:
- * connecting, idle, active (linked to a client, or resetting). Clients that
- * need a server and find none idle wait in FIFO order in waiters; a freed
- * server goes straight to the oldest waiter. The pool opens servers lazily
- * up to its share of pool_size; it never holds more than that.
+ * Each worker has its own pool object for a node (pgs_pool_t: its servers
+ * and its waiting clients, touched only on its thread), and the workers'
+ * pools of one key share a pgs_pool_shared_t, which makes them one pool:
+ *  - pool_size is one limit for the node, database and user across the
+ *    process (as PgBouncer's default_pool_size): a server is counted in
+ *    node->servers from the moment its connection attempt starts until it
+ *    closes, wherever it is.
+ *  - A worker whose clients wait while the node is at its limit says so
+ *    (need[worker]) and asks the other workers to give it a server: a
+ *    worker hands an idle server over at once (donate_task), and one it
+ *    frees goes to the needing worker when its own clients do not wait, or
+ *    when it holds more of the node's servers than the needing worker
+ *    (each keeps a fair share under load). A server moves between threads
+ *    by closing its libuv handle on one loop and opening a dup of the
+ *    socket on the other's (pgs_server_detach/attach): it keeps its
+ *    backend, TLS session and prepared statements.
+ *  - The login parameters a server reported (server_version, ...) are
+ *    learned once for every worker, so a client logs in on any worker
+ *    without a server of its own.
+ * The fast path (a server idle on the client's own worker) touches no
+ * shared state; the shared counters change only when servers open, close
+ * or move and when clients start or stop waiting at the limit.
  *
- * The pool also remembers the parameters the server reported at login
- * (server_version, server_encoding, ...), which every client of the pool is
- * told at its own login.
+ * Every server is on exactly one of its pool's lists, matching its state:
+ * connecting, idle, active (linked to a client, or resetting); a moving
+ * server is on none. Clients that need a server and find none idle wait in
+ * FIFO order in waiters; a freed server goes straight to the oldest waiter.
  *
  * Under session pooling a client's startup parameters are its servers'
- * startup parameters, so a pool also has those in its key: pools of one node
- * that differ only by them are siblings, and pool_size bounds the servers of
- * all of them together. A sibling at the limit makes room by closing an idle
- * server of another (maybe_connect), or takes a server its owner frees
+ * startup parameters, so a pool also has those in its key: pools of one
+ * node that differ only by them are siblings (their servers are not
+ * interchangeable), and pool_size bounds the servers of all of them
+ * together. A sibling at the limit makes room by closing an idle server of
+ * another (maybe_connect, donate_task), or takes a server its owner frees
  * (pgs_pool_server_free).
  */
 #include <string.h>
@@ -24,12 +43,142 @@
 #include <libpq-fe.h>
 
 #include "pgshard/log.h"
+#include "pgshard/mailbox.h"
 #include "pgshard/pool.h"
 #include "pgshard/server.h"
 
-int pgs_pool_share(int pool_size, int workers, int index) {
-  int share = pool_size / workers + (index < pool_size % workers ? 1 : 0);
-  return share > 0 ? share : 1;
+/* The most workers there are (the config's limit on workers). */
+#define POOL_MAX_WORKERS 64
+
+/* One node for one database and user, siblings together. Lives as long as
+ * the process. */
+typedef struct pgs_pool_node {
+  struct pgs_pool_node *next;
+  char *key; /* database, user, shard and node conninfo, each ending with a NUL */
+  size_t keylen;
+  int servers; /* atomic: open or opening, every worker and sibling */
+  int limit;   /* atomic: pool_size, as the config a worker applied last says */
+} pgs_pool_node_t;
+
+/* The workers' pools of one key (node and startup options). Lives as long
+ * as the process. Atomics, except the parameters (under lock). */
+typedef struct pgs_pool_shared {
+  struct pgs_pool_shared *next;
+  char *key; /* the node's key, then the startup options */
+  size_t keylen;
+  pgs_pool_node_t *node;
+  int total_need;                 /* sum of need */
+  int need[POOL_MAX_WORKERS];     /* clients waiting on worker i that its own
+                                     connection attempts do not cover */
+  int incoming[POOL_MAX_WORKERS]; /* servers on their way to worker i */
+  int held[POOL_MAX_WORKERS];     /* servers worker i has (or opens) */
+  int asked[POOL_MAX_WORKERS];    /* 1: a donate_task is posted to worker i */
+  uv_mutex_t lock;
+  pgs_param_t params[PGS_MAX_WELCOME_PARAMS];
+  int nparams; /* -1: none learned yet */
+} pgs_pool_shared_t;
+
+static uv_once_t registry_once = UV_ONCE_INIT;
+static uv_mutex_t registry_lock;
+static pgs_pool_node_t *nodes;
+static pgs_pool_shared_t *shareds;
+
+static void registry_init(void) { uv_mutex_init(&registry_lock); }
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
+#define ADD(x, v) __atomic_add_fetch(&(x), (v), __ATOMIC_ACQ_REL)
+
+static void key_put(pgs_buf_t *b, const char *s) { pgs_buf_put(b, s, strlen(s) + 1); }
+
+/* The shared part of the pools of (DBNAME, USERNAME, SHARD, CONNINFO,
+ * OPTIONS), made on first use. */
+static pgs_pool_shared_t *shared_for(const char *dbname, const char *username, const char *shard,
+                                     const char *conninfo, const char *options) {
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  key_put(&b, dbname);
+  key_put(&b, username);
+  key_put(&b, shard);
+  key_put(&b, conninfo);
+  size_t nodelen = b.len;
+  if (options) key_put(&b, options);
+  uv_once(&registry_once, registry_init);
+  uv_mutex_lock(&registry_lock);
+  pgs_pool_shared_t *sh = shareds;
+  while (sh && (sh->keylen != b.len || memcmp(sh->key, b.data, b.len) != 0)) sh = sh->next;
+  if (sh == NULL) {
+    pgs_pool_node_t *node = nodes;
+    while (node && (node->keylen != nodelen || memcmp(node->key, b.data, nodelen) != 0))
+      node = node->next;
+    if (node == NULL) {
+      node = pgs_xcalloc(1, sizeof(*node));
+      node->key = pgs_xmalloc(nodelen);
+      memcpy(node->key, b.data, nodelen);
+      node->keylen = nodelen;
+      node->next = nodes;
+      nodes = node;
+    }
+    sh = pgs_xcalloc(1, sizeof(*sh));
+    sh->key = (char *)b.data;
+    sh->keylen = b.len;
+    sh->node = node;
+    sh->nparams = -1;
+    uv_mutex_init(&sh->lock);
+    sh->next = shareds;
+    shareds = sh;
+  } else {
+    free(b.data);
+  }
+  uv_mutex_unlock(&registry_lock);
+  return sh;
+}
+
+/* Count one more server of POOL's node if the process is under its limit. */
+static bool reserve_server(pgs_pool_t *pool) {
+  pgs_pool_node_t *node = pool->shared->node;
+  int n = LOAD(node->servers);
+  while (n < pool->size)
+    if (__atomic_compare_exchange_n(&node->servers, &n, n + 1, false, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+      ADD(pool->shared->held[pool->worker->index], 1);
+      return true;
+    }
+  return false;
+}
+
+static int node_total(const pgs_pool_t *pool) { return LOAD(pool->shared->node->servers); }
+
+/* Tell the other workers how many of POOL's waiting clients its own
+ * connection attempts do not cover. */
+static void publish_need(pgs_pool_t *pool) {
+  int need = pool->nwaiters - pool->nconnecting;
+  if (need < 0) need = 0;
+  if (need == pool->published_need) return;
+  pgs_pool_shared_t *sh = pool->shared;
+  STORE(sh->need[pool->worker->index], need);
+  ADD(sh->total_need, need - pool->published_need);
+  pool->published_need = need;
+}
+
+/* The worker other than POOL's whose clients need a server of its key
+ * most and are not sent one yet; -1: none. With FAIR, only one holding
+ * fewer servers than POOL's worker (the caller's own clients wait too). */
+static int needing_worker(const pgs_pool_t *pool, bool fair) {
+  pgs_pool_shared_t *sh = pool->shared;
+  if (LOAD(sh->total_need) - pool->published_need <= 0) return -1;
+  int self = pool->worker->index, best = -1, best_need = 0;
+  int n = pgs_mailbox_count();
+  int mine = LOAD(sh->held[self]);
+  for (int i = 0; i < n && i < POOL_MAX_WORKERS; i++) {
+    if (i == self) continue;
+    int need = LOAD(sh->need[i]) - LOAD(sh->incoming[i]);
+    if (need <= best_need) continue;
+    if (fair && LOAD(sh->held[i]) + 1 >= mine) continue;
+    best = i;
+    best_need = need;
+  }
+  return best;
 }
 
 /* The clients waiting in pools hear of servers through these (client.c):
@@ -116,6 +265,18 @@ static bool same_options(const char *a, const char *b) {
   return a == b || (a && b && !strcmp(a, b));
 }
 
+/* The login parameters another worker's server reported, if POOL has none. */
+static void learn_params(pgs_pool_t *pool) {
+  pgs_pool_shared_t *sh = pool->shared;
+  uv_mutex_lock(&sh->lock);
+  if (sh->nparams >= 0) {
+    memcpy(pool->params, sh->params, sizeof(pgs_param_t) * (size_t)sh->nparams);
+    pool->nparams = sh->nparams;
+    pool->have_params = true;
+  }
+  uv_mutex_unlock(&sh->lock);
+}
+
 pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config, const pgs_database_t *db,
                          const pgs_user_t *user, int shard, int node, const char *startup_options) {
   PGS_ASSERT(shard >= 0 && shard < db->nshards);
@@ -125,7 +286,10 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config, const
     pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
     if (!strcmp(pool->dbname, db->name) && !strcmp(pool->username, user->name) &&
         !strcmp(pool->shard, db->shards[shard].name) && !strcmp(pool->node_conninfo, conninfo)) {
-      if (same_options(pool->startup_options, startup_options)) return pool;
+      if (same_options(pool->startup_options, startup_options)) {
+        if (!pool->have_params) learn_params(pool);
+        return pool;
+      }
       siblings = true;
     }
   }
@@ -138,6 +302,8 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config, const
   pool->startup_options = startup_options ? pgs_xstrdup(startup_options) : NULL;
   pool->node = node;
   pool->node_up = true; /* until a health snapshot says otherwise */
+  pool->shared = shared_for(pool->dbname, pool->username, pool->shard, conninfo, startup_options);
+  learn_params(pool);
   pgs_list_init(&pool->idle);
   pgs_list_init(&pool->active);
   pgs_list_init(&pool->connecting);
@@ -148,7 +314,7 @@ pgs_pool_t *pgs_pool_get(pgs_worker_t *worker, const pgs_config_t *config, const
      * config that has it (it finishes its transaction there). */
     pool->conninfo = build_conninfo(config, db, user, shard, node, startup_options);
     pool->mode = db->pool_mode;
-    pool->size = pgs_pool_share(db->pool_size, config->workers, worker->index);
+    pool->size = db->pool_size;
   }
   pgs_list_append(&worker->pools, &pool->link);
   if (siblings) {
@@ -180,7 +346,8 @@ void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config) {
   free(pool->conninfo);
   pool->conninfo = build_conninfo(config, db, user, shard, node, pool->startup_options);
   pool->mode = db->pool_mode;
-  pool->size = pgs_pool_share(db->pool_size, config->workers, pool->worker->index);
+  pool->size = db->pool_size;
+  STORE(pool->shared->node->limit, pool->size);
 }
 
 static pgs_list_t *list_for(pgs_pool_t *pool, pgs_server_state_t state, int **count) {
@@ -196,14 +363,15 @@ static pgs_list_t *list_for(pgs_pool_t *pool, pgs_server_state_t state, int **co
     *count = &pool->nactive;
     return &pool->active;
   case PGS_SV_CLOSING:
+  case PGS_SV_MOVING:
     break;
   }
   *count = NULL;
   return NULL;
 }
 
-static const char *const server_state_names[] = {"connecting", "idle", "active", "resetting",
-                                                 "closing"};
+static const char *const server_state_names[] = {"connecting", "idle",    "active",
+                                                 "resetting",  "closing", "moving"};
 
 /* The one place a server changes state: moves it between lists. */
 void pgs_pool_set_state(pgs_server_t *server, pgs_server_state_t state) {
@@ -223,8 +391,12 @@ void pgs_pool_set_state(pgs_server_t *server, pgs_server_state_t state) {
     else
       pgs_list_append(to, &server->link);
     (*count)++;
+  } else if (state == PGS_SV_MOVING) {
+    pgs_list_init(&server->link);
   } else {
     pgs_list_append(&server->worker->closing, &server->link);
+    ADD(pool->shared->node->servers, -1);
+    ADD(pool->shared->held[server->worker->index], -1);
   }
   pgs_debug("server %d (%s/%s): %s -> %s", server->backend_pid, pool->dbname, pool->username,
             server_state_names[server->state], server_state_names[state]);
@@ -234,17 +406,6 @@ void pgs_pool_set_state(pgs_server_t *server, pgs_server_state_t state) {
 
 static int total_servers(const pgs_pool_t *pool) {
   return pool->nidle + pool->nactive + pool->nconnecting;
-}
-
-/* Servers of POOL's node for its database and user, siblings included. */
-static int node_servers(const pgs_pool_t *pool) {
-  if (!pool->has_siblings) return total_servers(pool);
-  int n = 0;
-  for (pgs_list_t *l = pool->worker->pools.next; l != &pool->worker->pools; l = l->next) {
-    const pgs_pool_t *other = pgs_container_of(l, pgs_pool_t, link);
-    if (same_node(other, pool)) n += total_servers(other);
-  }
-  return n;
 }
 
 /* A sibling of POOL with clients waiting that no connection attempt serves. */
@@ -258,8 +419,8 @@ static pgs_pool_t *waiting_sibling(const pgs_pool_t *pool) {
   return NULL;
 }
 
-/* Close the oldest idle server of a sibling of POOL, to make room for one of
- * POOL's own. Returns whether there was one. */
+/* Close the oldest idle server of a sibling of POOL on this worker, to make
+ * room for one of POOL's own. Returns whether there was one. */
 static bool close_idle_sibling(pgs_pool_t *pool) {
   if (!pool->has_siblings) return false;
   for (pgs_list_t *l = pool->worker->pools.next; l != &pool->worker->pools; l = l->next) {
@@ -272,14 +433,126 @@ static bool close_idle_sibling(pgs_pool_t *pool) {
   return false;
 }
 
+/* ---- servers moving between workers ---- */
+
+static void donate_task(pgs_worker_t *worker, void *arg);
+
+/* Ask every other worker to hand POOL's worker an idle server of its key
+ * (one task per worker at a time). */
+static void ask_donors(pgs_pool_t *pool) {
+  pgs_pool_shared_t *sh = pool->shared;
+  int self = pool->worker->index, n = pgs_mailbox_count();
+  for (int i = 0; i < n && i < POOL_MAX_WORKERS; i++) {
+    int no = 0;
+    if (i == self || !__atomic_compare_exchange_n(&sh->asked[i], &no, 1, false, __ATOMIC_ACQ_REL,
+                                                  __ATOMIC_ACQUIRE))
+      continue;
+    if (!pgs_mailbox_post(i, donate_task, sh)) STORE(sh->asked[i], 0);
+  }
+}
+
+static void arrive_task(pgs_worker_t *worker, void *arg);
+static void maybe_connect(pgs_pool_t *pool);
+
+/* SERVER's handle is closed on the giving worker: post it to the other. */
+static void moved_off(uv_handle_t *handle) {
+  pgs_server_t *server = ((pgs_io_t *)handle->data)->owner;
+  if (pgs_mailbox_post(server->move_to, arrive_task, server)) return;
+  /* That worker is stopping: the server stays here, and closes. */
+  pgs_pool_shared_t *sh = server->pool->shared;
+  ADD(sh->incoming[server->move_to], -1);
+  ADD(sh->held[server->move_to], -1);
+  ADD(sh->held[server->worker->index], 1);
+  if (pgs_server_attach(server, server->worker) != 0)
+    pgs_server_close(server, "cannot move to another worker");
+  else
+    pgs_server_close(server, "its worker is stopping");
+}
+
+/* Hand SERVER (idle or just freed, of POOL) to worker TO. */
+static bool give_server(pgs_pool_t *pool, pgs_server_t *server, int to) {
+  if (!pgs_server_movable(server)) return false;
+  pgs_pool_shared_t *sh = pool->shared;
+  pgs_pool_set_state(server, PGS_SV_MOVING);
+  server->move_to = to;
+  ADD(sh->incoming[to], 1);
+  ADD(sh->held[to], 1);
+  ADD(sh->held[pool->worker->index], -1);
+  if (pgs_server_detach(server, moved_off) != 0) {
+    ADD(sh->incoming[to], -1);
+    ADD(sh->held[to], -1);
+    ADD(sh->held[pool->worker->index], 1);
+    pgs_server_close(server, "cannot move to another worker");
+    return true;
+  }
+  pgs_debug("server %d (%s/%s): to worker %d", server->backend_pid, pool->dbname, pool->username,
+            to);
+  return true;
+}
+
+/* Worker WORKER's pool of SH, if it has one. */
+static pgs_pool_t *pool_of(pgs_worker_t *worker, const pgs_pool_shared_t *sh) {
+  for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
+    pgs_pool_t *pool = pgs_container_of(l, pgs_pool_t, link);
+    if (pool->shared == sh) return pool;
+  }
+  return NULL;
+}
+
+/* On a worker asked for servers of SH: its idle ones go to the workers
+ * that need them; at the limit with none to give, an idle server of a
+ * sibling makes room. */
+static void donate_task(pgs_worker_t *worker, void *arg) {
+  pgs_pool_shared_t *sh = arg;
+  STORE(sh->asked[worker->index], 0);
+  pgs_pool_t *pool = pool_of(worker, sh);
+  bool gave = false;
+  int to;
+  while (pool && !pool->gone && pool->nidle > 0 && (to = needing_worker(pool, false)) >= 0) {
+    if (!give_server(pool, pgs_container_of(pool->idle.prev, pgs_server_t, link), to)) break;
+    gave = true;
+  }
+  if (gave || LOAD(sh->node->servers) < LOAD(sh->node->limit)) return;
+  for (pgs_list_t *l = worker->pools.next; l != &worker->pools; l = l->next) {
+    pgs_pool_t *other = pgs_container_of(l, pgs_pool_t, link);
+    if (other->shared != sh && other->shared->node == sh->node && other->nidle > 0 &&
+        other->nwaiters == 0) {
+      pgs_server_close(pgs_container_of(other->idle.next, pgs_server_t, link),
+                       "pool_size reached: room for other startup parameters");
+      return;
+    }
+  }
+}
+
+/* On the worker SERVER was given to. */
+static void arrive_task(pgs_worker_t *worker, void *arg) {
+  pgs_server_t *server = arg;
+  pgs_pool_shared_t *sh = server->pool->shared;
+  ADD(sh->incoming[worker->index], -1);
+  /* A worker that needs a server of SH has a pool of it (need is only
+   * published by one), and pools last as long as their worker. */
+  pgs_pool_t *pool = pool_of(worker, sh);
+  PGS_ASSERT(pool != NULL);
+  server->pool = pool;
+  if (pgs_server_attach(server, worker) != 0) {
+    pgs_server_close(server, "cannot move to another worker");
+    maybe_connect(pool);
+    return;
+  }
+  pgs_pool_server_free(pool, server);
+}
+
+/* ---- servers for clients ---- */
+
 static void maybe_connect(pgs_pool_t *pool) {
-  /* One connection attempt per waiting client, within the pool's share of
-   * the node's pool_size. */
-  while (pool->nconnecting < pool->nwaiters && total_servers(pool) < pool->size &&
-         !pool->worker->stopping) {
-    if (node_servers(pool) >= pool->size && !close_idle_sibling(pool)) break;
+  /* One connection attempt per waiting client, within the node's pool_size
+   * for the whole process (counted as the attempt starts). */
+  while (pool->nconnecting < pool->nwaiters && !pool->worker->stopping) {
+    if (!reserve_server(pool) && !(close_idle_sibling(pool) && reserve_server(pool))) break;
     pgs_server_connect(pool);
   }
+  publish_need(pool);
+  if (pool->published_need > 0 && !pool->worker->stopping) ask_donors(pool);
 }
 
 void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client) {
@@ -299,13 +572,14 @@ void pgs_pool_cancel_wait(pgs_pool_t *pool, pgs_client_t *client) {
   if (pgs_list_empty(&client->wait_link)) return;
   pgs_list_remove(&client->wait_link);
   pool->nwaiters--;
+  if (pool->published_need > 0) publish_need(pool);
 }
 
 void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
   server->client = NULL;
   int lifetime = pool->worker->config->server_lifetime_ms;
   bool too_old = lifetime > 0 && pgs_now_ms() - server->born_ms >= (uint64_t)lifetime;
-  if (server->dirty || pool->worker->stopping || node_servers(pool) > pool->size ||
+  if (server->dirty || pool->worker->stopping || node_total(pool) > pool->size ||
       (pool->gone && pgs_list_empty(&pool->waiters)) || too_old) {
     pgs_server_close(server, server->dirty ? "not reusable"
                              : pool->gone  ? "node or user no longer configured"
@@ -313,6 +587,15 @@ void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
                                            : "pool shrinking");
     maybe_connect(pool);
     return;
+  }
+  /* Another worker's clients wait for this key: it goes there when none
+   * wait here, or when this worker holds more of the node than that one. */
+  if (!pool->gone) {
+    int to = needing_worker(pool, !pgs_list_empty(&pool->waiters));
+    if (to >= 0) {
+      if (server->state != PGS_SV_IDLE) pgs_pool_set_state(server, PGS_SV_IDLE);
+      if (give_server(pool, server, to)) return;
+    }
   }
   if (!pgs_list_empty(&pool->waiters)) {
     pgs_client_t *client = pgs_container_of(pool->waiters.next, pgs_client_t, wait_link);
@@ -322,7 +605,7 @@ void pgs_pool_server_free(pgs_pool_t *pool, pgs_server_t *server) {
     return;
   }
   pgs_pool_t *sibling = waiting_sibling(pool);
-  if (sibling && node_servers(pool) >= pool->size) {
+  if (sibling && node_total(pool) >= pool->size) {
     /* Its clients have other startup parameters: they need a server of
      * their own, in this one's place. */
     pgs_server_close(server, "pool_size reached: room for other startup parameters");
@@ -356,6 +639,11 @@ void pgs_pool_server_connected(pgs_pool_t *pool, pgs_server_t *server) {
     snprintf(p->value, sizeof(p->value), "%s", value);
   }
   pool->have_params = true;
+  pgs_pool_shared_t *sh = pool->shared;
+  uv_mutex_lock(&sh->lock);
+  memcpy(sh->params, pool->params, sizeof(pgs_param_t) * (size_t)pool->nparams);
+  sh->nparams = pool->nparams;
+  uv_mutex_unlock(&sh->lock);
   pool->last_error[0] = '\0';
   pgs_pool_server_free(pool, server);
 }
@@ -374,6 +662,7 @@ void pgs_pool_server_failed(pgs_pool_t *pool, pgs_server_t *server, const char *
              pool->shard, pool->dbname, error);
     waiter->unserved(client, PGS_SQLSTATE_CONNECTION_FAILURE, message);
   }
+  publish_need(pool);
 }
 
 void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
@@ -395,6 +684,11 @@ void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
     if (now - server->state_since_ms < (uint64_t)config->server_idle_timeout_ms) break;
     pgs_server_close(server, "idle timeout");
   }
+  /* Clients of another worker need a server of this key: an idle one goes
+   * (donate_task does this at once when asked; this catches the rest). */
+  int to;
+  while (!pool->gone && pool->nidle > 0 && (to = needing_worker(pool, false)) >= 0)
+    if (!give_server(pool, pgs_container_of(pool->idle.prev, pgs_server_t, link), to)) break;
   /* Connection attempts that take too long. */
   for (pgs_list_t *l = pool->connecting.next; l != &pool->connecting;) {
     pgs_server_t *server = pgs_container_of(l, pgs_server_t, link);
@@ -427,6 +721,7 @@ void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot) {
 
 void pgs_pool_destroy(pgs_pool_t *pool) {
   PGS_ASSERT(total_servers(pool) == 0 && pool->nwaiters == 0);
+  publish_need(pool);
   pgs_list_remove(&pool->link);
   free(pool->node_conninfo);
   free(pool->startup_options);

@@ -99,6 +99,27 @@ void pgs_server_close(pgs_server_t *server, const char *why) {
   if (--server->pending_closes == 0) server_free(server);
 }
 
+/* ---- moving to another worker ---- */
+
+bool pgs_server_movable(const pgs_server_t *server) {
+  return server->state == PGS_SV_IDLE && server->client == NULL && !server->dirty &&
+         !server->cancelling && !server->gid_held && server->pending_closes == 0 &&
+         server->poll == NULL && pgs_server_expect_idle(server) && pgs_io_quiet(&server->io);
+}
+
+int pgs_server_detach(pgs_server_t *server, uv_close_cb done) {
+  PGS_ASSERT(server->state == PGS_SV_MOVING);
+  return pgs_io_detach(&server->io, done);
+}
+
+int pgs_server_attach(pgs_server_t *server, pgs_worker_t *worker) {
+  server->worker = worker;
+  int rc = pgs_io_attach(&server->io, &worker->loop);
+  server->io.on_close = handle_closed_cb;
+  if (rc == 0) rc = pgs_io_start_reading(&server->io);
+  return rc;
+}
+
 /* ---- the replies it owes (exchange.h) ---- */
 
 void pgs_server_expect(pgs_server_t *server, pgs_expect_kind_t kind, pgs_reply_rule_t rule,

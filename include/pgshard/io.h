@@ -51,6 +51,7 @@ struct pgs_io {
   bool reading;
   bool open; /* tcp initialised and not closing */
   bool eof;
+  int detached_fd;           /* pgs_io_detach: the socket between loops, else -1 */
   struct pgs_io_tls *tls;    /* NULL: plaintext (see io.c) */
   pgs_io_read_cb on_read;    /* new bytes in in */
   pgs_io_event_cb on_error;  /* read/write failure or EOF (status < 0) */
@@ -93,6 +94,16 @@ int pgs_io_tls_accept(pgs_io_t *io, struct ssl_ctx_st *ctx) PGS_MUST_USE;
  * pgs_io_tls_release gives it back before PQfinish. 0 or a libuv error. */
 int pgs_io_tls_adopt(pgs_io_t *io, struct ssl_st *ssl) PGS_MUST_USE;
 void pgs_io_tls_release(pgs_io_t *io);
+/* Moving a quiet connection to another thread's loop: pgs_io_detach closes
+ * its handle on this loop, keeping the socket (a dup of it) and any TLS
+ * session; DONE runs once the handle is closed, when the io may go to
+ * another thread, where pgs_io_attach opens it on that loop (reading
+ * stopped). Only a connection with nothing unsent and nothing unread may
+ * move (pgs_io_quiet). detach returns 0 or a libuv error (the io is then
+ * untouched); attach 0 or a libuv error (the socket is then closed). */
+bool pgs_io_quiet(const pgs_io_t *io);
+int pgs_io_detach(pgs_io_t *io, uv_close_cb done) PGS_MUST_USE;
+int pgs_io_attach(pgs_io_t *io, uv_loop_t *loop) PGS_MUST_USE;
 /* TLS is on and its handshake done. */
 bool pgs_io_tls_active(const pgs_io_t *io);
 /* The SSL of a connection pgshard accepted TLS on, else NULL. */

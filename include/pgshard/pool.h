@@ -27,7 +27,6 @@ void pgs_pool_server_failed(pgs_pool_t *pool, pgs_server_t *server, const char *
 void pgs_pool_set_state(pgs_server_t *server, pgs_server_state_t state);
 void pgs_pool_tick(pgs_pool_t *pool, uint64_t now);
 void pgs_pool_apply_config(pgs_pool_t *pool, const pgs_config_t *config);
-int pgs_pool_share(int pool_size, int workers, int index);
 void pgs_pool_destroy(pgs_pool_t *pool);
 
 #endif

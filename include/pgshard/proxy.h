@@ -254,6 +254,7 @@ typedef enum {
   PGS_SV_ACTIVE,     /* linked to server->client; pool->active */
   PGS_SV_RESETTING,  /* no client, running DISCARD ALL; pool->active */
   PGS_SV_CLOSING,    /* handles closing; worker->closing */
+  PGS_SV_MOVING,     /* idle, on its way to another worker's pool (pool.c); on no list */
 } pgs_server_state_t;
 
 struct pgs_server {
@@ -291,6 +292,7 @@ struct pgs_server {
   uint64_t born_ms; /* when it was opened (server_lifetime_ms) */
   int32_t backend_pid;
   int pending_closes;
+  int move_to; /* PGS_SV_MOVING: the worker it goes to */
   char last_error[256];
 };
 
@@ -375,7 +377,11 @@ struct pgs_pool {
   char *startup_options;
   bool has_siblings;
   pgs_pool_mode_t mode;
-  int size; /* this worker's share of pool_size */
+  int size; /* pool_size: for every worker together (shared) */
+  /* What the workers' pools of this key share (pool.c): the node's server
+   * count, which worker's clients wait, the login parameters learned. */
+  struct pgs_pool_shared *shared;
+  int published_need; /* what this pool last told shared it needs */
   pgs_list_t idle, active, connecting, waiters;
   int nidle, nactive, nconnecting, nwaiters;
   pgs_param_t params[PGS_MAX_WELCOME_PARAMS];

@@ -41,5 +41,13 @@ void pgs_server_cancel(pgs_server_t *server, const char *why);
  * first. */
 void pgs_server_cancel_part(pgs_server_t *server, const char *why);
 int pgs_server_flush(pgs_server_t *server) PGS_MUST_USE;
+/* Moving an idle server to another worker (pool.c): whether it may go (a
+ * quiet connection owing nothing), taking it off this worker's loop (DONE
+ * runs once it is off, on this thread; then it may be posted), and putting
+ * it on WORKER's loop (on that worker's thread), reading. attach: 0, or a
+ * libuv error (the server must then be closed). */
+bool pgs_server_movable(const pgs_server_t *server);
+int pgs_server_detach(pgs_server_t *server, uv_close_cb done) PGS_MUST_USE;
+int pgs_server_attach(pgs_server_t *server, pgs_worker_t *worker) PGS_MUST_USE;
 
 #endif

@@ -1,4 +1,5 @@
 """Helpers shared by the integration tests (fixtures are in conftest.py)."""
+import os
 import threading
 import time
 
@@ -87,3 +88,36 @@ class BackendSampler:
     def __repr__(self):
         return (f"BackendSampler(baseline={self.baseline}, peak={self.peak}, "
                 f"peak_busy={self.peak_busy}, samples={len(self.samples)})")
+
+
+def local_port(conn):
+    """The client-side port of a psycopg connection (as pgshard's SHOW
+    CLIENTS address ends)."""
+    import socket
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        return sock.getsockname()[1]
+
+
+def clients_by_worker(px, per_worker, workers=2, attempts=80, **kwargs):
+    """Open connections to PX until each of its WORKERS holds PER_WORKER of
+    them (SO_REUSEPORT spreads clients by their address): {worker: [conn]}.
+    KWARGS go to px.connect (autocommit by default)."""
+    kwargs.setdefault("autocommit", True)
+    groups = {w: [] for w in range(workers)}
+    with px.connect(autocommit=True, user="admin", password="adminpw", dbname="pgshard") as admin:
+        for _ in range(attempts):
+            if all(len(g) >= per_worker for g in groups.values()):
+                return groups
+            conn = px.connect(**kwargs)
+            port = local_port(conn)
+            rows = admin.execute("SHOW CLIENTS").fetchall()
+            worker = [r[9] for r in rows if r[3].endswith(f":{port}")]
+            assert len(worker) == 1, (port, rows)
+            if len(groups[worker[0]]) < per_worker:
+                groups[worker[0]].append(conn)
+            else:
+                conn.close()
+    for g in groups.values():
+        for conn in g:
+            conn.close()
+    raise AssertionError(f"clients did not spread over {workers} workers in {attempts} connections")

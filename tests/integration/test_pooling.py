@@ -15,7 +15,7 @@ import pytest
 from psycopg import errors
 
 import pgwire
-from support import BackendSampler
+from support import BackendSampler, clients_by_worker
 
 
 def run_threads(n, target, stack_size=None, join_timeout=180):
@@ -240,14 +240,14 @@ def test_statement_dropping_prepared_statements(proxy, statement):
 
 
 def test_pgbench_prepared_across_workers_never_hangs(proxy, lab):
-    """pool_size is one limit for the whole process, not a fixed share per
+    """pool_size is one pool for the whole process, not a fixed share per
     worker: with a share of 5 servers per worker, pgbench -M prepared -c 10
     -j 2 on pool_size 10 hung. One pgbench thread's client waited for a
     server in a synchronous PQprepare (on a worker whose share was taken)
     while that thread's other clients sat idle in transaction holding the
     branch row lock, every other client blocked on it, and a server of the
     other worker idle. With -C every transaction is a new connection that
-    prepares again: before the fix nearly every run hung."""
+    prepares again: before the fix nearly every run hung. 100 runs."""
     init = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p",
                            str(lab.primary_port), "-U", "postgres", "app"],
                           capture_output=True, text=True, timeout=300)
@@ -255,25 +255,83 @@ def test_pgbench_prepared_across_workers_never_hangs(proxy, lab):
     pool_size = 10
     px = proxy(pool_size=pool_size, workers=2)
     env = dict(os.environ, PGPASSWORD="secret")
-    for i in range(6):
-        args = ["pgbench", "-n", "-M", "prepared", "-c", "10", "-j", "2", "-T", "2",
+    max_servers = 0
+    for i in range(100):
+        args = ["pgbench", "-n", "-M", "prepared", "-c", "10", "-j", "2", "-t", "8",
                 "-h", "127.0.0.1", "-p", str(px.port), "-U", "app", "app"]
         if i % 2 == 0:
             args.insert(2, "-C")  # a new connection (and new prepares) per transaction
-        started = time.monotonic()
         try:
-            res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=12)
+            res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=30)
         except subprocess.TimeoutExpired:
-            with px.connect(autocommit=True, user="admin", password="adminpw",
-                            dbname="pgshard") as admin:
-                pools = admin.execute("SHOW POOLS").fetchall()
-            pytest.fail(f"run {i} ({' '.join(args[1:8])}) hung; SHOW POOLS: {pools}")
+            pytest.fail(f"run {i} ({' '.join(args[1:8])}) hung; SHOW POOLS: {show(px, 'POOLS')}")
         output = res.stdout + res.stderr
         assert res.returncode == 0, f"run {i}: {output}"
-        assert "number of transactions actually processed" in output, output
-        assert time.monotonic() - started < 12
-    # The limit is the process's: never more servers than pool_size.
+        assert "number of transactions actually processed: 80/80" in output, output
+        if i % 10 == 9:
+            # The limit is the process's: never more servers than pool_size.
+            servers = [r for r in show(px, "SERVERS") if r[1] == "app"]
+            max_servers = max(max_servers, len(servers))
+            assert len(servers) <= pool_size, servers
+    assert max_servers >= 2
+    px.assert_alive()
+
+
+def show(px, what):
     with px.connect(autocommit=True, user="admin", password="adminpw", dbname="pgshard") as admin:
-        cur = admin.execute("SHOW SERVERS")
-        assert len(cur.fetchall()) <= pool_size
+        return admin.execute(f"SHOW {what}").fetchall()
+
+
+def app_backends(primary):
+    return primary.execute(
+        "select count(*) from pg_stat_activity where datname = 'app' and usename = 'app' "
+        "and backend_type = 'client backend' and application_name <> 'pgshard monitor' "
+        "and pid <> pg_backend_pid()").fetchone()[0]
+
+
+def test_one_pool_across_workers(proxy, primary):
+    """pool_size is one pool for the process: one worker's clients may hold
+    every server of the node, and a server freed on one worker goes to a
+    client waiting on the other (the same backend: it moved, it was not
+    closed and opened again). With a fixed share per worker (1 of 2 here)
+    the second client on a worker waited although a server was free."""
+    px = proxy(pool_size=2, workers=2, query_wait_timeout_ms=20000)
+    before = app_backends(primary)
+    groups = clients_by_worker(px, 2)
+    (a, b), (c, d) = groups[0], groups[1]
+    try:
+        a.execute("begin")
+        pa = a.execute("select pg_backend_pid()").fetchone()[0]
+        b.execute("begin")
+        pb = b.execute("select pg_backend_pid()").fetchone()[0]
+        assert pa != pb  # worker 0 holds both servers of the pool
+        got = {}
+
+        def waiter():
+            got["pid"] = c.execute("select pg_backend_pid()").fetchone()[0]
+
+        t = threading.Thread(target=waiter, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive(), "a third server was opened beyond pool_size"
+        waiting = [r for r in show(px, "POOLS") if r[0] == "app" and r[1] == "app"]
+        assert sum(r[5] for r in waiting) >= 1, waiting  # cl_waiting
+        a.execute("commit")
+        t.join(10)
+        assert not t.is_alive(), "the waiting client on the other worker never got the freed server"
+        assert got["pid"] == pa
+        servers = {r[0]: r for r in show(px, "SERVERS") if r[1] == "app"}
+        assert set(servers) == {pa, pb}, servers
+        assert servers[pa][9] == 1 and servers[pb][9] == 0, servers  # pa now lives on worker 1
+        # Back the other way, and both workers take turns on the two servers.
+        b.execute("commit")
+        pids = set()
+        for _ in range(10):
+            for conn in (a, c, d, b):
+                pids.add(conn.execute("select pg_backend_pid()").fetchone()[0])
+        assert pids == {pa, pb}
+        assert app_backends(primary) - before <= 2
+    finally:
+        for conn in (a, b, c, d):
+            conn.close()
     px.assert_alive()

@@ -30,7 +30,7 @@ import pytest
 
 import pgwire
 from conftest import PGSHARD, PGSHARDCTL, PG_BIN
-from support import wait_for
+from support import clients_by_worker, wait_for
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl program is not installed")
@@ -572,3 +572,36 @@ def test_server_tls_with_pool_reuse_and_cancel(proxy, tls_lab):
             "application_name <> 'pgshard monitor' and pid <> pg_backend_pid() and "
             "backend_type = 'client backend'").fetchone()[0] == 0, 20,
             message="idle servers closed")
+
+
+def test_tls_server_moves_between_workers(proxy, tls_lab):
+    """pool_size 1 over two workers: the one TLS server goes to whichever
+    worker's client needs it, its libpq TLS session carried on by the next
+    loop (records keep flowing both ways), and says goodbye cleanly at the
+    end."""
+    px = proxy(lab=tls_lab, node_options=tls_node(tls_lab), pool_size=1, workers=2,
+               server_idle_timeout_ms=1000)
+    groups = clients_by_worker(px, 1)
+    conns = [groups[0][0], groups[1][0]]
+    try:
+        pids = set()
+        for i in range(20):
+            conn = conns[i % 2]
+            pid, text = conn.execute("select pg_backend_pid(), repeat(%s, 20000)",
+                                     (str(i % 10),)).fetchone()
+            assert text == str(i % 10) * 20000
+            pids.add(pid)
+        assert len(pids) == 1, pids
+        with tls_lab.connect_primary() as direct:
+            assert direct.execute("select ssl from pg_stat_ssl where pid = %s",
+                                  (pids.pop(),)).fetchone() == (True,)
+    finally:
+        for conn in conns:
+            conn.close()
+    with tls_lab.connect_primary() as direct:
+        wait_for(lambda: direct.execute(
+            "select count(*) from pg_stat_activity where datname = 'app' and "
+            "application_name <> 'pgshard monitor' and pid <> pg_backend_pid() and "
+            "backend_type = 'client backend'").fetchone()[0] == 0, 20,
+            message="idle server closed")
+    px.assert_alive()
