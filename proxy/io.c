@@ -80,14 +80,13 @@ void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max) {
   io->owner = owner;
   io->in_max = in_max;
   io->tcp.data = io;
-  io->detached_fd = -1;
 }
 
 static void tls_free(pgs_io_t *io);
 
 void pgs_io_free_buffers(pgs_io_t *io) {
-  if (io->detached_fd >= 0) close(io->detached_fd);
-  io->detached_fd = -1;
+  if (io->detached) close(io->detached_fd);
+  io->detached = false;
   if (io->tls) tls_free(io);
   pgs_buf_free(&io->in);
   pgs_buf_free(&io->scratch);
@@ -334,12 +333,13 @@ bool pgs_io_quiet(const pgs_io_t *io) {
  * closes with it). DONE becomes on_close: the owner sets its own again
  * after attach. */
 int pgs_io_detach(pgs_io_t *io, uv_close_cb done) {
-  PGS_ASSERT(pgs_io_quiet(io) && io->detached_fd < 0);
+  PGS_ASSERT(pgs_io_quiet(io) && !io->detached);
   uv_os_fd_t fd;
   int rc = uv_fileno((const uv_handle_t *)&io->tcp, &fd);
   if (rc != 0) return rc;
   int copy = dup(fd);
   if (copy < 0) return -errno;
+  io->detached = true;
   io->detached_fd = copy;
   io->on_close = done;
   pgs_io_stop_reading(io);
@@ -358,9 +358,9 @@ int pgs_io_detach(pgs_io_t *io, uv_close_cb done) {
 }
 
 int pgs_io_attach(pgs_io_t *io, uv_loop_t *loop) {
-  PGS_ASSERT(!io->open && io->detached_fd >= 0);
+  PGS_ASSERT(!io->open && io->detached);
   int fd = io->detached_fd;
-  io->detached_fd = -1;
+  io->detached = false;
   int rc = uv_tcp_init(loop, &io->tcp);
   if (rc != 0) {
     close(fd);

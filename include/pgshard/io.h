@@ -51,7 +51,8 @@ struct pgs_io {
   bool reading;
   bool open; /* tcp initialised and not closing */
   bool eof;
-  int detached_fd;           /* pgs_io_detach: the socket between loops, else -1 */
+  bool detached; /* pgs_io_detach: between loops, the socket in detached_fd */
+  int detached_fd;
   struct pgs_io_tls *tls;    /* NULL: plaintext (see io.c) */
   pgs_io_read_cb on_read;    /* new bytes in in */
   pgs_io_event_cb on_error;  /* read/write failure or EOF (status < 0) */
