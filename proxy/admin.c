@@ -770,7 +770,7 @@ static void part_pools(pgs_worker_t *w, pgs_buf_t *b) {
     n.sv_active = pool->nactive;
     n.sv_idle = pool->nidle;
     n.sv_connecting = pool->nconnecting;
-    /* pool_size as configured (each worker holds a share of it). */
+    /* pool_size as configured: the limit for every worker together. */
     const pgs_database_t *db = pgs_config_find_database(w->config, pool->dbname);
     n.size = db ? db->pool_size : pool->size;
     if (!pgs_list_empty(&pool->waiters)) {
