@@ -534,6 +534,9 @@ static void arrive_task(pgs_worker_t *worker, void *arg) {
   pgs_pool_t *pool = pool_of(worker, sh);
   PGS_ASSERT(pool != NULL);
   server->pool = pool;
+  /* Its node went down since it was opened (as this worker heard it): it
+   * is not reused here either. */
+  if (server->down_epoch != pool->down_epoch) server->dirty = true;
   if (pgs_server_attach(server, worker) != 0) {
     pgs_server_close(server, "cannot move to another worker");
     maybe_connect(pool);

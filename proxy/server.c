@@ -529,6 +529,7 @@ void pgs_server_connect(pgs_pool_t *pool) {
   pgs_server_t *server = pgs_xcalloc(1, sizeof(*server));
   server->worker = pool->worker;
   server->pool = pool;
+  server->down_epoch = pool->down_epoch;
   server->state = PGS_SV_CONNECTING;
   server->state_since_ms = pgs_now_ms();
   server->born_ms = server->state_since_ms;

@@ -292,7 +292,8 @@ struct pgs_server {
   uint64_t born_ms; /* when it was opened (server_lifetime_ms) */
   int32_t backend_pid;
   int pending_closes;
-  int move_to; /* PGS_SV_MOVING: the worker it goes to */
+  int move_to;         /* PGS_SV_MOVING: the worker it goes to */
+  uint32_t down_epoch; /* its pool's when it was opened (pgs_pool_apply_health) */
   char last_error[256];
 };
 
