@@ -268,6 +268,26 @@ def shard_section(database, shard, port, dbname="app", replicas=(), conninfo_ext
     return text
 
 
+def one_primary_lab(comment, lab_proxy_port, pool_size, primary_port, conninfo_extra=""):
+    """The lab config of a benchmark with one primary on PRIMARY_PORT (user
+    app, transaction pooling, POOL_SIZE). Its proxy, on LAB_PROXY_PORT, is
+    never started (`lab up --no-proxy`): the benchmark starts its own."""
+    return f"""\
+; {comment}
+[pgshard]
+listen = 127.0.0.1:{lab_proxy_port}
+auth = trust
+
+[user.app]
+password = secret
+
+[database.app]
+pool_mode = transaction
+pool_size = {pool_size}
+
+""" + shard_section("app", "s0", primary_port, conninfo_extra=conninfo_extra)
+
+
 def start_two_shard_lab(lab, work, title, s0_port, s1_port, solo_port, lab_proxy_port,
                         extra_sections, solo_what):
     """`lab up --no-proxy` of shards s0 and s1 of database app and of a third

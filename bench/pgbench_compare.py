@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchlib import (BenchBase, about, add_output_options, add_pgshard_options, bench_parser,
                       cell_summary, connect_args, fmt_ratio, fmt_tps, init_pgbench, log,
-                      md_table, pgshard_ini, prepare_work, print_table, ratio, require_binaries,
+                      md_table, one_primary_lab, pgshard_ini, prepare_work, print_table, ratio, require_binaries,
                       rotated, row_errors, run_guarded, run_pgbench, shard_section,
                       split_choices, stamp, start_pgbouncer, start_pgshard, stop_process,
                       write_results)
@@ -56,21 +56,9 @@ class Bench(BenchBase):
 
     def start_lab(self):
         prepare_work(WORK)
-        self.lab.config.write_text(f"""\
-; written by bench/pgbench_compare.py: one primary for the benchmark
-[pgshard]
-listen = 127.0.0.1:{LAB_PROXY_PORT}
-workers = 2
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-pool_mode = transaction
-pool_size = {POOL_SIZE}
-
-""" + shard_section("app", "s0", PRIMARY_PORT))
+        self.lab.config.write_text(one_primary_lab(
+            "written by bench/pgbench_compare.py: one primary for the benchmark", LAB_PROXY_PORT,
+            POOL_SIZE, PRIMARY_PORT))
         self.lab.up(f"primary on {PRIMARY_PORT}", (PRIMARY_PORT,), what="lab primary")
 
     def init_pgbench(self):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchlib import (BenchBase, about, add_output_options, add_pgshard_options, bench_parser,
                       cell_summary, connect_args, fmt_ms, fmt_ratio, fmt_tps, init_pgbench, log,
-                      md_table, median_or_none, pgshard_ini, prepare_work, print_table, ratio,
+                      md_table, one_primary_lab, median_or_none, pgshard_ini, prepare_work, print_table, ratio,
                       require_binaries, rotated, row_errors, run_guarded, run_pgbench,
                       shard_section, split_choices, stamp, start_pgshard, stop_process,
                       write_results)
@@ -95,20 +95,8 @@ class Bench(BenchBase):
 
     def start_lab(self):
         prepare_work(WORK)
-        self.lab.config.write_text(f"""\
-; written by {SCRIPT}: one primary
-[pgshard]
-listen = 127.0.0.1:{LAB_PROXY_PORT}
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-pool_mode = transaction
-pool_size = {POOL_SIZE}
-
-""" + shard_section("app", "s0", PRIMARY_PORT))
+        self.lab.config.write_text(one_primary_lab(f"written by {SCRIPT}: one primary",
+                                                   LAB_PROXY_PORT, POOL_SIZE, PRIMARY_PORT))
         self.lab.up(f"primary on {PRIMARY_PORT}", (PRIMARY_PORT,), what="lab primary")
 
     def init_pgbench(self):

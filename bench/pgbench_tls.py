@@ -44,7 +44,7 @@ from pathlib import Path
 
 from benchlib import (BenchBase, about, add_output_options, add_pgshard_options, bench_parser,
                       cell_summary, connect_args, fmt_ratio, fmt_tps, init_pgbench, log,
-                      md_table, pgshard_ini, prepare_work, print_table, ratio, require_binaries,
+                      md_table, one_primary_lab, pgshard_ini, prepare_work, print_table, ratio, require_binaries,
                       rotated, row_errors, run, run_guarded, run_pgbench, shard_section,
                       split_choices, stamp, start_pgbouncer, start_pgshard, stop_process,
                       write_results)
@@ -80,20 +80,9 @@ class Bench(BenchBase):
 
     def start_lab(self):
         prepare_work(WORK)
-        self.lab.config.write_text(f"""\
-; written by {SCRIPT}: one primary{", TLS only" if self.tls else ""}
-[pgshard]
-listen = 127.0.0.1:{LAB_PROXY_PORT}
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-pool_mode = transaction
-pool_size = {POOL_SIZE}
-
-""" + shard_section("app", "s0", PRIMARY_PORT, conninfo_extra=self.conninfo_extra()))
+        self.lab.config.write_text(one_primary_lab(
+            f"written by {SCRIPT}: one primary{', TLS only' if self.tls else ''}",
+            LAB_PROXY_PORT, POOL_SIZE, PRIMARY_PORT, conninfo_extra=self.conninfo_extra()))
         self.lab.up(f"primary on {PRIMARY_PORT}" + (" (TLS only)" if self.tls else ""),
                     (PRIMARY_PORT,), what="lab primary", tls=self.tls)
         for name in ("ca.crt", "server.crt", "server.key") if self.tls else ():

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from benchlib import (BenchBase, about, add_output_options, bench_parser, cell_summary,
-                      connect_args, fmt_ratio, fmt_tps, init_pgbench, log, md_table, pgshard_ini,
+                      connect_args, fmt_ratio, fmt_tps, init_pgbench, log, md_table, one_primary_lab, pgshard_ini,
                       prepare_work, print_table, ratio, require_binaries, rotated, row_errors,
                       run_guarded, run_pgbench, shard_section, split_choices, stamp,
                       start_pgbouncer, start_pgshard, stop_process, write_results)
@@ -64,21 +64,9 @@ class Bench(BenchBase):
 
     def start_lab(self):
         prepare_work(WORK)
-        self.lab.config.write_text(f"""\
-; written by bench/pool_shared.py: one primary for the benchmark
-[pgshard]
-listen = 127.0.0.1:{LAB_PROXY_PORT}
-workers = 2
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-pool_mode = transaction
-pool_size = {self.args.pool_size}
-
-""" + shard_section("app", "s0", PRIMARY_PORT))
+        self.lab.config.write_text(one_primary_lab(
+            "written by bench/pool_shared.py: one primary for the benchmark", LAB_PROXY_PORT,
+            self.args.pool_size, PRIMARY_PORT))
         self.lab.up(f"primary on {PRIMARY_PORT}", (PRIMARY_PORT,), what="lab primary")
         # 64 clients each holding a server at -c 64 through PgBouncer is
         # not the point; the server has room for every target's pool.

@@ -547,6 +547,17 @@ def test_server_plain_refused_and_wrong_certificate(proxy, tls_lab, certs):
         assert "shard s0" in str(err.value)
 
 
+def wait_servers_closed(tls_lab):
+    """Until the primary has no client backend of database app but the
+    monitor's: pgshard closed its servers (idle timeout)."""
+    with tls_lab.connect_primary() as direct:
+        wait_for(lambda: direct.execute(
+            "select count(*) from pg_stat_activity where datname = 'app' and "
+            "application_name <> 'pgshard monitor' and pid <> pg_backend_pid() and "
+            "backend_type = 'client backend'").fetchone()[0] == 0, 20,
+            message="idle servers closed")
+
+
 def test_server_tls_with_pool_reuse_and_cancel(proxy, tls_lab):
     """Servers over TLS go back to the pool and are reused; a cancel reaches
     a TLS server; a server closed by pgshard says goodbye cleanly."""
@@ -566,12 +577,7 @@ def test_server_tls_with_pool_reuse_and_cancel(proxy, tls_lab):
         assert conn.execute("select 'after cancel'").fetchone() == ("after cancel",)
     # Idle servers closed by pgshard (server_idle_timeout_ms): gone from the
     # server without an error logged about the connection.
-    with tls_lab.connect_primary() as direct:
-        wait_for(lambda: direct.execute(
-            "select count(*) from pg_stat_activity where datname = 'app' and "
-            "application_name <> 'pgshard monitor' and pid <> pg_backend_pid() and "
-            "backend_type = 'client backend'").fetchone()[0] == 0, 20,
-            message="idle servers closed")
+    wait_servers_closed(tls_lab)
 
 
 def test_tls_server_moves_between_workers(proxy, tls_lab):
@@ -598,10 +604,5 @@ def test_tls_server_moves_between_workers(proxy, tls_lab):
     finally:
         for conn in conns:
             conn.close()
-    with tls_lab.connect_primary() as direct:
-        wait_for(lambda: direct.execute(
-            "select count(*) from pg_stat_activity where datname = 'app' and "
-            "application_name <> 'pgshard monitor' and pid <> pg_backend_pid() and "
-            "backend_type = 'client backend'").fetchone()[0] == 0, 20,
-            message="idle server closed")
+    wait_servers_closed(tls_lab)
     px.assert_alive()
