@@ -61,6 +61,7 @@ class Bench(BenchBase):
     def __init__(self, args):
         super().__init__(args, WORK / "lab.ini", WORK / "lab")
         self.baseline_bin = Path(args.baseline).resolve() / "pgshard" if args.baseline else None
+        self.cells = [CELLS[i - 1] for i in args.cells] if args.cells else CELLS
 
     def start_lab(self):
         prepare_work(WORK)
@@ -87,10 +88,10 @@ class Bench(BenchBase):
         log("warm-up: 1 s per target")
         for target in targets:
             self.pgbench(target, ["-S", "-c", "16", "-j", "2"], 1)
-        total = len(CELLS) * self.args.reps * len(targets) * self.args.duration
-        log(f"measuring {len(CELLS)} cells x {self.args.reps} reps x {len(targets)} targets x "
+        total = len(self.cells) * self.args.reps * len(targets) * self.args.duration
+        log(f"measuring {len(self.cells)} cells x {self.args.reps} reps x {len(targets)} targets x "
             f"{self.args.duration}s = about {about(total)}")
-        for cell, options in CELLS:
+        for cell, options in self.cells:
             for rep in range(self.args.reps):
                 for target in rotated(targets, rep):
                     if target == "pgbouncer" and "prepared" in options:
@@ -106,7 +107,7 @@ class Bench(BenchBase):
                            connect_args(PORTS[target], "app"), duration + 30)
 
     def report(self):
-        rows = cell_summary(self.runs, [(c, {"cell": c}) for c, _ in CELLS], self.args.targets)
+        rows = cell_summary(self.runs, [(c, {"cell": c}) for c, _ in self.cells], self.args.targets)
         for row in rows:
             row["shared/split"] = ratio(row.get("shared"), row.get("split"))
             row["shared/pgbouncer"] = ratio(row.get("shared"), row.get("pgbouncer"))
@@ -149,6 +150,8 @@ def main():
     parser.add_argument("--targets", default=None,
                         help="comma-separated subset of shared,split,pgbouncer "
                              "(default: all; split only with --baseline)")
+    parser.add_argument("--cells", type=lambda v: [int(x) for x in v.split(",")],
+                        help="comma-separated cell numbers, 1 to %d (default: all)" % len(CELLS))
     add_output_options(parser, "pool_shared.md/.json", WORK)
     args = parser.parse_args()
     if args.quick:

@@ -554,8 +554,13 @@ static void maybe_connect(pgs_pool_t *pool) {
     if (!reserve_server(pool) && !(close_idle_sibling(pool) && reserve_server(pool))) break;
     pgs_server_connect(pool);
   }
+  /* Asked when its clients start to need servers: while they go on
+   * needing, a server freed elsewhere comes on its own (server_free), and
+   * the tick asks again. Asking at every wait would wake the other workers
+   * once a transaction under load. */
+  bool needed = pool->published_need > 0;
   publish_need(pool);
-  if (pool->published_need > 0 && !pool->worker->stopping) ask_donors(pool);
+  if (!needed && pool->published_need > 0 && !pool->worker->stopping) ask_donors(pool);
 }
 
 void pgs_pool_request(pgs_pool_t *pool, pgs_client_t *client) {
@@ -702,6 +707,7 @@ void pgs_pool_tick(pgs_pool_t *pool, uint64_t now) {
       pgs_pool_server_failed(pool, server, "timeout while connecting");
   }
   maybe_connect(pool);
+  if (pool->published_need > 0 && !pool->worker->stopping) ask_donors(pool);
 }
 
 void pgs_pool_apply_health(pgs_pool_t *pool, const pgs_snapshot_t *snapshot) {
