@@ -12,7 +12,9 @@
  *   4. sequences of the moving tables set on the targets at least as far
  *      as on the sources; targets' replicas replayed up to the targets'
  *      current WAL (a read after the switch may go to one)
- *   5. OLD's file gets NEW's text (OLD kept as OLD.pre-reshard-ID), RELOAD
+ *   5. OLD's file gets NEW's text (OLD kept as OLD.pre-reshard-ID), RELOAD;
+ *      with map_source in OLD, NEW's map is pushed there as a new version
+ *      instead, and every live instance must serve it (map.c)
  *   6. phase switched, RESHARD RELEASE: the held statements run on NEW
  *   7. slots and publications dropped (the streamers have stopped)
  * cleanup: after cutover, the moved rows deleted from the sources.
@@ -436,6 +438,25 @@ static bool switch_file(const rs_plan_t *plan) {
   return ok;
 }
 
+/* NEW serves. With map_source in OLD's [pgshard]: NEW's map pushed as a
+ * new version, then every live instance reporting to the source must
+ * serve it (not only the one whose console holds). Else OLD's file gets
+ * NEW's text and the console's pgshard reloads. */
+static bool switch_map(const rs_plan_t *plan, PGconn *admin, double deadline) {
+  const char *source = plan->old_config->map_source;
+  if (source == NULL) return switch_file(plan) && reload_and_wait(admin, deadline + 5);
+  char note[128];
+  snprintf(note, sizeof(note), "reshard %s cutover", plan->id);
+  int64_t version;
+  double committed_at;
+  if (pgs_ctl_map_push_file(source, plan->old_path, plan->new_path, note, &version,
+                            &committed_at) != 0)
+    return false;
+  int wait_ms = (int)((deadline + 5 - pgs_lab_now()) * 1000);
+  return pgs_ctl_map_wait(source, version, wait_ms > 0 ? wait_ms : 0, PGS_CTL_MAP_LIVE_SECONDS) ==
+         0;
+}
+
 int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   rs_state_t *states = pgs_xcalloc((size_t)plan->nmoves + 1, sizeof(*states));
   int rc = 1;
@@ -468,7 +489,7 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   bool ok = mark_and_wait(plan, "cut", deadline) && (at[1] = pgs_lab_now()) &&
             carry_sequences(plan) && (at[2] = pgs_lab_now()) &&
             replicas_caught_up(plan, deadline) && (at[3] = pgs_lab_now()) &&
-            pgs_lab_now() < deadline && switch_file(plan) && reload_and_wait(admin, deadline + 5) &&
+            pgs_lab_now() < deadline && switch_map(plan, admin, deadline) &&
             (at[4] = pgs_lab_now()) && set_phase(plan, "switched") && (at[5] = pgs_lab_now());
   bool released = console(admin, "RESHARD RELEASE");
   at[6] = pgs_lab_now();
