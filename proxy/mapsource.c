@@ -42,6 +42,7 @@ static struct {
   int wake[2]; /* a byte written to wake[1] wakes the thread */
   char *conninfo;
   char *path;
+  char *cache_path; /* PATH.map-cache: the version held, for a start without the source */
   char listen[300];
   double started_at;
   /* under lock */
@@ -173,6 +174,47 @@ static bool body_valid(const char *body, int64_t version) {
   return ok;
 }
 
+#define CACHE_HEADER "; pgshard map_source cache: version "
+
+/* Keep the version held on disk (written aside, then renamed: a reader
+ * never sees half of it), so that a restart while the source is down
+ * serves it rather than the file's older map. */
+static void cache_write(const char *body, int64_t version) {
+  char tmp[4200];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", ms.cache_path);
+  FILE *f = fopen(tmp, "w");
+  bool ok = f && fprintf(f, CACHE_HEADER "%lld\n%s", (long long)version, body) > 0;
+  if (f && fclose(f) != 0) ok = false;
+  if (ok && rename(tmp, ms.cache_path) != 0) ok = false;
+  if (!ok) pgs_warn("map_source: cannot write %s: %s", ms.cache_path, strerror(errno));
+}
+
+/* The version cache_write left, when it still validates. */
+static void cache_read(void) {
+  FILE *f = fopen(ms.cache_path, "r");
+  if (f == NULL) return;
+  size_t cap = 8192, n = 0, got;
+  char *text = pgs_xmalloc(cap + 1);
+  while ((got = fread(text + n, 1, cap - n, f)) > 0) {
+    n += got;
+    if (n == cap) text = pgs_xrealloc(text, (cap *= 2) + 1);
+  }
+  fclose(f);
+  text[n] = '\0';
+  const char *nl = strchr(text, '\n');
+  int64_t version = 0;
+  if (nl && !strncmp(text, CACHE_HEADER, strlen(CACHE_HEADER)))
+    version = strtoll(text + strlen(CACHE_HEADER), NULL, 10);
+  if (version > 0 && body_valid(nl + 1, version)) {
+    ms.body = pgs_xstrdup(nl + 1);
+    ms.held = version;
+    pgs_info("map_source: version %lld held from %s", (long long)version, ms.cache_path);
+  } else {
+    pgs_warn("map_source: %s is not a valid map cache; ignored", ms.cache_path);
+  }
+  free(text);
+}
+
 /* Read the latest version; hold it when it validates and is new, and ask
  * for a reload when the workers do not serve it. False on a lost
  * connection or a failed query. */
@@ -213,8 +255,11 @@ static bool read_latest(PGconn *conn) {
   }
   bool reload = valid && ms.held != ms.served;
   pthread_mutex_unlock(&ms.lock);
+  if (valid) {
+    pgs_info("map_source: version %lld read", (long long)version);
+    cache_write(body, version);
+  }
   PQclear(res);
-  if (valid) pgs_info("map_source: version %lld read", (long long)version);
   if (reload) kill(getpid(), SIGHUP); /* main.c reloads, as for an operator's SIGHUP */
   return true;
 }
@@ -322,6 +367,10 @@ int pgs_mapsource_start(const pgs_config_t *config, const char *path, int wait_m
   if (pipe2(ms.wake, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
   ms.conninfo = pgs_xstrdup(config->map_source);
   ms.path = pgs_xstrdup(path);
+  size_t len = strlen(path) + sizeof(".map-cache");
+  ms.cache_path = pgs_xmalloc(len);
+  snprintf(ms.cache_path, len, "%s.map-cache", path);
+  cache_read();
   snprintf(ms.listen, sizeof(ms.listen), "%s:%d", config->listen_host, config->listen_port);
   char host[64] = "localhost";
   gethostname(host, sizeof(host) - 1);
@@ -359,8 +408,9 @@ void pgs_mapsource_stop(void) {
   close(ms.wake[1]);
   free(ms.conninfo);
   free(ms.path);
+  free(ms.cache_path);
   free(ms.body);
-  ms.conninfo = ms.path = ms.body = NULL;
+  ms.conninfo = ms.path = ms.cache_path = ms.body = NULL;
 }
 
 bool pgs_mapsource_held(char **body, int64_t *version) {

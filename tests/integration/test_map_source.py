@@ -17,6 +17,8 @@ import pytest
 
 from conftest import PGSHARDCTL, SHARD_LAB_PORTS
 from support import wait_for
+import test_reshard
+from test_reshard import old_view, reshard_lab, tables  # noqa: F401 - fixtures
 
 MAP_DB = "pgshard_maps"
 SOURCE = f"host=127.0.0.1 port={SHARD_LAB_PORTS[0]} dbname={MAP_DB} user=postgres"
@@ -39,12 +41,12 @@ def direct(port, dbname="app"):
                            connect_timeout=5, autocommit=True)
 
 
-def reset_database(dbname):
-    """DBNAME on s0's primary, empty of pgshard's tables."""
-    with direct(SHARD_LAB_PORTS[0], "postgres") as conn:
+def reset_database(dbname, port=SHARD_LAB_PORTS[0]):
+    """DBNAME on the server on PORT (s0's primary), empty of pgshard's tables."""
+    with direct(port, "postgres") as conn:
         if not conn.execute("select 1 from pg_database where datname = %s", (dbname,)).fetchone():
             conn.execute(f"create database {dbname}")
-    with direct(SHARD_LAB_PORTS[0], dbname) as conn:
+    with direct(port, dbname) as conn:
         conn.execute("drop schema if exists pgshard cascade")
 
 
@@ -314,4 +316,71 @@ def test_status_lists_live_instances(maps, sharded_proxy, tmp_path):
     out = ctl("wait", str(newer), "--source", SOURCE, "--timeout-ms", "5000").stdout
     assert "served by every live instance (2)" in out, out
     for c in consoles[:2]:
+        c.close()
+
+
+def test_restart_with_source_down_serves_the_cached_version(maps, sharded_proxy, tmp_path):
+    """The version an instance held is kept beside its config: restarted
+    while the source is unreachable, it serves that version, never the
+    file's older map."""
+    proxies, consoles = start_fleet(sharded_proxy, n=1)
+    proxy = proxies[0]
+    version, _ = push(body_file(proxy, tmp_path, "s1"))
+    wait_versions(consoles, version)
+    consoles[0].close()
+    cache = proxy.config_path.parent / (proxy.config_path.name + ".map-cache")
+    assert f"cache: version {version}" in cache.read_text().splitlines()[0]
+    proxy.send_signal(signal.SIGTERM)
+    assert proxy.wait_exit(20) == 0
+    proxy.log_file.close()
+    proxy.apply({"map_source": SOURCE.replace(MAP_DB, "pgshard_maps_gone")})
+    proxy.expected_exit = False
+    proxy.start()
+    console = Console(proxy)
+    cfg = console.config()
+    assert cfg["map_version"] == str(version) and cfg["map_source_state"] == "stale", cfg
+    rows = write_through_each([proxy], "cached")
+    assert rows_by_shard() == {"s0": [], "s1": rows}
+    console.close()
+
+
+def test_reshard_cutover_pushes_the_new_map(reshard_lab, old_view, sharded_proxy,  # noqa: F811
+                                            tables, tmp_path):  # noqa: F811
+    """With map_source, cutover pushes NEW as a version (OLD's file stays as
+    it is) and returns once every live instance serves it, not only the one
+    whose console it holds."""
+    port = reshard_lab.shard("s0").primary_port
+    reset_database(MAP_DB, port)
+    source = f"host=127.0.0.1 port={port} dbname={MAP_DB} user=postgres"
+    proxies = [sharded_proxy(lab=old_view, extra_ini=test_reshard.TENANTS_OLD, map_source=source)
+               for _ in range(2)]
+    consoles = [Console(p) for p in proxies]
+    test_reshard.populate(proxies[0])
+    new_map = test_reshard.TENANTS_OLD.replace("2 = s0", "2 = s1")
+    new = test_reshard.new_config(proxies[0], reshard_lab, test_reshard.TENANTS_OLD, new_map,
+                                  tmp_path / "new.ini", add_s2=False)
+    old_text = proxies[0].config_path.read_text()
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = test_reshard.start_streamer(proxies[0].config_path, new, log)
+    try:
+        test_reshard.wait_streaming(reshard_lab, ["s1"], streamer)
+        out = test_reshard.ctl("cutover", proxies[0].config_path, new).stdout
+        assert "cut over" in out, out
+        # Both instances serve it already: cutover waited for them.
+        assert [c.version() for c in consoles] == [1, 1]
+        streamer.wait(30)
+        test_reshard.ctl("cleanup", proxies[0].config_path, new)
+    finally:
+        test_reshard.stop(streamer)
+    assert proxies[0].config_path.read_text() == old_text
+    assert not list(tmp_path.glob("*.pre-reshard-*"))
+    shown = ctl("show", "--source", source).stdout
+    assert "2 = s1" in shown and "reshard" in shown.splitlines()[0], shown
+    assert test_reshard.tenant_rows(reshard_lab, "s0", 2) == 0
+    assert test_reshard.tenant_rows(reshard_lab, "s1", 2) == 50
+    # Writes through the instance cutover did not talk to follow NEW too.
+    with proxies[1].connect(autocommit=True) as conn:
+        conn.execute("insert into counters (tenant_id, k, n) values (2, 1000, 7)")
+    assert test_reshard.tenant_rows(reshard_lab, "s1", 2) == 51
+    for c in consoles:
         c.close()
