@@ -292,7 +292,7 @@ static bool heartbeat(PGconn *conn) {
   return ok;
 }
 
-/* One connection's life: false when it ended on an error. */
+/* One connection's life, until an error or stop. */
 static void serve_connection(PGconn *conn) {
   if (!run(conn, MAP_SOURCE_SQL) || !run(conn, "LISTEN " PGS_MAP_CHANNEL)) return;
   set_state(true, NULL);
@@ -304,16 +304,8 @@ static void serve_connection(PGconn *conn) {
   if (!ok || !heartbeat(conn)) return;
   uint64_t next_beat = pgs_now_ms() + HEARTBEAT_MS;
   while (!stopping()) {
-    uint64_t now = pgs_now_ms();
-    int timeout = next_beat > now ? (int)(next_beat - now) : 0;
-    if (wait_readable(PQsocket(conn), timeout)) {
-      if (!PQconsumeInput(conn)) {
-        char err[256];
-        conn_error(conn, err, sizeof(err));
-        set_state(false, err);
-        return;
-      }
-    }
+    /* Notifications libpq read along with an answer are queued already:
+     * take them before waiting on the socket, which would not wake. */
     bool notified = false;
     PGnotify *n;
     while ((n = PQnotifies(conn)) != NULL) {
@@ -324,10 +316,24 @@ static void serve_connection(PGconn *conn) {
     bool refresh = ms.refresh, beat = ms.served_changed;
     ms.refresh = false;
     pthread_mutex_unlock(&ms.lock);
-    if ((notified || refresh) && !read_latest(conn)) return;
+    bool worked = false;
+    if (notified || refresh) {
+      if (!read_latest(conn)) return;
+      worked = true;
+    }
     if (beat || pgs_now_ms() >= next_beat) {
       if (!heartbeat(conn)) return;
       next_beat = pgs_now_ms() + HEARTBEAT_MS;
+      worked = true;
+    }
+    if (worked) continue;
+    uint64_t now = pgs_now_ms();
+    int timeout = next_beat > now ? (int)(next_beat - now) : 0;
+    if (wait_readable(PQsocket(conn), timeout) && !PQconsumeInput(conn)) {
+      char err[256];
+      conn_error(conn, err, sizeof(err));
+      set_state(false, err);
+      return;
     }
     if (PQstatus(conn) != CONNECTION_OK) {
       set_state(false, "connection lost");

@@ -10,6 +10,7 @@ import re
 import signal
 import statistics
 import subprocess
+import threading
 import time
 
 import psycopg
@@ -144,6 +145,26 @@ def test_fleet_switches_together(maps, sharded_proxy, tmp_path):
     before = write_through_each(proxies, "file")
     assert rows_by_shard() == {"s0": before, "s1": []}
 
+    # Clients keep reading through every instance meanwhile: the switches
+    # happen under traffic, and no client sees an error from them.
+    stop = threading.Event()
+    load = {"queries": 0, "errors": []}
+
+    def reader(proxy_):
+        try:
+            with proxy_.connect(autocommit=True) as conn:
+                while not stop.is_set():
+                    conn.execute(f"select count(*) from {TABLE} where tenant_id = 42").fetchone()
+                    conn.execute("begin")
+                    conn.execute(f"select count(*) from {TABLE} where tenant_id = 42").fetchone()
+                    conn.execute("commit")
+                    load["queries"] += 2
+        except Exception as exc:  # noqa: BLE001 - reported below
+            load["errors"].append(repr(exc))
+    readers = [threading.Thread(target=reader, args=(p,), daemon=True) for p in proxies * 2]
+    for t in readers:
+        t.start()
+
     # Pushes alternate the pin s1, s0, s1...: each measured from the push's
     # commit until all three report the version in SHOW CONFIG.
     times = []
@@ -163,9 +184,13 @@ def test_fleet_switches_together(maps, sharded_proxy, tmp_path):
         expected[shard] += write_through_each(proxies, f"v{version}")
         expected[shard].sort()
         assert rows_by_shard() == expected, f"after version {version}"
+    stop.set()
+    for t in readers:
+        t.join(10)
     print(f"\nswitch times (push commit -> all 3 report it in SHOW CONFIG), ms: "
           f"{[round(t * 1000, 1) for t in times]}; median {statistics.median(times) * 1000:.1f}, "
-          f"max {max(times) * 1000:.1f}")
+          f"max {max(times) * 1000:.1f}; {load['queries']} reads by 6 clients meanwhile")
+    assert load["errors"] == [] and load["queries"] > 0, load
     assert max(times) < 1.0, times
 
     # map wait: every live instance serves the latest version.
