@@ -305,6 +305,26 @@ def test_missed_notify_read_after_reconnect(maps, sharded_proxy, tmp_path):
     consoles[0].close()
 
 
+def test_sighup_rereads_the_file_and_the_latest_version(maps, sharded_proxy, tmp_path):
+    """SIGHUP: the file's [pgshard] read again, and the latest version (one
+    inserted without a notification here) read from the source."""
+    proxies, consoles = start_fleet(sharded_proxy, n=1)
+    version, _ = push(body_file(proxies[0], tmp_path, "s1"))
+    wait_versions(consoles, version)
+    body = body_file(proxies[0], tmp_path, "s0", "quiet.ini").read_text().split("[user.", 1)[1]
+    with direct(SHARD_LAB_PORTS[0], MAP_DB) as conn:
+        conn.execute("insert into pgshard.map (version, body) values (%s, %s)",
+                     (version + 1, "[user." + body))
+    assert consoles[0].version() == version
+    proxies[0].reconfigure(query_wait_timeout_ms=12345)
+    wait_for(lambda: consoles[0].config()["query_wait_timeout_ms"] == "12345"
+             and consoles[0].version() == version + 1, 5,
+             message="the new [pgshard] and the latest version served")
+    rows = write_through_each(proxies, "hup")
+    assert rows_by_shard() == {"s0": rows, "s1": []}
+    consoles[0].close()
+
+
 def test_status_lists_live_instances(maps, sharded_proxy, tmp_path):
     proxies, consoles = start_fleet(sharded_proxy)
     version, _ = push(body_file(proxies[0], tmp_path, "s1"))
