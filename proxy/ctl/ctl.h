@@ -37,6 +37,10 @@ int pgs_ctl_map_push_file(const char *conninfo, const char *config_path, const c
                           const char *note, int64_t *version, double *committed_at);
 /* An instance is live while its heartbeat is at most this many seconds old. */
 #define PGS_CTL_MAP_LIVE_SECONDS 3
+/* The listen addresses ("host:port", malloc'ed, in *LISTENS, malloc'ed)
+ * of the instances reporting to CONNINFO seen within LIVE_SECONDS; their
+ * count, or -1 (reported). */
+int pgs_ctl_map_live_instances(const char *conninfo, int live_seconds, char ***listens);
 /* Wait until every live instance reporting to CONNINFO (heartbeat at most
  * LIVE_SECONDS old) serves VERSION or later, TIMEOUT_MS at most. 0 or 1. */
 int pgs_ctl_map_wait(const char *conninfo, int64_t version, int timeout_ms, int live_seconds);

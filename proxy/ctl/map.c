@@ -154,6 +154,33 @@ int pgs_ctl_map_push_file(const char *conninfo, const char *config_path, const c
   return rc;
 }
 
+int pgs_ctl_map_live_instances(const char *conninfo, int live_seconds, char ***listens) {
+  PGconn *conn = source_connect(conninfo);
+  if (conn == NULL) return -1;
+  char live[16];
+  snprintf(live, sizeof(live), "%d", live_seconds);
+  const char *params[] = {live};
+  if (!exec_ok(conn, MAP_SOURCE_SQL)) {
+    PQfinish(conn);
+    return -1;
+  }
+  PGresult *res = PQexecParams(conn,
+                               "SELECT listen FROM pgshard.instance WHERE listen IS NOT NULL "
+                               "AND seen_at > now() - make_interval(secs => $1::int) ORDER BY id",
+                               1, NULL, params, NULL, NULL, 0);
+  int n = -1;
+  if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    fprintf(stderr, "pgshardctl: map_source: %s", PQresultErrorMessage(res));
+  } else {
+    n = PQntuples(res);
+    *listens = pgs_xcalloc((size_t)n + 1, sizeof(**listens));
+    for (int i = 0; i < n; i++) (*listens)[i] = pgs_xstrdup(PQgetvalue(res, i, 0));
+  }
+  PQclear(res);
+  PQfinish(conn);
+  return n;
+}
+
 int pgs_ctl_map_wait(const char *conninfo, int64_t version, int timeout_ms, int live_seconds) {
   PGconn *conn = source_connect(conninfo);
   if (conn == NULL) return 1;

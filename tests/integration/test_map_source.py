@@ -391,9 +391,11 @@ def test_restart_with_source_down_serves_the_cached_version(maps, sharded_proxy,
 
 def test_reshard_cutover_pushes_the_new_map(reshard_lab, old_view, sharded_proxy,  # noqa: F811
                                             tables, tmp_path):  # noqa: F811
-    """With map_source, cutover pushes NEW as a version (OLD's file stays as
-    it is) and returns once every live instance serves it, not only the one
-    whose console it holds."""
+    """With map_source, cutover holds every live instance, pushes NEW as a
+    version (OLD's file stays as it is) and returns once every live
+    instance serves it, not only the one whose console it talks to: writes
+    through the other instance during the cut are neither lost nor
+    applied twice."""
     port = reshard_lab.shard("s0").primary_port
     reset_database(MAP_DB, port)
     source = f"host=127.0.0.1 port={port} dbname={MAP_DB} user=postgres"
@@ -401,6 +403,7 @@ def test_reshard_cutover_pushes_the_new_map(reshard_lab, old_view, sharded_proxy
                for _ in range(2)]
     consoles = [Console(p) for p in proxies]
     test_reshard.populate(proxies[0])
+    before = test_reshard.shard_sums(reshard_lab, "counters")
     new_map = test_reshard.TENANTS_OLD.replace("2 = s0", "2 = s1")
     new = test_reshard.new_config(proxies[0], reshard_lab, test_reshard.TENANTS_OLD, new_map,
                                   tmp_path / "new.ini", add_s2=False)
@@ -409,10 +412,13 @@ def test_reshard_cutover_pushes_the_new_map(reshard_lab, old_view, sharded_proxy
         streamer = test_reshard.start_streamer(proxies[0].config_path, new, log)
     try:
         test_reshard.wait_streaming(reshard_lab, ["s1"], streamer)
+        load = test_reshard.run_load(proxies[1], tmp_path, test_reshard.COUNTERS_LOAD, 4)
+        time.sleep(1.5)
         out = test_reshard.ctl("cutover", proxies[0].config_path, new).stdout
         assert "cut over" in out, out
         # Both instances serve it already: cutover waited for them.
         assert [c.version() for c in consoles] == [1, 1]
+        done, _ = test_reshard.load_result(load, tmp_path)
         streamer.wait(30)
         test_reshard.ctl("cleanup", proxies[0].config_path, new)
     finally:
@@ -421,6 +427,9 @@ def test_reshard_cutover_pushes_the_new_map(reshard_lab, old_view, sharded_proxy
     assert not list(tmp_path.glob("*.pre-reshard-*"))
     shown = ctl("show", "--source", source).stdout
     assert "2 = s1" in shown and "reshard" in shown.splitlines()[0], shown
+    after = test_reshard.shard_sums(reshard_lab, "counters")
+    assert sum(c for c, _ in after.values()) == sum(c for c, _ in before.values())
+    assert sum(s for _, s in after.values()) == sum(s for _, s in before.values()) + done
     assert test_reshard.tenant_rows(reshard_lab, "s0", 2) == 0
     assert test_reshard.tenant_rows(reshard_lab, "s1", 2) == 50
     # Writes through the instance cutover did not talk to follow NEW too.
