@@ -409,7 +409,9 @@ void pgs_mapsource_stop(void) {
   pthread_mutex_unlock(&ms.lock);
   wake_thread();
   pthread_join(ms.thread, NULL);
+  pthread_mutex_lock(&ms.lock);
   ms.running = false;
+  pthread_mutex_unlock(&ms.lock);
   close(ms.wake[0]);
   close(ms.wake[1]);
   free(ms.conninfo);
