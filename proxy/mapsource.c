@@ -340,6 +340,14 @@ static void serve_connection(PGconn *conn) {
       return;
     }
   }
+  /* Stopping: this instance is gone at once, not when its heartbeat ages
+   * (map wait and cutover count live instances only). */
+  char pid[16];
+  snprintf(pid, sizeof(pid), "%d", (int)getpid());
+  const char *params[] = {ms.instance, pid};
+  PQclear(PQexecParams(conn,
+                       "UPDATE pgshard.instance SET seen_at = NULL WHERE id = $1 AND pid = $2", 2,
+                       NULL, params, NULL, NULL, 0));
 }
 
 static void *thread_main(void *arg) {

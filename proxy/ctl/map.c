@@ -263,8 +263,8 @@ static int status(PGconn *conn, int live_seconds) {
       conn,
       "SELECT (SELECT coalesce(max(version), 0) FROM pgshard.map), id, coalesce(listen, ''), "
       "coalesce(pid, 0), coalesce(map_version, 0), "
-      "round(extract(epoch FROM now() - seen_at)::numeric, 1), "
-      "seen_at > now() - make_interval(secs => $1::int) "
+      "coalesce(round(extract(epoch FROM now() - seen_at)::numeric, 1)::text, '-'), "
+      "coalesce(seen_at > now() - make_interval(secs => $1::int), false) "
       "FROM pgshard.instance ORDER BY id",
       1, NULL, params, NULL, NULL, 0);
   if (PQresultStatus(res) != PGRES_TUPLES_OK) {

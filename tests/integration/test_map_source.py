@@ -360,8 +360,14 @@ def test_status_lists_live_instances(maps, sharded_proxy, tmp_path):
     newer, _ = push(body_file(proxies[0], tmp_path, "s0", "newer.ini"))
     out = ctl("wait", str(newer), "--source", SOURCE, "--timeout-ms", "5000").stdout
     assert "served by every live instance (2)" in out, out
-    for c in consoles[:2]:
-        c.close()
+    # One stopped cleanly is gone at once (it says so as it stops).
+    consoles[1].close()
+    proxies[1].send_signal(signal.SIGTERM)
+    assert proxies[1].wait_exit(20) == 0
+    _, rows = status_rows()
+    assert rows[f"127.0.0.1:{proxies[1].port}"][2] == "gone", rows
+    assert rows[f"127.0.0.1:{proxies[0].port}"][2] == "live", rows
+    consoles[0].close()
 
 
 def test_restart_with_source_down_serves_the_cached_version(maps, sharded_proxy, tmp_path):
