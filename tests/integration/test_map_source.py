@@ -202,6 +202,9 @@ def test_fleet_switches_together(maps, sharded_proxy, tmp_path):
     assert "42 = s1" in shown and "[pgshard]" not in shown and "listen" not in shown
     shown = ctl("show", "--source", SOURCE, "--version", "2").stdout
     assert "42 = s0" in shown
+    # The same text again: nothing pushed (a rerun is harmless).
+    out = ctl("push", str(tmp_path / f"map{len(times)}.ini"), "--source", SOURCE).stdout
+    assert f"map version {len(times)} already holds this map: nothing pushed" in out, out
     for c in consoles:
         c.close()
     for p in proxies:
@@ -219,6 +222,12 @@ def test_bad_body_refused(maps, sharded_proxy, tmp_path):
     proc = ctl("push", str(bad), "--source", SOURCE, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "s9" in proc.stderr and "nothing pushed" in proc.stderr, proc.stderr
+    # The error names FILE's own line (the [pgshard] lines left out keep their place).
+    line = bad.read_text().splitlines().index("42 = s9") + 1
+    assert f"{bad}, line {line}: " in proc.stderr, proc.stderr
+    # With -c CONFIG: the source and the [pgshard] section come from CONFIG.
+    proc = ctl("push", str(bad), "-c", str(proxies[0].config_path), check=False)
+    assert proc.returncode == 1 and "nothing pushed" in proc.stderr, proc.stderr
     with direct(SHARD_LAB_PORTS[0], MAP_DB) as conn:
         assert conn.execute("select max(version) from pgshard.map").fetchone()[0] == version
         # Inserted by hand, and announced: every instance refuses it.
@@ -240,8 +249,10 @@ def test_bad_body_refused(maps, sharded_proxy, tmp_path):
     # Still routing by the version held: tenant 42 on s1.
     rows = write_through_each(proxies, "held")
     assert rows_by_shard() == {"s0": [], "s1": rows}
-    # A good version after it is taken.
-    good, _ = push(body_file(proxies[0], tmp_path, "s0", "good.ini"))
+    # A good version after it is taken (pushed with -c CONFIG).
+    out = ctl("push", str(body_file(proxies[0], tmp_path, "s0", "good.ini")), "-c",
+              str(proxies[0].config_path)).stdout
+    good = int(re.search(r"map version (\d+) pushed", out).group(1))
     assert good == version + 2
     wait_versions(consoles, good, timeout=5)
     for c in consoles:
