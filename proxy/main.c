@@ -8,6 +8,11 @@
  * exits now. They are blocked in every thread and taken by the main thread
  * with sigtimedwait, so no handler ever runs on a worker.
  *
+ * With [pgshard] map_source, the map comes from PostgreSQL (mapsource.h):
+ * a reload is the file's [pgshard] section with the version the map_source
+ * thread holds, and that thread sends SIGHUP itself when it holds a new
+ * one, so every map change takes this one reload path.
+ *
  * Before the workers start, the two-phase commit decision log is opened and
  * the prepared transactions an earlier pgshard left are settled
  * (twophase.h); its file stays the same across reloads.
