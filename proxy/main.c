@@ -95,6 +95,8 @@ static int open_listener(const pgs_config_t *c, bool probe) {
 /* The config file; with map_source, its [pgshard] section and the map
  * version held from the source (the file's own map while none is). */
 static pgs_config_t *load_config(void) {
+  pgs_config_t *prepared = pgs_mapsource_config(); /* built as this would, file unchanged */
+  if (prepared) return prepared;
   char *body;
   int64_t version;
   if (!pgs_mapsource_held(&body, &version)) return pgs_config_load(config_path);

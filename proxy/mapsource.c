@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -33,6 +34,28 @@
 #define HEARTBEAT_MS 1000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+
+/* Which config file a config was built from: a file replaced or edited
+ * since differs in one of these. */
+typedef struct file_id {
+  bool exists;
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+} file_id_t;
+
+static file_id_t file_id_of(const char *path) {
+  struct stat st;
+  file_id_t id = {.exists = false};
+  if (stat(path, &st) == 0) id = (file_id_t){true, st.st_dev, st.st_ino, st.st_size, st.st_mtim};
+  return id;
+}
+
+static bool same_file(const file_id_t *a, const file_id_t *b) {
+  return a->exists && b->exists && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+         a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
 
 static struct {
   pthread_mutex_t lock;
@@ -50,6 +73,11 @@ static struct {
   double since;
   char error[256];
   char *body;
+  /* The config body makes with the file's [pgshard] section, as the file
+   * was (prepared_file): what a reload takes while the file is unchanged,
+   * instead of building it again. */
+  pgs_config_t *prepared;
+  file_id_t prepared_file;
   int64_t held, served, refused;
   bool served_changed;
   uint64_t nrefused;
@@ -158,20 +186,30 @@ static bool run(PGconn *conn, const char *sql) {
   return ok;
 }
 
-/* Validate BODY, version VERSION, with the file's [pgshard] section. */
-static bool body_valid(const char *body, int64_t version) {
+/* BODY, version VERSION, with the file's [pgshard] section: the config,
+ * or NULL when it does not validate (logged). *ID: the file as it was
+ * before it was read. */
+static pgs_config_t *body_config(const char *body, int64_t version, file_id_t *id) {
   char label[64];
   snprintf(label, sizeof(label), "map version %lld", (long long)version);
+  *id = file_id_of(ms.path);
   pgs_config_t *c = pgs_config_load_map(ms.path, body, label, version);
-  bool ok = c->nerrors == 0;
-  if (!ok) {
-    pgs_error("map_source: version %lld refused (%d errors); keeping version %lld",
-              (long long)version, c->nerrors, (long long)ms.held);
-    for (int i = 0; i < c->nerrors && i < 10; i++)
-      pgs_error("map_source: %s", c->errors[i].message);
-  }
+  if (c->nerrors == 0) return c;
+  pgs_error("map_source: version %lld refused (%d errors); keeping version %lld",
+            (long long)version, c->nerrors, (long long)ms.held);
+  for (int i = 0; i < c->nerrors && i < 10; i++) pgs_error("map_source: %s", c->errors[i].message);
   pgs_config_unref(c);
-  return ok;
+  return NULL;
+}
+
+/* Hold BODY (VERSION) and its config C. Under ms.lock. */
+static void hold_locked(const char *body, int64_t version, pgs_config_t *c, const file_id_t *id) {
+  free(ms.body);
+  ms.body = pgs_xstrdup(body);
+  ms.held = version;
+  pgs_config_unref(ms.prepared);
+  ms.prepared = c;
+  ms.prepared_file = *id;
 }
 
 #define CACHE_HEADER "; pgshard map_source cache: version "
@@ -205,9 +243,10 @@ static void cache_read(void) {
   int64_t version = 0;
   if (nl && !strncmp(text, CACHE_HEADER, strlen(CACHE_HEADER)))
     version = strtoll(text + strlen(CACHE_HEADER), NULL, 10);
-  if (version > 0 && body_valid(nl + 1, version)) {
-    ms.body = pgs_xstrdup(nl + 1);
-    ms.held = version;
+  file_id_t id;
+  pgs_config_t *c = version > 0 ? body_config(nl + 1, version, &id) : NULL;
+  if (c) {
+    hold_locked(nl + 1, version, c, &id); /* no thread yet */
     pgs_info("map_source: version %lld held from %s", (long long)version, ms.cache_path);
   } else {
     pgs_warn("map_source: %s is not a valid map cache; ignored", ms.cache_path);
@@ -243,12 +282,12 @@ static bool read_latest(PGconn *conn) {
     return true;
   }
   const char *body = PQgetvalue(res, 0, 1);
-  bool valid = body_valid(body, version);
+  file_id_t id;
+  pgs_config_t *c = body_config(body, version, &id);
+  bool valid = c != NULL;
   pthread_mutex_lock(&ms.lock);
   if (valid) {
-    free(ms.body);
-    ms.body = pgs_xstrdup(body);
-    ms.held = version;
+    hold_locked(body, version, c, &id);
   } else {
     ms.refused = version;
     ms.nrefused++;
@@ -426,6 +465,8 @@ void pgs_mapsource_stop(void) {
   free(ms.path);
   free(ms.cache_path);
   free(ms.body);
+  pgs_config_unref(ms.prepared);
+  ms.prepared = NULL;
   ms.conninfo = ms.path = ms.cache_path = ms.body = NULL;
 }
 
@@ -438,6 +479,17 @@ bool pgs_mapsource_held(char **body, int64_t *version) {
   }
   pthread_mutex_unlock(&ms.lock);
   return held;
+}
+
+pgs_config_t *pgs_mapsource_config(void) {
+  pthread_mutex_lock(&ms.lock);
+  pgs_config_t *c = NULL;
+  if (ms.prepared) {
+    file_id_t now = file_id_of(ms.path);
+    if (same_file(&now, &ms.prepared_file)) c = pgs_config_ref(ms.prepared);
+  }
+  pthread_mutex_unlock(&ms.lock);
+  return c;
 }
 
 void pgs_mapsource_served(int64_t version) {

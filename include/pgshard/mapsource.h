@@ -33,6 +33,10 @@ void pgs_mapsource_stop(void);
 /* The version held (the latest that validated) and its text (malloc'ed,
  * the caller frees it): false when none is (no map_source, or none read). */
 bool pgs_mapsource_held(char **body, int64_t *version);
+/* The config of the version held, built when it was read, while the
+ * config file is the same file, unchanged since (a reference the caller
+ * drops); NULL otherwise: build it from pgs_mapsource_held. */
+pgs_config_t *pgs_mapsource_config(void);
 /* The workers now serve VERSION (0: the file's map); it reaches this
  * instance's heartbeat row at once. Also makes the thread read the latest
  * version again (SIGHUP re-reads the source). */
