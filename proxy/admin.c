@@ -33,6 +33,7 @@
 #include "pgshard/analyze.h"
 #include "pgshard/hold.h"
 #include "pgshard/log.h"
+#include "pgshard/mapsource.h"
 #include "pgshard/monitor.h"
 #include "pgshard/moves.h"
 #include "pgshard/client.h"
@@ -500,6 +501,36 @@ static void config_rowf(pgs_buf_t *b, const char *section, const char *key, cons
   config_row(b, section, key, value);
 }
 
+/* Where the map this worker serves came from, and the source's state. */
+static void show_map_source(pgs_buf_t *b, const pgs_config_t *c) {
+  const char *p = "pgshard";
+  pgs_mapsource_state_t st;
+  pgs_mapsource_state(&st);
+  /* With map_source: the version every worker serves (a reload is done
+   * once each has it), not only this client's worker. */
+  int64_t version = st.running ? st.served : c->map_version;
+  config_rowf(b, p, "map_version", "%lld", (long long)version);
+  config_row(b, p, "map_origin", version > 0 ? "map_source" : "file");
+  if (c->map_source == NULL) return;
+  char *shown = pgs_mapsource_conninfo_display(c->map_source);
+  config_row(b, p, "map_source", shown);
+  free(shown);
+  char since[64] = "";
+  if (st.since > 0) {
+    time_t t = (time_t)st.since;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(since, sizeof(since), "%Y-%m-%d %H:%M:%S+00", &tm);
+  }
+  config_row(b, p, "map_source_state", st.connected ? "listening" : "stale");
+  config_row(b, p, "map_source_since", since[0] ? since : NULL);
+  config_row(b, p, "map_source_error", st.error[0] ? st.error : NULL);
+  config_rowf(b, p, "map_held_version", "%lld", (long long)st.held);
+  config_rowf(b, p, "map_refused", "%llu", (unsigned long long)st.nrefused);
+  config_rowf(b, p, "map_refused_version", "%lld", (long long)st.refused);
+  config_row(b, p, "instance", st.instance);
+}
+
 static void show_config(pgs_client_t *client, pgs_buf_t *b) {
   const pgs_config_t *c = client->worker->config;
   static const char *const auths[] = {"trust", "md5", "scram-sha-256"};
@@ -508,6 +539,7 @@ static void show_config(pgs_client_t *client, pgs_buf_t *b) {
   const char *p = "pgshard";
   config_row(b, p, "config_file", c->path);
   config_rowf(b, p, "reloads", "%llu", (unsigned long long)pgs_mailbox_reloads());
+  show_map_source(b, c);
   config_rowf(b, p, "listen", "%s:%d", c->listen_host, c->listen_port);
   config_rowf(b, p, "workers", "%d", c->workers);
   config_row(b, p, "auth", auths[c->auth]);

@@ -8,6 +8,11 @@
  * exits now. They are blocked in every thread and taken by the main thread
  * with sigtimedwait, so no handler ever runs on a worker.
  *
+ * With [pgshard] map_source, the map comes from PostgreSQL (mapsource.h):
+ * a reload is the file's [pgshard] section with the version the map_source
+ * thread holds, and that thread sends SIGHUP itself when it holds a new
+ * one, so every map change takes this one reload path.
+ *
  * Before the workers start, the two-phase commit decision log is opened and
  * the prepared transactions an earlier pgshard left are settled
  * (twophase.h); its file stays the same across reloads.
@@ -23,6 +28,7 @@
 
 #include "pgshard/hold.h"
 #include "pgshard/log.h"
+#include "pgshard/mapsource.h"
 #include "pgshard/monitor.h"
 #include "pgshard/worker.h"
 #include "pgshard/twophase.h"
@@ -84,9 +90,25 @@ static int open_listener(const pgs_config_t *c, bool probe) {
 }
 
 #define RELOAD_WAIT_MS 2000
+#define MAP_SOURCE_START_WAIT_MS 3000
+
+/* The config file; with map_source, its [pgshard] section and the map
+ * version held from the source (the file's own map while none is). */
+static pgs_config_t *load_config(void) {
+  pgs_config_t *prepared = pgs_mapsource_config(); /* built as this would, file unchanged */
+  if (prepared) return prepared;
+  char *body;
+  int64_t version;
+  if (!pgs_mapsource_held(&body, &version)) return pgs_config_load(config_path);
+  char label[64];
+  snprintf(label, sizeof(label), "map version %lld", (long long)version);
+  pgs_config_t *c = pgs_config_load_map(config_path, body, label, version);
+  free(body);
+  return c;
+}
 
 static void reload(void) {
-  pgs_config_t *next = pgs_config_load(config_path);
+  pgs_config_t *next = load_config();
   if (next->nerrors) {
     pgs_error("reload: %s has errors; keeping the running config", config_path);
     print_config_errors(next);
@@ -97,6 +119,9 @@ static void reload(void) {
   if (strcmp(next->listen_host, config->listen_host) || next->listen_port != config->listen_port ||
       next->workers != config->workers)
     pgs_warn("reload: listen and workers changes take effect after a restart");
+  if ((next->map_source == NULL) != (config->map_source == NULL) ||
+      (next->map_source && strcmp(next->map_source, config->map_source)))
+    pgs_warn("reload: map_source changes take effect after a restart");
   next->workers = config->workers;
   pgs_twophase_reload(next);
   pgs_mailbox_reload(next);
@@ -110,7 +135,11 @@ static void reload(void) {
     pgs_warn("reload: a worker has not taken the new config after %d ms", RELOAD_WAIT_MS);
   else
     pgs_mailbox_note_reloaded();
-  pgs_info("reloaded %s", config_path);
+  pgs_mapsource_served(config->map_version);
+  if (config->map_version > 0)
+    pgs_info("reloaded %s with map version %lld", config_path, (long long)config->map_version);
+  else
+    pgs_info("reloaded %s", config_path);
 }
 
 /* Take signals until every worker has ended (after a drain or an exit). */
@@ -193,13 +222,6 @@ int main(int argc, char **argv) {
     }
   }
 
-  /* Two-phase commit: open the decision log and settle the prepared
-   * transactions an earlier pgshard left before any client can start new
-   * ones. A shard that is down now is settled later by the monitor. */
-  if (pgs_twophase_start(config) != PGS_OK) return 1;
-  if (pgs_twophase_check_recovery_user(config) != PGS_OK) return 1;
-  (void)pgs_twophase_recover_config(config);
-
   /* Block the signals before any thread exists, so every thread inherits
    * the mask and only sigtimedwait below ever sees them. */
   sigset_t set;
@@ -208,6 +230,37 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+  /* With map_source, start on the version the source holds when it
+   * answers in time; else on the file's map until it does. */
+  if (pgs_mapsource_start(config, config_path, MAP_SOURCE_START_WAIT_MS) != 0) {
+    pgs_error("cannot start the map_source thread");
+    return 1;
+  }
+  if (config->map_source) {
+    pgs_config_t *mapped = load_config();
+    if (mapped->nerrors) {
+      print_config_errors(mapped);
+      pgs_error("map_source: serving the file's map");
+      pgs_config_unref(mapped);
+    } else if (mapped->map_version > 0) {
+      pgs_info("map_source: starting on map version %lld", (long long)mapped->map_version);
+      mapped->workers = config->workers;
+      pgs_config_unref(config);
+      config = mapped;
+    } else {
+      pgs_config_unref(mapped);
+      pgs_warn("map_source: no version read yet; serving the file's map");
+    }
+    pgs_mapsource_served(config->map_version);
+  }
+
+  /* Two-phase commit: open the decision log and settle the prepared
+   * transactions an earlier pgshard left before any client can start new
+   * ones. A shard that is down now is settled later by the monitor. */
+  if (pgs_twophase_start(config) != PGS_OK) return 1;
+  if (pgs_twophase_check_recovery_user(config) != PGS_OK) return 1;
+  (void)pgs_twophase_recover_config(config);
   if (pgs_workers_start(config, fds, nworkers) != 0) return 1;
   if (pgs_monitor_start(config, pgs_mailbox_publish) != 0) {
     pgs_error("cannot start the health monitor");
@@ -219,6 +272,7 @@ int main(int argc, char **argv) {
            config->listen_port, nworkers);
   signal_loop(&set);
   pgs_monitor_stop();
+  pgs_mapsource_stop();
   pgs_workers_join();
   pgs_twophase_stop();
   pgs_config_unref(config);

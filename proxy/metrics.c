@@ -286,6 +286,9 @@ static void render(metrics_conn_t *mc, pgs_gather_t *g) {
   put(b, "pgshard_up 1\n");
   family(b, "pgshard_workers", "gauge", "event-loop threads");
   put(b, "pgshard_workers %d\n", pgs_mailbox_count());
+  family(b, "pgshard_map_version", "gauge",
+         "version of the shard map served (map_source; 0: the config file's)");
+  put(b, "pgshard_map_version %lld\n", (long long)config->map_version);
 
   family(b, "pgshard_clients", "gauge", "client connections by state");
   for (int j = 0; j < nclients; j++) {

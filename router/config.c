@@ -76,6 +76,10 @@ typedef struct parse_state {
   int ntenants;
   raw_entry_t *slots;
   int nslots;
+  /* Which sections this text may hold: a config file read whole has all;
+   * with a map kept in PostgreSQL (pgs_config_load_map) the file gives
+   * [pgshard] only and the map's text everything else. */
+  enum { SECTIONS_ALL, SECTIONS_PGSHARD, SECTIONS_MAP } sections;
 } parse_state_t;
 
 /* Source for the line-counting reader: either a FILE or a string. */
@@ -504,6 +508,9 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     set_file(st, value, &c->tls_key_file, &c->tls_key_line);
   } else if (!strcmp(key, "tls_ca_file")) {
     set_file(st, value, &c->tls_ca_file, &c->tls_ca_line);
+  } else if (!strcmp(key, "map_source")) {
+    free(c->map_source);
+    c->map_source = value[0] ? pgs_xstrdup(value) : NULL;
   } else if (!strcmp(key, "twophase_recovery_user")) {
     free(c->twophase_recovery_user);
     c->twophase_recovery_user = value[0] ? pgs_xstrdup(value) : NULL;
@@ -745,8 +752,15 @@ static int handler(void *user, const char *section, const char *key, const char 
   if (strcmp(section, st->section) != 0) {
     snprintf(st->section, sizeof(st->section), "%s", section);
     st->section_line = st->line;
+    if (st->sections == SECTIONS_MAP && n == 1 && !strcmp(parts[0], "pgshard"))
+      config_error(st->config, st->line,
+                   "[pgshard]: not part of the shard map (it stays in the config file)");
   }
-  if (n == 1 && !strcmp(parts[0], "pgshard")) {
+  bool pgshard_section = n == 1 && !strcmp(parts[0], "pgshard");
+  if ((st->sections == SECTIONS_PGSHARD && !pgshard_section) ||
+      (st->sections == SECTIONS_MAP && pgshard_section))
+    return 1;
+  if (pgshard_section) {
     handle_pgshard(st, key, value);
   } else if (n == 2 && !strcmp(parts[0], "user")) {
     if (!valid_name(parts[1]))
@@ -1509,16 +1523,21 @@ static void tls_load(pgs_config_t *c) {
   }
 }
 
-static pgs_config_t *config_parse(line_source_t *src, const char *path) {
-  pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
-  parse_state_t st;
-  memset(&st, 0, sizeof(st));
-  st.config = c;
-  st.next_line = 1;
-  src->state = &st;
+static void config_begin(pgs_config_t *c, parse_state_t *st, const char *path) {
+  memset(st, 0, sizeof(*st));
+  st->config = c;
+  st->next_line = 1;
   config_defaults(c);
   c->path = path ? pgs_xstrdup(path) : NULL;
+}
 
+/* Read SRC's lines into ST (and its config), counting lines from 1. */
+static void config_read(parse_state_t *st, line_source_t *src) {
+  st->line = 0;
+  st->next_line = 1;
+  st->line_length = 0;
+  st->section[0] = '\0';
+  src->state = st;
   /* Debian's inih exposes its compile-time knobs as globals: long lines
    * (tenant lists) must not be split, and indented lines are not
    * continuations. The heap line buffer starts at ini_initial_alloc (200)
@@ -1529,17 +1548,33 @@ static pgs_config_t *config_parse(line_source_t *src, const char *path) {
   if (!ini_allow_realloc) ini_allow_realloc = true;
   if (ini_max_line != 16384) ini_max_line = 16384;
   if (ini_allow_multiline) ini_allow_multiline = false;
-  int rc = ini_parse_stream(read_line_cb, src, handler, &st);
-  if (rc > 0) config_error(c, rc, "syntax error (expected [section] or key = value)");
-  config_validate(c);
+  int rc = ini_parse_stream(read_line_cb, src, handler, st);
+  if (rc > 0) config_error(st->config, rc, "syntax error (expected [section] or key = value)");
+}
+
+/* What depends on [pgshard] alone: files named beside the config, TLS. */
+static void config_finish_pgshard(pgs_config_t *c) {
   resolve_beside_config(c, &c->twophase_log);
   resolve_beside_config(c, &c->tls_cert_file);
   resolve_beside_config(c, &c->tls_key_file);
   resolve_beside_config(c, &c->tls_ca_file);
   tls_load(c);
-  shardmap_build(c, &st);
-  parse_state_free(&st);
+}
+
+static void config_finish(pgs_config_t *c, parse_state_t *st) {
+  config_validate(c);
+  shardmap_build(c, st);
+  parse_state_free(st);
   if (c->nerrors == 0) make_scram_secrets(c);
+}
+
+static pgs_config_t *config_parse(line_source_t *src, const char *path) {
+  pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
+  parse_state_t st;
+  config_begin(c, &st, path);
+  config_read(&st, src);
+  config_finish_pgshard(c);
+  config_finish(c, &st);
   return c;
 }
 
@@ -1564,6 +1599,80 @@ pgs_config_t *pgs_config_parse_string(const char *text) {
   return config_parse(&src, NULL);
 }
 
+/* Notes from FIRST on are about the map's text: their lines are its lines,
+ * not the file's, so they say so in the message and keep no file line. */
+static void label_notes(pgs_config_error_t *list, int n, int first, const char *label) {
+  for (int i = first; i < n; i++) {
+    char buf[640];
+    if (list[i].line > 0)
+      snprintf(buf, sizeof(buf), "%s, line %d: %s", label, list[i].line, list[i].message);
+    else
+      snprintf(buf, sizeof(buf), "%s: %s", label, list[i].message);
+    free(list[i].message);
+    list[i].message = pgs_xstrdup(buf);
+    list[i].line = 0;
+  }
+}
+
+pgs_config_t *pgs_config_load_map(const char *path, const char *map_text, const char *label,
+                                  int64_t version) {
+  pgs_config_t *c = pgs_xcalloc(1, sizeof(*c));
+  parse_state_t st;
+  config_begin(c, &st, path);
+  if (path) {
+    line_source_t file = {0};
+    file.file = fopen(path, "r");
+    if (file.file == NULL) {
+      config_error(c, 0, "cannot open %s: %s", path, strerror(errno));
+      return c;
+    }
+    st.sections = SECTIONS_PGSHARD;
+    config_read(&st, &file);
+    fclose(file.file);
+  }
+  config_finish_pgshard(c);
+  int first_error = c->nerrors, first_warning = c->nwarnings;
+  line_source_t map = {0};
+  map.text = map_text;
+  st.sections = SECTIONS_MAP;
+  config_read(&st, &map);
+  config_finish(c, &st);
+  label_notes(c->errors, c->nerrors, first_error, label);
+  label_notes(c->warnings, c->nwarnings, first_warning, label);
+  c->map_version = version;
+  return c;
+}
+
+char *pgs_config_map_text(const char *text) {
+  size_t len = strlen(text);
+  char *out = pgs_xmalloc(len + 1), *o = out;
+  bool keep = true;
+  for (const char *p = text; *p;) {
+    const char *end = strchr(p, '\n');
+    size_t n = end ? (size_t)(end - p) + 1 : strlen(p);
+    const char *q = p;
+    while (q < p + n && isspace((unsigned char)*q)) q++;
+    if (q < p + n && *q == '[') {
+      const char *close = memchr(q, ']', (size_t)(p + n - q));
+      if (close) {
+        const char *a = q + 1, *b = close;
+        while (a < b && isspace((unsigned char)*a)) a++;
+        while (b > a && isspace((unsigned char)b[-1])) b--;
+        keep = !((size_t)(b - a) == 7 && !strncmp(a, "pgshard", 7));
+      }
+    }
+    if (keep) {
+      memcpy(o, p, n);
+      o += n;
+    } else if (p[n - 1] == '\n') {
+      *o++ = '\n'; /* the map's lines keep the numbers they have in TEXT */
+    }
+    p += n;
+  }
+  *o = '\0';
+  return out;
+}
+
 pgs_config_t *pgs_config_ref(pgs_config_t *config) {
   __atomic_add_fetch(&config->refcount, 1, __ATOMIC_RELAXED);
   return config;
@@ -1576,6 +1685,7 @@ void pgs_config_unref(pgs_config_t *c) {
   free(c->metrics_listen);
   free(c->twophase_log);
   free(c->twophase_recovery_user);
+  free(c->map_source);
   free(c->tls_cert_file);
   free(c->tls_key_file);
   free(c->tls_ca_file);

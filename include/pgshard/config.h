@@ -167,6 +167,13 @@ typedef struct pgs_config {
   int client_tls_line, tls_cert_line, tls_key_line, tls_ca_line;
   struct ssl_ctx_st *tls_ctx;
 
+  /* [pgshard] map_source: the libpq conninfo of the database the shard map
+   * is kept in (proxy/mapsource.c), or NULL: the file's map. map_version:
+   * the version of that map this config holds, 0 when the map is the
+   * file's own sections. */
+  char *map_source;
+  int64_t map_version;
+
   pgs_user_t *users;
   int nusers;
   pgs_database_t *databases;
@@ -187,6 +194,16 @@ typedef struct pgs_config {
 pgs_config_t *pgs_config_load(const char *path);
 /* Parse ini text held in memory (tests, fuzzers). */
 pgs_config_t *pgs_config_parse_string(const char *text);
+/* A config whose [pgshard] section is PATH's (NULL: defaults; the file's
+ * other sections are ignored) and whose users, databases, shards and shard
+ * map are MAP_TEXT's (where a [pgshard] section is an error). Errors and
+ * warnings about MAP_TEXT name LABEL ("map version 7") and its line in
+ * their message, with line 0. map_version is VERSION. */
+pgs_config_t *pgs_config_load_map(const char *path, const char *map_text, const char *label,
+                                  int64_t version);
+/* TEXT with its [pgshard] sections' lines left empty: the shard map part of a config
+ * file, as map_source keeps it. malloc'ed. */
+char *pgs_config_map_text(const char *text);
 
 pgs_config_t *pgs_config_ref(pgs_config_t *config);
 void pgs_config_unref(pgs_config_t *config);

@@ -20,6 +20,31 @@ int pgs_ctl_route(int argc, char **argv);
  * or usage. */
 int pgs_ctl_diff(int argc, char **argv);
 
+/* `pgshardctl map push|show|status|wait ...` (map.c). */
+int pgs_ctl_map(int argc, char **argv);
+/* Validate MAP_TEXT (a config's map sections; LABEL names it in errors)
+ * with CONFIG_PATH's [pgshard] section (NULL: defaults), then insert it as
+ * the next version at CONNINFO and NOTIFY, in one transaction: VERSION is
+ * the new version, COMMITTED_AT (wall-clock seconds) when the commit
+ * returned. When the latest version holds the same text, nothing is
+ * inserted: VERSION is that one, COMMITTED_AT 0. 0 or 1 (reported). */
+int pgs_ctl_map_push_text(const char *conninfo, const char *config_path, const char *map_text,
+                          const char *label, const char *note, int64_t *version,
+                          double *committed_at);
+/* The same for FILE's map sections (read from FILE, which may hold a
+ * [pgshard] section: it is left out). */
+int pgs_ctl_map_push_file(const char *conninfo, const char *config_path, const char *file,
+                          const char *note, int64_t *version, double *committed_at);
+/* An instance is live while its heartbeat is at most this many seconds old. */
+#define PGS_CTL_MAP_LIVE_SECONDS 3
+/* The listen addresses ("host:port", malloc'ed, in *LISTENS, malloc'ed)
+ * of the instances reporting to CONNINFO seen within LIVE_SECONDS; their
+ * count, or -1 (reported). */
+int pgs_ctl_map_live_instances(const char *conninfo, int live_seconds, char ***listens);
+/* Wait until every live instance reporting to CONNINFO (heartbeat at most
+ * LIVE_SECONDS old) serves VERSION or later, TIMEOUT_MS at most. 0 or 1. */
+int pgs_ctl_map_wait(const char *conninfo, int64_t version, int timeout_ms, int live_seconds);
+
 /* `pgshardctl reshard VERB OLD NEW ...` (reshard.c). */
 int pgs_ctl_reshard(int argc, char **argv);
 

@@ -48,6 +48,7 @@ static void usage(void) {
           "       pgshardctl route [-v] [--stdin] FILE DATABASE TABLE [KEY]\n"
           "       pgshardctl diff [--exit-code] OLD NEW\n"
           "       pgshardctl reshard plan|start|status|cutover|cleanup|abort OLD NEW [options]\n"
+          "       pgshardctl map push|show|status|wait ... [--source CONNINFO | -c CONFIG]\n"
           "       pgshardctl lab up|status|down|lag -c FILE [--dir DIR] ...\n"
           "       (pgshardctl lab --help for details)\n");
 }
@@ -58,6 +59,7 @@ int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "diff")) return pgs_ctl_diff(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "lab")) return pgs_ctl_lab(argc - 2, argv + 2);
   if (argc >= 2 && !strcmp(argv[1], "reshard")) return pgs_ctl_reshard(argc - 2, argv + 2);
+  if (argc >= 2 && !strcmp(argv[1], "map")) return pgs_ctl_map(argc - 2, argv + 2);
   usage();
   return 2;
 }

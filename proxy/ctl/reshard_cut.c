@@ -7,12 +7,15 @@
  *   2. RESHARD HOLD NEW on pgshard's console: statements whose shards
  *      differ under NEW wait; it answers once transactions open before it
  *      have ended, so no write to a moving key is in flight from here on
+ *      (with map_source, on every live instance reporting there)
  *   3. a marker (pg_logical_emit_message) into each source's WAL, awaited
  *      in every target's state: the targets have every change before it
  *   4. sequences of the moving tables set on the targets at least as far
  *      as on the sources; targets' replicas replayed up to the targets'
  *      current WAL (a read after the switch may go to one)
- *   5. OLD's file gets NEW's text (OLD kept as OLD.pre-reshard-ID), RELOAD
+ *   5. OLD's file gets NEW's text (OLD kept as OLD.pre-reshard-ID), RELOAD;
+ *      with map_source in OLD, NEW's map is pushed there as a new version
+ *      instead, and every live instance must serve it (map.c)
  *   6. phase switched, RESHARD RELEASE: the held statements run on NEW
  *   7. slots and publications dropped (the streamers have stopped)
  * cleanup: after cutover, the moved rows deleted from the sources.
@@ -436,14 +439,96 @@ static bool switch_file(const rs_plan_t *plan) {
   return ok;
 }
 
+/* NEW serves. With map_source in OLD's [pgshard]: NEW's map pushed as a
+ * new version, then every live instance reporting to the source must
+ * serve it (not only the one whose console holds). Else OLD's file gets
+ * NEW's text and the console's pgshard reloads. */
+static bool switch_map(const rs_plan_t *plan, PGconn *admin, double deadline) {
+  const char *source = plan->old_config->map_source;
+  if (source == NULL) return switch_file(plan) && reload_and_wait(admin, deadline + 5);
+  char note[128];
+  snprintf(note, sizeof(note), "reshard %s cutover", plan->id);
+  int64_t version;
+  double committed_at;
+  if (pgs_ctl_map_push_file(source, plan->old_path, plan->new_path, note, &version,
+                            &committed_at) != 0)
+    return false;
+  int wait_ms = (int)((deadline + 5 - pgs_lab_now()) * 1000);
+  return pgs_ctl_map_wait(source, version, wait_ms > 0 ? wait_ms : 0, PGS_CTL_MAP_LIVE_SECONDS) ==
+         0;
+}
+
+/* With map_source, the other live pgshard reporting there hold too: the
+ * consoles at the listen addresses they report (a wildcard address as
+ * 127.0.0.1), logged in as the first console was. */
+#define FLEET_MAX 64
+typedef struct fleet {
+  PGconn *conns[FLEET_MAX];
+  int n;
+} fleet_t;
+
+static bool fleet_connect(const rs_plan_t *plan, PGconn *admin, fleet_t *fleet) {
+  const char *source = plan->old_config->map_source;
+  if (source == NULL) return true;
+  char **listens = NULL;
+  int n = pgs_ctl_map_live_instances(source, PGS_CTL_MAP_LIVE_SECONDS, &listens);
+  if (n < 0) return false;
+  char self[300];
+  snprintf(self, sizeof(self), "%s:%s", PQhost(admin), PQport(admin));
+  bool ok = true;
+  for (int i = 0; i < n && ok; i++) {
+    char *colon = strrchr(listens[i], ':');
+    if (colon == NULL || !strcmp(listens[i], self)) continue;
+    *colon = '\0';
+    const char *host = listens[i];
+    if (!strcmp(host, "0.0.0.0") || !strcmp(host, "*") || !strcmp(host, "::")) host = "127.0.0.1";
+    char at[300];
+    snprintf(at, sizeof(at), "%s:%s", host, colon + 1);
+    if (!strcmp(at, self)) continue;
+    if (fleet->n == FLEET_MAX) {
+      fprintf(stderr, "pgshardctl: more than %d live pgshard instances\n", FLEET_MAX);
+      ok = false;
+      break;
+    }
+    const char *keys[] = {"host", "port", "dbname", "user", "password", "connect_timeout", NULL};
+    const char *values[] = {host, colon + 1, "pgshard", PQuser(admin), PQpass(admin), "5", NULL};
+    PGconn *conn = PQconnectdbParams(keys, values, 0);
+    if (PQstatus(conn) != CONNECTION_OK) {
+      fprintf(stderr, "pgshardctl: the console of pgshard %s: %s", at, PQerrorMessage(conn));
+      PQfinish(conn);
+      ok = false;
+      break;
+    }
+    fleet->conns[fleet->n++] = conn;
+  }
+  for (int i = 0; i < n; i++) free(listens[i]);
+  free(listens);
+  return ok;
+}
+
+static bool fleet_each(fleet_t *fleet, const char *sql) {
+  bool ok = true;
+  for (int i = 0; i < fleet->n; i++) ok = console(fleet->conns[i], "%s", sql) && ok;
+  return ok;
+}
+
+static void fleet_close(fleet_t *fleet) {
+  for (int i = 0; i < fleet->n; i++) PQfinish(fleet->conns[i]);
+  fleet->n = 0;
+}
+
 int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
   rs_state_t *states = pgs_xcalloc((size_t)plan->nmoves + 1, sizeof(*states));
   int rc = 1;
   PGconn *admin = NULL;
+  fleet_t fleet = {.n = 0};
   if (!read_states(plan, states)) goto out;
   if (all_in_phase(plan, states, "switched", "cleaned")) {
     /* A rerun after a cutover died past the switch: finish its last steps. */
-    if ((admin = rs_console_connect(plan, opt)) != NULL) (void)console(admin, "RESHARD RELEASE");
+    if ((admin = rs_console_connect(plan, opt)) != NULL) {
+      (void)console(admin, "RESHARD RELEASE");
+      if (fleet_connect(plan, admin, &fleet)) (void)fleet_each(&fleet, "RESHARD RELEASE");
+    }
     rc = 0;
     for (int s = 0; s < plan->nsources; s++)
       if (!drop_replication(plan, &plan->sources[s])) rc = 1;
@@ -461,16 +546,21 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
     goto out;
   }
   double t0 = pgs_lab_now(), deadline = t0 + opt->timeout_ms / 1000.0;
+  if (!fleet_connect(plan, admin, &fleet)) goto out;
   if (!console(admin, "RESHARD HOLD '%s' %d", new_path, 3 * opt->timeout_ms)) goto out;
-  /* Each step's end, for the report: hold answered, marker applied,
+  char hold[PATH_MAX + 64];
+  snprintf(hold, sizeof(hold), "RESHARD HOLD '%s' %d", new_path, 3 * opt->timeout_ms);
+  bool held = fleet_each(&fleet, hold);
+  /* Each step's end, for the report: holds answered, marker applied,
    * sequences, replicas, file and reload, phase, release. */
   double at[7] = {pgs_lab_now()};
-  bool ok = mark_and_wait(plan, "cut", deadline) && (at[1] = pgs_lab_now()) &&
+  bool ok = held && mark_and_wait(plan, "cut", deadline) && (at[1] = pgs_lab_now()) &&
             carry_sequences(plan) && (at[2] = pgs_lab_now()) &&
             replicas_caught_up(plan, deadline) && (at[3] = pgs_lab_now()) &&
-            pgs_lab_now() < deadline && switch_file(plan) && reload_and_wait(admin, deadline + 5) &&
+            pgs_lab_now() < deadline && switch_map(plan, admin, deadline) &&
             (at[4] = pgs_lab_now()) && set_phase(plan, "switched") && (at[5] = pgs_lab_now());
   bool released = console(admin, "RESHARD RELEASE");
+  released = fleet_each(&fleet, "RESHARD RELEASE") && released;
   at[6] = pgs_lab_now();
   if (!ok) {
     fprintf(stderr, "pgshardctl: cutover failed; the old map still serves (rerun cutover)\n");
@@ -489,6 +579,7 @@ int rs_verb_cutover(const rs_plan_t *plan, const rs_options_t *opt) {
     if (!wait_slot_idle(plan, &plan->sources[s], 5.0) || !drop_replication(plan, &plan->sources[s]))
       rc = 1;
 out:
+  fleet_close(&fleet);
   PQfinish(admin);
   free(states);
   return rc;
