@@ -45,6 +45,7 @@
 #include "pgshard/tls.h"
 #include "pgshard/twophase.h"
 #include "pgshard/mailbox.h"
+#include "pgshard/peers.h"
 
 #define CLIENT_MAX_AUTH_MESSAGE 4096
 /* How long a client's output backlog may stay over max_client_memory
@@ -1056,7 +1057,17 @@ static size_t handle_startup(pgs_client_t *client) {
     pgs_io_emit(io, "N", 1);
     if (pgs_io_flush(io) < 0) pgs_client_close(client);
     return len;
-  case PGS_CANCEL_REQUEST_CODE:
+  case PGS_CANCEL_REQUEST_CODE: {
+    /* Another peer's session (its peer_id in the key): sent on to it. */
+    int peer = pgs_peers_owner(client->worker->config, startup.cancel_key);
+    if (peer > 0)
+      pgs_peers_forward_cancel(client->worker, peer, startup.cancel_pid, startup.cancel_key);
+    else
+      pgs_mailbox_cancel(startup.cancel_pid, startup.cancel_key);
+    pgs_client_close(client);
+    return 0;
+  }
+  case PGS_PEER_CANCEL_CODE: /* a peer's: ours, or nobody's */
     pgs_mailbox_cancel(startup.cancel_pid, startup.cancel_key);
     pgs_client_close(client);
     return 0;
@@ -1406,6 +1417,7 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
     pgs_client_close(client);
     return NULL;
   }
+  client->cancel_key = pgs_peers_cancel_key(worker->config->peer_id, client->cancel_key);
   if (worker->nclients > worker->config->max_client_conn / worker->config->workers + 1) {
     pgs_client_fail(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS, "too many clients already");
     return NULL;

@@ -420,6 +420,70 @@ static void set_file(parse_state_t *st, const char *value, char **file, int *lin
   *line = st->line;
 }
 
+/* HOST:PORT (an IPv6 address in brackets) at [S, E) into *HOST (allocated)
+ * and *PORT; false (with an error for KEY) when it is not one. */
+static bool parse_host_port(parse_state_t *st, const char *key, const char *s, const char *e,
+                            char **host, int *port) {
+  const char *colon = NULL;
+  for (const char *p = s; p < e; p++)
+    if (*p == ':') colon = p;
+  char digits[8];
+  size_t n = colon ? (size_t)(e - colon - 1) : 0;
+  bool ok = colon && colon > s && n > 0 && n < sizeof(digits);
+  int64_t v = 0;
+  if (ok) {
+    memcpy(digits, colon + 1, n);
+    digits[n] = '\0';
+    for (size_t i = 0; i < n && ok; i++) ok = digits[i] >= '0' && digits[i] <= '9';
+    v = ok ? strtoll(digits, NULL, 10) : 0;
+    ok = ok && v >= 1 && v <= 65535;
+  }
+  if (!ok) {
+    config_error(st->config, st->line, "%s: expected HOST:PORT, got \"%.*s\"", key, (int)(e - s),
+                 s);
+    return false;
+  }
+  const char *hs = s, *he = colon;
+  if (*hs == '[' && he > hs && he[-1] == ']') {
+    hs++;
+    he--;
+  }
+  *host = pgs_xstrndup(hs, (size_t)(he - hs));
+  *port = (int)v;
+  return true;
+}
+
+static void free_peers(pgs_config_t *c) {
+  for (int i = 0; i < c->npeers; i++) free(c->peer_hosts[i]);
+  free(c->peer_hosts);
+  free(c->peer_ports);
+  c->peer_hosts = NULL;
+  c->peer_ports = NULL;
+  c->npeers = 0;
+}
+
+/* peers = HOST:PORT, HOST:PORT, ... (commas or blanks between). */
+static void parse_peers(parse_state_t *st, const char *key, const char *value) {
+  pgs_config_t *c = st->config;
+  free_peers(c);
+  c->peers_line = st->line;
+  c->peer_hosts = pgs_xcalloc(PGS_MAX_PEERS, sizeof(char *));
+  c->peer_ports = pgs_xcalloc(PGS_MAX_PEERS, sizeof(int));
+  for (const char *p = value; *p;) {
+    while (*p == ',' || *p == ' ' || *p == '\t') p++;
+    const char *e = p;
+    while (*e && *e != ',' && *e != ' ' && *e != '\t') e++;
+    if (e == p) break;
+    if (c->npeers == PGS_MAX_PEERS) {
+      config_error(c, st->line, "%s: more than %d peers", key, PGS_MAX_PEERS);
+      return;
+    }
+    if (parse_host_port(st, key, p, e, &c->peer_hosts[c->npeers], &c->peer_ports[c->npeers]))
+      c->npeers++;
+    p = e;
+  }
+}
+
 static void handle_pgshard(parse_state_t *st, const char *key, const char *value) {
   pgs_config_t *c = st->config;
   int64_t v64;
@@ -441,6 +505,11 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
     c->listen_port = (int)port;
   } else if (!strcmp(key, "workers")) {
     set_int(st, key, value, 1, 64, &c->workers);
+  } else if (!strcmp(key, "peer_id")) {
+    set_int(st, key, value, 0, PGS_MAX_PEERS, &c->peer_id);
+    c->peer_id_line = st->line;
+  } else if (!strcmp(key, "peers")) {
+    parse_peers(st, key, value);
   } else if (!strcmp(key, "metrics_listen")) {
     free(c->metrics_listen);
     c->metrics_listen = pgs_xstrdup(value);
@@ -850,6 +919,13 @@ static void config_validate(pgs_config_t *c) {
     }
   }
   if (c->ndatabases == 0) config_error(c, 0, "no [database.*] section");
+  if (c->peer_id > c->npeers)
+    config_error(c, c->peer_id_line ? c->peer_id_line : c->peers_line,
+                 "peer_id = %d: peers lists %d instance(s) (peer_id is this instance's place "
+                 "in peers, from 1)",
+                 c->peer_id, c->npeers);
+  if (c->npeers > 0 && c->peer_id == 0)
+    config_error(c, c->peers_line, "peers: set peer_id (this instance's place in peers, from 1)");
   if (c->twophase_recovery_user && !pgs_config_find_user(c, c->twophase_recovery_user))
     config_error(c, c->twophase_recovery_user_line, "twophase_recovery_user: no [user.%s] section",
                  c->twophase_recovery_user);
@@ -1683,6 +1759,7 @@ void pgs_config_unref(pgs_config_t *c) {
   free(c->path);
   free(c->listen_host);
   free(c->metrics_listen);
+  free_peers(c);
   free(c->twophase_log);
   free(c->twophase_recovery_user);
   free(c->map_source);

@@ -231,6 +231,7 @@ pgs_status_t pgs_startup_parse(const uint8_t *body, size_t len, pgs_startup_t *o
     }
     return PGS_OK;
   case PGS_CANCEL_REQUEST_CODE:
+  case PGS_PEER_CANCEL_CODE:
     out->cancel_pid = pgs_read_i32(&r);
     out->cancel_key = pgs_read_i32(&r);
     if (r.bad || pgs_reader_left(&r) != 0) {

@@ -115,6 +115,8 @@ typedef struct pgs_config_error {
   char *message;
 } pgs_config_error_t;
 
+#define PGS_MAX_PEERS 255
+
 typedef struct pgs_config {
   char *path;
   /* [pgshard] */
@@ -122,6 +124,16 @@ typedef struct pgs_config {
   int listen_port;
   int workers;
   char *metrics_listen; /* NULL or "" disables */
+  /* Cancel requests across a fleet (PgBouncer's peering): this instance's
+   * place (1-based) in peers, 0: none. Its sessions' cancel keys carry it
+   * in their top byte, and a cancel request for another's key is sent on
+   * to that peer. */
+  int peer_id;
+  int peer_id_line;
+  int npeers;
+  char **peer_hosts; /* PGS_MAX_PEERS at most */
+  int *peer_ports;
+  int peers_line;
   pgs_log_format_t log_format;
   bool log_debug;
   bool trace_comments; /* a simple Query reaches servers led by its request id, in a comment */

@@ -17,6 +17,10 @@
 #define PGS_CANCEL_REQUEST_CODE 80877102
 #define PGS_SSL_REQUEST_CODE 80877103
 #define PGS_GSSENC_REQUEST_CODE 80877104
+/* A CancelRequest one pgshard passes to the peer that owns the session
+ * (peers.c): never passed on again, so a misconfigured fleet cannot bounce
+ * it. Not a PostgreSQL code. */
+#define PGS_PEER_CANCEL_CODE 80877123 /* 1234.5699 */
 
 /* Authentication request codes ('R' messages). */
 #define PGS_AUTHREQ_OK 0

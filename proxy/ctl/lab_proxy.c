@@ -13,7 +13,8 @@
  * appended that sets them (inih takes a section again). Those keys are listen
  * (port + I), metrics_listen (port + I, when set) and twophase_log ("-I"
  * before its extension: each process must own its commit log alone; pgshard
- * recovers only the gids of its own log). The derived file lives in DIR, not
+ * recovers only the gids of its own log), and peer_id (I + 1, when FILE
+ * lists peers: FILE, proxy 0's, says peer_id = 1). The derived file lives in DIR, not
  * beside FILE, so the lab leaves nothing in the user's directories and
  * `down --purge` removes it; a relative file name in FILE means "beside
  * FILE", so the derived file names every file key (twophase_log and the
@@ -99,7 +100,8 @@ static char *proxy_binary(void) {
 
 /* [pgshard] keys whose value must differ per proxy, or that name a file. */
 static const char *const rewritten_keys[] = {"listen",        "metrics_listen", "twophase_log",
-                                             "tls_cert_file", "tls_key_file",   "tls_ca_file"};
+                                             "tls_cert_file", "tls_key_file",   "tls_ca_file",
+                                             "peer_id"};
 
 /* Whether P (a line, leading blanks skipped) opens a section, as inih reads
  * it; if so, *IS_PGSHARD says whether that section is [pgshard]. */
@@ -153,6 +155,12 @@ static char *derived_section(const lab_t *lab, int index) {
     }
     char *more = pgs_lab_format("%smetrics_listen = %.*s:%ld\n", text,
                                 (int)(colon - c->metrics_listen), c->metrics_listen, port + index);
+    free(text);
+    text = more;
+  }
+  if (c->npeers > 0) {
+    /* FILE lists the fleet (peers) and is proxy 0's: proxy I is at I + 1. */
+    char *more = pgs_lab_format("%speer_id = %d\n", text, index + 1);
     free(text);
     text = more;
   }

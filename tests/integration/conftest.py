@@ -95,7 +95,7 @@ PGSHARD_KEYS = {
     "max_total_client_memory", "max_merge_bytes", "max_notify_queue_bytes", "query_timeout_ms",
     "server_lifetime_ms",
     "log_min_duration_ms", "trace_comments",
-    "client_tls", "tls_cert_file", "tls_key_file", "tls_ca_file", "map_source",
+    "client_tls", "tls_cert_file", "tls_key_file", "tls_ca_file", "map_source", "peer_id", "peers",
 }
 DATABASE_KEYS = {
     "pool_mode", "pool_size", "read_your_writes", "ryw_window_ms",

@@ -13,13 +13,17 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
 import psycopg
 import pytest
 
+import pgwire
 from conftest import PGSHARDCTL, PORT_BASE, _port_is_free, port_is_open
 from support import wait_for
 
@@ -231,3 +235,59 @@ def test_derived_configs_and_fewer_proxies(fleet):
         assert proc.returncode == 2 and "--proxies needs a number from 1 to 16" in proc.stdout
     proc = fleet.ctl("status", "--proxies", "2", check=False)
     assert proc.returncode == 2 and "lab status does not take --proxies" in proc.stdout
+
+
+def send_cancel(port, pid, key, code=80877102):
+    """A CancelRequest (or, CODE, pgshard's peer cancel) for (PID, KEY) to PORT."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(struct.pack("!iiii", 16, code, pid, key))
+        sock.settimeout(5)
+        assert sock.recv(1) == b""  # closed without an answer, as PostgreSQL does
+
+
+def test_cancel_reaches_the_instance_holding_the_session(fleet):
+    """Behind a load balancer a CancelRequest may land on another pgshard
+    than the session's. With peers listed (and peer_id, which the lab sets
+    to I + 1 for proxy I), the cancel key carries its instance, and the
+    others send the request on to it. A key no peer owns, or a wrong
+    secret, cancels nothing."""
+    ports = fleet.ports()
+    text = fleet.config.read_text().replace(
+        "workers = 1\n",
+        "workers = 2\npeer_id = 1\npeers = " + ", ".join(f"127.0.0.1:{p}" for p in ports) + "\n")
+    fleet.config.write_text(text)
+    fleet.ctl("up", "--proxies", "3")
+    for i in (1, 2):
+        derived = (fleet.dir / f"pgshard-{i}.ini").read_text()
+        assert re.search(rf"^peer_id = {i + 1}$", derived, re.M), derived
+    for owner in range(3):
+        raw = pgwire.RawConn(ports[owner], timeout=30)
+        try:
+            raw.login()
+            pid, key = raw.backend_key
+            assert (key >> 24) & 0xff == owner + 1, hex(key)
+            # A wrong secret through another instance: nothing happens.
+            other = ports[(owner + 1) % 3]
+            raw.send(pgwire.query("select pg_sleep(1.5), 'slept'"))
+            send_cancel(other, pid, key ^ 0x5a5a)
+            assert raw.read_query_result() == [["", "slept"]]
+            # The right one, through each other instance, cancels.
+            for via in (ports[(owner + 1) % 3], ports[(owner + 2) % 3]):
+                raw.send(pgwire.query("select pg_sleep(20)"))
+                time.sleep(0.3)
+                started = time.monotonic()
+                send_cancel(via, pid, key)
+                with pytest.raises(pgwire.ServerError) as exc:
+                    raw.read_query_result()
+                assert exc.value.fields["C"] == "57014", exc.value.fields
+                assert time.monotonic() - started < 5
+            # A peer cancel is never passed on: sent to a peer that does not
+            # hold the session, it cancels nothing.
+            raw.send(pgwire.query("select pg_sleep(1.5), 'slept'"))
+            send_cancel(other, pid, key, code=80877123)
+            assert raw.read_query_result() == [["", "slept"]]
+        finally:
+            raw.close()
+    # Every instance still answers.
+    for port in ports:
+        assert select_through(port)[0] == 1

@@ -465,6 +465,30 @@ static void test_bad_int(void **state) {
   expect_one_error(MINIMAL "[user.app]\nadmin = maybe\n", 6, "true or false");
 }
 
+/* peers: the fleet's listen addresses, in order; peer_id: this one's place. */
+static void test_peers(void **state) {
+  (void)state;
+  pgs_config_t *c = pgs_config_parse_string(
+      MINIMAL "[pgshard]\npeer_id = 2\npeers = 10.0.0.1:6432, px2:6433 [::1]:6434\n");
+  assert_non_null(c);
+  print_errors(c);
+  assert_int_equal(c->nerrors, 0);
+  assert_int_equal(c->peer_id, 2);
+  assert_int_equal(c->npeers, 3);
+  assert_string_equal(c->peer_hosts[0], "10.0.0.1");
+  assert_int_equal(c->peer_ports[0], 6432);
+  assert_string_equal(c->peer_hosts[1], "px2");
+  assert_string_equal(c->peer_hosts[2], "::1");
+  assert_int_equal(c->peer_ports[2], 6434);
+  pgs_config_unref(c);
+  expect_one_error(MINIMAL "[pgshard]\npeer_id = 3\npeers = a:1, b:2\n", 6, "peers lists 2");
+  expect_one_error(MINIMAL "[pgshard]\npeers = a:1, b:2\n", 6, "set peer_id");
+  expect_one_error(MINIMAL "[pgshard]\npeer_id = 1\n", 6, "peers lists 0");
+  expect_one_error(MINIMAL "[pgshard]\npeer_id = 1\npeers = a:1, b\n", 7, "HOST:PORT");
+  expect_one_error(MINIMAL "[pgshard]\npeer_id = 1\npeers = a:1, b:0\n", 7, "HOST:PORT");
+  expect_one_error(MINIMAL "[pgshard]\npeer_id = 256\n", 6, "peer_id");
+}
+
 static void test_memory_and_idle_limits(void **state) {
   expect_one_error(MINIMAL "[pgshard]\nclient_idle_timeout_ms = -1\n", 6, "client_idle_timeout_ms");
   expect_one_error(MINIMAL "[pgshard]\nidle_transaction_timeout_ms = 86400001\n", 6,
@@ -972,6 +996,7 @@ int main(void) {
       cmocka_unit_test(test_scram_secret),
       cmocka_unit_test(test_map_names_fold),
       cmocka_unit_test(test_bad_int),
+      cmocka_unit_test(test_peers),
       cmocka_unit_test(test_memory_and_idle_limits),
       cmocka_unit_test(test_twophase_log_empty),
       cmocka_unit_test(test_twophase_recovery_user),
