@@ -8,9 +8,9 @@
  * exits now. They are blocked in every thread and taken by the main thread
  * with sigtimedwait, so no handler ever runs on a worker.
  *
- * Before the workers start, the two-phase commit decision log is opened and
- * the prepared transactions an earlier pgshard left are settled
- * (twophase.h); its file stays the same across reloads.
+ * Before the workers start, prepared transactions any pgshard left on the
+ * shards are settled and the two-phase commit decision tables are made
+ * (twophase.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -98,7 +98,6 @@ static void reload(void) {
       next->workers != config->workers)
     pgs_warn("reload: listen and workers changes take effect after a restart");
   next->workers = config->workers;
-  pgs_twophase_reload(next);
   pgs_mailbox_reload(next);
   pgs_monitor_reload(next);
   pgs_config_unref(config);
@@ -193,9 +192,9 @@ int main(int argc, char **argv) {
     }
   }
 
-  /* Two-phase commit: open the decision log and settle the prepared
-   * transactions an earlier pgshard left before any client can start new
-   * ones. A shard that is down now is settled later by the monitor. */
+  /* Two-phase commit: make the decision tables and settle the prepared
+   * transactions any pgshard left before any client can start new ones. A
+   * shard that is down now is settled later by the monitor. */
   if (pgs_twophase_start(config) != PGS_OK) return 1;
   if (pgs_twophase_check_recovery_user(config) != PGS_OK) return 1;
   (void)pgs_twophase_recover_config(config);

@@ -20,8 +20,7 @@
  * Other threads reach the monitor only through its mailbox (mutex +
  * uv_async): a new config, or stop.
  *
- * Two-phase commit recovery (twophase.h): while the decision log is open,
- * every PGS_TWOPHASE_PASS_MS — and at once when a shard's writer comes back
+ * Two-phase commit recovery (twophase.h): every PGS_TWOPHASE_PASS_MS — and at once when a shard's writer comes back
  * up or changes — the monitor hands a recovery pass over every shard's
  * current writer to the libuv thread pool (uv_queue_work). The pass uses
  * blocking libpq on connections of its own, so the checks on this loop are
