@@ -101,9 +101,9 @@ def test_commit_is_atomic_and_recorded(twopc_e2e, sharded_proxy):
     px.assert_alive()
 
 
-def shard_of(px, key):
+def shard_of(px, key, table=TABLE):
     """The shard `pgshardctl route` names for KEY of TABLE under PX's config."""
-    proc = subprocess.run([str(PGSHARDCTL), "route", str(px.config_path), "app", TABLE, str(key)],
+    proc = subprocess.run([str(PGSHARDCTL), "route", str(px.config_path), "app", table, str(key)],
                           capture_output=True, text=True, timeout=30, check=True)
     return proc.stdout.split()[0]
 
@@ -254,3 +254,128 @@ def test_shard_lost_after_decision_commits_when_back(twopc_e2e, sharded_proxy, m
     assert sorted(rows["s0"] + rows["s1"]) == IDS
     assert f"2pc: committed {gid} on app.s1 (commit recorded on s0)" in px.log_text()
     px.assert_alive()
+
+
+# ---- the long test of this file (~60 s): a fleet killed under load ----
+
+FLEET_TABLE = "twopc_fleet"
+FLEET_MAP = f"""
+[table.app.{FLEET_TABLE}]
+column = k
+type = bigint
+strategy = hash
+"""
+FLEET_KILLS = 20
+
+
+def test_fleet_killed_under_load_loses_nothing(shard_lab, sharded_proxy):
+    """Three pgshard in front of the same two shards (cross_shard_writes =
+    2pc); client threads spread over them commit transactions that write
+    the same id on both shards (key k0 routes to s0, k1 to s1). One instance
+    at a time is killed with SIGKILL mid-load, FLEET_KILLS times, and
+    restarted at once or after a pause (while it is down the others settle
+    its gids). Afterwards, within a bounded wait: no prepared transaction on
+    any shard, every id whose COMMIT returned OK on both shards, and no id
+    on one shard only."""
+    import itertools
+    import time
+
+    lab = shard_lab
+    rollback_all_prepared(lab)
+    reset_decisions(lab)
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as conn:
+            conn.execute(f"drop table if exists {FLEET_TABLE}")
+            conn.execute(f"create table {FLEET_TABLE} (k bigint, id bigint, primary key (k, id))")
+    proxies = [sharded_proxy(cross_shard_writes="2pc", extra_ini=FLEET_MAP, workers=1)
+               for _ in range(3)]
+    keys = {}
+    for key in range(1, 100):
+        keys.setdefault(shard_of(proxies[0], key, FLEET_TABLE), key)
+    k0, k1 = keys["s0"], keys["s1"]
+    ids = itertools.count(1)
+    lock = threading.Lock()
+    acked, failed = set(), set()
+    stop = threading.Event()
+
+    def client(n):
+        conn = None
+        turn = n
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    px = proxies[turn % len(proxies)]
+                    turn += 1
+                    conn = psycopg.connect(px.conninfo(connect_timeout=2))
+                with lock:
+                    i = next(ids)
+                try:
+                    conn.execute(f"insert into {FLEET_TABLE} (k, id) values (%s, %s)", (k0, i))
+                    conn.execute(f"insert into {FLEET_TABLE} (k, id) values (%s, %s)", (k1, i))
+                    conn.commit()
+                except psycopg.Error:
+                    with lock:
+                        failed.add(i)
+                    raise
+                with lock:
+                    acked.add(i)
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.02)
+        if conn is not None:
+            conn.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        for kill in range(FLEET_KILLS):
+            time.sleep(1.2)
+            victim = proxies[kill % len(proxies)]
+            victim.proc.kill()  # SIGKILL, whatever it is doing
+            victim.proc.wait()
+            if kill % 2:
+                time.sleep(2.5)  # the others settle what it left meanwhile
+            victim.start()
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    wait_for(lambda: prepared_gids(lab, "s0") == prepared_gids(lab, "s1") == set(), 40,
+             interval=0.2, message="no prepared transaction left on any shard")
+    settled = time.monotonic() - started
+
+    on = {}
+    for shard, key in (("s0", k0), ("s1", k1)):
+        with lab.connect_primary(shard) as conn:
+            on[shard] = {r[0] for r in conn.execute(
+                f"select id from {FLEET_TABLE} where k = %s", (key,))}
+    assert acked, "no transaction committed at all"
+    assert acked <= on["s0"] and acked <= on["s1"], sorted(acked - (on["s0"] & on["s1"]))[:20]
+    assert on["s0"] == on["s1"], sorted(on["s0"] ^ on["s1"])[:20]
+    # Who settled what: a gid names the instance that made it, each log the
+    # instances its proxy ran as.
+    maker = {}
+    settled_by = []
+    for n, px in enumerate(proxies):
+        text = px.log_text()
+        for inst in re.findall(r"this process is instance ([0-9a-f]{16})", text):
+            maker[inst] = n
+        settled_by += [(n, verb, inst) for verb, inst in re.findall(
+            r"2pc: (committed|rolled back) pgshard_([0-9a-f]{16})_", text)]
+    commits = sum(1 for _, verb, _ in settled_by if verb == "committed")
+    by_others = sum(1 for n, _, inst in settled_by if maker.get(inst) != n)
+    print(f"\nfleet: {len(acked)} transactions acknowledged, {len(failed)} failed "
+          f"({len(on['s0'] - acked)} of them committed all the same), {FLEET_KILLS} kills, "
+          f"recovery committed {commits} and rolled back {len(settled_by) - commits} prepared "
+          f"gids ({by_others} by another proxy than the killed one's restart), "
+          f"{settled:.1f} s wall time")
+    assert settled_by, "no kill left a prepared transaction to settle"
+    assert by_others > 0, "the surviving instances never settled a dead one's gid"
+    for px in proxies:
+        px.assert_alive()
