@@ -1179,6 +1179,9 @@ static void apply_config(pgs_config_t *config) {
         mon.dbs[d].shards[s].conns[i]->in_round = false;
   /* Workers route on a snapshot of their own config only: give them one now. */
   publish(pgs_now_ms());
+  /* A database now under 2pc needs its decision tables checked before its
+   * first cross-shard commit. */
+  mon.twophase_kick = true;
   mon.interval_ms = interval;
   uv_timer_start(&mon.timer, tick_cb, 0, (uint64_t)interval);
   pgs_info("monitor: checking every node each %d ms", interval);
