@@ -491,6 +491,9 @@ def test_client_vanishes_mid_prepare(users, sharded_proxy, tmp_path):
     raw.send(pgwire.query("commit"))
     wait_server(lab, "s1", "active", "prepare transaction%")
     reset_close(raw)
+    # s0, the decision shard, holds no prepared transaction, only an open
+    # one: the commit is over once no server is busy any more.
+    assert_servers_settle(lab, pool_size=1, timeout=40)
     wait_for(lambda: not prepared(lab), 40, interval=0.2,
              message="no prepared transaction left")
     landed = ids_present(lab, [c, d])
