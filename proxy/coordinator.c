@@ -190,8 +190,18 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
   }
   case PGS_2PC_COMPLETE: {
     if (client->session.ex.message_error) {
-      /* D's COMMIT failed (a deferred constraint, say): nothing committed. */
       count(client, false);
+      const pgs_server_t *d = client->servers[dslot];
+      if (d == NULL || d->state != PGS_SV_ACTIVE || d->txstatus != 'I') {
+        /* No ReadyForQuery after the error (a FATAL, the connection going):
+         * whether D committed is its row's to tell, and recovery reads it. */
+        pgs_twophase_release(client->session.twopc.gid);
+        client->session.twopc.gid[0] = '\0';
+        add_twopc(client, PGS_2PC_FINISH);
+        return;
+      }
+      /* D's COMMIT failed and D goes on (a deferred constraint, say):
+       * nothing committed. */
       pgs_twophase_set_state(client->session.twopc.gid, PGS_2PC_ABORTING);
       add_gid_injects(client, prepared_slots(client, others), "ROLLBACK PREPARED", EXPECTED_ERROR);
       add_twopc(client, PGS_2PC_FINISH);

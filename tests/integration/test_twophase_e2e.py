@@ -379,3 +379,56 @@ def test_fleet_killed_under_load_loses_nothing(shard_lab, sharded_proxy):
     assert by_others > 0, "the surviving instances never settled a dead one's gid"
     for px in proxies:
         px.assert_alive()
+
+
+def test_decision_shard_lost_in_its_commit(twopc_e2e, sharded_proxy):
+    """s0's server is terminated while it runs the COMMIT that decides (a
+    deferred trigger makes that COMMIT slow): the client's session ends with
+    08006, the outcome unknown to pgshard, and recovery settles s1 as s0
+    decided — here nothing committed, so s1 is rolled back."""
+    lab = twopc_e2e
+    with lab.connect_primary("s0") as conn:
+        conn.execute("create or replace function twopc_slow_commit() returns trigger "
+                     "language plpgsql as $$ begin perform pg_sleep(30); return null; end $$")
+        conn.execute(f"create constraint trigger twopc_slow after insert on {TABLE} deferrable "
+                     "initially deferred for each row execute function twopc_slow_commit()")
+    px = start_2pc_proxy(sharded_proxy)
+    outcome = {}
+
+    def client():
+        try:
+            with px.connect() as conn:
+                conn.execute(f"insert into {TABLE} (id) values (%s)",
+                             (next(i for i in IDS if shard_of(px, i) == "s0"),))
+                conn.execute(f"insert into {TABLE} (id) values (%s)",
+                             (next(i for i in IDS if shard_of(px, i) == "s1"),))
+                conn.commit()
+            outcome["ok"] = True
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=client)
+    thread.start()
+
+    def committing():
+        with lab.connect_primary("s0") as conn:
+            return [r[0] for r in conn.execute(
+                "select pid from pg_stat_activity where application_name <> 'pgshard 2pc recovery' "
+                "and query = 'COMMIT' and state = 'active'")]
+    (pid,) = wait_for(committing, 20, interval=0.05, message="s0 in its deciding COMMIT")
+    assert prepared_gids(lab, "s1"), "s1 prepared before the decision"
+    with lab.connect_primary("s0") as conn:
+        conn.execute("select pg_terminate_backend(%s)", (pid,))
+    thread.join(30)
+    assert not thread.is_alive()
+    # libpq reports the first error it reads: s0's FATAL, which pgshard
+    # forwards before its own 08006 that closes the session.
+    assert isinstance(outcome.get("error"), psycopg.OperationalError), outcome
+    assert re.search(r"closed: pgshard: server connection lost during a two-phase commit, whose "
+                     r"outcome is unknown here .* \(SQLSTATE 08006\)", px.log_text())
+    wait_for(lambda: not prepared_gids(lab, "s1"), 30, interval=0.2,
+             message="recovery to settle s1")
+    assert rows_per_shard(lab) == {"s0": [], "s1": []}
+    with lab.connect_primary("s0") as conn:
+        conn.execute(f"drop trigger twopc_slow on {TABLE}")
+    px.assert_alive()
