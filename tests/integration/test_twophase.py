@@ -349,6 +349,41 @@ def test_recovery_settles_as_the_owner(roles, sharded_proxy):
     px.assert_alive()
 
 
+def test_refused_when_the_decision_table_cannot_be_made(roles, sharded_proxy):
+    """The recovery login (app: nodes name no user, no superuser) may not
+    create the table in schema pgshard: pgshard says why in its log and
+    refuses cross-shard commits (55000) rather than run one without a
+    decision record; nothing is written anywhere. Single-shard writes go on."""
+    lab = roles
+    for shard in lab.shards:
+        with lab.connect_primary(shard.name) as conn:
+            conn.execute("drop table pgshard.twophase_decision")
+    px = start_2pc(sharded_proxy, node_user=None, extra_ini=f"""
+[table.app.{TABLE}]
+column = id
+type = bigint
+strategy = hash
+""")
+    assert re.search(r"2pc: cannot create pgshard\.twophase_decision on app\.s0 \(.*permission "
+                     r"denied", px.log_text()), px.log_tail()
+    with px.connect() as conn:
+        for i in range(1, 11):
+            conn.execute(f"insert into {TABLE} (id, gid) values (%s, 'x')", (i,))
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+            conn.commit()
+    assert str(exc.value).startswith(
+        "pgshard: could not start a two-phase commit: the two-phase commit decision table "
+        "pgshard.twophase_decision is not ready on shard s0"), exc.value
+    for shard in ("s0", "s1"):
+        assert ids_of(lab, shard, "x") == []
+        assert prepared_gids(lab, shard) == set()
+    with px.connect() as conn:
+        conn.execute(f"insert into {TABLE} (id, gid) values (1, 'x')")
+        conn.commit()
+    assert ids_of(lab, "s0", "x") + ids_of(lab, "s1", "x") == [1]
+    px.assert_alive()
+
+
 def test_recovery_user_settles_every_owner(roles, sharded_proxy):
     """twophase_recovery_user (a superuser login) finishes the gids of
     owners the config does not know."""
