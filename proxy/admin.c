@@ -207,8 +207,14 @@ static const admin_column_t queries_cols[] = {
 static const admin_column_t config_cols[] = {
     {"section", OID_TEXT}, {"key", OID_TEXT}, {"value", OID_TEXT}};
 static const admin_column_t version_cols[] = {{"version", OID_TEXT}};
-static const admin_column_t twophase_cols[] = {
-    {"gid", OID_TEXT}, {"decision", OID_TEXT}, {"driven_by", OID_TEXT}, {"age_ms", OID_INT8}};
+/* One row per gid of this process in flight, then recovery's row (gid
+ * NULL, state "recovery"): its counters, age_ms since its last pass. */
+static const admin_column_t twophase_cols[] = {{"gid", OID_TEXT},
+                                               {"state", OID_TEXT},
+                                               {"driven_by", OID_TEXT},
+                                               {"age_ms", OID_INT8},
+                                               {"recovery_commits", OID_INT8},
+                                               {"recovery_rollbacks", OID_INT8}};
 static const admin_column_t listeners_cols[] = {
     {"database", OID_TEXT}, {"shard", OID_TEXT},         {"state", OID_TEXT},
     {"pid", OID_INT8},      {"user", OID_TEXT},          {"channels", OID_INT8},
@@ -562,7 +568,6 @@ static void show_config(pgs_client_t *client, pgs_buf_t *b) {
   config_rowf(b, p, "max_total_client_memory", "%lld", (long long)c->max_total_client_memory);
   config_rowf(b, p, "max_merge_bytes", "%lld", (long long)c->max_merge_bytes);
   config_rowf(b, p, "max_notify_queue_bytes", "%lld", (long long)c->max_notify_queue_bytes);
-  config_row(b, p, "twophase_log", c->twophase_log);
   config_row(b, p, "twophase_recovery_user", c->twophase_recovery_user);
   for (int i = 0; i < c->nusers; i++) {
     char section[PGS_MAX_NAME + 8];
@@ -633,16 +638,33 @@ static void show_help(pgs_buf_t *b) {
   }
 }
 
-static void twophase_row(const char *gid, pgs_twophase_decision_t decision, bool own, bool released,
+static void twophase_row(const char *gid, pgs_twophase_state_t state, bool released,
                          uint64_t age_ms, void *arg) {
-  static const char *const decisions[] = {"undecided", "commit", "abort"};
+  static const char *const states[] = {"preparing", "committing", "committed", "aborting"};
   row_t r = row_begin(arg, (int)PGS_ARRAY_LEN(twophase_cols));
   row_text(&r, gid);
-  row_text(&r, (size_t)decision < PGS_ARRAY_LEN(decisions) ? decisions[decision] : "?");
+  row_text(&r, (size_t)state < PGS_ARRAY_LEN(states) ? states[state] : "?");
   /* Its worker finishes it, or the recovery pass (a client gone, a shard
-   * down, or a commit from before a restart). */
-  row_text(&r, own && !released ? "client" : "recovery");
+   * lost). */
+  row_text(&r, released ? "recovery" : "client");
   row_int(&r, (int64_t)age_ms);
+  row_text(&r, NULL);
+  row_text(&r, NULL);
+  row_end(&r);
+}
+
+static void twophase_recovery_row(pgs_buf_t *b) {
+  pgs_twophase_counters_t c = pgs_twophase_counters();
+  row_t r = row_begin(b, (int)PGS_ARRAY_LEN(twophase_cols));
+  row_text(&r, NULL);
+  row_text(&r, "recovery");
+  row_text(&r, "recovery");
+  if (c.last_pass_ms)
+    row_int(&r, (int64_t)(pgs_now_ms() - c.last_pass_ms));
+  else
+    row_text(&r, NULL);
+  row_int(&r, (int64_t)c.commits);
+  row_int(&r, (int64_t)c.rollbacks);
   row_end(&r);
 }
 
@@ -661,6 +683,7 @@ static int show_local(pgs_client_t *client, pgs_admin_show_t what, pgs_buf_t *b)
     break;
   case PGS_SHOW_TWOPHASE:
     pgs_twophase_each(twophase_row, b);
+    twophase_recovery_row(b);
     break;
   case PGS_SHOW_VERSION: {
     row_t r = row_begin(b, 1);

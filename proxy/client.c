@@ -1212,6 +1212,15 @@ void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
 
 void pgs_client_server_lost(pgs_client_t *client, const char *why) {
   client->server = NULL;
+  if (client->session.ex.tx == PGS_TX_DECIDED && client->session.twopc.gid[0]) {
+    /* Lost in the decision shard's COMMIT or after: only that shard knows
+     * the outcome, and pgshard's recovery applies it on every shard. */
+    pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
+                    "server connection lost during a two-phase commit, whose outcome is "
+                    "unknown here (recovery settles it alike on every shard): %s",
+                    why);
+    return;
+  }
   pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE, "server connection lost: %s", why);
 }
 

@@ -13,9 +13,9 @@
  * thread holds, and that thread sends SIGHUP itself when it holds a new
  * one, so every map change takes this one reload path.
  *
- * Before the workers start, the two-phase commit decision log is opened and
- * the prepared transactions an earlier pgshard left are settled
- * (twophase.h); its file stays the same across reloads.
+ * Before the workers start, prepared transactions any pgshard left on the
+ * shards are settled and the two-phase commit decision tables are made
+ * (twophase.h).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -123,7 +123,6 @@ static void reload(void) {
       (next->map_source && strcmp(next->map_source, config->map_source)))
     pgs_warn("reload: map_source changes take effect after a restart");
   next->workers = config->workers;
-  pgs_twophase_reload(next);
   pgs_mailbox_reload(next);
   pgs_monitor_reload(next);
   pgs_config_unref(config);
@@ -255,9 +254,9 @@ int main(int argc, char **argv) {
     pgs_mapsource_served(config->map_version);
   }
 
-  /* Two-phase commit: open the decision log and settle the prepared
-   * transactions an earlier pgshard left before any client can start new
-   * ones. A shard that is down now is settled later by the monitor. */
+  /* Two-phase commit: make the decision tables and settle the prepared
+   * transactions any pgshard left before any client can start new ones. A
+   * shard that is down now is settled later by the monitor. */
   if (pgs_twophase_start(config) != PGS_OK) return 1;
   if (pgs_twophase_check_recovery_user(config) != PGS_OK) return 1;
   (void)pgs_twophase_recover_config(config);

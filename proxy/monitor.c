@@ -20,8 +20,7 @@
  * Other threads reach the monitor only through its mailbox (mutex +
  * uv_async): a new config, or stop.
  *
- * Two-phase commit recovery (twophase.h): while the decision log is open,
- * every PGS_TWOPHASE_PASS_MS — and at once when a shard's writer comes back
+ * Two-phase commit recovery (twophase.h): every PGS_TWOPHASE_PASS_MS — and at once when a shard's writer comes back
  * up or changes — the monitor hands a recovery pass over every shard's
  * current writer to the libuv thread pool (uv_queue_work). The pass uses
  * blocking libpq on connections of its own, so the checks on this loop are
@@ -1180,6 +1179,9 @@ static void apply_config(pgs_config_t *config) {
         mon.dbs[d].shards[s].conns[i]->in_round = false;
   /* Workers route on a snapshot of their own config only: give them one now. */
   publish(pgs_now_ms());
+  /* A database now under 2pc needs its decision tables checked before its
+   * first cross-shard commit. */
+  mon.twophase_kick = true;
   mon.interval_ms = interval;
   uv_timer_start(&mon.timer, tick_cb, 0, (uint64_t)interval);
   pgs_info("monitor: checking every node each %d ms", interval);

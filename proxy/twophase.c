@@ -1,41 +1,30 @@
 /*
- * twophase.c — the two-phase commit decision log and recovery (twophase.h).
+ * twophase.c — this process's two-phase commits in flight, and the recovery
+ * that settles any instance's prepared transactions from the decision rows
+ * kept in the shards (twophase.h).
  *
- * State, all under one mutex (tp.lock): the open log file, this process's
- * identity (the log's owner, a random instance id, the next sequence
- * number), and the index — every gid whose outcome is not settled: this
- * process's transactions from pgs_twophase_new_gid until
- * pgs_twophase_record_done, plus the undone commits the log held at
- * startup. Lookups never read the file; the index holds at most
- * PGS_TWOPHASE_MAX_IN_FLIGHT gids of this process.
+ * State, all under one mutex (tp.lock): this process's identity (a random
+ * instance id, the next sequence number); the index — every gid of this
+ * process from pgs_twophase_new_gid until pgs_twophase_done, with where its
+ * commit is (SHOW TWOPHASE) and whether a worker still drives it; the set of
+ * (database, shard) whose decision table recovery has seen or created
+ * (pgs_twophase_new_gid refuses other decision shards); recovery's counters.
  *
- * Invariants:
- *  - An entry's decision moves UNKNOWN -> COMMIT or UNKNOWN -> ABORT, once,
- *    under the lock. That is what makes the recovery pass safe next to the
- *    workers: recovery decides abort on a gid of this process that has been
- *    undecided too long in the same step that lets it roll the gid back, and
- *    record_commit then refuses.
- *  - A "C" record is on disk before record_commit returns OK. Threads
- *    committing at once share one fdatasync (group commit): whoever finds no
- *    sync running syncs everything written so far with the lock released;
- *    the others wait on tp.synced. The file is never swapped (compaction)
- *    while a sync runs.
- *  - The file is appended with whole lines; a failed append is cut back to
- *    the last whole line, so a record is either there or not.
- *  - One process holds the log (flock LOCK_EX on "<log>.lock", taken when
- *    the log is first opened and kept until pgs_twophase_stop): gids of
- *    this owner and another instance belong to a process that has ended.
+ * Nothing here decides a transaction's outcome in memory: the decision shard
+ * does, by committing the client's transaction with its commit row, or by
+ * recovery's abort row getting in first. The index only keeps recovery from
+ * settling (waiting on, or needlessly aborting) what a worker of this
+ * process is finishing right now.
  *
- * Recovery connects with blocking libpq (bounded by connect_timeout and
- * statement_timeout): at startup from the main thread, later from the
- * monitor's pass on the libuv thread pool — never on an event loop.
+ * Recovery connects with blocking libpq (bounded by connect_timeout,
+ * statement_timeout and lock_timeout): at startup from the main thread,
+ * later from the monitor's pass on the libuv thread pool — never on an event
+ * loop. One pass runs at a time (tp.pass_lock).
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
@@ -43,61 +32,59 @@
 #include "pgshard/log.h"
 #include "pgshard/io.h"
 #include "pgshard/twophase.h"
-
-/* Exit status when a decision cannot be made durable (sysexits EX_IOERR). */
-#define EXIT_LOG_SYNC_FAILED 74
+#include "twophase_sql.h"
 
 #define LIST_SQL                                                                                   \
-  "SELECT gid, owner FROM pg_prepared_xacts WHERE database = current_database() "                  \
+  "SELECT gid, owner, (extract(epoch FROM now() - prepared) * 1000)::bigint "                      \
+  "FROM pg_prepared_xacts WHERE database = current_database() "                                    \
   "AND starts_with(gid, '" PGS_GID_PREFIX "') ORDER BY prepared"
 
 /* The recovery login: where it is, who it is, whether it may finish any
  * user's prepared transaction. */
 #define SESSION_SQL "SELECT pg_is_in_recovery(), current_user, current_setting('is_superuser')"
 
+#define TABLE_EXISTS_SQL "SELECT to_regclass('pgshard.twophase_decision') IS NOT NULL"
+
+/* Recovery's decision: an abort row unless a row is there (or comes:
+ * the primary key waits for a transaction inserting the gid). */
+#define DECIDE_SQL                                                                                 \
+  "INSERT INTO pgshard.twophase_decision (gid, owner, aborted) VALUES ($1, $2, true) "             \
+  "ON CONFLICT (gid) DO NOTHING"
+#define READ_SQL "SELECT owner, aborted FROM pgshard.twophase_decision WHERE gid = $1"
+
+/* Rows that may be deleted once their gid is prepared nowhere; read before
+ * the shards are listed (a commit row is visible only after every PREPARE
+ * of its gid succeeded, so a listing that starts after this read sees every
+ * gid of these rows still prepared). */
+#define CLEANUP_CANDIDATES_SQL                                                                     \
+  "SELECT gid FROM pgshard.twophase_decision WHERE NOT aborted OR decided_at < now() - "           \
+  "make_interval(secs => %d) ORDER BY decided_at LIMIT %d"
+
 /* Warnings given once (an unsettleable gid is met at every pass): at most
  * this many remembered. */
 #define WARNED_MAX 4096
 
-/* A gid the log knows and has not closed. */
+/* A gid of this process not settled yet. */
 typedef struct entry {
-  pgs_twophase_decision_t decision; /* UNKNOWN: this process is still preparing it */
-  bool own;                         /* made by this process (else: an undone commit from the log) */
-  bool released;                    /* no worker drives it any more: recovery settles it */
-  bool logged;                      /* a "C" or "A" went to the log: a "D" must close it */
+  pgs_twophase_state_t state;
+  bool released;     /* no worker drives it any more: recovery settles it */
   int held;          /* servers still running a statement on it (pgs_twophase_hold) */
-  uint64_t since_ms; /* made, decided, released or last answered, for
-                        PGS_TWOPHASE_IN_FLIGHT_MS */
+  uint64_t made_ms;  /* pgs_twophase_new_gid */
+  uint64_t since_ms; /* made, released or last answered, for PGS_TWOPHASE_IN_FLIGHT_MS */
 } entry_t;
-
-/* What recovery does with one prepared gid. */
-typedef enum {
-  ACT_LEAVE, /* this process's worker is on it */
-  ACT_COMMIT,
-  ACT_ROLLBACK,
-  ACT_FOREIGN, /* not this log's gid: never touched */
-} action_t;
 
 static struct {
   uv_mutex_t lock;
-  uv_cond_t synced;
   uv_mutex_t pass_lock; /* one recovery pass at a time */
   bool initialized;
-  char *path;
-  int fd;         /* -1: the log is not open */
-  int lock_fd;    /* "<log>.lock", flocked; -1: not held */
-  uint64_t size;  /* bytes in the file: where the next record goes */
-  uint64_t owner; /* the log's, valid while fd >= 0 */
   uint64_t instance;
   uint64_t next_seq;
-  pgs_strmap_t index;            /* gid -> entry_t */
-  pgs_strmap_t warned;           /* keys of warnings given once (first_warning) */
-  int nown;                      /* entries of this process */
-  uint64_t written, synced_upto; /* "C" records appended / known durable */
-  bool syncing;
-  char fault[64];       /* PGSHARD_FAULT */
-  char last_error[256]; /* the last open failure, logged once */
-} tp = {.fd = -1, .lock_fd = -1};
+  pgs_strmap_t index;  /* gid -> entry_t */
+  pgs_strmap_t ready;  /* "db/shard" -> NULL: its decision table exists */
+  pgs_strmap_t warned; /* keys of warnings given once (first_warning) */
+  pgs_twophase_counters_t counters;
+  char fault[64]; /* PGSHARD_FAULT */
+} tp;
 
 /* ---- helpers ---- */
 
@@ -110,241 +97,34 @@ static uint64_t random_id(void) {
   return v;
 }
 
-static bool any_database_uses_2pc(const pgs_config_t *config) {
-  for (int i = 0; i < config->ndatabases; i++)
-    if (config->databases[i].cross_shard_writes == PGS_XWRITE_2PC) return true;
-  return false;
+static void ready_key(char *out, size_t cap, const char *db, const char *shard) {
+  snprintf(out, cap, "%s/%s", db, shard);
 }
 
-static char *read_all(int fd, size_t *len) {
-  size_t cap = 65536, n = 0;
-  char *buf = pgs_xmalloc(cap);
-  for (;;) {
-    if (n == cap) buf = pgs_xrealloc(buf, cap *= 2);
-    ssize_t r = read(fd, buf + n, cap - n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      free(buf);
-      return NULL;
-    }
-    if (r == 0) break;
-    n += (size_t)r;
-  }
-  *len = n;
-  return buf;
-}
-
-/* ---- the log file (callers hold tp.lock) ---- */
-
-/* Append "KIND gid\n". A failed append is cut back to the last whole line. */
-static bool append_locked(char kind, const char *gid) {
-  char line[PGS_GID_MAX + 4];
-  if (tp.fd < 0) return false;
-  int n = snprintf(line, sizeof(line), "%c %s\n", kind, gid);
-  if (pgs_twophase_file_write_all(tp.fd, line, (size_t)n)) {
-    tp.size += (uint64_t)n;
-    return true;
-  }
-  int err = errno;
-  if (ftruncate(tp.fd, (off_t)tp.size) != 0) {
-    /* The torn line stays: the next record, starting with an upper-case
-     * letter, fuses with it into a malformed line, which replay skips. */
-    pgs_error("2pc: %s: cannot cut back a failed write: %s", tp.path, strerror(errno));
-  }
-  pgs_error("2pc: cannot write to %s: %s", tp.path, strerror(err));
-  return false;
-}
-
-/* Replace the log by one holding the header and "C gid" for every gid of
- * COMMITS (keys; when FROM_INDEX, only entries decided COMMIT), synced.
- * Returns the new file's descriptor, or -1 with ERR set. */
-static int rewrite_locked(uint64_t owner, const pgs_strmap_t *commits, bool from_index,
-                          uint64_t *size, char *err, size_t errlen) {
-  pgs_buf_t buf;
-  pgs_buf_init(&buf);
-  char header[128];
-  pgs_buf_put(&buf, header, pgs_twophase_log_header(header, sizeof(header), owner));
-  for (size_t i = 0; i < commits->nbuckets; i++) {
-    for (const pgs_strmap_entry_t *e = commits->buckets[i]; e; e = e->next) {
-      if (from_index && ((const entry_t *)e->value)->decision != PGS_2PC_COMMIT) continue;
-      pgs_buf_put(&buf, "C ", 2);
-      pgs_buf_put(&buf, e->key, strlen(e->key));
-      pgs_buf_put_u8(&buf, '\n');
-    }
-  }
-  int fd = pgs_twophase_file_replace(tp.path, (const char *)buf.data, buf.len, err, errlen);
-  if (fd >= 0) {
-    if (err[0]) pgs_warn("2pc: %s", err);
-    *size = buf.len;
-  }
-  pgs_buf_free(&buf);
-  return fd;
-}
-
-/* Open the log at tp.path (creating it when CREATE), replay it into the
- * index, compact it and keep it open and locked. PGS_ENOTFOUND: it does
- * not exist and CREATE is false. */
-static pgs_status_t open_locked(bool create, char *err, size_t errlen) {
-  PGS_ASSERT(tp.fd < 0);
-  if (!create && access(tp.path, F_OK) != 0 && errno == ENOENT) return PGS_ENOTFOUND;
-  /* The lock comes first: only its holder may read the log and replace it. */
-  bool locked_now = tp.lock_fd < 0;
-  if (locked_now && pgs_twophase_file_lock(tp.path, &tp.lock_fd, err, errlen) != PGS_OK)
-    return PGS_EIO;
-  pgs_status_t rc = PGS_EIO;
-  char *text = NULL;
-  int fd = open(tp.path, O_RDONLY | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
-  if (fd < 0) {
-    snprintf(err, errlen, "cannot open %s: %s", tp.path, strerror(errno));
-    goto fail;
-  }
-  size_t len = 0;
-  text = read_all(fd, &len);
-  close(fd);
-  if (text == NULL) {
-    snprintf(err, errlen, "cannot read %s: %s", tp.path, strerror(errno));
-    goto fail;
-  }
-  pgs_twophase_replay_t replay;
-  if (pgs_twophase_replay(text, len, &replay) != PGS_OK) {
-    snprintf(err, errlen,
-             "%s is not a pgshard 2PC decision log (its first line is not \"%s %d owner=...\")",
-             tp.path, PGS_TWOPHASE_LOG_MAGIC, PGS_TWOPHASE_LOG_VERSION);
-    rc = PGS_ECONFIG;
-    goto fail;
-  }
-  free(text);
-  text = NULL;
-  if (replay.malformed)
-    pgs_warn("2pc: %s: %d malformed line(s) skipped, the first on line %d", tp.path,
-             replay.malformed, replay.first_bad_line);
-  if (replay.torn_tail) pgs_warn("2pc: %s: a torn last line (a write cut short) skipped", tp.path);
-  uint64_t owner = replay.has_header ? replay.owner : random_id();
-  uint64_t size = 0;
-  int nfd = rewrite_locked(owner, &replay.commits, false, &size, err, errlen);
-  if (nfd < 0) {
-    pgs_twophase_replay_free(&replay);
-    goto fail;
-  }
-  tp.fd = nfd;
-  tp.size = size;
-  tp.owner = owner;
-  tp.written = tp.synced_upto = 0;
-  uint64_t now = pgs_now_ms();
-  for (size_t i = 0; i < replay.commits.nbuckets; i++) {
-    for (const pgs_strmap_entry_t *e = replay.commits.buckets[i]; e; e = e->next) {
-      if (pgs_strmap_contains(&tp.index, e->key)) continue;
-      entry_t *en = pgs_xcalloc(1, sizeof(*en));
-      *en =
-          (entry_t){.decision = PGS_2PC_COMMIT, .released = true, .logged = true, .since_ms = now};
-      pgs_strmap_put(&tp.index, e->key, en);
-    }
-  }
-  pgs_info("2pc: decision log %s%s (owner %016" PRIx64
-           "): %zu commit(s) to finish; this "
-           "process is instance %016" PRIx64,
-           tp.path, replay.has_header ? "" : " created", owner, replay.commits.count, tp.instance);
-  pgs_twophase_replay_free(&replay);
-  tp.last_error[0] = '\0';
-  return PGS_OK;
-
-fail:
-  /* A lock taken for a log that cannot be used is not kept. */
-  free(text);
-  if (locked_now) {
-    close(tp.lock_fd);
-    tp.lock_fd = -1;
-  }
-  return rc;
-}
-
-/* Open on demand (a worker's first 2PC commit); an error is logged once. */
-static bool ensure_open_locked(void) {
-  if (tp.fd >= 0) return true;
-  if (tp.path == NULL) return false;
-  char err[256];
-  if (open_locked(true, err, sizeof(err)) == PGS_OK) return true;
-  if (strcmp(err, tp.last_error) != 0) {
-    pgs_error("2pc: %s: cross-shard commits are refused until it can be opened", err);
-    snprintf(tp.last_error, sizeof(tp.last_error), "%s", err);
-  }
-  return false;
-}
-
-/* Make every "C" written so far durable; returns with tp.lock held. */
-static void sync_commits_locked(uint64_t upto) {
-  while (tp.synced_upto < upto) {
-    if (tp.syncing) {
-      uv_cond_wait(&tp.synced, &tp.lock);
-      continue;
-    }
-    tp.syncing = true;
-    uint64_t target = tp.written;
-    int fd = tp.fd;
-    uv_mutex_unlock(&tp.lock);
-    int rc = fdatasync(fd);
-    int err = errno;
-    uv_mutex_lock(&tp.lock);
-    tp.syncing = false;
-    if (rc != 0) {
-      /* Whether the record reached the disk is unknown now (Linux may drop
-       * the dirty pages and report success next time). Going on could roll
-       * back what a restart would commit; exiting lets recovery settle
-       * every shard by what the disk says. */
-      pgs_log(PGS_LOG_FATAL,
-              "2pc: cannot sync %s: %s; exiting so that recovery settles the "
-              "transactions by what is on disk",
-              tp.path, strerror(err));
-      _exit(EXIT_LOG_SYNC_FAILED);
-    }
-    if (target > tp.synced_upto) tp.synced_upto = target;
-    uv_cond_broadcast(&tp.synced);
-  }
-}
-
-/* Rewrite the log with only the undone commits (startup did this already;
- * this keeps a long-running log small). */
-static void compact_locked(void) {
-  while (tp.syncing) uv_cond_wait(&tp.synced, &tp.lock);
-  char err[256];
-  uint64_t size = 0;
-  int fd = rewrite_locked(tp.owner, &tp.index, true, &size, err, sizeof(err));
-  if (fd < 0) {
-    pgs_warn("2pc: compacting the decision log: %s", err);
-    return;
-  }
-  close(tp.fd);
-  tp.fd = fd;
-  uint64_t before = tp.size;
-  tp.size = size;
-  /* Everything decided so far is in the new, synced file. */
-  tp.synced_upto = tp.written;
-  uv_cond_broadcast(&tp.synced);
-  pgs_info("2pc: decision log %s compacted from %" PRIu64 " to %" PRIu64 " bytes", tp.path, before,
-           size);
+static void set_ready(const char *db, const char *shard, bool ready) {
+  char key[PGS_MAX_NAME * 2 + 2];
+  ready_key(key, sizeof(key), db, shard);
+  uv_mutex_lock(&tp.lock);
+  if (ready)
+    pgs_strmap_put(&tp.ready, key, NULL);
+  else
+    (void)pgs_strmap_remove(&tp.ready, key);
+  uv_mutex_unlock(&tp.lock);
 }
 
 static void entry_free(void *value) { free(value); }
 
-/* Close GID: "D" if anything was recorded for it, and forget it. */
-static void done_locked(const char *gid) {
-  entry_t *e = pgs_strmap_remove(&tp.index, gid);
-  if (e == NULL) return;
-  if (e->logged) (void)append_locked('D', gid);
-  if (e->own) tp.nown--;
-  free(e);
-}
-
 /* ---- lifecycle ---- */
 
 pgs_status_t pgs_twophase_start(const pgs_config_t *config) {
+  PGS_UNUSED(config);
   if (!tp.initialized) {
-    if (uv_mutex_init(&tp.lock) != 0 || uv_mutex_init(&tp.pass_lock) != 0 ||
-        uv_cond_init(&tp.synced) != 0) {
+    if (uv_mutex_init(&tp.lock) != 0 || uv_mutex_init(&tp.pass_lock) != 0) {
       pgs_error("2pc: cannot create a mutex");
       return PGS_ENOMEM;
     }
     pgs_strmap_init(&tp.index);
+    pgs_strmap_init(&tp.ready);
     pgs_strmap_init(&tp.warned);
     tp.initialized = true;
   }
@@ -360,56 +140,25 @@ pgs_status_t pgs_twophase_start(const pgs_config_t *config) {
       pgs_warn("PGSHARD_FAULT=%s: this pgshard will exit there (a test-only setting)", fault);
   }
   tp.instance = random_id();
-  free(tp.path);
-  tp.path = pgs_xstrdup(config->twophase_log);
-  bool wanted = any_database_uses_2pc(config);
-  char err[256];
-  uv_mutex_lock(&tp.lock);
-  pgs_status_t rc = open_locked(wanted, err, sizeof(err));
-  uv_mutex_unlock(&tp.lock);
-  if (rc == PGS_OK || rc == PGS_ENOTFOUND) return PGS_OK;
-  if (wanted) {
-    pgs_error("2pc: %s (cross_shard_writes = 2pc needs its decision log; see twophase_log)", err);
-    return rc;
-  }
-  snprintf(tp.last_error, sizeof(tp.last_error), "%s", err);
-  pgs_warn("2pc: %s; prepared transactions are not recovered", err);
+  pgs_info("2pc: this process is instance %016" PRIx64
+           "; commit decisions are kept in pgshard.twophase_decision on the shards",
+           tp.instance);
   return PGS_OK;
-}
-
-void pgs_twophase_reload(const pgs_config_t *config) {
-  if (!tp.initialized) return;
-  if (strcmp(config->twophase_log, tp.path) != 0)
-    pgs_warn("reload: twophase_log changes take effect after a restart (still %s)", tp.path);
-  if (!any_database_uses_2pc(config)) return;
-  uv_mutex_lock(&tp.lock);
-  (void)ensure_open_locked();
-  uv_mutex_unlock(&tp.lock);
 }
 
 void pgs_twophase_stop(void) {
   if (!tp.initialized) return;
   uv_mutex_lock(&tp.lock);
-  while (tp.syncing) uv_cond_wait(&tp.synced, &tp.lock);
-  if (tp.fd >= 0) close(tp.fd);
-  tp.fd = -1;
-  if (tp.lock_fd >= 0) close(tp.lock_fd);
-  tp.lock_fd = -1;
   pgs_strmap_free(&tp.index, entry_free);
+  pgs_strmap_free(&tp.ready, NULL);
   pgs_strmap_free(&tp.warned, NULL);
-  tp.nown = 0;
-  free(tp.path);
-  tp.path = NULL;
+  pgs_strmap_init(&tp.index);
+  pgs_strmap_init(&tp.ready);
+  pgs_strmap_init(&tp.warned);
   uv_mutex_unlock(&tp.lock);
 }
 
-bool pgs_twophase_active(void) {
-  if (!tp.initialized) return false;
-  uv_mutex_lock(&tp.lock);
-  bool open = tp.fd >= 0;
-  uv_mutex_unlock(&tp.lock);
-  return open;
-}
+bool pgs_twophase_active(void) { return tp.initialized; }
 
 bool pgs_twophase_fault(const char *point) {
   if (tp.fault[0] == '\0' || strcmp(tp.fault, point) != 0) return false;
@@ -423,76 +172,55 @@ void pgs_twophase_pause(const char *point) {
   uv_sleep(3000);
 }
 
-/* ---- decisions ---- */
+/* ---- this process's gids ---- */
 
-pgs_status_t pgs_twophase_new_gid(char out[PGS_GID_BUF]) {
+pgs_status_t pgs_twophase_new_gid(const char *db, const char *shard, char out[PGS_GID_BUF],
+                                  char *err, size_t errlen) {
   PGS_ASSERT(tp.initialized);
+  char key[PGS_MAX_NAME * 2 + 2];
+  ready_key(key, sizeof(key), db, shard);
   uv_mutex_lock(&tp.lock);
-  if (!ensure_open_locked()) {
+  if (!pgs_strmap_contains(&tp.ready, key)) {
     uv_mutex_unlock(&tp.lock);
-    return PGS_EIO;
+    snprintf(err, errlen,
+             "the two-phase commit decision table pgshard.twophase_decision is not ready on "
+             "shard %s (pgshard's log says why)",
+             shard);
+    return PGS_ENOTFOUND;
   }
-  if (tp.nown >= PGS_TWOPHASE_MAX_IN_FLIGHT) {
+  if (tp.index.count >= PGS_TWOPHASE_MAX_IN_FLIGHT) {
     uv_mutex_unlock(&tp.lock);
-    pgs_warn("2pc: %d transactions unsettled; refusing another", PGS_TWOPHASE_MAX_IN_FLIGHT);
+    snprintf(err, errlen, "%d two-phase commits are unsettled", PGS_TWOPHASE_MAX_IN_FLIGHT);
     return PGS_ETOOBIG;
   }
-  pgs_gid_format(out, tp.owner, tp.instance, ++tp.next_seq);
+  pgs_gid_format(out, tp.instance, pgs_gid_shard_hash(shard), ++tp.next_seq);
   entry_t *e = pgs_xcalloc(1, sizeof(*e));
-  *e = (entry_t){.decision = PGS_2PC_UNKNOWN, .own = true, .since_ms = pgs_now_ms()};
+  uint64_t now = pgs_now_ms();
+  *e = (entry_t){.state = PGS_2PC_PREPARING, .made_ms = now, .since_ms = now};
   pgs_strmap_put(&tp.index, out, e);
-  tp.nown++;
   uv_mutex_unlock(&tp.lock);
   return PGS_OK;
 }
 
-pgs_status_t pgs_twophase_record_commit(const char *gid) {
+void pgs_twophase_set_state(const char *gid, pgs_twophase_state_t state) {
   uv_mutex_lock(&tp.lock);
   entry_t *e = pgs_strmap_get(&tp.index, gid);
-  pgs_status_t rc = PGS_OK;
-  if (e == NULL || !e->own) {
-    pgs_error("2pc: commit of %s refused: not a transaction of this process in flight", gid);
-    rc = PGS_ENOTFOUND;
-  } else if (e->decision != PGS_2PC_UNKNOWN) {
-    pgs_warn("2pc: commit of %s refused: %s was decided already%s", gid,
-             e->decision == PGS_2PC_ABORT ? "abort" : "commit",
-             e->released ? " (by recovery: the transaction was in flight too long)" : "");
-    rc = PGS_EINVAL;
-  } else if (!append_locked('C', gid)) {
-    rc = PGS_EIO;
-  }
-  if (rc != PGS_OK) {
-    uv_mutex_unlock(&tp.lock);
-    return rc;
-  }
-  e->decision = PGS_2PC_COMMIT;
-  e->logged = true;
-  e->since_ms = pgs_now_ms();
-  sync_commits_locked(++tp.written);
-  uv_mutex_unlock(&tp.lock);
-  pgs_twophase_fault("2pc_after_decision");
-  return PGS_OK;
-}
-
-void pgs_twophase_record_abort(const char *gid) {
-  uv_mutex_lock(&tp.lock);
-  entry_t *e = pgs_strmap_get(&tp.index, gid);
-  if (e == NULL) {
-    pgs_debug("2pc: abort of %s: not in flight (settled already)", gid);
-  } else if (e->decision == PGS_2PC_COMMIT) {
-    pgs_error("2pc: abort of %s ignored: its commit is decided and final", gid);
-  } else if (e->decision == PGS_2PC_UNKNOWN) {
-    e->decision = PGS_2PC_ABORT;
-    e->since_ms = pgs_now_ms();
-    /* Not synced: without it the gid is presumed aborted all the same. */
-    e->logged = append_locked('A', gid);
-  }
+  if (e != NULL) e->state = state;
   uv_mutex_unlock(&tp.lock);
 }
 
-void pgs_twophase_record_done(const char *gid) {
+uint64_t pgs_twophase_age_ms(const char *gid) {
   uv_mutex_lock(&tp.lock);
-  done_locked(gid);
+  const entry_t *e = pgs_strmap_get(&tp.index, gid);
+  uint64_t now = pgs_now_ms();
+  uint64_t age = e == NULL ? UINT64_MAX : now > e->made_ms ? now - e->made_ms : 0;
+  uv_mutex_unlock(&tp.lock);
+  return age;
+}
+
+void pgs_twophase_done(const char *gid) {
+  uv_mutex_lock(&tp.lock);
+  free(pgs_strmap_remove(&tp.index, gid));
   uv_mutex_unlock(&tp.lock);
 }
 
@@ -500,10 +228,6 @@ void pgs_twophase_release(const char *gid) {
   uv_mutex_lock(&tp.lock);
   entry_t *e = pgs_strmap_get(&tp.index, gid);
   if (e != NULL) {
-    if (e->decision == PGS_2PC_UNKNOWN) {
-      e->decision = PGS_2PC_ABORT;
-      e->logged = append_locked('A', gid);
-    }
     e->released = true;
     e->since_ms = pgs_now_ms();
   }
@@ -527,14 +251,6 @@ void pgs_twophase_unhold(const char *gid) {
   uv_mutex_unlock(&tp.lock);
 }
 
-pgs_twophase_decision_t pgs_twophase_decision(const char *gid) {
-  uv_mutex_lock(&tp.lock);
-  const entry_t *e = pgs_strmap_get(&tp.index, gid);
-  pgs_twophase_decision_t d = e ? e->decision : PGS_2PC_UNKNOWN;
-  uv_mutex_unlock(&tp.lock);
-  return d;
-}
-
 void pgs_twophase_each(pgs_twophase_each_fn fn, void *arg) {
   if (!tp.initialized) return;
   uint64_t now = pgs_now_ms();
@@ -542,74 +258,41 @@ void pgs_twophase_each(pgs_twophase_each_fn fn, void *arg) {
   for (size_t b = 0; b < tp.index.nbuckets; b++)
     for (const pgs_strmap_entry_t *e = tp.index.buckets[b]; e; e = e->next) {
       const entry_t *en = e->value;
-      fn(e->key, en->decision, en->own, en->released, now > en->since_ms ? now - en->since_ms : 0,
-         arg);
+      fn(e->key, en->state, en->released, now > en->made_ms ? now - en->made_ms : 0, arg);
     }
   uv_mutex_unlock(&tp.lock);
 }
 
-bool pgs_twophase_is_own_instance(const char *gid) {
-  pgs_gid_t g;
-  if (!pgs_gid_parse(gid, &g)) return false;
+pgs_twophase_counters_t pgs_twophase_counters(void) {
+  pgs_twophase_counters_t c = {0};
+  if (!tp.initialized) return c;
   uv_mutex_lock(&tp.lock);
-  bool own = tp.fd >= 0 && g.owner == tp.owner && g.instance == tp.instance;
+  c = tp.counters;
   uv_mutex_unlock(&tp.lock);
-  return own;
+  return c;
 }
 
 /* ---- recovery ---- */
 
-/* An entry recovery keeps its hands off: one a worker still drives —
- * undecided, for PGS_TWOPHASE_IN_FLIGHT_MS (then recovery decides abort);
- * decided, until the worker is done or gives it up, for it is sending
- * COMMIT or ROLLBACK PREPARED and recovery would only race it — or one a
- * server still settles for a worker that gave it up (pgs_twophase_hold). */
-static bool driven(const entry_t *e, uint64_t now) {
-  if (!e->own) return false;
-  bool recent = now - e->since_ms < PGS_TWOPHASE_IN_FLIGHT_MS;
-  if (!e->released) return e->decision != PGS_2PC_UNKNOWN || recent;
-  return e->held > 0 && recent;
-}
-
-/* What to do with GID, prepared on some shard; WHY says why, for the log.
- * An undecided gid of this process past PGS_TWOPHASE_IN_FLIGHT_MS is decided
- * abort here, under the lock, so its worker can no longer commit it. */
-static action_t classify(const char *gid, uint64_t now, const char **why) {
-  pgs_gid_t g;
-  if (!pgs_gid_parse(gid, &g)) {
-    *why = "not a gid pgshard makes";
-    return ACT_FOREIGN;
-  }
+/* A gid of this process that recovery keeps its hands off: one a worker
+ * still drives — preparing, for PGS_TWOPHASE_IN_FLIGHT_MS (then the
+ * coordinator will not commit it any more); deciding or decided, until the
+ * worker is done or gives it up, for it is sending COMMIT or ROLLBACK
+ * (PREPARED) and recovery would only race it — or one a server still
+ * settles for a worker that gave it up (pgs_twophase_hold). */
+static bool driven(const char *gid, uint64_t now) {
   uv_mutex_lock(&tp.lock);
-  action_t act;
-  if (tp.fd < 0 || g.owner != tp.owner) {
-    *why = "made by a pgshard with another decision log";
-    act = ACT_FOREIGN;
-  } else {
-    entry_t *e = pgs_strmap_get(&tp.index, gid);
-    bool own = g.instance == tp.instance;
-    if (e == NULL) {
-      *why = own ? "no commit decided" : "no commit decided before a crash: presumed abort";
-      act = ACT_ROLLBACK;
-    } else if (driven(e, now)) {
-      *why = "in flight";
-      act = ACT_LEAVE;
-    } else if (e->decision == PGS_2PC_COMMIT) {
-      *why = e->own ? "its commit was interrupted" : "decided before a crash";
-      act = ACT_COMMIT;
-    } else if (e->decision == PGS_2PC_ABORT) {
-      *why = "abort decided";
-      act = ACT_ROLLBACK;
-    } else {
-      e->decision = PGS_2PC_ABORT;
-      e->logged = append_locked('A', gid);
-      *why = e->released ? "given up by its worker" : "undecided for too long: abort decided";
-      act = ACT_ROLLBACK;
-    }
-    if (e != NULL && act != ACT_LEAVE) e->released = true;
+  const entry_t *e = pgs_strmap_get(&tp.index, gid);
+  bool d = false;
+  if (e != NULL) {
+    bool recent = now - e->since_ms < PGS_TWOPHASE_IN_FLIGHT_MS;
+    if (!e->released)
+      d = e->state != PGS_2PC_PREPARING || recent;
+    else
+      d = e->held > 0 && recent;
   }
   uv_mutex_unlock(&tp.lock);
-  return act;
+  return d;
 }
 
 static void ignore_notice(void *arg, const char *message) {
@@ -692,8 +375,9 @@ static PGconn *recovery_connect(const pgs_config_t *config, const pgs_database_t
   PGconn *pg = PQconnectdb(ci);
   explicit_bzero(ci, cilen);
   free(ci);
-  char set[64];
-  snprintf(set, sizeof(set), "SET statement_timeout = %d", PGS_TWOPHASE_STATEMENT_TIMEOUT_MS);
+  char set[96];
+  snprintf(set, sizeof(set), "SET statement_timeout = %d; SET lock_timeout = %d",
+           PGS_TWOPHASE_STATEMENT_TIMEOUT_MS, PGS_TWOPHASE_LOCK_TIMEOUT_MS);
   if (pg == NULL || PQstatus(pg) != CONNECTION_OK || !exec_ok(pg, set, PGRES_COMMAND_OK, NULL)) {
     one_line(pg ? PQerrorMessage(pg) : "out of memory", err, errlen);
     if (pg) PQfinish(pg);
@@ -743,176 +427,398 @@ static PGconn *owner_connect(const pgs_twophase_target_t *t, const char *owner,
   return o->pg;
 }
 
-/* Settle this log's prepared gids on one shard. Each is finished by its
- * owner (pg_prepared_xacts.owner) or a superuser, as PostgreSQL demands:
- * through the listing login when it is one of them, else logged in as the
- * owner. Gids left prepared (in flight, a statement failed, the owner out of
- * reach) go into LEFT. *LISTED: every prepared gid of the shard was looked
- * at, so one not in LEFT is prepared there no more. False when the shard
- * could not be settled fully. */
-static bool settle_target(const pgs_twophase_target_t *t, bool startup, pgs_strmap_t *left,
-                          bool *listed) {
+/* One target's connection for a pass. */
+typedef struct shard_conn {
+  PGconn *pg;          /* the listing login; NULL: not reached */
+  char *me;            /* its current_user */
+  bool superuser;      /* it may finish anyone's prepared transaction */
+  bool table;          /* pgshard.twophase_decision exists there */
+  bool listed;         /* every prepared gid there was looked at */
+  pgs_strmap_t owners; /* owner -> owner_login_t, opened as needed */
+  char **candidates;   /* decision rows to delete once prepared nowhere */
+  int ncandidates;
+} shard_conn_t;
+
+/* What a decision row says. */
+typedef struct decision {
+  bool known;    /* a row was read; else: wait for a later pass */
+  bool inserted; /* recovery's abort row went in now */
+  bool aborted;
+  char owner[PGS_MAX_NAME + 1];
+} decision_t;
+
+static bool is_2pc(const pgs_twophase_target_t *t) {
+  return t->database->cross_shard_writes == PGS_XWRITE_2PC;
+}
+
+/* Make sure C's shard has the decision table: created by sql/twophase.sql
+ * when it is missing. Marks the shard ready (or not) for new gids. */
+static void ensure_table(const pgs_twophase_target_t *t, shard_conn_t *c) {
+  char msg[512];
+  PGresult *res = NULL;
+  c->table = exec_ok(c->pg, TABLE_EXISTS_SQL, PGRES_TUPLES_OK, &res) && PQntuples(res) == 1 &&
+             PQgetvalue(res, 0, 0)[0] == 't';
+  PQclear(res);
+  if (!c->table) {
+    res = PQexec(c->pg, TWOPHASE_SQL);
+    c->table = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (c->table) {
+      pgs_info("2pc: created pgshard.twophase_decision on %s.%s", t->db, t->shard);
+    } else {
+      one_line(res ? PQresultErrorMessage(res) : PQerrorMessage(c->pg), msg, sizeof(msg));
+      char key[PGS_MAX_NAME * 2 + 64];
+      snprintf(key, sizeof(key), "no table %s.%s", t->db, t->shard);
+      if (first_warning(key))
+        pgs_error(
+            "2pc: cannot create pgshard.twophase_decision on %s.%s (%s); two-phase "
+            "commits deciding there are refused until it can",
+            t->db, t->shard, msg);
+      (void)exec_ok(c->pg, "ROLLBACK", PGRES_COMMAND_OK, NULL);
+    }
+    PQclear(res);
+  }
+  set_ready(t->db, t->shard, c->table);
+}
+
+/* Connect to T's writer, check where it is, make sure of the table and read
+ * the cleanup candidates. False (C->pg NULL) when the shard cannot be used
+ * in this pass. */
+static bool open_target(const pgs_twophase_target_t *t, shard_conn_t *c, bool startup) {
   pgs_log_level_t quiet = startup ? PGS_LOG_WARNING : PGS_LOG_DEBUG;
   char msg[512];
-  *listed = false;
   if (t->node == NULL) {
     if (pgs_log_enabled(quiet))
       pgs_log(quiet, "2pc: %s.%s has no writer now: its prepared transactions wait", t->db,
               t->shard);
     return false;
   }
-  bool ok = true;
-  PGresult *res = NULL;
-  char *me = NULL;
-  pgs_strmap_t owners;
-  pgs_strmap_init(&owners);
-  PGconn *pg =
+  c->pg =
       recovery_connect(t->config, t->database, t->node, listing_user(t->config), msg, sizeof(msg));
-  if (pg == NULL) {
+  if (c->pg == NULL) {
     if (pgs_log_enabled(quiet))
       pgs_log(quiet,
               "2pc: cannot reach %s.%s to settle prepared transactions (%s); trying again "
               "later",
               t->db, t->shard, msg);
-    ok = false;
-    goto out;
+    return false;
   }
-  if (!exec_ok(pg, SESSION_SQL, PGRES_TUPLES_OK, &res) || PQntuples(res) != 1) {
-    pgs_warn("2pc: %s.%s: %s", t->db, t->shard, one_line(PQerrorMessage(pg), msg, sizeof(msg)));
-    ok = false;
-    goto out;
+  PGresult *res = NULL;
+  if (!exec_ok(c->pg, SESSION_SQL, PGRES_TUPLES_OK, &res) || PQntuples(res) != 1) {
+    pgs_warn("2pc: %s.%s: %s", t->db, t->shard, one_line(PQerrorMessage(c->pg), msg, sizeof(msg)));
+    goto fail;
   }
   bool in_recovery = PQgetvalue(res, 0, 0)[0] == 't';
-  me = pgs_xstrdup(PQgetvalue(res, 0, 1));
-  bool superuser = !strcmp(PQgetvalue(res, 0, 2), "on");
+  c->me = pgs_xstrdup(PQgetvalue(res, 0, 1));
+  c->superuser = !strcmp(PQgetvalue(res, 0, 2), "on");
   PQclear(res);
   res = NULL;
   if (in_recovery) {
     if (pgs_log_enabled(quiet))
       pgs_log(quiet, "2pc: %s.%s: its writer is in recovery; prepared transactions wait", t->db,
               t->shard);
-    ok = false;
-    goto out;
+    goto fail;
   }
-  if (t->config->twophase_recovery_user && !superuser) {
-    snprintf(msg, sizeof(msg), "not superuser %s %s.%s", me, t->db, t->shard);
+  if (t->config->twophase_recovery_user && !c->superuser) {
+    snprintf(msg, sizeof(msg), "not superuser %s %s.%s", c->me, t->db, t->shard);
     if (first_warning(msg))
       pgs_warn(
           "2pc: twophase_recovery_user = %s logs in to %s.%s as %s, which is not a "
           "superuser there: other users' prepared transactions are settled as their owners",
-          t->config->twophase_recovery_user, t->db, t->shard, me);
+          t->config->twophase_recovery_user, t->db, t->shard, c->me);
   }
-  if (!exec_ok(pg, LIST_SQL, PGRES_TUPLES_OK, &res)) {
+  ensure_table(t, c);
+  if (!c->table) return true;
+  char sql[256];
+  snprintf(sql, sizeof(sql), CLEANUP_CANDIDATES_SQL, PGS_TWOPHASE_ABORT_ROW_KEEP_S,
+           PGS_TWOPHASE_CLEANUP_BATCH);
+  if (exec_ok(c->pg, sql, PGRES_TUPLES_OK, &res)) {
+    c->ncandidates = PQntuples(res);
+    c->candidates = pgs_xcalloc((size_t)(c->ncandidates ? c->ncandidates : 1), sizeof(char *));
+    for (int i = 0; i < c->ncandidates; i++) c->candidates[i] = pgs_xstrdup(PQgetvalue(res, i, 0));
+  } else {
+    pgs_warn("2pc: %s.%s: reading decision rows: %s", t->db, t->shard,
+             one_line(PQerrorMessage(c->pg), msg, sizeof(msg)));
+  }
+  PQclear(res);
+  return true;
+
+fail:
+  PQclear(res);
+  PQfinish(c->pg);
+  c->pg = NULL;
+  return false;
+}
+
+static void close_target(shard_conn_t *c) {
+  pgs_strmap_free(&c->owners, owner_login_free);
+  for (int i = 0; i < c->ncandidates; i++) free(c->candidates[i]);
+  free(c->candidates);
+  free(c->me);
+  if (c->pg) PQfinish(c->pg);
+}
+
+/* GID's decision row on its decision shard D (through DC, its pass
+ * connection), recovery's abort row inserted first when there is none:
+ * OWNER is the prepared transaction's. *WHY says why it is unknown. */
+static decision_t decide(const pgs_twophase_target_t *d, shard_conn_t *dc, const char *gid,
+                         const char *owner, const char **why, char *msg, size_t msglen) {
+  decision_t out = {0};
+  const char *params[2] = {gid, owner};
+  PGresult *res = PQexecParams(dc->pg, DECIDE_SQL, 2, NULL, params, NULL, NULL, 0);
+  const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+    if (state && !strcmp(state, "55P03")) {
+      *why = "a transaction on its decision shard is writing its row; the next pass decides";
+    } else {
+      if (state && !strcmp(state, "42P01")) set_ready(d->db, d->shard, false);
+      snprintf(msg, msglen, "recording a decision on %s.%s: ", d->db, d->shard);
+      size_t n = strlen(msg);
+      one_line(res ? PQresultErrorMessage(res) : PQerrorMessage(dc->pg), msg + n, msglen - n);
+      *why = msg;
+    }
+    PQclear(res);
+    return out;
+  }
+  out.inserted = !strcmp(PQcmdTuples(res), "1");
+  PQclear(res);
+  res = PQexecParams(dc->pg, READ_SQL, 1, NULL, params, NULL, NULL, 0);
+  if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+    out.known = true;
+    snprintf(out.owner, sizeof(out.owner), "%s", PQgetvalue(res, 0, 0));
+    out.aborted = PQgetvalue(res, 0, 1)[0] == 't';
+  } else {
+    snprintf(msg, msglen, "reading the decision on %s.%s: ", d->db, d->shard);
+    size_t n = strlen(msg);
+    one_line(res ? PQresultErrorMessage(res) : PQerrorMessage(dc->pg), msg + n, msglen - n);
+    *why = msg;
+  }
+  PQclear(res);
+  return out;
+}
+
+/* The target of T's database for its shard SHARD, -1 when the pass has
+ * none. */
+static int target_of(const pgs_twophase_target_t *targets, int ntargets,
+                     const pgs_database_t *database, const char *shard) {
+  for (int i = 0; i < ntargets; i++)
+    if (targets[i].database == database && !strcmp(targets[i].shard, shard)) return i;
+  return -1;
+}
+
+/* Settle the prepared gids on target I. Gids still prepared afterwards go
+ * into LEFT. False when the shard could not be settled fully. */
+static bool settle_target(const pgs_twophase_target_t *targets, shard_conn_t *conns, int ntargets,
+                          int i, bool startup, pgs_strmap_t *left) {
+  const pgs_twophase_target_t *t = &targets[i];
+  shard_conn_t *c = &conns[i];
+  pgs_log_level_t quiet = startup ? PGS_LOG_WARNING : PGS_LOG_DEBUG;
+  char msg[512], key[PGS_GID_MAX + 128];
+  PGresult *res = NULL;
+  if (!exec_ok(c->pg, LIST_SQL, PGRES_TUPLES_OK, &res)) {
     pgs_warn("2pc: %s.%s: listing prepared transactions: %s", t->db, t->shard,
-             one_line(PQerrorMessage(pg), msg, sizeof(msg)));
-    ok = false;
-    goto out;
+             one_line(PQerrorMessage(c->pg), msg, sizeof(msg)));
+    PQclear(res);
+    return false;
   }
+  bool ok = true;
   uint64_t now = pgs_now_ms();
-  int i;
-  for (i = 0; i < PQntuples(res); i++) {
-    const char *gid = PQgetvalue(res, i, 0);
-    const char *owner = PQgetvalue(res, i, 1);
-    const char *why = "";
-    action_t act = classify(gid, now, &why);
-    if (act == ACT_FOREIGN) {
+  int k;
+  for (k = 0; k < PQntuples(res); k++) {
+    const char *gid = PQgetvalue(res, k, 0);
+    const char *owner = PQgetvalue(res, k, 1);
+    long long age = strtoll(PQgetvalue(res, k, 2), NULL, 10);
+    pgs_strmap_put(left, gid, NULL); /* until settled below */
+    pgs_gid_t g;
+    if (!pgs_gid_parse(gid, &g)) {
+      snprintf(key, sizeof(key), "foreign %s %s.%s", gid, t->db, t->shard);
+      if (first_warning(key))
+        pgs_warn("2pc: %s on %s.%s left alone: not a gid pgshard makes", gid, t->db, t->shard);
+      continue;
+    }
+    if (driven(gid, now)) continue;
+    if (!startup && age < PGS_TWOPHASE_MIN_AGE_MS) continue;
+    int ds = pgs_gid_decision_shard(t->database, &g);
+    int di = ds < 0 ? -1 : target_of(targets, ntargets, t->database, t->database->shards[ds].name);
+    if (ds < 0) {
+      snprintf(key, sizeof(key), "noshard %s %s.%s", gid, t->db, t->shard);
+      if (first_warning(key))
+        pgs_warn(
+            "2pc: %s on %s.%s left alone: it names no shard of database %s as its decision "
+            "shard (a gid of the decision log of pgshard before 2pc decisions were kept in "
+            "the shards, or of another shard map): settle it by hand",
+            gid, t->db, t->shard, t->db);
+      continue;
+    }
+    if (di < 0 || conns[di].pg == NULL || !conns[di].table) {
       if (pgs_log_enabled(quiet))
-        pgs_log(quiet, "2pc: %s on %s.%s left alone: %s", gid, t->db, t->shard, why);
+        pgs_log(quiet, "2pc: %s on %s.%s waits for its decision shard %s", gid, t->db, t->shard,
+                t->database->shards[ds].name);
+      ok = false;
       continue;
     }
-    if (act == ACT_LEAVE) {
-      pgs_strmap_put(left, gid, NULL);
+    const char *why = "";
+    decision_t d = decide(&targets[di], &conns[di], gid, owner, &why, msg, sizeof(msg));
+    if (!d.known) {
+      pgs_log(strchr(why, ':') ? PGS_LOG_WARNING : PGS_LOG_DEBUG, "2pc: %s on %s.%s: %s", gid,
+              t->db, t->shard, why);
+      ok = false;
       continue;
     }
-    PGconn *conn = pg;
-    if (!superuser && strcmp(owner, me) != 0) {
-      const char *reason = "";
-      conn = owner_connect(t, owner, &owners, &reason);
+    bool commit = !d.aborted && !strcmp(d.owner, owner);
+    char reason[256];
+    if (commit)
+      snprintf(reason, sizeof(reason), "commit recorded on %s", targets[di].shard);
+    else if (d.inserted)
+      snprintf(reason, sizeof(reason), "no commit recorded on %s: abort recorded now",
+               targets[di].shard);
+    else if (d.aborted)
+      snprintf(reason, sizeof(reason), "abort recorded on %s", targets[di].shard);
+    else
+      snprintf(reason, sizeof(reason), "the commit row on %s is %s's, not the owner %s's",
+               targets[di].shard, d.owner, owner);
+    PGconn *conn = c->pg;
+    if (!c->superuser && strcmp(owner, c->me) != 0) {
+      const char *rwhy = "";
+      conn = owner_connect(t, owner, &c->owners, &rwhy);
       if (conn == NULL) {
-        snprintf(msg, sizeof(msg), "%s %s.%s", gid, t->db, t->shard);
-        if (first_warning(msg))
+        snprintf(key, sizeof(key), "%s %s.%s", gid, t->db, t->shard);
+        if (first_warning(key))
           pgs_warn("2pc: cannot settle %s on %s.%s, prepared by %s: %s; it stays prepared", gid,
-                   t->db, t->shard, owner, reason);
-        pgs_strmap_put(left, gid, NULL);
+                   t->db, t->shard, owner, rwhy);
         ok = false;
         continue;
       }
     }
     /* pgs_gid_parse admitted only [a-z0-9_]: no quoting needed. */
     char sql[PGS_GID_MAX + 32];
-    bool commit = act == ACT_COMMIT;
     snprintf(sql, sizeof(sql), "%s PREPARED '%s'", commit ? "COMMIT" : "ROLLBACK", gid);
     PGresult *r = PQexec(conn, sql);
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
       pgs_info("2pc: %s %s on %s.%s (%s)", commit ? "committed" : "rolled back", gid, t->db,
-               t->shard, why);
+               t->shard, reason);
+      uv_mutex_lock(&tp.lock);
+      if (commit)
+        tp.counters.commits++;
+      else
+        tp.counters.rollbacks++;
+      uv_mutex_unlock(&tp.lock);
+      (void)pgs_strmap_remove(left, gid);
     } else if (state && !strcmp(state, "42704")) {
       pgs_debug("2pc: %s on %s.%s was settled meanwhile", gid, t->db, t->shard);
+      (void)pgs_strmap_remove(left, gid);
     } else {
       pgs_warn("2pc: %s PREPARED %s on %s.%s (prepared by %s) failed: %s; trying again later",
                commit ? "COMMIT" : "ROLLBACK", gid, t->db, t->shard, owner,
                one_line(r ? PQresultErrorMessage(r) : PQerrorMessage(conn), msg, sizeof(msg)));
-      pgs_strmap_put(left, gid, NULL);
       ok = false;
     }
     PQclear(r);
     /* An owner's login lost fails that owner's next gids only; the
      * listing login lost leaves the rest of the list unseen. */
-    if (PQstatus(pg) != CONNECTION_OK) {
+    if (PQstatus(c->pg) != CONNECTION_OK) {
       ok = false;
       break;
     }
   }
-  *listed = i == PQntuples(res);
-
-out:
+  c->listed = k == PQntuples(res);
   PQclear(res);
-  pgs_strmap_free(&owners, owner_login_free);
-  free(me);
-  if (pg) PQfinish(pg);
   return ok;
+}
+
+/* Delete C's candidate rows whose gid LEFT does not hold (prepared
+ * nowhere in the database, as listed after the candidates were read). */
+static void cleanup_target(const pgs_twophase_target_t *t, shard_conn_t *c,
+                           const pgs_strmap_t *left) {
+  pgs_buf_t sql;
+  pgs_buf_init(&sql);
+  const char *head = "DELETE FROM pgshard.twophase_decision WHERE gid IN (";
+  pgs_buf_put(&sql, head, strlen(head));
+  int n = 0;
+  for (int i = 0; i < c->ncandidates; i++) {
+    if (pgs_strmap_contains(left, c->candidates[i])) continue;
+    char *lit = PQescapeLiteral(c->pg, c->candidates[i], strlen(c->candidates[i]));
+    if (lit == NULL) continue;
+    if (n++) pgs_buf_put_u8(&sql, ',');
+    pgs_buf_put(&sql, lit, strlen(lit));
+    PQfreemem(lit);
+  }
+  pgs_buf_put(&sql, ")", 2); /* with the NUL */
+  if (n > 0) {
+    PGresult *res = PQexec(c->pg, (const char *)sql.data);
+    char msg[512];
+    if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
+      uint64_t deleted = strtoull(PQcmdTuples(res), NULL, 10);
+      pgs_debug("2pc: %s.%s: %" PRIu64 " settled decision row(s) deleted", t->db, t->shard,
+                deleted);
+      uv_mutex_lock(&tp.lock);
+      tp.counters.rows_deleted += deleted;
+      uv_mutex_unlock(&tp.lock);
+    } else {
+      pgs_warn("2pc: %s.%s: deleting settled decision rows: %s", t->db, t->shard,
+               one_line(res ? PQresultErrorMessage(res) : PQerrorMessage(c->pg), msg, sizeof(msg)));
+    }
+    PQclear(res);
+  }
+  pgs_buf_free(&sql);
 }
 
 int pgs_twophase_recover(const pgs_twophase_target_t *targets, int ntargets, bool startup) {
   if (!pgs_twophase_active()) return 0;
   uv_mutex_lock(&tp.pass_lock);
-  /* Decided gids no worker drives, as the pass starts: once every shard
-   * has been listed and none holds one of them any more, it is done. */
-  pgs_strmap_t candidates, left;
-  pgs_strmap_init(&candidates);
-  pgs_strmap_init(&left);
+  /* Gids of this process no worker drives, as the pass starts: once every
+   * shard has been listed and none holds one of them, they are forgotten. */
+  pgs_strmap_t given_up;
+  pgs_strmap_init(&given_up);
   uint64_t now = pgs_now_ms();
   uv_mutex_lock(&tp.lock);
-  for (size_t i = 0; i < tp.index.nbuckets; i++)
-    for (const pgs_strmap_entry_t *e = tp.index.buckets[i]; e; e = e->next) {
+  for (size_t b = 0; b < tp.index.nbuckets; b++)
+    for (const pgs_strmap_entry_t *e = tp.index.buckets[b]; e; e = e->next) {
       const entry_t *en = e->value;
-      if (en->decision != PGS_2PC_UNKNOWN && !driven(en, now))
-        pgs_strmap_put(&candidates, e->key, NULL);
+      if (en->released && (en->held == 0 || now - en->since_ms >= PGS_TWOPHASE_IN_FLIGHT_MS))
+        pgs_strmap_put(&given_up, e->key, NULL);
     }
   uv_mutex_unlock(&tp.lock);
-
-  int unsettled = 0, unlisted = 0;
+  shard_conn_t *conns = pgs_xcalloc((size_t)(ntargets ? ntargets : 1), sizeof(*conns));
+  for (int i = 0; i < ntargets; i++) pgs_strmap_init(&conns[i].owners);
+  int unsettled = 0;
+  /* Every connection first: a gid's decision shard may come later in the
+   * list, and the cleanup candidates must be read before any listing. */
   for (int i = 0; i < ntargets; i++) {
-    bool listed = false;
-    if (!settle_target(&targets[i], startup, &left, &listed)) unsettled++;
-    if (!listed) unlisted++;
+    if (!is_2pc(&targets[i])) continue;
+    if (!open_target(&targets[i], &conns[i], startup)) unsettled++;
   }
-
+  pgs_strmap_t left;
+  pgs_strmap_init(&left);
+  for (int i = 0; i < ntargets; i++) {
+    if (conns[i].pg == NULL) continue;
+    if (!settle_target(targets, conns, ntargets, i, startup, &left)) unsettled++;
+  }
+  /* A database every shard of which was listed: its rows of gids prepared
+   * nowhere are finished. */
+  for (int i = 0; i < ntargets; i++) {
+    if (conns[i].pg == NULL || !conns[i].table || conns[i].ncandidates == 0) continue;
+    bool all = true;
+    for (int j = 0; j < ntargets && all; j++)
+      if (targets[j].database == targets[i].database) all = conns[j].listed;
+    if (all) cleanup_target(&targets[i], &conns[i], &left);
+  }
+  bool all_listed = true;
+  for (int i = 0; i < ntargets; i++)
+    if (is_2pc(&targets[i]) && !conns[i].listed) all_listed = false;
   uv_mutex_lock(&tp.lock);
-  if (unlisted == 0) {
-    for (size_t i = 0; i < candidates.nbuckets; i++)
-      for (const pgs_strmap_entry_t *e = candidates.buckets[i]; e; e = e->next) {
-        const entry_t *en = pgs_strmap_get(&tp.index, e->key);
-        if (en == NULL || pgs_strmap_contains(&left, e->key) || driven(en, pgs_now_ms())) continue;
-        pgs_debug("2pc: %s is settled on every shard", e->key);
-        done_locked(e->key);
-      }
-  }
-  if (tp.fd >= 0 && tp.size > PGS_TWOPHASE_COMPACT_BYTES) compact_locked();
+  for (size_t b = 0; all_listed && b < given_up.nbuckets; b++)
+    for (const pgs_strmap_entry_t *e = given_up.buckets[b]; e; e = e->next)
+      if (!pgs_strmap_contains(&left, e->key)) free(pgs_strmap_remove(&tp.index, e->key));
   uv_mutex_unlock(&tp.lock);
-  pgs_strmap_free(&candidates, NULL);
+  pgs_strmap_free(&given_up, NULL);
   pgs_strmap_free(&left, NULL);
+  for (int i = 0; i < ntargets; i++) close_target(&conns[i]);
+  free(conns);
+  uv_mutex_lock(&tp.lock);
+  tp.counters.passes++;
+  tp.counters.last_pass_ms = pgs_now_ms();
+  uv_mutex_unlock(&tp.lock);
   uv_mutex_unlock(&tp.pass_lock);
   return unsettled;
 }

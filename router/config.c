@@ -559,12 +559,10 @@ static void handle_pgshard(parse_state_t *st, const char *key, const char *value
   } else if (!strcmp(key, "max_notify_queue_bytes")) {
     if (parse_int(st, key, value, 1024, (int64_t)1 << 40, &v64)) c->max_notify_queue_bytes = v64;
   } else if (!strcmp(key, "twophase_log")) {
-    if (value[0] == '\0') {
-      config_error(c, st->line, "twophase_log: must name a file");
-      return;
-    }
-    free(c->twophase_log);
-    c->twophase_log = pgs_xstrdup(value);
+    /* The decision log of earlier versions: accepted, configs have it. */
+    config_warning(c, st->line,
+                   "twophase_log is no longer used: two-phase commit decisions are kept in the "
+                   "shards (table pgshard.twophase_decision); remove this line");
   } else if (!strcmp(key, "client_tls")) {
     c->client_tls_line = st->line;
     if (!strcasecmp(value, "prefer")) /* PgBouncer's spelling of allow */
@@ -892,7 +890,6 @@ static void config_defaults(pgs_config_t *c) {
   c->max_total_client_memory = (int64_t)4 << 30;
   c->max_merge_bytes = (int64_t)256 << 20;
   c->max_notify_queue_bytes = (int64_t)1 << 20;
-  c->twophase_log = pgs_xstrdup(PGS_TWOPHASE_LOG_DEFAULT);
   c->refcount = 1;
 }
 
@@ -1630,7 +1627,6 @@ static void config_read(parse_state_t *st, line_source_t *src) {
 
 /* What depends on [pgshard] alone: files named beside the config, TLS. */
 static void config_finish_pgshard(pgs_config_t *c) {
-  resolve_beside_config(c, &c->twophase_log);
   resolve_beside_config(c, &c->tls_cert_file);
   resolve_beside_config(c, &c->tls_key_file);
   resolve_beside_config(c, &c->tls_ca_file);
@@ -1760,7 +1756,6 @@ void pgs_config_unref(pgs_config_t *c) {
   free(c->listen_host);
   free(c->metrics_listen);
   free_peers(c);
-  free(c->twophase_log);
   free(c->twophase_recovery_user);
   free(c->map_source);
   free(c->tls_cert_file);

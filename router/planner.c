@@ -243,6 +243,7 @@ static void twopc_begin(pgs_session_t *s, uint64_t slots, uint64_t written, bool
   s->twopc.written = written;
   s->twopc.simple = simple;
   s->twopc.tag = tag;
+  s->twopc.committed = false;
   pgs_session_set_tx(s, PGS_TX_PREPARING);
   pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_TWOPC, PGS_PLACED_NONE);
   st->phase = (uint8_t)PGS_2PC_PREPARE;

@@ -36,7 +36,7 @@ typedef enum {
   X(SERVERS, "servers", "every server connection")                                                 \
   X(STATS, "stats", "requests, transactions, errors and latency per database")                     \
   X(QUERIES, "queries", "per statement (normalised): calls, shards, errors, latency; top 100")     \
-  X(TWOPHASE, "twophase", "two-phase commits not settled yet: gid, decision, who drives it")       \
+  X(TWOPHASE, "twophase", "two-phase commits in flight: gid, state, driver; recovery's counters")  \
   X(LISTENERS, "listeners", "LISTEN/NOTIFY: pgshard's listening connections and their channels")   \
   X(RESHARD, "reshard", "resharding: each move (phase, rows, lag) and the cutover hold")           \
   X(CONFIG, "config", "the running configuration")                                                 \

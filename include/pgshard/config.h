@@ -25,9 +25,6 @@
  * client's 64-bit masks (proxy/request.c). */
 #define PGS_MAX_SHARDS 32
 
-/* [pgshard] twophase_log when absent: beside the config file. */
-#define PGS_TWOPHASE_LOG_DEFAULT "pgshard-2pc.log"
-
 typedef enum { PGS_AUTH_TRUST, PGS_AUTH_MD5, PGS_AUTH_SCRAM } pgs_auth_method_t;
 typedef enum { PGS_POOL_TRANSACTION, PGS_POOL_SESSION } pgs_pool_mode_t;
 typedef enum { PGS_LOG_TEXT, PGS_LOG_JSON } pgs_log_format_t;
@@ -158,10 +155,6 @@ typedef struct pgs_config {
   int64_t max_total_client_memory;
   int64_t max_merge_bytes;
   int64_t max_notify_queue_bytes; /* notifications held per client (proxy/listen.c) */
-  /* The two-phase commit decision log (twophase.h). A relative path in the
-   * file is taken relative to the config file's directory (as written when
-   * the config was parsed from a string). Read at startup only. */
-  char *twophase_log;
   /* [pgshard] twophase_recovery_user: the [user.*] whose login settles 2PC
    * orphans of every owner (it must be a superuser on the shards: checked
    * at startup). NULL: each prepared transaction is settled as its owner. */

@@ -173,17 +173,22 @@ typedef enum {
   PGS_TX_ABORTED,   /* a statement failed or was refused in it: only its end
                        is taken */
   PGS_TX_PREPARING, /* two-phase commit: PREPARE TRANSACTION on the writers */
-  PGS_TX_DECIDED,   /* two-phase commit: decided, COMMIT or ROLLBACK PREPARED
-                       on the writers */
+  PGS_TX_DECIDED,   /* two-phase commit: deciding (COMMIT on the decision
+                       shard) or decided, COMMIT or ROLLBACK PREPARED on the
+                       other writers */
   PGS_TX_NSTATES
 } pgs_tx_state_t;
 
 /* The phases of a two-phase commit, each a step run once every server has
  * answered the steps before it (see proxy/coordinator.c). */
 typedef enum {
-  PGS_2PC_PREPARE, /* PREPARE TRANSACTION where written, COMMIT elsewhere */
-  PGS_2PC_DECIDE,  /* record the decision; COMMIT or ROLLBACK PREPARED */
-  PGS_2PC_FINISH,  /* close the gid; the client's replies */
+  PGS_2PC_PREPARE,  /* the commit row on the decision shard, PREPARE TRANSACTION
+                       on the other writers, COMMIT elsewhere */
+  PGS_2PC_DECIDE,   /* COMMIT on the decision shard (the commit point), or
+                       ROLLBACK and ROLLBACK PREPARED */
+  PGS_2PC_COMPLETE, /* COMMIT PREPARED (or ROLLBACK PREPARED when the
+                       decision shard's COMMIT failed) */
+  PGS_2PC_FINISH,   /* forget the gid; the client's replies */
 } pgs_twopc_phase_t;
 
 typedef struct pgs_exchange {

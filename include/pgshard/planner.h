@@ -248,6 +248,7 @@ typedef struct pgs_twopc {
   uint64_t written; /* of those, the ones that prepare */
   bool simple;      /* a simple Query: pgshard sends the ReadyForQuery */
   bool tag;         /* the client said COMMIT: answer "COMMIT" */
+  bool committed;   /* the decision shard committed: COMMIT PREPARED sent */
 } pgs_twopc_t;
 
 /* A read or COPY the proxy runs on several shards at once (fanout.c),

@@ -11,13 +11,13 @@
  * runs on DIR/pgshard-I.ini: FILE's text, line for line, with the [pgshard]
  * keys that must differ per proxy commented out and a [pgshard] section
  * appended that sets them (inih takes a section again). Those keys are listen
- * (port + I), metrics_listen (port + I, when set) and twophase_log ("-I"
- * before its extension: each process must own its commit log alone; pgshard
- * recovers only the gids of its own log), and peer_id (I + 1, when FILE
- * lists peers: FILE, proxy 0's, says peer_id = 1). The derived file lives in DIR, not
+ * (port + I), metrics_listen (port + I, when set) and peer_id (I + 1, when
+ * FILE lists peers: FILE, proxy 0's, says peer_id = 1); the proxies share
+ * everything else (two-phase commit decisions live in the shards, where any
+ * of them recovers any other's). The derived file lives in DIR, not
  * beside FILE, so the lab leaves nothing in the user's directories and
  * `down --purge` removes it; a relative file name in FILE means "beside
- * FILE", so the derived file names every file key (twophase_log and the
+ * FILE", so the derived file names every file key (the
  * tls_*_file keys, the ones router/config.c resolves beside the config) by
  * the absolute path the parsed config resolved it to. A new file key there
  * must be added to rewritten_keys here. Every `up` rewrites the derived files
@@ -99,9 +99,8 @@ static char *proxy_binary(void) {
 /* ---- the derived config of proxy I >= 1 ---- */
 
 /* [pgshard] keys whose value must differ per proxy, or that name a file. */
-static const char *const rewritten_keys[] = {"listen",        "metrics_listen", "twophase_log",
-                                             "tls_cert_file", "tls_key_file",   "tls_ca_file",
-                                             "peer_id"};
+static const char *const rewritten_keys[] = {"listen",       "metrics_listen", "tls_cert_file",
+                                             "tls_key_file", "tls_ca_file",    "peer_id"};
 
 /* Whether P (a line, leading blanks skipped) opens a section, as inih reads
  * it; if so, *IS_PGSHARD says whether that section is [pgshard]. */
@@ -122,27 +121,16 @@ static bool line_sets_rewritten_key(const char *p) {
   return false;
 }
 
-/* "/x/pgshard-2pc.log" -> "/x/pgshard-2pc-2.log"; "/x/log" -> "/x/log-2". */
-static char *suffixed_path(const char *path, int index) {
-  const char *slash = strrchr(path, '/');
-  const char *base = slash ? slash + 1 : path;
-  const char *dot = strrchr(base, '.');
-  if (dot == NULL || dot == base) return pgs_lab_format("%s-%d", path, index);
-  return pgs_lab_format("%.*s-%d%s", (int)(dot - path), path, index, dot);
-}
-
 /* The [pgshard] lines appended for proxy INDEX; NULL (reported) when
  * metrics_listen cannot be moved to its port. */
 static char *derived_section(const lab_t *lab, int index) {
   const pgs_config_t *c = lab->config;
   bool v6 = strchr(c->listen_host, ':') != NULL;
-  char *twophase = suffixed_path(c->twophase_log, index);
   char *text = pgs_lab_format(
       "\n; written by pgshardctl lab up: proxy %d of the lab in %s, on %s\n"
-      "[pgshard]\nlisten = %s%s%s:%d\ntwophase_log = %s\n",
+      "[pgshard]\nlisten = %s%s%s:%d\n",
       index, lab->dir, lab->config_path, v6 ? "[" : "", c->listen_host, v6 ? "]" : "",
-      pgs_lab_proxy_port(lab, index), twophase);
-  free(twophase);
+      pgs_lab_proxy_port(lab, index));
   if (c->metrics_listen && c->metrics_listen[0]) {
     const char *colon = strrchr(c->metrics_listen, ':');
     char *end = NULL;

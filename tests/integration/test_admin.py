@@ -18,7 +18,8 @@ import pgwire
 from conftest import PGSHARDCTL
 from support import wait_for
 from test_replicas import FAST, wait_replicas_readable
-from test_twophase_e2e import start_2pc_proxy, twopc_e2e, write_everywhere  # noqa: F401 (fixture)
+from test_twophase_e2e import (committed_gids, start_2pc_proxy, twopc_e2e,  # noqa: F401 (fixture)
+                               write_everywhere)
 
 
 def admin(px, **kwargs):
@@ -420,24 +421,34 @@ def test_show_queries_per_normalised_statement(shard_lab, sharded_proxy):
                 direct.execute("drop table if exists users")
 
 
-def test_show_twophase_lists_a_commit_in_flight(twopc_e2e, sharded_proxy, tmp_path,
-                                                monkeypatch):
+def test_show_twophase_lists_a_commit_in_flight(twopc_e2e, sharded_proxy, monkeypatch):
     import threading
-    log = tmp_path / "decisions.log"
+    lab = twopc_e2e
     monkeypatch.setenv("PGSHARD_FAULT", "2pc_pause_after_decision")  # 3 s before COMMIT PREPARED
-    px = start_2pc_proxy(sharded_proxy, log)
+    px = start_2pc_proxy(sharded_proxy)
     monkeypatch.delenv("PGSHARD_FAULT")
+
+    def gids(conn):
+        return [r for r in rows(conn, "show twophase") if r["gid"] is not None]
+
     with admin(px) as conn:
-        assert rows(conn, "show twophase") == []
+        assert gids(conn) == []
+        # Recovery's own row: its counters, and how long ago its last pass was
+        # (the startup pass ran).
+        (rec,) = [r for r in rows(conn, "show twophase") if r["gid"] is None]
+        assert rec["state"] == "recovery" and rec["driven_by"] == "recovery", rec
+        assert rec["recovery_commits"] == 0 and rec["recovery_rollbacks"] == 0, rec
+        assert rec["age_ms"] is not None and rec["age_ms"] >= 0, rec
         thread = threading.Thread(target=write_everywhere, args=(px,))
         thread.start()
         try:
-            wait_for(lambda: "C " in log.read_text(), 10, message="a commit decision in the log")
-            gid = [r[2:] for r in log.read_text().splitlines() if r.startswith("C ")][0]
-            listed = rows(conn, "show twophase")
-            assert [(r["gid"], r["decision"], r["driven_by"]) for r in listed] == \
-                [(gid, "commit", "client")], listed
+            wait_for(lambda: committed_gids(lab), 10, interval=0.05,
+                     message="a commit row on the decision shard")
+            (gid,) = committed_gids(lab)
+            listed = gids(conn)
+            assert [(r["gid"], r["state"], r["driven_by"]) for r in listed] == \
+                [(gid, "committed", "client")], listed
         finally:
             thread.join(30)
-        wait_for(lambda: rows(conn, "show twophase") == [], 10,
+        wait_for(lambda: gids(conn) == [], 10,
                  message="the settled commit to leave SHOW TWOPHASE")

@@ -189,6 +189,9 @@ def test_errors_and_refusals(replica_proxy, dj_lab, pool_mode):
     connection is used again after each."""
     migrator = start_proxy(replica_proxy, pool_mode, extra_ini=MAP, cross_shard_writes="2pc")
     django(migrator, "migrate")
+    # The second pgshard reads django_migrations (a reference table) from a
+    # replica: only once the replicas have replayed the migration.
+    dj_lab.wait_caught_up()
     px = start_proxy(replica_proxy, pool_mode, extra_ini=MAP)
     key = keys_on(px, "s0", 1)[0]
     out = django(px, "migrate_attempt", ("errors", {"key": key}))

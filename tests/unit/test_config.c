@@ -242,8 +242,6 @@ static void test_defaults(void **state) {
   assert_true(c->max_client_memory == (int64_t)256 << 20);
   assert_true(c->max_total_client_memory == (int64_t)4 << 30);
   assert_true(c->max_merge_bytes == (int64_t)256 << 20);
-  /* Parsed from a string: no directory to put it beside. */
-  assert_string_equal(c->twophase_log, "pgshard-2pc.log");
   assert_int_equal(c->refcount, 1);
 
   /* A [shard.DB.*] section alone creates database DB with every default. */
@@ -300,7 +298,6 @@ static void test_every_enum_and_value(void **state) {
       "max_client_memory = 1048576\n"
       "max_total_client_memory = 1125899906842624\n"
       "max_merge_bytes = 65536\n"
-      "twophase_log = /var/lib/pgshard/2pc.log\n"
       "[user.app]\n"
       "password = md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
       "admin = no\n"
@@ -338,7 +335,6 @@ static void test_every_enum_and_value(void **state) {
   assert_true(c->max_client_memory == 1048576);
   assert_true(c->max_total_client_memory == (int64_t)1 << 50);
   assert_true(c->max_merge_bytes == 65536);
-  assert_string_equal(c->twophase_log, "/var/lib/pgshard/2pc.log");
 
   const pgs_database_t *db = pgs_config_find_database(c, "app");
   assert_int_equal(db->pool_mode, PGS_POOL_SESSION);
@@ -504,8 +500,22 @@ static void test_memory_and_idle_limits(void **state) {
                    0, "is below max_client_memory");
 }
 
-static void test_twophase_log_empty(void **state) {
-  expect_one_error(MINIMAL "[pgshard]\ntwophase_log =\n", 6, "twophase_log");
+/* twophase_log (the decision log of earlier versions) is accepted, with a
+ * warning that it is no longer used, whatever its value. */
+static void test_twophase_log_accepted_with_a_warning(void **state) {
+  PGS_UNUSED(state);
+  static const char *const values[] = {"/var/lib/pgshard/2pc.log", ""};
+  for (size_t i = 0; i < PGS_ARRAY_LEN(values); i++) {
+    char text[256];
+    snprintf(text, sizeof(text), MINIMAL "[pgshard]\ntwophase_log = %s\n", values[i]);
+    pgs_config_t *c = pgs_config_parse_string(text);
+    print_errors(c);
+    assert_int_equal(c->nerrors, 0);
+    assert_int_equal(c->nwarnings, 1);
+    assert_int_equal(c->warnings[0].line, 6);
+    assert_non_null(strstr(c->warnings[0].message, "twophase_log is no longer used"));
+    pgs_config_unref(c);
+  }
 }
 
 /* twophase_recovery_user names a [user.*] (declared before or after it);
@@ -532,38 +542,6 @@ static void test_twophase_recovery_user(void **state) {
 
   expect_one_error(MINIMAL "[pgshard]\ntwophase_recovery_user = nobody\n", 6,
                    "twophase_recovery_user: no [user.nobody]");
-}
-
-/* A relative twophase_log (and the default) is taken beside the config file,
- * wherever pgshard runs from; an absolute one is kept. */
-static void test_twophase_log_beside_config(void **state) {
-  char dir[] = "/tmp/pgshard-test-config-XXXXXX";
-  assert_non_null(mkdtemp(dir));
-  char path[128];
-  snprintf(path, sizeof(path), "%s/pgshard.ini", dir);
-  static const char *const cases[][2] = {
-      {"", "pgshard-2pc.log"},
-      {"[pgshard]\ntwophase_log = logs/2pc.log\n", "logs/2pc.log"},
-      {"[pgshard]\ntwophase_log = /abs/2pc.log\n", NULL},
-  };
-  for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(f, "%s%s", MINIMAL, cases[i][0]);
-    fclose(f);
-    pgs_config_t *c = pgs_config_load(path);
-    print_errors(c);
-    assert_int_equal(c->nerrors, 0);
-    char want[192];
-    if (cases[i][1])
-      snprintf(want, sizeof(want), "%s/%s", dir, cases[i][1]);
-    else
-      snprintf(want, sizeof(want), "/abs/2pc.log");
-    assert_string_equal(c->twophase_log, want);
-    pgs_config_unref(c);
-  }
-  unlink(path);
-  rmdir(dir);
 }
 
 /* client_tls and the files it needs: checked with their lines. */
@@ -998,9 +976,8 @@ int main(void) {
       cmocka_unit_test(test_bad_int),
       cmocka_unit_test(test_peers),
       cmocka_unit_test(test_memory_and_idle_limits),
-      cmocka_unit_test(test_twophase_log_empty),
+      cmocka_unit_test(test_twophase_log_accepted_with_a_warning),
       cmocka_unit_test(test_twophase_recovery_user),
-      cmocka_unit_test(test_twophase_log_beside_config),
       cmocka_unit_test(test_client_tls_keys),
       cmocka_unit_test(test_client_tls_context),
       cmocka_unit_test(test_unknown_key),
