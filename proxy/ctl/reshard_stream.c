@@ -18,8 +18,9 @@
  *   Delete     key of the old row -> DELETE there by identity
  *   Message    a cut marker (pgshard_reshard, written by `cutover`)
  *   Truncate   stops the streamer: it would empty the target's own rows
- *   Commit     joins the batch; when the batch is flushed (nothing more
- *              ready, or 1000 transactions, or 50 ms, or a marker), each
+ *   Commit     joins the batch; when the batch is flushed (between
+ *              transactions: nothing more ready, or 1000 transactions, or
+ *              50 ms, or a marker; never inside one), each
  *              target touched gets applied_lsn = the batch's end (and the
  *              marker) in its state row, in the same transaction as the
  *              rows, then COMMIT once every answer has been checked
@@ -424,7 +425,10 @@ static bool on_change(stream_t *s, const pgs_lr_msg_t *m) {
  * Every open target records the batch's end (and the marker) with its rows
  * and commits; only then is the position confirmed to the slot. */
 static bool flush_batch(stream_t *s) {
-  if (s->batch_txns == 0) return true;
+  /* Never inside a source transaction (the stream paused in one): a target
+   * commits whole transactions only, those its applied_lsn covers, or a
+   * rerun would apply again what it committed of one. */
+  if (s->batch_txns == 0 || s->in_tx) return true;
   char lsn[32];
   pgs_lsn_format(s->batch_lsn, lsn, sizeof(lsn));
   bool ok = true;
@@ -615,7 +619,7 @@ static int stream_loop(stream_t *s) {
       PQfreemem(buf);
       if (!ok) return 1;
     } else if (n == 0) {
-      if (!flush_batch(s)) return 1; /* nothing more ready: commit what was applied */
+      if (!flush_batch(s)) return 1; /* nothing more ready: commit the whole transactions */
       struct pollfd pfd = {.fd = PQsocket(s->repl), .events = POLLIN};
       (void)poll(&pfd, 1, 200);
       if (!PQconsumeInput(s->repl))

@@ -299,6 +299,51 @@ def test_start_copies_and_streams_then_abort_leaves_nothing(reshard_lab, old_vie
     assert after["s1"] == before["s1"]
 
 
+def test_a_source_transaction_reaches_a_target_whole(reshard_lab, old_view, sharded_proxy,
+                                                     tables, tmp_path):
+    """A catching-up streamer reads the stream in bursts that may stop in the
+    middle of a source transaction: what a target commits is always whole
+    transactions (else a rerun would apply the rest of one, or all of it,
+    again: its applied_lsn describes only whole ones)."""
+    px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
+    populate(px)
+    new = new_config(px, reshard_lab, TENANTS_OLD, TENANTS_NEW, tmp_path / "new.ini")
+    with open(tmp_path / "start.log", "w") as log:
+        streamer = start_streamer(px.config_path, new, log)
+    try:
+        wait_streaming(reshard_lab, ["s2"], streamer)
+        streamer.kill()
+        streamer.wait()
+        # While no streamer runs, tenant 1 (moving to s2) gets GROUPS
+        # transactions of ROWS rows each, group g's rows with n = g.
+        groups, rows = 150, 100
+        with reshard_lab.connect_primary("s0") as conn:
+            conn.autocommit = True
+            for g in range(1, groups + 1):
+                conn.execute("insert into counters (tenant_id, k, n) select 1, %s + i, %s"
+                             " from generate_series(1, %s) i", (1000 * g, g, rows))
+        with open(tmp_path / "start2.log", "w") as log:
+            streamer = start_streamer(px.config_path, new, log)
+        seen, partial = set(), set()
+        with reshard_lab.connect_primary("s2") as conn:
+            conn.autocommit = True
+
+            def caught_up():
+                got = dict(conn.execute("select n, count(*) from counters where tenant_id = 1"
+                                        " and k > 1000 group by n").fetchall())
+                partial.update((g, c) for g, c in got.items() if c != rows)
+                seen.add(len(got))
+                if streamer.poll() is not None:
+                    raise AssertionError(f"reshard start exited {streamer.returncode}")
+                return len(got) == groups
+            wait_for(caught_up, 60, interval=0.001, message="every transaction on s2")
+        # (group, rows) seen on s2 with part of a source transaction's rows.
+        assert partial == set(), sorted(partial)
+        assert len(seen) > 2, seen  # it was seen catching up, not only before and after
+    finally:
+        stop(streamer)
+
+
 def test_killed_during_copy_then_rerun(reshard_lab, old_view, sharded_proxy, tables, tmp_path):
     px = sharded_proxy(lab=old_view, extra_ini=TENANTS_OLD)
     populate(px)
