@@ -537,7 +537,7 @@ char *pgs_collcat_query(const char *known) {
       "JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace "
       "WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 100 "
       "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
-      "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+      "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgshard') "
       "AND n.nspname !~ '^pg_toast') x), "
       "l.h, CASE WHEN l.h = '";
   static const char tail[] =

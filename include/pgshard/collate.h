@@ -155,7 +155,10 @@ void pgs_collcat_unref(pgs_collcat_t *cat);
 
 /* The query a writer answers with one row: encoding, default provider,
  * datcollate, daticulocale, the server's glibc version (of its libc
- * collations), the columns part, a mark of pg_collation's
+ * collations), the columns part (every user column with a collation other
+ * than the default; pgshard's own schema `pgshard` left out: its name
+ * columns are C, and its tables are never read through a merge), a mark
+ * of pg_collation's
  * state (it changes when a collation is created, dropped or altered),
  * and the collation list unless the mark is KNOWN ("" for none).
  * malloc'ed. */

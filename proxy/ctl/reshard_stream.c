@@ -53,6 +53,7 @@
 #define BATCH_MAX_TXNS 1000
 #define BATCH_MAX_STATEMENTS 2000 /* queued on one target: answers stay small */
 #define BATCH_MAX_S 0.05
+#define SLOT_BUSY_WAIT_S 15.0 /* a killed streamer's walsender lets go of the slot within this */
 
 typedef struct rel {
   uint32_t relid;
@@ -588,12 +589,19 @@ static bool start_replication(stream_t *s) {
            "START_REPLICATION SLOT %s LOGICAL 0/0 (proto_version '1', publication_names '%s', "
            "messages 'true')",
            rs_ident(s->src->slot, q, sizeof(q)), s->src->publication);
-  PGresult *res = PQexec(s->repl, sql);
-  bool ok = PQresultStatus(res) == PGRES_COPY_BOTH;
-  PQclear(res);
-  if (!ok)
-    return fail(s, "START_REPLICATION on %s: %s", s->src->shard->name, PQerrorMessage(s->repl));
-  return true;
+  /* A streamer killed a moment ago may still hold the slot (its walsender
+   * has not noticed yet: 55006): try again for a while. */
+  for (double deadline = pgs_lab_now() + SLOT_BUSY_WAIT_S;;) {
+    PGresult *res = PQexec(s->repl, sql);
+    bool ok = PQresultStatus(res) == PGRES_COPY_BOTH;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    bool busy = !ok && state && !strcmp(state, "55006");
+    PQclear(res);
+    if (ok) return true;
+    if (!busy || pgs_lab_now() >= deadline)
+      return fail(s, "START_REPLICATION on %s: %s", s->src->shard->name, PQerrorMessage(s->repl));
+    pgs_lab_sleep_ms(200);
+  }
 }
 
 static bool on_frame(stream_t *s, const uint8_t *buf, size_t len) {

@@ -100,6 +100,12 @@ class XLab:
                                 ).fetchone()[0]
 
 
+# pgshard's own tables (schema pgshard: the 2PC decision table, resharding's
+# state, the map source) have name columns, collation C. They are not the
+# application's: an expression whose collation pgshard does not follow must
+# still merge as the database default (they once made it refuse every one).
+OWN_SCHEMA_DDL = ("create schema if not exists pgshard; "
+                  "create table if not exists pgshard.it_own_names (owner name)")
 SCRATCH_DDL = "create table xs_scratch (id bigint primary key, v text not null)"
 
 
@@ -152,6 +158,7 @@ def xlab(shard_lab, tmp_path_factory):
                     for t in xg.TABLES.values():
                         conn.execute(t.ddl())
                     conn.execute(SCRATCH_DDL)
+                    conn.execute(OWN_SCHEMA_DDL)
             _drop_plain(lab)
             with lab.connect_primary("s0") as conn:
                 conn.execute(f"create database {PLAIN_DB}")
