@@ -231,14 +231,8 @@ static void cache_write(const char *body, int64_t version) {
 static void cache_read(void) {
   FILE *f = fopen(ms.cache_path, "r");
   if (f == NULL) return;
-  size_t cap = 8192, n = 0, got;
-  char *text = pgs_xmalloc(cap + 1);
-  while ((got = fread(text + n, 1, cap - n, f)) > 0) {
-    n += got;
-    if (n == cap) text = pgs_xrealloc(text, (cap *= 2) + 1);
-  }
+  char *text = pgs_read_all(f, NULL);
   fclose(f);
-  text[n] = '\0';
   const char *nl = strchr(text, '\n');
   int64_t version = 0;
   if (nl && !strncmp(text, CACHE_HEADER, strlen(CACHE_HEADER)))

@@ -34,3 +34,15 @@ void *pgs_xcalloc(size_t n, size_t size) { return check_alloc(calloc(n ? n : 1, 
 void *pgs_xrealloc(void *p, size_t size) { return check_alloc(realloc(p, size ? size : 1)); }
 char *pgs_xstrdup(const char *s) { return check_alloc(strdup(s)); }
 char *pgs_xstrndup(const char *s, size_t n) { return check_alloc(strndup(s, n)); }
+
+char *pgs_read_all(FILE *f, size_t *len) {
+  size_t cap = 8192, n = 0, got;
+  char *buf = pgs_xmalloc(cap + 1);
+  while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+    n += got;
+    if (n == cap) buf = pgs_xrealloc(buf, (cap *= 2) + 1);
+  }
+  buf[n] = '\0';
+  if (len) *len = n;
+  return buf;
+}

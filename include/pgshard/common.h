@@ -67,5 +67,8 @@ void *pgs_xcalloc(size_t n, size_t size);
 void *pgs_xrealloc(void *p, size_t size);
 char *pgs_xstrdup(const char *s);
 char *pgs_xstrndup(const char *s, size_t n);
+/* Everything left in F, NUL-terminated (malloc'ed); *LEN (may be NULL) its
+ * length, which is less than strlen only when F holds a NUL byte. */
+char *pgs_read_all(FILE *f, size_t *len);
 
 #endif

@@ -38,14 +38,9 @@ static char *read_text(const char *path) {
     fprintf(stderr, "pgshardctl: %s: %s\n", path, strerror(errno));
     return NULL;
   }
-  size_t cap = 8192, n = 0, got;
-  char *buf = pgs_xmalloc(cap + 1);
-  while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
-    n += got;
-    if (n == cap) buf = pgs_xrealloc(buf, (cap *= 2) + 1);
-  }
+  size_t n;
+  char *buf = pgs_read_all(f, &n);
   fclose(f);
-  buf[n] = '\0';
   if (strlen(buf) != n) {
     fprintf(stderr, "pgshardctl: %s: holds a NUL byte\n", path);
     free(buf);
