@@ -268,10 +268,10 @@ def shard_section(database, shard, port, dbname="app", replicas=(), conninfo_ext
     return text
 
 
-def one_primary_lab(comment, lab_proxy_port, pool_size, primary_port, conninfo_extra=""):
-    """The lab config of a benchmark with one primary on PRIMARY_PORT (user
-    app, transaction pooling, POOL_SIZE). Its proxy, on LAB_PROXY_PORT, is
-    never started (`lab up --no-proxy`): the benchmark starts its own."""
+def lab_preamble(comment, lab_proxy_port):
+    """A benchmark lab config up to its [database.app] line (the section's
+    keys and the shards follow): COMMENT, a [pgshard] on LAB_PROXY_PORT
+    (never started: `lab up --no-proxy`), trust auth, user app."""
     return f"""\
 ; {comment}
 [pgshard]
@@ -282,10 +282,16 @@ auth = trust
 password = secret
 
 [database.app]
-pool_mode = transaction
-pool_size = {pool_size}
+"""
 
-""" + shard_section("app", "s0", primary_port, conninfo_extra=conninfo_extra)
+
+def one_primary_lab(comment, lab_proxy_port, pool_size, primary_port, conninfo_extra=""):
+    """The lab config of a benchmark with one primary on PRIMARY_PORT (user
+    app, transaction pooling, POOL_SIZE). Its proxy, on LAB_PROXY_PORT, is
+    never started (`lab up --no-proxy`): the benchmark starts its own."""
+    return (lab_preamble(comment, lab_proxy_port)
+            + f"pool_mode = transaction\npool_size = {pool_size}\n\n"
+            + shard_section("app", "s0", primary_port, conninfo_extra=conninfo_extra))
 
 
 def start_two_shard_lab(lab, work, title, s0_port, s1_port, solo_port, lab_proxy_port,
@@ -294,18 +300,9 @@ def start_two_shard_lab(lab, work, title, s0_port, s1_port, solo_port, lab_proxy
     server on SOLO_PORT whose databases EXTRA_SECTIONS names; waits until the
     three listen."""
     prepare_work(work)
-    lab.config.write_text(f"""\
-; written by {title}
-[pgshard]
-listen = 127.0.0.1:{lab_proxy_port}
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-""" + shard_section("app", "s0", s0_port) + shard_section("app", "s1", s1_port)
-        + extra_sections)
+    lab.config.write_text(lab_preamble(f"written by {title}", lab_proxy_port)
+                          + shard_section("app", "s0", s0_port)
+                          + shard_section("app", "s1", s1_port) + extra_sections)
     lab.up(f"s0 on {s0_port}, s1 on {s1_port}, {solo_what}", (s0_port, s1_port, solo_port))
 
 

@@ -66,7 +66,7 @@ from pathlib import Path
 
 from benchlib import (REPO, BenchBase, add_output_options, add_pgshard_options,
                       check_config, connect_args, copy_in, fmt_ms, fmt_tps, hash_table_section,
-                      loadavg, log, percentile, pgshard_ini, prepare_work, psql,
+                      lab_preamble, loadavg, log, percentile, pgshard_ini, prepare_work, psql,
                       require_binaries, route_keys, run, run_guarded, shard_section, stamp,
                       start_pgshard, stop_process, write_results)
 
@@ -119,17 +119,10 @@ class ReshardBench(BenchBase):
             if path.is_file():
                 path.unlink()
         replicas = () if self.args.no_replica else (S2_REPLICA_PORT,)
-        self.lab.config.write_text(f"""\
-; written by bench/reshard.py: shards s0, s1, s2 of app (s2 replicated)
-[pgshard]
-listen = 127.0.0.1:{LAB_PROXY_PORT}
-auth = trust
-
-[user.app]
-password = secret
-
-[database.app]
-""" + shard_section("app", "s0", S0_PORT) + shard_section("app", "s1", S1_PORT)
+        self.lab.config.write_text(
+            lab_preamble("written by bench/reshard.py: shards s0, s1, s2 of app (s2 replicated)",
+                         LAB_PROXY_PORT)
+            + shard_section("app", "s0", S0_PORT) + shard_section("app", "s1", S1_PORT)
             + shard_section("app", "s2", S2_PORT, replicas=replicas))
         self.lab.up(f"s0 on {S0_PORT}, s1 on {S1_PORT}, s2 on {S2_PORT}"
                     + (f" with a replica on {S2_REPLICA_PORT}" if replicas else ""),
