@@ -20,7 +20,7 @@ FUZZ_SECONDS ?= 60
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps fuzz-deps build build-asan build-fuzz build-tsan fuzz test test-tsan \
-	test-stress layers unit integration demo demo-down bench soak clean format format-check
+	test-stress layers design-check unit integration demo demo-down bench soak clean format format-check
 
 all: build
 
@@ -90,7 +90,16 @@ format-check: deps
 layers: build
 	$(PYTHON) tests/tools/callgraph.py $(BUILD) --strict
 
-test: build format-check layers
+# config/DESIGN.md is the contract kept in the repository; where the team's
+# shared copy sits beside the checkout (../shared/DESIGN.md), the two must match.
+design-check:
+	@if [ -f ../shared/DESIGN.md ]; then \
+	  cmp -s ../shared/DESIGN.md config/DESIGN.md && echo "design: config/DESIGN.md matches ../shared/DESIGN.md" || \
+	  { echo "design: config/DESIGN.md differs from ../shared/DESIGN.md (copy the newer one over the other)"; \
+	    diff -u ../shared/DESIGN.md config/DESIGN.md | head -40; exit 1; }; \
+	else echo "design: no ../shared/DESIGN.md beside this checkout; config/DESIGN.md is the contract"; fi
+
+test: build format-check layers design-check
 	cd $(BUILD) && ctest --output-on-failure
 	PGSHARD_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -v -ra tests/integration
 

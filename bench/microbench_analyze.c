@@ -42,14 +42,17 @@ static const bench_t benches[] = {
     {"  extended ($1)", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"},
     {"UPDATE by key", "UPDATE pgbench_accounts SET abalance = abalance + %d WHERE aid = %d;"},
     {"  extended ($1)", "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"},
-    {"3-row INSERT", "INSERT INTO users (id, name, email, created_at) VALUES "
-                     "(%d, 'alice', 'alice@example.org', '2024-01-01 10:00:00+00'), "
-                     "(%d, 'bob', 'bob@example.org', '2024-01-02 11:30:00+00'), "
-                     "(%d, 'carol', 'carol@example.org', '2024-01-03 12:45:00+00')"},
-    {"  extended ($1)", "INSERT INTO users (id, name, email, created_at) VALUES ($1, $2, $3, $4), "
-                        "($5, $6, $7, $8), ($9, $10, $11, $12)"},
-    {"join on keys", "SELECT u.name, o.id, o.total FROM users u JOIN orders o ON o.user_id = u.id "
-                     "WHERE u.id = %d AND o.status = 'open' ORDER BY o.created_at DESC LIMIT 10"},
+    {"3-row INSERT",
+     "INSERT INTO users (id, name, email, created_at) VALUES "
+     "(%d, 'alice', 'alice@example.org', '2024-01-01 10:00:00+00'), "
+     "(%d, 'bob', 'bob@example.org', '2024-01-02 11:30:00+00'), "
+     "(%d, 'carol', 'carol@example.org', '2024-01-03 12:45:00+00')"},
+    {"  extended ($1)",
+     "INSERT INTO users (id, name, email, created_at) VALUES ($1, $2, $3, $4), "
+     "($5, $6, $7, $8), ($9, $10, $11, $12)"},
+    {"join on keys",
+     "SELECT u.name, o.id, o.total FROM users u JOIN orders o ON o.user_id = u.id "
+     "WHERE u.id = %d AND o.status = 'open' ORDER BY o.created_at DESC LIMIT 10"},
     {"  extended ($1)",
      "SELECT u.name, o.id, o.total FROM users u JOIN orders o ON o.user_id = u.id "
      "WHERE u.id = $1 AND o.status = $2 ORDER BY o.created_at DESC LIMIT $3"},
@@ -81,8 +84,8 @@ int main(int argc, char **argv) {
       .name = "bench", .shards = shards, .nshards = 2, .cross_shard_writes = PGS_XWRITE_ALLOW};
   db.shardmap.tables = tables;
   db.shardmap.ntables = (int)(sizeof(tables) / sizeof(tables[0]));
-  pgs_lexed_t lx;
-  pgs_lex_init(&lx);
+  pgs_lexed_t lexed;
+  pgs_lex_init(&lexed);
   pgs_plan_cache_t *cache = pgs_plan_cache_new(1024);
 
   /* Bind values for the $n forms: every parameter the text "12345". */
@@ -112,8 +115,8 @@ int main(int argc, char **argv) {
     }
 
     /* Warm the cache and the lexer's buffers. */
-    if (pgs_lex(texts[0], lens[0], &lx) != PGS_OK) return 2;
-    pgs_plan_t *plan = pgs_plan_cache_get(cache, &db, &lx);
+    if (pgs_lex(texts[0], lens[0], &lexed) != PGS_OK) return 2;
+    pgs_plan_t *plan = pgs_plan_cache_get(cache, &db, &lexed);
     const char *target = plan->target == PGS_TARGET_KEYS   ? "keys"
                          : plan->target == PGS_TARGET_ROWS ? "rows"
                          : plan->target == PGS_TARGET_ALL  ? "all"
@@ -124,8 +127,8 @@ int main(int argc, char **argv) {
     double t0 = now_ns();
     for (long i = 0; i < iterations; i++) {
       int v = (int)(i & (VARIANTS - 1));
-      if (pgs_lex(texts[v], lens[v], &lx) != PGS_OK) return 2;
-      sink += lx.hash;
+      if (pgs_lex(texts[v], lens[v], &lexed) != PGS_OK) return 2;
+      sink += lexed.hash;
     }
     double lex_ns = (now_ns() - t0) / (double)iterations;
 
@@ -133,8 +136,8 @@ int main(int argc, char **argv) {
     t0 = now_ns();
     for (long i = 0; i < iterations; i++) {
       int v = (int)(i & (VARIANTS - 1));
-      if (pgs_lex(texts[v], lens[v], &lx) != PGS_OK) return 2;
-      pgs_plan_t *p = pgs_plan_cache_get(cache, &db, &lx);
+      if (pgs_lex(texts[v], lens[v], &lexed) != PGS_OK) return 2;
+      pgs_plan_t *p = pgs_plan_cache_get(cache, &db, &lexed);
       sink += (size_t)p->nkeys;
       pgs_plan_unref(p);
     }
@@ -148,10 +151,10 @@ int main(int argc, char **argv) {
     int routed = -1;
     for (long i = 0; i < iterations; i++) {
       int v = (int)(i & (VARIANTS - 1));
-      if (pgs_lex(texts[v], lens[v], &lx) != PGS_OK) return 2;
-      pgs_plan_t *p = pgs_plan_cache_get(cache, &db, &lx);
+      if (pgs_lex(texts[v], lens[v], &lexed) != PGS_OK) return 2;
+      pgs_plan_t *p = pgs_plan_cache_get(cache, &db, &lexed);
       pgs_route_t rt = {.row_shard = row_shard};
-      pgs_route_plan(&db, p, &lx, lx.nparams ? &params : NULL, &session, &rt);
+      pgs_route_plan(&db, p, &lexed, lexed.nparams ? &params : NULL, &session, &rt);
       routed = rt.kind;
       sink += rt.shards;
       pgs_plan_unref(p);
@@ -165,8 +168,8 @@ int main(int argc, char **argv) {
     t0 = now_ns();
     for (long i = 0; i < miss_iterations; i++) {
       int v = (int)(i & (VARIANTS - 1));
-      if (pgs_lex(texts[v], lens[v], &lx) != PGS_OK) return 2;
-      pgs_plan_t *p = pgs_analyze(&db, &lx);
+      if (pgs_lex(texts[v], lens[v], &lexed) != PGS_OK) return 2;
+      pgs_plan_t *p = pgs_analyze(&db, &lexed);
       sink += (size_t)p->nkeys;
       pgs_plan_unref(p);
     }
@@ -177,9 +180,11 @@ int main(int argc, char **argv) {
     if (route_ns > 1000.0) over++;
     for (int v = 0; v < VARIANTS; v++) free(texts[v]);
   }
-  printf("\n%ld iterations per hit/lex figure, %ld per miss; target: route (the hot path) <= 1000 ns\n", iterations,
-         miss_iterations);
+  printf(
+      "\n%ld iterations per hit/lex figure, %ld per miss; target: route (the hot path) <= 1000 "
+      "ns\n",
+      iterations, miss_iterations);
   pgs_plan_cache_free(cache);
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return over ? 1 : 0;
 }

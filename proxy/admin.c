@@ -1316,22 +1316,22 @@ static void shard_names(const pgs_database_t *db, uint64_t mask, char *out, size
 }
 
 /* How a key written in the statement maps: value, table, strategy, shard. */
-static void explain_key(pgs_buf_t *b, const pgs_database_t *db, const pgs_lexed_t *lx,
+static void explain_key(pgs_buf_t *b, const pgs_database_t *db, const pgs_lexed_t *lexed,
                         const pgs_key_ref_t *ref) {
   const pgs_table_t *t = ref->table;
   char line[512];
-  int lit = (int)ref->param - lx->nparams - 1;
+  int lit = (int)ref->param - lexed->nparams - 1;
   if (t == NULL) return;
-  if (lit < 0 || lit >= lx->nliterals) {
+  if (lit < 0 || lit >= lexed->nliterals) {
     snprintf(line, sizeof(line), "%s.%s = $%d (%s): decided at Bind", t->name, t->column,
              ref->param, pgs_strategy_name(t->strategy));
     item(b, "key", line);
     return;
   }
-  const pgs_literal_t *l = &lx->literals[lit];
+  const pgs_literal_t *l = &lexed->literals[lit];
   char value[256];
   snprintf(value, sizeof(value), "%s%.*s", ref->negate ? "-" : "",
-           (int)(l->len > 200 ? 200 : l->len), lx->values + l->offset);
+           (int)(l->len > 200 ? 200 : l->len), lexed->values + l->offset);
   const char *text = value;
   size_t text_len = strlen(value);
   pgs_key_t key;
@@ -1375,14 +1375,14 @@ static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_
               cmd->arg[0] ? "no such database" : "several databases: say EXPLAIN ROUTE IN db ...");
     return false;
   }
-  pgs_lexed_t lx;
-  pgs_lex_init(&lx);
-  if (pgs_lex(cmd->statement, cmd->statement_len, &lx) != PGS_OK) {
-    pgs_lex_free(&lx);
+  pgs_lexed_t lexed;
+  pgs_lex_init(&lexed);
+  if (pgs_lex(cmd->statement, cmd->statement_len, &lexed) != PGS_OK) {
+    pgs_lex_free(&lexed);
     put_error(client, PGS_SQLSTATE_SYNTAX_ERROR, "the statement cannot be read");
     return false;
   }
-  pgs_plan_t *plan = pgs_analyze(db, &lx);
+  pgs_plan_t *plan = pgs_analyze(db, &lexed);
   size_t before = b->len;
   char text[1024];
   item(b, "database", db->name);
@@ -1391,26 +1391,26 @@ static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_
     item(b, "route", "refused: PostgreSQL's grammar does not read it (42601)");
   } else {
     pgs_route_session_t session = {.hint_shard = -1, .tenant = NULL};
-    if (lx.hint_shard[0]) {
-      session.hint_shard = pgs_shardmap_find_shard(db, lx.hint_shard);
-      item(b, "hint", lx.hint_shard);
+    if (lexed.hint_shard[0]) {
+      session.hint_shard = pgs_shardmap_find_shard(db, lexed.hint_shard);
+      item(b, "hint", lexed.hint_shard);
     }
     pgs_param_values_t none = {0};
     pgs_route_t rt;
     memset(&rt, 0, sizeof(rt));
     int *row_shard = plan->nrows ? pgs_xcalloc((size_t)plan->nrows, sizeof(int)) : NULL;
     rt.row_shard = row_shard;
-    if (lx.hint_shard[0] && session.hint_shard < 0) {
+    if (lexed.hint_shard[0] && session.hint_shard < 0) {
       rt.kind = PGS_ROUTE_REFUSE;
       snprintf(rt.sqlstate, sizeof(rt.sqlstate), "22023");
-      snprintf(rt.message, sizeof(rt.message), "unknown shard \"%s\" in hint", lx.hint_shard);
-    } else if (lx.nparams > 0) {
+      snprintf(rt.message, sizeof(rt.message), "unknown shard \"%s\" in hint", lexed.hint_shard);
+    } else if (lexed.nparams > 0) {
       rt.kind = PGS_ROUTE_REFUSE;
       snprintf(rt.sqlstate, sizeof(rt.sqlstate), "-----");
       snprintf(rt.message, sizeof(rt.message),
                "the statement has $n parameters: its route is decided at Bind");
     } else {
-      pgs_route_plan(db, plan, &lx, &none, &session, &rt);
+      pgs_route_plan(db, plan, &lexed, &none, &session, &rt);
     }
     if (rt.kind == PGS_ROUTE_REFUSE && plan->refuse_sqlstate[0] && !rt.message[0])
       snprintf(rt.message, sizeof(rt.message), "%s", plan->refuse_message);
@@ -1443,8 +1443,8 @@ static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_
         }
       }
     }
-    for (int i = 0; i < plan->nkeys; i++) explain_key(b, db, &lx, &plan->keys[i]);
-    for (int i = 0; i < plan->nrows && i < 20; i++) explain_key(b, db, &lx, &plan->rows[i]);
+    for (int i = 0; i < plan->nkeys; i++) explain_key(b, db, &lexed, &plan->keys[i]);
+    for (int i = 0; i < plan->nrows && i < 20; i++) explain_key(b, db, &lexed, &plan->rows[i]);
     const pgs_table_t *t = plan->table ? plan->table : plan->all_table;
     if (t && plan->nkeys == 0 && plan->nrows == 0) {
       snprintf(text, sizeof(text), "%s (%s on %s, no key in the statement)", t->name,
@@ -1454,7 +1454,7 @@ static bool explain_route(pgs_client_t *client, const pgs_admin_cmd_t *cmd, pgs_
     free(row_shard);
   }
   pgs_plan_unref(plan);
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   int n = 0;
   for (size_t at = before; at < b->len; at += 1 + pgs_get_u32(b->data + at + 1)) n++;
   *rows = n;

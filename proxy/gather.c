@@ -78,11 +78,14 @@ pgs_gather_t *pgs_gather_start(pgs_worker_t *home, int only, int what, int64_t p
   g->nparts = pgs_mailbox_count();
   g->parts = pgs_xcalloc((size_t)g->nparts, sizeof(*g->parts));
   g->pending = only >= 0 ? 1 : g->nparts;
-  for (int i = 0; i < g->nparts; i++) {
+  if (only >= g->nparts || only < -1) { /* no such worker: nothing to ask */
+    part_finished(g);
+    return g;
+  }
+  for (int i = 0, n = g->nparts; i < n; i++) {
     if (only >= 0 && i != only) continue;
     if (!pgs_mailbox_post(i, gather_part, g)) part_finished(g); /* stopping: no part */
   }
-  if (only >= g->nparts || only < -1) part_finished(g); /* no such worker: nothing to ask */
   return g;
 }
 

@@ -86,22 +86,22 @@ static uint32_t session_turn(void *ctx, bool advance) {
   return advance ? w->rr++ : w->rr;
 }
 
-static pgs_plan_t *session_analyze(void *ctx, const pgs_lexed_t *lx) {
+static pgs_plan_t *session_analyze(void *ctx, const pgs_lexed_t *lexed) {
   pgs_client_t *client = ctx;
   if (client->config == client->worker->config && client->worker->plans)
-    return pgs_plan_cache_get(client->worker->plans, client->session.db, lx);
-  return pgs_analyze(client->session.db, lx); /* an old config's client: its own plans */
+    return pgs_plan_cache_get(client->worker->plans, client->session.db, lexed);
+  return pgs_analyze(client->session.db, lexed); /* an old config's client: its own plans */
 }
 
-/* The request runs LX's statement (the first one counts): SHOW QUERIES
+/* The request runs LEXED's statement (the first one counts): SHOW QUERIES
  * keys it by its normalised text. */
-static void session_note_query(void *ctx, const pgs_lexed_t *lx) {
+static void session_note_query(void *ctx, const pgs_lexed_t *lexed) {
   pgs_client_t *client = ctx;
   if (client->request_query != 0 || client->stats == NULL) return;
-  client->request_query = lx->hash ? lx->hash : 1;
+  client->request_query = lexed->hash ? lexed->hash : 1;
   pgs_worker_t *w = client->worker;
   if (w->queries == NULL) w->queries = pgs_xcalloc(1, sizeof(*w->queries));
-  (void)pgs_query_stats_get(w->queries, client->dbname, client->request_query, lx->normalized);
+  (void)pgs_query_stats_get(w->queries, client->dbname, client->request_query, lexed->normalized);
 }
 
 static void session_charge(void *ctx, size_t add, size_t sub) {

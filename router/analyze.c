@@ -1766,11 +1766,11 @@ static pgs_plan_t *parse_failed_plan(const char *why) {
 /* The normalised text with each literal put back as a literal, and where
  * each now starts (pgs_lexed_restore). NULL if the lexer's placeholders
  * are not where it said. */
-static char *restore_literals(const pgs_lexed_t *lx, int32_t *loc) {
+static char *restore_literals(const pgs_lexed_t *lexed, int32_t *loc) {
   pgs_buf_t text;
   pgs_buf_init(&text);
   int next = 0;
-  if (!pgs_lexed_restore(lx, 0, lx->normalized_len, &next, &text, loc)) {
+  if (!pgs_lexed_restore(lexed, 0, lexed->normalized_len, &next, &text, loc)) {
     pgs_buf_free(&text);
     return NULL;
   }
@@ -1778,17 +1778,17 @@ static char *restore_literals(const pgs_lexed_t *lx, int32_t *loc) {
   return (char *)text.data;
 }
 
-pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
-  if (lx->normalized == NULL) return parse_failed_plan(NULL);
-  if (lx->chain > PGS_ANALYZE_MAX_CHAIN) return too_complex_plan();
-  PgQueryProtobufParseResult result = pg_query_parse_protobuf(lx->normalized);
+pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lexed) {
+  if (lexed->normalized == NULL) return parse_failed_plan(NULL);
+  if (lexed->chain > PGS_ANALYZE_MAX_CHAIN) return too_complex_plan();
+  PgQueryProtobufParseResult result = pg_query_parse_protobuf(lexed->normalized);
   char *restored = NULL;
   int32_t *loc = NULL;
-  if (result.error && lx->nliterals > 0) {
+  if (result.error && lexed->nliterals > 0) {
     /* A literal in a place the grammar takes no parameter (see analyze.h). */
     pg_query_free_protobuf_parse_result(result);
-    loc = pgs_xmalloc(sizeof(*loc) * (size_t)lx->nliterals);
-    restored = restore_literals(lx, loc);
+    loc = pgs_xmalloc(sizeof(*loc) * (size_t)lexed->nliterals);
+    restored = restore_literals(lexed, loc);
     if (restored == NULL) {
       free(loc);
       return parse_failed_plan(NULL);
@@ -1820,8 +1820,8 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
   if (restored) {
     ctx.text = restored;
     ctx.lit_loc = loc;
-    ctx.nlit = lx->nliterals;
-    ctx.lit_base = lx->nparams + 1;
+    ctx.nlit = lexed->nliterals;
+    ctx.lit_base = lexed->nparams + 1;
   }
   int n = (int)tree->n_stmts;
   pgs_stmt_kind_t *kinds = pgs_xmalloc(sizeof(*kinds) * (size_t)(n > 0 ? n : 1));
@@ -1836,7 +1836,7 @@ pgs_plan_t *pgs_analyze(const pgs_database_t *db, const pgs_lexed_t *lx) {
   pgs_plan_t *plan = build_plan(&ctx, combine_kinds(kinds, n), n);
   /* A single read of sharded tables: how it runs across shards (merge.c). */
   if (n == 1 && ctx.nrefs > 0 && (plan->kind == PGS_STMT_READ || plan->kind == PGS_STMT_COPY_TO))
-    plan->merge = pgs_merge_analyze(db, lx, tree->stmts[0]->stmt, restored ? loc : NULL);
+    plan->merge = pgs_merge_analyze(db, lexed, tree->stmts[0]->stmt, restored ? loc : NULL);
 
   free(kinds);
   free(ctx.refs);

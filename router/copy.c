@@ -252,17 +252,17 @@ typedef struct slot {
   char num[80];
 } slot_t;
 
-/* OPT's value, its literal read from LX; NUM receives a number's text. */
-static bool resolve_value(const option_t *opt, const pgs_lexed_t *lx, char num[80], value_t *v,
+/* OPT's value, its literal read from LEXED; NUM receives a number's text. */
+static bool resolve_value(const option_t *opt, const pgs_lexed_t *lexed, char num[80], value_t *v,
                           pgs_key_error_t *err) {
   *v = opt->value;
   if (v->kind != VALUE_LITERAL) return true;
-  const pgs_literal_t *lit = lx ? pgs_lexed_literal(lx, opt->param) : NULL;
+  const pgs_literal_t *lit = lexed ? pgs_lexed_literal(lexed, opt->param) : NULL;
   if (lit == NULL) {
     set_error(err, PGS_SQLSTATE_INTERNAL, "no value for COPY option %s", opt->name);
     return false;
   }
-  const char *text = lx->values + lit->offset;
+  const char *text = lexed->values + lit->offset;
   if (lit->is_string) {
     v->kind = VALUE_STRING;
     v->text = text;
@@ -357,7 +357,7 @@ static pgs_status_t not_a_list(pgs_key_error_t *err, const char *name) {
   return set_error(err, "22023", "argument to option \"%s\" must be a list of column names", name);
 }
 
-pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_t *lx,
+pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_t *lexed,
                                    pgs_copy_spec_t *out, pgs_key_error_t *err) {
   memset(out, 0, offsetof(pgs_copy_spec_t, null_string));
   out->null_string[0] = '\0';
@@ -377,7 +377,7 @@ pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *o, const pgs_lexed_
                    : !strcmp(name, "encoding") ? &encoding
                                                : NULL;
     value_t v;
-    if (!resolve_value(opt, lx, slot ? slot->num : num, &v, err)) return PGS_EINVAL;
+    if (!resolve_value(opt, lexed, slot ? slot->num : num, &v, err)) return PGS_EINVAL;
     if (!strcmp(name, "format")) {
       if (format_set) return conflicting(err);
       format_set = true;

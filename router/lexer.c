@@ -94,8 +94,8 @@ typedef struct lexer {
   bool item_start;        /* the last token began an item of such a list */
 } lexer_t;
 
-static void ensure_out(lexer_t *lx, size_t need) {
-  pgs_lexed_t *o = lx->out;
+static void ensure_out(lexer_t *lexed, size_t need) {
+  pgs_lexed_t *o = lexed->out;
   if (need <= o->normalized_cap) return;
   size_t cap = o->normalized_cap ? o->normalized_cap : 256;
   while (cap < need) cap *= 2;
@@ -103,21 +103,22 @@ static void ensure_out(lexer_t *lx, size_t need) {
   o->normalized_cap = cap;
 }
 
-static inline void put(lexer_t *lx, char c) { lx->out->normalized[lx->len++] = c; }
+static inline void put(lexer_t *lexed, char c) { lexed->out->normalized[lexed->len++] = c; }
 
-static inline void put_n(lexer_t *lx, const char *s, size_t n) {
-  memcpy(lx->out->normalized + lx->len, s, n);
-  lx->len += n;
+static inline void put_n(lexer_t *lexed, const char *s, size_t n) {
+  memcpy(lexed->out->normalized + lexed->len, s, n);
+  lexed->len += n;
 }
 
-static bool last_is_ident(const lexer_t *lx) {
-  return lx->len > 0 && is_class((unsigned char)lx->out->normalized[lx->len - 1], C_IDENT_CONT);
+static bool last_is_ident(const lexer_t *lexed) {
+  return lexed->len > 0 &&
+         is_class((unsigned char)lexed->out->normalized[lexed->len - 1], C_IDENT_CONT);
 }
 
 /* Whether the last word written (one blank before it allowed) is LOWER. */
-static bool last_word_is(const lexer_t *lx, const char *lower, size_t n) {
-  const char *o = lx->out->normalized;
-  size_t end = lx->len;
+static bool last_word_is(const lexer_t *lexed, const char *lower, size_t n) {
+  const char *o = lexed->out->normalized;
+  size_t end = lexed->len;
   if (end > 0 && o[end - 1] == ' ') end--;
   if (end < n) return false;
   size_t start = end - n;
@@ -129,27 +130,27 @@ static bool last_word_is(const lexer_t *lx, const char *lower, size_t n) {
 
 /* Room for the rest of the input plus a placeholder and its separators:
  * called before writing any byte that stands for no input byte. */
-static inline void keep_room(lexer_t *lx) {
-  ensure_out(lx, lx->len + (size_t)(lx->end - lx->p) + PLACEHOLDER_SLACK);
+static inline void keep_room(lexer_t *lexed) {
+  ensure_out(lexed, lexed->len + (size_t)(lexed->end - lexed->p) + PLACEHOLDER_SLACK);
 }
 
 /* A space that keeps $N from gluing onto an identifier or digit after it. */
-static void put_separator(lexer_t *lx) {
-  keep_room(lx);
-  put(lx, ' ');
-  lx->after_placeholder = false;
+static void put_separator(lexer_t *lexed) {
+  keep_room(lexed);
+  put(lexed, ' ');
+  lexed->after_placeholder = false;
 }
 
-static void put_placeholder(lexer_t *lx, int n) {
+static void put_placeholder(lexer_t *lexed, int n) {
   char digits[12];
   int nd = 0;
   do {
     digits[nd++] = (char)('0' + n % 10);
     n /= 10;
   } while (n > 0);
-  put(lx, '$');
-  while (nd > 0) put(lx, digits[--nd]);
-  lx->after_placeholder = true;
+  put(lexed, '$');
+  while (nd > 0) put(lexed, digits[--nd]);
+  lexed->after_placeholder = true;
 }
 
 /* ---- literal values ---- */
@@ -164,8 +165,8 @@ static void ensure_values(pgs_lexed_t *o, size_t need) {
 
 /* Begin a literal whose text starts at START (its quote, or the E before
  * it, or its first digit). */
-static pgs_status_t begin_literal(lexer_t *lx, const char *start, bool is_string) {
-  pgs_lexed_t *o = lx->out;
+static pgs_status_t begin_literal(lexer_t *lexed, const char *start, bool is_string) {
+  pgs_lexed_t *o = lexed->out;
   if (o->nliterals >= PGS_LEX_MAX_LITERALS) return PGS_ETOOBIG;
   if (o->nliterals == o->literals_cap) {
     int cap = o->literals_cap ? o->literals_cap * 2 : 16;
@@ -177,25 +178,25 @@ static pgs_status_t begin_literal(lexer_t *lx, const char *start, bool is_string
   lit->len = 0;
   lit->is_string = is_string;
   lit->placeholder = 0;
-  lit->start = (uint32_t)(start - lx->sql);
+  lit->start = (uint32_t)(start - lexed->sql);
   return PGS_OK;
 }
 
 /* Close the literal begun last, which ends where P now is: NUL-terminate
  * its value and write its placeholder (numbered from 1 for now; renumber()
  * shifts them past the statement's own $n at the end). */
-static void end_literal(lexer_t *lx) {
-  pgs_lexed_t *o = lx->out;
+static void end_literal(lexer_t *lexed) {
+  pgs_lexed_t *o = lexed->out;
   pgs_literal_t *lit = &o->literals[o->nliterals];
   lit->len = (uint32_t)(o->values_len - lit->offset);
-  lit->end = (uint32_t)(lx->p - lx->sql);
+  lit->end = (uint32_t)(lexed->p - lexed->sql);
   o->values[o->values_len++] = '\0';
   o->nliterals++;
-  keep_room(lx);
+  keep_room(lexed);
   /* "abc" followed by $1 would read as the identifier abc$1. */
-  if (last_is_ident(lx)) put(lx, ' ');
-  lit->placeholder = (uint32_t)lx->len;
-  put_placeholder(lx, o->nliterals);
+  if (last_is_ident(lexed)) put(lexed, ' ');
+  lit->placeholder = (uint32_t)lexed->len;
+  put_placeholder(lexed, o->nliterals);
 }
 
 static inline void value_byte(pgs_lexed_t *o, char c) { o->values[o->values_len++] = c; }
@@ -230,27 +231,27 @@ static void scan_hint(pgs_lexed_t *o, const char *s, size_t n) {
 }
 
 /* At "--": skip to the end of the line (the newline is left). */
-static void skip_line_comment(lexer_t *lx) {
-  const char *start = lx->p + 2;
+static void skip_line_comment(lexer_t *lexed) {
+  const char *start = lexed->p + 2;
   const char *stop = start;
-  while (stop < lx->end && *stop != '\n' && *stop != '\r') stop++;
-  scan_hint(lx->out, start, (size_t)(stop - start));
-  lx->p = stop;
+  while (stop < lexed->end && *stop != '\n' && *stop != '\r') stop++;
+  scan_hint(lexed->out, start, (size_t)(stop - start));
+  lexed->p = stop;
 }
 
 /* At "/ *": skip a block comment, nested as PostgreSQL nests them. */
-static pgs_status_t skip_block_comment(lexer_t *lx) {
-  const char *start = lx->p + 2;
+static pgs_status_t skip_block_comment(lexer_t *lexed) {
+  const char *start = lexed->p + 2;
   const char *q = start;
   int depth = 1;
-  while (q + 1 < lx->end) {
+  while (q + 1 < lexed->end) {
     if (q[0] == '/' && q[1] == '*') {
       depth++;
       q += 2;
     } else if (q[0] == '*' && q[1] == '/') {
       if (--depth == 0) {
-        scan_hint(lx->out, start, (size_t)(q - start));
-        lx->p = q + 2;
+        scan_hint(lexed->out, start, (size_t)(q - start));
+        lexed->p = q + 2;
         return PGS_OK;
       }
       q += 2;
@@ -267,8 +268,8 @@ static pgs_status_t skip_block_comment(lexer_t *lx) {
  * only blanks and "--" comments, with at least one newline, separate them
  * (a hint in such a comment counts, as in any comment). Returns the
  * position after the next opening quote, or NULL. */
-static const char *quote_continue(lexer_t *lx, const char *q) {
-  const char *end = lx->end;
+static const char *quote_continue(lexer_t *lexed, const char *q) {
+  const char *end = lexed->end;
   bool newline = false;
   while (q < end) {
     if (*q == ' ' || *q == '\t' || *q == '\f') {
@@ -279,7 +280,7 @@ static const char *quote_continue(lexer_t *lx, const char *q) {
     } else if (*q == '-' && q + 1 < end && q[1] == '-') {
       const char *start = q + 2;
       while (q < end && *q != '\n' && *q != '\r') q++;
-      scan_hint(lx->out, start, (size_t)(q - start));
+      scan_hint(lexed->out, start, (size_t)(q - start));
     } else {
       break;
     }
@@ -294,24 +295,24 @@ static const char *quote_continue(lexer_t *lx, const char *q) {
  * continued parts only a newline is written: libpg_query, unlike the
  * server, does not join parts across a "--" comment, and the normalised
  * text must read the same to both. */
-static pgs_status_t copy_quoted(lexer_t *lx, const char *token_start, char q, bool doubled) {
-  if (lx->after_placeholder && is_class((unsigned char)*token_start, C_IDENT_CONT))
-    put_separator(lx);
+static pgs_status_t copy_quoted(lexer_t *lexed, const char *token_start, char q, bool doubled) {
+  if (lexed->after_placeholder && is_class((unsigned char)*token_start, C_IDENT_CONT))
+    put_separator(lexed);
   const char *part = token_start; /* from here on not written yet */
-  const char *s = lx->p + 1;
+  const char *s = lexed->p + 1;
   for (;;) {
-    const char *close = memchr(s, q, (size_t)(lx->end - s));
+    const char *close = memchr(s, q, (size_t)(lexed->end - s));
     if (close == NULL) return PGS_EINVAL;
     s = close + 1;
-    if (doubled && s < lx->end && *s == q) {
+    if (doubled && s < lexed->end && *s == q) {
       s++;
       continue;
     }
     if (q == '\'') {
-      const char *next = quote_continue(lx, s);
+      const char *next = quote_continue(lexed, s);
       if (next) {
-        put_n(lx, part, (size_t)(s - part));
-        put(lx, '\n'); /* stands for at least the newline */
+        put_n(lexed, part, (size_t)(s - part));
+        put(lexed, '\n'); /* stands for at least the newline */
         part = next - 1;
         s = next;
         continue;
@@ -319,36 +320,36 @@ static pgs_status_t copy_quoted(lexer_t *lx, const char *token_start, char q, bo
     }
     break;
   }
-  put_n(lx, part, (size_t)(s - part));
-  lx->after_placeholder = false;
-  lx->p = s;
+  put_n(lexed, part, (size_t)(s - part));
+  lexed->after_placeholder = false;
+  lexed->p = s;
   return PGS_OK;
 }
 
 /* A standard-conforming string: backslashes are ordinary, '' is a quote.
  * P is at the opening quote. */
-static pgs_status_t lex_string(lexer_t *lx) {
-  pgs_lexed_t *o = lx->out;
-  pgs_status_t st = begin_literal(lx, lx->p, true);
+static pgs_status_t lex_string(lexer_t *lexed) {
+  pgs_lexed_t *o = lexed->out;
+  pgs_status_t st = begin_literal(lexed, lexed->p, true);
   if (st != PGS_OK) return st;
-  const char *s = lx->p + 1;
+  const char *s = lexed->p + 1;
   for (;;) {
-    const char *close = memchr(s, '\'', (size_t)(lx->end - s));
+    const char *close = memchr(s, '\'', (size_t)(lexed->end - s));
     if (close == NULL) return PGS_EINVAL;
     memcpy(o->values + o->values_len, s, (size_t)(close - s));
     o->values_len += (size_t)(close - s);
     s = close + 1;
-    if (s < lx->end && *s == '\'') {
+    if (s < lexed->end && *s == '\'') {
       value_byte(o, '\'');
       s++;
       continue;
     }
-    const char *next = quote_continue(lx, s);
+    const char *next = quote_continue(lexed, s);
     if (next == NULL) break;
     s = next;
   }
-  lx->p = s;
-  end_literal(lx);
+  lexed->p = s;
+  end_literal(lexed);
   return PGS_OK;
 }
 
@@ -393,12 +394,12 @@ static int64_t read_hex(const char *s, const char *end, int n) {
  * \UXXXXXXXX with UTF-16 surrogate pairs, any other char stands for
  * itself) and '' both work. P is at the opening quote (after the E). A NUL
  * produced by an escape is refused, as the server refuses it. */
-static pgs_status_t lex_escape_string(lexer_t *lx) {
-  pgs_lexed_t *o = lx->out;
-  pgs_status_t st = begin_literal(lx, lx->p - 1, true);
+static pgs_status_t lex_escape_string(lexer_t *lexed) {
+  pgs_lexed_t *o = lexed->out;
+  pgs_status_t st = begin_literal(lexed, lexed->p - 1, true);
   if (st != PGS_OK) return st;
-  const char *s = lx->p + 1;
-  const char *end = lx->end;
+  const char *s = lexed->p + 1;
+  const char *end = lexed->end;
   uint32_t high_surrogate = 0;
   for (;;) {
     if (s >= end) return PGS_EINVAL;
@@ -410,7 +411,7 @@ static pgs_status_t lex_escape_string(lexer_t *lx) {
         s += 2;
         continue;
       }
-      const char *next = quote_continue(lx, s + 1);
+      const char *next = quote_continue(lexed, s + 1);
       if (next == NULL) {
         s++;
         break;
@@ -495,33 +496,33 @@ static pgs_status_t lex_escape_string(lexer_t *lx) {
     }
   }
   if (high_surrogate) return PGS_EINVAL;
-  lx->p = s;
-  end_literal(lx);
+  lexed->p = s;
+  end_literal(lexed);
   return PGS_OK;
 }
 
 /* At '$' followed by a tag char or '$': a dollar quote if a full opening
  * delimiter is there. Returns PGS_ENOTFOUND when it is not one (then the
  * '$' is an ordinary char), PGS_EINVAL when it is never closed. */
-static pgs_status_t lex_dollar_quote(lexer_t *lx) {
-  const char *s = lx->p + 1;
-  if (s < lx->end && *s != '$') {
+static pgs_status_t lex_dollar_quote(lexer_t *lexed) {
+  const char *s = lexed->p + 1;
+  if (s < lexed->end && *s != '$') {
     if (!is_class((unsigned char)*s, C_IDENT_START)) return PGS_ENOTFOUND;
-    while (s < lx->end && is_class((unsigned char)*s, C_TAG_CONT)) s++;
-    if (s >= lx->end || *s != '$') return PGS_ENOTFOUND;
+    while (s < lexed->end && is_class((unsigned char)*s, C_TAG_CONT)) s++;
+    if (s >= lexed->end || *s != '$') return PGS_ENOTFOUND;
   }
-  if (s >= lx->end) return PGS_ENOTFOUND;
-  size_t delim_len = (size_t)(s + 1 - lx->p); /* "$tag$" */
+  if (s >= lexed->end) return PGS_ENOTFOUND;
+  size_t delim_len = (size_t)(s + 1 - lexed->p); /* "$tag$" */
   const char *body = s + 1;
-  const char *close = memmem(body, (size_t)(lx->end - body), lx->p, delim_len);
+  const char *close = memmem(body, (size_t)(lexed->end - body), lexed->p, delim_len);
   if (close == NULL) return PGS_EINVAL;
-  pgs_status_t st = begin_literal(lx, lx->p, true);
+  pgs_status_t st = begin_literal(lexed, lexed->p, true);
   if (st != PGS_OK) return st;
-  pgs_lexed_t *o = lx->out;
+  pgs_lexed_t *o = lexed->out;
   memcpy(o->values + o->values_len, body, (size_t)(close - body));
   o->values_len += (size_t)(close - body);
-  lx->p = close + delim_len;
-  end_literal(lx);
+  lexed->p = close + delim_len;
+  end_literal(lexed);
   return PGS_OK;
 }
 
@@ -533,9 +534,9 @@ static pgs_status_t lex_dollar_quote(lexer_t *lx) {
  * "1_000", "1e", "$1a") is an error in PostgreSQL 15 ("trailing junk");
  * here it is the number then the identifier, and the server reports the
  * error. P is at a digit or at a '.' before a digit. */
-static pgs_status_t lex_number(lexer_t *lx) {
-  const char *s = lx->p;
-  const char *end = lx->end;
+static pgs_status_t lex_number(lexer_t *lexed) {
+  const char *s = lexed->p;
+  const char *end = lexed->end;
   while (s < end && is_class((unsigned char)*s, C_DIGIT)) s++;
   if (s < end && *s == '.' && !(s + 1 < end && s[1] == '.')) {
     s++;
@@ -549,30 +550,30 @@ static pgs_status_t lex_number(lexer_t *lx) {
       s = t;
     }
   }
-  pgs_status_t st = begin_literal(lx, lx->p, false);
+  pgs_status_t st = begin_literal(lexed, lexed->p, false);
   if (st != PGS_OK) return st;
-  pgs_lexed_t *o = lx->out;
-  memcpy(o->values + o->values_len, lx->p, (size_t)(s - lx->p));
-  o->values_len += (size_t)(s - lx->p);
-  lx->p = s;
-  end_literal(lx);
+  pgs_lexed_t *o = lexed->out;
+  memcpy(o->values + o->values_len, lexed->p, (size_t)(s - lexed->p));
+  o->values_len += (size_t)(s - lexed->p);
+  lexed->p = s;
+  end_literal(lexed);
   return PGS_OK;
 }
 
 /* $n: copied as written; the highest n is the statement's nparams. */
-static pgs_status_t lex_param(lexer_t *lx) {
-  const char *s = lx->p + 1;
+static pgs_status_t lex_param(lexer_t *lexed) {
+  const char *s = lexed->p + 1;
   long n = 0;
-  while (s < lx->end && is_class((unsigned char)*s, C_DIGIT)) {
+  while (s < lexed->end && is_class((unsigned char)*s, C_DIGIT)) {
     n = n * 10 + (*s - '0');
     if (n > MAX_PARAM) return PGS_ETOOBIG;
     s++;
   }
-  if (n > lx->out->nparams) lx->out->nparams = (int)n;
-  if (lx->after_placeholder) put_separator(lx);
-  put_n(lx, lx->p, (size_t)(s - lx->p));
-  lx->after_placeholder = true; /* a digit now would change the number */
-  lx->p = s;
+  if (n > lexed->out->nparams) lexed->out->nparams = (int)n;
+  if (lexed->after_placeholder) put_separator(lexed);
+  put_n(lexed, lexed->p, (size_t)(s - lexed->p));
+  lexed->after_placeholder = true; /* a digit now would change the number */
+  lexed->p = s;
   return PGS_OK;
 }
 
@@ -628,27 +629,27 @@ static inline uint64_t depth_bit(int depth) {
 
 /* Called with each word before it is written; ITEM_START: the token
  * before it began an item. */
-static void track_sort_list(lexer_t *lx, const char *w, size_t n, bool item_start) {
+static void track_sort_list(lexer_t *lexed, const char *w, size_t n, bool item_start) {
   static const char *const ends[] = {
       "except", "fetch",     "for",    "from", "having", "intersect", "into",  "limit",  "offset",
       "on",     "returning", "select", "set",  "union",  "values",    "where", "window", "with",
   };
-  uint64_t bit = depth_bit(lx->depth);
+  uint64_t bit = depth_bit(lexed->depth);
   if (n == 2 && word_is(w, "by", 2)) {
-    if (last_word_is(lx, "order", 5) || last_word_is(lx, "group", 5)) {
-      lx->sort_lists |= bit;
-      lx->item_start = true;
+    if (last_word_is(lexed, "order", 5) || last_word_is(lexed, "group", 5)) {
+      lexed->sort_lists |= bit;
+      lexed->item_start = true;
     }
     return;
   }
-  if (!(lx->sort_lists & bit)) return;
+  if (!(lexed->sort_lists & bit)) return;
   if (item_start && ((n == 3 && word_is(w, "all", 3)) || (n == 8 && word_is(w, "distinct", 8)))) {
-    lx->item_start = true; /* GROUP BY ALL | DISTINCT */
+    lexed->item_start = true; /* GROUP BY ALL | DISTINCT */
     return;
   }
   for (size_t i = 0; i < PGS_ARRAY_LEN(ends); i++)
     if (strlen(ends[i]) == n && word_is(w, ends[i], n)) {
-      lx->sort_lists &= ~bit;
+      lexed->sort_lists &= ~bit;
       return;
     }
 }
@@ -656,21 +657,21 @@ static void track_sort_list(lexer_t *lx, const char *w, size_t n, bool item_star
 /* At a digit: an integer standing alone as an ORDER BY / GROUP BY item
  * (ITEM_START: the token before began an item) is copied as written;
  * false otherwise. */
-static bool lex_position(lexer_t *lx, bool item_start) {
-  if (!item_start || !(lx->sort_lists & depth_bit(lx->depth))) return false;
-  const char *s = lx->p;
+static bool lex_position(lexer_t *lexed, bool item_start) {
+  if (!item_start || !(lexed->sort_lists & depth_bit(lexed->depth))) return false;
+  const char *s = lexed->p;
   int64_t value = 0;
-  while (s < lx->end && is_class((unsigned char)*s, C_DIGIT)) {
+  while (s < lexed->end && is_class((unsigned char)*s, C_DIGIT)) {
     value = value * 10 + (*s++ - '0');
     /* Past int4 the scanner makes it a float (FCONST), no position. */
     if (value > INT32_MAX) return false;
   }
   /* A fraction, an exponent or a glued identifier: not an integer. */
-  if (s < lx->end && (*s == '.' || is_class((unsigned char)*s, C_IDENT_CONT))) return false;
-  if (lx->after_placeholder) put_separator(lx);
-  put_n(lx, lx->p, (size_t)(s - lx->p));
-  lx->after_placeholder = true; /* a digit now would change the number */
-  lx->p = s;
+  if (s < lexed->end && (*s == '.' || is_class((unsigned char)*s, C_IDENT_CONT))) return false;
+  if (lexed->after_placeholder) put_separator(lexed);
+  put_n(lexed, lexed->p, (size_t)(s - lexed->p));
+  lexed->after_placeholder = true; /* a digit now would change the number */
+  lexed->p = s;
   return true;
 }
 
@@ -679,9 +680,9 @@ static bool lex_position(lexer_t *lx, bool item_start) {
 /* Literals were numbered $1.. as they came; the statement's own highest $n
  * is known only at the end. When both exist, shift every placeholder past
  * nparams (one copy of the output, only for such mixed statements). */
-static void renumber(lexer_t *lx) {
-  pgs_lexed_t *o = lx->out;
-  size_t cap = lx->len + (size_t)o->nliterals * 6 + 1; /* "$65535" at most */
+static void renumber(lexer_t *lexed) {
+  pgs_lexed_t *o = lexed->out;
+  size_t cap = lexed->len + (size_t)o->nliterals * 6 + 1; /* "$65535" at most */
   if (o->scratch_cap < cap) {
     o->scratch = pgs_xrealloc(o->scratch, cap);
     o->scratch_cap = cap;
@@ -694,30 +695,30 @@ static void renumber(lexer_t *lx) {
     memcpy(text + outlen, o->normalized + in, at - in);
     outlen += at - in;
     in = at + 1; /* skip '$' and the old digits */
-    while (in < lx->len && o->normalized[in] >= '0' && o->normalized[in] <= '9') in++;
+    while (in < lexed->len && o->normalized[in] >= '0' && o->normalized[in] <= '9') in++;
     lit->placeholder = (uint32_t)outlen;
     outlen += (size_t)snprintf(text + outlen, cap - outlen, "$%d", o->nparams + 1 + i);
   }
-  memcpy(text + outlen, o->normalized + in, lx->len - in);
-  outlen += lx->len - in;
+  memcpy(text + outlen, o->normalized + in, lexed->len - in);
+  outlen += lexed->len - in;
   o->scratch = o->normalized;
   o->scratch_cap = o->normalized_cap;
   o->normalized = text;
   o->normalized_cap = cap;
-  lx->len = outlen;
+  lexed->len = outlen;
 }
 
 /* ---- driver ---- */
 
-void pgs_lex_init(pgs_lexed_t *lx) { memset(lx, 0, sizeof(*lx)); }
+void pgs_lex_init(pgs_lexed_t *lexed) { memset(lexed, 0, sizeof(*lexed)); }
 
-const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param) {
-  int i = param - lx->nparams - 1;
-  return i >= 0 && i < lx->nliterals ? &lx->literals[i] : NULL;
+const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lexed, int param) {
+  int i = param - lexed->nparams - 1;
+  return i >= 0 && i < lexed->nliterals ? &lexed->literals[i] : NULL;
 }
 
-void pgs_lexed_put_literal(const pgs_lexed_t *lx, const pgs_literal_t *lit, pgs_buf_t *out) {
-  const char *value = lx->values + lit->offset;
+void pgs_lexed_put_literal(const pgs_lexed_t *lexed, const pgs_literal_t *lit, pgs_buf_t *out) {
+  const char *value = lexed->values + lit->offset;
   if (!lit->is_string) {
     pgs_buf_put(out, value, lit->len);
     return;
@@ -734,23 +735,23 @@ void pgs_lexed_put_literal(const pgs_lexed_t *lx, const pgs_literal_t *lit, pgs_
   pgs_buf_put_u8(out, '\'');
 }
 
-bool pgs_lexed_restore(const pgs_lexed_t *lx, size_t from, size_t to, int *next, pgs_buf_t *out,
+bool pgs_lexed_restore(const pgs_lexed_t *lexed, size_t from, size_t to, int *next, pgs_buf_t *out,
                        int32_t *loc) {
-  const char *s = lx->normalized;
+  const char *s = lexed->normalized;
   int i = *next;
-  while (i < lx->nliterals && lx->literals[i].placeholder < from) i++;
+  while (i < lexed->nliterals && lexed->literals[i].placeholder < from) i++;
   size_t at = from;
-  for (; i < lx->nliterals && lx->literals[i].placeholder < to; i++) {
-    const pgs_literal_t *lit = &lx->literals[i];
+  for (; i < lexed->nliterals && lexed->literals[i].placeholder < to; i++) {
+    const pgs_literal_t *lit = &lexed->literals[i];
     size_t p = lit->placeholder;
     char expect[16];
-    int n = snprintf(expect, sizeof(expect), "$%d", lx->nparams + 1 + i);
+    int n = snprintf(expect, sizeof(expect), "$%d", lexed->nparams + 1 + i);
     if (p + (size_t)n > to || memcmp(s + p, expect, (size_t)n) != 0 ||
-        (p + (size_t)n < lx->normalized_len && s[p + n] >= '0' && s[p + n] <= '9'))
+        (p + (size_t)n < lexed->normalized_len && s[p + n] >= '0' && s[p + n] <= '9'))
       return false;
     pgs_buf_put(out, s + at, p - at);
     if (loc) loc[i] = (int32_t)out->len;
-    pgs_lexed_put_literal(lx, lit, out);
+    pgs_lexed_put_literal(lexed, lit, out);
     at = p + (size_t)n;
   }
   pgs_buf_put(out, s + at, to - at);
@@ -758,12 +759,12 @@ bool pgs_lexed_restore(const pgs_lexed_t *lx, size_t from, size_t to, int *next,
   return true;
 }
 
-void pgs_lex_free(pgs_lexed_t *lx) {
-  free(lx->normalized);
-  free(lx->literals);
-  free(lx->values);
-  free(lx->scratch);
-  memset(lx, 0, sizeof(*lx));
+void pgs_lex_free(pgs_lexed_t *lexed) {
+  free(lexed->normalized);
+  free(lexed->literals);
+  free(lexed->values);
+  free(lexed->scratch);
+  memset(lexed, 0, sizeof(*lexed));
 }
 
 pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
@@ -776,8 +777,8 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
   out->hash = 0;
   out->chain = 0;
 
-  lexer_t lx = {.sql = sql, .p = sql, .end = sql + len, .out = out};
-  ensure_out(&lx, len + PLACEHOLDER_SLACK);
+  lexer_t lexed = {.sql = sql, .p = sql, .end = sql + len, .out = out};
+  ensure_out(&lexed, len + PLACEHOLDER_SLACK);
   out->normalized[0] = '\0';
   /* A value never takes more bytes than its literal did, plus its NUL. */
   ensure_values(out, 2 * len + 1);
@@ -787,108 +788,108 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
   bool pending_space = false;
   bool statement_open = false; /* a token since the last ';' */
   pgs_status_t st = PGS_OK;
-  while (lx.p < lx.end && st == PGS_OK) {
-    unsigned char c = (unsigned char)*lx.p;
+  while (lexed.p < lexed.end && st == PGS_OK) {
+    unsigned char c = (unsigned char)*lexed.p;
     if (is_class(c, C_SPACE)) {
       pending_space = true;
-      lx.p++;
+      lexed.p++;
       continue;
     }
-    if (c == '-' && lx.p + 1 < lx.end && lx.p[1] == '-') {
-      skip_line_comment(&lx);
+    if (c == '-' && lexed.p + 1 < lexed.end && lexed.p[1] == '-') {
+      skip_line_comment(&lexed);
       pending_space = true;
       continue;
     }
-    if (c == '/' && lx.p + 1 < lx.end && lx.p[1] == '*') {
-      st = skip_block_comment(&lx);
+    if (c == '/' && lexed.p + 1 < lexed.end && lexed.p[1] == '*') {
+      st = skip_block_comment(&lexed);
       pending_space = true;
       continue;
     }
     if (c == ';') {
       if (statement_open) {
-        put(&lx, ';');
+        put(&lexed, ';');
         out->nstatements++;
         statement_open = false;
         /* The space written after it stands for no input byte. */
-        keep_room(&lx);
+        keep_room(&lexed);
       }
-      lx.after_placeholder = false;
-      lx.depth = 0;
-      lx.sort_lists = 0;
-      lx.item_start = false;
-      pending_space = lx.len > 0;
-      lx.p++;
+      lexed.after_placeholder = false;
+      lexed.depth = 0;
+      lexed.sort_lists = 0;
+      lexed.item_start = false;
+      pending_space = lexed.len > 0;
+      lexed.p++;
       continue;
     }
-    if (pending_space && lx.len > 0) {
-      put(&lx, ' ');
-      lx.after_placeholder = false;
+    if (pending_space && lexed.len > 0) {
+      put(&lexed, ' ');
+      lexed.after_placeholder = false;
     }
     pending_space = false;
     statement_open = true;
     /* Whether this token may be a whole ORDER BY / GROUP BY item; the
      * branches below say whether the next one may. */
-    bool item_start = lx.item_start;
-    lx.item_start = false;
+    bool item_start = lexed.item_start;
+    lexed.item_start = false;
 
-    unsigned char next = lx.p + 1 < lx.end ? (unsigned char)lx.p[1] : 0;
+    unsigned char next = lexed.p + 1 < lexed.end ? (unsigned char)lexed.p[1] : 0;
     if (c == '\'') {
-      st = lex_string(&lx);
+      st = lex_string(&lexed);
     } else if ((c == 'e' || c == 'E') && next == '\'') {
-      lx.p++;
-      st = lex_escape_string(&lx);
+      lexed.p++;
+      st = lex_escape_string(&lexed);
     } else if ((c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') &&
                next == '\'') {
-      const char *start = lx.p++;
-      st = copy_quoted(&lx, start, '\'', c == 'n' || c == 'N');
-    } else if ((c == 'u' || c == 'U') && next == '&' && lx.p + 2 < lx.end &&
-               (lx.p[2] == '\'' || lx.p[2] == '"')) {
-      const char *start = lx.p;
-      lx.p += 2;
-      st = copy_quoted(&lx, start, *lx.p, true);
+      const char *start = lexed.p++;
+      st = copy_quoted(&lexed, start, '\'', c == 'n' || c == 'N');
+    } else if ((c == 'u' || c == 'U') && next == '&' && lexed.p + 2 < lexed.end &&
+               (lexed.p[2] == '\'' || lexed.p[2] == '"')) {
+      const char *start = lexed.p;
+      lexed.p += 2;
+      st = copy_quoted(&lexed, start, *lexed.p, true);
     } else if (c == '"') {
-      st = copy_quoted(&lx, lx.p, '"', true);
+      st = copy_quoted(&lexed, lexed.p, '"', true);
     } else if (c == '$' && is_class(next, C_DIGIT)) {
-      st = lex_param(&lx);
-    } else if (is_class(c, C_DIGIT) && lex_position(&lx, item_start)) {
+      st = lex_param(&lexed);
+    } else if (is_class(c, C_DIGIT) && lex_position(&lexed, item_start)) {
       st = PGS_OK;
     } else if (is_class(c, C_DIGIT) || (c == '.' && is_class(next, C_DIGIT))) {
-      st = lex_number(&lx);
-    } else if (c == '$' && (st = lex_dollar_quote(&lx)) != PGS_ENOTFOUND) {
+      st = lex_number(&lexed);
+    } else if (c == '$' && (st = lex_dollar_quote(&lexed)) != PGS_ENOTFOUND) {
       /* a dollar-quoted string (or an unterminated one) */
     } else if (is_class(c, C_IDENT_START)) {
       st = PGS_OK;
-      const char *s = lx.p + 1;
-      while (s < lx.end && is_class((unsigned char)*s, C_IDENT_CONT)) s++;
-      if (lx.after_placeholder) put_separator(&lx);
-      if (chains_left_deep(lx.p, (size_t)(s - lx.p))) out->chain++;
-      track_sort_list(&lx, lx.p, (size_t)(s - lx.p), item_start);
-      put_n(&lx, lx.p, (size_t)(s - lx.p));
-      lx.after_placeholder = false;
-      lx.p = s;
+      const char *s = lexed.p + 1;
+      while (s < lexed.end && is_class((unsigned char)*s, C_IDENT_CONT)) s++;
+      if (lexed.after_placeholder) put_separator(&lexed);
+      if (chains_left_deep(lexed.p, (size_t)(s - lexed.p))) out->chain++;
+      track_sort_list(&lexed, lexed.p, (size_t)(s - lexed.p), item_start);
+      put_n(&lexed, lexed.p, (size_t)(s - lexed.p));
+      lexed.after_placeholder = false;
+      lexed.p = s;
     } else {
       st = PGS_OK;
       /* The first char of a run of operator chars ("||", "::", "->>"). */
       if (is_class(c, C_OPERATOR) &&
-          !(lx.len > 0 && is_class((unsigned char)out->normalized[lx.len - 1], C_OPERATOR)))
+          !(lexed.len > 0 && is_class((unsigned char)out->normalized[lexed.len - 1], C_OPERATOR)))
         out->chain++;
       if (c == '(') {
-        bool item = item_start && (lx.sort_lists & depth_bit(lx.depth));
-        lx.depth++;
-        lx.sort_lists &= depth_bit(lx.depth) - 1; /* none open inside yet */
-        if (item) {                               /* ORDER BY (2) is ORDER BY 2 */
-          lx.sort_lists |= depth_bit(lx.depth);
-          lx.item_start = true;
+        bool item = item_start && (lexed.sort_lists & depth_bit(lexed.depth));
+        lexed.depth++;
+        lexed.sort_lists &= depth_bit(lexed.depth) - 1; /* none open inside yet */
+        if (item) {                                     /* ORDER BY (2) is ORDER BY 2 */
+          lexed.sort_lists |= depth_bit(lexed.depth);
+          lexed.item_start = true;
         }
       } else if (c == ',') {
-        lx.item_start = (lx.sort_lists & depth_bit(lx.depth)) != 0;
+        lexed.item_start = (lexed.sort_lists & depth_bit(lexed.depth)) != 0;
       } else if (c == ')') {
-        lx.sort_lists &= depth_bit(lx.depth) - 1; /* those inside close */
-        if (lx.depth > 0) lx.depth--;
+        lexed.sort_lists &= depth_bit(lexed.depth) - 1; /* those inside close */
+        if (lexed.depth > 0) lexed.depth--;
       }
-      put(&lx, (char)c);
-      lx.after_placeholder = false;
-      lx.p++;
+      put(&lexed, (char)c);
+      lexed.after_placeholder = false;
+      lexed.p++;
     }
   }
   if (st != PGS_OK) {
@@ -897,16 +898,16 @@ pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) {
   }
   if (statement_open) out->nstatements++;
   /* The final ';' (empty statements were never written). */
-  if (lx.len > 0 && out->normalized[lx.len - 1] == ';') lx.len--;
+  if (lexed.len > 0 && out->normalized[lexed.len - 1] == ';') lexed.len--;
   if ((size_t)out->nparams + (size_t)out->nliterals > MAX_PARAM) {
     out->normalized[0] = '\0';
     return PGS_ETOOBIG;
   }
-  if (out->nparams > 0 && out->nliterals > 0) renumber(&lx);
+  if (out->nparams > 0 && out->nliterals > 0) renumber(&lexed);
 
-  PGS_ASSERT(lx.len < out->normalized_cap);
-  out->normalized[lx.len] = '\0';
-  out->normalized_len = lx.len;
-  out->hash = XXH3_64bits(out->normalized, lx.len);
+  PGS_ASSERT(lexed.len < out->normalized_cap);
+  out->normalized[lexed.len] = '\0';
+  out->normalized_len = lexed.len;
+  out->hash = XXH3_64bits(out->normalized, lexed.len);
   return PGS_OK;
 }

@@ -142,7 +142,7 @@ typedef struct key_edge {
 
 typedef struct an {
   const pgs_database_t *db;
-  const pgs_lexed_t *lx;
+  const pgs_lexed_t *lexed;
   const int32_t *lit_loc;            /* literals put back: where each starts there */
   const PgQuery__SelectStmt *select; /* the SELECT analysed */
   uint32_t *lit_len;                 /* ... and how long each is there */
@@ -259,7 +259,7 @@ static bool same_tree(an_t *an, const ProtobufCMessage *a, const ProtobufCMessag
   if (a->descriptor != b->descriptor || depth > MAX_DEPTH) return false;
   if (an && a->descriptor == &pg_query__param_ref__descriptor) {
     int pa = ((const PgQuery__ParamRef *)a)->number, pb = ((const PgQuery__ParamRef *)b)->number;
-    if (pa > an->lx->nparams && pb > an->lx->nparams) {
+    if (pa > an->lexed->nparams && pb > an->lexed->nparams) {
       if (pa != pb) add_same(an, pa, pb);
       return true;
     }
@@ -826,7 +826,7 @@ static bool level_open(an_t *an, an_t *sub, const PgQuery__SelectStmt *s, const 
                        const cte_scope_t *ctes) {
   an_t *root = an->root ? an->root : an;
   *sub = (an_t){.db = an->db,
-                .lx = an->lx,
+                .lexed = an->lexed,
                 .lit_loc = an->lit_loc,
                 .lit_len = an->lit_len,
                 .spec = an->spec,
@@ -1593,7 +1593,7 @@ static bool constant_item(an_t *an, const PgQuery__Node *n, const char *clause, 
     /* The client's own $n is a value, constant for the statement: it
      * orders or groups nothing. A literal of the lexer's here was never a
      * position (the lexer keeps those), so PostgreSQL refuses it. */
-    if (n->param_ref->number > an->lx->nparams) refuse(an, "non-integer constant in %s", clause);
+    if (n->param_ref->number > an->lexed->nparams) refuse(an, "non-integer constant in %s", clause);
     *column = NO_COLUMN;
     return true;
   }
@@ -1716,7 +1716,7 @@ static bool count_value(an_t *an, const PgQuery__Node *n, const char *clause, in
   }
   case PG_QUERY__NODE__NODE_PARAM_REF: {
     const PgQuery__ParamRef *p = n->param_ref;
-    if (p->number < 1 || p->number > an->lx->nparams + an->lx->nliterals) break;
+    if (p->number < 1 || p->number > an->lexed->nparams + an->lexed->nliterals) break;
     *param = p->number;
     if (*start < 0 || p->location < *start) *start = p->location;
     return true;
@@ -1749,8 +1749,8 @@ static bool count_value(an_t *an, const PgQuery__Node *n, const char *clause, in
  * the normalised text (they differ when the literals were put back). */
 static uint32_t to_normalized(const an_t *an, int32_t r) {
   if (an->lit_loc == NULL || r < 0) return (uint32_t)(r < 0 ? 0 : r);
-  const pgs_lexed_t *lx = an->lx;
-  int lo = 0, hi = lx->nliterals - 1, last = -1;
+  const pgs_lexed_t *lexed = an->lexed;
+  int lo = 0, hi = lexed->nliterals - 1, last = -1;
   while (lo <= hi) {
     int mid = (lo + hi) / 2;
     if (an->lit_loc[mid] <= r) {
@@ -1761,17 +1761,17 @@ static uint32_t to_normalized(const an_t *an, int32_t r) {
     }
   }
   if (last < 0) return (uint32_t)r;
-  const pgs_literal_t *lit = &lx->literals[last];
+  const pgs_literal_t *lit = &lexed->literals[last];
   uint32_t end = (uint32_t)an->lit_loc[last] + an->lit_len[last];
   if ((uint32_t)r < end) return lit->placeholder;
   char digits[16];
-  int n = snprintf(digits, sizeof(digits), "$%d", lx->nparams + 1 + last);
+  int n = snprintf(digits, sizeof(digits), "$%d", lexed->nparams + 1 + last);
   return (uint32_t)r - end + lit->placeholder + (uint32_t)n;
 }
 
 /* The normalised text's tokens. NULL when it does not scan. */
-static PgQuery__ScanResult *scan_text(const pgs_lexed_t *lx, PgQueryScanResult *raw) {
-  *raw = pg_query_scan(lx->normalized);
+static PgQuery__ScanResult *scan_text(const pgs_lexed_t *lexed, PgQueryScanResult *raw) {
+  *raw = pg_query_scan(lexed->normalized);
   if (raw->error) return NULL;
   return pg_query__scan_result__unpack(NULL, raw->pbuf.len, (const uint8_t *)raw->pbuf.data);
 }
@@ -1828,7 +1828,7 @@ static void analyse_limits(an_t *an, const PgQuery__SelectStmt *s) {
   if (an->copy) return; /* refused later: COPY only concatenates */
 
   PgQueryScanResult raw;
-  PgQuery__ScanResult *sr = scan_text(an->lx, &raw);
+  PgQuery__ScanResult *sr = scan_text(an->lexed, &raw);
   int first = -1, other = -1;
   if (sr) {
     int kl = s->limit_count
@@ -1843,7 +1843,7 @@ static void analyse_limits(an_t *an, const PgQuery__SelectStmt *s) {
   }
   if (first >= 0) {
     spec->tail_at = (uint32_t)sr->tokens[first]->start;
-    spec->tail_end = (uint32_t)an->lx->normalized_len;
+    spec->tail_end = (uint32_t)an->lexed->normalized_len;
     int depth = 0;
     bool other_inside = false;
     for (size_t k = (size_t)first; k < sr->n_tokens; k++) {
@@ -2194,7 +2194,7 @@ static void analyse_distinct_on(an_t *an, const PgQuery__SelectStmt *s) {
   for (int i = 0; i < n && !refused(an); i++) {
     const PgQuery__Node *item = s->distinct_clause[i];
     if (is_node(item, PG_QUERY__NODE__NODE_PARAM_REF) &&
-        item->param_ref->number > an->lx->nparams) {
+        item->param_ref->number > an->lexed->nparams) {
       /* The lexer keeps ORDER BY and GROUP BY positions, not these. */
       refuse(an, "DISTINCT ON (position) cannot be merged across shards; write the expression");
       break;
@@ -2420,12 +2420,12 @@ static void analyse_copy(an_t *an, const PgQuery__CopyStmt *c) {
 
 /* The literal whose placeholder is at offset AT of the normalised text,
  * or -1. */
-static int literal_at(const pgs_lexed_t *lx, uint32_t at) {
-  int lo = 0, hi = lx->nliterals - 1;
+static int literal_at(const pgs_lexed_t *lexed, uint32_t at) {
+  int lo = 0, hi = lexed->nliterals - 1;
   while (lo <= hi) {
     int mid = (lo + hi) / 2;
-    if (lx->literals[mid].placeholder == at) return mid;
-    if (lx->literals[mid].placeholder < at)
+    if (lexed->literals[mid].placeholder == at) return mid;
+    if (lexed->literals[mid].placeholder < at)
       lo = mid + 1;
     else
       hi = mid - 1;
@@ -2449,23 +2449,23 @@ static PgQuery__Node *new_param_ref(int number, int32_t location) {
  * literal's parameter again, as the normalised text has it: $N, or -$N
  * where the grammar folded a minus into the constant. */
 static void literal_again(an_t *an, PgQuery__Node *n) {
-  const pgs_lexed_t *lx = an->lx;
+  const pgs_lexed_t *lexed = an->lexed;
   PgQuery__AConst *c = n->a_const;
   if (c->isnull || c->location < 0 || c->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL ||
       c->val_case == PG_QUERY__A__CONST__VAL_BSVAL)
     return;
   uint32_t at = to_normalized(an, c->location);
-  const char *text = lx->normalized;
+  const char *text = lexed->normalized;
   bool negate = false;
-  if (at < lx->normalized_len && text[at] == '-') {
+  if (at < lexed->normalized_len && text[at] == '-') {
     negate = true;
     at++;
-    while (at < lx->normalized_len && (text[at] == ' ' || text[at] == '(')) at++;
+    while (at < lexed->normalized_len && (text[at] == ' ' || text[at] == '(')) at++;
   }
-  int i = literal_at(lx, at);
+  int i = literal_at(lexed, at);
   if (i < 0) return;
   int32_t location = c->location;
-  PgQuery__Node *param = new_param_ref(lx->nparams + 1 + i, an->lit_loc[i]);
+  PgQuery__Node *param = new_param_ref(lexed->nparams + 1 + i, an->lit_loc[i]);
   pg_query__a__const__free_unpacked(c, NULL);
   if (!negate) {
     n->node_case = PG_QUERY__NODE__NODE_PARAM_REF;
@@ -2519,13 +2519,13 @@ static void params_again(an_t *an, ProtobufCMessage *m, int depth) {
 
 /* A copy of STMT in which every literal is its parameter again. */
 static PgQuery__Node *copy_with_params(an_t *an, const PgQuery__Node *stmt) {
-  const pgs_lexed_t *lx = an->lx;
-  an->lit_len = pgs_xmalloc(sizeof(*an->lit_len) * (size_t)lx->nliterals);
+  const pgs_lexed_t *lexed = an->lexed;
+  an->lit_len = pgs_xmalloc(sizeof(*an->lit_len) * (size_t)lexed->nliterals);
   pgs_buf_t scratch;
   pgs_buf_init(&scratch);
-  for (int i = 0; i < lx->nliterals; i++) {
+  for (int i = 0; i < lexed->nliterals; i++) {
     scratch.len = 0;
-    pgs_lexed_put_literal(lx, &lx->literals[i], &scratch);
+    pgs_lexed_put_literal(lexed, &lexed->literals[i], &scratch);
     an->lit_len[i] = (uint32_t)scratch.len;
   }
   pgs_buf_free(&scratch);
@@ -2595,7 +2595,7 @@ static bool tail_rewritten(const pgs_merge_spec_t *spec) {
  * that parenthesis depth, to the end or the parenthesis that closes it. */
 static void place_clauses(an_t *an, bool having) {
   pgs_merge_spec_t *spec = an->spec;
-  const pgs_lexed_t *lx = an->lx;
+  const pgs_lexed_t *lexed = an->lexed;
   bool regroup = an->regroup;
   if (!having && !regroup) return;
   if (an->first_target_loc < 0) {
@@ -2604,8 +2604,8 @@ static void place_clauses(an_t *an, bool having) {
   }
   uint32_t from = to_normalized(an, an->first_target_loc);
   PgQueryScanResult raw;
-  PgQuery__ScanResult *sr = scan_text(lx, &raw);
-  uint32_t group_by = 0, before = (uint32_t)lx->normalized_len;
+  PgQuery__ScanResult *sr = scan_text(lexed, &raw);
+  uint32_t group_by = 0, before = (uint32_t)lexed->normalized_len;
   bool placed = false; /* BEFORE is the first clause after WHERE */
   int depth = 0;
   for (size_t k = 0; sr && k < sr->n_tokens; k++) {
@@ -2666,7 +2666,7 @@ static void place_clauses(an_t *an, bool having) {
   pgs_buf_init(&text);
   if (group_by)
     pgs_buf_put_u8(&text, ' ');
-  else if (before > 0 && lx->normalized[before - 1] == ' ')
+  else if (before > 0 && lexed->normalized[before - 1] == ' ')
     pgs_buf_put(&text, "GROUP BY ", 9);
   else
     pgs_buf_put(&text, " GROUP BY ", 10);
@@ -2715,7 +2715,7 @@ static void add_collations(an_t *an) {
 
 static void build_spec(an_t *an) {
   pgs_merge_spec_t *spec = an->spec;
-  const pgs_lexed_t *lx = an->lx;
+  const pgs_lexed_t *lexed = an->lexed;
   if (an->nhidden + an->ntargets > MAX_COLUMNS) {
     refuse(an, "a select list of %d columns cannot be merged across shards",
            an->nhidden + an->ntargets);
@@ -2806,8 +2806,8 @@ static void build_spec(an_t *an) {
     for (int i = 0; i < an->npositions; i++) {
       pgs_merge_position_t p = an->positions[i];
       p.at = to_normalized(an, (int32_t)p.at);
-      while (p.at + p.len < lx->normalized_len && lx->normalized[p.at + p.len] >= '0' &&
-             lx->normalized[p.at + p.len] <= '9')
+      while (p.at + p.len < lexed->normalized_len && lexed->normalized[p.at + p.len] >= '0' &&
+             lexed->normalized[p.at + p.len] <= '9')
         p.len++;
       if (p.len == 0 || (spec->tail_at && p.at >= spec->tail_at)) {
         refuse(an, "an ORDER BY or GROUP BY position cannot be merged across shards here");
@@ -2837,7 +2837,7 @@ static void clear_spec(pgs_merge_spec_t *spec) {
   memcpy(spec->refuse, reason, sizeof(reason));
 }
 
-pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t *lx,
+pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t *lexed,
                                     const PgQuery__Node *stmt, const int32_t *lit_loc) {
   if (stmt == NULL) return NULL;
   if (stmt->node_case == PG_QUERY__NODE__NODE_COPY_STMT) {
@@ -2845,10 +2845,10 @@ pgs_merge_spec_t *pgs_merge_analyze(const pgs_database_t *db, const pgs_lexed_t 
   } else if (stmt->node_case != PG_QUERY__NODE__NODE_SELECT_STMT) {
     return NULL;
   }
-  an_t an = {.db = db, .lx = lx, .first_star = -1, .first_target_loc = -1};
+  an_t an = {.db = db, .lexed = lexed, .first_star = -1, .first_target_loc = -1};
   an.spec = pgs_xcalloc(1, sizeof(*an.spec));
   PgQuery__Node *own = NULL;
-  if (lit_loc != NULL && lx->nliterals > 0) {
+  if (lit_loc != NULL && lexed->nliterals > 0) {
     an.lit_loc = lit_loc;
     own = copy_with_params(&an, stmt);
     if (own == NULL) refuse(&an, "statement too complex to merge across shards");
@@ -2898,13 +2898,13 @@ void pgs_merge_spec_free(pgs_merge_spec_t *spec) {
 /* ---- the shards' text ---- */
 
 /* Normalised text [FROM, TO) with its literals put back. */
-static void put_range(const pgs_lexed_t *lx, size_t from, size_t to, int *next, pgs_buf_t *out) {
+static void put_range(const pgs_lexed_t *lexed, size_t from, size_t to, int *next, pgs_buf_t *out) {
   size_t mark = out->len;
   if (from >= to) return;
-  if (!pgs_lexed_restore(lx, from, to, next, out, NULL)) {
+  if (!pgs_lexed_restore(lexed, from, to, next, out, NULL)) {
     /* Not expected: the lexer put the placeholders there. */
     out->len = mark;
-    pgs_buf_put(out, lx->normalized + from, to - from);
+    pgs_buf_put(out, lexed->normalized + from, to - from);
   }
 }
 
@@ -2914,10 +2914,10 @@ static bool ident_byte(unsigned char c) {
 }
 
 /* Parameter P as SQL: its literal, or $P. */
-static void put_param(const pgs_lexed_t *lx, int p, pgs_buf_t *out) {
-  const pgs_literal_t *lit = pgs_lexed_literal(lx, p);
+static void put_param(const pgs_lexed_t *lexed, int p, pgs_buf_t *out) {
+  const pgs_literal_t *lit = pgs_lexed_literal(lexed, p);
   if (lit) {
-    pgs_lexed_put_literal(lx, lit, out);
+    pgs_lexed_put_literal(lexed, lit, out);
   } else {
     char buf[16];
     int n = snprintf(buf, sizeof(buf), "$%d", p);
@@ -2928,7 +2928,7 @@ static void put_param(const pgs_lexed_t *lx, int p, pgs_buf_t *out) {
 /* The hidden columns' text with its literals' $N put back (the deparser
  * quotes strings '...' or E'...' and identifiers "...": a $N inside those,
  * or glued to an identifier, is no parameter). */
-static void put_hidden(const pgs_lexed_t *lx, const char *s, pgs_buf_t *out) {
+static void put_hidden(const pgs_lexed_t *lexed, const char *s, pgs_buf_t *out) {
   size_t i = 0, n = strlen(s);
   while (i < n) {
     char ch = s[i];
@@ -2957,7 +2957,7 @@ static void put_hidden(const pgs_lexed_t *lx, const char *s, pgs_buf_t *out) {
       size_t j = i + 1;
       long p = 0;
       while (j < n && s[j] >= '0' && s[j] <= '9' && p <= 65535) p = p * 10 + (s[j++] - '0');
-      put_param(lx, (int)p, out);
+      put_param(lexed, (int)p, out);
       i = j;
     } else {
       pgs_buf_put_u8(out, (uint8_t)ch);
@@ -2967,13 +2967,13 @@ static void put_hidden(const pgs_lexed_t *lx, const char *s, pgs_buf_t *out) {
 }
 
 /* "(value)::int8" for a LIMIT or OFFSET parameter. */
-static void put_count(const pgs_lexed_t *lx, int param, bool negate, pgs_buf_t *out) {
+static void put_count(const pgs_lexed_t *lexed, int param, bool negate, pgs_buf_t *out) {
   pgs_buf_put(out, negate ? "(-" : "(", negate ? 2 : 1);
-  put_param(lx, param, out);
+  put_param(lexed, param, out);
   pgs_buf_put(out, ")::int8", 7);
 }
 
-static void put_tail(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_buf_t *out) {
+static void put_tail(const pgs_merge_spec_t *spec, const pgs_lexed_t *lexed, pgs_buf_t *out) {
   bool limit = spec->limit_param > 0 || spec->limit_one;
   bool offset = spec->offset_param > 0;
   if (limit_pushed(spec)) {
@@ -2982,12 +2982,12 @@ static void put_tail(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_bu
       if (spec->limit_one)
         pgs_buf_put(out, "1", 1);
       else
-        put_count(lx, spec->limit_param, spec->limit_negate, out);
+        put_count(lexed, spec->limit_param, spec->limit_negate, out);
       pgs_buf_put(out, " + ", 3);
     } else {
       pgs_buf_put(out, "OFFSET 0 * ", 11);
     }
-    put_count(lx, spec->offset_param, spec->offset_negate, out);
+    put_count(lexed, spec->offset_param, spec->offset_negate, out);
     return;
   }
   /* Every row of every shard; the parameters stay referenced. */
@@ -2995,12 +2995,12 @@ static void put_tail(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_bu
   pgs_buf_put(out, "OFFSET ", 7);
   if (spec->limit_param > 0) {
     pgs_buf_put(out, "0 * ", 4);
-    put_count(lx, spec->limit_param, spec->limit_negate, out);
+    put_count(lexed, spec->limit_param, spec->limit_negate, out);
     if (offset) pgs_buf_put(out, " + ", 3);
   }
   if (offset) {
     pgs_buf_put(out, "0 * ", 4);
-    put_count(lx, spec->offset_param, spec->offset_negate, out);
+    put_count(lexed, spec->offset_param, spec->offset_negate, out);
   }
 }
 
@@ -3022,8 +3022,8 @@ static int compare_edits(const void *a, const void *b) {
   return (ea->kind > eb->kind) - (ea->kind < eb->kind); /* insertions first */
 }
 
-void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_buf_t *out) {
-  size_t len = lx->normalized_len;
+void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lexed, pgs_buf_t *out) {
+  size_t len = lexed->normalized_len;
   size_t at = 0;
   int next = 0;
   if (spec->refuse[0] == '\0' && spec->rewrite) {
@@ -3043,10 +3043,10 @@ void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pg
     for (int i = 0; i < n; i++) {
       const edit_t *e = &edits[i];
       if (e->at < at || e->end > len) continue; /* not expected: a spec of another text */
-      put_range(lx, at, e->at, &next, out);
+      put_range(lexed, at, e->at, &next, out);
       switch (e->kind) {
       case EDIT_HIDDEN:
-        put_hidden(lx, spec->hidden_text, out);
+        put_hidden(lexed, spec->hidden_text, out);
         break;
       case EDIT_GROUP:
         pgs_buf_put(out, spec->group_text, strlen(spec->group_text));
@@ -3062,14 +3062,14 @@ void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pg
         break;
       }
       case EDIT_TAIL:
-        put_tail(spec, lx, out);
+        put_tail(spec, lexed, out);
         break;
       }
       at = e->end;
     }
     free(edits);
   }
-  put_range(lx, at, len, &next, out);
+  put_range(lexed, at, len, &next, out);
   pgs_buf_put_u8(out, '\0');
 }
 
@@ -3145,16 +3145,16 @@ static bool decimal_syntax(const char *s, size_t len) {
 }
 
 /* Parameter PARAM's value as a count; *ISNULL for SQL NULL. */
-static pgs_status_t read_count(const pgs_lexed_t *lx, const pgs_param_values_t *params, int param,
-                               const char *clause, int64_t *out, bool *isnull,
+static pgs_status_t read_count(const pgs_lexed_t *lexed, const pgs_param_values_t *params,
+                               int param, const char *clause, int64_t *out, bool *isnull,
                                pgs_value_error_t *err) {
   *isnull = false;
-  if (param > lx->nparams) {
-    const pgs_literal_t *lit = pgs_lexed_literal(lx, param);
+  if (param > lexed->nparams) {
+    const pgs_literal_t *lit = pgs_lexed_literal(lexed, param);
     if (lit == NULL)
       return value_error(err, PGS_SQLSTATE_INTERNAL, "%s refers to unknown value $%d", clause,
                          param);
-    const char *v = lx->values + lit->offset;
+    const char *v = lexed->values + lit->offset;
     if (lit->is_string) return parse_integer(v, lit->len, INT64_MIN, INT64_MAX, "bigint", out, err);
     /* A number literal: an integer, or a numeric cast to bigint. */
     if (decimal_syntax(v, lit->len)) return parse_decimal(v, lit->len, false, out, err);
@@ -3216,16 +3216,16 @@ static pgs_status_t read_count(const pgs_lexed_t *lx, const pgs_param_values_t *
   }
 }
 
-pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx,
+pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *lexed,
                               const pgs_param_values_t *params, int64_t *limit, int64_t *offset,
                               pgs_value_error_t *err) {
   *limit = -1;
   *offset = 0;
   for (int i = 0; i < spec->nsame; i++) {
-    const pgs_literal_t *a = pgs_lexed_literal(lx, spec->same[2 * i]);
-    const pgs_literal_t *b = pgs_lexed_literal(lx, spec->same[2 * i + 1]);
+    const pgs_literal_t *a = pgs_lexed_literal(lexed, spec->same[2 * i]);
+    const pgs_literal_t *b = pgs_lexed_literal(lexed, spec->same[2 * i + 1]);
     if (a && b && a->is_string == b->is_string && a->len == b->len &&
-        memcmp(lx->values + a->offset, lx->values + b->offset, a->len) == 0)
+        memcmp(lexed->values + a->offset, lexed->values + b->offset, a->len) == 0)
       continue;
     return value_error(err, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                        "an expression that is its GROUP BY expression but for a literal cannot "
@@ -3236,7 +3236,7 @@ pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *l
   if (spec->limit_one) {
     *limit = 1;
   } else if (spec->limit_param > 0) {
-    pgs_status_t st = read_count(lx, params, spec->limit_param, "LIMIT", &v, &isnull, err);
+    pgs_status_t st = read_count(lexed, params, spec->limit_param, "LIMIT", &v, &isnull, err);
     if (st != PGS_OK) return st;
     if (!isnull) {
       if (spec->limit_negate) {
@@ -3248,7 +3248,7 @@ pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *l
     }
   }
   if (spec->offset_param > 0) {
-    pgs_status_t st = read_count(lx, params, spec->offset_param, "OFFSET", &v, &isnull, err);
+    pgs_status_t st = read_count(lexed, params, spec->offset_param, "OFFSET", &v, &isnull, err);
     if (st != PGS_OK) return st;
     if (!isnull) {
       if (spec->offset_negate) {

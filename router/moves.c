@@ -186,7 +186,7 @@ static bool keyed_on(const pgs_plan_t *plan, const char *table) {
 }
 
 bool pgs_moves_refuse(const pgs_move_t *moves, int n, const pgs_database_t *db,
-                      const pgs_plan_t *plan, const pgs_lexed_t *lx, const pgs_route_t *rt,
+                      const pgs_plan_t *plan, const pgs_lexed_t *lexed, const pgs_route_t *rt,
                       char *message, size_t cap) {
   if (rt->kind == PGS_ROUTE_REFUSE || rt->kind == PGS_ROUTE_ANY || rt->kind == PGS_ROUTE_SPLIT)
     return false; /* no sharded table, or each row by its key */
@@ -199,7 +199,7 @@ bool pgs_moves_refuse(const pgs_move_t *moves, int n, const pgs_database_t *db,
     if (one ? rt->shard != target : !(rt->shards & BIT(target))) continue;
     for (int t = 0; t < m->ntables; t++) {
       const char *table = m->tables[t];
-      if (lx && !names_table(lx->normalized, lx->normalized_len, table)) continue;
+      if (lexed && !names_table(lexed->normalized, lexed->normalized_len, table)) continue;
       const char *why;
       if (one && keyed_on(plan, table)) {
         continue; /* the key is the target's under the running map: not moving */

@@ -88,11 +88,11 @@ static void evict(pgs_plan_cache_t *cache, entry_t *e) {
 }
 
 pgs_plan_t *pgs_plan_cache_get(pgs_plan_cache_t *cache, const struct pgs_database *db,
-                               const pgs_lexed_t *lx) {
-  size_t b = bucket_of(cache, db, lx->hash);
+                               const pgs_lexed_t *lexed) {
+  size_t b = bucket_of(cache, db, lexed->hash);
   for (entry_t *e = cache->buckets[b]; e; e = e->chain) {
-    if (e->hash != lx->hash || e->db != db || e->len != lx->normalized_len ||
-        memcmp(e->text, lx->normalized, e->len) != 0)
+    if (e->hash != lexed->hash || e->db != db || e->len != lexed->normalized_len ||
+        memcmp(e->text, lexed->normalized, e->len) != 0)
       continue;
     cache->hits++;
     if (cache->newest != e) {
@@ -104,17 +104,17 @@ pgs_plan_t *pgs_plan_cache_get(pgs_plan_cache_t *cache, const struct pgs_databas
   }
 
   cache->misses++;
-  pgs_plan_t *plan = pgs_analyze(db, lx);
+  pgs_plan_t *plan = pgs_analyze(db, lexed);
   /* Unparseable texts are not kept: a typo must not push out good plans,
    * and such a plan says nothing worth remembering. */
   if (plan->parse_failed || cache->capacity == 0) return plan;
   if (cache->count >= cache->capacity) evict(cache, cache->oldest);
 
-  entry_t *e = pgs_xmalloc(sizeof(*e) + lx->normalized_len + 1);
+  entry_t *e = pgs_xmalloc(sizeof(*e) + lexed->normalized_len + 1);
   e->db = db;
-  e->hash = lx->hash;
-  e->len = lx->normalized_len;
-  memcpy(e->text, lx->normalized, e->len);
+  e->hash = lexed->hash;
+  e->len = lexed->normalized_len;
+  memcpy(e->text, lexed->normalized, e->len);
   e->text[e->len] = '\0';
   e->plan = plan;
   plan->refcount++; /* the cache's reference */

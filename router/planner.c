@@ -200,7 +200,7 @@ void pgs_session_init(pgs_session_t *s, const pgs_database_t *db) {
   pgs_strmap_init(&s->portals);
   pgs_strmap_init(&s->cursors);
   pgs_strmap_init(&s->portal_set_ops);
-  pgs_lex_init(&s->lx);
+  pgs_lex_init(&s->lexed);
   s->routing = routes(s, db);
 }
 
@@ -216,7 +216,7 @@ void pgs_session_free(pgs_session_t *s) {
   pgs_strmap_free(&s->portal_set_ops, pgs_set_ops_free);
   pgs_set_ops_free(s->unnamed_set_ops);
   s->unnamed_set_ops = NULL;
-  pgs_lex_free(&s->lx);
+  pgs_lex_free(&s->lexed);
   free(s->tenant);
   free(s->tenant_text);
   free(s->startup_tenant);
@@ -338,9 +338,9 @@ void pgs_session_free_stmt(void *p) {
   pgs_buf_free(&stmt->parse_body);
   pgs_buf_free(&stmt->merge_body);
   pgs_plan_unref(stmt->plan);
-  if (stmt->lx) {
-    pgs_lex_free(stmt->lx);
-    free(stmt->lx);
+  if (stmt->lexed) {
+    pgs_lex_free(stmt->lexed);
+    free(stmt->lexed);
   }
   free(stmt->type_oids);
   pgs_set_ops_free(stmt->set_ops);
@@ -358,7 +358,7 @@ void pgs_stmt_merge_variant(pgs_client_stmt_t *stmt) {
   if (stmt->merge_body.len > 0) return;
   const pgs_buf_t *pb = &stmt->parse_body;
   size_t qlen = strnlen((const char *)pb->data, pb->len);
-  pgs_merge_shard_sql(stmt->plan->merge, stmt->lx, &stmt->merge_body);
+  pgs_merge_shard_sql(stmt->plan->merge, stmt->lexed, &stmt->merge_body);
   if (qlen < pb->len) pgs_buf_put(&stmt->merge_body, pb->data + qlen + 1, pb->len - qlen - 1);
   statement_server_name(stmt->merge_body.data, stmt->merge_body.len, stmt->merge_name);
 }
@@ -742,11 +742,11 @@ static bool sets_scs_off(const pgs_session_effects_t *fx) {
 
 /* Whether code the statement runs (a function call, DO) names
  * standard_conforming_strings in a string: set_config and DO bodies. */
-static bool code_names_scs(const pgs_plan_t *plan, const pgs_lexed_t *lx) {
-  if (!plan->runs_code || lx == NULL) return false;
-  for (int i = 0; i < lx->nliterals; i++) {
-    const pgs_literal_t *lit = &lx->literals[i];
-    const char *v = lx->values + lit->offset;
+static bool code_names_scs(const pgs_plan_t *plan, const pgs_lexed_t *lexed) {
+  if (!plan->runs_code || lexed == NULL) return false;
+  for (int i = 0; i < lexed->nliterals; i++) {
+    const pgs_literal_t *lit = &lexed->literals[i];
+    const char *v = lexed->values + lit->offset;
     if (lit->is_string && lit->len >= 27 && strcasestr(v, "standard_conforming_strings"))
       return true;
   }
@@ -890,22 +890,25 @@ static const char too_many_literals[] =
     "statement has more literals and parameters than pgshard can route (65535 in all); "
     "send it in smaller pieces";
 
-/* The request runs LX's statement (the first one counts): SHOW QUERIES
+/* The request runs LEXED's statement (the first one counts): SHOW QUERIES
  * keys it by its normalised text. */
-static void note_query(pgs_session_t *s, const pgs_lexed_t *lx) { s->ops->note_query(s->ctx, lx); }
+static void note_query(pgs_session_t *s, const pgs_lexed_t *lexed) {
+  s->ops->note_query(s->ctx, lexed);
+}
 
-static pgs_plan_t *get_plan(pgs_session_t *s, const pgs_lexed_t *lx) {
-  return s->ops->analyze(s->ctx, lx);
+static pgs_plan_t *get_plan(pgs_session_t *s, const pgs_lexed_t *lexed) {
+  return s->ops->analyze(s->ctx, lexed);
 }
 
 /* Whether a resharding copies rows into a shard the statement reaches
  * without routing them by key (moves.h): then refused, the error added. */
-static bool moving_rows(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+static bool moving_rows(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lexed,
                         const pgs_route_t *rt) {
   int n = 0;
   const pgs_move_t *moves = s->ops->moves ? s->ops->moves(s->ctx, &n) : NULL;
   char message[512];
-  if (moves == NULL || !pgs_moves_refuse(moves, n, s->db, plan, lx, rt, message, sizeof(message)))
+  if (moves == NULL ||
+      !pgs_moves_refuse(moves, n, s->db, plan, lexed, rt, message, sizeof(message)))
     return false;
   add_error(s, "55000", "%s", message);
   return true;
@@ -914,13 +917,13 @@ static bool moving_rows(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexe
 static pgs_key_t *typed_tenant(const pgs_database_t *db, const char *text, pgs_key_error_t *err);
 static int same_shard(const pgs_database_t *old, int old_index, const pgs_database_t *db);
 
-/* Whether the statement (PLAN of LX with PARAMS, routed RT with SESSION in
+/* Whether the statement (PLAN of LEXED with PARAMS, routed RT with SESSION in
  * the session's database) runs on the same shards, by name, in NEXT: its
  * hint and tenant taken there by name and value, PLAN analysed again
  * there. A COPY into a sharded table splits its rows later: the table must
  * route alike. */
 static bool same_shards_in(pgs_session_t *s, const pgs_database_t *next, const pgs_plan_t *plan,
-                           const pgs_lexed_t *lx, const pgs_param_values_t *params,
+                           const pgs_lexed_t *lexed, const pgs_param_values_t *params,
                            const pgs_route_session_t *session, const pgs_route_t *rt) {
   pgs_route_session_t there = {.hint_shard = -1, .tenant = NULL};
   if (session->hint_shard >= 0 &&
@@ -933,10 +936,10 @@ static bool same_shards_in(pgs_session_t *s, const pgs_database_t *next, const p
     if (tenant == NULL) return false;
     there.tenant = tenant;
   }
-  pgs_plan_t *other = pgs_analyze(next, lx);
+  pgs_plan_t *other = pgs_analyze(next, lexed);
   int *rows = other->nrows ? pgs_xcalloc((size_t)other->nrows, sizeof(int)) : NULL;
   pgs_route_t there_rt = {.row_shard = rows};
-  pgs_route_plan(next, other, lx, params, &there, &there_rt);
+  pgs_route_plan(next, other, lexed, params, &there, &there_rt);
   bool same =
       other->nrows == plan->nrows && pgs_moves_same_route(s->db, rt, next, &there_rt, plan->nrows);
   if (same && plan->kind == PGS_STMT_COPY_FROM && plan->table)
@@ -951,27 +954,27 @@ static bool same_shards_in(pgs_session_t *s, const pgs_database_t *next, const p
 /* RESHARD HOLD (hold.h): the statement waits when it would run on other
  * shards under the new map. No error, no step: s->held, and the proxy
  * plans the message again once the hold ends. */
-static bool held_for_cutover(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+static bool held_for_cutover(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lexed,
                              const pgs_param_values_t *params, const pgs_route_session_t *session,
                              const pgs_route_t *rt) {
   const pgs_database_t *next = s->ops->hold ? s->ops->hold(s->ctx) : NULL;
-  if (next == NULL || lx == NULL) return false;
-  s->held = !same_shards_in(s, next, plan, lx, params, session, rt);
+  if (next == NULL || lexed == NULL) return false;
+  s->held = !same_shards_in(s, next, plan, lexed, params, session, rt);
   return s->held;
 }
 
 /* Route PLAN; REFUSE adds the error. Returns false when refused. */
-static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *lexed,
                   const pgs_param_values_t *params, pgs_route_t *out) {
   pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
-  if (s->scs_off || code_names_scs(plan, lx)) {
+  if (s->scs_off || code_names_scs(plan, lexed)) {
     add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "%s", scs_off_message);
     return false;
   }
-  if (lx && lx->hint_shard[0]) {
-    session.hint_shard = pgs_shardmap_find_shard(s->db, lx->hint_shard);
+  if (lexed && lexed->hint_shard[0]) {
+    session.hint_shard = pgs_shardmap_find_shard(s->db, lexed->hint_shard);
     if (session.hint_shard < 0) {
-      add_error(s, "22023", "unknown shard \"%s\" in hint", lx->hint_shard);
+      add_error(s, "22023", "unknown shard \"%s\" in hint", lexed->hint_shard);
       return false;
     }
   }
@@ -980,12 +983,12 @@ static bool route(pgs_session_t *s, const pgs_plan_t *plan, const pgs_lexed_t *l
     s->row_shard = pgs_xrealloc(s->row_shard, sizeof(int) * (size_t)plan->nrows);
   }
   out->row_shard = s->row_shard;
-  pgs_route_plan(s->db, plan, lx, params, &session, out);
+  pgs_route_plan(s->db, plan, lexed, params, &session, out);
   if (out->kind == PGS_ROUTE_REFUSE) {
     add_error(s, out->sqlstate, "%s", out->message);
     return false;
   }
-  if (moving_rows(s, plan, lx, out) || held_for_cutover(s, plan, lx, params, &session, out))
+  if (moving_rows(s, plan, lexed, out) || held_for_cutover(s, plan, lexed, params, &session, out))
     return false;
   if (out->kind == PGS_ROUTE_ONE) {
     /* One transaction writes on one shard unless the policy allows more. */
@@ -1131,7 +1134,7 @@ static uint64_t fan_slots(pgs_session_t *s, const pgs_route_t *rt, const pgs_pla
 
 /* A simple Query routed MERGE: every shard at once, rows merged. */
 static void plan_fan_query(pgs_session_t *s, const pgs_route_t *rt, pgs_plan_t *plan,
-                           const pgs_lexed_t *lx) {
+                           const pgs_lexed_t *lexed) {
   int64_t limit, offset;
   pgs_value_error_t err;
   uint64_t slots = fan_slots(s, rt, plan);
@@ -1139,14 +1142,14 @@ static void plan_fan_query(pgs_session_t *s, const pgs_route_t *rt, pgs_plan_t *
     add_reply(s, 'Z', NULL);
     return;
   }
-  if (pgs_merge_limits(plan->merge, lx, NULL, &limit, &offset, &err) != PGS_OK) {
+  if (pgs_merge_limits(plan->merge, lexed, NULL, &limit, &offset, &err) != PGS_OK) {
     add_error(s, err.sqlstate, "%s", err.message);
     add_reply(s, 'Z', NULL);
     return;
   }
   pgs_buf_t text;
   pgs_buf_init(&text);
-  if (plan->merge->rewrite) pgs_merge_shard_sql(plan->merge, lx, &text);
+  if (plan->merge->rewrite) pgs_merge_shard_sql(plan->merge, lexed, &text);
   order_fan(s, plan, slots, limit, offset, true);
   add_fan_steps(s, slots, text.len ? PGS_STEP_QUERY : PGS_STEP_FORWARD,
                 text.len ? (const char *)text.data : NULL);
@@ -1176,10 +1179,10 @@ static void implicit_twopc_commit(pgs_session_t *s, uint64_t slots, int first) {
  * hint, or a reference table): on each shard's writer at once, rows split
  * by key (fanout.c). */
 static void plan_copy_in(pgs_session_t *s, const pgs_route_t *rt, pgs_plan_t *plan,
-                         const pgs_lexed_t *lx) {
+                         const pgs_lexed_t *lexed) {
   pgs_copy_spec_t spec;
   pgs_key_error_t err;
-  if (plan->copy == NULL || pgs_copy_spec_resolve(plan->copy, lx, &spec, &err) != PGS_OK) {
+  if (plan->copy == NULL || pgs_copy_spec_resolve(plan->copy, lexed, &spec, &err) != PGS_OK) {
     if (plan->copy == NULL)
       add_error(s, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED, "this COPY cannot be split by shard");
     else
@@ -1510,11 +1513,11 @@ static const pgs_param_values_t *declare_params(pgs_session_t *s, const pgs_port
  * asks for its own formats). */
 static void keep_declare_bind(pgs_portal_t *portal, const pgs_client_stmt_t *stmt,
                               const pgs_bind_msg_t *bind, const pgs_plan_t *inner,
-                              const pgs_lexed_t *lx, const char *query, size_t qlen) {
+                              const pgs_lexed_t *lexed, const char *query, size_t qlen) {
   pgs_buf_t *body = &portal->merge_body;
   body->len = 0;
   if (inner->merge->rewrite) {
-    pgs_merge_shard_sql(inner->merge, lx, body);
+    pgs_merge_shard_sql(inner->merge, lexed, body);
   } else {
     pgs_buf_put(body, query, qlen);
     pgs_buf_put_u8(body, '\0');
@@ -1538,22 +1541,22 @@ static void keep_declare_bind(pgs_portal_t *portal, const pgs_client_stmt_t *stm
 }
 
 /* The query of the DECLARE in SQL (QLEN bytes; the query from *AT) lexed
- * into LX and analysed (*INNER, a reference) when it is a merged read over
+ * into LEXED and analysed (*INNER, a reference) when it is a merged read over
  * several shards: the cursor is then gathered. False otherwise (the DECLARE goes where its
  * query routes, as any statement). */
-static bool declare_gathers(pgs_session_t *s, const char *sql, size_t qlen, pgs_lexed_t *lx,
+static bool declare_gathers(pgs_session_t *s, const char *sql, size_t qlen, pgs_lexed_t *lexed,
                             pgs_plan_t **inner, size_t *at, const pgs_param_values_t *params) {
   *at = declare_query_start(sql, qlen);
   *inner = NULL;
-  if (*at == 0 || pgs_lex(sql + *at, qlen - *at, lx) != PGS_OK) return false;
-  *inner = get_plan(s, lx);
+  if (*at == 0 || pgs_lex(sql + *at, qlen - *at, lexed) != PGS_OK) return false;
+  *inner = get_plan(s, lexed);
   const pgs_plan_t *q = *inner;
-  if (q->parse_failed || q->kind != PGS_STMT_READ || q->merge == NULL || lx->hint_shard[0] ||
-      q->nrows > 0 || (lx->nparams > 0 && (params == NULL || params->n < lx->nparams)))
+  if (q->parse_failed || q->kind != PGS_STMT_READ || q->merge == NULL || lexed->hint_shard[0] ||
+      q->nrows > 0 || (lexed->nparams > 0 && (params == NULL || params->n < lexed->nparams)))
     return false;
   pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
   pgs_route_t probe = {.row_shard = NULL};
-  pgs_route_plan(s->db, q, lx, params, &session, &probe);
+  pgs_route_plan(s->db, q, lexed, params, &session, &probe);
   return probe.kind == PGS_ROUTE_MERGE;
 }
 
@@ -1562,21 +1565,21 @@ static bool declare_gathers(pgs_session_t *s, const char *sql, size_t qlen, pgs_
  * merged rows are gathered in the cursor. False when it is not gathered. */
 static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const pgs_plan_t *plan,
                          bool simple, pgs_portal_t *bound) {
-  pgs_lexed_t lx;
-  pgs_lex_init(&lx);
+  pgs_lexed_t lexed;
+  pgs_lex_init(&lexed);
   pgs_plan_t *inner = NULL;
   size_t at;
   pgs_param_values_t pv = {0};
   uint32_t *types = NULL;
   const pgs_param_values_t *params =
       bound && bound->merge_bind.len > 0 ? declare_params(s, bound, &pv, &types) : NULL;
-  bool gathered = declare_gathers(s, sql, qlen, &lx, &inner, &at, params);
+  bool gathered = declare_gathers(s, sql, qlen, &lexed, &inner, &at, params);
   pgs_route_t rt;
   int64_t limit, offset;
   pgs_value_error_t err;
   uint64_t slots = 0;
   if (!gathered) goto out;
-  if (!route(s, inner, &lx, params, &rt)) goto refused;
+  if (!route(s, inner, &lexed, params, &rt)) goto refused;
   if (!plan->cursor_hold && !pgs_exchange_in_tx(&s->ex)) {
     add_error(s, "25P01", "DECLARE CURSOR can only be used in transaction blocks");
     goto refused;
@@ -1587,7 +1590,7 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
   }
   slots = fan_slots(s, &rt, inner);
   if (slots == 0) goto refused;
-  if (pgs_merge_limits(inner->merge, &lx, params, &limit, &offset, &err) != PGS_OK) {
+  if (pgs_merge_limits(inner->merge, &lexed, params, &limit, &offset, &err) != PGS_OK) {
     add_error(s, err.sqlstate, "%s", err.message);
     goto refused;
   }
@@ -1605,7 +1608,7 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
   pgs_buf_t text;
   pgs_buf_init(&text);
   if (inner->merge->rewrite)
-    pgs_merge_shard_sql(inner->merge, &lx, &text);
+    pgs_merge_shard_sql(inner->merge, &lexed, &text);
   else
     pgs_buf_put(&text, sql + at, qlen - at);
   pgs_buf_put_u8(&text, 0);
@@ -1621,7 +1624,7 @@ refused:
 out:
   free(types);
   pgs_plan_unref(inner);
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return gathered;
 }
 
@@ -1753,18 +1756,18 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       return;
     }
   }
-  pgs_lexed_t *lx = &s->lx;
+  pgs_lexed_t *lexed = &s->lexed;
   pgs_plan_t *plan = NULL;
-  pgs_status_t lexed = pgs_lex(sql, qlen, lx);
-  if (lexed == PGS_ETOOBIG) {
+  pgs_status_t lex_status = pgs_lex(sql, qlen, lexed);
+  if (lex_status == PGS_ETOOBIG) {
     /* Its keys cannot be read: never guess a shard. */
     add_error(s, "54000", "%s", too_many_literals);
     add_reply(s, 'Z', NULL);
     if (session) pgs_session_effects_free(&fx);
     return;
   }
-  if (lexed == PGS_OK) plan = get_plan(s, lx);
-  if (lexed == PGS_OK) note_query(s, lx);
+  if (lex_status == PGS_OK) plan = get_plan(s, lexed);
+  if (lex_status == PGS_OK) note_query(s, lexed);
   if (plan && plan->needs_columns && !s->rewritten) {
     /* INSERT INTO t VALUES: planned with t's columns named. */
     pgs_buf_t *m = &s->message;
@@ -1830,14 +1833,14 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
     else
       add_fanout(s, session_mask(s), PGS_STEP_FORWARD, NULL, true, PGS_PLACED_SESSION);
     if (session) check_session_effects(s, &fx, true, NULL);
-  } else if (!route(s, plan, lx, NULL, &rt)) {
+  } else if (!route(s, plan, lexed, NULL, &rt)) {
     if (!s->held) add_reply(s, 'Z', NULL);
   } else if (rt.kind == PGS_ROUTE_MERGE) {
-    plan_fan_query(s, &rt, plan, lx);
+    plan_fan_query(s, &rt, plan, lexed);
   } else if (kind == PGS_STMT_COPY_FROM && (rt.kind == PGS_ROUTE_FANOUT || plan->table)) {
     /* Into a sharded table always through the splitter, even on one shard
      * (a hint, a tenant): each row's key is checked against it. */
-    plan_copy_in(s, &rt, plan, lx);
+    plan_copy_in(s, &rt, plan, lexed);
   } else if (rt.kind == PGS_ROUTE_SPLIT) {
     char **texts = pgs_xcalloc((size_t)s->nslots, sizeof(char *));
     bool ok = true, placed = true;
@@ -1845,7 +1848,7 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       if (!(rt.shards & BIT(i))) continue;
       pgs_buf_t b;
       pgs_buf_init(&b);
-      ok = pgs_route_split_insert(lx, rt.row_shard, plan->nrows, i, &b) == PGS_OK;
+      ok = pgs_route_split_insert(lexed, rt.row_shard, plan->nrows, i, &b) == PGS_OK;
       texts[2 * i] = (char *)b.data;
       placed = place(s, i, plan) == 2 * i;
     }
@@ -1921,9 +1924,9 @@ static bool bind_held(pgs_session_t *s, const pgs_client_stmt_t *stmt, const pgs
   int n = stmt->plan->nrows;
   int *rows = n ? pgs_xcalloc((size_t)n, sizeof(int)) : NULL;
   pgs_route_t rt = {.row_shard = rows};
-  pgs_route_plan(s->db, stmt->plan, stmt->lx, pv, session, &rt);
+  pgs_route_plan(s->db, stmt->plan, stmt->lexed, pv, session, &rt);
   bool held =
-      rt.kind != PGS_ROUTE_REFUSE && held_for_cutover(s, stmt->plan, stmt->lx, pv, session, &rt);
+      rt.kind != PGS_ROUTE_REFUSE && held_for_cutover(s, stmt->plan, stmt->lexed, pv, session, &rt);
   free(rows);
   return held;
 }
@@ -1943,12 +1946,12 @@ static int lookahead_slot(pgs_session_t *s, const uint8_t *p, size_t len, const 
   pv.type_oid = stmt->type_oids;
   pv.ntypes = stmt->ntypes;
   pgs_route_session_t session = {.hint_shard = s->hint_shard, .tenant = s->tenant};
-  if (stmt->lx->hint_shard[0])
-    session.hint_shard = pgs_shardmap_find_shard(s->db, stmt->lx->hint_shard);
+  if (stmt->lexed->hint_shard[0])
+    session.hint_shard = pgs_shardmap_find_shard(s->db, stmt->lexed->hint_shard);
   if (bind_held(s, stmt, &pv, &session)) return -1;
   pgs_route_t rt = {.row_shard = NULL};
   if (stmt->plan->nrows > 0) return -1;
-  pgs_route_plan(s->db, stmt->plan, stmt->lx, &pv, &session, &rt);
+  pgs_route_plan(s->db, stmt->plan, stmt->lexed, &pv, &session, &rt);
   /* Where the Bind will go, without reporting errors: the Bind does. */
   if (rt.kind != PGS_ROUTE_ONE && rt.kind != PGS_ROUTE_ANY) return -1;
   uint64_t mask = placed_mask_quietly(s, &rt, stmt->plan, true);
@@ -2023,17 +2026,17 @@ static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const u
     stmt->drops_prepared = (fx.flags & PGS_SESSION_DROPS_PREPARED) != 0;
     pgs_session_effects_free(&fx);
   }
-  if (stmt->lx == NULL && stmt->plan == NULL) {
-    stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
-    pgs_lex_init(stmt->lx);
-    pgs_status_t lexed = pgs_lex(sql, qlen, stmt->lx);
-    if (lexed == PGS_OK) stmt->plan = get_plan(s, stmt->lx);
-    if (lexed != PGS_OK || stmt->plan->parse_failed) {
+  if (stmt->lexed == NULL && stmt->plan == NULL) {
+    stmt->lexed = pgs_xmalloc(sizeof(*stmt->lexed));
+    pgs_lex_init(stmt->lexed);
+    pgs_status_t lex_status = pgs_lex(sql, qlen, stmt->lexed);
+    if (lex_status == PGS_OK) stmt->plan = get_plan(s, stmt->lexed);
+    if (lex_status != PGS_OK || stmt->plan->parse_failed) {
       /* Unreadable: refused here, as the server refuses a Parse it cannot
        * parse (and the name is then free, as there). */
-      if (lexed == PGS_ETOOBIG)
+      if (lex_status == PGS_ETOOBIG)
         add_error(s, "54000", "%s", too_many_literals);
-      else if (lexed != PGS_OK)
+      else if (lex_status != PGS_OK)
         add_error(s, "42601", "%s", unreadable);
       else
         add_error(s, stmt->plan->refuse_sqlstate, "%s", stmt->plan->refuse_message + 9);
@@ -2127,10 +2130,10 @@ static bool split_variant(pgs_session_t *s, const pgs_client_stmt_t *stmt,
   pgs_buf_init(&text);
   int nparams = bind->nparams, nused = 0;
   int *old_of = pgs_xcalloc((size_t)(nparams > 0 ? nparams : 1), sizeof(int));
-  bool ok =
-      pgs_route_split_insert(stmt->lx, rt->row_shard, stmt->plan->nrows, shard, &text) == PGS_OK &&
-      pgs_route_renumber_params((const char *)text.data, text.len - 1, nparams, old_of, &nused,
-                                &v->body) == PGS_OK;
+  bool ok = pgs_route_split_insert(stmt->lexed, rt->row_shard, stmt->plan->nrows, shard, &text) ==
+                PGS_OK &&
+            pgs_route_renumber_params((const char *)text.data, text.len - 1, nparams, old_of,
+                                      &nused, &v->body) == PGS_OK;
   pgs_buf_free(&text);
   if (!ok) {
     free(old_of);
@@ -2223,7 +2226,7 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
   }
   const char *portal_name = bind.portal, *stmt_name = bind.statement;
   pgs_client_stmt_t *stmt = find_stmt(s, stmt_name);
-  if (stmt && stmt->lx) note_query(s, stmt->lx);
+  if (stmt && stmt->lexed) note_query(s, stmt->lexed);
   if (stmt == NULL || stmt->plan == NULL) {
     no_such_statement(s, stmt_name);
     return;
@@ -2275,21 +2278,21 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
      * with the values bound now. */
     const char *text = (const char *)stmt->parse_body.data;
     size_t qlen = strnlen(text, stmt->parse_body.len), at;
-    pgs_lexed_t lx;
+    pgs_lexed_t lexed;
     pgs_plan_t *inner;
-    pgs_lex_init(&lx);
-    bool gathers = declare_gathers(s, text, qlen, &lx, &inner, &at, &pv);
+    pgs_lex_init(&lexed);
+    bool gathers = declare_gathers(s, text, qlen, &lexed, &inner, &at, &pv);
     if (gathers) {
       portal->kind = plan->kind;
       portal->sql = pgs_xstrndup(text, qlen);
       portal->cursor_plan = stmt->plan;
       stmt->plan->refcount++;
       if (bind.nparams > 0)
-        keep_declare_bind(portal, stmt, &bind, inner, &lx, text + at, qlen - at);
+        keep_declare_bind(portal, stmt, &bind, inner, &lexed, text + at, qlen - at);
       add_reply(s, '2', NULL);
     }
     pgs_plan_unref(inner);
-    pgs_lex_free(&lx);
+    pgs_lex_free(&lexed);
     if (gathers) return;
   }
   pgs_route_t rt;
@@ -2302,7 +2305,7 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
       size_t qlen = strnlen((const char *)stmt->parse_body.data, stmt->parse_body.len);
       portal->sql = pgs_xstrndup((const char *)stmt->parse_body.data, qlen);
     }
-  } else if (!route(s, plan, stmt->lx, &pv, &rt)) {
+  } else if (!route(s, plan, stmt->lexed, &pv, &rt)) {
     if (!s->held) pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
     return;
   } else if (rt.kind == PGS_ROUTE_SPLIT && implicit_twopc(s, plan, rt.shards)) {
@@ -2321,7 +2324,7 @@ static void plan_bind(pgs_session_t *s, const uint8_t *p, size_t total) {
       pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
       return;
     }
-    if (pgs_merge_limits(plan->merge, stmt->lx, &pv, &portal->limit, &portal->offset, &err) !=
+    if (pgs_merge_limits(plan->merge, stmt->lexed, &pv, &portal->limit, &portal->offset, &err) !=
         PGS_OK) {
       add_error(s, err.sqlstate, "%s", err.message);
       pgs_session_set_unit(s, PGS_UNIT_SKIP_TO_SYNC);
@@ -2842,10 +2845,10 @@ static bool analyse_stmt(pgs_session_t *s, pgs_client_stmt_t *stmt) {
   pgs_parse_msg_t parse;
   if (pgs_parse_read_after_name(pb->data, pb->len, &parse) != PGS_OK) return false;
   int ntypes = parse.ntypes;
-  stmt->lx = pgs_xmalloc(sizeof(*stmt->lx));
-  pgs_lex_init(stmt->lx);
-  if (pgs_lex(parse.query, parse.query_len, stmt->lx) != PGS_OK) return false;
-  stmt->plan = get_plan(s, stmt->lx);
+  stmt->lexed = pgs_xmalloc(sizeof(*stmt->lexed));
+  pgs_lex_init(stmt->lexed);
+  if (pgs_lex(parse.query, parse.query_len, stmt->lexed) != PGS_OK) return false;
+  stmt->plan = get_plan(s, stmt->lexed);
   if (stmt->plan->parse_failed) return false;
   stmt->ntypes = ntypes;
   stmt->type_oids = pgs_xcalloc((size_t)ntypes + 1, sizeof(uint32_t));
@@ -2861,9 +2864,9 @@ static void reanalyse_stmts(pgs_session_t *s) {
       pgs_client_stmt_t *stmt = e->value;
       pgs_buf_free(&stmt->merge_body);
       stmt->merge_name[0] = '\0';
-      if (stmt->lx) {
+      if (stmt->lexed) {
         pgs_plan_unref(stmt->plan);
-        stmt->plan = get_plan(s, stmt->lx);
+        stmt->plan = get_plan(s, stmt->lexed);
       } else if (s->routing && !analyse_stmt(s, stmt)) {
         /* Unreadable to the new map (the old one did not route): forgotten,
          * so a Bind of it gets 26000 rather than a guess. */

@@ -34,7 +34,7 @@
 /* What one route decision needs besides its output. */
 typedef struct route_ctx {
   const pgs_database_t *db;
-  const pgs_lexed_t *lx;
+  const pgs_lexed_t *lexed;
   const pgs_param_values_t *params;
   const pgs_key_t *tenant; /* the session's tenant, or NULL */
   int forced;              /* the shard a hint or tenant names, or -1 */
@@ -148,7 +148,7 @@ static void read_several(route_ctx_t *c, const pgs_plan_t *plan, uint64_t mask, 
 static bool resolve(route_ctx_t *c, const pgs_key_ref_t *ref, value_t *v) {
   memset(v, 0, sizeof(*v));
   int param = ref->param;
-  if (param >= 1 && param <= c->lx->nparams) {
+  if (param >= 1 && param <= c->lexed->nparams) {
     const pgs_param_values_t *p = c->params;
     if (p == NULL)
       return refuse(c->out, PGS_SQLSTATE_PROTOCOL_VIOLATION,
@@ -173,11 +173,11 @@ static bool resolve(route_ctx_t *c, const pgs_key_ref_t *ref, value_t *v) {
       return refuse(c->out, PGS_SQLSTATE_PROTOCOL_VIOLATION, "parameter $%d has no data", param);
     return true;
   }
-  const pgs_literal_t *lit = pgs_lexed_literal(c->lx, param);
+  const pgs_literal_t *lit = pgs_lexed_literal(c->lexed, param);
   if (lit == NULL)
     return refuse(c->out, PGS_SQLSTATE_INTERNAL, "key of table %s refers to unknown value $%d",
                   ref->table->name, param);
-  v->data = (const uint8_t *)c->lx->values + lit->offset;
+  v->data = (const uint8_t *)c->lexed->values + lit->offset;
   v->len = lit->len;
   v->number = !lit->is_string;
   return true;
@@ -614,7 +614,7 @@ static bool session_shard(route_ctx_t *c, const pgs_route_session_t *session) {
   return true;
 }
 
-static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lexed,
                        const pgs_param_values_t *params, const pgs_route_session_t *session,
                        pgs_route_t *out);
 
@@ -645,10 +645,10 @@ static void tenant_strict(const pgs_database_t *db, const pgs_plan_t *plan, pgs_
            db->name);
 }
 
-void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lexed,
                     const pgs_param_values_t *params, const pgs_route_session_t *session,
                     pgs_route_t *out) {
-  route_plan(db, plan, lx, params, session, out);
+  route_plan(db, plan, lexed, params, session, out);
   if (out->kind != PGS_ROUTE_REFUSE && session && session->tenant && db->tenant_strict)
     tenant_strict(db, plan, out);
   /* Its rows go out as one COPY stream, or stay in one server's cursor:
@@ -664,7 +664,7 @@ void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_
            "or a hint)");
 }
 
-static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lexed,
                        const pgs_param_values_t *params, const pgs_route_session_t *session,
                        pgs_route_t *out) {
   out->kind = PGS_ROUTE_REFUSE;
@@ -698,7 +698,7 @@ static void route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const p
   default:
     break;
   }
-  route_ctx_t c = {.db = db, .lx = lx, .params = params, .forced = -1, .out = out};
+  route_ctx_t c = {.db = db, .lexed = lexed, .params = params, .forced = -1, .out = out};
   if (!session_shard(&c, session)) return;
   switch (plan->target) {
   case PGS_TARGET_ANY:
@@ -881,10 +881,10 @@ static bool skip_parens(scan_t *sc) {
   return false;
 }
 
-pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard, int nrows,
+pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lexed, const int *row_shard, int nrows,
                                     int shard, pgs_buf_t *out) {
-  const char *s = lx->normalized;
-  size_t n = lx->normalized_len;
+  const char *s = lexed->normalized;
+  size_t n = lexed->normalized_len;
   if (s == NULL || nrows < 1) return PGS_EINVAL;
   size_t values = find_values(s, n);
   if (values == SIZE_MAX) return PGS_EINVAL;
@@ -914,7 +914,7 @@ pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard,
 
   size_t mark = out->len;
   int next = 0;
-  bool ok = pgs_lexed_restore(lx, 0, rows_start, &next, out, NULL);
+  bool ok = pgs_lexed_restore(lexed, 0, rows_start, &next, out, NULL);
   bool first = true;
   sc.pos = rows_start;
   for (int row = 0; row < nrows && ok; row++) {
@@ -931,10 +931,10 @@ pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard,
     if (row_shard[row] != shard) continue;
     if (!first) pgs_buf_put(out, ", ", 2);
     first = false;
-    ok = pgs_lexed_restore(lx, start, sc.pos, &next, out, NULL);
+    ok = pgs_lexed_restore(lexed, start, sc.pos, &next, out, NULL);
   }
   if (ok && first) ok = false; /* no row of SHARD: nothing to send */
-  if (ok) ok = pgs_lexed_restore(lx, rows_end, n, &next, out, NULL);
+  if (ok) ok = pgs_lexed_restore(lexed, rows_end, n, &next, out, NULL);
   if (!ok) {
     out->len = mark;
     return PGS_EINVAL;

@@ -453,11 +453,11 @@ static void analyze_stmt(const PgQuery__Node *node, const char *text, size_t len
 typedef enum { PARSE_OK, PARSE_TOO_DEEP, PARSE_INVALID } parse_check_t;
 
 static parse_check_t check_before_parse(const char *sql) {
-  pgs_lexed_t lx;
-  pgs_lex_init(&lx);
-  pgs_status_t st = pgs_lex(sql, strlen(sql), &lx);
-  int chain = lx.chain;
-  pgs_lex_free(&lx);
+  pgs_lexed_t lexed;
+  pgs_lex_init(&lexed);
+  pgs_status_t st = pgs_lex(sql, strlen(sql), &lexed);
+  int chain = lexed.chain;
+  pgs_lex_free(&lexed);
   /* Unterminated quotes or comments: the server refuses it, nothing happens.
    * Too many literals: the lexer stopped counting, so assume the worst. */
   if (st == PGS_EINVAL) return PARSE_INVALID;

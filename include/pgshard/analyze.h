@@ -66,8 +66,8 @@ typedef struct pgs_lexed {
 } pgs_lexed_t;
 
 /* Reusable: pgs_lex_init once, pgs_lex many times (buffers are kept). */
-void pgs_lex_init(pgs_lexed_t *lx);
-void pgs_lex_free(pgs_lexed_t *lx);
+void pgs_lex_init(pgs_lexed_t *lexed);
+void pgs_lex_free(pgs_lexed_t *lexed);
 /* PGS_EINVAL for unterminated quotes/comments, bad escapes in E'...' and
  * NUL bytes (the server will reject those too), PGS_ETOOBIG over
  * PGS_LEX_MAX_LITERALS or when parameters and literals together pass 65535.
@@ -79,10 +79,10 @@ void pgs_lex_free(pgs_lexed_t *lx);
  * the text, the literals are exactly its scanner's string and number
  * constants but for those (tests/unit/lexer_parser_check.h checks it). */
 pgs_status_t pgs_lex(const char *sql, size_t len, pgs_lexed_t *out) PGS_MUST_USE;
-/* What a plan's parameter number PARAM stands for in LX: a literal (its
- * value is lx->values + offset, len bytes), or NULL when PARAM is one of the
+/* What a plan's parameter number PARAM stands for in LEXED: a literal (its
+ * value is lexed->values + offset, len bytes), or NULL when PARAM is one of the
  * statement's own $n (a Bind value) or out of range. */
-const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param);
+const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lexed, int param);
 
 /* Putting literals back (a shard's text, a text libpg_query parses only
  * with them). A literal as SQL: a number as written, a string quoted
@@ -90,15 +90,15 @@ const pgs_literal_t *pgs_lexed_literal(const pgs_lexed_t *lx, int param);
  * reads the same whatever standard_conforming_strings says). Appends to
  * OUT. */
 struct pgs_buf;
-void pgs_lexed_put_literal(const pgs_lexed_t *lx, const pgs_literal_t *lit, struct pgs_buf *out);
-/* Append LX's normalised text [FROM, TO) to OUT with every placeholder of
+void pgs_lexed_put_literal(const pgs_lexed_t *lexed, const pgs_literal_t *lit, struct pgs_buf *out);
+/* Append LEXED's normalised text [FROM, TO) to OUT with every placeholder of
  * a literal in it put back as the literal. *NEXT is the first literal whose
  * placeholder may lie at or after FROM (0 to start; literals are in text
  * order), advanced past those copied, so consecutive ranges cost one pass.
  * LOC, when not NULL, gets the offset in OUT of each literal I copied at
  * LOC[I]. false when a placeholder is not where the lexer wrote it (OUT
  * then holds part of the range). */
-bool pgs_lexed_restore(const pgs_lexed_t *lx, size_t from, size_t to, int *next,
+bool pgs_lexed_restore(const pgs_lexed_t *lexed, size_t from, size_t to, int *next,
                        struct pgs_buf *out, int32_t *loc) PGS_MUST_USE;
 
 /* ---- plans ---- */
@@ -233,14 +233,14 @@ typedef struct pgs_plan {
 
 /* Analyse one normalised statement for database DB. Never NULL: a statement
  * libpg_query cannot parse gets kind OTHER, target ANY (the server will
- * report the syntax error). Parameter numbers run to lx->nparams +
- * lx->nliterals. The caller owns the one reference it returns.
+ * report the syntax error). Parameter numbers run to lexed->nparams +
+ * lexed->nliterals. The caller owns the one reference it returns.
  * A few grammar positions take only a literal (varchar(10), COMMENT ... IS
  * '...', CREATE FUNCTION ... AS $$...$$, DO $$...$$, COPY ... FROM 'file'):
  * when the normalised text does not parse, the literals are put back
  * (quoted) and that text is analysed instead, each literal still referred
  * to by its parameter number. */
-pgs_plan_t *pgs_analyze(const struct pgs_database *db, const pgs_lexed_t *lx);
+pgs_plan_t *pgs_analyze(const struct pgs_database *db, const pgs_lexed_t *lexed);
 void pgs_plan_unref(pgs_plan_t *plan);
 
 /* The functions a SELECT may call and still be a read (PGS_STMT_READ),
@@ -253,10 +253,10 @@ typedef struct pgs_plan_cache pgs_plan_cache_t;
 
 pgs_plan_cache_t *pgs_plan_cache_new(size_t capacity);
 void pgs_plan_cache_free(pgs_plan_cache_t *cache);
-/* The plan for LX in DB, analysing and caching it on a miss. The caller owns
+/* The plan for LEXED in DB, analysing and caching it on a miss. The caller owns
  * one reference (pgs_plan_unref). The cache is per worker: not thread-safe. */
 pgs_plan_t *pgs_plan_cache_get(pgs_plan_cache_t *cache, const struct pgs_database *db,
-                               const pgs_lexed_t *lx);
+                               const pgs_lexed_t *lexed);
 size_t pgs_plan_cache_hits(const pgs_plan_cache_t *cache);
 /* Drop every plan (config reload: plans point into the old config). */
 void pgs_plan_cache_clear(pgs_plan_cache_t *cache);

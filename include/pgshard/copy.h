@@ -87,18 +87,18 @@ pgs_copy_options_t *pgs_copy_options_parse(const struct PgQuery__CopyStmt *stmt,
                                            pgs_key_error_t *err);
 void pgs_copy_options_free(pgs_copy_options_t *options);
 
-/* Whether some option value is a literal (and so needs LX to resolve). */
+/* Whether some option value is a literal (and so needs LEXED to resolve). */
 bool pgs_copy_options_have_literals(const pgs_copy_options_t *options);
 
 /*
- * The spec of OPTIONS, literal values taken from LX (the statement's lexed
+ * The spec of OPTIONS, literal values taken from LEXED (the statement's lexed
  * text; NULL is fine when no option is a literal). PGS_EINVAL with ERR
  * when PostgreSQL would refuse the options (42601, 22023, 0A000 as it
  * does) or pgshard does: an ENCODING other than UTF8 into a sharded table,
  * the undocumented convert_selectively, a NULL string
  * longer than PGS_COPY_MAX_NULL (all 0A000).
  */
-pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *options, const pgs_lexed_t *lx,
+pgs_status_t pgs_copy_spec_resolve(const pgs_copy_options_t *options, const pgs_lexed_t *lexed,
                                    pgs_copy_spec_t *out, pgs_key_error_t *err) PGS_MUST_USE;
 
 /* ---- the splitter ---- */

@@ -157,9 +157,9 @@ typedef struct pgs_merge_spec {
 } pgs_merge_spec_t;
 
 /*
- * The spec for STMT, a statement of LX that reads sharded tables of DB:
+ * The spec for STMT, a statement of LEXED that reads sharded tables of DB:
  * STMT is libpg_query's parse tree node (PgQuery__Node) of the one
- * statement in LX's normalised text, or, when LIT_LOC is not NULL, of that
+ * statement in LEXED's normalised text, or, when LIT_LOC is not NULL, of that
  * text with the literals put back (pgs_lexed_restore), literal i starting
  * at LIT_LOC[i] there. NULL when STMT is not a SELECT, COPY (SELECT ...)
  * TO or COPY table TO (nothing to merge); a spec with refuse set when it
@@ -184,13 +184,13 @@ typedef struct pgs_merge_spec {
  */
 struct PgQuery__Node;
 struct pgs_database;
-pgs_merge_spec_t *pgs_merge_analyze(const struct pgs_database *db, const pgs_lexed_t *lx,
+pgs_merge_spec_t *pgs_merge_analyze(const struct pgs_database *db, const pgs_lexed_t *lexed,
                                     const struct PgQuery__Node *stmt, const int32_t *lit_loc);
 
 void pgs_merge_spec_free(pgs_merge_spec_t *spec);
 
 /*
- * The text each shard runs for SPEC, from LX (the statement the spec was
+ * The text each shard runs for SPEC, from LEXED (the statement the spec was
  * made from): hidden_text inserted, ORDER BY / GROUP BY positions moved
  * past the hidden columns, "true OR" after HAVING, group_text (the DISTINCT
  * aggregates' arguments) after GROUP BY or as a GROUP BY of its own, the
@@ -205,7 +205,7 @@ void pgs_merge_spec_free(pgs_merge_spec_t *spec);
  * own $n stay. Appends a NUL-terminated text to OUT (the NUL counted, as
  * pgs_buf_put_cstr).
  */
-void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pgs_buf_t *out);
+void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lexed, pgs_buf_t *out);
 
 /*
  * The LIMIT and OFFSET values of one run: from the lexer's literals or the
@@ -216,7 +216,7 @@ void pgs_merge_shard_sql(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx, pg
  * the run's literals do not fit the spec (spec->same).
  */
 struct pgs_param_values;
-pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *lx,
+pgs_status_t pgs_merge_limits(const pgs_merge_spec_t *spec, const pgs_lexed_t *lexed,
                               const struct pgs_param_values *params, int64_t *limit,
                               int64_t *offset, pgs_value_error_t *err) PGS_MUST_USE;
 

@@ -73,15 +73,15 @@ void pgs_moves_free(pgs_move_t *moves, int n);
 const pgs_move_t *pgs_moves_of(const struct pgs_snapshot *snap, const char *db, int *n);
 
 /*
- * Whether PLAN (of LX, routed RT in DB) must be refused because of one of
+ * Whether PLAN (of LEXED, routed RT in DB) must be refused because of one of
  * MOVES (N): an active move into a shard of DB that the statement reaches
  * without a decision by key, and a table of that move that the statement
  * names (a word of its text, case-folded unless quoted: a column of the
- * same name counts too; every table when LX is NULL). True with the message (no "pgshard: " prefix,
+ * same name counts too; every table when LEXED is NULL). True with the message (no "pgshard: " prefix,
  * SQLSTATE 55000) in MESSAGE.
  */
 bool pgs_moves_refuse(const pgs_move_t *moves, int n, const pgs_database_t *db,
-                      const pgs_plan_t *plan, const pgs_lexed_t *lx, const pgs_route_t *rt,
+                      const pgs_plan_t *plan, const pgs_lexed_t *lexed, const pgs_route_t *rt,
                       char *message, size_t cap);
 
 /* ---- the same statement under two maps (the cutover hold) ---- */

@@ -89,7 +89,7 @@ typedef struct pgs_client_stmt {
   pgs_buf_t parse_body; /* Parse body after the statement name */
   /* Routing only: the analysed statement, its literals and declared types. */
   pgs_plan_t *plan;
-  pgs_lexed_t *lx;
+  pgs_lexed_t *lexed;
   uint32_t *type_oids;
   int ntypes;
   bool drops_prepared;    /* DISCARD ALL / DEALLOCATE ALL */
@@ -279,9 +279,9 @@ typedef struct pgs_planner_ops {
   /* The round robin's turn over replicas; it moves on when ADVANCE. */
   uint32_t (*turn)(void *ctx, bool advance);
   /* The plan of a lexed statement (the plan cache); a reference. */
-  pgs_plan_t *(*analyze)(void *ctx, const pgs_lexed_t *lx);
-  /* The request runs LX's statement (SHOW QUERIES). */
-  void (*note_query)(void *ctx, const pgs_lexed_t *lx);
+  pgs_plan_t *(*analyze)(void *ctx, const pgs_lexed_t *lexed);
+  /* The request runs LEXED's statement (SHOW QUERIES). */
+  void (*note_query)(void *ctx, const pgs_lexed_t *lexed);
   /* Memory held for the session: ADD bytes more, SUB fewer. */
   void (*charge)(void *ctx, size_t add, size_t sub);
   /* pgshard refused something with SQLSTATE (statistics). */
@@ -370,7 +370,7 @@ typedef struct pgs_session {
   char *startup_tenant; /* -c pgshard.tenant until login types it */
   char *tenant_text;    /* the tenant as set, typed again after a reload */
   /* scratch */
-  pgs_lexed_t lx;
+  pgs_lexed_t lexed;
   int *row_shard;
   int row_shard_cap;
   const uint8_t **param_data; /* a Bind's parameter values */

@@ -76,8 +76,8 @@ typedef struct pgs_route {
 } pgs_route_t;
 
 /*
- * Decide where PLAN runs. LX is the lexed text the plan was made from (for
- * literal values; parameter numbers above lx->nparams are literals);
+ * Decide where PLAN runs. LEXED is the lexed text the plan was made from (for
+ * literal values; parameter numbers above lexed->nparams are literals);
  * PARAMS the Bind values (NULL for a simple Query: then a plan referring
  * to a Bind parameter is refused 08P01). OUT->row_shard may point at an
  * array of plan->nrows ints before the call.
@@ -134,7 +134,7 @@ typedef struct pgs_route {
  *     with 42501. A hint and a tenant naming different shards: 0A000.
  * A database of more than PGS_ROUTE_MAX_SHARDS shards is refused (54000).
  */
-void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lx,
+void pgs_route_plan(const pgs_database_t *db, const pgs_plan_t *plan, const pgs_lexed_t *lexed,
                     const pgs_param_values_t *params, const pgs_route_session_t *session,
                     pgs_route_t *out);
 
@@ -148,7 +148,7 @@ int pgs_route_key_shard(const pgs_database_t *db, const pgs_table_t *table, cons
                         const pgs_route_session_t *session, pgs_key_error_t *err);
 
 /*
- * SPLIT: the text of the INSERT LX stands for, keeping only the VALUES rows
+ * SPLIT: the text of the INSERT LEXED stands for, keeping only the VALUES rows
  * whose row_shard[i] == SHARD, with every literal put back (strings quoted
  * afresh, E'...' when they hold a backslash). Appends a NUL-terminated text
  * to OUT (the NUL counted in out->len, as pgs_buf_put_cstr counts it).
@@ -156,7 +156,7 @@ int pgs_route_key_shard(const pgs_database_t *db, const pgs_table_t *table, cons
  * the text or their number is not NROWS (the proxy then refuses the
  * statement), and when no row belongs to SHARD.
  */
-pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lx, const int *row_shard, int nrows,
+pgs_status_t pgs_route_split_insert(const pgs_lexed_t *lexed, const int *row_shard, int nrows,
                                     int shard, pgs_buf_t *out) PGS_MUST_USE;
 
 /*

@@ -425,7 +425,7 @@ static bool write_file(const char *path, const char *text, size_t len) {
 
 /* OLD's file gets NEW's text; OLD is kept beside it. */
 static bool switch_file(const rs_plan_t *plan) {
-  size_t olen, nlen;
+  size_t olen = 0, nlen = 0;
   char *old = read_file(plan->old_path, &olen), *new = read_file(plan->new_path, &nlen);
   bool ok = old && new;
   if (ok && !(olen == nlen && !memcmp(old, new, olen))) {

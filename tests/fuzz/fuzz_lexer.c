@@ -40,37 +40,37 @@ static void check_keys(const pgs_key_ref_t *keys, int n, int max_param) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static pgs_lexed_t lx;
+  static pgs_lexed_t lexed;
   static pgs_plan_cache_t *cache;
   static pgs_database_t db;
   if (cache == NULL) {
-    pgs_lex_init(&lx);
+    pgs_lex_init(&lexed);
     cache = pgs_plan_cache_new(4);
     db.name = "fuzz";
     db.shardmap.tables = tables;
     db.shardmap.ntables = (int)(sizeof(tables) / sizeof(tables[0]));
   }
 
-  if (pgs_lex((const char *)data, size, &lx) != PGS_OK) return 0;
+  if (pgs_lex((const char *)data, size, &lexed) != PGS_OK) return 0;
 
-  if (strlen(lx.normalized) != lx.normalized_len) abort();
-  if (lx.hash != XXH3_64bits(lx.normalized, lx.normalized_len)) abort();
-  if (lx.nstatements < 0 || lx.nparams < 0 || lx.nliterals < 0) abort();
-  if (lx.nliterals > PGS_LEX_MAX_LITERALS || lx.nparams + lx.nliterals > 65535) abort();
-  for (int i = 0; i < lx.nliterals; i++) {
-    const pgs_literal_t *lit = &lx.literals[i];
-    if ((size_t)lit->offset + lit->len >= lx.values_len) abort();
-    if (lx.values[lit->offset + lit->len] != '\0') abort();
+  if (strlen(lexed.normalized) != lexed.normalized_len) abort();
+  if (lexed.hash != XXH3_64bits(lexed.normalized, lexed.normalized_len)) abort();
+  if (lexed.nstatements < 0 || lexed.nparams < 0 || lexed.nliterals < 0) abort();
+  if (lexed.nliterals > PGS_LEX_MAX_LITERALS || lexed.nparams + lexed.nliterals > 65535) abort();
+  for (int i = 0; i < lexed.nliterals; i++) {
+    const pgs_literal_t *lit = &lexed.literals[i];
+    if ((size_t)lit->offset + lit->len >= lexed.values_len) abort();
+    if (lexed.values[lit->offset + lit->len] != '\0') abort();
     char expected[16];
-    int n = snprintf(expected, sizeof(expected), "$%d", lx.nparams + 1 + i);
-    if (lit->placeholder + (size_t)n > lx.normalized_len) abort();
-    if (memcmp(lx.normalized + lit->placeholder, expected, (size_t)n) != 0) abort();
-    char after = lx.normalized[lit->placeholder + (size_t)n];
+    int n = snprintf(expected, sizeof(expected), "$%d", lexed.nparams + 1 + i);
+    if (lit->placeholder + (size_t)n > lexed.normalized_len) abort();
+    if (memcmp(lexed.normalized + lit->placeholder, expected, (size_t)n) != 0) abort();
+    char after = lexed.normalized[lit->placeholder + (size_t)n];
     if (after >= '0' && after <= '9') abort(); /* glued onto a digit */
   }
 
-  pgs_plan_t *plan = pgs_plan_cache_get(cache, &db, &lx);
-  int max_param = lx.nparams + lx.nliterals;
+  pgs_plan_t *plan = pgs_plan_cache_get(cache, &db, &lexed);
+  int max_param = lexed.nparams + lexed.nliterals;
   if (plan->refcount < 1) abort();
   check_keys(plan->keys, plan->nkeys, max_param);
   check_keys(plan->rows, plan->nrows, max_param);

@@ -28,14 +28,14 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void check(pgs_lexed_t *lx, const char *prefix, const uint8_t *data, size_t size) {
+static void check(pgs_lexed_t *lexed, const char *prefix, const uint8_t *data, size_t size) {
   size_t plen = strlen(prefix);
   char *sql = malloc(plen + size + 1);
   memcpy(sql, prefix, plen);
   memcpy(sql + plen, data, size);
   sql[plen + size] = '\0';
   char why[512];
-  if (!lpc_check(sql, plen + size, lx, why, sizeof(why), NULL)) {
+  if (!lpc_check(sql, plen + size, lexed, why, sizeof(why), NULL)) {
     fprintf(stderr, "lexer and parser disagree on:\n%s\n-> %s\n", sql, why);
     abort();
   }
@@ -43,17 +43,17 @@ static void check(pgs_lexed_t *lx, const char *prefix, const uint8_t *data, size
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static pgs_lexed_t lx;
+  static pgs_lexed_t lexed;
   static bool ready;
   if (!ready) {
-    pgs_lex_init(&lx);
+    pgs_lex_init(&lexed);
     ready = true;
   }
   /* libpg_query takes a C string; the lexer refuses NUL bytes anyway. */
   if (memchr(data, '\0', size) != NULL) return 0;
-  check(&lx, "", data, size);
+  check(&lexed, "", data, size);
   /* The input as an expression too: a lone literal, or one followed by
    * more of a statement, parses far more often than random text. */
-  check(&lx, "SELECT * FROM t WHERE k = ", data, size);
+  check(&lexed, "SELECT * FROM t WHERE k = ", data, size);
   return 0;
 }

@@ -49,11 +49,11 @@ static const uint32_t oids[] = {0, 20, 21, 23, 25, 1043, 2950, 1082, 1184, 1114,
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static pgs_config_t *config;
-  static pgs_lexed_t lx;
+  static pgs_lexed_t lexed;
   if (config == NULL) {
     config = pgs_config_parse_string(config_text);
     if (config->nerrors) abort();
-    pgs_lex_init(&lx);
+    pgs_lex_init(&lexed);
   }
   const pgs_database_t *db = &config->databases[0];
   if (size < 2) return 0;
@@ -83,8 +83,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint8_t oid_choice = data[pos++];
   for (int i = 0; i < n; i++) types[i] = oids[(oid_choice + i) % (sizeof(oids) / sizeof(oids[0]))];
 
-  if (pgs_lex((const char *)data + pos, size - pos, &lx) != PGS_OK) return 0;
-  pgs_plan_t *plan = pgs_analyze(db, &lx);
+  if (pgs_lex((const char *)data + pos, size - pos, &lexed) != PGS_OK) return 0;
+  pgs_plan_t *plan = pgs_analyze(db, &lexed);
   pgs_key_t tenant;
   pgs_key_error_t kerr;
   pgs_route_session_t session = {.hint_shard = (head & 8) ? 1 : -1};
@@ -98,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                .ntypes = (oid_choice & 0x80) ? n : 0};
   int *row_shard = plan->nrows ? malloc(sizeof(int) * (size_t)plan->nrows) : NULL;
   pgs_route_t rt = {.row_shard = row_shard};
-  pgs_route_plan(db, plan, &lx, n || lx.nparams ? &params : NULL, &session, &rt);
+  pgs_route_plan(db, plan, &lexed, n || lexed.nparams ? &params : NULL, &session, &rt);
   switch (rt.kind) {
   case PGS_ROUTE_ONE:
     if (rt.shard < 0 || rt.shard >= db->nshards || !(rt.shards & (1ull << rt.shard))) abort();
@@ -116,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (!(rt.shards & (1ull << s))) continue;
       pgs_buf_t out;
       pgs_buf_init(&out);
-      if (pgs_route_split_insert(&lx, row_shard, plan->nrows, s, &out) == PGS_OK &&
+      if (pgs_route_split_insert(&lexed, row_shard, plan->nrows, s, &out) == PGS_OK &&
           (out.len == 0 || out.data[out.len - 1] != '\0'))
         abort();
       pgs_buf_free(&out);
@@ -128,13 +128,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (plan->merge == NULL || plan->merge->refuse[0] != '\0') abort();
     pgs_buf_t out;
     pgs_buf_init(&out);
-    pgs_merge_shard_sql(plan->merge, &lx, &out);
+    pgs_merge_shard_sql(plan->merge, &lexed, &out);
     if (out.len == 0 || out.data[out.len - 1] != '\0' || strlen((char *)out.data) != out.len - 1)
       abort();
     pgs_buf_free(&out);
     int64_t limit, offset;
     pgs_value_error_t err;
-    if (pgs_merge_limits(plan->merge, &lx, n || lx.nparams ? &params : NULL, &limit, &offset,
+    if (pgs_merge_limits(plan->merge, &lexed, n || lexed.nparams ? &params : NULL, &limit, &offset,
                          &err) == PGS_OK &&
         (limit < -1 || offset < 0))
       abort();

@@ -186,7 +186,7 @@ static PgQuery__ScanResult *lpc_scan(const char *sql) {
 
 /* Rule 1 and 2 against the scanner's tokens of BLANKED (the text with its
  * "--" comments blanked); HINT is the one in the text's comments. */
-static bool lpc_compare_tokens(const char *blanked, const char *hint, const pgs_lexed_t *lx,
+static bool lpc_compare_tokens(const char *blanked, const char *hint, const pgs_lexed_t *lexed,
                                const uint8_t *mark, char *why, size_t whylen) {
   const char *sql = blanked;
   PgQuery__ScanResult *sr = lpc_scan(sql);
@@ -216,7 +216,7 @@ static bool lpc_compare_tokens(const char *blanked, const char *hint, const pgs_
     if (tok == PG_QUERY__TOKEN__SCONST && prev && prev->token == PG_QUERY__TOKEN__NCHAR &&
         prev->end == t->start && prev->end - prev->start == 1)
       continue;
-    const pgs_literal_t *lit = li < lx->nliterals ? &lx->literals[li] : NULL;
+    const pgs_literal_t *lit = li < lexed->nliterals ? &lexed->literals[li] : NULL;
     if (lit && lit->start < (uint32_t)t->start) {
       ok = lpc_fail(why, whylen, "lexer literal [%u,%u) \"%.*s\" is no constant to the scanner",
                     lit->start, lit->end, (int)(lit->end - lit->start), sql + lit->start);
@@ -235,57 +235,57 @@ static bool lpc_compare_tokens(const char *blanked, const char *hint, const pgs_
     }
   }
   statements += open;
-  if (ok && li < lx->nliterals) {
-    const pgs_literal_t *lit = &lx->literals[li];
+  if (ok && li < lexed->nliterals) {
+    const pgs_literal_t *lit = &lexed->literals[li];
     ok = lpc_fail(why, whylen, "lexer literal [%u,%u) \"%.*s\" is no constant to the scanner",
                   lit->start, lit->end, (int)(lit->end - lit->start), sql + lit->start);
   }
-  if (ok && statements != lx->nstatements)
+  if (ok && statements != lexed->nstatements)
     ok = lpc_fail(why, whylen, "%d statements to the scanner, %d to the lexer", statements,
-                  lx->nstatements);
-  if (ok && nparams != lx->nparams)
+                  lexed->nstatements);
+  if (ok && nparams != lexed->nparams)
     ok = lpc_fail(why, whylen, "highest $n %d to the scanner, %d to the lexer", nparams,
-                  lx->nparams);
-  if (ok && strcmp(hint, lx->hint_shard) != 0)
+                  lexed->nparams);
+  if (ok && strcmp(hint, lexed->hint_shard) != 0)
     ok = lpc_fail(why, whylen, "hint \"%s\" in the scanner's comments, \"%s\" from the lexer", hint,
-                  lx->hint_shard);
+                  lexed->hint_shard);
   pg_query__scan_result__free_unpacked(sr, NULL);
   return ok;
 }
 
-/* Rule 4: the literals' placeholders, as the scanner reads LX->normalized. */
-static bool lpc_check_placeholders(const pgs_lexed_t *lx, char *why, size_t whylen) {
-  PgQuery__ScanResult *sr = lpc_scan(lx->normalized);
+/* Rule 4: the literals' placeholders, as the scanner reads LEXED->normalized. */
+static bool lpc_check_placeholders(const pgs_lexed_t *lexed, char *why, size_t whylen) {
+  PgQuery__ScanResult *sr = lpc_scan(lexed->normalized);
   if (sr == NULL) return lpc_fail(why, whylen, "the normalised text does not scan");
   bool ok = true;
   int li = 0;
   for (size_t i = 0; i < sr->n_tokens && ok; i++) {
     const PgQuery__ScanToken *t = sr->tokens[i];
     if (t->token != PG_QUERY__TOKEN__PARAM) continue;
-    int p = atoi(lx->normalized + t->start + 1);
-    if (p <= lx->nparams) continue;
-    if (li >= lx->nliterals || p != lx->nparams + 1 + li ||
-        (uint32_t)t->start != lx->literals[li].placeholder)
+    int p = atoi(lexed->normalized + t->start + 1);
+    if (p <= lexed->nparams) continue;
+    if (li >= lexed->nliterals || p != lexed->nparams + 1 + li ||
+        (uint32_t)t->start != lexed->literals[li].placeholder)
       ok = lpc_fail(why, whylen, "parameter $%d at %d of the normalised text is not literal %d's",
                     p, t->start, li);
     li++;
   }
-  if (ok && li != lx->nliterals)
+  if (ok && li != lexed->nliterals)
     ok = lpc_fail(why, whylen, "%d literal parameters in the normalised text, %d literals", li,
-                  lx->nliterals);
+                  lexed->nliterals);
   pg_query__scan_result__free_unpacked(sr, NULL);
   return ok;
 }
 
-/* The whole rule on SQL (LEN bytes, NUL-terminated, no NUL inside), with LX
+/* The whole rule on SQL (LEN bytes, NUL-terminated, no NUL inside), with LEXED
  * as the lexer's state (reused). true when it holds; otherwise false and a
  * reason in WHY. *COMPARED (when not NULL) tells whether both read the
  * text, so that their readings were compared. */
-static bool lpc_check(const char *sql, size_t len, pgs_lexed_t *lx, char *why, size_t whylen,
+static bool lpc_check(const char *sql, size_t len, pgs_lexed_t *lexed, char *why, size_t whylen,
                       bool *compared) {
   why[0] = '\0';
   if (compared) *compared = false;
-  pgs_status_t st = pgs_lex(sql, len, lx);
+  pgs_status_t st = pgs_lex(sql, len, lexed);
   if (st == PGS_ETOOBIG) return true;
 
   /* The comments, as both libpg_query and the server see them: the hint,
@@ -313,15 +313,15 @@ static bool lpc_check(const char *sql, size_t len, pgs_lexed_t *lx, char *why, s
   if (st != PGS_OK) {
     /* A deep tree can fail to unpack; parse failures are what matter. */
     if (orig) ok = lpc_fail(why, whylen, "pgs_lex refuses (%d) a text PostgreSQL parses", st);
-  } else if (orig && lx->chain <= PGS_ANALYZE_MAX_CHAIN) {
+  } else if (orig && lexed->chain <= PGS_ANALYZE_MAX_CHAIN) {
     if (compared) *compared = true;
-    ok = lpc_compare_tokens(blanked, hint, lx, mark, why, whylen) &&
-         lpc_check_placeholders(lx, why, whylen);
+    ok = lpc_compare_tokens(blanked, hint, lexed, mark, why, whylen) &&
+         lpc_check_placeholders(lexed, why, whylen);
     if (ok) {
       pgs_buf_t b;
       pgs_buf_init(&b);
       int next = 0;
-      if (!pgs_lexed_restore(lx, 0, lx->normalized_len, &next, &b, NULL)) {
+      if (!pgs_lexed_restore(lexed, 0, lexed->normalized_len, &next, &b, NULL)) {
         ok = lpc_fail(why, whylen, "the normalised text does not restore");
       } else {
         pgs_buf_put_u8(&b, '\0');

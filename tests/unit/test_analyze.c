@@ -30,7 +30,7 @@ static pgs_table_t tables[] = {
 };
 
 static pgs_database_t db;
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 static pgs_plan_t *plan;
 
 static int group_setup(void **state) {
@@ -38,14 +38,14 @@ static int group_setup(void **state) {
   db.name = "app";
   db.shardmap.tables = tables;
   db.shardmap.ntables = (int)PGS_ARRAY_LEN(tables);
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return 0;
 }
 
 static int group_teardown(void **state) {
   pgs_plan_unref(plan);
   plan = NULL;
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return 0;
 }
 
@@ -53,8 +53,8 @@ static int group_teardown(void **state) {
 static const pgs_plan_t *analyse(const char *sql) {
   pgs_plan_unref(plan);
   plan = NULL;
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  plan = pgs_analyze(&db, &lx);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  plan = pgs_analyze(&db, &lexed);
   assert_non_null(plan);
   assert_int_equal(plan->refcount, 1);
   return plan;
@@ -1021,16 +1021,16 @@ static void test_too_complex(void **state) {
 static void test_empty_shard_map(void **state) {
   pgs_database_t none = {.name = "plain"};
   const char *sql = "SELECT * FROM users WHERE id = 1";
-  assert_int_equal(pgs_lex(sql, strlen(sql), &lx), PGS_OK);
-  pgs_plan_t *p = pgs_analyze(&none, &lx);
+  assert_int_equal(pgs_lex(sql, strlen(sql), &lexed), PGS_OK);
+  pgs_plan_t *p = pgs_analyze(&none, &lexed);
   assert_int_equal(p->target, PGS_TARGET_ANY);
   pgs_plan_unref(p);
 }
 
 static void test_plan_refcount(void **state) {
   const char *sql = "SELECT * FROM users WHERE id IN (1, 2, 3)";
-  assert_int_equal(pgs_lex(sql, strlen(sql), &lx), PGS_OK);
-  pgs_plan_t *p = pgs_analyze(&db, &lx);
+  assert_int_equal(pgs_lex(sql, strlen(sql), &lexed), PGS_OK);
+  pgs_plan_t *p = pgs_analyze(&db, &lexed);
   assert_int_equal(p->refcount, 1);
   p->refcount++;
   pgs_plan_unref(p);

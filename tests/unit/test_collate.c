@@ -240,7 +240,7 @@ static pgs_table_t tables[] = {
     {.name = "orders", .column = "user_id", .type = PGS_TYPE_BIGINT, .strategy = PGS_STRATEGY_HASH},
 };
 static pgs_database_t db;
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 static pgs_plan_t *plan;
 static const pgs_merge_spec_t *spec;
 static const char *last_sql;
@@ -252,14 +252,14 @@ static int group_setup(void **state) {
   db.cross_shard_reads = true;
   db.shardmap.tables = tables;
   db.shardmap.ntables = (int)PGS_ARRAY_LEN(tables);
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return 0;
 }
 
 static int group_teardown(void **state) {
   pgs_plan_unref(plan);
   plan = NULL;
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return 0;
 }
 
@@ -267,8 +267,8 @@ static void analyse(const char *sql) {
   last_sql = sql;
   pgs_plan_unref(plan);
   plan = NULL;
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  plan = pgs_analyze(&db, &lx);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  plan = pgs_analyze(&db, &lexed);
   assert_non_null(plan);
   spec = plan->merge;
   if (spec == NULL || spec->refuse[0]) fail_msg("%s: not merged", sql);

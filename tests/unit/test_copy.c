@@ -43,7 +43,7 @@ static const char config_text[] =
 static pgs_config_t *config;
 static const pgs_database_t *app;
 static const pgs_table_t *users, *events, *names, *docs, *invoices;
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 
 static int group_setup(void **state) {
   config = pgs_config_parse_string(config_text);
@@ -57,12 +57,12 @@ static int group_setup(void **state) {
   names = pgs_shardmap_find_table(app, "names");
   docs = pgs_shardmap_find_table(app, "docs");
   invoices = pgs_shardmap_find_table(app, "invoices");
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return users && events && names && docs && invoices ? 0 : -1;
 }
 
 static int group_teardown(void **state) {
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   pgs_config_unref(config);
   return 0;
 }
@@ -71,8 +71,8 @@ static int group_teardown(void **state) {
 
 /* Lex and analyse SQL; the caller unrefs the plan. */
 static pgs_plan_t *analyse(const char *sql) {
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  pgs_plan_t *plan = pgs_analyze(app, &lx);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  pgs_plan_t *plan = pgs_analyze(app, &lexed);
   assert_non_null(plan);
   return plan;
 }
@@ -87,7 +87,7 @@ static pgs_status_t spec_of(const char *sql, pgs_copy_spec_t *spec, pgs_key_erro
     st = PGS_EINVAL;
   } else {
     if (plan->copy == NULL) fail_msg("%s: no COPY options in the plan", sql);
-    st = pgs_copy_spec_resolve(plan->copy, &lx, spec, err);
+    st = pgs_copy_spec_resolve(plan->copy, &lexed, spec, err);
   }
   pgs_plan_unref(plan);
   return st;
@@ -317,14 +317,14 @@ static void test_options_cached_plan(void **state) {
   pgs_plan_cache_t *cache = pgs_plan_cache_new(16);
   for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
     const char *sql = cases[i].sql;
-    assert_int_equal(pgs_lex(sql, strlen(sql), &lx), PGS_OK);
-    pgs_plan_t *plan = pgs_plan_cache_get(cache, app, &lx);
+    assert_int_equal(pgs_lex(sql, strlen(sql), &lexed), PGS_OK);
+    pgs_plan_t *plan = pgs_plan_cache_get(cache, app, &lexed);
     assert_string_equal(plan->refuse_sqlstate, "");
     assert_non_null(plan->copy);
     assert_true(pgs_copy_options_have_literals(plan->copy));
     pgs_copy_spec_t spec;
     pgs_key_error_t err;
-    pgs_status_t st = pgs_copy_spec_resolve(plan->copy, &lx, &spec, &err);
+    pgs_status_t st = pgs_copy_spec_resolve(plan->copy, &lexed, &spec, &err);
     if (cases[i].sqlstate) {
       assert_int_equal(st, PGS_EINVAL);
       assert_string_equal(err.sqlstate, cases[i].sqlstate);
@@ -341,8 +341,8 @@ static void test_options_cached_plan(void **state) {
   assert_int_equal(pgs_plan_cache_hits(cache), PGS_ARRAY_LEN(cases) - 2);
   /* Without the statement's literals the options cannot be resolved. */
   const char *sql = "COPY users (id) FROM STDIN (DELIMITER ';')";
-  assert_int_equal(pgs_lex(sql, strlen(sql), &lx), PGS_OK);
-  pgs_plan_t *plan = pgs_plan_cache_get(cache, app, &lx);
+  assert_int_equal(pgs_lex(sql, strlen(sql), &lexed), PGS_OK);
+  pgs_plan_t *plan = pgs_plan_cache_get(cache, app, &lexed);
   pgs_copy_spec_t spec;
   pgs_key_error_t err;
   assert_int_equal(pgs_copy_spec_resolve(plan->copy, NULL, &spec, &err), PGS_EINVAL);
@@ -543,7 +543,7 @@ static int insert_shard(const pgs_table_t *table, const char *key_sql) {
   pgs_plan_t *plan = analyse(sql);
   pgs_route_t r;
   memset(&r, 0, sizeof(r));
-  pgs_route_plan(app, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(app, plan, &lexed, NULL, NULL, &r);
   pgs_plan_unref(plan);
   if (r.kind != PGS_ROUTE_ONE) fail_msg("%s: not routed to one shard: %s", sql, r.message);
   return r.shard;

@@ -19,46 +19,46 @@
 
 #include "pgshard/analyze.h"
 
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 
 static int group_setup(void **state) {
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return 0;
 }
 
 static int group_teardown(void **state) {
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return 0;
 }
 
-static pgs_status_t lex(const char *sql) { return pgs_lex(sql, strlen(sql), &lx); }
+static pgs_status_t lex(const char *sql) { return pgs_lex(sql, strlen(sql), &lexed); }
 
 /* Lex SQL and check its normalised text. */
 static void norm(const char *sql, const char *expected) {
   assert_int_equal(lex(sql), PGS_OK);
-  assert_string_equal(lx.normalized, expected);
-  assert_int_equal(lx.normalized_len, strlen(expected));
+  assert_string_equal(lexed.normalized, expected);
+  assert_int_equal(lexed.normalized_len, strlen(expected));
 }
 
 static const char *value(int i) {
-  assert_true(i < lx.nliterals);
-  return lx.values + lx.literals[i].offset;
+  assert_true(i < lexed.nliterals);
+  return lexed.values + lexed.literals[i].offset;
 }
 
 static void assert_value(int i, const char *expected, bool is_string) {
   assert_string_equal(value(i), expected);
-  assert_int_equal(lx.literals[i].len, strlen(expected));
-  assert_int_equal(lx.literals[i].is_string, is_string);
+  assert_int_equal(lexed.literals[i].len, strlen(expected));
+  assert_int_equal(lexed.literals[i].is_string, is_string);
 }
 
 /* ---- plain text ---- */
 
 static void test_no_literals(void **state) {
   norm("SELECT * FROM users", "SELECT * FROM users");
-  assert_int_equal(lx.nliterals, 0);
-  assert_int_equal(lx.nparams, 0);
-  assert_int_equal(lx.nstatements, 1);
-  assert_string_equal(lx.hint_shard, "");
+  assert_int_equal(lexed.nliterals, 0);
+  assert_int_equal(lexed.nparams, 0);
+  assert_int_equal(lexed.nstatements, 1);
+  assert_string_equal(lexed.hint_shard, "");
 }
 
 static void test_identifiers_and_keywords_untouched(void **state) {
@@ -68,18 +68,18 @@ static void test_identifiers_and_keywords_untouched(void **state) {
 
 static void test_quoted_identifier_with_doubled_quote(void **state) {
   norm("SELECT \"a \"\"b\"\" 'c'\" FROM t", "SELECT \"a \"\"b\"\" 'c'\" FROM t");
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_unicode_quoted_identifier(void **state) {
   norm("SELECT U&\"d\\0061t\" FROM t", "SELECT U&\"d\\0061t\" FROM t");
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_identifier_with_dollar(void **state) {
   norm("SELECT a$b, c$1 FROM t$x", "SELECT a$b, c$1 FROM t$x");
-  assert_int_equal(lx.nparams, 0);
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nparams, 0);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_operators_kept(void **state) {
@@ -95,7 +95,7 @@ static void test_whitespace_collapsed(void **state) {
 
 static void test_integer(void **state) {
   norm("SELECT * FROM t WHERE id = 42", "SELECT * FROM t WHERE id = $1");
-  assert_int_equal(lx.nliterals, 1);
+  assert_int_equal(lexed.nliterals, 1);
   assert_value(0, "42", false);
 }
 
@@ -119,7 +119,7 @@ static void test_exponent_needs_digits(void **state) {
 static void test_hex_is_not_a_number_in_pg15(void **state) {
   /* An error in PostgreSQL 15 too ("trailing junk"). */
   norm("SELECT 0x1F", "SELECT $1 x1F");
-  assert_int_equal(lx.nliterals, 1);
+  assert_int_equal(lexed.nliterals, 1);
   assert_value(0, "0", false);
 }
 
@@ -135,7 +135,7 @@ static void test_negative_number(void **state) {
 
 static void test_number_in_identifier_is_not_a_literal(void **state) {
   norm("SELECT t1.c2 FROM t1", "SELECT t1.c2 FROM t1");
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 /* ---- strings ---- */
@@ -163,7 +163,7 @@ static void test_standard_string_backslash_is_literal(void **state) {
 
 static void test_string_continuation(void **state) {
   norm("SELECT 'foo'\n  'bar'\n'baz'", "SELECT $1");
-  assert_int_equal(lx.nliterals, 1);
+  assert_int_equal(lexed.nliterals, 1);
   assert_value(0, "foobarbaz", true);
 }
 
@@ -175,12 +175,12 @@ static void test_string_continuation_with_line_comment(void **state) {
 static void test_strings_on_one_line_are_two(void **state) {
   /* Without a newline PostgreSQL does not join them (a syntax error). */
   norm("SELECT 'a' 'b'", "SELECT $1 $2");
-  assert_int_equal(lx.nliterals, 2);
+  assert_int_equal(lexed.nliterals, 2);
 }
 
 static void test_semicolon_in_string(void **state) {
   norm("SELECT 'a;b'; SELECT 1", "SELECT $1; SELECT $2");
-  assert_int_equal(lx.nstatements, 2);
+  assert_int_equal(lexed.nstatements, 2);
   assert_value(0, "a;b", true);
 }
 
@@ -258,7 +258,7 @@ static void test_escape_string_errors(void **state) {
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(bad); i++) {
     if (lex(bad[i]) != PGS_EINVAL) fail_msg("expected EINVAL for %s", bad[i]);
-    assert_string_equal(lx.normalized, "");
+    assert_string_equal(lexed.normalized, "");
   }
 }
 
@@ -266,12 +266,12 @@ static void test_escape_string_errors(void **state) {
 
 static void test_bit_strings_kept_verbatim(void **state) {
   norm("SELECT B'1010', b'1', X'1F', x'ff'", "SELECT B'1010', b'1', X'1F', x'ff'");
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_unicode_and_national_strings_kept_verbatim(void **state) {
   norm("SELECT U&'d\\0061t' UESCAPE '!', N'abc'", "SELECT U&'d\\0061t' UESCAPE $1, N'abc'");
-  assert_int_equal(lx.nliterals, 1);
+  assert_int_equal(lexed.nliterals, 1);
   assert_value(0, "!", true);
 }
 
@@ -279,7 +279,7 @@ static void test_bit_string_doubled_quote_ends_it(void **state) {
   /* In B'..' and X'..' scan.l has no '' escape: B'10''01' is B'10' then
    * the string '01' (found by fuzz_lexer_parser). */
   norm("SELECT B'10''01', X'1F''2'", "SELECT B'10'$1, X'1F'$2");
-  assert_int_equal(lx.nliterals, 2);
+  assert_int_equal(lexed.nliterals, 2);
   assert_value(0, "01", true);
   assert_value(1, "2", true);
   norm("SELECT N'it''s', U&'it''s'", "SELECT N'it''s', U&'it''s'");
@@ -291,18 +291,18 @@ static void test_verbatim_continuation_loses_its_comment(void **state) {
    * newline between the parts (found by test_lexer_parser). */
   norm("SELECT X'a' -- c\n'b', B'1'\n  -- d\n'0', N'x'\r\n'y'",
        "SELECT X'a'\n'b', B'1'\n'0', N'x'\n'y'");
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_hint_in_continuation_comment(void **state) {
   /* A comment between the parts of a string is a comment all the same. */
   norm("SELECT 'a' -- pgshard: shard=s1\n'b'", "SELECT $1");
   assert_value(0, "ab", true);
-  assert_string_equal(lx.hint_shard, "s1");
+  assert_string_equal(lexed.hint_shard, "s1");
   norm("SELECT X'a' -- pgshard: shard=s2\n'b'", "SELECT X'a'\n'b'");
-  assert_string_equal(lx.hint_shard, "s2");
+  assert_string_equal(lexed.hint_shard, "s2");
   norm("SELECT E'a'\n-- pgshard: shard=s3\n'b'", "SELECT $1");
-  assert_string_equal(lx.hint_shard, "s3");
+  assert_string_equal(lexed.hint_shard, "s3");
 }
 
 /* ---- dollar quotes ---- */
@@ -310,7 +310,7 @@ static void test_hint_in_continuation_comment(void **state) {
 static void test_dollar_quote(void **state) {
   norm("SELECT $$it's a \\ string$$", "SELECT $1");
   assert_value(0, "it's a \\ string", true);
-  assert_int_equal(lx.nparams, 0);
+  assert_int_equal(lexed.nparams, 0);
 }
 
 static void test_dollar_quote_with_tag(void **state) {
@@ -332,8 +332,8 @@ static void test_dollar_quote_empty(void **state) {
 static void test_dollar_digit_is_a_parameter_not_a_tag(void **state) {
   /* $1 then the identifier x$, as PostgreSQL 15 reads it. */
   norm("SELECT $1x$", "SELECT $1 x$");
-  assert_int_equal(lx.nparams, 1);
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nparams, 1);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_dollar_quote_after_placeholder(void **state) {
@@ -345,33 +345,33 @@ static void test_dollar_quote_after_placeholder(void **state) {
 
 static void test_params_highest_counts(void **state) {
   norm("SELECT $1, $3, $2", "SELECT $1, $3, $2");
-  assert_int_equal(lx.nparams, 3);
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nparams, 3);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_literals_numbered_after_params(void **state) {
   norm("SELECT * FROM t WHERE a = $2 AND b = 5 AND c = 'x'",
        "SELECT * FROM t WHERE a = $2 AND b = $3 AND c = $4");
-  assert_int_equal(lx.nparams, 2);
-  assert_int_equal(lx.nliterals, 2);
+  assert_int_equal(lexed.nparams, 2);
+  assert_int_equal(lexed.nliterals, 2);
   assert_value(0, "5", false);
   assert_value(1, "x", true);
 }
 
 static void test_literal_before_param_renumbered(void **state) {
   norm("SELECT 'x', 7, $12", "SELECT $13, $14, $12");
-  assert_int_equal(lx.nparams, 12);
+  assert_int_equal(lexed.nparams, 12);
   assert_value(0, "x", true);
   assert_value(1, "7", false);
 }
 
 static void test_placeholder_offsets(void **state) {
   assert_int_equal(lex("SELECT 'a', $2, 10 , 'bcd'"), PGS_OK);
-  assert_string_equal(lx.normalized, "SELECT $3, $2, $4 , $5");
-  for (int i = 0; i < lx.nliterals; i++) {
-    const char *at = lx.normalized + lx.literals[i].placeholder;
+  assert_string_equal(lexed.normalized, "SELECT $3, $2, $4 , $5");
+  for (int i = 0; i < lexed.nliterals; i++) {
+    const char *at = lexed.normalized + lexed.literals[i].placeholder;
     char expected[16];
-    snprintf(expected, sizeof(expected), "$%d", lx.nparams + 1 + i);
+    snprintf(expected, sizeof(expected), "$%d", lexed.nparams + 1 + i);
     assert_memory_equal(at, expected, strlen(expected));
   }
 }
@@ -380,12 +380,13 @@ static void test_many_literals_renumbered(void **state) {
   char sql[4096] = "SELECT $1";
   for (int i = 0; i < 200; i++) snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), ", %d", i);
   assert_int_equal(lex(sql), PGS_OK);
-  assert_int_equal(lx.nparams, 1);
-  assert_int_equal(lx.nliterals, 200);
-  for (int i = 0; i < lx.nliterals; i++) {
+  assert_int_equal(lexed.nparams, 1);
+  assert_int_equal(lexed.nliterals, 200);
+  for (int i = 0; i < lexed.nliterals; i++) {
     char expected[16];
     snprintf(expected, sizeof(expected), "$%d", i + 2);
-    assert_memory_equal(lx.normalized + lx.literals[i].placeholder, expected, strlen(expected));
+    assert_memory_equal(lexed.normalized + lexed.literals[i].placeholder, expected,
+                        strlen(expected));
     char v[16];
     snprintf(v, sizeof(v), "%d", i);
     assert_string_equal(value(i), v);
@@ -394,16 +395,16 @@ static void test_many_literals_renumbered(void **state) {
 
 static void test_parameter_to_literal(void **state) {
   assert_int_equal(lex("SELECT * FROM t WHERE a = $2 AND b = 'x' AND c = 10"), PGS_OK);
-  assert_null(pgs_lexed_literal(&lx, 0));
-  assert_null(pgs_lexed_literal(&lx, 1)); /* Bind values */
-  assert_null(pgs_lexed_literal(&lx, 2));
-  const pgs_literal_t *lit = pgs_lexed_literal(&lx, 3);
+  assert_null(pgs_lexed_literal(&lexed, 0));
+  assert_null(pgs_lexed_literal(&lexed, 1)); /* Bind values */
+  assert_null(pgs_lexed_literal(&lexed, 2));
+  const pgs_literal_t *lit = pgs_lexed_literal(&lexed, 3);
   assert_non_null(lit);
-  assert_string_equal(lx.values + lit->offset, "x");
-  lit = pgs_lexed_literal(&lx, 4);
+  assert_string_equal(lexed.values + lit->offset, "x");
+  lit = pgs_lexed_literal(&lexed, 4);
   assert_non_null(lit);
-  assert_memory_equal(lx.values + lit->offset, "10", lit->len);
-  assert_null(pgs_lexed_literal(&lx, 5));
+  assert_memory_equal(lexed.values + lit->offset, "10", lit->len);
+  assert_null(pgs_lexed_literal(&lexed, 5));
 }
 
 static void test_cast_syntax_stays(void **state) {
@@ -422,7 +423,7 @@ static void test_placeholder_never_glues(void **state) {
 
 static void test_param_too_large(void **state) {
   assert_int_equal(lex("SELECT $65535"), PGS_OK);
-  assert_int_equal(lx.nparams, 65535);
+  assert_int_equal(lexed.nparams, 65535);
   assert_int_equal(lex("SELECT $65536"), PGS_ETOOBIG);
   assert_int_equal(lex("SELECT $65535, 1"), PGS_ETOOBIG);
 }
@@ -434,10 +435,10 @@ static void test_too_many_literals(void **state) {
   size_t len = strlen(sql);
   for (int i = 1; i < PGS_LEX_MAX_LITERALS; i++)
     len += (size_t)snprintf(sql + len, cap - len, ",1");
-  assert_int_equal(pgs_lex(sql, len, &lx), PGS_OK);
-  assert_int_equal(lx.nliterals, PGS_LEX_MAX_LITERALS);
+  assert_int_equal(pgs_lex(sql, len, &lexed), PGS_OK);
+  assert_int_equal(lexed.nliterals, PGS_LEX_MAX_LITERALS);
   len += (size_t)snprintf(sql + len, cap - len, ",1");
-  assert_int_equal(pgs_lex(sql, len, &lx), PGS_ETOOBIG);
+  assert_int_equal(pgs_lex(sql, len, &lexed), PGS_ETOOBIG);
   free(sql);
 }
 
@@ -453,7 +454,7 @@ static void test_block_comment_dropped(void **state) {
 
 static void test_nested_block_comment(void **state) {
   norm("SELECT /* outer /* inner */ still 'comment' */ 1", "SELECT $1");
-  assert_int_equal(lx.nliterals, 1);
+  assert_int_equal(lexed.nliterals, 1);
 }
 
 static void test_comment_between_operator_chars(void **state) {
@@ -463,33 +464,33 @@ static void test_comment_between_operator_chars(void **state) {
 
 static void test_hint_in_block_comment(void **state) {
   norm("/* pgshard: shard=s1 */ SELECT * FROM t", "SELECT * FROM t");
-  assert_string_equal(lx.hint_shard, "s1");
+  assert_string_equal(lexed.hint_shard, "s1");
 }
 
 static void test_hint_in_line_comment(void **state) {
   norm("SELECT 1 -- pgshard: shard=eu_west-1.b\n", "SELECT $1");
-  assert_string_equal(lx.hint_shard, "eu_west-1.b");
+  assert_string_equal(lexed.hint_shard, "eu_west-1.b");
 }
 
 static void test_hint_spacing_and_case(void **state) {
   assert_int_equal(lex("SELECT /* app=x PgShard :  SHARD =  s2 */ 1"), PGS_OK);
-  assert_string_equal(lx.hint_shard, "s2");
+  assert_string_equal(lexed.hint_shard, "s2");
 }
 
 static void test_hint_first_wins_and_is_reset(void **state) {
   assert_int_equal(lex("/* pgshard: shard=a */ SELECT /* pgshard: shard=b */ 1"), PGS_OK);
-  assert_string_equal(lx.hint_shard, "a");
+  assert_string_equal(lexed.hint_shard, "a");
   assert_int_equal(lex("SELECT 1"), PGS_OK);
-  assert_string_equal(lx.hint_shard, "");
+  assert_string_equal(lexed.hint_shard, "");
 }
 
 static void test_hint_not_in_strings_or_incomplete(void **state) {
   assert_int_equal(lex("SELECT '/* pgshard: shard=s1 */'"), PGS_OK);
-  assert_string_equal(lx.hint_shard, "");
+  assert_string_equal(lexed.hint_shard, "");
   assert_int_equal(lex("SELECT 1 /* pgshard: shard= */"), PGS_OK);
-  assert_string_equal(lx.hint_shard, "");
+  assert_string_equal(lexed.hint_shard, "");
   assert_int_equal(lex("SELECT 1 /* pgshard shard=s1 */"), PGS_OK);
-  assert_string_equal(lx.hint_shard, "");
+  assert_string_equal(lexed.hint_shard, "");
 }
 
 static void test_hint_name_is_bounded(void **state) {
@@ -497,7 +498,7 @@ static void test_hint_name_is_bounded(void **state) {
   for (int i = 0; i < 100; i++) strcat(sql, "x");
   strcat(sql, " */ SELECT 1");
   assert_int_equal(lex(sql), PGS_OK);
-  assert_int_equal(strlen(lx.hint_shard), sizeof(lx.hint_shard) - 1);
+  assert_int_equal(strlen(lexed.hint_shard), sizeof(lexed.hint_shard) - 1);
 }
 
 /* ---- ORDER BY / GROUP BY positions ---- */
@@ -508,7 +509,7 @@ static void test_positions_after_all_distinct_and_parentheses(void **state) {
    * test_lexer_parser). Parts of an expression stay literals. */
   norm("SELECT a FROM t GROUP BY DISTINCT 1, (2) ORDER BY ((1)) DESC",
        "SELECT a FROM t GROUP BY DISTINCT 1, (2) ORDER BY ((1)) DESC");
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nliterals, 0);
   norm("SELECT a FROM t GROUP BY ALL 1", "SELECT a FROM t GROUP BY ALL 1");
   norm("SELECT a FROM t ORDER BY a + (1), f(2), (SELECT 3)",
        "SELECT a FROM t ORDER BY a + ($1), f($2), (SELECT $3)");
@@ -524,19 +525,19 @@ static void test_positions_after_all_distinct_and_parentheses(void **state) {
 
 static void test_statement_count(void **state) {
   norm("SELECT 1; SELECT 2;", "SELECT $1; SELECT $2");
-  assert_int_equal(lx.nstatements, 2);
+  assert_int_equal(lexed.nstatements, 2);
   norm(";; SELECT 1 ; ; ;SELECT 2", "SELECT $1; SELECT $2");
-  assert_int_equal(lx.nstatements, 2);
+  assert_int_equal(lexed.nstatements, 2);
   norm("SELECT 1 -- x\n;", "SELECT $1");
-  assert_int_equal(lx.nstatements, 1);
+  assert_int_equal(lexed.nstatements, 1);
 }
 
 static void test_empty_and_comment_only(void **state) {
   norm("", "");
-  assert_int_equal(lx.nstatements, 0);
+  assert_int_equal(lexed.nstatements, 0);
   norm("  -- nothing\n /* at all */ ; ", "");
-  assert_int_equal(lx.nstatements, 0);
-  assert_int_equal(lx.hash, XXH3_64bits("", 0));
+  assert_int_equal(lexed.nstatements, 0);
+  assert_int_equal(lexed.hash, XXH3_64bits("", 0));
 }
 
 /* ---- errors ---- */
@@ -551,13 +552,13 @@ static void test_unterminated(void **state) {
 }
 
 static void test_nul_byte(void **state) {
-  assert_int_equal(pgs_lex("SELECT 1\0 2", 11, &lx), PGS_EINVAL);
+  assert_int_equal(pgs_lex("SELECT 1\0 2", 11, &lexed), PGS_EINVAL);
 }
 
 static void test_dollar_alone_is_a_char(void **state) {
   /* Not a parameter nor a quote: passed on, the server will complain. */
   norm("SELECT $ + $a", "SELECT $ + $a");
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 /* ---- the cache's property ---- */
@@ -570,36 +571,36 @@ static void test_same_shape_same_text_and_hash(void **state) {
       "/* pgshard: shard=s1 */ SELECT * FROM users WHERE id = $$x$$ AND name = 'a';",
   };
   assert_int_equal(lex(same[0]), PGS_OK);
-  uint64_t hash = lx.hash;
+  uint64_t hash = lexed.hash;
   char first[128];
-  snprintf(first, sizeof(first), "%s", lx.normalized);
-  assert_int_equal(hash, XXH3_64bits(lx.normalized, lx.normalized_len));
+  snprintf(first, sizeof(first), "%s", lexed.normalized);
+  assert_int_equal(hash, XXH3_64bits(lexed.normalized, lexed.normalized_len));
   for (size_t i = 1; i < PGS_ARRAY_LEN(same); i++) {
     assert_int_equal(lex(same[i]), PGS_OK);
-    assert_string_equal(lx.normalized, first);
-    assert_int_equal(lx.hash, hash);
+    assert_string_equal(lexed.normalized, first);
+    assert_int_equal(lexed.hash, hash);
   }
 }
 
 static void test_different_shape_different_hash(void **state) {
   assert_int_equal(lex("SELECT * FROM users WHERE id = 1"), PGS_OK);
-  uint64_t a = lx.hash;
+  uint64_t a = lexed.hash;
   assert_int_equal(lex("SELECT * FROM users WHERE uid = 1"), PGS_OK);
-  assert_int_not_equal(lx.hash, a);
+  assert_int_not_equal(lexed.hash, a);
   assert_int_equal(lex("SELECT * FROM users WHERE id = 1 LIMIT 1"), PGS_OK);
-  assert_int_not_equal(lx.hash, a);
+  assert_int_not_equal(lexed.hash, a);
 }
 
 static void test_literal_and_parameter_share_a_text(void **state) {
   /* Both become "$1": the plan names parameter 1, which is the Bind value
    * in one and literal 0 in the other (nparams tells them apart). */
   assert_int_equal(lex("SELECT * FROM users WHERE id = 1"), PGS_OK);
-  uint64_t a = lx.hash;
-  assert_int_equal(lx.nparams, 0);
+  uint64_t a = lexed.hash;
+  assert_int_equal(lexed.nparams, 0);
   assert_int_equal(lex("SELECT * FROM users WHERE id = $1"), PGS_OK);
-  assert_int_equal(lx.hash, a);
-  assert_int_equal(lx.nparams, 1);
-  assert_int_equal(lx.nliterals, 0);
+  assert_int_equal(lexed.hash, a);
+  assert_int_equal(lexed.nparams, 1);
+  assert_int_equal(lexed.nliterals, 0);
 }
 
 static void test_buffers_reused(void **state) {
@@ -646,11 +647,11 @@ static void test_many_statements_without_blanks(void **state) {
 
 static void test_chain_counts_left_deep_operators(void **state) {
   assert_int_equal(lex("SELECT a || b || c FROM t JOIN u ON t.x = u.y"), PGS_OK);
-  assert_int_equal(lx.chain, 4); /* ||, ||, JOIN, = */
+  assert_int_equal(lexed.chain, 4); /* ||, ||, JOIN, = */
   assert_int_equal(lex("SELECT f(g(h(1)))"), PGS_OK);
-  assert_int_equal(lx.chain, 0);
+  assert_int_equal(lexed.chain, 0);
   assert_int_equal(lex("SELECT 1 UNION SELECT 2 EXCEPT SELECT x::int COLLATE \"C\""), PGS_OK);
-  assert_int_equal(lx.chain, 4);
+  assert_int_equal(lexed.chain, 4);
 }
 
 int main(void) {

@@ -23,15 +23,15 @@
 
 #include "lexer_parser_check.h"
 
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 
 static int group_setup(void **state) {
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return 0;
 }
 
 static int group_teardown(void **state) {
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   pg_query_exit();
   return 0;
 }
@@ -268,7 +268,7 @@ static void generate(pgs_buf_t *b) {
 
 static void check(const char *sql) {
   char why[512];
-  if (!lpc_check(sql, strlen(sql), &lx, why, sizeof(why), NULL)) {
+  if (!lpc_check(sql, strlen(sql), &lexed, why, sizeof(why), NULL)) {
     print_error("lexer and parser disagree on:\n%s\n-> %s\n", sql, why);
     fail();
   }
@@ -311,7 +311,7 @@ static void test_generated_statements_agree(void **state) {
     generate(&b);
     char why[512];
     bool compared;
-    if (!lpc_check((const char *)b.data, b.len, &lx, why, sizeof(why), &compared)) {
+    if (!lpc_check((const char *)b.data, b.len, &lexed, why, sizeof(why), &compared)) {
       print_error("case %d: lexer and parser disagree on:\n%s\n-> %s\n", i, (const char *)b.data,
                   why);
       pgs_buf_free(&b);

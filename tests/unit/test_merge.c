@@ -79,7 +79,7 @@ static pgs_table_t tables[] = {
 };
 
 static pgs_database_t db;
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 static pgs_plan_t *plan;
 static const pgs_merge_spec_t *spec;
 static const char *last_sql;
@@ -91,14 +91,14 @@ static int group_setup(void **state) {
   db.cross_shard_reads = true;
   db.shardmap.tables = tables;
   db.shardmap.ntables = (int)PGS_ARRAY_LEN(tables);
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return 0;
 }
 
 static int group_teardown(void **state) {
   pgs_plan_unref(plan);
   plan = NULL;
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return 0;
 }
 
@@ -110,8 +110,8 @@ static void analyse(const char *sql) {
   pgs_plan_unref(plan);
   plan = NULL;
   spec = NULL;
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  plan = pgs_analyze(&db, &lx);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  plan = pgs_analyze(&db, &lexed);
   assert_non_null(plan);
   spec = plan->merge;
 }
@@ -195,7 +195,7 @@ static void expect_shard_sql(const char *want) {
   pgs_buf_t out;
   pgs_buf_init(&out);
   pgs_buf_put(&out, "xy", 2); /* appended after what is there */
-  pgs_merge_shard_sql(spec, &lx, &out);
+  pgs_merge_shard_sql(spec, &lexed, &out);
   assert_true(out.len > 3);
   assert_int_equal(out.data[out.len - 1], '\0');
   assert_int_equal(strlen((const char *)out.data), out.len - 1);
@@ -215,7 +215,7 @@ static void expect_limits(const pgs_param_values_t *params, int64_t limit, int64
   int64_t l = -7, o = -7;
   pgs_value_error_t err;
   memset(&err, 0, sizeof(err));
-  if (pgs_merge_limits(spec, &lx, params, &l, &o, &err) != PGS_OK)
+  if (pgs_merge_limits(spec, &lexed, params, &l, &o, &err) != PGS_OK)
     fail_msg("%s\n  limits refused: %s %s", last_sql, err.sqlstate, err.message);
   if (l != limit || o != offset)
     fail_msg("%s\n  limit %lld offset %lld, expected %lld %lld", last_sql, (long long)l,
@@ -227,7 +227,7 @@ static void expect_limits_error(const pgs_param_values_t *params, const char *sq
   int64_t l, o;
   pgs_value_error_t err;
   memset(&err, 0, sizeof(err));
-  if (pgs_merge_limits(spec, &lx, params, &l, &o, &err) != PGS_EINVAL)
+  if (pgs_merge_limits(spec, &lexed, params, &l, &o, &err) != PGS_EINVAL)
     fail_msg("%s\n  limits accepted", last_sql);
   expect_str("sqlstate", err.sqlstate, sqlstate);
   expect_str("message", err.message, message);
@@ -518,7 +518,7 @@ static void test_limit_offset(void **state) {
   assert_int_equal(spec->limit_param, 1);
   assert_int_equal(spec->offset_param, 0);
   assert_int_equal(spec->tail_at, 37);
-  assert_int_equal(spec->tail_end, strlen(lx.normalized));
+  assert_int_equal(spec->tail_end, strlen(lexed.normalized));
   assert_false(spec->rewrite); /* LIMIT alone goes down as it is */
   expect_shard_sql("SELECT name FROM users ORDER BY name LIMIT 10");
   expect_limits(NULL, 10, 0);
@@ -602,7 +602,7 @@ static void test_limit_in_parentheses(void **state) {
   expect_shard_sql(
       "(SELECT id AS pgs_h0, name FROM users ORDER BY id LIMIT (5)::int8 + "
       "($1)::int8)");
-  assert_int_equal(lx.normalized[spec->tail_end], ')');
+  assert_int_equal(lexed.normalized[spec->tail_end], ')');
   merges("(SELECT name FROM users ORDER BY id) LIMIT 5 OFFSET 1");
   expect_shard_sql(
       "(SELECT id AS pgs_h0, name FROM users ORDER BY id) LIMIT (5)::int8 + "
@@ -1261,7 +1261,7 @@ static void test_literals_put_back(void **state) {
   merges(
       "SELECT x::numeric(10,2), name FROM users WHERE d > DATE '2024-01-01' ORDER BY id - 5, "
       "x + -3, 2 DESC LIMIT 4 OFFSET 1");
-  assert_int_equal(lx.nliterals, 7);
+  assert_int_equal(lexed.nliterals, 7);
   expect_hidden("id - $4 AS pgs_h0, x + (- $5) AS pgs_h1, ");
   expect_str("keys", keys(), "0AL,1AL,3DF");
   assert_int_equal(spec->limit_param, 6);
@@ -1321,9 +1321,9 @@ static void test_positions_in_normalised_text(void **state) {
        "SELECT a FROM users order by 1 desc, 2 having $1, $2"},
   };
   for (size_t i = 0; i < PGS_ARRAY_LEN(cases); i++) {
-    assert_int_equal(pgs_lex(cases[i].sql, strlen(cases[i].sql), &lx), PGS_OK);
-    if (strcmp(lx.normalized, cases[i].normalized) != 0)
-      fail_msg("%s\n  normalised \"%s\"\n  expected   \"%s\"", cases[i].sql, lx.normalized,
+    assert_int_equal(pgs_lex(cases[i].sql, strlen(cases[i].sql), &lexed), PGS_OK);
+    if (strcmp(lexed.normalized, cases[i].normalized) != 0)
+      fail_msg("%s\n  normalised \"%s\"\n  expected   \"%s\"", cases[i].sql, lexed.normalized,
                cases[i].normalized);
   }
 }
@@ -1362,12 +1362,12 @@ static void test_plan_cache_per_position(void **state) {
 
 static void test_lexed_restore(void **state) {
   const char *sql = "SELECT 'it''s', E'a\\\\b', 12.5, $1 FROM users WHERE x = 'y'";
-  assert_int_equal(pgs_lex(sql, strlen(sql), &lx), PGS_OK);
+  assert_int_equal(pgs_lex(sql, strlen(sql), &lexed), PGS_OK);
   pgs_buf_t out;
   pgs_buf_init(&out);
   int32_t loc[8];
   int next = 0;
-  assert_true(pgs_lexed_restore(&lx, 0, lx.normalized_len, &next, &out, loc));
+  assert_true(pgs_lexed_restore(&lexed, 0, lexed.normalized_len, &next, &out, loc));
   pgs_buf_put_u8(&out, '\0');
   assert_string_equal((const char *)out.data,
                       "SELECT 'it''s', E'a\\\\b', 12.5, $1 FROM users WHERE x = 'y'");
@@ -1378,14 +1378,14 @@ static void test_lexed_restore(void **state) {
   /* Two ranges in a row cost one pass: NEXT carries on. */
   out.len = 0;
   next = 0;
-  size_t mid = lx.literals[2].placeholder + 1; /* inside $4: refused */
-  assert_false(pgs_lexed_restore(&lx, 0, mid, &next, &out, NULL));
+  size_t mid = lexed.literals[2].placeholder + 1; /* inside $4: refused */
+  assert_false(pgs_lexed_restore(&lexed, 0, mid, &next, &out, NULL));
   out.len = 0;
   next = 0;
-  mid = lx.literals[2].placeholder;
-  assert_true(pgs_lexed_restore(&lx, 0, mid, &next, &out, NULL));
+  mid = lexed.literals[2].placeholder;
+  assert_true(pgs_lexed_restore(&lexed, 0, mid, &next, &out, NULL));
   assert_int_equal(next, 2);
-  assert_true(pgs_lexed_restore(&lx, mid, lx.normalized_len, &next, &out, NULL));
+  assert_true(pgs_lexed_restore(&lexed, mid, lexed.normalized_len, &next, &out, NULL));
   pgs_buf_put_u8(&out, '\0');
   assert_string_equal((const char *)out.data,
                       "SELECT 'it''s', E'a\\\\b', 12.5, $1 FROM users WHERE x = 'y'");
@@ -1397,20 +1397,20 @@ static void test_lexed_restore(void **state) {
 static void test_route_merge(void **state) {
   pgs_route_t r;
   merges("SELECT country, count(*) FROM users GROUP BY 1");
-  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&db, plan, &lexed, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_MERGE);
   assert_int_equal(r.shards, 0x3);
   merges("SELECT country, count(*) FROM users GROUP BY 1 HAVING count(*) > 2");
-  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&db, plan, &lexed, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_MERGE);
   analyse("SELECT country FROM users GROUP BY 1 HAVING count(*) > (SELECT 2)");
-  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&db, plan, &lexed, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_REFUSE);
   assert_string_equal(r.sqlstate, "0A000");
   assert_non_null(strstr(r.message, "HAVING with a subquery cannot be merged across shards"));
   db.cross_shard_reads = false;
   merges("SELECT country, count(*) FROM users GROUP BY 1");
-  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&db, plan, &lexed, NULL, NULL, &r);
   db.cross_shard_reads = true;
   assert_int_equal(r.kind, PGS_ROUTE_REFUSE);
   assert_non_null(strstr(r.message, "cross_shard_reads = deny"));

@@ -45,7 +45,7 @@ static pgs_table_t tables[] = {
 };
 
 static pgs_database_t db;
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 static pgs_plan_t *plan;
 static const pgs_merge_spec_t *spec;
 static const char *last_sql;
@@ -57,14 +57,14 @@ static int group_setup(void **state) {
   db.cross_shard_reads = true;
   db.shardmap.tables = tables;
   db.shardmap.ntables = (int)PGS_ARRAY_LEN(tables);
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return 0;
 }
 
 static int group_teardown(void **state) {
   pgs_plan_unref(plan);
   plan = NULL;
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return 0;
 }
 
@@ -75,8 +75,8 @@ static void analyse(const char *sql) {
   pgs_plan_unref(plan);
   plan = NULL;
   spec = NULL;
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  plan = pgs_analyze(&db, &lx);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  plan = pgs_analyze(&db, &lexed);
   assert_non_null(plan);
   spec = plan->merge;
 }
@@ -121,7 +121,7 @@ static void expect_roles(const char *want) {
 static void expect_shard_sql(const char *want) {
   pgs_buf_t out;
   pgs_buf_init(&out);
-  pgs_merge_shard_sql(spec, &lx, &out);
+  pgs_merge_shard_sql(spec, &lexed, &out);
   const char *text = (const char *)out.data;
   if (strcmp(text, want) != 0)
     fail_msg("%s\n  shards run \"%s\"\n  expected    \"%s\"", last_sql, text, want);
@@ -547,17 +547,17 @@ static void test_route(void **state) {
   merges(
       "SELECT sum(c) FROM (SELECT user_id, count(*) AS c FROM orders GROUP BY user_id) o WHERE "
       "o.c > 2");
-  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&db, plan, &lexed, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_MERGE);
   assert_int_equal(r.shards, 0x3);
   analyse("SELECT * FROM users u WHERE u.id NOT IN (SELECT user_id FROM orders)");
-  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&db, plan, &lexed, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_REFUSE);
   assert_string_equal(r.sqlstate, "0A000");
   assert_non_null(strstr(r.message, ": NOT IN (SELECT ...) reading sharded table orders"));
   /* A key inside: one shard, whatever the spec says. */
   analyse("SELECT count(*) FROM (SELECT * FROM orders WHERE user_id = 5 LIMIT 3) s");
-  pgs_route_plan(&db, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&db, plan, &lexed, NULL, NULL, &r);
   assert_int_equal(r.kind, PGS_ROUTE_ONE);
 }
 

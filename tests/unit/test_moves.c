@@ -73,26 +73,26 @@ static int group_teardown(void **state) {
 /* ---- a statement, lexed, analysed and routed in DB ---- */
 
 typedef struct routed {
-  pgs_lexed_t lx;
+  pgs_lexed_t lexed;
   pgs_plan_t *plan;
   pgs_route_t rt;
   int rows[16];
 } routed_t;
 
 static void route_in(routed_t *r, const pgs_database_t *db, const char *sql, int hint) {
-  pgs_lex_init(&r->lx);
-  assert_int_equal(pgs_lex(sql, strlen(sql), &r->lx), PGS_OK);
-  r->plan = pgs_analyze(db, &r->lx);
+  pgs_lex_init(&r->lexed);
+  assert_int_equal(pgs_lex(sql, strlen(sql), &r->lexed), PGS_OK);
+  r->plan = pgs_analyze(db, &r->lexed);
   memset(&r->rt, 0, sizeof(r->rt));
   r->rt.row_shard = r->rows;
   pgs_route_session_t session = {.hint_shard = hint, .tenant = NULL};
-  if (r->lx.hint_shard[0]) session.hint_shard = pgs_shardmap_find_shard(db, r->lx.hint_shard);
-  pgs_route_plan(db, r->plan, &r->lx, NULL, &session, &r->rt);
+  if (r->lexed.hint_shard[0]) session.hint_shard = pgs_shardmap_find_shard(db, r->lexed.hint_shard);
+  pgs_route_plan(db, r->plan, &r->lexed, NULL, &session, &r->rt);
 }
 
 static void routed_free(routed_t *r) {
   pgs_plan_unref(r->plan);
-  pgs_lex_free(&r->lx);
+  pgs_lex_free(&r->lexed);
 }
 
 /* ---- the moves ---- */
@@ -118,7 +118,7 @@ static bool refused(const pgs_move_t *moves, int n, const char *sql, int hint) {
   routed_t r;
   route_in(&r, app, sql, hint);
   char message[512];
-  bool refuse = pgs_moves_refuse(moves, n, app, r.plan, &r.lx, &r.rt, message, sizeof(message));
+  bool refuse = pgs_moves_refuse(moves, n, app, r.plan, &r.lexed, &r.rt, message, sizeof(message));
   if (refuse) {
     if (strncmp(message, "table \"", 7) != 0 || !strstr(message, "has rows moving from shard s0") ||
         !strstr(message, "(reshard feedface00000001); ") ||

@@ -21,25 +21,25 @@ static pgs_table_t tables[] = {
     {.name = "users", .column = "id", .type = PGS_TYPE_BIGINT, .strategy = PGS_STRATEGY_HASH},
 };
 static pgs_database_t db1, db2;
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 
 static int group_setup(void **state) {
   db1 = (pgs_database_t){.name = "one"};
   db1.shardmap.tables = tables;
   db1.shardmap.ntables = 1;
   db2 = (pgs_database_t){.name = "two"}; /* no sharded tables */
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   return 0;
 }
 
 static int group_teardown(void **state) {
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   return 0;
 }
 
 static pgs_plan_t *get(pgs_plan_cache_t *cache, const pgs_database_t *db, const char *sql) {
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  pgs_plan_t *plan = pgs_plan_cache_get(cache, db, &lx);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  pgs_plan_t *plan = pgs_plan_cache_get(cache, db, &lexed);
   assert_non_null(plan);
   return plan;
 }
@@ -259,11 +259,13 @@ static void test_hit_returns_plan_for_this_statement_values(void **state) {
   pgs_plan_cache_t *cache = pgs_plan_cache_new(4);
   pgs_plan_t *p = get(cache, &db1, "SELECT * FROM users WHERE name = 'a' AND id = 42");
   assert_int_equal(p->keys[0].param, 2);
-  assert_string_equal(lx.values + lx.literals[p->keys[0].param - lx.nparams - 1].offset, "42");
+  assert_string_equal(lexed.values + lexed.literals[p->keys[0].param - lexed.nparams - 1].offset,
+                      "42");
   pgs_plan_unref(p);
   p = get(cache, &db1, "SELECT * FROM users WHERE name = 'b' AND id = 7");
   assert_int_equal(pgs_plan_cache_hits(cache), 1);
-  assert_string_equal(lx.values + lx.literals[p->keys[0].param - lx.nparams - 1].offset, "7");
+  assert_string_equal(lexed.values + lexed.literals[p->keys[0].param - lexed.nparams - 1].offset,
+                      "7");
   pgs_plan_unref(p);
   pgs_plan_cache_free(cache);
 }

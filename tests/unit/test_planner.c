@@ -72,7 +72,7 @@ static uint32_t fake_turn(void *ctx, bool advance) {
   proxy_t *p = ctx;
   return advance ? p->rr++ : p->rr;
 }
-static void fake_note_query(void *ctx, const pgs_lexed_t *lx) {}
+static void fake_note_query(void *ctx, const pgs_lexed_t *lexed) {}
 static void fake_charge(void *ctx, size_t add, size_t sub) {
   ((proxy_t *)ctx)->mem += (long long)add - (long long)sub;
 }
@@ -118,8 +118,8 @@ typedef struct fixture {
 
 /* The plans come from the analyser itself (no cache). */
 static const pgs_database_t *analyze_db;
-static pgs_plan_t *real_analyze(void *ctx, const pgs_lexed_t *lx) {
-  return pgs_analyze(analyze_db, lx);
+static pgs_plan_t *real_analyze(void *ctx, const pgs_lexed_t *lexed) {
+  return pgs_analyze(analyze_db, lexed);
 }
 
 static fixture_t *open_session(const char *dbname) {

@@ -84,7 +84,7 @@ static const char config_text[] =
 
 static pgs_config_t *config;
 static const pgs_database_t *app, *appw, *app2pc, *appnr, *apps, *one;
-static pgs_lexed_t lx;
+static pgs_lexed_t lexed;
 static pgs_plan_t *plan;
 static pgs_route_t r;
 static int row_shard[64];
@@ -104,7 +104,7 @@ static int group_setup(void **state) {
   apps = pgs_config_find_database(config, "apps");
   one = pgs_config_find_database(config, "one");
   if (!app || !appw || !app2pc || !appnr || !apps || !one) return -1;
-  pgs_lex_init(&lx);
+  pgs_lex_init(&lexed);
   /* Keys of users on each shard, found through the shard map itself. */
   const pgs_table_t *users = pgs_shardmap_find_table(app, "users");
   int found[3] = {0};
@@ -119,7 +119,7 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
   pgs_plan_unref(plan);
   plan = NULL;
-  pgs_lex_free(&lx);
+  pgs_lex_free(&lexed);
   pgs_config_unref(config);
   return 0;
 }
@@ -138,13 +138,13 @@ static void route_with(const pgs_database_t *db, const char *sql, const pgs_para
   last_sql = sql;
   pgs_plan_unref(plan);
   plan = NULL;
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  plan = pgs_analyze(db, &lx);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  plan = pgs_analyze(db, &lexed);
   assert_non_null(plan);
   memset(&r, 0x5a, sizeof(r));
   for (size_t i = 0; i < PGS_ARRAY_LEN(row_shard); i++) row_shard[i] = -7;
   r.row_shard = row_shard;
-  pgs_route_plan(db, plan, &lx, params, session, &r);
+  pgs_route_plan(db, plan, &lexed, params, session, &r);
   assert_ptr_equal(r.row_shard, row_shard); /* the caller's pointer survives */
 }
 
@@ -1021,7 +1021,7 @@ static void test_multi_row_insert_split(void **state) {
   /* No row_shard array wanted. */
   pgs_route_t plain;
   memset(&plain, 0, sizeof(plain));
-  pgs_route_plan(appw, plan, &lx, params_of(&b), NULL, &plain);
+  pgs_route_plan(appw, plan, &lexed, params_of(&b), NULL, &plain);
   assert_int_equal(plain.kind, PGS_ROUTE_SPLIT);
   assert_null(plain.row_shard);
 }
@@ -1251,7 +1251,7 @@ static void test_too_many_shards(void **state) {
   pgs_database_t big = *app;
   big.nshards = PGS_ROUTE_MAX_SHARDS + 1; /* refused before any shard is looked at */
   route(app, "SELECT 1");
-  pgs_route_plan(&big, plan, &lx, NULL, NULL, &r);
+  pgs_route_plan(&big, plan, &lexed, NULL, NULL, &r);
   expect_refuse("54000", NULL);
 }
 
@@ -1279,7 +1279,7 @@ static pgs_buf_t split_buf;
 static const char *split_for(int shard) {
   pgs_buf_free(&split_buf);
   pgs_buf_init(&split_buf);
-  if (pgs_route_split_insert(&lx, row_shard, plan->nrows, shard, &split_buf) != PGS_OK)
+  if (pgs_route_split_insert(&lexed, row_shard, plan->nrows, shard, &split_buf) != PGS_OK)
     fail_msg("split of %s for shard %d failed", last_sql, shard);
   assert_true(split_buf.len > 0);
   assert_int_equal(split_buf.data[split_buf.len - 1], '\0');
@@ -1330,7 +1330,7 @@ static void test_split_texts(void **state) {
   /* A shard with no row has no statement. */
   pgs_buf_t buf;
   pgs_buf_init(&buf);
-  assert_int_equal(pgs_route_split_insert(&lx, row_shard, plan->nrows, 2, &buf), PGS_EINVAL);
+  assert_int_equal(pgs_route_split_insert(&lexed, row_shard, plan->nrows, 2, &buf), PGS_EINVAL);
   assert_int_equal(buf.len, 0);
   pgs_buf_free(&buf);
 }
@@ -1430,8 +1430,8 @@ static void test_renumber_params(void **state) {
 static pgs_status_t split_raw(const char *sql, const int *shards, int nrows, int shard,
                               pgs_buf_t *out) {
   last_sql = sql;
-  if (pgs_lex(sql, strlen(sql), &lx) != PGS_OK) fail_msg("lexer refused %s", sql);
-  return pgs_route_split_insert(&lx, shards, nrows, shard, out);
+  if (pgs_lex(sql, strlen(sql), &lexed) != PGS_OK) fail_msg("lexer refused %s", sql);
+  return pgs_route_split_insert(&lexed, shards, nrows, shard, out);
 }
 
 static void test_split_identifiers_with_dollar(void **state) {
