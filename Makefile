@@ -1,6 +1,6 @@
 # pgshard — thin wrapper over CMake, ctest and pytest.
 #   make demo   install what is missing, build, start the demo cluster, show it
-#   make test   install what is missing, build, run every test
+#   make test   install what is missing (drivers for the driver tests too), build, run every test
 #   make bench  pgbench: direct Postgres vs pgshard vs PgBouncer
 #   make soak   mixed load with injected faults for SOAK_SECONDS (default 600), then checks
 #   make fuzz   build the libFuzzer harnesses with clang (build-fuzz) and run
@@ -12,14 +12,16 @@ PYTHON := /usr/bin/python3
 DEBIAN_PACKAGES := build-essential cmake pkg-config libuv1-dev libpq-dev libxxhash-dev \
 	libinih-dev libpg-query-dev libprotobuf-c-dev libssl-dev libcmocka-dev postgresql-15 \
 	postgresql-client-15 python3-pytest python3-psycopg pgbouncer \
-	python3-matplotlib procps iproute2 openssl clang-format locales-all
+	python3-matplotlib procps iproute2 openssl clang-format locales-all \
+	python3-psycopg2 python3-asyncpg python3-sqlalchemy python3-django \
+	default-jdk-headless libpostgresql-jdbc-java ruby-pg libdbd-pg-perl php-cli php-pgsql
 # Only for `make fuzz`: clang and its sanitizer and
 # libFuzzer runtimes.
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 FUZZ_SECONDS ?= 60
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps fuzz-deps build build-asan build-fuzz build-tsan fuzz test test-tsan \
+.PHONY: all deps packages fuzz-deps build build-asan build-fuzz build-tsan fuzz test test-tsan \
 	test-stress layers design-check unit integration demo demo-down bench soak clean format format-check
 
 all: build
@@ -32,6 +34,10 @@ deps:
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+
+# The package list, for .ci/run (one list for CI and for `make test`).
+packages:
+	@echo $(DEBIAN_PACKAGES)
 
 fuzz-deps: deps
 	@missing=""; for p in $(FUZZ_PACKAGES); do \
