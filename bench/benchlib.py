@@ -338,8 +338,8 @@ def init_pgbench(port, scale):
 # ---- pgshard and PgBouncer ----
 
 def pgshard_ini(comment, port, workers, pool_size, shards, auth="trust", database_extra="",
-                pgshard_extra=""):
-    """A pgshard config: listen on PORT, PGSHARD_EXTRA (lines of [pgshard]),
+                pgshard_extra="", max_client_conn=1000):
+    """A pgshard config: listen on PORT, MAX_CLIENT_CONN, PGSHARD_EXTRA (lines of [pgshard]),
     user app (password secret), database app with transaction pooling and
     DATABASE_EXTRA, then SHARDS (sections)."""
     return f"""\
@@ -349,7 +349,7 @@ listen = 127.0.0.1:{port}
 workers = {workers}
 auth = {auth}
 log_format = text
-max_client_conn = 1000
+max_client_conn = {max_client_conn}
 {pgshard_extra}
 
 [user.app]
@@ -402,9 +402,10 @@ def start_pgshard(procs, name, binary, config, port, logfile):
     wait_port(port, 15, procs[name], name, logfile)
 
 
-def start_pgbouncer(procs, directory, port, server_port, pool_size, auth, comment, extra=""):
+def start_pgbouncer(procs, directory, port, server_port, pool_size, auth, comment, extra="",
+                    max_client_conn=1000):
     """Debian's pgbouncer on PORT in front of database app on SERVER_PORT:
-    transaction pooling, DEFAULT_POOL_SIZE, AUTH (trust or md5, user app with
+    transaction pooling, DEFAULT_POOL_SIZE, MAX_CLIENT_CONN, AUTH (trust or md5, user app with
     password secret), EXTRA (lines of [pgbouncer]: TLS settings, say), its
     files in DIRECTORY. Stored as PROCS["pgbouncer"]."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
@@ -423,7 +424,7 @@ auth_type = {auth}
 auth_file = {directory}/userlist.txt
 pool_mode = transaction
 default_pool_size = {pool_size}
-max_client_conn = 1000
+max_client_conn = {max_client_conn}
 logfile = {directory}/pgbouncer.log
 pidfile = {directory}/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits

@@ -77,8 +77,7 @@ static void free_settings(pgs_client_t *client) {
 }
 
 static void clear_tx_ops(pgs_client_t *client) {
-  for (int i = 0; i < client->session.ntx_ops; i++) free(client->session.tx_ops[i].sql);
-  client->session.ntx_ops = 0;
+  pgs_session_clear_tx_ops(&client->session);
   client->tx_failed = false;
 }
 

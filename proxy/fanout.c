@@ -328,7 +328,7 @@ pgs_fan_t *pgs_fan_start(pgs_client_t *client, const pgs_fan_order_t *order) {
   fan->batch = pgs_xcalloc(64, sizeof(*fan->batch));
   if (plan->table)
     fan->split = pgs_copy_split_new(
-        &order->spec, client->session.db, plan->table, plan->copy_key_column, order->spec.ncolumns,
+        order->spec, client->session.db, plan->table, plan->copy_key_column, order->spec->ncolumns,
         (size_t)client->config->max_message_size, &order->route, copy_row_cb, client);
   return fan;
 }

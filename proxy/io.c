@@ -11,6 +11,15 @@
  * in line). After a flush no segment points anywhere, so the peer may
  * compact its input.
  *
+ * Memory: a connection holds buffers only while it has bytes in them. Its
+ * input buffer, its scratch and its segment array are taken when a read or a
+ * batch starts and given back when everything in them is consumed or sent,
+ * to a small cache per thread (read-chunk sized buffers and segment arrays),
+ * so an idle connection costs its struct and nothing else, and a busy one
+ * does not call malloc per request. Input goes back only while no batch of the
+ * thread is open (its segments may point into any connection's input). wbuf and qbuf (output the socket did not
+ * take) are freed once it has all gone out.
+ *
  * TLS (io->tls, NULL on a plain connection, whose path is the one above
  * untouched): OpenSSL works through a BIO of ours, never on the socket.
  * libuv reads ciphertext into tls->raw, the BIO hands it to OpenSSL, and
@@ -82,14 +91,73 @@ void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max) {
   io->tcp.data = io;
 }
 
+/* ---- the thread's cache of buffers ---- */
+
+#define CACHE_MAX 64 /* buffers (16 KiB) and segment arrays (1.5 KiB) each */
+
+static __thread void *chunk_cache[CACHE_MAX];
+static __thread int nchunks;
+static __thread pgs_io_seg_t *seg_cache[CACHE_MAX];
+static __thread int nseg_arrays;
+/* Connections of this thread with a batch not yet flushed: their segments
+ * may point into any connection's input, which then is not given back. */
+static __thread int open_batches;
+
+/* An empty buffer gets a read chunk's capacity. */
+static void chunk_take(pgs_buf_t *buf) {
+  PGS_ASSERT(buf->data == NULL);
+  buf->data = nchunks > 0 ? chunk_cache[--nchunks] : pgs_xmalloc(PGS_IO_READ_CHUNK);
+  buf->cap = PGS_IO_READ_CHUNK;
+  buf->len = 0;
+}
+
+/* BUF's memory goes back: to the cache if it is a read chunk. */
+static void chunk_give(pgs_buf_t *buf) {
+  if (buf->data && buf->cap == PGS_IO_READ_CHUNK && nchunks < CACHE_MAX)
+    chunk_cache[nchunks++] = buf->data;
+  else
+    free(buf->data);
+  pgs_buf_init(buf);
+}
+
+static void segs_take(pgs_io_t *io) {
+  if (io->segs) return;
+  open_batches++;
+  io->segs =
+      nseg_arrays > 0 ? seg_cache[--nseg_arrays] : pgs_xmalloc(PGS_IO_MAX_SEGS * sizeof(*io->segs));
+}
+
+static void segs_give(pgs_io_t *io) {
+  PGS_ASSERT(io->nsegs == 0);
+  if (io->segs == NULL) return;
+  open_batches--;
+  if (nseg_arrays < CACHE_MAX)
+    seg_cache[nseg_arrays++] = io->segs;
+  else
+    free(io->segs);
+  io->segs = NULL;
+}
+
+void pgs_io_thread_done(void) {
+  while (nchunks > 0) free(chunk_cache[--nchunks]);
+  while (nseg_arrays > 0) free(seg_cache[--nseg_arrays]);
+}
+
+pgs_buf_t *pgs_io_scratch(pgs_io_t *io) {
+  if (io->scratch.data == NULL) chunk_take(&io->scratch);
+  return &io->scratch;
+}
+
 static void tls_free(pgs_io_t *io);
 
 void pgs_io_free_buffers(pgs_io_t *io) {
   if (io->detached) close(io->detached_fd);
   io->detached = false;
   if (io->tls) tls_free(io);
-  pgs_buf_free(&io->in);
-  pgs_buf_free(&io->scratch);
+  chunk_give(&io->in);
+  io->nsegs = 0;
+  chunk_give(&io->scratch);
+  segs_give(io);
   pgs_buf_free(&io->wbuf);
   pgs_buf_free(&io->qbuf);
 }
@@ -103,6 +171,12 @@ static inline size_t input_room(const pgs_io_t *io) {
   return room;
 }
 
+/* Room for ROOM more bytes of input (a cached chunk when that is enough). */
+static void in_reserve(pgs_io_t *io, size_t room) {
+  if (io->in.data == NULL && room <= PGS_IO_READ_CHUNK) chunk_take(&io->in);
+  pgs_buf_reserve(&io->in, room);
+}
+
 static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   pgs_io_t *io = handle->data;
   size_t room = input_room(io);
@@ -111,7 +185,7 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
     buf->len = 0; /* libuv reports UV_ENOBUFS */
     return;
   }
-  pgs_buf_reserve(&io->in, room);
+  in_reserve(io, room);
   buf->base = (char *)io->in.data + io->in.len;
   buf->len = io->in.cap - io->in.len;
 }
@@ -155,6 +229,7 @@ void pgs_io_stop_reading(pgs_io_t *io) {
 
 void pgs_io_emit(pgs_io_t *io, const void *ptr, size_t len) {
   if (len == 0) return;
+  segs_take(io);
   if (io->nsegs > 0) {
     pgs_io_seg_t *last = &io->segs[io->nsegs - 1];
     if (last->ptr && last->ptr + last->len == (const uint8_t *)ptr) {
@@ -175,6 +250,7 @@ void pgs_io_emit(pgs_io_t *io, const void *ptr, size_t len) {
 void pgs_io_scratch_done(pgs_io_t *io, size_t mark) {
   size_t len = io->scratch.len - mark;
   if (len == 0) return;
+  segs_take(io);
   if (io->nsegs > 0) {
     pgs_io_seg_t *last = &io->segs[io->nsegs - 1];
     if (last->ptr == NULL && last->off + last->len == mark) {
@@ -191,7 +267,7 @@ void pgs_io_scratch_done(pgs_io_t *io, size_t mark) {
       pgs_buf_put(&all, s->ptr ? s->ptr : io->scratch.data + s->off, s->len);
     }
     pgs_buf_put(&all, io->scratch.data + mark, len);
-    pgs_buf_free(&io->scratch);
+    chunk_give(&io->scratch);
     io->scratch = all;
     io->segs[0] = (pgs_io_seg_t){.ptr = NULL, .off = 0, .len = all.len};
     io->nsegs = 1;
@@ -214,15 +290,24 @@ static void write_cb(uv_write_t *req, int status);
 
 static int start_write(pgs_io_t *io) {
   uv_buf_t b = uv_buf_init((char *)io->wbuf.data, (unsigned)io->wbuf.len);
-  int rc = uv_write(&io->wreq, (uv_stream_t *)&io->tcp, &b, 1, write_cb);
-  if (rc == 0) io->writing = true;
+  io->wreq = pgs_xmalloc(sizeof(*io->wreq));
+  io->wreq->data = io;
+  int rc = uv_write(io->wreq, (uv_stream_t *)&io->tcp, &b, 1, write_cb);
+  if (rc == 0) {
+    io->writing = true;
+  } else {
+    free(io->wreq);
+    io->wreq = NULL;
+  }
   return rc;
 }
 
 static void tls_lost(pgs_io_t *io);
 
 static void write_cb(uv_write_t *req, int status) {
-  pgs_io_t *io = pgs_container_of(req, pgs_io_t, wreq);
+  pgs_io_t *io = req->data;
+  free(req);
+  io->wreq = NULL;
   io->writing = false;
   io->wbuf.len = 0;
   if (status < 0) {
@@ -238,13 +323,16 @@ static void write_cb(uv_write_t *req, int status) {
     if (rc < 0 && io->on_error) io->on_error(io, rc);
     return;
   }
+  /* All out: the copies' memory goes. */
+  pgs_buf_free(&io->wbuf);
+  pgs_buf_free(&io->qbuf);
   if (io->on_drained) io->on_drained(io);
 }
 
 static void reset_batch(pgs_io_t *io) {
   io->nsegs = 0;
-  io->scratch.len = 0;
-  if (io->scratch.cap > 1024 * 1024) pgs_buf_free(&io->scratch);
+  chunk_give(&io->scratch);
+  segs_give(io);
 }
 
 static int tls_flush(pgs_io_t *io);
@@ -303,7 +391,8 @@ void pgs_io_compact(pgs_io_t *io) {
   if (io->in_pos == 0) return;
   pgs_buf_consume(&io->in, io->in_pos);
   io->in_pos = 0;
-  if (io->in.len == 0 && io->in.cap > 4 * PGS_IO_READ_CHUNK) pgs_buf_free(&io->in);
+  /* Empty and nobody's output points into it: the buffer goes back. */
+  if (io->in.len == 0 && open_batches == 0) chunk_give(&io->in);
 }
 
 static void tls_close(pgs_io_t *io);
@@ -551,7 +640,7 @@ static void tls_pump(pgs_io_t *io) {
     if (cap_room > room && io->in.len + cap_room <= io->in_max) room = cap_room;
     size_t got = 0;
     int status = 0;
-    if (room > 0) pgs_buf_reserve(&io->in, room);
+    if (room > 0) in_reserve(io, room);
     ERR_clear_error();
     while (got < room) {
       size_t ask = room - got;
@@ -600,6 +689,7 @@ static void tls_alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
     buf->len = 0; /* libuv reports UV_ENOBUFS */
     return;
   }
+  if (t->raw.data == NULL) chunk_take(&t->raw);
   pgs_buf_reserve(&t->raw, PGS_IO_READ_CHUNK);
   buf->base = (char *)t->raw.data + t->raw.len;
   buf->len = t->raw.cap - t->raw.len;
@@ -612,8 +702,8 @@ static void tls_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
   t->raw.len += (size_t)nread;
   tls_pump(io);
   if (io->tls == t && t->raw_pos == t->raw.len) {
-    t->raw.len = t->raw_pos = 0;
-    if (t->raw.cap > TLS_RAW_MAX) pgs_buf_free(&t->raw);
+    t->raw_pos = 0;
+    chunk_give(&t->raw);
   }
 }
 
@@ -711,7 +801,7 @@ static void tls_free(pgs_io_t *io) {
     SSL_free(t->ssl);
   else
     pgs_io_tls_release(io);
-  pgs_buf_free(&t->raw);
+  chunk_give(&t->raw);
   free(t);
   io->tls = NULL;
 }

@@ -233,6 +233,7 @@ static void worker_main(void *arg) {
     pgs_pool_t *pool = pgs_container_of(worker->pools.next, pgs_pool_t, link);
     pgs_pool_destroy(pool);
   }
+  pgs_io_thread_done();
   pgs_debug("worker %d stopped", worker->index);
   __atomic_sub_fetch(&running, 1, __ATOMIC_ACQ_REL);
 }

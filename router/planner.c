@@ -150,6 +150,8 @@ void pgs_steps_clear(pgs_session_t *s) {
   s->nsteps = s->step_next = 0;
   pgs_plan_unref(s->fan_order.plan);
   s->fan_order.plan = NULL;
+  free(s->fan_order.spec);
+  s->fan_order.spec = NULL;
   pgs_session_set_request(s, PGS_REQ_IDLE);
   /* A two-phase commit ends with its message's steps; one whose steps were
    * dropped (the session failed under it) is recovery's now. */
@@ -200,7 +202,6 @@ void pgs_session_init(pgs_session_t *s, const pgs_database_t *db) {
   pgs_strmap_init(&s->portals);
   pgs_strmap_init(&s->cursors);
   pgs_strmap_init(&s->portal_set_ops);
-  pgs_lex_init(&s->lexed);
   s->routing = routes(s, db);
 }
 
@@ -216,7 +217,10 @@ void pgs_session_free(pgs_session_t *s) {
   pgs_strmap_free(&s->portal_set_ops, pgs_set_ops_free);
   pgs_set_ops_free(s->unnamed_set_ops);
   s->unnamed_set_ops = NULL;
-  pgs_lex_free(&s->lexed);
+  if (s->lexed) pgs_lex_free(s->lexed);
+  free(s->lexed);
+  s->lexed = NULL;
+  pgs_session_clear_tx_ops(s);
   free(s->tenant);
   free(s->tenant_text);
   free(s->startup_tenant);
@@ -399,16 +403,36 @@ static pgs_set_ops_t *set_ops_copy(const pgs_set_ops_t *o) {
   return c;
 }
 
+void pgs_session_clear_tx_ops(pgs_session_t *s) {
+  for (int i = 0; i < s->ntx_ops; i++) free(s->tx_ops[i].sql);
+  free(s->tx_ops);
+  s->tx_ops = NULL;
+  s->ntx_ops = s->tx_ops_cap = 0;
+}
+
+/* Room for one more SET/RESET awaiting commit, NULL when the session holds
+ * PGS_SESSION_MAX_OPS (more than it can replay). */
+static pgs_set_op_t *tx_op_slot(pgs_session_t *s) {
+  if (s->ntx_ops == PGS_SESSION_MAX_OPS) return NULL;
+  if (s->ntx_ops == s->tx_ops_cap) {
+    int cap = s->tx_ops_cap ? 2 * s->tx_ops_cap : 2;
+    if (cap > PGS_SESSION_MAX_OPS) cap = PGS_SESSION_MAX_OPS;
+    s->tx_ops = pgs_xrealloc(s->tx_ops, (size_t)cap * sizeof(*s->tx_ops));
+    s->tx_ops_cap = cap;
+  }
+  return &s->tx_ops[s->ntx_ops++];
+}
+
 /* A prepared SET runs: the session takes its statements, as a simple
  * Query's (awaiting the end of the transaction in tx_ops). */
 static void set_ops_apply(pgs_session_t *s, const pgs_set_ops_t *o) {
   for (int i = 0; o && i < o->n; i++) {
     if (pgs_set_op_is_listen(o->ops[i].kind)) continue; /* not a setting */
-    if (s->ntx_ops == PGS_SESSION_MAX_OPS) {
+    pgs_set_op_t *op = tx_op_slot(s);
+    if (op == NULL) {
       s->pinned = true; /* more than it can replay: the server stays */
       return;
     }
-    pgs_set_op_t *op = &s->tx_ops[s->ntx_ops++];
     *op = o->ops[i];
     if (op->sql) op->sql = pgs_xstrdup(op->sql);
   }
@@ -444,11 +468,12 @@ static void check_session_effects(pgs_session_t *s, const pgs_session_effects_t 
   }
   for (int i = 0; i < fx->nops; i++) {
     if (pgs_set_op_is_listen(fx->ops[i].kind)) continue; /* not a setting */
-    if (s->ntx_ops == PGS_SESSION_MAX_OPS) {
+    pgs_set_op_t *op = tx_op_slot(s);
+    if (op == NULL) {
       s->pinned = true;
       break;
     }
-    s->tx_ops[s->ntx_ops++] = fx->ops[i];
+    *op = fx->ops[i];
     fx->ops[i].sql = NULL;
   }
 }
@@ -1219,7 +1244,8 @@ static void plan_copy_in(pgs_session_t *s, const pgs_route_t *rt, pgs_plan_t *pl
   order_fan(s, plan, slots, -1, 0, true);
   s->fan_order.copy_in = true;
   s->fan_order.own_tx = own_tx;
-  s->fan_order.spec = spec;
+  s->fan_order.spec = pgs_xmalloc(sizeof(spec));
+  *s->fan_order.spec = spec;
   s->fan_order.route = session;
   if (own_tx) {
     /* Sent at once, like the parts (steps before them wait for the fan to
@@ -1756,7 +1782,11 @@ static void plan_query(pgs_session_t *s, const uint8_t *p, size_t total) {
       return;
     }
   }
-  pgs_lexed_t *lexed = &s->lexed;
+  if (s->lexed == NULL) {
+    s->lexed = pgs_xmalloc(sizeof(*s->lexed));
+    pgs_lex_init(s->lexed);
+  }
+  pgs_lexed_t *lexed = s->lexed;
   pgs_plan_t *plan = NULL;
   pgs_status_t lex_status = pgs_lex(sql, qlen, lexed);
   if (lex_status == PGS_ETOOBIG) {

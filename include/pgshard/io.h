@@ -33,11 +33,11 @@ typedef struct pgs_io_seg {
 struct pgs_io {
   uv_tcp_t tcp;
   void *owner;
-  pgs_buf_t in;                       /* received bytes */
-  size_t in_pos;                      /* bytes of in already consumed by the owner */
-  size_t in_want;                     /* total bytes the owner needs to make progress */
-  size_t in_max;                      /* cap on in (largest message accepted + a read chunk) */
-  pgs_io_seg_t segs[PGS_IO_MAX_SEGS]; /* this batch's output */
+  pgs_buf_t in;       /* received bytes */
+  size_t in_pos;      /* bytes of in already consumed by the owner */
+  size_t in_want;     /* total bytes the owner needs to make progress */
+  size_t in_max;      /* cap on in (largest message accepted + a read chunk) */
+  pgs_io_seg_t *segs; /* this batch's output (PGS_IO_MAX_SEGS, taken for a batch) */
   int nsegs;
   pgs_buf_t scratch;                /* bytes built for this batch */
   pgs_buf_t wbuf;                   /* in flight in uv_write */
@@ -46,7 +46,7 @@ struct pgs_io {
   uint64_t read_total;              /* bytes ever read */
   uint64_t out_total;               /* bytes ever flushed (written or queued) */
   uint64_t counted_in, counted_out; /* of those, already in the owner's statistics */
-  uv_write_t wreq;
+  uv_write_t *wreq;                 /* the write in flight (writing), freed when it ends */
   bool writing;
   bool reading;
   bool open; /* tcp initialised and not closing */
@@ -61,6 +61,8 @@ struct pgs_io {
 };
 
 void pgs_io_init(pgs_io_t *io, void *owner, size_t in_max);
+/* A thread that ran connections lets go of the buffers it keeps for them. */
+void pgs_io_thread_done(void);
 void pgs_io_free_buffers(pgs_io_t *io);
 int pgs_io_start_reading(pgs_io_t *io);
 void pgs_io_stop_reading(pgs_io_t *io);
@@ -68,7 +70,7 @@ void pgs_io_stop_reading(pgs_io_t *io);
 void pgs_io_emit(pgs_io_t *io, const void *ptr, size_t len);
 /* Scratch output: build into pgs_io_scratch(io) after noting
  * mark = pgs_io_scratch_mark(io), then pgs_io_scratch_done(io, mark). */
-static inline pgs_buf_t *pgs_io_scratch(pgs_io_t *io) { return &io->scratch; }
+pgs_buf_t *pgs_io_scratch(pgs_io_t *io);
 static inline size_t pgs_io_scratch_mark(pgs_io_t *io) { return io->scratch.len; }
 void pgs_io_scratch_done(pgs_io_t *io, size_t mark);
 bool pgs_io_has_output(const pgs_io_t *io);

@@ -264,10 +264,10 @@ typedef struct pgs_fan_order {
    * limit): the parts run whole, then its first MAX_ROWS rows go out. */
   struct pgs_portal *portal;
   int64_t max_rows;
-  bool declare; /* PORTAL is a cursor being declared: nothing goes out but
+  bool declare;          /* PORTAL is a cursor being declared: nothing goes out but
                    "DECLARE CURSOR" */
-  bool own_tx;  /* each part in a transaction of pgshard's, ended with the COPY */
-  pgs_copy_spec_t spec;
+  bool own_tx;           /* each part in a transaction of pgshard's, ended with the COPY */
+  pgs_copy_spec_t *spec; /* copy_in: the COPY's options (the order's own) */
   pgs_route_session_t route;
 } pgs_fan_order_t;
 
@@ -321,8 +321,10 @@ typedef struct pgs_session {
   bool scs_off;      /* a server said standard_conforming_strings is off */
   bool pinned;       /* session state that cannot move: keep the servers */
   bool temp;         /* made temporary objects: its servers are closed, not reused */
-  pgs_set_op_t tx_ops[PGS_SESSION_MAX_OPS]; /* SET/RESET awaiting commit */
-  int ntx_ops;
+  /* SET/RESET awaiting commit (at most PGS_SESSION_MAX_OPS), allocated on the
+   * first and let go with the transaction (pgs_session_clear_tx_ops). */
+  pgs_set_op_t *tx_ops;
+  int ntx_ops, tx_ops_cap;
   pgs_strmap_t stmts;   /* client statement name -> pgs_client_stmt_t */
   pgs_strmap_t portals; /* portal name -> pgs_portal_t */
   /* Pass-through (no portal is kept): the SETs of the last unnamed Parse,
@@ -370,7 +372,7 @@ typedef struct pgs_session {
   char *startup_tenant; /* -c pgshard.tenant until login types it */
   char *tenant_text;    /* the tenant as set, typed again after a reload */
   /* scratch */
-  pgs_lexed_t lexed;
+  pgs_lexed_t *lexed; /* a Query's lexed text (allocated when one is first lexed) */
   int *row_shard;
   int row_shard_cap;
   const uint8_t **param_data; /* a Bind's parameter values */
@@ -385,6 +387,8 @@ typedef struct pgs_session {
  * caller's). Slots, per-shard state, routing. */
 void pgs_session_init(pgs_session_t *s, const pgs_database_t *db);
 void pgs_session_free(pgs_session_t *s);
+/* Forget the SET/RESET statements awaiting commit and let their array go. */
+void pgs_session_clear_tx_ops(pgs_session_t *s);
 /* S moves to DB of a reloaded config: per-shard state carried over by
  * shard name, the tenant typed again, statements analysed again, portals
  * dropped. False with SQLSTATE and MESSAGE (CAP bytes) set, and S as it

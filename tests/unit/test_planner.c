@@ -831,7 +831,7 @@ static void test_copy_in(void **state) {
   assert_true(f->s.fan_order.copy_in);
   assert_true(f->s.fan_order.own_tx);
   assert_int_equal(f->s.fan_order.slots, BIT(0) | BIT(2));
-  assert_int_equal(f->s.fan_order.spec.ncolumns, 2);
+  assert_int_equal(f->s.fan_order.spec->ncolumns, 2);
   assert_int_equal(f->s.nsteps, 4);
   assert_sent(f, 0, PGS_STEP_INJECT, 0, PGS_PLACED_INTERNAL);
   assert_true(step(f, 0)->concurrent);
@@ -880,7 +880,7 @@ static void test_pgshard_settings(void **state) {
   assert_sent(f, 1, PGS_STEP_FORWARD, 2, PGS_PLACED_SESSION);
   assert_int_equal(f->s.ntx_ops, 1);
   run(f, 'Q');
-  for (int i = 0; i < f->s.ntx_ops; i++) free(f->s.tx_ops[i].sql);
+  pgs_session_clear_tx_ops(&f->s);
   close_session(f);
 }
 
@@ -1128,8 +1128,7 @@ static void test_prepared_set(void **state) {
     run(f, 'E');
     assert_int_equal(f->s.ntx_ops, 2);
     assert_false(f->s.pinned);
-    for (int i = 0; i < f->s.ntx_ops; i++) free(f->s.tx_ops[i].sql);
-    f->s.ntx_ops = 0;
+    pgs_session_clear_tx_ops(&f->s);
     /* State that cannot be replayed still pins. */
     b.len = 0;
     msg_parse(&b, "", "LOAD 'auto_explain'", 0);
@@ -1189,8 +1188,7 @@ static void test_listen(void **state) {
     assert_true(step(f, 0)->internal);
     assert_int_equal(step(f, 1)->op, PGS_STEP_FORWARD);
     run(f, 'Q');
-    for (int i = 0; i < f->s.ntx_ops; i++) free(f->s.tx_ops[i].sql);
-    f->s.ntx_ops = 0;
+    pgs_session_clear_tx_ops(&f->s);
     plan_query(f, "NOTIFY orders, 'x'");
     assert_sent(f, 0, PGS_STEP_FORWARD, 0, routing ? PGS_PLACED_ROUTE : PGS_PLACED_PASSTHROUGH);
     run(f, 'Q');
