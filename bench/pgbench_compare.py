@@ -10,11 +10,15 @@ transaction pooling, 16 server connections, the same auth method:
   PgBouncer  Debian's pgbouncer with pgbouncer.ini (run as postgres when we
              are root: it refuses to run as root)
 
-Every cell (-c 1 and -c 16, -M simple and -M extended; pgbench -S, -j 2)
-runs for --duration seconds against each target; each repetition runs the
-three targets in a rotated order so that drift (caches, CPU frequency,
-autovacuum) does not favour one. The median TPS of --reps repetitions is
-reported. Results: a table on stdout, bench/results/pgbench.md,
+Every cell (-c 1, 16, 64 and 256 × -M simple, extended and prepared;
+pgbench -S, -j 2; --clients and --modes pick fewer) runs for --duration
+seconds against each target; each repetition runs the three targets in a
+rotated order so that drift (caches, CPU frequency, autovacuum) does not
+favour one. The median TPS of --reps repetitions is reported, and at -c 16
+the median of each run's p99 latency (pgbench -l). PgBouncer 1.18 (Debian
+12) keeps no prepared statements in transaction pooling: it sits out the
+prepared cells, whose pgshard/PgBouncer column compares with its extended
+cell (the same statements, parsed every time). Results: a table on stdout, bench/results/pgbench.md,
 bench/results/pgbench.json (every run) and bench/results/pgbench.png.
 
 Everything started here is stopped in a finally block, also on Ctrl-C and
@@ -27,7 +31,7 @@ import sys
 from pathlib import Path
 
 from benchlib import (BenchBase, about, add_output_options, add_pgshard_options, bench_parser,
-                      cell_summary, connect_args, fmt_ratio, fmt_tps, init_pgbench, log,
+                      cell_summary, connect_args, fmt_ms, fmt_ratio, fmt_tps, init_pgbench, log,
                       md_table, one_primary_lab, pgshard_ini, prepare_work, print_table, ratio, require_binaries,
                       rotated, row_errors, run_guarded, run_pgbench, shard_section,
                       split_choices, stamp, start_pgbouncer, start_pgshard, stop_process,
@@ -40,8 +44,9 @@ PGBOUNCER_PORT = PORT_BASE + 2
 LAB_PROXY_PORT = PORT_BASE + 3  # named in the lab config, never started (--no-proxy)
 WORK = Path(f"/tmp/pgshard-bench-{PORT_BASE}")
 TARGETS = ["direct", "pgshard", "pgbouncer"]
-CLIENTS = [1, 16]
-MODES = ["simple", "extended"]
+CLIENTS = [1, 16, 64, 256]
+MODES = ["simple", "extended", "prepared"]
+P99_CLIENTS = 16  # the cells whose per-transaction latencies are logged
 POOL_SIZE = 16
 
 
@@ -89,22 +94,32 @@ class Bench(BenchBase):
         return connect_args(PGSHARD_PORT if target == "pgshard" else PGBOUNCER_PORT, "app")
 
     def pgbench(self, target, clients, mode, duration):
+        prefix = str(WORK / f"lat-{target}") if clients == P99_CLIENTS else None
         return run_pgbench(["-n", "-S", "-M", mode, "-c", str(clients),
                             "-j", str(min(clients, 2)), "-T", str(duration)],
-                           self.target_args(target), duration + 60)
+                           self.target_args(target), duration + 60,
+                           keys=("tps", "seconds", "error", "p99_ms"), latency_prefix=prefix)
+
+    def cells(self):
+        return [(c, m) for c in self.args.clients for m in self.args.modes]
+
+    def runs_in(self, target, mode):
+        return not (target == "pgbouncer" and mode == "prepared")
 
     def measure(self):
         targets = self.args.targets
         log("warm-up: 1 s per target")
         for target in targets:
             self.pgbench(target, 16, "simple", 1)
-        cells = [(c, m) for c in CLIENTS for m in MODES]
+        cells = self.cells()
         total = len(cells) * self.args.reps * len(targets) * self.args.duration
         log(f"measuring {len(cells)} cells x {self.args.reps} reps x {len(targets)} targets "
             f"x {self.args.duration}s = about {about(total)}")
         for clients, mode in cells:
             for rep in range(self.args.reps):
                 for target in rotated(targets, rep):
+                    if not self.runs_in(target, mode):
+                        continue
                     res = self.pgbench(target, clients, mode, self.args.duration)
                     res.update(target=target, clients=clients, mode=mode, rep=rep)
                     self.runs.append(res)
@@ -115,20 +130,33 @@ class Bench(BenchBase):
 
     def summary(self):
         rows = cell_summary(self.runs, [(f"-c {c} {m}", {"clients": c, "mode": m})
-                                        for c in CLIENTS for m in MODES], TARGETS)
+                                        for c, m in self.cells()], TARGETS,
+                            extra=(("_p99", "p99_ms"),))
+        by_cell = {(r["clients"], r["mode"]): r for r in rows}
         for row in rows:
-            row["pgshard/pgbouncer"] = ratio(row["pgshard"], row["pgbouncer"])
+            bouncer = row["pgbouncer"]
+            if row["mode"] == "prepared":  # PgBouncer's extended cell stands in
+                bouncer = by_cell.get((row["clients"], "extended"), {}).get("pgbouncer")
+            row["pgshard/pgbouncer"] = ratio(row["pgshard"], bouncer)
             row["pgshard/direct"] = ratio(row["pgshard"], row["direct"])
         return rows
 
     def report(self, rows):
         out_dir = Path(self.args.out)
         header = ["cell", "direct TPS", "pgshard TPS", "pgbouncer TPS", "pgshard/pgbouncer",
-                  "pgshard/direct"]
+                  "pgshard/direct", "p99 ms direct / pgshard / pgbouncer"]
+
+        def p99s(r):
+            if r["clients"] != P99_CLIENTS:
+                return ""
+            return " / ".join(fmt_ms(r.get(t + "_p99")) if r.get(t + "_p99") is not None
+                              else "-" for t in TARGETS)
         table = [[r["cell"], fmt_tps(r["direct"]), fmt_tps(r["pgshard"]),
-                  fmt_tps(r["pgbouncer"]), fmt_ratio(r["pgshard/pgbouncer"]),
-                  fmt_ratio(r["pgshard/direct"])] for r in rows]
-        errors = row_errors(rows, TARGETS)
+                  fmt_tps(r["pgbouncer"]) if r["mode"] != "prepared" else "(none)",
+                  fmt_ratio(r["pgshard/pgbouncer"]), fmt_ratio(r["pgshard/direct"]), p99s(r)]
+                 for r in rows]
+        errors = [e for e in row_errors(rows, TARGETS)
+                  if not (e[1] == "pgbouncer" and "prepared" in e[0])]
         print_table(header, table, errors)
 
         meta = (f"pgbench -S, scale {self.args.scale}, -j 2, {self.args.duration} s per run, "
@@ -140,6 +168,8 @@ class Bench(BenchBase):
         if errors:
             md += ["", "Errors:", ""] + [f"- {c} {t}: {e}" for c, t, e in errors]
         md += ["", "Ratios above 1.00 mean pgshard is faster. `n/a`: a target failed in that cell.",
+               "Prepared cells: PgBouncer 1.18 has no prepared statements in transaction "
+               "pooling; pgshard/pgbouncer compares with its extended cell.",
                "Raw runs: pgbench.json. Chart: pgbench.png.", ""]
         write_results(out_dir, "pgbench", md,
                       {"meta": meta, "args": vars(self.args), "runs": self.runs, "summary": rows})
@@ -156,20 +186,24 @@ class Bench(BenchBase):
             log("matplotlib missing (apt-get install python3-matplotlib): no chart")
             return
         colors = {"direct": "#8c8c8c", "pgshard": "#1f77b4", "pgbouncer": "#ff7f0e"}
-        fig, ax = plt.subplots(figsize=(9, 5))
+        fig, ax = plt.subplots(figsize=(max(9, 1.1 * len(rows)), 5))
         width = 0.26
         for i, target in enumerate(TARGETS):
             xs = [j + (i - 1) * width for j in range(len(rows))]
             ys = [r[target] or 0 for r in rows]
+            if target == "pgbouncer":  # sits out the prepared cells
+                rows_shown = [r if r["mode"] != "prepared" else dict(r, pgbouncer=None) for r in rows]
+            else:
+                rows_shown = rows
             bars = ax.bar(xs, ys, width, label=target, color=colors[target])
-            for x, r, bar in zip(xs, rows, bars):
+            for x, r, bar in zip(xs, rows_shown, bars):
                 if r[target] is None:
                     ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
                 else:
                     ax.text(x, bar.get_height(), f"{r[target] / 1000:.1f}k", ha="center",
                             va="bottom", fontsize=7)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([r["cell"] for r in rows])
+        ax.set_xticklabels([r["cell"] for r in rows], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("TPS (median)")
         ax.set_title("pgbench -S: direct vs pgshard vs PgBouncer")
         ax.legend(loc="upper left")
@@ -195,10 +229,16 @@ def main():
     add_pgshard_options(parser)
     parser.add_argument("--auth", choices=["trust", "md5"], default="trust",
                         help="client auth for both poolers (default trust)")
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)),
+                        help="pgbench -c values, comma-separated (default 1,16,64,256)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="pgbench -M modes, comma-separated (default simple,extended,prepared)")
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help="comma-separated subset of direct,pgshard,pgbouncer")
     add_output_options(parser, "pgbench.md/.json/.png", WORK)
     args = parser.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.modes = split_choices(parser, "--modes", args.modes, MODES)
     if args.quick:
         args.duration, args.reps = 2, 1
     args.targets = split_choices(parser, "--targets", args.targets, TARGETS)
