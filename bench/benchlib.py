@@ -506,6 +506,22 @@ def run_pgbench(options, target, timeout, keys=("tps", "seconds", "error"),
     return {k: res[k] for k in keys}
 
 
+def process_cpu(pid):
+    """(CPU seconds, voluntary and involuntary context switches) PID's
+    threads have used so far, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    seconds = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    switches = [0, 0]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # the thread ended
+        for i, key in enumerate(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+            switches[i] += int(re.search(rf"^{key}:\s+(\d+)", text, re.M).group(1))
+    return seconds, switches[0], switches[1]
+
+
 def latency_samples(prefix):
     """Every transaction's latency (µs, the third column) from pgbench's
     per-transaction logs PREFIX.*, sorted; the files are removed."""

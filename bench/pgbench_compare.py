@@ -32,7 +32,8 @@ from pathlib import Path
 
 from benchlib import (BenchBase, about, add_output_options, add_pgshard_options, bench_parser,
                       cell_summary, connect_args, fmt_ms, fmt_ratio, fmt_tps, init_pgbench, log,
-                      md_table, one_primary_lab, pgshard_ini, prepare_work, print_table, ratio, require_binaries,
+                      md_table, one_primary_lab, pgshard_ini, prepare_work, print_table,
+                      process_cpu, ratio, require_binaries,
                       rotated, row_errors, run_guarded, run_pgbench, shard_section,
                       split_choices, stamp, start_pgbouncer, start_pgshard, stop_process,
                       write_results)
@@ -94,11 +95,23 @@ class Bench(BenchBase):
         return connect_args(PGSHARD_PORT if target == "pgshard" else PGBOUNCER_PORT, "app")
 
     def pgbench(self, target, clients, mode, duration):
+        """One run; for a pooler also its CPU time and context switches
+        per transaction (all its threads, from /proc)."""
         prefix = str(WORK / f"lat-{target}") if clients == P99_CLIENTS else None
-        return run_pgbench(["-n", "-S", "-M", mode, "-c", str(clients),
-                            "-j", str(min(clients, 2)), "-T", str(duration)],
-                           self.target_args(target), duration + 60,
-                           keys=("tps", "seconds", "error", "p99_ms"), latency_prefix=prefix)
+        proc = self.procs.get(target)
+        before = process_cpu(proc.pid) if proc else None
+        res = run_pgbench(["-n", "-S", "-M", mode, "-c", str(clients),
+                           "-j", str(min(clients, 2)), "-T", str(duration)],
+                          self.target_args(target), duration + 60,
+                          keys=("tps", "seconds", "error", "p99_ms", "transactions"),
+                          latency_prefix=prefix)
+        res["cpu_us_per_tx"] = res["switches_per_tx"] = None
+        if before and res.get("transactions"):
+            after = process_cpu(proc.pid)
+            n = res["transactions"]
+            res["cpu_us_per_tx"] = 1e6 * (after[0] - before[0]) / n
+            res["switches_per_tx"] = (after[1] + after[2] - before[1] - before[2]) / n
+        return res
 
     def cells(self):
         return [(c, m) for c in self.args.clients for m in self.args.modes]
@@ -131,7 +144,8 @@ class Bench(BenchBase):
     def summary(self):
         rows = cell_summary(self.runs, [(f"-c {c} {m}", {"clients": c, "mode": m})
                                         for c, m in self.cells()], TARGETS,
-                            extra=(("_p99", "p99_ms"),))
+                            extra=(("_p99", "p99_ms"), ("_cpu", "cpu_us_per_tx"),
+                                   ("_switches", "switches_per_tx")))
         by_cell = {(r["clients"], r["mode"]): r for r in rows}
         for row in rows:
             bouncer = row["pgbouncer"]
@@ -144,7 +158,12 @@ class Bench(BenchBase):
     def report(self, rows):
         out_dir = Path(self.args.out)
         header = ["cell", "direct TPS", "pgshard TPS", "pgbouncer TPS", "pgshard/pgbouncer",
-                  "pgshard/direct", "p99 ms direct / pgshard / pgbouncer"]
+                  "pgshard/direct", "p99 ms direct / pgshard / pgbouncer",
+                  "CPU us/tx pgshard / pgbouncer", "switches/tx pgshard / pgbouncer"]
+
+        def pair(r, suffix, digits):
+            return " / ".join(f"{r[t + suffix]:.{digits}f}" if r.get(t + suffix) is not None
+                              else "-" for t in ("pgshard", "pgbouncer"))
 
         def p99s(r):
             if r["clients"] != P99_CLIENTS:
@@ -153,7 +172,8 @@ class Bench(BenchBase):
                               else "-" for t in TARGETS)
         table = [[r["cell"], fmt_tps(r["direct"]), fmt_tps(r["pgshard"]),
                   fmt_tps(r["pgbouncer"]) if r["mode"] != "prepared" else "(none)",
-                  fmt_ratio(r["pgshard/pgbouncer"]), fmt_ratio(r["pgshard/direct"]), p99s(r)]
+                  fmt_ratio(r["pgshard/pgbouncer"]), fmt_ratio(r["pgshard/direct"]), p99s(r),
+                  pair(r, "_cpu", 1), pair(r, "_switches", 2)]
                  for r in rows]
         errors = [e for e in row_errors(rows, TARGETS)
                   if not (e[1] == "pgbouncer" and "prepared" in e[0])]
