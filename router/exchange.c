@@ -41,7 +41,9 @@ void pgs_replies_push(pgs_replies_t *q, pgs_expect_kind_t kind, pgs_reply_rule_t
   pgs_expect_t *e = &q->ring[(q->head + q->len) % q->cap];
   e->kind = (uint8_t)kind;
   e->rule = rule;
-  snprintf(e->stmt, sizeof(e->stmt), "%s", stmt ? stmt : "");
+  size_t n = stmt ? strnlen(stmt, sizeof(e->stmt) - 1) : 0; /* cut as snprintf would */
+  memcpy(e->stmt, stmt ? stmt : "", n);
+  e->stmt[n] = '\0';
   q->len++;
 }
 
