@@ -86,7 +86,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   pgs_list_remove(&client->link);
   pgs_io_free_buffers(&client->io);
   pgs_strmap_free(&client->session.stmts, pgs_session_free_stmt);
-  if (client->session.steps)
+  if (client->servers) /* pgs_request_init ran */
     pgs_request_free(client);
   else
     free(client->session.startup_tenant);

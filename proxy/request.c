@@ -1498,4 +1498,5 @@ void pgs_request_process(pgs_client_t *client) {
   else
     (void)pgs_io_start_reading(io);
   if (!blocked) pgs_request_maybe_release(client);
+  pgs_session_rest(&client->session);
 }

@@ -89,6 +89,8 @@ void pgs_session_message_failed(pgs_session_t *s) {
 /* ---- steps ---- */
 
 pgs_step_t *pgs_steps_add(pgs_session_t *s, int slot, pgs_step_op_t op, pgs_placed_t placed) {
+  if (s->steps == NULL) /* a message's first: the array lives until its steps are cleared */
+    s->steps = pgs_xmalloc(sizeof(*s->steps) * (size_t)s->steps_cap);
   if (s->nsteps == s->steps_cap) { /* not expected: plans fit nslots + 4 */
     s->steps_cap *= 2;
     s->steps = pgs_xrealloc(s->steps, sizeof(*s->steps) * (size_t)s->steps_cap);
@@ -133,6 +135,12 @@ void pgs_steps_inject(pgs_session_t *s, int slot, const char *text, pgs_reply_ru
   st->rule = rule;
   st->extended = extended;
   st->internal = st->always = true;
+}
+
+void pgs_session_rest(pgs_session_t *s) {
+  if (s->nsteps > 0 || s->ex.req != PGS_REQ_IDLE) return;
+  free(s->steps);
+  s->steps = NULL;
 }
 
 void pgs_steps_clear(pgs_session_t *s) {
@@ -194,8 +202,7 @@ void pgs_session_init(pgs_session_t *s, const pgs_database_t *db) {
   s->ryw_lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
   s->ryw_pref = -1;
   s->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
-  s->steps_cap = s->nslots + 4;
-  s->steps = pgs_xcalloc((size_t)s->steps_cap, sizeof(*s->steps));
+  s->steps_cap = s->nslots + 4; /* allocated by the first step planned */
   s->cur = -1;
   s->tx_write_shard = -1;
   s->hint_shard = -1;
@@ -2967,9 +2974,10 @@ bool pgs_session_move(pgs_session_t *s, const pgs_database_t *db, char sqlstate[
   s->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
   s->nslots = nslots;
   if (s->steps_cap < nslots + 4) {
+    PGS_ASSERT(s->nsteps == 0);
     free(s->steps);
+    s->steps = NULL;
     s->steps_cap = nslots + 4;
-    s->steps = pgs_xcalloc((size_t)s->steps_cap, sizeof(*s->steps));
   }
   s->hint_shard = hint;
   s->last_shard = last >= 0 ? last : 0;

@@ -389,6 +389,10 @@ void pgs_session_init(pgs_session_t *s, const pgs_database_t *db);
 void pgs_session_free(pgs_session_t *s);
 /* Forget the SET/RESET statements awaiting commit and let their array go. */
 void pgs_session_clear_tx_ops(pgs_session_t *s);
+/* Between requests (no steps, request idle): let the step array go; the
+ * next message's first step allocates it again. Called where nothing can
+ * hold a step (the end of the proxy's processing of a read). */
+void pgs_session_rest(pgs_session_t *s);
 /* S moves to DB of a reloaded config: per-shard state carried over by
  * shard name, the tenant typed again, statements analysed again, portals
  * dropped. False with SQLSTATE and MESSAGE (CAP bytes) set, and S as it
