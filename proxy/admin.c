@@ -423,7 +423,7 @@ typedef struct held_client {
 static void part_reshard(pgs_worker_t *w, pgs_buf_t *b) {
   for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
     pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
-    if (!c->reshard_held || c->state == PGS_CL_CLOSING) continue;
+    if (c->park != PGS_PARK_HELD || c->state == PGS_CL_CLOSING) continue;
     held_client_t h;
     memset(&h, 0, sizeof(h));
     snprintf(h.db, sizeof(h.db), "%s", c->dbname);
@@ -976,7 +976,7 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
     /* A byte per client of a paused database still inside a transaction. */
     for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
       pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
-      if (!c->admin && c->session.db && c->state != PGS_CL_CLOSING && !c->paused &&
+      if (!c->admin && c->session.db && c->state != PGS_CL_CLOSING && c->park != PGS_PARK_PAUSED &&
           pgs_paused(c->dbname) && !pgs_request_between_transactions(c))
         pgs_buf_put_u8(b, 1);
     }
@@ -986,7 +986,7 @@ static void gather_part(pgs_worker_t *w, pgs_buf_t *b, int what, int64_t param) 
      * statement) that began before the hold: the hold's own run on. */
     for (pgs_list_t *l = w->clients.next; l != &w->clients; l = l->next) {
       pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
-      if (!c->admin && c->session.db && c->state != PGS_CL_CLOSING && !c->reshard_held &&
+      if (!c->admin && c->session.db && c->state != PGS_CL_CLOSING && c->park != PGS_PARK_HELD &&
           c->tx_hold != (uint64_t)param && pgs_hold_database((uint64_t)param, c->dbname) &&
           !pgs_request_between_transactions(c))
         pgs_buf_put_u8(b, 1);

@@ -1262,7 +1262,7 @@ static bool hold_starts(pgs_client_t *client) {
   client->tx_hold = gen;
   if (gen == 0 || client->session.routing || pgs_hold_database(gen, client->dbname) == NULL)
     return false;
-  client->reshard_held = true;
+  client->park = PGS_PARK_HELD;
   return true;
 }
 
@@ -1276,7 +1276,7 @@ static bool hold_message(pgs_client_t *client, char type, const uint8_t *p, size
     pgs_plan_cutover_retry(&client->session, type, p, total);
     return false;
   }
-  client->reshard_held = true;
+  client->park = PGS_PARK_HELD;
   pgs_debug("client %d: its statement waits for the cutover hold", client->cancel_pid);
   return true;
 }
@@ -1367,8 +1367,8 @@ pgs_status_t pgs_request_next_message(pgs_client_t *client, char *type, size_t *
 void pgs_request_process(pgs_client_t *client) {
   pgs_io_t *io = &client->io;
   if (client->state != PGS_CL_IDLE && client->state != PGS_CL_ACTIVE) return;
-  PGS_ASSERT(!client->admin);       /* the console's clients go to admin.c (client.c) */
-  if (client->reshard_held) return; /* the workers wake it when the hold ends */
+  PGS_ASSERT(!client->admin);                /* the console's clients go to admin.c (client.c) */
+  if (client->park == PGS_PARK_HELD) return; /* the workers wake it when the hold ends */
   bool blocked = false;
   for (;;) {
     pgs_server_t *server = client->server;
@@ -1435,7 +1435,7 @@ void pgs_request_process(pgs_client_t *client) {
       if (type == 'S') pgs_session_set_unit(&client->session, PGS_UNIT_CLEAN);
       if (client->config != client->worker->config && !pgs_request_follow_config(client)) return;
       if (pgs_paused(client->dbname) && at_tx_boundary(client)) {
-        client->paused = true; /* RESUME reads it again (worker.c) */
+        client->park = PGS_PARK_PAUSED; /* RESUME reads it again (worker.c) */
         blocked = true;
         break;
       }
@@ -1443,8 +1443,8 @@ void pgs_request_process(pgs_client_t *client) {
         blocked = true;
         break;
       }
-      bool woken = client->reshard_woken; /* counted when it first came */
-      client->reshard_woken = false;
+      bool woken = client->park == PGS_PARK_WOKEN; /* counted when it first came */
+      client->park = PGS_PARK_NONE;
       if (client->request_start_us == 0) begin_request(client, type, p, total);
       if ((type == 'Q' || type == 'E') && !woken) COUNT(client, queries);
       const char *budget = type == 'P' || type == 'B' ? over_budget(client, type, p, total) : NULL;

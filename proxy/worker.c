@@ -299,8 +299,8 @@ static void resume_clients(pgs_worker_t *w, void *arg) {
   for (pgs_list_t *l = w->clients.next; l != &w->clients;) {
     pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
     l = l->next;
-    if (!c->paused || pgs_paused(c->dbname)) continue;
-    c->paused = false;
+    if (c->park != PGS_PARK_PAUSED || pgs_paused(c->dbname)) continue;
+    c->park = PGS_PARK_NONE;
     (void)pgs_io_start_reading(&c->io);
     pgs_client_process(c);
   }
@@ -319,9 +319,8 @@ static void release_clients(pgs_worker_t *w, void *arg) {
   for (pgs_list_t *l = w->clients.next; l != &w->clients;) {
     pgs_client_t *c = pgs_container_of(l, pgs_client_t, link);
     l = l->next;
-    if (!c->reshard_held || c->state == PGS_CL_CLOSING) continue;
-    c->reshard_held = false;
-    c->reshard_woken = true;
+    if (c->park != PGS_PARK_HELD || c->state == PGS_CL_CLOSING) continue;
+    c->park = PGS_PARK_WOKEN;
     (void)pgs_io_start_reading(&c->io);
     pgs_client_process(c);
     /* As in tick_cb: the next one may have closed meanwhile. */

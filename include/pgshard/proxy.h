@@ -80,6 +80,17 @@ typedef enum {
   PGS_CL_CLOSING, /* handles closing; in worker->closing */
 } pgs_client_state_t;
 
+/* Where a client waits that is not waiting for a server. Set by request.c
+ * as it parks the client, and by the worker that wakes it (worker.c). */
+typedef enum {
+  PGS_PARK_NONE,
+  PGS_PARK_PAUSED, /* its database is paused (admin PAUSE): not read before its
+                      next transaction until RESUME */
+  PGS_PARK_HELD,   /* its message at in_pos waits for the cutover hold to end
+                      (hold.h): not read, not processed until the workers wake it */
+  PGS_PARK_WOKEN,  /* the hold ended: the message is planned again, not counted again */
+} pgs_client_park_t;
+
 typedef struct pgs_setting {
   char name[PGS_MAX_NAME];
   char *sql;    /* statement that establishes it */
@@ -190,11 +201,7 @@ struct pgs_client {
   int nsettings;
   uint64_t settings_hash; /* 0: no settings */
   bool tx_failed;         /* the transaction holding session.tx_ops failed or rolled back */
-  bool paused;            /* its database is paused (admin PAUSE): it waits, not read,
-                             before its next transaction until RESUME */
-  bool reshard_held;      /* its message at in_pos waits for the cutover hold to end
-                             (hold.h): not read, not processed until the workers wake it */
-  bool reshard_woken;     /* ... and was woken: planned again (not counted again) */
+  pgs_client_park_t park; /* parked by PAUSE or a cutover hold, or woken from one */
   uint64_t tx_hold;       /* the hold generation its transaction (or statement) began
                              under, 0 none: only those are held (hold.h) */
   bool hold_stale;        /* that hold has ended: a statement routed otherwise on the
