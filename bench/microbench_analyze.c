@@ -1,6 +1,6 @@
 /*
  * microbench_analyze.c — what statement analysis costs per statement on
- * the proxy's hot path (issue 3: at most 1 µs on a plan cache hit).
+ * the proxy's hot path (the goal: at most 1 µs on a plan cache hit).
  *
  * For a few realistic statements, each in simple-protocol form (literals)
  * and extended form ($n), it measures:

@@ -1,5 +1,5 @@
 """Replicas through pgshard: read/write split, lag checks, read-your-writes,
-replica and primary failures (issue 4; semantics in ../../shared/DESIGN.md).
+replica and primary failures (semantics in config/DESIGN.md).
 
 The `replica_lab` has database app on two shards, s0 and s1, each a primary
 and two streaming replicas. Which server answered is told by the server

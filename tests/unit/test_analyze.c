@@ -1,6 +1,6 @@
 /*
- * test_analyze.c — router/analyze.c on every statement shape issue 3 and
- * DESIGN.md ("Routing semantics") name: the statement kind (reads, writes,
+ * test_analyze.c — router/analyze.c on every statement shape the sharding
+ * chapter of the README and DESIGN.md ("Routing semantics") name: the statement kind (reads, writes,
  * DDL, transactions, session, COPY), the target (no sharded table, keys,
  * every shard, INSERT rows) and which parameter numbers are the keys, the
  * refusals with their exact SQLSTATE and message, multi-statement texts and
