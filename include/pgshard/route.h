@@ -4,7 +4,7 @@
  * (hint shard, tenant) -> which shards a statement runs on, or why it is
  * refused. Pure: no I/O; the proxy asks, then acts.
  *
- * Decisions (see ../shared/DESIGN.md "Routing semantics"):
+ * Decisions (see config/DESIGN.md "Routing semantics"):
  *   ONE     every key maps to one shard (or a hint/tenant names it)
  *   ANY     no sharded table involved, a read: any one shard will do
  *   FANOUT  the statement runs, unchanged, on each shard of `shards`

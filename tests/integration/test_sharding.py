@@ -5,7 +5,7 @@ test starts its own pgshard with the shard map below and checks the outcome
 on the shards themselves, over direct connections: a row is where
 `pgshardctl route CONFIG app TABLE KEY` (the router code the proxy runs)
 says it belongs, and on no other shard. Refusals are checked by SQLSTATE and
-by the "pgshard:" prefix of the message (../../shared/DESIGN.md, "Routing
+by the "pgshard:" prefix of the message (config/DESIGN.md, "Routing
 semantics"), and the session must stay usable after each one.
 
 The bulk tests send their keys three ways: simple-protocol statements with
