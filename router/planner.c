@@ -635,8 +635,8 @@ static int pick_replica(pgs_session_t *s, int shard, bool advance) {
     }
     candidates[ncand++] = i;
   }
-  /* A look ahead (a Parse placed by its Bind) does not advance the turn,
-   * so the Bind picks the same replica. */
+  /* A look ahead (a Parse placed by its Bind) only peeks at the turn; the
+   * Parse takes it once placed there (plan_parse). */
   if (ncand == 0) return behind ? -1 : -2;
   uint32_t turn = s->ops->turn(s->ctx, advance);
   return candidates[turn % (uint32_t)ncand];
@@ -2100,6 +2100,12 @@ static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const u
   }
   int slot = lookahead_slot(s, ahead, ahead_len, name, stmt);
   if (s->held) return; /* its Bind waits for a cutover hold: so does it */
+  /* Placed on a replica by its Bind: the unit takes its turn of the round
+   * robin now. Its Bind stays on the replica the unit uses (place_quietly)
+   * and picks nothing, so otherwise the turn never moved on for
+   * Parse/Bind/Execute/Sync units: every such read of a worker went to
+   * one replica. */
+  if (slot >= 0 && (slot & 1)) (void)s->ops->turn(s->ctx, true);
   pgs_step_t *st = slot >= 0 ? add_step(s, slot, PGS_STEP_PARSE, PGS_PLACED_ROUTE)
                              : add_step(s, parse_slot(s), PGS_STEP_PARSE, PGS_PLACED_SESSION);
   st->stmt = stmt;
