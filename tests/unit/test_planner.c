@@ -1005,6 +1005,34 @@ static void test_replica_round_robin(void **state) {
   assert_int_equal(served[1], 6);
   assert_int_equal(served[2], 6);
 
+  /* Two reads in one unit: one replica, one turn. */
+  uint32_t rr = f->proxy.rr;
+  for (int k = 0; k < 2; k++) {
+    b.len = 0;
+    msg_parse(&b, "", "select $1::int", 0);
+    msg_bind(&b, "", "", "1");
+    put_execute(&b, "", 0);
+    plan(f, &b);
+    assert_int_equal(step(f, 0)->shard, 1);
+    if (k == 0) assert_int_not_equal(f->s.picked[0], last);
+    if (k == 1) assert_int_equal(f->s.picked[0], last);
+    last = f->s.picked[0];
+    run(f, 'P');
+    b.len = 0;
+    msg_bind(&b, "", "", "1");
+    plan(f, &b);
+    assert_int_equal(f->s.picked[0], last);
+    run(f, 'B');
+    b.len = 0;
+    put_execute(&b, "", 0);
+    plan(f, &b);
+    run(f, 'E');
+  }
+  plan_empty(f, 'S');
+  run(f, 'S');
+  release_servers(f);
+  assert_int_equal(f->proxy.rr, rr + 1);
+
   /* A named statement, then its Binds alone: each Bind takes a turn. */
   b.len = 0;
   msg_parse(&b, "q", "select $1::int", 0);
