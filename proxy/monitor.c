@@ -799,7 +799,7 @@ static void log_changes(const mon_db_t *db, const mon_shard_t *sh, const pgs_nod
       pgs_warn("%s is UP again (%s)", n->label,
                now->in_recovery ? "in recovery" : "not in recovery");
     if (was->readable && !now->readable) {
-      if (!now->up || now->failures > 0)
+      if (!now->up || now->failures > 0 || (n->has_result && !n->result.ok))
         pgs_warn("%s leaves the read set: check failed (%s)", n->label, n->last_error);
       else if (!now->in_recovery)
         pgs_warn("%s leaves the read set: not in recovery", n->label);

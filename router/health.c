@@ -146,11 +146,34 @@ static uint64_t best_replica_lsn(const pgs_shard_health_t *sh, int i, const pgs_
   return best;
 }
 
-static void mark_failed(pgs_node_state_t *n, const pgs_check_result_t *r,
-                        const pgs_lag_bounds_t *bounds) {
+/* Whether a readable replica whose check is late (R slow) is within the
+ * bounds even at its worst: as if it had replayed nothing since its last
+ * answer. Its replay LSN has not gone back, so its lag now is at most the
+ * lag of that LSN against the primary's samples, and at most the lag it
+ * had then plus the time since; its byte lag at most the newest sample
+ * minus that LSN. */
+static bool late_within_bounds(const pgs_shard_health_t *sh, const pgs_node_state_t *n,
+                               const pgs_check_result_t *r, const pgs_lag_bounds_t *bounds) {
+  const pgs_lsn_sample_t *newest = pgs_lsn_history_newest(&sh->history);
+  if (!n->readable || newest == NULL || n->lag_ms < 0 || r->done_ms < n->checked_ms) return false;
+  int64_t ms = pgs_lag_ms(&sh->history, n->lsn, r->done_ms);
+  int64_t since = n->lag_ms + (int64_t)(r->done_ms - n->checked_ms);
+  if (since > ms) ms = since;
+  uint64_t bytes = newest->lsn > n->lsn ? newest->lsn - n->lsn : 0;
+  return ms <= bounds->max_lag_ms && (int64_t)bytes <= bounds->max_lag_bytes;
+}
+
+static void mark_failed(const pgs_shard_health_t *sh, pgs_node_state_t *n,
+                        const pgs_check_result_t *r, const pgs_lag_bounds_t *bounds) {
+  if (r->slow && n->up && r->done_ms - r->sent_ms < PGS_SLOW_CHECK_DOWN_MS) {
+    /* Late on a live connection (a busy machine): not a failure. */
+    if (late_within_bounds(sh, n, r, bounds)) return;
+    n->good_checks = 0;
+    n->readable = false;
+    return;
+  }
   n->good_checks = 0;
   n->readable = false; /* its lag is unknown from now on */
-  if (r->slow && n->up && r->done_ms - r->sent_ms < PGS_SLOW_CHECK_DOWN_MS) return;
   n->failures++;
   int base = bounds->interval_ms > 0 ? bounds->interval_ms : 1;
   if (n->up) {
@@ -175,7 +198,7 @@ bool pgs_health_apply(pgs_shard_health_t *sh, int i, const pgs_check_result_t *r
   uint32_t was_epoch = n->down_epoch;
 
   if (!r->ok) {
-    mark_failed(n, r, bounds);
+    mark_failed(sh, n, r, bounds);
     return n->up != was_up || n->readable != was_readable || n->down_epoch != was_epoch;
   }
 

@@ -642,11 +642,17 @@ static int pick_replica(pgs_session_t *s, int shard, bool advance) {
     }
     candidates[ncand++] = i;
   }
-  /* A look ahead (a Parse placed by its Bind) does not advance the turn,
-   * so the Bind picks the same replica. */
+  /* A look ahead (a Parse placed by its Bind) only peeks at the turn; the
+   * Parse takes it once placed there (plan_parse). */
   if (ncand == 0) return behind ? -1 : -2;
   uint32_t turn = s->ops->turn(s->ctx, advance);
   return candidates[turn % (uint32_t)ncand];
+}
+
+/* Whether this transaction or unit already reads on a replica of SHARD
+ * (it stays there). */
+static bool replica_kept(const pgs_session_t *s, int shard) {
+  return (s->linked & BIT(2 * shard + 1)) && ((s->tx_mask | s->unit_mask) & BIT(2 * shard + 1));
 }
 
 /* The slot a statement of PLAN on SHARD runs on — the shard's writer, or a
@@ -655,9 +661,7 @@ static int pick_replica(pgs_session_t *s, int shard, bool advance) {
 static int place_quietly(pgs_session_t *s, int shard, const pgs_plan_t *plan, bool quiet) {
   const pgs_database_t *db = s->db;
   if (db->shards[shard].nreplicas > 0 && replica_eligible(s, plan)) {
-    /* A replica this transaction or unit already uses stays. */
-    if ((s->linked & BIT(2 * shard + 1)) && ((s->tx_mask | s->unit_mask) & BIT(2 * shard + 1)))
-      return 2 * shard + 1;
+    if (replica_kept(s, shard)) return 2 * shard + 1;
     int r = pick_replica(s, shard, !quiet);
     if (r >= 0) {
       s->picked[shard] = (int8_t)r;
@@ -2107,6 +2111,12 @@ static void plan_parse(pgs_session_t *s, const uint8_t *p, size_t total, const u
   }
   int slot = lookahead_slot(s, ahead, ahead_len, name, stmt);
   if (s->held) return; /* its Bind waits for a cutover hold: so does it */
+  /* Placed on a replica its Bind picked: the turn of the round robin is
+   * taken now. The Bind stays on the replica the unit uses (replica_kept)
+   * and picks nothing, so otherwise the turn never moved on for
+   * Parse/Bind/Execute/Sync units: every such read of a worker went to
+   * one replica. */
+  if (slot >= 0 && (slot & 1) && !replica_kept(s, slot / 2)) (void)s->ops->turn(s->ctx, true);
   pgs_step_t *st = slot >= 0 ? add_step(s, slot, PGS_STEP_PARSE, PGS_PLACED_ROUTE)
                              : add_step(s, parse_slot(s), PGS_STEP_PARSE, PGS_PLACED_SESSION);
   st->stmt = stmt;

@@ -99,8 +99,9 @@ typedef struct pgs_node_state {
 /* What one check of a node returned. */
 /* A check not answered in time on a connection that is still open counts
  * toward marking the node down only once it has waited this long: a busy
- * machine delays answers without the node being gone (its lag is unknown
- * meanwhile: it leaves the read set). */
+ * machine delays answers without the node being gone. Meanwhile a replica
+ * stays in the read set only while it would be within the bounds even had
+ * it replayed nothing since its last answer (pgs_health_apply). */
 #define PGS_SLOW_CHECK_DOWN_MS 2000
 
 typedef struct pgs_check_result {
@@ -140,9 +141,11 @@ typedef struct pgs_shard_health {
  * and schedule a retry with doubling backoff from bounds->interval_ms up to
  * PGS_RETRY_MAX_MS; a success brings it up), the writer's LSN history,
  * replicas' lags, readable (leaves at once when over a bound, not in
- * recovery, down, or when a check fails — its lag is unknown then;
- * rejoins after PGS_REJOIN_CHECKS good checks in a row, counted in
- * good_checks). A lag that cannot be measured (no primary sample yet) is
+ * recovery, down, or when a check fails — its lag is unknown then; a
+ * check that is only late (R slow) takes it out only when the lag it
+ * could have by now, had it replayed nothing since its last answer, is
+ * over a bound; rejoins after PGS_REJOIN_CHECKS good checks in a row,
+ * counted in good_checks). A lag that cannot be measured (no primary sample yet) is
  * out of bounds while the shard has a writer that is up, and within them
  * when it has none (the replica then holds the newest data any node of the
  * shard can serve). Times come from R: sent_ms for primary samples, done_ms

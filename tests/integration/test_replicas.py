@@ -361,6 +361,38 @@ def test_reads_spread_over_replicas_writes_on_primaries(rkv, replica_proxy):
             assert conn.execute("select count(*) from rkv").fetchone()[0] == 19
 
 
+def test_extended_reads_take_turns(rkv, replica_proxy):
+    """Reads in the extended protocol with the unnamed statement (Parse,
+    Bind, Describe, Execute, Sync sent together, as pgbench -M extended and
+    psycopg without auto-prepare send them) take the replicas in turn like
+    simple queries: one connection, so one worker's round robin. (The Parse
+    was placed by its Bind without taking the turn and the Bind followed the
+    Parse, so the turn never moved: every such read went to one replica.)"""
+    lab = rkv
+    px = replica_proxy(extra_ini=MAP)
+    wait_replicas_readable(px, lab)
+    shard = lab.shards[0]
+    keys = keys_on(px.config_path, shard.name, 5)
+    with px.connect(autocommit=True) as conn:
+        conn.prepare_threshold = None  # never a named statement: Parse every time
+        ports = []
+        for i in range(40):
+            count, _, port, rec = conn.execute(READ_KEY, (keys[i % 5],)).fetchone()
+            assert rec and count == 0, (port, rec, count)
+            ports.append(port)
+        # Keyless (hinted) reads with a parameter, placed by ROUTE_ANY.
+        for i in range(40):
+            port, rec = served(conn, shard.name, READ_SERVER + " where %s::int > 0", (i + 1,))
+            assert rec, port
+            ports.append(port)
+    per_port = {p: ports.count(p) for p in sorted(set(ports))}
+    print(f"\n{shard.name}: 80 extended-protocol reads on one connection: {per_port}")
+    assert set(per_port) <= set(shard.replica_ports), per_port
+    # Round robin: 40 each; a check answered very late may take one replica
+    # out for a few rounds on a loaded machine.
+    assert min(per_port.get(p, 0) for p in shard.replica_ports) >= 24, per_port
+
+
 def test_transactions_and_route_settings(rkv, replica_proxy):
     lab = rkv
     px = replica_proxy(extra_ini=MAP, log_debug="true")

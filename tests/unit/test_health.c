@@ -556,6 +556,52 @@ static void test_slow_checks_do_not_mark_down(void **state) {
   free(f);
 }
 
+/* A late check (a busy machine) keeps a readable replica in the read set
+ * while it would be within the bounds even had it replayed nothing since
+ * its last answer; past that, or when the primary has moved on by more
+ * than a bound, it leaves at once. */
+static void test_late_check_keeps_replica_within_bounds(void **state) {
+  fixture_t *f = shard_new(2);
+  for (uint64_t now = 1000; now <= 1200; now += INTERVAL) round2(f, now, 5000, 5000);
+  assert_true(f->nodes[1].readable);
+  assert_true(f->nodes[1].checked_ms == 1201);
+  /* The primary is idle; the replica's check, sent at 1300, is not
+   * answered at the round's end, nor at the next ones. */
+  pgs_check_result_t p = ok_result(false, 5000, 1300);
+  pgs_health_apply(&f->sh, 0, &p, &bounds);
+  pgs_check_result_t late = {.ok = false, .slow = true, .sent_ms = 1300, .done_ms = 1350};
+  assert_false(pgs_health_apply(&f->sh, 1, &late, &bounds));
+  assert_true(f->nodes[1].readable);
+  assert_int_equal(f->nodes[1].failures, 0);
+  late.done_ms = 1201 + MAX_LAG_MS; /* its lag then plus the time since: the bound */
+  pgs_health_apply(&f->sh, 1, &late, &bounds);
+  assert_true(f->nodes[1].readable);
+  late.done_ms++;
+  assert_true(pgs_health_apply(&f->sh, 1, &late, &bounds));
+  assert_false(f->nodes[1].readable);
+  assert_true(f->nodes[1].up);
+  assert_int_equal(f->nodes[1].good_checks, 0);
+  /* It answers again: back after PGS_REJOIN_CHECKS good checks. */
+  for (uint64_t now = 2300; now <= 2500; now += INTERVAL) round2(f, now, 5000, 5000);
+  assert_true(f->nodes[1].readable);
+  /* Late while the primary wrote more than max_replica_lag_bytes past the
+   * replica's last replay LSN: it may be that far behind, it leaves. */
+  p = ok_result(false, 5000 + MAX_LAG_BYTES + 1, 2600);
+  pgs_health_apply(&f->sh, 0, &p, &bounds);
+  late = (pgs_check_result_t){.ok = false, .slow = true, .sent_ms = 2600, .done_ms = 2650};
+  assert_true(pgs_health_apply(&f->sh, 1, &late, &bounds));
+  assert_false(f->nodes[1].readable);
+  /* A replica proving itself starts over after a late check. */
+  round2(f, 2700, 5000 + MAX_LAG_BYTES + 1, 5000 + MAX_LAG_BYTES + 1);
+  round2(f, 2800, 5000 + MAX_LAG_BYTES + 1, 5000 + MAX_LAG_BYTES + 1);
+  assert_int_equal(f->nodes[1].good_checks, 2);
+  late = (pgs_check_result_t){.ok = false, .slow = true, .sent_ms = 2900, .done_ms = 2950};
+  pgs_health_apply(&f->sh, 1, &late, &bounds);
+  assert_int_equal(f->nodes[1].good_checks, 0);
+  assert_false(f->nodes[1].readable);
+  free(f);
+}
+
 /* node_down_failures sets how many failed checks mark a node down. */
 static void test_down_after_configured_failures(void **state) {
   fixture_t *f = shard_new(2);
@@ -921,6 +967,7 @@ int main(void) {
       cmocka_unit_test(test_down_after_failures),
       cmocka_unit_test(test_down_after_configured_failures),
       cmocka_unit_test(test_slow_checks_do_not_mark_down),
+      cmocka_unit_test(test_late_check_keeps_replica_within_bounds),
       cmocka_unit_test(test_down_epoch_bumped_once),
       cmocka_unit_test(test_backoff_doubles_to_cap),
       cmocka_unit_test(test_success_brings_node_up),

@@ -43,7 +43,8 @@ static const char config_text[] =
     "[database.repl]\nread_your_writes = session\n"
     "[shard.repl.s0]\nprimary = port=4\nreplica = port=5\n"
     "[shard.repl.s1]\nprimary = port=6\nreplica = port=7\n" TABLES("repl")
-    "[database.sess]\npool_mode = session\n" SHARDS("sess") TABLES("sess");
+    "[database.sess]\npool_mode = session\n" SHARDS("sess") TABLES("sess")
+    "[database.rr]\n[shard.rr.s0]\nprimary = port=8\nreplica = port=9\nreplica = port=10\n";
 
 static pgs_config_t *config;
 static int64_t key_on[2]; /* a users.id on shard 0 and one on shard 1 */
@@ -937,6 +938,125 @@ static void test_replica_placement(void **state) {
   close_session(f);
 }
 
+/* Transaction pooling at the end of a transaction: the servers go back. */
+static void release_servers(fixture_t *f) {
+  f->s.linked = 0;
+  f->s.cur = -1;
+}
+
+/* Reads take the replicas in turn, one turn per read, whichever protocol
+ * carries them: a simple Query, an unnamed Parse/Bind/Execute/Sync sent
+ * together (the Parse placed by its Bind), a Bind of a named statement.
+ * (pgbench -M extended: every unit of a worker went to one replica.) */
+static void test_replica_round_robin(void **state) {
+  fixture_t *f = open_session("rr");
+  pgs_node_state_t nodes[3] = {
+      {.up = true, .writer = true, .lsn = 100},
+      {.up = true, .in_recovery = true, .readable = true, .lsn = 100},
+      {.up = true, .in_recovery = true, .readable = true, .lsn = 100},
+  };
+  pgs_shard_health_t health = {.nodes = nodes, .nnodes = 3, .writer = 0};
+  f->proxy.health = &health;
+  int served[3] = {0, 0, 0}, last = -1;
+  for (int i = 0; i < 6; i++) {
+    plan_query(f, "select 1");
+    assert_int_equal(step(f, 0)->shard, 1);
+    assert_int_not_equal(f->s.picked[0], last);
+    last = f->s.picked[0];
+    served[last]++;
+    run(f, 'Q');
+    release_servers(f);
+  }
+  assert_int_equal(served[1], 3);
+  assert_int_equal(served[2], 3);
+
+  pgs_buf_t b;
+  pgs_buf_init(&b);
+  for (int i = 0; i < 6; i++) {
+    b.len = 0;
+    msg_parse(&b, "", "select $1::int", 0);
+    msg_bind(&b, "", "", "1");
+    put_execute(&b, "", 0);
+    pgs_msg_empty(&b, 'S');
+    uint32_t rr = f->proxy.rr;
+    plan(f, &b); /* the Parse, its Bind in sight */
+    assert_int_equal(step(f, 0)->op, PGS_STEP_PARSE);
+    assert_int_equal(step(f, 0)->shard, 1);
+    int parsed_on = f->s.picked[0];
+    assert_int_not_equal(parsed_on, last);
+    run(f, 'P');
+    b.len = 0;
+    msg_bind(&b, "", "", "1");
+    plan(f, &b);
+    assert_int_equal(step(f, 0)->shard, 1);
+    assert_int_equal(f->s.picked[0], parsed_on); /* the Bind follows its Parse */
+    run(f, 'B');
+    b.len = 0;
+    put_execute(&b, "", 0);
+    plan(f, &b);
+    run(f, 'E');
+    plan_empty(f, 'S');
+    run(f, 'S');
+    release_servers(f);
+    assert_int_equal(f->proxy.rr, rr + 1); /* one turn per unit */
+    last = parsed_on;
+    served[last]++;
+  }
+  assert_int_equal(served[1], 6);
+  assert_int_equal(served[2], 6);
+
+  /* Two reads in one unit: one replica, one turn. */
+  uint32_t rr = f->proxy.rr;
+  for (int k = 0; k < 2; k++) {
+    b.len = 0;
+    msg_parse(&b, "", "select $1::int", 0);
+    msg_bind(&b, "", "", "1");
+    put_execute(&b, "", 0);
+    plan(f, &b);
+    assert_int_equal(step(f, 0)->shard, 1);
+    if (k == 0) assert_int_not_equal(f->s.picked[0], last);
+    if (k == 1) assert_int_equal(f->s.picked[0], last);
+    last = f->s.picked[0];
+    run(f, 'P');
+    b.len = 0;
+    msg_bind(&b, "", "", "1");
+    plan(f, &b);
+    assert_int_equal(f->s.picked[0], last);
+    run(f, 'B');
+    b.len = 0;
+    put_execute(&b, "", 0);
+    plan(f, &b);
+    run(f, 'E');
+  }
+  plan_empty(f, 'S');
+  run(f, 'S');
+  release_servers(f);
+  assert_int_equal(f->proxy.rr, rr + 1);
+
+  /* A named statement, then its Binds alone: each Bind takes a turn. */
+  b.len = 0;
+  msg_parse(&b, "q", "select $1::int", 0);
+  plan(f, &b);
+  run(f, 'P');
+  plan_empty(f, 'S');
+  run(f, 'S');
+  release_servers(f);
+  for (int i = 0; i < 4; i++) {
+    b.len = 0;
+    msg_bind(&b, "", "q", "1");
+    plan(f, &b);
+    assert_int_equal(step(f, 0)->shard, 1);
+    assert_int_not_equal(f->s.picked[0], last);
+    last = f->s.picked[0];
+    run(f, 'B');
+    plan_empty(f, 'S');
+    run(f, 'S');
+    release_servers(f);
+  }
+  pgs_buf_free(&b);
+  close_session(f);
+}
+
 /* Over the memory budget: the message's plan is one error. */
 static void test_over_budget(void **state) {
   fixture_t *f = open_session("app");
@@ -1366,6 +1486,7 @@ int main(void) {
       cmocka_unit_test(test_copy_in),
       cmocka_unit_test(test_pgshard_settings),
       cmocka_unit_test(test_replica_placement),
+      cmocka_unit_test(test_replica_round_robin),
       cmocka_unit_test(test_over_budget),
       cmocka_unit_test(test_move_to_reloaded_map),
       cmocka_unit_test(test_merged_portal_in_parts),
