@@ -95,6 +95,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   pgs_scram_free(client->scram);
   free(client->login_values);
   free(client->startup_options);
+  free(client->names);
   free(client->request_text);
   free(client->request_trace);
   free(client->request_shard_us);
@@ -105,8 +106,8 @@ static void client_closed_cb(uv_handle_t *handle) {
 
 /* Whether SERVER runs a statement naming the client's 2PC gid. */
 static bool settles_gid(const pgs_client_t *client, const pgs_server_t *server) {
-  return client->session.twopc.gid[0] && !strcmp(server->gid, client->session.twopc.gid) &&
-         !pgs_server_expect_idle(server);
+  return pgs_session_twopc_gid(&client->session)[0] &&
+         !strcmp(server->gid, client->session.twopc->gid) && !pgs_server_expect_idle(server);
 }
 
 /* Give a server back (or drop it) when its client goes away. */
@@ -592,6 +593,14 @@ static void count_request(pgs_client_t *client, char status) {
   client->io.counted_out = client->io.out_total;
   client->request_start_us = 0;
   client->session.ex.request_failed = false;
+  /* The slow-request log's copies are the request's: an idle client keeps none. */
+  free(client->request_text);
+  client->request_text = NULL;
+  free(client->request_trace);
+  client->request_trace = NULL;
+  free(client->request_shard_us);
+  client->request_shard_us = NULL;
+  client->request_shard_cap = 0;
 }
 
 void pgs_client_after_ready(pgs_client_t *client, char status) {
@@ -605,6 +614,9 @@ void pgs_client_after_ready(pgs_client_t *client, char status) {
     client->tx_failed = true;
   /* The transaction's LISTENs, and the notifications held for it. */
   pgs_listen_after_ready(client, status);
+  /* A request answered by its servers ends here, not in pgs_request_process:
+   * its working memory goes now, while the client idles. */
+  pgs_session_rest(&client->session);
 }
 
 /* ---- login ---- */
@@ -922,6 +934,26 @@ static bool tls_allows_login(pgs_client_t *client) {
   return true;
 }
 
+/* The client's address and its user and database names, in one allocation
+ * (names are cut at PGS_MAX_NAME - 1 bytes, as PostgreSQL cuts identifiers).
+ * PEER may point into the block it replaces. */
+static void client_set_names(pgs_client_t *client, const char *peer, const char *user,
+                             const char *database) {
+  int max = PGS_MAX_NAME - 1;
+  size_t lp = strlen(peer), lu = strnlen(user, (size_t)max), ld = strnlen(database, (size_t)max);
+  char *names = pgs_xmalloc(lp + lu + ld + 3);
+  memcpy(names, peer, lp + 1);
+  memcpy(names + lp + 1, user, lu);
+  names[lp + 1 + lu] = '\0';
+  memcpy(names + lp + lu + 2, database, ld);
+  names[lp + lu + 2 + ld] = '\0';
+  free(client->names);
+  client->names = names;
+  client->peer = names;
+  client->username = names + lp + 1;
+  client->dbname = names + lp + lu + 2;
+}
+
 static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *startup) {
   const char *user = pgs_startup_get(startup, "user");
   const char *database = pgs_startup_get(startup, "database");
@@ -931,8 +963,7 @@ static void handle_startup_message(pgs_client_t *client, const pgs_startup_t *st
     return;
   }
   if (database == NULL || *database == '\0') database = user;
-  snprintf(client->username, sizeof(client->username), "%s", user);
-  snprintf(client->dbname, sizeof(client->dbname), "%s", database);
+  client_set_names(client, client->peer, user, database);
   if (pgs_startup_get(startup, "replication")) {
     pgs_client_fail(client, PGS_SQLSTATE_FEATURE_NOT_SUPPORTED,
                     "replication connections are not supported");
@@ -1211,7 +1242,7 @@ void pgs_client_on_server(pgs_client_t *client, pgs_server_t *server) {
 
 void pgs_client_server_lost(pgs_client_t *client, const char *why) {
   client->server = NULL;
-  if (client->session.ex.tx == PGS_TX_DECIDED && client->session.twopc.gid[0]) {
+  if (client->session.ex.tx == PGS_TX_DECIDED && pgs_session_twopc_gid(&client->session)[0]) {
     /* Lost in the decision shard's COMMIT or after: only that shard knows
      * the outcome, and pgshard's recovery applies it on every shard. */
     pgs_client_fail(client, PGS_SQLSTATE_CONNECTION_FAILURE,
@@ -1382,6 +1413,7 @@ void pgs_client_tick(pgs_client_t *client, uint64_t now) {
 pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
   pgs_client_t *client = pgs_xcalloc(1, sizeof(*client));
   client->worker = worker;
+  client->username = client->dbname = client->peer = "";
   client->state = PGS_CL_STARTUP;
   client->created_ms = pgs_now_ms();
   client->active_ms = client->created_ms;
@@ -1405,19 +1437,19 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
   uv_tcp_nodelay(&client->io.tcp, 1);
   struct sockaddr_storage addr;
   int alen = sizeof(addr);
-  snprintf(client->peer, sizeof(client->peer), "?");
+  char peer[64] = "?";
   if (uv_tcp_getpeername(&client->io.tcp, (struct sockaddr *)&addr, &alen) == 0) {
     char host[48];
     if (addr.ss_family == AF_INET6) {
       uv_ip6_name((struct sockaddr_in6 *)&addr, host, sizeof(host));
-      snprintf(client->peer, sizeof(client->peer), "[%s]:%d", host,
+      snprintf(peer, sizeof(peer), "[%s]:%d", host,
                ntohs(((struct sockaddr_in6 *)&addr)->sin6_port));
     } else {
       uv_ip4_name((struct sockaddr_in *)&addr, host, sizeof(host));
-      snprintf(client->peer, sizeof(client->peer), "%s:%d", host,
-               ntohs(((struct sockaddr_in *)&addr)->sin_port));
+      snprintf(peer, sizeof(peer), "%s:%d", host, ntohs(((struct sockaddr_in *)&addr)->sin_port));
     }
   }
+  client_set_names(client, peer, "", "");
   client->cancel_pid =
       (int32_t)(((uint32_t)worker->index << 24) | (++worker->next_client & 0xffffffu));
   if (client->cancel_pid == 0) client->cancel_pid = (int32_t)(++worker->next_client & 0xffffffu);

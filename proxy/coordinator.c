@@ -69,7 +69,7 @@ static void add_gid_sql(pgs_client_t *client, uint64_t mask, const char *sql,
                         pgs_reply_rule_t rule) {
   for (int i = 0; i < client->session.nslots; i++) {
     if (!(mask & BIT(i))) continue;
-    pgs_steps_inject(&client->session, i, sql, rule, !client->session.twopc.simple);
+    pgs_steps_inject(&client->session, i, sql, rule, !client->session.twopc->simple);
     client->session.steps[client->session.nsteps - 1].gid = true;
   }
 }
@@ -78,7 +78,7 @@ static void add_gid_sql(pgs_client_t *client, uint64_t mask, const char *sql,
 static void add_gid_injects(pgs_client_t *client, uint64_t mask, const char *verb,
                             pgs_reply_rule_t rule) {
   char sql[PGS_GID_MAX + 40];
-  snprintf(sql, sizeof(sql), "%s '%s'", verb, client->session.twopc.gid);
+  snprintf(sql, sizeof(sql), "%s '%s'", verb, client->session.twopc->gid);
   add_gid_sql(client, mask, sql, rule);
 }
 
@@ -88,7 +88,7 @@ static uint64_t prepared_slots(const pgs_client_t *client, uint64_t mask) {
   uint64_t prepared = 0;
   for (int i = 0; i < client->session.nslots; i++) {
     const pgs_server_t *s = client->servers[i];
-    if ((mask & BIT(i)) && s && s->gid_prepared && !strcmp(s->gid, client->session.twopc.gid))
+    if ((mask & BIT(i)) && s && s->gid_prepared && !strcmp(s->gid, client->session.twopc->gid))
       prepared |= BIT(i);
   }
   return prepared;
@@ -110,17 +110,17 @@ static void add_twopc_error(pgs_client_t *client, const char *sqlstate, const ch
 }
 
 void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
-  bool simple = client->session.twopc.simple;
-  uint64_t slots = client->session.twopc.slots, written = client->session.twopc.written;
+  bool simple = client->session.twopc->simple;
+  uint64_t slots = client->session.twopc->slots, written = client->session.twopc->written;
   int dslot = decision_slot(written);
   uint64_t others = written & ~BIT(dslot);
   const pgs_database_t *db = client->session.db;
   switch (phase) {
   case PGS_2PC_PREPARE: {
     char why[256], message[400];
-    if (pgs_twophase_new_gid(db->name, db->shards[dslot / 2].name, client->session.twopc.gid, why,
+    if (pgs_twophase_new_gid(db->name, db->shards[dslot / 2].name, client->session.twopc->gid, why,
                              sizeof(why)) != PGS_OK) {
-      client->session.twopc.gid[0] = '\0';
+      client->session.twopc->gid[0] = '\0';
       snprintf(message, sizeof(message),
                "could not start a two-phase commit: %s; the transaction is rolled back", why);
       add_twopc_error(client, "55000", message);
@@ -137,12 +137,12 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
         failed = true;
     if (failed) {
       count(client, false);
-      pgs_twophase_done(client->session.twopc.gid);
-      client->session.twopc.gid[0] = '\0';
+      pgs_twophase_done(client->session.twopc->gid);
+      client->session.twopc->gid[0] = '\0';
       for (int i = 0; i < client->session.nslots; i++)
         if (slots & BIT(i))
           pgs_steps_inject(&client->session, i, "ROLLBACK", EXPECTED_ERROR, !simple);
-      if (!client->session.ex.message_error && client->session.twopc.tag)
+      if (!client->session.ex.message_error && client->session.twopc->tag)
         add_twopc_reply(client, 'C', "ROLLBACK");
       if (simple) add_twopc_reply(client, 'Z', NULL);
       return;
@@ -150,7 +150,7 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
     /* pgs_gid_format made only [a-z0-9_]: no quoting needed. */
     char insert[PGS_GID_MAX + 80];
     snprintf(insert, sizeof(insert), "INSERT INTO pgshard.twophase_decision (gid) VALUES ('%s')",
-             client->session.twopc.gid);
+             client->session.twopc->gid);
     add_gid_sql(client, BIT(dslot), insert, CLIENT_ERROR);
     pgs_reply_rule_t prepare = CLIENT_ERROR;
     prepare.prepares = true;
@@ -164,7 +164,7 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
   case PGS_2PC_DECIDE: {
     pgs_session_set_tx(&client->session, PGS_TX_DECIDED);
     bool failed = client->session.ex.message_error;
-    if (!failed && pgs_twophase_age_ms(client->session.twopc.gid) > PGS_TWOPHASE_IN_FLIGHT_MS) {
+    if (!failed && pgs_twophase_age_ms(client->session.twopc->gid) > PGS_TWOPHASE_IN_FLIGHT_MS) {
       char message[200];
       snprintf(message, sizeof(message),
                "the two-phase commit took over %d ms to prepare; the transaction is rolled "
@@ -175,14 +175,14 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
     }
     if (failed) {
       count(client, false);
-      pgs_twophase_set_state(client->session.twopc.gid, PGS_2PC_ABORTING);
+      pgs_twophase_set_state(client->session.twopc->gid, PGS_2PC_ABORTING);
       pgs_steps_inject(&client->session, dslot, "ROLLBACK", EXPECTED_ERROR, !simple);
       add_gid_injects(client, prepared_slots(client, others), "ROLLBACK PREPARED", EXPECTED_ERROR);
       add_twopc(client, PGS_2PC_FINISH);
       return;
     }
     (void)pgs_twophase_fault("2pc_after_prepare");
-    pgs_twophase_set_state(client->session.twopc.gid, PGS_2PC_COMMITTING);
+    pgs_twophase_set_state(client->session.twopc->gid, PGS_2PC_COMMITTING);
     /* The commit point: D's part and the commit row, together. */
     add_gid_sql(client, BIT(dslot), "COMMIT", CLIENT_ERROR);
     add_twopc(client, PGS_2PC_COMPLETE);
@@ -195,21 +195,21 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
       if (d == NULL || d->state != PGS_SV_ACTIVE || d->txstatus != 'I') {
         /* No ReadyForQuery after the error (a FATAL, the connection going):
          * whether D committed is its row's to tell, and recovery reads it. */
-        pgs_twophase_release(client->session.twopc.gid);
-        client->session.twopc.gid[0] = '\0';
+        pgs_twophase_release(client->session.twopc->gid);
+        client->session.twopc->gid[0] = '\0';
         add_twopc(client, PGS_2PC_FINISH);
         return;
       }
       /* D's COMMIT failed and D goes on (a deferred constraint, say):
        * nothing committed. */
-      pgs_twophase_set_state(client->session.twopc.gid, PGS_2PC_ABORTING);
+      pgs_twophase_set_state(client->session.twopc->gid, PGS_2PC_ABORTING);
       add_gid_injects(client, prepared_slots(client, others), "ROLLBACK PREPARED", EXPECTED_ERROR);
       add_twopc(client, PGS_2PC_FINISH);
       return;
     }
     count(client, true);
-    client->session.twopc.committed = true;
-    pgs_twophase_set_state(client->session.twopc.gid, PGS_2PC_COMMITTED);
+    client->session.twopc->committed = true;
+    pgs_twophase_set_state(client->session.twopc->gid, PGS_2PC_COMMITTED);
     (void)pgs_twophase_fault("2pc_after_decision");
     pgs_twophase_pause("2pc_pause_after_decision");
     add_gid_injects(client, others, "COMMIT PREPARED", CLIENT_ERROR);
@@ -219,15 +219,15 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
   default:
     /* An error in COMMIT PREPARED leaves the gid to recovery, which
      * commits it from D's row. */
-    if (client->session.twopc.gid[0] && client->session.ex.message_error &&
-        client->session.twopc.committed)
-      pgs_twophase_release(client->session.twopc.gid);
-    else if (client->session.twopc.gid[0])
-      pgs_twophase_done(client->session.twopc.gid);
-    if (!client->session.ex.message_error && client->session.twopc.tag)
+    if (client->session.twopc->gid[0] && client->session.ex.message_error &&
+        client->session.twopc->committed)
+      pgs_twophase_release(client->session.twopc->gid);
+    else if (client->session.twopc->gid[0])
+      pgs_twophase_done(client->session.twopc->gid);
+    if (!client->session.ex.message_error && client->session.twopc->tag)
       add_twopc_reply(client, 'C', "COMMIT");
     if (simple) add_twopc_reply(client, 'Z', NULL);
-    client->session.twopc.gid[0] = '\0';
+    client->session.twopc->gid[0] = '\0';
     pgs_session_set_tx(&client->session, PGS_TX_NONE);
     return;
   }
@@ -235,6 +235,8 @@ void pgs_coordinator_run(pgs_client_t *client, pgs_twopc_phase_t phase) {
 
 void pgs_coordinator_abandon(pgs_client_t *client) {
   /* Recovery settles it from the decision row. */
-  if (client->session.twopc.gid[0]) pgs_twophase_release(client->session.twopc.gid);
-  client->session.twopc.gid[0] = '\0';
+  pgs_twopc_t *twopc = client->session.twopc;
+  if (twopc == NULL) return;
+  if (twopc->gid[0]) pgs_twophase_release(twopc->gid);
+  twopc->gid[0] = '\0';
 }

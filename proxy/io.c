@@ -192,8 +192,17 @@ static void alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
 
 /* A read that failed or hit EOF: reading stops and the owner is told.
  * Returns whether it did (nothing was read). */
+/* A read that brought nothing leaves an empty input buffer, which goes back
+ * at once: a crowd of clients leaving together (their EOFs come in one
+ * epoll batch, each given a chunk by alloc_cb) would otherwise hold a
+ * chunk each until its close completes. */
+static void give_back_empty_input(pgs_io_t *io) {
+  if (io->in.len == 0 && open_batches == 0) chunk_give(&io->in);
+}
+
 static bool read_ended(pgs_io_t *io, ssize_t nread) {
   if (nread >= 0) return false;
+  give_back_empty_input(io);
   if (nread == UV_EOF) io->eof = true;
   pgs_io_stop_reading(io);
   io->on_error(io, (int)nread);
@@ -202,7 +211,11 @@ static bool read_ended(pgs_io_t *io, ssize_t nread) {
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pgs_io_t *io = stream->data;
-  if (nread == 0 || read_ended(io, nread)) return;
+  if (nread == 0) {
+    give_back_empty_input(io);
+    return;
+  }
+  if (read_ended(io, nread)) return;
   io->in.len += (size_t)nread;
   io->read_total += (uint64_t)nread;
   io->on_read(io);
@@ -392,7 +405,7 @@ void pgs_io_compact(pgs_io_t *io) {
   pgs_buf_consume(&io->in, io->in_pos);
   io->in_pos = 0;
   /* Empty and nobody's output points into it: the buffer goes back. */
-  if (io->in.len == 0 && open_batches == 0) chunk_give(&io->in);
+  give_back_empty_input(io);
 }
 
 static void tls_close(pgs_io_t *io);

@@ -193,14 +193,18 @@ static const pgs_planner_ops_t planner_ops = {
     .hold = session_hold,
 };
 
-/* The servers and pools of a client of DB (per slot, per shard node). */
+/* The servers and pools of a client of DB (per slot, per shard node), in
+ * one allocation that client->servers owns. */
 static void alloc_servers(pgs_client_t *client, const pgs_database_t *db) {
   client->pool_stride = 1;
   for (int i = 0; i < db->nshards; i++)
     if (db->shards[i].nreplicas + 1 > client->pool_stride)
       client->pool_stride = db->shards[i].nreplicas + 1;
-  client->servers = pgs_xcalloc((size_t)(2 * db->nshards), sizeof(*client->servers));
-  client->pools = pgs_xcalloc((size_t)(db->nshards * client->pool_stride), sizeof(*client->pools));
+  size_t nservers = (size_t)(2 * db->nshards);
+  size_t npools = (size_t)(db->nshards * client->pool_stride);
+  char *block = pgs_xcalloc(1, nservers * sizeof(pgs_server_t *) + npools * sizeof(pgs_pool_t *));
+  client->servers = (pgs_server_t **)(void *)block;
+  client->pools = (pgs_pool_t **)(void *)(block + nservers * sizeof(pgs_server_t *));
 }
 
 void pgs_request_init(pgs_client_t *client) {
@@ -221,8 +225,7 @@ void pgs_request_init(pgs_client_t *client) {
 
 void pgs_request_free(pgs_client_t *client) {
   pgs_session_free(&client->session);
-  free(client->servers);
-  free(client->pools);
+  free(client->servers); /* and client->pools (alloc_servers) */
   pgs_fan_free(client->fan);
   client->fan = NULL;
   pgs_coordinator_abandon(client);
@@ -824,7 +827,7 @@ static void issue(pgs_client_t *client, pgs_server_t *server, const pgs_step_t *
     break;
   case PGS_STEP_INJECT:
     if (st->gid) {
-      snprintf(server->gid, sizeof(server->gid), "%s", client->session.twopc.gid);
+      snprintf(server->gid, sizeof(server->gid), "%s", client->session.twopc->gid);
       if (st->rule.prepares) server->gid_prepared = false;
     }
     if (st->extended) {
@@ -1096,8 +1099,8 @@ static const char *over_budget(pgs_client_t *client, char type, const uint8_t *p
 
 /* The fan the plan ordered, started before its steps run (fanout.c). */
 static void start_ordered_fan(pgs_client_t *client) {
-  pgs_fan_order_t *order = &client->session.fan_order;
-  if (order->plan == NULL) return;
+  pgs_fan_order_t *order = client->session.fan_order;
+  if (order == NULL || order->plan == NULL) return;
   pgs_fan_start(client, order);
   pgs_plan_unref(order->plan);
   order->plan = NULL;
@@ -1134,8 +1137,8 @@ static bool at_tx_boundary(const pgs_client_t *client) {
       (client->session.ex.tx == PGS_TX_ABORTED) || client->session.tx_mask ||
       client->session.tx_wrote || client->session.unit_mask ||
       (client->session.ex.unit == PGS_UNIT_SKIP_TO_SYNC) || client->fan ||
-      client->session.ex.ready_pending || client->session.twopc.gid[0] || client->pending_closes ||
-      client->state == PGS_CL_WAITING)
+      client->session.ex.ready_pending || pgs_session_twopc_gid(&client->session)[0] ||
+      client->pending_closes || client->state == PGS_CL_WAITING)
     return false;
   for (int i = 0; i < client->session.nslots; i++) {
     const pgs_server_t *s = client->servers[i];
@@ -1224,8 +1227,7 @@ bool pgs_request_follow_config(pgs_client_t *client) {
   pgs_config_unref(old_config);
   /* Servers to the slots of their shards (holds_movable, drop_unmovable),
    * pools looked up again by names when next needed. */
-  pgs_server_t **servers = client->servers;
-  pgs_pool_t **pools = client->pools;
+  pgs_server_t **servers = client->servers; /* the old block (alloc_servers) */
   alloc_servers(client, db);
   client->session.linked = 0;
   client->session.cur = -1;
@@ -1239,7 +1241,6 @@ bool pgs_request_follow_config(pgs_client_t *client) {
     if (s == client->server) client->session.cur = j;
   }
   free(servers);
-  free(pools);
   client->user = user;
   pgs_debug("client %s follows the reloaded config", client->peer);
   return true;

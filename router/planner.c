@@ -141,6 +141,11 @@ void pgs_session_rest(pgs_session_t *s) {
   if (s->nsteps > 0 || s->ex.req != PGS_REQ_IDLE) return;
   free(s->steps);
   s->steps = NULL;
+  if (s->twopc && s->twopc->gid[0] == '\0' && s->ex.tx != PGS_TX_PREPARING &&
+      s->ex.tx != PGS_TX_DECIDED) {
+    free(s->twopc);
+    s->twopc = NULL;
+  }
 }
 
 void pgs_steps_clear(pgs_session_t *s) {
@@ -156,10 +161,12 @@ void pgs_steps_clear(pgs_session_t *s) {
     }
   }
   s->nsteps = s->step_next = 0;
-  pgs_plan_unref(s->fan_order.plan);
-  s->fan_order.plan = NULL;
-  free(s->fan_order.spec);
-  s->fan_order.spec = NULL;
+  if (s->fan_order) {
+    pgs_plan_unref(s->fan_order->plan);
+    free(s->fan_order->spec);
+    free(s->fan_order);
+    s->fan_order = NULL;
+  }
   pgs_session_set_request(s, PGS_REQ_IDLE);
   /* A two-phase commit ends with its message's steps; one whose steps were
    * dropped (the session failed under it) is recovery's now. */
@@ -195,13 +202,21 @@ static bool routes(const pgs_session_t *s, const pgs_database_t *db) {
   return db->nshards > 1 || s->tenant != NULL || s->tenant_text != NULL || replicas;
 }
 
+/* The per-shard arrays (ryw_commit_ms, ryw_lsn, picked) for NSHARDS, zeroed,
+ * in one allocation that ryw_commit_ms owns. */
+static void per_shard_alloc(pgs_session_t *s, int nshards) {
+  size_t n = (size_t)nshards;
+  uint64_t *block = pgs_xcalloc(1, n * (2 * sizeof(uint64_t) + sizeof(int8_t)));
+  s->ryw_commit_ms = block;
+  s->ryw_lsn = block + n;
+  s->picked = (int8_t *)(block + 2 * n);
+}
+
 void pgs_session_init(pgs_session_t *s, const pgs_database_t *db) {
   s->db = db;
   s->nslots = 2 * db->nshards;
-  s->ryw_commit_ms = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
-  s->ryw_lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  per_shard_alloc(s, db->nshards);
   s->ryw_pref = -1;
-  s->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
   s->steps_cap = s->nslots + 4; /* allocated by the first step planned */
   s->cur = -1;
   s->tx_write_shard = -1;
@@ -216,9 +231,9 @@ void pgs_session_free(pgs_session_t *s) {
   if (s->steps) pgs_steps_clear(s);
   free(s->steps);
   s->steps = NULL;
-  free(s->ryw_commit_ms);
-  free(s->picked);
-  free(s->ryw_lsn);
+  free(s->ryw_commit_ms); /* and ryw_lsn, picked (per_shard_alloc) */
+  free(s->twopc);
+  s->twopc = NULL;
   pgs_strmap_free(&s->portals, pgs_session_free_portal);
   pgs_strmap_free(&s->cursors, pgs_session_free_portal);
   pgs_strmap_free(&s->portal_set_ops, pgs_set_ops_free);
@@ -249,12 +264,13 @@ bool pgs_session_needs_twopc(const pgs_session_t *s, uint64_t written_shards) {
  * coordinator runs them); TAG: the client sent COMMIT (answer "COMMIT"),
  * else the statement's own reply is out. */
 static void twopc_begin(pgs_session_t *s, uint64_t slots, uint64_t written, bool simple, bool tag) {
-  s->twopc.gid[0] = '\0'; /* named when it prepares */
-  s->twopc.slots = slots;
-  s->twopc.written = written;
-  s->twopc.simple = simple;
-  s->twopc.tag = tag;
-  s->twopc.committed = false;
+  if (s->twopc == NULL) s->twopc = pgs_xcalloc(1, sizeof(*s->twopc));
+  s->twopc->gid[0] = '\0'; /* named when it prepares */
+  s->twopc->slots = slots;
+  s->twopc->written = written;
+  s->twopc->simple = simple;
+  s->twopc->tag = tag;
+  s->twopc->committed = false;
   pgs_session_set_tx(s, PGS_TX_PREPARING);
   pgs_step_t *st = pgs_steps_add(s, -1, PGS_STEP_TWOPC, PGS_PLACED_NONE);
   st->phase = (uint8_t)PGS_2PC_PREPARE;
@@ -270,9 +286,10 @@ bool pgs_plan_streams(const pgs_plan_t *plan) {
 /* The proxy runs PLAN on SLOTS at once (a fan), before the steps. */
 static void order_fan(pgs_session_t *s, pgs_plan_t *plan, uint64_t slots, int64_t limit,
                       int64_t offset, bool simple) {
-  PGS_ASSERT(s->fan_order.plan == NULL);
+  PGS_ASSERT(s->fan_order == NULL);
   plan->refcount++;
-  s->fan_order = (pgs_fan_order_t){
+  s->fan_order = pgs_xmalloc(sizeof(*s->fan_order));
+  *s->fan_order = (pgs_fan_order_t){
       .plan = plan, .slots = slots, .limit = limit, .offset = offset, .simple = simple};
 }
 
@@ -561,7 +578,7 @@ static int first_bit(uint64_t mask) { return mask ? __builtin_ctzll(mask) : -1; 
  * servers outside the fan have. */
 static void add_fan_steps(pgs_session_t *s, uint64_t slots, pgs_step_op_t op, const char *text) {
   bool first = true;
-  bool streams = pgs_plan_streams(s->fan_order.plan) && s->fan_order.portal == NULL;
+  bool streams = pgs_plan_streams(s->fan_order->plan) && s->fan_order->portal == NULL;
   for (int i = 0; i < s->nslots; i++) {
     if (!(slots & BIT(i))) continue;
     pgs_step_t *st = add_step(s, i, op, PGS_PLACED_ROUTE);
@@ -1253,11 +1270,11 @@ static void plan_copy_in(pgs_session_t *s, const pgs_route_t *rt, pgs_plan_t *pl
    * each part runs in a transaction of pgshard's, ended with the COPY. */
   bool own_tx = !pgs_exchange_in_tx(&s->ex) && __builtin_popcountll(slots) > 1;
   order_fan(s, plan, slots, -1, 0, true);
-  s->fan_order.copy_in = true;
-  s->fan_order.own_tx = own_tx;
-  s->fan_order.spec = pgs_xmalloc(sizeof(spec));
-  *s->fan_order.spec = spec;
-  s->fan_order.route = session;
+  s->fan_order->copy_in = true;
+  s->fan_order->own_tx = own_tx;
+  s->fan_order->spec = pgs_xmalloc(sizeof(spec));
+  *s->fan_order->spec = spec;
+  s->fan_order->route = session;
   if (own_tx) {
     /* Sent at once, like the parts (steps before them wait for the fan to
      * end): the first part waits for every BEGIN to answer. */
@@ -1635,9 +1652,9 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
     /* Each part is bound the query with the client's values, then run
      * whole (PGS_STEP_FAN_EXEC on the DECLARE's portal). */
     order_fan(s, inner, slots, limit, offset, false);
-    s->fan_order.portal = put_cursor(s, plan->cursor_name, plan->cursor_hold);
-    s->fan_order.portal->busy = true;
-    s->fan_order.declare = true;
+    s->fan_order->portal = put_cursor(s, plan->cursor_name, plan->cursor_hold);
+    s->fan_order->portal->busy = true;
+    s->fan_order->declare = true;
     bound->unbound = slots;
     add_fan_steps(s, slots, PGS_STEP_FAN_EXEC, NULL);
     goto out;
@@ -1650,9 +1667,9 @@ static bool plan_declare(pgs_session_t *s, const char *sql, size_t qlen, const p
     pgs_buf_put(&text, sql + at, qlen - at);
   pgs_buf_put_u8(&text, 0);
   order_fan(s, inner, slots, limit, offset, simple);
-  s->fan_order.portal = put_cursor(s, plan->cursor_name, plan->cursor_hold);
-  s->fan_order.portal->busy = true;
-  s->fan_order.declare = true;
+  s->fan_order->portal = put_cursor(s, plan->cursor_name, plan->cursor_hold);
+  s->fan_order->portal->busy = true;
+  s->fan_order->declare = true;
   add_fan_steps(s, slots, simple ? PGS_STEP_QUERY : PGS_STEP_FAN_SQL, (const char *)text.data);
   pgs_buf_free(&text);
   goto out;
@@ -2524,8 +2541,8 @@ static void plan_portal_message(pgs_session_t *s, char type, const char *name, i
     order_fan(s, portal->merge_plan, portal->mask, portal->limit, portal->offset, false);
     if (max_rows > 0) {
       portal->busy = true;
-      s->fan_order.portal = portal;
-      s->fan_order.max_rows = max_rows;
+      s->fan_order->portal = portal;
+      s->fan_order->max_rows = max_rows;
     }
     add_fan_steps(s, portal->mask, PGS_STEP_FAN_EXEC, NULL);
   } else {
@@ -2967,21 +2984,16 @@ bool pgs_session_move(pgs_session_t *s, const pgs_database_t *db, char sqlstate[
   }
   /* Per-shard state, by shard name. */
   int nslots = 2 * db->nshards;
-  uint64_t *commit_ms = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
-  uint64_t *lsn = pgs_xcalloc((size_t)db->nshards, sizeof(uint64_t));
+  uint64_t *old_commit_ms = s->ryw_commit_ms, *old_lsn = s->ryw_lsn;
+  per_shard_alloc(s, db->nshards);
   for (int i = 0; i < old->nshards; i++) {
     int j = same_shard(old, i, db);
     if (j < 0) continue;
-    commit_ms[j] = s->ryw_commit_ms[i];
-    lsn[j] = s->ryw_lsn[i];
+    s->ryw_commit_ms[j] = old_commit_ms[i];
+    s->ryw_lsn[j] = old_lsn[i];
   }
+  free(old_commit_ms); /* the old block */
   int last = same_shard(old, s->last_shard, db);
-  free(s->ryw_commit_ms);
-  free(s->ryw_lsn);
-  free(s->picked);
-  s->ryw_commit_ms = commit_ms;
-  s->ryw_lsn = lsn;
-  s->picked = pgs_xcalloc((size_t)db->nshards, sizeof(int8_t));
   s->nslots = nslots;
   if (s->steps_cap < nslots + 4) {
     PGS_ASSERT(s->nsteps == 0);

@@ -45,7 +45,7 @@ static void grow(pgs_strmap_t *map) {
   }
   free(map->buckets);
   map->buckets = buckets;
-  map->nbuckets = n;
+  map->nbuckets = (uint32_t)n;
 }
 
 void *pgs_strmap_get(const pgs_strmap_t *map, const char *key) {

@@ -253,7 +253,7 @@ typedef struct pgs_twopc {
 
 /* A read or COPY the proxy runs on several shards at once (fanout.c),
  * ordered by the plan: the proxy starts it before it runs the steps.
- * plan == NULL: none. */
+ * The session holds one while its steps do (pgs_session_t.fan_order). */
 typedef struct pgs_fan_order {
   pgs_plan_t *plan; /* a reference, the order's own */
   uint64_t slots;
@@ -337,12 +337,13 @@ typedef struct pgs_session {
   /* The plan of the message being served. */
   pgs_step_t *steps;
   int nsteps, step_next, steps_cap;
-  pgs_fan_order_t fan_order;
+  pgs_fan_order_t *fan_order; /* the fan it orders, NULL none (let go with the steps) */
   /* The message as planned when pgshard rewrote it (an INSERT given its
    * column list): what the steps send instead of the client's. */
   bool rewritten;
   pgs_buf_t message;
-  pgs_twopc_t twopc;
+  pgs_twopc_t
+      *twopc; /* a two-phase commit's, allocated by its first (pgs_session_rest lets it go) */
   /* Where it is. */
   int nslots;
   uint64_t linked;    /* slots holding a server (the proxy keeps it) */
@@ -361,6 +362,7 @@ typedef struct pgs_session {
   /* read-your-writes */
   bool wrote_ever;
   uint64_t last_write_ms;
+  /* Per shard, in one allocation that ryw_commit_ms owns: */
   uint64_t *ryw_commit_ms; /* per shard: when a write there committed, 0 when known */
   uint64_t *ryw_lsn;       /* per shard: the LSN replicas must have replayed */
   int8_t *picked;          /* per shard: the replica node chosen for its replica slot */
@@ -414,6 +416,10 @@ void pgs_session_tx_failed(pgs_session_t *s);
 /* A reply the session waited for came: true when it was waiting (draining
  * or held), and the caller processes it again. */
 bool pgs_session_resume(pgs_session_t *s);
+/* The gid of the session's two-phase commit, "" when it has none. */
+static inline const char *pgs_session_twopc_gid(const pgs_session_t *s) {
+  return s->twopc ? s->twopc->gid : "";
+}
 /* The message at the client's read position is planned. */
 static inline bool pgs_session_planned(const pgs_session_t *s) {
   return s->ex.req == PGS_REQ_RUNNING || s->ex.req == PGS_REQ_DRAINING;

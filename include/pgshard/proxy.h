@@ -162,7 +162,8 @@ struct pgs_client {
   uint64_t request_id;        /* the request's number on its worker (logs: "c<client>.<n>") */
   uint64_t request_slots;     /* slots it sent messages to */
   char *request_text;         /* its first statement, cut at REQUEST_TEXT_MAX - 1 bytes (the
-                                 slow-request log; allocated while that log is on) */
+                                 slow-request log, while it is on: this and the two
+                                 below are allocated by a request and let go at its end) */
   char request_sqlstate[6];   /* the first error it sent the client, "" none */
   uint64_t *request_shard_us; /* slow-request log: per slot, when the request first
                                  reached it and when its last ReadyForQuery there came
@@ -174,9 +175,11 @@ struct pgs_client {
                                  (its entry in worker->queries holds the text) */
   bool admin;             /* a client of the admin console (admin.c) */
   struct pgs_admin_session *admin_session;
-  char username[PGS_MAX_NAME];
-  char dbname[PGS_MAX_NAME];
-  char peer[64];
+  /* Its user and database names (cut at PGS_MAX_NAME - 1 bytes, as the
+   * server would) and its address: "" until known, then pointers into one
+   * allocation, `names` (client_set_names). */
+  const char *username, *dbname, *peer;
+  char *names;
   pgs_pool_t *pool;
   pgs_server_t *server;
   int32_t cancel_pid;

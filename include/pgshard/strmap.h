@@ -17,8 +17,8 @@ typedef struct pgs_strmap_entry {
 
 typedef struct pgs_strmap {
   pgs_strmap_entry_t **buckets;
-  size_t nbuckets;
-  size_t count;
+  uint32_t nbuckets; /* a power of two, or 0 */
+  uint32_t count;
 } pgs_strmap_t;
 
 void pgs_strmap_init(pgs_strmap_t *map);

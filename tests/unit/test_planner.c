@@ -418,11 +418,11 @@ static void test_split_bind(void **state) {
 static void test_merged_read(void **state) {
   fixture_t *f = open_session("app");
   plan_query(f, "select name from users order by id"); /* id: a hidden column */
-  assert_non_null(f->s.fan_order.plan);
-  assert_int_equal(f->s.fan_order.slots, BIT(0) | BIT(2));
-  assert_true(f->s.fan_order.simple);
-  assert_false(f->s.fan_order.copy_in);
-  assert_false(pgs_plan_streams(f->s.fan_order.plan)); /* sorted: out at the end */
+  assert_non_null(f->s.fan_order->plan);
+  assert_int_equal(f->s.fan_order->slots, BIT(0) | BIT(2));
+  assert_true(f->s.fan_order->simple);
+  assert_false(f->s.fan_order->copy_in);
+  assert_false(pgs_plan_streams(f->s.fan_order->plan)); /* sorted: out at the end */
   assert_int_equal(f->s.nsteps, 2);
   for (int i = 0; i < 2; i++) {
     assert_sent(f, i, PGS_STEP_QUERY, 2 * i, PGS_PLACED_ROUTE); /* the shards' variant */
@@ -432,7 +432,7 @@ static void test_merged_read(void **state) {
   }
   assert_true(step(f, 0)->drain_others); /* the fan's output is out only at its end */
   run(f, 'Q');
-  assert_null(f->s.fan_order.plan); /* a plan not started is let go with its steps */
+  assert_null(f->s.fan_order); /* a plan not started is let go with its steps */
   close_session(f);
 }
 
@@ -502,10 +502,10 @@ static void test_twopc_commit(void **state) {
   assert_int_equal(step(f, 0)->phase, PGS_2PC_PREPARE);
   assert_true(step(f, 0)->always);
   assert_int_equal(f->s.ex.tx, PGS_TX_PREPARING);
-  assert_int_equal(f->s.twopc.slots, BIT(0) | BIT(2));
-  assert_int_equal(f->s.twopc.written, BIT(0) | BIT(2));
-  assert_true(f->s.twopc.tag && f->s.twopc.simple);
-  assert_string_equal(f->s.twopc.gid, ""); /* named when it prepares */
+  assert_int_equal(f->s.twopc->slots, BIT(0) | BIT(2));
+  assert_int_equal(f->s.twopc->written, BIT(0) | BIT(2));
+  assert_true(f->s.twopc->tag && f->s.twopc->simple);
+  assert_string_equal(f->s.twopc->gid, ""); /* named when it prepares */
   run(f, 'Q');
   assert_int_equal(f->s.ex.tx, PGS_TX_NONE); /* cleared with its steps */
 
@@ -523,7 +523,7 @@ static void test_twopc_commit(void **state) {
   assert_int_equal(step(f, 2)->rule.ready, PGS_ON_READY_DROP);
   assert_int_equal(step(f, 3)->rule.ready, PGS_ON_READY_DROP);
   assert_int_equal(step(f, 4)->op, PGS_STEP_TWOPC);
-  assert_false(f->s.twopc.tag);
+  assert_false(f->s.twopc->tag);
   run(f, 'Q');
   /* In the extended protocol outside a transaction it is refused. */
   pgs_buf_t b;
@@ -634,9 +634,9 @@ static void test_merged_portal(void **state) {
   b.len = 0;
   put_execute(&b, "p", 0);
   plan(f, &b);
-  assert_non_null(f->s.fan_order.plan);
-  assert_false(f->s.fan_order.simple);
-  assert_null(f->s.fan_order.portal); /* whole: the rows stream out */
+  assert_non_null(f->s.fan_order->plan);
+  assert_false(f->s.fan_order->simple);
+  assert_null(f->s.fan_order->portal); /* whole: the rows stream out */
   assert_int_equal(f->s.nsteps, 2);
   assert_sent(f, 0, PGS_STEP_FAN_EXEC, 0, PGS_PLACED_ROUTE);
   assert_sent(f, 1, PGS_STEP_FAN_EXEC, 2, PGS_PLACED_ROUTE);
@@ -684,9 +684,9 @@ static void test_merged_portal_in_parts(void **state) {
   put_execute(&b, "p", 2);
   plan(f, &b);
   pgs_portal_t *portal = pgs_strmap_get(&f->s.portals, "p");
-  assert_ptr_equal(f->s.fan_order.portal, portal);
-  assert_int_equal(f->s.fan_order.max_rows, 2);
-  assert_false(f->s.fan_order.declare);
+  assert_ptr_equal(f->s.fan_order->portal, portal);
+  assert_int_equal(f->s.fan_order->max_rows, 2);
+  assert_false(f->s.fan_order->declare);
   assert_true(step(f, 0)->drain_others); /* gathered: out only at its end */
   run(f, 'E');
   /* The fan (the proxy's) gathered 5 rows and sent the first 2. */
@@ -710,7 +710,7 @@ static void test_merged_portal_in_parts(void **state) {
   assert_int_equal(step(f, 0)->shard, -1);
   assert_int_equal(step(f, 0)->rows, 2);
   assert_string_equal(step(f, 0)->text, "p");
-  assert_null(f->s.fan_order.plan);
+  assert_null(f->s.fan_order);
   run(f, 'E');
   out.len = 0;
   assert_int_equal(pgs_portal_fetch(portal, 2, PGS_FETCH_EXECUTE, &out), 2);
@@ -752,10 +752,10 @@ static void test_sql_cursors(void **state) {
   plan_query(f, "begin");
   run(f, 'Q');
   plan_query(f, "declare c cursor for select id from users order by id");
-  assert_non_null(f->s.fan_order.plan);
-  assert_true(f->s.fan_order.declare && f->s.fan_order.simple);
+  assert_non_null(f->s.fan_order->plan);
+  assert_true(f->s.fan_order->declare && f->s.fan_order->simple);
   pgs_portal_t *cursor = pgs_strmap_get(&f->s.cursors, "c");
-  assert_ptr_equal(f->s.fan_order.portal, cursor);
+  assert_ptr_equal(f->s.fan_order->portal, cursor);
   assert_int_equal(f->s.nsteps, 2);
   assert_sent(f, 0, PGS_STEP_QUERY, 0, PGS_PLACED_ROUTE); /* the query itself */
   assert_sent(f, 1, PGS_STEP_QUERY, 2, PGS_PLACED_ROUTE);
@@ -793,7 +793,7 @@ static void test_sql_cursors(void **state) {
 
   /* WITH HOLD outside a transaction; CLOSE answered by pgshard. */
   plan_query(f, "declare h cursor with hold for select id from users");
-  assert_true(f->s.fan_order.declare);
+  assert_true(f->s.fan_order->declare);
   run(f, 'Q');
   plan_query(f, "close h");
   assert_reply(f, 0, 'C', "CLOSE CURSOR");
@@ -807,7 +807,7 @@ static void test_sql_cursors(void **state) {
   snprintf(sql, sizeof(sql), "declare one cursor for select * from users where id = %s",
            key_text[1]);
   plan_query(f, sql);
-  assert_null(f->s.fan_order.plan);
+  assert_null(f->s.fan_order);
   assert_sent(f, 0, PGS_STEP_FORWARD, 2, PGS_PLACED_ROUTE);
   run(f, 'Q');
   f->s.linked |= BIT(0);
@@ -828,11 +828,11 @@ static void test_sql_cursors(void **state) {
 static void test_copy_in(void **state) {
   fixture_t *f = open_session("app");
   plan_query(f, "copy users (id, name) from stdin");
-  assert_non_null(f->s.fan_order.plan);
-  assert_true(f->s.fan_order.copy_in);
-  assert_true(f->s.fan_order.own_tx);
-  assert_int_equal(f->s.fan_order.slots, BIT(0) | BIT(2));
-  assert_int_equal(f->s.fan_order.spec->ncolumns, 2);
+  assert_non_null(f->s.fan_order->plan);
+  assert_true(f->s.fan_order->copy_in);
+  assert_true(f->s.fan_order->own_tx);
+  assert_int_equal(f->s.fan_order->slots, BIT(0) | BIT(2));
+  assert_int_equal(f->s.fan_order->spec->ncolumns, 2);
   assert_int_equal(f->s.nsteps, 4);
   assert_sent(f, 0, PGS_STEP_INJECT, 0, PGS_PLACED_INTERNAL);
   assert_true(step(f, 0)->concurrent);
