@@ -5,8 +5,11 @@ Both poolers stand in front of one PostgreSQL 15 primary (`pgshardctl lab
 up --no-proxy`, ports 6600-6603, data under /tmp), with transaction pooling
 and trust auth. For each target in turn (one running at a time):
 
-  1. one client logs in; the process's resident memory (VmRSS) is read
-     when it has settled: the idle process;
+  1. one client logs in, and a warm-up crowd of 200 (the logins in flight
+     at a time) logs in, runs a query each and leaves, so that what the
+     pooler keeps for a burst of traffic whatever the number of clients (its
+     buffer caches) is in the baseline; the process's resident memory
+     (VmRSS) is read when it has settled: the idle process;
   2. N clients log in (--clients, default 10,000; 200 logins in flight at a
      time) and stay connected, idle: RSS again, and the time the logins
      took;
@@ -202,6 +205,11 @@ class Bench(BenchBase):
         row = {"target": target, "clients": n}
         one = Crowd(PORTS[target])
         one.login(1, 30)
+        warm = Crowd(PORTS[target])
+        warm.login(IN_FLIGHT, 60)
+        warm.query_each(60)
+        warm.close()
+        time.sleep(1)
         if self.args.load:
             row["tps_alone"] = self.pgbench_tps(target)
         row["rss_idle_kib"] = settled_rss(pid)

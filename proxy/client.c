@@ -52,7 +52,10 @@
  * without the client taking any of it before it is closed. */
 #define CLIENT_STALL_MS 2000
 
-/* Memory held for every client of the process (max_total_client_memory). */
+/* Client connections open in the process, on every worker (max_client_conn
+ * is for the process: the kernel spreads connections over the workers'
+ * listeners unevenly). */
+static int process_clients;
 
 static const char *const client_state_names[] = {"startup", "auth",   "login",  "idle",
                                                  "waiting", "active", "closing"};
@@ -176,6 +179,7 @@ void pgs_client_close(pgs_client_t *client) {
   pgs_list_remove(&client->link);
   pgs_list_append(&client->worker->closing, &client->link);
   client->worker->nclients--;
+  __atomic_sub_fetch(&process_clients, 1, __ATOMIC_RELAXED);
   if (client->io.open) {
     pgs_io_close(&client->io);
   } else {
@@ -1430,6 +1434,7 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
   client->io.open = true;
   pgs_list_append(&worker->clients, &client->link);
   worker->nclients++;
+  int now_open = __atomic_add_fetch(&process_clients, 1, __ATOMIC_RELAXED);
   if (uv_accept(listener, (uv_stream_t *)&client->io.tcp) != 0) {
     pgs_client_close(client);
     return NULL;
@@ -1458,7 +1463,7 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
     return NULL;
   }
   client->cancel_key = pgs_peers_cancel_key(worker->config->peer_id, client->cancel_key);
-  if (worker->nclients > worker->config->max_client_conn / worker->config->workers + 1) {
+  if (now_open > worker->config->max_client_conn) {
     pgs_client_fail(client, PGS_SQLSTATE_TOO_MANY_CONNECTIONS, "too many clients already");
     return NULL;
   }

@@ -9,6 +9,8 @@
    is refused with 53200 naming the key, and the session goes on;
    max_merge_bytes bounds one cross-shard merge (54000), and a merge's rows
    count against the client's budget too (53200).
+ - max_client_conn is for the process, whichever worker a client lands on
+   (53300 past it).
  - client_idle_timeout_ms (57P05) and idle_transaction_timeout_ms (25P03)
    close idle clients with a FATAL; the servers of a transaction closed that
    way are closed, so its locks go; busy clients stay.
@@ -332,6 +334,40 @@ def test_merge_budgets(sharded_proxy, items):
     with p.connect(autocommit=True) as conn:
         rows = conn.execute(query).fetchall()
         assert [r[0] for r in rows] == list(range(200, 0, -1))
+
+
+# ---- connections ----
+
+def test_max_client_conn_is_for_the_process(proxy):
+    """max_client_conn counts every worker's clients together: with 2
+    workers, all of the limit's clients are served wherever the kernel puts
+    them (it spreads connections over the workers' listeners unevenly), and
+    the one after is refused with 53300; a client leaving makes room."""
+    px = proxy(auth="trust", max_client_conn=12)
+    clients = [login_raw(px) for _ in range(12)]
+    for raw in clients:
+        assert raw.simple_query("select 1") == [["1"]]
+    over = px.raw()
+    with pytest.raises(pgwire.ServerError) as refused:
+        over.login()
+    fields = refused.value.fields
+    assert fields["C"] == "53300" and fields["M"].startswith("pgshard:"), fields
+    over.close()
+    clients.pop().close()
+    deadline = time.monotonic() + 5
+    while True:  # the close reaches its worker a moment later
+        again = px.raw()
+        try:
+            again.login()
+            break
+        except pgwire.ServerError as e:
+            again.close()
+            assert e.fields["C"] == "53300" and time.monotonic() < deadline, e.fields
+            time.sleep(0.05)
+    assert again.simple_query("select 2") == [["2"]]
+    for raw in clients + [again]:
+        raw.close()
+    px.assert_alive()
 
 
 # ---- idle timeouts ----
