@@ -29,6 +29,7 @@
  */
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -178,7 +179,7 @@ void pgs_client_close(pgs_client_t *client) {
   client_set_state(client, PGS_CL_CLOSING);
   pgs_list_remove(&client->link);
   pgs_list_append(&client->worker->closing, &client->link);
-  client->worker->nclients--;
+  __atomic_sub_fetch(&client->worker->nclients, 1, __ATOMIC_RELAXED);
   __atomic_sub_fetch(&process_clients, 1, __ATOMIC_RELAXED);
   if (client->io.open) {
     pgs_io_close(&client->io);
@@ -1414,7 +1415,8 @@ void pgs_client_tick(pgs_client_t *client, uint64_t now) {
   }
 }
 
-pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
+/* A client on LISTENER's next connection, or (LISTENER NULL) on socket FD. */
+static pgs_client_t *client_open(pgs_worker_t *worker, uv_stream_t *listener, int fd) {
   pgs_client_t *client = pgs_xcalloc(1, sizeof(*client));
   client->worker = worker;
   client->username = client->dbname = client->peer = "";
@@ -1433,9 +1435,12 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
   client->io.tcp.data = &client->io;
   client->io.open = true;
   pgs_list_append(&worker->clients, &client->link);
-  worker->nclients++;
+  __atomic_add_fetch(&worker->nclients, 1, __ATOMIC_RELAXED); /* others read it (worker.c) */
   int now_open = __atomic_add_fetch(&process_clients, 1, __ATOMIC_RELAXED);
-  if (uv_accept(listener, (uv_stream_t *)&client->io.tcp) != 0) {
+  int rc = listener ? uv_accept(listener, (uv_stream_t *)&client->io.tcp)
+                    : uv_tcp_open(&client->io.tcp, fd);
+  if (rc != 0) {
+    if (listener == NULL) close(fd);
     pgs_client_close(client);
     return NULL;
   }
@@ -1472,6 +1477,14 @@ pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
     return NULL;
   }
   return client;
+}
+
+pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener) {
+  return client_open(worker, listener, -1);
+}
+
+pgs_client_t *pgs_client_adopt(pgs_worker_t *worker, int fd) {
+  return client_open(worker, NULL, fd);
 }
 
 /* ---- what a pool tells a client waiting in it (pool.c) ---- */

@@ -1,7 +1,11 @@
 /*
  * worker.c — event-loop threads. Each worker owns a libuv loop, its own
  * listening socket on the shared address (SO_REUSEPORT: the kernel spreads
- * connections), its clients, its pools and their servers. Other threads talk
+ * connections), its clients, its pools and their servers. The kernel's
+ * spread is a hash, uneven for few connections (an application pool of 16
+ * can land 12 and 4): a worker that accepts a connection while another
+ * has fewer clients hands the socket over (on_connection), so their counts
+ * differ by at most one and neither loop carries most of the load. Other threads talk
  * to a worker only through its mailbox: fields under mbox_lock, then
  * uv_async_send.
  *
@@ -9,7 +13,10 @@
  * closed as soon as they hold no server -> stopping: everything closed, the
  * loop runs until the last close callback, the thread ends.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pgshard/log.h"
 #include "pgshard/client.h"
@@ -34,6 +41,57 @@ static int running; /* worker threads not yet ended (atomic) */
 
 int pgs_workers_running(void) { return __atomic_load_n(&running, __ATOMIC_ACQUIRE); }
 
+/* Clients a worker has or is being handed. */
+static int load_of(pgs_worker_t *w) {
+  return __atomic_load_n(&w->nclients, __ATOMIC_RELAXED) +
+         __atomic_load_n(&w->incoming, __ATOMIC_RELAXED);
+}
+
+/* The worker with the fewest clients, when it has fewer than WORKER; -1. */
+static int less_loaded(pgs_worker_t *worker) {
+  int best = -1, least = load_of(worker);
+  for (int i = 0; i < nworkers; i++) {
+    if (i == worker->index || __atomic_load_n(&workers[i].draining, __ATOMIC_RELAXED)) continue;
+    int load = load_of(&workers[i]);
+    if (load < least) best = i, least = load;
+  }
+  return best;
+}
+
+static void adopt_connection(pgs_worker_t *worker, void *arg) {
+  int fd = (int)(intptr_t)arg;
+  __atomic_sub_fetch(&worker->incoming, 1, __ATOMIC_RELAXED);
+  if (worker->draining) {
+    close(fd);
+    return;
+  }
+  (void)pgs_client_adopt(worker, fd);
+}
+
+static void free_handle(uv_handle_t *handle) { free(handle); }
+
+/* Accept LISTENER's next connection for worker TO: its socket (a dup; the
+ * handle accepting it closes here) goes through TO's mailbox. */
+static void hand_over(pgs_worker_t *worker, uv_stream_t *listener, int to) {
+  uv_tcp_t *tcp = pgs_xmalloc(sizeof(*tcp));
+  uv_tcp_init(&worker->loop, tcp);
+  uv_os_fd_t fd;
+  int copy = -1;
+  int rc = uv_accept(listener, (uv_stream_t *)tcp);
+  if (rc == 0) rc = uv_fileno((uv_handle_t *)tcp, &fd);
+  if (rc == 0 && (copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) rc = -errno;
+  uv_close((uv_handle_t *)tcp, free_handle); /* the connection stays open in COPY */
+  if (rc != 0) {
+    pgs_warn("accept failed (for worker %d): %s", to, uv_strerror(rc));
+    return;
+  }
+  __atomic_add_fetch(&workers[to].incoming, 1, __ATOMIC_RELAXED);
+  if (!pgs_mailbox_post(to, adopt_connection, (void *)(intptr_t)copy)) {
+    __atomic_sub_fetch(&workers[to].incoming, 1, __ATOMIC_RELAXED);
+    (void)pgs_client_adopt(worker, copy); /* TO is stopping: this one keeps it */
+  }
+}
+
 static void on_connection(uv_stream_t *listener, int status) {
   pgs_worker_t *worker = listener->data;
   if (status < 0) {
@@ -41,7 +99,11 @@ static void on_connection(uv_stream_t *listener, int status) {
     return;
   }
   if (worker->draining) return;
-  (void)pgs_client_accept(worker, listener);
+  int to = less_loaded(worker);
+  if (to >= 0)
+    hand_over(worker, listener, to);
+  else
+    (void)pgs_client_accept(worker, listener);
 }
 
 /* A worker takes connections once the monitor has told it each
@@ -92,7 +154,7 @@ static void close_pool_servers(pgs_list_t *list) {
 static void stop_now(pgs_worker_t *worker) {
   if (worker->stopping) return;
   worker->stopping = true;
-  worker->draining = true;
+  __atomic_store_n(&worker->draining, true, __ATOMIC_RELAXED); /* read by others */
   close_listener(worker);
   while (!pgs_list_empty(&worker->clients)) {
     pgs_client_t *client = pgs_container_of(worker->clients.next, pgs_client_t, link);
@@ -217,7 +279,7 @@ static void wakeup_cb(uv_async_t *async) {
   if (exit_now) {
     stop_now(worker);
   } else if (drain && !worker->draining) {
-    worker->draining = true;
+    __atomic_store_n(&worker->draining, true, __ATOMIC_RELAXED); /* read by others */
     worker->drain_deadline_ms = pgs_now_ms() + (uint64_t)worker->config->shutdown_timeout_ms;
     close_listener(worker);
     drain_idle_clients(worker);

@@ -9,6 +9,10 @@
 #include "pgshard/proxy.h"
 
 pgs_client_t *pgs_client_accept(pgs_worker_t *worker, uv_stream_t *listener);
+/* A client on connected socket FD (another worker accepted it and handed
+ * it over: worker.c keeps the workers' client counts even); FD is the
+ * client's, closed with it or on failure. */
+pgs_client_t *pgs_client_adopt(pgs_worker_t *worker, int fd);
 /* Serve what the client sent: the console's clients in admin.c, the others
  * in request.c. */
 void pgs_client_process(pgs_client_t *client);

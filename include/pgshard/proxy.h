@@ -445,7 +445,8 @@ struct pgs_worker {
   struct pgs_plan_cache *plans; /* plans for clients on this config */
   pgs_snapshot_t *snapshot;     /* node health, from the monitor */
   uint32_t rr;                  /* round robin over replicas */
-  int nclients;
+  int nclients;                 /* atomic: other workers read it to balance new connections */
+  int incoming;                 /* atomic: connections other workers handed it, not yet opened */
   uint32_t next_client;
   uint64_t next_request;
   uint64_t slow_logged_second; /* log_min_duration_ms: lines this second, for the cap */

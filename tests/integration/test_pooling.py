@@ -335,3 +335,42 @@ def test_one_pool_across_workers(proxy, primary):
         for conn in (a, b, c, d):
             conn.close()
     px.assert_alive()
+
+
+def test_new_clients_spread_evenly_over_workers(proxy):
+    """The kernel spreads connections over the workers' listeners by a hash
+    (16 clients often land 11 and 5); a worker accepting one while another
+    has fewer clients hands it over, so the counts differ by at most one,
+    and the clients that come after some left fill the emptier worker.
+    A client's worker is the top byte of its BackendKeyData pid."""
+    px = proxy(workers=2, auth="trust")
+
+    def login():
+        raw = px.raw()
+        raw.login()
+        return raw
+
+    def counts(clients):
+        by = [0, 0]
+        for raw in clients:
+            by[raw.backend_key[0] >> 24] += 1
+        return by
+
+    clients = [login() for _ in range(16)]
+    by = counts(clients)
+    assert abs(by[0] - by[1]) <= 1, by
+    for raw in clients:  # each one is served where it landed
+        assert raw.simple_query("select 1") == [["1"]]
+    leaving = [raw for raw in clients if raw.backend_key[0] >> 24 == 0][:5]
+    for raw in leaving:
+        raw.close()
+        clients.remove(raw)
+    time.sleep(0.5)  # the closes reach worker 0
+    fresh = [login() for _ in range(5)]
+    assert counts(fresh) == [5, 0], counts(fresh)
+    clients += fresh
+    assert abs(counts(clients)[0] - counts(clients)[1]) <= 1, counts(clients)
+    for raw in clients:
+        assert raw.simple_query("select 2") == [["2"]]
+        raw.close()
+    px.assert_alive()
