@@ -224,11 +224,11 @@ void pgs_request_init(pgs_client_t *client) {
 }
 
 void pgs_request_free(pgs_client_t *client) {
+  pgs_coordinator_abandon(client); /* before the session (and its 2PC state) goes */
   pgs_session_free(&client->session);
   free(client->servers); /* and client->pools (alloc_servers) */
   pgs_fan_free(client->fan);
   client->fan = NULL;
-  pgs_coordinator_abandon(client);
 }
 
 /* ---- servers held ---- */
