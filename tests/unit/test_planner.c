@@ -508,6 +508,12 @@ static void test_twopc_commit(void **state) {
   assert_string_equal(f->s.twopc->gid, ""); /* named when it prepares */
   run(f, 'Q');
   assert_int_equal(f->s.ex.tx, PGS_TX_NONE); /* cleared with its steps */
+  /* At rest the session keeps no working memory: no steps, no 2PC state
+   * (a gid left to recovery would keep it). */
+  pgs_session_rest(&f->s);
+  assert_null(f->s.steps);
+  assert_null(f->s.twopc);
+  assert_string_equal(pgs_session_twopc_gid(&f->s), "");
 
   /* A keyless write outside a transaction is made atomic the same way:
    * BEGIN on each shard, the statement with no ReadyForQuery of its own,
