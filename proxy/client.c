@@ -85,6 +85,17 @@ static void clear_tx_ops(pgs_client_t *client) {
   client->tx_failed = false;
 }
 
+/* The slow-request log's copies of a request (request.c makes them). */
+static void free_request_log(pgs_client_t *client) {
+  free(client->request_text);
+  client->request_text = NULL;
+  free(client->request_trace);
+  client->request_trace = NULL;
+  free(client->request_shard_us);
+  client->request_shard_us = NULL;
+  client->request_shard_cap = 0;
+}
+
 static void client_closed_cb(uv_handle_t *handle) {
   pgs_client_t *client = ((pgs_io_t *)handle->data)->owner;
   pgs_list_remove(&client->link);
@@ -100,9 +111,7 @@ static void client_closed_cb(uv_handle_t *handle) {
   free(client->login_values);
   free(client->startup_options);
   free(client->names);
-  free(client->request_text);
-  free(client->request_trace);
-  free(client->request_shard_us);
+  free_request_log(client);
   if (client->config) pgs_config_unref(client->config);
   PGS_ASSERT(client->mem_held == 0); /* everything charged was given back */
   free(client);
@@ -598,14 +607,7 @@ static void count_request(pgs_client_t *client, char status) {
   client->io.counted_out = client->io.out_total;
   client->request_start_us = 0;
   client->session.ex.request_failed = false;
-  /* The slow-request log's copies are the request's: an idle client keeps none. */
-  free(client->request_text);
-  client->request_text = NULL;
-  free(client->request_trace);
-  client->request_trace = NULL;
-  free(client->request_shard_us);
-  client->request_shard_us = NULL;
-  client->request_shard_cap = 0;
+  free_request_log(client); /* the request's: an idle client keeps none */
 }
 
 void pgs_client_after_ready(pgs_client_t *client, char status) {

@@ -47,11 +47,15 @@ static int load_of(pgs_worker_t *w) {
          __atomic_load_n(&w->incoming, __ATOMIC_RELAXED);
 }
 
-/* The worker with the fewest clients, when it has fewer than WORKER; -1. */
+/* The worker with the fewest clients, when it has fewer than WORKER; -1.
+ * Only workers that take connections themselves (maybe_accept: they know
+ * the collations) and are not draining. */
 static int less_loaded(pgs_worker_t *worker) {
   int best = -1, least = load_of(worker);
   for (int i = 0; i < nworkers; i++) {
-    if (i == worker->index || __atomic_load_n(&workers[i].draining, __ATOMIC_RELAXED)) continue;
+    if (i == worker->index || !__atomic_load_n(&workers[i].accepting, __ATOMIC_ACQUIRE) ||
+        __atomic_load_n(&workers[i].draining, __ATOMIC_RELAXED))
+      continue;
     int load = load_of(&workers[i]);
     if (load < least) best = i, least = load;
   }
@@ -129,7 +133,7 @@ static void maybe_accept(pgs_worker_t *worker, uint64_t now) {
     pgs_error("worker %d: cannot listen: %s", worker->index, uv_strerror(rc));
     return;
   }
-  worker->accepting = true;
+  __atomic_store_n(&worker->accepting, true, __ATOMIC_RELEASE); /* read by others */
   if (worker->index == 0)
     pgs_info("accepting connections after %llu ms%s",
              (unsigned long long)(now - worker->started_ms),
