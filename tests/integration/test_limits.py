@@ -370,6 +370,48 @@ def test_max_client_conn_is_for_the_process(proxy):
     px.assert_alive()
 
 
+def test_a_crowd_leaving_at_once_leaves_memory_flat(proxy, monkeypatch):
+    """4,000 idle clients disconnect together: pgshard's VmRSS after they have
+    gone is about what it was with them (each EOF used to be read into a
+    16 KiB buffer kept until its close completed: a whole epoll batch of
+    them at once, +16 MiB for good)."""
+    import resource
+    monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:quarantine_size_mb=4")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    n = min(4000, hard - 500)  # this process and pgshard (which inherits the limit) hold N each
+    if soft < n + 500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1000), hard))
+    try:
+        px = proxy(auth="trust", workers=1)
+        startup = pgwire.startup_packet("app", "app")
+        socks = []
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", px.port))
+            sock.sendall(startup)
+            socks.append(sock)
+        for sock in socks:  # each is logged in (ReadyForQuery is the last byte)
+            sock.settimeout(10)
+            data = b""
+            while not data.endswith(b"Z\0\0\0\x05I"):
+                chunk = sock.recv(4096)
+                assert chunk, "a client was closed while logging in"
+                data += chunk
+        time.sleep(0.5)
+        with_crowd = rss_kib(px.proc.pid)
+        for sock in socks:
+            sock.close()
+        time.sleep(1.5)
+        after = rss_kib(px.proc.pid)
+        print(f"\n{n} clients: VmRSS {with_crowd / 1024:.1f} MiB with them, "
+              f"{after / 1024:.1f} MiB after they left")
+        assert after - with_crowd < 6 * 1024, (with_crowd, after)
+        with px.connect(autocommit=True) as conn:
+            assert conn.execute("select 1").fetchone()[0] == 1
+        px.assert_alive()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 # ---- idle timeouts ----
 
 def expect_fatal(raw, sqlstate, within=5.0):
