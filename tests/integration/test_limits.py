@@ -15,6 +15,7 @@
    close idle clients with a FATAL; the servers of a transaction closed that
    way are closed, so its locks go; busy clients stay.
 """
+import resource
 import socket
 import struct
 import subprocess
@@ -375,7 +376,6 @@ def test_a_crowd_leaving_at_once_leaves_memory_flat(proxy, monkeypatch):
     gone is about what it was with them (each EOF used to be read into a
     16 KiB buffer kept until its close completed: a whole epoll batch of
     them at once, +16 MiB for good)."""
-    import resource
     monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:quarantine_size_mb=4")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     n = min(4000, hard - 500)  # this process and pgshard (which inherits the limit) hold N each
