@@ -954,6 +954,21 @@ static void release_servers(fixture_t *f) {
  * carries them: a simple Query, an unnamed Parse/Bind/Execute/Sync sent
  * together (the Parse placed by its Bind), a Bind of a named statement.
  * (pgbench -M extended: every unit of a worker went to one replica.) */
+/* The unnamed statement's Bind (placed on shard 0's replica slot, on the
+ * replica node PARSED_ON its Parse went to) and Execute, planned and run. */
+static void bind_and_execute(fixture_t *f, pgs_buf_t *b, int parsed_on) {
+  b->len = 0;
+  msg_bind(b, "", "", "1");
+  plan(f, b);
+  assert_int_equal(step(f, 0)->shard, 1);
+  assert_int_equal(f->s.picked[0], parsed_on);
+  run(f, 'B');
+  b->len = 0;
+  put_execute(b, "", 0);
+  plan(f, b);
+  run(f, 'E');
+}
+
 static void test_replica_round_robin(void **state) {
   fixture_t *f = open_session("rr");
   pgs_node_state_t nodes[3] = {
@@ -991,16 +1006,7 @@ static void test_replica_round_robin(void **state) {
     int parsed_on = f->s.picked[0];
     assert_int_not_equal(parsed_on, last);
     run(f, 'P');
-    b.len = 0;
-    msg_bind(&b, "", "", "1");
-    plan(f, &b);
-    assert_int_equal(step(f, 0)->shard, 1);
-    assert_int_equal(f->s.picked[0], parsed_on); /* the Bind follows its Parse */
-    run(f, 'B');
-    b.len = 0;
-    put_execute(&b, "", 0);
-    plan(f, &b);
-    run(f, 'E');
+    bind_and_execute(f, &b, parsed_on); /* the Bind follows its Parse */
     plan_empty(f, 'S');
     run(f, 'S');
     release_servers(f);
@@ -1024,15 +1030,7 @@ static void test_replica_round_robin(void **state) {
     if (k == 1) assert_int_equal(f->s.picked[0], last);
     last = f->s.picked[0];
     run(f, 'P');
-    b.len = 0;
-    msg_bind(&b, "", "", "1");
-    plan(f, &b);
-    assert_int_equal(f->s.picked[0], last);
-    run(f, 'B');
-    b.len = 0;
-    put_execute(&b, "", 0);
-    plan(f, &b);
-    run(f, 'E');
+    bind_and_execute(f, &b, last);
   }
   plan_empty(f, 'S');
   run(f, 'S');
